@@ -1,0 +1,162 @@
+//! Reverse-mode automatic differentiation, define-by-run.
+//!
+//! Every op that has an input requiring a gradient records a [`Node`] on its output: the
+//! inputs and a closure that maps the output's gradient to the inputs' gradients. The
+//! tensors themselves are the graph. `loss.backward()` sorts the nodes reachable from the
+//! loss in topological order, walks them from the loss back to the leaves, sums the
+//! gradients flowing into each tensor, and returns the gradients of the leaves that asked
+//! for one. Each node is consumed as it is walked, so the graph's memory is freed by the
+//! time `backward` returns (a second `backward` through the same graph is an error, as in
+//! PyTorch). See docs/autograd.md.
+
+use crate::{Error, Result, Tensor};
+use std::cell::Cell;
+use std::collections::HashMap;
+
+/// Maps the output's gradient to one optional gradient per input (None: no gradient flows
+/// there, e.g. into integer indices). `inputs` are the node's inputs, `output` the tensor that
+/// owns the node: passing them here instead of capturing them avoids reference cycles.
+pub(crate) type BackwardFn =
+    Box<dyn FnOnce(&Tensor, &[Tensor], &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+/// One recorded operation.
+pub(crate) struct Node {
+    pub op: &'static str,
+    pub inputs: Vec<Tensor>,
+    pub backward: BackwardFn,
+}
+
+/// How a tensor takes part in differentiation.
+pub(crate) enum GradState {
+    /// Constant: no gradient flows into or through it.
+    None,
+    /// A leaf the user marked with `requires_grad()`: its gradient is returned.
+    Leaf,
+    /// The output of a recorded op; `None` once backward has consumed the node.
+    Op(std::sync::Mutex<Option<Node>>),
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops on this thread record the graph now.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Disables graph recording on this thread until the guard is dropped (inference, optimizer
+/// updates). Guards nest: dropping one restores the state it found.
+#[must_use = "recording resumes as soon as the guard is dropped"]
+pub struct NoGradGuard {
+    previous: bool,
+}
+
+/// Starts a no-grad scope: `let _guard = kiln::no_grad();`.
+pub fn no_grad() -> NoGradGuard {
+    let previous = GRAD_ENABLED.with(|g| g.replace(false));
+    NoGradGuard { previous }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.previous));
+    }
+}
+
+/// Gradients of the leaves, keyed by tensor.
+#[derive(Default)]
+pub struct Gradients {
+    grads: HashMap<usize, Tensor>,
+}
+
+impl Gradients {
+    /// The gradient of `t`, if `t` is a leaf that requires a gradient and the loss depends on it.
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.grads.get(&t.id())
+    }
+
+    /// Removes and returns the gradient of `t`.
+    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.grads.remove(&t.id())
+    }
+
+    pub fn len(&self) -> usize {
+        self.grads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+}
+
+/// Nodes reachable from `root`, inputs before outputs. Iterative, so deep graphs (hundreds of
+/// layers, long loops) cannot overflow the stack.
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut visited = std::collections::HashSet::new();
+    // (tensor, children pushed yet?)
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !visited.insert(t.id()) {
+            continue;
+        }
+        let inputs = t.node_inputs();
+        stack.push((t, true));
+        for input in inputs {
+            if input.tracks_grad() && !visited.contains(&input.id()) {
+                stack.push((input, false));
+            }
+        }
+    }
+    order
+}
+
+/// Backpropagates `seed` (the gradient of some scalar with respect to `root`) through the graph.
+pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<Gradients> {
+    if !root.tracks_grad() {
+        return Err(Error::Autograd(
+            "the tensor does not depend on any tensor that requires a gradient (call requires_grad() on a leaf, outside no_grad)".into(),
+        ));
+    }
+    let _no_grad = no_grad(); // backward rules compute plain values; they are not differentiated again
+    let order = topological_order(root);
+    let mut pending: HashMap<usize, Tensor> = HashMap::new();
+    pending.insert(root.id(), seed);
+    let mut result = Gradients::default();
+    for t in order.iter().rev() {
+        let Some(grad) = pending.remove(&t.id()) else {
+            continue; // nothing flowed here (e.g. only through an index input)
+        };
+        let Some(node) = t.take_node()? else {
+            result.grads.insert(t.id(), grad); // a leaf
+            continue;
+        };
+        let input_grads = (node.backward)(&grad, &node.inputs, t)?;
+        debug_assert_eq!(input_grads.len(), node.inputs.len(), "backward of {}", node.op);
+        for (input, g) in node.inputs.iter().zip(input_grads) {
+            let Some(g) = g else { continue };
+            if !input.tracks_grad() {
+                continue;
+            }
+            if g.shape() != input.shape() {
+                return Err(Error::Autograd(format!(
+                    "internal: {} produced a gradient of shape {:?} for an input of shape {:?}",
+                    node.op,
+                    g.shape(),
+                    input.shape()
+                )));
+            }
+            let g = match pending.remove(&input.id()) {
+                Some(acc) => acc.add(&g)?,
+                None => g,
+            };
+            pending.insert(input.id(), g);
+        }
+    }
+    Ok(result)
+}

@@ -1,0 +1,70 @@
+//! Elementwise kernels on the CPU: unary maps, binary maps over broadcast views, `where`.
+
+use super::{map, map_float_storage, zip_map, CpuFloat};
+use crate::ops::binary::BinaryOp;
+use crate::ops::unary::UnaryOp;
+use crate::tensor::dtype::{DType, WithDType};
+use crate::tensor::layout::Layout;
+use crate::tensor::storage::CpuStorage;
+use crate::{Error, Result};
+
+pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    fn run<T: CpuFloat>(op: UnaryOp, v: &[T], layout: &Layout) -> Vec<T> {
+        map(v, layout, |x| T::down(op.apply(x.up())))
+    }
+    Ok(map_float_storage!(op.name(), s, v => run(op, v, layout)))
+}
+
+/// `op` elementwise; both layouts already have the (broadcast) output shape.
+/// Arithmetic keeps the dtype; comparisons return U32 0/1.
+pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
+    fn arith<T: CpuFloat>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+        zip_map(a, la, b, lb, |x, y| T::down(op.apply(x.up(), y.up())))
+    }
+    fn compare<T: WithDType>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<u32> {
+        zip_map(a, la, b, lb, |x, y| op.compare(x, y) as u32)
+    }
+    if op.is_comparison() {
+        return Ok(CpuStorage::U32(match (a, b) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => compare(op, a, la, b, lb),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => compare(op, a, la, b, lb),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => compare(op, a, la, b, lb),
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => compare(op, a, la, b, lb),
+            (CpuStorage::U32(a), CpuStorage::U32(b)) => compare(op, a, la, b, lb),
+            _ => return Err(Error::dtype_mismatch(op.name(), a.dtype(), b.dtype())),
+        }));
+    }
+    Ok(match (a, b) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(arith(op, a, la, b, lb)),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(arith(op, a, la, b, lb)),
+        (CpuStorage::BF16(a), CpuStorage::BF16(b)) => CpuStorage::BF16(arith(op, a, la, b, lb)),
+        (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(arith(op, a, la, b, lb)),
+        (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float(op.name(), DType::U32)),
+        _ => return Err(Error::dtype_mismatch(op.name(), a.dtype(), b.dtype())),
+    })
+}
+
+/// `cond ? on_true : on_false` elementwise; all three layouts have the output shape.
+pub fn where_cond(
+    cond: &[u32],
+    lc: &Layout,
+    t: &CpuStorage,
+    lt: &Layout,
+    f: &CpuStorage,
+    lf: &Layout,
+) -> Result<CpuStorage> {
+    let picked = map(cond, lc, |c| c != 0);
+    Ok(match (t, f) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(select(&picked, a, lt, b, lf)),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(select(&picked, a, lt, b, lf)),
+        (CpuStorage::BF16(a), CpuStorage::BF16(b)) => CpuStorage::BF16(select(&picked, a, lt, b, lf)),
+        (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(select(&picked, a, lt, b, lf)),
+        (CpuStorage::U32(a), CpuStorage::U32(b)) => CpuStorage::U32(select(&picked, a, lt, b, lf)),
+        _ => return Err(Error::dtype_mismatch("where_cond", t.dtype(), f.dtype())),
+    })
+}
+
+fn select<T: Copy + Send + Sync>(picked: &[bool], a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    let both = zip_map(a, la, b, lb, |x, y| (x, y));
+    picked.iter().zip(both).map(|(&p, (x, y))| if p { x } else { y }).collect()
+}

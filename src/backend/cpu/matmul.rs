@@ -1,0 +1,66 @@
+//! Batched matrix product on the CPU: one GEMM call per batch entry, straight on the
+//! operands' strides (transposed views cost no copy). BF16/F16 are widened to f32.
+
+use super::gemm;
+use crate::tensor::layout::Layout;
+use crate::tensor::storage::CpuStorage;
+use crate::tensor::dtype::DType;
+use crate::{Error, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// `a` is `[batch.., m, k]`, `b` is `[batch.., k, n]`, both already broadcast to the same
+/// batch dims; the result is contiguous `[batch.., m, n]`.
+pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
+    Ok(match (a, b) {
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, la, y, lb, gemm::sgemm)),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, la, y, lb, gemm::dgemm)),
+        (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
+            let wide = |s: &CpuStorage, l: &Layout| match super::cast(s, l, DType::F32) {
+                CpuStorage::F32(v) => v,
+                _ => unreachable!("cast to f32 gives f32"),
+            };
+            let (x, y) = (wide(a, la), wide(b, lb));
+            let out = batched(&x, &Layout::contiguous(la.shape()), &y, &Layout::contiguous(lb.shape()), gemm::sgemm);
+            match a {
+                CpuStorage::BF16(_) => CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect()),
+                _ => CpuStorage::F16(out.into_iter().map(f16::from_f32).collect()),
+            }
+        }
+        (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float("matmul", DType::U32)),
+        _ => return Err(Error::dtype_mismatch("matmul", a.dtype(), b.dtype())),
+    })
+}
+
+type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
+
+fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    gemm: Gemm<T>,
+) -> Vec<T> {
+    let rank = la.rank();
+    let (m, k, n) = (la.shape()[rank - 2], la.shape()[rank - 1], lb.shape()[rank - 1]);
+    let batch_shape = &la.shape()[..rank - 2];
+    let batch_of = |l: &Layout| Layout::new(batch_shape.to_vec(), l.strides()[..rank - 2].to_vec(), l.offset());
+    let a_offsets: Vec<usize> = batch_of(la).offsets().collect();
+    let b_offsets: Vec<usize> = batch_of(lb).offsets().collect();
+    let (rsa, csa) = (la.strides()[rank - 2] as isize, la.strides()[rank - 1] as isize);
+    let (rsb, csb) = (lb.strides()[rank - 2] as isize, lb.strides()[rank - 1] as isize);
+    let mut out = vec![T::default(); a_offsets.len() * m * n];
+    if m * n == 0 {
+        return out;
+    }
+    let one_product = |(i, c): (usize, &mut [T])| {
+        gemm(m, n, k, T::one(), &a[a_offsets[i]..], rsa, csa, &b[b_offsets[i]..], rsb, csb, T::zero(), c, n as isize, 1);
+    };
+    // Many small products (attention heads): one per thread. Few large ones: the GEMM threads itself.
+    if a_offsets.len() > 1 && m * n * k < 1 << 18 {
+        out.par_chunks_mut(m * n).enumerate().for_each(one_product);
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(one_product);
+    }
+    out
+}

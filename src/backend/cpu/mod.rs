@@ -1,0 +1,169 @@
+//! The CPU backend. Functions here take storage plus layout and return fresh contiguous
+//! storage; they know nothing of autograd. Large contiguous work is split over threads with
+//! rayon; BF16/F16 are computed in f32. `reference` holds the naive f64 versions the fast
+//! paths are tested against.
+
+pub mod elementwise;
+pub mod gemm;
+pub mod matmul;
+pub mod reduce;
+pub mod reference;
+pub mod softmax;
+
+use crate::tensor::dtype::{DType, WithDType};
+use crate::tensor::layout::Layout;
+use crate::tensor::storage::{with_cpu_storage, CpuStorage};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Below this many elements, threads cost more than they save.
+pub(crate) const PARALLEL_MIN: usize = 1 << 15;
+
+/// A float element type and its arithmetic type: f32 for f32, bf16 and f16; f64 for f64.
+pub trait CpuFloat: WithDType {
+    type Acc: num_traits::Float + Send + Sync + std::iter::Sum + Copy + std::fmt::Debug;
+    fn up(self) -> Self::Acc;
+    fn down(v: Self::Acc) -> Self;
+}
+
+impl CpuFloat for f32 {
+    type Acc = f32;
+    fn up(self) -> f32 {
+        self
+    }
+    fn down(v: f32) -> Self {
+        v
+    }
+}
+
+impl CpuFloat for f64 {
+    type Acc = f64;
+    fn up(self) -> f64 {
+        self
+    }
+    fn down(v: f64) -> Self {
+        v
+    }
+}
+
+impl CpuFloat for bf16 {
+    type Acc = f32;
+    fn up(self) -> f32 {
+        self.to_f32()
+    }
+    fn down(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+impl CpuFloat for f16 {
+    type Acc = f32;
+    fn up(self) -> f32 {
+        self.to_f32()
+    }
+    fn down(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+/// Runs `$body` with `$v` bound to the typed slice of a float storage and wraps the
+/// resulting `Vec` in the same variant; U32 storage returns a dtype error for `$op`.
+macro_rules! map_float_storage {
+    ($op:expr, $storage:expr, $v:ident => $body:expr) => {
+        match $storage {
+            $crate::tensor::storage::CpuStorage::F32($v) => $crate::tensor::storage::CpuStorage::F32($body),
+            $crate::tensor::storage::CpuStorage::F64($v) => $crate::tensor::storage::CpuStorage::F64($body),
+            $crate::tensor::storage::CpuStorage::BF16($v) => $crate::tensor::storage::CpuStorage::BF16($body),
+            $crate::tensor::storage::CpuStorage::F16($v) => $crate::tensor::storage::CpuStorage::F16($body),
+            $crate::tensor::storage::CpuStorage::U32(_) => {
+                return Err($crate::Error::not_float($op, $crate::tensor::dtype::DType::U32))
+            }
+        }
+    };
+}
+pub(crate) use map_float_storage;
+
+/// `f` of every element in row-major logical order.
+pub fn map<T: Copy + Send + Sync, U: Send>(data: &[T], layout: &Layout, f: impl Fn(T) -> U + Send + Sync) -> Vec<U> {
+    match layout.contiguous_range() {
+        Some(r) if r.len() >= PARALLEL_MIN => data[r].par_iter().map(|&x| f(x)).collect(),
+        Some(r) => data[r].iter().map(|&x| f(x)).collect(),
+        None => layout.offsets().map(|o| f(data[o])).collect(),
+    }
+}
+
+/// `f(a, b)` elementwise over two layouts of the same shape (broadcasts are stride-0 views).
+pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(
+    a: &[T],
+    la: &Layout,
+    b: &[U],
+    lb: &Layout,
+    f: impl Fn(T, U) -> V + Send + Sync,
+) -> Vec<V> {
+    debug_assert_eq!(la.shape(), lb.shape());
+    match (la.contiguous_range(), lb.contiguous_range()) {
+        (Some(ra), Some(rb)) if ra.len() >= PARALLEL_MIN => {
+            data_zip_par(&a[ra], &b[rb], f)
+        }
+        (Some(ra), Some(rb)) => a[ra].iter().zip(&b[rb]).map(|(&x, &y)| f(x, y)).collect(),
+        _ => la.offsets().zip(lb.offsets()).map(|(i, j)| f(a[i], b[j])).collect(),
+    }
+}
+
+fn data_zip_par<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(a: &[T], b: &[U], f: impl Fn(T, U) -> V + Send + Sync) -> Vec<V> {
+    a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+}
+
+/// The elements in row-major logical order, copied into a new vector.
+pub fn gather<T: Copy + Send + Sync>(data: &[T], layout: &Layout) -> Vec<T> {
+    map(data, layout, |x| x)
+}
+
+/// A contiguous copy of the viewed elements, same dtype.
+pub fn contiguous(s: &CpuStorage, layout: &Layout) -> CpuStorage {
+    with_cpu_storage!(s, v => CpuStorage::from_vec(gather(v, layout)))
+}
+
+/// Converts every element to `dtype` (through f64, which holds every kiln dtype exactly;
+/// rounding to nearest-even when narrowing).
+pub fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
+    fn convert<T: WithDType, U: WithDType>(v: &[T], layout: &Layout) -> Vec<U> {
+        map(v, layout, |x| U::from_f64(x.to_f64()))
+    }
+    with_cpu_storage!(s, v => match dtype {
+        DType::F32 => CpuStorage::F32(convert(v, layout)),
+        DType::F64 => CpuStorage::F64(convert(v, layout)),
+        DType::BF16 => CpuStorage::BF16(convert(v, layout)),
+        DType::F16 => CpuStorage::F16(convert(v, layout)),
+        DType::U32 => CpuStorage::U32(convert(v, layout)),
+    })
+}
+
+/// `n` copies of `value` rounded to `dtype`.
+pub fn filled(value: f64, n: usize, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::F32 => CpuStorage::F32(vec![value as f32; n]),
+        DType::F64 => CpuStorage::F64(vec![value; n]),
+        DType::BF16 => CpuStorage::BF16(vec![bf16::from_f64(value); n]),
+        DType::F16 => CpuStorage::F16(vec![f16::from_f64(value); n]),
+        DType::U32 => CpuStorage::U32(vec![u32::from_f64(value); n]),
+    }
+}
+
+/// Writes `src` (viewed through `ls`) into the positions of `dst` viewed through `ld`.
+pub fn assign(dst: &mut CpuStorage, ld: &Layout, src: &CpuStorage, ls: &Layout) {
+    fn copy<T: WithDType>(dst: &mut [T], ld: &Layout, src: &[T], ls: &Layout) {
+        match (ld.contiguous_range(), ls.contiguous_range()) {
+            (Some(rd), Some(rs)) => dst[rd].copy_from_slice(&src[rs]),
+            _ => ld.offsets().zip(ls.offsets()).for_each(|(d, s)| dst[d] = src[s]),
+        }
+    }
+    match (dst, src) {
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => copy(d, ld, s, ls),
+        (CpuStorage::F64(d), CpuStorage::F64(s)) => copy(d, ld, s, ls),
+        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => copy(d, ld, s, ls),
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => copy(d, ld, s, ls),
+        (CpuStorage::U32(d), CpuStorage::U32(s)) => copy(d, ld, s, ls),
+        _ => unreachable!("assign: dtypes are checked by the caller"),
+    }
+}

@@ -1,0 +1,68 @@
+//! Reductions (sum, max, min) over any set of dimensions. Sums accumulate in f64.
+
+use super::{map_float_storage, CpuFloat, PARALLEL_MIN};
+use crate::tensor::layout::Layout;
+use crate::tensor::storage::CpuStorage;
+use crate::Result;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+}
+
+impl ReduceOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+        }
+    }
+}
+
+/// Reduces `dims` (sorted, distinct) of the viewed tensor; the result is contiguous with the
+/// kept dims in order (the keepdim shape). Max/min over an empty dim is refused by the caller.
+pub fn reduce(op: ReduceOp, s: &CpuStorage, layout: &Layout, dims: &[usize]) -> Result<CpuStorage> {
+    let (mut outer_shape, mut outer_strides, mut inner_shape, mut inner_strides) = (vec![], vec![], vec![], vec![]);
+    for (d, (&size, &stride)) in layout.shape().iter().zip(layout.strides()).enumerate() {
+        if dims.contains(&d) {
+            inner_shape.push(size);
+            inner_strides.push(stride);
+        } else {
+            outer_shape.push(size);
+            outer_strides.push(stride);
+        }
+    }
+    let outer = Layout::new(outer_shape, outer_strides, layout.offset());
+    let inner = Layout::new(inner_shape, inner_strides, 0);
+    Ok(map_float_storage!(op.name(), s, v => run(op, v, &outer, &inner)))
+}
+
+fn run<T: CpuFloat>(op: ReduceOp, v: &[T], outer: &Layout, inner: &Layout) -> Vec<T> {
+    let one = |base: usize| -> T {
+        let block = Layout::new(inner.shape().to_vec(), inner.strides().to_vec(), base);
+        match block.contiguous_range() {
+            Some(r) => fold(op, v[r].iter().copied()),
+            None => fold(op, block.offsets().map(|o| v[o])),
+        }
+    };
+    let bases: Vec<usize> = outer.offsets().collect();
+    if bases.len() > 1 && bases.len() * inner.numel() >= PARALLEL_MIN {
+        bases.par_iter().map(|&b| one(b)).collect()
+    } else {
+        bases.iter().map(|&b| one(b)).collect()
+    }
+}
+
+fn fold<T: CpuFloat>(op: ReduceOp, xs: impl Iterator<Item = T>) -> T {
+    match op {
+        ReduceOp::Sum => T::from_f64(xs.map(|x| x.to_f64()).sum()),
+        // NaN wins, as in PyTorch: a NaN anywhere must not be hidden by the reduction.
+        ReduceOp::Max => xs.reduce(|a, b| if a.to_f64().is_nan() || a > b { a } else { b }).expect("non-empty"),
+        ReduceOp::Min => xs.reduce(|a, b| if a.to_f64().is_nan() || a < b { a } else { b }).expect("non-empty"),
+    }
+}
+

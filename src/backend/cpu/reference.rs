@@ -1,0 +1,2 @@
+//! Naive f64 reference implementations, written to be read: the fast paths are tested
+//! against these.

@@ -1,0 +1,44 @@
+//! Softmax and log-softmax over the last dim of a contiguous tensor, one row at a time
+//! (max-subtracted, accumulated in the arithmetic type).
+
+use super::{map_float_storage, CpuFloat, PARALLEL_MIN};
+use crate::tensor::storage::CpuStorage;
+use crate::Result;
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// `log` selects log-softmax. `s` is contiguous with rows of `width` elements.
+pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuStorage> {
+    fn run<T: CpuFloat>(x: &[T], width: usize, log: bool) -> Vec<T> {
+        let mut out = vec![T::from_f64(0.0); x.len()];
+        if width == 0 {
+            return out;
+        }
+        let row = |(xr, yr): (&[T], &mut [T])| {
+            let max = xr.iter().map(|v| v.up()).fold(<T::Acc as Float>::neg_infinity(), Float::max);
+            if max == <T::Acc as Float>::neg_infinity() {
+                // A fully masked row has no probability mass: softmax 0, log-softmax -inf
+                // (PyTorch gives NaN here, which we never produce silently).
+                let fill = if log { <T::Acc as Float>::neg_infinity() } else { <T::Acc as num_traits::Zero>::zero() };
+                yr.iter_mut().for_each(|y| *y = T::down(fill));
+                return;
+            }
+            let sum: T::Acc = xr.iter().map(|v| (v.up() - max).exp()).sum();
+            if log {
+                let lse = sum.ln() + max;
+                xr.iter().zip(yr).for_each(|(v, y)| *y = T::down(v.up() - lse));
+            } else {
+                let inv = sum.recip();
+                xr.iter().zip(yr).for_each(|(v, y)| *y = T::down((v.up() - max).exp() * inv));
+            }
+        };
+        if x.len() >= PARALLEL_MIN {
+            x.par_chunks(width).zip(out.par_chunks_mut(width)).for_each(row);
+        } else {
+            x.chunks(width).zip(out.chunks_mut(width)).for_each(row);
+        }
+        out
+    }
+    Ok(map_float_storage!(if log { "log_softmax" } else { "softmax" }, s, v => run(v, width, log)))
+}
+

@@ -1,0 +1,3 @@
+//! Compute backends. `cpu` is the reference and the CPU fast paths.
+
+pub mod cpu;

@@ -1,0 +1,106 @@
+//! One error type for the whole library. Every message names the operation and the
+//! operands involved, so a user can find the faulty call without a debugger.
+
+use crate::{DType, Device};
+
+/// Everything that can go wrong in kiln.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Operand shapes do not fit the operation,
+    /// e.g. `matmul: lhs [2, 3] and rhs [4, 5]: inner dimensions 3 and 4 differ`.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+
+    /// An operand has a dtype the operation does not accept.
+    #[error("{op}: {msg}")]
+    DType { op: &'static str, msg: String },
+
+    /// Operands live on different devices.
+    #[error("{op}: operands are on different devices: {lhs:?} and {rhs:?}")]
+    DeviceMismatch {
+        op: &'static str,
+        lhs: Device,
+        rhs: Device,
+    },
+
+    /// A dimension index outside `-rank..rank`.
+    #[error("{op}: dimension {dim} is out of range for a tensor of rank {rank} (shape {shape:?})")]
+    Dim {
+        op: &'static str,
+        dim: isize,
+        rank: usize,
+        shape: Vec<usize>,
+    },
+
+    /// An index (token id, narrow range, ...) outside its dimension.
+    #[error("{op}: {msg}")]
+    Index { op: &'static str, msg: String },
+
+    /// The device cannot be used on this machine (no driver, no such ordinal, not built).
+    #[error("device {device:?} is unavailable: {reason}")]
+    DeviceUnavailable { device: Device, reason: String },
+
+    /// Misuse of the autograd graph (backward of a non-scalar, a freed graph, ...).
+    #[error("backward: {0}")]
+    Autograd(String),
+
+    /// A value the operation rejects (a probability outside [0, 1), a negative size, ...).
+    #[error("{op}: {msg}")]
+    Invalid { op: &'static str, msg: String },
+
+    /// An I/O failure, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `std::result::Result` with kiln's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Invalid {
+            op,
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn index(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Index {
+            op,
+            msg: msg.into(),
+        }
+    }
+
+    /// The operation needs a floating-point operand but got `got`.
+    pub(crate) fn not_float(op: &'static str, got: DType) -> Self {
+        Error::DType {
+            op,
+            msg: format!("expected a floating-point tensor (f32, f64, bf16, f16), got {got:?}"),
+        }
+    }
+
+    pub(crate) fn dtype_mismatch(op: &'static str, lhs: DType, rhs: DType) -> Self {
+        Error::DType {
+            op,
+            msg: format!("operands have different dtypes {lhs:?} and {rhs:?}; convert one with to_dtype"),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

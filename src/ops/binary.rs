@@ -1,0 +1,181 @@
+//! Elementwise functions of two tensors with NumPy broadcasting: add, sub, mul, div,
+//! maximum, minimum, and comparisons. Gradients are summed back to each input's shape.
+
+use crate::backend::cpu;
+use crate::tensor::dtype::WithDType;
+use crate::tensor::layout::broadcast_shapes;
+use crate::tensor::storage::Storage;
+use crate::{Result, Tensor};
+use num_traits::Float;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl BinaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+            BinaryOp::Eq => "eq",
+            BinaryOp::Ne => "ne",
+            BinaryOp::Lt => "lt",
+            BinaryOp::Le => "le",
+            BinaryOp::Gt => "gt",
+            BinaryOp::Ge => "ge",
+        }
+    }
+
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
+    }
+
+    /// The arithmetic ops. NaN propagates through maximum/minimum, as in PyTorch.
+    pub fn apply<T: Float>(self, x: T, y: T) -> T {
+        match self {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+            BinaryOp::Maximum => {
+                if x.is_nan() || x > y {
+                    x
+                } else {
+                    y
+                }
+            }
+            BinaryOp::Minimum => {
+                if x.is_nan() || x < y {
+                    x
+                } else {
+                    y
+                }
+            }
+            _ => unreachable!("{} is a comparison", self.name()),
+        }
+    }
+
+    /// The comparison ops.
+    pub fn compare<T: WithDType>(self, x: T, y: T) -> bool {
+        match self {
+            BinaryOp::Eq => x == y,
+            BinaryOp::Ne => x != y,
+            BinaryOp::Lt => x < y,
+            BinaryOp::Le => x <= y,
+            BinaryOp::Gt => x > y,
+            BinaryOp::Ge => x >= y,
+            _ => unreachable!("{} is not a comparison", self.name()),
+        }
+    }
+}
+
+impl Tensor {
+    /// `op` over the broadcast of both operands (no autograd).
+    pub(crate) fn binary_map(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        self.same_device(rhs, op.name())?;
+        let shape = broadcast_shapes(op.name(), self.shape(), rhs.shape())?;
+        let la = self.layout().broadcast_to(op.name(), &shape)?;
+        let lb = rhs.layout().broadcast_to(op.name(), &shape)?;
+        let (sa, sb) = (self.storage(), rhs.storage());
+        Ok(match (&*sa, &*sb) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Tensor::from_cpu(cpu::elementwise::binary(op, a, &la, b, &lb)?, &shape),
+        })
+    }
+
+    /// `op` with backward `(d lhs, d rhs) = grads(g, lhs, rhs)`, each summed back to its input's shape.
+    fn binary_with_grad(
+        &self,
+        rhs: &Tensor,
+        op: BinaryOp,
+        grads: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<(Tensor, Tensor)> + Send + Sync + 'static,
+    ) -> Result<Tensor> {
+        let y = self.binary_map(rhs, op)?;
+        Ok(y.record(op.name(), &[self, rhs], move |g, inputs, _| {
+            let (a, b) = (&inputs[0], &inputs[1]);
+            let (ga, gb) = grads(g, a, b)?;
+            Ok(vec![Some(ga.sum_to_shape(a.shape())?), Some(gb.sum_to_shape(b.shape())?)])
+        }))
+    }
+
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_with_grad(rhs, BinaryOp::Add, |g, _, _| Ok((g.clone(), g.clone())))
+    }
+
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_with_grad(rhs, BinaryOp::Sub, |g, _, _| Ok((g.clone(), g.neg()?)))
+    }
+
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_with_grad(rhs, BinaryOp::Mul, |g, a, b| Ok((g.mul(b)?, g.mul(a)?)))
+    }
+
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        // d(a/b)/da = 1/b, d(a/b)/db = -a/b²
+        self.binary_with_grad(rhs, BinaryOp::Div, |g, a, b| {
+            let ga = g.div(b)?;
+            let gb = ga.mul(a)?.div(b)?.neg()?;
+            Ok((ga, gb))
+        })
+    }
+
+    /// Elementwise maximum; where both are equal the gradient is split evenly.
+    pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_with_grad(rhs, BinaryOp::Maximum, |g, a, b| split_by_winner(g, a, b, BinaryOp::Gt))
+    }
+
+    /// Elementwise minimum; where both are equal the gradient is split evenly.
+    pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_with_grad(rhs, BinaryOp::Minimum, |g, a, b| split_by_winner(g, a, b, BinaryOp::Lt))
+    }
+
+    /// 1 (U32) where `self == rhs`, else 0. Not differentiable.
+    pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_map(rhs, BinaryOp::Eq)
+    }
+
+    pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_map(rhs, BinaryOp::Ne)
+    }
+
+    pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_map(rhs, BinaryOp::Lt)
+    }
+
+    pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_map(rhs, BinaryOp::Le)
+    }
+
+    pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_map(rhs, BinaryOp::Gt)
+    }
+
+    pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_map(rhs, BinaryOp::Ge)
+    }
+}
+
+/// Gradient routing for maximum/minimum: `a` gets g where `a wins b`, `b` where `b wins a`,
+/// and each gets g/2 on ties.
+fn split_by_winner(g: &Tensor, a: &Tensor, b: &Tensor, wins: BinaryOp) -> Result<(Tensor, Tensor)> {
+    let dtype = g.dtype();
+    let a_wins = a.binary_map(b, wins)?.to_dtype(dtype)?;
+    let b_wins = b.binary_map(a, wins)?.to_dtype(dtype)?;
+    let tie = a.binary_map(b, BinaryOp::Eq)?.to_dtype(dtype)?.affine(0.5, 0.0)?;
+    Ok((g.mul(&a_wins.add(&tie)?)?, g.mul(&b_wins.add(&tie)?)?))
+}

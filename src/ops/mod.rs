@@ -1,0 +1,9 @@
+//! Differentiable operations, one file per family: the forward dispatch to a backend and the
+//! backward rule sit side by side.
+
+pub mod binary;
+pub mod matmul;
+pub mod reduce;
+pub mod shape;
+pub mod softmax;
+pub mod unary;

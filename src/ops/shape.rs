@@ -1,0 +1,171 @@
+//! Shape ops. Views (reshape of contiguous data, transpose, permute, narrow, broadcast_to,
+//! squeeze, unsqueeze) share storage; contiguous and cat copy.
+
+use crate::backend::cpu;
+use crate::tensor::layout::{numel, resolve_dim};
+use crate::tensor::storage::Storage;
+use crate::{Error, Result, Tensor};
+
+impl Tensor {
+    /// The same elements in a new shape; a view when the layout allows, else a copy.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot reshape {:?} ({} elements) to {shape:?} ({} elements)", self.shape(), self.numel(), numel(shape)),
+            ));
+        }
+        if shape == self.shape() {
+            return Ok(self.clone());
+        }
+        let source = self.contiguous()?;
+        let layout = source.layout().reshape(shape).expect("contiguous layouts reshape as views");
+        let out = source.with_layout(layout);
+        Ok(out.record("reshape", &[&source], |g, inputs, _| Ok(vec![Some(g.reshape(inputs[0].shape())?)])))
+    }
+
+    /// Swaps two dims (a view).
+    pub fn transpose(&self, d0: isize, d1: isize) -> Result<Tensor> {
+        let a = resolve_dim("transpose", d0, self.shape())?;
+        let b = resolve_dim("transpose", d1, self.shape())?;
+        let out = self.with_layout(self.layout().transpose(a, b));
+        Ok(out.record("transpose", &[self], move |g, _, _| Ok(vec![Some(g.transpose(a as isize, b as isize)?)])))
+    }
+
+    /// Reorders dims: result dim i is input dim `dims[i]` (a view).
+    pub fn permute(&self, dims: &[usize]) -> Result<Tensor> {
+        let mut seen = vec![false; self.dims()];
+        if dims.len() != self.dims() || dims.iter().any(|&d| d >= self.dims() || std::mem::replace(&mut seen[d], true)) {
+            return Err(Error::shape(
+                "permute",
+                format!("{dims:?} is not a permutation of the {} dims of shape {:?}", self.dims(), self.shape()),
+            ));
+        }
+        let out = self.with_layout(self.layout().permute(dims));
+        let mut inverse = vec![0; dims.len()];
+        for (i, &d) in dims.iter().enumerate() {
+            inverse[d] = i;
+        }
+        Ok(out.record("permute", &[self], move |g, _, _| Ok(vec![Some(g.permute(&inverse)?)])))
+    }
+
+    /// Elements `start..start + len` along `dim` (a view).
+    pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
+        let d = resolve_dim("narrow", dim, self.shape())?;
+        let size = self.shape()[d];
+        if start.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::index(
+                "narrow",
+                format!("range {start}..{} is out of bounds for dimension {dim} of size {size} (shape {:?})", start.saturating_add(len), self.shape()),
+            ));
+        }
+        let out = self.with_layout(self.layout().narrow(d, start, len));
+        Ok(out.record("narrow", &[self], move |g, inputs, _| {
+            // the gradient is g placed at start..start+len, zeros elsewhere
+            let shape = inputs[0].shape();
+            let mut pieces = Vec::new();
+            let mut before = shape.to_vec();
+            before[d] = start;
+            let mut after = shape.to_vec();
+            after[d] = size - start - len;
+            pieces.push(Tensor::zeros(&before, g.dtype(), g.device())?);
+            pieces.push(g.clone());
+            pieces.push(Tensor::zeros(&after, g.dtype(), g.device())?);
+            Ok(vec![Some(Tensor::cat(&pieces, d as isize)?)])
+        }))
+    }
+
+    /// A view repeating size-1 (and missing leading) dims to `shape` (NumPy rules).
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape == self.shape() {
+            return Ok(self.clone());
+        }
+        let out = self.with_layout(self.layout().broadcast_to("broadcast_to", shape)?);
+        Ok(out.record("broadcast_to", &[self], |g, inputs, _| Ok(vec![Some(g.sum_to_shape(inputs[0].shape())?)])))
+    }
+
+    /// Removes dimension `dim`, which must have size 1.
+    pub fn squeeze(&self, dim: isize) -> Result<Tensor> {
+        let d = resolve_dim("squeeze", dim, self.shape())?;
+        if self.shape()[d] != 1 {
+            return Err(Error::shape("squeeze", format!("dimension {dim} of shape {:?} has size {}, not 1", self.shape(), self.shape()[d])));
+        }
+        let mut shape = self.shape().to_vec();
+        shape.remove(d);
+        self.reshape(&shape)
+    }
+
+    /// Inserts a size-1 dimension at `dim` (0..=rank; negative counts from the end, -1 appends).
+    pub fn unsqueeze(&self, dim: isize) -> Result<Tensor> {
+        let rank = self.dims() as isize;
+        let d = if dim < 0 { dim + rank + 1 } else { dim };
+        if !(0..=rank).contains(&d) {
+            return Err(Error::Dim { op: "unsqueeze", dim, rank: self.dims(), shape: self.shape().to_vec() });
+        }
+        let mut shape = self.shape().to_vec();
+        shape.insert(d as usize, 1);
+        self.reshape(&shape)
+    }
+
+    /// Merges all dims into one.
+    pub fn flatten_all(&self) -> Result<Tensor> {
+        self.reshape(&[self.numel()])
+    }
+
+    /// A row-major copy if the layout is not already contiguous.
+    pub fn contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        let out = match &*self.storage() {
+            Storage::Cpu(s) => Tensor::from_cpu(cpu::contiguous(s, self.layout()), self.shape()),
+        };
+        Ok(out.record("contiguous", &[self], |g, _, _| Ok(vec![Some(g.clone())])))
+    }
+
+    /// Joins tensors along `dim`; all other dims must agree.
+    pub fn cat(tensors: &[Tensor], dim: isize) -> Result<Tensor> {
+        let first = tensors.first().ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+        let d = resolve_dim("cat", dim, first.shape())?;
+        let mut shape = first.shape().to_vec();
+        shape[d] = 0;
+        for t in tensors {
+            first.same_device(t, "cat")?;
+            if t.dtype() != first.dtype() {
+                return Err(Error::dtype_mismatch("cat", first.dtype(), t.dtype()));
+            }
+            let compatible = t.dims() == first.dims()
+                && t.shape().iter().zip(first.shape()).enumerate().all(|(i, (a, b))| i == d || a == b);
+            if !compatible {
+                return Err(Error::shape(
+                    "cat",
+                    format!("shapes {:?} and {:?} differ outside dimension {dim}", first.shape(), t.shape()),
+                ));
+            }
+            shape[d] += t.shape()[d];
+        }
+        let mut out = Tensor::zeros(&shape, first.dtype(), first.device())?;
+        {
+            let mut start = 0;
+            for t in tensors {
+                let len = t.shape()[d];
+                out.assign_region(&out.layout().narrow(d, start, len), t)?;
+                start += len;
+            }
+        }
+        let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[d]).collect();
+        let inputs: Vec<&Tensor> = tensors.iter().collect();
+        out = out.record("cat", &inputs, move |g, _, _| {
+            let mut start = 0;
+            sizes
+                .iter()
+                .map(|&len| {
+                    let piece = g.narrow(d as isize, start, len);
+                    start += len;
+                    piece.map(Some)
+                })
+                .collect()
+        });
+        Ok(out)
+    }
+}

@@ -1,0 +1,179 @@
+//! Elementwise functions of one tensor, each with its derivative:
+//! neg, exp, log, sqrt, tanh, gelu, relu, powf, and the scalar affine map.
+
+use crate::backend::cpu;
+use crate::tensor::storage::Storage;
+use crate::{Result, Tensor};
+use num_traits::Float;
+
+/// √(2/π), GPT-2's GELU constant.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044_715;
+
+/// One elementwise function. `apply` is its definition for every float type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Tanh,
+    /// GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    Gelu,
+    /// d gelu / dx.
+    GeluDerivative,
+    Relu,
+    /// 1 where x > 0, else 0 (relu's derivative).
+    Step,
+    Recip,
+    Powf(f64),
+    /// x·mul + add.
+    Affine { mul: f64, add: f64 },
+}
+
+impl UnaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluDerivative => "gelu_derivative",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Step => "step",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Affine { .. } => "affine",
+        }
+    }
+
+    pub fn apply<T: Float>(self, x: T) -> T {
+        let c = |v: f64| T::from(v).expect("every float type holds these constants");
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Gelu => {
+                let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
+                c(0.5) * x * (T::one() + u.tanh())
+            }
+            UnaryOp::GeluDerivative => {
+                let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
+                let t = u.tanh();
+                let du = c(SQRT_2_OVER_PI) * (T::one() + c(3.0 * GELU_CUBIC) * x * x);
+                c(0.5) * (T::one() + t) + c(0.5) * x * (T::one() - t * t) * du
+            }
+            UnaryOp::Relu => {
+                if x > T::zero() {
+                    x
+                } else {
+                    T::zero()
+                }
+            }
+            UnaryOp::Step => {
+                if x > T::zero() {
+                    T::one()
+                } else {
+                    T::zero()
+                }
+            }
+            UnaryOp::Recip => x.recip(),
+            UnaryOp::Powf(p) => x.powf(c(p)),
+            UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
+        }
+    }
+}
+
+impl Tensor {
+    /// Applies `op` to every element (no autograd: callers record their own rule).
+    pub(crate) fn unary_map(&self, op: UnaryOp) -> Result<Tensor> {
+        Ok(match &*self.storage() {
+            Storage::Cpu(s) => Tensor::from_cpu(cpu::elementwise::unary(op, s, self.layout())?, self.shape()),
+        })
+    }
+
+    /// `op` with the backward rule `dx = g · dydx(x, y)`.
+    fn unary_with_grad(
+        &self,
+        op: UnaryOp,
+        dydx: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Result<Tensor> {
+        let y = self.unary_map(op)?;
+        Ok(y.record(op.name(), &[self], move |g, inputs, y| Ok(vec![Some(g.mul(&dydx(&inputs[0], y)?)?)])))
+    }
+
+    pub fn neg(&self) -> Result<Tensor> {
+        let y = self.unary_map(UnaryOp::Neg)?;
+        Ok(y.record("neg", &[self], |g, _, _| Ok(vec![Some(g.neg()?)])))
+    }
+
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::Exp, |_, y| Ok(y.clone()))
+    }
+
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::Log, |x, _| x.unary_map(UnaryOp::Recip))
+    }
+
+    pub fn sqrt(&self) -> Result<Tensor> {
+        // d√x = 1 / (2√x)
+        self.unary_with_grad(UnaryOp::Sqrt, |_, y| y.unary_map(UnaryOp::Recip)?.unary_map(UnaryOp::Affine { mul: 0.5, add: 0.0 }))
+    }
+
+    pub fn tanh(&self) -> Result<Tensor> {
+        // d tanh = 1 - tanh²
+        self.unary_with_grad(UnaryOp::Tanh, |_, y| y.unary_map(UnaryOp::Powf(2.0))?.unary_map(UnaryOp::Affine { mul: -1.0, add: 1.0 }))
+    }
+
+    /// GELU, tanh approximation (as GPT-2).
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::Gelu, |x, _| x.unary_map(UnaryOp::GeluDerivative))
+    }
+
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::Relu, |x, _| x.unary_map(UnaryOp::Step))
+    }
+
+    /// 1 / x.
+    pub fn recip(&self) -> Result<Tensor> {
+        // d(1/x) = -1/x² = -y²
+        self.unary_with_grad(UnaryOp::Recip, |_, y| y.unary_map(UnaryOp::Powf(2.0))?.unary_map(UnaryOp::Neg))
+    }
+
+    /// x raised to a constant power.
+    pub fn powf(&self, p: f64) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::Powf(p), move |x, _| {
+            x.unary_map(UnaryOp::Powf(p - 1.0))?.unary_map(UnaryOp::Affine { mul: p, add: 0.0 })
+        })
+    }
+
+    pub fn sqr(&self) -> Result<Tensor> {
+        self.powf(2.0)
+    }
+
+    /// x·mul + add.
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        let y = self.unary_map(UnaryOp::Affine { mul, add })?;
+        Ok(y.record("affine", &[self], move |g, _, _| Ok(vec![Some(g.affine(mul, 0.0)?)])))
+    }
+
+    pub fn add_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(1.0, v)
+    }
+
+    pub fn sub_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(1.0, -v)
+    }
+
+    pub fn mul_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(v, 0.0)
+    }
+
+    pub fn div_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(1.0 / v, 0.0)
+    }
+}

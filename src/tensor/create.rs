@@ -1,0 +1,95 @@
+//! Creating tensors: from host data, constants, ranges and seeded random numbers.
+
+use super::rng::Rng;
+use super::{layout, DType, Device, Tensor, WithDType};
+use crate::backend::cpu;
+use crate::tensor::storage::CpuStorage;
+use crate::{Error, Result};
+
+/// Only the CPU backend exists so far; every other device is refused here, in one place.
+fn check_device(op: &'static str, dev: &Device) -> Result<()> {
+    match dev {
+        Device::Cpu => Ok(()),
+        other => Err(Error::DeviceUnavailable {
+            device: *other,
+            reason: format!("{op}: only the CPU backend is built so far"),
+        }),
+    }
+}
+
+impl Tensor {
+    /// A tensor holding `data` in row-major order.
+    pub fn from_vec<T: WithDType>(data: Vec<T>, shape: &[usize], dev: &Device) -> Result<Tensor> {
+        check_device("from_vec", dev)?;
+        if layout::numel(shape) != data.len() {
+            return Err(Error::shape(
+                "from_vec",
+                format!(
+                    "{} elements cannot fill shape {shape:?}, which holds {}",
+                    data.len(),
+                    layout::numel(shape)
+                ),
+            ));
+        }
+        Ok(Tensor::from_cpu(CpuStorage::from_vec(data), shape))
+    }
+
+    /// A copy of `data` in row-major order.
+    pub fn from_slice<T: WithDType>(data: &[T], shape: &[usize], dev: &Device) -> Result<Tensor> {
+        Tensor::from_vec(data.to_vec(), shape, dev)
+    }
+
+    /// Every element equal to `value` (rounded to `dtype`).
+    pub fn full(value: f64, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+        check_device("full", dev)?;
+        Ok(Tensor::from_cpu(cpu::filled(value, layout::numel(shape), dtype), shape))
+    }
+
+    pub fn zeros(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+        Tensor::full(0.0, shape, dtype, dev)
+    }
+
+    pub fn ones(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+        Tensor::full(1.0, shape, dtype, dev)
+    }
+
+    /// Zeros with the shape, dtype and device of `self`.
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::zeros(self.shape(), self.dtype(), self.device())
+    }
+
+    pub fn ones_like(&self) -> Result<Tensor> {
+        Tensor::ones(self.shape(), self.dtype(), self.device())
+    }
+
+    /// `start, start + step, ...` up to but excluding `end`, as PyTorch's `arange`.
+    pub fn arange(start: f64, end: f64, step: f64, dtype: DType, dev: &Device) -> Result<Tensor> {
+        if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
+            return Err(Error::invalid(
+                "arange",
+                format!("start {start}, end {end} and step {step} must be finite, step non-zero"),
+            ));
+        }
+        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        Tensor::from_vec(values, &[n], dev)?.to_dtype(dtype)
+    }
+
+    /// Uniform samples in [0, 1) drawn from `rng` in row-major order.
+    pub fn rand(shape: &[usize], dtype: DType, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
+        Tensor::sampled("rand", shape, dtype, dev, || rng.uniform())
+    }
+
+    /// Standard normal samples drawn from `rng` in row-major order.
+    pub fn randn(shape: &[usize], dtype: DType, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
+        Tensor::sampled("randn", shape, dtype, dev, || rng.normal())
+    }
+
+    fn sampled(op: &'static str, shape: &[usize], dtype: DType, dev: &Device, draw: impl FnMut() -> f64) -> Result<Tensor> {
+        if !dtype.is_float() {
+            return Err(Error::not_float(op, dtype));
+        }
+        let values: Vec<f64> = std::iter::repeat_with(draw).take(layout::numel(shape)).collect();
+        Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)
+    }
+}

@@ -1,0 +1,103 @@
+//! Element types. Floats are F32, F64, BF16 and F16; U32 holds token ids and indices.
+
+use half::{bf16, f16};
+
+/// The element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F64,
+    BF16,
+    F16,
+    U32,
+}
+
+impl DType {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F64 => 8,
+            DType::F32 | DType::U32 => 4,
+            DType::BF16 | DType::F16 => 2,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        !matches!(self, DType::U32)
+    }
+
+    /// Lower-case name as used in file formats and on the command line ("f32", "bf16", ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Rust type that can be a tensor element. Conversions go through `f64`, which holds
+/// every value of every kiln dtype exactly.
+pub trait WithDType: Copy + Send + Sync + std::fmt::Debug + PartialOrd + bytemuck::Pod + 'static {
+    const DTYPE: DType;
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl WithDType for f32 {
+    const DTYPE: DType = DType::F32;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl WithDType for f64 {
+    const DTYPE: DType = DType::F64;
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+impl WithDType for bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    fn from_f64(v: f64) -> Self {
+        bf16::from_f64(v)
+    }
+}
+
+impl WithDType for f16 {
+    const DTYPE: DType = DType::F16;
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    fn from_f64(v: f64) -> Self {
+        f16::from_f64(v)
+    }
+}
+
+impl WithDType for u32 {
+    const DTYPE: DType = DType::U32;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    /// Saturating, truncating toward zero (as `as` does); NaN maps to 0.
+    fn from_f64(v: f64) -> Self {
+        v as u32
+    }
+}

@@ -1,0 +1,259 @@
+//! Shape, strides and offset: how a tensor's logical elements map onto its storage.
+//! Views (transpose, narrow, broadcast, ...) only change the layout, never the data.
+
+use crate::{Error, Result};
+
+/// Element `[i0, i1, ...]` lives at `offset + i0*strides[0] + i1*strides[1] + ...`.
+/// A stride of 0 repeats one element along a dimension (broadcasting).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    offset: usize,
+}
+
+/// Row-major strides of a contiguous tensor of `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; shape.len()];
+    let mut acc = 1;
+    for (s, &d) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc *= d;
+    }
+    strides
+}
+
+/// The number of elements of a tensor of `shape` (1 for a scalar, 0 if any dim is 0).
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Turns a possibly negative dimension into an index in `0..rank`.
+pub fn resolve_dim(op: &'static str, dim: isize, shape: &[usize]) -> Result<usize> {
+    let rank = shape.len() as isize;
+    let d = if dim < 0 { dim + rank } else { dim };
+    if d < 0 || d >= rank {
+        return Err(Error::Dim {
+            op,
+            dim,
+            rank: shape.len(),
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(d as usize)
+}
+
+/// NumPy broadcasting: align trailing dims; each pair must be equal or contain a 1.
+pub fn broadcast_shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>> {
+    let rank = lhs.len().max(rhs.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let l = if i < rank - lhs.len() { 1 } else { lhs[i - (rank - lhs.len())] };
+        let r = if i < rank - rhs.len() { 1 } else { rhs[i - (rank - rhs.len())] };
+        out[i] = match (l, r) {
+            _ if l == r => l,
+            (1, _) => r,
+            (_, 1) => l,
+            _ => {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "shapes {lhs:?} and {rhs:?} cannot be broadcast: dimension {i} of the result has sizes {l} and {r}"
+                    ),
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
+impl Layout {
+    pub fn contiguous(shape: &[usize]) -> Self {
+        Layout {
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+        }
+    }
+
+    pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
+        debug_assert_eq!(shape.len(), strides.len());
+        Layout {
+            shape,
+            strides,
+            offset,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// Row-major with no gaps (dims of size 1 may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let mut expected = 1;
+        for (&d, &s) in self.shape.iter().zip(&self.strides).rev() {
+            if d != 1 && s != expected {
+                return false;
+            }
+            expected *= d;
+        }
+        true
+    }
+
+    /// The contiguous range of storage this layout covers, if it is contiguous.
+    pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
+        self.is_contiguous()
+            .then(|| self.offset..self.offset + self.numel())
+    }
+
+    pub fn transpose(&self, d0: usize, d1: usize) -> Layout {
+        let mut l = self.clone();
+        l.shape.swap(d0, d1);
+        l.strides.swap(d0, d1);
+        l
+    }
+
+    /// `dims` must be a permutation of `0..rank` (checked by the caller).
+    pub fn permute(&self, dims: &[usize]) -> Layout {
+        Layout {
+            shape: dims.iter().map(|&d| self.shape[d]).collect(),
+            strides: dims.iter().map(|&d| self.strides[d]).collect(),
+            offset: self.offset,
+        }
+    }
+
+    /// Elements `start..start+len` of dimension `dim` (bounds checked by the caller).
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Layout {
+        let mut l = self.clone();
+        if len > 0 {
+            l.offset += start * self.strides[dim];
+        }
+        l.shape[dim] = len;
+        l
+    }
+
+    /// A view with `shape`, repeating size-1 (or missing leading) dims with stride 0.
+    pub fn broadcast_to(&self, op: &'static str, shape: &[usize]) -> Result<Layout> {
+        if shape.len() < self.rank() {
+            return Err(Error::shape(
+                op,
+                format!("cannot broadcast shape {:?} to the lower-rank shape {shape:?}", self.shape),
+            ));
+        }
+        let extra = shape.len() - self.rank();
+        let mut strides = vec![0; shape.len()];
+        for (i, &target) in shape.iter().enumerate().skip(extra) {
+            let (d, s) = (self.shape[i - extra], self.strides[i - extra]);
+            strides[i] = if d == target {
+                s
+            } else if d == 1 {
+                0
+            } else {
+                return Err(Error::shape(
+                    op,
+                    format!("cannot broadcast shape {:?} to {shape:?}: dimension {i} has size {d}, expected 1 or {target}", self.shape),
+                ));
+            };
+        }
+        Ok(Layout::new(shape.to_vec(), strides, self.offset))
+    }
+
+    /// A new shape for the same elements without copying, when the strides allow it
+    /// (always for contiguous layouts). `None` means the data must be copied first.
+    pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
+        self.is_contiguous().then(|| Layout {
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: self.offset,
+        })
+    }
+
+    /// Storage offsets of all elements in row-major logical order.
+    pub fn offsets(&self) -> StridedOffsets<'_> {
+        StridedOffsets {
+            layout: self,
+            index: vec![0; self.rank()],
+            next: self.offset,
+            remaining: self.numel(),
+        }
+    }
+}
+
+/// Iterator over storage offsets of a layout, an odometer over the logical index.
+pub struct StridedOffsets<'a> {
+    layout: &'a Layout,
+    index: Vec<usize>,
+    next: usize,
+    remaining: usize,
+}
+
+impl Iterator for StridedOffsets<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let current = self.next;
+        for d in (0..self.index.len()).rev() {
+            self.index[d] += 1;
+            self.next += self.layout.strides[d];
+            if self.index[d] < self.layout.shape[d] {
+                break;
+            }
+            self.next -= self.index[d] * self.layout.strides[d];
+            self.index[d] = 0;
+        }
+        Some(current)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for StridedOffsets<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_of_a_transposed_view() {
+        let l = Layout::contiguous(&[2, 3]).transpose(0, 1);
+        assert_eq!(l.offsets().collect::<Vec<_>>(), vec![0, 3, 1, 4, 2, 5]);
+        assert!(!l.is_contiguous());
+    }
+
+    #[test]
+    fn broadcast_repeats_with_zero_stride() {
+        let l = Layout::contiguous(&[3, 1]).broadcast_to("t", &[2, 3, 4]).unwrap();
+        assert_eq!(l.strides(), &[0, 1, 0]);
+        assert_eq!(l.offsets().take(5).collect::<Vec<_>>(), vec![0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn broadcast_shapes_follows_numpy() {
+        assert_eq!(broadcast_shapes("t", &[5, 1, 3], &[4, 1]).unwrap(), vec![5, 4, 3]);
+        assert!(broadcast_shapes("t", &[2, 3], &[4, 3]).is_err());
+        assert_eq!(broadcast_shapes("t", &[], &[2]).unwrap(), vec![2]);
+    }
+}

@@ -1,0 +1,357 @@
+//! The [`Tensor`]: a shared storage seen through a [`Layout`], plus its place in the
+//! autograd graph. Cloning a tensor is cheap (one `Arc`); views share the storage.
+
+pub mod device;
+pub mod dtype;
+pub mod layout;
+pub mod rng;
+pub mod storage;
+
+mod create;
+
+use crate::autograd::{BackwardFn, GradState, Node};
+use crate::{Error, Result};
+use device::Device;
+use dtype::{DType, WithDType};
+use layout::Layout;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use storage::{CpuStorage, Storage};
+
+/// An n-dimensional array with optional gradient tracking.
+#[derive(Clone)]
+pub struct Tensor(Arc<TensorInner>);
+
+struct TensorInner {
+    id: usize,
+    storage: Arc<RwLock<Storage>>,
+    layout: Layout,
+    dtype: DType,
+    device: Device,
+    grad: GradState,
+}
+
+fn next_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Tensor {
+    /// Wraps freshly computed data (a constant; ops attach their node with [`Tensor::record`]).
+    pub(crate) fn from_storage(storage: Storage, layout: Layout, device: Device) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: next_id(),
+            dtype: storage.dtype(),
+            storage: Arc::new(RwLock::new(storage)),
+            layout,
+            device,
+            grad: GradState::None,
+        }))
+    }
+
+    pub(crate) fn from_cpu(storage: CpuStorage, shape: &[usize]) -> Tensor {
+        Tensor::from_storage(Storage::Cpu(storage), Layout::contiguous(shape), Device::Cpu)
+    }
+
+    /// Another view of the same storage (not recorded; view ops record their own node).
+    pub(crate) fn with_layout(&self, layout: Layout) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: next_id(),
+            storage: self.0.storage.clone(),
+            layout,
+            dtype: self.0.dtype,
+            device: self.0.device,
+            grad: GradState::None,
+        }))
+    }
+
+    /// Attaches the autograd node of op `op` to its freshly computed output `self`, if grad
+    /// mode is on and some input needs a gradient; otherwise returns `self` unchanged.
+    pub(crate) fn record(
+        self,
+        op: &'static str,
+        inputs: &[&Tensor],
+        backward: impl FnOnce(&Tensor, &[Tensor], &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+    ) -> Tensor {
+        if !crate::autograd::is_grad_enabled() || !inputs.iter().any(|t| t.tracks_grad()) {
+            return self;
+        }
+        let backward: BackwardFn = Box::new(backward);
+        let node = Node {
+            op,
+            inputs: inputs.iter().map(|&t| t.clone()).collect(),
+            backward,
+        };
+        Tensor(Arc::new(TensorInner {
+            id: self.0.id,
+            storage: self.0.storage.clone(),
+            layout: self.0.layout.clone(),
+            dtype: self.0.dtype,
+            device: self.0.device,
+            grad: GradState::Op(std::sync::Mutex::new(Some(node))),
+        }))
+    }
+
+    /// A unique id, the key of [`crate::Gradients`].
+    pub fn id(&self) -> usize {
+        self.0.id
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.0.layout.shape()
+    }
+
+    pub fn dims(&self) -> usize {
+        self.0.layout.rank()
+    }
+
+    /// The size of dimension `dim` (negative counts from the end).
+    pub fn dim(&self, dim: isize) -> Result<usize> {
+        Ok(self.shape()[layout::resolve_dim("dim", dim, self.shape())?])
+    }
+
+    pub fn numel(&self) -> usize {
+        self.0.layout.numel()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.0.layout
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        self.0.layout.is_contiguous()
+    }
+
+    pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
+        // A poisoned lock means a panic happened mid-write elsewhere; the data is still the
+        // best we have, and panicking again here would hide the first panic.
+        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether two tensors share one storage (views of each other).
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    /// Marks a leaf as needing a gradient: `backward()` will return its gradient. Integer
+    /// tensors cannot have gradients and are returned unchanged.
+    pub fn requires_grad(self) -> Tensor {
+        if !self.dtype().is_float() {
+            return self;
+        }
+        Tensor(Arc::new(TensorInner {
+            id: next_id(),
+            storage: self.0.storage.clone(),
+            layout: self.0.layout.clone(),
+            dtype: self.0.dtype,
+            device: self.0.device,
+            grad: GradState::Leaf,
+        }))
+    }
+
+    /// Whether gradients flow through this tensor (a requires-grad leaf or an op output
+    /// depending on one).
+    pub fn tracks_grad(&self) -> bool {
+        !matches!(self.0.grad, GradState::None)
+    }
+
+    /// Whether this is a leaf created with [`Tensor::requires_grad`].
+    pub fn is_leaf_requiring_grad(&self) -> bool {
+        matches!(self.0.grad, GradState::Leaf)
+    }
+
+    /// The same data cut off from the graph: no gradient flows through the result.
+    pub fn detach(&self) -> Tensor {
+        self.with_layout(self.0.layout.clone())
+    }
+
+    pub(crate) fn node_inputs(&self) -> Vec<Tensor> {
+        match &self.0.grad {
+            GradState::Op(node) => node
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|n| n.inputs.clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes this tensor's node out of the graph (Ok(None) for a leaf).
+    pub(crate) fn take_node(&self) -> Result<Option<Node>> {
+        match &self.0.grad {
+            GradState::Op(node) => node.lock().unwrap_or_else(|e| e.into_inner()).take().map(Some).ok_or_else(|| {
+                Error::Autograd(
+                    "the graph through this tensor was already freed by an earlier backward(); run the forward pass again".into(),
+                )
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Gradients of this scalar with respect to every leaf that requires one.
+    pub fn backward(&self) -> Result<crate::Gradients> {
+        if self.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward() needs a scalar (one element), got shape {:?}; reduce it first (sum_all, mean_all) or use backward_with",
+                self.shape()
+            )));
+        }
+        let seed = Tensor::ones(self.shape(), self.dtype(), self.device())?;
+        crate::autograd::backward(self, seed)
+    }
+
+    /// Backpropagates a given gradient of some scalar with respect to `self`.
+    pub fn backward_with(&self, grad: &Tensor) -> Result<crate::Gradients> {
+        if grad.shape() != self.shape() || grad.dtype() != self.dtype() {
+            return Err(Error::shape(
+                "backward_with",
+                format!(
+                    "gradient {:?} {} does not match the tensor {:?} {}",
+                    grad.shape(),
+                    grad.dtype(),
+                    self.shape(),
+                    self.dtype()
+                ),
+            ));
+        }
+        crate::autograd::backward(self, grad.detach())
+    }
+
+    /// A fresh contiguous copy sharing no storage with `self` (differentiable).
+    pub fn copy(&self) -> Result<Tensor> {
+        let out = match &*self.storage() {
+            Storage::Cpu(s) => Tensor::from_cpu(crate::backend::cpu::contiguous(s, self.layout()), self.shape()),
+        };
+        Ok(out.record("copy", &[self], |g, _, _| Ok(vec![Some(g.clone())])))
+    }
+
+    /// Overwrites the elements of `self` with those of `src` (same shape, dtype and device).
+    /// Not recorded by autograd: this is for optimizer updates and buffers. Every view of
+    /// `self`'s storage sees the new values.
+    pub fn assign(&self, src: &Tensor) -> Result<()> {
+        self.assign_region(self.layout(), src)
+    }
+
+    /// Writes `src` into the elements of `self`'s storage that `region` views.
+    pub(crate) fn assign_region(&self, region: &Layout, src: &Tensor) -> Result<()> {
+        if region.shape() != src.shape() || self.dtype() != src.dtype() {
+            return Err(Error::shape(
+                "assign",
+                format!(
+                    "destination {:?} {} and source {:?} {} differ in shape or dtype",
+                    region.shape(),
+                    self.dtype(),
+                    src.shape(),
+                    src.dtype()
+                ),
+            ));
+        }
+        self.same_device(src, "assign")?;
+        // Reading `src` while holding the write lock on a shared storage would deadlock.
+        let src = if self.same_storage(src) { src.detach().copy()? } else { src.clone() };
+        let src_storage = src.storage();
+        let mut dst = self.0.storage.write().unwrap_or_else(|e| e.into_inner());
+        match (&mut *dst, &*src_storage) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => crate::backend::cpu::assign(d, region, s, src.layout()),
+        }
+        Ok(())
+    }
+
+    /// Checks that `self` and `other` are on one device (for binary ops).
+    pub(crate) fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        if self.device() != other.device() {
+            return Err(Error::DeviceMismatch {
+                op,
+                lhs: *self.device(),
+                rhs: *other.device(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The elements in row-major order, converted to `T` if the dtype differs (floats to u32
+    /// truncate toward zero and saturate).
+    pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
+        let t = if self.dtype() == T::DTYPE {
+            self.clone()
+        } else {
+            self.to_dtype(T::DTYPE)?
+        };
+        let storage = t.storage();
+        match &*storage {
+            Storage::Cpu(s) => {
+                let data = s.as_slice::<T>().expect("dtype checked above");
+                Ok(crate::backend::cpu::gather(data, t.layout()))
+            }
+        }
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn to_scalar<T: WithDType>(&self) -> Result<T> {
+        if self.numel() != 1 {
+            return Err(Error::shape(
+                "to_scalar",
+                format!("expected a tensor with one element, got shape {:?}", self.shape()),
+            ));
+        }
+        Ok(self.to_vec::<T>()?[0])
+    }
+
+    /// A copy with another element type (differentiable between float types).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let out = match &*self.storage() {
+            Storage::Cpu(s) => Tensor::from_cpu(crate::backend::cpu::cast(s, self.layout(), dtype), self.shape()),
+        };
+        if !dtype.is_float() {
+            return Ok(out); // no gradient flows through integers
+        }
+        let from = self.dtype();
+        Ok(out.record("to_dtype", &[self], move |g, _, _| Ok(vec![Some(g.to_dtype(from)?)])))
+    }
+
+    /// A copy on another device (differentiable).
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        Err(Error::DeviceUnavailable {
+            device: *device,
+            reason: "only the CPU backend is built so far".into(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {}, {}", self.shape(), self.dtype(), self.device())?;
+        const SHOWN: usize = 8;
+        if let Ok(v) = self.narrow_flat(SHOWN).and_then(|t| t.to_vec::<f64>()) {
+            write!(f, ", {v:?}")?;
+            if self.numel() > SHOWN {
+                write!(f, "…")?;
+            }
+        }
+        write!(f, ")")
+    }
+}
+
+impl Tensor {
+    /// Up to the first `n` elements, flattened (for display).
+    fn narrow_flat(&self, n: usize) -> Result<Tensor> {
+        let _g = crate::no_grad();
+        let flat = self.contiguous()?.reshape(&[self.numel()])?;
+        flat.narrow(0, 0, n.min(self.numel()))
+    }
+}

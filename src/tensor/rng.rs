@@ -1,0 +1,114 @@
+//! A small seeded generator whose stream is identical on every platform and run:
+//! xoshiro256** (Blackman & Vigna) seeded through SplitMix64. Its whole state can be saved
+//! and restored, so a resumed training run draws the same numbers as an uninterrupted one.
+
+/// Deterministic pseudo-random generator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut splitmix = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng {
+            s: [splitmix(), splitmix(), splitmix(), splitmix()],
+        }
+    }
+
+    /// The full state, for checkpoints.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// Restores a state saved by [`Rng::state`]. An all-zero state (which xoshiro can never
+    /// reach) is replaced by the state of seed 0.
+    pub fn from_state(s: [u64; 4]) -> Self {
+        if s == [0; 4] {
+            return Rng::new(0);
+        }
+        Rng { s }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform integer in `0..n` (n > 0), without modulo bias (Lemire's method).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "Rng::below(0)");
+        loop {
+            let m = (self.next_u64() as u128) * (n as u128);
+            let low = m as u64;
+            if low >= n.wrapping_neg() % n {
+                return (m >> 64) as u64;
+            }
+        }
+    }
+
+    /// Standard normal by the Box-Muller transform (one draw per two uniforms, so the
+    /// stream does not depend on a cached second value).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform(); // (0, 1]: ln is finite
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the stream: if this changes, every seeded run in the wild changes.
+    /// The reference numbers come from the xoshiro256** and SplitMix64 reference C code.
+    #[test]
+    fn stream_matches_the_reference_generator() {
+        // SplitMix64 from seed 0 gives 0xE220A8397B1DCDAF as its first output.
+        let r = Rng::new(0);
+        assert_eq!(r.state()[0], 0xE220_A839_7B1D_CDAF);
+        // xoshiro256** with state [1, 2, 3, 4]: first outputs 11520, 0, 1509978240.
+        let mut r = Rng::from_state([1, 2, 3, 4]);
+        assert_eq!([r.next_u64(), r.next_u64(), r.next_u64()], [11520, 0, 1509978240]);
+    }
+
+    #[test]
+    fn normal_has_unit_variance() {
+        let mut r = Rng::new(7);
+        let n = 200_000;
+        let xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.01, "var {var}");
+    }
+
+    #[test]
+    fn below_stays_in_range() {
+        let mut r = Rng::new(3);
+        let mut seen = [0usize; 7];
+        for _ in 0..7000 {
+            seen[r.below(7) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 800), "{seen:?}");
+    }
+}
