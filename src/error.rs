@@ -17,11 +17,7 @@ pub enum Error {
 
     /// Operands live on different devices.
     #[error("{op}: operands are on different devices: {lhs:?} and {rhs:?}")]
-    DeviceMismatch {
-        op: &'static str,
-        lhs: Device,
-        rhs: Device,
-    },
+    DeviceMismatch { op: &'static str, lhs: Device, rhs: Device },
 
     /// A dimension index outside `-rank..rank`.
     #[error("{op}: dimension {dim} is out of range for a tensor of rank {rank} (shape {shape:?})")]
@@ -62,24 +58,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape {
-            op,
-            msg: msg.into(),
-        }
+        Error::Shape { op, msg: msg.into() }
     }
 
     pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Invalid {
-            op,
-            msg: msg.into(),
-        }
+        Error::Invalid { op, msg: msg.into() }
     }
 
     pub(crate) fn index(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Index {
-            op,
-            msg: msg.into(),
-        }
+        Error::Index { op, msg: msg.into() }
     }
 
     /// The operation needs a floating-point operand but got `got`.

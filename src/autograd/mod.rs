@@ -16,8 +16,7 @@ use std::collections::HashMap;
 /// Maps the output's gradient to one optional gradient per input (None: no gradient flows
 /// there, e.g. into integer indices). `inputs` are the node's inputs, `output` the tensor that
 /// owns the node: passing them here instead of capturing them avoids reference cycles.
-pub(crate) type BackwardFn =
-    Box<dyn FnOnce(&Tensor, &[Tensor], &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+pub(crate) type BackwardFn = Box<dyn FnOnce(&Tensor, &[Tensor], &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
 
 /// One recorded operation.
 pub(crate) struct Node {

@@ -43,7 +43,10 @@ impl BinaryOp {
     }
 
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
+        matches!(
+            self,
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
+        )
     }
 
     /// The arithmetic ops. NaN propagates through maximum/minimum, as in PyTorch.
@@ -94,7 +97,9 @@ impl Tensor {
         let lb = rhs.layout().broadcast_to(op.name(), &shape)?;
         let (sa, sb) = (self.storage(), rhs.storage());
         Ok(match (&*sa, &*sb) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Tensor::from_cpu(cpu::elementwise::binary(op, a, &la, b, &lb)?, &shape),
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                Tensor::from_cpu(cpu::elementwise::binary(op, a, &la, b, &lb)?, &shape)
+            }
         })
     }
 
@@ -109,7 +114,10 @@ impl Tensor {
         Ok(y.record(op.name(), &[self, rhs], move |g, inputs, _| {
             let (a, b) = (&inputs[0], &inputs[1]);
             let (ga, gb) = grads(g, a, b)?;
-            Ok(vec![Some(ga.sum_to_shape(a.shape())?), Some(gb.sum_to_shape(b.shape())?)])
+            Ok(vec![
+                Some(ga.sum_to_shape(a.shape())?),
+                Some(gb.sum_to_shape(b.shape())?),
+            ])
         }))
     }
 

@@ -12,12 +12,18 @@ impl Tensor {
         self.same_device(rhs, "matmul")?;
         let (ls, rs) = (self.shape(), rhs.shape());
         if ls.len() < 2 || rs.len() < 2 {
-            return Err(Error::shape("matmul", format!("lhs {ls:?} and rhs {rs:?}: both operands need at least 2 dimensions")));
+            return Err(Error::shape(
+                "matmul",
+                format!("lhs {ls:?} and rhs {rs:?}: both operands need at least 2 dimensions"),
+            ));
         }
         let (m, k) = (ls[ls.len() - 2], ls[ls.len() - 1]);
         let (k2, n) = (rs[rs.len() - 2], rs[rs.len() - 1]);
         if k != k2 {
-            return Err(Error::shape("matmul", format!("lhs {ls:?} and rhs {rs:?}: inner dimensions {k} and {k2} differ")));
+            return Err(Error::shape(
+                "matmul",
+                format!("lhs {ls:?} and rhs {rs:?}: inner dimensions {k} and {k2} differ"),
+            ));
         }
         if self.dtype() != rhs.dtype() {
             return Err(Error::dtype_mismatch("matmul", self.dtype(), rhs.dtype()));

@@ -2,7 +2,11 @@
 //! backward rule sit side by side.
 
 pub mod binary;
+pub mod dropout;
+pub mod index;
+pub mod loss;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;

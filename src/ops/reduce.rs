@@ -10,10 +10,16 @@ use crate::{Error, Result, Tensor};
 impl Tensor {
     /// Resolves, checks and sorts reduction dims.
     fn reduction_dims(&self, op: &'static str, dims: &[isize]) -> Result<Vec<usize>> {
-        let mut resolved = dims.iter().map(|&d| resolve_dim(op, d, self.shape())).collect::<Result<Vec<_>>>()?;
+        let mut resolved = dims
+            .iter()
+            .map(|&d| resolve_dim(op, d, self.shape()))
+            .collect::<Result<Vec<_>>>()?;
         resolved.sort_unstable();
         if resolved.windows(2).any(|w| w[0] == w[1]) {
-            return Err(Error::invalid(op, format!("dims {dims:?} name a dimension twice (shape {:?})", self.shape())));
+            return Err(Error::invalid(
+                op,
+                format!("dims {dims:?} name a dimension twice (shape {:?})", self.shape()),
+            ));
         }
         Ok(resolved)
     }
@@ -36,7 +42,11 @@ impl Tensor {
         if op != ReduceOp::Sum && dims.iter().any(|&d| self.shape()[d] == 0) {
             return Err(Error::shape(
                 op.name(),
-                format!("cannot take the {} over an empty dimension (shape {:?}, dims {dims:?})", op.name(), self.shape()),
+                format!(
+                    "cannot take the {} over an empty dimension (shape {:?}, dims {dims:?})",
+                    op.name(),
+                    self.shape()
+                ),
             ));
         }
         let shape = self.reduced_shape(dims, true);
@@ -61,7 +71,13 @@ impl Tensor {
         let resolved = self.reduction_dims("mean", dims)?;
         let count: usize = resolved.iter().map(|&d| self.shape()[d]).product();
         if count == 0 {
-            return Err(Error::shape("mean", format!("the mean over dims {dims:?} of shape {:?} has no elements", self.shape())));
+            return Err(Error::shape(
+                "mean",
+                format!(
+                    "the mean over dims {dims:?} of shape {:?} has no elements",
+                    self.shape()
+                ),
+            ));
         }
         self.sum(dims, keepdim)?.mul_scalar(1.0 / count as f64)
     }
@@ -114,7 +130,10 @@ impl Tensor {
             return Ok(self.clone());
         }
         let extra = self.dims().checked_sub(shape.len()).ok_or_else(|| {
-            Error::shape("sum_to_shape", format!("cannot sum shape {:?} down to the higher-rank {shape:?}", self.shape()))
+            Error::shape(
+                "sum_to_shape",
+                format!("cannot sum shape {:?} down to the higher-rank {shape:?}", self.shape()),
+            )
         })?;
         let mut dims = Vec::new();
         for (d, &size) in self.shape().iter().enumerate() {

@@ -12,16 +12,26 @@ impl Tensor {
         if numel(shape) != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot reshape {:?} ({} elements) to {shape:?} ({} elements)", self.shape(), self.numel(), numel(shape)),
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?} ({} elements)",
+                    self.shape(),
+                    self.numel(),
+                    numel(shape)
+                ),
             ));
         }
         if shape == self.shape() {
             return Ok(self.clone());
         }
         let source = self.contiguous()?;
-        let layout = source.layout().reshape(shape).expect("contiguous layouts reshape as views");
+        let layout = source
+            .layout()
+            .reshape(shape)
+            .expect("contiguous layouts reshape as views");
         let out = source.with_layout(layout);
-        Ok(out.record("reshape", &[&source], |g, inputs, _| Ok(vec![Some(g.reshape(inputs[0].shape())?)])))
+        Ok(out.record("reshape", &[&source], |g, inputs, _| {
+            Ok(vec![Some(g.reshape(inputs[0].shape())?)])
+        }))
     }
 
     /// Swaps two dims (a view).
@@ -29,16 +39,26 @@ impl Tensor {
         let a = resolve_dim("transpose", d0, self.shape())?;
         let b = resolve_dim("transpose", d1, self.shape())?;
         let out = self.with_layout(self.layout().transpose(a, b));
-        Ok(out.record("transpose", &[self], move |g, _, _| Ok(vec![Some(g.transpose(a as isize, b as isize)?)])))
+        Ok(out.record("transpose", &[self], move |g, _, _| {
+            Ok(vec![Some(g.transpose(a as isize, b as isize)?)])
+        }))
     }
 
     /// Reorders dims: result dim i is input dim `dims[i]` (a view).
     pub fn permute(&self, dims: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.dims()];
-        if dims.len() != self.dims() || dims.iter().any(|&d| d >= self.dims() || std::mem::replace(&mut seen[d], true)) {
+        if dims.len() != self.dims()
+            || dims
+                .iter()
+                .any(|&d| d >= self.dims() || std::mem::replace(&mut seen[d], true))
+        {
             return Err(Error::shape(
                 "permute",
-                format!("{dims:?} is not a permutation of the {} dims of shape {:?}", self.dims(), self.shape()),
+                format!(
+                    "{dims:?} is not a permutation of the {} dims of shape {:?}",
+                    self.dims(),
+                    self.shape()
+                ),
             ));
         }
         let out = self.with_layout(self.layout().permute(dims));
@@ -56,7 +76,11 @@ impl Tensor {
         if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::index(
                 "narrow",
-                format!("range {start}..{} is out of bounds for dimension {dim} of size {size} (shape {:?})", start.saturating_add(len), self.shape()),
+                format!(
+                    "range {start}..{} is out of bounds for dimension {dim} of size {size} (shape {:?})",
+                    start.saturating_add(len),
+                    self.shape()
+                ),
             ));
         }
         let out = self.with_layout(self.layout().narrow(d, start, len));
@@ -81,14 +105,23 @@ impl Tensor {
             return Ok(self.clone());
         }
         let out = self.with_layout(self.layout().broadcast_to("broadcast_to", shape)?);
-        Ok(out.record("broadcast_to", &[self], |g, inputs, _| Ok(vec![Some(g.sum_to_shape(inputs[0].shape())?)])))
+        Ok(out.record("broadcast_to", &[self], |g, inputs, _| {
+            Ok(vec![Some(g.sum_to_shape(inputs[0].shape())?)])
+        }))
     }
 
     /// Removes dimension `dim`, which must have size 1.
     pub fn squeeze(&self, dim: isize) -> Result<Tensor> {
         let d = resolve_dim("squeeze", dim, self.shape())?;
         if self.shape()[d] != 1 {
-            return Err(Error::shape("squeeze", format!("dimension {dim} of shape {:?} has size {}, not 1", self.shape(), self.shape()[d])));
+            return Err(Error::shape(
+                "squeeze",
+                format!(
+                    "dimension {dim} of shape {:?} has size {}, not 1",
+                    self.shape(),
+                    self.shape()[d]
+                ),
+            ));
         }
         let mut shape = self.shape().to_vec();
         shape.remove(d);
@@ -100,7 +133,12 @@ impl Tensor {
         let rank = self.dims() as isize;
         let d = if dim < 0 { dim + rank + 1 } else { dim };
         if !(0..=rank).contains(&d) {
-            return Err(Error::Dim { op: "unsqueeze", dim, rank: self.dims(), shape: self.shape().to_vec() });
+            return Err(Error::Dim {
+                op: "unsqueeze",
+                dim,
+                rank: self.dims(),
+                shape: self.shape().to_vec(),
+            });
         }
         let mut shape = self.shape().to_vec();
         shape.insert(d as usize, 1);
@@ -125,7 +163,9 @@ impl Tensor {
 
     /// Joins tensors along `dim`; all other dims must agree.
     pub fn cat(tensors: &[Tensor], dim: isize) -> Result<Tensor> {
-        let first = tensors.first().ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
         let d = resolve_dim("cat", dim, first.shape())?;
         let mut shape = first.shape().to_vec();
         shape[d] = 0;
@@ -135,11 +175,19 @@ impl Tensor {
                 return Err(Error::dtype_mismatch("cat", first.dtype(), t.dtype()));
             }
             let compatible = t.dims() == first.dims()
-                && t.shape().iter().zip(first.shape()).enumerate().all(|(i, (a, b))| i == d || a == b);
+                && t.shape()
+                    .iter()
+                    .zip(first.shape())
+                    .enumerate()
+                    .all(|(i, (a, b))| i == d || a == b);
             if !compatible {
                 return Err(Error::shape(
                     "cat",
-                    format!("shapes {:?} and {:?} differ outside dimension {dim}", first.shape(), t.shape()),
+                    format!(
+                        "shapes {:?} and {:?} differ outside dimension {dim}",
+                        first.shape(),
+                        t.shape()
+                    ),
                 ));
             }
             shape[d] += t.shape()[d];

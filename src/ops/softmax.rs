@@ -33,7 +33,11 @@ impl Tensor {
     fn softmax_forward(&self, dim: isize, log: bool) -> Result<Tensor> {
         let _untracked = crate::no_grad();
         let last = self.dims() as isize - 1;
-        let x = if dim == last { self.contiguous()? } else { self.transpose(dim, last)?.contiguous()? };
+        let x = if dim == last {
+            self.contiguous()?
+        } else {
+            self.transpose(dim, last)?.contiguous()?
+        };
         let width = x.shape().last().copied().unwrap_or(1);
         let y = match &*x.storage() {
             Storage::Cpu(s) => Tensor::from_cpu(cpu::softmax::softmax_last_dim(s, width, log)?, x.shape()),

@@ -28,7 +28,10 @@ pub enum UnaryOp {
     Recip,
     Powf(f64),
     /// x·mul + add.
-    Affine { mul: f64, add: f64 },
+    Affine {
+        mul: f64,
+        add: f64,
+    },
 }
 
 impl UnaryOp {
@@ -103,7 +106,9 @@ impl Tensor {
         dydx: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
     ) -> Result<Tensor> {
         let y = self.unary_map(op)?;
-        Ok(y.record(op.name(), &[self], move |g, inputs, y| Ok(vec![Some(g.mul(&dydx(&inputs[0], y)?)?)])))
+        Ok(y.record(op.name(), &[self], move |g, inputs, y| {
+            Ok(vec![Some(g.mul(&dydx(&inputs[0], y)?)?)])
+        }))
     }
 
     pub fn neg(&self) -> Result<Tensor> {
@@ -121,12 +126,18 @@ impl Tensor {
 
     pub fn sqrt(&self) -> Result<Tensor> {
         // d√x = 1 / (2√x)
-        self.unary_with_grad(UnaryOp::Sqrt, |_, y| y.unary_map(UnaryOp::Recip)?.unary_map(UnaryOp::Affine { mul: 0.5, add: 0.0 }))
+        self.unary_with_grad(UnaryOp::Sqrt, |_, y| {
+            y.unary_map(UnaryOp::Recip)?
+                .unary_map(UnaryOp::Affine { mul: 0.5, add: 0.0 })
+        })
     }
 
     pub fn tanh(&self) -> Result<Tensor> {
         // d tanh = 1 - tanh²
-        self.unary_with_grad(UnaryOp::Tanh, |_, y| y.unary_map(UnaryOp::Powf(2.0))?.unary_map(UnaryOp::Affine { mul: -1.0, add: 1.0 }))
+        self.unary_with_grad(UnaryOp::Tanh, |_, y| {
+            y.unary_map(UnaryOp::Powf(2.0))?
+                .unary_map(UnaryOp::Affine { mul: -1.0, add: 1.0 })
+        })
     }
 
     /// GELU, tanh approximation (as GPT-2).
@@ -141,13 +152,16 @@ impl Tensor {
     /// 1 / x.
     pub fn recip(&self) -> Result<Tensor> {
         // d(1/x) = -1/x² = -y²
-        self.unary_with_grad(UnaryOp::Recip, |_, y| y.unary_map(UnaryOp::Powf(2.0))?.unary_map(UnaryOp::Neg))
+        self.unary_with_grad(UnaryOp::Recip, |_, y| {
+            y.unary_map(UnaryOp::Powf(2.0))?.unary_map(UnaryOp::Neg)
+        })
     }
 
     /// x raised to a constant power.
     pub fn powf(&self, p: f64) -> Result<Tensor> {
         self.unary_with_grad(UnaryOp::Powf(p), move |x, _| {
-            x.unary_map(UnaryOp::Powf(p - 1.0))?.unary_map(UnaryOp::Affine { mul: p, add: 0.0 })
+            x.unary_map(UnaryOp::Powf(p - 1.0))?
+                .unary_map(UnaryOp::Affine { mul: p, add: 0.0 })
         })
     }
 

@@ -85,7 +85,13 @@ impl Tensor {
         Tensor::sampled("randn", shape, dtype, dev, || rng.normal())
     }
 
-    fn sampled(op: &'static str, shape: &[usize], dtype: DType, dev: &Device, draw: impl FnMut() -> f64) -> Result<Tensor> {
+    fn sampled(
+        op: &'static str,
+        shape: &[usize],
+        dtype: DType,
+        dev: &Device,
+        draw: impl FnMut() -> f64,
+    ) -> Result<Tensor> {
         if !dtype.is_float() {
             return Err(Error::not_float(op, dtype));
         }

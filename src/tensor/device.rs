@@ -36,7 +36,10 @@ impl std::str::FromStr for Device {
                 .and_then(|n| n.parse().ok())
                 .map(Device::Cuda)
                 .ok_or_else(|| {
-                    crate::Error::invalid("device", format!("unknown device {s:?}; expected cpu, emu, cuda or cuda:N"))
+                    crate::Error::invalid(
+                        "device",
+                        format!("unknown device {s:?}; expected cpu, emu, cuda or cuda:N"),
+                    )
                 }),
         }
     }

@@ -48,20 +48,26 @@ pub fn broadcast_shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Resul
     let rank = lhs.len().max(rhs.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let l = if i < rank - lhs.len() { 1 } else { lhs[i - (rank - lhs.len())] };
-        let r = if i < rank - rhs.len() { 1 } else { rhs[i - (rank - rhs.len())] };
+        let l = if i < rank - lhs.len() {
+            1
+        } else {
+            lhs[i - (rank - lhs.len())]
+        };
+        let r = if i < rank - rhs.len() {
+            1
+        } else {
+            rhs[i - (rank - rhs.len())]
+        };
         out[i] = match (l, r) {
             _ if l == r => l,
             (1, _) => r,
             (_, 1) => l,
-            _ => {
-                return Err(Error::shape(
-                    op,
-                    format!(
-                        "shapes {lhs:?} and {rhs:?} cannot be broadcast: dimension {i} of the result has sizes {l} and {r}"
-                    ),
-                ))
-            }
+            _ => return Err(Error::shape(
+                op,
+                format!(
+                    "shapes {lhs:?} and {rhs:?} cannot be broadcast: dimension {i} of the result has sizes {l} and {r}"
+                ),
+            )),
         };
     }
     Ok(out)
@@ -78,11 +84,7 @@ impl Layout {
 
     pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
         debug_assert_eq!(shape.len(), strides.len());
-        Layout {
-            shape,
-            strides,
-            offset,
-        }
+        Layout { shape, strides, offset }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -119,8 +121,7 @@ impl Layout {
 
     /// The contiguous range of storage this layout covers, if it is contiguous.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
-        self.is_contiguous()
-            .then(|| self.offset..self.offset + self.numel())
+        self.is_contiguous().then(|| self.offset..self.offset + self.numel())
     }
 
     pub fn transpose(&self, d0: usize, d1: usize) -> Layout {
@@ -154,7 +155,10 @@ impl Layout {
         if shape.len() < self.rank() {
             return Err(Error::shape(
                 op,
-                format!("cannot broadcast shape {:?} to the lower-rank shape {shape:?}", self.shape),
+                format!(
+                    "cannot broadcast shape {:?} to the lower-rank shape {shape:?}",
+                    self.shape
+                ),
             ));
         }
         let extra = shape.len() - self.rank();
@@ -168,7 +172,10 @@ impl Layout {
             } else {
                 return Err(Error::shape(
                     op,
-                    format!("cannot broadcast shape {:?} to {shape:?}: dimension {i} has size {d}, expected 1 or {target}", self.shape),
+                    format!(
+                        "cannot broadcast shape {:?} to {shape:?}: dimension {i} has size {d}, expected 1 or {target}",
+                        self.shape
+                    ),
                 ));
             };
         }

@@ -257,7 +257,11 @@ impl Tensor {
         }
         self.same_device(src, "assign")?;
         // Reading `src` while holding the write lock on a shared storage would deadlock.
-        let src = if self.same_storage(src) { src.detach().copy()? } else { src.clone() };
+        let src = if self.same_storage(src) {
+            src.detach().copy()?
+        } else {
+            src.clone()
+        };
         let src_storage = src.storage();
         let mut dst = self.0.storage.write().unwrap_or_else(|e| e.into_inner());
         match (&mut *dst, &*src_storage) {

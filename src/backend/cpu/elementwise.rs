@@ -66,5 +66,9 @@ pub fn where_cond(
 
 fn select<T: Copy + Send + Sync>(picked: &[bool], a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
     let both = zip_map(a, la, b, lb, |x, y| (x, y));
-    picked.iter().zip(both).map(|(&p, (x, y))| if p { x } else { y }).collect()
+    picked
+        .iter()
+        .zip(both)
+        .map(|(&p, (x, y))| if p { x } else { y })
+        .collect()
 }

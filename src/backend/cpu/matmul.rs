@@ -2,9 +2,9 @@
 //! operands' strides (transposed views cost no copy). BF16/F16 are widened to f32.
 
 use super::gemm;
+use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::tensor::storage::CpuStorage;
-use crate::tensor::dtype::DType;
 use crate::{Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -21,7 +21,13 @@ pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Resul
                 _ => unreachable!("cast to f32 gives f32"),
             };
             let (x, y) = (wide(a, la), wide(b, lb));
-            let out = batched(&x, &Layout::contiguous(la.shape()), &y, &Layout::contiguous(lb.shape()), gemm::sgemm);
+            let out = batched(
+                &x,
+                &Layout::contiguous(la.shape()),
+                &y,
+                &Layout::contiguous(lb.shape()),
+                gemm::sgemm,
+            );
             match a {
                 CpuStorage::BF16(_) => CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect()),
                 _ => CpuStorage::F16(out.into_iter().map(f16::from_f32).collect()),
@@ -54,7 +60,22 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>
         return out;
     }
     let one_product = |(i, c): (usize, &mut [T])| {
-        gemm(m, n, k, T::one(), &a[a_offsets[i]..], rsa, csa, &b[b_offsets[i]..], rsb, csb, T::zero(), c, n as isize, 1);
+        gemm(
+            m,
+            n,
+            k,
+            T::one(),
+            &a[a_offsets[i]..],
+            rsa,
+            csa,
+            &b[b_offsets[i]..],
+            rsb,
+            csb,
+            T::zero(),
+            c,
+            n as isize,
+            1,
+        );
     };
     // Many small products (attention heads): one per thread. Few large ones: the GEMM threads itself.
     if a_offsets.len() > 1 && m * n * k < 1 << 18 {

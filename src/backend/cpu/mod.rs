@@ -5,7 +5,10 @@
 
 pub mod elementwise;
 pub mod gemm;
+pub mod index;
+pub mod loss;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 pub mod reference;
 pub mod softmax;
@@ -102,15 +105,17 @@ pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(
 ) -> Vec<V> {
     debug_assert_eq!(la.shape(), lb.shape());
     match (la.contiguous_range(), lb.contiguous_range()) {
-        (Some(ra), Some(rb)) if ra.len() >= PARALLEL_MIN => {
-            data_zip_par(&a[ra], &b[rb], f)
-        }
+        (Some(ra), Some(rb)) if ra.len() >= PARALLEL_MIN => data_zip_par(&a[ra], &b[rb], f),
         (Some(ra), Some(rb)) => a[ra].iter().zip(&b[rb]).map(|(&x, &y)| f(x, y)).collect(),
         _ => la.offsets().zip(lb.offsets()).map(|(i, j)| f(a[i], b[j])).collect(),
     }
 }
 
-fn data_zip_par<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(a: &[T], b: &[U], f: impl Fn(T, U) -> V + Send + Sync) -> Vec<V> {
+fn data_zip_par<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(
+    a: &[T],
+    b: &[U],
+    f: impl Fn(T, U) -> V + Send + Sync,
+) -> Vec<V> {
     a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
 }
 
@@ -166,4 +171,31 @@ pub fn assign(dst: &mut CpuStorage, ld: &Layout, src: &CpuStorage, ls: &Layout) 
         (CpuStorage::U32(d), CpuStorage::U32(s)) => copy(d, ld, s, ls),
         _ => unreachable!("assign: dtypes are checked by the caller"),
     }
+}
+
+/// Calls the generic function `$f::<T>(args)` with `T` the Rust type of the float dtype
+/// `$dtype`; U32 returns a dtype error for `$op`.
+macro_rules! dispatch_float {
+    ($op:expr, $dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $dtype {
+            $crate::tensor::dtype::DType::F32 => $f::<f32>($($arg),*),
+            $crate::tensor::dtype::DType::F64 => $f::<f64>($($arg),*),
+            $crate::tensor::dtype::DType::BF16 => $f::<half::bf16>($($arg),*),
+            $crate::tensor::dtype::DType::F16 => $f::<half::f16>($($arg),*),
+            $crate::tensor::dtype::DType::U32 => {
+                return Err($crate::Error::not_float($op, $crate::tensor::dtype::DType::U32))
+            }
+        }
+    };
+}
+pub(crate) use dispatch_float;
+
+/// The typed slice of a storage whose dtype the caller has checked.
+pub(crate) fn typed<T: WithDType>(s: &CpuStorage) -> &[T] {
+    s.as_slice().expect("operand dtypes are checked before dispatch")
+}
+
+/// `v` converted to the arithmetic type of `T`.
+pub(crate) fn acc<T: CpuFloat>(v: f64) -> T::Acc {
+    <T::Acc as num_traits::NumCast>::from(v).expect("f32 and f64 hold any f64, rounded")
 }

@@ -61,8 +61,11 @@ fn fold<T: CpuFloat>(op: ReduceOp, xs: impl Iterator<Item = T>) -> T {
     match op {
         ReduceOp::Sum => T::from_f64(xs.map(|x| x.to_f64()).sum()),
         // NaN wins, as in PyTorch: a NaN anywhere must not be hidden by the reduction.
-        ReduceOp::Max => xs.reduce(|a, b| if a.to_f64().is_nan() || a > b { a } else { b }).expect("non-empty"),
-        ReduceOp::Min => xs.reduce(|a, b| if a.to_f64().is_nan() || a < b { a } else { b }).expect("non-empty"),
+        ReduceOp::Max => xs
+            .reduce(|a, b| if a.to_f64().is_nan() || a > b { a } else { b })
+            .expect("non-empty"),
+        ReduceOp::Min => xs
+            .reduce(|a, b| if a.to_f64().is_nan() || a < b { a } else { b })
+            .expect("non-empty"),
     }
 }
-

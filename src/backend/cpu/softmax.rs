@@ -15,11 +15,18 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
             return out;
         }
         let row = |(xr, yr): (&[T], &mut [T])| {
-            let max = xr.iter().map(|v| v.up()).fold(<T::Acc as Float>::neg_infinity(), Float::max);
+            let max = xr
+                .iter()
+                .map(|v| v.up())
+                .fold(<T::Acc as Float>::neg_infinity(), Float::max);
             if max == <T::Acc as Float>::neg_infinity() {
                 // A fully masked row has no probability mass: softmax 0, log-softmax -inf
                 // (PyTorch gives NaN here, which we never produce silently).
-                let fill = if log { <T::Acc as Float>::neg_infinity() } else { <T::Acc as num_traits::Zero>::zero() };
+                let fill = if log {
+                    <T::Acc as Float>::neg_infinity()
+                } else {
+                    <T::Acc as num_traits::Zero>::zero()
+                };
                 yr.iter_mut().for_each(|y| *y = T::down(fill));
                 return;
             }
@@ -29,7 +36,9 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
                 xr.iter().zip(yr).for_each(|(v, y)| *y = T::down(v.up() - lse));
             } else {
                 let inv = sum.recip();
-                xr.iter().zip(yr).for_each(|(v, y)| *y = T::down((v.up() - max).exp() * inv));
+                xr.iter()
+                    .zip(yr)
+                    .for_each(|(v, y)| *y = T::down((v.up() - max).exp() * inv));
             }
         };
         if x.len() >= PARALLEL_MIN {
@@ -41,4 +50,3 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
     }
     Ok(map_float_storage!(if log { "log_softmax" } else { "softmax" }, s, v => run(v, width, log)))
 }
-

@@ -1,0 +1,110 @@
+//! LayerNorm over the last dim, forward and backward, one row at a time in the arithmetic
+//! type (f32 for f32/bf16/f16, f64 for f64). x is contiguous `[rows, c]`.
+
+use super::{acc, dispatch_float, typed, CpuFloat};
+use crate::tensor::storage::CpuStorage;
+use crate::Result;
+use num_traits::{Float, ToPrimitive};
+use rayon::prelude::*;
+
+/// Per-row mean and 1/√(var + eps), saved by the forward for the backward.
+pub struct RowStats {
+    pub mean: Vec<f64>,
+    pub rstd: Vec<f64>,
+}
+
+/// y = (x − mean)·rstd·w + b.
+pub fn layer_norm_forward(
+    x: &CpuStorage,
+    w: &CpuStorage,
+    b: Option<&CpuStorage>,
+    c: usize,
+    eps: f64,
+) -> Result<(CpuStorage, RowStats)> {
+    fn run<T: CpuFloat>(
+        x: &CpuStorage,
+        w: &CpuStorage,
+        b: Option<&CpuStorage>,
+        c: usize,
+        eps: f64,
+    ) -> (CpuStorage, RowStats) {
+        let (x, w, b) = (typed::<T>(x), typed::<T>(w), b.map(typed::<T>));
+        let rows = if c == 0 { 0 } else { x.len() / c };
+        let mut y = vec![T::from_f64(0.0); x.len()];
+        let mut stats = vec![(0.0, 0.0); rows];
+        if c > 0 {
+            x.par_chunks(c)
+                .zip(y.par_chunks_mut(c))
+                .zip(stats.par_iter_mut())
+                .for_each(|((xr, yr), st)| {
+                    let n = acc::<T>(c as f64);
+                    let mean = xr.iter().map(|v| v.up()).sum::<T::Acc>() / n;
+                    let var = xr.iter().map(|v| (v.up() - mean) * (v.up() - mean)).sum::<T::Acc>() / n;
+                    let rstd = (var + acc::<T>(eps)).sqrt().recip();
+                    for (i, (xv, yv)) in xr.iter().zip(yr.iter_mut()).enumerate() {
+                        let shift = b.map_or(acc::<T>(0.0), |b| b[i].up());
+                        *yv = T::down((xv.up() - mean) * rstd * w[i].up() + shift);
+                    }
+                    *st = (mean.to_f64().unwrap_or(f64::NAN), rstd.to_f64().unwrap_or(f64::NAN));
+                });
+        }
+        let (mean, rstd) = stats.into_iter().unzip();
+        (CpuStorage::from_vec(y), RowStats { mean, rstd })
+    }
+    Ok(dispatch_float!("layer_norm", x.dtype(), run(x, w, b, c, eps)))
+}
+
+/// Given dy, returns (dx, dw, db). With x̂ = (x − mean)·rstd:
+///   dx = rstd · (dy·w − mean(dy·w) − x̂ · mean(dy·w·x̂)),  dw = Σ_rows dy·x̂,  db = Σ_rows dy.
+/// dw and db are summed over rows in a fixed order in f64, so they are deterministic.
+pub fn layer_norm_backward(
+    x: &CpuStorage,
+    w: &CpuStorage,
+    dy: &CpuStorage,
+    stats: &RowStats,
+    c: usize,
+) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+    fn run<T: CpuFloat>(
+        x: &CpuStorage,
+        w: &CpuStorage,
+        dy: &CpuStorage,
+        stats: &RowStats,
+        c: usize,
+    ) -> (CpuStorage, CpuStorage, CpuStorage) {
+        let (x, w, dy) = (typed::<T>(x), typed::<T>(w), typed::<T>(dy));
+        let mut dx = vec![T::from_f64(0.0); x.len()];
+        let (mut dw, mut db) = (vec![0f64; c], vec![0f64; c]);
+        if c > 0 {
+            let n = acc::<T>(c as f64);
+            let rows = stats.mean.par_iter().zip(&stats.rstd);
+            x.par_chunks(c)
+                .zip(dy.par_chunks(c))
+                .zip(dx.par_chunks_mut(c))
+                .zip(rows)
+                .for_each(|(((xr, dyr), dxr), (&m, &r))| {
+                    let (m, r) = (acc::<T>(m), acc::<T>(r));
+                    let (mut sum_dyw, mut sum_dyw_xhat) = (acc::<T>(0.0), acc::<T>(0.0));
+                    for i in 0..c {
+                        let dyw = dyr[i].up() * w[i].up();
+                        sum_dyw = sum_dyw + dyw;
+                        sum_dyw_xhat = sum_dyw_xhat + dyw * (xr[i].up() - m) * r;
+                    }
+                    let (mean_dyw, mean_dyw_xhat) = (sum_dyw / n, sum_dyw_xhat / n);
+                    for i in 0..c {
+                        let xhat = (xr[i].up() - m) * r;
+                        dxr[i] = T::down(r * (dyr[i].up() * w[i].up() - mean_dyw - xhat * mean_dyw_xhat));
+                    }
+                });
+            for ((xr, dyr), (&m, &r)) in x.chunks(c).zip(dy.chunks(c)).zip(stats.mean.iter().zip(&stats.rstd)) {
+                for i in 0..c {
+                    let g = dyr[i].to_f64();
+                    dw[i] += g * (xr[i].to_f64() - m) * r;
+                    db[i] += g;
+                }
+            }
+        }
+        let narrow = |v: Vec<f64>| CpuStorage::from_vec(v.into_iter().map(T::from_f64).collect::<Vec<T>>());
+        (CpuStorage::from_vec(dx), narrow(dw), narrow(db))
+    }
+    Ok(dispatch_float!("layer_norm", x.dtype(), run(x, w, dy, stats, c)))
+}

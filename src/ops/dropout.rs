@@ -1,0 +1,21 @@
+//! Dropout: in training, zero each element with probability p and scale the rest by
+//! 1/(1−p); in evaluation, the identity. The mask comes from the caller's seeded generator.
+
+use crate::{Error, Result, Rng, Tensor};
+
+impl Tensor {
+    pub fn dropout(&self, p: f64, train: bool, rng: &mut Rng) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid("dropout", format!("p must be in [0, 1), got {p}")));
+        }
+        if !train || p == 0.0 {
+            return Ok(self.clone());
+        }
+        let keep = 1.0 - p;
+        let mask: Vec<f64> = (0..self.numel())
+            .map(|_| if rng.uniform() < keep { 1.0 / keep } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, self.shape(), self.device())?.to_dtype(self.dtype())?;
+        self.mul(&mask)
+    }
+}

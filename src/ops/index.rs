@@ -1,0 +1,120 @@
+//! Selecting by indices: index_select along a dim and embedding lookup (backward:
+//! scatter-add of the gradient rows), where_cond and masked_fill.
+
+use crate::backend::cpu;
+use crate::tensor::layout::{broadcast_shapes, resolve_dim};
+use crate::tensor::storage::Storage;
+use crate::{DType, Error, Result, Tensor};
+
+impl Tensor {
+    /// The entries `ids` (U32, 1-D) of dimension `dim`, in that order (ids may repeat).
+    pub fn index_select(&self, dim: isize, ids: &Tensor) -> Result<Tensor> {
+        const OP: &str = "index_select";
+        let d = resolve_dim(OP, dim, self.shape())?;
+        let ids_vec = checked_ids(OP, ids, self.shape()[d])?;
+        let outer: usize = self.shape()[..d].iter().product();
+        let inner: usize = self.shape()[d + 1..].iter().product();
+        let size = self.shape()[d];
+        let mut shape = self.shape().to_vec();
+        shape[d] = ids_vec.len();
+        let x = self.contiguous()?;
+        let out = match &*x.storage() {
+            Storage::Cpu(s) => Tensor::from_cpu(cpu::index::index_select(s, outer, size, inner, &ids_vec), &shape),
+        };
+        Ok(out.record(OP, &[&x], move |g, _, _| {
+            let g = g.contiguous()?;
+            let dx = match &*g.storage() {
+                Storage::Cpu(s) => cpu::index::index_add(s, outer, size, inner, &ids_vec)?,
+            };
+            let mut in_shape = shape.clone();
+            in_shape[d] = size;
+            Ok(vec![Some(Tensor::from_cpu(dx, &in_shape))])
+        }))
+    }
+
+    /// Embedding lookup: `self` holds token ids (U32, any shape `[...]`), `weight` is
+    /// `[vocab, C]`; the result is `[..., C]`. The backward adds gradient rows into the
+    /// table, deterministically.
+    pub fn embedding(&self, weight: &Tensor) -> Result<Tensor> {
+        if weight.dims() != 2 {
+            return Err(Error::shape(
+                "embedding",
+                format!("the table must be [vocab, C], got {:?}", weight.shape()),
+            ));
+        }
+        let rows = weight.index_select(0, &self.flatten_all()?)?;
+        let mut shape = self.shape().to_vec();
+        shape.push(weight.shape()[1]);
+        rows.reshape(&shape)
+    }
+
+    /// Elementwise `self != 0 ? on_true : on_false`; `self` is a U32 condition, all three
+    /// broadcast together.
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        const OP: &str = "where_cond";
+        if self.dtype() != DType::U32 {
+            return Err(Error::DType {
+                op: OP,
+                msg: format!("the condition must be u32 (0 or non-zero), got {}", self.dtype()),
+            });
+        }
+        if on_true.dtype() != on_false.dtype() {
+            return Err(Error::dtype_mismatch(OP, on_true.dtype(), on_false.dtype()));
+        }
+        self.same_device(on_true, OP)?;
+        self.same_device(on_false, OP)?;
+        let shape = broadcast_shapes(
+            OP,
+            &broadcast_shapes(OP, self.shape(), on_true.shape())?,
+            on_false.shape(),
+        )?;
+        let (lc, lt, lf) = (
+            self.layout().broadcast_to(OP, &shape)?,
+            on_true.layout().broadcast_to(OP, &shape)?,
+            on_false.layout().broadcast_to(OP, &shape)?,
+        );
+        let out = match (&*self.storage(), &*on_true.storage(), &*on_false.storage()) {
+            (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => {
+                let cond = c.as_slice::<u32>().expect("checked u32 above");
+                Tensor::from_cpu(cpu::elementwise::where_cond(cond, &lc, t, &lt, f, &lf)?, &shape)
+            }
+        };
+        Ok(out.record(OP, &[self, on_true, on_false], |g, inputs, _| {
+            let (cond, t, f) = (&inputs[0], &inputs[1], &inputs[2]);
+            let zero = Tensor::zeros(&[], g.dtype(), g.device())?;
+            let gt = cond.where_cond(g, &zero)?.sum_to_shape(t.shape())?;
+            let gf = cond.where_cond(&zero, g)?.sum_to_shape(f.shape())?;
+            Ok(vec![None, Some(gt), Some(gf)])
+        }))
+    }
+
+    /// `value` where `mask` (U32, broadcastable to `self`) is non-zero, `self` elsewhere.
+    pub fn masked_fill(&self, mask: &Tensor, value: f64) -> Result<Tensor> {
+        let fill = Tensor::full(value, &[], self.dtype(), self.device())?;
+        mask.where_cond(&fill, self)
+    }
+}
+
+/// The ids of a 1-D U32 tensor, each checked to be below `size`.
+fn checked_ids(op: &'static str, ids: &Tensor, size: usize) -> Result<Vec<u32>> {
+    if ids.dtype() != DType::U32 {
+        return Err(Error::DType {
+            op,
+            msg: format!("indices must be u32, got {}", ids.dtype()),
+        });
+    }
+    if ids.dims() != 1 {
+        return Err(Error::shape(
+            op,
+            format!("indices must be 1-D, got shape {:?}", ids.shape()),
+        ));
+    }
+    let v = ids.to_vec::<u32>()?;
+    if let Some((pos, &id)) = v.iter().enumerate().find(|&(_, &id)| id as usize >= size) {
+        return Err(Error::index(
+            op,
+            format!("index {id} at position {pos} is out of range for a dimension of size {size}"),
+        ));
+    }
+    Ok(v)
+}

@@ -1,0 +1,73 @@
+//! cross_entropy from logits (mean over the rows whose target is not ignored).
+
+use crate::backend::cpu;
+use crate::tensor::storage::Storage;
+use crate::{DType, Error, Result, Tensor};
+
+impl Tensor {
+    /// Mean cross-entropy of `self` (logits `[N, C]`) against `targets` (U32 `[N]`).
+    pub fn cross_entropy(&self, targets: &Tensor) -> Result<Tensor> {
+        self.cross_entropy_with_ignore(targets, None)
+    }
+
+    /// As [`Tensor::cross_entropy`], skipping rows whose target equals `ignore_index`
+    /// (the mean is over the remaining rows). At least one row must remain.
+    pub fn cross_entropy_with_ignore(&self, targets: &Tensor, ignore_index: Option<u32>) -> Result<Tensor> {
+        const OP: &str = "cross_entropy";
+        self.same_device(targets, OP)?;
+        let (n, c) = match self.shape() {
+            &[n, c] => (n, c),
+            s => return Err(Error::shape(OP, format!("logits must be [N, C], got {s:?}"))),
+        };
+        if targets.dtype() != DType::U32 {
+            return Err(Error::DType {
+                op: OP,
+                msg: format!("targets must be u32 class ids, got {}", targets.dtype()),
+            });
+        }
+        if targets.shape() != [n] {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "logits {:?} need targets of shape [{n}], got {:?}",
+                    self.shape(),
+                    targets.shape()
+                ),
+            ));
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::not_float(OP, self.dtype()));
+        }
+        let ids = targets.to_vec::<u32>()?;
+        if let Some((row, &t)) = ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &t)| Some(t) != ignore_index && t as usize >= c)
+        {
+            return Err(Error::index(
+                OP,
+                format!("target {t} at row {row} is out of range for {c} classes"),
+            ));
+        }
+        let count = ids.iter().filter(|&&t| Some(t) != ignore_index).count();
+        if count == 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("all {n} targets equal the ignore index, so the mean loss is undefined"),
+            ));
+        }
+        let logits = self.contiguous()?;
+        let (total, lse) = match &*logits.storage() {
+            Storage::Cpu(s) => cpu::loss::cross_entropy_forward(s, &ids, c, ignore_index)?,
+        };
+        let loss = Tensor::from_cpu(cpu::filled(total / count as f64, 1, self.dtype()), &[]);
+        Ok(loss.record(OP, &[&logits], move |g, inputs, _| {
+            let logits = &inputs[0];
+            let scale = g.to_scalar::<f64>()? / count as f64;
+            let dx = match &*logits.storage() {
+                Storage::Cpu(s) => cpu::loss::cross_entropy_backward(s, &ids, &lse, c, ignore_index, scale)?,
+            };
+            Ok(vec![Some(Tensor::from_cpu(dx, &[n, c]))])
+        }))
+    }
+}
