@@ -45,7 +45,7 @@ impl std::fmt::Display for DType {
 
 /// A Rust type that can be a tensor element. Conversions go through `f64`, which holds
 /// every value of every kiln dtype exactly.
-pub trait WithDType: Copy + Send + Sync + std::fmt::Debug + PartialOrd + bytemuck::Pod + 'static {
+pub trait WithDType: Copy + Send + Sync + Default + std::fmt::Debug + PartialOrd + bytemuck::Pod + 'static {
     const DTYPE: DType;
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;

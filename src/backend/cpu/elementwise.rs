@@ -64,11 +64,11 @@ pub fn where_cond(
     })
 }
 
-fn select<T: Copy + Send + Sync>(picked: &[bool], a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
-    let both = zip_map(a, la, b, lb, |x, y| (x, y));
+fn select<T: WithDType>(picked: &[bool], a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    let (a, b) = (map(a, la, |x| x), map(b, lb, |x| x));
     picked
         .iter()
-        .zip(both)
+        .zip(a.into_iter().zip(b))
         .map(|(&p, (x, y))| if p { x } else { y })
         .collect()
 }

@@ -87,16 +87,30 @@ macro_rules! map_float_storage {
 pub(crate) use map_float_storage;
 
 /// `f` of every element in row-major logical order.
-pub fn map<T: Copy + Send + Sync, U: Send>(data: &[T], layout: &Layout, f: impl Fn(T) -> U + Send + Sync) -> Vec<U> {
-    match layout.contiguous_range() {
-        Some(r) if r.len() >= PARALLEL_MIN => data[r].par_iter().map(|&x| f(x)).collect(),
-        Some(r) => data[r].iter().map(|&x| f(x)).collect(),
-        None => layout.offsets().map(|o| f(data[o])).collect(),
+pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
+    data: &[T],
+    layout: &Layout,
+    f: impl Fn(T) -> U + Send + Sync,
+) -> Vec<U> {
+    if let Some(r) = layout.contiguous_range() {
+        return if r.len() >= PARALLEL_MIN {
+            data[r].par_iter().map(|&x| f(x)).collect()
+        } else {
+            data[r].iter().map(|&x| f(x)).collect()
+        };
     }
+    let rows = Rows::of(layout);
+    let mut out = vec![U::default(); layout.numel()];
+    rows.for_each(&mut out, |row, start| {
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = f(data[start + j * rows.stride]);
+        }
+    });
+    out
 }
 
 /// `f(a, b)` elementwise over two layouts of the same shape (broadcasts are stride-0 views).
-pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(
+pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + Default>(
     a: &[T],
     la: &Layout,
     b: &[U],
@@ -104,23 +118,90 @@ pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(
     f: impl Fn(T, U) -> V + Send + Sync,
 ) -> Vec<V> {
     debug_assert_eq!(la.shape(), lb.shape());
-    match (la.contiguous_range(), lb.contiguous_range()) {
-        (Some(ra), Some(rb)) if ra.len() >= PARALLEL_MIN => data_zip_par(&a[ra], &b[rb], f),
-        (Some(ra), Some(rb)) => a[ra].iter().zip(&b[rb]).map(|(&x, &y)| f(x, y)).collect(),
-        _ => la.offsets().zip(lb.offsets()).map(|(i, j)| f(a[i], b[j])).collect(),
+    if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
+        let (a, b) = (&a[ra], &b[rb]);
+        return if a.len() >= PARALLEL_MIN {
+            a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+        } else {
+            a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+        };
+    }
+    let (rows_a, rows_b) = (Rows::of(la), Rows::of(lb));
+    let mut out = vec![V::default(); la.numel()];
+    rows_a.zip_for_each(&rows_b, &mut out, |row, start_a, start_b| {
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = f(a[start_a + j * rows_a.stride], b[start_b + j * rows_b.stride]);
+        }
+    });
+    out
+}
+
+/// A strided layout seen as rows along its last dim: where each row starts, and the stride
+/// within a row. Walking rows keeps the per-element cost of a view to one multiply-add.
+struct Rows {
+    starts: Vec<usize>,
+    width: usize,
+    stride: usize,
+}
+
+impl Rows {
+    fn of(layout: &Layout) -> Rows {
+        let rank = layout.rank();
+        if rank == 0 {
+            return Rows {
+                starts: vec![layout.offset()],
+                width: 1,
+                stride: 0,
+            };
+        }
+        let outer = Layout::new(
+            layout.shape()[..rank - 1].to_vec(),
+            layout.strides()[..rank - 1].to_vec(),
+            layout.offset(),
+        );
+        Rows {
+            starts: outer.offsets().collect(),
+            width: layout.shape()[rank - 1],
+            stride: layout.strides()[rank - 1],
+        }
+    }
+
+    /// Calls `f(out_row, row_start)` for every row, in parallel when there is enough work.
+    fn for_each<V: Send>(&self, out: &mut [V], f: impl Fn(&mut [V], usize) + Send + Sync) {
+        if self.width == 0 {
+            return;
+        }
+        if out.len() >= PARALLEL_MIN {
+            out.par_chunks_mut(self.width)
+                .zip(self.starts.par_iter())
+                .for_each(|(row, &s)| f(row, s));
+        } else {
+            out.chunks_mut(self.width)
+                .zip(&self.starts)
+                .for_each(|(row, &s)| f(row, s));
+        }
+    }
+
+    /// As `for_each`, walking the rows of two layouts of one shape together.
+    fn zip_for_each<V: Send>(&self, other: &Rows, out: &mut [V], f: impl Fn(&mut [V], usize, usize) + Send + Sync) {
+        let starts: Vec<(usize, usize)> = self.starts.iter().copied().zip(other.starts.iter().copied()).collect();
+        if self.width == 0 {
+            return;
+        }
+        if out.len() >= PARALLEL_MIN {
+            out.par_chunks_mut(self.width)
+                .zip(starts.par_iter())
+                .for_each(|(row, &(a, b))| f(row, a, b));
+        } else {
+            out.chunks_mut(self.width)
+                .zip(&starts)
+                .for_each(|(row, &(a, b))| f(row, a, b));
+        }
     }
 }
 
-fn data_zip_par<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send>(
-    a: &[T],
-    b: &[U],
-    f: impl Fn(T, U) -> V + Send + Sync,
-) -> Vec<V> {
-    a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
-}
-
 /// The elements in row-major logical order, copied into a new vector.
-pub fn gather<T: Copy + Send + Sync>(data: &[T], layout: &Layout) -> Vec<T> {
+pub fn gather<T: Copy + Send + Sync + Default>(data: &[T], layout: &Layout) -> Vec<T> {
     map(data, layout, |x| x)
 }
 
