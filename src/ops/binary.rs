@@ -1,10 +1,8 @@
 //! Elementwise functions of two tensors with NumPy broadcasting: add, sub, mul, div,
 //! maximum, minimum, and comparisons. Gradients are summed back to each input's shape.
 
-use crate::backend::cpu;
 use crate::tensor::dtype::WithDType;
 use crate::tensor::layout::broadcast_shapes;
-use crate::tensor::storage::Storage;
 use crate::{Result, Tensor};
 use num_traits::Float;
 
@@ -95,12 +93,8 @@ impl Tensor {
         let shape = broadcast_shapes(op.name(), self.shape(), rhs.shape())?;
         let la = self.layout().broadcast_to(op.name(), &shape)?;
         let lb = rhs.layout().broadcast_to(op.name(), &shape)?;
-        let (sa, sb) = (self.storage(), rhs.storage());
-        Ok(match (&*sa, &*sb) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => {
-                Tensor::from_cpu(cpu::elementwise::binary(op, a, &la, b, &lb)?, &shape)
-            }
-        })
+        let out = self.storage().binary(&la, &rhs.storage(), &lb, op)?;
+        Ok(Tensor::from_parts(out, &shape))
     }
 
     /// `op` with backward `(d lhs, d rhs) = grads(g, lhs, rhs)`, each summed back to its input's shape.

@@ -1,9 +1,7 @@
 //! Selecting by indices: index_select along a dim and embedding lookup (backward:
 //! scatter-add of the gradient rows), where_cond and masked_fill.
 
-use crate::backend::cpu;
 use crate::tensor::layout::{broadcast_shapes, resolve_dim};
-use crate::tensor::storage::Storage;
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
@@ -18,17 +16,13 @@ impl Tensor {
         let mut shape = self.shape().to_vec();
         shape[d] = ids_vec.len();
         let x = self.contiguous()?;
-        let out = match &*x.storage() {
-            Storage::Cpu(s) => Tensor::from_cpu(cpu::index::index_select(s, outer, size, inner, &ids_vec), &shape),
-        };
+        let out = Tensor::from_parts(x.storage().index_select(outer, size, inner, &ids_vec)?, &shape);
         Ok(out.record(OP, &[&x], move |g, _, _| {
             let g = g.contiguous()?;
-            let dx = match &*g.storage() {
-                Storage::Cpu(s) => cpu::index::index_add(s, outer, size, inner, &ids_vec)?,
-            };
+            let dx = g.storage().index_add(outer, size, inner, &ids_vec)?;
             let mut in_shape = shape.clone();
             in_shape[d] = size;
-            Ok(vec![Some(Tensor::from_cpu(dx, &in_shape))])
+            Ok(vec![Some(Tensor::from_parts(dx, &in_shape))])
         }))
     }
 
@@ -73,12 +67,10 @@ impl Tensor {
             on_true.layout().broadcast_to(OP, &shape)?,
             on_false.layout().broadcast_to(OP, &shape)?,
         );
-        let out = match (&*self.storage(), &*on_true.storage(), &*on_false.storage()) {
-            (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => {
-                let cond = c.as_slice::<u32>().expect("checked u32 above");
-                Tensor::from_cpu(cpu::elementwise::where_cond(cond, &lc, t, &lt, f, &lf)?, &shape)
-            }
-        };
+        let out = self
+            .storage()
+            .where_cond(&lc, &on_true.storage(), &lt, &on_false.storage(), &lf)?;
+        let out = Tensor::from_parts(out, &shape);
         Ok(out.record(OP, &[self, on_true, on_false], |g, inputs, _| {
             let (cond, t, f) = (&inputs[0], &inputs[1], &inputs[2]);
             let zero = Tensor::zeros(&[], g.dtype(), g.device())?;

@@ -1,7 +1,5 @@
 //! cross_entropy from logits (mean over the rows whose target is not ignored).
 
-use crate::backend::cpu;
-use crate::tensor::storage::Storage;
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
@@ -57,17 +55,15 @@ impl Tensor {
             ));
         }
         let logits = self.contiguous()?;
-        let (total, lse) = match &*logits.storage() {
-            Storage::Cpu(s) => cpu::loss::cross_entropy_forward(s, &ids, c, ignore_index)?,
-        };
-        let loss = Tensor::from_cpu(cpu::filled(total / count as f64, 1, self.dtype()), &[]);
+        let (total, lse) = logits.storage().cross_entropy_forward(&ids, c, ignore_index)?;
+        let loss = Tensor::full(total / count as f64, &[], self.dtype(), self.device())?;
         Ok(loss.record(OP, &[&logits], move |g, inputs, _| {
             let logits = &inputs[0];
             let scale = g.to_scalar::<f64>()? / count as f64;
-            let dx = match &*logits.storage() {
-                Storage::Cpu(s) => cpu::loss::cross_entropy_backward(s, &ids, &lse, c, ignore_index, scale)?,
-            };
-            Ok(vec![Some(Tensor::from_cpu(dx, &[n, c]))])
+            let dx = logits
+                .storage()
+                .cross_entropy_backward(&ids, &lse, c, ignore_index, scale)?;
+            Ok(vec![Some(Tensor::from_parts(dx, &[n, c]))])
         }))
     }
 }

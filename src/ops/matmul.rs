@@ -1,8 +1,6 @@
 //! Matrix product: 2-D, or batched `[..., M, K] x [..., K, N]` with broadcast batch dims.
 
-use crate::backend::cpu;
 use crate::tensor::layout::broadcast_shapes;
-use crate::tensor::storage::Storage;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -32,9 +30,7 @@ impl Tensor {
         let with = |a, b| [batch.as_slice(), &[a, b]].concat();
         let la = self.layout().broadcast_to("matmul", &with(m, k))?;
         let lb = rhs.layout().broadcast_to("matmul", &with(k, n))?;
-        let out = match (&*self.storage(), &*rhs.storage()) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Tensor::from_cpu(cpu::matmul::matmul(a, &la, b, &lb)?, &with(m, n)),
-        };
+        let out = Tensor::from_parts(self.storage().matmul(&la, &rhs.storage(), &lb)?, &with(m, n));
         Ok(out.record("matmul", &[self, rhs], |g, inputs, _| {
             // y = a·b  =>  da = g·bᵀ, db = aᵀ·g, summed over broadcast batch dims
             let (a, b) = (&inputs[0], &inputs[1]);

@@ -1,8 +1,6 @@
 //! layer_norm over the last dim: y = (x − mean)/√(var + eps) · weight + bias, with the
 //! biased variance (as PyTorch). Fused forward and backward (see backend/cpu/norm.rs).
 
-use crate::backend::cpu;
-use crate::tensor::storage::Storage;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -48,29 +46,22 @@ impl Tensor {
         let w = weight.contiguous()?;
         let b = bias.map(|b| b.contiguous()).transpose()?;
         let (y, stats) = {
-            let (xs, ws, bs) = (x.storage(), w.storage(), b.as_ref().map(|b| b.storage()));
-            match (&*xs, &*ws, bs.as_deref()) {
-                (Storage::Cpu(xs), Storage::Cpu(ws), bs) => {
-                    let bs = bs.map(|Storage::Cpu(s)| s);
-                    let (y, stats) = cpu::norm::layer_norm_forward(xs, ws, bs, c, eps as f64)?;
-                    (Tensor::from_cpu(y, self.shape()), stats)
-                }
-            }
+            let bias_storage = b.as_ref().map(|b| b.storage());
+            let (y, stats) = x
+                .storage()
+                .layer_norm_forward(&w.storage(), bias_storage.as_deref(), c, eps as f64)?;
+            (Tensor::from_parts(y, self.shape()), stats)
         };
         let mut inputs = vec![&x, &w];
         inputs.extend(b.as_ref());
         Ok(y.record("layer_norm", &inputs, move |g, inputs, _| {
             let (x, w, g) = (&inputs[0], &inputs[1], g.contiguous()?);
-            let (dx, dw, db) = match (&*x.storage(), &*w.storage(), &*g.storage()) {
-                (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) => {
-                    let (dx, dw, db) = cpu::norm::layer_norm_backward(xs, ws, gs, &stats, c)?;
-                    (
-                        Tensor::from_cpu(dx, x.shape()),
-                        Tensor::from_cpu(dw, &[c]),
-                        Tensor::from_cpu(db, &[c]),
-                    )
-                }
-            };
+            let (dx, dw, db) = x.storage().layer_norm_backward(&w.storage(), &g.storage(), &stats, c)?;
+            let (dx, dw, db) = (
+                Tensor::from_parts(dx, x.shape()),
+                Tensor::from_parts(dw, &[c]),
+                Tensor::from_parts(db, &[c]),
+            );
             let mut grads = vec![Some(dx), Some(dw)];
             if inputs.len() == 3 {
                 grads.push(Some(db));

@@ -1,10 +1,8 @@
 //! Reductions: sum, mean, max, min over given dims (with keepdim), sum_all, mean_all.
 
-use crate::backend::cpu;
 use crate::backend::cpu::reduce::ReduceOp;
 use crate::ops::binary::BinaryOp;
 use crate::tensor::layout::resolve_dim;
-use crate::tensor::storage::Storage;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -50,9 +48,10 @@ impl Tensor {
             ));
         }
         let shape = self.reduced_shape(dims, true);
-        Ok(match &*self.storage() {
-            Storage::Cpu(s) => Tensor::from_cpu(cpu::reduce::reduce(op, s, self.layout(), dims)?, &shape),
-        })
+        Ok(Tensor::from_parts(
+            self.storage().reduce(self.layout(), op, dims)?,
+            &shape,
+        ))
     }
 
     /// Sum over `dims` (negative dims count from the end).

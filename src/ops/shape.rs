@@ -1,9 +1,7 @@
 //! Shape ops. Views (reshape of contiguous data, transpose, permute, narrow, broadcast_to,
 //! squeeze, unsqueeze) share storage; contiguous and cat copy.
 
-use crate::backend::cpu;
 use crate::tensor::layout::{numel, resolve_dim};
-use crate::tensor::storage::Storage;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -155,9 +153,7 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        let out = match &*self.storage() {
-            Storage::Cpu(s) => Tensor::from_cpu(cpu::contiguous(s, self.layout()), self.shape()),
-        };
+        let out = Tensor::from_parts(self.storage().contiguous(self.layout())?, self.shape());
         Ok(out.record("contiguous", &[self], |g, _, _| Ok(vec![Some(g.clone())])))
     }
 

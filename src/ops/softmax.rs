@@ -4,9 +4,7 @@
 //!   log_softmax: dx = g − exp(y) ⊙ Σ g
 //! (sums over the softmax dim, kept for broadcasting).
 
-use crate::backend::cpu;
 use crate::tensor::layout::resolve_dim;
-use crate::tensor::storage::Storage;
 use crate::{Result, Tensor};
 
 impl Tensor {
@@ -39,9 +37,7 @@ impl Tensor {
             self.transpose(dim, last)?.contiguous()?
         };
         let width = x.shape().last().copied().unwrap_or(1);
-        let y = match &*x.storage() {
-            Storage::Cpu(s) => Tensor::from_cpu(cpu::softmax::softmax_last_dim(s, width, log)?, x.shape()),
-        };
+        let y = Tensor::from_parts(x.storage().softmax_last_dim(width, log)?, x.shape());
         if dim == last {
             Ok(y)
         } else {

@@ -1,8 +1,6 @@
 //! Elementwise functions of one tensor, each with its derivative:
 //! neg, exp, log, sqrt, tanh, gelu, relu, powf, and the scalar affine map.
 
-use crate::backend::cpu;
-use crate::tensor::storage::Storage;
 use crate::{Result, Tensor};
 use num_traits::Float;
 
@@ -94,9 +92,10 @@ impl UnaryOp {
 impl Tensor {
     /// Applies `op` to every element (no autograd: callers record their own rule).
     pub(crate) fn unary_map(&self, op: UnaryOp) -> Result<Tensor> {
-        Ok(match &*self.storage() {
-            Storage::Cpu(s) => Tensor::from_cpu(cpu::elementwise::unary(op, s, self.layout())?, self.shape()),
-        })
+        Ok(Tensor::from_parts(
+            self.storage().unary(self.layout(), op)?,
+            self.shape(),
+        ))
     }
 
     /// `op` with the backward rule `dx = g · dydx(x, y)`.

@@ -2,25 +2,12 @@
 
 use super::rng::Rng;
 use super::{layout, DType, Device, Tensor, WithDType};
-use crate::backend::cpu;
-use crate::tensor::storage::CpuStorage;
+use crate::tensor::storage::{CpuStorage, Storage};
 use crate::{Error, Result};
-
-/// Only the CPU backend exists so far; every other device is refused here, in one place.
-fn check_device(op: &'static str, dev: &Device) -> Result<()> {
-    match dev {
-        Device::Cpu => Ok(()),
-        other => Err(Error::DeviceUnavailable {
-            device: *other,
-            reason: format!("{op}: only the CPU backend is built so far"),
-        }),
-    }
-}
 
 impl Tensor {
     /// A tensor holding `data` in row-major order.
     pub fn from_vec<T: WithDType>(data: Vec<T>, shape: &[usize], dev: &Device) -> Result<Tensor> {
-        check_device("from_vec", dev)?;
         if layout::numel(shape) != data.len() {
             return Err(Error::shape(
                 "from_vec",
@@ -31,7 +18,10 @@ impl Tensor {
                 ),
             ));
         }
-        Ok(Tensor::from_cpu(CpuStorage::from_vec(data), shape))
+        Ok(Tensor::from_parts(
+            Storage::from_host(CpuStorage::from_vec(data), dev)?,
+            shape,
+        ))
     }
 
     /// A copy of `data` in row-major order.
@@ -41,8 +31,10 @@ impl Tensor {
 
     /// Every element equal to `value` (rounded to `dtype`).
     pub fn full(value: f64, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
-        check_device("full", dev)?;
-        Ok(Tensor::from_cpu(cpu::filled(value, layout::numel(shape), dtype), shape))
+        Ok(Tensor::from_parts(
+            Storage::filled(value, layout::numel(shape), dtype, dev)?,
+            shape,
+        ))
     }
 
     pub fn zeros(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {

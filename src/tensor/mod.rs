@@ -16,7 +16,7 @@ use dtype::{DType, WithDType};
 use layout::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use storage::{CpuStorage, Storage};
+use storage::Storage;
 
 /// An n-dimensional array with optional gradient tracking.
 #[derive(Clone)]
@@ -49,8 +49,10 @@ impl Tensor {
         }))
     }
 
-    pub(crate) fn from_cpu(storage: CpuStorage, shape: &[usize]) -> Tensor {
-        Tensor::from_storage(Storage::Cpu(storage), Layout::contiguous(shape), Device::Cpu)
+    /// Wraps fresh contiguous data of `shape` on the storage's own device.
+    pub(crate) fn from_parts(storage: Storage, shape: &[usize]) -> Tensor {
+        let device = storage.device();
+        Tensor::from_storage(storage, Layout::contiguous(shape), device)
     }
 
     /// Another view of the same storage (not recorded; view ops record their own node).
@@ -228,9 +230,7 @@ impl Tensor {
 
     /// A fresh contiguous copy sharing no storage with `self` (differentiable).
     pub fn copy(&self) -> Result<Tensor> {
-        let out = match &*self.storage() {
-            Storage::Cpu(s) => Tensor::from_cpu(crate::backend::cpu::contiguous(s, self.layout()), self.shape()),
-        };
+        let out = Tensor::from_parts(self.storage().contiguous(self.layout())?, self.shape());
         Ok(out.record("copy", &[self], |g, _, _| Ok(vec![Some(g.clone())])))
     }
 
@@ -264,10 +264,7 @@ impl Tensor {
         };
         let src_storage = src.storage();
         let mut dst = self.0.storage.write().unwrap_or_else(|e| e.into_inner());
-        match (&mut *dst, &*src_storage) {
-            (Storage::Cpu(d), Storage::Cpu(s)) => crate::backend::cpu::assign(d, region, s, src.layout()),
-        }
-        Ok(())
+        dst.assign(region, &src_storage, src.layout())
     }
 
     /// Checks that `self` and `other` are on one device (for binary ops).
@@ -290,13 +287,8 @@ impl Tensor {
         } else {
             self.to_dtype(T::DTYPE)?
         };
-        let storage = t.storage();
-        match &*storage {
-            Storage::Cpu(s) => {
-                let data = s.as_slice::<T>().expect("dtype checked above");
-                Ok(crate::backend::cpu::gather(data, t.layout()))
-            }
-        }
+        let host = t.storage().to_host(t.layout())?;
+        Ok(crate::backend::cpu::typed::<T>(&host).to_vec())
     }
 
     /// The single value of a one-element tensor.
@@ -315,9 +307,7 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let out = match &*self.storage() {
-            Storage::Cpu(s) => Tensor::from_cpu(crate::backend::cpu::cast(s, self.layout(), dtype), self.shape()),
-        };
+        let out = Tensor::from_parts(self.storage().cast(self.layout(), dtype)?, self.shape());
         if !dtype.is_float() {
             return Ok(out); // no gradient flows through integers
         }
