@@ -16,7 +16,10 @@
 pub mod autograd;
 pub mod backend;
 mod error;
+pub mod model;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};

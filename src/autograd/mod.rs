@@ -80,6 +80,11 @@ impl Gradients {
         self.grads.remove(&t.id())
     }
 
+    /// Sets (or replaces) the gradient of `t`, e.g. after clipping or accumulating.
+    pub fn insert(&mut self, t: &Tensor, grad: Tensor) -> Option<Tensor> {
+        self.grads.insert(t.id(), grad)
+    }
+
     pub fn len(&self) -> usize {
         self.grads.len()
     }

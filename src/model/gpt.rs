@@ -1,0 +1,344 @@
+//! The GPT-2 architecture, layer by layer. Read top-down: [`Gpt::forward`] embeds the ids,
+//! runs the [`Block`]s, normalises and projects onto the vocabulary with the tied token
+//! table. Shapes are written as (B, T, C): batch, time (positions), channels (n_embd);
+//! nh is the number of heads and hs = C / nh the width of one head.
+
+use super::config::GptConfig;
+use super::kv_cache::{KvCache, LayerKv};
+use crate::nn::{Embedding, LayerNorm, Linear};
+use crate::{DType, Device, Error, Result, Rng, Tensor};
+
+/// GPT-2's LayerNorm epsilon.
+pub const LN_EPS: f32 = 1e-5;
+/// Standard deviation of GPT-2's initial weights.
+const INIT_STD: f64 = 0.02;
+
+/// Dropout in training (`rng` given), the identity in evaluation (`rng` None).
+fn dropout(x: Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
+    match rng {
+        Some(rng) if p > 0.0 => x.dropout(p, true, rng),
+        _ => Ok(x),
+    }
+}
+
+/// u32 (tq, tk) mask, 1 where query i (at absolute position `start + i`) must not see key j.
+pub(crate) fn causal_mask(tq: usize, tk: usize, start: usize, dev: &Device) -> Result<Tensor> {
+    let mask: Vec<u32> = (0..tq)
+        .flat_map(|i| (0..tk).map(move |j| u32::from(j > start + i)))
+        .collect();
+    Tensor::from_vec(mask, &[tq, tk], dev)
+}
+
+/// Multi-head causal self-attention with one combined q/k/v projection.
+#[derive(Clone, Debug)]
+pub struct CausalSelfAttention {
+    pub c_attn: Linear,
+    pub c_proj: Linear,
+    pub n_head: usize,
+    pub dropout: f64,
+}
+
+impl CausalSelfAttention {
+    /// x is (B, T, C) -> (B, T, C). With a cache, T new positions attend to the cached ones
+    /// as well, and their keys and values are appended to it.
+    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerKv>, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let &[b, t, c] = x.shape() else {
+            return Err(Error::shape(
+                "attention",
+                format!("expected (B, T, C), got {:?}", x.shape()),
+            ));
+        };
+        let (nh, hs) = (self.n_head, c / self.n_head);
+        // qkv is (B, T, 3C) = (B, T, 3, nh, hs); permuted (views, no copy) to (3, B, nh, T, hs)
+        let qkv = self
+            .c_attn
+            .forward(x)?
+            .reshape(&[b, t, 3, nh, hs])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        // q, k, v are each (1, B, nh, T, hs): the leading 1 is the split, kept to stay a view
+        let q = qkv.narrow(0, 0, 1)?;
+        let (mut k, mut v) = (qkv.narrow(0, 1, 1)?, qkv.narrow(0, 2, 1)?);
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(cache) = cache {
+            (k, v) = cache.append(k, v)?; // (1, B, nh, Tk, hs) with Tk = start + T
+        }
+        let tk = k.shape()[3];
+        // att is (1, B, nh, T, Tk): every query against every key, scaled by 1/√hs
+        let att = q.matmul(&k.transpose(-2, -1)?)?.mul_scalar(1.0 / (hs as f64).sqrt())?;
+        let att = att.masked_fill(&causal_mask(t, tk, start, x.device())?, f64::NEG_INFINITY)?;
+        let att = dropout(att.softmax(-1)?, self.dropout, rng.as_deref_mut())?;
+        // y is (1, B, nh, T, hs) -> (B, T, 1, nh, hs) -> (B, T, C): heads side by side again
+        let y = att.matmul(&v)?.permute(&[1, 3, 0, 2, 4])?.reshape(&[b, t, c])?;
+        dropout(self.c_proj.forward(&y)?, self.dropout, rng)
+    }
+}
+
+/// The feed-forward network: C -> 4C -> GELU (tanh) -> C.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub c_fc: Linear,
+    pub c_proj: Linear,
+    pub dropout: f64,
+}
+
+impl Mlp {
+    /// x is (B, T, C) -> (B, T, C); the hidden activations are (B, T, 4C).
+    pub fn forward(&self, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let h = self.c_fc.forward(x)?.gelu()?;
+        dropout(self.c_proj.forward(&h)?, self.dropout, rng)
+    }
+}
+
+/// A pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub attn: CausalSelfAttention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+/// A Linear drawn from N(0, std²) when `rng` is given, else all zeros.
+fn linear(i: usize, o: usize, bias: bool, std: f64, rng: Option<&mut Rng>, dev: &Device) -> Result<Linear> {
+    match rng {
+        Some(rng) => Linear::new(i, o, bias, std, rng, dev),
+        None => Linear::zeros(i, o, bias, dev),
+    }
+}
+
+impl Block {
+    fn new(cfg: &GptConfig, mut rng: Option<&mut Rng>, dev: &Device) -> Result<Block> {
+        let c = cfg.n_embd;
+        // the two projections that write into the residual stream start smaller, so the
+        // stream's variance does not grow with depth (GPT-2 paper, section 2.3)
+        let proj_std = INIT_STD / (2.0 * cfg.n_layer as f64).sqrt();
+        Ok(Block {
+            ln_1: LayerNorm::new(c, cfg.bias, LN_EPS, dev)?,
+            attn: CausalSelfAttention {
+                c_attn: linear(c, 3 * c, cfg.bias, INIT_STD, rng.as_deref_mut(), dev)?,
+                c_proj: linear(c, c, cfg.bias, proj_std, rng.as_deref_mut(), dev)?,
+                n_head: cfg.n_head,
+                dropout: cfg.dropout,
+            },
+            ln_2: LayerNorm::new(c, cfg.bias, LN_EPS, dev)?,
+            mlp: Mlp {
+                c_fc: linear(c, 4 * c, cfg.bias, INIT_STD, rng.as_deref_mut(), dev)?,
+                c_proj: linear(4 * c, c, cfg.bias, proj_std, rng, dev)?,
+                dropout: cfg.dropout,
+            },
+        })
+    }
+
+    /// x is (B, T, C) -> (B, T, C).
+    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerKv>, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?, cache, rng.as_deref_mut())?)?;
+        x.add(&self.mlp.forward(&self.ln_2.forward(&x)?, rng)?)
+    }
+}
+
+/// A GPT-2 language model. The LM head is tied to the token embedding `wte`.
+#[derive(Clone, Debug)]
+pub struct Gpt {
+    cfg: GptConfig,
+    pub wte: Embedding,
+    pub wpe: Embedding,
+    pub h: Vec<Block>,
+    pub ln_f: LayerNorm,
+}
+
+impl Gpt {
+    /// A freshly initialised model (GPT-2's scheme): weights N(0, 0.02²), the residual
+    /// projections N(0, (0.02/√(2·n_layer))²), biases 0, LayerNorm gains 1. Parameters are
+    /// drawn in the order of [`Gpt::params`].
+    pub fn new(cfg: GptConfig, rng: &mut Rng, dev: &Device) -> Result<Gpt> {
+        Gpt::build(cfg, Some(rng), dev)
+    }
+
+    /// A model whose weights are all zero (LayerNorm gains 1), to load weights into.
+    pub(crate) fn zeros(cfg: GptConfig, dev: &Device) -> Result<Gpt> {
+        Gpt::build(cfg, None, dev)
+    }
+
+    fn build(cfg: GptConfig, mut rng: Option<&mut Rng>, dev: &Device) -> Result<Gpt> {
+        cfg.validate()?;
+        let (wte, wpe) = match rng.as_deref_mut() {
+            Some(rng) => (
+                Embedding::new(cfg.vocab_size, cfg.n_embd, INIT_STD, rng, dev)?,
+                Embedding::new(cfg.block_size, cfg.n_embd, INIT_STD, rng, dev)?,
+            ),
+            None => (
+                Embedding::zeros(cfg.vocab_size, cfg.n_embd, dev)?,
+                Embedding::zeros(cfg.block_size, cfg.n_embd, dev)?,
+            ),
+        };
+        let h = (0..cfg.n_layer)
+            .map(|_| Block::new(&cfg, rng.as_deref_mut(), dev))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(cfg.n_embd, cfg.bias, LN_EPS, dev)?;
+        Ok(Gpt { cfg, wte, wpe, h, ln_f })
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.wte.weight.device()
+    }
+
+    /// Every parameter by its Hugging Face GPT-2 name, in state-dict order. The tensors are
+    /// the model's own leaves (requires_grad): look their gradients up with
+    /// `grads.get(&tensor)`; `Tensor::assign` on them updates the model.
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        out.push(("transformer.wte.weight".into(), self.wte.weight.clone()));
+        out.push(("transformer.wpe.weight".into(), self.wpe.weight.clone()));
+        for (i, block) in self.h.iter().enumerate() {
+            let p = format!("transformer.h.{i}");
+            push_affine(&mut out, &format!("{p}.ln_1"), &block.ln_1.weight, &block.ln_1.bias);
+            push_affine(
+                &mut out,
+                &format!("{p}.attn.c_attn"),
+                &block.attn.c_attn.weight,
+                &block.attn.c_attn.bias,
+            );
+            push_affine(
+                &mut out,
+                &format!("{p}.attn.c_proj"),
+                &block.attn.c_proj.weight,
+                &block.attn.c_proj.bias,
+            );
+            push_affine(&mut out, &format!("{p}.ln_2"), &block.ln_2.weight, &block.ln_2.bias);
+            push_affine(
+                &mut out,
+                &format!("{p}.mlp.c_fc"),
+                &block.mlp.c_fc.weight,
+                &block.mlp.c_fc.bias,
+            );
+            push_affine(
+                &mut out,
+                &format!("{p}.mlp.c_proj"),
+                &block.mlp.c_proj.weight,
+                &block.mlp.c_proj.bias,
+            );
+        }
+        push_affine(&mut out, "transformer.ln_f", &self.ln_f.weight, &self.ln_f.bias);
+        out
+    }
+
+    /// The number of parameters (the tied LM head counted once).
+    pub fn num_params(&self) -> usize {
+        self.params().iter().map(|(_, t)| t.numel()).sum()
+    }
+
+    /// ids u32 (B, T) -> logits (B, T, vocab), evaluation mode (no dropout).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, None, None)
+    }
+
+    /// As [`Gpt::forward`] with dropout (when `dropout > 0`), its masks drawn from `rng`.
+    pub fn forward_train(&self, ids: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+        self.run(ids, None, Some(rng))
+    }
+
+    /// Mean cross-entropy of the next-token predictions against `targets` u32 (B, T),
+    /// evaluation mode.
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        cross_entropy(&self.forward(ids)?, targets)
+    }
+
+    /// As [`Gpt::loss`] with dropout.
+    pub fn loss_train(&self, ids: &Tensor, targets: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+        cross_entropy(&self.forward_train(ids, rng)?, targets)
+    }
+
+    /// Incremental decoding: `ids` (B, t) are the tokens at the positions after those already
+    /// in `cache`; returns their logits (B, t, vocab) and appends their keys and values to
+    /// the cache. Runs without recording gradients. Equal to the matching rows of a full
+    /// [`Gpt::forward`] over the whole sequence.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _no_grad = crate::no_grad();
+        let before = cache.clone(); // cheap (shared tensors): restored if this call fails
+        let result = cache
+            .check(&self.cfg, ids)
+            .and_then(|()| self.run(ids, Some(cache), None));
+        if result.is_err() {
+            *cache = before;
+        }
+        result
+    }
+
+    /// The whole network: embeddings, blocks, final norm, tied LM head.
+    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let (b, t) = self.check_ids(ids)?;
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        if start + t > self.cfg.block_size {
+            return Err(Error::invalid(
+                "gpt",
+                format!(
+                    "{} positions ({start} cached + {t} new) exceed the block size {}; crop the context",
+                    start + t,
+                    self.cfg.block_size
+                ),
+            ));
+        }
+        let c = self.cfg.n_embd;
+        // token embeddings (B, T, C) plus position embeddings (T, C), broadcast over the batch
+        let pos = Tensor::from_vec((start as u32..(start + t) as u32).collect(), &[t], ids.device())?;
+        let x = self.wte.forward(ids)?.add(&self.wpe.forward(&pos)?)?;
+        let mut x = dropout(x, self.cfg.dropout, rng.as_deref_mut())?;
+        for (i, block) in self.h.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
+            x = block.forward(&x, layer_cache, rng.as_deref_mut())?;
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
+        }
+        let x = self.ln_f.forward(&x)?;
+        // tied LM head: logits = x · wteᵀ, (B·T, C) · (C, vocab)
+        let logits = x.reshape(&[b * t, c])?.matmul(&self.wte.weight.transpose(0, 1)?)?;
+        logits.reshape(&[b, t, self.cfg.vocab_size])
+    }
+
+    fn check_ids(&self, ids: &Tensor) -> Result<(usize, usize)> {
+        if ids.dtype() != DType::U32 {
+            return Err(Error::DType {
+                op: "gpt",
+                msg: format!("token ids must be u32, got {}", ids.dtype()),
+            });
+        }
+        match *ids.shape() {
+            [b, t] if b > 0 && t > 0 => Ok((b, t)),
+            _ => Err(Error::shape(
+                "gpt",
+                format!("token ids must be (B, T) with B, T ≥ 1, got {:?}", ids.shape()),
+            )),
+        }
+    }
+}
+
+/// Appends `{prefix}.weight` and, if present, `{prefix}.bias`.
+fn push_affine(out: &mut Vec<(String, Tensor)>, prefix: &str, weight: &Tensor, bias: &Option<Tensor>) {
+    out.push((format!("{prefix}.weight"), weight.clone()));
+    if let Some(b) = bias {
+        out.push((format!("{prefix}.bias"), b.clone()));
+    }
+}
+
+/// logits (B, T, V) against targets (B, T) -> mean cross-entropy [].
+fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let &[b, t, v] = logits.shape() else {
+        unreachable!("the model returns (B, T, V) logits")
+    };
+    if targets.shape() != [b, t] {
+        return Err(Error::shape(
+            "gpt loss",
+            format!(
+                "logits {:?} need targets of shape [{b}, {t}], got {:?}",
+                logits.shape(),
+                targets.shape()
+            ),
+        ));
+    }
+    logits.reshape(&[b * t, v])?.cross_entropy(&targets.reshape(&[b * t])?)
+}

@@ -1,0 +1,339 @@
+//! Weights on disk: safetensors files of named tensors (read and written whole, the write
+//! atomic), kiln's own checkpoints of a [`Gpt`], and Hugging Face GPT-2 folders.
+//!
+//! kiln stores every Linear weight as `[out, in]` (PyTorch's `nn.Linear`, nanoGPT's state
+//! dict). Hugging Face's GPT-2 uses `Conv1D` modules, which store `[in, out]`;
+//! [`Gpt::from_hf_dir`] transposes those on import.
+
+use super::config::GptConfig;
+use super::gpt::Gpt;
+use crate::{DType, Device, Error, Result, Tensor};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+/// The metadata key under which kiln stores the model's [`GptConfig`] (JSON).
+pub const CONFIG_KEY: &str = "kiln.gpt_config";
+
+/// Named tensors in file order, and the file's string metadata.
+pub type NamedTensors = (Vec<(String, Tensor)>, HashMap<String, String>);
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder is written,
+/// flushed to disk and renamed over `path`, so a crash leaves either the old file or the new
+/// one, never a partial file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("write_atomic", format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        // make the rename itself durable; not every platform can sync a folder
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("writing {}", path.display()), e)
+    })
+}
+
+fn st_dtype(d: DType) -> StDtype {
+    match d {
+        DType::F32 => StDtype::F32,
+        DType::F64 => StDtype::F64,
+        DType::BF16 => StDtype::BF16,
+        DType::F16 => StDtype::F16,
+        DType::U32 => StDtype::U32,
+    }
+}
+
+/// Host bytes of a tensor in row-major order, little-endian (as safetensors stores them).
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    fn le<T: crate::WithDType>(t: &Tensor) -> Result<Vec<u8>> {
+        Ok(bytemuck::cast_slice(&t.to_vec::<T>()?).to_vec())
+    }
+    match t.dtype() {
+        DType::F32 => le::<f32>(t),
+        DType::F64 => le::<f64>(t),
+        DType::BF16 => le::<half::bf16>(t),
+        DType::F16 => le::<half::f16>(t),
+        DType::U32 => le::<u32>(t),
+    }
+}
+
+/// The safetensors bytes of named tensors with optional string metadata.
+pub fn serialize_tensors(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let data = tensors
+        .iter()
+        .map(|(name, t)| Ok((name.clone(), t.dtype(), t.shape().to_vec(), tensor_bytes(t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(st_dtype(*dtype), shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+                .map_err(|e| Error::invalid("save_safetensors", format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| Error::invalid("save_safetensors", e.to_string()))
+}
+
+/// Writes named tensors to a safetensors file, atomically (see [`write_atomic`]).
+pub fn save_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    write_atomic(path, &serialize_tensors(tensors, metadata)?)
+}
+
+/// Every tensor of a safetensors file (in the file's order) and its metadata. A truncated or
+/// corrupt file, or an element type kiln has no dtype for, is an error naming the file.
+pub fn load_tensors(path: &Path, dev: &Device) -> Result<NamedTensors> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    parse_tensors(&bytes, &path.display().to_string(), dev)
+}
+
+/// As [`load_tensors`] from bytes in memory; `source` names them in errors.
+pub fn parse_tensors(bytes: &[u8], source: &str, dev: &Device) -> Result<NamedTensors> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        Error::invalid(
+            "load_safetensors",
+            format!("{source} is not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
+    };
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(&e))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(&e))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    // the file's own order (by offset), so errors and loads are deterministic
+    let mut out = Vec::with_capacity(st.len());
+    for name in meta.offset_keys() {
+        let view = st.tensor(&name).map_err(|e| corrupt(&e))?;
+        let (shape, data) = (view.shape().to_vec(), view.data());
+        let t = match view.dtype() {
+            StDtype::F32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, f32>(data), &shape, dev)?,
+            StDtype::F64 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, f64>(data), &shape, dev)?,
+            StDtype::BF16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::bf16>(data), &shape, dev)?,
+            StDtype::F16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::f16>(data), &shape, dev)?,
+            StDtype::U32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, u32>(data), &shape, dev)?,
+            StDtype::I64 | StDtype::U8 | StDtype::BOOL | StDtype::I32 => continue, // buffers (masks, counters): not parameters
+            other => {
+                return Err(Error::invalid(
+                    "load_safetensors",
+                    format!("{source}: tensor {name} has element type {other:?}, which kiln cannot read"),
+                ))
+            }
+        };
+        out.push((name, t));
+    }
+    Ok((out, metadata))
+}
+
+impl Gpt {
+    /// Writes every parameter (HF names, kiln's `[out, in]` Linear layout) and the config
+    /// (metadata key [`CONFIG_KEY`]) to a safetensors file, atomically: a temporary file in
+    /// the same folder, fsync, rename.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let config = serde_json::to_string(self.config())
+            .map_err(|e| Error::invalid("save_safetensors", format!("config: {e}")))?;
+        let metadata = HashMap::from([
+            (CONFIG_KEY.to_string(), config),
+            ("format".to_string(), "pt".to_string()),
+        ]);
+        save_tensors(path, &self.params(), Some(metadata))
+    }
+
+    /// Loads parameters written by [`Gpt::save_safetensors`] into this model. The file must
+    /// hold exactly this model's tensors with the same shapes; otherwise the error lists every
+    /// missing, unexpected and mismatched tensor with its shapes, and the model is unchanged.
+    pub fn load_safetensors(&mut self, path: &Path) -> Result<()> {
+        let (tensors, metadata) = load_tensors(path, self.device())?;
+        let note = match metadata.get(CONFIG_KEY).map(|s| serde_json::from_str::<GptConfig>(s)) {
+            Some(Ok(cfg)) if &cfg != self.config() => {
+                format!(" (the file was saved from {cfg:?}; this model is {:?})", self.config())
+            }
+            _ => String::new(),
+        };
+        self.assign_named(tensors, &format!("{}{note}", path.display()))
+    }
+
+    /// Loads a Hugging Face GPT-2 folder as `save_pretrained` writes it: `config.json` and
+    /// `model.safetensors` (Conv1D weights `[in, out]`, transposed here; a `lm_head.weight`,
+    /// if present, must equal the tied token embedding).
+    pub fn from_hf_dir(dir: &Path, dev: &Device) -> Result<Gpt> {
+        let cfg = hf_config(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        let (tensors, _) = load_tensors(&weights, dev)?;
+        let mut renamed = Vec::with_capacity(tensors.len());
+        let mut lm_head = None;
+        for (name, t) in tensors {
+            let name = if name.starts_with("transformer.") || name == "lm_head.weight" {
+                name
+            } else {
+                format!("transformer.{name}") // saved from a bare GPT2Model
+            };
+            if name.ends_with(".attn.bias") && t.dims() == 4 || name.ends_with(".attn.masked_bias") {
+                continue; // old transformers versions saved the causal-mask buffers
+            }
+            if name == "lm_head.weight" {
+                lm_head = Some(t);
+                continue;
+            }
+            let conv1d = [
+                ".attn.c_attn.weight",
+                ".attn.c_proj.weight",
+                ".mlp.c_fc.weight",
+                ".mlp.c_proj.weight",
+            ];
+            let t = if conv1d.iter().any(|s| name.ends_with(s)) && t.dims() == 2 {
+                t.transpose(0, 1)?.contiguous()?
+            } else {
+                t
+            };
+            renamed.push((name, t));
+        }
+        if let Some(head) = lm_head {
+            let wte = renamed
+                .iter()
+                .find(|(n, _)| n == "transformer.wte.weight")
+                .map(|(_, t)| t);
+            let tied = match wte {
+                Some(wte) if wte.shape() == head.shape() => wte.to_vec::<f32>()? == head.to_vec::<f32>()?,
+                _ => false,
+            };
+            if !tied {
+                return Err(Error::invalid(
+                    "from_hf_dir",
+                    format!(
+                        "{}: lm_head.weight differs from transformer.wte.weight; kiln's GPT ties them",
+                        weights.display()
+                    ),
+                ));
+            }
+        }
+        let mut model = Gpt::zeros(cfg, dev)?;
+        model.assign_named(renamed, &weights.display().to_string())?;
+        Ok(model)
+    }
+
+    /// Copies `tensors` into the parameters of the same names after checking that the names
+    /// and shapes match exactly (dtypes are converted). On a mismatch nothing is changed.
+    pub(crate) fn assign_named(&mut self, tensors: Vec<(String, Tensor)>, source: &str) -> Result<()> {
+        let params = self.params();
+        let mut given: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, t) in tensors {
+            if given.contains_key(&name) {
+                problems.push(format!("  duplicate: {name}"));
+            }
+            given.insert(name, t);
+        }
+        for (name, p) in &params {
+            match given.get(name) {
+                None => problems.push(format!("  missing: {name} {:?}", p.shape())),
+                Some(t) if t.shape() != p.shape() => problems.push(format!(
+                    "  shape mismatch: {name}: file {:?}, model {:?}",
+                    t.shape(),
+                    p.shape()
+                )),
+                Some(t) if !t.dtype().is_float() => problems.push(format!(
+                    "  dtype mismatch: {name}: file {}, model {}",
+                    t.dtype(),
+                    p.dtype()
+                )),
+                Some(_) => {}
+            }
+        }
+        for (name, t) in &given {
+            if !params.iter().any(|(n, _)| n == name) {
+                problems.push(format!("  unexpected: {name} {:?}", t.shape()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::invalid(
+                "load_safetensors",
+                format!(
+                    "{source} does not fit this model ({} problems):\n{}",
+                    problems.len(),
+                    problems.join("\n")
+                ),
+            ));
+        }
+        for (name, p) in &params {
+            let t = given[name].to_dtype(p.dtype())?;
+            p.assign(&t)?;
+        }
+        Ok(())
+    }
+}
+
+/// A [`GptConfig`] from a Hugging Face GPT-2 `config.json`; options kiln's GPT does not
+/// implement are refused by name.
+fn hf_config(path: &Path) -> Result<GptConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let bad = |msg: String| Error::invalid("from_hf_dir", format!("{}: {msg}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let usize_field = |keys: &[&str]| -> Result<usize> {
+        keys.iter()
+            .find_map(|k| json.get(*k).and_then(|v| v.as_u64()))
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(format!("missing integer field {}", keys.join(" or "))))
+    };
+    let n_embd = usize_field(&["n_embd", "hidden_size"])?;
+    let cfg = GptConfig {
+        vocab_size: usize_field(&["vocab_size"])?,
+        block_size: usize_field(&["n_positions", "n_ctx"])?,
+        n_layer: usize_field(&["n_layer", "num_hidden_layers"])?,
+        n_head: usize_field(&["n_head", "num_attention_heads"])?,
+        n_embd,
+        dropout: json.get("resid_pdrop").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        bias: true,
+    };
+    if let Some(act) = json.get("activation_function").and_then(|v| v.as_str()) {
+        if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+            return Err(bad(format!(
+                "activation_function {act:?} is not supported (kiln's GPT uses the tanh GELU, \"gelu_new\")"
+            )));
+        }
+    }
+    if let Some(n_inner) = json.get("n_inner").and_then(|v| v.as_u64()) {
+        if n_inner as usize != 4 * n_embd {
+            return Err(bad(format!(
+                "n_inner {n_inner} is not supported (kiln's MLP is 4·n_embd = {})",
+                4 * n_embd
+            )));
+        }
+    }
+    if let Some(eps) = json.get("layer_norm_epsilon").and_then(|v| v.as_f64()) {
+        if (eps - super::gpt::LN_EPS as f64).abs() > 1e-12 {
+            return Err(bad(format!(
+                "layer_norm_epsilon {eps} is not supported (kiln uses 1e-5)"
+            )));
+        }
+    }
+    if json.get("scale_attn_by_inverse_layer_idx").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(bad("scale_attn_by_inverse_layer_idx = true is not supported".into()));
+    }
+    if json.get("scale_attn_weights").and_then(|v| v.as_bool()) == Some(false) {
+        return Err(bad("scale_attn_weights = false is not supported".into()));
+    }
+    if json.get("tie_word_embeddings").and_then(|v| v.as_bool()) == Some(false) {
+        return Err(bad(
+            "tie_word_embeddings = false is not supported (kiln ties the LM head)".into(),
+        ));
+    }
+    cfg.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(cfg)
+}

@@ -1,0 +1,11 @@
+//! The reference GPT (GPT-2's architecture): configuration, layers, KV cache, and weights
+//! on disk (kiln checkpoints and Hugging Face folders). See docs/model.md.
+
+mod config;
+mod gpt;
+pub mod io;
+mod kv_cache;
+
+pub use config::{GptConfig, PRESETS};
+pub use gpt::{Block, CausalSelfAttention, Gpt, Mlp, LN_EPS};
+pub use kv_cache::{KvCache, LayerKv};

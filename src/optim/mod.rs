@@ -1,0 +1,113 @@
+//! Optimizers and their helpers: [`AdamW`] (nanoGPT's parameter grouping), [`Sgd`],
+//! gradient clipping by global norm, and the warmup + cosine learning-rate schedule.
+//!
+//! Optimizers hold the model's parameter tensors (clones share storage and id) and update
+//! them in place with [`Tensor::assign`], so the model sees every step.
+
+mod adamw;
+mod sgd;
+
+pub use adamw::AdamW;
+pub use sgd::Sgd;
+
+use crate::{Error, Gradients, Result, Tensor};
+
+/// Scales the gradients of `params` so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, applied only
+/// when below 1). Returns the norm before clipping, which may be NaN or infinite: callers
+/// should check it.
+pub fn clip_grad_norm(params: &[(String, Tensor)], grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+    if max_norm.is_nan() || max_norm <= 0.0 {
+        return Err(Error::invalid(
+            "clip_grad_norm",
+            format!("max_norm must be positive, got {max_norm}"),
+        ));
+    }
+    let _no_grad = crate::no_grad();
+    let mut sum_sq = 0.0f64;
+    for (_, p) in params {
+        if let Some(g) = grads.get(p) {
+            sum_sq += g.to_vec::<f64>()?.iter().map(|x| x * x).sum::<f64>();
+        }
+    }
+    let norm = sum_sq.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for (_, p) in params {
+            if let Some(g) = grads.get(p) {
+                let scaled = g.mul_scalar(coef)?;
+                grads.insert(p, scaled);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Linear warmup, then cosine decay to `min_lr` at `max_steps`, then constant: nanoGPT's
+/// `get_lr`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CosineSchedule {
+    /// Steps of linear warmup.
+    pub warmup: usize,
+    /// The step at which the decay reaches `min_lr` (nanoGPT's `lr_decay_iters`).
+    pub max_steps: usize,
+    pub max_lr: f64,
+    pub min_lr: f64,
+}
+
+impl CosineSchedule {
+    /// The learning rate at step `step` (counting from 0).
+    pub fn lr(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.max_lr * (step + 1) as f64 / (self.warmup + 1) as f64;
+        }
+        if step > self.max_steps || self.max_steps <= self.warmup {
+            return self.min_lr;
+        }
+        let ratio = (step - self.warmup) as f64 / (self.max_steps - self.warmup) as f64;
+        let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+        self.min_lr + coeff * (self.max_lr - self.min_lr)
+    }
+}
+
+/// A parameter's data and its gradient as host vectors of `T` (f32 or f64), checked.
+pub(crate) fn checked_grad<'a>(
+    op: &'static str,
+    name: &str,
+    p: &Tensor,
+    grads: &'a Gradients,
+) -> Result<Option<&'a Tensor>> {
+    let Some(g) = grads.get(p) else { return Ok(None) };
+    if g.shape() != p.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "gradient of {name} has shape {:?}, the parameter {:?}",
+                g.shape(),
+                p.shape()
+            ),
+        ));
+    }
+    Ok(Some(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_matches_nanogpt() {
+        let s = CosineSchedule {
+            warmup: 100,
+            max_steps: 2000,
+            max_lr: 1e-3,
+            min_lr: 1e-4,
+        };
+        assert!((s.lr(0) - 1e-3 / 101.0).abs() < 1e-15);
+        assert!((s.lr(99) - 1e-3 * 100.0 / 101.0).abs() < 1e-15);
+        assert!((s.lr(100) - 1e-3).abs() < 1e-15);
+        assert!((s.lr(1050) - 5.5e-4).abs() < 1e-12);
+        assert!((s.lr(2000) - 1e-4).abs() < 1e-15);
+        assert_eq!(s.lr(5000), 1e-4);
+    }
+}

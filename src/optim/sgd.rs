@@ -1,0 +1,79 @@
+//! Stochastic gradient descent with optional momentum and (coupled, L2) weight decay, as
+//! `torch.optim.SGD` with dampening 0:
+//!   g ← g + wd·p;  b ← μ·b + g (b = g on the first step);  p ← p − lr·b   (b = g without momentum)
+
+use super::checked_grad;
+use crate::{Error, Gradients, Result, Tensor};
+
+#[derive(Clone, Debug)]
+struct Slot {
+    name: String,
+    param: Tensor,
+    momentum_buf: Option<Vec<f64>>,
+}
+
+/// The SGD optimizer over named parameters.
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    slots: Vec<Slot>,
+}
+
+impl Sgd {
+    pub fn new(params: Vec<(String, Tensor)>, lr: f64, momentum: f64, weight_decay: f64) -> Result<Sgd> {
+        if lr.is_nan() || lr < 0.0 || !(0.0..1.0).contains(&momentum) || weight_decay.is_nan() || weight_decay < 0.0 {
+            return Err(Error::invalid(
+                "Sgd",
+                format!("need lr ≥ 0, momentum in [0, 1), weight_decay ≥ 0; got {lr}, {momentum}, {weight_decay}"),
+            ));
+        }
+        let slots = params
+            .into_iter()
+            .map(|(name, param)| Slot {
+                name,
+                param,
+                momentum_buf: None,
+            })
+            .collect();
+        Ok(Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            slots,
+        })
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let _no_grad = crate::no_grad();
+        for slot in &mut self.slots {
+            let Some(g) = checked_grad("Sgd", &slot.name, &slot.param, grads)? else {
+                continue;
+            };
+            let p = &slot.param;
+            let mut data = p.to_vec::<f64>()?;
+            let mut d = g.to_vec::<f64>()?;
+            if self.weight_decay != 0.0 {
+                d.iter_mut().zip(&data).for_each(|(d, p)| *d += self.weight_decay * p);
+            }
+            if self.momentum != 0.0 {
+                match &mut slot.momentum_buf {
+                    Some(b) => {
+                        b.iter_mut().zip(&d).for_each(|(b, d)| *b = self.momentum * *b + d);
+                        d.copy_from_slice(b);
+                    }
+                    None => slot.momentum_buf = Some(d.clone()),
+                }
+            }
+            data.iter_mut().zip(&d).for_each(|(p, d)| *p -= self.lr * d);
+            let new = Tensor::from_vec(data, p.shape(), p.device())?.to_dtype(p.dtype())?;
+            p.assign(&new)?;
+        }
+        Ok(())
+    }
+}
