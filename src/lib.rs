@@ -15,12 +15,16 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod cli;
+pub mod data;
 mod error;
 pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod tokenizer;
+pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};
 pub use error::{Error, Result};

@@ -1,0 +1,412 @@
+//! The `kiln` command line: `train`, `finetune`, `generate`. `src/main.rs` only calls
+//! [`main`]. Every failure is printed as one `error: ...` message with exit status 1 (2 for
+//! a command line clap cannot parse).
+
+use crate::data::EMBEDDED;
+use crate::model::{Gpt, GptConfig};
+use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind};
+use crate::train::{self, checkpoint, Init, RunOptions, SampleOptions, TrainConfig};
+use crate::{Device, Error, Result, Rng};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Train, fine-tune and sample a GPT with kiln, a from-scratch tensor engine",
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a GPT from scratch (with no options: the `tiny` preset on kiln's own sources).
+    Train(TrainArgs),
+    /// Adapt a trained model (a kiln checkpoint or a Hugging Face GPT-2 folder) to new text.
+    Finetune(FinetuneArgs),
+    /// Generate text from a checkpoint, streaming tokens as they come.
+    Generate(GenerateArgs),
+}
+
+/// Optimisation settings shared by `train` and `finetune` (unset: the command's default).
+#[derive(Args, Debug, Clone, Default)]
+pub struct OptimArgs {
+    /// Optimizer steps in the whole run.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches accumulated into each step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Final learning rate of the cosine decay.
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Warmup steps.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Evaluate and checkpoint every this many steps.
+    #[arg(long)]
+    pub eval_interval: Option<usize>,
+    /// Batches per evaluation.
+    #[arg(long)]
+    pub eval_iters: Option<usize>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// AdamW β2.
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+}
+
+impl OptimArgs {
+    /// Sets the given options on `cfg`.
+    fn apply(&self, cfg: &mut TrainConfig) {
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f { cfg.$f = v; })* };
+        }
+        set!(
+            steps,
+            batch_size,
+            grad_accum,
+            lr,
+            min_lr,
+            warmup,
+            eval_interval,
+            eval_iters,
+            weight_decay,
+            beta2,
+            grad_clip
+        );
+    }
+}
+
+/// Options that do not change the computation.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Run folder: checkpoint, metrics.jsonl, loss.svg, token cache.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Stop after this step (with a checkpoint), to continue later with --resume.
+    #[arg(long)]
+    pub stop_at: Option<usize>,
+    /// Tokens of the sample printed at the end (0: none).
+    #[arg(long, default_value_t = 300)]
+    pub sample_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    /// Context length (positions the model sees).
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Biases in Linear and LayerNorm layers (`--bias` or `--bias false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub bias: Option<bool>,
+    /// Text files to train on (default: kiln's own docs and sources, built into the binary).
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// byte, char or gpt2.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Seeds the weights, batches and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// A kiln checkpoint (run folder or its checkpoint/ folder) or a Hugging Face GPT-2 folder.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Text files to adapt the model to.
+    #[arg(long, num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    /// Dropout while fine-tuning (default: the model's).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A kiln checkpoint (run folder or its checkpoint/ folder).
+    #[arg(long, conflicts_with = "hf", required_unless_present = "hf")]
+    pub checkpoint: Option<PathBuf>,
+    /// A Hugging Face GPT-2 folder (config.json, model.safetensors); uses the GPT-2 tokenizer.
+    #[arg(long)]
+    pub hf: Option<PathBuf>,
+    /// Text to continue (default: a newline; for GPT-2, <|endoftext|>).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 200)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 200)]
+    pub top_k: usize,
+    /// Nucleus sampling: the most likely tokens whose probabilities sum to p (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Runs the command line; the process's exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Finetune(a) => cmd_finetune(a),
+        Command::Generate(a) => cmd_generate(a),
+    }
+}
+
+fn cli_err(msg: String) -> Error {
+    Error::Invalid { op: "kiln", msg }
+}
+
+fn run_options(run: &RunArgs, default_out: &str) -> Result<RunOptions> {
+    Ok(RunOptions {
+        out_dir: run.out.clone().unwrap_or_else(|| PathBuf::from(default_out)),
+        device: run.device.parse::<Device>()?,
+        stop_at: run.stop_at,
+        verbose: true,
+    })
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let opts = run_options(&a.run, "runs/train")?;
+    let outcome = if a.resume {
+        let fixed: Vec<&str> = [
+            (a.preset != "tiny", "--preset"),
+            (a.n_layer.is_some(), "--n-layer"),
+            (a.n_head.is_some(), "--n-head"),
+            (a.n_embd.is_some(), "--n-embd"),
+            (a.block_size.is_some(), "--block-size"),
+            (a.dropout.is_some(), "--dropout"),
+            (a.bias.is_some(), "--bias"),
+            (!a.data.is_empty(), "--data"),
+            (a.tokenizer.is_some(), "--tokenizer"),
+            (a.seed.is_some(), "--seed"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if !fixed.is_empty() {
+            return Err(cli_err(format!(
+                "--resume continues the saved run with its model, data, tokenizer and seed; drop {} \
+                 (the optimisation settings --steps, --lr, ... may change)",
+                fixed.join(", ")
+            )));
+        }
+        train::resume(&opts, |cfg| a.optim.apply(cfg))?
+    } else {
+        let mut model = GptConfig::preset(&a.preset)?;
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = a.$f { model.$f = v; })* };
+        }
+        set!(n_layer, n_head, n_embd, block_size, dropout, bias);
+        let tokenizer: TokenizerKind = a.tokenizer.as_deref().unwrap_or("byte").parse()?;
+        if tokenizer == TokenizerKind::Gpt2 {
+            model.vocab_size = crate::tokenizer::GPT2_VOCAB_SIZE;
+        }
+        model.validate()?;
+        let mut cfg = TrainConfig::default();
+        if let Some(seed) = a.seed {
+            cfg.seed = seed;
+        }
+        a.optim.apply(&mut cfg);
+        if a.data.is_empty() {
+            println!("no --data given: training on kiln's own docs and sources ({EMBEDDED})");
+        }
+        train::train(Init::Scratch { model, tokenizer }, &a.data, cfg, &opts)?
+    };
+    print_sample(&outcome.model, &outcome.tokenizer, a.run.sample_tokens)
+}
+
+fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
+    let opts = run_options(&a.run, "runs/finetune")?;
+    let (model, tokenizer, source) = load_any(&a.from, &opts.device)?;
+    let model = match a.dropout {
+        Some(p) => train::with_dropout(model, p)?,
+        None => model,
+    };
+    // Fine-tuning's own schedule: short, gentle, evaluated often.
+    let mut cfg = TrainConfig {
+        steps: 200,
+        lr: 3e-4,
+        min_lr: 3e-5,
+        warmup: 20,
+        eval_interval: 50,
+        ..TrainConfig::default()
+    };
+    if let Some(seed) = a.seed {
+        cfg.seed = seed;
+    }
+    a.optim.apply(&mut cfg);
+    if a.optim.lr.is_some() && a.optim.min_lr.is_none() {
+        cfg.min_lr = cfg.lr / 10.0;
+    }
+    println!("fine-tuning {source}");
+    let init = Init::From {
+        model: Box::new(model),
+        tokenizer,
+        source,
+    };
+    let outcome = train::train(init, &a.data, cfg, &opts)?;
+    print_sample(&outcome.model, &outcome.tokenizer, a.run.sample_tokens)
+}
+
+/// A kiln checkpoint, or a Hugging Face GPT-2 folder (with the GPT-2 tokenizer).
+fn load_any(path: &Path, dev: &Device) -> Result<(Gpt, Tokenizer, String)> {
+    let is_hf = path.join("model.safetensors").is_file()
+        && path.join("config.json").is_file()
+        && !path.join(checkpoint::STATE).is_file();
+    if is_hf {
+        let model = Gpt::from_hf_dir(path, dev)?;
+        return Ok((model, Tokenizer::Gpt2, format!("Hugging Face model {}", path.display())));
+    }
+    let loaded = checkpoint::load(path, dev)?;
+    let source = format!("checkpoint {} (step {})", loaded.dir.display(), loaded.state.step);
+    Ok((loaded.model, loaded.tokenizer, source))
+}
+
+/// The token ids of `prompt`, or a one-token default for an empty prompt.
+pub fn encode_prompt(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Ok(match tok {
+            Tokenizer::Gpt2 => vec![crate::tokenizer::GPT2_EOT],
+            _ => tok.encode("\n").unwrap_or_else(|_| vec![0]),
+        });
+    }
+    tok.encode(prompt).map_err(|e| match e {
+        Error::Invalid { msg, .. } => Error::Invalid {
+            op: "generate",
+            msg: format!("cannot encode the prompt: {msg}"),
+        },
+        other => other,
+    })
+}
+
+/// Streams a generation to stdout; returns the generated text.
+pub fn stream(model: &Gpt, tok: &Tokenizer, prompt: &str, opts: &SampleOptions, seed: u64) -> Result<String> {
+    let ids = encode_prompt(tok, prompt)?;
+    let mut out = std::io::stdout().lock();
+    let mut decoder = StreamDecoder::new();
+    let mut text = String::new();
+    let write = |out: &mut std::io::StdoutLock, s: &str| {
+        out.write_all(s.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::io("writing to stdout", e))
+    };
+    write(&mut out, prompt)?;
+    let mut rng = Rng::new(seed);
+    train::generate(model, &ids, opts, &mut rng, |id| {
+        let piece = decoder.push(tok, id);
+        text.push_str(&piece);
+        write(&mut out, &piece)?;
+        Ok(true)
+    })?;
+    let rest = decoder.finish();
+    text.push_str(&rest);
+    write(&mut out, &rest)?;
+    write(&mut out, "\n")?;
+    Ok(text)
+}
+
+fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
+    if tokens == 0 {
+        return Ok(());
+    }
+    println!("--- sample ({tokens} tokens, temperature 0.8, top-k 200) ---");
+    let opts = SampleOptions {
+        max_new_tokens: tokens,
+        ..SampleOptions::default()
+    };
+    stream(model, tok, "", &opts, 1337)?;
+    println!("---");
+    Ok(())
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let dev: Device = a.device.parse()?;
+    let (model, tok, source) = match (&a.checkpoint, &a.hf) {
+        (Some(ckpt), _) => {
+            let l = checkpoint::load(ckpt, &dev)?;
+            let source = format!("{} (step {})", l.dir.display(), l.state.step);
+            (l.model, l.tokenizer, source)
+        }
+        (None, Some(hf)) => (Gpt::from_hf_dir(hf, &dev)?, Tokenizer::Gpt2, hf.display().to_string()),
+        (None, None) => return Err(cli_err("give --checkpoint DIR or --hf DIR".into())),
+    };
+    eprintln!(
+        "{source}: {}; tokenizer {}",
+        train::describe_model(model.config(), model.num_params()),
+        tok.describe()
+    );
+    let opts = SampleOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: (a.top_k > 0).then_some(a.top_k),
+        top_p: (a.top_p < 1.0).then_some(a.top_p),
+    };
+    opts.validate()?;
+    stream(&model, &tok, &a.prompt, &opts, a.seed)?;
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! The default corpus: kiln's own documentation and sources, compiled into the binary, so
+//! `kiln train` with no arguments has something to learn from on any machine.
+//!
+//! A fixed list (not a directory walk) keeps the build free of a build script; add new files
+//! here as they appear. Each entry is `(path relative to the crate root, contents)`.
+
+macro_rules! embed {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path)))),*]
+    };
+}
+
+/// The files of the embedded corpus, in the order they are concatenated.
+pub const FILES: &[(&str, &str)] = embed!(
+    "README.md",
+    "docs/autograd.md",
+    "docs/training.md",
+    "src/lib.rs",
+    "src/error.rs",
+    "src/tensor/mod.rs",
+    "src/tensor/create.rs",
+    "src/tensor/device.rs",
+    "src/tensor/dtype.rs",
+    "src/tensor/layout.rs",
+    "src/tensor/rng.rs",
+    "src/tensor/storage.rs",
+    "src/autograd/mod.rs",
+    "src/ops/mod.rs",
+    "src/ops/binary.rs",
+    "src/ops/dropout.rs",
+    "src/ops/index.rs",
+    "src/ops/loss.rs",
+    "src/ops/matmul.rs",
+    "src/ops/norm.rs",
+    "src/ops/reduce.rs",
+    "src/ops/shape.rs",
+    "src/ops/softmax.rs",
+    "src/ops/unary.rs",
+    "src/backend/mod.rs",
+    "src/backend/cpu/mod.rs",
+    "src/backend/cpu/elementwise.rs",
+    "src/backend/cpu/gemm.rs",
+    "src/backend/cpu/index.rs",
+    "src/backend/cpu/loss.rs",
+    "src/backend/cpu/matmul.rs",
+    "src/backend/cpu/norm.rs",
+    "src/backend/cpu/reduce.rs",
+    "src/backend/cpu/reference.rs",
+    "src/backend/cpu/softmax.rs",
+    "src/model/config.rs",
+    "src/tokenizer/mod.rs",
+    "src/data/mod.rs",
+    "src/data/embedded.rs",
+);
+
+/// The whole embedded corpus as one text: each file preceded by a `// file: PATH` line.
+pub fn text() -> String {
+    let mut out = String::with_capacity(FILES.iter().map(|(p, t)| p.len() + t.len() + 16).sum());
+    for (path, contents) in FILES {
+        out.push_str("// file: ");
+        out.push_str(path);
+        out.push('\n');
+        out.push_str(contents);
+        if !contents.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,110 @@
+//! [`TrainConfig`]: the hyper-parameters of a training run (not the model's shape, which is
+//! [`crate::model::GptConfig`]). Saved in every checkpoint's `state.json`.
+
+use crate::optim::CosineSchedule;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// How to train. The defaults are nanoGPT's small-model recipe (its `shakespeare_char`
+/// settings), which suit the `tiny` preset on a CPU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Optimizer steps in the whole run (the cosine schedule ends here).
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one step (the effective batch is
+    /// `batch_size · grad_accum` sequences).
+    pub grad_accum: usize,
+    /// Peak learning rate, reached after `warmup` steps.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    /// Steps of linear warmup.
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub grad_clip: f64,
+    /// Evaluate (and checkpoint) every this many steps, and at the last step.
+    pub eval_interval: usize,
+    /// Batches per split averaged into each evaluation.
+    pub eval_iters: usize,
+    /// The fraction of the tokens, taken from the end, held out for validation.
+    pub val_fraction: f64,
+    /// Seeds the initial weights, the batches and the dropout masks.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 2000,
+            batch_size: 12,
+            grad_accum: 1,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 100,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            grad_clip: 1.0,
+            eval_interval: 250,
+            eval_iters: 20,
+            val_fraction: 0.1,
+            seed: 1337,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning-rate schedule: linear warmup, cosine decay to `min_lr` at `steps`.
+    pub fn schedule(&self) -> CosineSchedule {
+        CosineSchedule {
+            warmup: self.warmup,
+            max_steps: self.steps,
+            max_lr: self.lr,
+            min_lr: self.min_lr,
+        }
+    }
+
+    /// Checks the numbers, naming the first bad one (with its command-line flag).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Invalid { op: "train", msg });
+        for (flag, v) in [
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--eval-interval", self.eval_interval),
+            ("--eval-iters", self.eval_iters),
+        ] {
+            if v == 0 {
+                return bad(format!("{flag} must be at least 1"));
+            }
+        }
+        for (flag, v) in [
+            ("--lr", self.lr),
+            ("--min-lr", self.min_lr),
+            ("--weight-decay", self.weight_decay),
+            ("--grad-clip", self.grad_clip),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{flag} must be a finite number ≥ 0, got {v}"));
+            }
+        }
+        for (flag, v) in [("--beta1", self.beta1), ("--beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(format!("{flag} must be in [0, 1), got {v}"));
+            }
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return bad(format!(
+                "the validation fraction must be in (0, 1), got {}",
+                self.val_fraction
+            ));
+        }
+        Ok(())
+    }
+}

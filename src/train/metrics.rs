@@ -1,0 +1,96 @@
+//! `metrics.jsonl`: one JSON object per line, appended as training goes.
+//!
+//! ```text
+//! {"kind":"train","step":1,"loss":5.5451,"lr":9.9e-6,"grad_norm":1.03}
+//! {"kind":"eval","step":250,"train_loss":2.31,"val_loss":2.35,"tokens_per_s":21000.0,"train_seconds":8.9}
+//! ```
+//!
+//! `step` counts completed optimizer steps: a `train` row holds the loss of the batch whose
+//! gradients made step `step`; an `eval` row is measured after `step` steps (0: before
+//! training). Losses are written with Rust's shortest round-trip formatting, so a value
+//! read back is bit for bit the one computed.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FILE: &str = "metrics.jsonl";
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Train {
+        step: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+    },
+    Eval {
+        step: usize,
+        train_loss: f64,
+        val_loss: f64,
+        /// Training throughput of this session so far.
+        tokens_per_s: f64,
+        /// Training seconds since the run began (evaluation and checkpoints excluded).
+        train_seconds: f64,
+    },
+}
+
+impl Record {
+    pub fn step(&self) -> usize {
+        match self {
+            Record::Train { step, .. } | Record::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// Reads every record of a metrics file (a missing file has none). A line that does not
+/// parse, such as a last line cut short by a crash, ends the list.
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    Ok(text
+        .lines()
+        .map_while(|l| serde_json::from_str::<Record>(l).ok())
+        .collect())
+}
+
+/// Appends records to `metrics.jsonl`.
+pub struct MetricsWriter {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl MetricsWriter {
+    /// Starts the file over with `keep` (the records up to a resumed checkpoint; empty for a
+    /// new run), written atomically, then opens it for appending.
+    pub fn create(path: &Path, keep: &[Record]) -> Result<MetricsWriter> {
+        let mut text = String::new();
+        for r in keep {
+            text.push_str(&serde_json::to_string(r).expect("records serialise"));
+            text.push('\n');
+        }
+        crate::model::io::write_atomic(path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        Ok(MetricsWriter {
+            path: path.to_path_buf(),
+            file: std::io::BufWriter::new(file),
+        })
+    }
+
+    /// Appends one record (flushed, so `tail -f` shows it at once).
+    pub fn write(&mut self, r: &Record) -> Result<()> {
+        let line = serde_json::to_string(r).expect("records serialise");
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+    }
+}

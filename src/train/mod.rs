@@ -1,0 +1,14 @@
+//! Training: the loop ([`train`], [`resume`]), evaluation, checkpoints, `metrics.jsonl`,
+//! the loss plot, and generation from a trained model ([`sample`]). See docs/training.md.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod plot;
+pub mod sample;
+mod trainer;
+
+pub use config::TrainConfig;
+pub use sample::{generate, SampleOptions};
+pub use trainer::{describe_model, human, resume, train, with_dropout, Init, Outcome, RunOptions, PLOT, TOKEN_CACHE};

@@ -1,0 +1,621 @@
+//! The training loop: batches → loss → backward (accumulated over micro-batches) → clip →
+//! AdamW with warmup + cosine learning rate; periodic evaluation, metrics, loss plot and
+//! checkpoint.
+//!
+//! Reproducibility: three generators, all seeded from `TrainConfig::seed`: one draws the
+//! initial weights, one the training batches, one the dropout masks. The last two are saved
+//! in every checkpoint with the weights and the optimizer moments, so a resumed run draws
+//! the same batches and masks and, on the CPU, computes the same losses bit for bit as a
+//! run that was never interrupted. Evaluation uses its own generator, re-seeded at every
+//! evaluation (the same batches each time), so it never shifts the training stream.
+
+use super::checkpoint::{self, DataInfo, TrainState};
+use super::config::TrainConfig;
+use super::metrics::{self, MetricsWriter, Record};
+use super::plot;
+use crate::data::{tokenize_cached, Corpus, Dataset, Split, EMBEDDED};
+use crate::model::{Gpt, GptConfig};
+use crate::optim::{clip_grad_norm, AdamW};
+use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::{Device, Error, Gradients, Result, Rng};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The token cache's file name inside the run folder.
+pub const TOKEN_CACHE: &str = "tokens.bin";
+/// The loss plot's file name inside the run folder.
+pub const PLOT: &str = "loss.svg";
+/// Mixed into the seed of the evaluation batches.
+const EVAL_SALT: u64 = 0x5EED_0F_E7A1;
+
+/// Where a run starts from.
+pub enum Init {
+    /// Fresh weights of this shape (`vocab_size` is replaced by the tokenizer's), with a
+    /// tokenizer of this kind built for the corpus.
+    Scratch { model: GptConfig, tokenizer: TokenizerKind },
+    /// Fine-tuning: these weights and their tokenizer; `source` is recorded in the state.
+    From {
+        model: Box<Gpt>,
+        tokenizer: Tokenizer,
+        source: String,
+    },
+}
+
+/// Options that do not change what is computed.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub out_dir: PathBuf,
+    pub device: Device,
+    /// Stop (with a checkpoint) after this many steps in total, to resume later.
+    pub stop_at: Option<usize>,
+    /// Print progress (a bar on a terminal, plain lines otherwise).
+    pub verbose: bool,
+}
+
+/// What a finished (or stopped) run hands back.
+pub struct Outcome {
+    pub model: Gpt,
+    pub tokenizer: Tokenizer,
+    pub step: usize,
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    /// Training throughput of this session (tokens per second, evaluation excluded).
+    pub tokens_per_s: f64,
+    pub checkpoint: PathBuf,
+}
+
+fn train_err(msg: String) -> Error {
+    Error::Invalid { op: "train", msg }
+}
+
+/// Prints through the progress bar when there is one, else as plain lines.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    verbose: bool,
+}
+
+impl Reporter {
+    fn new(verbose: bool, start: usize, total: usize) -> Reporter {
+        use std::io::IsTerminal;
+        let bar = (verbose && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} steps | {msg} | {elapsed_precise} ETA {eta_precise}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_position(start as u64);
+            bar.reset_eta();
+            bar
+        });
+        Reporter { bar, verbose }
+    }
+
+    fn line(&self, s: &str) {
+        if !self.verbose {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(s),
+            None => println!("{s}"),
+        }
+    }
+
+    fn step(&self, step: usize, msg: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step as u64);
+            bar.set_message(msg);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `1234567` → `1.23M`.
+pub fn human(n: f64) -> String {
+    match n.abs() {
+        x if x >= 1e9 => format!("{:.2}G", n / 1e9),
+        x if x >= 1e6 => format!("{:.2}M", n / 1e6),
+        x if x >= 1e4 => format!("{:.1}k", n / 1e3),
+        _ => format!("{n:.0}"),
+    }
+}
+
+/// One line describing a model's shape and size.
+pub fn describe_model(cfg: &GptConfig, params: usize) -> String {
+    format!(
+        "{} parameters (n_layer {}, n_head {}, n_embd {}, block_size {}, vocab_size {}, dropout {}, {})",
+        human(params as f64),
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_embd,
+        cfg.block_size,
+        cfg.vocab_size,
+        cfg.dropout,
+        if cfg.bias { "bias" } else { "no bias" }
+    )
+}
+
+/// A copy of `model` whose dropout probability is `p` (same weights).
+pub fn with_dropout(model: Gpt, p: f64) -> Result<Gpt> {
+    if model.config().dropout == p {
+        return Ok(model);
+    }
+    let cfg = GptConfig {
+        dropout: p,
+        ..model.config().clone()
+    };
+    let fresh = Gpt::new(cfg, &mut Rng::new(0), model.device())?;
+    for ((_, dst), (_, src)) in fresh.params().iter().zip(model.params()) {
+        dst.assign(&src)?;
+    }
+    Ok(fresh)
+}
+
+/// Everything a training session holds.
+struct Session {
+    run_dir: PathBuf,
+    device: Device,
+    model: Gpt,
+    params: Vec<(String, crate::Tensor)>,
+    opt: AdamW,
+    tokenizer: Tokenizer,
+    data: Dataset,
+    state: TrainState,
+    history: Vec<Record>,
+    metrics: MetricsWriter,
+}
+
+/// Starts a new run in `opts.out_dir` on `data` (no files: the embedded corpus).
+pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> Result<Outcome> {
+    cfg.validate()?;
+    let run_dir = &opts.out_dir;
+    if let Ok(dir) = checkpoint::find(run_dir) {
+        let step = checkpoint::read_meta(&dir).map(|(_, _, s)| s.step).unwrap_or(0);
+        return Err(train_err(format!(
+            "{} already holds a run (checkpoint at step {step}); continue it with --resume, or choose another --out",
+            run_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
+    let corpus = Corpus::from_files(data)?;
+    let (model, tokenizer, init_name) = match init {
+        Init::Scratch { model, tokenizer } => {
+            let tok = Tokenizer::for_corpus(tokenizer, &corpus.text);
+            let model_cfg = GptConfig {
+                vocab_size: tok.vocab_size(),
+                ..model
+            };
+            let mut init_rng = Rng::new(cfg.seed);
+            (
+                Gpt::new(model_cfg, &mut init_rng, &opts.device)?,
+                tok,
+                "scratch".to_string(),
+            )
+        }
+        Init::From {
+            model,
+            tokenizer,
+            source,
+        } => (*model, tokenizer, source),
+    };
+    let (ids, _) = tokenize_cached(&corpus, &tokenizer, Some(&run_dir.join(TOKEN_CACHE)))?;
+    let data_info = DataInfo {
+        sources: corpus.sources.clone(),
+        corpus_hash: corpus.fingerprint(),
+        tokens: ids.len(),
+    };
+    let dataset = Dataset::new(ids, cfg.val_fraction)?;
+    dataset.check_block(model.config().block_size)?;
+    // Separate streams for batches and dropout, derived from the seed.
+    let mut seeder = Rng::new(cfg.seed ^ 0xDA7A);
+    let state = TrainState {
+        step: 0,
+        data_rng: Rng::new(seeder.next_u64()).state(),
+        dropout_rng: Rng::new(seeder.next_u64()).state(),
+        train: cfg,
+        data: data_info,
+        init: init_name,
+        train_seconds: 0.0,
+        last_train_loss: None,
+        last_val_loss: None,
+        kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let params = model.params();
+    let opt = new_optimizer(&params, &state.train)?;
+    let metrics = MetricsWriter::create(&run_dir.join(metrics::FILE), &[])?;
+    let session = Session {
+        run_dir: run_dir.clone(),
+        device: opts.device,
+        model,
+        params,
+        opt,
+        tokenizer,
+        data: dataset,
+        state,
+        history: Vec::new(),
+        metrics,
+    };
+    session.run(opts)
+}
+
+/// Continues the run in `opts.out_dir` from its checkpoint. `change` may alter the saved
+/// training settings (a longer run, a lower learning rate); with no change the resumed run
+/// reproduces the uninterrupted one exactly (on the CPU).
+pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Result<Outcome> {
+    let run_dir = &opts.out_dir;
+    let loaded = checkpoint::load(run_dir, &opts.device)?;
+    let mut state = loaded.state;
+    let before = state.train.clone();
+    change(&mut state.train);
+    state.train.validate()?;
+    if state.train.seed != before.seed || state.train.val_fraction != before.val_fraction {
+        return Err(train_err(
+            "a resumed run keeps its seed and data split; start a new run to change them".into(),
+        ));
+    }
+    let ids = resume_tokens(run_dir, &state, &loaded.tokenizer)?;
+    let dataset = Dataset::new(ids, state.train.val_fraction)?;
+    dataset.check_block(loaded.model.config().block_size)?;
+    let params = loaded.model.params();
+    let mut opt = new_optimizer(&params, &state.train)?;
+    checkpoint::load_optimizer(&loaded.dir, &mut opt, &opts.device)?;
+    let metrics_path = run_dir.join(metrics::FILE);
+    let history: Vec<Record> = metrics::read(&metrics_path)?
+        .into_iter()
+        .filter(|r| r.step() <= state.step)
+        .collect();
+    let metrics = MetricsWriter::create(&metrics_path, &history)?;
+    let session = Session {
+        run_dir: run_dir.clone(),
+        device: opts.device,
+        model: loaded.model,
+        params,
+        opt,
+        tokenizer: loaded.tokenizer,
+        data: dataset,
+        state,
+        history,
+        metrics,
+    };
+    if opts.verbose {
+        println!(
+            "resuming {} at step {} of {}",
+            run_dir.display(),
+            session.state.step,
+            session.state.train.steps
+        );
+        if session.state.train != before {
+            println!(
+                "  with changed settings: {}",
+                describe_changes(&before, &session.state.train)
+            );
+        }
+    }
+    session.run(opts)
+}
+
+fn describe_changes(a: &TrainConfig, b: &TrainConfig) -> String {
+    let (ja, jb) = (
+        serde_json::to_value(a).expect("serialises"),
+        serde_json::to_value(b).expect("serialises"),
+    );
+    let (Some(ma), Some(mb)) = (ja.as_object(), jb.as_object()) else {
+        return String::new();
+    };
+    ma.iter()
+        .filter(|(k, v)| mb.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k} {v} → {}", mb[k]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The resumed run's tokens: the cache in the run folder if it matches the checkpoint, else
+/// the source files again (which must not have changed).
+fn resume_tokens(run_dir: &Path, state: &TrainState, tok: &Tokenizer) -> Result<Vec<u32>> {
+    let key = crate::data::CacheKey {
+        corpus: state.data.corpus_hash,
+        tokenizer: tok.fingerprint(),
+    };
+    if let Some((_, ids)) = crate::data::read_token_cache(&run_dir.join(TOKEN_CACHE), Some(key)) {
+        return Ok(ids);
+    }
+    let corpus = if state.data.sources == [EMBEDDED] {
+        Corpus::embedded()
+    } else {
+        Corpus::from_files(&state.data.sources.iter().map(PathBuf::from).collect::<Vec<_>>())?
+    };
+    if corpus.fingerprint() != state.data.corpus_hash {
+        return Err(train_err(format!(
+            "the training text ({}) changed since the checkpoint was written, and the token cache {} is gone; \
+             resuming would not continue the same run",
+            state.data.sources.join(", "),
+            run_dir.join(TOKEN_CACHE).display()
+        )));
+    }
+    Ok(tokenize_cached(&corpus, tok, Some(&run_dir.join(TOKEN_CACHE)))?.0)
+}
+
+fn new_optimizer(params: &[(String, crate::Tensor)], cfg: &TrainConfig) -> Result<AdamW> {
+    AdamW::new(params.to_vec(), cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)
+}
+
+impl Session {
+    fn cfg(&self) -> &TrainConfig {
+        &self.state.train
+    }
+
+    fn run(mut self, opts: &RunOptions) -> Result<Outcome> {
+        let cfg = self.cfg().clone();
+        let block = self.model.config().block_size;
+        let end = opts.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+        let tokens_per_step = cfg.batch_size * cfg.grad_accum * block;
+        let reporter = Reporter::new(opts.verbose, self.state.step, cfg.steps);
+        reporter.line(&format!(
+            "model: {}",
+            describe_model(self.model.config(), self.model.num_params())
+        ));
+        reporter.line(&format!(
+            "data: {} — {} tokens ({} train, {} val), tokenizer {}",
+            self.state.data.sources.join(", "),
+            self.state.data.tokens,
+            self.data.train.len(),
+            self.data.val.len(),
+            self.tokenizer.describe()
+        ));
+        reporter.line(&format!(
+            "training: {} steps of {} tokens (batch {} × grad_accum {} × block {}), lr {} → {} (warmup {}), on {}; writing {}",
+            cfg.steps,
+            tokens_per_step,
+            cfg.batch_size,
+            cfg.grad_accum,
+            block,
+            cfg.lr,
+            cfg.min_lr,
+            cfg.warmup,
+            self.device,
+            self.run_dir.display()
+        ));
+        if self.state.step == 0 && self.history.is_empty() {
+            self.evaluate_and_log(&reporter, 0.0)?;
+        }
+        let mut data_rng = Rng::from_state(self.state.data_rng);
+        let mut dropout_rng = Rng::from_state(self.state.dropout_rng);
+        let schedule = cfg.schedule();
+        let session_start_step = self.state.step;
+        let mut session_seconds = 0.0f64;
+        let mut last_checkpoint = checkpoint::find(&self.run_dir).ok().map(|_| self.state.step);
+        while self.state.step < end {
+            let step = self.state.step;
+            let t0 = Instant::now();
+            let lr = schedule.lr(step);
+            self.opt.set_lr(lr);
+            let (loss, mut grads) = self.forward_backward(&mut data_rng, &mut dropout_rng)?;
+            let max_norm = if cfg.grad_clip > 0.0 { cfg.grad_clip } else { f64::MAX };
+            let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
+            if !loss.is_finite() || !norm.is_finite() {
+                reporter.finish();
+                let what = if loss.is_finite() {
+                    format!("the gradient norm is {norm} (loss {loss})")
+                } else {
+                    format!("the loss is {loss}")
+                };
+                let kept = match last_checkpoint {
+                    Some(s) => format!(
+                        "the last good checkpoint (step {s}) is kept in {}; resume it with a lower --lr",
+                        self.run_dir.join(checkpoint::DIR).display()
+                    ),
+                    None => "no checkpoint had been written yet; try a lower --lr".to_string(),
+                };
+                return Err(train_err(format!(
+                    "training diverged at step {}: {what} (learning rate {lr:e}); stopped without saving. {kept}",
+                    step + 1
+                )));
+            }
+            self.opt.step(&grads)?;
+            drop(grads);
+            let dt = t0.elapsed().as_secs_f64();
+            session_seconds += dt;
+            self.state.train_seconds += dt;
+            self.state.step = step + 1;
+            self.state.last_train_loss = Some(loss);
+            self.record(Record::Train {
+                step: step + 1,
+                loss,
+                lr,
+                grad_norm: norm,
+            })?;
+            let tok_s = (self.state.step - session_start_step) as f64 * tokens_per_step as f64 / session_seconds;
+            reporter.step(self.state.step, format!("loss {loss:.4} | {} tok/s", human(tok_s)));
+            let done = self.state.step;
+            if done % cfg.eval_interval == 0 || done == cfg.steps || done == end {
+                self.state.data_rng = data_rng.state();
+                self.state.dropout_rng = dropout_rng.state();
+                self.evaluate_and_log(&reporter, tok_s)?;
+                if self.state.last_val_loss.is_some_and(f64::is_finite) {
+                    checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
+                    last_checkpoint = Some(done);
+                }
+            }
+        }
+        reporter.finish();
+        let tokens_per_s = if session_seconds > 0.0 {
+            (self.state.step - session_start_step) as f64 * tokens_per_step as f64 / session_seconds
+        } else {
+            0.0
+        };
+        let ckpt = self.run_dir.join(checkpoint::DIR);
+        if opts.verbose {
+            println!(
+                "done: step {}/{}, train loss {}, val loss {}, {} tokens/s; checkpoint {}",
+                self.state.step,
+                cfg.steps,
+                fmt_loss(self.state.last_train_loss),
+                fmt_loss(self.state.last_val_loss),
+                human(tokens_per_s),
+                ckpt.display()
+            );
+        }
+        Ok(Outcome {
+            model: self.model,
+            tokenizer: self.tokenizer,
+            step: self.state.step,
+            train_loss: self.state.last_train_loss,
+            val_loss: self.state.last_val_loss,
+            tokens_per_s,
+            checkpoint: ckpt,
+        })
+    }
+
+    /// One step's loss (mean over the micro-batches) and summed gradients.
+    fn forward_backward(&self, data_rng: &mut Rng, dropout_rng: &mut Rng) -> Result<(f64, Gradients)> {
+        let cfg = self.cfg();
+        let block = self.model.config().block_size;
+        let mut total = Gradients::default();
+        let mut loss_sum = 0.0;
+        for micro in 0..cfg.grad_accum {
+            let (x, y) = self
+                .data
+                .batch(Split::Train, cfg.batch_size, block, data_rng, &self.device)?;
+            let loss = self.model.loss_train(&x, &y, dropout_rng)?;
+            loss_sum += loss.to_scalar::<f64>()?;
+            let loss = if cfg.grad_accum > 1 {
+                loss.mul_scalar(1.0 / cfg.grad_accum as f64)?
+            } else {
+                loss
+            };
+            let grads = loss.backward()?;
+            if micro == 0 {
+                total = grads;
+                continue;
+            }
+            let _no_grad = crate::no_grad();
+            for (_, p) in &self.params {
+                if let Some(g) = grads.get(p) {
+                    let sum = match total.get(p) {
+                        Some(acc) => acc.add(g)?,
+                        None => g.clone(),
+                    };
+                    total.insert(p, sum);
+                }
+            }
+        }
+        Ok((loss_sum / cfg.grad_accum as f64, total))
+    }
+
+    /// Mean loss over `eval_iters` batches of each split, in evaluation mode, from batches
+    /// that are the same at every evaluation.
+    fn evaluate(&self) -> Result<(f64, f64)> {
+        let _no_grad = crate::no_grad();
+        let cfg = self.cfg();
+        let block = self.model.config().block_size;
+        let mut out = [0.0; 2];
+        for (slot, split) in [Split::Train, Split::Val].into_iter().enumerate() {
+            let mut rng = Rng::new(cfg.seed ^ EVAL_SALT);
+            let mut sum = 0.0;
+            for _ in 0..cfg.eval_iters {
+                let (x, y) = self.data.batch(split, cfg.batch_size, block, &mut rng, &self.device)?;
+                sum += self.model.loss(&x, &y)?.to_scalar::<f64>()?;
+            }
+            out[slot] = sum / cfg.eval_iters as f64;
+        }
+        Ok((out[0], out[1]))
+    }
+
+    fn evaluate_and_log(&mut self, reporter: &Reporter, tokens_per_s: f64) -> Result<()> {
+        let (train_loss, val_loss) = self.evaluate()?;
+        self.state.last_val_loss = Some(val_loss);
+        self.record(Record::Eval {
+            step: self.state.step,
+            train_loss,
+            val_loss,
+            tokens_per_s,
+            train_seconds: self.state.train_seconds,
+        })?;
+        reporter.line(&format!(
+            "step {:>5}/{}: train loss {train_loss:.4}, val loss {val_loss:.4}{}",
+            self.state.step,
+            self.cfg().steps,
+            if tokens_per_s > 0.0 {
+                format!(", {} tokens/s, {:.1} s", human(tokens_per_s), self.state.train_seconds)
+            } else {
+                String::new()
+            }
+        ));
+        self.write_plot()
+    }
+
+    fn record(&mut self, r: Record) -> Result<()> {
+        self.metrics.write(&r)?;
+        self.history.push(r);
+        Ok(())
+    }
+
+    fn write_plot(&self) -> Result<()> {
+        let mut steps = Vec::new();
+        let mut evals_train = Vec::new();
+        let mut evals_val = Vec::new();
+        for r in &self.history {
+            match *r {
+                Record::Train { step, loss, .. } => steps.push((step as f64, loss)),
+                Record::Eval {
+                    step,
+                    train_loss,
+                    val_loss,
+                    ..
+                } => {
+                    evals_train.push((step as f64, train_loss));
+                    evals_val.push((step as f64, val_loss));
+                }
+            }
+        }
+        let title = format!(
+            "{} — {}",
+            self.run_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            self.state.data.sources.join(", ")
+        );
+        let svg = plot::loss_svg(
+            &title,
+            &[
+                plot::Series {
+                    name: "batch loss",
+                    color: "#9bbbd9",
+                    width: 1.0,
+                    opacity: 0.6,
+                    dots: false,
+                    points: &steps,
+                },
+                plot::Series {
+                    name: "train (eval)",
+                    color: "#1f5fa6",
+                    width: 2.0,
+                    opacity: 1.0,
+                    dots: true,
+                    points: &evals_train,
+                },
+                plot::Series {
+                    name: "val (eval)",
+                    color: "#d9480f",
+                    width: 2.0,
+                    opacity: 1.0,
+                    dots: true,
+                    points: &evals_val,
+                },
+            ],
+        );
+        crate::model::io::write_atomic(&self.run_dir.join(PLOT), svg.as_bytes())
+    }
+}
+
+fn fmt_loss(l: Option<f64>) -> String {
+    l.map_or("-".into(), |l| format!("{l:.4}"))
+}
