@@ -128,7 +128,22 @@ pub fn parse_tensors(bytes: &[u8], source: &str, dev: &Device) -> Result<NamedTe
             StDtype::BF16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::bf16>(data), &shape, dev)?,
             StDtype::F16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::f16>(data), &shape, dev)?,
             StDtype::U32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, u32>(data), &shape, dev)?,
-            StDtype::I64 | StDtype::U8 | StDtype::BOOL | StDtype::I32 => continue, // buffers (masks, counters): not parameters
+            // integer tensors (token ids, masks) become u32 when every value fits
+            StDtype::I64 => ids_to_u32(
+                &name,
+                source,
+                bytemuck::pod_collect_to_vec::<u8, i64>(data),
+                &shape,
+                dev,
+            )?,
+            StDtype::I32 => ids_to_u32(
+                &name,
+                source,
+                bytemuck::pod_collect_to_vec::<u8, i32>(data),
+                &shape,
+                dev,
+            )?,
+            StDtype::U8 | StDtype::BOOL => Tensor::from_vec(data.iter().map(|&b| b as u32).collect(), &shape, dev)?,
             other => {
                 return Err(Error::invalid(
                     "load_safetensors",
@@ -139,6 +154,28 @@ pub fn parse_tensors(bytes: &[u8], source: &str, dev: &Device) -> Result<NamedTe
         out.push((name, t));
     }
     Ok((out, metadata))
+}
+
+/// Integers as a u32 tensor, refusing values outside 0..=u32::MAX.
+fn ids_to_u32<I: Copy + TryInto<u32> + std::fmt::Display>(
+    name: &str,
+    source: &str,
+    values: Vec<I>,
+    shape: &[usize],
+    dev: &Device,
+) -> Result<Tensor> {
+    let converted = values
+        .iter()
+        .map(|&v| {
+            v.try_into().map_err(|_| {
+                Error::invalid(
+                    "load_safetensors",
+                    format!("{source}: tensor {name} holds {v}, which does not fit u32"),
+                )
+            })
+        })
+        .collect::<Result<Vec<u32>>>()?;
+    Tensor::from_vec(converted, shape, dev)
 }
 
 impl Gpt {
