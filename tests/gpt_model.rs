@@ -1,0 +1,360 @@
+//! The GPT's contracts besides numerical parity (tests/gpt_parity.rs): the KV cache, parameter
+//! counts, initialisation, dropout, checkpoints on disk and the errors of bad input.
+
+use kiln::model::{io, Gpt, GptConfig, KvCache};
+use kiln::{Device, Rng, Tensor};
+use std::path::PathBuf;
+
+fn small(bias: bool) -> GptConfig {
+    GptConfig {
+        vocab_size: 50,
+        block_size: 16,
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 32,
+        dropout: 0.0,
+        bias,
+    }
+}
+
+fn model(cfg: GptConfig, seed: u64) -> Gpt {
+    Gpt::new(cfg, &mut Rng::new(seed), &Device::Cpu).unwrap()
+}
+
+fn ids(b: usize, t: usize, vocab: usize, seed: u64) -> Tensor {
+    let mut rng = Rng::new(seed);
+    let v: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
+    Tensor::from_vec(v, &[b, t], &Device::Cpu).unwrap()
+}
+
+/// A fresh folder under the target dir, removed first if left over.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("gpt_model-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn kv_cache_logits_equal_full_forward_logits() {
+    for bias in [true, false] {
+        let cfg = small(bias);
+        let gpt = model(cfg.clone(), 1);
+        let x = ids(2, 12, cfg.vocab_size, 2);
+        let full = gpt.forward(&x).unwrap(); // (2, 12, 50)
+        let mut cache = KvCache::new(&cfg);
+        // a 5-token prompt, then one token at a time, then a 3-token chunk
+        let mut pieces = vec![gpt.forward_cached(&x.narrow(1, 0, 5).unwrap(), &mut cache).unwrap()];
+        for t in 5..9 {
+            pieces.push(gpt.forward_cached(&x.narrow(1, t, 1).unwrap(), &mut cache).unwrap());
+        }
+        pieces.push(gpt.forward_cached(&x.narrow(1, 9, 3).unwrap(), &mut cache).unwrap());
+        assert_eq!(cache.len(), 12);
+        let cached = Tensor::cat(&pieces, 1).unwrap();
+        assert_eq!(cached.shape(), full.shape());
+        let d = max_abs_diff(&cached, &full);
+        assert!(d < 1e-5, "bias {bias}: cached and full logits differ by {d}");
+        assert!(!cached.tracks_grad(), "the cached path records no graph");
+    }
+}
+
+#[test]
+fn kv_cache_refuses_to_overflow_the_block_and_stays_usable() {
+    let cfg = small(true);
+    let gpt = model(cfg.clone(), 1);
+    let mut cache = KvCache::new(&cfg);
+    gpt.forward_cached(&ids(1, 14, cfg.vocab_size, 3), &mut cache).unwrap();
+    let err = gpt
+        .forward_cached(&ids(1, 3, cfg.vocab_size, 4), &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("block size 16"), "{err}");
+    assert_eq!(cache.len(), 14, "a failed call leaves the cache as it was");
+    gpt.forward_cached(&ids(1, 2, cfg.vocab_size, 4), &mut cache).unwrap();
+    assert_eq!(cache.len(), 16);
+    // another batch size than the cache holds
+    cache.clear();
+    gpt.forward_cached(&ids(1, 2, cfg.vocab_size, 4), &mut cache).unwrap();
+    assert!(gpt.forward_cached(&ids(2, 1, cfg.vocab_size, 4), &mut cache).is_err());
+    // a cache made for another depth
+    let mut other = KvCache::new(&GptConfig { n_layer: 3, ..cfg });
+    assert!(gpt.forward_cached(&ids(1, 2, 50, 4), &mut other).is_err());
+}
+
+#[test]
+fn parameter_counts() {
+    assert_eq!(GptConfig::preset("gpt2").unwrap().num_params(), 124_439_808);
+    assert_eq!(GptConfig::preset("gpt2-medium").unwrap().num_params(), 354_823_168);
+    for bias in [true, false] {
+        let cfg = small(bias);
+        let gpt = model(cfg.clone(), 0);
+        let summed: usize = gpt.params().iter().map(|(_, t)| t.numel()).sum();
+        assert_eq!(gpt.num_params(), summed);
+        assert_eq!(gpt.num_params(), cfg.num_params());
+        // every parameter is a distinct leaf that requires a gradient, named as in HF GPT-2
+        let params = gpt.params();
+        assert!(params.iter().all(|(_, t)| t.is_leaf_requiring_grad()));
+        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[0], "transformer.wte.weight");
+        assert!(names.contains(&"transformer.h.1.attn.c_attn.weight"));
+        assert_eq!(names.contains(&"transformer.h.1.mlp.c_fc.bias"), bias);
+        assert!(!names.iter().any(|n| n.starts_with("lm_head")), "the LM head is tied");
+    }
+    // nanoGPT's CPU shape
+    let tiny = GptConfig::preset("tiny").unwrap();
+    assert_eq!(
+        (tiny.n_layer, tiny.n_head, tiny.n_embd, tiny.block_size),
+        (4, 4, 128, 64)
+    );
+}
+
+#[test]
+fn presets_and_validation() {
+    let err = GptConfig::preset("gpt-7").unwrap_err().to_string();
+    assert!(
+        err.contains("gpt-7") && err.contains("tiny") && err.contains("gpt2-medium"),
+        "{err}"
+    );
+    let bad = GptConfig {
+        n_head: 5,
+        ..small(true)
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("multiple of n_head"));
+    assert!(Gpt::new(bad, &mut Rng::new(0), &Device::Cpu).is_err());
+    let bad = GptConfig {
+        dropout: 1.0,
+        ..small(true)
+    };
+    assert!(bad.validate().is_err());
+    let bad = GptConfig {
+        vocab_size: 0,
+        ..small(true)
+    };
+    assert!(bad.validate().is_err());
+}
+
+/// Mean and standard deviation of a tensor's elements.
+fn stats(t: &Tensor) -> (f64, f64) {
+    let v = t.to_vec::<f64>().unwrap();
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn gpt2_initialisation() {
+    let cfg = GptConfig {
+        n_embd: 128,
+        n_layer: 8,
+        ..small(true)
+    };
+    let gpt = model(cfg, 5);
+    let proj_std = 0.02 / (2.0f64 * 8.0).sqrt();
+    for (name, t) in gpt.params() {
+        let (mean, std) = stats(&t);
+        let expect_std = if name.ends_with("c_proj.weight") {
+            proj_std
+        } else if name.ends_with(".weight") && t.dims() == 2 {
+            0.02
+        } else {
+            0.0
+        };
+        if name.ends_with(".bias") {
+            assert_eq!((mean, std), (0.0, 0.0), "{name}");
+        } else if t.dims() == 1 {
+            assert_eq!((mean, std), (1.0, 0.0), "{name}: LayerNorm gains start at 1");
+        } else {
+            assert!(mean.abs() < 3e-3, "{name}: mean {mean}");
+            assert!(
+                (std / expect_std - 1.0).abs() < 0.05,
+                "{name}: std {std}, expected {expect_std}"
+            );
+        }
+    }
+    // the same seed gives the same model
+    let (a, b) = (model(small(true), 9), model(small(true), 9));
+    for ((_, x), (_, y)) in a.params().iter().zip(b.params()) {
+        assert_eq!(x.to_vec::<f32>().unwrap(), y.to_vec::<f32>().unwrap());
+    }
+}
+
+#[test]
+fn dropout_only_in_training_and_seeded() {
+    let cfg = GptConfig {
+        dropout: 0.2,
+        ..small(true)
+    };
+    let gpt = model(cfg.clone(), 3);
+    let (x, y) = (ids(2, 8, cfg.vocab_size, 1), ids(2, 8, cfg.vocab_size, 2));
+    let eval1 = gpt.loss(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+    let eval2 = gpt.loss(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(eval1, eval2, "evaluation is deterministic");
+    let train = |seed| {
+        gpt.loss_train(&x, &y, &mut Rng::new(seed))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(train(7), train(7), "same seed, same masks");
+    assert_ne!(train(7), train(8));
+    assert_ne!(train(7), eval1);
+    // no dropout configured: training mode is evaluation mode
+    let plain = model(small(true), 3);
+    let logits = plain.forward(&x).unwrap();
+    let logits_train = plain.forward_train(&x, &mut Rng::new(1)).unwrap();
+    assert_eq!(logits.to_vec::<f32>().unwrap(), logits_train.to_vec::<f32>().unwrap());
+}
+
+#[test]
+fn bad_ids_are_clear_errors() {
+    let cfg = small(true);
+    let gpt = model(cfg.clone(), 0);
+    let too_long = ids(1, 17, cfg.vocab_size, 0);
+    assert!(gpt.forward(&too_long).unwrap_err().to_string().contains("block size"));
+    let out_of_vocab = Tensor::from_vec(vec![3u32, 50], &[1, 2], &Device::Cpu).unwrap();
+    assert!(gpt.forward(&out_of_vocab).unwrap_err().to_string().contains("50"));
+    let floats = Tensor::from_vec(vec![1f32, 2.], &[1, 2], &Device::Cpu).unwrap();
+    assert!(gpt.forward(&floats).unwrap_err().to_string().contains("u32"));
+    let flat = Tensor::from_vec(vec![1u32, 2], &[2], &Device::Cpu).unwrap();
+    assert!(gpt.forward(&flat).is_err());
+    let x = ids(2, 4, cfg.vocab_size, 0);
+    assert!(
+        gpt.loss(&x, &ids(2, 3, cfg.vocab_size, 0)).is_err(),
+        "targets of another shape"
+    );
+}
+
+#[test]
+fn save_load_round_trip_is_bit_exact() {
+    let dir = scratch("round-trip");
+    let path = dir.join("model.safetensors");
+    let cfg = small(true);
+    let a = model(cfg.clone(), 11);
+    a.save_safetensors(&path).unwrap();
+    let mut b = model(cfg.clone(), 12);
+    b.load_safetensors(&path).unwrap();
+    for ((na, ta), (nb, tb)) in a.params().iter().zip(b.params()) {
+        assert_eq!(na, &nb);
+        let bits = |t: &Tensor| {
+            t.to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(ta), bits(&tb), "{na}");
+    }
+    let x = ids(2, 6, cfg.vocab_size, 3);
+    assert_eq!(
+        a.forward(&x).unwrap().to_vec::<f32>().unwrap(),
+        b.forward(&x).unwrap().to_vec::<f32>().unwrap()
+    );
+    // the config travels in the metadata; no temporary file is left behind
+    let (_, meta) = io::load_tensors(&path, &Device::Cpu).unwrap();
+    let saved: GptConfig = serde_json::from_str(&meta[io::CONFIG_KEY]).unwrap();
+    assert_eq!(saved, cfg);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+#[test]
+fn loading_another_config_lists_the_mismatched_tensors() {
+    let dir = scratch("mismatch");
+    let path = dir.join("model.safetensors");
+    let saved = GptConfig {
+        n_layer: 3,
+        n_embd: 48,
+        ..small(true)
+    };
+    model(saved, 1).save_safetensors(&path).unwrap();
+    let mut target = model(small(false), 2);
+    let before: Vec<Vec<f32>> = target.params().iter().map(|(_, t)| t.to_vec().unwrap()).collect();
+    let err = target.load_safetensors(&path).unwrap_err().to_string();
+    for needle in [
+        "shape mismatch: transformer.wte.weight: file [50, 48], model [50, 32]",
+        "shape mismatch: transformer.h.0.attn.c_attn.weight: file [144, 48], model [96, 32]",
+        "unexpected: transformer.h.2.ln_1.weight [48]",
+        "unexpected: transformer.h.0.attn.c_attn.bias [144]",
+        "model.safetensors",
+        "n_layer: 3",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let after: Vec<Vec<f32>> = target.params().iter().map(|(_, t)| t.to_vec().unwrap()).collect();
+    assert_eq!(before, after, "a failed load changes nothing");
+    // and the other way round: tensors the model needs are reported missing
+    let path2 = dir.join("small.safetensors");
+    model(small(false), 1).save_safetensors(&path2).unwrap();
+    let mut bigger = model(small(true), 2);
+    let err = bigger.load_safetensors(&path2).unwrap_err().to_string();
+    assert!(err.contains("missing: transformer.ln_f.bias [32]"), "{err}");
+}
+
+#[test]
+fn corrupt_or_truncated_files_are_clear_errors() {
+    let dir = scratch("corrupt");
+    let good = dir.join("good.safetensors");
+    model(small(true), 1).save_safetensors(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("header-only", bytes[..40].to_vec()),
+        ("empty", Vec::new()),
+        ("garbage", b"this is not a safetensors file at all".to_vec()),
+        ("huge-header", {
+            let mut b = bytes.clone();
+            b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+            b
+        }),
+        ("bad-json", {
+            let mut b = bytes.clone();
+            b[8] = b'!';
+            b
+        }),
+    ];
+    for (name, data) in cases {
+        let path = dir.join(format!("{name}.safetensors"));
+        std::fs::write(&path, data).unwrap();
+        let mut gpt = model(small(true), 2);
+        let err = gpt.load_safetensors(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{name}.safetensors")) && err.contains("not a valid safetensors file"),
+            "{name}: {err}"
+        );
+    }
+    let mut gpt = model(small(true), 2);
+    let err = gpt
+        .load_safetensors(&dir.join("absent.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("absent.safetensors"), "{err}");
+}
+
+#[test]
+fn hf_folder_errors_name_the_problem() {
+    let dir = scratch("hf");
+    let err = Gpt::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny");
+    let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), config.replace("gelu_new", "relu")).unwrap();
+    std::fs::copy(fixture.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let err = Gpt::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("relu"), "{err}");
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"n_layer\": 2", "\"n_layer\": 3"),
+    )
+    .unwrap();
+    let err = Gpt::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("missing: transformer.h.2.ln_1.weight [48]"), "{err}");
+}
