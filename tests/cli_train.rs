@@ -1,0 +1,266 @@
+//! The `kiln` binary end to end: train, resume, finetune, generate, and bad input.
+//! Tiny models and a handful of steps.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-test-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("the kiln binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn write_corpus(dir: &Path, name: &str, line: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, line.repeat(200)).unwrap();
+    p
+}
+
+const TINY: &[&str] = &[
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-interval",
+    "3",
+    "--eval-iters",
+    "2",
+    "--sample-tokens",
+    "20",
+];
+
+fn train(out: &Path, data: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--tokenizer", "char", "--data", data.to_str().unwrap()];
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    kiln(&args)
+}
+
+#[test]
+fn train_resume_generate_and_finetune() {
+    let root = temp_dir("flow");
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    let out = root.join("run");
+    let o = train(&out, &data, &["--steps", "6", "--stop-at", "3"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("parameters"), "parameter count missing: {stdout}");
+    assert!(stdout.contains("val loss"), "{stdout}");
+    assert!(stdout.contains("--- sample"), "{stdout}");
+
+    // --resume may change the schedule but not the model
+    let o = kiln(&["train", "--resume", "--out", out.to_str().unwrap(), "--n-layer", "3"]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("--n-layer") && stderr.contains("--resume"), "{stderr}");
+    let o = kiln(&[
+        "train",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--sample-tokens",
+        "0",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("resuming") && stdout.contains("step 6/6"), "{stdout}");
+
+    // generation: same seed, same text; the prompt comes first
+    let gen = |seed: &str| {
+        let o = kiln(&[
+            "generate",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--prompt",
+            "to be",
+            "--max-new-tokens",
+            "30",
+            "--seed",
+            seed,
+        ]);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stderr}");
+        assert!(stderr.contains("parameters"), "{stderr}");
+        stdout
+    };
+    let a = gen("1");
+    assert!(a.starts_with("to be"), "{a:?}");
+    assert_eq!(a, gen("1"));
+    assert_ne!(a, gen("2"));
+
+    // a prompt outside the character vocabulary names the characters
+    let o = kiln(&[
+        "generate",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--prompt",
+        "Zebra €5",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr.contains("'Z'") && stderr.contains("'€'") && stderr.contains("'5'"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+
+    // fine-tune on new text (within the vocabulary), into its own folder
+    let new = write_corpus(&root, "b.txt", "not to be is the question, or is it.\n");
+    let ft = root.join("ft");
+    let o = kiln(&[
+        "finetune",
+        "--from",
+        out.to_str().unwrap(),
+        "--data",
+        new.to_str().unwrap(),
+        "--out",
+        ft.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--eval-iters",
+        "2",
+        "--sample-tokens",
+        "0",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("fine-tuning checkpoint"), "{stdout}");
+    assert!(ft.join("checkpoint").join("state.json").is_file());
+    // the original run is untouched
+    assert!(out.join("checkpoint").join("state.json").is_file());
+
+    // fine-tuning on text with characters the model cannot encode
+    let alien = write_corpus(&root, "c.txt", "QQQ!\n");
+    let o = kiln(&[
+        "finetune",
+        "--from",
+        out.to_str().unwrap(),
+        "--data",
+        alien.to_str().unwrap(),
+        "--out",
+        root.join("ft2").to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("'Q'") && stderr.contains("c.txt"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn missing_and_empty_data_are_clear_errors() {
+    let root = temp_dir("data");
+    let missing = root.join("missing.txt");
+    let o = train(&root.join("r1"), &missing, &["--steps", "1"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr.starts_with("error:") && stderr.contains("missing.txt"),
+        "{stderr}"
+    );
+
+    let empty = root.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let o = train(&root.join("r2"), &empty, &["--steps", "1"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("empty.txt") && stderr.contains("empty"), "{stderr}");
+
+    let short = root.join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let o = train(&root.join("r3"), &short, &["--steps", "1"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("--block-size"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn unknown_presets_flags_and_values_are_clear_errors() {
+    let o = kiln(&["train", "--preset", "gpt5"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("gpt5") && stderr.contains("tiny"), "{stderr}");
+
+    let o = kiln(&["train", "--learning-rate", "3"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr.contains("--learning-rate"), "{stderr}");
+
+    let o = kiln(&["train", "--tokenizer", "wordpiece"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("wordpiece"), "{stderr}");
+
+    let o = kiln(&["train", "--n-head", "3"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("n_head"), "{stderr}");
+
+    let o = kiln(&["train", "--device", "tpu"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("tpu"), "{stderr}");
+
+    let o = kiln(&["generate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = kiln(&["generate", "--checkpoint", "/nonexistent/kiln/run"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("no checkpoint"), "{stderr}");
+    let o = kiln(&[]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_its_checkpoint() {
+    let root = temp_dir("nan");
+    let data = write_corpus(&root, "a.txt", "abcabcabd\n");
+    let out = root.join("run");
+    let o = train(&out, &data, &["--steps", "3"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let model = std::fs::read(out.join("checkpoint/model.safetensors")).unwrap();
+    let o = kiln(&[
+        "train",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "9",
+        "--lr",
+        "1e38",
+        "--warmup",
+        "0",
+    ]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr.contains("diverged") && stderr.contains("last good checkpoint (step 3)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out.join("checkpoint/model.safetensors")).unwrap(), model);
+    std::fs::remove_dir_all(&root).unwrap();
+}

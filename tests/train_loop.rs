@@ -1,0 +1,350 @@
+//! The training loop: exact resume, divergence, checkpoints, gradient accumulation.
+//! Tiny models and a few steps, so the whole file runs in seconds.
+
+use kiln::model::GptConfig;
+use kiln::tokenizer::TokenizerKind;
+use kiln::train::{self, checkpoint, metrics, Init, RunOptions, TrainConfig};
+use kiln::Device;
+use std::path::{Path, PathBuf};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-test-loop-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small text with structure to learn.
+fn write_corpus(dir: &Path) -> PathBuf {
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&format!("the {} cat sat on the {} mat.\n", i % 7, (i * 3) % 5));
+    }
+    let p = dir.join("corpus.txt");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tiny_model(dropout: f64) -> GptConfig {
+    GptConfig {
+        vocab_size: 0, // set from the tokenizer
+        block_size: 16,
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+        dropout,
+        bias: true,
+    }
+}
+
+fn tiny_train(steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 4,
+        grad_accum: 1,
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup: 2,
+        eval_interval: 4,
+        eval_iters: 2,
+        ..TrainConfig::default()
+    }
+}
+
+fn opts(out: &Path, stop_at: Option<usize>) -> RunOptions {
+    RunOptions {
+        out_dir: out.to_path_buf(),
+        device: Device::Cpu,
+        stop_at,
+        verbose: false,
+    }
+}
+
+fn scratch(dropout: f64) -> Init {
+    Init::Scratch {
+        model: tiny_model(dropout),
+        tokenizer: TokenizerKind::Char,
+    }
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let l = checkpoint::load(dir, &Device::Cpu).unwrap();
+    l.model
+        .params()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec::<f32>().unwrap()))
+        .collect()
+}
+
+/// Every loss-like number of a run, in order (throughput and timing excluded).
+fn losses(dir: &Path) -> Vec<(usize, Vec<u64>)> {
+    metrics::read(&dir.join(metrics::FILE))
+        .unwrap()
+        .into_iter()
+        .map(|r| match r {
+            metrics::Record::Train {
+                step,
+                loss,
+                lr,
+                grad_norm,
+            } => (step, vec![loss.to_bits(), lr.to_bits(), grad_norm.to_bits()]),
+            metrics::Record::Eval {
+                step,
+                train_loss,
+                val_loss,
+                ..
+            } => (step, vec![train_loss.to_bits(), val_loss.to_bits()]),
+        })
+        .collect()
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run_bit_for_bit() {
+    let root = temp_dir("resume");
+    let data = vec![write_corpus(&root)];
+    // dropout and gradient accumulation on, so every generator and the optimizer state matter
+    let mut cfg = tiny_train(10);
+    cfg.grad_accum = 2;
+    let (full, split) = (root.join("full"), root.join("split"));
+    let a = train::train(scratch(0.1), &data, cfg.clone(), &opts(&full, None)).unwrap();
+    assert_eq!(a.step, 10);
+
+    let b1 = train::train(scratch(0.1), &data, cfg.clone(), &opts(&split, Some(6))).unwrap();
+    assert_eq!(b1.step, 6);
+    let b2 = train::resume(&opts(&split, None), |_| {}).unwrap();
+    assert_eq!(b2.step, 10);
+
+    let (la, lb) = (losses(&full), losses(&split));
+    // 10 steps and evaluations at 0, 4, 8, 10 in the full run; the split run also evaluated
+    // (and checkpointed) where it stopped, at 6
+    let lb_without_stop: Vec<_> = lb
+        .iter()
+        .filter(|(step, v)| !(*step == 6 && v.len() == 2))
+        .cloned()
+        .collect();
+    assert_eq!(la.len(), 10 + 4, "{la:?}");
+    assert_eq!(la, lb_without_stop, "resumed run diverged from the uninterrupted one");
+    assert_eq!(weights(&full), weights(&split));
+    assert_eq!(a.val_loss.map(f64::to_bits), b2.val_loss.map(f64::to_bits));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_its_files() {
+    let root = temp_dir("learn");
+    let data = vec![write_corpus(&root)];
+    let out = root.join("run");
+    let mut cfg = tiny_train(40);
+    cfg.eval_interval = 20;
+    cfg.lr = 1e-2;
+    let o = train::train(scratch(0.0), &data, cfg, &opts(&out, None)).unwrap();
+    let evals: Vec<f64> = metrics::read(&out.join(metrics::FILE))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            metrics::Record::Eval { val_loss, .. } => Some(val_loss),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evals.len(), 3);
+    assert!(evals[2] < evals[0] - 0.5, "val loss did not fall: {evals:?}");
+    assert_eq!(o.val_loss, Some(evals[2]));
+    for f in [train::PLOT, train::TOKEN_CACHE, metrics::FILE] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(out.join(train::PLOT)).unwrap();
+    assert!(svg.contains("<polyline") && svg.contains("val (eval)"));
+    let ck = out.join(checkpoint::DIR);
+    for f in [
+        checkpoint::MODEL,
+        checkpoint::OPTIMIZER,
+        checkpoint::CONFIG,
+        checkpoint::TOKENIZER,
+        checkpoint::STATE,
+    ] {
+        assert!(ck.join(f).is_file(), "{f} missing");
+    }
+    let (cfg, tok, state) = checkpoint::read_meta(&ck).unwrap();
+    assert_eq!(state.step, 40);
+    assert_eq!(cfg.vocab_size, tok.vocab_size());
+    assert!(!out.join("checkpoint.tmp").exists() && !out.join("checkpoint.old").exists());
+    // a new run may not overwrite it
+    let err = train::train(scratch(0.0), &data, tiny_train(2), &opts(&out, None))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--resume"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    let root = temp_dir("nan");
+    let data = vec![write_corpus(&root)];
+    let out = root.join("run");
+    train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
+    let before = weights(&out);
+    let metrics_before = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
+    let err = train::resume(&opts(&out, None), |c| {
+        c.steps = 12;
+        c.lr = 1e38;
+        c.warmup = 0;
+    })
+    .err()
+    .expect("a learning rate of 1e38 must diverge")
+    .to_string();
+    assert!(err.contains("diverged at step"), "{err}");
+    assert!(err.contains("last good checkpoint (step 4)"), "{err}");
+    let (_, _, state) = checkpoint::read_meta(&checkpoint::find(&out).unwrap()).unwrap();
+    assert_eq!(state.step, 4);
+    assert_eq!(weights(&out), before, "the good checkpoint was overwritten");
+    // the records of the steps before the divergence are kept, the failed ones were never written
+    let metrics_after = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
+    assert!(metrics_after.starts_with(&metrics_before));
+
+    // diverging before any checkpoint says so
+    let err = train::train(
+        scratch(0.0),
+        &data,
+        TrainConfig {
+            lr: 1e38,
+            warmup: 0,
+            ..tiny_train(4)
+        },
+        &opts(&root.join("fresh"), None),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("no checkpoint had been written yet"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn gradient_accumulation_matches_one_big_batch() {
+    let root = temp_dir("accum");
+    let data = vec![write_corpus(&root)];
+    let big = TrainConfig {
+        batch_size: 8,
+        ..tiny_train(3)
+    };
+    let accum = TrainConfig {
+        batch_size: 4,
+        grad_accum: 2,
+        ..tiny_train(3)
+    };
+    train::train(scratch(0.0), &data, big, &opts(&root.join("big"), None)).unwrap();
+    train::train(scratch(0.0), &data, accum, &opts(&root.join("acc"), None)).unwrap();
+    // the training records (evaluations use batches of batch_size, which differ here)
+    let train_only = |v: Vec<(usize, Vec<u64>)>| v.into_iter().filter(|(_, x)| x.len() == 3).collect::<Vec<_>>();
+    let (a, b) = (
+        train_only(losses(&root.join("big"))),
+        train_only(losses(&root.join("acc"))),
+    );
+    assert_eq!(a.len(), 3);
+    assert_eq!(a.len(), b.len());
+    for ((sa, va), (sb, vb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        for (x, y) in va.iter().zip(vb) {
+            let (x, y) = (f64::from_bits(*x), f64::from_bits(*y));
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "step {sa}: {x} vs {y}");
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors_and_nothing_is_lost() {
+    let root = temp_dir("badckpt");
+    let data = vec![write_corpus(&root)];
+    let out = root.join("run");
+    train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
+    let ck = out.join(checkpoint::DIR);
+
+    // a checkpoint from another config: the mismatched tensors are listed with their shapes
+    let cfg_path = ck.join(checkpoint::CONFIG);
+    let good_cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, good_cfg.replace("\"n_embd\": 16", "\"n_embd\": 32")).unwrap();
+    let err = checkpoint::load(&out, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        err.contains("shape mismatch") && err.contains("transformer.wte.weight"),
+        "{err}"
+    );
+    assert!(err.contains(", 16]") && err.contains(", 32]"), "{err}");
+    std::fs::write(&cfg_path, &good_cfg).unwrap();
+
+    // a truncated safetensors file
+    let model_path = ck.join(checkpoint::MODEL);
+    let good = std::fs::read(&model_path).unwrap();
+    std::fs::write(&model_path, &good[..good.len() / 2]).unwrap();
+    let err = checkpoint::load(&out, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated or corrupt"),
+        "{err}"
+    );
+    let err = train::resume(&opts(&out, None), |_| {}).err().unwrap().to_string();
+    assert!(err.contains("truncated or corrupt"), "{err}");
+    // garbage
+    std::fs::write(&model_path, b"definitely not safetensors").unwrap();
+    assert!(checkpoint::load(&out, &Device::Cpu).is_err());
+    std::fs::write(&model_path, &good).unwrap();
+    assert!(checkpoint::load(&out, &Device::Cpu).is_ok());
+
+    // a corrupt optimizer state stops a resume, not a generation
+    let opt_path = ck.join(checkpoint::OPTIMIZER);
+    let good_opt = std::fs::read(&opt_path).unwrap();
+    std::fs::write(&opt_path, &good_opt[..100]).unwrap();
+    let err = train::resume(&opts(&out, None), |_| {}).err().unwrap().to_string();
+    assert!(err.contains("optimizer.safetensors"), "{err}");
+    assert!(checkpoint::load(&out, &Device::Cpu).is_ok());
+    std::fs::write(&opt_path, &good_opt).unwrap();
+
+    // nothing there
+    let err = checkpoint::load(&root.join("nothing"), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no checkpoint") && err.contains("does not exist"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_crash_during_the_checkpoint_swap_leaves_a_usable_checkpoint() {
+    let root = temp_dir("swap");
+    let data = vec![write_corpus(&root)];
+    let out = root.join("run");
+    train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
+    let w = weights(&out);
+    // as if the process died after `checkpoint → checkpoint.old` and while writing checkpoint.tmp
+    std::fs::rename(out.join("checkpoint"), out.join("checkpoint.old")).unwrap();
+    std::fs::create_dir_all(out.join("checkpoint.tmp")).unwrap();
+    std::fs::write(out.join("checkpoint.tmp").join(checkpoint::MODEL), b"half").unwrap();
+    assert_eq!(checkpoint::find(&out).unwrap(), out.join("checkpoint.old"));
+    assert_eq!(weights(&out), w);
+    // resuming finishes the run and cleans up
+    let o = train::resume(&opts(&out, None), |c| c.steps = 6).unwrap();
+    assert_eq!(o.step, 6);
+    assert!(out.join("checkpoint").join(checkpoint::STATE).is_file());
+    assert!(!out.join("checkpoint.old").exists() && !out.join("checkpoint.tmp").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn resume_refuses_changed_training_text() {
+    let root = temp_dir("changed");
+    let data = vec![write_corpus(&root)];
+    let out = root.join("run");
+    train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
+    // with the token cache the run continues even if the source file changes or goes away
+    std::fs::remove_file(&data[0]).unwrap();
+    assert!(train::resume(&opts(&out, None), |c| c.steps = 5).is_ok());
+    // without it, changed text is refused
+    std::fs::remove_file(out.join(train::TOKEN_CACHE)).unwrap();
+    std::fs::write(&data[0], "different text entirely ".repeat(100)).unwrap();
+    let err = train::resume(&opts(&out, None), |c| c.steps = 6)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("changed since the checkpoint"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
