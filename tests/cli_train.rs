@@ -264,3 +264,36 @@ fn a_diverging_run_stops_and_keeps_its_checkpoint() {
     assert_eq!(std::fs::read(out.join("checkpoint/model.safetensors")).unwrap(), model);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn generate_from_a_hugging_face_folder() {
+    let hf = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2-tiny");
+    if !Path::new(hf).join("model.safetensors").is_file() {
+        eprintln!("skipped: no fixture at {hf}");
+        return;
+    }
+    // the fixture's vocabulary is GPT-2's first 96 ids (printable ASCII)
+    let run = || {
+        kiln(&[
+            "generate",
+            "--hf",
+            hf,
+            "--prompt",
+            "!",
+            "--max-new-tokens",
+            "12",
+            "--seed",
+            "3",
+        ])
+    };
+    let o = run();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.starts_with('!') && stdout.len() > 1, "{stdout:?}");
+    assert_eq!(stdout, text(&run()).0);
+    // GPT-2 ids the model does not have
+    let o = kiln(&["generate", "--hf", hf, "--prompt", "Hello world"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("outside the model's vocabulary of 96"), "{stderr}");
+}

@@ -392,7 +392,18 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             let source = format!("{} (step {})", l.dir.display(), l.state.step);
             (l.model, l.tokenizer, source)
         }
-        (None, Some(hf)) => (Gpt::from_hf_dir(hf, &dev)?, Tokenizer::Gpt2, hf.display().to_string()),
+        (None, Some(hf)) => {
+            let model = Gpt::from_hf_dir(hf, &dev)?;
+            if model.config().vocab_size < Tokenizer::Gpt2.vocab_size() {
+                eprintln!(
+                    "note: {} has a vocabulary of {} ids, smaller than GPT-2's {}; prompts may not fit it",
+                    hf.display(),
+                    model.config().vocab_size,
+                    Tokenizer::Gpt2.vocab_size()
+                );
+            }
+            (model, Tokenizer::Gpt2, hf.display().to_string())
+        }
         (None, None) => return Err(cli_err("give --checkpoint DIR or --hf DIR".into())),
     };
     eprintln!(

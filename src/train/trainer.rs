@@ -176,6 +176,7 @@ struct Session {
 pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> Result<Outcome> {
     cfg.validate()?;
     let run_dir = &opts.out_dir;
+    check_stop_at(opts)?;
     if let Ok(dir) = checkpoint::find(run_dir) {
         let step = checkpoint::read_meta(&dir).map(|(_, _, s)| s.step).unwrap_or(0);
         return Err(train_err(format!(
@@ -206,6 +207,15 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
         } => (*model, tokenizer, source),
     };
     let (ids, _) = tokenize_cached(&corpus, &tokenizer, Some(&run_dir.join(TOKEN_CACHE)))?;
+    if let Some(&max) = ids.iter().max() {
+        if max as usize >= model.config().vocab_size {
+            return Err(train_err(format!(
+                "the text encodes to token id {max}, but the model's vocabulary has only {} ids \
+                 (a tokenizer bigger than the model?)",
+                model.config().vocab_size
+            )));
+        }
+    }
     let data_info = DataInfo {
         sources: corpus.sources.clone(),
         corpus_hash: corpus.fingerprint(),
@@ -250,6 +260,7 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
 /// reproduces the uninterrupted one exactly (on the CPU).
 pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Result<Outcome> {
     let run_dir = &opts.out_dir;
+    check_stop_at(opts)?;
     let loaded = checkpoint::load(run_dir, &opts.device)?;
     let mut state = loaded.state;
     let before = state.train.clone();
@@ -299,6 +310,13 @@ pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Resul
         }
     }
     session.run(opts)
+}
+
+fn check_stop_at(opts: &RunOptions) -> Result<()> {
+    if opts.stop_at == Some(0) {
+        return Err(train_err("--stop-at must be at least 1".into()));
+    }
+    Ok(())
 }
 
 fn describe_changes(a: &TrainConfig, b: &TrainConfig) -> String {
