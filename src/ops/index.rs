@@ -7,9 +7,13 @@ use crate::{DType, Error, Result, Tensor};
 impl Tensor {
     /// The entries `ids` (U32, 1-D) of dimension `dim`, in that order (ids may repeat).
     pub fn index_select(&self, dim: isize, ids: &Tensor) -> Result<Tensor> {
-        const OP: &str = "index_select";
-        let d = resolve_dim(OP, dim, self.shape())?;
-        let ids_vec = checked_ids(OP, ids, self.shape()[d])?;
+        self.index_select_as("index_select", dim, ids)
+    }
+
+    /// index_select whose errors and graph node are named `op` (embedding is built on it).
+    fn index_select_as(&self, op: &'static str, dim: isize, ids: &Tensor) -> Result<Tensor> {
+        let d = resolve_dim(op, dim, self.shape())?;
+        let ids_vec = checked_ids(op, ids, self.shape()[d])?;
         let outer: usize = self.shape()[..d].iter().product();
         let inner: usize = self.shape()[d + 1..].iter().product();
         let size = self.shape()[d];
@@ -17,7 +21,7 @@ impl Tensor {
         shape[d] = ids_vec.len();
         let x = self.contiguous()?;
         let out = Tensor::from_parts(x.storage().index_select(outer, size, inner, &ids_vec)?, &shape);
-        Ok(out.record(OP, &[&x], move |g, _, _| {
+        Ok(out.record(op, &[&x], move |g, _, _| {
             let g = g.contiguous()?;
             let dx = g.storage().index_add(outer, size, inner, &ids_vec)?;
             let mut in_shape = shape.clone();
@@ -36,7 +40,7 @@ impl Tensor {
                 format!("the table must be [vocab, C], got {:?}", weight.shape()),
             ));
         }
-        let rows = weight.index_select(0, &self.flatten_all()?)?;
+        let rows = weight.index_select_as("embedding", 0, &self.flatten_all()?)?;
         let mut shape = self.shape().to_vec();
         shape.push(weight.shape()[1]);
         rows.reshape(&shape)

@@ -26,7 +26,13 @@ impl Tensor {
         if self.dtype() != rhs.dtype() {
             return Err(Error::dtype_mismatch("matmul", self.dtype(), rhs.dtype()));
         }
-        let batch = broadcast_shapes("matmul", &ls[..ls.len() - 2], &rs[..rs.len() - 2])?;
+        let (lb, rb) = (&ls[..ls.len() - 2], &rs[..rs.len() - 2]);
+        let batch = broadcast_shapes("matmul", lb, rb).map_err(|_| {
+            Error::shape(
+                "matmul",
+                format!("lhs {ls:?} and rhs {rs:?}: batch dimensions {lb:?} and {rb:?} do not broadcast"),
+            )
+        })?;
         let with = |a, b| [batch.as_slice(), &[a, b]].concat();
         let la = self.layout().broadcast_to("matmul", &with(m, k))?;
         let lb = rhs.layout().broadcast_to("matmul", &with(k, n))?;

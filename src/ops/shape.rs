@@ -1,20 +1,20 @@
 //! Shape ops. Views (reshape of contiguous data, transpose, permute, narrow, broadcast_to,
 //! squeeze, unsqueeze) share storage; contiguous and cat copy.
 
-use crate::tensor::layout::{numel, resolve_dim};
+use crate::tensor::layout::{checked_numel, resolve_dim};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
     /// The same elements in a new shape; a view when the layout allows, else a copy.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        if numel(shape) != self.numel() {
+        let n = checked_numel("reshape", shape)?;
+        if n != self.numel() {
             return Err(Error::shape(
                 "reshape",
                 format!(
-                    "cannot reshape {:?} ({} elements) to {shape:?} ({} elements)",
+                    "cannot reshape {:?} ({} elements) to {shape:?} ({n} elements)",
                     self.shape(),
                     self.numel(),
-                    numel(shape)
                 ),
             ));
         }

@@ -8,14 +8,11 @@ use crate::{Error, Result};
 impl Tensor {
     /// A tensor holding `data` in row-major order.
     pub fn from_vec<T: WithDType>(data: Vec<T>, shape: &[usize], dev: &Device) -> Result<Tensor> {
-        if layout::numel(shape) != data.len() {
+        let n = layout::checked_numel("from_vec", shape)?;
+        if n != data.len() {
             return Err(Error::shape(
                 "from_vec",
-                format!(
-                    "{} elements cannot fill shape {shape:?}, which holds {}",
-                    data.len(),
-                    layout::numel(shape)
-                ),
+                format!("{} elements cannot fill shape {shape:?}, which holds {n}", data.len()),
             ));
         }
         Ok(Tensor::from_parts(
@@ -32,7 +29,7 @@ impl Tensor {
     /// Every element equal to `value` (rounded to `dtype`).
     pub fn full(value: f64, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
         Ok(Tensor::from_parts(
-            Storage::filled(value, layout::numel(shape), dtype, dev)?,
+            Storage::filled(value, layout::checked_numel("full", shape)?, dtype, dev)?,
             shape,
         ))
     }
@@ -62,7 +59,15 @@ impl Tensor {
                 format!("start {start}, end {end} and step {step} must be finite, step non-zero"),
             ));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let count = ((end - start) / step).ceil().max(0.0);
+        // A count this large cannot be allocated; refuse it instead of a capacity-overflow panic.
+        if count > (isize::MAX as usize / std::mem::size_of::<f64>()) as f64 {
+            return Err(Error::invalid(
+                "arange",
+                format!("start {start}, end {end} and step {step} give {count} elements, more than can be allocated"),
+            ));
+        }
+        let n = count as usize;
         let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         Tensor::from_vec(values, &[n], dev)?.to_dtype(dtype)
     }
@@ -87,7 +92,8 @@ impl Tensor {
         if !dtype.is_float() {
             return Err(Error::not_float(op, dtype));
         }
-        let values: Vec<f64> = std::iter::repeat_with(draw).take(layout::numel(shape)).collect();
+        let n = layout::checked_numel(op, shape)?;
+        let values: Vec<f64> = std::iter::repeat_with(draw).take(n).collect();
         Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)
     }
 }

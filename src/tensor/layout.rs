@@ -28,6 +28,23 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// The element count of a shape given by a user, refusing a shape whose non-zero dims
+/// multiply past `usize::MAX` (a wrapped count could pass every later size check).
+/// Zeros are skipped, so no partial product of a shape that passes can overflow either.
+pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .map(|n| if shape.contains(&0) { 0 } else { n })
+        .ok_or_else(|| {
+            Error::shape(
+                op,
+                format!("shape {shape:?} has too many elements: the product of its dims overflows usize"),
+            )
+        })
+}
+
 /// Turns a possibly negative dimension into an index in `0..rank`.
 pub fn resolve_dim(op: &'static str, dim: isize, shape: &[usize]) -> Result<usize> {
     let rank = shape.len() as isize;
@@ -161,6 +178,7 @@ impl Layout {
                 ),
             ));
         }
+        checked_numel(op, shape)?;
         let extra = shape.len() - self.rank();
         let mut strides = vec![0; shape.len()];
         for (i, &target) in shape.iter().enumerate().skip(extra) {
