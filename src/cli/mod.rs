@@ -350,8 +350,20 @@ pub fn stream(model: &Gpt, tok: &Tokenizer, prompt: &str, opts: &SampleOptions, 
     let mut out = std::io::stdout().lock();
     let mut decoder = StreamDecoder::new();
     let mut text = String::new();
+    // Control characters (an undertrained byte-level model emits some) could drive the
+    // terminal; they are shown as U+FFFD. Newlines and tabs pass.
     let write = |out: &mut std::io::StdoutLock, s: &str| {
-        out.write_all(s.as_bytes())
+        let shown: String = s
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' && c != '\t' {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        out.write_all(shown.as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| Error::io("writing to stdout", e))
     };
