@@ -26,7 +26,7 @@ pub const TOKEN_CACHE: &str = "tokens.bin";
 /// The loss plot's file name inside the run folder.
 pub const PLOT: &str = "loss.svg";
 /// Mixed into the seed of the evaluation batches.
-const EVAL_SALT: u64 = 0x5EED_0F_E7A1;
+const EVAL_SALT: u64 = 0x5EED_0FE7_A1B2;
 
 /// Where a run starts from.
 pub enum Init {
@@ -452,7 +452,7 @@ impl Session {
             let tok_s = (self.state.step - session_start_step) as f64 * tokens_per_step as f64 / session_seconds;
             reporter.step(self.state.step, format!("loss {loss:.4} | {} tok/s", human(tok_s)));
             let done = self.state.step;
-            if done % cfg.eval_interval == 0 || done == cfg.steps || done == end {
+            if done.is_multiple_of(cfg.eval_interval) || done == cfg.steps || done == end {
                 self.state.data_rng = data_rng.state();
                 self.state.dropout_rng = dropout_rng.state();
                 self.evaluate_and_log(&reporter, tok_s)?;
