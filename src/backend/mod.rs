@@ -3,6 +3,7 @@
 //! match on devices themselves, so a new backend is added here and in its own folder only.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::backend::cpu::norm::RowStats;
 use crate::backend::cpu::reduce::ReduceOp;
@@ -11,12 +12,14 @@ use crate::ops::unary::UnaryOp;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::tensor::storage::{CpuStorage, Storage};
-use crate::{Device, Result};
+use crate::{Device, Error, Result};
+use cuda::{not_yet, CudaDevice, CudaStorage};
 
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => s.device(),
         }
     }
 
@@ -24,7 +27,12 @@ impl Storage {
     pub(crate) fn filled(value: f64, n: usize, dtype: DType, device: &Device) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(cpu::filled(value, n, dtype))),
-            other => Err(unavailable(other)),
+            cuda_device => Ok(Storage::Cuda(cuda::fill::filled(
+                &CudaDevice::get(cuda_device)?,
+                value,
+                n,
+                dtype,
+            )?)),
         }
     }
 
@@ -32,7 +40,7 @@ impl Storage {
     pub(crate) fn from_host(data: CpuStorage, device: &Device) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(data)),
-            other => Err(unavailable(other)),
+            cuda_device => Ok(Storage::Cuda(CudaStorage::from_host(cuda_device, &data)?)),
         }
     }
 
@@ -40,32 +48,40 @@ impl Storage {
     pub(crate) fn to_host(&self, layout: &Layout) -> Result<CpuStorage> {
         match self {
             Storage::Cpu(s) => Ok(cpu::contiguous(s, layout)),
+            Storage::Cuda(s) => s.to_host(layout),
         }
     }
 
     pub(crate) fn contiguous(&self, layout: &Layout) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::contiguous(s, layout))),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::copy::contiguous(s, layout)?)),
         }
     }
 
     pub(crate) fn cast(&self, layout: &Layout, dtype: DType) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::cast(s, layout, dtype))),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::cast::cast(s, layout, dtype)?)),
         }
     }
 
     /// Writes `src` viewed through `ls` into the elements of `self` that `ld` views.
     pub(crate) fn assign(&mut self, ld: &Layout, src: &Storage, ls: &Layout) -> Result<()> {
         match (self, src) {
-            (Storage::Cpu(d), Storage::Cpu(s)) => cpu::assign(d, ld, s, ls),
+            (Storage::Cpu(d), Storage::Cpu(s)) => {
+                cpu::assign(d, ld, s, ls);
+                Ok(())
+            }
+            (Storage::Cuda(d), Storage::Cuda(s)) => cuda::copy::assign(d, ld, s, ls),
+            (d, s) => Err(mismatch("assign", d, s)),
         }
-        Ok(())
     }
 
     pub(crate) fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::elementwise::unary(op, s, layout)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::unary::unary(op, s, layout)?)),
         }
     }
 
@@ -73,6 +89,8 @@ impl Storage {
     pub(crate) fn binary(&self, la: &Layout, rhs: &Storage, lb: &Layout, op: BinaryOp) -> Result<Storage> {
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::elementwise::binary(op, a, la, b, lb)?)),
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(cuda::binary::binary(op, a, la, b, lb)?)),
+            (a, b) => Err(mismatch(op.name(), a, b)),
         }
     }
 
@@ -90,12 +108,21 @@ impl Storage {
                 let cond = cpu::typed::<u32>(c);
                 Ok(Storage::Cpu(cpu::elementwise::where_cond(cond, lc, t, lt, f, lf)?))
             }
+            (Storage::Cuda(c), Storage::Cuda(t), Storage::Cuda(f)) => {
+                Ok(Storage::Cuda(cuda::where_cond::where_cond(c, lc, t, lt, f, lf)?))
+            }
+            (c, t, f) => Err(if c.device() != t.device() {
+                mismatch("where_cond", c, t)
+            } else {
+                mismatch("where_cond", t, f)
+            }),
         }
     }
 
     pub(crate) fn reduce(&self, layout: &Layout, op: ReduceOp, dims: &[usize]) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::reduce::reduce(op, s, layout, dims)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::reduce::reduce(op, s, layout, dims)?)),
         }
     }
 
@@ -103,6 +130,8 @@ impl Storage {
     pub(crate) fn matmul(&self, la: &Layout, rhs: &Storage, lb: &Layout) -> Result<Storage> {
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::matmul::matmul(a, la, b, lb)?)),
+            (Storage::Cuda(a), Storage::Cuda(_)) => Err(not_yet("matmul", a.device())),
+            (a, b) => Err(mismatch("matmul", a, b)),
         }
     }
 
@@ -110,6 +139,7 @@ impl Storage {
     pub(crate) fn softmax_last_dim(&self, width: usize, log: bool) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::softmax::softmax_last_dim(s, width, log)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::softmax::softmax_last_dim(s, width, log)?)),
         }
     }
 
@@ -123,10 +153,16 @@ impl Storage {
     ) -> Result<(Storage, RowStats)> {
         match (self, w) {
             (Storage::Cpu(x), Storage::Cpu(w)) => {
-                let b = b.map(|Storage::Cpu(b)| b);
+                let b = match b {
+                    None => None,
+                    Some(Storage::Cpu(b)) => Some(b),
+                    Some(other) => return Err(mismatch("layer_norm", self, other)),
+                };
                 let (y, stats) = cpu::norm::layer_norm_forward(x, w, b, c, eps)?;
                 Ok((Storage::Cpu(y), stats))
             }
+            (Storage::Cuda(x), Storage::Cuda(_)) => Err(not_yet("layer_norm", x.device())),
+            (x, w) => Err(mismatch("layer_norm", x, w)),
         }
     }
 
@@ -143,6 +179,8 @@ impl Storage {
                 let (dx, dw, db) = cpu::norm::layer_norm_backward(x, w, dy, stats, c)?;
                 Ok((Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db)))
             }
+            (Storage::Cuda(x), _, _) => Err(not_yet("layer_norm backward", x.device())),
+            (x, w, _) => Err(mismatch("layer_norm backward", x, w)),
         }
     }
 
@@ -155,6 +193,7 @@ impl Storage {
     ) -> Result<(f64, Vec<f64>)> {
         match self {
             Storage::Cpu(s) => cpu::loss::cross_entropy_forward(s, targets, c, ignore),
+            Storage::Cuda(s) => Err(not_yet("cross_entropy", s.device())),
         }
     }
 
@@ -170,6 +209,7 @@ impl Storage {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::loss::cross_entropy_backward(
                 s, targets, lse, c, ignore, scale,
             )?)),
+            Storage::Cuda(s) => Err(not_yet("cross_entropy backward", s.device())),
         }
     }
 
@@ -177,6 +217,7 @@ impl Storage {
     pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::index::index_select(s, outer, size, inner, ids))),
+            Storage::Cuda(s) => Err(not_yet("index_select", s.device())),
         }
     }
 
@@ -184,13 +225,16 @@ impl Storage {
     pub(crate) fn index_add(&self, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::index::index_add(s, outer, size, inner, ids)?)),
+            Storage::Cuda(s) => Err(not_yet("index_add", s.device())),
         }
     }
 }
 
-fn unavailable(device: &Device) -> crate::Error {
-    crate::Error::DeviceUnavailable {
-        device: *device,
-        reason: "only the CPU backend is built so far".into(),
+/// Operands of one op on different devices (the tensor layer checks first; this is the backstop).
+fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
+    Error::DeviceMismatch {
+        op,
+        lhs: a.device(),
+        rhs: b.device(),
     }
 }

@@ -320,10 +320,10 @@ impl Tensor {
         if device == self.device() {
             return Ok(self.clone());
         }
-        Err(Error::DeviceUnavailable {
-            device: *device,
-            reason: "only the CPU backend is built so far".into(),
-        })
+        let host = self.storage().to_host(self.layout())?;
+        let out = Tensor::from_parts(Storage::from_host(host, device)?, self.shape());
+        let from = *self.device();
+        Ok(out.record("to_device", &[self], move |g, _, _| Ok(vec![Some(g.to_device(&from)?)])))
     }
 }
 

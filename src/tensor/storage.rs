@@ -73,12 +73,15 @@ impl CpuStorage {
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    /// A CUDA GPU or the emulator: one variant, the executor lives inside.
+    Cuda(crate::backend::cuda::CudaStorage),
 }
 
 impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 }

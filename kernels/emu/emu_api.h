@@ -1,0 +1,78 @@
+/*
+ * emu_api.h — the host-side C API of kiln's CUDA emulator.
+ *
+ * This is the whole surface the host (Rust through FFI, or the C++ self-test) uses. It mirrors the
+ * driver calls kiln makes on a real GPU, so the same launch wrappers drive both executors:
+ *
+ *   cuMemAlloc / cuMemFree / cuMemcpy* / cuMemsetD8  ->  emu_malloc / emu_free / emu_memcpy / emu_memset
+ *   cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE)     ->  emu_func_set_max_dynamic_smem
+ *   cuLaunchKernel(f, grid, block, smem, 0, params) ->  emu_launch(name, grid, block, smem, params, ...)
+ *
+ * Device memory is host memory: a pointer from emu_malloc can be read and written by the host directly.
+ * Every call is thread-safe; launches from several host threads run concurrently.
+ */
+#ifndef KILN_EMU_API_H
+#define KILN_EMU_API_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    unsigned x, y, z;
+} emu_dim3;
+
+/* Calls the kernel for the current emulated thread with its parameters unpacked from `args`, where
+ * args[i] points at the i-th parameter's value, exactly like cuLaunchKernel's kernelParams.
+ * EMU_KERNEL(name) in emu.h generates one (named emu_thunk_<name>) per kernel. */
+typedef void (*emu_thunk)(void **args);
+
+/* Registers a kernel under its CUDA name. Returns 0, or -1 if the name is already taken or invalid.
+ * EMU_KERNEL(name) calls this from a static initializer. */
+int emu_register(const char *name, emu_thunk thunk);
+
+/* Runs `name` over the grid, like cuLaunchKernel followed by a synchronize. Returns 0 on success;
+ * otherwise a nonzero code and a NUL-terminated message in err[0..err_len) naming the kernel and, where
+ * it applies, the block, the threads and the address involved. Errors: unknown kernel, a launch shape
+ * or shared-memory request over the device limits, a __syncthreads() or warp collective that part of a
+ * block (or warp) can never reach, a bad intrinsic argument, an out-of-bounds access hitting a guard
+ * page, a fiber stack overflow, a failed assert or __trap(). The process is never aborted. */
+int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_t dyn_smem_bytes, void **args,
+               char *err, size_t err_len);
+
+/* The per-kernel dynamic shared memory limit, as cuFuncSetAttribute(
+ * CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES): launches asking for more than 48 KiB fail unless
+ * this was raised first, as on the GPU. Returns -1 for an unknown kernel or bytes over the device
+ * limit (EMU_MAX_DYNAMIC_SMEM_BYTES, 227 KiB as on sm_90). */
+int emu_func_set_max_dynamic_smem(const char *name, size_t bytes);
+
+#define EMU_DEFAULT_DYNAMIC_SMEM_BYTES (48u * 1024u)
+#define EMU_MAX_DYNAMIC_SMEM_BYTES (227u * 1024u)
+#define EMU_MAX_THREADS_PER_BLOCK 1024u
+
+/* Emulated device memory. A fresh buffer is filled with 0xFF bytes (a NaN in every float type), and
+ * placed so that its last byte is followed directly by an inaccessible guard page (a page before it is
+ * inaccessible too): a kernel reading or writing past the end faults and the launch fails with a
+ * message such as "out of bounds read at byte offset 4100 of a 4096-byte buffer (4 bytes past its end)".
+ * The start is aligned to the largest power of two (up to 256) that divides `bytes`, so the end can abut
+ * the guard page exactly. Returns NULL when the system is out of memory. */
+void *emu_malloc(size_t bytes);
+/* Frees a buffer from emu_malloc (NULL is allowed). Freed memory stays inaccessible for a while, so
+ * a use after free faults too. Returns 0, or -1 if ptr is not a live emu_malloc buffer. */
+int emu_free(void *ptr);
+/* Plain copies and fills; any pointer that lies inside an emulated buffer must have `bytes` of room
+ * left in it. Return 0, or -1 (and do nothing) when a range runs past a buffer's end. */
+int emu_memcpy(void *dst, const void *src, size_t bytes);
+int emu_memset(void *dst, int byte_value, size_t bytes);
+
+/* The number of CPU threads that run blocks (the launching thread plus helpers). Defaults to
+ * std::thread::hardware_concurrency(), or KILN_EMU_THREADS from the environment when set. */
+unsigned emu_num_workers(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KILN_EMU_API_H */

@@ -1,0 +1,93 @@
+// unary.cu — elementwise functions of one tensor: y[i] = f(x[view(i)]) into a fresh contiguous
+// buffer, for f in UnaryOp (src/ops/unary.rs): neg, exp, log, sqrt, tanh, gelu (GPT-2's tanh form),
+// gelu' (its derivative), relu, step (relu's derivative), recip, powf(p), affine (x * a + b).
+//
+// Arithmetic is in f32 for f32/bf16/f16 and in f64 for f64, as on the CPU backend; the parameters
+// arrive as f64 and are rounded to that type once. The op is a kernel argument: the switch sits
+// outside the loop, so each case is its own specialised loop (kiln_map1: 16-byte accesses when the
+// view is contiguous and aligned, strided single elements otherwise).
+// Kernels: unary_f32, unary_f64, unary_bf16, unary_f16.
+// Launch: 1-D, 256 threads per block, ceil(n / (256 * pack)) blocks (capped; the loop covers the rest).
+// Roofline: 1-20 FLOPs per element (gelu ~20 with its tanh), 2 * sizeof(T) bytes per element: memory
+// bound on every GPU kiln targets.
+#include "common.cuh"
+
+// Op codes, the order of UnaryOp's variants (src/backend/cuda/unary.rs keeps the mapping).
+#define KILN_NEG 0
+#define KILN_EXP 1
+#define KILN_LOG 2
+#define KILN_SQRT 3
+#define KILN_TANH 4
+#define KILN_GELU 5
+#define KILN_GELU_DERIVATIVE 6
+#define KILN_RELU 7
+#define KILN_STEP 8
+#define KILN_RECIP 9
+#define KILN_POWF 10
+#define KILN_AFFINE 11
+
+__device__ __forceinline__ float k_exp(float x) { return expf(x); }
+__device__ __forceinline__ double k_exp(double x) { return exp(x); }
+__device__ __forceinline__ float k_log(float x) { return logf(x); }
+__device__ __forceinline__ double k_log(double x) { return log(x); }
+__device__ __forceinline__ float k_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double k_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float k_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double k_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float k_pow(float x, float p) { return powf(x, p); }
+__device__ __forceinline__ double k_pow(double x, double p) { return pow(x, p); }
+
+template <typename A> __device__ __forceinline__ A gelu(A x) {
+    const A u = (A)0.7978845608028654 * (x + (A)0.044715 * x * x * x);
+    return (A)0.5 * x * ((A)1 + k_tanh(u));
+}
+
+template <typename A> __device__ __forceinline__ A gelu_derivative(A x) {
+    const A u = (A)0.7978845608028654 * (x + (A)0.044715 * x * x * x);
+    const A t = k_tanh(u);
+    const A du = (A)0.7978845608028654 * ((A)1 + (A)(3.0 * 0.044715) * x * x);
+    return (A)0.5 * ((A)1 + t) + (A)0.5 * x * ((A)1 - t * t) * du;
+}
+
+template <typename T>
+__device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLayout &lx, T *__restrict__ y,
+                                           unsigned long long n, int op, double p0, double p1) {
+    typedef KilnFloat<T> F;
+    typedef typename F::Acc A;
+    const A a = (A)p0, b = (A)p1;
+    switch (op) {
+    case KILN_NEG: kiln_map1(x, lx, y, n, [](T v) { return F::down(-F::up(v)); }); break;
+    case KILN_EXP: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_exp(F::up(v))); }); break;
+    case KILN_LOG: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_log(F::up(v))); }); break;
+    case KILN_SQRT: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_sqrt(F::up(v))); }); break;
+    case KILN_TANH: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_tanh(F::up(v))); }); break;
+    case KILN_GELU: kiln_map1(x, lx, y, n, [](T v) { return F::down(gelu(F::up(v))); }); break;
+    case KILN_GELU_DERIVATIVE: kiln_map1(x, lx, y, n, [](T v) { return F::down(gelu_derivative(F::up(v))); }); break;
+    case KILN_RELU: kiln_map1(x, lx, y, n, [](T v) { const A u = F::up(v); return F::down(u > (A)0 ? u : (A)0); }); break;
+    case KILN_STEP: kiln_map1(x, lx, y, n, [](T v) { return F::down(F::up(v) > (A)0 ? (A)1 : (A)0); }); break;
+    case KILN_RECIP: kiln_map1(x, lx, y, n, [](T v) { return F::down((A)1 / F::up(v)); }); break;
+    case KILN_POWF: kiln_map1(x, lx, y, n, [a](T v) { return F::down(k_pow(F::up(v), a)); }); break;
+    case KILN_AFFINE: kiln_map1(x, lx, y, n, [a, b](T v) { return F::down(F::up(v) * a + b); }); break;
+    default: break; // the host never sends another code
+    }
+}
+
+extern "C" __global__ void unary_f32(const float *x, KilnLayout lx, float *y, unsigned long long n, int op, double p0,
+                                     double p1) {
+    unary_impl(x, lx, y, n, op, p0, p1);
+}
+
+extern "C" __global__ void unary_f64(const double *x, KilnLayout lx, double *y, unsigned long long n, int op,
+                                     double p0, double p1) {
+    unary_impl(x, lx, y, n, op, p0, p1);
+}
+
+extern "C" __global__ void unary_bf16(const __nv_bfloat16 *x, KilnLayout lx, __nv_bfloat16 *y, unsigned long long n,
+                                      int op, double p0, double p1) {
+    unary_impl(x, lx, y, n, op, p0, p1);
+}
+
+extern "C" __global__ void unary_f16(const __half *x, KilnLayout lx, __half *y, unsigned long long n, int op,
+                                     double p0, double p1) {
+    unary_impl(x, lx, y, n, op, p0, p1);
+}

@@ -1,0 +1,43 @@
+//! Launch wrappers for kernels/copy.cu: `contiguous` and `assign`.
+
+use super::launch::{Args, LaunchConfig};
+use super::layout::KernelLayout;
+use super::{bits_suffix, kernel, same_device, CudaStorage};
+use crate::tensor::layout::Layout;
+use crate::Result;
+
+/// A contiguous copy of the viewed elements.
+pub fn contiguous(s: &CudaStorage, layout: &Layout) -> Result<CudaStorage> {
+    let n = layout.numel();
+    let out = CudaStorage::alloc(s.cuda_device(), s.dtype(), n)?;
+    copy_into(s, layout, &out, &Layout::contiguous(layout.shape()))?;
+    Ok(out)
+}
+
+/// Writes `src` viewed through `ls` into the elements of `dst` that `ld` views.
+pub fn assign(dst: &mut CudaStorage, ld: &Layout, src: &CudaStorage, ls: &Layout) -> Result<()> {
+    same_device("assign", dst, src)?;
+    copy_into(src, ls, dst, ld)
+}
+
+fn copy_into(src: &CudaStorage, ls: &Layout, dst: &CudaStorage, ld: &Layout) -> Result<()> {
+    let n = ls.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = src.cuda_device();
+    let size = src.dtype().size_in_bytes();
+    if ls.is_contiguous() && ld.is_contiguous() {
+        let to = dst.ptr() + (ld.offset() * size) as u64;
+        let from = src.ptr() + (ls.offset() * size) as u64;
+        return dev.executor().dtod(to, from, n * size);
+    }
+    let k = kernel("copy", &format!("copy_{}", bits_suffix(src.dtype())))?;
+    let mut args = Args::new();
+    args.push(src.ptr())
+        .push(KernelLayout::new("contiguous", ls)?)
+        .push(dst.ptr())
+        .push(KernelLayout::new("contiguous", ld)?)
+        .push(n as u64);
+    dev.launch(k, LaunchConfig::grid_stride(n, dev.limits()), &mut args)
+}

@@ -1,0 +1,167 @@
+//! The CUDA backend: one implementation of every storage primitive over two executors, the real GPU
+//! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
+//! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
+//! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
+//! where_cond, reduce, softmax.
+//!
+//! - [`device`]: opening devices, their limits, the executor enum;
+//! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
+//! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
+//! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
+//!
+//! Ops whose kernels come later (matmul, layer_norm, cross_entropy, index_select/index_add) return
+//! an error naming the op and device: they never fall back to the CPU silently.
+
+pub mod binary;
+pub mod cast;
+pub mod copy;
+pub mod device;
+pub mod emu;
+pub mod fill;
+pub mod kernels;
+pub mod launch;
+pub mod layout;
+pub mod memory;
+pub mod nvrtc;
+pub mod real;
+pub mod reduce;
+pub mod softmax;
+pub mod unary;
+pub mod where_cond;
+
+use crate::tensor::dtype::{DType, WithDType};
+use crate::tensor::layout::Layout;
+use crate::tensor::storage::{with_cpu_storage, CpuStorage};
+use crate::{Device, Error, Result};
+pub use device::{gpu_count, CudaDevice};
+use half::{bf16, f16};
+use launch::Kernel;
+use memory::DeviceBuffer;
+use std::sync::Arc;
+
+/// A flat buffer of `len` elements of `dtype` on a CUDA device or the emulator.
+pub struct CudaStorage {
+    buf: DeviceBuffer,
+    dtype: DType,
+    len: usize,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({} x {} on {})", self.len, self.dtype, self.device())
+    }
+}
+
+impl CudaStorage {
+    /// `len` uninitialised elements (poisoned on Emu, so an unwritten output shows up as NaN).
+    pub(crate) fn alloc(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> Result<CudaStorage> {
+        Ok(CudaStorage {
+            buf: DeviceBuffer::alloc(dev, len * dtype.size_in_bytes())?,
+            dtype,
+            len,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.buf.device().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn cuda_device(&self) -> &Arc<CudaDevice> {
+        self.buf.device()
+    }
+
+    /// The device address of element 0.
+    pub(crate) fn ptr(&self) -> u64 {
+        self.buf.ptr()
+    }
+
+    /// Copies host data to `device`.
+    pub(crate) fn from_host(device: &Device, data: &CpuStorage) -> Result<CudaStorage> {
+        let dev = CudaDevice::get(device)?;
+        let out = CudaStorage::alloc(&dev, data.dtype(), data.len())?;
+        let bytes: &[u8] = with_cpu_storage!(data, v => bytemuck::cast_slice(v.as_slice()));
+        dev.executor().htod(out.ptr(), bytes)?;
+        Ok(out)
+    }
+
+    /// The viewed elements, contiguous, in host memory.
+    pub(crate) fn to_host(&self, layout: &Layout) -> Result<CpuStorage> {
+        let packed;
+        let (src, offset) = if layout.is_contiguous() {
+            (self, layout.offset())
+        } else {
+            packed = copy::contiguous(self, layout)?;
+            (&packed, 0)
+        };
+        let n = layout.numel();
+        fn read<T: WithDType>(s: &CudaStorage, offset: usize, n: usize) -> Result<Vec<T>> {
+            let mut v = vec![T::default(); n];
+            if n > 0 {
+                let at = s.ptr() + (offset * std::mem::size_of::<T>()) as u64;
+                s.cuda_device().executor().dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
+            }
+            Ok(v)
+        }
+        Ok(match self.dtype {
+            DType::F32 => CpuStorage::F32(read::<f32>(src, offset, n)?),
+            DType::F64 => CpuStorage::F64(read::<f64>(src, offset, n)?),
+            DType::BF16 => CpuStorage::BF16(read::<bf16>(src, offset, n)?),
+            DType::F16 => CpuStorage::F16(read::<f16>(src, offset, n)?),
+            DType::U32 => CpuStorage::U32(read::<u32>(src, offset, n)?),
+        })
+    }
+}
+
+/// The error of an op whose kernel is not written yet (issue 5 adds them).
+pub(crate) fn not_yet(op: &'static str, device: Device) -> Error {
+    Error::invalid(
+        op,
+        format!(
+            "not yet implemented on {device}: its CUDA kernel does not exist yet; \
+             move the tensors to Device::Cpu with to_device for this op"
+        ),
+    )
+}
+
+/// Operands of one op must share one device.
+pub(crate) fn same_device(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
+    if a.device() != b.device() {
+        return Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device(),
+            rhs: b.device(),
+        });
+    }
+    Ok(())
+}
+
+/// The kernel `name` of `kernels/<file>.cu`, as build.rs found it there.
+pub(crate) fn kernel(file: &'static str, name: &str) -> Result<Kernel> {
+    let kf = kernels::file(file).ok_or_else(|| Error::invalid("cuda", format!("no kernel file kernels/{file}.cu")))?;
+    kf.kernels
+        .iter()
+        .find(|&&k| k == name)
+        .map(|&name| Kernel { file, name })
+        .ok_or_else(|| Error::invalid("cuda", format!("kernels/{file}.cu has no kernel {name}")))
+}
+
+/// The name suffix of kernels that only move bits: b16, b32 or b64.
+pub(crate) fn bits_suffix(dtype: DType) -> &'static str {
+    match dtype.size_in_bytes() {
+        2 => "b16",
+        4 => "b32",
+        _ => "b64",
+    }
+}

@@ -1,0 +1,310 @@
+//! The real executor: an NVIDIA GPU through the CUDA driver API (cudarc's thin `result` layer,
+//! loaded dynamically). The driver library is looked for before anything touches it, so a machine
+//! without one gets an error, never a panic.
+//!
+//! One primary context and one stream per device. Allocation, copies and launches are ordered on
+//! that stream; device-to-host copies wait for it. A kernel that faults is reported by the next call
+//! that waits (set `KILN_CUDA_SYNC=1` to wait after every launch and name the faulting kernel).
+//! Modules are loaded once per device and kernel file, at first use: the embedded CUBIN for the
+//! device's architecture if build.rs made one, else the embedded PTX (JIT-compiled by the driver),
+//! else the source compiled now by NVRTC for the device's architecture.
+
+use super::device::Limits;
+use super::kernels;
+use super::launch::{Args, Kernel, LaunchConfig};
+use super::nvrtc;
+use crate::{Error, Result};
+use cudarc::driver::result as cu;
+use cudarc::driver::sys;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+/// An opened GPU.
+pub struct Gpu {
+    ordinal: usize,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
+    functions: Mutex<HashMap<&'static str, sys::CUfunction>>,
+    limits: Limits,
+    sync_each_launch: bool,
+}
+
+// SAFETY: CUDA driver handles (context, stream, module, function) may be used from any thread once
+// the context is current on it; every method binds the context first, and the handle maps are
+// behind mutexes.
+unsafe impl Send for Gpu {}
+// SAFETY: as above; the driver API is thread-safe.
+unsafe impl Sync for Gpu {}
+
+fn driver_error(what: &str, e: cu::DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = e
+        .error_string()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{what} failed: {name} ({text})")
+}
+
+/// cuInit, once per process; the error (no driver, no device, ...) is kept and repeated.
+fn init() -> std::result::Result<(), String> {
+    static INIT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| {
+        // SAFETY: `is_culib_present` only tries to dlopen the driver library by name.
+        if !unsafe { sys::is_culib_present() } {
+            return Err("no NVIDIA driver library (libcuda.so) was found on this machine".into());
+        }
+        cu::init().map_err(|e| driver_error("cuInit", e))
+    })
+    .clone()
+}
+
+impl Gpu {
+    /// The number of GPUs, or why there are none.
+    pub fn count() -> std::result::Result<usize, String> {
+        init()?;
+        cu::device::get_count()
+            .map(|n| n as usize)
+            .map_err(|e| driver_error("cuDeviceGetCount", e))
+    }
+
+    pub fn open(ordinal: usize) -> std::result::Result<(Gpu, Limits), String> {
+        let count = Gpu::count()?;
+        if ordinal >= count {
+            return Err(format!(
+                "cuda:{ordinal} was requested, but this machine has {count} CUDA GPU(s)"
+            ));
+        }
+        let dev = cu::device::get(ordinal as i32).map_err(|e| driver_error("cuDeviceGet", e))?;
+        let attr = |a: sys::CUdevice_attribute| -> std::result::Result<u32, String> {
+            // SAFETY: `dev` is a valid device handle from cuDeviceGet.
+            unsafe { cu::device::get_attribute(dev, a) }
+                .map(|v| v as u32)
+                .map_err(|e| driver_error("cuDeviceGetAttribute", e))
+        };
+        use sys::CUdevice_attribute as A;
+        let limits = Limits {
+            max_threads_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            max_block: [
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z)?,
+            ],
+            max_grid: [
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)?,
+            ],
+            max_smem_default: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
+            max_smem_optin: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            compute_capability: (
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            ),
+        };
+        // SAFETY: `dev` is valid; the primary context is retained for the life of the process.
+        let ctx = unsafe { cu::primary_ctx::retain(dev) }.map_err(|e| driver_error("cuDevicePrimaryCtxRetain", e))?;
+        // SAFETY: `ctx` was just retained.
+        unsafe { cu::ctx::set_current(ctx) }.map_err(|e| driver_error("cuCtxSetCurrent", e))?;
+        let stream =
+            cu::stream::create(cu::stream::StreamKind::NonBlocking).map_err(|e| driver_error("cuStreamCreate", e))?;
+        let gpu = Gpu {
+            ordinal,
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            limits,
+            sync_each_launch: std::env::var("KILN_CUDA_SYNC").is_ok_and(|v| v == "1"),
+        };
+        Ok((gpu, limits))
+    }
+
+    fn err(&self, what: &str, e: cu::DriverError) -> Error {
+        Error::invalid("cuda", format!("cuda:{}: {}", self.ordinal, driver_error(what, e)))
+    }
+
+    /// Makes this device's context current on the calling thread.
+    fn bind(&self) -> Result<()> {
+        // SAFETY: `self.ctx` is a retained primary context, valid for the life of the process.
+        unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| self.err("cuCtxSetCurrent", e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        // SAFETY: `self.stream` was created by `open` and is never destroyed.
+        unsafe { cu::stream::synchronize(self.stream) }.map_err(|e| self.err("a kernel or copy on the stream", e))
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: the stream is valid; the memory is only used on this stream.
+        unsafe { cu::malloc_async(self.stream, bytes) }.map_err(|e| self.err(&format!("allocating {bytes} bytes"), e))
+    }
+
+    pub fn free(&self, ptr: u64) {
+        if self.bind().is_ok() {
+            // SAFETY: `ptr` came from `alloc` on this stream and is freed once (DeviceBuffer's Drop);
+            // earlier work on the stream that uses it finishes before the free takes effect.
+            let _ = unsafe { cu::free_async(ptr, self.stream) };
+        }
+    }
+
+    pub fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `dst..dst + src.len()` lies in a live allocation of this device (the callers
+        // allocate it with at least that size); waiting for the stream before returning means the
+        // host slice is no longer read once this function returns.
+        unsafe { cu::memcpy_htod_async(dst, src, self.stream) }.map_err(|e| self.err("copying to the device", e))?;
+        self.synchronize()
+    }
+
+    pub fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `src..src + dst.len()` lies in a live allocation; the host slice is written only
+        // until the stream synchronisation below returns.
+        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream) }.map_err(|e| self.err("copying to the host", e))?;
+        self.synchronize()
+    }
+
+    pub fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: both ranges lie in live allocations of this device, used on this stream only.
+        unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.stream) }.map_err(|e| self.err("copying on the device", e))
+    }
+
+    /// The module of `file`, loaded at first use.
+    fn module(&self, file: &'static str) -> Result<sys::CUmodule> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&m) = modules.get(file) {
+            return Ok(m);
+        }
+        let kf = kernels::file(file).ok_or_else(|| Error::invalid("cuda", format!("no kernel file {file}.cu")))?;
+        let (major, minor) = self.limits.compute_capability;
+        let sm = major * 10 + minor;
+        // A CUBIN runs on GPUs of the same major version and an equal or newer minor version.
+        let cubin = kf
+            .cubins
+            .iter()
+            .filter(|(a, _)| a / 10 == major && *a <= sm)
+            .max_by_key(|(a, _)| *a)
+            .map(|(_, c)| c.to_vec());
+        let image: Vec<u8> = match (cubin, kf.ptx) {
+            (Some(c), _) => c,
+            (None, Some(ptx)) => {
+                let mut p = ptx.to_vec();
+                p.push(0); // cuModuleLoadData reads PTX as a C string
+                p
+            }
+            (None, None) => compile_now(kf, sm)?,
+        };
+        self.bind()?;
+        // SAFETY: `image` is a complete CUBIN or NUL-terminated PTX that outlives the call (the
+        // driver copies what it needs).
+        let m = unsafe { cu::module::load_data(image.as_ptr().cast::<c_void>()) }.map_err(|e| {
+            self.err(
+                &format!("loading kernels/{file}.cu (sm_{sm}; PTX from CUDA 12.9 needs a driver >= 575)"),
+                e,
+            )
+        })?;
+        modules.insert(file, m);
+        Ok(m)
+    }
+
+    fn function(&self, kernel: &Kernel) -> Result<sys::CUfunction> {
+        if let Some(&f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kernel.name)
+        {
+            return Ok(f);
+        }
+        let module = self.module(kernel.file)?;
+        let name = std::ffi::CString::new(kernel.name).expect("kernel names have no NUL");
+        // SAFETY: `module` is loaded and never unloaded; `name` is a valid C string.
+        let f = unsafe { cu::module::get_function(module, name) }.map_err(|e| {
+            self.err(
+                &format!("finding kernel {} in kernels/{}.cu", kernel.name, kernel.file),
+                e,
+            )
+        })?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kernel.name, f);
+        Ok(f)
+    }
+
+    pub fn launch(&self, kernel: &Kernel, cfg: &LaunchConfig, args: &mut Args) -> Result<()> {
+        let f = self.function(kernel)?;
+        self.bind()?;
+        if cfg.dyn_smem > self.limits.max_smem_default {
+            // SAFETY: `f` is a valid function of a loaded module.
+            unsafe {
+                cu::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    cfg.dyn_smem as i32,
+                )
+            }
+            .map_err(|e| self.err(&format!("raising {}'s shared memory limit", kernel.name), e))?;
+        }
+        let mut ptrs = args.pointers();
+        let g = (cfg.grid[0], cfg.grid[1], cfg.grid[2]);
+        let b = (cfg.block[0], cfg.block[1], cfg.block[2]);
+        // SAFETY: `f` is a valid kernel; `ptrs` holds one pointer per kernel parameter to a value of
+        // that parameter's type (the launch wrappers push them in the kernel's order); the driver
+        // copies the values at launch, so `args` need not outlive the call; every device pointer
+        // among them is a live allocation on this stream of the size the kernel indexes.
+        unsafe { cu::launch_kernel(f, g, b, cfg.dyn_smem, self.stream, &mut ptrs) }.map_err(|e| {
+            Error::invalid(
+                kernel.name,
+                format!(
+                    "launch with grid {:?}, block {:?}, {} bytes of shared memory failed: {}",
+                    cfg.grid,
+                    cfg.block,
+                    cfg.dyn_smem,
+                    driver_error("cuLaunchKernel", e)
+                ),
+            )
+        })?;
+        if self.sync_each_launch {
+            self.synchronize()
+                .map_err(|e| Error::invalid(kernel.name, format!("kernel failed: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Compiles a kernel file now, for a build that had no NVRTC.
+fn compile_now(kf: &kernels::KernelFile, sm: u32) -> Result<Vec<u8>> {
+    static NVRTC: OnceLock<std::result::Result<nvrtc::Nvrtc, String>> = OnceLock::new();
+    let nv = NVRTC
+        .get_or_init(|| nvrtc::locate(Path::new(env!("CARGO_MANIFEST_DIR"))))
+        .as_ref()
+        .map_err(|why| {
+            Error::invalid(
+                "cuda",
+                format!("kiln was built without NVRTC, so its kernels compile at first use, but {why}"),
+            )
+        })?;
+    let shown = format!("kernels/{}.cu", kf.name);
+    nv.compile(&shown, kf.source, kernels::headers(), sm)
+        .map(|c| c.cubin)
+        .map_err(|e| Error::invalid("cuda", e))
+}

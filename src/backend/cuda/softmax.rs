@@ -1,0 +1,43 @@
+//! Launch wrapper for kernels/softmax.cu.
+
+use super::launch::{Args, LaunchConfig};
+use super::{kernel, CudaStorage};
+use crate::tensor::dtype::DType;
+use crate::{Error, Result};
+
+/// Threads per row and rows per block for rows of `width`: about 8 elements per thread, 32 to 1024
+/// threads per row, 256 threads per block for narrow rows.
+pub fn block_shape(width: usize) -> (u32, u32) {
+    let per_row = width.div_ceil(8).next_power_of_two().clamp(32, 1024) as u32;
+    (per_row, (256 / per_row).max(1))
+}
+
+/// Softmax (or log-softmax) of every row of `width` elements of the storage, which holds whole
+/// rows (as the CPU backend's).
+pub fn softmax_last_dim(s: &CudaStorage, width: usize, log: bool) -> Result<CudaStorage> {
+    let name = if log { "log_softmax" } else { "softmax" };
+    if s.dtype() == DType::U32 {
+        return Err(Error::not_float(name, DType::U32));
+    }
+    let dev = s.cuda_device();
+    let out = CudaStorage::alloc(dev, s.dtype(), s.len())?;
+    if s.is_empty() || width == 0 {
+        return Ok(out);
+    }
+    let rows = s.len() / width;
+    let (per_row, rows_per_block) = block_shape(width);
+    let k = kernel("softmax", &format!("softmax_{}", s.dtype().as_str()))?;
+    let mut args = Args::new();
+    args.push(s.ptr())
+        .push(out.ptr())
+        .push(rows as u64)
+        .push(u32::try_from(width).map_err(|_| Error::invalid(name, format!("rows of {width} elements are too long")))?)
+        .push(log as i32);
+    let cfg = LaunchConfig {
+        grid: [rows.div_ceil(rows_per_block as usize) as u32, 1, 1],
+        block: [per_row, rows_per_block, 1],
+        dyn_smem: 0,
+    };
+    dev.launch(k, cfg, &mut args)?;
+    Ok(out)
+}

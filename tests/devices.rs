@@ -1,0 +1,519 @@
+//! Every op of the CUDA backend, on every device present, against the CPU backend.
+//!
+//! One generic body per op ([`check`]) builds the same inputs on each device of [`devices`]
+//! (Cpu and Emu always, Cuda(0) when a GPU is there), applies the same views (transposed,
+//! narrowed, broadcast with stride 0), runs the op and its backward through autograd, and compares
+//! the values and every gradient with the CPU's within `atol + rtol·|ref|` per dtype ([`tol`]).
+//! Shapes come from proptest and are deliberately not multiples of the block size: 0, 1, primes,
+//! just-off powers of two. Emu runs every CUDA thread as a fiber, so shapes stay small (a few
+//! thousand elements) to keep the suite fast on 2 cores.
+
+use kiln::backend::cuda::launch::{Args, Kernel, LaunchConfig};
+use kiln::backend::cuda::CudaDevice;
+use kiln::{DType, Device, Error, Rng, Tensor};
+use proptest::prelude::*;
+use proptest::sample::select;
+
+/// Cpu and Emu always; Cuda(0) when this machine has a GPU.
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::Cpu, Device::Emu];
+    if kiln::backend::cuda::gpu_count() > 0 {
+        d.push(Device::Cuda(0));
+    }
+    d
+}
+
+/// `(atol, rtol)` of each dtype: results may differ from the CPU's by the rounding of the result
+/// (bf16 keeps 8 bits, f16 11) plus a few ulps of the f32 math (GPU `expf`, FMA contraction, a tree
+/// instead of a sequential sum).
+fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => (1e-12, 1e-12),
+        DType::F32 => (1e-5, 2e-5),
+        DType::BF16 => (2e-2, 1.6e-2),
+        DType::F16 => (2e-3, 2e-3),
+        DType::U32 => (0.0, 0.0),
+    }
+}
+
+const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::BF16, DType::F16];
+
+fn assert_close(what: &str, dev: Device, dtype: DType, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.shape(), want.shape(), "{what} on {dev}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what} on {dev}: dtype");
+    let (atol, rtol) = tol(dtype);
+    let g = got.to_vec::<f64>().unwrap();
+    let w = want.to_vec::<f64>().unwrap();
+    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        let ok = if b.is_nan() {
+            a.is_nan()
+        } else if b.is_infinite() {
+            a == b
+        } else {
+            (a - b).abs() <= atol + rtol * b.abs()
+        };
+        assert!(
+            ok,
+            "{what} on {dev} ({dtype}), shape {:?}: element {i} is {a}, the CPU gives {b} (atol {atol}, rtol {rtol})",
+            want.shape()
+        );
+    }
+}
+
+/// How an input is seen by the op: the plain tensor or a strided view of it.
+#[derive(Clone, Copy, Debug)]
+enum View {
+    Plain,
+    /// The tensor is built with its first and last dims swapped, then transposed back.
+    Transposed,
+    /// The tensor is built one element wider in its last dim, then narrowed by one from the start.
+    Narrowed,
+}
+
+fn views() -> impl Strategy<Value = View> {
+    select(vec![View::Plain, View::Transposed, View::Narrowed])
+}
+
+/// `shape` filled with values from `seed`, built on `dev` as `view`, in `dtype`.
+fn input(shape: &[usize], view: View, dtype: DType, seed: u64, scale: f64, shift: f64, dev: &Device) -> Tensor {
+    let mut rng = Rng::new(seed);
+    let mut stored = shape.to_vec();
+    match view {
+        View::Transposed if shape.len() >= 2 => stored.swap(0, shape.len() - 1),
+        View::Narrowed if !shape.is_empty() => *stored.last_mut().unwrap() += 1,
+        _ => {}
+    }
+    let n: usize = stored.iter().product();
+    let data: Vec<f64> = (0..n).map(|_| rng.normal() * scale + shift).collect();
+    let t = Tensor::from_vec(data, &stored, dev).unwrap().to_dtype(dtype).unwrap();
+    match view {
+        View::Transposed if shape.len() >= 2 => t.transpose(0, -1).unwrap(),
+        View::Narrowed if !shape.is_empty() => t.narrow(-1, 1, *shape.last().unwrap()).unwrap(),
+        _ => t,
+    }
+}
+
+/// The generic body: `inputs(dev)` builds the inputs on a device; `op` computes the output. The
+/// values and (for float outputs with `grad`) the gradient of Σ(y·w) for each input are compared
+/// with the CPU's.
+fn check(
+    what: &str,
+    dtype: DType,
+    grad: bool,
+    inputs: impl Fn(&Device) -> Vec<Tensor>,
+    op: impl Fn(&[Tensor]) -> kiln::Result<Tensor>,
+) {
+    let run = |dev: &Device| -> (Tensor, Vec<Option<Tensor>>) {
+        let xs: Vec<Tensor> = inputs(dev)
+            .into_iter()
+            .map(|t| {
+                if grad && t.dtype().is_float() {
+                    t.requires_grad()
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let y = op(&xs).unwrap_or_else(|e| panic!("{what} on {dev}: {e}"));
+        if !grad || !y.dtype().is_float() {
+            return (y, vec![]);
+        }
+        // A fixed random weight makes every output element matter to the gradient.
+        let w = input(y.shape(), View::Plain, y.dtype(), 99, 1.0, 0.0, dev);
+        let loss = y.mul(&w).unwrap().sum_all().unwrap();
+        let grads = loss
+            .backward()
+            .unwrap_or_else(|e| panic!("{what} backward on {dev}: {e}"));
+        let gs = xs.iter().map(|x| grads.get(x).cloned()).collect();
+        (y, gs)
+    };
+    let (want, want_grads) = run(&Device::Cpu);
+    for dev in devices().into_iter().skip(1) {
+        let (got, got_grads) = run(&dev);
+        assert_eq!(got.device(), &dev, "{what}: the result stays on {dev}");
+        assert_close(what, dev, dtype, &got, &want);
+        for (i, (g, w)) in got_grads.iter().zip(&want_grads).enumerate() {
+            match (g, w) {
+                (Some(g), Some(w)) => assert_close(&format!("{what}: gradient of input {i}"), dev, dtype, g, w),
+                (None, None) => {}
+                _ => panic!("{what} on {dev}: input {i} has a gradient on one device only"),
+            }
+        }
+    }
+}
+
+/// Shapes of rank 0 to 3 whose dims are 0, 1, primes and near-powers of two, at most ~2000 elements.
+fn shapes() -> impl Strategy<Value = Vec<usize>> {
+    let dim = select(vec![1usize, 2, 3, 5, 7, 13, 31, 33, 63, 129]);
+    prop::collection::vec(dim, 0..=3).prop_filter("small", |s| s.iter().product::<usize>() <= 2500)
+}
+
+/// As [`shapes`] but sometimes with a zero-size dim.
+fn shapes_or_empty() -> impl Strategy<Value = Vec<usize>> {
+    (shapes(), any::<bool>(), any::<prop::sample::Index>()).prop_map(|(mut s, zero, at)| {
+        if zero && !s.is_empty() {
+            let i = at.index(s.len());
+            s[i] = 0;
+        }
+        s
+    })
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn contiguous_copies_views(shape in shapes_or_empty(), view in views(), dtype in select(FLOATS.to_vec())) {
+        check("contiguous", dtype, true, |d| vec![input(&shape, view, dtype, 1, 1.0, 0.0, d)], |x| x[0].contiguous());
+    }
+
+    #[test]
+    fn cast_between_all_dtypes(shape in shapes_or_empty(), view in views(), from in select(FLOATS.to_vec()),
+                               to in select(vec![DType::F32, DType::F64, DType::BF16, DType::F16, DType::U32])) {
+        // values around the u32 range's ends, and fractions, to exercise saturation and rounding
+        check("to_dtype", to, to != DType::U32, |d| vec![input(&shape, view, from, 2, 3.0e3, 1.0e3, d)], |x| x[0].to_dtype(to));
+        check("to_dtype from u32", to, false, |d| {
+            vec![input(&shape, view, DType::F64, 3, 1.0e4, 1.0e4, d).to_dtype(DType::U32).unwrap()]
+        }, |x| x[0].to_dtype(to));
+    }
+
+    #[test]
+    fn unary_ops(shape in shapes_or_empty(), view in views(), dtype in select(FLOATS.to_vec()),
+                 op in select(vec!["neg", "exp", "log", "sqrt", "tanh", "gelu", "relu", "recip", "powf", "affine", "sqr"])) {
+        // positive inputs where the op needs them
+        let positive = matches!(op, "log" | "sqrt" | "recip" | "powf");
+        let (scale, shift) = if positive { (0.3, 2.0) } else { (1.5, 0.0) };
+        check(op, dtype, true, |d| vec![input(&shape, view, dtype, 4, scale, shift, d)], |x| {
+            let x = &x[0];
+            match op {
+                "neg" => x.neg(),
+                "exp" => x.exp(),
+                "log" => x.log(),
+                "sqrt" => x.sqrt(),
+                "tanh" => x.tanh(),
+                "gelu" => x.gelu(),
+                "relu" => x.relu(),
+                "recip" => x.recip(),
+                "powf" => x.powf(1.7),
+                "affine" => x.affine(-0.75, 0.5),
+                _ => x.sqr(),
+            }
+        });
+    }
+
+    #[test]
+    fn binary_ops_broadcast(shape in shapes_or_empty(), view in views(), dtype in select(FLOATS.to_vec()),
+                            op in select(vec!["add", "sub", "mul", "div", "maximum", "minimum"]),
+                            rhs_kind in 0usize..4) {
+        // the right operand: same shape, its last dim only, a scalar, or a size-1 middle dim
+        let rhs_shape: Vec<usize> = match rhs_kind {
+            0 => shape.clone(),
+            1 => shape.last().map_or(vec![], |&l| vec![l]),
+            2 => vec![],
+            _ => shape.iter().enumerate().map(|(i, &s)| if i == 0 { 1 } else { s }).collect(),
+        };
+        check(op, dtype, true, |d| vec![
+            input(&shape, view, dtype, 5, 1.0, 0.0, d),
+            // away from 0 so that div stays well conditioned
+            input(&rhs_shape, View::Plain, dtype, 6, 0.5, 2.0, d),
+        ], |x| {
+            let (a, b) = (&x[0], &x[1]);
+            match op {
+                "add" => a.add(b),
+                "sub" => a.sub(b),
+                "mul" => a.mul(b),
+                "div" => a.div(b),
+                "maximum" => a.maximum(b),
+                _ => a.minimum(b),
+            }
+        });
+    }
+
+    #[test]
+    fn comparisons(shape in shapes_or_empty(), view in views(),
+                   dtype in select(vec![DType::F32, DType::F64, DType::BF16, DType::F16, DType::U32]),
+                   op in select(vec!["eq", "ne", "lt", "le", "gt", "ge"])) {
+        // few distinct values, so that ties (eq, le, ge) happen often
+        let build = |seed, d: &Device| {
+            input(&shape, view, DType::F64, seed, 1.5, 2.0, d)
+                .to_dtype(DType::U32).unwrap().to_dtype(dtype).unwrap()
+        };
+        check(op, DType::U32, false, |d| vec![build(7, d), build(8, d)], |x| {
+            let (a, b) = (&x[0], &x[1]);
+            match op {
+                "eq" => a.eq(b),
+                "ne" => a.ne(b),
+                "lt" => a.lt(b),
+                "le" => a.le(b),
+                "gt" => a.gt(b),
+                _ => a.ge(b),
+            }
+        });
+    }
+
+    #[test]
+    fn where_cond_and_masked_fill(shape in shapes_or_empty(), view in views(), dtype in select(FLOATS.to_vec())) {
+        check("where_cond", dtype, true, |d| vec![
+            input(&shape, view, dtype, 9, 1.0, 0.0, d),
+            input(&shape, View::Plain, dtype, 10, 1.0, 0.0, d),
+            input(&shape, View::Plain, dtype, 11, 1.0, 0.0, d),
+        ], |x| {
+            let cond = x[0].gt(&Tensor::zeros(&[], x[0].dtype(), x[0].device())?)?;
+            cond.where_cond(&x[1], &x[2])
+        });
+        check("masked_fill", dtype, true, |d| vec![
+            input(&shape, view, dtype, 12, 1.0, 0.0, d),
+        ], |x| {
+            let mask = x[0].lt(&Tensor::zeros(&[], x[0].dtype(), x[0].device())?)?;
+            x[0].masked_fill(&mask, -1e4)
+        });
+    }
+
+    #[test]
+    fn reductions(shape in shapes(), view in views(), dtype in select(FLOATS.to_vec()),
+                  op in select(vec!["sum", "mean", "max", "min"]), dims_mask in 0u32..8, keepdim in any::<bool>()) {
+        let dims: Vec<isize> = (0..shape.len() as isize).filter(|d| dims_mask & (1 << d) != 0).collect();
+        check(op, dtype, true, |d| vec![input(&shape, view, dtype, 13, 1.0, 0.0, d)], |x| {
+            let x = &x[0];
+            match op {
+                "sum" => x.sum(&dims, keepdim),
+                "mean" => x.mean(&dims, keepdim),
+                "max" => x.max(&dims, keepdim),
+                _ => x.min(&dims, keepdim),
+            }
+        });
+    }
+
+    #[test]
+    fn softmax_and_log_softmax(shape in shapes().prop_filter("rank >= 1", |s| !s.is_empty()), view in views(),
+                               dtype in select(FLOATS.to_vec()), log in any::<bool>(), last in any::<bool>()) {
+        let dim = if last { -1 } else { 0 };
+        check(if log { "log_softmax" } else { "softmax" }, dtype, true,
+              |d| vec![input(&shape, view, dtype, 14, 2.0, 0.0, d)],
+              |x| if log { x[0].log_softmax(dim) } else { x[0].softmax(dim) });
+    }
+}
+
+#[test]
+fn fill_on_each_device() {
+    // `full` directly on every device, compared with the CPU's
+    for n in [0usize, 1, 7, 8, 9, 1000, 4099] {
+        for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::U32] {
+            for value in [0.0, -2.5, 0.1, 70000.0, 3.0e9] {
+                let want = Tensor::full(value, &[n], dtype, &Device::Cpu).unwrap();
+                for dev in devices() {
+                    let got = Tensor::full(value, &[n], dtype, &dev).unwrap();
+                    assert_eq!(got.device(), &dev);
+                    assert_close("full", dev, dtype, &got, &want);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn large_sums_split_over_blocks() {
+    // 20011 elements: one output split over several blocks (partial results, then a second kernel)
+    for dtype in FLOATS {
+        for shape in [vec![20011], vec![3, 6673], vec![6673, 3]] {
+            check(
+                "sum_all",
+                dtype,
+                true,
+                |d| vec![input(&shape, View::Plain, dtype, 15, 1.0, 0.5, d)],
+                |x| x[0].sum_all(),
+            );
+            check(
+                "max over dim 0",
+                dtype,
+                false,
+                |d| vec![input(&shape, View::Transposed, dtype, 16, 1.0, 0.0, d)],
+                |x| x[0].max(&[0], false),
+            );
+        }
+    }
+}
+
+#[test]
+fn wide_softmax_rows_use_many_warps() {
+    // rows wider than 32 * 8 elements: several warps per row combine through shared memory
+    for dtype in FLOATS {
+        for shape in [vec![3, 1031], vec![2, 4096], vec![5, 257]] {
+            check(
+                "softmax",
+                dtype,
+                true,
+                |d| vec![input(&shape, View::Plain, dtype, 17, 3.0, 0.0, d)],
+                |x| x[0].softmax(-1),
+            );
+        }
+    }
+}
+
+#[test]
+fn masked_softmax_rows() {
+    // a row that is entirely -inf gives 0 (softmax) or -inf (log_softmax), as on the CPU
+    for dev in devices() {
+        let x = Tensor::from_vec(
+            vec![f32::NEG_INFINITY, f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY],
+            &[2, 2],
+            &dev,
+        )
+        .unwrap();
+        assert_eq!(
+            x.softmax(-1).unwrap().to_vec::<f32>().unwrap(),
+            vec![0.0, 0.0, 1.0, 0.0],
+            "{dev}"
+        );
+        let l = x.log_softmax(-1).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(&l[..2], &[f32::NEG_INFINITY, f32::NEG_INFINITY], "{dev}");
+        assert_eq!(l[2], 0.0, "{dev}");
+    }
+}
+
+#[test]
+fn nan_propagates_through_max_and_maximum() {
+    for dev in devices() {
+        let x = Tensor::from_vec(vec![1.0f32, f32::NAN, 3.0, 2.0], &[2, 2], &dev).unwrap();
+        let m = x.max(&[1], false).unwrap().to_vec::<f32>().unwrap();
+        assert!(m[0].is_nan() && m[1] == 3.0, "{dev}: {m:?}");
+        let y = Tensor::from_vec(vec![0.0f32; 4], &[2, 2], &dev).unwrap();
+        let mx = x.maximum(&y).unwrap().to_vec::<f32>().unwrap();
+        assert!(mx[1].is_nan(), "{dev}: {mx:?}");
+    }
+}
+
+#[test]
+fn to_device_moves_data_and_gradients() {
+    let x = Tensor::from_vec(vec![1.0f32, -2.0, 3.0, 0.5, 0.25, -1.0], &[2, 3], &Device::Cpu)
+        .unwrap()
+        .requires_grad();
+    for dev in devices() {
+        let on = x.transpose(0, 1).unwrap().to_device(&dev).unwrap();
+        assert_eq!(on.device(), &dev);
+        assert_eq!(on.shape(), &[3, 2]);
+        let back = on.exp().unwrap().to_device(&Device::Cpu).unwrap();
+        let loss = back.sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let gx = g.get(&x).unwrap();
+        assert_eq!(
+            gx.device(),
+            &Device::Cpu,
+            "the gradient comes back to the leaf's device"
+        );
+        assert_close("to_device gradient", dev, DType::F32, gx, &x.detach().exp().unwrap());
+    }
+}
+
+#[test]
+fn the_doc_example_runs_on_emu_up_to_matmul() {
+    let dev = Device::Emu;
+    let a = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], &[2, 3], &dev)
+        .unwrap()
+        .requires_grad();
+    let b = Tensor::from_vec(vec![0.5f32; 12], &[3, 4], &dev).unwrap();
+    let err = a.matmul(&b).unwrap_err().to_string();
+    assert!(
+        err.contains("matmul") && err.contains("not yet implemented on emu"),
+        "{err}"
+    );
+    let y = a.gelu().unwrap().softmax(-1).unwrap();
+    let loss = y.sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    assert_eq!(grads.get(&a).unwrap().shape(), &[2, 3]);
+    let t = y.to_dtype(DType::BF16).unwrap().to_device(&Device::Cpu).unwrap();
+    assert_eq!(t.device(), &Device::Cpu);
+}
+
+#[test]
+fn ops_without_kernels_name_the_op_and_device() {
+    let dev = Device::Emu;
+    let x = Tensor::ones(&[2, 3], DType::F32, &dev).unwrap();
+    let w = Tensor::ones(&[3], DType::F32, &dev).unwrap();
+    let e = x.layer_norm(&w, &w, 1e-5).unwrap_err().to_string();
+    assert!(e.contains("layer_norm") && e.contains("emu"), "{e}");
+    let ids = Tensor::from_vec(vec![0u32, 1], &[2], &dev).unwrap();
+    let e = x.cross_entropy(&ids).unwrap_err().to_string();
+    assert!(e.contains("cross_entropy") && e.contains("emu"), "{e}");
+    let e = x.index_select(0, &ids).unwrap_err().to_string();
+    assert!(e.contains("index_select") && e.contains("emu"), "{e}");
+}
+
+#[test]
+fn mixing_devices_is_an_error() {
+    let a = Tensor::ones(&[2], DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::ones(&[2], DType::F32, &Device::Emu).unwrap();
+    assert!(matches!(a.add(&b), Err(Error::DeviceMismatch { .. })));
+}
+
+#[test]
+fn cuda_without_a_gpu_is_an_error_not_a_panic() {
+    if kiln::backend::cuda::gpu_count() > 0 {
+        eprintln!("this machine has a GPU: checking an ordinal past the last one instead");
+    }
+    let past = Device::Cuda(kiln::backend::cuda::gpu_count() + 3);
+    match Tensor::zeros(&[2], DType::F32, &past) {
+        Err(Error::DeviceUnavailable { device, reason }) => {
+            assert_eq!(device, past);
+            assert!(!reason.is_empty());
+            eprintln!("{past}: {reason}");
+        }
+        other => panic!("expected DeviceUnavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn launches_over_the_device_limits_are_refused_with_the_kernel_and_shape() {
+    let dev = CudaDevice::get(&Device::Emu).unwrap();
+    let k = Kernel {
+        file: "fill",
+        name: "fill_b32",
+    };
+    let cfg = LaunchConfig {
+        grid: [1, 1, 1],
+        block: [2048, 1, 1],
+        dyn_smem: 0,
+    };
+    let e = dev.launch(k, cfg, &mut Args::new()).unwrap_err().to_string();
+    assert!(e.contains("fill_b32") && e.contains("2048"), "{e}");
+    let cfg = LaunchConfig {
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        dyn_smem: 1 << 20,
+    };
+    let e = dev.launch(k, cfg, &mut Args::new()).unwrap_err().to_string();
+    assert!(e.contains("fill_b32") && e.contains("shared memory"), "{e}");
+}
+
+#[test]
+fn every_kernel_named_by_a_wrapper_exists_and_is_registered_with_the_emulator() {
+    let files = kiln::backend::cuda::kernels::files();
+    let names: Vec<&str> = files.iter().flat_map(|f| f.kernels.iter().copied()).collect();
+    for family in [
+        "fill_b16",
+        "copy_b64",
+        "cast_f32_bf16",
+        "cast_u32_f16",
+        "unary_f16",
+        "binary_bf16",
+        "compare_u32",
+        "where_cond_b64",
+        "reduce_f64",
+        "reduce_partials_bf16",
+        "softmax_f32",
+    ] {
+        assert!(names.contains(&family), "{family} missing from {names:?}");
+    }
+    assert!(
+        files.iter().all(|f| f.source.contains("Roofline")),
+        "every .cu opens with its roofline"
+    );
+}
