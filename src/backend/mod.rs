@@ -23,6 +23,14 @@ impl Storage {
         }
     }
 
+    /// The number of elements held (which a view may use only part of).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
     /// `n` copies of `value` rounded to `dtype`.
     pub(crate) fn filled(value: f64, n: usize, dtype: DType, device: &Device) -> Result<Storage> {
         match device {

@@ -19,10 +19,10 @@ impl Tensor {
         let size = self.shape()[d];
         let mut shape = self.shape().to_vec();
         shape[d] = ids_vec.len();
-        let x = self.contiguous()?;
+        let x = self.dense()?;
         let out = Tensor::from_parts(x.storage().index_select(outer, size, inner, &ids_vec)?, &shape);
         Ok(out.record(op, &[&x], move |g, _, _| {
-            let g = g.contiguous()?;
+            let g = g.dense()?;
             let dx = g.storage().index_add(outer, size, inner, &ids_vec)?;
             let mut in_shape = shape.clone();
             in_shape[d] = size;

@@ -54,7 +54,7 @@ impl Tensor {
                 format!("all {n} targets equal the ignore index, so the mean loss is undefined"),
             ));
         }
-        let logits = self.contiguous()?;
+        let logits = self.dense()?;
         let (total, lse) = logits.storage().cross_entropy_forward(&ids, c, ignore_index)?;
         let loss = Tensor::full(total / count as f64, &[], self.dtype(), self.device())?;
         Ok(loss.record(OP, &[&logits], move |g, inputs, _| {

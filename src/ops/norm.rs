@@ -42,9 +42,9 @@ impl Tensor {
                 format!("eps must be finite and non-negative, got {eps}"),
             ));
         }
-        let x = self.contiguous()?;
-        let w = weight.contiguous()?;
-        let b = bias.map(|b| b.contiguous()).transpose()?;
+        let x = self.dense()?;
+        let w = weight.dense()?;
+        let b = bias.map(|b| b.dense()).transpose()?;
         let (y, stats) = {
             let bias_storage = b.as_ref().map(|b| b.storage());
             let (y, stats) = x
@@ -55,7 +55,7 @@ impl Tensor {
         let mut inputs = vec![&x, &w];
         inputs.extend(b.as_ref());
         Ok(y.record("layer_norm", &inputs, move |g, inputs, _| {
-            let (x, w, g) = (&inputs[0], &inputs[1], g.contiguous()?);
+            let (x, w, g) = (&inputs[0], &inputs[1], g.dense()?);
             let (dx, dw, db) = x.storage().layer_norm_backward(&w.storage(), &g.storage(), &stats, c)?;
             let (dx, dw, db) = (
                 Tensor::from_parts(dx, x.shape()),

@@ -157,6 +157,16 @@ impl Tensor {
         Ok(out.record("contiguous", &[self], |g, _, _| Ok(vec![Some(g.clone())])))
     }
 
+    /// A contiguous tensor that is the whole of its storage from offset 0: what the fused
+    /// kernels (softmax, layer_norm, cross_entropy, index_select), which read entire storages,
+    /// need. A contiguous view into a larger storage (a narrow, a row of a cache) is copied.
+    pub(crate) fn dense(&self) -> Result<Tensor> {
+        if self.is_contiguous() && self.layout().offset() == 0 && self.storage().len() == self.numel() {
+            return Ok(self.clone());
+        }
+        self.copy()
+    }
+
     /// Joins tensors along `dim`; all other dims must agree.
     pub fn cat(tensors: &[Tensor], dim: isize) -> Result<Tensor> {
         let first = tensors

@@ -32,9 +32,9 @@ impl Tensor {
         let _untracked = crate::no_grad();
         let last = self.dims() as isize - 1;
         let x = if dim == last {
-            self.contiguous()?
+            self.dense()?
         } else {
-            self.transpose(dim, last)?.contiguous()?
+            self.transpose(dim, last)?.dense()?
         };
         let width = x.shape().last().copied().unwrap_or(1);
         let y = Tensor::from_parts(x.storage().softmax_last_dim(width, log)?, x.shape());

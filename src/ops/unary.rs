@@ -69,7 +69,8 @@ impl UnaryOp {
                 c(0.5) * (T::one() + t) + c(0.5) * x * (T::one() - t * t) * du
             }
             UnaryOp::Relu => {
-                if x > T::zero() {
+                // NaN stays NaN (as PyTorch): a NaN must not be hidden
+                if x.is_nan() || x > T::zero() {
                     x
                 } else {
                     T::zero()

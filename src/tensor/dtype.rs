@@ -71,13 +71,32 @@ impl WithDType for f64 {
     }
 }
 
+/// `v` rounded to f32 "to odd": the f32 next to `v` toward zero, with its last bit set when
+/// `v` is not exactly representable. Rounding that to nearest-even in a format with at least
+/// two fewer significant bits (bf16, f16) gives the correctly rounded result, where going
+/// through `v as f32` would round twice, and `half`'s own `from_f64` drops the low 32 bits of
+/// the f64 before breaking ties (so 1 + 2^-8 + 2^-40 became 1, not 1 + 2^-7, in bf16).
+fn f32_round_to_odd(v: f64) -> f32 {
+    let nearest = v as f32;
+    if nearest as f64 == v || v.is_nan() {
+        return nearest;
+    }
+    // Inexact (possibly rounded up to infinity): step back toward zero if it rounded away.
+    let toward_zero = if (nearest as f64).abs() > v.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(toward_zero.to_bits() | 1)
+}
+
 impl WithDType for bf16 {
     const DTYPE: DType = DType::BF16;
     fn to_f64(self) -> f64 {
         self.to_f64()
     }
     fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
+        bf16::from_f32(f32_round_to_odd(v))
     }
 }
 
@@ -87,7 +106,7 @@ impl WithDType for f16 {
         self.to_f64()
     }
     fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
+        f16::from_f32(f32_round_to_odd(v))
     }
 }
 

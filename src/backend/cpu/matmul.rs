@@ -56,8 +56,8 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>
     let (rsa, csa) = (la.strides()[rank - 2] as isize, la.strides()[rank - 1] as isize);
     let (rsb, csb) = (lb.strides()[rank - 2] as isize, lb.strides()[rank - 1] as isize);
     let mut out = vec![T::default(); a_offsets.len() * m * n];
-    if m * n == 0 {
-        return out;
+    if m * n == 0 || k == 0 {
+        return out; // nothing to multiply (and an empty operand's offset may lie past its data)
     }
     let one_product = |(i, c): (usize, &mut [T])| {
         gemm(

@@ -1,0 +1,1056 @@
+//! Every CPU op against the naive f64 loops of `kiln::backend::cpu::reference`.
+//!
+//! Inputs are random shapes (size 1, primes, zero-size dims where the op allows them, NumPy
+//! broadcasts) filled from a seeded `kiln::Rng`, and most operands are built as *views*
+//! (permuted, narrowed out of a NaN-padded parent, broadcast with stride 0) so that the
+//! strided paths are exercised, not only the contiguous ones. Each op runs in F64 and F32
+//! and is compared with the reference evaluated on the very values the tensor holds, within
+//! `atol + rtol·|ref|` (see [`Tol`]). The `fast_path_*` tests use inputs large enough to cross
+//! the rayon threshold and the GEMM's blocking.
+
+use kiln::backend::cpu::reference as r;
+use kiln::{DType, Device, Rng, Tensor};
+use proptest::prelude::*;
+use proptest::sample::select;
+
+const DEV: Device = Device::Cpu;
+const DTYPES: [DType; 2] = [DType::F64, DType::F32];
+
+// ---------------------------------------------------------------------------------------
+// Tolerances
+// ---------------------------------------------------------------------------------------
+
+/// `|got − ref| ≤ atol + rtol·|ref|` elementwise; NaN must meet NaN and ±inf the same inf.
+#[derive(Clone, Copy, Debug)]
+struct Tol {
+    atol: f64,
+    rtol: f64,
+}
+
+const EXACT: Tol = Tol { atol: 0.0, rtol: 0.0 };
+
+/// The unit roundoff u of a dtype: one correctly rounded operation errs by at most u·|x|.
+fn unit_roundoff(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::EPSILON / 2.0,        // 2^-53
+        DType::F32 => f32::EPSILON as f64 / 2.0, // 2^-24
+        other => panic!("no roundoff for {other}"),
+    }
+}
+
+impl Tol {
+    /// Elementwise maps: both sides evaluate the same formula on the same input, so they
+    /// differ only by a few roundings of the dtype (libm's exp/tanh/powf are within an ulp or
+    /// two; gelu chains a handful of operations). `scale` bounds the magnitude of the
+    /// intermediates, for outputs that cancel to near zero.
+    fn elementwise(dtype: DType, scale: f64) -> Tol {
+        let u = unit_roundoff(dtype);
+        Tol {
+            atol: 16.0 * u * scale.max(1.0),
+            rtol: 8.0 * u,
+        }
+    }
+
+    /// A sum of `n` terms whose absolute values add up to at most `abs_sum`, accumulated in
+    /// f64 (the CPU reductions promise that) and rounded once to the dtype: the classic
+    /// bound (n+2)·u64·Σ|x| for the accumulation plus one rounding to the output type.
+    fn sum(dtype: DType, n: usize, abs_sum: f64) -> Tol {
+        Tol {
+            atol: (n as f64 + 2.0) * unit_roundoff(DType::F64) * abs_sum,
+            rtol: 2.0 * unit_roundoff(dtype),
+        }
+    }
+
+    /// A dot product of length k in the dtype, in any order and with or without FMA:
+    /// |err| ≤ (k+2)·u·Σ|a||b|, with `abs_dot` the largest Σ|a||b| of the product.
+    fn dot(dtype: DType, k: usize, abs_dot: f64) -> Tol {
+        Tol {
+            atol: (k as f64 + 2.0) * unit_roundoff(dtype) * abs_dot,
+            rtol: 0.0,
+        }
+    }
+
+    /// Fused row ops (softmax, log_softmax, layer_norm, cross_entropy) over rows of `c`
+    /// elements computed in the dtype: a row sum errs by up to c·u relative to its terms, and a
+    /// handful of further operations follow; `scale` bounds the inputs' magnitude.
+    fn row(dtype: DType, c: usize, scale: f64) -> Tol {
+        let u = unit_roundoff(dtype);
+        let ops = 4.0 * c as f64 + 16.0;
+        Tol {
+            atol: ops * u * scale.max(1.0),
+            rtol: ops * u,
+        }
+    }
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f64], want: &[f64], tol: Tol) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, reference has {}",
+        got.len(),
+        want.len()
+    );
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol.atol + tol.rtol * w.abs()
+        };
+        assert!(
+            ok,
+            "{what}: element {i} of {} is {g}, reference {w} (|diff| {:e} > {:e} + {:e}·|ref|)",
+            got.len(),
+            (g - w).abs(),
+            tol.atol,
+            tol.rtol
+        );
+    }
+}
+
+/// Checks shape and values of `t` against a reference result.
+#[track_caller]
+fn check(what: &str, t: &Tensor, want: &[f64], want_shape: &[usize], tol: Tol) {
+    assert_eq!(t.shape(), want_shape, "{what}: shape");
+    assert_close(what, &t.to_vec::<f64>().unwrap(), want, tol);
+}
+
+fn max_abs(x: &[f64]) -> f64 {
+    x.iter().filter(|v| v.is_finite()).fold(0.0, |m, v| m.max(v.abs()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Inputs: data, shapes and views
+// ---------------------------------------------------------------------------------------
+
+/// `n` normal samples times `scale`.
+fn normal(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+/// In a quarter of the cases, turns about 5% of `values` into NaN: elementwise ops and
+/// reductions must propagate NaN (never hide it), as PyTorch does.
+fn sprinkle_nans(values: &mut [f64], rng: &mut Rng) {
+    if rng.below(4) == 0 {
+        for v in values.iter_mut() {
+            if rng.below(20) == 0 {
+                *v = f64::NAN;
+            }
+        }
+    }
+}
+
+/// `x` as the dtype holds it.
+fn round_to(dtype: DType, x: f64) -> f64 {
+    match dtype {
+        DType::F64 => x,
+        DType::F32 => x as f32 as f64,
+        other => panic!("round_to {other}"),
+    }
+}
+
+/// A tensor of `dtype` and logical shape `shape` holding `values`, built as a random view
+/// (up to `depth` nested view ops), and the logical values it holds: `values` rounded to the
+/// dtype, except that a broadcast view repeats one slice of them.
+///
+/// - permuted: the data is stored with its dims reordered and `permute` puts them back;
+/// - narrowed: the data sits inside a parent padded with NaN along one dim, so any read
+///   outside the view turns a result into NaN;
+/// - broadcast: one slice along a dim (or the whole tensor minus a leading dim) repeated
+///   with stride 0 (only where `may_broadcast`: the padding of a narrowed parent must not be
+///   broadcast into view).
+fn view_of(values: &[f64], shape: &[usize], dtype: DType, rng: &mut Rng, depth: u32) -> (Tensor, Vec<f64>) {
+    build_view(values, shape, dtype, rng, depth, true)
+}
+
+fn build_view(
+    values: &[f64],
+    shape: &[usize],
+    dtype: DType,
+    rng: &mut Rng,
+    depth: u32,
+    may_broadcast: bool,
+) -> (Tensor, Vec<f64>) {
+    let rank = shape.len();
+    let kind = if depth == 0 || rank == 0 { 0 } else { rng.below(4) };
+    match kind {
+        1 => {
+            // stored as permute(values, p); permuting back by the inverse of p gives the view
+            let mut p: Vec<usize> = (0..rank).collect();
+            for i in (1..rank).rev() {
+                p.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let (stored, stored_shape) = r::permute(values, shape, &p);
+            let (base, base_values) = build_view(&stored, &stored_shape, dtype, rng, depth - 1, may_broadcast);
+            let mut inverse = vec![0; rank];
+            for (i, &d) in p.iter().enumerate() {
+                inverse[d] = i;
+            }
+            let t = base.permute(&inverse).unwrap();
+            (t, r::permute(&base_values, &stored_shape, &inverse).0)
+        }
+        2 => {
+            let d = rng.below(rank as u64) as usize;
+            let (before, after) = (rng.below(3) as usize, 1 + rng.below(2) as usize);
+            let pad = |len: usize| {
+                let mut s = shape.to_vec();
+                s[d] = len;
+                (vec![f64::NAN; r::numel(&s)], s)
+            };
+            let ((a, a_shape), (b, b_shape)) = (pad(before), pad(after));
+            let (parent, parent_shape) = r::cat(&[(&a, &a_shape), (values, shape), (&b, &b_shape)], d);
+            let (base, base_values) = build_view(&parent, &parent_shape, dtype, rng, depth - 1, false);
+            let t = base.narrow(d as isize, before, shape[d]).unwrap();
+            (t, r::narrow(&base_values, &parent_shape, d, before, shape[d]).0)
+        }
+        3 if may_broadcast => {
+            let d = rng.below(rank as u64) as usize;
+            if shape[d] == 0 {
+                return build_view(values, shape, dtype, rng, 0, false);
+            }
+            let (slice, mut slice_shape) = r::narrow(values, shape, d, 0, 1);
+            if d == 0 && rng.below(2) == 0 {
+                slice_shape.remove(0); // a missing leading dim broadcasts too
+            }
+            let (base, base_values) = build_view(&slice, &slice_shape, dtype, rng, depth - 1, true);
+            let t = base.broadcast_to(shape).unwrap();
+            (t, r::broadcast_to(&base_values, &slice_shape, shape))
+        }
+        _ => {
+            let rounded: Vec<f64> = values.iter().map(|&v| round_to(dtype, v)).collect();
+            let t = Tensor::from_vec(rounded.clone(), shape, &DEV)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            (t, rounded)
+        }
+    }
+}
+
+/// A contiguous tensor of `dtype` and the values it holds.
+fn contiguous_of(values: &[f64], shape: &[usize], dtype: DType) -> (Tensor, Vec<f64>) {
+    build_view(values, shape, dtype, &mut Rng::new(0), 0, false)
+}
+
+/// A dim size: zero now and then (where allowed), 1, primes, and anything up to `max`.
+fn dim(max: usize, allow_zero: bool) -> BoxedStrategy<usize> {
+    let primes: Vec<usize> = vec![2, 3, 5, 7, 13].into_iter().filter(|&p| p <= max).collect();
+    let nonzero = prop_oneof![3 => Just(1usize), 2 => select(primes), 4 => 1..=max];
+    if allow_zero {
+        // listed first, so that shrinking also tries an empty dim
+        prop_oneof![1 => Just(0usize), 9 => nonzero].boxed()
+    } else {
+        nonzero.boxed()
+    }
+}
+
+/// A shape of rank `min_rank..=max_rank` with at most ~5000 elements: long dims (up to 40)
+/// at rank ≤ 2, short ones beyond.
+fn shape(min_rank: usize, max_rank: usize, allow_zero: bool) -> impl Strategy<Value = Vec<usize>> {
+    (min_rank..=max_rank)
+        .prop_flat_map(move |rank| {
+            let max = if rank <= 2 { 40 } else { 9 };
+            proptest::collection::vec(dim(max, allow_zero), rank)
+        })
+        .prop_filter("at most 5000 elements", |s| r::numel(s) <= 5000)
+}
+
+/// A shape that broadcasts to `out`: some leading dims dropped, some dims set to 1.
+fn broadcast_source(out: &[usize], rng: &mut Rng) -> Vec<usize> {
+    let drop = rng.below(out.len() as u64 + 1) as usize;
+    out[drop..]
+        .iter()
+        .map(|&d| if rng.below(3) == 0 { 1 } else { d })
+        .collect()
+}
+
+/// `dim` as the API may name it: non-negative, or counted from the end.
+fn signed_dim(dim: usize, rank: usize, rng: &mut Rng) -> isize {
+    if rng.below(2) == 0 {
+        dim as isize
+    } else {
+        dim as isize - rank as isize
+    }
+}
+
+fn ids_tensor(ids: &[u32], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(ids.to_vec(), shape, &DEV).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Elementwise
+// ---------------------------------------------------------------------------------------
+
+type TensorFn = Box<dyn Fn(&Tensor) -> kiln::Result<Tensor>>;
+type ScalarFn = Box<dyn Fn(f64) -> f64>;
+
+/// Every unary op: (name, kiln op, reference, whether it needs positive inputs).
+fn unary_ops(p: f64, mul: f64, add: f64) -> Vec<(String, TensorFn, ScalarFn, bool)> {
+    vec![
+        ("neg".into(), Box::new(|t: &Tensor| t.neg()), Box::new(r::neg), false),
+        ("exp".into(), Box::new(|t: &Tensor| t.exp()), Box::new(r::exp), false),
+        ("log".into(), Box::new(|t: &Tensor| t.log()), Box::new(r::log), true),
+        ("sqrt".into(), Box::new(|t: &Tensor| t.sqrt()), Box::new(r::sqrt), true),
+        ("tanh".into(), Box::new(|t: &Tensor| t.tanh()), Box::new(r::tanh), false),
+        ("gelu".into(), Box::new(|t: &Tensor| t.gelu()), Box::new(r::gelu), false),
+        ("relu".into(), Box::new(|t: &Tensor| t.relu()), Box::new(r::relu), false),
+        (
+            "recip".into(),
+            Box::new(|t: &Tensor| t.recip()),
+            Box::new(r::recip),
+            true,
+        ),
+        (
+            "sqr".into(),
+            Box::new(|t: &Tensor| t.sqr()),
+            Box::new(|x| r::powf(x, 2.0)),
+            false,
+        ),
+        (
+            format!("powf({p})"),
+            Box::new(move |t: &Tensor| t.powf(p)),
+            Box::new(move |x| r::powf(x, p)),
+            true,
+        ),
+        (
+            format!("affine({mul}, {add})"),
+            Box::new(move |t: &Tensor| t.affine(mul, add)),
+            Box::new(move |x| r::affine(x, mul, add)),
+            false,
+        ),
+    ]
+}
+
+fn check_unary(shape: &[usize], seed: u64, p: f64, mul: f64, add: f64) {
+    let mut rng = Rng::new(seed);
+    let mut signed = normal(&mut rng, r::numel(shape), 2.0);
+    sprinkle_nans(&mut signed, &mut rng);
+    let positive: Vec<f64> = signed.iter().map(|v| v.abs() + 0.05).collect();
+    for (name, op, reference, needs_positive) in unary_ops(p, mul, add) {
+        let values = if needs_positive { &positive } else { &signed };
+        for dtype in DTYPES {
+            let (x, held) = view_of(values, shape, dtype, &mut rng, 2);
+            let want = r::map(&held, &reference);
+            let scale = max_abs(&held);
+            check(
+                &format!("{name} {dtype} {shape:?}"),
+                &op(&x).unwrap(),
+                &want,
+                shape,
+                Tol::elementwise(dtype, scale),
+            );
+        }
+    }
+}
+
+type BinaryFn = fn(&Tensor, &Tensor) -> kiln::Result<Tensor>;
+/// (name, kiln op, reference).
+type BinaryCase = (&'static str, BinaryFn, fn(f64, f64) -> f64);
+
+const ARITHMETIC: [BinaryCase; 6] = [
+    ("add", Tensor::add, r::add),
+    ("sub", Tensor::sub, r::sub),
+    ("mul", Tensor::mul, r::mul),
+    ("div", Tensor::div, r::div),
+    ("maximum", Tensor::maximum, r::maximum),
+    ("minimum", Tensor::minimum, r::minimum),
+];
+
+const COMPARISONS: [BinaryCase; 6] = [
+    ("eq", Tensor::eq, r::eq),
+    ("ne", Tensor::ne, r::ne),
+    ("lt", Tensor::lt, r::lt),
+    ("le", Tensor::le, r::le),
+    ("gt", Tensor::gt, r::gt),
+    ("ge", Tensor::ge, r::ge),
+];
+
+fn check_binary(a_shape: &[usize], b_shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut a = normal(&mut rng, r::numel(a_shape), 2.0);
+    // keep divisors away from zero so the quotient stays well-conditioned
+    let mut b: Vec<f64> = normal(&mut rng, r::numel(b_shape), 2.0)
+        .into_iter()
+        .map(|v| if v.abs() < 0.1 { v + 0.25 } else { v })
+        .collect();
+    sprinkle_nans(&mut a, &mut rng);
+    sprinkle_nans(&mut b, &mut rng);
+    // quantised copies make ties common, so eq/le/ge are tested on equal values
+    let quantise = |v: &[f64]| v.iter().map(|x| (x * 2.0).round() / 2.0).collect::<Vec<_>>();
+    let (qa, qb) = (quantise(&a), quantise(&b));
+    for dtype in DTYPES {
+        let (ta, ha) = view_of(&a, a_shape, dtype, &mut rng, 2);
+        let (tb, hb) = view_of(&b, b_shape, dtype, &mut rng, 2);
+        for (name, op, reference) in ARITHMETIC {
+            let (want, shape) = r::binary(&ha, a_shape, &hb, b_shape, reference);
+            let tol = Tol::elementwise(dtype, 0.0);
+            check(
+                &format!("{name} {dtype} {a_shape:?} {b_shape:?}"),
+                &op(&ta, &tb).unwrap(),
+                &want,
+                &shape,
+                tol,
+            );
+        }
+        let (ta, ha) = view_of(&qa, a_shape, dtype, &mut rng, 2);
+        let (tb, hb) = view_of(&qb, b_shape, dtype, &mut rng, 2);
+        for (name, op, reference) in COMPARISONS {
+            let (want, shape) = r::binary(&ha, a_shape, &hb, b_shape, reference);
+            let got = op(&ta, &tb).unwrap();
+            assert_eq!(got.dtype(), DType::U32, "{name} returns u32");
+            check(
+                &format!("{name} {dtype} {a_shape:?} {b_shape:?}"),
+                &got,
+                &want,
+                &shape,
+                EXACT,
+            );
+        }
+    }
+}
+
+fn check_where(out: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (c_shape, t_shape, f_shape) = (
+        broadcast_source(out, &mut rng),
+        broadcast_source(out, &mut rng),
+        broadcast_source(out, &mut rng),
+    );
+    let cond: Vec<u32> = (0..r::numel(&c_shape))
+        .map(|_| [0, 1, 7][rng.below(3) as usize])
+        .collect();
+    let cond_f: Vec<f64> = cond.iter().map(|&c| c as f64).collect();
+    let t = normal(&mut rng, r::numel(&t_shape), 1.0);
+    let f = normal(&mut rng, r::numel(&f_shape), 1.0);
+    for dtype in DTYPES {
+        let (tt, ht) = view_of(&t, &t_shape, dtype, &mut rng, 2);
+        let (tf, hf) = view_of(&f, &f_shape, dtype, &mut rng, 2);
+        let tc = ids_tensor(&cond, &c_shape);
+        let (want, shape) = r::where_cond(&cond_f, &c_shape, &ht, &t_shape, &hf, &f_shape);
+        check(
+            &format!("where_cond {dtype} {c_shape:?} {t_shape:?} {f_shape:?}"),
+            &tc.where_cond(&tt, &tf).unwrap(),
+            &want,
+            &shape,
+            EXACT,
+        );
+        // masked_fill: the mask broadcasts to the input's shape
+        let (x, hx) = view_of(&normal(&mut rng, r::numel(out), 1.0), out, dtype, &mut rng, 2);
+        let mask_shape = broadcast_source(out, &mut rng);
+        let mask: Vec<u32> = (0..r::numel(&mask_shape)).map(|_| rng.below(2) as u32).collect();
+        let mask_f: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
+        let want = r::masked_fill(&hx, out, &mask_f, &mask_shape, -1.5);
+        check(
+            &format!("masked_fill {dtype} {out:?} {mask_shape:?}"),
+            &x.masked_fill(&ids_tensor(&mask, &mask_shape), -1.5).unwrap(),
+            &want,
+            out,
+            EXACT,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reductions
+// ---------------------------------------------------------------------------------------
+
+fn check_reductions(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let dims: Vec<usize> = (0..rank).filter(|_| rng.below(2) == 0).collect();
+    let mut api_dims: Vec<isize> = dims.iter().map(|&d| signed_dim(d, rank, &mut rng)).collect();
+    api_dims.reverse(); // any order is accepted
+    let keepdim = rng.below(2) == 0;
+    let count: usize = dims.iter().map(|&d| shape[d]).product();
+    let mut values = normal(&mut rng, r::numel(shape), 3.0);
+    sprinkle_nans(&mut values, &mut rng);
+    for dtype in DTYPES {
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, 2);
+        let what = |op: &str| format!("{op} {dtype} {shape:?} dims {api_dims:?} keepdim {keepdim}");
+        let abs_sum = max_abs(&r::sum(&r::map(&held, f64::abs), shape, &dims, true).0);
+
+        let (want, want_shape) = r::sum(&held, shape, &dims, keepdim);
+        let tol = Tol::sum(dtype, count, abs_sum);
+        check(
+            &what("sum"),
+            &x.sum(&api_dims, keepdim).unwrap(),
+            &want,
+            &want_shape,
+            tol,
+        );
+
+        let mean = x.mean(&api_dims, keepdim);
+        if count == 0 {
+            assert!(mean.is_err(), "{}: the mean of nothing must be refused", what("mean"));
+        } else {
+            let (want, want_shape) = r::mean(&held, shape, &dims, keepdim);
+            // the sum rounded to the dtype, then scaled by 1/count in the dtype
+            let tol = Tol {
+                atol: tol.atol / count as f64,
+                rtol: 4.0 * unit_roundoff(dtype),
+            };
+            check(&what("mean"), &mean.unwrap(), &want, &want_shape, tol);
+        }
+
+        for (op, got, reference) in [
+            (
+                "max",
+                x.max(&api_dims, keepdim),
+                r::max as fn(&[f64], &[usize], &[usize], bool) -> (Vec<f64>, Vec<usize>),
+            ),
+            ("min", x.min(&api_dims, keepdim), r::min),
+        ] {
+            if dims.iter().any(|&d| shape[d] == 0) {
+                assert!(got.is_err(), "{}: an empty reduction must be refused", what(op));
+            } else {
+                let (want, want_shape) = reference(&held, shape, &dims, keepdim);
+                check(&what(op), &got.unwrap(), &want, &want_shape, EXACT);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Matmul
+// ---------------------------------------------------------------------------------------
+
+fn check_matmul(a_shape: &[usize], b_shape: &[usize], seed: u64, depth: u32) {
+    let mut rng = Rng::new(seed);
+    let k = a_shape[a_shape.len() - 1];
+    let a = normal(&mut rng, r::numel(a_shape), 1.0);
+    let b = normal(&mut rng, r::numel(b_shape), 1.0);
+    for dtype in DTYPES {
+        let (ta, ha) = view_of(&a, a_shape, dtype, &mut rng, depth);
+        let (tb, hb) = view_of(&b, b_shape, dtype, &mut rng, depth);
+        let (want, shape) = r::matmul(&ha, a_shape, &hb, b_shape);
+        let abs_dot = r::matmul(&r::map(&ha, f64::abs), a_shape, &r::map(&hb, f64::abs), b_shape).0;
+        check(
+            &format!("matmul {dtype} {a_shape:?} x {b_shape:?}"),
+            &ta.matmul(&tb).unwrap(),
+            &want,
+            &shape,
+            Tol::dot(dtype, k, max_abs(&abs_dot)),
+        );
+    }
+}
+
+/// `[batch_a.., m, k]` and `[batch_b.., k, n]` with broadcasting batch dims.
+fn matmul_shapes() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, u64)> {
+    let size = || {
+        prop_oneof![
+            1 => Just(0usize),
+            2 => Just(1usize),
+            2 => select(vec![2usize, 7, 13, 64, 65]),
+            4 => 1..=70usize,
+        ]
+    };
+    let batch = proptest::collection::vec(1..=3usize, 0..=2);
+    (size(), size(), size(), batch, any::<u64>()).prop_map(|(m, k, n, batch, seed)| {
+        let mut rng = Rng::new(seed);
+        let a_batch = broadcast_source(&batch, &mut rng);
+        let b_batch = if rng.below(2) == 0 {
+            batch.clone()
+        } else {
+            broadcast_source(&batch, &mut rng)
+        };
+        ([a_batch, vec![m, k]].concat(), [b_batch, vec![k, n]].concat(), seed)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused row ops
+// ---------------------------------------------------------------------------------------
+
+fn check_softmax(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let d = rng.below(rank as u64) as usize;
+    let api_dim = signed_dim(d, rank, &mut rng);
+    let masked = rng.below(3) as f64 * 0.2; // sometimes -inf entries, some rows fully masked
+    let values: Vec<f64> = normal(&mut rng, r::numel(shape), 3.0)
+        .into_iter()
+        .map(|v| if rng.uniform() < masked { f64::NEG_INFINITY } else { v })
+        .collect();
+    for dtype in DTYPES {
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, 2);
+        let tol = Tol::row(dtype, shape[d], max_abs(&held));
+        let what = |op: &str| format!("{op} {dtype} {shape:?} dim {api_dim}");
+        check(
+            &what("softmax"),
+            &x.softmax(api_dim).unwrap(),
+            &r::softmax(&held, shape, d),
+            shape,
+            tol,
+        );
+        check(
+            &what("log_softmax"),
+            &x.log_softmax(api_dim).unwrap(),
+            &r::log_softmax(&held, shape, d),
+            shape,
+            tol,
+        );
+    }
+}
+
+/// How much layer_norm magnifies rounding errors of its inputs: max over rows of
+/// max|x| / √(var + eps). An error δ in the row mean (≈ c·u·max|x| in the dtype) moves
+/// x̂ = (x − mean)/√(var + eps) by δ/√(var + eps); near-constant rows (var ≈ 0, as a broadcast
+/// view makes) magnify by up to 1/√eps.
+fn layer_norm_condition(x: &[f64], shape: &[usize], eps: f64) -> f64 {
+    let c = shape[shape.len() - 1] as f64;
+    r::lines_along(shape, shape.len() - 1)
+        .iter()
+        .map(|line| {
+            let row: Vec<f64> = line.iter().map(|&i| x[i]).collect();
+            let mean = row.iter().sum::<f64>() / c;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c;
+            max_abs(&row) / (var + eps).sqrt()
+        })
+        .fold(1.0, f64::max)
+}
+
+fn check_layer_norm(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let c = shape[shape.len() - 1];
+    let eps = [1e-5f32, 1e-3, 0.1][rng.below(3) as usize];
+    let offset = rng.normal(); // rows need not be centred
+    let values: Vec<f64> = normal(&mut rng, r::numel(shape), 2.0)
+        .into_iter()
+        .map(|v| v + offset)
+        .collect();
+    let (w, b) = (normal(&mut rng, c, 1.0), normal(&mut rng, c, 1.0));
+    for dtype in DTYPES {
+        let (x, hx) = view_of(&values, shape, dtype, &mut rng, 2);
+        // the parameters as views too (never broadcast: they must hold distinct values)
+        let (tw, hw) = build_view(&w, &[c], dtype, &mut rng, 1, false);
+        let (tb, hb) = build_view(&b, &[c], dtype, &mut rng, 1, false);
+        let scale = max_abs(&hw) * layer_norm_condition(&hx, shape, eps as f64) + max_abs(&hb);
+        let tol = Tol::row(dtype, c, scale);
+        let what = |op: &str| format!("{op} {dtype} {shape:?} eps {eps}");
+        check(
+            &what("layer_norm"),
+            &x.layer_norm(&tw, &tb, eps).unwrap(),
+            &r::layer_norm(&hx, shape, &hw, Some(&hb), eps as f64),
+            shape,
+            tol,
+        );
+        check(
+            &what("layer_norm_no_bias"),
+            &x.layer_norm_no_bias(&tw, eps).unwrap(),
+            &r::layer_norm(&hx, shape, &hw, None, eps as f64),
+            shape,
+            tol,
+        );
+    }
+}
+
+fn check_cross_entropy(n: usize, c: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    // the ignore index is sometimes a real class, sometimes outside 0..c (as PyTorch's -100)
+    let ignore = match rng.below(3) {
+        0 => None,
+        1 => Some(rng.below(c as u64) as u32),
+        _ => Some(u32::MAX),
+    };
+    let mut targets: Vec<u32> = (0..n).map(|_| rng.below(c as u64) as u32).collect();
+    if let Some(i) = ignore {
+        for t in targets.iter_mut() {
+            if rng.below(3) == 0 {
+                *t = i;
+            }
+        }
+        if targets.iter().all(|&t| Some(t) == ignore) {
+            targets[0] = (0..c as u32).find(|&t| Some(t) != ignore).unwrap_or(0);
+        }
+    }
+    if targets.iter().all(|&t| Some(t) == ignore) {
+        return; // c == 1 and class 0 ignored: nothing to average (refusal is tested elsewhere)
+    }
+    let logits = normal(&mut rng, n * c, 3.0);
+    for dtype in DTYPES {
+        let (x, held) = view_of(&logits, &[n, c], dtype, &mut rng, 2);
+        let want = r::cross_entropy(&held, n, c, &targets, ignore);
+        let got = x
+            .cross_entropy_with_ignore(&ids_tensor(&targets, &[n]), ignore)
+            .unwrap();
+        let tol = Tol::row(dtype, c, max_abs(&held));
+        check(
+            &format!("cross_entropy {dtype} [{n}, {c}] ignore {ignore:?}"),
+            &got,
+            &[want],
+            &[],
+            tol,
+        );
+        if ignore.is_none() {
+            let plain = x.cross_entropy(&ids_tensor(&targets, &[n])).unwrap();
+            check(&format!("cross_entropy {dtype} [{n}, {c}]"), &plain, &[want], &[], tol);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Indexing and shape ops (pure data movement: exact)
+// ---------------------------------------------------------------------------------------
+
+fn check_index_select(shape: &[usize], n_ids: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let d = rng.below(rank as u64) as usize;
+    let ids: Vec<u32> = if shape[d] == 0 {
+        vec![]
+    } else {
+        (0..n_ids).map(|_| rng.below(shape[d] as u64) as u32).collect()
+    };
+    let values = normal(&mut rng, r::numel(shape), 1.0);
+    for dtype in DTYPES {
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, 2);
+        let (want, want_shape) = r::index_select(&held, shape, d, &ids);
+        let got = x
+            .index_select(signed_dim(d, rank, &mut rng), &ids_tensor(&ids, &[ids.len()]))
+            .unwrap();
+        check(
+            &format!("index_select {dtype} {shape:?} dim {d} ids {ids:?}"),
+            &got,
+            &want,
+            &want_shape,
+            EXACT,
+        );
+    }
+}
+
+fn check_embedding(vocab: usize, c: usize, ids_shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let ids: Vec<u32> = (0..r::numel(ids_shape))
+        .map(|_| rng.below(vocab as u64) as u32)
+        .collect();
+    let table = normal(&mut rng, vocab * c, 1.0);
+    for dtype in DTYPES {
+        let (w, held) = view_of(&table, &[vocab, c], dtype, &mut rng, 2);
+        let (want, want_shape) = r::embedding(&ids, ids_shape, &held, vocab, c);
+        let got = ids_tensor(&ids, ids_shape).embedding(&w).unwrap();
+        check(
+            &format!("embedding {dtype} [{vocab}, {c}] ids {ids_shape:?}"),
+            &got,
+            &want,
+            &want_shape,
+            EXACT,
+        );
+    }
+}
+
+fn check_shape_ops(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let values = normal(&mut rng, r::numel(shape), 1.0);
+    for dtype in DTYPES {
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, 2);
+        let what = |op: &str| format!("{op} {dtype} {shape:?}");
+        check(&what("view"), &x, &held, shape, EXACT);
+        check(&what("contiguous"), &x.contiguous().unwrap(), &held, shape, EXACT);
+        let flat = [r::numel(shape)];
+        check(&what("reshape"), &x.reshape(&flat).unwrap(), &held, &flat, EXACT);
+        if rank == 0 {
+            continue;
+        }
+        let (d0, d1) = (rng.below(rank as u64) as usize, rng.below(rank as u64) as usize);
+        let (want, want_shape) = r::transpose(&held, shape, d0, d1);
+        let got = x
+            .transpose(signed_dim(d0, rank, &mut rng), signed_dim(d1, rank, &mut rng))
+            .unwrap();
+        check(
+            &what(&format!("transpose({d0}, {d1})")),
+            &got,
+            &want,
+            &want_shape,
+            EXACT,
+        );
+
+        let mut perm: Vec<usize> = (0..rank).collect();
+        for i in (1..rank).rev() {
+            perm.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let (want, want_shape) = r::permute(&held, shape, &perm);
+        check(
+            &what(&format!("permute({perm:?})")),
+            &x.permute(&perm).unwrap(),
+            &want,
+            &want_shape,
+            EXACT,
+        );
+
+        let d = rng.below(rank as u64) as usize;
+        let start = rng.below(shape[d] as u64 + 1) as usize;
+        let len = rng.below((shape[d] - start) as u64 + 1) as usize;
+        let (want, want_shape) = r::narrow(&held, shape, d, start, len);
+        let got = x.narrow(signed_dim(d, rank, &mut rng), start, len).unwrap();
+        check(
+            &what(&format!("narrow({d}, {start}, {len})")),
+            &got,
+            &want,
+            &want_shape,
+            EXACT,
+        );
+
+        // broadcast_to a shape with an extra leading dim and every size-1 dim widened
+        let target: Vec<usize> = std::iter::once(2)
+            .chain(shape.iter().map(|&s| if s == 1 { 3 } else { s }))
+            .collect();
+        let want = r::broadcast_to(&held, shape, &target);
+        check(
+            &what("broadcast_to"),
+            &x.broadcast_to(&target).unwrap(),
+            &want,
+            &target,
+            EXACT,
+        );
+
+        // cat of 1..=3 views that differ along d (sizes 0..=4)
+        let parts: Vec<(Tensor, Vec<f64>, Vec<usize>)> = (0..1 + rng.below(3))
+            .map(|_| {
+                let mut s = shape.to_vec();
+                s[d] = rng.below(5) as usize;
+                let (t, h) = view_of(&normal(&mut rng, r::numel(&s), 1.0), &s, dtype, &mut rng, 2);
+                (t, h, s)
+            })
+            .collect();
+        let tensors: Vec<Tensor> = std::iter::once(x.clone())
+            .chain(parts.iter().map(|p| p.0.clone()))
+            .collect();
+        let mut refs: Vec<(&[f64], &[usize])> = vec![(&held, shape)];
+        refs.extend(parts.iter().map(|(_, h, s)| (h.as_slice(), s.as_slice())));
+        let (want, want_shape) = r::cat(&refs, d);
+        let got = Tensor::cat(&tensors, signed_dim(d, rank, &mut rng)).unwrap();
+        check(&what(&format!("cat along {d}")), &got, &want, &want_shape, EXACT);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The properties
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn unary_matches_reference(
+        shape in shape(0, 4, true),
+        seed in any::<u64>(),
+        p in select(vec![2.0, 3.0, 0.5, -1.5, 1.7]),
+        mul in select(vec![1.0, -0.5, 3.25]),
+        add in select(vec![0.0, 1.5, -2.0]),
+    ) {
+        check_unary(&shape, seed, p, mul, add);
+    }
+
+    #[test]
+    fn binary_matches_reference(out in shape(0, 4, true), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let a_shape = broadcast_source(&out, &mut rng);
+        let b_shape = if rng.below(4) == 0 { out.clone() } else { broadcast_source(&out, &mut rng) };
+        // either operand may be the larger one
+        let (a_shape, b_shape) = if rng.below(2) == 0 { (a_shape, b_shape) } else { (b_shape, a_shape) };
+        check_binary(&a_shape, &b_shape, seed);
+    }
+
+    #[test]
+    fn where_and_masked_fill_match_reference(out in shape(0, 4, true), seed in any::<u64>()) {
+        check_where(&out, seed);
+    }
+
+    #[test]
+    fn reductions_match_reference(shape in shape(0, 4, true), seed in any::<u64>()) {
+        check_reductions(&shape, seed);
+    }
+
+    #[test]
+    fn matmul_matches_reference((a_shape, b_shape, seed) in matmul_shapes()) {
+        check_matmul(&a_shape, &b_shape, seed, 2);
+    }
+
+    #[test]
+    fn softmax_matches_reference(shape in shape(1, 4, true), seed in any::<u64>()) {
+        check_softmax(&shape, seed);
+    }
+
+    #[test]
+    fn layer_norm_matches_reference(shape in shape(1, 4, true), seed in any::<u64>()) {
+        check_layer_norm(&shape, seed);
+    }
+
+    #[test]
+    fn cross_entropy_matches_reference(n in dim(40, false), c in dim(40, false), seed in any::<u64>()) {
+        check_cross_entropy(n, c, seed);
+    }
+
+    #[test]
+    fn index_select_matches_reference(shape in shape(1, 4, true), n_ids in 0..=9usize, seed in any::<u64>()) {
+        check_index_select(&shape, n_ids, seed);
+    }
+
+    #[test]
+    fn embedding_matches_reference(
+        vocab in dim(40, false),
+        c in dim(40, true),
+        ids_shape in shape(0, 2, true),
+        seed in any::<u64>(),
+    ) {
+        check_embedding(vocab, c, &ids_shape, seed);
+    }
+
+    #[test]
+    fn shape_ops_match_reference(shape in shape(0, 4, true), seed in any::<u64>()) {
+        check_shape_ops(&shape, seed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixed cases: the broadcast from the docs, and the fast paths
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn numpy_broadcast_example() {
+    check_binary(&[5, 1, 3], &[4, 1], 1);
+    check_binary(&[4, 1], &[5, 1, 3], 2);
+    check_binary(&[], &[7, 13], 3);
+}
+
+/// Contiguous inputs well above `PARALLEL_MIN` (32768 elements) take the rayon paths.
+const BIG: [usize; 2] = [300, 131]; // 39300 elements
+
+#[test]
+fn fast_path_unary() {
+    check_unary(&BIG, 11, 1.7, -0.5, 1.5);
+    // a large transposed view: the strided path at a size where it may split rows
+    let mut rng = Rng::new(12);
+    let values = normal(&mut rng, r::numel(&BIG), 2.0);
+    for dtype in DTYPES {
+        let (x, held) = contiguous_of(&values, &BIG, dtype);
+        let xt = x.transpose(0, 1).unwrap();
+        let (want, want_shape) = r::transpose(&r::map(&held, r::gelu), &BIG, 0, 1);
+        check(
+            &format!("gelu of a transposed {dtype} {BIG:?}"),
+            &xt.gelu().unwrap(),
+            &want,
+            &want_shape,
+            Tol::elementwise(dtype, 100.0),
+        );
+    }
+}
+
+#[test]
+fn fast_path_binary() {
+    check_binary(&BIG, &BIG, 21); // contiguous and contiguous
+    check_binary(&BIG, &[131], 22); // a broadcast row
+    check_binary(&[300, 1], &[1, 131], 23); // an outer product of broadcasts
+}
+
+#[test]
+fn fast_path_reductions() {
+    let mut rng = Rng::new(31);
+    let shape = [257, 160]; // 41120 elements
+    let values = normal(&mut rng, r::numel(&shape), 3.0);
+    for dtype in DTYPES {
+        let (x, held) = contiguous_of(&values, &shape, dtype);
+        for dims in [vec![1usize], vec![0], vec![0, 1]] {
+            let api: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
+            let count: usize = dims.iter().map(|&d| shape[d]).product();
+            let abs_sum = max_abs(&r::sum(&r::map(&held, f64::abs), &shape, &dims, true).0);
+            let (want, ws) = r::sum(&held, &shape, &dims, false);
+            let what = format!("sum {dtype} {shape:?} {dims:?}");
+            check(
+                &what,
+                &x.sum(&api, false).unwrap(),
+                &want,
+                &ws,
+                Tol::sum(dtype, count, abs_sum),
+            );
+            let (want, ws) = r::max(&held, &shape, &dims, true);
+            check(
+                &format!("max {dtype} {dims:?}"),
+                &x.max(&api, true).unwrap(),
+                &want,
+                &ws,
+                EXACT,
+            );
+            let (want, ws) = r::min(&held, &shape, &dims, false);
+            check(
+                &format!("min {dtype} {dims:?}"),
+                &x.min(&api, false).unwrap(),
+                &want,
+                &ws,
+                EXACT,
+            );
+        }
+    }
+}
+
+#[test]
+fn fast_path_softmax_layer_norm_cross_entropy() {
+    let mut rng = Rng::new(41);
+    let shape = [64, 600]; // 38400 elements
+    let values = normal(&mut rng, r::numel(&shape), 3.0);
+    for dtype in DTYPES {
+        let (x, held) = contiguous_of(&values, &shape, dtype);
+        for d in [1usize, 0] {
+            let tol = Tol::row(dtype, shape[d], max_abs(&held));
+            check(
+                &format!("softmax {dtype} {shape:?} dim {d}"),
+                &x.softmax(d as isize).unwrap(),
+                &r::softmax(&held, &shape, d),
+                &shape,
+                tol,
+            );
+            check(
+                &format!("log_softmax {dtype} {shape:?} dim {d}"),
+                &x.log_softmax(d as isize).unwrap(),
+                &r::log_softmax(&held, &shape, d),
+                &shape,
+                tol,
+            );
+        }
+    }
+    check_layer_norm(&[300, 128], 42);
+    check_layer_norm(&[3, 100, 128], 43);
+    check_cross_entropy(512, 100, 44);
+}
+
+#[test]
+fn fast_path_matmul() {
+    // above the GEMM's blocking in every dim, contiguous then with transposed operands
+    let (m, k, n) = (130, 257, 71);
+    check_matmul(&[m, k], &[k, n], 51, 0);
+    let mut rng = Rng::new(52);
+    let a = normal(&mut rng, m * k, 1.0);
+    let b = normal(&mut rng, k * n, 1.0);
+    for dtype in DTYPES {
+        let (ta, ha) = contiguous_of(&a, &[k, m], dtype); // stored as aᵀ
+        let (tb, hb) = contiguous_of(&b, &[n, k], dtype); // stored as bᵀ
+        let (at, bt) = (ta.transpose(0, 1).unwrap(), tb.transpose(0, 1).unwrap());
+        let (ra, _) = r::transpose(&ha, &[k, m], 0, 1);
+        let (rb, _) = r::transpose(&hb, &[n, k], 0, 1);
+        let abs_dot = r::matmul(&r::map(&ra, f64::abs), &[m, k], &r::map(&rb, f64::abs), &[k, n]).0;
+        let tol = Tol::dot(dtype, k, max_abs(&abs_dot));
+        for (name, lhs, rhs, lr, rr) in [
+            ("aᵀ·b", &at, &contiguous_of(&rb, &[k, n], dtype).0, &ra, &rb),
+            ("a·bᵀ", &contiguous_of(&ra, &[m, k], dtype).0, &bt, &ra, &rb),
+            ("aᵀ·bᵀ", &at, &bt, &ra, &rb),
+        ] {
+            let (want, ws) = r::matmul(lr, &[m, k], rr, &[k, n]);
+            check(
+                &format!("matmul {dtype} {name} {m}x{k}x{n}"),
+                &lhs.matmul(rhs).unwrap(),
+                &want,
+                &ws,
+                tol,
+            );
+        }
+    }
+    // batched with broadcast batch dims: many small products (one per thread) ...
+    check_matmul(&[2, 1, 40, 70], &[3, 70, 33], 53, 1);
+    // ... and few large ones (the GEMM threads itself)
+    check_matmul(&[2, 1, 130, 70], &[3, 70, 71], 54, 1);
+    check_matmul(&[130, 257], &[2, 257, 71], 55, 1);
+}
