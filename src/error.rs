@@ -80,7 +80,7 @@ impl Error {
     pub(crate) fn dtype_mismatch(op: &'static str, lhs: DType, rhs: DType) -> Self {
         Error::DType {
             op,
-            msg: format!("operands have different dtypes {lhs:?} and {rhs:?}; convert one with to_dtype"),
+            msg: format!("operands have different dtypes {lhs} and {rhs}; convert one with to_dtype"),
         }
     }
 

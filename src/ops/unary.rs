@@ -84,6 +84,8 @@ impl UnaryOp {
                 }
             }
             UnaryOp::Recip => x.recip(),
+            // squaring is common (tanh', variance): one multiply, not a libm call
+            UnaryOp::Powf(p) if p == 2.0 => x * x,
             UnaryOp::Powf(p) => x.powf(c(p)),
             UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
         }

@@ -29,7 +29,7 @@ pub fn layer_norm_forward(
         eps: f64,
     ) -> (CpuStorage, RowStats) {
         let (x, w, b) = (typed::<T>(x), typed::<T>(w), b.map(typed::<T>));
-        let rows = if c == 0 { 0 } else { x.len() / c };
+        let rows = x.len().checked_div(c).unwrap_or(0);
         let mut y = vec![T::from_f64(0.0); x.len()];
         let mut stats = vec![(0.0, 0.0); rows];
         if c > 0 {
