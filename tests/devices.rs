@@ -455,6 +455,18 @@ fn mixing_devices_is_an_error() {
 }
 
 #[test]
+fn cuda_is_seen_where_required() {
+    // scripts/gpu-check.sh sets KILN_REQUIRE_CUDA=1: there, a run on Cpu and Emu only is a failure
+    if std::env::var("KILN_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+        let why = Tensor::zeros(&[1], DType::F32, &Device::Cuda(0)).err();
+        assert!(
+            kiln::backend::cuda::gpu_count() > 0,
+            "KILN_REQUIRE_CUDA=1 but no GPU is usable: {why:?}"
+        );
+    }
+}
+
+#[test]
 fn cuda_without_a_gpu_is_an_error_not_a_panic() {
     if kiln::backend::cuda::gpu_count() > 0 {
         eprintln!("this machine has a GPU: checking an ordinal past the last one instead");

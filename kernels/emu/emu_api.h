@@ -29,8 +29,10 @@ typedef struct {
  * EMU_KERNEL(name) in emu.h generates one (named emu_thunk_<name>) per kernel. */
 typedef void (*emu_thunk)(void **args);
 
-/* Registers a kernel under its CUDA name. Returns 0, or -1 if the name is already taken or invalid.
- * EMU_KERNEL(name) calls this from a static initializer. */
+/* Registers a kernel under its CUDA name. Returns 0 (also when this same thunk is already registered
+ * under that name), or -1 if the name is invalid or taken by another thunk. EMU_KERNEL(name) calls this
+ * from a static initializer; a host that links the kernels from a static archive without
+ * --whole-archive can call it itself with the emu_thunk_<name> symbols instead. */
 int emu_register(const char *name, emu_thunk thunk);
 
 /* Runs `name` over the grid, like cuLaunchKernel followed by a synchronize. Returns 0 on success;
@@ -56,8 +58,8 @@ int emu_func_set_max_dynamic_smem(const char *name, size_t bytes);
  * placed so that its last byte is followed directly by an inaccessible guard page (a page before it is
  * inaccessible too): a kernel reading or writing past the end faults and the launch fails with a
  * message such as "out of bounds read at byte offset 4100 of a 4096-byte buffer (4 bytes past its end)".
- * The start is aligned to the largest power of two (up to 256) that divides `bytes`, so the end can abut
- * the guard page exactly. Returns NULL when the system is out of memory. */
+ * The start is aligned to the largest power of two dividing `bytes` (a page at most), not to cudaMalloc's
+ * 256 bytes, so that the end can abut the guard page exactly. Returns NULL when out of memory. */
 void *emu_malloc(size_t bytes);
 /* Frees a buffer from emu_malloc (NULL is allowed). Freed memory stays inaccessible for a while, so
  * a use after free faults too. Returns 0, or -1 if ptr is not a live emu_malloc buffer. */

@@ -4,7 +4,9 @@
 // == Blocks and fibers ==
 // A launch's blocks are handed out one at a time (an atomic counter) to a few OS threads: the launching
 // thread itself plus helper threads (emu_num_workers() in all). An OS thread runs one block at a time,
-// start to finish, so a block's `static thread_local` __shared__ variables are private to it.
+// start to finish, so a block's `static thread_local` __shared__ variables are private to it. A block
+// never moves to another OS thread halfway either: compiled kernel code may keep the address of a
+// thread_local (a __shared__ array, threadIdx) in a register across a switch.
 //
 // Within a block every CUDA thread is a fiber, and one fiber runs at a time. A fiber is a stack
 // (256 KiB, a guard page below it, allocated once per OS thread and reused for every block) plus a
@@ -47,11 +49,12 @@
 //
 // == Faults ==
 // A kernel's out-of-bounds access hits a guard page (emu_memory.cpp, dynamic shared memory, fiber
-// stacks) and raises SIGSEGV. The handler, on an alternate signal stack, checks whether this OS thread
-// is running a kernel; if so it records the address and siglongjmps to run_blocks() on the same OS
-// thread, abandoning the launch there; the address is then described relative to the known buffers.
-// Other faults go to the handler that was installed before ours (Rust's stack-overflow handler, the
-// sanitizer's, or the default action).
+// stacks) and raises SIGSEGV; an integer division by zero raises SIGFPE. The handler, on an alternate
+// signal stack, checks whether this OS thread is running a kernel; if so it records what happened and
+// siglongjmps to run_blocks() on the same OS thread, abandoning the block's fibers where they stand
+// (like every error, the launch fails and later launches are unaffected); the address is then
+// described relative to the known buffers. Faults outside kernels go to the handler that was
+// installed before ours (Rust's stack-overflow handler, the sanitizer's, or the default action).
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -92,6 +95,7 @@ namespace {
 
 constexpr unsigned kMaxThreads = EMU_MAX_THREADS_PER_BLOCK;
 constexpr unsigned kMaxWarps = kMaxThreads / 32;
+static_assert((kMaxThreads & (kMaxThreads - 1)) == 0, "the run queue ring needs a power-of-two size");
 constexpr size_t kFiberStackBytes = 256 * 1024;
 constexpr size_t kAltStackBytes = 64 * 1024;
 
@@ -118,6 +122,8 @@ struct Ctx {
 // the SysV ABI says survives a call) on the current stack, stores the stack pointer in *save, loads
 // `load` as the stack pointer and pops the same state from there. It returns into whatever code last
 // called emu_ctx_switch on that stack, or, for a fresh stack prepared by ctx_init, into the trampoline.
+// Loading MXCSR and the x87 control word is slow (it costs more than all the rest), and they almost
+// never differ between fibers, so they are only loaded when the saved values differ from the current.
 //
 // emu_ctx_trampoline: the first code a fresh fiber runs; ctx_init left the function in r12 and its
 // argument in r13. `.cfi_undefined rip` marks the outermost frame, so debuggers' backtraces stop here.
@@ -139,10 +145,15 @@ emu_ctx_switch:
     subq $8, %rsp
     stmxcsr (%rsp)
     fnstcw 4(%rsp)
+    movl (%rsp), %eax
+    movzwl 4(%rsp), %ecx
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
+    cmpl (%rsp), %eax
+    jne 2f
+    cmpw 4(%rsp), %cx
+    jne 2f
+1:
     addq $8, %rsp
     popq %r15
     popq %r14
@@ -151,6 +162,10 @@ emu_ctx_switch:
     popq %rbx
     popq %rbp
     ret
+2:
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    jmp 1b
     .size emu_ctx_switch, .-emu_ctx_switch
 
     .p2align 4
@@ -226,7 +241,7 @@ inline void ctx_switch(Ctx &from, Ctx &to, bool from_done) {
 struct KernelInfo {
     std::string name;
     emu_thunk thunk;
-    size_t max_dyn_smem;
+    std::atomic<size_t> max_dyn_smem; // set by emu_func_set_max_dynamic_smem while others may launch
 };
 
 struct KernelRegistry {
@@ -251,7 +266,7 @@ const KernelInfo *find_kernel(const char *name) {
 
 struct Fiber {
     Ctx ctx;
-    void *map;       // the mapping: one guard page, then the stack
+    void *map;       // the mapping: one guard page, then kFiberStackBytes of stack
     unsigned thread; // linear id of the CUDA thread it holds while that thread waits
 };
 
@@ -310,6 +325,7 @@ struct BlockState {
     Fiber *runq[kMaxThreads];  // each thread is queued at most once, so kMaxThreads slots suffice
     bool failed;
     std::string error;
+    std::string list; // scratch for lane_list / thread_list
     Ctx sched; // the OS thread's own stack, where run_block waits for the block to finish or stick
     ThreadState thr[kMaxThreads];
     WarpState warps[kMaxWarps];
@@ -383,14 +399,27 @@ WorkerState::WorkerState() {
     }
 }
 
+// Fiber stacks of OS threads that have exited, for the next thread to adopt: a Rust test harness runs
+// each test on a new thread, and mapping hundreds of stacks for each would cost more than the test.
+struct FiberBank {
+    std::mutex mu;
+    std::vector<Fiber *> spare;
+};
+
+FiberBank &fiber_bank() {
+    static FiberBank *bank = new FiberBank; // never destroyed: threads may exit during process exit
+    return *bank;
+}
+
 WorkerState::~WorkerState() {
+    FiberBank &bank = fiber_bank();
+    std::lock_guard<std::mutex> lock(bank.mu);
     for (Fiber *f : fibers) {
 #if EMU_ASAN
-        // The address range may next hold an emu_malloc buffer: leave no stack poison behind.
+        // Stale redzones of frames that never returned must not follow the stack to its next owner.
         __asan_unpoison_memory_region(f->ctx.stack_lo, f->ctx.stack_size);
 #endif
-        munmap(f->map, kFiberStackBytes + page_size());
-        delete f;
+        bank.spare.push_back(f);
     }
     munmap(smem_map, smem_map_len);
     if (altstack) {
@@ -419,17 +448,28 @@ WorkerState &current_worker() {
     return *ws;
 }
 
-// A new stack for the pool: a guard page (an overflow faults instead of running into other memory)
-// and kFiberStackBytes above it.
+// Another stack for this OS thread's pool: one left by an exited thread, or a new mapping with a guard
+// page (an overflow faults instead of running into other memory) and kFiberStackBytes above it.
 Fiber *new_fiber(WorkerState &ws) {
-    const size_t ps = page_size();
-    void *m = mmap(nullptr, kFiberStackBytes + ps, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (m == MAP_FAILED) return nullptr;
-    mprotect(m, ps, PROT_NONE);
-    Fiber *f = new Fiber{};
-    f->map = m;
-    f->ctx.stack_lo = static_cast<char *>(m) + ps;
+    Fiber *f = nullptr;
+    {
+        FiberBank &bank = fiber_bank();
+        std::lock_guard<std::mutex> lock(bank.mu);
+        if (!bank.spare.empty()) {
+            f = bank.spare.back();
+            bank.spare.pop_back();
+        }
+    }
+    if (!f) {
+        const size_t ps = page_size();
+        void *m = mmap(nullptr, kFiberStackBytes + ps, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+        if (m == MAP_FAILED) return nullptr;
+        mprotect(m, ps, PROT_NONE);
+        f = new Fiber{};
+        f->map = m;
+        f->ctx.stack_lo = static_cast<char *>(m) + ps;
+    }
     // Stagger the stack tops by a few cache lines: otherwise the busy top frames of hundreds of fibers
     // would all sit at the same page offset and fight over the same few L1 cache sets.
     const size_t color = (ws.fibers.size() % 32) * 128;
@@ -471,7 +511,7 @@ std::string format(const char *fmt, ...) {
     return s;
 }
 
-// "lane 3", "lanes 0..15, 20" — ids are the set bits of `bits`, or the ids for which pred holds.
+// "thread 3", "threads 0..15, 20": the ids below `count` for which pred holds, as ranges (at most 8).
 template <typename Pred>
 std::string id_list(const char *noun, unsigned count, Pred pred) {
     std::string out;
@@ -482,7 +522,7 @@ std::string id_list(const char *noun, unsigned count, Pred pred) {
         while (j + 1 < count && pred(j + 1)) ++j;
         if (runs == 8) {
             out += ", ...";
-            listed += 2;
+            listed += 2; // (only for the plural below)
             break;
         }
         out += (runs ? ", " : "") + (i == j ? std::to_string(i) : std::to_string(i) + ".." + std::to_string(j));
@@ -493,12 +533,16 @@ std::string id_list(const char *noun, unsigned count, Pred pred) {
     return std::string(noun) + (listed == 1 ? " " : "s ") + out;
 }
 
-std::string lane_list(uint32_t bits) {
-    return id_list("lane", 32, [bits](unsigned i) { return (bits >> i) & 1u; });
+// These two are for messages passed to fail(), which never returns: a std::string temporary in its
+// arguments would never be destroyed, so they return a buffer owned by the block state instead.
+const char *lane_list(BlockState &b, uint32_t bits) {
+    b.list = id_list("lane", 32, [bits](unsigned i) { return (bits >> i) & 1u; });
+    return b.list.c_str();
 }
 
-std::string thread_list(const BlockState &b, TState s) {
-    return id_list("thread", b.n, [&b, s](unsigned i) { return i < b.next_start && b.thr[i].state == s; });
+const char *thread_list(BlockState &b, TState s) {
+    b.list = id_list("thread", b.n, [&b, s](unsigned i) { return i < b.next_start && b.thr[i].state == s; });
+    return b.list.c_str();
 }
 
 // Names the kernel, the block and the running thread.
@@ -608,7 +652,6 @@ void suspend(WorkerState &ws, TState why, const char *file, int line) {
     ws.fiber->thread = t;
     switch_away(ws, false);
 }
-
 
 // Computes the results of a complete warp collective for the participating lanes `group`, and wakes
 // them all but `self_lane`: the lane that completed it, calling from file:line, or -1 when an exit
@@ -738,19 +781,17 @@ void exited_while_others_wait(WorkerState &ws, unsigned t) {
     WarpState &w = b.warps[warp];
     if (b.bar_count)
         fail(ws, nullptr, 0, "exited while %s wait at %s (%s:%d), which can therefore never complete",
-             thread_list(b, TState::AtBarrier).c_str(), barrier_name(b.bar_kind), b.bar_file, b.bar_line);
+             thread_list(b, TState::AtBarrier), barrier_name(b.bar_kind), b.bar_file, b.bar_line);
     for (uint32_t m = w.in_coll; m; m &= m - 1) {
         const unsigned j = __builtin_ctz(m);
-        if (!(w.mask[j] & bit)) continue;
+        if (!((w.in_coll >> j) & 1u) || !(w.mask[j] & bit)) continue; // (completed by this loop already)
         const ThreadState &o = b.thr[warp * 32 + j];
         if (is_shuffle(w.kind[j]))
             fail(ws, nullptr, 0, "exited while lane %u of warp %u waits in %s(mask 0x%08x) at %s:%d, whose mask names it",
                  j, warp, collective_name(w.kind[j]), w.mask[j], o.file, o.line);
         // Votes and __syncwarp wait only for lanes that have not exited, so this exit may complete one.
-        // Lanes whose masks include this lane all share one mask, so there is one such collective.
         const uint32_t need = w.mask[j] & w.exists & ~w.exited;
         if ((w.in_coll & need) == need) complete_collective(ws, warp, need, w.kind[j], -1, nullptr, 0);
-        break;
     }
 }
 
@@ -822,16 +863,17 @@ void diagnose_deadlock(BlockState &b) {
         };
         std::string desc;
         switch (s.state) {
-        case TState::Exited: desc = "have exited"; break;
-        case TState::AtBarrier: desc = format("wait at %s at %s:%d", barrier_name(b.bar_kind), s.file, s.line); break;
+        case TState::Exited: desc = "exited"; break;
+        case TState::AtBarrier: desc = format("waiting at %s at %s:%d", barrier_name(b.bar_kind), s.file, s.line); break;
         case TState::InCollective:
-            desc = format("wait in %s(mask 0x%08x) at %s:%d", collective_name(w.kind[t & 31]), w.mask[t & 31], s.file, s.line);
+            desc = format("waiting in %s(mask 0x%08x) at %s:%d", collective_name(w.kind[t & 31]), w.mask[t & 31], s.file,
+                          s.line);
             break;
-        case TState::InActiveMask: desc = format("wait in __activemask() at %s:%d", s.file, s.line); break;
-        case TState::Running: desc = "are runnable"; break;
+        case TState::InActiveMask: desc = format("waiting in __activemask() at %s:%d", s.file, s.line); break;
+        case TState::Running: desc = "runnable"; break;
         }
         what += (what.empty() ? "" : "; ") +
-                id_list("thread", b.n, [&](unsigned u) { return u >= t && !done[u] && same(u); }) + " " + desc;
+                id_list("thread", b.n, [&](unsigned u) { return u >= t && !done[u] && same(u); }) + ": " + desc;
         for (unsigned u = t; u < b.n; ++u)
             if (!done[u] && same(u)) done[u] = true;
     }
@@ -929,7 +971,13 @@ std::string describe_fault(WorkerState &ws) {
     const char *access = ws.fault_write < 0 ? "access" : (ws.fault_write ? "write" : "read");
     std::string what;
     const uintptr_t guard = reinterpret_cast<uintptr_t>(ws.smem_guard);
-    if (ws.fault_sig == SIGSEGV && ws.fault_code == SI_KERNEL) {
+    if (ws.fault_sig == SIGFPE) {
+        what = ws.fault_code == FPE_INTDIV ? "integer division by zero (or INT_MIN / -1), which traps on the CPU "
+                                             "and gives an undefined result on the GPU"
+                                           : "arithmetic exception";
+    } else if (ws.fault_sig == SIGILL) {
+        what = "illegal instruction (a __builtin_trap() or __builtin_unreachable() was reached)";
+    } else if (ws.fault_sig == SIGSEGV && ws.fault_code == SI_KERNEL) {
         what = "general protection fault (no address reported), typically a misaligned 16-byte vector access "
                "(float4, int4, ...) or a corrupt pointer";
     } else if (a >= guard && a < guard + ps) {
@@ -994,7 +1042,9 @@ void run_blocks(Launch &L) {
 // ---------------------------------------------------------------------------------------------------
 // Fault handling.
 
-struct sigaction g_prev_segv, g_prev_bus;
+// The signals a kernel's bug can raise, and the handlers that were installed before ours.
+constexpr int kFaultSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+struct sigaction g_prev_action[sizeof kFaultSignals / sizeof kFaultSignals[0]];
 
 void on_fault(int sig, siginfo_t *si, void *uctx) {
     WorkerState *ws = tl_ws;
@@ -1003,9 +1053,11 @@ void on_fault(int sig, siginfo_t *si, void *uctx) {
         ws->fault_sig = sig;
         ws->fault_code = si->si_code;
         ws->fault_addr = reinterpret_cast<uintptr_t>(si->si_addr);
+        ws->fault_write = -1;
 #if defined(__x86_64__)
         // Bit 1 of the page-fault error code says whether the access was a write.
-        ws->fault_write = (static_cast<ucontext_t *>(uctx)->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;
+        if (sig == SIGSEGV && si->si_code != SI_KERNEL)
+            ws->fault_write = (static_cast<ucontext_t *>(uctx)->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;
 #endif
 #if EMU_ASAN
         __sanitizer_start_switch_fiber(nullptr, ws->block.sched.stack_lo, ws->block.sched.stack_size);
@@ -1013,7 +1065,9 @@ void on_fault(int sig, siginfo_t *si, void *uctx) {
         siglongjmp(ws->jb, 1);
     }
     // Not ours: hand it to whoever handled it before.
-    struct sigaction &prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+    size_t i = 0;
+    while (kFaultSignals[i] != sig) ++i;
+    struct sigaction &prev = g_prev_action[i];
     if (prev.sa_flags & SA_SIGINFO) {
         prev.sa_sigaction(sig, si, uctx);
     } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
@@ -1031,8 +1085,8 @@ void install_fault_handlers() {
     // siglongjmp without restoring the signal mask (sigsetjmp(jb, 0) avoids a system call per launch),
     // so the signal must not be blocked while it runs, or the next fault would kill the process.
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
-    sigaction(SIGSEGV, &sa, &g_prev_segv);
-    sigaction(SIGBUS, &sa, &g_prev_bus);
+    for (size_t i = 0; i < sizeof kFaultSignals / sizeof kFaultSignals[0]; ++i)
+        sigaction(kFaultSignals[i], &sa, &g_prev_action[i]);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1096,7 +1150,7 @@ int block_barrier(Barrier kind, int predicate, const char *file, int line) {
     const unsigned t = ws.cur;
     if (b.exited)
         fail(ws, file, line, "reached %s, but %s already exited; every thread of a block must reach each barrier",
-             barrier_name(kind), thread_list(b, TState::Exited).c_str());
+             barrier_name(kind), thread_list(b, TState::Exited));
     if (b.bar_count == 0) {
         b.bar_kind = kind;
         b.bar_file = file;
@@ -1104,7 +1158,7 @@ int block_barrier(Barrier kind, int predicate, const char *file, int line) {
         b.bar_acc = 0;
     } else if (kind != b.bar_kind || !same_site(file, line, b.bar_file, b.bar_line)) {
         fail(ws, file, line, "reached %s while %s wait at %s at %s:%d; every thread of a block must reach the same barrier",
-             barrier_name(kind), thread_list(b, TState::AtBarrier).c_str(), barrier_name(b.bar_kind), b.bar_file,
+             barrier_name(kind), thread_list(b, TState::AtBarrier), barrier_name(b.bar_kind), b.bar_file,
              b.bar_line);
     }
     b.bar_acc += predicate != 0;
@@ -1144,10 +1198,10 @@ unsigned long long warp_collective(Collective kind, unsigned mask, unsigned long
             fail(ws, file, line, "%s: width %d is not a power of two between 1 and 32", name, width);
         if (mask & ~w.exists)
             fail(ws, file, line, "%s(mask 0x%08x) names %s of warp %u, which do not exist (the block has %u threads)",
-                 name, mask, lane_list(mask & ~w.exists).c_str(), warp, b.n);
+                 name, mask, lane_list(b, mask & ~w.exists), warp, b.n);
         if (mask & w.exited)
             fail(ws, file, line, "%s(mask 0x%08x) names %s of warp %u, which have exited", name, mask,
-                 lane_list(mask & w.exited).c_str(), warp);
+                 lane_list(b, mask & w.exited), warp);
     }
     // Lanes already waiting whose collective involves this lane, or is named by its mask, must be in
     // the very same collective. When all waiting lanes are in one collective and it is this one, that
@@ -1207,12 +1261,12 @@ extern "C" int emu_register(const char *name, emu_thunk thunk) {
     KernelRegistry &r = kernel_registry();
     std::lock_guard<std::mutex> lock(r.mu);
     auto inserted = r.by_name.emplace(name, std::unique_ptr<KernelInfo>(
-                                                new KernelInfo{name, thunk, EMU_DEFAULT_DYNAMIC_SMEM_BYTES}));
-    if (!inserted.second) {
-        fprintf(stderr, "emu: kernel '%s' is registered twice; keeping the first\n", name);
+                                                new KernelInfo{name, thunk, {EMU_DEFAULT_DYNAMIC_SMEM_BYTES}}));
+    if (!inserted.second && inserted.first->second->thunk != thunk) {
+        fprintf(stderr, "emu: two different kernels are registered as '%s'; keeping the first\n", name);
         return -1;
     }
-    return 0;
+    return 0; // registering the same thunk again is harmless (static init and the host may both do it)
 }
 
 extern "C" int emu_func_set_max_dynamic_smem(const char *name, size_t bytes) {
@@ -1229,6 +1283,8 @@ extern "C" unsigned emu_num_workers(void) { return pool().workers; }
 extern "C" int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_t dyn_smem_bytes, void **args, char *err,
                           size_t err_len) {
     Pool &p = pool();
+    if (tl_ws && tl_ws->in_kernel)
+        return launch_error(err, err_len, "emu_launch called from inside a kernel (dynamic parallelism is not emulated)");
     const KernelInfo *k = find_kernel(name ? name : "");
     if (!k) return launch_error(err, err_len, format("no kernel named '%s' is registered with the emulator", name ? name : "(null)"));
     const std::string shape = format("kernel '%s': launch with grid (%u,%u,%u) and block (%u,%u,%u)", k->name.c_str(),
@@ -1242,10 +1298,11 @@ extern "C" int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_
                                                          static_cast<unsigned long long>(threads)));
     if (grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
         return launch_error(err, err_len, shape + ": the grid limits are 2^31-1 x 65535 x 65535 blocks");
-    if (dyn_smem_bytes > k->max_dyn_smem)
+    const size_t max_dyn = k->max_dyn_smem.load(std::memory_order_relaxed);
+    if (dyn_smem_bytes > max_dyn)
         return launch_error(err, err_len,
                             shape + format(" asks for %zu bytes of dynamic shared memory, over the kernel's limit of %zu%s",
-                                           dyn_smem_bytes, k->max_dyn_smem,
+                                           dyn_smem_bytes, max_dyn,
                                            dyn_smem_bytes <= EMU_MAX_DYNAMIC_SMEM_BYTES
                                                ? " (raise it with cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES), "
                                                  "emu_func_set_max_dynamic_smem here)"

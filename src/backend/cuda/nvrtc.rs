@@ -206,33 +206,23 @@ fn check(rc: cudarc::nvrtc::sys::nvrtcResult, file: &str, what: &str) -> Result<
 unsafe fn read_output(prog: cudarc::nvrtc::sys::nvrtcProgram, file: &str) -> Result<Compiled, String> {
     use cudarc::nvrtc::sys;
     let mut size = 0usize;
-    // SAFETY (all calls below): `prog` is valid per this function's contract; each buffer is
-    // allocated with the size NVRTC reported for it.
-    check(
-        unsafe { sys::nvrtcGetPTXSize(prog, &mut size) },
-        file,
-        "nvrtcGetPTXSize",
-    )?;
+    // SAFETY: `prog` is valid per this function's contract; `size` is writable.
+    let rc = unsafe { sys::nvrtcGetPTXSize(prog, &mut size) };
+    check(rc, file, "nvrtcGetPTXSize")?;
     let mut ptx = vec![0u8; size];
-    check(
-        unsafe { sys::nvrtcGetPTX(prog, ptx.as_mut_ptr().cast()) },
-        file,
-        "nvrtcGetPTX",
-    )?;
+    // SAFETY: as above; `ptx` has the `size` bytes NVRTC reported.
+    let rc = unsafe { sys::nvrtcGetPTX(prog, ptx.as_mut_ptr().cast()) };
+    check(rc, file, "nvrtcGetPTX")?;
     while ptx.last() == Some(&0) {
         ptx.pop(); // the terminating NUL
     }
-    check(
-        unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) },
-        file,
-        "nvrtcGetCUBINSize",
-    )?;
+    // SAFETY: as above.
+    let rc = unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) };
+    check(rc, file, "nvrtcGetCUBINSize")?;
     let mut cubin = vec![0u8; size];
-    check(
-        unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()) },
-        file,
-        "nvrtcGetCUBIN",
-    )?;
+    // SAFETY: as above; `cubin` has the `size` bytes NVRTC reported.
+    let rc = unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()) };
+    check(rc, file, "nvrtcGetCUBIN")?;
     Ok(Compiled { ptx, cubin })
 }
 
