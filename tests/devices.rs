@@ -161,7 +161,7 @@ fn shapes_or_empty() -> impl Strategy<Value = Vec<usize>> {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 24,
+        cases: 128,
         failure_persistence: None,
         ..ProptestConfig::default()
     }
