@@ -55,16 +55,17 @@ impl CausalSelfAttention {
             .forward(x)?
             .reshape(&[b, t, 3, nh, hs])?
             .permute(&[2, 0, 3, 1, 4])?;
-        // q, k, v are each (1, B, nh, T, hs): the leading 1 is the split, kept to stay a view
-        let q = qkv.narrow(0, 0, 1)?;
+        // q, k, v are each (1, B, nh, T, hs): the leading 1 is the split, kept to stay a view;
+        // q is scaled by 1/√hs here, on T·hs elements per head rather than T·Tk scores
+        let q = qkv.narrow(0, 0, 1)?.mul_scalar(1.0 / (hs as f64).sqrt())?;
         let (mut k, mut v) = (qkv.narrow(0, 1, 1)?, qkv.narrow(0, 2, 1)?);
         let start = cache.as_ref().map_or(0, |c| c.len());
         if let Some(cache) = cache {
             (k, v) = cache.append(k, v)?; // (1, B, nh, Tk, hs) with Tk = start + T
         }
         let tk = k.shape()[3];
-        // att is (1, B, nh, T, Tk): every query against every key, scaled by 1/√hs
-        let att = q.matmul(&k.transpose(-2, -1)?)?.mul_scalar(1.0 / (hs as f64).sqrt())?;
+        // att is (1, B, nh, T, Tk): every (scaled) query against every key
+        let att = q.matmul(&k.transpose(-2, -1)?)?;
         let att = att.masked_fill(&causal_mask(t, tk, start, x.device())?, f64::NEG_INFINITY)?;
         let att = dropout(att.softmax(-1)?, self.dropout, rng.as_deref_mut())?;
         // y is (1, B, nh, T, hs) -> (B, T, 1, nh, hs) -> (B, T, C): heads side by side again

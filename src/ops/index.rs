@@ -78,9 +78,19 @@ impl Tensor {
         Ok(out.record(OP, &[self, on_true, on_false], |g, inputs, _| {
             let (cond, t, f) = (&inputs[0], &inputs[1], &inputs[2]);
             let zero = Tensor::zeros(&[], g.dtype(), g.device())?;
-            let gt = cond.where_cond(g, &zero)?.sum_to_shape(t.shape())?;
-            let gf = cond.where_cond(&zero, g)?.sum_to_shape(f.shape())?;
-            Ok(vec![None, Some(gt), Some(gf)])
+            // a constant branch (masked_fill's fill value) gets no gradient: skip its full-size pass
+            let grad = |on_true: bool, x: &Tensor| -> Result<Option<Tensor>> {
+                if !x.tracks_grad() {
+                    return Ok(None);
+                }
+                let routed = if on_true {
+                    cond.where_cond(g, &zero)?
+                } else {
+                    cond.where_cond(&zero, g)?
+                };
+                Ok(Some(routed.sum_to_shape(x.shape())?))
+            };
+            Ok(vec![None, grad(true, t)?, grad(false, f)?])
         }))
     }
 

@@ -9,6 +9,7 @@
 use super::checked_grad;
 use crate::{DType, Error, Gradients, Result, Tensor};
 use num_traits::Float;
+use rayon::prelude::*;
 
 /// First and second moments of one parameter, in its own precision.
 #[derive(Clone, Debug)]
@@ -126,9 +127,10 @@ impl AdamW {
             bc2_sqrt,
             eps: self.eps,
         };
-        for slot in &mut self.slots {
+        // parameters are independent: update them in parallel
+        self.slots.par_iter_mut().try_for_each(|slot| -> Result<()> {
             let Some(g) = checked_grad("AdamW", &slot.name, &slot.param, grads)? else {
-                continue;
+                return Ok(());
             };
             let p = &slot.param;
             let new = match &mut slot.moments {
@@ -143,9 +145,8 @@ impl AdamW {
                     Tensor::from_vec(data, p.shape(), p.device())?
                 }
             };
-            p.assign(&new)?;
-        }
-        Ok(())
+            p.assign(&new)
+        })
     }
 
     /// The optimizer state as named tensors, for checkpoints: `{name}.exp_avg`,

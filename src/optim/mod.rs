@@ -11,6 +11,7 @@ pub use adamw::AdamW;
 pub use sgd::Sgd;
 
 use crate::{Error, Gradients, Result, Tensor};
+use rayon::prelude::*;
 
 /// Scales the gradients of `params` so that their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, applied only
@@ -24,12 +25,16 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], grads: &mut Gradients, max_no
         ));
     }
     let _no_grad = crate::no_grad();
-    let mut sum_sq = 0.0f64;
-    for (_, p) in params {
-        if let Some(g) = grads.get(p) {
-            sum_sq += g.to_vec::<f64>()?.iter().map(|x| x * x).sum::<f64>();
-        }
-    }
+    let squares = params
+        .par_iter()
+        .map(|(_, p)| match grads.get(p) {
+            // f64 accumulation of the f32 squares: the norm of many small terms stays exact
+            Some(g) if g.dtype() == crate::DType::F64 => Ok(g.to_vec::<f64>()?.iter().map(|x| x * x).sum()),
+            Some(g) => Ok(g.to_vec::<f32>()?.iter().map(|&x| (x as f64) * (x as f64)).sum()),
+            None => Ok(0.0),
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let sum_sq: f64 = squares.iter().sum();
     let norm = sum_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
