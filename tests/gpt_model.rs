@@ -204,6 +204,17 @@ fn dropout_only_in_training_and_seeded() {
     assert_eq!(train(7), train(7), "same seed, same masks");
     assert_ne!(train(7), train(8));
     assert_ne!(train(7), eval1);
+    // switching dropout off makes training mode evaluation mode
+    let mut off = gpt.clone();
+    off.set_dropout(0.0).unwrap();
+    assert_eq!(off.config().dropout, 0.0);
+    let off_train = off
+        .loss_train(&x, &y, &mut Rng::new(7))
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(off_train, eval1);
+    assert!(off.set_dropout(1.5).is_err());
     // no dropout configured: training mode is evaluation mode
     let plain = model(small(true), 3);
     let logits = plain.forward(&x).unwrap();

@@ -137,7 +137,8 @@ impl Block {
     }
 }
 
-/// A GPT-2 language model. The LM head is tied to the token embedding `wte`.
+/// A GPT-2 language model. The LM head is tied to the token embedding `wte`. Cloning is
+/// cheap and the clone shares the parameters (updates through one are seen by the other).
 #[derive(Clone, Debug)]
 pub struct Gpt {
     cfg: GptConfig,
@@ -181,6 +182,22 @@ impl Gpt {
 
     pub fn config(&self) -> &GptConfig {
         &self.cfg
+    }
+
+    /// Changes the dropout probability used by `forward_train` (e.g. 0 to fine-tune a model
+    /// whose config says 0.1).
+    pub fn set_dropout(&mut self, p: f64) -> Result<()> {
+        GptConfig {
+            dropout: p,
+            ..self.cfg.clone()
+        }
+        .validate()?;
+        self.cfg.dropout = p;
+        for block in &mut self.h {
+            block.attn.dropout = p;
+            block.mlp.dropout = p;
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> &Device {
