@@ -48,6 +48,7 @@ impl BinaryOp {
     }
 
     /// The arithmetic ops. NaN propagates through maximum/minimum, as in PyTorch.
+    #[inline(always)]
     pub fn apply<T: Float>(self, x: T, y: T) -> T {
         match self {
             BinaryOp::Add => x + y,

@@ -50,6 +50,7 @@ impl UnaryOp {
         }
     }
 
+    #[inline(always)]
     pub fn apply<T: Float>(self, x: T) -> T {
         let c = |v: f64| T::from(v).expect("every float type holds these constants");
         match self {
@@ -88,7 +89,7 @@ impl UnaryOp {
             }
             UnaryOp::Recip => x.recip(),
             // squaring is common (tanh', variance): one multiply, not a libm call
-            UnaryOp::Powf(p) if p == 2.0 => x * x,
+            UnaryOp::Powf(2.0) => x * x,
             UnaryOp::Powf(p) => x.powf(c(p)),
             UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
         }

@@ -8,9 +8,102 @@ use crate::tensor::layout::Layout;
 use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 
+/// Expands `$body` once per variant with `$o` bound to that variant, so each loop is
+/// compiled for one op and the `match` inside `apply` folds away instead of running per element.
+macro_rules! per_unary_op {
+    ($op:expr, $o:ident => $body:expr) => {
+        match $op {
+            UnaryOp::Neg => {
+                let $o = UnaryOp::Neg;
+                $body
+            }
+            UnaryOp::Exp => {
+                let $o = UnaryOp::Exp;
+                $body
+            }
+            UnaryOp::Log => {
+                let $o = UnaryOp::Log;
+                $body
+            }
+            UnaryOp::Sqrt => {
+                let $o = UnaryOp::Sqrt;
+                $body
+            }
+            UnaryOp::Tanh => {
+                let $o = UnaryOp::Tanh;
+                $body
+            }
+            UnaryOp::Gelu => {
+                let $o = UnaryOp::Gelu;
+                $body
+            }
+            UnaryOp::GeluDerivative => {
+                let $o = UnaryOp::GeluDerivative;
+                $body
+            }
+            UnaryOp::Relu => {
+                let $o = UnaryOp::Relu;
+                $body
+            }
+            UnaryOp::Step => {
+                let $o = UnaryOp::Step;
+                $body
+            }
+            UnaryOp::Recip => {
+                let $o = UnaryOp::Recip;
+                $body
+            }
+            UnaryOp::Powf(p) => {
+                let $o = UnaryOp::Powf(p);
+                $body
+            }
+            UnaryOp::Affine { mul, add } => {
+                let $o = UnaryOp::Affine { mul, add };
+                $body
+            }
+        }
+    };
+}
+
+/// As `per_unary_op`, for the arithmetic binary ops.
+macro_rules! per_binary_op {
+    ($op:expr, $o:ident => $body:expr) => {
+        match $op {
+            BinaryOp::Add => {
+                let $o = BinaryOp::Add;
+                $body
+            }
+            BinaryOp::Sub => {
+                let $o = BinaryOp::Sub;
+                $body
+            }
+            BinaryOp::Mul => {
+                let $o = BinaryOp::Mul;
+                $body
+            }
+            BinaryOp::Div => {
+                let $o = BinaryOp::Div;
+                $body
+            }
+            BinaryOp::Maximum => {
+                let $o = BinaryOp::Maximum;
+                $body
+            }
+            BinaryOp::Minimum => {
+                let $o = BinaryOp::Minimum;
+                $body
+            }
+            other => {
+                let $o = other;
+                $body
+            }
+        }
+    };
+}
+
 pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
     fn run<T: CpuFloat>(op: UnaryOp, v: &[T], layout: &Layout) -> Vec<T> {
-        map(v, layout, |x| T::down(op.apply(x.up())))
+        per_unary_op!(op, o => map(v, layout, move |x| T::down(o.apply(x.up()))))
     }
     Ok(map_float_storage!(op.name(), s, v => run(op, v, layout)))
 }
@@ -19,7 +112,7 @@ pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage>
 /// Arithmetic keeps the dtype; comparisons return U32 0/1.
 pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
     fn arith<T: CpuFloat>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
-        zip_map(a, la, b, lb, |x, y| T::down(op.apply(x.up(), y.up())))
+        per_binary_op!(op, o => zip_map(a, la, b, lb, move |x, y| T::down(o.apply(x.up(), y.up()))))
     }
     fn compare<T: WithDType>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<u32> {
         zip_map(a, la, b, lb, |x, y| op.compare(x, y) as u32)
