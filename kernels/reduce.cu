@@ -12,7 +12,8 @@
 //           over outer dims (the row sums of a column-major walk, e.g. a bias gradient): each warp
 //           reads 32 neighbouring outputs' elements (coalesced when the kept dims are contiguous);
 //           the blockDim.y partial results combine through a shared-memory tree.
-// Sums accumulate in f32 (f64 for f64) in that tree order. When there are too few outputs to fill
+// Reduced elements that are contiguous are read with 16-byte loads (each thread folds its packs
+// first). Sums accumulate in f32 (f64 for f64) in that tree order. When there are too few outputs to fill
 // the GPU, gridDim.y > 1 splits each output's inner elements further: every block writes its partial
 // result (in the accumulation type) to a workspace [outputs, gridDim.y], and reduce_partials_<dtype>
 // combines them. max/min propagate NaN (PyTorch semantics).
@@ -58,9 +59,23 @@ __device__ __forceinline__ void reduce_impl(const T *__restrict__ x, const KilnL
     A acc = reduce_identity<A>(op);
     if (live) {
         const T *base = x + kiln_offset(outer, o);
+        const unsigned long long first = (unsigned long long)blockIdx.y * blockDim.y + threadIdx.y;
         const unsigned long long step = (unsigned long long)gridDim.y * blockDim.y;
-        for (unsigned long long j = (unsigned long long)blockIdx.y * blockDim.y + threadIdx.y; j < n_in; j += step)
-            acc = reduce_combine(op, acc, F::up(base[kiln_offset_rel(inner, j)]));
+        constexpr int N = 16 / sizeof(T);
+        if (kiln_is_contiguous(inner) && kiln_aligned<16>(base)) {
+            // contiguous reduced elements: 16-byte loads, then the tail one at a time
+            const unsigned long long packs = n_in / N;
+            for (unsigned long long p = first; p < packs; p += step) {
+                const KilnPack<T, N> v = reinterpret_cast<const KilnPack<T, N> *>(base)[p];
+#pragma unroll
+                for (int k = 0; k < N; ++k) acc = reduce_combine(op, acc, F::up(v.v[k]));
+            }
+            for (unsigned long long j = packs * N + first; j < n_in; j += step)
+                acc = reduce_combine(op, acc, F::up(base[j]));
+        } else {
+            for (unsigned long long j = first; j < n_in; j += step)
+                acc = reduce_combine(op, acc, F::up(base[kiln_offset_rel(inner, j)]));
+        }
     }
 
     if (blockDim.x == 1) {

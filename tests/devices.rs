@@ -144,7 +144,8 @@ fn check(
 
 /// Shapes of rank 0 to 3 whose dims are 0, 1, primes and near-powers of two, at most ~2000 elements.
 fn shapes() -> impl Strategy<Value = Vec<usize>> {
-    let dim = select(vec![1usize, 2, 3, 5, 7, 13, 31, 33, 63, 129]);
+    // 8, 64 and 128 make buffers whose sizes are multiples of 16 bytes, so the 16-byte paths run too
+    let dim = select(vec![1usize, 2, 3, 5, 7, 8, 13, 31, 33, 63, 64, 128, 129]);
     prop::collection::vec(dim, 0..=3).prop_filter("small", |s| s.iter().product::<usize>() <= 2500)
 }
 
@@ -337,6 +338,56 @@ fn large_sums_split_over_blocks() {
                 false,
                 |d| vec![input(&shape, View::Transposed, dtype, 16, 1.0, 0.0, d)],
                 |x| x[0].max(&[0], false),
+            );
+        }
+    }
+}
+
+#[test]
+fn aligned_buffers_take_the_16_byte_paths() {
+    // sizes that are multiples of 16 bytes: emu_malloc aligns such buffers to 16, so every
+    // elementwise kernel and the reductions take their vector loads (and the odd tails after them)
+    for dtype in FLOATS {
+        for shape in [vec![64, 32], vec![8, 1024], vec![128, 72]] {
+            check(
+                "exp",
+                dtype,
+                true,
+                |d| vec![input(&shape, View::Plain, dtype, 18, 1.0, 0.0, d)],
+                |x| x[0].exp(),
+            );
+            check(
+                "mul",
+                dtype,
+                true,
+                |d| {
+                    vec![
+                        input(&shape, View::Plain, dtype, 19, 1.0, 0.0, d),
+                        input(&shape, View::Plain, dtype, 20, 1.0, 0.0, d),
+                    ]
+                },
+                |x| x[0].mul(&x[1]),
+            );
+            check(
+                "sum over the last dim",
+                dtype,
+                true,
+                |d| vec![input(&shape, View::Plain, dtype, 21, 1.0, 0.0, d)],
+                |x| x[0].sum(&[-1], false),
+            );
+            check(
+                "max over the last dim",
+                dtype,
+                false,
+                |d| vec![input(&shape, View::Plain, dtype, 22, 1.0, 0.0, d)],
+                |x| x[0].max(&[-1], false),
+            );
+            check(
+                "to_dtype",
+                dtype,
+                true,
+                |d| vec![input(&shape, View::Plain, DType::F32, 23, 1.0, 0.0, d)],
+                |x| x[0].to_dtype(dtype),
             );
         }
     }
