@@ -282,11 +282,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     let opts = run_options(&a.run, "runs/finetune")?;
-    let (model, tokenizer, source) = load_any(&a.from, &opts.device)?;
-    let model = match a.dropout {
-        Some(p) => train::with_dropout(model, p)?,
-        None => model,
-    };
+    let (mut model, tokenizer, source) = load_any(&a.from, &opts.device)?;
+    if let Some(p) = a.dropout {
+        model.set_dropout(p)?;
+    }
     // Fine-tuning's own schedule: short, gentle, evaluated often.
     let mut cfg = TrainConfig {
         steps: 200,

@@ -11,4 +11,4 @@ mod trainer;
 
 pub use config::TrainConfig;
 pub use sample::{generate, SampleOptions};
-pub use trainer::{describe_model, human, resume, train, with_dropout, Init, Outcome, RunOptions, PLOT, TOKEN_CACHE};
+pub use trainer::{describe_model, human, resume, train, Init, Outcome, RunOptions, PLOT, TOKEN_CACHE};

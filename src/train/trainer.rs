@@ -142,22 +142,6 @@ pub fn describe_model(cfg: &GptConfig, params: usize) -> String {
     )
 }
 
-/// A copy of `model` whose dropout probability is `p` (same weights).
-pub fn with_dropout(model: Gpt, p: f64) -> Result<Gpt> {
-    if model.config().dropout == p {
-        return Ok(model);
-    }
-    let cfg = GptConfig {
-        dropout: p,
-        ..model.config().clone()
-    };
-    let fresh = Gpt::new(cfg, &mut Rng::new(0), model.device())?;
-    for ((_, dst), (_, src)) in fresh.params().iter().zip(model.params()) {
-        dst.assign(&src)?;
-    }
-    Ok(fresh)
-}
-
 /// Everything a training session holds.
 struct Session {
     run_dir: PathBuf,
