@@ -65,7 +65,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f64) -> f64 {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let allowed = atol + rtol * (w as f64).abs();
         let ratio = ((g as f64) - (w as f64)).abs() / allowed;
-        if !(ratio <= worst) {
+        if ratio.is_nan() || ratio > worst {
             (worst, at) = (ratio, i); // NaN lands here too and fails below
         }
     }

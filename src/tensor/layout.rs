@@ -79,12 +79,11 @@ pub fn broadcast_shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Resul
             _ if l == r => l,
             (1, _) => r,
             (_, 1) => l,
-            _ => return Err(Error::shape(
-                op,
-                format!(
-                    "shapes {lhs:?} and {rhs:?} cannot be broadcast: dimension {i} of the result has sizes {l} and {r}"
-                ),
-            )),
+            _ => {
+                let msg =
+                    format!("shapes {lhs:?} and {rhs:?} cannot be broadcast: dimension {i} has sizes {l} and {r}");
+                return Err(Error::shape(op, msg));
+            }
         };
     }
     Ok(out)
