@@ -209,6 +209,18 @@ impl Layout {
         })
     }
 
+    /// Splits a reduction over `dims`: the kept dims (with this layout's offset) and the reduced
+    /// dims (offset 0, to be added to each kept element's offset).
+    pub fn split_reduced(&self, dims: &[usize]) -> (Layout, Layout) {
+        let (mut outer, mut inner) = (Layout::new(vec![], vec![], self.offset), Layout::new(vec![], vec![], 0));
+        for (d, (&size, &stride)) in self.shape.iter().zip(&self.strides).enumerate() {
+            let part = if dims.contains(&d) { &mut inner } else { &mut outer };
+            part.shape.push(size);
+            part.strides.push(stride);
+        }
+        (outer, inner)
+    }
+
     /// Storage offsets of all elements in row-major logical order.
     pub fn offsets(&self) -> StridedOffsets<'_> {
         StridedOffsets {

@@ -26,18 +26,7 @@ impl ReduceOp {
 /// Reduces `dims` (sorted, distinct) of the viewed tensor; the result is contiguous with the
 /// kept dims in order (the keepdim shape). Max/min over an empty dim is refused by the caller.
 pub fn reduce(op: ReduceOp, s: &CpuStorage, layout: &Layout, dims: &[usize]) -> Result<CpuStorage> {
-    let (mut outer_shape, mut outer_strides, mut inner_shape, mut inner_strides) = (vec![], vec![], vec![], vec![]);
-    for (d, (&size, &stride)) in layout.shape().iter().zip(layout.strides()).enumerate() {
-        if dims.contains(&d) {
-            inner_shape.push(size);
-            inner_strides.push(stride);
-        } else {
-            outer_shape.push(size);
-            outer_strides.push(stride);
-        }
-    }
-    let outer = Layout::new(outer_shape, outer_strides, layout.offset());
-    let inner = Layout::new(inner_shape, inner_strides, 0);
+    let (outer, inner) = layout.split_reduced(dims);
     Ok(map_float_storage!(op.name(), s, v => run(op, v, &outer, &inner)))
 }
 

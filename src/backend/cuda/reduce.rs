@@ -65,18 +65,8 @@ pub fn reduce(op: ReduceOp, s: &CudaStorage, layout: &Layout, dims: &[usize]) ->
     if dtype == DType::U32 {
         return Err(Error::not_float(op.name(), DType::U32));
     }
-    let (mut outer_shape, mut outer_strides, mut inner_shape, mut inner_strides) = (vec![], vec![], vec![], vec![]);
-    for (d, (&size, &stride)) in layout.shape().iter().zip(layout.strides()).enumerate() {
-        if dims.contains(&d) {
-            inner_shape.push(size);
-            inner_strides.push(stride);
-        } else {
-            outer_shape.push(size);
-            outer_strides.push(stride);
-        }
-    }
-    let n_out: usize = outer_shape.iter().product();
-    let n_in: usize = inner_shape.iter().product();
+    let (outer, inner) = layout.split_reduced(dims);
+    let (n_out, n_in) = (outer.numel(), inner.numel());
     let dev = s.cuda_device();
     if n_out == 0 {
         return CudaStorage::alloc(dev, dtype, 0);
@@ -85,8 +75,8 @@ pub fn reduce(op: ReduceOp, s: &CudaStorage, layout: &Layout, dims: &[usize]) ->
         // the sum over nothing (max/min over an empty dim are refused by the caller)
         return fill::filled(dev, 0.0, n_out, dtype);
     }
-    let outer = KernelLayout::from_parts(op.name(), &outer_shape, &outer_strides, layout.offset())?;
-    let inner = KernelLayout::from_parts(op.name(), &inner_shape, &inner_strides, 0)?;
+    let outer = KernelLayout::from_parts(op.name(), outer.shape(), outer.strides(), outer.offset())?;
+    let inner = KernelLayout::from_parts(op.name(), inner.shape(), inner.strides(), 0)?;
     let p = plan(n_out, n_in, inner.inner_stride(), dev.limits().sm_count);
 
     let out = CudaStorage::alloc(dev, dtype, n_out)?;
