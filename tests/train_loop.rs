@@ -348,3 +348,23 @@ fn resume_refuses_changed_training_text() {
     assert!(err.contains("changed since the checkpoint"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn numbers_in_metrics_and_state_read_back_bit_for_bit() {
+    // a resumed run rereads its learning rates and the losses from JSON: a parser that is
+    // off by one ulp would break the exact resume
+    let mut rng = kiln::Rng::new(5);
+    for _ in 0..20_000 {
+        let x = f64::from_bits(rng.next_u64() >> 2) * 1e-3;
+        let back: f64 = serde_json::from_str(&serde_json::to_string(&x).unwrap()).unwrap();
+        assert_eq!(back.to_bits(), x.to_bits(), "{x:e}");
+    }
+    let cfg = TrainConfig {
+        lr: 3e-4,
+        min_lr: 3e-4 / 10.0,
+        beta2: 1.0 - 1.0 / 3.0,
+        ..TrainConfig::default()
+    };
+    let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(back, cfg);
+}
