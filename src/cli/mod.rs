@@ -37,37 +37,37 @@ pub enum Command {
 /// Optimisation settings shared by `train` and `finetune` (unset: the command's default).
 #[derive(Args, Debug, Clone, Default)]
 pub struct OptimArgs {
-    /// Optimizer steps in the whole run.
+    /// Optimizer steps in the whole run [train: 2000, finetune: 200].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch [12].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Micro-batches accumulated into each step.
+    /// Micro-batches whose gradients are summed into each step [1].
     #[arg(long)]
     pub grad_accum: Option<usize>,
-    /// Peak learning rate.
+    /// Peak learning rate [train: 1e-3, finetune: 3e-4].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Final learning rate of the cosine decay.
+    /// Final learning rate of the cosine decay [--lr / 10].
     #[arg(long)]
     pub min_lr: Option<f64>,
-    /// Warmup steps.
+    /// Steps of linear warmup [train: 100, finetune: 20].
     #[arg(long)]
     pub warmup: Option<usize>,
-    /// Evaluate and checkpoint every this many steps.
+    /// Evaluate and checkpoint every this many steps [train: 250, finetune: 50].
     #[arg(long)]
     pub eval_interval: Option<usize>,
-    /// Batches per evaluation.
+    /// Batches of each split averaged per evaluation [20].
     #[arg(long)]
     pub eval_iters: Option<usize>,
-    /// AdamW weight decay.
+    /// AdamW weight decay on 2-D weights [0.1].
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// AdamW β2.
+    /// AdamW β2 [0.99].
     #[arg(long)]
     pub beta2: Option<f64>,
-    /// Clip the global gradient norm to this (0: off).
+    /// Clip the global gradient norm to this, 0 for no clipping [1.0].
     #[arg(long)]
     pub grad_clip: Option<f64>,
 }
@@ -91,13 +91,16 @@ impl OptimArgs {
             beta2,
             grad_clip
         );
+        if self.lr.is_some() && self.min_lr.is_none() {
+            cfg.min_lr = cfg.lr / 10.0; // nanoGPT's rule of thumb
+        }
     }
 }
 
 /// Options that do not change the computation.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Run folder: checkpoint, metrics.jsonl, loss.svg, token cache.
+    /// Run folder: checkpoint, metrics.jsonl, loss.svg, token cache [runs/train or runs/finetune].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// cpu, emu, cuda or cuda:N.
@@ -116,15 +119,19 @@ pub struct TrainArgs {
     /// Model preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// Transformer blocks (overrides the preset).
     #[arg(long)]
     pub n_layer: Option<usize>,
+    /// Attention heads per block; must divide --n-embd.
     #[arg(long)]
     pub n_head: Option<usize>,
+    /// Width of the residual stream.
     #[arg(long)]
     pub n_embd: Option<usize>,
     /// Context length (positions the model sees).
     #[arg(long)]
     pub block_size: Option<usize>,
+    /// Dropout probability while training.
     #[arg(long)]
     pub dropout: Option<f64>,
     /// Biases in Linear and LayerNorm layers (`--bias` or `--bias false`).
@@ -133,10 +140,10 @@ pub struct TrainArgs {
     /// Text files to train on (default: kiln's own docs and sources, built into the binary).
     #[arg(long, num_args = 1..)]
     pub data: Vec<PathBuf>,
-    /// byte, char or gpt2.
+    /// byte, char or gpt2 [byte].
     #[arg(long)]
     pub tokenizer: Option<String>,
-    /// Seeds the weights, batches and dropout.
+    /// Seeds the weights, batches and dropout [1337].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Continue the run in --out from its checkpoint.
@@ -159,6 +166,7 @@ pub struct FinetuneArgs {
     /// Dropout while fine-tuning (default: the model's).
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Seeds the batches and dropout [1337].
     #[arg(long)]
     pub seed: Option<u64>,
     #[command(flatten)]
@@ -299,9 +307,6 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         cfg.seed = seed;
     }
     a.optim.apply(&mut cfg);
-    if a.optim.lr.is_some() && a.optim.min_lr.is_none() {
-        cfg.min_lr = cfg.lr / 10.0;
-    }
     println!("fine-tuning {source}");
     let init = Init::From {
         model: Box::new(model),
