@@ -296,4 +296,21 @@ fn generate_from_a_hugging_face_folder() {
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr.contains("outside the model's vocabulary of 96"), "{stderr}");
+    // fine-tuning it on ordinary text: GPT-2 ids beyond its 96 are refused up front
+    let root = temp_dir("hf");
+    let data = write_corpus(&root, "t.txt", "Hello world, hello kiln.\n");
+    let o = kiln(&[
+        "finetune",
+        "--from",
+        hf,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        root.join("ft").to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("fine-tuning Hugging Face model"), "{stdout}");
+    assert!(stderr.contains("vocabulary has only 96 ids"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
 }
