@@ -77,6 +77,12 @@ template <typename A> __device__ __forceinline__ A kiln_inf();
 template <> __device__ __forceinline__ float kiln_inf<float>() { return __int_as_float(0x7f800000); }
 template <> __device__ __forceinline__ double kiln_inf<double>() { return __longlong_as_double(0x7ff0000000000000ll); }
 
+// exp and log in the arithmetic type (expf/logf for f32, exp/log for f64).
+__device__ __forceinline__ float kiln_exp(float x) { return expf(x); }
+__device__ __forceinline__ double kiln_exp(double x) { return exp(x); }
+__device__ __forceinline__ float kiln_log(float x) { return logf(x); }
+__device__ __forceinline__ double kiln_log(double x) { return log(x); }
+
 // Conversions between element types, exactly as the CPU backend does them (`U::from_f64(x.to_f64())`):
 // widening is exact; narrowing rounds once, to nearest even; floats to u32 truncate toward zero and
 // saturate, NaN giving 0. Going through f32 where that is exact keeps the common casts cheap.

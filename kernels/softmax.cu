@@ -14,26 +14,21 @@
 // Rows short enough to keep in registers could skip the second read (a later improvement).
 #include "common.cuh"
 
-__device__ __forceinline__ float k_exp(float x) { return expf(x); }
-__device__ __forceinline__ double k_exp(double x) { return exp(x); }
-__device__ __forceinline__ float k_log(float x) { return logf(x); }
-__device__ __forceinline__ double k_log(double x) { return log(x); }
-
 // Folds x into the running (m, s): s is the sum of exp(v - m) over the values seen so far.
 template <typename A> __device__ __forceinline__ void online_add(A &m, A &s, A x) {
     if (x > m) {
-        s = s * k_exp(m - x) + (A)1; // exp(-inf) = 0 when this is the first finite value
+        s = s * kiln_exp(m - x) + (A)1; // exp(-inf) = 0 when this is the first finite value
         m = x;
     } else if (x != -kiln_inf<A>()) {
-        s += k_exp(x - m); // NaN x (or m = +inf) turns s into NaN, which then reaches every output
+        s += kiln_exp(x - m); // NaN x (or m = +inf) turns s into NaN, which then reaches every output
     }
 }
 
 // Merges another thread's (m2, s2) into (m, s).
 template <typename A> __device__ __forceinline__ void online_merge(A &m, A &s, A m2, A s2) {
     const A mm = m > m2 ? m : m2;
-    const A a = s == (A)0 ? (A)0 : s * k_exp(m - mm);
-    const A b = s2 == (A)0 ? (A)0 : s2 * k_exp(m2 - mm);
+    const A a = s == (A)0 ? (A)0 : s * kiln_exp(m - mm);
+    const A b = s2 == (A)0 ? (A)0 : s2 * kiln_exp(m2 - mm);
     m = mm;
     s = a + b;
 }
@@ -86,7 +81,7 @@ __device__ __forceinline__ void softmax_impl(const T *__restrict__ x, T *__restr
     if (!live) return;
 
     const bool masked = m == -kiln_inf<A>();
-    const A inv = (A)1 / s, lse = m + k_log(s);
+    const A inv = (A)1 / s, lse = m + kiln_log(s);
     if (vec) {
         for (unsigned p = threadIdx.x; p < width / N; p += blockDim.x) {
             const KilnPack<T, N> v = reinterpret_cast<const KilnPack<T, N> *>(xr)[p];
@@ -94,14 +89,14 @@ __device__ __forceinline__ void softmax_impl(const T *__restrict__ x, T *__restr
 #pragma unroll
             for (int k = 0; k < N; ++k) {
                 const A u = F::up(v.v[k]);
-                out.v[k] = F::down(masked ? (want_log ? -kiln_inf<A>() : (A)0) : (want_log ? u - lse : k_exp(u - m) * inv));
+                out.v[k] = F::down(masked ? (want_log ? -kiln_inf<A>() : (A)0) : (want_log ? u - lse : kiln_exp(u - m) * inv));
             }
             reinterpret_cast<KilnPack<T, N> *>(yr)[p] = out;
         }
     } else {
         for (unsigned j = threadIdx.x; j < width; j += blockDim.x) {
             const A u = F::up(xr[j]);
-            yr[j] = F::down(masked ? (want_log ? -kiln_inf<A>() : (A)0) : (want_log ? u - lse : k_exp(u - m) * inv));
+            yr[j] = F::down(masked ? (want_log ? -kiln_inf<A>() : (A)0) : (want_log ? u - lse : kiln_exp(u - m) * inv));
         }
     }
 }
