@@ -294,12 +294,64 @@ proptest! {
     }
 
     #[test]
+    fn attention_small_shapes(tq in 0usize..40, extra in 0usize..40, d in select(vec![1usize, 7, 32, 33, 100]),
+                              dtype in select(FLOATS.to_vec()), causal in any::<bool>(), view in views()) {
+        check_attention(1, 1, tq, (tq + extra).max(1), d, causal, dtype, view);
+    }
+
+    #[test]
     fn softmax_and_log_softmax(shape in shapes().prop_filter("rank >= 1", |s| !s.is_empty()), view in views(),
                                dtype in select(FLOATS.to_vec()), log in any::<bool>(), last in any::<bool>()) {
         let dim = if last { -1 } else { 0 };
         check(if log { "log_softmax" } else { "softmax" }, dtype, true,
               |d| vec![input(&shape, view, dtype, 14, 2.0, 0.0, d)],
               |x| if log { x[0].log_softmax(dim) } else { x[0].softmax(dim) });
+    }
+}
+
+/// scaled_dot_product_attention of q `[b, h, tq, d]` over k, v `[b, h, tk, d]` (q transposed or
+/// narrowed as `view`), values and the three gradients, on every device against the CPU's.
+#[allow(clippy::too_many_arguments)]
+fn check_attention(b: usize, h: usize, tq: usize, tk: usize, d: usize, causal: bool, dtype: DType, view: View) {
+    let what = format!("attention [{b}, {h}, {tq}/{tk}, {d}] causal {causal}");
+    check(
+        &what,
+        dtype,
+        true,
+        |dev| {
+            vec![
+                input(&[b, h, tq, d], view, dtype, 24, 1.0, 0.0, dev),
+                input(&[b, h, tk, d], View::Plain, dtype, 25, 1.0, 0.0, dev),
+                input(&[b, h, tk, d], View::Plain, dtype, 26, 1.0, 0.0, dev),
+            ]
+        },
+        |x| x[0].scaled_dot_product_attention(&x[1], &x[2], causal),
+    );
+}
+
+#[test]
+fn attention_sequence_lengths_and_head_dims() {
+    // sequence lengths around the kernels' tiles of 32 keys and 32 (f32) or 16 (f64) rows, Tq < Tk
+    // as in a KV-cache step, every head dim up to 128; the dtype rotates so each meets most shapes
+    let lens = [
+        (1, 1),
+        (17, 17),
+        (64, 64),
+        (65, 65),
+        (129, 129),
+        (1, 65),
+        (17, 129),
+        (64, 65),
+    ];
+    let mut n = 0;
+    for (tq, tk) in lens {
+        for d in [32, 64, 80, 128] {
+            for causal in [false, true] {
+                let (b, h) = if n % 2 == 0 { (1, 2) } else { (2, 1) };
+                check_attention(b, h, tq, tk, d, causal, FLOATS[n % 4], View::Plain);
+                n += 1;
+            }
+        }
     }
 }
 

@@ -431,6 +431,32 @@ fn softmax_and_log_softmax_over_each_dim() {
 }
 
 #[test]
+fn scaled_dot_product_attention_all_inputs() {
+    // Tq < Tk (a causal KV-cache step sees every key), Tq = Tk, one key, a head dim of 1
+    for (i, &(b, h, tq, tk, d)) in [(1, 2, 3, 5, 4), (2, 1, 4, 4, 3), (1, 1, 2, 1, 1), (1, 1, 1, 6, 2)]
+        .iter()
+        .enumerate()
+    {
+        for causal in [false, true] {
+            if causal && tq > tk {
+                continue;
+            }
+            let seed = 10 * i as u64;
+            let (q, k, v) = (
+                randn(&[b, h, tq, d], seed),
+                randn(&[b, h, tk, d], seed + 1),
+                randn(&[b, h, tk, d], seed + 2),
+            );
+            gradcheck(
+                &format!("attention q [{b}, {h}, {tq}, {d}] tk {tk} causal {causal}"),
+                &[q, k, v],
+                |t| wsum(&t[0].scaled_dot_product_attention(&t[1], &t[2], causal)?),
+            );
+        }
+    }
+}
+
+#[test]
 fn cross_entropy_with_and_without_ignore_index() {
     let mut rng = Rng::new(11);
     for &(n, c) in &[(1usize, 1usize), (1, 5), (5, 7), (6, 3)] {

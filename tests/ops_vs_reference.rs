@@ -692,6 +692,48 @@ fn check_cross_entropy(n: usize, c: usize, seed: u64) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Fused attention
+// ---------------------------------------------------------------------------------------
+
+/// scaled_dot_product_attention of q `[b, h, tq, d]` over k, v `[b, h, tk, d]` (views of every
+/// kind), and its three gradients for the upstream gradient g, against the naive f64 loops.
+#[allow(clippy::too_many_arguments)]
+fn check_attention(b: usize, h: usize, tq: usize, tk: usize, d: usize, causal: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (q_shape, kv_shape) = ([b, h, tq, d], [b, h, tk, d]);
+    let q = normal(&mut rng, r::numel(&q_shape), 1.5);
+    let k = normal(&mut rng, r::numel(&kv_shape), 1.5);
+    let v = normal(&mut rng, r::numel(&kv_shape), 1.0);
+    let g = normal(&mut rng, r::numel(&q_shape), 1.0);
+    for dtype in DTYPES {
+        let (tq_, hq) = view_of(&q, &q_shape, dtype, &mut rng, 2);
+        let (tk_, hk) = view_of(&k, &kv_shape, dtype, &mut rng, 2);
+        let (tv, hv) = view_of(&v, &kv_shape, dtype, &mut rng, 2);
+        let (tg, hg) = contiguous_of(&g, &q_shape, dtype);
+        let (tq_, tk_, tv) = (tq_.requires_grad(), tk_.requires_grad(), tv.requires_grad());
+        let what = |part: &str| format!("attention {part} {dtype} q {q_shape:?} k {kv_shape:?} causal {causal}");
+        // A score errs by a dot product's rounding, which moves the probabilities relatively by
+        // as much; the outputs and gradients are sums over tk keys of products with v and g.
+        let score = max_abs(&hq) * max_abs(&hk) * (d as f64).sqrt();
+        let out_scale = max_abs(&hv) * (1.0 + score);
+        let grad_scale = max_abs(&hg) * (1.0 + max_abs(&hv)) * (1.0 + score) * (1.0 + max_abs(&hq) + max_abs(&hk));
+        let o = tq_.scaled_dot_product_attention(&tk_, &tv, causal).unwrap();
+        let want = r::attention(&hq, &hk, &hv, b * h, tq, tk, d, causal);
+        check(&what("output"), &o, &want, &q_shape, Tol::row(dtype, tk + d, out_scale));
+        let grads = o.mul(&tg).unwrap().sum_all().unwrap().backward().unwrap();
+        let (dq, dk, dv) = r::attention_grads(&hq, &hk, &hv, &hg, b * h, tq, tk, d, causal);
+        let tol = Tol::row(dtype, 2 * (tk + tq + d), grad_scale);
+        for (name, t, want, shape) in [
+            ("dq", &tq_, &dq, &q_shape),
+            ("dk", &tk_, &dk, &kv_shape),
+            ("dv", &tv, &dv, &kv_shape),
+        ] {
+            check(&what(name), grads.get(t).unwrap(), want, shape, tol);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Indexing and shape ops (pure data movement: exact)
 // ---------------------------------------------------------------------------------------
 
@@ -886,6 +928,21 @@ proptest! {
     }
 
     #[test]
+    fn attention_matches_reference(
+        b in 1..=2usize,
+        h in 1..=3usize,
+        tq in dim(40, true),
+        tk in dim(40, false),
+        d in select(vec![1usize, 2, 5, 8, 17, 32]),
+        causal in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        // causal needs tq <= tk (refusal is tested in errors.rs)
+        let tq = if causal { tq.min(tk) } else { tq };
+        check_attention(b, h, tq, tk, d, causal, seed);
+    }
+
+    #[test]
     fn index_select_matches_reference(shape in shape(1, 4, true), n_ids in 0..=9usize, seed in any::<u64>()) {
         check_index_select(&shape, n_ids, seed);
     }
@@ -1053,4 +1110,72 @@ fn fast_path_matmul() {
     // ... and few large ones (the GEMM threads itself)
     check_matmul(&[2, 1, 130, 70], &[3, 70, 71], 54, 1);
     check_matmul(&[130, 257], &[2, 257, 71], 55, 1);
+}
+
+#[test]
+fn fast_path_attention() {
+    // query tiles of 64 rows with a ragged last one, causal tiles, a KV-cache step, Tq < Tk
+    for causal in [false, true] {
+        check_attention(2, 3, 130, 130, 40, causal, 61);
+        check_attention(1, 2, 70, 200, 64, causal, 62);
+        check_attention(3, 1, 1, 129, 16, causal, 63);
+    }
+}
+
+#[test]
+fn attention_equals_the_composed_ops() {
+    // the GPT's attention written with tensor ops (as src/model/gpt.rs does it): scale q, q·kᵀ,
+    // mask with -inf, softmax, ·v; the values and every gradient must agree with the fused op
+    let (b, h, tq, tk, d) = (2, 3, 5, 9, 8);
+    let mut rng = Rng::new(64);
+    let mk = |shape: &[usize], rng: &mut Rng| {
+        Tensor::from_vec(normal(rng, r::numel(shape), 1.0), shape, &DEV)
+            .unwrap()
+            .requires_grad()
+    };
+    let (q, k, v) = (
+        mk(&[b, h, tq, d], &mut rng),
+        mk(&[b, h, tk, d], &mut rng),
+        mk(&[b, h, tk, d], &mut rng),
+    );
+    let g = Tensor::from_vec(normal(&mut rng, b * h * tq * d, 1.0), &[b, h, tq, d], &DEV).unwrap();
+    for causal in [false, true] {
+        let start = tk - tq;
+        let mask: Vec<u32> = (0..tq)
+            .flat_map(|i| (0..tk).map(move |j| u32::from(causal && j > start + i)))
+            .collect();
+        let mask = Tensor::from_vec(mask, &[tq, tk], &DEV).unwrap();
+        let composed = q
+            .mul_scalar(1.0 / (d as f64).sqrt())
+            .unwrap()
+            .matmul(&k.transpose(-2, -1).unwrap())
+            .unwrap()
+            .masked_fill(&mask, f64::NEG_INFINITY)
+            .unwrap()
+            .softmax(-1)
+            .unwrap()
+            .matmul(&v)
+            .unwrap();
+        let fused = q.scaled_dot_product_attention(&k, &v, causal).unwrap();
+        let tol = Tol::row(DType::F64, tk + d, 10.0);
+        check(
+            "fused vs composed",
+            &fused,
+            &composed.to_vec::<f64>().unwrap(),
+            &[b, h, tq, d],
+            tol,
+        );
+        let gc = composed.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = fused.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("dq", &q), ("dk", &k), ("dv", &v)] {
+            let want = gc.get(t).unwrap().to_vec::<f64>().unwrap();
+            check(
+                &format!("fused vs composed {name} causal {causal}"),
+                gf.get(t).unwrap(),
+                &want,
+                t.shape(),
+                tol,
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 
+use crate::backend::cpu::attention::AttentionDims;
 use crate::backend::cpu::norm::RowStats;
 use crate::backend::cpu::reduce::ReduceOp;
 use crate::ops::binary::BinaryOp;
@@ -221,6 +222,58 @@ impl Storage {
         }
     }
 
+    /// Contiguous q `[bh, tq, d]` (self), k and v `[bh, tk, d]`; returns the output
+    /// `[bh, tq, d]` and the log-sum-exp of every query row `[bh, tq]` (f64 for f64, else f32).
+    pub(crate) fn attention_forward(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        dims: AttentionDims,
+    ) -> Result<(Storage, Storage)> {
+        match (self, k, v) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v)) => {
+                let (o, lse) = cpu::attention::attention_forward(q, k, v, dims)?;
+                Ok((Storage::Cpu(o), Storage::Cpu(lse)))
+            }
+            (Storage::Cuda(q), Storage::Cuda(k), Storage::Cuda(v)) => {
+                let (o, lse) = cuda::attention::attention_forward(q, k, v, dims)?;
+                Ok((Storage::Cuda(o), Storage::Cuda(lse)))
+            }
+            (q, k, v) => Err(mismatch_any(OP_ATTENTION, q, &[k, v])),
+        }
+    }
+
+    /// The fused backward of attention: from q (self), k, v, the output `o`, its gradient
+    /// `dout` and the forward's `lse`, returns (dq, dk, dv).
+    pub(crate) fn attention_backward(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        o: &Storage,
+        dout: &Storage,
+        lse: &Storage,
+        dims: AttentionDims,
+    ) -> Result<(Storage, Storage, Storage)> {
+        match (self, k, v, o, dout, lse) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), Storage::Cpu(o), Storage::Cpu(g), Storage::Cpu(l)) => {
+                let (dq, dk, dv) = cpu::attention::attention_backward(q, k, v, o, g, l, dims)?;
+                Ok((Storage::Cpu(dq), Storage::Cpu(dk), Storage::Cpu(dv)))
+            }
+            (
+                Storage::Cuda(q),
+                Storage::Cuda(k),
+                Storage::Cuda(v),
+                Storage::Cuda(o),
+                Storage::Cuda(g),
+                Storage::Cuda(l),
+            ) => {
+                let (dq, dk, dv) = cuda::attention::attention_backward(q, k, v, o, g, l, dims)?;
+                Ok((Storage::Cuda(dq), Storage::Cuda(dk), Storage::Cuda(dv)))
+            }
+            (q, k, v, o, g, l) => Err(mismatch_any(OP_ATTENTION, q, &[k, v, o, g, l])),
+        }
+    }
+
     /// Contiguous `[outer, size, inner]` → `[outer, ids.len(), inner]`.
     pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<Storage> {
         match self {
@@ -236,6 +289,14 @@ impl Storage {
             Storage::Cuda(s) => Err(not_yet("index_add", s.device())),
         }
     }
+}
+
+const OP_ATTENTION: &str = "scaled_dot_product_attention";
+
+/// The mismatch between `first` and the first of `rest` on another device.
+fn mismatch_any(op: &'static str, first: &Storage, rest: &[&Storage]) -> Error {
+    let other = rest.iter().find(|s| s.device() != first.device()).unwrap_or(&first);
+    mismatch(op, first, other)
 }
 
 /// Operands of one op on different devices (the tensor layer checks first; this is the backstop).

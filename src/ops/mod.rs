@@ -1,6 +1,7 @@
 //! Differentiable operations, one file per family: the forward dispatch to a backend and the
 //! backward rule sit side by side.
 
+pub mod attention;
 pub mod binary;
 pub mod dropout;
 pub mod index;

@@ -38,7 +38,7 @@ pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Resul
     })
 }
 
-type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
+pub(crate) type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
 
 fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>(
     a: &[T],

@@ -459,6 +459,103 @@ pub fn cross_entropy(logits: &[f64], n: usize, c: usize, targets: &[u32], ignore
 }
 
 // ---------------------------------------------------------------------------------------
+// Attention.
+// ---------------------------------------------------------------------------------------
+
+/// Whether query `i` of `tq` may see key `j` of `tk`: always, or (causal) when the key's
+/// position is not after the query's absolute position `tk − tq + i`.
+fn attends(causal: bool, tq: usize, tk: usize, i: usize, j: usize) -> bool {
+    !causal || j + tq <= tk + i
+}
+
+/// The attention probabilities of one head: `p[i][j]` = softmax over the keys query `i` sees
+/// of q_i·k_j/√d, 0 for the keys it does not see. `q` is `[tq, d]`, `k` is `[tk, d]`.
+fn attention_probs(q: &[f64], k: &[f64], tq: usize, tk: usize, d: usize, causal: bool) -> Vec<Vec<f64>> {
+    let scale = 1.0 / (d as f64).sqrt();
+    (0..tq)
+        .map(|i| {
+            let scores: Vec<f64> = (0..tk)
+                .map(|j| {
+                    if attends(causal, tq, tk, i, j) {
+                        (0..d).map(|c| q[i * d + c] * k[j * d + c]).sum::<f64>() * scale
+                    } else {
+                        f64::NEG_INFINITY
+                    }
+                })
+                .collect();
+            softmax(&scores, &[tk], 0)
+        })
+        .collect()
+}
+
+/// softmax(q·kᵀ/√d)·v for every head: q is `[heads, tq, d]`, k and v are `[heads, tk, d]`.
+/// Causal: query i sits at position tk − tq + i and sees keys 0..=tk − tq + i. Returns the
+/// output `[heads, tq, d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    heads: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    causal: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; heads * tq * d];
+    for h in 0..heads {
+        let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
+        let p = attention_probs(qh, kh, tq, tk, d, causal);
+        for i in 0..tq {
+            for c in 0..d {
+                out[(h * tq + i) * d + c] = (0..tk).map(|j| p[i][j] * vh[j * d + c]).sum();
+            }
+        }
+    }
+    out
+}
+
+/// The gradients (dq, dk, dv) of Σ(attention(q, k, v) ∘ dout), by the chain rule through the
+/// softmax's Jacobian: with P the probabilities and s = 1/√d,
+///   dV = Pᵀ·dout,  dP = dout·vᵀ,  dScore_ij = P_ij·(dP_ij − Σ_l P_il·dP_il),
+///   dq = s·dScore·k,  dk = s·dScoreᵀ·q.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_grads(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    heads: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    causal: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let scale = 1.0 / (d as f64).sqrt();
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    for h in 0..heads {
+        let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
+        let gh = &dout[h * tq * d..];
+        let p = attention_probs(qh, kh, tq, tk, d, causal);
+        for i in 0..tq {
+            let dp: Vec<f64> = (0..tk)
+                .map(|j| (0..d).map(|c| gh[i * d + c] * vh[j * d + c]).sum())
+                .collect();
+            let mean: f64 = (0..tk).map(|j| p[i][j] * dp[j]).sum();
+            for j in 0..tk {
+                let dscore = p[i][j] * (dp[j] - mean);
+                for c in 0..d {
+                    dq[(h * tq + i) * d + c] += scale * dscore * kh[j * d + c];
+                    dk[(h * tk + j) * d + c] += scale * dscore * qh[i * d + c];
+                    dv[(h * tk + j) * d + c] += p[i][j] * gh[i * d + c];
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+// ---------------------------------------------------------------------------------------
 // Indexing.
 // ---------------------------------------------------------------------------------------
 

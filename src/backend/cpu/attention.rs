@@ -1,0 +1,280 @@
+//! Fused scaled-dot-product attention on the CPU, forward and backward, one head per task.
+//!
+//! For one head (q `[tq, d]`, k and v `[tk, d]`, scale s = 1/√d) and a tile of up to [`TILE`]
+//! query rows at a time:
+//!
+//! ```text
+//! forward:  S = s·Q·Kᵀ            [rows, keys]   GEMM into a per-thread scratch tile
+//!           lse = max + log Σ exp(S − max)   per row, over the keys the row sees
+//!           P = exp(S − lse)                  in place (0 where masked)
+//!           O = P·V               [rows, d]      GEMM straight into the output
+//! backward: P = exp(s·Q·Kᵀ − lse)             recomputed from the saved lse
+//!           dP = dO·Vᵀ,  Dᵢ = Σ dOᵢ∘Oᵢ,  dS = P∘(dP − D)
+//!           dQ = s·dS·K,  dK += s·dSᵀ·Q,  dV += Pᵀ·dO
+//! ```
+//!
+//! Causal: query i sits at absolute position tk − tq + i and sees keys 0..=tk − tq + i, so a
+//! tile only multiplies against the keys its last row sees (the tiles of later keys are never
+//! touched) and the few masked scores inside that range become 0. Heads run in parallel with
+//! rayon; each owns its slices of every output, and dK/dV accumulate over query tiles in a
+//! fixed order, so results are deterministic. The only memory besides the outputs is one or
+//! two `TILE × tk` scratch tiles per rayon job. The GEMMs are the project's ([`super::gemm`]);
+//! BF16/F16 are computed in f32 (lse in f32), f64 in f64.
+
+use super::gemm;
+use super::matmul::Gemm;
+use crate::tensor::dtype::DType;
+use crate::tensor::layout::Layout;
+use crate::tensor::storage::CpuStorage;
+use crate::{Error, Result};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Query rows per GEMM tile: big enough for the GEMM to reach speed, small enough that the
+/// score tile (`TILE × tk`) stays in L2 for GPT-2's 1024 positions.
+const TILE: usize = 64;
+
+/// The sizes of one attention call: `bh` independent heads (batch × heads) of `tq` queries
+/// against `tk` keys and values, all rows `d` wide. Causal needs `tq <= tk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub bh: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub causal: bool,
+}
+
+impl AttentionDims {
+    /// The score scale 1/√d.
+    pub fn scale(&self) -> f64 {
+        1.0 / (self.d as f64).sqrt()
+    }
+
+    /// How many keys query `i` sees: all of them, or (causal) those up to its absolute
+    /// position tk − tq + i.
+    pub fn visible(&self, i: usize) -> usize {
+        if self.causal {
+            (self.tk - self.tq + i + 1).min(self.tk)
+        } else {
+            self.tk
+        }
+    }
+}
+
+/// The two element types the fused loops run in, with their GEMM.
+trait Real: Float + Default + Send + Sync + 'static {
+    const GEMM: Gemm<Self>;
+}
+
+impl Real for f32 {
+    const GEMM: Gemm<f32> = gemm::sgemm;
+}
+
+impl Real for f64 {
+    const GEMM: Gemm<f64> = gemm::dgemm;
+}
+
+/// Contiguous q `[bh, tq, d]`, k and v `[bh, tk, d]` of one dtype; returns the output
+/// `[bh, tq, d]` in that dtype and the log-sum-exp of every query row `[bh, tq]` (f64 for
+/// f64, f32 otherwise).
+pub fn attention_forward(
+    q: &CpuStorage,
+    k: &CpuStorage,
+    v: &CpuStorage,
+    dims: AttentionDims,
+) -> Result<(CpuStorage, CpuStorage)> {
+    Ok(match (q, k, v) {
+        (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+            let (o, lse) = forward(q, k, v, dims);
+            (CpuStorage::F32(o), CpuStorage::F32(lse))
+        }
+        (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
+            let (o, lse) = forward(q, k, v, dims);
+            (CpuStorage::F64(o), CpuStorage::F64(lse))
+        }
+        _ => {
+            check_half(q, &[k, v])?;
+            let (o, lse) = forward(&widen(q), &widen(k), &widen(v), dims);
+            (narrow(o, q.dtype()), CpuStorage::F32(lse))
+        }
+    })
+}
+
+/// Given the forward's inputs, output `o`, its gradient `dout` and the saved `lse`, returns
+/// (dq, dk, dv) in the inputs' dtype.
+pub fn attention_backward(
+    q: &CpuStorage,
+    k: &CpuStorage,
+    v: &CpuStorage,
+    o: &CpuStorage,
+    dout: &CpuStorage,
+    lse: &CpuStorage,
+    dims: AttentionDims,
+) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+    Ok(match (q, k, v, o, dout, lse) {
+        (
+            CpuStorage::F32(q),
+            CpuStorage::F32(k),
+            CpuStorage::F32(v),
+            CpuStorage::F32(o),
+            CpuStorage::F32(g),
+            CpuStorage::F32(l),
+        ) => {
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims);
+            (CpuStorage::F32(dq), CpuStorage::F32(dk), CpuStorage::F32(dv))
+        }
+        (
+            CpuStorage::F64(q),
+            CpuStorage::F64(k),
+            CpuStorage::F64(v),
+            CpuStorage::F64(o),
+            CpuStorage::F64(g),
+            CpuStorage::F64(l),
+        ) => {
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims);
+            (CpuStorage::F64(dq), CpuStorage::F64(dk), CpuStorage::F64(dv))
+        }
+        (_, _, _, _, _, CpuStorage::F32(l)) => {
+            check_half(q, &[k, v, o, dout])?;
+            let (dq, dk, dv) = backward(&widen(q), &widen(k), &widen(v), &widen(o), &widen(dout), l, dims);
+            let dt = q.dtype();
+            (narrow(dq, dt), narrow(dk, dt), narrow(dv, dt))
+        }
+        _ => {
+            return Err(Error::dtype_mismatch(
+                "scaled_dot_product_attention",
+                q.dtype(),
+                lse.dtype(),
+            ))
+        }
+    })
+}
+
+/// BF16/F16 operands (the caller has matched f32 and f64), all of one dtype.
+fn check_half(first: &CpuStorage, rest: &[&CpuStorage]) -> Result<()> {
+    const OP: &str = "scaled_dot_product_attention";
+    if let Some(other) = rest.iter().find(|s| s.dtype() != first.dtype()) {
+        return Err(Error::dtype_mismatch(OP, first.dtype(), other.dtype()));
+    }
+    match first.dtype() {
+        DType::BF16 | DType::F16 => Ok(()),
+        dt => Err(Error::not_float(OP, dt)),
+    }
+}
+
+fn widen(s: &CpuStorage) -> Vec<f32> {
+    match super::cast(s, &Layout::contiguous(&[s.len()]), DType::F32) {
+        CpuStorage::F32(v) => v,
+        _ => unreachable!("cast to f32 gives f32"),
+    }
+}
+
+fn narrow(v: Vec<f32>, dtype: DType) -> CpuStorage {
+    let n = v.len();
+    super::cast(&CpuStorage::F32(v), &Layout::contiguous(&[n]), dtype)
+}
+
+/// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`).
+fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, Vec<E>) {
+    let AttentionDims { bh, tq, tk, d, .. } = dims;
+    let (mut o, mut lse) = (vec![E::zero(); bh * tq * d], vec![E::zero(); bh * tq]);
+    if o.is_empty() {
+        return (o, lse);
+    }
+    let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
+    let head = |scores: &mut Vec<E>, (h, (oh, lh)): (usize, (&mut [E], &mut [E]))| {
+        let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
+        for i0 in (0..tq).step_by(TILE) {
+            let rows = TILE.min(tq - i0);
+            let keys = dims.visible(i0 + rows - 1);
+            scores.resize(rows * keys, E::zero());
+            // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
+            #[rustfmt::skip]
+            E::GEMM(rows, keys, d, scale, &qh[i0 * d..], d as isize, 1, kh, 1, d as isize,
+                    E::zero(), scores, keys as isize, 1);
+            for (r, row) in scores.chunks_mut(keys).enumerate() {
+                let seen = dims.visible(i0 + r);
+                let max = row[..seen].iter().fold(E::neg_infinity(), |m, &s| m.max(s));
+                let mut sum = E::zero();
+                for s in &mut row[..seen] {
+                    *s = (*s - max).exp();
+                    sum = sum + *s;
+                }
+                let inv = sum.recip();
+                row[..seen].iter_mut().for_each(|p| *p = *p * inv);
+                row[seen..].fill(E::zero());
+                lh[i0 + r] = max + sum.ln();
+            }
+            // O = P·V
+            #[rustfmt::skip]
+            E::GEMM(rows, d, keys, E::one(), scores, keys as isize, 1, vh, d as isize, 1,
+                    E::zero(), &mut oh[i0 * d..], d as isize, 1);
+        }
+    };
+    o.par_chunks_mut(tq * d)
+        .zip(lse.par_chunks_mut(tq))
+        .enumerate()
+        .for_each_init(Vec::new, head);
+    (o, lse)
+}
+
+/// The backward of every head: (dq, dk, dv).
+fn backward<E: Real>(
+    q: &[E],
+    k: &[E],
+    v: &[E],
+    o: &[E],
+    dout: &[E],
+    lse: &[E],
+    dims: AttentionDims,
+) -> (Vec<E>, Vec<E>, Vec<E>) {
+    let AttentionDims { bh, tq, tk, d, .. } = dims;
+    let mut dq = vec![E::zero(); bh * tq * d];
+    let (mut dk, mut dv) = (vec![E::zero(); bh * tk * d], vec![E::zero(); bh * tk * d]);
+    if dq.is_empty() || dk.is_empty() {
+        return (dq, dk, dv);
+    }
+    let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
+    type Scratch<E> = (Vec<E>, Vec<E>);
+    let head = |(p, ds): &mut Scratch<E>, (h, ((dqh, dkh), dvh)): (usize, ((&mut [E], &mut [E]), &mut [E]))| {
+        let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
+        let (oh, gh, lh) = (&o[h * tq * d..], &dout[h * tq * d..], &lse[h * tq..]);
+        for i0 in (0..tq).step_by(TILE) {
+            let rows = TILE.min(tq - i0);
+            let keys = dims.visible(i0 + rows - 1);
+            p.resize(rows * keys, E::zero());
+            ds.resize(rows * keys, E::zero());
+            let (qt, gt) = (&qh[i0 * d..], &gh[i0 * d..]);
+            #[rustfmt::skip]
+            E::GEMM(rows, keys, d, scale, qt, d as isize, 1, kh, 1, d as isize, E::zero(), p, keys as isize, 1);
+            // dP = dO·Vᵀ
+            #[rustfmt::skip]
+            E::GEMM(rows, keys, d, E::one(), gt, d as isize, 1, vh, 1, d as isize, E::zero(), ds, keys as isize, 1);
+            for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
+                let i = i0 + r;
+                let seen = dims.visible(i);
+                let (l, dot) = (lh[i], (0..d).fold(E::zero(), |a, c| a + gh[i * d + c] * oh[i * d + c]));
+                for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
+                    *pj = (*pj - l).exp();
+                    *dsj = *pj * (*dsj - dot);
+                }
+                pr[seen..].fill(E::zero());
+                dsr[seen..].fill(E::zero());
+            }
+            // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
+            #[rustfmt::skip]
+            E::GEMM(rows, d, keys, scale, ds, keys as isize, 1, kh, d as isize, 1, E::zero(), &mut dqh[i0 * d..], d as isize, 1);
+            #[rustfmt::skip]
+            E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, d as isize, 1, E::one(), dkh, d as isize, 1);
+            #[rustfmt::skip]
+            E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, d as isize, 1, E::one(), dvh, d as isize, 1);
+        }
+    };
+    dq.par_chunks_mut(tq * d)
+        .zip(dk.par_chunks_mut(tk * d))
+        .zip(dv.par_chunks_mut(tk * d))
+        .enumerate()
+        .for_each_init(|| (Vec::new(), Vec::new()), head);
+    (dq, dk, dv)
+}

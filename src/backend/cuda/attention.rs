@@ -1,0 +1,210 @@
+//! Launch wrappers for kernels/attention.cu: the fused attention forward (saving the log-sum-exp
+//! of every query row) and its backward (D = rowsum(dO∘O), then dK/dV and dQ in two kernels, no
+//! atomics). The header of attention.cu explains the tiles; this file sizes the grids and the
+//! dynamic shared memory.
+
+use super::launch::{Args, LaunchConfig};
+use super::{kernel, same_device, CudaStorage};
+use crate::backend::cpu::attention::AttentionDims;
+use crate::tensor::dtype::DType;
+use crate::{Error, Result};
+
+const OP: &str = "scaled_dot_product_attention";
+/// Warps per block, and threads.
+const WARPS: usize = 4;
+const THREADS: u32 = 32 * WARPS as u32;
+/// Keys (or query rows) per streamed tile: one per lane.
+const TILE: usize = 32;
+/// The widest head the kernels hold in registers (4 dims per lane).
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// The kernels' arithmetic type (that of lse and D): f64 for f64, f32 otherwise.
+fn acc_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// Rows (forward, dQ) or keys (dK/dV) per block: 4 warps of 8 (f32 arithmetic) or 4 (f64).
+fn block_rows(dtype: DType) -> usize {
+    WARPS * 32 / acc_dtype(dtype).size_in_bytes()
+}
+
+/// Checks what the kernels need beyond the op's own checks: one device, one float dtype, a head
+/// dim they hold, sizes that fit their 32-bit indices. Returns (tq, tk, d) as u32.
+fn check(q: &CudaStorage, others: &[&CudaStorage], dims: AttentionDims) -> Result<(u32, u32, u32)> {
+    for s in others {
+        same_device(OP, q, s)?;
+        if s.dtype() != q.dtype() {
+            return Err(Error::dtype_mismatch(OP, q.dtype(), s.dtype()));
+        }
+    }
+    if !q.dtype().is_float() {
+        return Err(Error::not_float(OP, q.dtype()));
+    }
+    if dims.d > MAX_HEAD_DIM {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "head dim {} is over the {MAX_HEAD_DIM} the {} kernels support; run it on Device::Cpu",
+                dims.d,
+                q.device()
+            ),
+        ));
+    }
+    let small = |n: usize, what: &str| {
+        u32::try_from(n).map_err(|_| Error::invalid(OP, format!("{what} = {n} is over the kernels' 32-bit range")))
+    };
+    Ok((small(dims.tq, "Tq")?, small(dims.tk, "Tk")?, small(dims.d, "D")?))
+}
+
+/// The grid of one head per x and one tile of `rows_per_block` of `n` rows per y.
+fn config(dims: AttentionDims, n: usize, rows_per_block: usize, smem_elems: usize, dtype: DType) -> LaunchConfig {
+    LaunchConfig {
+        grid: [dims.bh as u32, n.div_ceil(rows_per_block) as u32, 1],
+        block: [THREADS, 1, 1],
+        dyn_smem: (smem_elems * acc_dtype(dtype).size_in_bytes()) as u32,
+    }
+}
+
+/// The grid's x is the head count: refuse what does not fit before the cast in [`config`].
+fn check_heads(dims: AttentionDims) -> Result<()> {
+    if dims.bh > i32::MAX as usize {
+        return Err(Error::invalid(
+            OP,
+            format!("{} heads are too many for one launch", dims.bh),
+        ));
+    }
+    Ok(())
+}
+
+/// q `[bh, tq, d]`, k and v `[bh, tk, d]`, contiguous; returns (o `[bh, tq, d]`, lse `[bh, tq]`).
+pub fn attention_forward(
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    dims: AttentionDims,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let (tq, tk, d) = check(q, &[k, v], dims)?;
+    check_heads(dims)?;
+    let dev = q.cuda_device();
+    let dt = q.dtype();
+    let o = CudaStorage::alloc(dev, dt, dims.bh * dims.tq * dims.d)?;
+    let lse = CudaStorage::alloc(dev, acc_dtype(dt), dims.bh * dims.tq)?;
+    if o.is_empty() {
+        return Ok((o, lse));
+    }
+    let bq = block_rows(dt);
+    let dd = dims.d;
+    let smem = bq * dd + TILE * (dd + 1) + TILE * dd + bq * TILE;
+    let mut args = Args::new();
+    args.push(q.ptr())
+        .push(k.ptr())
+        .push(v.ptr())
+        .push(o.ptr())
+        .push(lse.ptr())
+        .push(tq)
+        .push(tk)
+        .push(d)
+        .push(dims.causal as i32)
+        .push(dims.scale());
+    let name = format!("attention_fwd_{}", dt.as_str());
+    dev.launch(
+        kernel("attention", &name)?,
+        config(dims, dims.tq, bq, smem, dt),
+        &mut args,
+    )?;
+    Ok((o, lse))
+}
+
+/// The backward: from q, k, v, the output o, its gradient dout and the forward's lse, returns
+/// (dq, dk, dv).
+pub fn attention_backward(
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    o: &CudaStorage,
+    dout: &CudaStorage,
+    lse: &CudaStorage,
+    dims: AttentionDims,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let (tq, tk, d) = check(q, &[k, v, o, dout], dims)?;
+    check_heads(dims)?;
+    same_device(OP, q, lse)?;
+    if lse.dtype() != acc_dtype(q.dtype()) {
+        return Err(Error::dtype_mismatch(OP, acc_dtype(q.dtype()), lse.dtype()));
+    }
+    let dev = q.cuda_device();
+    let dt = q.dtype();
+    let dq = CudaStorage::alloc(dev, dt, dims.bh * dims.tq * dims.d)?;
+    let dk = CudaStorage::alloc(dev, dt, dims.bh * dims.tk * dims.d)?;
+    let dv = CudaStorage::alloc(dev, dt, dims.bh * dims.tk * dims.d)?;
+    if dk.is_empty() {
+        return Ok((dq, dk, dv));
+    }
+    let suffix = dt.as_str();
+    let rows = dims.bh * dims.tq;
+    // D = rowsum(dO∘O), one thread per query row
+    let dvec = CudaStorage::alloc(dev, acc_dtype(dt), rows)?;
+    if rows > 0 {
+        let mut args = Args::new();
+        args.push(o.ptr())
+            .push(dout.ptr())
+            .push(dvec.ptr())
+            .push(rows as u64)
+            .push(d);
+        let cfg = LaunchConfig::grid_stride(rows, dev.limits());
+        dev.launch(
+            kernel("attention", &format!("attention_bwd_dot_{suffix}"))?,
+            cfg,
+            &mut args,
+        )?;
+    }
+    let (b, dd) = (block_rows(dt), dims.d);
+    let tail = |args: &mut Args| {
+        args.push(tq)
+            .push(tk)
+            .push(d)
+            .push(dims.causal as i32)
+            .push(dims.scale());
+    };
+    // dK and dV: every key block runs even when tq = 0, so that they are written (as zeros)
+    let mut args = Args::new();
+    args.push(q.ptr())
+        .push(k.ptr())
+        .push(v.ptr())
+        .push(dout.ptr())
+        .push(lse.ptr())
+        .push(dvec.ptr())
+        .push(dk.ptr())
+        .push(dv.ptr());
+    tail(&mut args);
+    let smem = 2 * b * dd + 2 * TILE * (dd + 1) + 2 * TILE + 2 * b * TILE;
+    let name = format!("attention_bwd_dkdv_{suffix}");
+    dev.launch(
+        kernel("attention", &name)?,
+        config(dims, dims.tk, b, smem, dt),
+        &mut args,
+    )?;
+    if rows > 0 {
+        let mut args = Args::new();
+        args.push(q.ptr())
+            .push(k.ptr())
+            .push(v.ptr())
+            .push(dout.ptr())
+            .push(lse.ptr())
+            .push(dvec.ptr())
+            .push(dq.ptr());
+        tail(&mut args);
+        let smem = 2 * b * dd + 2 * TILE * (dd + 1) + b * TILE;
+        let name = format!("attention_bwd_dq_{suffix}");
+        dev.launch(
+            kernel("attention", &name)?,
+            config(dims, dims.tq, b, smem, dt),
+            &mut args,
+        )?;
+    }
+    Ok((dq, dk, dv))
+}
