@@ -67,6 +67,64 @@ fn is_autograd(e: &Error) -> bool {
 // ------------------------------------------------------------------------------------------
 
 #[test]
+fn attention_shapes_dtypes_and_devices() {
+    const OP: &str = "scaled_dot_product_attention";
+    let (q, kv) = (t(&[2, 3, 4, 8]), t(&[2, 3, 6, 8]));
+    let e = err(t(&[3, 4, 8]).scaled_dot_product_attention(&kv, &kv, false), "rank 3");
+    assert!(is_shape(&e, OP), "{e:?}");
+    mentions(&e, &[OP, "[3, 4, 8]", "rank 4"]);
+    let e = err(
+        q.scaled_dot_product_attention(&t(&[2, 3, 6, 5]), &t(&[2, 3, 6, 5]), false),
+        "head dims",
+    );
+    assert!(is_shape(&e, OP), "{e:?}");
+    mentions(&e, &["[2, 3, 4, 8]", "[2, 3, 6, 5]"]);
+    let e = err(
+        q.scaled_dot_product_attention(&kv, &t(&[2, 3, 7, 8]), false),
+        "k and v lengths",
+    );
+    mentions(&e, &["[2, 3, 6, 8]", "[2, 3, 7, 8]"]);
+    let e = err(
+        q.scaled_dot_product_attention(&t(&[1, 3, 6, 8]), &t(&[1, 3, 6, 8]), false),
+        "batch",
+    );
+    assert!(is_shape(&e, OP), "{e:?}");
+    let e = err(
+        t(&[1, 1, 5, 8]).scaled_dot_product_attention(&t(&[1, 1, 3, 8]), &t(&[1, 1, 3, 8]), true),
+        "causal tq > tk",
+    );
+    assert!(is_shape(&e, OP), "{e:?}");
+    mentions(&e, &["causal", "Tq = 5", "Tk = 3"]);
+    let e = err(
+        q.scaled_dot_product_attention(&t(&[2, 3, 0, 8]), &t(&[2, 3, 0, 8]), false),
+        "no keys",
+    );
+    mentions(&e, &["Tk", "[2, 3, 0, 8]"]);
+    let e = err(
+        q.scaled_dot_product_attention(&kv.to_dtype(DType::F64).unwrap(), &kv, false),
+        "dtypes",
+    );
+    assert!(is_dtype(&e, OP), "{e:?}");
+    mentions(&e, &["f32", "f64"]);
+    let u = q.to_dtype(DType::U32).unwrap();
+    let e = err(u.scaled_dot_product_attention(&u, &u, false), "u32");
+    assert!(is_dtype(&e, OP), "{e:?}");
+    // the kernels hold head dims up to 128 in registers
+    let (q, kv) = (
+        t(&[1, 1, 2, 130]).to_device(&Device::Emu).unwrap(),
+        t(&[1, 1, 3, 130]).to_device(&Device::Emu).unwrap(),
+    );
+    let e = err(q.scaled_dot_product_attention(&kv, &kv, false), "head dim 130 on emu");
+    assert!(is_invalid(&e, OP), "{e:?}");
+    mentions(&e, &["130", "128", "emu"]);
+    let e = err(
+        q.scaled_dot_product_attention(&t(&[1, 1, 3, 130]), &kv, false),
+        "devices",
+    );
+    assert!(matches!(e, Error::DeviceMismatch { .. }), "{e:?}");
+}
+
+#[test]
 fn matmul_inner_dimension_mismatch() {
     let e = err(t(&[2, 3]).matmul(&t(&[4, 5])), "matmul [2,3] x [4,5]");
     assert!(is_shape(&e, "matmul"), "{e:?}");
