@@ -1,5 +1,6 @@
-//! Memory-bound CPU ops: achieved GB/s (criterion "bytes/s") for elementwise, reductions,
-//! softmax and layer_norm on 4M-element f32 tensors.
+//! Memory-bound ops: achieved GB/s (criterion "bytes/s") for elementwise, reductions, softmax
+//! and layer_norm on 4M-element f32 tensors on the CPU; and the row kernels (softmax, layer_norm,
+//! cross_entropy, forward and backward) on the CPU and, when a GPU is present, on Cuda(0).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::{DType, Device, Rng, Tensor};
@@ -32,5 +33,68 @@ fn memory_bound(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory_bound);
+/// Forward + backward of the row-wise ops, on every device present (Emu is skipped: it measures
+/// the emulator, not the kernels). Bytes are the ideal traffic: each tensor read or written once.
+/// On a GPU each iteration ends by reading one element back, which waits for the kernels.
+fn row_kernels(c: &mut Criterion) {
+    let mut devices = vec![Device::Cpu];
+    if kiln::backend::cuda::gpu_count() > 0 {
+        devices.push(Device::Cuda(0));
+    } else {
+        eprintln!("row_kernels: no GPU, measuring the CPU only");
+    }
+    let sync = |t: &Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    for dev in devices {
+        let mut rng = Rng::new(1);
+        let (rows, cols) = (4096, 1024);
+        let n = (rows * cols) as u64;
+        let x = Tensor::randn(&[rows, cols], DType::F32, &mut rng, &dev)
+            .unwrap()
+            .requires_grad();
+        let w = Tensor::ones(&[cols], DType::F32, &dev).unwrap().requires_grad();
+        let b = Tensor::zeros(&[cols], DType::F32, &dev).unwrap().requires_grad();
+        // GPT-2's loss: 8 sequences of 1024 tokens over a 50257-token vocabulary, here 1024 rows
+        let (ce_rows, vocab) = (1024, 50257);
+        let logits = Tensor::randn(&[ce_rows, vocab], DType::F32, &mut rng, &dev)
+            .unwrap()
+            .requires_grad();
+        let ids: Vec<u32> = (0..ce_rows as u32).map(|i| i * 49 % vocab as u32).collect();
+        let targets = Tensor::from_vec(ids, &[ce_rows], &dev).unwrap();
+
+        let mut g = c.benchmark_group(format!("row_kernels_f32_{dev}"));
+        g.sample_size(10);
+        // softmax and layer_norm: x read, y written; backward: two tensors read, dx written
+        g.throughput(Throughput::Bytes(5 * n * 4));
+        g.bench_function("softmax_fwd_bwd_4096x1024", |bch| {
+            bch.iter(|| {
+                let y = x.softmax(-1).unwrap();
+                sync(y.sum_all().unwrap().backward().unwrap().get(&x).unwrap())
+            })
+        });
+        g.bench_function("layer_norm_fwd_bwd_4096x1024", |bch| {
+            bch.iter(|| {
+                let y = x.layer_norm(&w, &b, 1e-5).unwrap();
+                sync(y.sum_all().unwrap().backward().unwrap().get(&x).unwrap())
+            })
+        });
+        // cross_entropy: logits read; backward: logits read, dlogits written
+        g.throughput(Throughput::Bytes(3 * (ce_rows * vocab) as u64 * 4));
+        g.bench_function("cross_entropy_fwd_bwd_1024x50257", |bch| {
+            bch.iter(|| {
+                let loss = logits.cross_entropy(&targets).unwrap();
+                sync(loss.backward().unwrap().get(&logits).unwrap())
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, memory_bound, row_kernels);
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-// softmax.cu — softmax and log-softmax over the last dim of a contiguous [rows, width] tensor.
+// softmax.cu — softmax and log-softmax over the last dim of a contiguous [rows, width] tensor, and
+// their backward (softmax_backward_<dtype>, below the forward).
 //   softmax:     y = exp(x - m) / s            log_softmax: y = x - m - log(s)
 // with m the row max and s = sum exp(x - m). A row that is entirely -inf has no probability mass:
 // softmax gives 0 and log_softmax -inf (as the CPU backend; PyTorch gives NaN).
@@ -12,26 +13,7 @@
 // blocks. 16-byte loads and stores when width is a multiple of the pack and the buffers are aligned.
 // Roofline: ~5 FLOPs (one exp) per element; 2 reads + 1 write = 3 * sizeof(T) bytes per element.
 // Rows short enough to keep in registers could skip the second read (a later improvement).
-#include "common.cuh"
-
-// Folds x into the running (m, s): s is the sum of exp(v - m) over the values seen so far.
-template <typename A> __device__ __forceinline__ void online_add(A &m, A &s, A x) {
-    if (x > m) {
-        s = s * kiln_exp(m - x) + (A)1; // exp(-inf) = 0 when this is the first finite value
-        m = x;
-    } else if (x != -kiln_inf<A>()) {
-        s += kiln_exp(x - m); // NaN x (or m = +inf) turns s into NaN, which then reaches every output
-    }
-}
-
-// Merges another thread's (m2, s2) into (m, s).
-template <typename A> __device__ __forceinline__ void online_merge(A &m, A &s, A m2, A s2) {
-    const A mm = m > m2 ? m : m2;
-    const A a = s == (A)0 ? (A)0 : s * kiln_exp(m - mm);
-    const A b = s2 == (A)0 ? (A)0 : s2 * kiln_exp(m2 - mm);
-    m = mm;
-    s = a + b;
-}
+#include "rows.cuh"
 
 template <typename T>
 __device__ __forceinline__ void softmax_impl(const T *__restrict__ x, T *__restrict__ y, unsigned long long rows,
@@ -53,31 +35,13 @@ __device__ __forceinline__ void softmax_impl(const T *__restrict__ x, T *__restr
             for (unsigned p = threadIdx.x; p < width / N; p += blockDim.x) {
                 const KilnPack<T, N> v = reinterpret_cast<const KilnPack<T, N> *>(xr)[p];
 #pragma unroll
-                for (int k = 0; k < N; ++k) online_add(m, s, F::up(v.v[k]));
+                for (int k = 0; k < N; ++k) kiln_online_add(m, s, F::up(v.v[k]));
             }
         } else {
-            for (unsigned j = threadIdx.x; j < width; j += blockDim.x) online_add(m, s, F::up(xr[j]));
+            for (unsigned j = threadIdx.x; j < width; j += blockDim.x) kiln_online_add(m, s, F::up(xr[j]));
         }
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        const A m2 = __shfl_xor_sync(KILN_FULL_MASK, m, offset);
-        const A s2 = __shfl_xor_sync(KILN_FULL_MASK, s, offset);
-        online_merge(m, s, m2, s2);
-    }
-    if (blockDim.x > 32) { // uniform over the block: every thread reaches the barrier or none does
-        const unsigned warps_per_row = blockDim.x / 32;
-        const unsigned warp = (threadIdx.y * blockDim.x + threadIdx.x) / 32;
-        if (threadIdx.x % 32 == 0) {
-            sm_m[warp] = m;
-            sm_s[warp] = s;
-        }
-        __syncthreads();
-        const unsigned first = threadIdx.y * warps_per_row;
-        m = sm_m[first];
-        s = sm_s[first];
-        for (unsigned w = 1; w < warps_per_row; ++w) online_merge(m, s, sm_m[first + w], sm_s[first + w]);
-    }
+    kiln_row_max_sum(m, s, sm_m, sm_s);
     if (!live) return;
 
     const bool masked = m == -kiln_inf<A>();
@@ -101,6 +65,35 @@ __device__ __forceinline__ void softmax_impl(const T *__restrict__ x, T *__restr
     }
 }
 
+// The backward of both, from the forward's output y and the incoming gradient dy:
+//   softmax:     dx = y * (dy - sum(y * dy))      log_softmax: dx = dy - exp(y) * sum(dy)
+// Same launch shape as the forward; the row sum combines like the forward's (max, sum), then a second
+// read of y and dy writes dx. Roofline: ~3 FLOPs per element (plus one exp for log_softmax);
+// 4 reads + 1 write = 5 * sizeof(T) bytes per element.
+template <typename T>
+__device__ __forceinline__ void softmax_backward_impl(const T *__restrict__ y, const T *__restrict__ dy,
+                                                      T *__restrict__ dx, unsigned long long rows, unsigned width,
+                                                      int want_log) {
+    typedef KilnFloat<T> F;
+    typedef typename F::Acc A;
+    __shared__ A scratch[32];
+
+    const unsigned long long row = (unsigned long long)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool live = row < rows;
+    const unsigned long long base = (live ? row : 0) * width;
+    A acc = (A)0;
+    if (live) {
+        for (unsigned j = threadIdx.x; j < width; j += blockDim.x)
+            acc += want_log ? F::up(dy[base + j]) : F::up(y[base + j]) * F::up(dy[base + j]);
+    }
+    const A sum = kiln_row_sum(acc, scratch);
+    if (!live) return;
+    for (unsigned j = threadIdx.x; j < width; j += blockDim.x) {
+        const A u = F::up(y[base + j]), g = F::up(dy[base + j]);
+        dx[base + j] = F::down(want_log ? g - kiln_exp(u) * sum : u * (g - sum));
+    }
+}
+
 extern "C" __global__ void softmax_f32(const float *x, float *y, unsigned long long rows, unsigned width, int want_log) {
     softmax_impl(x, y, rows, width, want_log);
 }
@@ -116,4 +109,24 @@ extern "C" __global__ void softmax_bf16(const __nv_bfloat16 *x, __nv_bfloat16 *y
 
 extern "C" __global__ void softmax_f16(const __half *x, __half *y, unsigned long long rows, unsigned width, int want_log) {
     softmax_impl(x, y, rows, width, want_log);
+}
+
+extern "C" __global__ void softmax_backward_f32(const float *y, const float *dy, float *dx, unsigned long long rows,
+                                               unsigned width, int want_log) {
+    softmax_backward_impl(y, dy, dx, rows, width, want_log);
+}
+
+extern "C" __global__ void softmax_backward_f64(const double *y, const double *dy, double *dx, unsigned long long rows,
+                                               unsigned width, int want_log) {
+    softmax_backward_impl(y, dy, dx, rows, width, want_log);
+}
+
+extern "C" __global__ void softmax_backward_bf16(const __nv_bfloat16 *y, const __nv_bfloat16 *dy, __nv_bfloat16 *dx, unsigned long long rows,
+                                               unsigned width, int want_log) {
+    softmax_backward_impl(y, dy, dx, rows, width, want_log);
+}
+
+extern "C" __global__ void softmax_backward_f16(const __half *y, const __half *dy, __half *dx, unsigned long long rows,
+                                               unsigned width, int want_log) {
+    softmax_backward_impl(y, dy, dx, rows, width, want_log);
 }

@@ -307,6 +307,46 @@ proptest! {
               |d| vec![input(&shape, view, dtype, 14, 2.0, 0.0, d)],
               |x| if log { x[0].log_softmax(dim) } else { x[0].softmax(dim) });
     }
+
+    #[test]
+    fn layer_norm_with_and_without_bias((rows, width) in rows_and_widths(), batch in 1usize..=2,
+                                        view in views(), dtype in select(FLOATS.to_vec()), bias in any::<bool>()) {
+        let shape = if batch == 1 { vec![rows, width] } else { vec![batch, rows, width] };
+        check("layer_norm", dtype, true,
+              |d| vec![
+                  // a mean far from zero: the variance must not cancel away
+                  input(&shape, view, dtype, 30, 2.0, 3.0, d),
+                  input(&[width], View::Plain, dtype, 31, 1.0, 1.0, d),
+                  input(&[width], View::Plain, dtype, 32, 1.0, 0.0, d),
+              ],
+              |x| if bias { x[0].layer_norm(&x[1], &x[2], 1e-5) } else { x[0].layer_norm_no_bias(&x[1], 1e-5) });
+    }
+
+    #[test]
+    fn cross_entropy_with_and_without_ignored_rows((rows, width) in rows_and_widths(), view in views(),
+                                                   dtype in select(FLOATS.to_vec()), ignore in any::<bool>()) {
+        const IGNORE: u32 = 1_000_000;
+        let mut rng = Rng::new(33);
+        // every third row after the first is ignored when `ignore`, so at least one row counts
+        let targets: Vec<u32> = (0..rows)
+            .map(|r| if ignore && r % 3 == 2 { IGNORE } else { rng.below(width as u64) as u32 })
+            .collect();
+        check("cross_entropy", dtype, true,
+              |d| vec![
+                  input(&[rows, width], view, dtype, 34, 3.0, 0.0, d),
+                  Tensor::from_vec(targets.clone(), &[rows], d).unwrap(),
+              ],
+              |x| x[0].cross_entropy_with_ignore(&x[1], ignore.then_some(IGNORE)));
+    }
+}
+
+/// (rows, width) of the row-wise kernels (layer_norm, cross_entropy): rows 1, primes and just off
+/// the rows per block; widths from 1 to 5000: part of a warp, just off warp and block multiples,
+/// many warps per row. At most 20000 elements, to keep Emu fast.
+fn rows_and_widths() -> impl Strategy<Value = (usize, usize)> {
+    let rows = select(vec![1usize, 2, 3, 7, 9, 33]);
+    let widths = select(vec![1usize, 2, 5, 31, 33, 64, 129, 257, 1000, 1031, 2049, 5000]);
+    (rows, widths).prop_filter("small", |&(r, w)| r * w <= 20_000)
 }
 
 /// scaled_dot_product_attention of q `[b, h, tq, d]` over k, v `[b, h, tk, d]` (q transposed or
@@ -462,6 +502,58 @@ fn wide_softmax_rows_use_many_warps() {
 }
 
 #[test]
+fn layer_norm_weight_gradients_split_over_row_chunks() {
+    // more than 32 rows: dw and db are summed per chunk of rows, then the chunks in order
+    for dtype in FLOATS {
+        for shape in [vec![333, 7], vec![65, 129], vec![3, 41, 40]] {
+            let c = *shape.last().unwrap();
+            check(
+                "layer_norm",
+                dtype,
+                true,
+                |d| {
+                    vec![
+                        input(&shape, View::Plain, dtype, 35, 1.0, 0.5, d),
+                        input(&[c], View::Plain, dtype, 36, 1.0, 1.0, d),
+                        input(&[c], View::Plain, dtype, 37, 1.0, 0.0, d),
+                    ]
+                },
+                |x| x[0].layer_norm(&x[1], &x[2], 1e-5),
+            );
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_keeps_its_work_on_the_device() {
+    // the loss and the gradient come back on the logits' device, and match the CPU's f64 loss
+    let logits = [2.0f32, -1.0, 0.5, 0.0, 3.0, 1.0];
+    let want = {
+        let lse0 = (2f64.exp() + (-1f64).exp() + 0.5f64.exp()).ln();
+        let lse1 = (1f64 + 3f64.exp() + 1f64.exp()).ln();
+        ((lse0 - 0.5) + (lse1 - 3.0)) / 2.0
+    };
+    for dev in devices() {
+        let x = Tensor::from_vec(logits.to_vec(), &[2, 3], &dev)
+            .unwrap()
+            .requires_grad();
+        let t = Tensor::from_vec(vec![2u32, 1], &[2], &dev).unwrap();
+        let loss = x.cross_entropy(&t).unwrap();
+        assert_eq!(loss.device(), &dev);
+        let got = loss.to_vec::<f32>().unwrap()[0] as f64;
+        assert!((got - want).abs() < 1e-6, "{dev}: {got} vs {want}");
+        let g = loss.backward().unwrap();
+        let gx = g.get(&x).unwrap();
+        assert_eq!(gx.device(), &dev);
+        // each row's gradient sums to zero (softmax minus one-hot)
+        let gv = gx.to_vec::<f32>().unwrap();
+        for row in gv.chunks(3) {
+            assert!(row.iter().sum::<f32>().abs() < 1e-6, "{dev}: {gv:?}");
+        }
+    }
+}
+
+#[test]
 fn masked_softmax_rows() {
     // a row that is entirely -inf gives 0 (softmax) or -inf (log_softmax), as on the CPU
     for dev in devices() {
@@ -540,12 +632,7 @@ fn the_doc_example_runs_on_emu_up_to_matmul() {
 fn ops_without_kernels_name_the_op_and_device() {
     let dev = Device::Emu;
     let x = Tensor::ones(&[2, 3], DType::F32, &dev).unwrap();
-    let w = Tensor::ones(&[3], DType::F32, &dev).unwrap();
-    let e = x.layer_norm(&w, &w, 1e-5).unwrap_err().to_string();
-    assert!(e.contains("layer_norm") && e.contains("emu"), "{e}");
     let ids = Tensor::from_vec(vec![0u32, 1], &[2], &dev).unwrap();
-    let e = x.cross_entropy(&ids).unwrap_err().to_string();
-    assert!(e.contains("cross_entropy") && e.contains("emu"), "{e}");
     let e = x.index_select(0, &ids).unwrap_err().to_string();
     assert!(e.contains("index_select") && e.contains("emu"), "{e}");
 }
@@ -624,6 +711,10 @@ fn every_kernel_named_by_a_wrapper_exists_and_is_registered_with_the_emulator() 
         "reduce_f64",
         "reduce_partials_bf16",
         "softmax_f32",
+        "softmax_backward_f16",
+        "layer_norm_forward_bf16",
+        "layer_norm_dparams_finish_f64",
+        "cross_entropy_backward_f32",
     ] {
         assert!(names.contains(&family), "{family} missing from {names:?}");
     }

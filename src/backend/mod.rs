@@ -6,13 +6,13 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::backend::cpu::attention::AttentionDims;
-use crate::backend::cpu::norm::RowStats;
 use crate::backend::cpu::reduce::ReduceOp;
 use crate::ops::binary::BinaryOp;
 use crate::ops::unary::UnaryOp;
 use crate::tensor::dtype::DType;
+use crate::tensor::dtype::WithDType;
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::{CpuStorage, Storage};
+use crate::tensor::storage::{with_cpu_storage, CpuStorage, Storage};
 use crate::{Device, Error, Result};
 use cuda::{not_yet, CudaDevice, CudaStorage};
 
@@ -152,6 +152,20 @@ impl Storage {
         }
     }
 
+    /// The gradient of `softmax_last_dim` (`self` is its output `y`, `dy` the incoming gradient;
+    /// both contiguous rows of `width`).
+    pub(crate) fn softmax_backward_last_dim(&self, dy: &Storage, width: usize, log: bool) -> Result<Storage> {
+        match (self, dy) {
+            (Storage::Cpu(y), Storage::Cpu(dy)) => Ok(Storage::Cpu(cpu::softmax::softmax_backward_last_dim(
+                y, dy, width, log,
+            )?)),
+            (Storage::Cuda(y), Storage::Cuda(dy)) => Ok(Storage::Cuda(cuda::softmax::softmax_backward_last_dim(
+                y, dy, width, log,
+            )?)),
+            (y, dy) => Err(mismatch("softmax backward", y, dy)),
+        }
+    }
+
     /// Contiguous `[rows, c]` input, weight and bias.
     pub(crate) fn layer_norm_forward(
         &self,
@@ -167,10 +181,26 @@ impl Storage {
                     Some(Storage::Cpu(b)) => Some(b),
                     Some(other) => return Err(mismatch("layer_norm", self, other)),
                 };
-                let (y, stats) = cpu::norm::layer_norm_forward(x, w, b, c, eps)?;
+                let (y, mean, rstd) = cpu::norm::layer_norm_forward(x, w, b, c, eps)?;
+                let stats = RowStats {
+                    mean: Storage::Cpu(CpuStorage::F64(mean)),
+                    rstd: Storage::Cpu(CpuStorage::F64(rstd)),
+                };
                 Ok((Storage::Cpu(y), stats))
             }
-            (Storage::Cuda(x), Storage::Cuda(_)) => Err(not_yet("layer_norm", x.device())),
+            (Storage::Cuda(x), Storage::Cuda(w)) => {
+                let b = match b {
+                    None => None,
+                    Some(Storage::Cuda(b)) => Some(b),
+                    Some(other) => return Err(mismatch("layer_norm", self, other)),
+                };
+                let (y, mean, rstd) = cuda::layernorm::layer_norm_forward(x, w, b, c, eps)?;
+                let stats = RowStats {
+                    mean: Storage::Cuda(mean),
+                    rstd: Storage::Cuda(rstd),
+                };
+                Ok((Storage::Cuda(y), stats))
+            }
             (x, w) => Err(mismatch("layer_norm", x, w)),
         }
     }
@@ -183,42 +213,80 @@ impl Storage {
         stats: &RowStats,
         c: usize,
     ) -> Result<(Storage, Storage, Storage)> {
-        match (self, w, dy) {
-            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(dy)) => {
-                let (dx, dw, db) = cpu::norm::layer_norm_backward(x, w, dy, stats, c)?;
+        match (self, w, dy, &stats.mean, &stats.rstd) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(dy), Storage::Cpu(mean), Storage::Cpu(rstd)) => {
+                let (mean, rstd) = (cpu::typed::<f64>(mean), cpu::typed::<f64>(rstd));
+                let (dx, dw, db) = cpu::norm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
                 Ok((Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db)))
             }
-            (Storage::Cuda(x), _, _) => Err(not_yet("layer_norm backward", x.device())),
-            (x, w, _) => Err(mismatch("layer_norm backward", x, w)),
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(dy), Storage::Cuda(mean), Storage::Cuda(rstd)) => {
+                let (dx, dw, db) = cuda::layernorm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(dw), Storage::Cuda(db)))
+            }
+            (x, w, dy, ..) => Err(if x.device() != w.device() {
+                mismatch("layer_norm backward", x, w)
+            } else {
+                mismatch("layer_norm backward", x, dy)
+            }),
         }
     }
 
-    /// Contiguous logits `[n, c]`; returns (Σ loss, per-row log-sum-exp).
+    /// Contiguous logits `[n, c]` and U32 targets `[n]`, checked by the caller: each below `c` or
+    /// equal to `ignore`, `count` (at least one) not ignored. Returns the mean loss over the counted
+    /// rows (a scalar of the logits' dtype) and the per-row log-sum-exp for the backward (f64 on
+    /// the CPU; the kernels' accumulation type on CUDA/Emu, where nothing goes through the host).
     pub(crate) fn cross_entropy_forward(
         &self,
-        targets: &[u32],
+        targets: &Storage,
         c: usize,
         ignore: Option<u32>,
-    ) -> Result<(f64, Vec<f64>)> {
-        match self {
-            Storage::Cpu(s) => cpu::loss::cross_entropy_forward(s, targets, c, ignore),
-            Storage::Cuda(s) => Err(not_yet("cross_entropy", s.device())),
+        count: usize,
+    ) -> Result<(Storage, Storage)> {
+        match (self, targets) {
+            (Storage::Cpu(x), Storage::Cpu(t)) => {
+                let (total, lse) = cpu::loss::cross_entropy_forward(x, cpu::typed::<u32>(t), c, ignore)?;
+                let loss = cpu::filled(total / count as f64, 1, x.dtype());
+                Ok((Storage::Cpu(loss), Storage::Cpu(CpuStorage::F64(lse))))
+            }
+            (Storage::Cuda(x), Storage::Cuda(t)) => {
+                let (loss, lse) = cuda::cross_entropy::cross_entropy_forward(x, t, c, ignore, count)?;
+                Ok((Storage::Cuda(loss), Storage::Cuda(lse)))
+            }
+            (x, t) => Err(mismatch("cross_entropy", x, t)),
         }
     }
 
+    /// d logits = (softmax − onehot)·g/count, zero on ignored rows; `g` is the loss's gradient (a
+    /// one-element storage of the logits' dtype) and `lse` what the forward returned.
     pub(crate) fn cross_entropy_backward(
         &self,
-        targets: &[u32],
-        lse: &[f64],
+        targets: &Storage,
+        lse: &Storage,
+        g: &Storage,
         c: usize,
         ignore: Option<u32>,
-        scale: f64,
+        count: usize,
     ) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::loss::cross_entropy_backward(
-                s, targets, lse, c, ignore, scale,
-            )?)),
-            Storage::Cuda(s) => Err(not_yet("cross_entropy backward", s.device())),
+        match (self, targets, lse, g) {
+            (Storage::Cpu(x), Storage::Cpu(t), Storage::Cpu(lse), Storage::Cpu(g)) => {
+                let scale = with_cpu_storage!(g, v => v[0].to_f64()) / count as f64;
+                Ok(Storage::Cpu(cpu::loss::cross_entropy_backward(
+                    x,
+                    cpu::typed::<u32>(t),
+                    cpu::typed::<f64>(lse),
+                    c,
+                    ignore,
+                    scale,
+                )?))
+            }
+            (Storage::Cuda(x), Storage::Cuda(t), Storage::Cuda(lse), Storage::Cuda(g)) => Ok(Storage::Cuda(
+                cuda::cross_entropy::cross_entropy_backward(x, t, lse, g, c, ignore, count)?,
+            )),
+            (x, t, _, g) => Err(if x.device() != t.device() {
+                mismatch("cross_entropy backward", x, t)
+            } else {
+                mismatch("cross_entropy backward", x, g)
+            }),
         }
     }
 
@@ -297,6 +365,13 @@ const OP_ATTENTION: &str = "scaled_dot_product_attention";
 fn mismatch_any(op: &'static str, first: &Storage, rest: &[&Storage]) -> Error {
     let other = rest.iter().find(|s| s.device() != first.device()).unwrap_or(&first);
     mismatch(op, first, other)
+}
+
+/// Per-row mean and 1/√(var + eps) that layer_norm's forward saves for its backward, on the
+/// input's device: f64 on the CPU, the kernels' accumulation type (f32; f64 for f64) on CUDA/Emu.
+pub struct RowStats {
+    pub mean: Storage,
+    pub rstd: Storage,
 }
 
 /// Operands of one op on different devices (the tensor layer checks first; this is the backstop).

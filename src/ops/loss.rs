@@ -36,6 +36,8 @@ impl Tensor {
         if !self.dtype().is_float() {
             return Err(Error::not_float(OP, self.dtype()));
         }
+        // The ids are checked on the host (one small read; a device-side check would need a read
+        // back too); the kernels then take them from the device.
         let ids = targets.to_vec::<u32>()?;
         if let Some((row, &t)) = ids
             .iter()
@@ -55,14 +57,21 @@ impl Tensor {
             ));
         }
         let logits = self.dense()?;
-        let (total, lse) = logits.storage().cross_entropy_forward(&ids, c, ignore_index)?;
-        let loss = Tensor::full(total / count as f64, &[], self.dtype(), self.device())?;
+        let targets = targets.dense()?;
+        let (loss, lse) = logits
+            .storage()
+            .cross_entropy_forward(&targets.storage(), c, ignore_index, count)?;
+        let loss = Tensor::from_parts(loss, &[]);
         Ok(loss.record(OP, &[&logits], move |g, inputs, _| {
-            let logits = &inputs[0];
-            let scale = g.to_scalar::<f64>()? / count as f64;
-            let dx = logits
-                .storage()
-                .cross_entropy_backward(&ids, &lse, c, ignore_index, scale)?;
+            let (logits, g) = (&inputs[0], g.dense()?);
+            let dx = logits.storage().cross_entropy_backward(
+                &targets.storage(),
+                &lse,
+                &g.storage(),
+                c,
+                ignore_index,
+                count,
+            )?;
             Ok(vec![Some(Tensor::from_parts(dx, &[n, c]))])
         }))
     }

@@ -7,27 +7,21 @@ use crate::Result;
 use num_traits::{Float, ToPrimitive};
 use rayon::prelude::*;
 
-/// Per-row mean and 1/√(var + eps), saved by the forward for the backward.
-pub struct RowStats {
-    pub mean: Vec<f64>,
-    pub rstd: Vec<f64>,
-}
-
-/// y = (x − mean)·rstd·w + b.
+/// y = (x − mean)·rstd·w + b; returns y and the per-row mean and rstd (f64) for the backward.
 pub fn layer_norm_forward(
     x: &CpuStorage,
     w: &CpuStorage,
     b: Option<&CpuStorage>,
     c: usize,
     eps: f64,
-) -> Result<(CpuStorage, RowStats)> {
+) -> Result<(CpuStorage, Vec<f64>, Vec<f64>)> {
     fn run<T: CpuFloat>(
         x: &CpuStorage,
         w: &CpuStorage,
         b: Option<&CpuStorage>,
         c: usize,
         eps: f64,
-    ) -> (CpuStorage, RowStats) {
+    ) -> (CpuStorage, Vec<f64>, Vec<f64>) {
         let (x, w, b) = (typed::<T>(x), typed::<T>(w), b.map(typed::<T>));
         let rows = x.len().checked_div(c).unwrap_or(0);
         let mut y = vec![T::from_f64(0.0); x.len()];
@@ -49,7 +43,7 @@ pub fn layer_norm_forward(
                 });
         }
         let (mean, rstd) = stats.into_iter().unzip();
-        (CpuStorage::from_vec(y), RowStats { mean, rstd })
+        (CpuStorage::from_vec(y), mean, rstd)
     }
     Ok(dispatch_float!("layer_norm", x.dtype(), run(x, w, b, c, eps)))
 }
@@ -61,14 +55,16 @@ pub fn layer_norm_backward(
     x: &CpuStorage,
     w: &CpuStorage,
     dy: &CpuStorage,
-    stats: &RowStats,
+    mean: &[f64],
+    rstd: &[f64],
     c: usize,
 ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
     fn run<T: CpuFloat>(
         x: &CpuStorage,
         w: &CpuStorage,
         dy: &CpuStorage,
-        stats: &RowStats,
+        mean: &[f64],
+        rstd: &[f64],
         c: usize,
     ) -> (CpuStorage, CpuStorage, CpuStorage) {
         let (x, w, dy) = (typed::<T>(x), typed::<T>(w), typed::<T>(dy));
@@ -76,7 +72,7 @@ pub fn layer_norm_backward(
         let (mut dw, mut db) = (vec![0f64; c], vec![0f64; c]);
         if c > 0 {
             let n = acc::<T>(c as f64);
-            let rows = stats.mean.par_iter().zip(&stats.rstd);
+            let rows = mean.par_iter().zip(rstd);
             x.par_chunks(c)
                 .zip(dy.par_chunks(c))
                 .zip(dx.par_chunks_mut(c))
@@ -95,7 +91,7 @@ pub fn layer_norm_backward(
                         dxr[i] = T::down(r * (dyr[i].up() * w[i].up() - mean_dyw - xhat * mean_dyw_xhat));
                     }
                 });
-            for ((xr, dyr), (&m, &r)) in x.chunks(c).zip(dy.chunks(c)).zip(stats.mean.iter().zip(&stats.rstd)) {
+            for ((xr, dyr), (&m, &r)) in x.chunks(c).zip(dy.chunks(c)).zip(mean.iter().zip(rstd)) {
                 for i in 0..c {
                     let g = dyr[i].to_f64();
                     dw[i] += g * (xr[i].to_f64() - m) * r;
@@ -106,5 +102,5 @@ pub fn layer_norm_backward(
         let narrow = |v: Vec<f64>| CpuStorage::from_vec(v.into_iter().map(T::from_f64).collect::<Vec<T>>());
         (CpuStorage::from_vec(dx), narrow(dw), narrow(db))
     }
-    Ok(dispatch_float!("layer_norm", x.dtype(), run(x, w, dy, stats, c)))
+    Ok(dispatch_float!("layer_norm", x.dtype(), run(x, w, dy, mean, rstd, c)))
 }

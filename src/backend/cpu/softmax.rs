@@ -1,7 +1,7 @@
 //! Softmax and log-softmax over the last dim of a contiguous tensor, one row at a time
-//! (max-subtracted, accumulated in the arithmetic type).
+//! (max-subtracted, accumulated in the arithmetic type), and their backward.
 
-use super::{map_float_storage, CpuFloat, PARALLEL_MIN};
+use super::{dispatch_float, map_float_storage, typed, CpuFloat, PARALLEL_MIN};
 use crate::tensor::storage::CpuStorage;
 use crate::Result;
 use num_traits::Float;
@@ -49,4 +49,42 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
         out
     }
     Ok(map_float_storage!(if log { "log_softmax" } else { "softmax" }, s, v => run(v, width, log)))
+}
+
+/// The gradient of [`softmax_last_dim`] from its output `y` and the incoming gradient `dy` (both
+/// contiguous, rows of `width`), one fused pass per row in the arithmetic type:
+///   softmax:     dx = y ⊙ (dy − Σ y ⊙ dy)        log_softmax: dx = dy − exp(y) · Σ dy
+pub fn softmax_backward_last_dim(y: &CpuStorage, dy: &CpuStorage, width: usize, log: bool) -> Result<CpuStorage> {
+    fn run<T: CpuFloat>(y: &CpuStorage, dy: &CpuStorage, width: usize, log: bool) -> CpuStorage {
+        let (y, dy) = (typed::<T>(y), typed::<T>(dy));
+        let mut dx = vec![T::from_f64(0.0); y.len()];
+        if width == 0 {
+            return CpuStorage::from_vec(dx);
+        }
+        let row = |((yr, gr), dr): ((&[T], &[T]), &mut [T])| {
+            let sum: T::Acc = if log {
+                gr.iter().map(|g| g.up()).sum()
+            } else {
+                yr.iter().zip(gr).map(|(u, g)| u.up() * g.up()).sum()
+            };
+            for ((u, g), d) in yr.iter().zip(gr).zip(dr) {
+                let (u, g) = (u.up(), g.up());
+                *d = T::down(if log { g - u.exp() * sum } else { u * (g - sum) });
+            }
+        };
+        if y.len() >= PARALLEL_MIN {
+            y.par_chunks(width)
+                .zip(dy.par_chunks(width))
+                .zip(dx.par_chunks_mut(width))
+                .for_each(row);
+        } else {
+            y.chunks(width)
+                .zip(dy.chunks(width))
+                .zip(dx.chunks_mut(width))
+                .for_each(row);
+        }
+        CpuStorage::from_vec(dx)
+    }
+    let op = if log { "log_softmax" } else { "softmax" };
+    Ok(dispatch_float!(op, y.dtype(), run(y, dy, width, log)))
 }

@@ -2,6 +2,7 @@
 //! check of that shape against the device's limits.
 
 use super::device::Limits;
+use crate::tensor::dtype::DType;
 use crate::{Error, Result};
 use std::ffi::c_void;
 
@@ -123,6 +124,16 @@ impl Args {
         }
         self.slots.push(slot);
         self
+    }
+
+    /// Appends a scalar in the kernels' arithmetic type for elements of `dtype`: a `double` for
+    /// f64 kernels, a `float` otherwise.
+    pub fn push_acc(&mut self, dtype: DType, value: f64) -> &mut Args {
+        if dtype == DType::F64 {
+            self.push(value)
+        } else {
+            self.push(value as f32)
+        }
     }
 
     /// One pointer per argument slot, valid while `self` is neither changed nor dropped.

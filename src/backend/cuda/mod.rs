@@ -2,25 +2,27 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, attention.
+//! where_cond, reduce, softmax, layernorm, cross_entropy, attention.
 //!
 //! - [`device`]: opening devices, their limits, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
 //! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
 //!
-//! Ops whose kernels come later (matmul, layer_norm, cross_entropy, index_select/index_add) return
-//! an error naming the op and device: they never fall back to the CPU silently.
+//! Ops whose kernels come later (matmul, index_select/index_add) return an error naming the op and
+//! device: they never fall back to the CPU silently.
 
 pub mod attention;
 pub mod binary;
 pub mod cast;
 pub mod copy;
+pub mod cross_entropy;
 pub mod device;
 pub mod emu;
 pub mod fill;
 pub mod kernels;
 pub mod launch;
+pub mod layernorm;
 pub mod layout;
 pub mod memory;
 pub mod nvrtc;
@@ -156,6 +158,23 @@ pub(crate) fn kernel(file: &'static str, name: &str) -> Result<Kernel> {
         .find(|&&k| k == name)
         .map(|&name| Kernel { file, name })
         .ok_or_else(|| Error::invalid("cuda", format!("kernels/{file}.cu has no kernel {name}")))
+}
+
+/// The kernels' arithmetic type for elements of `dtype` (`KilnFloat<T>::Acc`): f64 for f64, else f32.
+pub(crate) fn acc_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// The kernel-name suffix of a float storage (f32, f64, bf16, f16); U32 is refused for `op`.
+pub(crate) fn float_suffix(op: &'static str, s: &CudaStorage) -> Result<&'static str> {
+    match s.dtype() {
+        DType::U32 => Err(Error::not_float(op, DType::U32)),
+        d => Ok(d.as_str()),
+    }
 }
 
 /// The name suffix of kernels that only move bits: b16, b32 or b64.
