@@ -125,7 +125,11 @@ fn ldmatrix_distributes_rows_as_documented() {
     // The element of the 16x16 tile that matrix i of each form reads at (row, col), per the kernel's
     // addresses: x4 matrix i is rows 8(i%2).., cols 8(i/2)..; x2 matrix i is rows 8i.., cols 0..7.
     let at = |form: usize, i: usize, row: usize, col: usize| -> u32 {
-        let (r0, c0) = if form < 2 { (8 * (i % 2), 8 * (i / 2)) } else { (8 * i, 0) };
+        let (r0, c0) = if form < 2 {
+            (8 * (i % 2), 8 * (i / 2))
+        } else {
+            (8 * i, 0)
+        };
         ((r0 + row) * 16 + c0 + col) as u32
     };
     let mut want = vec![0u32; 4 * 32 * 4];
