@@ -116,6 +116,15 @@ KILN_CONVERT_VIA_F32(__nv_bfloat16, __half)
 KILN_CONVERT_VIA_F32(__half, __nv_bfloat16)
 #undef KILN_CONVERT_VIA_F32
 
+// GELU, GPT-2's tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in the arithmetic type A
+// (unary.cu's gelu and matmul.cu's fused epilogue).
+__device__ __forceinline__ float kiln_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double kiln_tanh(double x) { return tanh(x); }
+template <typename A> __device__ __forceinline__ A kiln_gelu(A x) {
+    const A u = (A)0.7978845608028654 * (x + (A)0.044715 * x * x * x);
+    return (A)0.5 * x * ((A)1 + kiln_tanh(u));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Strided views. The Rust side (src/backend/cuda/layout.rs) fills this from a kiln Layout after
 // dropping size-1 dims and merging dims that are contiguous with each other, so most views arrive
