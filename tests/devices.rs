@@ -323,8 +323,7 @@ fn matmul_batches() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
 /// then transposed back: a column-major matrix) when `transposed`.
 fn matrix(
     batch: &[usize],
-    rows: usize,
-    cols: usize,
+    [rows, cols]: [usize; 2],
     transposed: bool,
     dtype: DType,
     seed: u64,
@@ -359,9 +358,9 @@ proptest! {
         check("matmul", dtype, true, |d| {
             let a = match view {
                 View::Transposed if !ba.is_empty() => input(&[ba.as_slice(), &[m, k]].concat(), view, dtype, 7, scale, 0.0, d),
-                _ => matrix(&ba, m, k, ta, dtype, 7, scale, d),
+                _ => matrix(&ba, [m, k], ta, dtype, 7, scale, d),
             };
-            vec![a, matrix(&bb, k, n, tb, dtype, 8, 1.0, d)]
+            vec![a, matrix(&bb, [k, n], tb, dtype, 8, 1.0, d)]
         }, |x| x[0].matmul(&x[1]));
     }
 
