@@ -289,19 +289,57 @@ impl Storage {
         }
     }
 
-    /// Contiguous `[outer, size, inner]` → `[outer, ids.len(), inner]`.
-    pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::index::index_select(s, outer, size, inner, ids))),
-            Storage::Cuda(s) => Err(not_yet("index_select", s.device())),
+    /// Contiguous `[outer, size, inner]` → `[outer, ids.len(), inner]`; `ids` are U32 on this
+    /// device, each below `size` (checked by the caller).
+    pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &Storage) -> Result<Storage> {
+        match (self, ids) {
+            (Storage::Cpu(s), Storage::Cpu(ids)) => Ok(Storage::Cpu(cpu::index::index_select(
+                s,
+                outer,
+                size,
+                inner,
+                cpu::typed::<u32>(ids),
+            ))),
+            (Storage::Cuda(s), Storage::Cuda(ids)) => Ok(Storage::Cuda(cuda::embedding::index_select(
+                s, outer, size, inner, ids,
+            )?)),
+            (s, ids) => Err(mismatch("index_select", s, ids)),
         }
     }
 
-    /// The adjoint of `index_select`.
-    pub(crate) fn index_add(&self, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::index::index_add(s, outer, size, inner, ids)?)),
-            Storage::Cuda(s) => Err(not_yet("index_add", s.device())),
+    /// GPT's input: `self` is U32 ids `[n / t, t]` (checked below `wte`'s rows), `wte` `[vocab, c]`
+    /// and `wpe` `[positions ≥ t, c]` contiguous; returns `[n, c]` rows `wte[id] + wpe[position]`.
+    pub(crate) fn token_position_embedding(&self, wte: &Storage, wpe: &Storage, t: usize, c: usize) -> Result<Storage> {
+        match (self, wte, wpe) {
+            (Storage::Cpu(ids), Storage::Cpu(wte), Storage::Cpu(wpe)) => Ok(Storage::Cpu(
+                cpu::index::token_position_embedding(cpu::typed::<u32>(ids), wte, wpe, t, c)?,
+            )),
+            (Storage::Cuda(ids), Storage::Cuda(wte), Storage::Cuda(wpe)) => Ok(Storage::Cuda(
+                cuda::embedding::token_position_embedding(ids, wte, wpe, t, c)?,
+            )),
+            (ids, wte, wpe) => Err(if ids.device() != wte.device() {
+                mismatch("token_position_embedding", ids, wte)
+            } else {
+                mismatch("token_position_embedding", ids, wpe)
+            }),
+        }
+    }
+
+    /// The adjoint of `index_select`: `self` is `[outer, n, inner]`, `ids` its n ids bucketed.
+    pub(crate) fn index_add(&self, outer: usize, size: usize, inner: usize, ids: &IdBuckets) -> Result<Storage> {
+        match (self, &ids.order, &ids.starts) {
+            (Storage::Cpu(s), Storage::Cpu(order), Storage::Cpu(starts)) => Ok(Storage::Cpu(cpu::index::index_add(
+                s,
+                outer,
+                size,
+                inner,
+                cpu::typed::<u32>(order),
+                cpu::typed::<u32>(starts),
+            )?)),
+            (Storage::Cuda(s), Storage::Cuda(order), Storage::Cuda(starts)) => Ok(Storage::Cuda(
+                cuda::embedding::index_add(s, outer, size, inner, order, starts)?,
+            )),
+            (s, order, _) => Err(mismatch("index_add", s, order)),
         }
     }
 }
@@ -311,6 +349,31 @@ impl Storage {
 pub struct RowStats {
     pub mean: Storage,
     pub rstd: Storage,
+}
+
+/// The positions of n ids grouped by id on a device (U32): `order[starts[r]..starts[r + 1]]` are
+/// the positions holding id `r`, ascending. index_add sums each bucket in that order, so its
+/// result does not depend on scheduling (no float atomics). Built once per backward on the host,
+/// where the op has checked the ids, by a counting sort (O(n + size)).
+pub struct IdBuckets {
+    pub order: Storage,
+    pub starts: Storage,
+}
+
+impl IdBuckets {
+    pub(crate) fn new(ids: &[u32], size: usize, device: &Device) -> Result<IdBuckets> {
+        if u32::try_from(ids.len()).is_err() {
+            return Err(Error::invalid(
+                "index_add",
+                format!("{} indices are more than the 2^32 - 1 the kernels count", ids.len()),
+            ));
+        }
+        let (order, starts) = cpu::index::bucket_ids(ids, size);
+        Ok(IdBuckets {
+            order: Storage::from_host(CpuStorage::U32(order), device)?,
+            starts: Storage::from_host(CpuStorage::U32(starts), device)?,
+        })
+    }
 }
 
 /// Operands of one op on different devices (the tensor layer checks first; this is the backstop).

@@ -17,6 +17,7 @@ pub mod cast;
 pub mod copy;
 pub mod cross_entropy;
 pub mod device;
+pub mod embedding;
 pub mod emu;
 pub mod fill;
 pub mod kernels;
