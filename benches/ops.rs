@@ -1,6 +1,6 @@
 //! Memory-bound ops: achieved GB/s (criterion "bytes/s") for elementwise, reductions, softmax
 //! and layer_norm on 4M-element f32 tensors on the CPU; and the row kernels (softmax, layer_norm,
-//! cross_entropy, forward and backward) on the CPU and, when a GPU is present, on Cuda(0).
+//! cross_entropy, the token + position embedding, forward and backward) on the CPU and, when a GPU is present, on Cuda(0).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::{DType, Device, Rng, Tensor};
@@ -90,6 +90,24 @@ fn row_kernels(c: &mut Criterion) {
             bch.iter(|| {
                 let loss = logits.cross_entropy(&targets).unwrap();
                 sync(loss.backward().unwrap().get(&logits).unwrap())
+            })
+        });
+        // GPT-2's input: 8 x 1024 ids, a 50257 x 768 token table and 1024 x 768 positions; forward
+        // writes the rows (reading two), backward writes the whole token table's gradient
+        let (bt, width) = (8 * 1024, 768);
+        let wte = Tensor::randn(&[vocab, width], DType::F32, &mut rng, &dev)
+            .unwrap()
+            .requires_grad();
+        let wpe = Tensor::randn(&[1024, width], DType::F32, &mut rng, &dev)
+            .unwrap()
+            .requires_grad();
+        let tokens: Vec<u32> = (0..bt as u32).map(|i| i * 7919 % vocab as u32).collect();
+        let tokens = Tensor::from_vec(tokens, &[8, 1024], &dev).unwrap();
+        g.throughput(Throughput::Bytes(((3 * bt + vocab) * width) as u64 * 4));
+        g.bench_function("token_position_embedding_fwd_bwd_gpt2", |bch| {
+            bch.iter(|| {
+                let x = tokens.token_position_embedding(&wte, &wpe).unwrap();
+                sync(x.sum_all().unwrap().backward().unwrap().get(&wte).unwrap())
             })
         });
         g.finish();
