@@ -10,6 +10,7 @@
 
 use kiln::backend::cuda::launch::{Args, Kernel, LaunchConfig};
 use kiln::backend::cuda::CudaDevice;
+use kiln::optim::{clip_grad_norm, AdamW};
 use kiln::{DType, Device, Error, Rng, Tensor};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -403,6 +404,55 @@ fn token_position_embedding_is_the_gather_plus_positions() {
 }
 
 #[test]
+fn adamw_and_the_gradient_norm_match_the_cpu() {
+    // tensors of odd sizes in one fused step, decayed (2-D) and not, one with a bf16 copy; three
+    // steps with clipping, so the moments carry over between steps
+    let shapes = [vec![1], vec![7], vec![33, 5], vec![3, 257], vec![1000]];
+    let run = |dev: &Device| {
+        let params: Vec<(String, Tensor)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let p = input(s, View::Plain, DType::F32, 50 + i as u64, 1.0, 0.0, dev);
+                (format!("p{i}"), p.requires_grad())
+            })
+            .collect();
+        let mut opt = AdamW::new(params.clone(), 1e-2, (0.9, 0.95), 1e-8, 0.1).unwrap();
+        let copy = Tensor::zeros(&shapes[2], DType::BF16, dev).unwrap();
+        opt.set_bf16_copy("p2", &copy).unwrap();
+        let mut norms = vec![];
+        for step in 0..3u64 {
+            let mut loss = Tensor::zeros(&[], DType::F32, dev).unwrap();
+            for (_, p) in &params {
+                let w = input(p.shape(), View::Plain, DType::F32, 60 + step, 1.0, 0.0, dev);
+                loss = loss
+                    .add(&p.mul(p).unwrap().mul(&w).unwrap().sum_all().unwrap())
+                    .unwrap();
+            }
+            let mut grads = loss.backward().unwrap();
+            norms.push(clip_grad_norm(&params, &mut grads, 5.0).unwrap());
+            opt.step(&grads).unwrap();
+        }
+        // the copy is the weights rounded to bf16, exactly
+        let rounded = params[2].1.to_dtype(DType::BF16).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(copy.to_vec::<f32>().unwrap(), rounded, "{dev}: bf16 copy");
+        (params, norms, copy)
+    };
+    let (want, want_norms, want_copy) = run(&Device::Cpu);
+    for dev in devices().into_iter().skip(1) {
+        let (got, got_norms, got_copy) = run(&dev);
+        for ((name, g), (_, w)) in got.iter().zip(&want) {
+            assert_eq!(g.device(), &dev);
+            assert_close(&format!("AdamW {name}"), dev, DType::F32, g, w);
+        }
+        for (g, w) in got_norms.iter().zip(&want_norms) {
+            assert!((g - w).abs() <= 1e-6 * w, "{dev}: norm {g}, the CPU gives {w}");
+        }
+        assert_close("bf16 copy", dev, DType::BF16, &got_copy, &want_copy);
+    }
+}
+
+#[test]
 fn index_select_of_u32_moves_bits() {
     for dev in devices() {
         let x = Tensor::from_vec(vec![7u32, 8, 9, 10, 11, 12], &[3, 2], &dev).unwrap();
@@ -736,6 +786,8 @@ fn every_kernel_named_by_a_wrapper_exists_and_is_registered_with_the_emulator() 
         "index_select_b16",
         "index_add_bf16",
         "token_position_embedding_f32",
+        "adamw_f32",
+        "adamw_sq_partial_f64",
     ] {
         assert!(names.contains(&family), "{family} missing from {names:?}");
     }

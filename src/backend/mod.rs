@@ -376,6 +376,103 @@ impl IdBuckets {
     }
 }
 
+/// The scalars of one AdamW step (see src/optim/adamw.rs).
+pub struct AdamWHyper {
+    /// 1 − lr·weight_decay, applied to decayed parameters.
+    pub decay_factor: f64,
+    pub b1: f64,
+    pub b2: f64,
+    /// lr / (1 − β1ᵗ).
+    pub step_size: f64,
+    /// √(1 − β2ᵗ).
+    pub bc2_sqrt: f64,
+    pub eps: f64,
+}
+
+/// One parameter of a fused AdamW step: `param`, `m` and `v` are updated in place; all four
+/// storages hold the whole tensor, f32 or f64 alike, on one device; `copy` (bf16, same length)
+/// receives the new weights rounded.
+pub struct AdamWParam<'a> {
+    pub param: &'a mut Storage,
+    pub grad: &'a Storage,
+    pub m: &'a mut Storage,
+    pub v: &'a mut Storage,
+    pub copy: Option<&'a mut Storage>,
+    pub decay: bool,
+}
+
+/// The AdamW step of every parameter, fused: one pass per tensor on the CPU (bit for bit
+/// reproducible), one launch for all of them on CUDA/Emu.
+pub(crate) fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
+    const OP: &str = "AdamW";
+    let Some(first) = params.first() else { return Ok(()) };
+    let (device, dtype) = (first.param.device(), first.param.dtype());
+    for item in params.iter() {
+        let n = item.param.len();
+        let copy = item.copy.as_deref();
+        for s in [&*item.param, item.grad, &*item.m, &*item.v].into_iter().chain(copy) {
+            if s.device() != device {
+                return Err(Error::DeviceMismatch {
+                    op: OP,
+                    lhs: device,
+                    rhs: s.device(),
+                });
+            }
+            if s.len() != n {
+                return Err(Error::shape(
+                    OP,
+                    format!("a parameter of {n} elements has a state of {}", s.len()),
+                ));
+            }
+        }
+        for s in [&*item.param, item.grad, &*item.m, &*item.v] {
+            if s.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+                return Err(Error::DType {
+                    op: OP,
+                    msg: format!(
+                        "parameters, gradients and moments must all be f32 or all f64, got {dtype} and {}",
+                        s.dtype()
+                    ),
+                });
+            }
+        }
+        if let Some(c) = copy.filter(|c| c.dtype() != DType::BF16) {
+            return Err(Error::dtype_mismatch(OP, DType::BF16, c.dtype()));
+        }
+    }
+    match device {
+        Device::Cpu => cpu::adamw::adamw_step(params, h),
+        _ => cuda::adamw::adamw_step(params, h),
+    }
+}
+
+/// Σ g² over every gradient (whole storages, all f32 or all f64, one device), in f64: the square
+/// of the global norm for clipping. Deterministic on every device.
+pub(crate) fn grad_sq_sum(grads: &[&Storage]) -> Result<f64> {
+    const OP: &str = "clip_grad_norm";
+    let Some(first) = grads.first() else { return Ok(0.0) };
+    let (device, dtype) = (first.device(), first.dtype());
+    for g in grads {
+        if g.device() != device {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                lhs: device,
+                rhs: g.device(),
+            });
+        }
+        if g.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+            return Err(Error::DType {
+                op: OP,
+                msg: format!("gradients must all be f32 or all f64, got {dtype} and {}", g.dtype()),
+            });
+        }
+    }
+    match device {
+        Device::Cpu => Ok(cpu::adamw::grad_sq_sum(grads)),
+        _ => cuda::adamw::grad_sq_sum(grads),
+    }
+}
+
 /// Operands of one op on different devices (the tensor layer checks first; this is the backstop).
 fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
     Error::DeviceMismatch {

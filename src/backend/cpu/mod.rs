@@ -3,6 +3,7 @@
 //! rayon; BF16/F16 are computed in f32. `reference` holds the naive f64 versions the fast
 //! paths are tested against.
 
+pub mod adamw;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;

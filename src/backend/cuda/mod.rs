@@ -2,7 +2,7 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, layernorm, cross_entropy.
+//! where_cond, reduce, softmax, layernorm, cross_entropy, embedding, adamw.
 //!
 //! - [`device`]: opening devices, their limits, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
@@ -12,6 +12,7 @@
 //! Ops whose kernels come later (matmul, index_select/index_add) return an error naming the op and
 //! device: they never fall back to the CPU silently.
 
+pub mod adamw;
 pub mod binary;
 pub mod cast;
 pub mod copy;
