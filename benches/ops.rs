@@ -1,6 +1,6 @@
 //! Memory-bound ops: achieved GB/s (criterion "bytes/s") for elementwise, reductions, softmax
 //! and layer_norm on 4M-element f32 tensors on the CPU; and the row kernels (softmax, layer_norm,
-//! cross_entropy, the token + position embedding, forward and backward) on the CPU and, when a GPU is present, on Cuda(0).
+//! cross_entropy, the token + position embedding, forward and backward) and the fused AdamW step on the CPU and, when a GPU is present, on Cuda(0).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::{DType, Device, Rng, Tensor};
@@ -114,5 +114,42 @@ fn row_kernels(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, memory_bound, row_kernels);
+/// The fused AdamW step over 50 tensors of 200K f32 elements (10M parameters) plus the global
+/// gradient norm, on the CPU and, when a GPU is present, on Cuda(0). Bytes: p, g, m, v read, p, m,
+/// v written.
+fn adamw(c: &mut Criterion) {
+    let mut devices = vec![Device::Cpu];
+    if kiln::backend::cuda::gpu_count() > 0 {
+        devices.push(Device::Cuda(0));
+    }
+    for dev in devices {
+        let mut rng = Rng::new(2);
+        let (tensors, each) = (50, 200_000);
+        let params: Vec<(String, Tensor)> = (0..tensors)
+            .map(|i| {
+                let p = Tensor::randn(&[each], DType::F32, &mut rng, &dev)
+                    .unwrap()
+                    .requires_grad();
+                (format!("p{i}"), p)
+            })
+            .collect();
+        let mut loss = Tensor::zeros(&[], DType::F32, &dev).unwrap();
+        for (_, p) in &params {
+            loss = loss.add(&p.mul(p).unwrap().sum_all().unwrap()).unwrap();
+        }
+        let mut grads = loss.backward().unwrap();
+        let mut opt = kiln::optim::AdamW::new(params.clone(), 1e-3, (0.9, 0.95), 1e-8, 0.1).unwrap();
+        let mut g = c.benchmark_group(format!("adamw_f32_{dev}"));
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes((7 * tensors * each * 4) as u64));
+        g.bench_function("step_50x200k", |bch| bch.iter(|| opt.step(&grads).unwrap()));
+        g.throughput(Throughput::Bytes((tensors * each * 4) as u64));
+        g.bench_function("clip_grad_norm_50x200k", |bch| {
+            bch.iter(|| kiln::optim::clip_grad_norm(&params, &mut grads, 1e9).unwrap())
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, memory_bound, row_kernels, adamw);
 criterion_main!(benches);
