@@ -1,6 +1,6 @@
 //! Memory-bound ops: achieved GB/s (criterion "bytes/s") for elementwise, reductions, softmax
 //! and layer_norm on 4M-element f32 tensors on the CPU; and the row kernels (softmax, layer_norm,
-//! cross_entropy, forward and backward) on the CPU and, when a GPU is present, on Cuda(0).
+//! cross_entropy, the token + position embedding, forward and backward) and the fused AdamW step on the CPU and, when a GPU is present, on Cuda(0).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::{DType, Device, Rng, Tensor};
@@ -92,9 +92,64 @@ fn row_kernels(c: &mut Criterion) {
                 sync(loss.backward().unwrap().get(&logits).unwrap())
             })
         });
+        // GPT-2's input: 8 x 1024 ids, a 50257 x 768 token table and 1024 x 768 positions; forward
+        // writes the rows (reading two), backward writes the whole token table's gradient
+        let (bt, width) = (8 * 1024, 768);
+        let wte = Tensor::randn(&[vocab, width], DType::F32, &mut rng, &dev)
+            .unwrap()
+            .requires_grad();
+        let wpe = Tensor::randn(&[1024, width], DType::F32, &mut rng, &dev)
+            .unwrap()
+            .requires_grad();
+        let tokens: Vec<u32> = (0..bt as u32).map(|i| i * 7919 % vocab as u32).collect();
+        let tokens = Tensor::from_vec(tokens, &[8, 1024], &dev).unwrap();
+        g.throughput(Throughput::Bytes(((3 * bt + vocab) * width) as u64 * 4));
+        g.bench_function("token_position_embedding_fwd_bwd_gpt2", |bch| {
+            bch.iter(|| {
+                let x = tokens.token_position_embedding(&wte, &wpe).unwrap();
+                sync(x.sum_all().unwrap().backward().unwrap().get(&wte).unwrap())
+            })
+        });
         g.finish();
     }
 }
 
-criterion_group!(benches, memory_bound, row_kernels);
+/// The fused AdamW step over 50 tensors of 200K f32 elements (10M parameters) plus the global
+/// gradient norm, on the CPU and, when a GPU is present, on Cuda(0). Bytes: p, g, m, v read, p, m,
+/// v written.
+fn adamw(c: &mut Criterion) {
+    let mut devices = vec![Device::Cpu];
+    if kiln::backend::cuda::gpu_count() > 0 {
+        devices.push(Device::Cuda(0));
+    }
+    for dev in devices {
+        let mut rng = Rng::new(2);
+        let (tensors, each) = (50, 200_000);
+        let params: Vec<(String, Tensor)> = (0..tensors)
+            .map(|i| {
+                let p = Tensor::randn(&[each], DType::F32, &mut rng, &dev)
+                    .unwrap()
+                    .requires_grad();
+                (format!("p{i}"), p)
+            })
+            .collect();
+        let mut loss = Tensor::zeros(&[], DType::F32, &dev).unwrap();
+        for (_, p) in &params {
+            loss = loss.add(&p.mul(p).unwrap().sum_all().unwrap()).unwrap();
+        }
+        let mut grads = loss.backward().unwrap();
+        let mut opt = kiln::optim::AdamW::new(params.clone(), 1e-3, (0.9, 0.95), 1e-8, 0.1).unwrap();
+        let mut g = c.benchmark_group(format!("adamw_f32_{dev}"));
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes((7 * tensors * each * 4) as u64));
+        g.bench_function("step_50x200k", |bch| bch.iter(|| opt.step(&grads).unwrap()));
+        g.throughput(Throughput::Bytes((tensors * each * 4) as u64));
+        g.bench_function("clip_grad_norm_50x200k", |bch| {
+            bch.iter(|| kiln::optim::clip_grad_norm(&params, &mut grads, 1e9).unwrap())
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, memory_bound, row_kernels, adamw);
 criterion_main!(benches);

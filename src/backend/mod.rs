@@ -361,19 +361,57 @@ impl Storage {
         }
     }
 
-    /// Contiguous `[outer, size, inner]` → `[outer, ids.len(), inner]`.
-    pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::index::index_select(s, outer, size, inner, ids))),
-            Storage::Cuda(s) => Err(not_yet("index_select", s.device())),
+    /// Contiguous `[outer, size, inner]` → `[outer, ids.len(), inner]`; `ids` are U32 on this
+    /// device, each below `size` (checked by the caller).
+    pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &Storage) -> Result<Storage> {
+        match (self, ids) {
+            (Storage::Cpu(s), Storage::Cpu(ids)) => Ok(Storage::Cpu(cpu::index::index_select(
+                s,
+                outer,
+                size,
+                inner,
+                cpu::typed::<u32>(ids),
+            ))),
+            (Storage::Cuda(s), Storage::Cuda(ids)) => Ok(Storage::Cuda(cuda::embedding::index_select(
+                s, outer, size, inner, ids,
+            )?)),
+            (s, ids) => Err(mismatch("index_select", s, ids)),
         }
     }
 
-    /// The adjoint of `index_select`.
-    pub(crate) fn index_add(&self, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::index::index_add(s, outer, size, inner, ids)?)),
-            Storage::Cuda(s) => Err(not_yet("index_add", s.device())),
+    /// GPT's input: `self` is U32 ids `[n / t, t]` (checked below `wte`'s rows), `wte` `[vocab, c]`
+    /// and `wpe` `[positions ≥ t, c]` contiguous; returns `[n, c]` rows `wte[id] + wpe[position]`.
+    pub(crate) fn token_position_embedding(&self, wte: &Storage, wpe: &Storage, t: usize, c: usize) -> Result<Storage> {
+        match (self, wte, wpe) {
+            (Storage::Cpu(ids), Storage::Cpu(wte), Storage::Cpu(wpe)) => Ok(Storage::Cpu(
+                cpu::index::token_position_embedding(cpu::typed::<u32>(ids), wte, wpe, t, c)?,
+            )),
+            (Storage::Cuda(ids), Storage::Cuda(wte), Storage::Cuda(wpe)) => Ok(Storage::Cuda(
+                cuda::embedding::token_position_embedding(ids, wte, wpe, t, c)?,
+            )),
+            (ids, wte, wpe) => Err(if ids.device() != wte.device() {
+                mismatch("token_position_embedding", ids, wte)
+            } else {
+                mismatch("token_position_embedding", ids, wpe)
+            }),
+        }
+    }
+
+    /// The adjoint of `index_select`: `self` is `[outer, n, inner]`, `ids` its n ids bucketed.
+    pub(crate) fn index_add(&self, outer: usize, size: usize, inner: usize, ids: &IdBuckets) -> Result<Storage> {
+        match (self, &ids.order, &ids.starts) {
+            (Storage::Cpu(s), Storage::Cpu(order), Storage::Cpu(starts)) => Ok(Storage::Cpu(cpu::index::index_add(
+                s,
+                outer,
+                size,
+                inner,
+                cpu::typed::<u32>(order),
+                cpu::typed::<u32>(starts),
+            )?)),
+            (Storage::Cuda(s), Storage::Cuda(order), Storage::Cuda(starts)) => Ok(Storage::Cuda(
+                cuda::embedding::index_add(s, outer, size, inner, order, starts)?,
+            )),
+            (s, order, _) => Err(mismatch("index_add", s, order)),
         }
     }
 }
@@ -422,6 +460,128 @@ impl<'a> Epilogue<'a> {
             gelu: self.gelu,
             residual: one(self.residual)?,
         })
+    }
+}
+
+/// The positions of n ids grouped by id on a device (U32): `order[starts[r]..starts[r + 1]]` are
+/// the positions holding id `r`, ascending. index_add sums each bucket in that order, so its
+/// result does not depend on scheduling (no float atomics). Built once per backward on the host,
+/// where the op has checked the ids, by a counting sort (O(n + size)).
+pub struct IdBuckets {
+    pub order: Storage,
+    pub starts: Storage,
+}
+
+impl IdBuckets {
+    pub(crate) fn new(ids: &[u32], size: usize, device: &Device) -> Result<IdBuckets> {
+        if u32::try_from(ids.len()).is_err() {
+            return Err(Error::invalid(
+                "index_add",
+                format!("{} indices are more than the 2^32 - 1 the kernels count", ids.len()),
+            ));
+        }
+        let (order, starts) = cpu::index::bucket_ids(ids, size);
+        Ok(IdBuckets {
+            order: Storage::from_host(CpuStorage::U32(order), device)?,
+            starts: Storage::from_host(CpuStorage::U32(starts), device)?,
+        })
+    }
+}
+
+/// The scalars of one AdamW step (see src/optim/adamw.rs).
+pub struct AdamWHyper {
+    /// 1 − lr·weight_decay, applied to decayed parameters.
+    pub decay_factor: f64,
+    pub b1: f64,
+    pub b2: f64,
+    /// lr / (1 − β1ᵗ).
+    pub step_size: f64,
+    /// √(1 − β2ᵗ).
+    pub bc2_sqrt: f64,
+    pub eps: f64,
+}
+
+/// One parameter of a fused AdamW step: `param`, `m` and `v` are updated in place; all four
+/// storages hold the whole tensor, f32 or f64 alike, on one device; `copy` (bf16, same length)
+/// receives the new weights rounded.
+pub struct AdamWParam<'a> {
+    pub param: &'a mut Storage,
+    pub grad: &'a Storage,
+    pub m: &'a mut Storage,
+    pub v: &'a mut Storage,
+    pub copy: Option<&'a mut Storage>,
+    pub decay: bool,
+}
+
+/// The AdamW step of every parameter, fused: one pass per tensor on the CPU (bit for bit
+/// reproducible), one launch for all of them on CUDA/Emu.
+pub(crate) fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
+    const OP: &str = "AdamW";
+    let Some(first) = params.first() else { return Ok(()) };
+    let (device, dtype) = (first.param.device(), first.param.dtype());
+    for item in params.iter() {
+        let n = item.param.len();
+        let copy = item.copy.as_deref();
+        for s in [&*item.param, item.grad, &*item.m, &*item.v].into_iter().chain(copy) {
+            if s.device() != device {
+                return Err(Error::DeviceMismatch {
+                    op: OP,
+                    lhs: device,
+                    rhs: s.device(),
+                });
+            }
+            if s.len() != n {
+                return Err(Error::shape(
+                    OP,
+                    format!("a parameter of {n} elements has a state of {}", s.len()),
+                ));
+            }
+        }
+        for s in [&*item.param, item.grad, &*item.m, &*item.v] {
+            if s.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+                return Err(Error::DType {
+                    op: OP,
+                    msg: format!(
+                        "parameters, gradients and moments must all be f32 or all f64, got {dtype} and {}",
+                        s.dtype()
+                    ),
+                });
+            }
+        }
+        if let Some(c) = copy.filter(|c| c.dtype() != DType::BF16) {
+            return Err(Error::dtype_mismatch(OP, DType::BF16, c.dtype()));
+        }
+    }
+    match device {
+        Device::Cpu => cpu::adamw::adamw_step(params, h),
+        _ => cuda::adamw::adamw_step(params, h),
+    }
+}
+
+/// Σ g² over every gradient (whole storages, all f32 or all f64, one device), in f64: the square
+/// of the global norm for clipping. Deterministic on every device.
+pub(crate) fn grad_sq_sum(grads: &[&Storage]) -> Result<f64> {
+    const OP: &str = "clip_grad_norm";
+    let Some(first) = grads.first() else { return Ok(0.0) };
+    let (device, dtype) = (first.device(), first.dtype());
+    for g in grads {
+        if g.device() != device {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                lhs: device,
+                rhs: g.device(),
+            });
+        }
+        if g.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+            return Err(Error::DType {
+                op: OP,
+                msg: format!("gradients must all be f32 or all f64, got {dtype} and {}", g.dtype()),
+            });
+        }
+    }
+    match device {
+        Device::Cpu => Ok(cpu::adamw::grad_sq_sum(grads)),
+        _ => cuda::adamw::grad_sq_sum(grads),
     }
 }
 

@@ -1,6 +1,9 @@
 //! Selecting by indices: index_select along a dim and embedding lookup (backward:
-//! scatter-add of the gradient rows), where_cond and masked_fill.
+//! scatter-add of the gradient rows, deterministic: each row sums its bucket of ids in order),
+//! where_cond and masked_fill. The ids are checked on the host (one small read), then used from
+//! the device.
 
+use crate::backend::IdBuckets;
 use crate::tensor::layout::{broadcast_shapes, resolve_dim};
 use crate::{DType, Error, Result, Tensor};
 
@@ -13,6 +16,7 @@ impl Tensor {
     /// index_select whose errors and graph node are named `op` (embedding is built on it).
     fn index_select_as(&self, op: &'static str, dim: isize, ids: &Tensor) -> Result<Tensor> {
         let d = resolve_dim(op, dim, self.shape())?;
+        self.same_device(ids, op)?;
         let ids_vec = checked_ids(op, ids, self.shape()[d])?;
         let outer: usize = self.shape()[..d].iter().product();
         let inner: usize = self.shape()[d + 1..].iter().product();
@@ -20,10 +24,12 @@ impl Tensor {
         let mut shape = self.shape().to_vec();
         shape[d] = ids_vec.len();
         let x = self.dense()?;
-        let out = Tensor::from_parts(x.storage().index_select(outer, size, inner, &ids_vec)?, &shape);
+        let out = x.storage().index_select(outer, size, inner, &ids.dense()?.storage())?;
+        let out = Tensor::from_parts(out, &shape);
         Ok(out.record(op, &[&x], move |g, _, _| {
             let g = g.dense()?;
-            let dx = g.storage().index_add(outer, size, inner, &ids_vec)?;
+            let buckets = IdBuckets::new(&ids_vec, size, g.device())?;
+            let dx = g.storage().index_add(outer, size, inner, &buckets)?;
             let mut in_shape = shape.clone();
             in_shape[d] = size;
             Ok(vec![Some(Tensor::from_parts(dx, &in_shape))])
@@ -44,6 +50,63 @@ impl Tensor {
         let mut shape = self.shape().to_vec();
         shape.push(weight.shape()[1]);
         rows.reshape(&shape)
+    }
+
+    /// GPT's input embedding, fused: `self` holds token ids (U32 `[B, T]`), `wte` is `[vocab, C]`
+    /// and `wpe` `[positions, C]` with `T ≤ positions`. The result `[B, T, C]` is
+    /// `wte[ids[b, t]] + wpe[t]` (as `self.embedding(wte)?.add(&wpe.narrow(0, 0, T)?)`), in one
+    /// pass. The backward adds the gradient rows into `wte` deterministically (as embedding) and
+    /// sums them over the batch into `wpe`'s first T rows.
+    pub fn token_position_embedding(&self, wte: &Tensor, wpe: &Tensor) -> Result<Tensor> {
+        const OP: &str = "token_position_embedding";
+        let (b, t) = match self.shape() {
+            &[b, t] => (b, t),
+            s => return Err(Error::shape(OP, format!("ids must be [B, T], got {s:?}"))),
+        };
+        for (name, w) in [("wte", wte), ("wpe", wpe)] {
+            self.same_device(w, OP)?;
+            if w.dims() != 2 {
+                return Err(Error::shape(
+                    OP,
+                    format!("{name} must be [rows, C], got {:?}", w.shape()),
+                ));
+            }
+        }
+        let (vocab, c, positions) = (wte.shape()[0], wte.shape()[1], wpe.shape()[0]);
+        if wpe.shape()[1] != c || positions < t {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "ids {:?} and wte {:?} need a wpe of shape [>= {t}, {c}], got {:?}",
+                    self.shape(),
+                    wte.shape(),
+                    wpe.shape()
+                ),
+            ));
+        }
+        if wte.dtype() != wpe.dtype() {
+            return Err(Error::dtype_mismatch(OP, wte.dtype(), wpe.dtype()));
+        }
+        let ids_vec = checked_ids(OP, &self.flatten_all()?, vocab)?;
+        let (tok, pos) = (wte.dense()?, wpe.dense()?);
+        let out = self
+            .dense()?
+            .storage()
+            .token_position_embedding(&tok.storage(), &pos.storage(), t, c)?;
+        let out = Tensor::from_parts(out, &[b, t, c]);
+        Ok(out.record(OP, &[&tok, &pos], move |g, _, _| {
+            let g = g.dense()?;
+            let buckets = IdBuckets::new(&ids_vec, vocab, g.device())?;
+            let dwte = Tensor::from_parts(g.storage().index_add(1, vocab, c, &buckets)?, &[vocab, c]);
+            let summed = g.sum(&[0], false)?;
+            let dwpe = if t == positions {
+                summed
+            } else {
+                let rest = Tensor::zeros(&[positions - t, c], g.dtype(), g.device())?;
+                Tensor::cat(&[summed, rest], 0)?
+            };
+            Ok(vec![Some(dwte), Some(dwpe)])
+        }))
     }
 
     /// Elementwise `self != 0 ? on_true : on_false`; `self` is a U32 condition, all three

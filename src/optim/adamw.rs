@@ -5,25 +5,25 @@
 //!   p ← p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + eps)
 //! Parameters are grouped as nanoGPT does: every tensor of 2 or more dims (matmul weights
 //! and embeddings) decays, biases and LayerNorm gains do not.
+//!
+//! The moments live on the parameters' device, in their precision; a step is one fused storage
+//! primitive over every parameter (`backend::adamw_step`: a rayon pass on the CPU, bit for bit
+//! reproducible; one kernel launch on CUDA/Emu), which may also refresh a bf16 copy of a weight.
 
 use super::checked_grad;
+use crate::backend::{AdamWHyper, AdamWParam};
 use crate::{DType, Error, Gradients, Result, Tensor};
-use num_traits::Float;
-use rayon::prelude::*;
-
-/// First and second moments of one parameter, in its own precision.
-#[derive(Clone, Debug)]
-enum Moments {
-    F32 { m: Vec<f32>, v: Vec<f32> },
-    F64 { m: Vec<f64>, v: Vec<f64> },
-}
 
 #[derive(Clone, Debug)]
 struct Slot {
     name: String,
     param: Tensor,
     decay: bool,
-    moments: Moments,
+    /// First and second moments, the parameter's shape, dtype and device.
+    m: Tensor,
+    v: Tensor,
+    /// A bf16 tensor of the parameter's shape that receives the new weights after every step.
+    copy: Option<Tensor>,
 }
 
 /// The AdamW optimizer over named parameters.
@@ -58,31 +58,37 @@ impl AdamW {
                 "eps ({eps}) and weight_decay ({weight_decay}) must be non-negative"
             ));
         }
+        for (i, (name, p)) in params.iter().enumerate() {
+            if let Some((other, _)) = params[..i].iter().find(|(_, q)| q.same_storage(p)) {
+                return invalid(format!("parameters {other} and {name} share one storage; list it once"));
+            }
+        }
         let slots = params
             .into_iter()
             .map(|(name, param)| {
-                let n = param.numel();
-                let moments = match param.dtype() {
-                    DType::F32 => Moments::F32 {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
-                    },
-                    DType::F64 => Moments::F64 {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
-                    },
-                    other => {
-                        return Err(Error::DType {
-                            op: "AdamW",
-                            msg: format!("parameter {name} is {other}; AdamW updates f32 or f64 parameters"),
-                        })
-                    }
-                };
+                if !matches!(param.dtype(), DType::F32 | DType::F64) {
+                    return Err(Error::DType {
+                        op: "AdamW",
+                        msg: format!(
+                            "parameter {name} is {}; AdamW updates f32 or f64 parameters",
+                            param.dtype()
+                        ),
+                    });
+                }
+                if !param.is_contiguous() || param.layout().offset() != 0 || param.storage().len() != param.numel() {
+                    return Err(Error::invalid(
+                        "AdamW",
+                        format!("parameter {name} is a view into a larger storage; AdamW updates whole tensors"),
+                    ));
+                }
+                let zeros = || Tensor::zeros(param.shape(), param.dtype(), param.device());
                 Ok(Slot {
                     decay: param.dims() >= 2,
+                    m: zeros()?,
+                    v: zeros()?,
+                    copy: None,
                     name,
                     param,
-                    moments,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -110,43 +116,83 @@ impl AdamW {
         self.slots.iter().filter(|s| s.decay).map(|s| s.name.as_str()).collect()
     }
 
+    /// Keeps `copy` (bf16, the shape of parameter `name`, on its device) equal to that parameter
+    /// rounded to bf16 after every step: the weights that bf16 matmuls read, refreshed by the
+    /// fused step itself.
+    pub fn set_bf16_copy(&mut self, name: &str, copy: &Tensor) -> Result<()> {
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::invalid("AdamW", format!("no parameter named {name}")))?;
+        if copy.dtype() != DType::BF16 || copy.shape() != slot.param.shape() || copy.device() != slot.param.device() {
+            return Err(Error::invalid(
+                "AdamW",
+                format!(
+                    "the copy of {name} must be bf16 {:?} on {}, got {} {:?} on {}",
+                    slot.param.shape(),
+                    slot.param.device(),
+                    copy.dtype(),
+                    copy.shape(),
+                    copy.device()
+                ),
+            ));
+        }
+        if !copy.is_contiguous() || copy.layout().offset() != 0 || copy.storage().len() != copy.numel() {
+            return Err(Error::invalid(
+                "AdamW",
+                format!("the copy of {name} must be a whole tensor, not a view"),
+            ));
+        }
+        slot.copy = Some(copy.clone());
+        Ok(())
+    }
+
     /// One update of every parameter that has a gradient in `grads` (the others are left
-    /// alone, as PyTorch skips parameters whose `.grad` is None).
+    /// alone, as PyTorch skips parameters whose `.grad` is None), fused into one primitive.
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
         let _no_grad = crate::no_grad();
+        let mut active = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            if let Some(g) = checked_grad("AdamW", &slot.name, &slot.param, grads)? {
+                active.push((slot, g.to_dtype(slot.param.dtype())?.dense()?));
+            }
+        }
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = self.betas;
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
-        let h = Hyper {
+        let h = AdamWHyper {
             decay_factor: 1.0 - self.lr * self.weight_decay,
             b1,
             b2,
-            step_size: self.lr / bc1,
-            bc2_sqrt,
+            step_size: self.lr / (1.0 - b1.powi(t)),
+            bc2_sqrt: (1.0 - b2.powi(t)).sqrt(),
             eps: self.eps,
         };
-        // parameters are independent: update them in parallel
-        self.slots.par_iter_mut().try_for_each(|slot| -> Result<()> {
-            let Some(g) = checked_grad("AdamW", &slot.name, &slot.param, grads)? else {
-                return Ok(());
-            };
-            let p = &slot.param;
-            let new = match &mut slot.moments {
-                Moments::F32 { m, v } => {
-                    let mut data = p.to_vec::<f32>()?;
-                    update(&mut data, &g.to_vec::<f32>()?, m, v, &h, slot.decay);
-                    Tensor::from_vec(data, p.shape(), p.device())?
-                }
-                Moments::F64 { m, v } => {
-                    let mut data = p.to_vec::<f64>()?;
-                    update(&mut data, &g.to_vec::<f64>()?, m, v, &h, slot.decay);
-                    Tensor::from_vec(data, p.shape(), p.device())?
-                }
-            };
-            p.assign(&new)
-        })
+        let mut params: Vec<_> = active.iter().map(|(s, _)| s.param.storage_mut()).collect();
+        let grads: Vec<_> = active.iter().map(|(_, g)| g.storage()).collect();
+        let mut ms: Vec<_> = active.iter().map(|(s, _)| s.m.storage_mut()).collect();
+        let mut vs: Vec<_> = active.iter().map(|(s, _)| s.v.storage_mut()).collect();
+        let mut copies: Vec<_> = active
+            .iter()
+            .map(|(s, _)| s.copy.as_ref().map(|c| c.storage_mut()))
+            .collect();
+        let mut items: Vec<AdamWParam> = params
+            .iter_mut()
+            .zip(&grads)
+            .zip(ms.iter_mut().zip(vs.iter_mut()))
+            .zip(copies.iter_mut())
+            .zip(&active)
+            .map(|((((p, g), (m, v)), c), (s, _))| AdamWParam {
+                param: &mut **p,
+                grad: &**g,
+                m: &mut **m,
+                v: &mut **v,
+                copy: c.as_deref_mut(),
+                decay: s.decay,
+            })
+            .collect();
+        crate::backend::adamw_step(&mut items, &h)
     }
 
     /// The optimizer state as named tensors, for checkpoints: `{name}.exp_avg`,
@@ -154,13 +200,9 @@ impl AdamW {
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.slots.len() + 1);
         for s in &self.slots {
-            let (shape, dev) = (s.param.shape(), s.param.device());
-            let (m, v) = match &s.moments {
-                Moments::F32 { m, v } => (Tensor::from_slice(m, shape, dev)?, Tensor::from_slice(v, shape, dev)?),
-                Moments::F64 { m, v } => (Tensor::from_slice(m, shape, dev)?, Tensor::from_slice(v, shape, dev)?),
-            };
-            out.push((format!("{}.exp_avg", s.name), m));
-            out.push((format!("{}.exp_avg_sq", s.name), v));
+            // copies: the live moments change in place at the next step
+            out.push((format!("{}.exp_avg", s.name), s.m.copy()?));
+            out.push((format!("{}.exp_avg_sq", s.name), s.v.copy()?));
         }
         let dev = self.slots.first().map_or(crate::Device::Cpu, |s| *s.param.device());
         out.push(("step".into(), Tensor::from_vec(vec![self.step as f64], &[], &dev)?));
@@ -204,48 +246,11 @@ impl AdamW {
         for s in &mut self.slots {
             let m_t = find(&format!("{}.exp_avg", s.name)).expect("checked above");
             let v_t = find(&format!("{}.exp_avg_sq", s.name)).expect("checked above");
-            match &mut s.moments {
-                Moments::F32 { m, v } => {
-                    *m = m_t.to_vec::<f32>()?;
-                    *v = v_t.to_vec::<f32>()?;
-                }
-                Moments::F64 { m, v } => {
-                    *m = m_t.to_vec::<f64>()?;
-                    *v = v_t.to_vec::<f64>()?;
-                }
-            }
+            let restore = |t: &Tensor| t.to_dtype(s.param.dtype())?.to_device(s.param.device())?.copy();
+            s.m = restore(m_t)?;
+            s.v = restore(v_t)?;
         }
         self.step = step as u64;
         Ok(())
-    }
-}
-
-/// The scalars of one step.
-struct Hyper {
-    decay_factor: f64,
-    b1: f64,
-    b2: f64,
-    step_size: f64,
-    bc2_sqrt: f64,
-    eps: f64,
-}
-
-/// The update of one parameter, elementwise, in the parameter's precision (as PyTorch).
-fn update<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &Hyper, decay: bool) {
-    let c = |x: f64| T::from(x).expect("f32 and f64 hold every f64 (rounded)");
-    let (decay_factor, b1, b2) = (c(h.decay_factor), c(h.b1), c(h.b2));
-    let (one_b1, one_b2) = (c(1.0 - h.b1), c(1.0 - h.b2));
-    let (step_size, bc2_sqrt, eps) = (c(h.step_size), c(h.bc2_sqrt), c(h.eps));
-    for i in 0..p.len() {
-        let gi = g[i];
-        let mut pi = p[i];
-        if decay {
-            pi = pi * decay_factor;
-        }
-        let mi = b1 * m[i] + one_b1 * gi;
-        let vi = b2 * v[i] + one_b2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = pi - step_size * mi / (vi.sqrt() / bc2_sqrt + eps);
     }
 }

@@ -11,7 +11,6 @@ pub use adamw::AdamW;
 pub use sgd::Sgd;
 
 use crate::{Error, Gradients, Result, Tensor};
-use rayon::prelude::*;
 
 /// Scales the gradients of `params` so that their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, applied only
@@ -25,16 +24,23 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], grads: &mut Gradients, max_no
         ));
     }
     let _no_grad = crate::no_grad();
-    let squares = params
-        .par_iter()
-        .map(|(_, p)| match grads.get(p) {
-            // f64 accumulation of the f32 squares: the norm of many small terms stays exact
-            Some(g) if g.dtype() == crate::DType::F64 => Ok(g.to_vec::<f64>()?.iter().map(|x| x * x).sum()),
-            Some(g) => Ok(g.to_vec::<f32>()?.iter().map(|&x| (x as f64) * (x as f64)).sum()),
-            None => Ok(0.0),
+    // f64 accumulation of the squares (deterministic, one launch on CUDA/Emu): the norm of many
+    // small terms stays exact
+    let present: Vec<Tensor> = params
+        .iter()
+        .filter_map(|(_, p)| grads.get(p))
+        .map(|g| {
+            let dtype = if g.dtype() == crate::DType::F64 {
+                g.dtype()
+            } else {
+                crate::DType::F32
+            };
+            g.to_dtype(dtype)?.dense()
         })
-        .collect::<Result<Vec<f64>>>()?;
-    let sum_sq: f64 = squares.iter().sum();
+        .collect::<Result<_>>()?;
+    let storages: Vec<_> = present.iter().map(|g| g.storage()).collect();
+    let refs: Vec<&crate::tensor::storage::Storage> = storages.iter().map(|s| &**s).collect();
+    let sum_sq = crate::backend::grad_sq_sum(&refs)?;
     let norm = sum_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {

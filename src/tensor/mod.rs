@@ -15,7 +15,7 @@ use device::Device;
 use dtype::{DType, WithDType};
 use layout::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use storage::Storage;
 
 /// An n-dimensional array with optional gradient tracking.
@@ -136,6 +136,11 @@ impl Tensor {
         // A poisoned lock means a panic happened mid-write elsewhere; the data is still the
         // best we have, and panicking again here would hide the first panic.
         self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The storage, for writing in place (the optimizer's fused step).
+    pub(crate) fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
+        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether two tensors share one storage (views of each other).

@@ -4,6 +4,7 @@
 use super::{dispatch_float, typed, CpuFloat};
 use crate::tensor::storage::{with_cpu_storage, CpuStorage};
 use crate::Result;
+use rayon::prelude::*;
 
 /// `[outer, size, inner]` → `[outer, ids.len(), inner]`, picking `ids` along the middle dim.
 pub fn index_select(s: &CpuStorage, outer: usize, size: usize, inner: usize, ids: &[u32]) -> CpuStorage {
@@ -19,26 +20,97 @@ pub fn index_select(s: &CpuStorage, outer: usize, size: usize, inner: usize, ids
     })
 }
 
-/// The adjoint of index_select: zeros `[outer, size, inner]` with `src` `[outer, ids.len(), inner]`
-/// added at the rows `ids` (repeated ids accumulate, in index order: deterministic).
-pub fn index_add(src: &CpuStorage, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<CpuStorage> {
-    fn run<T: CpuFloat>(src: &CpuStorage, outer: usize, size: usize, inner: usize, ids: &[u32]) -> CpuStorage {
+/// The positions of `ids` grouped by id, each group ascending (a stable counting sort):
+/// `order[starts[r]..starts[r + 1]]` are the positions `j` with `ids[j] == r`. Ids are below `size`.
+pub fn bucket_ids(ids: &[u32], size: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; size + 1];
+    for &id in ids {
+        starts[id as usize + 1] += 1;
+    }
+    for r in 0..size {
+        starts[r + 1] += starts[r];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; ids.len()];
+    for (j, &id) in ids.iter().enumerate() {
+        order[next[id as usize] as usize] = j as u32;
+        next[id as usize] += 1;
+    }
+    (order, starts)
+}
+
+/// The adjoint of index_select: zeros `[outer, size, inner]` with `src` `[outer, order.len(), inner]`
+/// added at the rows of its ids, bucketed by [`bucket_ids`]. Each output row sums its bucket in
+/// index order, in f64: deterministic, and parallel over the output rows.
+pub fn index_add(
+    src: &CpuStorage,
+    outer: usize,
+    size: usize,
+    inner: usize,
+    order: &[u32],
+    starts: &[u32],
+) -> Result<CpuStorage> {
+    fn run<T: CpuFloat>(
+        src: &CpuStorage,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        order: &[u32],
+        starts: &[u32],
+    ) -> CpuStorage {
         let src = typed::<T>(src);
-        let mut acc = vec![0f64; outer * size * inner];
-        for o in 0..outer {
-            for (j, &id) in ids.iter().enumerate() {
-                let from = (o * ids.len() + j) * inner;
-                let to = (o * size + id as usize) * inner;
-                for (a, s) in acc[to..to + inner].iter_mut().zip(&src[from..from + inner]) {
+        let mut out = vec![T::from_f64(0.0); outer * size * inner];
+        if inner == 0 {
+            return CpuStorage::from_vec(out);
+        }
+        out.par_chunks_mut(inner).enumerate().for_each(|(row, dst)| {
+            let (o, r) = (row / size, row % size);
+            let bucket = &order[starts[r] as usize..starts[r + 1] as usize];
+            let mut acc = vec![0f64; inner];
+            for &j in bucket {
+                let from = (o * order.len() + j as usize) * inner;
+                for (a, s) in acc.iter_mut().zip(&src[from..from + inner]) {
                     *a += s.to_f64();
                 }
             }
-        }
-        CpuStorage::from_vec(acc.into_iter().map(T::from_f64).collect::<Vec<T>>())
+            for (d, a) in dst.iter_mut().zip(acc) {
+                *d = T::from_f64(a);
+            }
+        });
+        CpuStorage::from_vec(out)
     }
     Ok(dispatch_float!(
         "index_add",
         src.dtype(),
-        run(src, outer, size, inner, ids)
+        run(src, outer, size, inner, order, starts)
+    ))
+}
+
+/// `[n, c]` rows `wte[ids[p]] + wpe[p % t]` (GPT's input embedding), added in the arithmetic type.
+pub fn token_position_embedding(
+    ids: &[u32],
+    wte: &CpuStorage,
+    wpe: &CpuStorage,
+    t: usize,
+    c: usize,
+) -> Result<CpuStorage> {
+    fn run<T: CpuFloat>(ids: &[u32], wte: &CpuStorage, wpe: &CpuStorage, t: usize, c: usize) -> CpuStorage {
+        let (wte, wpe) = (typed::<T>(wte), typed::<T>(wpe));
+        let mut out = vec![T::from_f64(0.0); ids.len() * c];
+        if c > 0 {
+            out.par_chunks_mut(c).enumerate().for_each(|(p, row)| {
+                let tok = &wte[ids[p] as usize * c..][..c];
+                let pos = &wpe[(p % t) * c..][..c];
+                for ((o, a), b) in row.iter_mut().zip(tok).zip(pos) {
+                    *o = T::down(a.up() + b.up());
+                }
+            });
+        }
+        CpuStorage::from_vec(out)
+    }
+    Ok(dispatch_float!(
+        "token_position_embedding",
+        wte.dtype(),
+        run(ids, wte, wpe, t, c)
     ))
 }

@@ -4,6 +4,7 @@
 //! paths are tested against.
 
 pub mod attention;
+pub mod adamw;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;

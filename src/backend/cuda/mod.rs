@@ -2,22 +2,23 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, matmul, layernorm, cross_entropy, attention.
+//! where_cond, reduce, softmax, matmul, layernorm, cross_entropy, embedding, adamw, attention.
 //!
 //! - [`device`]: opening devices, their limits, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
 //! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
 //!
-//! Ops whose kernels come later (index_select/index_add) return an error naming the op and
-//! device: they never fall back to the CPU silently.
+//! Every storage primitive has a kernel: nothing falls back to the CPU silently.
 
 pub mod attention;
+pub mod adamw;
 pub mod binary;
 pub mod cast;
 pub mod copy;
 pub mod cross_entropy;
 pub mod device;
+pub mod embedding;
 pub mod emu;
 pub mod fill;
 pub mod kernels;

@@ -1,0 +1,83 @@
+//! The fused AdamW step on the CPU: one pass over each parameter, updating it and its moments in
+//! place, in the parameter's precision (as PyTorch), parallel over tensors and over chunks of each.
+//! Elements are independent, so the split never changes a bit: runs and resumed runs repeat exactly.
+
+use super::PARALLEL_MIN;
+use crate::backend::{AdamWHyper, AdamWParam};
+use crate::tensor::storage::{CpuStorage, Storage};
+use crate::Result;
+use half::bf16;
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Updates every parameter of `params` (all on the CPU, checked by the caller).
+pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
+    params.par_iter_mut().for_each(|item| {
+        let (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) =
+            (&mut *item.param, item.grad, &mut *item.m, &mut *item.v)
+        else {
+            unreachable!("devices are checked by backend::adamw_step")
+        };
+        match (p, g, m, v) {
+            (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                update(p, g, m, v, h, item.decay)
+            }
+            (CpuStorage::F64(p), CpuStorage::F64(g), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+                update(p, g, m, v, h, item.decay)
+            }
+            _ => unreachable!("dtypes are checked by backend::adamw_step"),
+        }
+        if let Some(Storage::Cpu(CpuStorage::BF16(copy))) = item.copy.as_deref_mut() {
+            match &*item.param {
+                Storage::Cpu(CpuStorage::F32(p)) => {
+                    copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f32(x))
+                }
+                Storage::Cpu(CpuStorage::F64(p)) => {
+                    copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f64(x))
+                }
+                _ => unreachable!("dtypes are checked by backend::adamw_step"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Σ g² over every gradient, in f64 (each tensor's sum in order, then the tensors in order).
+pub fn grad_sq_sum(grads: &[&Storage]) -> f64 {
+    let per_tensor: Vec<f64> = grads
+        .par_iter()
+        .map(|g| match g {
+            Storage::Cpu(CpuStorage::F64(g)) => g.iter().map(|x| x * x).sum(),
+            Storage::Cpu(CpuStorage::F32(g)) => g.iter().map(|&x| (x as f64) * (x as f64)).sum(),
+            _ => unreachable!("devices and dtypes are checked by backend::grad_sq_sum"),
+        })
+        .collect();
+    per_tensor.iter().sum()
+}
+
+/// The update of one parameter, elementwise, in the parameter's precision.
+fn update<T: Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &AdamWHyper, decay: bool) {
+    let c = |x: f64| T::from(x).expect("f32 and f64 hold every f64 (rounded)");
+    let (decay_factor, b1, b2) = (c(h.decay_factor), c(h.b1), c(h.b2));
+    let (one_b1, one_b2) = (c(1.0 - h.b1), c(1.0 - h.b2));
+    let (step_size, bc2_sqrt, eps) = (c(h.step_size), c(h.bc2_sqrt), c(h.eps));
+    let chunk = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
+        for i in 0..p.len() {
+            let gi = g[i];
+            let mut pi = p[i];
+            if decay {
+                pi = pi * decay_factor;
+            }
+            let mi = b1 * m[i] + one_b1 * gi;
+            let vi = b2 * v[i] + one_b2 * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = pi - step_size * mi / (vi.sqrt() / bc2_sqrt + eps);
+        }
+    };
+    p.par_chunks_mut(PARALLEL_MIN)
+        .zip(g.par_chunks(PARALLEL_MIN))
+        .zip(m.par_chunks_mut(PARALLEL_MIN))
+        .zip(v.par_chunks_mut(PARALLEL_MIN))
+        .for_each(chunk);
+}

@@ -1,0 +1,104 @@
+//! Launch wrapper for kernels/adamw.cu: the AdamW step over every parameter in one launch, and the
+//! squares of every gradient in one launch (partials per block, added in order on the host). The
+//! tensors are described by a table in device memory (`KilnAdamWEntry`, 7 words per tensor).
+
+use super::launch::{Args, LaunchConfig};
+use super::memory::DeviceBuffer;
+use super::{kernel, CudaDevice, CudaStorage};
+use crate::backend::{AdamWHyper, AdamWParam};
+use crate::tensor::dtype::DType;
+use crate::tensor::storage::Storage;
+use crate::Result;
+use std::sync::Arc;
+
+/// Threads per block; the grid is [blocks per tensor, tensors].
+const BLOCK: u32 = 256;
+/// Most blocks per tensor: the largest tensor's grid-stride loop covers the rest.
+const MAX_BLOCKS: usize = 1024;
+
+/// The table of `entries` ([param, grad, m, v, copy, n, decay] each) in device memory.
+fn upload_table(dev: &Arc<CudaDevice>, entries: &[[u64; 7]]) -> Result<DeviceBuffer> {
+    let bytes: &[u8] = bytemuck::cast_slice(entries);
+    let table = DeviceBuffer::alloc(dev, bytes.len())?;
+    dev.executor().htod(table.ptr(), bytes)?;
+    Ok(table)
+}
+
+fn cuda(s: &Storage) -> &CudaStorage {
+    match s {
+        Storage::Cuda(s) => s,
+        Storage::Cpu(_) => unreachable!("devices are checked by the backend dispatch"),
+    }
+}
+
+fn launch_shape(largest: usize, tensors: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid: [
+            largest.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32,
+            tensors as u32,
+            1,
+        ],
+        block: [BLOCK, 1, 1],
+        dyn_smem: 0,
+    }
+}
+
+/// Updates every parameter of `params` (one device, one dtype: checked by the caller) in place.
+pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
+    let first = cuda(params[0].param);
+    let (dev, dtype) = (first.cuda_device().clone(), first.dtype());
+    let entries: Vec<[u64; 7]> = params
+        .iter()
+        .map(|item| {
+            [
+                cuda(item.param).ptr(),
+                cuda(item.grad).ptr(),
+                cuda(item.m).ptr(),
+                cuda(item.v).ptr(),
+                item.copy.as_deref().map_or(0, |c| cuda(c).ptr()),
+                cuda(item.param).len() as u64,
+                item.decay as u64,
+            ]
+        })
+        .collect();
+    let largest = entries.iter().map(|e| e[5] as usize).max().unwrap_or(0);
+    let table = upload_table(&dev, &entries)?;
+    let k = kernel("adamw", &format!("adamw_{}", dtype.as_str()))?;
+    let mut args = Args::new();
+    args.push(table.ptr());
+    for value in [
+        h.decay_factor,
+        h.b1,
+        h.b2,
+        1.0 - h.b1,
+        1.0 - h.b2,
+        h.step_size,
+        h.bc2_sqrt,
+        h.eps,
+    ] {
+        args.push_acc(dtype, value);
+    }
+    dev.launch(k, launch_shape(largest, entries.len()), &mut args)
+}
+
+/// Σ g² over `grads` (one device, f32 or f64: checked by the caller), in f64.
+pub fn grad_sq_sum(grads: &[&Storage]) -> Result<f64> {
+    let first = cuda(grads[0]);
+    let (dev, dtype) = (first.cuda_device().clone(), first.dtype());
+    let entries: Vec<[u64; 7]> = grads
+        .iter()
+        .map(|g| [0, cuda(g).ptr(), 0, 0, 0, cuda(g).len() as u64, 0])
+        .collect();
+    let largest = entries.iter().map(|e| e[5] as usize).max().unwrap_or(0);
+    let cfg = launch_shape(largest, entries.len());
+    let table = upload_table(&dev, &entries)?;
+    let partial = CudaStorage::alloc(&dev, DType::F64, (cfg.grid[0] * cfg.grid[1]) as usize)?;
+    let k = kernel("adamw", &format!("adamw_sq_partial_{}", dtype.as_str()))?;
+    let mut args = Args::new();
+    args.push(table.ptr()).push(partial.ptr());
+    dev.launch(k, cfg, &mut args)?;
+    let mut sums = vec![0f64; partial.len()];
+    dev.executor()
+        .dtoh(bytemuck::cast_slice_mut(&mut sums), partial.ptr())?;
+    Ok(sums.iter().sum())
+}
