@@ -219,6 +219,9 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
     (o, lse)
 }
 
+/// One head's index and its slices of (dq, dk) and dv, as the backward's parallel loop hands them out.
+type HeadGrads<'a, E> = (usize, ((&'a mut [E], &'a mut [E]), &'a mut [E]));
+
 /// The backward of every head: (dq, dk, dv).
 fn backward<E: Real>(
     q: &[E],
@@ -236,8 +239,7 @@ fn backward<E: Real>(
         return (dq, dk, dv);
     }
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    type Scratch<E> = (Vec<E>, Vec<E>);
-    let head = |(p, ds): &mut Scratch<E>, (h, ((dqh, dkh), dvh)): (usize, ((&mut [E], &mut [E]), &mut [E]))| {
+    let head = |(p, ds): &mut (Vec<E>, Vec<E>), (h, ((dqh, dkh), dvh)): HeadGrads<'_, E>| {
         let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
         let (oh, gh, lh) = (&o[h * tq * d..], &dout[h * tq * d..], &lse[h * tq..]);
         for i0 in (0..tq).step_by(TILE) {
