@@ -122,8 +122,12 @@ fn peak(dev: &Device, clock: &Clock, dtype: DType, budget_s: f64) -> Result<Peak
     let mut missing = None;
     match library::gemm(&setup, &mut rng, dtype) {
         Ok((name, work)) if *dev == Device::Cpu => {
-            let file = library::cblas_file().unwrap_or_default();
-            candidates.push((format!("{name} ({file})"), work))
+            let path = std::path::Path::new(library::cblas_file().unwrap_or_default());
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            candidates.push((format!("{name} {file}"), work))
         }
         Ok(found) => candidates.push(found),
         Err(why) => missing = Some(why.to_string()),
