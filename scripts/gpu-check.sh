@@ -1,33 +1,114 @@
 #!/usr/bin/env bash
-# Runs kiln's CUDA correctness tests on a machine with an NVIDIA GPU and no Rust toolchain, from the
-# prebuilt binaries that scripts/pack-gpu-check.sh put in target/gpu-check/bin. Every op's generic
-# test body then runs on Cpu, Emu and Cuda(0) and compares against the CPU (tests/devices.rs);
-# KILN_REQUIRE_CUDA=1 makes the run fail if the GPU is not seen, and KILN_CUDA_SYNC=1 waits after every
-# launch so a faulting kernel is named. Prints a summary table last. See docs/gpu.md.
+# The GPU check: on a machine with an NVIDIA GPU and no Rust toolchain, runs the release binaries
+# that scripts/pack-gpu-check.sh put in target/gpu-check/, in this order:
+#   1. the CUDA correctness tests (tests/devices.rs: every op's generic body on Cpu, Emu and Cuda(0),
+#      compared with the CPU; KILN_REQUIRE_CUDA=1 fails them if the GPU is not seen,
+#      KILN_CUDA_SYNC=1 names a faulting kernel);
+#   2. `kiln bench --device cuda` at its default (main) shapes: kernels against the measured copy
+#      bandwidth and cuBLAS, and the GPT-2 124M training step (JSON and SVG written to the output
+#      folder);
+#   3. a short GPT-2 124M training run on kiln's embedded corpus whose training loss must fall;
+#   4. scripts/torch_gpt2_step.py, PyTorch's GPT-2 124M training step on the same GPU, for comparison.
+# Each step has a time limit so that the whole check stays under 8 minutes on an H200; a summary
+# table comes last. Exit status: 0 if every step passed, 1 if one failed, 2 if nothing could run.
+#
+#   ./scripts/gpu-check.sh [OUTPUT_DIR]      (default target/gpu-check/out; see docs/gpu.md)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/gpu-check/bin
-if [[ ! -d $BIN ]]; then
-    echo "gpu-check: $BIN is missing; build it first with ./scripts/pack-gpu-check.sh (on a machine with Rust)" >&2
+PACK=target/gpu-check
+OUT_DIR=${1:-$PACK/out}
+if [[ ! -x $PACK/bin/kiln ]]; then
+    echo "gpu-check: $PACK/bin/kiln is missing; build it first with ./scripts/pack-gpu-check.sh (on a machine with Rust)" >&2
     exit 2
 fi
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-export KILN_REQUIRE_CUDA=1 KILN_CUDA_SYNC=1 RUST_BACKTRACE=1
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
+    echo "gpu-check: nvidia-smi does not see a GPU on this machine; the check needs one" >&2
+    exit 2
+fi
+mkdir -p "$OUT_DIR"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
+
+# cuBLAS for the library comparison: the CUDA toolkit's or PyTorch's wheel's. cudarc looks for
+# libcublas.so or libcublas.so.12; a CUDA 13 wheel has only libcublas.so.13, so link it by name.
+CUBLAS_DIRS=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
+for d in $CUBLAS_DIRS /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    lib=$(ls "$d"/libcublas.so* 2>/dev/null | head -1)
+    if [[ -n $lib ]]; then
+        mkdir -p "$PACK/lib"
+        ln -sf "$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")" "$PACK/lib/libcublas.so"
+        for dep in "$(dirname "$lib")"/libcublasLt.so*; do
+            [[ -e $dep ]] && ln -sf "$(cd "$(dirname "$dep")" && pwd)/$(basename "$dep")" "$PACK/lib/"
+        done
+        export LD_LIBRARY_PATH="$PWD/$PACK/lib:$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "cuBLAS: $lib"
+        break
+    fi
+done
+
 declare -a rows
 status=0
-for exe in "$BIN"/*; do
+# step NAME LIMIT_S COMMAND...: runs it with a time limit, logs to OUT_DIR/NAME.log, records a row.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo
+    echo "== $name (limit ${limit}s): $*"
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
+    local rc=${PIPESTATUS[0]}
+    local result=ok
+    if [[ $rc == 124 || $rc == 137 ]]; then
+        result="TIMEOUT"
+    elif [[ $rc != 0 ]]; then
+        result="FAIL($rc)"
+    fi
+    [[ $result == ok ]] || status=1
+    LAST_RESULT=$result
+    LAST_SECS=$((SECONDS - start))
+}
+row() { rows+=("$(printf '%-14s %-9s %5ss  %s' "$1" "$LAST_RESULT" "$LAST_SECS" "$2")"); }
+
+export KILN_REQUIRE_CUDA=1 RUST_BACKTRACE=1
+
+# 1. correctness
+for exe in "$PACK"/tests/*; do
     name=$(basename "$exe")
-    start=$SECONDS
-    log=$(mktemp)
-    "$exe" --test-threads=4 2>&1 | tee "$log"
-    rc=${PIPESTATUS[0]}
-    secs=$((SECONDS - start))
-    result=$(grep -E "^test result:" "$log" | tail -1)
-    rows+=("$(printf '%-12s %-6s %5ss  %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAIL)" "$secs" "$result")")
-    [[ $rc == 0 ]] || status=1
-    rm -f "$log"
+    KILN_CUDA_SYNC=1 step "test-$name" 150 "$exe" --test-threads=4
+    row "test $name" "$(grep -E '^test result:' "$OUT_DIR/test-$name.log" | tail -1)"
 done
+
+# 2. kernels and the GPT-2 step
+step bench 200 "$PACK/bin/kiln" bench --device cuda --gpt-steps 5 \
+    --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.svg"
+row bench "$(grep -E '^GPT training step' "$OUT_DIR/bench.log" | sed 's/.*: //' | head -1)"
+
+# 3. a short GPT-2 124M training run: the loss must fall
+RUN=$OUT_DIR/train-gpt2
+rm -rf "$RUN"
+step train 150 "$PACK/bin/kiln" train --device cuda --preset gpt2 --tokenizer gpt2 --steps 30 \
+    --batch-size 8 --warmup 5 --lr 6e-4 --eval-interval 30 --eval-iters 2 --sample-tokens 0 --out "$RUN"
+if [[ $LAST_RESULT == ok ]]; then
+    if ! falls=$(python3 - "$RUN/metrics.jsonl" <<'EOF'
+import json, sys
+loss = [r["loss"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"]
+first, last = sum(loss[:5]) / 5, sum(loss[-5:]) / 5
+print(f"train loss {first:.3f} -> {last:.3f} over {len(loss)} steps")
+sys.exit(0 if last < first - 0.5 else 1)
+EOF
+    ); then
+        LAST_RESULT="FAIL"
+        status=1
+    fi
+else
+    falls="(no loss: the run failed)"
+fi
+row "train gpt2" "$falls"
+
+# 4. PyTorch for comparison (its figure only; it cannot fail the check unless it breaks)
+step torch 90 python3 scripts/torch_gpt2_step.py --batch 16 --steps 10
+row "torch gpt2" "$(grep -E '^torch ' "$OUT_DIR/torch.log" | tr '\n' ' ')"
+
 echo
-echo "== gpu-check summary =="
+echo "== gpu-check summary ($(head -1 "$OUT_DIR/gpu.txt"); logs in $OUT_DIR) =="
 printf '%s\n' "${rows[@]}"
 exit $status

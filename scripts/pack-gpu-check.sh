@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Builds the CUDA correctness tests (release, x86-64) on a machine with Rust and packs them, with
-# scripts/gpu-check.sh, into the git-ignored target/gpu-check/ (small enough to carry to a GPU
-# machine: the binaries are stripped of debug info). Then, on the GPU machine, from the repository
-# root and without a Rust toolchain:   ./scripts/gpu-check.sh
+# Builds what scripts/gpu-check.sh runs (x86-64 release binaries: the `kiln` command and the CUDA
+# correctness tests, kernels precompiled to PTX + CUBIN) and packs them into the git-ignored
+# target/gpu-check/ (bin/kiln, tests/*), stripped so that the folder stays well under the 64 MiB a
+# device machine takes with the working tree. Then, on the GPU machine, from the repository root and
+# without a Rust toolchain:   ./scripts/gpu-check.sh
 # See docs/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+LIMIT_MIB=64
+if [[ $(uname -m) != x86_64 ]]; then
+    echo "pack-gpu-check: this machine is $(uname -m); the GPU machines are x86-64, so build there or on x86-64" >&2
+    exit 1
+fi
 ./scripts/setup-cuda.sh >/dev/null
 source <(./scripts/setup-cuda.sh --env)
 OUT=target/gpu-check
 rm -rf "$OUT"
-mkdir -p "$OUT/bin"
+mkdir -p "$OUT/bin" "$OUT/tests"
 # The kernels must be precompiled (PTX + CUBIN embedded): a GPU machine has no NVRTC.
+cargo build --release --bin kiln
 cargo test --release --no-run --message-format=json --test devices 2>/dev/null |
     python3 -c '
 import json, sys
@@ -23,10 +30,18 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
-    cp "$exe" "$OUT/bin/$name"
-    strip --strip-debug "$OUT/bin/$name" 2>/dev/null || true
+    cp "$exe" "$OUT/tests/$name"
 done
-grep -q "PRECOMPILED: bool = true" target/release/build/kiln-*/out/kernels.rs 2>/dev/null ||
-    echo "pack-gpu-check: warning: this build has no precompiled kernels (NVRTC missing?)" >&2
-ls -la "$OUT/bin"
-echo "pack-gpu-check: $(du -sh "$OUT" | cut -f1) in $OUT (carry it with the working tree; run ./scripts/gpu-check.sh there)"
+cp target/release/kiln "$OUT/bin/kiln"
+strip "$OUT"/bin/* "$OUT"/tests/*
+if ! grep -q "PRECOMPILED: bool = true" target/release/build/kiln-*/out/kernels.rs 2>/dev/null; then
+    echo "pack-gpu-check: this build has no precompiled kernels (NVRTC missing?); a GPU machine could not compile them" >&2
+    exit 1
+fi
+ls -la "$OUT/bin" "$OUT/tests"
+mib=$(du -sm "$OUT" | cut -f1)
+echo "pack-gpu-check: ${mib} MiB in $OUT (carry it with the working tree; run ./scripts/gpu-check.sh there)"
+if ((mib >= LIMIT_MIB)); then
+    echo "pack-gpu-check: $OUT is ${mib} MiB, over the ${LIMIT_MIB} MiB a device machine takes" >&2
+    exit 1
+fi

@@ -15,6 +15,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod data;
 mod error;

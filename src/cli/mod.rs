@@ -1,4 +1,4 @@
-//! The `kiln` command line: `train`, `finetune`, `generate`. `src/main.rs` only calls
+//! The `kiln` command line: `train`, `finetune`, `generate`, `bench`. `src/main.rs` only calls
 //! [`main`]. Every failure is printed as one `error: ...` message with exit status 1 (2 for
 //! a command line clap cannot parse).
 
@@ -32,6 +32,9 @@ pub enum Command {
     Finetune(FinetuneArgs),
     /// Generate text from a checkpoint, streaming tokens as they come.
     Generate(GenerateArgs),
+    /// Time kiln's kernels against the device's measured roofline and the library matmul, and a
+    /// GPT training step (docs/perf.md).
+    Bench(BenchArgs),
 }
 
 /// Optimisation settings shared by `train` and `finetune` (unset: the command's default).
@@ -204,6 +207,41 @@ pub struct GenerateArgs {
     pub device: String,
 }
 
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Kernels to time (comma-separated or repeated; `gpt` is the training step) [all].
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub kernels: Vec<String>,
+    /// Sizes instead of each kernel's defaults: MxNxK for matmuls, ROWSxCOLS for the others
+    /// (comma-separated or repeated; each kernel takes those of its form).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub sizes: Vec<String>,
+    /// Repetitions per measurement [enough for --seconds, 5 to 200].
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Seconds of timed repetitions per measurement.
+    #[arg(long, default_value_t = 0.3)]
+    pub seconds: f64,
+    /// MiB copied to measure the bandwidth roofline [cuda 1024, cpu 256, emu 4].
+    #[arg(long)]
+    pub copy_mib: Option<usize>,
+    /// Timed GPT training steps.
+    #[arg(long, default_value_t = 10)]
+    pub gpt_steps: usize,
+    /// GPT batch size [cuda 16, cpu 12, emu 2].
+    #[arg(long)]
+    pub gpt_batch: Option<usize>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG chart of achieved vs roofline to this file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
 /// Runs the command line; the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -222,6 +260,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Finetune(a) => cmd_finetune(a),
         Command::Generate(a) => cmd_generate(a),
+        Command::Bench(a) => cmd_bench(a),
     }
 }
 
@@ -435,5 +474,34 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     opts.validate()?;
     stream(&model, &tok, &a.prompt, &opts, a.seed)?;
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if !(a.seconds > 0.0 && a.seconds.is_finite()) || a.reps == Some(0) || a.gpt_steps == 0 || a.copy_mib == Some(0) {
+        return Err(cli_err(
+            "bench: --seconds, --reps, --gpt-steps and --copy-mib must be positive".into(),
+        ));
+    }
+    let opts = crate::bench::Options {
+        device: a.device.parse()?,
+        kernels: a.kernels,
+        sizes: a.sizes,
+        reps: a.reps,
+        budget_s: a.seconds,
+        copy_bytes: a.copy_mib.map(|m| m << 20),
+        gpt_steps: a.gpt_steps,
+        gpt_batch: a.gpt_batch,
+    };
+    let report = crate::bench::run(&opts, |what| eprintln!("bench: {what}"))?;
+    print!("{}", crate::bench::report::table(&report));
+    if let Some(path) = &a.json {
+        crate::bench::report::write_json(&report, path)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        crate::bench::report::write_svg(&report, path)?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }

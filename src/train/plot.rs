@@ -54,7 +54,8 @@ fn fmt_tick(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-fn escape(s: &str) -> String {
+/// `s` with the characters XML gives meaning to escaped, for SVG text.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 

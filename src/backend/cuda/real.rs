@@ -136,9 +136,44 @@ impl Gpu {
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| self.err("cuCtxSetCurrent", e))
     }
 
-    fn synchronize(&self) -> Result<()> {
+    /// Waits for every copy and kernel queued on the device's stream.
+    pub fn synchronize(&self) -> Result<()> {
         // SAFETY: `self.stream` was created by `open` and is never destroyed.
         unsafe { cu::stream::synchronize(self.stream) }.map_err(|e| self.err("a kernel or copy on the stream", e))
+    }
+
+    /// The stream every copy and launch of this device is ordered on (for libraries such as cuBLAS
+    /// that must queue their work behind kiln's).
+    pub fn stream(&self) -> sys::CUstream {
+        self.stream
+    }
+
+    /// A new event, for timing work on the stream with [`Gpu::record`] and [`Gpu::elapsed`].
+    pub fn event(&self) -> Result<Event> {
+        self.bind()?;
+        cu::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map(Event)
+            .map_err(|e| self.err("cuEventCreate", e))
+    }
+
+    /// Marks the point the stream has reached: the event completes when the work queued before it
+    /// has run.
+    pub fn record(&self, event: &Event) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `event.0` was created by `event` and lives until `Event` is dropped; the stream is
+        // valid for the life of the process.
+        unsafe { cu::event::record(event.0, self.stream) }.map_err(|e| self.err("cuEventRecord", e))
+    }
+
+    /// Seconds of GPU time between two recorded events (waits for `end`).
+    pub fn elapsed(&self, start: &Event, end: &Event) -> Result<f64> {
+        self.bind()?;
+        // SAFETY: both events were created by `event`, recorded on this stream and are alive.
+        let ms = unsafe {
+            cu::event::synchronize(end.0).map_err(|e| self.err("cuEventSynchronize", e))?;
+            cu::event::elapsed(start.0, end.0).map_err(|e| self.err("cuEventElapsedTime", e))?
+        };
+        Ok(ms as f64 * 1e-3)
     }
 
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
@@ -288,6 +323,17 @@ impl Gpu {
                 .map_err(|e| Error::invalid(kernel.name, format!("kernel failed: {e}")))?;
         }
         Ok(())
+    }
+}
+
+/// A CUDA event of one GPU (for timing), destroyed when dropped.
+pub struct Event(sys::CUevent);
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by `Gpu::event` and is destroyed once; the driver releases it
+        // after any pending record completes.
+        let _ = unsafe { cu::event::destroy(self.0) };
     }
 }
 

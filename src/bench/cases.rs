@@ -1,0 +1,324 @@
+//! The table of benchmarked kernels. A case is one entry of [`CASES`]: its name, what bounds it
+//! (arithmetic or memory traffic), its default sizes per device, and a `prepare` function that
+//! builds the inputs (several sets, rotated between repetitions so the cache does not flatter)
+//! and returns the work to time with its FLOP and byte counts.
+//!
+//! To add a kernel, add an entry (e.g. fused attention, an unfused attention from matmul and
+//! softmax, `linear` with its epilogues) at the place marked below; `kiln bench --kernels NAME`
+//! then finds it.
+
+use super::library;
+use crate::optim::AdamW;
+use crate::{DType, Device, Gradients, Result, Rng, Tensor};
+
+/// What limits a kernel: arithmetic (compared with the best library matmul) or memory traffic
+/// (compared with a device-to-device copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Compute,
+    Memory,
+}
+
+/// What a case needs to build its inputs.
+pub struct Setup<'a> {
+    pub dev: Device,
+    /// The size, in the case's [`Case::dims`] form.
+    pub dims: &'a [usize],
+    /// Rotate inputs over at least this many bytes (several times the last-level cache).
+    pub rotate_bytes: usize,
+}
+
+impl Setup<'_> {
+    /// Input sets of `bytes` each to rotate over: enough to exceed `rotate_bytes`, at most 16.
+    pub fn sets(&self, bytes: f64) -> usize {
+        ((self.rotate_bytes as f64 / bytes.max(1.0)).ceil() as usize).clamp(1, 16)
+    }
+}
+
+/// The timed work of one case at one size.
+pub struct Work {
+    /// Floating-point operations of one call (0 where memory traffic is the measure).
+    pub flops: f64,
+    /// The fewest bytes one call must move through memory (each input read once, each output
+    /// written once).
+    pub bytes: f64,
+    /// Input sets rotated between calls.
+    pub sets: usize,
+    /// One call on input set `i % sets`.
+    pub run: Box<dyn FnMut(usize) -> Result<()>>,
+}
+
+/// A library's version of a case: its name and its work.
+pub type LibraryGemm = fn(&Setup, &mut Rng) -> Result<(String, Work)>;
+
+/// One benchmarked kernel.
+pub struct Case {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// The form of a size: "MxNxK" or "ROWSxCOLS".
+    pub dims: &'static str,
+    pub bound: Bound,
+    pub dtype: DType,
+    /// Default sizes on a GPU, on the CPU, and on Emu (small: Emu is slow). An empty list skips
+    /// the device unless `--sizes` is given.
+    pub cuda: &'static [&'static [usize]],
+    pub cpu: &'static [&'static [usize]],
+    pub emu: &'static [&'static [usize]],
+    pub prepare: fn(&Setup, &mut Rng) -> Result<Work>,
+    /// The library's version of the same computation, timed at the same sizes right after ours.
+    pub library: Option<LibraryGemm>,
+}
+
+impl Case {
+    pub fn default_sizes(&self, dev: &Device) -> &'static [&'static [usize]] {
+        match dev {
+            Device::Cuda(_) => self.cuda,
+            Device::Cpu => self.cpu,
+            Device::Emu => self.emu,
+        }
+    }
+
+    /// The number of dimensions in a size of this case.
+    pub fn rank(&self) -> usize {
+        self.dims.split('x').count()
+    }
+}
+
+/// GPT-2 124M's activations are [B·T, C] = [8192, 768] at B = 8, T = 1024; its logits [8192, 50257].
+const ROWS_CUDA: &[&[usize]] = &[&[8192, 768], &[16384, 4096]];
+const ROWS_CPU: &[&[usize]] = &[&[768, 128], &[4096, 1024]];
+const ROWS_EMU: &[&[usize]] = &[&[33, 257]];
+
+const F32: usize = 4;
+
+/// `sets` copies of a random `shape` tensor.
+fn inputs(sets: usize, shape: &[usize], dtype: DType, rng: &mut Rng, dev: &Device) -> Result<Vec<Tensor>> {
+    (0..sets).map(|_| Tensor::randn(shape, dtype, rng, dev)).collect()
+}
+
+fn rows_cols(s: &Setup) -> (usize, usize, f64) {
+    let (r, c) = (s.dims[0], s.dims[1]);
+    (r, c, (r * c) as f64)
+}
+
+/// Tensor::matmul of random `[M, K]` and `[K, N]` operands, `s.dims` = [M, N, K].
+pub(super) fn matmul(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Work> {
+    let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
+    let size = dtype.size_in_bytes() as f64;
+    let in_bytes = (m * k + k * n) as f64 * size;
+    let sets = s.sets(in_bytes);
+    let a = inputs(sets, &[m, k], dtype, rng, &s.dev)?;
+    let b = inputs(sets, &[k, n], dtype, rng, &s.dev)?;
+    Ok(Work {
+        flops: 2.0 * (m * n * k) as f64,
+        bytes: in_bytes + (m * n) as f64 * size,
+        sets,
+        run: Box::new(move |i| a[i % sets].matmul(&b[i % sets]).map(drop)),
+    })
+}
+
+/// A memory-bound case over one `[rows, cols]` f32 input: `touched` tensors of that size read or
+/// written, plus `extra` bytes.
+fn rowwise(s: &Setup, rng: &mut Rng, touched: f64, extra: f64, op: fn(&Tensor) -> Result<Tensor>) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(n * F32 as f64);
+    let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        bytes: touched * n * F32 as f64 + extra,
+        sets,
+        run: Box::new(move |i| op(&x[i % sets]).map(drop)),
+    })
+}
+
+fn layer_norm(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(n * F32 as f64);
+    let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let w = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    let b = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        bytes: (2.0 * n + 2.0 * c as f64) * F32 as f64,
+        sets,
+        run: Box::new(move |i| x[i % sets].layer_norm(&w, &b, 1e-5).map(drop)),
+    })
+}
+
+fn cross_entropy(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(n * F32 as f64);
+    let logits = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let ids: Vec<u32> = (0..r).map(|_| rng.below(c as u64) as u32).collect();
+    let targets = Tensor::from_vec(ids, &[r], &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        bytes: (n + r as f64) * F32 as f64,
+        sets,
+        run: Box::new(move |i| logits[i % sets].cross_entropy(&targets).map(drop)),
+    })
+}
+
+fn add(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(2.0 * n * F32 as f64);
+    let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let y = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        bytes: 3.0 * n * F32 as f64,
+        sets,
+        run: Box::new(move |i| x[i % sets].add(&y[i % sets]).map(drop)),
+    })
+}
+
+/// One AdamW step over a `[rows, cols]` f32 parameter, as `AdamW::step` is now (moments in host
+/// memory: on a GPU this includes the copies to and from the host).
+fn adamw(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let p = Tensor::randn(&[r, c], DType::F32, rng, &s.dev)?.requires_grad();
+    let mut grads = Gradients::default();
+    grads.insert(&p, Tensor::randn(&[r, c], DType::F32, rng, &s.dev)?);
+    let mut opt = AdamW::new(vec![("p".into(), p)], 1e-4, (0.9, 0.99), 1e-8, 0.1)?;
+    Ok(Work {
+        flops: 0.0,
+        // reads p, g, m, v; writes p, m, v
+        bytes: 7.0 * n * F32 as f64,
+        sets: 1,
+        run: Box::new(move |_| opt.step(&grads)),
+    })
+}
+
+/// Every benchmarked kernel, in the order they are run and shown.
+pub const CASES: &[Case] = &[
+    Case {
+        name: "matmul_f32",
+        about: "Tensor::matmul, f32 [M, K] x [K, N]",
+        dims: "MxNxK",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        // square, then GPT-2 124M's QKV, MLP-up and MLP-down products at B·T = 8192
+        cuda: &[
+            &[4096, 4096, 4096],
+            &[8192, 2304, 768],
+            &[8192, 3072, 768],
+            &[8192, 768, 3072],
+        ],
+        cpu: &[&[512, 512, 512], &[1024, 1024, 1024], &[768, 384, 128]],
+        emu: &[&[65, 63, 129]],
+        prepare: |s, rng| matmul(s, rng, DType::F32),
+        library: Some(|s, rng| library::gemm(s, rng, DType::F32)),
+    },
+    Case {
+        name: "matmul_bf16",
+        about: "Tensor::matmul, bf16 [M, K] x [K, N], f32 accumulation",
+        dims: "MxNxK",
+        bound: Bound::Compute,
+        dtype: DType::BF16,
+        cuda: &[
+            &[4096, 4096, 4096],
+            &[8192, 8192, 8192],
+            &[8192, 2304, 768],
+            &[8192, 3072, 768],
+            &[8192, 768, 3072],
+        ],
+        cpu: &[], // the CPU's bf16 matmul is a reference path, not a fast one
+        emu: &[&[65, 63, 129]],
+        prepare: |s, rng| matmul(s, rng, DType::BF16),
+        library: Some(|s, rng| library::gemm(s, rng, DType::BF16)),
+    },
+    // The lead adds here: scaled_dot_product_attention (forward, forward + backward), an unfused
+    // attention from matmul + softmax for comparison, and linear / linear_gelu / linear_residual.
+    Case {
+        name: "softmax",
+        about: "softmax over the last dim, f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.softmax(-1)),
+        library: None,
+    },
+    Case {
+        name: "layer_norm",
+        about: "layer_norm over the last dim with weight and bias, f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: layer_norm,
+        library: None,
+    },
+    Case {
+        name: "cross_entropy",
+        about: "mean cross-entropy of f32 logits [N, C] against u32 targets (forward)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 50257]],
+        cpu: &[&[768, 65], &[1024, 50257]],
+        emu: ROWS_EMU,
+        prepare: cross_entropy,
+        library: None,
+    },
+    Case {
+        name: "gelu",
+        about: "GELU (tanh form), f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 3072], &[16384, 4096]],
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.gelu()),
+        library: None,
+    },
+    Case {
+        name: "add",
+        about: "elementwise add of two f32 tensors",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: add,
+        library: None,
+    },
+    Case {
+        name: "sum",
+        about: "sum over the last dim, f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: |s, rng| {
+            let rows = s.dims[0] as f64 * F32 as f64;
+            rowwise(s, rng, 1.0, rows, |x| x.sum(&[-1], false))
+        },
+        library: None,
+    },
+    Case {
+        name: "adamw",
+        about: "AdamW::step on one f32 parameter (moments on the host, as the optimizer is now)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[4096, 4096]],
+        cpu: &[&[1024, 1024], &[4096, 4096]],
+        emu: ROWS_EMU,
+        prepare: adamw,
+        library: None,
+    },
+];
+
+/// The case called `name`.
+pub fn find(name: &str) -> Option<&'static Case> {
+    CASES.iter().find(|c| c.name == name)
+}

@@ -1,0 +1,209 @@
+//! `kiln bench` end to end at tiny sizes on the CPU and on Emu: the table, the JSON's shape and
+//! rates, the SVG, and bad input. Speed is never asserted.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-test-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env_remove("KILN_CBLAS")
+        .output()
+        .expect("the kiln binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Fast settings: few repetitions, a 1 MiB copy for the bandwidth roofline.
+const QUICK: &[&str] = &["--reps", "3", "--seconds", "0.02", "--copy-mib", "1"];
+
+/// Runs `kiln bench` with `args` and QUICK, writing JSON and SVG; the parsed JSON and the output.
+fn bench(name: &str, args: &[&str]) -> (Value, String, String) {
+    let dir = temp_dir(name);
+    let (json, svg) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let mut all: Vec<&str> = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(QUICK);
+    all.extend_from_slice(&["--json", json.to_str().unwrap(), "--plot", svg.to_str().unwrap()]);
+    let out = kiln(&all);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (report, shown, svg)
+}
+
+fn row<'a>(report: &'a Value, kernel: &str, size: &str) -> &'a Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kernel"] == kernel && r["size"] == size)
+        .unwrap_or_else(|| panic!("no row {kernel} {size} in {report:#}"))
+}
+
+/// A measured row's rates agree with its bytes, FLOPs and median, which lie within [min, max].
+fn check_rates(r: &Value) {
+    let t = &r["time"];
+    let (med, min, max) = (
+        t["median_s"].as_f64().unwrap(),
+        t["min_s"].as_f64().unwrap(),
+        t["max_s"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= med && med <= max, "{r:#}");
+    assert_eq!(t["reps"], 3, "{r:#}");
+    let gbs = r["gbs"].as_f64().unwrap();
+    let bytes = r["bytes"].as_f64().unwrap();
+    assert!((gbs - bytes / med / 1e9).abs() <= 1e-9 * gbs, "{r:#}");
+    if let Some(tf) = r["tflops"].as_f64() {
+        assert!(
+            (tf - r["flops"].as_f64().unwrap() / med / 1e12).abs() <= 1e-9 * tf,
+            "{r:#}"
+        );
+    }
+}
+
+#[test]
+fn cpu_run_reports_rates_against_its_roofline() {
+    let (report, shown, svg) = bench(
+        "cpu",
+        &[
+            "--device",
+            "cpu",
+            "--kernels",
+            "add,softmax,matmul_f32,gpt",
+            "--sizes",
+            "9x33,7x5x3",
+            "--gpt-steps",
+            "1",
+        ],
+    );
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["timing"], "host clock");
+    assert!(report["warning"].is_null());
+    let copy = report["roofline"]["copy_gbs"].as_f64().unwrap();
+    assert!(copy > 0.0);
+    let peak = &report["roofline"]["peaks"][0];
+    assert_eq!(peak["dtype"], "f32");
+    assert!(peak["tflops"].as_f64().unwrap() > 0.0, "{peak:#}");
+
+    // add reads two 9x33 f32 tensors and writes one; softmax reads and writes one.
+    let add = row(&report, "add", "9x33");
+    assert_eq!(add["bytes"], 3.0 * 9.0 * 33.0 * 4.0);
+    assert_eq!(add["bound"], "memory");
+    check_rates(add);
+    let pct = add["roofline_pct"].as_f64().unwrap();
+    assert!((pct - 100.0 * add["gbs"].as_f64().unwrap() / copy).abs() < 1e-6 * pct);
+    assert_eq!(row(&report, "softmax", "9x33")["bytes"], 2.0 * 9.0 * 33.0 * 4.0);
+    check_rates(row(&report, "softmax", "9x33"));
+
+    // matmul [7, 3] x [3, 5]: 2·7·5·3 FLOPs; the library row follows it, measured or skipped
+    // (no CBLAS in the test's environment) with the reason.
+    let mm = row(&report, "matmul_f32", "7x5x3");
+    assert_eq!(mm["flops"], 210.0);
+    assert_eq!(mm["bytes"], ((7 * 3 + 3 * 5 + 7 * 5) * 4) as f64);
+    check_rates(mm);
+    let rows = report["rows"].as_array().unwrap();
+    let at = rows.iter().position(|r| r["kernel"] == "matmul_f32").unwrap();
+    let lib = &rows[at + 1];
+    assert_eq!(lib["library"], true);
+    assert!(
+        lib["time"].is_object() || lib["skipped"].as_str().unwrap().contains("CBLAS"),
+        "{lib:#}"
+    );
+
+    let gpt = &report["gpt"];
+    assert_eq!(gpt["model"], "nanoGPT shakespeare_char CPU recipe", "{report:#}");
+    assert_eq!((gpt["batch"].as_u64(), gpt["context"].as_u64()), (Some(12), Some(64)));
+    let tps = gpt["tokens_per_s"].as_f64().unwrap();
+    assert!((tps - 768.0 / gpt["step"]["median_s"].as_f64().unwrap()).abs() < 1e-9 * tps);
+    assert!(gpt["mfu_pct"].as_f64().unwrap() > 0.0);
+
+    assert!(
+        shown.contains("kiln bench on cpu") && shown.contains("GPT training step"),
+        "{shown}"
+    );
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(
+        svg.contains("add 9x33 f32") && svg.contains("matmul_f32 7x5x3 f32"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn emu_run_is_labelled_and_has_no_percentages() {
+    let (report, shown, _) = bench(
+        "emu",
+        &[
+            "--device",
+            "emu",
+            "--kernels",
+            "softmax,sum,matmul_f32",
+            "--sizes",
+            "5x37,9x7x5",
+        ],
+    );
+    assert_eq!(report["device"], "emu");
+    assert!(report["warning"].as_str().unwrap().contains("say nothing about a GPU"));
+    assert!(shown.contains("WARNING"), "{shown}");
+    assert!(report["roofline"]["peaks"][0]["tflops"].is_null());
+    let sm = row(&report, "softmax", "5x37");
+    check_rates(sm);
+    assert_eq!(row(&report, "sum", "5x37")["bytes"], ((5 * 37 + 5) * 4) as f64);
+    for r in report["rows"].as_array().unwrap() {
+        assert!(r["roofline_pct"].is_null(), "{r:#}");
+        // every row is measured or says why not (matmul before its Emu kernel; no library on Emu)
+        assert!(r["time"].is_object() != r["skipped"].is_string(), "{r:#}");
+    }
+}
+
+#[test]
+fn bad_kernel_size_and_device_are_clear_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--kernels", "softmax,flash"],
+            "unknown kernel \"flash\"; the kernels are matmul_f32",
+        ),
+        (
+            &["--kernels", "matmul_f32", "--sizes", "64x64"],
+            "matmul_f32 takes sizes of the form MxNxK",
+        ),
+        (&["--sizes", "64xq"], "cannot read the size \"64xq\""),
+        (&["--device", "tpu"], "unknown device \"tpu\""),
+        (&["--reps", "0"], "must be positive"),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        let out = kiln(&all);
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {shown}");
+        assert!(shown.contains(expected), "{args:?}: {shown}");
+    }
+}
+
+#[test]
+fn cuda_without_a_gpu_fails_clearly() {
+    if kiln::backend::cuda::gpu_count() > 0 {
+        return; // a GPU is there: gpu-check runs the real thing
+    }
+    let out = kiln(&["bench", "--device", "cuda", "--kernels", "add"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("device Cuda(0) is unavailable"), "{shown}");
+}
