@@ -48,8 +48,9 @@ pub struct Work {
     pub run: Box<dyn FnMut(usize) -> Result<()>>,
 }
 
-/// A library's version of a case: its name and its work.
-pub type LibraryGemm = fn(&Setup, &mut Rng) -> Result<(String, Work)>;
+/// What a case is compared with at the same sizes (a library, or an unfused version of a fused
+/// kernel): its name and its work.
+pub type Baseline = fn(&Setup, &mut Rng) -> Result<(String, Work)>;
 
 /// One benchmarked kernel.
 pub struct Case {
@@ -65,8 +66,9 @@ pub struct Case {
     pub cpu: &'static [&'static [usize]],
     pub emu: &'static [&'static [usize]],
     pub prepare: fn(&Setup, &mut Rng) -> Result<Work>,
-    /// The library's version of the same computation, timed at the same sizes right after ours.
-    pub library: Option<LibraryGemm>,
+    /// The same computation by a library (or unfused), timed at the same sizes right after ours
+    /// and shown as `%lib`.
+    pub library: Option<Baseline>,
 }
 
 impl Case {
@@ -227,8 +229,9 @@ pub const CASES: &[Case] = &[
         prepare: |s, rng| matmul(s, rng, DType::BF16),
         library: Some(|s, rng| library::gemm(s, rng, DType::BF16)),
     },
-    // The lead adds here: scaled_dot_product_attention (forward, forward + backward), an unfused
-    // attention from matmul + softmax for comparison, and linear / linear_gelu / linear_residual.
+    // The lead adds here: scaled_dot_product_attention (forward, forward + backward) with an
+    // unfused attention from matmul + softmax as its `library` (so the fusion's gain shows as %lib),
+    // and linear / linear_gelu / linear_residual.
     Case {
         name: "softmax",
         about: "softmax over the last dim, f32",
