@@ -2,15 +2,13 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, layernorm, cross_entropy, embedding, adamw.
+//! where_cond, reduce, softmax, matmul, layernorm, cross_entropy, embedding, adamw.
 //!
 //! - [`device`]: opening devices, their limits, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
 //! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
 //!
-//! Ops whose kernels come later (matmul, index_select/index_add) return an error naming the op and
-//! device: they never fall back to the CPU silently.
 
 pub mod adamw;
 pub mod binary;
@@ -25,6 +23,7 @@ pub mod kernels;
 pub mod launch;
 pub mod layernorm;
 pub mod layout;
+pub mod matmul;
 pub mod memory;
 pub mod nvrtc;
 pub mod real;
@@ -126,17 +125,6 @@ impl CudaStorage {
             DType::U32 => CpuStorage::U32(read::<u32>(src, offset, n)?),
         })
     }
-}
-
-/// The error of an op whose kernel is not written yet (issue 5 adds them).
-pub(crate) fn not_yet(op: &'static str, device: Device) -> Error {
-    Error::invalid(
-        op,
-        format!(
-            "not yet implemented on {device}: its CUDA kernel does not exist yet; \
-             move the tensors to Device::Cpu with to_device for this op"
-        ),
-    )
 }
 
 /// Operands of one op must share one device.
