@@ -14,7 +14,7 @@ use crate::tensor::dtype::WithDType;
 use crate::tensor::layout::Layout;
 use crate::tensor::storage::{with_cpu_storage, CpuStorage, Storage};
 use crate::{Device, Error, Result};
-use cuda::{not_yet, CudaDevice, CudaStorage};
+use cuda::{CudaDevice, CudaStorage};
 
 impl Storage {
     pub fn device(&self) -> Device {

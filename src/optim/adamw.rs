@@ -184,10 +184,10 @@ impl AdamW {
             .zip(copies.iter_mut())
             .zip(&active)
             .map(|((((p, g), (m, v)), c), (s, _))| AdamWParam {
-                param: &mut **p,
-                grad: &**g,
-                m: &mut **m,
-                v: &mut **v,
+                param: p,
+                grad: g,
+                m,
+                v,
                 copy: c.as_deref_mut(),
                 decay: s.decay,
             })

@@ -61,23 +61,22 @@ fn update<T: Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]
     let (decay_factor, b1, b2) = (c(h.decay_factor), c(h.b1), c(h.b2));
     let (one_b1, one_b2) = (c(1.0 - h.b1), c(1.0 - h.b2));
     let (step_size, bc2_sqrt, eps) = (c(h.step_size), c(h.bc2_sqrt), c(h.eps));
-    let chunk = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
-        for i in 0..p.len() {
-            let gi = g[i];
-            let mut pi = p[i];
-            if decay {
-                pi = pi * decay_factor;
-            }
-            let mi = b1 * m[i] + one_b1 * gi;
-            let vi = b2 * v[i] + one_b2 * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            p[i] = pi - step_size * mi / (vi.sqrt() / bc2_sqrt + eps);
-        }
-    };
     p.par_chunks_mut(PARALLEL_MIN)
         .zip(g.par_chunks(PARALLEL_MIN))
         .zip(m.par_chunks_mut(PARALLEL_MIN))
         .zip(v.par_chunks_mut(PARALLEL_MIN))
-        .for_each(chunk);
+        .for_each(|(((p, g), m), v)| {
+            for i in 0..p.len() {
+                let gi = g[i];
+                let mut pi = p[i];
+                if decay {
+                    pi = pi * decay_factor;
+                }
+                let mi = b1 * m[i] + one_b1 * gi;
+                let vi = b2 * v[i] + one_b2 * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] = pi - step_size * mi / (vi.sqrt() / bc2_sqrt + eps);
+            }
+        });
 }

@@ -129,17 +129,6 @@ impl CudaStorage {
     }
 }
 
-/// The error of an op whose kernel is not written yet (issue 5 adds them).
-pub(crate) fn not_yet(op: &'static str, device: Device) -> Error {
-    Error::invalid(
-        op,
-        format!(
-            "not yet implemented on {device}: its CUDA kernel does not exist yet; \
-             move the tensors to Device::Cpu with to_device for this op"
-        ),
-    )
-}
-
 /// Operands of one op must share one device.
 pub(crate) fn same_device(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
     if a.device() != b.device() {
