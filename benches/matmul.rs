@@ -1,4 +1,6 @@
-//! f32 GEMM throughput on square row-major matrices.
+//! GEMM throughput on square matrices: the CPU's f32 GEMM, and kernels/matmul.cu on Cuda(0) in f32
+//! (SIMT) and bf16 (tensor cores), plain and as `linear_gelu` (x·wᵀ + b with the fused epilogue).
+//! The Cuda group is skipped, with a message, when there is no GPU.
 //!
 //! Throughput is declared as `Elements(2·m·n·k)`, the flop count of the product, so the
 //! "elem/s" criterion prints is flop/s: "400 Melem/s" means 0.4 GFLOP/s and "380 Gelem/s"
@@ -9,6 +11,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::backend::cpu::gemm::sgemm;
+use kiln::{DType, Device, Rng, Tensor};
 use std::time::Duration;
 
 fn bench_sgemm(criterion: &mut Criterion) {
@@ -30,5 +33,40 @@ fn bench_sgemm(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_sgemm);
+fn bench_cuda(criterion: &mut Criterion) {
+    if kiln::backend::cuda::gpu_count() == 0 {
+        eprintln!("cuda matmul benchmarks skipped: no GPU");
+        return;
+    }
+    let dev = Device::Cuda(0);
+    let mut rng = Rng::new(0);
+    let mut group = criterion.benchmark_group("cuda_matmul");
+    group.sample_size(20).measurement_time(Duration::from_secs(2));
+    for dtype in [DType::F32, DType::BF16] {
+        for n in [1024, 2048, 4096] {
+            let a = Tensor::randn(&[n, n], dtype, &mut rng, &dev).unwrap();
+            let w = Tensor::randn(&[n, n], dtype, &mut rng, &dev).unwrap();
+            let b = Tensor::randn(&[n], dtype, &mut rng, &dev).unwrap();
+            // reading one element back waits for the launch
+            let sync = |y: Tensor| {
+                y.narrow(0, 0, 1)
+                    .unwrap()
+                    .narrow(1, 0, 1)
+                    .unwrap()
+                    .to_vec::<f64>()
+                    .unwrap()
+            };
+            group.throughput(Throughput::Elements(2 * (n as u64).pow(3)));
+            group.bench_function(BenchmarkId::new(format!("matmul_{dtype}"), n), |bencher| {
+                bencher.iter(|| sync(a.matmul(&w).unwrap()));
+            });
+            group.bench_function(BenchmarkId::new(format!("linear_gelu_{dtype}"), n), |bencher| {
+                bencher.iter(|| sync(a.linear_gelu(&w, Some(&b)).unwrap()));
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_sgemm, bench_cuda);
 criterion_main!(benches);

@@ -15,7 +15,11 @@
 //   - kiln_map1/2/3: the elementwise loop every memory-bound kernel uses: a grid-stride loop that
 //     takes 16-byte vector loads and stores when every operand is contiguous and aligned, and falls
 //     back to one element at a time through the strides otherwise;
-//   - warp and block reductions.
+//   - warp and block reductions;
+//   - the tensor-core and asynchronous-copy instructions (sm_80+): kiln_mma_m16n8k16, kiln_ldmatrix_x4/x2
+//     (and .trans), kiln_cp_async_16, kiln_cp_async_commit, kiln_cp_async_wait<N>. Each is the one place
+//     its inline PTX is written; under the emulator each calls its model in emu/emu_ptx.h, which follows
+//     the PTX ISA's fragment layouts lane by lane (kernels/ptx_selftest.cu checks both).
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
@@ -117,6 +121,15 @@ KILN_CONVERT_VIA_F32(__half, float)
 KILN_CONVERT_VIA_F32(__nv_bfloat16, __half)
 KILN_CONVERT_VIA_F32(__half, __nv_bfloat16)
 #undef KILN_CONVERT_VIA_F32
+
+// GELU, GPT-2's tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in the arithmetic type A
+// (unary.cu's gelu and matmul.cu's fused epilogue).
+__device__ __forceinline__ float kiln_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double kiln_tanh(double x) { return tanh(x); }
+template <typename A> __device__ __forceinline__ A kiln_gelu(A x) {
+    const A u = (A)0.7978845608028654 * (x + (A)0.044715 * x * x * x);
+    return (A)0.5 * x * ((A)1 + kiln_tanh(u));
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Strided views. The Rust side (src/backend/cuda/layout.rs) fills this from a kiln Layout after
@@ -291,4 +304,130 @@ __device__ __forceinline__ float kiln_block_sum(float v, float *scratch) {
     v = kiln_warp_sum(v);
     __syncthreads();
     return v;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor cores and asynchronous copies (sm_80 and later). Fragment layouts, with groupID = lane / 4 and
+// tig = lane % 4, as the PTX ISA documents them for mma.m16n8k16 with 16-bit inputs (each .b32 register
+// holds two elements, the lower column or row in the low half):
+//   A 16x16 (row): a[0] = A[g][2t, 2t+1]  a[1] = A[g+8][2t, 2t+1]  a[2] = A[g][2t+8, 2t+9]  a[3] = A[g+8][2t+8, 2t+9]
+//   B 16x8 (col):  b[0] = B[2t, 2t+1][g]  b[1] = B[2t+8, 2t+9][g]
+//   C/D 16x8 f32:  c[0], c[1] = C[g][2t, 2t+1]   c[2], c[3] = C[g+8][2t, 2t+1]
+// ldmatrix .xN: lanes 8i..8i+7 give the 16-byte rows of 8x8 matrix i; register i of lane l gets matrix
+// i's [l/4][2(l%4), 2(l%4)+1], or with .trans its [2(l%4)][l/4] and [2(l%4)+1][l/4]. So ldmatrix .x4 of
+// a row-major 16x16 tile (matrices: rows 0-7/8-15 x cols 0-7/8-15 in the order of a[]) gives the A
+// fragment, and .x2.trans of a row-major [k][n] 16x8 tile gives the B fragment.
+
+// Two 16-bit values as one .b32 register: lo in bits 0-15.
+__device__ __forceinline__ unsigned kiln_pack_b16(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return (unsigned)__bfloat16_as_ushort(lo) | ((unsigned)__bfloat16_as_ushort(hi) << 16);
+}
+__device__ __forceinline__ unsigned kiln_pack_b16(__half lo, __half hi) {
+    return (unsigned)__half_as_ushort(lo) | ((unsigned)__half_as_ushort(hi) << 16);
+}
+
+// acc += A·B for one 16x8x16 tile, f32 accumulation; T is __nv_bfloat16 or __half. Warp-wide: every
+// lane of the warp must call it together.
+template <typename T>
+__device__ __forceinline__ void kiln_mma_m16n8k16(float (&acc)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
+
+template <>
+__device__ __forceinline__ void kiln_mma_m16n8k16<__nv_bfloat16>(float (&acc)[4], const unsigned (&a)[4],
+                                                                 const unsigned (&b)[2]) {
+#if KILN_EMU
+    ::emu::mma_m16n8k16<__nv_bfloat16>(acc, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <>
+__device__ __forceinline__ void kiln_mma_m16n8k16<__half>(float (&acc)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if KILN_EMU
+    ::emu::mma_m16n8k16<__half>(acc, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+#if !KILN_EMU
+// The shared-state-space address of a generic pointer into shared memory, as ldmatrix/cp.async take it.
+__device__ __forceinline__ unsigned kiln_smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+#endif
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: `row` is this lane's row address in shared memory
+// (16-byte aligned). Warp-wide.
+__device__ __forceinline__ void kiln_ldmatrix_x4(unsigned (&r)[4], const void *row) {
+#if KILN_EMU
+    ::emu::ldmatrix<4, false>(r, row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(kiln_smem_addr(row)));
+#endif
+}
+
+__device__ __forceinline__ void kiln_ldmatrix_x4_trans(unsigned (&r)[4], const void *row) {
+#if KILN_EMU
+    ::emu::ldmatrix<4, true>(r, row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(kiln_smem_addr(row)));
+#endif
+}
+
+// .x2: lanes 0-15 give the row addresses (the others' are ignored but must be valid pointers).
+__device__ __forceinline__ void kiln_ldmatrix_x2(unsigned (&r)[2], const void *row) {
+#if KILN_EMU
+    ::emu::ldmatrix<2, false>(r, row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(kiln_smem_addr(row)));
+#endif
+}
+
+__device__ __forceinline__ void kiln_ldmatrix_x2_trans(unsigned (&r)[2], const void *row) {
+#if KILN_EMU
+    ::emu::ldmatrix<2, true>(r, row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(kiln_smem_addr(row)));
+#endif
+}
+
+// cp.async.cg.shared.global: copies src_bytes (0..16) from global `src` to shared `dst` and zero-fills
+// the rest of the 16 bytes; both 16-byte aligned. With src_bytes = 0 nothing is read, but `src` must
+// still be a valid global address (pass the operand's base pointer for an out-of-range tile element).
+__device__ __forceinline__ void kiln_cp_async_16(void *dst, const void *src, unsigned src_bytes) {
+#if KILN_EMU
+    ::emu::cp_async_16(dst, src, src_bytes);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(kiln_smem_addr(dst)), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+#endif
+}
+
+// Closes the group of this thread's cp.async issued since the last commit.
+__device__ __forceinline__ void kiln_cp_async_commit() {
+#if !KILN_EMU
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are still in flight. Other threads' copies
+// need a __syncthreads() after this before they are visible.
+template <int N> __device__ __forceinline__ void kiln_cp_async_wait() {
+#if !KILN_EMU
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }

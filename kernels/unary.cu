@@ -37,11 +37,6 @@ __device__ __forceinline__ double k_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float k_pow(float x, float p) { return powf(x, p); }
 __device__ __forceinline__ double k_pow(double x, double p) { return pow(x, p); }
 
-template <typename A> __device__ __forceinline__ A gelu(A x) {
-    const A u = (A)0.7978845608028654 * (x + (A)0.044715 * x * x * x);
-    return (A)0.5 * x * ((A)1 + k_tanh(u));
-}
-
 template <typename A> __device__ __forceinline__ A gelu_derivative(A x) {
     const A u = (A)0.7978845608028654 * (x + (A)0.044715 * x * x * x);
     const A t = k_tanh(u);
@@ -61,7 +56,7 @@ __device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLa
     case KILN_LOG: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_log(F::up(v))); }); break;
     case KILN_SQRT: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_sqrt(F::up(v))); }); break;
     case KILN_TANH: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_tanh(F::up(v))); }); break;
-    case KILN_GELU: kiln_map1(x, lx, y, n, [](T v) { return F::down(gelu(F::up(v))); }); break;
+    case KILN_GELU: kiln_map1(x, lx, y, n, [](T v) { return F::down(kiln_gelu(F::up(v))); }); break;
     case KILN_GELU_DERIVATIVE: kiln_map1(x, lx, y, n, [](T v) { return F::down(gelu_derivative(F::up(v))); }); break;
     case KILN_RELU: kiln_map1(x, lx, y, n, [](T v) { const A u = F::up(v); return F::down(u > (A)0 ? u : (A)0); }); break;
     case KILN_STEP: kiln_map1(x, lx, y, n, [](T v) { return F::down(F::up(v) > (A)0 ? (A)1 : (A)0); }); break;

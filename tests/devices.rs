@@ -355,6 +355,180 @@ fn attention_sequence_lengths_and_head_dims() {
     }
 }
 
+/// Matrix dims around the kernels' tiles (64 for f32/f64, 128 for bf16/f16, K slabs of 16 and 32).
+fn matmul_dim() -> impl Strategy<Value = usize> {
+    select(vec![1usize, 7, 16, 63, 65, 129])
+}
+
+/// Batch dims of the two operands: none, the same, or broadcast one way or the other.
+fn matmul_batches() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    select(vec![
+        (vec![], vec![]),
+        (vec![3], vec![3]),
+        (vec![2, 3], vec![3]),
+        (vec![1], vec![2]),
+        (vec![2, 1], vec![1, 2]),
+    ])
+}
+
+/// `[batch.., rows, cols]` in `dtype` scaled by `scale`, stored transposed (its last two dims swapped,
+/// then transposed back: a column-major matrix) when `transposed`.
+fn matrix(
+    batch: &[usize],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+    dtype: DType,
+    seed: u64,
+    scale: f64,
+    dev: &Device,
+) -> Tensor {
+    let (r, c) = if transposed { (cols, rows) } else { (rows, cols) };
+    let t = input(&[batch, &[r, c]].concat(), View::Plain, dtype, seed, scale, 0.0, dev);
+    if transposed {
+        t.transpose(-2, -1).unwrap()
+    } else {
+        t
+    }
+}
+
+fn matmul_config() -> ProptestConfig {
+    // each case runs the product and its two gradient products on Emu, where a thread is a fiber
+    ProptestConfig { cases: 48, ..config() }
+}
+
+proptest! {
+    #![proptest_config(matmul_config())]
+
+    #[test]
+    fn matmul_every_layout_and_batch((m, n, k) in (matmul_dim(), matmul_dim(), matmul_dim())
+                                         .prop_filter("small", |(m, n, k)| m * n * k <= 129 * 65 * 16),
+                                     (ba, bb) in matmul_batches(), ta in any::<bool>(), tb in any::<bool>(),
+                                     view in views(), dtype in select(FLOATS.to_vec())) {
+        // A [batch.., m, k] and B [batch.., k, n], each row- or column-major; `view` also makes A a
+        // strided view that is neither (read through one copy) when it is transposed with batch dims
+        let scale = 1.0 / (k as f64).sqrt();
+        check("matmul", dtype, true, |d| {
+            let a = match view {
+                View::Transposed if !ba.is_empty() => input(&[ba.as_slice(), &[m, k]].concat(), view, dtype, 7, scale, 0.0, d),
+                _ => matrix(&ba, m, k, ta, dtype, 7, scale, d),
+            };
+            vec![a, matrix(&bb, k, n, tb, dtype, 8, 1.0, d)]
+        }, |x| x[0].matmul(&x[1]));
+    }
+
+    #[test]
+    fn linear_with_fused_epilogues(rows in matmul_dim(), n_in in matmul_dim(), n_out in matmul_dim(),
+                                   lead in select(vec![vec![], vec![2]]), bias in any::<bool>(),
+                                   op in select(vec!["linear", "linear_gelu", "linear_residual"]),
+                                   dtype in select(FLOATS.to_vec())) {
+        prop_assume!(rows * n_in * n_out <= 129 * 65 * 16);
+        let scale = 1.0 / (n_in as f64).sqrt();
+        let x_shape = [lead.as_slice(), &[rows, n_in]].concat();
+        let y_shape = [lead.as_slice(), &[rows, n_out]].concat();
+        check(op, dtype, true, |d| {
+            let mut v = vec![input(&x_shape, View::Plain, dtype, 9, scale, 0.0, d),
+                             input(&[n_out, n_in], View::Plain, dtype, 10, 1.0, 0.0, d)];
+            if bias {
+                v.push(input(&[n_out], View::Plain, dtype, 11, 0.5, 0.0, d));
+            }
+            if op == "linear_residual" {
+                v.push(input(&y_shape, View::Narrowed, dtype, 12, 1.0, 0.0, d));
+            }
+            v
+        }, |x| {
+            let b = if bias { Some(&x[2]) } else { None };
+            match op {
+                "linear" => x[0].linear(&x[1], b),
+                "linear_gelu" => x[0].linear_gelu(&x[1], b),
+                _ => x[0].linear_residual(&x[1], b, x.last().unwrap()),
+            }
+        });
+    }
+}
+
+#[test]
+fn matmul_with_k_zero_gives_the_epilogue_of_zero() {
+    for dtype in FLOATS {
+        check(
+            "matmul k = 0",
+            dtype,
+            false,
+            |d| {
+                vec![
+                    Tensor::zeros(&[5, 0], dtype, d).unwrap(),
+                    Tensor::zeros(&[0, 9], dtype, d).unwrap(),
+                ]
+            },
+            |x| x[0].matmul(&x[1]),
+        );
+        check(
+            "linear k = 0",
+            dtype,
+            true,
+            |d| {
+                vec![
+                    Tensor::zeros(&[3, 0], dtype, d).unwrap(),
+                    Tensor::zeros(&[4, 0], dtype, d).unwrap(),
+                    input(&[4], View::Plain, dtype, 13, 1.0, 0.0, d),
+                ]
+            },
+            |x| x[0].linear_gelu(&x[1], Some(&x[2])),
+        );
+    }
+}
+
+#[test]
+fn matmul_of_broadcast_scalars_and_unaligned_operands() {
+    for dtype in FLOATS {
+        // a [1, 1] broadcast to [m, k] has no unit stride (a copy); a narrowed A is not 16-byte aligned
+        check(
+            "matmul of a broadcast",
+            dtype,
+            true,
+            |d| {
+                vec![
+                    input(&[1, 1], View::Plain, dtype, 14, 1.0, 0.0, d),
+                    input(&[33, 20], View::Plain, dtype, 15, 1.0, 0.0, d),
+                ]
+            },
+            |x| x[0].broadcast_to(&[17, 33])?.matmul(&x[1]),
+        );
+        check(
+            "matmul of an offset view",
+            dtype,
+            true,
+            |d| {
+                vec![
+                    input(&[17, 40], View::Narrowed, dtype, 16, 0.2, 0.0, d),
+                    input(&[40, 24], View::Narrowed, dtype, 17, 1.0, 0.0, d),
+                ]
+            },
+            |x| x[0].matmul(&x[1]),
+        );
+    }
+}
+
+#[test]
+fn linear_rejects_bad_shapes_and_dtypes_with_the_op_name() {
+    let dev = Device::Emu;
+    let x = Tensor::ones(&[2, 3], DType::F32, &dev).unwrap();
+    let w = Tensor::ones(&[4, 3], DType::F32, &dev).unwrap();
+    let e = x.linear(&w.transpose(0, 1).unwrap(), None).unwrap_err().to_string();
+    assert!(e.contains("linear") && e.contains("[3, 4]"), "{e}");
+    let e = x.linear_gelu(&w, Some(&x)).unwrap_err().to_string();
+    assert!(e.contains("linear_gelu") && e.contains("bias"), "{e}");
+    let e = x.linear_residual(&w, None, &x).unwrap_err().to_string();
+    assert!(e.contains("linear_residual") && e.contains("residual"), "{e}");
+    let e = x
+        .linear(&w.to_dtype(DType::BF16).unwrap(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("linear") && e.contains("bf16"), "{e}");
+    let cpu = Tensor::ones(&[4, 3], DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(x.linear(&cpu, None), Err(Error::DeviceMismatch { .. })));
+}
+
 #[test]
 fn fill_on_each_device() {
     // `full` directly on every device, compared with the CPU's
@@ -517,21 +691,19 @@ fn to_device_moves_data_and_gradients() {
 }
 
 #[test]
-fn the_doc_example_runs_on_emu_up_to_matmul() {
+fn the_doc_example_runs_on_emu() {
     let dev = Device::Emu;
     let a = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], &[2, 3], &dev)
         .unwrap()
         .requires_grad();
-    let b = Tensor::from_vec(vec![0.5f32; 12], &[3, 4], &dev).unwrap();
-    let err = a.matmul(&b).unwrap_err().to_string();
-    assert!(
-        err.contains("matmul") && err.contains("not yet implemented on emu"),
-        "{err}"
-    );
-    let y = a.gelu().unwrap().softmax(-1).unwrap();
+    let b = Tensor::from_vec(vec![0.5f32; 12], &[3, 4], &dev)
+        .unwrap()
+        .requires_grad();
+    let y = a.matmul(&b).unwrap().gelu().unwrap().softmax(-1).unwrap();
     let loss = y.sum_all().unwrap();
     let grads = loss.backward().unwrap();
     assert_eq!(grads.get(&a).unwrap().shape(), &[2, 3]);
+    assert_eq!(grads.get(&b).unwrap().shape(), &[3, 4]);
     let t = y.to_dtype(DType::BF16).unwrap().to_device(&Device::Cpu).unwrap();
     assert_eq!(t.device(), &Device::Cpu);
 }
@@ -624,6 +796,8 @@ fn every_kernel_named_by_a_wrapper_exists_and_is_registered_with_the_emulator() 
         "reduce_f64",
         "reduce_partials_bf16",
         "softmax_f32",
+        "matmul_f32",
+        "matmul_bf16",
     ] {
         assert!(names.contains(&family), "{family} missing from {names:?}");
     }

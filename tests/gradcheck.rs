@@ -359,6 +359,62 @@ fn matmul_of_views() {
 // ------------------------------------------------------------------------------------------
 
 #[test]
+fn linear_and_its_fused_epilogues() {
+    // x [..., in] with 0, 1 and 2 leading dims, w [out, in], bias [out], residual [..., out]
+    for (i, lead) in [vec![], vec![4], vec![2, 3]].into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let (x, w, b) = (
+            randn(&[lead.as_slice(), &[5]].concat(), seed),
+            randn(&[3, 5], seed + 1),
+            randn(&[3], seed + 2),
+        );
+        let r = randn(&[lead.as_slice(), &[3]].concat(), seed + 3);
+        gradcheck(&format!("linear {lead:?}"), &[x.clone(), w.clone(), b.clone()], |t| {
+            wsum(&t[0].linear(&t[1], Some(&t[2]))?)
+        });
+        gradcheck(&format!("linear without bias {lead:?}"), &[x.clone(), w.clone()], |t| {
+            wsum(&t[0].linear(&t[1], None)?)
+        });
+        gradcheck(
+            &format!("linear_gelu {lead:?}"),
+            &[x.clone(), w.clone(), b.clone()],
+            |t| wsum(&t[0].linear_gelu(&t[1], Some(&t[2]))?),
+        );
+        gradcheck(
+            &format!("linear_residual {lead:?}"),
+            &[x.clone(), w.clone(), b.clone(), r.clone()],
+            |t| wsum(&t[0].linear_residual(&t[1], Some(&t[2]), &t[3])?),
+        );
+        // x viewed transposed (not contiguous), no bias
+        gradcheck(
+            &format!("linear_gelu of a view {lead:?}"),
+            &[randn(&[5, 4], seed + 4), w.clone()],
+            |t| wsum(&t[0].transpose(0, 1)?.linear_gelu(&t[1], None)?),
+        );
+    }
+}
+
+#[test]
+fn linear_equals_the_unfused_ops() {
+    // the same values as matmul + add + gelu + add, in f64 (an independent composition)
+    let (x, w, b, r) = (
+        randn(&[2, 3, 5], 40),
+        randn(&[4, 5], 41),
+        randn(&[4], 42),
+        randn(&[2, 3, 4], 43),
+    );
+    let z = x.matmul(&w.transpose(0, 1).unwrap()).unwrap().add(&b).unwrap();
+    let close = |got: Tensor, want: Tensor| {
+        for (g, w) in vec_of(&got).iter().zip(vec_of(&want)) {
+            assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    };
+    close(x.linear(&w, Some(&b)).unwrap(), z.clone());
+    close(x.linear_gelu(&w, Some(&b)).unwrap(), z.gelu().unwrap());
+    close(x.linear_residual(&w, Some(&b), &r).unwrap(), z.add(&r).unwrap());
+}
+
+#[test]
 fn reductions_over_dims() {
     type Reduce = fn(&Tensor, &[isize], bool) -> Result<Tensor>;
     let ops: [(&str, Reduce); 4] = [

@@ -7,6 +7,7 @@
 //   - threadIdx, blockIdx, blockDim, gridDim, warpSize;
 //   - __syncthreads() and its _count/_and/_or forms, warp shuffles, votes, __syncwarp, __activemask;
 //   - atomics, the vector types, __half / __nv_bfloat16 (emu_half.h), and the math intrinsics;
+//   - mma.sync, ldmatrix and cp.async as common.cuh's helpers use them (emu_ptx.h);
 //   - EMU_KERNEL(name), which makes a kernel launchable by name through emu_api.h.
 //
 // How a launch runs (the scheduler itself is in emu_runtime.cpp; its header comment has the details):
@@ -401,6 +402,9 @@ template <typename T> inline T __ldlu(const T *p) { return *p; }
 template <typename T> inline void __stcg(T *p, T v) { *p = v; }
 template <typename T> inline void __stcs(T *p, T v) { *p = v; }
 template <typename T> inline void __stwb(T *p, T v) { *p = v; }
+
+// Tensor-core and asynchronous-copy instructions, as common.cuh's helpers reach them.
+#include "emu_ptx.h"
 
 // ---------------------------------------------------------------------------------------------------
 // Kernel registration. For `extern "C" __global__ void name(T1 a, T2 b, ...)`, EMU_KERNEL(name) defines

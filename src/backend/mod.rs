@@ -137,9 +137,28 @@ impl Storage {
 
     /// `[batch.., m, k] x [batch.., k, n]`, batch dims already broadcast.
     pub(crate) fn matmul(&self, la: &Layout, rhs: &Storage, lb: &Layout) -> Result<Storage> {
+        self.matmul_fused(la, rhs, lb, &Epilogue::NONE)
+    }
+
+    /// `epi(self · rhs)`: as [`Storage::matmul`], with the epilogue applied to the f32 (f64) product
+    /// before its one rounding to the dtype: in the kernel's store on Cuda/Emu (one launch), after
+    /// the GEMM on the CPU.
+    pub(crate) fn matmul_fused(&self, la: &Layout, rhs: &Storage, lb: &Layout, epi: &Epilogue<'_>) -> Result<Storage> {
         match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::matmul::matmul(a, la, b, lb)?)),
-            (Storage::Cuda(a), Storage::Cuda(_)) => Err(not_yet("matmul", a.device())),
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let epi = epi.on(self, |s| match s {
+                    Storage::Cpu(c) => Some(c),
+                    _ => None,
+                })?;
+                Ok(Storage::Cpu(cpu::matmul::matmul(a, la, b, lb, &epi)?))
+            }
+            (Storage::Cuda(a), Storage::Cuda(b)) => {
+                let epi = epi.on(self, |s| match s {
+                    Storage::Cuda(c) => Some(c),
+                    _ => None,
+                })?;
+                Ok(Storage::Cuda(cuda::matmul::matmul(a, la, b, lb, &epi)?))
+            }
             (a, b) => Err(mismatch("matmul", a, b)),
         }
     }
@@ -297,6 +316,38 @@ const OP_ATTENTION: &str = "scaled_dot_product_attention";
 fn mismatch_any(op: &'static str, first: &Storage, rest: &[&Storage]) -> Error {
     let other = rest.iter().find(|s| s.device() != first.device()).unwrap_or(&first);
     mismatch(op, first, other)
+}
+
+/// What a fused matmul does to the product `y` before storing it: `gelu?(y + bias) + residual`.
+pub struct Epilogue<'a, S = Storage> {
+    /// `[n]`, added to every row.
+    pub bias: Option<(&'a S, &'a Layout)>,
+    /// GELU (tanh form) after the bias.
+    pub gelu: bool,
+    /// The output's shape `[batch.., m, n]`, added last.
+    pub residual: Option<(&'a S, &'a Layout)>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// The plain product.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        gelu: false,
+        residual: None,
+    };
+
+    /// The same epilogue over one backend's storage (`pick`), or a device mismatch with `lhs`.
+    fn on<S>(&self, lhs: &Storage, pick: impl Fn(&'a Storage) -> Option<&'a S>) -> Result<Epilogue<'a, S>> {
+        let one = |o: Option<(&'a Storage, &'a Layout)>| -> Result<Option<(&'a S, &'a Layout)>> {
+            o.map(|(s, l)| pick(s).map(|p| (p, l)).ok_or_else(|| mismatch("matmul", lhs, s)))
+                .transpose()
+        };
+        Ok(Epilogue {
+            bias: one(self.bias)?,
+            gelu: self.gelu,
+            residual: one(self.residual)?,
+        })
+    }
 }
 
 /// Operands of one op on different devices (the tensor layer checks first; this is the backstop).

@@ -1,6 +1,9 @@
-//! Matrix product: 2-D, or batched `[..., M, K] x [..., K, N]` with broadcast batch dims.
+//! Matrix product: 2-D, or batched `[..., M, K] x [..., K, N]` with broadcast batch dims; and
+//! `linear` (x·wᵀ + b) with its fused GELU and residual forms.
 
-use crate::tensor::layout::broadcast_shapes;
+use crate::backend::Epilogue;
+use crate::ops::unary::UnaryOp;
+use crate::tensor::layout::{broadcast_shapes, Layout};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -43,6 +46,119 @@ impl Tensor {
             let ga = g.matmul(&b.transpose(-2, -1)?)?.sum_to_shape(a.shape())?;
             let gb = a.transpose(-2, -1)?.matmul(g)?.sum_to_shape(b.shape())?;
             Ok(vec![Some(ga), Some(gb)])
+        }))
+    }
+}
+
+/// The fused forms of `x·wᵀ + b` (torch.nn.functional.linear), each one matmul launch on Cuda/Emu
+/// with the bias, GELU and residual applied in the kernel's epilogue.
+impl Tensor {
+    /// `self · wᵀ + bias`: `self` is `[..., in]`, `w` is `[out, in]` (as `kiln::nn::Linear` and
+    /// torch.nn.Linear store it), `bias` is `[out]`; the result is `[..., out]`.
+    pub fn linear(&self, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_fused("linear", w, bias, false, None)
+    }
+
+    /// `gelu(self · wᵀ + bias)` with GELU's tanh form, as `linear` followed by `gelu`.
+    pub fn linear_gelu(&self, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_fused("linear_gelu", w, bias, true, None)
+    }
+
+    /// `residual + self · wᵀ + bias`; `residual` has the result's shape `[..., out]`.
+    pub fn linear_residual(&self, w: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+        self.linear_fused("linear_residual", w, bias, false, Some(residual))
+    }
+
+    fn linear_fused(
+        &self,
+        op: &'static str,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (xs, ws) = (self.shape(), w.shape());
+        if xs.is_empty() || ws.len() != 2 || xs[xs.len() - 1] != ws[1] {
+            return Err(Error::shape(
+                op,
+                format!("input {xs:?} and weight {ws:?}: expected input [..., in] and weight [out, in]"),
+            ));
+        }
+        let (n_in, n_out) = (ws[1], ws[0]);
+        let lead = &xs[..xs.len() - 1];
+        let rows: usize = lead.iter().product();
+        let out_shape = [lead, &[n_out]].concat();
+        let mut inputs = vec![self, w];
+        for (what, t, want) in [("bias", bias, vec![n_out]), ("residual", residual, out_shape.clone())] {
+            let Some(t) = t else { continue };
+            self.same_device(t, op)?;
+            if t.shape() != want.as_slice() {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{what} {:?}: expected {want:?} for input {xs:?} and weight {ws:?}",
+                        t.shape()
+                    ),
+                ));
+            }
+            if t.dtype() != self.dtype() {
+                return Err(Error::dtype_mismatch(op, self.dtype(), t.dtype()));
+            }
+            inputs.push(t);
+        }
+        self.same_device(w, op)?;
+        if w.dtype() != self.dtype() {
+            return Err(Error::dtype_mismatch(op, self.dtype(), w.dtype()));
+        }
+
+        // x as [rows, in] and the residual as [rows, out] (free for contiguous tensors), w as wᵀ [in, out].
+        let as_matrix = |t: &Tensor, cols: usize| -> Result<(Tensor, Layout)> {
+            let t = if t.layout().is_contiguous() {
+                t.clone()
+            } else {
+                t.detach().contiguous()?
+            };
+            let l = t.layout().reshape(&[rows, cols]).expect("contiguous");
+            Ok((t, l))
+        };
+        let (x2, lx) = as_matrix(self, n_in)?;
+        let lw = w.layout().transpose(0, 1);
+        let residual2 = residual.map(|r| as_matrix(r, n_out)).transpose()?;
+        let (bs, rs) = (bias.map(|b| b.storage()), residual2.as_ref().map(|(r, _)| r.storage()));
+        let epi = Epilogue {
+            bias: bs.as_deref().zip(bias.map(|b| b.layout())),
+            gelu,
+            residual: rs.as_deref().zip(residual2.as_ref().map(|(_, l)| l)),
+        };
+        let y = x2.storage().matmul_fused(&lx, &w.storage(), &lw, &epi)?;
+        drop((bs, rs));
+        let has_bias = bias.is_some();
+        let out = Tensor::from_parts(y, &out_shape);
+        Ok(out.record(op, &inputs, move |g, inputs, _| {
+            // y = act(z) + r with z = x·wᵀ + b: dz = g·act'(z), dx = dz·w, dw = dzᵀ·x, db = Σ dz, dr = g
+            let (x, w) = (&inputs[0], &inputs[1]);
+            let b = has_bias.then(|| &inputs[2]);
+            let dz = if gelu {
+                let z = {
+                    let _untracked = crate::no_grad();
+                    x.linear(w, b)?
+                };
+                g.mul(&z.unary_map(UnaryOp::GeluDerivative)?)?
+            } else {
+                g.clone()
+            };
+            let dz2 = dz.reshape(&[rows, n_out])?;
+            let x2 = x.reshape(&[rows, n_in])?;
+            let dx = dz2.matmul(w)?.reshape(x.shape())?;
+            let dw = dz2.transpose(0, 1)?.matmul(&x2)?;
+            let mut grads = vec![Some(dx), Some(dw)];
+            if has_bias {
+                grads.push(Some(dz2.sum_to_shape(&[n_out])?));
+            }
+            if inputs.len() > grads.len() {
+                grads.push(Some(g.clone()));
+            }
+            Ok(grads)
         }))
     }
 }

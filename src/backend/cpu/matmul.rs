@@ -1,33 +1,52 @@
 //! Batched matrix product on the CPU: one GEMM call per batch entry, straight on the
-//! operands' strides (transposed views cost no copy). BF16/F16 are widened to f32.
+//! operands' strides (transposed views cost no copy), then the fused epilogue (bias, GELU,
+//! residual) before the one rounding to the dtype. BF16/F16 are widened to f32.
 
 use super::gemm;
-use crate::tensor::dtype::DType;
+use crate::backend::Epilogue;
+use crate::ops::unary::UnaryOp;
+use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
 use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 use half::{bf16, f16};
+use num_traits::Float;
 use rayon::prelude::*;
 
-/// `a` is `[batch.., m, k]`, `b` is `[batch.., k, n]`, both already broadcast to the same
-/// batch dims; the result is contiguous `[batch.., m, n]`.
-pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
+/// `epi(a · b)` for `a` `[batch.., m, k]` and `b` `[batch.., k, n]`, both already broadcast to the
+/// same batch dims; the result is contiguous `[batch.., m, n]`. The epilogue is applied to the
+/// product in its accumulation type (f32, f64 for f64) and the result rounded once, as the CUDA
+/// kernel's fused epilogue does.
+pub fn matmul(
+    a: &CpuStorage,
+    la: &Layout,
+    b: &CpuStorage,
+    lb: &Layout,
+    epi: &Epilogue<'_, CpuStorage>,
+) -> Result<CpuStorage> {
+    let rank = la.rank();
+    let shape = [&la.shape()[..rank - 1], &lb.shape()[rank - 1..]].concat();
     Ok(match (a, b) {
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, la, y, lb, gemm::sgemm)),
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, la, y, lb, gemm::dgemm)),
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+            CpuStorage::F32(epilogue(batched(x, la, y, lb, gemm::sgemm), &shape, epi))
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+            CpuStorage::F64(epilogue(batched(x, la, y, lb, gemm::dgemm), &shape, epi))
+        }
         (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
             let wide = |s: &CpuStorage, l: &Layout| match super::cast(s, l, DType::F32) {
                 CpuStorage::F32(v) => v,
                 _ => unreachable!("cast to f32 gives f32"),
             };
             let (x, y) = (wide(a, la), wide(b, lb));
-            let out = batched(
+            let product = batched(
                 &x,
                 &Layout::contiguous(la.shape()),
                 &y,
                 &Layout::contiguous(lb.shape()),
                 gemm::sgemm,
             );
+            let out = epilogue(product, &shape, epi);
             match a {
                 CpuStorage::BF16(_) => CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect()),
                 _ => CpuStorage::F16(out.into_iter().map(f16::from_f32).collect()),
@@ -36,6 +55,28 @@ pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Resul
         (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float("matmul", DType::U32)),
         _ => return Err(Error::dtype_mismatch("matmul", a.dtype(), b.dtype())),
     })
+}
+
+/// `gelu?(y + bias) + residual` on the product `y` (contiguous `shape`) in its accumulation type `T`.
+fn epilogue<T: Float + WithDType>(mut y: Vec<T>, shape: &[usize], epi: &Epilogue<'_, CpuStorage>) -> Vec<T> {
+    let n = shape.last().copied().unwrap_or(1);
+    let wide = |(s, l): (&CpuStorage, &Layout)| super::typed::<T>(&super::cast(s, l, T::DTYPE)).to_vec();
+    let (bias, residual) = (epi.bias.map(wide), epi.residual.map(wide));
+    if bias.is_none() && !epi.gelu && residual.is_none() {
+        return y;
+    }
+    for (i, v) in y.iter_mut().enumerate() {
+        if let Some(b) = &bias {
+            *v = *v + b[i % n];
+        }
+        if epi.gelu {
+            *v = UnaryOp::Gelu.apply(*v);
+        }
+        if let Some(r) = &residual {
+            *v = *v + r[i];
+        }
+    }
+    y
 }
 
 pub(crate) type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);

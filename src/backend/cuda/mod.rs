@@ -2,14 +2,14 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, attention.
+//! where_cond, reduce, softmax, matmul, attention.
 //!
 //! - [`device`]: opening devices, their limits, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
 //! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
 //!
-//! Ops whose kernels come later (matmul, layer_norm, cross_entropy, index_select/index_add) return
+//! Ops whose kernels come later (layer_norm, cross_entropy, index_select/index_add) return
 //! an error naming the op and device: they never fall back to the CPU silently.
 
 pub mod attention;
@@ -22,6 +22,7 @@ pub mod fill;
 pub mod kernels;
 pub mod launch;
 pub mod layout;
+pub mod matmul;
 pub mod memory;
 pub mod nvrtc;
 pub mod real;

@@ -1,0 +1,287 @@
+// matmul.cu — batched matrix product with a fused epilogue:
+//   C[b] = epilogue(A[b] · B[b]),  A[b] [M, K], B[b] [K, N], C contiguous [batch, M, N],
+//   epilogue(z)[i][j] = act(z[i][j] + bias[j]) + residual[b][i][j]   (bias, GELU and residual optional)
+// accumulated in f32 (f64 for f64) and rounded once to T at the store.
+//
+// Operands are read in place through their strides: each matrix is "k-contiguous" (A row-major, or B
+// stored as [N, K] row-major, as a Linear weight) or "mn-contiguous" (A stored as [K, M], B row-major);
+// lda/ldb is the other stride. Batch entries are found through a KilnLayout over the batch dims (any
+// broadcast: stride-0 dims). The Rust wrapper copies an operand that is neither (one contiguous copy).
+//
+// Algorithm: one block computes a BM x BN tile of C. The K dimension is walked in BK-wide slabs through
+// a STAGES-deep ring of shared-memory buffers: slab kt + STAGES - 1 is being copied (cp.async, 16 bytes
+// per thread and instruction, zero-filled past the matrix edge) while slab kt is multiplied. A slab keeps
+// the global layout (k-contiguous tiles as [x][BK], the others as [BK][x]), so the copy is always along
+// the contiguous dim; rows are padded by 16 bytes against bank conflicts. When an operand is not 16-byte
+// aligned (base, ld), its slabs are loaded one element at a time instead (same layout, same zero fill).
+//   - f32/f64, SIMT: BM = BN = 64, BK = 16; 256 threads as 16 x 16, each a 4 x 4 register tile.
+//   - bf16/f16, tensor cores: BM = BN = 128, BK = 32; 8 warps as 2 (M) x 4 (N), each a 64 x 32 tile of
+//     4 x 4 mma.m16n8k16 (f32 accumulators, 64 per thread); fragments come from ldmatrix (.trans for
+//     an mn-contiguous A or an n-contiguous B, which gives every transpose combination without shuffles).
+// The epilogue works from the accumulators in registers: predicated on i < M, j < N; K = 0 gives
+// epilogue(0).
+// Launch: 256 threads; grid (ceil(N / BN), ceil(M / BM), min(batch, 65535)) with a loop over the rest of
+// the batch; dynamic shared memory STAGES * (tile(BM) + tile(BN)) * sizeof(T) (matmul_smem_bytes in
+// src/backend/cuda/matmul.rs: 30 KiB f32, 36 KiB f64, 60 KiB bf16/f16).
+// Roofline: 2·M·N·K FLOPs per batch entry; bytes ≥ (M·K + K·N + M·N) · sizeof(T) (+ N bias, + M·N
+// residual), each A slab re-read ceil(N / BN) times and each B slab ceil(M / BM) times (from L2).
+#include "common.cuh"
+
+#define MATMUL_THREADS 256
+
+template <typename T> struct MatmulTile;
+template <> struct MatmulTile<float> {
+    static constexpr int BM = 64, BN = 64, BK = 16, STAGES = 3;
+};
+template <> struct MatmulTile<double> {
+    static constexpr int BM = 64, BN = 64, BK = 16, STAGES = 2;
+};
+template <> struct MatmulTile<__nv_bfloat16> {
+    static constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3;
+};
+template <> struct MatmulTile<__half> {
+    static constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3;
+};
+
+// Elements of padding per shared-memory row (16 bytes: rows stay 16-byte aligned for cp.async/ldmatrix).
+template <typename T> __device__ __forceinline__ constexpr int pad() { return 16 / (int)sizeof(T); }
+
+// Elements of one operand's slab buffer: X (BM or BN) by BK, in either layout.
+template <typename T, int X, int BK> __device__ __forceinline__ constexpr int slab_elems() {
+    return X * (BK + pad<T>()) > BK * (X + pad<T>()) ? X * (BK + pad<T>()) : BK * (X + pad<T>());
+}
+
+// One operand of the product as the kernel reads it: element (x, k) — x is m for A and n for B — of
+// batch entry b is at base + x * sx + k * sk, with sk = 1 (kcontig) or sx = 1, the other being ld.
+struct Operand {
+    const void *ptr;
+    long long ld;
+    int kcontig;
+};
+
+// Copies ROWS x COLS elements (COLS along the contiguous dim) from g (row stride ld) to s (row stride
+// COLS + pad), zero past rows_left rows and cols_left columns. With `vec`, by 16-byte cp.async (g and ld
+// 16-byte aligned); otherwise element by element.
+template <typename T, int ROWS, int COLS>
+__device__ __forceinline__ void load_slab(T *s, const T *g, const T *safe, long long ld, int rows_left, int cols_left,
+                                          bool vec) {
+    constexpr int V = 16 / sizeof(T), CHUNKS = ROWS * COLS / V, SLD = COLS + pad<T>();
+    static_assert(COLS % V == 0 && CHUNKS % MATMUL_THREADS == 0, "whole chunks for every thread");
+#pragma unroll
+    for (int i = 0; i < CHUNKS / MATMUL_THREADS; ++i) {
+        const int c = threadIdx.x + i * MATMUL_THREADS;
+        const int r = c / (COLS / V), col = (c % (COLS / V)) * V;
+        T *dst = s + r * SLD + col;
+        const T *src = g + r * ld + col;
+        if (vec) {
+            const int left = cols_left - col;
+            const int n = r < rows_left ? (left < 0 ? 0 : (left < V ? left : V)) : 0;
+            kiln_cp_async_16(dst, n > 0 ? src : safe, n * (unsigned)sizeof(T));
+        } else {
+#pragma unroll
+            for (int e = 0; e < V; ++e)
+                dst[e] = (r < rows_left && col + e < cols_left) ? src[e] : KilnFloat<T>::down(0.0f);
+        }
+    }
+}
+
+// The X x BK slab of `op` whose first element is (x0, k0) into s.
+template <typename T, int X, int BK>
+__device__ __forceinline__ void load_operand(T *s, const Operand &op, const T *base, int x0, int k0, int xs, int ks,
+                                             bool vec) {
+    if (op.kcontig)
+        load_slab<T, X, BK>(s, base + (long long)x0 * op.ld + k0, base, op.ld, xs - x0, ks - k0, vec);
+    else
+        load_slab<T, BK, X>(s, base + (long long)k0 * op.ld + x0, base, op.ld, ks - k0, xs - x0, vec);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The two inner products: a block's accumulators, how a slab pair is multiplied into them, and which
+// element of C each accumulator is.
+
+// SIMT: thread (tx, ty) = (tid % 16, tid / 16) owns rows 4 ty .. 4 ty + 3 and columns 4 tx .. 4 tx + 3.
+template <typename T> struct SimtMma {
+    typedef typename KilnFloat<T>::Acc A;
+    static constexpr int BM = MatmulTile<T>::BM, BN = MatmulTile<T>::BN, BK = MatmulTile<T>::BK;
+    static constexpr int COUNT = 16;
+    A acc[COUNT];
+
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < COUNT; ++i) acc[i] = (A)0;
+    }
+    __device__ __forceinline__ A get(int i) const { return acc[i]; }
+
+    __device__ __forceinline__ void multiply(const T *sa, const T *sb, int a_kcontig, int b_kcontig) {
+        const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+        // element (x, k) of a slab is at x * sx + k * sk
+        const int sam = a_kcontig ? BK + pad<T>() : 1, sak = a_kcontig ? 1 : BM + pad<T>();
+        const int sbn = b_kcontig ? BK + pad<T>() : 1, sbk = b_kcontig ? 1 : BN + pad<T>();
+        const T *pa = sa + 4 * ty * sam, *pb = sb + 4 * tx * sbn;
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            A a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a[i] = KilnFloat<T>::up(pa[i * sam + k * sak]);
+                b[i] = KilnFloat<T>::up(pb[i * sbn + k * sbk]);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i * 4 + j] += a[i] * b[j];
+        }
+    }
+
+    // (row, column) of accumulator i within the block's tile.
+    static __device__ __forceinline__ int row(int i) { return 4 * (int)(threadIdx.x / 16) + i / 4; }
+    static __device__ __forceinline__ int col(int i) { return 4 * (int)(threadIdx.x % 16) + i % 4; }
+};
+
+// Tensor cores: warp w = (wm, wn) = (w / 4, w % 4) owns rows 64 wm .. + 63 and columns 32 wn .. + 31 as
+// 4 x 4 tiles of 16 x 8; acc[mt * 4 + nt] is tile (mt, nt)'s C fragment, get(i) its element i % 4.
+template <typename T> struct TensorCoreMma {
+    typedef float A;
+    static constexpr int BM = MatmulTile<T>::BM, BN = MatmulTile<T>::BN, BK = MatmulTile<T>::BK;
+    static constexpr int COUNT = 64;
+    A acc[16][4];
+
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int t = 0; t < 16; ++t)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+    }
+    __device__ __forceinline__ A get(int i) const { return acc[i / 4][i % 4]; }
+
+    __device__ __forceinline__ void multiply(const T *sa, const T *sb, int a_kcontig, int b_kcontig) {
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4;
+        const int quad = lane / 8, r8 = lane % 8;
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            unsigned fa[4][4], fb[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) {
+                // matrix quad: rows 8 (quad % 2) .., k 8 (quad / 2) .. of the 16 x 16 A tile
+                const int m = wm * 64 + mt * 16 + (quad % 2) * 8, k = kk + (quad / 2) * 8;
+                if (a_kcontig)
+                    kiln_ldmatrix_x4(fa[mt], sa + (m + r8) * (BK + pad<T>()) + k);
+                else
+                    kiln_ldmatrix_x4_trans(fa[mt], sa + (k + r8) * (BM + pad<T>()) + m);
+            }
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                // two 16 x 8 B tiles: registers 0-1 for columns n .. n + 7, 2-3 for n + 8 .. n + 15
+                const int n = wn * 32 + p * 16;
+                unsigned r[4];
+                if (b_kcontig)
+                    kiln_ldmatrix_x4(r, sb + (n + (quad / 2) * 8 + r8) * (BK + pad<T>()) + kk + (quad % 2) * 8);
+                else
+                    kiln_ldmatrix_x4_trans(r, sb + (kk + lane % 16) * (BN + pad<T>()) + n + (lane / 16) * 8);
+                fb[2 * p][0] = r[0];
+                fb[2 * p][1] = r[1];
+                fb[2 * p + 1][0] = r[2];
+                fb[2 * p + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) kiln_mma_m16n8k16<T>(acc[mt * 4 + nt], fa[mt], fb[nt]);
+        }
+    }
+
+    static __device__ __forceinline__ int row(int i) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp / 4) * 64 + (i / 16) * 16 + lane / 4 + ((i % 4) / 2) * 8;
+    }
+    static __device__ __forceinline__ int col(int i) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp % 4) * 32 + ((i / 4) % 4) * 8 + 2 * (lane % 4) + i % 2;
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+
+template <typename T, typename Mma>
+__device__ __forceinline__ void matmul_impl(const T *a, KilnLayout a_batch, long long lda, int a_kcontig, const T *b,
+                                            KilnLayout b_batch, long long ldb, int b_kcontig, T *c, const T *bias,
+                                            const T *residual, unsigned m, unsigned n, unsigned k,
+                                            unsigned long long batch, int gelu) {
+    typedef typename Mma::A A;
+    constexpr int BM = MatmulTile<T>::BM, BN = MatmulTile<T>::BN, BK = MatmulTile<T>::BK;
+    constexpr int STAGES = MatmulTile<T>::STAGES, V = 16 / sizeof(T);
+    constexpr int SA = slab_elems<T, BM, BK>(), SB = slab_elems<T, BN, BK>();
+    KILN_DYNAMIC_SMEM(T, smem); // STAGES x (SA + SB)
+    const Operand oa = {a, lda, a_kcontig}, ob = {b, ldb, b_kcontig};
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int ktiles = (int)((k + BK - 1) / BK);
+
+    for (unsigned long long bi = blockIdx.z; bi < batch; bi += gridDim.z) {
+        const T *ab = a + kiln_offset(a_batch, bi), *bb = b + kiln_offset(b_batch, bi);
+        const bool va = kiln_aligned<16>(ab) && lda % V == 0, vb = kiln_aligned<16>(bb) && ldb % V == 0;
+        Mma mma;
+        mma.zero();
+        // prologue: slabs 0 .. STAGES - 2 in flight, one commit group each (empty groups are fine)
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; ++s) {
+            if (s < ktiles) {
+                load_operand<T, BM, BK>(smem + s * (SA + SB), oa, ab, m0, s * BK, (int)m, (int)k, va);
+                load_operand<T, BN, BK>(smem + s * (SA + SB) + SA, ob, bb, n0, s * BK, (int)n, (int)k, vb);
+            }
+            kiln_cp_async_commit();
+        }
+        for (int kt = 0; kt < ktiles; ++kt) {
+            kiln_cp_async_wait<STAGES - 2>(); // this thread's copies of slab kt have landed
+            __syncthreads();                  // everyone's have, and slab kt - 1's buffer is free
+            const int next = kt + STAGES - 1;
+            if (next < ktiles) {
+                T *s = smem + (next % STAGES) * (SA + SB);
+                load_operand<T, BM, BK>(s, oa, ab, m0, next * BK, (int)m, (int)k, va);
+                load_operand<T, BN, BK>(s + SA, ob, bb, n0, next * BK, (int)n, (int)k, vb);
+            }
+            kiln_cp_async_commit();
+            const T *s = smem + (kt % STAGES) * (SA + SB);
+            mma.multiply(s, s + SA, a_kcontig, b_kcontig);
+        }
+        kiln_cp_async_wait<0>();
+        __syncthreads(); // the next batch entry's prologue reuses the buffers
+
+        T *cb = c + bi * m * n;
+        const T *rb = residual ? residual + bi * m * n : residual;
+#pragma unroll
+        for (int i = 0; i < Mma::COUNT; ++i) {
+            const int r = m0 + Mma::row(i), j = n0 + Mma::col(i);
+            if (r < (int)m && j < (int)n) {
+                A v = mma.get(i);
+                if (bias) v += KilnFloat<T>::up(bias[j]);
+                if (gelu) v = kiln_gelu(v);
+                const unsigned long long at = (unsigned long long)r * n + j;
+                if (rb) v += KilnFloat<T>::up(rb[at]);
+                cb[at] = KilnFloat<T>::down(v);
+            }
+        }
+    }
+}
+
+// One kernel per dtype (written out: build.rs finds kernels by their `extern "C" __global__` lines).
+#define MATMUL_PARAMS(T)                                                                              \
+    const T *a, KilnLayout a_batch, long long lda, int a_kcontig, const T *b, KilnLayout b_batch, long long ldb, \
+        int b_kcontig, T *c, const T *bias, const T *residual, unsigned m, unsigned n, unsigned k,     \
+        unsigned long long batch, int gelu
+#define MATMUL_ARGS a, a_batch, lda, a_kcontig, b, b_batch, ldb, b_kcontig, c, bias, residual, m, n, k, batch, gelu
+
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_f32(MATMUL_PARAMS(float)) {
+    matmul_impl<float, SimtMma<float>>(MATMUL_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_f64(MATMUL_PARAMS(double)) {
+    matmul_impl<double, SimtMma<double>>(MATMUL_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_bf16(MATMUL_PARAMS(__nv_bfloat16)) {
+    matmul_impl<__nv_bfloat16, TensorCoreMma<__nv_bfloat16>>(MATMUL_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_f16(MATMUL_PARAMS(__half)) {
+    matmul_impl<__half, TensorCoreMma<__half>>(MATMUL_ARGS);
+}
