@@ -1,5 +1,6 @@
-// attention.cu — fused scaled-dot-product attention, forward and backward, FlashAttention-2 style
-// (SIMT path, any float dtype, head dims up to 128 by predication).
+// attention.cu — fused scaled-dot-product attention, forward and backward, FlashAttention-2 style:
+// an f32/f64 SIMT path for every kernel, a tensor-core (mma.sync) forward for bf16/f16 whose backward
+// runs the SIMT kernels; head dims up to 128 by predication.
 //   forward:  O = softmax(s·Q·Kᵀ)·V per head, s = 1/√d, and lse_i = log Σ_j exp(s·q_i·k_j)
 //   backward: P = exp(s·Q·Kᵀ − lse), D_i = Σ dO_i∘O_i, dS = P∘(dO·Vᵀ − D),
 //             dQ = s·dS·K, dK = s·dSᵀ·Q, dV = Pᵀ·dO
@@ -16,6 +17,7 @@
 //     softmax keeps a running max m and sum l per row and rescales l and O by exp(m_old − m_new) when m
 //     grows. Key tiles past the block's last visible key are never loaded (causal tile skipping), and a
 //     warp skips the tiles its own rows cannot see. Writes O = acc / l and lse = m + log l.
+//   attention_fwd_mma (bf16/f16): the same with 16 rows per warp and mma.sync, see its comment below.
 //   attention_bwd_dot: D_i = Σ_c dO_ic·O_ic, one thread per row.
 //   attention_bwd_dkdv: a block owns 4R keys (R per warp) and keeps their dK, dV in registers while Q/dO
 //     tiles of 32 query rows (one per lane) stream through shared memory, starting at the first query
@@ -28,12 +30,15 @@
 // Launch (src/backend/cuda/attention.rs): 128 threads per block; fwd and dq grids (heads, ceil(tq/4R)),
 // dkdv grid (heads, ceil(tk/4R)); dynamic shared memory: fwd (4R·d + 32·(d+1) + 32·d + 4R·32)·sizeof(A),
 // dkdv (2·4R·d + 2·32·(d+1) + 64 + 2·4R·32)·sizeof(A), dq (2·4R·d + 2·32·(d+1) + 4R·32)·sizeof(A)
-// (over 48 KiB for d = 128 in f32: the wrapper raises the limit).
+// (over 48 KiB for d = 128 in f32: the wrapper raises the limit); fwd_mma: grid (heads, ceil(tq/64)),
+// (64 + 2·32)·(ceil(d/16)·16 + 8)·sizeof(T).
 // Roofline (non-causal; causal does about half): forward 4·tq·tk·d FLOPs and tq·tk exps per head, bytes
 // (2·tq·d + 2·tk·d·ceil(tq/4R))·sizeof(T); backward 2 + 2 + 4 = 8·tq·tk·d FLOPs for dK/dV and
 // 6·tq·tk·d for dQ (the score and dP products are recomputed), bytes about
 // (4·tq·d·ceil(tk/4R) + 4·tk·d·ceil(tq/4R))·sizeof(T). The SIMT path is compute-bound on FMAs issued
-// from shared memory (about one shared load per FMA); the tensor-core path is left for later.
+// from shared memory (about one shared load per FMA); the mma forward issues 16x8x16 tiles instead and
+// is bound by its shared-memory tile loads (plain loads; cp.async double buffering is left for later),
+// as is a tensor-core backward.
 #include "common.cuh"
 
 #define KILN_ATT_WARPS 4
@@ -157,6 +162,138 @@ __device__ __forceinline__ void attention_fwd_impl(const T *__restrict__ q, cons
         for (int c = 0; c < KILN_ATT_DC; ++c)
             if (c * 32 + lane < d) o[(head * tq + i) * d + c * 32 + lane] = F::down(acc[r][c] * inv);
         if (lane == 0) lse[head * tq + i] = m[r] + kiln_log(l[r]);
+    }
+}
+
+// Tensor-core forward for bf16/f16 (sm_80+): the same algorithm with 16 query rows per warp (64 per
+// block) and mma.sync m16n8k16 for both products, f32 accumulation. Q, K and V tiles sit in shared
+// memory as T, rows padded to dp + 8 elements (dp = d rounded up to 16, zero-filled), so that every
+// ldmatrix row is 16-byte aligned and the 8 rows of one matrix fall in different banks. Per warp and
+// key tile of 32: S (16x32) = 4 n8-tiles of mma over dp/16 k-steps (Q fragments loaded once, K by
+// ldmatrix), masked and scaled in f32; the online softmax works on the accumulator fragments (each row is
+// spread over the 4 lanes of a quad: 2 shuffles per max); P is rounded to T and repacked from the
+// accumulator layout straight into A fragments (FlashAttention-2's register reuse), V comes by
+// ldmatrix.trans, and O (16 x dp) stays in 4 x dp/8 f32 registers per lane.
+template <typename T>
+__device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, const T *__restrict__ k,
+                                                       const T *__restrict__ v, T *__restrict__ o,
+                                                       float *__restrict__ lse, unsigned tq, unsigned tk, unsigned d,
+                                                       int causal, double scale_f64) {
+    typedef KilnFloat<T> F;
+    constexpr int ROWS = 16, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS, KC = 128 / 16, DT = 128 / 8;
+    const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
+    KILN_DYNAMIC_SMEM(T, smem);
+    T *qs = smem;         // [BQ][ld]
+    T *ks = qs + BQ * ld; // [BK][ld]
+    T *vs = ks + BK * ld; // [BK][ld]
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const unsigned long long head = blockIdx.x;
+    const unsigned q0 = blockIdx.y * BQ, row0 = q0 + warp * ROWS;
+    const float scale = (float)scale_f64;
+    q += head * tq * d;
+    k += head * tk * d;
+    v += head * tk * d;
+    // rows [row0, row0 + rows) of x [n, d] into dst [rows][ld], zeros past n and past d
+    auto load = [&](T *dst, const T *x, unsigned first, unsigned rows, unsigned n) {
+        for (unsigned e = threadIdx.x; e < rows * dp; e += blockDim.x) {
+            const unsigned r = e / dp, c = e - r * dp;
+            dst[r * ld + c] = first + r < n && c < d ? x[(unsigned long long)(first + r) * d + c] : F::down(0.0f);
+        }
+    };
+    load(qs, q, q0, BQ, tq);
+    __syncthreads();
+    unsigned qa[KC][4];
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc)
+        if (kc * 16 < (int)dp) kiln_ldmatrix_x4(qa[kc], qs + (warp * ROWS + lane % 16) * ld + kc * 16 + (lane / 16) * 8);
+    float m[2] = {-kiln_inf<float>(), -kiln_inf<float>()}, l[2] = {0.0f, 0.0f}, acc[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+    const unsigned nkeys = att_keys_seen(causal, tq, tk, min(q0 + BQ, tq) - 1);
+    for (unsigned k0 = 0; k0 < nkeys; k0 += BK) {
+        __syncthreads(); // the previous tile is consumed
+        load(ks, k, k0, BK, tk);
+        load(vs, v, k0, BK, tk);
+        __syncthreads();
+        if (causal && !att_visible(causal, tq, tk, row0 + ROWS - 1, k0)) continue; // the warp's rows see none of it
+        float s[BK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                if (kc * 16 < (int)dp) {
+                    unsigned kb[2];
+                    kiln_ldmatrix_x2(kb, ks + (nt * 8 + lane % 8) * ld + kc * 16 + ((lane / 8) % 2) * 8);
+                    kiln_mma_m16n8k16<T>(s[nt], qa[kc], kb);
+                }
+            }
+        }
+        // rows g (elements 0, 1) and g + 8 (elements 2, 3) of the warp's 16
+        float tile_max[2] = {-kiln_inf<float>(), -kiln_inf<float>()};
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const unsigned i = row0 + g + (e / 2) * 8, j = k0 + nt * 8 + 2 * t + e % 2;
+                s[nt][e] = j < tk && att_visible(causal, tq, tk, i, j) ? s[nt][e] * scale : -kiln_inf<float>();
+                tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
+            }
+        float alpha[2], m_new[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(KILN_FULL_MASK, tile_max[h], 1));
+            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(KILN_FULL_MASK, tile_max[h], 2));
+            m_new[h] = fmaxf(m[h], tile_max[h]); // finite: every row sees key 0 in the first tile
+            alpha[h] = kiln_exp(m[h] - m_new[h]);
+            m[h] = m_new[h];
+            l[h] *= alpha[h];
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[dt][e] *= alpha[e / 2];
+        unsigned pa[BK / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; ++nt) {
+            T p[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float pe = s[nt][e] == -kiln_inf<float>() ? 0.0f : kiln_exp(s[nt][e] - m_new[e / 2]);
+                l[e / 2] += pe;
+                p[e] = F::down(pe);
+            }
+            // the accumulator layout of S tiles 2kk and 2kk + 1 is the A layout of P's k-step kk
+            pa[nt / 2][(nt % 2) * 2] = kiln_pack_b16(p[0], p[1]);
+            pa[nt / 2][(nt % 2) * 2 + 1] = kiln_pack_b16(p[2], p[3]);
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            if (dt * 8 < (int)dp) {
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; ++kk) {
+                    unsigned vb[2];
+                    kiln_ldmatrix_x2_trans(vb, vs + (kk * 16 + lane % 16) * ld + dt * 8);
+                    kiln_mma_m16n8k16<T>(acc[dt], pa[kk], vb);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 1);
+        l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 2);
+        const unsigned i = row0 + g + h * 8;
+        if (i >= tq) continue;
+        const float inv = 1.0f / l[h];
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const unsigned c = dt * 8 + 2 * t + e;
+                if (c < d) o[(head * tq + i) * d + c] = F::down(acc[dt][h * 2 + e] * inv);
+            }
+        if (t == 0) lse[head * tq + i] = m[h] + kiln_log(l[h]);
     }
 }
 
@@ -397,9 +534,9 @@ extern "C" __global__ void attention_bwd_dq_f64(const double *q, const double *k
     attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
 }
 
-extern "C" __global__ void attention_fwd_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, float *lse, unsigned tq,
-                                        unsigned tk, unsigned d, int causal, double scale) {
-    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
+extern "C" __global__ void attention_fwd_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, float *lse,
+                                            unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
+    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dot_bf16(const __nv_bfloat16 *o, const __nv_bfloat16 *dout, float *dvec, unsigned long long rows,
@@ -419,9 +556,9 @@ extern "C" __global__ void attention_bwd_dq_bf16(const __nv_bfloat16 *q, const _
     attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
 }
 
-extern "C" __global__ void attention_fwd_f16(const __half *q, const __half *k, const __half *v, __half *o, float *lse, unsigned tq,
-                                        unsigned tk, unsigned d, int causal, double scale) {
-    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
+extern "C" __global__ void attention_fwd_mma_f16(const __half *q, const __half *k, const __half *v, __half *o, float *lse,
+                                            unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
+    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dot_f16(const __half *o, const __half *dout, float *dvec, unsigned long long rows,

@@ -575,13 +575,17 @@ proptest! {
                                      view in views(), dtype in select(FLOATS.to_vec())) {
         // A [batch.., m, k] and B [batch.., k, n], each row- or column-major; `view` also makes A a
         // strided view that is neither (read through one copy) when it is transposed with batch dims
-        let scale = 1.0 / (k as f64).sqrt();
+        // f32 sums differ by order from the CPU's in about eps·Σ|terms|: scaled so that Σ|terms| stays
+        // near 1 for the product and near √size for each gradient product (over n, and over m and batch)
+        let batch = ba.iter().chain(&bb).product::<usize>().max(1);
+        let scale = 1.0 / ((m.max(k) * batch) as f64).sqrt();
+        let scale_b = 1.0 / (k.max(n) as f64).sqrt();
         check("matmul", dtype, true, |d| {
             let a = match view {
                 View::Transposed if !ba.is_empty() => input(&[ba.as_slice(), &[m, k]].concat(), view, dtype, 7, scale, 0.0, d),
                 _ => matrix(&ba, [m, k], ta, dtype, 7, scale, d),
             };
-            vec![a, matrix(&bb, [k, n], tb, dtype, 8, 1.0, d)]
+            vec![a, matrix(&bb, [k, n], tb, dtype, 8, scale_b, d)]
         }, |x| x[0].matmul(&x[1]));
     }
 
@@ -591,12 +595,14 @@ proptest! {
                                    op in select(vec!["linear", "linear_gelu", "linear_residual"]),
                                    dtype in select(FLOATS.to_vec())) {
         prop_assume!(rows * n_in * n_out <= 129 * 65 * 16);
-        let scale = 1.0 / (n_in as f64).sqrt();
+        // as in matmul_every_layout_and_batch: Σ|terms| of every product near 1 (gradients near √size)
+        let scale = 1.0 / (n_in.max(rows * lead.iter().product::<usize>()) as f64).sqrt();
+        let scale_w = 1.0 / (n_in.max(n_out) as f64).sqrt();
         let x_shape = [lead.as_slice(), &[rows, n_in]].concat();
         let y_shape = [lead.as_slice(), &[rows, n_out]].concat();
         check(op, dtype, true, |d| {
             let mut v = vec![input(&x_shape, View::Plain, dtype, 9, scale, 0.0, d),
-                             input(&[n_out, n_in], View::Plain, dtype, 10, 1.0, 0.0, d)];
+                             input(&[n_out, n_in], View::Plain, dtype, 10, scale_w, 0.0, d)];
             if bias {
                 v.push(input(&[n_out], View::Plain, dtype, 11, 0.5, 0.0, d));
             }
@@ -673,6 +679,19 @@ fn matmul_of_broadcast_scalars_and_unaligned_operands() {
                 ]
             },
             |x| x[0].matmul(&x[1]),
+        );
+        // views narrower than their rows: 16-byte copies whose last chunk is partly zero-filled
+        check(
+            "matmul of narrowed views",
+            dtype,
+            true,
+            |d| {
+                vec![
+                    input(&[17, 16], View::Plain, dtype, 18, 0.3, 0.0, d),
+                    input(&[24, 16], View::Plain, dtype, 19, 1.0, 0.0, d),
+                ]
+            },
+            |x| x[0].narrow(1, 0, 13)?.matmul(&x[1].narrow(1, 0, 13)?.transpose(0, 1)?),
         );
     }
 }

@@ -1,5 +1,5 @@
 //! Launch wrappers for kernels/attention.cu: the fused attention forward (saving the log-sum-exp
-//! of every query row) and its backward (D = rowsum(dO∘O), then dK/dV and dQ in two kernels, no
+//! of every query row; on tensor cores for bf16/f16) and its backward (D = rowsum(dO∘O), then dK/dV and dQ in two kernels, no
 //! atomics). The header of attention.cu explains the tiles; this file sizes the grids and the
 //! dynamic shared memory.
 
@@ -61,11 +61,11 @@ fn check(q: &CudaStorage, others: &[&CudaStorage], dims: AttentionDims) -> Resul
 }
 
 /// The grid of one head per x and one tile of `rows_per_block` of `n` rows per y.
-fn config(dims: AttentionDims, n: usize, rows_per_block: usize, smem_elems: usize, dtype: DType) -> LaunchConfig {
+fn config(dims: AttentionDims, n: usize, rows_per_block: usize, smem_bytes: usize) -> LaunchConfig {
     LaunchConfig {
         grid: [dims.bh as u32, n.div_ceil(rows_per_block) as u32, 1],
         block: [THREADS, 1, 1],
-        dyn_smem: (smem_elems * acc_dtype(dtype).size_in_bytes()) as u32,
+        dyn_smem: smem_bytes as u32,
     }
 }
 
@@ -96,9 +96,25 @@ pub fn attention_forward(
     if o.is_empty() {
         return Ok((o, lse));
     }
-    let bq = block_rows(dt);
     let dd = dims.d;
-    let smem = bq * dd + TILE * (dd + 1) + TILE * dd + bq * TILE;
+    // bf16/f16 run on tensor cores: 16 rows per warp, tiles of T with rows padded to ⌈d/16⌉·16 + 8
+    let (name, bq, smem_bytes) = match dt {
+        DType::BF16 | DType::F16 => {
+            let bq = WARPS * 16;
+            let row = dd.div_ceil(16) * 16 + 8;
+            let bytes = (bq + 2 * TILE) * row * dt.size_in_bytes();
+            (format!("attention_fwd_mma_{}", dt.as_str()), bq, bytes)
+        }
+        _ => {
+            let bq = block_rows(dt);
+            let elems = bq * dd + TILE * (dd + 1) + TILE * dd + bq * TILE;
+            (
+                format!("attention_fwd_{}", dt.as_str()),
+                bq,
+                elems * acc_dtype(dt).size_in_bytes(),
+            )
+        }
+    };
     let mut args = Args::new();
     args.push(q.ptr())
         .push(k.ptr())
@@ -110,10 +126,9 @@ pub fn attention_forward(
         .push(d)
         .push(dims.causal as i32)
         .push(dims.scale());
-    let name = format!("attention_fwd_{}", dt.as_str());
     dev.launch(
         kernel("attention", &name)?,
-        config(dims, dims.tq, bq, smem, dt),
+        config(dims, dims.tq, bq, smem_bytes),
         &mut args,
     )?;
     Ok((o, lse))
@@ -162,7 +177,7 @@ pub fn attention_backward(
             &mut args,
         )?;
     }
-    let (b, dd) = (block_rows(dt), dims.d);
+    let (b, dd, acc_size) = (block_rows(dt), dims.d, acc_dtype(dt).size_in_bytes());
     let tail = |args: &mut Args| {
         args.push(tq)
             .push(tk)
@@ -185,7 +200,7 @@ pub fn attention_backward(
     let name = format!("attention_bwd_dkdv_{suffix}");
     dev.launch(
         kernel("attention", &name)?,
-        config(dims, dims.tk, b, smem, dt),
+        config(dims, dims.tk, b, smem * acc_size),
         &mut args,
     )?;
     if rows > 0 {
@@ -202,7 +217,7 @@ pub fn attention_backward(
         let name = format!("attention_bwd_dq_{suffix}");
         dev.launch(
             kernel("attention", &name)?,
-            config(dims, dims.tq, b, smem, dt),
+            config(dims, dims.tq, b, smem * acc_size),
             &mut args,
         )?;
     }
