@@ -3,9 +3,8 @@
 //! builds the inputs (several sets, rotated between repetitions so the cache does not flatter)
 //! and returns the work to time with its FLOP and byte counts.
 //!
-//! To add a kernel, add an entry (e.g. fused attention, an unfused attention from matmul and
-//! softmax, `linear` with its epilogues) at the place marked below; `kiln bench --kernels NAME`
-//! then finds it.
+//! To add a kernel, add an entry to [`CASES`]; `kiln bench --kernels NAME` then finds it. A fused
+//! kernel's `library` is its unfused composition, so the fusion's gain shows as `%lib`.
 
 use super::library;
 use crate::optim::AdamW;
@@ -119,6 +118,76 @@ pub(super) fn matmul(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Work> {
     })
 }
 
+/// `gelu(x·wᵀ + b)` with x `[M, K]`, w `[N, K]`, b `[N]` (`s.dims` = [M, N, K]): one fused
+/// `linear_gelu`, or (`fused` false) the matmul, the bias add and the GELU as three ops.
+fn linear_gelu(s: &Setup, rng: &mut Rng, fused: bool) -> Result<Work> {
+    let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
+    let in_bytes = ((m * k + n * k + n) * F32) as f64;
+    let sets = s.sets(in_bytes);
+    let x = inputs(sets, &[m, k], DType::F32, rng, &s.dev)?;
+    let w = inputs(sets, &[n, k], DType::F32, rng, &s.dev)?;
+    let b = inputs(sets, &[n], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 2.0 * (m * n * k) as f64,
+        bytes: in_bytes + (m * n * F32) as f64,
+        sets,
+        run: Box::new(move |i| {
+            let (x, w, b) = (&x[i % sets], &w[i % sets], &b[i % sets]);
+            if fused {
+                x.linear_gelu(w, Some(b)).map(drop)
+            } else {
+                x.matmul(&w.transpose(0, 1)?)?.add(b)?.gelu().map(drop)
+            }
+        }),
+    })
+}
+
+/// Causal attention of random q, k, v `[B, H, T, D]` (`s.dims`): the fused
+/// `scaled_dot_product_attention`, or (`fused` false) the composition a reader would write
+/// (scores, mask, softmax, weighted values); with `backward`, the gradients of all three too.
+/// FLOPs as FlashAttention counts them: 4·T²·D per head forward, 2.5 times that backward, halved
+/// for the causal mask.
+fn attention(s: &Setup, rng: &mut Rng, fused: bool, backward: bool) -> Result<Work> {
+    let (b, h, t, d) = (s.dims[0], s.dims[1], s.dims[2], s.dims[3]);
+    let n = (b * h * t * d) as f64;
+    let sets = s.sets(3.0 * n * F32 as f64);
+    let leaf = |x: Tensor| if backward { x.requires_grad() } else { x };
+    let q: Vec<Tensor> = inputs(sets, &[b, h, t, d], DType::F32, rng, &s.dev)?
+        .into_iter()
+        .map(leaf)
+        .collect();
+    let k: Vec<Tensor> = inputs(sets, &[b, h, t, d], DType::F32, rng, &s.dev)?
+        .into_iter()
+        .map(leaf)
+        .collect();
+    let v: Vec<Tensor> = inputs(sets, &[b, h, t, d], DType::F32, rng, &s.dev)?
+        .into_iter()
+        .map(leaf)
+        .collect();
+    let mask = crate::model::causal_mask(t, t, 0, &s.dev)?;
+    let forward_flops = 4.0 * (b * h * t * t * d) as f64 / 2.0;
+    Ok(Work {
+        flops: if backward { 3.5 * forward_flops } else { forward_flops },
+        // q, k, v read and o written (and, backward, dO read and dQ, dK, dV written)
+        bytes: if backward { 8.0 } else { 4.0 } * n * F32 as f64,
+        sets,
+        run: Box::new(move |i| {
+            let (q, k, v) = (&q[i % sets], &k[i % sets], &v[i % sets]);
+            let o = if fused {
+                q.scaled_dot_product_attention(k, v, true)?
+            } else {
+                let att = q.mul_scalar(1.0 / (d as f64).sqrt())?.matmul(&k.transpose(-2, -1)?)?;
+                att.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(v)?
+            };
+            if backward {
+                o.sum_all()?.backward().map(drop)
+            } else {
+                Ok(())
+            }
+        }),
+    })
+}
+
 /// A memory-bound case over one `[rows, cols]` f32 input: `touched` tensors of that size read or
 /// written, plus `extra` bytes.
 fn rowwise(s: &Setup, rng: &mut Rng, touched: f64, extra: f64, op: fn(&Tensor) -> Result<Tensor>) -> Result<Work> {
@@ -174,8 +243,8 @@ fn add(s: &Setup, rng: &mut Rng) -> Result<Work> {
     })
 }
 
-/// One AdamW step over a `[rows, cols]` f32 parameter, as `AdamW::step` is now (moments in host
-/// memory: on a GPU this includes the copies to and from the host).
+/// One fused AdamW step (`AdamW::step`) over a `[rows, cols]` f32 parameter, its moments on the
+/// same device.
 fn adamw(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let p = Tensor::randn(&[r, c], DType::F32, rng, &s.dev)?.requires_grad();
@@ -229,9 +298,44 @@ pub const CASES: &[Case] = &[
         prepare: |s, rng| matmul(s, rng, DType::BF16),
         library: Some(|s, rng| library::gemm(s, rng, DType::BF16)),
     },
-    // The lead adds here: scaled_dot_product_attention (forward, forward + backward) with an
-    // unfused attention from matmul + softmax as its `library` (so the fusion's gain shows as %lib),
-    // and linear / linear_gelu / linear_residual.
+    Case {
+        name: "linear_gelu",
+        about: "Tensor::linear_gelu, f32: gelu([M, K] x [N, K]^T + bias), the epilogue fused",
+        dims: "MxNxK",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        // GPT-2 124M's MLP-up product at B·T = 8192; the nanoGPT CPU recipe's
+        cuda: &[&[8192, 3072, 768]],
+        cpu: &[&[768, 512, 128]],
+        emu: &[&[65, 63, 129]],
+        prepare: |s, rng| linear_gelu(s, rng, true),
+        library: Some(|s, rng| Ok(("unfused".into(), linear_gelu(s, rng, false)?))),
+    },
+    Case {
+        name: "attention_fwd",
+        about: "scaled_dot_product_attention forward, causal, f32 [B, H, T, D]",
+        dims: "BxHxTxD",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        // GPT-2 124M (12 heads of 64 at T = 1024); the nanoGPT CPU recipe (4 heads of 32, T = 64)
+        cuda: &[&[8, 12, 1024, 64]],
+        cpu: &[&[12, 4, 64, 32], &[1, 12, 1024, 64]],
+        emu: &[&[1, 2, 65, 32]],
+        prepare: |s, rng| attention(s, rng, true, false),
+        library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, false, false)?))),
+    },
+    Case {
+        name: "attention_fwd_bwd",
+        about: "scaled_dot_product_attention forward + backward, causal, f32 [B, H, T, D]",
+        dims: "BxHxTxD",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        cuda: &[&[8, 12, 1024, 64]],
+        cpu: &[&[12, 4, 64, 32], &[1, 12, 1024, 64]],
+        emu: &[&[1, 2, 65, 32]],
+        prepare: |s, rng| attention(s, rng, true, true),
+        library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, false, true)?))),
+    },
     Case {
         name: "softmax",
         about: "softmax over the last dim, f32",
@@ -309,7 +413,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "adamw",
-        about: "AdamW::step on one f32 parameter (moments on the host, as the optimizer is now)",
+        about: "AdamW::step on one f32 parameter (fused update, moments on the device)",
         dims: "ROWSxCOLS",
         bound: Bound::Memory,
         dtype: DType::F32,

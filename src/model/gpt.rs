@@ -39,9 +39,16 @@ pub struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    /// x is (B, T, C) -> (B, T, C). With a cache, T new positions attend to the cached ones
-    /// as well, and their keys and values are appended to it.
-    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerKv>, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+    /// x is (B, T, C), the block's normalised input; returns `residual + attention(x)`, (B, T, C).
+    /// With a cache, T new positions attend to the cached ones as well, and their keys and values
+    /// are appended to it.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        cache: Option<&mut LayerKv>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
         let &[b, t, c] = x.shape() else {
             return Err(Error::shape(
                 "attention",
@@ -55,22 +62,65 @@ impl CausalSelfAttention {
             .forward(x)?
             .reshape(&[b, t, 3, nh, hs])?
             .permute(&[2, 0, 3, 1, 4])?;
-        // q, k, v are each (1, B, nh, T, hs): the leading 1 is the split, kept to stay a view;
-        // q is scaled by 1/√hs here, on T·hs elements per head rather than T·Tk scores
-        let q = qkv.narrow(0, 0, 1)?.mul_scalar(1.0 / (hs as f64).sqrt())?;
+        // q, k, v are each (1, B, nh, T, hs): the leading 1 is the split, kept to stay a view
+        let q = qkv.narrow(0, 0, 1)?;
         let (mut k, mut v) = (qkv.narrow(0, 1, 1)?, qkv.narrow(0, 2, 1)?);
         let start = cache.as_ref().map_or(0, |c| c.len());
         if let Some(cache) = cache {
             (k, v) = cache.append(k, v)?; // (1, B, nh, Tk, hs) with Tk = start + T
         }
-        let tk = k.shape()[3];
-        // att is (1, B, nh, T, Tk): every (scaled) query against every key
-        let att = q.matmul(&k.transpose(-2, -1)?)?;
-        let att = att.masked_fill(&causal_mask(t, tk, start, x.device())?, f64::NEG_INFINITY)?;
-        let att = dropout(att.softmax(-1)?, self.dropout, rng.as_deref_mut())?;
-        // y is (1, B, nh, T, hs) -> (B, T, 1, nh, hs) -> (B, T, C): heads side by side again
-        let y = att.matmul(&v)?.permute(&[1, 3, 0, 2, 4])?.reshape(&[b, t, c])?;
-        dropout(self.c_proj.forward(&y)?, self.dropout, rng)
+        let y = match rng.as_deref_mut() {
+            // dropout on the attention probabilities needs them as a tensor: the composed path
+            Some(rng) if self.dropout > 0.0 => attention_reference(&q, &k, &v, start, self.dropout, Some(rng))?,
+            // otherwise one fused op: no (T, Tk) scores kept, on every device
+            _ => {
+                let tk = k.shape()[3];
+                let (q, k, v) = (
+                    q.reshape(&[b, nh, t, hs])?,
+                    k.reshape(&[b, nh, tk, hs])?,
+                    v.reshape(&[b, nh, tk, hs])?,
+                );
+                q.scaled_dot_product_attention(&k, &v, true)?
+            }
+        };
+        // y is (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C): heads side by side again
+        let y = y
+            .reshape(&[b, nh, t, hs])?
+            .permute(&[0, 2, 1, 3])?
+            .reshape(&[b, t, c])?;
+        project_residual(&self.c_proj, &y, residual, self.dropout, rng)
+    }
+}
+
+/// Causal attention composed from tensor ops, as a reader would first write it: scores, mask,
+/// softmax, optional dropout on the probabilities, weighted sum of the values. q is (1, B, nh, T,
+/// hs), k and v (1, B, nh, Tk, hs), the T queries sitting at positions `start..start + T`; returns
+/// (1, B, nh, T, hs); dropout (probability p) applies when `rng` is given. The model uses it only
+/// for attention dropout; the fused
+/// `scaled_dot_product_attention` computes the same thing otherwise (tests compare the two).
+pub fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    start: usize,
+    p: f64,
+    rng: Option<&mut Rng>,
+) -> Result<Tensor> {
+    let (t, tk, hs) = (q.shape()[3], k.shape()[3], q.shape()[4]);
+    // q is scaled by 1/√hs first, on T·hs elements per head rather than T·Tk scores
+    let q = q.mul_scalar(1.0 / (hs as f64).sqrt())?;
+    // att is (1, B, nh, T, Tk): every (scaled) query against every key
+    let att = q.matmul(&k.transpose(-2, -1)?)?;
+    let att = att.masked_fill(&causal_mask(t, tk, start, q.device())?, f64::NEG_INFINITY)?;
+    dropout(att.softmax(-1)?, p, rng)?.matmul(v)
+}
+
+/// `residual + dropout(proj(y))`: one matmul with the bias and the residual add fused into it
+/// when no dropout is drawn (evaluation, or p = 0).
+fn project_residual(proj: &Linear, y: &Tensor, residual: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
+    match rng {
+        Some(rng) if p > 0.0 => residual.add(&dropout(proj.forward(y)?, p, Some(rng))?),
+        _ => proj.forward_residual(y, residual),
     }
 }
 
@@ -83,10 +133,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// x is (B, T, C) -> (B, T, C); the hidden activations are (B, T, 4C).
-    pub fn forward(&self, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
-        let h = self.c_fc.forward(x)?.gelu()?;
-        dropout(self.c_proj.forward(&h)?, self.dropout, rng)
+    /// x is (B, T, C), the block's normalised input; returns `residual + mlp(x)`, (B, T, C). The
+    /// hidden activations gelu(x·W_fcᵀ + b) are (B, T, 4C), the GELU fused into the first matmul.
+    pub fn forward(&self, x: &Tensor, residual: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let h = self.c_fc.forward_gelu(x)?;
+        project_residual(&self.c_proj, &h, residual, self.dropout, rng)
     }
 }
 
@@ -132,8 +183,10 @@ impl Block {
 
     /// x is (B, T, C) -> (B, T, C).
     pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerKv>, mut rng: Option<&mut Rng>) -> Result<Tensor> {
-        let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?, cache, rng.as_deref_mut())?)?;
-        x.add(&self.mlp.forward(&self.ln_2.forward(&x)?, rng)?)
+        let x = self
+            .attn
+            .forward(&self.ln_1.forward(x)?, x, cache, rng.as_deref_mut())?; // x + attn(ln_1(x))
+        self.mlp.forward(&self.ln_2.forward(&x)?, &x, rng) // x + mlp(ln_2(x))
     }
 }
 
@@ -301,9 +354,9 @@ impl Gpt {
             ));
         }
         let c = self.cfg.n_embd;
-        // token embeddings (B, T, C) plus position embeddings (T, C), broadcast over the batch
-        let pos = Tensor::from_vec((start as u32..(start + t) as u32).collect(), &[t], ids.device())?;
-        let x = self.wte.forward(ids)?.add(&self.wpe.forward(&pos)?)?;
+        // token embeddings (B, T, C) plus the position embeddings of start..start + T, (T, C),
+        // broadcast over the batch: one fused lookup
+        let x = ids.token_position_embedding(&self.wte.weight, &self.wpe.weight.narrow(0, start, t)?)?;
         let mut x = dropout(x, self.cfg.dropout, rng.as_deref_mut())?;
         for (i, block) in self.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
@@ -314,7 +367,7 @@ impl Gpt {
         }
         let x = self.ln_f.forward(&x)?;
         // tied LM head: logits = x · wteᵀ, (B·T, C) · (C, vocab)
-        let logits = x.reshape(&[b * t, c])?.matmul(&self.wte.weight.transpose(0, 1)?)?;
+        let logits = x.reshape(&[b * t, c])?.linear(&self.wte.weight, None)?;
         logits.reshape(&[b, t, self.cfg.vocab_size])
     }
 

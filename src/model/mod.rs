@@ -7,5 +7,6 @@ pub mod io;
 mod kv_cache;
 
 pub use config::{GptConfig, PRESETS};
-pub use gpt::{Block, CausalSelfAttention, Gpt, Mlp, LN_EPS};
+pub(crate) use gpt::causal_mask;
+pub use gpt::{attention_reference, Block, CausalSelfAttention, Gpt, Mlp, LN_EPS};
 pub use kv_cache::{KvCache, LayerKv};

@@ -2,7 +2,7 @@
 //! tensors (created with `requires_grad`) and has a short `forward`. Weights follow
 //! PyTorch's layouts, so a state dict maps onto them one to one.
 
-use crate::{DType, Device, Error, Result, Rng, Tensor};
+use crate::{DType, Device, Result, Rng, Tensor};
 
 /// Normal(0, std²) samples as a leaf that requires a gradient.
 pub fn normal_param(shape: &[usize], std: f64, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
@@ -62,28 +62,19 @@ impl Linear {
         self.weight.shape()[0]
     }
 
-    /// x is (..., in) -> (..., out).
+    /// x is (..., in) -> (..., out): `x·Wᵀ + b`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n_in, n_out) = (self.in_features(), self.out_features());
-        let lead = match x.shape().split_last() {
-            Some((&c, lead)) if c == n_in => lead.to_vec(),
-            _ => {
-                return Err(Error::shape(
-                    "linear",
-                    format!("input {:?} does not end in in_features = {n_in}", x.shape()),
-                ))
-            }
-        };
-        let rows: usize = lead.iter().product();
-        // One 2-D product over all rows: (N, in) · (in, out), Wᵀ being a free view.
-        let x2 = x.reshape(&[rows, n_in])?;
-        let mut y = x2.matmul(&self.weight.transpose(0, 1)?)?;
-        if let Some(b) = &self.bias {
-            y = y.add(b)?;
-        }
-        let mut out_shape = lead;
-        out_shape.push(n_out);
-        y.reshape(&out_shape)
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+
+    /// `gelu(x·Wᵀ + b)`, the GELU fused into the product.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        x.linear_gelu(&self.weight, self.bias.as_ref())
+    }
+
+    /// `residual + x·Wᵀ + b`, the add fused into the product; `residual` is (..., out).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        x.linear_residual(&self.weight, self.bias.as_ref(), residual)
     }
 }
 

@@ -3,8 +3,8 @@
 //! rayon; BF16/F16 are computed in f32. `reference` holds the naive f64 versions the fast
 //! paths are tested against.
 
-pub mod attention;
 pub mod adamw;
+pub mod attention;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;

@@ -11,8 +11,8 @@
 //!
 //! Every storage primitive has a kernel: nothing falls back to the CPU silently.
 
-pub mod attention;
 pub mod adamw;
+pub mod attention;
 pub mod binary;
 pub mod cast;
 pub mod copy;
