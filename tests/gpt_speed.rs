@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 #[test]
 #[ignore = "a measurement; run by hand"]
 fn training_step_throughput() {
+    kiln::backend::cpu::retain_freed_memory(); // as the training loop does
     let cfg = GptConfig {
         vocab_size: 65,
         ..GptConfig::preset("tiny").unwrap()

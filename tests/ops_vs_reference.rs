@@ -1179,3 +1179,42 @@ fn attention_equals_the_composed_ops() {
         }
     }
 }
+
+/// ulps between `got` and the correctly rounded f32 of `want`.
+fn ulps_f32(got: f32, want: f64) -> u32 {
+    (got.to_bits() as i64 - (want as f32).to_bits() as i64).unsigned_abs() as u32
+}
+
+/// The f32 exp of the CPU kernels (softmax, cross-entropy, exp, gelu) against f64's.
+#[test]
+fn exp_f32_within_two_ulp_over_the_whole_range() {
+    use kiln::backend::cpu::exp::exp_f32;
+    let mut worst = (0, 0.0f32);
+    let mut check = |x: f32| {
+        let u = ulps_f32(exp_f32(x), (x as f64).exp());
+        if u > worst.0 {
+            worst = (u, x);
+        }
+    };
+    // every 97th f32 from -110 up to -0, then from +0 up to 89 (bit patterns are monotonic
+    // in magnitude), which crosses the subnormal results and the overflow to +inf
+    let mut bits = (-110f32).to_bits();
+    while bits > 0x8000_0000 {
+        check(f32::from_bits(bits));
+        bits -= 97;
+    }
+    let mut bits = 0u32;
+    while f32::from_bits(bits) < 89.0 {
+        check(f32::from_bits(bits));
+        bits += 97;
+    }
+    assert!(worst.0 <= 2, "{} ulp at x = {:e}", worst.0, worst.1);
+    assert_eq!(exp_f32(0.0), 1.0);
+    assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+    assert_eq!(exp_f32(-104.0), 0.0);
+    assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+    assert_eq!(exp_f32(89.0), f32::INFINITY);
+    assert!(exp_f32(f32::NAN).is_nan());
+    // near f32::MAX the scaling by 2ⁿ must not overflow early
+    assert!(ulps_f32(exp_f32(88.72), (88.72f32 as f64).exp()) <= 2);
+}

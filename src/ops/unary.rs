@@ -1,8 +1,8 @@
 //! Elementwise functions of one tensor, each with its derivative:
 //! neg, exp, log, sqrt, tanh, gelu, relu, powf, and the scalar affine map.
 
+use crate::backend::cpu::exp::Exp;
 use crate::{Result, Tensor};
-use num_traits::Float;
 
 /// √(2/π), GPT-2's GELU constant.
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -51,11 +51,11 @@ impl UnaryOp {
     }
 
     #[inline(always)]
-    pub fn apply<T: Float>(self, x: T) -> T {
+    pub fn apply<T: Exp>(self, x: T) -> T {
         let c = |v: f64| T::from(v).expect("every float type holds these constants");
         match self {
             UnaryOp::Neg => -x,
-            UnaryOp::Exp => x.exp(),
+            UnaryOp::Exp => x.exp_fast(),
             UnaryOp::Log => x.ln(),
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Tanh => x.tanh(),
@@ -63,12 +63,12 @@ impl UnaryOp {
             // cancellation in 1 + tanh(u) for large negative u. exp(−2u) = inf gives σ = 0.
             UnaryOp::Gelu => {
                 let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
-                x / (T::one() + (c(-2.0) * u).exp())
+                x / (T::one() + (c(-2.0) * u).exp_fast())
             }
             UnaryOp::GeluDerivative => {
                 // d/dx x·σ(2u) = σ + x·2σ(1 − σ)·du/dx
                 let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
-                let s = T::one() / (T::one() + (c(-2.0) * u).exp());
+                let s = T::one() / (T::one() + (c(-2.0) * u).exp_fast());
                 let du = c(SQRT_2_OVER_PI) * (T::one() + c(3.0 * GELU_CUBIC) * x * x);
                 s + c(2.0) * x * s * (T::one() - s) * du
             }

@@ -354,6 +354,7 @@ impl Session {
     }
 
     fn run(mut self, opts: &RunOptions) -> Result<Outcome> {
+        crate::backend::cpu::retain_freed_memory();
         let cfg = self.cfg().clone();
         let block = self.model.config().block_size;
         let end = opts.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));

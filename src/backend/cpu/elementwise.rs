@@ -10,47 +10,59 @@ use crate::{Error, Result};
 
 /// Expands `$body` once per variant with `$o` bound to that variant, so each loop is
 /// compiled for one op and the `match` inside `apply` folds away instead of running per element.
+/// Variants without data are bound as consts: a closure that captured the op as a value would
+/// carry it into `map`'s loop as data, and the match would run per element after all.
 macro_rules! per_unary_op {
     ($op:expr, $o:ident => $body:expr) => {
         match $op {
             UnaryOp::Neg => {
-                let $o = UnaryOp::Neg;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Neg;
                 $body
             }
             UnaryOp::Exp => {
-                let $o = UnaryOp::Exp;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Exp;
                 $body
             }
             UnaryOp::Log => {
-                let $o = UnaryOp::Log;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Log;
                 $body
             }
             UnaryOp::Sqrt => {
-                let $o = UnaryOp::Sqrt;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Sqrt;
                 $body
             }
             UnaryOp::Tanh => {
-                let $o = UnaryOp::Tanh;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Tanh;
                 $body
             }
             UnaryOp::Gelu => {
-                let $o = UnaryOp::Gelu;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Gelu;
                 $body
             }
             UnaryOp::GeluDerivative => {
-                let $o = UnaryOp::GeluDerivative;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::GeluDerivative;
                 $body
             }
             UnaryOp::Relu => {
-                let $o = UnaryOp::Relu;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Relu;
                 $body
             }
             UnaryOp::Step => {
-                let $o = UnaryOp::Step;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Step;
                 $body
             }
             UnaryOp::Recip => {
-                let $o = UnaryOp::Recip;
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Recip;
                 $body
             }
             UnaryOp::Powf(p) => {
@@ -70,27 +82,33 @@ macro_rules! per_binary_op {
     ($op:expr, $o:ident => $body:expr) => {
         match $op {
             BinaryOp::Add => {
-                let $o = BinaryOp::Add;
+                #[allow(non_upper_case_globals)]
+                const $o: BinaryOp = BinaryOp::Add;
                 $body
             }
             BinaryOp::Sub => {
-                let $o = BinaryOp::Sub;
+                #[allow(non_upper_case_globals)]
+                const $o: BinaryOp = BinaryOp::Sub;
                 $body
             }
             BinaryOp::Mul => {
-                let $o = BinaryOp::Mul;
+                #[allow(non_upper_case_globals)]
+                const $o: BinaryOp = BinaryOp::Mul;
                 $body
             }
             BinaryOp::Div => {
-                let $o = BinaryOp::Div;
+                #[allow(non_upper_case_globals)]
+                const $o: BinaryOp = BinaryOp::Div;
                 $body
             }
             BinaryOp::Maximum => {
-                let $o = BinaryOp::Maximum;
+                #[allow(non_upper_case_globals)]
+                const $o: BinaryOp = BinaryOp::Maximum;
                 $body
             }
             BinaryOp::Minimum => {
-                let $o = BinaryOp::Minimum;
+                #[allow(non_upper_case_globals)]
+                const $o: BinaryOp = BinaryOp::Minimum;
                 $body
             }
             other => {
@@ -103,7 +121,8 @@ macro_rules! per_binary_op {
 
 pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
     fn run<T: CpuFloat>(op: UnaryOp, v: &[T], layout: &Layout) -> Vec<T> {
-        per_unary_op!(op, o => map(v, layout, move |x| T::down(o.apply(x.up()))))
+        // inline(always): inlined into `map`'s loop, the op vectorises; called per element, it cannot
+        per_unary_op!(op, o => map(v, layout, #[inline(always)] move |x| T::down(o.apply(x.up()))))
     }
     Ok(map_float_storage!(op.name(), s, v => run(op, v, layout)))
 }
@@ -112,7 +131,7 @@ pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage>
 /// Arithmetic keeps the dtype; comparisons return U32 0/1.
 pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
     fn arith<T: CpuFloat>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
-        per_binary_op!(op, o => zip_map(a, la, b, lb, move |x, y| T::down(o.apply(x.up(), y.up()))))
+        per_binary_op!(op, o => zip_map(a, la, b, lb, #[inline(always)] move |x, y| T::down(o.apply(x.up(), y.up()))))
     }
     fn compare<T: WithDType>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<u32> {
         zip_map(a, la, b, lb, |x, y| op.compare(x, y) as u32)

@@ -2,6 +2,7 @@
 //! directly as (softmax − onehot)·scale, so no probability tensor is kept.
 //! `logits` is contiguous `[n, c]`; ignored rows contribute nothing.
 
+use super::exp::Exp;
 use super::{acc, dispatch_float, typed, CpuFloat};
 use crate::tensor::storage::CpuStorage;
 use crate::Result;
@@ -25,7 +26,7 @@ pub fn cross_entropy_forward(
                     .iter()
                     .map(|v| v.up())
                     .fold(<T::Acc as Float>::neg_infinity(), Float::max);
-                let sum: T::Acc = row.iter().map(|v| (v.up() - max).exp()).sum();
+                let sum: T::Acc = row.iter().map(|v| (v.up() - max).exp_fast()).sum();
                 let lse = (sum.ln() + max).to_f64().unwrap_or(f64::NAN);
                 let loss = if Some(t) == ignore {
                     0.0
@@ -73,7 +74,7 @@ pub fn cross_entropy_backward(
                 }
                 let (lse, scale) = (acc::<T>(lse), acc::<T>(scale));
                 for (j, (d, v)) in dr.iter_mut().zip(xr).enumerate() {
-                    let p = (v.up() - lse).exp();
+                    let p = (v.up() - lse).exp_fast();
                     let onehot = if j == t as usize { acc::<T>(1.0) } else { acc::<T>(0.0) };
                     *d = T::down((p - onehot) * scale);
                 }

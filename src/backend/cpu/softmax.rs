@@ -1,6 +1,7 @@
 //! Softmax and log-softmax over the last dim of a contiguous tensor, one row at a time
 //! (max-subtracted, accumulated in the arithmetic type), and their backward.
 
+use super::exp::Exp;
 use super::{dispatch_float, map_float_storage, typed, CpuFloat, PARALLEL_MIN};
 use crate::tensor::storage::CpuStorage;
 use crate::Result;
@@ -30,15 +31,18 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
                 yr.iter_mut().for_each(|y| *y = T::down(fill));
                 return;
             }
-            let sum: T::Acc = xr.iter().map(|v| (v.up() - max).exp()).sum();
             if log {
+                let sum: T::Acc = xr.iter().map(|v| (v.up() - max).exp_fast()).sum();
                 let lse = sum.ln() + max;
                 xr.iter().zip(yr).for_each(|(v, y)| *y = T::down(v.up() - lse));
             } else {
-                let inv = sum.recip();
-                xr.iter()
-                    .zip(yr)
-                    .for_each(|(v, y)| *y = T::down((v.up() - max).exp() * inv));
+                // the exponentials are written to the output row first, a loop free of the
+                // (sequential) sum so that it vectorises, then summed and scaled in place
+                yr.iter_mut()
+                    .zip(xr)
+                    .for_each(|(y, v)| *y = T::down((v.up() - max).exp_fast()));
+                let inv = yr.iter().map(|y| y.up()).sum::<T::Acc>().recip();
+                yr.iter_mut().for_each(|y| *y = T::down(y.up() * inv));
             }
         };
         if x.len() >= PARALLEL_MIN {
