@@ -2,7 +2,8 @@
 //! operands' strides (transposed views cost no copy), then the fused epilogue (bias, GELU,
 //! residual) before the one rounding to the dtype. BF16/F16 are widened to f32.
 
-use super::gemm;
+use super::exp::Exp;
+use super::{gemm, PARALLEL_MIN};
 use crate::backend::Epilogue;
 use crate::ops::unary::UnaryOp;
 use crate::tensor::dtype::{DType, WithDType};
@@ -10,7 +11,6 @@ use crate::tensor::layout::Layout;
 use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 use half::{bf16, f16};
-use num_traits::Float;
 use rayon::prelude::*;
 
 /// `epi(a · b)` for `a` `[batch.., m, k]` and `b` `[batch.., k, n]`, both already broadcast to the
@@ -57,25 +57,36 @@ pub fn matmul(
     })
 }
 
-/// `gelu?(y + bias) + residual` on the product `y` (contiguous `shape`) in its accumulation type `T`.
-fn epilogue<T: Float + WithDType>(mut y: Vec<T>, shape: &[usize], epi: &Epilogue<'_, CpuStorage>) -> Vec<T> {
+/// `gelu?(y + bias) + residual` on the product `y` (contiguous `shape`) in its accumulation type
+/// `T`, one row at a time (each step a plain loop the compiler vectorises), rows over threads.
+fn epilogue<T: Exp + WithDType + Send + Sync>(
+    mut y: Vec<T>,
+    shape: &[usize],
+    epi: &Epilogue<'_, CpuStorage>,
+) -> Vec<T> {
     let n = shape.last().copied().unwrap_or(1);
     let wide = |(s, l): (&CpuStorage, &Layout)| super::typed::<T>(&super::cast(s, l, T::DTYPE)).to_vec();
     let (bias, residual) = (epi.bias.map(wide), epi.residual.map(wide));
-    if bias.is_none() && !epi.gelu && residual.is_none() {
+    if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none()) {
         return y;
     }
-    for (i, v) in y.iter_mut().enumerate() {
-        if let Some(b) = &bias {
-            *v = *v + b[i % n];
-        }
-        if epi.gelu {
-            *v = UnaryOp::Gelu.apply(*v);
-        }
-        if let Some(r) = &residual {
-            *v = *v + r[i];
-        }
-    }
+    let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
+    y.par_chunks_mut(rows_per_task * n)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            for (i, row) in rows.chunks_mut(n).enumerate() {
+                if let Some(b) = &bias {
+                    row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
+                }
+                if epi.gelu {
+                    row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
+                }
+                if let Some(r) = &residual {
+                    let start = (task * rows_per_task + i) * n;
+                    row.iter_mut().zip(&r[start..start + n]).for_each(|(v, &r)| *v = *v + r);
+                }
+            }
+        });
     y
 }
 
