@@ -90,6 +90,12 @@ const ROWS_CUDA: &[&[usize]] = &[&[8192, 768], &[16384, 4096]];
 const ROWS_CPU: &[&[usize]] = &[&[768, 128], &[4096, 1024]];
 const ROWS_EMU: &[&[usize]] = &[&[33, 257]];
 
+/// Attention [B, H, T, D]: GPT-2 124M (12 heads of 64 at T = 1024) on a GPU; the nanoGPT CPU
+/// recipe (4 heads of 32, T = 64) and one GPT-2 sequence on the CPU.
+const ATTENTION_CUDA: &[&[usize]] = &[&[8, 12, 1024, 64]];
+const ATTENTION_CPU: &[&[usize]] = &[&[12, 4, 64, 32], &[1, 12, 1024, 64]];
+const ATTENTION_EMU: &[&[usize]] = &[&[1, 2, 65, 32]];
+
 const F32: usize = 4;
 
 /// `sets` copies of a random `shape` tensor.
@@ -317,10 +323,9 @@ pub const CASES: &[Case] = &[
         dims: "BxHxTxD",
         bound: Bound::Compute,
         dtype: DType::F32,
-        // GPT-2 124M (12 heads of 64 at T = 1024); the nanoGPT CPU recipe (4 heads of 32, T = 64)
-        cuda: &[&[8, 12, 1024, 64]],
-        cpu: &[&[12, 4, 64, 32], &[1, 12, 1024, 64]],
-        emu: &[&[1, 2, 65, 32]],
+        cuda: ATTENTION_CUDA,
+        cpu: ATTENTION_CPU,
+        emu: ATTENTION_EMU,
         prepare: |s, rng| attention(s, rng, true, false),
         library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, false, false)?))),
     },
@@ -330,9 +335,9 @@ pub const CASES: &[Case] = &[
         dims: "BxHxTxD",
         bound: Bound::Compute,
         dtype: DType::F32,
-        cuda: &[&[8, 12, 1024, 64]],
-        cpu: &[&[12, 4, 64, 32], &[1, 12, 1024, 64]],
-        emu: &[&[1, 2, 65, 32]],
+        cuda: ATTENTION_CUDA,
+        cpu: ATTENTION_CPU,
+        emu: ATTENTION_EMU,
         prepare: |s, rng| attention(s, rng, true, true),
         library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, false, true)?))),
     },
