@@ -65,8 +65,13 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     epi: &Epilogue<'_, CpuStorage>,
 ) -> Vec<T> {
     let n = shape.last().copied().unwrap_or(1);
-    let wide = |(s, l): (&CpuStorage, &Layout)| super::typed::<T>(&super::cast(s, l, T::DTYPE)).to_vec();
+    // bias and residual in T, contiguous: one cast each (a copy), borrowed below
+    let wide = |(s, l): (&CpuStorage, &Layout)| super::cast(s, l, T::DTYPE);
     let (bias, residual) = (epi.bias.map(wide), epi.residual.map(wide));
+    let (bias, residual) = (
+        bias.as_ref().map(super::typed::<T>),
+        residual.as_ref().map(super::typed::<T>),
+    );
     if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none()) {
         return y;
     }
@@ -75,13 +80,13 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
         .enumerate()
         .for_each(|(task, rows)| {
             for (i, row) in rows.chunks_mut(n).enumerate() {
-                if let Some(b) = &bias {
+                if let Some(b) = bias {
                     row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
                 }
                 if epi.gelu {
                     row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
                 }
-                if let Some(r) = &residual {
+                if let Some(r) = residual {
                     let start = (task * rows_per_task + i) * n;
                     row.iter_mut().zip(&r[start..start + n]).for_each(|(v, &r)| *v = *v + r);
                 }
