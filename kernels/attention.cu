@@ -1,6 +1,6 @@
 // attention.cu — fused scaled-dot-product attention, forward and backward, FlashAttention-2 style:
-// an f32/f64 SIMT path for every kernel, a tensor-core (mma.sync) forward for bf16/f16 whose backward
-// runs the SIMT kernels; head dims up to 128 by predication.
+// a SIMT path for f32/f64 and a tensor-core (mma.sync) path for bf16/f16; head dims up to 128 by
+// predication.
 //   forward:  O = softmax(s·Q·Kᵀ)·V per head, s = 1/√d, and lse_i = log Σ_j exp(s·q_i·k_j)
 //   backward: P = exp(s·Q·Kᵀ − lse), D_i = Σ dO_i∘O_i, dS = P∘(dO·Vᵀ − D),
 //             dQ = s·dS·K, dK = s·dSᵀ·Q, dV = Pᵀ·dO
@@ -8,41 +8,51 @@
 // the arithmetic type A (f32 for f32/bf16/f16, f64 for f64). Causal: query i sits at absolute position
 // tk − tq + i (the launch wrapper ensures tq <= tk) and sees keys 0..=tk − tq + i.
 //
-// Algorithm. Every block works on one head (blockIdx.x) and one tile (blockIdx.y) with 4 warps; a lane
-// owns head dims lane, lane + 32, lane + 64, lane + 96 (predicated past d), so accumulators stay in
-// registers for d <= 128. R rows per warp (8 in f32, 4 in f64).
+// Algorithm. Every block works on one head (blockIdx.x) and one tile (blockIdx.y) with 4 warps.
+// SIMT (f32/f64): a lane owns head dims lane, lane + 32, lane + 64, lane + 96 (predicated past d), so
+// accumulators stay in registers for d <= 128; R rows per warp (8 in f32, 4 in f64).
 //   attention_fwd: a Q tile of 4R rows (R per warp) sits in shared memory; K/V tiles of 32 keys stream
 //     through shared memory, one key per lane for the scores, then each lane accumulates its dims of
 //     P·V from the warp's probabilities (written to shared memory, read back as broadcasts). The online
 //     softmax keeps a running max m and sum l per row and rescales l and O by exp(m_old − m_new) when m
 //     grows. Key tiles past the block's last visible key are never loaded (causal tile skipping), and a
 //     warp skips the tiles its own rows cannot see. Writes O = acc / l and lse = m + log l.
-//   attention_fwd_mma (bf16/f16): the same with 16 rows per warp and mma.sync, see its comment below.
-//   attention_bwd_dot: D_i = Σ_c dO_ic·O_ic, one thread per row.
+//   attention_bwd_dot: D_i = Σ_c dO_ic·O_ic, one thread per row (every dtype).
 //   attention_bwd_dkdv: a block owns 4R keys (R per warp) and keeps their dK, dV in registers while Q/dO
 //     tiles of 32 query rows (one per lane) stream through shared memory, starting at the first query
 //     that sees the block's first key.
 //   attention_bwd_dq: a block owns 4R query rows and keeps their dQ in registers while K/V tiles of 32 keys
 //     stream through shared memory, stopping after the last key its rows see.
+// Tensor cores (bf16/f16): the same three passes with 16 rows per warp (64 per block), mma.sync m16n8k16
+// with f32 accumulators, ldmatrix fragments, and the streamed tiles of 32 rows double-buffered by cp.async
+// (see the section's comments): attention_fwd_mma, attention_bwd_dkdv_mma (64 keys per block, Q/dO
+// tiles streamed), attention_bwd_dq_mma (64 queries per block, K/V tiles streamed). P and dS are rounded
+// to T between the two products of each pass, as in FlashAttention-2.
 // Determinism: no atomics. Each output element is accumulated by one thread in a fixed order, at the
-// price of recomputing P and dP in both the dK/dV and the dQ kernels (FlashAttention-2 instead adds dQ
-// with float atomics from the dK/dV kernel, whose order varies from run to run).
-// Launch (src/backend/cuda/attention.rs): 128 threads per block; fwd and dq grids (heads, ceil(tq/4R)),
-// dkdv grid (heads, ceil(tk/4R)); dynamic shared memory: fwd (4R·d + 32·(d+1) + 32·d + 4R·32)·sizeof(A),
-// dkdv (2·4R·d + 2·32·(d+1) + 64 + 2·4R·32)·sizeof(A), dq (2·4R·d + 2·32·(d+1) + 4R·32)·sizeof(A)
-// (over 48 KiB for d = 128 in f32: the wrapper raises the limit); fwd_mma: grid (heads, ceil(tq/64)),
-// (64 + 2·32)·(ceil(d/16)·16 + 8)·sizeof(T).
-// Roofline (non-causal; causal does about half): forward 4·tq·tk·d FLOPs and tq·tk exps per head, bytes
-// (2·tq·d + 2·tk·d·ceil(tq/4R))·sizeof(T); backward 2 + 2 + 4 = 8·tq·tk·d FLOPs for dK/dV and
-// 6·tq·tk·d for dQ (the score and dP products are recomputed), bytes about
-// (4·tq·d·ceil(tk/4R) + 4·tk·d·ceil(tq/4R))·sizeof(T). The SIMT path is compute-bound on FMAs issued
-// from shared memory (about one shared load per FMA); the mma forward issues 16x8x16 tiles instead and
-// is bound by its shared-memory tile loads (plain loads; cp.async double buffering is left for later),
-// as is a tensor-core backward.
+// price of recomputing P and dP in both the dK/dV and the dQ kernels: 14·tq·tk·d backward FLOPs instead
+// of FlashAttention-2's 10, whose dQ is added with float atomics from the dK/dV kernel (an order that
+// varies from run to run). The deterministic alternative, per-key-block dQ partials summed in order by
+// a second pass, moves ceil(tk/64)·tq·d f32 partials through memory twice: at GPT-2's shapes (T = 1024,
+// d = 64, 96 heads) 0.75 GiB, half of it with causal skipping, which is 0.08 ms at an H200's nominal 4.8
+// TB/s; the recomputation is 13 GFLOP (causal), 0.03 ms even at half the H200's 989 TFLOP/s bf16 peak.
+// Launch (src/backend/cuda/attention.rs): 128 threads per block; fwd and dq grids (heads, ceil(tq/B)),
+// dkdv grid (heads, ceil(tk/B)), B = 4R (SIMT) or 64 (tensor cores); bwd_dot a grid-stride 1-D grid.
+// Dynamic shared memory, SIMT: fwd (4R·d + 32·(d+1) + 32·d + 4R·32)·sizeof(A), dkdv (2·4R·d + 2·32·(d+1)
+// + 64 + 2·4R·32)·sizeof(A), dq (2·4R·d + 2·32·(d+1) + 4R·32)·sizeof(A); tensor cores, with
+// ld = ceil(d/16)·16 + 8: fwd (64 + 4·32)·ld·sizeof(T), dkdv and dq (2·64 + 4·32)·ld·sizeof(T) (51 and
+// 68 KiB at d = 128; over 48 KiB the wrapper raises the kernel's limit).
+// Roofline per head (non-causal; causal does about half the FLOPs): forward 4·tq·tk·d FLOPs and tq·tk
+// exps, bytes (2·tq·d + 2·tk·d·ceil(tq/B))·sizeof(T) (K and V re-read by every query block, mostly from
+// L2); backward 8·tq·tk·d FLOPs for dK/dV (S and dP recomputed, dV, dK) reading (2·tk·d +
+// 2·tq·d·ceil(tk/B))·sizeof(T) + 8·tq·ceil(tk/B) (lse, D) and writing 2·tk·d·sizeof(T), 6·tq·tk·d for
+// dQ reading (2·tq·d + 2·tk·d·ceil(tq/B))·sizeof(T) and writing tq·d·sizeof(T), and D's pass
+// 2·tq·d·sizeof(T) + 4·tq. The SIMT path is bound by the FMAs it issues from shared memory (about one
+// shared load per FMA); the tensor-core kernels likely by their ldmatrix traffic (per warp about 13
+// FLOPs per shared-memory byte in dK/dV, 16 in dQ and the forward; not yet measured on a GPU).
 #include "common.cuh"
 
 #define KILN_ATT_WARPS 4
-#define KILN_ATT_KEYS 32 // keys (or query rows) per streamed tile: one per lane
+#define KILN_ATT_KEYS 32 // keys (or query rows) per streamed tile (SIMT: one per lane)
 #define KILN_ATT_DC 4    // head dims per lane: d <= 32 * KILN_ATT_DC = 128
 
 // Rows (or keys) owned by each warp: 8 in f32, 4 in f64 (same register budget).
@@ -162,138 +172,6 @@ __device__ __forceinline__ void attention_fwd_impl(const T *__restrict__ q, cons
         for (int c = 0; c < KILN_ATT_DC; ++c)
             if (c * 32 + lane < d) o[(head * tq + i) * d + c * 32 + lane] = F::down(acc[r][c] * inv);
         if (lane == 0) lse[head * tq + i] = m[r] + kiln_log(l[r]);
-    }
-}
-
-// Tensor-core forward for bf16/f16 (sm_80+): the same algorithm with 16 query rows per warp (64 per
-// block) and mma.sync m16n8k16 for both products, f32 accumulation. Q, K and V tiles sit in shared
-// memory as T, rows padded to dp + 8 elements (dp = d rounded up to 16, zero-filled), so that every
-// ldmatrix row is 16-byte aligned and the 8 rows of one matrix fall in different banks. Per warp and
-// key tile of 32: S (16x32) = 4 n8-tiles of mma over dp/16 k-steps (Q fragments loaded once, K by
-// ldmatrix), masked and scaled in f32; the online softmax works on the accumulator fragments (each row is
-// spread over the 4 lanes of a quad: 2 shuffles per max); P is rounded to T and repacked from the
-// accumulator layout straight into A fragments (FlashAttention-2's register reuse), V comes by
-// ldmatrix.trans, and O (16 x dp) stays in 4 x dp/8 f32 registers per lane.
-template <typename T>
-__device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, const T *__restrict__ k,
-                                                       const T *__restrict__ v, T *__restrict__ o,
-                                                       float *__restrict__ lse, unsigned tq, unsigned tk, unsigned d,
-                                                       int causal, double scale_f64) {
-    typedef KilnFloat<T> F;
-    constexpr int ROWS = 16, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS, KC = 128 / 16, DT = 128 / 8;
-    const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
-    KILN_DYNAMIC_SMEM(T, smem);
-    T *qs = smem;         // [BQ][ld]
-    T *ks = qs + BQ * ld; // [BK][ld]
-    T *vs = ks + BK * ld; // [BK][ld]
-    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const unsigned long long head = blockIdx.x;
-    const unsigned q0 = blockIdx.y * BQ, row0 = q0 + warp * ROWS;
-    const float scale = (float)scale_f64;
-    q += head * tq * d;
-    k += head * tk * d;
-    v += head * tk * d;
-    // rows [row0, row0 + rows) of x [n, d] into dst [rows][ld], zeros past n and past d
-    auto load = [&](T *dst, const T *x, unsigned first, unsigned rows, unsigned n) {
-        for (unsigned e = threadIdx.x; e < rows * dp; e += blockDim.x) {
-            const unsigned r = e / dp, c = e - r * dp;
-            dst[r * ld + c] = first + r < n && c < d ? x[(unsigned long long)(first + r) * d + c] : F::down(0.0f);
-        }
-    };
-    load(qs, q, q0, BQ, tq);
-    __syncthreads();
-    unsigned qa[KC][4];
-#pragma unroll
-    for (int kc = 0; kc < KC; ++kc)
-        if (kc * 16 < (int)dp) kiln_ldmatrix_x4(qa[kc], qs + (warp * ROWS + lane % 16) * ld + kc * 16 + (lane / 16) * 8);
-    float m[2] = {-kiln_inf<float>(), -kiln_inf<float>()}, l[2] = {0.0f, 0.0f}, acc[DT][4];
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
-    const unsigned nkeys = att_keys_seen(causal, tq, tk, min(q0 + BQ, tq) - 1);
-    for (unsigned k0 = 0; k0 < nkeys; k0 += BK) {
-        __syncthreads(); // the previous tile is consumed
-        load(ks, k, k0, BK, tk);
-        load(vs, v, k0, BK, tk);
-        __syncthreads();
-        if (causal && !att_visible(causal, tq, tk, row0 + ROWS - 1, k0)) continue; // the warp's rows see none of it
-        float s[BK / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-            for (int kc = 0; kc < KC; ++kc) {
-                if (kc * 16 < (int)dp) {
-                    unsigned kb[2];
-                    kiln_ldmatrix_x2(kb, ks + (nt * 8 + lane % 8) * ld + kc * 16 + ((lane / 8) % 2) * 8);
-                    kiln_mma_m16n8k16<T>(s[nt], qa[kc], kb);
-                }
-            }
-        }
-        // rows g (elements 0, 1) and g + 8 (elements 2, 3) of the warp's 16
-        float tile_max[2] = {-kiln_inf<float>(), -kiln_inf<float>()};
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const unsigned i = row0 + g + (e / 2) * 8, j = k0 + nt * 8 + 2 * t + e % 2;
-                s[nt][e] = j < tk && att_visible(causal, tq, tk, i, j) ? s[nt][e] * scale : -kiln_inf<float>();
-                tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
-            }
-        float alpha[2], m_new[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(KILN_FULL_MASK, tile_max[h], 1));
-            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(KILN_FULL_MASK, tile_max[h], 2));
-            m_new[h] = fmaxf(m[h], tile_max[h]); // finite: every row sees key 0 in the first tile
-            alpha[h] = kiln_exp(m[h] - m_new[h]);
-            m[h] = m_new[h];
-            l[h] *= alpha[h];
-        }
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[dt][e] *= alpha[e / 2];
-        unsigned pa[BK / 16][4];
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; ++nt) {
-            T p[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float pe = s[nt][e] == -kiln_inf<float>() ? 0.0f : kiln_exp(s[nt][e] - m_new[e / 2]);
-                l[e / 2] += pe;
-                p[e] = F::down(pe);
-            }
-            // the accumulator layout of S tiles 2kk and 2kk + 1 is the A layout of P's k-step kk
-            pa[nt / 2][(nt % 2) * 2] = kiln_pack_b16(p[0], p[1]);
-            pa[nt / 2][(nt % 2) * 2 + 1] = kiln_pack_b16(p[2], p[3]);
-        }
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            if (dt * 8 < (int)dp) {
-#pragma unroll
-                for (int kk = 0; kk < BK / 16; ++kk) {
-                    unsigned vb[2];
-                    kiln_ldmatrix_x2_trans(vb, vs + (kk * 16 + lane % 16) * ld + dt * 8);
-                    kiln_mma_m16n8k16<T>(acc[dt], pa[kk], vb);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 1);
-        l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 2);
-        const unsigned i = row0 + g + h * 8;
-        if (i >= tq) continue;
-        const float inv = 1.0f / l[h];
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const unsigned c = dt * 8 + 2 * t + e;
-                if (c < d) o[(head * tq + i) * d + c] = F::down(acc[dt][h * 2 + e] * inv);
-            }
-        if (t == 0) lse[head * tq + i] = m[h] + kiln_log(l[h]);
     }
 }
 
@@ -490,6 +368,500 @@ __device__ __forceinline__ void attention_bwd_dq_impl(const T *__restrict__ q, c
     }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Tensor cores (bf16/f16, sm_80+): mma.sync m16n8k16 with f32 accumulation, ldmatrix and cp.async,
+// all through common.cuh's helpers. Tiles sit in shared memory as T, row-major, with rows padded to
+// ld = dp + 8 elements (dp = d rounded up to 16, columns d..dp zero-filled), so that every ldmatrix row
+// and every cp.async destination is 16-byte aligned and the 8 rows of one 8x8 matrix fall in different
+// banks. A warp owns 16 rows (queries; keys in the dK/dV kernel) and meets the streamed tiles 32 rows at
+// a time: one m16 row block against 4 n8 tiles. Head dims are k-steps of 16 (the score products S and
+// dP) or n8 tiles (the output products); the register arrays are sized for d = 128 and predicated on dp.
+
+#define KILN_ATT_MMA_ROWS 16   // rows per warp
+#define KILN_ATT_KC (128 / 16) // k-steps of 16 head dims
+#define KILN_ATT_DT (128 / 8)  // n8 tiles of head dims
+
+// Whether the rows of x [n, d] can be staged in 16-byte copies (whole chunks, aligned).
+template <typename T> __device__ __forceinline__ bool att_vec(const T *x, unsigned d) {
+    return d % (16 / sizeof(T)) == 0 && kiln_aligned<16>(x);
+}
+
+// Rows [first, first + rows) of x [n, d] into dst [rows][dp + 8], zeros past n and past d. With `vec`
+// (att_vec) by cp.async, which the caller commits and waits for; otherwise element by element. Every
+// thread of the block takes part.
+template <typename T>
+__device__ __forceinline__ void att_stage(T *dst, const T *__restrict__ x, unsigned first, unsigned rows, unsigned n,
+                                          unsigned d, unsigned dp, bool vec) {
+    const unsigned ld = dp + 8;
+    if (vec) {
+        const unsigned chunks = dp / 8; // 16-byte chunks per row
+        for (unsigned e = threadIdx.x; e < rows * chunks; e += blockDim.x) {
+            const unsigned r = e / chunks, c = (e - r * chunks) * 8;
+            const bool in = first + r < n && c < d; // whole chunks: d is a multiple of 8
+            kiln_cp_async_16(dst + r * ld + c, in ? x + (unsigned long long)(first + r) * d + c : x, in ? 16u : 0u);
+        }
+    } else {
+        for (unsigned e = threadIdx.x; e < rows * dp; e += blockDim.x) {
+            const unsigned r = e / dp, c = e - r * dp;
+            dst[r * ld + c] =
+                first + r < n && c < d ? x[(unsigned long long)(first + r) * d + c] : KilnFloat<T>::down(0.0f);
+        }
+    }
+}
+
+// Fragments of a row-major shared-memory tile s (row stride ld), with each lane's ldmatrix row address
+// as the PTX ISA lays the matrices out (see common.cuh):
+//   att_frag_a:    the A fragment of the 16x16 block at row r0, column c0;
+//   att_frag_b_nk: the B fragments of the n8 tiles n0 and n0 + 8 (b[0..1] and b[2..3]) of the k-step at
+//                  k0, for B[k][n] = s[n][k] (one row of s per n, e.g. keys against head dims);
+//   att_frag_b_kn: the same for B[k][n] = s[k][n] (one row of s per k), by ldmatrix .trans.
+template <typename T>
+__device__ __forceinline__ void att_frag_a(unsigned (&a)[4], const T *s, unsigned ld, unsigned r0, unsigned c0) {
+    const unsigned lane = threadIdx.x % 32;
+    kiln_ldmatrix_x4(a, s + (r0 + lane % 16) * ld + c0 + (lane / 16) * 8);
+}
+template <typename T>
+__device__ __forceinline__ void att_frag_b_nk(unsigned (&b)[4], const T *s, unsigned ld, unsigned n0, unsigned k0) {
+    const unsigned lane = threadIdx.x % 32;
+    kiln_ldmatrix_x4(b, s + (n0 + (lane / 16) * 8 + lane % 8) * ld + k0 + ((lane / 8) % 2) * 8);
+}
+template <typename T>
+__device__ __forceinline__ void att_frag_b_kn(unsigned (&b)[4], const T *s, unsigned ld, unsigned k0, unsigned n0) {
+    const unsigned lane = threadIdx.x % 32;
+    kiln_ldmatrix_x4_trans(b, s + (k0 + lane % 16) * ld + n0 + (lane / 16) * 8);
+}
+
+// acc += a·b for n8 tile `h` (0 or 1) of a pair of B fragments.
+template <typename T>
+__device__ __forceinline__ void att_mma(float (&acc)[4], const unsigned (&a)[4], const unsigned (&b)[4], int h) {
+    const unsigned bh[2] = {b[2 * h], b[2 * h + 1]};
+    kiln_mma_m16n8k16<T>(acc, a, bh);
+}
+
+// The accumulators of two n8 tiles (16 x 16 f32: lo holds columns 0-7, hi 8-15) rounded to T, as the A
+// fragment of one k-step of the next product: C's layout of two n8 tiles is A's layout of one k16 step
+// (FlashAttention-2's register reuse: P and dS never go through shared memory).
+template <typename T>
+__device__ __forceinline__ void att_pack_a(unsigned (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    typedef KilnFloat<T> F;
+    a[0] = kiln_pack_b16(F::down(lo[0]), F::down(lo[1])); // row g, columns 2t, 2t + 1
+    a[1] = kiln_pack_b16(F::down(lo[2]), F::down(lo[3])); // row g + 8
+    a[2] = kiln_pack_b16(F::down(hi[0]), F::down(hi[1])); // row g, columns 2t + 8, 2t + 9
+    a[3] = kiln_pack_b16(F::down(hi[2]), F::down(hi[3]));
+}
+
+// Forward: 16 query rows per warp (64 per block). The Q tile is staged once and kept as A fragments in
+// registers; K/V tiles of 32 keys are double-buffered: tile it + 1 is copied (cp.async) while tile it is
+// multiplied. Per warp and tile: S (16x32) = 4 n8 tiles over dp/16 k-steps, masked and scaled in f32; the
+// online softmax works on the accumulator fragments (each row is spread over the 4 lanes of a quad: 2
+// shuffles per max); P is rounded to T and repacked into A fragments, V comes by ldmatrix .trans, and O
+// (16 x dp) stays in 4 x dp/8 f32 registers per lane.
+template <typename T>
+__device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, const T *__restrict__ k,
+                                                       const T *__restrict__ v, T *__restrict__ o,
+                                                       float *__restrict__ lse, unsigned tq, unsigned tk, unsigned d,
+                                                       int causal, double scale_f64) {
+    typedef KilnFloat<T> F;
+    constexpr int ROWS = KILN_ATT_MMA_ROWS, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS;
+    constexpr int KC = KILN_ATT_KC, DT = KILN_ATT_DT;
+    const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
+    KILN_DYNAMIC_SMEM(T, smem);
+    T *qs = smem;             // [BQ][ld]
+    T *ks = qs + BQ * ld;     // [2][BK][ld]: key tiles, double-buffered
+    T *vs = ks + 2 * BK * ld; // [2][BK][ld]
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const unsigned long long head = blockIdx.x;
+    const unsigned q0 = blockIdx.y * BQ, row0 = q0 + warp * ROWS;
+    const float scale = (float)scale_f64;
+    q += head * tq * d;
+    k += head * tk * d;
+    v += head * tk * d;
+    const bool kvec = att_vec(k, d) && att_vec(v, d);
+    const unsigned nkeys = att_keys_seen(causal, tq, tk, min(q0 + BQ, tq) - 1), ntiles = (nkeys + BK - 1) / BK;
+    auto stage_kv = [&](unsigned it) {
+        att_stage(ks + (it % 2) * BK * ld, k, it * BK, BK, tk, d, dp, kvec);
+        att_stage(vs + (it % 2) * BK * ld, v, it * BK, BK, tk, d, dp, kvec);
+    };
+    att_stage(qs, q, q0, BQ, tq, d, dp, att_vec(q, d));
+    kiln_cp_async_commit();
+    stage_kv(0); // nkeys >= 1: every row sees key 0
+    kiln_cp_async_commit();
+    kiln_cp_async_wait<1>(); // this thread's part of the Q tile has landed
+    __syncthreads();
+    unsigned qa[KC][4];
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc)
+        if (kc * 16 < (int)dp) att_frag_a(qa[kc], qs, ld, warp * ROWS, kc * 16);
+    float m[2] = {-kiln_inf<float>(), -kiln_inf<float>()}, l[2] = {0.0f, 0.0f}, acc[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+    for (unsigned it = 0; it < ntiles; ++it) {
+        const unsigned k0 = it * BK;
+        if (it + 1 < ntiles) stage_kv(it + 1);
+        kiln_cp_async_commit();  // (an empty group on the last tile keeps the wait below uniform)
+        kiln_cp_async_wait<1>(); // tile it has landed ...
+        __syncthreads();         // ... for every thread
+        // causal: a warp skips the tiles its rows cannot see (warp-uniform, as mma.sync needs)
+        if (!causal || att_visible(causal, tq, tk, row0 + ROWS - 1, k0)) {
+            const T *kt = ks + (it % 2) * BK * ld, *vt = vs + (it % 2) * BK * ld;
+            float s[BK / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                if (kc * 16 < (int)dp) {
+#pragma unroll
+                    for (int np = 0; np < BK / 16; ++np) {
+                        unsigned kb[4];
+                        att_frag_b_nk(kb, kt, ld, np * 16, kc * 16);
+                        att_mma<T>(s[2 * np], qa[kc], kb, 0);
+                        att_mma<T>(s[2 * np + 1], qa[kc], kb, 1);
+                    }
+                }
+            }
+            // rows g (elements 0, 1) and g + 8 (elements 2, 3) of the warp's 16
+            float tile_max[2] = {-kiln_inf<float>(), -kiln_inf<float>()};
+#pragma unroll
+            for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const unsigned i = row0 + g + (e / 2) * 8, j = k0 + nt * 8 + 2 * t + e % 2;
+                    s[nt][e] = j < tk && att_visible(causal, tq, tk, i, j) ? s[nt][e] * scale : -kiln_inf<float>();
+                    tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
+                }
+            float m_new[2];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(KILN_FULL_MASK, tile_max[h], 1));
+                tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(KILN_FULL_MASK, tile_max[h], 2));
+                m_new[h] = fmaxf(m[h], tile_max[h]); // finite: every row sees key 0 in the first tile
+                const float alpha = kiln_exp(m[h] - m_new[h]);
+                m[h] = m_new[h];
+                l[h] *= alpha;
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt) {
+                    acc[dt][2 * h] *= alpha;
+                    acc[dt][2 * h + 1] *= alpha;
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[nt][e] = s[nt][e] == -kiln_inf<float>() ? 0.0f : kiln_exp(s[nt][e] - m_new[e / 2]);
+                    l[e / 2] += s[nt][e];
+                }
+            // O += P·V, the tile's 32 keys as two k-steps
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                unsigned pa[4];
+                att_pack_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+                for (int dn = 0; dn < DT / 2; ++dn) {
+                    if (dn * 16 < (int)dp) {
+                        unsigned vb[4];
+                        att_frag_b_kn(vb, vt, ld, kk * 16, dn * 16);
+                        att_mma<T>(acc[2 * dn], pa, vb, 0);
+                        att_mma<T>(acc[2 * dn + 1], pa, vb, 1);
+                    }
+                }
+            }
+        }
+        __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 1);
+        l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 2);
+        const unsigned i = row0 + g + h * 8;
+        if (i >= tq) continue;
+        const float inv = 1.0f / l[h];
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const unsigned c = dt * 8 + 2 * t + e;
+                if (c < d) o[(head * tq + i) * d + c] = F::down(acc[dt][h * 2 + e] * inv);
+            }
+        if (t == 0) lse[head * tq + i] = m[h] + kiln_log(l[h]);
+    }
+}
+
+// dK/dV on tensor cores: a block owns 64 keys (16 per warp) and streams double-buffered Q/dO tiles of
+// 32 query rows, from the first query that sees its first key. Per warp and tile, with the key block
+// as the M side: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (16 x 32 each; K, V fragments by ldmatrix, Q, dO as B by
+// ldmatrix), Pᵀ = exp(s·Sᵀ − lse) and dSᵀ = Pᵀ∘(dPᵀ − D) on the accumulators (lse and D of the lane's
+// query columns read from global memory, 16 floats), then dV += Pᵀ·dO and dK += dSᵀ·Q with Pᵀ, dSᵀ
+// repacked as A fragments and dO, Q as B by ldmatrix .trans. dK and dV (16 x dp each) stay in f32
+// registers (128 per lane at d = 128); dK is scaled by s once at the end.
+template <typename T>
+__device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict__ q, const T *__restrict__ k,
+                                                            const T *__restrict__ v, const T *__restrict__ dout,
+                                                            const float *__restrict__ lse,
+                                                            const float *__restrict__ dvec, T *__restrict__ dk,
+                                                            T *__restrict__ dv, unsigned tq, unsigned tk, unsigned d,
+                                                            int causal, double scale_f64) {
+    typedef KilnFloat<T> F;
+    constexpr int ROWS = KILN_ATT_MMA_ROWS, BKV = KILN_ATT_WARPS * ROWS, BQ = KILN_ATT_KEYS;
+    constexpr int KC = KILN_ATT_KC, DT = KILN_ATT_DT;
+    const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
+    KILN_DYNAMIC_SMEM(T, smem);
+    T *ks = smem;             // [BKV][ld]: the block's keys
+    T *vs = ks + BKV * ld;    // [BKV][ld]: their values
+    T *qs = vs + BKV * ld;    // [2][BQ][ld]: query tiles, double-buffered
+    T *gs = qs + 2 * BQ * ld; // [2][BQ][ld]: dO tiles
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const unsigned long long head = blockIdx.x;
+    const unsigned k0 = blockIdx.y * BKV, key0 = k0 + warp * ROWS; // first key of the block, of the warp
+    const float scale = (float)scale_f64;
+    q += head * tq * d;
+    k += head * tk * d;
+    v += head * tk * d;
+    dout += head * tq * d;
+    lse += head * tq;
+    dvec += head * tq;
+    const bool qvec = att_vec(q, d) && att_vec(dout, d);
+    // the first query that sees key k0 (causal: its position tk - tq + i reaches k0)
+    const unsigned first = causal && k0 + tq > tk ? k0 + tq - tk : 0;
+    const unsigned ntiles = first < tq ? (tq - first + BQ - 1) / BQ : 0;
+    auto stage_qg = [&](unsigned it) {
+        att_stage(qs + (it % 2) * BQ * ld, q, first + it * BQ, BQ, tq, d, dp, qvec);
+        att_stage(gs + (it % 2) * BQ * ld, dout, first + it * BQ, BQ, tq, d, dp, qvec);
+    };
+    att_stage(ks, k, k0, BKV, tk, d, dp, att_vec(k, d));
+    att_stage(vs, v, k0, BKV, tk, d, dp, att_vec(v, d));
+    if (ntiles > 0) stage_qg(0);
+    kiln_cp_async_commit();
+    float dka[DT][4], dva[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[dt][e] = dva[dt][e] = 0.0f;
+    for (unsigned it = 0; it < ntiles; ++it) {
+        const unsigned i0 = first + it * BQ;
+        if (it + 1 < ntiles) stage_qg(it + 1);
+        kiln_cp_async_commit();
+        kiln_cp_async_wait<1>(); // tile it (and, the first time, K and V) has landed ...
+        __syncthreads();         // ... for every thread
+        // causal: a warp skips the tiles none of whose queries sees its first key
+        if (!causal || att_visible(causal, tq, tk, i0 + BQ - 1, key0)) {
+            const T *qt = qs + (it % 2) * BQ * ld, *gt = gs + (it % 2) * BQ * ld;
+            // lse and D of the lane's query columns i0 + 8 nt + 2t + c
+            float lq[BQ / 8][2], dd[BQ / 8][2];
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const unsigned i = i0 + nt * 8 + 2 * t + c;
+                    lq[nt][c] = i < tq ? lse[i] : 0.0f;
+                    dd[nt][c] = i < tq ? dvec[i] : 0.0f;
+                }
+            float s[BQ / 8][4], dps[BQ / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[nt][e] = dps[nt][e] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                if (kc * 16 < (int)dp) {
+                    unsigned ka[4], va[4];
+                    att_frag_a(ka, ks, ld, warp * ROWS, kc * 16);
+                    att_frag_a(va, vs, ld, warp * ROWS, kc * 16);
+#pragma unroll
+                    for (int np = 0; np < BQ / 16; ++np) {
+                        unsigned qb[4], gb[4];
+                        att_frag_b_nk(qb, qt, ld, np * 16, kc * 16);
+                        att_frag_b_nk(gb, gt, ld, np * 16, kc * 16);
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            att_mma<T>(s[2 * np + h], ka, qb, h);
+                            att_mma<T>(dps[2 * np + h], va, gb, h);
+                        }
+                    }
+                }
+            }
+            // Pᵀ and dSᵀ in place: key g (elements 0, 1) or g + 8 (2, 3) of the warp's 16
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const unsigned j = key0 + g + (e / 2) * 8, i = i0 + nt * 8 + 2 * t + e % 2;
+                    const bool seen = i < tq && j < tk && att_visible(causal, tq, tk, i, j);
+                    const float p = seen ? kiln_exp(s[nt][e] * scale - lq[nt][e % 2]) : 0.0f;
+                    s[nt][e] = p;
+                    dps[nt][e] = p * (dps[nt][e] - dd[nt][e % 2]);
+                }
+            // dV += Pᵀ·dO and dK += dSᵀ·Q, the tile's 32 queries as two k-steps
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; ++kk) {
+                unsigned pa[4], sa[4];
+                att_pack_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+                att_pack_a<T>(sa, dps[2 * kk], dps[2 * kk + 1]);
+#pragma unroll
+                for (int dn = 0; dn < DT / 2; ++dn) {
+                    if (dn * 16 < (int)dp) {
+                        unsigned gb[4], qb[4];
+                        att_frag_b_kn(gb, gt, ld, kk * 16, dn * 16);
+                        att_frag_b_kn(qb, qt, ld, kk * 16, dn * 16);
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            att_mma<T>(dva[2 * dn + h], pa, gb, h);
+                            att_mma<T>(dka[2 * dn + h], sa, qb, h);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
+    }
+    kiln_cp_async_wait<0>(); // nothing is left in flight (K and V, when no query tile ran)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const unsigned j = key0 + g + h * 8;
+        if (j >= tk) continue;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const unsigned c = dt * 8 + 2 * t + e;
+                if (c < d) {
+                    dk[(head * tk + j) * d + c] = F::down(dka[dt][h * 2 + e] * scale);
+                    dv[(head * tk + j) * d + c] = F::down(dva[dt][h * 2 + e]);
+                }
+            }
+    }
+}
+
+// dQ on tensor cores: a block owns 64 query rows (16 per warp), keeps their Q and dO as A fragments in
+// registers and streams double-buffered K/V tiles of 32 keys up to the last key its rows see. Per warp
+// and tile: S = Q·Kᵀ and dP = dO·Vᵀ (16 x 32 each, K and V as B by ldmatrix), P = exp(s·S − lse) and
+// dS = P∘(dP − D) on the accumulators, then dQ += dS·K with dS repacked as A fragments and K as B by
+// ldmatrix .trans; dQ (16 x dp, f32 registers) is scaled by s at the end.
+template <typename T>
+__device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ q, const T *__restrict__ k,
+                                                          const T *__restrict__ v, const T *__restrict__ dout,
+                                                          const float *__restrict__ lse, const float *__restrict__ dvec,
+                                                          T *__restrict__ dq, unsigned tq, unsigned tk, unsigned d,
+                                                          int causal, double scale_f64) {
+    typedef KilnFloat<T> F;
+    constexpr int ROWS = KILN_ATT_MMA_ROWS, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS;
+    constexpr int KC = KILN_ATT_KC, DT = KILN_ATT_DT;
+    const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
+    KILN_DYNAMIC_SMEM(T, smem);
+    T *qs = smem;             // [BQ][ld]: the block's queries
+    T *gs = qs + BQ * ld;     // [BQ][ld]: their dO
+    T *ks = gs + BQ * ld;     // [2][BK][ld]: key tiles, double-buffered
+    T *vs = ks + 2 * BK * ld; // [2][BK][ld]
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const unsigned long long head = blockIdx.x;
+    const unsigned q0 = blockIdx.y * BQ, row0 = q0 + warp * ROWS;
+    const float scale = (float)scale_f64;
+    q += head * tq * d;
+    dout += head * tq * d;
+    k += head * tk * d;
+    v += head * tk * d;
+    const bool kvec = att_vec(k, d) && att_vec(v, d);
+    const unsigned nkeys = att_keys_seen(causal, tq, tk, min(q0 + BQ, tq) - 1), ntiles = (nkeys + BK - 1) / BK;
+    auto stage_kv = [&](unsigned it) {
+        att_stage(ks + (it % 2) * BK * ld, k, it * BK, BK, tk, d, dp, kvec);
+        att_stage(vs + (it % 2) * BK * ld, v, it * BK, BK, tk, d, dp, kvec);
+    };
+    att_stage(qs, q, q0, BQ, tq, d, dp, att_vec(q, d));
+    att_stage(gs, dout, q0, BQ, tq, d, dp, att_vec(dout, d));
+    kiln_cp_async_commit();
+    stage_kv(0); // nkeys >= 1: every row sees key 0
+    kiln_cp_async_commit();
+    kiln_cp_async_wait<1>(); // this thread's part of the Q and dO tiles has landed
+    __syncthreads();
+    unsigned qa[KC][4], ga[KC][4];
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+        if (kc * 16 < (int)dp) {
+            att_frag_a(qa[kc], qs, ld, warp * ROWS, kc * 16);
+            att_frag_a(ga[kc], gs, ld, warp * ROWS, kc * 16);
+        }
+    }
+    // lse and D of the lane's rows g and g + 8
+    float lr[2], dr[2], acc[DT][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const unsigned i = row0 + g + h * 8;
+        lr[h] = i < tq ? lse[head * tq + i] : 0.0f;
+        dr[h] = i < tq ? dvec[head * tq + i] : 0.0f;
+    }
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+    for (unsigned it = 0; it < ntiles; ++it) {
+        const unsigned k0 = it * BK;
+        if (it + 1 < ntiles) stage_kv(it + 1);
+        kiln_cp_async_commit();
+        kiln_cp_async_wait<1>(); // tile it has landed ...
+        __syncthreads();         // ... for every thread
+        if (!causal || att_visible(causal, tq, tk, row0 + ROWS - 1, k0)) {
+            const T *kt = ks + (it % 2) * BK * ld, *vt = vs + (it % 2) * BK * ld;
+            float s[BK / 8][4], dps[BK / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[nt][e] = dps[nt][e] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                if (kc * 16 < (int)dp) {
+#pragma unroll
+                    for (int np = 0; np < BK / 16; ++np) {
+                        unsigned kb[4], vb[4];
+                        att_frag_b_nk(kb, kt, ld, np * 16, kc * 16);
+                        att_frag_b_nk(vb, vt, ld, np * 16, kc * 16);
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            att_mma<T>(s[2 * np + h], qa[kc], kb, h);
+                            att_mma<T>(dps[2 * np + h], ga[kc], vb, h);
+                        }
+                    }
+                }
+            }
+            // dS in place: row g (elements 0, 1) or g + 8 (2, 3) of the warp's 16
+#pragma unroll
+            for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const unsigned i = row0 + g + (e / 2) * 8, j = k0 + nt * 8 + 2 * t + e % 2;
+                    const bool seen = i < tq && j < tk && att_visible(causal, tq, tk, i, j);
+                    const float p = seen ? kiln_exp(s[nt][e] * scale - lr[e / 2]) : 0.0f;
+                    dps[nt][e] = p * (dps[nt][e] - dr[e / 2]);
+                }
+            // dQ += dS·K, the tile's 32 keys as two k-steps
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                unsigned sa[4];
+                att_pack_a<T>(sa, dps[2 * kk], dps[2 * kk + 1]);
+#pragma unroll
+                for (int dn = 0; dn < DT / 2; ++dn) {
+                    if (dn * 16 < (int)dp) {
+                        unsigned kb[4];
+                        att_frag_b_kn(kb, kt, ld, kk * 16, dn * 16);
+                        att_mma<T>(acc[2 * dn], sa, kb, 0);
+                        att_mma<T>(acc[2 * dn + 1], sa, kb, 1);
+                    }
+                }
+            }
+        }
+        __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const unsigned i = row0 + g + h * 8;
+        if (i >= tq) continue;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const unsigned c = dt * 8 + 2 * t + e;
+                if (c < d) dq[(head * tq + i) * d + c] = F::down(acc[dt][h * 2 + e] * scale);
+            }
+    }
+}
+
 extern "C" __global__ void attention_fwd_f32(const float *q, const float *k, const float *v, float *o, float *lse, unsigned tq,
                                         unsigned tk, unsigned d, int causal, double scale) {
     attention_fwd_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
@@ -534,46 +906,51 @@ extern "C" __global__ void attention_bwd_dq_f64(const double *q, const double *k
     attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
 }
 
-extern "C" __global__ void attention_fwd_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, __nv_bfloat16 *o, float *lse,
-                                            unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
+extern "C" __global__ void attention_fwd_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                                                  __nv_bfloat16 *o, float *lse, unsigned tq, unsigned tk, unsigned d,
+                                                  int causal, double scale) {
     attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
 }
 
-extern "C" __global__ void attention_bwd_dot_bf16(const __nv_bfloat16 *o, const __nv_bfloat16 *dout, float *dvec, unsigned long long rows,
-                                            unsigned d) {
+extern "C" __global__ void attention_bwd_dot_bf16(const __nv_bfloat16 *o, const __nv_bfloat16 *dout, float *dvec,
+                                                  unsigned long long rows, unsigned d) {
     attention_bwd_dot_impl(o, dout, dvec, rows, d);
 }
 
-extern "C" __global__ void attention_bwd_dkdv_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
-                                             const float *lse, const float *dvec, __nv_bfloat16 *dk, __nv_bfloat16 *dv, unsigned tq,
-                                             unsigned tk, unsigned d, int causal, double scale) {
-    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
+extern "C" __global__ void attention_bwd_dkdv_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                                       const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
+                                                       const float *lse, const float *dvec, __nv_bfloat16 *dk,
+                                                       __nv_bfloat16 *dv, unsigned tq, unsigned tk, unsigned d,
+                                                       int causal, double scale) {
+    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
 }
 
-extern "C" __global__ void attention_bwd_dq_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
-                                           const float *lse, const float *dvec, __nv_bfloat16 *dq, unsigned tq, unsigned tk,
-                                           unsigned d, int causal, double scale) {
-    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
+extern "C" __global__ void attention_bwd_dq_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                                     const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
+                                                     const float *lse, const float *dvec, __nv_bfloat16 *dq,
+                                                     unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
+    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
 }
 
 extern "C" __global__ void attention_fwd_mma_f16(const __half *q, const __half *k, const __half *v, __half *o, float *lse,
-                                            unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
+                                                 unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
     attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dot_f16(const __half *o, const __half *dout, float *dvec, unsigned long long rows,
-                                            unsigned d) {
+                                                 unsigned d) {
     attention_bwd_dot_impl(o, dout, dvec, rows, d);
 }
 
-extern "C" __global__ void attention_bwd_dkdv_f16(const __half *q, const __half *k, const __half *v, const __half *dout,
-                                             const float *lse, const float *dvec, __half *dk, __half *dv, unsigned tq,
-                                             unsigned tk, unsigned d, int causal, double scale) {
-    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
+extern "C" __global__ void attention_bwd_dkdv_mma_f16(const __half *q, const __half *k, const __half *v,
+                                                      const __half *dout, const float *lse, const float *dvec,
+                                                      __half *dk, __half *dv, unsigned tq, unsigned tk, unsigned d,
+                                                      int causal, double scale) {
+    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
 }
 
-extern "C" __global__ void attention_bwd_dq_f16(const __half *q, const __half *k, const __half *v, const __half *dout,
-                                           const float *lse, const float *dvec, __half *dq, unsigned tq, unsigned tk,
-                                           unsigned d, int causal, double scale) {
-    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
+extern "C" __global__ void attention_bwd_dq_mma_f16(const __half *q, const __half *k, const __half *v,
+                                                    const __half *dout, const float *lse, const float *dvec, __half *dq,
+                                                    unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
+    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
 }

@@ -1,7 +1,7 @@
 //! Launch wrappers for kernels/attention.cu: the fused attention forward (saving the log-sum-exp
-//! of every query row; on tensor cores for bf16/f16) and its backward (D = rowsum(dO∘O), then dK/dV and dQ in two kernels, no
-//! atomics). The header of attention.cu explains the tiles; this file sizes the grids and the
-//! dynamic shared memory.
+//! of every query row) and its backward (D = rowsum(dO∘O), then dK/dV and dQ in two kernels, no
+//! atomics); SIMT kernels for f32/f64, tensor-core ones for bf16/f16. The header of attention.cu
+//! explains the tiles; this file sizes the grids and the dynamic shared memory.
 
 use super::launch::{Args, LaunchConfig};
 use super::{kernel, same_device, CudaStorage};
@@ -27,9 +27,24 @@ fn acc_dtype(dtype: DType) -> DType {
     }
 }
 
-/// Rows (forward, dQ) or keys (dK/dV) per block: 4 warps of 8 (f32 arithmetic) or 4 (f64).
+/// Whether `dtype` runs on the tensor-core kernels (`*_mma_*`).
+fn tensor_cores(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// Rows (forward, dQ) or keys (dK/dV) per block: 4 warps of 16 on tensor cores, else of 8 (f32
+/// arithmetic) or 4 (f64).
 fn block_rows(dtype: DType) -> usize {
-    WARPS * 32 / acc_dtype(dtype).size_in_bytes()
+    if tensor_cores(dtype) {
+        WARPS * 16
+    } else {
+        WARPS * 32 / acc_dtype(dtype).size_in_bytes()
+    }
+}
+
+/// The tensor-core kernels' shared-memory tiles hold `rows` rows of T padded to ⌈d/16⌉·16 + 8.
+fn mma_tile_bytes(dtype: DType, d: usize, rows: usize) -> usize {
+    rows * (d.div_ceil(16) * 16 + 8) * dtype.size_in_bytes()
 }
 
 /// Checks what the kernels need beyond the op's own checks: one device, one float dtype, a head
@@ -96,24 +111,17 @@ pub fn attention_forward(
     if o.is_empty() {
         return Ok((o, lse));
     }
-    let dd = dims.d;
-    // bf16/f16 run on tensor cores: 16 rows per warp, tiles of T with rows padded to ⌈d/16⌉·16 + 8
-    let (name, bq, smem_bytes) = match dt {
-        DType::BF16 | DType::F16 => {
-            let bq = WARPS * 16;
-            let row = dd.div_ceil(16) * 16 + 8;
-            let bytes = (bq + 2 * TILE) * row * dt.size_in_bytes();
-            (format!("attention_fwd_mma_{}", dt.as_str()), bq, bytes)
-        }
-        _ => {
-            let bq = block_rows(dt);
-            let elems = bq * dd + TILE * (dd + 1) + TILE * dd + bq * TILE;
-            (
-                format!("attention_fwd_{}", dt.as_str()),
-                bq,
-                elems * acc_dtype(dt).size_in_bytes(),
-            )
-        }
+    let (dd, bq) = (dims.d, block_rows(dt));
+    let (name, smem_bytes) = if tensor_cores(dt) {
+        // the Q tile and two K/V tiles (double-buffered)
+        let bytes = mma_tile_bytes(dt, dd, bq + 4 * TILE);
+        (format!("attention_fwd_mma_{}", dt.as_str()), bytes)
+    } else {
+        let elems = bq * dd + TILE * (dd + 1) + TILE * dd + bq * TILE;
+        (
+            format!("attention_fwd_{}", dt.as_str()),
+            elems * acc_dtype(dt).size_in_bytes(),
+        )
     };
     let mut args = Args::new();
     args.push(q.ptr())
@@ -178,6 +186,16 @@ pub fn attention_backward(
         )?;
     }
     let (b, dd, acc_size) = (block_rows(dt), dims.d, acc_dtype(dt).size_in_bytes());
+    // tensor cores: the block's 64 keys (or queries) and their values (or dO), two streamed tiles
+    // of 32 of each of the other pair; SIMT: see attention.cu
+    let (mma, smem_dkdv, smem_dq) = if tensor_cores(dt) {
+        let bytes = mma_tile_bytes(dt, dd, 2 * b + 4 * TILE);
+        ("mma_", bytes, bytes)
+    } else {
+        let dkdv = 2 * b * dd + 2 * TILE * (dd + 1) + 2 * TILE + 2 * b * TILE;
+        let dq = 2 * b * dd + 2 * TILE * (dd + 1) + b * TILE;
+        ("", dkdv * acc_size, dq * acc_size)
+    };
     let tail = |args: &mut Args| {
         args.push(tq)
             .push(tk)
@@ -196,11 +214,10 @@ pub fn attention_backward(
         .push(dk.ptr())
         .push(dv.ptr());
     tail(&mut args);
-    let smem = 2 * b * dd + 2 * TILE * (dd + 1) + 2 * TILE + 2 * b * TILE;
-    let name = format!("attention_bwd_dkdv_{suffix}");
+    let name = format!("attention_bwd_dkdv_{mma}{suffix}");
     dev.launch(
         kernel("attention", &name)?,
-        config(dims, dims.tk, b, smem * acc_size),
+        config(dims, dims.tk, b, smem_dkdv),
         &mut args,
     )?;
     if rows > 0 {
@@ -213,11 +230,10 @@ pub fn attention_backward(
             .push(dvec.ptr())
             .push(dq.ptr());
         tail(&mut args);
-        let smem = 2 * b * dd + 2 * TILE * (dd + 1) + b * TILE;
-        let name = format!("attention_bwd_dq_{suffix}");
+        let name = format!("attention_bwd_dq_{mma}{suffix}");
         dev.launch(
             kernel("attention", &name)?,
-            config(dims, dims.tq, b, smem * acc_size),
+            config(dims, dims.tq, b, smem_dq),
             &mut args,
         )?;
     }
