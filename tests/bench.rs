@@ -146,6 +146,35 @@ fn cpu_run_reports_rates_against_its_roofline() {
 }
 
 #[test]
+fn attention_bf16_cases_time_the_forward_and_the_backward_alone() {
+    let (report, _, _) = bench(
+        "attention",
+        &[
+            "--device",
+            "emu",
+            "--kernels",
+            "attention_fwd_bf16,attention_bwd_bf16",
+            "--sizes",
+            "1x2x17x16",
+        ],
+    );
+    let (fwd, bwd) = (
+        row(&report, "attention_fwd_bf16", "1x2x17x16"),
+        row(&report, "attention_bwd_bf16", "1x2x17x16"),
+    );
+    check_rates(fwd);
+    check_rates(bwd);
+    // FlashAttention's count: 4·T²·D per head forward, halved by the causal mask; 2.5 times that
+    // backward. Bytes: q, k, v read and o written; backward q, k, v, o, dO read, dQ, dK, dV written.
+    let forward = 4.0 * 2.0 * 17.0 * 17.0 * 16.0 / 2.0;
+    assert_eq!(fwd["flops"].as_f64(), Some(forward), "{fwd:#}");
+    assert_eq!(bwd["flops"].as_f64(), Some(2.5 * forward), "{bwd:#}");
+    let tensor = 2.0 * 17.0 * 16.0 * 2.0;
+    assert_eq!(fwd["bytes"].as_f64(), Some(4.0 * tensor), "{fwd:#}");
+    assert_eq!(bwd["bytes"].as_f64(), Some(8.0 * tensor), "{bwd:#}");
+}
+
+#[test]
 fn emu_run_is_labelled_and_has_no_percentages() {
     let (report, shown, _) = bench(
         "emu",

@@ -7,6 +7,7 @@
 //! kernel's `library` is its unfused composition, so the fusion's gain shows as `%lib`.
 
 use super::library;
+use crate::ops::attention::{attention_backward, attention_forward};
 use crate::optim::AdamW;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
 
@@ -90,9 +91,11 @@ const ROWS_CUDA: &[&[usize]] = &[&[8192, 768], &[16384, 4096]];
 const ROWS_CPU: &[&[usize]] = &[&[768, 128], &[4096, 1024]];
 const ROWS_EMU: &[&[usize]] = &[&[33, 257]];
 
-/// Attention [B, H, T, D]: GPT-2 124M (12 heads of 64 at T = 1024) on a GPU; the nanoGPT CPU
-/// recipe (4 heads of 32, T = 64) and one GPT-2 sequence on the CPU.
+/// Attention [B, H, T, D]: GPT-2 124M (12 heads of 64 at T = 1024) on a GPU, in bf16 also 16 heads
+/// of 128 (a 2048-wide model, FlashAttention-2's benchmark width); the nanoGPT CPU recipe (4 heads
+/// of 32, T = 64) and one GPT-2 sequence on the CPU.
 const ATTENTION_CUDA: &[&[usize]] = &[&[8, 12, 1024, 64]];
+const ATTENTION_CUDA_BF16: &[&[usize]] = &[&[8, 12, 1024, 64], &[8, 16, 1024, 128]];
 const ATTENTION_CPU: &[&[usize]] = &[&[12, 4, 64, 32], &[1, 12, 1024, 64]];
 const ATTENTION_EMU: &[&[usize]] = &[&[1, 2, 65, 32]];
 
@@ -148,34 +151,67 @@ fn linear_gelu(s: &Setup, rng: &mut Rng, fused: bool) -> Result<Work> {
     })
 }
 
-/// Causal attention of random q, k, v `[B, H, T, D]` (`s.dims`): the fused
+/// What an attention case times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    /// The forward, then the backward of Σ o through autograd.
+    ForwardBackward,
+    /// The fused backward alone, from a saved forward (o, lse) and a random dO: the figure to
+    /// hold against the forward's rate.
+    Backward,
+}
+
+/// Causal attention of random q, k, v `[B, H, T, D]` (`s.dims`) in `dtype`: the fused
 /// `scaled_dot_product_attention`, or (`fused` false) the composition a reader would write
-/// (scores, mask, softmax, weighted values); with `backward`, the gradients of all three too.
-/// FLOPs as FlashAttention counts them: 4·T²·D per head forward, 2.5 times that backward, halved
-/// for the causal mask.
-fn attention(s: &Setup, rng: &mut Rng, fused: bool, backward: bool) -> Result<Work> {
+/// (scores, mask, softmax, weighted values); `pass` says which part is timed. FLOPs as
+/// FlashAttention counts them: 4·T²·D per head forward, 2.5 times that backward (the
+/// deterministic kernels do 3.5 times: see kernels/attention.cu), halved for the causal mask.
+fn attention(s: &Setup, rng: &mut Rng, dtype: DType, fused: bool, pass: Pass) -> Result<Work> {
     let (b, h, t, d) = (s.dims[0], s.dims[1], s.dims[2], s.dims[3]);
-    let n = (b * h * t * d) as f64;
-    let sets = s.sets(3.0 * n * F32 as f64);
-    let leaf = |x: Tensor| if backward { x.requires_grad() } else { x };
-    let q: Vec<Tensor> = inputs(sets, &[b, h, t, d], DType::F32, rng, &s.dev)?
-        .into_iter()
-        .map(leaf)
-        .collect();
-    let k: Vec<Tensor> = inputs(sets, &[b, h, t, d], DType::F32, rng, &s.dev)?
-        .into_iter()
-        .map(leaf)
-        .collect();
-    let v: Vec<Tensor> = inputs(sets, &[b, h, t, d], DType::F32, rng, &s.dev)?
-        .into_iter()
-        .map(leaf)
-        .collect();
-    let mask = crate::model::causal_mask(t, t, 0, &s.dev)?;
+    let shape = [b, h, t, d];
+    let (n, size) = ((b * h * t * d) as f64, dtype.size_in_bytes() as f64);
+    let sets = s.sets(3.0 * n * size);
+    let leaf = |x: Tensor| {
+        if pass == Pass::ForwardBackward {
+            x.requires_grad()
+        } else {
+            x
+        }
+    };
+    let operand = |rng: &mut Rng| -> Result<Vec<Tensor>> {
+        Ok(inputs(sets, &shape, dtype, rng, &s.dev)?
+            .into_iter()
+            .map(leaf)
+            .collect())
+    };
+    let (q, k, v) = (operand(rng)?, operand(rng)?, operand(rng)?);
     let forward_flops = 4.0 * (b * h * t * t * d) as f64 / 2.0;
+    // the forward reads q, k, v and writes o; the backward reads q, k, v, o, dO and writes dQ, dK, dV
+    let (flops, bytes) = match pass {
+        Pass::Forward => (forward_flops, 4.0 * n * size),
+        Pass::ForwardBackward => (3.5 * forward_flops, 8.0 * n * size),
+        Pass::Backward => (2.5 * forward_flops, 8.0 * n * size),
+    };
+    if pass == Pass::Backward {
+        let saved = (0..sets)
+            .map(|i| attention_forward(&q[i], &k[i], &v[i], true))
+            .collect::<Result<Vec<_>>>()?;
+        let dout = inputs(sets, &shape, dtype, rng, &s.dev)?;
+        return Ok(Work {
+            flops,
+            bytes,
+            sets,
+            run: Box::new(move |i| {
+                let (i, (o, lse)) = (i % sets, &saved[i % sets]);
+                attention_backward(&q[i], &k[i], &v[i], o, lse, &dout[i], true).map(drop)
+            }),
+        });
+    }
+    let mask = crate::model::causal_mask(t, t, 0, &s.dev)?;
     Ok(Work {
-        flops: if backward { 3.5 * forward_flops } else { forward_flops },
-        // q, k, v read and o written (and, backward, dO read and dQ, dK, dV written)
-        bytes: if backward { 8.0 } else { 4.0 } * n * F32 as f64,
+        flops,
+        bytes,
         sets,
         run: Box::new(move |i| {
             let (q, k, v) = (&q[i % sets], &k[i % sets], &v[i % sets]);
@@ -185,7 +221,7 @@ fn attention(s: &Setup, rng: &mut Rng, fused: bool, backward: bool) -> Result<Wo
                 let att = q.mul_scalar(1.0 / (d as f64).sqrt())?.matmul(&k.transpose(-2, -1)?)?;
                 att.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(v)?
             };
-            if backward {
+            if pass == Pass::ForwardBackward {
                 o.sum_all()?.backward().map(drop)
             } else {
                 Ok(())
@@ -326,8 +362,8 @@ pub const CASES: &[Case] = &[
         cuda: ATTENTION_CUDA,
         cpu: ATTENTION_CPU,
         emu: ATTENTION_EMU,
-        prepare: |s, rng| attention(s, rng, true, false),
-        library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, false, false)?))),
+        prepare: |s, rng| attention(s, rng, DType::F32, true, Pass::Forward),
+        library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, DType::F32, false, Pass::Forward)?))),
     },
     Case {
         name: "attention_fwd_bwd",
@@ -338,8 +374,35 @@ pub const CASES: &[Case] = &[
         cuda: ATTENTION_CUDA,
         cpu: ATTENTION_CPU,
         emu: ATTENTION_EMU,
-        prepare: |s, rng| attention(s, rng, true, true),
-        library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, false, true)?))),
+        prepare: |s, rng| attention(s, rng, DType::F32, true, Pass::ForwardBackward),
+        library: Some(|s, rng| {
+            let work = attention(s, rng, DType::F32, false, Pass::ForwardBackward)?;
+            Ok(("unfused".into(), work))
+        }),
+    },
+    Case {
+        name: "attention_fwd_bf16",
+        about: "scaled_dot_product_attention forward on tensor cores, causal, bf16 [B, H, T, D]",
+        dims: "BxHxTxD",
+        bound: Bound::Compute,
+        dtype: DType::BF16,
+        cuda: ATTENTION_CUDA_BF16,
+        cpu: &[], // the CPU computes bf16 attention in f32: its f32 cases say more
+        emu: ATTENTION_EMU,
+        prepare: |s, rng| attention(s, rng, DType::BF16, true, Pass::Forward),
+        library: Some(|s, rng| Ok(("unfused".into(), attention(s, rng, DType::BF16, false, Pass::Forward)?))),
+    },
+    Case {
+        name: "attention_bwd_bf16",
+        about: "scaled_dot_product_attention backward alone (D, dK/dV, dQ kernels), causal, bf16 [B, H, T, D]",
+        dims: "BxHxTxD",
+        bound: Bound::Compute,
+        dtype: DType::BF16,
+        cuda: ATTENTION_CUDA_BF16,
+        cpu: &[],
+        emu: ATTENTION_EMU,
+        prepare: |s, rng| attention(s, rng, DType::BF16, true, Pass::Backward),
+        library: None,
     },
     Case {
         name: "softmax",

@@ -15,32 +15,75 @@ impl Tensor {
     /// Tq = Tk is the usual causal mask, and one new query after a KV cache sees every key);
     /// causal needs Tq ≤ Tk.
     pub fn scaled_dot_product_attention(&self, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
-        self.same_device(k, OP)?;
-        self.same_device(v, OP)?;
-        let dims = attention_dims(self, k, v, causal)?;
-        let shape = self.shape().to_vec();
-        let (q, k, v) = (self.dense()?, k.dense()?, v.dense()?);
-        let (o, lse) = q.storage().attention_forward(&k.storage(), &v.storage(), dims)?;
-        let lse = Tensor::from_parts(lse, &shape[..3]);
-        let o = Tensor::from_parts(o, &shape);
+        let (q, k, v, dims) = prepare(self, k, v, causal)?;
+        let (o, lse) = forward(&q, &k, &v, dims)?;
         Ok(o.record(OP, &[&q, &k, &v], move |g, inputs, o| {
-            let g = g.dense()?;
-            let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
-            let (dq, dk, dv) = q.storage().attention_backward(
-                &k.storage(),
-                &v.storage(),
-                &o.storage(),
-                &g.storage(),
-                &lse.storage(),
-                dims,
-            )?;
-            Ok(vec![
-                Some(Tensor::from_parts(dq, q.shape())),
-                Some(Tensor::from_parts(dk, k.shape())),
-                Some(Tensor::from_parts(dv, v.shape())),
-            ])
+            let grads = backward(&inputs[0], &inputs[1], &inputs[2], o, &lse, &g.dense()?, dims)?;
+            Ok(grads.into_iter().map(Some).collect())
         }))
     }
+}
+
+/// The fused forward alone, recording nothing: the output and the log-sum-exp of every query row
+/// `[B, H, Tq]` (`kiln bench` times the backward from these).
+pub(crate) fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor)> {
+    let (q, k, v, dims) = prepare(q, k, v, causal)?;
+    forward(&q, &k, &v, dims)
+}
+
+/// The fused backward alone: (dq, dk, dv) from the forward's inputs, its output `o` and `lse`
+/// ([`attention_forward`]) and the output's gradient `g`.
+pub(crate) fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    g: &Tensor,
+    causal: bool,
+) -> Result<[Tensor; 3]> {
+    let (q, k, v, dims) = prepare(q, k, v, causal)?;
+    backward(&q, &k, &v, &o.dense()?, lse, &g.dense()?, dims)
+}
+
+/// Checks the operands and returns them dense (contiguous, from offset 0) with the call's sizes.
+fn prepare(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor, AttentionDims)> {
+    q.same_device(k, OP)?;
+    q.same_device(v, OP)?;
+    let dims = attention_dims(q, k, v, causal)?;
+    Ok((q.dense()?, k.dense()?, v.dense()?, dims))
+}
+
+/// The forward kernel (or CPU loop) on dense operands: (o, lse).
+fn forward(q: &Tensor, k: &Tensor, v: &Tensor, dims: AttentionDims) -> Result<(Tensor, Tensor)> {
+    let shape = q.shape();
+    let (o, lse) = q.storage().attention_forward(&k.storage(), &v.storage(), dims)?;
+    Ok((Tensor::from_parts(o, shape), Tensor::from_parts(lse, &shape[..3])))
+}
+
+/// The backward kernels (or CPU loop) on dense operands: [dq, dk, dv].
+fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    g: &Tensor,
+    dims: AttentionDims,
+) -> Result<[Tensor; 3]> {
+    let (dq, dk, dv) = q.storage().attention_backward(
+        &k.storage(),
+        &v.storage(),
+        &o.storage(),
+        &g.storage(),
+        &lse.storage(),
+        dims,
+    )?;
+    Ok([
+        Tensor::from_parts(dq, q.shape()),
+        Tensor::from_parts(dk, k.shape()),
+        Tensor::from_parts(dv, v.shape()),
+    ])
 }
 
 /// Checks the operands' shapes and dtypes and returns the sizes of the call.
