@@ -20,6 +20,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=${KILN_GPU_CHECK_PACK:-target/gpu-check}
 OUT_DIR=${1:-$PACK/out}
+# pack-gpu-check.sh gzips the binaries (the carry is size-limited): unzip them in place
+for packed in "$PACK"/bin/*.gz "$PACK"/tests/*.gz; do
+    [[ -e $packed ]] && gunzip -f "$packed"
+done
 if [[ ! -x $PACK/bin/kiln ]]; then
     echo "gpu-check: $PACK/bin/kiln is missing; build it first with ./scripts/pack-gpu-check.sh (on a machine with Rust)" >&2
     exit 2

@@ -33,6 +33,14 @@ fn gpu_check_runs_its_steps_in_order_and_trains_gpt2_in_bf16() {
     for test in ["devices", "gpt_bf16"] {
         copy_exe(&fakes.join("test-binary"), &pack.join("tests").join(test));
     }
+    // packed as pack-gpu-check.sh packs them: gzipped
+    let gzip = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -9 bin/* tests/*")
+        .current_dir(&pack)
+        .status()
+        .unwrap();
+    assert!(gzip.success() && pack.join("bin/kiln.gz").is_file());
     copy_exe(&fakes.join("nvidia-smi"), &path_dir.join("nvidia-smi"));
     let path = format!("{}:{}", path_dir.display(), std::env::var("PATH").unwrap_or_default());
     let run = Command::new(root.join("scripts/gpu-check.sh"))
