@@ -14,16 +14,22 @@
 //!   over B·T rows of V logits whose rounding errors are independent, so it moves far less than one
 //!   rounding of itself; later steps add the effect of slightly different updates. Measured: at
 //!   most 0.09u·L (1.1e-3 at step 5).
-//! - The update of each parameter tensor over the 5 steps, `‖Δ_bf16 − Δ_f32‖ ≤ 0.15·‖Δ_f32‖`.
-//!   AdamW's first steps are ≈ lr·sign(g) per element, so an update changes by about the
-//!   gradients' relative error (a few u) except where bf16 flips a gradient's sign. Measured: at
-//!   most 0.05 (3× margin). This is the check that sees a wrong mixed-precision scheme, where
-//!   the loss alone would not: with bf16 master weights, a LayerNorm gain (1.0, spacing 2^-7)
-//!   cannot take AdamW's 3e-3 steps, and a dropped gradient leaves its tensor unchanged;
+//! - The update of each parameter tensor over the 5 steps, `‖Δ_bf16 − Δ_f32‖ ≤ 0.3·‖Δ_f32‖`.
+//!   AdamW divides each gradient element by its own running RMS, so an update changes by about
+//!   the relative error of its elements' gradients (a few u at step 0), plus what the two runs'
+//!   slightly different weights change in later gradients. Measured: at most 0.05 for every
+//!   tensor but layer 1's `c_attn.bias` (0.12; its query third alone 0.15: the query bias's
+//!   gradient is 200× smaller than the value bias's, 1.3e-4 against 2.7e-2 at step 0, where its
+//!   bf16 error is an ordinary 2u, so the later weight differences weigh more in it). The bound
+//!   leaves 2.5× over that and sits well under the failures it must see: this is the check that
+//!   sees a wrong mixed-precision scheme, where the loss alone would not. With bf16 master
+//!   weights a LayerNorm gain (1.0, spacing 2^-7) cannot take AdamW's 3e-3 steps (its update
+//!   differs by 0.84-1.0), and a dropped gradient leaves its tensor unchanged (1.0);
 //!   `the_bounds_catch_bf16_master_weights_and_a_dropped_gradient` runs both.
 //!   One slice is left out: the key third of `c_attn.bias`. Its gradient is exactly 0 in exact
-//!   arithmetic (a constant added to every key shifts each softmax row by a constant), so in
-//!   either precision it is rounding noise, which Adam scales to full-size steps.
+//!   arithmetic (a constant added to every key shifts each softmax row by a constant, and the
+//!   key bias changes nothing the model computes), so it is rounding noise: f32's (norm ~1e-11)
+//!   moves it by ~1e-5 in 5 steps, bf16's larger noise by AdamW's full step size (~0.03).
 
 use kiln::model::{Gpt, GptConfig};
 use kiln::optim::{clip_grad_norm, AdamW};
@@ -34,7 +40,7 @@ use kiln::{DType, Device, Rng, Tensor};
 const U: f64 = 1.0 / 256.0;
 const GRAD_BOUND: f64 = 8.0 * U;
 const LOSS_BOUND: f64 = U;
-const UPDATE_BOUND: f64 = 0.15;
+const UPDATE_BOUND: f64 = 0.3;
 const STEPS: usize = 5;
 
 /// The devices under test: Cpu, Emu, and Cuda(0) where a GPU is usable (required under
