@@ -3,10 +3,12 @@
 // tensor, targets u32 [rows] (checked by the host); a row whose target equals `ignore` (a value above
 // any u32 when none is ignored) counts for nothing. With lse = log sum_j exp(x_j):
 //   cross_entropy_forward:  lse[row] and loss_rows[row] = lse - x[target] (0 for ignored rows);
-//   cross_entropy_mean:     loss = sum(loss_rows) / count, one block, a fixed summation order;
+//   cross_entropy_mean:     loss = sum(loss_rows) / count, one block, a fixed summation order (one kernel
+//                           per accumulation type);
 //   cross_entropy_backward: dx = (exp(x - lse) - onehot(target)) * g / count (0 for ignored rows),
 //                           g the loss's incoming gradient (a device scalar: nothing goes to the host).
-// Accumulation in f32 (f64 for f64). lse and loss_rows are in that type.
+// Accumulation in f32 (f64 for f64). lse, loss_rows, the loss and g are in that type: bf16/f16 logits
+// give an f32 loss (rounding it to 8 or 11 bits would blur what training logs and compares).
 // Algorithm: forward and backward are row kernels (kernels/rows.cuh: blockDim.x threads per row,
 // blockDim.y rows per block): the forward reads the row once, keeping the online (max, sum) pair;
 // the backward reads it once more and writes dx. The mean is one block of 256 threads.
@@ -38,24 +40,23 @@ __device__ __forceinline__ void cross_entropy_forward_impl(const T *__restrict__
     loss_rows[row] = t == ignore ? (A)0 : l - F::up(xr[t]);
 }
 
-// One block of blockDim.x threads (blockDim.y = 1).
-template <typename T>
-__device__ __forceinline__ void cross_entropy_mean_impl(const typename KilnFloat<T>::Acc *__restrict__ loss_rows,
-                                                        T *__restrict__ loss, unsigned long long rows,
-                                                        typename KilnFloat<T>::Acc count) {
-    typedef KilnFloat<T> F;
-    typedef typename F::Acc A;
+// One block of blockDim.x threads (blockDim.y = 1). A is the accumulation type: the mean of bf16 or f16
+// logits' rows is cross_entropy_mean_f32.
+template <typename A>
+__device__ __forceinline__ void cross_entropy_mean_impl(const A *__restrict__ loss_rows, A *__restrict__ loss,
+                                                        unsigned long long rows, A count) {
     __shared__ A scratch[32];
     A acc = (A)0;
     for (unsigned long long r = threadIdx.x; r < rows; r += blockDim.x) acc += loss_rows[r];
     acc = kiln_row_sum(acc, scratch);
-    if (threadIdx.x == 0) loss[0] = F::down(acc / count);
+    if (threadIdx.x == 0) loss[0] = acc / count;
 }
 
 template <typename T>
 __device__ __forceinline__ void cross_entropy_backward_impl(const T *__restrict__ x, const unsigned *__restrict__ targets,
                                                             const typename KilnFloat<T>::Acc *__restrict__ lse,
-                                                            const T *__restrict__ g, T *__restrict__ dx,
+                                                            const typename KilnFloat<T>::Acc *__restrict__ g,
+                                                            T *__restrict__ dx,
                                                             unsigned long long rows, unsigned c,
                                                             unsigned long long ignore,
                                                             typename KilnFloat<T>::Acc count) {
@@ -70,7 +71,7 @@ __device__ __forceinline__ void cross_entropy_backward_impl(const T *__restrict_
         for (unsigned j = threadIdx.x; j < c; j += blockDim.x) dr[j] = F::down((A)0);
         return;
     }
-    const A l = lse[row], scale = F::up(g[0]) / count;
+    const A l = lse[row], scale = g[0] / count;
     for (unsigned j = threadIdx.x; j < c; j += blockDim.x)
         dr[j] = F::down((kiln_exp(F::up(xr[j]) - l) - (j == t ? (A)1 : (A)0)) * scale);
 }
@@ -106,15 +107,6 @@ extern "C" __global__ void cross_entropy_mean_f64(const double *loss_rows, doubl
     cross_entropy_mean_impl(loss_rows, loss, rows, count);
 }
 
-extern "C" __global__ void cross_entropy_mean_bf16(const float *loss_rows, __nv_bfloat16 *loss, unsigned long long rows,
-                                                   float count) {
-    cross_entropy_mean_impl(loss_rows, loss, rows, count);
-}
-
-extern "C" __global__ void cross_entropy_mean_f16(const float *loss_rows, __half *loss, unsigned long long rows, float count) {
-    cross_entropy_mean_impl(loss_rows, loss, rows, count);
-}
-
 extern "C" __global__ void cross_entropy_backward_f32(const float *x, const unsigned *targets, const float *lse,
                                                       const float *g, float *dx, unsigned long long rows, unsigned c,
                                                       unsigned long long ignore, float count) {
@@ -128,14 +120,14 @@ extern "C" __global__ void cross_entropy_backward_f64(const double *x, const uns
 }
 
 extern "C" __global__ void cross_entropy_backward_bf16(const __nv_bfloat16 *x, const unsigned *targets, const float *lse,
-                                                       const __nv_bfloat16 *g, __nv_bfloat16 *dx,
+                                                       const float *g, __nv_bfloat16 *dx,
                                                        unsigned long long rows, unsigned c, unsigned long long ignore,
                                                        float count) {
     cross_entropy_backward_impl(x, targets, lse, g, dx, rows, c, ignore, count);
 }
 
 extern "C" __global__ void cross_entropy_backward_f16(const __half *x, const unsigned *targets, const float *lse,
-                                                      const __half *g, __half *dx, unsigned long long rows, unsigned c,
+                                                      const float *g, __half *dx, unsigned long long rows, unsigned c,
                                                       unsigned long long ignore, float count) {
     cross_entropy_backward_impl(x, targets, lse, g, dx, rows, c, ignore, count);
 }

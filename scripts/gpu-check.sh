@@ -2,21 +2,28 @@
 # The GPU check: on a machine with an NVIDIA GPU and no Rust toolchain, runs the release binaries
 # that scripts/pack-gpu-check.sh put in target/gpu-check/, in this order:
 #   1. the CUDA correctness tests (tests/devices.rs: every op's generic body on Cpu, Emu and Cuda(0),
-#      compared with the CPU; KILN_REQUIRE_CUDA=1 fails them if the GPU is not seen,
+#      compared with the CPU; tests/gpt_bf16.rs: the tiny GPT's bf16 training, gradients and
+#      generation against the CPU's f32; KILN_REQUIRE_CUDA=1 fails them if the GPU is not seen,
 #      KILN_CUDA_SYNC=1 names a faulting kernel);
 #   2. `kiln bench --device cuda` at its default (main) shapes: kernels against the measured copy
-#      bandwidth and cuBLAS, and the GPT-2 124M training step (JSON and SVG written to the output
-#      folder);
-#   3. a short GPT-2 124M training run on kiln's embedded corpus whose training loss must fall;
-#   4. scripts/torch_gpt2_step.py, PyTorch's GPT-2 124M training step on the same GPU, for comparison.
+#      bandwidth and cuBLAS, and the GPT-2 124M training step in bf16 (JSON and SVG written to the
+#      output folder); then the same step in f32;
+#   3. a short GPT-2 124M bf16 training run on kiln's embedded corpus whose training loss must fall;
+#   4. scripts/torch_gpt2_step.py, PyTorch's GPT-2 124M training step on the same GPU and shapes
+#      (f32, and bf16 autocast), for comparison.
 # Each step has a time limit so that the whole check stays under 8 minutes on an H200; a summary
 # table comes last. Exit status: 0 if every step passed, 1 if one failed, 2 if nothing could run.
 #
 #   ./scripts/gpu-check.sh [OUTPUT_DIR]      (default target/gpu-check/out; see docs/gpu.md)
+# KILN_GPU_CHECK_PACK=DIR runs the binaries in DIR instead (tests/gpu_check_script.rs: fakes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PACK=target/gpu-check
+PACK=${KILN_GPU_CHECK_PACK:-target/gpu-check}
 OUT_DIR=${1:-$PACK/out}
+# pack-gpu-check.sh gzips the binaries (the carry is size-limited): unzip them in place
+for packed in "$PACK"/bin/*.gz "$PACK"/tests/*.gz; do
+    [[ -e $packed ]] && gunzip -f "$packed"
+done
 if [[ ! -x $PACK/bin/kiln ]]; then
     echo "gpu-check: $PACK/bin/kiln is missing; build it first with ./scripts/pack-gpu-check.sh (on a machine with Rust)" >&2
     exit 2
@@ -39,7 +46,7 @@ for d in $CUBLAS_DIRS /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux
         for dep in "$(dirname "$lib")"/libcublasLt.so*; do
             [[ -e $dep ]] && ln -sf "$(cd "$(dirname "$dep")" && pwd)/$(basename "$dep")" "$PACK/lib/"
         done
-        export LD_LIBRARY_PATH="$PWD/$PACK/lib:$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        export LD_LIBRARY_PATH="$(cd "$PACK/lib" && pwd):$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         echo "cuBLAS: $lib"
         break
     fi
@@ -66,7 +73,7 @@ step() {
     LAST_RESULT=$result
     LAST_SECS=$((SECONDS - start))
 }
-row() { rows+=("$(printf '%-14s %-9s %5ss  %s' "$1" "$LAST_RESULT" "$LAST_SECS" "$2")"); }
+row() { rows+=("$(printf '%-16s %-9s %5ss  %s' "$1" "$LAST_RESULT" "$LAST_SECS" "$2")"); }
 
 export KILN_REQUIRE_CUDA=1 RUST_BACKTRACE=1
 
@@ -81,11 +88,14 @@ done
 step bench 200 "$PACK/bin/kiln" bench --device cuda --gpt-steps 5 \
     --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.svg"
 row bench "$(grep -E '^GPT training step' "$OUT_DIR/bench.log" | sed 's/.*: //' | head -1)"
+step gpt-f32 90 "$PACK/bin/kiln" bench --device cuda --kernels gpt --gpt-dtype f32 --gpt-steps 3 \
+    --json "$OUT_DIR/gpt-f32.json"
+row "gpt f32" "$(grep -E '^GPT training step' "$OUT_DIR/gpt-f32.log" | sed 's/.*: //' | head -1)"
 
-# 3. a short GPT-2 124M training run: the loss must fall
+# 3. a short GPT-2 124M training run in bf16: the loss must fall
 RUN=$OUT_DIR/train-gpt2
 rm -rf "$RUN"
-step train 150 "$PACK/bin/kiln" train --device cuda --preset gpt2 --tokenizer gpt2 --steps 30 \
+step train 150 "$PACK/bin/kiln" train --device cuda --preset gpt2 --tokenizer gpt2 --dtype bf16 --steps 30 \
     --batch-size 8 --warmup 5 --lr 6e-4 --eval-interval 30 --eval-iters 2 --sample-tokens 0 --out "$RUN"
 if [[ $LAST_RESULT == ok ]]; then
     if ! falls=$(python3 - "$RUN/metrics.jsonl" <<'EOF'
@@ -102,7 +112,7 @@ EOF
 else
     falls="(no loss: the run failed)"
 fi
-row "train gpt2" "$falls"
+row "train gpt2 bf16" "$falls"
 
 # 4. PyTorch for comparison (its figure only; it cannot fail the check unless it breaks)
 step torch 90 python3 scripts/torch_gpt2_step.py --batch 16 --steps 10

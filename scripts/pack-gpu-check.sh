@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu-check.sh runs (x86-64 release binaries: the `kiln` command and the CUDA
 # correctness tests, kernels precompiled to PTX + CUBIN) and packs them into the git-ignored
-# target/gpu-check/ (bin/kiln, tests/*), stripped so that the folder stays well under the 64 MiB a
-# device machine takes with the working tree. Then, on the GPU machine, from the repository root and
+# target/gpu-check/ (bin/kiln.gz, tests/*.gz), stripped and gzipped (the embedded kernels compress
+# about 5:1) so that the folder stays well under the 64 MiB a device machine takes with the working
+# tree; gpu-check.sh unzips them where it runs. Then, on the GPU machine, from the repository root and
 # without a Rust toolchain:   ./scripts/gpu-check.sh
 # See docs/gpu.md.
 set -euo pipefail
@@ -19,7 +20,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT/bin" "$OUT/tests"
 # The kernels must be precompiled (PTX + CUBIN embedded): a GPU machine has no NVRTC.
 cargo build --release --bin kiln
-cargo test --release --no-run --message-format=json --test devices 2>/dev/null |
+cargo test --release --no-run --message-format=json --test devices --test gpt_bf16 2>/dev/null |
     python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -34,6 +35,7 @@ for line in sys.stdin:
 done
 cp target/release/kiln "$OUT/bin/kiln"
 strip "$OUT"/bin/* "$OUT"/tests/*
+gzip -9 "$OUT"/bin/* "$OUT"/tests/*
 if ! grep -q "PRECOMPILED: bool = true" target/release/build/kiln-*/out/kernels.rs 2>/dev/null; then
     echo "pack-gpu-check: this build has no precompiled kernels (NVRTC missing?); a GPU machine could not compile them" >&2
     exit 1

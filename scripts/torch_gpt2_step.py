@@ -5,25 +5,38 @@ A plain GPT-2 (learned positions, pre-LN blocks, tanh GELU, tied LM head, biases
 kiln's model is, trained on random token ids with AdamW and gradient clipping at 1.0, the steps
 timed with CUDA events after warm-up. Prints one line per precision:
 
-    torch f32  batch 16 x 1024: 123.4 ms/step, 132,000 tokens/s, MFU 12.3% (of 989 TFLOP/s bf16 dense, datasheet)
+    torch bf16 batch 16 x 1024: 123.4 ms/step, 132,000 tokens/s, 112.8 TFLOP/s, MFU 15.1% of measured
+    745 TFLOP/s (torch.matmul bf16 8192^3), 11.4% of 989 (datasheet), loss 10.98
 
-f32 is kiln's model's precision (TF32 off, as kiln's f32 matmul); bf16 is autocast, as nanoGPT and
-llm.c train. Attention is torch's scaled_dot_product_attention (fused). MFU uses the same FLOPs per
-token as kiln's bench (6·N + 12·L·H·Q·T, N without the position embeddings) over H100/H200 datasheet
-peaks (dense bf16 989, fp32 67 TFLOP/s); kiln's bench divides by cuBLAS's measured rate instead.
+f32 is kiln's f32 mode (TF32 off, as kiln's f32 matmul); bf16 is autocast, as nanoGPT trains and as
+kiln's `--dtype bf16` (the same shapes; kiln's bench runs GPT-2 in bf16 on a GPU): bf16 matmuls and
+attention, f32 master weights and AdamW state. One difference: autocast keeps the residual stream
+and LayerNorm in f32 and runs the loss on f32 logits, where kiln keeps them bf16 (as llm.c) with
+f32 statistics inside its kernels. Attention is torch's scaled_dot_product_attention (fused). MFU
+uses kiln's FLOPs per token (6·N + 12·L·H·Q·T, N without the position embeddings) over the rate of
+torch.matmul at 8192^3 in the same dtype measured here (kiln's bench divides by cuBLAS's measured
+rate the same way), and over the H100/H200 datasheet's dense peaks (bf16 989, fp32 67 TFLOP/s).
+
+`--device cpu --shape tiny` runs the same code on a 2-layer model on the CPU: a check of the
+script itself (it needs no GPU), not a figure to compare.
 
 Usage: python3 scripts/torch_gpt2_step.py [--batch 16] [--steps 10] [--dtype f32,bf16]
+                                          [--device cuda|cpu] [--shape gpt2|tiny]
 """
 
 import argparse
 import math
 import sys
+import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 PEAK_TFLOPS = {"f32": 67.0, "bf16": 989.0}  # H100/H200 SXM datasheet, dense
+TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16}
+# (vocab, block, n_layer, n_head, n_embd)
+SHAPES = {"gpt2": (50257, 1024, 12, 12, 768), "tiny": (256, 64, 2, 2, 64)}
 
 
 class Block(nn.Module):
@@ -67,7 +80,7 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x)
         logits = self.ln_f(x) @ self.wte.weight.t()  # tied head
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1))  # targets: a strided view
 
     def flops_per_token(self):
         vocab, block, n_layer, n_head, c = self.cfg
@@ -75,39 +88,83 @@ class GPT(nn.Module):
         return 6 * n + 12 * n_layer * n_head * (c // n_head) * block
 
 
-def run(dtype, batch, steps, warmup=3):
+class Timer:
+    """Elapsed milliseconds of a region: CUDA events on a GPU, the host clock on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device == "cuda"
+
+    def start(self):
+        if self.cuda:
+            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self.events[0].record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self):
+        """A callable returning the region's milliseconds (after a synchronize on a GPU)."""
+        if self.cuda:
+            self.events[1].record()
+            start, end = self.events
+            return lambda: start.elapsed_time(end)
+        ms = (time.perf_counter() - self.t0) * 1e3
+        return lambda: ms
+
+
+def median_ms(device, fn, reps, warmup):
+    timer, times = Timer(device), []
+    for i in range(warmup + reps):
+        timer.start()
+        out = fn(i)
+        if i >= warmup:
+            times.append(timer.stop())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return sorted(t() for t in times)[len(times) // 2], out
+
+
+def matmul_tflops(dtype, device, n):
+    """The measured ceiling: torch.matmul of two n x n matrices in `dtype`."""
+    a = torch.randn(n, n, device=device, dtype=TORCH_DTYPE[dtype])
+    b = torch.randn(n, n, device=device, dtype=TORCH_DTYPE[dtype])
+    ms, _ = median_ms(device, lambda i: a @ b, reps=10, warmup=3)
+    return 2 * n**3 / (ms / 1e3) / 1e12
+
+
+def run(dtype, batch, steps, device, shape, warmup=3):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = GPT().cuda()
+    vocab, block, n_layer, n_head, c = SHAPES[shape]
+    model = GPT(vocab, block, n_layer, n_head, c).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    vocab, block = model.cfg[0], model.cfg[1]
-    data = torch.randint(0, vocab, (4, batch, block + 1), device="cuda")
-    times = []
-    for i in range(warmup + steps):
+    data = torch.randint(0, vocab, (4, batch, block + 1), device=device)
+
+    def step(i):
         x, y = data[i % 4, :, :-1], data[i % 4, :, 1:]
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        end.record()
-        if i >= warmup:
-            times.append((start, end))
-    torch.cuda.synchronize()
-    ms = sorted(s.elapsed_time(e) for s, e in times)[len(times) // 2]
+        return loss
+
+    ms, loss = median_ms(device, step, steps, warmup)
     tokens = batch * block / (ms / 1e3)
-    mfu = 100 * model.flops_per_token() * tokens / (PEAK_TFLOPS[dtype] * 1e12)
+    tflops = model.flops_per_token() * tokens / 1e12
+    n = 8192 if device == "cuda" else 512
+    peak = matmul_tflops(dtype, device, n)
+    datasheet = f", {100 * tflops / PEAK_TFLOPS[dtype]:.1f}% of {PEAK_TFLOPS[dtype]:.0f} (datasheet)" if device == "cuda" else ""
     print(
-        f"torch {dtype:<4} batch {batch} x {block}: {ms:.1f} ms/step, {tokens:,.0f} tokens/s, "
-        f"MFU {mfu:.1f}% (of {PEAK_TFLOPS[dtype]:.0f} TFLOP/s {dtype} dense, datasheet), loss {loss.item():.3f}",
+        f"torch {dtype:<4} batch {batch} x {block}: {ms:.1f} ms/step, {tokens:,.0f} tokens/s, {tflops:.3g} TFLOP/s, "
+        f"MFU {100 * tflops / peak:.1f}% of measured {peak:.3g} TFLOP/s (torch.matmul {dtype} {n}^3){datasheet}, "
+        f"loss {loss.item():.3f}",
         flush=True,
     )
     del model, opt
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main():
@@ -115,16 +172,21 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--dtype", default="f32,bf16", help="comma-separated: f32, bf16")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--shape", default="gpt2", choices=sorted(SHAPES), help="tiny: a check of the script")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("torch_gpt2_step: PyTorch sees no CUDA GPU", file=sys.stderr)
-        return 2
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
-    for dtype in a.dtype.split(","):
+    dtypes = a.dtype.split(",")
+    for dtype in dtypes:
         if dtype not in PEAK_TFLOPS:
             print(f"torch_gpt2_step: unknown dtype {dtype!r}; use f32 or bf16", file=sys.stderr)
             return 2
-        run(dtype, a.batch, a.steps)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("torch_gpt2_step: PyTorch sees no CUDA GPU", file=sys.stderr)
+        return 2
+    where = torch.cuda.get_device_name() if a.device == "cuda" else "the CPU"
+    print(f"torch {torch.__version__} on {where}, {a.shape} shape", flush=True)
+    for dtype in dtypes:
+        run(dtype, a.batch, a.steps, a.device, a.shape)
     return 0
 
 

@@ -182,12 +182,29 @@ fn emu_run_is_labelled_and_has_no_percentages() {
             "--device",
             "emu",
             "--kernels",
-            "softmax,sum,matmul_f32",
+            "softmax,sum,matmul_f32,gpt",
             "--sizes",
             "5x37,9x7x5",
+            "--gpt-dtype",
+            "bf16",
+            "--gpt-batch",
+            "1",
+            "--gpt-steps",
+            "1",
         ],
     );
     assert_eq!(report["device"], "emu");
+    // the training step in bf16 ran (its speed is the emulator's; no ceiling on Emu, so no MFU)
+    let gpt = &report["gpt"];
+    assert_eq!(
+        (gpt["dtype"].as_str(), gpt["batch"].as_u64()),
+        (Some("bf16"), Some(1)),
+        "{report:#}"
+    );
+    assert!(
+        gpt["tokens_per_s"].as_f64().unwrap() > 0.0 && gpt["mfu_pct"].is_null(),
+        "{gpt:#}"
+    );
     assert!(report["warning"].as_str().unwrap().contains("say nothing about a GPU"));
     assert!(shown.contains("WARNING"), "{shown}");
     assert!(report["roofline"]["peaks"][0]["tflops"].is_null());

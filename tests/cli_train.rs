@@ -225,6 +225,20 @@ fn unknown_presets_flags_and_values_are_clear_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr.contains("tpu"), "{stderr}");
 
+    for args in [
+        &["train", "--dtype", "f16"][..],
+        &["generate", "--checkpoint", "x", "--dtype", "f16"],
+        &["bench", "--gpt-dtype", "f16"],
+    ] {
+        let o = kiln(args);
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr.contains("'f16'") && stderr.contains("[possible values: f32, bf16]"),
+            "{args:?}: {stderr}"
+        );
+    }
+
     let o = kiln(&["generate"]);
     assert_eq!(o.status.code(), Some(2));
     let o = kiln(&["generate", "--checkpoint", "/nonexistent/kiln/run"]);
@@ -313,4 +327,74 @@ fn generate_from_a_hugging_face_folder() {
     assert!(stdout.contains("fine-tuning Hugging Face model"), "{stdout}");
     assert!(stderr.contains("vocabulary has only 96 ids"), "{stderr}");
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// The training losses of a run folder's metrics.jsonl.
+fn train_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "train")
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn train_on_emu_in_f32_and_bf16_tracks_the_cpu() {
+    let root = temp_dir("emu");
+    let data = write_corpus(&root, "emu.txt", "the emulator runs the kernels. ");
+    let run = |name: &str, device: &str, dtype: &str| {
+        let out = root.join(name);
+        let o = train(&out, &data, &["--device", device, "--dtype", dtype, "--steps", "3"]);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{name}: {stdout}{stderr}");
+        assert!(stdout.contains(&format!("on {device} in {dtype}")), "{name}: {stdout}");
+        (out, train_losses(&root.join(name)))
+    };
+    let (_, cpu) = run("cpu-f32", "cpu", "f32");
+    let (_, emu) = run("emu-f32", "emu", "f32");
+    let (emu_bf16_dir, emu_bf16) = run("emu-bf16", "emu", "bf16");
+    assert_eq!((cpu.len(), emu.len(), emu_bf16.len()), (3, 3, 3));
+    for ((c, e), h) in cpu.iter().zip(&emu).zip(&emu_bf16) {
+        // f32: the kernels sum in other orders than the CPU (tests/gpt_emu.rs)
+        assert!((e - c).abs() <= 1e-4 * c, "Emu f32 loss {e}, the CPU's {c}");
+        // bf16: within one bf16 rounding of the loss (u = 2^-8; derived in tests/gpt_bf16.rs)
+        assert!((h - c).abs() <= c / 256.0, "Emu bf16 loss {h}, the CPU's f32 {c}");
+    }
+    // the compute dtype is saved with the run's settings (the weights stay f32) and kept on resume
+    let state = std::fs::read_to_string(emu_bf16_dir.join("checkpoint/state.json")).unwrap();
+    assert!(state.contains("\"dtype\": \"bf16\""), "{state}");
+    let out = emu_bf16_dir.to_str().unwrap();
+    let o = kiln(&[
+        "train",
+        "--resume",
+        "--out",
+        out,
+        "--device",
+        "emu",
+        "--steps",
+        "4",
+        "--sample-tokens",
+        "0",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("on emu in bf16") && !stdout.contains("dtype"),
+        "{stdout}"
+    );
+    let o = kiln(&[
+        "generate",
+        "--checkpoint",
+        out,
+        "--device",
+        "emu",
+        "--dtype",
+        "bf16",
+        "--max-new-tokens",
+        "5",
+    ]);
+    let (_, stderr) = text(&o);
+    assert!(o.status.success() && stderr.contains("computing in bf16"), "{stderr}");
 }

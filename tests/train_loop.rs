@@ -4,7 +4,7 @@
 use kiln::model::GptConfig;
 use kiln::tokenizer::TokenizerKind;
 use kiln::train::{self, checkpoint, metrics, Init, RunOptions, TrainConfig};
-use kiln::Device;
+use kiln::{DType, Device};
 use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -102,30 +102,37 @@ fn losses(dir: &Path) -> Vec<(usize, Vec<u64>)> {
 fn resume_reproduces_the_uninterrupted_run_bit_for_bit() {
     let root = temp_dir("resume");
     let data = vec![write_corpus(&root)];
-    // dropout and gradient accumulation on, so every generator and the optimizer state matter
-    let mut cfg = tiny_train(10);
-    cfg.grad_accum = 2;
-    let (full, split) = (root.join("full"), root.join("split"));
-    let a = train::train(scratch(0.1), &data, cfg.clone(), &opts(&full, None)).unwrap();
-    assert_eq!(a.step, 10);
+    // in f32 and in bf16 mixed precision (the compute dtype is saved with the run and kept)
+    for dtype in [DType::F32, DType::BF16] {
+        // dropout and gradient accumulation on, so every generator and the optimizer state matter
+        let mut cfg = tiny_train(10);
+        cfg.grad_accum = 2;
+        cfg.dtype = dtype;
+        let (full, split) = (root.join(format!("full-{dtype}")), root.join(format!("split-{dtype}")));
+        let a = train::train(scratch(0.1), &data, cfg.clone(), &opts(&full, None)).unwrap();
+        assert_eq!(a.step, 10);
 
-    let b1 = train::train(scratch(0.1), &data, cfg.clone(), &opts(&split, Some(6))).unwrap();
-    assert_eq!(b1.step, 6);
-    let b2 = train::resume(&opts(&split, None), |_| {}).unwrap();
-    assert_eq!(b2.step, 10);
+        let b1 = train::train(scratch(0.1), &data, cfg.clone(), &opts(&split, Some(6))).unwrap();
+        assert_eq!(b1.step, 6);
+        let b2 = train::resume(&opts(&split, None), |_| {}).unwrap();
+        assert_eq!((b2.step, b2.model.dtype()), (10, dtype));
 
-    let (la, lb) = (losses(&full), losses(&split));
-    // 10 steps and evaluations at 0, 4, 8, 10 in the full run; the split run also evaluated
-    // (and checkpointed) where it stopped, at 6
-    let lb_without_stop: Vec<_> = lb
-        .iter()
-        .filter(|(step, v)| !(*step == 6 && v.len() == 2))
-        .cloned()
-        .collect();
-    assert_eq!(la.len(), 10 + 4, "{la:?}");
-    assert_eq!(la, lb_without_stop, "resumed run diverged from the uninterrupted one");
-    assert_eq!(weights(&full), weights(&split));
-    assert_eq!(a.val_loss.map(f64::to_bits), b2.val_loss.map(f64::to_bits));
+        let (la, lb) = (losses(&full), losses(&split));
+        // 10 steps and evaluations at 0, 4, 8, 10 in the full run; the split run also evaluated
+        // (and checkpointed) where it stopped, at 6
+        let lb_without_stop: Vec<_> = lb
+            .iter()
+            .filter(|(step, v)| !(*step == 6 && v.len() == 2))
+            .cloned()
+            .collect();
+        assert_eq!(la.len(), 10 + 4, "{la:?}");
+        assert_eq!(
+            la, lb_without_stop,
+            "{dtype}: resumed run diverged from the uninterrupted one"
+        );
+        assert_eq!(weights(&full), weights(&split));
+        assert_eq!(a.val_loss.map(f64::to_bits), b2.val_loss.map(f64::to_bits));
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 

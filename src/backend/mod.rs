@@ -252,8 +252,9 @@ impl Storage {
 
     /// Contiguous logits `[n, c]` and U32 targets `[n]`, checked by the caller: each below `c` or
     /// equal to `ignore`, `count` (at least one) not ignored. Returns the mean loss over the counted
-    /// rows (a scalar of the logits' dtype) and the per-row log-sum-exp for the backward (f64 on
-    /// the CPU; the kernels' accumulation type on CUDA/Emu, where nothing goes through the host).
+    /// rows (a scalar of the accumulation type: f32 for f32/bf16/f16 logits, f64 for f64, on every
+    /// device) and the per-row log-sum-exp for the backward (f64 on the CPU; the kernels'
+    /// accumulation type on CUDA/Emu, where nothing goes through the host).
     pub(crate) fn cross_entropy_forward(
         &self,
         targets: &Storage,
@@ -264,7 +265,7 @@ impl Storage {
         match (self, targets) {
             (Storage::Cpu(x), Storage::Cpu(t)) => {
                 let (total, lse) = cpu::loss::cross_entropy_forward(x, cpu::typed::<u32>(t), c, ignore)?;
-                let loss = cpu::filled(total / count as f64, 1, x.dtype());
+                let loss = cpu::filled(total / count as f64, 1, cuda::acc_dtype(x.dtype()));
                 Ok((Storage::Cpu(loss), Storage::Cpu(CpuStorage::F64(lse))))
             }
             (Storage::Cuda(x), Storage::Cuda(t)) => {
@@ -276,7 +277,7 @@ impl Storage {
     }
 
     /// d logits = (softmax − onehot)·g/count, zero on ignored rows; `g` is the loss's gradient (a
-    /// one-element storage of the logits' dtype) and `lse` what the forward returned.
+    /// one-element storage of the loss's dtype) and `lse` what the forward returned.
     pub(crate) fn cross_entropy_backward(
         &self,
         targets: &Storage,

@@ -2,12 +2,15 @@
 //! `kiln train` does them, on random token ids. Reports tokens/s and the model FLOPs utilisation
 //! (MFU): the model's FLOPs per token (PaLM's estimate, as nanoGPT's `estimate_mfu`:
 //! 6·N + 12·L·H·Q·T, N the parameters without the position embeddings) times tokens/s, over the
-//! device's measured matmul ceiling in the model's dtype.
+//! device's measured matmul ceiling in the model's compute dtype (cuBLAS's bf16 rate on a GPU).
 //!
-//! - Cuda: GPT-2 124M (vocabulary 50257, context 1024), f32 — the model has no bf16 mode yet.
+//! - Cuda: GPT-2 124M (vocabulary 50257, context 1024) in bf16 mixed precision (f32 master weights
+//!   and AdamW state), as nanoGPT and llm.c train it.
 //! - Cpu: nanoGPT's shakespeare_char CPU recipe (4 layers, 4 heads, C = 128, context 64, batch 12,
 //!   no bias, vocabulary 65), f32.
-//! - Emu: the same small model at batch 2, context 16 (a smoke test; its speed means nothing).
+//! - Emu: the same small model at batch 2, context 16, f32 (a smoke test; its speed means nothing).
+//!
+//! `kiln bench --gpt-dtype f32|bf16` overrides the dtype on any device.
 
 use super::roofline::Roofline;
 use super::timing::{Clock, Stats};
@@ -55,6 +58,15 @@ pub fn workload(dev: &Device, batch: Option<usize>) -> Result<(String, GptConfig
     })
 }
 
+/// The step's compute dtype unless asked otherwise: bf16 on a GPU (tensor cores), f32 elsewhere
+/// (the CPU computes bf16 in f32, so bf16 only adds casts there).
+pub fn default_dtype(dev: &Device) -> DType {
+    match dev {
+        Device::Cuda(_) => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
 /// FLOPs of one training step per token (forward and backward).
 pub fn flops_per_token(cfg: &GptConfig, params: usize) -> f64 {
     let n = (params - cfg.block_size * cfg.n_embd) as f64;
@@ -62,18 +74,20 @@ pub fn flops_per_token(cfg: &GptConfig, params: usize) -> f64 {
     6.0 * n + 12.0 * (l * h * q * t) as f64
 }
 
-/// Times `steps` training steps after one untimed warm-up step.
+/// Times `steps` training steps in `dtype` after one untimed warm-up step.
 pub fn bench_gpt(
     dev: &Device,
     clock: &Clock,
     roofline: &Roofline,
     steps: usize,
     batch: Option<usize>,
+    dtype: DType,
 ) -> Result<GptResult> {
     let (model, cfg, b) = workload(dev, batch)?;
     let t = cfg.block_size;
     let mut rng = Rng::new(1337);
-    let gpt = Gpt::new(cfg.clone(), &mut rng, dev)?;
+    let mut gpt = Gpt::new(cfg.clone(), &mut rng, dev)?;
+    gpt.set_dtype(dtype)?;
     let params = gpt.params();
     let mut opt = AdamW::new(params.clone(), 6e-4, (0.9, 0.95), 1e-8, 0.1)?;
     // a few batches of random ids, rotated
@@ -100,14 +114,14 @@ pub fn bench_gpt(
     Ok(GptResult {
         model,
         params: gpt.num_params(),
-        dtype: DType::F32.as_str().into(),
+        dtype: dtype.as_str().into(),
         batch: b,
         context: t,
         step: stats,
         tokens_per_s,
         flops_per_token: per_token,
         tflops: flops / 1e12,
-        mfu_pct: roofline.peak_flops(DType::F32).map(|p| 100.0 * flops / p),
+        mfu_pct: roofline.peak_flops(dtype).map(|p| 100.0 * flops / p),
     })
 }
 

@@ -44,6 +44,8 @@ pub struct Options {
     pub copy_bytes: Option<usize>,
     pub gpt_steps: usize,
     pub gpt_batch: Option<usize>,
+    /// The GPT step's compute dtype (default: [`gpt::default_dtype`]).
+    pub gpt_dtype: Option<DType>,
 }
 
 impl Options {
@@ -57,6 +59,7 @@ impl Options {
             copy_bytes: None,
             gpt_steps: 10,
             gpt_batch: None,
+            gpt_dtype: None,
         }
     }
 }
@@ -197,8 +200,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> {
         .filter(|c| c.bound == Bound::Compute)
         .map(|c| c.dtype)
         .collect();
+    let gpt_dtype = opts.gpt_dtype.unwrap_or_else(|| gpt::default_dtype(&dev));
     if with_gpt {
-        dtypes.push(DType::F32);
+        dtypes.push(gpt_dtype);
     }
     if dev == Device::Cpu {
         dtypes.retain(|&d| d == DType::F32); // the CPU's fast matmul is f32
@@ -242,7 +246,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> {
 
     let (gpt, gpt_skipped) = if with_gpt {
         progress("gpt training step");
-        match gpt::bench_gpt(&dev, &clock, &roofline, opts.gpt_steps, opts.gpt_batch) {
+        match gpt::bench_gpt(&dev, &clock, &roofline, opts.gpt_steps, opts.gpt_batch, gpt_dtype) {
             Ok(g) => (Some(g), None),
             Err(e) => (None, Some(e.to_string())),
         }

@@ -6,8 +6,8 @@ use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind};
 use crate::train::{self, checkpoint, Init, RunOptions, SampleOptions, TrainConfig};
-use crate::{Device, Error, Result, Rng};
-use clap::{Args, Parser, Subcommand};
+use crate::{DType, Device, Error, Result, Rng};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +35,25 @@ pub enum Command {
     /// Time kiln's kernels against the device's measured roofline and the library matmul, and a
     /// GPT training step (docs/perf.md).
     Bench(BenchArgs),
+}
+
+/// The model's compute dtype on the command line (`--dtype`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeDType {
+    /// f32 throughout.
+    F32,
+    /// Mixed precision: bf16 matmuls, attention, layer norms and activations; f32 weights,
+    /// optimizer state, kernel statistics and loss.
+    Bf16,
+}
+
+impl From<ComputeDType> for DType {
+    fn from(d: ComputeDType) -> DType {
+        match d {
+            ComputeDType::F32 => DType::F32,
+            ComputeDType::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// Optimisation settings shared by `train` and `finetune` (unset: the command's default).
@@ -73,6 +92,10 @@ pub struct OptimArgs {
     /// Clip the global gradient norm to this, 0 for no clipping [1.0].
     #[arg(long)]
     pub grad_clip: Option<f64>,
+    /// Compute dtype: f32, or bf16 for mixed precision (bf16 matmuls and activations, f32 master
+    /// weights and optimizer state; checkpoints stay f32) [f32; with --resume, the run's].
+    #[arg(long, value_enum)]
+    pub dtype: Option<ComputeDType>,
 }
 
 impl OptimArgs {
@@ -96,6 +119,9 @@ impl OptimArgs {
         );
         if self.lr.is_some() && self.min_lr.is_none() {
             cfg.min_lr = cfg.lr / 10.0; // nanoGPT's rule of thumb
+        }
+        if let Some(d) = self.dtype {
+            cfg.dtype = d.into();
         }
     }
 }
@@ -205,6 +231,10 @@ pub struct GenerateArgs {
     /// cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute dtype: f32, or bf16 (the f32 weights cast to bf16 once, activations and KV cache in
+    /// bf16).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: ComputeDType,
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +264,9 @@ pub struct BenchArgs {
     /// GPT batch size [cuda 16, cpu 12, emu 2].
     #[arg(long)]
     pub gpt_batch: Option<usize>,
+    /// GPT compute dtype [cuda bf16, cpu and emu f32].
+    #[arg(long, value_enum)]
+    pub gpt_dtype: Option<ComputeDType>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -446,7 +479,7 @@ fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let dev: Device = a.device.parse()?;
-    let (model, tok, source) = match (&a.checkpoint, &a.hf) {
+    let (mut model, tok, source) = match (&a.checkpoint, &a.hf) {
         (Some(ckpt), _) => {
             let l = checkpoint::load(ckpt, &dev)?;
             let source = format!("{} (step {})", l.dir.display(), l.state.step);
@@ -466,10 +499,12 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         }
         (None, None) => return Err(cli_err("give --checkpoint DIR or --hf DIR".into())),
     };
+    model.set_dtype(a.dtype.into())?;
     eprintln!(
-        "{source}: {}; tokenizer {}",
+        "{source}: {}; tokenizer {}; computing in {}",
         train::describe_model(model.config(), model.num_params()),
-        tok.describe()
+        tok.describe(),
+        model.dtype()
     );
     let opts = SampleOptions {
         max_new_tokens: a.max_new_tokens,
@@ -497,6 +532,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         copy_bytes: a.copy_mib.map(|m| m << 20),
         gpt_steps: a.gpt_steps,
         gpt_batch: a.gpt_batch,
+        gpt_dtype: a.gpt_dtype.map(DType::from),
     };
     let report = crate::bench::run(&opts, |what| eprintln!("bench: {what}"))?;
     print!("{}", crate::bench::report::table(&report));

@@ -190,11 +190,16 @@ impl Block {
     }
 }
 
+/// The dtypes a [`Gpt`] computes in ([`Gpt::set_dtype`]).
+pub const COMPUTE_DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
 /// A GPT-2 language model. The LM head is tied to the token embedding `wte`. Cloning is
 /// cheap and the clone shares the parameters (updates through one are seen by the other).
 #[derive(Clone, Debug)]
 pub struct Gpt {
     cfg: GptConfig,
+    /// The compute dtype: the activations' (see [`Gpt::set_dtype`]).
+    dtype: DType,
     pub wte: Embedding,
     pub wpe: Embedding,
     pub h: Vec<Block>,
@@ -230,11 +235,39 @@ impl Gpt {
             .map(|_| Block::new(&cfg, rng.as_deref_mut(), dev))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(cfg.n_embd, cfg.bias, LN_EPS, dev)?;
-        Ok(Gpt { cfg, wte, wpe, h, ln_f })
+        Ok(Gpt {
+            cfg,
+            dtype: DType::F32,
+            wte,
+            wpe,
+            h,
+            ln_f,
+        })
     }
 
     pub fn config(&self) -> &GptConfig {
         &self.cfg
+    }
+
+    /// The compute dtype (f32 unless set).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Sets the dtype the model computes in: f32 (the default), or bf16 for mixed precision. The
+    /// parameters stay as they are (f32 master weights, which the optimizer updates); in bf16 each
+    /// forward casts them to bf16 where they are used, so the matmuls, attention, layer norms,
+    /// embeddings and activations (the KV cache too) are bf16, the kernels' statistics and the loss
+    /// f32, and the parameters' gradients come back through the casts in f32. See docs/model.md.
+    pub fn set_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !COMPUTE_DTYPES.contains(&dtype) {
+            return Err(Error::DType {
+                op: "gpt",
+                msg: format!("the model computes in f32 or bf16, not {dtype}"),
+            });
+        }
+        self.dtype = dtype;
+        Ok(())
     }
 
     /// Changes the dropout probability used by `forward_train` (e.g. 0 to fine-tune a model
@@ -251,6 +284,42 @@ impl Gpt {
             block.mlp.dropout = p;
         }
         Ok(())
+    }
+
+    /// The model with every parameter cast to `dtype` (f32 or bf16), computing in it: for
+    /// inference, where casting the weights once beats a cast per forward (generation runs one
+    /// forward per token). The cast parameters are new leaves; parameters already in `dtype` are
+    /// shared with `self`. The optimizer updates f32 parameters only: train with [`Gpt::set_dtype`].
+    pub fn to_dtype(&self, dtype: DType) -> Result<Gpt> {
+        let mut model = self.clone();
+        model.set_dtype(dtype)?;
+        let _no_grad = crate::no_grad();
+        for p in model.params_mut() {
+            if p.dtype() != dtype {
+                *p = p.to_dtype(dtype)?.requires_grad();
+            }
+        }
+        Ok(model)
+    }
+
+    /// Every parameter, mutably (in no particular order).
+    fn params_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = vec![&mut self.wte.weight, &mut self.wpe.weight];
+        let ln_f = &mut self.ln_f;
+        for block in &mut self.h {
+            let (attn, mlp) = (&mut block.attn, &mut block.mlp);
+            for (w, b) in [&mut attn.c_attn, &mut attn.c_proj, &mut mlp.c_fc, &mut mlp.c_proj]
+                .into_iter()
+                .map(|l| (&mut l.weight, &mut l.bias))
+                .chain([&mut block.ln_1, &mut block.ln_2].map(|n| (&mut n.weight, &mut n.bias)))
+            {
+                out.push(w);
+                out.extend(b.as_mut());
+            }
+        }
+        out.push(&mut ln_f.weight);
+        out.extend(ln_f.bias.as_mut());
+        out
     }
 
     pub fn device(&self) -> &Device {
@@ -354,9 +423,13 @@ impl Gpt {
             ));
         }
         let c = self.cfg.n_embd;
+        // The tables in the compute dtype (no-ops in the parameters' own): every layer after them
+        // follows its input's dtype. wte is cast once for both of its uses, the lookup and the head.
+        let wte = self.wte.weight.to_dtype(self.dtype)?;
+        let wpe = self.wpe.weight.narrow(0, start, t)?.to_dtype(self.dtype)?;
         // token embeddings (B, T, C) plus the position embeddings of start..start + T, (T, C),
         // broadcast over the batch: one fused lookup
-        let x = ids.token_position_embedding(&self.wte.weight, &self.wpe.weight.narrow(0, start, t)?)?;
+        let x = ids.token_position_embedding(&wte, &wpe)?;
         let mut x = dropout(x, self.cfg.dropout, rng.as_deref_mut())?;
         for (i, block) in self.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
@@ -367,7 +440,7 @@ impl Gpt {
         }
         let x = self.ln_f.forward(&x)?;
         // tied LM head: logits = x · wteᵀ, (B·T, C) · (C, vocab)
-        let logits = x.reshape(&[b * t, c])?.linear(&self.wte.weight, None)?;
+        let logits = x.reshape(&[b * t, c])?.linear(&wte, None)?;
         logits.reshape(&[b, t, self.cfg.vocab_size])
     }
 

@@ -8,5 +8,5 @@ mod kv_cache;
 
 pub use config::{GptConfig, PRESETS};
 pub(crate) use gpt::causal_mask;
-pub use gpt::{attention_reference, Block, CausalSelfAttention, Gpt, Mlp, LN_EPS};
+pub use gpt::{attention_reference, Block, CausalSelfAttention, Gpt, Mlp, COMPUTE_DTYPES, LN_EPS};
 pub use kv_cache::{KvCache, LayerKv};

@@ -1,6 +1,10 @@
 //! Layers: [`Linear`], [`Embedding`], [`LayerNorm`]. Each owns its parameters as leaf
 //! tensors (created with `requires_grad`) and has a short `forward`. Weights follow
 //! PyTorch's layouts, so a state dict maps onto them one to one.
+//!
+//! A layer computes in its input's dtype: given a bf16 input, its f32 parameters are cast to bf16
+//! for the call (mixed precision; the cast's backward returns their gradients in f32, so the
+//! optimizer updates f32 master weights). With inputs of the parameters' dtype nothing is cast.
 
 use crate::{DType, Device, Result, Rng, Tensor};
 
@@ -13,6 +17,20 @@ pub fn normal_param(shape: &[usize], std: f64, rng: &mut Rng, dev: &Device) -> R
 /// A constant-filled leaf that requires a gradient.
 pub fn const_param(value: f64, shape: &[usize], dev: &Device) -> Result<Tensor> {
     Ok(Tensor::full(value, shape, DType::F32, dev)?.requires_grad())
+}
+
+/// `p` in the dtype of the float input `x` (a differentiable cast; `p` itself when they agree).
+fn like(p: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if x.dtype().is_float() {
+        p.to_dtype(x.dtype())
+    } else {
+        Ok(p.clone()) // the op reports the bad input
+    }
+}
+
+/// `p` (optional) in the dtype of `x`.
+fn like_opt(p: &Option<Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
+    p.as_ref().map(|p| like(p, x)).transpose()
 }
 
 /// `y = x·Wᵀ + b`, with `weight` stored `[out, in]` as in `torch.nn.Linear`.
@@ -62,19 +80,19 @@ impl Linear {
         self.weight.shape()[0]
     }
 
-    /// x is (..., in) -> (..., out): `x·Wᵀ + b`.
+    /// x is (..., in) -> (..., out): `x·Wᵀ + b`, in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.linear(&self.weight, self.bias.as_ref())
+        x.linear(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref())
     }
 
     /// `gelu(x·Wᵀ + b)`, the GELU fused into the product.
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        x.linear_gelu(&self.weight, self.bias.as_ref())
+        x.linear_gelu(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref())
     }
 
     /// `residual + x·Wᵀ + b`, the add fused into the product; `residual` is (..., out).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        x.linear_residual(&self.weight, self.bias.as_ref(), residual)
+        x.linear_residual(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref(), residual)
     }
 }
 
@@ -126,11 +144,12 @@ impl LayerNorm {
         })
     }
 
-    /// x is (..., dim) -> (..., dim).
+    /// x is (..., dim) -> (..., dim), in x's dtype (the statistics in f32 or wider).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.bias {
-            Some(b) => x.layer_norm(&self.weight, b, self.eps),
-            None => x.layer_norm_no_bias(&self.weight, self.eps),
+        let w = like(&self.weight, x)?;
+        match like_opt(&self.bias, x)? {
+            Some(b) => x.layer_norm(&w, &b, self.eps),
+            None => x.layer_norm_no_bias(&w, self.eps),
         }
     }
 }

@@ -43,6 +43,37 @@ impl std::fmt::Display for DType {
     }
 }
 
+/// Every dtype, in the order error messages list them.
+const ALL: [DType; 5] = [DType::F32, DType::F64, DType::BF16, DType::F16, DType::U32];
+
+/// The inverse of [`DType::as_str`].
+impl std::str::FromStr for DType {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<DType> {
+        ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = ALL.iter().map(|d| d.as_str()).collect();
+            crate::Error::invalid(
+                "dtype",
+                format!("unknown dtype {s:?}; the dtypes are {}", names.join(", ")),
+            )
+        })
+    }
+}
+
+/// As its name (`"bf16"`), in checkpoints' settings.
+impl serde::Serialize for DType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<DType, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A Rust type that can be a tensor element. Conversions go through `f64`, which holds
 /// every value of every kiln dtype exactly.
 pub trait WithDType: Copy + Send + Sync + Default + std::fmt::Debug + PartialOrd + bytemuck::Pod + 'static {

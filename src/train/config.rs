@@ -1,8 +1,9 @@
 //! [`TrainConfig`]: the hyper-parameters of a training run (not the model's shape, which is
 //! [`crate::model::GptConfig`]). Saved in every checkpoint's `state.json`.
 
+use crate::model::COMPUTE_DTYPES;
 use crate::optim::CosineSchedule;
-use crate::{Error, Result};
+use crate::{DType, Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// How to train. The defaults are nanoGPT's small-model recipe (its `shakespeare_char`
@@ -36,6 +37,9 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Seeds the initial weights, the batches and the dropout masks.
     pub seed: u64,
+    /// The model's compute dtype: f32, or bf16 (mixed precision; the weights and the optimizer
+    /// state stay f32). Checkpoints written before this setting existed read as f32.
+    pub dtype: DType,
 }
 
 impl Default for TrainConfig {
@@ -55,6 +59,7 @@ impl Default for TrainConfig {
             eval_iters: 20,
             val_fraction: 0.1,
             seed: 1337,
+            dtype: DType::F32,
         }
     }
 }
@@ -99,6 +104,9 @@ impl TrainConfig {
                 return bad(format!("{flag} must be in [0, 1), got {v}"));
             }
         }
+        if !COMPUTE_DTYPES.contains(&self.dtype) {
+            return bad(format!("--dtype must be f32 or bf16, got {}", self.dtype));
+        }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad(format!(
                 "the validation fraction must be in (0, 1), got {}",
@@ -106,5 +114,32 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_is_saved_by_name_and_old_settings_read_as_f32() {
+        let bf16 = TrainConfig {
+            dtype: DType::BF16,
+            ..TrainConfig::default()
+        };
+        let json = serde_json::to_string(&bf16).unwrap();
+        assert!(json.contains(r#""dtype":"bf16""#), "{json}");
+        assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), bf16);
+        // a state.json written before the setting existed
+        let old = json.replace(r#","dtype":"bf16""#, "");
+        assert_eq!(serde_json::from_str::<TrainConfig>(&old).unwrap().dtype, DType::F32);
+        let e = serde_json::from_str::<TrainConfig>(&json.replace("bf16", "bf17")).unwrap_err();
+        assert!(e.to_string().contains("unknown dtype \"bf17\""), "{e}");
+        let f16 = TrainConfig {
+            dtype: DType::F16,
+            ..TrainConfig::default()
+        };
+        let e = f16.validate().unwrap_err().to_string();
+        assert!(e.contains("--dtype must be f32 or bf16, got f16"), "{e}");
     }
 }

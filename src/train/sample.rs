@@ -137,6 +137,8 @@ pub fn generate(
         });
     }
     let _no_grad = crate::no_grad();
+    // the weights in the compute dtype once (bf16: one cast here instead of one per token)
+    let model = &model.to_dtype(model.dtype())?;
     let cfg = model.config();
     let (block, dev) = (cfg.block_size, *model.device());
     if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {

@@ -356,6 +356,7 @@ impl Session {
     fn run(mut self, opts: &RunOptions) -> Result<Outcome> {
         crate::backend::cpu::retain_freed_memory();
         let cfg = self.cfg().clone();
+        self.model.set_dtype(cfg.dtype)?;
         let block = self.model.config().block_size;
         let end = opts.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
         let tokens_per_step = cfg.batch_size * cfg.grad_accum * block;
@@ -373,7 +374,7 @@ impl Session {
             self.tokenizer.describe()
         ));
         reporter.line(&format!(
-            "training: {} steps of {} tokens (batch {} × grad_accum {} × block {}), lr {} → {} (warmup {}), on {}; writing {}",
+            "training: {} steps of {} tokens (batch {} × grad_accum {} × block {}), lr {} → {} (warmup {}), on {} in {}; writing {}",
             cfg.steps,
             tokens_per_step,
             cfg.batch_size,
@@ -383,6 +384,7 @@ impl Session {
             cfg.min_lr,
             cfg.warmup,
             self.device,
+            cfg.dtype,
             self.run_dir.display()
         ));
         if self.state.step == 0 && self.history.is_empty() {

@@ -16,8 +16,8 @@ fn ignore_code(ignore: Option<u32>) -> u64 {
 }
 
 /// Logits `[n, c]`, u32 targets `[n]` (checked: below `c` or ignored; `count` rows not ignored).
-/// Returns (the mean loss, a scalar of the logits' dtype; the per-row log-sum-exp in the
-/// accumulation type).
+/// Returns (the mean loss and the per-row log-sum-exp, both in the accumulation type: f32 for
+/// f32/bf16/f16 logits, f64 for f64).
 pub fn cross_entropy_forward(
     x: &CudaStorage,
     targets: &CudaStorage,
@@ -43,8 +43,8 @@ pub fn cross_entropy_forward(
         .push(ignore_code(ignore));
     dev.launch(k, row_launch(rows, c), &mut args)?;
 
-    let loss = CudaStorage::alloc(dev, x.dtype(), 1)?;
-    let k = kernel("cross_entropy", &format!("cross_entropy_mean_{dtype}"))?;
+    let loss = CudaStorage::alloc(dev, acc_dtype(x.dtype()), 1)?;
+    let k = kernel("cross_entropy", &format!("cross_entropy_mean_{}", acc_dtype(x.dtype())))?;
     let mut args = Args::new();
     args.push(loss_rows.ptr())
         .push(loss.ptr())
@@ -60,7 +60,7 @@ pub fn cross_entropy_forward(
 }
 
 /// d logits = (softmax − onehot)·g/count, zero on ignored rows; `g` is the loss's gradient, a
-/// scalar of the logits' dtype, read by the kernel.
+/// scalar of the accumulation type (the loss's), read by the kernel.
 pub fn cross_entropy_backward(
     x: &CudaStorage,
     targets: &CudaStorage,
@@ -74,8 +74,8 @@ pub fn cross_entropy_backward(
     same_device(OP, x, targets)?;
     same_device(OP, x, g)?;
     let dtype = float_suffix(OP, x)?;
-    if g.dtype() != x.dtype() {
-        return Err(Error::dtype_mismatch(OP, x.dtype(), g.dtype()));
+    if g.dtype() != acc_dtype(x.dtype()) {
+        return Err(Error::dtype_mismatch(OP, acc_dtype(x.dtype()), g.dtype()));
     }
     let dev = x.cuda_device();
     let rows = targets.len();
