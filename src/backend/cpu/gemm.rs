@@ -153,7 +153,7 @@ pub fn dgemm(
 
 /// Whether the CPU has AVX2 and FMA (the [`avx2`] kernel's instruction sets).
 #[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
+pub(crate) fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
@@ -479,14 +479,19 @@ fn run<K: Kernel>(problem: Problem<K::T>) {
         // and `sgemm`/`dgemm` only pick a kernel the CPU supports.
         return unsafe { gemm_serial::<K>(problem) };
     }
-    // Cut C into `threads` slabs of whole tiles, along the dimension whose slowest slab has
-    // the fewest tiles to compute. Prefer columns on ties: then each thread packs only its
-    // share of B, while A is re-packed for every column block either way.
+    // Cut C into `threads` slabs of whole tiles, along the dimension whose slowest slab costs
+    // least: its tiles (MR·k multiply-add steps of NR lanes each) plus the elements it packs (A
+    // once per column block of the slab, B once), a packed element counted as one step. With
+    // columns, every thread packs all of A; with rows, all of B (by this count, packing is a
+    // fifth of a column split's work on the GPT's 768×128×512 products, a seventh of a row
+    // split's).
     let slab = |len: usize, tile: usize| round_up(len.div_ceil(threads), tile).min(len);
     let (cols, rows) = (slab(n, K::NR), slab(m, K::MR));
-    let by_cols = cols.div_ceil(K::NR) * m.div_ceil(K::MR);
-    let by_rows = rows.div_ceil(K::MR) * n.div_ceil(K::NR);
-    if by_cols <= by_rows {
+    let cost = |m_t: usize, n_t: usize| {
+        let tiles = m_t.div_ceil(K::MR) * n_t.div_ceil(K::NR);
+        tiles * K::MR * k + n_t.div_ceil(K::NC) * m_t * k + k * n_t
+    };
+    if cost(m, cols) <= cost(rows, n) {
         (0..n).into_par_iter().step_by(cols).for_each(|j| {
             // SAFETY: as for the serial call; each thread gets disjoint columns of C.
             unsafe { gemm_serial::<K>(problem.cols(j..n.min(j + cols))) }
@@ -596,6 +601,13 @@ unsafe fn pack_a<K: Kernel>(mr: usize, kc: usize, a: MatRef<K::T>, dst: &mut [K:
             } else {
                 dst[i..].iter_mut().step_by(K::MR).for_each(|d| *d = K::T::ZERO);
             }
+        }
+    } else if a.rs == 1 && mr == K::MR {
+        // Column-major A (a transposed operand: dW = dYᵀ·X in a Linear's backward): each
+        // step's MR values are contiguous, one fixed-length copy.
+        for (p, col) in dst.chunks_exact_mut(K::MR).enumerate() {
+            // SAFETY: column p of the view holds mr = MR contiguous elements (rs == 1).
+            col.copy_from_slice(unsafe { std::slice::from_raw_parts(a.ptr.add(p * a.cs), K::MR) });
         }
     } else {
         for (p, col) in dst.chunks_exact_mut(K::MR).enumerate() {
