@@ -42,17 +42,44 @@ pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
     Ok(())
 }
 
-/// Σ g² over every gradient, in f64 (each tensor's sum in order, then the tensors in order).
+/// Σ g² over every gradient, in f64: each tensor's squares summed in a fixed order (see
+/// [`sq_sum`]), then the tensors in order.
 pub fn grad_sq_sum(grads: &[&Storage]) -> f64 {
     let per_tensor: Vec<f64> = grads
         .par_iter()
         .map(|g| match g {
-            Storage::Cpu(CpuStorage::F64(g)) => g.iter().map(|x| x * x).sum(),
-            Storage::Cpu(CpuStorage::F32(g)) => g.iter().map(|&x| (x as f64) * (x as f64)).sum(),
+            Storage::Cpu(CpuStorage::F64(g)) => sq_sum(g),
+            Storage::Cpu(CpuStorage::F32(g)) => sq_sum(g),
             _ => unreachable!("devices and dtypes are checked by backend::grad_sq_sum"),
         })
         .collect();
     per_tensor.iter().sum()
+}
+
+/// Σ x² in f64 over eight interleaved partial sums (element i goes to sum i mod 8), added in
+/// order at the end: deterministic, and a loop the compiler vectorises, where one running sum
+/// is a chain of dependent adds.
+fn sq_sum<T: Copy + Into<f64> + Send + Sync>(g: &[T]) -> f64 {
+    const LANES: usize = 8;
+    super::vectorised(
+        #[inline(always)]
+        || {
+            let mut acc = [0f64; LANES];
+            let chunks = g.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for chunk in chunks {
+                for (a, &x) in acc.iter_mut().zip(chunk) {
+                    let x: f64 = x.into();
+                    *a += x * x;
+                }
+            }
+            for (a, &x) in acc.iter_mut().zip(tail) {
+                let x: f64 = x.into();
+                *a += x * x;
+            }
+            acc.iter().sum()
+        },
+    )
 }
 
 /// The update of one parameter, elementwise, in the parameter's precision.
@@ -66,17 +93,19 @@ fn update<T: Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]
         .zip(m.par_chunks_mut(PARALLEL_MIN))
         .zip(v.par_chunks_mut(PARALLEL_MIN))
         .for_each(|(((p, g), m), v)| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                let mut pi = p[i];
-                if decay {
-                    pi = pi * decay_factor;
-                }
-                let mi = b1 * m[i] + one_b1 * gi;
-                let vi = b2 * v[i] + one_b2 * gi * gi;
-                m[i] = mi;
-                v[i] = vi;
-                p[i] = pi - step_size * mi / (vi.sqrt() / bc2_sqrt + eps);
-            }
+            // zipped slices (no bounds checks) and the constants as values, so the loop vectorises
+            let k = [decay_factor, b1, one_b1, b2, one_b2, step_size, bc2_sqrt, eps];
+            super::vectorised(
+                #[inline(always)]
+                move || {
+                    let [decay_factor, b1, one_b1, b2, one_b2, step_size, bc2_sqrt, eps] = k;
+                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        let decayed = if decay { *p * decay_factor } else { *p };
+                        *m = b1 * *m + one_b1 * g;
+                        *v = b2 * *v + one_b2 * g * g;
+                        *p = decayed - step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+                    }
+                },
+            )
         });
 }

@@ -21,13 +21,13 @@
 //! two `TILE × tk` scratch tiles per rayon job. The GEMMs are the project's ([`super::gemm`]);
 //! BF16/F16 are computed in f32 (lse in f32), f64 in f64.
 
+use super::exp::Exp;
 use super::gemm;
 use super::matmul::Gemm;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
-use num_traits::Float;
 use rayon::prelude::*;
 
 /// Query rows per GEMM tile: big enough for the GEMM to reach speed, small enough that the
@@ -63,7 +63,7 @@ impl AttentionDims {
 }
 
 /// The two element types the fused loops run in, with their GEMM.
-trait Real: Float + Default + Send + Sync + 'static {
+trait Real: Exp + Default + Send + Sync + 'static {
     const GEMM: Gemm<Self>;
 }
 
@@ -198,7 +198,7 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
                 let max = row[..seen].iter().fold(E::neg_infinity(), |m, &s| m.max(s));
                 let mut sum = E::zero();
                 for s in &mut row[..seen] {
-                    *s = (*s - max).exp();
+                    *s = (*s - max).exp_fast();
                     sum = sum + *s;
                 }
                 let inv = sum.recip();
@@ -258,7 +258,7 @@ fn backward<E: Real>(
                 let seen = dims.visible(i);
                 let (l, dot) = (lh[i], (0..d).fold(E::zero(), |a, c| a + gh[i * d + c] * oh[i * d + c]));
                 for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
-                    *pj = (*pj - l).exp();
+                    *pj = (*pj - l).exp_fast();
                     *dsj = *pj * (*dsj - dot);
                 }
                 pr[seen..].fill(E::zero());

@@ -41,7 +41,8 @@ pub fn exp_f32(x: f32) -> f32 {
     // rounds to the nearest integer (ties to even) for |v| < 2²², as one add and one sub
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³
     let x = x.clamp(-110.0, 88.75);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND; // ROUND + n exactly: n sits in the low bits of its mantissa
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -50,8 +51,11 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
     let er = p * r * r + r + 1.0;
-    let n = n as i32; // in [−159, 129]; NaN casts to 0 and er carries the NaN
+    // n as an integer, in [−159, 129], read from the mantissa bits: a float-to-int `as` (which
+    // saturates) keeps loops around exp from vectorising. For a NaN x the bits are garbage, and
+    // er carries the NaN.
+    let n = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let (n1, n2) = (n >> 1, n - (n >> 1));
-    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    let pow2 = |e: i32| f32::from_bits((e.wrapping_add(127) as u32) << 23);
     er * pow2(n1) * pow2(n2)
 }

@@ -23,12 +23,22 @@
 //! micro-panel, so it is read from L2, two vectors per step. After the first KC block, the
 //! kernel accumulates into C (`beta = 1`). Blocks along k and n are balanced (e.g. k = 400
 //! is run as 2×200, not 256 + 144) so the last block is not a sliver. Packing a row-major A
-//! or a column-major B is a transpose; the AVX-512 path does it in 16×16 (f32) or 8×8 (f64)
-//! register blocks, since element-by-element packing of a row-major A alone cost ~12% of
-//! the run time. Packing buffers are 64-byte aligned and cached per thread.
+//! or a column-major B is a transpose; the SIMD paths do it in LANES×LANES register blocks
+//! (AVX-512: 16×16 f32, 8×8 f64; AVX2: 8×8, 4×4), since element-by-element packing of a
+//! row-major A alone cost ~12% of the run time. Packing buffers are 64-byte aligned and
+//! cached per thread.
 //!
-//! # AVX-512 micro-kernel (f32: 12×32 tile, f64: 12×16 tile)
+//! # SIMD micro-kernels (AVX-512F, AVX2 + FMA)
 //!
+//! One generic micro-kernel (`simd::tile`) over a small vector interface (`simd::Vector`),
+//! compiled once per instruction set:
+//!
+//! | kernel | tile (f32) | tile (f64) | accumulators | registers live |
+//! |---|---|---|---|---|
+//! | AVX-512F | 12×32 | 12×16 | 24 zmm | 27 of 32 |
+//! | AVX2 + FMA | 6×16 | 6×8 | 12 ymm | 15 of 16 |
+//!
+//! Taking AVX-512 as the example:
 //! The register tile is 12 rows × 2 zmm vectors: 24 accumulators. Each step of the shared
 //! dimension loads 2 vectors of B̃, broadcasts the 12 values of Ã and issues 24 independent
 //! FMAs, enough to keep both FMA ports busy through the 4-cycle FMA latency, with 14 loads
@@ -37,8 +47,12 @@
 //! run along the rows of C, so a row-major C tile is updated with two masked loads/stores
 //! per row (masks also handle the n edge); a column-major C is handled by transposing the
 //! whole problem (Cᵀ = Bᵀ·Aᵀ), any other C layout via a scalar write-back.
-//! The kernel is chosen at run time with `is_x86_feature_detected!("avx512f")`; other CPUs
-//! use [`Portable`], the same driver with a small autovectorised micro-kernel.
+//! The AVX2 tile has the same shape of loop at half the width and half the rows: 12
+//! independent FMAs per step (two FMA ports × 4-cycle latency needs 8) and 8 loads. The
+//! kernel is chosen at run time (`is_x86_feature_detected!`): AVX-512F, else AVX2 + FMA (e.g.
+//! AMD Zen 2/3, Intel before Skylake-X), else [`Portable`], the same driver with a small
+//! autovectorised micro-kernel (SSE2 on a plain x86-64 build, which is what every x86 CPU
+//! without AVX-512 ran before the AVX2 kernel existed).
 //!
 //! # Threads
 //!
@@ -91,8 +105,13 @@ pub fn sgemm(
 ) {
     let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        return run::<avx512::F32>(problem);
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return run::<avx512::Zmm<f32>>(problem);
+        }
+        if avx2_fma() {
+            return run::<avx2::Ymm<f32>>(problem);
+        }
     }
     run::<Portable<f32, 4, 8>>(problem);
 }
@@ -121,10 +140,21 @@ pub fn dgemm(
 ) {
     let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        return run::<avx512::F64>(problem);
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return run::<avx512::Zmm<f64>>(problem);
+        }
+        if avx2_fma() {
+            return run::<avx2::Ymm<f64>>(problem);
+        }
     }
     run::<Portable<f64, 4, 4>>(problem);
+}
+
+/// Whether the CPU has AVX2 and FMA (the [`avx2`] kernel's instruction sets).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// The element types GEMM is implemented for: f32 and f64. Every bit pattern, including
@@ -385,6 +415,9 @@ trait Kernel: Sized {
     const NC: usize;
 
     /// Writes `alpha·Ã·B̃ + beta·C` to the top-left `mr×nr` corner of the MR×NR tile at `c`.
+    /// `ep` comes by reference: by value, its two floats arrive in vector registers that stay
+    /// live across the k loop, and the AVX2 kernel (15 of 16 ymm registers in that loop) then
+    /// kept one accumulator on the stack, a store and a reload per FMA.
     ///
     /// # Safety
     ///
@@ -398,7 +431,7 @@ trait Kernel: Sized {
         c: MatMut<Self::T>,
         mr: usize,
         nr: usize,
-        ep: Epilogue<Self::T>,
+        ep: &Epilogue<Self::T>,
     );
 
     /// Packs an A micro-panel as [`pack_a`] does, which is the default.
@@ -446,14 +479,19 @@ fn run<K: Kernel>(problem: Problem<K::T>) {
         // and `sgemm`/`dgemm` only pick a kernel the CPU supports.
         return unsafe { gemm_serial::<K>(problem) };
     }
-    // Cut C into `threads` slabs of whole tiles, along the dimension whose slowest slab has
-    // the fewest tiles to compute. Prefer columns on ties: then each thread packs only its
-    // share of B, while A is re-packed for every column block either way.
+    // Cut C into `threads` slabs of whole tiles, along the dimension whose slowest slab costs
+    // least: its tiles (MR·k multiply-add steps of NR lanes each) plus the elements it packs (A
+    // once per column block of the slab, B once), a packed element counted as one step. With
+    // columns, every thread packs all of A; with rows, all of B (by this count, packing is a
+    // fifth of a column split's work on the GPT's 768×128×512 products, a seventh of a row
+    // split's).
     let slab = |len: usize, tile: usize| round_up(len.div_ceil(threads), tile).min(len);
     let (cols, rows) = (slab(n, K::NR), slab(m, K::MR));
-    let by_cols = cols.div_ceil(K::NR) * m.div_ceil(K::MR);
-    let by_rows = rows.div_ceil(K::MR) * n.div_ceil(K::NR);
-    if by_cols <= by_rows {
+    let cost = |m_t: usize, n_t: usize| {
+        let tiles = m_t.div_ceil(K::MR) * n_t.div_ceil(K::NR);
+        tiles * K::MR * k + n_t.div_ceil(K::NC) * m_t * k + k * n_t
+    };
+    if cost(m, cols) <= cost(rows, n) {
         (0..n).into_par_iter().step_by(cols).for_each(|j| {
             // SAFETY: as for the serial call; each thread gets disjoint columns of C.
             unsafe { gemm_serial::<K>(problem.cols(j..n.min(j + cols))) }
@@ -500,7 +538,7 @@ unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T>) {
                                 c.at(ic, jc + jr),
                                 mr,
                                 K::NR.min(nc - jr),
-                                Epilogue { beta, ..ep },
+                                &Epilogue { beta, ..ep },
                             )
                         };
                     }
@@ -563,6 +601,13 @@ unsafe fn pack_a<K: Kernel>(mr: usize, kc: usize, a: MatRef<K::T>, dst: &mut [K:
             } else {
                 dst[i..].iter_mut().step_by(K::MR).for_each(|d| *d = K::T::ZERO);
             }
+        }
+    } else if a.rs == 1 && mr == K::MR {
+        // Column-major A (a transposed operand: dW = dYᵀ·X in a Linear's backward): each
+        // step's MR values are contiguous, one fixed-length copy.
+        for (p, col) in dst.chunks_exact_mut(K::MR).enumerate() {
+            // SAFETY: column p of the view holds mr = MR contiguous elements (rs == 1).
+            col.copy_from_slice(unsafe { std::slice::from_raw_parts(a.ptr.add(p * a.cs), K::MR) });
         }
     } else {
         for (p, col) in dst.chunks_exact_mut(K::MR).enumerate() {
@@ -638,7 +683,7 @@ impl<T: Element, const MR: usize, const NR: usize> Kernel for Portable<T, MR, NR
     const KC: usize = 256;
     const NC: usize = 512;
 
-    unsafe fn tile(kc: usize, a: *const T, b: *const T, c: MatMut<T>, mr: usize, nr: usize, ep: Epilogue<T>) {
+    unsafe fn tile(kc: usize, a: *const T, b: *const T, c: MatMut<T>, mr: usize, nr: usize, ep: &Epilogue<T>) {
         // SAFETY: the packed panels hold kc·MR and kc·NR elements (caller's contract).
         let (a, b) = unsafe {
             (
@@ -668,73 +713,27 @@ impl<T: Element, const MR: usize, const NR: usize> Kernel for Portable<T, MR, NR
     }
 }
 
+/// The x86-64 micro-kernel and packing transposes, written once over a [`simd::Vector`] (the
+/// handful of vector operations they need) and compiled for each instruction set by thin
+/// `#[target_feature]` wrappers in [`avx512`] and [`avx2`]: the generic bodies are
+/// `#[inline(always)]`, so each wrapper gets its own copy built with its ISA's registers.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+mod simd {
     use super::{Element, Epilogue, Kernel, MatMut, MatRef};
-    use std::arch::x86_64::*;
-    use std::marker::PhantomData;
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
-    /// Rows of the register tile; each step broadcasts one Ã value per row.
-    const MR: usize = 12;
-    /// Steps of the shared dimension between prefetching a row of B̃ and reading it
-    /// (8 steps = 1 KiB ahead for both element types).
+    /// Steps of the shared dimension between prefetching a row of B̃ and reading it.
     const PREFETCH_STEPS: usize = 8;
 
-    /// The AVX-512 kernel for `E`: a 12 × (2·LANES) tile, 12×32 for f32 and 12×16 for f64.
-    pub(super) struct Avx512<E>(PhantomData<E>);
-    pub(super) type F32 = Avx512<f32>;
-    pub(super) type F64 = Avx512<f64>;
-
-    impl<E: Zmm> Kernel for Avx512<E> {
-        type T = E;
-        const MR: usize = MR;
-        const NR: usize = 2 * E::LANES;
-        const KC: usize = E::KC;
-        const NC: usize = E::NC;
-
-        unsafe fn tile(kc: usize, a: *const E, b: *const E, c: MatMut<E>, mr: usize, nr: usize, ep: Epilogue<E>) {
-            // SAFETY: forwarded contract, which includes AVX-512F.
-            unsafe { tile(kc, a, b, c, mr, nr, ep) }
-        }
-
-        /// A row-major A panel is a transpose, done in LANES×LANES register blocks.
-        unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<E>, dst: &mut [E]) {
-            let dst = &mut dst[..kc * MR];
-            if a.cs == 1 {
-                // SAFETY: rows 0..mr of `a` hold kc contiguous elements (cs == 1), dst holds
-                // kc rows of MR, and the caller checked AVX-512F.
-                unsafe { transpose_rows(a.ptr, a.rs, mr, kc, dst.as_mut_ptr(), MR) }
-            } else {
-                // SAFETY: forwarded contract.
-                unsafe { super::pack_a::<Self>(mr, kc, a, dst) }
-            }
-        }
-
-        /// A column-major B panel is a transpose, done in LANES×LANES register blocks.
-        unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<E>, dst: &mut [E]) {
-            if b.rs != 1 || b.cs == 1 {
-                // SAFETY: forwarded contract.
-                return unsafe { super::pack_b::<Self>(kc, nc, b, dst) };
-            }
-            for (j0, panel) in (0..nc).step_by(Self::NR).zip(dst.chunks_exact_mut(kc * Self::NR)) {
-                let nr = Self::NR.min(nc - j0);
-                // SAFETY: columns j0..j0 + nr hold kc contiguous elements (rs == 1), the
-                // panel holds kc rows of NR, and the caller checked AVX-512F.
-                unsafe {
-                    let src = b.at(0, j0).ptr;
-                    transpose_rows(src, b.cs, nr, kc, panel.as_mut_ptr(), Self::NR);
-                }
-            }
-        }
-    }
-
-    /// The zmm operations the kernel needs, and the block sizes, per element type.
+    /// One instruction set's vectors of one element type, and the block sizes the driver uses
+    /// with them.
     ///
     /// # Safety
     ///
-    /// Every method requires AVX-512F; pointer arguments must be valid for `LANES` elements,
-    /// or for the first `lanes` elements for the masked ones.
-    pub(super) trait Zmm: Element {
+    /// Every method requires the instruction set's target features; pointer arguments must be
+    /// valid for `LANES` elements, or for the first `lanes` elements for the masked ones.
+    pub(super) trait Vector {
+        type E: Element;
         type V: Copy;
         const LANES: usize;
         /// See [`Kernel::KC`].
@@ -742,31 +741,330 @@ mod avx512 {
         /// See [`Kernel::NC`].
         const NC: usize;
         unsafe fn zero() -> Self::V;
-        unsafe fn splat(x: Self) -> Self::V;
-        unsafe fn load(p: *const Self) -> Self::V;
+        unsafe fn splat(x: Self::E) -> Self::V;
+        unsafe fn load(p: *const Self::E) -> Self::V;
         /// `a·b + c`, fused.
         unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
         unsafe fn vmul(a: Self::V, b: Self::V) -> Self::V;
         /// Loads the first `lanes` (1..=LANES) elements, zeroing the rest; touches no others.
-        unsafe fn load_first(p: *const Self, lanes: usize) -> Self::V;
+        unsafe fn load_first(p: *const Self::E, lanes: usize) -> Self::V;
         /// Stores the first `lanes` (1..=LANES) lanes; touches no other elements.
-        unsafe fn store_first(p: *mut Self, v: Self::V, lanes: usize);
+        unsafe fn store_first(p: *mut Self::E, v: Self::V, lanes: usize);
         /// Stores all lanes.
-        unsafe fn store(p: *mut Self, v: Self::V);
+        unsafe fn store(p: *mut Self::E, v: Self::V);
         /// Transposes one block: `dst[q·dst_stride + r] = src[r·src_stride + q]` for
         /// `q < LANES` and `r < rows`, and zero for `r` in `rows..width`; `rows <= width <=
         /// LANES`. Source rows hold LANES elements, destination rows `width`.
         unsafe fn transpose_block(
-            src: *const Self,
+            src: *const Self::E,
             src_stride: usize,
             rows: usize,
-            dst: *mut Self,
+            dst: *mut Self::E,
             dst_stride: usize,
             width: usize,
         );
     }
 
-    impl Zmm for f32 {
+    /// [`Kernel::pack_a`] for a kernel on `V`: a row-major A panel is a transpose, done in
+    /// LANES×LANES register blocks.
+    ///
+    /// # Safety
+    ///
+    /// As for [`super::pack_a`], and the CPU supports `V`'s instruction set.
+    #[inline(always)]
+    pub(super) unsafe fn pack_a<K: Kernel, V: Vector<E = K::T>>(
+        mr: usize,
+        kc: usize,
+        a: MatRef<K::T>,
+        dst: &mut [K::T],
+    ) {
+        let dst = &mut dst[..kc * K::MR];
+        if a.cs == 1 {
+            // SAFETY: rows 0..mr of `a` hold kc contiguous elements (cs == 1), dst holds kc
+            // rows of MR, and the caller checked the instruction set.
+            unsafe { transpose_rows::<V>(a.ptr, a.rs, mr, kc, dst.as_mut_ptr(), K::MR) }
+        } else {
+            // SAFETY: forwarded contract.
+            unsafe { super::pack_a::<K>(mr, kc, a, dst) }
+        }
+    }
+
+    /// [`Kernel::pack_b`] for a kernel on `V`: a column-major B panel is a transpose, done in
+    /// LANES×LANES register blocks.
+    ///
+    /// # Safety
+    ///
+    /// As for [`super::pack_b`], and the CPU supports `V`'s instruction set.
+    #[inline(always)]
+    pub(super) unsafe fn pack_b<K: Kernel, V: Vector<E = K::T>>(
+        kc: usize,
+        nc: usize,
+        b: MatRef<K::T>,
+        dst: &mut [K::T],
+    ) {
+        if b.rs != 1 || b.cs == 1 {
+            // SAFETY: forwarded contract.
+            return unsafe { super::pack_b::<K>(kc, nc, b, dst) };
+        }
+        for (j0, panel) in (0..nc).step_by(K::NR).zip(dst.chunks_exact_mut(kc * K::NR)) {
+            let nr = K::NR.min(nc - j0);
+            // SAFETY: columns j0..j0 + nr hold kc contiguous elements (rs == 1), the panel
+            // holds kc rows of NR, and the caller checked the instruction set.
+            unsafe {
+                let src = b.at(0, j0).ptr;
+                transpose_rows::<V>(src, b.cs, nr, kc, panel.as_mut_ptr(), K::NR);
+            }
+        }
+    }
+
+    /// Writes the transpose of `rows` rows of `len` contiguous elements, starting
+    /// `src_stride` apart at `src`, to the contiguous `len×width` matrix at `dst` (`width >=
+    /// rows`): `dst[p·width + r] = src[r·src_stride + p]`, and zero for `r` in `rows..width`.
+    /// Works in LANES×LANES blocks; the last `len % LANES` rows of `dst` go one by one.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports `V`'s instruction set; the source rows are readable and `dst` is
+    /// writable for `len·width` elements.
+    #[inline(always)]
+    unsafe fn transpose_rows<V: Vector>(
+        src: *const V::E,
+        src_stride: usize,
+        rows: usize,
+        len: usize,
+        dst: *mut V::E,
+        width: usize,
+    ) {
+        let full_len = len - len % V::LANES;
+        for r0 in (0..width).step_by(V::LANES) {
+            let block_rows = rows.saturating_sub(r0).min(V::LANES);
+            let block_width = (width - r0).min(V::LANES);
+            for p in (0..full_len).step_by(V::LANES) {
+                // SAFETY: source rows r0..r0 + block_rows exist and hold elements p..p + LANES
+                // (nothing is read when block_rows is 0), destination rows p..p + LANES hold
+                // columns r0..r0 + block_width.
+                unsafe {
+                    V::transpose_block(
+                        src.wrapping_add(r0 * src_stride + p),
+                        src_stride,
+                        block_rows,
+                        dst.add(p * width + r0),
+                        width,
+                        block_width,
+                    );
+                }
+            }
+        }
+        for p in full_len..len {
+            for r in 0..width {
+                // SAFETY: as above, element by element.
+                unsafe {
+                    *dst.add(p * width + r) = if r < rows {
+                        *src.add(r * src_stride + p)
+                    } else {
+                        <V::E as Element>::ZERO
+                    };
+                }
+            }
+        }
+    }
+
+    /// The micro-kernel (contract of [`Kernel::tile`], with `MR` rows and NR = 2·LANES): MR
+    /// rows × 2 vectors of accumulators. Each step of the shared dimension loads 2 vectors of
+    /// B̃, broadcasts the MR values of Ã and issues 2·MR independent FMAs.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kernel::tile`], and the CPU supports `V`'s instruction set.
+    #[inline(always)]
+    pub(super) unsafe fn tile<V: Vector, const MR: usize>(
+        kc: usize,
+        a: *const V::E,
+        b: *const V::E,
+        c: MatMut<V::E>,
+        mr: usize,
+        nr: usize,
+        ep: &Epilogue<V::E>,
+    ) {
+        // SAFETY: the instruction set is supported (caller's contract); step p reads
+        // Ã[p·MR..][..MR] and B̃[p·2·LANES..][..2·LANES], inside the kc·MR and kc·NR elements of
+        // the panels. Prefetches never fault, and their addresses are computed with wrapping
+        // arithmetic.
+        let acc = unsafe {
+            // Start fetching the C tile (two lines per row) so it is in L1 for the update.
+            if c.cs == 1 {
+                for i in 0..mr {
+                    let row = c.ptr.wrapping_add(i * c.rs);
+                    _mm_prefetch::<_MM_HINT_T0>(row.cast());
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(nr - 1).cast());
+                }
+            }
+            let mut acc = [[V::zero(); 2]; MR];
+            for p in 0..kc {
+                let a_p = a.add(p * MR);
+                let b_p = b.add(p * 2 * V::LANES);
+                // B̃ streams from L2; Ã (reused by every tile of the block) stays in L1.
+                let ahead = b_p.wrapping_add(PREFETCH_STEPS * 2 * V::LANES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                if 2 * V::LANES * size_of::<V::E>() > 64 {
+                    // a step of B̃ spans two cache lines (AVX-512); AVX2's fills one
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(V::LANES).cast());
+                }
+                let (b0, b1) = (V::load(b_p), V::load(b_p.add(V::LANES)));
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    let a_pi = V::splat(*a_p.add(i));
+                    acc_i[0] = V::fmadd(a_pi, b0, acc_i[0]);
+                    acc_i[1] = V::fmadd(a_pi, b1, acc_i[1]);
+                }
+            }
+            acc
+        };
+
+        if c.cs == 1 {
+            // SAFETY: the instruction set is supported; row i < mr of the tile holds nr
+            // contiguous elements (cs == 1) and the masks touch only the first nr of them.
+            unsafe {
+                let alpha = V::splat(ep.alpha);
+                let beta = V::splat(ep.beta);
+                // Valid lanes of each of the two vectors of a row (nr <= 2·LANES).
+                let lanes = [nr.min(V::LANES), nr.saturating_sub(V::LANES)];
+                for (i, acc_i) in acc.iter().enumerate() {
+                    if i == mr {
+                        break;
+                    }
+                    for (v, (&acc_iv, &lanes)) in acc_i.iter().zip(&lanes).enumerate() {
+                        if lanes == 0 {
+                            break;
+                        }
+                        let dst = c.ptr.add(i * c.rs + v * V::LANES);
+                        let mut out = V::vmul(alpha, acc_iv);
+                        // Whole vectors go unmasked: AVX2's masked loads and stores are slow
+                        // on some CPUs (a masked store takes ~10 cycles on AMD Zen 2/3).
+                        let full = lanes == V::LANES;
+                        if ep.beta != <V::E as Element>::ZERO {
+                            let old = if full { V::load(dst) } else { V::load_first(dst, lanes) };
+                            out = V::fmadd(beta, old, out);
+                        }
+                        if full {
+                            V::store(dst, out);
+                        } else {
+                            V::store_first(dst, out, lanes);
+                        }
+                    }
+                }
+            }
+        } else {
+            // Any other layout: spill the tile and write it back element by element.
+            let mut spill = [[<V::E as Element>::ZERO; 32]; MR];
+            for (acc_i, spill_i) in acc.iter().zip(&mut spill) {
+                // SAFETY: the instruction set is supported; a spill row holds 32 >= 2·LANES
+                // elements.
+                unsafe {
+                    V::store(spill_i.as_mut_ptr(), acc_i[0]);
+                    V::store(spill_i.as_mut_ptr().add(V::LANES), acc_i[1]);
+                }
+            }
+            for (i, spill_i) in spill.iter().enumerate().take(mr) {
+                for (j, &acc_ij) in spill_i.iter().enumerate().take(nr) {
+                    // SAFETY: (i, j) is inside the mr×nr tile of C (caller's contract).
+                    let cij = unsafe { &mut *c.at(i, j).ptr };
+                    *cij = if ep.beta == <V::E as Element>::ZERO {
+                        ep.alpha * acc_ij
+                    } else {
+                        ep.alpha * acc_ij + ep.beta * *cij
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Declares a kernel on the [`simd::Vector`]s `$vector<E>` with `$mr` rows: its [`Kernel`] impl
+/// and the three wrappers that compile the generic bodies with `$feature` enabled.
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_kernel {
+    ($vector:ident, $mr:expr, $feature:literal) => {
+        /// Rows of the register tile; each step broadcasts one Ã value per row.
+        const MR: usize = $mr;
+
+        impl<E: Element> Kernel for $vector<E>
+        where
+            $vector<E>: Vector<E = E>,
+        {
+            type T = E;
+            const MR: usize = MR;
+            const NR: usize = 2 * <Self as Vector>::LANES;
+            const KC: usize = <Self as Vector>::KC;
+            const NC: usize = <Self as Vector>::NC;
+
+            unsafe fn tile(kc: usize, a: *const E, b: *const E, c: MatMut<E>, mr: usize, nr: usize, ep: &Epilogue<E>) {
+                // SAFETY: forwarded contract, which includes the target features.
+                unsafe { tile::<E>(kc, a, b, c, mr, nr, ep) }
+            }
+
+            unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<E>, dst: &mut [E]) {
+                // SAFETY: forwarded contract, which includes the target features.
+                unsafe { pack_a::<E>(mr, kc, a, dst) }
+            }
+
+            unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<E>, dst: &mut [E]) {
+                // SAFETY: forwarded contract, which includes the target features.
+                unsafe { pack_b::<E>(kc, nc, b, dst) }
+            }
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn tile<E: Element>(
+            kc: usize,
+            a: *const E,
+            b: *const E,
+            c: MatMut<E>,
+            mr: usize,
+            nr: usize,
+            ep: &Epilogue<E>,
+        ) where
+            $vector<E>: Vector<E = E>,
+        {
+            // SAFETY: forwarded contract; the features are enabled here.
+            unsafe { simd::tile::<$vector<E>, MR>(kc, a, b, c, mr, nr, ep) }
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn pack_a<E: Element>(mr: usize, kc: usize, a: MatRef<E>, dst: &mut [E])
+        where
+            $vector<E>: Vector<E = E>,
+        {
+            // SAFETY: forwarded contract; the features are enabled here.
+            unsafe { simd::pack_a::<$vector<E>, $vector<E>>(mr, kc, a, dst) }
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn pack_b<E: Element>(kc: usize, nc: usize, b: MatRef<E>, dst: &mut [E])
+        where
+            $vector<E>: Vector<E = E>,
+        {
+            // SAFETY: forwarded contract; the features are enabled here.
+            unsafe { simd::pack_b::<$vector<E>, $vector<E>>(kc, nc, b, dst) }
+        }
+    };
+}
+
+/// AVX-512F: a 12 × (2·LANES) tile, 12×32 for f32 and 12×16 for f64 (24 of the 32 zmm
+/// registers accumulate).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::simd::{self, Vector};
+    use super::{Element, Epilogue, Kernel, MatMut, MatRef};
+    use std::arch::x86_64::*;
+    use std::marker::PhantomData;
+
+    /// The zmm vectors of `E`.
+    pub(super) struct Zmm<E>(PhantomData<E>);
+
+    simd_kernel!(Zmm, 12, "avx512f");
+
+    impl Vector for Zmm<f32> {
+        type E = f32;
         type V = __m512;
         const LANES: usize = 16;
         /// Ã micro-panel 12·256·4 B = 12 KiB of the 48 KiB L1.
@@ -882,7 +1180,8 @@ mod avx512 {
         }
     }
 
-    impl Zmm for f64 {
+    impl Vector for Zmm<f64> {
+        type E = f64;
         type V = __m512d;
         const LANES: usize = 8;
         /// Ã micro-panel 12·256·8 B = 24 KiB of the 48 KiB L1.
@@ -991,138 +1290,271 @@ mod avx512 {
     fn first_lanes(lanes: usize) -> __mmask16 {
         ((1u32 << lanes) - 1) as __mmask16
     }
+}
 
-    /// Writes the transpose of `rows` rows of `len` contiguous elements, starting
-    /// `src_stride` apart at `src`, to the contiguous `len×width` matrix at `dst` (`width >=
-    /// rows`): `dst[p·width + r] = src[r·src_stride + p]`, and zero for `r` in `rows..width`.
-    /// Works in LANES×LANES blocks; the last `len % LANES` rows of `dst` go one by one.
+/// AVX2 + FMA: a 6 × (2·LANES) tile, 6×16 for f32 and 6×8 for f64 (12 of the 16 ymm registers
+/// accumulate, two hold B̃ and one the broadcast Ã value).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::simd::{self, Vector};
+    use super::{Element, Epilogue, Kernel, MatMut, MatRef};
+    use std::arch::x86_64::*;
+    use std::marker::PhantomData;
+
+    /// The ymm vectors of `E`.
+    pub(super) struct Ymm<E>(PhantomData<E>);
+
+    simd_kernel!(Ymm, 6, "avx2,fma");
+
+    impl Vector for Ymm<f32> {
+        type E = f32;
+        type V = __m256;
+        const LANES: usize = 8;
+        /// Ã micro-panel 6·256·4 B = 6 KiB of a 32 KiB L1.
+        const KC: usize = 256;
+        /// B̃ block 256·384·4 B = 384 KiB, inside the 512 KiB L2 of the smallest such cores.
+        const NC: usize = 384;
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn splat(x: f32) -> __m256 {
+            _mm256_set1_ps(x)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: p is valid for 8 reads (trait contract).
+            unsafe { _mm256_loadu_ps(p) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn vmul(a: __m256, b: __m256) -> __m256 {
+            _mm256_mul_ps(a, b)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn load_first(p: *const f32, lanes: usize) -> __m256 {
+            // SAFETY: masked-off lanes are not accessed (and cannot fault); the others are valid.
+            unsafe { _mm256_maskload_ps(p, first_lanes32(lanes)) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn store_first(p: *mut f32, v: __m256, lanes: usize) {
+            // SAFETY: masked-off lanes are not accessed (and cannot fault); the others are valid.
+            unsafe { _mm256_maskstore_ps(p, first_lanes32(lanes), v) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            // SAFETY: p is valid for 8 writes (trait contract).
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+
+        /// Three rounds of 8 shuffles.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn transpose_block(
+            src: *const f32,
+            src_stride: usize,
+            rows: usize,
+            dst: *mut f32,
+            dst_stride: usize,
+            width: usize,
+        ) {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (i, row) in r.iter_mut().enumerate().take(rows) {
+                // SAFETY: source row i < rows holds 8 elements (trait contract).
+                *row = unsafe { _mm256_loadu_ps(src.add(i * src_stride)) };
+            }
+            // t[2g] holds columns 4L, 4L + 1 and t[2g + 1] columns 4L + 2, 4L + 3 of rows 2g,
+            // 2g + 1, interleaved, in 128-bit lane L.
+            let mut t = r;
+            for g in 0..4 {
+                t[2 * g] = _mm256_unpacklo_ps(r[2 * g], r[2 * g + 1]);
+                t[2 * g + 1] = _mm256_unpackhi_ps(r[2 * g], r[2 * g + 1]);
+            }
+            // u[4h + c] holds column 4L + c of rows 4h..4h + 4 in lane L.
+            let mut u = t;
+            for h in 0..2 {
+                let [t0, t1, t2, t3] = [t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]];
+                u[4 * h] = _mm256_shuffle_ps::<0x44>(t0, t2);
+                u[4 * h + 1] = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                u[4 * h + 2] = _mm256_shuffle_ps::<0x44>(t1, t3);
+                u[4 * h + 3] = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            }
+            // Column c is lane 0 of u[c] and u[4 + c], column 4 + c their lane 1.
+            let columns: [__m256; 8] = std::array::from_fn(|q| {
+                let (c, half) = (q % 4, q / 4);
+                if half == 0 {
+                    _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c])
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c])
+                }
+            });
+            // SAFETY: destination rows q < 8 hold `width` elements, contiguous when width < 8.
+            unsafe { store_rows::<Self>(&columns, dst, dst_stride, width) }
+        }
+    }
+
+    impl Vector for Ymm<f64> {
+        type E = f64;
+        type V = __m256d;
+        const LANES: usize = 4;
+        /// Ã micro-panel 6·256·8 B = 12 KiB of a 32 KiB L1.
+        const KC: usize = 256;
+        /// B̃ block 256·192·8 B = 384 KiB, inside a 512 KiB L2.
+        const NC: usize = 192;
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn zero() -> __m256d {
+            _mm256_setzero_pd()
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn splat(x: f64) -> __m256d {
+            _mm256_set1_pd(x)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn load(p: *const f64) -> __m256d {
+            // SAFETY: p is valid for 4 reads (trait contract).
+            unsafe { _mm256_loadu_pd(p) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fmadd(a: __m256d, b: __m256d, c: __m256d) -> __m256d {
+            _mm256_fmadd_pd(a, b, c)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn vmul(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_mul_pd(a, b)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn load_first(p: *const f64, lanes: usize) -> __m256d {
+            // SAFETY: masked-off lanes are not accessed (and cannot fault); the others are valid.
+            unsafe { _mm256_maskload_pd(p, first_lanes64(lanes)) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn store_first(p: *mut f64, v: __m256d, lanes: usize) {
+            // SAFETY: masked-off lanes are not accessed (and cannot fault); the others are valid.
+            unsafe { _mm256_maskstore_pd(p, first_lanes64(lanes), v) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn store(p: *mut f64, v: __m256d) {
+            // SAFETY: p is valid for 4 writes (trait contract).
+            unsafe { _mm256_storeu_pd(p, v) }
+        }
+
+        /// Two rounds of 4 shuffles.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn transpose_block(
+            src: *const f64,
+            src_stride: usize,
+            rows: usize,
+            dst: *mut f64,
+            dst_stride: usize,
+            width: usize,
+        ) {
+            let mut r = [_mm256_setzero_pd(); 4];
+            for (i, row) in r.iter_mut().enumerate().take(rows) {
+                // SAFETY: source row i < rows holds 4 elements (trait contract).
+                *row = unsafe { _mm256_loadu_pd(src.add(i * src_stride)) };
+            }
+            // t[2g + c] holds column 2L + c of rows 2g, 2g + 1 in 128-bit lane L.
+            let t = [
+                _mm256_unpacklo_pd(r[0], r[1]),
+                _mm256_unpackhi_pd(r[0], r[1]),
+                _mm256_unpacklo_pd(r[2], r[3]),
+                _mm256_unpackhi_pd(r[2], r[3]),
+            ];
+            // Column c is lane 0 of t[c] and t[2 + c], column 2 + c their lane 1.
+            let columns: [__m256d; 4] = std::array::from_fn(|q| {
+                let (c, half) = (q % 2, q / 2);
+                if half == 0 {
+                    _mm256_permute2f128_pd::<0x20>(t[c], t[2 + c])
+                } else {
+                    _mm256_permute2f128_pd::<0x31>(t[c], t[2 + c])
+                }
+            });
+            // SAFETY: destination rows q < 4 hold `width` elements, contiguous when width < 4.
+            unsafe { store_rows::<Self>(&columns, dst, dst_stride, width) }
+        }
+    }
+
+    /// Stores the first `width` lanes of each of the LANES vectors `rows` as row q of the
+    /// matrix at `dst` (rows `dst_stride` apart), as [`Vector::transpose_block`] needs. Narrow
+    /// rows that are contiguous (`dst_stride == width`: a whole A panel row of the 6-row tile)
+    /// are stored whole, in order, the extra lanes landing on the next row just before that
+    /// row's own store overwrites them; only the last row, or rows with gaps between them, are
+    /// masked. A masked store costs ~10 cycles on AMD Zen 2/3, a plain one 1.
     ///
     /// # Safety
     ///
-    /// AVX-512F; the source rows are readable and `dst` is writable for `len·width` elements.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_rows<E: Zmm>(
-        src: *const E,
-        src_stride: usize,
-        rows: usize,
-        len: usize,
-        dst: *mut E,
-        width: usize,
-    ) {
-        let full_len = len - len % E::LANES;
-        for r0 in (0..width).step_by(E::LANES) {
-            let block_rows = rows.saturating_sub(r0).min(E::LANES);
-            let block_width = (width - r0).min(E::LANES);
-            for p in (0..full_len).step_by(E::LANES) {
-                // SAFETY: source rows r0..r0 + block_rows exist and hold elements p..p + LANES
-                // (nothing is read when block_rows is 0), destination rows p..p + LANES hold
-                // columns r0..r0 + block_width.
-                unsafe {
-                    E::transpose_block(
-                        src.wrapping_add(r0 * src_stride + p),
-                        src_stride,
-                        block_rows,
-                        dst.add(p * width + r0),
-                        width,
-                        block_width,
-                    );
-                }
-            }
-        }
-        for p in full_len..len {
-            for r in 0..width {
-                // SAFETY: as above, element by element.
-                unsafe {
-                    *dst.add(p * width + r) = if r < rows {
-                        *src.add(r * src_stride + p)
-                    } else {
-                        E::ZERO
-                    };
+    /// AVX2; `rows` holds LANES vectors and rows `0..LANES` at `dst` hold `width` writable
+    /// elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store_rows<V: Vector>(rows: &[V::V], dst: *mut V::E, dst_stride: usize, width: usize) {
+        let contiguous = dst_stride == width;
+        for (q, &row) in rows.iter().enumerate() {
+            let at = dst.wrapping_add(q * dst_stride);
+            // SAFETY: row q holds `width` elements; a whole store past them (width < LANES,
+            // contiguous rows, q not the last) lands inside row q + 1, which is written next.
+            unsafe {
+                if width == V::LANES || (contiguous && q + 1 < V::LANES) {
+                    V::store(at, row)
+                } else {
+                    V::store_first(at, row, width)
                 }
             }
         }
     }
 
-    /// The micro-kernel (contract of [`Kernel::tile`]): 12 rows × 2 vectors of accumulators.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile<E: Zmm>(kc: usize, a: *const E, b: *const E, c: MatMut<E>, mr: usize, nr: usize, ep: Epilogue<E>) {
-        // SAFETY: AVX-512F is enabled here; step p reads Ã[p·MR..][..MR] and
-        // B̃[p·2·LANES..][..2·LANES], inside the kc·MR and kc·NR elements of the panels.
-        // Prefetches never fault, and their addresses are computed with wrapping arithmetic.
-        let acc = unsafe {
-            // Start fetching the C tile (two lines per row) so it is in L1 for the update.
-            if c.cs == 1 {
-                for i in 0..mr {
-                    let row = c.ptr.wrapping_add(i * c.rs);
-                    _mm_prefetch::<_MM_HINT_T0>(row.cast());
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(nr - 1).cast());
-                }
-            }
-            let mut acc = [[E::zero(); 2]; MR];
-            for p in 0..kc {
-                let a_p = a.add(p * MR);
-                let b_p = b.add(p * 2 * E::LANES);
-                // B̃ streams from L2; Ã (reused by every tile of the block) stays in L1.
-                let ahead = b_p.wrapping_add(PREFETCH_STEPS * 2 * E::LANES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(E::LANES).cast());
-                let (b0, b1) = (E::load(b_p), E::load(b_p.add(E::LANES)));
-                for (i, acc_i) in acc.iter_mut().enumerate() {
-                    let a_pi = E::splat(*a_p.add(i));
-                    acc_i[0] = E::fmadd(a_pi, b0, acc_i[0]);
-                    acc_i[1] = E::fmadd(a_pi, b1, acc_i[1]);
-                }
-            }
-            acc
-        };
+    /// A mask selecting the first `lanes` (0..=8) 32-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn first_lanes32(lanes: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(lanes as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
 
-        if c.cs == 1 {
-            // SAFETY: AVX-512F is enabled; row i < mr of the tile holds nr contiguous
-            // elements (cs == 1) and the masks touch only the first nr of them.
-            unsafe {
-                let alpha = E::splat(ep.alpha);
-                let beta = E::splat(ep.beta);
-                // Valid lanes of each of the two vectors of a row (nr <= 2·LANES).
-                let lanes = [nr.min(E::LANES), nr.saturating_sub(E::LANES)];
-                for (i, acc_i) in acc.iter().enumerate() {
-                    if i == mr {
-                        break;
-                    }
-                    for (v, (&acc_iv, &lanes)) in acc_i.iter().zip(&lanes).enumerate() {
-                        if lanes == 0 {
-                            break;
-                        }
-                        let dst = c.ptr.add(i * c.rs + v * E::LANES);
-                        let mut out = E::vmul(alpha, acc_iv);
-                        if ep.beta != E::ZERO {
-                            out = E::fmadd(beta, E::load_first(dst, lanes), out);
-                        }
-                        E::store_first(dst, out, lanes);
-                    }
-                }
-            }
-        } else {
-            // Any other layout: spill the tile and write it back element by element.
-            let mut spill = [[E::ZERO; 32]; MR];
-            for (acc_i, spill_i) in acc.iter().zip(&mut spill) {
-                // SAFETY: AVX-512F is enabled; a spill row holds 32 >= 2·LANES elements.
-                unsafe {
-                    E::store(spill_i.as_mut_ptr(), acc_i[0]);
-                    E::store(spill_i.as_mut_ptr().add(E::LANES), acc_i[1]);
-                }
-            }
-            for (i, spill_i) in spill.iter().enumerate().take(mr) {
-                for (j, &acc_ij) in spill_i.iter().enumerate().take(nr) {
-                    // SAFETY: (i, j) is inside the mr×nr tile of C (caller's contract).
-                    let cij = unsafe { &mut *c.at(i, j).ptr };
-                    *cij = if ep.beta == E::ZERO {
-                        ep.alpha * acc_ij
-                    } else {
-                        ep.alpha * acc_ij + ep.beta * *cij
-                    };
-                }
-            }
-        }
+    /// A mask selecting the first `lanes` (0..=4) 64-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn first_lanes64(lanes: usize) -> __m256i {
+        _mm256_cmpgt_epi64(_mm256_set1_epi64x(lanes as i64), _mm256_setr_epi64x(0, 1, 2, 3))
     }
 }
 
@@ -1134,60 +1566,64 @@ mod tests {
     /// The signature of `sgemm`/`dgemm`.
     type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
 
-    /// `sgemm` forced onto the portable kernel, whatever the CPU.
+    /// GEMM forced onto kernel `K` (which the CPU must support), as `sgemm`/`dgemm` call it.
     #[allow(clippy::too_many_arguments)]
-    fn sgemm_portable(
+    fn gemm_on<K: Kernel>(
         m: usize,
         n: usize,
         k: usize,
-        alpha: f32,
-        a: &[f32],
+        alpha: K::T,
+        a: &[K::T],
         rsa: isize,
         csa: isize,
-        b: &[f32],
+        b: &[K::T],
         rsb: isize,
         csb: isize,
-        beta: f32,
-        c: &mut [f32],
+        beta: K::T,
+        c: &mut [K::T],
         rsc: isize,
         csc: isize,
     ) {
         let a = (a, rsa, csa);
         let (b, c) = ((b, rsb, csb), (c, rsc, csc));
-        run::<Portable<f32, 4, 8>>(Problem::new([m, n, k], alpha, a, b, beta, c));
+        run::<K>(Problem::new([m, n, k], alpha, a, b, beta, c));
     }
 
-    /// `dgemm` forced onto the portable kernel, whatever the CPU.
-    #[allow(clippy::too_many_arguments)]
-    fn dgemm_portable(
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f64,
-        a: &[f64],
-        rsa: isize,
-        csa: isize,
-        b: &[f64],
-        rsb: isize,
-        csb: isize,
-        beta: f64,
-        c: &mut [f64],
-        rsc: isize,
-        csc: isize,
-    ) {
-        let a = (a, rsa, csa);
-        let (b, c) = ((b, rsb, csb), (c, rsc, csc));
-        run::<Portable<f64, 4, 4>>(Problem::new([m, n, k], alpha, a, b, beta, c));
+    /// Each kernel of the build that this CPU can run, with its name, for the `T` GEMM: the
+    /// SIMD ones are tested whichever `sgemm` dispatches to, so every kernel a CPU supports is
+    /// checked there (and an AVX-512 CPU also checks the AVX2 kernel).
+    fn kernels<T: TestFloat>() -> Vec<(&'static str, Gemm<T>)> {
+        let mut out: Vec<(&'static str, Gemm<T>)> = vec![("portable", T::PORTABLE)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                out.push(("avx512", T::AVX512));
+            }
+            if avx2_fma() {
+                out.push(("avx2", T::AVX2));
+            }
+        }
+        out
     }
 
     trait TestFloat: Element + std::fmt::Debug {
         const EPSILON: f64;
+        const PORTABLE: Gemm<Self>;
+        #[cfg(target_arch = "x86_64")]
+        const AVX512: Gemm<Self>;
+        #[cfg(target_arch = "x86_64")]
+        const AVX2: Gemm<Self>;
         fn from_f64(x: f64) -> Self;
         fn to_f64(self) -> f64;
     }
 
     impl TestFloat for f32 {
         const EPSILON: f64 = f32::EPSILON as f64;
+        const PORTABLE: Gemm<f32> = gemm_on::<Portable<f32, 4, 8>>;
+        #[cfg(target_arch = "x86_64")]
+        const AVX512: Gemm<f32> = gemm_on::<avx512::Zmm<f32>>;
+        #[cfg(target_arch = "x86_64")]
+        const AVX2: Gemm<f32> = gemm_on::<avx2::Ymm<f32>>;
         fn from_f64(x: f64) -> Self {
             x as f32
         }
@@ -1198,6 +1634,11 @@ mod tests {
 
     impl TestFloat for f64 {
         const EPSILON: f64 = f64::EPSILON;
+        const PORTABLE: Gemm<f64> = gemm_on::<Portable<f64, 4, 4>>;
+        #[cfg(target_arch = "x86_64")]
+        const AVX512: Gemm<f64> = gemm_on::<avx512::Zmm<f64>>;
+        #[cfg(target_arch = "x86_64")]
+        const AVX2: Gemm<f64> = gemm_on::<avx2::Ymm<f64>>;
         fn from_f64(x: f64) -> Self {
             x
         }
@@ -1394,13 +1835,17 @@ mod tests {
         }
 
         #[test]
-        fn portable_sgemm_matches_reference(case in case()) {
-            check::<f32>(&case, sgemm_portable)?;
+        fn every_kernel_sgemm_matches_reference(case in case()) {
+            for (name, gemm) in kernels::<f32>() {
+                check::<f32>(&case, gemm).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+            }
         }
 
         #[test]
-        fn portable_dgemm_matches_reference(case in case()) {
-            check::<f64>(&case, dgemm_portable)?;
+        fn every_kernel_dgemm_matches_reference(case in case()) {
+            for (name, gemm) in kernels::<f64>() {
+                check::<f64>(&case, gemm).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+            }
         }
     }
 
@@ -1427,9 +1872,12 @@ mod tests {
         ] {
             for beta in [0.0, 1.0] {
                 let case = fixed(131, 1601, 797, layouts, beta);
-                check::<f32>(&case, sgemm).unwrap();
-                check::<f64>(&case, dgemm).unwrap();
-                check::<f32>(&case, sgemm_portable).unwrap();
+                for (name, gemm) in kernels::<f32>() {
+                    check::<f32>(&case, gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+                for (name, gemm) in kernels::<f64>() {
+                    check::<f64>(&case, gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
             }
         }
     }
@@ -1445,8 +1893,12 @@ mod tests {
             (64, 64, 64),
             (1, 777, 300),
         ] {
-            check::<f32>(&fixed(m, n, k, layouts, 1.0), sgemm).unwrap();
-            check::<f64>(&fixed(m, n, k, layouts, 0.0), dgemm).unwrap();
+            for (name, gemm) in kernels::<f32>() {
+                check::<f32>(&fixed(m, n, k, layouts, 1.0), gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            for (name, gemm) in kernels::<f64>() {
+                check::<f64>(&fixed(m, n, k, layouts, 0.0), gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
         }
     }
 

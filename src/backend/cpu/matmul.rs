@@ -76,21 +76,27 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
         return y;
     }
     let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
+    let gelu = epi.gelu;
     y.par_chunks_mut(rows_per_task * n)
         .enumerate()
         .for_each(|(task, rows)| {
-            for (i, row) in rows.chunks_mut(n).enumerate() {
-                if let Some(b) = bias {
-                    row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
-                }
-                if epi.gelu {
-                    row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
-                }
-                if let Some(r) = residual {
-                    let start = (task * rows_per_task + i) * n;
-                    row.iter_mut().zip(&r[start..start + n]).for_each(|(v, &r)| *v = *v + r);
-                }
-            }
+            super::vectorised(
+                #[inline(always)]
+                move || {
+                    for (i, row) in rows.chunks_mut(n).enumerate() {
+                        if let Some(b) = bias {
+                            row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
+                        }
+                        if gelu {
+                            row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
+                        }
+                        if let Some(r) = residual {
+                            let start = (task * rows_per_task + i) * n;
+                            row.iter_mut().zip(&r[start..start + n]).for_each(|(v, &r)| *v = *v + r);
+                        }
+                    }
+                },
+            )
         });
     y
 }
