@@ -1,7 +1,17 @@
 // matmul.cu — batched matrix product with a fused epilogue:
 //   C[b] = epilogue(A[b] · B[b]),  A[b] [M, K], B[b] [K, N], C contiguous [batch, M, N],
-//   epilogue(z)[i][j] = act(z[i][j] + bias[j]) + residual[b][i][j]   (bias, GELU and residual optional)
-// accumulated in f32 (f64 for f64) and rounded once to T at the store.
+//   epilogue(y)[i][j] = act(y[i][j] + bias[j]) + residual[b][i][j]   (bias, GELU and residual optional)
+// accumulated in f32 (f64 for f64) and rounded once to T at the store. Optionally a second output
+// Z[b][i][j] = y[i][j] + bias[j], the activation's input (linear_gelu keeps it for GELU's backward, as
+// llm.c keeps fch): the same launch, one more store per element of C.
+//
+// Why store Z rather than recompute it in the backward: recomputing is a second GEMM, 2·M·N·K FLOPs
+// (plus writing Z and reading it back, which the backward needs either way); storing costs M·N·sizeof(T)
+// bytes more in the forward. So storing saves 2·K / sizeof(T) FLOPs per byte written: 768 for GPT-2's
+// MLP in bf16 (K = 768), 384 in f32, against an H100/H200's ridge point of roughly 990 TFLOP/s over
+// 3.35-4.8 TB/s ≈ 200-300 FLOPs per byte (SIMT f32: 67 TFLOP/s, ~15-20). At B·T = 8192, N = 3072 that is
+// 50 MB more written (bf16, ~10 µs at 4.8 TB/s) against 38.7 GFLOP not recomputed (~40-60 µs on tensor
+// cores). The price is memory: Z lives until the backward (as llm.c's fch does).
 //
 // Operands are read in place through their strides: each matrix is "k-contiguous" (A row-major, or B
 // stored as [N, K] row-major, as a Linear weight) or "mn-contiguous" (A stored as [K, M], B row-major);
@@ -23,7 +33,7 @@
 // Launch: 256 threads; grid (ceil(N / BN), ceil(M / BM), min(batch, 65535)) with a loop over the rest of
 // the batch; dynamic shared memory STAGES * (tile(BM) + tile(BN)) * sizeof(T) (matmul_smem_bytes in
 // src/backend/cuda/matmul.rs: 30 KiB f32, 36 KiB f64, 60 KiB bf16/f16).
-// Roofline: 2·M·N·K FLOPs per batch entry; bytes ≥ (M·K + K·N + M·N) · sizeof(T) (+ N bias, + M·N
+// Roofline: 2·M·N·K FLOPs per batch entry; bytes ≥ (M·K + K·N + M·N) · sizeof(T) (+ N bias, + M·N Z, + M·N
 // residual), each A slab re-read ceil(N / BN) times and each B slab ceil(M / BM) times (from L2).
 #include "common.cuh"
 
@@ -204,8 +214,8 @@ template <typename T> struct TensorCoreMma {
 
 template <typename T, typename Mma>
 __device__ __forceinline__ void matmul_impl(const T *a, KilnLayout a_batch, long long lda, int a_kcontig, const T *b,
-                                            KilnLayout b_batch, long long ldb, int b_kcontig, T *c, const T *bias,
-                                            const T *residual, unsigned m, unsigned n, unsigned k,
+                                            KilnLayout b_batch, long long ldb, int b_kcontig, T *c, T *pre,
+                                            const T *bias, const T *residual, unsigned m, unsigned n, unsigned k,
                                             unsigned long long batch, int gelu) {
     typedef typename Mma::A A;
     constexpr int BM = MatmulTile<T>::BM, BN = MatmulTile<T>::BN, BK = MatmulTile<T>::BK;
@@ -247,6 +257,7 @@ __device__ __forceinline__ void matmul_impl(const T *a, KilnLayout a_batch, long
         __syncthreads(); // the next batch entry's prologue reuses the buffers
 
         T *cb = c + bi * m * n;
+        T *zb = pre ? pre + bi * m * n : pre;
         const T *rb = residual ? residual + bi * m * n : residual;
 #pragma unroll
         for (int i = 0; i < Mma::COUNT; ++i) {
@@ -254,8 +265,9 @@ __device__ __forceinline__ void matmul_impl(const T *a, KilnLayout a_batch, long
             if (r < (int)m && j < (int)n) {
                 A v = mma.get(i);
                 if (bias) v += KilnFloat<T>::up(bias[j]);
-                if (gelu) v = kiln_gelu(v);
                 const unsigned long long at = (unsigned long long)r * n + j;
+                if (zb) zb[at] = KilnFloat<T>::down(v);
+                if (gelu) v = kiln_gelu(v);
                 if (rb) v += KilnFloat<T>::up(rb[at]);
                 cb[at] = KilnFloat<T>::down(v);
             }
@@ -266,9 +278,9 @@ __device__ __forceinline__ void matmul_impl(const T *a, KilnLayout a_batch, long
 // One kernel per dtype (written out: build.rs finds kernels by their `extern "C" __global__` lines).
 #define MATMUL_PARAMS(T)                                                                              \
     const T *a, KilnLayout a_batch, long long lda, int a_kcontig, const T *b, KilnLayout b_batch, long long ldb, \
-        int b_kcontig, T *c, const T *bias, const T *residual, unsigned m, unsigned n, unsigned k,     \
+        int b_kcontig, T *c, T *pre, const T *bias, const T *residual, unsigned m, unsigned n, unsigned k, \
         unsigned long long batch, int gelu
-#define MATMUL_ARGS a, a_batch, lda, a_kcontig, b, b_batch, ldb, b_kcontig, c, bias, residual, m, n, k, batch, gelu
+#define MATMUL_ARGS a, a_batch, lda, a_kcontig, b, b_batch, ldb, b_kcontig, c, pre, bias, residual, m, n, k, batch, gelu
 
 extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_f32(MATMUL_PARAMS(float)) {
     matmul_impl<float, SimtMma<float>>(MATMUL_ARGS);

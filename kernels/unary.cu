@@ -1,12 +1,13 @@
 // unary.cu — elementwise functions of one tensor: y[i] = f(x[view(i)]) into a fresh contiguous
 // buffer, for f in UnaryOp (src/ops/unary.rs): neg, exp, log, sqrt, tanh, gelu (GPT-2's tanh form),
-// gelu' (its derivative), relu, step (relu's derivative), recip, powf(p), affine (x * a + b).
+// relu, step (relu's derivative), recip, powf(p), affine (x * a + b); and GELU's fused backward,
+// gelu_backward_<dtype>: dx[i] = dy[view(i)] * gelu'(z[view(i)]) (below the unary kernels).
 //
 // Arithmetic is in f32 for f32/bf16/f16 and in f64 for f64, as on the CPU backend; the parameters
 // arrive as f64 and are rounded to that type once. The op is a kernel argument: the switch sits
 // outside the loop, so each case is its own specialised loop (kiln_map1: 16-byte accesses when the
 // view is contiguous and aligned, strided single elements otherwise).
-// Kernels: unary_f32, unary_f64, unary_bf16, unary_f16.
+// Kernels: unary_f32, unary_f64, unary_bf16, unary_f16; gelu_backward_f32/f64/bf16/f16.
 // Launch: 1-D, 256 threads per block, ceil(n / (256 * pack)) blocks (capped; the loop covers the rest).
 // Roofline: 1-20 FLOPs per element (gelu ~20 with its tanh), 2 * sizeof(T) bytes per element: memory
 // bound on every GPU kiln targets.
@@ -19,12 +20,11 @@
 #define KILN_SQRT 3
 #define KILN_TANH 4
 #define KILN_GELU 5
-#define KILN_GELU_DERIVATIVE 6
-#define KILN_RELU 7
-#define KILN_STEP 8
-#define KILN_RECIP 9
-#define KILN_POWF 10
-#define KILN_AFFINE 11
+#define KILN_RELU 6
+#define KILN_STEP 7
+#define KILN_RECIP 8
+#define KILN_POWF 9
+#define KILN_AFFINE 10
 
 __device__ __forceinline__ float k_exp(float x) { return expf(x); }
 __device__ __forceinline__ double k_exp(double x) { return exp(x); }
@@ -36,13 +36,6 @@ __device__ __forceinline__ float k_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double k_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float k_pow(float x, float p) { return powf(x, p); }
 __device__ __forceinline__ double k_pow(double x, double p) { return pow(x, p); }
-
-template <typename A> __device__ __forceinline__ A gelu_derivative(A x) {
-    const A u = (A)0.7978845608028654 * (x + (A)0.044715 * x * x * x);
-    const A t = k_tanh(u);
-    const A du = (A)0.7978845608028654 * ((A)1 + (A)(3.0 * 0.044715) * x * x);
-    return (A)0.5 * ((A)1 + t) + (A)0.5 * x * ((A)1 - t * t) * du;
-}
 
 template <typename T>
 __device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLayout &lx, T *__restrict__ y,
@@ -57,7 +50,6 @@ __device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLa
     case KILN_SQRT: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_sqrt(F::up(v))); }); break;
     case KILN_TANH: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_tanh(F::up(v))); }); break;
     case KILN_GELU: kiln_map1(x, lx, y, n, [](T v) { return F::down(kiln_gelu(F::up(v))); }); break;
-    case KILN_GELU_DERIVATIVE: kiln_map1(x, lx, y, n, [](T v) { return F::down(gelu_derivative(F::up(v))); }); break;
     case KILN_RELU: kiln_map1(x, lx, y, n, [](T v) { const A u = F::up(v); return F::down(u > (A)0 ? u : (A)0); }); break;
     case KILN_STEP: kiln_map1(x, lx, y, n, [](T v) { return F::down(F::up(v) > (A)0 ? (A)1 : (A)0); }); break;
     case KILN_RECIP: kiln_map1(x, lx, y, n, [](T v) { return F::down((A)1 / F::up(v)); }); break;
@@ -85,4 +77,46 @@ extern "C" __global__ void unary_bf16(const __nv_bfloat16 *x, KilnLayout lx, __n
 extern "C" __global__ void unary_f16(const __half *x, KilnLayout lx, __half *y, unsigned long long n, int op,
                                      double p0, double p1) {
     unary_impl(x, lx, y, n, op, p0, p1);
+}
+
+// GELU's backward, fused: dx = dy * gelu'(z), with gelu(z) = 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z +
+// 0.044715 z^3): gelu'(z) = 0.5 (1 + tanh u) + 0.5 z (1 - tanh^2 u) du/dz. One pass over both
+// operands (kiln_map2: 16-byte packs when both are contiguous and aligned) instead of a derivative
+// map and a multiply, which wrote gelu'(z) out and read it back.
+// Launch: as the unary kernels, ceil(n / (256 * pack)) blocks of 256 (capped; grid-stride).
+// Roofline: ~25 FLOPs per element (one tanh), 3 * sizeof(T) bytes per element (the unfused pair
+// moved 5): memory bound.
+template <typename A> __device__ __forceinline__ A gelu_derivative(A z) {
+    const A u = (A)0.7978845608028654 * (z + (A)0.044715 * z * z * z);
+    const A t = k_tanh(u);
+    const A du = (A)0.7978845608028654 * ((A)1 + (A)(3.0 * 0.044715) * z * z);
+    return (A)0.5 * ((A)1 + t) + (A)0.5 * z * ((A)1 - t * t) * du;
+}
+
+template <typename T>
+__device__ __forceinline__ void gelu_backward_impl(const T *__restrict__ dy, const KilnLayout &ldy,
+                                                   const T *__restrict__ z, const KilnLayout &lz, T *__restrict__ dx,
+                                                   unsigned long long n) {
+    typedef KilnFloat<T> F;
+    kiln_map2(dy, ldy, z, lz, dx, n, [](T g, T v) { return F::down(F::up(g) * gelu_derivative(F::up(v))); });
+}
+
+extern "C" __global__ void gelu_backward_f32(const float *dy, KilnLayout ldy, const float *z, KilnLayout lz, float *dx,
+                                             unsigned long long n) {
+    gelu_backward_impl(dy, ldy, z, lz, dx, n);
+}
+
+extern "C" __global__ void gelu_backward_f64(const double *dy, KilnLayout ldy, const double *z, KilnLayout lz,
+                                             double *dx, unsigned long long n) {
+    gelu_backward_impl(dy, ldy, z, lz, dx, n);
+}
+
+extern "C" __global__ void gelu_backward_bf16(const __nv_bfloat16 *dy, KilnLayout ldy, const __nv_bfloat16 *z,
+                                              KilnLayout lz, __nv_bfloat16 *dx, unsigned long long n) {
+    gelu_backward_impl(dy, ldy, z, lz, dx, n);
+}
+
+extern "C" __global__ void gelu_backward_f16(const __half *dy, KilnLayout ldy, const __half *z, KilnLayout lz,
+                                             __half *dx, unsigned long long n) {
+    gelu_backward_impl(dy, ldy, z, lz, dx, n);
 }

@@ -248,6 +248,16 @@ proptest! {
     }
 
     #[test]
+    fn gelu_backward_of_views(shape in shapes_or_empty(), view_dy in views(), view_z in views(),
+                              dtype in select(FLOATS.to_vec())) {
+        // the fused dy·gelu'(z) (no derivative of its own: values only); z over GELU's curved range
+        check("gelu_backward", dtype, false, |d| vec![
+            input(&shape, view_dy, dtype, 24, 1.0, 0.0, d),
+            input(&shape, view_z, dtype, 25, 2.0, 0.0, d),
+        ], |x| x[0].gelu_backward(&x[1]));
+    }
+
+    #[test]
     fn binary_ops_broadcast(shape in shapes_or_empty(), view in views(), dtype in select(FLOATS.to_vec()),
                             op in select(vec!["add", "sub", "mul", "div", "maximum", "minimum"]),
                             rhs_kind in 0usize..4) {
@@ -842,6 +852,18 @@ fn aligned_buffers_take_the_16_byte_paths() {
                 true,
                 |d| vec![input(&shape, View::Plain, DType::F32, 23, 1.0, 0.0, d)],
                 |x| x[0].to_dtype(dtype),
+            );
+            check(
+                "gelu_backward",
+                dtype,
+                false,
+                |d| {
+                    vec![
+                        input(&shape, View::Plain, dtype, 26, 1.0, 0.0, d),
+                        input(&shape, View::Plain, dtype, 27, 2.0, 0.0, d),
+                    ]
+                },
+                |x| x[0].gelu_backward(&x[1]),
             );
         }
     }

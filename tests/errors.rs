@@ -204,6 +204,26 @@ fn binary_dtype_mismatch() {
 }
 
 #[test]
+fn gelu_backward_needs_matching_operands_and_has_no_derivative() {
+    let e = err(t(&[2, 3]).gelu_backward(&t(&[3, 2])), "gelu_backward of two shapes");
+    assert!(is_shape(&e, "gelu_backward"), "{e:?}");
+    mentions(&e, &["gelu_backward", "[2, 3]", "[3, 2]"]);
+    let e = err(t(&[2]).gelu_backward(&t64(&[2])), "gelu_backward f32 and f64");
+    assert!(is_dtype(&e, "gelu_backward"), "{e:?}");
+    mentions(&e, &["gelu_backward", "f32", "f64"]);
+    let u = Tensor::from_vec(vec![1u32, 2], &[2], &DEV).unwrap();
+    let e = err(u.gelu_backward(&u), "gelu_backward of u32");
+    assert!(is_dtype(&e, "gelu_backward"), "{e:?}");
+    mentions(&e, &["gelu_backward", "u32"]);
+    // a backward through GELU's backward is refused, not silently zero
+    let z = t(&[3]).requires_grad();
+    let dx = t(&[3]).gelu_backward(&z).unwrap();
+    let e = err(dx.sum_all().unwrap().backward(), "a second derivative of gelu");
+    assert!(is_invalid(&e, "gelu_backward"), "{e:?}");
+    mentions(&e, &["gelu_backward", "derivative"]);
+}
+
+#[test]
 fn u32_in_float_ops() {
     let u = Tensor::from_vec(vec![1u32, 2, 3], &[3], &DEV).unwrap();
     type Unary = fn(&Tensor) -> Result<Tensor>;

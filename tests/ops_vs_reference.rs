@@ -346,6 +346,36 @@ fn check_unary(shape: &[usize], seed: u64, p: f64, mul: f64, add: f64) {
     }
 }
 
+/// GELU's fused backward `dy·gelu'(z)` on two independent views of one shape (up to `depth` view
+/// ops; 0: contiguous), against the reference's term-by-term derivative of the tanh form (the CPU
+/// computes it through σ(2u)).
+fn check_gelu_backward(shape: &[usize], seed: u64, depth: u32) {
+    let mut rng = Rng::new(seed);
+    let mut dy = normal(&mut rng, r::numel(shape), 2.0);
+    let mut z = normal(&mut rng, r::numel(shape), 3.0);
+    sprinkle_nans(&mut dy, &mut rng);
+    sprinkle_nans(&mut z, &mut rng);
+    for dtype in DTYPES {
+        let (tdy, hdy) = view_of(&dy, shape, dtype, &mut rng, depth);
+        let (tz, hz) = view_of(&z, shape, dtype, &mut rng, depth);
+        let want: Vec<f64> = hdy.iter().zip(&hz).map(|(&g, &z)| r::gelu_backward(g, z)).collect();
+        // the formula's intermediates reach |dy|·(1 + 0.4·|z|·(1 + 0.134·z²)) before they cancel
+        let scale = hdy
+            .iter()
+            .zip(&hz)
+            .filter(|(g, z)| g.is_finite() && z.is_finite())
+            .map(|(g, z)| g.abs() * (1.0 + 0.4 * z.abs() * (1.0 + 0.134 * z * z)))
+            .fold(0.0, f64::max);
+        check(
+            &format!("gelu_backward {dtype} {shape:?}"),
+            &tdy.gelu_backward(&tz).unwrap(),
+            &want,
+            shape,
+            Tol::elementwise(dtype, scale),
+        );
+    }
+}
+
 type BinaryFn = fn(&Tensor, &Tensor) -> kiln::Result<Tensor>;
 /// (name, kiln op, reference).
 type BinaryCase = (&'static str, BinaryFn, fn(f64, f64) -> f64);
@@ -888,6 +918,11 @@ proptest! {
     }
 
     #[test]
+    fn gelu_backward_matches_reference(shape in shape(0, 4, true), seed in any::<u64>()) {
+        check_gelu_backward(&shape, seed, 2);
+    }
+
+    #[test]
     fn binary_matches_reference(out in shape(0, 4, true), seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let a_shape = broadcast_source(&out, &mut rng);
@@ -995,6 +1030,12 @@ fn fast_path_unary() {
             Tol::elementwise(dtype, 100.0),
         );
     }
+}
+
+#[test]
+fn fast_path_gelu_backward() {
+    // contiguous operands above PARALLEL_MIN: the threaded, vectorised loop
+    check_gelu_backward(&BIG, 13, 0);
 }
 
 #[test]

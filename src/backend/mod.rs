@@ -103,6 +103,15 @@ impl Storage {
         }
     }
 
+    /// GELU's backward `self·gelu'(z)`: `self` is the incoming gradient; both layouts have one shape.
+    pub(crate) fn gelu_backward(&self, l: &Layout, z: &Storage, lz: &Layout) -> Result<Storage> {
+        match (self, z) {
+            (Storage::Cpu(g), Storage::Cpu(z)) => Ok(Storage::Cpu(cpu::elementwise::gelu_backward(g, l, z, lz)?)),
+            (Storage::Cuda(g), Storage::Cuda(z)) => Ok(Storage::Cuda(cuda::unary::gelu_backward(g, l, z, lz)?)),
+            (g, z) => Err(mismatch("gelu_backward", g, z)),
+        }
+    }
+
     /// `self` is the U32 condition; all layouts have the output shape.
     pub(crate) fn where_cond(
         &self,
@@ -137,27 +146,35 @@ impl Storage {
 
     /// `[batch.., m, k] x [batch.., k, n]`, batch dims already broadcast.
     pub(crate) fn matmul(&self, la: &Layout, rhs: &Storage, lb: &Layout) -> Result<Storage> {
-        self.matmul_fused(la, rhs, lb, &Epilogue::NONE)
+        Ok(self.matmul_fused(la, rhs, lb, &Epilogue::NONE)?.0)
     }
 
     /// `epi(self · rhs)`: as [`Storage::matmul`], with the epilogue applied to the f32 (f64) product
     /// before its one rounding to the dtype: in the kernel's store on Cuda/Emu (one launch), after
-    /// the GEMM on the CPU.
-    pub(crate) fn matmul_fused(&self, la: &Layout, rhs: &Storage, lb: &Layout, epi: &Epilogue<'_>) -> Result<Storage> {
+    /// the GEMM on the CPU. The second result is the pre-activation `z` when `epi.keep_pre` asks for it.
+    pub(crate) fn matmul_fused(
+        &self,
+        la: &Layout,
+        rhs: &Storage,
+        lb: &Layout,
+        epi: &Epilogue<'_>,
+    ) -> Result<(Storage, Option<Storage>)> {
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
                 let epi = epi.on(self, |s| match s {
                     Storage::Cpu(c) => Some(c),
                     _ => None,
                 })?;
-                Ok(Storage::Cpu(cpu::matmul::matmul(a, la, b, lb, &epi)?))
+                let (y, z) = cpu::matmul::matmul(a, la, b, lb, &epi)?;
+                Ok((Storage::Cpu(y), z.map(Storage::Cpu)))
             }
             (Storage::Cuda(a), Storage::Cuda(b)) => {
                 let epi = epi.on(self, |s| match s {
                     Storage::Cuda(c) => Some(c),
                     _ => None,
                 })?;
-                Ok(Storage::Cuda(cuda::matmul::matmul(a, la, b, lb, &epi)?))
+                let (y, z) = cuda::matmul::matmul(a, la, b, lb, &epi)?;
+                Ok((Storage::Cuda(y), z.map(Storage::Cuda)))
             }
             (a, b) => Err(mismatch("matmul", a, b)),
         }
@@ -440,6 +457,9 @@ pub struct Epilogue<'a, S = Storage> {
     pub gelu: bool,
     /// The output's shape `[batch.., m, n]`, added last.
     pub residual: Option<(&'a S, &'a Layout)>,
+    /// Also store `z = y + bias`, the activation's input, rounded to the dtype: a second output of
+    /// the same pass (as llm.c keeps `fch`), so GELU's backward needs no second matmul.
+    pub keep_pre: bool,
 }
 
 impl<'a> Epilogue<'a> {
@@ -448,6 +468,7 @@ impl<'a> Epilogue<'a> {
         bias: None,
         gelu: false,
         residual: None,
+        keep_pre: false,
     };
 
     /// The same epilogue over one backend's storage (`pick`), or a device mismatch with `lhs`.
@@ -460,6 +481,7 @@ impl<'a> Epilogue<'a> {
             bias: one(self.bias)?,
             gelu: self.gelu,
             residual: one(self.residual)?,
+            keep_pre: self.keep_pre,
         })
     }
 }

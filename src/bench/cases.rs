@@ -272,7 +272,8 @@ fn cross_entropy(s: &Setup, rng: &mut Rng) -> Result<Work> {
     })
 }
 
-fn add(s: &Setup, rng: &mut Rng) -> Result<Work> {
+/// An elementwise op of two random `[rows, cols]` f32 tensors: two reads and a write per element.
+fn elementwise2(s: &Setup, rng: &mut Rng, op: fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let sets = s.sets(2.0 * n * F32 as f64);
     let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
@@ -281,7 +282,7 @@ fn add(s: &Setup, rng: &mut Rng) -> Result<Work> {
         flops: 0.0,
         bytes: 3.0 * n * F32 as f64,
         sets,
-        run: Box::new(move |i| x[i % sets].add(&y[i % sets]).map(drop)),
+        run: Box::new(move |i| op(&x[i % sets], &y[i % sets]).map(drop)),
     })
 }
 
@@ -453,6 +454,18 @@ pub const CASES: &[Case] = &[
         library: None,
     },
     Case {
+        name: "gelu_backward",
+        about: "GELU's fused backward dy * gelu'(z), f32 (the backward of gelu and linear_gelu)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 3072], &[16384, 4096]],
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: |s, rng| elementwise2(s, rng, |dy, z| dy.gelu_backward(z)),
+        library: None,
+    },
+    Case {
         name: "add",
         about: "elementwise add of two f32 tensors",
         dims: "ROWSxCOLS",
@@ -461,7 +474,7 @@ pub const CASES: &[Case] = &[
         cuda: ROWS_CUDA,
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: add,
+        prepare: |s, rng| elementwise2(s, rng, |x, y| x.add(y)),
         library: None,
     },
     Case {

@@ -2,7 +2,6 @@
 //! `linear` (x·wᵀ + b) with its fused GELU and residual forms.
 
 use crate::backend::Epilogue;
-use crate::ops::unary::UnaryOp;
 use crate::tensor::layout::{broadcast_shapes, Layout};
 use crate::{Error, Result, Tensor};
 
@@ -125,27 +124,25 @@ impl Tensor {
         let lw = w.layout().transpose(0, 1);
         let residual2 = residual.map(|r| as_matrix(r, n_out)).transpose()?;
         let (bs, rs) = (bias.map(|b| b.storage()), residual2.as_ref().map(|(r, _)| r.storage()));
+        // GELU's backward needs its input z: the same launch stores it (when a backward will run)
         let epi = Epilogue {
             bias: bs.as_deref().zip(bias.map(|b| b.layout())),
             gelu,
             residual: rs.as_deref().zip(residual2.as_ref().map(|(_, l)| l)),
+            keep_pre: gelu && Tensor::records(&inputs),
         };
-        let y = x2.storage().matmul_fused(&lx, &w.storage(), &lw, &epi)?;
+        let (y, z) = x2.storage().matmul_fused(&lx, &w.storage(), &lw, &epi)?;
         drop((bs, rs));
+        let z = z.map(|z| Tensor::from_parts(z, &out_shape));
         let has_bias = bias.is_some();
         let out = Tensor::from_parts(y, &out_shape);
         Ok(out.record(op, &inputs, move |g, inputs, _| {
             // y = act(z) + r with z = x·wᵀ + b: dz = g·act'(z), dx = dz·w, dw = dzᵀ·x, db = Σ dz, dr = g
             let (x, w) = (&inputs[0], &inputs[1]);
-            let b = has_bias.then(|| &inputs[2]);
-            let dz = if gelu {
-                let z = {
-                    let _untracked = crate::no_grad();
-                    x.linear(w, b)?
-                };
-                g.mul(&z.unary_map(UnaryOp::GeluDerivative)?)?
-            } else {
-                g.clone()
+            // z is kept exactly when there is a GELU
+            let dz = match &z {
+                Some(z) => g.gelu_backward(z)?,
+                None => g.clone(),
             };
             let dz2 = dz.reshape(&[rows, n_out])?;
             let x2 = x.reshape(&[rows, n_in])?;

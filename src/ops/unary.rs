@@ -1,8 +1,9 @@
 //! Elementwise functions of one tensor, each with its derivative:
-//! neg, exp, log, sqrt, tanh, gelu, relu, powf, and the scalar affine map.
+//! neg, exp, log, sqrt, tanh, gelu, relu, powf, and the scalar affine map; and GELU's backward,
+//! `gelu_backward(dy, z) = dy·gelu'(z)`, one fused primitive (one read of each operand, one write).
 
 use crate::backend::cpu::exp::Exp;
-use crate::{Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// √(2/π), GPT-2's GELU constant.
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -18,8 +19,6 @@ pub enum UnaryOp {
     Tanh,
     /// GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
     Gelu,
-    /// d gelu / dx.
-    GeluDerivative,
     Relu,
     /// 1 where x > 0, else 0 (relu's derivative).
     Step,
@@ -41,7 +40,6 @@ impl UnaryOp {
             UnaryOp::Sqrt => "sqrt",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Gelu => "gelu",
-            UnaryOp::GeluDerivative => "gelu_derivative",
             UnaryOp::Relu => "relu",
             UnaryOp::Step => "step",
             UnaryOp::Recip => "recip",
@@ -65,13 +63,6 @@ impl UnaryOp {
                 let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
                 x / (T::one() + (c(-2.0) * u).exp_fast())
             }
-            UnaryOp::GeluDerivative => {
-                // d/dx x·σ(2u) = σ + x·2σ(1 − σ)·du/dx
-                let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
-                let s = T::one() / (T::one() + (c(-2.0) * u).exp_fast());
-                let du = c(SQRT_2_OVER_PI) * (T::one() + c(3.0 * GELU_CUBIC) * x * x);
-                s + c(2.0) * x * s * (T::one() - s) * du
-            }
             UnaryOp::Relu => {
                 // NaN stays NaN (as PyTorch): a NaN must not be hidden
                 if x.is_nan() || x > T::zero() {
@@ -94,6 +85,17 @@ impl UnaryOp {
             UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
         }
     }
+}
+
+/// d gelu / dx in the arithmetic type: with gelu(x) = x·σ(2u), u = √(2/π)·(x + 0.044715·x³),
+/// d/dx x·σ(2u) = σ + x·2σ(1 − σ)·du/dx (the CPU's `gelu_backward`; the kernels' is in unary.cu).
+#[inline(always)]
+pub(crate) fn gelu_derivative<T: Exp>(x: T) -> T {
+    let c = |v: f64| T::from(v).expect("every float type holds these constants");
+    let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
+    let s = T::one() / (T::one() + (c(-2.0) * u).exp_fast());
+    let du = c(SQRT_2_OVER_PI) * (T::one() + c(3.0 * GELU_CUBIC) * x * x);
+    s + c(2.0) * x * s * (T::one() - s) * du
 }
 
 impl Tensor {
@@ -148,7 +150,39 @@ impl Tensor {
 
     /// GELU, tanh approximation (as GPT-2).
     pub fn gelu(&self) -> Result<Tensor> {
-        self.unary_with_grad(UnaryOp::Gelu, |x, _| x.unary_map(UnaryOp::GeluDerivative))
+        let y = self.unary_map(UnaryOp::Gelu)?;
+        Ok(y.record("gelu", &[self], |g, inputs, _| {
+            Ok(vec![Some(g.gelu_backward(&inputs[0])?)])
+        }))
+    }
+
+    /// GELU's backward: `self·gelu'(z)` for the incoming gradient `self` and GELU's input `z`
+    /// (same shape, dtype and device; any views), as PyTorch's `gelu_backward(grad, z,
+    /// approximate="tanh")`. One fused pass; the backward rule of [`Tensor::gelu`] and of
+    /// [`Tensor::linear_gelu`]. It has no derivative of its own: a backward through it is an error.
+    pub fn gelu_backward(&self, z: &Tensor) -> Result<Tensor> {
+        const OP: &str = "gelu_backward";
+        self.same_device(z, OP)?;
+        if self.shape() != z.shape() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "gradient {:?} and input {:?}: expected the same shape",
+                    self.shape(),
+                    z.shape()
+                ),
+            ));
+        }
+        if self.dtype() != z.dtype() {
+            return Err(Error::dtype_mismatch(OP, self.dtype(), z.dtype()));
+        }
+        let dx = self.storage().gelu_backward(self.layout(), &z.storage(), z.layout())?;
+        Ok(Tensor::from_parts(dx, self.shape()).record(OP, &[self, z], |_, _, _| {
+            Err(Error::invalid(
+                OP,
+                "has no derivative (GELU's second derivative is not implemented)",
+            ))
+        }))
     }
 
     pub fn relu(&self) -> Result<Tensor> {

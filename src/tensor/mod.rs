@@ -67,6 +67,12 @@ impl Tensor {
         }))
     }
 
+    /// Whether an op on `inputs` records a node now: grad mode is on and some input needs a
+    /// gradient (an op that would save something for its backward checks this first).
+    pub(crate) fn records(inputs: &[&Tensor]) -> bool {
+        crate::autograd::is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad())
+    }
+
     /// Attaches the autograd node of op `op` to its freshly computed output `self`, if grad
     /// mode is on and some input needs a gradient; otherwise returns `self` unchanged.
     pub(crate) fn record(
@@ -75,7 +81,7 @@ impl Tensor {
         inputs: &[&Tensor],
         backward: impl FnOnce(&Tensor, &[Tensor], &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     ) -> Tensor {
-        if !crate::autograd::is_grad_enabled() || !inputs.iter().any(|t| t.tracks_grad()) {
+        if !Tensor::records(inputs) {
             return self;
         }
         let backward: BackwardFn = Box::new(backward);

@@ -1,8 +1,9 @@
-//! Elementwise kernels on the CPU: unary maps, binary maps over broadcast views, `where`.
+//! Elementwise kernels on the CPU: unary maps, binary maps over broadcast views, `where`, and
+//! GELU's fused backward.
 
 use super::{map, map_float_storage, zip_map, CpuFloat};
 use crate::ops::binary::BinaryOp;
-use crate::ops::unary::UnaryOp;
+use crate::ops::unary::{gelu_derivative, UnaryOp};
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
 use crate::tensor::storage::CpuStorage;
@@ -43,11 +44,6 @@ macro_rules! per_unary_op {
             UnaryOp::Gelu => {
                 #[allow(non_upper_case_globals)]
                 const $o: UnaryOp = UnaryOp::Gelu;
-                $body
-            }
-            UnaryOp::GeluDerivative => {
-                #[allow(non_upper_case_globals)]
-                const $o: UnaryOp = UnaryOp::GeluDerivative;
                 $body
             }
             UnaryOp::Relu => {
@@ -153,6 +149,30 @@ pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &La
         (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(arith(op, a, la, b, lb)),
         (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float(op.name(), DType::U32)),
         _ => return Err(Error::dtype_mismatch(op.name(), a.dtype(), b.dtype())),
+    })
+}
+
+/// `g·gelu'(z)` elementwise (GELU's backward, one pass instead of a derivative map and a multiply);
+/// both layouts have one shape.
+pub fn gelu_backward(g: &CpuStorage, lg: &Layout, z: &CpuStorage, lz: &Layout) -> Result<CpuStorage> {
+    fn run<T: CpuFloat>(g: &[T], lg: &Layout, z: &[T], lz: &Layout) -> Vec<T> {
+        zip_map(
+            g,
+            lg,
+            z,
+            lz,
+            #[inline(always)]
+            |g, z| T::down(g.up() * gelu_derivative(z.up())),
+        )
+    }
+    const OP: &str = "gelu_backward";
+    Ok(match (g, z) {
+        (CpuStorage::F32(g), CpuStorage::F32(z)) => CpuStorage::F32(run(g, lg, z, lz)),
+        (CpuStorage::F64(g), CpuStorage::F64(z)) => CpuStorage::F64(run(g, lg, z, lz)),
+        (CpuStorage::BF16(g), CpuStorage::BF16(z)) => CpuStorage::BF16(run(g, lg, z, lz)),
+        (CpuStorage::F16(g), CpuStorage::F16(z)) => CpuStorage::F16(run(g, lg, z, lz)),
+        (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float(OP, DType::U32)),
+        _ => return Err(Error::dtype_mismatch(OP, g.dtype(), z.dtype())),
     })
 }
 

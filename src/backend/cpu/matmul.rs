@@ -14,24 +14,26 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// `epi(a · b)` for `a` `[batch.., m, k]` and `b` `[batch.., k, n]`, both already broadcast to the
-/// same batch dims; the result is contiguous `[batch.., m, n]`. The epilogue is applied to the
-/// product in its accumulation type (f32, f64 for f64) and the result rounded once, as the CUDA
-/// kernel's fused epilogue does.
+/// same batch dims; the result is contiguous `[batch.., m, n]`, with the pre-activation `z` (same
+/// shape) when `epi.keep_pre`. The epilogue is applied to the product in its accumulation type
+/// (f32, f64 for f64) and the results rounded once, as the CUDA kernel's fused epilogue does.
 pub fn matmul(
     a: &CpuStorage,
     la: &Layout,
     b: &CpuStorage,
     lb: &Layout,
     epi: &Epilogue<'_, CpuStorage>,
-) -> Result<CpuStorage> {
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
     let rank = la.rank();
     let shape = [&la.shape()[..rank - 1], &lb.shape()[rank - 1..]].concat();
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            CpuStorage::F32(epilogue(batched(x, la, y, lb, gemm::sgemm), &shape, epi))
+            let (y, z) = epilogue(batched(x, la, y, lb, gemm::sgemm), &shape, epi);
+            (CpuStorage::F32(y), z.map(CpuStorage::F32))
         }
         (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            CpuStorage::F64(epilogue(batched(x, la, y, lb, gemm::dgemm), &shape, epi))
+            let (y, z) = epilogue(batched(x, la, y, lb, gemm::dgemm), &shape, epi);
+            (CpuStorage::F64(y), z.map(CpuStorage::F64))
         }
         (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
             let wide = |s: &CpuStorage, l: &Layout| match super::cast(s, l, DType::F32) {
@@ -46,11 +48,12 @@ pub fn matmul(
                 &Layout::contiguous(lb.shape()),
                 gemm::sgemm,
             );
-            let out = epilogue(product, &shape, epi);
-            match a {
-                CpuStorage::BF16(_) => CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect()),
-                _ => CpuStorage::F16(out.into_iter().map(f16::from_f32).collect()),
-            }
+            let (out, z) = epilogue(product, &shape, epi);
+            let narrow = |v: Vec<f32>| match a {
+                CpuStorage::BF16(_) => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
+                _ => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
+            };
+            (narrow(out), z.map(narrow))
         }
         (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float("matmul", DType::U32)),
         _ => return Err(Error::dtype_mismatch("matmul", a.dtype(), b.dtype())),
@@ -58,12 +61,14 @@ pub fn matmul(
 }
 
 /// `gelu?(y + bias) + residual` on the product `y` (contiguous `shape`) in its accumulation type
-/// `T`, one row at a time (each step a plain loop the compiler vectorises), rows over threads.
+/// `T`, one row at a time (each step a plain loop the compiler vectorises), rows over threads;
+/// with `epi.keep_pre`, also `z = y + bias` (copied from the row between the bias and the GELU, while
+/// the row is in cache).
 fn epilogue<T: Exp + WithDType + Send + Sync>(
     mut y: Vec<T>,
     shape: &[usize],
     epi: &Epilogue<'_, CpuStorage>,
-) -> Vec<T> {
+) -> (Vec<T>, Option<Vec<T>>) {
     let n = shape.last().copied().unwrap_or(1);
     // bias and residual in T, contiguous: one cast each (a copy), borrowed below
     let wide = |(s, l): (&CpuStorage, &Layout)| super::cast(s, l, T::DTYPE);
@@ -72,33 +77,52 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
         bias.as_ref().map(super::typed::<T>),
         residual.as_ref().map(super::typed::<T>),
     );
-    if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none()) {
-        return y;
+    // z is written in full below (every row of every task); zeros only give it its length
+    let mut pre = if epi.keep_pre {
+        vec![T::zero(); y.len()]
+    } else {
+        Vec::new()
+    };
+    if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none() && !epi.keep_pre) {
+        return (y, epi.keep_pre.then_some(pre));
     }
     let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
-    let gelu = epi.gelu;
-    y.par_chunks_mut(rows_per_task * n)
-        .enumerate()
-        .for_each(|(task, rows)| {
-            super::vectorised(
-                #[inline(always)]
-                move || {
-                    for (i, row) in rows.chunks_mut(n).enumerate() {
-                        if let Some(b) = bias {
-                            row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
-                        }
-                        if gelu {
-                            row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
-                        }
-                        if let Some(r) = residual {
-                            let start = (task * rows_per_task + i) * n;
-                            row.iter_mut().zip(&r[start..start + n]).for_each(|(v, &r)| *v = *v + r);
-                        }
+    // one rayon job's rows, compiled with AVX2 where the CPU has it (see vectorised)
+    let task = |task: usize, rows: &mut [T], pre: Option<&mut [T]>| {
+        super::vectorised(
+            #[inline(always)]
+            || {
+                let mut pre = pre.map(|p| p.chunks_mut(n));
+                for (i, row) in rows.chunks_mut(n).enumerate() {
+                    if let Some(b) = bias {
+                        row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
                     }
-                },
-            )
-        });
-    y
+                    if let Some(z) = pre.as_mut().and_then(|p| p.next()) {
+                        z.copy_from_slice(row);
+                    }
+                    if epi.gelu {
+                        row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
+                    }
+                    if let Some(r) = residual {
+                        let start = (task * rows_per_task + i) * n;
+                        row.iter_mut().zip(&r[start..start + n]).for_each(|(v, &r)| *v = *v + r);
+                    }
+                }
+            },
+        )
+    };
+    let chunk = rows_per_task * n;
+    if epi.keep_pre {
+        y.par_chunks_mut(chunk)
+            .zip(pre.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(t, (rows, z))| task(t, rows, Some(z)));
+    } else {
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(t, rows)| task(t, rows, None));
+    }
+    (y, epi.keep_pre.then_some(pre))
 }
 
 pub(crate) type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);

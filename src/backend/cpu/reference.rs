@@ -79,6 +79,15 @@ pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + (sqrt_2_over_pi * (x + 0.044715 * x * x * x)).tanh())
 }
 
+/// GELU's backward: the incoming gradient `dy` times gelu'(z), differentiating the tanh form
+/// term by term: ½·(1 + tanh u) + ½·z·(1 − tanh² u)·du/dz with u = √(2/π)·(z + 0.044715·z³).
+pub fn gelu_backward(dy: f64, z: f64) -> f64 {
+    let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
+    let t = (sqrt_2_over_pi * (z + 0.044715 * z * z * z)).tanh();
+    let du = sqrt_2_over_pi * (1.0 + 3.0 * 0.044715 * z * z);
+    dy * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du)
+}
+
 /// max(x, 0); NaN stays NaN (as PyTorch: a NaN must not be hidden).
 pub fn relu(x: f64) -> f64 {
     if x.is_nan() || x > 0.0 {

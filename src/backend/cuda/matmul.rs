@@ -53,14 +53,15 @@ fn address(s: &CudaStorage, l: &Layout) -> u64 {
 }
 
 /// `epilogue(a · b)` for `a` `[batch.., m, k]` and `b` `[batch.., k, n]` with the same batch dims
-/// (broadcast ones have stride 0); the result is contiguous `[batch.., m, n]`.
+/// (broadcast ones have stride 0); the result is contiguous `[batch.., m, n]`, and with
+/// `epi.keep_pre` the pre-activation `z = a · b + bias` too (same shape; written by the same launch).
 pub fn matmul(
     a: &CudaStorage,
     la: &Layout,
     b: &CudaStorage,
     lb: &Layout,
     epi: &Epilogue<'_, CudaStorage>,
-) -> Result<CudaStorage> {
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
     same_device("matmul", a, b)?;
     let dtype = a.dtype();
     if dtype != b.dtype() {
@@ -81,8 +82,13 @@ pub fn matmul(
     let batch: usize = batch_shape.iter().product();
     let dev = a.cuda_device();
     let out = CudaStorage::alloc(dev, dtype, batch * m * n)?;
+    let pre = if epi.keep_pre {
+        Some(CudaStorage::alloc(dev, dtype, batch * m * n)?)
+    } else {
+        None
+    };
     if batch * m * n == 0 {
-        return Ok(out);
+        return Ok((out, pre));
     }
     let dim = |what: &str, v: usize| {
         u32::try_from(v).map_err(|_| Error::invalid("matmul", format!("{what} = {v} is over the kernels' 2^32 - 1")))
@@ -143,6 +149,7 @@ pub fn matmul(
         .push(ldb)
         .push(b_kcontig as i32)
         .push(out.ptr())
+        .push(pre.as_ref().map_or(0, |z| z.ptr()))
         .push(pointer(epi.bias, &bias_copy))
         .push(pointer(epi.residual, &residual_copy))
         .push(m32)
@@ -156,5 +163,5 @@ pub fn matmul(
         dyn_smem: matmul_smem_bytes(dtype) as u32,
     };
     dev.launch(k_, cfg, &mut args)?;
-    Ok(out)
+    Ok((out, pre))
 }

@@ -1,8 +1,8 @@
-//! Launch wrapper for kernels/unary.cu.
+//! Launch wrappers for kernels/unary.cu: the unary maps and GELU's fused backward.
 
 use super::launch::{Args, LaunchConfig};
 use super::layout::KernelLayout;
-use super::{kernel, CudaStorage};
+use super::{float_suffix, kernel, same_device, CudaStorage};
 use crate::ops::unary::UnaryOp;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
@@ -17,12 +17,11 @@ fn code(op: UnaryOp) -> (i32, f64, f64) {
         UnaryOp::Sqrt => (3, 0.0, 0.0),
         UnaryOp::Tanh => (4, 0.0, 0.0),
         UnaryOp::Gelu => (5, 0.0, 0.0),
-        UnaryOp::GeluDerivative => (6, 0.0, 0.0),
-        UnaryOp::Relu => (7, 0.0, 0.0),
-        UnaryOp::Step => (8, 0.0, 0.0),
-        UnaryOp::Recip => (9, 0.0, 0.0),
-        UnaryOp::Powf(p) => (10, p, 0.0),
-        UnaryOp::Affine { mul, add } => (11, mul, add),
+        UnaryOp::Relu => (6, 0.0, 0.0),
+        UnaryOp::Step => (7, 0.0, 0.0),
+        UnaryOp::Recip => (8, 0.0, 0.0),
+        UnaryOp::Powf(p) => (9, p, 0.0),
+        UnaryOp::Affine { mul, add } => (10, mul, add),
     }
 }
 
@@ -48,6 +47,34 @@ pub fn unary(op: UnaryOp, s: &CudaStorage, layout: &Layout) -> Result<CudaStorag
         .push(p0)
         .push(p1);
     let pack = 16 / s.dtype().size_in_bytes();
+    dev.launch(k, LaunchConfig::grid_stride(n.div_ceil(pack), dev.limits()), &mut args)?;
+    Ok(out)
+}
+
+/// `g·gelu'(z)` elementwise (`gelu_backward_<dtype>`): both views have one shape; the result is
+/// contiguous. One launch with 16-byte packs where both views are contiguous and aligned.
+pub fn gelu_backward(g: &CudaStorage, lg: &Layout, z: &CudaStorage, lz: &Layout) -> Result<CudaStorage> {
+    const OP: &str = "gelu_backward";
+    same_device(OP, g, z)?;
+    if g.dtype() != z.dtype() {
+        return Err(Error::dtype_mismatch(OP, g.dtype(), z.dtype()));
+    }
+    let suffix = float_suffix(OP, g)?;
+    let n = lg.numel();
+    let dev = g.cuda_device();
+    let out = CudaStorage::alloc(dev, g.dtype(), n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let k = kernel("unary", &format!("gelu_backward_{suffix}"))?;
+    let mut args = Args::new();
+    args.push(g.ptr())
+        .push(KernelLayout::new(OP, lg)?)
+        .push(z.ptr())
+        .push(KernelLayout::new(OP, lz)?)
+        .push(out.ptr())
+        .push(n as u64);
+    let pack = 16 / g.dtype().size_in_bytes();
     dev.launch(k, LaunchConfig::grid_stride(n.div_ceil(pack), dev.limits()), &mut args)?;
     Ok(out)
 }
