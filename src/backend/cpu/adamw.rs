@@ -56,28 +56,15 @@ pub fn grad_sq_sum(grads: &[&Storage]) -> f64 {
     per_tensor.iter().sum()
 }
 
-/// Σ x² in f64 over eight interleaved partial sums (element i goes to sum i mod 8), added in
-/// order at the end: deterministic, and a loop the compiler vectorises, where one running sum
-/// is a chain of dependent adds.
+/// Σ x² in f64, by [`super::lane_sum`] (a fixed order, vectorised).
 fn sq_sum<T: Copy + Into<f64> + Send + Sync>(g: &[T]) -> f64 {
-    const LANES: usize = 8;
     super::vectorised(
         #[inline(always)]
         || {
-            let mut acc = [0f64; LANES];
-            let chunks = g.chunks_exact(LANES);
-            let tail = chunks.remainder();
-            for chunk in chunks {
-                for (a, &x) in acc.iter_mut().zip(chunk) {
-                    let x: f64 = x.into();
-                    *a += x * x;
-                }
-            }
-            for (a, &x) in acc.iter_mut().zip(tail) {
+            super::lane_sum(g, |x| {
                 let x: f64 = x.into();
-                *a += x * x;
-            }
-            acc.iter().sum()
+                x * x
+            })
         },
     )
 }

@@ -24,6 +24,7 @@
 use super::exp::Exp;
 use super::gemm;
 use super::matmul::Gemm;
+use super::{lane_fold, lane_sum, vectorised};
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::tensor::storage::CpuStorage;
@@ -195,12 +196,11 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
                     E::zero(), scores, keys as isize, 1);
             for (r, row) in scores.chunks_mut(keys).enumerate() {
                 let seen = dims.visible(i0 + r);
-                let max = row[..seen].iter().fold(E::neg_infinity(), |m, &s| m.max(s));
-                let mut sum = E::zero();
-                for s in &mut row[..seen] {
-                    *s = (*s - max).exp_fast();
-                    sum = sum + *s;
-                }
+                let visible = &mut row[..seen];
+                let max = lane_fold(seen, E::neg_infinity(), |j| visible[j], E::max);
+                // the exponentials in a loop of their own, free of the sum's chain, so it vectorises
+                visible.iter_mut().for_each(|s| *s = (*s - max).exp_fast());
+                let sum = lane_sum(visible, |p| p);
                 let inv = sum.recip();
                 row[..seen].iter_mut().for_each(|p| *p = *p * inv);
                 row[seen..].fill(E::zero());
@@ -215,7 +215,12 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
     o.par_chunks_mut(tq * d)
         .zip(lse.par_chunks_mut(tq))
         .enumerate()
-        .for_each_init(Vec::new, head);
+        .for_each_init(Vec::new, |scores, job| {
+            vectorised(
+                #[inline(always)]
+                || head(scores, job),
+            )
+        });
     (o, lse)
 }
 
@@ -256,7 +261,8 @@ fn backward<E: Real>(
             for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
                 let i = i0 + r;
                 let seen = dims.visible(i);
-                let (l, dot) = (lh[i], (0..d).fold(E::zero(), |a, c| a + gh[i * d + c] * oh[i * d + c]));
+                let (gi, oi) = (&gh[i * d..][..d], &oh[i * d..][..d]);
+                let (l, dot) = (lh[i], lane_fold(d, E::zero(), |c| gi[c] * oi[c], |a, b| a + b));
                 for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
                     *pj = (*pj - l).exp_fast();
                     *dsj = *pj * (*dsj - dot);
@@ -277,6 +283,14 @@ fn backward<E: Real>(
         .zip(dk.par_chunks_mut(tk * d))
         .zip(dv.par_chunks_mut(tk * d))
         .enumerate()
-        .for_each_init(|| (Vec::new(), Vec::new()), head);
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |scratch, job| {
+                vectorised(
+                    #[inline(always)]
+                    || head(scratch, job),
+                )
+            },
+        );
     (dq, dk, dv)
 }

@@ -1,7 +1,7 @@
 //! LayerNorm over the last dim, forward and backward, one row at a time in the arithmetic
 //! type (f32 for f32/bf16/f16, f64 for f64). x is contiguous `[rows, c]`.
 
-use super::{acc, dispatch_float, typed, CpuFloat};
+use super::{acc, dispatch_float, lane_fold, lane_sum, typed, CpuFloat};
 use crate::tensor::storage::CpuStorage;
 use crate::Result;
 use num_traits::{Float, ToPrimitive};
@@ -31,15 +31,28 @@ pub fn layer_norm_forward(
                 .zip(y.par_chunks_mut(c))
                 .zip(stats.par_iter_mut())
                 .for_each(|((xr, yr), st)| {
-                    let n = acc::<T>(c as f64);
-                    let mean = xr.iter().map(|v| v.up()).sum::<T::Acc>() / n;
-                    let var = xr.iter().map(|v| (v.up() - mean) * (v.up() - mean)).sum::<T::Acc>() / n;
-                    let rstd = (var + acc::<T>(eps)).sqrt().recip();
-                    for (i, (xv, yv)) in xr.iter().zip(yr.iter_mut()).enumerate() {
-                        let shift = b.map_or(acc::<T>(0.0), |b| b[i].up());
-                        *yv = T::down((xv.up() - mean) * rstd * w[i].up() + shift);
-                    }
-                    *st = (mean.to_f64().unwrap_or(f64::NAN), rstd.to_f64().unwrap_or(f64::NAN));
+                    super::vectorised(
+                        #[inline(always)]
+                        || {
+                            let n = acc::<T>(c as f64);
+                            let mean = lane_sum(xr, |v| v.up()) / n;
+                            let var = lane_sum(xr, |v| (v.up() - mean) * (v.up() - mean)) / n;
+                            let rstd = (var + acc::<T>(eps)).sqrt().recip();
+                            match b {
+                                Some(b) => {
+                                    for (((xv, yv), wv), bv) in xr.iter().zip(yr.iter_mut()).zip(w).zip(b) {
+                                        *yv = T::down((xv.up() - mean) * rstd * wv.up() + bv.up());
+                                    }
+                                }
+                                None => {
+                                    for ((xv, yv), wv) in xr.iter().zip(yr.iter_mut()).zip(w) {
+                                        *yv = T::down((xv.up() - mean) * rstd * wv.up());
+                                    }
+                                }
+                            }
+                            *st = (mean.to_f64().unwrap_or(f64::NAN), rstd.to_f64().unwrap_or(f64::NAN));
+                        },
+                    )
                 });
         }
         let (mean, rstd) = stats.into_iter().unzip();
@@ -78,18 +91,22 @@ pub fn layer_norm_backward(
                 .zip(dx.par_chunks_mut(c))
                 .zip(rows)
                 .for_each(|(((xr, dyr), dxr), (&m, &r))| {
-                    let (m, r) = (acc::<T>(m), acc::<T>(r));
-                    let (mut sum_dyw, mut sum_dyw_xhat) = (acc::<T>(0.0), acc::<T>(0.0));
-                    for i in 0..c {
-                        let dyw = dyr[i].up() * w[i].up();
-                        sum_dyw = sum_dyw + dyw;
-                        sum_dyw_xhat = sum_dyw_xhat + dyw * (xr[i].up() - m) * r;
-                    }
-                    let (mean_dyw, mean_dyw_xhat) = (sum_dyw / n, sum_dyw_xhat / n);
-                    for i in 0..c {
-                        let xhat = (xr[i].up() - m) * r;
-                        dxr[i] = T::down(r * (dyr[i].up() * w[i].up() - mean_dyw - xhat * mean_dyw_xhat));
-                    }
+                    super::vectorised(
+                        #[inline(always)]
+                        || {
+                            let (m, r) = (acc::<T>(m), acc::<T>(r));
+                            let (dyr, xr, w) = (&dyr[..c], &xr[..c], &w[..c]);
+                            let add = |p, q| p + q;
+                            let sum_dyw = lane_fold(c, acc::<T>(0.0), |i| dyr[i].up() * w[i].up(), add);
+                            let dyw_xhat = |i: usize| dyr[i].up() * w[i].up() * (xr[i].up() - m) * r;
+                            let sum_dyw_xhat = lane_fold(c, acc::<T>(0.0), dyw_xhat, add);
+                            let (mean_dyw, mean_dyw_xhat) = (sum_dyw / n, sum_dyw_xhat / n);
+                            for (((xv, g), wv), d) in xr.iter().zip(dyr).zip(w).zip(dxr.iter_mut()) {
+                                let xhat = (xv.up() - m) * r;
+                                *d = T::down(r * (g.up() * wv.up() - mean_dyw - xhat * mean_dyw_xhat));
+                            }
+                        },
+                    )
                 });
             for ((xr, dyr), (&m, &r)) in x.chunks(c).zip(dy.chunks(c)).zip(mean.iter().zip(rstd)) {
                 for i in 0..c {

@@ -2,7 +2,7 @@
 //! (max-subtracted, accumulated in the arithmetic type), and their backward.
 
 use super::exp::Exp;
-use super::{dispatch_float, map_float_storage, typed, CpuFloat, PARALLEL_MIN};
+use super::{dispatch_float, lane_fold, lane_sum, map_float_storage, typed, vectorised, CpuFloat, PARALLEL_MIN};
 use crate::tensor::storage::CpuStorage;
 use crate::Result;
 use num_traits::Float;
@@ -16,10 +16,7 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
             return out;
         }
         let row = |(xr, yr): (&[T], &mut [T])| {
-            let max = xr
-                .iter()
-                .map(|v| v.up())
-                .fold(<T::Acc as Float>::neg_infinity(), Float::max);
+            let max = lane_fold(xr.len(), <T::Acc as Float>::neg_infinity(), |i| xr[i].up(), Float::max);
             if max == <T::Acc as Float>::neg_infinity() {
                 // A fully masked row has no probability mass: softmax 0, log-softmax -inf
                 // (PyTorch gives NaN here, which we never produce silently).
@@ -32,7 +29,7 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
                 return;
             }
             if log {
-                let sum: T::Acc = xr.iter().map(|v| (v.up() - max).exp_fast()).sum();
+                let sum = lane_sum(xr, |v| (v.up() - max).exp_fast());
                 let lse = sum.ln() + max;
                 xr.iter().zip(yr).for_each(|(v, y)| *y = T::down(v.up() - lse));
             } else {
@@ -41,14 +38,22 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
                 yr.iter_mut()
                     .zip(xr)
                     .for_each(|(y, v)| *y = T::down((v.up() - max).exp_fast()));
-                let inv = yr.iter().map(|y| y.up()).sum::<T::Acc>().recip();
+                let inv = lane_sum(yr, |y| y.up()).recip();
                 yr.iter_mut().for_each(|y| *y = T::down(y.up() * inv));
             }
         };
         if x.len() >= PARALLEL_MIN {
-            x.par_chunks(width).zip(out.par_chunks_mut(width)).for_each(row);
+            x.par_chunks(width).zip(out.par_chunks_mut(width)).for_each(|r| {
+                vectorised(
+                    #[inline(always)]
+                    || row(r),
+                )
+            });
         } else {
-            x.chunks(width).zip(out.chunks_mut(width)).for_each(row);
+            vectorised(
+                #[inline(always)]
+                || x.chunks(width).zip(out.chunks_mut(width)).for_each(row),
+            );
         }
         out
     }
@@ -66,10 +71,16 @@ pub fn softmax_backward_last_dim(y: &CpuStorage, dy: &CpuStorage, width: usize, 
             return CpuStorage::from_vec(dx);
         }
         let row = |((yr, gr), dr): ((&[T], &[T]), &mut [T])| {
-            let sum: T::Acc = if log {
-                gr.iter().map(|g| g.up()).sum()
+            let sum = if log {
+                lane_sum(gr, |g| g.up())
             } else {
-                yr.iter().zip(gr).map(|(u, g)| u.up() * g.up()).sum()
+                let (yr, gr) = (&yr[..gr.len()], gr);
+                lane_fold(
+                    gr.len(),
+                    <T::Acc as num_traits::Zero>::zero(),
+                    |i| yr[i].up() * gr[i].up(),
+                    |p, q| p + q,
+                )
             };
             for ((u, g), d) in yr.iter().zip(gr).zip(dr) {
                 let (u, g) = (u.up(), g.up());
@@ -80,12 +91,22 @@ pub fn softmax_backward_last_dim(y: &CpuStorage, dy: &CpuStorage, width: usize, 
             y.par_chunks(width)
                 .zip(dy.par_chunks(width))
                 .zip(dx.par_chunks_mut(width))
-                .for_each(row);
+                .for_each(|r| {
+                    vectorised(
+                        #[inline(always)]
+                        || row(r),
+                    )
+                });
         } else {
-            y.chunks(width)
-                .zip(dy.chunks(width))
-                .zip(dx.chunks_mut(width))
-                .for_each(row);
+            vectorised(
+                #[inline(always)]
+                || {
+                    y.chunks(width)
+                        .zip(dy.chunks(width))
+                        .zip(dx.chunks_mut(width))
+                        .for_each(row)
+                },
+            );
         }
         CpuStorage::from_vec(dx)
     }
