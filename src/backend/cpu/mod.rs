@@ -193,8 +193,17 @@ pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
     let rows = Rows::of(layout);
     let mut out = vec![U::default(); layout.numel()];
     rows.for_each(&mut out, |row, start| {
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = f(data[start + j * rows.stride]);
+        if rows.stride == 1 {
+            // rows of contiguous elements (a permuted view with its last dim in place): a
+            // loop over slices, which vectorises
+            let src = &data[start..start + row.len()];
+            for (o, &x) in row.iter_mut().zip(src) {
+                *o = f(x);
+            }
+        } else {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = f(data[start + j * rows.stride]);
+            }
         }
     });
     out
@@ -224,8 +233,15 @@ pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + De
     let (rows_a, rows_b) = (Rows::of(la), Rows::of(lb));
     let mut out = vec![V::default(); la.numel()];
     rows_a.zip_for_each(&rows_b, &mut out, |row, start_a, start_b| {
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = f(a[start_a + j * rows_a.stride], b[start_b + j * rows_b.stride]);
+        if rows_a.stride == 1 && rows_b.stride == 1 {
+            let (a, b) = (&a[start_a..start_a + row.len()], &b[start_b..start_b + row.len()]);
+            for ((o, &x), &y) in row.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        } else {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = f(a[start_a + j * rows_a.stride], b[start_b + j * rows_b.stride]);
+            }
         }
     });
     out
