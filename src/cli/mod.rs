@@ -278,7 +278,14 @@ pub struct BenchArgs {
 /// Runs the command line; the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    // The command runs on a worker of the pool its parallel loops use, so the serial work
+    // between two loops does not wait on another thread and does not compete for the cores
+    // with the pool's idle workers (on 2 cores: 2 threads, not 3).
+    let result = match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(|| run(cli)),
+        Err(_) => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
