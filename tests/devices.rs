@@ -909,6 +909,86 @@ fn layer_norm_weight_gradients_split_over_row_chunks() {
 }
 
 #[test]
+fn rows_wider_than_the_registers_keep() {
+    // a 1024-thread row keeps 8 elements per thread in registers between passes (8192): wider rows are
+    // read again for each pass; an odd width (partial first and last slots) and an aligned one
+    for dtype in FLOATS {
+        for shape in [vec![2, 9001], vec![1, 8200]] {
+            let width = shape[1];
+            for log in [false, true] {
+                check(
+                    if log { "log_softmax" } else { "softmax" },
+                    dtype,
+                    true,
+                    |d| vec![input(&shape, View::Plain, dtype, 70, 2.0, 0.0, d)],
+                    |x| if log { x[0].log_softmax(-1) } else { x[0].softmax(-1) },
+                );
+            }
+            check_summing(
+                "layer_norm",
+                dtype,
+                true,
+                width,
+                |d| {
+                    vec![
+                        input(&shape, View::Plain, dtype, 71, 2.0, 3.0, d),
+                        input(&[width], View::Plain, dtype, 72, 1.0, 1.0, d),
+                        input(&[width], View::Plain, dtype, 73, 1.0, 0.0, d),
+                    ]
+                },
+                |x| x[0].layer_norm(&x[1], &x[2], 1e-5),
+            );
+            let targets: Vec<u32> = (0..shape[0] as u32).map(|r| r * 4099 % width as u32).collect();
+            check(
+                "cross_entropy",
+                dtype,
+                true,
+                |d| {
+                    vec![
+                        input(&shape, View::Plain, dtype, 74, 3.0, 0.0, d),
+                        Tensor::from_vec(targets.clone(), &[shape[0]], d).unwrap(),
+                    ]
+                },
+                |x| x[0].cross_entropy(&x[1]),
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_norm_of_rows_with_a_large_mean() {
+    // mean 10^4 and spread 1: an f32 row mean is off by ~10^-3, which the kernel's corrected two-pass
+    // statistics measure and centre away. The CPU's own f32 path is the plain two-pass (off by about
+    // as much), so the reference is the CPU in f64 on the same f32 values. Values only: the backward
+    // reads the saved f32 mean, which holds 10^4 to within half an ulp, 5·10^-4, whatever the forward.
+    for shape in [vec![3, 1000], vec![2, 5000], vec![5, 33]] {
+        let width = shape[1];
+        let run = |dev: &Device, dtype: DType| {
+            let x = |s: &[usize], seed, scale, shift| {
+                input(s, View::Plain, DType::F32, seed, scale, shift, dev)
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let y = x(&shape, 75, 1.0, 1.0e4)
+                .layer_norm(&x(&[width], 76, 1.0, 1.0), &x(&[width], 77, 1.0, 0.0), 1e-5)
+                .unwrap();
+            y.to_dtype(DType::F64).unwrap()
+        };
+        let want = run(&Device::Cpu, DType::F64);
+        for dev in devices().into_iter().skip(1) {
+            // f32's own tolerance, not scaled by the row: the statistics' error is far below it
+            assert_close(
+                "layer_norm with mean 1e4",
+                dev,
+                DType::F32,
+                &run(&dev, DType::F32),
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
 fn cross_entropy_keeps_its_work_on_the_device() {
     // the loss and the gradient come back on the logits' device, and match the CPU's f64 loss
     let logits = [2.0f32, -1.0, 0.5, 0.0, 3.0, 1.0];
