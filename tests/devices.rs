@@ -419,6 +419,8 @@ fn token_position_embedding_is_the_gather_plus_positions() {
             (2, 5, 7, 9, 3),
             (3, 17, 11, 17, 33),
             (2, 8, 50, 12, 129),
+            // rows of 64: 16-byte packs in every dtype
+            (2, 7, 20, 9, 64),
         ] {
             let mut rng = Rng::new(43);
             let ids: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
