@@ -10,8 +10,9 @@
 // Accumulation in f32 (f64 for f64). lse, loss_rows, the loss and g are in that type: bf16/f16 logits
 // give an f32 loss (rounding it to 8 or 11 bits would blur what training logs and compares).
 // Algorithm: forward and backward are row kernels (kernels/rows.cuh: blockDim.x threads per row,
-// blockDim.y rows per block): the forward reads the row once, keeping the online (max, sum) pair;
-// the backward reads it once more and writes dx. The mean is one block of 256 threads.
+// blockDim.y rows per block, rows walked in 16-byte slots): the forward reads the row once, keeping
+// the online (max, sum) pair, plus x[target]; the backward reads it once more and writes dx. The mean
+// is one block of 256 threads.
 // Roofline, per logit: forward ~5 FLOPs (one exp), sizeof(T) read; backward ~5 FLOPs, one read and
 // one write of sizeof(T). Memory bound: a GPT-2 loss (8K rows of 50257) moves ~0.8 GB (f32) per step.
 #include "rows.cuh"
@@ -24,14 +25,23 @@ __device__ __forceinline__ void cross_entropy_forward_impl(const T *__restrict__
                                                            unsigned long long ignore) {
     typedef KilnFloat<T> F;
     typedef typename F::Acc A;
+    typedef typename KilnRow<T>::Slot Slot;
+    constexpr int N = KilnRow<T>::N;
     __shared__ A sm_m[32], sm_s[32];
 
     const unsigned long long row = (unsigned long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool live = row < rows;
     const T *xr = x + (live ? row : 0) * c;
+    const KilnRow<T> r = kiln_row(xr, c);
     A m = -kiln_inf<A>(), s = (A)0;
     if (live)
-        for (unsigned j = threadIdx.x; j < c; j += blockDim.x) kiln_online_add(m, s, F::up(xr[j]));
+        kiln_row_walk(
+            r.slots, [&](unsigned slot) { return kiln_row_load(xr, r, slot, true); },
+            [&](const Slot &v, unsigned slot) {
+#pragma unroll
+                for (int k = 0; k < N; ++k)
+                    if (kiln_row_has(r, slot, k)) kiln_online_add(m, s, F::up(v.v[k]));
+            });
     kiln_row_max_sum(m, s, sm_m, sm_s);
     if (!live || threadIdx.x != 0) return;
     const A l = m + kiln_log(s);
@@ -62,18 +72,34 @@ __device__ __forceinline__ void cross_entropy_backward_impl(const T *__restrict_
                                                             typename KilnFloat<T>::Acc count) {
     typedef KilnFloat<T> F;
     typedef typename F::Acc A;
+    typedef typename KilnRow<T>::Slot Slot;
+    constexpr int N = KilnRow<T>::N;
     const unsigned long long row = (unsigned long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= rows) return;
     const unsigned t = targets[row];
     const T *xr = x + row * c;
     T *dr = dx + row * c;
-    if (t == ignore) {
-        for (unsigned j = threadIdx.x; j < c; j += blockDim.x) dr[j] = F::down((A)0);
+    const KilnRow<T> r = kiln_row(xr, c);
+    const bool vd = kiln_row_shares(r, dr);
+    if (t == ignore) { // its gradient is 0 everywhere, and its logits are not read
+        Slot zero;
+#pragma unroll
+        for (int k = 0; k < N; ++k) zero.v[k] = F::down((A)0);
+        for (unsigned slot = threadIdx.x; slot < r.slots; slot += blockDim.x) kiln_row_store(dr, r, slot, vd, zero);
         return;
     }
     const A l = lse[row], scale = g[0] / count;
-    for (unsigned j = threadIdx.x; j < c; j += blockDim.x)
-        dr[j] = F::down((kiln_exp(F::up(xr[j]) - l) - (j == t ? (A)1 : (A)0)) * scale);
+    kiln_row_walk(
+        r.slots, [&](unsigned slot) { return kiln_row_load(xr, r, slot, true); },
+        [&](const Slot &v, unsigned slot) {
+            Slot out;
+#pragma unroll
+            for (int k = 0; k < N; ++k) {
+                const A onehot = kiln_row_index(r, slot, k) == (long long)t ? (A)1 : (A)0;
+                out.v[k] = F::down((kiln_exp(F::up(v.v[k]) - l) - onehot) * scale);
+            }
+            kiln_row_store(dr, r, slot, vd, out);
+        });
 }
 
 extern "C" __global__ void cross_entropy_forward_f32(const float *x, const unsigned *targets, float *lse, float *loss_rows,

@@ -11,22 +11,73 @@
 // sums its own bucket in that order (in f32; f64 for f64), so the result never depends on scheduling
 // and rows nobody selected get 0. Repeated ids (the same token many times in a batch) cost their
 // bucket's length for each of the row's `inner` outputs, read coalesced along i.
-// Launch: 1-D grid-stride loops, 256 threads per block, one thread per output element.
+// Vector width: each thread moves a pack of P elements along i — P = 16 / sizeof(T) (16-byte loads and
+// stores) when the row length (inner, or c) is a multiple of it and every buffer is 16-byte aligned, so
+// that every row is; otherwise P = 1. (GPT-2's rows of 768 always take the packs; odd widths, which only
+// tests and narrowed views produce, take single elements.)
+// Launch: 1-D grid-stride loops, 256 threads per block, one thread per output pack.
 // Roofline: token_position_embedding 1 FLOP, 3 * sizeof(T) bytes per output element; index_select 0 FLOPs, 2 * sizeof(T) bytes per output element (+ 4 per id per warp);
 // index_add 1 FLOP per selected element: sizeof(T) per output element written, plus sizeof(T) read
 // per selected element (+ the 4-byte order and starts entries).
 #include "common.cuh"
+
+// Whether rows of `len` elements in the listed buffers allow 16-byte packs (see the header).
+template <typename T>
+__device__ __forceinline__ bool embedding_vec(unsigned long long len, const void *a, const void *b,
+                                              const void *c = nullptr) {
+    constexpr int N = 16 / sizeof(T);
+    return len % N == 0 && kiln_aligned<16>(a) && kiln_aligned<16>(b) && kiln_aligned<16>(c);
+}
+
+template <int P, typename T>
+__device__ __forceinline__ void index_select_body(const T *__restrict__ src, const unsigned *__restrict__ ids,
+                                                  T *__restrict__ out, unsigned long long outer,
+                                                  unsigned long long size, unsigned long long inner,
+                                                  unsigned long long n_ids) {
+    typedef KilnPack<T, P> Pack;
+    const unsigned long long packs = inner / P, n = outer * n_ids * packs;
+    for (unsigned long long e = kiln_thread_index(); e < n; e += kiln_thread_count()) {
+        const unsigned long long i = e % packs, row = e / packs;
+        const unsigned long long j = row % n_ids, o = row / n_ids;
+        reinterpret_cast<Pack *>(out)[e] = reinterpret_cast<const Pack *>(src)[(o * size + ids[j]) * packs + i];
+    }
+}
 
 template <typename T>
 __device__ __forceinline__ void index_select_impl(const T *__restrict__ src, const unsigned *__restrict__ ids,
                                                   T *__restrict__ out, unsigned long long outer,
                                                   unsigned long long size, unsigned long long inner,
                                                   unsigned long long n_ids) {
-    const unsigned long long n = outer * n_ids * inner;
+    if (embedding_vec<T>(inner, src, out))
+        index_select_body<(int)(16 / sizeof(T))>(src, ids, out, outer, size, inner, n_ids);
+    else
+        index_select_body<1>(src, ids, out, outer, size, inner, n_ids);
+}
+
+template <int P, typename T>
+__device__ __forceinline__ void index_add_body(const T *__restrict__ src, const unsigned *__restrict__ order,
+                                               const unsigned *__restrict__ starts, T *__restrict__ out,
+                                               unsigned long long outer, unsigned long long size,
+                                               unsigned long long inner, unsigned long long n_ids) {
+    typedef KilnFloat<T> F;
+    typedef typename F::Acc A;
+    typedef KilnPack<T, P> Pack;
+    const unsigned long long packs = inner / P, n = outer * size * packs;
     for (unsigned long long e = kiln_thread_index(); e < n; e += kiln_thread_count()) {
-        const unsigned long long i = e % inner, row = e / inner;
-        const unsigned long long j = row % n_ids, o = row / n_ids;
-        out[e] = src[(o * size + ids[j]) * inner + i];
+        const unsigned long long i = e % packs, row = e / packs;
+        const unsigned long long r = row % size, o = row / size;
+        A acc[P];
+#pragma unroll
+        for (int k = 0; k < P; ++k) acc[k] = (A)0;
+        for (unsigned b = starts[r]; b < starts[r + 1]; ++b) {
+            const Pack v = reinterpret_cast<const Pack *>(src)[(o * n_ids + order[b]) * packs + i];
+#pragma unroll
+            for (int k = 0; k < P; ++k) acc[k] += F::up(v.v[k]);
+        }
+        Pack sum;
+#pragma unroll
+        for (int k = 0; k < P; ++k) sum.v[k] = F::down(acc[k]);
+        reinterpret_cast<Pack *>(out)[e] = sum;
     }
 }
 
@@ -35,15 +86,28 @@ __device__ __forceinline__ void index_add_impl(const T *__restrict__ src, const 
                                                const unsigned *__restrict__ starts, T *__restrict__ out,
                                                unsigned long long outer, unsigned long long size,
                                                unsigned long long inner, unsigned long long n_ids) {
+    if (embedding_vec<T>(inner, src, out))
+        index_add_body<(int)(16 / sizeof(T))>(src, order, starts, out, outer, size, inner, n_ids);
+    else
+        index_add_body<1>(src, order, starts, out, outer, size, inner, n_ids);
+}
+
+template <int P, typename T>
+__device__ __forceinline__ void token_position_embedding_body(const unsigned *__restrict__ ids, const T *__restrict__ wte,
+                                                              const T *__restrict__ wpe, T *__restrict__ out,
+                                                              unsigned long long n, unsigned long long t,
+                                                              unsigned long long c) {
     typedef KilnFloat<T> F;
-    typedef typename F::Acc A;
-    const unsigned long long n = outer * size * inner;
-    for (unsigned long long e = kiln_thread_index(); e < n; e += kiln_thread_count()) {
-        const unsigned long long i = e % inner, row = e / inner;
-        const unsigned long long r = row % size, o = row / size;
-        A acc = (A)0;
-        for (unsigned k = starts[r]; k < starts[r + 1]; ++k) acc += F::up(src[(o * n_ids + order[k]) * inner + i]);
-        out[e] = F::down(acc);
+    typedef KilnPack<T, P> Pack;
+    const unsigned long long packs = c / P;
+    for (unsigned long long e = kiln_thread_index(); e < n * packs; e += kiln_thread_count()) {
+        const unsigned long long i = e % packs, p = e / packs;
+        const Pack a = reinterpret_cast<const Pack *>(wte)[ids[p] * packs + i];
+        const Pack b = reinterpret_cast<const Pack *>(wpe)[(p % t) * packs + i];
+        Pack sum;
+#pragma unroll
+        for (int k = 0; k < P; ++k) sum.v[k] = F::down(F::up(a.v[k]) + F::up(b.v[k]));
+        reinterpret_cast<Pack *>(out)[e] = sum;
     }
 }
 
@@ -52,11 +116,10 @@ __device__ __forceinline__ void token_position_embedding_impl(const unsigned *__
                                                               const T *__restrict__ wpe, T *__restrict__ out,
                                                               unsigned long long n, unsigned long long t,
                                                               unsigned long long c) {
-    typedef KilnFloat<T> F;
-    for (unsigned long long e = kiln_thread_index(); e < n * c; e += kiln_thread_count()) {
-        const unsigned long long i = e % c, p = e / c;
-        out[e] = F::down(F::up(wte[ids[p] * c + i]) + F::up(wpe[(p % t) * c + i]));
-    }
+    if (embedding_vec<T>(c, wte, wpe, out))
+        token_position_embedding_body<(int)(16 / sizeof(T))>(ids, wte, wpe, out, n, t, c);
+    else
+        token_position_embedding_body<1>(ids, wte, wpe, out, n, t, c);
 }
 
 extern "C" __global__ void index_select_b16(const unsigned short *src, const unsigned *ids, unsigned short *out,

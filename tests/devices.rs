@@ -9,6 +9,7 @@
 //! thousand elements) to keep the suite fast on 2 cores.
 
 use kiln::backend::cuda::launch::{Args, Kernel, LaunchConfig};
+use kiln::backend::cuda::memory::DeviceBuffer;
 use kiln::backend::cuda::CudaDevice;
 use kiln::optim::{clip_grad_norm, AdamW};
 use kiln::{DType, Device, Error, Rng, Tensor};
@@ -419,6 +420,8 @@ fn token_position_embedding_is_the_gather_plus_positions() {
             (2, 5, 7, 9, 3),
             (3, 17, 11, 17, 33),
             (2, 8, 50, 12, 129),
+            // rows of 64: 16-byte packs in every dtype
+            (2, 7, 20, 9, 64),
         ] {
             let mut rng = Rng::new(43);
             let ids: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
@@ -502,6 +505,120 @@ fn adamw_and_the_gradient_norm_match_the_cpu() {
             assert!((g - w).abs() <= 1e-6 * w, "{dev}: norm {g}, the CPU gives {w}");
         }
         assert_close("bf16 copy", dev, DType::BF16, &got_copy, &want_copy);
+    }
+}
+
+#[test]
+fn adamw_kernels_on_tensors_ending_mid_pack() {
+    // An Emu buffer ends at a page boundary, so a whole tensor's last 16-byte pack is always full and
+    // the kernels' tail (the single elements after the last pack) never runs through AdamW::step.
+    // Here each tensor is the front of a buffer 16-byte aligned at its start and 1..3 elements
+    // longer (a GPU's layout: the tail has n mod 4 elements, the head none), against the update in
+    // f64 on the same f32 values; the elements past n must stay as they were.
+    let dev = CudaDevice::get(&Device::Emu).unwrap();
+    let ex = dev.executor();
+    let (decay, b1, b2, step_size, bc2_sqrt, eps) = (0.999, 0.9, 0.95, 1e-2, 0.3, 1e-8);
+    let hyper = [decay, b1, b2, 1.0 - b1, 1.0 - b2, step_size, bc2_sqrt, eps];
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let cfg = LaunchConfig {
+        grid: [2, 1, 1],
+        block: [256, 1, 1],
+        dyn_smem: 0,
+    };
+    for (n, spare) in [(1usize, 3usize), (6, 2), (257, 3), (1003, 1)] {
+        let len = n + spare;
+        let mut rng = Rng::new(80 + n as u64);
+        // p, g, m and v (v positive)
+        let data: Vec<Vec<f32>> = (0..4)
+            .map(|i| {
+                (0..len)
+                    .map(|_| rng.normal() as f32)
+                    .map(|x| if i == 3 { x * x } else { x })
+                    .collect()
+            })
+            .collect();
+        let bufs: Vec<DeviceBuffer> = data
+            .iter()
+            .map(|d| {
+                let b = DeviceBuffer::alloc(&dev, 4 * len).unwrap();
+                ex.htod(b.ptr(), &f32s(d)).unwrap();
+                b
+            })
+            .collect();
+        let entry = [
+            bufs[0].ptr(),
+            bufs[1].ptr(),
+            bufs[2].ptr(),
+            bufs[3].ptr(),
+            0,
+            n as u64,
+            1,
+        ];
+        let table = DeviceBuffer::alloc(&dev, 56).unwrap();
+        ex.htod(
+            table.ptr(),
+            &entry.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        let mut args = Args::new();
+        args.push(table.ptr());
+        for h in hyper {
+            args.push_acc(DType::F32, h);
+        }
+        let adamw = Kernel {
+            file: "adamw",
+            name: "adamw_f32",
+        };
+        dev.launch(adamw, cfg, &mut args).unwrap();
+        let read = |b: &DeviceBuffer| {
+            let mut bytes = vec![0u8; 4 * len];
+            ex.dtoh(&mut bytes, b.ptr()).unwrap();
+            bytes
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<f32>>()
+        };
+        let (p, m, v) = (read(&bufs[0]), read(&bufs[2]), read(&bufs[3]));
+        for i in 0..len {
+            let (p0, g, m0, v0) = (
+                data[0][i] as f64,
+                data[1][i] as f64,
+                data[2][i] as f64,
+                data[3][i] as f64,
+            );
+            let want = if i < n {
+                let m1 = b1 * m0 + (1.0 - b1) * g;
+                let v1 = b2 * v0 + (1.0 - b2) * g * g;
+                [p0 * decay - step_size * m1 / (v1.sqrt() / bc2_sqrt + eps), m1, v1]
+            } else {
+                [p0, m0, v0]
+            };
+            for (what, got, want) in [("p", p[i], want[0]), ("m", m[i], want[1]), ("v", v[i], want[2])] {
+                let got = got as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 + 1e-5 * want.abs(),
+                    "adamw_f32, n = {n}: {what}[{i}] is {got}, want {want}"
+                );
+            }
+        }
+
+        // the squares of g, over the same table
+        let partial = DeviceBuffer::alloc(&dev, 8 * cfg.grid[0] as usize).unwrap();
+        let mut args = Args::new();
+        args.push(table.ptr()).push(partial.ptr());
+        let sq = Kernel {
+            file: "adamw",
+            name: "adamw_sq_partial_f32",
+        };
+        dev.launch(sq, cfg, &mut args).unwrap();
+        let mut bytes = vec![0u8; 8 * cfg.grid[0] as usize];
+        ex.dtoh(&mut bytes, partial.ptr()).unwrap();
+        let got: f64 = bytes.chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).sum();
+        let want: f64 = data[1][..n].iter().map(|&g| g as f64 * g as f64).sum();
+        assert!(
+            (got - want).abs() <= 1e-6 * want,
+            "adamw_sq_partial_f32, n = {n}: {got}, want {want}"
+        );
     }
 }
 
@@ -903,6 +1020,86 @@ fn layer_norm_weight_gradients_split_over_row_chunks() {
                     ]
                 },
                 |x| x[0].layer_norm(&x[1], &x[2], 1e-5),
+            );
+        }
+    }
+}
+
+#[test]
+fn rows_wider_than_the_registers_keep() {
+    // a 1024-thread row keeps 8 elements per thread in registers between passes (8192): wider rows are
+    // read again for each pass; an odd width (partial first and last slots) and an aligned one
+    for dtype in FLOATS {
+        for shape in [vec![2, 9001], vec![1, 8200]] {
+            let width = shape[1];
+            for log in [false, true] {
+                check(
+                    if log { "log_softmax" } else { "softmax" },
+                    dtype,
+                    true,
+                    |d| vec![input(&shape, View::Plain, dtype, 70, 2.0, 0.0, d)],
+                    |x| if log { x[0].log_softmax(-1) } else { x[0].softmax(-1) },
+                );
+            }
+            check_summing(
+                "layer_norm",
+                dtype,
+                true,
+                width,
+                |d| {
+                    vec![
+                        input(&shape, View::Plain, dtype, 71, 2.0, 3.0, d),
+                        input(&[width], View::Plain, dtype, 72, 1.0, 1.0, d),
+                        input(&[width], View::Plain, dtype, 73, 1.0, 0.0, d),
+                    ]
+                },
+                |x| x[0].layer_norm(&x[1], &x[2], 1e-5),
+            );
+            let targets: Vec<u32> = (0..shape[0] as u32).map(|r| r * 4099 % width as u32).collect();
+            check(
+                "cross_entropy",
+                dtype,
+                true,
+                |d| {
+                    vec![
+                        input(&shape, View::Plain, dtype, 74, 3.0, 0.0, d),
+                        Tensor::from_vec(targets.clone(), &[shape[0]], d).unwrap(),
+                    ]
+                },
+                |x| x[0].cross_entropy(&x[1]),
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_norm_of_rows_with_a_large_mean() {
+    // mean 10^4 and spread 1: an f32 row mean is off by ~10^-3, which the kernel's corrected two-pass
+    // statistics measure and centre away. The CPU's own f32 path is the plain two-pass (off by about
+    // as much), so the reference is the CPU in f64 on the same f32 values. Values only: the backward
+    // reads the saved f32 mean, which holds 10^4 to within half an ulp, 5·10^-4, whatever the forward.
+    for shape in [vec![3, 1000], vec![2, 5000], vec![5, 33]] {
+        let width = shape[1];
+        let run = |dev: &Device, dtype: DType| {
+            let x = |s: &[usize], seed, scale, shift| {
+                input(s, View::Plain, DType::F32, seed, scale, shift, dev)
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let y = x(&shape, 75, 1.0, 1.0e4)
+                .layer_norm(&x(&[width], 76, 1.0, 1.0), &x(&[width], 77, 1.0, 0.0), 1e-5)
+                .unwrap();
+            y.to_dtype(DType::F64).unwrap()
+        };
+        let want = run(&Device::Cpu, DType::F64);
+        for dev in devices().into_iter().skip(1) {
+            // f32's own tolerance, not scaled by the row: the statistics' error is far below it
+            assert_close(
+                "layer_norm with mean 1e4",
+                dev,
+                DType::F32,
+                &run(&dev, DType::F32),
+                &want,
             );
         }
     }

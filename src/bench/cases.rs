@@ -7,8 +7,10 @@
 //! kernel's `library` is its unfused composition, so the fusion's gain shows as `%lib`.
 
 use super::library;
+use crate::backend::{IdBuckets, RowStats};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::optim::AdamW;
+use crate::tensor::storage::Storage;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
 
 /// What limits a kernel: arithmetic (compared with the best library matmul) or memory traffic
@@ -258,6 +260,127 @@ fn layer_norm(s: &Setup, rng: &mut Rng) -> Result<Work> {
     })
 }
 
+/// The backward kernels of the row ops are timed alone, on their forward's saved state (built once
+/// per input set): softmax's from y and dy, layer_norm's (dx, then dw and db) from the saved row
+/// statistics, cross_entropy's from the log-sum-exps. f32 `[rows, cols]`.
+fn softmax_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(2.0 * n * F32 as f64);
+    let y = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?
+        .iter()
+        .map(|x| x.softmax(-1))
+        .collect::<Result<Vec<_>>>()?;
+    let dy = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        // y and dy read, dx written
+        bytes: 3.0 * n * F32 as f64,
+        sets,
+        run: Box::new(move |i| {
+            let (y, dy) = (&y[i % sets], &dy[i % sets]);
+            y.storage().softmax_backward_last_dim(&dy.storage(), c, false).map(drop)
+        }),
+    })
+}
+
+fn layer_norm_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(2.0 * n * F32 as f64);
+    let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let dy = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let w = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    let b = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    let stats = x
+        .iter()
+        .map(|x| {
+            Ok(x.storage()
+                .layer_norm_forward(&w.storage(), Some(&b.storage()), c, 1e-5)?
+                .1)
+        })
+        .collect::<Result<Vec<RowStats>>>()?;
+    Ok(Work {
+        flops: 0.0,
+        // x and dy read, dx written; w read, dw and db written
+        bytes: (3.0 * n + 3.0 * c as f64) * F32 as f64,
+        sets,
+        run: Box::new(move |i| {
+            let (x, dy) = (&x[i % sets], &dy[i % sets]);
+            x.storage()
+                .layer_norm_backward(&w.storage(), &dy.storage(), &stats[i % sets], c)
+                .map(drop)
+        }),
+    })
+}
+
+fn cross_entropy_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(n * F32 as f64);
+    let logits = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let ids: Vec<u32> = (0..r).map(|_| rng.below(c as u64) as u32).collect();
+    let targets = Tensor::from_vec(ids, &[r], &s.dev)?;
+    let lse = logits
+        .iter()
+        .map(|x| Ok(x.storage().cross_entropy_forward(&targets.storage(), c, None, r)?.1))
+        .collect::<Result<Vec<Storage>>>()?;
+    let g = Tensor::ones(&[], DType::F32, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        // logits read, their gradient written; targets and lse read
+        bytes: (2.0 * n + 2.0 * r as f64) * F32 as f64,
+        sets,
+        run: Box::new(move |i| {
+            let x = &logits[i % sets];
+            x.storage()
+                .cross_entropy_backward(&targets.storage(), &lse[i % sets], &g.storage(), c, None, r)
+                .map(drop)
+        }),
+    })
+}
+
+/// GPT's input, `[rows, cols]` = `[B·T, C]`: the vocabulary is GPT-2's on a GPU and the nanoGPT
+/// recipe's 65 characters elsewhere; T is the largest of 1024, 256, 64, 16, 1 dividing the rows.
+fn embedding_ids(s: &Setup, rng: &mut Rng) -> Result<(usize, usize, Tensor)> {
+    let rows = s.dims[0];
+    let vocab = if matches!(s.dev, Device::Cuda(_)) { 50257 } else { 65 };
+    let t = [1024, 256, 64, 16, 1]
+        .into_iter()
+        .find(|t| rows.is_multiple_of(*t))
+        .unwrap_or(1);
+    let ids: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+    Ok((vocab, t, Tensor::from_vec(ids, &[rows / t, t], &s.dev)?))
+}
+
+fn embedding(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let (vocab, t, ids) = embedding_ids(s, rng)?;
+    let wte = Tensor::randn(&[vocab, c], DType::F32, rng, &s.dev)?;
+    let wpe = Tensor::randn(&[t, c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        // a token row and a position row read, the sum written; the ids
+        bytes: 3.0 * n * F32 as f64 + (r * 4) as f64,
+        sets: 1,
+        run: Box::new(move |_| ids.token_position_embedding(&wte, &wpe).map(drop)),
+    })
+}
+
+/// The token embedding's gradient: `[rows, cols]` summed into `[vocab, cols]` by id (index_add over
+/// the ids bucketed once, as the backward does).
+fn embedding_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let (vocab, _, ids) = embedding_ids(s, rng)?;
+    let buckets = IdBuckets::new(&ids.to_vec::<u32>()?, vocab, &s.dev)?;
+    let sets = s.sets(n * F32 as f64);
+    let g = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        // the gradient read, the table's gradient written; the bucketed ids
+        bytes: (n + (vocab * c) as f64) * F32 as f64 + (2 * r * 4) as f64,
+        sets,
+        run: Box::new(move |i| g[i % sets].storage().index_add(1, vocab, c, &buckets).map(drop)),
+    })
+}
+
 fn cross_entropy(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let sets = s.sets(n * F32 as f64);
@@ -430,6 +553,30 @@ pub const CASES: &[Case] = &[
         library: None,
     },
     Case {
+        name: "softmax_backward",
+        about: "softmax's backward over the last dim from y and dy, f32 (the kernel alone)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: softmax_backward,
+        library: None,
+    },
+    Case {
+        name: "layer_norm_backward",
+        about: "layer_norm's backward (dx, dweight, dbias) from the saved statistics, f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: layer_norm_backward,
+        library: None,
+    },
+    Case {
         name: "cross_entropy",
         about: "mean cross-entropy of f32 logits [N, C] against u32 targets (forward)",
         dims: "ROWSxCOLS",
@@ -439,6 +586,42 @@ pub const CASES: &[Case] = &[
         cpu: &[&[768, 65], &[1024, 50257]],
         emu: ROWS_EMU,
         prepare: cross_entropy,
+        library: None,
+    },
+    Case {
+        name: "cross_entropy_backward",
+        about: "cross-entropy's gradient of f32 logits [N, C] from the saved log-sum-exps",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 50257]],
+        cpu: &[&[768, 65], &[1024, 50257]],
+        emu: ROWS_EMU,
+        prepare: cross_entropy_backward,
+        library: None,
+    },
+    Case {
+        name: "embedding",
+        about: "GPT's token + position embedding, f32 [B·T, C] rows gathered (vocabulary 50257 on a GPU, 65 elsewhere)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 768]],
+        cpu: &[&[768, 128], &[4096, 1024]],
+        emu: &[&[32, 257]],
+        prepare: embedding,
+        library: None,
+    },
+    Case {
+        name: "embedding_backward",
+        about: "the token embedding's gradient, f32 [B·T, C] summed by id into [vocabulary, C] (no atomics)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 768]],
+        cpu: &[&[768, 128], &[4096, 1024]],
+        emu: &[&[32, 257]],
+        prepare: embedding_backward,
         library: None,
     },
     Case {

@@ -31,10 +31,13 @@ fn cuda(s: &Storage) -> &CudaStorage {
     }
 }
 
-fn launch_shape(largest: usize, tensors: usize) -> LaunchConfig {
+/// One thread per 16-byte pack of the largest tensor (the kernels' vector width), at most
+/// MAX_BLOCKS blocks per tensor.
+fn launch_shape(largest: usize, tensors: usize, dtype: DType) -> LaunchConfig {
+    let pack = 16 / dtype.size_in_bytes();
     LaunchConfig {
         grid: [
-            largest.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32,
+            largest.div_ceil(BLOCK as usize * pack).clamp(1, MAX_BLOCKS) as u32,
             tensors as u32,
             1,
         ],
@@ -78,7 +81,7 @@ pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
     ] {
         args.push_acc(dtype, value);
     }
-    dev.launch(k, launch_shape(largest, entries.len()), &mut args)
+    dev.launch(k, launch_shape(largest, entries.len(), dtype), &mut args)
 }
 
 /// Σ g² over `grads` (one device, f32 or f64: checked by the caller), in f64.
@@ -90,7 +93,7 @@ pub fn grad_sq_sum(grads: &[&Storage]) -> Result<f64> {
         .map(|g| [0, cuda(g).ptr(), 0, 0, 0, cuda(g).len() as u64, 0])
         .collect();
     let largest = entries.iter().map(|e| e[5] as usize).max().unwrap_or(0);
-    let cfg = launch_shape(largest, entries.len());
+    let cfg = launch_shape(largest, entries.len(), dtype);
     let table = upload_table(&dev, &entries)?;
     let partial = CudaStorage::alloc(&dev, DType::F64, (cfg.grid[0] * cfg.grid[1]) as usize)?;
     let k = kernel("adamw", &format!("adamw_sq_partial_{}", dtype.as_str()))?;

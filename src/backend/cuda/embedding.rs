@@ -1,10 +1,16 @@
 //! Launch wrapper for kernels/embedding.cu: index_select and its deterministic adjoint index_add
 //! (each output element sums its bucket of ids in order; see `IdBuckets`), and GPT's fused token +
-//! position embedding.
+//! position embedding; rows in 16-byte packs where their length and the buffers allow.
 
 use super::launch::{Args, LaunchConfig};
 use super::{bits_suffix, float_suffix, kernel, same_device, CudaStorage};
 use crate::Result;
+
+/// Elements per thread when rows take 16-byte packs (the kernels fall back to single elements, the
+/// grid-stride loops then covering the rest).
+fn pack(s: &CudaStorage) -> usize {
+    16 / s.dtype().size_in_bytes()
+}
 
 /// `[outer, size, inner]` → `[outer, ids.len(), inner]`; `ids` are u32 on the same device, each
 /// below `size`.
@@ -31,7 +37,11 @@ pub fn index_select(
         .push(size as u64)
         .push(inner as u64)
         .push(ids.len() as u64);
-    dev.launch(k, LaunchConfig::grid_stride(n, dev.limits()), &mut args)?;
+    dev.launch(
+        k,
+        LaunchConfig::grid_stride(n.div_ceil(pack(s)), dev.limits()),
+        &mut args,
+    )?;
     Ok(out)
 }
 
@@ -65,7 +75,11 @@ pub fn index_add(
         .push(size as u64)
         .push(inner as u64)
         .push(order.len() as u64);
-    dev.launch(k, LaunchConfig::grid_stride(n, dev.limits()), &mut args)?;
+    dev.launch(
+        k,
+        LaunchConfig::grid_stride(n.div_ceil(pack(src)), dev.limits()),
+        &mut args,
+    )?;
     Ok(out)
 }
 
@@ -96,6 +110,10 @@ pub fn token_position_embedding(
         .push(n as u64)
         .push(t as u64)
         .push(c as u64);
-    dev.launch(k, LaunchConfig::grid_stride(n * c, dev.limits()), &mut args)?;
+    dev.launch(
+        k,
+        LaunchConfig::grid_stride((n * c).div_ceil(pack(wte)), dev.limits()),
+        &mut args,
+    )?;
     Ok(out)
 }

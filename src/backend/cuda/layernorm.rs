@@ -7,8 +7,9 @@ use super::softmax::{row_launch, row_width};
 use super::{acc_dtype, fill, float_suffix, kernel, same_device, CudaStorage};
 use crate::Result;
 
-/// Rows per chunk of the dw/db partial sums: enough blocks to fill the device (two per SM over
-/// all 32-column strips), at least 32 rows per chunk.
+/// Rows per chunk of the dw/db partial sums over `c` columns of threads (the columns, or their
+/// 16-byte packs): enough blocks to fill the device (two per SM over all 32-thread strips), at least
+/// 32 rows per chunk.
 pub fn rows_per_chunk(rows: usize, c: usize, sm_count: u32) -> usize {
     let strips = c.div_ceil(32).max(1);
     let chunks = (2 * sm_count as usize / strips).clamp(1, rows.div_ceil(32).max(1));
@@ -86,7 +87,14 @@ pub fn layer_norm_backward(
         .push(width);
     dev.launch(k, row_launch(rows, c), &mut args)?;
 
-    let per_chunk = rows_per_chunk(rows, c, dev.limits().sm_count);
+    // columns per thread: 16-byte packs when every row of x and dy is 16-byte aligned
+    let n = (16 / x.dtype().size_in_bytes()) as u32;
+    let pack = if c.is_multiple_of(n as usize) && x.ptr().is_multiple_of(16) && dy.ptr().is_multiple_of(16) {
+        n
+    } else {
+        1
+    };
+    let per_chunk = rows_per_chunk(rows, c.div_ceil(pack as usize), dev.limits().sm_count);
     let chunks = rows.div_ceil(per_chunk);
     let partial = CudaStorage::alloc(dev, acc_dtype(x.dtype()), 2 * chunks * c)?;
     let k = kernel("layernorm", &format!("layer_norm_dparams_partial_{dtype}"))?;
@@ -98,9 +106,10 @@ pub fn layer_norm_backward(
         .push(partial.ptr())
         .push(rows as u64)
         .push(width)
-        .push(per_chunk as u64);
+        .push(per_chunk as u64)
+        .push(pack);
     let cfg = LaunchConfig {
-        grid: [c.div_ceil(32) as u32, chunks as u32, 1],
+        grid: [c.div_ceil(32 * pack as usize) as u32, chunks as u32, 1],
         block: [32, 8, 1],
         dyn_smem: 0,
     };
@@ -125,7 +134,9 @@ mod tests {
 
     #[test]
     fn chunks_fill_the_device_and_cover_every_row() {
-        // GPT-2 small's backward: 8 x 1024 rows of 768 -> 24 strips, 11 chunks of 745 rows
+        // GPT-2 small's backward: 8 x 1024 rows of 768, in f32 packs of 4 -> 192 thread columns,
+        // 6 strips, 44 chunks of 187 rows; one column per thread (odd widths) -> 24 strips, 11 of 745
+        assert_eq!(rows_per_chunk(8192, 192, 132), 187);
         assert_eq!(rows_per_chunk(8192, 768, 132), 745);
         // few rows: one chunk
         assert_eq!(rows_per_chunk(5, 3, 132), 5);

@@ -7,7 +7,9 @@ use crate::tensor::dtype::DType;
 use crate::{Error, Result};
 
 /// Threads per row and rows per block for rows of `width`: about 8 elements per thread, 32 to 1024
-/// threads per row, 256 threads per block for narrow rows.
+/// threads per row, 256 threads per block for narrow rows. The kernels keep up to 8 elements per
+/// thread in registers between their passes (kernels/rows.cuh), so with this shape rows up to 8192
+/// wide are read from memory once.
 pub fn block_shape(width: usize) -> (u32, u32) {
     let per_row = width.div_ceil(8).next_power_of_two().clamp(32, 1024) as u32;
     (per_row, (256 / per_row).max(1))
