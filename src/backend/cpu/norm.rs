@@ -34,23 +34,39 @@ pub fn layer_norm_forward(
                     super::vectorised(
                         #[inline(always)]
                         || {
+                            let (xr, w) = (&xr[..c], &w[..c]);
                             let n = acc::<T>(c as f64);
                             let mean = lane_sum(xr, |v| v.up()) / n;
-                            let var = lane_sum(xr, |v| (v.up() - mean) * (v.up() - mean)) / n;
+                            // corrected two-pass (as the kernel): with d = x − mean, shift = Σd/n is
+                            // the rounding error of the mean itself (large on rows with a large
+                            // mean, where the f32 mean cannot hold it): y is centred as d − shift,
+                            // and (Σd)²/n is taken out of Σd²
+                            let (sum_d, sum_d2) = lane_fold(
+                                c,
+                                (acc::<T>(0.0), acc::<T>(0.0)),
+                                |i| {
+                                    let d = xr[i].up() - mean;
+                                    (d, d * d)
+                                },
+                                |p, q| (p.0 + q.0, p.1 + q.1),
+                            );
+                            let var = ((sum_d2 - sum_d * sum_d / n) / n).max(acc::<T>(0.0));
+                            let shift = sum_d / n;
                             let rstd = (var + acc::<T>(eps)).sqrt().recip();
                             match b {
                                 Some(b) => {
                                     for (((xv, yv), wv), bv) in xr.iter().zip(yr.iter_mut()).zip(w).zip(b) {
-                                        *yv = T::down((xv.up() - mean) * rstd * wv.up() + bv.up());
+                                        *yv = T::down(((xv.up() - mean) - shift) * rstd * wv.up() + bv.up());
                                     }
                                 }
                                 None => {
                                     for ((xv, yv), wv) in xr.iter().zip(yr.iter_mut()).zip(w) {
-                                        *yv = T::down((xv.up() - mean) * rstd * wv.up());
+                                        *yv = T::down(((xv.up() - mean) - shift) * rstd * wv.up());
                                     }
                                 }
                             }
-                            *st = (mean.to_f64().unwrap_or(f64::NAN), rstd.to_f64().unwrap_or(f64::NAN));
+                            let to_f64 = |v: T::Acc| v.to_f64().unwrap_or(f64::NAN);
+                            *st = (to_f64(mean) + to_f64(shift), to_f64(rstd));
                         },
                     )
                 });
