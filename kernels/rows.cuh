@@ -187,24 +187,6 @@ __device__ __forceinline__ void kiln_row_walk(unsigned slots, Load load, Use use
     for (unsigned s = threadIdx.x; s < slots; s += blockDim.x) use(load(s), s);
 }
 
-// The first pass: as kiln_row_walk, and with `fits` (kiln_row_fits) the loaded values V stay in `keep`
-// (indexed by constants only, so they stay in registers) for kiln_row_again.
-template <int R, typename V, typename Load, typename Use>
-__device__ __forceinline__ void kiln_row_first(V (&keep)[R], bool fits, unsigned slots, Load load, Use use) {
-    if (!fits) {
-        kiln_row_walk(slots, load, use);
-        return;
-    }
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-        const unsigned s = threadIdx.x + i * blockDim.x;
-        if (s < slots) {
-            keep[i] = load(s);
-            use(keep[i], s);
-        }
-    }
-}
-
 // A later pass: from `keep` when the row fits, else loading again.
 template <int R, typename V, typename Load, typename Use>
 __device__ __forceinline__ void kiln_row_again(const V (&keep)[R], bool fits, unsigned slots, Load load, Use use) {
@@ -217,4 +199,19 @@ __device__ __forceinline__ void kiln_row_again(const V (&keep)[R], bool fits, un
         const unsigned s = threadIdx.x + i * blockDim.x;
         if (s < slots) use(keep[i], s);
     }
+}
+
+// The first pass: as kiln_row_walk, and with `fits` (kiln_row_fits) the loaded values V stay in `keep`
+// (indexed by constants only, so they stay in registers) for kiln_row_again: all of the thread's
+// loads are issued before the first use.
+template <int R, typename V, typename Load, typename Use>
+__device__ __forceinline__ void kiln_row_first(V (&keep)[R], bool fits, unsigned slots, Load load, Use use) {
+    if (fits) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const unsigned s = threadIdx.x + i * blockDim.x;
+            if (s < slots) keep[i] = load(s);
+        }
+    }
+    kiln_row_again(keep, fits, slots, load, use);
 }
