@@ -450,6 +450,28 @@ __device__ __forceinline__ void att_pack_a(unsigned (&a)[4], const float (&lo)[4
     a[3] = kiln_pack_b16(F::down(hi[2]), F::down(hi[3]));
 }
 
+// acc (16 x dp, as DT n8 tiles) += R·B for R the warp's 16 x (16·KSTEPS) accumulator fragments (2·KSTEPS
+// n8 tiles, rounded to T and repacked as A fragments by att_pack_a) and B the (16·KSTEPS) x dp tile at
+// `tile` in shared memory (row stride ld), read by ldmatrix .trans; column pairs past dp are skipped.
+template <typename T, int KSTEPS, int DT>
+__device__ __forceinline__ void att_mma_rows_by_tile(float (&acc)[DT][4], const float (&rows)[2 * KSTEPS][4],
+                                                     const T *tile, unsigned ld, unsigned dp) {
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+        unsigned a[4];
+        att_pack_a<T>(a, rows[2 * kk], rows[2 * kk + 1]);
+#pragma unroll
+        for (int dn = 0; dn < DT / 2; ++dn) {
+            if (dn * 16 < (int)dp) {
+                unsigned b[4];
+                att_frag_b_kn(b, tile, ld, kk * 16, dn * 16);
+                att_mma<T>(acc[2 * dn], a, b, 0);
+                att_mma<T>(acc[2 * dn + 1], a, b, 1);
+            }
+        }
+    }
+}
+
 // Forward: 16 query rows per warp (64 per block). The Q tile is staged once and kept as A fragments in
 // registers; K/V tiles of 32 keys are double-buffered: tile it + 1 is copied (cp.async) while tile it is
 // multiplied. Per warp and tile: S (16x32) = 4 n8 tiles over dp/16 k-steps, masked and scaled in f32; the
@@ -552,20 +574,7 @@ __device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, 
                     l[e / 2] += s[nt][e];
                 }
             // O += P·V, the tile's 32 keys as two k-steps
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; ++kk) {
-                unsigned pa[4];
-                att_pack_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int dn = 0; dn < DT / 2; ++dn) {
-                    if (dn * 16 < (int)dp) {
-                        unsigned vb[4];
-                        att_frag_b_kn(vb, vt, ld, kk * 16, dn * 16);
-                        att_mma<T>(acc[2 * dn], pa, vb, 0);
-                        att_mma<T>(acc[2 * dn + 1], pa, vb, 1);
-                    }
-                }
-            }
+            att_mma_rows_by_tile<T, BK / 16>(acc, s, vt, ld, dp);
         }
         __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
     }
@@ -692,25 +701,8 @@ __device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict_
                     dps[nt][e] = p * (dps[nt][e] - dd[nt][e % 2]);
                 }
             // dV += Pᵀ·dO and dK += dSᵀ·Q, the tile's 32 queries as two k-steps
-#pragma unroll
-            for (int kk = 0; kk < BQ / 16; ++kk) {
-                unsigned pa[4], sa[4];
-                att_pack_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
-                att_pack_a<T>(sa, dps[2 * kk], dps[2 * kk + 1]);
-#pragma unroll
-                for (int dn = 0; dn < DT / 2; ++dn) {
-                    if (dn * 16 < (int)dp) {
-                        unsigned gb[4], qb[4];
-                        att_frag_b_kn(gb, gt, ld, kk * 16, dn * 16);
-                        att_frag_b_kn(qb, qt, ld, kk * 16, dn * 16);
-#pragma unroll
-                        for (int h = 0; h < 2; ++h) {
-                            att_mma<T>(dva[2 * dn + h], pa, gb, h);
-                            att_mma<T>(dka[2 * dn + h], sa, qb, h);
-                        }
-                    }
-                }
-            }
+            att_mma_rows_by_tile<T, BQ / 16>(dva, s, gt, ld, dp);
+            att_mma_rows_by_tile<T, BQ / 16>(dka, dps, qt, ld, dp);
         }
         __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
     }
@@ -831,20 +823,7 @@ __device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ 
                     dps[nt][e] = p * (dps[nt][e] - dr[e / 2]);
                 }
             // dQ += dS·K, the tile's 32 keys as two k-steps
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; ++kk) {
-                unsigned sa[4];
-                att_pack_a<T>(sa, dps[2 * kk], dps[2 * kk + 1]);
-#pragma unroll
-                for (int dn = 0; dn < DT / 2; ++dn) {
-                    if (dn * 16 < (int)dp) {
-                        unsigned kb[4];
-                        att_frag_b_kn(kb, kt, ld, kk * 16, dn * 16);
-                        att_mma<T>(acc[2 * dn], sa, kb, 0);
-                        att_mma<T>(acc[2 * dn + 1], sa, kb, 1);
-                    }
-                }
-            }
+            att_mma_rows_by_tile<T, BK / 16>(acc, dps, kt, ld, dp);
         }
         __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
     }
