@@ -64,6 +64,7 @@ fn scratch(dropout: f64) -> Init {
     Init::Scratch {
         model: tiny_model(dropout),
         tokenizer: TokenizerKind::Char,
+        weights: None,
     }
 }
 

@@ -175,6 +175,14 @@ pub struct TrainArgs {
     /// Seeds the weights, batches and dropout [1337].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Start from the weights in this safetensors file (kiln's checkpoint names) instead of
+    /// drawing them: another program's initialisation, to replay its run.
+    #[arg(long, value_name = "FILE")]
+    pub init_weights: Option<PathBuf>,
+    /// Take every batch's windows from this JSON file instead of drawing them: a recorded data
+    /// order, to replay another program's run (format: docs/training.md).
+    #[arg(long, value_name = "FILE")]
+    pub windows: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -331,13 +339,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             (!a.data.is_empty(), "--data"),
             (a.tokenizer.is_some(), "--tokenizer"),
             (a.seed.is_some(), "--seed"),
+            (a.init_weights.is_some(), "--init-weights"),
+            (a.windows.is_some(), "--windows"),
         ]
         .into_iter()
         .filter_map(|(given, flag)| given.then_some(flag))
         .collect();
         if !fixed.is_empty() {
             return Err(cli_err(format!(
-                "--resume continues the saved run with its model, data, tokenizer and seed; drop {} \
+                "--resume continues the saved run with its model, data, tokenizer, seed and windows; drop {} \
                  (the optimisation settings --steps, --lr, ... may change)",
                 fixed.join(", ")
             )));
@@ -363,11 +373,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         if let Some(seed) = a.seed {
             cfg.seed = seed;
         }
+        cfg.windows = a.windows;
         a.optim.apply(&mut cfg);
         if a.data.is_empty() {
             println!("no --data given: training on kiln's own docs and sources ({EMBEDDED})");
         }
-        train::train(Init::Scratch { model, tokenizer }, &a.data, cfg, &opts)?
+        let init = Init::Scratch {
+            model,
+            tokenizer,
+            weights: a.init_weights,
+        };
+        train::train(init, &a.data, cfg, &opts)?
     };
     print_sample(&outcome.model, &outcome.tokenizer, a.run.sample_tokens)
 }

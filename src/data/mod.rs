@@ -186,6 +186,15 @@ pub enum Split {
     Val,
 }
 
+impl Split {
+    fn name(self) -> &'static str {
+        match self {
+            Split::Train => "training",
+            Split::Val => "validation",
+        }
+    }
+}
+
 /// Token ids split by position: the first part trains, the rest validates (nanoGPT's 90/10).
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -194,14 +203,15 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Splits `ids`: the last `val_fraction` of the tokens (rounded down) is the validation set.
+    /// Splits `ids` as nanoGPT does: the first ⌊n·(1 − val_fraction)⌋ tokens train, the rest
+    /// validate.
     pub fn new(mut ids: Vec<u32>, val_fraction: f64) -> Result<Dataset> {
         if !(0.0..1.0).contains(&val_fraction) {
             return Err(data_err(format!(
                 "the validation fraction must be in [0, 1), got {val_fraction}"
             )));
         }
-        let n_train = ids.len() - (ids.len() as f64 * val_fraction) as usize;
+        let n_train = (ids.len() as f64 * (1.0 - val_fraction)) as usize;
         let val = ids.split_off(n_train);
         Ok(Dataset { train: ids, val })
     }
@@ -215,17 +225,38 @@ impl Dataset {
 
     /// Checks that both splits hold at least one window of `block` inputs plus its target.
     pub fn check_block(&self, block: usize) -> Result<()> {
-        for (name, s) in [("training", &self.train), ("validation", &self.val)] {
-            if s.len() <= block {
-                return Err(data_err(format!(
-                    "the {name} split has {} tokens, but one window of context {block} needs {}; \
-                     give more text or a smaller --block-size",
-                    s.len(),
-                    block + 1
-                )));
-            }
+        for split in [Split::Train, Split::Val] {
+            self.window_starts_below(split, block)?;
         }
         Ok(())
+    }
+
+    /// The bound on window starts in `split`: a window of `block` inputs starting at `i`
+    /// needs the tokens up to `i + block` (its last target).
+    fn window_starts_below(&self, split: Split, block: usize) -> Result<usize> {
+        let len = self.split(split).len();
+        if len <= block {
+            return Err(data_err(format!(
+                "the {} split has {len} tokens, but one window of context {block} needs {}; \
+                 give more text or a smaller --block-size",
+                split.name(),
+                block + 1
+            )));
+        }
+        Ok(len - block)
+    }
+
+    fn check_starts(&self, split: Split, starts: &[usize], block: usize) -> Result<()> {
+        let below = self.window_starts_below(split, block)?;
+        match starts.iter().find(|&&i| i >= below) {
+            Some(bad) => Err(data_err(format!(
+                "a window of the {} split starts at {bad}, but with context {block} its {} tokens \
+                 allow starts below {below}",
+                split.name(),
+                below + block
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// `batch` random windows of `block` tokens from `split`: inputs `[B, T]` and targets
@@ -239,20 +270,146 @@ impl Dataset {
         rng: &mut Rng,
         dev: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        let below = self.window_starts_below(split, block)? as u64;
+        let starts: Vec<usize> = (0..batch).map(|_| rng.below(below) as usize).collect();
+        self.windows(split, &starts, block, dev)
+    }
+
+    /// The windows of `block` tokens of `split` that start at `starts`: inputs and targets,
+    /// `[starts.len(), block]` U32 each.
+    pub fn windows(&self, split: Split, starts: &[usize], block: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+        self.check_starts(split, starts, block)?;
         let data = self.split(split);
-        if data.len() <= block {
-            self.check_block(block)?;
-        }
-        let mut x = Vec::with_capacity(batch * block);
-        let mut y = Vec::with_capacity(batch * block);
-        for _ in 0..batch {
-            let i = rng.below((data.len() - block) as u64) as usize;
+        let mut x = Vec::with_capacity(starts.len() * block);
+        let mut y = Vec::with_capacity(starts.len() * block);
+        for &i in starts {
             x.extend_from_slice(&data[i..i + block]);
             y.extend_from_slice(&data[i + 1..i + block + 1]);
         }
         Ok((
-            Tensor::from_vec(x, &[batch, block], dev)?,
-            Tensor::from_vec(y, &[batch, block], dev)?,
+            Tensor::from_vec(x, &[starts.len(), block], dev)?,
+            Tensor::from_vec(y, &[starts.len(), block], dev)?,
         ))
+    }
+}
+
+/// A recorded data order: the window starts of every training micro-batch and of every
+/// evaluation's batches. `kiln train --windows FILE` takes its batches from one instead of
+/// drawing them, so that it can replay another program's run (nanoGPT's, say) window for
+/// window. The file is JSON:
+///
+/// ```json
+/// {"train": [[3, 90211, ...], ...],
+///  "eval": {"0": {"train": [[...], ...], "val": [[...], ...]}, "250": {...}}}
+/// ```
+///
+/// `train` holds one list of starts per micro-batch, in the order the run takes them;
+/// `eval` maps each evaluation's step to its batches on each split. Starts are offsets into
+/// their split (nanoGPT's `ix` in `get_batch`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowPlan {
+    pub train: Vec<Vec<usize>>,
+    #[serde(default)]
+    pub eval: std::collections::BTreeMap<usize, EvalWindows>,
+}
+
+/// One evaluation's batches: the window starts of each batch, per split.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalWindows {
+    pub train: Vec<Vec<usize>>,
+    pub val: Vec<Vec<usize>>,
+}
+
+impl WindowPlan {
+    /// Reads a plan, naming the file in any error. Returns it with a fingerprint of the
+    /// file's bytes, so that a resumed run can tell whether the file changed.
+    pub fn read(path: &Path) -> Result<(WindowPlan, u64)> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("cannot read window plan {}", path.display()), e))?;
+        let plan = serde_json::from_slice(&bytes).map_err(|e| {
+            data_err(format!(
+                "window plan {}: {e} (expected {{\"train\": [[start, ...], ...], \"eval\": {{\"STEP\": {{\"train\": [...], \"val\": [...]}}}}}})",
+                path.display()
+            ))
+        })?;
+        Ok((plan, fnv1a64(&bytes)))
+    }
+
+    /// Checks that the plan covers a run before it starts: `train_batches` training batches and,
+    /// at each of `eval_steps`, `eval_iters` batches of each split; every batch `batch`
+    /// windows, every start inside its split.
+    pub fn check(
+        &self,
+        data: &Dataset,
+        block: usize,
+        batch: usize,
+        train_batches: usize,
+        eval_steps: &[usize],
+        eval_iters: usize,
+    ) -> Result<()> {
+        if self.train.len() < train_batches {
+            return Err(data_err(format!(
+                "the window plan holds {} training batches, but the run takes {train_batches}",
+                self.train.len()
+            )));
+        }
+        let check_batches = |what: &str, split: Split, batches: &[Vec<usize>], want: usize| -> Result<()> {
+            if batches.len() != want {
+                return Err(data_err(format!(
+                    "the window plan's {what} holds {} batches, expected {want}",
+                    batches.len()
+                )));
+            }
+            for (i, starts) in batches.iter().enumerate() {
+                if starts.len() != batch {
+                    return Err(data_err(format!(
+                        "the window plan's {what}, batch {i}, has {} windows, expected --batch-size {batch}",
+                        starts.len()
+                    )));
+                }
+                data.check_starts(split, starts, block).map_err(|e| match e {
+                    Error::Invalid { msg, .. } => data_err(format!("the window plan's {what}, batch {i}: {msg}")),
+                    other => other,
+                })?;
+            }
+            Ok(())
+        };
+        check_batches(
+            "training batches",
+            Split::Train,
+            &self.train[..train_batches],
+            train_batches,
+        )?;
+        for &step in eval_steps {
+            let Some(e) = self.eval.get(&step) else {
+                return Err(data_err(format!(
+                    "the window plan has no evaluation batches for step {step} (the run evaluates at steps {eval_steps:?})"
+                )));
+            };
+            check_batches(
+                &format!("evaluation at step {step} (train)"),
+                Split::Train,
+                &e.train,
+                eval_iters,
+            )?;
+            check_batches(
+                &format!("evaluation at step {step} (val)"),
+                Split::Val,
+                &e.val,
+                eval_iters,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The starts of evaluation batch `i` of `split` at `step` (after [`WindowPlan::check`]).
+    pub fn eval_batch(&self, step: usize, split: Split, i: usize) -> &[usize] {
+        let e = &self.eval[&step];
+        match split {
+            Split::Train => &e.train[i],
+            Split::Val => &e.val[i],
+        }
     }
 }

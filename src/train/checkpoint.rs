@@ -43,6 +43,9 @@ pub struct DataInfo {
     pub corpus_hash: u64,
     /// Tokens in the corpus (train + val).
     pub tokens: usize,
+    /// Fingerprint of the window plan file (`TrainConfig::windows`), when the run has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_hash: Option<u64>,
 }
 
 /// The training progress stored in `state.json`.

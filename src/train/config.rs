@@ -40,6 +40,10 @@ pub struct TrainConfig {
     /// The model's compute dtype: f32, or bf16 (mixed precision; the weights and the optimizer
     /// state stay f32). Checkpoints written before this setting existed read as f32.
     pub dtype: DType,
+    /// A recorded data order ([`crate::data::WindowPlan`]) to take every batch from instead of
+    /// drawing it with the seed: to replay another program's run window for window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -60,6 +64,7 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             seed: 1337,
             dtype: DType::F32,
+            windows: None,
         }
     }
 }

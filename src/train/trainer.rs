@@ -13,7 +13,7 @@ use super::checkpoint::{self, DataInfo, TrainState};
 use super::config::TrainConfig;
 use super::metrics::{self, MetricsWriter, Record};
 use super::plot;
-use crate::data::{tokenize_cached, Corpus, Dataset, Split, EMBEDDED};
+use crate::data::{tokenize_cached, Corpus, Dataset, Split, WindowPlan, EMBEDDED};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{clip_grad_norm, AdamW};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
@@ -30,9 +30,15 @@ const EVAL_SALT: u64 = 0x5EED_0FE7_A1B2;
 
 /// Where a run starts from.
 pub enum Init {
-    /// Fresh weights of this shape (`vocab_size` is replaced by the tokenizer's), with a
-    /// tokenizer of this kind built for the corpus.
-    Scratch { model: GptConfig, tokenizer: TokenizerKind },
+    /// A new model of this shape (`vocab_size` is replaced by the tokenizer's), with a
+    /// tokenizer of this kind built for the corpus. Its weights are drawn from the seed, or
+    /// read from `weights` (a safetensors file with kiln's names: another program's
+    /// initialisation, to replay its run).
+    Scratch {
+        model: GptConfig,
+        tokenizer: TokenizerKind,
+        weights: Option<PathBuf>,
+    },
     /// Fine-tuning: these weights and their tokenizer; `source` is recorded in the state.
     From {
         model: Box<Gpt>,
@@ -151,6 +157,8 @@ struct Session {
     opt: AdamW,
     tokenizer: Tokenizer,
     data: Dataset,
+    /// Where the batches come from when they are not drawn ([`TrainConfig::windows`]).
+    windows: Option<WindowPlan>,
     state: TrainState,
     history: Vec<Record>,
     metrics: MetricsWriter,
@@ -171,18 +179,28 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
     let corpus = Corpus::from_files(data)?;
     let (model, tokenizer, init_name) = match init {
-        Init::Scratch { model, tokenizer } => {
+        Init::Scratch {
+            model,
+            tokenizer,
+            weights,
+        } => {
             let tok = Tokenizer::for_corpus(tokenizer, &corpus.text);
             let model_cfg = GptConfig {
                 vocab_size: tok.vocab_size(),
                 ..model
             };
-            let mut init_rng = Rng::new(cfg.seed);
-            (
-                Gpt::new(model_cfg, &mut init_rng, &opts.device)?,
-                tok,
-                "scratch".to_string(),
-            )
+            match weights {
+                None => (
+                    Gpt::new(model_cfg, &mut Rng::new(cfg.seed), &opts.device)?,
+                    tok,
+                    "scratch".to_string(),
+                ),
+                Some(path) => {
+                    let mut gpt = Gpt::zeros(model_cfg, &opts.device)?;
+                    gpt.load_safetensors(&path)?;
+                    (gpt, tok, format!("weights {}", path.display()))
+                }
+            }
         }
         Init::From {
             model,
@@ -200,10 +218,12 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
             )));
         }
     }
+    let windows = read_windows(&cfg)?;
     let data_info = DataInfo {
         sources: corpus.sources.clone(),
         corpus_hash: corpus.fingerprint(),
         tokens: ids.len(),
+        windows_hash: windows.as_ref().map(|(_, hash)| *hash),
     };
     let dataset = Dataset::new(ids, cfg.val_fraction)?;
     dataset.check_block(model.config().block_size)?;
@@ -232,6 +252,7 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
         opt,
         tokenizer,
         data: dataset,
+        windows: windows.map(|(plan, _)| plan),
         state,
         history: Vec::new(),
         metrics,
@@ -250,10 +271,20 @@ pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Resul
     let before = state.train.clone();
     change(&mut state.train);
     state.train.validate()?;
-    if state.train.seed != before.seed || state.train.val_fraction != before.val_fraction {
+    if state.train.seed != before.seed
+        || state.train.val_fraction != before.val_fraction
+        || state.train.windows != before.windows
+    {
         return Err(train_err(
-            "a resumed run keeps its seed and data split; start a new run to change them".into(),
+            "a resumed run keeps its seed, data split and window plan; start a new run to change them".into(),
         ));
+    }
+    let windows = read_windows(&state.train)?;
+    if windows.as_ref().map(|(_, hash)| *hash) != state.data.windows_hash {
+        return Err(train_err(format!(
+            "the window plan {} changed since the checkpoint was written; resuming would not continue the same run",
+            state.train.windows.as_deref().unwrap_or(Path::new("")).display()
+        )));
     }
     let ids = resume_tokens(run_dir, &state, &loaded.tokenizer)?;
     let dataset = Dataset::new(ids, state.train.val_fraction)?;
@@ -275,6 +306,7 @@ pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Resul
         opt,
         tokenizer: loaded.tokenizer,
         data: dataset,
+        windows: windows.map(|(plan, _)| plan),
         state,
         history,
         metrics,
@@ -344,6 +376,10 @@ fn resume_tokens(run_dir: &Path, state: &TrainState, tok: &Tokenizer) -> Result<
     Ok(tokenize_cached(&corpus, tok, Some(&run_dir.join(TOKEN_CACHE)))?.0)
 }
 
+fn read_windows(cfg: &TrainConfig) -> Result<Option<(WindowPlan, u64)>> {
+    cfg.windows.as_deref().map(WindowPlan::read).transpose()
+}
+
 fn new_optimizer(params: &[(String, crate::Tensor)], cfg: &TrainConfig) -> Result<AdamW> {
     AdamW::new(params.to_vec(), cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)
 }
@@ -351,6 +387,12 @@ fn new_optimizer(params: &[(String, crate::Tensor)], cfg: &TrainConfig) -> Resul
 impl Session {
     fn cfg(&self) -> &TrainConfig {
         &self.state.train
+    }
+
+    /// Whether the run evaluates (and checkpoints) after `done` steps, when it stops at `end`.
+    fn evaluates_after(&self, done: usize, end: usize) -> bool {
+        let cfg = self.cfg();
+        done.is_multiple_of(cfg.eval_interval) || done == cfg.steps || done == end
     }
 
     fn run(mut self, opts: &RunOptions) -> Result<Outcome> {
@@ -387,7 +429,21 @@ impl Session {
             cfg.dtype,
             self.run_dir.display()
         ));
-        if self.state.step == 0 && self.history.is_empty() {
+        let fresh = self.state.step == 0 && self.history.is_empty();
+        if let Some(plan) = &self.windows {
+            let eval_steps: Vec<usize> = (self.state.step..=end)
+                .filter(|&s| (s == 0 && fresh) || (s > self.state.step && self.evaluates_after(s, end)))
+                .collect();
+            plan.check(
+                &self.data,
+                block,
+                cfg.batch_size,
+                end * cfg.grad_accum,
+                &eval_steps,
+                cfg.eval_iters,
+            )?;
+        }
+        if fresh {
             self.evaluate_and_log(&reporter, 0.0)?;
         }
         let mut data_rng = Rng::from_state(self.state.data_rng);
@@ -401,7 +457,7 @@ impl Session {
             let t0 = Instant::now();
             let lr = schedule.lr(step);
             self.opt.set_lr(lr);
-            let (loss, mut grads) = self.forward_backward(&mut data_rng, &mut dropout_rng)?;
+            let (loss, mut grads) = self.forward_backward(step, &mut data_rng, &mut dropout_rng)?;
             let max_norm = if cfg.grad_clip > 0.0 { cfg.grad_clip } else { f64::MAX };
             let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
             if !loss.is_finite() || !norm.is_finite() {
@@ -439,7 +495,7 @@ impl Session {
             let tok_s = (self.state.step - session_start_step) as f64 * tokens_per_step as f64 / session_seconds;
             reporter.step(self.state.step, format!("loss {loss:.4} | {} tok/s", human(tok_s)));
             let done = self.state.step;
-            if done.is_multiple_of(cfg.eval_interval) || done == cfg.steps || done == end {
+            if self.evaluates_after(done, end) {
                 self.state.data_rng = data_rng.state();
                 self.state.dropout_rng = dropout_rng.state();
                 self.evaluate_and_log(&reporter, tok_s)?;
@@ -478,16 +534,22 @@ impl Session {
         })
     }
 
-    /// One step's loss (mean over the micro-batches) and summed gradients.
-    fn forward_backward(&self, data_rng: &mut Rng, dropout_rng: &mut Rng) -> Result<(f64, Gradients)> {
+    /// Step `step`'s loss (mean over the micro-batches) and summed gradients.
+    fn forward_backward(&self, step: usize, data_rng: &mut Rng, dropout_rng: &mut Rng) -> Result<(f64, Gradients)> {
         let cfg = self.cfg();
         let block = self.model.config().block_size;
         let mut total = Gradients::default();
         let mut loss_sum = 0.0;
         for micro in 0..cfg.grad_accum {
-            let (x, y) = self
-                .data
-                .batch(Split::Train, cfg.batch_size, block, data_rng, &self.device)?;
+            let (x, y) = match &self.windows {
+                Some(plan) => {
+                    let starts = &plan.train[step * cfg.grad_accum + micro];
+                    self.data.windows(Split::Train, starts, block, &self.device)?
+                }
+                None => self
+                    .data
+                    .batch(Split::Train, cfg.batch_size, block, data_rng, &self.device)?,
+            };
             let loss = self.model.loss_train(&x, &y, dropout_rng)?;
             loss_sum += loss.to_scalar::<f64>()?;
             let loss = if cfg.grad_accum > 1 {
@@ -515,7 +577,7 @@ impl Session {
     }
 
     /// Mean loss over `eval_iters` batches of each split, in evaluation mode, from batches
-    /// that are the same at every evaluation.
+    /// that are the same at every evaluation (or the window plan's for this step).
     fn evaluate(&self) -> Result<(f64, f64)> {
         let _no_grad = crate::no_grad();
         let cfg = self.cfg();
@@ -524,8 +586,14 @@ impl Session {
         for (slot, split) in [Split::Train, Split::Val].into_iter().enumerate() {
             let mut rng = Rng::new(cfg.seed ^ EVAL_SALT);
             let mut sum = 0.0;
-            for _ in 0..cfg.eval_iters {
-                let (x, y) = self.data.batch(split, cfg.batch_size, block, &mut rng, &self.device)?;
+            for i in 0..cfg.eval_iters {
+                let (x, y) = match &self.windows {
+                    Some(plan) => {
+                        let starts = plan.eval_batch(self.state.step, split, i);
+                        self.data.windows(split, starts, block, &self.device)?
+                    }
+                    None => self.data.batch(split, cfg.batch_size, block, &mut rng, &self.device)?,
+                };
                 sum += self.model.loss(&x, &y)?.to_scalar::<f64>()?;
             }
             out[slot] = sum / cfg.eval_iters as f64;
