@@ -107,6 +107,17 @@ fn split_is_ninety_ten_by_position() {
 }
 
 #[test]
+fn split_is_nanogpts_first_ninety_percent_rounded_down() {
+    // nanoGPT's prepare.py keeps data[:int(n*0.9)] for training; where 0.1·n is not whole,
+    // "all but the last ⌊0.1·n⌋" would keep one token more
+    for n in [1005usize, 1_115_394] {
+        let d = Dataset::new((0..n as u32).collect(), 0.1).unwrap();
+        assert_eq!(d.train.len(), n * 9 / 10, "n = {n}");
+        assert_eq!(d.val[0] as usize, n * 9 / 10);
+    }
+}
+
+#[test]
 fn batches_are_shifted_windows_from_one_split_and_reproducible() {
     let ids: Vec<u32> = (0..1000).collect();
     let d = Dataset::new(ids, 0.1).unwrap();
