@@ -170,6 +170,125 @@ fn train_resume_generate_and_finetune() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// The training settings saved in a run's checkpoint (`state.json`'s `train`).
+fn saved_settings(out: &Path) -> serde_json::Value {
+    let state = std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&state).unwrap()["train"].clone()
+}
+
+/// The step count of a run's saved AdamW state, and m²/v for every element of every
+/// parameter whose second moment is not negligible. After the first step from a fresh
+/// optimizer m = (1−β1)·g and v = (1−β2)·g², so every ratio is (1−β1)²/(1−β2) whatever the
+/// gradient; moments carried over from an earlier run would mix in older gradients.
+fn moment_ratios(out: &Path) -> (f64, Vec<f64>) {
+    let (tensors, _) =
+        kiln::model::io::load_tensors(&out.join("checkpoint/optimizer.safetensors"), &kiln::Device::Cpu).unwrap();
+    let get = |name: &str| {
+        let t = &tensors.iter().find(|(n, _)| n == name).unwrap().1;
+        t.to_vec::<f64>().unwrap()
+    };
+    let mut ratios = Vec::new();
+    for (name, _) in tensors.iter().filter(|(n, _)| n.ends_with(".exp_avg")) {
+        let (m, v) = (get(name), get(&format!("{name}_sq")));
+        for (m, v) in m.iter().zip(&v) {
+            // below this, v = (1−β2)·g² in f32 has lost bits to underflow
+            if *v > 1e-30 {
+                ratios.push(m * m / v);
+            }
+        }
+    }
+    (get("step")[0], ratios)
+}
+
+fn assert_first_step_moments(out: &Path, beta1: f64, beta2: f64) {
+    let (step, ratios) = moment_ratios(out);
+    assert_eq!(step, 1.0, "the optimizer's step count");
+    assert!(ratios.len() > 500, "only {} moments to check", ratios.len());
+    let want = (1.0 - beta1) * (1.0 - beta1) / (1.0 - beta2);
+    for r in ratios {
+        // m and v are f32: a few roundings, each a relative 6e-8
+        assert!(
+            (r - want).abs() <= 1e-5 * want,
+            "m²/v = {r}, want {want} (β1 {beta1}, β2 {beta2})"
+        );
+    }
+}
+
+#[test]
+fn optimisation_flags_are_saved_with_the_run_and_reach_the_optimizer() {
+    let root = temp_dir("optflags");
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    let out = root.join("run");
+    let flags = [
+        "--steps",
+        "1",
+        "--lr",
+        "2e-3",
+        "--warmup",
+        "0",
+        "--beta1",
+        "0.8",
+        "--beta2",
+        "0.95",
+        "--weight-decay",
+        "0.05",
+        "--grad-clip",
+        "0.5",
+        "--grad-accum",
+        "2",
+    ];
+    let o = train(&out, &data, &flags);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let s = saved_settings(&out);
+    for (key, want) in [
+        ("lr", 2e-3),
+        ("beta1", 0.8),
+        ("beta2", 0.95),
+        ("weight_decay", 0.05),
+        ("grad_clip", 0.5),
+    ] {
+        assert_eq!(s[key].as_f64(), Some(want), "{key}: {s}");
+    }
+    assert_eq!(
+        (s["grad_accum"].as_u64(), s["warmup"].as_u64()),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    // the optimizer ran with these betas: (1−0.8)²/(1−0.95) = 0.8 after its first step
+    assert_first_step_moments(&out, 0.8, 0.95);
+
+    // they may change on resume, and the change is saved
+    let o = kiln(&[
+        "train",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--beta1",
+        "0.85",
+        "--sample-tokens",
+        "0",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("beta1 0.8 → 0.85"), "{stdout}");
+    assert_eq!(saved_settings(&out)["beta1"].as_f64(), Some(0.85));
+
+    for (flag, value) in [("--beta1", "1"), ("--beta1", "-0.1"), ("--beta2", "1.5")] {
+        let arg = format!("{flag}={value}");
+        let o = train(&root.join("bad"), &data, &["--steps", "1", &arg]);
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{arg}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} must be in [0, 1), got {value}")),
+            "{arg}: {stderr}"
+        );
+        assert!(!root.join("bad").exists(), "{arg}: a refused run wrote its folder");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn missing_and_empty_data_are_clear_errors() {
     let root = temp_dir("data");

@@ -86,7 +86,10 @@ pub struct OptimArgs {
     /// AdamW weight decay on 2-D weights [0.1].
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// AdamW β2 [0.99].
+    /// AdamW β1, the decay of the gradient's running mean [0.9].
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// AdamW β2, the decay of the squared gradient's running mean [0.99].
     #[arg(long)]
     pub beta2: Option<f64>,
     /// Clip the global gradient norm to this, 0 for no clipping [1.0].
@@ -114,6 +117,7 @@ impl OptimArgs {
             eval_interval,
             eval_iters,
             weight_decay,
+            beta1,
             beta2,
             grad_clip
         );
