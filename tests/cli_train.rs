@@ -215,6 +215,69 @@ fn assert_first_step_moments(out: &Path, beta1: f64, beta2: f64) {
 }
 
 #[test]
+fn finetune_has_its_own_schedule_and_a_fresh_optimizer() {
+    let root = temp_dir("ftdefaults");
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    let out = root.join("run");
+    let o = train(&out, &data, &["--steps", "6"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let (pre_step, _) = moment_ratios(&out);
+    assert_eq!(pre_step, 6.0);
+
+    // no optimisation flags: fine-tuning's schedule, not the checkpoint's nor train's; --stop-at 1
+    // writes the checkpoint (with the whole run's settings) after one step
+    let new = write_corpus(&root, "b.txt", "not to be is the question, or is it.\n");
+    let finetune = |name: &str, extra: &[&str]| {
+        let ft = root.join(name);
+        let mut args = vec![
+            "finetune",
+            "--from",
+            out.to_str().unwrap(),
+            "--data",
+            new.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&["--out", ft.to_str().unwrap(), "--stop-at", "1", "--sample-tokens", "0"]);
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert!(o.status.success(), "{:?}", text(&o));
+        ft
+    };
+    let ft = finetune("ft", &[]);
+    let s = saved_settings(&ft);
+    assert_eq!((s["steps"].as_u64(), s["lr"].as_f64()), (Some(200), Some(3e-4)), "{s}");
+    assert_eq!(
+        (s["warmup"].as_u64(), s["eval_interval"].as_u64()),
+        (Some(20), Some(50)),
+        "{s}"
+    );
+    let min_lr = s["min_lr"].as_f64().unwrap();
+    assert!(
+        (min_lr - 3e-4 / 10.0).abs() <= 1e-15,
+        "min_lr {min_lr}: not a tenth of the lr 3e-4"
+    );
+    // the settings finetune shares with train keep train's defaults
+    assert_eq!(
+        (s["batch_size"].as_u64(), s["eval_iters"].as_u64()),
+        (Some(12), Some(20)),
+        "{s}"
+    );
+    // the optimizer starts fresh: one step counted (the checkpoint's was at 6), first-step moments
+    assert_first_step_moments(&ft, 0.9, 0.99);
+
+    // with --lr, min_lr follows it; --steps leaves the other fine-tuning defaults alone
+    let ft = finetune("ft-lr", &["--lr", "1e-3", "--steps", "40"]);
+    let s = saved_settings(&ft);
+    assert_eq!((s["lr"].as_f64(), s["steps"].as_u64()), (Some(1e-3), Some(40)), "{s}");
+    assert!((s["min_lr"].as_f64().unwrap() - 1e-4).abs() <= 1e-15, "{s}");
+    assert_eq!(
+        (s["warmup"].as_u64(), s["eval_interval"].as_u64()),
+        (Some(20), Some(50)),
+        "{s}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn optimisation_flags_are_saved_with_the_run_and_reach_the_optimizer() {
     let root = temp_dir("optflags");
     let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
