@@ -353,6 +353,71 @@ fn optimisation_flags_are_saved_with_the_run_and_reach_the_optimizer() {
 }
 
 #[test]
+fn generate_takes_the_sampling_options_and_refuses_bad_ones() {
+    let root = temp_dir("sampling");
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    let out = root.join("run");
+    let o = train(&out, &data, &["--steps", "3"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--checkpoint", out.to_str().unwrap(), "--prompt", "to"];
+        args.extend_from_slice(&["--max-new-tokens", "40"]);
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{extra:?}: {stderr}");
+        stdout
+    };
+    let all = ["--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "7"];
+    let a = gen(&all);
+    assert!(a.starts_with("to") && a.len() > 30, "{a:?}");
+    assert_eq!(a, gen(&all), "the same seed and options gave different text");
+    assert_ne!(
+        a,
+        gen(&["--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "8"])
+    );
+    // each option reaches the sampler: temperature 0, top-k 1 and a tiny top-p are all greedy,
+    // whatever the seed
+    let greedy = gen(&["--temperature", "0", "--seed", "1"]);
+    assert_eq!(greedy, gen(&["--temperature", "0", "--seed", "2"]));
+    assert_eq!(greedy, gen(&["--top-k", "1", "--seed", "3"]));
+    assert_eq!(greedy, gen(&["--top-p", "1e-6", "--seed", "4"]));
+    assert_ne!(greedy, gen(&["--seed", "4"]));
+    // top-k 0 means every token: the same as a k above the vocabulary (the default 200 here)
+    assert_eq!(gen(&["--top-k", "0", "--seed", "5"]), gen(&["--seed", "5"]));
+
+    for (arg, want) in [
+        (
+            "--temperature=-1",
+            "--temperature must be a finite number ≥ 0 (0: greedy), got -1",
+        ),
+        (
+            "--temperature=inf",
+            "--temperature must be a finite number ≥ 0 (0: greedy), got inf",
+        ),
+        ("--top-p=0", "--top-p must be in (0, 1], got 0"),
+        ("--top-p=-0.5", "--top-p must be in (0, 1], got -0.5"),
+        ("--top-p=1.5", "--top-p must be in (0, 1], got 1.5"),
+        ("--top-p=NaN", "--top-p must be in (0, 1], got NaN"),
+    ] {
+        let o = kiln(&["generate", "--checkpoint", out.to_str().unwrap(), arg]);
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{arg}: {stderr}");
+        assert!(
+            stderr.starts_with("error: generate: ") && stderr.contains(want),
+            "{arg}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{arg}: {stdout}");
+    }
+    // a negative k is not a number of tokens: the command line itself is refused
+    let o = kiln(&["generate", "--checkpoint", out.to_str().unwrap(), "--top-k=-1"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'-1'") && stderr.contains("--top-k"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn missing_and_empty_data_are_clear_errors() {
     let root = temp_dir("data");
     let missing = root.join("missing.txt");

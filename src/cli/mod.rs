@@ -489,6 +489,15 @@ fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    // checked before a (possibly large) model is loaded; top-p goes through as given so that a
+    // value above 1 or NaN is refused rather than read as "all"
+    let opts = SampleOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: (a.top_k > 0).then_some(a.top_k),
+        top_p: Some(a.top_p),
+    };
+    opts.validate()?;
     let dev: Device = a.device.parse()?;
     let (mut model, tok, source) = match (&a.checkpoint, &a.hf) {
         (Some(ckpt), _) => {
@@ -517,13 +526,6 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         tok.describe(),
         model.dtype()
     );
-    let opts = SampleOptions {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_k: (a.top_k > 0).then_some(a.top_k),
-        top_p: (a.top_p < 1.0).then_some(a.top_p),
-    };
-    opts.validate()?;
     stream(&model, &tok, &a.prompt, &opts, a.seed)?;
     Ok(())
 }
