@@ -170,6 +170,253 @@ fn train_resume_generate_and_finetune() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// The training settings saved in a run's checkpoint (`state.json`'s `train`).
+fn saved_settings(out: &Path) -> serde_json::Value {
+    let state = std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&state).unwrap()["train"].clone()
+}
+
+/// The step count of a run's saved AdamW state, and m²/v for every element of every
+/// parameter whose second moment is not negligible. After the first step from a fresh
+/// optimizer m = (1−β1)·g and v = (1−β2)·g², so every ratio is (1−β1)²/(1−β2) whatever the
+/// gradient; moments carried over from an earlier run would mix in older gradients.
+fn moment_ratios(out: &Path) -> (f64, Vec<f64>) {
+    let (tensors, _) =
+        kiln::model::io::load_tensors(&out.join("checkpoint/optimizer.safetensors"), &kiln::Device::Cpu).unwrap();
+    let get = |name: &str| {
+        let t = &tensors.iter().find(|(n, _)| n == name).unwrap().1;
+        t.to_vec::<f64>().unwrap()
+    };
+    let mut ratios = Vec::new();
+    for (name, _) in tensors.iter().filter(|(n, _)| n.ends_with(".exp_avg")) {
+        let (m, v) = (get(name), get(&format!("{name}_sq")));
+        for (m, v) in m.iter().zip(&v) {
+            // below this, v = (1−β2)·g² in f32 has lost bits to underflow
+            if *v > 1e-30 {
+                ratios.push(m * m / v);
+            }
+        }
+    }
+    (get("step")[0], ratios)
+}
+
+fn assert_first_step_moments(out: &Path, beta1: f64, beta2: f64) {
+    let (step, ratios) = moment_ratios(out);
+    assert_eq!(step, 1.0, "the optimizer's step count");
+    assert!(ratios.len() > 500, "only {} moments to check", ratios.len());
+    let want = (1.0 - beta1) * (1.0 - beta1) / (1.0 - beta2);
+    for r in ratios {
+        // m and v are f32: a few roundings, each a relative 6e-8
+        assert!(
+            (r - want).abs() <= 1e-5 * want,
+            "m²/v = {r}, want {want} (β1 {beta1}, β2 {beta2})"
+        );
+    }
+}
+
+#[test]
+fn finetune_has_its_own_schedule_and_a_fresh_optimizer() {
+    let root = temp_dir("ftdefaults");
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    let out = root.join("run");
+    let o = train(&out, &data, &["--steps", "6"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let (pre_step, _) = moment_ratios(&out);
+    assert_eq!(pre_step, 6.0);
+
+    // no optimisation flags: fine-tuning's schedule, not the checkpoint's nor train's; --stop-at 1
+    // writes the checkpoint (with the whole run's settings) after one step
+    let new = write_corpus(&root, "b.txt", "not to be is the question, or is it.\n");
+    let finetune = |name: &str, extra: &[&str]| {
+        let ft = root.join(name);
+        let mut args = vec![
+            "finetune",
+            "--from",
+            out.to_str().unwrap(),
+            "--data",
+            new.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&["--out", ft.to_str().unwrap(), "--stop-at", "1", "--sample-tokens", "0"]);
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert!(o.status.success(), "{:?}", text(&o));
+        ft
+    };
+    let ft = finetune("ft", &[]);
+    let s = saved_settings(&ft);
+    assert_eq!((s["steps"].as_u64(), s["lr"].as_f64()), (Some(200), Some(3e-4)), "{s}");
+    assert_eq!(
+        (s["warmup"].as_u64(), s["eval_interval"].as_u64()),
+        (Some(20), Some(50)),
+        "{s}"
+    );
+    let min_lr = s["min_lr"].as_f64().unwrap();
+    assert!(
+        (min_lr - 3e-4 / 10.0).abs() <= 1e-15,
+        "min_lr {min_lr}: not a tenth of the lr 3e-4"
+    );
+    // the settings finetune shares with train keep train's defaults
+    assert_eq!(
+        (s["batch_size"].as_u64(), s["eval_iters"].as_u64()),
+        (Some(12), Some(20)),
+        "{s}"
+    );
+    // the optimizer starts fresh: one step counted (the checkpoint's was at 6), first-step moments
+    assert_first_step_moments(&ft, 0.9, 0.99);
+
+    // with --lr, min_lr follows it; --steps leaves the other fine-tuning defaults alone
+    let ft = finetune("ft-lr", &["--lr", "1e-3", "--steps", "40"]);
+    let s = saved_settings(&ft);
+    assert_eq!((s["lr"].as_f64(), s["steps"].as_u64()), (Some(1e-3), Some(40)), "{s}");
+    assert!((s["min_lr"].as_f64().unwrap() - 1e-4).abs() <= 1e-15, "{s}");
+    assert_eq!(
+        (s["warmup"].as_u64(), s["eval_interval"].as_u64()),
+        (Some(20), Some(50)),
+        "{s}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn optimisation_flags_are_saved_with_the_run_and_reach_the_optimizer() {
+    let root = temp_dir("optflags");
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    let out = root.join("run");
+    let flags = [
+        "--steps",
+        "1",
+        "--lr",
+        "2e-3",
+        "--warmup",
+        "0",
+        "--beta1",
+        "0.8",
+        "--beta2",
+        "0.95",
+        "--weight-decay",
+        "0.05",
+        "--grad-clip",
+        "0.5",
+        "--grad-accum",
+        "2",
+    ];
+    let o = train(&out, &data, &flags);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let s = saved_settings(&out);
+    for (key, want) in [
+        ("lr", 2e-3),
+        ("beta1", 0.8),
+        ("beta2", 0.95),
+        ("weight_decay", 0.05),
+        ("grad_clip", 0.5),
+    ] {
+        assert_eq!(s[key].as_f64(), Some(want), "{key}: {s}");
+    }
+    assert_eq!(
+        (s["grad_accum"].as_u64(), s["warmup"].as_u64()),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    // the optimizer ran with these betas: (1−0.8)²/(1−0.95) = 0.8 after its first step
+    assert_first_step_moments(&out, 0.8, 0.95);
+
+    // they may change on resume, and the change is saved
+    let o = kiln(&[
+        "train",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--beta1",
+        "0.85",
+        "--sample-tokens",
+        "0",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("beta1 0.8 → 0.85"), "{stdout}");
+    assert_eq!(saved_settings(&out)["beta1"].as_f64(), Some(0.85));
+
+    for (flag, value) in [("--beta1", "1"), ("--beta1", "-0.1"), ("--beta2", "1.5")] {
+        let arg = format!("{flag}={value}");
+        let o = train(&root.join("bad"), &data, &["--steps", "1", &arg]);
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{arg}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} must be in [0, 1), got {value}")),
+            "{arg}: {stderr}"
+        );
+        assert!(!root.join("bad").exists(), "{arg}: a refused run wrote its folder");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn generate_takes_the_sampling_options_and_refuses_bad_ones() {
+    let root = temp_dir("sampling");
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    let out = root.join("run");
+    let o = train(&out, &data, &["--steps", "3"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--checkpoint", out.to_str().unwrap(), "--prompt", "to"];
+        args.extend_from_slice(&["--max-new-tokens", "40"]);
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{extra:?}: {stderr}");
+        stdout
+    };
+    let all = ["--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "7"];
+    let a = gen(&all);
+    assert!(a.starts_with("to") && a.len() > 30, "{a:?}");
+    assert_eq!(a, gen(&all), "the same seed and options gave different text");
+    assert_ne!(
+        a,
+        gen(&["--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "8"])
+    );
+    // each option reaches the sampler: temperature 0, top-k 1 and a tiny top-p are all greedy,
+    // whatever the seed
+    let greedy = gen(&["--temperature", "0", "--seed", "1"]);
+    assert_eq!(greedy, gen(&["--temperature", "0", "--seed", "2"]));
+    assert_eq!(greedy, gen(&["--top-k", "1", "--seed", "3"]));
+    assert_eq!(greedy, gen(&["--top-p", "1e-6", "--seed", "4"]));
+    assert_ne!(greedy, gen(&["--seed", "4"]));
+    // top-k 0 means every token: the same as a k above the vocabulary (the default 200 here)
+    assert_eq!(gen(&["--top-k", "0", "--seed", "5"]), gen(&["--seed", "5"]));
+
+    for (arg, want) in [
+        (
+            "--temperature=-1",
+            "--temperature must be a finite number ≥ 0 (0: greedy), got -1",
+        ),
+        (
+            "--temperature=inf",
+            "--temperature must be a finite number ≥ 0 (0: greedy), got inf",
+        ),
+        ("--top-p=0", "--top-p must be in (0, 1], got 0"),
+        ("--top-p=-0.5", "--top-p must be in (0, 1], got -0.5"),
+        ("--top-p=1.5", "--top-p must be in (0, 1], got 1.5"),
+        ("--top-p=NaN", "--top-p must be in (0, 1], got NaN"),
+    ] {
+        let o = kiln(&["generate", "--checkpoint", out.to_str().unwrap(), arg]);
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{arg}: {stderr}");
+        assert!(
+            stderr.starts_with("error: generate: ") && stderr.contains(want),
+            "{arg}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{arg}: {stdout}");
+    }
+    // a negative k is not a number of tokens: the command line itself is refused
+    let o = kiln(&["generate", "--checkpoint", out.to_str().unwrap(), "--top-k=-1"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'-1'") && stderr.contains("--top-k"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn missing_and_empty_data_are_clear_errors() {
     let root = temp_dir("data");

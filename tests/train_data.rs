@@ -1,9 +1,9 @@
 //! Data: reading text files, the token cache, the train/val split and batches.
 
-use kiln::data::{tokenize_cached, Corpus, Dataset, Split};
+use kiln::data::{embedded, tokenize_cached, Corpus, Dataset, Split};
 use kiln::tokenizer::Tokenizer;
 use kiln::{DType, Device, Rng};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-test-data-{name}-{}", std::process::id()));
@@ -57,6 +57,63 @@ fn no_files_means_the_embedded_corpus() {
     assert!(c.text.len() > 10_000, "{} bytes", c.text.len());
     assert!(c.text.contains("// file: src/lib.rs"));
     assert!(c.text.contains("pub fn"));
+}
+
+#[test]
+fn the_embedded_corpus_holds_every_source_and_doc_file() {
+    // Every file under src/ and docs/ on disk must be embedded or in an excluded folder, so the
+    // list cannot go stale as files are added.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed: Vec<&str> = embedded::FILES.iter().map(|(p, _)| *p).collect();
+    let excluded = |p: &str| embedded::EXCLUDED.iter().any(|e| p.starts_with(e));
+    let mut on_disk = Vec::new();
+    let mut dirs = vec![root.join("src"), root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            // hidden files are an editor's or the OS's, not the project's
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap();
+                on_disk.push(
+                    rel.components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
+            }
+        }
+    }
+    assert!(on_disk.len() > 50, "{on_disk:?}");
+    let missing: Vec<&String> = on_disk
+        .iter()
+        .filter(|p| !excluded(p) && !listed.contains(&p.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the embedded corpus (add them to FILES in src/data/embedded.rs, or to EXCLUDED with the reason): {missing:?}"
+    );
+    // nothing listed twice, nothing listed from an excluded folder, the excluded folders exist
+    let mut sorted = listed.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), listed.len(), "a file is listed twice");
+    assert!(!listed.iter().any(|p| excluded(p)), "{listed:?}");
+    for e in embedded::EXCLUDED {
+        assert!(
+            on_disk.iter().any(|p| p.starts_with(e)),
+            "{e} is excluded but holds no file"
+        );
+    }
+    // and the corpus is those files' text
+    let text = Corpus::embedded().text;
+    for (path, contents) in embedded::FILES {
+        assert!(text.contains(&format!("// file: {path}\n{contents}")), "{path}");
+    }
 }
 
 #[test]

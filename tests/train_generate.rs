@@ -1,7 +1,9 @@
-//! Generation: the KV-cache path equals a plain forward over the cropped context, and the
-//! same seed gives the same text.
+//! Generation: the KV-cache path equals a plain forward over the cropped context, the same
+//! seed gives the same text, and the sampler draws from the distribution that its options
+//! (temperature, top-k, top-p) describe.
 
 use kiln::model::{Gpt, GptConfig};
+use kiln::train::sample::sample_logits;
 use kiln::train::{generate, SampleOptions};
 use kiln::{Device, Rng, Tensor};
 
@@ -98,4 +100,135 @@ fn bad_prompts_and_options_are_errors() {
         ..greedy(3)
     };
     assert!(generate(&m, &[1], &bad, &mut Rng::new(0), |_| Ok(true)).is_err());
+}
+
+/// How often `sample_logits` picks each token in `n` draws from one seeded generator.
+fn counts(logits: &[f32], opts: &SampleOptions, n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng::new(seed);
+    let mut c = vec![0; logits.len()];
+    for _ in 0..n {
+        c[sample_logits(logits, opts, &mut rng) as usize] += 1;
+    }
+    c
+}
+
+/// The distribution the options describe, computed here in f64 from the definitions: keep the
+/// tokens whose logit is at least the k-th largest, take softmax(logit / T) over them, then
+/// keep the most probable tokens until their probability reaches p, and renormalise.
+fn expected(logits: &[f32], t: f64, k: Option<usize>, p: Option<f64>) -> Vec<f64> {
+    let l: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
+    let mut sorted = l.clone();
+    sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    let kth = k.map_or(f64::NEG_INFINITY, |k| sorted[k - 1]);
+    let w: Vec<f64> = l.iter().map(|&x| if x >= kth { (x / t).exp() } else { 0.0 }).collect();
+    let total: f64 = w.iter().sum();
+    let mut q: Vec<f64> = w.iter().map(|x| x / total).collect();
+    if let Some(p) = p {
+        let mut by_prob: Vec<usize> = (0..q.len()).collect();
+        by_prob.sort_by(|&a, &b| q[b].partial_cmp(&q[a]).unwrap());
+        let (mut cum, mut kept) = (0.0, vec![false; q.len()]);
+        for &i in &by_prob {
+            if cum >= p {
+                break;
+            }
+            cum += q[i];
+            kept[i] = true;
+        }
+        q.iter_mut()
+            .zip(&kept)
+            .for_each(|(x, &keep)| *x = if keep { *x / cum } else { 0.0 });
+    }
+    q
+}
+
+/// Each count is Binomial(n, q): tokens with q = 0 must never be drawn, the others must lie
+/// within 5 standard deviations, √(n·q·(1−q)), of n·q. A correct sampler fails this with a
+/// probability under 6e-7 per token (the normal tail beyond 5σ, which approximates the
+/// binomial's well when n·q is at least 10, so the cases are chosen to keep it so); the draws
+/// are seeded, so the outcome is fixed anyway. A sampler off by 5% of a probability q ≈ 0.3 is
+/// caught once 0.015·n > 5·√(0.21·n), i.e. n > 23,000: the tests use 40,000 draws.
+fn assert_frequencies(what: &str, c: &[usize], q: &[f64], n: usize) {
+    for (i, (&c, &q)) in c.iter().zip(q).enumerate() {
+        if q == 0.0 {
+            assert_eq!(
+                c, 0,
+                "{what}: token {i} is outside the candidates but was drawn {c} times"
+            );
+            continue;
+        }
+        let (mean, sd) = (n as f64 * q, (n as f64 * q * (1.0 - q)).sqrt());
+        assert!(
+            mean >= 10.0,
+            "{what}: token {i} is expected {mean:.2} times, too few for the bound"
+        );
+        assert!(
+            (c as f64 - mean).abs() <= 5.0 * sd,
+            "{what}: token {i} drawn {c} times in {n}, expected {mean:.1} ± {sd:.1} (q = {q:.4}); all counts {c:?}"
+        );
+    }
+}
+
+fn sampling(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> SampleOptions {
+    SampleOptions {
+        max_new_tokens: 1,
+        temperature,
+        top_k,
+        top_p,
+    }
+}
+
+const DRAWS: usize = 40_000;
+
+#[test]
+fn top_p_samples_the_renormalised_nucleus() {
+    // Probabilities 0.15, 0.40, 0.04, 0.25, 0.10, 0.06 (shuffled, so the sampler must sort):
+    // the most likely two sum to 0.65 ≥ 0.6 and the most likely one alone to 0.40 < 0.6, so
+    // the nucleus for p = 0.6 is tokens 1 and 3, drawn with 0.40/0.65 and 0.25/0.65.
+    let probs = [0.15f64, 0.40, 0.04, 0.25, 0.10, 0.06];
+    let logits: Vec<f32> = probs.iter().map(|p| p.ln() as f32).collect();
+    let by_hand = [0.0, 0.40 / 0.65, 0.0, 0.25 / 0.65, 0.0, 0.0];
+    let q = expected(&logits, 1.0, None, Some(0.6));
+    for (a, b) in q.iter().zip(by_hand) {
+        assert!((a - b).abs() < 1e-6, "the test's own nucleus {q:?} is not {by_hand:?}");
+    }
+    let c = counts(&logits, &sampling(1.0, None, Some(0.6)), DRAWS, 21);
+    assert_frequencies("top-p 0.6", &c, &q, DRAWS);
+    // p = 0.7 needs a third token (0.65 < 0.7 ≤ 0.80): token 0 joins the nucleus
+    let q = expected(&logits, 1.0, None, Some(0.7));
+    assert!(q[0] > 0.18 && q[4] == 0.0, "{q:?}");
+    let c = counts(&logits, &sampling(1.0, None, Some(0.7)), DRAWS, 22);
+    assert_frequencies("top-p 0.7", &c, &q, DRAWS);
+}
+
+#[test]
+fn temperature_samples_softmax_of_the_scaled_logits() {
+    let logits = [1.0f32, 0.0, -0.5, 2.0, 0.3, -2.0];
+    for (seed, t) in [0.5, 1.0, 2.0, 5.0].into_iter().enumerate() {
+        let q = expected(&logits, t, None, None);
+        let c = counts(&logits, &sampling(t, None, None), DRAWS, 100 + seed as u64);
+        assert_frequencies(&format!("temperature {t}"), &c, &q, DRAWS);
+    }
+}
+
+#[test]
+fn top_k_samples_the_k_most_likely_renormalised() {
+    let logits = [1.0f32, 0.0, -0.5, 2.0, 0.3, -2.0];
+    for (seed, (k, t)) in [(1, 1.0), (2, 0.7), (3, 1.0), (4, 1.5), (6, 1.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let q = expected(&logits, t, Some(k), None);
+        assert_eq!(q.iter().filter(|&&x| x > 0.0).count(), k);
+        let c = counts(&logits, &sampling(t, Some(k), None), DRAWS, 200 + seed as u64);
+        assert_frequencies(&format!("top-k {k}, temperature {t}"), &c, &q, DRAWS);
+    }
+    // as nanoGPT: a tie with the k-th largest logit is kept, so k = 2 keeps three tokens here
+    let tied = [1.0f32, 3.0, 1.0, -1.0];
+    let c = counts(&tied, &sampling(1.0, Some(2), None), DRAWS, 300);
+    assert_frequencies("top-k 2 with a tie", &c, &expected(&tied, 1.0, Some(2), None), DRAWS);
+    // all three together: top-k first, then the temperature, then the nucleus of what is left
+    let q = expected(&logits, 0.8, Some(4), Some(0.9));
+    assert_eq!(q.iter().filter(|&&x| x > 0.0).count(), 3, "{q:?}");
+    let c = counts(&logits, &sampling(0.8, Some(4), Some(0.9)), DRAWS, 301);
+    assert_frequencies("top-k 4, temperature 0.8, top-p 0.9", &c, &q, DRAWS);
 }

@@ -224,7 +224,73 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     .err()
     .unwrap()
     .to_string();
-    assert!(err.contains("no checkpoint had been written yet"), "{err}");
+    assert!(err.contains("No checkpoint had been written yet"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let root = temp_dir("evalnan");
+    let data = vec![write_corpus(&root)];
+    let out = root.join("run");
+    train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
+    let before = weights(&out);
+    let metrics_before = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
+    // Step 5's loss comes from the good step-4 weights, so it is finite; its update at a
+    // learning rate of 1e38 is what breaks the weights. Step 5 is the last, so the evaluation
+    // there sees them before any training step could: the training-loss check never fires.
+    let err = train::resume(&opts(&out, None), |c| {
+        c.steps = 5;
+        c.lr = 1e38;
+        c.min_lr = 1e38;
+        c.warmup = 0;
+    })
+    .err()
+    .expect("weights updated at a learning rate of 1e38 cannot evaluate to a finite loss")
+    .to_string();
+    assert!(err.contains("diverged at step 5: the evaluation loss"), "{err}");
+    assert!(err.contains("learning rate 1e38"), "{err}");
+    assert!(err.contains("last good checkpoint (step 4)"), "{err}");
+    let (_, _, state) = checkpoint::read_meta(&checkpoint::find(&out).unwrap()).unwrap();
+    assert_eq!(state.step, 4);
+    assert_eq!(weights(&out), before, "the good checkpoint was overwritten");
+    // step 5's training record (finite) was written before the evaluation; nothing after it
+    let records = metrics::read(&out.join(metrics::FILE)).unwrap();
+    let metrics_after = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
+    assert!(metrics_after.starts_with(&metrics_before));
+    match records.last() {
+        Some(metrics::Record::Train { step: 5, loss, .. }) => assert!(loss.is_finite(), "{loss}"),
+        other => panic!("the last record should be step 5's training loss, not {other:?}"),
+    }
+
+    // Weights that are not finite from the start stop a new run at its step-0 evaluation,
+    // before any checkpoint: here a fine-tuning start with one position embedding NaN.
+    let mut loaded = checkpoint::load(&out, &Device::Cpu).unwrap();
+    let wpe = &loaded.model.wpe.weight;
+    let mut w = wpe.to_vec::<f32>().unwrap();
+    w[0] = f32::NAN;
+    loaded.model.wpe.weight = kiln::Tensor::from_vec(w, wpe.shape(), &Device::Cpu).unwrap();
+    let init = Init::From {
+        model: Box::new(loaded.model),
+        tokenizer: loaded.tokenizer,
+        source: "a model with a NaN weight".into(),
+    };
+    let fresh = root.join("fresh");
+    let err = train::train(init, &data, tiny_train(4), &opts(&fresh, None))
+        .err()
+        .expect("a NaN weight must stop the run")
+        .to_string();
+    assert!(
+        err.contains("diverged at step 0: the evaluation losses are NaN (train split) and NaN (val split)"),
+        "{err}"
+    );
+    assert!(err.contains("starting weights"), "{err}");
+    assert!(
+        err.contains("No checkpoint had been written yet") && !err.contains("--lr"),
+        "{err}"
+    );
+    assert!(checkpoint::find(&fresh).is_err());
+    assert!(metrics::read(&fresh.join(metrics::FILE)).unwrap().is_empty());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -86,7 +86,10 @@ pub struct OptimArgs {
     /// AdamW weight decay on 2-D weights [0.1].
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// AdamW β2 [0.99].
+    /// AdamW β1, the decay of the gradient's running mean [0.9].
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// AdamW β2, the decay of the squared gradient's running mean [0.99].
     #[arg(long)]
     pub beta2: Option<f64>,
     /// Clip the global gradient norm to this, 0 for no clipping [1.0].
@@ -114,6 +117,7 @@ impl OptimArgs {
             eval_interval,
             eval_iters,
             weight_decay,
+            beta1,
             beta2,
             grad_clip
         );
@@ -501,6 +505,15 @@ fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    // checked before a (possibly large) model is loaded; top-p goes through as given so that a
+    // value above 1 or NaN is refused rather than read as "all"
+    let opts = SampleOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: (a.top_k > 0).then_some(a.top_k),
+        top_p: Some(a.top_p),
+    };
+    opts.validate()?;
     let dev: Device = a.device.parse()?;
     let (mut model, tok, source) = match (&a.checkpoint, &a.hf) {
         (Some(ckpt), _) => {
@@ -529,13 +542,6 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         tok.describe(),
         model.dtype()
     );
-    let opts = SampleOptions {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_k: (a.top_k > 0).then_some(a.top_k),
-        top_p: (a.top_p < 1.0).then_some(a.top_p),
-    };
-    opts.validate()?;
     stream(&model, &tok, &a.prompt, &opts, a.seed)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ pub struct SampleOptions {
     /// Keep only the `k` most likely tokens (None or 0: all).
     pub top_k: Option<usize>,
     /// Keep the smallest set of most likely tokens whose probabilities sum to at least `p`
-    /// (nucleus sampling; None or ≥ 1: all).
+    /// (nucleus sampling; None or 1: all; applied after top-k and the temperature).
     pub top_p: Option<f64>,
 }
 
@@ -38,7 +38,10 @@ impl SampleOptions {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Invalid { op: "generate", msg });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!("--temperature must be ≥ 0, got {}", self.temperature));
+            return bad(format!(
+                "--temperature must be a finite number ≥ 0 (0: greedy), got {}",
+                self.temperature
+            ));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {

@@ -443,15 +443,15 @@ impl Session {
                 cfg.eval_iters,
             )?;
         }
+        let mut last_checkpoint = checkpoint::find(&self.run_dir).ok().map(|_| self.state.step);
         if fresh {
-            self.evaluate_and_log(&reporter, 0.0)?;
+            self.evaluate_and_log(&reporter, 0.0, last_checkpoint)?;
         }
         let mut data_rng = Rng::from_state(self.state.data_rng);
         let mut dropout_rng = Rng::from_state(self.state.dropout_rng);
         let schedule = cfg.schedule();
         let session_start_step = self.state.step;
         let mut session_seconds = 0.0f64;
-        let mut last_checkpoint = checkpoint::find(&self.run_dir).ok().map(|_| self.state.step);
         while self.state.step < end {
             let step = self.state.step;
             let t0 = Instant::now();
@@ -467,17 +467,7 @@ impl Session {
                 } else {
                     format!("the loss is {loss}")
                 };
-                let kept = match last_checkpoint {
-                    Some(s) => format!(
-                        "the last good checkpoint (step {s}) is kept in {}; resume it with a lower --lr",
-                        self.run_dir.join(checkpoint::DIR).display()
-                    ),
-                    None => "no checkpoint had been written yet; try a lower --lr".to_string(),
-                };
-                return Err(train_err(format!(
-                    "training diverged at step {}: {what} (learning rate {lr:e}); stopped without saving. {kept}",
-                    step + 1
-                )));
+                return Err(self.diverged(step + 1, &format!("{what} (learning rate {lr:e})"), last_checkpoint));
             }
             self.opt.step(&grads)?;
             drop(grads);
@@ -498,11 +488,9 @@ impl Session {
             if self.evaluates_after(done, end) {
                 self.state.data_rng = data_rng.state();
                 self.state.dropout_rng = dropout_rng.state();
-                self.evaluate_and_log(&reporter, tok_s)?;
-                if self.state.last_val_loss.is_some_and(f64::is_finite) {
-                    checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
-                    last_checkpoint = Some(done);
-                }
+                self.evaluate_and_log(&reporter, tok_s, last_checkpoint)?;
+                checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
+                last_checkpoint = Some(done);
             }
         }
         reporter.finish();
@@ -601,8 +589,35 @@ impl Session {
         Ok((out[0], out[1]))
     }
 
-    fn evaluate_and_log(&mut self, reporter: &Reporter, tokens_per_s: f64) -> Result<()> {
+    /// Evaluates, records the losses and redraws the plot; a loss that is not finite stops the
+    /// run (see [`Session::diverged`]) before anything is written, so it is never checkpointed.
+    fn evaluate_and_log(
+        &mut self,
+        reporter: &Reporter,
+        tokens_per_s: f64,
+        last_checkpoint: Option<usize>,
+    ) -> Result<()> {
         let (train_loss, val_loss) = self.evaluate()?;
+        if !(train_loss.is_finite() && val_loss.is_finite()) {
+            reporter.finish();
+            let step = self.state.step;
+            let losses = match (train_loss.is_finite(), val_loss.is_finite()) {
+                (false, false) => {
+                    format!("the evaluation losses are {train_loss} (train split) and {val_loss} (val split)")
+                }
+                (false, true) => {
+                    format!("the evaluation loss on the train split is {train_loss} (val split: {val_loss})")
+                }
+                _ => format!("the evaluation loss on the val split is {val_loss} (train split: {train_loss})"),
+            };
+            // The training loss of the last step was finite (it is checked first): that step's
+            // update is what broke the weights, so its learning rate is the one to name.
+            let whose = match step {
+                0 => "of the starting weights, before any step".to_string(),
+                s => format!("after a step at learning rate {:e}", self.cfg().schedule().lr(s - 1)),
+            };
+            return Err(self.diverged(step, &format!("{losses} {whose}"), last_checkpoint));
+        }
         self.state.last_val_loss = Some(val_loss);
         self.record(Record::Eval {
             step: self.state.step,
@@ -622,6 +637,25 @@ impl Session {
             }
         ));
         self.write_plot()
+    }
+
+    /// The error that stops a run at `step` once a loss or the gradient norm is not finite
+    /// (`what` says which, and its value). Both the training step and the evaluation stop
+    /// through here, so the message always says where the last good checkpoint is; the caller
+    /// returns it at once, writing nothing more.
+    fn diverged(&self, step: usize, what: &str, last_checkpoint: Option<usize>) -> Error {
+        // At step 0 the weights were never updated: a lower learning rate cannot help.
+        let advice = if step == 0 { "" } else { "; try a lower --lr" };
+        let kept = match last_checkpoint {
+            Some(s) => format!(
+                "The last good checkpoint (step {s}) is kept in {}; resume it with a lower --lr.",
+                self.run_dir.join(checkpoint::DIR).display()
+            ),
+            None => format!("No checkpoint had been written yet{advice}."),
+        };
+        train_err(format!(
+            "training diverged at step {step}: {what}; stopped without saving. {kept}"
+        ))
     }
 
     fn record(&mut self, r: Record) -> Result<()> {
