@@ -96,8 +96,9 @@ impl CausalSelfAttention {
 /// softmax, optional dropout on the probabilities, weighted sum of the values. q is (1, B, nh, T,
 /// hs), k and v (1, B, nh, Tk, hs), the T queries sitting at positions `start..start + T`; returns
 /// (1, B, nh, T, hs); dropout (probability p) applies when `rng` is given. The model uses it only
-/// for attention dropout; the fused
-/// `scaled_dot_product_attention` computes the same thing otherwise (tests compare the two).
+/// for attention dropout; the fused `scaled_dot_product_attention` computes the same thing
+/// otherwise (tests/gpt_model.rs, `attention_reference_equals_the_fused_op`, compares the outputs
+/// and the gradients of both).
 pub fn attention_reference(
     q: &Tensor,
     k: &Tensor,

@@ -338,31 +338,47 @@ fn hf_config(path: &Path) -> Result<GptConfig> {
         dropout: json.get("resid_pdrop").and_then(|v| v.as_f64()).unwrap_or(0.0),
         bias: true,
     };
-    if let Some(act) = json.get("activation_function").and_then(|v| v.as_str()) {
-        if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+    // Each option below changes what the network computes; a value kiln does not implement is
+    // refused by name rather than loaded into a model that would silently differ. An absent key
+    // (or, where HF allows it, null) means HF's default, which is kiln's.
+    let field = |key: &str| json.get(key).filter(|v| !v.is_null());
+    if let Some(t) = field("model_type") {
+        // other architectures reuse GPT-2's tensor names (ImageGPT: another LayerNorm and GELU)
+        if t.as_str() != Some("gpt2") {
+            return Err(bad(format!("model_type {t} is not supported (kiln's GPT is \"gpt2\")")));
+        }
+    }
+    if let Some(act) = field("activation_function") {
+        // gelu_pytorch_tanh and gelu_fast are the same tanh formula as gelu_new
+        if !matches!(act.as_str(), Some("gelu_new" | "gelu_pytorch_tanh" | "gelu_fast")) {
             return Err(bad(format!(
-                "activation_function {act:?} is not supported (kiln's GPT uses the tanh GELU, \"gelu_new\")"
+                "activation_function {act} is not supported (kiln's GPT uses the tanh GELU, \"gelu_new\")"
             )));
         }
     }
-    if let Some(n_inner) = json.get("n_inner").and_then(|v| v.as_u64()) {
-        if n_inner as usize != 4 * n_embd {
+    if let Some(n_inner) = field("n_inner") {
+        if n_inner.as_u64() != Some(4 * n_embd as u64) {
             return Err(bad(format!(
-                "n_inner {n_inner} is not supported (kiln's MLP is 4·n_embd = {})",
+                "n_inner {n_inner} is not supported (kiln's MLP is 4·n_embd = {}; null means that too)",
                 4 * n_embd
             )));
         }
     }
-    if let Some(eps) = json.get("layer_norm_epsilon").and_then(|v| v.as_f64()) {
-        if (eps - super::gpt::LN_EPS as f64).abs() > 1e-12 {
+    if let Some(eps) = field("layer_norm_epsilon") {
+        if eps
+            .as_f64()
+            .is_none_or(|e| (e - super::gpt::LN_EPS as f64).abs() > 1e-12)
+        {
             return Err(bad(format!(
                 "layer_norm_epsilon {eps} is not supported (kiln uses 1e-5)"
             )));
         }
     }
+    // true: every layer's scores divided by its index + 1, not in kiln's attention
     if json.get("scale_attn_by_inverse_layer_idx").and_then(|v| v.as_bool()) == Some(true) {
         return Err(bad("scale_attn_by_inverse_layer_idx = true is not supported".into()));
     }
+    // false: scores not divided by √hs
     if json.get("scale_attn_weights").and_then(|v| v.as_bool()) == Some(false) {
         return Err(bad("scale_attn_weights = false is not supported".into()));
     }
@@ -371,6 +387,8 @@ fn hf_config(path: &Path) -> Result<GptConfig> {
             "tie_word_embeddings = false is not supported (kiln ties the LM head)".into(),
         ));
     }
+    // reorder_and_upcast_attn is accepted: HF then computes the same scaled, masked softmax, only
+    // with the scores in f32 under autocast (a mixed-precision detail, not another model)
     cfg.validate().map_err(|e| bad(e.to_string()))?;
     Ok(cfg)
 }
