@@ -18,13 +18,20 @@ Prints the val loss at every eval (250 iterations, and the last) and, at the end
 milliseconds per iteration (forward, backward, clip and AdamW: what kiln's tokens/s counts)
 and the tokens per second that gives. Runs on 2 threads (--threads).
 
+Two ways to put kiln and PyTorch on the very same run (same initial weights, same batches, same
+evaluation batches), so that their losses can be compared pair by pair, free of the seed:
+
 --replay-kiln RUN_DIR trains this model on exactly what a finished `kiln train` run saw: kiln's
 initial weights, training batches and evaluation batches, regenerated from the run's seed by a
-port of kiln's generator (KilnRng below), and the run's settings from its state.json. The two
-runs then differ only in the engine (and GELU's form, --gelu), not in the seed, so their val
-losses can be compared pair by pair. The step-0 evaluation and the first steps' losses must agree
-with kiln's metrics.jsonl to float rounding; the script checks that before it trusts the replay,
-and at the end prints both runs' evaluations side by side.
+port of kiln's generator (KilnRng below), and the run's settings from its state.json. The step-0
+evaluation and the first step's loss must agree with kiln's metrics.jsonl to float rounding; the
+script checks that before it trusts the replay, and at the end prints both runs side by side.
+
+--export-run DIR runs the recipe as nanoGPT does (torch's generator, --seed) and records it for
+kiln: DIR/init.safetensors (the initial weights under kiln's names), DIR/windows.json (every
+batch's window starts, for `kiln train --windows`) and DIR/pytorch.json (this run's losses).
+`--compare DIR RUN_DIR` then prints the kiln run that replayed it beside it;
+scripts/replay_nanogpt.sh does all three steps.
 """
 
 import argparse
@@ -160,6 +167,7 @@ class Recipe:
         self.batch, self.steps, self.warmup, self.lr, self.min_lr = 12, 2000, 100, 1e-3, 1e-4
         self.beta1, self.beta2, self.weight_decay, self.grad_clip = 0.9, 0.99, 0.1, 1.0
         self.eval_interval, self.eval_iters = 250, 20
+        self.val_fraction = 0.1
         self.kiln_run = None
 
     @classmethod
@@ -202,22 +210,38 @@ def main():
                     help="GELU's form: erf (nanoGPT's nn.GELU()) or tanh (GPT-2's, kiln's) [erf]")
     ap.add_argument("--replay-kiln", metavar="RUN_DIR",
                     help="train on a finished kiln run's initial weights, batches and settings, and compare")
+    ap.add_argument("--export-run", metavar="DIR",
+                    help="record this run's initial weights, batch windows and losses for kiln to replay")
+    ap.add_argument("--compare", nargs=2, metavar=("DIR", "RUN_DIR"),
+                    help="print an exported run (DIR) beside the kiln run that replayed it (RUN_DIR)")
     a = ap.parse_args()
+    if a.compare:
+        with open(os.path.join(a.compare[0], "pytorch.json")) as f:
+            mine = json.load(f)
+        with open(os.path.join(a.compare[1], "metrics.jsonl")) as f:
+            kiln_run = [json.loads(line) for line in f]
+        evals = {int(k): v for k, v in mine["evals"].items()}
+        losses = {int(k): v for k, v in mine["losses"].items()}
+        compare_with_kiln(kiln_run, evals, losses, mine["gelu"], f"torch {mine['seed']}")
+        return
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     replay = a.replay_kiln is not None
-    if replay and a.no_eval:
-        raise SystemExit("--replay-kiln compares evaluations: drop --no-eval")
+    if a.no_eval and (replay or a.export_run):
+        raise SystemExit("--replay-kiln and --export-run record evaluations: drop --no-eval")
+    if replay and a.export_run:
+        raise SystemExit("--replay-kiln and --export-run are two directions of the same comparison: give one")
     r = Recipe.from_kiln_run(a.replay_kiln) if replay else Recipe(a.data, a.seed)
     iters = r.steps if a.iters is None else a.iters
     text = open(r.data, encoding="utf-8").read()
     chars = sorted(set(text))
     stoi = {ch: i for i, ch in enumerate(chars)}
     ids = np.array([stoi[ch] for ch in text], dtype=np.int64)
-    # nanoGPT's split: the first int(0.9 n) tokens train; kiln's: all but the last int(f n) tokens
-    n = len(ids) - int(len(ids) * r.val_fraction) if replay else int(0.9 * len(ids))
+    n = int(len(ids) * (1 - r.val_fraction))  # nanoGPT's split (and kiln's): the first int(0.9 n) train
     splits = {"train": torch.from_numpy(ids[:n]), "val": torch.from_numpy(ids[n:])}
+
+    recorded = {"train": [], "eval": {}}  # --export-run: every batch's window starts, as kiln reads them
 
     def window_starts(split, rng):
         limit = len(splits[split]) - r.block
@@ -225,9 +249,11 @@ def main():
             return torch.randint(limit, (r.batch,)).tolist()
         return [rng.below(limit) for _ in range(r.batch)]
 
-    def get_batch(split, rng=None):
+    def get_batch(split, rng=None, record=None):
         d = splits[split]
         ix = window_starts(split, rng)
+        if record is not None:
+            record.append(ix)
         x = torch.stack([d[i : i + r.block] for i in ix])
         y = torch.stack([d[i + 1 : i + 1 + r.block] for i in ix])
         return x, y
@@ -239,6 +265,9 @@ def main():
         kiln_init(model, KilnRng(r.seed), r.n_layer)
         seeder = KilnRng(r.seed ^ KILN_DATA_SALT)
         data_rng = KilnRng(seeder.next_u64())
+    if a.export_run:
+        os.makedirs(a.export_run, exist_ok=True)
+        save_kiln_weights(model, os.path.join(a.export_run, "init.safetensors"))
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": r.weight_decay},
@@ -257,7 +286,8 @@ def main():
         for split in ("train", "val"):
             # kiln draws the same evaluation batches every time; nanoGPT fresh ones from its stream
             rng = KilnRng(r.seed ^ KILN_EVAL_SALT) if replay else None
-            out[split] = torch.stack([model(*get_batch(split, rng)) for _ in range(r.eval_iters)]).mean().item()
+            record = recorded["eval"].setdefault(str(it), {}).setdefault(split, [])
+            out[split] = torch.stack([model(*get_batch(split, rng, record)) for _ in range(r.eval_iters)]).mean().item()
         model.train()
         evals[it] = out
         print(f"step {it}: train loss {out['train']:.4f}, val loss {out['val']:.4f}", flush=True)
@@ -270,7 +300,7 @@ def main():
             break
         for g in opt.param_groups:
             g["lr"] = r.lr_at(it)
-        x, y = get_batch("train", data_rng)
+        x, y = get_batch("train", data_rng, recorded["train"])
         t0 = time.perf_counter()
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -286,7 +316,27 @@ def main():
     print(f"median {ms:.2f} ms/iter over {len(timed)} iterations (mean {statistics.mean(timed) * 1e3:.2f}); "
           f"{r.batch * r.block / ms * 1e3:.0f} tokens/s")
     if replay:
-        compare_with_kiln(r.kiln_run, evals, losses, a.gelu, r.seed)
+        compare_with_kiln(r.kiln_run, evals, losses, a.gelu, f"kiln {r.seed}")
+    if a.export_run:
+        with open(os.path.join(a.export_run, "windows.json"), "w") as f:
+            json.dump(recorded, f)
+        with open(os.path.join(a.export_run, "pytorch.json"), "w") as f:
+            json.dump({"seed": a.seed, "gelu": a.gelu, "evals": evals, "losses": losses}, f)
+        print(f"recorded in {a.export_run}: init.safetensors, windows.json, pytorch.json")
+
+
+def save_kiln_weights(model, path):
+    """The model's weights under kiln's names (Hugging Face GPT-2's; Linear weights [out, in])."""
+    from safetensors.torch import save_file
+
+    names = {"wte.weight": "transformer.wte.weight", "wpe.weight": "transformer.wpe.weight",
+             "ln_f.weight": "transformer.ln_f.weight"}
+    for i in range(len(model.h)):
+        for mine, kilns in (("ln_1", "ln_1"), ("c_attn", "attn.c_attn"), ("attn_proj", "attn.c_proj"),
+                            ("ln_2", "ln_2"), ("c_fc", "mlp.c_fc"), ("mlp_proj", "mlp.c_proj")):
+            names[f"h.{i}.{mine}.weight"] = f"transformer.h.{i}.{kilns}.weight"
+    state = model.state_dict()
+    save_file({kiln: state[mine].detach().clone().contiguous() for mine, kiln in names.items()}, path)
 
 
 def check_replay_start(kiln_run, evals, losses):
@@ -304,7 +354,7 @@ def check_replay_start(kiln_run, evals, losses):
             raise SystemExit("the replay does not start where the kiln run did (wrong seed, data or settings?)")
 
 
-def compare_with_kiln(kiln_run, evals, losses, gelu, seed):
+def compare_with_kiln(kiln_run, evals, losses, gelu, run):
     kiln_evals = {m["step"]: m for m in kiln_run if m["kind"] == "eval"}
     kiln_losses = {m["step"]: m["loss"] for m in kiln_run if m["kind"] == "train"}
     print(f"\nstep | kiln train | PyTorch train | kiln val | PyTorch val   (same weights, batches, eval batches; GELU {gelu} here)")
@@ -317,7 +367,7 @@ def compare_with_kiln(kiln_run, evals, losses, gelu, seed):
     print(f"the batch losses first differ by more than 0.1% at step {apart}")
     last = max(s for s in evals if s in kiln_evals)
     kv, tv = kiln_evals[last]["val_loss"], evals[last]["val"]
-    print(f"replay seed {seed} step {last} gelu {gelu}: kiln val {kv:.4f}, PyTorch val {tv:.4f}, kiln - PyTorch {kv - tv:+.4f}")
+    print(f"replay of seed {run}, step {last}, gelu {gelu}: kiln val {kv:.4f}, PyTorch val {tv:.4f}, kiln - PyTorch {kv - tv:+.4f}")
 
 
 if __name__ == "__main__":

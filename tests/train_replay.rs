@@ -131,6 +131,17 @@ fn opts(out: &Path, stop_at: Option<usize>) -> RunOptions {
     }
 }
 
+/// Trains from `weights` on `corpus`.
+fn run(
+    weights: &Path,
+    corpus: &Path,
+    cfg: TrainConfig,
+    out: &Path,
+    stop_at: Option<usize>,
+) -> kiln::Result<train::Outcome> {
+    train::train(init(weights), &[corpus.to_path_buf()], cfg, &opts(out, stop_at))
+}
+
 /// The mean loss of `model` over batches of windows of `tokens` starting at `batches`.
 fn mean_loss(model: &Gpt, tokens: &[u32], batches: &[Vec<usize>]) -> f64 {
     let losses: Vec<f64> = batches
@@ -180,13 +191,7 @@ fn a_run_takes_its_batches_from_the_plan_and_its_weights_from_the_file() {
     let dir = temp_dir("plan");
     let (corpus, windows, weights, plan) = setup(&dir, 6, &[0, 4, 6]);
     let out = dir.join("run");
-    train::train(
-        init(&weights),
-        &[corpus.clone()],
-        train_cfg(6, &windows),
-        &opts(&out, None),
-    )
-    .unwrap();
+    run(&weights, &corpus, train_cfg(6, &windows), &out, None).unwrap();
     let records = metrics::read(&out.join(metrics::FILE)).unwrap();
 
     let (ids, n_train) = ids_and_split();
@@ -224,7 +229,7 @@ fn a_run_takes_its_batches_from_the_plan_and_its_weights_from_the_file() {
         seed: 7,
         ..train_cfg(6, &windows)
     };
-    train::train(init(&weights), &[corpus], cfg, &opts(&other, None)).unwrap();
+    run(&weights, &corpus, cfg, &other, None).unwrap();
     let again = metrics::read(&other.join(metrics::FILE)).unwrap();
     assert_eq!(train_losses(&again), train_losses(&records));
 }
@@ -235,21 +240,9 @@ fn resume_with_a_plan_reproduces_the_uninterrupted_run_and_notices_a_changed_pla
     // the stopped run also evaluates where it stops (step 3)
     let (corpus, windows, weights, plan) = setup(&dir, 6, &[0, 3, 4, 6]);
     let whole = dir.join("whole");
-    train::train(
-        init(&weights),
-        &[corpus.clone()],
-        train_cfg(6, &windows),
-        &opts(&whole, None),
-    )
-    .unwrap();
+    run(&weights, &corpus, train_cfg(6, &windows), &whole, None).unwrap();
     let parts = dir.join("parts");
-    train::train(
-        init(&weights),
-        &[corpus],
-        train_cfg(6, &windows),
-        &opts(&parts, Some(3)),
-    )
-    .unwrap();
+    run(&weights, &corpus, train_cfg(6, &windows), &parts, Some(3)).unwrap();
     train::resume(&opts(&parts, None), |_| {}).unwrap();
     let read = |d: &Path| train_losses(&metrics::read(&d.join(metrics::FILE)).unwrap());
     assert_eq!(read(&parts), read(&whole));
@@ -257,13 +250,7 @@ fn resume_with_a_plan_reproduces_the_uninterrupted_run_and_notices_a_changed_pla
     // a plan file that changed since the checkpoint would make the resumed run another run
     let stopped = dir.join("stopped");
     let corpus = dir.join("corpus.txt");
-    train::train(
-        init(&weights),
-        &[corpus],
-        train_cfg(6, &windows),
-        &opts(&stopped, Some(3)),
-    )
-    .unwrap();
+    run(&weights, &corpus, train_cfg(6, &windows), &stopped, Some(3)).unwrap();
     let mut edited = plan;
     edited.train[4][0] += 1;
     write_json(&windows, &edited);
@@ -292,15 +279,10 @@ fn plans_that_do_not_cover_the_run_are_refused_before_it_starts() {
     for (name, bad, want) in cases {
         write_json(&windows, &bad);
         let out = dir.join(name);
-        let err = train::train(
-            init(&weights),
-            &[corpus.clone()],
-            train_cfg(6, &windows),
-            &opts(&out, None),
-        )
-        .err()
-        .unwrap_or_else(|| panic!("{name}: the bad plan was accepted"))
-        .to_string();
+        let err = run(&weights, &corpus, train_cfg(6, &windows), &out, None)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: the bad plan was accepted"))
+            .to_string();
         assert!(err.contains(want), "{name}: {err}");
         assert!(checkpoint::find(&out).is_err(), "{name}: a checkpoint was written");
         assert!(
@@ -309,29 +291,19 @@ fn plans_that_do_not_cover_the_run_are_refused_before_it_starts() {
         );
     }
     std::fs::write(&windows, r#"{"train": [[1, 2, 3]], "evals": {}}"#).unwrap();
-    let err = train::train(
-        init(&weights),
-        &[corpus.clone()],
-        train_cfg(6, &windows),
-        &opts(&dir.join("json"), None),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = run(&weights, &corpus, train_cfg(6, &windows), &dir.join("json"), None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("windows.json") && err.contains("unknown field `evals`"),
         "{err}"
     );
     let missing = dir.join("absent.json");
-    let err = train::train(
-        init(&weights),
-        &[corpus],
-        train_cfg(6, &missing),
-        &opts(&dir.join("gone"), None),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = run(&weights, &corpus, train_cfg(6, &missing), &dir.join("gone"), None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("absent.json"), "{err}");
 }
 
@@ -349,14 +321,9 @@ fn initial_weights_of_another_shape_are_refused_by_name() {
         .unwrap()
         .save_safetensors(&other)
         .unwrap();
-    let err = train::train(
-        init(&other),
-        &[corpus],
-        train_cfg(6, &windows),
-        &opts(&dir.join("run"), None),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = run(&other, &corpus, train_cfg(6, &windows), &dir.join("run"), None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("wte") && err.contains("32"), "{err}");
 }

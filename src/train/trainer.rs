@@ -8,6 +8,10 @@
 //! the same batches and masks and, on the CPU, computes the same losses bit for bit as a
 //! run that was never interrupted. Evaluation uses its own generator, re-seeded at every
 //! evaluation (the same batches each time), so it never shifts the training stream.
+//!
+//! A window plan (`TrainConfig::windows`) and initial weights from a file (`Init::Scratch`'s
+//! `weights`) take the place of the weight and batch generators (evaluation batches included),
+//! to replay another program's run.
 
 use super::checkpoint::{self, DataInfo, TrainState};
 use super::config::TrainConfig;
