@@ -185,6 +185,16 @@ fn training_lowers_the_loss_and_writes_its_files() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// After a run in `out` stopped on a non-finite loss: its checkpoint is still the one of
+/// `step`, with the weights it had, and the metrics written before are intact.
+fn assert_checkpoint_kept(out: &Path, step: usize, weights_before: &[(String, Vec<f32>)], metrics_before: &str) {
+    let (_, _, state) = checkpoint::read_meta(&checkpoint::find(out).unwrap()).unwrap();
+    assert_eq!(state.step, step);
+    assert_eq!(weights(out), weights_before, "the good checkpoint was overwritten");
+    let metrics_after = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
+    assert!(metrics_after.starts_with(metrics_before));
+}
+
 #[test]
 fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let root = temp_dir("nan");
@@ -203,12 +213,8 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     .to_string();
     assert!(err.contains("diverged at step"), "{err}");
     assert!(err.contains("last good checkpoint (step 4)"), "{err}");
-    let (_, _, state) = checkpoint::read_meta(&checkpoint::find(&out).unwrap()).unwrap();
-    assert_eq!(state.step, 4);
-    assert_eq!(weights(&out), before, "the good checkpoint was overwritten");
     // the records of the steps before the divergence are kept, the failed ones were never written
-    let metrics_after = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
-    assert!(metrics_after.starts_with(&metrics_before));
+    assert_checkpoint_kept(&out, 4, &before, &metrics_before);
 
     // diverging before any checkpoint says so
     let err = train::train(
@@ -251,13 +257,9 @@ fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint
     assert!(err.contains("diverged at step 5: the evaluation loss"), "{err}");
     assert!(err.contains("learning rate 1e38"), "{err}");
     assert!(err.contains("last good checkpoint (step 4)"), "{err}");
-    let (_, _, state) = checkpoint::read_meta(&checkpoint::find(&out).unwrap()).unwrap();
-    assert_eq!(state.step, 4);
-    assert_eq!(weights(&out), before, "the good checkpoint was overwritten");
+    assert_checkpoint_kept(&out, 4, &before, &metrics_before);
     // step 5's training record (finite) was written before the evaluation; nothing after it
     let records = metrics::read(&out.join(metrics::FILE)).unwrap();
-    let metrics_after = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
-    assert!(metrics_after.starts_with(&metrics_before));
     match records.last() {
         Some(metrics::Record::Train { step: 5, loss, .. }) => assert!(loss.is_finite(), "{loss}"),
         other => panic!("the last record should be step 5's training loss, not {other:?}"),
