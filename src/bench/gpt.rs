@@ -83,6 +83,8 @@ pub fn bench_gpt(
     batch: Option<usize>,
     dtype: DType,
 ) -> Result<GptResult> {
+    // as the training loop: freed activation buffers stay in the process for the next step
+    crate::backend::cpu::retain_freed_memory();
     let (model, cfg, b) = workload(dev, batch)?;
     let t = cfg.block_size;
     let mut rng = Rng::new(1337);
