@@ -185,25 +185,46 @@ fn training_lowers_the_loss_and_writes_its_files() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// After a run in `out` stopped on a non-finite loss: its checkpoint is still the one of
-/// `step`, with the weights it had, and the metrics written before are intact.
-fn assert_checkpoint_kept(out: &Path, step: usize, weights_before: &[(String, Vec<f32>)], metrics_before: &str) {
-    let (_, _, state) = checkpoint::read_meta(&checkpoint::find(out).unwrap()).unwrap();
-    assert_eq!(state.step, step);
-    assert_eq!(weights(out), weights_before, "the good checkpoint was overwritten");
-    let metrics_after = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
-    assert!(metrics_after.starts_with(metrics_before));
+/// A finished 4-step run in `<temp>/run`, with its weights and metrics as they were.
+struct FinishedRun {
+    root: PathBuf,
+    data: Vec<PathBuf>,
+    out: PathBuf,
+    weights: Vec<(String, Vec<f32>)>,
+    metrics: String,
+}
+
+impl FinishedRun {
+    fn new(name: &str) -> FinishedRun {
+        let root = temp_dir(name);
+        let data = vec![write_corpus(&root)];
+        let out = root.join("run");
+        train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
+        FinishedRun {
+            weights: weights(&out),
+            metrics: std::fs::read_to_string(out.join(metrics::FILE)).unwrap(),
+            root,
+            data,
+            out,
+        }
+    }
+
+    /// After the run was continued and stopped on a non-finite loss: its checkpoint is still
+    /// the one of step 4, with the weights it had, and the metrics written before are intact.
+    fn assert_checkpoint_kept(&self) {
+        let (_, _, state) = checkpoint::read_meta(&checkpoint::find(&self.out).unwrap()).unwrap();
+        assert_eq!(state.step, 4);
+        assert_eq!(weights(&self.out), self.weights, "the good checkpoint was overwritten");
+        let metrics_after = std::fs::read_to_string(self.out.join(metrics::FILE)).unwrap();
+        assert!(metrics_after.starts_with(&self.metrics));
+    }
 }
 
 #[test]
 fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
-    let root = temp_dir("nan");
-    let data = vec![write_corpus(&root)];
-    let out = root.join("run");
-    train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
-    let before = weights(&out);
-    let metrics_before = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
-    let err = train::resume(&opts(&out, None), |c| {
+    let run = FinishedRun::new("nan");
+    let (root, data) = (&run.root, &run.data);
+    let err = train::resume(&opts(&run.out, None), |c| {
         c.steps = 12;
         c.lr = 1e38;
         c.warmup = 0;
@@ -214,12 +235,12 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     assert!(err.contains("diverged at step"), "{err}");
     assert!(err.contains("last good checkpoint (step 4)"), "{err}");
     // the records of the steps before the divergence are kept, the failed ones were never written
-    assert_checkpoint_kept(&out, 4, &before, &metrics_before);
+    run.assert_checkpoint_kept();
 
     // diverging before any checkpoint says so
     let err = train::train(
         scratch(0.0),
-        &data,
+        data,
         TrainConfig {
             lr: 1e38,
             warmup: 0,
@@ -231,21 +252,17 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     .unwrap()
     .to_string();
     assert!(err.contains("No checkpoint had been written yet"), "{err}");
-    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(root).unwrap();
 }
 
 #[test]
 fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
-    let root = temp_dir("evalnan");
-    let data = vec![write_corpus(&root)];
-    let out = root.join("run");
-    train::train(scratch(0.0), &data, tiny_train(4), &opts(&out, None)).unwrap();
-    let before = weights(&out);
-    let metrics_before = std::fs::read_to_string(out.join(metrics::FILE)).unwrap();
+    let run = FinishedRun::new("evalnan");
+    let (root, data, out) = (&run.root, &run.data, &run.out);
     // Step 5's loss comes from the good step-4 weights, so it is finite; its update at a
     // learning rate of 1e38 is what breaks the weights. Step 5 is the last, so the evaluation
     // there sees them before any training step could: the training-loss check never fires.
-    let err = train::resume(&opts(&out, None), |c| {
+    let err = train::resume(&opts(out, None), |c| {
         c.steps = 5;
         c.lr = 1e38;
         c.min_lr = 1e38;
@@ -257,7 +274,7 @@ fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint
     assert!(err.contains("diverged at step 5: the evaluation loss"), "{err}");
     assert!(err.contains("learning rate 1e38"), "{err}");
     assert!(err.contains("last good checkpoint (step 4)"), "{err}");
-    assert_checkpoint_kept(&out, 4, &before, &metrics_before);
+    run.assert_checkpoint_kept();
     // step 5's training record (finite) was written before the evaluation; nothing after it
     let records = metrics::read(&out.join(metrics::FILE)).unwrap();
     match records.last() {
@@ -267,7 +284,7 @@ fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint
 
     // Weights that are not finite from the start stop a new run at its step-0 evaluation,
     // before any checkpoint: here a fine-tuning start with one position embedding NaN.
-    let mut loaded = checkpoint::load(&out, &Device::Cpu).unwrap();
+    let mut loaded = checkpoint::load(out, &Device::Cpu).unwrap();
     let wpe = &loaded.model.wpe.weight;
     let mut w = wpe.to_vec::<f32>().unwrap();
     w[0] = f32::NAN;
@@ -278,7 +295,7 @@ fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint
         source: "a model with a NaN weight".into(),
     };
     let fresh = root.join("fresh");
-    let err = train::train(init, &data, tiny_train(4), &opts(&fresh, None))
+    let err = train::train(init, data, tiny_train(4), &opts(&fresh, None))
         .err()
         .expect("a NaN weight must stop the run")
         .to_string();
@@ -293,7 +310,7 @@ fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint
     );
     assert!(checkpoint::find(&fresh).is_err());
     assert!(metrics::read(&fresh.join(metrics::FILE)).unwrap().is_empty());
-    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(root).unwrap();
 }
 
 #[test]
