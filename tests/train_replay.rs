@@ -327,3 +327,46 @@ fn initial_weights_of_another_shape_are_refused_by_name() {
         .to_string();
     assert!(err.contains("wte") && err.contains("32"), "{err}");
 }
+
+#[test]
+fn the_command_line_replays_and_resume_keeps_the_plan() {
+    let dir = temp_dir("cli");
+    let (corpus, windows, weights, plan) = setup(&dir, 6, &[0, 4, 6]);
+    let out = dir.join("run");
+    let kiln = |extra: &[&str]| {
+        let mut args = vec!["train", "--out", out.to_str().unwrap(), "--sample-tokens", "0"];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    #[rustfmt::skip]
+    let o = kiln(&[
+        "--data", corpus.to_str().unwrap(), "--tokenizer", "char",
+        "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--bias", "false",
+        "--dropout", "0", "--batch-size", "3", "--steps", "6", "--eval-interval", "4", "--eval-iters", "2",
+        "--init-weights", weights.to_str().unwrap(), "--windows", windows.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // the command's step-0 evaluation is the file's weights on the plan's batches
+    let records = metrics::read(&out.join(metrics::FILE)).unwrap();
+    let (ids, n_train) = ids_and_split();
+    let vocab = Tokenizer::for_corpus(TokenizerKind::Char, &corpus_text()).vocab_size();
+    let mut start = Gpt::new(model_cfg(vocab), &mut Rng::new(0), &Device::Cpu).unwrap();
+    start.load_safetensors(&weights).unwrap();
+    let (_, val0) = eval_at(&records, 0);
+    let want = mean_loss(&start, &ids[n_train..], &plan.eval[&0].val);
+    assert!(close(val0, want), "{val0} vs {want}");
+    // a resumed run keeps its plan: giving one again is refused by name
+    let o = kiln(&["--resume", "--windows", windows.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("drop --windows"), "{stderr}");
+    let o = kiln(&["--resume", "--init-weights", weights.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("drop --init-weights"),
+        "{stderr}"
+    );
+}
