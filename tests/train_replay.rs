@@ -273,6 +273,13 @@ fn plans_that_do_not_cover_the_run_are_refused_before_it_starts() {
     let mut outside = plan.clone();
     outside.eval.get_mut(&4).unwrap().val[1][0] = ids.len() - n_train - 16;
     cases.push(("outside", outside, "validation split starts at"));
+    let mut few = plan.clone();
+    few.eval.get_mut(&6).unwrap().train.pop();
+    cases.push((
+        "few",
+        few,
+        "evaluation at step 6 (training) holds 1 batches, expected --eval-iters 2",
+    ));
     let mut no_eval = plan.clone();
     no_eval.eval.remove(&4);
     cases.push(("no-eval", no_eval, "no evaluation batches for step 4"));

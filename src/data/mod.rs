@@ -355,13 +355,8 @@ impl WindowPlan {
                 self.train.len()
             )));
         }
-        let check_batches = |what: &str, split: Split, batches: &[Vec<usize>], want: usize| -> Result<()> {
-            if batches.len() != want {
-                return Err(data_err(format!(
-                    "the window plan's {what} holds {} batches, expected {want}",
-                    batches.len()
-                )));
-            }
+        // every batch `batch` windows, every start inside its split
+        let check_batches = |what: &str, split: Split, batches: &[Vec<usize>]| -> Result<()> {
             for (i, starts) in batches.iter().enumerate() {
                 if starts.len() != batch {
                     return Err(data_err(format!(
@@ -376,30 +371,23 @@ impl WindowPlan {
             }
             Ok(())
         };
-        check_batches(
-            "training batches",
-            Split::Train,
-            &self.train[..train_batches],
-            train_batches,
-        )?;
+        check_batches("training batches", Split::Train, &self.train[..train_batches])?;
         for &step in eval_steps {
             let Some(e) = self.eval.get(&step) else {
                 return Err(data_err(format!(
                     "the window plan has no evaluation batches for step {step} (the run evaluates at steps {eval_steps:?})"
                 )));
             };
-            check_batches(
-                &format!("evaluation at step {step} (train)"),
-                Split::Train,
-                &e.train,
-                eval_iters,
-            )?;
-            check_batches(
-                &format!("evaluation at step {step} (val)"),
-                Split::Val,
-                &e.val,
-                eval_iters,
-            )?;
+            for (split, batches) in [(Split::Train, &e.train), (Split::Val, &e.val)] {
+                let what = format!("evaluation at step {step} ({})", split.name());
+                if batches.len() != eval_iters {
+                    return Err(data_err(format!(
+                        "the window plan's {what} holds {} batches, expected --eval-iters {eval_iters}",
+                        batches.len()
+                    )));
+                }
+                check_batches(&what, split, batches)?;
+            }
         }
         Ok(())
     }

@@ -605,15 +605,7 @@ impl Session {
         if !(train_loss.is_finite() && val_loss.is_finite()) {
             reporter.finish();
             let step = self.state.step;
-            let losses = match (train_loss.is_finite(), val_loss.is_finite()) {
-                (false, false) => {
-                    format!("the evaluation losses are {train_loss} (train split) and {val_loss} (val split)")
-                }
-                (false, true) => {
-                    format!("the evaluation loss on the train split is {train_loss} (val split: {val_loss})")
-                }
-                _ => format!("the evaluation loss on the val split is {val_loss} (train split: {train_loss})"),
-            };
+            let losses = format!("the evaluation losses are {train_loss} (train split) and {val_loss} (val split)");
             // The training loss of the last step was finite (it is checked first): that step's
             // update is what broke the weights, so its learning rate is the one to name.
             let whose = match step {
