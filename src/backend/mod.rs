@@ -89,7 +89,7 @@ impl Storage {
 
     pub(crate) fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::elementwise::unary(op, s, layout)?)),
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::unary::unary(op, s, layout)?)),
             Storage::Cuda(s) => Ok(Storage::Cuda(cuda::unary::unary(op, s, layout)?)),
         }
     }
@@ -97,7 +97,7 @@ impl Storage {
     /// Both layouts already have the broadcast output shape.
     pub(crate) fn binary(&self, la: &Layout, rhs: &Storage, lb: &Layout, op: BinaryOp) -> Result<Storage> {
         match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::elementwise::binary(op, a, la, b, lb)?)),
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::binary::binary(op, a, la, b, lb)?)),
             (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(cuda::binary::binary(op, a, la, b, lb)?)),
             (a, b) => Err(mismatch(op.name(), a, b)),
         }
@@ -106,7 +106,7 @@ impl Storage {
     /// GELU's backward `self·gelu'(z)`: `self` is the incoming gradient; both layouts have one shape.
     pub(crate) fn gelu_backward(&self, l: &Layout, z: &Storage, lz: &Layout) -> Result<Storage> {
         match (self, z) {
-            (Storage::Cpu(g), Storage::Cpu(z)) => Ok(Storage::Cpu(cpu::elementwise::gelu_backward(g, l, z, lz)?)),
+            (Storage::Cpu(g), Storage::Cpu(z)) => Ok(Storage::Cpu(cpu::unary::gelu_backward(g, l, z, lz)?)),
             (Storage::Cuda(g), Storage::Cuda(z)) => Ok(Storage::Cuda(cuda::unary::gelu_backward(g, l, z, lz)?)),
             (g, z) => Err(mismatch("gelu_backward", g, z)),
         }
@@ -124,7 +124,7 @@ impl Storage {
         match (self, on_true, on_false) {
             (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => {
                 let cond = cpu::typed::<u32>(c);
-                Ok(Storage::Cpu(cpu::elementwise::where_cond(cond, lc, t, lt, f, lf)?))
+                Ok(Storage::Cpu(cpu::where_cond::where_cond(cond, lc, t, lt, f, lf)?))
             }
             (Storage::Cuda(c), Storage::Cuda(t), Storage::Cuda(f)) => {
                 Ok(Storage::Cuda(cuda::where_cond::where_cond(c, lc, t, lt, f, lf)?))
@@ -217,7 +217,7 @@ impl Storage {
                     Some(Storage::Cpu(b)) => Some(b),
                     Some(other) => return Err(mismatch("layer_norm", self, other)),
                 };
-                let (y, mean, rstd) = cpu::norm::layer_norm_forward(x, w, b, c, eps)?;
+                let (y, mean, rstd) = cpu::layer_norm::layer_norm_forward(x, w, b, c, eps)?;
                 let stats = RowStats {
                     mean: Storage::Cpu(CpuStorage::F64(mean)),
                     rstd: Storage::Cpu(CpuStorage::F64(rstd)),
@@ -230,7 +230,7 @@ impl Storage {
                     Some(Storage::Cuda(b)) => Some(b),
                     Some(other) => return Err(mismatch("layer_norm", self, other)),
                 };
-                let (y, mean, rstd) = cuda::layernorm::layer_norm_forward(x, w, b, c, eps)?;
+                let (y, mean, rstd) = cuda::layer_norm::layer_norm_forward(x, w, b, c, eps)?;
                 let stats = RowStats {
                     mean: Storage::Cuda(mean),
                     rstd: Storage::Cuda(rstd),
@@ -252,11 +252,11 @@ impl Storage {
         match (self, w, dy, &stats.mean, &stats.rstd) {
             (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(dy), Storage::Cpu(mean), Storage::Cpu(rstd)) => {
                 let (mean, rstd) = (cpu::typed::<f64>(mean), cpu::typed::<f64>(rstd));
-                let (dx, dw, db) = cpu::norm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
+                let (dx, dw, db) = cpu::layer_norm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
                 Ok((Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db)))
             }
             (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(dy), Storage::Cuda(mean), Storage::Cuda(rstd)) => {
-                let (dx, dw, db) = cuda::layernorm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
+                let (dx, dw, db) = cuda::layer_norm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
                 Ok((Storage::Cuda(dx), Storage::Cuda(dw), Storage::Cuda(db)))
             }
             (x, w, dy, ..) => Err(if x.device() != w.device() {
@@ -281,7 +281,7 @@ impl Storage {
     ) -> Result<(Storage, Storage)> {
         match (self, targets) {
             (Storage::Cpu(x), Storage::Cpu(t)) => {
-                let (total, lse) = cpu::loss::cross_entropy_forward(x, cpu::typed::<u32>(t), c, ignore)?;
+                let (total, lse) = cpu::cross_entropy::cross_entropy_forward(x, cpu::typed::<u32>(t), c, ignore)?;
                 let loss = cpu::filled(total / count as f64, 1, cuda::acc_dtype(x.dtype()));
                 Ok((Storage::Cpu(loss), Storage::Cpu(CpuStorage::F64(lse))))
             }
@@ -307,7 +307,7 @@ impl Storage {
         match (self, targets, lse, g) {
             (Storage::Cpu(x), Storage::Cpu(t), Storage::Cpu(lse), Storage::Cpu(g)) => {
                 let scale = with_cpu_storage!(g, v => v[0].to_f64()) / count as f64;
-                Ok(Storage::Cpu(cpu::loss::cross_entropy_backward(
+                Ok(Storage::Cpu(cpu::cross_entropy::cross_entropy_backward(
                     x,
                     cpu::typed::<u32>(t),
                     cpu::typed::<f64>(lse),
@@ -383,7 +383,7 @@ impl Storage {
     /// device, each below `size` (checked by the caller).
     pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &Storage) -> Result<Storage> {
         match (self, ids) {
-            (Storage::Cpu(s), Storage::Cpu(ids)) => Ok(Storage::Cpu(cpu::index::index_select(
+            (Storage::Cpu(s), Storage::Cpu(ids)) => Ok(Storage::Cpu(cpu::embedding::index_select(
                 s,
                 outer,
                 size,
@@ -402,7 +402,7 @@ impl Storage {
     pub(crate) fn token_position_embedding(&self, wte: &Storage, wpe: &Storage, t: usize, c: usize) -> Result<Storage> {
         match (self, wte, wpe) {
             (Storage::Cpu(ids), Storage::Cpu(wte), Storage::Cpu(wpe)) => Ok(Storage::Cpu(
-                cpu::index::token_position_embedding(cpu::typed::<u32>(ids), wte, wpe, t, c)?,
+                cpu::embedding::token_position_embedding(cpu::typed::<u32>(ids), wte, wpe, t, c)?,
             )),
             (Storage::Cuda(ids), Storage::Cuda(wte), Storage::Cuda(wpe)) => Ok(Storage::Cuda(
                 cuda::embedding::token_position_embedding(ids, wte, wpe, t, c)?,
@@ -418,14 +418,16 @@ impl Storage {
     /// The adjoint of `index_select`: `self` is `[outer, n, inner]`, `ids` its n ids bucketed.
     pub(crate) fn index_add(&self, outer: usize, size: usize, inner: usize, ids: &IdBuckets) -> Result<Storage> {
         match (self, &ids.order, &ids.starts) {
-            (Storage::Cpu(s), Storage::Cpu(order), Storage::Cpu(starts)) => Ok(Storage::Cpu(cpu::index::index_add(
-                s,
-                outer,
-                size,
-                inner,
-                cpu::typed::<u32>(order),
-                cpu::typed::<u32>(starts),
-            )?)),
+            (Storage::Cpu(s), Storage::Cpu(order), Storage::Cpu(starts)) => {
+                Ok(Storage::Cpu(cpu::embedding::index_add(
+                    s,
+                    outer,
+                    size,
+                    inner,
+                    cpu::typed::<u32>(order),
+                    cpu::typed::<u32>(starts),
+                )?))
+            }
             (Storage::Cuda(s), Storage::Cuda(order), Storage::Cuda(starts)) => Ok(Storage::Cuda(
                 cuda::embedding::index_add(s, outer, size, inner, order, starts)?,
             )),
@@ -503,7 +505,7 @@ impl IdBuckets {
                 format!("{} indices are more than the 2^32 - 1 the kernels count", ids.len()),
             ));
         }
-        let (order, starts) = cpu::index::bucket_ids(ids, size);
+        let (order, starts) = cpu::embedding::bucket_ids(ids, size);
         Ok(IdBuckets {
             order: Storage::from_host(CpuStorage::U32(order), device)?,
             starts: Storage::from_host(CpuStorage::U32(starts), device)?,

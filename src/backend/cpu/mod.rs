@@ -5,16 +5,18 @@
 
 pub mod adamw;
 pub mod attention;
-pub mod elementwise;
+pub mod binary;
+pub mod cross_entropy;
+pub mod embedding;
 pub mod exp;
 pub mod gemm;
-pub mod index;
-pub mod loss;
+pub mod layer_norm;
 pub mod matmul;
-pub mod norm;
 pub mod reduce;
 pub mod reference;
 pub mod softmax;
+pub mod unary;
+pub mod where_cond;
 
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;

@@ -2,7 +2,7 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, matmul, layernorm, cross_entropy, embedding, adamw, attention.
+//! where_cond, reduce, softmax, matmul, layer_norm, cross_entropy, embedding, adamw, attention.
 //!
 //! - [`device`]: opening devices, their limits, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
@@ -23,7 +23,7 @@ pub mod emu;
 pub mod fill;
 pub mod kernels;
 pub mod launch;
-pub mod layernorm;
+pub mod layer_norm;
 pub mod layout;
 pub mod matmul;
 pub mod memory;

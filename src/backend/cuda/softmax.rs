@@ -1,5 +1,5 @@
 //! Launch wrapper for kernels/softmax.cu, and the row launch shape that every row-wise kernel
-//! (softmax.cu, layernorm.cu, cross_entropy.cu; kernels/rows.cuh) uses.
+//! (softmax.cu, layer_norm.cu, cross_entropy.cu; kernels/rows.cuh) uses.
 
 use super::launch::{Args, LaunchConfig};
 use super::{kernel, same_device, CudaStorage};
