@@ -7,10 +7,10 @@
 //! kernel's `library` is its unfused composition, so the fusion's gain shows as `%lib`.
 
 use super::library;
+use crate::backend::Storage;
 use crate::backend::{IdBuckets, RowStats};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::optim::AdamW;
-use crate::tensor::storage::Storage;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
 
 /// What limits a kernel: arithmetic (compared with the best library matmul) or memory traffic

@@ -2,10 +2,10 @@
 //! (U32 0/1).
 
 use super::{zip_map, CpuFloat};
-use crate::ops::binary::BinaryOp;
+use crate::backend::cpu::CpuStorage;
+use crate::backend::op::BinaryOp;
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 
 /// As `per_unary_op` (cpu/unary.rs), for the arithmetic binary ops: expands `$body` once per

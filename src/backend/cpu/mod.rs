@@ -4,26 +4,31 @@
 //! paths are tested against.
 
 pub mod adamw;
+mod allocator;
 pub mod attention;
 pub mod binary;
 pub mod cross_entropy;
 pub mod embedding;
-pub mod exp;
 pub mod gemm;
 pub mod layer_norm;
 pub mod matmul;
 pub mod reduce;
 pub mod reference;
 pub mod softmax;
+mod storage;
 pub mod unary;
 pub mod where_cond;
 
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::{with_cpu_storage, CpuStorage};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+
+pub use crate::backend::op::exp;
+pub use allocator::retain_freed_memory;
+pub(crate) use storage::with_cpu_storage;
+pub use storage::CpuStorage;
 
 /// Below this many elements, threads cost more than they save.
 pub(crate) const PARALLEL_MIN: usize = 1 << 15;
@@ -83,33 +88,6 @@ pub(crate) fn lane_sum<T: Copy, A: Copy + std::ops::Add<Output = A> + num_traits
     lane_fold(x.len(), A::zero(), |i| f(x[i]), |p, q| p + q)
 }
 
-/// Keeps freed memory in the process for the next allocation instead of handing it back to
-/// the system (glibc's `mallopt`; elsewhere a no-op). A training step frees and reallocates
-/// the same few hundred activation buffers every step; by default glibc returns large freed
-/// blocks to the kernel, so every step faults their pages in again and zeroes them (measured
-/// on the GPT step: 470k page faults in 33 steps, about a quarter of its CPU time). Called
-/// by the training loop; idempotent. The cost: the process keeps its peak heap.
-pub fn retain_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // glibc's malloc.h: M_TRIM_THRESHOLD -1, M_TOP_PAD -2, M_MMAP_THRESHOLD -3.
-            extern "C" {
-                fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-            }
-            // SAFETY: mallopt only changes allocator tunables; glibc serialises it against
-            // concurrent allocation with its own lock, and every value is in its valid range
-            // (the mmap threshold at most HEAP_MAX_SIZE / 2 = 32 MiB on 64-bit).
-            unsafe {
-                mallopt(-1, 1 << 30); // trim the heap's top only past 1 GiB free
-                mallopt(-2, 16 << 20); // grow the heap 16 MiB at a time
-                mallopt(-3, 32 << 20); // serve blocks below 32 MiB from the heap, not fresh mmaps
-            }
-        });
-    }
-}
-
 /// A float element type and its arithmetic type: f32 for f32, bf16 and f16; f64 for f64.
 pub trait CpuFloat: WithDType {
     type Acc: exp::Exp + Send + Sync + std::iter::Sum + Copy + std::fmt::Debug;
@@ -162,11 +140,11 @@ impl CpuFloat for f16 {
 macro_rules! map_float_storage {
     ($op:expr, $storage:expr, $v:ident => $body:expr) => {
         match $storage {
-            $crate::tensor::storage::CpuStorage::F32($v) => $crate::tensor::storage::CpuStorage::F32($body),
-            $crate::tensor::storage::CpuStorage::F64($v) => $crate::tensor::storage::CpuStorage::F64($body),
-            $crate::tensor::storage::CpuStorage::BF16($v) => $crate::tensor::storage::CpuStorage::BF16($body),
-            $crate::tensor::storage::CpuStorage::F16($v) => $crate::tensor::storage::CpuStorage::F16($body),
-            $crate::tensor::storage::CpuStorage::U32(_) => {
+            $crate::backend::cpu::CpuStorage::F32($v) => $crate::backend::cpu::CpuStorage::F32($body),
+            $crate::backend::cpu::CpuStorage::F64($v) => $crate::backend::cpu::CpuStorage::F64($body),
+            $crate::backend::cpu::CpuStorage::BF16($v) => $crate::backend::cpu::CpuStorage::BF16($body),
+            $crate::backend::cpu::CpuStorage::F16($v) => $crate::backend::cpu::CpuStorage::F16($body),
+            $crate::backend::cpu::CpuStorage::U32(_) => {
                 return Err($crate::Error::not_float($op, $crate::tensor::dtype::DType::U32))
             }
         }

@@ -1,10 +1,10 @@
 //! Unary maps on the CPU (exp, log, tanh, GELU, ...), and GELU's fused backward.
 
 use super::{map, map_float_storage, zip_map, CpuFloat};
-use crate::ops::unary::{gelu_derivative, UnaryOp};
+use crate::backend::cpu::CpuStorage;
+use crate::backend::op::{gelu_derivative, UnaryOp};
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 
 /// Expands `$body` once per variant with `$o` bound to that variant, so each loop is

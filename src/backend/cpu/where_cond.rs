@@ -1,9 +1,9 @@
 //! `where_cond` on the CPU: `cond ? on_true : on_false` elementwise.
 
 use super::map;
+use crate::backend::cpu::CpuStorage;
 use crate::tensor::dtype::WithDType;
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 
 /// `cond ? on_true : on_false` elementwise; all three layouts have the output shape.

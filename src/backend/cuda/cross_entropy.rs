@@ -3,7 +3,7 @@
 //! stay on the device.
 
 use super::launch::{Args, LaunchConfig};
-use super::softmax::{row_launch, row_width};
+use super::rows::{row_launch, row_width};
 use super::{acc_dtype, float_suffix, kernel, same_device, CudaStorage};
 use crate::{Error, Result};
 

@@ -3,7 +3,7 @@
 //! column in chunk order).
 
 use super::launch::{Args, LaunchConfig};
-use super::softmax::{row_launch, row_width};
+use super::rows::{row_launch, row_width};
 use super::{acc_dtype, fill, float_suffix, kernel, same_device, CudaStorage};
 use crate::Result;
 

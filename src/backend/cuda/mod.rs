@@ -4,8 +4,9 @@
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
 //! where_cond, reduce, softmax, matmul, layer_norm, cross_entropy, embedding, adamw, attention.
 //!
-//! - [`device`]: opening devices, their limits, the executor enum;
-//! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
+//! - [`device`]: opening devices, the executor enum;
+//! - [`memory`]: device buffers; [`launch`]: launch shapes, packed arguments, device limits;
+//! - [`rows`]: the launch shape of the row-wise kernels;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
 //! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
 //!
@@ -30,16 +31,15 @@ pub mod memory;
 pub mod nvrtc;
 pub mod real;
 pub mod reduce;
+pub mod rows;
 pub mod softmax;
 pub mod unary;
 pub mod where_cond;
 
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::{with_cpu_storage, CpuStorage};
 use crate::{Device, Error, Result};
 pub use device::{gpu_count, CudaDevice};
-use half::{bf16, f16};
 use launch::Kernel;
 use memory::DeviceBuffer;
 use std::sync::Arc;
@@ -93,16 +93,16 @@ impl CudaStorage {
     }
 
     /// Copies host data to `device`.
-    pub(crate) fn from_host(device: &Device, data: &CpuStorage) -> Result<CudaStorage> {
+    pub(crate) fn from_host<T: WithDType>(device: &Device, data: &[T]) -> Result<CudaStorage> {
         let dev = CudaDevice::get(device)?;
-        let out = CudaStorage::alloc(&dev, data.dtype(), data.len())?;
-        let bytes: &[u8] = with_cpu_storage!(data, v => bytemuck::cast_slice(v.as_slice()));
-        dev.executor().htod(out.ptr(), bytes)?;
+        let out = CudaStorage::alloc(&dev, T::DTYPE, data.len())?;
+        dev.executor().htod(out.ptr(), bytemuck::cast_slice(data))?;
         Ok(out)
     }
 
-    /// The viewed elements, contiguous, in host memory.
-    pub(crate) fn to_host(&self, layout: &Layout) -> Result<CpuStorage> {
+    /// The viewed elements, contiguous, in host memory; `T` is this storage's element type.
+    pub(crate) fn to_host<T: WithDType>(&self, layout: &Layout) -> Result<Vec<T>> {
+        debug_assert_eq!(T::DTYPE, self.dtype);
         let packed;
         let (src, offset) = if layout.is_contiguous() {
             (self, layout.offset())
@@ -111,21 +111,14 @@ impl CudaStorage {
             (&packed, 0)
         };
         let n = layout.numel();
-        fn read<T: WithDType>(s: &CudaStorage, offset: usize, n: usize) -> Result<Vec<T>> {
-            let mut v = vec![T::default(); n];
-            if n > 0 {
-                let at = s.ptr() + (offset * std::mem::size_of::<T>()) as u64;
-                s.cuda_device().executor().dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
-            }
-            Ok(v)
+        let mut v = vec![T::default(); n];
+        if n > 0 {
+            let at = src.ptr() + (offset * std::mem::size_of::<T>()) as u64;
+            src.cuda_device()
+                .executor()
+                .dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
         }
-        Ok(match self.dtype {
-            DType::F32 => CpuStorage::F32(read::<f32>(src, offset, n)?),
-            DType::F64 => CpuStorage::F64(read::<f64>(src, offset, n)?),
-            DType::BF16 => CpuStorage::BF16(read::<bf16>(src, offset, n)?),
-            DType::F16 => CpuStorage::F16(read::<f16>(src, offset, n)?),
-            DType::U32 => CpuStorage::U32(read::<u32>(src, offset, n)?),
-        })
+        Ok(v)
     }
 }
 
