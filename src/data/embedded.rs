@@ -77,6 +77,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/gemm/portable.rs",
     "src/backend/cpu/gemm/simd.rs",
     "src/backend/cpu/gemm/tests.rs",
+    "src/backend/cpu/gemm/kernel.rs",
     "src/backend/cpu/cast.rs",
     "src/backend/cpu/copy.rs",
     "src/backend/cpu/fill.rs",

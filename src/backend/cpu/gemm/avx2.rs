@@ -1,8 +1,9 @@
 //! AVX2 + FMA: a 6 × (2·LANES) tile, 6×16 for f32 and 6×8 for f64 (12 of the 16 ymm registers
 //! accumulate, two hold B̃ and one the broadcast Ã value).
 
+use super::kernel::Kernel;
+use super::matrix::{Element, Epilogue, MatMut, MatRef};
 use super::simd::{self, Vector};
-use super::{Element, Epilogue, Kernel, MatMut, MatRef};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 

@@ -1,8 +1,9 @@
 //! AVX-512F: a 12 × (2·LANES) tile, 12×32 for f32 and 12×16 for f64 (24 of the 32 zmm
 //! registers accumulate).
 
+use super::kernel::Kernel;
+use super::matrix::{Element, Epilogue, MatMut, MatRef};
 use super::simd::{self, Vector};
-use super::{Element, Epilogue, Kernel, MatMut, MatRef};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 

@@ -1,7 +1,24 @@
-//! The views GEMM works on (strided matrices, the scaling epilogue) and one product to compute,
-//! checked against its slices.
+//! The element types GEMM works on, its views (strided matrices, the scaling epilogue), and one
+//! product to compute, checked against its slices.
 
-use super::Element;
+use std::ops::{Add, Mul};
+
+/// The element types GEMM is implemented for: f32 and f64. Every bit pattern, including
+/// all zeros, is a valid value, which the packing buffers rely on.
+pub(super) trait Element: Copy + Send + Sync + PartialEq + Add<Output = Self> + Mul<Output = Self> {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Element for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
 
 /// A read-only strided matrix view: element `(i, j)` at `ptr + i*rs + j*cs`.
 #[derive(Clone, Copy)]

@@ -56,7 +56,7 @@
 //!
 //! # Threads
 //!
-//! Products of at least [`PAR_FLOPS_PER_THREAD`] flops per thread run on rayon's global pool:
+//! Products of at least [`driver::PAR_FLOPS_PER_THREAD`] flops per thread run on rayon's global pool:
 //! C is cut into one disjoint slab per thread (columns, or rows when that balances better)
 //! and each thread runs the whole blocked algorithm on its slab with its own thread-local
 //! packing buffers, so no synchronisation is needed. Smaller products stay on the calling
@@ -74,6 +74,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod driver;
+mod kernel;
 mod matrix;
 mod pack;
 mod portable;
@@ -81,16 +82,8 @@ mod portable;
 mod tests;
 
 use driver::run;
-use matrix::{Epilogue, MatMut, MatRef, Problem};
-use pack::{pack_a, pack_b};
+use matrix::Problem;
 use portable::Portable;
-use std::ops::{Add, Mul};
-
-/// Minimum work (in flops, `2·m·n·k`) per thread before a product is split over threads:
-/// 2²⁰ flops, ~7 µs of one core, against ~4-9 µs measured for a rayon fork-join from outside
-/// the pool (10-25 µs when the pool was asleep). So 128³ or 64×64×256 use two threads, 96³
-/// or 64³ (3.5 µs of work) stay on the caller.
-const PAR_FLOPS_PER_THREAD: usize = 1 << 20;
 
 /// `C = alpha·A·B + beta·C` for f32.
 ///
@@ -172,74 +165,4 @@ pub fn dgemm(
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
-/// The element types GEMM is implemented for: f32 and f64. Every bit pattern, including
-/// all zeros, is a valid value, which the packing buffers rely on.
-trait Element: Copy + Send + Sync + PartialEq + Add<Output = Self> + Mul<Output = Self> {
-    const ZERO: Self;
-    const ONE: Self;
-}
-
-impl Element for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-
-impl Element for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-
-/// A micro-kernel and the block sizes the driver uses with it.
-trait Kernel: Sized {
-    type T: Element;
-    /// Rows of the register tile (A micro-panel height).
-    const MR: usize;
-    /// Columns of the register tile (B micro-panel width).
-    const NR: usize;
-    /// Block of the shared dimension: the A micro-panel (MR·KC) should stay in L1.
-    const KC: usize;
-    /// Block of C's columns, a multiple of NR: the B block (KC·NC) should stay in L2.
-    const NC: usize;
-
-    /// Writes `alpha·Ã·B̃ + beta·C` to the top-left `mr×nr` corner of the MR×NR tile at `c`.
-    /// `ep` comes by reference: by value, its two floats arrive in vector registers that stay
-    /// live across the k loop, and the AVX2 kernel (15 of 16 ymm registers in that loop) then
-    /// kept one accumulator on the stack, a store and a reload per FMA.
-    ///
-    /// # Safety
-    ///
-    /// `a` and `b` point to `kc·MR` and `kc·NR` readable elements, `mr <= MR`, `nr <= NR`,
-    /// the `mr×nr` view `c` is valid for reads and writes and not accessed concurrently, and
-    /// the CPU supports the kernel's target features.
-    unsafe fn tile(
-        kc: usize,
-        a: *const Self::T,
-        b: *const Self::T,
-        c: MatMut<Self::T>,
-        mr: usize,
-        nr: usize,
-        ep: &Epilogue<Self::T>,
-    );
-
-    /// Packs an A micro-panel as [`pack_a`] does, which is the default.
-    ///
-    /// # Safety
-    ///
-    /// As for [`pack_a`], and the CPU supports the kernel's target features.
-    unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<Self::T>, dst: &mut [Self::T]) {
-        // SAFETY: forwarded contract.
-        unsafe { pack_a::<Self>(mr, kc, a, dst) }
-    }
-
-    /// Packs a B block as [`pack_b`] does, which is the default.
-    ///
-    /// # Safety
-    ///
-    /// As for [`pack_b`], and the CPU supports the kernel's target features.
-    unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<Self::T>, dst: &mut [Self::T]) {
-        // SAFETY: forwarded contract.
-        unsafe { pack_b::<Self>(kc, nc, b, dst) }
-    }
 }

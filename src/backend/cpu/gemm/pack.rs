@@ -1,8 +1,8 @@
 //! Packing: copying a block of A or B into the micro-panel order the micro-kernel reads, into
 //! 64-byte aligned per-thread buffers.
 
-use super::matrix::MatRef;
-use super::{Element, Kernel};
+use super::kernel::Kernel;
+use super::matrix::{Element, MatRef};
 use std::cell::RefCell;
 
 /// Packs the `mr×kc` block `a` into one A micro-panel: `dst[p·MR + i] = a[i, p]`, rows

@@ -1,7 +1,8 @@
 //! The portable micro-kernel, for CPUs without AVX2 or AVX-512 (and every non-x86 target).
 
-use super::matrix::{Epilogue, MatMut};
-use super::{Element, Kernel};
+use super::kernel::Kernel;
+use super::matrix::{Element, Epilogue, MatMut, MatRef};
+use super::pack::{pack_a, pack_b};
 use std::marker::PhantomData;
 
 /// The portable micro-kernel: an `MR×NR` accumulator array the compiler vectorises with
@@ -42,5 +43,15 @@ impl<T: Element, const MR: usize, const NR: usize> Kernel for Portable<T, MR, NR
                 };
             }
         }
+    }
+
+    unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<T>, dst: &mut [T]) {
+        // SAFETY: forwarded contract.
+        unsafe { pack_a::<Self>(mr, kc, a, dst) }
+    }
+
+    unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<T>, dst: &mut [T]) {
+        // SAFETY: forwarded contract.
+        unsafe { pack_b::<Self>(kc, nc, b, dst) }
     }
 }

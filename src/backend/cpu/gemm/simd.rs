@@ -3,7 +3,8 @@
 //! `#[target_feature]` wrappers in [`super::avx512`] and [`super::avx2`]: the generic bodies are
 //! `#[inline(always)]`, so each wrapper gets its own copy built with its ISA's registers.
 
-use super::{Element, Epilogue, Kernel, MatMut, MatRef};
+use super::kernel::Kernel;
+use super::matrix::{Element, Epilogue, MatMut, MatRef};
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
 /// Steps of the shared dimension between prefetching a row of B̃ and reading it.
@@ -64,7 +65,7 @@ pub(super) unsafe fn pack_a<K: Kernel, V: Vector<E = K::T>>(mr: usize, kc: usize
         unsafe { transpose_rows::<V>(a.ptr, a.rs, mr, kc, dst.as_mut_ptr(), K::MR) }
     } else {
         // SAFETY: forwarded contract.
-        unsafe { super::pack_a::<K>(mr, kc, a, dst) }
+        unsafe { super::pack::pack_a::<K>(mr, kc, a, dst) }
     }
 }
 
@@ -78,7 +79,7 @@ pub(super) unsafe fn pack_a<K: Kernel, V: Vector<E = K::T>>(mr: usize, kc: usize
 pub(super) unsafe fn pack_b<K: Kernel, V: Vector<E = K::T>>(kc: usize, nc: usize, b: MatRef<K::T>, dst: &mut [K::T]) {
     if b.rs != 1 || b.cs == 1 {
         // SAFETY: forwarded contract.
-        return unsafe { super::pack_b::<K>(kc, nc, b, dst) };
+        return unsafe { super::pack::pack_b::<K>(kc, nc, b, dst) };
     }
     for (j0, panel) in (0..nc).step_by(K::NR).zip(dst.chunks_exact_mut(kc * K::NR)) {
         let nr = K::NR.min(nc - j0);

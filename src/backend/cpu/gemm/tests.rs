@@ -1,6 +1,7 @@
 //! The GEMM kernels against a naive triple loop, over shapes, strides and edge cases.
 
-use super::matrix::is_injective;
+use super::kernel::Kernel;
+use super::matrix::{is_injective, Element};
 use super::*;
 use proptest::prelude::*;
 
