@@ -68,11 +68,11 @@ impl Storage {
         match self {
             Storage::Cpu(s) => Ok(cpu::contiguous(s, layout)),
             Storage::Cuda(s) => Ok(match s.dtype() {
-                DType::F32 => CpuStorage::F32(s.to_host(layout)?),
-                DType::F64 => CpuStorage::F64(s.to_host(layout)?),
-                DType::BF16 => CpuStorage::BF16(s.to_host(layout)?),
-                DType::F16 => CpuStorage::F16(s.to_host(layout)?),
-                DType::U32 => CpuStorage::U32(s.to_host(layout)?),
+                DType::F32 => CpuStorage::F32(cuda::copy::to_host(s, layout)?),
+                DType::F64 => CpuStorage::F64(cuda::copy::to_host(s, layout)?),
+                DType::BF16 => CpuStorage::BF16(cuda::copy::to_host(s, layout)?),
+                DType::F16 => CpuStorage::F16(cuda::copy::to_host(s, layout)?),
+                DType::U32 => CpuStorage::U32(cuda::copy::to_host(s, layout)?),
             }),
         }
     }

@@ -37,7 +37,6 @@ pub mod unary;
 pub mod where_cond;
 
 use crate::tensor::dtype::{DType, WithDType};
-use crate::tensor::layout::Layout;
 use crate::{Device, Error, Result};
 pub use device::{gpu_count, CudaDevice};
 use launch::Kernel;
@@ -100,23 +99,13 @@ impl CudaStorage {
         Ok(out)
     }
 
-    /// The viewed elements, contiguous, in host memory; `T` is this storage's element type.
-    pub(crate) fn to_host<T: WithDType>(&self, layout: &Layout) -> Result<Vec<T>> {
+    /// `n` elements from element `offset` on, in host memory; `T` is this storage's element type.
+    pub(crate) fn read_host<T: WithDType>(&self, offset: usize, n: usize) -> Result<Vec<T>> {
         debug_assert_eq!(T::DTYPE, self.dtype);
-        let packed;
-        let (src, offset) = if layout.is_contiguous() {
-            (self, layout.offset())
-        } else {
-            packed = copy::contiguous(self, layout)?;
-            (&packed, 0)
-        };
-        let n = layout.numel();
         let mut v = vec![T::default(); n];
         if n > 0 {
-            let at = src.ptr() + (offset * std::mem::size_of::<T>()) as u64;
-            src.cuda_device()
-                .executor()
-                .dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
+            let at = self.ptr() + (offset * std::mem::size_of::<T>()) as u64;
+            self.cuda_device().executor().dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
         }
         Ok(v)
     }
