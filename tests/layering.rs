@@ -86,9 +86,14 @@ fn without_inline_modules(code: &str) -> String {
     let mut out = String::with_capacity(code.len());
     let mut rest = code;
     while let Some(at) = rest.find("mod ") {
-        let boundary = rest[..at].chars().last().is_none_or(|c| !c.is_alphanumeric() && c != '_');
+        let boundary = rest[..at]
+            .chars()
+            .last()
+            .is_none_or(|c| !c.is_alphanumeric() && c != '_');
         let after = &rest[at + 4..];
-        let name_end = after.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let name_end = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
         let tail = after[name_end..].trim_start();
         if !boundary || name_end == 0 || !tail.starts_with('{') {
             out.push_str(&rest[..at + 4]);
@@ -202,7 +207,11 @@ fn inline_paths(code: &str) -> Vec<Vec<String>> {
         let end = code[i..]
             .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
             .map_or(code.len(), |e| i + e);
-        let path: Vec<String> = code[i..end].split("::").filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let path: Vec<String> = code[i..end]
+            .split("::")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
         if path.len() >= 2 || code[i..end].ends_with("::") {
             out.push(path);
         }

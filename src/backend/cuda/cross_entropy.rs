@@ -1,5 +1,5 @@
 //! Launch wrapper for kernels/cross_entropy.cu: the forward and backward are row kernels (the
-//! launch of softmax.rs), the mean one block; targets, log-sum-exps, the loss and its gradient all
+//! launch of rows.rs), the mean one block; targets, log-sum-exps, the loss and its gradient all
 //! stay on the device.
 
 use super::launch::{Args, LaunchConfig};

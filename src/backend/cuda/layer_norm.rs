@@ -1,5 +1,5 @@
 //! Launch wrapper for kernels/layer_norm.cu: the forward and dx as row kernels (the launch of
-//! softmax.rs), dw and db in two deterministic stages (partials per chunk of rows, then a sum per
+//! rows.rs), dw and db in two deterministic stages (partials per chunk of rows, then a sum per
 //! column in chunk order).
 
 use super::launch::{Args, LaunchConfig};

@@ -105,7 +105,9 @@ impl CudaStorage {
         let mut v = vec![T::default(); n];
         if n > 0 {
             let at = self.ptr() + (offset * std::mem::size_of::<T>()) as u64;
-            self.cuda_device().executor().dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
+            self.cuda_device()
+                .executor()
+                .dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
         }
         Ok(v)
     }
