@@ -23,6 +23,7 @@ pub mod emu;
 pub mod fill;
 pub mod kernels;
 pub mod launch;
+pub mod layer_norm_naive;
 pub mod layernorm;
 pub mod layout;
 pub mod matmul;
