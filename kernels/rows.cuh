@@ -1,4 +1,4 @@
-// rows.cuh — helpers of the row-wise kernels (softmax.cu, layernorm.cu, cross_entropy.cu), which all
+// rows.cuh — helpers of the row-wise kernels (softmax.cu, layer_norm.cu, cross_entropy.cu), which all
 // use one launch shape: a 2-D block of blockDim.x threads per row (a power of two, 32 to 1024) and
 // blockDim.y rows side by side; row r of the tensor is handled by block r / blockDim.y, row
 // threadIdx.y. The Rust side chooses the shape with `softmax::block_shape` (about 8 elements per

@@ -7,10 +7,11 @@
 //! kernel's `library` is its unfused composition, so the fusion's gain shows as `%lib`.
 
 use super::library;
+pub use super::work::{Setup, Work};
+use crate::backend::Storage;
 use crate::backend::{IdBuckets, RowStats};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::optim::AdamW;
-use crate::tensor::storage::Storage;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
 
 /// What limits a kernel: arithmetic (compared with the best library matmul) or memory traffic
@@ -19,35 +20,6 @@ use crate::{DType, Device, Gradients, Result, Rng, Tensor};
 pub enum Bound {
     Compute,
     Memory,
-}
-
-/// What a case needs to build its inputs.
-pub struct Setup<'a> {
-    pub dev: Device,
-    /// The size, in the case's [`Case::dims`] form.
-    pub dims: &'a [usize],
-    /// Rotate inputs over at least this many bytes (several times the last-level cache).
-    pub rotate_bytes: usize,
-}
-
-impl Setup<'_> {
-    /// Input sets of `bytes` each to rotate over: enough to exceed `rotate_bytes`, at most 16.
-    pub fn sets(&self, bytes: f64) -> usize {
-        ((self.rotate_bytes as f64 / bytes.max(1.0)).ceil() as usize).clamp(1, 16)
-    }
-}
-
-/// The timed work of one case at one size.
-pub struct Work {
-    /// Floating-point operations of one call (0 where memory traffic is the measure).
-    pub flops: f64,
-    /// The fewest bytes one call must move through memory (each input read once, each output
-    /// written once).
-    pub bytes: f64,
-    /// Input sets rotated between calls.
-    pub sets: usize,
-    /// One call on input set `i % sets`.
-    pub run: Box<dyn FnMut(usize) -> Result<()>>,
 }
 
 /// What a case is compared with at the same sizes (a library, or an unfused version of a fused

@@ -9,7 +9,7 @@
 //!
 //! A missing library is an error for that row of the report, never a panic.
 
-use super::cases::{Setup, Work};
+use super::work::{Setup, Work};
 use crate::backend::cuda::device::{CudaDevice, Executor};
 use crate::backend::cuda::memory::DeviceBuffer;
 use crate::backend::cuda::real::Gpu;

@@ -18,6 +18,7 @@ pub mod library;
 pub mod report;
 pub mod roofline;
 pub mod timing;
+pub mod work;
 
 use crate::{DType, Device, Error, Result, Rng};
 use cases::{Bound, Case, Setup, CASES};

@@ -3,7 +3,7 @@
 //! yields dq, dk and dv in one fused primitive (see backend/cpu/attention.rs and
 //! kernels/attention.cu), so no `[Tq, Tk]` tensor is ever kept.
 
-use crate::backend::cpu::attention::AttentionDims;
+use crate::backend::op::AttentionDims;
 use crate::{Error, Result, Tensor};
 
 const OP: &str = "scaled_dot_product_attention";

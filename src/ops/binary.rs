@@ -1,91 +1,9 @@
 //! Elementwise functions of two tensors with NumPy broadcasting: add, sub, mul, div,
 //! maximum, minimum, and comparisons. Gradients are summed back to each input's shape.
 
-use crate::tensor::dtype::WithDType;
+use crate::backend::BinaryOp;
 use crate::tensor::layout::broadcast_shapes;
 use crate::{Result, Tensor};
-use num_traits::Float;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Maximum,
-    Minimum,
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl BinaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Maximum => "maximum",
-            BinaryOp::Minimum => "minimum",
-            BinaryOp::Eq => "eq",
-            BinaryOp::Ne => "ne",
-            BinaryOp::Lt => "lt",
-            BinaryOp::Le => "le",
-            BinaryOp::Gt => "gt",
-            BinaryOp::Ge => "ge",
-        }
-    }
-
-    pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
-        )
-    }
-
-    /// The arithmetic ops. NaN propagates through maximum/minimum, as in PyTorch.
-    #[inline(always)]
-    pub fn apply<T: Float>(self, x: T, y: T) -> T {
-        match self {
-            BinaryOp::Add => x + y,
-            BinaryOp::Sub => x - y,
-            BinaryOp::Mul => x * y,
-            BinaryOp::Div => x / y,
-            BinaryOp::Maximum => {
-                if x.is_nan() || x > y {
-                    x
-                } else {
-                    y
-                }
-            }
-            BinaryOp::Minimum => {
-                if x.is_nan() || x < y {
-                    x
-                } else {
-                    y
-                }
-            }
-            _ => unreachable!("{} is a comparison", self.name()),
-        }
-    }
-
-    /// The comparison ops.
-    pub fn compare<T: WithDType>(self, x: T, y: T) -> bool {
-        match self {
-            BinaryOp::Eq => x == y,
-            BinaryOp::Ne => x != y,
-            BinaryOp::Lt => x < y,
-            BinaryOp::Le => x <= y,
-            BinaryOp::Gt => x > y,
-            BinaryOp::Ge => x >= y,
-            _ => unreachable!("{} is not a comparison", self.name()),
-        }
-    }
-}
 
 impl Tensor {
     /// `op` over the broadcast of both operands (no autograd).

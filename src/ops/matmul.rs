@@ -1,7 +1,7 @@
 //! Matrix product: 2-D, or batched `[..., M, K] x [..., K, N]` with broadcast batch dims; and
 //! `linear` (x·wᵀ + b) with its fused GELU and residual forms.
 
-use crate::backend::Epilogue;
+use crate::backend::op::Epilogue;
 use crate::tensor::layout::{broadcast_shapes, Layout};
 use crate::{Error, Result, Tensor};
 

@@ -3,11 +3,11 @@
 
 pub mod attention;
 pub mod binary;
+pub mod cross_entropy;
 pub mod dropout;
-pub mod index;
-pub mod loss;
+pub mod embedding;
+pub mod layer_norm;
 pub mod matmul;
-pub mod norm;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;

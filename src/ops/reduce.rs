@@ -1,7 +1,7 @@
 //! Reductions: sum, mean, max, min over given dims (with keepdim), sum_all, mean_all.
 
-use crate::backend::cpu::reduce::ReduceOp;
-use crate::ops::binary::BinaryOp;
+use crate::backend::op::BinaryOp;
+use crate::backend::op::ReduceOp;
 use crate::tensor::layout::resolve_dim;
 use crate::{Error, Result, Tensor};
 

@@ -4,8 +4,8 @@
 //!   log_softmax: dx = g − exp(y) ⊙ Σ g
 //! (sums over the softmax dim).
 
+use crate::backend::Storage;
 use crate::tensor::layout::resolve_dim;
-use crate::tensor::storage::Storage;
 use crate::{Result, Tensor};
 
 impl Tensor {

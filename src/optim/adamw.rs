@@ -11,7 +11,8 @@
 //! reproducible; one kernel launch on CUDA/Emu), which may also refresh a bf16 copy of a weight.
 
 use super::checked_grad;
-use crate::backend::{AdamWHyper, AdamWParam};
+use crate::backend::op::{AdamWHyper, AdamWParam};
+use crate::backend::Storage;
 use crate::{DType, Error, Gradients, Result, Tensor};
 
 #[derive(Clone, Debug)]
@@ -177,13 +178,13 @@ impl AdamW {
             .iter()
             .map(|(s, _)| s.copy.as_ref().map(|c| c.storage_mut()))
             .collect();
-        let mut items: Vec<AdamWParam> = params
+        let mut items: Vec<AdamWParam<Storage>> = params
             .iter_mut()
             .zip(&grads)
             .zip(ms.iter_mut().zip(vs.iter_mut()))
             .zip(copies.iter_mut())
             .zip(&active)
-            .map(|((((p, g), (m, v)), c), (s, _))| AdamWParam {
+            .map(|((((p, g), (m, v)), c), (s, _))| AdamWParam::<Storage> {
                 param: p,
                 grad: g,
                 m,

@@ -39,7 +39,7 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], grads: &mut Gradients, max_no
         })
         .collect::<Result<_>>()?;
     let storages: Vec<_> = present.iter().map(|g| g.storage()).collect();
-    let refs: Vec<&crate::tensor::storage::Storage> = storages.iter().map(|s| &**s).collect();
+    let refs: Vec<&crate::backend::Storage> = storages.iter().map(|s| &**s).collect();
     let sum_sq = crate::backend::grad_sq_sum(&refs)?;
     let norm = sum_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);

@@ -2,7 +2,7 @@
 
 use super::rng::Rng;
 use super::{layout, DType, Device, Tensor, WithDType};
-use crate::tensor::storage::{CpuStorage, Storage};
+use crate::backend::{CpuStorage, Storage};
 use crate::{Error, Result};
 
 impl Tensor {

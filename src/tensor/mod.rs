@@ -5,18 +5,17 @@ pub mod device;
 pub mod dtype;
 pub mod layout;
 pub mod rng;
-pub mod storage;
 
 mod create;
 
 use crate::autograd::{BackwardFn, GradState, Node};
+use crate::backend::Storage;
 use crate::{Error, Result};
 use device::Device;
 use dtype::{DType, WithDType};
 use layout::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use storage::Storage;
 
 /// An n-dimensional array with optional gradient tracking.
 #[derive(Clone)]

@@ -2,23 +2,18 @@
 //! place, in the parameter's precision (as PyTorch), parallel over tensors and over chunks of each.
 //! Elements are independent, so the split never changes a bit: runs and resumed runs repeat exactly.
 
+use super::CpuStorage;
 use super::PARALLEL_MIN;
-use crate::backend::{AdamWHyper, AdamWParam};
-use crate::tensor::storage::{CpuStorage, Storage};
+use crate::backend::op::{AdamWHyper, AdamWParam};
 use crate::Result;
 use half::bf16;
 use num_traits::Float;
 use rayon::prelude::*;
 
 /// Updates every parameter of `params` (all on the CPU, checked by the caller).
-pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
+pub fn adamw_step(params: &mut [AdamWParam<CpuStorage>], h: &AdamWHyper) -> Result<()> {
     params.par_iter_mut().for_each(|item| {
-        let (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) =
-            (&mut *item.param, item.grad, &mut *item.m, &mut *item.v)
-        else {
-            unreachable!("devices are checked by backend::adamw_step")
-        };
-        match (p, g, m, v) {
+        match (&mut *item.param, item.grad, &mut *item.m, &mut *item.v) {
             (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => {
                 update(p, g, m, v, h, item.decay)
             }
@@ -27,14 +22,10 @@ pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
             }
             _ => unreachable!("dtypes are checked by backend::adamw_step"),
         }
-        if let Some(Storage::Cpu(CpuStorage::BF16(copy))) = item.copy.as_deref_mut() {
+        if let Some(CpuStorage::BF16(copy)) = item.copy.as_deref_mut() {
             match &*item.param {
-                Storage::Cpu(CpuStorage::F32(p)) => {
-                    copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f32(x))
-                }
-                Storage::Cpu(CpuStorage::F64(p)) => {
-                    copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f64(x))
-                }
+                CpuStorage::F32(p) => copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f32(x)),
+                CpuStorage::F64(p) => copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f64(x)),
                 _ => unreachable!("dtypes are checked by backend::adamw_step"),
             }
         }
@@ -44,13 +35,13 @@ pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
 
 /// Σ g² over every gradient, in f64: each tensor's squares summed in a fixed order (see
 /// [`sq_sum`]), then the tensors in order.
-pub fn grad_sq_sum(grads: &[&Storage]) -> f64 {
+pub fn grad_sq_sum(grads: &[&CpuStorage]) -> f64 {
     let per_tensor: Vec<f64> = grads
         .par_iter()
         .map(|g| match g {
-            Storage::Cpu(CpuStorage::F64(g)) => sq_sum(g),
-            Storage::Cpu(CpuStorage::F32(g)) => sq_sum(g),
-            _ => unreachable!("devices and dtypes are checked by backend::grad_sq_sum"),
+            CpuStorage::F64(g) => sq_sum(g),
+            CpuStorage::F32(g) => sq_sum(g),
+            _ => unreachable!("dtypes are checked by backend::grad_sq_sum"),
         })
         .collect();
     per_tensor.iter().sum()

@@ -21,47 +21,20 @@
 //! two `TILE × tk` scratch tiles per rayon job. The GEMMs are the project's ([`super::gemm`]);
 //! BF16/F16 are computed in f32 (lse in f32), f64 in f64.
 
-use super::exp::Exp;
 use super::gemm;
 use super::matmul::Gemm;
 use super::{lane_fold, lane_sum, vectorised};
+use crate::backend::cpu::CpuStorage;
+use crate::backend::op::exp::Exp;
+use crate::backend::op::AttentionDims;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
 /// Query rows per GEMM tile: big enough for the GEMM to reach speed, small enough that the
 /// score tile (`TILE × tk`) stays in L2 for GPT-2's 1024 positions.
 const TILE: usize = 64;
-
-/// The sizes of one attention call: `bh` independent heads (batch × heads) of `tq` queries
-/// against `tk` keys and values, all rows `d` wide. Causal needs `tq <= tk`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttentionDims {
-    pub bh: usize,
-    pub tq: usize,
-    pub tk: usize,
-    pub d: usize,
-    pub causal: bool,
-}
-
-impl AttentionDims {
-    /// The score scale 1/√d.
-    pub fn scale(&self) -> f64 {
-        1.0 / (self.d as f64).sqrt()
-    }
-
-    /// How many keys query `i` sees: all of them, or (causal) those up to its absolute
-    /// position tk − tq + i.
-    pub fn visible(&self, i: usize) -> usize {
-        if self.causal {
-            (self.tk - self.tq + i + 1).min(self.tk)
-        } else {
-            self.tk
-        }
-    }
-}
 
 /// The two element types the fused loops run in, with their GEMM.
 trait Real: Exp + Default + Send + Sync + 'static {

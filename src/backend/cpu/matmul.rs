@@ -2,13 +2,13 @@
 //! operands' strides (transposed views cost no copy), then the fused epilogue (bias, GELU,
 //! residual) before the one rounding to the dtype. BF16/F16 are widened to f32.
 
-use super::exp::Exp;
 use super::{gemm, PARALLEL_MIN};
-use crate::backend::Epilogue;
-use crate::ops::unary::UnaryOp;
+use crate::backend::cpu::CpuStorage;
+use crate::backend::op::exp::Exp;
+use crate::backend::op::Epilogue;
+use crate::backend::op::UnaryOp;
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::CpuStorage;
 use crate::{Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;

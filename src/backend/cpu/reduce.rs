@@ -1,27 +1,11 @@
 //! Reductions (sum, max, min) over any set of dimensions. Sums accumulate in f64.
 
 use super::{map_float_storage, CpuFloat, PARALLEL_MIN};
+use crate::backend::cpu::CpuStorage;
+use crate::backend::op::ReduceOp;
 use crate::tensor::layout::Layout;
-use crate::tensor::storage::CpuStorage;
 use crate::Result;
 use rayon::prelude::*;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReduceOp {
-    Sum,
-    Max,
-    Min,
-}
-
-impl ReduceOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "sum",
-            ReduceOp::Max => "max",
-            ReduceOp::Min => "min",
-        }
-    }
-}
 
 /// Reduces `dims` (sorted, distinct) of the viewed tensor; the result is contiguous with the
 /// kept dims in order (the keepdim shape). Max/min over an empty dim is refused by the caller.

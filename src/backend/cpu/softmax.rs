@@ -1,9 +1,9 @@
 //! Softmax and log-softmax over the last dim of a contiguous tensor, one row at a time
 //! (max-subtracted, accumulated in the arithmetic type), and their backward.
 
-use super::exp::Exp;
 use super::{dispatch_float, lane_fold, lane_sum, map_float_storage, typed, vectorised, CpuFloat, PARALLEL_MIN};
-use crate::tensor::storage::CpuStorage;
+use crate::backend::cpu::CpuStorage;
+use crate::backend::op::exp::Exp;
 use crate::Result;
 use num_traits::Float;
 use rayon::prelude::*;

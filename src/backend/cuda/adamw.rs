@@ -5,9 +5,8 @@
 use super::launch::{Args, LaunchConfig};
 use super::memory::DeviceBuffer;
 use super::{kernel, CudaDevice, CudaStorage};
-use crate::backend::{AdamWHyper, AdamWParam};
+use crate::backend::op::{AdamWHyper, AdamWParam};
 use crate::tensor::dtype::DType;
-use crate::tensor::storage::Storage;
 use crate::Result;
 use std::sync::Arc;
 
@@ -22,13 +21,6 @@ fn upload_table(dev: &Arc<CudaDevice>, entries: &[[u64; 7]]) -> Result<DeviceBuf
     let table = DeviceBuffer::alloc(dev, bytes.len())?;
     dev.executor().htod(table.ptr(), bytes)?;
     Ok(table)
-}
-
-fn cuda(s: &Storage) -> &CudaStorage {
-    match s {
-        Storage::Cuda(s) => s,
-        Storage::Cpu(_) => unreachable!("devices are checked by the backend dispatch"),
-    }
 }
 
 /// One thread per 16-byte pack of the largest tensor (the kernels' vector width), at most
@@ -47,19 +39,19 @@ fn launch_shape(largest: usize, tensors: usize, dtype: DType) -> LaunchConfig {
 }
 
 /// Updates every parameter of `params` (one device, one dtype: checked by the caller) in place.
-pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
-    let first = cuda(params[0].param);
+pub fn adamw_step(params: &mut [AdamWParam<CudaStorage>], h: &AdamWHyper) -> Result<()> {
+    let first = &params[0].param;
     let (dev, dtype) = (first.cuda_device().clone(), first.dtype());
     let entries: Vec<[u64; 7]> = params
         .iter()
         .map(|item| {
             [
-                cuda(item.param).ptr(),
-                cuda(item.grad).ptr(),
-                cuda(item.m).ptr(),
-                cuda(item.v).ptr(),
-                item.copy.as_deref().map_or(0, |c| cuda(c).ptr()),
-                cuda(item.param).len() as u64,
+                item.param.ptr(),
+                item.grad.ptr(),
+                item.m.ptr(),
+                item.v.ptr(),
+                item.copy.as_deref().map_or(0, |c| c.ptr()),
+                item.param.len() as u64,
                 item.decay as u64,
             ]
         })
@@ -85,13 +77,10 @@ pub fn adamw_step(params: &mut [AdamWParam], h: &AdamWHyper) -> Result<()> {
 }
 
 /// Σ g² over `grads` (one device, f32 or f64: checked by the caller), in f64.
-pub fn grad_sq_sum(grads: &[&Storage]) -> Result<f64> {
-    let first = cuda(grads[0]);
+pub fn grad_sq_sum(grads: &[&CudaStorage]) -> Result<f64> {
+    let first = grads[0];
     let (dev, dtype) = (first.cuda_device().clone(), first.dtype());
-    let entries: Vec<[u64; 7]> = grads
-        .iter()
-        .map(|g| [0, cuda(g).ptr(), 0, 0, 0, cuda(g).len() as u64, 0])
-        .collect();
+    let entries: Vec<[u64; 7]> = grads.iter().map(|g| [0, g.ptr(), 0, 0, 0, g.len() as u64, 0]).collect();
     let largest = entries.iter().map(|e| e[5] as usize).max().unwrap_or(0);
     let cfg = launch_shape(largest, entries.len(), dtype);
     let table = upload_table(&dev, &entries)?;

@@ -5,7 +5,7 @@
 
 use super::launch::{Args, LaunchConfig};
 use super::{kernel, same_device, CudaStorage};
-use crate::backend::cpu::attention::AttentionDims;
+use crate::backend::op::AttentionDims;
 use crate::tensor::dtype::DType;
 use crate::{Error, Result};
 

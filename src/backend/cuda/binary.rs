@@ -3,7 +3,7 @@
 use super::launch::{Args, LaunchConfig};
 use super::layout::KernelLayout;
 use super::{kernel, same_device, CudaStorage};
-use crate::ops::binary::BinaryOp;
+use crate::backend::op::BinaryOp;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};

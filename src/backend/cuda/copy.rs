@@ -1,8 +1,10 @@
-//! Launch wrappers for kernels/copy.cu: `contiguous` and `assign`.
+//! Launch wrappers for kernels/copy.cu: `contiguous` and `assign`; and a view's elements read
+//! to the host (packed by `contiguous` first when strided).
 
 use super::launch::{Args, LaunchConfig};
 use super::layout::KernelLayout;
 use super::{bits_suffix, kernel, same_device, CudaStorage};
+use crate::tensor::dtype::WithDType;
 use crate::tensor::layout::Layout;
 use crate::Result;
 
@@ -12,6 +14,15 @@ pub fn contiguous(s: &CudaStorage, layout: &Layout) -> Result<CudaStorage> {
     let out = CudaStorage::alloc(s.cuda_device(), s.dtype(), n)?;
     copy_into(s, layout, &out, &Layout::contiguous(layout.shape()))?;
     Ok(out)
+}
+
+/// The viewed elements, contiguous, in host memory; `T` is the storage's element type.
+pub fn to_host<T: WithDType>(s: &CudaStorage, layout: &Layout) -> Result<Vec<T>> {
+    if layout.is_contiguous() {
+        s.read_host(layout.offset(), layout.numel())
+    } else {
+        contiguous(s, layout)?.read_host(0, layout.numel())
+    }
 }
 
 /// Writes `src` viewed through `ls` into the elements of `dst` that `ld` views.

@@ -1,9 +1,9 @@
 //! Launch wrapper for kernels/cross_entropy.cu: the forward and backward are row kernels (the
-//! launch of softmax.rs), the mean one block; targets, log-sum-exps, the loss and its gradient all
+//! launch of rows.rs), the mean one block; targets, log-sum-exps, the loss and its gradient all
 //! stay on the device.
 
 use super::launch::{Args, LaunchConfig};
-use super::softmax::{row_launch, row_width};
+use super::rows::{row_launch, row_width};
 use super::{acc_dtype, float_suffix, kernel, same_device, CudaStorage};
 use crate::{Error, Result};
 

@@ -1,42 +1,12 @@
-//! A CUDA device: its executor (the real GPU or the emulator), its limits, and the per-device
-//! registry. Devices are opened once, on first use, and live for the rest of the process.
+//! A CUDA device: its executor (the real GPU or the emulator), its limits (launch.rs), and the
+//! per-device registry. Devices are opened once, on first use, and live for the rest of the process.
 
 use super::emu::Emu;
-use super::launch::{Args, Kernel, LaunchConfig};
+use super::launch::{Args, Kernel, LaunchConfig, Limits};
 use super::real::Gpu;
 use crate::{Device, Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// What a launch may ask of a device.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_threads_per_block: u32,
-    pub max_block: [u32; 3],
-    pub max_grid: [u32; 3],
-    /// Dynamic shared memory a kernel may use without opting in (48 KiB on every GPU).
-    pub max_smem_default: u32,
-    /// ... and with `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` raised.
-    pub max_smem_optin: u32,
-    pub sm_count: u32,
-    pub compute_capability: (u32, u32),
-}
-
-impl Limits {
-    /// What Emu reports: an H100-class GPU (sm_90, 132 SMs), so that the launch wrappers choose the
-    /// same shapes on Emu as on the GPUs kiln targets.
-    pub fn emulated() -> Limits {
-        Limits {
-            max_threads_per_block: 1024,
-            max_block: [1024, 1024, 64],
-            max_grid: [i32::MAX as u32, 65535, 65535],
-            max_smem_default: 48 * 1024,
-            max_smem_optin: 227 * 1024,
-            sm_count: 132,
-            compute_capability: (9, 0),
-        }
-    }
-}
 
 /// The two executors under the one CUDA backend.
 pub enum Executor {

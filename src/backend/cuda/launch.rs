@@ -1,10 +1,39 @@
 //! What every launch wrapper uses: a kernel's name, its launch shape, its packed arguments, and the
 //! check of that shape against the device's limits.
 
-use super::device::Limits;
 use crate::tensor::dtype::DType;
 use crate::{Error, Result};
 use std::ffi::c_void;
+
+/// What a launch may ask of a device.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_threads_per_block: u32,
+    pub max_block: [u32; 3],
+    pub max_grid: [u32; 3],
+    /// Dynamic shared memory a kernel may use without opting in (48 KiB on every GPU).
+    pub max_smem_default: u32,
+    /// ... and with `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` raised.
+    pub max_smem_optin: u32,
+    pub sm_count: u32,
+    pub compute_capability: (u32, u32),
+}
+
+impl Limits {
+    /// What Emu reports: an H100-class GPU (sm_90, 132 SMs), so that the launch wrappers choose the
+    /// same shapes on Emu as on the GPUs kiln targets.
+    pub fn emulated() -> Limits {
+        Limits {
+            max_threads_per_block: 1024,
+            max_block: [1024, 1024, 64],
+            max_grid: [i32::MAX as u32, 65535, 65535],
+            max_smem_default: 48 * 1024,
+            max_smem_optin: 227 * 1024,
+            sm_count: 132,
+            compute_capability: (9, 0),
+        }
+    }
+}
 
 /// A kernel: its `.cu` file (the module it lives in) and its `extern "C"` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

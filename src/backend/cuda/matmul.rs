@@ -4,7 +4,7 @@
 use super::launch::{Args, LaunchConfig};
 use super::layout::KernelLayout;
 use super::{copy, kernel, same_device, CudaStorage};
-use crate::backend::Epilogue;
+use crate::backend::op::Epilogue;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};

@@ -2,10 +2,12 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, matmul, layernorm, cross_entropy, embedding, adamw, attention.
+//! where_cond, reduce, softmax, matmul, layer_norm, cross_entropy, embedding, adamw, attention.
 //!
-//! - [`device`]: opening devices, their limits, the executor enum;
-//! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
+//! - [`device`]: opening devices, the executor enum;
+//! - [`memory`]: device buffers; [`launch`]: launch shapes, packed arguments, device limits;
+//! - [`rows`]: the launch shape of the row-wise kernels;
+//! - [`layer_norm_naive`]: the naive LayerNorm of docs/layer_norm.md, a stepping stone no op uses;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
 //! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
 //!
@@ -23,24 +25,22 @@ pub mod emu;
 pub mod fill;
 pub mod kernels;
 pub mod launch;
+pub mod layer_norm;
 pub mod layer_norm_naive;
-pub mod layernorm;
 pub mod layout;
 pub mod matmul;
 pub mod memory;
 pub mod nvrtc;
 pub mod real;
 pub mod reduce;
+pub mod rows;
 pub mod softmax;
 pub mod unary;
 pub mod where_cond;
 
 use crate::tensor::dtype::{DType, WithDType};
-use crate::tensor::layout::Layout;
-use crate::tensor::storage::{with_cpu_storage, CpuStorage};
 use crate::{Device, Error, Result};
 pub use device::{gpu_count, CudaDevice};
-use half::{bf16, f16};
 use launch::Kernel;
 use memory::DeviceBuffer;
 use std::sync::Arc;
@@ -94,39 +94,24 @@ impl CudaStorage {
     }
 
     /// Copies host data to `device`.
-    pub(crate) fn from_host(device: &Device, data: &CpuStorage) -> Result<CudaStorage> {
+    pub(crate) fn from_host<T: WithDType>(device: &Device, data: &[T]) -> Result<CudaStorage> {
         let dev = CudaDevice::get(device)?;
-        let out = CudaStorage::alloc(&dev, data.dtype(), data.len())?;
-        let bytes: &[u8] = with_cpu_storage!(data, v => bytemuck::cast_slice(v.as_slice()));
-        dev.executor().htod(out.ptr(), bytes)?;
+        let out = CudaStorage::alloc(&dev, T::DTYPE, data.len())?;
+        dev.executor().htod(out.ptr(), bytemuck::cast_slice(data))?;
         Ok(out)
     }
 
-    /// The viewed elements, contiguous, in host memory.
-    pub(crate) fn to_host(&self, layout: &Layout) -> Result<CpuStorage> {
-        let packed;
-        let (src, offset) = if layout.is_contiguous() {
-            (self, layout.offset())
-        } else {
-            packed = copy::contiguous(self, layout)?;
-            (&packed, 0)
-        };
-        let n = layout.numel();
-        fn read<T: WithDType>(s: &CudaStorage, offset: usize, n: usize) -> Result<Vec<T>> {
-            let mut v = vec![T::default(); n];
-            if n > 0 {
-                let at = s.ptr() + (offset * std::mem::size_of::<T>()) as u64;
-                s.cuda_device().executor().dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
-            }
-            Ok(v)
+    /// `n` elements from element `offset` on, in host memory; `T` is this storage's element type.
+    pub(crate) fn read_host<T: WithDType>(&self, offset: usize, n: usize) -> Result<Vec<T>> {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        let mut v = vec![T::default(); n];
+        if n > 0 {
+            let at = self.ptr() + (offset * std::mem::size_of::<T>()) as u64;
+            self.cuda_device()
+                .executor()
+                .dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
         }
-        Ok(match self.dtype {
-            DType::F32 => CpuStorage::F32(read::<f32>(src, offset, n)?),
-            DType::F64 => CpuStorage::F64(read::<f64>(src, offset, n)?),
-            DType::BF16 => CpuStorage::BF16(read::<bf16>(src, offset, n)?),
-            DType::F16 => CpuStorage::F16(read::<f16>(src, offset, n)?),
-            DType::U32 => CpuStorage::U32(read::<u32>(src, offset, n)?),
-        })
+        Ok(v)
     }
 }
 

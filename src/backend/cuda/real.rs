@@ -9,9 +9,8 @@
 //! device's architecture if build.rs made one, else the embedded PTX (JIT-compiled by the driver),
 //! else the source compiled now by NVRTC for the device's architecture.
 
-use super::device::Limits;
 use super::kernels;
-use super::launch::{Args, Kernel, LaunchConfig};
+use super::launch::{Args, Kernel, LaunchConfig, Limits};
 use super::nvrtc;
 use crate::{Error, Result};
 use cudarc::driver::result as cu;

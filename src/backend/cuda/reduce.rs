@@ -5,7 +5,7 @@
 use super::launch::{Args, LaunchConfig};
 use super::layout::KernelLayout;
 use super::{fill, kernel, CudaStorage};
-use crate::backend::cpu::reduce::ReduceOp;
+use crate::backend::op::ReduceOp;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};

@@ -3,7 +3,7 @@
 use super::launch::{Args, LaunchConfig};
 use super::layout::KernelLayout;
 use super::{float_suffix, kernel, same_device, CudaStorage};
-use crate::ops::unary::UnaryOp;
+use crate::backend::op::UnaryOp;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};

@@ -1,4 +1,4 @@
-// layernorm.cu — LayerNorm over the last dim of a contiguous [rows, c] tensor, forward and backward,
+// layer_norm.cu — LayerNorm over the last dim of a contiguous [rows, c] tensor, forward and backward,
 // with statistics in the accumulation type (f32; f64 for f64), as the CPU backend:
 //   forward:  m = sum(x) / c,  d = x - m,  shift = sum(d) / c,  var = sum(d^2) / c - shift^2,
 //             rstd = 1 / sqrt(var + eps),  y = (d - shift) * rstd * w + b   (b optional: a null

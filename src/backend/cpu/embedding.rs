@@ -2,7 +2,7 @@
 //! index_add). Inputs are contiguous and indices already checked against the dim size.
 
 use super::{dispatch_float, typed, CpuFloat};
-use crate::tensor::storage::{with_cpu_storage, CpuStorage};
+use crate::backend::cpu::{with_cpu_storage, CpuStorage};
 use crate::Result;
 use rayon::prelude::*;
 
@@ -20,27 +20,8 @@ pub fn index_select(s: &CpuStorage, outer: usize, size: usize, inner: usize, ids
     })
 }
 
-/// The positions of `ids` grouped by id, each group ascending (a stable counting sort):
-/// `order[starts[r]..starts[r + 1]]` are the positions `j` with `ids[j] == r`. Ids are below `size`.
-pub fn bucket_ids(ids: &[u32], size: usize) -> (Vec<u32>, Vec<u32>) {
-    let mut starts = vec![0u32; size + 1];
-    for &id in ids {
-        starts[id as usize + 1] += 1;
-    }
-    for r in 0..size {
-        starts[r + 1] += starts[r];
-    }
-    let mut next = starts.clone();
-    let mut order = vec![0u32; ids.len()];
-    for (j, &id) in ids.iter().enumerate() {
-        order[next[id as usize] as usize] = j as u32;
-        next[id as usize] += 1;
-    }
-    (order, starts)
-}
-
 /// The adjoint of index_select: zeros `[outer, size, inner]` with `src` `[outer, order.len(), inner]`
-/// added at the rows of its ids, bucketed by [`bucket_ids`]. Each output row sums its bucket in
+/// added at the rows of its ids, bucketed by [`crate::backend::op::bucket_ids`]. Each output row sums its bucket in
 /// index order, in f64: deterministic, and parallel over the output rows.
 pub fn index_add(
     src: &CpuStorage,

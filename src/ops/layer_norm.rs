@@ -1,5 +1,5 @@
 //! layer_norm over the last dim: y = (x − mean)/√(var + eps) · weight + bias, with the
-//! biased variance (as PyTorch). Fused forward and backward (see backend/cpu/norm.rs).
+//! biased variance (as PyTorch). Fused forward and backward (see backend/cpu/layer_norm.rs).
 
 use crate::{Error, Result, Tensor};
 

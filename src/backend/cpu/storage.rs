@@ -1,7 +1,7 @@
-//! The flat buffers behind tensors. A storage knows its dtype and device but not its shape:
-//! that is the layout's job, so many views can share one storage.
+//! Host memory: the CPU backend's storage, a flat typed vector. A storage knows its dtype but not
+//! its shape: that is the layout's job, so many views can share one storage.
 
-use super::dtype::{DType, WithDType};
+use crate::tensor::dtype::{DType, WithDType};
 use half::{bf16, f16};
 
 /// Host memory, one variant per dtype.
@@ -18,11 +18,11 @@ pub enum CpuStorage {
 macro_rules! with_cpu_storage {
     ($storage:expr, $v:ident => $body:expr) => {
         match $storage {
-            $crate::tensor::storage::CpuStorage::F32($v) => $body,
-            $crate::tensor::storage::CpuStorage::F64($v) => $body,
-            $crate::tensor::storage::CpuStorage::BF16($v) => $body,
-            $crate::tensor::storage::CpuStorage::F16($v) => $body,
-            $crate::tensor::storage::CpuStorage::U32($v) => $body,
+            $crate::backend::cpu::CpuStorage::F32($v) => $body,
+            $crate::backend::cpu::CpuStorage::F64($v) => $body,
+            $crate::backend::cpu::CpuStorage::BF16($v) => $body,
+            $crate::backend::cpu::CpuStorage::F16($v) => $body,
+            $crate::backend::cpu::CpuStorage::U32($v) => $body,
         }
     };
 }
@@ -65,23 +65,6 @@ impl CpuStorage {
             DType::BF16 => CpuStorage::BF16(bytemuck::allocation::cast_vec(v)),
             DType::F16 => CpuStorage::F16(bytemuck::allocation::cast_vec(v)),
             DType::U32 => CpuStorage::U32(bytemuck::allocation::cast_vec(v)),
-        }
-    }
-}
-
-/// Device memory of any backend.
-#[derive(Debug)]
-pub enum Storage {
-    Cpu(CpuStorage),
-    /// A CUDA GPU or the emulator: one variant, the executor lives inside.
-    Cuda(crate::backend::cuda::CudaStorage),
-}
-
-impl Storage {
-    pub fn dtype(&self) -> DType {
-        match self {
-            Storage::Cpu(s) => s.dtype(),
-            Storage::Cuda(s) => s.dtype(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! type (f32 for f32/bf16/f16, f64 for f64). x is contiguous `[rows, c]`.
 
 use super::{acc, dispatch_float, lane_fold, lane_sum, typed, CpuFloat};
-use crate::tensor::storage::CpuStorage;
+use crate::backend::cpu::CpuStorage;
 use crate::Result;
 use num_traits::{Float, ToPrimitive};
 use rayon::prelude::*;

@@ -1,9 +1,9 @@
-//! Launch wrapper for kernels/layernorm.cu: the forward and dx as row kernels (the launch of
-//! softmax.rs), dw and db in two deterministic stages (partials per chunk of rows, then a sum per
+//! Launch wrapper for kernels/layer_norm.cu: the forward and dx as row kernels (the launch of
+//! rows.rs), dw and db in two deterministic stages (partials per chunk of rows, then a sum per
 //! column in chunk order).
 
 use super::launch::{Args, LaunchConfig};
-use super::softmax::{row_launch, row_width};
+use super::rows::{row_launch, row_width};
 use super::{acc_dtype, fill, float_suffix, kernel, same_device, CudaStorage};
 use crate::Result;
 
@@ -39,7 +39,7 @@ pub fn layer_norm_forward(
     if rows == 0 {
         return Ok((y, mean, rstd));
     }
-    let k = kernel("layernorm", &format!("layer_norm_forward_{dtype}"))?;
+    let k = kernel("layer_norm", &format!("layer_norm_forward_{dtype}"))?;
     let mut args = Args::new();
     args.push(x.ptr())
         .push(w.ptr())
@@ -75,7 +75,7 @@ pub fn layer_norm_backward(
         return Ok((dx, zeros()?, zeros()?));
     }
     let width = row_width(OP, c)?;
-    let k = kernel("layernorm", &format!("layer_norm_backward_dx_{dtype}"))?;
+    let k = kernel("layer_norm", &format!("layer_norm_backward_dx_{dtype}"))?;
     let mut args = Args::new();
     args.push(x.ptr())
         .push(w.ptr())
@@ -97,7 +97,7 @@ pub fn layer_norm_backward(
     let per_chunk = rows_per_chunk(rows, c.div_ceil(pack as usize), dev.limits().sm_count);
     let chunks = rows.div_ceil(per_chunk);
     let partial = CudaStorage::alloc(dev, acc_dtype(x.dtype()), 2 * chunks * c)?;
-    let k = kernel("layernorm", &format!("layer_norm_dparams_partial_{dtype}"))?;
+    let k = kernel("layer_norm", &format!("layer_norm_dparams_partial_{dtype}"))?;
     let mut args = Args::new();
     args.push(x.ptr())
         .push(dy.ptr())
@@ -117,7 +117,7 @@ pub fn layer_norm_backward(
 
     let dw = CudaStorage::alloc(dev, x.dtype(), c)?;
     let db = CudaStorage::alloc(dev, x.dtype(), c)?;
-    let k = kernel("layernorm", &format!("layer_norm_dparams_finish_{dtype}"))?;
+    let k = kernel("layer_norm", &format!("layer_norm_dparams_finish_{dtype}"))?;
     let mut args = Args::new();
     args.push(partial.ptr())
         .push(dw.ptr())

@@ -2,9 +2,9 @@
 //! directly as (softmax − onehot)·scale, so no probability tensor is kept.
 //! `logits` is contiguous `[n, c]`; ignored rows contribute nothing.
 
-use super::exp::Exp;
 use super::{acc, dispatch_float, typed, CpuFloat};
-use crate::tensor::storage::CpuStorage;
+use crate::backend::cpu::CpuStorage;
+use crate::backend::op::exp::Exp;
 use crate::Result;
 use num_traits::{Float, ToPrimitive};
 use rayon::prelude::*;

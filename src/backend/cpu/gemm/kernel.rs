@@ -1,0 +1,51 @@
+//! The interface of a micro-kernel: its register tile, its block sizes, and its packing.
+
+use super::matrix::{Element, Epilogue, MatMut, MatRef};
+
+/// A micro-kernel and the block sizes the driver uses with it.
+pub(super) trait Kernel: Sized {
+    type T: Element;
+    /// Rows of the register tile (A micro-panel height).
+    const MR: usize;
+    /// Columns of the register tile (B micro-panel width).
+    const NR: usize;
+    /// Block of the shared dimension: the A micro-panel (MR·KC) should stay in L1.
+    const KC: usize;
+    /// Block of C's columns, a multiple of NR: the B block (KC·NC) should stay in L2.
+    const NC: usize;
+
+    /// Writes `alpha·Ã·B̃ + beta·C` to the top-left `mr×nr` corner of the MR×NR tile at `c`.
+    /// `ep` comes by reference: by value, its two floats arrive in vector registers that stay
+    /// live across the k loop, and the AVX2 kernel (15 of 16 ymm registers in that loop) then
+    /// kept one accumulator on the stack, a store and a reload per FMA.
+    ///
+    /// # Safety
+    ///
+    /// `a` and `b` point to `kc·MR` and `kc·NR` readable elements, `mr <= MR`, `nr <= NR`,
+    /// the `mr×nr` view `c` is valid for reads and writes and not accessed concurrently, and
+    /// the CPU supports the kernel's target features.
+    unsafe fn tile(
+        kc: usize,
+        a: *const Self::T,
+        b: *const Self::T,
+        c: MatMut<Self::T>,
+        mr: usize,
+        nr: usize,
+        ep: &Epilogue<Self::T>,
+    );
+
+    /// Packs an A micro-panel as [`super::pack::pack_a`] does (which the portable kernel calls;
+    /// the SIMD kernels transpose in registers).
+    ///
+    /// # Safety
+    ///
+    /// As for [`super::pack::pack_a`], and the CPU supports the kernel's target features.
+    unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<Self::T>, dst: &mut [Self::T]);
+
+    /// Packs a B block as [`super::pack::pack_b`] does.
+    ///
+    /// # Safety
+    ///
+    /// As for [`super::pack::pack_b`], and the CPU supports the kernel's target features.
+    unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<Self::T>, dst: &mut [Self::T]);
+}

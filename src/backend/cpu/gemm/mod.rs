@@ -1,0 +1,168 @@
+//! CPU GEMM fast path: `C = alpha·A·B + beta·C` for f32 ([`sgemm`]) and f64 ([`dgemm`]) on
+//! arbitrarily strided operands (row-major, column-major, transposed and padded views need
+//! no copy). Strides are `isize` element counts, as kiln's GEMM call sites pass them; they
+//! must be non-negative (0 is allowed for A and B) and are `usize` internally.
+//!
+//! # Blocking scheme (BLIS / Goto)
+//!
+//! ```text
+//! for jc in 0..n step NC                 one block of B columns
+//!   for pc in 0..k step KC               one block of the shared dimension
+//!     pack B[pc.., jc..] (KC×NC)         into NR-column micro-panels; stays in L2
+//!     for ic in 0..m step MR
+//!       pack A[ic.., pc..] (MR×KC)       into one micro-panel; stays in L1
+//!       for jr in 0..NC step NR
+//!         micro-kernel: C[ic.., jc+jr..] (MR×NR) = alpha·Ã·B̃ + beta·C
+//! ```
+//!
+//! Packing lays out each micro-panel in the exact order the micro-kernel reads it: for the
+//! p-th step of the shared dimension, the MR values `A[i, p]` are contiguous in Ã and the NR
+//! values `B[p, j]` are contiguous in B̃, zero-padded at the matrix edges. The A micro-panel
+//! (MR·KC elements, 12 KiB for f32) is reused by every B micro-panel of the block, so it is
+//! read from L1; the B block (KC·NC elements, 1 MiB for f32) is reused by every A
+//! micro-panel, so it is read from L2, two vectors per step. After the first KC block, the
+//! kernel accumulates into C (`beta = 1`). Blocks along k and n are balanced (e.g. k = 400
+//! is run as 2×200, not 256 + 144) so the last block is not a sliver. Packing a row-major A
+//! or a column-major B is a transpose; the SIMD paths do it in LANES×LANES register blocks
+//! (AVX-512: 16×16 f32, 8×8 f64; AVX2: 8×8, 4×4), since element-by-element packing of a
+//! row-major A alone cost ~12% of the run time. Packing buffers are 64-byte aligned and
+//! cached per thread.
+//!
+//! # SIMD micro-kernels (AVX-512F, AVX2 + FMA)
+//!
+//! One generic micro-kernel (`simd::tile`) over a small vector interface (`simd::Vector`),
+//! compiled once per instruction set:
+//!
+//! | kernel | tile (f32) | tile (f64) | accumulators | registers live |
+//! |---|---|---|---|---|
+//! | AVX-512F | 12×32 | 12×16 | 24 zmm | 27 of 32 |
+//! | AVX2 + FMA | 6×16 | 6×8 | 12 ymm | 15 of 16 |
+//!
+//! Taking AVX-512 as the example:
+//! The register tile is 12 rows × 2 zmm vectors: 24 accumulators. Each step of the shared
+//! dimension loads 2 vectors of B̃, broadcasts the 12 values of Ã and issues 24 independent
+//! FMAs, enough to keep both FMA ports busy through the 4-cycle FMA latency, with 14 loads
+//! per 24 FMAs (within the load ports' budget) and 24 + 2 + 1 of the 32 zmm registers
+//! live. B̃ is prefetched 8 steps ahead and the C tile at the start of the kernel. Vectors
+//! run along the rows of C, so a row-major C tile is updated with two masked loads/stores
+//! per row (masks also handle the n edge); a column-major C is handled by transposing the
+//! whole problem (Cᵀ = Bᵀ·Aᵀ), any other C layout via a scalar write-back.
+//! The AVX2 tile has the same shape of loop at half the width and half the rows: 12
+//! independent FMAs per step (two FMA ports × 4-cycle latency needs 8) and 8 loads. The
+//! kernel is chosen at run time (`is_x86_feature_detected!`): AVX-512F, else AVX2 + FMA (e.g.
+//! AMD Zen 2/3, Intel before Skylake-X), else [`Portable`], the same driver with a small
+//! autovectorised micro-kernel (SSE2 on a plain x86-64 build, which is what every x86 CPU
+//! without AVX-512 ran before the AVX2 kernel existed).
+//!
+//! # Threads
+//!
+//! Products of at least [`driver::PAR_FLOPS_PER_THREAD`] flops per thread run on rayon's global pool:
+//! C is cut into one disjoint slab per thread (columns, or rows when that balances better)
+//! and each thread runs the whole blocked algorithm on its slab with its own thread-local
+//! packing buffers, so no synchronisation is needed. Smaller products stay on the calling
+//! thread.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// First: its `simd_kernel!` macro is used by the kernels declared after it.
+#[cfg(target_arch = "x86_64")]
+#[macro_use]
+mod simd;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod driver;
+mod kernel;
+mod matrix;
+mod pack;
+mod portable;
+#[cfg(test)]
+mod tests;
+
+use driver::run;
+use matrix::Problem;
+use portable::Portable;
+
+/// `C = alpha·A·B + beta·C` for f32.
+///
+/// A is `m×k` with element `(i, p)` at `a[i*rsa + p*csa]`, B is `k×n` with `(p, j)` at
+/// `b[p*rsb + j*csb]` and C is `m×n` with `(i, j)` at `c[i*rsc + j*csc]`; strides count
+/// elements and must be non-negative. A and B may use zero strides (broadcast); C must not
+/// map two elements to the same slot. With `beta == 0` C is only written, never read (NaN in C is overwritten); with
+/// `k == 0` or `alpha == 0`, A and B are not read and C becomes `beta·C`.
+///
+/// # Panics
+///
+/// If a stride is negative, an operand does not fit in its slice or C's strides overlap.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return run::<avx512::Zmm<f32>>(problem);
+        }
+        if avx2_fma() {
+            return run::<avx2::Ymm<f32>>(problem);
+        }
+    }
+    run::<Portable<f32, 4, 8>>(problem);
+}
+
+/// `C = alpha·A·B + beta·C` for f64; see [`sgemm`] for the layout and special cases.
+///
+/// # Panics
+///
+/// If a stride is negative, an operand does not fit in its slice or C's strides overlap.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub fn dgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f64,
+    a: &[f64],
+    rsa: isize,
+    csa: isize,
+    b: &[f64],
+    rsb: isize,
+    csb: isize,
+    beta: f64,
+    c: &mut [f64],
+    rsc: isize,
+    csc: isize,
+) {
+    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return run::<avx512::Zmm<f64>>(problem);
+        }
+        if avx2_fma() {
+            return run::<avx2::Ymm<f64>>(problem);
+        }
+    }
+    run::<Portable<f64, 4, 4>>(problem);
+}
+
+/// Whether the CPU has AVX2 and FMA (the [`avx2`] kernel's instruction sets).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}

@@ -1,0 +1,324 @@
+//! The x86-64 micro-kernel and packing transposes, written once over a [`Vector`] (the
+//! handful of vector operations they need) and compiled for each instruction set by thin
+//! `#[target_feature]` wrappers in [`super::avx512`] and [`super::avx2`]: the generic bodies are
+//! `#[inline(always)]`, so each wrapper gets its own copy built with its ISA's registers.
+
+use super::kernel::Kernel;
+use super::matrix::{Element, Epilogue, MatMut, MatRef};
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+
+/// Steps of the shared dimension between prefetching a row of B̃ and reading it.
+const PREFETCH_STEPS: usize = 8;
+
+/// One instruction set's vectors of one element type, and the block sizes the driver uses
+/// with them.
+///
+/// # Safety
+///
+/// Every method requires the instruction set's target features; pointer arguments must be
+/// valid for `LANES` elements, or for the first `lanes` elements for the masked ones.
+pub(super) trait Vector {
+    type E: Element;
+    type V: Copy;
+    const LANES: usize;
+    /// See [`Kernel::KC`].
+    const KC: usize;
+    /// See [`Kernel::NC`].
+    const NC: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: Self::E) -> Self::V;
+    unsafe fn load(p: *const Self::E) -> Self::V;
+    /// `a·b + c`, fused.
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn vmul(a: Self::V, b: Self::V) -> Self::V;
+    /// Loads the first `lanes` (1..=LANES) elements, zeroing the rest; touches no others.
+    unsafe fn load_first(p: *const Self::E, lanes: usize) -> Self::V;
+    /// Stores the first `lanes` (1..=LANES) lanes; touches no other elements.
+    unsafe fn store_first(p: *mut Self::E, v: Self::V, lanes: usize);
+    /// Stores all lanes.
+    unsafe fn store(p: *mut Self::E, v: Self::V);
+    /// Transposes one block: `dst[q·dst_stride + r] = src[r·src_stride + q]` for
+    /// `q < LANES` and `r < rows`, and zero for `r` in `rows..width`; `rows <= width <=
+    /// LANES`. Source rows hold LANES elements, destination rows `width`.
+    unsafe fn transpose_block(
+        src: *const Self::E,
+        src_stride: usize,
+        rows: usize,
+        dst: *mut Self::E,
+        dst_stride: usize,
+        width: usize,
+    );
+}
+
+/// [`Kernel::pack_a`] for a kernel on `V`: a row-major A panel is a transpose, done in
+/// LANES×LANES register blocks.
+///
+/// # Safety
+///
+/// As for [`super::pack_a`], and the CPU supports `V`'s instruction set.
+#[inline(always)]
+pub(super) unsafe fn pack_a<K: Kernel, V: Vector<E = K::T>>(mr: usize, kc: usize, a: MatRef<K::T>, dst: &mut [K::T]) {
+    let dst = &mut dst[..kc * K::MR];
+    if a.cs == 1 {
+        // SAFETY: rows 0..mr of `a` hold kc contiguous elements (cs == 1), dst holds kc
+        // rows of MR, and the caller checked the instruction set.
+        unsafe { transpose_rows::<V>(a.ptr, a.rs, mr, kc, dst.as_mut_ptr(), K::MR) }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { super::pack::pack_a::<K>(mr, kc, a, dst) }
+    }
+}
+
+/// [`Kernel::pack_b`] for a kernel on `V`: a column-major B panel is a transpose, done in
+/// LANES×LANES register blocks.
+///
+/// # Safety
+///
+/// As for [`super::pack_b`], and the CPU supports `V`'s instruction set.
+#[inline(always)]
+pub(super) unsafe fn pack_b<K: Kernel, V: Vector<E = K::T>>(kc: usize, nc: usize, b: MatRef<K::T>, dst: &mut [K::T]) {
+    if b.rs != 1 || b.cs == 1 {
+        // SAFETY: forwarded contract.
+        return unsafe { super::pack::pack_b::<K>(kc, nc, b, dst) };
+    }
+    for (j0, panel) in (0..nc).step_by(K::NR).zip(dst.chunks_exact_mut(kc * K::NR)) {
+        let nr = K::NR.min(nc - j0);
+        // SAFETY: columns j0..j0 + nr hold kc contiguous elements (rs == 1), the panel
+        // holds kc rows of NR, and the caller checked the instruction set.
+        unsafe {
+            let src = b.at(0, j0).ptr;
+            transpose_rows::<V>(src, b.cs, nr, kc, panel.as_mut_ptr(), K::NR);
+        }
+    }
+}
+
+/// Writes the transpose of `rows` rows of `len` contiguous elements, starting
+/// `src_stride` apart at `src`, to the contiguous `len×width` matrix at `dst` (`width >=
+/// rows`): `dst[p·width + r] = src[r·src_stride + p]`, and zero for `r` in `rows..width`.
+/// Works in LANES×LANES blocks; the last `len % LANES` rows of `dst` go one by one.
+///
+/// # Safety
+///
+/// The CPU supports `V`'s instruction set; the source rows are readable and `dst` is
+/// writable for `len·width` elements.
+#[inline(always)]
+unsafe fn transpose_rows<V: Vector>(
+    src: *const V::E,
+    src_stride: usize,
+    rows: usize,
+    len: usize,
+    dst: *mut V::E,
+    width: usize,
+) {
+    let full_len = len - len % V::LANES;
+    for r0 in (0..width).step_by(V::LANES) {
+        let block_rows = rows.saturating_sub(r0).min(V::LANES);
+        let block_width = (width - r0).min(V::LANES);
+        for p in (0..full_len).step_by(V::LANES) {
+            // SAFETY: source rows r0..r0 + block_rows exist and hold elements p..p + LANES
+            // (nothing is read when block_rows is 0), destination rows p..p + LANES hold
+            // columns r0..r0 + block_width.
+            unsafe {
+                V::transpose_block(
+                    src.wrapping_add(r0 * src_stride + p),
+                    src_stride,
+                    block_rows,
+                    dst.add(p * width + r0),
+                    width,
+                    block_width,
+                );
+            }
+        }
+    }
+    for p in full_len..len {
+        for r in 0..width {
+            // SAFETY: as above, element by element.
+            unsafe {
+                *dst.add(p * width + r) = if r < rows {
+                    *src.add(r * src_stride + p)
+                } else {
+                    <V::E as Element>::ZERO
+                };
+            }
+        }
+    }
+}
+
+/// The micro-kernel (contract of [`Kernel::tile`], with `MR` rows and NR = 2·LANES): MR
+/// rows × 2 vectors of accumulators. Each step of the shared dimension loads 2 vectors of
+/// B̃, broadcasts the MR values of Ã and issues 2·MR independent FMAs.
+///
+/// # Safety
+///
+/// As for [`Kernel::tile`], and the CPU supports `V`'s instruction set.
+#[inline(always)]
+pub(super) unsafe fn tile<V: Vector, const MR: usize>(
+    kc: usize,
+    a: *const V::E,
+    b: *const V::E,
+    c: MatMut<V::E>,
+    mr: usize,
+    nr: usize,
+    ep: &Epilogue<V::E>,
+) {
+    // SAFETY: the instruction set is supported (caller's contract); step p reads
+    // Ã[p·MR..][..MR] and B̃[p·2·LANES..][..2·LANES], inside the kc·MR and kc·NR elements of
+    // the panels. Prefetches never fault, and their addresses are computed with wrapping
+    // arithmetic.
+    let acc = unsafe {
+        // Start fetching the C tile (two lines per row) so it is in L1 for the update.
+        if c.cs == 1 {
+            for i in 0..mr {
+                let row = c.ptr.wrapping_add(i * c.rs);
+                _mm_prefetch::<_MM_HINT_T0>(row.cast());
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(nr - 1).cast());
+            }
+        }
+        let mut acc = [[V::zero(); 2]; MR];
+        for p in 0..kc {
+            let a_p = a.add(p * MR);
+            let b_p = b.add(p * 2 * V::LANES);
+            // B̃ streams from L2; Ã (reused by every tile of the block) stays in L1.
+            let ahead = b_p.wrapping_add(PREFETCH_STEPS * 2 * V::LANES);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            if 2 * V::LANES * size_of::<V::E>() > 64 {
+                // a step of B̃ spans two cache lines (AVX-512); AVX2's fills one
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(V::LANES).cast());
+            }
+            let (b0, b1) = (V::load(b_p), V::load(b_p.add(V::LANES)));
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                let a_pi = V::splat(*a_p.add(i));
+                acc_i[0] = V::fmadd(a_pi, b0, acc_i[0]);
+                acc_i[1] = V::fmadd(a_pi, b1, acc_i[1]);
+            }
+        }
+        acc
+    };
+
+    if c.cs == 1 {
+        // SAFETY: the instruction set is supported; row i < mr of the tile holds nr
+        // contiguous elements (cs == 1) and the masks touch only the first nr of them.
+        unsafe {
+            let alpha = V::splat(ep.alpha);
+            let beta = V::splat(ep.beta);
+            // Valid lanes of each of the two vectors of a row (nr <= 2·LANES).
+            let lanes = [nr.min(V::LANES), nr.saturating_sub(V::LANES)];
+            for (i, acc_i) in acc.iter().enumerate() {
+                if i == mr {
+                    break;
+                }
+                for (v, (&acc_iv, &lanes)) in acc_i.iter().zip(&lanes).enumerate() {
+                    if lanes == 0 {
+                        break;
+                    }
+                    let dst = c.ptr.add(i * c.rs + v * V::LANES);
+                    let mut out = V::vmul(alpha, acc_iv);
+                    // Whole vectors go unmasked: AVX2's masked loads and stores are slow
+                    // on some CPUs (a masked store takes ~10 cycles on AMD Zen 2/3).
+                    let full = lanes == V::LANES;
+                    if ep.beta != <V::E as Element>::ZERO {
+                        let old = if full { V::load(dst) } else { V::load_first(dst, lanes) };
+                        out = V::fmadd(beta, old, out);
+                    }
+                    if full {
+                        V::store(dst, out);
+                    } else {
+                        V::store_first(dst, out, lanes);
+                    }
+                }
+            }
+        }
+    } else {
+        // Any other layout: spill the tile and write it back element by element.
+        let mut spill = [[<V::E as Element>::ZERO; 32]; MR];
+        for (acc_i, spill_i) in acc.iter().zip(&mut spill) {
+            // SAFETY: the instruction set is supported; a spill row holds 32 >= 2·LANES
+            // elements.
+            unsafe {
+                V::store(spill_i.as_mut_ptr(), acc_i[0]);
+                V::store(spill_i.as_mut_ptr().add(V::LANES), acc_i[1]);
+            }
+        }
+        for (i, spill_i) in spill.iter().enumerate().take(mr) {
+            for (j, &acc_ij) in spill_i.iter().enumerate().take(nr) {
+                // SAFETY: (i, j) is inside the mr×nr tile of C (caller's contract).
+                let cij = unsafe { &mut *c.at(i, j).ptr };
+                *cij = if ep.beta == <V::E as Element>::ZERO {
+                    ep.alpha * acc_ij
+                } else {
+                    ep.alpha * acc_ij + ep.beta * *cij
+                };
+            }
+        }
+    }
+}
+
+/// Declares a kernel on the [`simd::Vector`]s `$vector<E>` with `$mr` rows: its [`Kernel`] impl
+/// and the three wrappers that compile the generic bodies with `$feature` enabled.
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_kernel {
+    ($vector:ident, $mr:expr, $feature:literal) => {
+        /// Rows of the register tile; each step broadcasts one Ã value per row.
+        const MR: usize = $mr;
+
+        impl<E: Element> Kernel for $vector<E>
+        where
+            $vector<E>: Vector<E = E>,
+        {
+            type T = E;
+            const MR: usize = MR;
+            const NR: usize = 2 * <Self as Vector>::LANES;
+            const KC: usize = <Self as Vector>::KC;
+            const NC: usize = <Self as Vector>::NC;
+
+            unsafe fn tile(kc: usize, a: *const E, b: *const E, c: MatMut<E>, mr: usize, nr: usize, ep: &Epilogue<E>) {
+                // SAFETY: forwarded contract, which includes the target features.
+                unsafe { tile::<E>(kc, a, b, c, mr, nr, ep) }
+            }
+
+            unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<E>, dst: &mut [E]) {
+                // SAFETY: forwarded contract, which includes the target features.
+                unsafe { pack_a::<E>(mr, kc, a, dst) }
+            }
+
+            unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<E>, dst: &mut [E]) {
+                // SAFETY: forwarded contract, which includes the target features.
+                unsafe { pack_b::<E>(kc, nc, b, dst) }
+            }
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn tile<E: Element>(
+            kc: usize,
+            a: *const E,
+            b: *const E,
+            c: MatMut<E>,
+            mr: usize,
+            nr: usize,
+            ep: &Epilogue<E>,
+        ) where
+            $vector<E>: Vector<E = E>,
+        {
+            // SAFETY: forwarded contract; the features are enabled here.
+            unsafe { simd::tile::<$vector<E>, MR>(kc, a, b, c, mr, nr, ep) }
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn pack_a<E: Element>(mr: usize, kc: usize, a: MatRef<E>, dst: &mut [E])
+        where
+            $vector<E>: Vector<E = E>,
+        {
+            // SAFETY: forwarded contract; the features are enabled here.
+            unsafe { simd::pack_a::<$vector<E>, $vector<E>>(mr, kc, a, dst) }
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn pack_b<E: Element>(kc: usize, nc: usize, b: MatRef<E>, dst: &mut [E])
+        where
+            $vector<E>: Vector<E = E>,
+        {
+            // SAFETY: forwarded contract; the features are enabled here.
+            unsafe { simd::pack_b::<$vector<E>, $vector<E>>(kc, nc, b, dst) }
+        }
+    };
+}

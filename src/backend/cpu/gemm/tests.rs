@@ -1,0 +1,405 @@
+//! The GEMM kernels against a naive triple loop, over shapes, strides and edge cases.
+
+use super::kernel::Kernel;
+use super::matrix::{is_injective, Element};
+use super::*;
+use proptest::prelude::*;
+
+/// The signature of `sgemm`/`dgemm`.
+type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
+
+/// GEMM forced onto kernel `K` (which the CPU must support), as `sgemm`/`dgemm` call it.
+#[allow(clippy::too_many_arguments)]
+fn gemm_on<K: Kernel>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: K::T,
+    a: &[K::T],
+    rsa: isize,
+    csa: isize,
+    b: &[K::T],
+    rsb: isize,
+    csb: isize,
+    beta: K::T,
+    c: &mut [K::T],
+    rsc: isize,
+    csc: isize,
+) {
+    let a = (a, rsa, csa);
+    let (b, c) = ((b, rsb, csb), (c, rsc, csc));
+    run::<K>(Problem::new([m, n, k], alpha, a, b, beta, c));
+}
+
+/// Each kernel of the build that this CPU can run, with its name, for the `T` GEMM: the
+/// SIMD ones are tested whichever `sgemm` dispatches to, so every kernel a CPU supports is
+/// checked there (and an AVX-512 CPU also checks the AVX2 kernel).
+fn kernels<T: TestFloat>() -> Vec<(&'static str, Gemm<T>)> {
+    let mut out: Vec<(&'static str, Gemm<T>)> = vec![("portable", T::PORTABLE)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            out.push(("avx512", T::AVX512));
+        }
+        if avx2_fma() {
+            out.push(("avx2", T::AVX2));
+        }
+    }
+    out
+}
+
+trait TestFloat: Element + std::fmt::Debug {
+    const EPSILON: f64;
+    const PORTABLE: Gemm<Self>;
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: Gemm<Self>;
+    #[cfg(target_arch = "x86_64")]
+    const AVX2: Gemm<Self>;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl TestFloat for f32 {
+    const EPSILON: f64 = f32::EPSILON as f64;
+    const PORTABLE: Gemm<f32> = gemm_on::<Portable<f32, 4, 8>>;
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: Gemm<f32> = gemm_on::<avx512::Zmm<f32>>;
+    #[cfg(target_arch = "x86_64")]
+    const AVX2: Gemm<f32> = gemm_on::<avx2::Ymm<f32>>;
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self.into()
+    }
+}
+
+impl TestFloat for f64 {
+    const EPSILON: f64 = f64::EPSILON;
+    const PORTABLE: Gemm<f64> = gemm_on::<Portable<f64, 4, 4>>;
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: Gemm<f64> = gemm_on::<avx512::Zmm<f64>>;
+    #[cfg(target_arch = "x86_64")]
+    const AVX2: Gemm<f64> = gemm_on::<avx2::Ymm<f64>>;
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// How an operand is laid out in its slice.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    RowMajor,
+    /// Column-major, i.e. the transpose of a row-major matrix.
+    ColMajor,
+    /// Row-major with 3 unused slots after each row.
+    PaddedRows,
+    /// Column-major with 5 unused slots after each column.
+    PaddedCols,
+    /// Every other slot of a row-major matrix with one spare slot per row.
+    Strided,
+    /// One row repeated (row stride 0); only for the inputs.
+    BroadcastRows,
+}
+
+impl Layout {
+    /// `(rs, cs, slice length)` of a `rows×cols` matrix; the slice is exactly as long as
+    /// the last element needs.
+    fn strides(self, rows: usize, cols: usize) -> (usize, usize, usize) {
+        let (rs, cs) = match self {
+            Layout::RowMajor => (cols, 1),
+            Layout::ColMajor => (1, rows),
+            Layout::PaddedRows => (cols + 3, 1),
+            Layout::PaddedCols => (1, rows + 5),
+            Layout::Strided => (2 * cols + 1, 2),
+            Layout::BroadcastRows => (0, 1),
+        };
+        let len = if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        };
+        (rs, cs, len)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    layouts: [Layout; 3],
+    alpha: f64,
+    beta: f64,
+    seed: u64,
+}
+
+/// Uniform values in [-1, 1) from a xorshift generator.
+fn random_values(seed: u64, len: usize) -> Vec<f64> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect()
+}
+
+/// Slots of C's slice that are not elements of the view must come back untouched.
+const UNTOUCHED: f64 = 12345.0;
+
+/// Runs `gemm` on `case` and compares every element of C with an f64 triple loop:
+/// `|got - ref| <= atol + rtol·mag` with `rtol = (k + 2)·ε`, the classic bound for a
+/// length-k dot product, `mag = |alpha|·Σ_p |a_ip·b_pj| + |beta·c_ij|` and `atol = ε`.
+/// With `beta == 0`, C starts as NaN, which must be overwritten.
+fn check<T: TestFloat>(case: &Case, gemm: Gemm<T>) -> Result<(), TestCaseError> {
+    let Case {
+        m, n, k, alpha, beta, ..
+    } = *case;
+    let [la, lb, lc] = case.layouts;
+    let (rsa, csa, len_a) = la.strides(m, k);
+    let (rsb, csb, len_b) = lb.strides(k, n);
+    let (rsc, csc, len_c) = lc.strides(m, n);
+    let a: Vec<T> = random_values(case.seed, len_a).into_iter().map(T::from_f64).collect();
+    let b: Vec<T> = random_values(!case.seed, len_b).into_iter().map(T::from_f64).collect();
+    let c_values = random_values(case.seed.rotate_left(32), m * n);
+    let mut c = vec![T::from_f64(UNTOUCHED); len_c];
+    for i in 0..m {
+        for j in 0..n {
+            let init = if beta == 0.0 { f64::NAN } else { c_values[i * n + j] };
+            c[i * rsc + j * csc] = T::from_f64(init);
+        }
+    }
+    let c0 = c.clone();
+    let (alpha_t, beta_t) = (T::from_f64(alpha), T::from_f64(beta));
+    let s = |stride: usize| stride as isize;
+    let (a_s, b_s, c_s) = ((s(rsa), s(csa)), (s(rsb), s(csb)), (s(rsc), s(csc)));
+    gemm(
+        m, n, k, alpha_t, &a, a_s.0, a_s.1, &b, b_s.0, b_s.1, beta_t, &mut c, c_s.0, c_s.1,
+    );
+
+    let mut in_view = vec![false; len_c];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut dot, mut mag) = (0.0, 0.0);
+            for p in 0..k {
+                let prod = a[i * rsa + p * csa].to_f64() * b[p * rsb + j * csb].to_f64();
+                dot += prod;
+                mag += prod.abs();
+            }
+            let old = c0[i * rsc + j * csc].to_f64();
+            let (scaled_old, old_mag) = if beta == 0.0 {
+                (0.0, 0.0)
+            } else {
+                (beta * old, (beta * old).abs())
+            };
+            let expected = alpha * dot + scaled_old;
+            let got = c[i * rsc + j * csc].to_f64();
+            let tol = T::EPSILON + (k as f64 + 2.0) * T::EPSILON * (alpha.abs() * mag + old_mag);
+            prop_assert!(
+                (got - expected).abs() <= tol,
+                "C[{i},{j}] = {got}, expected {expected} (tolerance {tol})"
+            );
+            in_view[i * rsc + j * csc] = true;
+        }
+    }
+    for (slot, (&x, _)) in c.iter().zip(&in_view).enumerate().filter(|(_, (_, &v))| !v) {
+        prop_assert_eq!(x.to_f64(), UNTOUCHED, "slot {} outside C was written", slot);
+    }
+    Ok(())
+}
+
+/// Dimensions: 0, 1, everything up to 70 (primes, non-multiples of MR = 4, 12 and
+/// NR = 4, 8, 16, 32) and sizes that cross KC (256) into several blocks.
+fn dim() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        4 => 0..=70usize,
+        1 => prop::sample::select(vec![97, 129, 257, 300, 385, 401]),
+    ]
+}
+
+fn input_layout() -> impl Strategy<Value = Layout> {
+    prop::sample::select(vec![
+        Layout::RowMajor,
+        Layout::ColMajor,
+        Layout::PaddedRows,
+        Layout::PaddedCols,
+        Layout::Strided,
+        Layout::BroadcastRows,
+    ])
+}
+
+fn output_layout() -> impl Strategy<Value = Layout> {
+    prop::sample::select(vec![
+        Layout::RowMajor,
+        Layout::ColMajor,
+        Layout::PaddedRows,
+        Layout::PaddedCols,
+        Layout::Strided,
+    ])
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        (dim(), dim(), dim()),
+        (input_layout(), input_layout(), output_layout()),
+        prop::sample::select(vec![1.0, -1.5, 0.5, 0.0]),
+        prop::sample::select(vec![0.0, 1.0, -0.75, 2.0]),
+        any::<u64>(),
+    )
+        .prop_map(|((m, n, k), (la, lb, lc), alpha, beta, seed)| Case {
+            m,
+            n,
+            k,
+            layouts: [la, lb, lc],
+            alpha,
+            beta,
+            seed,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn sgemm_matches_reference(case in case()) {
+        check::<f32>(&case, sgemm)?;
+    }
+
+    #[test]
+    fn dgemm_matches_reference(case in case()) {
+        check::<f64>(&case, dgemm)?;
+    }
+
+    #[test]
+    fn every_kernel_sgemm_matches_reference(case in case()) {
+        for (name, gemm) in kernels::<f32>() {
+            check::<f32>(&case, gemm).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+        }
+    }
+
+    #[test]
+    fn every_kernel_dgemm_matches_reference(case in case()) {
+        for (name, gemm) in kernels::<f64>() {
+            check::<f64>(&case, gemm).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+        }
+    }
+}
+
+fn fixed(m: usize, n: usize, k: usize, layouts: [Layout; 3], beta: f64) -> Case {
+    Case {
+        m,
+        n,
+        k,
+        layouts,
+        alpha: 0.5,
+        beta,
+        seed: (m * 1_000_003 + n * 1009 + k) as u64,
+    }
+}
+
+/// Several KC and NC blocks, several threads, partial tiles on every edge.
+#[test]
+fn large_products_match_reference() {
+    use Layout::*;
+    for layouts in [
+        [RowMajor; 3],
+        [ColMajor, RowMajor, ColMajor],
+        [RowMajor, ColMajor, PaddedRows],
+    ] {
+        for beta in [0.0, 1.0] {
+            let case = fixed(131, 1601, 797, layouts, beta);
+            for (name, gemm) in kernels::<f32>() {
+                check::<f32>(&case, gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            for (name, gemm) in kernels::<f64>() {
+                check::<f64>(&case, gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+    }
+}
+
+/// Shapes split over threads by rows, by columns, and too small to split.
+#[test]
+fn tall_and_wide_products_match_reference() {
+    let layouts = [Layout::RowMajor; 3];
+    for (m, n, k) in [
+        (2000, 7, 150),
+        (7, 2000, 150),
+        (64, 64, 256),
+        (64, 64, 64),
+        (1, 777, 300),
+    ] {
+        for (name, gemm) in kernels::<f32>() {
+            check::<f32>(&fixed(m, n, k, layouts, 1.0), gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for (name, gemm) in kernels::<f64>() {
+            check::<f64>(&fixed(m, n, k, layouts, 0.0), gemm).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn k_zero_scales_c_by_beta() {
+    let mut c = [f32::NAN; 6];
+    sgemm(2, 3, 0, 1.0, &[], 0, 1, &[], 3, 1, 0.0, &mut c, 3, 1);
+    assert_eq!(c, [0.0; 6]);
+    let mut c = [1.0, 2.0, 3.0, 4.0];
+    dgemm(2, 2, 0, 1.0, &[], 0, 1, &[], 2, 1, 2.0, &mut c, 2, 1);
+    assert_eq!(c, [2.0, 4.0, 6.0, 8.0]);
+}
+
+#[test]
+fn empty_outputs_are_no_ops() {
+    let mut c: [f32; 0] = [];
+    sgemm(0, 5, 7, 1.0, &[], 7, 1, &[1.0; 35], 5, 1, 0.0, &mut c, 5, 1);
+    sgemm(5, 0, 7, 1.0, &[1.0; 35], 7, 1, &[], 0, 1, 0.0, &mut c, 0, 1);
+    sgemm(0, 0, 0, 1.0, &[], 0, 1, &[], 0, 1, 0.0, &mut c, 0, 1);
+}
+
+#[test]
+fn alpha_zero_does_not_read_a_or_b() {
+    let a = [f32::NAN; 4];
+    let mut c = [1.0f32, 2.0, 3.0, 4.0];
+    sgemm(2, 2, 2, 0.0, &a, 2, 1, &a, 2, 1, 0.5, &mut c, 2, 1);
+    assert_eq!(c, [0.5, 1.0, 1.5, 2.0]);
+}
+
+#[test]
+#[should_panic(expected = "does not fit")]
+fn rejects_a_too_short() {
+    let mut c = [0.0f32; 4];
+    sgemm(2, 2, 2, 1.0, &[1.0; 3], 2, 1, &[1.0; 4], 2, 1, 0.0, &mut c, 2, 1);
+}
+
+#[test]
+#[should_panic(expected = "negative stride")]
+fn rejects_negative_strides() {
+    let mut c = [0.0f32; 4];
+    sgemm(2, 2, 2, 1.0, &[1.0; 4], 2, -1, &[1.0; 4], 2, 1, 0.0, &mut c, 2, 1);
+}
+
+#[test]
+#[should_panic(expected = "same slot")]
+fn rejects_overlapping_c() {
+    let mut c = [0.0f32; 2];
+    sgemm(2, 2, 1, 1.0, &[1.0; 2], 1, 1, &[1.0; 2], 2, 1, 0.0, &mut c, 0, 1);
+}
+
+#[test]
+fn injectivity() {
+    assert!(is_injective(3, 4, 4, 1));
+    assert!(is_injective(3, 4, 1, 3));
+    assert!(is_injective(3, 4, 9, 2));
+    assert!(is_injective(1, 4, 0, 1));
+    assert!(is_injective(4, 1, 1, 0));
+    assert!(!is_injective(3, 4, 3, 1));
+    assert!(!is_injective(2, 2, 0, 1));
+    assert!(!is_injective(2, 1, 0, 5));
+    assert!(is_injective(5, 0, 0, 0));
+}

@@ -1,0 +1,182 @@
+//! Elementwise loops over strided views: `f` of every element ([`map`]) or of two views of one
+//! shape ([`zip_map`]), contiguous runs vectorised and split over threads, strided ones walked
+//! row by row.
+
+use super::{vectorised, PARALLEL_MIN};
+use crate::tensor::layout::Layout;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// `f` of every element in row-major logical order.
+pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
+    data: &[T],
+    layout: &Layout,
+    f: impl Fn(T) -> U + Send + Sync,
+) -> Vec<U> {
+    if let Some(r) = layout.contiguous_range() {
+        let data = &data[r];
+        return build(
+            data.len(),
+            #[inline(always)]
+            |out, start| {
+                for (o, &x) in out.iter_mut().zip(&data[start..]) {
+                    o.write(f(x));
+                }
+            },
+        );
+    }
+    let rows = Rows::of(layout);
+    let mut out = vec![U::default(); layout.numel()];
+    rows.for_each(&mut out, |row, start| {
+        if rows.stride == 1 {
+            // rows of contiguous elements (a permuted view with its last dim in place): a
+            // loop over slices, which vectorises
+            let src = &data[start..start + row.len()];
+            for (o, &x) in row.iter_mut().zip(src) {
+                *o = f(x);
+            }
+        } else {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = f(data[start + j * rows.stride]);
+            }
+        }
+    });
+    out
+}
+
+/// `f(a, b)` elementwise over two layouts of the same shape (broadcasts are stride-0 views).
+pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + Default>(
+    a: &[T],
+    la: &Layout,
+    b: &[U],
+    lb: &Layout,
+    f: impl Fn(T, U) -> V + Send + Sync,
+) -> Vec<V> {
+    debug_assert_eq!(la.shape(), lb.shape());
+    if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
+        let (a, b) = (&a[ra], &b[rb]);
+        return build(
+            a.len(),
+            #[inline(always)]
+            |out, start| {
+                for ((o, &x), &y) in out.iter_mut().zip(&a[start..]).zip(&b[start..]) {
+                    o.write(f(x, y));
+                }
+            },
+        );
+    }
+    let (rows_a, rows_b) = (Rows::of(la), Rows::of(lb));
+    let mut out = vec![V::default(); la.numel()];
+    rows_a.zip_for_each(&rows_b, &mut out, |row, start_a, start_b| {
+        if rows_a.stride == 1 && rows_b.stride == 1 {
+            let (a, b) = (&a[start_a..start_a + row.len()], &b[start_b..start_b + row.len()]);
+            for ((o, &x), &y) in row.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        } else {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = f(a[start_a + j * rows_a.stride], b[start_b + j * rows_b.stride]);
+            }
+        }
+    });
+    out
+}
+
+/// Elements per task when a contiguous elementwise loop is split over threads.
+const CHUNK: usize = 1 << 14;
+
+/// A vector of `n` elements written by `fill(out, start)`, which must write every element of
+/// `out`: the elements `start..start + out.len()`. The pieces are `CHUNK` long and run on
+/// rayon's pool when `n` is large. `fill` is a plain loop over slices (`#[inline(always)]`),
+/// so the compiler vectorises it (an iterator `collect` per element does not), with AVX2 where
+/// the CPU has it ([`vectorised`]), and the output is written once, never zeroed first.
+fn build<U: Send>(n: usize, fill: impl Fn(&mut [MaybeUninit<U>], usize) + Send + Sync) -> Vec<U> {
+    let mut out = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n >= PARALLEL_MIN {
+        spare.par_chunks_mut(CHUNK).enumerate().for_each(|(i, piece)| {
+            vectorised(
+                #[inline(always)]
+                || fill(piece, i * CHUNK),
+            )
+        });
+    } else {
+        vectorised(
+            #[inline(always)]
+            || fill(spare, 0),
+        );
+    }
+    // SAFETY: `fill` wrote all n elements (its contract; every caller zips the whole output
+    // with inputs at least as long), and the capacity is n.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// A strided layout seen as rows along its last dim: where each row starts, and the stride
+/// within a row. Walking rows keeps the per-element cost of a view to one multiply-add.
+struct Rows {
+    starts: Vec<usize>,
+    width: usize,
+    stride: usize,
+}
+
+impl Rows {
+    fn of(layout: &Layout) -> Rows {
+        let rank = layout.rank();
+        if rank == 0 {
+            return Rows {
+                starts: vec![layout.offset()],
+                width: 1,
+                stride: 0,
+            };
+        }
+        let outer = Layout::new(
+            layout.shape()[..rank - 1].to_vec(),
+            layout.strides()[..rank - 1].to_vec(),
+            layout.offset(),
+        );
+        Rows {
+            starts: outer.offsets().collect(),
+            width: layout.shape()[rank - 1],
+            stride: layout.strides()[rank - 1],
+        }
+    }
+
+    /// Calls `f(out_row, row_start)` for every row, in parallel when there is enough work.
+    fn for_each<V: Send>(&self, out: &mut [V], f: impl Fn(&mut [V], usize) + Send + Sync) {
+        if self.width == 0 {
+            return;
+        }
+        if out.len() >= PARALLEL_MIN {
+            out.par_chunks_mut(self.width)
+                .zip(self.starts.par_iter())
+                .for_each(|(row, &s)| f(row, s));
+        } else {
+            out.chunks_mut(self.width)
+                .zip(&self.starts)
+                .for_each(|(row, &s)| f(row, s));
+        }
+    }
+
+    /// As `for_each`, walking the rows of two layouts of one shape together.
+    fn zip_for_each<V: Send>(&self, other: &Rows, out: &mut [V], f: impl Fn(&mut [V], usize, usize) + Send + Sync) {
+        let starts: Vec<(usize, usize)> = self.starts.iter().copied().zip(other.starts.iter().copied()).collect();
+        if self.width == 0 {
+            return;
+        }
+        if out.len() >= PARALLEL_MIN {
+            out.par_chunks_mut(self.width)
+                .zip(starts.par_iter())
+                .for_each(|(row, &(a, b))| f(row, a, b));
+        } else {
+            out.chunks_mut(self.width)
+                .zip(&starts)
+                .for_each(|(row, &(a, b))| f(row, a, b));
+        }
+    }
+}
+
+/// The elements in row-major logical order, copied into a new vector.
+pub fn gather<T: Copy + Send + Sync + Default>(data: &[T], layout: &Layout) -> Vec<T> {
+    map(data, layout, |x| x)
+}

@@ -1,0 +1,535 @@
+//! The ops' primitives on [`Storage`]: each checks that its operands share a device and forwards
+//! to the backend that holds the data (cpu/ or cuda/, in the file named for the op). Ops in
+//! `src/ops` call these and never match on devices themselves, so a new backend is added here and
+//! in its own folder only. Also the two results that hold device storage ([`RowStats`],
+//! [`IdBuckets`]) and the fused optimizer steps over many storages at once.
+
+use super::cpu::{self, with_cpu_storage, CpuStorage};
+use super::cuda::{self, CudaStorage};
+use super::op::{bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, UnaryOp};
+use super::storage::{mismatch, mismatch_any, Storage};
+use crate::tensor::dtype::{DType, WithDType};
+use crate::tensor::layout::Layout;
+use crate::{Device, Error, Result};
+
+impl Storage {
+    pub(crate) fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::unary::unary(op, s, layout)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::unary::unary(op, s, layout)?)),
+        }
+    }
+
+    /// Both layouts already have the broadcast output shape.
+    pub(crate) fn binary(&self, la: &Layout, rhs: &Storage, lb: &Layout, op: BinaryOp) -> Result<Storage> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::binary::binary(op, a, la, b, lb)?)),
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(cuda::binary::binary(op, a, la, b, lb)?)),
+            (a, b) => Err(mismatch(op.name(), a, b)),
+        }
+    }
+
+    /// GELU's backward `self·gelu'(z)`: `self` is the incoming gradient; both layouts have one shape.
+    pub(crate) fn gelu_backward(&self, l: &Layout, z: &Storage, lz: &Layout) -> Result<Storage> {
+        match (self, z) {
+            (Storage::Cpu(g), Storage::Cpu(z)) => Ok(Storage::Cpu(cpu::unary::gelu_backward(g, l, z, lz)?)),
+            (Storage::Cuda(g), Storage::Cuda(z)) => Ok(Storage::Cuda(cuda::unary::gelu_backward(g, l, z, lz)?)),
+            (g, z) => Err(mismatch("gelu_backward", g, z)),
+        }
+    }
+
+    /// `self` is the U32 condition; all layouts have the output shape.
+    pub(crate) fn where_cond(
+        &self,
+        lc: &Layout,
+        on_true: &Storage,
+        lt: &Layout,
+        on_false: &Storage,
+        lf: &Layout,
+    ) -> Result<Storage> {
+        match (self, on_true, on_false) {
+            (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => {
+                let cond = cpu::typed::<u32>(c);
+                Ok(Storage::Cpu(cpu::where_cond::where_cond(cond, lc, t, lt, f, lf)?))
+            }
+            (Storage::Cuda(c), Storage::Cuda(t), Storage::Cuda(f)) => {
+                Ok(Storage::Cuda(cuda::where_cond::where_cond(c, lc, t, lt, f, lf)?))
+            }
+            (c, t, f) => Err(if c.device() != t.device() {
+                mismatch("where_cond", c, t)
+            } else {
+                mismatch("where_cond", t, f)
+            }),
+        }
+    }
+
+    pub(crate) fn reduce(&self, layout: &Layout, op: ReduceOp, dims: &[usize]) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::reduce::reduce(op, s, layout, dims)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::reduce::reduce(op, s, layout, dims)?)),
+        }
+    }
+
+    /// `[batch.., m, k] x [batch.., k, n]`, batch dims already broadcast.
+    pub(crate) fn matmul(&self, la: &Layout, rhs: &Storage, lb: &Layout) -> Result<Storage> {
+        Ok(self.matmul_fused(la, rhs, lb, &Epilogue::NONE)?.0)
+    }
+
+    /// `epi(self · rhs)`: as [`Storage::matmul`], with the epilogue applied to the f32 (f64) product
+    /// before its one rounding to the dtype: in the kernel's store on Cuda/Emu (one launch), after
+    /// the GEMM on the CPU. The second result is the pre-activation `z` when `epi.keep_pre` asks for it.
+    pub(crate) fn matmul_fused(
+        &self,
+        la: &Layout,
+        rhs: &Storage,
+        lb: &Layout,
+        epi: &Epilogue<'_, Storage>,
+    ) -> Result<(Storage, Option<Storage>)> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let epi = epi.on(self, |s| match s {
+                    Storage::Cpu(c) => Some(c),
+                    _ => None,
+                })?;
+                let (y, z) = cpu::matmul::matmul(a, la, b, lb, &epi)?;
+                Ok((Storage::Cpu(y), z.map(Storage::Cpu)))
+            }
+            (Storage::Cuda(a), Storage::Cuda(b)) => {
+                let epi = epi.on(self, |s| match s {
+                    Storage::Cuda(c) => Some(c),
+                    _ => None,
+                })?;
+                let (y, z) = cuda::matmul::matmul(a, la, b, lb, &epi)?;
+                Ok((Storage::Cuda(y), z.map(Storage::Cuda)))
+            }
+            (a, b) => Err(mismatch("matmul", a, b)),
+        }
+    }
+
+    /// Contiguous rows of `width`.
+    pub(crate) fn softmax_last_dim(&self, width: usize, log: bool) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::softmax::softmax_last_dim(s, width, log)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::softmax::softmax_last_dim(s, width, log)?)),
+        }
+    }
+
+    /// The gradient of `softmax_last_dim` (`self` is its output `y`, `dy` the incoming gradient;
+    /// both contiguous rows of `width`).
+    pub(crate) fn softmax_backward_last_dim(&self, dy: &Storage, width: usize, log: bool) -> Result<Storage> {
+        match (self, dy) {
+            (Storage::Cpu(y), Storage::Cpu(dy)) => Ok(Storage::Cpu(cpu::softmax::softmax_backward_last_dim(
+                y, dy, width, log,
+            )?)),
+            (Storage::Cuda(y), Storage::Cuda(dy)) => Ok(Storage::Cuda(cuda::softmax::softmax_backward_last_dim(
+                y, dy, width, log,
+            )?)),
+            (y, dy) => Err(mismatch("softmax backward", y, dy)),
+        }
+    }
+
+    /// Contiguous `[rows, c]` input, weight and bias.
+    pub(crate) fn layer_norm_forward(
+        &self,
+        w: &Storage,
+        b: Option<&Storage>,
+        c: usize,
+        eps: f64,
+    ) -> Result<(Storage, RowStats)> {
+        match (self, w) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => {
+                let b = match b {
+                    None => None,
+                    Some(Storage::Cpu(b)) => Some(b),
+                    Some(other) => return Err(mismatch("layer_norm", self, other)),
+                };
+                let (y, mean, rstd) = cpu::layer_norm::layer_norm_forward(x, w, b, c, eps)?;
+                let stats = RowStats {
+                    mean: Storage::Cpu(CpuStorage::F64(mean)),
+                    rstd: Storage::Cpu(CpuStorage::F64(rstd)),
+                };
+                Ok((Storage::Cpu(y), stats))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w)) => {
+                let b = match b {
+                    None => None,
+                    Some(Storage::Cuda(b)) => Some(b),
+                    Some(other) => return Err(mismatch("layer_norm", self, other)),
+                };
+                let (y, mean, rstd) = cuda::layer_norm::layer_norm_forward(x, w, b, c, eps)?;
+                let stats = RowStats {
+                    mean: Storage::Cuda(mean),
+                    rstd: Storage::Cuda(rstd),
+                };
+                Ok((Storage::Cuda(y), stats))
+            }
+            (x, w) => Err(mismatch("layer_norm", x, w)),
+        }
+    }
+
+    /// Returns (dx, dweight, dbias).
+    pub(crate) fn layer_norm_backward(
+        &self,
+        w: &Storage,
+        dy: &Storage,
+        stats: &RowStats,
+        c: usize,
+    ) -> Result<(Storage, Storage, Storage)> {
+        match (self, w, dy, &stats.mean, &stats.rstd) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(dy), Storage::Cpu(mean), Storage::Cpu(rstd)) => {
+                let (mean, rstd) = (cpu::typed::<f64>(mean), cpu::typed::<f64>(rstd));
+                let (dx, dw, db) = cpu::layer_norm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
+                Ok((Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db)))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(dy), Storage::Cuda(mean), Storage::Cuda(rstd)) => {
+                let (dx, dw, db) = cuda::layer_norm::layer_norm_backward(x, w, dy, mean, rstd, c)?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(dw), Storage::Cuda(db)))
+            }
+            (x, w, dy, ..) => Err(if x.device() != w.device() {
+                mismatch("layer_norm backward", x, w)
+            } else {
+                mismatch("layer_norm backward", x, dy)
+            }),
+        }
+    }
+
+    /// Contiguous logits `[n, c]` and U32 targets `[n]`, checked by the caller: each below `c` or
+    /// equal to `ignore`, `count` (at least one) not ignored. Returns the mean loss over the counted
+    /// rows (a scalar of the accumulation type: f32 for f32/bf16/f16 logits, f64 for f64, on every
+    /// device) and the per-row log-sum-exp for the backward (f64 on the CPU; the kernels'
+    /// accumulation type on CUDA/Emu, where nothing goes through the host).
+    pub(crate) fn cross_entropy_forward(
+        &self,
+        targets: &Storage,
+        c: usize,
+        ignore: Option<u32>,
+        count: usize,
+    ) -> Result<(Storage, Storage)> {
+        match (self, targets) {
+            (Storage::Cpu(x), Storage::Cpu(t)) => {
+                let (total, lse) = cpu::cross_entropy::cross_entropy_forward(x, cpu::typed::<u32>(t), c, ignore)?;
+                let loss = cpu::filled(total / count as f64, 1, cuda::acc_dtype(x.dtype()));
+                Ok((Storage::Cpu(loss), Storage::Cpu(CpuStorage::F64(lse))))
+            }
+            (Storage::Cuda(x), Storage::Cuda(t)) => {
+                let (loss, lse) = cuda::cross_entropy::cross_entropy_forward(x, t, c, ignore, count)?;
+                Ok((Storage::Cuda(loss), Storage::Cuda(lse)))
+            }
+            (x, t) => Err(mismatch("cross_entropy", x, t)),
+        }
+    }
+
+    /// d logits = (softmax − onehot)·g/count, zero on ignored rows; `g` is the loss's gradient (a
+    /// one-element storage of the loss's dtype) and `lse` what the forward returned.
+    pub(crate) fn cross_entropy_backward(
+        &self,
+        targets: &Storage,
+        lse: &Storage,
+        g: &Storage,
+        c: usize,
+        ignore: Option<u32>,
+        count: usize,
+    ) -> Result<Storage> {
+        match (self, targets, lse, g) {
+            (Storage::Cpu(x), Storage::Cpu(t), Storage::Cpu(lse), Storage::Cpu(g)) => {
+                let scale = with_cpu_storage!(g, v => v[0].to_f64()) / count as f64;
+                Ok(Storage::Cpu(cpu::cross_entropy::cross_entropy_backward(
+                    x,
+                    cpu::typed::<u32>(t),
+                    cpu::typed::<f64>(lse),
+                    c,
+                    ignore,
+                    scale,
+                )?))
+            }
+            (Storage::Cuda(x), Storage::Cuda(t), Storage::Cuda(lse), Storage::Cuda(g)) => Ok(Storage::Cuda(
+                cuda::cross_entropy::cross_entropy_backward(x, t, lse, g, c, ignore, count)?,
+            )),
+            (x, t, _, g) => Err(if x.device() != t.device() {
+                mismatch("cross_entropy backward", x, t)
+            } else {
+                mismatch("cross_entropy backward", x, g)
+            }),
+        }
+    }
+
+    /// Contiguous q `[bh, tq, d]` (self), k and v `[bh, tk, d]`; returns the output
+    /// `[bh, tq, d]` and the log-sum-exp of every query row `[bh, tq]` (f64 for f64, else f32).
+    pub(crate) fn attention_forward(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        dims: AttentionDims,
+    ) -> Result<(Storage, Storage)> {
+        match (self, k, v) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v)) => {
+                let (o, lse) = cpu::attention::attention_forward(q, k, v, dims)?;
+                Ok((Storage::Cpu(o), Storage::Cpu(lse)))
+            }
+            (Storage::Cuda(q), Storage::Cuda(k), Storage::Cuda(v)) => {
+                let (o, lse) = cuda::attention::attention_forward(q, k, v, dims)?;
+                Ok((Storage::Cuda(o), Storage::Cuda(lse)))
+            }
+            (q, k, v) => Err(mismatch_any(OP_ATTENTION, q, &[k, v])),
+        }
+    }
+
+    /// The fused backward of attention: from q (self), k, v, the output `o`, its gradient
+    /// `dout` and the forward's `lse`, returns (dq, dk, dv).
+    pub(crate) fn attention_backward(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        o: &Storage,
+        dout: &Storage,
+        lse: &Storage,
+        dims: AttentionDims,
+    ) -> Result<(Storage, Storage, Storage)> {
+        match (self, k, v, o, dout, lse) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), Storage::Cpu(o), Storage::Cpu(g), Storage::Cpu(l)) => {
+                let (dq, dk, dv) = cpu::attention::attention_backward(q, k, v, o, g, l, dims)?;
+                Ok((Storage::Cpu(dq), Storage::Cpu(dk), Storage::Cpu(dv)))
+            }
+            (
+                Storage::Cuda(q),
+                Storage::Cuda(k),
+                Storage::Cuda(v),
+                Storage::Cuda(o),
+                Storage::Cuda(g),
+                Storage::Cuda(l),
+            ) => {
+                let (dq, dk, dv) = cuda::attention::attention_backward(q, k, v, o, g, l, dims)?;
+                Ok((Storage::Cuda(dq), Storage::Cuda(dk), Storage::Cuda(dv)))
+            }
+            (q, k, v, o, g, l) => Err(mismatch_any(OP_ATTENTION, q, &[k, v, o, g, l])),
+        }
+    }
+
+    /// Contiguous `[outer, size, inner]` → `[outer, ids.len(), inner]`; `ids` are U32 on this
+    /// device, each below `size` (checked by the caller).
+    pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &Storage) -> Result<Storage> {
+        match (self, ids) {
+            (Storage::Cpu(s), Storage::Cpu(ids)) => Ok(Storage::Cpu(cpu::embedding::index_select(
+                s,
+                outer,
+                size,
+                inner,
+                cpu::typed::<u32>(ids),
+            ))),
+            (Storage::Cuda(s), Storage::Cuda(ids)) => Ok(Storage::Cuda(cuda::embedding::index_select(
+                s, outer, size, inner, ids,
+            )?)),
+            (s, ids) => Err(mismatch("index_select", s, ids)),
+        }
+    }
+
+    /// GPT's input: `self` is U32 ids `[n / t, t]` (checked below `wte`'s rows), `wte` `[vocab, c]`
+    /// and `wpe` `[positions ≥ t, c]` contiguous; returns `[n, c]` rows `wte[id] + wpe[position]`.
+    pub(crate) fn token_position_embedding(&self, wte: &Storage, wpe: &Storage, t: usize, c: usize) -> Result<Storage> {
+        match (self, wte, wpe) {
+            (Storage::Cpu(ids), Storage::Cpu(wte), Storage::Cpu(wpe)) => Ok(Storage::Cpu(
+                cpu::embedding::token_position_embedding(cpu::typed::<u32>(ids), wte, wpe, t, c)?,
+            )),
+            (Storage::Cuda(ids), Storage::Cuda(wte), Storage::Cuda(wpe)) => Ok(Storage::Cuda(
+                cuda::embedding::token_position_embedding(ids, wte, wpe, t, c)?,
+            )),
+            (ids, wte, wpe) => Err(if ids.device() != wte.device() {
+                mismatch("token_position_embedding", ids, wte)
+            } else {
+                mismatch("token_position_embedding", ids, wpe)
+            }),
+        }
+    }
+
+    /// The adjoint of `index_select`: `self` is `[outer, n, inner]`, `ids` its n ids bucketed.
+    pub(crate) fn index_add(&self, outer: usize, size: usize, inner: usize, ids: &IdBuckets) -> Result<Storage> {
+        match (self, &ids.order, &ids.starts) {
+            (Storage::Cpu(s), Storage::Cpu(order), Storage::Cpu(starts)) => {
+                Ok(Storage::Cpu(cpu::embedding::index_add(
+                    s,
+                    outer,
+                    size,
+                    inner,
+                    cpu::typed::<u32>(order),
+                    cpu::typed::<u32>(starts),
+                )?))
+            }
+            (Storage::Cuda(s), Storage::Cuda(order), Storage::Cuda(starts)) => Ok(Storage::Cuda(
+                cuda::embedding::index_add(s, outer, size, inner, order, starts)?,
+            )),
+            (s, order, _) => Err(mismatch("index_add", s, order)),
+        }
+    }
+}
+
+const OP_ATTENTION: &str = "scaled_dot_product_attention";
+
+/// Per-row mean and 1/√(var + eps) that layer_norm's forward saves for its backward, on the
+/// input's device: f64 on the CPU, the kernels' accumulation type (f32; f64 for f64) on CUDA/Emu.
+pub struct RowStats {
+    pub mean: Storage,
+    pub rstd: Storage,
+}
+
+impl<'a> Epilogue<'a, Storage> {
+    /// The same epilogue over one backend's storage (`pick`), or a device mismatch with `lhs`.
+    fn on<S>(&self, lhs: &Storage, pick: impl Fn(&'a Storage) -> Option<&'a S>) -> Result<Epilogue<'a, S>> {
+        let one = |o: Option<(&'a Storage, &'a Layout)>| -> Result<Option<(&'a S, &'a Layout)>> {
+            o.map(|(s, l)| pick(s).map(|p| (p, l)).ok_or_else(|| mismatch("matmul", lhs, s)))
+                .transpose()
+        };
+        Ok(Epilogue {
+            bias: one(self.bias)?,
+            gelu: self.gelu,
+            residual: one(self.residual)?,
+            keep_pre: self.keep_pre,
+        })
+    }
+}
+
+/// The positions of n ids grouped by id on a device (U32): `order[starts[r]..starts[r + 1]]` are
+/// the positions holding id `r`, ascending. index_add sums each bucket in that order, so its
+/// result does not depend on scheduling (no float atomics). Built once per backward on the host,
+/// where the op has checked the ids, by a counting sort (O(n + size)).
+pub struct IdBuckets {
+    pub order: Storage,
+    pub starts: Storage,
+}
+
+impl IdBuckets {
+    pub(crate) fn new(ids: &[u32], size: usize, device: &Device) -> Result<IdBuckets> {
+        if u32::try_from(ids.len()).is_err() {
+            return Err(Error::invalid(
+                "index_add",
+                format!("{} indices are more than the 2^32 - 1 the kernels count", ids.len()),
+            ));
+        }
+        let (order, starts) = bucket_ids(ids, size);
+        Ok(IdBuckets {
+            order: Storage::from_host(CpuStorage::U32(order), device)?,
+            starts: Storage::from_host(CpuStorage::U32(starts), device)?,
+        })
+    }
+}
+
+/// The AdamW step of every parameter, fused: one pass per tensor on the CPU (bit for bit
+/// reproducible), one launch for all of them on CUDA/Emu.
+pub(crate) fn adamw_step(params: &mut [AdamWParam<Storage>], h: &AdamWHyper) -> Result<()> {
+    const OP: &str = "AdamW";
+    let Some(first) = params.first() else { return Ok(()) };
+    let (device, dtype) = (first.param.device(), first.param.dtype());
+    for item in params.iter() {
+        let n = item.param.len();
+        let copy = item.copy.as_deref();
+        for s in [&*item.param, item.grad, &*item.m, &*item.v].into_iter().chain(copy) {
+            if s.device() != device {
+                return Err(Error::DeviceMismatch {
+                    op: OP,
+                    lhs: device,
+                    rhs: s.device(),
+                });
+            }
+            if s.len() != n {
+                return Err(Error::shape(
+                    OP,
+                    format!("a parameter of {n} elements has a state of {}", s.len()),
+                ));
+            }
+        }
+        for s in [&*item.param, item.grad, &*item.m, &*item.v] {
+            if s.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+                return Err(Error::DType {
+                    op: OP,
+                    msg: format!(
+                        "parameters, gradients and moments must all be f32 or all f64, got {dtype} and {}",
+                        s.dtype()
+                    ),
+                });
+            }
+        }
+        if let Some(c) = copy.filter(|c| c.dtype() != DType::BF16) {
+            return Err(Error::dtype_mismatch(OP, DType::BF16, c.dtype()));
+        }
+    }
+    match device {
+        Device::Cpu => cpu::adamw::adamw_step(&mut on_backend(params, cpu_of, cpu_of_mut), h),
+        _ => cuda::adamw::adamw_step(&mut on_backend(params, cuda_of, cuda_of_mut), h),
+    }
+}
+
+/// Σ g² over every gradient (whole storages, all f32 or all f64, one device), in f64: the square
+/// of the global norm for clipping. Deterministic on every device.
+pub(crate) fn grad_sq_sum(grads: &[&Storage]) -> Result<f64> {
+    const OP: &str = "clip_grad_norm";
+    let Some(first) = grads.first() else { return Ok(0.0) };
+    let (device, dtype) = (first.device(), first.dtype());
+    for g in grads {
+        if g.device() != device {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                lhs: device,
+                rhs: g.device(),
+            });
+        }
+        if g.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+            return Err(Error::DType {
+                op: OP,
+                msg: format!("gradients must all be f32 or all f64, got {dtype} and {}", g.dtype()),
+            });
+        }
+    }
+    match device {
+        Device::Cpu => Ok(cpu::adamw::grad_sq_sum(
+            &grads.iter().map(|g| cpu_of(g)).collect::<Vec<_>>(),
+        )),
+        _ => cuda::adamw::grad_sq_sum(&grads.iter().map(|g| cuda_of(g)).collect::<Vec<_>>()),
+    }
+}
+
+/// The parameters of an AdamW step over one backend's storages (`pick`, `pick_mut`: the caller
+/// has checked that every storage is on that backend).
+fn on_backend<'b, S>(
+    params: &'b mut [AdamWParam<Storage>],
+    pick: fn(&Storage) -> &S,
+    pick_mut: fn(&mut Storage) -> &mut S,
+) -> Vec<AdamWParam<'b, S>> {
+    params
+        .iter_mut()
+        .map(|item| AdamWParam {
+            param: pick_mut(&mut *item.param),
+            grad: pick(item.grad),
+            m: pick_mut(&mut *item.m),
+            v: pick_mut(&mut *item.v),
+            copy: item.copy.as_deref_mut().map(pick_mut),
+            decay: item.decay,
+        })
+        .collect()
+}
+
+fn cpu_of(s: &Storage) -> &CpuStorage {
+    match s {
+        Storage::Cpu(s) => s,
+        Storage::Cuda(_) => unreachable!("devices are checked before dispatch"),
+    }
+}
+
+fn cpu_of_mut(s: &mut Storage) -> &mut CpuStorage {
+    match s {
+        Storage::Cpu(s) => s,
+        Storage::Cuda(_) => unreachable!("devices are checked before dispatch"),
+    }
+}
+
+fn cuda_of(s: &Storage) -> &CudaStorage {
+    match s {
+        Storage::Cuda(s) => s,
+        Storage::Cpu(_) => unreachable!("devices are checked before dispatch"),
+    }
+}
+
+fn cuda_of_mut(s: &mut Storage) -> &mut CudaStorage {
+    match s {
+        Storage::Cuda(s) => s,
+        Storage::Cpu(_) => unreachable!("devices are checked before dispatch"),
+    }
+}

@@ -1,0 +1,135 @@
+//! The op vocabulary: the words that `ops/` and the backends speak. Which elementwise function
+//! ([`UnaryOp`], [`BinaryOp`]), which reduction ([`ReduceOp`]), the sizes of an attention call
+//! ([`AttentionDims`]), what a fused matmul does to its product ([`Epilogue`]), the scalars and
+//! operands of an AdamW step ([`AdamWHyper`], [`AdamWParam`]), how index_add groups its ids
+//! ([`bucket_ids`]), and the `exp` every CPU loop uses ([`exp::Exp`]).
+//!
+//! This sits at the bottom of the backend layer: it imports only the dtype and layout vocabulary
+//! (`crate::tensor::{dtype, layout}`), never a backend, `ops/` or `Tensor`, so both backends and
+//! the ops above them can use it. Types generic over `S` are instantiated with the `Storage` enum
+//! by the ops and with `CpuStorage` or `CudaStorage` inside a backend. The two results that hold
+//! device storage, `RowStats` and `IdBuckets`, live with the dispatch that makes them
+//! (backend/dispatch.rs).
+
+pub mod binary;
+pub mod exp;
+pub mod unary;
+
+pub use binary::BinaryOp;
+pub use unary::{gelu_derivative, UnaryOp};
+
+use crate::tensor::layout::Layout;
+
+/// A reduction over some dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+}
+
+impl ReduceOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+        }
+    }
+}
+
+/// The sizes of one attention call: `bh` independent heads (batch × heads) of `tq` queries
+/// against `tk` keys and values, all rows `d` wide. Causal needs `tq <= tk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub bh: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub causal: bool,
+}
+
+impl AttentionDims {
+    /// The score scale 1/√d.
+    pub fn scale(&self) -> f64 {
+        1.0 / (self.d as f64).sqrt()
+    }
+
+    /// How many keys query `i` sees: all of them, or (causal) those up to its absolute
+    /// position tk − tq + i.
+    pub fn visible(&self, i: usize) -> usize {
+        if self.causal {
+            (self.tk - self.tq + i + 1).min(self.tk)
+        } else {
+            self.tk
+        }
+    }
+}
+
+/// What a fused matmul does to the product `y` before storing it: `gelu?(y + bias) + residual`.
+pub struct Epilogue<'a, S> {
+    /// `[n]`, added to every row.
+    pub bias: Option<(&'a S, &'a Layout)>,
+    /// GELU (tanh form) after the bias.
+    pub gelu: bool,
+    /// The output's shape `[batch.., m, n]`, added last.
+    pub residual: Option<(&'a S, &'a Layout)>,
+    /// Also store `z = y + bias`, the activation's input, rounded to the dtype: a second output of
+    /// the same pass (as llm.c keeps `fch`), so GELU's backward needs no second matmul.
+    pub keep_pre: bool,
+}
+
+impl<S> Epilogue<'static, S> {
+    /// The plain product.
+    pub const NONE: Epilogue<'static, S> = Epilogue {
+        bias: None,
+        gelu: false,
+        residual: None,
+        keep_pre: false,
+    };
+}
+
+/// The scalars of one AdamW step (see src/optim/adamw.rs).
+pub struct AdamWHyper {
+    /// 1 − lr·weight_decay, applied to decayed parameters.
+    pub decay_factor: f64,
+    pub b1: f64,
+    pub b2: f64,
+    /// lr / (1 − β1ᵗ).
+    pub step_size: f64,
+    /// √(1 − β2ᵗ).
+    pub bc2_sqrt: f64,
+    pub eps: f64,
+}
+
+/// One parameter of a fused AdamW step over storages `S` (the `Storage` enum, or one backend's):
+/// `param`, `m` and `v` are updated in place; all four storages hold the whole tensor, f32 or f64
+/// alike, on one device; `copy` (bf16, same length) receives the new weights rounded.
+pub struct AdamWParam<'a, S> {
+    pub param: &'a mut S,
+    pub grad: &'a S,
+    pub m: &'a mut S,
+    pub v: &'a mut S,
+    pub copy: Option<&'a mut S>,
+    pub decay: bool,
+}
+
+/// The positions of `ids` grouped by id, each group ascending (a stable counting sort), as
+/// `IdBuckets` (backend/dispatch.rs) holds them on a device for index_add:
+/// `order[starts[r]..starts[r + 1]]` are the positions `j` with `ids[j] == r`. Ids are below `size`.
+pub fn bucket_ids(ids: &[u32], size: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; size + 1];
+    for &id in ids {
+        starts[id as usize + 1] += 1;
+    }
+    for r in 0..size {
+        starts[r + 1] += starts[r];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; ids.len()];
+    for (j, &id) in ids.iter().enumerate() {
+        order[next[id as usize] as usize] = j as u32;
+        next[id as usize] += 1;
+    }
+    (order, starts)
+}

@@ -1,0 +1,97 @@
+//! The elementwise functions of one value: their names and their definition for every float type
+//! (`apply`), which the CPU backend runs and the kernels in unary.cu mirror.
+
+use super::exp::Exp;
+
+/// √(2/π), GPT-2's GELU constant.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044_715;
+
+/// One elementwise function. `apply` is its definition for every float type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Tanh,
+    /// GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    Gelu,
+    Relu,
+    /// 1 where x > 0, else 0 (relu's derivative).
+    Step,
+    Recip,
+    Powf(f64),
+    /// x·mul + add.
+    Affine {
+        mul: f64,
+        add: f64,
+    },
+}
+
+impl UnaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Step => "step",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Affine { .. } => "affine",
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply<T: Exp>(self, x: T) -> T {
+        let c = |v: f64| T::from(v).expect("every float type holds these constants");
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp_fast(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Tanh => x.tanh(),
+            // ½·(1 + tanh(u)) = σ(2u): one exp instead of a (much slower) tanh, and no
+            // cancellation in 1 + tanh(u) for large negative u. exp(−2u) = inf gives σ = 0.
+            UnaryOp::Gelu => {
+                let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
+                x / (T::one() + (c(-2.0) * u).exp_fast())
+            }
+            UnaryOp::Relu => {
+                // NaN stays NaN (as PyTorch): a NaN must not be hidden
+                if x.is_nan() || x > T::zero() {
+                    x
+                } else {
+                    T::zero()
+                }
+            }
+            UnaryOp::Step => {
+                if x > T::zero() {
+                    T::one()
+                } else {
+                    T::zero()
+                }
+            }
+            UnaryOp::Recip => x.recip(),
+            // squaring is common (tanh', variance): one multiply, not a libm call
+            UnaryOp::Powf(2.0) => x * x,
+            UnaryOp::Powf(p) => x.powf(c(p)),
+            UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
+        }
+    }
+}
+
+/// d gelu / dx in the arithmetic type: with gelu(x) = x·σ(2u), u = √(2/π)·(x + 0.044715·x³),
+/// d/dx x·σ(2u) = σ + x·2σ(1 − σ)·du/dx (the CPU's `gelu_backward`; the kernels' is in unary.cu).
+#[inline(always)]
+pub fn gelu_derivative<T: Exp>(x: T) -> T {
+    let c = |v: f64| T::from(v).expect("every float type holds these constants");
+    let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
+    let s = T::one() / (T::one() + (c(-2.0) * u).exp_fast());
+    let du = c(SQRT_2_OVER_PI) * (T::one() + c(3.0 * GELU_CUBIC) * x * x);
+    s + c(2.0) * x * s * (T::one() - s) * du
+}

@@ -1,0 +1,120 @@
+//! `Storage`, the flat buffer behind every tensor: an enum over the backends' storages, and the
+//! memory primitives (fill, host transfers, copies, casts). A storage knows its dtype and device
+//! but not its shape: that is the layout's job, so many views can share one storage. The ops'
+//! primitives over it are in dispatch.rs.
+
+use super::cpu::{self, with_cpu_storage, CpuStorage};
+use super::cuda::{self, CudaDevice, CudaStorage};
+use crate::tensor::dtype::DType;
+use crate::tensor::layout::Layout;
+use crate::{Device, Error, Result};
+
+/// Device memory of any backend.
+#[derive(Debug)]
+pub enum Storage {
+    Cpu(CpuStorage),
+    /// A CUDA GPU or the emulator: one variant, the executor lives inside.
+    Cuda(CudaStorage),
+}
+
+impl Storage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => s.device(),
+        }
+    }
+
+    /// The number of elements held (which a view may use only part of).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    /// `n` copies of `value` rounded to `dtype`.
+    pub(crate) fn filled(value: f64, n: usize, dtype: DType, device: &Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(cpu::filled(value, n, dtype))),
+            cuda_device => Ok(Storage::Cuda(cuda::fill::filled(
+                &CudaDevice::get(cuda_device)?,
+                value,
+                n,
+                dtype,
+            )?)),
+        }
+    }
+
+    /// Moves host data to `device`.
+    pub(crate) fn from_host(data: CpuStorage, device: &Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(data)),
+            cuda_device => Ok(Storage::Cuda(
+                with_cpu_storage!(&data, v => CudaStorage::from_host(cuda_device, v))?,
+            )),
+        }
+    }
+
+    /// The viewed elements, contiguous, in host memory.
+    pub(crate) fn to_host(&self, layout: &Layout) -> Result<CpuStorage> {
+        match self {
+            Storage::Cpu(s) => Ok(cpu::contiguous(s, layout)),
+            Storage::Cuda(s) => Ok(match s.dtype() {
+                DType::F32 => CpuStorage::F32(cuda::copy::to_host(s, layout)?),
+                DType::F64 => CpuStorage::F64(cuda::copy::to_host(s, layout)?),
+                DType::BF16 => CpuStorage::BF16(cuda::copy::to_host(s, layout)?),
+                DType::F16 => CpuStorage::F16(cuda::copy::to_host(s, layout)?),
+                DType::U32 => CpuStorage::U32(cuda::copy::to_host(s, layout)?),
+            }),
+        }
+    }
+
+    pub(crate) fn contiguous(&self, layout: &Layout) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::contiguous(s, layout))),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::copy::contiguous(s, layout)?)),
+        }
+    }
+
+    pub(crate) fn cast(&self, layout: &Layout, dtype: DType) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::cast(s, layout, dtype))),
+            Storage::Cuda(s) => Ok(Storage::Cuda(cuda::cast::cast(s, layout, dtype)?)),
+        }
+    }
+
+    /// Writes `src` viewed through `ls` into the elements of `self` that `ld` views.
+    pub(crate) fn assign(&mut self, ld: &Layout, src: &Storage, ls: &Layout) -> Result<()> {
+        match (self, src) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => {
+                cpu::assign(d, ld, s, ls);
+                Ok(())
+            }
+            (Storage::Cuda(d), Storage::Cuda(s)) => cuda::copy::assign(d, ld, s, ls),
+            (d, s) => Err(mismatch("assign", d, s)),
+        }
+    }
+}
+
+/// The mismatch between `first` and the first of `rest` on another device.
+pub(crate) fn mismatch_any(op: &'static str, first: &Storage, rest: &[&Storage]) -> Error {
+    let other = rest.iter().find(|s| s.device() != first.device()).unwrap_or(&first);
+    mismatch(op, first, other)
+}
+
+/// Operands of one op on different devices (the tensor layer checks first; this is the backstop).
+pub(crate) fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
+    Error::DeviceMismatch {
+        op,
+        lhs: a.device(),
+        rhs: b.device(),
+    }
+}
