@@ -1,8 +1,8 @@
 //! The docs cannot rot: every relative link in README.md and docs/*.md leads to a file (and its
 //! `#anchor` to a heading there); every doc is compiled as a doc-test (src/lib.rs, `doc_tests`); a
-//! `rust,ignore` block, which quotes the source rather than runs, is still in the source; every file
-//! and function docs/ops.md names exists; every file size docs/tour.md gives is within a fifth of the
-//! file's.
+//! `rust,ignore` or `cuda` block, which quotes the source rather than runs, is still in it; every file
+//! and function docs/ops.md names exists, as does every repository path a doc names in code spans; every
+//! file size docs/tour.md gives is within a fifth of the file's.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -175,23 +175,21 @@ fn blocks<'a>(text: &'a str, info: &str) -> Vec<Vec<&'a str>> {
     out
 }
 
-/// Every `.rs` file under `dir`, recursively.
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Every file under `dir` whose name ends in one of `extensions`, recursively.
+fn files_under(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
+            files_under(&p, extensions, out);
+        } else if p.extension().is_some_and(|x| extensions.iter().any(|e| x == *e)) {
             out.push(p);
         }
     }
 }
 
-#[test]
-fn quoted_rust_is_still_in_the_source() {
-    let mut files = Vec::new();
-    rust_files(&repo().join("src"), &mut files);
-    let sources: Vec<Vec<String>> = files
+/// Each file's lines, trimmed, without blank ones.
+fn trimmed_lines(files: &[PathBuf]) -> Vec<Vec<String>> {
+    files
         .iter()
         .map(|f| {
             read(f)
@@ -200,31 +198,43 @@ fn quoted_rust_is_still_in_the_source() {
                 .filter(|l| !l.is_empty())
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn quoted_code_is_still_in_the_source() {
+    // a `rust,ignore` block quotes src/, a `cuda` block quotes kernels/
+    let (mut rust, mut cuda) = (Vec::new(), Vec::new());
+    files_under(&repo().join("src"), &["rs"], &mut rust);
+    files_under(&repo().join("kernels"), &["cu", "cuh"], &mut cuda);
+    let sources = [("rust,ignore", trimmed_lines(&rust)), ("cuda", trimmed_lines(&cuda))];
     let mut stale = Vec::new();
     let mut quotes = 0;
     for doc in doc_files() {
-        for block in blocks(&read(&doc), "rust,ignore") {
-            quotes += 1;
-            // code lines verbatim, in order, one after another; comments may annotate the quote
-            let code: Vec<&str> = block
-                .iter()
-                .map(|l| l.trim())
-                .filter(|l| !l.is_empty() && !l.starts_with("//"))
-                .collect();
-            let found = sources.iter().any(|src| {
-                src.windows(code.len().max(1))
-                    .any(|w| w.iter().zip(&code).all(|(a, b)| a == b))
-            });
-            if !found {
-                stale.push(format!("{}: {}", doc.display(), code.first().unwrap_or(&"")));
+        let text = read(&doc);
+        for (info, source) in &sources {
+            for block in blocks(&text, info) {
+                quotes += 1;
+                // code lines verbatim, in order, one after another; comments may annotate the quote
+                let code: Vec<&str> = block
+                    .iter()
+                    .map(|l| l.trim())
+                    .filter(|l| !l.is_empty() && !l.starts_with("//"))
+                    .collect();
+                let found = source.iter().any(|src| {
+                    src.windows(code.len().max(1))
+                        .any(|w| w.iter().zip(&code).all(|(a, b)| a == b))
+                });
+                if !found {
+                    stale.push(format!("{} ({info}): {}", doc.display(), code.first().unwrap_or(&"")));
+                }
             }
         }
     }
-    assert!(quotes >= 3, "only {quotes} quoted blocks found: is the parser broken?");
+    assert!(quotes >= 4, "only {quotes} quoted blocks found: is the parser broken?");
     assert!(
         stale.is_empty(),
-        "quoted blocks no longer in src/ (update the doc):\n{}",
+        "quoted blocks no longer in the source (update the doc):\n{}",
         stale.join("\n")
     );
 }
@@ -299,4 +309,31 @@ fn the_tour_names_files_that_exist_with_their_sizes() {
     }
     assert!(rows >= 20, "only {rows} files found in the tour: is the parser broken?");
     assert!(wrong.is_empty(), "update docs/tour.md:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn paths_in_code_spans_exist() {
+    // `src/...`, `kernels/...`, `tests/...` in prose; `<name>` and `*` mark patterns, not paths
+    const ROOTS: [&str; 6] = ["src/", "kernels/", "tests/", "benches/", "scripts/", "docs/"];
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for doc in doc_files() {
+        let text = read(&doc);
+        for (n, line) in prose_lines(&text) {
+            for span in line.split('`').skip(1).step_by(2) {
+                for word in span.split([' ', ',', '(', ')', '"']) {
+                    let path = word.split("::").next().unwrap_or_default().trim_end_matches(['.', ':', ';']);
+                    if !ROOTS.iter().any(|r| path.starts_with(r)) || path.contains(['<', '*', '{']) {
+                        continue;
+                    }
+                    checked += 1;
+                    if !repo().join(path).exists() {
+                        missing.push(format!("{}:{n}: {path}", doc.strip_prefix(repo()).unwrap().display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} paths found: is the parser broken?");
+    assert!(missing.is_empty(), "paths named in the docs that do not exist:\n{}", missing.join("\n"));
 }
