@@ -123,6 +123,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/bench/report.rs",
     "src/bench/roofline.rs",
     "src/bench/timing.rs",
+    "src/bench/work.rs",
 );
 
 /// The whole embedded corpus as one text: each file preceded by a `// file: PATH` line.

@@ -399,14 +399,58 @@ impl Session {
         done.is_multiple_of(cfg.eval_interval) || done == cfg.steps || done == end
     }
 
+    /// The training loop: describe the run, check a window plan, evaluate a fresh run at step 0,
+    /// then train one step at a time, evaluating and checkpointing on the schedule, until `end`.
     fn run(mut self, opts: &RunOptions) -> Result<Outcome> {
         crate::backend::cpu::retain_freed_memory();
         let cfg = self.cfg().clone();
         self.model.set_dtype(cfg.dtype)?;
-        let block = self.model.config().block_size;
         let end = opts.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
-        let tokens_per_step = cfg.batch_size * cfg.grad_accum * block;
         let reporter = Reporter::new(opts.verbose, self.state.step, cfg.steps);
+        self.describe(&reporter);
+        let fresh = self.state.step == 0 && self.history.is_empty();
+        self.check_window_plan(end, fresh)?;
+        let mut last_checkpoint = checkpoint::find(&self.run_dir).ok().map(|_| self.state.step);
+        if fresh {
+            self.evaluate_and_log(&reporter, 0.0, last_checkpoint)?;
+        }
+        let mut rngs = StepRngs {
+            data: Rng::from_state(self.state.data_rng),
+            dropout: Rng::from_state(self.state.dropout_rng),
+        };
+        let mut speed = Throughput::new(self.state.step, self.tokens_per_step());
+        while self.state.step < end {
+            let loss = match self.train_step(&mut rngs, &mut speed) {
+                Ok(loss) => loss,
+                Err(StepError::Diverged { step, what }) => {
+                    reporter.finish();
+                    return Err(self.diverged(step, &what, last_checkpoint));
+                }
+                Err(StepError::Failed(e)) => return Err(e),
+            };
+            let tok_s = speed.tokens_per_s(self.state.step);
+            reporter.step(self.state.step, format!("loss {loss:.4} | {} tok/s", human(tok_s)));
+            if self.evaluates_after(self.state.step, end) {
+                self.state.data_rng = rngs.data.state();
+                self.state.dropout_rng = rngs.dropout.state();
+                self.evaluate_and_log(&reporter, tok_s, last_checkpoint)?;
+                checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
+                last_checkpoint = Some(self.state.step);
+            }
+        }
+        reporter.finish();
+        let tokens_per_s = speed.tokens_per_s(self.state.step);
+        self.finish(opts, tokens_per_s)
+    }
+
+    fn tokens_per_step(&self) -> usize {
+        let cfg = self.cfg();
+        cfg.batch_size * cfg.grad_accum * self.model.config().block_size
+    }
+
+    /// The model, the data and the plan, one line each.
+    fn describe(&self, reporter: &Reporter) {
+        let cfg = self.cfg();
         reporter.line(&format!(
             "model: {}",
             describe_model(self.model.config(), self.model.num_params())
@@ -422,10 +466,10 @@ impl Session {
         reporter.line(&format!(
             "training: {} steps of {} tokens (batch {} × grad_accum {} × block {}), lr {} → {} (warmup {}), on {} in {}; writing {}",
             cfg.steps,
-            tokens_per_step,
+            self.tokens_per_step(),
             cfg.batch_size,
             cfg.grad_accum,
-            block,
+            self.model.config().block_size,
             cfg.lr,
             cfg.min_lr,
             cfg.warmup,
@@ -433,82 +477,72 @@ impl Session {
             cfg.dtype,
             self.run_dir.display()
         ));
-        let fresh = self.state.step == 0 && self.history.is_empty();
-        if let Some(plan) = &self.windows {
-            let eval_steps: Vec<usize> = (self.state.step..=end)
-                .filter(|&s| (s == 0 && fresh) || (s > self.state.step && self.evaluates_after(s, end)))
-                .collect();
-            plan.check(
-                &self.data,
-                block,
-                cfg.batch_size,
-                end * cfg.grad_accum,
-                &eval_steps,
-                cfg.eval_iters,
-            )?;
-        }
-        let mut last_checkpoint = checkpoint::find(&self.run_dir).ok().map(|_| self.state.step);
-        if fresh {
-            self.evaluate_and_log(&reporter, 0.0, last_checkpoint)?;
-        }
-        let mut data_rng = Rng::from_state(self.state.data_rng);
-        let mut dropout_rng = Rng::from_state(self.state.dropout_rng);
-        let schedule = cfg.schedule();
-        let session_start_step = self.state.step;
-        let mut session_seconds = 0.0f64;
-        while self.state.step < end {
-            let step = self.state.step;
-            let t0 = Instant::now();
-            let lr = schedule.lr(step);
-            self.opt.set_lr(lr);
-            let (loss, mut grads) = self.forward_backward(step, &mut data_rng, &mut dropout_rng)?;
-            let max_norm = if cfg.grad_clip > 0.0 { cfg.grad_clip } else { f64::MAX };
-            let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
-            if !loss.is_finite() || !norm.is_finite() {
-                reporter.finish();
-                let what = if loss.is_finite() {
-                    format!("the gradient norm is {norm} (loss {loss})")
-                } else {
-                    format!("the loss is {loss}")
-                };
-                return Err(self.diverged(step + 1, &format!("{what} (learning rate {lr:e})"), last_checkpoint));
-            }
-            self.opt.step(&grads)?;
-            drop(grads);
-            let dt = t0.elapsed().as_secs_f64();
-            session_seconds += dt;
-            self.state.train_seconds += dt;
-            self.state.step = step + 1;
-            self.state.last_train_loss = Some(loss);
-            self.record(Record::Train {
+    }
+
+    /// With `--windows`, that the plan lists a batch for every step and evaluation this session
+    /// runs (up to `end`), before any is trained.
+    fn check_window_plan(&self, end: usize, fresh: bool) -> Result<()> {
+        let Some(plan) = &self.windows else { return Ok(()) };
+        let cfg = self.cfg();
+        let eval_steps: Vec<usize> = (self.state.step..=end)
+            .filter(|&s| (s == 0 && fresh) || (s > self.state.step && self.evaluates_after(s, end)))
+            .collect();
+        plan.check(
+            &self.data,
+            self.model.config().block_size,
+            cfg.batch_size,
+            end * cfg.grad_accum,
+            &eval_steps,
+            cfg.eval_iters,
+        )
+    }
+
+    /// One optimizer step: the scheduled learning rate, forward and backward over the
+    /// micro-batches, clipping, the update, and its metrics record. Returns the step's loss.
+    fn train_step(&mut self, rngs: &mut StepRngs, speed: &mut Throughput) -> std::result::Result<f64, StepError> {
+        let step = self.state.step;
+        let t0 = Instant::now();
+        let lr = self.cfg().schedule().lr(step);
+        self.opt.set_lr(lr);
+        let (loss, mut grads) = self.forward_backward(step, &mut rngs.data, &mut rngs.dropout)?;
+        let clip = self.cfg().grad_clip;
+        let max_norm = if clip > 0.0 { clip } else { f64::MAX };
+        let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
+        if !loss.is_finite() || !norm.is_finite() {
+            let what = if loss.is_finite() {
+                format!("the gradient norm is {norm} (loss {loss})")
+            } else {
+                format!("the loss is {loss}")
+            };
+            return Err(StepError::Diverged {
                 step: step + 1,
-                loss,
-                lr,
-                grad_norm: norm,
-            })?;
-            let tok_s = (self.state.step - session_start_step) as f64 * tokens_per_step as f64 / session_seconds;
-            reporter.step(self.state.step, format!("loss {loss:.4} | {} tok/s", human(tok_s)));
-            let done = self.state.step;
-            if self.evaluates_after(done, end) {
-                self.state.data_rng = data_rng.state();
-                self.state.dropout_rng = dropout_rng.state();
-                self.evaluate_and_log(&reporter, tok_s, last_checkpoint)?;
-                checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
-                last_checkpoint = Some(done);
-            }
+                what: format!("{what} (learning rate {lr:e})"),
+            });
         }
-        reporter.finish();
-        let tokens_per_s = if session_seconds > 0.0 {
-            (self.state.step - session_start_step) as f64 * tokens_per_step as f64 / session_seconds
-        } else {
-            0.0
-        };
+        self.opt.step(&grads)?;
+        drop(grads);
+        let dt = t0.elapsed().as_secs_f64();
+        speed.seconds += dt;
+        self.state.train_seconds += dt;
+        self.state.step = step + 1;
+        self.state.last_train_loss = Some(loss);
+        self.record(Record::Train {
+            step: step + 1,
+            loss,
+            lr,
+            grad_norm: norm,
+        })?;
+        Ok(loss)
+    }
+
+    /// The closing line and the outcome.
+    fn finish(self, opts: &RunOptions, tokens_per_s: f64) -> Result<Outcome> {
         let ckpt = self.run_dir.join(checkpoint::DIR);
         if opts.verbose {
             println!(
                 "done: step {}/{}, train loss {}, val loss {}, {} tokens/s; checkpoint {}",
                 self.state.step,
-                cfg.steps,
+                self.cfg().steps,
                 fmt_loss(self.state.last_train_loss),
                 fmt_loss(self.state.last_val_loss),
                 human(tokens_per_s),
@@ -716,6 +750,52 @@ impl Session {
             ],
         );
         crate::model::io::write_atomic(&self.run_dir.join(PLOT), svg.as_bytes())
+    }
+}
+
+/// The two random streams a training step draws from (batches, dropout masks), saved in
+/// checkpoints so a resumed run repeats them.
+struct StepRngs {
+    data: Rng,
+    dropout: Rng,
+}
+
+/// This session's training speed: seconds spent in steps since `start_step`.
+struct Throughput {
+    start_step: usize,
+    tokens_per_step: usize,
+    seconds: f64,
+}
+
+impl Throughput {
+    fn new(start_step: usize, tokens_per_step: usize) -> Throughput {
+        Throughput {
+            start_step,
+            tokens_per_step,
+            seconds: 0.0,
+        }
+    }
+
+    /// Tokens per second over this session's steps up to `step` (0 before the first).
+    fn tokens_per_s(&self, step: usize) -> f64 {
+        if self.seconds > 0.0 {
+            (step - self.start_step) as f64 * self.tokens_per_step as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Why a training step stopped the run: the loss or gradient norm is not finite (reported with
+/// the checkpoint to go back to), or an error.
+enum StepError {
+    Diverged { step: usize, what: String },
+    Failed(Error),
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> StepError {
+        StepError::Failed(e)
     }
 }
 
