@@ -322,7 +322,11 @@ fn paths_in_code_spans_exist() {
         for (n, line) in prose_lines(&text) {
             for span in line.split('`').skip(1).step_by(2) {
                 for word in span.split([' ', ',', '(', ')', '"']) {
-                    let path = word.split("::").next().unwrap_or_default().trim_end_matches(['.', ':', ';']);
+                    let path = word
+                        .split("::")
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches(['.', ':', ';']);
                     if !ROOTS.iter().any(|r| path.starts_with(r)) || path.contains(['<', '*', '{']) {
                         continue;
                     }
@@ -335,5 +339,9 @@ fn paths_in_code_spans_exist() {
         }
     }
     assert!(checked > 100, "only {checked} paths found: is the parser broken?");
-    assert!(missing.is_empty(), "paths named in the docs that do not exist:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "paths named in the docs that do not exist:\n{}",
+        missing.join("\n")
+    );
 }
