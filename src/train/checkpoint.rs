@@ -220,7 +220,28 @@ pub fn read_meta(dir: &Path) -> Result<(GptConfig, Tokenizer, TrainState)> {
 }
 
 /// Loads the model of the checkpoint at `path` (a run folder or a checkpoint folder) onto `dev`.
+///
+/// Readers take no lock, so a training run may swap in a new checkpoint while this reads: a
+/// read that fails (a file gone, or files of two checkpoints, which their checksums tell)
+/// while the checkpoint's `state.json` changed under it is tried again.
 pub fn load(path: &Path, dev: &Device) -> Result<Loaded> {
+    let state_now = || find(path).ok().and_then(|d| std::fs::read(d.join(STATE)).ok());
+    let mut tries = 0;
+    loop {
+        let before = state_now();
+        match load_once(path, dev) {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => {
+                tries += 1;
+                if tries >= 5 || state_now() == before {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn load_once(path: &Path, dev: &Device) -> Result<Loaded> {
     let dir = find(path)?;
     let (cfg, tokenizer, state) = read_meta(&dir)?;
     // The initial values are overwritten; a fixed seed keeps this cheap and deterministic.
