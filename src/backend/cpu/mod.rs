@@ -14,7 +14,10 @@ pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod reference;
+pub mod rms_norm;
+pub mod rope;
 pub mod softmax;
+pub mod swiglu;
 
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;

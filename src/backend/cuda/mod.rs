@@ -2,7 +2,8 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, matmul, layernorm, cross_entropy, embedding, adamw, attention.
+//! where_cond, reduce, softmax, matmul, layernorm, cross_entropy, embedding, adamw, attention,
+//! rms_norm, rope, swiglu.
 //!
 //! - [`device`]: opening devices, their limits, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes and packed arguments;
@@ -30,7 +31,10 @@ pub mod memory;
 pub mod nvrtc;
 pub mod real;
 pub mod reduce;
+pub mod rms_norm;
+pub mod rope;
 pub mod softmax;
+pub mod swiglu;
 pub mod unary;
 pub mod where_cond;
 
