@@ -13,21 +13,14 @@ use super::llama_config::LlamaConfig;
 use crate::nn::{Embedding, Linear};
 use crate::{DType, Device, Error, Result, Tensor};
 use std::collections::BTreeMap;
+use std::path::Path;
 
-/// How RoPE pairs the coordinates of a head of width hs that rotate together.
-///
-/// - `Half` (Hugging Face's `rotate_half`): coordinate i pairs with i + hs/2.
-/// - `Interleaved` (llama.cpp's "normal" rope, GGML_ROPE_TYPE_NORM): coordinate 2i pairs with 2i + 1.
-///
-/// Both rotate pair i by the angle pos · θ^(−2i/hs). llama.cpp's converter permutes the rows of
-/// the q and k projections of a Hugging Face model so that its interleaved pairs are HF's half
-/// pairs; a model loaded from GGUF keeps the file's rows and rotates interleaved, one loaded
-/// from a Hugging Face folder rotates halves, and both compute the same logits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeLayout {
-    Half,
-    Interleaved,
-}
+/// How RoPE pairs a head's coordinates (re-exported from [`crate::ops::rope`]). llama.cpp's
+/// converter permutes the rows of the q and k projections of a Hugging Face model so that its
+/// interleaved pairs (2i, 2i + 1) are HF's half pairs (i, i + hs/2); a model loaded from GGUF keeps
+/// the file's rows and rotates interleaved, one loaded from a Hugging Face folder rotates halves,
+/// and both compute the same logits.
+pub use crate::ops::rope::RopeLayout;
 
 /// Root-mean-square normalisation over the last dim with a gain (no mean subtracted, no bias).
 #[derive(Clone, Debug)]
@@ -37,72 +30,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// x is (..., C) -> (..., C), in x's dtype: `x / sqrt(mean(x²) + eps) · weight`, the
-    /// statistics in f32 as Hugging Face computes them.
+    /// x is (..., C) -> (..., C), in x's dtype: `x / sqrt(mean(x²) + eps) · weight` (the fused
+    /// op; its statistics in f32 or wider).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        rms_norm(x, &self.weight, self.eps)
-    }
-}
-
-/// RMSNorm composed from tensor ops: the f32 input normalised, cast back to x's dtype, times the
-/// gain (HF's `LlamaRMSNorm` order of operations).
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let xf = x.to_dtype(DType::F32)?;
-    // inv_rms is (..., 1): 1 / sqrt(mean over C of x² + eps)
-    let inv_rms = xf.sqr()?.mean(&[-1], true)?.add_scalar(eps)?.sqrt()?.recip()?;
-    let normed = xf.mul(&inv_rms)?.to_dtype(x.dtype())?;
-    normed.mul(&weight.to_dtype(x.dtype())?)
-}
-
-/// SiLU (x·sigmoid(x)) composed from tensor ops, with sigmoid(x) = (1 + tanh(x/2)) / 2: no
-/// exp that can overflow, in either direction.
-fn silu(x: &Tensor) -> Result<Tensor> {
-    let sigmoid = x.mul_scalar(0.5)?.tanh()?.affine(0.5, 0.5)?;
-    x.mul(&sigmoid)
-}
-
-/// The cosines and sines of the rotation angles pos · θ^(−2i/hs) for positions start..start + t
-/// and i in 0..hs/2: two (t, hs/2) tensors in `dtype`. The frequencies are computed in f32 as
-/// Hugging Face computes them, the angles and their cosines in f64.
-fn rope_tables(hs: usize, theta: f64, start: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let half = hs / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / hs as f32))
-        .collect();
-    let angles = (start..start + t).flat_map(|pos| inv_freq.iter().map(move |&f| (pos as f32 * f) as f64));
-    let (cos, sin): (Vec<f32>, Vec<f32>) = angles.map(|a| (a.cos() as f32, a.sin() as f32)).unzip();
-    let table = |v: Vec<f32>| Tensor::from_vec(v, &[t, half], dev)?.to_dtype(dtype);
-    Ok((table(cos)?, table(sin)?))
-}
-
-/// Rotary position embedding composed from tensor ops. x is (B, H, T, hs); cos and sin are the
-/// (T, hs/2) tables of [`rope_tables`]; every pair (x1, x2) of `layout` becomes
-/// (x1·cos − x2·sin, x2·cos + x1·sin).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
-    let &[b, h, t, hs] = x.shape() else {
-        return Err(Error::shape(
-            "rope",
-            format!("expected (B, H, T, hs), got {:?}", x.shape()),
-        ));
-    };
-    let half = hs / 2;
-    let rotate = |x1: &Tensor, x2: &Tensor, cos: &Tensor, sin: &Tensor| -> Result<(Tensor, Tensor)> {
-        Ok((x1.mul(cos)?.sub(&x2.mul(sin)?)?, x2.mul(cos)?.add(&x1.mul(sin)?)?))
-    };
-    match layout {
-        RopeLayout::Half => {
-            let (x1, x2) = (x.narrow(-1, 0, half)?, x.narrow(-1, half, half)?);
-            let (y1, y2) = rotate(&x1, &x2, cos, sin)?;
-            Tensor::cat(&[y1, y2], -1)
-        }
-        RopeLayout::Interleaved => {
-            // (B, H, T, hs/2, 2): the pairs along the last dim, the tables (T, hs/2, 1)
-            let pairs = x.reshape(&[b, h, t, half, 2])?;
-            let (x1, x2) = (pairs.narrow(-1, 0, 1)?, pairs.narrow(-1, 1, 1)?);
-            let (cos, sin) = (cos.unsqueeze(-1)?, sin.unsqueeze(-1)?);
-            let (y1, y2) = rotate(&x1, &x2, &cos, &sin)?;
-            Tensor::cat(&[y1, y2], -1)?.reshape(&[b, h, t, hs])
-        }
+        x.rms_norm(&self.weight.to_dtype(x.dtype())?, self.eps as f32)
     }
 }
 
@@ -134,11 +65,11 @@ pub struct LlamaAttention {
     pub n_kv_head: usize,
 }
 
-/// The rotation of one forward: the layout and the (T, hs/2) tables of its positions.
+/// The rotation of one forward: RoPE's base and layout, and the position of the first token.
 struct Rotation {
+    theta: f64,
     layout: RopeLayout,
-    cos: Tensor,
-    sin: Tensor,
+    start: usize,
 }
 
 impl LlamaAttention {
@@ -161,14 +92,20 @@ impl LlamaAttention {
         };
         let (nh, nkv) = (self.n_head, self.n_kv_head);
         let hs = c / nh;
-        // (B, T, heads·hs) -> (B, heads, T, hs)
-        let heads = |y: Tensor, n: usize| y.reshape(&[b, t, n, hs])?.permute(&[0, 2, 1, 3]);
-        let q = heads(self.q_proj.forward(x)?, nh)?;
-        let k = heads(self.k_proj.forward(x)?, nkv)?;
-        let v = heads(self.v_proj.forward(x)?, nkv)?;
-        let q = rope(&q, &rot.cos, &rot.sin, rot.layout)?;
-        let mut k = rope(&k, &rot.cos, &rot.sin, rot.layout)?;
-        let mut v = v;
+        // (B, T, heads·hs) -> (B, T, heads, hs), rotated by positions start..start + T, then
+        // (B, heads, T, hs) for attention (a view)
+        let heads = |y: Tensor, n: usize, rotate: bool| -> Result<Tensor> {
+            let y = y.reshape(&[b, t, n, hs])?;
+            let y = if rotate {
+                y.rope(rot.theta, rot.start, rot.layout)?
+            } else {
+                y
+            };
+            y.permute(&[0, 2, 1, 3])
+        };
+        let q = heads(self.q_proj.forward(x)?, nh, true)?;
+        let mut k = heads(self.k_proj.forward(x)?, nkv, true)?;
+        let mut v = heads(self.v_proj.forward(x)?, nkv, false)?;
         if let Some(cache) = cache {
             // the cache keeps (1, B, nkv, Tc, hs): all positions so far, appended along time
             let (kc, vc) = cache.layer(layer).append(k.unsqueeze(0)?, v.unsqueeze(0)?)?;
@@ -193,7 +130,7 @@ pub struct LlamaMlp {
 impl LlamaMlp {
     /// x is (B, T, C), the block's normalised input; returns `residual + mlp(x)`.
     fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let h = silu(&self.gate_proj.forward(x)?)?.mul(&self.up_proj.forward(x)?)?;
+        let h = self.gate_proj.forward(x)?.swiglu(&self.up_proj.forward(x)?)?;
         self.down_proj.forward_residual(&h, residual)
     }
 }
@@ -225,58 +162,40 @@ pub struct Llama {
 const LLAMA_DTYPES: [DType; 2] = [DType::F32, DType::BF16];
 
 impl Llama {
-    /// A model from named tensors in Hugging Face's names (`model.layers.0.self_attn.q_proj.weight`,
-    /// ...), checked against `cfg` first: every missing, unexpected or mis-shaped tensor is
-    /// listed in the error with its shapes. The weights become f32 parameters on `dev`.
-    pub(crate) fn from_named(
+    /// A model of shape `cfg` from the tensors a file offers, `available` listing their Hugging
+    /// Face names (`model.layers.0.self_attn.q_proj.weight`, ...) and shapes. The names and shapes
+    /// are checked against `cfg` before any tensor is read: every missing, unexpected or
+    /// mis-shaped tensor is listed in the error with its shapes. Then `load(name)` reads each one;
+    /// the weights become f32 parameters on `dev`.
+    fn build(
         cfg: LlamaConfig,
-        tensors: Vec<(String, Tensor)>,
+        available: Vec<(String, Vec<usize>)>,
         rope_layout: RopeLayout,
         source: &str,
         dev: &Device,
+        mut load: impl FnMut(&str) -> Result<Tensor>,
     ) -> Result<Llama> {
         cfg.validate()?;
         let expected = expected_tensors(&cfg);
-        let mut given: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut given: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut problems = Vec::new();
-        for (name, t) in tensors {
-            // old transformers versions saved the rotary frequencies as a buffer
-            if name.ends_with("rotary_emb.inv_freq") {
-                continue;
-            }
-            if given.insert(name.clone(), t).is_some() {
+        for (name, shape) in available {
+            if given.insert(name.clone(), shape).is_some() {
                 problems.push(format!("  duplicate: {name}"));
-            }
-        }
-        // a tied model saved with its head as well: accepted when it is the token table
-        if cfg.tie_word_embeddings {
-            if let (Some(head), Some(table)) = (given.get("lm_head.weight"), given.get("model.embed_tokens.weight")) {
-                let same = head.shape() == table.shape()
-                    && head.to_dtype(DType::F32)?.to_vec::<f32>()? == table.to_dtype(DType::F32)?.to_vec::<f32>()?;
-                if !same {
-                    problems.push(
-                        "  lm_head.weight differs from model.embed_tokens.weight, but the config ties them".into(),
-                    );
-                }
-                given.remove("lm_head.weight");
             }
         }
         for (name, shape) in &expected {
             match given.get(name) {
                 None => problems.push(format!("  missing: {name} {shape:?}")),
-                Some(t) if t.shape() != shape.as_slice() => problems.push(format!(
-                    "  shape mismatch: {name}: file {:?}, config {shape:?}",
-                    t.shape()
-                )),
-                Some(t) if !t.dtype().is_float() => {
-                    problems.push(format!("  dtype: {name} is {}, not a float", t.dtype()))
+                Some(got) if got != shape => {
+                    problems.push(format!("  shape mismatch: {name}: file {got:?}, config {shape:?}"))
                 }
                 Some(_) => {}
             }
         }
-        for (name, t) in &given {
+        for (name, shape) in &given {
             if !expected.iter().any(|(n, _)| n == name) {
-                problems.push(format!("  unexpected: {name} {:?}", t.shape()));
+                problems.push(format!("  unexpected: {name} {shape:?}"));
             }
         }
         if !problems.is_empty() {
@@ -289,59 +208,56 @@ impl Llama {
                 ),
             ));
         }
-        let mut take = |name: String| -> Result<Tensor> {
-            let t = given.remove(&name).expect("checked above");
+        let mut param = |name: String| -> Result<Tensor> {
+            let t = load(&name)?;
+            if !t.dtype().is_float() {
+                return Err(Error::invalid(
+                    "llama",
+                    format!("{source}: {name} is {}, not a float", t.dtype()),
+                ));
+            }
             Ok(t.to_dtype(DType::F32)?
                 .to_device(dev)?
                 .contiguous()?
                 .detach()
                 .requires_grad())
         };
-        let linear = |take: &mut dyn FnMut(String) -> Result<Tensor>, name: String| -> Result<Linear> {
-            Ok(Linear {
-                weight: take(name)?,
-                bias: None,
-            })
-        };
+        let linear = |weight: Tensor| Linear { weight, bias: None };
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = Embedding {
-            weight: take("model.embed_tokens.weight".into())?,
-        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let self_attn = LlamaAttention {
+                q_proj: linear(param(format!("{p}.self_attn.q_proj.weight"))?),
+                k_proj: linear(param(format!("{p}.self_attn.k_proj.weight"))?),
+                v_proj: linear(param(format!("{p}.self_attn.v_proj.weight"))?),
+                o_proj: linear(param(format!("{p}.self_attn.o_proj.weight"))?),
+                n_head: cfg.num_attention_heads,
+                n_kv_head: cfg.num_key_value_heads,
+            };
+            let mlp = LlamaMlp {
+                gate_proj: linear(param(format!("{p}.mlp.gate_proj.weight"))?),
+                up_proj: linear(param(format!("{p}.mlp.up_proj.weight"))?),
+                down_proj: linear(param(format!("{p}.mlp.down_proj.weight"))?),
+            };
+            let norm = |weight: Tensor| RmsNorm { weight, eps };
             layers.push(LlamaBlock {
-                input_layernorm: RmsNorm {
-                    weight: take(format!("{p}.input_layernorm.weight"))?,
-                    eps,
-                },
-                self_attn: LlamaAttention {
-                    q_proj: linear(&mut take, format!("{p}.self_attn.q_proj.weight"))?,
-                    k_proj: linear(&mut take, format!("{p}.self_attn.k_proj.weight"))?,
-                    v_proj: linear(&mut take, format!("{p}.self_attn.v_proj.weight"))?,
-                    o_proj: linear(&mut take, format!("{p}.self_attn.o_proj.weight"))?,
-                    n_head: cfg.num_attention_heads,
-                    n_kv_head: cfg.num_key_value_heads,
-                },
-                post_attention_layernorm: RmsNorm {
-                    weight: take(format!("{p}.post_attention_layernorm.weight"))?,
-                    eps,
-                },
-                mlp: LlamaMlp {
-                    gate_proj: linear(&mut take, format!("{p}.mlp.gate_proj.weight"))?,
-                    up_proj: linear(&mut take, format!("{p}.mlp.up_proj.weight"))?,
-                    down_proj: linear(&mut take, format!("{p}.mlp.down_proj.weight"))?,
-                },
+                input_layernorm: norm(param(format!("{p}.input_layernorm.weight"))?),
+                self_attn,
+                post_attention_layernorm: norm(param(format!("{p}.post_attention_layernorm.weight"))?),
+                mlp,
             });
         }
+        let lm_head = match cfg.tie_word_embeddings {
+            true => None,
+            false => Some(linear(param("lm_head.weight".into())?)),
+        };
         let norm = RmsNorm {
-            weight: take("model.norm.weight".into())?,
+            weight: param("model.norm.weight".into())?,
             eps,
         };
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(linear(&mut take, "lm_head.weight".into())?)
+        let embed_tokens = Embedding {
+            weight: param("model.embed_tokens.weight".into())?,
         };
         Ok(Llama {
             cfg,
@@ -355,13 +271,37 @@ impl Llama {
     }
 
     /// Loads a Hugging Face folder of a `LlamaForCausalLM` as `save_pretrained` writes it:
-    /// `config.json` and `model.safetensors` (f32, bf16 or f16 weights; kept as f32).
-    pub fn from_hf_dir(dir: impl AsRef<std::path::Path>, dev: &Device) -> Result<Llama> {
+    /// `config.json` and `model.safetensors` (f32, bf16 or f16 weights; kept as f32). A tied
+    /// model saved with its `lm_head.weight` as well is accepted when the head equals the table.
+    pub fn from_hf_dir(dir: impl AsRef<Path>, dev: &Device) -> Result<Llama> {
         let dir = dir.as_ref();
         let cfg = LlamaConfig::from_hf_json(dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
+        let source = weights.display().to_string();
         let (tensors, _) = super::io::load_tensors(&weights, &Device::Cpu)?;
-        Llama::from_named(cfg, tensors, RopeLayout::Half, &weights.display().to_string(), dev)
+        // old transformers versions saved the rotary frequencies as a buffer
+        let mut tensors: BTreeMap<String, Tensor> = tensors
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if cfg.tie_word_embeddings {
+            if let (Some(head), Some(table)) = (tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight"))
+            {
+                let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec::<f32>();
+                if head.shape() != table.shape() || as_f32(head)? != as_f32(table)? {
+                    return Err(Error::invalid(
+                        "llama",
+                        format!(
+                            "{source}: lm_head.weight differs from model.embed_tokens.weight, but the config ties them"
+                        ),
+                    ));
+                }
+                tensors.remove("lm_head.weight");
+            }
+        }
+        let available = tensors.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
+        let load = |name: &str| Ok(tensors[name].clone());
+        Llama::build(cfg, available, RopeLayout::Half, &source, dev, load)
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -533,15 +473,14 @@ impl Llama {
             ));
         }
         let ids = ids.to_device(self.device())?;
-        let (c, hs) = (self.cfg.hidden_size, self.cfg.head_dim());
+        let c = self.cfg.hidden_size;
         let table = self.embed_tokens.weight.to_dtype(self.dtype)?;
         // x is (B, T, C)
         let mut x = ids.embedding(&table)?;
-        let (cos, sin) = rope_tables(hs, self.cfg.rope_theta, start, t, self.dtype, self.device())?;
         let rot = Rotation {
+            theta: self.cfg.rope_theta,
             layout: self.rope_layout,
-            cos,
-            sin,
+            start,
         };
         for (i, l) in self.layers.iter().enumerate() {
             let h = l.input_layernorm.forward(&x)?;
