@@ -19,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 mod error;
+pub mod gguf;
 pub mod model;
 pub mod nn;
 pub mod ops;
