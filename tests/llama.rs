@@ -88,13 +88,34 @@ fn hf_folder_logits_match_transformers() {
 }
 
 #[test]
-fn kv_cache_generation_equals_the_uncached_forward() {
+fn gguf_logits_match_transformers() {
+    // model.gguf holds the same weights with the q/k rows permuted as llama.cpp's converter does;
+    // kiln keeps them and rotates interleaved pairs
     for name in MODELS {
-        let model = Llama::from_hf_dir(fixture(name), &Device::Cpu).unwrap();
-        let ids: Vec<u32> = f32s(&expected(name)["ids_b"].to_dtype(DType::F32).unwrap())
-            .iter()
-            .map(|&v| v as u32)
-            .collect();
+        let model = Llama::from_gguf(fixture(name).join("model.gguf"), &Device::Cpu).unwrap();
+        assert_eq!(model.rope_layout(), RopeLayout::Interleaved);
+        let hf = Llama::from_hf_dir(fixture(name), &Device::Cpu).unwrap();
+        assert_eq!(model.config(), hf.config());
+        check_logits(&model, name, "gguf", 1e-5);
+    }
+}
+
+/// The model of fixture `name` from its HF folder and from its GGUF file.
+fn both_sources(name: &str, dev: &Device) -> [Llama; 2] {
+    [
+        Llama::from_hf_dir(fixture(name), dev).unwrap(),
+        Llama::from_gguf(fixture(name).join("model.gguf"), dev).unwrap(),
+    ]
+}
+
+#[test]
+fn kv_cache_generation_equals_the_uncached_forward() {
+    for (name, model) in MODELS
+        .iter()
+        .flat_map(|&name| both_sources(name, &Device::Cpu).map(|m| (name, m)))
+    {
+        let what = format!("{name} {:?}", model.rope_layout());
+        let ids: Vec<u32> = expected(name)["ids_b"].to_vec::<u32>().unwrap();
         let n = ids.len();
         let full = f32s(
             &model
@@ -115,7 +136,7 @@ fn kv_cache_generation_equals_the_uncached_forward() {
             assert_eq!(cache.len(), pos);
         }
         assert_eq!(pos, n);
-        assert_close(&format!("{name} cached vs uncached"), &got, &full, 1e-6);
+        assert_close(&format!("{what} cached vs uncached"), &got, &full, 1e-6);
     }
 }
 
@@ -188,8 +209,9 @@ fn emu_equals_the_cpu_forward_and_backward() {
 #[test]
 fn emu_generation_with_the_cache_equals_the_cpu() {
     let ids: Vec<u32> = vec![5, 17, 3, 99, 42];
-    let run = |dev: &Device| {
-        let model = Llama::from_hf_dir(fixture("llama-tiny"), dev).unwrap();
+    let run = |dev: &Device, gguf: bool| {
+        let [hf_model, gguf_model] = both_sources("llama-tiny", dev);
+        let model = if gguf { gguf_model } else { hf_model };
         let mut cache = model.new_cache();
         let mut out = f32s(
             &model
@@ -205,7 +227,14 @@ fn emu_generation_with_the_cache_equals_the_cpu() {
         }
         out
     };
-    assert_close("emu vs cpu cached logits", &run(&Device::Emu), &run(&Device::Cpu), 1e-5);
+    for gguf in [false, true] {
+        assert_close(
+            &format!("emu vs cpu cached logits (gguf: {gguf})"),
+            &run(&Device::Emu, gguf),
+            &run(&Device::Cpu, gguf),
+            1e-5,
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 use super::kv_cache::KvCache;
 use super::llama_config::LlamaConfig;
+use crate::gguf::GgufFile;
 use crate::nn::{Embedding, Linear};
 use crate::{DType, Device, Error, Result, Tensor};
 use std::collections::BTreeMap;
@@ -304,6 +305,29 @@ impl Llama {
         Llama::build(cfg, available, RopeLayout::Half, &source, dev, load)
     }
 
+    /// Loads a Llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct): the config from its
+    /// `llama.*` metadata ([`LlamaConfig::from_gguf`]), the tensors (llama.cpp's names,
+    /// `blk.N.attn_q.weight` etc.) checked against it, then dequantized to f32 one at a time. The
+    /// q and k rows stay in the file's order and rotate with [`RopeLayout::Interleaved`].
+    pub fn from_gguf(path: impl AsRef<Path>, dev: &Device) -> Result<Llama> {
+        let file = GgufFile::open(path)?;
+        let cfg = LlamaConfig::from_gguf(&file)?;
+        // HF name -> GGUF name, for every tensor of the file (unknown names kept as they are, so
+        // the check reports them)
+        let names: BTreeMap<String, String> = file
+            .tensors()
+            .iter()
+            .map(|t| (hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.name.clone()))
+            .collect();
+        let available = file
+            .tensors()
+            .iter()
+            .map(|t| (hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.shape()))
+            .collect();
+        let load = |name: &str| file.tensor(&names[name], DType::F32, &Device::Cpu);
+        Llama::build(cfg, available, RopeLayout::Interleaved, file.name(), dev, load)
+    }
+
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
@@ -499,6 +523,36 @@ impl Llama {
         };
         logits.to_dtype(DType::F32)?.reshape(&[b, t, self.cfg.vocab_size])
     }
+}
+
+/// The Hugging Face name of a llama.cpp tensor name (`blk.3.ffn_gate.weight` ->
+/// `model.layers.3.mlp.gate_proj.weight`); None for names a Llama does not have.
+fn hf_name(gguf: &str) -> Option<String> {
+    let global = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = global {
+        return Some(name.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let module = match module {
+        "attn_norm.weight" => "input_layernorm",
+        "attn_q.weight" => "self_attn.q_proj",
+        "attn_k.weight" => "self_attn.k_proj",
+        "attn_v.weight" => "self_attn.v_proj",
+        "attn_output.weight" => "self_attn.o_proj",
+        "ffn_norm.weight" => "post_attention_layernorm",
+        "ffn_gate.weight" => "mlp.gate_proj",
+        "ffn_up.weight" => "mlp.up_proj",
+        "ffn_down.weight" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{module}.weight"))
 }
 
 /// Every parameter a model of shape `cfg` has, by Hugging Face name, with its shape.

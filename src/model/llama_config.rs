@@ -1,6 +1,7 @@
 //! [`LlamaConfig`]: the hyper-parameters that fix a Llama-architecture model's shape, read from a
 //! Hugging Face `config.json` or from a GGUF file's `llama.*` metadata.
 
+use crate::gguf::GgufFile;
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -194,6 +195,76 @@ impl LlamaConfig {
         cfg.validate().map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
     }
+}
+
+impl LlamaConfig {
+    /// A config from a GGUF file's `llama.*` metadata (`general.architecture` must be "llama").
+    /// Missing optional keys take llama.cpp's defaults (key/value heads = query heads, RoPE base
+    /// 10000); the vocabulary is `llama.vocab_size`, else the tokenizer's token count, else the
+    /// rows of `token_embd.weight`; the head is tied when the file has no `output.weight`.
+    pub fn from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+        let bad = |msg: String| Error::invalid("LlamaConfig::from_gguf", format!("{}: {msg}", file.name()));
+        let arch: &str = file.get("general.architecture")?;
+        if arch != "llama" {
+            return Err(bad(format!(
+                "general.architecture is {arch:?}; kiln's Llama reads \"llama\" files"
+            )));
+        }
+        let int = |key: &str| file.get::<usize>(key);
+        if let Some(n) = file.get_opt::<u64>("llama.expert_count")? {
+            if n > 0 {
+                return Err(bad(format!(
+                    "llama.expert_count is {n}: mixture-of-experts models are not supported"
+                )));
+            }
+        }
+        if let Some(kind) = file.get_opt::<&str>("llama.rope.scaling.type")? {
+            if kind != "none" {
+                return Err(bad(format!(
+                    "llama.rope.scaling.type {kind:?} is not supported (only plain RoPE)"
+                )));
+            }
+        }
+        let num_attention_heads = int("llama.attention.head_count")?;
+        let vocab_size = match file.get_opt::<usize>("llama.vocab_size")? {
+            Some(v) => v,
+            None => match file.metadata().get("tokenizer.ggml.tokens") {
+                Some(_) => file.get::<Vec<&str>>("tokenizer.ggml.tokens")?.len(),
+                None => file.tensor_info("token_embd.weight")?.shape()[0],
+            },
+        };
+        let cfg = LlamaConfig {
+            vocab_size,
+            hidden_size: int("llama.embedding_length")?,
+            intermediate_size: int("llama.feed_forward_length")?,
+            num_hidden_layers: int("llama.block_count")?,
+            num_attention_heads,
+            num_key_value_heads: file
+                .get_opt::<usize>("llama.attention.head_count_kv")?
+                .unwrap_or(num_attention_heads),
+            rope_theta: file.get_opt::<f32>("llama.rope.freq_base")?.map_or(10000.0, decimal),
+            rms_norm_eps: decimal(file.get::<f32>("llama.attention.layer_norm_rms_epsilon")?),
+            max_position_embeddings: int("llama.context_length")?,
+            tie_word_embeddings: !file.tensors().iter().any(|t| t.name == "output.weight"),
+        };
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        if let Some(d) = file.get_opt::<usize>("llama.rope.dimension_count")? {
+            if d != cfg.head_dim() {
+                return Err(bad(format!(
+                    "llama.rope.dimension_count {d} is not supported (kiln rotates whole heads of width {})",
+                    cfg.head_dim()
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The f64 of the shortest decimal that rounds to `x`: GGUF stores these as f32, and the
+/// converter wrote the decimal of config.json (1e-5 is stored as 9.99999974738e-6; read back as
+/// 1e-5, so the config equals the Hugging Face one).
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 #[cfg(test)]
