@@ -29,7 +29,7 @@ fn smollm2() -> Option<PathBuf> {
 
 /// Greedy decoding of at most `max_new` tokens after `prompt`, stopping at `eos`.
 fn greedy(model: &Llama, prompt: &[u32], eos: Option<u32>, max_new: usize) -> Vec<u32> {
-    let dev = model.device().clone();
+    let dev = *model.device();
     let mut cache = model.new_cache();
     let mut input = Tensor::from_vec(prompt.to_vec(), &[1, prompt.len()], &dev).unwrap();
     let mut out = Vec::new();
