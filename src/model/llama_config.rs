@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn smollm2_135m_has_its_published_parameter_count() {
+    fn smollm2_135m_has_the_parameter_count_transformers_gives() {
         // transformers 5.25: LlamaForCausalLM(this config).num_parameters() == 134,515,008
         assert_eq!(smollm2_135m().num_params(), 134_515_008);
     }
