@@ -131,6 +131,14 @@ template <typename A> __device__ __forceinline__ A kiln_gelu(A x) {
     return (A)0.5 * x * ((A)1 + kiln_tanh(u));
 }
 
+// SiLU, x * sigmoid(x) = x / (1 + exp(-x)), and its derivative sigmoid(x) * (1 + x * (1 - sigmoid(x))), in
+// the arithmetic type (unary.cu's silu, swiglu.cu). exp(-x) = inf gives -0 and 0, never NaN.
+template <typename A> __device__ __forceinline__ A kiln_silu(A x) { return x / ((A)1 + kiln_exp(-x)); }
+template <typename A> __device__ __forceinline__ A kiln_silu_derivative(A x) {
+    const A s = (A)1 / ((A)1 + kiln_exp(-x));
+    return s * ((A)1 + x * ((A)1 - s));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Strided views. The Rust side (src/backend/cuda/layout.rs) fills this from a kiln Layout after
 // dropping size-1 dims and merging dims that are contiguous with each other, so most views arrive

@@ -1,6 +1,8 @@
 // unary.cu — elementwise functions of one tensor: y[i] = f(x[view(i)]) into a fresh contiguous
 // buffer, for f in UnaryOp (src/ops/unary.rs): neg, exp, log, sqrt, tanh, gelu (GPT-2's tanh form),
-// relu, step (relu's derivative), recip, powf(p), affine (x * a + b); and GELU's fused backward,
+// relu, step (relu's derivative), recip, powf(p), affine (x * a + b), silu (x * sigmoid(x)) and its
+// derivative (silu's backward multiplies it by dy; kernels/swiglu.cu fuses silu with a product); and
+// GELU's fused backward,
 // gelu_backward_<dtype>: dx[i] = dy[view(i)] * gelu'(z[view(i)]) (below the unary kernels).
 //
 // Arithmetic is in f32 for f32/bf16/f16 and in f64 for f64, as on the CPU backend; the parameters
@@ -25,6 +27,8 @@
 #define KILN_RECIP 8
 #define KILN_POWF 9
 #define KILN_AFFINE 10
+#define KILN_SILU 11
+#define KILN_SILU_DERIVATIVE 12
 
 __device__ __forceinline__ float k_exp(float x) { return expf(x); }
 __device__ __forceinline__ double k_exp(double x) { return exp(x); }
@@ -55,6 +59,8 @@ __device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLa
     case KILN_RECIP: kiln_map1(x, lx, y, n, [](T v) { return F::down((A)1 / F::up(v)); }); break;
     case KILN_POWF: kiln_map1(x, lx, y, n, [a](T v) { return F::down(k_pow(F::up(v), a)); }); break;
     case KILN_AFFINE: kiln_map1(x, lx, y, n, [a, b](T v) { return F::down(F::up(v) * a + b); }); break;
+    case KILN_SILU: kiln_map1(x, lx, y, n, [](T v) { return F::down(kiln_silu(F::up(v))); }); break;
+    case KILN_SILU_DERIVATIVE: kiln_map1(x, lx, y, n, [](T v) { return F::down(kiln_silu_derivative(F::up(v))); }); break;
     default: break; // the host never sends another code
     }
 }

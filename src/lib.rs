@@ -37,6 +37,8 @@ pub mod train;
 mod doc_tests {
     #[doc = include_str!("../README.md")]
     struct Readme;
+    #[doc = include_str!("../docs/adding-an-op.md")]
+    struct AddingAnOp;
     #[doc = include_str!("../docs/autograd.md")]
     struct Autograd;
     #[doc = include_str!("../docs/changelog.md")]
@@ -49,6 +51,8 @@ mod doc_tests {
     struct Kernels;
     #[doc = include_str!("../docs/layer_norm.md")]
     struct LayerNorm;
+    #[doc = include_str!("../docs/llama.md")]
+    struct Llama;
     #[doc = include_str!("../docs/model.md")]
     struct Model;
     #[doc = include_str!("../docs/ops.md")]
@@ -57,6 +61,8 @@ mod doc_tests {
     struct Perf;
     #[doc = include_str!("../docs/perf-log.md")]
     struct PerfLog;
+    #[doc = include_str!("../docs/reliability.md")]
+    struct Reliability;
     #[doc = include_str!("../docs/tour.md")]
     struct Tour;
     #[doc = include_str!("../docs/training.md")]

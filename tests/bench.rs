@@ -253,3 +253,30 @@ fn cuda_without_a_gpu_fails_clearly() {
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(shown.contains("device Cuda(0) is unavailable"), "{shown}");
 }
+
+/// The Llama ops' cases (silu, swiglu and its backward, rms_norm and its backward, rope) run on Emu,
+/// each counting the bytes its kernels must move; swiglu is followed by its unfused composition.
+#[test]
+fn llama_op_cases_count_their_bytes() {
+    let kernels = "silu,swiglu,swiglu_backward,rms_norm,rms_norm_backward,rope";
+    let (report, _, _) = bench(
+        "llama",
+        &["--device", "emu", "--kernels", kernels, "--sizes", "9x33,5x3x8"],
+    );
+    let (n, c, f32) = (9.0 * 33.0, 33.0, 4.0);
+    for (kernel, size, bytes) in [
+        ("silu", "9x33", 2.0 * n * f32),
+        ("swiglu", "9x33", 3.0 * n * f32),
+        ("swiglu_backward", "9x33", 5.0 * n * f32),
+        ("rms_norm", "9x33", (2.0 * n + c) * f32),
+        ("rms_norm_backward", "9x33", (3.0 * n + 2.0 * c) * f32),
+        ("rope", "5x3x8", 2.0 * 5.0 * 3.0 * 8.0 * f32),
+    ] {
+        let r = row(&report, kernel, size);
+        assert_eq!(r["bytes"], bytes, "{kernel}: {r:#}");
+        check_rates(r);
+    }
+    let rows = report["rows"].as_array().unwrap();
+    let at = rows.iter().position(|r| r["kernel"] == "swiglu").unwrap();
+    assert_eq!(rows[at + 1]["library"], true, "{:#}", rows[at + 1]);
+}

@@ -11,6 +11,7 @@
 use kiln::backend::cuda::launch::{Args, Kernel, LaunchConfig};
 use kiln::backend::cuda::memory::DeviceBuffer;
 use kiln::backend::cuda::CudaDevice;
+use kiln::ops::rope::RopeLayout;
 use kiln::optim::{clip_grad_norm, AdamW};
 use kiln::{DType, Device, Error, Rng, Tensor};
 use proptest::prelude::*;
@@ -226,7 +227,7 @@ proptest! {
 
     #[test]
     fn unary_ops(shape in shapes_or_empty(), view in views(), dtype in select(FLOATS.to_vec()),
-                 op in select(vec!["neg", "exp", "log", "sqrt", "tanh", "gelu", "relu", "recip", "powf", "affine", "sqr"])) {
+                 op in select(vec!["neg", "exp", "log", "sqrt", "tanh", "gelu", "relu", "silu", "recip", "powf", "affine", "sqr"])) {
         // positive inputs where the op needs them
         let positive = matches!(op, "log" | "sqrt" | "recip" | "powf");
         let (scale, shift) = if positive { (0.3, 2.0) } else { (1.5, 0.0) };
@@ -240,6 +241,7 @@ proptest! {
                 "tanh" => x.tanh(),
                 "gelu" => x.gelu(),
                 "relu" => x.relu(),
+                "silu" => x.silu(),
                 "recip" => x.recip(),
                 "powf" => x.powf(1.7),
                 "affine" => x.affine(-0.75, 0.5),
@@ -369,6 +371,41 @@ proptest! {
                   input(&[width], View::Plain, dtype, 32, 1.0, 0.0, d),
               ],
               |x| if bias { x[0].layer_norm(&x[1], &x[2], 1e-5) } else { x[0].layer_norm_no_bias(&x[1], 1e-5) });
+    }
+
+    #[test]
+    fn swiglu_of_views(shape in shapes_or_empty(), view_gate in views(), view_up in views(),
+                       dtype in select(FLOATS.to_vec())) {
+        // the gate over silu's curved range and both tails
+        check("swiglu", dtype, true, |d| vec![
+            input(&shape, view_gate, dtype, 40, 3.0, 0.0, d),
+            input(&shape, view_up, dtype, 41, 1.0, 0.0, d),
+        ], |x| x[0].swiglu(&x[1]));
+    }
+
+    #[test]
+    fn rms_norm_of_rows((rows, width) in rows_and_widths(), batch in 1usize..=2, view in views(),
+                        dtype in select(FLOATS.to_vec())) {
+        let shape = if batch == 1 { vec![rows, width] } else { vec![batch, rows, width] };
+        // the sum of squares is over the row, in f32 on Emu (f64 on the CPU)
+        check_summing("rms_norm", dtype, true, width,
+              |d| vec![
+                  input(&shape, view, dtype, 42, 2.0, 0.5, d),
+                  input(&[width], View::Plain, dtype, 43, 1.0, 1.0, d),
+              ],
+              |x| x[0].rms_norm(&x[1], 1e-5));
+    }
+
+    #[test]
+    fn rope_both_layouts(batch in select(vec![1usize, 2]), seq in select(vec![1usize, 3, 17, 33]),
+                         heads in select(vec![1usize, 3, 9]), half in select(vec![1usize, 2, 5, 16, 32, 33]),
+                         offset in select(vec![0usize, 5, 999]), view in views(), dtype in select(FLOATS.to_vec()),
+                         interleaved in any::<bool>()) {
+        let layout = if interleaved { RopeLayout::Interleaved } else { RopeLayout::Half };
+        let shape = [batch, seq, heads, 2 * half];
+        check(&format!("rope {layout:?} from {offset}"), dtype, true,
+              |d| vec![input(&shape, view, dtype, 44, 1.0, 0.0, d)],
+              |x| x[0].rope(1e4, offset, layout));
     }
 
     #[test]

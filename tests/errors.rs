@@ -576,6 +576,64 @@ fn layer_norm_bad_parameters() {
 }
 
 #[test]
+fn rms_norm_bad_parameters() {
+    let x = t(&[2, 4]);
+    let e = err(x.rms_norm(&t(&[3]), 1e-5), "weight [3]");
+    assert!(is_shape(&e, "rms_norm"), "{e:?}");
+    mentions(&e, &["rms_norm", "weight", "[4]", "[3]", "[2, 4]"]);
+    let e = err(x.rms_norm(&t64(&[4]), 1e-5), "f64 weight");
+    assert!(is_dtype(&e, "rms_norm"), "{e:?}");
+    mentions(&e, &["rms_norm", "f32", "f64"]);
+    for eps in [-1e-5f32, f32::NAN, f32::INFINITY] {
+        let e = err(x.rms_norm(&t(&[4]), eps), "bad eps");
+        assert!(is_invalid(&e, "rms_norm"), "{e:?}");
+        mentions(&e, &["rms_norm", "eps", &format!("{eps}")]);
+    }
+    let e = err(t(&[]).rms_norm(&t(&[1]), 1e-5), "scalar input");
+    assert!(is_shape(&e, "rms_norm"), "{e:?}");
+    let u = Tensor::from_vec(vec![1u32; 4], &[4], &DEV).unwrap();
+    let e = err(u.rms_norm(&u, 1e-5), "u32 rms_norm");
+    assert!(is_dtype(&e, "rms_norm"), "{e:?}");
+}
+
+#[test]
+fn swiglu_bad_operands() {
+    let e = err(t(&[2, 4]).swiglu(&t(&[4, 2])), "shapes differ");
+    assert!(is_shape(&e, "swiglu"), "{e:?}");
+    mentions(&e, &["swiglu", "gate", "[2, 4]", "[4, 2]"]);
+    let e = err(t(&[3]).swiglu(&t64(&[3])), "dtypes differ");
+    assert!(is_dtype(&e, "swiglu"), "{e:?}");
+    let u = Tensor::from_vec(vec![1u32; 3], &[3], &DEV).unwrap();
+    let e = err(u.swiglu(&u), "u32");
+    assert!(is_dtype(&e, "swiglu"), "{e:?}");
+}
+
+#[test]
+fn rope_bad_inputs() {
+    use kiln::ops::rope::RopeLayout;
+    let e = err(t(&[2, 3, 4]).rope(1e4, 0, RopeLayout::Half), "rank 3");
+    assert!(is_shape(&e, "rope"), "{e:?}");
+    mentions(&e, &["rope", "[batch, seq, heads, head_dim]", "[2, 3, 4]"]);
+    let e = err(t(&[1, 2, 3, 5]).rope(1e4, 0, RopeLayout::Interleaved), "odd head_dim");
+    assert!(is_shape(&e, "rope"), "{e:?}");
+    mentions(&e, &["rope", "even", "5"]);
+    for base in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let e = err(t(&[1, 2, 3, 4]).rope(base, 0, RopeLayout::Half), "bad base");
+        assert!(is_invalid(&e, "rope"), "{e:?}");
+        mentions(&e, &["rope", "base", &format!("{base}")]);
+    }
+    let e = err(
+        t(&[1, 2, 1, 2]).rope(1e4, usize::MAX, RopeLayout::Half),
+        "offset overflows",
+    );
+    assert!(is_invalid(&e, "rope"), "{e:?}");
+    mentions(&e, &["rope", "positions", "2^24"]);
+    let u = Tensor::from_vec(vec![1u32; 4], &[1, 1, 2, 2], &DEV).unwrap();
+    let e = err(u.rope(1e4, 0, RopeLayout::Half), "u32");
+    assert!(is_dtype(&e, "rope"), "{e:?}");
+}
+
+#[test]
 fn dropout_p_outside_zero_one() {
     for p in [-0.1, 1.0, 1.5, f64::NAN, f64::INFINITY] {
         let e = err(t(&[4]).dropout(p, true, &mut Rng::new(0)), "dropout");

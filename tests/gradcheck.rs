@@ -6,6 +6,7 @@
 //! h = 1e-6, each analytic gradient element `a` and its finite difference `n` must satisfy
 //! |a − n| ≤ 1e-8 + 1e-6·max(|a|, |n|).
 
+use kiln::ops::rope::RopeLayout;
 use kiln::{DType, Device, Error, Result, Rng, Tensor};
 
 const DEV: Device = Device::Cpu;
@@ -269,8 +270,9 @@ fn scalar_ops() {
 fn unary_functions() {
     type Unary = fn(&Tensor) -> Result<Tensor>;
     type Inputs = fn(&[usize], u64) -> Tensor;
-    let ops: [(&str, Unary, Inputs); 10] = [
+    let ops: [(&str, Unary, Inputs); 11] = [
         ("exp", |t| t.exp(), randn),
+        ("silu", |t| t.silu(), randn),
         ("log", |t| t.log(), positive),
         ("sqrt", |t| t.sqrt(), positive),
         ("tanh", |t| t.tanh(), randn),
@@ -582,6 +584,74 @@ fn layer_norm_all_inputs() {
         &[randn(&[5, 3], 1), randn(&[5], 2), randn(&[5], 3)],
         |t| wsum(&t[0].transpose(0, 1)?.layer_norm(&t[1], &t[2], 1e-5)?),
     );
+}
+
+#[test]
+fn swiglu_both_inputs() {
+    for (k, shape) in shapes().iter().enumerate() {
+        let (gate, up) = (
+            randn(shape, k as u64).mul_scalar(3.0).unwrap(),
+            randn(shape, 50 + k as u64),
+        );
+        gradcheck(&format!("swiglu {shape:?}"), &[gate, up], |t| {
+            wsum(&t[0].swiglu(&t[1])?)
+        });
+    }
+    // the two halves of one [.., 2F] projection, and a transposed gate
+    gradcheck("swiglu of the halves of one tensor", &[randn(&[3, 10], 1)], |t| {
+        wsum(&t[0].narrow(1, 0, 5)?.swiglu(&t[0].narrow(1, 5, 5)?)?)
+    });
+    gradcheck("swiglu of a transpose", &[randn(&[4, 3], 2), randn(&[3, 4], 3)], |t| {
+        wsum(&t[0].transpose(0, 1)?.swiglu(&t[1])?)
+    });
+    // one tensor as both inputs: the two gradients accumulate
+    gradcheck("swiglu(x, x)", &[randn(&[6], 4)], |t| wsum(&t[0].swiglu(&t[0])?));
+}
+
+#[test]
+fn rms_norm_both_inputs() {
+    for (k, shape) in [vec![4, 6], vec![2, 3, 5], vec![3, 1], vec![1, 7]].iter().enumerate() {
+        let c = *shape.last().unwrap();
+        let (x, w) = (randn(shape, k as u64), randn(&[c], 10 + k as u64));
+        gradcheck(&format!("rms_norm {shape:?}"), &[x, w], |t| {
+            wsum(&t[0].rms_norm(&t[1], 1e-5)?)
+        });
+    }
+    gradcheck("rms_norm of a transpose", &[randn(&[5, 3], 1), randn(&[5], 2)], |t| {
+        wsum(&t[0].transpose(0, 1)?.rms_norm(&t[1], 1e-5)?)
+    });
+    gradcheck(
+        "rms_norm of rows 2..4 with a narrowed weight",
+        &[randn(&[5, 4], 3), randn(&[6], 4)],
+        |t| wsum(&t[0].narrow(0, 2, 2)?.rms_norm(&t[1].narrow(0, 1, 4)?, 1e-5)?),
+    );
+}
+
+#[test]
+fn rope_both_layouts() {
+    for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
+        for (k, (shape, offset)) in [
+            ([1, 1, 1, 2], 0),
+            ([2, 3, 2, 4], 5),
+            ([1, 5, 3, 6], 0),
+            ([2, 2, 1, 8], 1000),
+        ]
+        .iter()
+        .enumerate()
+        {
+            gradcheck(
+                &format!("rope {layout:?} {shape:?} from {offset}"),
+                &[randn(shape, k as u64)],
+                |t| wsum(&t[0].rope(1e4, *offset, layout)?),
+            );
+        }
+        // a [B, H, T, D] tensor transposed to [B, T, H, D]: the backward must reach the view
+        gradcheck(
+            &format!("rope {layout:?} of a transpose"),
+            &[randn(&[2, 3, 4, 6], 9)],
+            |t| wsum(&t[0].transpose(1, 2)?.rope(1e5, 2, layout)?),
+        );
+    }
 }
 
 /// Fused kernels must read only the viewed rows of a contiguous view that starts inside a

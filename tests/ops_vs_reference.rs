@@ -9,6 +9,7 @@
 //! the rayon threshold and the GEMM's blocking.
 
 use kiln::backend::cpu::reference as r;
+use kiln::ops::rope::RopeLayout;
 use kiln::{DType, Device, Rng, Tensor};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -297,6 +298,7 @@ fn unary_ops(p: f64, mul: f64, add: f64) -> Vec<(String, TensorFn, ScalarFn, boo
         ("tanh".into(), Box::new(|t: &Tensor| t.tanh()), Box::new(r::tanh), false),
         ("gelu".into(), Box::new(|t: &Tensor| t.gelu()), Box::new(r::gelu), false),
         ("relu".into(), Box::new(|t: &Tensor| t.relu()), Box::new(r::relu), false),
+        ("silu".into(), Box::new(|t: &Tensor| t.silu()), Box::new(r::silu), false),
         (
             "recip".into(),
             Box::new(|t: &Tensor| t.recip()),
@@ -677,6 +679,90 @@ fn check_layer_norm(shape: &[usize], seed: u64) {
     }
 }
 
+/// swiglu(gate, up) on two independent views of one shape (up to `depth` view ops; 0: contiguous).
+fn check_swiglu(shape: &[usize], seed: u64, depth: u32) {
+    let mut rng = Rng::new(seed);
+    let mut gate = normal(&mut rng, r::numel(shape), 3.0);
+    let mut up = normal(&mut rng, r::numel(shape), 2.0);
+    sprinkle_nans(&mut gate, &mut rng);
+    sprinkle_nans(&mut up, &mut rng);
+    for dtype in DTYPES {
+        let (tg, hg) = view_of(&gate, shape, dtype, &mut rng, depth);
+        let (tu, hu) = view_of(&up, shape, dtype, &mut rng, depth);
+        let want: Vec<f64> = hg.iter().zip(&hu).map(|(&g, &u)| r::swiglu(g, u)).collect();
+        check(
+            &format!("swiglu {dtype} {shape:?}"),
+            &tg.swiglu(&tu).unwrap(),
+            &want,
+            shape,
+            Tol::elementwise(dtype, max_abs(&hg) * max_abs(&hu)),
+        );
+    }
+}
+
+/// How much rms_norm magnifies the rounding of its inputs: max over rows of max|x| / rms(x), at
+/// most √c (the row's sum of squares errs by about c·u relative to itself).
+fn rms_norm_condition(x: &[f64], shape: &[usize], eps: f64) -> f64 {
+    let c = shape[shape.len() - 1] as f64;
+    r::lines_along(shape, shape.len() - 1)
+        .iter()
+        .map(|line| {
+            let row: Vec<f64> = line.iter().map(|&i| x[i]).collect();
+            let mean_sq = row.iter().map(|v| v * v).sum::<f64>() / c;
+            max_abs(&row) / (mean_sq + eps).sqrt()
+        })
+        .fold(1.0, f64::max)
+}
+
+fn check_rms_norm(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let c = shape[shape.len() - 1];
+    let eps = [1e-5f32, 1e-6, 0.1][rng.below(3) as usize];
+    let values = normal(&mut rng, r::numel(shape), 2.0);
+    let w = normal(&mut rng, c, 1.0);
+    for dtype in DTYPES {
+        let (x, hx) = view_of(&values, shape, dtype, &mut rng, 2);
+        let (tw, hw) = build_view(&w, &[c], dtype, &mut rng, 1, false);
+        let scale = max_abs(&hw) * rms_norm_condition(&hx, shape, eps as f64);
+        check(
+            &format!("rms_norm {dtype} {shape:?} eps {eps}"),
+            &x.rms_norm(&tw, eps).unwrap(),
+            &r::rms_norm(&hx, shape, &hw, eps as f64),
+            shape,
+            Tol::row(dtype, c, scale),
+        );
+    }
+}
+
+/// rope of x `[batch, seq, heads, head_dim]` (a view up to `depth` ops deep) in both layouts, from
+/// `offset`. The reference computes the angles in f64; kiln rounds θᵢ and p·θᵢ to the dtype (f32:
+/// as Hugging Face), so an angle may be off by about 2u·p (p up to offset + seq), which moves an
+/// output by that much times the pair's magnitude.
+fn check_rope(shape: &[usize], seed: u64, offset: usize, depth: u32) {
+    let mut rng = Rng::new(seed);
+    let base = [1e4, 1e5, 500.0][rng.below(3) as usize];
+    let mut values = normal(&mut rng, r::numel(shape), 2.0);
+    sprinkle_nans(&mut values, &mut rng);
+    let p_max = (offset + shape[1]) as f64;
+    for dtype in DTYPES {
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, depth);
+        let u = unit_roundoff(dtype);
+        let tol = Tol {
+            atol: 8.0 * u * (p_max + 2.0) * max_abs(&held).max(1.0),
+            rtol: 8.0 * u,
+        };
+        for (layout, interleaved) in [(RopeLayout::Half, false), (RopeLayout::Interleaved, true)] {
+            check(
+                &format!("rope {layout:?} {dtype} {shape:?} from {offset} base {base}"),
+                &x.rope(base, offset, layout).unwrap(),
+                &r::rope(&held, shape, base, offset, interleaved),
+                shape,
+                tol,
+            );
+        }
+    }
+}
+
 fn check_cross_entropy(n: usize, c: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     // the ignore index is sometimes a real class, sometimes outside 0..c (as PyTorch's -100)
@@ -958,6 +1044,26 @@ proptest! {
     }
 
     #[test]
+    fn swiglu_matches_reference(shape in shape(0, 4, true), seed in any::<u64>()) {
+        check_swiglu(&shape, seed, 2);
+    }
+
+    #[test]
+    fn rms_norm_matches_reference(shape in shape(1, 4, true), seed in any::<u64>()) {
+        check_rms_norm(&shape, seed);
+    }
+
+    #[test]
+    fn rope_matches_reference(
+        lead in proptest::collection::vec(dim(9, true), 3),
+        half in dim(9, false),
+        offset in select(vec![0usize, 1, 7, 4096]),
+        seed in any::<u64>(),
+    ) {
+        check_rope(&[lead[0], lead[1], lead[2], 2 * half], seed, offset, 2);
+    }
+
+    #[test]
     fn cross_entropy_matches_reference(n in dim(40, false), c in dim(40, false), seed in any::<u64>()) {
         check_cross_entropy(n, c, seed);
     }
@@ -1113,6 +1219,17 @@ fn fast_path_softmax_layer_norm_cross_entropy() {
     check_layer_norm(&[300, 128], 42);
     check_layer_norm(&[3, 100, 128], 43);
     check_cross_entropy(512, 100, 44);
+}
+
+#[test]
+fn fast_path_swiglu_rms_norm_rope() {
+    // each above the rayon threshold (32768 elements)
+    check_swiglu(&[64, 600], 51, 0);
+    check_swiglu(&[64, 600], 52, 1);
+    check_rms_norm(&[300, 128], 53);
+    check_rms_norm(&[3, 100, 129], 54);
+    check_rope(&[2, 65, 4, 64], 55, 0, 0);
+    check_rope(&[1, 33, 9, 64], 56, 100, 1);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use super::cpu::{self, with_cpu_storage, CpuStorage};
 use super::cuda::{self, CudaStorage};
-use super::op::{bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, UnaryOp};
+use super::op::{bucket_ids, RopeSpec, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, UnaryOp};
 use super::storage::{mismatch, mismatch_any, Storage};
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
@@ -531,5 +531,78 @@ fn cuda_of_mut(s: &mut Storage) -> &mut CudaStorage {
     match s {
         Storage::Cuda(s) => s,
         Storage::Cpu(_) => unreachable!("devices are checked before dispatch"),
+    }
+}
+
+/// The ops Llama adds: swiglu, rms_norm and rope (ops/swiglu.rs, ops/rms_norm.rs, ops/rope.rs).
+impl Storage {
+    /// silu(self)·up, `self` the gate; both layouts have one shape. The result is contiguous.
+    pub(crate) fn swiglu_forward(&self, lg: &Layout, up: &Storage, lu: &Layout) -> Result<Storage> {
+        match (self, up) {
+            (Storage::Cpu(g), Storage::Cpu(u)) => Ok(Storage::Cpu(cpu::swiglu::swiglu_forward(g, lg, u, lu)?)),
+            (Storage::Cuda(g), Storage::Cuda(u)) => Ok(Storage::Cuda(cuda::swiglu::swiglu_forward(g, lg, u, lu)?)),
+            (g, u) => Err(mismatch("swiglu", g, u)),
+        }
+    }
+
+    /// (dgate, dup) from the gate (self), up and the incoming gradient, all contiguous, one length.
+    pub(crate) fn swiglu_backward(&self, up: &Storage, dy: &Storage) -> Result<(Storage, Storage)> {
+        match (self, up, dy) {
+            (Storage::Cpu(g), Storage::Cpu(u), Storage::Cpu(d)) => {
+                let (dg, du) = cpu::swiglu::swiglu_backward(g, u, d)?;
+                Ok((Storage::Cpu(dg), Storage::Cpu(du)))
+            }
+            (Storage::Cuda(g), Storage::Cuda(u), Storage::Cuda(d)) => {
+                let (dg, du) = cuda::swiglu::swiglu_backward(g, u, d)?;
+                Ok((Storage::Cuda(dg), Storage::Cuda(du)))
+            }
+            (g, u, d) => Err(mismatch_any("swiglu backward", g, &[u, d])),
+        }
+    }
+
+    /// Contiguous `[rows, c]` input and `[c]` weight; returns y and the per-row 1/√(mean(x²) + eps)
+    /// on the input's device (f64 on the CPU, the kernels' accumulation type on CUDA/Emu).
+    pub(crate) fn rms_norm_forward(&self, w: &Storage, c: usize, eps: f64) -> Result<(Storage, Storage)> {
+        match (self, w) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => {
+                let (y, rstd) = cpu::rms_norm::rms_norm_forward(x, w, c, eps)?;
+                Ok((Storage::Cpu(y), Storage::Cpu(CpuStorage::F64(rstd))))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w)) => {
+                let (y, rstd) = cuda::rms_norm::rms_norm_forward(x, w, c, eps)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(rstd)))
+            }
+            (x, w) => Err(mismatch("rms_norm", x, w)),
+        }
+    }
+
+    /// Returns (dx, dweight) from x (self), the weight, dy and the forward's rstd.
+    pub(crate) fn rms_norm_backward(
+        &self,
+        w: &Storage,
+        dy: &Storage,
+        rstd: &Storage,
+        c: usize,
+    ) -> Result<(Storage, Storage)> {
+        match (self, w, dy, rstd) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(dy), Storage::Cpu(rstd)) => {
+                let (dx, dw) = cpu::rms_norm::rms_norm_backward(x, w, dy, cpu::typed::<f64>(rstd), c)?;
+                Ok((Storage::Cpu(dx), Storage::Cpu(dw)))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(dy), Storage::Cuda(rstd)) => {
+                let (dx, dw) = cuda::rms_norm::rms_norm_backward(x, w, dy, rstd, c)?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(dw)))
+            }
+            (x, w, dy, rstd) => Err(mismatch_any("rms_norm backward", x, &[w, dy, rstd])),
+        }
+    }
+
+    /// Contiguous `[batch, spec.seq, spec.heads, spec.head_dim]` rotated by +θ, or by −θ with
+    /// `inverse` (the backward).
+    pub(crate) fn rope(&self, spec: &RopeSpec, inverse: bool) -> Result<Storage> {
+        match self {
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::rope::rope(x, spec, inverse)?)),
+            Storage::Cuda(x) => Ok(Storage::Cuda(cuda::rope::rope(x, spec, inverse)?)),
+        }
     }
 }

@@ -11,6 +11,7 @@ pub use super::work::{Setup, Work};
 use crate::backend::Storage;
 use crate::backend::{IdBuckets, RowStats};
 use crate::ops::attention::{attention_backward, attention_forward};
+use crate::ops::rope::RopeLayout;
 use crate::optim::AdamW;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
 
@@ -281,6 +282,80 @@ fn layer_norm_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
                 .layer_norm_backward(&w.storage(), &dy.storage(), &stats[i % sets], c)
                 .map(drop)
         }),
+    })
+}
+
+fn rms_norm(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(n * F32 as f64);
+    let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let w = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        // x read, y written; w read
+        bytes: (2.0 * n + c as f64) * F32 as f64,
+        sets,
+        run: Box::new(move |i| x[i % sets].rms_norm(&w, 1e-5).map(drop)),
+    })
+}
+
+fn rms_norm_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(2.0 * n * F32 as f64);
+    let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let dy = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let w = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    let rstd = x
+        .iter()
+        .map(|x| Ok(x.storage().rms_norm_forward(&w.storage(), c, 1e-5)?.1))
+        .collect::<Result<Vec<Storage>>>()?;
+    Ok(Work {
+        flops: 0.0,
+        // x and dy read, dx written; w read, dw written
+        bytes: (3.0 * n + 2.0 * c as f64) * F32 as f64,
+        sets,
+        run: Box::new(move |i| {
+            let (x, dy) = (&x[i % sets], &dy[i % sets]);
+            x.storage()
+                .rms_norm_backward(&w.storage(), &dy.storage(), &rstd[i % sets], c)
+                .map(drop)
+        }),
+    })
+}
+
+/// swiglu's backward kernel alone: gate, up and dy `[rows, cols]` f32 read, dgate and dup written.
+fn swiglu_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(3.0 * n * F32 as f64);
+    let gate = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let up = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let dy = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        bytes: 5.0 * n * F32 as f64,
+        sets,
+        run: Box::new(move |i| {
+            let k = i % sets;
+            gate[k]
+                .storage()
+                .swiglu_backward(&up[k].storage(), &dy[k].storage())
+                .map(drop)
+        }),
+    })
+}
+
+/// rope of f32 queries `[1, T, H, D]` (`s.dims` = [T, H, D]), GGUF's interleaved pairs, positions
+/// from 0: one read and one write per element.
+fn rope(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (t, h, d) = (s.dims[0], s.dims[1], s.dims[2]);
+    let n = (t * h * d) as f64;
+    let sets = s.sets(n * F32 as f64);
+    let x = inputs(sets, &[1, t, h, d], DType::F32, rng, &s.dev)?;
+    Ok(Work {
+        flops: 0.0,
+        bytes: 2.0 * n * F32 as f64,
+        sets,
+        run: Box::new(move |i| x[i % sets].rope(1e5, 0, RopeLayout::Interleaved).map(drop)),
     })
 }
 
@@ -618,6 +693,80 @@ pub const CASES: &[Case] = &[
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
         prepare: |s, rng| elementwise2(s, rng, |dy, z| dy.gelu_backward(z)),
+        library: None,
+    },
+    Case {
+        name: "silu",
+        about: "SiLU x * sigmoid(x), f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 8192]],
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.silu()),
+        library: None,
+    },
+    Case {
+        name: "swiglu",
+        about: "swiglu(gate, up) = silu(gate) * up, f32, fused (the unfused silu then mul as %lib)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // a Llama-7B MLP at 4096 tokens (width 11008); SmolLM2-135M's (1536) at 512 tokens
+        cuda: &[&[4096, 11008]],
+        cpu: &[&[512, 1536]],
+        emu: ROWS_EMU,
+        prepare: |s, rng| elementwise2(s, rng, |g, u| g.swiglu(u)),
+        library: Some(|s, rng| Ok(("unfused".into(), elementwise2(s, rng, |g, u| g.silu()?.mul(u))?))),
+    },
+    Case {
+        name: "swiglu_backward",
+        about: "swiglu's fused backward (dgate, dup from gate, up, dy), f32 (the kernel alone)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[4096, 11008]],
+        cpu: &[&[512, 1536]],
+        emu: ROWS_EMU,
+        prepare: swiglu_backward,
+        library: None,
+    },
+    Case {
+        name: "rms_norm",
+        about: "rms_norm over the last dim with a weight, f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: rms_norm,
+        library: None,
+    },
+    Case {
+        name: "rms_norm_backward",
+        about: "rms_norm's backward (dx, dweight) from the saved rstd, f32 (the kernels alone)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: ROWS_CUDA,
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: rms_norm_backward,
+        library: None,
+    },
+    Case {
+        name: "rope",
+        about: "rope, interleaved pairs, of f32 [1, T, H, D] from position 0",
+        dims: "TxHxD",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // Llama-7B's queries at T = 4096 (32 heads of 128); SmolLM2-135M's (9 of 64) at T = 2048
+        cuda: &[&[4096, 32, 128]],
+        cpu: &[&[2048, 9, 64]],
+        emu: &[&[33, 3, 64]],
+        prepare: rope,
         library: None,
     },
     Case {

@@ -401,7 +401,7 @@ impl Gpt {
         let _no_grad = crate::no_grad();
         let before = cache.clone(); // cheap (shared tensors): restored if this call fails
         let result = cache
-            .check(&self.cfg, ids)
+            .check(self.cfg.n_layer, ids)
             .and_then(|()| self.run(ids, Some(cache), None));
         if result.is_err() {
             *cache = before;

@@ -43,10 +43,15 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for a model of shape `cfg`.
+    /// An empty cache for a GPT of shape `cfg`.
     pub fn new(cfg: &GptConfig) -> KvCache {
+        KvCache::with_layers(cfg.n_layer)
+    }
+
+    /// An empty cache for a model of `n_layer` attention layers.
+    pub fn with_layers(n_layer: usize) -> KvCache {
         KvCache {
-            layers: vec![LayerKv::default(); cfg.n_layer],
+            layers: vec![LayerKv::default(); n_layer],
             len: 0,
             batch: None,
         }
@@ -76,15 +81,15 @@ impl KvCache {
         self.len += t;
     }
 
-    /// Checks that this cache fits the model and the batch of `ids` (B, t).
-    pub(crate) fn check(&mut self, cfg: &GptConfig, ids: &Tensor) -> Result<()> {
-        if self.layers.len() != cfg.n_layer {
+    /// Checks that this cache fits a model of `n_layer` layers and the batch of `ids` (B, t).
+    pub(crate) fn check(&mut self, n_layer: usize, ids: &Tensor) -> Result<()> {
+        if self.layers.len() != n_layer {
             return Err(Error::invalid(
                 "forward_cached",
                 format!(
                     "the cache was made for {} layers, the model has {}",
                     self.layers.len(),
-                    cfg.n_layer
+                    n_layer
                 ),
             ));
         }

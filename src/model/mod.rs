@@ -1,12 +1,17 @@
-//! The reference GPT (GPT-2's architecture): configuration, layers, KV cache, and weights
-//! on disk (kiln checkpoints and Hugging Face folders). See docs/model.md.
+//! The reference GPT (GPT-2's architecture) and the Llama architecture: configurations, layers,
+//! KV cache, and weights on disk (kiln checkpoints, Hugging Face folders, GGUF). See
+//! docs/model.md and docs/llama.md.
 
 mod config;
 mod gpt;
 pub mod io;
 mod kv_cache;
+mod llama;
+mod llama_config;
 
 pub use config::{GptConfig, PRESETS};
 pub(crate) use gpt::causal_mask;
 pub use gpt::{attention_reference, Block, CausalSelfAttention, Gpt, Mlp, COMPUTE_DTYPES, LN_EPS};
 pub use kv_cache::{KvCache, LayerKv};
+pub use llama::{Llama, LlamaAttention, LlamaBlock, LlamaMlp, RmsNorm, RopeLayout};
+pub use llama_config::LlamaConfig;

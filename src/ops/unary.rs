@@ -1,5 +1,5 @@
 //! Elementwise functions of one tensor, each with its derivative:
-//! neg, exp, log, sqrt, tanh, gelu, relu, powf, and the scalar affine map; and GELU's backward,
+//! neg, exp, log, sqrt, tanh, gelu, relu, silu, powf, and the scalar affine map; and GELU's backward,
 //! `gelu_backward(dy, z) = dy·gelu'(z)`, one fused primitive (one read of each operand, one write).
 //!
 //! Backward: neg −g; exp g·y; log g/x; sqrt g/(2y); tanh g·(1 − y²); relu g·[x > 0];
@@ -98,6 +98,11 @@ impl Tensor {
 
     pub fn relu(&self) -> Result<Tensor> {
         self.unary_with_grad(UnaryOp::Relu, |x, _| x.unary_map(UnaryOp::Step))
+    }
+
+    /// SiLU (swish): x·σ(x), elementwise (PyTorch's `silu`).
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::Silu, |x, _| x.unary_map(UnaryOp::SiluDerivative))
     }
 
     /// 1 / x.

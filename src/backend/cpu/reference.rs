@@ -653,6 +653,68 @@ pub fn cat(parts: &[(&[f64], &[usize])], dim: usize) -> (Vec<f64>, Vec<usize>) {
     (out, out_shape)
 }
 
+// ---------------------------------------------------------------------------------------
+// Llama's ops: silu, swiglu, rms_norm, rope.
+// ---------------------------------------------------------------------------------------
+
+/// SiLU: x·σ(x) = x / (1 + e⁻ˣ).
+pub fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// SwiGLU: silu(gate)·up.
+pub fn swiglu(gate: f64, up: f64) -> f64 {
+    silu(gate) * up
+}
+
+/// RMSNorm over the last dim: x / √(mean(x²) + eps) · weight.
+pub fn rms_norm(x: &[f64], shape: &[usize], weight: &[f64], eps: f64) -> Vec<f64> {
+    let c = *shape.last().expect("rms_norm needs at least one dim");
+    assert_eq!(weight.len(), c, "weight must have C elements");
+    let mut out = vec![0.0; x.len()];
+    for line in lines_along(shape, shape.len() - 1) {
+        let mean_sq = line.iter().map(|&i| x[i] * x[i]).sum::<f64>() / c as f64;
+        let rms = (mean_sq + eps).sqrt();
+        for (j, &i) in line.iter().enumerate() {
+            out[i] = x[i] / rms * weight[j];
+        }
+    }
+    out
+}
+
+/// Rotary position embedding of x `[batch, seq, heads, head_dim]`: at position
+/// p = `position_offset` + t, the pair (a, b) of frequency i (θᵢ = base^(−2i/head_dim)) becomes
+/// (x[a]·cos pθᵢ − x[b]·sin pθᵢ, x[b]·cos pθᵢ + x[a]·sin pθᵢ), with (a, b) = (i, i + head_dim/2)
+/// (Hugging Face's rotate_half) or, `interleaved`, (2i, 2i + 1) (GGML). All in f64.
+pub fn rope(x: &[f64], shape: &[usize], base: f64, position_offset: usize, interleaved: bool) -> Vec<f64> {
+    let &[batch, seq, heads, d] = shape else {
+        panic!("rope needs [batch, seq, heads, head_dim], got {shape:?}")
+    };
+    assert_eq!(d % 2, 0, "head_dim must be even");
+    let mut out = vec![0.0; x.len()];
+    for b in 0..batch {
+        for t in 0..seq {
+            let p = (position_offset + t) as f64;
+            for h in 0..heads {
+                for i in 0..d / 2 {
+                    let theta = base.powf(-2.0 * i as f64 / d as f64);
+                    let (sin, cos) = (p * theta).sin_cos();
+                    let (ia, ib) = if interleaved {
+                        (2 * i, 2 * i + 1)
+                    } else {
+                        (i, i + d / 2)
+                    };
+                    let at = |j: usize| ravel(&[b, t, h, j], shape);
+                    let (xa, xb) = (x[at(ia)], x[at(ib)]);
+                    out[at(ia)] = xa * cos - xb * sin;
+                    out[at(ib)] = xb * cos + xa * sin;
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,5 +760,36 @@ mod tests {
         assert_eq!(broadcast_shape(&[5, 1, 3], &[4, 1]), Some(vec![5, 4, 3]));
         let p = softmax(&[0.0, f64::ln(3.0)], &[2], 0);
         assert!((p[0] - 0.25).abs() < 1e-15 && (p[1] - 0.75).abs() < 1e-15);
+    }
+
+    #[test]
+    fn llama_ops_by_hand() {
+        assert_eq!(silu(0.0), 0.0);
+        assert!((silu(1.0) - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-16);
+        assert_eq!(swiglu(-1000.0, 5.0), -0.0);
+        // [3, 4]: mean of squares 12.5
+        let y = rms_norm(&[3.0, 4.0], &[1, 2], &[1.0, 2.0], 0.0);
+        let rms = 12.5f64.sqrt();
+        assert_eq!(y, vec![3.0 / rms, 8.0 / rms]);
+        // head_dim 4 at position 1 (offset 1, t 0): θ0 = 1, θ1 = base^(-1/2) = 0.01 for base 10^4
+        let near = |got: Vec<f64>, want: Vec<f64>| {
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-15),
+                "{got:?} != {want:?}"
+            )
+        };
+        let x = [1.0, 0.0, 0.0, 0.0];
+        let (s, c) = 1f64.sin_cos();
+        assert_eq!(rope(&x, &[1, 1, 1, 4], 1e4, 1, false), vec![c, 0.0, s, 0.0]);
+        assert_eq!(rope(&x, &[1, 1, 1, 4], 1e4, 1, true), vec![c, s, 0.0, 0.0]);
+        let x = [0.0, 0.0, 0.0, 1.0]; // the second pair of either layout, frequency 0.01
+        let (s, c) = 0.01f64.sin_cos();
+        near(rope(&x, &[1, 1, 1, 4], 1e4, 1, false), vec![0.0, -s, 0.0, c]);
+        near(rope(&x, &[1, 1, 1, 4], 1e4, 1, true), vec![0.0, 0.0, -s, c]);
+        // position 0 is the identity
+        assert_eq!(
+            rope(&[1.0, 2.0, 3.0, 4.0], &[1, 1, 1, 4], 1e4, 0, false),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
     }
 }

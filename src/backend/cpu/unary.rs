@@ -54,6 +54,16 @@ macro_rules! per_unary_op {
                 const $o: UnaryOp = UnaryOp::Step;
                 $body
             }
+            UnaryOp::Silu => {
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Silu;
+                $body
+            }
+            UnaryOp::SiluDerivative => {
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::SiluDerivative;
+                $body
+            }
             UnaryOp::Recip => {
                 #[allow(non_upper_case_globals)]
                 const $o: UnaryOp = UnaryOp::Recip;

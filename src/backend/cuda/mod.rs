@@ -2,7 +2,8 @@
 //! (`Device::Cuda(n)`, through cudarc) and the emulator (`Device::Emu`, kernels/emu/ on the CPU).
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
-//! where_cond, reduce, softmax, matmul, layer_norm, cross_entropy, embedding, adamw, attention.
+//! where_cond, reduce, softmax, matmul, layer_norm, cross_entropy, embedding, adamw, attention,
+//! rms_norm, rope, swiglu.
 //!
 //! - [`device`]: opening devices, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes, packed arguments, device limits;
@@ -33,8 +34,11 @@ pub mod memory;
 pub mod nvrtc;
 pub mod real;
 pub mod reduce;
+pub mod rms_norm;
+pub mod rope;
 pub mod rows;
 pub mod softmax;
+pub mod swiglu;
 pub mod unary;
 pub mod where_cond;
 

@@ -22,6 +22,8 @@ fn code(op: UnaryOp) -> (i32, f64, f64) {
         UnaryOp::Recip => (8, 0.0, 0.0),
         UnaryOp::Powf(p) => (9, p, 0.0),
         UnaryOp::Affine { mul, add } => (10, mul, add),
+        UnaryOp::Silu => (11, 0.0, 0.0),
+        UnaryOp::SiluDerivative => (12, 0.0, 0.0),
     }
 }
 

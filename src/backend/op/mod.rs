@@ -133,3 +133,35 @@ pub fn bucket_ids(ids: &[u32], size: usize) -> (Vec<u32>, Vec<u32>) {
     }
     (order, starts)
 }
+
+/// Which elements of a head rotary position embedding rotates together. Element pairs share the
+/// frequency θᵢ = base^(−2i/head_dim), i in 0..head_dim/2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Hugging Face / GPT-NeoX (`rotate_half`): element i with element i + head_dim/2.
+    Half,
+    /// GGML / llama.cpp and Meta's original Llama: elements 2i and 2i + 1.
+    Interleaved,
+}
+
+/// One rotary position embedding: x is `[batch, seq, heads, head_dim]` and position
+/// `position_offset + t` is rotated by the angles (position_offset + t)·θᵢ.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeSpec {
+    pub seq: usize,
+    pub heads: usize,
+    /// Even.
+    pub head_dim: usize,
+    /// The position of the first of the `seq` positions (the tokens already in a KV cache).
+    pub position_offset: usize,
+    pub base: f64,
+    pub layout: RopeLayout,
+}
+
+impl RopeSpec {
+    /// θᵢ = base^(−2i/head_dim), in f64 (the kernel computes the same in f64; both round it once to
+    /// their arithmetic type).
+    pub fn frequency(&self, i: usize) -> f64 {
+        self.base.powf(-((2 * i) as f64) / self.head_dim as f64)
+    }
+}

@@ -20,6 +20,10 @@ pub enum UnaryOp {
     Relu,
     /// 1 where x > 0, else 0 (relu's derivative).
     Step,
+    /// x·σ(x) (SiLU, Llama's activation; PyTorch's `silu`).
+    Silu,
+    /// d silu / dx = σ(x)·(1 + x·(1 − σ(x))) (silu's derivative).
+    SiluDerivative,
     Recip,
     Powf(f64),
     /// x·mul + add.
@@ -40,6 +44,8 @@ impl UnaryOp {
             UnaryOp::Gelu => "gelu",
             UnaryOp::Relu => "relu",
             UnaryOp::Step => "step",
+            UnaryOp::Silu => "silu",
+            UnaryOp::SiluDerivative => "silu_derivative",
             UnaryOp::Recip => "recip",
             UnaryOp::Powf(_) => "powf",
             UnaryOp::Affine { .. } => "affine",
@@ -76,6 +82,8 @@ impl UnaryOp {
                     T::zero()
                 }
             }
+            UnaryOp::Silu => silu(x),
+            UnaryOp::SiluDerivative => silu_derivative(x),
             UnaryOp::Recip => x.recip(),
             // squaring is common (tanh', variance): one multiply, not a libm call
             UnaryOp::Powf(2.0) => x * x,
@@ -94,4 +102,19 @@ pub fn gelu_derivative<T: Exp>(x: T) -> T {
     let s = T::one() / (T::one() + (c(-2.0) * u).exp_fast());
     let du = c(SQRT_2_OVER_PI) * (T::one() + c(3.0 * GELU_CUBIC) * x * x);
     s + c(2.0) * x * s * (T::one() - s) * du
+}
+
+/// silu(x) = x·σ(x) = x / (1 + e⁻ˣ) in the arithmetic type: e⁻ˣ = inf (x below about −88 in f32)
+/// gives −0, never NaN. Shared by `UnaryOp::Silu` and the CPU's swiglu (backend/cpu/swiglu.rs).
+#[inline(always)]
+pub fn silu<T: Exp>(x: T) -> T {
+    x / (T::one() + (-x).exp_fast())
+}
+
+/// silu'(x) = σ(x)·(1 + x·(1 − σ(x))) in the arithmetic type (σ = 0 where e⁻ˣ overflows: the
+/// derivative is 0 there, as its limit).
+#[inline(always)]
+pub fn silu_derivative<T: Exp>(x: T) -> T {
+    let s = T::one() / (T::one() + (-x).exp_fast());
+    s * (T::one() + x * (T::one() - s))
 }

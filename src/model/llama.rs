@@ -1,0 +1,601 @@
+//! The Llama architecture (Hugging Face's `LlamaForCausalLM`; SmolLM2 is one), layer by layer.
+//! Read top-down: [`Llama::forward`] looks the ids up in the token table, runs the
+//! [`LlamaBlock`]s, normalises and projects onto the vocabulary. Shapes are written as (B, T, C):
+//! batch, time, channels (hidden_size); nh query heads and nkv key/value heads of width hs.
+//!
+//! What differs from GPT-2 (see docs/llama.md): RMSNorm instead of LayerNorm (no mean, no bias),
+//! no position table but rotary embeddings applied to q and k, grouped-query attention (nh / nkv
+//! query heads share one key/value head), a SwiGLU feed-forward (three matrices, no biases), and
+//! an LM head that may be tied to the token table or not.
+
+use super::kv_cache::KvCache;
+use super::llama_config::LlamaConfig;
+use crate::gguf::GgufFile;
+use crate::nn::{Embedding, Linear};
+use crate::{DType, Device, Error, Result, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// How RoPE pairs a head's coordinates (re-exported from [`crate::ops::rope`]). llama.cpp's
+/// converter permutes the rows of the q and k projections of a Hugging Face model so that its
+/// interleaved pairs (2i, 2i + 1) are HF's half pairs (i, i + hs/2); a model loaded from GGUF keeps
+/// the file's rows and rotates interleaved, one loaded from a Hugging Face folder rotates halves,
+/// and both compute the same logits.
+pub use crate::ops::rope::RopeLayout;
+
+/// Root-mean-square normalisation over the last dim with a gain (no mean subtracted, no bias).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// x is (..., C) -> (..., C), in x's dtype: `x / sqrt(mean(x²) + eps) · weight` (the fused
+    /// op; its statistics in f32 or wider).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.rms_norm(&self.weight.to_dtype(x.dtype())?, self.eps as f32)
+    }
+}
+
+/// Grouped-query attention's sharing, by copying: x (B, nkv, T, hs) -> (B, nkv·rep, T, hs), query
+/// head j reading key/value head j / rep (HF's `repeat_kv`).
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let &[b, nkv, t, hs] = x.shape() else {
+        return Err(Error::shape(
+            "repeat_kv",
+            format!("expected (B, nkv, T, hs), got {:?}", x.shape()),
+        ));
+    };
+    x.unsqueeze(2)?
+        .broadcast_to(&[b, nkv, rep, t, hs])?
+        .reshape(&[b, nkv * rep, t, hs])
+}
+
+/// Causal self-attention with rotary positions and grouped-query key/value heads.
+#[derive(Clone, Debug)]
+pub struct LlamaAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+}
+
+/// The rotation of one forward: RoPE's base and layout, and the position of the first token.
+struct Rotation {
+    theta: f64,
+    layout: RopeLayout,
+    start: usize,
+}
+
+impl LlamaAttention {
+    /// x is (B, T, C), the block's normalised input; returns `residual + attention(x)`. With a
+    /// cache, the T new positions attend to the cached ones as well, and their (rotated) keys and
+    /// values are appended to it, nkv heads each.
+    fn forward(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        rot: &Rotation,
+        cache: Option<&mut KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let &[b, t, c] = x.shape() else {
+            return Err(Error::shape(
+                "llama attention",
+                format!("expected (B, T, C), got {:?}", x.shape()),
+            ));
+        };
+        let (nh, nkv) = (self.n_head, self.n_kv_head);
+        let hs = c / nh;
+        // (B, T, heads·hs) -> (B, T, heads, hs), rotated by positions start..start + T, then
+        // (B, heads, T, hs) for attention (a view)
+        let heads = |y: Tensor, n: usize, rotate: bool| -> Result<Tensor> {
+            let y = y.reshape(&[b, t, n, hs])?;
+            let y = if rotate {
+                y.rope(rot.theta, rot.start, rot.layout)?
+            } else {
+                y
+            };
+            y.permute(&[0, 2, 1, 3])
+        };
+        let q = heads(self.q_proj.forward(x)?, nh, true)?;
+        let mut k = heads(self.k_proj.forward(x)?, nkv, true)?;
+        let mut v = heads(self.v_proj.forward(x)?, nkv, false)?;
+        if let Some(cache) = cache {
+            // the cache keeps (1, B, nkv, Tc, hs): all positions so far, appended along time
+            let (kc, vc) = cache.layer(layer).append(k.unsqueeze(0)?, v.unsqueeze(0)?)?;
+            (k, v) = (kc.squeeze(0)?, vc.squeeze(0)?);
+        }
+        let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
+        // y is (B, nh, T, hs): the T queries at the last T of the Tk key positions, causal
+        let y = q.scaled_dot_product_attention(&k, &v, true)?;
+        let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, c])?;
+        self.o_proj.forward_residual(&y, residual)
+    }
+}
+
+/// The SwiGLU feed-forward: down(silu(gate(x)) · up(x)), C -> intermediate -> C.
+#[derive(Clone, Debug)]
+pub struct LlamaMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl LlamaMlp {
+    /// x is (B, T, C), the block's normalised input; returns `residual + mlp(x)`.
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = self.gate_proj.forward(x)?.swiglu(&self.up_proj.forward(x)?)?;
+        self.down_proj.forward_residual(&h, residual)
+    }
+}
+
+/// A pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
+#[derive(Clone, Debug)]
+pub struct LlamaBlock {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: LlamaAttention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: LlamaMlp,
+}
+
+/// A Llama-architecture language model. Cloning is cheap and the clone shares the parameters.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    /// The compute dtype (see [`Llama::set_dtype`]).
+    dtype: DType,
+    rope_layout: RopeLayout,
+    pub embed_tokens: Embedding,
+    pub layers: Vec<LlamaBlock>,
+    pub norm: RmsNorm,
+    /// The LM head; None when it is tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+}
+
+/// The dtypes a [`Llama`] computes in.
+const LLAMA_DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
+impl Llama {
+    /// A model of shape `cfg` from the tensors a file offers, `available` listing their Hugging
+    /// Face names (`model.layers.0.self_attn.q_proj.weight`, ...) and shapes. The names and shapes
+    /// are checked against `cfg` before any tensor is read: every missing, unexpected or
+    /// mis-shaped tensor is listed in the error with its shapes. Then `load(name)` reads each one;
+    /// the weights become f32 parameters on `dev`.
+    fn build(
+        cfg: LlamaConfig,
+        available: Vec<(String, Vec<usize>)>,
+        rope_layout: RopeLayout,
+        source: &str,
+        dev: &Device,
+        mut load: impl FnMut(&str) -> Result<Tensor>,
+    ) -> Result<Llama> {
+        cfg.validate()?;
+        let expected = expected_tensors(&cfg);
+        let mut given: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, shape) in available {
+            if given.insert(name.clone(), shape).is_some() {
+                problems.push(format!("  duplicate: {name}"));
+            }
+        }
+        for (name, shape) in &expected {
+            match given.get(name) {
+                None => problems.push(format!("  missing: {name} {shape:?}")),
+                Some(got) if got != shape => {
+                    problems.push(format!("  shape mismatch: {name}: file {got:?}, config {shape:?}"))
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, shape) in &given {
+            if !expected.iter().any(|(n, _)| n == name) {
+                problems.push(format!("  unexpected: {name} {shape:?}"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::invalid(
+                "llama",
+                format!(
+                    "{source} does not fit the Llama config {cfg:?} ({} problems):\n{}",
+                    problems.len(),
+                    problems.join("\n")
+                ),
+            ));
+        }
+        let mut param = |name: String| -> Result<Tensor> {
+            let t = load(&name)?;
+            if !t.dtype().is_float() {
+                return Err(Error::invalid(
+                    "llama",
+                    format!("{source}: {name} is {}, not a float", t.dtype()),
+                ));
+            }
+            Ok(t.to_dtype(DType::F32)?
+                .to_device(dev)?
+                .contiguous()?
+                .detach()
+                .requires_grad())
+        };
+        let linear = |weight: Tensor| Linear { weight, bias: None };
+        let eps = cfg.rms_norm_eps;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let self_attn = LlamaAttention {
+                q_proj: linear(param(format!("{p}.self_attn.q_proj.weight"))?),
+                k_proj: linear(param(format!("{p}.self_attn.k_proj.weight"))?),
+                v_proj: linear(param(format!("{p}.self_attn.v_proj.weight"))?),
+                o_proj: linear(param(format!("{p}.self_attn.o_proj.weight"))?),
+                n_head: cfg.num_attention_heads,
+                n_kv_head: cfg.num_key_value_heads,
+            };
+            let mlp = LlamaMlp {
+                gate_proj: linear(param(format!("{p}.mlp.gate_proj.weight"))?),
+                up_proj: linear(param(format!("{p}.mlp.up_proj.weight"))?),
+                down_proj: linear(param(format!("{p}.mlp.down_proj.weight"))?),
+            };
+            let norm = |weight: Tensor| RmsNorm { weight, eps };
+            layers.push(LlamaBlock {
+                input_layernorm: norm(param(format!("{p}.input_layernorm.weight"))?),
+                self_attn,
+                post_attention_layernorm: norm(param(format!("{p}.post_attention_layernorm.weight"))?),
+                mlp,
+            });
+        }
+        let lm_head = match cfg.tie_word_embeddings {
+            true => None,
+            false => Some(linear(param("lm_head.weight".into())?)),
+        };
+        let norm = RmsNorm {
+            weight: param("model.norm.weight".into())?,
+            eps,
+        };
+        let embed_tokens = Embedding {
+            weight: param("model.embed_tokens.weight".into())?,
+        };
+        Ok(Llama {
+            cfg,
+            dtype: DType::F32,
+            rope_layout,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Loads a Hugging Face folder of a `LlamaForCausalLM` as `save_pretrained` writes it:
+    /// `config.json` and `model.safetensors` (f32, bf16 or f16 weights; kept as f32). A tied
+    /// model saved with its `lm_head.weight` as well is accepted when the head equals the table.
+    pub fn from_hf_dir(dir: impl AsRef<Path>, dev: &Device) -> Result<Llama> {
+        let dir = dir.as_ref();
+        let cfg = LlamaConfig::from_hf_json(dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        let source = weights.display().to_string();
+        let (tensors, _) = super::io::load_tensors(&weights, &Device::Cpu)?;
+        // old transformers versions saved the rotary frequencies as a buffer
+        let mut tensors: BTreeMap<String, Tensor> = tensors
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if cfg.tie_word_embeddings {
+            if let (Some(head), Some(table)) = (tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight"))
+            {
+                let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec::<f32>();
+                if head.shape() != table.shape() || as_f32(head)? != as_f32(table)? {
+                    return Err(Error::invalid(
+                        "llama",
+                        format!(
+                            "{source}: lm_head.weight differs from model.embed_tokens.weight, but the config ties them"
+                        ),
+                    ));
+                }
+                tensors.remove("lm_head.weight");
+            }
+        }
+        let available = tensors.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
+        let load = |name: &str| Ok(tensors[name].clone());
+        Llama::build(cfg, available, RopeLayout::Half, &source, dev, load)
+    }
+
+    /// Loads a Llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct): the config from its
+    /// `llama.*` metadata ([`LlamaConfig::from_gguf`]), the tensors (llama.cpp's names,
+    /// `blk.N.attn_q.weight` etc.) checked against it, then dequantized to f32 one at a time. The
+    /// q and k rows stay in the file's order and rotate with [`RopeLayout::Interleaved`].
+    pub fn from_gguf(path: impl AsRef<Path>, dev: &Device) -> Result<Llama> {
+        let file = GgufFile::open(path)?;
+        let cfg = LlamaConfig::from_gguf(&file)?;
+        // HF name -> GGUF name, for every tensor of the file (unknown names kept as they are, so
+        // the check reports them)
+        let names: BTreeMap<String, String> = file
+            .tensors()
+            .iter()
+            .map(|t| (hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.name.clone()))
+            .collect();
+        let available = file
+            .tensors()
+            .iter()
+            .map(|t| (hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.shape()))
+            .collect();
+        let load = |name: &str| file.tensor(&names[name], DType::F32, &Device::Cpu);
+        Llama::build(cfg, available, RopeLayout::Interleaved, file.name(), dev, load)
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Which coordinates RoPE pairs: [`RopeLayout::Half`] for a model loaded from a Hugging Face
+    /// folder, [`RopeLayout::Interleaved`] for one loaded from GGUF (whose q and k rows are
+    /// permuted accordingly; see [`RopeLayout`]).
+    pub fn rope_layout(&self) -> RopeLayout {
+        self.rope_layout
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.weight.device()
+    }
+
+    /// The compute dtype (f32 unless set).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Sets the dtype the model computes in: f32 (the default) or bf16. The parameters stay f32;
+    /// in bf16 each forward casts them where they are used (matmuls, attention, activations and
+    /// the KV cache in bf16; RMSNorm statistics in f32; logits returned in f32).
+    pub fn set_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !LLAMA_DTYPES.contains(&dtype) {
+            return Err(Error::DType {
+                op: "llama",
+                msg: format!("the model computes in f32 or bf16, not {dtype}"),
+            });
+        }
+        self.dtype = dtype;
+        Ok(())
+    }
+
+    /// The model with every parameter cast to `dtype` (f32 or bf16), computing in it: for
+    /// inference, where casting once beats a cast per forward. Train with [`Llama::set_dtype`].
+    pub fn to_dtype(&self, dtype: DType) -> Result<Llama> {
+        let mut model = self.clone();
+        model.set_dtype(dtype)?;
+        let _no_grad = crate::no_grad();
+        for p in model.params_mut() {
+            if p.dtype() != dtype {
+                *p = p.to_dtype(dtype)?.requires_grad();
+            }
+        }
+        Ok(model)
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = vec![&mut self.embed_tokens.weight];
+        for l in &mut self.layers {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            out.extend([&mut l.input_layernorm.weight, &mut l.post_attention_layernorm.weight]);
+            out.extend(
+                [
+                    &mut a.q_proj,
+                    &mut a.k_proj,
+                    &mut a.v_proj,
+                    &mut a.o_proj,
+                    &mut m.gate_proj,
+                    &mut m.up_proj,
+                    &mut m.down_proj,
+                ]
+                .map(|l| &mut l.weight),
+            );
+        }
+        out.push(&mut self.norm.weight);
+        if let Some(head) = &mut self.lm_head {
+            out.push(&mut head.weight);
+        }
+        out
+    }
+
+    /// Every parameter by its Hugging Face name, in state-dict order. The tensors are the
+    /// model's own leaves: look their gradients up with `grads.get(&tensor)`. For a model loaded
+    /// from GGUF the q and k rows are in the file's order (see [`Llama::rope_layout`]).
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.weight.clone(),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for (name, w) in [
+                ("self_attn.q_proj", &a.q_proj.weight),
+                ("self_attn.k_proj", &a.k_proj.weight),
+                ("self_attn.v_proj", &a.v_proj.weight),
+                ("self_attn.o_proj", &a.o_proj.weight),
+                ("mlp.gate_proj", &m.gate_proj.weight),
+                ("mlp.up_proj", &m.up_proj.weight),
+                ("mlp.down_proj", &m.down_proj.weight),
+                ("input_layernorm", &l.input_layernorm.weight),
+                ("post_attention_layernorm", &l.post_attention_layernorm.weight),
+            ] {
+                out.push((format!("{p}.{name}.weight"), w.clone()));
+            }
+        }
+        out.push(("model.norm.weight".into(), self.norm.weight.clone()));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".into(), head.weight.clone()));
+        }
+        out
+    }
+
+    /// The number of parameters (a tied head counted once).
+    pub fn num_params(&self) -> usize {
+        self.params().iter().map(|(_, t)| t.numel()).sum()
+    }
+
+    /// An empty KV cache for [`Llama::forward_cached`].
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::with_layers(self.cfg.num_hidden_layers)
+    }
+
+    /// ids u32 (B, T) -> logits f32 (B, T, vocab).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, None)
+    }
+
+    /// Mean cross-entropy of the next-token predictions: logits[b, t] against targets[b, t]
+    /// (u32 (B, T); no shift inside).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(ids)?;
+        let (b, t, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
+        if targets.shape() != [b, t] {
+            return Err(Error::shape(
+                "llama loss",
+                format!(
+                    "logits {:?} need targets of shape [{b}, {t}], got {:?}",
+                    logits.shape(),
+                    targets.shape()
+                ),
+            ));
+        }
+        logits.reshape(&[b * t, v])?.cross_entropy(&targets.reshape(&[b * t])?)
+    }
+
+    /// Incremental decoding: `ids` (B, t) are the tokens at the positions after those already in
+    /// `cache`; returns their logits (B, t, vocab) and appends their keys and values to the
+    /// cache. Runs without recording gradients; on an error the cache is left as it was. Equal to
+    /// the matching rows of a full [`Llama::forward`] over the whole sequence.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _no_grad = crate::no_grad();
+        let before = cache.clone(); // cheap (shared tensors)
+        let result = cache
+            .check(self.cfg.num_hidden_layers, ids)
+            .and_then(|()| self.run(ids, Some(cache)));
+        if result.is_err() {
+            *cache = before;
+        }
+        result
+    }
+
+    /// The whole network: token table, blocks, final norm, LM head.
+    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = check_ids(ids)?;
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let max = self.cfg.max_position_embeddings;
+        if start + t > max {
+            return Err(Error::invalid(
+                "llama",
+                format!(
+                    "{} positions ({start} cached + {t} new) exceed max_position_embeddings {max}; crop the context",
+                    start + t
+                ),
+            ));
+        }
+        let ids = ids.to_device(self.device())?;
+        let c = self.cfg.hidden_size;
+        let table = self.embed_tokens.weight.to_dtype(self.dtype)?;
+        // x is (B, T, C)
+        let mut x = ids.embedding(&table)?;
+        let rot = Rotation {
+            theta: self.cfg.rope_theta,
+            layout: self.rope_layout,
+            start,
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let h = l.input_layernorm.forward(&x)?;
+            x = l.self_attn.forward(&h, &x, &rot, cache.as_deref_mut(), i)?; // x + attn(norm(x))
+            let h = l.post_attention_layernorm.forward(&x)?;
+            x = l.mlp.forward(&h, &x)?; // x + mlp(norm(x))
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
+        }
+        // logits = norm(x) · headᵀ, (B·T, C) · (C, vocab)
+        let x = self.norm.forward(&x)?.reshape(&[b * t, c])?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => x.linear(&table, None)?,
+        };
+        logits.to_dtype(DType::F32)?.reshape(&[b, t, self.cfg.vocab_size])
+    }
+}
+
+/// The Hugging Face name of a llama.cpp tensor name (`blk.3.ffn_gate.weight` ->
+/// `model.layers.3.mlp.gate_proj.weight`); None for names a Llama does not have.
+fn hf_name(gguf: &str) -> Option<String> {
+    let global = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = global {
+        return Some(name.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let module = match module {
+        "attn_norm.weight" => "input_layernorm",
+        "attn_q.weight" => "self_attn.q_proj",
+        "attn_k.weight" => "self_attn.k_proj",
+        "attn_v.weight" => "self_attn.v_proj",
+        "attn_output.weight" => "self_attn.o_proj",
+        "ffn_norm.weight" => "post_attention_layernorm",
+        "ffn_gate.weight" => "mlp.gate_proj",
+        "ffn_up.weight" => "mlp.up_proj",
+        "ffn_down.weight" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{module}.weight"))
+}
+
+/// Every parameter a model of shape `cfg` has, by Hugging Face name, with its shape.
+fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let kv = cfg.num_key_value_heads * cfg.head_dim();
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, c])];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for (name, shape) in [
+            ("input_layernorm", vec![c]),
+            ("self_attn.q_proj", vec![c, c]),
+            ("self_attn.k_proj", vec![kv, c]),
+            ("self_attn.v_proj", vec![kv, c]),
+            ("self_attn.o_proj", vec![c, c]),
+            ("post_attention_layernorm", vec![c]),
+            ("mlp.gate_proj", vec![f, c]),
+            ("mlp.up_proj", vec![f, c]),
+            ("mlp.down_proj", vec![c, f]),
+        ] {
+            out.push((format!("{p}.{name}.weight"), shape));
+        }
+    }
+    out.push(("model.norm.weight".into(), vec![c]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".into(), vec![cfg.vocab_size, c]));
+    }
+    out
+}
+
+/// (B, T) of u32 token ids with B, T ≥ 1.
+fn check_ids(ids: &Tensor) -> Result<(usize, usize)> {
+    if ids.dtype() != DType::U32 {
+        return Err(Error::DType {
+            op: "llama",
+            msg: format!("token ids must be u32, got {}", ids.dtype()),
+        });
+    }
+    match *ids.shape() {
+        [b, t] if b > 0 && t > 0 => Ok((b, t)),
+        _ => Err(Error::shape(
+            "llama",
+            format!("token ids must be (B, T) with B, T ≥ 1, got {:?}", ids.shape()),
+        )),
+    }
+}

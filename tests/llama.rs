@@ -1,0 +1,326 @@
+//! kiln's Llama against PyTorch / Hugging Face transformers on the tiny random models of
+//! tests/fixtures/llama-tiny{,-tied}/ (written by scripts/make_llama_fixture.py, references in
+//! float64): logits from the Hugging Face folder and from the GGUF file (whose q/k rows are
+//! permuted for llama.cpp's interleaved rope), the KV cache against the uncached forward, gradients
+//! and three SGD steps against PyTorch, Emu against the CPU, bf16 against f32, and the errors of a
+//! folder that does not fit its config.
+
+use kiln::model::{io, Llama, RopeLayout};
+use kiln::optim::Sgd;
+use kiln::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The reference tensors of a fixture folder, by name.
+fn expected(name: &str) -> HashMap<String, Tensor> {
+    let (tensors, _) = io::load_tensors(&fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap();
+    tensors.into_iter().collect()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap()
+}
+
+/// The largest |got − want| relative to the largest |want| (so a tolerance reads as a fraction
+/// of the tensor's scale), after checking the lengths agree and nothing is NaN.
+fn rel_error(what: &str, got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+    let scale = want.iter().fold(0f64, |m, &w| m.max(w.abs() as f64));
+    assert!(scale > 0.0, "{what}: the reference is all zero");
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    worst / scale
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f64) {
+    let err = rel_error(what, got, want);
+    eprintln!("{what}: worst error {err:.2e} of the largest value");
+    assert!(
+        err <= rtol,
+        "{what}: worst error {err:.3e} of the largest value > {rtol:.1e}"
+    );
+}
+
+#[test]
+fn the_checks_can_fail() {
+    let want = [1.0f32, -2.0, 4.0];
+    assert!(rel_error("x", &[1.0, -2.0, 4.0001], &want) < 1e-4);
+    assert!(rel_error("x", &[1.0, -2.0, 4.01], &want) > 1e-3);
+    assert!(std::panic::catch_unwind(|| rel_error("x", &[1.0, f32::NAN, 4.0], &want)).is_err());
+}
+
+const MODELS: [&str; 2] = ["llama-tiny", "llama-tiny-tied"];
+
+/// The logits of ids_a and ids_b of fixture `name` match transformers' within `rtol`.
+fn check_logits(model: &Llama, name: &str, source: &str, rtol: f64) {
+    let exp = expected(name);
+    for key in ["a", "b"] {
+        let ids = exp[&format!("ids_{key}")].to_device(model.device()).unwrap();
+        let logits = model.forward(&ids).unwrap();
+        let want = &exp[&format!("logits_{key}")];
+        assert_eq!(logits.shape(), want.shape());
+        assert_eq!(logits.dtype(), DType::F32);
+        assert_close(
+            &format!("{name} {source} logits_{key}"),
+            &f32s(&logits),
+            &f32s(want),
+            rtol,
+        );
+    }
+}
+
+#[test]
+fn hf_folder_logits_match_transformers() {
+    for name in MODELS {
+        let model = Llama::from_hf_dir(fixture(name), &Device::Cpu).unwrap();
+        assert_eq!(model.rope_layout(), RopeLayout::Half);
+        assert_eq!(model.config().tie_word_embeddings, name.ends_with("tied"));
+        assert_eq!(model.num_params(), model.config().num_params());
+        check_logits(&model, name, "hf", 1e-5);
+    }
+}
+
+#[test]
+fn gguf_logits_match_transformers() {
+    // model.gguf holds the same weights with the q/k rows permuted as llama.cpp's converter does;
+    // kiln keeps them and rotates interleaved pairs
+    for name in MODELS {
+        let model = Llama::from_gguf(fixture(name).join("model.gguf"), &Device::Cpu).unwrap();
+        assert_eq!(model.rope_layout(), RopeLayout::Interleaved);
+        let hf = Llama::from_hf_dir(fixture(name), &Device::Cpu).unwrap();
+        assert_eq!(model.config(), hf.config());
+        check_logits(&model, name, "gguf", 1e-5);
+    }
+}
+
+/// The model of fixture `name` from its HF folder and from its GGUF file.
+fn both_sources(name: &str, dev: &Device) -> [Llama; 2] {
+    [
+        Llama::from_hf_dir(fixture(name), dev).unwrap(),
+        Llama::from_gguf(fixture(name).join("model.gguf"), dev).unwrap(),
+    ]
+}
+
+#[test]
+fn kv_cache_generation_equals_the_uncached_forward() {
+    for (name, model) in MODELS
+        .iter()
+        .flat_map(|&name| both_sources(name, &Device::Cpu).map(|m| (name, m)))
+    {
+        let what = format!("{name} {:?}", model.rope_layout());
+        let ids: Vec<u32> = expected(name)["ids_b"].to_vec::<u32>().unwrap();
+        let n = ids.len();
+        let full = f32s(
+            &model
+                .forward(&Tensor::from_vec(ids.clone(), &[1, n], &Device::Cpu).unwrap())
+                .unwrap(),
+        );
+        let v = model.config().vocab_size;
+        // a prompt of 4, then one token at a time, then the last 3 together
+        let mut cache = model.new_cache();
+        let mut got = Vec::new();
+        let mut pos = 0;
+        for len in std::iter::once(4).chain(std::iter::repeat_n(1, n - 7)).chain([3]) {
+            let chunk = Tensor::from_vec(ids[pos..pos + len].to_vec(), &[1, len], &Device::Cpu).unwrap();
+            let logits = model.forward_cached(&chunk, &mut cache).unwrap();
+            assert_eq!(logits.shape(), [1, len, v]);
+            got.extend(f32s(&logits));
+            pos += len;
+            assert_eq!(cache.len(), pos);
+        }
+        assert_eq!(pos, n);
+        assert_close(&format!("{what} cached vs uncached"), &got, &full, 1e-6);
+    }
+}
+
+#[test]
+fn three_sgd_steps_match_pytorch() {
+    let model = Llama::from_hf_dir(fixture("llama-tiny"), &Device::Cpu).unwrap();
+    let exp = expected("llama-tiny");
+    let (ids, targets) = (&exp["train_ids"], &exp["train_targets"]);
+    let want_losses = f32s(&exp["sgd_losses"]);
+    let steps = want_losses.len() - 1;
+    let params = model.params();
+    let mut opt = Sgd::new(params.clone(), 0.5, 0.0, 0.0).unwrap();
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        let loss = model.loss(ids, targets).unwrap();
+        losses.push(loss.to_scalar::<f32>().unwrap());
+        let grads = loss.backward().unwrap();
+        let tag = match step {
+            0 => Some("grad0"),
+            s if s == steps - 1 => Some("grad_last"),
+            _ => None,
+        };
+        if let Some(tag) = tag {
+            for (name, p) in &params {
+                let want = &exp[&format!("{tag}.{name}")];
+                let got = grads.get(p).unwrap_or_else(|| panic!("no gradient for {name}"));
+                assert_eq!(got.shape(), want.shape(), "{name}");
+                assert_close(&format!("step {step} {tag}.{name}"), &f32s(got), &f32s(want), 2e-5);
+            }
+        }
+        opt.step(&grads).unwrap();
+    }
+    losses.push(model.loss(ids, targets).unwrap().to_scalar::<f32>().unwrap());
+    eprintln!("kiln SGD losses {losses:?}\ntorch SGD losses {want_losses:?}");
+    for (i, (g, w)) in losses.iter().zip(&want_losses).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * w.abs(), "loss {i}: kiln {g}, torch {w}");
+    }
+}
+
+/// Logits and every gradient of the loss on `dev`.
+fn forward_backward(dev: &Device) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    let model = Llama::from_hf_dir(fixture("llama-tiny"), dev).unwrap();
+    let exp = expected("llama-tiny");
+    let ids = exp["train_ids"].to_device(dev).unwrap();
+    let targets = exp["train_targets"].to_device(dev).unwrap();
+    let logits = f32s(&model.forward(&ids).unwrap());
+    let grads = model.loss(&ids, &targets).unwrap().backward().unwrap();
+    let g = model
+        .params()
+        .into_iter()
+        .map(|(name, p)| {
+            assert_eq!(p.device(), dev);
+            let g = f32s(grads.get(&p).unwrap());
+            (name, g)
+        })
+        .collect();
+    (logits, g)
+}
+
+#[test]
+fn emu_equals_the_cpu_forward_and_backward() {
+    let (cpu_logits, cpu_grads) = forward_backward(&Device::Cpu);
+    let (emu_logits, emu_grads) = forward_backward(&Device::Emu);
+    assert_close("emu vs cpu logits", &emu_logits, &cpu_logits, 1e-5);
+    for ((name, e), (_, c)) in emu_grads.iter().zip(&cpu_grads) {
+        assert_close(&format!("emu vs cpu grad {name}"), e, c, 1e-4);
+    }
+}
+
+#[test]
+fn emu_generation_with_the_cache_equals_the_cpu() {
+    let ids: Vec<u32> = vec![5, 17, 3, 99, 42];
+    let run = |dev: &Device, gguf: bool| {
+        let [hf_model, gguf_model] = both_sources("llama-tiny", dev);
+        let model = if gguf { gguf_model } else { hf_model };
+        let mut cache = model.new_cache();
+        let mut out = f32s(
+            &model
+                .forward_cached(&Tensor::from_vec(ids.clone(), &[1, 5], dev).unwrap(), &mut cache)
+                .unwrap(),
+        );
+        for id in [7u32, 8, 9] {
+            out.extend(f32s(
+                &model
+                    .forward_cached(&Tensor::from_vec(vec![id], &[1, 1], dev).unwrap(), &mut cache)
+                    .unwrap(),
+            ));
+        }
+        out
+    };
+    for gguf in [false, true] {
+        assert_close(
+            &format!("emu vs cpu cached logits (gguf: {gguf})"),
+            &run(&Device::Emu, gguf),
+            &run(&Device::Cpu, gguf),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn bf16_follows_f32() {
+    for name in MODELS {
+        let model = Llama::from_hf_dir(fixture(name), &Device::Cpu).unwrap();
+        let exp = expected(name);
+        let want = f32s(&exp["logits_b"]);
+        for bf16 in [model.to_dtype(DType::BF16).unwrap(), {
+            let mut m = model.clone();
+            m.set_dtype(DType::BF16).unwrap();
+            m
+        }] {
+            let logits = bf16.forward(&exp["ids_b"]).unwrap();
+            assert_eq!(logits.dtype(), DType::F32);
+            assert_close(&format!("{name} bf16 logits"), &f32s(&logits), &want, 3e-2);
+        }
+    }
+}
+
+/// Copies fixture `name` to a fresh temporary folder, with `edit` applied to its config.json.
+fn edited_copy(name: &str, tag: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-llama-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture(name).join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_folder_that_does_not_fit_its_config_is_refused_by_tensor() {
+    let dir = edited_copy("llama-tiny", "shape", |c| c["intermediate_size"] = 81.into());
+    let e = Llama::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight: file [80, 48], config [81, 48]")
+            && e.contains("model.layers.1.mlp.down_proj.weight: file [48, 80], config [48, 81]"),
+        "{e}"
+    );
+    let dir = edited_copy("llama-tiny", "tied", |c| c["tie_word_embeddings"] = true.into());
+    let e = Llama::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("lm_head.weight differs from model.embed_tokens.weight"),
+        "{e}"
+    );
+    let dir = edited_copy("llama-tiny", "layers", |c| c["num_hidden_layers"] = 3.into());
+    let e = Llama::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("missing: model.layers.2.self_attn.q_proj.weight [48, 48]"),
+        "{e}"
+    );
+    let dir = edited_copy("llama-tiny", "scaling", |c| {
+        c["rope_parameters"] = serde_json::json!({"rope_theta": 10000.0, "rope_type": "llama3", "factor": 8.0})
+    });
+    let e = Llama::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("llama3") && e.contains("not supported"), "{e}");
+    let dir = edited_copy("llama-tiny", "heads", |c| c["num_key_value_heads"] = 3.into());
+    let e = Llama::from_hf_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("num_key_value_heads (3)"), "{e}");
+}
+
+#[test]
+fn bad_ids_and_too_long_contexts_are_errors() {
+    let model = Llama::from_hf_dir(fixture("llama-tiny-tied"), &Device::Cpu).unwrap();
+    let f = Tensor::from_vec(vec![1f32, 2.0], &[1, 2], &Device::Cpu).unwrap();
+    assert!(model.forward(&f).unwrap_err().to_string().contains("u32"));
+    let out_of_vocab = Tensor::from_vec(vec![1u32, 96], &[1, 2], &Device::Cpu).unwrap();
+    assert!(model.forward(&out_of_vocab).is_err());
+    let long = Tensor::from_vec(vec![1u32; 33], &[1, 33], &Device::Cpu).unwrap();
+    let e = model.forward(&long).unwrap_err().to_string();
+    assert!(e.contains("max_position_embeddings 32"), "{e}");
+    // the cache is left as it was after a failed call
+    let mut cache = model.new_cache();
+    model
+        .forward_cached(
+            &Tensor::from_vec(vec![1u32; 30], &[1, 30], &Device::Cpu).unwrap(),
+            &mut cache,
+        )
+        .unwrap();
+    assert!(model
+        .forward_cached(
+            &Tensor::from_vec(vec![1u32; 3], &[1, 3], &Device::Cpu).unwrap(),
+            &mut cache
+        )
+        .is_err());
+    assert_eq!(cache.len(), 30);
+}
