@@ -142,6 +142,6 @@ fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<At
         tk,
         d,
         causal,
-        group: if kh == 0 { 1 } else { h / kh },
+        group: h.checked_div(kh).unwrap_or(1),
     })
 }
