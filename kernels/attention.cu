@@ -7,6 +7,11 @@
 // q, o, dO are [heads, tq, d], k, v, dK, dV are [heads, tk, d], contiguous; lse and D are [heads, tq] in
 // the arithmetic type A (f32 for f32/bf16/f16, f64 for f64). Causal: query i sits at absolute position
 // tk − tq + i (the launch wrapper ensures tq <= tk) and sees keys 0..=tk − tq + i.
+// Grouped-query attention (Llama 2 70B, SmolLM2, ...): k, v, dK, dV have heads / group heads, and query
+// head h reads key/value head h / group (a [B, H] head index over [B, H / group] kv heads) in place,
+// never a repeated copy; group = 1 is multi-head attention. The dK/dV kernels' blocks own a key/value
+// head's keys and stream the Q/dO tiles of its `group` query heads one after another, so dK and dV sum
+// over the group in registers, in a fixed order.
 //
 // Algorithm. Every block works on one head (blockIdx.x) and one tile (blockIdx.y) with 4 warps.
 // SIMT (f32/f64): a lane owns head dims lane, lane + 32, lane + 64, lane + 96 (predicated past d), so
@@ -36,7 +41,7 @@
 // d = 64, 96 heads) 0.75 GiB, half of it with causal skipping, which is 0.08 ms at an H200's nominal 4.8
 // TB/s; the recomputation is 13 GFLOP (causal), 0.03 ms even at half the H200's 989 TFLOP/s bf16 peak.
 // Launch (src/backend/cuda/attention.rs): 128 threads per block; fwd and dq grids (heads, ceil(tq/B)),
-// dkdv grid (heads, ceil(tk/B)), B = 4R (SIMT) or 64 (tensor cores); bwd_dot a grid-stride 1-D grid.
+// dkdv grid (heads / group, ceil(tk/B)), B = 4R (SIMT) or 64 (tensor cores); bwd_dot a grid-stride 1-D grid.
 // Dynamic shared memory, SIMT: fwd (4R·d + 32·(d+1) + 32·d + 4R·32)·sizeof(A), dkdv (2·4R·d + 2·32·(d+1)
 // + 64 + 2·4R·32)·sizeof(A), dq (2·4R·d + 2·32·(d+1) + 4R·32)·sizeof(A); tensor cores, with
 // ld = ceil(d/16)·16 + 8: fwd (64 + 4·32)·ld·sizeof(T), dkdv and dq (2·64 + 4·32)·ld·sizeof(T) (51 and
@@ -112,7 +117,7 @@ template <typename T>
 __device__ __forceinline__ void attention_fwd_impl(const T *__restrict__ q, const T *__restrict__ k,
                                                    const T *__restrict__ v, T *__restrict__ o,
                                                    typename KilnFloat<T>::Acc *__restrict__ lse, unsigned tq,
-                                                   unsigned tk, unsigned d, int causal, double scale_f64) {
+                                                   unsigned tk, unsigned d, unsigned group, int causal, double scale_f64) {
     typedef KilnFloat<T> F;
     typedef typename F::Acc A;
     constexpr int R = AttRows<A>::value, BQ = KILN_ATT_WARPS * R, BK = KILN_ATT_KEYS;
@@ -126,8 +131,8 @@ __device__ __forceinline__ void attention_fwd_impl(const T *__restrict__ q, cons
     const unsigned q0 = blockIdx.y * BQ, row0 = q0 + warp * R; // first row of the block, of the warp
     const A scale = (A)scale_f64;
     q += head * tq * d;
-    k += head * tk * d;
-    v += head * tk * d;
+    k += (head / group) * tk * d; // grouped-query attention: this query head's key/value head
+    v += (head / group) * tk * d;
 
     att_load_tile(qs, d, q, q0, BQ, tq, d, scale);
     const unsigned nkeys = att_keys_seen(causal, tq, tk, min(q0 + BQ, tq) - 1);
@@ -212,7 +217,7 @@ __device__ __forceinline__ void attention_bwd_dkdv_impl(const T *__restrict__ q,
                                                         const typename KilnFloat<T>::Acc *__restrict__ lse,
                                                         const typename KilnFloat<T>::Acc *__restrict__ dvec,
                                                         T *__restrict__ dk, T *__restrict__ dv, unsigned tq,
-                                                        unsigned tk, unsigned d, int causal, double scale_f64) {
+                                                        unsigned tk, unsigned d, unsigned group, int causal, double scale_f64) {
     typedef KilnFloat<T> F;
     typedef typename F::Acc A;
     constexpr int R = AttRows<A>::value, BKV = KILN_ATT_WARPS * R, BQ = KILN_ATT_KEYS;
@@ -226,13 +231,9 @@ __device__ __forceinline__ void attention_bwd_dkdv_impl(const T *__restrict__ q,
     A *pw = ds + BQ;           // [BKV][BQ]: P of each key against the tile's rows
     A *sw = pw + BKV * BQ;     // [BKV][BQ]: dS
     const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const unsigned long long head = blockIdx.x;
+    const unsigned long long head = blockIdx.x; // a key/value head, read by `group` query heads
     const unsigned k0 = blockIdx.y * BKV, key0 = k0 + warp * R; // first key of the block, of the warp
     const A scale = (A)scale_f64;
-    q += head * tq * d;
-    dout += head * tq * d;
-    lse += head * tq;
-    dvec += head * tq;
 
     att_load_tile(ks, d, k + head * tk * d, k0, BKV, tk, d, (A)1);
     att_load_tile(vs, d, v + head * tk * d, k0, BKV, tk, d, (A)1);
@@ -243,14 +244,18 @@ __device__ __forceinline__ void attention_bwd_dkdv_impl(const T *__restrict__ q,
         for (int c = 0; c < KILN_ATT_DC; ++c) dka[r][c] = dva[r][c] = (A)0;
     // the first query that sees key k0 (causal: its position tk - tq + i reaches k0)
     const unsigned first = causal && k0 + tq > tk ? k0 + tq - tk : 0;
+    // grouped-query attention: the query heads of this key/value head, one after another, their
+    // contributions summed in the same registers (one query head per key/value head: group = 1)
+    for (unsigned gi = 0; gi < group; ++gi)
     for (unsigned i0 = first; i0 < tq; i0 += BQ) {
+        const unsigned long long qh = head * group + gi;
         __syncthreads(); // the previous tile is consumed (and the K/V tiles stored, the first time)
-        att_load_tile(qs, d + 1, q, i0, BQ, tq, d, (A)1);
-        att_load_tile(gs, d + 1, dout, i0, BQ, tq, d, (A)1);
+        att_load_tile(qs, d + 1, q + qh * tq * d, i0, BQ, tq, d, (A)1);
+        att_load_tile(gs, d + 1, dout + qh * tq * d, i0, BQ, tq, d, (A)1);
         if (threadIdx.x < BQ) {
             const bool live = i0 + threadIdx.x < tq;
-            ls[threadIdx.x] = live ? lse[i0 + threadIdx.x] : (A)0;
-            ds[threadIdx.x] = live ? dvec[i0 + threadIdx.x] : (A)0;
+            ls[threadIdx.x] = live ? lse[qh * tq + i0 + threadIdx.x] : (A)0;
+            ds[threadIdx.x] = live ? dvec[qh * tq + i0 + threadIdx.x] : (A)0;
         }
         __syncthreads();
         if (causal && !att_visible(causal, tq, tk, i0 + BQ - 1, key0)) continue; // the tile sees none of the warp's keys
@@ -309,7 +314,7 @@ __device__ __forceinline__ void attention_bwd_dq_impl(const T *__restrict__ q, c
                                                       const T *__restrict__ v, const T *__restrict__ dout,
                                                       const typename KilnFloat<T>::Acc *__restrict__ lse,
                                                       const typename KilnFloat<T>::Acc *__restrict__ dvec,
-                                                      T *__restrict__ dq, unsigned tq, unsigned tk, unsigned d,
+                                                      T *__restrict__ dq, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                       int causal, double scale_f64) {
     typedef KilnFloat<T> F;
     typedef typename F::Acc A;
@@ -324,8 +329,8 @@ __device__ __forceinline__ void attention_bwd_dq_impl(const T *__restrict__ q, c
     const unsigned long long head = blockIdx.x;
     const unsigned q0 = blockIdx.y * BQ, row0 = q0 + warp * R;
     const A scale = (A)scale_f64;
-    k += head * tk * d;
-    v += head * tk * d;
+    k += (head / group) * tk * d; // grouped-query attention: this query head's key/value head
+    v += (head / group) * tk * d;
 
     att_load_tile(qs, d, q + head * tq * d, q0, BQ, tq, d, (A)1);
     att_load_tile(gs, d, dout + head * tq * d, q0, BQ, tq, d, (A)1);
@@ -499,7 +504,7 @@ __device__ __forceinline__ void att_mma_rows_by_tile(float (&acc)[DT][4], const 
 template <typename T>
 __device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, const T *__restrict__ k,
                                                        const T *__restrict__ v, T *__restrict__ o,
-                                                       float *__restrict__ lse, unsigned tq, unsigned tk, unsigned d,
+                                                       float *__restrict__ lse, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                        int causal, double scale_f64) {
     typedef KilnFloat<T> F;
     constexpr int ROWS = KILN_ATT_MMA_ROWS, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS;
@@ -514,8 +519,8 @@ __device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, 
     const unsigned q0 = blockIdx.y * BQ, row0 = q0 + warp * ROWS;
     const float scale = (float)scale_f64;
     q += head * tq * d;
-    k += head * tk * d;
-    v += head * tk * d;
+    k += (head / group) * tk * d; // grouped-query attention: this query head's key/value head
+    v += (head / group) * tk * d;
     const bool kvec = att_vec(k, d) && att_vec(v, d);
     const unsigned nkeys = att_keys_seen(causal, tq, tk, min(q0 + BQ, tq) - 1), ntiles = (nkeys + BK - 1) / BK;
     auto stage_kv = [&](unsigned it) {
@@ -626,7 +631,7 @@ __device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict_
                                                             const T *__restrict__ v, const T *__restrict__ dout,
                                                             const float *__restrict__ lse,
                                                             const float *__restrict__ dvec, T *__restrict__ dk,
-                                                            T *__restrict__ dv, unsigned tq, unsigned tk, unsigned d,
+                                                            T *__restrict__ dv, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                             int causal, double scale_f64) {
     typedef KilnFloat<T> F;
     constexpr int ROWS = KILN_ATT_MMA_ROWS, BKV = KILN_ATT_WARPS * ROWS, BQ = KILN_ATT_KEYS;
@@ -638,22 +643,22 @@ __device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict_
     T *qs = vs + BKV * ld;    // [2][BQ][ld]: query tiles, double-buffered
     T *gs = qs + 2 * BQ * ld; // [2][BQ][ld]: dO tiles
     const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const unsigned long long head = blockIdx.x;
+    const unsigned long long head = blockIdx.x; // a key/value head, read by `group` query heads
     const unsigned k0 = blockIdx.y * BKV, key0 = k0 + warp * ROWS; // first key of the block, of the warp
     const float scale = (float)scale_f64;
-    q += head * tq * d;
     k += head * tk * d;
     v += head * tk * d;
-    dout += head * tq * d;
-    lse += head * tq;
-    dvec += head * tq;
     const bool qvec = att_vec(q, d) && att_vec(dout, d);
     // the first query that sees key k0 (causal: its position tk - tq + i reaches k0)
     const unsigned first = causal && k0 + tq > tk ? k0 + tq - tk : 0;
-    const unsigned ntiles = first < tq ? (tq - first + BQ - 1) / BQ : 0;
+    // grouped-query attention: tile `it` of the sequence is tile it % per_head of query head
+    // head * group + it / per_head (one query head per key/value head: group = 1)
+    const unsigned per_head = first < tq ? (tq - first + BQ - 1) / BQ : 0, ntiles = per_head * group;
     auto stage_qg = [&](unsigned it) {
-        att_stage(qs + (it % 2) * BQ * ld, q, first + it * BQ, BQ, tq, d, dp, qvec);
-        att_stage(gs + (it % 2) * BQ * ld, dout, first + it * BQ, BQ, tq, d, dp, qvec);
+        const unsigned long long off = (head * group + it / per_head) * tq * d;
+        const unsigned row = first + (it % per_head) * BQ;
+        att_stage(qs + (it % 2) * BQ * ld, q + off, row, BQ, tq, d, dp, qvec);
+        att_stage(gs + (it % 2) * BQ * ld, dout + off, row, BQ, tq, d, dp, qvec);
     };
     att_stage(ks, k, k0, BKV, tk, d, dp, att_vec(k, d));
     att_stage(vs, v, k0, BKV, tk, d, dp, att_vec(v, d));
@@ -665,7 +670,8 @@ __device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict_
 #pragma unroll
         for (int e = 0; e < 4; ++e) dka[dt][e] = dva[dt][e] = 0.0f;
     for (unsigned it = 0; it < ntiles; ++it) {
-        const unsigned i0 = first + it * BQ;
+        const unsigned i0 = first + (it % per_head) * BQ;
+        const float *lh = lse + (head * group + it / per_head) * tq, *dh = dvec + (head * group + it / per_head) * tq;
         if (it + 1 < ntiles) stage_qg(it + 1);
         kiln_cp_async_commit();
         kiln_cp_async_wait<1>(); // tile it (and, the first time, K and V) has landed ...
@@ -680,8 +686,8 @@ __device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict_
 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
                     const unsigned i = i0 + nt * 8 + 2 * t + c;
-                    lq[nt][c] = i < tq ? lse[i] : 0.0f;
-                    dd[nt][c] = i < tq ? dvec[i] : 0.0f;
+                    lq[nt][c] = i < tq ? lh[i] : 0.0f;
+                    dd[nt][c] = i < tq ? dh[i] : 0.0f;
                 }
             float s[BQ / 8][4], dps[BQ / 8][4];
 #pragma unroll
@@ -751,7 +757,7 @@ template <typename T>
 __device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ q, const T *__restrict__ k,
                                                           const T *__restrict__ v, const T *__restrict__ dout,
                                                           const float *__restrict__ lse, const float *__restrict__ dvec,
-                                                          T *__restrict__ dq, unsigned tq, unsigned tk, unsigned d,
+                                                          T *__restrict__ dq, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                           int causal, double scale_f64) {
     typedef KilnFloat<T> F;
     constexpr int ROWS = KILN_ATT_MMA_ROWS, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS;
@@ -768,8 +774,8 @@ __device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ 
     const float scale = (float)scale_f64;
     q += head * tq * d;
     dout += head * tq * d;
-    k += head * tk * d;
-    v += head * tk * d;
+    k += (head / group) * tk * d; // grouped-query attention: this query head's key/value head
+    v += (head / group) * tk * d;
     const bool kvec = att_vec(k, d) && att_vec(v, d);
     const unsigned nkeys = att_keys_seen(causal, tq, tk, min(q0 + BQ, tq) - 1), ntiles = (nkeys + BK - 1) / BK;
     auto stage_kv = [&](unsigned it) {
@@ -860,8 +866,8 @@ __device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ 
 }
 
 extern "C" __global__ void attention_fwd_f32(const float *q, const float *k, const float *v, float *o, float *lse, unsigned tq,
-                                        unsigned tk, unsigned d, int causal, double scale) {
-    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
+                                        unsigned tk, unsigned d, unsigned group, int causal, double scale) {
+    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dot_f32(const float *o, const float *dout, float *dvec, unsigned long long rows,
@@ -871,19 +877,19 @@ extern "C" __global__ void attention_bwd_dot_f32(const float *o, const float *do
 
 extern "C" __global__ void attention_bwd_dkdv_f32(const float *q, const float *k, const float *v, const float *dout,
                                              const float *lse, const float *dvec, float *dk, float *dv, unsigned tq,
-                                             unsigned tk, unsigned d, int causal, double scale) {
-    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
+                                             unsigned tk, unsigned d, unsigned group, int causal, double scale) {
+    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dq_f32(const float *q, const float *k, const float *v, const float *dout,
                                            const float *lse, const float *dvec, float *dq, unsigned tq, unsigned tk,
-                                           unsigned d, int causal, double scale) {
-    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
+                                           unsigned d, unsigned group, int causal, double scale) {
+    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_fwd_f64(const double *q, const double *k, const double *v, double *o, double *lse, unsigned tq,
-                                        unsigned tk, unsigned d, int causal, double scale) {
-    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
+                                        unsigned tk, unsigned d, unsigned group, int causal, double scale) {
+    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dot_f64(const double *o, const double *dout, double *dvec, unsigned long long rows,
@@ -893,20 +899,20 @@ extern "C" __global__ void attention_bwd_dot_f64(const double *o, const double *
 
 extern "C" __global__ void attention_bwd_dkdv_f64(const double *q, const double *k, const double *v, const double *dout,
                                              const double *lse, const double *dvec, double *dk, double *dv, unsigned tq,
-                                             unsigned tk, unsigned d, int causal, double scale) {
-    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
+                                             unsigned tk, unsigned d, unsigned group, int causal, double scale) {
+    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dq_f64(const double *q, const double *k, const double *v, const double *dout,
                                            const double *lse, const double *dvec, double *dq, unsigned tq, unsigned tk,
-                                           unsigned d, int causal, double scale) {
-    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
+                                           unsigned d, unsigned group, int causal, double scale) {
+    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_fwd_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
-                                                  __nv_bfloat16 *o, float *lse, unsigned tq, unsigned tk, unsigned d,
+                                                  __nv_bfloat16 *o, float *lse, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                   int causal, double scale) {
-    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
+    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dot_bf16(const __nv_bfloat16 *o, const __nv_bfloat16 *dout, float *dvec,
@@ -917,21 +923,21 @@ extern "C" __global__ void attention_bwd_dot_bf16(const __nv_bfloat16 *o, const 
 extern "C" __global__ void attention_bwd_dkdv_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                                        const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
                                                        const float *lse, const float *dvec, __nv_bfloat16 *dk,
-                                                       __nv_bfloat16 *dv, unsigned tq, unsigned tk, unsigned d,
+                                                       __nv_bfloat16 *dv, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                        int causal, double scale) {
-    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
+    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dq_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                                      const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
                                                      const float *lse, const float *dvec, __nv_bfloat16 *dq,
-                                                     unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
-    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
+                                                     unsigned tq, unsigned tk, unsigned d, unsigned group, int causal, double scale) {
+    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_fwd_mma_f16(const __half *q, const __half *k, const __half *v, __half *o, float *lse,
-                                                 unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
-    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, causal, scale);
+                                                 unsigned tq, unsigned tk, unsigned d, unsigned group, int causal, double scale) {
+    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dot_f16(const __half *o, const __half *dout, float *dvec, unsigned long long rows,
@@ -941,13 +947,13 @@ extern "C" __global__ void attention_bwd_dot_f16(const __half *o, const __half *
 
 extern "C" __global__ void attention_bwd_dkdv_mma_f16(const __half *q, const __half *k, const __half *v,
                                                       const __half *dout, const float *lse, const float *dvec,
-                                                      __half *dk, __half *dv, unsigned tq, unsigned tk, unsigned d,
+                                                      __half *dk, __half *dv, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                       int causal, double scale) {
-    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, causal, scale);
+    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
 }
 
 extern "C" __global__ void attention_bwd_dq_mma_f16(const __half *q, const __half *k, const __half *v,
                                                     const __half *dout, const float *lse, const float *dvec, __half *dq,
-                                                    unsigned tq, unsigned tk, unsigned d, int causal, double scale) {
-    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, causal, scale);
+                                                    unsigned tq, unsigned tk, unsigned d, unsigned group, int causal, double scale) {
+    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
 }

@@ -280,3 +280,25 @@ fn llama_op_cases_count_their_bytes() {
     let at = rows.iter().position(|r| r["kernel"] == "swiglu").unwrap();
     assert_eq!(rows[at + 1]["library"], true, "{:#}", rows[at + 1]);
 }
+
+/// The grouped-query attention cases run on Emu (5-dim sizes) and count the key/value heads' bytes
+/// once, not once per query head.
+#[test]
+fn grouped_query_attention_cases_count_their_bytes() {
+    let kernels = "attention_gqa_fwd_bwd,attention_gqa_fwd_bwd_bf16";
+    let (report, _, _) = bench(
+        "gqa",
+        &["--device", "emu", "--kernels", kernels, "--sizes", "1x4x2x17x8"],
+    );
+    let (nq, nkv) = (4.0 * 17.0 * 8.0, 2.0 * 17.0 * 8.0);
+    for (kernel, size) in [("attention_gqa_fwd_bwd", 4.0), ("attention_gqa_fwd_bwd_bf16", 2.0)] {
+        let r = row(&report, kernel, "1x4x2x17x8");
+        assert_eq!(r["bytes"], 4.0 * (nq + nkv) * size, "{kernel}: {r:#}");
+        assert_eq!(
+            r["flops"],
+            3.5 * 4.0 * (4.0 * 17.0 * 17.0 * 8.0) / 2.0,
+            "{kernel}: {r:#}"
+        );
+        check_rates(r);
+    }
+}

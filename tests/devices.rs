@@ -346,7 +346,7 @@ proptest! {
     #[test]
     fn attention_small_shapes(tq in 0usize..40, extra in 0usize..40, d in select(vec![1usize, 7, 32, 33, 100]),
                               dtype in select(FLOATS.to_vec()), causal in any::<bool>(), view in views()) {
-        check_attention(1, 1, tq, (tq + extra).max(1), d, causal, dtype, view);
+        check_attention(1, 1, 1, tq, (tq + extra).max(1), d, causal, dtype, view);
     }
 
     #[test]
@@ -679,11 +679,21 @@ fn rows_and_widths() -> impl Strategy<Value = (usize, usize)> {
     (rows, widths).prop_filter("small", |&(r, w)| r * w <= 20_000)
 }
 
-/// scaled_dot_product_attention of q `[b, h, tq, d]` over k, v `[b, h, tk, d]` (q transposed or
+/// scaled_dot_product_attention of q `[b, h, tq, d]` over k, v `[b, hkv, tk, d]` (hkv < h: grouped-query) (q transposed or
 /// narrowed as `view`), values and the three gradients, on every device against the CPU's.
 #[allow(clippy::too_many_arguments)]
-fn check_attention(b: usize, h: usize, tq: usize, tk: usize, d: usize, causal: bool, dtype: DType, view: View) {
-    let what = format!("attention [{b}, {h}, {tq}/{tk}, {d}] causal {causal}");
+fn check_attention(
+    b: usize,
+    h: usize,
+    hkv: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    causal: bool,
+    dtype: DType,
+    view: View,
+) {
+    let what = format!("attention [{b}, {h}/{hkv}, {tq}/{tk}, {d}] causal {causal}");
     check(
         &what,
         dtype,
@@ -691,8 +701,8 @@ fn check_attention(b: usize, h: usize, tq: usize, tk: usize, d: usize, causal: b
         |dev| {
             vec![
                 input(&[b, h, tq, d], view, dtype, 24, 1.0, 0.0, dev),
-                input(&[b, h, tk, d], View::Plain, dtype, 25, 1.0, 0.0, dev),
-                input(&[b, h, tk, d], View::Plain, dtype, 26, 1.0, 0.0, dev),
+                input(&[b, hkv, tk, d], View::Plain, dtype, 25, 1.0, 0.0, dev),
+                input(&[b, hkv, tk, d], View::Plain, dtype, 26, 1.0, 0.0, dev),
             ]
         },
         |x| x[0].scaled_dot_product_attention(&x[1], &x[2], causal),
@@ -720,10 +730,31 @@ fn attention_sequence_lengths_and_head_dims() {
         for d in [32, 64, 80, 128] {
             for causal in [false, true] {
                 let (b, h) = if n % 2 == 0 { (1, 2) } else { (2, 1) };
-                check_attention(b, h, tq, tk, d, causal, DType::BF16, View::Plain);
+                check_attention(b, h, h, tq, tk, d, causal, DType::BF16, View::Plain);
                 let other = [DType::F32, DType::F64, DType::F16][n % 3];
-                check_attention(b, h, tq, tk, d, causal, other, View::Plain);
+                check_attention(b, h, h, tq, tk, d, causal, other, View::Plain);
                 n += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn grouped_query_attention_on_every_device() {
+    // query heads sharing key/value heads (SmolLM2: 9 over 3), lengths around the tiles (32 streamed;
+    // 64 on the tensor cores), so the dK/dV kernels' walk over a group's query tiles crosses heads
+    // mid-way through their double buffering; every dtype, causal and not
+    let shapes = [
+        (1, 4, 2, 17, 17, 32),
+        (2, 3, 1, 65, 65, 64),
+        (1, 6, 3, 1, 40, 80),
+        (1, 2, 1, 33, 70, 16),
+    ];
+    for (n, &(b, h, hkv, tq, tk, d)) in shapes.iter().enumerate() {
+        for causal in [false, true] {
+            for dtype in FLOATS {
+                let view = if n % 2 == 0 { View::Plain } else { View::Transposed };
+                check_attention(b, h, hkv, tq, tk, d, causal, dtype, view);
             }
         }
     }

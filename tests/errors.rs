@@ -89,6 +89,13 @@ fn attention_shapes_dtypes_and_devices() {
         "batch",
     );
     assert!(is_shape(&e, OP), "{e:?}");
+    // grouped-query attention: the key/value heads must divide the query heads
+    for kv_heads in [2, 4] {
+        let kv = t(&[2, kv_heads, 6, 8]);
+        let e = err(q.scaled_dot_product_attention(&kv, &kv, false), "kv heads");
+        assert!(is_shape(&e, OP), "{e:?}");
+        mentions(&e, &["Hkv", "H = 3", &format!("[2, {kv_heads}, 6, 8]")]);
+    }
     let e = err(
         t(&[1, 1, 5, 8]).scaled_dot_product_attention(&t(&[1, 1, 3, 8]), &t(&[1, 1, 3, 8]), true),
         "causal tq > tk",

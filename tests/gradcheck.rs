@@ -514,6 +514,30 @@ fn scaled_dot_product_attention_all_inputs() {
     }
 }
 
+/// Grouped-query attention: fewer key/value heads than query heads (each shared by a group), whose
+/// gradients sum over their group.
+#[test]
+fn grouped_query_attention_all_inputs() {
+    for (i, &(b, h, hkv, tq, tk, d)) in [(1, 4, 2, 3, 5, 4), (2, 3, 1, 4, 4, 3), (1, 6, 3, 2, 3, 2)]
+        .iter()
+        .enumerate()
+    {
+        for causal in [false, true] {
+            let seed = 100 + 10 * i as u64;
+            let (q, k, v) = (
+                randn(&[b, h, tq, d], seed),
+                randn(&[b, hkv, tk, d], seed + 1),
+                randn(&[b, hkv, tk, d], seed + 2),
+            );
+            gradcheck(
+                &format!("attention q [{b}, {h}, {tq}, {d}] kv heads {hkv} tk {tk} causal {causal}"),
+                &[q, k, v],
+                |t| wsum(&t[0].scaled_dot_product_attention(&t[1], &t[2], causal)?),
+            );
+        }
+    }
+}
+
 #[test]
 fn cross_entropy_with_and_without_ignore_index() {
     let mut rng = Rng::new(11);

@@ -811,12 +811,39 @@ fn check_cross_entropy(n: usize, c: usize, seed: u64) {
 // Fused attention
 // ---------------------------------------------------------------------------------------
 
-/// scaled_dot_product_attention of q `[b, h, tq, d]` over k, v `[b, h, tk, d]` (views of every
-/// kind), and its three gradients for the upstream gradient g, against the naive f64 loops.
+/// K or V `[b, hkv, tk, d]` with each head repeated `group` times: `[b, hkv·group, tk, d]`, the
+/// multi-head attention that grouped-query attention computes without the copy.
+fn repeat_kv(x: &[f64], b: usize, hkv: usize, group: usize, tk: usize, d: usize) -> Vec<f64> {
+    let row = tk * d;
+    (0..b * hkv * group)
+        .flat_map(|qh| {
+            let kv = (qh / (hkv * group)) * hkv + (qh % (hkv * group)) / group;
+            x[kv * row..(kv + 1) * row].iter().copied()
+        })
+        .collect()
+}
+
+/// The adjoint of [`repeat_kv`]: each key/value head's gradient is the sum over its group.
+fn sum_groups(x: &[f64], b: usize, hkv: usize, group: usize, tk: usize, d: usize) -> Vec<f64> {
+    let row = tk * d;
+    let mut out = vec![0.0; b * hkv * row];
+    for qh in 0..b * hkv * group {
+        let kv = (qh / (hkv * group)) * hkv + (qh % (hkv * group)) / group;
+        for i in 0..row {
+            out[kv * row + i] += x[qh * row + i];
+        }
+    }
+    out
+}
+
+/// scaled_dot_product_attention of q `[b, h, tq, d]` over k, v `[b, hkv, tk, d]` (views of every
+/// kind; hkv < h is grouped-query attention), and its three gradients for the upstream gradient g,
+/// against the naive f64 loops on K and V repeated to h heads (their gradients summed back).
 #[allow(clippy::too_many_arguments)]
-fn check_attention(b: usize, h: usize, tq: usize, tk: usize, d: usize, causal: bool, seed: u64) {
+fn check_attention(b: usize, h: usize, hkv: usize, tq: usize, tk: usize, d: usize, causal: bool, seed: u64) {
     let mut rng = Rng::new(seed);
-    let (q_shape, kv_shape) = ([b, h, tq, d], [b, h, tk, d]);
+    let group = h / hkv;
+    let (q_shape, kv_shape) = ([b, h, tq, d], [b, hkv, tk, d]);
     let q = normal(&mut rng, r::numel(&q_shape), 1.5);
     let k = normal(&mut rng, r::numel(&kv_shape), 1.5);
     let v = normal(&mut rng, r::numel(&kv_shape), 1.0);
@@ -834,11 +861,20 @@ fn check_attention(b: usize, h: usize, tq: usize, tk: usize, d: usize, causal: b
         let out_scale = max_abs(&hv) * (1.0 + score);
         let grad_scale = max_abs(&hg) * (1.0 + max_abs(&hv)) * (1.0 + score) * (1.0 + max_abs(&hq) + max_abs(&hk));
         let o = tq_.scaled_dot_product_attention(&tk_, &tv, causal).unwrap();
+        let (hk, hv) = (
+            repeat_kv(&hk, b, hkv, group, tk, d),
+            repeat_kv(&hv, b, hkv, group, tk, d),
+        );
         let want = r::attention(&hq, &hk, &hv, b * h, tq, tk, d, causal);
         check(&what("output"), &o, &want, &q_shape, Tol::row(dtype, tk + d, out_scale));
         let grads = o.mul(&tg).unwrap().sum_all().unwrap().backward().unwrap();
         let (dq, dk, dv) = r::attention_grads(&hq, &hk, &hv, &hg, b * h, tq, tk, d, causal);
-        let tol = Tol::row(dtype, 2 * (tk + tq + d), grad_scale);
+        let (dk, dv) = (
+            sum_groups(&dk, b, hkv, group, tk, d),
+            sum_groups(&dv, b, hkv, group, tk, d),
+        );
+        // dK and dV sum over the group's query heads
+        let tol = Tol::row(dtype, 2 * group * (tk + tq + d), grad_scale);
         for (name, t, want, shape) in [
             ("dq", &tq_, &dq, &q_shape),
             ("dk", &tk_, &dk, &kv_shape),
@@ -1071,7 +1107,8 @@ proptest! {
     #[test]
     fn attention_matches_reference(
         b in 1..=2usize,
-        h in 1..=3usize,
+        hkv in 1..=3usize,
+        group in select(vec![1usize, 1, 2, 3]),
         tq in dim(40, true),
         tk in dim(40, false),
         d in select(vec![1usize, 2, 5, 8, 17, 32]),
@@ -1080,7 +1117,7 @@ proptest! {
     ) {
         // causal needs tq <= tk (refusal is tested in errors.rs)
         let tq = if causal { tq.min(tk) } else { tq };
-        check_attention(b, h, tq, tk, d, causal, seed);
+        check_attention(b, hkv * group, hkv, tq, tk, d, causal, seed);
     }
 
     #[test]
@@ -1274,9 +1311,11 @@ fn fast_path_matmul() {
 fn fast_path_attention() {
     // query tiles of 64 rows with a ragged last one, causal tiles, a KV-cache step, Tq < Tk
     for causal in [false, true] {
-        check_attention(2, 3, 130, 130, 40, causal, 61);
-        check_attention(1, 2, 70, 200, 64, causal, 62);
-        check_attention(3, 1, 1, 129, 16, causal, 63);
+        check_attention(2, 3, 3, 130, 130, 40, causal, 61);
+        check_attention(1, 2, 2, 70, 200, 64, causal, 62);
+        check_attention(3, 1, 1, 1, 129, 16, causal, 63);
+        // grouped-query attention: SmolLM2's 9 query heads over 3 key/value heads
+        check_attention(1, 9, 3, 70, 70, 64, causal, 64);
     }
 }
 

@@ -205,6 +205,39 @@ fn attention(s: &Setup, rng: &mut Rng, dtype: DType, fused: bool, pass: Pass) ->
     })
 }
 
+/// Causal grouped-query attention, forward and backward through autograd, of random q `[B, H, T, D]`
+/// over k, v `[B, Hkv, T, D]` (`s.dims` = [B, H, Hkv, T, D]) in `dtype`. FLOPs as [`attention`]'s
+/// forward + backward; bytes: q, o, dO, dQ of the query heads and k, v, dK, dV of the key/value heads.
+fn grouped_query_attention(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Work> {
+    let (b, h, hkv, t, d) = (s.dims[0], s.dims[1], s.dims[2], s.dims[3], s.dims[4]);
+    let (nq, nkv, size) = (
+        (b * h * t * d) as f64,
+        (b * hkv * t * d) as f64,
+        dtype.size_in_bytes() as f64,
+    );
+    let sets = s.sets((nq + 2.0 * nkv) * size);
+    let operand = |shape: &[usize], rng: &mut Rng| -> Result<Vec<Tensor>> {
+        Ok(inputs(sets, shape, dtype, rng, &s.dev)?
+            .into_iter()
+            .map(|x| x.requires_grad())
+            .collect())
+    };
+    let q = operand(&[b, h, t, d], rng)?;
+    let (k, v) = (operand(&[b, hkv, t, d], rng)?, operand(&[b, hkv, t, d], rng)?);
+    Ok(Work {
+        flops: 3.5 * 4.0 * (b * h * t * t * d) as f64 / 2.0,
+        bytes: 4.0 * (nq + nkv) * size,
+        sets,
+        run: Box::new(move |i| {
+            let (q, k, v) = (&q[i % sets], &k[i % sets], &v[i % sets]);
+            q.scaled_dot_product_attention(k, v, true)?
+                .sum_all()?
+                .backward()
+                .map(drop)
+        }),
+    })
+}
+
 /// A memory-bound case over one `[rows, cols]` f32 input: `touched` tensors of that size read or
 /// written, plus `extra` bytes.
 fn rowwise(s: &Setup, rng: &mut Rng, touched: f64, extra: f64, op: fn(&Tensor) -> Result<Tensor>) -> Result<Work> {
@@ -573,6 +606,31 @@ pub const CASES: &[Case] = &[
         cpu: &[],
         emu: ATTENTION_EMU,
         prepare: |s, rng| attention(s, rng, DType::BF16, true, Pass::Backward),
+        library: None,
+    },
+    Case {
+        name: "attention_gqa_fwd_bwd_bf16",
+        about: "grouped-query scaled_dot_product_attention forward + backward, causal, bf16 q [B, H, T, D], k/v [B, Hkv, T, D]",
+        dims: "BxHxHKVxTxD",
+        bound: Bound::Compute,
+        dtype: DType::BF16,
+        // Llama-3-8B's 32 query over 8 key/value heads of 128; SmolLM2-135M's 9 over 3 of 64
+        cuda: &[&[4, 32, 8, 1024, 128], &[8, 9, 3, 1024, 64]],
+        cpu: &[],
+        emu: &[&[1, 4, 2, 65, 32]],
+        prepare: |s, rng| grouped_query_attention(s, rng, DType::BF16),
+        library: None,
+    },
+    Case {
+        name: "attention_gqa_fwd_bwd",
+        about: "grouped-query scaled_dot_product_attention forward + backward, causal, f32 q [B, H, T, D], k/v [B, Hkv, T, D]",
+        dims: "BxHxHKVxTxD",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        cuda: &[&[8, 9, 3, 1024, 64]],
+        cpu: &[&[1, 9, 3, 256, 64]],
+        emu: &[&[1, 4, 2, 65, 32]],
+        prepare: |s, rng| grouped_query_attention(s, rng, DType::F32),
         library: None,
     },
     Case {

@@ -13,7 +13,10 @@ const OP: &str = "scaled_dot_product_attention";
 
 impl Tensor {
     /// Attention of the queries `self` `[B, H, Tq, D]` over the keys `k` and values `v`
-    /// `[B, H, Tk, D]`, with scores scaled by 1/√D; returns `[B, H, Tq, D]`. With `causal`,
+    /// `[B, Hkv, Tk, D]`, with scores scaled by 1/√D; returns `[B, H, Tq, D]`. Hkv = H is
+    /// multi-head attention; a divisor of H is grouped-query attention (Llama 2 70B, SmolLM2):
+    /// query head h reads key/value head h / (H / Hkv), without repeating K and V, and the
+    /// gradients of K and V sum over the query heads of their group. With `causal`,
     /// query i sits at absolute position Tk − Tq + i and sees the keys up to that position (so
     /// Tq = Tk is the usual causal mask, and one new query after a KV cache sees every key);
     /// causal needs Tq ≤ Tk.
@@ -98,11 +101,14 @@ fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<At
             format!("q, k and v must be [B, H, T, D] (rank 4); got {}", describe()),
         ));
     };
-    if [kb, kh, kd] != [b, h, d] || v.shape() != k.shape() {
+    // zero heads are allowed (an empty result), as long as both sides have them
+    let grouped = if kh == 0 { h == 0 } else { h.is_multiple_of(kh) };
+    if [kb, kd] != [b, d] || !grouped || v.shape() != k.shape() {
         return Err(Error::shape(
             OP,
             format!(
-                "k and v must both be [{b}, {h}, Tk, {d}] to match q [B, H, Tq, D] = {:?}; got {}",
+                "k and v must both be [{b}, Hkv, Tk, {d}] with Hkv dividing H = {h} (Hkv = H, or fewer \
+                 key/value heads shared by groups of query heads) to match q [B, H, Tq, D] = {:?}; got {}",
                 q.shape(),
                 describe()
             ),
@@ -139,5 +145,6 @@ fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<At
         tk,
         d,
         causal,
+        group: h.checked_div(kh).unwrap_or(1),
     })
 }

@@ -17,7 +17,9 @@
 //! tile only multiplies against the keys its last row sees (the tiles of later keys are never
 //! touched) and the few masked scores inside that range become 0. Heads run in parallel with
 //! rayon; each owns its slices of every output, and dK/dV accumulate over query tiles in a
-//! fixed order, so results are deterministic. The only memory besides the outputs is one or
+//! fixed order, so results are deterministic. Grouped-query attention: query head h reads
+//! key/value head h / group in place; the backward runs one job per key/value head, which takes
+//! its group's query heads one after another, so dK/dV sum over the group in a fixed order too. The only memory besides the outputs is one or
 //! two `TILE × tk` scratch tiles per rayon job. The GEMMs are the project's ([`super::gemm`]);
 //! BF16/F16 are computed in f32 (lse in f32), f64 in f64.
 
@@ -49,7 +51,7 @@ impl Real for f64 {
     const GEMM: Gemm<f64> = gemm::dgemm;
 }
 
-/// Contiguous q `[bh, tq, d]`, k and v `[bh, tk, d]` of one dtype; returns the output
+/// Contiguous q `[bh, tq, d]`, k and v `[bh / group, tk, d]` of one dtype; returns the output
 /// `[bh, tq, d]` in that dtype and the log-sum-exp of every query row `[bh, tq]` (f64 for
 /// f64, f32 otherwise).
 pub fn attention_forward(
@@ -158,7 +160,8 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
     }
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
     let head = |scores: &mut Vec<E>, (h, (oh, lh)): (usize, (&mut [E], &mut [E]))| {
-        let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
+        let kv = h / dims.group;
+        let (qh, kh, vh) = (&q[h * tq * d..], &k[kv * tk * d..], &v[kv * tk * d..]);
         for i0 in (0..tq).step_by(TILE) {
             let rows = TILE.min(tq - i0);
             let keys = dims.visible(i0 + rows - 1);
@@ -197,7 +200,8 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
     (o, lse)
 }
 
-/// One head's index and its slices of (dq, dk) and dv, as the backward's parallel loop hands them out.
+/// One key/value head's index and its slices of (dq of its group's query heads, dk) and dv, as the
+/// backward's parallel loop hands them out.
 type HeadGrads<'a, E> = (usize, ((&'a mut [E], &'a mut [E]), &'a mut [E]));
 
 /// The backward of every head: (dq, dk, dv).
@@ -210,49 +214,54 @@ fn backward<E: Real>(
     lse: &[E],
     dims: AttentionDims,
 ) -> (Vec<E>, Vec<E>, Vec<E>) {
-    let AttentionDims { bh, tq, tk, d, .. } = dims;
+    let AttentionDims {
+        bh, tq, tk, d, group, ..
+    } = dims;
+    let kv_heads = dims.kv_heads();
     let mut dq = vec![E::zero(); bh * tq * d];
-    let (mut dk, mut dv) = (vec![E::zero(); bh * tk * d], vec![E::zero(); bh * tk * d]);
+    let (mut dk, mut dv) = (vec![E::zero(); kv_heads * tk * d], vec![E::zero(); kv_heads * tk * d]);
     if dq.is_empty() || dk.is_empty() {
         return (dq, dk, dv);
     }
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    let head = |(p, ds): &mut (Vec<E>, Vec<E>), (h, ((dqh, dkh), dvh)): HeadGrads<'_, E>| {
-        let (qh, kh, vh) = (&q[h * tq * d..], &k[h * tk * d..], &v[h * tk * d..]);
-        let (oh, gh, lh) = (&o[h * tq * d..], &dout[h * tq * d..], &lse[h * tq..]);
-        for i0 in (0..tq).step_by(TILE) {
-            let rows = TILE.min(tq - i0);
-            let keys = dims.visible(i0 + rows - 1);
-            p.resize(rows * keys, E::zero());
-            ds.resize(rows * keys, E::zero());
-            let (qt, gt) = (&qh[i0 * d..], &gh[i0 * d..]);
-            #[rustfmt::skip]
-            E::GEMM(rows, keys, d, scale, qt, d as isize, 1, kh, 1, d as isize, E::zero(), p, keys as isize, 1);
-            // dP = dO·Vᵀ
-            #[rustfmt::skip]
-            E::GEMM(rows, keys, d, E::one(), gt, d as isize, 1, vh, 1, d as isize, E::zero(), ds, keys as isize, 1);
-            for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
-                let i = i0 + r;
-                let seen = dims.visible(i);
-                let (gi, oi) = (&gh[i * d..][..d], &oh[i * d..][..d]);
-                let (l, dot) = (lh[i], lane_fold(d, E::zero(), |c| gi[c] * oi[c], |a, b| a + b));
-                for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
-                    *pj = (*pj - l).exp_fast();
-                    *dsj = *pj * (*dsj - dot);
+    let head = |(p, ds): &mut (Vec<E>, Vec<E>), (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
+        let (kh, vh) = (&k[kv * tk * d..], &v[kv * tk * d..]);
+        for (h, dqh) in (kv * group..).zip(dq_group.chunks_mut(tq * d)) {
+            let (qh, oh, gh, lh) = (&q[h * tq * d..], &o[h * tq * d..], &dout[h * tq * d..], &lse[h * tq..]);
+            for i0 in (0..tq).step_by(TILE) {
+                let rows = TILE.min(tq - i0);
+                let keys = dims.visible(i0 + rows - 1);
+                p.resize(rows * keys, E::zero());
+                ds.resize(rows * keys, E::zero());
+                let (qt, gt) = (&qh[i0 * d..], &gh[i0 * d..]);
+                #[rustfmt::skip]
+                E::GEMM(rows, keys, d, scale, qt, d as isize, 1, kh, 1, d as isize, E::zero(), p, keys as isize, 1);
+                // dP = dO·Vᵀ
+                #[rustfmt::skip]
+                E::GEMM(rows, keys, d, E::one(), gt, d as isize, 1, vh, 1, d as isize, E::zero(), ds, keys as isize, 1);
+                for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
+                    let i = i0 + r;
+                    let seen = dims.visible(i);
+                    let (gi, oi) = (&gh[i * d..][..d], &oh[i * d..][..d]);
+                    let (l, dot) = (lh[i], lane_fold(d, E::zero(), |c| gi[c] * oi[c], |a, b| a + b));
+                    for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
+                        *pj = (*pj - l).exp_fast();
+                        *dsj = *pj * (*dsj - dot);
+                    }
+                    pr[seen..].fill(E::zero());
+                    dsr[seen..].fill(E::zero());
                 }
-                pr[seen..].fill(E::zero());
-                dsr[seen..].fill(E::zero());
+                // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
+                #[rustfmt::skip]
+                E::GEMM(rows, d, keys, scale, ds, keys as isize, 1, kh, d as isize, 1, E::zero(), &mut dqh[i0 * d..], d as isize, 1);
+                #[rustfmt::skip]
+                E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, d as isize, 1, E::one(), dkh, d as isize, 1);
+                #[rustfmt::skip]
+                E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, d as isize, 1, E::one(), dvh, d as isize, 1);
             }
-            // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
-            #[rustfmt::skip]
-            E::GEMM(rows, d, keys, scale, ds, keys as isize, 1, kh, d as isize, 1, E::zero(), &mut dqh[i0 * d..], d as isize, 1);
-            #[rustfmt::skip]
-            E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, d as isize, 1, E::one(), dkh, d as isize, 1);
-            #[rustfmt::skip]
-            E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, d as isize, 1, E::one(), dvh, d as isize, 1);
         }
     };
-    dq.par_chunks_mut(tq * d)
+    dq.par_chunks_mut(group * tq * d)
         .zip(dk.par_chunks_mut(tk * d))
         .zip(dv.par_chunks_mut(tk * d))
         .enumerate()

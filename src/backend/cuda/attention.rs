@@ -75,27 +75,35 @@ fn check(q: &CudaStorage, others: &[&CudaStorage], dims: AttentionDims) -> Resul
     Ok((small(dims.tq, "Tq")?, small(dims.tk, "Tk")?, small(dims.d, "D")?))
 }
 
-/// The grid of one head per x and one tile of `rows_per_block` of `n` rows per y.
-fn config(dims: AttentionDims, n: usize, rows_per_block: usize, smem_bytes: usize) -> LaunchConfig {
+/// The grid of one of `heads` heads per x and one tile of `rows_per_block` of `n` rows per y.
+fn config(heads: usize, n: usize, rows_per_block: usize, smem_bytes: usize) -> LaunchConfig {
     LaunchConfig {
-        grid: [dims.bh as u32, n.div_ceil(rows_per_block) as u32, 1],
+        grid: [heads as u32, n.div_ceil(rows_per_block) as u32, 1],
         block: [THREADS, 1, 1],
         dyn_smem: smem_bytes as u32,
     }
 }
 
-/// The grid's x is the head count: refuse what does not fit before the cast in [`config`].
-fn check_heads(dims: AttentionDims) -> Result<()> {
+/// The grid's x is the head count: refuse what does not fit before the cast in [`config`]. Returns
+/// the query heads per key/value head as the kernels' u32.
+fn check_heads(dims: AttentionDims) -> Result<u32> {
     if dims.bh > i32::MAX as usize {
         return Err(Error::invalid(
             OP,
             format!("{} heads are too many for one launch", dims.bh),
         ));
     }
-    Ok(())
+    if dims.group == 0 || !dims.bh.is_multiple_of(dims.group) {
+        return Err(Error::invalid(
+            OP,
+            format!("{} query heads do not split into groups of {}", dims.bh, dims.group),
+        ));
+    }
+    Ok(dims.group as u32)
 }
 
-/// q `[bh, tq, d]`, k and v `[bh, tk, d]`, contiguous; returns (o `[bh, tq, d]`, lse `[bh, tq]`).
+/// q `[bh, tq, d]`, k and v `[bh / group, tk, d]`, contiguous; returns (o `[bh, tq, d]`, lse
+/// `[bh, tq]`).
 pub fn attention_forward(
     q: &CudaStorage,
     k: &CudaStorage,
@@ -103,7 +111,7 @@ pub fn attention_forward(
     dims: AttentionDims,
 ) -> Result<(CudaStorage, CudaStorage)> {
     let (tq, tk, d) = check(q, &[k, v], dims)?;
-    check_heads(dims)?;
+    let group = check_heads(dims)?;
     let dev = q.cuda_device();
     let dt = q.dtype();
     let o = CudaStorage::alloc(dev, dt, dims.bh * dims.tq * dims.d)?;
@@ -132,11 +140,12 @@ pub fn attention_forward(
         .push(tq)
         .push(tk)
         .push(d)
+        .push(group)
         .push(dims.causal as i32)
         .push(dims.scale());
     dev.launch(
         kernel("attention", &name)?,
-        config(dims, dims.tq, bq, smem_bytes),
+        config(dims.bh, dims.tq, bq, smem_bytes),
         &mut args,
     )?;
     Ok((o, lse))
@@ -154,7 +163,7 @@ pub fn attention_backward(
     dims: AttentionDims,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     let (tq, tk, d) = check(q, &[k, v, o, dout], dims)?;
-    check_heads(dims)?;
+    let group = check_heads(dims)?;
     same_device(OP, q, lse)?;
     if lse.dtype() != acc_dtype(q.dtype()) {
         return Err(Error::dtype_mismatch(OP, acc_dtype(q.dtype()), lse.dtype()));
@@ -162,8 +171,8 @@ pub fn attention_backward(
     let dev = q.cuda_device();
     let dt = q.dtype();
     let dq = CudaStorage::alloc(dev, dt, dims.bh * dims.tq * dims.d)?;
-    let dk = CudaStorage::alloc(dev, dt, dims.bh * dims.tk * dims.d)?;
-    let dv = CudaStorage::alloc(dev, dt, dims.bh * dims.tk * dims.d)?;
+    let dk = CudaStorage::alloc(dev, dt, dims.kv_heads() * dims.tk * dims.d)?;
+    let dv = CudaStorage::alloc(dev, dt, dims.kv_heads() * dims.tk * dims.d)?;
     if dk.is_empty() {
         return Ok((dq, dk, dv));
     }
@@ -200,10 +209,12 @@ pub fn attention_backward(
         args.push(tq)
             .push(tk)
             .push(d)
+            .push(group)
             .push(dims.causal as i32)
             .push(dims.scale());
     };
-    // dK and dV: every key block runs even when tq = 0, so that they are written (as zeros)
+    // dK and dV: every key block of every key/value head runs even when tq = 0, so that they are
+    // written (as zeros)
     let mut args = Args::new();
     args.push(q.ptr())
         .push(k.ptr())
@@ -217,7 +228,7 @@ pub fn attention_backward(
     let name = format!("attention_bwd_dkdv_{mma}{suffix}");
     dev.launch(
         kernel("attention", &name)?,
-        config(dims, dims.tk, b, smem_dkdv),
+        config(dims.kv_heads(), dims.tk, b, smem_dkdv),
         &mut args,
     )?;
     if rows > 0 {
@@ -233,7 +244,7 @@ pub fn attention_backward(
         let name = format!("attention_bwd_dq_{mma}{suffix}");
         dev.launch(
             kernel("attention", &name)?,
-            config(dims, dims.tq, b, smem_dq),
+            config(dims.bh, dims.tq, b, smem_dq),
             &mut args,
         )?;
     }

@@ -38,8 +38,10 @@ impl ReduceOp {
     }
 }
 
-/// The sizes of one attention call: `bh` independent heads (batch × heads) of `tq` queries
-/// against `tk` keys and values, all rows `d` wide. Causal needs `tq <= tk`.
+/// The sizes of one attention call: `bh` independent query heads (batch × heads) of `tq` queries
+/// against `tk` keys and values, all rows `d` wide. Causal needs `tq <= tk`. Grouped-query
+/// attention: `group` query heads share one key/value head (query head h reads key/value head
+/// h / group of the `bh / group`); 1 is multi-head attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {
     pub bh: usize,
@@ -47,9 +49,15 @@ pub struct AttentionDims {
     pub tk: usize,
     pub d: usize,
     pub causal: bool,
+    pub group: usize,
 }
 
 impl AttentionDims {
+    /// The number of key/value heads (batch × key/value heads).
+    pub fn kv_heads(&self) -> usize {
+        self.bh / self.group
+    }
+
     /// The score scale 1/√d.
     pub fn scale(&self) -> f64 {
         1.0 / (self.d as f64).sqrt()
