@@ -6,7 +6,7 @@
 
 use super::cpu::{self, with_cpu_storage, CpuStorage};
 use super::cuda::{self, CudaStorage};
-use super::op::{bucket_ids, RopeSpec, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, UnaryOp};
+use super::op::{bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, RopeSpec, UnaryOp};
 use super::storage::{mismatch, mismatch_any, Storage};
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;

@@ -38,23 +38,6 @@ impl RmsNorm {
     }
 }
 
-/// Grouped-query attention's sharing, by copying: x (B, nkv, T, hs) -> (B, nkv·rep, T, hs), query
-/// head j reading key/value head j / rep (HF's `repeat_kv`).
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let &[b, nkv, t, hs] = x.shape() else {
-        return Err(Error::shape(
-            "repeat_kv",
-            format!("expected (B, nkv, T, hs), got {:?}", x.shape()),
-        ));
-    };
-    x.unsqueeze(2)?
-        .broadcast_to(&[b, nkv, rep, t, hs])?
-        .reshape(&[b, nkv * rep, t, hs])
-}
-
 /// Causal self-attention with rotary positions and grouped-query key/value heads.
 #[derive(Clone, Debug)]
 pub struct LlamaAttention {
@@ -112,8 +95,8 @@ impl LlamaAttention {
             let (kc, vc) = cache.layer(layer).append(k.unsqueeze(0)?, v.unsqueeze(0)?)?;
             (k, v) = (kc.squeeze(0)?, vc.squeeze(0)?);
         }
-        let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
-        // y is (B, nh, T, hs): the T queries at the last T of the Tk key positions, causal
+        // y is (B, nh, T, hs): the T queries at the last T of the Tk key positions, causal; k and v
+        // keep their nkv heads (query head h reads key/value head h / (nh / nkv), no repeated copy)
         let y = q.scaled_dot_product_attention(&k, &v, true)?;
         let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, c])?;
         self.o_proj.forward_residual(&y, residual)

@@ -3,9 +3,9 @@
 //! Arithmetic in f32 for f32/bf16/f16, f64 for f64; one rounding per output.
 
 use super::{dispatch_float, typed, vectorised, zip_map, CpuFloat, PARALLEL_MIN};
+use crate::backend::cpu::CpuStorage;
 use crate::backend::op::unary::{silu, silu_derivative};
 use crate::tensor::layout::Layout;
-use crate::backend::cpu::CpuStorage;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
