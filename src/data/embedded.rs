@@ -37,6 +37,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "docs/layer_norm.md",
     "docs/reliability.md",
     "docs/llama.md",
+    "docs/adding-an-op.md",
     "src/lib.rs",
     "src/main.rs",
     "src/error.rs",
