@@ -260,10 +260,7 @@ pub fn kernel_names(source: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut i = 0;
     while i + 1 < tokens.len() {
-        if ENTRY_MACROS.contains(&tokens[i].as_str())
-            && tokens[i + 1] == "("
-            && (i == 0 || tokens[i - 1] != "define")
-        {
+        if ENTRY_MACROS.contains(&tokens[i].as_str()) && tokens[i + 1] == "(" && (i == 0 || tokens[i - 1] != "define") {
             if let (Some(name), Some(",")) = (tokens.get(i + 2), tokens.get(i + 3).map(String::as_str)) {
                 if is_ident(name) {
                     names.push(name.clone());
@@ -402,7 +399,14 @@ KILN_ENTRY_NOT_A_KERNEL(not_a_kernel, X)
 "#;
         assert_eq!(
             kernel_names(source),
-            ["unary_f32", "unary_bf16", "plain", "cast_f32_f16", "matmul_f16", "bounded"]
+            [
+                "unary_f32",
+                "unary_bf16",
+                "plain",
+                "cast_f32_f16",
+                "matmul_f16",
+                "bounded"
+            ]
         );
     }
 
