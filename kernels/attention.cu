@@ -49,6 +49,24 @@
 // 2·tq·d·sizeof(T) + 4·tq. The SIMT path is bound by the FMAs it issues from shared memory (about one
 // shared load per FMA); the tensor-core kernels likely by their ldmatrix traffic (per warp about 13
 // FLOPs per shared-memory byte in dK/dV, 16 in dQ and the forward; not yet measured on a GPU).
+// Occupancy: by registers two blocks (8 warps) fit on an SM (the dK/dV kernel's 238 registers on sm_80;
+// FlashAttention-2's backward runs 8 warps per SM too); tests/ptxas.rs lists every kernel's registers.
+// Checks: tests/devices.rs attention_sequence_lengths_and_head_dims (tq 1, 17, 64, 65, 129 and tq < tk,
+// d 32, 64, 80, 128, causal or not; every shape in bf16, i.e. on the tensor cores, and in one of
+// f32/f64/f16; values and the three gradients against the CPU) and attention_small_shapes (proptest:
+// tq 0..40, tk >= tq, d 1, 7, 32, 33, 100 — the element-by-element staging — every dtype, q transposed
+// or narrowed). On Emu the bf16/f16 results stay within 37% of that file's tolerances; with a fragment
+// index broken in the dQ kernel, the wrong n8 half taken for dV, or the forward reading the other K/V
+// buffer, the comparisons fail.
+// Benchmarks: kiln bench attention_fwd, attention_fwd_bwd (f32, fused against the composed tensor ops),
+// attention_fwd_bf16, attention_bwd_bf16 (the backward alone) at GPT-2's shapes (8 x 12 heads of 64,
+// T = 1024, causal) and 8 x 16 heads of 128 in bf16; cargo bench --bench attention. Issue 6's target for
+// the backward is 60% of the forward's rate (FlashAttention-2's level) counted with FlashAttention's 10
+// FLOPs: these kernels do 1.4 times that work, so they need about 84% of the forward's throughput.
+// Headroom (not yet measured on a GPU; to pick from once it is): larger tiles per warp (FlashAttention-2's
+// backward uses 128 x 128 blocks of 8 warps at d = 64); exp2 with log2(e) folded into the scale; D
+// computed inside the dQ kernel from its O/dO tiles instead of a one-thread-per-row pass; stores of
+// element pairs (or 16-byte stores through shared memory) for O, dQ, dK, dV; Hopper's wgmma and TMA.
 #include "common.cuh"
 
 #define KILN_ATT_WARPS 4

@@ -19,6 +19,8 @@
 // Roofline: token_position_embedding 1 FLOP, 3 * sizeof(T) bytes per output element; index_select 0 FLOPs, 2 * sizeof(T) bytes per output element (+ 4 per id per warp);
 // index_add 1 FLOP per selected element: sizeof(T) per output element written, plus sizeof(T) read
 // per selected element (+ the 4-byte order and starts entries).
+// Headroom: the kernels divide 64-bit indices per pack, and take single elements for any row that is not
+// a multiple of 16 bytes.
 #include "common.cuh"
 
 // Whether rows of `len` elements in the listed buffers allow 16-byte packs (see the header).

@@ -35,6 +35,22 @@
 // src/backend/cuda/matmul.rs: 30 KiB f32, 36 KiB f64, 60 KiB bf16/f16).
 // Roofline: 2·M·N·K FLOPs per batch entry; bytes ≥ (M·K + K·N + M·N) · sizeof(T) (+ N bias, + M·N Z, + M·N
 // residual), each A slab re-read ceil(N / BN) times and each B slab ceil(M / BM) times (from L2).
+// Z is written only when a backward will run (not under no_grad, not for inference). Dynamic shared
+// memory over 48 KiB (the bf16/f16 tiles) is opt-in on a GPU: both executors raise the kernel's limit.
+// Entry points: Tensor::matmul (no epilogue), Tensor::linear, linear_gelu, linear_residual (x·wᵀ + b with
+// w [out, in]; one launch each). The CPU path applies the same epilogue to its f32 product before
+// rounding, so Cpu and Emu agree to f32 rounding.
+// Checks: tests/devices.rs matmul_every_layout_and_batch (M, N, K in {1, 7, 16, 63, 65, 129}, both
+// operands row- or column-major, strided views, five batch/broadcast patterns, every float dtype, values
+// and both gradients against the CPU), linear_with_fused_epilogues, K = 0, broadcast and unaligned
+// operands; tests/gradcheck.rs linear_and_its_fused_epilogues (f64); tests/ptx_helpers.rs (each PTX
+// helper); tests/ptxas.rs (no spills). Benchmarks: benches/matmul.rs cuda_matmul (f32 and bf16 at
+// 1024-4096, plain and linear_gelu; skipped without a GPU), kiln bench matmul_* next to cuBLAS.
+// Headroom (not yet measured on a GPU): the SIMT kernel indexes shared memory through runtime strides
+// (scalar LDS, ~180 registers; per-layout template instances would allow float4 LDS and a 128 x 128
+// tile); the tensor-core kernel stores C one element at a time (pairs c0, c1 could be 4-byte stores, or
+// staged through shared memory for 16-byte stores); no split-K for small M·N with large K; no swizzled
+// block order for L2 reuse; Hopper's wgmma/TMA are not used.
 #include "common.cuh"
 
 #define MATMUL_THREADS 256

@@ -25,6 +25,14 @@
 // 16-byte grid differs from the row's (it cannot share the row's slots; on a GPU, where every buffer is
 // 256-byte aligned, that happens only to a [width] parameter next to a row of an odd width). Thread x
 // of the row takes slots x, x + blockDim.x, ...: a warp's 16-byte accesses cover 512 contiguous bytes.
+// Example: GPT-2's rows of 768 f32 get 128 threads per row; a row is 192 slots, so half the threads take
+// two and half one. On Emu every buffer ends at a page boundary, so a buffer whose size is not a multiple
+// of 16 bytes starts mid-slot and rows of odd width start mid-slot in turn: the 16-byte path and the
+// partial first and last slots all run in tests/devices.rs.
+// Target (issue 6): 80% of the copy bandwidth for large rows, for a GPU to measure (not yet done): by
+// bytes, the forwards of softmax and layer_norm move a copy's traffic, 2·sizeof(T) per element, and the
+// backwards read each input once; a warp issues one 16-byte access per 4 f32 (8 bf16). The row_kernels
+// group of benches/ops.rs and kiln bench measure them on Cuda(0) when a GPU is present.
 #pragma once
 #include "common.cuh"
 

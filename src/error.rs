@@ -44,6 +44,11 @@ pub enum Error {
     #[error("{op}: {msg}")]
     Invalid { op: &'static str, msg: String },
 
+    /// A file whose contents do not follow its format (a corrupt or truncated GGUF, ...),
+    /// e.g. `model.gguf: truncated at byte 24 while reading the tensor count`.
+    #[error("{file}: {what}")]
+    Format { file: String, what: String },
+
     /// An I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -19,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 mod error;
+pub mod gguf;
 pub mod model;
 pub mod nn;
 pub mod ops;
@@ -26,6 +27,41 @@ pub mod optim;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;
+
+/// The Rust blocks of README.md and docs/*.md, compiled and run as doc-tests (`cargo test --doc`) so
+/// that the docs cannot rot. Shell and other blocks are fenced with their language (```sh, ```text);
+/// a `rust,ignore` block quotes the source, and tests/docs.rs checks that it still does, and that
+/// every doc is listed here.
+#[cfg(doctest)]
+#[allow(dead_code)]
+mod doc_tests {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/autograd.md")]
+    struct Autograd;
+    #[doc = include_str!("../docs/changelog.md")]
+    struct Changelog;
+    #[doc = include_str!("../docs/emulator.md")]
+    struct Emulator;
+    #[doc = include_str!("../docs/gpu.md")]
+    struct Gpu;
+    #[doc = include_str!("../docs/kernels.md")]
+    struct Kernels;
+    #[doc = include_str!("../docs/layer_norm.md")]
+    struct LayerNorm;
+    #[doc = include_str!("../docs/model.md")]
+    struct Model;
+    #[doc = include_str!("../docs/ops.md")]
+    struct Ops;
+    #[doc = include_str!("../docs/perf.md")]
+    struct Perf;
+    #[doc = include_str!("../docs/perf-log.md")]
+    struct PerfLog;
+    #[doc = include_str!("../docs/tour.md")]
+    struct Tour;
+    #[doc = include_str!("../docs/training.md")]
+    struct Training;
+}
 
 pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};
 pub use error::{Error, Result};

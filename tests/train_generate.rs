@@ -107,7 +107,7 @@ fn counts(logits: &[f32], opts: &SampleOptions, n: usize, seed: u64) -> Vec<usiz
     let mut rng = Rng::new(seed);
     let mut c = vec![0; logits.len()];
     for _ in 0..n {
-        c[sample_logits(logits, opts, &mut rng) as usize] += 1;
+        c[sample_logits(logits, opts, &mut rng).unwrap() as usize] += 1;
     }
     c
 }

@@ -366,17 +366,27 @@ fn bad_checkpoints_are_clear_errors_and_nothing_is_lost() {
     assert!(err.contains(", 16]") && err.contains(", 32]"), "{err}");
     std::fs::write(&cfg_path, &good_cfg).unwrap();
 
-    // a truncated safetensors file
+    // a truncated safetensors file: its checksum, recorded in state.json, no longer matches
     let model_path = ck.join(checkpoint::MODEL);
     let good = std::fs::read(&model_path).unwrap();
     std::fs::write(&model_path, &good[..good.len() / 2]).unwrap();
+    let err = checkpoint::load(&out, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors is damaged: its checksum is"), "{err}");
+    let err = train::resume(&opts(&out, None), |_| {}).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors is damaged"), "{err}");
+    // and without a recorded checksum (a checkpoint from before kiln kept them), the parser
+    // names the file
+    let state_path = ck.join(checkpoint::STATE);
+    let good_state = std::fs::read_to_string(&state_path).unwrap();
+    let mut state: checkpoint::TrainState = serde_json::from_str(&good_state).unwrap();
+    state.checksums.clear();
+    std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
     let err = checkpoint::load(&out, &Device::Cpu).err().unwrap().to_string();
     assert!(
         err.contains("model.safetensors") && err.contains("truncated or corrupt"),
         "{err}"
     );
-    let err = train::resume(&opts(&out, None), |_| {}).err().unwrap().to_string();
-    assert!(err.contains("truncated or corrupt"), "{err}");
+    std::fs::write(&state_path, &good_state).unwrap();
     // garbage
     std::fs::write(&model_path, b"definitely not safetensors").unwrap();
     assert!(checkpoint::load(&out, &Device::Cpu).is_err());

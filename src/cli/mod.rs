@@ -1,11 +1,12 @@
 //! The `kiln` command line: `train`, `finetune`, `generate`, `bench`. `src/main.rs` only calls
 //! [`main`]. Every failure is printed as one `error: ...` message with exit status 1 (2 for
-//! a command line clap cannot parse).
+//! a command line clap cannot parse). Output goes through [`console`] or checked writes, never
+//! `println!`: a closed or full stdout or stderr never panics (see [`stream`]).
 
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind};
-use crate::train::{self, checkpoint, Init, RunOptions, SampleOptions, TrainConfig};
+use crate::train::{self, checkpoint, console, Init, RunOptions, SampleOptions, TrainConfig};
 use crate::{DType, Device, Error, Result, Rng};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -300,7 +301,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            console::err(&format!("error: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -380,7 +381,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         cfg.windows = a.windows;
         a.optim.apply(&mut cfg);
         if a.data.is_empty() {
-            println!("no --data given: training on kiln's own docs and sources ({EMBEDDED})");
+            console::out(&format!(
+                "no --data given: training on kiln's own docs and sources ({EMBEDDED})"
+            ));
         }
         let init = Init::Scratch {
             model,
@@ -411,7 +414,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         cfg.seed = seed;
     }
     a.optim.apply(&mut cfg);
-    println!("fine-tuning {source}");
+    console::out(&format!("fine-tuning {source}"));
     let init = Init::From {
         model: Box::new(model),
         tokenizer,
@@ -423,9 +426,11 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
 
 /// A kiln checkpoint, or a Hugging Face GPT-2 folder (with the GPT-2 tokenizer).
 fn load_any(path: &Path, dev: &Device) -> Result<(Gpt, Tokenizer, String)> {
-    let is_hf = path.join("model.safetensors").is_file()
-        && path.join("config.json").is_file()
-        && !path.join(checkpoint::STATE).is_file();
+    // a folder with a config.json that is not a kiln checkpoint: from_hf_dir says what it
+    // lacks (model.safetensors, often) and how to convert other weight formats
+    let is_hf = path.join("config.json").is_file()
+        && !path.join(checkpoint::STATE).is_file()
+        && !path.join(checkpoint::DIR).is_dir();
     if is_hf {
         let model = Gpt::from_hf_dir(path, dev)?;
         return Ok((model, Tokenizer::Gpt2, format!("Hugging Face model {}", path.display())));
@@ -452,15 +457,25 @@ pub fn encode_prompt(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
     })
 }
 
-/// Streams a generation to stdout; returns the generated text.
+/// The context of the error for a failed write to stdout.
+const WRITING_STDOUT: &str = "writing to stdout";
+
+/// Streams a generation to stdout; returns the generated text. When stdout is closed (a pipe
+/// whose reader left: `kiln generate | head -c 100`) the generation stops there quietly; any
+/// other failed write (a full disk) is an error.
 pub fn stream(model: &Gpt, tok: &Tokenizer, prompt: &str, opts: &SampleOptions, seed: u64) -> Result<String> {
     let ids = encode_prompt(tok, prompt)?;
     let mut out = std::io::stdout().lock();
     let mut decoder = StreamDecoder::new();
     let mut text = String::new();
+    let mut closed = false;
     // Control characters (an undertrained byte-level model emits some) could drive the
-    // terminal; they are shown as U+FFFD. Newlines and tabs pass.
-    let write = |out: &mut std::io::StdoutLock, s: &str| {
+    // terminal; they are shown as U+FFFD. Newlines and tabs pass. Returns whether stdout is
+    // still open.
+    let mut write = |s: &str| -> Result<bool> {
+        if closed {
+            return Ok(false);
+        }
         let shown: String = s
             .chars()
             .map(|c| {
@@ -471,36 +486,51 @@ pub fn stream(model: &Gpt, tok: &Tokenizer, prompt: &str, opts: &SampleOptions, 
                 }
             })
             .collect();
-        out.write_all(shown.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::io("writing to stdout", e))
+        match out.write_all(shown.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                closed = true;
+                Ok(false)
+            }
+            Err(e) => Err(Error::io(WRITING_STDOUT, e)),
+        }
     };
-    write(&mut out, prompt)?;
+    if !write(prompt)? {
+        return Ok(text);
+    }
     let mut rng = Rng::new(seed);
     train::generate(model, &ids, opts, &mut rng, |id| {
         let piece = decoder.push(tok, id);
         text.push_str(&piece);
-        write(&mut out, &piece)?;
-        Ok(true)
+        write(&piece)
     })?;
     let rest = decoder.finish();
     text.push_str(&rest);
-    write(&mut out, &rest)?;
-    write(&mut out, "\n")?;
+    write(&rest)?;
+    write("\n")?;
     Ok(text)
 }
 
+/// Prints a sample of a trained model. The run is saved by now: a stdout that cannot take the
+/// sample (a full disk) is a warning, not a failed command.
 fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
     if tokens == 0 {
         return Ok(());
     }
-    println!("--- sample ({tokens} tokens, temperature 0.8, top-k 200) ---");
+    console::out(&format!("--- sample ({tokens} tokens, temperature 0.8, top-k 200) ---"));
     let opts = SampleOptions {
         max_new_tokens: tokens,
         ..SampleOptions::default()
     };
-    stream(model, tok, "", &opts, 1337)?;
-    println!("---");
+    match stream(model, tok, "", &opts, 1337) {
+        Err(Error::Io { context, source }) if context == WRITING_STDOUT => {
+            console::warn(&format!("the sample could not be written to stdout: {source}"));
+        }
+        other => {
+            other?;
+        }
+    }
+    console::out("---");
     Ok(())
 }
 
@@ -524,24 +554,24 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         (None, Some(hf)) => {
             let model = Gpt::from_hf_dir(hf, &dev)?;
             if model.config().vocab_size < Tokenizer::Gpt2.vocab_size() {
-                eprintln!(
+                console::err(&format!(
                     "note: {} has a vocabulary of {} ids, smaller than GPT-2's {}; prompts may not fit it",
                     hf.display(),
                     model.config().vocab_size,
                     Tokenizer::Gpt2.vocab_size()
-                );
+                ));
             }
             (model, Tokenizer::Gpt2, hf.display().to_string())
         }
         (None, None) => return Err(cli_err("give --checkpoint DIR or --hf DIR".into())),
     };
     model.set_dtype(a.dtype.into())?;
-    eprintln!(
+    console::err(&format!(
         "{source}: {}; tokenizer {}; computing in {}",
         train::describe_model(model.config(), model.num_params()),
         tok.describe(),
         model.dtype()
-    );
+    ));
     stream(&model, &tok, &a.prompt, &opts, a.seed)?;
     Ok(())
 }
@@ -558,20 +588,29 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         sizes: a.sizes,
         reps: a.reps,
         budget_s: a.seconds,
-        copy_bytes: a.copy_mib.map(|m| m << 20),
+        copy_bytes: a
+            .copy_mib
+            .map(|m| {
+                m.checked_mul(1 << 20).ok_or_else(|| {
+                    cli_err(format!(
+                        "bench: --copy-mib {m} MiB is more bytes than this machine can count"
+                    ))
+                })
+            })
+            .transpose()?,
         gpt_steps: a.gpt_steps,
         gpt_batch: a.gpt_batch,
         gpt_dtype: a.gpt_dtype.map(DType::from),
     };
-    let report = crate::bench::run(&opts, |what| eprintln!("bench: {what}"))?;
-    print!("{}", crate::bench::report::table(&report));
+    let report = crate::bench::run(&opts, |what| console::err(&format!("bench: {what}")))?;
+    console::out(crate::bench::report::table(&report).trim_end_matches('\n'));
     if let Some(path) = &a.json {
         crate::bench::report::write_json(&report, path)?;
-        println!("wrote {}", path.display());
+        console::out(&format!("wrote {}", path.display()));
     }
     if let Some(path) = &a.plot {
         crate::bench::report::write_svg(&report, path)?;
-        println!("wrote {}", path.display());
+        console::out(&format!("wrote {}", path.display()));
     }
     Ok(())
 }

@@ -107,8 +107,9 @@ impl Corpus {
     }
 }
 
-const CACHE_MAGIC: &[u8; 8] = b"KILNTOK1";
-const CACHE_HEADER: usize = 8 + 3 * 8;
+const CACHE_MAGIC: &[u8; 8] = b"KILNTOK2";
+/// Magic, corpus and tokenizer fingerprints, id count, checksum.
+const CACHE_HEADER: usize = 8 + 4 * 8;
 
 /// The header of a token cache file: which text and which tokenizer produced it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,52 +118,116 @@ pub struct CacheKey {
     pub tokenizer: u64,
 }
 
-/// Reads a token cache; `None` if it is absent, foreign, damaged, or made from other
-/// text or another tokenizer (`want`; `None` accepts any key).
-pub fn read_token_cache(path: &Path, want: Option<CacheKey>) -> Option<(CacheKey, Vec<u32>)> {
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.len() < CACHE_HEADER || &bytes[..8] != CACHE_MAGIC {
-        return None;
+/// The checksum a token cache stores in its header (and a checkpoint in its `state.json`):
+/// xxh3-64 of the key, the id count and the ids, all little-endian.
+pub fn cache_checksum(key: CacheKey, ids: &[u32]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&key.corpus.to_le_bytes());
+    h.update(&key.tokenizer.to_le_bytes());
+    h.update(&(ids.len() as u64).to_le_bytes());
+    for chunk in ids.chunks(4096) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|id| id.to_le_bytes()).collect();
+        h.update(&bytes);
     }
-    let word = |i: usize| u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"));
-    let key = CacheKey {
-        corpus: word(0),
-        tokenizer: word(1),
-    };
-    let count = word(2) as usize;
-    if want.is_some_and(|w| w != key) || bytes.len() != CACHE_HEADER + 4 * count {
-        return None;
-    }
-    let ids = bytes[CACHE_HEADER..]
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    Some((key, ids))
+    h.digest()
 }
 
-/// Writes a token cache atomically.
-pub fn write_token_cache(path: &Path, key: CacheKey, ids: &[u32]) -> Result<()> {
+/// The bytes of a token cache file:
+///
+/// ```text
+/// "KILNTOK2"  corpus fingerprint u64  tokenizer fingerprint u64  count u64  checksum u64  ids u32 × count
+/// ```
+///
+/// all little-endian; the checksum is [`cache_checksum`].
+pub fn token_cache_bytes(key: CacheKey, ids: &[u32]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(CACHE_HEADER + 4 * ids.len());
     bytes.extend_from_slice(CACHE_MAGIC);
     bytes.extend_from_slice(&key.corpus.to_le_bytes());
     bytes.extend_from_slice(&key.tokenizer.to_le_bytes());
     bytes.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&cache_checksum(key, ids).to_le_bytes());
     for id in ids {
         bytes.extend_from_slice(&id.to_le_bytes());
     }
-    crate::model::io::write_atomic(path, &bytes)
+    bytes
+}
+
+/// Parses the bytes of a token cache file (`source` names it in errors): its key and ids.
+/// Anything but a complete, intact file whose ids are all below `vocab` is an error saying
+/// what is wrong: another format, a size that disagrees with the count, a checksum that does
+/// not match (a flipped bit), an id outside the vocabulary.
+pub fn parse_token_cache(bytes: &[u8], source: &str, vocab: usize) -> Result<(CacheKey, Vec<u32>)> {
+    let damaged = |why: String| data_err(format!("token cache {source} is damaged: {why}"));
+    if bytes.len() < CACHE_HEADER || &bytes[..8] != CACHE_MAGIC {
+        return Err(damaged(format!(
+            "it does not start with a {CACHE_HEADER}-byte {} header",
+            String::from_utf8_lossy(CACHE_MAGIC)
+        )));
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[8 + 8 * i..16 + 8 * i]);
+        u64::from_le_bytes(w)
+    };
+    let key = CacheKey {
+        corpus: word(0),
+        tokenizer: word(1),
+    };
+    let (count, stored) = (word(2), word(3));
+    let body = &bytes[CACHE_HEADER..];
+    if !body.len().is_multiple_of(4) || body.len() as u64 / 4 != count {
+        return Err(damaged(format!(
+            "its header counts {count} ids, but {} bytes of ids follow (truncated?)",
+            body.len()
+        )));
+    }
+    let ids: Vec<u32> = body
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let computed = cache_checksum(key, &ids);
+    if computed != stored {
+        return Err(damaged(format!(
+            "its checksum is {computed:016x}, the header records {stored:016x}"
+        )));
+    }
+    if let Some((i, &id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
+        return Err(damaged(format!(
+            "token {i} is id {id}, outside the vocabulary of {vocab} ids"
+        )));
+    }
+    Ok((key, ids))
+}
+
+/// Reads a token cache: `Ok(None)` if the file is absent or was made from other text or
+/// another tokenizer (`want`; `None` accepts any key), an error naming the file if it is
+/// damaged (see [`parse_token_cache`]).
+pub fn read_token_cache(path: &Path, want: Option<CacheKey>, vocab: usize) -> Result<Option<(CacheKey, Vec<u32>)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading token cache {}", path.display()), e)),
+    };
+    let (key, ids) = parse_token_cache(&bytes, &path.display().to_string(), vocab)?;
+    Ok(want.is_none_or(|w| w == key).then_some((key, ids)))
+}
+
+/// Writes a token cache atomically.
+pub fn write_token_cache(path: &Path, key: CacheKey, ids: &[u32]) -> Result<()> {
+    crate::model::io::write_atomic(path, &token_cache_bytes(key, ids))
 }
 
 /// Token ids of `corpus` under `tok`, read from the cache file `cache` when it was made
 /// from the same text and tokenizer, else computed and written there (`cache = None`: no
-/// caching). Returns the ids and whether the cache was used.
+/// caching; a damaged cache is recomputed from the text and rewritten). Returns the ids and
+/// whether the cache was used.
 pub fn tokenize_cached(corpus: &Corpus, tok: &Tokenizer, cache: Option<&Path>) -> Result<(Vec<u32>, bool)> {
     let key = CacheKey {
         corpus: corpus.fingerprint(),
         tokenizer: tok.fingerprint(),
     };
     if let Some(path) = cache {
-        if let Some((_, ids)) = read_token_cache(path, Some(key)) {
+        if let Ok(Some((_, ids))) = read_token_cache(path, Some(key), tok.vocab_size()) {
             return Ok((ids, true));
         }
     }

@@ -73,7 +73,9 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     }
 }
 
-/// The safetensors bytes of named tensors with optional string metadata.
+/// The safetensors bytes of named tensors with optional string metadata. The same tensors and
+/// metadata always give the same bytes: the metadata entries are written sorted by key (the
+/// `safetensors` crate writes them in its hash map's order, which changes from run to run).
 pub fn serialize_tensors(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let data = tensors
         .iter()
@@ -87,7 +89,59 @@ pub fn serialize_tensors(tensors: &[(String, Tensor)], metadata: Option<HashMap<
                 .map_err(|e| Error::invalid("save_safetensors", format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, metadata).map_err(|e| Error::invalid("save_safetensors", e.to_string()))
+    let sorted: Option<BTreeMap<String, String>> = metadata.as_ref().map(|m| m.clone().into_iter().collect());
+    let mut bytes =
+        safetensors::serialize(views, metadata).map_err(|e| Error::invalid("save_safetensors", e.to_string()))?;
+    if let Some(sorted) = sorted {
+        sort_metadata(&mut bytes, &sorted)?;
+    }
+    Ok(bytes)
+}
+
+/// Rewrites the `__metadata__` object of serialized safetensors `bytes` with its entries in
+/// key order. The crate writes it first in the header, `{"__metadata__":{...},` in compact
+/// JSON, so the sorted object (the same entries, hence the same length) replaces it in place.
+fn sort_metadata(bytes: &mut [u8], sorted: &BTreeMap<String, String>) -> Result<()> {
+    const PREFIX: &[u8] = br#"{"__metadata__":"#;
+    let json = serde_json::to_vec(sorted).map_err(|e| Error::invalid("save_safetensors", e.to_string()))?;
+    let start = 8 + PREFIX.len();
+    let region = bytes.get(start..start + json.len());
+    let same_entries = region.is_some_and(|r| {
+        bytes[8..].starts_with(PREFIX)
+            && serde_json::from_slice::<BTreeMap<String, String>>(r).ok().as_ref() == Some(sorted)
+    });
+    if !same_entries {
+        return Err(Error::invalid(
+            "save_safetensors",
+            "the safetensors header does not start with its metadata as expected (a changed safetensors crate?)",
+        ));
+    }
+    bytes[start..start + json.len()].copy_from_slice(&json);
+    Ok(())
+}
+
+/// Checks that every floating-point tensor holds only finite values; the error names the
+/// first tensor that does not, with the first bad element, and `source` (the file).
+pub fn check_finite(tensors: &[(String, Tensor)], source: &str) -> Result<()> {
+    for (name, t) in tensors {
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let values = t.to_dtype(DType::F64)?.to_vec::<f64>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let bad = values.iter().filter(|v| !v.is_finite()).count();
+            return Err(Error::invalid(
+                "load_safetensors",
+                format!(
+                    "{source}: tensor {name} {:?} holds {bad} values that are not finite (element {i} is {}); \
+                     the file is corrupt or was saved from a diverged run",
+                    t.shape(),
+                    values[i]
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes named tensors to a safetensors file, atomically (see [`write_atomic`]).
@@ -183,27 +237,38 @@ impl Gpt {
     /// (metadata key [`CONFIG_KEY`]) to a safetensors file, atomically: a temporary file in
     /// the same folder, fsync, rename.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.safetensors_bytes()?)
+    }
+
+    /// The bytes [`Gpt::save_safetensors`] writes (the same for the same weights, byte for byte).
+    pub fn safetensors_bytes(&self) -> Result<Vec<u8>> {
         let config = serde_json::to_string(self.config())
             .map_err(|e| Error::invalid("save_safetensors", format!("config: {e}")))?;
         let metadata = HashMap::from([
             (CONFIG_KEY.to_string(), config),
             ("format".to_string(), "pt".to_string()),
         ]);
-        save_tensors(path, &self.params(), Some(metadata))
+        serialize_tensors(&self.params(), Some(metadata))
     }
 
     /// Loads parameters written by [`Gpt::save_safetensors`] into this model. The file must
     /// hold exactly this model's tensors with the same shapes; otherwise the error lists every
     /// missing, unexpected and mismatched tensor with its shapes, and the model is unchanged.
     pub fn load_safetensors(&mut self, path: &Path) -> Result<()> {
-        let (tensors, metadata) = load_tensors(path, self.device())?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        self.load_safetensors_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// As [`Gpt::load_safetensors`] from a file's bytes in memory; `source` names the file.
+    pub fn load_safetensors_bytes(&mut self, bytes: &[u8], source: &str) -> Result<()> {
+        let (tensors, metadata) = parse_tensors(bytes, source, self.device())?;
         let note = match metadata.get(CONFIG_KEY).map(|s| serde_json::from_str::<GptConfig>(s)) {
             Some(Ok(cfg)) if &cfg != self.config() => {
                 format!(" (the file was saved from {cfg:?}; this model is {:?})", self.config())
             }
             _ => String::new(),
         };
-        self.assign_named(tensors, &format!("{}{note}", path.display()))
+        self.assign_named(tensors, &format!("{source}{note}"))
     }
 
     /// Loads a Hugging Face GPT-2 folder as `save_pretrained` writes it: `config.json` and
@@ -212,6 +277,9 @@ impl Gpt {
     pub fn from_hf_dir(dir: &Path, dev: &Device) -> Result<Gpt> {
         let cfg = hf_config(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(missing_hf_weights(dir));
+        }
         let (tensors, _) = load_tensors(&weights, dev)?;
         let mut renamed = Vec::with_capacity(tensors.len());
         let mut lm_head = None;
@@ -308,12 +376,54 @@ impl Gpt {
                 ),
             ));
         }
+        // every value checked before any parameter changes
+        let named: Vec<(String, Tensor)> = given.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+        check_finite(&named, source)?;
         for (name, p) in &params {
-            let t = given[name].to_dtype(p.dtype())?;
-            p.assign(&t)?;
+            p.assign(&given[name].to_dtype(p.dtype())?)?;
         }
         Ok(())
     }
+}
+
+/// The error for a Hugging Face folder without `model.safetensors`: which weight files it holds
+/// instead, which kiln reads, and how to convert.
+fn missing_hf_weights(dir: &Path) -> Error {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.ends_with(".bin")
+                        || n.ends_with(".safetensors")
+                        || n.ends_with(".index.json")
+                        || n.ends_with(".h5")
+                        || n.ends_with(".msgpack")
+                        || n.ends_with(".pt")
+                        || n.ends_with(".pth")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    let holds = if found.is_empty() {
+        "no weight file".to_string()
+    } else {
+        found.join(", ")
+    };
+    Error::invalid(
+        "from_hf_dir",
+        format!(
+            "{} has no model.safetensors (it holds {holds}). kiln reads a Hugging Face GPT-2 folder's weights from \
+             one model.safetensors file: not pytorch_model.bin (a pickle), not TensorFlow or Flax files, not \
+             weights sharded into model-0000N-of-0000M.safetensors. Convert with transformers: python -c \
+             \"from transformers import GPT2LMHeadModel as M; M.from_pretrained('{dir}').save_pretrained('OUT', \
+             safe_serialization=True, max_shard_size='1000GB')\" and give kiln OUT",
+            dir.display(),
+            dir = dir.display()
+        ),
+    )
 }
 
 /// A [`GptConfig`] from a Hugging Face GPT-2 `config.json`; options kiln's GPT does not
@@ -322,11 +432,16 @@ fn hf_config(path: &Path) -> Result<GptConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let bad = |msg: String| Error::invalid("from_hf_dir", format!("{}: {msg}", path.display()));
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    // the first of `keys` present; a value of another type is named as such, not as missing
     let usize_field = |keys: &[&str]| -> Result<usize> {
-        keys.iter()
-            .find_map(|k| json.get(*k).and_then(|v| v.as_u64()))
-            .map(|v| v as usize)
-            .ok_or_else(|| bad(format!("missing integer field {}", keys.join(" or "))))
+        let Some((key, v)) = keys.iter().find_map(|k| json.get(*k).map(|v| (k, v))) else {
+            return Err(bad(format!("missing integer field {}", keys.join(" or "))));
+        };
+        v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+            bad(format!(
+                "{key} is {v}, which is not a whole number ≥ 0 (write it without quotes)"
+            ))
+        })
     };
     let n_embd = usize_field(&["n_embd", "hidden_size"])?;
     let cfg = GptConfig {

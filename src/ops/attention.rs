@@ -2,6 +2,9 @@
 //! the log-sum-exp of every query row; the backward recomputes the probabilities from it and
 //! yields dq, dk and dv in one fused primitive (see backend/cpu/attention.rs and
 //! kernels/attention.cu), so no `[Tq, Tk]` tensor is ever kept.
+//!
+//! Backward, with s = 1/√d, P = softmax(s·Q·Kᵀ) (recomputed from the saved log-sum-exp) and
+//! D = rowsum(g ⊙ O):  dV = Pᵀ·g,  dS = P ⊙ (g·Vᵀ − D),  dQ = s·dS·K,  dK = s·dSᵀ·Q.
 
 use crate::backend::op::AttentionDims;
 use crate::{Error, Result, Tensor};

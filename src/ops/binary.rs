@@ -1,5 +1,9 @@
 //! Elementwise functions of two tensors with NumPy broadcasting: add, sub, mul, div,
 //! maximum, minimum, and comparisons. Gradients are summed back to each input's shape.
+//!
+//! Backward (each summed to its input's shape): add (g, g); sub (g, −g); mul (g·b, g·a);
+//! div (g/b, −g·a/b²); maximum, minimum: g to the larger (smaller) input, split evenly on ties;
+//! comparisons: none.
 
 use crate::backend::BinaryOp;
 use crate::tensor::layout::broadcast_shapes;

@@ -1,4 +1,7 @@
 //! cross_entropy from logits (mean over the rows whose target is not ignored).
+//!
+//! Backward: dlogits = (softmax(logits) − onehot(target)) · g / count per row, 0 for ignored rows
+//! (count: the rows not ignored). Fused: no probability tensor is kept.
 
 use crate::{DType, Error, Result, Tensor};
 

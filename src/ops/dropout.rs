@@ -1,5 +1,6 @@
 //! Dropout: in training, zero each element with probability p and scale the rest by
 //! 1/(1−p); in evaluation, the identity. The mask comes from the caller's seeded generator.
+//! A multiply by that mask, so the backward is mul's: dx = g ⊙ mask.
 
 use crate::{Error, Result, Rng, Tensor};
 

@@ -2,6 +2,11 @@
 //! scatter-add of the gradient rows, deterministic: each row sums its bucket of ids in order),
 //! where_cond and masked_fill. The ids are checked on the host (one small read), then used from
 //! the device.
+//!
+//! Backward: index_select and embedding, d(table) = index_add of g's rows at their ids;
+//! token_position_embedding, dwte = index_add of g and dwpe = Σ over the batch of g;
+//! where_cond, (where(cond, g, 0), where(cond, 0, g)) summed to each input's shape (masked_fill is
+//! a where_cond, so dx = where(mask, 0, g)).
 
 use crate::backend::IdBuckets;
 use crate::tensor::layout::{broadcast_shapes, resolve_dim};

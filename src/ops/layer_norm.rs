@@ -1,5 +1,9 @@
 //! layer_norm over the last dim: y = (x − mean)/√(var + eps) · weight + bias, with the
 //! biased variance (as PyTorch). Fused forward and backward (see backend/cpu/layer_norm.rs).
+//!
+//! Backward, with x̂ = (x − mean)·rstd and rstd = 1/√(var + eps), per row (derived in
+//! docs/layer_norm.md):  dx = rstd·(g ⊙ w − mean(g ⊙ w) − x̂ ⊙ mean(g ⊙ w ⊙ x̂)),
+//! dw = Σ_rows g ⊙ x̂,  db = Σ_rows g.
 
 use crate::{Error, Result, Tensor};
 

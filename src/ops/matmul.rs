@@ -1,5 +1,9 @@
 //! Matrix product: 2-D, or batched `[..., M, K] x [..., K, N]` with broadcast batch dims; and
 //! `linear` (x·wᵀ + b) with its fused GELU and residual forms.
+//!
+//! Backward: matmul, da = g·bᵀ and db = aᵀ·g, summed over broadcast batch dims; linear, dx = g·w,
+//! dw = gᵀ·x, db = Σ_rows g; linear_gelu, the same from dz = gelu_backward(g, z) with z = x·wᵀ + b
+//! kept by the forward; linear_residual, the same and dr = g.
 
 use crate::backend::op::Epilogue;
 use crate::tensor::layout::{broadcast_shapes, Layout};

@@ -1,4 +1,7 @@
 //! Reductions: sum, mean, max, min over given dims (with keepdim), sum_all, mean_all.
+//!
+//! Backward: sum, g broadcast back over the reduced dims; mean, g/n; max and min, g to the
+//! elements equal to the result, split evenly among ties.
 
 use crate::backend::op::BinaryOp;
 use crate::backend::op::ReduceOp;

@@ -1,5 +1,9 @@
 //! Shape ops. Views (reshape of contiguous data, transpose, permute, narrow, broadcast_to,
 //! squeeze, unsqueeze) share storage; contiguous and cat copy.
+//!
+//! Backward: reshape, squeeze, unsqueeze, g reshaped back; transpose, permute, the inverse
+//! permutation; narrow, g placed in zeros of the input's shape; broadcast_to, g summed to the
+//! input's shape; cat, g narrowed into its pieces; contiguous, g.
 
 use crate::tensor::layout::{checked_numel, resolve_dim};
 use crate::{Error, Result, Tensor};

@@ -1,6 +1,10 @@
 //! Elementwise functions of one tensor, each with its derivative:
 //! neg, exp, log, sqrt, tanh, gelu, relu, powf, and the scalar affine map; and GELU's backward,
 //! `gelu_backward(dy, z) = dy·gelu'(z)`, one fused primitive (one read of each operand, one write).
+//!
+//! Backward: neg −g; exp g·y; log g/x; sqrt g/(2y); tanh g·(1 − y²); relu g·[x > 0];
+//! powf g·p·x^(p−1); recip −g·y²; affine (x·a + b) g·a; gelu gelu_backward(g, x), with
+//! gelu(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³).
 
 use crate::backend::UnaryOp;
 use crate::{Error, Result, Tensor};

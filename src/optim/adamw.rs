@@ -54,9 +54,13 @@ impl AdamW {
         if !((0.0..1.0).contains(&betas.0) && (0.0..1.0).contains(&betas.1)) {
             return invalid(format!("betas must be in [0, 1), got {betas:?}"));
         }
-        if eps.is_nan() || eps < 0.0 || weight_decay.is_nan() || weight_decay < 0.0 {
+        // eps = 0 divides a zero moment by zero: NaN weights at the first zero gradient
+        if !(eps > 0.0 && eps.is_finite()) {
+            return invalid(format!("eps must be a finite number > 0, got {eps}"));
+        }
+        if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
             return invalid(format!(
-                "eps ({eps}) and weight_decay ({weight_decay}) must be non-negative"
+                "weight_decay must be finite and non-negative, got {weight_decay}"
             ));
         }
         for (i, (name, p)) in params.iter().enumerate() {
@@ -211,12 +215,17 @@ impl AdamW {
     }
 
     /// Restores a state written by [`AdamW::state`]; every tensor must be present with its
-    /// parameter's shape, or nothing changes and the error lists what differs.
+    /// parameter's shape and hold values an AdamW run can reach (finite first moments, finite
+    /// second moments ≥ 0, a whole step count below 2^53), or nothing changes and the error
+    /// lists what differs.
     pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let find = |key: &str| state.iter().find(|(n, _)| n == key).map(|(_, t)| t);
         let mut problems = Vec::new();
         for s in &self.slots {
-            for key in [format!("{}.exp_avg", s.name), format!("{}.exp_avg_sq", s.name)] {
+            for (key, second) in [
+                (format!("{}.exp_avg", s.name), false),
+                (format!("{}.exp_avg_sq", s.name), true),
+            ] {
                 match find(&key) {
                     None => problems.push(format!("  missing: {key} {:?}", s.param.shape())),
                     Some(t) if t.shape() != s.param.shape() => problems.push(format!(
@@ -224,10 +233,23 @@ impl AdamW {
                         t.shape(),
                         s.param.shape()
                     )),
-                    Some(_) => {}
+                    Some(t) => {
+                        let values = t.to_dtype(DType::F64)?.to_vec::<f64>()?;
+                        // a second moment is a running mean of squares: never negative
+                        let bad = |v: f64| !v.is_finite() || (second && v < 0.0);
+                        if let Some(i) = values.iter().position(|&v| bad(v)) {
+                            let count = values.iter().filter(|&&v| bad(v)).count();
+                            let want = if second { "finite and ≥ 0" } else { "finite" };
+                            problems.push(format!(
+                                "  bad values: {key}: {count} are not {want} (element {i} is {})",
+                                values[i]
+                            ));
+                        }
+                    }
                 }
             }
         }
+        // f64 counts whole steps exactly up to 2^53, far beyond any run
         let step = match find("step") {
             Some(t) if t.numel() == 1 => t.to_scalar::<f64>()?,
             _ => {
@@ -235,8 +257,8 @@ impl AdamW {
                 0.0
             }
         };
-        if !(step >= 0.0 && step.fract() == 0.0) {
-            problems.push(format!("  step {step} is not a whole number of steps"));
+        if !(step >= 0.0 && step.fract() == 0.0 && step <= 2f64.powi(53)) {
+            problems.push(format!("  step {step:e} is not a whole number of steps in [0, 2^53]"));
         }
         if !problems.is_empty() {
             return Err(Error::invalid(

@@ -70,7 +70,8 @@ impl CosineSchedule {
     /// The learning rate at step `step` (counting from 0).
     pub fn lr(&self, step: usize) -> f64 {
         if step < self.warmup {
-            return self.max_lr * (step + 1) as f64 / (self.warmup + 1) as f64;
+            // in f64: `warmup + 1` overflows for --warmup usize::MAX
+            return self.max_lr * (step as f64 + 1.0) / (self.warmup as f64 + 1.0);
         }
         if step > self.max_steps || self.max_steps <= self.warmup {
             return self.min_lr;
@@ -120,5 +121,18 @@ mod tests {
         assert!((s.lr(1050) - 5.5e-4).abs() < 1e-12);
         assert!((s.lr(2000) - 1e-4).abs() < 1e-15);
         assert_eq!(s.lr(5000), 1e-4);
+    }
+
+    #[test]
+    fn the_longest_warmup_stays_finite() {
+        let s = CosineSchedule {
+            warmup: usize::MAX,
+            max_steps: 10,
+            max_lr: 1e-3,
+            min_lr: 1e-4,
+        };
+        // step + 1 over 2^64: about 1e-3 / 2^64 at the first step, rising linearly
+        assert!((s.lr(0) - 1e-3 / 2f64.powi(64)).abs() < 1e-30, "{}", s.lr(0));
+        assert!((s.lr(1 << 40) - 1e-3 * 2f64.powi(40) / 2f64.powi(64)).abs() < 1e-20);
     }
 }

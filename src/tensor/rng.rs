@@ -55,6 +55,12 @@ impl Rng {
     }
 
     /// Uniform integer in `0..n` (n > 0), without modulo bias (Lemire's method).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0: the empty range has no draw. kiln's callers draw from ranges they have
+    /// checked to be non-empty (a split that holds a window, a vocabulary of at least one id),
+    /// so no input reaches this panic.
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "Rng::below(0)");
         loop {

@@ -9,6 +9,8 @@
 //!   a character outside it cannot be encoded (the error names it).
 //! - [`Tokenizer::Gpt2`]: GPT-2's byte-level BPE (`r50k_base`, 50,257 ids), whose
 //!   vocabulary ships inside the `tiktoken-rs` crate.
+//! - [`Tokenizer::Gguf`]: the byte-level BPE a GGUF model file describes (its vocabulary,
+//!   merges, pre-tokenizer, special tokens and chat template), from [`Tokenizer::from_gguf`].
 //!
 //! ```
 //! use kiln::tokenizer::Tokenizer;
@@ -20,13 +22,20 @@
 //! # Ok::<(), kiln::Error>(())
 //! ```
 
+mod chat;
+mod gguf;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use gguf::{GgufTokenizer, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::OnceLock;
 
-/// A tokenizer. Serialised as `{"kind": "byte"}`, `{"kind": "char", "chars": "..."}` or
-/// `{"kind": "gpt2"}`.
+/// A tokenizer. Serialised as `{"kind": "byte"}`, `{"kind": "char", "chars": "..."}`,
+/// `{"kind": "gpt2"}` or `{"kind": "gguf", "tokens": [...], "merges": [...], ...}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Tokenizer {
@@ -39,6 +48,8 @@ pub enum Tokenizer {
     },
     /// GPT-2 BPE (tiktoken's `r50k_base`).
     Gpt2,
+    /// The byte-level BPE of a GGUF file.
+    Gguf(Box<GgufTokenizer>),
 }
 
 /// The GPT-2 vocabulary size (`r50k_base`: 50,000 merges + 256 bytes + `<|endoftext|>`).
@@ -103,6 +114,44 @@ impl Tokenizer {
         }
     }
 
+    /// The byte-level BPE tokenizer of the GGUF model file at `path` (see [`GgufTokenizer`]).
+    /// It adds BOS/EOS to encoded text only if the file's `add_bos_token`/`add_eos_token` say so.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        Ok(Tokenizer::Gguf(Box::new(GgufTokenizer::open(path)?)))
+    }
+
+    /// The beginning-of-sequence id, if the tokenizer has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Gpt2 => Some(GPT2_EOT),
+            Tokenizer::Gguf(t) => t.bos_id(),
+            Tokenizer::Byte | Tokenizer::Char { .. } => None,
+        }
+    }
+
+    /// The end-of-sequence id (generation stops there), if the tokenizer has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Gpt2 => Some(GPT2_EOT),
+            Tokenizer::Gguf(t) => t.eos_id(),
+            Tokenizer::Byte | Tokenizer::Char { .. } => None,
+        }
+    }
+
+    /// `messages` formatted by the model's chat template; an error for a tokenizer without one.
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        match self {
+            Tokenizer::Gguf(t) => t.apply_chat_template(messages, add_generation_prompt),
+            other => Err(Error::invalid(
+                "chat template",
+                format!(
+                    "the {} tokenizer has no chat template; chat needs a model that ships one",
+                    other.name()
+                ),
+            )),
+        }
+    }
+
     /// A character-level tokenizer whose vocabulary is the sorted distinct characters of `text`.
     pub fn char_from_text(text: &str) -> Tokenizer {
         let set: BTreeSet<char> = text.chars().collect();
@@ -111,11 +160,23 @@ impl Tokenizer {
         }
     }
 
-    pub fn kind(&self) -> TokenizerKind {
+    /// The corpus kind this tokenizer was made as; `None` for one read from a model file.
+    pub fn kind(&self) -> Option<TokenizerKind> {
         match self {
-            Tokenizer::Byte => TokenizerKind::Byte,
-            Tokenizer::Char { .. } => TokenizerKind::Char,
-            Tokenizer::Gpt2 => TokenizerKind::Gpt2,
+            Tokenizer::Byte => Some(TokenizerKind::Byte),
+            Tokenizer::Char { .. } => Some(TokenizerKind::Char),
+            Tokenizer::Gpt2 => Some(TokenizerKind::Gpt2),
+            Tokenizer::Gguf(_) => None,
+        }
+    }
+
+    /// `byte`, `char`, `gpt2` or `gguf`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tokenizer::Byte => "byte",
+            Tokenizer::Char { .. } => "char",
+            Tokenizer::Gpt2 => "gpt2",
+            Tokenizer::Gguf(_) => "gguf",
         }
     }
 
@@ -125,12 +186,13 @@ impl Tokenizer {
             Tokenizer::Byte => 256,
             Tokenizer::Char { chars } => chars.len(),
             Tokenizer::Gpt2 => GPT2_VOCAB_SIZE,
+            Tokenizer::Gguf(t) => t.vocab_size(),
         }
     }
 
     /// A short description for logs: `byte (256 ids)`, `char (65 ids)`, `gpt2 (50257 ids)`.
     pub fn describe(&self) -> String {
-        format!("{} ({} ids)", self.kind(), self.vocab_size())
+        format!("{} ({} ids)", self.name(), self.vocab_size())
     }
 
     /// Token ids of `text`. For a character vocabulary, characters outside it are an error
@@ -168,6 +230,8 @@ impl Tokenizer {
             }
             // Ordinary encoding: "<|endoftext|>" in user text is plain text, not the special id.
             Tokenizer::Gpt2 => Ok(bpe()?.encode_ordinary(text)),
+            // Control tokens such as "<|im_start|>" in the text are their single ids.
+            Tokenizer::Gguf(t) => t.encode(text),
         }
     }
 
@@ -188,6 +252,7 @@ impl Tokenizer {
                     .collect(),
                 Err(_) => Vec::new(),
             },
+            Tokenizer::Gguf(t) => ids.iter().flat_map(|&i| t.token_bytes(i)).collect(),
         }
     }
 

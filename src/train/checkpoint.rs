@@ -7,8 +7,13 @@
 //!   optimizer.safetensors  AdamW moments ({name}.exp_avg, {name}.exp_avg_sq) and step
 //!   config.json            the model's GptConfig
 //!   tokenizer.json         the tokenizer (a character vocabulary is listed in full)
-//!   state.json             step, generator states, TrainConfig, data fingerprint (written last)
+//!   state.json             step, generator states, TrainConfig, data fingerprint, checksums
+//!                          (written last)
 //! ```
+//!
+//! `state.json` records a checksum (xxh3-64) of `model.safetensors`, of `optimizer.safetensors`
+//! and of the run's token cache; [`load`], [`load_optimizer`] and the resumed run's token
+//! reader check them, so a flipped bit is an error naming the file, never a silent change.
 //!
 //! A new checkpoint is written into `checkpoint.tmp/` (every file flushed to disk), then
 //! swapped in: `checkpoint/ → checkpoint.old/`, `checkpoint.tmp/ → checkpoint/`, and only
@@ -22,10 +27,12 @@ use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
 use crate::{Device, Error, Result, Rng};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const DIR: &str = "checkpoint";
-const TMP: &str = "checkpoint.tmp";
+/// Where a new checkpoint is staged before it replaces [`DIR`].
+pub const TMP: &str = "checkpoint.tmp";
 const OLD: &str = "checkpoint.old";
 pub const MODEL: &str = "model.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
@@ -66,6 +73,42 @@ pub struct TrainState {
     pub last_train_loss: Option<f64>,
     pub last_val_loss: Option<f64>,
     pub kiln_version: String,
+    /// Checksums of the run's data, `{file name: "xxh3:HEX"}`: of the bytes of
+    /// [`MODEL`] and [`OPTIMIZER`] (set by [`save`]), and of the token cache's key and ids
+    /// ([`crate::data::cache_checksum`]). Empty in checkpoints written before kiln kept them,
+    /// which load unchecked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
+}
+
+/// A checksum as `state.json` records it.
+pub fn checksum_text(hash: u64) -> String {
+    format!("xxh3:{hash:016x}")
+}
+
+/// The checksum of a file's bytes as `state.json` records it.
+pub fn checksum(bytes: &[u8]) -> String {
+    checksum_text(xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// Checks `actual` (see [`checksum_text`]) against the checksum `state` records for the file
+/// `path` (none recorded: an older checkpoint, accepted).
+pub fn verify(state: &TrainState, path: &Path, actual: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match state.checksums.get(&name) {
+        Some(want) if want != actual => Err(Error::Invalid {
+            op: "checkpoint",
+            msg: format!(
+                "{} is damaged: its checksum is {actual}, but {STATE} recorded {want} when it was written; \
+                 restore it from a copy of the run folder",
+                path.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn json_err(what: &Path, e: serde_json::Error) -> Error {
@@ -76,8 +119,23 @@ fn json_err(what: &Path, e: serde_json::Error) -> Error {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    serde_json::from_str(&text).map_err(|e| json_err(path, e))
+    let bytes = read_file(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| json_err(path, e))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+/// Parses the bytes of a `state.json` (`path` names it in errors): JSON of a [`TrainState`]
+/// whose training settings pass [`TrainConfig::validate`]. Never panics, whatever the bytes.
+pub fn parse_state(bytes: &[u8], path: &Path) -> Result<TrainState> {
+    let state: TrainState = serde_json::from_slice(bytes).map_err(|e| json_err(path, e))?;
+    state.train.validate().map_err(|e| Error::Invalid {
+        op: "checkpoint",
+        msg: format!("{} holds settings kiln refuses: {e}", path.display()),
+    })?;
+    Ok(state)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -94,11 +152,16 @@ pub fn save(run_dir: &Path, model: &Gpt, opt: &AdamW, tokenizer: &Tokenizer, sta
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(format!("removing the stale {}", tmp.display()), e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    model.save_safetensors(&tmp.join(MODEL))?;
-    model_io::save_tensors(&tmp.join(OPTIMIZER), &opt.state()?, None)?;
+    let model_bytes = model.safetensors_bytes()?;
+    let opt_bytes = model_io::serialize_tensors(&opt.state()?, None)?;
+    let mut state = state.clone();
+    state.checksums.insert(MODEL.into(), checksum(&model_bytes));
+    state.checksums.insert(OPTIMIZER.into(), checksum(&opt_bytes));
+    model_io::write_atomic(&tmp.join(MODEL), &model_bytes)?;
+    model_io::write_atomic(&tmp.join(OPTIMIZER), &opt_bytes)?;
     model_io::write_atomic(&tmp.join(CONFIG), &to_json(model.config()))?;
     model_io::write_atomic(&tmp.join(TOKENIZER), tokenizer.to_json().as_bytes())?;
-    model_io::write_atomic(&tmp.join(STATE), &to_json(state))?;
+    model_io::write_atomic(&tmp.join(STATE), &to_json(&state))?;
     let target = run_dir.join(DIR);
     atomic::swap_dir(&tmp, &target, &run_dir.join(OLD))?;
     Ok(target)
@@ -151,17 +214,42 @@ pub fn read_meta(dir: &Path) -> Result<(GptConfig, Tokenizer, TrainState)> {
             ),
         });
     }
-    let state: TrainState = read_json(&dir.join(STATE))?;
+    let state_path = dir.join(STATE);
+    let state = parse_state(&read_file(&state_path)?, &state_path)?;
     Ok((cfg, tokenizer, state))
 }
 
 /// Loads the model of the checkpoint at `path` (a run folder or a checkpoint folder) onto `dev`.
+///
+/// Readers take no lock, so a training run may swap in a new checkpoint while this reads: a
+/// read that fails (a file gone, or files of two checkpoints, which their checksums tell)
+/// while the checkpoint's `state.json` changed under it is tried again.
 pub fn load(path: &Path, dev: &Device) -> Result<Loaded> {
+    let state_now = || find(path).ok().and_then(|d| std::fs::read(d.join(STATE)).ok());
+    let mut tries = 0;
+    loop {
+        let before = state_now();
+        match load_once(path, dev) {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => {
+                tries += 1;
+                if tries >= 5 || state_now() == before {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn load_once(path: &Path, dev: &Device) -> Result<Loaded> {
     let dir = find(path)?;
     let (cfg, tokenizer, state) = read_meta(&dir)?;
     // The initial values are overwritten; a fixed seed keeps this cheap and deterministic.
     let mut model = Gpt::new(cfg, &mut Rng::new(0), dev)?;
-    model.load_safetensors(&dir.join(MODEL))?;
+    let path = dir.join(MODEL);
+    let bytes = read_file(&path)?;
+    verify(&state, &path, &checksum(&bytes))?;
+    model.load_safetensors_bytes(&bytes, &path.display().to_string())?;
     Ok(Loaded {
         dir,
         model,
@@ -170,8 +258,27 @@ pub fn load(path: &Path, dev: &Device) -> Result<Loaded> {
     })
 }
 
-/// Restores the optimizer state saved next to the model.
-pub fn load_optimizer(dir: &Path, opt: &mut AdamW, dev: &Device) -> Result<()> {
-    let (tensors, _) = model_io::load_tensors(&dir.join(OPTIMIZER), dev)?;
-    opt.load_state(&tensors)
+/// Restores the optimizer state saved next to the model, checked against `state`: its
+/// checksum, and its step count (one optimizer step per training step).
+pub fn load_optimizer(dir: &Path, state: &TrainState, opt: &mut AdamW, dev: &Device) -> Result<()> {
+    let path = dir.join(OPTIMIZER);
+    let bytes = read_file(&path)?;
+    verify(state, &path, &checksum(&bytes))?;
+    let (tensors, _) = model_io::parse_tensors(&bytes, &path.display().to_string(), dev)?;
+    opt.load_state(&tensors).map_err(|e| Error::Invalid {
+        op: "checkpoint",
+        msg: format!("{}: {e}", path.display()),
+    })?;
+    if opt.step_count() != state.step as u64 {
+        return Err(Error::Invalid {
+            op: "checkpoint",
+            msg: format!(
+                "{} has taken {} steps, but {STATE} is at step {}: the files belong to different checkpoints",
+                path.display(),
+                opt.step_count(),
+                state.step
+            ),
+        });
+    }
+    Ok(())
 }

@@ -109,6 +109,26 @@ impl TrainConfig {
                 return bad(format!("{flag} must be in [0, 1), got {v}"));
             }
         }
+        if self.min_lr > self.lr {
+            return bad(format!(
+                "--min-lr ({}) is above --lr ({}): the cosine schedule decays from --lr down to --min-lr",
+                self.min_lr, self.lr
+            ));
+        }
+        // every count the loop multiplies must fit: the micro-batches of the whole run index
+        // a window plan, and the sequences of one step size its batches
+        if self.steps.checked_mul(self.grad_accum).is_none() {
+            return bad(format!(
+                "--steps {} × --grad-accum {} micro-batches is more than this machine can count",
+                self.steps, self.grad_accum
+            ));
+        }
+        if self.batch_size.checked_mul(self.grad_accum).is_none() {
+            return bad(format!(
+                "--batch-size {} × --grad-accum {} sequences per step is more than this machine can count",
+                self.batch_size, self.grad_accum
+            ));
+        }
         if !COMPUTE_DTYPES.contains(&self.dtype) {
             return bad(format!("--dtype must be f32 or bf16, got {}", self.dtype));
         }
@@ -119,6 +139,22 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Tokens per optimizer step with context `block`, `batch_size · grad_accum · block`, or
+    /// an error when that product does not fit (after [`TrainConfig::validate`]).
+    pub fn tokens_per_step(&self, block: usize) -> Result<usize> {
+        self.batch_size
+            .checked_mul(self.grad_accum)
+            .and_then(|n| n.checked_mul(block))
+            .ok_or_else(|| Error::Invalid {
+                op: "train",
+                msg: format!(
+                    "--batch-size {} × --grad-accum {} × block size {block} tokens per step is more than \
+                     this machine can count",
+                    self.batch_size, self.grad_accum
+                ),
+            })
     }
 }
 
@@ -146,5 +182,46 @@ mod tests {
         };
         let e = f16.validate().unwrap_err().to_string();
         assert!(e.contains("--dtype must be f32 or bf16, got f16"), "{e}");
+    }
+
+    #[test]
+    fn min_lr_above_lr_and_counts_that_overflow_are_refused() {
+        let check = |cfg: TrainConfig, want: &str| {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        let base = TrainConfig::default();
+        check(
+            TrainConfig {
+                lr: 1e-3,
+                min_lr: 2e-3,
+                ..base.clone()
+            },
+            "--min-lr (0.002) is above --lr (0.001)",
+        );
+        check(
+            TrainConfig {
+                grad_accum: 1 << 62,
+                ..base.clone()
+            },
+            "--steps 2000 × --grad-accum 4611686018427387904 micro-batches",
+        );
+        check(
+            TrainConfig {
+                steps: 1,
+                grad_accum: 1 << 62,
+                ..base.clone()
+            },
+            "--batch-size 12 × --grad-accum 4611686018427387904 sequences per step",
+        );
+        let e = TrainConfig {
+            batch_size: 1 << 40,
+            ..base.clone()
+        }
+        .tokens_per_step(1 << 30)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("× block size 1073741824 tokens per step"), "{e}");
+        assert_eq!(base.tokens_per_step(64).unwrap(), 12 * 64);
     }
 }

@@ -46,18 +46,47 @@ impl Record {
     }
 }
 
-/// Reads every record of a metrics file (a missing file has none). A line that does not
-/// parse, such as a last line cut short by a crash, ends the list.
+/// Reads every record of a metrics file (a missing file has none); see [`parse`].
 pub fn read(path: &Path) -> Result<Vec<Record>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-    };
-    Ok(text
-        .lines()
-        .map_while(|l| serde_json::from_str::<Record>(l).ok())
-        .collect())
+    match std::fs::read(path) {
+        Ok(bytes) => parse(&bytes, &path.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// Parses the bytes of a metrics file (`source` names it in errors). Every line must be a
+/// record, except blank lines and a last line without its newline (a record cut short by a
+/// crash), which are passed over; any other line that is not a record (edited, damaged, not
+/// UTF-8) is an error naming its number, so a resumed run never silently drops the records
+/// after it. Never panics, whatever the bytes.
+pub fn parse(bytes: &[u8], source: &str) -> Result<Vec<Record>> {
+    let pieces: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let mut out = Vec::with_capacity(pieces.len());
+    for (i, line) in pieces.iter().enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = match std::str::from_utf8(line) {
+            Ok(text) => serde_json::from_str::<Record>(text).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("not UTF-8 (invalid byte at column {})", e.valid_up_to() + 1)),
+        };
+        match parsed {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == pieces.len() => {} // the unfinished last line of a crashed run
+            Err(why) => {
+                return Err(Error::Invalid {
+                    op: "metrics",
+                    msg: format!(
+                        "{source} line {} is not a metrics record: {why}; fix or delete that line \
+                         (the records after it are kept)",
+                        i + 1
+                    ),
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Appends records to `metrics.jsonl`.

@@ -4,8 +4,10 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod config;
+pub mod console;
 pub mod metrics;
 pub mod plot;
+pub mod run_dir;
 pub mod sample;
 mod trainer;
 

@@ -54,41 +54,53 @@ impl SampleOptions {
 
 /// Picks the next token from `logits` (one row of the vocabulary) with `opts`, drawing at
 /// most one uniform number from `rng` (none in greedy mode).
-pub fn sample_logits(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0usize, f32::NEG_INFINITY),
-                |best, (i, &v)| if v > best.1 { (i, v) } else { best },
-            )
-            .0 as u32
-    };
-    if opts.temperature == 0.0 || logits.len() == 1 {
-        return argmax();
+///
+/// Never panics: no logits, a NaN logit (weights or activations that are not finite), logits
+/// that are all −∞ (no token has any probability) and options that [`SampleOptions::validate`]
+/// refuses are errors. A +∞ logit is the certain pick.
+pub fn sample_logits(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> Result<u32> {
+    opts.validate()?;
+    let bad = |msg: String| Err(Error::Invalid { op: "sample", msg });
+    if logits.is_empty() {
+        return bad("no logits to sample from (a vocabulary of 0 tokens)".into());
+    }
+    if let Some(i) = logits.iter().position(|v| v.is_nan()) {
+        let nans = logits.iter().filter(|v| v.is_nan()).count();
+        return bad(format!(
+            "{nans} of the {} logits are NaN (the first for token {i}): the model's weights or activations \
+             are not finite",
+            logits.len()
+        ));
+    }
+    // the first of the largest logits (no NaN is left, so the order is total)
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .fold(0usize, |best, (i, &v)| if v > logits[best] { i } else { best });
+    if logits[argmax] == f32::NEG_INFINITY {
+        return bad(format!(
+            "all {} logits are -inf: no token has any probability",
+            logits.len()
+        ));
+    }
+    if opts.temperature == 0.0 || logits.len() == 1 || logits[argmax] == f32::INFINITY {
+        return Ok(argmax as u32);
     }
     // Candidates sorted by logit, highest first (ties by id, so the order is deterministic).
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_by(|&a, &b| {
-        logits[b as usize]
-            .partial_cmp(&logits[a as usize])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
     if let Some(k) = opts.top_k.filter(|&k| k > 0 && k < order.len()) {
-        // As nanoGPT: everything below the k-th largest logit is dropped (ties kept).
+        // As nanoGPT: everything below the k-th largest logit is dropped (ties kept; the
+        // largest is always kept).
         let kth = logits[order[k - 1] as usize];
         order.retain(|&i| logits[i as usize] >= kth);
     }
-    let max = logits[order[0] as usize] as f64;
-    if !max.is_finite() {
-        return argmax();
-    }
+    let max = logits[argmax] as f64;
     let mut probs: Vec<f64> = order
         .iter()
         .map(|&i| ((logits[i as usize] as f64 - max) / opts.temperature).exp())
         .collect();
+    // the largest logit contributes exp(0) = 1, so the total is at least 1
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if let Some(p) = opts.top_p.filter(|&p| p < 1.0) {
@@ -110,10 +122,12 @@ pub fn sample_logits(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32
     for (i, &q) in probs.iter().enumerate() {
         cum += q;
         if u < cum {
-            return order[i];
+            return Ok(order[i]);
         }
     }
-    *order.last().expect("at least one candidate")
+    // rounding left the cumulative sum just below u: the last candidate with any probability
+    // (the largest logit's is 1 before normalising, so there is one)
+    Ok(order[probs.iter().rposition(|&q| q > 0.0).unwrap_or(0)])
 }
 
 /// The logits of the last position of `logits` (1, T, V) as a host vector.
@@ -160,9 +174,10 @@ pub fn generate(
     let mut context = prompt.to_vec();
     let mut cache = KvCache::new(cfg);
     let mut logits = run(&context[context.len().saturating_sub(block)..], &mut cache)?;
-    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    // not sized by --max-new-tokens, which may be far more than the generation ever reaches
+    let mut out = Vec::new();
     for i in 0..opts.max_new_tokens {
-        let id = sample_logits(&logits, opts, rng);
+        let id = sample_logits(&logits, opts, rng)?;
         context.push(id);
         out.push(id);
         if !on_token(id)? || i + 1 == opts.max_new_tokens {
@@ -188,7 +203,10 @@ mod tests {
             temperature: 0.0,
             ..Default::default()
         };
-        assert_eq!(sample_logits(&[0.1, 3.0, -1.0, 2.9], &opts, &mut Rng::new(0)), 1);
+        assert_eq!(
+            sample_logits(&[0.1, 3.0, -1.0, 2.9], &opts, &mut Rng::new(0)).unwrap(),
+            1
+        );
     }
 
     #[test]
@@ -202,13 +220,13 @@ mod tests {
                 top_p: None,
                 max_new_tokens: 1,
             };
-            assert_eq!(sample_logits(&logits, &k1, &mut rng), 2);
+            assert_eq!(sample_logits(&logits, &k1, &mut rng).unwrap(), 2);
             let p = SampleOptions {
                 top_k: None,
                 top_p: Some(1e-6),
                 ..k1
             };
-            assert_eq!(sample_logits(&logits, &p, &mut rng), 2);
+            assert_eq!(sample_logits(&logits, &p, &mut rng).unwrap(), 2);
         }
     }
 
@@ -224,9 +242,72 @@ mod tests {
         let mut rng = Rng::new(9);
         let mut seen = [0; 4];
         for _ in 0..400 {
-            seen[sample_logits(&logits, &opts, &mut rng) as usize] += 1;
+            seen[sample_logits(&logits, &opts, &mut rng).unwrap() as usize] += 1;
         }
         assert_eq!(seen[0] + seen[1], 0);
         assert!(seen[2] > 100 && seen[3] > 100, "{seen:?}");
+    }
+
+    fn sampling(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> SampleOptions {
+        SampleOptions {
+            max_new_tokens: 1,
+            temperature,
+            top_k,
+            top_p,
+        }
+    }
+
+    #[test]
+    fn bad_logits_and_options_are_errors_not_panics() {
+        let mut rng = Rng::new(0);
+        let opts = sampling(0.8, Some(2), Some(0.9));
+        let err = |logits: &[f32], opts: &SampleOptions| {
+            sample_logits(logits, opts, &mut Rng::new(1)).unwrap_err().to_string()
+        };
+        assert!(err(&[], &opts).contains("no logits"), "{}", err(&[], &opts));
+        let e = err(&[f32::NAN; 5], &opts);
+        assert!(e.contains("5 of the 5 logits are NaN (the first for token 0)"), "{e}");
+        let e = err(&[0.5, f32::NAN, 1.0], &sampling(0.0, None, None));
+        assert!(e.contains("1 of the 3 logits are NaN (the first for token 1)"), "{e}");
+        let e = err(&[f32::NEG_INFINITY; 3], &opts);
+        assert!(e.contains("all 3 logits are -inf"), "{e}");
+        let e = err(&[1.0, 2.0], &sampling(-0.5, None, None));
+        assert!(e.contains("--temperature must be a finite number ≥ 0"), "{e}");
+        let e = err(&[1.0, 2.0], &sampling(1.0, None, Some(0.0)));
+        assert!(e.contains("--top-p must be in (0, 1], got 0"), "{e}");
+        // a +inf logit is certain; -inf logits are never drawn
+        for _ in 0..50 {
+            let l = [0.0, f32::INFINITY, 3.0];
+            assert_eq!(sample_logits(&l, &opts, &mut rng).unwrap(), 1);
+            let l = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, 0.1];
+            let id = sample_logits(&l, &sampling(5.0, None, None), &mut rng).unwrap();
+            assert!(id == 1 || id == 3, "{id}");
+        }
+    }
+
+    #[test]
+    fn any_finite_or_infinite_logits_give_a_token_in_range() {
+        // every mix of the special values under greedy, top-k and top-p options: a token whose
+        // logit is above -inf, or an error when every logit is -inf
+        let values = [0.0f32, -1.0, 2.5, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN];
+        let mut rng = Rng::new(5);
+        for a in values {
+            for b in values {
+                for c in values {
+                    let logits = [a, b, c];
+                    for opts in [
+                        sampling(0.0, None, None),
+                        sampling(1e-30, Some(1), None),
+                        sampling(1e30, Some(2), Some(1e-9)),
+                        sampling(0.7, None, Some(0.5)),
+                    ] {
+                        match sample_logits(&logits, &opts, &mut rng) {
+                            Ok(id) => assert!(logits[id as usize] > f32::NEG_INFINITY, "{logits:?} -> {id}"),
+                            Err(e) => assert!(logits.iter().all(|&v| v == f32::NEG_INFINITY), "{logits:?}: {e}"),
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -15,8 +15,10 @@
 
 use super::checkpoint::{self, DataInfo, TrainState};
 use super::config::TrainConfig;
+use super::console;
 use super::metrics::{self, MetricsWriter, Record};
 use super::plot;
+use super::run_dir::{self, RunLock};
 use crate::data::{tokenize_cached, Corpus, Dataset, Split, WindowPlan, EMBEDDED};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{clip_grad_norm, AdamW};
@@ -109,7 +111,7 @@ impl Reporter {
         }
         match &self.bar {
             Some(bar) => bar.println(s),
-            None => println!("{s}"),
+            None => console::out(s),
         }
     }
 
@@ -166,13 +168,29 @@ struct Session {
     state: TrainState,
     history: Vec<Record>,
     metrics: MetricsWriter,
+    /// Held until the session ends: no other writer uses the run folder meanwhile.
+    _lock: RunLock,
 }
 
-/// Starts a new run in `opts.out_dir` on `data` (no files: the embedded corpus).
+/// Starts a new run in `opts.out_dir` on `data` (no files: the embedded corpus). A start that
+/// fails removes the folder if it made it.
 pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> Result<Outcome> {
     cfg.validate()?;
-    let run_dir = &opts.out_dir;
     check_stop_at(opts)?;
+    let made = run_dir::create(&opts.out_dir)?;
+    match start(init, data, cfg, opts) {
+        Ok(session) => session.run(opts),
+        Err(e) => {
+            run_dir::remove_created(&opts.out_dir, &made);
+            Err(e)
+        }
+    }
+}
+
+/// Takes the run folder and prepares a new run in it: model, tokens, optimizer, metrics file.
+fn start(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> Result<Session> {
+    let run_dir = &opts.out_dir;
+    let lock = take_run_dir(run_dir, opts)?;
     if let Ok(dir) = checkpoint::find(run_dir) {
         let step = checkpoint::read_meta(&dir).map(|(_, _, s)| s.step).unwrap_or(0);
         return Err(train_err(format!(
@@ -180,7 +198,6 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
             run_dir.display()
         )));
     }
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
     let corpus = Corpus::from_files(data)?;
     let (model, tokenizer, init_name) = match init {
         Init::Scratch {
@@ -223,6 +240,15 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
         }
     }
     let windows = read_windows(&cfg)?;
+    let cache_key = crate::data::CacheKey {
+        corpus: corpus.fingerprint(),
+        tokenizer: tokenizer.fingerprint(),
+    };
+    let checksums = [(
+        TOKEN_CACHE.to_string(),
+        checkpoint::checksum_text(crate::data::cache_checksum(cache_key, &ids)),
+    )]
+    .into();
     let data_info = DataInfo {
         sources: corpus.sources.clone(),
         corpus_hash: corpus.fingerprint(),
@@ -244,11 +270,12 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
         last_train_loss: None,
         last_val_loss: None,
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        checksums,
     };
     let params = model.params();
     let opt = new_optimizer(&params, &state.train)?;
     let metrics = MetricsWriter::create(&run_dir.join(metrics::FILE), &[])?;
-    let session = Session {
+    Ok(Session {
         run_dir: run_dir.clone(),
         device: opts.device,
         model,
@@ -260,8 +287,19 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
         state,
         history: Vec::new(),
         metrics,
-    };
-    session.run(opts)
+        _lock: lock,
+    })
+}
+
+/// Locks `run_dir` for this process and removes what a killed writer left there.
+fn take_run_dir(run_dir: &Path, opts: &RunOptions) -> Result<RunLock> {
+    let lock = RunLock::acquire(run_dir)?;
+    let removed = run_dir::remove_leftovers(run_dir, checkpoint::TMP)?;
+    if opts.verbose && !removed.is_empty() {
+        let names: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+        console::out(&format!("removed what an interrupted run left: {}", names.join(", ")));
+    }
+    Ok(lock)
 }
 
 /// Continues the run in `opts.out_dir` from its checkpoint. `change` may alter the saved
@@ -270,11 +308,22 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
 pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Result<Outcome> {
     let run_dir = &opts.out_dir;
     check_stop_at(opts)?;
+    checkpoint::find(run_dir)?;
+    let lock = take_run_dir(run_dir, opts)?;
     let loaded = checkpoint::load(run_dir, &opts.device)?;
     let mut state = loaded.state;
     let before = state.train.clone();
     change(&mut state.train);
     state.train.validate()?;
+    if state.train.steps < state.step {
+        return Err(train_err(format!(
+            "the run in {} is at step {}, past --steps {}; give --steps {} or more to train further",
+            run_dir.display(),
+            state.step,
+            state.train.steps,
+            state.step
+        )));
+    }
     if state.train.seed != before.seed
         || state.train.val_fraction != before.val_fraction
         || state.train.windows != before.windows
@@ -290,12 +339,12 @@ pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Resul
             state.train.windows.as_deref().unwrap_or(Path::new("")).display()
         )));
     }
-    let ids = resume_tokens(run_dir, &state, &loaded.tokenizer)?;
+    let ids = resume_tokens(run_dir, &state, &loaded.tokenizer, loaded.model.config().vocab_size)?;
     let dataset = Dataset::new(ids, state.train.val_fraction)?;
     dataset.check_block(loaded.model.config().block_size)?;
     let params = loaded.model.params();
     let mut opt = new_optimizer(&params, &state.train)?;
-    checkpoint::load_optimizer(&loaded.dir, &mut opt, &opts.device)?;
+    checkpoint::load_optimizer(&loaded.dir, &state, &mut opt, &opts.device)?;
     let metrics_path = run_dir.join(metrics::FILE);
     let history: Vec<Record> = metrics::read(&metrics_path)?
         .into_iter()
@@ -314,19 +363,20 @@ pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Resul
         state,
         history,
         metrics,
+        _lock: lock,
     };
     if opts.verbose {
-        println!(
+        console::out(&format!(
             "resuming {} at step {} of {}",
             run_dir.display(),
             session.state.step,
             session.state.train.steps
-        );
+        ));
         if session.state.train != before {
-            println!(
+            console::out(&format!(
                 "  with changed settings: {}",
                 describe_changes(&before, &session.state.train)
-            );
+            ));
         }
     }
     session.run(opts)
@@ -354,30 +404,57 @@ fn describe_changes(a: &TrainConfig, b: &TrainConfig) -> String {
         .join(", ")
 }
 
-/// The resumed run's tokens: the cache in the run folder if it matches the checkpoint, else
-/// the source files again (which must not have changed).
-fn resume_tokens(run_dir: &Path, state: &TrainState, tok: &Tokenizer) -> Result<Vec<u32>> {
+/// The resumed run's tokens: the cache in the run folder if it is intact and matches the
+/// checkpoint, else the source files again (which must not have changed). Either way the ids
+/// must have the checksum the checkpoint recorded.
+fn resume_tokens(run_dir: &Path, state: &TrainState, tok: &Tokenizer, vocab: usize) -> Result<Vec<u32>> {
     let key = crate::data::CacheKey {
         corpus: state.data.corpus_hash,
         tokenizer: tok.fingerprint(),
     };
-    if let Some((_, ids)) = crate::data::read_token_cache(&run_dir.join(TOKEN_CACHE), Some(key)) {
-        return Ok(ids);
-    }
-    let corpus = if state.data.sources == [EMBEDDED] {
-        Corpus::embedded()
-    } else {
-        Corpus::from_files(&state.data.sources.iter().map(PathBuf::from).collect::<Vec<_>>())?
+    let cache = run_dir.join(TOKEN_CACHE);
+    let verified = |ids: Vec<u32>, whence: &str| -> Result<Vec<u32>> {
+        let sum = checkpoint::checksum_text(crate::data::cache_checksum(key, &ids));
+        checkpoint::verify(state, Path::new(TOKEN_CACHE), &sum).map_err(|_| {
+            train_err(format!(
+                "the tokens {whence} differ from those the checkpoint recorded (checksum {sum}, {} records {}); \
+                 resuming would not continue the same run",
+                checkpoint::STATE,
+                state.checksums.get(TOKEN_CACHE).map_or("none", String::as_str)
+            ))
+        })?;
+        Ok(ids)
     };
-    if corpus.fingerprint() != state.data.corpus_hash {
-        return Err(train_err(format!(
-            "the training text ({}) changed since the checkpoint was written, and the token cache {} is gone; \
-             resuming would not continue the same run",
-            state.data.sources.join(", "),
-            run_dir.join(TOKEN_CACHE).display()
-        )));
+    // a damaged cache is rebuilt from the sources when they are unchanged; otherwise it is
+    // the error
+    let damage = match crate::data::read_token_cache(&cache, Some(key), vocab) {
+        Ok(Some((_, ids))) => return verified(ids, &format!("in {}", cache.display())),
+        Ok(None) => None,
+        Err(e) => Some(e),
+    };
+    let corpus = if state.data.sources == [EMBEDDED] {
+        Ok(Corpus::embedded())
+    } else {
+        Corpus::from_files(&state.data.sources.iter().map(PathBuf::from).collect::<Vec<_>>())
+    };
+    let corpus = match corpus {
+        Ok(c) if c.fingerprint() == state.data.corpus_hash => c,
+        _ => {
+            return Err(damage.unwrap_or_else(|| {
+                train_err(format!(
+                    "the training text ({}) changed since the checkpoint was written (or cannot be read), \
+                     and the token cache {} is gone; resuming would not continue the same run",
+                    state.data.sources.join(", "),
+                    cache.display()
+                ))
+            }))
+        }
+    };
+    if let Some(e) = damage {
+        console::warn(&format!("{e}; tokenizing the unchanged sources again"));
     }
-    Ok(tokenize_cached(&corpus, tok, Some(&run_dir.join(TOKEN_CACHE)))?.0)
+    let ids = tokenize_cached(&corpus, tok, Some(&cache))?.0;
+    verified(ids, &format!("of {}", state.data.sources.join(", ")))
 }
 
 fn read_windows(cfg: &TrainConfig) -> Result<Option<(WindowPlan, u64)>> {
@@ -406,8 +483,9 @@ impl Session {
         let cfg = self.cfg().clone();
         self.model.set_dtype(cfg.dtype)?;
         let end = opts.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+        let tokens_per_step = cfg.tokens_per_step(self.model.config().block_size)?;
         let reporter = Reporter::new(opts.verbose, self.state.step, cfg.steps);
-        self.describe(&reporter);
+        self.describe(&reporter, tokens_per_step);
         let fresh = self.state.step == 0 && self.history.is_empty();
         self.check_window_plan(end, fresh)?;
         let mut last_checkpoint = checkpoint::find(&self.run_dir).ok().map(|_| self.state.step);
@@ -418,7 +496,7 @@ impl Session {
             data: Rng::from_state(self.state.data_rng),
             dropout: Rng::from_state(self.state.dropout_rng),
         };
-        let mut speed = Throughput::new(self.state.step, self.tokens_per_step());
+        let mut speed = Throughput::new(self.state.step, tokens_per_step);
         while self.state.step < end {
             let loss = match self.train_step(&mut rngs, &mut speed) {
                 Ok(loss) => loss,
@@ -443,13 +521,8 @@ impl Session {
         self.finish(opts, tokens_per_s)
     }
 
-    fn tokens_per_step(&self) -> usize {
-        let cfg = self.cfg();
-        cfg.batch_size * cfg.grad_accum * self.model.config().block_size
-    }
-
     /// The model, the data and the plan, one line each.
-    fn describe(&self, reporter: &Reporter) {
+    fn describe(&self, reporter: &Reporter, tokens_per_step: usize) {
         let cfg = self.cfg();
         reporter.line(&format!(
             "model: {}",
@@ -466,7 +539,7 @@ impl Session {
         reporter.line(&format!(
             "training: {} steps of {} tokens (batch {} × grad_accum {} × block {}), lr {} → {} (warmup {}), on {} in {}; writing {}",
             cfg.steps,
-            self.tokens_per_step(),
+            tokens_per_step,
             cfg.batch_size,
             cfg.grad_accum,
             self.model.config().block_size,
@@ -539,7 +612,7 @@ impl Session {
     fn finish(self, opts: &RunOptions, tokens_per_s: f64) -> Result<Outcome> {
         let ckpt = self.run_dir.join(checkpoint::DIR);
         if opts.verbose {
-            println!(
+            console::out(&format!(
                 "done: step {}/{}, train loss {}, val loss {}, {} tokens/s; checkpoint {}",
                 self.state.step,
                 self.cfg().steps,
@@ -547,7 +620,7 @@ impl Session {
                 fmt_loss(self.state.last_val_loss),
                 human(tokens_per_s),
                 ckpt.display()
-            );
+            ));
         }
         Ok(Outcome {
             model: self.model,

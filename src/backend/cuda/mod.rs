@@ -7,6 +7,7 @@
 //! - [`device`]: opening devices, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes, packed arguments, device limits;
 //! - [`rows`]: the launch shape of the row-wise kernels;
+//! - [`layer_norm_naive`]: the naive LayerNorm of docs/layer_norm.md, a stepping stone no op uses;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
 //! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
 //!
@@ -25,6 +26,7 @@ pub mod fill;
 pub mod kernels;
 pub mod launch;
 pub mod layer_norm;
+pub mod layer_norm_naive;
 pub mod layout;
 pub mod matmul;
 pub mod memory;

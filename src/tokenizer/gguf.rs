@@ -1,0 +1,363 @@
+//! The byte-level BPE tokenizer a GGUF file describes in its `tokenizer.ggml.*` metadata.
+//!
+//! ```text
+//! tokenizer.ggml.model        "gpt2" (byte-level BPE; "llama" = SentencePiece is not read)
+//! tokenizer.ggml.pre          the pre-tokenizer: how text is cut into words before BPE
+//! tokenizer.ggml.tokens       [string]  id -> token, spelled in GPT-2's byte alphabet
+//!                                       (byte 0x20 ' ' is 'Ġ', 0x0A '\n' is 'Ċ', ...)
+//! tokenizer.ggml.token_type   [i32]     1 normal, 2 unknown, 3 control (<|im_start|>),
+//!                                       4 user-defined, 5 unused, 6 byte
+//! tokenizer.ggml.merges       [string]  "Ġ t", "h e", ...: pairs in priority order
+//! tokenizer.ggml.bos_token_id / eos_token_id: u32, add_bos_token / add_eos_token: bool
+//! tokenizer.chat_template     Jinja source (see `chat.rs`)
+//! ```
+//!
+//! Encoding runs in Hugging Face's `tokenizers` crate, set up as transformers and llama.cpp
+//! set it up for the file: control tokens (type 3) and user-defined ones (type 4) written in
+//! the text are matched whole, as single ids, before the rest is pre-tokenized and merged.
+//! Decoding maps each token's characters back through the byte alphabet.
+
+use super::chat::{ChatMessage, ChatTemplate};
+use crate::gguf::GgufFile;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::OnceLock;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+/// `tokenizer.ggml.token_type` of a control token such as `<|im_start|>`.
+pub const TOKEN_TYPE_CONTROL: i32 = 3;
+/// `tokenizer.ggml.token_type` of a user-defined token, matched whole but not special.
+pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// The split regex of Llama 3's tokenizer (llama.cpp's `llama-bpe`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The split regex of Qwen2's tokenizer (llama.cpp's `qwen2`): digits one by one.
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizers kiln knows, by `tokenizer.ggml.pre` name.
+const KNOWN_PRE: &str = "default, gpt2, gpt-2, smollm, llama-bpe, llama3, llama-v3, qwen2";
+
+/// What the file says, kept as read (this is what a checkpoint's `tokenizer.json` stores).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Spec {
+    pre: String,
+    tokens: Vec<String>,
+    /// Empty when the file has no `tokenizer.ggml.token_type`.
+    token_types: Vec<i32>,
+    merges: Vec<String>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    chat_template: Option<String>,
+}
+
+/// A byte-level BPE tokenizer read from a GGUF file. Built through
+/// [`super::Tokenizer::from_gguf`]; this type holds the data and the encoder.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(try_from = "Spec", into = "Spec")]
+pub struct GgufTokenizer {
+    spec: Spec,
+    encoder: tokenizers::Tokenizer,
+}
+
+impl PartialEq for GgufTokenizer {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl Eq for GgufTokenizer {}
+
+impl std::fmt::Debug for GgufTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufTokenizer")
+            .field("pre", &self.spec.pre)
+            .field("tokens", &self.spec.tokens.len())
+            .field("merges", &self.spec.merges.len())
+            .field("bos_id", &self.spec.bos_id)
+            .field("eos_id", &self.spec.eos_id)
+            .field("add_bos", &self.spec.add_bos)
+            .finish()
+    }
+}
+
+impl From<GgufTokenizer> for Spec {
+    fn from(t: GgufTokenizer) -> Spec {
+        t.spec
+    }
+}
+
+impl TryFrom<Spec> for GgufTokenizer {
+    type Error = Error;
+    fn try_from(spec: Spec) -> Result<GgufTokenizer> {
+        let encoder = build_encoder(&spec)?;
+        Ok(GgufTokenizer { spec, encoder })
+    }
+}
+
+fn tokenizer_error(msg: impl Into<String>) -> Error {
+    Error::Invalid {
+        op: "tokenizer",
+        msg: msg.into(),
+    }
+}
+
+impl GgufTokenizer {
+    /// Reads the tokenizer of the GGUF file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufTokenizer> {
+        Self::from_file(&GgufFile::open(path)?)
+    }
+
+    /// Reads the tokenizer of an opened GGUF file.
+    pub fn from_file(file: &GgufFile) -> Result<GgufTokenizer> {
+        let format = |what: String| Error::Format {
+            file: file.name().to_string(),
+            what,
+        };
+        let model: &str = file.get("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(format(format!(
+                "tokenizer.ggml.model is {model:?}; kiln reads byte-level BPE tokenizers (\"gpt2\") only"
+            )));
+        }
+        let tokens: Vec<&str> = file.get("tokenizer.ggml.tokens")?;
+        let token_types: Vec<i32> = file.get_opt("tokenizer.ggml.token_type")?.unwrap_or_default();
+        if !token_types.is_empty() && token_types.len() != tokens.len() {
+            return Err(format(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                token_types.len(),
+                tokens.len()
+            )));
+        }
+        let merges: Vec<&str> = file.get("tokenizer.ggml.merges")?;
+        let n_tokens = tokens.len();
+        let id = |key: &str| -> Result<Option<u32>> {
+            let id: Option<u32> = file.get_opt(key)?;
+            match id {
+                Some(i) if i as usize >= n_tokens => Err(format(format!(
+                    "{key} is {i}, outside the vocabulary of {n_tokens} tokens"
+                ))),
+                _ => Ok(id),
+            }
+        };
+        let spec = Spec {
+            pre: file
+                .get_opt::<&str>("tokenizer.ggml.pre")?
+                .unwrap_or("default")
+                .to_string(),
+            tokens: tokens.into_iter().map(String::from).collect(),
+            token_types,
+            merges: merges.into_iter().map(String::from).collect(),
+            bos_id: id("tokenizer.ggml.bos_token_id")?,
+            eos_id: id("tokenizer.ggml.eos_token_id")?,
+            add_bos: file.get_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
+            add_eos: file.get_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+            chat_template: file.get_opt::<&str>("tokenizer.chat_template")?.map(String::from),
+        };
+        let encoder = build_encoder(&spec).map_err(|e| format(e.to_string()))?;
+        Ok(GgufTokenizer { spec, encoder })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.spec.tokens.len()
+    }
+
+    /// The pre-tokenizer's name (`tokenizer.ggml.pre`).
+    pub fn pre_tokenizer(&self) -> &str {
+        &self.spec.pre
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.spec.bos_id
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.spec.eos_id
+    }
+
+    /// The spelling of token `id` in the file (`"Ġthe"`, `"<|im_end|>"`).
+    pub fn token(&self, id: u32) -> Option<&str> {
+        self.spec.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// The token ids of `text`: BOS first if `add_bos_token` says so, EOS last if
+    /// `add_eos_token` does; control tokens in the text become their single ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .encoder
+            .encode(text, false)
+            .map_err(|e| tokenizer_error(format!("cannot encode the text: {e}")))?;
+        let bos = self.spec.bos_id.filter(|_| self.spec.add_bos);
+        let eos = self.spec.eos_id.filter(|_| self.spec.add_eos);
+        Ok(bos
+            .into_iter()
+            .chain(encoding.get_ids().iter().copied())
+            .chain(eos)
+            .collect())
+    }
+
+    /// The bytes of token `id`: its characters mapped back through the byte alphabet, or
+    /// its UTF-8 text for a user-defined token or one spelled outside the alphabet (none for
+    /// an id outside the vocabulary).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(token) = self.spec.tokens.get(id as usize) else {
+            return Vec::new();
+        };
+        let user_defined = self.spec.token_types.get(id as usize) == Some(&TOKEN_TYPE_USER_DEFINED);
+        match spelled_bytes(token) {
+            Some(bytes) if !user_defined => bytes,
+            _ => token.as_bytes().to_vec(),
+        }
+    }
+
+    /// The chat template's source, if the file has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.spec.chat_template.as_deref()
+    }
+
+    /// `messages` rendered by the file's chat template (see [`ChatTemplate::render`]).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let source = self.chat_template().ok_or_else(|| {
+            tokenizer_error("this GGUF file has no chat template (tokenizer.chat_template); it cannot format a chat")
+        })?;
+        let token = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or("");
+        ChatTemplate::new(source, token(self.spec.bos_id), token(self.spec.eos_id))?
+            .render(messages, add_generation_prompt)
+    }
+}
+
+/// GPT-2's byte alphabet: byte b is written as character `alphabet()[b]` (printable ASCII and
+/// Latin-1 stand for themselves; the rest, space and control bytes included, map to U+0100..).
+fn alphabet() -> &'static ([char; 256], HashMap<char, u8>) {
+    static ALPHABET: OnceLock<([char; 256], HashMap<char, u8>)> = OnceLock::new();
+    ALPHABET.get_or_init(|| {
+        let mut chars = ['\0'; 256];
+        let mut next = 256u32;
+        for b in 0..=255u8 {
+            let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+            chars[b as usize] = if printable {
+                b as char
+            } else {
+                next += 1;
+                char::from_u32(next - 1).expect("U+0100..U+0143 are chars")
+            };
+        }
+        let bytes = chars.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        (chars, bytes)
+    })
+}
+
+/// The bytes a token spelled in the byte alphabet stands for (`None` if it uses another character).
+fn spelled_bytes(token: &str) -> Option<Vec<u8>> {
+    let (_, bytes) = alphabet();
+    token.chars().map(|c| bytes.get(&c).copied()).collect()
+}
+
+/// `token`, respelled in the byte alphabet if it is not already (as transformers does).
+fn in_alphabet(token: &str) -> String {
+    if spelled_bytes(token).is_some() {
+        token.to_string()
+    } else {
+        let (chars, _) = alphabet();
+        token.bytes().map(|b| chars[b as usize]).collect()
+    }
+}
+
+/// The pre-tokenizer named `pre`, as llama.cpp (`llama-vocab.cpp`) defines it.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let byte_level = |use_regex: bool| ByteLevel::new(false, false, use_regex);
+    let split_then_bytes = |regex: &str| -> Result<PreTokenizerWrapper> {
+        let split = Split::new(
+            SplitPattern::Regex(regex.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tokenizer_error(format!("the {pre:?} split regex does not compile: {e}")))?;
+        Ok(Sequence::new(vec![split.into(), byte_level(false).into()]).into())
+    };
+    match pre {
+        // GPT-2's regex, built into the byte-level pre-tokenizer.
+        "default" | "gpt2" | "gpt-2" => Ok(byte_level(true).into()),
+        // SmolLM: every digit on its own, then GPT-2's regex.
+        "smollm" => Ok(Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()),
+        "llama-bpe" | "llama3" | "llama-v3" => split_then_bytes(LLAMA3_SPLIT),
+        "qwen2" => split_then_bytes(QWEN2_SPLIT),
+        other => Err(tokenizer_error(format!(
+            "tokenizer.ggml.pre is {other:?}, a pre-tokenizer kiln does not know (it knows {KNOWN_PRE})"
+        ))),
+    }
+}
+
+fn build_encoder(spec: &Spec) -> Result<tokenizers::Tokenizer> {
+    let vocab: tokenizers::models::bpe::Vocab = spec
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (in_alphabet(t), i as u32))
+        .collect();
+    let merges = spec
+        .merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => Ok((a.to_string(), b.to_string())),
+            _ => Err(tokenizer_error(format!(
+                "merge {i} is {m:?}, not two tokens separated by one space"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| tokenizer_error(format!("cannot build the BPE model: {e}")))?;
+    let mut encoder = tokenizers::Tokenizer::new(bpe);
+    encoder.with_pre_tokenizer(Some(pre_tokenizer(&spec.pre)?));
+
+    let typed = |ty: i32| {
+        spec.tokens
+            .iter()
+            .zip(&spec.token_types)
+            .filter(move |(_, &t)| t == ty)
+            .map(|(token, _)| token.as_str())
+    };
+    // Tokens matched whole in the text. One spelled outside the byte alphabet is a mislabel in
+    // the file (transformers skips them too): the model's merges never produce it.
+    let whole = |ty: i32, special: bool| -> Vec<AddedToken> {
+        typed(ty)
+            .filter(|t| spelled_bytes(t).is_some())
+            .map(|t| AddedToken::from(t, special).normalized(false))
+            .collect()
+    };
+    encoder
+        .add_special_tokens(whole(TOKEN_TYPE_CONTROL, true))
+        .map_err(|e| tokenizer_error(format!("cannot add the control tokens: {e}")))?;
+    encoder
+        .add_tokens(whole(TOKEN_TYPE_USER_DEFINED, false))
+        .map_err(|e| tokenizer_error(format!("cannot add the user-defined tokens: {e}")))?;
+    Ok(encoder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alphabet_is_gpt2s() {
+        let (chars, bytes) = alphabet();
+        assert_eq!(chars[b' ' as usize], 'Ġ');
+        assert_eq!(chars[b'\n' as usize], 'Ċ');
+        assert_eq!(chars[b'a' as usize], 'a');
+        assert_eq!(chars[0], 'Ā');
+        assert_eq!(bytes.len(), 256, "the alphabet is a bijection");
+    }
+}
