@@ -9,7 +9,8 @@
 //!    src/backend/cuda/nvrtc.rs (`KILN_NVRTC`, `CUDA_HOME`/`CUDA_PATH`, `.cuda/` from
 //!    scripts/setup-cuda.sh).
 //! 2. For `Device::Emu`, with the host C++ compiler against `kernels/emu/`: one translation unit per
-//!    `.cu` that includes it and registers each `extern "C" __global__` kernel with `EMU_KERNEL`, linked
+//!    `.cu` that includes it and registers each kernel with `EMU_KERNEL` (the `extern "C" __global__`
+//!    definitions and the `KILN_ENTRY` lines, found by `nvrtc::kernel_names`), linked
 //!    with the emulator runtime into the static library `kiln_emu`.
 //!
 //! Everything lands in OUT_DIR; `$OUT_DIR/kernels.rs` (included by src/backend/cuda/kernels.rs) lists

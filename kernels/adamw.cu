@@ -126,20 +126,16 @@ __device__ __forceinline__ void adamw_sq_partial_impl(const KilnAdamWEntry *__re
     if (threadIdx.x == 0) partial[(unsigned long long)blockIdx.y * gridDim.x + blockIdx.x] = sum;
 }
 
-extern "C" __global__ void adamw_f32(const KilnAdamWEntry *table, float decay_factor, float b1, float b2, float one_b1,
-                                     float one_b2, float step_size, float bc2_sqrt, float eps) {
-    adamw_impl(table, AdamWStep<float>{decay_factor, b1, b2, one_b1, one_b2, step_size, bc2_sqrt, eps});
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh).
+#define ADAMW_KERNEL(T)                                                                                                \
+    (const KilnAdamWEntry *table, T decay_factor, T b1, T b2, T one_b1, T one_b2, T step_size, T bc2_sqrt, T eps) {    \
+        adamw_impl(table, AdamWStep<T>{decay_factor, b1, b2, one_b1, one_b2, step_size, bc2_sqrt, eps});               \
+    }
+#define ADAMW_SQ_PARTIAL_KERNEL(T)                                                                                     \
+    (const KilnAdamWEntry *table, double *partial) { adamw_sq_partial_impl<T>(table, partial); }
 
-extern "C" __global__ void adamw_f64(const KilnAdamWEntry *table, double decay_factor, double b1, double b2,
-                                     double one_b1, double one_b2, double step_size, double bc2_sqrt, double eps) {
-    adamw_impl(table, AdamWStep<double>{decay_factor, b1, b2, one_b1, one_b2, step_size, bc2_sqrt, eps});
-}
+KILN_ENTRY(adamw_f32, ADAMW_KERNEL, float)
+KILN_ENTRY(adamw_f64, ADAMW_KERNEL, double)
 
-extern "C" __global__ void adamw_sq_partial_f32(const KilnAdamWEntry *table, double *partial) {
-    adamw_sq_partial_impl<float>(table, partial);
-}
-
-extern "C" __global__ void adamw_sq_partial_f64(const KilnAdamWEntry *table, double *partial) {
-    adamw_sq_partial_impl<double>(table, partial);
-}
+KILN_ENTRY(adamw_sq_partial_f32, ADAMW_SQ_PARTIAL_KERNEL, float)
+KILN_ENTRY(adamw_sq_partial_f64, ADAMW_SQ_PARTIAL_KERNEL, double)

@@ -865,95 +865,45 @@ __device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ 
     }
 }
 
-extern "C" __global__ void attention_fwd_f32(const float *q, const float *k, const float *v, float *o, float *lse, unsigned tq,
-                                        unsigned tk, unsigned d, unsigned group, int causal, double scale) {
-    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh): SIMT for f32/f64 (A = T), tensor cores for
+// bf16/f16 (`_mma_`, A = float); A is the type of lse and D. The two share parameter lists, so a family
+// takes the implementation it calls.
+#define ATTENTION_FWD_KERNEL(impl, T, A)                                                                               \
+    (const T *q, const T *k, const T *v, T *o, A *lse, unsigned tq, unsigned tk, unsigned d, unsigned group,           \
+     int causal, double scale) {                                                                                       \
+        impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);                                                        \
+    }
+#define ATTENTION_BWD_DOT_KERNEL(T, A)                                                                                 \
+    (const T *o, const T *dout, A *dvec, unsigned long long rows, unsigned d) {                                        \
+        attention_bwd_dot_impl(o, dout, dvec, rows, d);                                                                \
+    }
+#define ATTENTION_BWD_DKDV_KERNEL(impl, T, A)                                                                          \
+    (const T *q, const T *k, const T *v, const T *dout, const A *lse, const A *dvec, T *dk, T *dv, unsigned tq,        \
+     unsigned tk, unsigned d, unsigned group, int causal, double scale) {                                              \
+        impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);                                       \
+    }
+#define ATTENTION_BWD_DQ_KERNEL(impl, T, A)                                                                            \
+    (const T *q, const T *k, const T *v, const T *dout, const A *lse, const A *dvec, T *dq, unsigned tq, unsigned tk,  \
+     unsigned d, unsigned group, int causal, double scale) {                                                           \
+        impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);                                           \
+    }
 
-extern "C" __global__ void attention_bwd_dot_f32(const float *o, const float *dout, float *dvec, unsigned long long rows,
-                                            unsigned d) {
-    attention_bwd_dot_impl(o, dout, dvec, rows, d);
-}
+KILN_ENTRY(attention_fwd_f32, ATTENTION_FWD_KERNEL, attention_fwd_impl, float, float)
+KILN_ENTRY(attention_bwd_dot_f32, ATTENTION_BWD_DOT_KERNEL, float, float)
+KILN_ENTRY(attention_bwd_dkdv_f32, ATTENTION_BWD_DKDV_KERNEL, attention_bwd_dkdv_impl, float, float)
+KILN_ENTRY(attention_bwd_dq_f32, ATTENTION_BWD_DQ_KERNEL, attention_bwd_dq_impl, float, float)
 
-extern "C" __global__ void attention_bwd_dkdv_f32(const float *q, const float *k, const float *v, const float *dout,
-                                             const float *lse, const float *dvec, float *dk, float *dv, unsigned tq,
-                                             unsigned tk, unsigned d, unsigned group, int causal, double scale) {
-    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
-}
+KILN_ENTRY(attention_fwd_f64, ATTENTION_FWD_KERNEL, attention_fwd_impl, double, double)
+KILN_ENTRY(attention_bwd_dot_f64, ATTENTION_BWD_DOT_KERNEL, double, double)
+KILN_ENTRY(attention_bwd_dkdv_f64, ATTENTION_BWD_DKDV_KERNEL, attention_bwd_dkdv_impl, double, double)
+KILN_ENTRY(attention_bwd_dq_f64, ATTENTION_BWD_DQ_KERNEL, attention_bwd_dq_impl, double, double)
 
-extern "C" __global__ void attention_bwd_dq_f32(const float *q, const float *k, const float *v, const float *dout,
-                                           const float *lse, const float *dvec, float *dq, unsigned tq, unsigned tk,
-                                           unsigned d, unsigned group, int causal, double scale) {
-    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
-}
+KILN_ENTRY(attention_fwd_mma_bf16, ATTENTION_FWD_KERNEL, attention_fwd_mma_impl, __nv_bfloat16, float)
+KILN_ENTRY(attention_bwd_dot_bf16, ATTENTION_BWD_DOT_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(attention_bwd_dkdv_mma_bf16, ATTENTION_BWD_DKDV_KERNEL, attention_bwd_dkdv_mma_impl, __nv_bfloat16, float)
+KILN_ENTRY(attention_bwd_dq_mma_bf16, ATTENTION_BWD_DQ_KERNEL, attention_bwd_dq_mma_impl, __nv_bfloat16, float)
 
-extern "C" __global__ void attention_fwd_f64(const double *q, const double *k, const double *v, double *o, double *lse, unsigned tq,
-                                        unsigned tk, unsigned d, unsigned group, int causal, double scale) {
-    attention_fwd_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_bwd_dot_f64(const double *o, const double *dout, double *dvec, unsigned long long rows,
-                                            unsigned d) {
-    attention_bwd_dot_impl(o, dout, dvec, rows, d);
-}
-
-extern "C" __global__ void attention_bwd_dkdv_f64(const double *q, const double *k, const double *v, const double *dout,
-                                             const double *lse, const double *dvec, double *dk, double *dv, unsigned tq,
-                                             unsigned tk, unsigned d, unsigned group, int causal, double scale) {
-    attention_bwd_dkdv_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_bwd_dq_f64(const double *q, const double *k, const double *v, const double *dout,
-                                           const double *lse, const double *dvec, double *dq, unsigned tq, unsigned tk,
-                                           unsigned d, unsigned group, int causal, double scale) {
-    attention_bwd_dq_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_fwd_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
-                                                  __nv_bfloat16 *o, float *lse, unsigned tq, unsigned tk, unsigned d, unsigned group,
-                                                  int causal, double scale) {
-    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_bwd_dot_bf16(const __nv_bfloat16 *o, const __nv_bfloat16 *dout, float *dvec,
-                                                  unsigned long long rows, unsigned d) {
-    attention_bwd_dot_impl(o, dout, dvec, rows, d);
-}
-
-extern "C" __global__ void attention_bwd_dkdv_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k,
-                                                       const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
-                                                       const float *lse, const float *dvec, __nv_bfloat16 *dk,
-                                                       __nv_bfloat16 *dv, unsigned tq, unsigned tk, unsigned d, unsigned group,
-                                                       int causal, double scale) {
-    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_bwd_dq_mma_bf16(const __nv_bfloat16 *q, const __nv_bfloat16 *k,
-                                                     const __nv_bfloat16 *v, const __nv_bfloat16 *dout,
-                                                     const float *lse, const float *dvec, __nv_bfloat16 *dq,
-                                                     unsigned tq, unsigned tk, unsigned d, unsigned group, int causal, double scale) {
-    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_fwd_mma_f16(const __half *q, const __half *k, const __half *v, __half *o, float *lse,
-                                                 unsigned tq, unsigned tk, unsigned d, unsigned group, int causal, double scale) {
-    attention_fwd_mma_impl(q, k, v, o, lse, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_bwd_dot_f16(const __half *o, const __half *dout, float *dvec, unsigned long long rows,
-                                                 unsigned d) {
-    attention_bwd_dot_impl(o, dout, dvec, rows, d);
-}
-
-extern "C" __global__ void attention_bwd_dkdv_mma_f16(const __half *q, const __half *k, const __half *v,
-                                                      const __half *dout, const float *lse, const float *dvec,
-                                                      __half *dk, __half *dv, unsigned tq, unsigned tk, unsigned d, unsigned group,
-                                                      int causal, double scale) {
-    attention_bwd_dkdv_mma_impl(q, k, v, dout, lse, dvec, dk, dv, tq, tk, d, group, causal, scale);
-}
-
-extern "C" __global__ void attention_bwd_dq_mma_f16(const __half *q, const __half *k, const __half *v,
-                                                    const __half *dout, const float *lse, const float *dvec, __half *dq,
-                                                    unsigned tq, unsigned tk, unsigned d, unsigned group, int causal, double scale) {
-    attention_bwd_dq_mma_impl(q, k, v, dout, lse, dvec, dq, tq, tk, d, group, causal, scale);
-}
+KILN_ENTRY(attention_fwd_mma_f16, ATTENTION_FWD_KERNEL, attention_fwd_mma_impl, __half, float)
+KILN_ENTRY(attention_bwd_dot_f16, ATTENTION_BWD_DOT_KERNEL, __half, float)
+KILN_ENTRY(attention_bwd_dkdv_mma_f16, ATTENTION_BWD_DKDV_KERNEL, attention_bwd_dkdv_mma_impl, __half, float)
+KILN_ENTRY(attention_bwd_dq_mma_f16, ATTENTION_BWD_DQ_KERNEL, attention_bwd_dq_mma_impl, __half, float)

@@ -80,47 +80,23 @@ __device__ __forceinline__ void compare_impl(const T *__restrict__ a, const Kiln
     }
 }
 
-extern "C" __global__ void binary_f32(const float *a, KilnLayout la, const float *b, KilnLayout lb, float *y,
-                                      unsigned long long n, int op) {
-    binary_impl(a, la, b, lb, y, n, op);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh).
+#define BINARY_KERNEL(T)                                                                                               \
+    (const T *a, KilnLayout la, const T *b, KilnLayout lb, T *y, unsigned long long n, int op) {                       \
+        binary_impl(a, la, b, lb, y, n, op);                                                                           \
+    }
+#define COMPARE_KERNEL(T)                                                                                              \
+    (const T *a, KilnLayout la, const T *b, KilnLayout lb, unsigned *y, unsigned long long n, int op) {                \
+        compare_impl(a, la, b, lb, y, n, op);                                                                          \
+    }
 
-extern "C" __global__ void binary_f64(const double *a, KilnLayout la, const double *b, KilnLayout lb, double *y,
-                                      unsigned long long n, int op) {
-    binary_impl(a, la, b, lb, y, n, op);
-}
+KILN_ENTRY(binary_f32, BINARY_KERNEL, float)
+KILN_ENTRY(binary_f64, BINARY_KERNEL, double)
+KILN_ENTRY(binary_bf16, BINARY_KERNEL, __nv_bfloat16)
+KILN_ENTRY(binary_f16, BINARY_KERNEL, __half)
 
-extern "C" __global__ void binary_bf16(const __nv_bfloat16 *a, KilnLayout la, const __nv_bfloat16 *b, KilnLayout lb,
-                                       __nv_bfloat16 *y, unsigned long long n, int op) {
-    binary_impl(a, la, b, lb, y, n, op);
-}
-
-extern "C" __global__ void binary_f16(const __half *a, KilnLayout la, const __half *b, KilnLayout lb, __half *y,
-                                      unsigned long long n, int op) {
-    binary_impl(a, la, b, lb, y, n, op);
-}
-
-extern "C" __global__ void compare_f32(const float *a, KilnLayout la, const float *b, KilnLayout lb, unsigned *y,
-                                       unsigned long long n, int op) {
-    compare_impl(a, la, b, lb, y, n, op);
-}
-
-extern "C" __global__ void compare_f64(const double *a, KilnLayout la, const double *b, KilnLayout lb, unsigned *y,
-                                       unsigned long long n, int op) {
-    compare_impl(a, la, b, lb, y, n, op);
-}
-
-extern "C" __global__ void compare_bf16(const __nv_bfloat16 *a, KilnLayout la, const __nv_bfloat16 *b,
-                                        KilnLayout lb, unsigned *y, unsigned long long n, int op) {
-    compare_impl(a, la, b, lb, y, n, op);
-}
-
-extern "C" __global__ void compare_f16(const __half *a, KilnLayout la, const __half *b, KilnLayout lb, unsigned *y,
-                                       unsigned long long n, int op) {
-    compare_impl(a, la, b, lb, y, n, op);
-}
-
-extern "C" __global__ void compare_u32(const unsigned *a, KilnLayout la, const unsigned *b, KilnLayout lb,
-                                       unsigned *y, unsigned long long n, int op) {
-    compare_impl(a, la, b, lb, y, n, op);
-}
+KILN_ENTRY(compare_f32, COMPARE_KERNEL, float)
+KILN_ENTRY(compare_f64, COMPARE_KERNEL, double)
+KILN_ENTRY(compare_bf16, COMPARE_KERNEL, __nv_bfloat16)
+KILN_ENTRY(compare_f16, COMPARE_KERNEL, __half)
+KILN_ENTRY(compare_u32, COMPARE_KERNEL, unsigned)

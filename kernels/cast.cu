@@ -18,82 +18,31 @@ __device__ __forceinline__ void cast_impl(const S *__restrict__ x, const KilnLay
     kiln_map1(x, lx, y, n, [](S v) { return KilnConvert<S, D>::run(v); });
 }
 
-extern "C" __global__ void cast_f32_f64(const float *x, KilnLayout lx, double *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
+// Entry points, one per (source, destination) pair (KILN_ENTRY, common.cuh).
+#define CAST_KERNEL(S, D)                                                                                              \
+    (const S *x, KilnLayout lx, D *y, unsigned long long n) { cast_impl(x, lx, y, n); }
 
-extern "C" __global__ void cast_f32_bf16(const float *x, KilnLayout lx, __nv_bfloat16 *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
+KILN_ENTRY(cast_f32_f64, CAST_KERNEL, float, double)
+KILN_ENTRY(cast_f32_bf16, CAST_KERNEL, float, __nv_bfloat16)
+KILN_ENTRY(cast_f32_f16, CAST_KERNEL, float, __half)
+KILN_ENTRY(cast_f32_u32, CAST_KERNEL, float, unsigned)
 
-extern "C" __global__ void cast_f32_f16(const float *x, KilnLayout lx, __half *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
+KILN_ENTRY(cast_f64_f32, CAST_KERNEL, double, float)
+KILN_ENTRY(cast_f64_bf16, CAST_KERNEL, double, __nv_bfloat16)
+KILN_ENTRY(cast_f64_f16, CAST_KERNEL, double, __half)
+KILN_ENTRY(cast_f64_u32, CAST_KERNEL, double, unsigned)
 
-extern "C" __global__ void cast_f32_u32(const float *x, KilnLayout lx, unsigned *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
+KILN_ENTRY(cast_bf16_f32, CAST_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(cast_bf16_f64, CAST_KERNEL, __nv_bfloat16, double)
+KILN_ENTRY(cast_bf16_f16, CAST_KERNEL, __nv_bfloat16, __half)
+KILN_ENTRY(cast_bf16_u32, CAST_KERNEL, __nv_bfloat16, unsigned)
 
-extern "C" __global__ void cast_f64_f32(const double *x, KilnLayout lx, float *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
+KILN_ENTRY(cast_f16_f32, CAST_KERNEL, __half, float)
+KILN_ENTRY(cast_f16_f64, CAST_KERNEL, __half, double)
+KILN_ENTRY(cast_f16_bf16, CAST_KERNEL, __half, __nv_bfloat16)
+KILN_ENTRY(cast_f16_u32, CAST_KERNEL, __half, unsigned)
 
-extern "C" __global__ void cast_f64_bf16(const double *x, KilnLayout lx, __nv_bfloat16 *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_f64_f16(const double *x, KilnLayout lx, __half *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_f64_u32(const double *x, KilnLayout lx, unsigned *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_bf16_f32(const __nv_bfloat16 *x, KilnLayout lx, float *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_bf16_f64(const __nv_bfloat16 *x, KilnLayout lx, double *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_bf16_f16(const __nv_bfloat16 *x, KilnLayout lx, __half *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_bf16_u32(const __nv_bfloat16 *x, KilnLayout lx, unsigned *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_f16_f32(const __half *x, KilnLayout lx, float *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_f16_f64(const __half *x, KilnLayout lx, double *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_f16_bf16(const __half *x, KilnLayout lx, __nv_bfloat16 *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_f16_u32(const __half *x, KilnLayout lx, unsigned *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_u32_f32(const unsigned *x, KilnLayout lx, float *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_u32_f64(const unsigned *x, KilnLayout lx, double *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_u32_bf16(const unsigned *x, KilnLayout lx, __nv_bfloat16 *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
-
-extern "C" __global__ void cast_u32_f16(const unsigned *x, KilnLayout lx, __half *y, unsigned long long n) {
-    cast_impl(x, lx, y, n);
-}
+KILN_ENTRY(cast_u32_f32, CAST_KERNEL, unsigned, float)
+KILN_ENTRY(cast_u32_f64, CAST_KERNEL, unsigned, double)
+KILN_ENTRY(cast_u32_bf16, CAST_KERNEL, unsigned, __nv_bfloat16)
+KILN_ENTRY(cast_u32_f16, CAST_KERNEL, unsigned, __half)

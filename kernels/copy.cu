@@ -23,17 +23,10 @@ __device__ __forceinline__ void copy_impl(const T *__restrict__ src, const KilnL
     for (unsigned long long i = start; i < n; i += step) dst[kiln_offset(ld, i)] = src[kiln_offset(ls, i)];
 }
 
-extern "C" __global__ void copy_b16(const unsigned short *src, KilnLayout ls, unsigned short *dst, KilnLayout ld,
-                                    unsigned long long n) {
-    copy_impl(src, ls, dst, ld, n);
-}
+// Entry points, one per element width (KILN_ENTRY, common.cuh).
+#define COPY_KERNEL(T)                                                                                                 \
+    (const T *src, KilnLayout ls, T *dst, KilnLayout ld, unsigned long long n) { copy_impl(src, ls, dst, ld, n); }
 
-extern "C" __global__ void copy_b32(const unsigned *src, KilnLayout ls, unsigned *dst, KilnLayout ld,
-                                    unsigned long long n) {
-    copy_impl(src, ls, dst, ld, n);
-}
-
-extern "C" __global__ void copy_b64(const unsigned long long *src, KilnLayout ls, unsigned long long *dst,
-                                    KilnLayout ld, unsigned long long n) {
-    copy_impl(src, ls, dst, ld, n);
-}
+KILN_ENTRY(copy_b16, COPY_KERNEL, unsigned short)
+KILN_ENTRY(copy_b32, COPY_KERNEL, unsigned)
+KILN_ENTRY(copy_b64, COPY_KERNEL, unsigned long long)

@@ -102,58 +102,31 @@ __device__ __forceinline__ void cross_entropy_backward_impl(const T *__restrict_
         });
 }
 
-extern "C" __global__ void cross_entropy_forward_f32(const float *x, const unsigned *targets, float *lse, float *loss_rows,
-                                                     unsigned long long rows, unsigned c, unsigned long long ignore) {
-    cross_entropy_forward_impl(x, targets, lse, loss_rows, rows, c, ignore);
-}
+// Entry points, one per dtype; A is the accumulation type of lse and the loss (KILN_ENTRY, common.cuh).
+#define CROSS_ENTROPY_FORWARD_KERNEL(T, A)                                                                             \
+    (const T *x, const unsigned *targets, A *lse, A *loss_rows, unsigned long long rows, unsigned c,                   \
+     unsigned long long ignore) {                                                                                      \
+        cross_entropy_forward_impl(x, targets, lse, loss_rows, rows, c, ignore);                                       \
+    }
+#define CROSS_ENTROPY_MEAN_KERNEL(A)                                                                                   \
+    (const A *loss_rows, A *loss, unsigned long long rows, A count) {                                                  \
+        cross_entropy_mean_impl(loss_rows, loss, rows, count);                                                         \
+    }
+#define CROSS_ENTROPY_BACKWARD_KERNEL(T, A)                                                                            \
+    (const T *x, const unsigned *targets, const A *lse, const A *g, T *dx, unsigned long long rows, unsigned c,        \
+     unsigned long long ignore, A count) {                                                                             \
+        cross_entropy_backward_impl(x, targets, lse, g, dx, rows, c, ignore, count);                                   \
+    }
 
-extern "C" __global__ void cross_entropy_forward_f64(const double *x, const unsigned *targets, double *lse,
-                                                     double *loss_rows, unsigned long long rows, unsigned c,
-                                                     unsigned long long ignore) {
-    cross_entropy_forward_impl(x, targets, lse, loss_rows, rows, c, ignore);
-}
+KILN_ENTRY(cross_entropy_forward_f32, CROSS_ENTROPY_FORWARD_KERNEL, float, float)
+KILN_ENTRY(cross_entropy_forward_f64, CROSS_ENTROPY_FORWARD_KERNEL, double, double)
+KILN_ENTRY(cross_entropy_forward_bf16, CROSS_ENTROPY_FORWARD_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(cross_entropy_forward_f16, CROSS_ENTROPY_FORWARD_KERNEL, __half, float)
 
-extern "C" __global__ void cross_entropy_forward_bf16(const __nv_bfloat16 *x, const unsigned *targets, float *lse,
-                                                      float *loss_rows, unsigned long long rows, unsigned c,
-                                                      unsigned long long ignore) {
-    cross_entropy_forward_impl(x, targets, lse, loss_rows, rows, c, ignore);
-}
+KILN_ENTRY(cross_entropy_mean_f32, CROSS_ENTROPY_MEAN_KERNEL, float)
+KILN_ENTRY(cross_entropy_mean_f64, CROSS_ENTROPY_MEAN_KERNEL, double)
 
-extern "C" __global__ void cross_entropy_forward_f16(const __half *x, const unsigned *targets, float *lse, float *loss_rows,
-                                                     unsigned long long rows, unsigned c, unsigned long long ignore) {
-    cross_entropy_forward_impl(x, targets, lse, loss_rows, rows, c, ignore);
-}
-
-extern "C" __global__ void cross_entropy_mean_f32(const float *loss_rows, float *loss, unsigned long long rows, float count) {
-    cross_entropy_mean_impl(loss_rows, loss, rows, count);
-}
-
-extern "C" __global__ void cross_entropy_mean_f64(const double *loss_rows, double *loss, unsigned long long rows,
-                                                  double count) {
-    cross_entropy_mean_impl(loss_rows, loss, rows, count);
-}
-
-extern "C" __global__ void cross_entropy_backward_f32(const float *x, const unsigned *targets, const float *lse,
-                                                      const float *g, float *dx, unsigned long long rows, unsigned c,
-                                                      unsigned long long ignore, float count) {
-    cross_entropy_backward_impl(x, targets, lse, g, dx, rows, c, ignore, count);
-}
-
-extern "C" __global__ void cross_entropy_backward_f64(const double *x, const unsigned *targets, const double *lse,
-                                                      const double *g, double *dx, unsigned long long rows, unsigned c,
-                                                      unsigned long long ignore, double count) {
-    cross_entropy_backward_impl(x, targets, lse, g, dx, rows, c, ignore, count);
-}
-
-extern "C" __global__ void cross_entropy_backward_bf16(const __nv_bfloat16 *x, const unsigned *targets, const float *lse,
-                                                       const float *g, __nv_bfloat16 *dx,
-                                                       unsigned long long rows, unsigned c, unsigned long long ignore,
-                                                       float count) {
-    cross_entropy_backward_impl(x, targets, lse, g, dx, rows, c, ignore, count);
-}
-
-extern "C" __global__ void cross_entropy_backward_f16(const __half *x, const unsigned *targets, const float *lse,
-                                                      const float *g, __half *dx, unsigned long long rows, unsigned c,
-                                                      unsigned long long ignore, float count) {
-    cross_entropy_backward_impl(x, targets, lse, g, dx, rows, c, ignore, count);
-}
+KILN_ENTRY(cross_entropy_backward_f32, CROSS_ENTROPY_BACKWARD_KERNEL, float, float)
+KILN_ENTRY(cross_entropy_backward_f64, CROSS_ENTROPY_BACKWARD_KERNEL, double, double)
+KILN_ENTRY(cross_entropy_backward_bf16, CROSS_ENTROPY_BACKWARD_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(cross_entropy_backward_f16, CROSS_ENTROPY_BACKWARD_KERNEL, __half, float)

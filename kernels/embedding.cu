@@ -124,64 +124,33 @@ __device__ __forceinline__ void token_position_embedding_impl(const unsigned *__
         token_position_embedding_body<1>(ids, wte, wpe, out, n, t, c);
 }
 
-extern "C" __global__ void index_select_b16(const unsigned short *src, const unsigned *ids, unsigned short *out,
-                                            unsigned long long outer, unsigned long long size,
-                                            unsigned long long inner, unsigned long long n_ids) {
-    index_select_impl(src, ids, out, outer, size, inner, n_ids);
-}
+// Entry points, one per element width or dtype (KILN_ENTRY, common.cuh).
+#define INDEX_SELECT_KERNEL(T)                                                                                         \
+    (const T *src, const unsigned *ids, T *out, unsigned long long outer, unsigned long long size,                     \
+     unsigned long long inner, unsigned long long n_ids) {                                                             \
+        index_select_impl(src, ids, out, outer, size, inner, n_ids);                                                   \
+    }
+#define INDEX_ADD_KERNEL(T)                                                                                            \
+    (const T *src, const unsigned *order, const unsigned *starts, T *out, unsigned long long outer,                    \
+     unsigned long long size, unsigned long long inner, unsigned long long n_ids) {                                    \
+        index_add_impl(src, order, starts, out, outer, size, inner, n_ids);                                            \
+    }
+#define TOKEN_POSITION_EMBEDDING_KERNEL(T)                                                                             \
+    (const unsigned *ids, const T *wte, const T *wpe, T *out, unsigned long long n, unsigned long long t,              \
+     unsigned long long c) {                                                                                           \
+        token_position_embedding_impl(ids, wte, wpe, out, n, t, c);                                                    \
+    }
 
-extern "C" __global__ void index_select_b32(const unsigned *src, const unsigned *ids, unsigned *out,
-                                            unsigned long long outer, unsigned long long size,
-                                            unsigned long long inner, unsigned long long n_ids) {
-    index_select_impl(src, ids, out, outer, size, inner, n_ids);
-}
+KILN_ENTRY(index_select_b16, INDEX_SELECT_KERNEL, unsigned short)
+KILN_ENTRY(index_select_b32, INDEX_SELECT_KERNEL, unsigned)
+KILN_ENTRY(index_select_b64, INDEX_SELECT_KERNEL, unsigned long long)
 
-extern "C" __global__ void index_select_b64(const unsigned long long *src, const unsigned *ids, unsigned long long *out,
-                                            unsigned long long outer, unsigned long long size,
-                                            unsigned long long inner, unsigned long long n_ids) {
-    index_select_impl(src, ids, out, outer, size, inner, n_ids);
-}
+KILN_ENTRY(index_add_f32, INDEX_ADD_KERNEL, float)
+KILN_ENTRY(index_add_f64, INDEX_ADD_KERNEL, double)
+KILN_ENTRY(index_add_bf16, INDEX_ADD_KERNEL, __nv_bfloat16)
+KILN_ENTRY(index_add_f16, INDEX_ADD_KERNEL, __half)
 
-extern "C" __global__ void index_add_f32(const float *src, const unsigned *order, const unsigned *starts, float *out,
-                                         unsigned long long outer, unsigned long long size, unsigned long long inner,
-                                         unsigned long long n_ids) {
-    index_add_impl(src, order, starts, out, outer, size, inner, n_ids);
-}
-
-extern "C" __global__ void index_add_f64(const double *src, const unsigned *order, const unsigned *starts, double *out,
-                                         unsigned long long outer, unsigned long long size, unsigned long long inner,
-                                         unsigned long long n_ids) {
-    index_add_impl(src, order, starts, out, outer, size, inner, n_ids);
-}
-
-extern "C" __global__ void index_add_bf16(const __nv_bfloat16 *src, const unsigned *order, const unsigned *starts,
-                                          __nv_bfloat16 *out, unsigned long long outer, unsigned long long size,
-                                          unsigned long long inner, unsigned long long n_ids) {
-    index_add_impl(src, order, starts, out, outer, size, inner, n_ids);
-}
-
-extern "C" __global__ void index_add_f16(const __half *src, const unsigned *order, const unsigned *starts, __half *out,
-                                         unsigned long long outer, unsigned long long size, unsigned long long inner,
-                                         unsigned long long n_ids) {
-    index_add_impl(src, order, starts, out, outer, size, inner, n_ids);
-}
-
-extern "C" __global__ void token_position_embedding_f32(const unsigned *ids, const float *wte, const float *wpe, float *out,
-                                                    unsigned long long n, unsigned long long t, unsigned long long c) {
-    token_position_embedding_impl(ids, wte, wpe, out, n, t, c);
-}
-
-extern "C" __global__ void token_position_embedding_f64(const unsigned *ids, const double *wte, const double *wpe, double *out,
-                                                    unsigned long long n, unsigned long long t, unsigned long long c) {
-    token_position_embedding_impl(ids, wte, wpe, out, n, t, c);
-}
-
-extern "C" __global__ void token_position_embedding_bf16(const unsigned *ids, const __nv_bfloat16 *wte, const __nv_bfloat16 *wpe, __nv_bfloat16 *out,
-                                                    unsigned long long n, unsigned long long t, unsigned long long c) {
-    token_position_embedding_impl(ids, wte, wpe, out, n, t, c);
-}
-
-extern "C" __global__ void token_position_embedding_f16(const unsigned *ids, const __half *wte, const __half *wpe, __half *out,
-                                                    unsigned long long n, unsigned long long t, unsigned long long c) {
-    token_position_embedding_impl(ids, wte, wpe, out, n, t, c);
-}
+KILN_ENTRY(token_position_embedding_f32, TOKEN_POSITION_EMBEDDING_KERNEL, float)
+KILN_ENTRY(token_position_embedding_f64, TOKEN_POSITION_EMBEDDING_KERNEL, double)
+KILN_ENTRY(token_position_embedding_bf16, TOKEN_POSITION_EMBEDDING_KERNEL, __nv_bfloat16)
+KILN_ENTRY(token_position_embedding_f16, TOKEN_POSITION_EMBEDDING_KERNEL, __half)

@@ -26,12 +26,10 @@ __device__ __forceinline__ void fill_impl(T *__restrict__ y, T value, unsigned l
     for (unsigned long long i = done + start; i < n; i += step) y[i] = value;
 }
 
-extern "C" __global__ void fill_b16(unsigned short *y, unsigned short bits, unsigned long long n) {
-    fill_impl(y, bits, n);
-}
+// Entry points, one per element width (KILN_ENTRY, common.cuh).
+#define FILL_KERNEL(T)                                                                                                 \
+    (T *y, T bits, unsigned long long n) { fill_impl(y, bits, n); }
 
-extern "C" __global__ void fill_b32(unsigned *y, unsigned bits, unsigned long long n) { fill_impl(y, bits, n); }
-
-extern "C" __global__ void fill_b64(unsigned long long *y, unsigned long long bits, unsigned long long n) {
-    fill_impl(y, bits, n);
-}
+KILN_ENTRY(fill_b16, FILL_KERNEL, unsigned short)
+KILN_ENTRY(fill_b32, FILL_KERNEL, unsigned)
+KILN_ENTRY(fill_b64, FILL_KERNEL, unsigned long long)

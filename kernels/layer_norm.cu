@@ -240,82 +240,41 @@ __device__ __forceinline__ void layer_norm_dparams_finish_impl(const typename Ki
     }
 }
 
-extern "C" __global__ void layer_norm_forward_f32(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd,
-                                          unsigned long long rows, unsigned c, float eps) {
-    layer_norm_forward_impl(x, w, b, y, mean, rstd, rows, c, eps);
-}
+// Entry points, one per dtype; A is the type of the statistics and partial sums (KILN_ENTRY, common.cuh).
+#define LAYER_NORM_FORWARD_KERNEL(T, A)                                                                                \
+    (const T *x, const T *w, const T *b, T *y, A *mean, A *rstd, unsigned long long rows, unsigned c, A eps) {         \
+        layer_norm_forward_impl(x, w, b, y, mean, rstd, rows, c, eps);                                                 \
+    }
+#define LAYER_NORM_BACKWARD_DX_KERNEL(T, A)                                                                            \
+    (const T *x, const T *w, const T *dy, const A *mean, const A *rstd, T *dx, unsigned long long rows, unsigned c) {  \
+        layer_norm_backward_dx_impl(x, w, dy, mean, rstd, dx, rows, c);                                                \
+    }
+#define LAYER_NORM_DPARAMS_PARTIAL_KERNEL(T, A)                                                                        \
+    (const T *x, const T *dy, const A *mean, const A *rstd, A *partial, unsigned long long rows, unsigned c,           \
+     unsigned long long rows_per_chunk, unsigned pack) {                                                               \
+        layer_norm_dparams_partial_impl(x, dy, mean, rstd, partial, rows, c, rows_per_chunk, pack);                    \
+    }
+#define LAYER_NORM_DPARAMS_FINISH_KERNEL(T, A)                                                                         \
+    (const A *partial, T *dw, T *db, unsigned chunks, unsigned c) {                                                    \
+        layer_norm_dparams_finish_impl(partial, dw, db, chunks, c);                                                    \
+    }
 
-extern "C" __global__ void layer_norm_backward_dx_f32(const float *x, const float *w, const float *dy, const float *mean,
-                                              const float *rstd, float *dx, unsigned long long rows, unsigned c) {
-    layer_norm_backward_dx_impl(x, w, dy, mean, rstd, dx, rows, c);
-}
+KILN_ENTRY(layer_norm_forward_f32, LAYER_NORM_FORWARD_KERNEL, float, float)
+KILN_ENTRY(layer_norm_backward_dx_f32, LAYER_NORM_BACKWARD_DX_KERNEL, float, float)
+KILN_ENTRY(layer_norm_dparams_partial_f32, LAYER_NORM_DPARAMS_PARTIAL_KERNEL, float, float)
+KILN_ENTRY(layer_norm_dparams_finish_f32, LAYER_NORM_DPARAMS_FINISH_KERNEL, float, float)
 
-extern "C" __global__ void layer_norm_dparams_partial_f32(const float *x, const float *dy, const float *mean, const float *rstd,
-                                                  float *partial, unsigned long long rows, unsigned c,
-                                                  unsigned long long rows_per_chunk, unsigned pack) {
-    layer_norm_dparams_partial_impl(x, dy, mean, rstd, partial, rows, c, rows_per_chunk, pack);
-}
+KILN_ENTRY(layer_norm_forward_f64, LAYER_NORM_FORWARD_KERNEL, double, double)
+KILN_ENTRY(layer_norm_backward_dx_f64, LAYER_NORM_BACKWARD_DX_KERNEL, double, double)
+KILN_ENTRY(layer_norm_dparams_partial_f64, LAYER_NORM_DPARAMS_PARTIAL_KERNEL, double, double)
+KILN_ENTRY(layer_norm_dparams_finish_f64, LAYER_NORM_DPARAMS_FINISH_KERNEL, double, double)
 
-extern "C" __global__ void layer_norm_dparams_finish_f32(const float *partial, float *dw, float *db, unsigned chunks, unsigned c) {
-    layer_norm_dparams_finish_impl(partial, dw, db, chunks, c);
-}
+KILN_ENTRY(layer_norm_forward_bf16, LAYER_NORM_FORWARD_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(layer_norm_backward_dx_bf16, LAYER_NORM_BACKWARD_DX_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(layer_norm_dparams_partial_bf16, LAYER_NORM_DPARAMS_PARTIAL_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(layer_norm_dparams_finish_bf16, LAYER_NORM_DPARAMS_FINISH_KERNEL, __nv_bfloat16, float)
 
-extern "C" __global__ void layer_norm_forward_f64(const double *x, const double *w, const double *b, double *y, double *mean, double *rstd,
-                                          unsigned long long rows, unsigned c, double eps) {
-    layer_norm_forward_impl(x, w, b, y, mean, rstd, rows, c, eps);
-}
-
-extern "C" __global__ void layer_norm_backward_dx_f64(const double *x, const double *w, const double *dy, const double *mean,
-                                              const double *rstd, double *dx, unsigned long long rows, unsigned c) {
-    layer_norm_backward_dx_impl(x, w, dy, mean, rstd, dx, rows, c);
-}
-
-extern "C" __global__ void layer_norm_dparams_partial_f64(const double *x, const double *dy, const double *mean, const double *rstd,
-                                                  double *partial, unsigned long long rows, unsigned c,
-                                                  unsigned long long rows_per_chunk, unsigned pack) {
-    layer_norm_dparams_partial_impl(x, dy, mean, rstd, partial, rows, c, rows_per_chunk, pack);
-}
-
-extern "C" __global__ void layer_norm_dparams_finish_f64(const double *partial, double *dw, double *db, unsigned chunks, unsigned c) {
-    layer_norm_dparams_finish_impl(partial, dw, db, chunks, c);
-}
-
-extern "C" __global__ void layer_norm_forward_bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w, const __nv_bfloat16 *b, __nv_bfloat16 *y, float *mean, float *rstd,
-                                          unsigned long long rows, unsigned c, float eps) {
-    layer_norm_forward_impl(x, w, b, y, mean, rstd, rows, c, eps);
-}
-
-extern "C" __global__ void layer_norm_backward_dx_bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w, const __nv_bfloat16 *dy, const float *mean,
-                                              const float *rstd, __nv_bfloat16 *dx, unsigned long long rows, unsigned c) {
-    layer_norm_backward_dx_impl(x, w, dy, mean, rstd, dx, rows, c);
-}
-
-extern "C" __global__ void layer_norm_dparams_partial_bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *dy, const float *mean, const float *rstd,
-                                                  float *partial, unsigned long long rows, unsigned c,
-                                                  unsigned long long rows_per_chunk, unsigned pack) {
-    layer_norm_dparams_partial_impl(x, dy, mean, rstd, partial, rows, c, rows_per_chunk, pack);
-}
-
-extern "C" __global__ void layer_norm_dparams_finish_bf16(const float *partial, __nv_bfloat16 *dw, __nv_bfloat16 *db, unsigned chunks, unsigned c) {
-    layer_norm_dparams_finish_impl(partial, dw, db, chunks, c);
-}
-
-extern "C" __global__ void layer_norm_forward_f16(const __half *x, const __half *w, const __half *b, __half *y, float *mean, float *rstd,
-                                          unsigned long long rows, unsigned c, float eps) {
-    layer_norm_forward_impl(x, w, b, y, mean, rstd, rows, c, eps);
-}
-
-extern "C" __global__ void layer_norm_backward_dx_f16(const __half *x, const __half *w, const __half *dy, const float *mean,
-                                              const float *rstd, __half *dx, unsigned long long rows, unsigned c) {
-    layer_norm_backward_dx_impl(x, w, dy, mean, rstd, dx, rows, c);
-}
-
-extern "C" __global__ void layer_norm_dparams_partial_f16(const __half *x, const __half *dy, const float *mean, const float *rstd,
-                                                  float *partial, unsigned long long rows, unsigned c,
-                                                  unsigned long long rows_per_chunk, unsigned pack) {
-    layer_norm_dparams_partial_impl(x, dy, mean, rstd, partial, rows, c, rows_per_chunk, pack);
-}
-
-extern "C" __global__ void layer_norm_dparams_finish_f16(const float *partial, __half *dw, __half *db, unsigned chunks, unsigned c) {
-    layer_norm_dparams_finish_impl(partial, dw, db, chunks, c);
-}
+KILN_ENTRY(layer_norm_forward_f16, LAYER_NORM_FORWARD_KERNEL, __half, float)
+KILN_ENTRY(layer_norm_backward_dx_f16, LAYER_NORM_BACKWARD_DX_KERNEL, __half, float)
+KILN_ENTRY(layer_norm_dparams_partial_f16, LAYER_NORM_DPARAMS_PARTIAL_KERNEL, __half, float)
+KILN_ENTRY(layer_norm_dparams_finish_f16, LAYER_NORM_DPARAMS_FINISH_KERNEL, __half, float)

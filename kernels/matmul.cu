@@ -291,25 +291,17 @@ __device__ __forceinline__ void matmul_impl(const T *a, KilnLayout a_batch, long
     }
 }
 
-// One kernel per dtype (written out: build.rs finds kernels by their `extern "C" __global__` lines).
-#define MATMUL_PARAMS(T)                                                                              \
-    const T *a, KilnLayout a_batch, long long lda, int a_kcontig, const T *b, KilnLayout b_batch, long long ldb, \
-        int b_kcontig, T *c, T *pre, const T *bias, const T *residual, unsigned m, unsigned n, unsigned k, \
-        unsigned long long batch, int gelu
-#define MATMUL_ARGS a, a_batch, lda, a_kcontig, b, b_batch, ldb, b_kcontig, c, pre, bias, residual, m, n, k, batch, gelu
+// Entry points, one per dtype (KILN_ENTRY_BOUNDED, common.cuh): SIMT for f32/f64, tensor cores for
+// bf16/f16.
+#define MATMUL_KERNEL(T, Mma)                                                                                          \
+    (const T *a, KilnLayout a_batch, long long lda, int a_kcontig, const T *b, KilnLayout b_batch, long long ldb,      \
+     int b_kcontig, T *c, T *pre, const T *bias, const T *residual, unsigned m, unsigned n, unsigned k,                \
+     unsigned long long batch, int gelu) {                                                                             \
+        matmul_impl<T, Mma>(a, a_batch, lda, a_kcontig, b, b_batch, ldb, b_kcontig, c, pre, bias, residual, m, n, k,   \
+                            batch, gelu);                                                                              \
+    }
 
-extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_f32(MATMUL_PARAMS(float)) {
-    matmul_impl<float, SimtMma<float>>(MATMUL_ARGS);
-}
-
-extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_f64(MATMUL_PARAMS(double)) {
-    matmul_impl<double, SimtMma<double>>(MATMUL_ARGS);
-}
-
-extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_bf16(MATMUL_PARAMS(__nv_bfloat16)) {
-    matmul_impl<__nv_bfloat16, TensorCoreMma<__nv_bfloat16>>(MATMUL_ARGS);
-}
-
-extern "C" __global__ void __launch_bounds__(MATMUL_THREADS) matmul_f16(MATMUL_PARAMS(__half)) {
-    matmul_impl<__half, TensorCoreMma<__half>>(MATMUL_ARGS);
-}
+KILN_ENTRY_BOUNDED(matmul_f32, MATMUL_THREADS, MATMUL_KERNEL, float, SimtMma<float>)
+KILN_ENTRY_BOUNDED(matmul_f64, MATMUL_THREADS, MATMUL_KERNEL, double, SimtMma<double>)
+KILN_ENTRY_BOUNDED(matmul_bf16, MATMUL_THREADS, MATMUL_KERNEL, __nv_bfloat16, TensorCoreMma<__nv_bfloat16>)
+KILN_ENTRY_BOUNDED(matmul_f16, MATMUL_THREADS, MATMUL_KERNEL, __half, TensorCoreMma<__half>)

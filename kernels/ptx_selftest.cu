@@ -30,13 +30,12 @@ __device__ __forceinline__ void mma_direct(const T *a, const T *b, const float *
     for (int i = 0; i < 4; ++i) d[(g + (i / 2) * 8) * 8 + 2 * t + i % 2] = acc[i];
 }
 
-extern "C" __global__ void ptx_mma_bf16(const __nv_bfloat16 *a, const __nv_bfloat16 *b, const float *c, float *d) {
-    mma_direct(a, b, c, d);
-}
+// Entry points, one per 16-bit type (KILN_ENTRY, common.cuh).
+#define PTX_MMA_KERNEL(T)                                                                                              \
+    (const T *a, const T *b, const float *c, float *d) { mma_direct(a, b, c, d); }
 
-extern "C" __global__ void ptx_mma_f16(const __half *a, const __half *b, const float *c, float *d) {
-    mma_direct(a, b, c, d);
-}
+KILN_ENTRY(ptx_mma_bf16, PTX_MMA_KERNEL, __nv_bfloat16)
+KILN_ENTRY(ptx_mma_f16, PTX_MMA_KERNEL, __half)
 
 // src: a 16x16 row-major tile of 16-bit values. out[form][lane][reg] for the forms x4, x4.trans, x2,
 // x2.trans (the x2 forms fill regs 0-1). Matrix i of the x4 forms is rows 8(i%2).., cols 8(i/2)..
@@ -79,13 +78,11 @@ template <typename T> __device__ __forceinline__ void ldmatrix_mma(const T *a, c
     for (int i = 0; i < 4; ++i) d[(g + (i / 2) * 8) * 8 + 2 * t + i % 2] = acc[i];
 }
 
-extern "C" __global__ void ptx_ldmatrix_mma_bf16(const __nv_bfloat16 *a, const __nv_bfloat16 *b, float *d) {
-    ldmatrix_mma(a, b, d);
-}
+#define PTX_LDMATRIX_MMA_KERNEL(T)                                                                                     \
+    (const T *a, const T *b, float *d) { ldmatrix_mma(a, b, d); }
 
-extern "C" __global__ void ptx_ldmatrix_mma_f16(const __half *a, const __half *b, float *d) {
-    ldmatrix_mma(a, b, d);
-}
+KILN_ENTRY(ptx_ldmatrix_mma_bf16, PTX_LDMATRIX_MMA_KERNEL, __nv_bfloat16)
+KILN_ENTRY(ptx_ldmatrix_mma_f16, PTX_LDMATRIX_MMA_KERNEL, __half)
 
 // dst[0..512) = src[0..n) followed by zeros (n <= 512; src 16-byte aligned with room for whole 16-byte
 // chunks up to n). 64 threads; group 0 copies floats 0..255, group 1 floats 256..511, 16 bytes each.

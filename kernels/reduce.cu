@@ -123,43 +123,23 @@ __device__ __forceinline__ void reduce_partials_impl(const typename KilnFloat<T>
     }
 }
 
-extern "C" __global__ void reduce_f32(const float *x, KilnLayout outer, KilnLayout inner, unsigned long long n_out,
-                                      unsigned long long n_in, int op, float *y, float *partial) {
-    reduce_impl(x, outer, inner, n_out, n_in, op, y, partial);
-}
+// Entry points, one per dtype; A is the type of the partial results (KILN_ENTRY, common.cuh).
+#define REDUCE_KERNEL(T, A)                                                                                            \
+    (const T *x, KilnLayout outer, KilnLayout inner, unsigned long long n_out, unsigned long long n_in, int op, T *y,  \
+     A *partial) {                                                                                                     \
+        reduce_impl(x, outer, inner, n_out, n_in, op, y, partial);                                                     \
+    }
+#define REDUCE_PARTIALS_KERNEL(T, A)                                                                                   \
+    (const A *partial, unsigned long long n_out, unsigned splits, int op, T *y) {                                      \
+        reduce_partials_impl(partial, n_out, splits, op, y);                                                           \
+    }
 
-extern "C" __global__ void reduce_f64(const double *x, KilnLayout outer, KilnLayout inner, unsigned long long n_out,
-                                      unsigned long long n_in, int op, double *y, double *partial) {
-    reduce_impl(x, outer, inner, n_out, n_in, op, y, partial);
-}
+KILN_ENTRY(reduce_f32, REDUCE_KERNEL, float, float)
+KILN_ENTRY(reduce_f64, REDUCE_KERNEL, double, double)
+KILN_ENTRY(reduce_bf16, REDUCE_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(reduce_f16, REDUCE_KERNEL, __half, float)
 
-extern "C" __global__ void reduce_bf16(const __nv_bfloat16 *x, KilnLayout outer, KilnLayout inner,
-                                       unsigned long long n_out, unsigned long long n_in, int op, __nv_bfloat16 *y,
-                                       float *partial) {
-    reduce_impl(x, outer, inner, n_out, n_in, op, y, partial);
-}
-
-extern "C" __global__ void reduce_f16(const __half *x, KilnLayout outer, KilnLayout inner, unsigned long long n_out,
-                                      unsigned long long n_in, int op, __half *y, float *partial) {
-    reduce_impl(x, outer, inner, n_out, n_in, op, y, partial);
-}
-
-extern "C" __global__ void reduce_partials_f32(const float *partial, unsigned long long n_out, unsigned splits, int op,
-                                               float *y) {
-    reduce_partials_impl(partial, n_out, splits, op, y);
-}
-
-extern "C" __global__ void reduce_partials_f64(const double *partial, unsigned long long n_out, unsigned splits,
-                                               int op, double *y) {
-    reduce_partials_impl(partial, n_out, splits, op, y);
-}
-
-extern "C" __global__ void reduce_partials_bf16(const float *partial, unsigned long long n_out, unsigned splits,
-                                                int op, __nv_bfloat16 *y) {
-    reduce_partials_impl(partial, n_out, splits, op, y);
-}
-
-extern "C" __global__ void reduce_partials_f16(const float *partial, unsigned long long n_out, unsigned splits,
-                                               int op, __half *y) {
-    reduce_partials_impl(partial, n_out, splits, op, y);
-}
+KILN_ENTRY(reduce_partials_f32, REDUCE_PARTIALS_KERNEL, float, float)
+KILN_ENTRY(reduce_partials_f64, REDUCE_PARTIALS_KERNEL, double, double)
+KILN_ENTRY(reduce_partials_bf16, REDUCE_PARTIALS_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(reduce_partials_f16, REDUCE_PARTIALS_KERNEL, __half, float)

@@ -179,79 +179,39 @@ __device__ __forceinline__ void rms_norm_dweight_finish_impl(const typename Kiln
     }
 }
 
-extern "C" __global__ void rms_norm_forward_f32(const float *x, const float *w, float *y, float *rstd, unsigned long long rows,
-                                              unsigned c, float eps) {
-    rms_norm_forward_impl(x, w, y, rstd, rows, c, eps);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh); A is the statistics type (f32, f64 for f64).
+#define RMS_NORM_FORWARD_KERNEL(T, A)                                                                                  \
+    (const T *x, const T *w, T *y, A *rstd, unsigned long long rows, unsigned c, A eps) {                              \
+        rms_norm_forward_impl(x, w, y, rstd, rows, c, eps);                                                            \
+    }
+#define RMS_NORM_BACKWARD_DX_KERNEL(T, A)                                                                              \
+    (const T *x, const T *w, const T *dy, const A *rstd, T *dx, unsigned long long rows, unsigned c) {                 \
+        rms_norm_backward_dx_impl(x, w, dy, rstd, dx, rows, c);                                                        \
+    }
+#define RMS_NORM_DWEIGHT_PARTIAL_KERNEL(T, A)                                                                          \
+    (const T *x, const T *dy, const A *rstd, A *partial, unsigned long long rows, unsigned c,                          \
+     unsigned long long rows_per_chunk, unsigned pack) {                                                               \
+        rms_norm_dweight_partial_impl(x, dy, rstd, partial, rows, c, rows_per_chunk, pack);                            \
+    }
+#define RMS_NORM_DWEIGHT_FINISH_KERNEL(T, A)                                                                           \
+    (const A *partial, T *dw, unsigned chunks, unsigned c) { rms_norm_dweight_finish_impl(partial, dw, chunks, c); }
 
-extern "C" __global__ void rms_norm_backward_dx_f32(const float *x, const float *w, const float *dy, const float *rstd, float *dx,
-                                                  unsigned long long rows, unsigned c) {
-    rms_norm_backward_dx_impl(x, w, dy, rstd, dx, rows, c);
-}
+KILN_ENTRY(rms_norm_forward_f32, RMS_NORM_FORWARD_KERNEL, float, float)
+KILN_ENTRY(rms_norm_backward_dx_f32, RMS_NORM_BACKWARD_DX_KERNEL, float, float)
+KILN_ENTRY(rms_norm_dweight_partial_f32, RMS_NORM_DWEIGHT_PARTIAL_KERNEL, float, float)
+KILN_ENTRY(rms_norm_dweight_finish_f32, RMS_NORM_DWEIGHT_FINISH_KERNEL, float, float)
 
-extern "C" __global__ void rms_norm_dweight_partial_f32(const float *x, const float *dy, const float *rstd, float *partial,
-                                                      unsigned long long rows, unsigned c,
-                                                      unsigned long long rows_per_chunk, unsigned pack) {
-    rms_norm_dweight_partial_impl(x, dy, rstd, partial, rows, c, rows_per_chunk, pack);
-}
+KILN_ENTRY(rms_norm_forward_f64, RMS_NORM_FORWARD_KERNEL, double, double)
+KILN_ENTRY(rms_norm_backward_dx_f64, RMS_NORM_BACKWARD_DX_KERNEL, double, double)
+KILN_ENTRY(rms_norm_dweight_partial_f64, RMS_NORM_DWEIGHT_PARTIAL_KERNEL, double, double)
+KILN_ENTRY(rms_norm_dweight_finish_f64, RMS_NORM_DWEIGHT_FINISH_KERNEL, double, double)
 
-extern "C" __global__ void rms_norm_dweight_finish_f32(const float *partial, float *dw, unsigned chunks, unsigned c) {
-    rms_norm_dweight_finish_impl(partial, dw, chunks, c);
-}
-extern "C" __global__ void rms_norm_forward_f64(const double *x, const double *w, double *y, double *rstd, unsigned long long rows,
-                                              unsigned c, double eps) {
-    rms_norm_forward_impl(x, w, y, rstd, rows, c, eps);
-}
+KILN_ENTRY(rms_norm_forward_bf16, RMS_NORM_FORWARD_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(rms_norm_backward_dx_bf16, RMS_NORM_BACKWARD_DX_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(rms_norm_dweight_partial_bf16, RMS_NORM_DWEIGHT_PARTIAL_KERNEL, __nv_bfloat16, float)
+KILN_ENTRY(rms_norm_dweight_finish_bf16, RMS_NORM_DWEIGHT_FINISH_KERNEL, __nv_bfloat16, float)
 
-extern "C" __global__ void rms_norm_backward_dx_f64(const double *x, const double *w, const double *dy, const double *rstd, double *dx,
-                                                  unsigned long long rows, unsigned c) {
-    rms_norm_backward_dx_impl(x, w, dy, rstd, dx, rows, c);
-}
-
-extern "C" __global__ void rms_norm_dweight_partial_f64(const double *x, const double *dy, const double *rstd, double *partial,
-                                                      unsigned long long rows, unsigned c,
-                                                      unsigned long long rows_per_chunk, unsigned pack) {
-    rms_norm_dweight_partial_impl(x, dy, rstd, partial, rows, c, rows_per_chunk, pack);
-}
-
-extern "C" __global__ void rms_norm_dweight_finish_f64(const double *partial, double *dw, unsigned chunks, unsigned c) {
-    rms_norm_dweight_finish_impl(partial, dw, chunks, c);
-}
-extern "C" __global__ void rms_norm_forward_bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w, __nv_bfloat16 *y, float *rstd, unsigned long long rows,
-                                              unsigned c, float eps) {
-    rms_norm_forward_impl(x, w, y, rstd, rows, c, eps);
-}
-
-extern "C" __global__ void rms_norm_backward_dx_bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w, const __nv_bfloat16 *dy, const float *rstd, __nv_bfloat16 *dx,
-                                                  unsigned long long rows, unsigned c) {
-    rms_norm_backward_dx_impl(x, w, dy, rstd, dx, rows, c);
-}
-
-extern "C" __global__ void rms_norm_dweight_partial_bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *dy, const float *rstd, float *partial,
-                                                      unsigned long long rows, unsigned c,
-                                                      unsigned long long rows_per_chunk, unsigned pack) {
-    rms_norm_dweight_partial_impl(x, dy, rstd, partial, rows, c, rows_per_chunk, pack);
-}
-
-extern "C" __global__ void rms_norm_dweight_finish_bf16(const float *partial, __nv_bfloat16 *dw, unsigned chunks, unsigned c) {
-    rms_norm_dweight_finish_impl(partial, dw, chunks, c);
-}
-extern "C" __global__ void rms_norm_forward_f16(const __half *x, const __half *w, __half *y, float *rstd, unsigned long long rows,
-                                              unsigned c, float eps) {
-    rms_norm_forward_impl(x, w, y, rstd, rows, c, eps);
-}
-
-extern "C" __global__ void rms_norm_backward_dx_f16(const __half *x, const __half *w, const __half *dy, const float *rstd, __half *dx,
-                                                  unsigned long long rows, unsigned c) {
-    rms_norm_backward_dx_impl(x, w, dy, rstd, dx, rows, c);
-}
-
-extern "C" __global__ void rms_norm_dweight_partial_f16(const __half *x, const __half *dy, const float *rstd, float *partial,
-                                                      unsigned long long rows, unsigned c,
-                                                      unsigned long long rows_per_chunk, unsigned pack) {
-    rms_norm_dweight_partial_impl(x, dy, rstd, partial, rows, c, rows_per_chunk, pack);
-}
-
-extern "C" __global__ void rms_norm_dweight_finish_f16(const float *partial, __half *dw, unsigned chunks, unsigned c) {
-    rms_norm_dweight_finish_impl(partial, dw, chunks, c);
-}
+KILN_ENTRY(rms_norm_forward_f16, RMS_NORM_FORWARD_KERNEL, __half, float)
+KILN_ENTRY(rms_norm_backward_dx_f16, RMS_NORM_BACKWARD_DX_KERNEL, __half, float)
+KILN_ENTRY(rms_norm_dweight_partial_f16, RMS_NORM_DWEIGHT_PARTIAL_KERNEL, __half, float)
+KILN_ENTRY(rms_norm_dweight_finish_f16, RMS_NORM_DWEIGHT_FINISH_KERNEL, __half, float)

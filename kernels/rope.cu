@@ -50,23 +50,17 @@ __device__ __forceinline__ void rope_impl(const T *__restrict__ x, T *__restrict
     }
 }
 
-extern "C" __global__ void rope_f32(const float *x, float *y, double base, unsigned long long pairs, unsigned half,
-                                  unsigned heads, unsigned seq, unsigned long long position_offset, int interleaved,
-                                  int inverse) {
-    rope_impl(x, y, base, pairs, half, heads, seq, position_offset, interleaved, inverse);
-}
-extern "C" __global__ void rope_f64(const double *x, double *y, double base, unsigned long long pairs, unsigned half,
-                                  unsigned heads, unsigned seq, unsigned long long position_offset, int interleaved,
-                                  int inverse) {
-    rope_impl(x, y, base, pairs, half, heads, seq, position_offset, interleaved, inverse);
-}
-extern "C" __global__ void rope_bf16(const __nv_bfloat16 *x, __nv_bfloat16 *y, double base, unsigned long long pairs, unsigned half,
-                                  unsigned heads, unsigned seq, unsigned long long position_offset, int interleaved,
-                                  int inverse) {
-    rope_impl(x, y, base, pairs, half, heads, seq, position_offset, interleaved, inverse);
-}
-extern "C" __global__ void rope_f16(const __half *x, __half *y, double base, unsigned long long pairs, unsigned half,
-                                  unsigned heads, unsigned seq, unsigned long long position_offset, int interleaved,
-                                  int inverse) {
-    rope_impl(x, y, base, pairs, half, heads, seq, position_offset, interleaved, inverse);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh).
+#define ROPE_KERNEL(T)                                                                                                 \
+    (const T *x, T *y, double base, unsigned long long pairs, unsigned half, unsigned heads, unsigned seq,             \
+     unsigned long long position_offset, int interleaved, int inverse) {                                               \
+        rope_impl(x, y, base, pairs, half, heads, seq, position_offset, interleaved, inverse);                         \
+    }
+
+KILN_ENTRY(rope_f32, ROPE_KERNEL, float)
+
+KILN_ENTRY(rope_f64, ROPE_KERNEL, double)
+
+KILN_ENTRY(rope_bf16, ROPE_KERNEL, __nv_bfloat16)
+
+KILN_ENTRY(rope_f16, ROPE_KERNEL, __half)

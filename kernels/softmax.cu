@@ -114,39 +114,22 @@ __device__ __forceinline__ void softmax_backward_impl(const T *__restrict__ y, c
     });
 }
 
-extern "C" __global__ void softmax_f32(const float *x, float *y, unsigned long long rows, unsigned width, int want_log) {
-    softmax_impl(x, y, rows, width, want_log);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh).
+#define SOFTMAX_KERNEL(T)                                                                                              \
+    (const T *x, T *y, unsigned long long rows, unsigned width, int want_log) {                                        \
+        softmax_impl(x, y, rows, width, want_log);                                                                     \
+    }
+#define SOFTMAX_BACKWARD_KERNEL(T)                                                                                     \
+    (const T *y, const T *dy, T *dx, unsigned long long rows, unsigned width, int want_log) {                          \
+        softmax_backward_impl(y, dy, dx, rows, width, want_log);                                                       \
+    }
 
-extern "C" __global__ void softmax_f64(const double *x, double *y, unsigned long long rows, unsigned width, int want_log) {
-    softmax_impl(x, y, rows, width, want_log);
-}
+KILN_ENTRY(softmax_f32, SOFTMAX_KERNEL, float)
+KILN_ENTRY(softmax_f64, SOFTMAX_KERNEL, double)
+KILN_ENTRY(softmax_bf16, SOFTMAX_KERNEL, __nv_bfloat16)
+KILN_ENTRY(softmax_f16, SOFTMAX_KERNEL, __half)
 
-extern "C" __global__ void softmax_bf16(const __nv_bfloat16 *x, __nv_bfloat16 *y, unsigned long long rows,
-                                        unsigned width, int want_log) {
-    softmax_impl(x, y, rows, width, want_log);
-}
-
-extern "C" __global__ void softmax_f16(const __half *x, __half *y, unsigned long long rows, unsigned width, int want_log) {
-    softmax_impl(x, y, rows, width, want_log);
-}
-
-extern "C" __global__ void softmax_backward_f32(const float *y, const float *dy, float *dx, unsigned long long rows,
-                                               unsigned width, int want_log) {
-    softmax_backward_impl(y, dy, dx, rows, width, want_log);
-}
-
-extern "C" __global__ void softmax_backward_f64(const double *y, const double *dy, double *dx, unsigned long long rows,
-                                               unsigned width, int want_log) {
-    softmax_backward_impl(y, dy, dx, rows, width, want_log);
-}
-
-extern "C" __global__ void softmax_backward_bf16(const __nv_bfloat16 *y, const __nv_bfloat16 *dy, __nv_bfloat16 *dx, unsigned long long rows,
-                                               unsigned width, int want_log) {
-    softmax_backward_impl(y, dy, dx, rows, width, want_log);
-}
-
-extern "C" __global__ void softmax_backward_f16(const __half *y, const __half *dy, __half *dx, unsigned long long rows,
-                                               unsigned width, int want_log) {
-    softmax_backward_impl(y, dy, dx, rows, width, want_log);
-}
+KILN_ENTRY(softmax_backward_f32, SOFTMAX_BACKWARD_KERNEL, float)
+KILN_ENTRY(softmax_backward_f64, SOFTMAX_BACKWARD_KERNEL, double)
+KILN_ENTRY(softmax_backward_bf16, SOFTMAX_BACKWARD_KERNEL, __nv_bfloat16)
+KILN_ENTRY(softmax_backward_f16, SOFTMAX_BACKWARD_KERNEL, __half)

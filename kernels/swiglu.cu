@@ -57,42 +57,24 @@ __device__ __forceinline__ void swiglu_backward_impl(const T *__restrict__ gate,
         swiglu_backward_one(gate[i], up[i], dy[i], dgate[i], dup[i]);
 }
 
-extern "C" __global__ void swiglu_forward_f32(const float *gate, KilnLayout lg, const float *up, KilnLayout lu, float *y,
-                                          unsigned long long n) {
-    swiglu_forward_impl(gate, lg, up, lu, y, n);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh).
+#define SWIGLU_FORWARD_KERNEL(T)                                                                                       \
+    (const T *gate, KilnLayout lg, const T *up, KilnLayout lu, T *y, unsigned long long n) {                           \
+        swiglu_forward_impl(gate, lg, up, lu, y, n);                                                                   \
+    }
+#define SWIGLU_BACKWARD_KERNEL(T)                                                                                      \
+    (const T *gate, const T *up, const T *dy, T *dgate, T *dup, unsigned long long n) {                                \
+        swiglu_backward_impl(gate, up, dy, dgate, dup, n);                                                             \
+    }
 
-extern "C" __global__ void swiglu_backward_f32(const float *gate, const float *up, const float *dy, float *dgate, float *dup,
-                                           unsigned long long n) {
-    swiglu_backward_impl(gate, up, dy, dgate, dup, n);
-}
+KILN_ENTRY(swiglu_forward_f32, SWIGLU_FORWARD_KERNEL, float)
+KILN_ENTRY(swiglu_backward_f32, SWIGLU_BACKWARD_KERNEL, float)
 
-extern "C" __global__ void swiglu_forward_f64(const double *gate, KilnLayout lg, const double *up, KilnLayout lu, double *y,
-                                          unsigned long long n) {
-    swiglu_forward_impl(gate, lg, up, lu, y, n);
-}
+KILN_ENTRY(swiglu_forward_f64, SWIGLU_FORWARD_KERNEL, double)
+KILN_ENTRY(swiglu_backward_f64, SWIGLU_BACKWARD_KERNEL, double)
 
-extern "C" __global__ void swiglu_backward_f64(const double *gate, const double *up, const double *dy, double *dgate, double *dup,
-                                           unsigned long long n) {
-    swiglu_backward_impl(gate, up, dy, dgate, dup, n);
-}
+KILN_ENTRY(swiglu_forward_bf16, SWIGLU_FORWARD_KERNEL, __nv_bfloat16)
+KILN_ENTRY(swiglu_backward_bf16, SWIGLU_BACKWARD_KERNEL, __nv_bfloat16)
 
-extern "C" __global__ void swiglu_forward_bf16(const __nv_bfloat16 *gate, KilnLayout lg, const __nv_bfloat16 *up, KilnLayout lu, __nv_bfloat16 *y,
-                                          unsigned long long n) {
-    swiglu_forward_impl(gate, lg, up, lu, y, n);
-}
-
-extern "C" __global__ void swiglu_backward_bf16(const __nv_bfloat16 *gate, const __nv_bfloat16 *up, const __nv_bfloat16 *dy, __nv_bfloat16 *dgate, __nv_bfloat16 *dup,
-                                           unsigned long long n) {
-    swiglu_backward_impl(gate, up, dy, dgate, dup, n);
-}
-
-extern "C" __global__ void swiglu_forward_f16(const __half *gate, KilnLayout lg, const __half *up, KilnLayout lu, __half *y,
-                                          unsigned long long n) {
-    swiglu_forward_impl(gate, lg, up, lu, y, n);
-}
-
-extern "C" __global__ void swiglu_backward_f16(const __half *gate, const __half *up, const __half *dy, __half *dgate, __half *dup,
-                                           unsigned long long n) {
-    swiglu_backward_impl(gate, up, dy, dgate, dup, n);
-}
+KILN_ENTRY(swiglu_forward_f16, SWIGLU_FORWARD_KERNEL, __half)
+KILN_ENTRY(swiglu_backward_f16, SWIGLU_BACKWARD_KERNEL, __half)

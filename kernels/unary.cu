@@ -65,25 +65,16 @@ __device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLa
     }
 }
 
-extern "C" __global__ void unary_f32(const float *x, KilnLayout lx, float *y, unsigned long long n, int op, double p0,
-                                     double p1) {
-    unary_impl(x, lx, y, n, op, p0, p1);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh).
+#define UNARY_KERNEL(T)                                                                                                \
+    (const T *x, KilnLayout lx, T *y, unsigned long long n, int op, double p0, double p1) {                            \
+        unary_impl(x, lx, y, n, op, p0, p1);                                                                           \
+    }
 
-extern "C" __global__ void unary_f64(const double *x, KilnLayout lx, double *y, unsigned long long n, int op,
-                                     double p0, double p1) {
-    unary_impl(x, lx, y, n, op, p0, p1);
-}
-
-extern "C" __global__ void unary_bf16(const __nv_bfloat16 *x, KilnLayout lx, __nv_bfloat16 *y, unsigned long long n,
-                                      int op, double p0, double p1) {
-    unary_impl(x, lx, y, n, op, p0, p1);
-}
-
-extern "C" __global__ void unary_f16(const __half *x, KilnLayout lx, __half *y, unsigned long long n, int op,
-                                     double p0, double p1) {
-    unary_impl(x, lx, y, n, op, p0, p1);
-}
+KILN_ENTRY(unary_f32, UNARY_KERNEL, float)
+KILN_ENTRY(unary_f64, UNARY_KERNEL, double)
+KILN_ENTRY(unary_bf16, UNARY_KERNEL, __nv_bfloat16)
+KILN_ENTRY(unary_f16, UNARY_KERNEL, __half)
 
 // GELU's backward, fused: dx = dy * gelu'(z), with gelu(z) = 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z +
 // 0.044715 z^3): gelu'(z) = 0.5 (1 + tanh u) + 0.5 z (1 - tanh^2 u) du/dz. One pass over both
@@ -107,22 +98,13 @@ __device__ __forceinline__ void gelu_backward_impl(const T *__restrict__ dy, con
     kiln_map2(dy, ldy, z, lz, dx, n, [](T g, T v) { return F::down(F::up(g) * gelu_derivative(F::up(v))); });
 }
 
-extern "C" __global__ void gelu_backward_f32(const float *dy, KilnLayout ldy, const float *z, KilnLayout lz, float *dx,
-                                             unsigned long long n) {
-    gelu_backward_impl(dy, ldy, z, lz, dx, n);
-}
+// Entry points, one per dtype (KILN_ENTRY, common.cuh).
+#define GELU_BACKWARD_KERNEL(T)                                                                                        \
+    (const T *dy, KilnLayout ldy, const T *z, KilnLayout lz, T *dx, unsigned long long n) {                            \
+        gelu_backward_impl(dy, ldy, z, lz, dx, n);                                                                     \
+    }
 
-extern "C" __global__ void gelu_backward_f64(const double *dy, KilnLayout ldy, const double *z, KilnLayout lz,
-                                             double *dx, unsigned long long n) {
-    gelu_backward_impl(dy, ldy, z, lz, dx, n);
-}
-
-extern "C" __global__ void gelu_backward_bf16(const __nv_bfloat16 *dy, KilnLayout ldy, const __nv_bfloat16 *z,
-                                              KilnLayout lz, __nv_bfloat16 *dx, unsigned long long n) {
-    gelu_backward_impl(dy, ldy, z, lz, dx, n);
-}
-
-extern "C" __global__ void gelu_backward_f16(const __half *dy, KilnLayout ldy, const __half *z, KilnLayout lz,
-                                             __half *dx, unsigned long long n) {
-    gelu_backward_impl(dy, ldy, z, lz, dx, n);
-}
+KILN_ENTRY(gelu_backward_f32, GELU_BACKWARD_KERNEL, float)
+KILN_ENTRY(gelu_backward_f64, GELU_BACKWARD_KERNEL, double)
+KILN_ENTRY(gelu_backward_bf16, GELU_BACKWARD_KERNEL, __nv_bfloat16)
+KILN_ENTRY(gelu_backward_f16, GELU_BACKWARD_KERNEL, __half)

@@ -17,18 +17,13 @@ __device__ __forceinline__ void where_impl(const unsigned *__restrict__ c, const
     kiln_map3(c, lc, t, lt, f, lf, y, n, [](unsigned k, T u, T v) { return k != 0u ? u : v; });
 }
 
-extern "C" __global__ void where_cond_b16(const unsigned *c, KilnLayout lc, const unsigned short *t, KilnLayout lt,
-                                     const unsigned short *f, KilnLayout lf, unsigned short *y, unsigned long long n) {
-    where_impl(c, lc, t, lt, f, lf, y, n);
-}
+// Entry points, one per element width (KILN_ENTRY, common.cuh).
+#define WHERE_COND_KERNEL(T)                                                                                           \
+    (const unsigned *c, KilnLayout lc, const T *t, KilnLayout lt, const T *f, KilnLayout lf, T *y,                     \
+     unsigned long long n) {                                                                                           \
+        where_impl(c, lc, t, lt, f, lf, y, n);                                                                         \
+    }
 
-extern "C" __global__ void where_cond_b32(const unsigned *c, KilnLayout lc, const unsigned *t, KilnLayout lt,
-                                     const unsigned *f, KilnLayout lf, unsigned *y, unsigned long long n) {
-    where_impl(c, lc, t, lt, f, lf, y, n);
-}
-
-extern "C" __global__ void where_cond_b64(const unsigned *c, KilnLayout lc, const unsigned long long *t, KilnLayout lt,
-                                     const unsigned long long *f, KilnLayout lf, unsigned long long *y,
-                                     unsigned long long n) {
-    where_impl(c, lc, t, lt, f, lf, y, n);
-}
+KILN_ENTRY(where_cond_b16, WHERE_COND_KERNEL, unsigned short)
+KILN_ENTRY(where_cond_b32, WHERE_COND_KERNEL, unsigned)
+KILN_ENTRY(where_cond_b64, WHERE_COND_KERNEL, unsigned long long)

@@ -2,9 +2,10 @@
 # gen_kernel_table.sh FILE.cu INCLUDE_PATH > FILE.emu.cpp
 #
 # Writes the emulator's translation unit for one kernel file: it includes the .cu source (as
-# INCLUDE_PATH, relative to the output file) and registers every `extern "C" __global__` kernel with
-# EMU_KERNEL. kiln's build.rs does the same with this regex:
-#   extern "C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(
+# INCLUDE_PATH, relative to the output file) and registers with EMU_KERNEL every kernel it defines:
+# each `extern "C" __global__ void name(` (with optional __launch_bounds__), then each entry point
+# stamped out by a line starting `KILN_ENTRY(name,` or `KILN_ENTRY_BOUNDED(name,` (kernels/common.cuh).
+# kiln's build.rs finds the same kernels with `kernel_names` in src/backend/cuda/nvrtc.rs.
 set -eu
 src=$1
 inc=$2
@@ -13,3 +14,5 @@ echo "#include \"$inc\""
 tr '\n' ' ' < "$src" |
   grep -oE 'extern "C"[[:space:]]+__global__[[:space:]]+(__launch_bounds__\([^)]*\)[[:space:]]+)?void[[:space:]]+(__launch_bounds__\([^)]*\)[[:space:]]+)?[A-Za-z_][A-Za-z0-9_]*[[:space:]]*\(' |
   sed -E 's/[[:space:]]*\($//; s/.*[[:space:]]//; s/.*/EMU_KERNEL(&)/'
+grep -oE '^[[:space:]]*KILN_ENTRY(_BOUNDED)?\([[:space:]]*[A-Za-z_][A-Za-z0-9_]*[[:space:]]*,' "$src" |
+  sed -E 's/^[[:space:]]*KILN_ENTRY(_BOUNDED)?\([[:space:]]*//; s/[[:space:]]*,$//; s/.*/EMU_KERNEL(&)/'

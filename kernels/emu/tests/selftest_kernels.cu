@@ -1,5 +1,6 @@
 // Kernels for the emulator's self-test (emu_selftest.cpp). Plain CUDA: they would compile with NVRTC
-// unchanged. The build registers each `extern "C" __global__` kernel with EMU_KERNEL (gen_kernel_table.sh).
+// unchanged. The build registers each `extern "C" __global__` kernel and each KILN_ENTRY line with
+// EMU_KERNEL (gen_kernel_table.sh).
 #include "../../common.cuh"
 
 #define TILE 16
@@ -268,11 +269,14 @@ extern "C" __global__ void half_math(float *out) {
     out[7] = static_cast<float>(min(3, 5u) + max(-1, 2));
 }
 
-// y = a * x + b over n elements, one thread per element.
-extern "C" __global__ void axpb(const float *x, float *y, float a, float b, int n) {
+// y = a * x + b over n elements, one thread per element. Its entry point is stamped out by KILN_ENTRY
+// (common.cuh), as kiln's per-dtype kernels are, so the self-test also sees gen_kernel_table.sh register one.
+template <typename T> __device__ void axpb_impl(const T *x, T *y, T a, T b, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = a * x[i] + b;
 }
+#define AXPB_KERNEL(T) (const T *x, T *y, T a, T b, int n) { axpb_impl(x, y, a, b, n); }
+KILN_ENTRY(axpb, AXPB_KERNEL, float)
 
 extern "C" __global__ void int_divide(int *y, int d) { y[threadIdx.x] = 100 / (d + static_cast<int>(threadIdx.x) - 3); }
 

@@ -7,7 +7,7 @@ pub struct KernelFile {
     /// The file stem: `unary` for `kernels/unary.cu`.
     pub name: &'static str,
     pub source: &'static str,
-    /// Every `extern "C" __global__` kernel it defines.
+    /// Every kernel it defines (`extern "C" __global__` or `KILN_ENTRY`; see `nvrtc::kernel_names`).
     pub kernels: &'static [&'static str],
     /// PTX for the lowest architecture in [`ARCHS`], if precompiled.
     pub ptx: Option<&'static [u8]>,

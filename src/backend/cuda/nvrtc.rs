@@ -246,14 +246,29 @@ unsafe fn read_log(prog: cudarc::nvrtc::sys::nvrtcProgram) -> String {
         .to_string()
 }
 
-/// The kernels a `.cu` source defines: every `extern "C" __global__ void name(`, with optional
-/// `__launch_bounds__(...)` before or after `void`. Comments are ignored.
+/// The macros of kernels/common.cuh that define an entry point named by their first argument.
+const ENTRY_MACROS: [&str; 2] = ["KILN_ENTRY", "KILN_ENTRY_BOUNDED"];
+
+/// The kernels a `.cu` source defines, in source order: every `extern "C" __global__ void name(`,
+/// with optional `__launch_bounds__(...)` before or after `void`, and every entry point stamped out
+/// by `KILN_ENTRY(name, family, types...)` or `KILN_ENTRY_BOUNDED(name, max_threads, family,
+/// types...)` (kernels/common.cuh), whose first argument spells the kernel's name. A `#define` of
+/// those macros is not a use. Comments are ignored.
 pub fn kernel_names(source: &str) -> Vec<String> {
     let text = strip_comments(source);
     let tokens = tokenize(&text);
     let mut names = Vec::new();
     let mut i = 0;
     while i + 1 < tokens.len() {
+        if ENTRY_MACROS.contains(&tokens[i].as_str()) && tokens[i + 1] == "(" && (i == 0 || tokens[i - 1] != "define") {
+            if let (Some(name), Some(",")) = (tokens.get(i + 2), tokens.get(i + 3).map(String::as_str)) {
+                if is_ident(name) {
+                    names.push(name.clone());
+                }
+            }
+            i += 2;
+            continue;
+        }
         if tokens[i] == "extern" && tokens[i + 1] == "\"C\"" {
             let mut j = i + 2;
             let mut seen_global = false;
@@ -358,4 +373,45 @@ fn tokenize(s: &str) -> Vec<String> {
         }
     }
     tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_names;
+
+    #[test]
+    fn kernel_names_reads_entry_macros_and_extern_c_definitions_in_source_order() {
+        let source = r#"
+#include "common.cuh"
+// KILN_ENTRY(in_a_comment_f32, UNARY_KERNEL, float)
+/* extern "C" __global__ void in_a_block_comment(int x) {} */
+#define KILN_ENTRY(name, family, ...) extern "C" __global__ void name family(__VA_ARGS__)
+#define UNARY_KERNEL(T) (const T *x, T *y, unsigned long long n) { unary_impl(x, y, n); }
+#define CAST_KERNEL(S, D) (const S *x, D *y, unsigned long long n) { cast_impl(x, y, n); }
+KILN_ENTRY(unary_f32, UNARY_KERNEL, float)
+KILN_ENTRY(unary_bf16, UNARY_KERNEL, __nv_bfloat16)
+extern "C" __global__ void plain(const float *x) {}
+KILN_ENTRY( cast_f32_f16 ,
+           CAST_KERNEL, float, __half)
+KILN_ENTRY_BOUNDED(matmul_f16, MATMUL_THREADS, MATMUL_KERNEL, __half, TensorCoreMma<__half>)
+extern "C" __global__ void __launch_bounds__(256) bounded(int n) {}
+KILN_ENTRY_NOT_A_KERNEL(not_a_kernel, X)
+"#;
+        assert_eq!(
+            kernel_names(source),
+            [
+                "unary_f32",
+                "unary_bf16",
+                "plain",
+                "cast_f32_f16",
+                "matmul_f16",
+                "bounded"
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_names_skips_an_entry_macro_without_a_name() {
+        assert!(kernel_names("KILN_ENTRY(, UNARY_KERNEL, float)\nKILN_ENTRY(unary_f32)").is_empty());
+    }
 }
