@@ -35,7 +35,7 @@ impl Storage {
     /// `n` copies of `value` rounded to `dtype`.
     pub(crate) fn filled(value: f64, n: usize, dtype: DType, device: &Device) -> Result<Storage> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(cpu::filled(value, n, dtype))),
+            Device::Cpu => Ok(Storage::Cpu(cpu::filled(value, n, dtype)?)),
             cuda_device => Ok(Storage::Cuda(cuda::fill::filled(
                 &CudaDevice::get(cuda_device)?,
                 value,
@@ -56,21 +56,21 @@ impl Storage {
     /// The viewed elements, contiguous, in host memory.
     pub(crate) fn to_host(&self, layout: &Layout) -> Result<CpuStorage> {
         match self {
-            Storage::Cpu(s) => Ok(cpu::contiguous(s, layout)),
+            Storage::Cpu(s) => cpu::contiguous(s, layout),
             Storage::Cuda(s) => s.to_host(layout),
         }
     }
 
     pub(crate) fn contiguous(&self, layout: &Layout) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::contiguous(s, layout))),
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::contiguous(s, layout)?)),
             Storage::Cuda(s) => Ok(Storage::Cuda(cuda::copy::contiguous(s, layout)?)),
         }
     }
 
     pub(crate) fn cast(&self, layout: &Layout, dtype: DType) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::cast(s, layout, dtype))),
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::cast(s, layout, dtype)?)),
             Storage::Cuda(s) => Ok(Storage::Cuda(cuda::cast::cast(s, layout, dtype)?)),
         }
     }
@@ -282,7 +282,7 @@ impl Storage {
         match (self, targets) {
             (Storage::Cpu(x), Storage::Cpu(t)) => {
                 let (total, lse) = cpu::loss::cross_entropy_forward(x, cpu::typed::<u32>(t), c, ignore)?;
-                let loss = cpu::filled(total / count as f64, 1, cuda::acc_dtype(x.dtype()));
+                let loss = cpu::filled(total / count as f64, 1, cuda::acc_dtype(x.dtype()))?;
                 Ok((Storage::Cpu(loss), Storage::Cpu(CpuStorage::F64(lse))))
             }
             (Storage::Cuda(x), Storage::Cuda(t)) => {
@@ -389,7 +389,7 @@ impl Storage {
                 size,
                 inner,
                 cpu::typed::<u32>(ids),
-            ))),
+            )?)),
             (Storage::Cuda(s), Storage::Cuda(ids)) => Ok(Storage::Cuda(cuda::embedding::index_select(
                 s, outer, size, inner, ids,
             )?)),

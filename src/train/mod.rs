@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod config;
+pub mod memory_estimate;
 pub mod metrics;
 pub mod plot;
 pub mod sample;

@@ -160,7 +160,7 @@ pub fn generate(
     let mut context = prompt.to_vec();
     let mut cache = KvCache::new(cfg);
     let mut logits = run(&context[context.len().saturating_sub(block)..], &mut cache)?;
-    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    let mut out = Vec::with_capacity(opts.max_new_tokens.min(block)); // grows past a context if asked
     for i in 0..opts.max_new_tokens {
         let id = sample_logits(&logits, opts, rng);
         context.push(id);

@@ -60,8 +60,11 @@ impl std::fmt::Debug for CudaStorage {
 impl CudaStorage {
     /// `len` uninitialised elements (poisoned on Emu, so an unwritten output shows up as NaN).
     pub(crate) fn alloc(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let bytes = len
+            .checked_mul(dtype.size_in_bytes())
+            .ok_or_else(|| Error::out_of_memory("alloc", len, dtype.size_in_bytes(), dev.device()))?;
         Ok(CudaStorage {
-            buf: DeviceBuffer::alloc(dev, len * dtype.size_in_bytes())?,
+            buf: DeviceBuffer::alloc(dev, bytes)?,
             dtype,
             len,
         })
@@ -97,7 +100,7 @@ impl CudaStorage {
         let dev = CudaDevice::get(device)?;
         let out = CudaStorage::alloc(&dev, data.dtype(), data.len())?;
         let bytes: &[u8] = with_cpu_storage!(data, v => bytemuck::cast_slice(v.as_slice()));
-        dev.executor().htod(out.ptr(), bytes)?;
+        out.buf.write(0, bytes)?;
         Ok(out)
     }
 
@@ -114,8 +117,8 @@ impl CudaStorage {
         fn read<T: WithDType>(s: &CudaStorage, offset: usize, n: usize) -> Result<Vec<T>> {
             let mut v = vec![T::default(); n];
             if n > 0 {
-                let at = s.ptr() + (offset * std::mem::size_of::<T>()) as u64;
-                s.cuda_device().executor().dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
+                s.buf
+                    .read(offset * std::mem::size_of::<T>(), bytemuck::cast_slice_mut(&mut v))?;
             }
             Ok(v)
         }
