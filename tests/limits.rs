@@ -197,13 +197,13 @@ fn emu_raw_copies_and_frees_are_checked_against_the_allocation_table() {
         emu.dtoh(&mut back, p).unwrap();
     }
     assert_eq!(back, data);
-    let host = vec![7u8; 64];
+    let host = [7u8; 64];
     // SAFETY (of the calls): every address below is refused before any byte is copied.
     unsafe {
         assert!(emu.htod(p + 8, &data).is_err(), "runs past the end");
         assert!(
             emu.dtoh(&mut back, host.as_ptr() as u64).is_err(),
-            "a host Vec is not device memory"
+            "host memory is not device memory"
         );
         assert!(emu.htod(0x1000, &data).is_err(), "a wild address");
         assert!(emu.dtod(p, 0xdead_0000, 8).is_err());
