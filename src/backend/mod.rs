@@ -16,5 +16,7 @@ mod storage;
 pub use cpu::CpuStorage;
 pub(crate) use dispatch::{adamw_step, grad_sq_sum};
 pub use dispatch::{IdBuckets, RowStats};
-pub use op::{gelu_derivative, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, RopeLayout, RopeSpec, UnaryOp};
+pub use op::{
+    gelu_derivative, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, RopeLayout, RopeSpec, UnaryOp,
+};
 pub use storage::Storage;

@@ -5,8 +5,8 @@
 //! arithmetic type (f32 for f32/bf16/f16, f64 for f64), as the kernel does.
 
 use super::{acc, dispatch_float, typed, CpuFloat, PARALLEL_MIN};
-use crate::backend::op::{RopeLayout, RopeSpec};
 use crate::backend::cpu::CpuStorage;
+use crate::backend::op::{RopeLayout, RopeSpec};
 use crate::Result;
 use num_traits::Float;
 use rayon::prelude::*;
