@@ -49,6 +49,15 @@ pub enum Error {
     #[error("{file}: {what}")]
     Format { file: String, what: String },
 
+    /// An allocation that the device cannot satisfy: `bytes` is what `op` asked for (computed
+    /// without overflow, so a size past `usize::MAX` is reported as it is).
+    #[error("{op}: out of memory: cannot allocate {bytes} bytes ({}) on {device}", human_bytes(*.bytes))]
+    OutOfMemory {
+        op: &'static str,
+        bytes: u128,
+        device: Device,
+    },
+
     /// An I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -89,10 +98,35 @@ impl Error {
         }
     }
 
+    /// `op` could not get `count` elements of `elem_bytes` bytes each on `device`.
+    pub(crate) fn out_of_memory(op: &'static str, count: usize, elem_bytes: usize, device: Device) -> Self {
+        Error::OutOfMemory {
+            op,
+            bytes: count as u128 * elem_bytes as u128,
+            device,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// `bytes` in binary units for messages: `8000000000000` -> `7.28 TiB`.
+pub(crate) fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
     }
 }

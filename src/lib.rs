@@ -18,6 +18,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod env;
 mod error;
 pub mod gguf;
 pub mod model;

@@ -22,20 +22,13 @@ fn devices() -> Vec<Device> {
 fn upload(dev: &Arc<CudaDevice>, data: &[f64]) -> DeviceBuffer {
     let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
     let buf = DeviceBuffer::alloc(dev, v.len() * 4).unwrap();
-    if !v.is_empty() {
-        dev.executor().htod(buf.ptr(), bytemuck::cast_slice(&v)).unwrap();
-    }
+    buf.write(0, bytemuck::cast_slice(&v)).unwrap();
     buf
 }
 
 fn download(buf: &DeviceBuffer) -> Vec<f64> {
     let mut v = vec![0f32; buf.bytes() / 4];
-    if !v.is_empty() {
-        buf.device()
-            .executor()
-            .dtoh(bytemuck::cast_slice_mut(&mut v), buf.ptr())
-            .unwrap();
-    }
+    buf.read(0, bytemuck::cast_slice_mut(&mut v)).unwrap();
     v.into_iter().map(f64::from).collect()
 }
 

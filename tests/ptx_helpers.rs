@@ -6,6 +6,7 @@
 
 use half::{bf16, f16};
 use kiln::backend::cuda::launch::{Args, Kernel, LaunchConfig};
+use kiln::backend::cuda::memory::DeviceBuffer;
 use kiln::backend::cuda::CudaDevice;
 use kiln::{Device, Rng};
 use std::sync::Arc;
@@ -20,36 +21,22 @@ fn devices() -> Vec<Device> {
 
 /// A device buffer holding `data`, freed on drop.
 struct Buf {
-    dev: Arc<CudaDevice>,
+    buf: DeviceBuffer,
     ptr: u64,
-    bytes: usize,
 }
 
 impl Buf {
     fn new<T: bytemuck::Pod>(dev: &Arc<CudaDevice>, data: &[T]) -> Buf {
-        let bytes = std::mem::size_of_val(data);
-        let ptr = dev.executor().alloc(bytes).unwrap();
-        dev.executor().htod(ptr, bytemuck::cast_slice(data)).unwrap();
-        Buf {
-            dev: dev.clone(),
-            ptr,
-            bytes,
-        }
+        let buf = DeviceBuffer::alloc(dev, std::mem::size_of_val(data)).unwrap();
+        buf.write(0, bytemuck::cast_slice(data)).unwrap();
+        let ptr = buf.ptr();
+        Buf { buf, ptr }
     }
 
     fn read<T: bytemuck::Pod + Default>(&self) -> Vec<T> {
-        let mut v = vec![T::default(); self.bytes / std::mem::size_of::<T>()];
-        self.dev
-            .executor()
-            .dtoh(bytemuck::cast_slice_mut(&mut v), self.ptr)
-            .unwrap();
+        let mut v = vec![T::default(); self.buf.bytes() / std::mem::size_of::<T>()];
+        self.buf.read(0, bytemuck::cast_slice_mut(&mut v)).unwrap();
         v
-    }
-}
-
-impl Drop for Buf {
-    fn drop(&mut self) {
-        self.dev.executor().free(self.ptr);
     }
 }
 

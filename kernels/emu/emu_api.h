@@ -68,10 +68,15 @@ int emu_free(void *ptr);
  * left in it. Return 0, or -1 (and do nothing) when a range runs past a buffer's end. */
 int emu_memcpy(void *dst, const void *src, size_t bytes);
 int emu_memset(void *dst, int byte_value, size_t bytes);
+/* 1 if [p, p + bytes) lies inside one live emu_malloc buffer, else 0 (a wild, freed or host address). */
+int emu_is_live_range(const void *p, size_t bytes);
 
 /* The number of CPU threads that run blocks (the launching thread plus helpers). Defaults to
- * std::thread::hardware_concurrency(), or KILN_EMU_THREADS from the environment when set. */
+ * std::thread::hardware_concurrency(), or what emu_set_num_workers asked for. */
 unsigned emu_num_workers(void);
+/* Sets the number of workers (0: the default); effective only before the first launch or
+ * emu_num_workers call. kiln calls it with KILN_EMU_THREADS, checked by src/env.rs. */
+void emu_set_num_workers(unsigned n);
 
 #ifdef __cplusplus
 }

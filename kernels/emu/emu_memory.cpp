@@ -16,6 +16,14 @@
 // A freed buffer's pages are discarded and the whole mapping made inaccessible, but the address range
 // is kept reserved (in a bounded quarantine) so that a later use of the stale pointer faults and is
 // reported as a use after free, instead of landing in some newer buffer.
+//
+// Each guarded buffer costs the process about two memory maps (its pages and its guards), and Linux
+// allows a process vm.max_map_count of them (65530 by default): past ~32,700 live buffers every mmap
+// failed, and so did the fiber stacks a launch needs. So only the first kMaxGuarded live buffers get
+// guard pages; past that, buffers of up to kPooledMaxBytes come from pooled slabs (one map holds
+// many): size classes of powers of two from 256 bytes, each freed block reused by its class. A pooled
+// buffer is poisoned like any other, but an access past its end lands in the slab instead of faulting.
+// Large buffers are always guarded (there are few of them).
 #include "emu_api.h"
 #include "emu_internal.h"
 
@@ -23,31 +31,45 @@
 #include <unistd.h>
 
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
+#include <vector>
 
 namespace emu {
 namespace {
 
 struct Buffer {
-    uintptr_t map_base;
+    uintptr_t map_base; // for a pooled buffer: its block in a slab (map_base == ptr)
     size_t map_len;
     uintptr_t ptr;
     size_t bytes;
+    int size_class; // -1: a guarded mapping of its own; else the pooled block's class
 };
 
 // Quarantine bounds: how many freed mappings, and how much address space, stay reserved.
 constexpr size_t kQuarantineCount = 4096;
 constexpr size_t kQuarantineBytes = size_t(1) << 32;
 
+// Live guarded buffers before small ones are pooled (a quarter of the default map limit, leaving the
+// rest to the quarantine, thread and fiber stacks, and the allocator).
+constexpr size_t kMaxGuarded = 16384;
+// Pooled size classes: 256 << c bytes for c < kClasses (up to 64 KiB), carved from 1 MiB slabs.
+constexpr int kClasses = 9;
+constexpr size_t kMinClassBytes = 256;
+constexpr size_t kPooledMaxBytes = kMinClassBytes << (kClasses - 1);
+constexpr size_t kSlabBytes = size_t(1) << 20;
+
 struct Registry {
     std::mutex mu;
     std::map<uintptr_t, Buffer> live; // keyed by ptr
     std::deque<Buffer> freed;         // oldest first
     size_t freed_bytes = 0;
+    size_t guarded = 0;                       // live buffers with guard pages
+    std::vector<uintptr_t> free_blocks[kClasses]; // pooled blocks ready for reuse, per class
 };
 
 Registry &registry() {
@@ -84,6 +106,29 @@ std::string describe_in(const Buffer &b, uintptr_t addr, const char *access, con
     return format("%s at byte offset %zu of a %zu-byte %sbuffer", access, size_t(addr - b.ptr), b.bytes, what);
 }
 
+// The smallest size class holding `bytes`.
+int size_class(size_t bytes) {
+    int c = 0;
+    while ((kMinClassBytes << c) < bytes) ++c;
+    return c;
+}
+
+// A pooled block of class `c`, from the free list or a new slab; 0 when out of memory. Caller holds the lock.
+uintptr_t take_block(Registry &r, int c) {
+    std::vector<uintptr_t> &blocks = r.free_blocks[c];
+    if (blocks.empty()) {
+        void *slab = mmap(nullptr, kSlabBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (slab == MAP_FAILED) return 0;
+        const size_t block = kMinClassBytes << c;
+        // in reverse, so that blocks are handed out in address order
+        for (size_t off = kSlabBytes; off >= block; off -= block)
+            blocks.push_back(reinterpret_cast<uintptr_t>(slab) + off - block);
+    }
+    const uintptr_t p = blocks.back();
+    blocks.pop_back();
+    return p;
+}
+
 } // namespace
 
 size_t page_size() {
@@ -114,6 +159,19 @@ using emu::Buffer;
 
 extern "C" void *emu_malloc(size_t bytes) {
     const size_t ps = emu::page_size();
+    if (bytes > (SIZE_MAX >> 1)) return nullptr; // no such memory, and the rounding below would wrap
+    emu::Registry &r = emu::registry();
+    if (bytes <= emu::kPooledMaxBytes) {
+        std::lock_guard<std::mutex> lock(r.mu);
+        if (r.guarded >= emu::kMaxGuarded) {
+            const int c = emu::size_class(bytes);
+            const uintptr_t p = emu::take_block(r, c);
+            if (!p) return nullptr;
+            std::memset(reinterpret_cast<void *>(p), 0xFF, emu::kMinClassBytes << c);
+            r.live.emplace(p, Buffer{p, emu::kMinClassBytes << c, p, bytes, c});
+            return reinterpret_cast<void *>(p);
+        }
+    }
     const size_t data_len = emu::round_up(bytes, ps);
     const size_t map_len = data_len + 2 * ps;
     void *m = mmap(nullptr, map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -124,11 +182,11 @@ extern "C" void *emu_malloc(size_t bytes) {
         return nullptr;
     }
     const uintptr_t end = base + ps + data_len;
-    Buffer b{base, map_len, end - bytes, bytes};
+    Buffer b{base, map_len, end - bytes, bytes, -1};
     std::memset(reinterpret_cast<void *>(b.ptr), 0xFF, bytes);
-    emu::Registry &r = emu::registry();
     std::lock_guard<std::mutex> lock(r.mu);
     r.live.emplace(b.ptr, b);
+    ++r.guarded;
     return reinterpret_cast<void *>(b.ptr);
 }
 
@@ -140,6 +198,12 @@ extern "C" int emu_free(void *ptr) {
     if (it == r.live.end()) return -1;
     const Buffer b = it->second;
     r.live.erase(it);
+    if (b.size_class >= 0) {
+        std::memset(reinterpret_cast<void *>(b.ptr), 0xFF, b.map_len); // stale reads see NaN
+        r.free_blocks[b.size_class].push_back(b.ptr);
+        return 0;
+    }
+    --r.guarded;
     // Replacing the mapping with a fresh inaccessible one both returns the pages to the system and
     // keeps the range reserved, in one call.
     if (mmap(reinterpret_cast<void *>(b.map_base), b.map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
@@ -170,6 +234,14 @@ bool range_ok(const void *p, size_t n) {
     return a >= b->ptr && a <= b->ptr + b->bytes && n <= b->ptr + b->bytes - a;
 }
 } // namespace
+
+extern "C" int emu_is_live_range(const void *p, size_t bytes) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    emu::Registry &r = emu::registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    const Buffer *b = emu::find_mapping(r, a);
+    return b && a >= b->ptr && a <= b->ptr + b->bytes && bytes <= b->ptr + b->bytes - a;
+}
 
 extern "C" int emu_memcpy(void *dst, const void *src, size_t bytes) {
     if (!range_ok(dst, bytes) || !range_ok(src, bytes)) return -1;

@@ -1121,12 +1121,14 @@ void helper_loop(Pool *p) {
     }
 }
 
+// Workers asked for by emu_set_num_workers before the pool starts; 0 for one per hardware thread.
+std::atomic<unsigned> requested_workers{0};
+
 Pool &pool() {
     static Pool *p = [] {
         install_fault_handlers();
         Pool *np = new Pool; // never destroyed: helpers may still be parked in it during exit
-        unsigned n = std::thread::hardware_concurrency();
-        if (const char *env = std::getenv("KILN_EMU_THREADS")) n = static_cast<unsigned>(std::strtoul(env, nullptr, 10));
+        const unsigned n = requested_workers.load() ? requested_workers.load() : std::thread::hardware_concurrency();
         np->workers = n ? n : 1;
         for (unsigned i = 1; i < np->workers; ++i) std::thread(helper_loop, np).detach();
         return np;
@@ -1279,6 +1281,8 @@ extern "C" int emu_func_set_max_dynamic_smem(const char *name, size_t bytes) {
 }
 
 extern "C" unsigned emu_num_workers(void) { return pool().workers; }
+
+extern "C" void emu_set_num_workers(unsigned n) { requested_workers.store(n); }
 
 extern "C" int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_t dyn_smem_bytes, void **args, char *err,
                           size_t err_len) {

@@ -10,7 +10,7 @@
 //! PyTorch). See docs/autograd.md.
 
 use crate::{Error, Result, Tensor};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// Maps the output's gradient to one optional gradient per input (None: no gradient flows
@@ -23,6 +23,64 @@ pub(crate) struct Node {
     pub op: &'static str,
     pub inputs: Vec<Tensor>,
     pub backward: BackwardFn,
+}
+
+/// A backward rule that does nothing: what a node holds once its own rule was taken out to run,
+/// or handed to [`Node`]'s drop (a zero-sized closure, so boxing it allocates nothing).
+fn spent_backward() -> BackwardFn {
+    Box::new(|_, _, _| Ok(Vec::new()))
+}
+
+impl Node {
+    /// Takes the backward rule out to call it (a node with a `Drop` cannot be destructured).
+    pub(crate) fn take_backward(&mut self) -> BackwardFn {
+        std::mem::replace(&mut self.backward, spent_backward())
+    }
+}
+
+/// What a dropped node still owns: its inputs, and its backward rule with the tensors it captured.
+type NodeParts = (Vec<Tensor>, BackwardFn);
+
+thread_local! {
+    /// The parts of nodes waiting to be dropped on this thread, while an outer [`Node`] drop
+    /// empties it; `None` when no drop is running.
+    static DROP_QUEUE: RefCell<Option<Vec<NodeParts>>> = const { RefCell::new(None) };
+}
+
+/// Dropping a graph node by node, without recursion. Left to the compiler, dropping the last
+/// tensor of an n-op chain drops its node, whose input's last reference drops that input's node,
+/// and so on: n nested drops, which overflow a 2 MiB thread stack near 30k ops (a graph built and
+/// dropped without `backward`, e.g. an evaluation loop that forgot `no_grad`). Here the outermost
+/// node drop on a thread becomes a loop: a node dropped inside it only queues its parts, and the
+/// loop drops queued parts one at a time, so the stack depth stays constant however long the graph.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let parts = (std::mem::take(&mut self.inputs), self.take_backward());
+        let mut queued = Some(parts);
+        // `try_with`: during thread teardown the queue may already be gone; then drop in place.
+        let draining_elsewhere = DROP_QUEUE
+            .try_with(|q| match q.borrow_mut().as_mut() {
+                Some(queue) => {
+                    queue.extend(queued.take());
+                    true
+                }
+                None => false,
+            })
+            .unwrap_or(true);
+        if draining_elsewhere {
+            return; // queued for the running loop, or (teardown) dropped at the end of this scope
+        }
+        let _ = DROP_QUEUE.try_with(|q| *q.borrow_mut() = Some(Vec::from_iter(queued.take())));
+        loop {
+            // The borrow ends before the parts are dropped, since dropping them queues more.
+            let next = DROP_QUEUE.with(|q| q.borrow_mut().as_mut().and_then(Vec::pop));
+            match next {
+                Some(parts) => drop(parts),
+                None => break,
+            }
+        }
+        DROP_QUEUE.with(|q| *q.borrow_mut() = None);
+    }
 }
 
 /// How a tensor takes part in differentiation.
@@ -136,11 +194,11 @@ pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<Gradients> {
         let Some(grad) = pending.remove(&t.id()) else {
             continue; // nothing flowed here (e.g. only through an index input)
         };
-        let Some(node) = t.take_node()? else {
+        let Some(mut node) = t.take_node()? else {
             result.grads.insert(t.id(), grad); // a leaf
             continue;
         };
-        let input_grads = (node.backward)(&grad, &node.inputs, t)?;
+        let input_grads = (node.take_backward())(&grad, &node.inputs, t)?;
         debug_assert_eq!(input_grads.len(), node.inputs.len(), "backward of {}", node.op);
         for (input, g) in node.inputs.iter().zip(input_grads) {
             let Some(g) = g else { continue };

@@ -208,7 +208,7 @@ impl Storage {
         match (self, targets) {
             (Storage::Cpu(x), Storage::Cpu(t)) => {
                 let (total, lse) = cpu::cross_entropy::cross_entropy_forward(x, cpu::typed::<u32>(t), c, ignore)?;
-                let loss = cpu::filled(total / count as f64, 1, cuda::acc_dtype(x.dtype()));
+                let loss = cpu::filled(total / count as f64, 1, cuda::acc_dtype(x.dtype()))?;
                 Ok((Storage::Cpu(loss), Storage::Cpu(CpuStorage::F64(lse))))
             }
             (Storage::Cuda(x), Storage::Cuda(t)) => {
@@ -315,7 +315,7 @@ impl Storage {
                 size,
                 inner,
                 cpu::typed::<u32>(ids),
-            ))),
+            )?)),
             (Storage::Cuda(s), Storage::Cuda(ids)) => Ok(Storage::Cuda(cuda::embedding::index_select(
                 s, outer, size, inner, ids,
             )?)),

@@ -43,7 +43,7 @@ impl Storage {
     /// `n` copies of `value` rounded to `dtype`.
     pub(crate) fn filled(value: f64, n: usize, dtype: DType, device: &Device) -> Result<Storage> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(cpu::filled(value, n, dtype))),
+            Device::Cpu => Ok(Storage::Cpu(cpu::filled(value, n, dtype)?)),
             cuda_device => Ok(Storage::Cuda(cuda::fill::filled(
                 &CudaDevice::get(cuda_device)?,
                 value,
@@ -66,7 +66,7 @@ impl Storage {
     /// The viewed elements, contiguous, in host memory.
     pub(crate) fn to_host(&self, layout: &Layout) -> Result<CpuStorage> {
         match self {
-            Storage::Cpu(s) => Ok(cpu::contiguous(s, layout)),
+            Storage::Cpu(s) => cpu::contiguous(s, layout),
             Storage::Cuda(s) => Ok(match s.dtype() {
                 DType::F32 => CpuStorage::F32(cuda::copy::to_host(s, layout)?),
                 DType::F64 => CpuStorage::F64(cuda::copy::to_host(s, layout)?),
@@ -79,14 +79,14 @@ impl Storage {
 
     pub(crate) fn contiguous(&self, layout: &Layout) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::contiguous(s, layout))),
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::contiguous(s, layout)?)),
             Storage::Cuda(s) => Ok(Storage::Cuda(cuda::copy::contiguous(s, layout)?)),
         }
     }
 
     pub(crate) fn cast(&self, layout: &Layout, dtype: DType) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::cast(s, layout, dtype))),
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::cast(s, layout, dtype)?)),
             Storage::Cuda(s) => Ok(Storage::Cuda(cuda::cast::cast(s, layout, dtype)?)),
         }
     }

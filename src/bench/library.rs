@@ -102,9 +102,9 @@ fn device_operands(
         match dtype {
             DType::BF16 => {
                 let h: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-                dev.executor().htod(buf.ptr(), bytemuck::cast_slice(&h))?
+                buf.write(0, bytemuck::cast_slice(&h))?
             }
-            _ => dev.executor().htod(buf.ptr(), bytemuck::cast_slice(&values))?,
+            _ => buf.write(0, bytemuck::cast_slice(&values))?,
         }
         bufs.push(buf);
     }
@@ -198,9 +198,9 @@ struct Cblas {
 fn cblas() -> Result<&'static Cblas> {
     static LIB: OnceLock<std::result::Result<Cblas, String>> = OnceLock::new();
     LIB.get_or_init(|| {
-        let names: Vec<String> = match std::env::var("KILN_CBLAS") {
-            Ok(path) => vec![path],
-            Err(_) => ["libopenblas.so.0", "libopenblas.so", "libcblas.so.3", "libblas.so.3"]
+        let names: Vec<String> = match crate::env::path("KILN_CBLAS") {
+            Some(path) => vec![path.to_string_lossy().into_owned()],
+            None => ["libopenblas.so.0", "libopenblas.so", "libcblas.so.3", "libblas.so.3"]
                 .map(String::from)
                 .to_vec(),
         };

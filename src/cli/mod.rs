@@ -6,7 +6,7 @@
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind};
-use crate::train::{self, checkpoint, console, Init, RunOptions, SampleOptions, TrainConfig};
+use crate::train::{self, checkpoint, console, memory_estimate, Init, RunOptions, SampleOptions, TrainConfig};
 use crate::{DType, Device, Error, Result, Rng};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -357,6 +357,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 fixed.join(", ")
             )));
         }
+        // the saved model with the new optimisation settings must fit before anything is loaded
+        let (model, _, state) = checkpoint::read_meta(&checkpoint::find(&opts.out_dir)?)?;
+        let mut cfg = state.train;
+        a.optim.apply(&mut cfg);
+        let need = memory_estimate::training(&model, cfg.batch_size, cfg.dtype);
+        memory_estimate::check_fits("training", &need, &opts.device)?;
         train::resume(&opts, |cfg| a.optim.apply(cfg))?
     } else {
         let mut model = GptConfig::preset(&a.preset)?;
@@ -380,6 +386,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         cfg.windows = a.windows;
         a.optim.apply(&mut cfg);
+        let need = memory_estimate::training(&model, cfg.batch_size, cfg.dtype);
+        memory_estimate::check_fits("training", &need, &opts.device)?;
         if a.data.is_empty() {
             console::out(&format!(
                 "no --data given: training on kiln's own docs and sources ({EMBEDDED})"
@@ -414,6 +422,8 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         cfg.seed = seed;
     }
     a.optim.apply(&mut cfg);
+    let need = memory_estimate::training(model.config(), cfg.batch_size, cfg.dtype);
+    memory_estimate::check_fits("fine-tuning", &need, &opts.device)?;
     console::out(&format!("fine-tuning {source}"));
     let init = Init::From {
         model: Box::new(model),
@@ -565,6 +575,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         }
         (None, None) => return Err(cli_err("give --checkpoint DIR or --hf DIR".into())),
     };
+    memory_estimate::check_fits("generation", &memory_estimate::generation(model.config()), &dev)?;
     model.set_dtype(a.dtype.into())?;
     console::err(&format!(
         "{source}: {}; tokenizer {}; computing in {}",
@@ -582,8 +593,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "bench: --seconds, --reps, --gpt-steps and --copy-mib must be positive".into(),
         ));
     }
+    let device: Device = a.device.parse()?;
+    for size in &a.sizes {
+        let need = memory_estimate::bench_case(&crate::bench::parse_size(size)?);
+        memory_estimate::check_fits(&format!("bench --sizes {size}"), &need, &device)?;
+    }
     let opts = crate::bench::Options {
-        device: a.device.parse()?,
+        device,
         kernels: a.kernels,
         sizes: a.sizes,
         reps: a.reps,

@@ -37,6 +37,7 @@
 //! ```
 
 use super::GgmlType;
+use crate::backend::cpu::alloc;
 use crate::{Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -80,7 +81,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
         }
     };
     debug_assert!(ty.can_dequantize());
-    let mut out = vec![0f32; data.len() / bytes * block];
+    // 8x the file's bytes for Q4: a model the machine cannot hold in f32 is an error, not an abort
+    let mut out = alloc::filled("dequantize", data.len() / bytes * block, 0f32)?;
     out.par_chunks_mut(block * BLOCKS_PER_TASK)
         .zip(data.par_chunks(bytes * BLOCKS_PER_TASK))
         .for_each(|(y, x)| {

@@ -19,6 +19,16 @@ pub struct GptConfig {
     pub bias: bool,
 }
 
+/// Sanity limits on a config read from a file or the command line: far beyond any GPT-2-style
+/// model (GPT-3 175B has 96 layers, n_embd 12288, a 2048-token context), and small enough that
+/// every size computed from them fits a usize. A corrupt or hostile `config.json` is refused by
+/// these before anything is allocated.
+pub const MAX_N_LAYER: usize = 1024;
+pub const MAX_N_EMBD: usize = 1 << 16;
+pub const MAX_BLOCK_SIZE: usize = 1 << 20;
+/// At most 2^40 parameters (4 TiB of f32).
+pub const MAX_PARAMS: u128 = 1 << 40;
+
 /// Preset names accepted by [`GptConfig::preset`].
 pub const PRESETS: &[&str] = &["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
 
@@ -90,7 +100,55 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
+        for (name, v, max) in [
+            ("n_layer", self.n_layer, MAX_N_LAYER),
+            ("n_embd", self.n_embd, MAX_N_EMBD),
+            ("block_size", self.block_size, MAX_BLOCK_SIZE),
+        ] {
+            if v > max {
+                return fail(format!("{name} {v} is above kiln's limit of {max}"));
+            }
+        }
+        let params: u128 = self
+            .param_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        if params > MAX_PARAMS {
+            return fail(format!(
+                "the shape has {params} parameters, above kiln's limit of {MAX_PARAMS}"
+            ));
+        }
         Ok(())
+    }
+
+    /// Every parameter's Hugging Face GPT-2 name and shape (kiln's `[out, in]` Linear layout), in
+    /// the order of [`crate::model::Gpt::params`], computed without building the model: what a
+    /// weights file must hold for this config (checked before the model is built).
+    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let c = self.n_embd;
+        let mut out = vec![
+            ("transformer.wte.weight".to_string(), vec![self.vocab_size, c]),
+            ("transformer.wpe.weight".to_string(), vec![self.block_size, c]),
+        ];
+        let mut affine = |prefix: String, weight: Vec<usize>, out_dim: usize| {
+            out.push((format!("{prefix}.weight"), weight));
+            if self.bias {
+                out.push((format!("{prefix}.bias"), vec![out_dim]));
+            }
+        };
+        // capped so that a corrupt n_layer lists no more than the limit (validate refuses it)
+        for i in 0..self.n_layer.min(MAX_N_LAYER + 1) {
+            let p = format!("transformer.h.{i}");
+            affine(format!("{p}.ln_1"), vec![c], c);
+            affine(format!("{p}.attn.c_attn"), vec![3 * c, c], 3 * c);
+            affine(format!("{p}.attn.c_proj"), vec![c, c], c);
+            affine(format!("{p}.ln_2"), vec![c], c);
+            affine(format!("{p}.mlp.c_fc"), vec![4 * c, c], 4 * c);
+            affine(format!("{p}.mlp.c_proj"), vec![c, 4 * c], c);
+        }
+        affine("transformer.ln_f".to_string(), vec![c], c);
+        out
     }
 
     /// Width of one attention head.
@@ -117,6 +175,65 @@ mod tests {
     #[test]
     fn gpt2_has_124m_parameters() {
         assert_eq!(GptConfig::preset("gpt2").unwrap().num_params(), 124_439_808);
+    }
+
+    #[test]
+    fn param_shapes_are_those_of_a_built_model() {
+        for bias in [false, true] {
+            let cfg = GptConfig {
+                n_layer: 2,
+                bias,
+                ..GptConfig::preset("tiny").unwrap()
+            };
+            let model = crate::model::Gpt::new(cfg.clone(), &mut crate::Rng::new(0), &crate::Device::Cpu).unwrap();
+            let built: Vec<(String, Vec<usize>)> = model
+                .params()
+                .into_iter()
+                .map(|(n, t)| (n, t.shape().to_vec()))
+                .collect();
+            assert_eq!(cfg.param_shapes(), built);
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_built() {
+        let tiny = GptConfig::preset("tiny").unwrap();
+        for (field, cfg) in [
+            (
+                "n_embd",
+                GptConfig {
+                    n_embd: 1_000_000_000,
+                    n_head: 1,
+                    ..tiny.clone()
+                },
+            ),
+            (
+                "n_layer",
+                GptConfig {
+                    n_layer: 1_000_000_000_000,
+                    ..tiny.clone()
+                },
+            ),
+            (
+                "block_size",
+                GptConfig {
+                    block_size: 1_000_000_000_000,
+                    ..tiny.clone()
+                },
+            ),
+            (
+                "parameters",
+                GptConfig {
+                    vocab_size: u32::MAX as usize,
+                    n_embd: 1 << 16,
+                    n_head: 1,
+                    ..tiny.clone()
+                },
+            ),
+        ] {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("limit"), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -210,6 +210,97 @@ pub fn parse_tensors(bytes: &[u8], source: &str, dev: &Device) -> Result<NamedTe
     Ok((out, metadata))
 }
 
+/// The largest safetensors header kiln reads (the format's own limit, 100 MB).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The name and shape of every tensor in a safetensors file, from its header alone (at most
+/// 100 MB is read, whatever the file's size): enough to check a config against the weights
+/// before anything is allocated for them.
+pub fn read_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
+    use std::io::Read;
+    let source = path.display();
+    let corrupt = |msg: String| {
+        Error::invalid(
+            "load_safetensors",
+            format!("{source} is not a valid safetensors file (truncated or corrupt?): {msg}"),
+        )
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("reading {source}"), e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {source}"), e))?
+        .len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| corrupt(format!("{file_len} bytes is shorter than the 8-byte header length")))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER_BYTES || n > file_len - 8 {
+        return Err(corrupt(format!(
+            "the header length {n} is more than the file's {} remaining bytes or the format's limit of {MAX_HEADER_BYTES}",
+            file_len - 8
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(format!("reading {source}"), e))?;
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        shape: Vec<usize>,
+    }
+    let json: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("the header is not valid JSON: {e}")))?;
+    json.into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| {
+            let entry: Entry = serde_json::from_value(v).map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+            Ok((name, entry.shape))
+        })
+        .collect()
+}
+
+/// Checks that `given` (tensor names and shapes from a weights file) are exactly the parameters
+/// of `cfg`, listing every missing, unexpected and mismatched one: run before a model of `cfg` is
+/// built, so that a config with absurd sizes next to ordinary weights is refused at once.
+pub fn check_config_matches(cfg: &GptConfig, given: &BTreeMap<String, Vec<usize>>, source: &str) -> Result<()> {
+    cfg.validate()
+        .map_err(|e| Error::invalid("load_safetensors", format!("{source}: {e}")))?;
+    let expected = cfg.param_shapes();
+    let mut problems = Vec::new();
+    for (name, shape) in &expected {
+        match given.get(name) {
+            None => problems.push(format!("  missing: {name} {shape:?}")),
+            Some(s) if s != shape => problems.push(format!("  shape mismatch: {name}: file {s:?}, config {shape:?}")),
+            Some(_) => {}
+        }
+    }
+    let names: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, shape) in given {
+        if !names.contains(name.as_str()) {
+            problems.push(format!("  unexpected: {name} {shape:?}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 20;
+    let more = problems.len().saturating_sub(SHOWN);
+    problems.truncate(SHOWN);
+    if more > 0 {
+        problems.push(format!("  ... and {more} more"));
+    }
+    Err(Error::invalid(
+        "load_safetensors",
+        format!(
+            "{source}: the weights do not fit the config (n_layer {}, n_embd {}, block_size {}, vocab_size {}):\n{}",
+            cfg.n_layer,
+            cfg.n_embd,
+            cfg.block_size,
+            cfg.vocab_size,
+            problems.join("\n")
+        ),
+    ))
+}
+
 /// Integers as a u32 tensor, refusing values outside 0..=u32::MAX.
 fn ids_to_u32<I: Copy + TryInto<u32> + std::fmt::Display>(
     name: &str,
@@ -328,6 +419,9 @@ impl Gpt {
                 ));
             }
         }
+        // the config's sizes are checked against the file's tensors before the model is built
+        let shapes = renamed.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
+        check_config_matches(&cfg, &shapes, &weights.display().to_string())?;
         let mut model = Gpt::zeros(cfg, dev)?;
         model.assign_named(renamed, &weights.display().to_string())?;
         Ok(model)

@@ -6,7 +6,7 @@
 //! kept by the forward; linear_residual, the same and dr = g.
 
 use crate::backend::op::Epilogue;
-use crate::tensor::layout::{broadcast_shapes, Layout};
+use crate::tensor::layout::{broadcast_shapes, checked_numel, Layout};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -40,6 +40,7 @@ impl Tensor {
             )
         })?;
         let with = |a, b| [batch.as_slice(), &[a, b]].concat();
+        checked_numel("matmul", &with(m, n))?; // [2^40, 1] x [1, 2^40] has more elements than usize holds
         let la = self.layout().broadcast_to("matmul", &with(m, k))?;
         let lb = rhs.layout().broadcast_to("matmul", &with(k, n))?;
         let out = Tensor::from_parts(self.storage().matmul(&la, &rhs.storage(), &lb)?, &with(m, n));
@@ -91,6 +92,7 @@ impl Tensor {
         let lead = &xs[..xs.len() - 1];
         let rows: usize = lead.iter().product();
         let out_shape = [lead, &[n_out]].concat();
+        checked_numel(op, &out_shape)?;
         let mut inputs = vec![self, w];
         for (what, t, want) in [("bias", bias, vec![n_out]), ("residual", residual, out_shape.clone())] {
             let Some(t) = t else { continue };

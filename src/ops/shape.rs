@@ -200,7 +200,9 @@ impl Tensor {
                     ),
                 ));
             }
-            shape[d] += t.shape()[d];
+            shape[d] = shape[d].checked_add(t.shape()[d]).ok_or_else(|| {
+                Error::shape("cat", format!("the sizes along dimension {dim} add up past usize::MAX"))
+            })?;
         }
         let mut out = Tensor::zeros(&shape, first.dtype(), first.device())?;
         {

@@ -2,6 +2,7 @@
 
 use super::rng::Rng;
 use super::{layout, DType, Device, Tensor, WithDType};
+use crate::backend::cpu::alloc;
 use crate::backend::{CpuStorage, Storage};
 use crate::{Error, Result};
 
@@ -23,7 +24,9 @@ impl Tensor {
 
     /// A copy of `data` in row-major order.
     pub fn from_slice<T: WithDType>(data: &[T], shape: &[usize], dev: &Device) -> Result<Tensor> {
-        Tensor::from_vec(data.to_vec(), shape, dev)
+        let mut copy = alloc::with_capacity("from_slice", data.len())?;
+        copy.extend_from_slice(data);
+        Tensor::from_vec(copy, shape, dev)
     }
 
     /// Every element equal to `value` (rounded to `dtype`).
@@ -60,15 +63,14 @@ impl Tensor {
             ));
         }
         let count = ((end - start) / step).ceil().max(0.0);
-        // A count this large cannot be allocated; refuse it instead of a capacity-overflow panic.
-        if count > (isize::MAX as usize / std::mem::size_of::<f64>()) as f64 {
+        if count >= usize::MAX as f64 {
             return Err(Error::invalid(
                 "arange",
-                format!("start {start}, end {end} and step {step} give {count} elements, more than can be allocated"),
+                format!("start {start}, end {end} and step {step} give {count} elements, more than usize holds"),
             ));
         }
         let n = count as usize;
-        let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        let values = alloc::collect("arange", n, (0..n).map(|i| start + i as f64 * step))?;
         Tensor::from_vec(values, &[n], dev)?.to_dtype(dtype)
     }
 
@@ -93,7 +95,7 @@ impl Tensor {
             return Err(Error::not_float(op, dtype));
         }
         let n = layout::checked_numel(op, shape)?;
-        let values: Vec<f64> = std::iter::repeat_with(draw).take(n).collect();
+        let values = alloc::collect(op, n, std::iter::repeat_with(draw))?;
         Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)
     }
 }

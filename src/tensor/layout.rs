@@ -135,6 +135,32 @@ impl Layout {
         true
     }
 
+    /// Whether two elements of this view may share one storage position (a broadcast's stride 0).
+    /// Dims are taken from the smallest stride up; each must step past everything the smaller ones
+    /// span. That is exact for the views kiln makes (permutations, narrows and broadcasts of a
+    /// contiguous layout); for any other layout a `true` may be a false alarm, never a `false`.
+    pub fn may_overlap(&self) -> bool {
+        if self.numel() == 0 {
+            return false;
+        }
+        let mut dims: Vec<(usize, usize)> = self
+            .strides
+            .iter()
+            .zip(&self.shape)
+            .filter(|&(_, &d)| d > 1)
+            .map(|(&s, &d)| (s, d))
+            .collect();
+        dims.sort_unstable();
+        let mut span = 0usize; // the largest offset the smaller-stride dims reach
+        for (stride, size) in dims {
+            if stride <= span {
+                return true;
+            }
+            span = span.saturating_add(stride.saturating_mul(size - 1));
+        }
+        false
+    }
+
     /// The contiguous range of storage this layout covers, if it is contiguous.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
         self.is_contiguous().then(|| self.offset..self.offset + self.numel())
@@ -284,6 +310,28 @@ mod tests {
         let l = Layout::contiguous(&[3, 1]).broadcast_to("t", &[2, 3, 4]).unwrap();
         assert_eq!(l.strides(), &[0, 1, 0]);
         assert_eq!(l.offsets().take(5).collect::<Vec<_>>(), vec![0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn overlap_is_found_in_broadcasts_only() {
+        let c = Layout::contiguous(&[2, 3, 4]);
+        assert!(!c.may_overlap());
+        assert!(!c.permute(&[2, 0, 1]).may_overlap());
+        assert!(!c.narrow(2, 1, 2).transpose(0, 2).may_overlap());
+        assert!(!Layout::contiguous(&[3, 1])
+            .broadcast_to("t", &[3, 1])
+            .unwrap()
+            .may_overlap());
+        assert!(Layout::contiguous(&[3, 1])
+            .broadcast_to("t", &[3, 5])
+            .unwrap()
+            .may_overlap());
+        assert!(Layout::contiguous(&[4])
+            .broadcast_to("t", &[2, 4])
+            .unwrap()
+            .may_overlap());
+        assert!(Layout::new(vec![3, 3], vec![1, 1], 0).may_overlap()); // a sliding window
+        assert!(!Layout::new(vec![0, 3], vec![0, 0], 0).may_overlap()); // empty
     }
 
     #[test]

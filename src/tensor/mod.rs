@@ -266,6 +266,18 @@ impl Tensor {
             ));
         }
         self.same_device(src, "assign")?;
+        if region.may_overlap() {
+            // Several elements share one position: which write survives would be arbitrary.
+            return Err(Error::invalid(
+                "assign",
+                format!(
+                    "the destination {:?} with strides {:?} is a view whose elements overlap (a broadcast); \
+                     assign into a tensor that owns its elements (contiguous() makes one)",
+                    region.shape(),
+                    region.strides()
+                ),
+            ));
+        }
         // Reading `src` while holding the write lock on a shared storage would deadlock.
         let src = if self.same_storage(src) {
             src.detach().copy()?

@@ -216,7 +216,28 @@ pub fn read_meta(dir: &Path) -> Result<(GptConfig, Tokenizer, TrainState)> {
     }
     let state_path = dir.join(STATE);
     let state = parse_state(&read_file(&state_path)?, &state_path)?;
+    check_batch(&state.train, &cfg, &state_path)?;
     Ok((cfg, tokenizer, state))
+}
+
+/// The most tokens in one micro-batch a saved run may ask for (2^31: 8 GiB of u32 ids alone);
+/// a larger one is a corrupt or edited state.json.
+const MAX_BATCH_TOKENS: usize = 1 << 31;
+
+/// Checks that a saved run's micro-batch is of a sane size, before anything is sized by it.
+fn check_batch(train: &TrainConfig, cfg: &GptConfig, path: &Path) -> Result<()> {
+    let bad = |msg: String| Error::Invalid {
+        op: "checkpoint",
+        msg: format!("{}: {msg}", path.display()),
+    };
+    let tokens = train.batch_size.checked_mul(cfg.block_size);
+    if train.batch_size == 0 || tokens.is_none_or(|t| t > MAX_BATCH_TOKENS) {
+        return Err(bad(format!(
+            "batch_size {} x block_size {} is not between 1 and {MAX_BATCH_TOKENS} tokens per micro-batch; the file is corrupt",
+            train.batch_size, cfg.block_size
+        )));
+    }
+    Ok(())
 }
 
 /// Loads the model of the checkpoint at `path` (a run folder or a checkpoint folder) onto `dev`.
@@ -244,6 +265,8 @@ pub fn load(path: &Path, dev: &Device) -> Result<Loaded> {
 fn load_once(path: &Path, dev: &Device) -> Result<Loaded> {
     let dir = find(path)?;
     let (cfg, tokenizer, state) = read_meta(&dir)?;
+    let weights = dir.join(MODEL);
+    model_io::check_config_matches(&cfg, &model_io::read_shapes(&weights)?, &weights.display().to_string())?;
     // The initial values are overwritten; a fixed seed keeps this cheap and deterministic.
     let mut model = Gpt::new(cfg, &mut Rng::new(0), dev)?;
     let path = dir.join(MODEL);

@@ -71,8 +71,8 @@ pub fn attention_forward(
         }
         _ => {
             check_half(q, &[k, v])?;
-            let (o, lse) = forward(&widen(q), &widen(k), &widen(v), dims);
-            (narrow(o, q.dtype()), CpuStorage::F32(lse))
+            let (o, lse) = forward(&widen(q)?, &widen(k)?, &widen(v)?, dims);
+            (narrow(o, q.dtype())?, CpuStorage::F32(lse))
         }
     })
 }
@@ -113,9 +113,9 @@ pub fn attention_backward(
         }
         (_, _, _, _, _, CpuStorage::F32(l)) => {
             check_half(q, &[k, v, o, dout])?;
-            let (dq, dk, dv) = backward(&widen(q), &widen(k), &widen(v), &widen(o), &widen(dout), l, dims);
+            let (dq, dk, dv) = backward(&widen(q)?, &widen(k)?, &widen(v)?, &widen(o)?, &widen(dout)?, l, dims);
             let dt = q.dtype();
-            (narrow(dq, dt), narrow(dk, dt), narrow(dv, dt))
+            (narrow(dq, dt)?, narrow(dk, dt)?, narrow(dv, dt)?)
         }
         _ => {
             return Err(Error::dtype_mismatch(
@@ -139,14 +139,14 @@ fn check_half(first: &CpuStorage, rest: &[&CpuStorage]) -> Result<()> {
     }
 }
 
-fn widen(s: &CpuStorage) -> Vec<f32> {
-    match super::cast(s, &Layout::contiguous(&[s.len()]), DType::F32) {
-        CpuStorage::F32(v) => v,
+fn widen(s: &CpuStorage) -> Result<Vec<f32>> {
+    match super::cast(s, &Layout::contiguous(&[s.len()]), DType::F32)? {
+        CpuStorage::F32(v) => Ok(v),
         _ => unreachable!("cast to f32 gives f32"),
     }
 }
 
-fn narrow(v: Vec<f32>, dtype: DType) -> CpuStorage {
+fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     let n = v.len();
     super::cast(&CpuStorage::F32(v), &Layout::contiguous(&[n]), dtype)
 }

@@ -5,8 +5,8 @@ use crate::tensor::dtype::WithDType;
 use crate::tensor::layout::Layout;
 
 /// A contiguous copy of the viewed elements, same dtype.
-pub fn contiguous(s: &CpuStorage, layout: &Layout) -> CpuStorage {
-    with_cpu_storage!(s, v => CpuStorage::from_vec(gather(v, layout)))
+pub fn contiguous(s: &CpuStorage, layout: &Layout) -> crate::Result<CpuStorage> {
+    Ok(with_cpu_storage!(s, v => CpuStorage::from_vec(gather("contiguous", v, layout)?)))
 }
 
 /// Writes `src` (viewed through `ls`) into the positions of `dst` viewed through `ld`.

@@ -1,15 +1,15 @@
 //! Gathering and scattering along one dim by U32 indices (index_select, its adjoint
 //! index_add). Inputs are contiguous and indices already checked against the dim size.
 
-use super::{dispatch_float, typed, CpuFloat};
+use super::{alloc, dispatch_float, typed, CpuFloat};
 use crate::backend::cpu::{with_cpu_storage, CpuStorage};
 use crate::Result;
 use rayon::prelude::*;
 
 /// `[outer, size, inner]` → `[outer, ids.len(), inner]`, picking `ids` along the middle dim.
-pub fn index_select(s: &CpuStorage, outer: usize, size: usize, inner: usize, ids: &[u32]) -> CpuStorage {
-    with_cpu_storage!(s, v => {
-        let mut out = Vec::with_capacity(outer * ids.len() * inner);
+pub fn index_select(s: &CpuStorage, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<CpuStorage> {
+    Ok(with_cpu_storage!(s, v => {
+        let mut out = alloc::with_capacity("index_select", outer * ids.len() * inner)?;
         for o in 0..outer {
             for &id in ids {
                 let start = (o * size + id as usize) * inner;
@@ -17,7 +17,7 @@ pub fn index_select(s: &CpuStorage, outer: usize, size: usize, inner: usize, ids
             }
         }
         CpuStorage::from_vec(out)
-    })
+    }))
 }
 
 /// The adjoint of index_select: zeros `[outer, size, inner]` with `src` `[outer, order.len(), inner]`
@@ -38,11 +38,11 @@ pub fn index_add(
         inner: usize,
         order: &[u32],
         starts: &[u32],
-    ) -> CpuStorage {
+    ) -> Result<CpuStorage> {
         let src = typed::<T>(src);
-        let mut out = vec![T::from_f64(0.0); outer * size * inner];
+        let mut out = alloc::filled("index_add", outer * size * inner, T::from_f64(0.0))?;
         if inner == 0 {
-            return CpuStorage::from_vec(out);
+            return Ok(CpuStorage::from_vec(out));
         }
         out.par_chunks_mut(inner).enumerate().for_each(|(row, dst)| {
             let (o, r) = (row / size, row % size);
@@ -58,13 +58,9 @@ pub fn index_add(
                 *d = T::from_f64(a);
             }
         });
-        CpuStorage::from_vec(out)
+        Ok(CpuStorage::from_vec(out))
     }
-    Ok(dispatch_float!(
-        "index_add",
-        src.dtype(),
-        run(src, outer, size, inner, order, starts)
-    ))
+    dispatch_float!("index_add", src.dtype(), run(src, outer, size, inner, order, starts))
 }
 
 /// `[n, c]` rows `wte[ids[p]] + wpe[p % t]` (GPT's input embedding), added in the arithmetic type.
@@ -75,9 +71,9 @@ pub fn token_position_embedding(
     t: usize,
     c: usize,
 ) -> Result<CpuStorage> {
-    fn run<T: CpuFloat>(ids: &[u32], wte: &CpuStorage, wpe: &CpuStorage, t: usize, c: usize) -> CpuStorage {
+    fn run<T: CpuFloat>(ids: &[u32], wte: &CpuStorage, wpe: &CpuStorage, t: usize, c: usize) -> Result<CpuStorage> {
         let (wte, wpe) = (typed::<T>(wte), typed::<T>(wpe));
-        let mut out = vec![T::from_f64(0.0); ids.len() * c];
+        let mut out = alloc::filled("token_position_embedding", ids.len() * c, T::from_f64(0.0))?;
         if c > 0 {
             out.par_chunks_mut(c).enumerate().for_each(|(p, row)| {
                 let tok = &wte[ids[p] as usize * c..][..c];
@@ -87,11 +83,7 @@ pub fn token_position_embedding(
                 }
             });
         }
-        CpuStorage::from_vec(out)
+        Ok(CpuStorage::from_vec(out))
     }
-    Ok(dispatch_float!(
-        "token_position_embedding",
-        wte.dtype(),
-        run(ids, wte, wpe, t, c)
-    ))
+    dispatch_float!("token_position_embedding", wte.dtype(), run(ids, wte, wpe, t, c))
 }

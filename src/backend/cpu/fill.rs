@@ -1,15 +1,16 @@
 //! Storage filled with one value on the CPU.
 
-use super::CpuStorage;
+use super::{alloc, CpuStorage};
 use crate::tensor::dtype::{DType, WithDType};
 
 /// `n` copies of `value` rounded to `dtype`.
-pub fn filled(value: f64, n: usize, dtype: DType) -> CpuStorage {
-    match dtype {
-        DType::F32 => CpuStorage::F32(vec![value as f32; n]),
-        DType::F64 => CpuStorage::F64(vec![value; n]),
-        DType::BF16 => CpuStorage::BF16(vec![WithDType::from_f64(value); n]),
-        DType::F16 => CpuStorage::F16(vec![WithDType::from_f64(value); n]),
-        DType::U32 => CpuStorage::U32(vec![u32::from_f64(value); n]),
-    }
+pub fn filled(value: f64, n: usize, dtype: DType) -> crate::Result<CpuStorage> {
+    const OP: &str = "full";
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(alloc::filled(OP, n, value as f32)?),
+        DType::F64 => CpuStorage::F64(alloc::filled(OP, n, value)?),
+        DType::BF16 => CpuStorage::BF16(alloc::filled(OP, n, WithDType::from_f64(value))?),
+        DType::F16 => CpuStorage::F16(alloc::filled(OP, n, WithDType::from_f64(value))?),
+        DType::U32 => CpuStorage::U32(alloc::filled(OP, n, u32::from_f64(value))?),
+    })
 }

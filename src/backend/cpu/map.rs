@@ -2,20 +2,22 @@
 //! shape ([`zip_map`]), contiguous runs vectorised and split over threads, strided ones walked
 //! row by row.
 
-use super::{vectorised, PARALLEL_MIN};
+use super::{alloc, vectorised, PARALLEL_MIN};
 use crate::tensor::layout::Layout;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// `f` of every element in row-major logical order.
+/// `f` of every element in row-major logical order (`op` names the caller in an out-of-memory error).
 pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
+    op: &'static str,
     data: &[T],
     layout: &Layout,
     f: impl Fn(T) -> U + Send + Sync,
-) -> Vec<U> {
+) -> crate::Result<Vec<U>> {
     if let Some(r) = layout.contiguous_range() {
         let data = &data[r];
         return build(
+            op,
             data.len(),
             #[inline(always)]
             |out, start| {
@@ -25,8 +27,8 @@ pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
             },
         );
     }
-    let rows = Rows::of(layout);
-    let mut out = vec![U::default(); layout.numel()];
+    let rows = Rows::of(layout)?;
+    let mut out = alloc::filled(op, layout.numel(), U::default())?;
     rows.for_each(&mut out, |row, start| {
         if rows.stride == 1 {
             // rows of contiguous elements (a permuted view with its last dim in place): a
@@ -41,21 +43,23 @@ pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
             }
         }
     });
-    out
+    Ok(out)
 }
 
 /// `f(a, b)` elementwise over two layouts of the same shape (broadcasts are stride-0 views).
 pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + Default>(
+    op: &'static str,
     a: &[T],
     la: &Layout,
     b: &[U],
     lb: &Layout,
     f: impl Fn(T, U) -> V + Send + Sync,
-) -> Vec<V> {
+) -> crate::Result<Vec<V>> {
     debug_assert_eq!(la.shape(), lb.shape());
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
         let (a, b) = (&a[ra], &b[rb]);
         return build(
+            op,
             a.len(),
             #[inline(always)]
             |out, start| {
@@ -65,8 +69,8 @@ pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + De
             },
         );
     }
-    let (rows_a, rows_b) = (Rows::of(la), Rows::of(lb));
-    let mut out = vec![V::default(); la.numel()];
+    let (rows_a, rows_b) = (Rows::of(la)?, Rows::of(lb)?);
+    let mut out = alloc::filled(op, la.numel(), V::default())?;
     rows_a.zip_for_each(&rows_b, &mut out, |row, start_a, start_b| {
         if rows_a.stride == 1 && rows_b.stride == 1 {
             let (a, b) = (&a[start_a..start_a + row.len()], &b[start_b..start_b + row.len()]);
@@ -79,7 +83,7 @@ pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + De
             }
         }
     });
-    out
+    Ok(out)
 }
 
 /// Elements per task when a contiguous elementwise loop is split over threads.
@@ -90,8 +94,12 @@ const CHUNK: usize = 1 << 14;
 /// rayon's pool when `n` is large. `fill` is a plain loop over slices (`#[inline(always)]`),
 /// so the compiler vectorises it (an iterator `collect` per element does not), with AVX2 where
 /// the CPU has it ([`vectorised`]), and the output is written once, never zeroed first.
-fn build<U: Send>(n: usize, fill: impl Fn(&mut [MaybeUninit<U>], usize) + Send + Sync) -> Vec<U> {
-    let mut out = Vec::with_capacity(n);
+fn build<U: Send>(
+    op: &'static str,
+    n: usize,
+    fill: impl Fn(&mut [MaybeUninit<U>], usize) + Send + Sync,
+) -> crate::Result<Vec<U>> {
+    let mut out = alloc::with_capacity(op, n)?;
     let spare = &mut out.spare_capacity_mut()[..n];
     if n >= PARALLEL_MIN {
         spare.par_chunks_mut(CHUNK).enumerate().for_each(|(i, piece)| {
@@ -109,7 +117,7 @@ fn build<U: Send>(n: usize, fill: impl Fn(&mut [MaybeUninit<U>], usize) + Send +
     // SAFETY: `fill` wrote all n elements (its contract; every caller zips the whole output
     // with inputs at least as long), and the capacity is n.
     unsafe { out.set_len(n) };
-    out
+    Ok(out)
 }
 
 /// A strided layout seen as rows along its last dim: where each row starts, and the stride
@@ -121,25 +129,25 @@ struct Rows {
 }
 
 impl Rows {
-    fn of(layout: &Layout) -> Rows {
+    fn of(layout: &Layout) -> crate::Result<Rows> {
         let rank = layout.rank();
         if rank == 0 {
-            return Rows {
+            return Ok(Rows {
                 starts: vec![layout.offset()],
                 width: 1,
                 stride: 0,
-            };
+            });
         }
         let outer = Layout::new(
             layout.shape()[..rank - 1].to_vec(),
             layout.strides()[..rank - 1].to_vec(),
             layout.offset(),
         );
-        Rows {
-            starts: outer.offsets().collect(),
+        Ok(Rows {
+            starts: alloc::collect("strided copy", outer.numel(), outer.offsets())?,
             width: layout.shape()[rank - 1],
             stride: layout.strides()[rank - 1],
-        }
+        })
     }
 
     /// Calls `f(out_row, row_start)` for every row, in parallel when there is enough work.
@@ -177,6 +185,6 @@ impl Rows {
 }
 
 /// The elements in row-major logical order, copied into a new vector.
-pub fn gather<T: Copy + Send + Sync + Default>(data: &[T], layout: &Layout) -> Vec<T> {
-    map(data, layout, |x| x)
+pub fn gather<T: Copy + Send + Sync + Default>(op: &'static str, data: &[T], layout: &Layout) -> crate::Result<Vec<T>> {
+    map(op, data, layout, |x| x)
 }

@@ -2,7 +2,7 @@
 //! operands' strides (transposed views cost no copy), then the fused epilogue (bias, GELU,
 //! residual) before the one rounding to the dtype. BF16/F16 are widened to f32.
 
-use super::{gemm, PARALLEL_MIN};
+use super::{alloc, gemm, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::Epilogue;
@@ -28,27 +28,27 @@ pub fn matmul(
     let shape = [&la.shape()[..rank - 1], &lb.shape()[rank - 1..]].concat();
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            let (y, z) = epilogue(batched(x, la, y, lb, gemm::sgemm), &shape, epi);
+            let (y, z) = epilogue(batched(x, la, y, lb, gemm::sgemm)?, &shape, epi)?;
             (CpuStorage::F32(y), z.map(CpuStorage::F32))
         }
         (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            let (y, z) = epilogue(batched(x, la, y, lb, gemm::dgemm), &shape, epi);
+            let (y, z) = epilogue(batched(x, la, y, lb, gemm::dgemm)?, &shape, epi)?;
             (CpuStorage::F64(y), z.map(CpuStorage::F64))
         }
         (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
-            let wide = |s: &CpuStorage, l: &Layout| match super::cast(s, l, DType::F32) {
-                CpuStorage::F32(v) => v,
+            let wide = |s: &CpuStorage, l: &Layout| match super::cast(s, l, DType::F32)? {
+                CpuStorage::F32(v) => Ok(v),
                 _ => unreachable!("cast to f32 gives f32"),
             };
-            let (x, y) = (wide(a, la), wide(b, lb));
+            let (x, y) = (wide(a, la)?, wide(b, lb)?);
             let product = batched(
                 &x,
                 &Layout::contiguous(la.shape()),
                 &y,
                 &Layout::contiguous(lb.shape()),
                 gemm::sgemm,
-            );
-            let (out, z) = epilogue(product, &shape, epi);
+            )?;
+            let (out, z) = epilogue(product, &shape, epi)?;
             let narrow = |v: Vec<f32>| match a {
                 CpuStorage::BF16(_) => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
                 _ => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
@@ -68,23 +68,23 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     mut y: Vec<T>,
     shape: &[usize],
     epi: &Epilogue<'_, CpuStorage>,
-) -> (Vec<T>, Option<Vec<T>>) {
+) -> Result<(Vec<T>, Option<Vec<T>>)> {
     let n = shape.last().copied().unwrap_or(1);
     // bias and residual in T, contiguous: one cast each (a copy), borrowed below
     let wide = |(s, l): (&CpuStorage, &Layout)| super::cast(s, l, T::DTYPE);
-    let (bias, residual) = (epi.bias.map(wide), epi.residual.map(wide));
+    let (bias, residual) = (epi.bias.map(wide).transpose()?, epi.residual.map(wide).transpose()?);
     let (bias, residual) = (
         bias.as_ref().map(super::typed::<T>),
         residual.as_ref().map(super::typed::<T>),
     );
     // z is written in full below (every row of every task); zeros only give it its length
     let mut pre = if epi.keep_pre {
-        vec![T::zero(); y.len()]
+        alloc::filled("matmul", y.len(), T::zero())?
     } else {
         Vec::new()
     };
     if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none() && !epi.keep_pre) {
-        return (y, epi.keep_pre.then_some(pre));
+        return Ok((y, epi.keep_pre.then_some(pre)));
     }
     let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
     // one rayon job's rows, compiled with AVX2 where the CPU has it (see vectorised)
@@ -122,7 +122,7 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
             .enumerate()
             .for_each(|(t, rows)| task(t, rows, None));
     }
-    (y, epi.keep_pre.then_some(pre))
+    Ok((y, epi.keep_pre.then_some(pre)))
 }
 
 pub(crate) type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
@@ -133,7 +133,7 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>
     b: &[T],
     lb: &Layout,
     gemm: Gemm<T>,
-) -> Vec<T> {
+) -> Result<Vec<T>> {
     let rank = la.rank();
     let (m, k, n) = (la.shape()[rank - 2], la.shape()[rank - 1], lb.shape()[rank - 1]);
     let batch_shape = &la.shape()[..rank - 2];
@@ -142,9 +142,10 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>
     let b_offsets: Vec<usize> = batch_of(lb).offsets().collect();
     let (rsa, csa) = (la.strides()[rank - 2] as isize, la.strides()[rank - 1] as isize);
     let (rsb, csb) = (lb.strides()[rank - 2] as isize, lb.strides()[rank - 1] as isize);
-    let mut out = vec![T::default(); a_offsets.len() * m * n];
+    // the output shape was checked against overflow by the op (ops/matmul.rs)
+    let mut out = alloc::filled("matmul", a_offsets.len() * m * n, T::default())?;
     if m * n == 0 || k == 0 {
-        return out; // nothing to multiply (and an empty operand's offset may lie past its data)
+        return Ok(out); // nothing to multiply (and an empty operand's offset may lie past its data)
     }
     let one_product = |(i, c): (usize, &mut [T])| {
         gemm(
@@ -170,5 +171,5 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>
     } else {
         out.chunks_mut(m * n).enumerate().for_each(one_product);
     }
-    out
+    Ok(out)
 }

@@ -4,6 +4,7 @@
 //! paths are tested against.
 
 pub mod adamw;
+pub mod alloc;
 mod allocator;
 pub mod attention;
 pub mod binary;

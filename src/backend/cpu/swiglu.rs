@@ -13,21 +13,22 @@ const OP: &str = "swiglu";
 
 /// silu(gate)·up over two views of one shape; the result is contiguous.
 pub fn swiglu_forward(gate: &CpuStorage, lg: &Layout, up: &CpuStorage, lu: &Layout) -> Result<CpuStorage> {
-    fn run<T: CpuFloat>(gate: &CpuStorage, lg: &Layout, up: &CpuStorage, lu: &Layout) -> CpuStorage {
+    fn run<T: CpuFloat>(gate: &CpuStorage, lg: &Layout, up: &CpuStorage, lu: &Layout) -> Result<CpuStorage> {
         let y = zip_map(
+            OP,
             typed::<T>(gate),
             lg,
             typed::<T>(up),
             lu,
             #[inline(always)]
             |g: T, u: T| T::down(silu(g.up()) * u.up()),
-        );
-        CpuStorage::from_vec(y)
+        )?;
+        Ok(CpuStorage::from_vec(y))
     }
     if gate.dtype() != up.dtype() {
         return Err(Error::dtype_mismatch(OP, gate.dtype(), up.dtype()));
     }
-    Ok(dispatch_float!(OP, gate.dtype(), run(gate, lg, up, lu)))
+    dispatch_float!(OP, gate.dtype(), run(gate, lg, up, lu))
 }
 
 /// (dgate, dup) from the contiguous gate, up and incoming gradient dy (one length).

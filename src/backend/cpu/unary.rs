@@ -81,17 +81,18 @@ macro_rules! per_unary_op {
     };
 }
 pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
-    fn run<T: CpuFloat>(op: UnaryOp, v: &[T], layout: &Layout) -> Vec<T> {
+    fn run<T: CpuFloat>(op: UnaryOp, v: &[T], layout: &Layout) -> Result<Vec<T>> {
         // inline(always): inlined into `map`'s loop, the op vectorises; called per element, it cannot
-        per_unary_op!(op, o => map(v, layout, #[inline(always)] move |x| T::down(o.apply(x.up()))))
+        per_unary_op!(op, o => map(op.name(), v, layout, #[inline(always)] move |x| T::down(o.apply(x.up()))))
     }
-    Ok(map_float_storage!(op.name(), s, v => run(op, v, layout)))
+    Ok(map_float_storage!(op.name(), s, v => run(op, v, layout)?))
 }
 /// `g·gelu'(z)` elementwise (GELU's backward, one pass instead of a derivative map and a multiply);
 /// both layouts have one shape.
 pub fn gelu_backward(g: &CpuStorage, lg: &Layout, z: &CpuStorage, lz: &Layout) -> Result<CpuStorage> {
-    fn run<T: CpuFloat>(g: &[T], lg: &Layout, z: &[T], lz: &Layout) -> Vec<T> {
+    fn run<T: CpuFloat>(g: &[T], lg: &Layout, z: &[T], lz: &Layout) -> Result<Vec<T>> {
         zip_map(
+            "gelu_backward",
             g,
             lg,
             z,
@@ -102,10 +103,10 @@ pub fn gelu_backward(g: &CpuStorage, lg: &Layout, z: &CpuStorage, lz: &Layout) -
     }
     const OP: &str = "gelu_backward";
     Ok(match (g, z) {
-        (CpuStorage::F32(g), CpuStorage::F32(z)) => CpuStorage::F32(run(g, lg, z, lz)),
-        (CpuStorage::F64(g), CpuStorage::F64(z)) => CpuStorage::F64(run(g, lg, z, lz)),
-        (CpuStorage::BF16(g), CpuStorage::BF16(z)) => CpuStorage::BF16(run(g, lg, z, lz)),
-        (CpuStorage::F16(g), CpuStorage::F16(z)) => CpuStorage::F16(run(g, lg, z, lz)),
+        (CpuStorage::F32(g), CpuStorage::F32(z)) => CpuStorage::F32(run(g, lg, z, lz)?),
+        (CpuStorage::F64(g), CpuStorage::F64(z)) => CpuStorage::F64(run(g, lg, z, lz)?),
+        (CpuStorage::BF16(g), CpuStorage::BF16(z)) => CpuStorage::BF16(run(g, lg, z, lz)?),
+        (CpuStorage::F16(g), CpuStorage::F16(z)) => CpuStorage::F16(run(g, lg, z, lz)?),
         (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float(OP, DType::U32)),
         _ => return Err(Error::dtype_mismatch(OP, g.dtype(), z.dtype())),
     })

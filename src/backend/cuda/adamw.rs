@@ -19,7 +19,7 @@ const MAX_BLOCKS: usize = 1024;
 fn upload_table(dev: &Arc<CudaDevice>, entries: &[[u64; 7]]) -> Result<DeviceBuffer> {
     let bytes: &[u8] = bytemuck::cast_slice(entries);
     let table = DeviceBuffer::alloc(dev, bytes.len())?;
-    dev.executor().htod(table.ptr(), bytes)?;
+    table.write(0, bytes)?;
     Ok(table)
 }
 
@@ -90,7 +90,6 @@ pub fn grad_sq_sum(grads: &[&CudaStorage]) -> Result<f64> {
     args.push(table.ptr()).push(partial.ptr());
     dev.launch(k, cfg, &mut args)?;
     let mut sums = vec![0f64; partial.len()];
-    dev.executor()
-        .dtoh(bytemuck::cast_slice_mut(&mut sums), partial.ptr())?;
+    partial.buf.read(0, bytemuck::cast_slice_mut(&mut sums))?;
     Ok(sums.iter().sum())
 }

@@ -2,7 +2,7 @@
 //! to the host (packed by `contiguous` first when strided).
 
 use super::launch::{Args, LaunchConfig};
-use super::layout::KernelLayout;
+use super::layout::{collapse, KernelLayout, MAX_RANK};
 use super::{bits_suffix, kernel, same_device, CudaStorage};
 use crate::tensor::dtype::WithDType;
 use crate::tensor::layout::Layout;
@@ -36,12 +36,25 @@ fn copy_into(src: &CudaStorage, ls: &Layout, dst: &CudaStorage, ld: &Layout) -> 
     if n == 0 {
         return Ok(());
     }
+    // The kernel takes at most MAX_RANK dims once mergeable ones are merged. A view with more (a
+    // rank-12 permutation) is copied in slabs: one launch per index of its leading dims, each
+    // slab a view of the last MAX_RANK dims.
+    let merged_rank = |l: &Layout| collapse(l.shape(), l.strides()).0.len();
+    if merged_rank(ls) > MAX_RANK || merged_rank(ld) > MAX_RANK {
+        let lead = ls.rank() - MAX_RANK;
+        let outer = |l: &Layout| Layout::new(l.shape()[..lead].to_vec(), l.strides()[..lead].to_vec(), l.offset());
+        let inner = |l: &Layout, offset| Layout::new(l.shape()[lead..].to_vec(), l.strides()[lead..].to_vec(), offset);
+        for (from, to) in outer(ls).offsets().zip(outer(ld).offsets()) {
+            copy_into(src, &inner(ls, from), dst, &inner(ld, to))?;
+        }
+        return Ok(());
+    }
     let dev = src.cuda_device();
     let size = src.dtype().size_in_bytes();
     if ls.is_contiguous() && ld.is_contiguous() {
-        let to = dst.ptr() + (ld.offset() * size) as u64;
-        let from = src.ptr() + (ls.offset() * size) as u64;
-        return dev.executor().dtod(to, from, n * size);
+        return dst
+            .buf
+            .copy_from(ld.offset() * size, &src.buf, ls.offset() * size, n * size);
     }
     let k = kernel("copy", &format!("copy_{}", bits_suffix(src.dtype())))?;
     let mut args = Args::new();

@@ -22,33 +22,60 @@ impl Executor {
         }
     }
 
-    pub fn free(&self, ptr: u64) {
+    /// Frees a buffer from [`Executor::alloc`]; on Emu an address that is not a live buffer is an error.
+    ///
+    /// # Safety
+    /// `ptr` came from this executor's `alloc` and is freed once, and nothing uses the buffer
+    /// afterwards (no owner, no launch in flight). [`DeviceBuffer`](super::memory::DeviceBuffer)
+    /// is the safe owner that keeps this promise.
+    pub unsafe fn free(&self, ptr: u64) -> Result<()> {
         match self {
-            Executor::Real(g) => g.free(ptr),
-            Executor::Emu(e) => e.free(ptr),
+            // SAFETY: the caller's contract.
+            Executor::Real(g) => unsafe { g.free(ptr) },
+            // SAFETY: the caller's contract.
+            Executor::Emu(e) => unsafe { e.free(ptr) },
         }
     }
 
     /// Host to device: `src` to `dst..dst + src.len()`.
-    pub fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` lies in a live buffer of this device that nothing else accesses
+    /// during the copy. (Emu checks the range against its allocation table and refuses a bad one;
+    /// a GPU cannot, and a wild address there corrupts device memory.) The safe way in is
+    /// [`DeviceBuffer::write`](super::memory::DeviceBuffer::write).
+    pub unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
         match self {
-            Executor::Real(g) => g.htod(dst, src),
-            Executor::Emu(e) => e.htod(dst, src),
+            // SAFETY: the caller's contract.
+            Executor::Real(g) => unsafe { g.htod(dst, src) },
+            // SAFETY: the caller's contract.
+            Executor::Emu(e) => unsafe { e.htod(dst, src) },
         }
     }
 
     /// Device to host; waits for all earlier work on the device.
-    pub fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+    ///
+    /// # Safety
+    /// As [`Executor::htod`], for `src..src + dst.len()`.
+    pub unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         match self {
-            Executor::Real(g) => g.dtoh(dst, src),
-            Executor::Emu(e) => e.dtoh(dst, src),
+            // SAFETY: the caller's contract.
+            Executor::Real(g) => unsafe { g.dtoh(dst, src) },
+            // SAFETY: the caller's contract.
+            Executor::Emu(e) => unsafe { e.dtoh(dst, src) },
         }
     }
 
-    pub fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+    /// Device to device (the ranges may overlap only on Emu).
+    ///
+    /// # Safety
+    /// As [`Executor::htod`], for both ranges.
+    pub unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         match self {
-            Executor::Real(g) => g.dtod(dst, src, bytes),
-            Executor::Emu(e) => e.dtod(dst, src, bytes),
+            // SAFETY: the caller's contract.
+            Executor::Real(g) => unsafe { g.dtod(dst, src, bytes) },
+            // SAFETY: the caller's contract.
+            Executor::Emu(e) => unsafe { e.dtod(dst, src, bytes) },
         }
     }
 
@@ -73,16 +100,20 @@ impl CudaDevice {
     pub fn get(device: &Device) -> Result<Arc<CudaDevice>> {
         match *device {
             Device::Emu => {
-                static EMU: OnceLock<Arc<CudaDevice>> = OnceLock::new();
-                Ok(EMU
-                    .get_or_init(|| {
-                        Arc::new(CudaDevice {
-                            device: Device::Emu,
-                            limits: Limits::emulated(),
-                            executor: Executor::Emu(Emu::open()),
-                        })
-                    })
-                    .clone())
+                // The first use decides for the whole process (a bad KILN_EMU_THREADS stays an error).
+                static EMU: OnceLock<std::result::Result<Arc<CudaDevice>, String>> = OnceLock::new();
+                EMU.get_or_init(|| {
+                    Ok(Arc::new(CudaDevice {
+                        device: Device::Emu,
+                        limits: Limits::emulated(),
+                        executor: Executor::Emu(Emu::open().map_err(|e| e.to_string())?),
+                    }))
+                })
+                .clone()
+                .map_err(|reason| Error::DeviceUnavailable {
+                    device: Device::Emu,
+                    reason,
+                })
             }
             Device::Cuda(ordinal) => {
                 static GPUS: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();

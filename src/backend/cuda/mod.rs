@@ -65,8 +65,11 @@ impl std::fmt::Debug for CudaStorage {
 impl CudaStorage {
     /// `len` uninitialised elements (poisoned on Emu, so an unwritten output shows up as NaN).
     pub(crate) fn alloc(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let bytes = len
+            .checked_mul(dtype.size_in_bytes())
+            .ok_or_else(|| Error::out_of_memory("alloc", len, dtype.size_in_bytes(), dev.device()))?;
         Ok(CudaStorage {
-            buf: DeviceBuffer::alloc(dev, len * dtype.size_in_bytes())?,
+            buf: DeviceBuffer::alloc(dev, bytes)?,
             dtype,
             len,
         })
@@ -101,7 +104,7 @@ impl CudaStorage {
     pub(crate) fn from_host<T: WithDType>(device: &Device, data: &[T]) -> Result<CudaStorage> {
         let dev = CudaDevice::get(device)?;
         let out = CudaStorage::alloc(&dev, T::DTYPE, data.len())?;
-        dev.executor().htod(out.ptr(), bytemuck::cast_slice(data))?;
+        out.buf.write(0, bytemuck::cast_slice(data))?;
         Ok(out)
     }
 
@@ -110,10 +113,8 @@ impl CudaStorage {
         debug_assert_eq!(T::DTYPE, self.dtype);
         let mut v = vec![T::default(); n];
         if n > 0 {
-            let at = self.ptr() + (offset * std::mem::size_of::<T>()) as u64;
-            self.cuda_device()
-                .executor()
-                .dtoh(bytemuck::cast_slice_mut(&mut v), at)?;
+            self.buf
+                .read(offset * std::mem::size_of::<T>(), bytemuck::cast_slice_mut(&mut v))?;
         }
         Ok(v)
     }

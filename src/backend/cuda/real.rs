@@ -120,7 +120,7 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             limits,
-            sync_each_launch: std::env::var("KILN_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            sync_each_launch: crate::env::cuda_sync().map_err(|e| e.to_string())?,
         };
         Ok((gpu, limits))
     }
@@ -181,43 +181,51 @@ impl Gpu {
         unsafe { cu::malloc_async(self.stream, bytes) }.map_err(|e| self.err(&format!("allocating {bytes} bytes"), e))
     }
 
-    pub fn free(&self, ptr: u64) {
-        if self.bind().is_ok() {
-            // SAFETY: `ptr` came from `alloc` on this stream and is freed once (DeviceBuffer's Drop);
-            // earlier work on the stream that uses it finishes before the free takes effect.
-            let _ = unsafe { cu::free_async(ptr, self.stream) };
-        }
+    /// # Safety
+    /// As [`Executor::free`](super::device::Executor::free).
+    pub unsafe fn free(&self, ptr: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `ptr` came from `alloc` on this stream and is freed once (the caller's contract);
+        // earlier work on the stream that uses it finishes before the free takes effect.
+        unsafe { cu::free_async(ptr, self.stream) }.map_err(|e| self.err("freeing", e))
     }
 
-    pub fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+    /// # Safety
+    /// As [`Executor::htod`](super::device::Executor::htod).
+    pub unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: `dst..dst + src.len()` lies in a live allocation of this device (the callers
-        // allocate it with at least that size); waiting for the stream before returning means the
+        // SAFETY: `dst..dst + src.len()` lies in a live allocation of this device (the caller's
+        // contract); waiting for the stream before returning means the
         // host slice is no longer read once this function returns.
         unsafe { cu::memcpy_htod_async(dst, src, self.stream) }.map_err(|e| self.err("copying to the device", e))?;
         self.synchronize()
     }
 
-    pub fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+    /// # Safety
+    /// As [`Executor::dtoh`](super::device::Executor::dtoh).
+    pub unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: `src..src + dst.len()` lies in a live allocation; the host slice is written only
+        // SAFETY: `src..src + dst.len()` lies in a live allocation (the caller's contract); the host slice is written only
         // until the stream synchronisation below returns.
         unsafe { cu::memcpy_dtoh_async(dst, src, self.stream) }.map_err(|e| self.err("copying to the host", e))?;
         self.synchronize()
     }
 
-    pub fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+    /// # Safety
+    /// As [`Executor::dtod`](super::device::Executor::dtod).
+    pub unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: both ranges lie in live allocations of this device, used on this stream only.
+        // SAFETY: both ranges lie in live allocations of this device, used on this stream only
+        // (the caller's contract).
         unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.stream) }.map_err(|e| self.err("copying on the device", e))
     }
 
