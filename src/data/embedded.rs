@@ -64,6 +64,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/ops/shape.rs",
     "src/ops/softmax.rs",
     "src/ops/unary.rs",
+    "src/ops/where_cond.rs",
     "src/backend/mod.rs",
     "src/backend/cpu/mod.rs",
     "src/backend/cpu/adamw.rs",

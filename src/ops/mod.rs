@@ -15,3 +15,4 @@ pub mod shape;
 pub mod softmax;
 pub mod swiglu;
 pub mod unary;
+pub mod where_cond;
