@@ -2,19 +2,15 @@
 //! rates, the SVG, and bad input. Speed is never asserted.
 
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-test-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{kiln_cmd, temp_dir};
 
+/// `kiln args`, with kiln's own GEMM whatever the environment says.
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
+    kiln_cmd(args)
         .env_remove("KILN_CBLAS")
         .output()
         .expect("the kiln binary runs")

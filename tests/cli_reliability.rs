@@ -8,59 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-test-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn kiln_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args);
-    c
-}
-
-fn kiln(args: &[&str]) -> Output {
-    kiln_cmd(args).output().expect("the kiln binary runs")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{kiln, kiln_cmd, temp_dir, text, TINY};
 
 fn write_corpus(dir: &Path) -> PathBuf {
-    let p = dir.join("a.txt");
-    std::fs::write(&p, "to be or not to be, that is the question.\n".repeat(200)).unwrap();
-    p
+    cli::write_corpus(dir, "a.txt", "to be or not to be, that is the question.\n")
 }
-
-const TINY: &[&str] = &[
-    "--tokenizer",
-    "char",
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-interval",
-    "3",
-    "--eval-iters",
-    "2",
-];
 
 /// `kiln train` of the tiny model on `data` into `out`, with `extra` flags.
 fn train_args<'a>(out: &'a Path, data: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "train",
+        "--tokenizer",
+        "char",
         "--data",
         data.to_str().unwrap(),
         "--out",

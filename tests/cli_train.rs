@@ -1,59 +1,18 @@
 //! The `kiln` binary end to end: train, resume, finetune, generate, and bad input.
 //! Tiny models and a handful of steps.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-test-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("the kiln binary runs")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn write_corpus(dir: &Path, name: &str, line: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, line.repeat(200)).unwrap();
-    p
-}
-
-const TINY: &[&str] = &[
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-interval",
-    "3",
-    "--eval-iters",
-    "2",
-    "--sample-tokens",
-    "20",
-];
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{kiln, temp_dir, text, write_corpus, TINY};
 
 fn train(out: &Path, data: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["train", "--tokenizer", "char", "--data", data.to_str().unwrap()];
     args.extend_from_slice(&["--out", out.to_str().unwrap()]);
     args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--sample-tokens", "20"]);
     args.extend_from_slice(extra);
     kiln(&args)
 }

@@ -11,12 +11,9 @@ use kiln::{Device, Rng, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-test-replay-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::temp_dir;
 
 const TEXT_LINES: usize = 300;
 
@@ -343,10 +340,7 @@ fn the_command_line_replays_and_resume_keeps_the_plan() {
     let kiln = |extra: &[&str]| {
         let mut args = vec!["train", "--out", out.to_str().unwrap(), "--sample-tokens", "0"];
         args.extend_from_slice(extra);
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(&args)
-            .output()
-            .unwrap()
+        cli::kiln(&args)
     };
     #[rustfmt::skip]
     let o = kiln(&[
