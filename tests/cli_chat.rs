@@ -17,7 +17,10 @@ use std::process::{Command, Output, Stdio};
 mod smollm2;
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama-chat/model.gguf");
-const NO_TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama-chat/no-template.gguf");
+const NO_TEMPLATE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/llama-chat/no-template.gguf"
+);
 /// The fixture's `<|im_end|>`, its EOS.
 const EOS: u32 = 2;
 const CONTEXT: usize = 128;
@@ -76,7 +79,10 @@ fn answer_ids(stderr: &str) -> Vec<Vec<u32>> {
         .filter_map(|l| l.split_once("answer ids [").map(|(_, rest)| rest))
         .map(|rest| {
             let list = &rest[..rest.find(']').unwrap()];
-            list.split(", ").filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+            list.split(", ")
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect()
         })
         .collect()
 }
@@ -104,7 +110,13 @@ fn reused(stderr: &str, n: usize) -> usize {
 /// U+FFFD (the documented display of `kiln generate` and `kiln chat`).
 fn shown(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{FFFD}' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -117,11 +129,19 @@ fn greedy_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 #[test]
 fn chat_prompt_gives_the_greedy_answer() {
     let (model, tok) = fixture();
-    let o = kiln(&[&["chat"], &greedy_args(&["--prompt", "hello there", "--verbose"])[..]].concat(), "");
+    let o = kiln(
+        &[&["chat"], &greedy_args(&["--prompt", "hello there", "--verbose"])[..]].concat(),
+        "",
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    let rendered = tok.apply_chat_template(&[ChatMessage::user("hello there")], true).unwrap();
-    assert_eq!(rendered, "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n");
+    let rendered = tok
+        .apply_chat_template(&[ChatMessage::user("hello there")], true)
+        .unwrap();
+    assert_eq!(
+        rendered,
+        "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n"
+    );
     assert_eq!(rendered_prompt(&err, 1), rendered);
     let prompt = tok.encode(&rendered).unwrap();
     let want = naive_greedy(&model, &prompt, Some(EOS), 12);
@@ -162,12 +182,22 @@ fn chat_over_stdin_keeps_the_conversation_and_the_cache() {
     assert_eq!(answers[1], naive_greedy(&model, &second, Some(EOS), 12));
     assert_eq!(
         out,
-        format!("{}\n{}\n", shown(&tok.decode(&answers[0])), shown(&tok.decode(&answers[1])))
+        format!(
+            "{}\n{}\n",
+            shown(&tok.decode(&answers[0])),
+            shown(&tok.decode(&answers[1]))
+        )
     );
-    // the first turn's prompt came from the KV cache (and so did the answer's tokens, as far as
-    // they encode the same inside the rendered conversation)
+    // The cache held the first prompt and the answer, but for its last token if the answer
+    // reached --max-new-tokens (drawn, never fed; a stop token is not part of the answer); turn 2 reuses the longest prefix of that which its prompt shares. That is at least the first
+    // prompt but its last token: BPE may merge that token ("\n" after "assistant") with the
+    // answer's first ones once they stand side by side in the rendering.
+    let fed = answers[0].len() - usize::from(answers[0].len() == 12);
+    let held: Vec<u32> = first.iter().chain(&answers[0][..fed]).copied().collect();
+    let shared = held.iter().zip(&second).take_while(|(a, b)| a == b).count();
     assert_eq!(reused(&err, 1), 0);
-    assert!(reused(&err, 2) >= first.len(), "{err}");
+    assert_eq!(reused(&err, 2), shared, "{err}");
+    assert!(shared >= first.len() - 1, "{err}");
 }
 
 #[test]
@@ -178,7 +208,19 @@ fn generate_gguf_continues_the_prompt_greedily_on_cpu_and_emu() {
     let mut outs = Vec::new();
     for dev in ["cpu", "emu"] {
         let o = kiln(
-            &["generate", "--gguf", MODEL, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "10", "--device", dev],
+            &[
+                "generate",
+                "--gguf",
+                MODEL,
+                "--prompt",
+                prompt,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "10",
+                "--device",
+                dev,
+            ],
             "",
         );
         let (out, err) = text(&o);
@@ -196,7 +238,10 @@ fn generate_gguf_continues_the_prompt_greedily_on_cpu_and_emu() {
 
 #[test]
 fn bf16_chat_answers() {
-    let o = kiln(&[&["chat"], &greedy_args(&["--prompt", "hello", "--dtype", "bf16"])[..]].concat(), "");
+    let o = kiln(
+        &[&["chat"], &greedy_args(&["--prompt", "hello", "--dtype", "bf16"])[..]].concat(),
+        "",
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("computing in bf16"), "{err}");
@@ -214,17 +259,35 @@ fn a_full_context_is_a_clear_error() {
     // a prompt that fits, with an answer that does not: the answer stops at the limit
     let (model, tok) = fixture();
     let fits = "x".repeat(CONTEXT - 20);
-    let ids = tok.encode(&tok.apply_chat_template(&[ChatMessage::user(fits.as_str())], true).unwrap()).unwrap();
+    let ids = tok
+        .encode(
+            &tok.apply_chat_template(&[ChatMessage::user(fits.as_str())], true)
+                .unwrap(),
+        )
+        .unwrap();
     let free = CONTEXT - ids.len();
     assert!(free < 30);
     if naive_greedy(&model, &ids, Some(EOS), free + 1).len() > free {
         let o = kiln(
-            &["chat", "--gguf", MODEL, "--temperature", "0", "--max-new-tokens", "100", "--prompt", &fits],
+            &[
+                "chat",
+                "--gguf",
+                MODEL,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "100",
+                "--prompt",
+                &fits,
+            ],
             "",
         );
         let (_, err) = text(&o);
         assert!(!o.status.success());
-        assert!(err.contains("the conversation filled the model's context of 128 positions"), "{err}");
+        assert!(
+            err.contains("the conversation filled the model's context of 128 positions"),
+            "{err}"
+        );
     } else {
         eprintln!("note: the fixture answers within the context; the context-full answer is not exercised");
     }
@@ -244,7 +307,10 @@ fn bad_input_gets_clear_errors() {
     let o = kiln(&["chat", "--gguf", MODEL, "--prompt", "hi", "--device", "gpu"], "");
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("unknown device \"gpu\"; expected cpu, emu, cuda or cuda:N"), "{err}");
+    assert!(
+        err.contains("unknown device \"gpu\"; expected cpu, emu, cuda or cuda:N"),
+        "{err}"
+    );
 
     for cmd in ["chat", "generate"] {
         let o = kiln(&[cmd, "--gguf", MODEL, "--prompt", "hi", "--dtype", "f16"], "");
@@ -255,9 +321,22 @@ fn bad_input_gets_clear_errors() {
     }
 
     // cuda: the model is loaded on the GPU, or a clear error where there is none
-    let o = kiln(&["chat", "--gguf", MODEL, "--prompt", "hi", "--max-new-tokens", "2", "--device", "cuda"], "");
+    let o = kiln(
+        &[
+            "chat",
+            "--gguf",
+            MODEL,
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cuda",
+        ],
+        "",
+    );
     let (_, err) = text(&o);
-    assert!(o.status.success() || err.contains("CUDA"), "{err}");
+    assert!(o.status.success() || err.contains("Cuda(0) is unavailable"), "{err}");
 
     let o = kiln(&["chat", "--gguf", "/nonexistent/model.gguf", "--prompt", "hi"], "");
     let (_, err) = text(&o);
@@ -271,7 +350,9 @@ fn generator_stops_at_a_stop_token() {
     let prompt = [1u32, 100, 101, 102];
     let free = naive_greedy(&model, &prompt, None, 8);
     // the first generated token that did not appear before it
-    let i = (1..free.len()).find(|&i| !free[..i].contains(&free[i])).expect("a new token");
+    let i = (1..free.len())
+        .find(|&i| !free[..i].contains(&free[i]))
+        .expect("a new token");
     let opts = SampleOptions {
         max_new_tokens: 8,
         temperature: 0.0,
@@ -324,7 +405,17 @@ fn smollm2_chat_answers_paris() {
     let Some(path) = smollm2::path() else { return };
     let path = path.to_str().unwrap();
     let o = kiln(
-        &["chat", "--gguf", path, "--prompt", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "30"],
+        &[
+            "chat",
+            "--gguf",
+            path,
+            "--prompt",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "30",
+        ],
         "",
     );
     let (out, err) = text(&o);

@@ -88,7 +88,13 @@ impl TokenWriter {
         }
         let shown: String = s
             .chars()
-            .map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{FFFD}' } else { c })
+            .map(|c| {
+                if c.is_control() && c != '\n' && c != '\t' {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
             .collect();
         match self.out.write_all(shown.as_bytes()).and_then(|()| self.out.flush()) {
             Ok(()) => Ok(true),

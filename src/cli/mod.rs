@@ -13,7 +13,9 @@ pub use generation::{ComputeDType, SampleArgs};
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
-use crate::train::{self, checkpoint, console, memory_estimate, Generator, Init, RunOptions, SampleOptions, TrainConfig};
+use crate::train::{
+    self, checkpoint, console, memory_estimate, Generator, Init, RunOptions, SampleOptions, TrainConfig,
+};
 use crate::{DType, Device, Error, Result};
 use clap::{Args, Parser, Subcommand};
 use generation::{stream, WRITING_STDOUT};
