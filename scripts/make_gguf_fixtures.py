@@ -135,7 +135,17 @@ def byte_alphabet():
     return chars
 
 
-def write_tokenizer_fixture():
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """The tiny byte-level BPE vocabulary: (tokens, token types, merges). Ids 0, 1, 2 are
+    <|endoftext|>, <|im_start|>, <|im_end|>; then the 256 bytes, then one token per merge."""
     alphabet = byte_alphabet()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokens = specials + [alphabet[b] for b in range(256)]
@@ -146,13 +156,13 @@ def write_tokenizer_fixture():
         assert left in tokens and right in tokens, merge
         tokens.append(left + right)
     token_types = [3] * len(specials) + [1] * (len(tokens) - len(specials))
-    chat_template = (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-        "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    writer = gguf.GGUFWriter(str(OUT / "tokenizer.gguf"), arch="llama")
+    return tokens, token_types, merges
+
+
+def add_tiny_tokenizer(writer, chat_template):
+    """Adds the tiny tokenizer's metadata (BOS <|im_start|>, EOS <|im_end|>, no BOS added) and
+    `chat_template` (None: no template) to a GGUFWriter."""
+    tokens, token_types, merges = tiny_tokenizer()
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
     writer.add_token_list(tokens)
@@ -161,7 +171,13 @@ def write_tokenizer_fixture():
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(False)
-    writer.add_chat_template(chat_template)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+
+
+def write_tokenizer_fixture():
+    writer = gguf.GGUFWriter(str(OUT / "tokenizer.gguf"), arch="llama")
+    add_tiny_tokenizer(writer, SMOLLM2_TEMPLATE)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

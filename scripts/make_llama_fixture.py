@@ -24,6 +24,13 @@ wider than Llama's init (std 0.15) and the RMSNorm gains perturbed from 1, so th
 are far from uniform and a wrong gain shows. The reference numbers are computed in float64 from the
 float32 weights that are saved, so a test's tolerance measures kiln's error alone.
 
+tests/fixtures/llama-chat/ holds what `kiln chat` and `kiln generate --gguf` need (tests/cli_chat.rs):
+  model.gguf                       a tiny random Llama (MODELS["llama-chat"]) with the tiny byte-level BPE
+                                   tokenizer of scripts/make_gguf_fixtures.py (EOS <|im_end|>) and a ChatML
+                                   template without a default system message (CHATML), context 128
+  no-template.gguf                 the same tokenizer without a chat template, and no tensors
+Write only these with `.venv-ref/bin/python scripts/make_llama_fixture.py llama-chat`.
+
 The GGUF writer's permutation is checked independently: transformers reads model.gguf back
 (from_pretrained(gguf_file=...), which undoes the permutation its own way) and must recover the
 saved weights exactly.
@@ -32,6 +39,8 @@ saved weights exactly.
 import json
 import os
 import sys
+
+import make_gguf_fixtures  # the tiny tokenizer (scripts/ is on the path when this script runs)
 
 import gguf
 import numpy as np
@@ -69,7 +78,26 @@ MODELS = {
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
     ),
+    "llama-chat": dict(
+        vocab_size=len(make_gguf_fixtures.tiny_tokenizer()[0]),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
 }
+
+# ChatML as SmolLM2 writes it, without the default system message (the tiny tokenizer spends a
+# token per character, and the context is 128)
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def permute_for_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -103,8 +131,10 @@ def gguf_name(hf: str) -> str:
     return f"blk.{layer}.{per_layer[rest]}"
 
 
-def write_gguf(path: str, cfg: dict, state: dict):
+def write_gguf(path: str, cfg: dict, state: dict, add_tokenizer=None):
     w = gguf.GGUFWriter(path, "llama")
+    if add_tokenizer is not None:
+        add_tokenizer(w)
     w.add_name("kiln llama tiny fixture")
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -206,9 +236,37 @@ def make(name: str, cfg: dict, train: bool):
     print(f"wrote {out}", file=sys.stderr)
 
 
+def make_chat():
+    """tests/fixtures/llama-chat/: a tiny random Llama with a tokenizer and chat template in one GGUF."""
+    out = os.path.join(ROOT, "llama-chat")
+    os.makedirs(out, exist_ok=True)
+    cfg = MODELS["llama-chat"]
+    torch.manual_seed(SEED)
+    config = LlamaConfig(**cfg, initializer_range=0.15, hidden_act="silu", attention_bias=False, mlp_bias=False)
+    model = LlamaForCausalLM(config).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state.pop("lm_head.weight", None)  # tied
+    path = os.path.join(out, "model.gguf")
+    write_gguf(path, cfg, state, lambda w: make_gguf_fixtures.add_tiny_tokenizer(w, CHATML))
+    w = gguf.GGUFWriter(os.path.join(out, "no-template.gguf"), "llama")
+    make_gguf_fixtures.add_tiny_tokenizer(w, None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for f in os.listdir(out):
+        os.chmod(os.path.join(out, f), 0o644)
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main():
-    make("llama-tiny", MODELS["llama-tiny"], train=True)
-    make("llama-tiny-tied", MODELS["llama-tiny-tied"], train=False)
+    which = sys.argv[1:] or ["llama-tiny", "llama-tiny-tied", "llama-chat"]
+    if "llama-tiny" in which:
+        make("llama-tiny", MODELS["llama-tiny"], train=True)
+    if "llama-tiny-tied" in which:
+        make("llama-tiny-tied", MODELS["llama-tiny-tied"], train=False)
+    if "llama-chat" in which:
+        make_chat()
 
 
 if __name__ == "__main__":

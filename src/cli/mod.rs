@@ -1,15 +1,24 @@
-//! The `kiln` command line: `train`, `finetune`, `generate`, `bench`. `src/main.rs` only calls
-//! [`main`]. Every failure is printed as one `error: ...` message with exit status 1 (2 for
-//! a command line clap cannot parse). Output goes through [`console`] or checked writes, never
-//! `println!`: a closed or full stdout or stderr never panics (see [`stream`]).
+//! The `kiln` command line: `train`, `finetune`, `generate`, `chat` (in [`chat`]), `bench`.
+//! `src/main.rs` only calls [`main`]. Every failure is printed as one `error: ...` message with
+//! exit status 1 (2 for a command line clap cannot parse). Output goes through [`console`] or
+//! checked writes, never `println!`: a closed or full stdout or stderr never panics (see
+//! [`generation::TokenWriter`]).
+
+mod chat;
+mod generation;
+
+pub use chat::ChatArgs;
+pub use generation::{ComputeDType, SampleArgs};
 
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
-use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind};
-use crate::train::{self, checkpoint, console, memory_estimate, Init, RunOptions, SampleOptions, TrainConfig};
-use crate::{DType, Device, Error, Result, Rng};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::io::Write;
+use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::train::{
+    self, checkpoint, console, memory_estimate, Generator, Init, RunOptions, SampleOptions, TrainConfig,
+};
+use crate::{DType, Device, Error, Result};
+use clap::{Args, Parser, Subcommand};
+use generation::{stream, WRITING_STDOUT};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -31,30 +40,13 @@ pub enum Command {
     Train(TrainArgs),
     /// Adapt a trained model (a kiln checkpoint or a Hugging Face GPT-2 folder) to new text.
     Finetune(FinetuneArgs),
-    /// Generate text from a checkpoint, streaming tokens as they come.
+    /// Generate text from a checkpoint or a GGUF model, streaming tokens as they come.
     Generate(GenerateArgs),
+    /// Chat with an instruction-tuned GGUF model (e.g. SmolLM2-135M-Instruct) in its chat template.
+    Chat(ChatArgs),
     /// Time kiln's kernels against the device's measured roofline and the library matmul, and a
     /// GPT training step (docs/perf.md).
     Bench(BenchArgs),
-}
-
-/// The model's compute dtype on the command line (`--dtype`).
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ComputeDType {
-    /// f32 throughout.
-    F32,
-    /// Mixed precision: bf16 matmuls, attention, layer norms and activations; f32 weights,
-    /// optimizer state, kernel statistics and loss.
-    Bf16,
-}
-
-impl From<ComputeDType> for DType {
-    fn from(d: ComputeDType) -> DType {
-        match d {
-            ComputeDType::F32 => DType::F32,
-            ComputeDType::Bf16 => DType::BF16,
-        }
-    }
 }
 
 /// Optimisation settings shared by `train` and `finetune` (unset: the command's default).
@@ -220,27 +212,19 @@ pub struct FinetuneArgs {
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// A kiln checkpoint (run folder or its checkpoint/ folder).
-    #[arg(long, conflicts_with = "hf", required_unless_present = "hf")]
+    #[arg(long, conflicts_with_all = ["hf", "gguf"], required_unless_present_any = ["hf", "gguf"])]
     pub checkpoint: Option<PathBuf>,
     /// A Hugging Face GPT-2 folder (config.json, model.safetensors); uses the GPT-2 tokenizer.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gguf")]
     pub hf: Option<PathBuf>,
+    /// A Llama-architecture GGUF file with its tokenizer; stops at its end-of-sequence token.
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
     /// Text to continue (default: a newline; for GPT-2, <|endoftext|>).
     #[arg(long, default_value = "")]
     pub prompt: String,
-    #[arg(long, default_value_t = 200)]
-    pub max_new_tokens: usize,
-    /// 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f64,
-    /// Sample among the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 200)]
-    pub top_k: usize,
-    /// Nucleus sampling: the most likely tokens whose probabilities sum to p (1: all).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    #[arg(long, default_value_t = 1337)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -313,6 +297,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Finetune(a) => cmd_finetune(a),
         Command::Generate(a) => cmd_generate(a),
+        Command::Chat(a) => chat::cmd_chat(a),
         Command::Bench(a) => cmd_bench(a),
     }
 }
@@ -450,77 +435,6 @@ fn load_any(path: &Path, dev: &Device) -> Result<(Gpt, Tokenizer, String)> {
     Ok((loaded.model, loaded.tokenizer, source))
 }
 
-/// The token ids of `prompt`, or a one-token default for an empty prompt.
-pub fn encode_prompt(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Ok(match tok {
-            Tokenizer::Gpt2 => vec![crate::tokenizer::GPT2_EOT],
-            _ => tok.encode("\n").unwrap_or_else(|_| vec![0]),
-        });
-    }
-    tok.encode(prompt).map_err(|e| match e {
-        Error::Invalid { msg, .. } => Error::Invalid {
-            op: "generate",
-            msg: format!("cannot encode the prompt: {msg}"),
-        },
-        other => other,
-    })
-}
-
-/// The context of the error for a failed write to stdout.
-const WRITING_STDOUT: &str = "writing to stdout";
-
-/// Streams a generation to stdout; returns the generated text. When stdout is closed (a pipe
-/// whose reader left: `kiln generate | head -c 100`) the generation stops there quietly; any
-/// other failed write (a full disk) is an error.
-pub fn stream(model: &Gpt, tok: &Tokenizer, prompt: &str, opts: &SampleOptions, seed: u64) -> Result<String> {
-    let ids = encode_prompt(tok, prompt)?;
-    let mut out = std::io::stdout().lock();
-    let mut decoder = StreamDecoder::new();
-    let mut text = String::new();
-    let mut closed = false;
-    // Control characters (an undertrained byte-level model emits some) could drive the
-    // terminal; they are shown as U+FFFD. Newlines and tabs pass. Returns whether stdout is
-    // still open.
-    let mut write = |s: &str| -> Result<bool> {
-        if closed {
-            return Ok(false);
-        }
-        let shown: String = s
-            .chars()
-            .map(|c| {
-                if c.is_control() && c != '\n' && c != '\t' {
-                    '\u{FFFD}'
-                } else {
-                    c
-                }
-            })
-            .collect();
-        match out.write_all(shown.as_bytes()).and_then(|()| out.flush()) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                closed = true;
-                Ok(false)
-            }
-            Err(e) => Err(Error::io(WRITING_STDOUT, e)),
-        }
-    };
-    if !write(prompt)? {
-        return Ok(text);
-    }
-    let mut rng = Rng::new(seed);
-    train::generate(model, &ids, opts, &mut rng, |id| {
-        let piece = decoder.push(tok, id);
-        text.push_str(&piece);
-        write(&piece)
-    })?;
-    let rest = decoder.finish();
-    text.push_str(&rest);
-    write(&rest)?;
-    write("\n")?;
-    Ok(text)
-}
-
 /// Prints a sample of a trained model. The run is saved by now: a stdout that cannot take the
 /// sample (a full disk) is a warning, not a failed command.
 fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
@@ -532,7 +446,7 @@ fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
         max_new_tokens: tokens,
         ..SampleOptions::default()
     };
-    match stream(model, tok, "", &opts, 1337) {
+    match Generator::new(model).and_then(|mut g| stream(&mut g, tok, "", &opts, 1337)) {
         Err(Error::Io { context, source }) if context == WRITING_STDOUT => {
             console::warn(&format!("the sample could not be written to stdout: {source}"));
         }
@@ -545,15 +459,10 @@ fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
-    // checked before a (possibly large) model is loaded; top-p goes through as given so that a
-    // value above 1 or NaN is refused rather than read as "all"
-    let opts = SampleOptions {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_k: (a.top_k > 0).then_some(a.top_k),
-        top_p: Some(a.top_p),
-    };
-    opts.validate()?;
+    let opts = a.sample.options()?;
+    if let Some(path) = &a.gguf {
+        return chat::generate_gguf(path, &a.prompt, &opts, a.sample.seed, &a.device, a.dtype);
+    }
     let dev: Device = a.device.parse()?;
     let (mut model, tok, source) = match (&a.checkpoint, &a.hf) {
         (Some(ckpt), _) => {
@@ -573,7 +482,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             }
             (model, Tokenizer::Gpt2, hf.display().to_string())
         }
-        (None, None) => return Err(cli_err("give --checkpoint DIR or --hf DIR".into())),
+        (None, None) => return Err(cli_err("give --checkpoint DIR, --hf DIR or --gguf FILE".into())),
     };
     memory_estimate::check_fits("generation", &memory_estimate::generation(model.config()), &dev)?;
     model.set_dtype(a.dtype.into())?;
@@ -583,7 +492,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         tok.describe(),
         model.dtype()
     ));
-    stream(&model, &tok, &a.prompt, &opts, a.seed)?;
+    stream(&mut Generator::new(&model)?, &tok, &a.prompt, &opts, a.sample.seed)?;
     Ok(())
 }
 

@@ -21,6 +21,14 @@ impl LayerKv {
         self.len() == 0
     }
 
+    /// Keeps the first `len` (at least one, at most all) cached positions.
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        for t in [&mut self.k, &mut self.v].into_iter().flatten() {
+            *t = t.narrow(3, 0, len)?.contiguous()?;
+        }
+        Ok(())
+    }
+
     /// Appends the new keys and values (1, B, nh, T, hs) along time and returns all of them.
     pub(crate) fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let join = |old: &Option<Tensor>, new: Tensor| match old {
@@ -71,6 +79,27 @@ impl KvCache {
         self.layers.iter_mut().for_each(|l| *l = LayerKv::default());
         self.len = 0;
         self.batch = None;
+    }
+
+    /// Forgets every position from `len` on, keeping the first `len` (a prefix shared with the
+    /// next sequence, whose keys and values need not be computed again). `len` past the cached
+    /// positions is an error.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::invalid(
+                "kv cache truncate",
+                format!("cannot keep {len} positions of a cache holding {}", self.len),
+            ));
+        }
+        if len == 0 {
+            self.clear();
+            return Ok(());
+        }
+        for l in &mut self.layers {
+            l.truncate(len)?;
+        }
+        self.len = len;
+        Ok(())
     }
 
     pub(crate) fn layer(&mut self, i: usize) -> &mut LayerKv {

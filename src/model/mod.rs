@@ -2,6 +2,7 @@
 //! KV cache, and weights on disk (kiln checkpoints, Hugging Face folders, GGUF). See
 //! docs/model.md and docs/llama.md.
 
+mod causal_lm;
 mod config;
 mod gpt;
 pub mod io;
@@ -9,6 +10,7 @@ mod kv_cache;
 mod llama;
 mod llama_config;
 
+pub use causal_lm::CausalLm;
 pub use config::{GptConfig, PRESETS};
 pub(crate) use gpt::causal_mask;
 pub use gpt::{attention_reference, Block, CausalSelfAttention, Gpt, Mlp, COMPUTE_DTYPES, LN_EPS};

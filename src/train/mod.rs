@@ -13,5 +13,5 @@ pub mod sample;
 mod trainer;
 
 pub use config::TrainConfig;
-pub use sample::{generate, SampleOptions};
+pub use sample::{generate, ContextFull, Finish, Generated, Generator, SampleOptions};
 pub use trainer::{describe_model, human, resume, train, Init, Outcome, RunOptions, PLOT, TOKEN_CACHE};

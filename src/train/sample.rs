@@ -1,13 +1,14 @@
 //! Generation: sample one token after another with the KV cache, handing each to a callback
-//! as soon as it is drawn (so the command line can stream text).
+//! as soon as it is drawn (so the command line can stream text). One loop, [`Generator`], for
+//! every [`CausalLm`] (GPT and Llama).
 //!
-//! The model sees at most `block_size` positions. While the context fits, each new token
-//! costs one position's work (the cache holds the rest). Once it is longer, the context is
-//! cropped to its last `block_size` tokens and recomputed, exactly as nanoGPT's
-//! `generate` crops `idx[:, -block_size:]`, so the output equals that of a model without a
-//! cache (up to floating-point rounding).
+//! The model sees at most `context_len` positions (GPT's `block_size`). While the context fits,
+//! each new token costs one position's work (the cache holds the rest). Once it is longer, the
+//! context is either cropped to its last `context_len` tokens and recomputed, exactly as
+//! nanoGPT's `generate` crops `idx[:, -block_size:]`, so the output equals that of a model
+//! without a cache (up to floating-point rounding), or the generation ends there (a chat).
 
-use crate::model::{Gpt, KvCache};
+use crate::model::{CausalLm, KvCache};
 use crate::{Error, Result, Rng, Tensor};
 
 /// How to pick each next token.
@@ -136,61 +137,189 @@ fn last_row(logits: &Tensor) -> Result<Vec<f32>> {
     logits.narrow(1, t - 1, 1)?.to_vec::<f32>()
 }
 
+/// What a generation does when the sequence reaches the model's context length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextFull {
+    /// Keep the last `context_len` tokens and recompute them (nanoGPT's crop); a longer prompt
+    /// is cropped the same way. The generation goes on.
+    Crop,
+    /// End the answer there ([`Finish::ContextFull`]); a prompt longer than the context is an
+    /// error (a chat, where dropping the start of the conversation would change its meaning).
+    Stop,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// This stop token (EOS, `<|im_end|>`) was drawn; it is neither handed on nor returned.
+    Stop(u32),
+    /// The callback asked to stop.
+    Callback,
+    /// The sequence filled the model's context ([`ContextFull::Stop`]).
+    ContextFull,
+}
+
+/// The outcome of [`Generator::generate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// The new tokens, in order (without a stop token).
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+    /// Prompt tokens whose keys and values came from the cache of the previous call.
+    pub reused: usize,
+    /// Prompt tokens the model read in this call (the rest of the prompt).
+    pub prefilled: usize,
+}
+
+/// Generation for any [`CausalLm`] (GPT, Llama): samples one token after another with a KV cache,
+/// handing each to a callback as soon as it is drawn. The cache is kept between calls: a call
+/// whose prompt starts with the tokens of the previous call (a chat's next turn: the earlier
+/// turns, the answer, then the new message) reads only the tokens after the shared prefix.
+pub struct Generator<M> {
+    /// The model with its weights in its compute dtype.
+    model: M,
+    cache: KvCache,
+    /// The ids whose keys and values `cache` holds, position 0 first.
+    cached: Vec<u32>,
+    stop: Vec<u32>,
+    context_full: ContextFull,
+}
+
+impl<M: CausalLm> Generator<M> {
+    /// A generator for `model` (its weights cast to its compute dtype once), with no stop
+    /// tokens and [`ContextFull::Crop`].
+    pub fn new(model: &M) -> Result<Generator<M>> {
+        let _no_grad = crate::no_grad();
+        let model = model.for_inference()?;
+        Ok(Generator {
+            cache: model.new_cache(),
+            model,
+            cached: Vec::new(),
+            stop: Vec::new(),
+            context_full: ContextFull::Crop,
+        })
+    }
+
+    /// Ends each generation at the first of these tokens.
+    pub fn stop_at(mut self, stop: &[u32]) -> Self {
+        self.stop = stop.to_vec();
+        self
+    }
+
+    pub fn when_context_full(mut self, policy: ContextFull) -> Self {
+        self.context_full = policy;
+        self
+    }
+
+    /// The model's context length in positions.
+    pub fn context_len(&self) -> usize {
+        self.model.context_len()
+    }
+
+    /// Continues `prompt` (at least one id) with up to `opts.max_new_tokens` tokens, calling
+    /// `on_token` with each as soon as it is drawn (`Ok(false)` stops the generation early).
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &SampleOptions,
+        rng: &mut Rng,
+        mut on_token: impl FnMut(u32) -> Result<bool>,
+    ) -> Result<Generated> {
+        opts.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::Invalid {
+                op: "generate",
+                msg: "the prompt has no tokens; give at least one".into(),
+            });
+        }
+        let vocab = self.model.vocab_size();
+        if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Invalid {
+                op: "generate",
+                msg: format!("prompt token {bad} is outside the model's vocabulary of {vocab}"),
+            });
+        }
+        let _no_grad = crate::no_grad();
+        let n_ctx = self.model.context_len();
+        if prompt.len() > n_ctx && self.context_full == ContextFull::Stop {
+            return Err(Error::Invalid {
+                op: "generate",
+                msg: format!(
+                    "the prompt is {} tokens, more than the model's context of {n_ctx} positions",
+                    prompt.len()
+                ),
+            });
+        }
+        let mut context = prompt[prompt.len().saturating_sub(n_ctx)..].to_vec();
+        // the cached prefix this prompt shares; at least the last prompt token is read again,
+        // since its logits pick the first new token
+        let shared = self.cached.iter().zip(&context).take_while(|(a, b)| a == b).count();
+        let reused = shared.min(context.len() - 1);
+        if reused < self.cached.len() {
+            self.cache.truncate(reused)?;
+            self.cached.truncate(reused);
+        }
+        let prefilled = context.len() - reused;
+        let mut logits = self.feed(&context[reused..])?;
+        let mut tokens = Vec::new();
+        let mut finish = Finish::MaxTokens;
+        for i in 0..opts.max_new_tokens {
+            let id = sample_logits(&logits, opts, rng)?;
+            if self.stop.contains(&id) {
+                finish = Finish::Stop(id);
+                break;
+            }
+            context.push(id);
+            tokens.push(id);
+            if !on_token(id)? {
+                finish = Finish::Callback;
+                break;
+            }
+            if i + 1 == opts.max_new_tokens {
+                break;
+            }
+            logits = if self.cached.len() < n_ctx {
+                self.feed(&[id])?
+            } else if self.context_full == ContextFull::Crop {
+                self.cache.clear();
+                self.cached.clear();
+                self.feed(&context[context.len() - n_ctx..])?
+            } else {
+                finish = Finish::ContextFull;
+                break;
+            };
+        }
+        Ok(Generated {
+            tokens,
+            finish,
+            reused,
+            prefilled,
+        })
+    }
+
+    /// Runs `ids` after the cached positions; the logits of the last.
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let x = Tensor::from_slice(ids, &[1, ids.len()], self.model.device())?;
+        let logits = last_row(&self.model.forward_cached(&x, &mut self.cache)?)?;
+        self.cached.extend_from_slice(ids);
+        Ok(logits)
+    }
+}
+
 /// Generates up to `opts.max_new_tokens` tokens after `prompt` (at least one id), calling
 /// `on_token` with each as soon as it is drawn; returns the new tokens. `on_token` may stop
-/// the generation early by returning `Ok(false)`.
-pub fn generate(
-    model: &Gpt,
+/// the generation early by returning `Ok(false)`. A context longer than the model's is
+/// cropped ([`ContextFull::Crop`]); no token stops the generation.
+pub fn generate<M: CausalLm>(
+    model: &M,
     prompt: &[u32],
     opts: &SampleOptions,
     rng: &mut Rng,
-    mut on_token: impl FnMut(u32) -> Result<bool>,
+    on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Vec<u32>> {
-    opts.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::Invalid {
-            op: "generate",
-            msg: "the prompt has no tokens; give at least one".into(),
-        });
-    }
-    let _no_grad = crate::no_grad();
-    // the weights in the compute dtype once (bf16: one cast here instead of one per token)
-    let model = &model.to_dtype(model.dtype())?;
-    let cfg = model.config();
-    let (block, dev) = (cfg.block_size, *model.device());
-    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-        return Err(Error::Invalid {
-            op: "generate",
-            msg: format!(
-                "prompt token {bad} is outside the model's vocabulary of {}",
-                cfg.vocab_size
-            ),
-        });
-    }
-    let run = |ids: &[u32], cache: &mut KvCache| -> Result<Vec<f32>> {
-        let x = Tensor::from_slice(ids, &[1, ids.len()], &dev)?;
-        last_row(&model.forward_cached(&x, cache)?)
-    };
-    let mut context = prompt.to_vec();
-    let mut cache = KvCache::new(cfg);
-    let mut logits = run(&context[context.len().saturating_sub(block)..], &mut cache)?;
-    // not sized by --max-new-tokens, which may be far more than the generation ever reaches
-    let mut out = Vec::new();
-    for i in 0..opts.max_new_tokens {
-        let id = sample_logits(&logits, opts, rng)?;
-        context.push(id);
-        out.push(id);
-        if !on_token(id)? || i + 1 == opts.max_new_tokens {
-            break;
-        }
-        logits = if cache.len() < block {
-            run(&[id], &mut cache)?
-        } else {
-            cache.clear();
-            run(&context[context.len() - block..], &mut cache)?
-        };
-    }
-    Ok(out)
+    Ok(Generator::new(model)?.generate(prompt, opts, rng, on_token)?.tokens)
 }
 
 #[cfg(test)]
