@@ -11,10 +11,13 @@ use kiln::tokenizer::{ChatMessage, Tokenizer};
 use kiln::train::{ContextFull, Finish, Generator, SampleOptions};
 use kiln::{Device, Rng, Tensor};
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/smollm2.rs"]
 mod smollm2;
+use cli::{kiln_cmd, text};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama-chat/model.gguf");
 const NO_TEMPLATE: &str = concat!(
@@ -27,8 +30,7 @@ const CONTEXT: usize = 128;
 
 /// Runs the binary with `args`, feeding `stdin` (closed at its end: EOF).
 fn kiln(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
+    let mut child = kiln_cmd(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -38,13 +40,6 @@ fn kiln(args: &[&str], stdin: &str) -> Output {
     input.write_all(stdin.as_bytes()).unwrap();
     drop(input);
     child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 fn fixture() -> (Llama, Tokenizer) {
