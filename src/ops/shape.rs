@@ -55,7 +55,7 @@ impl Tensor {
         }
         let mut resolved: Vec<usize> = shape.iter().map(|&s| s.max(0) as usize).collect();
         if let Some(d) = inferred {
-            if known == 0 || self.numel() % known != 0 {
+            if known == 0 || !self.numel().is_multiple_of(known) {
                 return Err(Error::shape(
                     OP,
                     format!(

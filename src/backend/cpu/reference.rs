@@ -741,85 +741,6 @@ pub fn rope(x: &[f64], shape: &[usize], base: f64, position_offset: usize, inter
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ravel_inverts_unravel() {
-        let shape = [2, 3, 4];
-        for flat in 0..numel(&shape) {
-            assert_eq!(ravel(&unravel(flat, &shape), &shape), flat);
-        }
-        assert_eq!(unravel(23, &shape), vec![1, 2, 3]);
-        assert_eq!(ravel(&[], &[]), 0);
-    }
-
-    #[test]
-    fn small_cases_by_hand() {
-        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
-        assert_eq!(sum(&x, &[2, 3], &[1], false), (vec![6.0, 15.0], vec![2]));
-        assert_eq!(sum(&x, &[2, 3], &[0], true), (vec![5.0, 7.0, 9.0], vec![1, 3]));
-        assert_eq!(max(&x, &[2, 3], &[0, 1], false), (vec![6.0], vec![]));
-        assert_eq!(
-            transpose(&x, &[2, 3], 0, 1),
-            (vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0], vec![3, 2])
-        );
-        assert_eq!(narrow(&x, &[2, 3], 1, 1, 2), (vec![2.0, 3.0, 5.0, 6.0], vec![2, 2]));
-        assert_eq!(
-            binary(&x, &[2, 3], &[10.0, 20.0], &[2, 1], add),
-            (vec![11.0, 12.0, 13.0, 24.0, 25.0, 26.0], vec![2, 3])
-        );
-        // [2,3] x [3,1]
-        assert_eq!(
-            matmul(&x, &[2, 3], &[1.0, 0.0, -1.0], &[3, 1]),
-            (vec![-2.0, -2.0], vec![2, 1])
-        );
-        assert_eq!(
-            cat(&[(&x[..3], &[1, 3]), (&x[3..], &[1, 3])], 0),
-            (x.to_vec(), vec![2, 3])
-        );
-        assert_eq!(
-            index_select(&x, &[2, 3], 1, &[2, 0, 2]).0,
-            vec![3.0, 1.0, 3.0, 6.0, 4.0, 6.0]
-        );
-        assert_eq!(broadcast_shape(&[5, 1, 3], &[4, 1]), Some(vec![5, 4, 3]));
-        let p = softmax(&[0.0, f64::ln(3.0)], &[2], 0);
-        assert!((p[0] - 0.25).abs() < 1e-15 && (p[1] - 0.75).abs() < 1e-15);
-    }
-
-    #[test]
-    fn llama_ops_by_hand() {
-        assert_eq!(silu(0.0), 0.0);
-        assert!((silu(1.0) - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-16);
-        assert_eq!(swiglu(-1000.0, 5.0), -0.0);
-        // [3, 4]: mean of squares 12.5
-        let y = rms_norm(&[3.0, 4.0], &[1, 2], &[1.0, 2.0], 0.0);
-        let rms = 12.5f64.sqrt();
-        assert_eq!(y, vec![3.0 / rms, 8.0 / rms]);
-        // head_dim 4 at position 1 (offset 1, t 0): θ0 = 1, θ1 = base^(-1/2) = 0.01 for base 10^4
-        let near = |got: Vec<f64>, want: Vec<f64>| {
-            assert!(
-                got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-15),
-                "{got:?} != {want:?}"
-            )
-        };
-        let x = [1.0, 0.0, 0.0, 0.0];
-        let (s, c) = 1f64.sin_cos();
-        assert_eq!(rope(&x, &[1, 1, 1, 4], 1e4, 1, false), vec![c, 0.0, s, 0.0]);
-        assert_eq!(rope(&x, &[1, 1, 1, 4], 1e4, 1, true), vec![c, s, 0.0, 0.0]);
-        let x = [0.0, 0.0, 0.0, 1.0]; // the second pair of either layout, frequency 0.01
-        let (s, c) = 0.01f64.sin_cos();
-        near(rope(&x, &[1, 1, 1, 4], 1e4, 1, false), vec![0.0, -s, 0.0, c]);
-        near(rope(&x, &[1, 1, 1, 4], 1e4, 1, true), vec![0.0, 0.0, -s, c]);
-        // position 0 is the identity
-        assert_eq!(
-            rope(&[1.0, 2.0, 3.0, 4.0], &[1, 1, 1, 4], 1e4, 0, false),
-            vec![1.0, 2.0, 3.0, 4.0]
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Everyday ops: argmax/argmin, gather/scatter_add, variance, losses.
 // ---------------------------------------------------------------------------------------
@@ -898,4 +819,83 @@ pub fn mse_loss(a: &[f64], b: &[f64]) -> f64 {
 /// The negative log-likelihood −mean_n logp[n, targets[n]] of `logp` `[n, c]` (log-probabilities).
 pub fn nll_loss(logp: &[f64], n: usize, c: usize, targets: &[u32]) -> f64 {
     -(0..n).map(|r| logp[r * c + targets[r] as usize]).sum::<f64>() / n as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ravel_inverts_unravel() {
+        let shape = [2, 3, 4];
+        for flat in 0..numel(&shape) {
+            assert_eq!(ravel(&unravel(flat, &shape), &shape), flat);
+        }
+        assert_eq!(unravel(23, &shape), vec![1, 2, 3]);
+        assert_eq!(ravel(&[], &[]), 0);
+    }
+
+    #[test]
+    fn small_cases_by_hand() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
+        assert_eq!(sum(&x, &[2, 3], &[1], false), (vec![6.0, 15.0], vec![2]));
+        assert_eq!(sum(&x, &[2, 3], &[0], true), (vec![5.0, 7.0, 9.0], vec![1, 3]));
+        assert_eq!(max(&x, &[2, 3], &[0, 1], false), (vec![6.0], vec![]));
+        assert_eq!(
+            transpose(&x, &[2, 3], 0, 1),
+            (vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0], vec![3, 2])
+        );
+        assert_eq!(narrow(&x, &[2, 3], 1, 1, 2), (vec![2.0, 3.0, 5.0, 6.0], vec![2, 2]));
+        assert_eq!(
+            binary(&x, &[2, 3], &[10.0, 20.0], &[2, 1], add),
+            (vec![11.0, 12.0, 13.0, 24.0, 25.0, 26.0], vec![2, 3])
+        );
+        // [2,3] x [3,1]
+        assert_eq!(
+            matmul(&x, &[2, 3], &[1.0, 0.0, -1.0], &[3, 1]),
+            (vec![-2.0, -2.0], vec![2, 1])
+        );
+        assert_eq!(
+            cat(&[(&x[..3], &[1, 3]), (&x[3..], &[1, 3])], 0),
+            (x.to_vec(), vec![2, 3])
+        );
+        assert_eq!(
+            index_select(&x, &[2, 3], 1, &[2, 0, 2]).0,
+            vec![3.0, 1.0, 3.0, 6.0, 4.0, 6.0]
+        );
+        assert_eq!(broadcast_shape(&[5, 1, 3], &[4, 1]), Some(vec![5, 4, 3]));
+        let p = softmax(&[0.0, f64::ln(3.0)], &[2], 0);
+        assert!((p[0] - 0.25).abs() < 1e-15 && (p[1] - 0.75).abs() < 1e-15);
+    }
+
+    #[test]
+    fn llama_ops_by_hand() {
+        assert_eq!(silu(0.0), 0.0);
+        assert!((silu(1.0) - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-16);
+        assert_eq!(swiglu(-1000.0, 5.0), -0.0);
+        // [3, 4]: mean of squares 12.5
+        let y = rms_norm(&[3.0, 4.0], &[1, 2], &[1.0, 2.0], 0.0);
+        let rms = 12.5f64.sqrt();
+        assert_eq!(y, vec![3.0 / rms, 8.0 / rms]);
+        // head_dim 4 at position 1 (offset 1, t 0): θ0 = 1, θ1 = base^(-1/2) = 0.01 for base 10^4
+        let near = |got: Vec<f64>, want: Vec<f64>| {
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-15),
+                "{got:?} != {want:?}"
+            )
+        };
+        let x = [1.0, 0.0, 0.0, 0.0];
+        let (s, c) = 1f64.sin_cos();
+        assert_eq!(rope(&x, &[1, 1, 1, 4], 1e4, 1, false), vec![c, 0.0, s, 0.0]);
+        assert_eq!(rope(&x, &[1, 1, 1, 4], 1e4, 1, true), vec![c, s, 0.0, 0.0]);
+        let x = [0.0, 0.0, 0.0, 1.0]; // the second pair of either layout, frequency 0.01
+        let (s, c) = 0.01f64.sin_cos();
+        near(rope(&x, &[1, 1, 1, 4], 1e4, 1, false), vec![0.0, -s, 0.0, c]);
+        near(rope(&x, &[1, 1, 1, 4], 1e4, 1, true), vec![0.0, 0.0, -s, c]);
+        // position 0 is the identity
+        assert_eq!(
+            rope(&[1.0, 2.0, 3.0, 4.0], &[1, 1, 1, 4], 1e4, 0, false),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
+    }
 }
