@@ -4,8 +4,9 @@
 //! equal to m, or NaN (a NaN is the extreme, as PyTorch, and makes m NaN, which equals nothing); their
 //! positions along the dim (f32, or f64 for dims longer than 2²⁴, where f32 stops counting exactly),
 //! with the dim's size where not picked; the min over the dim of those: the first pick, as PyTorch
-//! returns the first of tied elements. Five elementwise and reduction launches instead of one fused
-//! pass; no gradient (the result is an index).
+//! returns the first of tied elements. About eight launches (two reductions, three comparisons and
+//! selections, the positions and two casts) instead of one fused pass; no gradient (the result is
+//! an index).
 
 use crate::backend::op::{BinaryOp, ReduceOp};
 use crate::tensor::layout::resolve_dim;

@@ -126,9 +126,8 @@ fn flat_positions(op: &'static str, x: &Tensor, d: usize, index: &Tensor, src: O
                 ),
             ));
         }
-        let position: usize = (0..at.len())
-            .map(|k| if k == d { id as usize } else { at[k] } * strides[k])
-            .sum();
+        let coordinate = |k: usize| if k == d { id as usize } else { at[k] };
+        let position: usize = (0..at.len()).map(|k| coordinate(k) * strides[k]).sum();
         positions.push(position as u32);
         // next multi-index of `index`
         if flat + 1 < ids.len() {
