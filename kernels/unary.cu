@@ -1,7 +1,9 @@
 // unary.cu — elementwise functions of one tensor: y[i] = f(x[view(i)]) into a fresh contiguous
 // buffer, for f in UnaryOp (src/ops/unary.rs): neg, exp, log, sqrt, tanh, gelu (GPT-2's tanh form),
 // relu, step (relu's derivative), recip, powf(p), affine (x * a + b), silu (x * sigmoid(x)) and its
-// derivative (silu's backward multiplies it by dy; kernels/swiglu.cu fuses silu with a product); and
+// derivative (silu's backward multiplies it by dy; kernels/swiglu.cu fuses silu with a product), abs,
+// sign (abs's derivative), sigmoid, clamp(min, max), gelu_erf (the exact GELU, x * Phi(x)) and its
+// derivative; and
 // GELU's fused backward,
 // gelu_backward_<dtype>: dx[i] = dy[view(i)] * gelu'(z[view(i)]) (below the unary kernels).
 //
@@ -29,6 +31,12 @@
 #define KILN_AFFINE 10
 #define KILN_SILU 11
 #define KILN_SILU_DERIVATIVE 12
+#define KILN_ABS 13
+#define KILN_SIGN 14
+#define KILN_SIGMOID 15
+#define KILN_CLAMP 16
+#define KILN_GELU_ERF 17
+#define KILN_GELU_ERF_DERIVATIVE 18
 
 __device__ __forceinline__ float k_exp(float x) { return expf(x); }
 __device__ __forceinline__ double k_exp(double x) { return exp(x); }
@@ -40,6 +48,23 @@ __device__ __forceinline__ float k_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double k_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float k_pow(float x, float p) { return powf(x, p); }
 __device__ __forceinline__ double k_pow(double x, double p) { return pow(x, p); }
+__device__ __forceinline__ float k_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double k_abs(double x) { return fabs(x); }
+__device__ __forceinline__ float k_erf(float x) { return erff(x); }
+__device__ __forceinline__ double k_erf(double x) { return erf(x); }
+
+// -1, 0 or 1 by the sign; +-0 and NaN come back unchanged (as the CPU's UnaryOp::Sign).
+template <typename A> __device__ __forceinline__ A k_sign(A x) { return x > (A)0 ? (A)1 : (x < (A)0 ? (A)-1 : x); }
+// x limited to [lo, hi]; NaN fails both comparisons and stays NaN (PyTorch's clamp).
+template <typename A> __device__ __forceinline__ A k_clamp(A x, A lo, A hi) { return x < lo ? lo : (x > hi ? hi : x); }
+// The exact GELU x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), and its derivative Phi(x) + x * phi(x).
+template <typename A> __device__ __forceinline__ A k_gelu_erf(A x) {
+    return (A)0.5 * x * ((A)1 + k_erf(x * (A)0.7071067811865476));
+}
+template <typename A> __device__ __forceinline__ A k_gelu_erf_derivative(A x) {
+    const A cdf = (A)0.5 * ((A)1 + k_erf(x * (A)0.7071067811865476));
+    return cdf + x * (A)0.3989422804014327 * kiln_exp((A)-0.5 * x * x);
+}
 
 template <typename T>
 __device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLayout &lx, T *__restrict__ y,
@@ -61,6 +86,12 @@ __device__ __forceinline__ void unary_impl(const T *__restrict__ x, const KilnLa
     case KILN_AFFINE: kiln_map1(x, lx, y, n, [a, b](T v) { return F::down(F::up(v) * a + b); }); break;
     case KILN_SILU: kiln_map1(x, lx, y, n, [](T v) { return F::down(kiln_silu(F::up(v))); }); break;
     case KILN_SILU_DERIVATIVE: kiln_map1(x, lx, y, n, [](T v) { return F::down(kiln_silu_derivative(F::up(v))); }); break;
+    case KILN_ABS: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_abs(F::up(v))); }); break;
+    case KILN_SIGN: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_sign(F::up(v))); }); break;
+    case KILN_SIGMOID: kiln_map1(x, lx, y, n, [](T v) { return F::down((A)1 / ((A)1 + k_exp(-F::up(v)))); }); break;
+    case KILN_CLAMP: kiln_map1(x, lx, y, n, [a, b](T v) { return F::down(k_clamp(F::up(v), a, b)); }); break;
+    case KILN_GELU_ERF: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_gelu_erf(F::up(v))); }); break;
+    case KILN_GELU_ERF_DERIVATIVE: kiln_map1(x, lx, y, n, [](T v) { return F::down(k_gelu_erf_derivative(F::up(v))); }); break;
     default: break; // the host never sends another code
     }
 }

@@ -277,6 +277,19 @@ fn llama_op_cases_count_their_bytes() {
     assert_eq!(rows[at + 1]["library"], true, "{:#}", rows[at + 1]);
 }
 
+/// The exact GELU's case (a new op code of the unary kernel) runs on Emu and counts one read and
+/// one write per element.
+#[test]
+fn gelu_erf_case_counts_its_bytes() {
+    let (report, _, _) = bench(
+        "gelu_erf",
+        &["--device", "emu", "--kernels", "gelu_erf", "--sizes", "9x33"],
+    );
+    let r = row(&report, "gelu_erf", "9x33");
+    assert_eq!(r["bytes"], 2.0 * 9.0 * 33.0 * 4.0, "{r:#}");
+    check_rates(r);
+}
+
 /// The grouped-query attention cases run on Emu (5-dim sizes) and count the key/value heads' bytes
 /// once, not once per query head.
 #[test]

@@ -229,7 +229,8 @@ proptest! {
 
     #[test]
     fn unary_ops(shape in shapes_or_empty(), view in views(), dtype in select(FLOATS.to_vec()),
-                 op in select(vec!["neg", "exp", "log", "sqrt", "tanh", "gelu", "relu", "silu", "recip", "powf", "affine", "sqr"])) {
+                 op in select(vec!["neg", "exp", "log", "sqrt", "tanh", "gelu", "relu", "silu", "recip", "powf", "affine", "sqr",
+                                   "abs", "sigmoid", "clamp", "gelu_erf"])) {
         // positive inputs where the op needs them
         let positive = matches!(op, "log" | "sqrt" | "recip" | "powf");
         let (scale, shift) = if positive { (0.3, 2.0) } else { (1.5, 0.0) };
@@ -247,6 +248,10 @@ proptest! {
                 "recip" => x.recip(),
                 "powf" => x.powf(1.7),
                 "affine" => x.affine(-0.75, 0.5),
+                "abs" => x.abs(),
+                "sigmoid" => x.sigmoid(),
+                "clamp" => x.clamp(-0.75, 1.25),
+                "gelu_erf" => x.gelu_erf(),
                 _ => x.sqr(),
             }
         });
@@ -446,6 +451,79 @@ proptest! {
             check("embedding", dtype, true,
                   |dev| vec![input(&shape, view, dtype, 42, 1.0, 0.0, dev), Tensor::from_vec(ids.clone(), &[n_ids], dev).unwrap()],
                   |x| x[1].reshape(&[1, n_ids])?.embedding(&x[0]));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// argmax and argmin (U32, compositions of max/min, comparisons, where_cond and a cast) over
+    /// values with many ties, every dim and both keepdims.
+    #[test]
+    fn argmax_and_argmin_with_ties(shape in shapes().prop_filter("rank >= 1", |s| !s.is_empty()), view in views(),
+                                   dtype in select(FLOATS.to_vec()), dim in any::<prop::sample::Index>(),
+                                   keepdim in any::<bool>()) {
+        let d = dim.index(shape.len()) as isize;
+        // rounded to a coarse grid: ties on every line
+        let ties = |dev: &Device| vec![input(&shape, view, DType::F64, 50, 2.0, 0.0, dev).affine(2.0, 0.0).unwrap()
+            .to_dtype(DType::U32).unwrap().to_dtype(dtype).unwrap()];
+        check("argmax", DType::U32, false, ties, |x| x[0].argmax(d, keepdim));
+        check("argmin", DType::U32, false, |dev| vec![input(&shape, view, dtype, 51, 1.0, 0.0, dev)], |x| x[0].argmin(d, keepdim));
+    }
+
+    /// gather and scatter_add (compositions of the embedding kernels over flat positions), values and
+    /// gradients, with repeated positions.
+    #[test]
+    fn gather_and_scatter_add(shape in shapes().prop_filter("rank >= 1, no empty dim", |s| !s.is_empty()),
+                              view in views(), dtype in select(FLOATS.to_vec()), dim in any::<prop::sample::Index>(),
+                              len in 1usize..9) {
+        let d = dim.index(shape.len());
+        let mut index_shape = shape.clone();
+        index_shape[d] = len;
+        let mut rng = Rng::new(52);
+        let n: usize = index_shape.iter().product();
+        let index: Vec<u32> = (0..n).map(|_| rng.below(shape[d].min(3) as u64) as u32).collect();
+        let idx = |dev: &Device| Tensor::from_vec(index.clone(), &index_shape, dev).unwrap();
+        check("gather", dtype, true, |dev| vec![input(&shape, view, dtype, 53, 1.0, 0.0, dev), idx(dev)],
+              |x| x[0].gather(d as isize, &x[1]));
+        // each position sums up to `len` src elements
+        check_summing("scatter_add", dtype, true, len + 1, |dev| vec![
+            input(&shape, view, dtype, 54, 1.0, 0.0, dev), idx(dev), input(&index_shape, View::Plain, dtype, 55, 1.0, 0.0, dev),
+        ], |x| x[0].scatter_add(d as isize, &x[1], &x[2]));
+    }
+
+    /// var and std (compositions of mean, sub, powf and sum), and the two losses, on every device.
+    #[test]
+    fn var_std_and_losses(shape in shapes().prop_filter("rank 2, rows of 2 or more", |s| s.len() == 2 && s[1] >= 2),
+                          view in views(), dtype in select(FLOATS.to_vec()), correction in 0usize..2) {
+        let terms = shape[1];
+        check_summing("var", dtype, true, terms, |d| vec![input(&shape, view, dtype, 56, 1.0, 0.5, d)],
+                      |x| x[0].var(&[-1], correction, false));
+        check_summing("std", dtype, true, terms, |d| vec![input(&shape, view, dtype, 57, 1.0, 0.5, d)],
+                      |x| x[0].std(&[1], correction, true));
+        let all = shape[0] * shape[1];
+        check_summing("mse_loss", dtype, true, all, |d| vec![
+            input(&shape, view, dtype, 58, 1.0, 0.0, d), input(&shape, View::Plain, dtype, 59, 1.0, 0.0, d),
+        ], |x| x[0].mse_loss(&x[1]));
+        let mut rng = Rng::new(60);
+        let targets: Vec<u32> = (0..shape[0]).map(|_| rng.below(shape[1] as u64) as u32).collect();
+        check_summing("nll_loss", dtype, true, shape[0], |d| vec![
+            input(&shape, view, dtype, 61, 1.0, 0.0, d), Tensor::from_vec(targets.clone(), &[shape[0]], d).unwrap(),
+        ], |x| x[0].log_softmax(-1)?.nll_loss(&x[1]));
+    }
+
+    /// stack and chunk (cat of unsqueezed tensors, narrow views) and the operators.
+    #[test]
+    fn stack_chunk_and_operators(shape in shapes(), view in views(), dtype in select(FLOATS.to_vec()),
+                                 at in any::<prop::sample::Index>()) {
+        let d = at.index(shape.len() + 1) as isize;
+        let two = |dev: &Device| vec![input(&shape, view, dtype, 62, 1.0, 0.0, dev), input(&shape, View::Plain, dtype, 63, 1.0, 0.0, dev)];
+        check("stack", dtype, true, two, |x| Tensor::stack(&[x[0].clone(), x[1].clone()], d));
+        check("operators", dtype, true, two, |x| ((&x[0] * &x[1])? - (&x[0] / 2.0)?)?.neg());
+        if !shape.is_empty() {
+            check("chunk", dtype, true, |dev| vec![input(&shape, view, dtype, 64, 1.0, 0.0, dev)],
+                  |x| Tensor::cat(&x[0].chunk(2, -1)?.iter().rev().cloned().collect::<Vec<_>>(), -1));
         }
     }
 }

@@ -909,3 +909,107 @@ proptest! {
         let _ = x.layer_norm(&y, &y, 1e-5);
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Everyday ops
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn clamp_and_arg_extremum_bad_inputs() {
+    for (min, max) in [(1.0, -1.0), (f64::NAN, 1.0), (0.0, f64::NAN)] {
+        let e = err(t(&[3]).clamp(min, max), "bad bounds");
+        assert!(is_invalid(&e, "clamp"), "{e:?}");
+        mentions(&e, &["clamp", "min", &format!("{min}"), &format!("{max}")]);
+    }
+    let e = err(t(&[2, 0]).argmax(1, false), "empty dim");
+    assert!(is_shape(&e, "argmax"), "{e:?}");
+    mentions(&e, &["argmax", "[2, 0]", "empty"]);
+    let e = err(ids(&[1, 2]).argmin(0, false), "u32");
+    assert!(is_dtype(&e, "argmin"), "{e:?}");
+    assert!(matches!(
+        t(&[2, 3]).argmax(2, false),
+        Err(Error::Dim { op: "argmax", .. })
+    ));
+}
+
+#[test]
+fn gather_and_scatter_add_bad_indices() {
+    let x = t(&[2, 3]);
+    let idx = |v: &[u32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &DEV).unwrap();
+    let e = err(x.gather(1, &idx(&[0, 3], &[1, 2])), "index out of range");
+    assert!(is_index(&e, "gather"), "{e:?}");
+    mentions(&e, &["gather", "index 3", "[0, 1]", "dimension 1 of size 3"]);
+    let e = err(x.gather(1, &idx(&[0, 1, 2], &[3])), "rank");
+    assert!(is_shape(&e, "gather"), "{e:?}");
+    mentions(&e, &["gather", "[3]", "[2, 3]", "rank"]);
+    let e = err(x.gather(1, &idx(&[0; 3], &[3, 1])), "larger outside dim");
+    assert!(is_shape(&e, "gather"), "{e:?}");
+    let e = err(x.gather(0, &t(&[1, 3])), "float index");
+    assert!(is_dtype(&e, "gather"), "{e:?}");
+    mentions(&e, &["gather", "u32", "f32"]);
+    let e = err(x.scatter_add(0, &idx(&[0, 1], &[1, 2]), &t(&[1, 3])), "src shape");
+    assert!(is_shape(&e, "scatter_add"), "{e:?}");
+    mentions(&e, &["scatter_add", "src", "[1, 3]", "[1, 2]"]);
+    let e = err(x.scatter_add(0, &idx(&[0, 1], &[1, 2]), &t64(&[1, 2])), "src dtype");
+    assert!(is_dtype(&e, "scatter_add"), "{e:?}");
+    let e = err(
+        x.scatter_add(0, &idx(&[2, 0], &[1, 2]), &t(&[1, 2])),
+        "index out of range",
+    );
+    assert!(is_index(&e, "scatter_add"), "{e:?}");
+}
+
+#[test]
+fn var_stack_split_and_reshape_infer_bad_inputs() {
+    let e = err(t(&[3, 1]).var(&[1], 1, false), "one element, unbiased");
+    assert!(is_shape(&e, "var"), "{e:?}");
+    mentions(&e, &["var", "[3, 1]", "correction 1"]);
+    let e = err(t(&[3, 2]).std(&[0, 1], 6, false), "correction too large");
+    assert!(is_shape(&e, "std"), "{e:?}");
+    let e = err(Tensor::stack(&[t(&[2, 3]), t(&[3, 2])], 0), "shapes differ");
+    assert!(is_shape(&e, "stack"), "{e:?}");
+    mentions(&e, &["stack", "[2, 3]", "[3, 2]"]);
+    let e = err(Tensor::stack(&[], 0), "nothing to stack");
+    assert!(is_invalid(&e, "stack"), "{e:?}");
+    assert!(matches!(
+        Tensor::stack(&[t(&[2])], 2),
+        Err(Error::Dim { op: "stack", .. })
+    ));
+    let e = err(t(&[4]).chunk(0, 0), "zero chunks");
+    assert!(is_invalid(&e, "chunk"), "{e:?}");
+    let e = err(t(&[4]).split(0, 0), "zero-size pieces");
+    assert!(is_invalid(&e, "split"), "{e:?}");
+    let e = err(t(&[4]).split_sizes(&[1, 2], 0), "sizes do not add up");
+    assert!(is_shape(&e, "split"), "{e:?}");
+    mentions(&e, &["split", "[1, 2]", "4"]);
+    let e = err(t(&[2, 6]).reshape_infer(&[-1, -1]), "two -1");
+    assert!(is_shape(&e, "reshape_infer"), "{e:?}");
+    mentions(&e, &["reshape_infer", "more than one -1"]);
+    let e = err(t(&[2, 6]).reshape_infer(&[5, -1]), "not divisible");
+    mentions(&e, &["reshape_infer", "[5, -1]", "12 elements"]);
+    let e = err(t(&[2, 6]).reshape_infer(&[-2, 6]), "negative size");
+    mentions(&e, &["reshape_infer", "-2"]);
+    let e = err(t(&[2, 6]).reshape_infer(&[3, 5]), "wrong count");
+    assert!(is_shape(&e, "reshape"), "{e:?}");
+}
+
+#[test]
+fn item_and_loss_bad_inputs() {
+    let e = err(t(&[2]).item(), "two elements");
+    assert!(is_shape(&e, "item"), "{e:?}");
+    mentions(&e, &["item", "one element", "[2]"]);
+    assert_eq!(t(&[1, 1]).affine(1.0, 2.5).unwrap().item().unwrap(), 2.5);
+    let e = err(t(&[2, 3]).mse_loss(&t(&[3, 2])), "shapes differ");
+    assert!(is_shape(&e, "mse_loss"), "{e:?}");
+    mentions(&e, &["mse_loss", "[2, 3]", "[3, 2]"]);
+    let e = err(t(&[2, 3]).nll_loss(&ids(&[0, 1, 2])), "targets length");
+    assert!(is_shape(&e, "nll_loss"), "{e:?}");
+    mentions(&e, &["nll_loss", "[2]", "[3]"]);
+    let e = err(t(&[2, 3]).nll_loss(&ids(&[0, 3])), "target out of range");
+    assert!(is_index(&e, "nll_loss"), "{e:?}");
+    mentions(&e, &["nll_loss", "index 3"]);
+    let e = err(t(&[6]).nll_loss(&ids(&[0])), "rank 1");
+    assert!(is_shape(&e, "nll_loss"), "{e:?}");
+    let e = err(&t(&[2, 3]) + &t(&[2]), "operator shapes");
+    assert!(is_shape(&e, "add"), "{e:?}");
+}

@@ -270,8 +270,11 @@ fn scalar_ops() {
 fn unary_functions() {
     type Unary = fn(&Tensor) -> Result<Tensor>;
     type Inputs = fn(&[usize], u64) -> Tensor;
-    let ops: [(&str, Unary, Inputs); 11] = [
+    let ops: [(&str, Unary, Inputs); 14] = [
         ("exp", |t| t.exp(), randn),
+        ("sigmoid", |t| t.sigmoid(), randn),
+        ("gelu_erf", |t| t.gelu_erf(), randn),
+        ("abs", |t| t.abs(), away_from_zero),
         ("silu", |t| t.silu(), randn),
         ("log", |t| t.log(), positive),
         ("sqrt", |t| t.sqrt(), positive),
@@ -1097,4 +1100,143 @@ fn backward_of_a_leaf_and_of_an_index_only_path() {
     let g = id.embedding(&table).unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(vec_of(g.get(&table).unwrap()), vec![0.0, 0.0, 0.0, 0.0, 2.0, 2.0]);
     assert!(g.get(&id).is_none());
+}
+
+// ------------------------------------------------------------------------------------------
+// Everyday ops: clamp, gather/scatter_add, var/std, stack/chunk/split, reshape_infer, t,
+// losses, operators
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn clamp_passes_the_gradient_inside_the_bounds() {
+    // values at least 0.1 from the bounds -0.5 and 0.8: inside, below and above
+    let x = Tensor::from_vec(vec![-1.3, -0.62, -0.3, 0.0, 0.41, 0.65, 0.93, 2.0], &[2, 4], &DEV).unwrap();
+    gradcheck("clamp", std::slice::from_ref(&x), |t| wsum(&t[0].clamp(-0.5, 0.8)?));
+    gradcheck("clamp of a transpose, one-sided", &[x], |t| {
+        wsum(&t[0].t()?.clamp(f64::NEG_INFINITY, 0.5)?)
+    });
+    // at a bound the gradient passes, as PyTorch's (finite differences would see a kink)
+    let at = Tensor::from_vec(vec![-0.5f64, 0.8], &[2], &DEV)
+        .unwrap()
+        .requires_grad();
+    let g = at.clamp(-0.5, 0.8).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(vec_of(g.get(&at).unwrap()), vec![1.0, 1.0]);
+}
+
+#[test]
+fn gather_and_scatter_add_along_each_dim() {
+    let shape = [3, 4, 5];
+    for d in 0..3 {
+        // an index smaller than the input outside d, with repeats along d
+        let mut index_shape = vec![2, 3, 4];
+        index_shape[d] = 6;
+        let n: usize = index_shape.iter().product();
+        let mut rng = Rng::new(d as u64);
+        let index: Vec<u32> = (0..n).map(|_| rng.below(shape[d] as u64) as u32).collect();
+        let index = ids(&index, &index_shape);
+        let x = randn(&shape, 10 + d as u64);
+        let src = randn(&index_shape, 20 + d as u64);
+        let dim = d as isize;
+        gradcheck(&format!("gather dim {d}"), std::slice::from_ref(&x), |t| {
+            wsum(&t[0].gather(dim, &index)?)
+        });
+        gradcheck(&format!("scatter_add dim {d}"), &[x.clone(), src], |t| {
+            wsum(&t[0].scatter_add(dim, &index, &t[1])?)
+        });
+        // through a view of x
+        gradcheck(
+            &format!("gather of a permuted view, dim {d}"),
+            &[randn(&[5, 4, 3], 30)],
+            |t| wsum(&t[0].permute(&[2, 1, 0])?.gather(dim, &index)?),
+        );
+    }
+}
+
+#[test]
+fn var_and_std_with_both_corrections() {
+    let x = randn(&[3, 4, 5], 7);
+    for dims in [&[1isize][..], &[0, 2], &[-1]] {
+        for correction in [0, 1] {
+            for keepdim in [false, true] {
+                let what = format!("{dims:?} correction {correction} keepdim {keepdim}");
+                gradcheck(&format!("var {what}"), std::slice::from_ref(&x), |t| {
+                    wsum(&t[0].var(dims, correction, keepdim)?)
+                });
+                gradcheck(&format!("std {what}"), std::slice::from_ref(&x), |t| {
+                    wsum(&t[0].std(dims, correction, keepdim)?)
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn stack_chunk_split_reshape_infer_and_t() {
+    let (a, b) = (randn(&[2, 3], 1), randn(&[2, 3], 2));
+    for dim in [0isize, 1, 2, -1, -3] {
+        gradcheck(&format!("stack at {dim}"), &[a.clone(), b.clone()], |t| {
+            wsum(&Tensor::stack(&[t[0].clone(), t[1].clone(), t[0].clone()], dim)?)
+        });
+    }
+    let x = randn(&[5, 7], 3);
+    // each piece weighted differently, so a piece's gradient landing elsewhere shows
+    gradcheck("chunk", std::slice::from_ref(&x), |t| {
+        let pieces = t[0].chunk(3, 1)?;
+        let mut total = wsum(&pieces[0])?;
+        for (k, p) in pieces.iter().enumerate().skip(1) {
+            total = total.add(&wsum(&p.mul_scalar(k as f64 + 1.5)?)?)?;
+        }
+        Ok(total)
+    });
+    gradcheck("split_sizes", std::slice::from_ref(&x), |t| {
+        let pieces = t[0].split_sizes(&[1, 4], 0)?;
+        wsum(&pieces[1].mul(&pieces[0])?)
+    });
+    gradcheck("reshape_infer", std::slice::from_ref(&x), |t| {
+        wsum(&t[0].reshape_infer(&[7, -1])?.t()?.reshape_infer(&[-1])?)
+    });
+    gradcheck("t of a batch", &[randn(&[2, 3, 4], 4)], |t| wsum(&t[0].t()?));
+}
+
+#[test]
+fn mse_and_nll_losses() {
+    let (a, b) = (randn(&[4, 3], 5), randn(&[4, 3], 6));
+    gradcheck("mse_loss", &[a.clone(), b], |t| t[0].mse_loss(&t[1]));
+    let targets = ids(&[2, 0, 0, 1], &[4]);
+    gradcheck("nll_loss of log_softmax", &[a], |t| {
+        t[0].log_softmax(-1)?.nll_loss(&targets)
+    });
+    // nll of log_softmax is cross_entropy: same value
+    let logits = randn(&[4, 3], 8);
+    let nll = logits
+        .log_softmax(-1)
+        .unwrap()
+        .nll_loss(&targets)
+        .unwrap()
+        .item()
+        .unwrap();
+    let ce = logits.cross_entropy(&targets).unwrap().item().unwrap();
+    assert!((nll - ce).abs() < 1e-12, "nll(log_softmax) {nll} vs cross_entropy {ce}");
+}
+
+#[test]
+fn operators_are_the_methods() {
+    let (a, b) = (randn(&[2, 3], 9), randn(&[3], 10));
+    gradcheck("+ - * / and neg, borrowed and owned", &[a.clone(), b.clone()], |t| {
+        let (x, y) = (&t[0], &t[1]);
+        let s = ((x + y)? * (x - y)?)?;
+        let q = (&s / &(y.sqr()? + 1.0)?)?;
+        wsum(&(-(q - 0.5)?)?)
+    });
+    // each operator gives exactly the method's result
+    let same = |got: Tensor, want: Tensor| assert_eq!(vec_of(&got), vec_of(&want));
+    same((&a + &b).unwrap(), a.add(&b).unwrap());
+    same((&a - &b).unwrap(), a.sub(&b).unwrap());
+    same((&a * &b).unwrap(), a.mul(&b).unwrap());
+    same((&a / &b).unwrap(), a.div(&b).unwrap());
+    same((-&a).unwrap(), a.neg().unwrap());
+    same((&a * 2.5).unwrap(), a.mul_scalar(2.5).unwrap());
+    same((&a / 4.0).unwrap(), a.div_scalar(4.0).unwrap());
+    // shapes that do not broadcast are an error, not a panic
+    assert!((&a + &randn(&[2], 11)).is_err());
 }

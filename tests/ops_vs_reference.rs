@@ -299,6 +299,25 @@ fn unary_ops(p: f64, mul: f64, add: f64) -> Vec<(String, TensorFn, ScalarFn, boo
         ("gelu".into(), Box::new(|t: &Tensor| t.gelu()), Box::new(r::gelu), false),
         ("relu".into(), Box::new(|t: &Tensor| t.relu()), Box::new(r::relu), false),
         ("silu".into(), Box::new(|t: &Tensor| t.silu()), Box::new(r::silu), false),
+        ("abs".into(), Box::new(|t: &Tensor| t.abs()), Box::new(r::abs), false),
+        (
+            "sigmoid".into(),
+            Box::new(|t: &Tensor| t.sigmoid()),
+            Box::new(r::sigmoid),
+            false,
+        ),
+        (
+            "gelu_erf".into(),
+            Box::new(|t: &Tensor| t.gelu_erf()),
+            Box::new(r::gelu_erf),
+            false,
+        ),
+        (
+            "clamp(-0.7, 1.3)".into(),
+            Box::new(|t: &Tensor| t.clamp(-0.7, 1.3)),
+            Box::new(|x| r::clamp(x, -0.7, 1.3)),
+            false,
+        ),
         (
             "recip".into(),
             Box::new(|t: &Tensor| t.recip()),
@@ -1022,6 +1041,257 @@ fn check_shape_ops(shape: &[usize], seed: u64) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Everyday ops: argmax/argmin, gather/scatter_add, var/std, stack/chunk/split, losses
+// ---------------------------------------------------------------------------------------
+
+/// argmax and argmin along each dim, on views holding ties (values on a coarse grid) and NaNs.
+fn check_arg_extremum(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let mut values: Vec<f64> = (0..r::numel(shape)).map(|_| rng.below(5) as f64 - 2.0).collect();
+    sprinkle_nans(&mut values, &mut rng);
+    for dtype in DTYPES {
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, 2);
+        for d in 0..rank {
+            if shape[d] == 0 {
+                continue;
+            }
+            for (name, largest) in [("argmax", true), ("argmin", false)] {
+                let keepdim = rng.below(2) == 0;
+                let dim = signed_dim(d, rank, &mut rng);
+                let got = if largest {
+                    x.argmax(dim, keepdim)
+                } else {
+                    x.argmin(dim, keepdim)
+                }
+                .unwrap();
+                let (want, mut want_shape) = r::arg_extremum(&held, shape, d, largest);
+                if keepdim {
+                    want_shape.insert(d, 1);
+                }
+                assert_eq!(got.dtype(), DType::U32, "{name}: dtype");
+                let want: Vec<f64> = want.iter().map(|&i| i as f64).collect();
+                check(
+                    &format!("{name} {dtype} {shape:?} dim {d}"),
+                    &got,
+                    &want,
+                    &want_shape,
+                    EXACT,
+                );
+            }
+        }
+    }
+}
+
+/// gather and scatter_add along a random dim with an index smaller than the input outside it.
+fn check_gather_scatter(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let d = rng.below(rank as u64) as usize;
+    let index_shape: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| {
+            if k == d {
+                rng.below(6) as usize
+            } else {
+                rng.below(s as u64 + 1) as usize
+            }
+        })
+        .collect();
+    let index: Vec<u32> = if shape[d] == 0 {
+        vec![0; 0]
+    } else {
+        (0..r::numel(&index_shape))
+            .map(|_| rng.below(shape[d] as u64) as u32)
+            .collect()
+    };
+    let index_shape = if shape[d] == 0 { vec![0; rank] } else { index_shape };
+    let values = normal(&mut rng, r::numel(shape), 1.0);
+    let src_values = normal(&mut rng, r::numel(&index_shape), 1.0);
+    let idx = ids_tensor(&index, &index_shape);
+    for dtype in DTYPES {
+        let what = |op: &str| format!("{op} {dtype} {shape:?} dim {d} index {index_shape:?}");
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, 2);
+        let dim = signed_dim(d, rank, &mut rng);
+        let want = r::gather(&held, shape, d, &index, &index_shape);
+        check(
+            &what("gather"),
+            &x.gather(dim, &idx).unwrap(),
+            &want,
+            &index_shape,
+            EXACT,
+        );
+        let (src, src_held) = view_of(&src_values, &index_shape, dtype, &mut rng, 2);
+        let want = r::scatter_add(&held, shape, d, &index, &index_shape, &src_held);
+        // the src elements landing on one position are summed in f64 and rounded to the dtype, then
+        // added to x's and rounded again: two roundings of values up to |x| + Σ|src|
+        let abs_sum = max_abs(&held) + src_held.iter().map(|v| v.abs()).sum::<f64>();
+        let tol = Tol {
+            atol: 4.0 * unit_roundoff(dtype) * abs_sum,
+            rtol: 2.0 * unit_roundoff(dtype),
+        };
+        check(
+            &what("scatter_add"),
+            &x.scatter_add(dim, &idx, &src).unwrap(),
+            &want,
+            shape,
+            tol,
+        );
+    }
+}
+
+/// var and std over each dim with both corrections, against the two-pass f64 reference.
+fn check_var(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let values = normal(&mut rng, r::numel(shape), 2.0);
+    for dtype in DTYPES {
+        let (x, held) = view_of(&values, shape, dtype, &mut rng, 2);
+        for d in 0..rank {
+            for correction in [0, 1] {
+                if shape[d] <= correction {
+                    assert!(x.var(&[d as isize], correction, false).is_err());
+                    continue;
+                }
+                let want = r::var(&held, shape, d, correction);
+                let want_shape = r::reduced_shape(shape, &[d], false);
+                // centring, squaring and summing n terms: about n roundings of values up to max²
+                let n = shape[d];
+                let scale = max_abs(&held).powi(2) * n as f64;
+                let tol = Tol {
+                    atol: (4 * n + 8) as f64 * unit_roundoff(dtype) * scale / (n - correction) as f64,
+                    rtol: 8.0 * unit_roundoff(dtype),
+                };
+                let what = format!("var {dtype} {shape:?} dim {d} correction {correction}");
+                check(
+                    &what,
+                    &x.var(&[d as isize], correction, false).unwrap(),
+                    &want,
+                    &want_shape,
+                    tol,
+                );
+                let got_std = x
+                    .std(&[d as isize], correction, false)
+                    .unwrap()
+                    .to_vec::<f64>()
+                    .unwrap();
+                for (k, (g, w)) in got_std.iter().zip(&want).enumerate() {
+                    // √ halves a relative error; near 0 it turns an absolute one into √atol
+                    let slack = tol.atol.sqrt() + tol.rtol * w.sqrt();
+                    assert!(
+                        (g - w.sqrt()).abs() <= slack,
+                        "std of {what}: element {k} is {g}, want {}",
+                        w.sqrt()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// stack at every position, chunk and split into pieces along every dim, against cat and narrow
+/// of the reference.
+fn check_stack_chunk_split(shape: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let rank = shape.len();
+    let values = normal(&mut rng, 3 * r::numel(shape), 1.0);
+    let n = r::numel(shape);
+    for dtype in DTYPES {
+        let parts: Vec<(Tensor, Vec<f64>)> = (0..3)
+            .map(|k| view_of(&values[k * n..(k + 1) * n], shape, dtype, &mut rng, 2))
+            .collect();
+        let tensors: Vec<Tensor> = parts.iter().map(|p| p.0.clone()).collect();
+        for d in 0..=rank {
+            // stacking at d = cat along d of the pieces with a 1 inserted at d
+            let mut one = shape.to_vec();
+            one.insert(d, 1);
+            let pieces: Vec<(&[f64], &[usize])> = parts.iter().map(|p| (&p.1[..], &one[..])).collect();
+            let (want, want_shape) = r::cat(&pieces, d);
+            let dim = if rng.below(2) == 0 {
+                d as isize
+            } else {
+                d as isize - rank as isize - 1
+            };
+            check(
+                &format!("stack {dtype} {shape:?} at {d}"),
+                &Tensor::stack(&tensors, dim).unwrap(),
+                &want,
+                &want_shape,
+                EXACT,
+            );
+        }
+        let (x, held) = &parts[0];
+        for d in 0..rank {
+            let size = shape[d];
+            let chunks = 1 + rng.below(4) as usize;
+            let step = size.div_ceil(chunks).max(1);
+            for (how, got) in [
+                ("chunk", x.chunk(chunks, d as isize).unwrap()),
+                ("split", x.split(step, d as isize).unwrap()),
+            ] {
+                let mut start = 0;
+                // an empty dim gives one empty piece, as PyTorch's
+                assert_eq!(
+                    got.len(),
+                    size.div_ceil(step).max(1),
+                    "{how} {shape:?} dim {d}: piece count"
+                );
+                for piece in &got {
+                    let len = step.min(size - start);
+                    let (want, want_shape) = r::narrow(held, shape, d, start, len);
+                    check(
+                        &format!("{how} {dtype} {shape:?} dim {d} from {start}"),
+                        piece,
+                        &want,
+                        &want_shape,
+                        EXACT,
+                    );
+                    start += len;
+                }
+            }
+        }
+    }
+}
+
+/// mse_loss and nll_loss of random views against the reference sums.
+fn check_losses(n: usize, c: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let a = normal(&mut rng, n * c, 1.0);
+    let b = normal(&mut rng, n * c, 1.0);
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(c as u64) as u32).collect();
+    for dtype in DTYPES {
+        let (ta, ha) = view_of(&a, &[n, c], dtype, &mut rng, 2);
+        let (tb, hb) = view_of(&b, &[n, c], dtype, &mut rng, 2);
+        // every term (a − b)² is non-negative and rounded twice in the dtype before the f64 sum;
+        // the sum and its scaling by 1/n are rounded again: a relative error of a few u
+        let u = unit_roundoff(dtype);
+        check(
+            &format!("mse_loss {dtype} [{n}, {c}]"),
+            &ta.mse_loss(&tb).unwrap(),
+            &[r::mse_loss(&ha, &hb)],
+            &[],
+            Tol {
+                atol: 0.0,
+                rtol: 16.0 * u,
+            },
+        );
+        // an f64 sum of n picked entries (exact in the dtype), rounded, then scaled by 1/n
+        let picked_abs_sum: f64 = (0..n).map(|k| ha[k * c + targets[k] as usize].abs()).sum::<f64>() / n as f64;
+        check(
+            &format!("nll_loss {dtype} [{n}, {c}]"),
+            &ta.nll_loss(&ids_tensor(&targets, &[n])).unwrap(),
+            &[r::nll_loss(&ha, n, c, &targets)],
+            &[],
+            Tol {
+                atol: 4.0 * u * picked_abs_sum,
+                rtol: 4.0 * u,
+            },
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The properties
 // ---------------------------------------------------------------------------------------
 
@@ -1138,6 +1408,31 @@ proptest! {
     #[test]
     fn shape_ops_match_reference(shape in shape(0, 4, true), seed in any::<u64>()) {
         check_shape_ops(&shape, seed);
+    }
+
+    #[test]
+    fn argmax_argmin_match_reference(shape in shape(1, 4, true), seed in any::<u64>()) {
+        check_arg_extremum(&shape, seed);
+    }
+
+    #[test]
+    fn gather_scatter_add_match_reference(shape in shape(1, 4, true), seed in any::<u64>()) {
+        check_gather_scatter(&shape, seed);
+    }
+
+    #[test]
+    fn var_std_match_reference(shape in shape(1, 4, true), seed in any::<u64>()) {
+        check_var(&shape, seed);
+    }
+
+    #[test]
+    fn stack_chunk_split_match_reference(shape in shape(0, 3, true), seed in any::<u64>()) {
+        check_stack_chunk_split(&shape, seed);
+    }
+
+    #[test]
+    fn losses_match_reference(n in dim(20, false), c in dim(20, false), seed in any::<u64>()) {
+        check_losses(n, c, seed);
     }
 }
 
@@ -1414,4 +1709,69 @@ fn exp_f32_within_two_ulp_over_the_whole_range() {
     assert!(exp_f32(f32::NAN).is_nan());
     // near f32::MAX the scaling by 2ⁿ must not overflow early
     assert!(ulps_f32(exp_f32(88.72), (88.72f32 as f64).exp()) <= 2);
+}
+
+/// The exact GELU and its derivative against PyTorch 2.x (`torch.nn.functional.gelu` in f64 and its
+/// autograd), an implementation independent of libm's erf that the reference uses.
+#[test]
+fn gelu_erf_matches_pytorch() {
+    let x = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5];
+    let torch_y = [
+        -0.00404969409489031,
+        -0.15865525393145702,
+        -0.15426876936299344,
+        0.0,
+        0.34573123063700656,
+        0.841344746068543,
+        2.4844758366855597,
+    ];
+    let torch_dy = [
+        -0.01194564720418392,
+        -0.08331547058768635,
+        0.13250487534383712,
+        0.5,
+        0.8674951246561629,
+        1.0833154705876864,
+        1.037611085908145,
+    ];
+    for (&v, &w) in x.iter().zip(&torch_y) {
+        assert!((r::gelu_erf(v) - w).abs() < 1e-15, "reference gelu_erf({v})");
+    }
+    let t = Tensor::from_vec(x.to_vec(), &[7], &DEV).unwrap().requires_grad();
+    let y = t.gelu_erf().unwrap();
+    assert_close(
+        "gelu_erf f64",
+        &y.to_vec::<f64>().unwrap(),
+        &torch_y,
+        Tol::elementwise(DType::F64, 3.0),
+    );
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_close(
+        "gelu_erf' f64",
+        &g.get(&t).unwrap().to_vec::<f64>().unwrap(),
+        &torch_dy,
+        Tol::elementwise(DType::F64, 3.0),
+    );
+}
+
+/// var, std, argmax and argmin on PyTorch's own examples (ties, NaNs, both corrections).
+#[test]
+fn var_std_argmax_match_pytorch() {
+    let v = Tensor::from_vec(vec![1.0, 2.0, 4.0, 3.0, 3.0, 3.0], &[2, 3], &DEV).unwrap();
+    let close = |t: Tensor, want: &[f64]| {
+        assert_close(
+            "torch",
+            &t.to_vec::<f64>().unwrap(),
+            want,
+            Tol::elementwise(DType::F64, 16.0),
+        )
+    };
+    close(v.var(&[1], 1, false).unwrap(), &[2.333333333333333, 0.0]);
+    close(v.var(&[1], 0, false).unwrap(), &[1.5555555555555554, 0.0]);
+    close(v.std(&[1], 1, false).unwrap(), &[1.5275252316519465, 0.0]);
+    let nan = f64::NAN;
+    let a = Tensor::from_vec(vec![1.0f32, 5.0, 5.0, nan as f32, 2.0, nan as f32], &[2, 3], &DEV).unwrap();
+    assert_eq!(a.argmax(1, false).unwrap().to_vec::<u32>().unwrap(), [1, 0]);
+    let b = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 3.0, nan as f32, 2.0], &[2, 3], &DEV).unwrap();
+    assert_eq!(b.argmin(1, false).unwrap().to_vec::<u32>().unwrap(), [1, 1]);
 }

@@ -766,6 +766,18 @@ pub const CASES: &[Case] = &[
         library: None,
     },
     Case {
+        name: "gelu_erf",
+        about: "the exact GELU x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), f32",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        cuda: &[&[8192, 3072], &[16384, 4096]],
+        cpu: ROWS_CPU,
+        emu: ROWS_EMU,
+        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.gelu_erf()),
+        library: None,
+    },
+    Case {
         name: "swiglu",
         about: "swiglu(gate, up) = silu(gate) * up, f32, fused (the unfused silu then mul as %lib)",
         dims: "ROWSxCOLS",

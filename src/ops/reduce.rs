@@ -10,7 +10,7 @@ use crate::{Error, Result, Tensor};
 
 impl Tensor {
     /// Resolves, checks and sorts reduction dims.
-    fn reduction_dims(&self, op: &'static str, dims: &[isize]) -> Result<Vec<usize>> {
+    pub(crate) fn reduction_dims(&self, op: &'static str, dims: &[isize]) -> Result<Vec<usize>> {
         let mut resolved = dims
             .iter()
             .map(|&d| resolve_dim(op, d, self.shape()))
@@ -39,7 +39,7 @@ impl Tensor {
     }
 
     /// Reduces sorted `dims` without autograd; the result has the keepdim shape.
-    fn reduce_keepdim(&self, op: ReduceOp, dims: &[usize]) -> Result<Tensor> {
+    pub(crate) fn reduce_keepdim(&self, op: ReduceOp, dims: &[usize]) -> Result<Tensor> {
         if op != ReduceOp::Sum && dims.iter().any(|&d| self.shape()[d] == 0) {
             return Err(Error::shape(
                 op.name(),

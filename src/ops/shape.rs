@@ -1,4 +1,4 @@
-//! Shape ops. Views (reshape of contiguous data, transpose, permute, narrow, broadcast_to,
+//! Shape ops. Views (reshape of contiguous data, reshape_infer, transpose, t, permute, narrow, broadcast_to,
 //! squeeze, unsqueeze) share storage; contiguous and cat copy.
 //!
 //! Backward: reshape, squeeze, unsqueeze, g reshaped back; transpose, permute, the inverse
@@ -34,6 +34,49 @@ impl Tensor {
         Ok(out.record("reshape", &[&source], |g, inputs, _| {
             Ok(vec![Some(g.reshape(inputs[0].shape())?)])
         }))
+    }
+
+    /// [`Tensor::reshape`] with one dimension that may be -1: its size is inferred from the others
+    /// and the number of elements (PyTorch's `reshape(-1, 4)` is `reshape_infer(&[-1, 4])`). A
+    /// second -1, or any other negative size, is an error. `reshape` itself takes `&[usize]`, so
+    /// a shape that is known never pays for the check.
+    pub fn reshape_infer(&self, shape: &[isize]) -> Result<Tensor> {
+        const OP: &str = "reshape_infer";
+        let bad = || Error::shape(OP, format!("cannot reshape {:?} to {shape:?}", self.shape()));
+        let mut inferred = None;
+        let mut known = 1usize;
+        for (d, &size) in shape.iter().enumerate() {
+            match size {
+                -1 if inferred.is_none() => inferred = Some(d),
+                -1 => return Err(Error::shape(OP, format!("{shape:?} has more than one -1"))),
+                s if s < 0 => return Err(Error::shape(OP, format!("{shape:?} has the negative size {s}"))),
+                s => known = known.checked_mul(s as usize).ok_or_else(bad)?,
+            }
+        }
+        let mut resolved: Vec<usize> = shape.iter().map(|&s| s.max(0) as usize).collect();
+        if let Some(d) = inferred {
+            if known == 0 || !self.numel().is_multiple_of(known) {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "cannot infer the -1 in {shape:?} for {:?} ({} elements)",
+                        self.shape(),
+                        self.numel()
+                    ),
+                ));
+            }
+            resolved[d] = self.numel() / known;
+        }
+        self.reshape(&resolved)
+    }
+
+    /// The transpose of a matrix, or of the last two dims of a batch of matrices (PyTorch's
+    /// `mT`; its `t()` takes only rank ≤ 2). Rank 0 and 1 come back unchanged, as `t()` does.
+    pub fn t(&self) -> Result<Tensor> {
+        if self.dims() < 2 {
+            return Ok(self.clone());
+        }
+        self.transpose(-2, -1)
     }
 
     /// Swaps two dims (a view).

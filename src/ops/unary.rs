@@ -1,10 +1,12 @@
 //! Elementwise functions of one tensor, each with its derivative:
-//! neg, exp, log, sqrt, tanh, gelu, relu, silu, powf, and the scalar affine map; and GELU's backward,
-//! `gelu_backward(dy, z) = dy·gelu'(z)`, one fused primitive (one read of each operand, one write).
+//! neg, exp, log, sqrt, tanh, gelu, gelu_erf, relu, silu, sigmoid, abs, clamp, powf, and the scalar
+//! affine map; and GELU's backward, `gelu_backward(dy, z) = dy·gelu'(z)`, one fused primitive (one
+//! read of each operand, one write).
 //!
 //! Backward: neg −g; exp g·y; log g/x; sqrt g/(2y); tanh g·(1 − y²); relu g·[x > 0];
 //! powf g·p·x^(p−1); recip −g·y²; affine (x·a + b) g·a; gelu gelu_backward(g, x), with
-//! gelu(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³).
+//! gelu(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); gelu_erf g·(Φ(x) + x·φ(x));
+//! sigmoid g·y·(1 − y); abs g·sign(x); clamp g where min ≤ x ≤ max, else 0.
 
 use crate::backend::UnaryOp;
 use crate::{Error, Result, Tensor};
@@ -93,6 +95,48 @@ impl Tensor {
                 OP,
                 "has no derivative (GELU's second derivative is not implemented)",
             ))
+        }))
+    }
+
+    /// The exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's `gelu` with `approximate="none"`,
+    /// BERT's and most encoders'); [`Tensor::gelu`] is GPT-2's tanh approximation, which differs
+    /// from it by up to about 5e-4.
+    pub fn gelu_erf(&self) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::GeluErf, |x, _| x.unary_map(UnaryOp::GeluErfDerivative))
+    }
+
+    /// The logistic function σ(x) = 1 / (1 + e⁻ˣ), elementwise.
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        // dσ = σ(1 − σ)
+        self.unary_with_grad(UnaryOp::Sigmoid, |_, y| y.mul(&y.affine(-1.0, 1.0)?))
+    }
+
+    /// |x|, elementwise. The gradient at 0 is 0 (sign(0), as PyTorch).
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary_with_grad(UnaryOp::Abs, |x, _| x.unary_map(UnaryOp::Sign))
+    }
+
+    /// Every element limited to `[min, max]` (PyTorch's `clamp`; pass `f64::NEG_INFINITY` or
+    /// `f64::INFINITY` for a one-sided clamp). NaN stays NaN. The gradient passes where
+    /// `min ≤ x ≤ max` (bounds included, as PyTorch) and is 0 where the element was clamped.
+    /// A NaN bound or `min > max` is an error.
+    pub fn clamp(&self, min: f64, max: f64) -> Result<Tensor> {
+        if min.is_nan() || max.is_nan() || min > max {
+            return Err(Error::invalid(
+                "clamp",
+                format!("needs min <= max and neither NaN, got min {min} and max {max}"),
+            ));
+        }
+        let y = self.unary_map(UnaryOp::Clamp { min, max })?;
+        Ok(y.record("clamp", &[self], move |g, inputs, _| {
+            let x = &inputs[0];
+            let bound = |v: f64| Tensor::full(v, &[], x.dtype(), x.device());
+            let zero = Tensor::zeros(&[], g.dtype(), g.device())?;
+            let below = x.lt(&bound(min)?)?;
+            let above = x.gt(&bound(max)?)?;
+            let clamped = below.where_cond(&below, &above)?; // below or above, u32 0/1
+
+            Ok(vec![Some(clamped.where_cond(&zero, g)?)])
         }))
     }
 

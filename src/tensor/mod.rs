@@ -324,6 +324,19 @@ impl Tensor {
         Ok(self.to_vec::<T>()?[0])
     }
 
+    /// The single value of a one-element tensor of any shape (`[]`, `[1]`, `[1, 1]`, …) as f64,
+    /// which holds every f32, bf16, f16 and u32 exactly (PyTorch's `item()`); for another type,
+    /// [`Tensor::to_scalar`].
+    pub fn item(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::shape(
+                "item",
+                format!("expected a tensor with one element, got shape {:?}", self.shape()),
+            ));
+        }
+        Ok(self.to_vec::<f64>()?[0])
+    }
+
     /// A copy with another element type (differentiable between float types).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {

@@ -97,6 +97,32 @@ pub fn relu(x: f64) -> f64 {
     }
 }
 
+/// |x|.
+pub fn abs(x: f64) -> f64 {
+    x.abs()
+}
+
+/// The logistic function 1 / (1 + e⁻ˣ).
+pub fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// x limited to [min, max]; NaN stays NaN.
+pub fn clamp(x: f64, min: f64, max: f64) -> f64 {
+    if x < min {
+        min
+    } else if x > max {
+        max
+    } else {
+        x
+    }
+}
+
+/// The exact GELU: x·Φ(x) = ½·x·(1 + erf(x/√2)) (PyTorch's `gelu` without `approximate`).
+pub fn gelu_erf(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
 /// 1 / x.
 pub fn recip(x: f64) -> f64 {
     1.0 / x
@@ -713,6 +739,86 @@ pub fn rope(x: &[f64], shape: &[usize], base: f64, position_offset: usize, inter
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// Everyday ops: argmax/argmin, gather/scatter_add, variance, losses.
+// ---------------------------------------------------------------------------------------
+
+/// The position along `dim` of the largest (`largest`) or smallest element of each line, the first
+/// one among ties; a NaN counts as the extreme (as PyTorch). The shape is `shape` without `dim`.
+pub fn arg_extremum(x: &[f64], shape: &[usize], dim: usize, largest: bool) -> (Vec<u32>, Vec<usize>) {
+    let out = lines_along(shape, dim)
+        .into_iter()
+        .map(|line| {
+            let mut best = 0;
+            for (j, &i) in line.iter().enumerate() {
+                let (v, b) = (x[i], x[line[best]]);
+                if b.is_nan() {
+                    break;
+                }
+                if v.is_nan() || (largest && v > b) || (!largest && v < b) {
+                    best = j;
+                }
+            }
+            best as u32
+        })
+        .collect();
+    (out, reduced_shape(shape, &[dim], false))
+}
+
+/// `out[i][j][k] = x[i][index[i][j][k]][k]` for `dim` = 1 (and likewise for any dim): the result
+/// has `index`'s shape, which matches `shape` except along `dim`.
+pub fn gather(x: &[f64], shape: &[usize], dim: usize, index: &[u32], index_shape: &[usize]) -> Vec<f64> {
+    (0..numel(index_shape))
+        .map(|flat| {
+            let mut at = unravel(flat, index_shape);
+            at[dim] = index[flat] as usize;
+            x[ravel(&at, shape)]
+        })
+        .collect()
+}
+
+/// `x` (of `shape`) with every `src` element added at its position with the coordinate along `dim`
+/// replaced by `index`'s (`src` and `index` share `index_shape`), in row-major order of `src`.
+pub fn scatter_add(
+    x: &[f64],
+    shape: &[usize],
+    dim: usize,
+    index: &[u32],
+    index_shape: &[usize],
+    src: &[f64],
+) -> Vec<f64> {
+    let mut out = x.to_vec();
+    for flat in 0..numel(index_shape) {
+        let mut at = unravel(flat, index_shape);
+        at[dim] = index[flat] as usize;
+        out[ravel(&at, shape)] += src[flat];
+    }
+    out
+}
+
+/// The variance over `dim`: Σ(x − mean)² / (n − correction) (correction 1: the unbiased estimate,
+/// PyTorch's default). The shape is `shape` without `dim`.
+pub fn var(x: &[f64], shape: &[usize], dim: usize, correction: usize) -> Vec<f64> {
+    lines_along(shape, dim)
+        .into_iter()
+        .map(|line| {
+            let n = line.len() as f64;
+            let mean = line.iter().map(|&i| x[i]).sum::<f64>() / n;
+            line.iter().map(|&i| (x[i] - mean) * (x[i] - mean)).sum::<f64>() / (n - correction as f64)
+        })
+        .collect()
+}
+
+/// The mean squared error mean((a − b)²) of two same-shaped tensors.
+pub fn mse_loss(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() / a.len() as f64
+}
+
+/// The negative log-likelihood −mean_n logp[n, targets[n]] of `logp` `[n, c]` (log-probabilities).
+pub fn nll_loss(logp: &[f64], n: usize, c: usize, targets: &[u32]) -> f64 {
+    -(0..n).map(|r| logp[r * c + targets[r] as usize]).sum::<f64>() / n as f64
 }
 
 #[cfg(test)]

@@ -77,6 +77,35 @@ macro_rules! per_unary_op {
                 let $o = UnaryOp::Affine { mul, add };
                 $body
             }
+            UnaryOp::Abs => {
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Abs;
+                $body
+            }
+            UnaryOp::Sign => {
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Sign;
+                $body
+            }
+            UnaryOp::Sigmoid => {
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::Sigmoid;
+                $body
+            }
+            UnaryOp::GeluErf => {
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::GeluErf;
+                $body
+            }
+            UnaryOp::GeluErfDerivative => {
+                #[allow(non_upper_case_globals)]
+                const $o: UnaryOp = UnaryOp::GeluErfDerivative;
+                $body
+            }
+            UnaryOp::Clamp { min, max } => {
+                let $o = UnaryOp::Clamp { min, max };
+                $body
+            }
         }
     };
 }

@@ -24,6 +24,12 @@ fn code(op: UnaryOp) -> (i32, f64, f64) {
         UnaryOp::Affine { mul, add } => (10, mul, add),
         UnaryOp::Silu => (11, 0.0, 0.0),
         UnaryOp::SiluDerivative => (12, 0.0, 0.0),
+        UnaryOp::Abs => (13, 0.0, 0.0),
+        UnaryOp::Sign => (14, 0.0, 0.0),
+        UnaryOp::Sigmoid => (15, 0.0, 0.0),
+        UnaryOp::Clamp { min, max } => (16, min, max),
+        UnaryOp::GeluErf => (17, 0.0, 0.0),
+        UnaryOp::GeluErfDerivative => (18, 0.0, 0.0),
     }
 }
 

@@ -6,8 +6,10 @@
 use num_traits::Float;
 
 /// `exp` as the CPU kernels compute it for each arithmetic type.
+/// Also the error function, which `std` lacks (libm's `erf`/`erff`, the exact GELU's).
 pub trait Exp: Float {
     fn exp_fast(self) -> Self;
+    fn erf(self) -> Self;
 }
 
 impl Exp for f64 {
@@ -15,12 +17,20 @@ impl Exp for f64 {
     fn exp_fast(self) -> f64 {
         self.exp()
     }
+    #[inline(always)]
+    fn erf(self) -> f64 {
+        libm::erf(self)
+    }
 }
 
 impl Exp for f32 {
     #[inline(always)]
     fn exp_fast(self) -> f32 {
         exp_f32(self)
+    }
+    #[inline(always)]
+    fn erf(self) -> f32 {
+        libm::erff(self)
     }
 }
 

@@ -6,6 +6,9 @@ use super::exp::Exp;
 /// √(2/π), GPT-2's GELU constant.
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_CUBIC: f64 = 0.044_715;
+/// 1/√2 and 1/√(2π), the exact GELU's constants.
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// One elementwise function. `apply` is its definition for every float type.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,6 +29,21 @@ pub enum UnaryOp {
     SiluDerivative,
     Recip,
     Powf(f64),
+    /// |x|.
+    Abs,
+    /// −1, 0 or 1 by the sign of x (abs's derivative; NaN stays NaN).
+    Sign,
+    /// σ(x) = 1 / (1 + e⁻ˣ).
+    Sigmoid,
+    /// x limited to [min, max] (NaN stays NaN, as PyTorch's `clamp`).
+    Clamp {
+        min: f64,
+        max: f64,
+    },
+    /// The exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's `gelu(approximate="none")`).
+    GeluErf,
+    /// d gelu_erf / dx = Φ(x) + x·φ(x) (gelu_erf's derivative).
+    GeluErfDerivative,
     /// x·mul + add.
     Affine {
         mul: f64,
@@ -49,6 +67,12 @@ impl UnaryOp {
             UnaryOp::Recip => "recip",
             UnaryOp::Powf(_) => "powf",
             UnaryOp::Affine { .. } => "affine",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Clamp { .. } => "clamp",
+            UnaryOp::GeluErf => "gelu_erf",
+            UnaryOp::GeluErfDerivative => "gelu_erf_derivative",
         }
     }
 
@@ -89,6 +113,33 @@ impl UnaryOp {
             UnaryOp::Powf(2.0) => x * x,
             UnaryOp::Powf(p) => x.powf(c(p)),
             UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Sign => {
+                if x > T::zero() {
+                    T::one()
+                } else if x < T::zero() {
+                    -T::one()
+                } else {
+                    x // ±0 and NaN
+                }
+            }
+            // e⁻ˣ = inf gives 0, never NaN
+            UnaryOp::Sigmoid => T::one() / (T::one() + (-x).exp_fast()),
+            UnaryOp::Clamp { min, max } => {
+                if x < c(min) {
+                    c(min)
+                } else if x > c(max) {
+                    c(max)
+                } else {
+                    x
+                }
+            }
+            UnaryOp::GeluErf => c(0.5) * x * (T::one() + (x * c(FRAC_1_SQRT_2)).erf()),
+            UnaryOp::GeluErfDerivative => {
+                let cdf = c(0.5) * (T::one() + (x * c(FRAC_1_SQRT_2)).erf());
+                let pdf = c(FRAC_1_SQRT_2PI) * (c(-0.5) * x * x).exp_fast();
+                cdf + x * pdf
+            }
         }
     }
 }
