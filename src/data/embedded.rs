@@ -130,6 +130,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/data/mod.rs",
     "src/data/embedded.rs",
     "src/train/mod.rs",
+    "src/train/lora.rs",
     "src/train/trainer.rs",
     "src/train/config.rs",
     "src/train/checkpoint.rs",
