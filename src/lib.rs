@@ -46,6 +46,8 @@ mod doc_tests {
     struct Changelog;
     #[doc = include_str!("../docs/emulator.md")]
     struct Emulator;
+    #[doc = include_str!("../docs/finetuning.md")]
+    struct Finetuning;
     #[doc = include_str!("../docs/gpu.md")]
     struct Gpu;
     #[doc = include_str!("../docs/kernels.md")]

@@ -5,48 +5,14 @@
 //! and three SGD steps against PyTorch, Emu against the CPU, bf16 against f32, and the errors of a
 //! folder that does not fit its config.
 
-use kiln::model::{io, Llama, RopeLayout};
+use kiln::model::{Llama, RopeLayout};
 use kiln::optim::Sgd;
 use kiln::{DType, Device, Tensor};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// The reference tensors of a fixture folder, by name.
-fn expected(name: &str) -> HashMap<String, Tensor> {
-    let (tensors, _) = io::load_tensors(&fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap();
-    tensors.into_iter().collect()
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap()
-}
-
-/// The largest |got − want| relative to the largest |want| (so a tolerance reads as a fraction
-/// of the tensor's scale), after checking the lengths agree and nothing is NaN.
-fn rel_error(what: &str, got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite values");
-    let scale = want.iter().fold(0f64, |m, &w| m.max(w.abs() as f64));
-    assert!(scale > 0.0, "{what}: the reference is all zero");
-    let worst = got
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-    worst / scale
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f64) {
-    let err = rel_error(what, got, want);
-    eprintln!("{what}: worst error {err:.2e} of the largest value");
-    assert!(
-        err <= rtol,
-        "{what}: worst error {err:.3e} of the largest value > {rtol:.1e}"
-    );
-}
+#[path = "common/reference.rs"]
+mod reference;
+use reference::{assert_close, expected, f32s, fixture, rel_error};
 
 #[test]
 fn the_checks_can_fail() {

@@ -121,6 +121,43 @@ impl Drop for NoGradGuard {
     }
 }
 
+/// Turns graph recording on until the guard is dropped (inside a backward rule that must
+/// differentiate again, see [`record_recomputed`]).
+fn enable_grad() -> NoGradGuard {
+    let previous = GRAD_ENABLED.with(|g| g.replace(true));
+    NoGradGuard { previous }
+}
+
+/// Gradient checkpointing: `y`, computed from `x` and `params` without a graph, becomes the
+/// output of one node whose backward calls `recompute(x)` with recording on, backpropagates the
+/// incoming gradient through that fresh graph, and hands on the gradients of `x` and `params`.
+/// Between forward and backward only `x` is kept, not the activations inside `recompute`.
+/// `recompute` must compute what gave `y` (the same ops on the same tensors); `params` are the
+/// tensors it reads that take a gradient.
+pub(crate) fn record_recomputed(
+    y: Tensor,
+    x: &Tensor,
+    params: &[Tensor],
+    recompute: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Tensor {
+    let inputs: Vec<&Tensor> = std::iter::once(x).chain(params).collect();
+    y.record("recompute", &inputs, move |grad, inputs, _| {
+        let _recording = enable_grad();
+        let x = match inputs[0].tracks_grad() {
+            true => inputs[0].detach().requires_grad(),
+            false => inputs[0].detach(),
+        };
+        let y = recompute(&x)?;
+        if !y.tracks_grad() {
+            return Ok(vec![None; inputs.len()]); // nothing it reads takes a gradient
+        }
+        let grads = backward(&y, grad.clone())?;
+        let mut out = vec![grads.get(&x).cloned()];
+        out.extend(inputs[1..].iter().map(|p| grads.get(p).cloned()));
+        Ok(out)
+    })
+}
+
 /// Gradients of the leaves, keyed by tensor.
 #[derive(Default)]
 pub struct Gradients {

@@ -11,10 +11,13 @@
 use super::kv_cache::KvCache;
 use super::llama_config::LlamaConfig;
 use crate::gguf::GgufFile;
-use crate::nn::{Embedding, Linear};
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::nn::{Embedding, Linear, LoraConfig};
+use crate::{DType, Device, Error, Result, Rng, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+mod lora;
 
 /// How RoPE pairs a head's coordinates (re-exported from [`crate::ops::rope`]). llama.cpp's
 /// converter permutes the rows of the q and k projections of a Hugging Face model so that its
@@ -50,6 +53,7 @@ pub struct LlamaAttention {
 }
 
 /// The rotation of one forward: RoPE's base and layout, and the position of the first token.
+#[derive(Clone, Copy)]
 struct Rotation {
     theta: f64,
     layout: RopeLayout,
@@ -128,6 +132,105 @@ pub struct LlamaBlock {
     pub mlp: LlamaMlp,
 }
 
+impl LlamaBlock {
+    /// x is (B, T, C) -> x + attn(norm(x)), then + mlp(norm(·)).
+    fn forward(&self, x: &Tensor, rot: &Rotation, cache: Option<&mut KvCache>, layer: usize) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let x = self.self_attn.forward(&h, x, rot, cache, layer)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        self.mlp.forward(&h, &x)
+    }
+
+    /// The projections by Hugging Face module name relative to the block (`self_attn.q_proj`, ...).
+    fn projections(&self) -> [(&'static str, &Linear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &m.gate_proj),
+            ("mlp.up_proj", &m.up_proj),
+            ("mlp.down_proj", &m.down_proj),
+        ]
+    }
+
+    /// As [`LlamaBlock::projections`], mutably.
+    fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        projections_mut(&mut self.self_attn, &mut self.mlp)
+    }
+
+    /// Every tensor of the block that takes a gradient now (the adapters; the base weights too
+    /// unless frozen).
+    fn trainable(&self) -> Vec<Tensor> {
+        let mut out = vec![
+            self.input_layernorm.weight.clone(),
+            self.post_attention_layernorm.weight.clone(),
+        ];
+        for (_, l) in self.projections() {
+            out.push(l.weight.clone());
+            if let Some(lora) = &l.lora {
+                out.extend([lora.a.clone(), lora.b.clone()]);
+            }
+        }
+        out.retain(|t| t.tracks_grad());
+        out
+    }
+
+    /// The generator of the adapters' dropout, if it is on.
+    fn dropout_rng(&self) -> Option<Arc<Mutex<Rng>>> {
+        self.projections()
+            .into_iter()
+            .find_map(|(_, l)| Some(l.lora.as_ref()?.dropout.as_ref()?.rng.clone()))
+    }
+
+    /// [`LlamaBlock::forward`] without a cache, keeping none of its activations: the output is
+    /// computed without a graph, and the backward computes the block again from its input, this
+    /// time with a graph, and backpropagates through that (gradient checkpointing). The dropout
+    /// generator is rewound for the replay, so both passes draw the same masks.
+    fn forward_recomputed(&self, x: &Tensor, rot: &Rotation) -> Result<Tensor> {
+        let rng = self.dropout_rng();
+        let before = rng
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).state());
+        let y = {
+            let _no_grad = crate::no_grad();
+            self.forward(x, rot, None, 0)?
+        };
+        let (block, rot) = (self.clone(), *rot);
+        let replay = move |x: &Tensor| -> Result<Tensor> {
+            let set =
+                |r: &Arc<Mutex<Rng>>, s: [u64; 4]| *r.lock().unwrap_or_else(|e| e.into_inner()) = Rng::from_state(s);
+            let now = rng
+                .as_ref()
+                .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).state());
+            if let (Some(r), Some(s)) = (&rng, before) {
+                set(r, s);
+            }
+            let y = block.forward(x, &rot, None, 0);
+            if let (Some(r), Some(s)) = (&rng, now) {
+                set(r, s);
+            }
+            y
+        };
+        Ok(crate::autograd::record_recomputed(y, x, &self.trainable(), replay))
+    }
+}
+
+/// The seven projections of a block by module name, mutably (borrowing only the attention and
+/// the feed-forward, so the norms stay free).
+fn projections_mut<'a>(a: &'a mut LlamaAttention, m: &'a mut LlamaMlp) -> [(&'static str, &'a mut Linear); 7] {
+    [
+        ("self_attn.q_proj", &mut a.q_proj),
+        ("self_attn.k_proj", &mut a.k_proj),
+        ("self_attn.v_proj", &mut a.v_proj),
+        ("self_attn.o_proj", &mut a.o_proj),
+        ("mlp.gate_proj", &mut m.gate_proj),
+        ("mlp.up_proj", &mut m.up_proj),
+        ("mlp.down_proj", &mut m.down_proj),
+    ]
+}
+
 /// A Llama-architecture language model. Cloning is cheap and the clone shares the parameters.
 #[derive(Clone, Debug)]
 pub struct Llama {
@@ -135,6 +238,10 @@ pub struct Llama {
     /// The compute dtype (see [`Llama::set_dtype`]).
     dtype: DType,
     rope_layout: RopeLayout,
+    /// The shape of the LoRA adapters on the projections, if any (see docs/finetuning.md).
+    lora: Option<LoraConfig>,
+    /// Gradient checkpointing (see [`Llama::set_recompute`]).
+    recompute: bool,
     pub embed_tokens: Embedding,
     pub layers: Vec<LlamaBlock>,
     pub norm: RmsNorm,
@@ -206,7 +313,11 @@ impl Llama {
                 .detach()
                 .requires_grad())
         };
-        let linear = |weight: Tensor| Linear { weight, bias: None };
+        let linear = |weight: Tensor| Linear {
+            weight,
+            bias: None,
+            lora: None,
+        };
         let eps = cfg.rms_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -247,6 +358,8 @@ impl Llama {
             cfg,
             dtype: DType::F32,
             rope_layout,
+            lora: None,
+            recompute: false,
             embed_tokens,
             layers,
             norm,
@@ -353,29 +466,48 @@ impl Llama {
         let _no_grad = crate::no_grad();
         for p in model.params_mut() {
             if p.dtype() != dtype {
-                *p = p.to_dtype(dtype)?.requires_grad();
+                let cast = p.to_dtype(dtype)?;
+                *p = match p.is_leaf_requiring_grad() {
+                    true => cast.requires_grad(),
+                    false => cast, // a frozen base stays frozen
+                };
             }
         }
         Ok(model)
     }
 
+    /// Freezes every base parameter (all but the LoRA adapters): they no longer take a
+    /// gradient, so a backward neither computes nor stores one for them, nor the activations only
+    /// their gradients would need. Adding or loading an adapter freezes the base.
+    pub fn freeze_base(&mut self) {
+        for p in self.params_mut() {
+            *p = p.detach();
+        }
+    }
+
+    /// Gradient checkpointing for training: with `on`, a forward that records a graph keeps only
+    /// each block's input and computes the block again in the backward (the same gradients, about
+    /// one more forward of compute, and the activations of one block at a time instead of all).
+    /// Inference and the KV cache are unaffected.
+    pub fn set_recompute(&mut self, on: bool) {
+        self.recompute = on;
+    }
+
+    pub fn recompute(&self) -> bool {
+        self.recompute
+    }
+
     fn params_mut(&mut self) -> Vec<&mut Tensor> {
         let mut out = vec![&mut self.embed_tokens.weight];
         for l in &mut self.layers {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            out.extend([&mut l.input_layernorm.weight, &mut l.post_attention_layernorm.weight]);
-            out.extend(
-                [
-                    &mut a.q_proj,
-                    &mut a.k_proj,
-                    &mut a.v_proj,
-                    &mut a.o_proj,
-                    &mut m.gate_proj,
-                    &mut m.up_proj,
-                    &mut m.down_proj,
-                ]
-                .map(|l| &mut l.weight),
-            );
+            let LlamaBlock {
+                input_layernorm,
+                self_attn,
+                post_attention_layernorm,
+                mlp,
+            } = l;
+            out.extend([&mut input_layernorm.weight, &mut post_attention_layernorm.weight]);
+            out.extend(projections_mut(self_attn, mlp).map(|(_, l)| &mut l.weight));
         }
         out.push(&mut self.norm.weight);
         if let Some(head) = &mut self.lm_head {
@@ -489,11 +621,12 @@ impl Llama {
             layout: self.rope_layout,
             start,
         };
+        let recompute = self.recompute && cache.is_none() && crate::is_grad_enabled();
         for (i, l) in self.layers.iter().enumerate() {
-            let h = l.input_layernorm.forward(&x)?;
-            x = l.self_attn.forward(&h, &x, &rot, cache.as_deref_mut(), i)?; // x + attn(norm(x))
-            let h = l.post_attention_layernorm.forward(&x)?;
-            x = l.mlp.forward(&h, &x)?; // x + mlp(norm(x))
+            x = match recompute {
+                true => l.forward_recomputed(&x, &rot)?,
+                false => l.forward(&x, &rot, cache.as_deref_mut(), i)?,
+            };
         }
         if let Some(cache) = cache {
             cache.advance(t);

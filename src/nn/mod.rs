@@ -1,4 +1,4 @@
-//! Layers: [`Linear`], [`Embedding`], [`LayerNorm`]. Each owns its parameters as leaf
+//! Layers: [`Linear`] (optionally adapted by a [`Lora`]), [`Embedding`], [`LayerNorm`]. Each owns its parameters as leaf
 //! tensors (created with `requires_grad`) and has a short `forward`. Weights follow
 //! PyTorch's layouts, so a state dict maps onto them one to one.
 //!
@@ -7,6 +7,9 @@
 //! optimizer updates f32 master weights). With inputs of the parameters' dtype nothing is cast.
 
 use crate::{DType, Device, Result, Rng, Tensor};
+
+mod lora;
+pub use lora::{Lora, LoraConfig, LoraDropout, DEFAULT_LORA_TARGETS, LORA_TARGETS};
 
 /// Normal(0, std²) samples as a leaf that requires a gradient.
 pub fn normal_param(shape: &[usize], std: f64, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
@@ -33,11 +36,13 @@ fn like_opt(p: &Option<Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
     p.as_ref().map(|p| like(p, x)).transpose()
 }
 
-/// `y = x·Wᵀ + b`, with `weight` stored `[out, in]` as in `torch.nn.Linear`.
+/// `y = x·Wᵀ + b`, with `weight` stored `[out, in]` as in `torch.nn.Linear`; with a LoRA adapter,
+/// `+ s·(x·Aᵀ)·Bᵀ` (see [`Lora`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -57,6 +62,7 @@ impl Linear {
             } else {
                 None
             },
+            lora: None,
         })
     }
 
@@ -69,6 +75,7 @@ impl Linear {
             } else {
                 None
             },
+            lora: None,
         })
     }
 
@@ -80,19 +87,33 @@ impl Linear {
         self.weight.shape()[0]
     }
 
-    /// x is (..., in) -> (..., out): `x·Wᵀ + b`, in x's dtype.
+    /// x is (..., in) -> (..., out): `x·Wᵀ + b` (plus the adapter's term), in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.linear(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref())
+        let y = x.linear(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref())?;
+        self.add_lora(x, y)
     }
 
-    /// `gelu(x·Wᵀ + b)`, the GELU fused into the product.
+    /// `gelu(x·Wᵀ + b)`, the GELU fused into the product (after the adapter's term, if any).
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        x.linear_gelu(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref())
+        match self.lora {
+            Some(_) => self.forward(x)?.gelu(),
+            None => x.linear_gelu(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref()),
+        }
     }
 
-    /// `residual + x·Wᵀ + b`, the add fused into the product; `residual` is (..., out).
+    /// `residual + x·Wᵀ + b` (plus the adapter's term), the add fused into the product;
+    /// `residual` is (..., out).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        x.linear_residual(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref(), residual)
+        let y = x.linear_residual(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref(), residual)?;
+        self.add_lora(x, y)
+    }
+
+    /// `y + s·(x·Aᵀ)·Bᵀ` with an adapter, `y` without.
+    fn add_lora(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        match &self.lora {
+            Some(lora) => y.add(&lora.forward(x)?),
+            None => Ok(y),
+        }
     }
 }
 

@@ -152,11 +152,23 @@ impl Tensor {
             };
             let dz2 = dz.reshape(&[rows, n_out])?;
             let x2 = x.reshape(&[rows, n_in])?;
-            let dx = dz2.matmul(w)?.reshape(x.shape())?;
-            let dw = dz2.transpose(0, 1)?.matmul(&x2)?;
-            let mut grads = vec![Some(dx), Some(dw)];
+            // only the gradients a graph input takes: a frozen weight (LoRA's base) costs no dW
+            // product, an input that needs none (the first layer's, from a frozen table) no dX
+            let dx = match x.tracks_grad() {
+                true => Some(dz2.matmul(w)?.reshape(x.shape())?),
+                false => None,
+            };
+            let dw = match w.tracks_grad() {
+                true => Some(dz2.transpose(0, 1)?.matmul(&x2)?),
+                false => None,
+            };
+            let mut grads = vec![dx, dw];
             if has_bias {
-                grads.push(Some(dz2.sum_to_shape(&[n_out])?));
+                let db = match inputs[2].tracks_grad() {
+                    true => Some(dz2.sum_to_shape(&[n_out])?),
+                    false => None,
+                };
+                grads.push(db);
             }
             if inputs.len() > grads.len() {
                 grads.push(Some(g.clone()));

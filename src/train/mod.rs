@@ -5,6 +5,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod config;
 pub mod console;
+pub mod lora;
 pub mod memory_estimate;
 pub mod metrics;
 pub mod plot;

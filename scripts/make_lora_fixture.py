@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/llama-tiny-lora/: Hugging Face PEFT references for kiln's LoRA (tests/llama_lora.rs),
+on the tiny random Llama of tests/fixtures/llama-tiny (made by scripts/make_llama_fixture.py).
+
+    /work/venv-ref/bin/python scripts/make_lora_fixture.py          # or any venv with the versions below
+    /work/venv-ref/bin/python scripts/make_lora_fixture.py check    # after kiln wrote kiln/ (see below)
+
+Tested with torch 2.15, transformers 5.25, peft 0.21.2, gguf 0.19, safetensors.
+
+Default mode writes:
+  peft/adapter_config.json, peft/adapter_model.safetensors
+      a LoRA adapter made by PEFT on all seven projections (r = 4, alpha = 8, scale 2) with PEFT's own A
+      (Kaiming-uniform) and a NON-ZERO B (N(0, 0.2²)), so the adapter changes the logits
+  expected.safetensors
+      ids [2, 7] and logits [2, 7, V]: the PEFT model's logits with that adapter;
+      train_ids, train_targets [2, 8] (llama-tiny's); adamw_losses [STEPS + 1]: the mean cross-entropy
+      (logits[b, t] against targets[b, t], no shift) before each of STEPS torch.optim.AdamW steps over the
+      adapter's parameters only (the base frozen) and after the last; grad0.<PEFT name>: every adapter
+      gradient before the first step; final.<PEFT name>: every adapter tensor after the last step
+All references are computed in float64 from the saved float32 weights, so a test's tolerance measures
+kiln's error alone.
+
+`check` mode reads kiln/ (adapter_config.json + adapter_model.safetensors, which kiln's save_adapter wrote
+there: `cargo test --release --test llama_lora -- --ignored write_kiln_adapter`, an adapter kiln trained on
+the GGUF model), loads it with PeftModel.from_pretrained on the transformers model read from llama-tiny's
+model.gguf, and writes kiln_expected.safetensors: ids [2, 7] and PEFT's logits [2, 7, V] with kiln's adapter.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BASE = os.path.join(HERE, "..", "tests", "fixtures", "llama-tiny")
+OUT = os.path.join(HERE, "..", "tests", "fixtures", "llama-tiny-lora")
+SEED = 2024
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+ADAMW = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, steps=4)
+
+
+def base_model(gguf: bool):
+    kw = dict(gguf_file="model.gguf") if gguf else {}
+    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager", **kw)
+    return model.eval()
+
+
+def loss_of(model, ids, targets):
+    logits = model(input_ids=ids).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def peft_names(model):
+    """PEFT's file names (as save_pretrained writes them) of the trainable adapter tensors."""
+    return {n: n.replace(".default", "") for n, p in model.named_parameters() if p.requires_grad}
+
+
+def make():
+    torch.manual_seed(SEED)
+    base = base_model(gguf=False)
+    model = get_peft_model(base, LoraConfig(**LORA))
+    g = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    os.makedirs(OUT, exist_ok=True)
+    model.peft_config["default"].base_model_name_or_path = "llama-tiny"  # not this machine's path
+    model.save_pretrained(os.path.join(OUT, "peft"))
+    os.remove(os.path.join(OUT, "peft", "README.md"))  # PEFT's model-card template
+
+    ref = load_file(os.path.join(BASE, "expected.safetensors"))
+    ids = ref["ids_a"]
+    model = model.double()
+    expected = {"ids": ids}
+    with torch.no_grad():
+        expected["logits"] = model(input_ids=ids).logits.float()
+
+    ids_t, targets = ref["train_ids"], ref["train_targets"]
+    expected["train_ids"], expected["train_targets"] = ids_t, targets
+    names = peft_names(model)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    assert len(params) == 2 * 7 * base.config.num_hidden_layers, len(params)
+    opt = torch.optim.AdamW(params, lr=ADAMW["lr"], betas=ADAMW["betas"], eps=ADAMW["eps"],
+                            weight_decay=ADAMW["weight_decay"])
+    losses = []
+    for step in range(ADAMW["steps"]):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(model, ids_t, targets)
+        losses.append(loss.item())
+        loss.backward()
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                assert p.grad is None, n  # the base is frozen
+            elif step == 0:
+                expected[f"grad0.{names[n]}"] = p.grad.detach().float()
+        opt.step()
+    with torch.no_grad():
+        losses.append(loss_of(model, ids_t, targets).item())
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                expected[f"final.{names[n]}"] = p.detach().float()
+    expected["adamw_losses"] = torch.tensor(losses, dtype=torch.float32)
+    print(f"AdamW losses {[round(x, 6) for x in losses]}", file=sys.stderr)
+    import peft, transformers
+    metadata = {
+        "seed": str(SEED),
+        "lora": json.dumps(LORA),
+        "adamw": json.dumps(ADAMW),
+        "reference": f"float64 from float32 weights; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, peft {peft.__version__}",
+    }
+    save_file({k: t.contiguous() for k, t in expected.items()}, os.path.join(OUT, "expected.safetensors"), metadata)
+    for root, _, files in os.walk(OUT):
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    print(f"wrote {OUT}", file=sys.stderr)
+
+
+def check():
+    """PEFT's logits with the adapter kiln wrote to kiln/, on the transformers model of model.gguf."""
+    folder = os.path.join(OUT, "kiln")
+    model = PeftModel.from_pretrained(base_model(gguf=True), folder).eval().double()
+    # every kiln tensor must have been loaded (PEFT only warns about unexpected or missing keys)
+    saved = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    state = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+    assert sorted(saved) == sorted(state), (sorted(saved)[:3], sorted(state)[:3])
+    for k, v in saved.items():
+        assert torch.equal(state[k].float(), v), k
+    ids = load_file(os.path.join(OUT, "expected.safetensors"))["ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    save_file({"ids": ids, "logits": logits}, os.path.join(OUT, "kiln_expected.safetensors"))
+    os.chmod(os.path.join(OUT, "kiln_expected.safetensors"), 0o644)
+    print(f"wrote {OUT}/kiln_expected.safetensors", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    check() if sys.argv[1:] == ["check"] else make()
