@@ -316,10 +316,10 @@ struct Checker {
     uint32_t lane_gen[EMU_MAX_THREADS_PER_BLOCK] = {};
     // Shared memory.
     Region dyn, tls;
-    uintptr_t ids_lo = 0, ids_hi = 0; // emu::tl_ids, inside the TLS block but not shared memory
+    uintptr_t ids_lo = 0; // emu::tl_ids, inside the TLS block but not shared memory
     // Global memory: recently used buffers, and pages known to hold none (stacks, arguments, tables).
     CachedBuffer buffers[8];
-    unsigned next_buffer = 0;
+    unsigned next_buffer = 0, last_buffer = 0;
     uintptr_t not_buffer_page[64] = {};
     // cp.async.
     std::vector<PendingCopy> pending[EMU_MAX_THREADS_PER_BLOCK];
@@ -431,13 +431,18 @@ struct Checker {
         }
     }
 
-    void access(uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
+    // The classification of the header comment, most frequent first: threadIdx and friends (emu::tl_ids),
+    // the device buffer touched last, shared memory, then the other device buffers.
+    __attribute__((always_inline)) void access(uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
+        if (addr - ids_lo < sizeof(ThreadIds)) return;
+        if (addr - buffers[last_buffer].lo < buffers[last_buffer].hi - buffers[last_buffer].lo)
+            return global_access(buffers[last_buffer], addr, size, write, pc);
         if (addr - dyn.lo < dyn.hi - dyn.lo) return shared_access(dyn, addr, size, write, atomic, pc);
-        if (addr - tls.lo < tls.hi - tls.lo) {
-            if (addr - ids_lo < ids_hi - ids_lo) return;
-            return shared_access(tls, addr, size, write, atomic, pc);
+        if (addr - tls.lo < tls.hi - tls.lo) return shared_access(tls, addr, size, write, atomic, pc);
+        if (CachedBuffer *b = find_buffer(addr)) {
+            last_buffer = static_cast<unsigned>(b - buffers);
+            global_access(*b, addr, size, write, pc);
         }
-        if (CachedBuffer *b = find_buffer(addr)) global_access(*b, addr, size, write, pc);
     }
 
     void check_source_overwrite(uintptr_t addr, size_t size, uintptr_t pc) {
@@ -505,7 +510,6 @@ void check_launch_begin(Checker *c, const Options &opt, const char *kernel, unsi
         static_tls_block(&c->tls.lo, &c->tls.hi);
         c->tls.reserve(c->tls.hi - c->tls.lo);
         c->ids_lo = reinterpret_cast<uintptr_t>(&tl_ids);
-        c->ids_hi = c->ids_lo + sizeof tl_ids;
     }
     // Buffers may have been freed and allocated since the last launch.
     for (CachedBuffer &b : c->buffers) b = CachedBuffer{};

@@ -47,6 +47,13 @@
 // threads wait where. No error ever aborts the process: the block's state is abandoned (its fibers are
 // simply never resumed, their stacks reused by the next block) and emu_launch returns the message.
 //
+// == The checker ==
+// emu_check.cpp sees every load and store of the kernels (they are compiled with g++'s thread-sanitizer
+// instrumentation, whose hooks it implements). The scheduler tells it where the block stands: block
+// start and end (check_block_begin/end), each completed barrier (check_barrier) and warp collective
+// (check_warp_sync), and each thread exit (check_thread_exit). KILN_EMU_ORDER permutes the order in
+// which threads start and leave a barrier (set_thread_order, thread_at).
+//
 // == Faults ==
 // A kernel's out-of-bounds access hits a guard page (emu_memory.cpp, dynamic shared memory, fiber
 // stacks) and raises SIGSEGV; an integer division by zero raises SIGFPE. The handler, on an alternate
