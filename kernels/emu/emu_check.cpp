@@ -29,7 +29,9 @@
 // false report.) Stale cells (an older epoch) need no reset: the epoch tells.
 //
 // Device buffers have one init byte per byte (emu_memory.cpp), set by emu_memcpy/emu_memset and by
-// kernel stores. Shared memory's init state is the Cell's write epoch: written in this block or not.
+// kernel stores. For races in global memory, the bytes the running block wrote are kept in a hash
+// table (GlobalWrite): a read or write of a byte another thread of the block wrote in the same epoch
+// is a race (reads are not recorded, so a write after another thread's read is not caught). Shared memory's init state is the Cell's write epoch: written in this block or not.
 //
 // == cp.async ==
 // With `async` checked, kiln_cp_async_16 only records the copy and marks its 16 destination bytes
@@ -267,6 +269,16 @@ struct CachedBuffer {
     uint8_t *init = nullptr;
 };
 
+// A byte of device memory written by the running block: a slot of an open-addressing table keyed by
+// the address, valid while `block` is the block's first epoch (so a new block starts empty for free).
+struct GlobalWrite {
+    uintptr_t addr;
+    uint32_t block;
+    Access write;
+};
+constexpr size_t kGlobalWriteSlots = size_t(1) << 16;     // a power of two
+constexpr unsigned kGlobalWriteMax = kGlobalWriteSlots / 2; // bytes recorded per block, at most
+
 // A cp.async recorded but not landed.
 struct PendingCopy {
     uintptr_t dst, src;
@@ -321,6 +333,9 @@ struct Checker {
     CachedBuffer buffers[8];
     unsigned next_buffer = 0, last_buffer = 0;
     uintptr_t not_buffer_page[64] = {};
+    // Global-memory races within the block: the bytes it wrote (see GlobalWrite).
+    std::vector<GlobalWrite> global_writes = std::vector<GlobalWrite>(kGlobalWriteSlots);
+    unsigned global_written = 0; // bytes recorded in this block
     // cp.async.
     std::vector<PendingCopy> pending[EMU_MAX_THREADS_PER_BLOCK];
     int committed[EMU_MAX_THREADS_PER_BLOCK] = {};
@@ -335,6 +350,11 @@ struct Checker {
     // Whether access `a` (by another thread, this epoch) is ordered before the running thread `t` by a
     // warp collective both took part in.
     bool warp_ordered(const Access &a, unsigned t) const { return (a.thread >> 5) == (t >> 5) && lane_gen[t] > a.gen; }
+
+    // Whether an unordered access may follow write `w` of another thread: two atomics never race, and a
+    // plain read of an atomically updated value is the first step of every compare-and-swap loop (it
+    // sees the old or the new value, and the CAS sorts it out). A plain write after an atomic races.
+    static bool tolerated(const Access &w, bool write, bool atomic) { return (w.flags & kAtomic) && (atomic || !write); }
 
     // "byte 20 of the dynamic shared memory", "byte 4 of __shared__ block_sum::scratch".
     std::string describe_shared(const Region &r, uintptr_t addr) const {
@@ -378,9 +398,10 @@ struct Checker {
             if (opt.init && !write && c.write.epoch < block_epoch)
                 check_fail("uninitialised read: %s reads %s at %s, which no thread of this block has written",
                            thread_name(t).c_str(), describe_shared(r, addr + i).c_str(), site(pc).c_str());
-            if (opt.race && !(atomic && (c.write.flags & kAtomic))) {
+            if (opt.race) {
                 const Access &w = c.write;
-                if (w.epoch == epoch && w.thread != t && !warp_ordered(w, t)) race(r, addr + i, write, pc, w, true);
+                if (w.epoch == epoch && w.thread != t && !warp_ordered(w, t) && !tolerated(w, write, atomic))
+                    race(r, addr + i, write, pc, w, true);
                 if (write && !atomic) {
                     for (const Access *rd : {&c.read, &c.read2})
                         if (rd->epoch == epoch && rd->thread != t && !warp_ordered(*rd, t))
@@ -416,9 +437,42 @@ struct Checker {
         return &b;
     }
 
-    void global_access(CachedBuffer &b, uintptr_t addr, size_t size, bool write, uintptr_t pc) {
+    // The slot of byte `addr` in global_writes: its record from this block, or the free slot for it.
+    GlobalWrite &global_slot(uintptr_t addr) {
+        size_t i = (addr * 0x9e3779b97f4a7c15ull) >> 48; // 16 bits of a multiplicative hash
+        for (;; i = (i + 1) & (kGlobalWriteSlots - 1)) {
+            GlobalWrite &g = global_writes[i];
+            if (g.block != block_epoch || g.addr == addr) return g;
+        }
+    }
+
+    // Global-memory races between threads of this block: a read or write of a byte another thread wrote
+    // in the same epoch (not write after read: reads are not recorded, to keep global reads cheap).
+    void global_race(CachedBuffer &b, uintptr_t addr, size_t n, bool write, bool atomic, uintptr_t pc) {
+        const unsigned t = *cur;
+        for (size_t i = 0; i < n; ++i) {
+            if (!write && global_written == 0) return;
+            GlobalWrite &g = global_slot(addr + i);
+            const bool recorded = g.block == block_epoch;
+            if (recorded && g.write.epoch == epoch && g.write.thread != t && !warp_ordered(g.write, t) &&
+                !tolerated(g.write, write, atomic))
+                check_fail("global-memory race on byte %zu of a %zu-byte device buffer: %s %s it at %s, and %s wrote it "
+                           "at %s, with no %s between them",
+                           size_t(addr + i - b.lo), size_t(b.hi - b.lo), thread_name(t).c_str(),
+                           write ? "writes" : "reads", site(pc).c_str(), thread_name(g.write.thread).c_str(),
+                           site(g.write.pc).c_str(),
+                           (g.write.thread >> 5) == (t >> 5) ? "__syncthreads() or __syncwarp()" : "__syncthreads()");
+            if (!write || (!recorded && global_written >= kGlobalWriteMax)) continue;
+            if (!recorded) ++global_written;
+            g = GlobalWrite{addr + i, block_epoch,
+                            Access{epoch, lane_gen[t], static_cast<uint16_t>(t), static_cast<uint16_t>(atomic ? kAtomic : 0), pc}};
+        }
+    }
+
+    void global_access(CachedBuffer &b, uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
         // An access running past the buffer's end faults on its guard page right after this.
         const size_t off = addr - b.lo, n = off + size <= b.hi - b.lo ? size : b.hi - b.lo - off;
+        if (opt.race) global_race(b, addr, n, write, atomic, pc);
         if (write) {
             std::memset(b.init + off, 1, n);
             if (opt.async && pending_total) check_source_overwrite(addr, size, pc);
@@ -436,12 +490,12 @@ struct Checker {
     __attribute__((always_inline)) void access(uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
         if (addr - ids_lo < sizeof(ThreadIds)) return;
         if (addr - buffers[last_buffer].lo < buffers[last_buffer].hi - buffers[last_buffer].lo)
-            return global_access(buffers[last_buffer], addr, size, write, pc);
+            return global_access(buffers[last_buffer], addr, size, write, atomic, pc);
         if (addr - dyn.lo < dyn.hi - dyn.lo) return shared_access(dyn, addr, size, write, atomic, pc);
         if (addr - tls.lo < tls.hi - tls.lo) return shared_access(tls, addr, size, write, atomic, pc);
         if (CachedBuffer *b = find_buffer(addr)) {
             last_buffer = static_cast<unsigned>(b - buffers);
-            global_access(*b, addr, size, write, pc);
+            global_access(*b, addr, size, write, atomic, pc);
         }
     }
 
@@ -531,6 +585,7 @@ void check_block_begin(Checker *c, unsigned bx, unsigned by, unsigned bz, unsign
         c->pending_total = 0;
     }
     std::memset(c->committed, 0, nthreads * sizeof c->committed[0]);
+    c->global_written = 0;
 }
 
 void check_block_end(Checker *) { tl_check = nullptr; }

@@ -662,6 +662,13 @@ void test_checker() {
     e = launch("warp_lock_step", d3(1), d3(32), 0, x.p, y.p, 1);
     check(e.empty() && y[0] == 32.0f, "checker: ... and with __syncwarp(), none (and the right sum)", e);
 
+    e = launch("global_race", d3(1), d3(64), 0, y.p, 0);
+    check_error(e, "checker: a global-memory race within a block",
+                {"kernel 'global_race'", "global-memory race on byte 0 of a 1024-byte device buffer",
+                 "thread (1,0,0) reads it at selftest_kernels.cu:", "thread (0,0,0) wrote it at selftest_kernels.cu:"});
+    e = launch("global_race", d3(1), d3(64), 0, y.p, 1);
+    check(e.empty() && y[63] == 1.0f, "checker: ... and with the barrier, none", e);
+
     // The thread order changes what an unsynchronised kernel computes, with the checker off.
     emu_set_checks("off");
     launch("order_dependent", d3(1), d3(64), 0, y.p);

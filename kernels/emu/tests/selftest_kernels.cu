@@ -361,3 +361,10 @@ extern "C" __global__ void order_dependent(float *y) {
     __syncthreads();
     y[threadIdx.x] = s[0];
 }
+
+// A global-memory race inside one block: thread 0 writes y[0], the others read it (fix: a barrier).
+extern "C" __global__ void global_race(float *y, int fix) {
+    if (threadIdx.x == 0) y[0] = 1.0f;
+    if (fix) __syncthreads();
+    if (threadIdx.x > 0) y[threadIdx.x] = y[0];
+}
