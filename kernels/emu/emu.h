@@ -112,8 +112,8 @@ namespace emu {
 struct ThreadIds {
     uint3 thread_idx;
     uint3 block_idx;
-    dim3 block_dim;
-    dim3 grid_dim;
+    uint3 block_dim; // (uint3, not dim3: a member with a constructor would make g++ guard every access
+    uint3 grid_dim;  // to tl_ids with a hidden initialisation flag, which the checker would see)
     unsigned char *dyn_smem; // this block's dynamic shared memory
 };
 inline thread_local ThreadIds tl_ids;
@@ -125,8 +125,8 @@ inline unsigned char *dynamic_smem() { return tl_ids.dyn_smem; }
 
 #define threadIdx (static_cast<const uint3 &>(::emu::tl_ids.thread_idx))
 #define blockIdx (static_cast<const uint3 &>(::emu::tl_ids.block_idx))
-#define blockDim (static_cast<const dim3 &>(::emu::tl_ids.block_dim))
-#define gridDim (static_cast<const dim3 &>(::emu::tl_ids.grid_dim))
+#define blockDim (dim3(::emu::tl_ids.block_dim))
+#define gridDim (dim3(::emu::tl_ids.grid_dim))
 constexpr int warpSize = 32;
 
 // ---------------------------------------------------------------------------------------------------

@@ -208,13 +208,22 @@ std::string tls_variable(size_t offset, size_t *var_offset) {
         const size_t end = out.find('\n', start) == std::string::npos ? out.size() : out.find('\n', start);
         const std::string line = out.substr(start, end - start);
         start = end + 1;
-        // "   Num:    Value          Size Type    Bind   Vis      Ndx Name"
+        // "   Num:    Value          Size Type    Bind   Vis      Ndx Name"; Bind may contain spaces
+        // ("<OS specific>: 10"), so the name is found after the visibility and section index.
         unsigned long long value = 0, size = 0;
-        char type[16], bind[16], vis[16], ndx[16];
-        int name_at = 0;
-        if (sscanf(line.c_str(), " %*[0-9]: %llx %llu %15s %15s %15s %15s %n", &value, &size, type, bind, vis, ndx,
-                   &name_at) < 6 || std::strcmp(type, "TLS") != 0 || !name_at)
+        char type[16];
+        if (sscanf(line.c_str(), " %*[0-9]: %llx %llu %15s", &value, &size, type) != 3 || std::strcmp(type, "TLS") != 0)
             continue;
+        size_t vis = std::string::npos;
+        for (const char *v : {" DEFAULT ", " HIDDEN ", " PROTECTED ", " INTERNAL "})
+            if ((vis = line.find(v)) != std::string::npos) {
+                vis += std::strlen(v);
+                break;
+            }
+        if (vis == std::string::npos) continue;
+        const size_t ndx = line.find_first_not_of(' ', vis), gap = line.find(' ', ndx);
+        const size_t name_at = gap == std::string::npos ? gap : line.find_first_not_of(' ', gap);
+        if (name_at == std::string::npos) continue;
         if (offset >= value && offset < value + size) {
             *var_offset = offset - value;
             return line.substr(name_at);

@@ -1287,9 +1287,11 @@ unsigned long long warp_collective(Collective kind, unsigned mask, unsigned long
 }
 
 void check_fail(const char *fmt, ...) {
+    WorkerState &ws = current_worker();
+    check_block_end(ws.check); // the checker stops looking: formatting the message touches memory too
     va_list ap;
     va_start(ap, fmt);
-    fail_v(current_worker(), nullptr, 0, fmt, ap);
+    fail_v(ws, nullptr, 0, fmt, ap);
 }
 
 void kernel_fail(const char *file, int line, const char *fmt, ...) {
