@@ -325,10 +325,8 @@ void static_tls_block(uintptr_t *lo, uintptr_t *hi) {
 struct Checker {
     Options opt;
     bool on = false;
-    // The launch and block.
-    const char *kernel = "";
+    // The launch and block (the runtime's error messages name the kernel and block).
     unsigned dim_x = 1, dim_y = 1;
-    unsigned bx = 0, by = 0, bz = 0;
     unsigned n = 0;
     const unsigned *cur = nullptr;
     // Epochs: see the header comment.
@@ -558,11 +556,10 @@ struct Checker {
 Checker *checker_new() { return new Checker; }
 void checker_delete(Checker *c) { delete c; }
 
-void check_launch_begin(Checker *c, const Options &opt, const char *kernel, unsigned block_x, unsigned block_y,
+void check_launch_begin(Checker *c, const Options &opt, unsigned block_x, unsigned block_y,
                         unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur) {
     c->opt = opt;
     c->on = c->opt.any_check();
-    c->kernel = kernel;
     c->dim_x = block_x;
     c->dim_y = block_y;
     c->cur = cur;
@@ -579,12 +576,9 @@ void check_launch_begin(Checker *c, const Options &opt, const char *kernel, unsi
     std::memset(c->not_buffer_page, 0, sizeof c->not_buffer_page);
 }
 
-void check_block_begin(Checker *c, unsigned bx, unsigned by, unsigned bz, unsigned nthreads) {
+void check_block_begin(Checker *c, unsigned nthreads) {
     tl_check = c->on ? c : nullptr;
     if (!c->on) return;
-    c->bx = bx;
-    c->by = by;
-    c->bz = bz;
     c->n = nthreads;
     c->block_epoch = c->epoch = c->epoch + 1;
     std::memset(c->warp_counter, 0, sizeof c->warp_counter);

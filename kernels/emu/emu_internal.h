@@ -50,11 +50,11 @@ uint8_t *find_init_shadow(uintptr_t addr, uintptr_t *lo, size_t *bytes);
 struct Checker;
 Checker *checker_new();
 void checker_delete(Checker *c);
-// A launch starts on this OS thread: the kernel's name and block shape, the dynamic shared memory, and
-// where the runtime keeps the running thread's linear id.
-void check_launch_begin(Checker *c, const Options &opt, const char *kernel, unsigned block_x, unsigned block_y,
+// A launch starts on this OS thread: its options, block shape (x and y, to name threads), dynamic shared
+// memory, and where the runtime keeps the running thread's linear id.
+void check_launch_begin(Checker *c, const Options &opt, unsigned block_x, unsigned block_y,
                         unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur);
-void check_block_begin(Checker *c, unsigned bx, unsigned by, unsigned bz, unsigned nthreads);
+void check_block_begin(Checker *c, unsigned nthreads);
 void check_block_end(Checker *c);
 void check_barrier(Checker *c);                                // a __syncthreads() completed
 void check_warp_sync(Checker *c, unsigned warp, uint32_t lanes); // a warp collective completed for `lanes`

@@ -893,7 +893,7 @@ void diagnose_deadlock(BlockState &b) {
         auto same = [&](unsigned u) {
             const ThreadState &o = b.thr[u];
             if (o.state != s.state) return false;
-            if (s.state == TState::Exited || s.state == TState::Running) return true;
+            if (s.state == TState::Exited || s.state == TState::Running || s.state == TState::NotStarted) return true;
             if (!same_site(o.file, o.line, s.file, s.line)) return false;
             if (s.state != TState::InCollective) return true;
             const WarpState &ow = b.warps[u >> 5];
@@ -909,6 +909,7 @@ void diagnose_deadlock(BlockState &b) {
             break;
         case TState::InActiveMask: desc = format("waiting in __activemask() at %s:%d", s.file, s.line); break;
         case TState::Running: desc = "runnable"; break;
+        case TState::NotStarted: desc = "not started"; break; // (cannot happen: fresh fibers start them)
         }
         what += (what.empty() ? "" : "; ") +
                 id_list("thread", b.n, [&](unsigned u) { return u >= t && !done[u] && same(u); }) + ": " + desc;
@@ -962,8 +963,7 @@ void prepare_launch(WorkerState &ws, const Launch &L) {
     ws.smem_bytes = L.dyn_smem;
     tl_ids.dyn_smem = reinterpret_cast<unsigned char *>(ws.smem_guard - round_up(L.dyn_smem, 16));
     ws.opt = L.opt;
-    check_launch_begin(ws.check, L.opt, L.kernel->name.c_str(), L.block.x, L.block.y, tl_ids.dyn_smem, L.dyn_smem,
-                       &ws.cur);
+    check_launch_begin(ws.check, L.opt, L.block.x, L.block.y, tl_ids.dyn_smem, L.dyn_smem, &ws.cur);
 #if defined(__x86_64__)
     __asm__ volatile("stmxcsr %0" : "=m"(ws.mxcsr));
     __asm__ volatile("fnstcw %0" : "=m"(ws.fpucw));
@@ -986,7 +986,7 @@ bool run_block(WorkerState &ws, const Launch &L, uint64_t index) {
     for (unsigned w = 0; w < b.nwarps; ++w) b.warps[w].exited = b.warps[w].in_coll = b.warps[w].in_active = 0;
     for (unsigned t = 0; t < b.n; ++t) b.thr[t].state = TState::NotStarted;
     set_thread_order(b, ws.opt, index);
-    check_block_begin(ws.check, b.idx.x, b.idx.y, b.idx.z, b.n);
+    check_block_begin(ws.check, b.n);
     if (ws.smem_bytes) std::memset(tl_ids.dyn_smem, 0xFF, ws.smem_bytes); // fresh shared memory is garbage
 
     Fiber *first = fresh_fiber(ws);
