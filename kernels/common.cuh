@@ -450,7 +450,9 @@ __device__ __forceinline__ void kiln_cp_async_16(void *dst, const void *src, uns
 
 // Closes the group of this thread's cp.async issued since the last commit.
 __device__ __forceinline__ void kiln_cp_async_commit() {
-#if !KILN_EMU
+#if KILN_EMU
+    ::emu::cp_async_commit();
+#else
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
@@ -458,7 +460,9 @@ __device__ __forceinline__ void kiln_cp_async_commit() {
 // Waits until at most N of this thread's committed groups are still in flight. Other threads' copies
 // need a __syncthreads() after this before they are visible.
 template <int N> __device__ __forceinline__ void kiln_cp_async_wait() {
-#if !KILN_EMU
+#if KILN_EMU
+    ::emu::cp_async_wait(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }

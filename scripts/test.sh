@@ -12,4 +12,8 @@ source <(./scripts/setup-cuda.sh --env)
 # the tests that read the real model (tests/gguf.rs, tests/llama.rs) run on it instead of skipping.
 ./scripts/fetch-smollm2.sh > /dev/null
 cargo test --release --all-targets "$@"
+# Every kernel on Emu against the CPU once more, with the threads of each block started (and released
+# from barriers) in reverse order: a result that depends on the order of unsynchronised threads differs
+# (docs/emulator.md, "The checker").
+KILN_EMU_ORDER=reverse cargo test --release --test devices "$@"
 cargo test --release --doc

@@ -37,12 +37,16 @@ fn emulator_self_test_passes() {
     let objects = [
         (emu.join("emu_runtime.cpp"), "emu_runtime.o", vec![]),
         (emu.join("emu_memory.cpp"), "emu_memory.o", vec![]),
+        (emu.join("emu_check.cpp"), "emu_check.o", vec![]),
         (emu.join("tests/emu_selftest.cpp"), "emu_selftest.o", vec![]),
         (
             table.clone(),
             "selftest_kernels.emu.o",
             vec![
                 "-Wno-unknown-pragmas".to_string(),
+                // the checker's instrumentation, as build.rs compiles kiln's kernels
+                "-fsanitize=thread".to_string(),
+                "--param=tsan-instrument-func-entry-exit=0".to_string(),
                 format!("-I{}", emu.join("tests").display()),
             ],
         ),

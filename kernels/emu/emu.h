@@ -105,23 +105,28 @@ struct dim3 {
 
 // ---------------------------------------------------------------------------------------------------
 // The running thread's identity. The scheduler sets these whenever it runs a thread: the variables are
-// per OS thread, and each OS thread runs one emulated thread at a time.
+// per OS thread, and each OS thread runs one emulated thread at a time. They are one struct so that
+// the checker (emu_check.cpp) can tell them apart, by address, from the `static thread_local`
+// __shared__ variables that live in the same thread-local storage block.
 namespace emu {
-inline thread_local uint3 tl_threadIdx;
-inline thread_local uint3 tl_blockIdx;
-inline thread_local dim3 tl_blockDim;
-inline thread_local dim3 tl_gridDim;
-inline thread_local unsigned char *tl_dyn_smem; // this block's dynamic shared memory
+struct ThreadIds {
+    uint3 thread_idx;
+    uint3 block_idx;
+    uint3 block_dim; // (uint3, not dim3: a member with a constructor would make g++ guard every access
+    uint3 grid_dim;  // to tl_ids with a hidden initialisation flag, which the checker would see)
+    unsigned char *dyn_smem; // this block's dynamic shared memory
+};
+inline thread_local ThreadIds tl_ids;
 
 // The start of the block's dynamic shared memory (the launch's dyn_smem_bytes, 16-byte aligned,
 // freshly filled with 0xFF for every block and ending at a guard page). See KILN_DYNAMIC_SMEM.
-inline unsigned char *dynamic_smem() { return tl_dyn_smem; }
+inline unsigned char *dynamic_smem() { return tl_ids.dyn_smem; }
 } // namespace emu
 
-#define threadIdx (static_cast<const uint3 &>(::emu::tl_threadIdx))
-#define blockIdx (static_cast<const uint3 &>(::emu::tl_blockIdx))
-#define blockDim (static_cast<const dim3 &>(::emu::tl_blockDim))
-#define gridDim (static_cast<const dim3 &>(::emu::tl_gridDim))
+#define threadIdx (static_cast<const uint3 &>(::emu::tl_ids.thread_idx))
+#define blockIdx (static_cast<const uint3 &>(::emu::tl_ids.block_idx))
+#define blockDim (dim3(::emu::tl_ids.block_dim))
+#define gridDim (dim3(::emu::tl_ids.grid_dim))
 constexpr int warpSize = 32;
 
 // ---------------------------------------------------------------------------------------------------

@@ -78,6 +78,15 @@ unsigned emu_num_workers(void);
  * emu_num_workers call. kiln calls it with KILN_EMU_THREADS, checked by src/env.rs. */
 void emu_set_num_workers(unsigned n);
 
+/* The checker (docs/emulator.md, "The checker"): `spec` is a comma-separated subset of race, init,
+ * async, or "off" (none), or NULL to go back to KILN_EMU_CHECK (all three when unset). Takes effect at
+ * the next launch. Returns 0, or -1 for a spec it does not understand (nothing changes). */
+int emu_set_checks(const char *spec);
+/* The order in which the threads of a block start and resume between synchronisation points:
+ * "forward" (thread order, the default), "reverse", "random" or "random:SEED", or NULL to go back to
+ * KILN_EMU_ORDER. A correct kernel computes the same result in every order. Returns 0 or -1. */
+int emu_set_order(const char *spec);
+
 #ifdef __cplusplus
 }
 #endif

@@ -20,3 +20,46 @@ inline size_t round_up(size_t n, size_t to) { return (n + to - 1) & ~(to - 1); }
 std::string describe_buffer_address(uintptr_t addr, const char *access);
 
 } // namespace emu
+
+// ---------------------------------------------------------------------------------------------------
+// Between the scheduler (emu_runtime.cpp), the checker (emu_check.cpp) and device memory
+// (emu_memory.cpp). docs/emulator.md, "The checker", describes what they do together.
+
+namespace emu {
+
+// KILN_EMU_CHECK (race, init, async; all three unless set; `off` for none) and KILN_EMU_ORDER
+// (forward, reverse, random or random:SEED: the order in which the threads of a block run between
+// synchronisation points), read once from the environment.
+enum class Order { Forward, Reverse, Random };
+struct Options {
+    bool race = true, init = true, async = true;
+    Order order = Order::Forward;
+    uint64_t seed = 0;
+    bool any_check() const { return race || init || async; }
+};
+// The options in force (KILN_EMU_CHECK and KILN_EMU_ORDER unless emu_set_checks/emu_set_order said
+// otherwise). `error` is empty, or says what is wrong with the variables (the launch then fails).
+Options options(std::string *error);
+
+// The init shadow of the device buffer holding `addr`: one byte per buffer byte, nonzero once written
+// (by the host through emu_memcpy/emu_memset, or by a kernel). Fills `lo` and `bytes` with the buffer's
+// range; null when addr is in no live buffer. Takes the registry lock: callers cache the answer.
+uint8_t *find_init_shadow(uintptr_t addr, uintptr_t *lo, size_t *bytes);
+
+// One checker per OS thread that runs blocks. The runtime tells it where the block is.
+struct Checker;
+Checker *checker_new();
+void checker_delete(Checker *c);
+// A launch starts on this OS thread: its options, block shape (x and y, to name threads), dynamic shared
+// memory, and where the runtime keeps the running thread's linear id.
+void check_launch_begin(Checker *c, const Options &opt, unsigned block_x, unsigned block_y,
+                        unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur);
+void check_block_begin(Checker *c, unsigned nthreads);
+void check_block_end(Checker *c);
+void check_barrier(Checker *c);                                // a __syncthreads() completed
+void check_warp_sync(Checker *c, unsigned warp, uint32_t lanes); // a warp collective completed for `lanes`
+void check_thread_exit(Checker *c, unsigned t);                // lands the thread's cp.async copies
+// Ends the running thread's block with an error (implemented by the runtime, like every kernel error).
+[[noreturn]] void check_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+} // namespace emu

@@ -24,6 +24,10 @@
 // many): size classes of powers of two from 256 bytes, each freed block reused by its class. A pooled
 // buffer is poisoned like any other, but an access past its end lands in the slab instead of faulting.
 // Large buffers are always guarded (there are few of them).
+//
+// Each buffer also has an init shadow for the checker (emu_check.cpp): one byte per buffer byte, zero
+// until the byte is written by emu_memcpy/emu_memset or by a kernel. It comes from calloc, which maps
+// large ones lazily (pages nobody writes cost nothing) and takes no memory map for small ones.
 #include "emu_api.h"
 #include "emu_internal.h"
 
@@ -33,6 +37,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -48,6 +53,7 @@ struct Buffer {
     uintptr_t ptr;
     size_t bytes;
     int size_class; // -1: a guarded mapping of its own; else the pooled block's class
+    uint8_t *init;  // the init shadow: `bytes` bytes, nonzero once written
 };
 
 // Quarantine bounds: how many freed mappings, and how much address space, stay reserved.
@@ -136,6 +142,16 @@ size_t page_size() {
     return ps;
 }
 
+uint8_t *find_init_shadow(uintptr_t addr, uintptr_t *lo, size_t *bytes) {
+    Registry &r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    const Buffer *b = find_mapping(r, addr);
+    if (!b || addr < b->ptr || addr >= b->ptr + b->bytes) return nullptr;
+    *lo = b->ptr;
+    *bytes = b->bytes;
+    return b->init;
+}
+
 std::string describe_buffer_address(uintptr_t addr, const char *access) {
     Registry &r = registry();
     std::lock_guard<std::mutex> lock(r.mu);
@@ -167,8 +183,13 @@ extern "C" void *emu_malloc(size_t bytes) {
             const int c = emu::size_class(bytes);
             const uintptr_t p = emu::take_block(r, c);
             if (!p) return nullptr;
+            uint8_t *init = static_cast<uint8_t *>(std::calloc(bytes ? bytes : 1, 1));
+            if (!init) {
+                r.free_blocks[c].push_back(p);
+                return nullptr;
+            }
             std::memset(reinterpret_cast<void *>(p), 0xFF, emu::kMinClassBytes << c);
-            r.live.emplace(p, Buffer{p, emu::kMinClassBytes << c, p, bytes, c});
+            r.live.emplace(p, Buffer{p, emu::kMinClassBytes << c, p, bytes, c, init});
             return reinterpret_cast<void *>(p);
         }
     }
@@ -182,7 +203,12 @@ extern "C" void *emu_malloc(size_t bytes) {
         return nullptr;
     }
     const uintptr_t end = base + ps + data_len;
-    Buffer b{base, map_len, end - bytes, bytes, -1};
+    uint8_t *init = static_cast<uint8_t *>(std::calloc(bytes ? bytes : 1, 1));
+    if (!init) {
+        munmap(m, map_len);
+        return nullptr;
+    }
+    Buffer b{base, map_len, end - bytes, bytes, -1, init};
     std::memset(reinterpret_cast<void *>(b.ptr), 0xFF, bytes);
     std::lock_guard<std::mutex> lock(r.mu);
     r.live.emplace(b.ptr, b);
@@ -196,8 +222,10 @@ extern "C" int emu_free(void *ptr) {
     std::lock_guard<std::mutex> lock(r.mu);
     auto it = r.live.find(reinterpret_cast<uintptr_t>(ptr));
     if (it == r.live.end()) return -1;
-    const Buffer b = it->second;
+    Buffer b = it->second;
     r.live.erase(it);
+    std::free(b.init);
+    b.init = nullptr;
     if (b.size_class >= 0) {
         std::memset(reinterpret_cast<void *>(b.ptr), 0xFF, b.map_len); // stale reads see NaN
         r.free_blocks[b.size_class].push_back(b.ptr);
@@ -243,14 +271,28 @@ extern "C" int emu_is_live_range(const void *p, size_t bytes) {
     return b && a >= b->ptr && a <= b->ptr + b->bytes && bytes <= b->ptr + b->bytes - a;
 }
 
+// The init shadow of the bytes at p (in a live buffer), or null for memory that is no buffer's.
+uint8_t *init_shadow_of(const void *p) {
+    uintptr_t lo = 0;
+    size_t bytes = 0;
+    uint8_t *init = emu::find_init_shadow(reinterpret_cast<uintptr_t>(p), &lo, &bytes);
+    return init ? init + (reinterpret_cast<uintptr_t>(p) - lo) : nullptr;
+}
+
 extern "C" int emu_memcpy(void *dst, const void *src, size_t bytes) {
     if (!range_ok(dst, bytes) || !range_ok(src, bytes)) return -1;
     std::memmove(dst, src, bytes);
+    // The destination is as initialised as the source: fully, from the host.
+    if (uint8_t *dst_init = init_shadow_of(dst)) {
+        if (const uint8_t *src_init = init_shadow_of(src)) std::memmove(dst_init, src_init, bytes);
+        else std::memset(dst_init, 1, bytes);
+    }
     return 0;
 }
 
 extern "C" int emu_memset(void *dst, int byte_value, size_t bytes) {
     if (!range_ok(dst, bytes)) return -1;
     std::memset(dst, byte_value, bytes);
+    if (uint8_t *init = init_shadow_of(dst)) std::memset(init, 1, bytes);
     return 0;
 }

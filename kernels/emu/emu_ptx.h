@@ -28,9 +28,10 @@
 // time in f32, in k order. The tensor core's internal order and rounding are unspecified and differ in
 // the last bits, which kiln's tolerances allow for.
 //
-// cp.async completes when it is issued (copying src_bytes bytes and zero-filling the rest of the 16), so
-// commit_group and wait_group have nothing to do: like other races, a read of the destination before
-// the wait is not caught here.
+// cp.async: with the checker's `async` check on (the default), the copy is recorded and lands at the
+// kiln_cp_async_wait that covers its group, as on the GPU (emu_check.cpp); touching its destination
+// before then is an error. With the check off it completes when issued (copying src_bytes bytes and
+// zero-filling the rest of the 16), and commit_group and wait_group have nothing to do.
 #pragma once
 
 namespace emu {
@@ -119,12 +120,19 @@ inline void ldmatrix(unsigned *r, const void *row, const char *file = __builtin_
     __syncwarp(0xffffffffu, file, line);
 }
 
+// The checker's side of cp.async (emu_check.cpp). cp_async_issue returns false when the copy is to be
+// made at once (the async check is off); it is not inlined, so that it can tell the call site.
+bool cp_async_issue(void *dst, const void *src, unsigned src_bytes);
+void cp_async_commit();
+void cp_async_wait(int keep_groups);
+
 // cp.async.cg.shared.global [dst], [src], 16, src_bytes: copies src_bytes (0..16) and zero-fills the rest.
 inline void cp_async_16(void *dst, const void *src, unsigned src_bytes, const char *file = __builtin_FILE(),
                         int line = __builtin_LINE()) {
     if ((reinterpret_cast<uintptr_t>(dst) & 15u) != 0 || (reinterpret_cast<uintptr_t>(src) & 15u) != 0)
         kernel_fail(file, line, "cp.async of 16 bytes from %p to %p: both addresses must be 16-byte aligned", src, dst);
     if (src_bytes > 16u) kernel_fail(file, line, "cp.async: src-size %u is over the copy size 16", src_bytes);
+    if (cp_async_issue(dst, src, src_bytes)) return;
     unsigned char tmp[16] = {};
     if (src_bytes > 0) std::memcpy(tmp, src, src_bytes);
     std::memcpy(dst, tmp, 16);

@@ -47,6 +47,13 @@
 // threads wait where. No error ever aborts the process: the block's state is abandoned (its fibers are
 // simply never resumed, their stacks reused by the next block) and emu_launch returns the message.
 //
+// == The checker ==
+// emu_check.cpp sees every load and store of the kernels (they are compiled with g++'s thread-sanitizer
+// instrumentation, whose hooks it implements). The scheduler tells it where the block stands: block
+// start and end (check_block_begin/end), each completed barrier (check_barrier) and warp collective
+// (check_warp_sync), and each thread exit (check_thread_exit). KILN_EMU_ORDER permutes the order in
+// which threads start and leave a barrier (set_thread_order, thread_at).
+//
 // == Faults ==
 // A kernel's out-of-bounds access hits a guard page (emu_memory.cpp, dynamic shared memory, fiber
 // stacks) and raises SIGSEGV; an integer division by zero raises SIGFPE. The handler, on an alternate
@@ -270,7 +277,7 @@ struct Fiber {
     unsigned thread; // linear id of the CUDA thread it holds while that thread waits
 };
 
-enum class TState : uint8_t { Running, AtBarrier, InCollective, InActiveMask, Exited };
+enum class TState : uint8_t { NotStarted, Running, AtBarrier, InCollective, InActiveMask, Exited };
 
 // A thread's record. Starting a thread only sets `state`; the rest is written when it starts to wait
 // (suspend()), since a thread that never waits needs none of it: keeping the per-thread work of the
@@ -312,7 +319,9 @@ struct BlockState {
     unsigned nwarps;
     // Per block.
     uint3 idx;
-    unsigned next_start; // the next thread to start; threads below it have started
+    unsigned next_start; // how many threads have started; the next to start is thread_at(next_start)
+    bool forward;        // threads start (and resume after a barrier) in thread order: thread_at(i) == i
+    unsigned order[kMaxThreads]; // otherwise, thread_at(i) == order[i] (KILN_EMU_ORDER)
     unsigned exited;
     unsigned fresh;      // fibers of the pool handed out so far in this block
     unsigned bar_count;  // arrivals at the pending barrier
@@ -333,6 +342,8 @@ struct BlockState {
 
 struct WorkerState {
     BlockState block;
+    Options opt;                      // the launch's checks and thread order
+    Checker *check = checker_new();   // the checker's state for this OS thread (emu_check.cpp)
     std::vector<Fiber *> fibers;
     Fiber *fiber = nullptr; // the running fiber
     unsigned cur = 0;       // linear id of the running CUDA thread
@@ -422,6 +433,7 @@ WorkerState::~WorkerState() {
         bank.spare.push_back(f);
     }
     munmap(smem_map, smem_map_len);
+    checker_delete(check);
     if (altstack) {
         stack_t off{};
         off.ss_flags = SS_DISABLE;
@@ -541,13 +553,13 @@ const char *lane_list(BlockState &b, uint32_t bits) {
 }
 
 const char *thread_list(BlockState &b, TState s) {
-    b.list = id_list("thread", b.n, [&b, s](unsigned i) { return i < b.next_start && b.thr[i].state == s; });
+    b.list = id_list("thread", b.n, [&b, s](unsigned i) { return b.thr[i].state == s; });
     return b.list.c_str();
 }
 
 // Names the kernel, the block and the running thread.
 std::string where(const BlockState &b) {
-    const uint3 i = b.idx, d = tl_threadIdx;
+    const uint3 i = b.idx, d = tl_ids.thread_idx;
     return format("kernel '%s' block (%u,%u,%u) thread (%u,%u,%u)", b.kernel->name.c_str(), i.x, i.y, i.z, d.x, d.y,
                   d.z);
 }
@@ -605,6 +617,30 @@ bool same_site(const char *f1, int l1, const char *f2, int l2) {
 // ---------------------------------------------------------------------------------------------------
 // The scheduler.
 
+// The thread that starts i-th (and is released i-th from a barrier).
+inline unsigned thread_at(const BlockState &b, unsigned i) { return b.forward ? i : b.order[i]; }
+
+// Sets the order in which block number `index`'s threads start (KILN_EMU_ORDER): thread order,
+// reversed, or a permutation drawn from the seed and the block's index.
+void set_thread_order(BlockState &b, const Options &opt, uint64_t index) {
+    b.forward = opt.order == Order::Forward;
+    if (b.forward) return;
+    for (unsigned i = 0; i < b.n; ++i) b.order[i] = opt.order == Order::Reverse ? b.n - 1 - i : i;
+    if (opt.order != Order::Random) return;
+    uint64_t x = opt.seed ^ (index * 0x9e3779b97f4a7c15ull);
+    for (unsigned i = b.n - 1; i > 0; --i) { // Fisher-Yates, with splitmix64 as the generator
+        x += 0x9e3779b97f4a7c15ull;
+        uint64_t z = x;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        const unsigned j = static_cast<unsigned>(z % (i + 1));
+        const unsigned tmp = b.order[i];
+        b.order[i] = b.order[j];
+        b.order[j] = tmp;
+    }
+}
+
 inline void make_runnable(BlockState &b, unsigned t) {
     b.thr[t].state = TState::Running;
     b.runq[b.rq_tail++ & (kMaxThreads - 1)] = b.thr[t].fiber;
@@ -633,9 +669,9 @@ void switch_away(WorkerState &ws, bool done) {
     const ThreadState &ts = b.thr[self->thread];
     ws.fiber = self;
     ws.cur = self->thread;
-    tl_threadIdx.x = ts.tid.x;
-    tl_threadIdx.y = ts.tid.y;
-    tl_threadIdx.z = ts.tid.z;
+    tl_ids.thread_idx.x = ts.tid.x;
+    tl_ids.thread_idx.y = ts.tid.y;
+    tl_ids.thread_idx.z = ts.tid.z;
 }
 
 // Makes the running thread wait (`why`, at file:line) until make_runnable() is called for it.
@@ -644,9 +680,9 @@ void suspend(WorkerState &ws, TState why, const char *file, int line) {
     ThreadState &ts = ws.block.thr[t];
     ts.state = why;
     ts.fiber = ws.fiber;
-    ts.tid.x = tl_threadIdx.x;
-    ts.tid.y = tl_threadIdx.y;
-    ts.tid.z = tl_threadIdx.z;
+    ts.tid.x = tl_ids.thread_idx.x;
+    ts.tid.y = tl_ids.thread_idx.y;
+    ts.tid.z = tl_ids.thread_idx.z;
     ts.file = file;
     ts.line = line;
     ws.fiber->thread = t;
@@ -701,6 +737,7 @@ void complete_collective(WorkerState &ws, unsigned warp, uint32_t group, Collect
         }
         }
     }
+    check_warp_sync(ws.check, warp, group);
     w.in_coll &= ~group;
     if (!w.uniform && w.in_coll) { // another collective still waits: is it the only one now?
         const unsigned first = __builtin_ctz(w.in_coll);
@@ -796,6 +833,7 @@ void exited_while_others_wait(WorkerState &ws, unsigned t) {
 }
 
 inline void thread_exited(WorkerState &ws, unsigned t) {
+    check_thread_exit(ws.check, t); // its cp.async copies land
     BlockState &b = ws.block;
     b.thr[t].state = TState::Exited;
     ++b.exited;
@@ -818,16 +856,16 @@ void fiber_entry(void *arg) {
     // back from memory right after writing it, would cost as much as the rest of starting a thread.
     unsigned x = 0, y = 0, z = 0, t_next = ~0u;
     while (b.next_start < b.n) {
-        const unsigned t = b.next_start++;
+        const unsigned t = thread_at(b, b.next_start++);
         if (t != t_next) { // first thread of this fiber, or others were started while it waited
             x = t % b.dim.x;
             y = t / b.dim.x % b.dim.y;
             z = t / (b.dim.x * b.dim.y);
         }
         b.thr[t].state = TState::Running;
-        tl_threadIdx.x = x;
-        tl_threadIdx.y = y;
-        tl_threadIdx.z = z;
+        tl_ids.thread_idx.x = x;
+        tl_ids.thread_idx.y = y;
+        tl_ids.thread_idx.z = z;
         if (++x == b.dim.x) {
             x = 0;
             if (++y == b.dim.y) {
@@ -855,7 +893,7 @@ void diagnose_deadlock(BlockState &b) {
         auto same = [&](unsigned u) {
             const ThreadState &o = b.thr[u];
             if (o.state != s.state) return false;
-            if (s.state == TState::Exited || s.state == TState::Running) return true;
+            if (s.state == TState::Exited || s.state == TState::Running || s.state == TState::NotStarted) return true;
             if (!same_site(o.file, o.line, s.file, s.line)) return false;
             if (s.state != TState::InCollective) return true;
             const WarpState &ow = b.warps[u >> 5];
@@ -871,6 +909,7 @@ void diagnose_deadlock(BlockState &b) {
             break;
         case TState::InActiveMask: desc = format("waiting in __activemask() at %s:%d", s.file, s.line); break;
         case TState::Running: desc = "runnable"; break;
+        case TState::NotStarted: desc = "not started"; break; // (cannot happen: fresh fibers start them)
         }
         what += (what.empty() ? "" : "; ") +
                 id_list("thread", b.n, [&](unsigned u) { return u >= t && !done[u] && same(u); }) + ": " + desc;
@@ -890,6 +929,7 @@ struct Launch {
     emu_dim3 grid, block;
     size_t dyn_smem;
     void **args;
+    Options opt;
     unsigned nthreads;
     uint64_t nblocks;
     std::atomic<uint64_t> next{0}; // the next block index to hand out
@@ -918,10 +958,12 @@ void prepare_launch(WorkerState &ws, const Launch &L) {
         const unsigned lanes = b.n - w * 32 < 32 ? b.n - w * 32 : 32;
         b.warps[w].exists = lanes == 32 ? ~0u : (1u << lanes) - 1u;
     }
-    tl_blockDim = b.dim;
-    tl_gridDim = dim3(L.grid.x, L.grid.y, L.grid.z);
+    tl_ids.block_dim = b.dim;
+    tl_ids.grid_dim = dim3(L.grid.x, L.grid.y, L.grid.z);
     ws.smem_bytes = L.dyn_smem;
-    tl_dyn_smem = reinterpret_cast<unsigned char *>(ws.smem_guard - round_up(L.dyn_smem, 16));
+    tl_ids.dyn_smem = reinterpret_cast<unsigned char *>(ws.smem_guard - round_up(L.dyn_smem, 16));
+    ws.opt = L.opt;
+    check_launch_begin(ws.check, L.opt, L.block.x, L.block.y, tl_ids.dyn_smem, L.dyn_smem, &ws.cur);
 #if defined(__x86_64__)
     __asm__ volatile("stmxcsr %0" : "=m"(ws.mxcsr));
     __asm__ volatile("fnstcw %0" : "=m"(ws.fpucw));
@@ -934,7 +976,7 @@ bool run_block(WorkerState &ws, const Launch &L, uint64_t index) {
     const uint64_t gx = L.grid.x, gy = L.grid.y;
     b.idx = uint3{static_cast<unsigned>(index % gx), static_cast<unsigned>(index / gx % gy),
                   static_cast<unsigned>(index / (gx * gy))};
-    tl_blockIdx = b.idx;
+    tl_ids.block_idx = b.idx;
     b.next_start = 0;
     b.exited = 0;
     b.fresh = 0;
@@ -942,7 +984,10 @@ bool run_block(WorkerState &ws, const Launch &L, uint64_t index) {
     b.rq_head = b.rq_tail = 0;
     b.failed = false;
     for (unsigned w = 0; w < b.nwarps; ++w) b.warps[w].exited = b.warps[w].in_coll = b.warps[w].in_active = 0;
-    if (ws.smem_bytes) std::memset(tl_dyn_smem, 0xFF, ws.smem_bytes); // fresh shared memory is garbage
+    for (unsigned t = 0; t < b.n; ++t) b.thr[t].state = TState::NotStarted;
+    set_thread_order(b, ws.opt, index);
+    check_block_begin(ws.check, b.n);
+    if (ws.smem_bytes) std::memset(tl_ids.dyn_smem, 0xFF, ws.smem_bytes); // fresh shared memory is garbage
 
     Fiber *first = fresh_fiber(ws);
     if (!first) {
@@ -961,6 +1006,7 @@ bool run_block(WorkerState &ws, const Launch &L, uint64_t index) {
         ctx_switch(b.sched, next->ctx, false);
     }
     ws.in_kernel = 0;
+    check_block_end(ws.check);
     return !b.failed;
 }
 
@@ -981,7 +1027,7 @@ std::string describe_fault(WorkerState &ws) {
         what = "general protection fault (no address reported), typically a misaligned 16-byte vector access "
                "(float4, int4, ...) or a corrupt pointer";
     } else if (a >= guard && a < guard + ps) {
-        const uintptr_t start = reinterpret_cast<uintptr_t>(tl_dyn_smem);
+        const uintptr_t start = reinterpret_cast<uintptr_t>(tl_ids.dyn_smem);
         what = format("out of bounds %s at byte offset %zu of the %zu-byte dynamic shared memory (%zu bytes past its end)",
                       access, size_t(a - start), ws.smem_bytes, size_t(a - start - ws.smem_bytes));
     } else {
@@ -1010,6 +1056,7 @@ __attribute__((noinline)) void recover_from_fault(WorkerState &ws, Launch &L) {
     __asm__ volatile("ldmxcsr %0" : : "m"(ws.mxcsr));
     __asm__ volatile("fldcw %0" : : "m"(ws.fpucw));
 #endif
+    check_block_end(ws.check);
     L.fail(describe_fault(ws));
 }
 
@@ -1169,8 +1216,9 @@ int block_barrier(Barrier kind, int predicate, const char *file, int line) {
         // valid for the woken threads: the next barrier cannot complete before each of them arrives.
         b.bar_result = b.bar_acc;
         b.bar_count = 0;
+        check_barrier(ws.check);
         for (unsigned i = 0; i < b.n; ++i)
-            if (i != t) make_runnable(b, i);
+            if (thread_at(b, i) != t) make_runnable(b, thread_at(b, i));
     } else {
         suspend(ws, TState::AtBarrier, file, line);
     }
@@ -1236,6 +1284,14 @@ unsigned long long warp_collective(Collective kind, unsigned mask, unsigned long
     if ((w.in_coll & need) == need) complete_collective(ws, warp, need, kind, static_cast<int>(lane), file, line);
     else suspend(ws, TState::InCollective, file, line);
     return w.result[lane];
+}
+
+void check_fail(const char *fmt, ...) {
+    WorkerState &ws = current_worker();
+    check_block_end(ws.check); // the checker stops looking: formatting the message touches memory too
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(ws, nullptr, 0, fmt, ap);
 }
 
 void kernel_fail(const char *file, int line, const char *fmt, ...) {
@@ -1312,12 +1368,17 @@ extern "C" int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_
                                                  "emu_func_set_max_dynamic_smem here)"
                                                : " (the device maximum is 227 KiB)"));
 
+    std::string opt_error;
+    const Options opts = options(&opt_error);
+    if (!opt_error.empty()) return launch_error(err, err_len, shape + ": " + opt_error);
+
     Launch L;
     L.kernel = k;
     L.grid = grid;
     L.block = block;
     L.dyn_smem = dyn_smem_bytes;
     L.args = args;
+    L.opt = opts;
     L.nthreads = static_cast<unsigned>(threads);
     L.nblocks = uint64_t(grid.x) * grid.y * grid.z;
     const bool shared = L.nblocks > 1 && p.workers > 1;

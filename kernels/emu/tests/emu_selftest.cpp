@@ -49,7 +49,11 @@ struct DevBuf {
     DevBuf &operator=(const DevBuf &) = delete;
     ~DevBuf() { emu_free(p); }
     T &operator[](size_t i) { return p[i]; }
-    void fill(T v) { std::fill(p, p + n, v); }
+    // An upload, as kiln does it (the checker sees it; direct stores through operator[] it does not).
+    void fill(T v) {
+        const std::vector<T> host(n, v);
+        emu_memcpy(p, host.data(), n * sizeof(T));
+    }
 };
 
 emu_dim3 d3(unsigned x, unsigned y = 1, unsigned z = 1) { return emu_dim3{x, y, z}; }
@@ -610,7 +614,83 @@ void test_concurrent_launches() {
     check(bad == 0, fmt("64 short-lived host threads, one launch each (%.1f ms in all)", ms_since(t0)));
 }
 
-void timings() {
+// The checker (emu_check.cpp): each planted bug is reported with the right message, naming both
+// threads and both lines, and the corrected twin runs clean.
+void test_checker() {
+    emu_set_checks("race,init,async");
+    DevBuf<float> x(256), y(256);
+    std::vector<float> host(256, 1.0f);
+    emu_memcpy(x.p, host.data(), sizeof(float) * host.size()); // (the checker sees uploads, not host stores)
+
+    std::string e = launch("race_missing_barrier", d3(1), d3(64), 0, y.p, 0);
+    check_error(e, "checker: a missing barrier is a race",
+                {"kernel 'race_missing_barrier' block (0,0,0)", "shared-memory race on byte 0 of __shared__",
+                 "thread (1,0,0) reads it at selftest_kernels.cu:", "thread (0,0,0) wrote it at selftest_kernels.cu:",
+                 "with no __syncthreads() or __syncwarp() between them"});
+    check(launch("race_missing_barrier", d3(1), d3(64), 0, y.p, 1).empty(), "checker: ... and with the barrier, none");
+
+    e = launch("race_reused_buffer", d3(1), d3(64), 0, x.p, y.p, 0);
+    check_error(e, "checker: reusing a reduction's scratch without the trailing barrier is a race",
+                {"kernel 'race_reused_buffer'", "shared-memory race on byte", "of __shared__ race_reused_buffer::scratch",
+                 "it at selftest_kernels.cu:", "with no __syncthreads() between them"});
+    e = launch("race_reused_buffer", d3(1), d3(64), 0, x.p, y.p, 1);
+    check(e.empty() && y[5] == 192.0f, "checker: ... and with it, none (and the right sum)", e);
+
+    e = launch("uninit_shared_read", d3(1), d3(64), 0, y.p, 0);
+    check_error(e, "checker: a read of shared memory no thread wrote",
+                {"kernel 'uninit_shared_read'", "uninitialised read", "of __shared__ uninit_shared_read::s at selftest_kernels.cu:",
+                 "no thread of this block has written"});
+    check(launch("uninit_shared_read", d3(1), d3(64), 0, y.p, 1).empty(), "checker: ... and when all write, none");
+
+    DevBuf<float> never_written(64);
+    e = launch("uninit_global_read", d3(1), d3(64), 0, never_written.p, y.p);
+    check_error(e, "checker: a read of a device buffer nothing wrote",
+                {"kernel 'uninit_global_read'", "uninitialised read", "byte 0 of a 256-byte device buffer",
+                 "selftest_kernels.cu:", "nothing has written since it was allocated"});
+
+    e = launch("read_before_cp_async_wait", d3(1), d3(32), 0, x.p, y.p, 0);
+    check_error(e, "checker: reading a cp.async destination before its wait",
+                {"kernel 'read_before_cp_async_wait'", "thread (0,0,0)", "reads byte 0 of __shared__",
+                 "while the cp.async that writes it (issued by thread (0,0,0) at common.cuh:",
+                 "called from selftest_kernels.cu:", "is in flight"});
+    e = launch("read_before_cp_async_wait", d3(1), d3(32), 0, x.p, y.p, 1);
+    check(e.empty() && y[31] == 1.0f, "checker: ... and after the wait, none", e);
+
+    e = launch("warp_lock_step", d3(1), d3(32), 0, x.p, y.p, 0);
+    check_error(e, "checker: a warp reduction assuming lock step is a race",
+                {"kernel 'warp_lock_step'", "shared-memory race", "with no __syncthreads() or __syncwarp() between them"});
+    e = launch("warp_lock_step", d3(1), d3(32), 0, x.p, y.p, 1);
+    check(e.empty() && y[0] == 32.0f, "checker: ... and with __syncwarp(), none (and the right sum)", e);
+
+    e = launch("global_race", d3(1), d3(64), 0, y.p, 0);
+    check_error(e, "checker: a global-memory race within a block",
+                {"kernel 'global_race'", "global-memory race on byte 0 of a 1024-byte device buffer",
+                 "thread (1,0,0) reads it at selftest_kernels.cu:", "thread (0,0,0) wrote it at selftest_kernels.cu:"});
+    e = launch("global_race", d3(1), d3(64), 0, y.p, 1);
+    check(e.empty() && y[63] == 1.0f, "checker: ... and with the barrier, none", e);
+
+    // The thread order changes what an unsynchronised kernel computes, with the checker off.
+    emu_set_checks("off");
+    launch("order_dependent", d3(1), d3(64), 0, y.p);
+    const float forward = y[0];
+    emu_set_order("reverse");
+    launch("order_dependent", d3(1), d3(64), 0, y.p);
+    const float reverse = y[0];
+    emu_set_order("random:7");
+    e = launch("order_dependent", d3(1), d3(64), 0, y.p);
+    check(forward == 63.0f && reverse == 0.0f && e.empty(),
+          "KILN_EMU_ORDER: reverse order changes the result of an unsynchronised kernel",
+          fmt("forward %g, reverse %g", forward, reverse));
+    check(emu_set_order("backwards") == -1 && emu_set_checks("race,speed") == -1,
+          "emu_set_order / emu_set_checks refuse a spec they do not know");
+    emu_set_order(nullptr);
+    emu_set_checks("race,async");
+}
+
+// Wall-clock times of three kernels, with the checker set to `checks`.
+void timings(const char *checks) {
+    emu_set_checks(checks);
+    printf("checks: %s\n", checks);
     const int M = 128, N = 96, K = 80;
     DevBuf<float> A(M * K), B(K * N), C(M * N);
     A.fill(0.5f);
@@ -650,12 +730,16 @@ void timings() {
     std::sort(t.begin(), t.end());
     printf("time block_sum over %d blocks of 256 threads (2 barriers, 10 shuffles per thread): median %.2f ms\n", rows,
            t[t.size() / 2]);
+    emu_set_checks("race,async");
 }
 
 } // namespace
 
 int main() {
     printf("emulator self-test, %u worker threads\n", emu_num_workers());
+    // The tests below write device buffers directly from the host, which the checker's init shadow
+    // cannot see (kiln uploads with emu_memcpy); test_checker turns `init` on for itself.
+    emu_set_checks("race,async");
     test_sgemm(127, 93, 81);
     test_sgemm(128, 96, 80);
     test_sgemm(1, 17, 3);
@@ -672,7 +756,9 @@ int main() {
     test_atomics();
     test_half_conversions();
     test_concurrent_launches();
-    timings();
+    test_checker();
+    timings("off");
+    timings("race,init,async");
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed == 0 ? 0 : 1;
 }

@@ -286,3 +286,85 @@ extern "C" __global__ void ballot_after_exit(unsigned *y) {
     if (threadIdx.x >= 16) return;
     y[threadIdx.x] = __ballot_sync(KILN_FULL_MASK, 1);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Planted bugs for the checker (emu_check.cpp), one per detector, each with a correct twin where that
+// helps to show the detector is not simply always firing. `fix` selects the twin.
+
+// A missing barrier: thread 0 writes s[0], every thread reads it with nothing in between.
+extern "C" __global__ void race_missing_barrier(float *y, int fix) {
+    __shared__ float s[1];
+    if (threadIdx.x == 0) s[0] = 42.0f;
+    if (fix) __syncthreads();
+    y[threadIdx.x] = s[0];
+}
+
+// A block sum called twice on the same scratch buffer: without the trailing barrier, the second call
+// overwrites scratch while thread 0 may still be reading the first call's values.
+__device__ float block_sum_64(float *scratch, float v, int trailing_barrier) {
+    scratch[threadIdx.x] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int i = 0; i < 64; ++i) total += scratch[i];
+    if (trailing_barrier) __syncthreads();
+    return total;
+}
+extern "C" __global__ void race_reused_buffer(const float *x, float *y, int fix) {
+    __shared__ float scratch[64];
+    const float a = block_sum_64(scratch, x[threadIdx.x], fix);
+    const float b = block_sum_64(scratch, 2.0f * x[threadIdx.x], fix);
+    y[threadIdx.x] = a + b;
+}
+
+// Half of the block fills the shared buffer, all of it reads.
+extern "C" __global__ void uninit_shared_read(float *y, int fix) {
+    __shared__ float s[64];
+    if (fix || threadIdx.x < 32) s[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = s[threadIdx.x];
+}
+
+// Reads a device buffer that nothing wrote (x is allocated, never uploaded).
+extern "C" __global__ void uninit_global_read(const float *x, float *y) { y[threadIdx.x] = x[threadIdx.x]; }
+
+// Reads the destination of its cp.async before the wait that covers it (fix: after the wait).
+extern "C" __global__ void read_before_cp_async_wait(const float *x, float *y, int fix) {
+    __shared__ __align__(16) float s[4 * 32];
+    kiln_cp_async_16(&s[4 * threadIdx.x], x + 4 * threadIdx.x, 16u);
+    kiln_cp_async_commit();
+    if (fix) kiln_cp_async_wait<0>();
+    y[threadIdx.x] = s[4 * threadIdx.x];
+    kiln_cp_async_wait<0>();
+}
+
+// The pre-Volta warp reduction tail, which assumes the lanes of a warp run in lock step (fix: a
+// __syncwarp() between the steps, as Volta and later need).
+extern "C" __global__ void warp_lock_step(const float *x, float *y, int fix) {
+    __shared__ float s[32];
+    const unsigned t = threadIdx.x;
+    s[t] = x[t];
+    __syncthreads();
+    for (unsigned half = 16; half > 0; half /= 2) {
+        const float other = t < half ? s[t + half] : 0.0f;
+        if (fix) __syncwarp();
+        if (t < half) s[t] += other;
+        if (fix) __syncwarp();
+    }
+    if (t == 0) y[0] = s[0];
+}
+
+// Depends on the order in which threads run: every thread writes s[0] (a race), and the last writer
+// wins, so the result differs between KILN_EMU_ORDER=forward and reverse.
+extern "C" __global__ void order_dependent(float *y) {
+    __shared__ float s[1];
+    s[0] = static_cast<float>(threadIdx.x);
+    __syncthreads();
+    y[threadIdx.x] = s[0];
+}
+
+// A global-memory race inside one block: thread 0 writes y[0], the others read it (fix: a barrier).
+extern "C" __global__ void global_race(float *y, int fix) {
+    if (threadIdx.x == 0) y[0] = 1.0f;
+    if (fix) __syncthreads();
+    if (threadIdx.x > 0) y[threadIdx.x] = y[0];
+}

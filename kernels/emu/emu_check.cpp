@@ -1,0 +1,775 @@
+// emu_check.cpp — the checker: sees every load and store a kernel makes, and reports shared-memory
+// races, uninitialised reads and misuse of cp.async (docs/emulator.md, "The checker").
+//
+// == How it sees memory accesses ==
+// The kernel translation units (and only they) are compiled with g++'s -fsanitize=thread
+// instrumentation: before every load or store that survives optimisation, the compiler inserts a call
+// such as __tsan_read4(addr) or __tsan_write16(addr). Normally libtsan implements those; the emulator
+// links this file instead, whose __tsan_* functions pass the address, the size, and the caller's
+// return address (a program counter inside the kernel, turned into file:line only when an error is
+// reported) to Checker::access. Atomics arrive as __tsan_atomicN_* calls, which perform the operation.
+//
+// An access is classified by its address:
+//   - dynamic shared memory: inside this block's KILN_DYNAMIC_SMEM buffer;
+//   - static shared memory: inside this OS thread's static thread-local storage block, where the
+//     `static thread_local` __shared__ variables live (minus emu::tl_ids, the emulator's own);
+//   - global memory: inside a live emu_malloc buffer (a small cache per OS thread, then the registry);
+//   - anything else (the fiber's stack, kernel arguments, constant tables): not checked.
+//
+// == Shadow state ==
+// Shared memory has one Cell per byte: the last write and the last two readers, each as (epoch,
+// thread, warp generation, program counter). The epoch is a per-OS-thread counter that steps at the
+// start of every block and at every completed __syncthreads(), so two accesses with the same epoch
+// were made by the same block with no barrier between them. The warp generation orders lanes of one
+// warp: every completed warp collective (__syncwarp, a shuffle, a vote, ldmatrix, mma) gets the next
+// number of its warp, and each participating lane remembers it. An access B by thread u is ordered
+// after an earlier access A (same epoch) by thread t of the same warp when u's generation is newer
+// than t's was at A: a collective both joined came between them. (With collectives over part of a
+// warp, a collective of other lanes can make this say "ordered" wrongly: a missed race, never a
+// false report.) Stale cells (an older epoch) need no reset: the epoch tells.
+//
+// Device buffers have one init byte per byte (emu_memory.cpp), set by emu_memcpy/emu_memset and by
+// kernel stores. For races in global memory, the bytes the running block wrote are kept in a hash
+// table (GlobalWrite): a read or write of a byte another thread of the block wrote in the same epoch
+// is a race (reads are not recorded, so a write after another thread's read is not caught). Shared memory's init state is the Cell's write epoch: written in this block or not.
+//
+// == cp.async ==
+// With `async` checked, kiln_cp_async_16 only records the copy and marks its 16 destination bytes
+// "in flight"; kiln_cp_async_commit closes the thread's group, and kiln_cp_async_wait<N> lands every
+// group but the newest N (copies the data, clears the marks, and records the write as the issuing
+// thread's, so other threads still need a __syncthreads()). Any access to an in-flight byte, or a
+// store into the source of a copy in flight, is an error.
+#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <vector>
+
+#include "emu.h" // after the system headers: it defines __noinline__
+#include "emu_internal.h"
+
+namespace emu {
+
+// ---------------------------------------------------------------------------------------------------
+// Options.
+
+namespace {
+
+std::mutex options_mu;
+std::string check_spec_override, order_spec_override; // from emu_set_checks / emu_set_order
+bool check_overridden = false, order_overridden = false;
+
+bool parse_checks(const std::string &spec, Options &o) {
+    o.race = o.init = o.async = false;
+    if (spec == "off" || spec == "none" || spec.empty()) return true;
+    size_t start = 0;
+    while (start <= spec.size()) {
+        const size_t end = spec.find(',', start) == std::string::npos ? spec.size() : spec.find(',', start);
+        const std::string word = spec.substr(start, end - start);
+        if (word == "race") o.race = true;
+        else if (word == "init") o.init = true;
+        else if (word == "async") o.async = true;
+        else if (word == "all" || word == "on") o.race = o.init = o.async = true;
+        else return false;
+        start = end + 1;
+    }
+    return true;
+}
+
+bool parse_order(const std::string &spec, Options &o) {
+    o.seed = 0;
+    if (spec == "forward" || spec.empty()) o.order = Order::Forward;
+    else if (spec == "reverse") o.order = Order::Reverse;
+    else if (spec == "random") o.order = Order::Random;
+    else if (spec.rfind("random:", 0) == 0 && spec.size() > 7) {
+        char *end = nullptr;
+        o.seed = std::strtoull(spec.c_str() + 7, &end, 10);
+        if (*end) return false;
+        o.order = Order::Random;
+    } else return false;
+    return true;
+}
+
+} // namespace
+
+Options options(std::string *error) {
+    std::lock_guard<std::mutex> lock(options_mu);
+    Options o;
+    const char *env_check = std::getenv("KILN_EMU_CHECK");
+    const char *env_order = std::getenv("KILN_EMU_ORDER");
+    const std::string checks = check_overridden ? check_spec_override : env_check ? env_check : "race,init,async";
+    const std::string order = order_overridden ? order_spec_override : env_order ? env_order : "forward";
+    error->clear();
+    if (!parse_checks(checks, o))
+        *error = "KILN_EMU_CHECK='" + checks + "': expected 'off' or a comma-separated list of race, init, async";
+    if (!parse_order(order, o))
+        *error = "KILN_EMU_ORDER='" + order + "': expected forward, reverse, random or random:SEED";
+    return o;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Turning a program counter into "attention.cu:424" (only when an error is reported).
+
+namespace {
+
+// Runs `cmd` and returns its standard output.
+std::string run_command(const std::string &cmd) {
+    std::string out;
+    if (FILE *p = popen(cmd.c_str(), "r")) {
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+        pclose(p);
+    }
+    return out;
+}
+
+// The path of the running program ("/proc/self/exe" would name the command that reads it).
+std::string self_exe() {
+    char buf[4096];
+    const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "/proc/self/exe";
+}
+
+std::string base_name(const std::string &path) {
+    const size_t slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// The object file holding `pc` and the address to give addr2line for it.
+bool locate(uintptr_t pc, std::string *file, uintptr_t *addr) {
+    Dl_info info;
+    if (!dladdr(reinterpret_cast<void *>(pc), &info)) return false;
+    const auto *ehdr = static_cast<const ElfW(Ehdr) *>(info.dli_fbase);
+    // A position-independent object (ET_DYN) is looked up by its offset from the load address.
+    *addr = ehdr->e_type == ET_DYN ? pc - reinterpret_cast<uintptr_t>(info.dli_fbase) : pc;
+    // The main program's dli_fname is argv[0], which may be relative: it has the lowest load address.
+    *file = info.dli_fname && *info.dli_fname == '/' ? info.dli_fname : self_exe();
+    return true;
+}
+
+// "k.cu:14", or "common.cuh:31 called from k.cu:14" for a helper of common.cuh, from the inline chain
+// addr2line -i reports (innermost first); frames in the emulator's own headers are skipped.
+std::string site(uintptr_t pc) {
+    static std::mutex mu;
+    static std::map<uintptr_t, std::string> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(pc);
+    if (it != cache.end()) return it->second;
+    std::string file;
+    uintptr_t addr = 0;
+    std::string name;
+    if (locate(pc - 1, &file, &addr)) { // pc is a return address: pc - 1 is inside the call
+        char hex[32];
+        snprintf(hex, sizeof hex, "0x%zx", size_t(addr));
+        const std::string out = run_command("addr2line -i -e '" + file + "' " + hex + " 2>/dev/null");
+        std::vector<std::string> frames;
+        size_t start = 0;
+        while (start < out.size()) {
+            const size_t end = out.find('\n', start) == std::string::npos ? out.size() : out.find('\n', start);
+            std::string line = out.substr(start, end - start);
+            const size_t disc = line.find(" (discriminator");
+            if (disc != std::string::npos) line.resize(disc);
+            // (skipping the emulator's own headers: emu.h, emu_ptx.h, ...)
+            const std::string base = base_name(line);
+            const bool emu_header = base.rfind("emu", 0) == 0 && base.find(".h:") != std::string::npos;
+            if (!emu_header && line.rfind("??", 0) != 0) frames.push_back(line);
+            start = end + 1;
+        }
+        if (!frames.empty()) {
+            name = base_name(frames[0]);
+            if (frames.size() > 1 && name.rfind("common.cuh:", 0) == 0) name += " called from " + base_name(frames[1]);
+        }
+    }
+    if (name.empty()) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "pc 0x%zx (no line information)", size_t(pc));
+        name = buf;
+    }
+    cache.emplace(pc, name);
+    return name;
+}
+
+// The static __shared__ variable at `offset` into the kernel module's thread-local storage, from the
+// symbol table ("block_sum::scratch"), or "" if none is found.
+std::string tls_variable(size_t offset, size_t *var_offset) {
+    const std::string out = run_command("readelf -W -C -s '" + self_exe() + "' 2>/dev/null");
+    size_t start = 0;
+    while (start < out.size()) {
+        const size_t end = out.find('\n', start) == std::string::npos ? out.size() : out.find('\n', start);
+        const std::string line = out.substr(start, end - start);
+        start = end + 1;
+        // "   Num:    Value          Size Type    Bind   Vis      Ndx Name"; Bind may contain spaces
+        // ("<OS specific>: 10"), so the name is found after the visibility and section index.
+        unsigned long long value = 0, size = 0;
+        char type[16];
+        if (sscanf(line.c_str(), " %*[0-9]: %llx %llu %15s", &value, &size, type) != 3 || std::strcmp(type, "TLS") != 0)
+            continue;
+        size_t vis = std::string::npos;
+        for (const char *v : {" DEFAULT ", " HIDDEN ", " PROTECTED ", " INTERNAL "})
+            if ((vis = line.find(v)) != std::string::npos) {
+                vis += std::strlen(v);
+                break;
+            }
+        if (vis == std::string::npos) continue;
+        const size_t ndx = line.find_first_not_of(' ', vis), gap = line.find(' ', ndx);
+        const size_t name_at = gap == std::string::npos ? gap : line.find_first_not_of(' ', gap);
+        if (name_at == std::string::npos) continue;
+        if (offset >= value && offset < value + size) {
+            *var_offset = offset - value;
+            return line.substr(name_at);
+        }
+    }
+    return "";
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Shadow cells.
+
+// One access to a shared-memory byte. epoch 0 means none.
+struct Access {
+    uint32_t epoch;
+    uint32_t gen;    // the thread's warp generation at the time
+    uint16_t thread; // linear thread id in the block
+    uint16_t flags;
+    uintptr_t pc;
+};
+constexpr uint16_t kInFlight = 1; // (in Cell::write) a cp.async to this byte has not landed yet
+constexpr uint16_t kAtomic = 2;   // (in Cell::write) the write was an atomic
+
+struct Cell {
+    Access write, read, read2; // the last write, and the last two threads that read since
+};
+
+// A region of shared memory and its cells: one Cell per byte, mapped lazily (untouched pages cost
+// nothing).
+struct Region {
+    uintptr_t lo = 0, hi = 0;
+    Cell *cells = nullptr;
+    size_t capacity = 0; // bytes the mapping covers
+    const char *what = "";
+
+    void reserve(size_t bytes) {
+        if (bytes <= capacity) return;
+        if (cells) munmap(cells, capacity * sizeof(Cell));
+        void *m = mmap(nullptr, bytes * sizeof(Cell), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (m == MAP_FAILED) {
+            fprintf(stderr, "emu: cannot map the checker's shadow memory\n");
+            abort();
+        }
+        cells = static_cast<Cell *>(m);
+        capacity = bytes;
+    }
+};
+
+// A device buffer the thread has touched recently.
+struct CachedBuffer {
+    uintptr_t lo = 0, hi = 0;
+    uint8_t *init = nullptr;
+};
+
+// A byte of device memory written by the running block: a slot of an open-addressing table keyed by
+// the address, valid while `block` is the block's first epoch (so a new block starts empty for free).
+struct GlobalWrite {
+    uintptr_t addr;
+    uint32_t block;
+    Access write;
+};
+constexpr size_t kGlobalWriteSlots = size_t(1) << 16;     // a power of two
+constexpr unsigned kGlobalWriteMax = kGlobalWriteSlots / 2; // bytes recorded per block, at most
+
+// A cp.async recorded but not landed.
+struct PendingCopy {
+    uintptr_t dst, src;
+    unsigned src_bytes;
+    int group; // -1 until committed
+    uintptr_t pc;
+};
+
+thread_local struct Checker *tl_check __attribute__((tls_model("initial-exec"))) = nullptr;
+
+// The static thread-local storage block of the main program for the calling thread (where the
+// `static thread_local` __shared__ variables are), from the program headers and dl_iterate_phdr.
+void static_tls_block(uintptr_t *lo, uintptr_t *hi) {
+    struct Found {
+        uintptr_t lo = 0, hi = 0;
+    } found;
+    dl_iterate_phdr(
+        [](dl_phdr_info *info, size_t, void *data) -> int {
+            auto *f = static_cast<Found *>(data);
+            for (int i = 0; i < info->dlpi_phnum; ++i)
+                if (info->dlpi_phdr[i].p_type == PT_TLS && info->dlpi_tls_data) {
+                    f->lo = reinterpret_cast<uintptr_t>(info->dlpi_tls_data);
+                    f->hi = f->lo + info->dlpi_phdr[i].p_memsz;
+                    return 1; // the first module with TLS: the main program
+                }
+            return 0;
+        },
+        &found);
+    *lo = found.lo;
+    *hi = found.hi;
+}
+
+} // namespace
+
+struct Checker {
+    Options opt;
+    bool on = false;
+    // The launch and block (the runtime's error messages name the kernel and block).
+    unsigned dim_x = 1, dim_y = 1;
+    unsigned n = 0;
+    const unsigned *cur = nullptr;
+    // Epochs: see the header comment.
+    uint32_t epoch = 0, block_epoch = 0;
+    uint32_t warp_counter[32] = {};
+    uint32_t lane_gen[EMU_MAX_THREADS_PER_BLOCK] = {};
+    // Shared memory.
+    Region dyn, tls;
+    uintptr_t ids_lo = 0; // emu::tl_ids, inside the TLS block but not shared memory
+    // Global memory: recently used buffers, and pages known to hold none (stacks, arguments, tables).
+    CachedBuffer buffers[8];
+    unsigned next_buffer = 0, last_buffer = 0;
+    uintptr_t not_buffer_page[64] = {};
+    // Global-memory races within the block: the bytes it wrote (see GlobalWrite).
+    std::vector<GlobalWrite> global_writes = std::vector<GlobalWrite>(kGlobalWriteSlots);
+    unsigned global_written = 0; // bytes recorded in this block
+    // cp.async.
+    std::vector<PendingCopy> pending[EMU_MAX_THREADS_PER_BLOCK];
+    int committed[EMU_MAX_THREADS_PER_BLOCK] = {};
+    unsigned pending_total = 0;
+
+    std::string thread_name(unsigned t) const {
+        char buf[48];
+        snprintf(buf, sizeof buf, "thread (%u,%u,%u)", t % dim_x, t / dim_x % dim_y, t / (dim_x * dim_y));
+        return buf;
+    }
+
+    // Whether access `a` (by another thread, this epoch) is ordered before the running thread `t` by a
+    // warp collective both took part in.
+    bool warp_ordered(const Access &a, unsigned t) const { return (a.thread >> 5) == (t >> 5) && lane_gen[t] > a.gen; }
+
+    // Whether an unordered access may follow write `w` of another thread: two atomics never race, and a
+    // plain read of an atomically updated value is the first step of every compare-and-swap loop (it
+    // sees the old or the new value, and the CAS sorts it out). A plain write after an atomic races.
+    static bool tolerated(const Access &w, bool write, bool atomic) { return (w.flags & kAtomic) && (atomic || !write); }
+
+    // "byte 20 of the dynamic shared memory", "byte 4 of __shared__ block_sum::scratch".
+    std::string describe_shared(const Region &r, uintptr_t addr) const {
+        char buf[256];
+        if (&r == &dyn) {
+            snprintf(buf, sizeof buf, "byte %zu of the dynamic shared memory", size_t(addr - r.lo));
+            return buf;
+        }
+        size_t in_var = 0;
+        const std::string var = tls_variable(addr - r.lo, &in_var);
+        if (var.empty()) snprintf(buf, sizeof buf, "a byte of static __shared__ memory");
+        else snprintf(buf, sizeof buf, "byte %zu of __shared__ %s", in_var, var.c_str());
+        return buf;
+    }
+
+    [[noreturn]] void race(const Region &r, uintptr_t addr, bool write, uintptr_t pc, const Access &other,
+                           bool other_wrote) {
+        const unsigned t = *cur;
+        const bool same_warp = (other.thread >> 5) == (t >> 5);
+        check_fail("shared-memory race on %s: %s %s it at %s, and %s %s it at %s, with no %s between them%s",
+                   describe_shared(r, addr).c_str(), thread_name(t).c_str(), write ? "writes" : "reads",
+                   site(pc).c_str(), thread_name(other.thread).c_str(), other_wrote ? "wrote" : "read",
+                   site(other.pc).c_str(), same_warp ? "__syncthreads() or __syncwarp()" : "__syncthreads()",
+                   !write ? "" : other_wrote ? " (write after write)" : " (write after read: is a barrier missing "
+                                                                         "before the buffer is reused?)");
+    }
+
+    [[noreturn]] void in_flight(const Region &r, uintptr_t addr, bool write, uintptr_t pc, const Access &copy) {
+        check_fail("%s %s at %s while the cp.async that writes it (issued by %s at %s) is in flight: it lands only "
+                   "at a cp.async.wait_group that covers its group (kiln_cp_async_wait)",
+                   write ? "writes" : "reads", describe_shared(r, addr).c_str(), site(pc).c_str(),
+                   thread_name(copy.thread).c_str(), site(copy.pc).c_str());
+    }
+
+    void shared_access(Region &r, uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
+        const unsigned t = *cur;
+        const Access me{epoch, lane_gen[t], static_cast<uint16_t>(t), static_cast<uint16_t>(atomic ? kAtomic : 0), pc};
+        for (size_t i = 0; i < size; ++i) {
+            Cell &c = r.cells[addr - r.lo + i];
+            if (opt.async && (c.write.flags & kInFlight) && c.write.epoch >= block_epoch) in_flight(r, addr + i, write, pc, c.write);
+            if (opt.init && !write && c.write.epoch < block_epoch)
+                check_fail("uninitialised read: %s reads %s at %s, which no thread of this block has written",
+                           thread_name(t).c_str(), describe_shared(r, addr + i).c_str(), site(pc).c_str());
+            if (opt.race) {
+                const Access &w = c.write;
+                if (w.epoch == epoch && w.thread != t && !warp_ordered(w, t) && !tolerated(w, write, atomic))
+                    race(r, addr + i, write, pc, w, true);
+                if (write && !atomic) {
+                    for (const Access *rd : {&c.read, &c.read2})
+                        if (rd->epoch == epoch && rd->thread != t && !warp_ordered(*rd, t))
+                            race(r, addr + i, write, pc, *rd, false);
+                }
+            }
+            if (write) {
+                c.write = me;
+            } else if (c.read.epoch != epoch || c.read.thread == t) {
+                c.read = me;
+            } else if (c.read2.epoch != epoch || c.read2.thread == t) {
+                c.read2 = me;
+            }
+        }
+    }
+
+    // The cached buffer holding addr, or null (also caching that addr's page holds no buffer).
+    CachedBuffer *find_buffer(uintptr_t addr) {
+        for (CachedBuffer &b : buffers)
+            if (addr - b.lo < b.hi - b.lo) return &b;
+        const uintptr_t page = addr >> 12;
+        uintptr_t &slot = not_buffer_page[page % 64];
+        if (slot == page + 1) return nullptr;
+        uintptr_t lo = 0;
+        size_t bytes = 0;
+        uint8_t *init = find_init_shadow(addr, &lo, &bytes);
+        if (!init) {
+            slot = page + 1;
+            return nullptr;
+        }
+        CachedBuffer &b = buffers[next_buffer++ % 8];
+        b = CachedBuffer{lo, lo + bytes, init};
+        return &b;
+    }
+
+    // The slot of byte `addr` in global_writes: its record from this block, or the free slot for it.
+    GlobalWrite &global_slot(uintptr_t addr) {
+        size_t i = (addr * 0x9e3779b97f4a7c15ull) >> 48; // 16 bits of a multiplicative hash
+        for (;; i = (i + 1) & (kGlobalWriteSlots - 1)) {
+            GlobalWrite &g = global_writes[i];
+            if (g.block != block_epoch || g.addr == addr) return g;
+        }
+    }
+
+    // Global-memory races between threads of this block: a read or write of a byte another thread wrote
+    // in the same epoch (not write after read: reads are not recorded, to keep global reads cheap).
+    void global_race(CachedBuffer &b, uintptr_t addr, size_t n, bool write, bool atomic, uintptr_t pc) {
+        const unsigned t = *cur;
+        for (size_t i = 0; i < n; ++i) {
+            if (!write && global_written == 0) return;
+            GlobalWrite &g = global_slot(addr + i);
+            const bool recorded = g.block == block_epoch;
+            if (recorded && g.write.epoch == epoch && g.write.thread != t && !warp_ordered(g.write, t) &&
+                !tolerated(g.write, write, atomic))
+                check_fail("global-memory race on byte %zu of a %zu-byte device buffer: %s %s it at %s, and %s wrote it "
+                           "at %s, with no %s between them",
+                           size_t(addr + i - b.lo), size_t(b.hi - b.lo), thread_name(t).c_str(),
+                           write ? "writes" : "reads", site(pc).c_str(), thread_name(g.write.thread).c_str(),
+                           site(g.write.pc).c_str(),
+                           (g.write.thread >> 5) == (t >> 5) ? "__syncthreads() or __syncwarp()" : "__syncthreads()");
+            if (!write || (!recorded && global_written >= kGlobalWriteMax)) continue;
+            if (!recorded) ++global_written;
+            g = GlobalWrite{addr + i, block_epoch,
+                            Access{epoch, lane_gen[t], static_cast<uint16_t>(t), static_cast<uint16_t>(atomic ? kAtomic : 0), pc}};
+        }
+    }
+
+    void global_access(CachedBuffer &b, uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
+        // An access running past the buffer's end faults on its guard page right after this.
+        const size_t off = addr - b.lo, n = off + size <= b.hi - b.lo ? size : b.hi - b.lo - off;
+        if (opt.race) global_race(b, addr, n, write, atomic, pc);
+        if (write) {
+            std::memset(b.init + off, 1, n);
+            if (opt.async && pending_total) check_source_overwrite(addr, size, pc);
+        } else if (opt.init) {
+            for (size_t i = 0; i < n; ++i)
+                if (!b.init[off + i])
+                    check_fail("uninitialised read: %s reads byte %zu of a %zu-byte device buffer at %s, which "
+                               "nothing has written since it was allocated",
+                               thread_name(*cur).c_str(), off + i, size_t(b.hi - b.lo), site(pc).c_str());
+        }
+    }
+
+    // The classification of the header comment, most frequent first: threadIdx and friends (emu::tl_ids),
+    // the device buffer touched last, shared memory, then the other device buffers.
+    __attribute__((always_inline)) void access(uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
+        if (addr - ids_lo < sizeof(ThreadIds)) return;
+        if (addr - buffers[last_buffer].lo < buffers[last_buffer].hi - buffers[last_buffer].lo)
+            return global_access(buffers[last_buffer], addr, size, write, atomic, pc);
+        if (addr - dyn.lo < dyn.hi - dyn.lo) return shared_access(dyn, addr, size, write, atomic, pc);
+        if (addr - tls.lo < tls.hi - tls.lo) return shared_access(tls, addr, size, write, atomic, pc);
+        if (CachedBuffer *b = find_buffer(addr)) {
+            last_buffer = static_cast<unsigned>(b - buffers);
+            global_access(*b, addr, size, write, atomic, pc);
+        }
+    }
+
+    void check_source_overwrite(uintptr_t addr, size_t size, uintptr_t pc) {
+        for (unsigned t = 0; t < n; ++t)
+            for (const PendingCopy &p : pending[t])
+                if (addr < p.src + p.src_bytes && p.src < addr + size)
+                    check_fail("writes byte %zu of a cp.async's source at %s while the copy (issued by %s at %s) is "
+                               "in flight: the copy may read the old or the new value",
+                               size_t(addr - p.src), site(pc).c_str(), thread_name(t).c_str(), site(p.pc).c_str());
+    }
+
+    // The Region of a cp.async destination, which must be shared memory.
+    Region *shared_region(uintptr_t addr) {
+        if (addr - dyn.lo < dyn.hi - dyn.lo) return &dyn;
+        if (addr - tls.lo < tls.hi - tls.lo) return &tls;
+        return nullptr;
+    }
+
+    // Performs copy p (for the running thread, which issued it): reads its source, writes its destination.
+    void land(const PendingCopy &p) {
+        if (p.src_bytes) access(p.src, p.src_bytes, false, false, p.pc);
+        Region *r = shared_region(p.dst);
+        for (int i = 0; i < 16; ++i) r->cells[p.dst - r->lo + i].write.flags &= ~kInFlight;
+        unsigned char tmp[16] = {};
+        std::memcpy(tmp, reinterpret_cast<const void *>(p.src), p.src_bytes);
+        std::memcpy(reinterpret_cast<void *>(p.dst), tmp, 16);
+        shared_access(*r, p.dst, 16, true, false, p.pc);
+    }
+
+    // Lands thread t's copies in groups older than the newest `keep` committed ones (all, for -1).
+    void land_groups(unsigned t, int keep) {
+        std::vector<PendingCopy> &mine = pending[t];
+        size_t kept = 0;
+        for (size_t i = 0; i < mine.size(); ++i) {
+            const PendingCopy p = mine[i];
+            if (keep < 0 || (p.group >= 0 && p.group < committed[t] - keep)) {
+                land(p);
+                --pending_total;
+            } else {
+                mine[kept++] = p;
+            }
+        }
+        mine.resize(kept);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The runtime's side (emu_internal.h).
+
+Checker *checker_new() { return new Checker; }
+void checker_delete(Checker *c) { delete c; }
+
+void check_launch_begin(Checker *c, const Options &opt, unsigned block_x, unsigned block_y,
+                        unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur) {
+    c->opt = opt;
+    c->on = c->opt.any_check();
+    c->dim_x = block_x;
+    c->dim_y = block_y;
+    c->cur = cur;
+    c->dyn.lo = reinterpret_cast<uintptr_t>(dyn_smem);
+    c->dyn.hi = c->dyn.lo + dyn_bytes;
+    c->dyn.reserve(dyn_bytes);
+    if (!c->tls.cells) {
+        static_tls_block(&c->tls.lo, &c->tls.hi);
+        c->tls.reserve(c->tls.hi - c->tls.lo);
+        c->ids_lo = reinterpret_cast<uintptr_t>(&tl_ids);
+    }
+    // Buffers may have been freed and allocated since the last launch.
+    for (CachedBuffer &b : c->buffers) b = CachedBuffer{};
+    std::memset(c->not_buffer_page, 0, sizeof c->not_buffer_page);
+}
+
+void check_block_begin(Checker *c, unsigned nthreads) {
+    tl_check = c->on ? c : nullptr;
+    if (!c->on) return;
+    c->n = nthreads;
+    c->block_epoch = c->epoch = c->epoch + 1;
+    std::memset(c->warp_counter, 0, sizeof c->warp_counter);
+    std::memset(c->lane_gen, 0, nthreads * sizeof c->lane_gen[0]);
+    if (c->pending_total) { // left by a block that failed
+        for (unsigned t = 0; t < EMU_MAX_THREADS_PER_BLOCK; ++t) c->pending[t].clear();
+        c->pending_total = 0;
+    }
+    std::memset(c->committed, 0, nthreads * sizeof c->committed[0]);
+    c->global_written = 0;
+}
+
+void check_block_end(Checker *) { tl_check = nullptr; }
+
+void check_barrier(Checker *c) {
+    if (c->on) ++c->epoch;
+}
+
+void check_warp_sync(Checker *c, unsigned warp, uint32_t lanes) {
+    if (!c->on) return;
+    const uint32_t g = ++c->warp_counter[warp];
+    for (uint32_t m = lanes; m; m &= m - 1) c->lane_gen[warp * 32 + __builtin_ctz(m)] = g;
+}
+
+void check_thread_exit(Checker *c, unsigned t) {
+    if (c->on && !c->pending[t].empty()) c->land_groups(t, -1);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// cp.async (emu_ptx.h). Not inlined: the return address is the kernel's call site.
+
+__attribute__((noinline)) bool cp_async_issue(void *dst, const void *src, unsigned src_bytes) {
+    Checker *c = tl_check;
+    if (!c || !c->opt.async) return false; // the caller copies at once
+    const uintptr_t pc = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
+    const uintptr_t d = reinterpret_cast<uintptr_t>(dst);
+    Region *r = c->shared_region(d);
+    if (!r) check_fail("cp.async to %p at %s: the destination is not shared memory", dst, site(pc).c_str());
+    const unsigned t = *c->cur;
+    // The destination must not be in flight already, nor be read or written until the copy lands.
+    c->shared_access(*r, d, 16, true, false, pc);
+    for (int i = 0; i < 16; ++i) {
+        Access &w = r->cells[d - r->lo + i].write;
+        w.flags |= kInFlight;
+        w.pc = pc;
+    }
+    c->pending[t].push_back(PendingCopy{d, reinterpret_cast<uintptr_t>(src), src_bytes, -1, pc});
+    ++c->pending_total;
+    return true;
+}
+
+void cp_async_commit() {
+    Checker *c = tl_check;
+    if (!c) return;
+    const unsigned t = *c->cur;
+    for (PendingCopy &p : c->pending[t])
+        if (p.group < 0) p.group = c->committed[t];
+    ++c->committed[t];
+}
+
+void cp_async_wait(int keep) {
+    Checker *c = tl_check;
+    if (c && !c->pending[*c->cur].empty()) c->land_groups(*c->cur, keep);
+}
+
+} // namespace emu
+
+// ---------------------------------------------------------------------------------------------------
+// The instrumentation's entry points (what libtsan would provide). Each passes the access on to the
+// running block's checker, if checks are on; the return address is the program counter in the kernel.
+
+using emu::tl_check;
+
+#define EMU_PC reinterpret_cast<uintptr_t>(__builtin_return_address(0))
+#define EMU_HOOK(name, size, write)                                                                   \
+    extern "C" void name(void *addr) {                                                                \
+        if (emu::Checker *c = tl_check) c->access(reinterpret_cast<uintptr_t>(addr), size, write, false, EMU_PC); \
+    }
+#define EMU_HOOKS(size)                                                                               \
+    EMU_HOOK(__tsan_read##size, size, false)                                                          \
+    EMU_HOOK(__tsan_write##size, size, true)                                                          \
+    EMU_HOOK(__tsan_unaligned_read##size, size, false)                                                \
+    EMU_HOOK(__tsan_unaligned_write##size, size, true)                                                \
+    EMU_HOOK(__tsan_volatile_read##size, size, false)                                                 \
+    EMU_HOOK(__tsan_volatile_write##size, size, true)
+EMU_HOOKS(1)
+EMU_HOOKS(2)
+EMU_HOOKS(4)
+EMU_HOOKS(8)
+EMU_HOOKS(16)
+#undef EMU_HOOKS
+#undef EMU_HOOK
+
+extern "C" void __tsan_read_range(void *addr, size_t size) {
+    if (emu::Checker *c = tl_check) c->access(reinterpret_cast<uintptr_t>(addr), size, false, false, EMU_PC);
+}
+extern "C" void __tsan_write_range(void *addr, size_t size) {
+    if (emu::Checker *c = tl_check) c->access(reinterpret_cast<uintptr_t>(addr), size, true, false, EMU_PC);
+}
+extern "C" void __tsan_init() {}
+extern "C" void __tsan_func_entry(void *) {}
+extern "C" void __tsan_func_exit() {}
+
+// Atomics: the operation itself (sequentially consistent, at least as strong as what was asked), seen
+// by the checker as an atomic write: an atomic and a plain access of the same byte race, two atomics
+// do not; an atomic on never-written shared memory is an uninitialised read.
+#define EMU_ATOMICS(bits)                                                                             \
+    using a##bits = uint##bits##_t;                                                                   \
+    static inline void atomic_seen_##bits(volatile void *a, uintptr_t pc) {                           \
+        if (emu::Checker *c = tl_check) {                                                             \
+            c->access(reinterpret_cast<uintptr_t>(a), bits / 8, false, true, pc);                     \
+            c->access(reinterpret_cast<uintptr_t>(a), bits / 8, true, true, pc);                      \
+        }                                                                                             \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_load(const volatile a##bits *a, int) {                   \
+        atomic_seen_##bits(const_cast<volatile a##bits *>(a), EMU_PC);                                \
+        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                  \
+    }                                                                                                 \
+    extern "C" void __tsan_atomic##bits##_store(volatile a##bits *a, a##bits v, int) {                \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                     \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_exchange(volatile a##bits *a, a##bits v, int) {          \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                           \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_fetch_add(volatile a##bits *a, a##bits v, int) {         \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                            \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_fetch_sub(volatile a##bits *a, a##bits v, int) {         \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                            \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_fetch_and(volatile a##bits *a, a##bits v, int) {         \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                            \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_fetch_or(volatile a##bits *a, a##bits v, int) {          \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                             \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_fetch_xor(volatile a##bits *a, a##bits v, int) {         \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                            \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_fetch_nand(volatile a##bits *a, a##bits v, int) {        \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                           \
+    }                                                                                                 \
+    extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile a##bits *a, a##bits *expected, \
+                                                                 a##bits v, int, int) {               \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_compare_exchange_n(a, expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
+    }                                                                                                 \
+    extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile a##bits *a, a##bits *expected, \
+                                                               a##bits v, int, int) {                 \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        return __atomic_compare_exchange_n(a, expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
+    }                                                                                                 \
+    extern "C" a##bits __tsan_atomic##bits##_compare_exchange_val(volatile a##bits *a, a##bits expected, \
+                                                                  a##bits v, int, int) {              \
+        atomic_seen_##bits(a, EMU_PC);                                                                \
+        __atomic_compare_exchange_n(a, &expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);      \
+        return expected;                                                                              \
+    }
+EMU_ATOMICS(8)
+EMU_ATOMICS(16)
+EMU_ATOMICS(32)
+EMU_ATOMICS(64)
+#undef EMU_ATOMICS
+extern "C" void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+extern "C" void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+
+// ---------------------------------------------------------------------------------------------------
+// The C API (emu_api.h).
+
+extern "C" int emu_set_checks(const char *spec) {
+    emu::Options probe;
+    if (spec && !emu::parse_checks(spec, probe)) return -1;
+    std::lock_guard<std::mutex> lock(emu::options_mu);
+    emu::check_overridden = spec != nullptr;
+    emu::check_spec_override = spec ? spec : "";
+    return 0;
+}
+
+extern "C" int emu_set_order(const char *spec) {
+    emu::Options probe;
+    if (spec && !emu::parse_order(spec, probe)) return -1;
+    std::lock_guard<std::mutex> lock(emu::options_mu);
+    emu::order_overridden = spec != nullptr;
+    emu::order_spec_override = spec ? spec : "";
+    return 0;
+}
