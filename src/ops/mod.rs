@@ -7,6 +7,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod embedding;
 pub mod layer_norm;
+pub mod linear_quantized;
 pub mod matmul;
 pub mod reduce;
 pub mod rms_norm;
