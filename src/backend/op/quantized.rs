@@ -81,7 +81,9 @@ impl QuantizedMatrix {
         if cols == 0 || !cols.is_multiple_of(block) {
             return Err(Error::shape(
                 "linear_quantized",
-                format!("a {format} matrix needs rows of a positive multiple of {block} elements, got [{rows}, {cols}]"),
+                format!(
+                    "a {format} matrix needs rows of a positive multiple of {block} elements, got [{rows}, {cols}]"
+                ),
             ));
         }
         let want = (cols / block)

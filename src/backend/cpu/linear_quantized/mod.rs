@@ -197,7 +197,10 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
     if !x.len().is_multiple_of(k) {
         return Err(Error::shape(
             "linear_quantized",
-            format!("{} input values are not whole rows of the weight's {k} columns", x.len()),
+            format!(
+                "{} input values are not whole rows of the weight's {k} columns",
+                x.len()
+            ),
         ));
     }
     if !isa.is_supported() {
@@ -207,6 +210,9 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
         ));
     }
     let m = x.len() / k;
+    if m == 0 {
+        return Ok(Vec::new());
+    }
     let (format, row_bytes) = (w.format(), w.row_bytes());
     let xq = Q8Rows::quantize(x, k)?;
     // yt is (n, m): each task fills the m outputs of its weight rows

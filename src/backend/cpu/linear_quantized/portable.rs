@@ -37,7 +37,11 @@ pub(super) fn dot(format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
                 let (a, c, at) = block32(format, wb);
                 let xq = &x.qs[QK * b..QK * (b + 1)];
                 let isum = if format == QuantFormat::Q8_0 {
-                    wb[at..at + 32].iter().zip(xq).map(|(&q, &v)| q as i8 as i32 * v as i32).sum()
+                    wb[at..at + 32]
+                        .iter()
+                        .zip(xq)
+                        .map(|(&q, &v)| q as i8 as i32 * v as i32)
+                        .sum()
                 } else {
                     nibble_dot(&wb[at..at + 16], xq)
                 };
