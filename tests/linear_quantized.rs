@@ -108,7 +108,7 @@ fn check_format(format: QuantFormat, seed: u64) {
             (0..m * k)
                 .map(|j| match j % 32 {
                     5 => {
-                        if g.next() % 2 == 0 {
+                        if g.next().is_multiple_of(2) {
                             127.0
                         } else {
                             -127.0

@@ -77,6 +77,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/layer_norm.rs",
     "src/backend/cpu/linear_quantized/mod.rs",
     "src/backend/cpu/linear_quantized/portable.rs",
+    "src/backend/cpu/linear_quantized/q8.rs",
     "src/backend/cpu/linear_quantized/avx2.rs",
     "src/backend/cpu/linear_quantized/avx512.rs",
     "src/backend/cpu/reduce.rs",

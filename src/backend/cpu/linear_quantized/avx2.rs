@@ -2,7 +2,7 @@
 //! with ones to 8 i32 lanes), for Q4_0, Q4_1 and Q8_0.
 
 use super::portable::block32;
-use super::{Q8Row, QK};
+use super::q8::{Q8Row, QK};
 use crate::backend::op::QuantFormat;
 use std::arch::x86_64::*;
 

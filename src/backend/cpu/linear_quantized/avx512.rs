@@ -4,7 +4,7 @@
 
 use super::avx2::nibbles;
 use super::portable::block32;
-use super::{Q8Row, QK};
+use super::q8::{Q8Row, QK};
 use crate::backend::op::QuantFormat;
 use std::arch::x86_64::*;
 

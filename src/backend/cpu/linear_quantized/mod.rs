@@ -49,18 +49,18 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod portable;
+mod q8;
 
 use super::alloc;
 use crate::backend::op::{QuantFormat, QuantizedMatrix};
 use crate::{Error, Result};
+pub use portable::k_scales_mins;
+pub use q8::{Q8Row, Q8Rows, QK};
 use rayon::prelude::*;
 
 /// Weight rows per rayon task: enough to amortise the scheduling (a 576-column Q4_1 row is 360
 /// bytes), few enough that 576-row matrices still split over many threads.
 pub const ROWS_PER_TASK: usize = 16;
-
-/// The elements of one activation block.
-pub const QK: usize = 32;
 
 /// The instruction set a product runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,60 +109,6 @@ impl QuantIsa {
             .rev()
             .find(|isa| isa.is_supported())
             .expect("Portable is always supported")
-    }
-}
-
-/// One row of x quantized per block of [`QK`]: `x[j] ≈ d[j / QK] · qs[j]`, and
-/// `dsum[b] = d[b] · Σ qs over block b`.
-pub struct Q8Row<'a> {
-    pub qs: &'a [i8],
-    pub d: &'a [f32],
-    pub dsum: &'a [f32],
-}
-
-/// The rows of x quantized per block (see [`Q8Row`]).
-pub struct Q8Rows {
-    k: usize,
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    dsum: Vec<f32>,
-}
-
-impl Q8Rows {
-    /// x is (m, k) row-major, k a multiple of [`QK`].
-    pub fn quantize(x: &[f32], k: usize) -> Result<Q8Rows> {
-        debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
-        let blocks = x.len() / QK;
-        let mut qs = alloc::filled("linear_quantized", x.len(), 0i8)?;
-        let mut d = alloc::filled("linear_quantized", blocks, 0f32)?;
-        let mut dsum = alloc::filled("linear_quantized", blocks, 0f32)?;
-        for (((xb, qb), d), dsum) in x
-            .chunks_exact(QK)
-            .zip(qs.chunks_exact_mut(QK))
-            .zip(&mut d)
-            .zip(&mut dsum)
-        {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            *d = amax / 127.0;
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
-            }
-            *dsum = *d * sum as f32;
-        }
-        Ok(Q8Rows { k, qs, d, dsum })
-    }
-
-    /// Row `i`.
-    pub fn row(&self, i: usize) -> Q8Row<'_> {
-        let (k, b) = (self.k, self.k / QK);
-        Q8Row {
-            qs: &self.qs[i * k..(i + 1) * k],
-            d: &self.d[i * b..(i + 1) * b],
-            dsum: &self.dsum[i * b..(i + 1) * b],
-        }
     }
 }
 
@@ -236,24 +182,4 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
         }
     });
     Ok(y)
-}
-
-/// The f16 at byte `at` of `b`, as f32.
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
-/// The 8 six-bit (scale, min) pairs packed in a Q4_K/Q5_K block's 12 `scales` bytes.
-pub fn k_scales_mins(s: &[u8]) -> [(u8, u8); 8] {
-    std::array::from_fn(|j| {
-        if j < 4 {
-            (s[j] & 0x3F, s[j + 4] & 0x3F)
-        } else {
-            let i = j - 4;
-            (
-                (s[i + 8] & 0xF) | ((s[i] >> 2) & 0x30),
-                (s[i + 8] >> 4) | ((s[i + 4] >> 2) & 0x30),
-            )
-        }
-    })
 }

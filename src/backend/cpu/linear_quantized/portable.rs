@@ -1,7 +1,7 @@
 //! The scalar dot products of every format: the path of CPUs without AVX2, and of Q4_K and Q6_K
 //! on all CPUs. The block layouts are drawn in src/gguf/dequant.rs.
 
-use super::{f16_at, k_scales_mins, Q8Row, QK};
+use super::q8::{Q8Row, QK};
 use crate::backend::op::QuantFormat;
 
 /// The coefficients `(a, c)` of a 32-element block of Q4_0, Q4_1 or Q8_0 (`w = a·q + c`) and the
@@ -91,4 +91,24 @@ pub(super) fn dot(format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
         }
     }
     y
+}
+
+/// The f16 at byte `at` of `b`, as f32.
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The 8 six-bit (scale, min) pairs packed in a Q4_K/Q5_K block's 12 `scales` bytes.
+pub fn k_scales_mins(s: &[u8]) -> [(u8, u8); 8] {
+    std::array::from_fn(|j| {
+        if j < 4 {
+            (s[j] & 0x3F, s[j + 4] & 0x3F)
+        } else {
+            let i = j - 4;
+            (
+                (s[i + 8] & 0xF) | ((s[i] >> 2) & 0x30),
+                (s[i + 8] >> 4) | ((s[i + 4] >> 2) & 0x30),
+            )
+        }
+    })
 }
