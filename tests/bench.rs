@@ -311,3 +311,31 @@ fn grouped_query_attention_cases_count_their_bytes() {
         check_rates(r);
     }
 }
+
+/// The quantized matvec cases run on the CPU, count the bytes of the weight blocks they read, and
+/// are followed by the same product with the weight dequantized to f32.
+#[test]
+fn linear_quantized_cases_count_the_weight_blocks_they_read() {
+    let kernels = "linear_quantized_q4_1,linear_quantized_q8_0";
+    let (report, _, _) = bench(
+        "quantized",
+        &["--device", "cpu", "--kernels", kernels, "--sizes", "2x33x64"],
+    );
+    // W [33, 64] in 2 blocks a row (Q4_1 20 bytes, Q8_0 34), x [2, 64] and y [2, 33] in f32
+    for (kernel, block) in [("linear_quantized_q4_1", 20.0), ("linear_quantized_q8_0", 34.0)] {
+        let r = row(&report, kernel, "2x33x64");
+        assert_eq!(
+            r["bytes"],
+            33.0 * 2.0 * block + (2.0 * 64.0 + 2.0 * 33.0) * 4.0,
+            "{kernel}: {r:#}"
+        );
+        assert_eq!(r["flops"], 2.0 * 2.0 * 33.0 * 64.0, "{kernel}: {r:#}");
+        check_rates(r);
+    }
+    let rows = report["rows"].as_array().unwrap();
+    let at = rows
+        .iter()
+        .position(|r| r["kernel"] == "linear_quantized_q4_1")
+        .unwrap();
+    assert_eq!(rows[at + 1]["library"], true, "{:#}", rows[at + 1]);
+}

@@ -6,7 +6,9 @@
 
 use super::cpu::{self, with_cpu_storage, CpuStorage};
 use super::cuda::{self, CudaStorage};
-use super::op::{bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, RopeSpec, UnaryOp};
+use super::op::{
+    bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, QuantizedMatrix, ReduceOp, RopeSpec, UnaryOp,
+};
 use super::storage::{mismatch, mismatch_any, Storage};
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
@@ -103,6 +105,25 @@ impl Storage {
                 Ok((Storage::Cuda(y), z.map(Storage::Cuda)))
             }
             (a, b) => Err(mismatch("matmul", a, b)),
+        }
+    }
+
+    /// `x · wᵀ` with `w` quantized: `self` holds f32 rows of `w`'s columns. The CPU only: the
+    /// CUDA kernels do not exist yet.
+    pub(crate) fn linear_quantized(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => {
+                let x = cpu::contiguous(s, layout)?;
+                let x = cpu::typed::<f32>(&x);
+                Ok(Storage::Cpu(CpuStorage::F32(cpu::linear_quantized::linear_quantized(x, w)?)))
+            }
+            Storage::Cuda(s) => Err(Error::invalid(
+                "linear_quantized",
+                format!(
+                    "quantized weights are multiplied on the CPU only, the input is on {}; dequantize them (load the model as f32 or bf16)",
+                    s.device()
+                ),
+            )),
         }
     }
 

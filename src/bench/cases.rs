@@ -10,7 +10,9 @@ use super::library;
 pub use super::work::{Setup, Work};
 use crate::backend::Storage;
 use crate::backend::{IdBuckets, RowStats};
+use crate::gguf::{dequantize, GgmlType};
 use crate::ops::attention::{attention_backward, attention_forward};
+use crate::ops::linear_quantized::QuantizedMatrix;
 use crate::ops::rope::RopeLayout;
 use crate::optim::AdamW;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
@@ -123,6 +125,55 @@ fn linear_gelu(s: &Setup, rng: &mut Rng, fused: bool) -> Result<Work> {
                 x.matmul(&w.transpose(0, 1)?)?.add(b)?.gelu().map(drop)
             }
         }),
+    })
+}
+
+/// A random `[rows, cols]` matrix of ggml type `ty` (random quants, f16 scales in [-0.05, 0.05]
+/// where the format keeps its `d` and `m`/`dmin`: the first 4 bytes, or Q6_K's last 2).
+fn random_quantized(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Result<QuantizedMatrix> {
+    let format = ty.quant_format().expect("a quantized type");
+    let mut bytes = vec![0u8; rows * cols / format.block_size() * format.block_bytes()];
+    for block in bytes.chunks_exact_mut(format.block_bytes()) {
+        block.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+        let scales = if ty == GgmlType::Q6_K { 208..210 } else { 0..4 };
+        for at in scales.step_by(2) {
+            let v = half::f16::from_f64(0.1 * rng.uniform() - 0.05);
+            block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    QuantizedMatrix::new(format, rows, cols, bytes)
+}
+
+/// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K]): kept in its
+/// blocks (`linear_quantized`), or (`dequantized`) as f32 through `linear`, the baseline. The
+/// measure is the bytes of W read (M = 1: decode).
+fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, dequantized: bool) -> Result<Work> {
+    let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
+    let w_bytes = if dequantized {
+        (n * k * F32) as f64
+    } else {
+        (n * k / ty.block_size() as usize * ty.type_size() as usize) as f64
+    };
+    let in_bytes = w_bytes + (m * k * F32) as f64;
+    let sets = s.sets(in_bytes);
+    let x = inputs(sets, &[m, k], DType::F32, rng, &s.dev)?;
+    let w = (0..sets)
+        .map(|_| random_quantized(ty, n, k, rng))
+        .collect::<Result<Vec<_>>>()?;
+    let run: Box<dyn FnMut(usize) -> Result<()>> = if dequantized {
+        let w = w
+            .iter()
+            .map(|w| Tensor::from_vec(dequantize(ty, w.bytes())?, &[n, k], &s.dev))
+            .collect::<Result<Vec<_>>>()?;
+        Box::new(move |i| x[i % sets].linear(&w[i % sets], None).map(drop))
+    } else {
+        Box::new(move |i| x[i % sets].linear_quantized(&w[i % sets]).map(drop))
+    };
+    Ok(Work {
+        flops: 2.0 * (m * n * k) as f64,
+        bytes: in_bytes + (m * n * F32) as f64,
+        sets,
+        run,
     })
 }
 
@@ -556,6 +607,32 @@ pub const CASES: &[Case] = &[
         emu: &[&[65, 63, 129]],
         prepare: |s, rng| linear_gelu(s, rng, true),
         library: Some(|s, rng| Ok(("unfused".into(), linear_gelu(s, rng, false)?))),
+    },
+    Case {
+        name: "linear_quantized_q4_1",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q4_1 [N, K]^T (x rounded to 8 bits per 32)",
+        dims: "MxNxK",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // SmolLM2-135M's decode products (q/o, gate/up, down), then a 128-token prefill; CPU only
+        cuda: &[],
+        cpu: &[&[1, 576, 576], &[1, 1536, 576], &[1, 576, 1536], &[128, 1536, 576]],
+        emu: &[],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_1, false),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_1, true)?))),
+    },
+    Case {
+        name: "linear_quantized_q8_0",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q8_0 [N, K]^T (x rounded to 8 bits per 32)",
+        dims: "MxNxK",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // SmolLM2-135M's tied LM head [49152, 576] and its gate/up shape; CPU only
+        cuda: &[],
+        cpu: &[&[1, 49152, 576], &[1, 1536, 576]],
+        emu: &[],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q8_0, false),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, true)?))),
     },
     Case {
         name: "attention_fwd",

@@ -38,6 +38,7 @@
 
 use super::GgmlType;
 use crate::backend::cpu::alloc;
+use crate::backend::cpu::linear_quantized::k_scales_mins;
 use crate::{Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -152,26 +153,11 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// The 8 six-bit (scale, min) pairs packed in a Q4_K/Q5_K block's 12 `scales` bytes.
-fn scales_mins(s: &[u8]) -> [(u8, u8); 8] {
-    std::array::from_fn(|j| {
-        if j < 4 {
-            (s[j] & 0x3F, s[j + 4] & 0x3F)
-        } else {
-            let i = j - 4;
-            (
-                (s[i + 8] & 0xF) | ((s[i] >> 2) & 0x30),
-                (s[i + 8] >> 4) | ((s[i + 4] >> 2) & 0x30),
-            )
-        }
-    })
-}
-
 /// Q4_K and Q5_K: `y = (d * sc) * q - dmin * m` over 8 sub-blocks of 32, where the 4 low
 /// bits of element l of sub-block s come from `qs` and bit 4 (Q5_K) from bit s of `qh[l]`.
 fn k_quant_4_5(b: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &mut [f32]) {
     let (d, dmin) = (half(b, 0), half(b, 2));
-    for (s, (sc, m)) in scales_mins(&b[4..16]).into_iter().enumerate() {
+    for (s, (sc, m)) in k_scales_mins(&b[4..16]).into_iter().enumerate() {
         let (scale, min) = (d * sc as f32, dmin * m as f32);
         let bytes = &qs[32 * (s / 2)..32 * (s / 2) + 32];
         let shift = 4 * (s % 2);

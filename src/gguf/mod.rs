@@ -42,6 +42,7 @@ mod metadata;
 pub use dequant::dequantize;
 pub use metadata::{FromMetadata, MetadataValue, ValueType};
 
+use crate::ops::linear_quantized::{QuantFormat, QuantizedMatrix};
 use crate::{DType, Device, Error, Result, Tensor};
 use half::{bf16, f16};
 use std::collections::{BTreeMap, HashMap};
@@ -179,6 +180,18 @@ impl GgmlType {
     /// Whether [`dequantize`] handles this type (one of [`DEQUANTIZABLE`]).
     pub fn can_dequantize(self) -> bool {
         DEQUANTIZABLE.contains(&self)
+    }
+
+    /// The block format [`Tensor::linear_quantized`] multiplies with directly, if it is one.
+    pub fn quant_format(self) -> Option<QuantFormat> {
+        match self {
+            GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
+            GgmlType::Q4_1 => Some(QuantFormat::Q4_1),
+            GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
+            GgmlType::Q4_K => Some(QuantFormat::Q4_K),
+            GgmlType::Q6_K => Some(QuantFormat::Q6_K),
+            _ => None,
+        }
     }
 }
 
@@ -459,6 +472,24 @@ impl GgufFile {
             });
         }
         dequantize(t.ggml_type, self.tensor_data(name)?)
+    }
+
+    /// Matrix `name` kept in its block format (its bytes copied out of the file), for
+    /// [`Tensor::linear_quantized`]: a 2-D tensor of a type with a [`GgmlType::quant_format`].
+    pub fn quantized(&self, name: &str) -> Result<QuantizedMatrix> {
+        let t = self.tensor_info(name)?;
+        let (Some(format), &[rows, cols]) = (t.ggml_type.quant_format(), t.shape().as_slice()) else {
+            return Err(Error::Format {
+                file: self.name.clone(),
+                what: format!(
+                    "tensor {name:?} ({} {:?}) is not a matrix in a block format kiln multiplies with ({})",
+                    t.ggml_type,
+                    t.shape(),
+                    QuantFormat::ALL.map(|f| f.to_string()).join(", ")
+                ),
+            });
+        };
+        QuantizedMatrix::new(format, rows, cols, self.tensor_data(name)?)
     }
 
     /// Tensor `name` as a kiln tensor of shape [`TensorInfo::shape`] and dtype `dtype`

@@ -12,6 +12,7 @@ use super::kv_cache::KvCache;
 use super::llama_config::LlamaConfig;
 use crate::gguf::GgufFile;
 use crate::nn::{Embedding, Linear, LoraConfig};
+use crate::ops::linear_quantized::QuantizedMatrix;
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -249,6 +250,23 @@ pub struct Llama {
     pub lm_head: Option<Linear>,
 }
 
+/// What [`Llama::from_gguf_with`] makes of a file's weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LlamaLoad {
+    /// The linear projections stored in Q4_0, Q4_1, Q8_0, Q4_K or Q6_K stay in that block
+    /// format and are multiplied with directly ([`Tensor::linear_quantized`]; on the CPU only,
+    /// elsewhere they are dequantized to f32; inference only: no gradient flows through them).
+    /// Every other tensor (token table, norms, other types) is dequantized to f32. Not the
+    /// default yet: with its 8-bit rounding of the projections' inputs, SmolLM2-135M's greedy
+    /// answer changes (see docs/llama.md).
+    AsStored,
+    /// Every tensor dequantized to f32 (the default).
+    #[default]
+    F32,
+    /// Every tensor dequantized, the model computing in bf16 ([`Llama::to_dtype`]).
+    BF16,
+}
+
 /// The dtypes a [`Llama`] computes in.
 const LLAMA_DTYPES: [DType; 2] = [DType::F32, DType::BF16];
 
@@ -257,14 +275,16 @@ impl Llama {
     /// Face names (`model.layers.0.self_attn.q_proj.weight`, ...) and shapes. The names and shapes
     /// are checked against `cfg` before any tensor is read: every missing, unexpected or
     /// mis-shaped tensor is listed in the error with its shapes. Then `load(name)` reads each one;
-    /// the weights become f32 parameters on `dev`.
+    /// the weights become f32 parameters on `dev`, except the projections for which
+    /// `load_quantized(name)` gives a quantized matrix.
     fn build(
         cfg: LlamaConfig,
         available: Vec<(String, Vec<usize>)>,
         rope_layout: RopeLayout,
         source: &str,
         dev: &Device,
-        mut load: impl FnMut(&str) -> Result<Tensor>,
+        load: impl Fn(&str) -> Result<Tensor>,
+        load_quantized: impl Fn(&str) -> Result<Option<QuantizedMatrix>>,
     ) -> Result<Llama> {
         cfg.validate()?;
         let expected = expected_tensors(&cfg);
@@ -299,7 +319,7 @@ impl Llama {
                 ),
             ));
         }
-        let mut param = |name: String| -> Result<Tensor> {
+        let param = |name: String| -> Result<Tensor> {
             let t = load(&name)?;
             if !t.dtype().is_float() {
                 return Err(Error::invalid(
@@ -313,27 +333,33 @@ impl Llama {
                 .detach()
                 .requires_grad())
         };
-        let linear = |weight: Tensor| Linear {
-            weight,
-            bias: None,
-            lora: None,
+        let linear = |name: String| -> Result<Linear> {
+            match load_quantized(&name)? {
+                Some(q) => Linear::from_quantized(q, dev),
+                None => Ok(Linear {
+                    weight: param(name)?,
+                    bias: None,
+                    lora: None,
+                    quantized: None,
+                }),
+            }
         };
         let eps = cfg.rms_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let self_attn = LlamaAttention {
-                q_proj: linear(param(format!("{p}.self_attn.q_proj.weight"))?),
-                k_proj: linear(param(format!("{p}.self_attn.k_proj.weight"))?),
-                v_proj: linear(param(format!("{p}.self_attn.v_proj.weight"))?),
-                o_proj: linear(param(format!("{p}.self_attn.o_proj.weight"))?),
+                q_proj: linear(format!("{p}.self_attn.q_proj.weight"))?,
+                k_proj: linear(format!("{p}.self_attn.k_proj.weight"))?,
+                v_proj: linear(format!("{p}.self_attn.v_proj.weight"))?,
+                o_proj: linear(format!("{p}.self_attn.o_proj.weight"))?,
                 n_head: cfg.num_attention_heads,
                 n_kv_head: cfg.num_key_value_heads,
             };
             let mlp = LlamaMlp {
-                gate_proj: linear(param(format!("{p}.mlp.gate_proj.weight"))?),
-                up_proj: linear(param(format!("{p}.mlp.up_proj.weight"))?),
-                down_proj: linear(param(format!("{p}.mlp.down_proj.weight"))?),
+                gate_proj: linear(format!("{p}.mlp.gate_proj.weight"))?,
+                up_proj: linear(format!("{p}.mlp.up_proj.weight"))?,
+                down_proj: linear(format!("{p}.mlp.down_proj.weight"))?,
             };
             let norm = |weight: Tensor| RmsNorm { weight, eps };
             layers.push(LlamaBlock {
@@ -345,7 +371,7 @@ impl Llama {
         }
         let lm_head = match cfg.tie_word_embeddings {
             true => None,
-            false => Some(linear(param("lm_head.weight".into())?)),
+            false => Some(linear("lm_head.weight".into())?),
         };
         let norm = RmsNorm {
             weight: param("model.norm.weight".into())?,
@@ -398,14 +424,21 @@ impl Llama {
         }
         let available = tensors.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
         let load = |name: &str| Ok(tensors[name].clone());
-        Llama::build(cfg, available, RopeLayout::Half, &source, dev, load)
+        Llama::build(cfg, available, RopeLayout::Half, &source, dev, load, |_| Ok(None))
     }
 
     /// Loads a Llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct): the config from its
     /// `llama.*` metadata ([`LlamaConfig::from_gguf`]), the tensors (llama.cpp's names,
-    /// `blk.N.attn_q.weight` etc.) checked against it, then dequantized to f32 one at a time. The
-    /// q and k rows stay in the file's order and rotate with [`RopeLayout::Interleaved`].
+    /// `blk.N.attn_q.weight` etc.) checked against it, then dequantized to f32 one at a time (as
+    /// [`Llama::from_gguf_with`] with [`LlamaLoad::F32`]; [`LlamaLoad::AsStored`] keeps the
+    /// projections quantized). The q and k rows stay in the file's order and rotate with
+    /// [`RopeLayout::Interleaved`].
     pub fn from_gguf(path: impl AsRef<Path>, dev: &Device) -> Result<Llama> {
+        Llama::from_gguf_with(path, dev, LlamaLoad::F32)
+    }
+
+    /// [`Llama::from_gguf`] with a choice of what the weights become ([`LlamaLoad`]).
+    pub fn from_gguf_with(path: impl AsRef<Path>, dev: &Device, how: LlamaLoad) -> Result<Llama> {
         let file = GgufFile::open(path)?;
         let cfg = LlamaConfig::from_gguf(&file)?;
         // HF name -> GGUF name, for every tensor of the file (unknown names kept as they are, so
@@ -421,7 +454,28 @@ impl Llama {
             .map(|t| (hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.shape()))
             .collect();
         let load = |name: &str| file.tensor(&names[name], DType::F32, &Device::Cpu);
-        Llama::build(cfg, available, RopeLayout::Interleaved, file.name(), dev, load)
+        // the quantized kernels run on the CPU only: elsewhere the weights are dequantized
+        let keep = how == LlamaLoad::AsStored && *dev == Device::Cpu;
+        let load_quantized = |name: &str| -> Result<Option<QuantizedMatrix>> {
+            let info = file.tensor_info(&names[name])?;
+            match info.ggml_type.quant_format() {
+                Some(_) if keep => file.quantized(&names[name]).map(Some),
+                _ => Ok(None),
+            }
+        };
+        let model = Llama::build(
+            cfg,
+            available,
+            RopeLayout::Interleaved,
+            file.name(),
+            dev,
+            load,
+            load_quantized,
+        )?;
+        match how {
+            LlamaLoad::BF16 => model.to_dtype(DType::BF16),
+            LlamaLoad::AsStored | LlamaLoad::F32 => Ok(model),
+        }
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -528,29 +582,54 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let (a, m) = (&l.self_attn, &l.mlp);
             for (name, w) in [
-                ("self_attn.q_proj", &a.q_proj.weight),
-                ("self_attn.k_proj", &a.k_proj.weight),
-                ("self_attn.v_proj", &a.v_proj.weight),
-                ("self_attn.o_proj", &a.o_proj.weight),
-                ("mlp.gate_proj", &m.gate_proj.weight),
-                ("mlp.up_proj", &m.up_proj.weight),
-                ("mlp.down_proj", &m.down_proj.weight),
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ]
+            .into_iter()
+            .filter(|(_, lin)| lin.quantized.is_none())
+            .map(|(name, lin)| (name, &lin.weight))
+            .chain([
                 ("input_layernorm", &l.input_layernorm.weight),
                 ("post_attention_layernorm", &l.post_attention_layernorm.weight),
-            ] {
+            ]) {
                 out.push((format!("{p}.{name}.weight"), w.clone()));
             }
         }
         out.push(("model.norm.weight".into(), self.norm.weight.clone()));
-        if let Some(head) = &self.lm_head {
+        if let Some(head) = self.lm_head.as_ref().filter(|h| h.quantized.is_none()) {
             out.push(("lm_head.weight".into(), head.weight.clone()));
         }
         out
     }
 
-    /// The number of parameters (a tied head counted once).
+    /// The number of parameters (a tied head counted once), the frozen quantized weights
+    /// (which [`Llama::params`] does not list) included.
     pub fn num_params(&self) -> usize {
-        self.params().iter().map(|(_, t)| t.numel()).sum()
+        let quantized: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                [
+                    &a.q_proj,
+                    &a.k_proj,
+                    &a.v_proj,
+                    &a.o_proj,
+                    &m.gate_proj,
+                    &m.up_proj,
+                    &m.down_proj,
+                ]
+            })
+            .chain(&self.lm_head)
+            .filter_map(|lin| lin.quantized.as_ref())
+            .map(|q| q.shape().iter().product::<usize>())
+            .sum();
+        quantized + self.params().iter().map(|(_, t)| t.numel()).sum::<usize>()
     }
 
     /// An empty KV cache for [`Llama::forward_cached`].

@@ -6,6 +6,7 @@
 //! for the call (mixed precision; the cast's backward returns their gradients in f32, so the
 //! optimizer updates f32 master weights). With inputs of the parameters' dtype nothing is cast.
 
+use crate::ops::linear_quantized::QuantizedMatrix;
 use crate::{DType, Device, Result, Rng, Tensor};
 
 mod lora;
@@ -36,13 +37,17 @@ fn like_opt(p: &Option<Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
     p.as_ref().map(|p| like(p, x)).transpose()
 }
 
-/// `y = x·Wᵀ + b`, with `weight` stored `[out, in]` as in `torch.nn.Linear`; with a LoRA adapter,
-/// `+ s·(x·Aᵀ)·Bᵀ` (see [`Lora`]).
+/// `y = x·Wᵀ + b`, with `weight` stored `[out, in]` as in `torch.nn.Linear` or kept in a ggml
+/// block format (`quantized`; inference only, see [`Linear::from_quantized`]); with a LoRA
+/// adapter, `+ s·(x·Aᵀ)·Bᵀ` (see [`Lora`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
+    /// The weight `[out, in]` in a quantized block format; when set, it is the weight and
+    /// `weight` is an empty placeholder (shape `[0]`, not a parameter).
+    pub quantized: Option<QuantizedMatrix>,
 }
 
 impl Linear {
@@ -56,6 +61,7 @@ impl Linear {
         dev: &Device,
     ) -> Result<Linear> {
         Ok(Linear {
+            quantized: None,
             weight: normal_param(&[out_features, in_features], std, rng, dev)?,
             bias: if bias {
                 Some(const_param(0.0, &[out_features], dev)?)
@@ -69,6 +75,7 @@ impl Linear {
     /// All-zero weight and bias (to be overwritten by loaded weights).
     pub fn zeros(in_features: usize, out_features: usize, bias: bool, dev: &Device) -> Result<Linear> {
         Ok(Linear {
+            quantized: None,
             weight: const_param(0.0, &[out_features, in_features], dev)?,
             bias: if bias {
                 Some(const_param(0.0, &[out_features], dev)?)
@@ -79,32 +86,74 @@ impl Linear {
         })
     }
 
+    /// A layer whose weight stays in its quantized block format, without bias. Its products run
+    /// on the CPU ([`Tensor::linear_quantized`]); it has no trainable weight, and a backward
+    /// through it is an error.
+    pub fn from_quantized(weight: QuantizedMatrix, dev: &Device) -> Result<Linear> {
+        Ok(Linear {
+            weight: Tensor::zeros(&[0], DType::F32, dev)?,
+            bias: None,
+            lora: None,
+            quantized: Some(weight),
+        })
+    }
+
+    /// `[out, in]`.
+    fn shape(&self) -> [usize; 2] {
+        match &self.quantized {
+            Some(q) => q.shape(),
+            None => [self.weight.shape()[0], self.weight.shape()[1]],
+        }
+    }
+
     pub fn in_features(&self) -> usize {
-        self.weight.shape()[1]
+        self.shape()[1]
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.shape()[0]
+        self.shape()[0]
+    }
+
+    /// `x·Wᵀ + b` with the quantized weight, then `epilogue` (the unfused forms).
+    fn forward_quantized(
+        &self,
+        q: &QuantizedMatrix,
+        x: &Tensor,
+        epilogue: impl FnOnce(Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let y = x.linear_quantized(q)?;
+        let y = match like_opt(&self.bias, x)? {
+            Some(b) => y.add(&b)?,
+            None => y,
+        };
+        epilogue(y)
     }
 
     /// x is (..., in) -> (..., out): `x·Wᵀ + b` (plus the adapter's term), in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.linear(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref())?;
+        let y = match &self.quantized {
+            Some(q) => self.forward_quantized(q, x, Ok)?,
+            None => x.linear(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref())?,
+        };
         self.add_lora(x, y)
     }
 
     /// `gelu(x·Wᵀ + b)`, the GELU fused into the product (after the adapter's term, if any).
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        match self.lora {
-            Some(_) => self.forward(x)?.gelu(),
-            None => x.linear_gelu(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref()),
+        match (&self.lora, &self.quantized) {
+            (Some(_), _) => self.forward(x)?.gelu(),
+            (None, Some(q)) => self.forward_quantized(q, x, |y| y.gelu()),
+            (None, None) => x.linear_gelu(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref()),
         }
     }
 
     /// `residual + x·Wᵀ + b` (plus the adapter's term), the add fused into the product;
     /// `residual` is (..., out).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let y = x.linear_residual(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref(), residual)?;
+        let y = match &self.quantized {
+            Some(q) => self.forward_quantized(q, x, |y| residual.add(&y))?,
+            None => x.linear_residual(&like(&self.weight, x)?, like_opt(&self.bias, x)?.as_ref(), residual)?,
+        };
         self.add_lora(x, y)
     }
 

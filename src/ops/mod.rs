@@ -9,6 +9,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod gather;
 pub mod layer_norm;
+pub mod linear_quantized;
 pub mod loss;
 pub mod matmul;
 pub mod overload;

@@ -16,6 +16,7 @@ mod fill;
 mod float;
 pub mod gemm;
 pub mod layer_norm;
+pub mod linear_quantized;
 mod map;
 pub mod matmul;
 pub mod reduce;

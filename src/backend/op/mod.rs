@@ -13,9 +13,11 @@
 
 pub mod binary;
 pub mod exp;
+pub mod quantized;
 pub mod unary;
 
 pub use binary::BinaryOp;
+pub use quantized::{QuantFormat, QuantizedMatrix};
 pub use unary::{gelu_derivative, UnaryOp};
 
 use crate::tensor::layout::Layout;

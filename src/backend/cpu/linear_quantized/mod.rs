@@ -1,0 +1,185 @@
+//! `y = x·Wᵀ` with W a [`QuantizedMatrix`] (ggml blocks), x f32: the decode (one row of x)
+//! and prefill (many rows) product of a quantized model, reading W in its block format.
+//!
+//! # Algorithm (llama.cpp's, with 8-bit activations)
+//!
+//! Each row of x is first quantized per block of 32 to signed bytes, as ggml's Q8_1:
+//! `xd = max|x| / 127`, `xq = round(x / xd)`, kept with `xd` and `xd·Σxq`. Every weight format
+//! is, for one sub-block of 32, `w = a·q + c` with small integers q (four bits, six bits or a
+//! signed byte) and two f32 coefficients, so a block's share of the dot product is
+//!
+//! ```text
+//! Σ w·x ≈ Σ (a·q + c)·(xd·xq) = (a·xd)·Σ q·xq + c·(xd·Σ xq)
+//! ```
+//!
+//! one integer dot product of 32 byte pairs plus two multiply-adds. Per format (`d`, `m`, `dmin`
+//! f16 in the block, `sc`/`mn` the sub-block's six-bit scale and min, `s8` Q6_K's signed scale):
+//!
+//! ```text
+//! Q4_0  a = d,       c = -8·d          q the nibble (0..16)
+//! Q4_1  a = d,       c = m             q the nibble
+//! Q8_0  a = d,       c = 0             q the signed byte
+//! Q4_K  a = d·sc,    c = -dmin·mn      q the nibble, 8 sub-blocks of 32 per 256
+//! Q6_K  a = d·s8,    c = 0             q - 32 (six bits), 16 sub-blocks of 16 per 256
+//! ```
+//!
+//! (Q6_K's scales change every 16 elements: its 32-element step is two 16-element integer dots.)
+//! The only rounding beyond f32 arithmetic is that of x: `|x - xd·xq| ≤ xd/2` per element, so a
+//! block's error is at most `max|x|/254 · Σ|w|` (the tests hold the result to that bound).
+//!
+//! # Kernels
+//!
+//! The integer dot is SIMD for Q4_0, Q4_1 and Q8_0, chosen at run time ([`QuantIsa::best`]):
+//! AVX-512BW two blocks per 512-bit step (`vpdpbusd` with VNNI, else `vpmaddubsw` + `vpmaddwd`),
+//! AVX2 one block per 256-bit step (`vpmaddubsw` + `vpmaddwd`), or [`portable`] scalar code (which
+//! is also the only path for Q4_K and Q6_K so far). The four-bit formats feed unsigned nibbles to
+//! the u8 × i8 instructions directly; Q8_0's signed weights go in as |w| with x's sign flipped
+//! where w < 0. Each block's i32 lanes are converted to f32 and multiply-added with `a·xd` into
+//! one f32 accumulator vector; `c·xd·Σxq` is summed apart.
+//!
+//! # Threads and memory traffic
+//!
+//! Rows of W are split over rayon's pool in tasks of [`ROWS_PER_TASK`]; each weight row is read
+//! once and dotted with every (quantized) row of x, which stays in cache. A decode step thus reads
+//! each weight byte once: `rows · row_bytes` bytes of W (Q4_1: 5 bits, Q8_0: 8.5 bits per weight)
+//! plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+mod q8;
+
+use super::alloc;
+use crate::backend::op::{QuantFormat, QuantizedMatrix};
+use crate::{Error, Result};
+pub use portable::k_scales_mins;
+pub use q8::{Q8Row, Q8Rows, QK};
+use rayon::prelude::*;
+
+/// Weight rows per rayon task: enough to amortise the scheduling (a 576-column Q4_1 row is 360
+/// bytes), few enough that 576-row matrices still split over many threads.
+pub const ROWS_PER_TASK: usize = 16;
+
+/// The instruction set a product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantIsa {
+    /// Scalar code the compiler vectorises as it can; runs everywhere.
+    Portable,
+    /// AVX2 + FMA + F16C (x86-64 since Haswell / Zen).
+    Avx2,
+    /// AVX-512F + BW (and F16C), 512-bit steps with `vpmaddubsw`.
+    Avx512,
+    /// As `Avx512` with AVX-512 VNNI's `vpdpbusd` (Ice Lake, Sapphire Rapids, Zen 4).
+    Avx512Vnni,
+}
+
+impl QuantIsa {
+    pub const ALL: [QuantIsa; 4] = [
+        QuantIsa::Portable,
+        QuantIsa::Avx2,
+        QuantIsa::Avx512,
+        QuantIsa::Avx512Vnni,
+    ];
+
+    /// Whether this CPU runs `self`.
+    pub fn is_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx512 = || has!("avx512f") && has!("avx512bw") && has!("f16c");
+            match self {
+                QuantIsa::Portable => true,
+                QuantIsa::Avx2 => has!("avx2") && has!("fma") && has!("f16c"),
+                QuantIsa::Avx512 => avx512(),
+                QuantIsa::Avx512Vnni => avx512() && has!("avx512vnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == QuantIsa::Portable
+        }
+    }
+
+    /// The fastest instruction set this CPU runs.
+    pub fn best() -> QuantIsa {
+        *QuantIsa::ALL
+            .iter()
+            .rev()
+            .find(|isa| isa.is_supported())
+            .expect("Portable is always supported")
+    }
+}
+
+/// One weight row (`row_bytes` of `format`) dotted with one quantized row of x, on `isa`.
+pub fn dot(isa: QuantIsa, format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let simd = matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0);
+        match isa {
+            // SAFETY: the caller chose `isa` among the supported ones (linear_quantized_on checks).
+            QuantIsa::Avx2 if simd => return unsafe { avx2::dot(format, w, x) },
+            // SAFETY: as above.
+            QuantIsa::Avx512 if simd => return unsafe { avx512::dot_bw(format, w, x) },
+            // SAFETY: as above.
+            QuantIsa::Avx512Vnni if simd => return unsafe { avx512::dot_vnni(format, w, x) },
+            _ => {}
+        }
+    }
+    let _ = isa; // the portable code serves every instruction set for the other formats
+    portable::dot(format, w, x)
+}
+
+/// `y = x·Wᵀ` on the best instruction set: x is (m, k) f32 row-major with `k == w.shape()[1]`,
+/// y is (m, n) with `n == w.shape()[0]`.
+pub fn linear_quantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
+    linear_quantized_on(QuantIsa::best(), x, w)
+}
+
+/// [`linear_quantized`] on a chosen instruction set (an error if this CPU lacks it).
+pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
+    let [n, k] = w.shape();
+    if !x.len().is_multiple_of(k) {
+        return Err(Error::shape(
+            "linear_quantized",
+            format!(
+                "{} input values are not whole rows of the weight's {k} columns",
+                x.len()
+            ),
+        ));
+    }
+    if !isa.is_supported() {
+        return Err(Error::invalid(
+            "linear_quantized",
+            format!("this CPU does not run the {isa:?} kernel"),
+        ));
+    }
+    let m = x.len() / k;
+    if m == 0 {
+        return Ok(Vec::new());
+    }
+    let (format, row_bytes) = (w.format(), w.row_bytes());
+    let xq = Q8Rows::quantize(x, k)?;
+    // yt is (n, m): each task fills the m outputs of its weight rows
+    let mut yt = alloc::filled("linear_quantized", n * m, 0f32)?;
+    yt.par_chunks_mut(m * ROWS_PER_TASK)
+        .zip(w.bytes().par_chunks(row_bytes * ROWS_PER_TASK))
+        .for_each(|(yt, w)| {
+            for (yr, wr) in yt.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)) {
+                for (i, y) in yr.iter_mut().enumerate() {
+                    *y = dot(isa, format, wr, &xq.row(i));
+                }
+            }
+        });
+    if m == 1 {
+        return Ok(yt);
+    }
+    let mut y = alloc::filled("linear_quantized", n * m, 0f32)?;
+    y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
+        for (j, v) in yr.iter_mut().enumerate() {
+            *v = yt[j * m + i];
+        }
+    });
+    Ok(y)
+}

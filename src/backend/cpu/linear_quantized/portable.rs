@@ -1,0 +1,114 @@
+//! The scalar dot products of every format: the path of CPUs without AVX2, and of Q4_K and Q6_K
+//! on all CPUs. The block layouts are drawn in src/gguf/dequant.rs.
+
+use super::q8::{Q8Row, QK};
+use crate::backend::op::QuantFormat;
+
+/// The coefficients `(a, c)` of a 32-element block of Q4_0, Q4_1 or Q8_0 (`w = a·q + c`) and the
+/// byte offset of its quants.
+#[inline]
+pub(super) fn block32(format: QuantFormat, b: &[u8]) -> (f32, f32, usize) {
+    match format {
+        QuantFormat::Q4_0 => {
+            let d = f16_at(b, 0);
+            (d, -8.0 * d, 2)
+        }
+        QuantFormat::Q4_1 => (f16_at(b, 0), f16_at(b, 2), 4),
+        QuantFormat::Q8_0 => (f16_at(b, 0), 0.0, 2),
+        QuantFormat::Q4_K | QuantFormat::Q6_K => unreachable!("{format} blocks hold 256 elements"),
+    }
+}
+
+/// Σ q·xq over 16 nibble bytes `qs` (element j < 16: low nibble of qs[j], j + 16: high nibble).
+fn nibble_dot(qs: &[u8], xq: &[i8]) -> i32 {
+    let (lo, hi) = xq.split_at(16);
+    qs.iter()
+        .zip(lo.iter().zip(hi))
+        .map(|(&q, (&a, &b))| (q & 0xF) as i32 * a as i32 + (q >> 4) as i32 * b as i32)
+        .sum()
+}
+
+pub(super) fn dot(format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
+    let blocks = w.chunks_exact(format.block_bytes());
+    let mut y = 0f32;
+    match format {
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0 => {
+            for (b, wb) in blocks.enumerate() {
+                let (a, c, at) = block32(format, wb);
+                let xq = &x.qs[QK * b..QK * (b + 1)];
+                let isum = if format == QuantFormat::Q8_0 {
+                    wb[at..at + 32]
+                        .iter()
+                        .zip(xq)
+                        .map(|(&q, &v)| q as i8 as i32 * v as i32)
+                        .sum()
+                } else {
+                    nibble_dot(&wb[at..at + 16], xq)
+                };
+                y += a * x.d[b] * isum as f32 + c * x.dsum[b];
+            }
+        }
+        QuantFormat::Q4_K => {
+            for (sb, wb) in blocks.enumerate() {
+                let (d, dmin) = (f16_at(wb, 0), f16_at(wb, 2));
+                let qs = &wb[16..144];
+                for (s, (sc, mn)) in k_scales_mins(&wb[4..16]).into_iter().enumerate() {
+                    // sub-block 2g: the low nibbles of qs[32g..32g + 32], 2g + 1: their high ones
+                    let (bytes, shift) = (&qs[32 * (s / 2)..32 * (s / 2) + 32], 4 * (s % 2));
+                    let j = 8 * sb + s;
+                    let xq = &x.qs[QK * j..QK * (j + 1)];
+                    let isum: i32 = bytes
+                        .iter()
+                        .zip(xq)
+                        .map(|(&q, &v)| ((q >> shift) & 0xF) as i32 * v as i32)
+                        .sum();
+                    y += d * sc as f32 * x.d[j] * isum as f32 - dmin * mn as f32 * x.dsum[j];
+                }
+            }
+        }
+        QuantFormat::Q6_K => {
+            for (sb, wb) in blocks.enumerate() {
+                let (ql, qh, scales) = (&wb[0..128], &wb[128..192], &wb[192..208]);
+                let d = f16_at(wb, 208);
+                // element e = 128h + p: low 4 bits from ql[64h + p % 64] >> 4·(p / 64),
+                // high 2 bits from qh[32h + p % 32] >> 2·(p / 32)
+                let q = |e: usize| -> i32 {
+                    let (h, p) = (e / 128, e % 128);
+                    let low = (ql[64 * h + p % 64] >> (4 * (p / 64))) & 0xF;
+                    let high = (qh[32 * h + p % 32] >> (2 * (p / 32))) & 3;
+                    (low | high << 4) as i32 - 32
+                };
+                for s in 0..8 {
+                    let j = 8 * sb + s;
+                    let xq = &x.qs[QK * j..QK * (j + 1)];
+                    let half = |g: usize| -> f32 {
+                        let isum: i32 = (0..16).map(|l| q(32 * s + 16 * g + l) * xq[16 * g + l] as i32).sum();
+                        scales[2 * s + g] as i8 as f32 * isum as f32
+                    };
+                    y += d * x.d[j] * (half(0) + half(1));
+                }
+            }
+        }
+    }
+    y
+}
+
+/// The f16 at byte `at` of `b`, as f32.
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The 8 six-bit (scale, min) pairs packed in a Q4_K/Q5_K block's 12 `scales` bytes.
+pub fn k_scales_mins(s: &[u8]) -> [(u8, u8); 8] {
+    std::array::from_fn(|j| {
+        if j < 4 {
+            (s[j] & 0x3F, s[j + 4] & 0x3F)
+        } else {
+            let i = j - 4;
+            (
+                (s[i + 8] & 0xF) | ((s[i] >> 2) & 0x30),
+                (s[i + 8] >> 4) | ((s[i + 4] >> 2) & 0x30),
+            )
+        }
+    })
+}

@@ -1,0 +1,62 @@
+//! The activations' side of the dot products: rows of x rounded per block of [`QK`] to signed
+//! bytes, as ggml's Q8_1 (see mod.rs).
+
+use crate::backend::cpu::alloc;
+use crate::Result;
+
+/// The elements of one activation block.
+pub const QK: usize = 32;
+
+/// One row of x quantized per block of [`QK`]: `x[j] ≈ d[j / QK] · qs[j]`, and
+/// `dsum[b] = d[b] · Σ qs over block b`.
+pub struct Q8Row<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub dsum: &'a [f32],
+}
+
+/// The rows of x quantized per block (see [`Q8Row`]).
+pub struct Q8Rows {
+    k: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    dsum: Vec<f32>,
+}
+
+impl Q8Rows {
+    /// x is (m, k) row-major, k a multiple of [`QK`].
+    pub fn quantize(x: &[f32], k: usize) -> Result<Q8Rows> {
+        debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
+        let blocks = x.len() / QK;
+        let mut qs = alloc::filled("linear_quantized", x.len(), 0i8)?;
+        let mut d = alloc::filled("linear_quantized", blocks, 0f32)?;
+        let mut dsum = alloc::filled("linear_quantized", blocks, 0f32)?;
+        for (((xb, qb), d), dsum) in x
+            .chunks_exact(QK)
+            .zip(qs.chunks_exact_mut(QK))
+            .zip(&mut d)
+            .zip(&mut dsum)
+        {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            *d = amax / 127.0;
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = (v * inv).round() as i8;
+                sum += *q as i32;
+            }
+            *dsum = *d * sum as f32;
+        }
+        Ok(Q8Rows { k, qs, d, dsum })
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> Q8Row<'_> {
+        let (k, b) = (self.k, self.k / QK);
+        Q8Row {
+            qs: &self.qs[i * k..(i + 1) * k],
+            d: &self.d[i * b..(i + 1) * b],
+            dsum: &self.dsum[i * b..(i + 1) * b],
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! `linear_quantized` (y = x·Wᵀ with W in ggml blocks) against the dequantize-then-f64 product,
+//! W dequantized by `kiln::gguf::dequantize` (bit-equal to the `gguf` Python package), on every
+//! instruction set this CPU runs, over random shapes: row counts that are not multiples of the
+//! rows per task, block counts that are odd (the AVX-512 kernel takes two blocks per step) and
+//! not multiples of the SIMD width.
+//!
+//! Tolerance: x is rounded to `xd·round(x/xd)` with `xd = max|x_block|/127`, an error of at most
+//! `xd/2` per element, so each output may differ from the exact product by
+//! `Σ_blocks max|x_block|/254 · Σ_block |w|` plus f32 rounding (bounded here by 2e-5·Σ|x·w|).
+//! A second check removes that rounding: x whose blocks are integers with one ±127 is quantized
+//! exactly, and then the result must agree to f32 rounding alone.
+
+use kiln::backend::cpu::linear_quantized::{linear_quantized_on, QuantIsa, ROWS_PER_TASK};
+use kiln::gguf::{dequantize, GgmlType};
+use kiln::ops::linear_quantized::{QuantFormat, QuantizedMatrix};
+use kiln::{DType, Device, Tensor};
+
+/// xorshift64*: a small deterministic generator.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+fn ggml(format: QuantFormat) -> GgmlType {
+    match format {
+        QuantFormat::Q4_0 => GgmlType::Q4_0,
+        QuantFormat::Q4_1 => GgmlType::Q4_1,
+        QuantFormat::Q8_0 => GgmlType::Q8_0,
+        QuantFormat::Q4_K => GgmlType::Q4_K,
+        QuantFormat::Q6_K => GgmlType::Q6_K,
+    }
+}
+
+/// One random block: random quant bytes, and f16 scales of modest size at the format's offsets.
+fn random_block(format: QuantFormat, g: &mut Gen) -> Vec<u8> {
+    let mut b: Vec<u8> = (0..format.block_bytes()).map(|_| g.next() as u8).collect();
+    let mut put = |at: usize, v: f32| b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+    match format {
+        QuantFormat::Q4_0 | QuantFormat::Q8_0 => put(0, 0.05 * g.unit()),
+        QuantFormat::Q4_1 | QuantFormat::Q4_K => {
+            put(0, 0.05 * g.unit());
+            put(2, 0.05 * g.unit());
+        }
+        QuantFormat::Q6_K => put(208, 0.01 * g.unit()),
+    }
+    b
+}
+
+/// A random `[rows, cols]` matrix of `format` and its dequantized f32 values.
+fn random_matrix(format: QuantFormat, rows: usize, cols: usize, g: &mut Gen) -> (QuantizedMatrix, Vec<f32>) {
+    let bytes: Vec<u8> = (0..rows * cols / format.block_size())
+        .flat_map(|_| random_block(format, g))
+        .collect();
+    let w = dequantize(ggml(format), &bytes).unwrap();
+    (QuantizedMatrix::new(format, rows, cols, bytes).unwrap(), w)
+}
+
+/// y = x·Wᵀ in f64, and for each output the tolerance described at the top.
+fn reference(x: &[f32], w: &[f32], k: usize, exact_x: bool) -> (Vec<f64>, Vec<f64>) {
+    let (m, n) = (x.len() / k, w.len() / k);
+    let (mut y, mut tol) = (Vec::new(), Vec::new());
+    for i in 0..m {
+        let xr = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &w[j * k..(j + 1) * k];
+            y.push(xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum());
+            let magnitude: f64 = xr.iter().zip(wr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let rounding: f64 = xr
+                .chunks(32)
+                .zip(wr.chunks(32))
+                .map(|(xb, wb)| {
+                    let amax = xb.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
+                    amax / 254.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>()
+                })
+                .sum();
+            tol.push(2e-5 * magnitude + 1e-6 + if exact_x { 0.0 } else { rounding });
+        }
+    }
+    (y, tol)
+}
+
+fn check_format(format: QuantFormat, seed: u64) {
+    let mut g = Gen(seed);
+    let isas: Vec<QuantIsa> = QuantIsa::ALL.into_iter().filter(|i| i.is_supported()).collect();
+    eprintln!("{format}: instruction sets {isas:?}");
+    for case in 0..24 {
+        let max_blocks = if format.block_size() == 32 { 19 } else { 4 };
+        let k = format.block_size() * (1 + g.below(max_blocks));
+        let n = 1 + g.below(3 * ROWS_PER_TASK + 5);
+        let m = 1 + g.below(5);
+        let (wq, w) = random_matrix(format, n, k, &mut g);
+        let exact_x = case % 3 == 0;
+        let x: Vec<f32> = if exact_x {
+            // integers in each block with one ±127: quantized without rounding
+            (0..m * k)
+                .map(|j| match j % 32 {
+                    5 => {
+                        if g.next().is_multiple_of(2) {
+                            127.0
+                        } else {
+                            -127.0
+                        }
+                    }
+                    _ => g.below(255) as f32 - 127.0,
+                })
+                .collect()
+        } else {
+            (0..m * k).map(|_| 3.0 * g.unit()).collect()
+        };
+        let (want, tol) = reference(&x, &w, k, exact_x);
+        for &isa in &isas {
+            let got = linear_quantized_on(isa, &x, &wq).unwrap();
+            assert_eq!(got.len(), m * n);
+            for (e, ((&got, &want), &tol)) in got.iter().zip(&want).zip(&tol).enumerate() {
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "{format} {isa:?} x [{m}, {k}] W [{n}, {k}] (exact x: {exact_x}): y[{}, {}] = {got}, want {want} ± {tol}",
+                    e / n,
+                    e % n
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_0_matches_the_dequantized_product() {
+    check_format(QuantFormat::Q4_0, 1);
+}
+
+#[test]
+fn q4_1_matches_the_dequantized_product() {
+    check_format(QuantFormat::Q4_1, 2);
+}
+
+#[test]
+fn q8_0_matches_the_dequantized_product() {
+    check_format(QuantFormat::Q8_0, 3);
+}
+
+#[test]
+fn q4_k_matches_the_dequantized_product() {
+    check_format(QuantFormat::Q4_K, 4);
+}
+
+#[test]
+fn q6_k_matches_the_dequantized_product() {
+    check_format(QuantFormat::Q6_K, 5);
+}
+
+#[test]
+fn the_rounding_bound_is_tight_enough_to_matter() {
+    // the 8-bit rounding of x is visible (the check is not vacuous), and stays inside its bound
+    let mut g = Gen(9);
+    let (wq, w) = random_matrix(QuantFormat::Q8_0, 64, 256, &mut g);
+    let x: Vec<f32> = (0..256).map(|_| g.unit()).collect();
+    let (want, tol) = reference(&x, &w, 256, false);
+    let got = linear_quantized_on(QuantIsa::Portable, &x, &wq).unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .zip(&tol)
+        .map(|((&g, &w), &t)| (g as f64 - w).abs() / t)
+        .fold(0f64, f64::max);
+    assert!(worst > 1e-3 && worst <= 1.0, "largest error / bound = {worst}");
+}
+
+#[test]
+fn row_lengths_that_are_not_whole_blocks_are_refused() {
+    for format in QuantFormat::ALL {
+        let b = format.block_size();
+        let err = QuantizedMatrix::new(format, 2, b + 16, vec![0u8; 2 * 2 * format.block_bytes()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linear_quantized") && err.contains(&format!("multiple of {b}")),
+            "{err}"
+        );
+        let err = QuantizedMatrix::new(format, 3, b, vec![0u8; 2 * format.block_bytes()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "takes {} bytes, got {}",
+                3 * format.block_bytes(),
+                2 * format.block_bytes()
+            )),
+            "{err}"
+        );
+    }
+    let mut g = Gen(3);
+    let (wq, _) = random_matrix(QuantFormat::Q4_1, 4, 64, &mut g);
+    let err = linear_quantized_on(QuantIsa::Portable, &[0.0; 96], &wq)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not whole rows of the weight's 64 columns"), "{err}");
+    // no rows in, no rows out
+    assert_eq!(
+        linear_quantized_on(QuantIsa::best(), &[], &wq).unwrap(),
+        Vec::<f32>::new()
+    );
+}
+
+#[test]
+fn the_tensor_op_checks_its_input_and_has_no_backward() {
+    let mut g = Gen(5);
+    let (wq, w) = random_matrix(QuantFormat::Q4_1, 40, 64, &mut g);
+    let dev = Device::Cpu;
+    let xv: Vec<f32> = (0..3 * 64).map(|_| g.unit()).collect();
+    let x = Tensor::from_vec(xv.clone(), &[3, 1, 64], &dev).unwrap();
+    let y = x.linear_quantized(&wq).unwrap();
+    assert_eq!(y.shape(), &[3, 1, 40]);
+    let (want, tol) = reference(&xv, &w, 64, false);
+    for ((&got, &want), &tol) in y.to_vec::<f32>().unwrap().iter().zip(&want).zip(&tol) {
+        assert!((got as f64 - want).abs() <= tol, "{got} vs {want} ± {tol}");
+    }
+    // bf16 in, bf16 out (computed in f32)
+    let yb = x.to_dtype(DType::BF16).unwrap().linear_quantized(&wq).unwrap();
+    assert_eq!(yb.dtype(), DType::BF16);
+    // a wrong width, an integer input
+    let err = Tensor::zeros(&[2, 63], DType::F32, &dev)
+        .unwrap()
+        .linear_quantized(&wq)
+        .unwrap_err();
+    assert!(err.to_string().contains("expected input [..., 64]"), "{err}");
+    let err = Tensor::zeros(&[2, 64], DType::U32, &dev)
+        .unwrap()
+        .linear_quantized(&wq)
+        .unwrap_err();
+    assert!(err.to_string().contains("f32 or bf16"), "{err}");
+    // a gradient through it is a clear error, not a silent zero
+    let xg = x.requires_grad();
+    let Err(err) = xg.linear_quantized(&wq).unwrap().sum_all().unwrap().backward() else {
+        panic!("a backward through quantized weights succeeded")
+    };
+    assert!(err.to_string().contains("no backward through Q4_1"), "{err}");
+}
+
+#[test]
+fn the_emulator_refuses_quantized_weights_with_a_clear_error() {
+    let mut g = Gen(6);
+    let (wq, _) = random_matrix(QuantFormat::Q8_0, 8, 32, &mut g);
+    let x = Tensor::zeros(&[1, 32], DType::F32, &Device::Emu).unwrap();
+    let err = x.linear_quantized(&wq).unwrap_err().to_string();
+    assert!(err.contains("on the CPU only"), "{err}");
+}
