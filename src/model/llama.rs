@@ -350,75 +350,20 @@ impl Llama {
     pub fn to_dtype(&self, dtype: DType) -> Result<Llama> {
         let mut model = self.clone();
         model.set_dtype(dtype)?;
-        let _no_grad = crate::no_grad();
-        for p in model.params_mut() {
-            if p.dtype() != dtype {
-                *p = p.to_dtype(dtype)?.requires_grad();
-            }
-        }
+        crate::nn::cast_params(&mut model, dtype)?;
         Ok(model)
-    }
-
-    fn params_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = vec![&mut self.embed_tokens.weight];
-        for l in &mut self.layers {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            out.extend([&mut l.input_layernorm.weight, &mut l.post_attention_layernorm.weight]);
-            out.extend(
-                [
-                    &mut a.q_proj,
-                    &mut a.k_proj,
-                    &mut a.v_proj,
-                    &mut a.o_proj,
-                    &mut m.gate_proj,
-                    &mut m.up_proj,
-                    &mut m.down_proj,
-                ]
-                .map(|l| &mut l.weight),
-            );
-        }
-        out.push(&mut self.norm.weight);
-        if let Some(head) = &mut self.lm_head {
-            out.push(&mut head.weight);
-        }
-        out
     }
 
     /// Every parameter by its Hugging Face name, in state-dict order. The tensors are the
     /// model's own leaves: look their gradients up with `grads.get(&tensor)`. For a model loaded
     /// from GGUF the q and k rows are in the file's order (see [`Llama::rope_layout`]).
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.weight.clone(),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let (a, m) = (&l.self_attn, &l.mlp);
-            for (name, w) in [
-                ("self_attn.q_proj", &a.q_proj.weight),
-                ("self_attn.k_proj", &a.k_proj.weight),
-                ("self_attn.v_proj", &a.v_proj.weight),
-                ("self_attn.o_proj", &a.o_proj.weight),
-                ("mlp.gate_proj", &m.gate_proj.weight),
-                ("mlp.up_proj", &m.up_proj.weight),
-                ("mlp.down_proj", &m.down_proj.weight),
-                ("input_layernorm", &l.input_layernorm.weight),
-                ("post_attention_layernorm", &l.post_attention_layernorm.weight),
-            ] {
-                out.push((format!("{p}.{name}.weight"), w.clone()));
-            }
-        }
-        out.push(("model.norm.weight".into(), self.norm.weight.clone()));
-        if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".into(), head.weight.clone()));
-        }
-        out
+        crate::nn::Params::named_params(self) // the walk is in llama_params.rs
     }
 
     /// The number of parameters (a tied head counted once).
     pub fn num_params(&self) -> usize {
-        self.params().iter().map(|(_, t)| t.numel()).sum()
+        crate::nn::Params::num_params(self)
     }
 
     /// An empty KV cache for [`Llama::forward_cached`].

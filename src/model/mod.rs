@@ -8,6 +8,7 @@ pub mod io;
 mod kv_cache;
 mod llama;
 mod llama_config;
+mod llama_params;
 
 pub use config::{GptConfig, PRESETS};
 pub(crate) use gpt::causal_mask;
