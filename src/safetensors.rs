@@ -297,7 +297,6 @@ pub fn read_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
         .collect()
 }
 
-
 /// Integers as a u32 tensor, refusing values outside 0..=u32::MAX.
 fn ids_to_u32<I: Copy + TryInto<u32> + std::fmt::Display>(
     name: &str,
@@ -319,4 +318,3 @@ fn ids_to_u32<I: Copy + TryInto<u32> + std::fmt::Display>(
         .collect::<Result<Vec<u32>>>()?;
     Tensor::from_vec(converted, shape, dev)
 }
-

@@ -10,8 +10,8 @@
 
 mod module;
 
-pub use module::{join, load_named, save_named, Module, ParamVisitor, Params};
 pub(crate) use module::{cast_params, load_named_from};
+pub use module::{join, load_named, save_named, Module, ParamVisitor, Params};
 
 use crate::{DType, Device, Result, Rng, Tensor};
 
@@ -189,12 +189,7 @@ impl LayerNorm {
 }
 
 /// Visits `weight` and, when present, `bias` under `prefix`: the parameters of a Linear or a norm.
-fn visit_affine(
-    weight: &mut Tensor,
-    bias: &mut Option<Tensor>,
-    prefix: &str,
-    f: &mut ParamVisitor<'_>,
-) {
+fn visit_affine(weight: &mut Tensor, bias: &mut Option<Tensor>, prefix: &str, f: &mut ParamVisitor<'_>) {
     f(&join(prefix, "weight"), weight);
     if let Some(b) = bias {
         f(&join(prefix, "bias"), b);

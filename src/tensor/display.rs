@@ -143,7 +143,11 @@ impl fmt::Display for Tensor {
         } else {
             write_level(&mut out, &strings, &shown.dims, width, "tensor(".len() + 1);
         }
-        let default_dtype = if self.dtype().is_float() { DType::F32 } else { DType::U32 };
+        let default_dtype = if self.dtype().is_float() {
+            DType::F32
+        } else {
+            DType::U32
+        };
         if self.dtype() != default_dtype {
             out.push_str(&format!(", dtype={}", self.dtype()));
         }
