@@ -18,6 +18,9 @@ use crate::backend::Storage;
 use crate::{DType, Error, Gradients, Result, Tensor};
 use std::sync::Arc;
 
+/// A decay predicate: given a parameter's name and tensor, whether it decays.
+pub type DecayPredicate = Arc<dyn Fn(&str, &Tensor) -> bool + Send + Sync>;
+
 /// Which parameters AdamW's weight decay applies to (the others get `weight_decay` 0).
 #[derive(Clone)]
 pub enum WeightDecay {
@@ -27,7 +30,7 @@ pub enum WeightDecay {
     /// two parameter groups of nanoGPT's `configure_optimizers`.
     MatricesOnly,
     /// The parameters for which the predicate, given the name and the tensor, returns true.
-    Predicate(Arc<dyn Fn(&str, &Tensor) -> bool + Send + Sync>),
+    Predicate(DecayPredicate),
 }
 
 impl WeightDecay {

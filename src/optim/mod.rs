@@ -7,7 +7,7 @@
 mod adamw;
 mod sgd;
 
-pub use adamw::{AdamW, AdamWConfig, WeightDecay};
+pub use adamw::{AdamW, AdamWConfig, DecayPredicate, WeightDecay};
 pub use sgd::Sgd;
 
 use crate::{Error, Gradients, Result, Tensor};
