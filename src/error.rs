@@ -115,6 +115,14 @@ impl Error {
     }
 }
 
+/// An I/O failure from code that has no more context to give (the `?` on a `std::io::Result` in a
+/// function returning `kiln::Result`); kiln itself says what it was doing (`reading model.safetensors`).
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::io("I/O error", source)
+    }
+}
+
 /// `bytes` in binary units for messages: `8000000000000` -> `7.28 TiB`.
 pub(crate) fn human_bytes(bytes: u128) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];

@@ -25,7 +25,9 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod safetensors;
 pub mod tensor;
+pub mod testing;
 pub mod tokenizer;
 pub mod train;
 

@@ -7,18 +7,12 @@
 //! |a − n| ≤ 1e-8 + 1e-6·max(|a|, |n|).
 
 use kiln::ops::rope::RopeLayout;
+use kiln::testing::Tolerance as Tol;
 use kiln::{DType, Device, Error, Result, Rng, Tensor};
 
 const DEV: Device = Device::Cpu;
 
 /// Finite-difference step and tolerance: |a − n| ≤ atol + rtol·max(|a|, |n|).
-#[derive(Clone, Copy, Debug)]
-struct Tol {
-    h: f64,
-    rtol: f64,
-    atol: f64,
-}
-
 const F64_TOL: Tol = Tol {
     h: 1e-6,
     rtol: 1e-6,
@@ -29,69 +23,18 @@ const F64_TOL: Tol = Tol {
 // The helper
 // ------------------------------------------------------------------------------------------
 
-/// Checks `backward()` of the scalar `f(inputs)` against central differences, for every
-/// float input (all must be F64). Integer inputs (ids, masks) are passed through untouched
-/// and must receive no gradient. Also checks that each gradient has its input's shape and
-/// dtype. Panics with the worst mismatch.
+/// Checks `backward()` of the scalar `f(inputs)` against central differences with the public
+/// [`kiln::testing::gradcheck_with`]: every float input (all must be F64) gets a gradient of its
+/// shape and dtype that matches; integer inputs (ids, masks) get none. Panics with the worst
+/// mismatch.
 fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
     gradcheck_with(name, F64_TOL, inputs, f)
 }
 
 fn gradcheck_with(name: &str, tol: Tol, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
-    let leaves: Vec<Tensor> = inputs.iter().map(|t| t.detach().requires_grad()).collect();
-    let out = f(&leaves).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
-    assert_eq!(out.numel(), 1, "{name}: f must return a scalar, got {:?}", out.shape());
-    assert!(out.tracks_grad(), "{name}: the output does not track gradients");
-    let grads = out
-        .backward()
-        .unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
-
-    let eval = |ins: &[Tensor]| -> f64 {
-        let _g = kiln::no_grad();
-        f(ins)
-            .and_then(|y| y.to_scalar::<f64>())
-            .unwrap_or_else(|e| panic!("{name}: forward failed: {e}"))
-    };
-
-    let mut checked = 0usize;
-    for (i, (x, leaf)) in inputs.iter().zip(&leaves).enumerate() {
-        if !x.dtype().is_float() {
-            assert!(grads.get(leaf).is_none(), "{name}: integer input {i} got a gradient");
-            continue;
-        }
-        assert_eq!(x.dtype(), DType::F64, "{name}: gradcheck inputs must be f64");
-        let g = grads
-            .get(leaf)
-            .unwrap_or_else(|| panic!("{name}: input {i} {:?} got no gradient", x.shape()));
-        assert_eq!(g.shape(), x.shape(), "{name}: gradient shape of input {i}");
-        assert_eq!(g.dtype(), x.dtype(), "{name}: gradient dtype of input {i}");
-        let analytic = g.to_vec::<f64>().unwrap();
-        let base = x.to_vec::<f64>().unwrap();
-        for j in 0..base.len() {
-            let at = |delta: f64| {
-                let mut v = base.clone();
-                v[j] += delta;
-                let mut ins = inputs.to_vec();
-                ins[i] = Tensor::from_vec(v, x.shape(), &DEV).unwrap();
-                eval(&ins)
-            };
-            let numeric = (at(tol.h) - at(-tol.h)) / (2.0 * tol.h);
-            let a = analytic[j];
-            let err = (a - numeric).abs();
-            let allowed = tol.atol + tol.rtol * a.abs().max(numeric.abs());
-            assert!(
-                err <= allowed && a.is_finite(),
-                "{name}: input {i} {:?}, element {j}: backward {a:e}, finite difference {numeric:e} \
-                 (error {err:e} > allowed {allowed:e})",
-                x.shape()
-            );
-            checked += 1;
-        }
+    if let Err(e) = kiln::testing::gradcheck_with(tol, inputs, f) {
+        panic!("{name}: {e}");
     }
-    assert!(
-        checked > 0 || inputs.iter().all(|t| t.numel() == 0 || !t.dtype().is_float()),
-        "{name}: nothing was checked"
-    );
 }
 
 /// The helper itself must catch a wrong backward rule: `x·detach(x)` computes x² but its

@@ -288,7 +288,9 @@ fn a_non_finite_evaluation_loss_stops_the_run_and_keeps_the_last_good_checkpoint
     let wpe = &loaded.model.wpe.weight;
     let mut w = wpe.to_vec::<f32>().unwrap();
     w[0] = f32::NAN;
-    loaded.model.wpe.weight = kiln::Tensor::from_vec(w, wpe.shape(), &Device::Cpu).unwrap();
+    loaded.model.wpe.weight = kiln::Tensor::from_vec(w, wpe.shape(), &Device::Cpu)
+        .unwrap()
+        .requires_grad();
     let init = Init::From {
         model: Box::new(loaded.model),
         tokenizer: loaded.tokenizer,

@@ -180,6 +180,12 @@ impl Gradients {
         self.grads.insert(t.id(), grad)
     }
 
+    /// Every gradient with the [`Tensor::id`] of its leaf, in no particular order (look one up by
+    /// its tensor with [`Gradients::get`]).
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Tensor)> {
+        self.grads.iter().map(|(&id, g)| (id, g))
+    }
+
     pub fn len(&self) -> usize {
         self.grads.len()
     }

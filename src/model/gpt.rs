@@ -5,7 +5,7 @@
 
 use super::config::GptConfig;
 use super::kv_cache::{KvCache, LayerKv};
-use crate::nn::{Embedding, LayerNorm, Linear};
+use crate::nn::{join, Embedding, LayerNorm, Linear, Module, ParamVisitor, Params};
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 
 /// GPT-2's LayerNorm epsilon.
@@ -154,7 +154,7 @@ pub struct Block {
 /// A Linear drawn from N(0, std²) when `rng` is given, else all zeros.
 fn linear(i: usize, o: usize, bias: bool, std: f64, rng: Option<&mut Rng>, dev: &Device) -> Result<Linear> {
     match rng {
-        Some(rng) => Linear::new(i, o, bias, std, rng, dev),
+        Some(rng) => Linear::normal(i, o, bias, std, rng, dev),
         None => Linear::zeros(i, o, bias, dev),
     }
 }
@@ -224,8 +224,8 @@ impl Gpt {
         cfg.validate()?;
         let (wte, wpe) = match rng.as_deref_mut() {
             Some(rng) => (
-                Embedding::new(cfg.vocab_size, cfg.n_embd, INIT_STD, rng, dev)?,
-                Embedding::new(cfg.block_size, cfg.n_embd, INIT_STD, rng, dev)?,
+                Embedding::normal(cfg.vocab_size, cfg.n_embd, INIT_STD, rng, dev)?,
+                Embedding::normal(cfg.block_size, cfg.n_embd, INIT_STD, rng, dev)?,
             ),
             None => (
                 Embedding::zeros(cfg.vocab_size, cfg.n_embd, dev)?,
@@ -294,82 +294,24 @@ impl Gpt {
     pub fn to_dtype(&self, dtype: DType) -> Result<Gpt> {
         let mut model = self.clone();
         model.set_dtype(dtype)?;
-        let _no_grad = crate::no_grad();
-        for p in model.params_mut() {
-            if p.dtype() != dtype {
-                *p = p.to_dtype(dtype)?.requires_grad();
-            }
-        }
+        crate::nn::cast_params(&mut model, dtype)?;
         Ok(model)
-    }
-
-    /// Every parameter, mutably (in no particular order).
-    fn params_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = vec![&mut self.wte.weight, &mut self.wpe.weight];
-        let ln_f = &mut self.ln_f;
-        for block in &mut self.h {
-            let (attn, mlp) = (&mut block.attn, &mut block.mlp);
-            for (w, b) in [&mut attn.c_attn, &mut attn.c_proj, &mut mlp.c_fc, &mut mlp.c_proj]
-                .into_iter()
-                .map(|l| (&mut l.weight, &mut l.bias))
-                .chain([&mut block.ln_1, &mut block.ln_2].map(|n| (&mut n.weight, &mut n.bias)))
-            {
-                out.push(w);
-                out.extend(b.as_mut());
-            }
-        }
-        out.push(&mut ln_f.weight);
-        out.extend(ln_f.bias.as_mut());
-        out
     }
 
     pub fn device(&self) -> &Device {
         self.wte.weight.device()
     }
 
-    /// Every parameter by its Hugging Face GPT-2 name, in state-dict order. The tensors are
-    /// the model's own leaves (requires_grad): look their gradients up with
+    /// Every parameter by its Hugging Face GPT-2 name, in state-dict order ([`Params`]'s walk).
+    /// The tensors are the model's own leaves (requires_grad): look their gradients up with
     /// `grads.get(&tensor)`; `Tensor::assign` on them updates the model.
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        out.push(("transformer.wte.weight".into(), self.wte.weight.clone()));
-        out.push(("transformer.wpe.weight".into(), self.wpe.weight.clone()));
-        for (i, block) in self.h.iter().enumerate() {
-            let p = format!("transformer.h.{i}");
-            push_affine(&mut out, &format!("{p}.ln_1"), &block.ln_1.weight, &block.ln_1.bias);
-            push_affine(
-                &mut out,
-                &format!("{p}.attn.c_attn"),
-                &block.attn.c_attn.weight,
-                &block.attn.c_attn.bias,
-            );
-            push_affine(
-                &mut out,
-                &format!("{p}.attn.c_proj"),
-                &block.attn.c_proj.weight,
-                &block.attn.c_proj.bias,
-            );
-            push_affine(&mut out, &format!("{p}.ln_2"), &block.ln_2.weight, &block.ln_2.bias);
-            push_affine(
-                &mut out,
-                &format!("{p}.mlp.c_fc"),
-                &block.mlp.c_fc.weight,
-                &block.mlp.c_fc.bias,
-            );
-            push_affine(
-                &mut out,
-                &format!("{p}.mlp.c_proj"),
-                &block.mlp.c_proj.weight,
-                &block.mlp.c_proj.bias,
-            );
-        }
-        push_affine(&mut out, "transformer.ln_f", &self.ln_f.weight, &self.ln_f.bias);
-        out
+        self.named_params()
     }
 
     /// The number of parameters (the tied LM head counted once).
     pub fn num_params(&self) -> usize {
-        self.params().iter().map(|(_, t)| t.numel()).sum()
+        Params::num_params(self)
     }
 
     /// ids u32 (B, T) -> logits (B, T, vocab), evaluation mode (no dropout).
@@ -462,11 +404,50 @@ impl Gpt {
     }
 }
 
-/// Appends `{prefix}.weight` and, if present, `{prefix}.bias`.
-fn push_affine(out: &mut Vec<(String, Tensor)>, prefix: &str, weight: &Tensor, bias: &Option<Tensor>) {
-    out.push((format!("{prefix}.weight"), weight.clone()));
-    if let Some(b) = bias {
-        out.push((format!("{prefix}.bias"), b.clone()));
+impl Params for CausalSelfAttention {
+    /// `c_attn`, `c_proj`.
+    fn visit_params(&mut self, prefix: &str, f: &mut ParamVisitor<'_>) {
+        self.c_attn.visit_params(&join(prefix, "c_attn"), f);
+        self.c_proj.visit_params(&join(prefix, "c_proj"), f);
+    }
+}
+
+impl Params for Mlp {
+    /// `c_fc`, `c_proj`.
+    fn visit_params(&mut self, prefix: &str, f: &mut ParamVisitor<'_>) {
+        self.c_fc.visit_params(&join(prefix, "c_fc"), f);
+        self.c_proj.visit_params(&join(prefix, "c_proj"), f);
+    }
+}
+
+impl Params for Block {
+    /// `ln_1`, `attn`, `ln_2`, `mlp` (Hugging Face's state-dict order).
+    fn visit_params(&mut self, prefix: &str, f: &mut ParamVisitor<'_>) {
+        self.ln_1.visit_params(&join(prefix, "ln_1"), f);
+        self.attn.visit_params(&join(prefix, "attn"), f);
+        self.ln_2.visit_params(&join(prefix, "ln_2"), f);
+        self.mlp.visit_params(&join(prefix, "mlp"), f);
+    }
+}
+
+impl Params for Gpt {
+    /// Hugging Face GPT-2's names: `transformer.wte.weight`, `transformer.wpe.weight`,
+    /// `transformer.h.{i}.…`, `transformer.ln_f.…` (the LM head is tied to `wte`, not listed).
+    fn visit_params(&mut self, prefix: &str, f: &mut ParamVisitor<'_>) {
+        let prefix = join(prefix, "transformer");
+        self.wte.visit_params(&join(&prefix, "wte"), f);
+        self.wpe.visit_params(&join(&prefix, "wpe"), f);
+        for (i, block) in self.h.iter_mut().enumerate() {
+            block.visit_params(&join(&prefix, &format!("h.{i}")), f);
+        }
+        self.ln_f.visit_params(&join(&prefix, "ln_f"), f);
+    }
+}
+
+impl Module for Gpt {
+    /// ids u32 (B, T) -> logits (B, T, vocab), evaluation mode ([`Gpt::forward`]).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Gpt::forward(self, ids)
     }
 }
 

@@ -517,16 +517,7 @@ impl Llama {
     pub fn to_dtype(&self, dtype: DType) -> Result<Llama> {
         let mut model = self.clone();
         model.set_dtype(dtype)?;
-        let _no_grad = crate::no_grad();
-        for p in model.params_mut() {
-            if p.dtype() != dtype {
-                let cast = p.to_dtype(dtype)?;
-                *p = match p.is_leaf_requiring_grad() {
-                    true => cast.requires_grad(),
-                    false => cast, // a frozen base stays frozen
-                };
-            }
-        }
+        crate::nn::cast_params(&mut model, dtype)?;
         Ok(model)
     }
 
@@ -534,9 +525,7 @@ impl Llama {
     /// gradient, so a backward neither computes nor stores one for them, nor the activations only
     /// their gradients would need. Adding or loading an adapter freezes the base.
     pub fn freeze_base(&mut self) {
-        for p in self.params_mut() {
-            *p = p.detach();
-        }
+        crate::nn::Params::visit_params(self, "", &mut |_, p| *p = p.detach());
     }
 
     /// Gradient checkpointing for training: with `on`, a forward that records a graph keeps only
@@ -551,60 +540,11 @@ impl Llama {
         self.recompute
     }
 
-    fn params_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = vec![&mut self.embed_tokens.weight];
-        for l in &mut self.layers {
-            let LlamaBlock {
-                input_layernorm,
-                self_attn,
-                post_attention_layernorm,
-                mlp,
-            } = l;
-            out.extend([&mut input_layernorm.weight, &mut post_attention_layernorm.weight]);
-            out.extend(projections_mut(self_attn, mlp).map(|(_, l)| &mut l.weight));
-        }
-        out.push(&mut self.norm.weight);
-        if let Some(head) = &mut self.lm_head {
-            out.push(&mut head.weight);
-        }
-        out
-    }
-
     /// Every parameter by its Hugging Face name, in state-dict order. The tensors are the
     /// model's own leaves: look their gradients up with `grads.get(&tensor)`. For a model loaded
     /// from GGUF the q and k rows are in the file's order (see [`Llama::rope_layout`]).
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.weight.clone(),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let (a, m) = (&l.self_attn, &l.mlp);
-            for (name, w) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ]
-            .into_iter()
-            .filter(|(_, lin)| lin.quantized.is_none())
-            .map(|(name, lin)| (name, &lin.weight))
-            .chain([
-                ("input_layernorm", &l.input_layernorm.weight),
-                ("post_attention_layernorm", &l.post_attention_layernorm.weight),
-            ]) {
-                out.push((format!("{p}.{name}.weight"), w.clone()));
-            }
-        }
-        out.push(("model.norm.weight".into(), self.norm.weight.clone()));
-        if let Some(head) = self.lm_head.as_ref().filter(|h| h.quantized.is_none()) {
-            out.push(("lm_head.weight".into(), head.weight.clone()));
-        }
-        out
+        crate::nn::Params::named_params(self) // the walk is in llama_params.rs
     }
 
     /// The number of parameters (a tied head counted once), the frozen quantized weights
@@ -613,23 +553,12 @@ impl Llama {
         let quantized: usize = self
             .layers
             .iter()
-            .flat_map(|l| {
-                let (a, m) = (&l.self_attn, &l.mlp);
-                [
-                    &a.q_proj,
-                    &a.k_proj,
-                    &a.v_proj,
-                    &a.o_proj,
-                    &m.gate_proj,
-                    &m.up_proj,
-                    &m.down_proj,
-                ]
-            })
+            .flat_map(|l| l.projections().map(|(_, lin)| lin))
             .chain(&self.lm_head)
             .filter_map(|lin| lin.quantized.as_ref())
             .map(|q| q.shape().iter().product::<usize>())
             .sum();
-        quantized + self.params().iter().map(|(_, t)| t.numel()).sum::<usize>()
+        quantized + crate::nn::Params::num_params(self)
     }
 
     /// An empty KV cache for [`Llama::forward_cached`].

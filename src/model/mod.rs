@@ -9,6 +9,7 @@ pub mod io;
 mod kv_cache;
 mod llama;
 mod llama_config;
+mod llama_params;
 
 pub use causal_lm::CausalLm;
 pub use config::{GptConfig, PRESETS};

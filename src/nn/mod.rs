@@ -1,12 +1,19 @@
-//! Layers: [`Linear`] (optionally adapted by a [`Lora`]), [`Embedding`], [`LayerNorm`]. Each owns its parameters as leaf
-//! tensors (created with `requires_grad`) and has a short `forward`. Weights follow
-//! PyTorch's layouts, so a state dict maps onto them one to one.
+//! Layers: [`Linear`] (optionally adapted by a [`Lora`]), [`Embedding`], [`LayerNorm`]. Each owns
+//! its parameters as leaf tensors (created with `requires_grad`), implements [`Module`] (its
+//! `forward`) and [`Params`] (its parameters by name), and has a constructor with PyTorch's default
+//! initialisation (`new`). Weights follow PyTorch's layouts and names, so a state dict maps onto
+//! them one to one ([`load_named`], [`save_named`]).
 //!
 //! A layer computes in its input's dtype: given a bf16 input, its f32 parameters are cast to bf16
 //! for the call (mixed precision; the cast's backward returns their gradients in f32, so the
 //! optimizer updates f32 master weights). With inputs of the parameters' dtype nothing is cast.
 
+mod module;
+
 use crate::ops::linear_quantized::QuantizedMatrix;
+pub(crate) use module::{cast_params, load_named_from};
+pub use module::{join, load_named, save_named, Module, ParamVisitor, Params};
+
 use crate::{DType, Device, Result, Rng, Tensor};
 
 mod lora;
@@ -15,6 +22,12 @@ pub use lora::{Lora, LoraConfig, LoraDropout, DEFAULT_LORA_TARGETS, LORA_TARGETS
 /// Normal(0, std²) samples as a leaf that requires a gradient.
 pub fn normal_param(shape: &[usize], std: f64, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
     let t = Tensor::randn(shape, DType::F64, rng, dev)?.affine(std, 0.0)?;
+    Ok(t.to_dtype(DType::F32)?.requires_grad())
+}
+
+/// Uniform samples in [-bound, bound) as a leaf that requires a gradient.
+pub fn uniform_param(shape: &[usize], bound: f64, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
+    let t = Tensor::rand(shape, DType::F64, rng, dev)?.affine(2.0 * bound, -bound)?;
     Ok(t.to_dtype(DType::F32)?.requires_grad())
 }
 
@@ -51,8 +64,25 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// PyTorch's default initialisation (`torch.nn.Linear`): weight and bias uniform in
+    /// ±1/√in_features (the weight's is `kaiming_uniform_(a=√5)`, whose bound is that same value).
+    /// The weight is drawn first, then the bias.
+    pub fn new(in_features: usize, out_features: usize, bias: bool, rng: &mut Rng, dev: &Device) -> Result<Linear> {
+        let bound = 1.0 / (in_features.max(1) as f64).sqrt();
+        Ok(Linear {
+            weight: uniform_param(&[out_features, in_features], bound, rng, dev)?,
+            bias: if bias {
+                Some(uniform_param(&[out_features], bound, rng, dev)?)
+            } else {
+                None
+            },
+            lora: None,
+            quantized: None,
+        })
+    }
+
     /// Weight drawn from N(0, std²), bias zero (GPT-2's initialisation).
-    pub fn new(
+    pub fn normal(
         in_features: usize,
         out_features: usize,
         bias: bool,
@@ -61,7 +91,6 @@ impl Linear {
         dev: &Device,
     ) -> Result<Linear> {
         Ok(Linear {
-            quantized: None,
             weight: normal_param(&[out_features, in_features], std, rng, dev)?,
             bias: if bias {
                 Some(const_param(0.0, &[out_features], dev)?)
@@ -69,6 +98,7 @@ impl Linear {
                 None
             },
             lora: None,
+            quantized: None,
         })
     }
 
@@ -173,7 +203,13 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn new(num_embeddings: usize, dim: usize, std: f64, rng: &mut Rng, dev: &Device) -> Result<Embedding> {
+    /// PyTorch's default initialisation (`torch.nn.Embedding`): N(0, 1).
+    pub fn new(num_embeddings: usize, dim: usize, rng: &mut Rng, dev: &Device) -> Result<Embedding> {
+        Embedding::normal(num_embeddings, dim, 1.0, rng, dev)
+    }
+
+    /// A table drawn from N(0, std²) (GPT-2 uses std 0.02).
+    pub fn normal(num_embeddings: usize, dim: usize, std: f64, rng: &mut Rng, dev: &Device) -> Result<Embedding> {
         Ok(Embedding {
             weight: normal_param(&[num_embeddings, dim], std, rng, dev)?,
         })
@@ -221,5 +257,62 @@ impl LayerNorm {
             Some(b) => x.layer_norm(&w, &b, self.eps),
             None => x.layer_norm_no_bias(&w, self.eps),
         }
+    }
+}
+
+/// Visits `weight` and, when present, `bias` under `prefix`: the parameters of a Linear or a norm.
+fn visit_affine(weight: &mut Tensor, bias: &mut Option<Tensor>, prefix: &str, f: &mut ParamVisitor<'_>) {
+    f(&join(prefix, "weight"), weight);
+    if let Some(b) = bias {
+        f(&join(prefix, "bias"), b);
+    }
+}
+
+impl Params for Linear {
+    /// `weight` `[out, in]` (unless it is kept quantized: not a parameter), then `bias` `[out]` if
+    /// any. A LoRA adapter's `A` and `B` are not in this walk of the base: see
+    /// `Llama::lora_params`.
+    fn visit_params(&mut self, prefix: &str, f: &mut ParamVisitor<'_>) {
+        match self.quantized {
+            None => visit_affine(&mut self.weight, &mut self.bias, prefix, f),
+            Some(_) => {
+                if let Some(b) = &mut self.bias {
+                    f(&join(prefix, "bias"), b);
+                }
+            }
+        }
+    }
+}
+
+impl Params for Embedding {
+    /// `weight` `[num_embeddings, dim]`.
+    fn visit_params(&mut self, prefix: &str, f: &mut ParamVisitor<'_>) {
+        f(&join(prefix, "weight"), &mut self.weight);
+    }
+}
+
+impl Params for LayerNorm {
+    /// `weight` `[dim]`, then `bias` `[dim]` if any.
+    fn visit_params(&mut self, prefix: &str, f: &mut ParamVisitor<'_>) {
+        visit_affine(&mut self.weight, &mut self.bias, prefix, f);
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Linear::forward(self, x)
+    }
+}
+
+impl Module for Embedding {
+    /// ids u32 (...) -> (..., dim).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Embedding::forward(self, ids)
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        LayerNorm::forward(self, x)
     }
 }

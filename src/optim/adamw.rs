@@ -3,17 +3,88 @@
 //!   p ← p·(1 − lr·wd)                        (only for decayed parameters)
 //!   m ← β1·m + (1 − β1)·g,  v ← β2·v + (1 − β2)·g²
 //!   p ← p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + eps)
-//! Parameters are grouped as nanoGPT does: every tensor of 2 or more dims (matmul weights
-//! and embeddings) decays, biases and LayerNorm gains do not.
+//! Which parameters decay is an explicit [`WeightDecay`] policy: all of them (PyTorch's
+//! `torch.optim.AdamW` on a plain parameter list, and [`AdamWConfig::default`]), the tensors of 2
+//! or more dims only (nanoGPT's grouping: matmul weights and embeddings decay, biases and norm
+//! gains do not; [`AdamW::new`] and kiln's trainer), or a predicate on the name and tensor.
 //!
 //! The moments live on the parameters' device, in their precision; a step is one fused storage
 //! primitive over every parameter (`backend::adamw_step`: a rayon pass on the CPU, bit for bit
 //! reproducible; one kernel launch on CUDA/Emu), which may also refresh a bf16 copy of a weight.
 
-use super::checked_grad;
+use super::{check_trainable, checked_grad};
 use crate::backend::op::{AdamWHyper, AdamWParam};
 use crate::backend::Storage;
 use crate::{DType, Error, Gradients, Result, Tensor};
+use std::sync::Arc;
+
+/// A decay predicate: given a parameter's name and tensor, whether it decays.
+pub type DecayPredicate = Arc<dyn Fn(&str, &Tensor) -> bool + Send + Sync>;
+
+/// Which parameters AdamW's weight decay applies to (the others get `weight_decay` 0).
+#[derive(Clone)]
+pub enum WeightDecay {
+    /// Every parameter, as `torch.optim.AdamW(model.parameters())` does.
+    All,
+    /// Parameters of 2 or more dims (matmul weights, embeddings), not biases or norm gains: the
+    /// two parameter groups of nanoGPT's `configure_optimizers`.
+    MatricesOnly,
+    /// The parameters for which the predicate, given the name and the tensor, returns true.
+    Predicate(DecayPredicate),
+}
+
+impl WeightDecay {
+    /// Whether the parameter `name` decays under this policy.
+    pub fn applies_to(&self, name: &str, param: &Tensor) -> bool {
+        match self {
+            WeightDecay::All => true,
+            WeightDecay::MatricesOnly => param.dims() >= 2,
+            WeightDecay::Predicate(decays) => decays(name, param),
+        }
+    }
+}
+
+impl std::fmt::Debug for WeightDecay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightDecay::All => write!(f, "All"),
+            WeightDecay::MatricesOnly => write!(f, "MatricesOnly"),
+            WeightDecay::Predicate(_) => write!(f, "Predicate(..)"),
+        }
+    }
+}
+
+/// AdamW's hyperparameters. [`Default`] is `torch.optim.AdamW`'s: lr 1e-3, betas (0.9, 0.999),
+/// eps 1e-8, weight_decay 1e-2 applied to every parameter.
+///
+/// ```
+/// use kiln::optim::{AdamW, AdamWConfig, WeightDecay};
+/// # let w = kiln::Tensor::zeros(&[2, 2], kiln::DType::F32, &kiln::Device::Cpu)?.requires_grad();
+/// let cfg = AdamWConfig { lr: 3e-4, decay: WeightDecay::MatricesOnly, ..AdamWConfig::default() };
+/// let opt = AdamW::with_config(vec![("w".into(), w)], cfg)?;
+/// # Ok::<(), kiln::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Which parameters `weight_decay` applies to.
+    pub decay: WeightDecay,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            decay: WeightDecay::All,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Slot {
@@ -39,7 +110,8 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// An optimizer for `params` (f32 or f64 leaves, e.g. `gpt.params()`), with zero moments.
+    /// An optimizer for `params` with nanoGPT's decay policy ([`WeightDecay::MatricesOnly`]), as
+    /// kiln's trainer uses it. [`AdamW::with_config`] takes every setting by name.
     pub fn new(
         params: Vec<(String, Tensor)>,
         lr: f64,
@@ -47,6 +119,29 @@ impl AdamW {
         eps: f64,
         weight_decay: f64,
     ) -> Result<AdamW> {
+        let decay = WeightDecay::MatricesOnly;
+        AdamW::with_config(
+            params,
+            AdamWConfig {
+                lr,
+                betas,
+                eps,
+                weight_decay,
+                decay,
+            },
+        )
+    }
+
+    /// An optimizer for `params` (f32 or f64 leaves that require a gradient, each a whole
+    /// tensor, e.g. `model.named_params()`), with zero moments.
+    pub fn with_config(params: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Result<AdamW> {
+        let AdamWConfig {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            decay,
+        } = cfg;
         let invalid = |msg: String| Err(Error::invalid("AdamW", msg));
         if !(lr >= 0.0 && lr.is_finite()) {
             return invalid(format!("lr must be finite and non-negative, got {lr}"));
@@ -71,6 +166,7 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, param)| {
+                check_trainable("AdamW", &name, &param)?;
                 if !matches!(param.dtype(), DType::F32 | DType::F64) {
                     return Err(Error::DType {
                         op: "AdamW",
@@ -88,7 +184,7 @@ impl AdamW {
                 }
                 let zeros = || Tensor::zeros(param.shape(), param.dtype(), param.device());
                 Ok(Slot {
-                    decay: param.dims() >= 2,
+                    decay: decay.applies_to(&name, &param),
                     m: zeros()?,
                     v: zeros()?,
                     copy: None,

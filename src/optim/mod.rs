@@ -1,4 +1,4 @@
-//! Optimizers and their helpers: [`AdamW`] (nanoGPT's parameter grouping), [`Sgd`],
+//! Optimizers and their helpers: [`AdamW`] (with an explicit [`WeightDecay`] policy), [`Sgd`],
 //! gradient clipping by global norm, and the warmup + cosine learning-rate schedule.
 //!
 //! Optimizers hold the model's parameter tensors (clones share storage and id) and update
@@ -7,16 +7,31 @@
 mod adamw;
 mod sgd;
 
-pub use adamw::AdamW;
+pub use adamw::{AdamW, AdamWConfig, DecayPredicate, WeightDecay};
 pub use sgd::Sgd;
 
 use crate::{Error, Gradients, Result, Tensor};
 
+/// A parameter as the optimizer helpers take it: a plain [`Tensor`] or a named one.
+impl AsRef<Tensor> for Tensor {
+    fn as_ref(&self) -> &Tensor {
+        self
+    }
+}
+
+/// A named parameter, as `named_params()` lists them.
+impl AsRef<Tensor> for (String, Tensor) {
+    fn as_ref(&self) -> &Tensor {
+        &self.1
+    }
+}
+
 /// Scales the gradients of `params` so that their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, applied only
-/// when below 1). Returns the norm before clipping, which may be NaN or infinite: callers
-/// should check it.
-pub fn clip_grad_norm(params: &[(String, Tensor)], grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+/// when below 1). `params` are plain tensors (`&[Tensor]`) or named ones (`&[(String, Tensor)]`,
+/// as `named_params()` returns); those without a gradient in `grads` are skipped. Returns the
+/// norm before clipping, which may be NaN or infinite: callers should check it.
+pub fn clip_grad_norm<P: AsRef<Tensor>>(params: &[P], grads: &mut Gradients, max_norm: f64) -> Result<f64> {
     if max_norm.is_nan() || max_norm <= 0.0 {
         return Err(Error::invalid(
             "clip_grad_norm",
@@ -28,7 +43,7 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], grads: &mut Gradients, max_no
     // small terms stays exact
     let present: Vec<Tensor> = params
         .iter()
-        .filter_map(|(_, p)| grads.get(p))
+        .filter_map(|p| grads.get(p.as_ref()))
         .map(|g| {
             let dtype = if g.dtype() == crate::DType::F64 {
                 g.dtype()
@@ -44,7 +59,7 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], grads: &mut Gradients, max_no
     let norm = sum_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        for (_, p) in params {
+        for p in params.iter().map(AsRef::as_ref) {
             if let Some(g) = grads.get(p) {
                 let scaled = g.mul_scalar(coef)?;
                 grads.insert(p, scaled);
@@ -82,7 +97,23 @@ impl CosineSchedule {
     }
 }
 
-/// A parameter's data and its gradient as host vectors of `T` (f32 or f64), checked.
+/// Refuses a parameter that is not a leaf requiring a gradient: backward never gives it one, so
+/// `op` would silently never update it.
+pub(crate) fn check_trainable(op: &'static str, name: &str, param: &Tensor) -> Result<()> {
+    if param.is_leaf_requiring_grad() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        op,
+        format!(
+            "parameter {name} {:?} does not require a gradient, so backward never gives it one and {op} \
+             would never update it: create it with .requires_grad() (as kiln::nn's layers do) or leave it out",
+            param.shape()
+        ),
+    ))
+}
+
+/// A parameter's gradient in `grads`, if any, checked to have the parameter's shape.
 pub(crate) fn checked_grad<'a>(
     op: &'static str,
     name: &str,

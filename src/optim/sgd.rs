@@ -2,7 +2,7 @@
 //! `torch.optim.SGD` with dampening 0:
 //!   g ← g + wd·p;  b ← μ·b + g (b = g on the first step);  p ← p − lr·b   (b = g without momentum)
 
-use super::checked_grad;
+use super::{check_trainable, checked_grad};
 use crate::{Error, Gradients, Result, Tensor};
 
 #[derive(Clone, Debug)]
@@ -31,12 +31,15 @@ impl Sgd {
         }
         let slots = params
             .into_iter()
-            .map(|(name, param)| Slot {
-                name,
-                param,
-                momentum_buf: None,
+            .map(|(name, param)| {
+                check_trainable("Sgd", &name, &param)?;
+                Ok(Slot {
+                    name,
+                    param,
+                    momentum_buf: None,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Sgd {
             lr,
             momentum,

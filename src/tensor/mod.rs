@@ -7,6 +7,7 @@ pub mod layout;
 pub mod rng;
 
 mod create;
+mod display;
 
 use crate::autograd::{BackwardFn, GradState, Node};
 use crate::backend::Storage;

@@ -81,9 +81,70 @@ impl Rng {
     }
 }
 
+/// The `rand` ecosystem's generator traits (rand_core 0.9, as `rand` 0.9 uses): a kiln [`Rng`] can
+/// drive `rand`'s distributions and shuffles, with kiln's stream.
+impl rand_core::RngCore for Rng {
+    /// The high 32 bits of [`Rng::next_u64`] (xoshiro's low bits are its weakest).
+    fn next_u32(&mut self) -> u32 {
+        (Rng::next_u64(self) >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        Rng::next_u64(self)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand_core::impls::fill_bytes_via_next(self, dest)
+    }
+}
+
+impl rand_core::SeedableRng for Rng {
+    /// The state's four words, little-endian.
+    type Seed = [u8; 32];
+
+    /// The generator whose state is the seed's four little-endian words (see [`Rng::from_state`]).
+    fn from_seed(seed: [u8; 32]) -> Rng {
+        let mut state = [0u64; 4];
+        for (word, bytes) in state.iter_mut().zip(seed.chunks_exact(8)) {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(bytes);
+            *word = u64::from_le_bytes(le);
+        }
+        Rng::from_state(state)
+    }
+
+    /// The same generator as [`Rng::new`]`(seed)`.
+    fn seed_from_u64(seed: u64) -> Rng {
+        Rng::new(seed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rand_core_traits_give_kilns_stream() {
+        use rand_core::{RngCore, SeedableRng};
+        let mut a = <Rng as SeedableRng>::seed_from_u64(9);
+        let mut b = Rng::new(9);
+        let x = b.next_u64();
+        assert_eq!(RngCore::next_u64(&mut a), x);
+        assert_eq!(RngCore::next_u32(&mut a), (b.next_u64() >> 32) as u32);
+        // fill_bytes: whole words little-endian, then (4 bytes or fewer left) one next_u32
+        let mut bytes = [0u8; 11];
+        a.fill_bytes(&mut bytes);
+        let w1 = b.next_u64().to_le_bytes();
+        let w2 = ((b.next_u64() >> 32) as u32).to_le_bytes();
+        assert_eq!(bytes[..8], w1);
+        assert_eq!(bytes[8..], w2[..3]);
+        // from_seed: the four little-endian words are the state
+        let mut seed = [0u8; 32];
+        for (i, w) in [1u64, 2, 3, 4].iter().enumerate() {
+            seed[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(Rng::from_seed(seed), Rng::from_state([1, 2, 3, 4]));
+    }
 
     /// Pins the stream: if this changes, every seeded run in the wild changes.
     /// The reference numbers come from the xoshiro256** and SplitMix64 reference C code.

@@ -37,7 +37,7 @@ pub fn matmul(
         }
         (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
             let wide = |s: &CpuStorage, l: &Layout| match super::cast(s, l, DType::F32)? {
-                CpuStorage::F32(v) => Ok(v),
+                CpuStorage::F32(v) => Ok::<_, Error>(v),
                 _ => unreachable!("cast to f32 gives f32"),
             };
             let (x, y) = (wide(a, la)?, wide(b, lb)?);
