@@ -139,12 +139,21 @@ fn smollm2_logits_match_transformers() {
             let chat = [ChatMessage::user("What is the capital of France?")];
             assert_eq!(tok.apply_chat_template(&chat, true).unwrap(), prompt.text);
         }
-        assert_eq!(tok.encode(&prompt.text).unwrap(), prompt.ids, "{}: token ids", prompt.name);
+        assert_eq!(
+            tok.encode(&prompt.text).unwrap(),
+            prompt.ids,
+            "{}: token ids",
+            prompt.name
+        );
         let n = prompt.ids.len();
         let ids = Tensor::from_vec(prompt.ids.clone(), &[1, n], &Device::Cpu).unwrap();
         let logits = model.forward(&ids).unwrap().to_vec::<f32>().unwrap();
         assert_eq!(logits.len(), n * v);
-        assert!(prompt.rows.len() >= 3, "{}: first, middle and last positions", prompt.name);
+        assert!(
+            prompt.rows.len() >= 3,
+            "{}: first, middle and last positions",
+            prompt.name
+        );
         for row in &prompt.rows {
             let got = &logits[row.position * v..(row.position + 1) * v];
             let err = row.worst_error(got, &reference.sample_ids);
@@ -177,7 +186,9 @@ fn smollm2_logits_match_transformers() {
 fn smollm2_on_emu_matches_the_cpu() {
     let Some(path) = smollm2::path() else { return };
     let tok = Tokenizer::from_gguf(&path).unwrap();
-    let ids: Vec<u32> = tok.encode("The old lighthouse keeper climbed the spiral stairs").unwrap();
+    let ids: Vec<u32> = tok
+        .encode("The old lighthouse keeper climbed the spiral stairs")
+        .unwrap();
     let ids = ids[..8].to_vec();
     let logits = |dev: Device| {
         let start = std::time::Instant::now();
@@ -186,7 +197,10 @@ fn smollm2_on_emu_matches_the_cpu() {
         let x = Tensor::from_vec(ids.clone(), &[1, 8], &dev).unwrap();
         let out = model.forward(&x).unwrap().to_vec::<f32>().unwrap();
         let total = start.elapsed().as_secs_f64();
-        eprintln!("{dev}: loaded in {loaded:.1} s, forward of 8 tokens in {:.1} s", total - loaded);
+        eprintln!(
+            "{dev}: loaded in {loaded:.1} s, forward of 8 tokens in {:.1} s",
+            total - loaded
+        );
         out
     };
     let cpu = logits(Device::Cpu);
@@ -195,8 +209,14 @@ fn smollm2_on_emu_matches_the_cpu() {
     for p in 0..8 {
         let (c, e) = (&cpu[p * v..(p + 1) * v], &emu[p * v..(p + 1) * v]);
         let scale = c.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
-        let worst = c.iter().zip(e).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
-        eprintln!("position {p}: worst error {:.2e} of max |logit| {scale:.2}", worst / scale);
+        let worst = c
+            .iter()
+            .zip(e)
+            .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+        eprintln!(
+            "position {p}: worst error {:.2e} of max |logit| {scale:.2}",
+            worst / scale
+        );
         assert_eq!(argmax(e), argmax(c), "position {p}: argmax");
         assert!(worst <= 1e-4 * scale, "position {p}: worst error {:.3e}", worst / scale);
     }
