@@ -13,10 +13,11 @@ Each folder holds:
                                    k projection permuted for llama.cpp's interleaved rope (see
                                    permute_for_gguf), llama.* metadata, no tokenizer
   expected.safetensors             ids_a [2, 7], logits_a [2, 7, V]; ids_b [1, 11], logits_b [1, 11, V]
-llama-tiny/expected.safetensors also holds a training reference: train_ids, train_targets [2, 8];
+Both expected.safetensors also hold a training reference: train_ids, train_targets [2, 8];
 sgd_losses [SGD_STEPS + 1] (the mean cross-entropy of logits[b, t] against targets[b, t], no shift,
 before each of SGD_STEPS plain SGD steps and after the last); grad0.<HF name> and grad_last.<HF name>,
-every parameter's gradient before the first and before the last step.
+every parameter's gradient before the first and before the last step (in the tied model the token
+table's gradient sums its use as the table and as the head).
 
 The main model (llama-tiny) has an untied head and grouped-query attention (4 query heads, 2 key/value
 heads); llama-tiny-tied ties the head and has one key/value head for 4 query heads. Weights are drawn
@@ -174,7 +175,7 @@ def loss_of(model, ids, targets):
     return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def make(name: str, cfg: dict, train: bool):
+def make(name: str, cfg: dict):
     out = os.path.join(ROOT, name)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(SEED)
@@ -204,26 +205,25 @@ def make(name: str, cfg: dict, train: bool):
             ids = torch.randint(0, v, shape, generator=g)
             expected[f"ids_{key}"] = ids
             expected[f"logits_{key}"] = ref(ids).logits.float()
-    if train:
-        seq = torch.randint(0, v, (2, 9), generator=g)
-        ids, targets = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
-        expected["train_ids"], expected["train_targets"] = ids, targets
-        opt = torch.optim.SGD(ref.parameters(), lr=SGD["lr"])
-        losses = []
-        for step in range(SGD["steps"]):
-            opt.zero_grad(set_to_none=True)
-            _, loss = loss_of(ref, ids, targets)
-            losses.append(loss.item())
-            loss.backward()
-            if step in (0, SGD["steps"] - 1):
-                tag = "grad0" if step == 0 else "grad_last"
-                for pname, p in ref.named_parameters():
-                    expected[f"{tag}.{pname}"] = p.grad.detach().float()
-            opt.step()
-        with torch.no_grad():
-            losses.append(loss_of(ref, ids, targets)[1].item())
-        expected["sgd_losses"] = torch.tensor(losses, dtype=torch.float32)
-        print(f"{name}: SGD losses {[round(x, 6) for x in losses]}", file=sys.stderr)
+    seq = torch.randint(0, v, (2, 9), generator=g)
+    ids, targets = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+    expected["train_ids"], expected["train_targets"] = ids, targets
+    opt = torch.optim.SGD(ref.parameters(), lr=SGD["lr"])
+    losses = []
+    for step in range(SGD["steps"]):
+        opt.zero_grad(set_to_none=True)
+        _, loss = loss_of(ref, ids, targets)
+        losses.append(loss.item())
+        loss.backward()
+        if step in (0, SGD["steps"] - 1):
+            tag = "grad0" if step == 0 else "grad_last"
+            for pname, p in ref.named_parameters():
+                expected[f"{tag}.{pname}"] = p.grad.detach().float()
+        opt.step()
+    with torch.no_grad():
+        losses.append(loss_of(ref, ids, targets)[1].item())
+    expected["sgd_losses"] = torch.tensor(losses, dtype=torch.float32)
+    print(f"{name}: SGD losses {[round(x, 6) for x in losses]}", file=sys.stderr)
     metadata = {
         "seed": str(SEED),
         "sgd": json.dumps(SGD),
@@ -260,11 +260,10 @@ def make_chat():
 
 
 def main():
-    which = sys.argv[1:] or ["llama-tiny", "llama-tiny-tied", "llama-chat"]
-    if "llama-tiny" in which:
-        make("llama-tiny", MODELS["llama-tiny"], train=True)
-    if "llama-tiny-tied" in which:
-        make("llama-tiny-tied", MODELS["llama-tiny-tied"], train=False)
+    which = sys.argv[1:] or [*MODELS, "llama-chat"]
+    for name, cfg in MODELS.items():
+        if name in which:
+            make(name, cfg)
     if "llama-chat" in which:
         make_chat()
 

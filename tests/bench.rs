@@ -339,3 +339,79 @@ fn linear_quantized_cases_count_the_weight_blocks_they_read() {
         .unwrap();
     assert_eq!(rows[at + 1]["library"], true, "{:#}", rows[at + 1]);
 }
+
+/// `kiln bench --gguf` on the tiny Llama fixture: the JSON's rows and their rates, then bad input.
+#[test]
+fn llama_gguf_run_reports_prefill_and_generation_rates() {
+    let gguf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-tiny/model.gguf");
+    let gguf = gguf.to_str().unwrap();
+    for device in ["cpu", "emu"] {
+        let dir = temp_dir(&format!("llama-{device}"));
+        let json = dir.join("llama.json");
+        let out = kiln(&[
+            "bench",
+            "--gguf",
+            gguf,
+            "--device",
+            device,
+            "--prompt-lens",
+            "5,9",
+            "--new-tokens",
+            "3",
+            "--reps",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let shown = text(&out);
+        assert!(out.status.success(), "{shown}");
+        assert!(shown.contains("kiln bench --gguf model.gguf"), "{shown}");
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(report["device"], device);
+        assert_eq!(report["warning"].is_null(), device == "cpu", "{report:#}");
+        // llama-tiny (V 128, C 48, F 80, 2 layers, kv width 24): per layer q, o 48·48, k, v 24·48,
+        // gate, up, down 80·48, two norms of 48; table and untied head 128·48; final norm 48
+        let per_layer = 2 * 48 * 48 + 2 * 24 * 48 + 3 * 80 * 48 + 2 * 48;
+        assert_eq!(report["params"], 2 * per_layer + 2 * 128 * 48 + 48);
+        assert!(report["threads"].as_u64().unwrap() >= 1);
+        let rows = report["rows"].as_array().unwrap();
+        let got: Vec<(&str, u64)> = rows
+            .iter()
+            .map(|r| (r["dtype"].as_str().unwrap(), r["prompt_tokens"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, [("f32", 5), ("f32", 9), ("bf16", 5), ("bf16", 9)], "{report:#}");
+        for r in rows {
+            assert_eq!((r["batch"].as_u64(), r["new_tokens"].as_u64()), (Some(1), Some(3)));
+            for (phase, tokens) in [("prefill", r["prompt_tokens"].as_f64().unwrap()), ("generation", 3.0)] {
+                let t = &r[phase];
+                let (med, min, max) = (
+                    t["median_s"].as_f64().unwrap(),
+                    t["min_s"].as_f64().unwrap(),
+                    t["max_s"].as_f64().unwrap(),
+                );
+                assert!(0.0 < min && min <= med && med <= max && t["reps"] == 2, "{r:#}");
+                let rate = r[format!("{phase}_tokens_per_s")].as_f64().unwrap();
+                assert!((rate - tokens / med).abs() <= 1e-9 * rate, "{r:#}");
+            }
+        }
+    }
+
+    // the fixture's context is 64 positions: 62 + 3 do not fit
+    let out = kiln(&["bench", "--gguf", gguf, "--prompt-lens", "62", "--new-tokens", "3"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("65 positions") && shown.contains("context of 64"),
+        "{shown}"
+    );
+    // the kernel options do not mix with --gguf
+    let out = kiln(&["bench", "--gguf", gguf, "--kernels", "add"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = kiln(&["bench", "--gguf", "/nonexistent/model.gguf"]);
+    let shown = text(&out);
+    assert!(
+        !out.status.success() && shown.contains("/nonexistent/model.gguf"),
+        "{shown}"
+    );
+}

@@ -2,7 +2,7 @@
 //! tests/fixtures/llama-tiny{,-tied}/ (written by scripts/make_llama_fixture.py, references in
 //! float64): logits from the Hugging Face folder and from the GGUF file (whose q/k rows are
 //! permuted for llama.cpp's interleaved rope), the KV cache against the uncached forward, gradients
-//! and three SGD steps against PyTorch, Emu against the CPU, bf16 against f32, and the errors of a
+//! and three SGD steps against PyTorch (both models, both sources), Emu against the CPU, bf16 against f32, and the errors of a
 //! folder that does not fit its config.
 
 use kiln::model::{Llama, RopeLayout};
@@ -106,39 +106,93 @@ fn kv_cache_generation_equals_the_uncached_forward() {
     }
 }
 
-#[test]
-fn three_sgd_steps_match_pytorch() {
-    let model = Llama::from_hf_dir(fixture("llama-tiny"), &Device::Cpu).unwrap();
-    let exp = expected("llama-tiny");
-    let (ids, targets) = (&exp["train_ids"], &exp["train_targets"]);
-    let want_losses = f32s(&exp["sgd_losses"]);
-    let steps = want_losses.len() - 1;
-    let params = model.params();
-    let mut opt = Sgd::new(params.clone(), 0.5, 0.0, 0.0).unwrap();
-    let mut losses = Vec::new();
-    for step in 0..steps {
-        let loss = model.loss(ids, targets).unwrap();
-        losses.push(loss.to_scalar::<f32>().unwrap());
-        let grads = loss.backward().unwrap();
-        let tag = match step {
-            0 => Some("grad0"),
-            s if s == steps - 1 => Some("grad_last"),
-            _ => None,
-        };
-        if let Some(tag) = tag {
-            for (name, p) in &params {
-                let want = &exp[&format!("{tag}.{name}")];
-                let got = grads.get(p).unwrap_or_else(|| panic!("no gradient for {name}"));
-                assert_eq!(got.shape(), want.shape(), "{name}");
-                assert_close(&format!("step {step} {tag}.{name}"), &f32s(got), &f32s(want), 2e-5);
+/// `hf` (rows of a q or k projection in Hugging Face's order, `heads` heads of `hs` rows of `cols`)
+/// with its rows in a GGUF file's order: llama.cpp's converter moves row i + j·hs/2 of each head
+/// (j = 0, 1) to row 2i + j (docs/llama.md; scripts/make_llama_fixture.py's permute_for_gguf).
+fn permute_rows_for_gguf(hf: &[f32], heads: usize, hs: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(hf.len(), heads * hs * cols);
+    let mut out = vec![f32::NAN; hf.len()];
+    for h in 0..heads {
+        for i in 0..hs / 2 {
+            for j in 0..2 {
+                let (from, to) = (h * hs + j * hs / 2 + i, h * hs + 2 * i + j);
+                out[to * cols..(to + 1) * cols].copy_from_slice(&hf[from * cols..(from + 1) * cols]);
             }
         }
-        opt.step(&grads).unwrap();
     }
-    losses.push(model.loss(ids, targets).unwrap().to_scalar::<f32>().unwrap());
-    eprintln!("kiln SGD losses {losses:?}\ntorch SGD losses {want_losses:?}");
-    for (i, (g, w)) in losses.iter().zip(&want_losses).enumerate() {
-        assert!((g - w).abs() <= 1e-5 * w.abs(), "loss {i}: kiln {g}, torch {w}");
+    out
+}
+
+#[test]
+fn the_gguf_row_permutation_is_the_converters() {
+    // one head of 4 rows [r0, r1, r2, r3] (pairs (0, 2) and (1, 3) in HF's halves) becomes
+    // [r0, r2, r1, r3]; a second head follows the same way
+    let hf: Vec<f32> = (0..8).map(|r| r as f32).collect();
+    assert_eq!(permute_rows_for_gguf(&hf, 2, 4, 1), [0., 2., 1., 3., 4., 6., 5., 7.]);
+}
+
+/// PyTorch's gradient of parameter `name`, in the row order of a model loaded from `source`.
+fn reference_grad(want: &Tensor, name: &str, model: &Llama) -> Vec<f32> {
+    let cfg = model.config();
+    let heads = match name {
+        _ if model.rope_layout() == RopeLayout::Half => None,
+        n if n.ends_with("q_proj.weight") => Some(cfg.num_attention_heads),
+        n if n.ends_with("k_proj.weight") => Some(cfg.num_key_value_heads),
+        _ => None,
+    };
+    match heads {
+        Some(h) => permute_rows_for_gguf(&f32s(want), h, cfg.head_dim(), cfg.hidden_size),
+        None => f32s(want),
+    }
+}
+
+#[test]
+fn three_sgd_steps_match_pytorch() {
+    // both models (llama-tiny-tied: the token table's gradient sums its two uses), each from its
+    // Hugging Face folder and from its GGUF file (interleaved rope, q and k rows permuted)
+    for (name, model) in MODELS
+        .iter()
+        .flat_map(|&name| both_sources(name, &Device::Cpu).map(|m| (name, m)))
+    {
+        let what = format!("{name} {:?}", model.rope_layout());
+        let exp = expected(name);
+        let (ids, targets) = (&exp["train_ids"], &exp["train_targets"]);
+        let want_losses = f32s(&exp["sgd_losses"]);
+        let steps = want_losses.len() - 1;
+        let params = model.params();
+        let mut opt = Sgd::new(params.clone(), 0.5, 0.0, 0.0).unwrap();
+        let mut losses = Vec::new();
+        for step in 0..steps {
+            let loss = model.loss(ids, targets).unwrap();
+            losses.push(loss.to_scalar::<f32>().unwrap());
+            let grads = loss.backward().unwrap();
+            let tag = match step {
+                0 => Some("grad0"),
+                s if s == steps - 1 => Some("grad_last"),
+                _ => None,
+            };
+            if let Some(tag) = tag {
+                let n_grads = exp.keys().filter(|k| k.starts_with(&format!("{tag}."))).count();
+                assert_eq!(params.len(), n_grads, "{what}: parameters against PyTorch's");
+                for (pname, p) in &params {
+                    let want = &exp[&format!("{tag}.{pname}")];
+                    let got = grads.get(p).unwrap_or_else(|| panic!("no gradient for {pname}"));
+                    assert_eq!(got.shape(), want.shape(), "{pname}");
+                    assert_close(
+                        &format!("{what} step {step} {tag}.{pname}"),
+                        &f32s(got),
+                        &reference_grad(want, pname, &model),
+                        2e-5,
+                    );
+                }
+            }
+            opt.step(&grads).unwrap();
+        }
+        losses.push(model.loss(ids, targets).unwrap().to_scalar::<f32>().unwrap());
+        eprintln!("{what}: kiln SGD losses {losses:?}\n{what}: torch SGD losses {want_losses:?}");
+        for (i, (g, w)) in losses.iter().zip(&want_losses).enumerate() {
+            assert!((g - w).abs() <= 1e-5 * w.abs(), "{what} loss {i}: kiln {g}, torch {w}");
+        }
     }
 }
 

@@ -1,12 +1,21 @@
-//! The real SmolLM2-135M-Instruct (Q4_1 GGUF) end to end: tokenizer, chat template, Llama::from_gguf
-//! and greedy decoding with the KV cache. Hugging Face transformers, loading the same file with
-//! `gguf_file=`, answers "What is the capital of France?" with "The capital of France is Paris."
-//! (DESIGN.md; the issue's check). Runs when `scripts/fetch-smollm2.sh` has fetched the model (or
-//! `KILN_SMOLLM2_GGUF` names the file) and prints a skip message otherwise.
+//! The real SmolLM2-135M-Instruct (Q4_1 GGUF) end to end against Hugging Face transformers, which
+//! loads the same file with `gguf_file=` (its own reader and dequantization):
+//!
+//! - greedy decoding with the KV cache answers "What is the capital of France?" in the chat
+//!   template with "The capital of France is Paris.", as transformers does;
+//! - the logits of three prompts (that chat prompt, an English sentence, a code snippet) at their
+//!   first, middle and last positions are transformers' (tests/fixtures/smollm2/logits.json, from
+//!   scripts/smollm2_logits_reference.py): the same token ids, the same argmax, and a worst
+//!   error of 1.9e-6 of the largest |logit| (asserted ≤ 2e-5; the issue asks 2e-3);
+//! - the model on Emu gives the CPU's logits for an 8-token prompt.
+//!
+//! Runs when `scripts/fetch-smollm2.sh` has fetched the model (or `KILN_SMOLLM2_GGUF` names the
+//! file) and prints a skip message otherwise.
 
 use kiln::model::{Llama, LlamaLoad};
 use kiln::tokenizer::{ChatMessage, Tokenizer};
 use kiln::{Device, Tensor};
+use std::path::Path;
 
 #[path = "common/smollm2.rs"]
 mod smollm2;
@@ -121,4 +130,156 @@ fn quantized_weights_give_logits_near_the_dequantized_models() {
         ids.len() - agree,
         ids.len()
     );
+}
+
+/// tests/fixtures/smollm2/logits.json, written by scripts/smollm2_logits_reference.py: transformers'
+/// logits (float64 from its own dequantization of the same file) at the first, middle and last
+/// position of three prompts, each row as its exact statistics, its top 64 entries and 512 entries
+/// at fixed random ids.
+#[derive(serde::Deserialize)]
+struct Reference {
+    source: String,
+    sample_ids: Vec<usize>,
+    prompts: Vec<Prompt>,
+}
+
+#[derive(serde::Deserialize)]
+struct Prompt {
+    name: String,
+    text: String,
+    ids: Vec<u32>,
+    rows: Vec<Row>,
+}
+
+#[derive(serde::Deserialize)]
+struct Row {
+    position: usize,
+    argmax: usize,
+    max_abs_logit: f64,
+    top_ids: Vec<usize>,
+    top_logits: Vec<f32>,
+    sample_logits: Vec<f32>,
+}
+
+impl Row {
+    /// The largest |got − stored| over the stored entries, relative to the row's largest |logit|.
+    fn worst_error(&self, got: &[f32], sample_ids: &[usize]) -> f64 {
+        let top = self.top_ids.iter().zip(&self.top_logits);
+        let sample = sample_ids.iter().zip(&self.sample_logits);
+        let worst = top
+            .chain(sample)
+            .fold(0f64, |m, (&id, &want)| m.max((got[id] as f64 - want as f64).abs()));
+        worst / self.max_abs_logit
+    }
+}
+
+/// The index of the largest value (the first of equals), after checking all are finite.
+fn argmax(row: &[f32]) -> usize {
+    assert!(row.iter().all(|v| v.is_finite()), "non-finite logits");
+    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
+}
+
+/// Worst |error| allowed, relative to the row's largest |logit|. The issue asks for 2e-3; kiln in
+/// f32 measured 1.9e-6 (2026-12-05, the worst of the nine rows), so 2e-5 keeps a tenfold margin
+/// for another CPU's summation order and catches a regression a hundred times smaller than 2e-3.
+const LOGIT_RTOL: f64 = 2e-5;
+
+#[test]
+fn smollm2_logits_match_transformers() {
+    let Some(path) = smollm2::path() else { return };
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/logits.json");
+    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    eprintln!("reference: {}", reference.source);
+    let tok = Tokenizer::from_gguf(&path).unwrap();
+    let model = Llama::from_gguf(&path, &Device::Cpu).unwrap();
+    let v = model.config().vocab_size;
+    assert!(reference.sample_ids.len() >= 256 && reference.sample_ids.iter().all(|&i| i < v));
+    let mut worst_overall = 0f64;
+    for prompt in &reference.prompts {
+        // the tokenizer first: the same text must give transformers' ids
+        if prompt.name.starts_with("chat") {
+            let chat = [ChatMessage::user("What is the capital of France?")];
+            assert_eq!(tok.apply_chat_template(&chat, true).unwrap(), prompt.text);
+        }
+        assert_eq!(
+            tok.encode(&prompt.text).unwrap(),
+            prompt.ids,
+            "{}: token ids",
+            prompt.name
+        );
+        let n = prompt.ids.len();
+        let ids = Tensor::from_vec(prompt.ids.clone(), &[1, n], &Device::Cpu).unwrap();
+        let logits = model.forward(&ids).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(logits.len(), n * v);
+        assert!(
+            prompt.rows.len() >= 3,
+            "{}: first, middle and last positions",
+            prompt.name
+        );
+        for row in &prompt.rows {
+            let got = &logits[row.position * v..(row.position + 1) * v];
+            let err = row.worst_error(got, &reference.sample_ids);
+            let what = format!("{} position {} of {n}", prompt.name, row.position);
+            eprintln!(
+                "{what}: argmax kiln {} transformers {}, worst error {err:.2e} of max |logit| {:.2}",
+                argmax(got),
+                row.argmax,
+                row.max_abs_logit
+            );
+            assert_eq!(argmax(got), row.argmax, "{what}: argmax");
+            assert!(err <= LOGIT_RTOL, "{what}: worst error {err:.3e} > {LOGIT_RTOL:.0e}");
+            worst_overall = worst_overall.max(err);
+            // the comparison has teeth: another position's logits fail even the issue's 2e-3
+            let other = if row.position == 0 { n - 1 } else { 0 };
+            let wrong = row.worst_error(&logits[other * v..(other + 1) * v], &reference.sample_ids);
+            assert!(wrong > 2e-3, "{what}: position {other} passes for it ({wrong:.2e})");
+        }
+    }
+    eprintln!("worst logit error over all rows: {worst_overall:.2e} of the row's largest |logit|");
+}
+
+/// The real model's logits on Emu (the CUDA kernels run in the CPU emulator) against the CPU's, for
+/// the first 8 tokens of the English reference prompt: every position's full row, the same argmax
+/// and a worst error within 1e-4 of the row's largest |logit| (both compute in f32; the kernels
+/// sum in another order than the CPU's; measured 4.3e-6). Not ignored: on 2026-12-05, on the shared
+/// 2-core machine under a load average of 16, Emu took 2.7 s to load the model and 20 s for the
+/// forward, the whole test 23 s (a single measurement on a loaded machine).
+#[test]
+fn smollm2_on_emu_matches_the_cpu() {
+    let Some(path) = smollm2::path() else { return };
+    let tok = Tokenizer::from_gguf(&path).unwrap();
+    let ids: Vec<u32> = tok
+        .encode("The old lighthouse keeper climbed the spiral stairs")
+        .unwrap();
+    let ids = ids[..8].to_vec();
+    let logits = |dev: Device| {
+        let start = std::time::Instant::now();
+        let model = Llama::from_gguf(&path, &dev).unwrap();
+        let loaded = start.elapsed().as_secs_f64();
+        let x = Tensor::from_vec(ids.clone(), &[1, 8], &dev).unwrap();
+        let out = model.forward(&x).unwrap().to_vec::<f32>().unwrap();
+        let total = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{dev}: loaded in {loaded:.1} s, forward of 8 tokens in {:.1} s",
+            total - loaded
+        );
+        out
+    };
+    let cpu = logits(Device::Cpu);
+    let emu = logits(Device::Emu);
+    let v = cpu.len() / 8;
+    for p in 0..8 {
+        let (c, e) = (&cpu[p * v..(p + 1) * v], &emu[p * v..(p + 1) * v]);
+        let scale = c.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+        let worst = c
+            .iter()
+            .zip(e)
+            .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+        eprintln!(
+            "position {p}: worst error {:.2e} of max |logit| {scale:.2}",
+            worst / scale
+        );
+        assert_eq!(argmax(e), argmax(c), "position {p}: argmax");
+        assert!(worst <= 1e-4 * scale, "position {p}: worst error {:.3e}", worst / scale);
+    }
 }

@@ -10,11 +10,13 @@
 //!
 //! - [`timing`]: clocks and statistics; [`cases`]: the table of kernels; [`library`]: cuBLAS and
 //!   CBLAS; [`roofline`]: copy bandwidth and matmul ceilings; [`gpt`]: the training step;
-//!   [`report`]: the terminal table, JSON and the SVG chart.
+//!   [`report`]: the terminal table, JSON and the SVG chart; [`llama`]: `kiln bench --gguf`, a
+//!   Llama model's prefill and generation speed.
 
 pub mod cases;
 pub mod gpt;
 pub mod library;
+pub mod llama;
 pub mod report;
 pub mod roofline;
 pub mod timing;

@@ -45,7 +45,7 @@ pub enum Command {
     /// Chat with an instruction-tuned GGUF model (e.g. SmolLM2-135M-Instruct) in its chat template.
     Chat(ChatArgs),
     /// Time kiln's kernels against the device's measured roofline and the library matmul, and a
-    /// GPT training step (docs/perf.md).
+    /// GPT training step; or, with --gguf, a Llama model's prefill and generation (docs/perf.md).
     Bench(BenchArgs),
 }
 
@@ -270,6 +270,19 @@ pub struct BenchArgs {
     /// Write an SVG chart of achieved vs roofline to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Instead of the kernels: a Llama model's inference speed from this GGUF file, prompt
+    /// (prefill) and generation tokens/s at batch 1, greedy (docs/perf.md) [--reps: 3].
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernels", "sizes", "plot", "gpt_batch", "gpt_dtype", "copy_mib"])]
+    pub gguf: Option<PathBuf>,
+    /// With --gguf: the prompt lengths timed [128,512].
+    #[arg(long, value_delimiter = ',', num_args = 1.., requires = "gguf")]
+    pub prompt_lens: Vec<usize>,
+    /// With --gguf: tokens generated after each prompt.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// With --gguf: the compute dtypes timed [f32,bf16].
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., requires = "gguf")]
+    pub dtypes: Vec<ComputeDType>,
 }
 
 /// Runs the command line; the process's exit status.
@@ -503,6 +516,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         ));
     }
     let device: Device = a.device.parse()?;
+    if let Some(gguf) = &a.gguf {
+        return bench_llama(&a, gguf, device);
+    }
     for size in &a.sizes {
         let need = memory_estimate::bench_case(&crate::bench::parse_size(size)?);
         memory_estimate::check_fits(&format!("bench --sizes {size}"), &need, &device)?;
@@ -535,6 +551,27 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     if let Some(path) = &a.plot {
         crate::bench::report::write_svg(&report, path)?;
+        console::out(&format!("wrote {}", path.display()));
+    }
+    Ok(())
+}
+
+/// `kiln bench --gguf FILE`: the Llama inference benchmark (src/bench/llama.rs).
+fn bench_llama(a: &BenchArgs, gguf: &Path, device: Device) -> Result<()> {
+    let mut opts = crate::bench::llama::LlamaOptions::new(gguf, device);
+    if !a.prompt_lens.is_empty() {
+        opts.prompt_lens = a.prompt_lens.clone();
+    }
+    if !a.dtypes.is_empty() {
+        opts.dtypes = a.dtypes.iter().map(|&d| d.into()).collect();
+    }
+    opts.new_tokens = a.new_tokens;
+    opts.reps = a.reps.unwrap_or(opts.reps);
+    let report = crate::bench::llama::run(&opts, |what| console::err(&format!("bench: {what}")))?;
+    console::out(crate::bench::llama::table(&report).trim_end_matches('\n'));
+    if let Some(path) = &a.json {
+        std::fs::write(path, crate::bench::llama::json(&report))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         console::out(&format!("wrote {}", path.display()));
     }
     Ok(())

@@ -1,0 +1,256 @@
+//! `kiln bench --gguf FILE`: inference speed of a Llama model from a GGUF file at batch 1, the way
+//! a chat uses it. For each compute dtype and prompt length:
+//!
+//! - **prefill**: one `forward_cached` of the whole prompt into an empty KV cache, then the greedy
+//!   pick of the first new token from the last position's logits (reported as prompt tokens/s);
+//! - **generation**: `new_tokens` steps of one token each, every step reading the cache of the
+//!   prompt and the tokens so far and picking the next token greedily (reported as new tokens/s).
+//!
+//! Each is timed with the host clock around calls that end by reading the logits back, so a GPU's
+//! queue is drained inside the timed span. One untimed warm-up (a short prompt and two steps) per
+//! dtype, then `reps` timed repetitions, each with a fresh cache; the report gives the median.
+//! The prompt is `prompt_len` ids drawn with a fixed seed (the speed does not depend on which ids),
+//! and generation never stops at an end-of-sequence token, so every run does the same work.
+//! `scripts/transformers_llama_speed.py` measures Hugging Face transformers in exactly this way.
+//!
+//! The dtypes: f32 computes with the dequantized f32 weights; bf16 casts them once to bf16
+//! ([`Llama::to_dtype`]), activations and the KV cache in bf16, logits in f32.
+
+use super::timing::Stats;
+use crate::model::Llama;
+use crate::{DType, Device, Error, Result, Rng, Tensor};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `kiln bench --gguf` runs.
+#[derive(Clone, Debug)]
+pub struct LlamaOptions {
+    pub gguf: PathBuf,
+    pub device: Device,
+    /// Prompt lengths, each timed separately (default 128 and 512).
+    pub prompt_lens: Vec<usize>,
+    /// Tokens generated after each prompt (default 128).
+    pub new_tokens: usize,
+    /// Compute dtypes (default f32 and bf16).
+    pub dtypes: Vec<DType>,
+    /// Timed repetitions of each (prompt, generation) pair (default 3).
+    pub reps: usize,
+}
+
+impl LlamaOptions {
+    pub fn new(gguf: impl AsRef<Path>, device: Device) -> LlamaOptions {
+        LlamaOptions {
+            gguf: gguf.as_ref().to_path_buf(),
+            device,
+            prompt_lens: vec![128, 512],
+            new_tokens: 128,
+            dtypes: vec![DType::F32, DType::BF16],
+            reps: 3,
+        }
+    }
+}
+
+/// One dtype at one prompt length.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LlamaRow {
+    pub dtype: String,
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// Seconds of the prompt's forward and the first token's pick.
+    pub prefill: Stats,
+    pub prefill_tokens_per_s: f64,
+    /// Seconds of all `new_tokens` one-token steps together.
+    pub generation: Stats,
+    pub generation_tokens_per_s: f64,
+}
+
+/// Everything one `kiln bench --gguf` run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LlamaReport {
+    pub model: String,
+    pub params: usize,
+    pub device: String,
+    pub timing: &'static str,
+    /// The CPU threads kiln's parallel loops use (`RAYON_NUM_THREADS`, else one per core).
+    pub threads: usize,
+    /// Set when the numbers must not be read as speed (Emu).
+    pub warning: Option<String>,
+    pub date_unix: u64,
+    /// Seconds to open the file and dequantize the weights onto the device.
+    pub load_s: f64,
+    pub rows: Vec<LlamaRow>,
+}
+
+/// Checks the options, naming the first that cannot run.
+fn check(opts: &LlamaOptions, context: usize) -> Result<()> {
+    let bad = |msg: String| Err(Error::invalid("bench --gguf", msg));
+    if opts.prompt_lens.is_empty() || opts.prompt_lens.contains(&0) {
+        return bad(format!("prompt lengths must be positive, got {:?}", opts.prompt_lens));
+    }
+    if opts.new_tokens == 0 || opts.reps == 0 || opts.dtypes.is_empty() {
+        return bad("new tokens, repetitions and dtypes must not be zero or empty".into());
+    }
+    if let Some(&d) = opts.dtypes.iter().find(|d| !matches!(d, DType::F32 | DType::BF16)) {
+        return bad(format!("a Llama computes in f32 or bf16, not {d}"));
+    }
+    let longest = opts.prompt_lens.iter().max().copied().unwrap_or(0) + opts.new_tokens;
+    if longest > context {
+        return bad(format!(
+            "a prompt of {} and {} new tokens make {longest} positions, more than the model's context of {context}",
+            longest - opts.new_tokens,
+            opts.new_tokens
+        ));
+    }
+    Ok(())
+}
+
+/// The id of the largest of the last position's logits; `logits` is (1, T, V).
+fn greedy_last(logits: &Tensor) -> Result<u32> {
+    let t = logits.shape()[1];
+    let last = logits.narrow(1, t - 1, 1)?.to_vec::<f32>()?;
+    let best = (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
+    Ok(best as u32)
+}
+
+/// One prefill of `prompt` and `new_tokens` greedy steps: (prefill seconds, generation seconds).
+fn prefill_and_generate(model: &Llama, prompt: &[u32], new_tokens: usize) -> Result<(f64, f64)> {
+    let dev = *model.device();
+    let mut cache = model.new_cache();
+    let t0 = Instant::now();
+    let ids = Tensor::from_vec(prompt.to_vec(), &[1, prompt.len()], &dev)?;
+    let mut next = greedy_last(&model.forward_cached(&ids, &mut cache)?)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..new_tokens {
+        let ids = Tensor::from_vec(vec![next], &[1, 1], &dev)?;
+        next = greedy_last(&model.forward_cached(&ids, &mut cache)?)?;
+    }
+    Ok((prefill, t1.elapsed().as_secs_f64()))
+}
+
+/// Runs the benchmark; `progress` hears about each measurement as it starts.
+pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaReport> {
+    progress(&format!("loading {}", opts.gguf.display()));
+    let t0 = Instant::now();
+    let base = Llama::from_gguf(&opts.gguf, &opts.device)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let cfg = base.config().clone();
+    check(opts, cfg.max_position_embeddings)?;
+    let mut rng = Rng::new(1234);
+    let longest = opts.prompt_lens.iter().max().copied().unwrap_or(0);
+    let ids: Vec<u32> = (0..longest).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let mut rows = Vec::new();
+    for &dtype in &opts.dtypes {
+        let model = base.to_dtype(dtype)?;
+        progress(&format!("{dtype}: warm-up"));
+        prefill_and_generate(&model, &ids[..longest.min(16)], 2)?;
+        for &len in &opts.prompt_lens {
+            progress(&format!(
+                "{dtype}: prompt of {len} tokens, then {} new, {} times",
+                opts.new_tokens, opts.reps
+            ));
+            let times = (0..opts.reps)
+                .map(|_| prefill_and_generate(&model, &ids[..len], opts.new_tokens))
+                .collect::<Result<Vec<_>>>()?;
+            let prefill = Stats::of(&times.iter().map(|t| t.0).collect::<Vec<_>>());
+            let generation = Stats::of(&times.iter().map(|t| t.1).collect::<Vec<_>>());
+            rows.push(LlamaRow {
+                dtype: dtype.as_str().into(),
+                batch: 1,
+                prompt_tokens: len,
+                new_tokens: opts.new_tokens,
+                prefill_tokens_per_s: len as f64 / prefill.median_s,
+                prefill,
+                generation_tokens_per_s: opts.new_tokens as f64 / generation.median_s,
+                generation,
+            });
+        }
+    }
+    Ok(LlamaReport {
+        model: opts
+            .gguf
+            .file_name()
+            .map_or_else(|| opts.gguf.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        params: base.num_params(),
+        device: opts.device.to_string(),
+        timing: "host clock",
+        threads: rayon::current_num_threads(),
+        warning: (opts.device == Device::Emu).then(|| {
+            "Emu runs the CUDA kernels in a CPU emulator: these timings measure the emulator and say nothing about \
+             a GPU's speed"
+                .to_string()
+        }),
+        date_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        load_s,
+        rows,
+    })
+}
+
+/// The readable table.
+pub fn table(r: &LlamaReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "kiln bench --gguf {} ({:.1}M parameters) on {}, {} threads, batch 1, greedy; loaded in {:.1} s",
+        r.model,
+        r.params as f64 / 1e6,
+        r.device,
+        r.threads,
+        r.load_s
+    );
+    if let Some(w) = &r.warning {
+        let _ = writeln!(s, "WARNING: {w}");
+    }
+    let _ = writeln!(
+        s,
+        "{:<5} {:>7} {:>5} {:>11} {:>13} {:>11} {:>13} {:>4}",
+        "dtype", "prompt", "new", "prefill ms", "prompt tok/s", "generate ms", "new tok/s", "reps"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:<5} {:>7} {:>5} {:>11.1} {:>13.1} {:>11.1} {:>13.2} {:>4}",
+            row.dtype,
+            row.prompt_tokens,
+            row.new_tokens,
+            row.prefill.median_s * 1e3,
+            row.prefill_tokens_per_s,
+            row.generation.median_s * 1e3,
+            row.generation_tokens_per_s,
+            row.prefill.reps
+        );
+    }
+    s
+}
+
+/// The report as pretty JSON.
+pub fn json(r: &LlamaReport) -> String {
+    serde_json::to_string_pretty(r).expect("a report serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_cannot_run_are_named() {
+        let ok = LlamaOptions::new("m.gguf", Device::Cpu);
+        assert!(check(&ok, 8192).is_ok());
+        let e = check(&ok, 600).unwrap_err().to_string();
+        assert!(e.contains("640 positions") && e.contains("context of 600"), "{e}");
+        let zero = LlamaOptions {
+            prompt_lens: vec![128, 0],
+            ..ok.clone()
+        };
+        assert!(check(&zero, 8192).unwrap_err().to_string().contains("[128, 0]"));
+        let f16 = LlamaOptions {
+            dtypes: vec![DType::F16],
+            ..ok
+        };
+        assert!(check(&f16, 8192).unwrap_err().to_string().contains("not f16"));
+    }
+}
