@@ -110,8 +110,8 @@ Options options(std::string *error) {
     const char *env_check = std::getenv("KILN_EMU_CHECK");
     const char *env_order = std::getenv("KILN_EMU_ORDER");
     const char *env_profile = std::getenv("KILN_EMU_PROFILE");
-    o.profile = profile_override >= 0 ? profile_override == 1
-                                      : env_profile && *env_profile && std::strcmp(env_profile, "0") != 0;
+    const std::string profile = env_profile ? env_profile : "";
+    o.profile = profile_override >= 0 ? profile_override == 1 : profile == "1";
     const std::string checks = check_overridden ? check_spec_override : env_check ? env_check : "race,init,async";
     const std::string order = order_overridden ? order_spec_override : env_order ? env_order : "forward";
     error->clear();
@@ -119,6 +119,8 @@ Options options(std::string *error) {
         *error = "KILN_EMU_CHECK='" + checks + "': expected 'off' or a comma-separated list of race, init, async";
     if (!parse_order(order, o))
         *error = "KILN_EMU_ORDER='" + order + "': expected forward, reverse, random or random:SEED";
+    if (profile_override < 0 && !profile.empty() && profile != "0" && profile != "1")
+        *error = "KILN_EMU_PROFILE='" + profile + "': expected 0 or 1";
     return o;
 }
 
