@@ -87,6 +87,29 @@ int emu_set_checks(const char *spec);
  * KILN_EMU_ORDER. A correct kernel computes the same result in every order. Returns 0 or -1. */
 int emu_set_order(const char *spec);
 
+/* The profiler (docs/emulator.md, "The profiler"): memory requests, sectors and bank conflicts counted
+ * per kernel from the emulated execution. On when KILN_EMU_PROFILE=1 unless emu_set_profile says
+ * otherwise (1 on, 0 off, -1 back to the variable); takes effect at the next launch. */
+void emu_set_profile(int on);
+/* The counts of every launch of one kernel since the start or the last emu_profile_reset. */
+typedef struct {
+    unsigned long long launches;
+    /* global memory (device buffers), loads and stores: warp-level requests, 32-byte sectors they
+     * touch, and the distinct bytes the lanes asked for (the ideal is bytes / 32 sectors) */
+    unsigned long long gld_requests, gld_sectors, gld_bytes;
+    unsigned long long gst_requests, gst_sectors, gst_bytes;
+    /* shared memory, loads and stores: warp-level requests and wavefronts (passes through the 32
+     * banks); a request without bank conflicts takes one wavefront per phase (see the docs) */
+    unsigned long long lds_requests, lds_wavefronts, lds_ideal_wavefronts;
+    unsigned long long sts_requests, sts_wavefronts, sts_ideal_wavefronts;
+} emu_profile_counts;
+/* Fills `out` for `kernel`; returns 0, or -1 if it has no counts. */
+int emu_profile_get(const char *kernel, emu_profile_counts *out);
+void emu_profile_reset(void);
+/* Prints the table of every profiled kernel to stderr and, if KILN_EMU_PROFILE_JSON names a file,
+ * writes the counts there as JSON. Runs at process exit when the profiler was used. */
+void emu_profile_report(void);
+
 #ifdef __cplusplus
 }
 #endif

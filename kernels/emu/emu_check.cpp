@@ -47,10 +47,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <string>
 #include <sys/mman.h>
+#include <tuple>
 #include <unistd.h>
 #include <vector>
 
@@ -67,6 +69,7 @@ namespace {
 std::mutex options_mu;
 std::string check_spec_override, order_spec_override; // from emu_set_checks / emu_set_order
 bool check_overridden = false, order_overridden = false;
+int profile_override = -1; // from emu_set_profile: 0 off, 1 on, -1 KILN_EMU_PROFILE
 
 bool parse_checks(const std::string &spec, Options &o) {
     o.race = o.init = o.async = false;
@@ -106,6 +109,9 @@ Options options(std::string *error) {
     Options o;
     const char *env_check = std::getenv("KILN_EMU_CHECK");
     const char *env_order = std::getenv("KILN_EMU_ORDER");
+    const char *env_profile = std::getenv("KILN_EMU_PROFILE");
+    const std::string profile = env_profile ? env_profile : "";
+    o.profile = profile_override >= 0 ? profile_override == 1 : profile == "1";
     const std::string checks = check_overridden ? check_spec_override : env_check ? env_check : "race,init,async";
     const std::string order = order_overridden ? order_spec_override : env_order ? env_order : "forward";
     error->clear();
@@ -113,6 +119,8 @@ Options options(std::string *error) {
         *error = "KILN_EMU_CHECK='" + checks + "': expected 'off' or a comma-separated list of race, init, async";
     if (!parse_order(order, o))
         *error = "KILN_EMU_ORDER='" + order + "': expected forward, reverse, random or random:SEED";
+    if (profile_override < 0 && !profile.empty() && profile != "0" && profile != "1")
+        *error = "KILN_EMU_PROFILE='" + profile + "': expected 0 or 1";
     return o;
 }
 
@@ -322,9 +330,21 @@ void static_tls_block(uintptr_t *lo, uintptr_t *hi) {
 
 } // namespace
 
+// One load or store seen by the profiler, kept until the next barrier (see "The profiler" below).
+struct ProfAccess {
+    uintptr_t pc, addr;
+    uint32_t thread, occurrence;
+    uint32_t size;
+    uint8_t write, shared;
+};
+
+void profile_add(const char *kernel, const emu_profile_counts &add); // below
+
 struct Checker {
     Options opt;
     bool on = false;
+    const char *kernel = "";
+    std::vector<ProfAccess> prof; // this block's accesses since its last barrier
     // The launch and block (the runtime's error messages name the kernel and block).
     unsigned dim_x = 1, dim_y = 1;
     unsigned n = 0;
@@ -494,17 +514,29 @@ struct Checker {
 
     // The classification of the header comment, most frequent first: threadIdx and friends (emu::tl_ids),
     // the device buffer touched last, shared memory, then the other device buffers.
+    // An atomic arrives as a read and a write of the same pc; the profiler counts its write only.
     __attribute__((always_inline)) void access(uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc) {
         if (addr - ids_lo < sizeof(ThreadIds)) return;
-        if (addr - buffers[last_buffer].lo < buffers[last_buffer].hi - buffers[last_buffer].lo)
-            return global_access(buffers[last_buffer], addr, size, write, atomic, pc);
-        if (addr - dyn.lo < dyn.hi - dyn.lo) return shared_access(dyn, addr, size, write, atomic, pc);
-        if (addr - tls.lo < tls.hi - tls.lo) return shared_access(tls, addr, size, write, atomic, pc);
-        if (CachedBuffer *b = find_buffer(addr)) {
+        bool shared = false;
+        if (addr - buffers[last_buffer].lo < buffers[last_buffer].hi - buffers[last_buffer].lo) {
+            global_access(buffers[last_buffer], addr, size, write, atomic, pc);
+        } else if (addr - dyn.lo < dyn.hi - dyn.lo) {
+            shared_access(dyn, addr, size, write, atomic, pc);
+            shared = true;
+        } else if (addr - tls.lo < tls.hi - tls.lo) {
+            shared_access(tls, addr, size, write, atomic, pc);
+            shared = true;
+        } else if (CachedBuffer *b = find_buffer(addr)) {
             last_buffer = static_cast<unsigned>(b - buffers);
             global_access(*b, addr, size, write, atomic, pc);
+        } else {
+            return;
         }
+        if (opt.profile && (write || !atomic))
+            prof.push_back(ProfAccess{pc, addr, *cur, 0, static_cast<uint32_t>(size), write, shared});
     }
+
+    void profile_flush();
 
     void check_source_overwrite(uintptr_t addr, size_t size, uintptr_t pc) {
         for (unsigned t = 0; t < n; ++t)
@@ -556,10 +588,11 @@ struct Checker {
 Checker *checker_new() { return new Checker; }
 void checker_delete(Checker *c) { delete c; }
 
-void check_launch_begin(Checker *c, const Options &opt, unsigned block_x, unsigned block_y,
+void check_launch_begin(Checker *c, const char *kernel, const Options &opt, unsigned block_x, unsigned block_y,
                         unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur) {
     c->opt = opt;
-    c->on = c->opt.any_check();
+    c->on = c->opt.any_check() || c->opt.profile;
+    c->kernel = kernel;
     c->dim_x = block_x;
     c->dim_y = block_y;
     c->cur = cur;
@@ -591,10 +624,15 @@ void check_block_begin(Checker *c, unsigned nthreads) {
     c->global_written = 0;
 }
 
-void check_block_end(Checker *) { tl_check = nullptr; }
+void check_block_end(Checker *c) {
+    tl_check = nullptr;
+    if (c->opt.profile) c->profile_flush();
+}
 
 void check_barrier(Checker *c) {
-    if (c->on) ++c->epoch;
+    if (!c->on) return;
+    ++c->epoch;
+    if (c->opt.profile) c->profile_flush();
 }
 
 void check_warp_sync(Checker *c, unsigned warp, uint32_t lanes) {
@@ -645,6 +683,221 @@ void cp_async_wait(int keep) {
 }
 
 } // namespace emu
+
+// ---------------------------------------------------------------------------------------------------
+// The profiler (KILN_EMU_PROFILE; docs/emulator.md, "The profiler").
+//
+// The hardware issues a load or store instruction once for a warp: the active lanes' addresses form
+// one request. Emu runs the threads of a block one after another between synchronisation points, so
+// the profiler keeps every access of the block (program counter, address, size, thread) until the next
+// __syncthreads() or the block's end, and then rebuilds the requests: the k-th time lane i executed the
+// instruction at pc since the barrier and the k-th time lane j of the same warp did are one request.
+// (Lanes that skip an instruction or leave a loop early are simply inactive in the later requests,
+// as on the GPU. An instruction whose occurrences differ between lanes for data-dependent reasons, such
+// as a loop whose trip count varies per lane where the GPU would reconverge differently, is grouped by
+// occurrence number, which is what a warp executing in lock step would do.)
+//
+// Global memory: a request's sectors are the distinct 32-byte aligned blocks its bytes fall in; its
+// ideal bytes are the distinct bytes asked for. Shared memory: 32 banks of 4 bytes; a request is split
+// into phases of 32 lanes for accesses of up to 4 bytes, 16 lanes (half warps) for 8 bytes and 8
+// lanes (quarter warps) for 16 bytes; a phase takes as many wavefronts as the most distinct 4-byte
+// words any one bank must deliver (lanes reading the same word share it: a broadcast). The ideal is
+// one wavefront per phase with an active lane; wavefronts above it are bank conflicts.
+
+namespace emu {
+
+namespace {
+
+struct ProfileTable {
+    std::mutex mu;
+    std::map<std::string, emu_profile_counts> kernels;
+};
+
+ProfileTable &profile_table() {
+    static ProfileTable *t = new ProfileTable; // never destroyed: the exit report reads it
+    return *t;
+}
+
+// Distinct values of v (sorted and deduplicated in place).
+size_t count_distinct(std::vector<uintptr_t> &v) {
+    std::sort(v.begin(), v.end());
+    return static_cast<size_t>(std::unique(v.begin(), v.end()) - v.begin());
+}
+
+// Adds one global-memory request made of accesses [first, last) to the counts.
+void count_global(const ProfAccess *first, const ProfAccess *last, emu_profile_counts &c) {
+    std::vector<uintptr_t> bytes, sectors;
+    for (const ProfAccess *a = first; a != last; ++a)
+        for (uintptr_t b = a->addr; b < a->addr + a->size; ++b) {
+            bytes.push_back(b);
+            sectors.push_back(b >> 5);
+        }
+    const unsigned long long n_sectors = count_distinct(sectors), n_bytes = count_distinct(bytes);
+    if (first->write) {
+        ++c.gst_requests;
+        c.gst_sectors += n_sectors;
+        c.gst_bytes += n_bytes;
+    } else {
+        ++c.gld_requests;
+        c.gld_sectors += n_sectors;
+        c.gld_bytes += n_bytes;
+    }
+}
+
+// Adds one shared-memory request made of accesses [first, last) to the counts.
+void count_shared(const ProfAccess *first, const ProfAccess *last, emu_profile_counts &c) {
+    uint32_t size = 0;
+    for (const ProfAccess *a = first; a != last; ++a) size = std::max(size, a->size);
+    const uint32_t lanes_per_phase = size <= 4 ? 32 : size <= 8 ? 16 : 8;
+    unsigned long long wavefronts = 0, ideal = 0;
+    for (uint32_t phase = 0; phase < 32 / lanes_per_phase; ++phase) {
+        std::vector<uintptr_t> words; // (bank << 58) | word: distinct words per bank after sorting
+        for (const ProfAccess *a = first; a != last; ++a) {
+            if ((a->thread & 31) / lanes_per_phase != phase) continue;
+            for (uintptr_t w = a->addr >> 2; w <= (a->addr + a->size - 1) >> 2; ++w) words.push_back((w & 31) << 58 | w);
+        }
+        if (words.empty()) continue;
+        const size_t n = count_distinct(words);
+        unsigned most = 0, run = 0;
+        for (size_t i = 0; i < n; ++i) {
+            run = i > 0 && (words[i] >> 58) == (words[i - 1] >> 58) ? run + 1 : 1;
+            most = std::max(most, run);
+        }
+        wavefronts += most;
+        ++ideal;
+    }
+    if (first->write) {
+        ++c.sts_requests;
+        c.sts_wavefronts += wavefronts;
+        c.sts_ideal_wavefronts += ideal;
+    } else {
+        ++c.lds_requests;
+        c.lds_wavefronts += wavefronts;
+        c.lds_ideal_wavefronts += ideal;
+    }
+}
+
+} // namespace
+
+void Checker::profile_flush() {
+    if (prof.empty()) return;
+    // Number each thread's executions of each instruction (the sort keeps each thread's order).
+    std::stable_sort(prof.begin(), prof.end(), [](const ProfAccess &a, const ProfAccess &b) {
+        return a.pc != b.pc ? a.pc < b.pc : a.write != b.write ? a.write < b.write : a.thread < b.thread;
+    });
+    for (size_t i = 0; i < prof.size(); ++i) {
+        const bool same = i > 0 && prof[i].pc == prof[i - 1].pc && prof[i].write == prof[i - 1].write &&
+                          prof[i].thread == prof[i - 1].thread;
+        prof[i].occurrence = same ? prof[i - 1].occurrence + 1 : 0;
+    }
+    // One request: the same instruction, occurrence and warp.
+    auto key = [](const ProfAccess &a) { return std::make_tuple(a.pc, a.write, a.occurrence, a.thread >> 5); };
+    std::stable_sort(prof.begin(), prof.end(), [&](const ProfAccess &a, const ProfAccess &b) { return key(a) < key(b); });
+    emu_profile_counts counts{};
+    for (size_t i = 0; i < prof.size();) {
+        size_t j = i + 1;
+        while (j < prof.size() && key(prof[j]) == key(prof[i]) && prof[j].shared == prof[i].shared) ++j;
+        if (prof[i].shared) count_shared(&prof[i], &prof[j], counts);
+        else count_global(&prof[i], &prof[j], counts);
+        i = j;
+    }
+    prof.clear();
+    profile_add(kernel, counts);
+}
+
+void profile_add(const char *kernel, const emu_profile_counts &add) {
+    ProfileTable &t = profile_table();
+    std::lock_guard<std::mutex> lock(t.mu);
+    emu_profile_counts &c = t.kernels[kernel];
+    c.launches += add.launches;
+    c.gld_requests += add.gld_requests;
+    c.gld_sectors += add.gld_sectors;
+    c.gld_bytes += add.gld_bytes;
+    c.gst_requests += add.gst_requests;
+    c.gst_sectors += add.gst_sectors;
+    c.gst_bytes += add.gst_bytes;
+    c.lds_requests += add.lds_requests;
+    c.lds_wavefronts += add.lds_wavefronts;
+    c.lds_ideal_wavefronts += add.lds_ideal_wavefronts;
+    c.sts_requests += add.sts_requests;
+    c.sts_wavefronts += add.sts_wavefronts;
+    c.sts_ideal_wavefronts += add.sts_ideal_wavefronts;
+}
+
+double ratio(unsigned long long a, unsigned long long b) { return b ? double(a) / double(b) : 0.0; }
+
+void profile_launch(const char *kernel) {
+    static std::once_flag at_exit;
+    std::call_once(at_exit, [] { std::atexit(emu_profile_report); });
+    emu_profile_counts one{};
+    one.launches = 1;
+    profile_add(kernel, one);
+}
+
+} // namespace emu
+
+extern "C" void emu_set_profile(int on) {
+    std::lock_guard<std::mutex> lock(emu::options_mu);
+    emu::profile_override = on < 0 ? -1 : on != 0;
+}
+
+extern "C" int emu_profile_get(const char *kernel, emu_profile_counts *out) {
+    emu::ProfileTable &t = emu::profile_table();
+    std::lock_guard<std::mutex> lock(t.mu);
+    auto it = t.kernels.find(kernel);
+    if (it == t.kernels.end()) return -1;
+    *out = it->second;
+    return 0;
+}
+
+extern "C" void emu_profile_reset(void) {
+    emu::ProfileTable &t = emu::profile_table();
+    std::lock_guard<std::mutex> lock(t.mu);
+    t.kernels.clear();
+}
+
+extern "C" void emu_profile_report(void) {
+    using emu::ratio;
+    emu::ProfileTable &t = emu::profile_table();
+    std::lock_guard<std::mutex> lock(t.mu);
+    if (t.kernels.empty()) return;
+    fprintf(stderr,
+            "emu profile (counted by the emulator; docs/emulator.md, \"The profiler\")\n"
+            "%-28s %8s | %10s %8s %6s | %10s %8s %6s | %10s %8s %9s | %10s %8s %9s\n",
+            "kernel", "launches", "gld req", "sect/req", "ideal", "gst req", "sect/req", "ideal", "lds req", "wf/req",
+            "conflicts", "sts req", "wf/req", "conflicts");
+    for (const auto &[name, c] : t.kernels)
+        fprintf(stderr, "%-28s %8llu | %10llu %8.2f %5.0f%% | %10llu %8.2f %5.0f%% | %10llu %8.2f %9llu | %10llu %8.2f %9llu\n",
+                name.c_str(), c.launches, c.gld_requests, ratio(c.gld_sectors, c.gld_requests),
+                100 * ratio(c.gld_bytes, 32 * c.gld_sectors), c.gst_requests, ratio(c.gst_sectors, c.gst_requests),
+                100 * ratio(c.gst_bytes, 32 * c.gst_sectors), c.lds_requests, ratio(c.lds_wavefronts, c.lds_requests),
+                c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests, ratio(c.sts_wavefronts, c.sts_requests),
+                c.sts_wavefronts - c.sts_ideal_wavefronts);
+    const char *path = std::getenv("KILN_EMU_PROFILE_JSON");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "emu profile: cannot write KILN_EMU_PROFILE_JSON='%s'\n", path);
+        return;
+    }
+    fprintf(f, "{\"kernels\": [");
+    bool first = true;
+    for (const auto &[name, c] : t.kernels) {
+        fprintf(f,
+                "%s\n  {\"name\": \"%s\", \"launches\": %llu,\n"
+                "   \"global_load\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu},\n"
+                "   \"global_store\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu},\n"
+                "   \"shared_load\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
+                "   \"shared_store\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu}}",
+                first ? "" : ",", name.c_str(), c.launches, c.gld_requests, c.gld_sectors, 32 * c.gld_sectors,
+                c.gld_bytes, c.gst_requests, c.gst_sectors, 32 * c.gst_sectors, c.gst_bytes, c.lds_requests,
+                c.lds_wavefronts, c.lds_ideal_wavefronts, c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests,
+                c.sts_wavefronts, c.sts_ideal_wavefronts, c.sts_wavefronts - c.sts_ideal_wavefronts);
+        first = false;
+    }
+    fprintf(f, "\n]}\n");
+    fclose(f);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // The instrumentation's entry points (what libtsan would provide). Each passes the access on to the

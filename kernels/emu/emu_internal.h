@@ -33,6 +33,7 @@ namespace emu {
 enum class Order { Forward, Reverse, Random };
 struct Options {
     bool race = true, init = true, async = true;
+    bool profile = false; // KILN_EMU_PROFILE (emu_check.cpp, "The profiler")
     Order order = Order::Forward;
     uint64_t seed = 0;
     bool any_check() const { return race || init || async; }
@@ -52,11 +53,12 @@ Checker *checker_new();
 void checker_delete(Checker *c);
 // A launch starts on this OS thread: its options, block shape (x and y, to name threads), dynamic shared
 // memory, and where the runtime keeps the running thread's linear id.
-void check_launch_begin(Checker *c, const Options &opt, unsigned block_x, unsigned block_y,
+void check_launch_begin(Checker *c, const char *kernel, const Options &opt, unsigned block_x, unsigned block_y,
                         unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur);
 void check_block_begin(Checker *c, unsigned nthreads);
 void check_block_end(Checker *c);
 void check_barrier(Checker *c);                                // a __syncthreads() completed
+void profile_launch(const char *kernel);                       // counts a launch (KILN_EMU_PROFILE)
 void check_warp_sync(Checker *c, unsigned warp, uint32_t lanes); // a warp collective completed for `lanes`
 void check_thread_exit(Checker *c, unsigned t);                // lands the thread's cp.async copies
 // Ends the running thread's block with an error (implemented by the runtime, like every kernel error).

@@ -963,7 +963,7 @@ void prepare_launch(WorkerState &ws, const Launch &L) {
     ws.smem_bytes = L.dyn_smem;
     tl_ids.dyn_smem = reinterpret_cast<unsigned char *>(ws.smem_guard - round_up(L.dyn_smem, 16));
     ws.opt = L.opt;
-    check_launch_begin(ws.check, L.opt, L.block.x, L.block.y, tl_ids.dyn_smem, L.dyn_smem, &ws.cur);
+    check_launch_begin(ws.check, L.kernel->name.c_str(), L.opt, L.block.x, L.block.y, tl_ids.dyn_smem, L.dyn_smem, &ws.cur);
 #if defined(__x86_64__)
     __asm__ volatile("stmxcsr %0" : "=m"(ws.mxcsr));
     __asm__ volatile("fnstcw %0" : "=m"(ws.fpucw));
@@ -1381,6 +1381,7 @@ extern "C" int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_
     L.opt = opts;
     L.nthreads = static_cast<unsigned>(threads);
     L.nblocks = uint64_t(grid.x) * grid.y * grid.z;
+    if (opts.profile) profile_launch(k->name.c_str());
     const bool shared = L.nblocks > 1 && p.workers > 1;
     if (shared) {
         {

@@ -735,6 +735,96 @@ void timings(const char *checks) {
 
 } // namespace
 
+
+// The profiler (emu_check.cpp, "The profiler"): counts of access patterns worked out by hand. Each
+// expected value below is derived in its comment from the addresses, not from a run.
+emu_profile_counts profile_of(const char *kernel) {
+    emu_profile_counts c{};
+    if (emu_profile_get(kernel, &c) != 0) c.launches = 0;
+    return c;
+}
+
+void check_counts(const char *what, unsigned long long got, unsigned long long want) {
+    check(got == want, fmt("profiler: %s = %llu", what, want), fmt("got %llu", got));
+}
+
+void test_profiler() {
+    const int n = 1024; // 4096-byte buffers: page aligned, so every warp's 128 bytes start a sector
+    DevBuf<float> x(n), y(n);
+    x.fill(1.0f);
+    emu_profile_reset();
+    check(launch("prof_copy_f32", d3(n / 256), d3(256), 0, x.p, y.p).empty() && profile_of("prof_copy_f32").launches == 0,
+          "profiler: off unless asked for");
+    emu_set_profile(1);
+
+    // 4 blocks x 8 warps = 32 warps, one load and one store each; 32 lanes x 4 bytes = 128 contiguous
+    // bytes = 4 sectors, all used.
+    check(launch("prof_copy_f32", d3(n / 256), d3(256), 0, x.p, y.p).empty(), "profiler: prof_copy_f32 runs");
+    emu_profile_counts c = profile_of("prof_copy_f32");
+    check_counts("unit-stride f32: launches", c.launches, 1);
+    check_counts("unit-stride f32: load requests", c.gld_requests, 32);
+    check_counts("unit-stride f32: load sectors (4 per request)", c.gld_sectors, 32 * 4);
+    check_counts("unit-stride f32: load bytes used", c.gld_bytes, n * 4);
+    check_counts("unit-stride f32: store requests", c.gst_requests, 32);
+    check_counts("unit-stride f32: store sectors (4 per request)", c.gst_sectors, 32 * 4);
+    check_counts("unit-stride f32: no shared memory", c.lds_requests + c.sts_requests, 0);
+
+    // float4: 256 elements in 1 block = 8 warps; 32 lanes x 16 bytes = 512 contiguous bytes = 16 sectors.
+    check(launch("prof_copy_f32x4", d3(1), d3(256), 0, x.p, y.p).empty(), "profiler: prof_copy_f32x4 runs");
+    c = profile_of("prof_copy_f32x4");
+    check_counts("float4 unit-stride: load requests", c.gld_requests, 8);
+    check_counts("float4 unit-stride: load sectors (16 per request)", c.gld_sectors, 8 * 16);
+    check_counts("float4 unit-stride: store sectors (16 per request)", c.gst_sectors, 8 * 16);
+
+    // Stride 2: a warp's loads span 256 bytes = 8 sectors, of which 128 bytes are used. 256 threads =
+    // 8 warps (reading x[0..510]).
+    check(launch("prof_strided_load", d3(1), d3(256), 0, x.p, y.p, 2).empty(), "profiler: prof_strided_load runs");
+    c = profile_of("prof_strided_load");
+    check_counts("stride-2 f32: load requests", c.gld_requests, 8);
+    check_counts("stride-2 f32: load sectors (8 per request)", c.gld_sectors, 8 * 8);
+    check_counts("stride-2 f32: load bytes used (half of the sectors)", c.gld_bytes, 8 * 128);
+
+    // One load instruction run 3 times by each of 2 warps: 6 requests of 4 sectors; one store per warp.
+    check(launch("prof_loop_sum", d3(1), d3(64), 0, x.p, y.p, 3).empty(), "profiler: prof_loop_sum runs");
+    c = profile_of("prof_loop_sum");
+    check_counts("loop: load requests (one per warp and iteration)", c.gld_requests, 6);
+    check_counts("loop: load sectors", c.gld_sectors, 6 * 4);
+    check_counts("loop: store requests", c.gst_requests, 2);
+
+    // Shared f32 at stride s, one warp: word t*s is in bank (t*s) % 32.
+    const struct {
+        int stride;
+        unsigned long long wavefronts;
+        const char *what;
+    } strides[] = {{32, 32, "stride-32 f32 (bank 0 for every lane: 32-way conflict)"},
+                   {33, 1, "stride-33 f32 (a padded tile's column: 32 banks)"},
+                   {1, 1, "unit-stride f32"}};
+    for (const auto &s : strides) {
+        emu_profile_reset();
+        check(launch("prof_smem_stride", d3(1), d3(32), 0, y.p, s.stride).empty(), "profiler: prof_smem_stride runs");
+        c = profile_of("prof_smem_stride");
+        check_counts(fmt("%s: shared store requests", s.what).c_str(), c.sts_requests, 1);
+        check_counts(fmt("%s: shared store wavefronts", s.what).c_str(), c.sts_wavefronts, s.wavefronts);
+        check_counts(fmt("%s: shared load wavefronts", s.what).c_str(), c.lds_wavefronts, s.wavefronts);
+        check_counts(fmt("%s: ideal wavefronts", s.what).c_str(), c.lds_ideal_wavefronts, 1);
+    }
+
+    // Shared float4, one warp, 4 quarter-warp phases of 8 lanes x 4 words. Stride 1: a phase's 32 words
+    // are consecutive, one per bank: 4 wavefronts. Stride 2 (8-float steps): a phase touches words
+    // 8t .. 8t+3 for t = 0..7, i.e. banks 0-3, 8-11, 16-19, 24-27 each twice: 2 wavefronts per phase.
+    for (int stride : {1, 2}) {
+        emu_profile_reset();
+        check(launch("prof_smem_f32x4", d3(1), d3(32), 0, x.p, y.p, stride).empty(), "profiler: prof_smem_f32x4 runs");
+        c = profile_of("prof_smem_f32x4");
+        check_counts(fmt("float4 shared stride %d: load requests", stride).c_str(), c.lds_requests, 1);
+        check_counts(fmt("float4 shared stride %d: load wavefronts", stride).c_str(), c.lds_wavefronts, 4 * stride);
+        check_counts(fmt("float4 shared stride %d: store wavefronts", stride).c_str(), c.sts_wavefronts, 4 * stride);
+        check_counts(fmt("float4 shared stride %d: ideal wavefronts", stride).c_str(), c.sts_ideal_wavefronts, 4);
+    }
+    emu_set_profile(0);
+    emu_profile_reset();
+}
+
 int main() {
     printf("emulator self-test, %u worker threads\n", emu_num_workers());
     // The tests below write device buffers directly from the host, which the checker's init shadow
@@ -757,6 +847,7 @@ int main() {
     test_half_conversions();
     test_concurrent_launches();
     test_checker();
+    test_profiler();
     timings("off");
     timings("race,init,async");
     printf("%d passed, %d failed\n", g_passed, g_failed);

@@ -368,3 +368,56 @@ extern "C" __global__ void global_race(float *y, int fix) {
     if (fix) __syncthreads();
     if (threadIdx.x > 0) y[threadIdx.x] = y[0];
 }
+
+// ---------------------------------------------------------------------------------------------------
+// The profiler (emu_check.cpp, "The profiler"): access patterns whose counts are known by hand
+// (emu_selftest.cpp, test_profiler).
+
+// y[i] = x[i] * 2: unit-stride f32, each warp reads and writes 128 contiguous bytes (4 sectors).
+extern "C" __global__ void prof_copy_f32(const float *x, float *y) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    y[i] = x[i] * 2.f;
+}
+
+// y[i] = x[i] for float4: each warp reads and writes 512 contiguous bytes (16 sectors).
+extern "C" __global__ void prof_copy_f32x4(const float4 *x, float4 *y) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    y[i] = x[i];
+}
+
+// y[i] = x[stride * i]: a strided f32 load (stride 2: 8 sectors per request, half of each used).
+extern "C" __global__ void prof_strided_load(const float *x, float *y, int stride) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    y[i] = x[stride * i];
+}
+
+// y[t] = sum over k < iters of x[k * blockDim.x + t]: the same load instruction executed `iters` times
+// by every lane, one request per warp and iteration.
+extern "C" __global__ void prof_loop_sum(const float *x, float *y, int iters) {
+    const int t = threadIdx.x;
+    float acc = 0.f;
+    for (int k = 0; k < iters; ++k) acc += x[k * blockDim.x + t];
+    y[t] = acc;
+}
+
+// Thread t stores to and loads from tile[t * stride] (f32): stride 32 puts every lane of a warp in
+// bank 0 (32 wavefronts), stride 33 (a padded 32x32 tile's column) and stride 1 in 32 banks (one).
+extern "C" __global__ void prof_smem_stride(float *y, int stride) {
+    __shared__ float tile[32 * 33];
+    const int t = threadIdx.x;
+    tile[t * stride] = static_cast<float>(t);
+    __syncthreads();
+    y[t] = tile[t * stride];
+}
+
+// Thread t stores and loads a float4 at tile[t * stride]: with stride 1 each quarter warp covers the
+// 32 banks once (4 wavefronts, no conflict); with stride 2 a quarter warp needs 64 words, 2 per bank
+// (8 wavefronts, 4 of them conflicts). (The stored value is copied whole from x: g++ may store a
+// float4 built from four scalars as four 4-byte stores, which the profiler would count as such.)
+extern "C" __global__ void prof_smem_f32x4(const float4 *x, float4 *y, int stride) {
+    __shared__ float4 tile[64];
+    const int t = threadIdx.x;
+    tile[t * stride] = x[t];
+    __syncthreads();
+    y[t] = tile[t * stride];
+}
