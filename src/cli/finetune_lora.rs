@@ -81,7 +81,7 @@ pub fn cmd_finetune_lora(a: &FinetuneArgs, opts: &RunOptions) -> Result<()> {
         examples.extend(read_examples(path, &tok)?);
     }
     let mut model = Llama::from_gguf(gguf, &opts.device)?;
-    let block = l.block_size.unwrap_or(128).min(model.context_len());
+    let block = l.block_size.unwrap_or(128).min(model.config().max_position_embeddings);
     let windows = pack_windows(&examples, block);
     if let Some(d) = a.optim.dtype {
         model.set_dtype(d.into())?;
