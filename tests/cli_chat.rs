@@ -417,3 +417,92 @@ fn smollm2_chat_answers_paris() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains("Paris"), "{out}");
 }
+
+/// An adapter for the chat fixture written by the library: fresh adapters on q_proj and v_proj
+/// (seeded A) with a random non-zero B, so the adapter changes the answers; saved as a PEFT folder.
+fn write_chat_adapter(dir: &std::path::Path) -> Llama {
+    let (mut model, _) = fixture();
+    let mut cfg = kiln::nn::LoraConfig::new(4, 8.0);
+    cfg.targets = vec!["q_proj".into(), "v_proj".into()];
+    model.add_lora(&cfg, 3).unwrap();
+    let mut rng = Rng::new(5);
+    for block in &mut model.layers {
+        for lin in [&mut block.self_attn.q_proj, &mut block.self_attn.v_proj] {
+            let lora = lin.lora.as_mut().unwrap();
+            let b = Tensor::randn(lora.b.shape(), kiln::DType::F32, &mut rng, &Device::Cpu).unwrap();
+            lora.b = b.affine(0.5, 0.0).unwrap().requires_grad();
+        }
+    }
+    model.save_adapter(dir).unwrap();
+    model
+}
+
+#[test]
+fn generate_and_chat_with_a_lora_adapter() {
+    let dir = cli::temp_dir("chat-lora");
+    let adapted = write_chat_adapter(&dir);
+    let (base, tok) = fixture();
+    let mut loaded = base.clone();
+    loaded.load_adapter(&dir).unwrap();
+    let prompt = "the world";
+    let ids = tok.encode(prompt).unwrap();
+    let want = naive_greedy(&adapted, &ids, Some(EOS), 10);
+    assert_eq!(
+        naive_greedy(&loaded, &ids, Some(EOS), 10),
+        want,
+        "the saved adapter reloads"
+    );
+    assert_ne!(
+        want,
+        naive_greedy(&base, &ids, Some(EOS), 10),
+        "the adapter changes the text"
+    );
+    let dir_s = dir.to_str().unwrap();
+    let o = kiln(
+        &[
+            "generate",
+            "--gguf",
+            MODEL,
+            "--lora",
+            dir_s,
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "10",
+        ],
+        "",
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("adapter"), "{err}");
+    assert_eq!(out, format!("{prompt}{}\n", shown(&tok.decode(&want))));
+    // chat: the greedy answer of the adapted model to the rendered prompt
+    let o = kiln(
+        &[
+            &["chat"],
+            &greedy_args(&["--prompt", "hello there", "--verbose", "--lora", dir_s])[..],
+        ]
+        .concat(),
+        "",
+    );
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rendered = tok
+        .apply_chat_template(&[ChatMessage::user("hello there")], true)
+        .unwrap();
+    let chat_ids = tok.encode(&rendered).unwrap();
+    assert_eq!(
+        answer_ids(&err),
+        vec![naive_greedy(&adapted, &chat_ids, Some(EOS), 12)],
+        "{err}"
+    );
+    // --lora without --gguf, and a folder that is no adapter, are refused
+    let o = kiln(&["generate", "--hf", dir_s, "--lora", dir_s], "");
+    assert!(!o.status.success());
+    let o = kiln(&["generate", "--gguf", MODEL, "--lora", "/nonexistent-adapter"], "");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("nonexistent-adapter"), "{err}");
+}

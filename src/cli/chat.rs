@@ -23,6 +23,10 @@ pub struct ChatArgs {
     /// (`./scripts/fetch-smollm2.sh` fetches SmolLM2-135M-Instruct and prints its path).
     #[arg(long)]
     pub gguf: PathBuf,
+    /// A LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as `kiln finetune`
+    /// or Hugging Face PEFT writes it) applied to the model.
+    #[arg(long, value_name = "DIR")]
+    pub lora: Option<PathBuf>,
     /// Answer this one message and exit (without it: a chat on stdin, one message per line,
     /// Ctrl-D to leave).
     #[arg(long)]
@@ -45,11 +49,23 @@ pub struct ChatArgs {
     pub verbose: bool,
 }
 
-/// The model of the GGUF file at `path` (whose tokenizer is `tok`), computing in `dtype` on
-/// `device`.
-fn load(path: &Path, tok: &Tokenizer, device: &str, dtype: ComputeDType) -> Result<Llama> {
+/// The model of the GGUF file at `path` (whose tokenizer is `tok`) with the LoRA adapter folder
+/// `lora` if given, computing in `dtype` on `device`.
+fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: ComputeDType) -> Result<Llama> {
     let dev: Device = device.parse()?;
     let mut model = Llama::from_gguf(path, &dev)?;
+    if let Some(dir) = lora {
+        model.load_adapter(dir)?;
+        if let Some(cfg) = model.lora_config() {
+            console::err(&format!(
+                "adapter {}: rank {}, alpha {}, on {}",
+                dir.display(),
+                cfg.rank,
+                cfg.alpha,
+                cfg.targets.join(",")
+            ));
+        }
+    }
     model.set_dtype(dtype.into())?;
     let cfg = model.config();
     console::err(&format!(
@@ -84,10 +100,11 @@ fn context_full(n_ctx: usize, what: &str) -> Error {
     )
 }
 
-/// `kiln generate --gguf FILE`: continues `prompt` (no chat template) until the file's
+/// `kiln generate --gguf FILE [--lora DIR]`: continues `prompt` (no chat template) until the file's
 /// end-of-sequence token or `opts.max_new_tokens`.
 pub fn generate_gguf(
     path: &Path,
+    lora: Option<&Path>,
     prompt: &str,
     opts: &SampleOptions,
     seed: u64,
@@ -95,7 +112,7 @@ pub fn generate_gguf(
     dtype: ComputeDType,
 ) -> Result<()> {
     let tok = Tokenizer::from_gguf(path)?;
-    let model = load(path, &tok, device, dtype)?;
+    let model = load(path, lora, &tok, device, dtype)?;
     let mut gen = generator(&model, &tok)?;
     let (_, generated) = stream(&mut gen, &tok, prompt, opts, seed)?;
     if generated.finish == Finish::ContextFull {
@@ -111,7 +128,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     // a file without a template is refused before its weights are read
     let tok = Tokenizer::from_gguf(&a.gguf)?;
     tok.apply_chat_template(&[ChatMessage::user("")], true)?;
-    let model = load(&a.gguf, &tok, &a.device, a.dtype)?;
+    let model = load(&a.gguf, a.lora.as_deref(), &tok, &a.device, a.dtype)?;
     let mut chat = Chat {
         tok: &tok,
         gen: generator(&model, &tok)?,

@@ -5,9 +5,11 @@
 //! [`generation::TokenWriter`]).
 
 mod chat;
+mod finetune_lora;
 mod generation;
 
 pub use chat::ChatArgs;
+pub use finetune_lora::LoraArgs;
 pub use generation::{ComputeDType, SampleArgs};
 
 use crate::data::EMBEDDED;
@@ -38,7 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Train a GPT from scratch (with no options: the `tiny` preset on kiln's own sources).
     Train(TrainArgs),
-    /// Adapt a trained model (a kiln checkpoint or a Hugging Face GPT-2 folder) to new text.
+    /// Adapt a trained model (a kiln checkpoint or a Hugging Face GPT-2 folder) to new text, or
+    /// train a LoRA adapter for a GGUF model (--gguf) on text or JSONL chat data.
     Finetune(FinetuneArgs),
     /// Generate text from a checkpoint or a GGUF model, streaming tokens as they come.
     Generate(GenerateArgs),
@@ -192,9 +195,12 @@ pub struct TrainArgs {
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
     /// A kiln checkpoint (run folder or its checkpoint/ folder) or a Hugging Face GPT-2 folder.
-    #[arg(long)]
-    pub from: PathBuf,
-    /// Text files to adapt the model to.
+    #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// Text files to adapt the model to (with --gguf also `*.jsonl` chat files, one
+    /// `{"messages": [...]}` per line).
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     /// Dropout while fine-tuning (default: the model's).
@@ -220,6 +226,10 @@ pub struct GenerateArgs {
     /// A Llama-architecture GGUF file with its tokenizer; stops at its end-of-sequence token.
     #[arg(long)]
     pub gguf: Option<PathBuf>,
+    /// With --gguf: a LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
+    /// `kiln finetune` or Hugging Face PEFT writes it) applied to the model.
+    #[arg(long, value_name = "DIR", requires = "gguf")]
+    pub lora: Option<PathBuf>,
     /// Text to continue (default: a newline; for GPT-2, <|endoftext|>).
     #[arg(long, default_value = "")]
     pub prompt: String,
@@ -403,7 +413,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     let opts = run_options(&a.run, "runs/finetune")?;
-    let (mut model, tokenizer, source) = load_any(&a.from, &opts.device)?;
+    let Some(from) = &a.from else {
+        return finetune_lora::cmd_finetune_lora(&a, &opts);
+    };
+    let (mut model, tokenizer, source) = load_any(from, &opts.device)?;
     if let Some(p) = a.dropout {
         model.set_dropout(p)?;
     }
@@ -474,7 +487,15 @@ fn print_sample(model: &Gpt, tok: &Tokenizer, tokens: usize) -> Result<()> {
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let opts = a.sample.options()?;
     if let Some(path) = &a.gguf {
-        return chat::generate_gguf(path, &a.prompt, &opts, a.sample.seed, &a.device, a.dtype);
+        return chat::generate_gguf(
+            path,
+            a.lora.as_deref(),
+            &a.prompt,
+            &opts,
+            a.sample.seed,
+            &a.device,
+            a.dtype,
+        );
     }
     let dev: Device = a.device.parse()?;
     let (mut model, tok, source) = match (&a.checkpoint, &a.hf) {
