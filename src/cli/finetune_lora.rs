@@ -4,14 +4,13 @@
 //! [`crate::train::lora_finetune`], and the adapter lands in `DIR/adapter/` as a PEFT folder that
 //! `kiln chat --lora`, `kiln generate --lora` and `PeftModel.from_pretrained` read.
 
-use super::{FinetuneArgs, OptimArgs};
 use crate::model::Llama;
 use crate::nn::{LoraConfig, DEFAULT_LORA_TARGETS};
 use crate::tokenizer::Tokenizer;
 use crate::train::lora::{pack_windows, read_examples};
 use crate::train::lora_finetune::{finetune_lora, ADAPTER_DIR};
 use crate::train::{console, human, RunOptions, TrainConfig};
-use crate::Result;
+use crate::{DType, Error, Result};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -44,47 +43,35 @@ pub struct LoraArgs {
     pub recompute: bool,
 }
 
-/// The settings of a LoRA run: fine-tuning's defaults (those of `kiln finetune`), a batch of 4,
-/// a learning rate of 1e-3 (adapters start at zero and take larger steps than full weights),
-/// the adapter written every 50 steps; then the flags.
-fn train_config(optim: &OptimArgs, seed: Option<u64>) -> TrainConfig {
-    let mut cfg = TrainConfig {
-        steps: 200,
-        batch_size: 4,
-        lr: 1e-3,
-        min_lr: 1e-4,
-        warmup: 10,
-        eval_interval: 50,
-        weight_decay: 0.0,
-        ..TrainConfig::default()
-    };
-    if let Some(seed) = seed {
-        cfg.seed = seed;
-    }
-    optim.apply(&mut cfg);
-    cfg
-}
-
-pub fn cmd_finetune_lora(a: &FinetuneArgs, opts: &RunOptions) -> Result<()> {
-    let l = &a.lora;
+/// Trains an adapter as the flags `l` say, on `data`, with the run's settings `cfg`
+/// (`lora_train_config` in cli/mod.rs) and compute dtype.
+pub fn cmd_finetune_lora(
+    l: &LoraArgs,
+    data: &[PathBuf],
+    cfg: TrainConfig,
+    dtype: Option<DType>,
+    opts: &RunOptions,
+) -> Result<()> {
     let Some(gguf) = &l.gguf else {
-        return Err(super::cli_err("give --from DIR or --gguf FILE".into()));
+        return Err(Error::Invalid {
+            op: "kiln",
+            msg: "give --from DIR or --gguf FILE".into(),
+        });
     };
-    let cfg = train_config(&a.optim, a.seed);
     let mut lora = LoraConfig::new(l.lora_rank, l.lora_alpha.unwrap_or(l.lora_rank as f64));
     lora.targets = l.lora_targets.clone();
     lora.dropout = l.lora_dropout;
     lora.validate()?;
     let tok = Tokenizer::from_gguf(gguf)?;
     let mut examples = Vec::new();
-    for path in &a.data {
+    for path in data {
         examples.extend(read_examples(path, &tok)?);
     }
     let mut model = Llama::from_gguf(gguf, &opts.device)?;
     let block = l.block_size.unwrap_or(128).min(model.config().max_position_embeddings);
     let windows = pack_windows(&examples, block);
-    if let Some(d) = a.optim.dtype {
-        model.set_dtype(d.into())?;
+    if let Some(d) = dtype {
+        model.set_dtype(d)?;
     }
     model.set_recompute(l.recompute);
     model.add_lora(&lora, cfg.seed)?;

@@ -411,10 +411,33 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     print_sample(&outcome.model, &outcome.tokenizer, a.run.sample_tokens)
 }
 
+/// The settings of a LoRA run: fine-tuning's defaults (those of `kiln finetune`), a batch of 4,
+/// a learning rate of 1e-3 (adapters start at zero and take larger steps than full weights),
+/// the adapter written every 50 steps; then the flags.
+fn lora_train_config(optim: &OptimArgs, seed: Option<u64>) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        steps: 200,
+        batch_size: 4,
+        lr: 1e-3,
+        min_lr: 1e-4,
+        warmup: 10,
+        eval_interval: 50,
+        weight_decay: 0.0,
+        ..TrainConfig::default()
+    };
+    if let Some(seed) = seed {
+        cfg.seed = seed;
+    }
+    optim.apply(&mut cfg);
+    cfg
+}
+
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     let opts = run_options(&a.run, "runs/finetune")?;
     let Some(from) = &a.from else {
-        return finetune_lora::cmd_finetune_lora(&a, &opts);
+        let cfg = lora_train_config(&a.optim, a.seed);
+        let dtype = a.optim.dtype.map(DType::from);
+        return finetune_lora::cmd_finetune_lora(&a.lora, &a.data, cfg, dtype, &opts);
     };
     let (mut model, tokenizer, source) = load_any(from, &opts.device)?;
     if let Some(p) = a.dropout {
