@@ -4,6 +4,8 @@ on the tiny random Llama of tests/fixtures/llama-tiny (made by scripts/make_llam
 
     /work/venv-ref/bin/python scripts/make_lora_fixture.py          # or any venv with the versions below
     /work/venv-ref/bin/python scripts/make_lora_fixture.py check    # after kiln wrote kiln/ (see below)
+    /work/venv-ref/bin/python scripts/make_lora_fixture.py merge    # merged_expected.safetensors (see below)
+    /work/venv-ref/bin/python scripts/make_lora_fixture.py check-merge DIR   # a folder `kiln merge` wrote
 
 Tested with torch 2.15, transformers 5.25, peft 0.21.2, gguf 0.19, safetensors.
 
@@ -24,6 +26,15 @@ kiln's error alone.
 there: `cargo test --release --test llama_lora -- --ignored write_kiln_adapter`, an adapter kiln trained on
 the GGUF model), loads it with PeftModel.from_pretrained on the transformers model read from llama-tiny's
 model.gguf, and writes kiln_expected.safetensors: ids [2, 7] and PEFT's logits [2, 7, V] with kiln's adapter.
+
+`merge` mode loads the transformers model from llama-tiny's model.gguf (which un-permutes the q/k rows
+llama.cpp's converter permuted), applies peft/ with PeftModel.from_pretrained, merges it in float64 with
+merge_and_unload, and writes merged_expected.safetensors: every merged weight as `merged.<Hugging Face name>`
+(float32, Hugging Face's row order), ids [2, 7] and the merged model's logits [2, 7, V] (the references of
+`kiln merge`, tests/cli_merge.rs).
+
+`check-merge DIR` loads the Hugging Face folder DIR that `kiln merge --gguf model.gguf --lora peft --out DIR`
+wrote with AutoModelForCausalLM.from_pretrained and checks its logits against merged_expected.safetensors.
 """
 
 import json
@@ -141,5 +152,48 @@ def check():
     print(f"wrote {OUT}/kiln_expected.safetensors", file=sys.stderr)
 
 
+def merged_model():
+    """The GGUF model with peft/ merged in, float64."""
+    model = PeftModel.from_pretrained(base_model(gguf=True), os.path.join(OUT, "peft")).eval().double()
+    return model.merge_and_unload()
+
+
+def merge():
+    model = merged_model()
+    ids = load_file(os.path.join(OUT, "expected.safetensors"))["ids"]
+    out = {"ids": ids}
+    with torch.no_grad():
+        out["logits"] = model(input_ids=ids).logits.float()
+    for name, t in model.state_dict().items():
+        out[f"merged.{name}"] = t.float().contiguous()
+    path = os.path.join(OUT, "merged_expected.safetensors")
+    import peft, transformers
+    metadata = {"reference": f"PEFT merge_and_unload in float64 of the GGUF model; torch {torch.__version__}, "
+                f"transformers {transformers.__version__}, peft {peft.__version__}"}
+    save_file(out, path, metadata)
+    os.chmod(path, 0o644)
+    print(f"wrote {path}: {len(out) - 2} merged tensors", file=sys.stderr)
+
+
+def check_merge(folder):
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    ref = load_file(os.path.join(OUT, "merged_expected.safetensors"))
+    with torch.no_grad():
+        logits = model.double()(input_ids=ref["ids"]).logits.float()
+    err = (logits - ref["logits"]).abs().max().item()
+    scale = ref["logits"].abs().max().item()
+    print(f"{folder}: transformers' logits of kiln's merged folder vs PEFT's merged model: "
+          f"max |error| {err:.3e} (largest logit {scale:.3f})", file=sys.stderr)
+    assert err <= 1e-5 * scale, err
+
+
 if __name__ == "__main__":
-    check() if sys.argv[1:] == ["check"] else make()
+    args = sys.argv[1:]
+    if args == ["check"]:
+        check()
+    elif args == ["merge"]:
+        merge()
+    elif len(args) == 2 and args[0] == "check-merge":
+        check_merge(args[1])
+    else:
+        make()

@@ -18,7 +18,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+mod hf_export;
 mod lora;
+
+pub use hf_export::{HF_CONFIG, HF_WEIGHTS};
+pub use lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 /// How RoPE pairs a head's coordinates (re-exported from [`crate::ops::rope`]). llama.cpp's
 /// converter permutes the rows of the q and k projections of a Hugging Face model so that its

@@ -266,8 +266,8 @@ fn rows_to_gguf(w: &Tensor, n_head: usize) -> Result<Tensor> {
         .reshape(&[rows, r])
 }
 
-/// The inverse of [`rows_to_gguf`].
-fn rows_from_gguf(w: &Tensor, n_head: usize) -> Result<Tensor> {
+/// The inverse of [`rows_to_gguf`] (for any number of columns: B's r, or a whole weight's `in`).
+pub(super) fn rows_from_gguf(w: &Tensor, n_head: usize) -> Result<Tensor> {
     let (rows, r) = (w.shape()[0], w.shape()[1]);
     let half = rows / n_head / 2;
     // (n, i, j, r) -> (n, j, i, r)
