@@ -1,4 +1,5 @@
-//! The `kiln` command line: `train`, `finetune`, `generate`, `chat` (in [`chat`]), `bench`.
+//! The `kiln` command line: `train`, `finetune`, `generate`, `chat` (in [`chat`]), `merge` (in
+//! [`merge`]), `bench`.
 //! `src/main.rs` only calls [`main`]. Every failure is printed as one `error: ...` message with
 //! exit status 1 (2 for a command line clap cannot parse). Output goes through [`console`] or
 //! checked writes, never `println!`: a closed or full stdout or stderr never panics (see
@@ -7,10 +8,12 @@
 mod chat;
 mod finetune_lora;
 mod generation;
+mod merge;
 
 pub use chat::ChatArgs;
 pub use finetune_lora::LoraArgs;
 pub use generation::{ComputeDType, SampleArgs};
+pub use merge::MergeArgs;
 
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
@@ -47,6 +50,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Chat with an instruction-tuned GGUF model (e.g. SmolLM2-135M-Instruct) in its chat template.
     Chat(ChatArgs),
+    /// Merge a LoRA adapter into a GGUF model's weights and write a Hugging Face folder
+    /// (config.json + model.safetensors) that transformers loads.
+    Merge(MergeArgs),
     /// Time kiln's kernels against the device's measured roofline and the library matmul, and a
     /// GPT training step; or, with --gguf, a Llama model's prefill and generation (docs/perf.md).
     Bench(BenchArgs),
@@ -79,6 +85,10 @@ pub struct OptimArgs {
     /// Batches of each split averaged per evaluation [20].
     #[arg(long)]
     pub eval_iters: Option<usize>,
+    /// The fraction of the data held out for validation (the end of the text; with --gguf, the
+    /// last windows, at least one) [0.1].
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
     /// AdamW weight decay on 2-D weights [0.1].
     #[arg(long)]
     pub weight_decay: Option<f64>,
@@ -112,6 +122,7 @@ impl OptimArgs {
             warmup,
             eval_interval,
             eval_iters,
+            val_fraction,
             weight_decay,
             beta1,
             beta2,
@@ -195,20 +206,25 @@ pub struct TrainArgs {
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
     /// A kiln checkpoint (run folder or its checkpoint/ folder) or a Hugging Face GPT-2 folder.
-    #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
+    #[arg(long, required_unless_present_any = ["gguf", "resume"], conflicts_with = "gguf")]
     pub from: Option<PathBuf>,
     #[command(flatten)]
     pub lora: LoraArgs,
     /// Text files to adapt the model to (with --gguf also `*.jsonl` chat files, one
     /// `{"messages": [...]}` per line).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "resume", conflicts_with = "resume")]
     pub data: Vec<PathBuf>,
-    /// Dropout while fine-tuning (default: the model's).
-    #[arg(long)]
+    /// Dropout while fine-tuning (default: the model's; with --gguf, see --lora-dropout).
+    #[arg(long, conflicts_with_all = ["gguf", "resume"])]
     pub dropout: Option<f64>,
     /// Seeds the batches and dropout [1337].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub seed: Option<u64>,
+    /// Continue the LoRA run (kiln finetune --gguf) in --out from its checkpoint, with its model,
+    /// data, adapter shape and seed (the optimisation settings --steps, --lr, ... may change). A
+    /// --from run continues with `kiln train --resume`.
+    #[arg(long, conflicts_with = "from")]
+    pub resume: bool,
     #[command(flatten)]
     pub optim: OptimArgs,
     #[command(flatten)]
@@ -321,6 +337,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Finetune(a) => cmd_finetune(a),
         Command::Generate(a) => cmd_generate(a),
         Command::Chat(a) => chat::cmd_chat(a),
+        Command::Merge(a) => merge::cmd_merge(a),
         Command::Bench(a) => cmd_bench(a),
     }
 }
@@ -413,7 +430,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 /// The settings of a LoRA run: fine-tuning's defaults (those of `kiln finetune`), a batch of 4,
 /// a learning rate of 1e-3 (adapters start at zero and take larger steps than full weights),
-/// the adapter written every 50 steps; then the flags.
+/// evaluation over 5 batches of each split and the adapter written every 50 steps; then the flags.
 fn lora_train_config(optim: &OptimArgs, seed: Option<u64>) -> TrainConfig {
     let mut cfg = TrainConfig {
         steps: 200,
@@ -422,6 +439,7 @@ fn lora_train_config(optim: &OptimArgs, seed: Option<u64>) -> TrainConfig {
         min_lr: 1e-4,
         warmup: 10,
         eval_interval: 50,
+        eval_iters: 5,
         weight_decay: 0.0,
         ..TrainConfig::default()
     };
@@ -434,10 +452,12 @@ fn lora_train_config(optim: &OptimArgs, seed: Option<u64>) -> TrainConfig {
 
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     let opts = run_options(&a.run, "runs/finetune")?;
+    if a.resume {
+        return finetune_lora::resume_finetune_lora(&opts, |cfg| a.optim.apply(cfg));
+    }
     let Some(from) = &a.from else {
         let cfg = lora_train_config(&a.optim, a.seed);
-        let dtype = a.optim.dtype.map(DType::from);
-        return finetune_lora::cmd_finetune_lora(&a.lora, &a.data, cfg, dtype, &opts);
+        return finetune_lora::cmd_finetune_lora(&a.lora, &a.data, cfg, &opts);
     };
     let (mut model, tokenizer, source) = load_any(from, &opts.device)?;
     if let Some(p) = a.dropout {

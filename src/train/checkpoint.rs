@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub const DIR: &str = "checkpoint";
 /// Where a new checkpoint is staged before it replaces [`DIR`].
 pub const TMP: &str = "checkpoint.tmp";
-const OLD: &str = "checkpoint.old";
+pub const OLD: &str = "checkpoint.old";
 pub const MODEL: &str = "model.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const CONFIG: &str = "config.json";
@@ -94,11 +94,17 @@ pub fn checksum(bytes: &[u8]) -> String {
 /// Checks `actual` (see [`checksum_text`]) against the checksum `state` records for the file
 /// `path` (none recorded: an older checkpoint, accepted).
 pub fn verify(state: &TrainState, path: &Path, actual: &str) -> Result<()> {
+    verify_against(&state.checksums, path, actual)
+}
+
+/// [`verify`] against a map of recorded checksums (`{file name: "xxh3:HEX"}`), for any
+/// checkpoint that keeps one (the LoRA runs' too).
+pub fn verify_against(checksums: &BTreeMap<String, String>, path: &Path, actual: &str) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    match state.checksums.get(&name) {
+    match checksums.get(&name) {
         Some(want) if want != actual => Err(Error::Invalid {
             op: "checkpoint",
             msg: format!(
@@ -284,22 +290,33 @@ fn load_once(path: &Path, dev: &Device) -> Result<Loaded> {
 /// Restores the optimizer state saved next to the model, checked against `state`: its
 /// checksum, and its step count (one optimizer step per training step).
 pub fn load_optimizer(dir: &Path, state: &TrainState, opt: &mut AdamW, dev: &Device) -> Result<()> {
+    load_optimizer_checked(dir, &state.checksums, state.step, opt, dev)
+}
+
+/// [`load_optimizer`] for any checkpoint: [`OPTIMIZER`] in `dir`, checked against the recorded
+/// `checksums` and the checkpoint's `step`.
+pub fn load_optimizer_checked(
+    dir: &Path,
+    checksums: &BTreeMap<String, String>,
+    step: usize,
+    opt: &mut AdamW,
+    dev: &Device,
+) -> Result<()> {
     let path = dir.join(OPTIMIZER);
     let bytes = read_file(&path)?;
-    verify(state, &path, &checksum(&bytes))?;
+    verify_against(checksums, &path, &checksum(&bytes))?;
     let (tensors, _) = model_io::parse_tensors(&bytes, &path.display().to_string(), dev)?;
     opt.load_state(&tensors).map_err(|e| Error::Invalid {
         op: "checkpoint",
         msg: format!("{}: {e}", path.display()),
     })?;
-    if opt.step_count() != state.step as u64 {
+    if opt.step_count() != step as u64 {
         return Err(Error::Invalid {
             op: "checkpoint",
             msg: format!(
-                "{} has taken {} steps, but {STATE} is at step {}: the files belong to different checkpoints",
+                "{} has taken {} steps, but {STATE} is at step {step}: the files belong to different checkpoints",
                 path.display(),
                 opt.step_count(),
-                state.step
             ),
         });
     }

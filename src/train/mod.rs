@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod console;
 pub mod lora;
+pub mod lora_checkpoint;
 pub mod lora_finetune;
 pub mod memory_estimate;
 pub mod metrics;

@@ -3,6 +3,7 @@
 //! Several named series of `(step, loss)` points share one pair of axes; ticks fall on
 //! round numbers (1, 2 or 5 × 10ⁿ). Non-finite points are skipped.
 
+use super::metrics::Record;
 use std::fmt::Write;
 
 /// One line on the plot.
@@ -25,6 +26,57 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 48.0;
+
+/// The picture of a run's `metrics.jsonl` records: every step's batch loss (thin) and the
+/// evaluations' train and val losses (with dots).
+pub fn history_svg(title: &str, history: &[Record]) -> String {
+    let mut steps = Vec::new();
+    let mut evals_train = Vec::new();
+    let mut evals_val = Vec::new();
+    for r in history {
+        match *r {
+            Record::Train { step, loss, .. } => steps.push((step as f64, loss)),
+            Record::Eval {
+                step,
+                train_loss,
+                val_loss,
+                ..
+            } => {
+                evals_train.push((step as f64, train_loss));
+                evals_val.push((step as f64, val_loss));
+            }
+        }
+    }
+    loss_svg(
+        title,
+        &[
+            Series {
+                name: "batch loss",
+                color: "#9bbbd9",
+                width: 1.0,
+                opacity: 0.6,
+                dots: false,
+                points: &steps,
+            },
+            Series {
+                name: "train (eval)",
+                color: "#1f5fa6",
+                width: 2.0,
+                opacity: 1.0,
+                dots: true,
+                points: &evals_train,
+            },
+            Series {
+                name: "val (eval)",
+                color: "#d9480f",
+                width: 2.0,
+                opacity: 1.0,
+                dots: true,
+                points: &evals_val,
+            },
+        ],
+    )
+}
 
 /// Round tick positions covering `[lo, hi]`, about `target` of them.
 pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {

@@ -32,7 +32,7 @@ pub const TOKEN_CACHE: &str = "tokens.bin";
 /// The loss plot's file name inside the run folder.
 pub const PLOT: &str = "loss.svg";
 /// Mixed into the seed of the evaluation batches.
-const EVAL_SALT: u64 = 0x5EED_0FE7_A1B2;
+pub(super) const EVAL_SALT: u64 = 0x5EED_0FE7_A1B2;
 
 /// Where a run starts from.
 pub enum Init {
@@ -768,23 +768,6 @@ impl Session {
     }
 
     fn write_plot(&self) -> Result<()> {
-        let mut steps = Vec::new();
-        let mut evals_train = Vec::new();
-        let mut evals_val = Vec::new();
-        for r in &self.history {
-            match *r {
-                Record::Train { step, loss, .. } => steps.push((step as f64, loss)),
-                Record::Eval {
-                    step,
-                    train_loss,
-                    val_loss,
-                    ..
-                } => {
-                    evals_train.push((step as f64, train_loss));
-                    evals_val.push((step as f64, val_loss));
-                }
-            }
-        }
         let title = format!(
             "{} — {}",
             self.run_dir
@@ -793,35 +776,7 @@ impl Session {
                 .unwrap_or_default(),
             self.state.data.sources.join(", ")
         );
-        let svg = plot::loss_svg(
-            &title,
-            &[
-                plot::Series {
-                    name: "batch loss",
-                    color: "#9bbbd9",
-                    width: 1.0,
-                    opacity: 0.6,
-                    dots: false,
-                    points: &steps,
-                },
-                plot::Series {
-                    name: "train (eval)",
-                    color: "#1f5fa6",
-                    width: 2.0,
-                    opacity: 1.0,
-                    dots: true,
-                    points: &evals_train,
-                },
-                plot::Series {
-                    name: "val (eval)",
-                    color: "#d9480f",
-                    width: 2.0,
-                    opacity: 1.0,
-                    dots: true,
-                    points: &evals_val,
-                },
-            ],
-        );
+        let svg = plot::history_svg(&title, &self.history);
         crate::model::io::write_atomic(&self.run_dir.join(PLOT), svg.as_bytes())
     }
 }
