@@ -107,6 +107,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/gemm/pack.rs",
     "src/backend/cpu/gemm/portable.rs",
     "src/backend/cpu/gemm/simd.rs",
+    "src/backend/cpu/gemm/streamed.rs",
     "src/backend/cpu/gemm/tests.rs",
     "src/backend/cpu/gemm/kernel.rs",
     "src/backend/cpu/cast.rs",

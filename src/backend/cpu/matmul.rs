@@ -1,6 +1,10 @@
 //! Batched matrix product on the CPU: one GEMM call per batch entry, straight on the
 //! operands' strides (transposed views cost no copy), then the fused epilogue (bias, GELU,
-//! residual) before the one rounding to the dtype. BF16/F16 are widened to f32.
+//! residual) before the one rounding to the dtype. BF16/F16 accumulate in f32: a product of a
+//! few rows against a bf16 B (decode: one token against a weight) streams B in place, widening
+//! each element in registers (`gemm::sgemm_streamed`), so the weight is read once at 2 bytes an
+//! element and never copied; other half-precision products widen both operands to f32 for the
+//! GEMM, a copy their `m` rows amortise.
 
 use super::{alloc, gemm, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
@@ -40,17 +44,25 @@ pub fn matmul(
                 CpuStorage::F32(v) => Ok::<_, Error>(v),
                 _ => unreachable!("cast to f32 gives f32"),
             };
-            let (x, y) = (wide(a, la)?, wide(b, lb)?);
-            let product = batched(
-                &x,
-                &Layout::contiguous(la.shape()),
-                &y,
-                &Layout::contiguous(lb.shape()),
-                gemm::sgemm,
-            )?;
+            let x = wide(a, la)?;
+            let la_wide = Layout::contiguous(la.shape());
+            let m = la.shape()[rank - 2];
+            let b_strides = [lb.strides()[rank - 2], lb.strides()[rank - 1]].map(|s| s as isize);
+            let product = match b {
+                CpuStorage::BF16(y) if gemm::streams(m, 1, b_strides, 1) => {
+                    batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed::<bf16>)?
+                }
+                _ => batched(
+                    &x,
+                    &la_wide,
+                    &wide(b, lb)?,
+                    &Layout::contiguous(lb.shape()),
+                    gemm::sgemm,
+                )?,
+            };
             let (out, z) = epilogue(product, &shape, epi)?;
             let narrow = |v: Vec<f32>| match a {
-                CpuStorage::BF16(_) => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
+                CpuStorage::BF16(_) => CpuStorage::BF16(v.into_iter().map(super::float::f32_to_bf16).collect()),
                 _ => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
             };
             (narrow(out), z.map(narrow))
@@ -125,14 +137,16 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     Ok((y, epi.keep_pre.then_some(pre)))
 }
 
-pub(crate) type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
+/// A GEMM in the BLAS form of [`gemm::sgemm`], with B's elements of type `W` (T unless mixed).
+pub(crate) type Gemm<T, W = T> =
+    fn(usize, usize, usize, T, &[T], isize, isize, &[W], isize, isize, T, &mut [T], isize, isize);
 
-fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>(
+fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero, W: Sync>(
     a: &[T],
     la: &Layout,
-    b: &[T],
+    b: &[W],
     lb: &Layout,
-    gemm: Gemm<T>,
+    gemm: Gemm<T, W>,
 ) -> Result<Vec<T>> {
     let rank = la.rank();
     let (m, k, n) = (la.shape()[rank - 2], la.shape()[rank - 1], lb.shape()[rank - 1]);
