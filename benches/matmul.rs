@@ -44,9 +44,12 @@ fn bench_cpu_matvec(criterion: &mut Criterion) {
             let x = Tensor::randn(&[1, k], dtype, &mut rng, &Device::Cpu).unwrap();
             let w = Tensor::randn(&[n, k], dtype, &mut rng, &Device::Cpu).unwrap();
             group.throughput(Throughput::Bytes((k * n * dtype.size_in_bytes()) as u64));
-            group.bench_function(BenchmarkId::new(format!("linear_{dtype}"), format!("{k}x{n}")), |bencher| {
-                bencher.iter(|| x.linear(&w, None).unwrap());
-            });
+            group.bench_function(
+                BenchmarkId::new(format!("linear_{dtype}"), format!("{k}x{n}")),
+                |bencher| {
+                    bencher.iter(|| x.linear(&w, None).unwrap());
+                },
+            );
         }
     }
     group.finish();

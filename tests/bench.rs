@@ -380,9 +380,33 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
             .iter()
             .map(|r| (r["dtype"].as_str().unwrap(), r["prompt_tokens"].as_u64().unwrap()))
             .collect();
-        assert_eq!(got, [("f32", 5), ("f32", 9), ("bf16", 5), ("bf16", 9)], "{report:#}");
+        let expected = [
+            ("stored", 5),
+            ("stored", 9),
+            ("f32", 5),
+            ("f32", 9),
+            ("bf16", 5),
+            ("bf16", 9),
+        ];
+        assert_eq!(got, expected, "{report:#}");
+        // the fixture's weights are f32 (nothing to keep quantized), and a step reads all of them
+        // but the token table's unused rows (its head is untied): 4 bytes each, 2 in bf16
+        let read_per_token = 2 * per_layer + 128 * 48 + 48 + 48;
+        let read_gbs = report["read_gbs"].as_f64();
+        assert_eq!(read_gbs.is_some(), device == "cpu", "{report:#}");
         for r in rows {
             assert_eq!((r["batch"].as_u64(), r["new_tokens"].as_u64()), (Some(1), Some(3)));
+            let bytes = if r["dtype"] == "bf16" { 2 } else { 4 } * read_per_token;
+            assert_eq!(r["weight_bytes_per_token"], bytes, "{r:#}");
+            let (ceiling, fraction) = (r["ceiling_tokens_per_s"].as_f64(), r["fraction_of_ceiling"].as_f64());
+            if let Some(gbs) = read_gbs {
+                let (ceiling, fraction) = (ceiling.unwrap(), fraction.unwrap());
+                assert!((ceiling - gbs * 1e9 / bytes as f64).abs() <= 1e-9 * ceiling, "{r:#}");
+                let rate = r["generation_tokens_per_s"].as_f64().unwrap();
+                assert!((fraction - rate / ceiling).abs() <= 1e-9 * fraction, "{r:#}");
+            } else {
+                assert!(ceiling.is_none() && fraction.is_none(), "{r:#}");
+            }
             for (phase, tokens) in [("prefill", r["prompt_tokens"].as_f64().unwrap()), ("generation", 3.0)] {
                 let t = &r[phase];
                 let (med, min, max) = (

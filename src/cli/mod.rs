@@ -10,7 +10,7 @@ mod generation;
 
 pub use chat::ChatArgs;
 pub use finetune_lora::LoraArgs;
-pub use generation::{ComputeDType, SampleArgs};
+pub use generation::{ComputeDType, SampleArgs, WeightsDType};
 
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
@@ -290,9 +290,9 @@ pub struct BenchArgs {
     /// With --gguf: tokens generated after each prompt.
     #[arg(long, default_value_t = 128)]
     pub new_tokens: usize,
-    /// With --gguf: the compute dtypes timed [f32,bf16].
+    /// With --gguf: what the weights become, each timed [stored,f32,bf16].
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., requires = "gguf")]
-    pub dtypes: Vec<ComputeDType>,
+    pub dtypes: Vec<WeightsDType>,
 }
 
 /// Runs the command line; the process's exit status.
