@@ -3,8 +3,8 @@
 //! residual) before the one rounding to the dtype. BF16/F16 accumulate in f32: a product of a
 //! few rows against a bf16 B (decode: one token against a weight) streams B in place, widening
 //! each element in registers (`gemm::sgemm_streamed`), so the weight is read once at 2 bytes an
-//! element and never copied; other half-precision products widen both operands to f32 for the
-//! GEMM, a copy their `m` rows amortise.
+//! element and never copied; other half-precision products widen B to f32 one block of columns
+//! at a time for the GEMM (a copy their `m` rows amortise, into a buffer that stays in cache).
 
 use super::{alloc, gemm, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
@@ -52,13 +52,7 @@ pub fn matmul(
                 CpuStorage::BF16(y) if gemm::streams(m, 1, b_strides, 1) => {
                     batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed::<bf16>)?
                 }
-                _ => batched(
-                    &x,
-                    &la_wide,
-                    &wide(b, lb)?,
-                    &Layout::contiguous(lb.shape()),
-                    gemm::sgemm,
-                )?,
+                _ => widened_by_blocks(&x, &la_wide, b, lb)?,
             };
             let (out, z) = epilogue(product, &shape, epi)?;
             let narrow = |v: Vec<f32>| match a {
@@ -135,6 +129,38 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
             .for_each(|(t, rows)| task(t, rows, None));
     }
     Ok((y, epi.keep_pre.then_some(pre)))
+}
+
+/// Bytes of B's f32 block in [`widened_by_blocks`], about 2 MiB, so that the widened block is
+/// still in cache when the GEMM packs it.
+const WIDEN_BLOCK_BYTES: usize = 2 << 20;
+
+/// `a · b` for contiguous f32 `a` (`[batch.., m, k]`) and a half-precision `b` (`[batch.., k, n]`,
+/// any strides), accumulated in f32; returns contiguous `[batch.., m, n]`. B is widened to f32
+/// one block of columns at a time (all batch entries of those columns), each block multiplied
+/// and its columns of C copied into place: B's f32 copy never exists whole, which for a weight
+/// at prefill cost an allocation of twice the weight's size per call.
+fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<Vec<f32>> {
+    let rank = lb.rank();
+    let (m, k, n) = (la.shape()[rank - 2], lb.shape()[rank - 2], lb.shape()[rank - 1]);
+    let batch = la.shape()[..rank - 2].iter().product::<usize>();
+    let cols = (WIDEN_BLOCK_BYTES / (4 * k.max(1) * batch.max(1))).clamp(64, n.max(64));
+    let mut out = alloc::filled("matmul", batch * m * n, 0f32)?;
+    for j0 in (0..n).step_by(cols) {
+        let width = cols.min(n - j0);
+        let block_layout = lb.narrow(rank - 1, j0, width);
+        let CpuStorage::F32(block) = super::cast(b, &block_layout, DType::F32)? else {
+            unreachable!("cast to f32 gives f32")
+        };
+        let mut block_shape = lb.shape().to_vec();
+        block_shape[rank - 1] = width;
+        let product = batched(a, la, &block, &Layout::contiguous(&block_shape), gemm::sgemm)?;
+        // product is [batch.., m, width]: its rows are pieces of C's rows
+        for (c_row, p_row) in out.chunks_exact_mut(n).zip(product.chunks_exact(width)) {
+            c_row[j0..j0 + width].copy_from_slice(p_row);
+        }
+    }
+    Ok(out)
 }
 
 /// A GEMM in the BLAS form of [`gemm::sgemm`], with B's elements of type `W` (T unless mixed).
