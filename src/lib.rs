@@ -14,8 +14,16 @@
 //! ```
 
 pub mod autograd;
+// The backends, the benchmark harness and the command line are kiln's own plumbing, public only so
+// that its tests, benches and binary reach them: hidden from the documentation and not part of the
+// stable API (DESIGN.md, "Public API contract").
+#[doc(hidden)]
 pub mod backend;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
 pub mod bench;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
 pub mod data;
 pub mod env;

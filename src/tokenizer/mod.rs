@@ -32,7 +32,6 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::OnceLock;
 
 /// A tokenizer. Serialised as `{"kind": "byte"}`, `{"kind": "char", "chars": "..."}`,
 /// `{"kind": "gpt2"}` or `{"kind": "gguf", "tokens": [...], "merges": [...], ...}`.
@@ -92,9 +91,11 @@ impl std::fmt::Display for TokenizerKind {
     }
 }
 
+#[cfg(feature = "gpt2-tokenizer")]
 fn bpe() -> Result<&'static tiktoken_rs::CoreBPE> {
     // `r50k_base_singleton` panics if the embedded vocabulary fails to parse; build it once
     // ourselves so that failure is an error instead.
+    use std::sync::OnceLock;
     static BPE: OnceLock<std::result::Result<tiktoken_rs::CoreBPE, String>> = OnceLock::new();
     BPE.get_or_init(|| tiktoken_rs::r50k_base().map_err(|e| e.to_string()))
         .as_ref()
@@ -102,6 +103,33 @@ fn bpe() -> Result<&'static tiktoken_rs::CoreBPE> {
             op: "tokenizer",
             msg: format!("cannot load the GPT-2 vocabulary (r50k_base): {e}"),
         })
+}
+
+/// Without the `gpt2-tokenizer` feature there is no GPT-2 vocabulary: encoding is an error that
+/// says how to get it (and decoding yields nothing, as for an unloadable vocabulary).
+#[cfg(not(feature = "gpt2-tokenizer"))]
+fn bpe() -> Result<&'static Gpt2Unavailable> {
+    Err(Error::Invalid {
+        op: "tokenizer",
+        msg: "kiln was built without its `gpt2-tokenizer` feature, so it has no GPT-2 vocabulary; \
+              enable the feature (it is on by default) to encode or decode with Tokenizer::Gpt2"
+            .into(),
+    })
+}
+
+/// Stands in for tiktoken's `CoreBPE` when the `gpt2-tokenizer` feature is off; never constructed.
+#[cfg(not(feature = "gpt2-tokenizer"))]
+enum Gpt2Unavailable {}
+
+#[cfg(not(feature = "gpt2-tokenizer"))]
+impl Gpt2Unavailable {
+    fn encode_ordinary(&self, _text: &str) -> Vec<u32> {
+        match *self {}
+    }
+
+    fn decode_bytes(&self, _ids: &[u32]) -> Result<Vec<u8>> {
+        match *self {}
+    }
 }
 
 impl Tokenizer {

@@ -18,6 +18,7 @@ use super::config::TrainConfig;
 use super::console;
 use super::metrics::{self, MetricsWriter, Record};
 use super::plot;
+use super::progress::Bar;
 use super::run_dir::{self, RunLock};
 use crate::data::{tokenize_cached, Corpus, Dataset, Split, WindowPlan, EMBEDDED};
 use crate::model::{Gpt, GptConfig};
@@ -82,26 +83,18 @@ fn train_err(msg: String) -> Error {
 
 /// Prints through the progress bar when there is one, else as plain lines.
 struct Reporter {
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<Bar>,
     verbose: bool,
 }
 
 impl Reporter {
     fn new(verbose: bool, start: usize, total: usize) -> Reporter {
         use std::io::IsTerminal;
-        let bar = (verbose && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {pos}/{len} steps | {msg} | {elapsed_precise} ETA {eta_precise}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_position(start as u64);
-            bar.reset_eta();
-            bar
-        });
+        let bar = if verbose && std::io::stderr().is_terminal() {
+            Bar::new(start, total)
+        } else {
+            None
+        };
         Reporter { bar, verbose }
     }
 
@@ -117,14 +110,13 @@ impl Reporter {
 
     fn step(&self, step: usize, msg: String) {
         if let Some(bar) = &self.bar {
-            bar.set_position(step as u64);
-            bar.set_message(msg);
+            bar.set(step, msg);
         }
     }
 
     fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+            bar.finish();
         }
     }
 }
