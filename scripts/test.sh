@@ -12,6 +12,9 @@ source <(./scripts/setup-cuda.sh --env)
 # the tests that read the real model (tests/gguf.rs, tests/llama.rs) run on it instead of skipping.
 ./scripts/fetch-smollm2.sh > /dev/null
 cargo test --release --all-targets "$@"
+# The library alone, as a dependent with `default-features = false` builds it (README, "Cargo features"):
+# no clap, indicatif, tiktoken-rs, tokenizers or cuBLAS. A check, not a second test build.
+cargo check --no-default-features --lib --examples
 # Every kernel on Emu against the CPU once more, with the threads of each block started (and released
 # from barriers) in reverse order: a result that depends on the order of unsynchronised threads differs
 # (docs/emulator.md, "The checker").
