@@ -187,6 +187,7 @@ impl GgufTokenizer {
         Ok(GgufTokenizer { spec, encoder })
     }
 
+    /// The number of tokens (ids are below it).
     pub fn vocab_size(&self) -> usize {
         self.spec.tokens.len()
     }
@@ -196,10 +197,12 @@ impl GgufTokenizer {
         &self.spec.pre
     }
 
+    /// The beginning-of-sequence id (`tokenizer.ggml.bos_token_id`), if the file has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.spec.bos_id
     }
 
+    /// The end-of-sequence id (`tokenizer.ggml.eos_token_id`), if the file has one.
     pub fn eos_id(&self) -> Option<u32> {
         self.spec.eos_id
     }

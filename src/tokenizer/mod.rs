@@ -43,6 +43,7 @@ pub enum Tokenizer {
     /// Characters: id = index of the character in `chars` (sorted, distinct).
     Char {
         #[serde(with = "chars_as_string")]
+        /// The vocabulary: sorted, distinct characters.
         chars: Vec<char>,
     },
     /// GPT-2 BPE (tiktoken's `r50k_base`).
@@ -60,8 +61,11 @@ pub const GPT2_EOT: u32 = 50256;
 /// The kind of tokenizer, as chosen on the command line (`--tokenizer byte|char|gpt2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenizerKind {
+    /// [`Tokenizer::Byte`].
     Byte,
+    /// [`Tokenizer::Char`], its vocabulary taken from the corpus.
     Char,
+    /// [`Tokenizer::Gpt2`].
     Gpt2,
 }
 
@@ -346,6 +350,7 @@ pub struct StreamDecoder {
 }
 
 impl StreamDecoder {
+    /// A decoder with nothing pending.
     pub fn new() -> Self {
         Self::default()
     }
