@@ -30,13 +30,11 @@ pub mod bench;
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::private_intra_doc_links)]
 pub mod cli;
 // Modules whose public items are not all documented yet (`missing_docs` holds everywhere else).
-#[allow(missing_docs)]
 pub mod data;
 pub mod env;
 mod error;
 #[allow(missing_docs)]
 pub mod gguf;
-#[allow(missing_docs)]
 pub mod model;
 pub mod nn;
 pub mod ops;
