@@ -33,7 +33,6 @@ pub mod cli;
 pub mod data;
 pub mod env;
 mod error;
-#[allow(missing_docs)]
 pub mod gguf;
 pub mod model;
 pub mod nn;
