@@ -29,7 +29,6 @@ pub mod bench;
 #[doc(hidden)]
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::private_intra_doc_links)]
 pub mod cli;
-// Modules whose public items are not all documented yet (`missing_docs` holds everywhere else).
 pub mod data;
 pub mod env;
 mod error;
@@ -42,7 +41,6 @@ pub mod safetensors;
 pub mod tensor;
 pub mod testing;
 pub mod tokenizer;
-#[allow(missing_docs)]
 pub mod train;
 
 /// The Rust blocks of README.md and docs/*.md, compiled and run as doc-tests (`cargo test --doc`) so
