@@ -87,7 +87,8 @@ pub struct GgufTokenizer {
 type Encoder = tokenizers::Tokenizer;
 /// Nothing: without the `gguf-tokenizer` feature there is no encoder.
 #[cfg(not(feature = "gguf-tokenizer"))]
-type Encoder = ();
+#[derive(Clone)]
+struct Encoder;
 
 impl PartialEq for GgufTokenizer {
     fn eq(&self, other: &Self) -> bool {
@@ -385,7 +386,7 @@ fn build_encoder(spec: &Spec) -> Result<Encoder> {
 /// Without the `gguf-tokenizer` feature there is no encoder to build (encoding is an error).
 #[cfg(not(feature = "gguf-tokenizer"))]
 fn build_encoder(_spec: &Spec) -> Result<Encoder> {
-    Ok(())
+    Ok(Encoder)
 }
 
 #[cfg(test)]

@@ -429,6 +429,37 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "gpt2-tokenizer"))]
+    fn gpt2_without_its_feature_is_an_error_naming_it() {
+        let e = Tokenizer::Gpt2.encode("hello").unwrap_err().to_string();
+        assert!(e.contains("`gpt2-tokenizer` feature"), "{e}");
+        assert_eq!(Tokenizer::Gpt2.decode(&[31373]), "");
+    }
+
+    #[test]
+    #[cfg(not(feature = "gguf-tokenizer"))]
+    fn gguf_without_its_feature_decodes_but_does_not_encode() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama-chat/model.gguf");
+        let tok = Tokenizer::from_gguf(path).unwrap();
+        let e = tok.encode("hello").unwrap_err().to_string();
+        assert!(e.contains("`gguf-tokenizer` feature"), "{e}");
+        // A token spelled in plain ASCII letters stands for those bytes in GPT-2's byte alphabet.
+        let Tokenizer::Gguf(g) = &tok else { unreachable!() };
+        let (id, word) = (0..tok.vocab_size() as u32)
+            .find_map(|id| {
+                g.token(id)
+                    .filter(|t| t.len() > 1 && t.bytes().all(|b| b.is_ascii_alphabetic()))
+                    .map(|t| (id, t))
+            })
+            .expect("the fixture's vocabulary has an ASCII word");
+        assert_eq!(tok.decode(&[id]), word);
+        assert!(tok
+            .apply_chat_template(&[ChatMessage::user("hi")], true)
+            .unwrap()
+            .contains("hi"));
+    }
+
+    #[test]
     fn fnv_is_stable() {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
