@@ -6,7 +6,7 @@ use crate::{Device, Result};
 /// What a case needs to build its inputs.
 pub struct Setup<'a> {
     pub dev: Device,
-    /// The size, in the case's [`Case::dims`] form.
+    /// The size, in the case's [`Case::dims`](super::cases::Case::dims) form.
     pub dims: &'a [usize],
     /// Rotate inputs over at least this many bytes (several times the last-level cache).
     pub rotate_bytes: usize,

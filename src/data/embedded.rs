@@ -161,6 +161,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/train/console.rs",
     "src/train/run_dir.rs",
     "src/train/plot.rs",
+    "src/train/progress.rs",
     "src/train/sample.rs",
     "src/cli/mod.rs",
     "src/cli/generation.rs",

@@ -30,7 +30,9 @@ pub use crate::ops::rope::RopeLayout;
 /// Root-mean-square normalisation over the last dim with a gain (no mean subtracted, no bias).
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
+    /// The gain `[C]`.
     pub weight: Tensor,
+    /// ε, added to mean(x²) before the square root.
     pub eps: f64,
 }
 
@@ -45,11 +47,17 @@ impl RmsNorm {
 /// Causal self-attention with rotary positions and grouped-query key/value heads.
 #[derive(Clone, Debug)]
 pub struct LlamaAttention {
+    /// The query projection: weight `[nh·hs, C]`.
     pub q_proj: Linear,
+    /// The key projection: weight `[n_kv·hs, C]`.
     pub k_proj: Linear,
+    /// The value projection: weight `[n_kv·hs, C]`.
     pub v_proj: Linear,
+    /// The output projection: weight `[C, nh·hs]`.
     pub o_proj: Linear,
+    /// Query heads, nh.
     pub n_head: usize,
+    /// Key/value heads, n_kv (a divisor of nh: each serves nh / n_kv query heads).
     pub n_kv_head: usize,
 }
 
@@ -111,8 +119,11 @@ impl LlamaAttention {
 /// The SwiGLU feed-forward: down(silu(gate(x)) · up(x)), C -> intermediate -> C.
 #[derive(Clone, Debug)]
 pub struct LlamaMlp {
+    /// The gate projection: weight `[intermediate, C]`, through SiLU.
     pub gate_proj: Linear,
+    /// The up projection: weight `[intermediate, C]`, multiplied by the gate.
     pub up_proj: Linear,
+    /// The down projection: weight `[C, intermediate]`.
     pub down_proj: Linear,
 }
 
@@ -127,9 +138,13 @@ impl LlamaMlp {
 /// A pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
 #[derive(Clone, Debug)]
 pub struct LlamaBlock {
+    /// The RMSNorm before attention.
     pub input_layernorm: RmsNorm,
+    /// The attention sublayer.
     pub self_attn: LlamaAttention,
+    /// The RMSNorm before the feed-forward.
     pub post_attention_layernorm: RmsNorm,
+    /// The feed-forward sublayer.
     pub mlp: LlamaMlp,
 }
 
@@ -243,8 +258,11 @@ pub struct Llama {
     lora: Option<LoraConfig>,
     /// Gradient checkpointing (see [`Llama::set_recompute`]).
     recompute: bool,
+    /// Token embedding `[vocab_size, C]` (also the LM head when `lm_head` is `None`).
     pub embed_tokens: Embedding,
+    /// The transformer blocks, `num_hidden_layers` of them.
     pub layers: Vec<LlamaBlock>,
+    /// The final RMSNorm, before the LM head.
     pub norm: RmsNorm,
     /// The LM head; None when it is tied to `embed_tokens`, except that a tied head kept
     /// quantized ([`LlamaLoad::AsStored`]) is here as the quantized copy of the table.
@@ -484,6 +502,7 @@ impl Llama {
         }
     }
 
+    /// The model's shape.
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
@@ -495,6 +514,7 @@ impl Llama {
         self.rope_layout
     }
 
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.weight.device()
     }
@@ -542,6 +562,7 @@ impl Llama {
         self.recompute = on;
     }
 
+    /// Whether gradient checkpointing is on (see [`Llama::set_recompute`]).
     pub fn recompute(&self) -> bool {
         self.recompute
     }

@@ -37,7 +37,7 @@ pub fn adamw_step(params: &mut [AdamWParam<CpuStorage>], h: &AdamWHyper) -> Resu
 }
 
 /// Σ g² over every gradient, in f64: each tensor's squares summed in a fixed order (see
-/// [`sq_sum`]), then the tensors in order.
+/// `sq_sum`), then the tensors in order.
 pub fn grad_sq_sum(grads: &[&CpuStorage]) -> f64 {
     let per_tensor: Vec<f64> = grads
         .par_iter()

@@ -50,7 +50,7 @@
 //! The AVX2 tile has the same shape of loop at half the width and half the rows: 12
 //! independent FMAs per step (two FMA ports × 4-cycle latency needs 8) and 8 loads. The
 //! kernel is chosen at run time (`is_x86_feature_detected!`): AVX-512F, else AVX2 + FMA (e.g.
-//! AMD Zen 2/3, Intel before Skylake-X), else [`Portable`], the same driver with a small
+//! AMD Zen 2/3, Intel before Skylake-X), else `Portable`, the same driver with a small
 //! autovectorised micro-kernel (SSE2 on a plain x86-64 build, which is what every x86 CPU
 //! without AVX-512 ran before the AVX2 kernel existed).
 //!
@@ -65,7 +65,7 @@
 //!
 //! # Threads
 //!
-//! Products of at least [`driver::PAR_FLOPS_PER_THREAD`] flops per thread run on rayon's global pool:
+//! Products of at least `driver::PAR_FLOPS_PER_THREAD` flops per thread run on rayon's global pool:
 //! C is cut into one disjoint slab per thread (columns, or rows when that balances better)
 //! and each thread runs the whole blocked algorithm on its slab with its own thread-local
 //! packing buffers, so no synchronisation is needed. Smaller products stay on the calling
