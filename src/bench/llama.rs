@@ -16,6 +16,7 @@
 //! The dtypes: f32 computes with the dequantized f32 weights; bf16 casts them once to bf16
 //! ([`Llama::to_dtype`]), activations and the KV cache in bf16, logits in f32.
 
+use super::machine::Machine;
 use super::timing::Stats;
 use crate::model::Llama;
 use crate::{DType, Device, Error, Result, Rng, Tensor};
@@ -71,6 +72,8 @@ pub struct LlamaReport {
     pub model: String,
     pub params: usize,
     pub device: String,
+    /// kiln's version, the CPU, its threads and the GPU.
+    pub machine: Machine,
     pub timing: &'static str,
     /// The CPU threads kiln's parallel loops use (`RAYON_NUM_THREADS`, else one per core).
     pub threads: usize,
@@ -174,6 +177,7 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
             .map_or_else(|| opts.gguf.display().to_string(), |n| n.to_string_lossy().into_owned()),
         params: base.num_params(),
         device: opts.device.to_string(),
+        machine: Machine::this(&opts.device),
         timing: "host clock",
         threads: rayon::current_num_threads(),
         warning: (opts.device == Device::Emu).then(|| {
@@ -202,6 +206,7 @@ pub fn table(r: &LlamaReport) -> String {
         r.threads,
         r.load_s
     );
+    let _ = writeln!(s, "machine: {}", r.machine.line());
     if let Some(w) = &r.warning {
         let _ = writeln!(s, "WARNING: {w}");
     }

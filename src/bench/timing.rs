@@ -117,6 +117,28 @@ pub fn measure(
     Ok(Stats::of(&clock.time(reps, f)?))
 }
 
+/// Times `f` and its ceiling `roof` in alternation (f(0), roof(0), f(1), roof(1), ...), after
+/// warming both up, so that both meet the same conditions (a machine's load, a GPU's clocks); the
+/// repetitions are chosen from `f`'s estimate as in [`measure`]. Returns (f's, roof's) statistics.
+pub fn measure_beside(
+    clock: &Clock,
+    fixed_reps: Option<usize>,
+    budget_s: f64,
+    mut f: impl FnMut(usize) -> Result<()>,
+    mut roof: impl FnMut(usize) -> Result<()>,
+) -> Result<(Stats, Stats)> {
+    for i in 0..2 {
+        f(i)?;
+        roof(i)?;
+    }
+    let estimate = clock.time(1, &mut f)?[0];
+    let reps = repetitions(fixed_reps, estimate, budget_s);
+    let samples = clock.time(2 * reps, |j| if j % 2 == 0 { f(j / 2) } else { roof(j / 2) })?;
+    let (ours, theirs): (Vec<(usize, f64)>, Vec<(usize, f64)>) = samples.into_iter().enumerate().partition(|(j, _)| j % 2 == 0);
+    let times = |v: Vec<(usize, f64)>| v.into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    Ok((Stats::of(&times(ours)), Stats::of(&times(theirs))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +158,31 @@ mod tests {
         assert_eq!(repetitions(None, 0.01, 0.5), 50);
         assert_eq!(repetitions(None, 1.0, 0.5), 5);
         assert_eq!(repetitions(None, 0.0, 0.5), 200);
+    }
+
+    #[test]
+    fn measure_beside_alternates_and_splits_the_samples() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let (ours, roof) = measure_beside(
+            &Clock::Host,
+            Some(3),
+            1.0,
+            |i| {
+                order.borrow_mut().push(('f', i));
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                Ok(())
+            },
+            |i| {
+                order.borrow_mut().push(('r', i));
+                Ok(())
+            },
+        )
+        .unwrap();
+        // two warm-ups each, one estimate of f, then three alternated pairs
+        let timed: Vec<_> = order.borrow()[5..].to_vec();
+        assert_eq!(timed, [('f', 0), ('r', 0), ('f', 1), ('r', 1), ('f', 2), ('r', 2)]);
+        assert_eq!((ours.reps, roof.reps), (3, 3));
+        assert!(ours.min_s >= 0.003 && roof.median_s < ours.median_s, "{ours:?} {roof:?}");
     }
 
     #[test]
