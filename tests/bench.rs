@@ -55,7 +55,10 @@ fn check_checks(report: &Value) {
         let c = &r["check"];
         if c.is_null() {
             // only the libraries are not checked (kiln's unfused compositions are)
-            assert!(r["library"] == true && (r["kernel"] == "cblas" || r["kernel"] == "cublas"), "{r:#}");
+            assert!(
+                r["library"] == true && (r["kernel"] == "cblas" || r["kernel"] == "cublas"),
+                "{r:#}"
+            );
             continue;
         }
         let (worst, tol) = (c["worst_error"].as_f64().unwrap(), c["tolerance"].as_f64().unwrap());
@@ -68,8 +71,15 @@ fn check_machine(report: &Value, shown: &str) {
     let m = &report["machine"];
     assert_eq!(m["kiln_version"], env!("CARGO_PKG_VERSION"), "{m:#}");
     assert!(!m["cpu"].as_str().unwrap().is_empty(), "{m:#}");
-    assert!(m["cpu_threads"].as_u64().unwrap() >= 1 && m["threads"].as_u64().unwrap() >= 1, "{m:#}");
-    let header = format!("machine: kiln {}; CPU {}", env!("CARGO_PKG_VERSION"), m["cpu"].as_str().unwrap());
+    assert!(
+        m["cpu_threads"].as_u64().unwrap() >= 1 && m["threads"].as_u64().unwrap() >= 1,
+        "{m:#}"
+    );
+    let header = format!(
+        "machine: kiln {}; CPU {}",
+        env!("CARGO_PKG_VERSION"),
+        m["cpu"].as_str().unwrap()
+    );
     assert!(shown.contains(&header), "{shown}");
 }
 
@@ -141,7 +151,11 @@ fn cpu_run_reports_rates_against_its_roofline() {
     let ceiling = add["ceiling_gbs"].as_f64().unwrap();
     assert!((pct - 100.0 * add["gbs"].as_f64().unwrap() / ceiling).abs() < 1e-6 * pct);
     // the working set: 16 rotated sets of the two inputs, and the output
-    assert_eq!(add["working_set_bytes"], (16 * 2 * 9 * 33 * 4 + 9 * 33 * 4) as f64, "{add:#}");
+    assert_eq!(
+        add["working_set_bytes"],
+        (16 * 2 * 9 * 33 * 4 + 9 * 33 * 4) as f64,
+        "{add:#}"
+    );
     // matmul's ceiling is the best matmul rate measured in f32
     let mm = row(&report, "matmul_f32", "7x5x3");
     assert!(mm["ceiling_tflops"].as_f64().unwrap() > 0.0, "{mm:#}");
@@ -484,14 +498,25 @@ fn cpu_rows_at_small_sizes_stay_under_their_ceilings() {
         assert!(!ours || r["time"].is_object(), "{r:#}");
         if let Some(pct) = r["roofline_pct"].as_f64() {
             with_pct += 1;
-            assert!(pct > 0.0 && pct <= 100.0, "{}: {pct}% of its ceiling\n{shown}", r["kernel"]);
+            assert!(
+                pct > 0.0 && pct <= 100.0,
+                "{}: {pct}% of its ceiling\n{shown}",
+                r["kernel"]
+            );
         }
     }
     // every f32 row has a ceiling (the CPU's only matmul ceiling is f32)
-    let f32_rows = rows.iter().filter(|r| r["time"].is_object() && r["dtype"] == "f32").count();
+    let f32_rows = rows
+        .iter()
+        .filter(|r| r["time"].is_object() && r["dtype"] == "f32")
+        .count();
     assert_eq!(with_pct, f32_rows, "{shown}");
     // the table says what %roof and %lib are over
-    for words in ["%roof: compute-bound rows over the best matmul rate", "memory-bound rows over a stream of their own bytes", "%lib: our rate over the row below it"] {
+    for words in [
+        "%roof: compute-bound rows over the best matmul rate",
+        "memory-bound rows over a stream of their own bytes",
+        "%lib: our rate over the row below it",
+    ] {
         assert!(shown.contains(words), "{words}: {shown}");
     }
     check_svg_layout(&svg);
@@ -533,7 +558,10 @@ fn text_boxes(svg: &str) -> Vec<TextBox> {
         let content = rest.split("</text>").next().unwrap();
         let text = content.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
         let size: f64 = attr(tag, "font-size").map_or(default_size, |s| s.parse().unwrap());
-        let (x, y): (f64, f64) = (attr(tag, "x").unwrap().parse().unwrap(), attr(tag, "y").unwrap().parse().unwrap());
+        let (x, y): (f64, f64) = (
+            attr(tag, "x").unwrap().parse().unwrap(),
+            attr(tag, "y").unwrap().parse().unwrap(),
+        );
         let w = kiln::bench::report::text_width(&text, size);
         let x0 = match attr(tag, "text-anchor").as_deref() {
             Some("end") => x - w,
@@ -541,7 +569,13 @@ fn text_boxes(svg: &str) -> Vec<TextBox> {
             _ => x,
         };
         // the baseline is at y; capitals and descenders span about 0.8 and 0.2 of the size
-        boxes.push(TextBox { text, x0, x1: x0 + w, y0: y - 0.8 * size, y1: y + 0.2 * size });
+        boxes.push(TextBox {
+            text,
+            x0,
+            x1: x0 + w,
+            y0: y - 0.8 * size,
+            y1: y + 0.2 * size,
+        });
     }
     boxes
 }
@@ -549,11 +583,17 @@ fn text_boxes(svg: &str) -> Vec<TextBox> {
 /// Every text of the chart lies inside it and overlaps no other; the legend is there.
 fn check_svg_layout(svg: &str) {
     let head = svg.lines().next().unwrap();
-    let (w, h): (f64, f64) = (attr(head, "width").unwrap().parse().unwrap(), attr(head, "height").unwrap().parse().unwrap());
+    let (w, h): (f64, f64) = (
+        attr(head, "width").unwrap().parse().unwrap(),
+        attr(head, "height").unwrap().parse().unwrap(),
+    );
     let boxes = text_boxes(svg);
     assert!(boxes.len() > 10, "{svg}");
     for b in &boxes {
-        assert!(b.x0 >= 0.0 && b.x1 <= w && b.y0 >= 0.0 && b.y1 <= h, "{b:?} leaves the {w}x{h} chart");
+        assert!(
+            b.x0 >= 0.0 && b.x1 <= w && b.y0 >= 0.0 && b.y1 <= h,
+            "{b:?} leaves the {w}x{h} chart"
+        );
     }
     for (i, a) in boxes.iter().enumerate() {
         for b in &boxes[i + 1..] {
@@ -561,8 +601,15 @@ fn check_svg_layout(svg: &str) {
             assert!(apart, "{a:?} overlaps {b:?}");
         }
     }
-    for words in ["kiln's kernel", "library, or the unfused composition", "100% of the ceiling"] {
+    for words in [
+        "kiln's kernel",
+        "library, or the unfused composition",
+        "100% of the ceiling",
+    ] {
         assert!(boxes.iter().any(|b| b.text.contains(words)), "no {words:?} in {svg}");
     }
-    assert!(boxes.iter().any(|b| b.text.starts_with("kiln ")), "no machine line in {svg}");
+    assert!(
+        boxes.iter().any(|b| b.text.starts_with("kiln ")),
+        "no machine line in {svg}"
+    );
 }

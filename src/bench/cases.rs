@@ -1,16 +1,17 @@
 //! The table of benchmarked kernels. A case is one entry of [`CASES`]: its name, what bounds it
 //! (arithmetic or memory traffic), its default sizes per device, and a `prepare` function that
 //! builds the inputs (several sets, rotated between repetitions so the cache does not flatter)
-//! and returns the work to time with its FLOP and byte counts.
+//! and returns the work to time with its FLOP and byte counts (and of those, the bytes written),
+//! and a check that runs the op once on the first set and compares it with the CPU reference
+//! (check.rs).
 //!
 //! To add a kernel, add an entry to [`CASES`]; `kiln bench --kernels NAME` then finds it. A fused
 //! kernel's `library` is its unfused composition, so the fusion's gain shows as `%lib`.
 
 use super::check::{
-    compare_rows, cross_entropy_backward as cross_entropy_backward_reference, host, linear_rows, matmul_rows,
-    norm_backward, rows, sample,
-    softmax_backward as softmax_backward_reference, swiglu_backward as swiglu_backward_reference, tolerance, Check,
-    Comparison, QUANTIZED_TOLERANCE, adamw_first_step,
+    adamw_first_step, compare_rows, cross_entropy_backward as cross_entropy_backward_reference, host, linear_rows,
+    matmul_rows, norm_backward, rows, sample, softmax_backward as softmax_backward_reference,
+    swiglu_backward as swiglu_backward_reference, tolerance, Check, Comparison, QUANTIZED_TOLERANCE,
 };
 use super::library;
 pub use super::work::{Setup, Work};
@@ -307,7 +308,12 @@ fn compare_attention(
     }
     if let Some([gq, gk, gv]) = got_grads {
         let kv_heads: Vec<usize> = dkv.iter().map(|e| e.0).collect();
-        let want = |i: usize| dkv.iter().flat_map(|e| if i == 1 { &e.1 } else { &e.2 }).copied().collect::<Vec<_>>();
+        let want = |i: usize| {
+            dkv.iter()
+                .flat_map(|e| if i == 1 { &e.1 } else { &e.2 })
+                .copied()
+                .collect::<Vec<_>>()
+        };
         cmp = cmp
             .compare("dq", &rows(&host(gq)?, t * d, q_heads), &dq)
             .compare("dk", &rows(&host(gk)?, t * d, &kv_heads), &want(1))
@@ -404,16 +410,11 @@ fn attention(s: &Setup, rng: &mut Rng, dtype: DType, fused: bool, pass: Pass) ->
             let g = o.sum_all()?.backward()?;
             let grad = |x: &Tensor| g.get(x).cloned().expect("q, k and v require gradients");
             let (dq, dk, dv) = (grad(&q0), grad(&k0), grad(&v0));
-            let ones = Tensor::ones(&shape, DType::F32, &s_dev(&q0))?;
+            let ones = Tensor::ones(&shape, DType::F32, q0.device())?;
             let grads = Some([&dq, &dk, &dv]);
             compare_attention(tol, [&q0, &k0, &v0], Some(&ones), Some(&o), grads, &heads, |h| h, t, d)
         }),
     })
-}
-
-/// A tensor's device.
-fn s_dev(t: &Tensor) -> Device {
-    *t.device()
 }
 
 /// Causal grouped-query attention, forward and backward through autograd, of random q `[B, H, T, D]`
@@ -465,50 +466,47 @@ fn grouped_query_attention(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Wor
             let g = o.sum_all()?.backward()?;
             let grad = |x: &Tensor| g.get(x).cloned().expect("q, k and v require gradients");
             let (dq, dk, dv) = (grad(&q0), grad(&k0), grad(&v0));
-            let ones = Tensor::ones(&[b, h, t, d], DType::F32, &s_dev(&q0))?;
+            let ones = Tensor::ones(&[b, h, t, d], DType::F32, q0.device())?;
             let grads = Some([&dq, &dk, &dv]);
             let tol = tolerance(dtype);
-            compare_attention(tol, [&q0, &k0, &v0], Some(&ones), Some(&o), grads, &q_heads, kv_of, t, d)
+            compare_attention(
+                tol,
+                [&q0, &k0, &v0],
+                Some(&ones),
+                Some(&o),
+                grads,
+                &q_heads,
+                kv_of,
+                t,
+                d,
+            )
         }),
     })
-}
-
-/// The bytes of a row-wise op that reads one `[rows, cols]` f32 tensor and writes one: (tensors
-/// touched, extra bytes, bytes written) for [`rowwise`].
-fn one_in_one_out(s: &Setup) -> (f64, f64, f64) {
-    (2.0, 0.0, rows_cols(s).2 * F32 as f64)
 }
 
 /// The naive reference of a row-wise case: its inputs' sampled rows, the number of rows and the
 /// width (check.rs's [`compare_rows`]).
 type RowReference = fn(&[Vec<f64>], usize, usize) -> Vec<f64>;
 
-/// A memory-bound case over one `[rows, cols]` f32 input: `touched` tensors of that size read or
-/// written, plus `extra` bytes, of which `written` bytes written. The output has `out_width`
-/// columns; checked on sampled rows against `reference`.
-#[allow(clippy::too_many_arguments)]
-fn rowwise(
-    s: &Setup,
-    rng: &mut Rng,
-    (touched, extra, written): (f64, f64, f64),
-    out_width: usize,
-    op: fn(&Tensor) -> Result<Tensor>,
-    reference: RowReference,
-) -> Result<Work> {
+/// A memory-bound case over one `[rows, cols]` f32 input, read once, whose output (of any width:
+/// a sum's is one) is written once; checked on sampled rows against `reference`.
+fn rowwise(s: &Setup, rng: &mut Rng, op: fn(&Tensor) -> Result<Tensor>, reference: RowReference) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let sets = s.sets(n * F32 as f64);
     let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let x0 = x[0].clone();
+    let written = (op(&x0)?.shape().iter().product::<usize>() * F32) as f64;
     Ok(Work {
         flops: 0.0,
-        bytes: touched * n * F32 as f64 + extra,
+        bytes: n * F32 as f64 + written,
         written,
         sets,
         run: Box::new(move |i| op(&x[i % sets]).map(drop)),
         check: checked(move || {
             let got = host(&op(&x0)?)?;
-            let out_width = if out_width == 0 { c } else { out_width };
-            Ok(compare_rows(tolerance(DType::F32), (c, out_width), &[host(&x0)?], &got, |x, rows| {
+            let inputs = [host(&x0)?];
+            let widths = (c, got.len() / r);
+            Ok(compare_rows(tolerance(DType::F32), widths, &inputs, &got, |x, rows| {
                 reference(x, rows, c)
             }))
         }),
@@ -531,9 +529,13 @@ fn layer_norm(s: &Setup, rng: &mut Rng) -> Result<Work> {
         check: checked(move || {
             let got = host(&x0.layer_norm(&w0, &b0, 1e-5)?)?;
             let (w, b) = (host(&w0)?, host(&b0)?);
-            Ok(compare_rows(tolerance(DType::F32), (c, c), &[host(&x0)?], &got, |x, rows| {
-                r::layer_norm(&x[0], &[rows, c], &w, Some(&b), 1e-5)
-            }))
+            Ok(compare_rows(
+                tolerance(DType::F32),
+                (c, c),
+                &[host(&x0)?],
+                &got,
+                |x, rows| r::layer_norm(&x[0], &[rows, c], &w, Some(&b), 1e-5),
+            ))
         }),
     })
 }
@@ -636,9 +638,13 @@ fn rms_norm(s: &Setup, rng: &mut Rng) -> Result<Work> {
         check: checked(move || {
             let got = host(&x0.rms_norm(&w0, 1e-5)?)?;
             let w = host(&w0)?;
-            Ok(compare_rows(tolerance(DType::F32), (c, c), &[host(&x0)?], &got, |x, rows| {
-                r::rms_norm(&x[0], &[rows, c], &w, 1e-5)
-            }))
+            Ok(compare_rows(
+                tolerance(DType::F32),
+                (c, c),
+                &[host(&x0)?],
+                &got,
+                |x, rows| r::rms_norm(&x[0], &[rows, c], &w, 1e-5),
+            ))
         }),
     })
 }
@@ -1110,7 +1116,7 @@ pub const CASES: &[Case] = &[
         cuda: ROWS_CUDA,
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, one_in_one_out(s), 0, |x| x.softmax(-1), |x, rows, c| {
+        prepare: |s, rng| rowwise(s, rng, |x| x.softmax(-1), |x, rows, c| {
             r::softmax(&x[0], &[rows, c], 1)
         }),
         library: None,
@@ -1208,7 +1214,7 @@ pub const CASES: &[Case] = &[
         cuda: &[&[8192, 3072], &[16384, 4096]],
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, one_in_one_out(s), 0, |x| x.gelu(), |x, _, _| r::map(&x[0], r::gelu)),
+        prepare: |s, rng| rowwise(s, rng, |x| x.gelu(), |x, _, _| r::map(&x[0], r::gelu)),
         library: None,
     },
     Case {
@@ -1232,7 +1238,7 @@ pub const CASES: &[Case] = &[
         cuda: &[&[8192, 8192]],
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, one_in_one_out(s), 0, |x| x.silu(), |x, _, _| r::map(&x[0], r::silu)),
+        prepare: |s, rng| rowwise(s, rng, |x| x.silu(), |x, _, _| r::map(&x[0], r::silu)),
         library: None,
     },
     Case {
@@ -1244,7 +1250,7 @@ pub const CASES: &[Case] = &[
         cuda: &[&[8192, 3072], &[16384, 4096]],
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, one_in_one_out(s), 0, |x| x.gelu_erf(), |x, _, _| {
+        prepare: |s, rng| rowwise(s, rng, |x| x.gelu_erf(), |x, _, _| {
             r::map(&x[0], r::gelu_erf)
         }),
         library: None,
@@ -1333,8 +1339,7 @@ pub const CASES: &[Case] = &[
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
         prepare: |s, rng| {
-            let rows = s.dims[0] as f64 * F32 as f64;
-            rowwise(s, rng, (1.0, rows, rows), 1, |x| x.sum(&[-1], false), |x, rows, c| {
+            rowwise(s, rng, |x| x.sum(&[-1], false), |x, rows, c| {
                 r::sum(&x[0], &[rows, c], &[1], false).0
             })
         },

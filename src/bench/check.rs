@@ -164,7 +164,10 @@ pub fn matmul_rows(a: &[f64], b: &[f64], k: usize, n: usize) -> Vec<f64> {
 /// `x` `[rows, k]` times `wᵀ`, w `[n, k]`, in f64: one dot product per output.
 pub fn linear_rows(x: &[f64], w: &[f64], k: usize) -> Vec<f64> {
     x.chunks(k)
-        .flat_map(|x| w.chunks(k).map(move |w| x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>()))
+        .flat_map(|x| {
+            w.chunks(k)
+                .map(move |w| x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>())
+        })
         .collect()
 }
 
@@ -188,7 +191,11 @@ pub fn softmax_backward(y: &[f64], dy: &[f64], c: usize) -> Vec<f64> {
 fn normalised_rows(x: &[f64], c: usize, eps: f64, centre: bool) -> Vec<(Vec<f64>, f64)> {
     x.chunks(c)
         .map(|row| {
-            let mean = if centre { row.iter().sum::<f64>() / c as f64 } else { 0.0 };
+            let mean = if centre {
+                row.iter().sum::<f64>() / c as f64
+            } else {
+                0.0
+            };
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
             let rstd = 1.0 / (var + eps).sqrt();
             (row.iter().map(|v| (v - mean) * rstd).collect(), rstd)
@@ -266,11 +273,16 @@ mod tests {
         assert_eq!((c.worst_at.as_str(), c.got, c.expected), ("b[2]", 0.5, 0.0));
         assert!((c.worst_error - 0.5 / (21.0f64 / 4.0).sqrt()).abs() < 1e-12);
         assert!(!c.passed() && c.compared == 8);
-        let c = Comparison::new(1e-3).compare("y", &[f64::NAN, 1.0], &[0.0, 1.0]).finish();
+        let c = Comparison::new(1e-3)
+            .compare("y", &[f64::NAN, 1.0], &[0.0, 1.0])
+            .finish();
         assert!(!c.passed() && c.worst_at == "y[0]" && c.worst_error.is_infinite());
         let c = Comparison::new(1e-3).compare("y", &[1.0], &[1.0, 2.0]).finish();
         assert!(!c.passed() && c.worst_at.contains("1 values where 2"), "{c:?}");
-        assert!(Comparison::new(1e-6).compare("y", &[1.0, 2.0], &[1.0, 2.0]).finish().passed());
+        assert!(Comparison::new(1e-6)
+            .compare("y", &[1.0, 2.0], &[1.0, 2.0])
+            .finish()
+            .passed());
     }
 
     #[test]
@@ -308,8 +320,8 @@ mod tests {
         let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         let y = r::softmax(&x, &[2, 3], 1);
         let dx = softmax_backward(&y, &dy, 3);
-        for i in 0..6 {
-            close(dx[i], numeric(&|x| r::softmax(x, &[2, 3], 1), &x, i));
+        for (i, &d) in dx.iter().enumerate() {
+            close(d, numeric(&|x| r::softmax(x, &[2, 3], 1), &x, i));
         }
         for centre in [true, false] {
             let forward = |x: &[f64]| {
@@ -320,8 +332,8 @@ mod tests {
                 }
             };
             let (dx, dw, db) = norm_backward(&x, &w, &dy, 3, 1e-5, centre);
-            for i in 0..6 {
-                close(dx[i], numeric(&forward, &x, i));
+            for (i, &d) in dx.iter().enumerate() {
+                close(d, numeric(&forward, &x, i));
             }
             let xhat = normalised_rows(&x, 3, 1e-5, centre);
             close(dw[1], dy[1] * xhat[0].0[1] + dy[4] * xhat[1].0[1]);
@@ -330,8 +342,14 @@ mod tests {
         let (dg, du) = swiglu_backward(&x, &w.repeat(2), &dy);
         for i in 0..6 {
             let up = w.repeat(2);
-            close(dg[i], numeric(&|g| (0..6).map(|j| r::swiglu(g[j], up[j])).collect(), &x, i));
-            close(du[i], numeric(&|u| (0..6).map(|j| r::swiglu(x[j], u[j])).collect(), &up, i));
+            close(
+                dg[i],
+                numeric(&|g| (0..6).map(|j| r::swiglu(g[j], up[j])).collect(), &x, i),
+            );
+            close(
+                du[i],
+                numeric(&|u| (0..6).map(|j| r::swiglu(x[j], u[j])).collect(), &up, i),
+            );
         }
         // d/dlogits of mean cross-entropy over 2 rows
         let ce = cross_entropy_backward(&x, &[2, 0], 3, 0.5);
@@ -339,7 +357,8 @@ mod tests {
             let (mut a, mut b) = (x.to_vec(), x.to_vec());
             a[i] += h;
             b[i] -= h;
-            let num = (r::cross_entropy(&a, 2, 3, &[2, 0], None) - r::cross_entropy(&b, 2, 3, &[2, 0], None)) / (2.0 * h);
+            let num =
+                (r::cross_entropy(&a, 2, 3, &[2, 0], None) - r::cross_entropy(&b, 2, 3, &[2, 0], None)) / (2.0 * h);
             close(ce[i], num);
         }
         // AdamW's first step moves every weight by lr (times the gradient's sign) after decay

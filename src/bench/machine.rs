@@ -123,14 +123,20 @@ mod tests {
         assert_eq!(cpu_model(info).as_deref(), Some("AMD EPYC 9B14"));
         assert_eq!(cpu_model("processor : 0\n"), None);
         assert_eq!(cache_size("32768K\n"), Some(32 << 20));
-        assert_eq!((cache_size("2M"), cache_size("512"), cache_size("x")), (Some(2 << 20), Some(512), None));
+        assert_eq!(
+            (cache_size("2M"), cache_size("512"), cache_size("x")),
+            (Some(2 << 20), Some(512), None)
+        );
     }
 
     #[test]
     fn the_line_names_version_cpu_and_threads() {
         let m = Machine::this(&Device::Cpu);
         let line = m.line();
-        assert!(line.starts_with(&format!("kiln {}; CPU ", env!("CARGO_PKG_VERSION"))), "{line}");
+        assert!(
+            line.starts_with(&format!("kiln {}; CPU ", env!("CARGO_PKG_VERSION"))),
+            "{line}"
+        );
         assert!(m.cpu_threads >= 1 && m.threads >= 1 && m.gpu.is_none(), "{m:?}");
     }
 }

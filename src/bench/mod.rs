@@ -265,7 +265,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> {
                 ceilings: &mut ceilings,
                 opts,
             };
-            let ours = timer.row(case, case.name, false, &setup, next_check(), |s| (case.prepare)(s, &mut rng));
+            let ours = timer.row(case, case.name, false, &setup, next_check(), |s| {
+                (case.prepare)(s, &mut rng)
+            });
             rows.push(ours);
             if let Some(lib) = case.library {
                 let mut name = String::from("library");
@@ -320,7 +322,11 @@ type Checked = std::result::Result<Option<Check>, String>;
 /// Runs every planned row once on a single input set and compares it with the CPU reference, in
 /// the order the rows are timed. Returns each row's outcome and a summary, or, if any result does
 /// not match, an error naming each such kernel, size and worst error.
-fn check_all(plan: &[(&Case, Vec<Vec<usize>>)], dev: &Device, progress: &mut impl FnMut(&str)) -> Result<(Vec<Checked>, String)> {
+fn check_all(
+    plan: &[(&Case, Vec<Vec<usize>>)],
+    dev: &Device,
+    progress: &mut impl FnMut(&str),
+) -> Result<(Vec<Checked>, String)> {
     let mut outcomes = Vec::new();
     for (case, case_sizes) in plan {
         for dims in case_sizes {
@@ -333,7 +339,11 @@ fn check_all(plan: &[(&Case, Vec<Vec<usize>>)], dev: &Device, progress: &mut imp
             progress(&format!("check {} {}", case.name, size_name(dims)));
             let run = |w: Result<cases::Work>| -> Checked {
                 let mut w = w.map_err(|e| e.to_string())?;
-                w.check.as_mut().map(|check| check()).transpose().map_err(|e| e.to_string())
+                w.check
+                    .as_mut()
+                    .map(|check| check())
+                    .transpose()
+                    .map_err(|e| e.to_string())
             };
             let ours = run((case.prepare)(&setup, &mut rng));
             outcomes.push((case.name, dims, ours));
@@ -366,11 +376,11 @@ fn check_all(plan: &[(&Case, Vec<Vec<usize>>)], dev: &Device, progress: &mut imp
             ),
         ));
     }
-    let passed: Vec<&Check> = outcomes.iter().filter_map(|(_, _, c)| c.as_ref().ok()?.as_ref()).collect();
-    let worst = passed
+    let passed: Vec<&Check> = outcomes
         .iter()
-        .map(|c| c.worst_error / c.tolerance)
-        .fold(0.0, f64::max);
+        .filter_map(|(_, _, c)| c.as_ref().ok()?.as_ref())
+        .collect();
+    let worst = passed.iter().map(|c| c.worst_error / c.tolerance).fold(0.0, f64::max);
     let summary = format!(
         "all {} results checked match the CPU reference (worst error {:.1}% of its tolerance)",
         passed.len(),
@@ -437,9 +447,8 @@ impl Timer<'_> {
             row.working_set_bytes = (w.bytes - w.written) * w.sets as f64 + w.written;
             match ceilings.for_row(&setup.dev, case.bound, case.dtype, &w)? {
                 Some(mut ceiling) => {
-                    let (ours, roof) = measure_beside(clock, opts.reps, opts.budget_s, &mut w.run, |i| {
-                        (ceiling.work().run)(i)
-                    })?;
+                    let (ours, roof) =
+                        measure_beside(clock, opts.reps, opts.budget_s, &mut w.run, |i| (ceiling.work().run)(i))?;
                     Ok((ours, Some(ceiling.rate(roof.min_s))))
                 }
                 None => Ok((measure(clock, opts.reps, opts.budget_s, &mut w.run)?, None)),
@@ -543,7 +552,10 @@ mod tests {
         assert_eq!(heard, ["check add 3x5", "check wrong 2x1"]);
         let (outcomes, summary) = check_all(&plan[..1], &Device::Cpu, &mut |_: &str| ()).unwrap();
         assert!(matches!(&outcomes[..], [Ok(Some(c))] if c.passed() && c.compared == 15));
-        assert!(summary.starts_with("all 1 results checked match the CPU reference"), "{summary}");
+        assert!(
+            summary.starts_with("all 1 results checked match the CPU reference"),
+            "{summary}"
+        );
     }
 
     #[test]

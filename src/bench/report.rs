@@ -198,10 +198,7 @@ pub fn svg(r: &Report) -> String {
     small.extend(r.warning.clone());
     small.push(format!("checked: {}", r.checked));
     small.push(r.roofline.method.to_string());
-    let lines: Vec<String> = small
-        .iter()
-        .flat_map(|t| wrap(t, w - 2.0 * MARGIN, SMALL))
-        .collect();
+    let lines: Vec<String> = small.iter().flat_map(|t| wrap(t, w - 2.0 * MARGIN, SMALL)).collect();
     let mut y = MARGIN + TITLE;
     let mut s = String::new();
     let mut body = String::new();
@@ -244,12 +241,7 @@ pub fn svg(r: &Report) -> String {
                 FONT - 2.0
             );
         }
-        let _ = writeln!(
-            body,
-            r#"<text x="{:.1}" y="{y:.1}">{}</text>"#,
-            x + 16.0,
-            escape(words)
-        );
+        let _ = writeln!(body, r#"<text x="{:.1}" y="{y:.1}">{}</text>"#, x + 16.0, escape(words));
         x += 16.0 + text_width(words, FONT) + 2.0 * MARGIN;
     }
     let top = y + 2.0 * MARGIN;

@@ -16,8 +16,8 @@
 
 use super::cases::{Bound, Setup};
 use super::library;
-use super::work::Work;
 use super::timing::{measure, Clock};
+use super::work::Work;
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 use rayon::prelude::*;
 
@@ -58,7 +58,12 @@ impl Ceilings {
                 .iter_mut()
                 .find(|(d, _)| *d == dtype)
                 .map(|(_, w)| Ceiling::Peak(w)),
-            Bound::Memory => Some(Ceiling::Stream(stream(dev, work.bytes - work.written, work.written, work.sets)?)),
+            Bound::Memory => Some(Ceiling::Stream(stream(
+                dev,
+                work.bytes - work.written,
+                work.written,
+                work.sets,
+            )?)),
         })
     }
 }
@@ -221,10 +226,7 @@ pub fn measure_roofline(
             let src = Tensor::zeros(&[n], DType::F32, dev)?;
             let dst = Tensor::zeros(&[n], DType::F32, dev)?;
             let stats = measure(clock, None, budget_s, |_| dst.assign(&src))?;
-            (
-                stats.min_s,
-                format!("device-to-device copy of {} MiB", (n * 4) >> 20),
-            )
+            (stats.min_s, format!("device-to-device copy of {} MiB", (n * 4) >> 20))
         }
     };
     let (mut peaks, mut works) = (Vec::new(), Vec::new());
