@@ -24,6 +24,7 @@ use crate::ops::linear_quantized::QuantizedMatrix;
 use crate::ops::rope::RopeLayout;
 use crate::optim::AdamW;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
+use rayon::prelude::*;
 use std::rc::Rc;
 
 /// What limits a kernel: arithmetic (compared with the best library matmul) or memory traffic
@@ -260,18 +261,28 @@ fn reference_attention(
     (q, k, v): (&[f64], &[f64], &[f64]),
     dout: Option<&[f64]>,
     q_heads: &[usize],
-    kv_of: impl Fn(usize) -> usize,
+    kv_of: impl Fn(usize) -> usize + Sync,
     t: usize,
     d: usize,
 ) -> (Vec<f64>, Vec<f64>, Vec<(usize, Vec<f64>, Vec<f64>)>) {
     let head = |x: &[f64], h: usize| x[h * t * d..(h + 1) * t * d].to_vec();
+    // one thread per head: o, and with dout the head's (dq, dk, dv)
+    let per_head: Vec<_> = q_heads
+        .par_iter()
+        .map(|&h| {
+            let (qh, kh, vh) = (head(q, h), head(k, kv_of(h)), head(v, kv_of(h)));
+            let o = r::attention(&qh, &kh, &vh, 1, t, t, d, true);
+            (
+                o,
+                dout.map(|g| r::attention_grads(&qh, &kh, &vh, &head(g, h), 1, t, t, d, true)),
+            )
+        })
+        .collect();
     let (mut o, mut dq) = (Vec::new(), Vec::new());
     let mut dkv: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
-    for &h in q_heads {
-        let (qh, kh, vh) = (head(q, h), head(k, kv_of(h)), head(v, kv_of(h)));
-        o.extend(r::attention(&qh, &kh, &vh, 1, t, t, d, true));
-        if let Some(g) = dout {
-            let (gq, gk, gv) = r::attention_grads(&qh, &kh, &vh, &head(g, h), 1, t, t, d, true);
+    for (&h, (oh, grads)) in q_heads.iter().zip(per_head) {
+        o.extend(oh);
+        if let Some((gq, gk, gv)) = grads {
             dq.extend(gq);
             match dkv.iter_mut().find(|e| e.0 == kv_of(h)) {
                 Some(e) => {
@@ -295,7 +306,7 @@ fn compare_attention(
     got_o: Option<&Tensor>,
     got_grads: Option<[&Tensor; 3]>,
     q_heads: &[usize],
-    kv_of: impl Fn(usize) -> usize,
+    kv_of: impl Fn(usize) -> usize + Sync,
     t: usize,
     d: usize,
 ) -> Result<Check> {
@@ -860,7 +871,7 @@ fn embedding_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
 /// `cross_entropy` indexes every element, too much memory at a GPU's 8192 × 50257).
 fn mean_cross_entropy(logits: &[f64], targets: &[u32], c: usize) -> f64 {
     let total: f64 = logits
-        .chunks(c)
+        .par_chunks(c)
         .zip(targets)
         .map(|(row, &t)| {
             let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -16,6 +16,7 @@
 
 use crate::backend::cpu::reference as r;
 use crate::{DType, Result, Tensor};
+use rayon::prelude::*;
 
 /// The outcome of one check.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -149,22 +150,23 @@ pub fn compare_rows(
 
 /// `a` `[rows, k]` times `b` `[k, n]` in f64, each output row accumulated from b's rows in order
 /// (reference.rs's `matmul` walks b by columns, too slow for an 8192-wide b).
+/// One thread per row.
 pub fn matmul_rows(a: &[f64], b: &[f64], k: usize, n: usize) -> Vec<f64> {
     let mut out = vec![0.0; a.len() / k.max(1) * n];
-    for (row, a) in out.chunks_mut(n).zip(a.chunks(k)) {
+    out.par_chunks_mut(n).zip(a.par_chunks(k)).for_each(|(row, a)| {
         for (p, &av) in a.iter().enumerate() {
             for (o, bv) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
                 *o += av * bv;
             }
         }
-    }
+    });
     out
 }
 
-/// `x` `[rows, k]` times `wᵀ`, w `[n, k]`, in f64: one dot product per output.
+/// `x` `[rows, k]` times `wᵀ`, w `[n, k]`, in f64: one dot product per output, one thread per row.
 pub fn linear_rows(x: &[f64], w: &[f64], k: usize) -> Vec<f64> {
-    x.chunks(k)
-        .flat_map(|x| {
+    x.par_chunks(k)
+        .flat_map_iter(|x| {
             w.chunks(k)
                 .map(move |w| x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>())
         })
