@@ -503,6 +503,10 @@ fn cpu_rows_at_small_sizes_stay_under_their_ceilings() {
                 "{}: {pct}% of its ceiling\n{shown}",
                 r["kernel"]
             );
+            // the measured ceiling held: not the row's own fastest call standing in for it
+            let from = r["ceiling_from"].as_str().unwrap();
+            let expected = if r["bound"] == "compute" { "matmul" } else { "stream" };
+            assert_eq!(from, expected, "{r:#}\n{shown}");
         }
     }
     // every f32 row has a ceiling (the CPU's only matmul ceiling is f32)

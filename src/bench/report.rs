@@ -24,11 +24,13 @@ fn roofline_line(r: &Report) -> String {
 const LIB_METHOD: &str = "%lib: our rate over the row below it (the library, or the unfused composition of a fused \
 kernel) at the same size and dtype, median over median";
 
-/// The rate a row's `%roof` is over, e.g. "410.2 GB/s".
+/// The rate a row's `%roof` is over, e.g. "410.2 GB/s", marked "*" where it is the row's own
+/// fastest call.
 fn ceiling(row: &super::Row) -> String {
+    let mark = if row.ceiling_from == Some("row") { "*" } else { "" };
     match (row.ceiling_tflops, row.ceiling_gbs) {
-        (Some(t), _) => format!("{t:.3} TFLOP/s"),
-        (_, Some(g)) => format!("{g:.1} GB/s"),
+        (Some(t), _) => format!("{t:.3} TFLOP/s{mark}"),
+        (_, Some(g)) => format!("{g:.1} GB/s{mark}"),
         _ => "-".into(),
     }
 }
