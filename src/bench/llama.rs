@@ -26,6 +26,7 @@
 //! long before its bandwidth at this size). Each row reports that ceiling and the fraction of it
 //! reached.
 
+use super::machine::Machine;
 use super::timing::Stats;
 use crate::model::{Llama, LlamaLoad};
 use crate::{Device, Error, Result, Rng, Tensor};
@@ -88,6 +89,8 @@ pub struct LlamaReport {
     pub model: String,
     pub params: usize,
     pub device: String,
+    /// kiln's version, the CPU, its threads and the GPU.
+    pub machine: Machine,
     pub timing: &'static str,
     /// The CPU threads kiln's parallel loops use (`RAYON_NUM_THREADS`, else one per core).
     pub threads: usize,
@@ -249,6 +252,7 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
             .map_or_else(|| opts.gguf.display().to_string(), |n| n.to_string_lossy().into_owned()),
         params,
         device: opts.device.to_string(),
+        machine: Machine::this(&opts.device),
         timing: "host clock",
         threads: rayon::current_num_threads(),
         warning: (opts.device == Device::Emu).then(|| {
@@ -283,6 +287,7 @@ pub fn table(r: &LlamaReport) -> String {
         r.threads,
         r.load_s
     );
+    let _ = writeln!(s, "machine: {}", r.machine.line());
     if let Some(w) = &r.warning {
         let _ = writeln!(s, "WARNING: {w}");
     }

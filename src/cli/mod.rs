@@ -249,8 +249,8 @@ pub struct BenchArgs {
     /// cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Kernels to time (comma-separated or repeated; `gpt` is the training step) [all].
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    // The help lists every kernel's name (`gpt` is the training step).
+    #[arg(long, value_delimiter = ',', num_args = 1.., help = crate::bench::kernels_help())]
     pub kernels: Vec<String>,
     /// Sizes instead of each kernel's defaults: MxNxK for matmuls, ROWSxCOLS for the others
     /// (comma-separated or repeated; each kernel takes those of its form).

@@ -169,6 +169,8 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/cli/finetune_lora.rs",
     "src/bench/mod.rs",
     "src/bench/cases.rs",
+    "src/bench/check.rs",
+    "src/bench/machine.rs",
     "src/bench/gpt.rs",
     "src/bench/library.rs",
     "src/bench/llama.rs",
