@@ -1,6 +1,8 @@
 //! GEMM throughput on square matrices: the CPU's f32 GEMM, and kernels/matmul.cu on Cuda(0) in f32
 //! (SIMT) and bf16 (tensor cores), plain and as `linear_gelu` (x·wᵀ + b with the fused epilogue).
-//! The Cuda group is skipped, with a message, when there is no GPU.
+//! The Cuda group is skipped, with a message, when there is no GPU. `cpu_matvec` is the decode
+//! case on the CPU: one row times a SmolLM2-sized weight (`x·wᵀ`, w `[n, k]`) in f32 and bf16,
+//! whose throughput is declared in bytes of weight read (bf16 streams its weight unwidened).
 //!
 //! Throughput is declared as `Elements(2·m·n·k)`, the flop count of the product, so the
 //! "elem/s" criterion prints is flop/s: "400 Melem/s" means 0.4 GFLOP/s and "380 Gelem/s"
@@ -29,6 +31,26 @@ fn bench_sgemm(criterion: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(n), |bencher| {
             bencher.iter(|| sgemm(n, n, n, 1.0, &a, ld, 1, &b, ld, 1, 0.0, &mut c, ld, 1));
         });
+    }
+    group.finish();
+}
+
+fn bench_cpu_matvec(criterion: &mut Criterion) {
+    let mut rng = Rng::new(0);
+    let mut group = criterion.benchmark_group("cpu_matvec");
+    group.sample_size(20).measurement_time(Duration::from_secs(2));
+    for dtype in [DType::F32, DType::BF16] {
+        for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
+            let x = Tensor::randn(&[1, k], dtype, &mut rng, &Device::Cpu).unwrap();
+            let w = Tensor::randn(&[n, k], dtype, &mut rng, &Device::Cpu).unwrap();
+            group.throughput(Throughput::Bytes((k * n * dtype.size_in_bytes()) as u64));
+            group.bench_function(
+                BenchmarkId::new(format!("linear_{dtype}"), format!("{k}x{n}")),
+                |bencher| {
+                    bencher.iter(|| x.linear(&w, None).unwrap());
+                },
+            );
+        }
     }
     group.finish();
 }
@@ -68,5 +90,5 @@ fn bench_cuda(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_sgemm, bench_cuda);
+criterion_group!(benches, bench_sgemm, bench_cpu_matvec, bench_cuda);
 criterion_main!(benches);

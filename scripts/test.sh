@@ -12,6 +12,15 @@ source <(./scripts/setup-cuda.sh --env)
 # the tests that read the real model (tests/gguf.rs, tests/llama.rs) run on it instead of skipping.
 ./scripts/fetch-smollm2.sh > /dev/null
 cargo test --release --all-targets "$@"
+# The library alone, as a dependent with `default-features = false` and docs.rs build it (README, "Cargo
+# features"): no clap, indicatif, tiktoken-rs, tokenizers or cuBLAS, and with DOCS_RS set, as on docs.rs,
+# no NVRTC or emulator library (build.rs). A check, not a second test build; then its documentation,
+# which must have no warning (missing docs, broken links).
+(
+    export DOCS_RS=1
+    cargo check --no-default-features --lib --examples
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-default-features --no-deps --lib
+)
 # Every kernel on Emu against the CPU once more, with the threads of each block started (and released
 # from barriers) in reverse order: a result that depends on the order of unsynchronised threads differs
 # (docs/emulator.md, "The checker").

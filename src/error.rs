@@ -9,32 +9,63 @@ pub enum Error {
     /// Operand shapes do not fit the operation,
     /// e.g. `matmul: lhs [2, 3] and rhs [4, 5]: inner dimensions 3 and 4 differ`.
     #[error("{op}: {msg}")]
-    Shape { op: &'static str, msg: String },
+    Shape {
+        /// The operation that failed (`"matmul"`, `"layer_norm"`, ...).
+        op: &'static str,
+        /// What was expected and what was found.
+        msg: String,
+    },
 
     /// An operand has a dtype the operation does not accept.
     #[error("{op}: {msg}")]
-    DType { op: &'static str, msg: String },
+    DType {
+        /// The operation that failed (`"matmul"`, `"layer_norm"`, ...).
+        op: &'static str,
+        /// What was expected and what was found.
+        msg: String,
+    },
 
     /// Operands live on different devices.
     #[error("{op}: operands are on different devices: {lhs:?} and {rhs:?}")]
-    DeviceMismatch { op: &'static str, lhs: Device, rhs: Device },
+    DeviceMismatch {
+        /// The operation that failed (`"matmul"`, `"layer_norm"`, ...).
+        op: &'static str,
+        /// The device of the first operand.
+        lhs: Device,
+        /// The device of the operand that differs.
+        rhs: Device,
+    },
 
     /// A dimension index outside `-rank..rank`.
     #[error("{op}: dimension {dim} is out of range for a tensor of rank {rank} (shape {shape:?})")]
     Dim {
+        /// The operation that failed (`"matmul"`, `"layer_norm"`, ...).
         op: &'static str,
+        /// The dimension asked for (negative counts from the end).
         dim: isize,
+        /// The tensor's number of dimensions.
         rank: usize,
+        /// The tensor's shape.
         shape: Vec<usize>,
     },
 
     /// An index (token id, narrow range, ...) outside its dimension.
     #[error("{op}: {msg}")]
-    Index { op: &'static str, msg: String },
+    Index {
+        /// The operation that failed (`"matmul"`, `"layer_norm"`, ...).
+        op: &'static str,
+        /// The index, its range and which operand it indexes.
+        msg: String,
+    },
 
     /// The device cannot be used on this machine (no driver, no such ordinal, not built).
     #[error("device {device:?} is unavailable: {reason}")]
-    DeviceUnavailable { device: Device, reason: String },
+    DeviceUnavailable {
+        /// The device asked for.
+        device: Device,
+        /// Why it cannot be used (the driver's error, the number of GPUs present, ...).
+        reason: String,
+    },
 
     /// Misuse of the autograd graph (backward of a non-scalar, a freed graph, ...).
     #[error("backward: {0}")]
@@ -42,26 +73,41 @@ pub enum Error {
 
     /// A value the operation rejects (a probability outside [0, 1), a negative size, ...).
     #[error("{op}: {msg}")]
-    Invalid { op: &'static str, msg: String },
+    Invalid {
+        /// The operation that failed (`"matmul"`, `"layer_norm"`, ...).
+        op: &'static str,
+        /// The value, and what is accepted.
+        msg: String,
+    },
 
     /// A file whose contents do not follow its format (a corrupt or truncated GGUF, ...),
     /// e.g. `model.gguf: truncated at byte 24 while reading the tensor count`.
     #[error("{file}: {what}")]
-    Format { file: String, what: String },
+    Format {
+        /// The file's name or path.
+        file: String,
+        /// What is wrong and where (a byte offset, a key, a tensor name).
+        what: String,
+    },
 
     /// An allocation that the device cannot satisfy: `bytes` is what `op` asked for (computed
     /// without overflow, so a size past `usize::MAX` is reported as it is).
     #[error("{op}: out of memory: cannot allocate {bytes} bytes ({}) on {device}", human_bytes(*.bytes))]
     OutOfMemory {
+        /// The operation that failed (`"matmul"`, `"layer_norm"`, ...).
         op: &'static str,
+        /// The bytes requested.
         bytes: u128,
+        /// The device the allocation was for.
         device: Device,
     },
 
     /// An I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done (`"reading runs/x/model.safetensors"`).
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -13,9 +13,21 @@
 //! # Ok::<(), kiln::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod autograd;
+// The backends, the benchmark harness and the command line are kiln's own plumbing, public only so
+// that its tests, benches and binary reach them: hidden from the documentation and not part of the
+// stable API (DESIGN.md, "Public API contract").
+#[doc(hidden)]
 pub mod backend;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
 pub mod bench;
+// The command line's doc comments are clap's `--help` text, where `[12]` is a default, not a link.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::private_intra_doc_links)]
 pub mod cli;
 pub mod data;
 pub mod env;

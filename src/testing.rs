@@ -19,7 +19,9 @@ use crate::{DType, Error, Result, Tensor};
 pub struct Tolerance {
     /// The step h of `(f(x + h) − f(x − h)) / 2h`.
     pub h: f64,
+    /// The relative tolerance.
     pub rtol: f64,
+    /// The absolute tolerance.
     pub atol: f64,
 }
 

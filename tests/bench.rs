@@ -1,5 +1,6 @@
-//! `kiln bench` end to end at tiny sizes on the CPU and on Emu: the table, the JSON's shape and
-//! rates, the SVG, and bad input. Speed is never asserted.
+//! `kiln bench` end to end at tiny sizes on the CPU and on Emu: the check against the CPU reference,
+//! the table, the JSON's shape and rates, the ceilings, the machine, the SVG's layout, and bad input.
+//! Speed is never asserted.
 
 use serde_json::Value;
 use std::process::Output;
@@ -42,6 +43,44 @@ fn bench(name: &str, args: &[&str]) -> (Value, String, String) {
     let svg = std::fs::read_to_string(&svg).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     (report, shown, svg)
+}
+
+/// Every measured row of ours was checked against the reference and is within its tolerance; a
+/// library row carries no check.
+fn check_checks(report: &Value) {
+    for r in report["rows"].as_array().unwrap() {
+        if r["time"].is_null() {
+            continue;
+        }
+        let c = &r["check"];
+        if c.is_null() {
+            // only the libraries are not checked (kiln's unfused compositions are)
+            assert!(
+                r["library"] == true && (r["kernel"] == "cblas" || r["kernel"] == "cublas"),
+                "{r:#}"
+            );
+            continue;
+        }
+        let (worst, tol) = (c["worst_error"].as_f64().unwrap(), c["tolerance"].as_f64().unwrap());
+        assert!(worst <= tol && c["compared"].as_u64().unwrap() > 0, "{r:#}");
+    }
+}
+
+/// kiln's version, the CPU's model and the threads are in the JSON and the table's header.
+fn check_machine(report: &Value, shown: &str) {
+    let m = &report["machine"];
+    assert_eq!(m["kiln_version"], env!("CARGO_PKG_VERSION"), "{m:#}");
+    assert!(!m["cpu"].as_str().unwrap().is_empty(), "{m:#}");
+    assert!(
+        m["cpu_threads"].as_u64().unwrap() >= 1 && m["threads"].as_u64().unwrap() >= 1,
+        "{m:#}"
+    );
+    let header = format!(
+        "machine: kiln {}; CPU {}",
+        env!("CARGO_PKG_VERSION"),
+        m["cpu"].as_str().unwrap()
+    );
+    assert!(shown.contains(&header), "{shown}");
 }
 
 fn row<'a>(report: &'a Value, kernel: &str, size: &str) -> &'a Value {
@@ -92,6 +131,10 @@ fn cpu_run_reports_rates_against_its_roofline() {
     assert_eq!(report["device"], "cpu");
     assert_eq!(report["timing"], "host clock");
     assert!(report["warning"].is_null());
+    assert!(report["machine"]["gpu"].is_null());
+    check_machine(&report, &shown);
+    check_checks(&report);
+    assert!(shown.contains("All results match. Starting benchmarks."), "{shown}");
     let copy = report["roofline"]["copy_gbs"].as_f64().unwrap();
     assert!(copy > 0.0);
     let peak = &report["roofline"]["peaks"][0];
@@ -103,8 +146,19 @@ fn cpu_run_reports_rates_against_its_roofline() {
     assert_eq!(add["bytes"], 3.0 * 9.0 * 33.0 * 4.0);
     assert_eq!(add["bound"], "memory");
     check_rates(add);
+    // add's ceiling is a stream of its own bytes, so its percentage is over that stream's rate
     let pct = add["roofline_pct"].as_f64().unwrap();
-    assert!((pct - 100.0 * add["gbs"].as_f64().unwrap() / copy).abs() < 1e-6 * pct);
+    let ceiling = add["ceiling_gbs"].as_f64().unwrap();
+    assert!((pct - 100.0 * add["gbs"].as_f64().unwrap() / ceiling).abs() < 1e-6 * pct);
+    // the working set: 16 rotated sets of the two inputs, and the output
+    assert_eq!(
+        add["working_set_bytes"],
+        (16 * 2 * 9 * 33 * 4 + 9 * 33 * 4) as f64,
+        "{add:#}"
+    );
+    // matmul's ceiling is the best matmul rate measured in f32
+    let mm = row(&report, "matmul_f32", "7x5x3");
+    assert!(mm["ceiling_tflops"].as_f64().unwrap() > 0.0, "{mm:#}");
     assert_eq!(row(&report, "softmax", "9x33")["bytes"], 2.0 * 9.0 * 33.0 * 4.0);
     check_rates(row(&report, "softmax", "9x33"));
 
@@ -203,6 +257,11 @@ fn emu_run_is_labelled_and_has_no_percentages() {
     );
     assert!(report["warning"].as_str().unwrap().contains("say nothing about a GPU"));
     assert!(shown.contains("WARNING"), "{shown}");
+    // the kernels were checked on Emu against the CPU reference before they were timed
+    check_checks(&report);
+    assert!(row(&report, "softmax", "5x37")["check"]["compared"].as_u64().unwrap() > 0);
+    assert!(shown.contains("All results match. Starting benchmarks."), "{shown}");
+    assert!(report["machine"]["gpu"].as_str().unwrap().contains("Emu"), "{report:#}");
     assert!(report["roofline"]["peaks"][0]["tflops"].is_null());
     let sm = row(&report, "softmax", "5x37");
     check_rates(sm);
@@ -375,14 +434,39 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
         let per_layer = 2 * 48 * 48 + 2 * 24 * 48 + 3 * 80 * 48 + 2 * 48;
         assert_eq!(report["params"], 2 * per_layer + 2 * 128 * 48 + 48);
         assert!(report["threads"].as_u64().unwrap() >= 1);
+        check_machine(&report, &shown);
         let rows = report["rows"].as_array().unwrap();
         let got: Vec<(&str, u64)> = rows
             .iter()
             .map(|r| (r["dtype"].as_str().unwrap(), r["prompt_tokens"].as_u64().unwrap()))
             .collect();
-        assert_eq!(got, [("f32", 5), ("f32", 9), ("bf16", 5), ("bf16", 9)], "{report:#}");
+        let expected = [
+            ("stored", 5),
+            ("stored", 9),
+            ("f32", 5),
+            ("f32", 9),
+            ("bf16", 5),
+            ("bf16", 9),
+        ];
+        assert_eq!(got, expected, "{report:#}");
+        // the fixture's weights are f32 (nothing to keep quantized), and a step reads all of them
+        // but the token table's unused rows (its head is untied): 4 bytes each, 2 in bf16
+        let read_per_token = 2 * per_layer + 128 * 48 + 48 + 48;
+        let read_gbs = report["read_gbs"].as_f64();
+        assert_eq!(read_gbs.is_some(), device == "cpu", "{report:#}");
         for r in rows {
             assert_eq!((r["batch"].as_u64(), r["new_tokens"].as_u64()), (Some(1), Some(3)));
+            let bytes = if r["dtype"] == "bf16" { 2 } else { 4 } * read_per_token;
+            assert_eq!(r["weight_bytes_per_token"], bytes, "{r:#}");
+            let (ceiling, fraction) = (r["ceiling_tokens_per_s"].as_f64(), r["fraction_of_ceiling"].as_f64());
+            if let Some(gbs) = read_gbs {
+                let (ceiling, fraction) = (ceiling.unwrap(), fraction.unwrap());
+                assert!((ceiling - gbs * 1e9 / bytes as f64).abs() <= 1e-9 * ceiling, "{r:#}");
+                let rate = r["generation_tokens_per_s"].as_f64().unwrap();
+                assert!((fraction - rate / ceiling).abs() <= 1e-9 * fraction, "{r:#}");
+            } else {
+                assert!(ceiling.is_none() && fraction.is_none(), "{r:#}");
+            }
             for (phase, tokens) in [("prefill", r["prompt_tokens"].as_f64().unwrap()), ("generation", 3.0)] {
                 let t = &r[phase];
                 let (med, min, max) = (
@@ -413,5 +497,147 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
     assert!(
         !out.status.success() && shown.contains("/nonexistent/model.gguf"),
         "{shown}"
+    );
+}
+
+/// Every kernel at small sizes on the CPU: each result matches the reference, and no row is above
+/// 100% of its ceiling. The ceilings are timed in alternation with their rows and taken at their
+/// fastest call, so a loaded machine slows both alike. The table says what each percentage
+/// compares; the SVG's texts stay inside it and apart.
+#[test]
+fn cpu_rows_at_small_sizes_stay_under_their_ceilings() {
+    let kernels: Vec<&str> = kiln::bench::names().into_iter().filter(|&k| k != "gpt").collect();
+    let kernels = kernels.join(",");
+    let sizes = "33x65,17x9x32,1x2x17x16,1x4x2x17x8";
+    let (report, shown, svg) = bench(
+        "ceilings",
+        &["--device", "cpu", "--kernels", &kernels, "--sizes", sizes],
+    );
+    check_checks(&report);
+    let rows = report["rows"].as_array().unwrap();
+    let mut with_pct = 0;
+    for r in rows {
+        let ours = r["library"] == false;
+        // every kernel of ours runs on the CPU at these sizes
+        assert!(!ours || r["time"].is_object(), "{r:#}");
+        if let Some(pct) = r["roofline_pct"].as_f64() {
+            with_pct += 1;
+            assert!(
+                pct > 0.0 && pct <= 100.0,
+                "{}: {pct}% of its ceiling\n{shown}",
+                r["kernel"]
+            );
+            // the measured ceiling held: not the row's own fastest call standing in for it
+            let from = r["ceiling_from"].as_str().unwrap();
+            let expected = if r["bound"] == "compute" { "matmul" } else { "stream" };
+            assert_eq!(from, expected, "{r:#}\n{shown}");
+        }
+    }
+    // every f32 row has a ceiling (the CPU's only matmul ceiling is f32)
+    let f32_rows = rows
+        .iter()
+        .filter(|r| r["time"].is_object() && r["dtype"] == "f32")
+        .count();
+    assert_eq!(with_pct, f32_rows, "{shown}");
+    // the table says what %roof and %lib are over
+    for words in [
+        "%roof: compute-bound rows over the best matmul rate",
+        "memory-bound rows over a stream of their own bytes",
+        "%lib: our rate over the row below it",
+    ] {
+        assert!(shown.contains(words), "{words}: {shown}");
+    }
+    check_svg_layout(&svg);
+}
+
+/// `kiln bench --help` names every kernel.
+#[test]
+fn help_lists_every_kernel() {
+    let out = kiln(&["bench", "--help"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for name in kiln::bench::names() {
+        assert!(shown.contains(name), "{name} is not in --help: {shown}");
+    }
+}
+
+/// One `<text>` of an SVG: its box from its position, anchor and size (widths as the chart
+/// estimates them, kiln::bench::report::text_width).
+#[derive(Debug)]
+struct TextBox {
+    text: String,
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+/// The value of attribute `name` in the tag text `tag`.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    Some(tag[at..].split('"').next()?.to_string())
+}
+
+fn text_boxes(svg: &str) -> Vec<TextBox> {
+    let default_size: f64 = attr(svg.lines().next().unwrap(), "font-size").unwrap().parse().unwrap();
+    let mut boxes = Vec::new();
+    for piece in svg.split("<text").skip(1) {
+        let (tag, rest) = piece.split_once('>').unwrap();
+        let content = rest.split("</text>").next().unwrap();
+        let text = content.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
+        let size: f64 = attr(tag, "font-size").map_or(default_size, |s| s.parse().unwrap());
+        let (x, y): (f64, f64) = (
+            attr(tag, "x").unwrap().parse().unwrap(),
+            attr(tag, "y").unwrap().parse().unwrap(),
+        );
+        let w = kiln::bench::report::text_width(&text, size);
+        let x0 = match attr(tag, "text-anchor").as_deref() {
+            Some("end") => x - w,
+            Some("middle") => x - w / 2.0,
+            _ => x,
+        };
+        // the baseline is at y; capitals and descenders span about 0.8 and 0.2 of the size
+        boxes.push(TextBox {
+            text,
+            x0,
+            x1: x0 + w,
+            y0: y - 0.8 * size,
+            y1: y + 0.2 * size,
+        });
+    }
+    boxes
+}
+
+/// Every text of the chart lies inside it and overlaps no other; the legend is there.
+fn check_svg_layout(svg: &str) {
+    let head = svg.lines().next().unwrap();
+    let (w, h): (f64, f64) = (
+        attr(head, "width").unwrap().parse().unwrap(),
+        attr(head, "height").unwrap().parse().unwrap(),
+    );
+    let boxes = text_boxes(svg);
+    assert!(boxes.len() > 10, "{svg}");
+    for b in &boxes {
+        assert!(
+            b.x0 >= 0.0 && b.x1 <= w && b.y0 >= 0.0 && b.y1 <= h,
+            "{b:?} leaves the {w}x{h} chart"
+        );
+    }
+    for (i, a) in boxes.iter().enumerate() {
+        for b in &boxes[i + 1..] {
+            let apart = a.x1 <= b.x0 || b.x1 <= a.x0 || a.y1 <= b.y0 || b.y1 <= a.y0;
+            assert!(apart, "{a:?} overlaps {b:?}");
+        }
+    }
+    for words in [
+        "kiln's kernel",
+        "library, or the unfused composition",
+        "100% of the ceiling",
+    ] {
+        assert!(boxes.iter().any(|b| b.text.contains(words)), "no {words:?} in {svg}");
+    }
+    assert!(
+        boxes.iter().any(|b| b.text.starts_with("kiln ")),
+        "no machine line in {svg}"
     );
 }

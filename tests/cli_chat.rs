@@ -243,6 +243,24 @@ fn bf16_chat_answers() {
     assert!(!out.trim().is_empty());
 }
 
+/// The fixture's weights are f32, so keeping them "as stored" keeps nothing quantized: the same
+/// greedy answer as f32.
+#[test]
+fn stored_weights_of_an_f32_file_answer_as_f32() {
+    let answer = |dtype: &str| {
+        let o = kiln(
+            &[&["chat"], &greedy_args(&["--prompt", "hello", "--dtype", dtype])[..]].concat(),
+            "",
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        out
+    };
+    let stored = answer("stored");
+    assert!(!stored.trim().is_empty());
+    assert_eq!(stored, answer("f32"));
+}
+
 #[test]
 fn a_full_context_is_a_clear_error() {
     // a message longer than the context: refused before anything is generated
@@ -307,12 +325,13 @@ fn bad_input_gets_clear_errors() {
         "{err}"
     );
 
-    for cmd in ["chat", "generate"] {
+    // chat takes the weights as stored too; generate's --dtype is the GPT's compute dtype as well
+    for (cmd, values) in [("chat", "f32, bf16, stored"), ("generate", "f32, bf16")] {
         let o = kiln(&[cmd, "--gguf", MODEL, "--prompt", "hi", "--dtype", "f16"], "");
         let (_, err) = text(&o);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains("invalid value 'f16' for '--dtype"), "{err}");
-        assert!(err.contains("[possible values: f32, bf16]"), "{err}");
+        assert!(err.contains(&format!("[possible values: {values}]")), "{err}");
     }
 
     // cuda: the model is loaded on the GPU, or a clear error where there is none

@@ -96,6 +96,12 @@ fn quantized_weights_give_logits_near_the_dequantized_models() {
         .filter(|lin| lin.quantized.is_some())
         .count();
     assert_eq!(kept, 30 * 4, "every projection stays quantized");
+    let head = quantized.lm_head.as_ref().and_then(|h| h.quantized.as_ref());
+    assert_eq!(
+        head.map(|q| q.shape().to_vec()),
+        Some(vec![49152, 576]),
+        "the tied head multiplies with the stored table"
+    );
     assert!(f32_model.layers[0].self_attn.q_proj.quantized.is_none());
     assert_eq!(quantized.num_params(), f32_model.num_params());
     let prompt = tok

@@ -1,6 +1,6 @@
 //! Reverse-mode automatic differentiation, define-by-run.
 //!
-//! Every op that has an input requiring a gradient records a [`Node`] on its output: the
+//! Every op that has an input requiring a gradient records a `Node` on its output: the
 //! inputs and a closure that maps the output's gradient to the inputs' gradients. The
 //! tensors themselves are the graph. `loss.backward()` sorts the nodes reachable from the
 //! loss in topological order, walks them from the loss back to the leaves, sums the
@@ -186,10 +186,12 @@ impl Gradients {
         self.grads.iter().map(|(&id, g)| (id, g))
     }
 
+    /// The number of tensors that have a gradient.
     pub fn len(&self) -> usize {
         self.grads.len()
     }
 
+    /// Whether no tensor has a gradient (e.g. a loss that required none).
     pub fn is_empty(&self) -> bool {
         self.grads.is_empty()
     }

@@ -1,13 +1,21 @@
 //! The table of benchmarked kernels. A case is one entry of [`CASES`]: its name, what bounds it
 //! (arithmetic or memory traffic), its default sizes per device, and a `prepare` function that
 //! builds the inputs (several sets, rotated between repetitions so the cache does not flatter)
-//! and returns the work to time with its FLOP and byte counts.
+//! and returns the work to time with its FLOP and byte counts (and of those, the bytes written),
+//! and a check that runs the op once on the first set and compares it with the CPU reference
+//! (check.rs).
 //!
 //! To add a kernel, add an entry to [`CASES`]; `kiln bench --kernels NAME` then finds it. A fused
 //! kernel's `library` is its unfused composition, so the fusion's gain shows as `%lib`.
 
+use super::check::{
+    adamw_first_step, compare_rows, cross_entropy_backward as cross_entropy_backward_reference, host, linear_rows,
+    matmul_rows, norm_backward, rows, sample, softmax_backward as softmax_backward_reference,
+    swiglu_backward as swiglu_backward_reference, tolerance, Check, Comparison, QUANTIZED_TOLERANCE,
+};
 use super::library;
 pub use super::work::{Setup, Work};
+use crate::backend::cpu::reference as r;
 use crate::backend::Storage;
 use crate::backend::{IdBuckets, RowStats};
 use crate::gguf::{dequantize, GgmlType};
@@ -16,6 +24,8 @@ use crate::ops::linear_quantized::QuantizedMatrix;
 use crate::ops::rope::RopeLayout;
 use crate::optim::AdamW;
 use crate::{DType, Device, Gradients, Result, Rng, Tensor};
+use rayon::prelude::*;
+use std::rc::Rc;
 
 /// What limits a kernel: arithmetic (compared with the best library matmul) or memory traffic
 /// (compared with a device-to-device copy).
@@ -88,6 +98,11 @@ fn rows_cols(s: &Setup) -> (usize, usize, f64) {
     (r, c, (r * c) as f64)
 }
 
+/// A check for [`Work::check`].
+fn checked(f: impl FnMut() -> Result<Check> + 'static) -> Option<Box<dyn FnMut() -> Result<Check>>> {
+    Some(Box::new(f))
+}
+
 /// Tensor::matmul of random `[M, K]` and `[K, N]` operands, `s.dims` = [M, N, K].
 pub(super) fn matmul(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Work> {
     let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
@@ -96,11 +111,21 @@ pub(super) fn matmul(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Work> {
     let sets = s.sets(in_bytes);
     let a = inputs(sets, &[m, k], dtype, rng, &s.dev)?;
     let b = inputs(sets, &[k, n], dtype, rng, &s.dev)?;
+    let (a0, b0) = (a[0].clone(), b[0].clone());
     Ok(Work {
         flops: 2.0 * (m * n * k) as f64,
         bytes: in_bytes + (m * n) as f64 * size,
+        written: (m * n) as f64 * size,
         sets,
         run: Box::new(move |i| a[i % sets].matmul(&b[i % sets]).map(drop)),
+        check: checked(move || {
+            let c = host(&a0.matmul(&b0)?)?;
+            let which = sample(m);
+            let want = matmul_rows(&rows(&host(&a0)?, k, &which), &host(&b0)?, k, n);
+            Ok(Comparison::new(tolerance(dtype))
+                .compare("c", &rows(&c, n, &which), &want)
+                .finish())
+        }),
     })
 }
 
@@ -113,17 +138,29 @@ fn linear_gelu(s: &Setup, rng: &mut Rng, fused: bool) -> Result<Work> {
     let x = inputs(sets, &[m, k], DType::F32, rng, &s.dev)?;
     let w = inputs(sets, &[n, k], DType::F32, rng, &s.dev)?;
     let b = inputs(sets, &[n], DType::F32, rng, &s.dev)?;
+    let op = move |x: &Tensor, w: &Tensor, b: &Tensor| {
+        if fused {
+            x.linear_gelu(w, Some(b))
+        } else {
+            x.matmul(&w.transpose(0, 1)?)?.add(b)?.gelu()
+        }
+    };
+    let (x0, w0, b0) = (x[0].clone(), w[0].clone(), b[0].clone());
     Ok(Work {
         flops: 2.0 * (m * n * k) as f64,
         bytes: in_bytes + (m * n * F32) as f64,
+        written: (m * n * F32) as f64,
         sets,
-        run: Box::new(move |i| {
-            let (x, w, b) = (&x[i % sets], &w[i % sets], &b[i % sets]);
-            if fused {
-                x.linear_gelu(w, Some(b)).map(drop)
-            } else {
-                x.matmul(&w.transpose(0, 1)?)?.add(b)?.gelu().map(drop)
-            }
+        run: Box::new(move |i| op(&x[i % sets], &w[i % sets], &b[i % sets]).map(drop)),
+        check: checked(move || {
+            let y = host(&op(&x0, &w0, &b0)?)?;
+            let which = sample(m);
+            let xw = linear_rows(&rows(&host(&x0)?, k, &which), &host(&w0)?, k);
+            let bias = host(&b0)?;
+            let want: Vec<f64> = xw.iter().enumerate().map(|(i, v)| r::gelu(v + bias[i % n])).collect();
+            Ok(Comparison::new(tolerance(DType::F32))
+                .compare("y", &rows(&y, n, &which), &want)
+                .finish())
         }),
     })
 }
@@ -146,7 +183,8 @@ fn random_quantized(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Re
 
 /// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K]): kept in its
 /// blocks (`linear_quantized`), or (`dequantized`) as f32 through `linear`, the baseline. The
-/// measure is the bytes of W read (M = 1: decode).
+/// measure is the bytes of W read (M = 1: decode). Checked against W dequantized by the GGUF
+/// reader, in f64.
 fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, dequantized: bool) -> Result<Work> {
     let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
     let w_bytes = if dequantized {
@@ -160,20 +198,38 @@ fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, dequantized: bool) -
     let w = (0..sets)
         .map(|_| random_quantized(ty, n, k, rng))
         .collect::<Result<Vec<_>>>()?;
-    let run: Box<dyn FnMut(usize) -> Result<()>> = if dequantized {
+    let w0 = dequantize(ty, w[0].bytes())?;
+    let x0 = x[0].clone();
+    let (mut run, tol): (Box<dyn FnMut(usize) -> Result<Tensor>>, f64) = if dequantized {
         let w = w
             .iter()
             .map(|w| Tensor::from_vec(dequantize(ty, w.bytes())?, &[n, k], &s.dev))
             .collect::<Result<Vec<_>>>()?;
-        Box::new(move |i| x[i % sets].linear(&w[i % sets], None).map(drop))
+        (
+            Box::new(move |i| x[i % sets].linear(&w[i % sets], None)),
+            tolerance(DType::F32),
+        )
     } else {
-        Box::new(move |i| x[i % sets].linear_quantized(&w[i % sets]).map(drop))
+        (
+            Box::new(move |i| x[i % sets].linear_quantized(&w[i % sets])),
+            QUANTIZED_TOLERANCE,
+        )
     };
+    let y0 = run(0)?;
     Ok(Work {
         flops: 2.0 * (m * n * k) as f64,
         bytes: in_bytes + (m * n * F32) as f64,
+        written: (m * n * F32) as f64,
         sets,
-        run,
+        run: Box::new(move |i| run(i).map(drop)),
+        check: checked(move || {
+            let which = sample(m);
+            let w: Vec<f64> = w0.iter().map(|&v| f64::from(v)).collect();
+            let want = linear_rows(&rows(&host(&x0)?, k, &which), &w, k);
+            Ok(Comparison::new(tol)
+                .compare("y", &rows(&host(&y0)?, n, &which), &want)
+                .finish())
+        }),
     })
 }
 
@@ -188,11 +244,102 @@ enum Pass {
     Backward,
 }
 
+/// The heads an attention check compares: the first and the last of `heads`.
+fn checked_heads(heads: usize) -> Vec<usize> {
+    if heads > 1 {
+        vec![0, heads - 1]
+    } else {
+        vec![0]
+    }
+}
+
+/// The reference causal attention of the query heads `q_heads` of q `[.., tq = t, d]` (flattened
+/// heads), each over key/value head `kv_of(h)`: the outputs, and with `dout` the gradients
+/// (dq of those query heads; dk, dv summed per key/value head, in the order of first use).
+#[allow(clippy::type_complexity)]
+fn reference_attention(
+    (q, k, v): (&[f64], &[f64], &[f64]),
+    dout: Option<&[f64]>,
+    q_heads: &[usize],
+    kv_of: impl Fn(usize) -> usize + Sync,
+    t: usize,
+    d: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<(usize, Vec<f64>, Vec<f64>)>) {
+    let head = |x: &[f64], h: usize| x[h * t * d..(h + 1) * t * d].to_vec();
+    // one thread per head: o, and with dout the head's (dq, dk, dv)
+    let per_head: Vec<_> = q_heads
+        .par_iter()
+        .map(|&h| {
+            let (qh, kh, vh) = (head(q, h), head(k, kv_of(h)), head(v, kv_of(h)));
+            let o = r::attention(&qh, &kh, &vh, 1, t, t, d, true);
+            (
+                o,
+                dout.map(|g| r::attention_grads(&qh, &kh, &vh, &head(g, h), 1, t, t, d, true)),
+            )
+        })
+        .collect();
+    let (mut o, mut dq) = (Vec::new(), Vec::new());
+    let mut dkv: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
+    for (&h, (oh, grads)) in q_heads.iter().zip(per_head) {
+        o.extend(oh);
+        if let Some((gq, gk, gv)) = grads {
+            dq.extend(gq);
+            match dkv.iter_mut().find(|e| e.0 == kv_of(h)) {
+                Some(e) => {
+                    e.1.iter_mut().zip(&gk).for_each(|(a, b)| *a += b);
+                    e.2.iter_mut().zip(&gv).for_each(|(a, b)| *a += b);
+                }
+                None => dkv.push((kv_of(h), gk, gv)),
+            }
+        }
+    }
+    (o, dq, dkv)
+}
+
+/// Compares attention's outputs (o; with gradients dq, dk, dv) for `q_heads` against
+/// [`reference_attention`]; `got` holds the device's full tensors, heads flattened.
+#[allow(clippy::too_many_arguments)]
+fn compare_attention(
+    tol: f64,
+    qkv: [&Tensor; 3],
+    dout: Option<&Tensor>,
+    got_o: Option<&Tensor>,
+    got_grads: Option<[&Tensor; 3]>,
+    q_heads: &[usize],
+    kv_of: impl Fn(usize) -> usize + Sync,
+    t: usize,
+    d: usize,
+) -> Result<Check> {
+    let (q, k, v) = (host(qkv[0])?, host(qkv[1])?, host(qkv[2])?);
+    let g = dout.map(host).transpose()?;
+    let (o, dq, dkv) = reference_attention((&q, &k, &v), g.as_deref(), q_heads, &kv_of, t, d);
+    let mut cmp = Comparison::new(tol);
+    if let Some(got) = got_o {
+        cmp = cmp.compare("o", &rows(&host(got)?, t * d, q_heads), &o);
+    }
+    if let Some([gq, gk, gv]) = got_grads {
+        let kv_heads: Vec<usize> = dkv.iter().map(|e| e.0).collect();
+        let want = |i: usize| {
+            dkv.iter()
+                .flat_map(|e| if i == 1 { &e.1 } else { &e.2 })
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        cmp = cmp
+            .compare("dq", &rows(&host(gq)?, t * d, q_heads), &dq)
+            .compare("dk", &rows(&host(gk)?, t * d, &kv_heads), &want(1))
+            .compare("dv", &rows(&host(gv)?, t * d, &kv_heads), &want(2));
+    }
+    Ok(cmp.finish())
+}
+
 /// Causal attention of random q, k, v `[B, H, T, D]` (`s.dims`) in `dtype`: the fused
 /// `scaled_dot_product_attention`, or (`fused` false) the composition a reader would write
 /// (scores, mask, softmax, weighted values); `pass` says which part is timed. FLOPs as
 /// FlashAttention counts them: 4·T²·D per head forward, 2.5 times that backward (the
 /// deterministic kernels do 3.5 times: see kernels/attention.cu), halved for the causal mask.
+/// Checked on the first and last heads against the reference's output and gradients (of Σ o, or
+/// of Σ o·dO for the backward alone).
 fn attention(s: &Setup, rng: &mut Rng, dtype: DType, fused: bool, pass: Pass) -> Result<Work> {
     let (b, h, t, d) = (s.dims[0], s.dims[1], s.dims[2], s.dims[3]);
     let shape = [b, h, t, d];
@@ -214,44 +361,69 @@ fn attention(s: &Setup, rng: &mut Rng, dtype: DType, fused: bool, pass: Pass) ->
     let (q, k, v) = (operand(rng)?, operand(rng)?, operand(rng)?);
     let forward_flops = 4.0 * (b * h * t * t * d) as f64 / 2.0;
     // the forward reads q, k, v and writes o; the backward reads q, k, v, o, dO and writes dQ, dK, dV
-    let (flops, bytes) = match pass {
-        Pass::Forward => (forward_flops, 4.0 * n * size),
-        Pass::ForwardBackward => (3.5 * forward_flops, 8.0 * n * size),
-        Pass::Backward => (2.5 * forward_flops, 8.0 * n * size),
+    let (flops, bytes, written) = match pass {
+        Pass::Forward => (forward_flops, 4.0 * n * size, n * size),
+        Pass::ForwardBackward => (3.5 * forward_flops, 8.0 * n * size, 4.0 * n * size),
+        Pass::Backward => (2.5 * forward_flops, 8.0 * n * size, 3.0 * n * size),
     };
+    let (tol, heads) = (tolerance(dtype), checked_heads(b * h));
+    let (q0, k0, v0) = (q[0].clone(), k[0].clone(), v[0].clone());
     if pass == Pass::Backward {
         let saved = (0..sets)
             .map(|i| attention_forward(&q[i], &k[i], &v[i], true))
             .collect::<Result<Vec<_>>>()?;
         let dout = inputs(sets, &shape, dtype, rng, &s.dev)?;
+        let (o0, lse0, dout0) = (saved[0].0.clone(), saved[0].1.clone(), dout[0].clone());
         return Ok(Work {
             flops,
             bytes,
+            written,
             sets,
             run: Box::new(move |i| {
                 let (i, (o, lse)) = (i % sets, &saved[i % sets]);
                 attention_backward(&q[i], &k[i], &v[i], o, lse, &dout[i], true).map(drop)
             }),
+            check: checked(move || {
+                let [dq, dk, dv] = attention_backward(&q0, &k0, &v0, &o0, &lse0, &dout0, true)?;
+                let grads = Some([&dq, &dk, &dv]);
+                compare_attention(tol, [&q0, &k0, &v0], Some(&dout0), None, grads, &heads, |h| h, t, d)
+            }),
         });
     }
     let mask = crate::model::causal_mask(t, t, 0, &s.dev)?;
+    let forward = move |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
+        if fused {
+            q.scaled_dot_product_attention(k, v, true)
+        } else {
+            let att = q.mul_scalar(1.0 / (d as f64).sqrt())?.matmul(&k.transpose(-2, -1)?)?;
+            att.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(v)
+        }
+    };
+    let run_forward = forward.clone();
     Ok(Work {
         flops,
         bytes,
+        written,
         sets,
         run: Box::new(move |i| {
-            let (q, k, v) = (&q[i % sets], &k[i % sets], &v[i % sets]);
-            let o = if fused {
-                q.scaled_dot_product_attention(k, v, true)?
-            } else {
-                let att = q.mul_scalar(1.0 / (d as f64).sqrt())?.matmul(&k.transpose(-2, -1)?)?;
-                att.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(v)?
-            };
+            let o = run_forward(&q[i % sets], &k[i % sets], &v[i % sets])?;
             if pass == Pass::ForwardBackward {
                 o.sum_all()?.backward().map(drop)
             } else {
                 Ok(())
             }
+        }),
+        check: checked(move || {
+            let o = forward(&q0, &k0, &v0)?;
+            if pass == Pass::Forward {
+                return compare_attention(tol, [&q0, &k0, &v0], None, Some(&o), None, &heads, |h| h, t, d);
+            }
+            let g = o.sum_all()?.backward()?;
+            let grad = |x: &Tensor| g.get(x).cloned().expect("q, k and v require gradients");
+            let (dq, dk, dv) = (grad(&q0), grad(&k0), grad(&v0));
+            let ones = Tensor::ones(&shape, DType::F32, q0.device())?;
+            let grads = Some([&dq, &dk, &dv]);
+            compare_attention(tol, [&q0, &k0, &v0], Some(&ones), Some(&o), grads, &heads, |h| h, t, d)
         }),
     })
 }
@@ -259,6 +431,7 @@ fn attention(s: &Setup, rng: &mut Rng, dtype: DType, fused: bool, pass: Pass) ->
 /// Causal grouped-query attention, forward and backward through autograd, of random q `[B, H, T, D]`
 /// over k, v `[B, Hkv, T, D]` (`s.dims` = [B, H, Hkv, T, D]) in `dtype`. FLOPs as [`attention`]'s
 /// forward + backward; bytes: q, o, dO, dQ of the query heads and k, v, dK, dV of the key/value heads.
+/// Checked on the first and last key/value heads and every query head that reads them.
 fn grouped_query_attention(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Work> {
     let (b, h, hkv, t, d) = (s.dims[0], s.dims[1], s.dims[2], s.dims[3], s.dims[4]);
     let (nq, nkv, size) = (
@@ -275,9 +448,22 @@ fn grouped_query_attention(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Wor
     };
     let q = operand(&[b, h, t, d], rng)?;
     let (k, v) = (operand(&[b, hkv, t, d], rng)?, operand(&[b, hkv, t, d], rng)?);
+    let (q0, k0, v0) = (q[0].clone(), k[0].clone(), v[0].clone());
+    let group = h / hkv.max(1);
+    // query head j of batch entry i (flat i·H + j) reads key/value head i·Hkv + j / group
+    let kv_of = move |flat: usize| (flat / h) * hkv + (flat % h) / group;
+    let q_heads: Vec<usize> = checked_heads(b * hkv)
+        .into_iter()
+        .flat_map(|kv| {
+            let (i, j) = (kv / hkv, kv % hkv);
+            (j * group..(j + 1) * group).map(move |jq| i * h + jq)
+        })
+        .collect();
     Ok(Work {
         flops: 3.5 * 4.0 * (b * h * t * t * d) as f64 / 2.0,
         bytes: 4.0 * (nq + nkv) * size,
+        // o and dQ; dK and dV
+        written: 2.0 * (nq + nkv) * size,
         sets,
         run: Box::new(move |i| {
             let (q, k, v) = (&q[i % sets], &k[i % sets], &v[i % sets]);
@@ -286,20 +472,55 @@ fn grouped_query_attention(s: &Setup, rng: &mut Rng, dtype: DType) -> Result<Wor
                 .backward()
                 .map(drop)
         }),
+        check: checked(move || {
+            let o = q0.scaled_dot_product_attention(&k0, &v0, true)?;
+            let g = o.sum_all()?.backward()?;
+            let grad = |x: &Tensor| g.get(x).cloned().expect("q, k and v require gradients");
+            let (dq, dk, dv) = (grad(&q0), grad(&k0), grad(&v0));
+            let ones = Tensor::ones(&[b, h, t, d], DType::F32, q0.device())?;
+            let grads = Some([&dq, &dk, &dv]);
+            let tol = tolerance(dtype);
+            compare_attention(
+                tol,
+                [&q0, &k0, &v0],
+                Some(&ones),
+                Some(&o),
+                grads,
+                &q_heads,
+                kv_of,
+                t,
+                d,
+            )
+        }),
     })
 }
 
-/// A memory-bound case over one `[rows, cols]` f32 input: `touched` tensors of that size read or
-/// written, plus `extra` bytes.
-fn rowwise(s: &Setup, rng: &mut Rng, touched: f64, extra: f64, op: fn(&Tensor) -> Result<Tensor>) -> Result<Work> {
+/// The naive reference of a row-wise case: its inputs' sampled rows, the number of rows and the
+/// width (check.rs's [`compare_rows`]).
+type RowReference = fn(&[Vec<f64>], usize, usize) -> Vec<f64>;
+
+/// A memory-bound case over one `[rows, cols]` f32 input, read once, whose output (of any width:
+/// a sum's is one) is written once; checked on sampled rows against `reference`.
+fn rowwise(s: &Setup, rng: &mut Rng, op: fn(&Tensor) -> Result<Tensor>, reference: RowReference) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let sets = s.sets(n * F32 as f64);
     let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let x0 = x[0].clone();
+    let written = (op(&x0)?.shape().iter().product::<usize>() * F32) as f64;
     Ok(Work {
         flops: 0.0,
-        bytes: touched * n * F32 as f64 + extra,
+        bytes: n * F32 as f64 + written,
+        written,
         sets,
         run: Box::new(move |i| op(&x[i % sets]).map(drop)),
+        check: checked(move || {
+            let got = host(&op(&x0)?)?;
+            let inputs = [host(&x0)?];
+            let widths = (c, got.len() / r);
+            Ok(compare_rows(tolerance(DType::F32), widths, &inputs, &got, |x, rows| {
+                reference(x, rows, c)
+            }))
+        }),
     })
 }
 
@@ -309,11 +530,24 @@ fn layer_norm(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let w = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
     let b = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    let (x0, w0, b0) = (x[0].clone(), w.clone(), b.clone());
     Ok(Work {
         flops: 0.0,
         bytes: (2.0 * n + 2.0 * c as f64) * F32 as f64,
+        written: n * F32 as f64,
         sets,
         run: Box::new(move |i| x[i % sets].layer_norm(&w, &b, 1e-5).map(drop)),
+        check: checked(move || {
+            let got = host(&x0.layer_norm(&w0, &b0, 1e-5)?)?;
+            let (w, b) = (host(&w0)?, host(&b0)?);
+            Ok(compare_rows(
+                tolerance(DType::F32),
+                (c, c),
+                &[host(&x0)?],
+                &got,
+                |x, rows| r::layer_norm(&x[0], &[rows, c], &w, Some(&b), 1e-5),
+            ))
+        }),
     })
 }
 
@@ -328,16 +562,35 @@ fn softmax_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
         .map(|x| x.softmax(-1))
         .collect::<Result<Vec<_>>>()?;
     let dy = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let (y0, dy0) = (y[0].clone(), dy[0].clone());
+    let kernel = move |y: &Tensor, dy: &Tensor| -> Result<Tensor> {
+        let dx = y.storage().softmax_backward_last_dim(&dy.storage(), c, false)?;
+        Ok(Tensor::from_parts(dx, &[r, c]))
+    };
     Ok(Work {
         flops: 0.0,
         // y and dy read, dx written
         bytes: 3.0 * n * F32 as f64,
+        written: n * F32 as f64,
         sets,
-        run: Box::new(move |i| {
-            let (y, dy) = (&y[i % sets], &dy[i % sets]);
-            y.storage().softmax_backward_last_dim(&dy.storage(), c, false).map(drop)
+        run: Box::new(move |i| kernel(&y[i % sets], &dy[i % sets]).map(drop)),
+        check: checked(move || {
+            let got = host(&kernel(&y0, &dy0)?)?;
+            let inputs = [host(&y0)?, host(&dy0)?];
+            Ok(compare_rows(tolerance(DType::F32), (c, c), &inputs, &got, |x, _| {
+                softmax_backward_reference(&x[0], &x[1], c)
+            }))
         }),
     })
+}
+
+/// Compares a backward's outputs with the reference's, whole.
+fn compare_all(outputs: &[(&str, &Tensor, &[f64])]) -> Result<Check> {
+    let mut cmp = Comparison::new(tolerance(DType::F32));
+    for (name, got, want) in outputs {
+        cmp = cmp.compare(name, &host(got)?, want);
+    }
+    Ok(cmp.finish())
 }
 
 fn layer_norm_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
@@ -355,16 +608,27 @@ fn layer_norm_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
                 .1)
         })
         .collect::<Result<Vec<RowStats>>>()?;
+    let stats = Rc::new(stats);
+    let (x0, dy0, w0, stats0) = (x[0].clone(), dy[0].clone(), w.clone(), stats.clone());
+    let kernel = move |x: &Tensor, dy: &Tensor, w: &Tensor, stats: &RowStats| -> Result<[Tensor; 3]> {
+        let (dx, dw, db) = x.storage().layer_norm_backward(&w.storage(), &dy.storage(), stats, c)?;
+        Ok([
+            Tensor::from_parts(dx, &[r, c]),
+            Tensor::from_parts(dw, &[c]),
+            Tensor::from_parts(db, &[c]),
+        ])
+    };
     Ok(Work {
         flops: 0.0,
         // x and dy read, dx written; w read, dw and db written
         bytes: (3.0 * n + 3.0 * c as f64) * F32 as f64,
+        written: (n + 2.0 * c as f64) * F32 as f64,
         sets,
-        run: Box::new(move |i| {
-            let (x, dy) = (&x[i % sets], &dy[i % sets]);
-            x.storage()
-                .layer_norm_backward(&w.storage(), &dy.storage(), &stats[i % sets], c)
-                .map(drop)
+        run: Box::new(move |i| kernel(&x[i % sets], &dy[i % sets], &w, &stats[i % sets]).map(drop)),
+        check: checked(move || {
+            let [dx, dw, db] = kernel(&x0, &dy0, &w0, &stats0[0])?;
+            let want = norm_backward(&host(&x0)?, &host(&w0)?, &host(&dy0)?, c, 1e-5, true);
+            compare_all(&[("dx", &dx, &want.0), ("dw", &dw, &want.1), ("db", &db, &want.2)])
         }),
     })
 }
@@ -374,12 +638,25 @@ fn rms_norm(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let sets = s.sets(n * F32 as f64);
     let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let w = Tensor::randn(&[c], DType::F32, rng, &s.dev)?;
+    let (x0, w0) = (x[0].clone(), w.clone());
     Ok(Work {
         flops: 0.0,
         // x read, y written; w read
         bytes: (2.0 * n + c as f64) * F32 as f64,
+        written: n * F32 as f64,
         sets,
         run: Box::new(move |i| x[i % sets].rms_norm(&w, 1e-5).map(drop)),
+        check: checked(move || {
+            let got = host(&x0.rms_norm(&w0, 1e-5)?)?;
+            let w = host(&w0)?;
+            Ok(compare_rows(
+                tolerance(DType::F32),
+                (c, c),
+                &[host(&x0)?],
+                &got,
+                |x, rows| r::rms_norm(&x[0], &[rows, c], &w, 1e-5),
+            ))
+        }),
     })
 }
 
@@ -393,16 +670,23 @@ fn rms_norm_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
         .iter()
         .map(|x| Ok(x.storage().rms_norm_forward(&w.storage(), c, 1e-5)?.1))
         .collect::<Result<Vec<Storage>>>()?;
+    let rstd = Rc::new(rstd);
+    let (x0, dy0, w0, rstd0) = (x[0].clone(), dy[0].clone(), w.clone(), rstd.clone());
+    let kernel = move |x: &Tensor, dy: &Tensor, w: &Tensor, rstd: &Storage| -> Result<[Tensor; 2]> {
+        let (dx, dw) = x.storage().rms_norm_backward(&w.storage(), &dy.storage(), rstd, c)?;
+        Ok([Tensor::from_parts(dx, &[r, c]), Tensor::from_parts(dw, &[c])])
+    };
     Ok(Work {
         flops: 0.0,
         // x and dy read, dx written; w read, dw written
         bytes: (3.0 * n + 2.0 * c as f64) * F32 as f64,
+        written: (n + c as f64) * F32 as f64,
         sets,
-        run: Box::new(move |i| {
-            let (x, dy) = (&x[i % sets], &dy[i % sets]);
-            x.storage()
-                .rms_norm_backward(&w.storage(), &dy.storage(), &rstd[i % sets], c)
-                .map(drop)
+        run: Box::new(move |i| kernel(&x[i % sets], &dy[i % sets], &w, &rstd[i % sets]).map(drop)),
+        check: checked(move || {
+            let [dx, dw] = kernel(&x0, &dy0, &w0, &rstd0[0])?;
+            let want = norm_backward(&host(&x0)?, &host(&w0)?, &host(&dy0)?, c, 1e-5, false);
+            compare_all(&[("dx", &dx, &want.0), ("dw", &dw, &want.1)])
         }),
     })
 }
@@ -414,16 +698,21 @@ fn swiglu_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let gate = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let up = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let dy = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let (g0, u0, dy0) = (gate[0].clone(), up[0].clone(), dy[0].clone());
+    let kernel = move |g: &Tensor, u: &Tensor, dy: &Tensor| -> Result<[Tensor; 2]> {
+        let (dg, du) = g.storage().swiglu_backward(&u.storage(), &dy.storage())?;
+        Ok([Tensor::from_parts(dg, &[r, c]), Tensor::from_parts(du, &[r, c])])
+    };
     Ok(Work {
         flops: 0.0,
         bytes: 5.0 * n * F32 as f64,
+        written: 2.0 * n * F32 as f64,
         sets,
-        run: Box::new(move |i| {
-            let k = i % sets;
-            gate[k]
-                .storage()
-                .swiglu_backward(&up[k].storage(), &dy[k].storage())
-                .map(drop)
+        run: Box::new(move |i| kernel(&gate[i % sets], &up[i % sets], &dy[i % sets]).map(drop)),
+        check: checked(move || {
+            let [dg, du] = kernel(&g0, &u0, &dy0)?;
+            let want = swiglu_backward_reference(&host(&g0)?, &host(&u0)?, &host(&dy0)?);
+            compare_all(&[("dgate", &dg, &want.0), ("dup", &du, &want.1)])
         }),
     })
 }
@@ -435,11 +724,18 @@ fn rope(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let n = (t * h * d) as f64;
     let sets = s.sets(n * F32 as f64);
     let x = inputs(sets, &[1, t, h, d], DType::F32, rng, &s.dev)?;
+    let x0 = x[0].clone();
     Ok(Work {
         flops: 0.0,
         bytes: 2.0 * n * F32 as f64,
+        written: n * F32 as f64,
         sets,
         run: Box::new(move |i| x[i % sets].rope(1e5, 0, RopeLayout::Interleaved).map(drop)),
+        check: checked(move || {
+            let y = x0.rope(1e5, 0, RopeLayout::Interleaved)?;
+            let want = r::rope(&host(&x0)?, &[1, t, h, d], 1e5, 0, true);
+            compare_all(&[("y", &y, &want)])
+        }),
     })
 }
 
@@ -448,29 +744,43 @@ fn cross_entropy_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let sets = s.sets(n * F32 as f64);
     let logits = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let ids: Vec<u32> = (0..r).map(|_| rng.below(c as u64) as u32).collect();
-    let targets = Tensor::from_vec(ids, &[r], &s.dev)?;
+    let targets = Tensor::from_vec(ids.clone(), &[r], &s.dev)?;
     let lse = logits
         .iter()
         .map(|x| Ok(x.storage().cross_entropy_forward(&targets.storage(), c, None, r)?.1))
         .collect::<Result<Vec<Storage>>>()?;
+    let lse = Rc::new(lse);
     let g = Tensor::ones(&[], DType::F32, &s.dev)?;
+    let (x0, lse0) = (logits[0].clone(), lse.clone());
+    let kernel = move |x: &Tensor, lse: &Storage| -> Result<Tensor> {
+        let dx = x
+            .storage()
+            .cross_entropy_backward(&targets.storage(), lse, &g.storage(), c, None, r)?;
+        Ok(Tensor::from_parts(dx, &[r, c]))
+    };
+    let check_kernel = kernel.clone();
     Ok(Work {
         flops: 0.0,
         // logits read, their gradient written; targets and lse read
         bytes: (2.0 * n + 2.0 * r as f64) * F32 as f64,
+        written: n * F32 as f64,
         sets,
-        run: Box::new(move |i| {
-            let x = &logits[i % sets];
-            x.storage()
-                .cross_entropy_backward(&targets.storage(), &lse[i % sets], &g.storage(), c, None, r)
-                .map(drop)
+        run: Box::new(move |i| kernel(&logits[i % sets], &lse[i % sets]).map(drop)),
+        check: checked(move || {
+            let got = host(&check_kernel(&x0, &lse0[0])?)?;
+            let which = sample(r);
+            let targets: Vec<u32> = which.iter().map(|&i| ids[i]).collect();
+            let want = cross_entropy_backward_reference(&rows(&host(&x0)?, c, &which), &targets, c, 1.0 / r as f64);
+            Ok(Comparison::new(tolerance(DType::F32))
+                .compare("dlogits", &rows(&got, c, &which), &want)
+                .finish())
         }),
     })
 }
 
 /// GPT's input, `[rows, cols]` = `[B·T, C]`: the vocabulary is GPT-2's on a GPU and the nanoGPT
 /// recipe's 65 characters elsewhere; T is the largest of 1024, 256, 64, 16, 1 dividing the rows.
-fn embedding_ids(s: &Setup, rng: &mut Rng) -> Result<(usize, usize, Tensor)> {
+fn embedding_ids(s: &Setup, rng: &mut Rng) -> Result<(usize, usize, Vec<u32>)> {
     let rows = s.dims[0];
     let vocab = if matches!(s.dev, Device::Cuda(_)) { 50257 } else { 65 };
     let t = [1024, 256, 64, 16, 1]
@@ -478,7 +788,15 @@ fn embedding_ids(s: &Setup, rng: &mut Rng) -> Result<(usize, usize, Tensor)> {
         .find(|t| rows.is_multiple_of(*t))
         .unwrap_or(1);
     let ids: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
-    Ok((vocab, t, Tensor::from_vec(ids, &[rows / t, t], &s.dev)?))
+    Ok((vocab, t, ids))
+}
+
+/// The number of distinct `ids`.
+fn distinct(ids: &[u32]) -> usize {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.len()
 }
 
 fn embedding(s: &Setup, rng: &mut Rng) -> Result<Work> {
@@ -486,12 +804,32 @@ fn embedding(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let (vocab, t, ids) = embedding_ids(s, rng)?;
     let wte = Tensor::randn(&[vocab, c], DType::F32, rng, &s.dev)?;
     let wpe = Tensor::randn(&[t, c], DType::F32, rng, &s.dev)?;
+    let used = distinct(&ids);
+    let id_tensor = Tensor::from_vec(ids.clone(), &[r / t, t], &s.dev)?;
+    let (ids0, wte0, wpe0) = (id_tensor.clone(), wte.clone(), wpe.clone());
     Ok(Work {
         flops: 0.0,
-        // a token row and a position row read, the sum written; the ids
-        bytes: 3.0 * n * F32 as f64 + (r * 4) as f64,
+        // the table rows used and the position rows read once, the sum written; the ids
+        bytes: ((used + t) * c) as f64 * F32 as f64 + n * F32 as f64 + (r * 4) as f64,
+        written: n * F32 as f64,
         sets: 1,
-        run: Box::new(move |_| ids.token_position_embedding(&wte, &wpe).map(drop)),
+        run: Box::new(move |_| id_tensor.token_position_embedding(&wte, &wpe).map(drop)),
+        check: checked(move || {
+            let got = host(&ids0.token_position_embedding(&wte0, &wpe0)?)?;
+            let (wte, wpe) = (host(&wte0)?, host(&wpe0)?);
+            let which = sample(r);
+            let want: Vec<f64> = which
+                .iter()
+                .flat_map(|&i| {
+                    let (tok, pos) = (ids[i] as usize, i % t);
+                    (0..c).map(move |j| (tok, pos, j))
+                })
+                .map(|(tok, pos, j)| wte[tok * c + j] + wpe[pos * c + j])
+                .collect();
+            Ok(Comparison::new(tolerance(DType::F32))
+                .compare("y", &rows(&got, c, &which), &want)
+                .finish())
+        }),
     })
 }
 
@@ -500,16 +838,47 @@ fn embedding(s: &Setup, rng: &mut Rng) -> Result<Work> {
 fn embedding_backward(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let (vocab, _, ids) = embedding_ids(s, rng)?;
-    let buckets = IdBuckets::new(&ids.to_vec::<u32>()?, vocab, &s.dev)?;
+    let buckets = Rc::new(IdBuckets::new(&ids, vocab, &s.dev)?);
     let sets = s.sets(n * F32 as f64);
     let g = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let (g0, buckets0) = (g[0].clone(), buckets.clone());
+    let kernel = move |g: &Tensor, buckets: &IdBuckets| -> Result<Tensor> {
+        let table = g.storage().index_add(1, vocab, c, buckets)?;
+        Ok(Tensor::from_parts(table, &[vocab, c]))
+    };
     Ok(Work {
         flops: 0.0,
         // the gradient read, the table's gradient written; the bucketed ids
         bytes: (n + (vocab * c) as f64) * F32 as f64 + (2 * r * 4) as f64,
+        written: (vocab * c * F32) as f64,
         sets,
-        run: Box::new(move |i| g[i % sets].storage().index_add(1, vocab, c, &buckets).map(drop)),
+        run: Box::new(move |i| kernel(&g[i % sets], &buckets).map(drop)),
+        check: checked(move || {
+            let got = kernel(&g0, &buckets0)?;
+            let g = host(&g0)?;
+            let mut want = vec![0.0; vocab * c];
+            for (i, &id) in ids.iter().enumerate() {
+                for j in 0..c {
+                    want[id as usize * c + j] += g[i * c + j];
+                }
+            }
+            compare_all(&[("dtable", &got, &want)])
+        }),
     })
+}
+
+/// The mean cross-entropy of `[rows, c]` logits, one row at a time in f64 (reference.rs's
+/// `cross_entropy` indexes every element, too much memory at a GPU's 8192 × 50257).
+fn mean_cross_entropy(logits: &[f64], targets: &[u32], c: usize) -> f64 {
+    let total: f64 = logits
+        .par_chunks(c)
+        .zip(targets)
+        .map(|(row, &t)| {
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln() - row[t as usize]
+        })
+        .sum();
+    total / targets.len() as f64
 }
 
 fn cross_entropy(s: &Setup, rng: &mut Rng) -> Result<Work> {
@@ -517,43 +886,82 @@ fn cross_entropy(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let sets = s.sets(n * F32 as f64);
     let logits = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let ids: Vec<u32> = (0..r).map(|_| rng.below(c as u64) as u32).collect();
-    let targets = Tensor::from_vec(ids, &[r], &s.dev)?;
+    let targets = Tensor::from_vec(ids.clone(), &[r], &s.dev)?;
+    let (x0, t0) = (logits[0].clone(), targets.clone());
     Ok(Work {
         flops: 0.0,
         bytes: (n + r as f64) * F32 as f64,
+        written: F32 as f64,
         sets,
         run: Box::new(move |i| logits[i % sets].cross_entropy(&targets).map(drop)),
+        check: checked(move || {
+            let loss = x0.cross_entropy(&t0)?;
+            let want = mean_cross_entropy(&host(&x0)?, &ids, c);
+            compare_all(&[("loss", &loss, &[want])])
+        }),
     })
 }
 
-/// An elementwise op of two random `[rows, cols]` f32 tensors: two reads and a write per element.
-fn elementwise2(s: &Setup, rng: &mut Rng, op: fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Work> {
+/// An elementwise op of two random `[rows, cols]` f32 tensors: two reads and a write per element;
+/// checked on sampled rows against `reference` of each pair of elements.
+fn elementwise2(
+    s: &Setup,
+    rng: &mut Rng,
+    op: fn(&Tensor, &Tensor) -> Result<Tensor>,
+    reference: fn(f64, f64) -> f64,
+) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let sets = s.sets(2.0 * n * F32 as f64);
     let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
     let y = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let (x0, y0) = (x[0].clone(), y[0].clone());
     Ok(Work {
         flops: 0.0,
         bytes: 3.0 * n * F32 as f64,
+        written: n * F32 as f64,
         sets,
         run: Box::new(move |i| op(&x[i % sets], &y[i % sets]).map(drop)),
+        check: checked(move || {
+            let got = host(&op(&x0, &y0)?)?;
+            let inputs = [host(&x0)?, host(&y0)?];
+            Ok(compare_rows(tolerance(DType::F32), (c, c), &inputs, &got, |x, _| {
+                x[0].iter().zip(&x[1]).map(|(&a, &b)| reference(a, b)).collect()
+            }))
+        }),
     })
 }
 
 /// One fused AdamW step (`AdamW::step`) over a `[rows, cols]` f32 parameter, its moments on the
-/// same device.
+/// same device. Checked on a fresh copy: the first step's change of every weight against the
+/// formula's, at a learning rate of 0.1 so that the change (about 0.1) is far above the resolution
+/// of f32 weights (1e-7 relative).
 fn adamw(s: &Setup, rng: &mut Rng) -> Result<Work> {
     let (r, c, n) = rows_cols(s);
     let p = Tensor::randn(&[r, c], DType::F32, rng, &s.dev)?.requires_grad();
+    let g = Tensor::randn(&[r, c], DType::F32, rng, &s.dev)?;
     let mut grads = Gradients::default();
-    grads.insert(&p, Tensor::randn(&[r, c], DType::F32, rng, &s.dev)?);
+    grads.insert(&p, g.clone());
+    let (p_init, dev) = (host(&p)?, s.dev);
     let mut opt = AdamW::new(vec![("p".into(), p)], 1e-4, (0.9, 0.99), 1e-8, 0.1)?;
     Ok(Work {
         flops: 0.0,
         // reads p, g, m, v; writes p, m, v
         bytes: 7.0 * n * F32 as f64,
+        written: 3.0 * n * F32 as f64,
         sets: 1,
         run: Box::new(move |_| opt.step(&grads)),
+        check: checked(move || {
+            let (lr, eps, wd) = (0.1, 1e-8, 0.1);
+            let fresh = Tensor::from_vec(p_init.iter().map(|&v| v as f32).collect(), &[r, c], &dev)?.requires_grad();
+            let mut grads = Gradients::default();
+            grads.insert(&fresh, g.clone());
+            AdamW::new(vec![("p".into(), fresh.clone())], lr, (0.9, 0.99), eps, wd)?.step(&grads)?;
+            let delta = |after: &[f64]| -> Vec<f64> { after.iter().zip(&p_init).map(|(a, b)| a - b).collect() };
+            let want = delta(&adamw_first_step(&p_init, &host(&g)?, lr, eps, wd));
+            Ok(Comparison::new(tolerance(DType::F32))
+                .compare("p change", &delta(&host(&fresh)?), &want)
+                .finish())
+        }),
     })
 }
 
@@ -719,7 +1127,9 @@ pub const CASES: &[Case] = &[
         cuda: ROWS_CUDA,
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.softmax(-1)),
+        prepare: |s, rng| rowwise(s, rng, |x| x.softmax(-1), |x, rows, c| {
+            r::softmax(&x[0], &[rows, c], 1)
+        }),
         library: None,
     },
     Case {
@@ -815,7 +1225,7 @@ pub const CASES: &[Case] = &[
         cuda: &[&[8192, 3072], &[16384, 4096]],
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.gelu()),
+        prepare: |s, rng| rowwise(s, rng, |x| x.gelu(), |x, _, _| r::map(&x[0], r::gelu)),
         library: None,
     },
     Case {
@@ -827,7 +1237,7 @@ pub const CASES: &[Case] = &[
         cuda: &[&[8192, 3072], &[16384, 4096]],
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| elementwise2(s, rng, |dy, z| dy.gelu_backward(z)),
+        prepare: |s, rng| elementwise2(s, rng, |dy, z| dy.gelu_backward(z), r::gelu_backward),
         library: None,
     },
     Case {
@@ -839,7 +1249,7 @@ pub const CASES: &[Case] = &[
         cuda: &[&[8192, 8192]],
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.silu()),
+        prepare: |s, rng| rowwise(s, rng, |x| x.silu(), |x, _, _| r::map(&x[0], r::silu)),
         library: None,
     },
     Case {
@@ -851,7 +1261,9 @@ pub const CASES: &[Case] = &[
         cuda: &[&[8192, 3072], &[16384, 4096]],
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| rowwise(s, rng, 2.0, 0.0, |x| x.gelu_erf()),
+        prepare: |s, rng| rowwise(s, rng, |x| x.gelu_erf(), |x, _, _| {
+            r::map(&x[0], r::gelu_erf)
+        }),
         library: None,
     },
     Case {
@@ -864,8 +1276,8 @@ pub const CASES: &[Case] = &[
         cuda: &[&[4096, 11008]],
         cpu: &[&[512, 1536]],
         emu: ROWS_EMU,
-        prepare: |s, rng| elementwise2(s, rng, |g, u| g.swiglu(u)),
-        library: Some(|s, rng| Ok(("unfused".into(), elementwise2(s, rng, |g, u| g.silu()?.mul(u))?))),
+        prepare: |s, rng| elementwise2(s, rng, |g, u| g.swiglu(u), r::swiglu),
+        library: Some(|s, rng| Ok(("unfused".into(), elementwise2(s, rng, |g, u| g.silu()?.mul(u), r::swiglu)?))),
     },
     Case {
         name: "swiglu_backward",
@@ -925,7 +1337,7 @@ pub const CASES: &[Case] = &[
         cuda: ROWS_CUDA,
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
-        prepare: |s, rng| elementwise2(s, rng, |x, y| x.add(y)),
+        prepare: |s, rng| elementwise2(s, rng, |x, y| x.add(y), r::add),
         library: None,
     },
     Case {
@@ -938,8 +1350,9 @@ pub const CASES: &[Case] = &[
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
         prepare: |s, rng| {
-            let rows = s.dims[0] as f64 * F32 as f64;
-            rowwise(s, rng, 1.0, rows, |x| x.sum(&[-1], false))
+            rowwise(s, rng, |x| x.sum(&[-1], false), |x, rows, c| {
+                r::sum(&x[0], &[rows, c], &[1], false).0
+            })
         },
         library: None,
     },

@@ -165,8 +165,10 @@ fn cublas_gemm(s: &Setup, rng: &mut Rng, dtype: DType, m: usize, n: usize, k: us
     let work = Work {
         flops: 2.0 * (m * n * k) as f64,
         bytes: in_bytes + (m * n) as f64 * size,
+        written: (m * n) as f64 * size,
         sets,
         run: Box::new(run),
+        check: None,
     };
     Ok(("cublas".into(), work))
 }
@@ -302,8 +304,10 @@ fn cblas_sgemm(s: &Setup, rng: &mut Rng, m: usize, n: usize, k: usize) -> Result
     let work = Work {
         flops: 2.0 * (m * n * k) as f64,
         bytes: in_bytes + (m * n * 4) as f64,
+        written: (m * n * 4) as f64,
         sets,
         run: Box::new(run),
+        check: None,
     };
     Ok(("cblas".into(), work))
 }

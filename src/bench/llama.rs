@@ -13,12 +13,23 @@
 //! and generation never stops at an end-of-sequence token, so every run does the same work.
 //! `scripts/transformers_llama_speed.py` measures Hugging Face transformers in exactly this way.
 //!
-//! The dtypes: f32 computes with the dequantized f32 weights; bf16 casts them once to bf16
-//! ([`Llama::to_dtype`]), activations and the KV cache in bf16, logits in f32.
+//! The weights ([`LlamaLoad`]): `stored` keeps the file's quantized projections in their block
+//! format ([`Tensor::linear_quantized`], CPU only); `f32` computes with the dequantized f32
+//! weights; `bf16` casts them once to bf16 ([`Llama::to_dtype`]), activations and the KV cache
+//! in bf16, logits in f32.
+//!
+//! **The ceiling.** Batch-1 generation reads every weight once per token, so it cannot beat
+//! `read bandwidth / weight bytes per token` ([`Llama::weight_bytes_per_token`]). The read
+//! bandwidth is measured in the same run: the best of three sums of a 256 MiB f32 buffer (one
+//! slab per thread, 16 lanes each, reading each byte once and writing nothing), on the CPU
+//! only (on Emu it would time the emulator, and a GPU's generation is bound by its launches
+//! long before its bandwidth at this size). Each row reports that ceiling and the fraction of it
+//! reached.
 
+use super::machine::Machine;
 use super::timing::Stats;
-use crate::model::Llama;
-use crate::{DType, Device, Error, Result, Rng, Tensor};
+use crate::model::{Llama, LlamaLoad};
+use crate::{Device, Error, Result, Rng, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -31,8 +42,8 @@ pub struct LlamaOptions {
     pub prompt_lens: Vec<usize>,
     /// Tokens generated after each prompt (default 128).
     pub new_tokens: usize,
-    /// Compute dtypes (default f32 and bf16).
-    pub dtypes: Vec<DType>,
+    /// What the weights become (default: as stored, f32, bf16).
+    pub dtypes: Vec<LlamaLoad>,
     /// Timed repetitions of each (prompt, generation) pair (default 3).
     pub reps: usize,
 }
@@ -44,7 +55,7 @@ impl LlamaOptions {
             device,
             prompt_lens: vec![128, 512],
             new_tokens: 128,
-            dtypes: vec![DType::F32, DType::BF16],
+            dtypes: vec![LlamaLoad::AsStored, LlamaLoad::F32, LlamaLoad::BF16],
             reps: 3,
         }
     }
@@ -63,6 +74,13 @@ pub struct LlamaRow {
     /// Seconds of all `new_tokens` one-token steps together.
     pub generation: Stats,
     pub generation_tokens_per_s: f64,
+    /// Bytes of weights one generation step reads ([`Llama::weight_bytes_per_token`]).
+    pub weight_bytes_per_token: usize,
+    /// `read_gbs / weight_bytes_per_token`: the tokens/s at which generation would only read
+    /// weights, at the measured bandwidth (None where it is not measured).
+    pub ceiling_tokens_per_s: Option<f64>,
+    /// `generation_tokens_per_s / ceiling_tokens_per_s`.
+    pub fraction_of_ceiling: Option<f64>,
 }
 
 /// Everything one `kiln bench --gguf` run measured.
@@ -71,14 +89,19 @@ pub struct LlamaReport {
     pub model: String,
     pub params: usize,
     pub device: String,
+    /// kiln's version, the CPU, its threads and the GPU.
+    pub machine: Machine,
     pub timing: &'static str,
     /// The CPU threads kiln's parallel loops use (`RAYON_NUM_THREADS`, else one per core).
     pub threads: usize,
     /// Set when the numbers must not be read as speed (Emu).
     pub warning: Option<String>,
     pub date_unix: u64,
-    /// Seconds to open the file and dequantize the weights onto the device.
+    /// Seconds to open the file and dequantize the weights onto the device (the first dtype's).
     pub load_s: f64,
+    /// Read bandwidth in GB/s (10⁹ bytes per second) and how it was measured, on the CPU.
+    pub read_gbs: Option<f64>,
+    pub read: String,
     pub rows: Vec<LlamaRow>,
 }
 
@@ -90,9 +113,6 @@ fn check(opts: &LlamaOptions, context: usize) -> Result<()> {
     }
     if opts.new_tokens == 0 || opts.reps == 0 || opts.dtypes.is_empty() {
         return bad("new tokens, repetitions and dtypes must not be zero or empty".into());
-    }
-    if let Some(&d) = opts.dtypes.iter().find(|d| !matches!(d, DType::F32 | DType::BF16)) {
-        return bad(format!("a Llama computes in f32 or bf16, not {d}"));
     }
     let longest = opts.prompt_lens.iter().max().copied().unwrap_or(0) + opts.new_tokens;
     if longest > context {
@@ -129,20 +149,74 @@ fn prefill_and_generate(model: &Llama, prompt: &[u32], new_tokens: usize) -> Res
     Ok((prefill, t1.elapsed().as_secs_f64()))
 }
 
+/// The name of a [`LlamaLoad`] in the table and the JSON.
+pub fn weights_name(how: LlamaLoad) -> &'static str {
+    match how {
+        LlamaLoad::AsStored => "stored",
+        LlamaLoad::F32 => "f32",
+        LlamaLoad::BF16 => "bf16",
+    }
+}
+
+/// Bytes of the tensor [`read_bandwidth`] sums: far beyond any CPU's last-level cache.
+const READ_BYTES: usize = 256 << 20;
+
+/// The CPU's read bandwidth in GB/s: the best of three sums of a [`READ_BYTES`] buffer (filled
+/// first, so that its pages are real memory rather than the shared zero page), cut into one
+/// slab per thread, each summed into 16 independent lanes so that the loop runs at the speed
+/// memory delivers and not at the latency of one chain of additions.
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let data = vec![1.0f32; READ_BYTES / 4];
+    let slab = data.len().div_ceil(rayon::current_num_threads());
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let total: f32 = data
+            .par_chunks(slab)
+            .map(|slab| {
+                let mut lanes = [0f32; 16];
+                for chunk in slab.chunks_exact(16) {
+                    lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += x);
+                }
+                lanes.iter().sum::<f32>()
+            })
+            .sum();
+        best = best.min(t0.elapsed().as_secs_f64());
+        std::hint::black_box(total);
+    }
+    READ_BYTES as f64 / best / 1e9
+}
+
 /// Runs the benchmark; `progress` hears about each measurement as it starts.
 pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaReport> {
-    progress(&format!("loading {}", opts.gguf.display()));
-    let t0 = Instant::now();
-    let base = Llama::from_gguf(&opts.gguf, &opts.device)?;
-    let load_s = t0.elapsed().as_secs_f64();
-    let cfg = base.config().clone();
-    check(opts, cfg.max_position_embeddings)?;
-    let mut rng = Rng::new(1234);
-    let longest = opts.prompt_lens.iter().max().copied().unwrap_or(0);
-    let ids: Vec<u32> = (0..longest).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    if opts.dtypes.is_empty() {
+        return Err(Error::invalid("bench --gguf", "no weight dtypes to time"));
+    }
+    let read_gbs = if opts.device == Device::Cpu {
+        progress("measuring the read bandwidth");
+        Some(read_bandwidth())
+    } else {
+        None
+    };
+    let mut load_s = None;
     let mut rows = Vec::new();
-    for &dtype in &opts.dtypes {
-        let model = base.to_dtype(dtype)?;
+    let mut params = 0;
+    for &how in &opts.dtypes {
+        let name = weights_name(how);
+        progress(&format!("loading {} ({name})", opts.gguf.display()));
+        let t0 = Instant::now();
+        let model = Llama::from_gguf_with(&opts.gguf, &opts.device, how)?;
+        load_s.get_or_insert(t0.elapsed().as_secs_f64());
+        params = model.num_params();
+        let cfg = model.config().clone();
+        check(opts, cfg.max_position_embeddings)?;
+        let mut rng = Rng::new(1234);
+        let longest = opts.prompt_lens.iter().max().copied().unwrap_or(0);
+        let ids: Vec<u32> = (0..longest).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        let weight_bytes_per_token = model.weight_bytes_per_token();
+        let ceiling_tokens_per_s = read_gbs.map(|gbs| gbs * 1e9 / weight_bytes_per_token as f64);
+        let dtype = name;
         progress(&format!("{dtype}: warm-up"));
         prefill_and_generate(&model, &ids[..longest.min(16)], 2)?;
         for &len in &opts.prompt_lens {
@@ -155,15 +229,19 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
                 .collect::<Result<Vec<_>>>()?;
             let prefill = Stats::of(&times.iter().map(|t| t.0).collect::<Vec<_>>());
             let generation = Stats::of(&times.iter().map(|t| t.1).collect::<Vec<_>>());
+            let generation_tokens_per_s = opts.new_tokens as f64 / generation.median_s;
             rows.push(LlamaRow {
-                dtype: dtype.as_str().into(),
+                dtype: dtype.into(),
                 batch: 1,
                 prompt_tokens: len,
                 new_tokens: opts.new_tokens,
                 prefill_tokens_per_s: len as f64 / prefill.median_s,
                 prefill,
-                generation_tokens_per_s: opts.new_tokens as f64 / generation.median_s,
+                generation_tokens_per_s,
                 generation,
+                weight_bytes_per_token,
+                ceiling_tokens_per_s,
+                fraction_of_ceiling: ceiling_tokens_per_s.map(|c| generation_tokens_per_s / c),
             });
         }
     }
@@ -172,8 +250,9 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
             .gguf
             .file_name()
             .map_or_else(|| opts.gguf.display().to_string(), |n| n.to_string_lossy().into_owned()),
-        params: base.num_params(),
+        params,
         device: opts.device.to_string(),
+        machine: Machine::this(&opts.device),
         timing: "host clock",
         threads: rayon::current_num_threads(),
         warning: (opts.device == Device::Emu).then(|| {
@@ -184,7 +263,13 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
         date_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        load_s,
+        load_s: load_s.unwrap_or(0.0),
+        read_gbs,
+        read: format!(
+            "best of 3 sums of a {} MiB f32 buffer on the CPU, {} threads",
+            READ_BYTES >> 20,
+            rayon::current_num_threads()
+        ),
         rows,
     })
 }
@@ -202,18 +287,37 @@ pub fn table(r: &LlamaReport) -> String {
         r.threads,
         r.load_s
     );
+    let _ = writeln!(s, "machine: {}", r.machine.line());
     if let Some(w) = &r.warning {
         let _ = writeln!(s, "WARNING: {w}");
     }
+    if let Some(gbs) = r.read_gbs {
+        let _ = writeln!(
+            s,
+            "read bandwidth {gbs:.1} GB/s ({}); ceiling = that / weight MB per token",
+            r.read
+        );
+    }
     let _ = writeln!(
         s,
-        "{:<5} {:>7} {:>5} {:>11} {:>13} {:>11} {:>13} {:>4}",
-        "dtype", "prompt", "new", "prefill ms", "prompt tok/s", "generate ms", "new tok/s", "reps"
+        "{:<6} {:>7} {:>5} {:>11} {:>13} {:>11} {:>10} {:>8} {:>13} {:>10} {:>4}",
+        "dtype",
+        "prompt",
+        "new",
+        "prefill ms",
+        "prompt tok/s",
+        "generate ms",
+        "new tok/s",
+        "MB/token",
+        "ceiling tok/s",
+        "% ceiling",
+        "reps"
     );
+    let or_dash = |x: Option<f64>, scale: f64| x.map_or("-".to_string(), |x| format!("{:.1}", x * scale));
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "{:<5} {:>7} {:>5} {:>11.1} {:>13.1} {:>11.1} {:>13.2} {:>4}",
+            "{:<6} {:>7} {:>5} {:>11.1} {:>13.1} {:>11.1} {:>10.2} {:>8.1} {:>13} {:>10} {:>4}",
             row.dtype,
             row.prompt_tokens,
             row.new_tokens,
@@ -221,6 +325,9 @@ pub fn table(r: &LlamaReport) -> String {
             row.prefill_tokens_per_s,
             row.generation.median_s * 1e3,
             row.generation_tokens_per_s,
+            row.weight_bytes_per_token as f64 / 1e6,
+            or_dash(row.ceiling_tokens_per_s, 1.0),
+            or_dash(row.fraction_of_ceiling, 100.0),
             row.prefill.reps
         );
     }
@@ -247,10 +354,5 @@ mod tests {
             ..ok.clone()
         };
         assert!(check(&zero, 8192).unwrap_err().to_string().contains("[128, 0]"));
-        let f16 = LlamaOptions {
-            dtypes: vec![DType::F16],
-            ..ok
-        };
-        assert!(check(&f16, 8192).unwrap_err().to_string().contains("not f16"));
     }
 }

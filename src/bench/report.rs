@@ -20,18 +20,36 @@ fn roofline_line(r: &Report) -> String {
     s
 }
 
-/// The readable table, skipped rows and their reasons after it, the GPT step last.
+/// What the `%roof` and `%lib` columns compare, printed under the table.
+const LIB_METHOD: &str = "%lib: our rate over the row below it (the library, or the unfused composition of a fused \
+kernel) at the same size and dtype, median over median";
+
+/// The rate a row's `%roof` is over, e.g. "410.2 GB/s", marked "*" where it is the row's own
+/// fastest call.
+fn ceiling(row: &super::Row) -> String {
+    let mark = if row.ceiling_from == Some("row") { "*" } else { "" };
+    match (row.ceiling_tflops, row.ceiling_gbs) {
+        (Some(t), _) => format!("{t:.3} TFLOP/s{mark}"),
+        (_, Some(g)) => format!("{g:.1} GB/s{mark}"),
+        _ => "-".into(),
+    }
+}
+
+/// The readable table: the machine and the check first, skipped rows and their reasons after it,
+/// what the percentages compare, the GPT step last.
 pub fn table(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "kiln bench on {} (timed with {})", r.device, r.timing);
+    let _ = writeln!(s, "machine: {}", r.machine.line());
     if let Some(w) = &r.warning {
         let _ = writeln!(s, "WARNING: {w}");
     }
+    let _ = writeln!(s, "checked: {}", r.checked);
     let _ = writeln!(s, "roofline: {}", roofline_line(r));
     let _ = writeln!(
         s,
-        "{:<22} {:<16} {:<5} {:>10} {:>9} {:>9} {:>7} {:>7} {:>5} {:>4}",
-        "kernel", "size", "dtype", "median ms", "TFLOP/s", "GB/s", "%roof", "%lib", "reps", "sets"
+        "{:<28} {:<16} {:<5} {:>10} {:>9} {:>9} {:>16} {:>7} {:>7} {:>5} {:>4}",
+        "kernel", "size", "dtype", "median ms", "TFLOP/s", "GB/s", "ceiling", "%roof", "%lib", "reps", "sets"
     );
     let mut skipped = Vec::new();
     for row in &r.rows {
@@ -44,13 +62,14 @@ pub fn table(r: &Report) -> String {
             Some(t) => {
                 let _ = writeln!(
                     s,
-                    "{:<22} {:<16} {:<5} {:>10.4} {:>9} {:>9} {:>7} {:>7} {:>5} {:>4}",
+                    "{:<28} {:<16} {:<5} {:>10.4} {:>9} {:>9} {:>16} {:>7} {:>7} {:>5} {:>4}",
                     name,
                     row.size,
                     row.dtype,
                     t.median_s * 1e3,
                     opt(row.tflops, 3),
                     opt(row.gbs, 1),
+                    ceiling(row),
                     opt(row.roofline_pct, 1),
                     opt(row.vs_library_pct, 1),
                     t.reps,
@@ -58,7 +77,7 @@ pub fn table(r: &Report) -> String {
                 );
             }
             None => {
-                let _ = writeln!(s, "{:<22} {:<16} {:<5} {:>10}", name, row.size, row.dtype, "skipped");
+                let _ = writeln!(s, "{:<28} {:<16} {:<5} {:>10}", name, row.size, row.dtype, "skipped");
                 skipped.push(format!(
                     "{} {}: {}",
                     name.trim(),
@@ -71,10 +90,14 @@ pub fn table(r: &Report) -> String {
     for k in skipped {
         let _ = writeln!(s, "skipped {k}");
     }
+    if r.rows.iter().any(|row| row.time.is_some()) {
+        let _ = writeln!(s, "{}", r.roofline.method);
+        let _ = writeln!(s, "{LIB_METHOD}");
+    }
     if let Some(g) = &r.gpt {
         let _ = writeln!(
             s,
-            "GPT training step, {} ({:.1}M parameters, {}, batch {} x context {}): {:.1} ms per step, {:.0} tokens/s, {:.3} TFLOP/s, MFU {}%",
+            "GPT training step, {} ({:.1}M parameters, {}, batch {} x context {}): {:.1} ms per step, {:.0} tokens/s, {:.3} TFLOP/s, MFU {}% (of the {} matmul ceiling above)",
             g.model,
             g.params as f64 / 1e6,
             g.dtype,
@@ -83,7 +106,8 @@ pub fn table(r: &Report) -> String {
             g.step.median_s * 1e3,
             g.tokens_per_s,
             g.tflops,
-            opt(g.mfu_pct, 1)
+            opt(g.mfu_pct, 1),
+            g.dtype
         );
     }
     if let Some(why) = &r.gpt_skipped {
@@ -110,83 +134,158 @@ pub fn write_svg(r: &Report, path: &Path) -> Result<()> {
     write_file(path, &svg(r))
 }
 
-const W: f64 = 860.0;
-const LABEL: f64 = 300.0;
-const RIGHT: f64 = 190.0;
-const TOP: f64 = 64.0;
+/// The width of `text` at `size` px, from a conservative average glyph width of 0.6 em (sans-serif
+/// digits and lower case are about 0.55 em): the chart places every text by it, so that none
+/// overlaps another or leaves the picture.
+pub fn text_width(text: &str, size: f64) -> f64 {
+    0.6 * size * text.chars().count() as f64
+}
+
+/// `text` broken at spaces into lines of at most `width` px at `size` px.
+fn wrap(text: &str, width: f64, size: f64) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split(' ') {
+        match lines.last_mut() {
+            Some(line) if text_width(&format!("{line} {word}"), size) <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
+}
+
+/// Font sizes and spacing of the chart, in px.
+const TITLE: f64 = 15.0;
+const SMALL: f64 = 10.0;
+const FONT: f64 = 12.0;
+const MARGIN: f64 = 10.0;
+const BARS: f64 = 420.0;
 const BAR: f64 = 20.0;
 
-/// A horizontal bar per measured row: its rate as a percentage of the roofline (the matmul ceiling
-/// for compute-bound rows, the copy bandwidth for memory-bound ones), a line at 100%.
+/// A horizontal bar per measured row: its rate as a percentage of the row's ceiling (roofline.rs),
+/// a line at 100%. Above the bars: the title, the machine, the check, what the percentages compare
+/// (wrapped to the width) and a legend; every text is placed from its estimated width
+/// ([`text_width`]) so that nothing overlaps.
 pub fn svg(r: &Report) -> String {
     let rows: Vec<_> = r.rows.iter().filter(|row| row.time.is_some()).collect();
     let max_pct = rows.iter().filter_map(|row| row.roofline_pct).fold(100.0f64, f64::max);
-    let h = TOP + BAR * rows.len() as f64 + 40.0;
-    let px = |pct: f64| LABEL + pct / max_pct * (W - LABEL - RIGHT);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="15">kiln bench on {}: achieved / roofline</text>"#,
-        W / 2.0,
-        escape(&r.device)
-    );
-    let sub = r.warning.clone().unwrap_or_else(|| roofline_line(r));
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="38" text-anchor="middle" font-size="10">{}</text>"#,
-        W / 2.0,
-        escape(&sub)
-    );
-    for t in nice_ticks(0.0, max_pct, 5) {
-        let x = px(t);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{t}%</text>"##,
-            h - 36.0,
-            h - 22.0
-        );
-    }
-    let x100 = px(100.0);
-    let _ = writeln!(
-        s,
-        r##"<line x1="{x100:.1}" y1="{:.1}" x2="{x100:.1}" y2="{:.1}" stroke="#c00" stroke-dasharray="4 3"/>"##,
-        TOP - 6.0,
-        h - 36.0
-    );
-    for (i, row) in rows.iter().enumerate() {
-        let y = TOP + BAR * i as f64;
-        let label = format!(
+    let label = |row: &&super::Row| {
+        format!(
             "{}{} {} {}",
             if row.library { "  " } else { "" },
             row.kernel,
             row.size,
             row.dtype
-        );
+        )
+    };
+    let value = |row: &&super::Row| {
         let rate = match row.tflops {
             Some(t) => format!("{t:.2} TFLOP/s"),
             None => format!("{} GB/s", opt(row.gbs, 1)),
         };
-        let value = format!("{rate}, {}%", opt(row.roofline_pct, 1));
-        let color = if row.library { "#999" } else { "#2a6fbb" };
-        let width = row.roofline_pct.map_or(0.0, |p| px(p) - LABEL);
+        format!("{rate}, {}%", opt(row.roofline_pct, 1))
+    };
+    let widest = |texts: Vec<String>| texts.iter().map(|t| text_width(t, FONT)).fold(0.0, f64::max);
+    let label_w = widest(rows.iter().map(label).collect()).max(100.0) + MARGIN;
+    let value_w = widest(rows.iter().map(value).collect()).max(60.0) + MARGIN;
+    let w = (MARGIN + label_w + BARS + value_w + MARGIN).max(700.0);
+    let left = MARGIN + label_w; // where the bars start
+    let px = |pct: f64| left + pct / max_pct * BARS;
+
+    // the header: title, then small lines wrapped to the width, then the legend
+    let title = format!("kiln bench on {}: achieved / ceiling", r.device);
+    let mut small = vec![r.machine.line()];
+    small.extend(r.warning.clone());
+    small.push(format!("checked: {}", r.checked));
+    small.push(r.roofline.method.to_string());
+    let lines: Vec<String> = small.iter().flat_map(|t| wrap(t, w - 2.0 * MARGIN, SMALL)).collect();
+    let mut y = MARGIN + TITLE;
+    let mut s = String::new();
+    let mut body = String::new();
+    let _ = writeln!(
+        body,
+        r#"<text x="{:.1}" y="{y:.1}" text-anchor="middle" font-size="{TITLE}">{}</text>"#,
+        w / 2.0,
+        escape(&title)
+    );
+    for line in &lines {
+        y += SMALL + 4.0;
         let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{LABEL}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            LABEL - 6.0,
-            y + 14.0,
-            escape(&label),
-            y + 3.0,
-            BAR - 6.0,
-            LABEL + width + 4.0,
-            y + 14.0,
-            escape(&value)
+            body,
+            r#"<text x="{MARGIN}" y="{y:.1}" font-size="{SMALL}">{}</text>"#,
+            escape(line)
         );
     }
+    // legend: a swatch and its words per entry, side by side
+    y += FONT + 8.0;
+    let mut x = MARGIN;
+    for (color, words, dashed) in [
+        ("#2a6fbb", "kiln's kernel", false),
+        ("#999", "library, or the unfused composition", false),
+        ("#c00", "100% of the ceiling", true),
+    ] {
+        if dashed {
+            let _ = writeln!(
+                body,
+                r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{color}" stroke-dasharray="4 3"/>"##,
+                x + 6.0,
+                y - FONT,
+                x + 6.0,
+                y
+            );
+        } else {
+            let _ = writeln!(
+                body,
+                r#"<rect x="{x:.1}" y="{:.1}" width="12" height="{:.1}" fill="{color}"/>"#,
+                y - FONT + 2.0,
+                FONT - 2.0
+            );
+        }
+        let _ = writeln!(body, r#"<text x="{:.1}" y="{y:.1}">{}</text>"#, x + 16.0, escape(words));
+        x += 16.0 + text_width(words, FONT) + 2.0 * MARGIN;
+    }
+    let top = y + 2.0 * MARGIN;
+    let bottom = top + BAR * rows.len() as f64;
+    let h = bottom + FONT + 2.0 * MARGIN;
+    for t in nice_ticks(0.0, max_pct, 5) {
+        let x = px(t);
+        let _ = writeln!(
+            body,
+            r##"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="#e4e4e4"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{t}%</text>"##,
+            bottom + FONT + 4.0
+        );
+    }
+    let x100 = px(100.0);
+    let _ = writeln!(
+        body,
+        r##"<line x1="{x100:.1}" y1="{:.1}" x2="{x100:.1}" y2="{bottom:.1}" stroke="#c00" stroke-dasharray="4 3"/>"##,
+        top - 6.0
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let y = top + BAR * i as f64;
+        let color = if row.library { "#999" } else { "#2a6fbb" };
+        let width = row.roofline_pct.map_or(0.0, |p| px(p) - left);
+        let _ = writeln!(
+            body,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{left:.1}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            left - MARGIN / 2.0,
+            y + 14.0,
+            escape(&label(row)),
+            y + 3.0,
+            BAR - 6.0,
+            left + width + 4.0,
+            y + 14.0,
+            escape(&value(row))
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" font-family="sans-serif" font-size="{FONT}">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w:.0}" height="{h:.0}" fill="white"/>"#);
+    s.push_str(&body);
     s.push_str("</svg>\n");
     s
 }

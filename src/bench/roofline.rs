@@ -1,12 +1,36 @@
-//! The two ceilings every result is compared with, measured in the same run: memory bandwidth from
-//! a large device-to-device copy (bytes read plus bytes written), and the arithmetic rate of the
-//! best library matmul on the device.
+//! The ceilings every result is held against, measured in the same run, each at its fastest call
+//! (a ceiling is what the machine can do, so its best showing):
+//!
+//! - **compute-bound rows**: the arithmetic rate of the best matmul on the device (the library's,
+//!   and on the CPU also kiln's own) at a large square size, for the row's dtype;
+//! - **memory-bound rows**: a stream of the row's own bytes ([`stream`]): as many bytes read and
+//!   written as the row counts, over the same number of rotated input sets, so the ceiling's data
+//!   sits where the row's does: a row whose inputs fit in a cache is held against that cache's
+//!   speed, a row whose inputs do not against the memory's. On the CPU the stream is a parallel
+//!   vectorised sum of the reads that writes over the lines it has just read (the least traffic
+//!   that moves those bytes); on a GPU a device-to-device copy of the same total.
+//!
+//! Where the row's own fastest call beats its ceiling's (the stream or the matmul fell short of what
+//! the machine did), the row's fastest call is the ceiling, and the report says so
+//! (`ceiling_from`: "row"): a ceiling is the fastest rate seen for that work.
+//!
+//! Either ceiling is timed in alternation with the row ([`measure_beside`](super::timing::measure_beside)),
+//! so both see the same load. For reference the report also gives the bandwidth of one large copy
+//! (DRAM on the CPU, HBM on a GPU).
 
-use super::cases::Setup;
+use super::cases::{Bound, Setup};
 use super::library;
 use super::timing::{measure, Clock};
-use crate::{DType, Device, Result, Rng, Tensor};
+use super::work::Work;
+use crate::backend::cpu::vectorise::vectorised;
+use crate::{DType, Device, Error, Result, Rng, Tensor};
 use rayon::prelude::*;
+
+/// How the rows' ceilings are chosen, as the report prints it.
+pub const METHOD: &str = "%roof: compute-bound rows over the best matmul rate measured in their dtype; \
+memory-bound rows over a stream of their own bytes (same reads and writes, same rotated input sets, so \
+cache-resident when the row is), timed alternately with the row; ceilings at their fastest call (the row's own \
+fastest call where that was faster, marked *), rows at their median";
 
 /// The measured ceilings of one device.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -17,6 +41,136 @@ pub struct Roofline {
     pub copy: String,
     /// The best matmul rate per dtype.
     pub peaks: Vec<Peak>,
+    /// How each row's ceiling is chosen ([`METHOD`]).
+    pub method: &'static str,
+}
+
+/// The work behind the compute ceilings (the best matmul per dtype), kept to be timed beside each
+/// compute-bound row.
+pub struct Ceilings {
+    peaks: Vec<(DType, Work)>,
+}
+
+impl Ceilings {
+    /// The ceiling to time beside a row of `bound` and `dtype` whose work is `work`: the best matmul
+    /// in `dtype` (None if none was measured), or a stream of the row's bytes. None on Emu.
+    pub fn for_row(&mut self, dev: &Device, bound: Bound, dtype: DType, work: &Work) -> Result<Option<Ceiling<'_>>> {
+        if *dev == Device::Emu {
+            return Ok(None);
+        }
+        Ok(match bound {
+            Bound::Compute => self
+                .peaks
+                .iter_mut()
+                .find(|(d, _)| *d == dtype)
+                .map(|(_, w)| Ceiling::Peak(w)),
+            Bound::Memory => Some(Ceiling::Stream(stream(
+                dev,
+                work.bytes - work.written,
+                work.written,
+                work.sets,
+            )?)),
+        })
+    }
+}
+
+/// A row's ceiling: the matmul that sets its dtype's peak, or a stream of its bytes.
+pub enum Ceiling<'a> {
+    Peak(&'a mut Work),
+    Stream(Work),
+}
+
+impl Ceiling<'_> {
+    pub fn work(&mut self) -> &mut Work {
+        match self {
+            Ceiling::Peak(w) => w,
+            Ceiling::Stream(w) => w,
+        }
+    }
+
+    /// The ceiling's rate at `seconds` a call, in the row's unit: FLOP/s for a matmul, bytes/s for
+    /// a stream.
+    pub fn rate(&mut self, seconds: f64) -> f64 {
+        let w = self.work();
+        if w.flops > 0.0 {
+            w.flops / seconds
+        } else {
+            w.bytes / seconds
+        }
+    }
+}
+
+/// Elements summed or filled by one task of the CPU stream: 64 KiB, so that a small stream runs on
+/// one thread and a large one on all.
+const STREAM_CHUNK: usize = 16 << 10;
+
+/// The sum of `x` in 32 independent lanes: four AVX2 vectors of adds in flight, a read at full
+/// speed (inlined into [`vectorised`] as kiln's own CPU loops are).
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 32];
+    let chunks = x.chunks_exact(32);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// A stream that reads `read` bytes (from one of `sets` rotated buffers) and writes `written` bytes
+/// per call: the memory ceiling of a row that moves those bytes (see the module's comment). On the
+/// CPU the writes go first to the lines just read (in place, 64 KiB at a time, so no write misses
+/// the cache: the least traffic that moves those bytes), the rest, where more is written than read,
+/// to a second buffer.
+pub fn stream(dev: &Device, read: f64, written: f64, sets: usize) -> Result<Work> {
+    let sets = sets.max(1);
+    let (r, w) = ((read / 4.0).ceil() as usize, (written / 4.0).ceil() as usize);
+    let run: Box<dyn FnMut(usize) -> Result<()>> = match dev {
+        Device::Cpu => {
+            let (in_place, rest) = (w.min(r), w - w.min(r));
+            let mut src: Vec<Vec<f32>> = (0..sets)
+                .map(|s| (0..r).into_par_iter().map(|i| ((i + s) % 7) as f32).collect())
+                .collect();
+            let mut dst = vec![0f32; rest];
+            Box::new(move |i| {
+                let total: f32 = src[i % sets]
+                    .par_chunks_mut(STREAM_CHUNK)
+                    .map(|c| {
+                        vectorised(|| {
+                            let sum = sum_lanes(c);
+                            // this chunk's share of the writes; the values stay small
+                            let k = (c.len() * in_place).div_ceil(r).min(c.len());
+                            c[..k].fill(sum.min(1.0));
+                            sum
+                        })
+                    })
+                    .sum();
+                dst.par_chunks_mut(STREAM_CHUNK)
+                    .for_each(|c| vectorised(|| c.fill(total.min(1.0))));
+                Ok(())
+            })
+        }
+        // A copy reads and writes the same bytes: half the row's total each way.
+        Device::Cuda(_) => {
+            let half = (r + w).div_ceil(2).max(1);
+            let src = (0..sets)
+                .map(|_| Tensor::zeros(&[half], DType::F32, dev))
+                .collect::<Result<Vec<_>>>()?;
+            let dst = Tensor::zeros(&[half], DType::F32, dev)?;
+            Box::new(move |i| dst.assign(&src[i % sets]))
+        }
+        Device::Emu => return Err(Error::invalid("bench", "no ceilings on Emu".to_string())),
+    };
+    Ok(Work {
+        flops: 0.0,
+        bytes: read + written,
+        written,
+        sets,
+        run,
+        check: None,
+    })
 }
 
 /// The arithmetic ceiling for one dtype.
@@ -55,7 +209,7 @@ pub fn measure_roofline(
     copy_bytes: usize,
     dtypes: &[DType],
     budget_s: f64,
-) -> Result<Roofline> {
+) -> Result<(Roofline, Ceilings)> {
     let n = (copy_bytes / 4).max(1);
     let (seconds, copy) = match dev {
         // The hardware's copy, not a kiln op: every core copies a slab of a preallocated buffer.
@@ -70,7 +224,7 @@ pub fn measure_roofline(
                 Ok(())
             })?;
             (
-                stats.median_s,
+                stats.min_s,
                 format!(
                     "parallel memcpy of {} MiB on {} threads",
                     (n * 4) >> 20,
@@ -83,13 +237,10 @@ pub fn measure_roofline(
             let src = Tensor::zeros(&[n], DType::F32, dev)?;
             let dst = Tensor::zeros(&[n], DType::F32, dev)?;
             let stats = measure(clock, None, budget_s, |_| dst.assign(&src))?;
-            (
-                stats.median_s,
-                format!("device-to-device copy of {} MiB", (n * 4) >> 20),
-            )
+            (stats.min_s, format!("device-to-device copy of {} MiB", (n * 4) >> 20))
         }
     };
-    let mut peaks = Vec::new();
+    let (mut peaks, mut works) = (Vec::new(), Vec::new());
     for &dtype in dtypes {
         peaks.push(match dev {
             Device::Emu => Peak {
@@ -97,20 +248,27 @@ pub fn measure_roofline(
                 tflops: None,
                 source: "none on Emu (the emulator's speed says nothing about a GPU)".into(),
             },
-            _ => peak(dev, clock, dtype, budget_s)?,
+            _ => {
+                let (p, work) = peak(dev, clock, dtype, budget_s)?;
+                works.extend(work.map(|w| (dtype, w)));
+                p
+            }
         });
     }
-    Ok(Roofline {
+    let roofline = Roofline {
         copy_gbs: 2.0 * (n * 4) as f64 / seconds / 1e9,
         copy,
         peaks,
-    })
+        method: METHOD,
+    };
+    Ok((roofline, Ceilings { peaks: works }))
 }
 
-/// The best matmul rate at the peak size: the library's, and on the CPU also kiln's own (which
-/// docs/perf.md measured at NumPy/OpenBLAS's level on this kind of machine; the faster sets the
-/// ceiling). `source` says which and why a library is missing.
-fn peak(dev: &Device, clock: &Clock, dtype: DType, budget_s: f64) -> Result<Peak> {
+/// The best matmul rate at the peak size, at its fastest call: the library's, and on the CPU also
+/// kiln's own (which docs/perf.md measured at NumPy/OpenBLAS's level on this kind of machine; the
+/// faster sets the ceiling), with the faster one's work. `source` says which and why a library is
+/// missing.
+fn peak(dev: &Device, clock: &Clock, dtype: DType, budget_s: f64) -> Result<(Peak, Option<Work>)> {
     let s = peak_size(dev);
     let setup = Setup {
         dev: *dev,
@@ -135,18 +293,21 @@ fn peak(dev: &Device, clock: &Clock, dtype: DType, budget_s: f64) -> Result<Peak
     if *dev == Device::Cpu {
         candidates.push(("kiln matmul".into(), super::cases::matmul(&setup, &mut rng, dtype)?));
     }
-    let mut best: Option<(f64, String)> = None;
+    let mut best: Option<(f64, String, Work)> = None;
     let mut measured = Vec::new();
     for (name, mut work) in candidates {
         let stats = measure(clock, None, budget_s, |i| (work.run)(i))?;
-        let tflops = work.flops / stats.median_s / 1e12;
+        let tflops = work.flops / stats.min_s / 1e12;
         measured.push(format!("{name} {tflops:.3}"));
         if best.as_ref().is_none_or(|b| tflops > b.0) {
-            best = Some((tflops, name));
+            best = Some((tflops, name, work));
         }
     }
     let mut source = match &best {
-        Some((_, name)) => format!("{name} at {s}x{s}x{s}; measured TFLOP/s: {}", measured.join(", ")),
+        Some((_, name, _)) => format!(
+            "{name} at {s}x{s}x{s}, fastest call; measured TFLOP/s: {}",
+            measured.join(", ")
+        ),
         None => String::new(),
     };
     if let Some(why) = missing {
@@ -156,9 +317,11 @@ fn peak(dev: &Device, clock: &Clock, dtype: DType, budget_s: f64) -> Result<Peak
             format!("{source}; {why}")
         };
     }
-    Ok(Peak {
+    let (tflops, work) = best.map(|(t, _, w)| (t, w)).unzip();
+    let peak = Peak {
         dtype: dtype.as_str().into(),
-        tflops: best.map(|b| b.0),
+        tflops,
         source,
-    })
+    };
+    Ok((peak, work))
 }

@@ -117,6 +117,55 @@ pub fn measure(
     Ok(Stats::of(&clock.time(reps, f)?))
 }
 
+/// Times `f` and its ceiling `roof` in alternation, after warming both up, so that both meet the
+/// same conditions (a machine's load, a GPU's clocks): `f` is repeated as in [`measure`], and `roof`
+/// as often as fits the same budget but at most as often as `f`, its calls spread evenly among
+/// `f`'s (f(0), roof(0), f(1), roof(1), ... when the counts are equal). Returns (f's, roof's)
+/// statistics.
+pub fn measure_beside(
+    clock: &Clock,
+    fixed_reps: Option<usize>,
+    budget_s: f64,
+    mut f: impl FnMut(usize) -> Result<()>,
+    mut roof: impl FnMut(usize) -> Result<()>,
+) -> Result<(Stats, Stats)> {
+    for i in 0..2 {
+        f(i)?;
+        roof(i)?;
+    }
+    let reps = repetitions(fixed_reps, clock.time(1, &mut f)?[0], budget_s);
+    let roof_reps = repetitions(fixed_reps, clock.time(1, &mut roof)?[0], budget_s).min(reps);
+    // true where the ceiling runs: after f's call j whenever ⌊(j + 1)·roof_reps / reps⌋ steps up
+    let schedule: Vec<bool> = (0..reps)
+        .flat_map(|j| {
+            [
+                Some(false),
+                ((j + 1) * roof_reps / reps > j * roof_reps / reps).then_some(true),
+            ]
+        })
+        .flatten()
+        .collect();
+    let (mut fi, mut ri) = (0, 0);
+    let samples = clock.time(schedule.len(), |k| {
+        if schedule[k] {
+            ri += 1;
+            roof(ri - 1)
+        } else {
+            fi += 1;
+            f(fi - 1)
+        }
+    })?;
+    let pick = |which: bool| -> Vec<f64> {
+        samples
+            .iter()
+            .zip(&schedule)
+            .filter(|(_, &s)| s == which)
+            .map(|(&t, _)| t)
+            .collect()
+    };
+    Ok((Stats::of(&pick(false)), Stats::of(&pick(true))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +185,67 @@ mod tests {
         assert_eq!(repetitions(None, 0.01, 0.5), 50);
         assert_eq!(repetitions(None, 1.0, 0.5), 5);
         assert_eq!(repetitions(None, 0.0, 0.5), 200);
+    }
+
+    #[test]
+    fn measure_beside_alternates_and_splits_the_samples() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let (ours, roof) = measure_beside(
+            &Clock::Host,
+            Some(3),
+            1.0,
+            |i| {
+                order.borrow_mut().push(('f', i));
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                Ok(())
+            },
+            |i| {
+                order.borrow_mut().push(('r', i));
+                Ok(())
+            },
+        )
+        .unwrap();
+        // two warm-ups each, one estimate each, then three alternated pairs
+        let timed: Vec<_> = order.borrow()[6..].to_vec();
+        assert_eq!(timed, [('f', 0), ('r', 0), ('f', 1), ('r', 1), ('f', 2), ('r', 2)]);
+        assert_eq!((ours.reps, roof.reps), (3, 3));
+        assert!(
+            ours.min_s >= 0.003 && roof.median_s < ours.median_s,
+            "{ours:?} {roof:?}"
+        );
+    }
+
+    #[test]
+    fn a_slow_ceiling_runs_fewer_times_spread_among_the_row() {
+        let order = std::cell::RefCell::new(String::new());
+        let (ours, roof) = measure_beside(
+            &Clock::Host,
+            None,
+            1.0,
+            |_| {
+                order.borrow_mut().push('f');
+                Ok(())
+            },
+            |_| {
+                order.borrow_mut().push('r');
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                Ok(())
+            },
+        )
+        .unwrap();
+        // f is fast: the most calls, 200; the ceiling fills 1 s at 10 ms or more a call: at most 100
+        assert_eq!(ours.reps, 200);
+        assert!((5..=100).contains(&roof.reps), "{roof:?}");
+        let timed = &order.borrow()[6..];
+        assert!(timed.ends_with('r'), "{timed}");
+        // the ceiling's calls are spread evenly: every gap holds ⌊200 / n⌋ or ⌈200 / n⌉ of f's calls
+        let gaps: Vec<usize> = timed.split('r').filter(|g| !g.is_empty()).map(str::len).collect();
+        let n = roof.reps;
+        assert_eq!(gaps.len(), n, "{timed}");
+        assert!(
+            gaps.iter().all(|&g| g == 200 / n || g == 200_usize.div_ceil(n)),
+            "{gaps:?}"
+        );
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //! previous turns' tokens, so only the tokens after the shared prefix are read again
 //! ([`Generator`]).
 
-use super::generation::{stream, stream_tokens, ComputeDType, SampleArgs, TokenWriter};
-use crate::model::{CausalLm, Llama};
+use super::generation::{stream, stream_tokens, ComputeDType, SampleArgs, TokenWriter, WeightsDType};
+use crate::model::{CausalLm, Llama, LlamaLoad};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::train::{console, human, ContextFull, Finish, Generator, SampleOptions};
-use crate::{Device, Error, Result, Rng};
+use crate::{DType, Device, Error, Result, Rng};
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -39,10 +39,11 @@ pub struct ChatArgs {
     /// cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute dtype: f32, or bf16 (the weights cast to bf16 once, activations and KV cache in
-    /// bf16).
+    /// What the weights become: f32 (dequantized), bf16 (dequantized, cast to bf16 once,
+    /// activations and KV cache in bf16), or stored (quantized projections kept in their block
+    /// format, multiplied with 8-bit activations as llama.cpp does; CPU only).
     #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: ComputeDType,
+    pub dtype: WeightsDType,
     /// Print each turn's rendered prompt, how many of its tokens came from the KV cache, and the
     /// answer's token ids to stderr.
     #[arg(long)]
@@ -51,9 +52,14 @@ pub struct ChatArgs {
 
 /// The model of the GGUF file at `path` (whose tokenizer is `tok`) with the LoRA adapter folder
 /// `lora` if given, computing in `dtype` on `device`.
-fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: ComputeDType) -> Result<Llama> {
+fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: WeightsDType) -> Result<Llama> {
     let dev: Device = device.parse()?;
-    let mut model = Llama::from_gguf(path, &dev)?;
+    // bf16 is cast after the adapter is attached, so that the adapter is cast with the model
+    let how = match dtype {
+        WeightsDType::Stored => LlamaLoad::AsStored,
+        WeightsDType::F32 | WeightsDType::Bf16 => LlamaLoad::F32,
+    };
+    let mut model = Llama::from_gguf_with(path, &dev, how)?;
     if let Some(dir) = lora {
         model.load_adapter(dir)?;
         if let Some(cfg) = model.lora_config() {
@@ -66,7 +72,9 @@ fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: 
             ));
         }
     }
-    model.set_dtype(dtype.into())?;
+    if dtype == WeightsDType::Bf16 {
+        model.set_dtype(DType::BF16)?;
+    }
     let cfg = model.config();
     console::err(&format!(
         "{}: {} parameters ({} layers, width {}, {} query / {} key-value heads, context {}); tokenizer {}; \
@@ -112,6 +120,10 @@ pub fn generate_gguf(
     dtype: ComputeDType,
 ) -> Result<()> {
     let tok = Tokenizer::from_gguf(path)?;
+    let dtype = match dtype {
+        ComputeDType::F32 => WeightsDType::F32,
+        ComputeDType::Bf16 => WeightsDType::Bf16,
+    };
     let model = load(path, lora, &tok, device, dtype)?;
     let mut gen = generator(&model, &tok)?;
     let (_, generated) = stream(&mut gen, &tok, prompt, opts, seed)?;

@@ -2,7 +2,7 @@
 //! compute-dtype flag, and streaming tokens to stdout as they are drawn ([`TokenWriter`],
 //! [`stream`]).
 
-use crate::model::CausalLm;
+use crate::model::{CausalLm, LlamaLoad};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::train::{Finish, Generated, Generator, SampleOptions};
 use crate::{DType, Error, Result, Rng};
@@ -24,6 +24,28 @@ impl From<ComputeDType> for DType {
         match d {
             ComputeDType::F32 => DType::F32,
             ComputeDType::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// What a GGUF model's weights become on the command line (`chat --dtype`, `bench --dtypes`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsDType {
+    /// Dequantized to f32, computing in f32.
+    F32,
+    /// Dequantized, cast once to bf16; activations and the KV cache in bf16.
+    Bf16,
+    /// Quantized projections kept in their block format, multiplied with 8-bit activations
+    /// (CPU only; elsewhere dequantized to f32); the rest f32.
+    Stored,
+}
+
+impl From<WeightsDType> for LlamaLoad {
+    fn from(d: WeightsDType) -> LlamaLoad {
+        match d {
+            WeightsDType::F32 => LlamaLoad::F32,
+            WeightsDType::Bf16 => LlamaLoad::BF16,
+            WeightsDType::Stored => LlamaLoad::AsStored,
         }
     }
 }

@@ -12,7 +12,7 @@ mod merge;
 
 pub use chat::ChatArgs;
 pub use finetune_lora::LoraArgs;
-pub use generation::{ComputeDType, SampleArgs};
+pub use generation::{ComputeDType, SampleArgs, WeightsDType};
 pub use merge::MergeArgs;
 
 use crate::data::EMBEDDED;
@@ -265,8 +265,8 @@ pub struct BenchArgs {
     /// cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Kernels to time (comma-separated or repeated; `gpt` is the training step) [all].
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    // The help lists every kernel's name (`gpt` is the training step).
+    #[arg(long, value_delimiter = ',', num_args = 1.., help = crate::bench::kernels_help())]
     pub kernels: Vec<String>,
     /// Sizes instead of each kernel's defaults: MxNxK for matmuls, ROWSxCOLS for the others
     /// (comma-separated or repeated; each kernel takes those of its form).
@@ -306,9 +306,9 @@ pub struct BenchArgs {
     /// With --gguf: tokens generated after each prompt.
     #[arg(long, default_value_t = 128)]
     pub new_tokens: usize,
-    /// With --gguf: the compute dtypes timed [f32,bf16].
+    /// With --gguf: what the weights become, each timed [stored,f32,bf16].
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., requires = "gguf")]
-    pub dtypes: Vec<ComputeDType>,
+    pub dtypes: Vec<WeightsDType>,
 }
 
 /// Runs the command line; the process's exit status.

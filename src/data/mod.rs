@@ -114,7 +114,9 @@ const CACHE_HEADER: usize = 8 + 4 * 8;
 /// The header of a token cache file: which text and which tokenizer produced it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheKey {
+    /// [`Corpus::fingerprint`] of the text that was tokenized.
     pub corpus: u64,
+    /// [`Tokenizer::fingerprint`] of the tokenizer that produced the ids.
     pub tokenizer: u64,
 }
 
@@ -247,7 +249,9 @@ pub fn tokenize_cached(corpus: &Corpus, tok: &Tokenizer, cache: Option<&Path>) -
 /// Which part of the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
+    /// The first part of the ids, that the model trains on.
     Train,
+    /// The rest, held out to measure the validation loss.
     Val,
 }
 
@@ -263,7 +267,9 @@ impl Split {
 /// Token ids split by position: the first part trains, the rest validates (nanoGPT's 90/10).
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// The training ids: the first ⌊n·(1 − val_fraction)⌋ of the corpus.
     pub train: Vec<u32>,
+    /// The validation ids: the rest.
     pub val: Vec<u32>,
 }
 
@@ -281,6 +287,7 @@ impl Dataset {
         Ok(Dataset { train: ids, val })
     }
 
+    /// The ids of `split`.
     pub fn split(&self, split: Split) -> &[u32] {
         match split {
             Split::Train => &self.train,
@@ -374,8 +381,10 @@ impl Dataset {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowPlan {
+    /// The window starts of each training micro-batch, in the order the run takes them.
     pub train: Vec<Vec<usize>>,
     #[serde(default)]
+    /// The batches of the evaluation at each step (by step number).
     pub eval: std::collections::BTreeMap<usize, EvalWindows>,
 }
 
@@ -383,7 +392,9 @@ pub struct WindowPlan {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalWindows {
+    /// The window starts of each evaluation batch on the training split.
     pub train: Vec<Vec<usize>>,
+    /// The window starts of each evaluation batch on the validation split.
     pub val: Vec<Vec<usize>>,
 }
 

@@ -3,18 +3,31 @@
 /// The type tag of a metadata value (`enum gguf_type`), with its numeric id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ValueType {
+    /// `GGUF_TYPE_UINT8` (0).
     U8,
+    /// `GGUF_TYPE_INT8` (1).
     I8,
+    /// `GGUF_TYPE_UINT16` (2).
     U16,
+    /// `GGUF_TYPE_INT16` (3).
     I16,
+    /// `GGUF_TYPE_UINT32` (4).
     U32,
+    /// `GGUF_TYPE_INT32` (5).
     I32,
+    /// `GGUF_TYPE_FLOAT32` (6).
     F32,
+    /// `GGUF_TYPE_BOOL` (7).
     Bool,
+    /// `GGUF_TYPE_STRING` (8).
     String,
+    /// `GGUF_TYPE_ARRAY` (9).
     Array,
+    /// `GGUF_TYPE_UINT64` (10).
     U64,
+    /// `GGUF_TYPE_INT64` (11).
     I64,
+    /// `GGUF_TYPE_FLOAT64` (12).
     F64,
 }
 
@@ -84,26 +97,41 @@ impl std::fmt::Display for ValueType {
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetadataValue {
+    /// An unsigned 8-bit integer.
     U8(u8),
+    /// A signed 8-bit integer.
     I8(i8),
+    /// An unsigned 16-bit integer.
     U16(u16),
+    /// A signed 16-bit integer.
     I16(i16),
+    /// An unsigned 32-bit integer.
     U32(u32),
+    /// A signed 32-bit integer.
     I32(i32),
+    /// A 32-bit float.
     F32(f32),
+    /// A boolean (one byte, 0 or 1, in the file).
     Bool(bool),
+    /// A UTF-8 string.
     String(String),
     /// `elem` is the declared element type (kept for empty arrays); every item has it.
     Array {
+        /// The declared element type.
         elem: ValueType,
+        /// The elements, in file order.
         items: Vec<MetadataValue>,
     },
+    /// An unsigned 64-bit integer.
     U64(u64),
+    /// A signed 64-bit integer.
     I64(i64),
+    /// A 64-bit float.
     F64(f64),
 }
 
 impl MetadataValue {
+    /// The type tag of this value (for an array, [`ValueType::Array`]).
     pub fn value_type(&self) -> ValueType {
         match self {
             MetadataValue::U8(_) => ValueType::U8,
@@ -177,6 +205,7 @@ impl std::fmt::Display for MetadataValue {
 pub trait FromMetadata<'a>: Sized {
     /// What the conversion accepts, for error messages ("an integer in u32's range", ...).
     const EXPECTED: &'static str;
+    /// `value` as `Self`, or `None` when it has another type or is out of `Self`'s range.
     fn from_metadata(value: &'a MetadataValue) -> Option<Self>;
 }
 

@@ -79,37 +79,78 @@ pub const DEQUANTIZABLE: [GgmlType; 11] = [
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
+    /// 32-bit IEEE float.
     F32,
+    /// IEEE half precision.
     F16,
+    /// 4-bit weights in blocks of 32 sharing an f16 scale: 18 bytes per 32 weights (4.5 bits each).
     Q4_0,
+    /// 4-bit weights in blocks of 32 with an f16 scale and an f16 minimum: 20 bytes per 32 weights (5 bits
+    /// each).
     Q4_1,
+    /// 5-bit weights in blocks of 32 sharing an f16 scale: 22 bytes per 32 weights (5.5 bits each).
     Q5_0,
+    /// 5-bit weights in blocks of 32 with an f16 scale and an f16 minimum: 24 bytes per 32 weights (6 bits
+    /// each).
     Q5_1,
+    /// 8-bit weights in blocks of 32 sharing an f16 scale: 34 bytes per 32 weights (8.5 bits each).
     Q8_0,
+    /// 8-bit values in blocks of 32 with a scale and their sum: ggml's operand format for Q4_1/Q5_1
+    /// dot products, not a weight format of model files.
     Q8_1,
+    /// k-quant: 2-bit weights in super-blocks of 256: 84 bytes per 256 weights (2.625 bits each).
     Q2_K,
+    /// k-quant: 3-bit weights in super-blocks of 256: 110 bytes per 256 weights (3.438 bits each).
     Q3_K,
+    /// k-quant: 4-bit weights in super-blocks of 256 (8 sub-blocks of 32 with 6-bit scales and minimums): 144
+    /// bytes per 256 weights (4.5 bits each).
     Q4_K,
+    /// k-quant: 5-bit weights in super-blocks of 256 (8 sub-blocks of 32 with 6-bit scales and minimums): 176
+    /// bytes per 256 weights (5.5 bits each).
     Q5_K,
+    /// k-quant: 6-bit weights in super-blocks of 256 (16 sub-blocks of 16 with 8-bit scales): 210 bytes per
+    /// 256 weights (6.562 bits each).
     Q6_K,
+    /// k-quant: 8-bit values in super-blocks of 256 (ggml's operand format for k-quant dot products): 292
+    /// bytes per 256 weights (9.125 bits each).
     Q8_K,
+    /// i-quant (codebook), super-blocks of 256: 66 bytes per 256 weights (2.062 bits each).
     IQ2_XXS,
+    /// i-quant (codebook), super-blocks of 256: 74 bytes per 256 weights (2.312 bits each).
     IQ2_XS,
+    /// i-quant (codebook), super-blocks of 256: 98 bytes per 256 weights (3.062 bits each).
     IQ3_XXS,
+    /// i-quant (codebook), super-blocks of 256: 50 bytes per 256 weights (1.562 bits each).
     IQ1_S,
+    /// i-quant: 4-bit indices into a non-linear table, blocks of 32: 18 bytes per 32 weights (4.5 bits each).
     IQ4_NL,
+    /// i-quant (codebook), super-blocks of 256: 110 bytes per 256 weights (3.438 bits each).
     IQ3_S,
+    /// i-quant (codebook), super-blocks of 256: 82 bytes per 256 weights (2.562 bits each).
     IQ2_S,
+    /// i-quant (codebook), super-blocks of 256: 136 bytes per 256 weights (4.25 bits each).
     IQ4_XS,
+    /// 8-bit signed integer.
     I8,
+    /// 16-bit signed integer.
     I16,
+    /// 32-bit signed integer.
     I32,
+    /// 64-bit signed integer.
     I64,
+    /// 64-bit IEEE float.
     F64,
+    /// i-quant (codebook), super-blocks of 256: 56 bytes per 256 weights (1.75 bits each).
     IQ1_M,
+    /// bfloat16.
     BF16,
+    /// Ternary weights (−1, 0, 1), super-blocks of 256: 54 bytes per 256 weights (1.688 bits each).
     TQ1_0,
+    /// Ternary weights (−1, 0, 1) stored in 2 bits, super-blocks of 256: 66 bytes per 256 weights (2.062 bits
+    /// each).
     TQ2_0,
+    /// OCP microscaling FP4: 4-bit floats in blocks of 32 sharing an 8-bit exponent: 17 bytes per 32 weights
+    /// (4.25 bits each).
     MXFP4,
 }
 
@@ -204,9 +245,11 @@ impl std::fmt::Display for GgmlType {
 /// One tensor's entry in the header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// The tensor's name (`token_embd.weight`, `blk.0.attn_q.weight`, ...).
     pub name: String,
     /// ggml order: `dims[0]` varies fastest (the row length).
     pub dims: Vec<u64>,
+    /// How its elements are stored.
     pub ggml_type: GgmlType,
     /// Byte offset from the start of the data section.
     pub offset: u64,

@@ -13,6 +13,7 @@ pub trait CausalLm: Sized {
     /// The most positions the model sees at once (GPT's `block_size`, Llama's
     /// `max_position_embeddings`).
     fn context_len(&self) -> usize;
+    /// The device the weights live on (and inputs must be on).
     fn device(&self) -> &Device;
     /// The model with its weights cast to its compute dtype once, for inference (bf16: one cast
     /// instead of one per forward).

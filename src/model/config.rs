@@ -9,7 +9,9 @@ pub struct GptConfig {
     pub vocab_size: usize,
     /// The longest context: rows of the position-embedding table.
     pub block_size: usize,
+    /// Number of transformer blocks.
     pub n_layer: usize,
+    /// Number of attention heads; `n_embd` must be a multiple of it (head size `n_embd / n_head`).
     pub n_head: usize,
     /// Width of the residual stream, C.
     pub n_embd: usize,

@@ -32,9 +32,13 @@ pub(crate) fn causal_mask(tq: usize, tk: usize, start: usize, dev: &Device) -> R
 /// Multi-head causal self-attention with one combined q/k/v projection.
 #[derive(Clone, Debug)]
 pub struct CausalSelfAttention {
+    /// The combined q, k, v projection: weight `[3C, C]`, bias `[3C]`.
     pub c_attn: Linear,
+    /// The output projection: weight `[C, C]`, bias `[C]`.
     pub c_proj: Linear,
+    /// Number of heads nh (head size C / nh).
     pub n_head: usize,
+    /// Dropout probability in training, on the attention weights and on the output projection.
     pub dropout: f64,
 }
 
@@ -128,8 +132,11 @@ fn project_residual(proj: &Linear, y: &Tensor, residual: &Tensor, p: f64, rng: O
 /// The feed-forward network: C -> 4C -> GELU (tanh) -> C.
 #[derive(Clone, Debug)]
 pub struct Mlp {
+    /// The expansion: weight `[4C, C]`, bias `[4C]`.
     pub c_fc: Linear,
+    /// The projection back: weight `[C, 4C]`, bias `[C]`.
     pub c_proj: Linear,
+    /// Dropout probability in training, on the output.
     pub dropout: f64,
 }
 
@@ -145,9 +152,13 @@ impl Mlp {
 /// A pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 #[derive(Clone, Debug)]
 pub struct Block {
+    /// The layer norm before attention.
     pub ln_1: LayerNorm,
+    /// The attention sublayer.
     pub attn: CausalSelfAttention,
+    /// The layer norm before the feed-forward.
     pub ln_2: LayerNorm,
+    /// The feed-forward sublayer.
     pub mlp: Mlp,
 }
 
@@ -201,9 +212,13 @@ pub struct Gpt {
     cfg: GptConfig,
     /// The compute dtype: the activations' (see [`Gpt::set_dtype`]).
     dtype: DType,
+    /// Token embedding `[vocab_size, C]`, tied to the LM head (the logits are `x·wteᵀ`).
     pub wte: Embedding,
+    /// Position embedding `[block_size, C]`.
     pub wpe: Embedding,
+    /// The transformer blocks, `n_layer` of them.
     pub h: Vec<Block>,
+    /// The final layer norm, before the LM head.
     pub ln_f: LayerNorm,
 }
 
@@ -246,6 +261,7 @@ impl Gpt {
         })
     }
 
+    /// The model's shape.
     pub fn config(&self) -> &GptConfig {
         &self.cfg
     }
@@ -298,6 +314,7 @@ impl Gpt {
         Ok(model)
     }
 
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.wte.weight.device()
     }

@@ -17,6 +17,7 @@ impl LayerKv {
         self.k.as_ref().map_or(0, |k| k.shape()[3])
     }
 
+    /// Whether nothing is cached in this layer.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -70,6 +71,7 @@ impl KvCache {
         self.len
     }
 
+    /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -34,7 +34,9 @@ pub use crate::ops::rope::RopeLayout;
 /// Root-mean-square normalisation over the last dim with a gain (no mean subtracted, no bias).
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
+    /// The gain `[C]`.
     pub weight: Tensor,
+    /// ε, added to mean(x²) before the square root.
     pub eps: f64,
 }
 
@@ -49,11 +51,17 @@ impl RmsNorm {
 /// Causal self-attention with rotary positions and grouped-query key/value heads.
 #[derive(Clone, Debug)]
 pub struct LlamaAttention {
+    /// The query projection: weight `[nh·hs, C]`.
     pub q_proj: Linear,
+    /// The key projection: weight `[n_kv·hs, C]`.
     pub k_proj: Linear,
+    /// The value projection: weight `[n_kv·hs, C]`.
     pub v_proj: Linear,
+    /// The output projection: weight `[C, nh·hs]`.
     pub o_proj: Linear,
+    /// Query heads, nh.
     pub n_head: usize,
+    /// Key/value heads, n_kv (a divisor of nh: each serves nh / n_kv query heads).
     pub n_kv_head: usize,
 }
 
@@ -115,8 +123,11 @@ impl LlamaAttention {
 /// The SwiGLU feed-forward: down(silu(gate(x)) · up(x)), C -> intermediate -> C.
 #[derive(Clone, Debug)]
 pub struct LlamaMlp {
+    /// The gate projection: weight `[intermediate, C]`, through SiLU.
     pub gate_proj: Linear,
+    /// The up projection: weight `[intermediate, C]`, multiplied by the gate.
     pub up_proj: Linear,
+    /// The down projection: weight `[C, intermediate]`.
     pub down_proj: Linear,
 }
 
@@ -131,9 +142,13 @@ impl LlamaMlp {
 /// A pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
 #[derive(Clone, Debug)]
 pub struct LlamaBlock {
+    /// The RMSNorm before attention.
     pub input_layernorm: RmsNorm,
+    /// The attention sublayer.
     pub self_attn: LlamaAttention,
+    /// The RMSNorm before the feed-forward.
     pub post_attention_layernorm: RmsNorm,
+    /// The feed-forward sublayer.
     pub mlp: LlamaMlp,
 }
 
@@ -247,10 +262,14 @@ pub struct Llama {
     lora: Option<LoraConfig>,
     /// Gradient checkpointing (see [`Llama::set_recompute`]).
     recompute: bool,
+    /// Token embedding `[vocab_size, C]` (also the LM head when `lm_head` is `None`).
     pub embed_tokens: Embedding,
+    /// The transformer blocks, `num_hidden_layers` of them.
     pub layers: Vec<LlamaBlock>,
+    /// The final RMSNorm, before the LM head.
     pub norm: RmsNorm,
-    /// The LM head; None when it is tied to `embed_tokens`.
+    /// The LM head; None when it is tied to `embed_tokens`, except that a tied head kept
+    /// quantized ([`LlamaLoad::AsStored`]) is here as the quantized copy of the table.
     pub lm_head: Option<Linear>,
 }
 
@@ -260,9 +279,10 @@ pub enum LlamaLoad {
     /// The linear projections stored in Q4_0, Q4_1, Q8_0, Q4_K or Q6_K stay in that block
     /// format and are multiplied with directly ([`Tensor::linear_quantized`]; on the CPU only,
     /// elsewhere they are dequantized to f32; inference only: no gradient flows through them).
-    /// Every other tensor (token table, norms, other types) is dequantized to f32. Not the
+    /// Every other tensor (token table, norms, other types) is dequantized to f32; a tied LM
+    /// head multiplies with the table as stored (the lookup reads its f32 rows). Not the
     /// default yet: with its 8-bit rounding of the projections' inputs, SmolLM2-135M's greedy
-    /// answer changes (see docs/llama.md).
+    /// answer changes, as llama.cpp's does (see docs/llama.md).
     AsStored,
     /// Every tensor dequantized to f32 (the default).
     #[default]
@@ -373,8 +393,12 @@ impl Llama {
                 mlp,
             });
         }
+        // a tied head is the token table; when that is kept quantized, the head multiplies with
+        // the quantized copy (read whole every step) and the lookup reads f32 rows of the table
         let lm_head = match cfg.tie_word_embeddings {
-            true => None,
+            true => load_quantized("model.embed_tokens.weight")?
+                .map(|q| Linear::from_quantized(q, dev))
+                .transpose()?,
             false => Some(linear("lm_head.weight".into())?),
         };
         let norm = RmsNorm {
@@ -482,6 +506,7 @@ impl Llama {
         }
     }
 
+    /// The model's shape.
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
@@ -493,6 +518,7 @@ impl Llama {
         self.rope_layout
     }
 
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.weight.device()
     }
@@ -540,6 +566,7 @@ impl Llama {
         self.recompute = on;
     }
 
+    /// Whether gradient checkpointing is on (see [`Llama::set_recompute`]).
     pub fn recompute(&self) -> bool {
         self.recompute
     }
@@ -554,15 +581,43 @@ impl Llama {
     /// The number of parameters (a tied head counted once), the frozen quantized weights
     /// (which [`Llama::params`] does not list) included.
     pub fn num_params(&self) -> usize {
+        // a tied head kept quantized is a copy of the token table, counted there
+        let head = self.lm_head.as_ref().filter(|_| !self.cfg.tie_word_embeddings);
+        let quantized: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| l.projections().map(|(_, lin)| lin))
+            .chain(head)
+            .filter_map(|lin| lin.quantized.as_ref())
+            .map(|q| q.shape().iter().product::<usize>())
+            .sum();
+        quantized + crate::nn::Params::num_params(self)
+    }
+
+    /// Bytes of weights one decoding step reads: every parameter and quantized projection in
+    /// its stored form, except that only one row of the token table is read when the LM head is
+    /// a matrix of its own (the head reads the whole table when tied to it). The KV cache, which
+    /// grows with the context, is not counted. Divided into a memory bandwidth, this bounds the
+    /// tokens per second of batch-1 generation.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        use crate::nn::Params;
         let quantized: usize = self
             .layers
             .iter()
             .flat_map(|l| l.projections().map(|(_, lin)| lin))
             .chain(&self.lm_head)
             .filter_map(|lin| lin.quantized.as_ref())
-            .map(|q| q.shape().iter().product::<usize>())
+            .map(|q| q.bytes().len())
             .sum();
-        quantized + crate::nn::Params::num_params(self)
+        let bytes = |t: &Tensor| t.numel() * t.dtype().size_in_bytes();
+        let params: usize = self.named_params().iter().map(|(_, t)| bytes(t)).sum();
+        let table = &self.embed_tokens.weight;
+        let unread_rows = if self.lm_head.is_some() {
+            bytes(table) - bytes(table) / table.shape()[0].max(1)
+        } else {
+            0
+        };
+        quantized + params - unread_rows
     }
 
     /// An empty KV cache for [`Llama::forward_cached`].

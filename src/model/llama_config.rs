@@ -14,6 +14,7 @@ pub struct LlamaConfig {
     pub hidden_size: usize,
     /// Width of the SwiGLU feed-forward's hidden layer.
     pub intermediate_size: usize,
+    /// Number of transformer blocks.
     pub num_hidden_layers: usize,
     /// Query heads, nh.
     pub num_attention_heads: usize,

@@ -13,6 +13,7 @@ mod llama_params;
 
 pub use causal_lm::CausalLm;
 pub use config::{GptConfig, PRESETS};
+#[cfg(feature = "bench")]
 pub(crate) use gpt::causal_mask;
 pub use gpt::{attention_reference, Block, CausalSelfAttention, Gpt, Mlp, COMPUTE_DTYPES, LN_EPS};
 pub use kv_cache::{KvCache, LayerKv};

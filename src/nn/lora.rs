@@ -100,7 +100,9 @@ impl LoraConfig {
 /// adapters of a model share (so a seed fixes every mask of a run).
 #[derive(Clone, Debug)]
 pub struct LoraDropout {
+    /// The probability of zeroing an input element, in [0, 1).
     pub p: f64,
+    /// The generator of the masks, shared by every adapter of a model.
     pub rng: Arc<Mutex<Rng>>,
 }
 
@@ -108,9 +110,13 @@ pub struct LoraDropout {
 /// when training.
 #[derive(Clone, Debug)]
 pub struct Lora {
+    /// A `[r, in]`: projects the input down to rank r.
     pub a: Tensor,
+    /// B `[out, r]`: projects back up; PEFT initialises it to zeros, so a fresh adapter changes nothing.
     pub b: Tensor,
+    /// s, the factor on the adapter's output (PEFT's `lora_alpha / r`).
     pub scale: f64,
+    /// The dropout on the adapter's input while training; `None` for none.
     pub dropout: Option<LoraDropout>,
 }
 

@@ -55,8 +55,11 @@ fn like_opt(p: &Option<Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
 /// adapter, `+ s·(x·Aᵀ)·Bᵀ` (see [`Lora`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// The weight `[out, in]` (`[0]` when `quantized` holds it).
     pub weight: Tensor,
+    /// The bias `[out]`, if the layer has one.
     pub bias: Option<Tensor>,
+    /// A LoRA adapter added to the output, if one is attached.
     pub lora: Option<Lora>,
     /// The weight `[out, in]` in a quantized block format; when set, it is the weight and
     /// `weight` is an empty placeholder (shape `[0]`, not a parameter).
@@ -136,10 +139,12 @@ impl Linear {
         }
     }
 
+    /// The input width: the last dimension of `x` that [`Linear::forward`] accepts.
     pub fn in_features(&self) -> usize {
         self.shape()[1]
     }
 
+    /// The output width: the last dimension of the result.
     pub fn out_features(&self) -> usize {
         self.shape()[0]
     }
@@ -199,6 +204,7 @@ impl Linear {
 /// A lookup table `[num_embeddings, dim]`: ids (u32, any shape) -> (..., dim).
 #[derive(Clone, Debug)]
 pub struct Embedding {
+    /// The table `[num_embeddings, dim]`: row i is the vector of id i.
     pub weight: Tensor,
 }
 
@@ -231,8 +237,11 @@ impl Embedding {
 /// Layer normalisation over the last dim with a gain and an optional bias.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
+    /// The gain γ `[dim]`.
     pub weight: Tensor,
+    /// The bias β `[dim]`, if the layer has one.
     pub bias: Option<Tensor>,
+    /// ε, added to the variance before the square root.
     pub eps: f32,
 }
 

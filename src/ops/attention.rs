@@ -32,6 +32,7 @@ impl Tensor {
 
 /// The fused forward alone, recording nothing: the output and the log-sum-exp of every query row
 /// `[B, H, Tq]` (`kiln bench` times the backward from these).
+#[cfg(feature = "bench")]
 pub(crate) fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor)> {
     let (q, k, v, dims) = prepare(q, k, v, causal)?;
     forward(&q, &k, &v, dims)
@@ -39,6 +40,7 @@ pub(crate) fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool
 
 /// The fused backward alone: (dq, dk, dv) from the forward's inputs, its output `o` and `lse`
 /// ([`attention_forward`]) and the output's gradient `g`.
+#[cfg(feature = "bench")]
 pub(crate) fn attention_backward(
     q: &Tensor,
     k: &Tensor,

@@ -38,18 +38,28 @@ impl Tensor {
         }))
     }
 
+    /// `self + rhs`, elementwise with NumPy broadcasting: shapes are aligned from the last
+    /// dimension, and each pair of sizes must be equal or one of them 1 (`[2, 3] + [3]` and
+    /// `[2, 1] + [1, 3]` are `[2, 3]`). Both operands need the same dtype and device
+    /// (`Error::DType`, `Error::DeviceMismatch` otherwise); shapes that do not broadcast are an
+    /// `Error::Shape`. The gradient of each operand is summed back to its own shape.
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_with_grad(rhs, BinaryOp::Add, |g, _, _| Ok((g.clone(), g.clone())))
     }
 
+    /// `self − rhs`, elementwise with broadcasting (see [`Tensor::add`] for the rules and errors).
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_with_grad(rhs, BinaryOp::Sub, |g, _, _| Ok((g.clone(), g.neg()?)))
     }
 
+    /// `self · rhs`, elementwise with broadcasting (see [`Tensor::add`]); not a matrix product
+    /// (that is [`Tensor::matmul`]).
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_with_grad(rhs, BinaryOp::Mul, |g, a, b| Ok((g.mul(b)?, g.mul(a)?)))
     }
 
+    /// `self / rhs`, elementwise with broadcasting (see [`Tensor::add`]). Division by zero
+    /// follows IEEE 754 (±inf or NaN), as in PyTorch.
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
         // d(a/b)/da = 1/b, d(a/b)/db = -a/b²
         self.binary_with_grad(rhs, BinaryOp::Div, |g, a, b| {
@@ -74,22 +84,27 @@ impl Tensor {
         self.binary_map(rhs, BinaryOp::Eq)
     }
 
+    /// 1 (U32) where `self != rhs`, else 0, with broadcasting. Not differentiable.
     pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_map(rhs, BinaryOp::Ne)
     }
 
+    /// 1 (U32) where `self < rhs`, else 0, with broadcasting. Not differentiable.
     pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_map(rhs, BinaryOp::Lt)
     }
 
+    /// 1 (U32) where `self <= rhs`, else 0, with broadcasting. Not differentiable.
     pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_map(rhs, BinaryOp::Le)
     }
 
+    /// 1 (U32) where `self > rhs`, else 0, with broadcasting. Not differentiable.
     pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_map(rhs, BinaryOp::Gt)
     }
 
+    /// 1 (U32) where `self >= rhs`, else 0, with broadcasting. Not differentiable.
     pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_map(rhs, BinaryOp::Ge)
     }

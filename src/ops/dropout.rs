@@ -5,6 +5,9 @@
 use crate::{Error, Result, Rng, Tensor};
 
 impl Tensor {
+    /// Dropout (`torch.nn.functional.dropout`): with `train`, each element is zeroed with
+    /// probability `p` and the others scaled by 1/(1−p), the mask drawn from `rng`; without
+    /// `train` (or with p = 0), `self` itself. `p` outside [0, 1) is an `Error::Invalid`.
     pub fn dropout(&self, p: f64, train: bool, rng: &mut Rng) -> Result<Tensor> {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::invalid("dropout", format!("p must be in [0, 1), got {p}")));

@@ -3,7 +3,9 @@
 //! attention's transpose to `[B, H, T, D]`); the element pairs of every head at position
 //! p = position_offset + t are rotated by the angles p·θᵢ, θᵢ = base^(−2i/head_dim):
 //!
-//!   y[a] = x[a]·cos(p·θᵢ) − x[b]·sin(p·θᵢ),   y[b] = x[b]·cos(p·θᵢ) + x[a]·sin(p·θᵢ)
+//! ```text
+//! y[a] = x[a]·cos(p·θᵢ) − x[b]·sin(p·θᵢ),   y[b] = x[b]·cos(p·θᵢ) + x[a]·sin(p·θᵢ)
+//! ```
 //!
 //! with (a, b) = (i, i + head_dim/2) in [`RopeLayout::Half`] (Hugging Face's `rotate_half`) or
 //! (2i, 2i + 1) in [`RopeLayout::Interleaved`] (GGML / llama.cpp). θᵢ is computed in f64 and

@@ -3,7 +3,7 @@
 //! affine map; and GELU's backward, `gelu_backward(dy, z) = dy·gelu'(z)`, one fused primitive (one
 //! read of each operand, one write).
 //!
-//! Backward: neg −g; exp g·y; log g/x; sqrt g/(2y); tanh g·(1 − y²); relu g·[x > 0];
+//! Backward: neg −g; exp g·y; log g/x; sqrt g/(2y); tanh g·(1 − y²); relu `g·[x > 0]`;
 //! powf g·p·x^(p−1); recip −g·y²; affine (x·a + b) g·a; gelu gelu_backward(g, x), with
 //! gelu(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); gelu_erf g·(Φ(x) + x·φ(x));
 //! sigmoid g·y·(1 − y); abs g·sign(x); clamp g where min ≤ x ≤ max, else 0.
@@ -32,19 +32,23 @@ impl Tensor {
         }))
     }
 
+    /// −x, elementwise.
     pub fn neg(&self) -> Result<Tensor> {
         let y = self.unary_map(UnaryOp::Neg)?;
         Ok(y.record("neg", &[self], |g, _, _| Ok(vec![Some(g.neg()?)])))
     }
 
+    /// eˣ, elementwise.
     pub fn exp(&self) -> Result<Tensor> {
         self.unary_with_grad(UnaryOp::Exp, |_, y| Ok(y.clone()))
     }
 
+    /// The natural logarithm, elementwise (−inf at 0 and NaN below, as in PyTorch).
     pub fn log(&self) -> Result<Tensor> {
         self.unary_with_grad(UnaryOp::Log, |x, _| x.unary_map(UnaryOp::Recip))
     }
 
+    /// √x, elementwise (NaN below 0).
     pub fn sqrt(&self) -> Result<Tensor> {
         // d√x = 1 / (2√x)
         self.unary_with_grad(UnaryOp::Sqrt, |_, y| {
@@ -53,6 +57,7 @@ impl Tensor {
         })
     }
 
+    /// The hyperbolic tangent, elementwise.
     pub fn tanh(&self) -> Result<Tensor> {
         // d tanh = 1 - tanh²
         self.unary_with_grad(UnaryOp::Tanh, |_, y| {
@@ -140,6 +145,7 @@ impl Tensor {
         }))
     }
 
+    /// max(x, 0), elementwise; the gradient at 0 is 0, as in PyTorch.
     pub fn relu(&self) -> Result<Tensor> {
         self.unary_with_grad(UnaryOp::Relu, |x, _| x.unary_map(UnaryOp::Step))
     }
@@ -165,6 +171,7 @@ impl Tensor {
         })
     }
 
+    /// x², elementwise.
     pub fn sqr(&self) -> Result<Tensor> {
         self.powf(2.0)
     }
@@ -175,18 +182,22 @@ impl Tensor {
         Ok(y.record("affine", &[self], move |g, _, _| Ok(vec![Some(g.affine(mul, 0.0)?)])))
     }
 
+    /// x + v, elementwise.
     pub fn add_scalar(&self, v: f64) -> Result<Tensor> {
         self.affine(1.0, v)
     }
 
+    /// x − v, elementwise.
     pub fn sub_scalar(&self, v: f64) -> Result<Tensor> {
         self.affine(1.0, -v)
     }
 
+    /// x · v, elementwise.
     pub fn mul_scalar(&self, v: f64) -> Result<Tensor> {
         self.affine(v, 0.0)
     }
 
+    /// x / v, elementwise (computed as x · (1/v)).
     pub fn div_scalar(&self, v: f64) -> Result<Tensor> {
         self.affine(1.0 / v, 0.0)
     }

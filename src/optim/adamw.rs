@@ -66,9 +66,13 @@ impl std::fmt::Debug for WeightDecay {
 /// ```
 #[derive(Clone, Debug)]
 pub struct AdamWConfig {
+    /// The learning rate.
     pub lr: f64,
+    /// (β₁, β₂): the decay rates of the first and second moment estimates.
     pub betas: (f64, f64),
+    /// ε, added to √v̂ in the update's denominator.
     pub eps: f64,
+    /// λ, the decoupled weight decay: each step multiplies a decayed parameter by 1 − lr·λ.
     pub weight_decay: f64,
     /// Which parameters `weight_decay` applies to.
     pub decay: WeightDecay,
@@ -101,9 +105,13 @@ struct Slot {
 /// The AdamW optimizer over named parameters.
 #[derive(Clone, Debug)]
 pub struct AdamW {
+    /// The learning rate of the next step (a schedule sets it with [`AdamW::set_lr`]).
     pub lr: f64,
+    /// (β₁, β₂), as in [`AdamWConfig::betas`].
     pub betas: (f64, f64),
+    /// ε, as in [`AdamWConfig::eps`].
     pub eps: f64,
+    /// λ, applied to the parameters [`AdamWConfig::decay`] selected at construction.
     pub weight_decay: f64,
     step: u64,
     slots: Vec<Slot>,
@@ -203,6 +211,7 @@ impl AdamW {
         })
     }
 
+    /// Sets the learning rate of the next steps.
     pub fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }

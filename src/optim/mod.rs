@@ -77,7 +77,9 @@ pub struct CosineSchedule {
     pub warmup: usize,
     /// The step at which the decay reaches `min_lr` (nanoGPT's `lr_decay_iters`).
     pub max_steps: usize,
+    /// The learning rate at the end of the warmup.
     pub max_lr: f64,
+    /// The learning rate from `max_steps` on.
     pub min_lr: f64,
 }
 

@@ -15,13 +15,18 @@ struct Slot {
 /// The SGD optimizer over named parameters.
 #[derive(Clone, Debug)]
 pub struct Sgd {
+    /// The learning rate.
     pub lr: f64,
+    /// μ, the momentum factor in [0, 1) (0: plain SGD).
     pub momentum: f64,
+    /// The L2 weight decay, added to the gradient as `wd·p`.
     pub weight_decay: f64,
     slots: Vec<Slot>,
 }
 
 impl Sgd {
+    /// An optimizer over `params` (name, tensor); every tensor must require a gradient. An
+    /// `Error::Invalid` for lr < 0, momentum outside [0, 1) or weight_decay < 0.
     pub fn new(params: Vec<(String, Tensor)>, lr: f64, momentum: f64, weight_decay: f64) -> Result<Sgd> {
         if lr.is_nan() || lr < 0.0 || !(0.0..1.0).contains(&momentum) || weight_decay.is_nan() || weight_decay < 0.0 {
             return Err(Error::invalid(
@@ -48,10 +53,13 @@ impl Sgd {
         })
     }
 
+    /// Sets the learning rate of the next steps.
     pub fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
 
+    /// One update of every parameter that has a gradient in `grads` (the others are left
+    /// alone); a gradient whose shape differs from its parameter's is an error.
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
         let _no_grad = crate::no_grad();
         for slot in &mut self.slots {

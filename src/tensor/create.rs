@@ -37,10 +37,12 @@ impl Tensor {
         ))
     }
 
+    /// All zeros (see [`Tensor::full`]).
     pub fn zeros(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
         Tensor::full(0.0, shape, dtype, dev)
     }
 
+    /// All ones (see [`Tensor::full`]).
     pub fn ones(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
         Tensor::full(1.0, shape, dtype, dev)
     }
@@ -50,6 +52,7 @@ impl Tensor {
         Tensor::zeros(self.shape(), self.dtype(), self.device())
     }
 
+    /// Ones with the shape, dtype and device of `self`.
     pub fn ones_like(&self) -> Result<Tensor> {
         Tensor::ones(self.shape(), self.dtype(), self.device())
     }

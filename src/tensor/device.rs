@@ -7,8 +7,11 @@
 /// - `Emu`: the CUDA backend with a CPU executor underneath, for testing kernels without a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
+    /// The host CPU.
     Cpu,
+    /// The NVIDIA GPU of this ordinal (0 is the first), reached through the CUDA driver.
     Cuda(usize),
+    /// The CUDA kernels run on the CPU by kiln's emulator (docs/emulator.md).
     Emu,
 }
 

@@ -5,14 +5,20 @@ use half::{bf16, f16};
 /// The element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// 64-bit IEEE float.
     F64,
+    /// bfloat16: f32's exponent range with 8 bits of mantissa (computed in f32).
     BF16,
+    /// IEEE half precision (computed in f32).
     F16,
+    /// 32-bit unsigned integer: token ids, indices and the 0/1 results of comparisons.
     U32,
 }
 
 impl DType {
+    /// The bytes of one element (8, 4 or 2).
     pub fn size_in_bytes(self) -> usize {
         match self {
             DType::F64 => 8,
@@ -21,6 +27,7 @@ impl DType {
         }
     }
 
+    /// Whether this is a floating-point type (everything but U32).
     pub fn is_float(self) -> bool {
         !matches!(self, DType::U32)
     }
@@ -77,8 +84,12 @@ impl<'de> serde::Deserialize<'de> for DType {
 /// A Rust type that can be a tensor element. Conversions go through `f64`, which holds
 /// every value of every kiln dtype exactly.
 pub trait WithDType: Copy + Send + Sync + Default + std::fmt::Debug + PartialOrd + bytemuck::Pod + 'static {
+    /// The dtype this Rust type stores.
     const DTYPE: DType;
+    /// The value as f64 (exact for every kiln dtype).
     fn to_f64(self) -> f64;
+    /// The value of this type nearest to `v`: round to nearest even for the floats; for U32,
+    /// truncation toward zero, saturating, with NaN as 0 (as `as` does).
     fn from_f64(v: f64) -> Self;
 }
 

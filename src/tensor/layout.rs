@@ -90,6 +90,7 @@ pub fn broadcast_shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Resul
 }
 
 impl Layout {
+    /// The row-major layout of `shape`, at offset 0.
     pub fn contiguous(shape: &[usize]) -> Self {
         Layout {
             shape: shape.to_vec(),
@@ -98,27 +99,34 @@ impl Layout {
         }
     }
 
+    /// A layout from its parts: `strides[i]` elements between neighbours along dimension i,
+    /// `offset` elements from the start of the storage.
     pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
         debug_assert_eq!(shape.len(), strides.len());
         Layout { shape, strides, offset }
     }
 
+    /// The size of each dimension.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The step, in elements, between neighbours along each dimension (0 for a broadcast one).
     pub fn strides(&self) -> &[usize] {
         &self.strides
     }
 
+    /// The storage index of the first element.
     pub fn offset(&self) -> usize {
         self.offset
     }
 
+    /// The number of dimensions.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
 
+    /// The number of elements (1 for rank 0).
     pub fn numel(&self) -> usize {
         numel(&self.shape)
     }
@@ -166,6 +174,8 @@ impl Layout {
         self.is_contiguous().then(|| self.offset..self.offset + self.numel())
     }
 
+    /// The same elements with dimensions `d0` and `d1` swapped (a view: only the shape and
+    /// strides change). Both must be below the rank.
     pub fn transpose(&self, d0: usize, d1: usize) -> Layout {
         let mut l = self.clone();
         l.shape.swap(d0, d1);

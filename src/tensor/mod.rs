@@ -105,10 +105,12 @@ impl Tensor {
         self.0.id
     }
 
+    /// The size of each dimension (`[]` for a scalar).
     pub fn shape(&self) -> &[usize] {
         self.0.layout.shape()
     }
 
+    /// The number of dimensions (the rank).
     pub fn dims(&self) -> usize {
         self.0.layout.rank()
     }
@@ -118,22 +120,28 @@ impl Tensor {
         Ok(self.shape()[layout::resolve_dim("dim", dim, self.shape())?])
     }
 
+    /// The number of elements (1 for a scalar).
     pub fn numel(&self) -> usize {
         self.0.layout.numel()
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.0.dtype
     }
 
+    /// Where the data lives.
     pub fn device(&self) -> &Device {
         &self.0.device
     }
 
+    /// The shape, strides and offset of this view into its storage.
     pub fn layout(&self) -> &Layout {
         &self.0.layout
     }
 
+    /// Whether the elements are in row-major order without gaps (views from transpose,
+    /// narrow or broadcast_to may not be; [`Tensor::contiguous`] makes them so).
     pub fn is_contiguous(&self) -> bool {
         self.0.layout.is_contiguous()
     }

@@ -9,6 +9,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator seeded with `seed` (the same stream on every platform).
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut splitmix = || {
@@ -37,6 +38,7 @@ impl Rng {
         Rng { s }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;

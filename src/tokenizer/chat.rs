@@ -20,11 +20,14 @@ use std::collections::BTreeMap;
 /// One turn of a conversation: `role` is `"system"`, `"user"` or `"assistant"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// Who speaks: `"system"`, `"user"` or `"assistant"`.
     pub role: String,
+    /// What is said.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message from `role`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         ChatMessage {
             role: role.into(),
@@ -32,14 +35,17 @@ impl ChatMessage {
         }
     }
 
+    /// A system prompt.
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
     }
 
+    /// A message from the user.
     pub fn user(content: impl Into<String>) -> Self {
         Self::new("user", content)
     }
 
+    /// A reply of the model.
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new("assistant", content)
     }

@@ -24,13 +24,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
+#[cfg(feature = "gguf-tokenizer")]
+use tokenizers::{
+    models::bpe::BPE,
+    pre_tokenizers::{
+        byte_level::ByteLevel,
+        digits::Digits,
+        sequence::Sequence,
+        split::{Split, SplitPattern},
+        PreTokenizerWrapper,
+    },
+    AddedToken, SplitDelimiterBehavior,
+};
 
 /// `tokenizer.ggml.token_type` of a control token such as `<|im_start|>`.
 pub const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -38,12 +43,15 @@ pub const TOKEN_TYPE_CONTROL: i32 = 3;
 pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// The split regex of Llama 3's tokenizer (llama.cpp's `llama-bpe`).
+#[cfg(feature = "gguf-tokenizer")]
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The split regex of Qwen2's tokenizer (llama.cpp's `qwen2`): digits one by one.
+#[cfg(feature = "gguf-tokenizer")]
 const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The pre-tokenizers kiln knows, by `tokenizer.ggml.pre` name.
+#[cfg(feature = "gguf-tokenizer")]
 const KNOWN_PRE: &str = "default, gpt2, gpt-2, smollm, llama-bpe, llama3, llama-v3, qwen2";
 
 /// What the file says, kept as read (this is what a checkpoint's `tokenizer.json` stores).
@@ -63,12 +71,24 @@ struct Spec {
 
 /// A byte-level BPE tokenizer read from a GGUF file. Built through
 /// [`super::Tokenizer::from_gguf`]; this type holds the data and the encoder.
+///
+/// Encoding needs the `gguf-tokenizer` feature (on by default); without it the vocabulary, decoding
+/// and the chat template still work and [`GgufTokenizer::encode`] returns an error.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "Spec", into = "Spec")]
 pub struct GgufTokenizer {
     spec: Spec,
-    encoder: tokenizers::Tokenizer,
+    #[cfg_attr(not(feature = "gguf-tokenizer"), allow(dead_code))]
+    encoder: Encoder,
 }
+
+/// Hugging Face's BPE tokenizer, set up by [`build_encoder`].
+#[cfg(feature = "gguf-tokenizer")]
+type Encoder = tokenizers::Tokenizer;
+/// Nothing: without the `gguf-tokenizer` feature there is no encoder.
+#[cfg(not(feature = "gguf-tokenizer"))]
+#[derive(Clone)]
+struct Encoder;
 
 impl PartialEq for GgufTokenizer {
     fn eq(&self, other: &Self) -> bool {
@@ -168,6 +188,7 @@ impl GgufTokenizer {
         Ok(GgufTokenizer { spec, encoder })
     }
 
+    /// The number of tokens (ids are below it).
     pub fn vocab_size(&self) -> usize {
         self.spec.tokens.len()
     }
@@ -177,10 +198,12 @@ impl GgufTokenizer {
         &self.spec.pre
     }
 
+    /// The beginning-of-sequence id (`tokenizer.ggml.bos_token_id`), if the file has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.spec.bos_id
     }
 
+    /// The end-of-sequence id (`tokenizer.ggml.eos_token_id`), if the file has one.
     pub fn eos_id(&self) -> Option<u32> {
         self.spec.eos_id
     }
@@ -192,6 +215,7 @@ impl GgufTokenizer {
 
     /// The token ids of `text`: BOS first if `add_bos_token` says so, EOS last if
     /// `add_eos_token` does; control tokens in the text become their single ids.
+    #[cfg(feature = "gguf-tokenizer")]
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
             .encoder
@@ -204,6 +228,15 @@ impl GgufTokenizer {
             .chain(encoding.get_ids().iter().copied())
             .chain(eos)
             .collect())
+    }
+
+    /// Always an error: encoding needs the `gguf-tokenizer` feature.
+    #[cfg(not(feature = "gguf-tokenizer"))]
+    pub fn encode(&self, _text: &str) -> Result<Vec<u32>> {
+        Err(tokenizer_error(
+            "kiln was built without its `gguf-tokenizer` feature, so it cannot encode with a GGUF file's BPE; \
+             enable the feature (it is on by default)",
+        ))
     }
 
     /// The bytes of token `id`: its characters mapped back through the byte alphabet, or
@@ -264,6 +297,7 @@ fn spelled_bytes(token: &str) -> Option<Vec<u8>> {
 }
 
 /// `token`, respelled in the byte alphabet if it is not already (as transformers does).
+#[cfg(feature = "gguf-tokenizer")]
 fn in_alphabet(token: &str) -> String {
     if spelled_bytes(token).is_some() {
         token.to_string()
@@ -274,6 +308,7 @@ fn in_alphabet(token: &str) -> String {
 }
 
 /// The pre-tokenizer named `pre`, as llama.cpp (`llama-vocab.cpp`) defines it.
+#[cfg(feature = "gguf-tokenizer")]
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let byte_level = |use_regex: bool| ByteLevel::new(false, false, use_regex);
     let split_then_bytes = |regex: &str| -> Result<PreTokenizerWrapper> {
@@ -298,7 +333,8 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     }
 }
 
-fn build_encoder(spec: &Spec) -> Result<tokenizers::Tokenizer> {
+#[cfg(feature = "gguf-tokenizer")]
+fn build_encoder(spec: &Spec) -> Result<Encoder> {
     let vocab: tokenizers::models::bpe::Vocab = spec
         .tokens
         .iter()
@@ -345,6 +381,12 @@ fn build_encoder(spec: &Spec) -> Result<tokenizers::Tokenizer> {
         .add_tokens(whole(TOKEN_TYPE_USER_DEFINED, false))
         .map_err(|e| tokenizer_error(format!("cannot add the user-defined tokens: {e}")))?;
     Ok(encoder)
+}
+
+/// Without the `gguf-tokenizer` feature there is no encoder to build (encoding is an error).
+#[cfg(not(feature = "gguf-tokenizer"))]
+fn build_encoder(_spec: &Spec) -> Result<Encoder> {
+    Ok(Encoder)
 }
 
 #[cfg(test)]

@@ -32,7 +32,6 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::OnceLock;
 
 /// A tokenizer. Serialised as `{"kind": "byte"}`, `{"kind": "char", "chars": "..."}`,
 /// `{"kind": "gpt2"}` or `{"kind": "gguf", "tokens": [...], "merges": [...], ...}`.
@@ -44,6 +43,7 @@ pub enum Tokenizer {
     /// Characters: id = index of the character in `chars` (sorted, distinct).
     Char {
         #[serde(with = "chars_as_string")]
+        /// The vocabulary: sorted, distinct characters.
         chars: Vec<char>,
     },
     /// GPT-2 BPE (tiktoken's `r50k_base`).
@@ -61,8 +61,11 @@ pub const GPT2_EOT: u32 = 50256;
 /// The kind of tokenizer, as chosen on the command line (`--tokenizer byte|char|gpt2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenizerKind {
+    /// [`Tokenizer::Byte`].
     Byte,
+    /// [`Tokenizer::Char`], its vocabulary taken from the corpus.
     Char,
+    /// [`Tokenizer::Gpt2`].
     Gpt2,
 }
 
@@ -92,9 +95,11 @@ impl std::fmt::Display for TokenizerKind {
     }
 }
 
+#[cfg(feature = "gpt2-tokenizer")]
 fn bpe() -> Result<&'static tiktoken_rs::CoreBPE> {
     // `r50k_base_singleton` panics if the embedded vocabulary fails to parse; build it once
     // ourselves so that failure is an error instead.
+    use std::sync::OnceLock;
     static BPE: OnceLock<std::result::Result<tiktoken_rs::CoreBPE, String>> = OnceLock::new();
     BPE.get_or_init(|| tiktoken_rs::r50k_base().map_err(|e| e.to_string()))
         .as_ref()
@@ -102,6 +107,33 @@ fn bpe() -> Result<&'static tiktoken_rs::CoreBPE> {
             op: "tokenizer",
             msg: format!("cannot load the GPT-2 vocabulary (r50k_base): {e}"),
         })
+}
+
+/// Without the `gpt2-tokenizer` feature there is no GPT-2 vocabulary: encoding is an error that
+/// says how to get it (and decoding yields nothing, as for an unloadable vocabulary).
+#[cfg(not(feature = "gpt2-tokenizer"))]
+fn bpe() -> Result<&'static Gpt2Unavailable> {
+    Err(Error::Invalid {
+        op: "tokenizer",
+        msg: "kiln was built without its `gpt2-tokenizer` feature, so it has no GPT-2 vocabulary; \
+              enable the feature (it is on by default) to encode or decode with Tokenizer::Gpt2"
+            .into(),
+    })
+}
+
+/// Stands in for tiktoken's `CoreBPE` when the `gpt2-tokenizer` feature is off; never constructed.
+#[cfg(not(feature = "gpt2-tokenizer"))]
+enum Gpt2Unavailable {}
+
+#[cfg(not(feature = "gpt2-tokenizer"))]
+impl Gpt2Unavailable {
+    fn encode_ordinary(&self, _text: &str) -> Vec<u32> {
+        match *self {}
+    }
+
+    fn decode_bytes(&self, _ids: &[u32]) -> Result<Vec<u8>> {
+        match *self {}
+    }
 }
 
 impl Tokenizer {
@@ -318,6 +350,7 @@ pub struct StreamDecoder {
 }
 
 impl StreamDecoder {
+    /// A decoder with nothing pending.
     pub fn new() -> Self {
         Self::default()
     }
@@ -393,6 +426,37 @@ mod tests {
         assert_eq!(d.push(&tok, 0xFF), "\u{FFFD}");
         assert_eq!(d.push(&tok, 0xC3), "");
         assert_eq!(d.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    #[cfg(not(feature = "gpt2-tokenizer"))]
+    fn gpt2_without_its_feature_is_an_error_naming_it() {
+        let e = Tokenizer::Gpt2.encode("hello").unwrap_err().to_string();
+        assert!(e.contains("`gpt2-tokenizer` feature"), "{e}");
+        assert_eq!(Tokenizer::Gpt2.decode(&[31373]), "");
+    }
+
+    #[test]
+    #[cfg(not(feature = "gguf-tokenizer"))]
+    fn gguf_without_its_feature_decodes_but_does_not_encode() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama-chat/model.gguf");
+        let tok = Tokenizer::from_gguf(path).unwrap();
+        let e = tok.encode("hello").unwrap_err().to_string();
+        assert!(e.contains("`gguf-tokenizer` feature"), "{e}");
+        // A token spelled in plain ASCII letters stands for those bytes in GPT-2's byte alphabet.
+        let Tokenizer::Gguf(g) = &tok else { unreachable!() };
+        let (id, word) = (0..tok.vocab_size() as u32)
+            .find_map(|id| {
+                g.token(id)
+                    .filter(|t| t.len() > 1 && t.bytes().all(|b| b.is_ascii_alphabetic()))
+                    .map(|t| (id, t))
+            })
+            .expect("the fixture's vocabulary has an ASCII word");
+        assert_eq!(tok.decode(&[id]), word);
+        assert!(tok
+            .apply_chat_template(&[ChatMessage::user("hi")], true)
+            .unwrap()
+            .contains("hi"));
     }
 
     #[test]

@@ -30,13 +30,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The folder, inside a run folder, that holds the latest complete checkpoint.
 pub const DIR: &str = "checkpoint";
 /// Where a new checkpoint is staged before it replaces [`DIR`].
 pub const TMP: &str = "checkpoint.tmp";
+/// The previous checkpoint, kept while a new one is swapped in.
 pub const OLD: &str = "checkpoint.old";
+/// The model's weights in the checkpoint folder (safetensors, kiln's names).
 pub const MODEL: &str = "model.safetensors";
+/// AdamW's moments and step in the checkpoint folder (safetensors).
 pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// The model's [`crate::model::GptConfig`] in the checkpoint folder (JSON).
 pub const CONFIG: &str = "config.json";
+/// The tokenizer in the checkpoint folder ([`Tokenizer::to_json`]).
 pub const TOKENIZER: &str = "tokenizer.json";
 /// Written last: its presence marks a complete checkpoint.
 pub const STATE: &str = "state.json";
@@ -64,14 +70,19 @@ pub struct TrainState {
     pub data_rng: [u64; 4],
     /// State of the generator that draws dropout masks.
     pub dropout_rng: [u64; 4],
+    /// The run's settings.
     pub train: TrainConfig,
+    /// The text the run trains on.
     pub data: DataInfo,
     /// `scratch`, or where a fine-tuned run's weights came from.
     pub init: String,
     /// Training seconds so far (without evaluation and checkpoint time).
     pub train_seconds: f64,
+    /// The training loss of the last step, if any step ran.
     pub last_train_loss: Option<f64>,
+    /// The validation loss of the last evaluation, if any ran.
     pub last_val_loss: Option<f64>,
+    /// The kiln version that wrote the checkpoint (`CARGO_PKG_VERSION`).
     pub kiln_version: String,
     /// Checksums of the run's data, `{file name: "xxh3:HEX"}`: of the bytes of
     /// [`MODEL`] and [`OPTIMIZER`] (set by [`save`]), and of the token cache's key and ids
@@ -195,9 +206,13 @@ pub fn find(path: &Path) -> Result<PathBuf> {
 
 /// A loaded checkpoint.
 pub struct Loaded {
+    /// The checkpoint folder it was read from.
     pub dir: PathBuf,
+    /// The model, on the device asked for.
     pub model: Gpt,
+    /// The tokenizer the model was trained with.
     pub tokenizer: Tokenizer,
+    /// The training progress, to resume from.
     pub state: TrainState,
 }
 

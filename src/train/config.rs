@@ -24,8 +24,11 @@ pub struct TrainConfig {
     pub min_lr: f64,
     /// Steps of linear warmup.
     pub warmup: usize,
+    /// AdamW's decoupled weight decay λ (nanoGPT's grouping: matrices and embeddings only).
     pub weight_decay: f64,
+    /// AdamW's β₁.
     pub beta1: f64,
+    /// AdamW's β₂.
     pub beta2: f64,
     /// Clip the global gradient norm to this (0: no clipping).
     pub grad_clip: f64,

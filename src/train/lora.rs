@@ -19,7 +19,9 @@ pub const IGNORE: u32 = u32::MAX;
 /// One tokenized example: its ids and, per id, whether predicting it counts in the loss.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
+    /// The token ids, prompt and answer together.
     pub ids: Vec<u32>,
+    /// Per id, whether predicting it counts in the loss (the answer's ids do, the prompt's do not).
     pub trained: Vec<bool>,
 }
 

@@ -78,10 +78,13 @@ pub struct LoraState {
     pub step: usize,
     /// The state of the generator that draws the training batches.
     pub data_rng: [u64; 4],
+    /// The optimizer and schedule settings the run was started with.
     pub train: TrainConfig,
+    /// The model, adapter and data the run was started with.
     pub run: LoraRun,
     /// Training seconds so far (without evaluation and checkpoint time).
     pub train_seconds: f64,
+    /// The kiln version that wrote the checkpoint.
     pub kiln_version: String,
     /// Checksums of the adapter's weights and of the optimizer file, `{file name: "xxh3:HEX"}`.
     pub checksums: BTreeMap<String, String>,

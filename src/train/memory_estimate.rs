@@ -15,10 +15,12 @@ use crate::{DType, Device, Error, Result};
 /// Named byte counts that add up to an estimate.
 #[derive(Clone, Debug, Default)]
 pub struct Estimate {
+    /// Each part's name and its size in bytes.
     pub parts: Vec<(&'static str, u128)>,
 }
 
 impl Estimate {
+    /// The sum of the parts, in bytes.
     pub fn total(&self) -> u128 {
         self.parts.iter().map(|&(_, b)| b).sum()
     }

@@ -15,21 +15,31 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The file of a run folder where each step and evaluation is appended, one JSON [`Record`] per line.
 pub const FILE: &str = "metrics.jsonl";
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Record {
+    /// One optimizer step.
     Train {
+        /// The number of steps completed, this one included (1 for the first).
         step: usize,
+        /// The training loss of this step (mean cross-entropy over its micro-batches, in nats).
         loss: f64,
+        /// The learning rate this step used.
         lr: f64,
+        /// The global gradient norm before clipping.
         grad_norm: f64,
     },
+    /// One evaluation: the mean loss over a fixed number of batches of each split.
     Eval {
+        /// The number of steps completed when it ran.
         step: usize,
+        /// The mean loss on training batches, in nats.
         train_loss: f64,
+        /// The mean loss on validation batches, in nats.
         val_loss: f64,
         /// Training throughput of this session so far.
         tokens_per_s: f64,
@@ -39,6 +49,7 @@ pub enum Record {
 }
 
 impl Record {
+    /// The step the record belongs to.
     pub fn step(&self) -> usize {
         match self {
             Record::Train { step, .. } | Record::Eval { step, .. } => *step,

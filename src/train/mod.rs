@@ -11,6 +11,7 @@ pub mod lora_finetune;
 pub mod memory_estimate;
 pub mod metrics;
 pub mod plot;
+mod progress;
 pub mod run_dir;
 pub mod sample;
 mod trainer;

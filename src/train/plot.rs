@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 /// One line on the plot.
 pub struct Series<'a> {
+    /// The legend's label.
     pub name: &'a str,
     /// CSS colour.
     pub color: &'a str,
@@ -17,6 +18,7 @@ pub struct Series<'a> {
     pub opacity: f64,
     /// Draw a dot at each point (for sparse series such as evaluations).
     pub dots: bool,
+    /// The (x, y) points, in data units, in drawing order.
     pub points: &'a [(f64, f64)],
 }
 

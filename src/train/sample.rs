@@ -14,6 +14,7 @@ use crate::{Error, Result, Rng, Tensor};
 /// How to pick each next token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleOptions {
+    /// The most tokens to generate.
     pub max_new_tokens: usize,
     /// Divides the logits; 0 picks the most likely token (greedy decoding).
     pub temperature: f64,
@@ -36,6 +37,7 @@ impl Default for SampleOptions {
 }
 
 impl SampleOptions {
+    /// An `Error::Invalid` when the temperature is negative or not finite, or top_p is outside (0, 1].
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Invalid { op: "generate", msg });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
@@ -166,6 +168,7 @@ pub enum Finish {
 pub struct Generated {
     /// The new tokens, in order (without a stop token).
     pub tokens: Vec<u32>,
+    /// Why it ended.
     pub finish: Finish,
     /// Prompt tokens whose keys and values came from the cache of the previous call.
     pub reused: usize,
@@ -208,6 +211,8 @@ impl<M: CausalLm> Generator<M> {
         self
     }
 
+    /// What happens when the sequence reaches the model's context length (default
+    /// [`ContextFull::Crop`]).
     pub fn when_context_full(mut self, policy: ContextFull) -> Self {
         self.context_full = policy;
         self

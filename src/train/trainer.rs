@@ -18,6 +18,7 @@ use super::config::TrainConfig;
 use super::console;
 use super::metrics::{self, MetricsWriter, Record};
 use super::plot;
+use super::progress::Bar;
 use super::run_dir::{self, RunLock};
 use crate::data::{tokenize_cached, Corpus, Dataset, Split, WindowPlan, EMBEDDED};
 use crate::model::{Gpt, GptConfig};
@@ -41,14 +42,20 @@ pub enum Init {
     /// read from `weights` (a safetensors file with kiln's names: another program's
     /// initialisation, to replay its run).
     Scratch {
+        /// The model's shape.
         model: GptConfig,
+        /// The tokenizer to build for the corpus.
         tokenizer: TokenizerKind,
+        /// A safetensors file of initial weights, in place of random ones.
         weights: Option<PathBuf>,
     },
     /// Fine-tuning: these weights and their tokenizer; `source` is recorded in the state.
     From {
+        /// The model to fine-tune.
         model: Box<Gpt>,
+        /// Its tokenizer.
         tokenizer: Tokenizer,
+        /// Where the weights came from (a checkpoint folder, a Hugging Face folder), for `state.json`.
         source: String,
     },
 }
@@ -56,7 +63,9 @@ pub enum Init {
 /// Options that do not change what is computed.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// The run folder: the checkpoint, `metrics.jsonl`, the plot and the token cache go there.
     pub out_dir: PathBuf,
+    /// The device to train on.
     pub device: Device,
     /// Stop (with a checkpoint) after this many steps in total, to resume later.
     pub stop_at: Option<usize>,
@@ -66,13 +75,19 @@ pub struct RunOptions {
 
 /// What a finished (or stopped) run hands back.
 pub struct Outcome {
+    /// The trained model.
     pub model: Gpt,
+    /// Its tokenizer.
     pub tokenizer: Tokenizer,
+    /// The optimizer steps completed in total.
     pub step: usize,
+    /// The training loss of the last step, if any ran.
     pub train_loss: Option<f64>,
+    /// The validation loss of the last evaluation, if any ran.
     pub val_loss: Option<f64>,
     /// Training throughput of this session (tokens per second, evaluation excluded).
     pub tokens_per_s: f64,
+    /// The checkpoint folder written last.
     pub checkpoint: PathBuf,
 }
 
@@ -82,26 +97,18 @@ fn train_err(msg: String) -> Error {
 
 /// Prints through the progress bar when there is one, else as plain lines.
 struct Reporter {
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<Bar>,
     verbose: bool,
 }
 
 impl Reporter {
     fn new(verbose: bool, start: usize, total: usize) -> Reporter {
         use std::io::IsTerminal;
-        let bar = (verbose && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {pos}/{len} steps | {msg} | {elapsed_precise} ETA {eta_precise}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_position(start as u64);
-            bar.reset_eta();
-            bar
-        });
+        let bar = if verbose && std::io::stderr().is_terminal() {
+            Bar::new(start, total)
+        } else {
+            None
+        };
         Reporter { bar, verbose }
     }
 
@@ -117,14 +124,13 @@ impl Reporter {
 
     fn step(&self, step: usize, msg: String) {
         if let Some(bar) = &self.bar {
-            bar.set_position(step as u64);
-            bar.set_message(msg);
+            bar.set(step, msg);
         }
     }
 
     fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+            bar.finish();
         }
     }
 }

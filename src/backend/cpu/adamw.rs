@@ -24,7 +24,10 @@ pub fn adamw_step(params: &mut [AdamWParam<CpuStorage>], h: &AdamWHyper) -> Resu
         }
         if let Some(CpuStorage::BF16(copy)) = item.copy.as_deref_mut() {
             match &*item.param {
-                CpuStorage::F32(p) => copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f32(x)),
+                CpuStorage::F32(p) => copy
+                    .par_iter_mut()
+                    .zip(p)
+                    .for_each(|(c, &x)| *c = super::float::f32_to_bf16(x)),
                 CpuStorage::F64(p) => copy.par_iter_mut().zip(p).for_each(|(c, &x)| *c = bf16::from_f64(x)),
                 _ => unreachable!("dtypes are checked by backend::adamw_step"),
             }
@@ -34,7 +37,7 @@ pub fn adamw_step(params: &mut [AdamWParam<CpuStorage>], h: &AdamWHyper) -> Resu
 }
 
 /// Σ g² over every gradient, in f64: each tensor's squares summed in a fixed order (see
-/// [`sq_sum`]), then the tensors in order.
+/// `sq_sum`), then the tensors in order.
 pub fn grad_sq_sum(grads: &[&CpuStorage]) -> f64 {
     let per_tensor: Vec<f64> = grads
         .par_iter()

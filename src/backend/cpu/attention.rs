@@ -1,6 +1,6 @@
 //! Fused scaled-dot-product attention on the CPU, forward and backward, one head per task.
 //!
-//! For one head (q `[tq, d]`, k and v `[tk, d]`, scale s = 1/√d) and a tile of up to [`TILE`]
+//! For one head (q `[tq, d]`, k and v `[tk, d]`, scale s = 1/√d) and a tile of up to `TILE`
 //! query rows at a time:
 //!
 //! ```text

@@ -1,6 +1,10 @@
 //! Batched matrix product on the CPU: one GEMM call per batch entry, straight on the
 //! operands' strides (transposed views cost no copy), then the fused epilogue (bias, GELU,
-//! residual) before the one rounding to the dtype. BF16/F16 are widened to f32.
+//! residual) before the one rounding to the dtype. BF16/F16 accumulate in f32: a product of a
+//! few rows against a bf16 B (decode: one token against a weight) streams B in place, widening
+//! each element in registers (`gemm::sgemm_streamed`), so the weight is read once at 2 bytes an
+//! element and never copied; other half-precision products widen B to f32 one block of columns
+//! at a time for the GEMM (a copy their `m` rows amortise, into a buffer that stays in cache).
 
 use super::{alloc, gemm, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
@@ -40,17 +44,19 @@ pub fn matmul(
                 CpuStorage::F32(v) => Ok::<_, Error>(v),
                 _ => unreachable!("cast to f32 gives f32"),
             };
-            let (x, y) = (wide(a, la)?, wide(b, lb)?);
-            let product = batched(
-                &x,
-                &Layout::contiguous(la.shape()),
-                &y,
-                &Layout::contiguous(lb.shape()),
-                gemm::sgemm,
-            )?;
+            let x = wide(a, la)?;
+            let la_wide = Layout::contiguous(la.shape());
+            let m = la.shape()[rank - 2];
+            let b_strides = [lb.strides()[rank - 2], lb.strides()[rank - 1]].map(|s| s as isize);
+            let product = match b {
+                CpuStorage::BF16(y) if gemm::streams(m, 1, b_strides, 1) => {
+                    batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed::<bf16>)?
+                }
+                _ => widened_by_blocks(&x, &la_wide, b, lb)?,
+            };
             let (out, z) = epilogue(product, &shape, epi)?;
             let narrow = |v: Vec<f32>| match a {
-                CpuStorage::BF16(_) => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
+                CpuStorage::BF16(_) => CpuStorage::BF16(v.into_iter().map(super::float::f32_to_bf16).collect()),
                 _ => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
             };
             (narrow(out), z.map(narrow))
@@ -125,14 +131,48 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     Ok((y, epi.keep_pre.then_some(pre)))
 }
 
-pub(crate) type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize, T, &mut [T], isize, isize);
+/// Bytes of B's f32 block in [`widened_by_blocks`], about 2 MiB, so that the widened block is
+/// still in cache when the GEMM packs it.
+const WIDEN_BLOCK_BYTES: usize = 2 << 20;
 
-fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero>(
+/// `a · b` for contiguous f32 `a` (`[batch.., m, k]`) and a half-precision `b` (`[batch.., k, n]`,
+/// any strides), accumulated in f32; returns contiguous `[batch.., m, n]`. B is widened to f32
+/// one block of columns at a time (all batch entries of those columns), each block multiplied
+/// and its columns of C copied into place: B's f32 copy never exists whole, which for a weight
+/// at prefill cost an allocation of twice the weight's size per call.
+fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<Vec<f32>> {
+    let rank = lb.rank();
+    let (m, k, n) = (la.shape()[rank - 2], lb.shape()[rank - 2], lb.shape()[rank - 1]);
+    let batch = la.shape()[..rank - 2].iter().product::<usize>();
+    let cols = (WIDEN_BLOCK_BYTES / (4 * k.max(1) * batch.max(1))).clamp(64, n.max(64));
+    let mut out = alloc::filled("matmul", batch * m * n, 0f32)?;
+    for j0 in (0..n).step_by(cols) {
+        let width = cols.min(n - j0);
+        let block_layout = lb.narrow(rank - 1, j0, width);
+        let CpuStorage::F32(block) = super::cast(b, &block_layout, DType::F32)? else {
+            unreachable!("cast to f32 gives f32")
+        };
+        let mut block_shape = lb.shape().to_vec();
+        block_shape[rank - 1] = width;
+        let product = batched(a, la, &block, &Layout::contiguous(&block_shape), gemm::sgemm)?;
+        // product is [batch.., m, width]: its rows are pieces of C's rows
+        for (c_row, p_row) in out.chunks_exact_mut(n).zip(product.chunks_exact(width)) {
+            c_row[j0..j0 + width].copy_from_slice(p_row);
+        }
+    }
+    Ok(out)
+}
+
+/// A GEMM in the BLAS form of [`gemm::sgemm`], with B's elements of type `W` (T unless mixed).
+pub(crate) type Gemm<T, W = T> =
+    fn(usize, usize, usize, T, &[T], isize, isize, &[W], isize, isize, T, &mut [T], isize, isize);
+
+fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero, W: Sync>(
     a: &[T],
     la: &Layout,
-    b: &[T],
+    b: &[W],
     lb: &Layout,
-    gemm: Gemm<T>,
+    gemm: Gemm<T, W>,
 ) -> Result<Vec<T>> {
     let rank = la.rank();
     let (m, k, n) = (la.shape()[rank - 2], la.shape()[rank - 1], lb.shape()[rank - 1]);

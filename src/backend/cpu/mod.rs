@@ -27,7 +27,7 @@ pub mod softmax;
 mod storage;
 pub mod swiglu;
 pub mod unary;
-mod vectorise;
+pub(crate) mod vectorise;
 pub mod where_cond;
 
 pub use crate::backend::op::exp;

@@ -476,7 +476,7 @@ pub fn layer_norm(x: &[f64], shape: &[usize], weight: &[f64], bias: Option<&[f64
     out
 }
 
-/// Mean over the rows of `logits` `[n, c]` of −log softmax(row)[target], skipping rows whose
+/// Mean over the rows of `logits` `[n, c]` of `−log softmax(row)[target]`, skipping rows whose
 /// target equals `ignore_index`. NaN if every row is ignored (the mean of nothing).
 pub fn cross_entropy(logits: &[f64], n: usize, c: usize, targets: &[u32], ignore_index: Option<u32>) -> f64 {
     assert_eq!(logits.len(), n * c, "logits must be [n, c]");
@@ -710,7 +710,7 @@ pub fn rms_norm(x: &[f64], shape: &[usize], weight: &[f64], eps: f64) -> Vec<f64
 
 /// Rotary position embedding of x `[batch, seq, heads, head_dim]`: at position
 /// p = `position_offset` + t, the pair (a, b) of frequency i (θᵢ = base^(−2i/head_dim)) becomes
-/// (x[a]·cos pθᵢ − x[b]·sin pθᵢ, x[b]·cos pθᵢ + x[a]·sin pθᵢ), with (a, b) = (i, i + head_dim/2)
+/// `(x[a]·cos pθᵢ − x[b]·sin pθᵢ, x[b]·cos pθᵢ + x[a]·sin pθᵢ)`, with (a, b) = (i, i + head_dim/2)
 /// (Hugging Face's rotate_half) or, `interleaved`, (2i, 2i + 1) (GGML). All in f64.
 pub fn rope(x: &[f64], shape: &[usize], base: f64, position_offset: usize, interleaved: bool) -> Vec<f64> {
     let &[batch, seq, heads, d] = shape else {
@@ -816,7 +816,7 @@ pub fn mse_loss(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() / a.len() as f64
 }
 
-/// The negative log-likelihood −mean_n logp[n, targets[n]] of `logp` `[n, c]` (log-probabilities).
+/// The negative log-likelihood `−mean_n logp[n, targets[n]]` of `logp` `[n, c]` (log-probabilities).
 pub fn nll_loss(logp: &[f64], n: usize, c: usize, targets: &[u32]) -> f64 {
     -(0..n).map(|r| logp[r * c + targets[r] as usize]).sum::<f64>() / n as f64
 }

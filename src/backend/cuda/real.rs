@@ -23,6 +23,8 @@ use std::sync::{Mutex, OnceLock};
 /// An opened GPU.
 pub struct Gpu {
     ordinal: usize,
+    /// The driver's name for the device, e.g. "NVIDIA H100 80GB HBM3".
+    name: String,
     ctx: sys::CUcontext,
     stream: sys::CUstream,
     modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
@@ -80,6 +82,7 @@ impl Gpu {
             ));
         }
         let dev = cu::device::get(ordinal as i32).map_err(|e| driver_error("cuDeviceGet", e))?;
+        let name = cu::device::get_name(dev).map_err(|e| driver_error("cuDeviceGetName", e))?;
         let attr = |a: sys::CUdevice_attribute| -> std::result::Result<u32, String> {
             // SAFETY: `dev` is a valid device handle from cuDeviceGet.
             unsafe { cu::device::get_attribute(dev, a) }
@@ -115,6 +118,7 @@ impl Gpu {
             cu::stream::create(cu::stream::StreamKind::NonBlocking).map_err(|e| driver_error("cuStreamCreate", e))?;
         let gpu = Gpu {
             ordinal,
+            name,
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
@@ -123,6 +127,11 @@ impl Gpu {
             sync_each_launch: crate::env::cuda_sync().map_err(|e| e.to_string())?,
         };
         Ok((gpu, limits))
+    }
+
+    /// The driver's name for the device.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     fn err(&self, what: &str, e: cu::DriverError) -> Error {

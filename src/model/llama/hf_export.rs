@@ -15,8 +15,9 @@ use crate::{DType, Device, Error, Result, Tensor};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// The file names of a Hugging Face model folder.
+/// The model's configuration in a Hugging Face model folder (`LlamaConfig`'s fields, JSON).
 pub const HF_CONFIG: &str = "config.json";
+/// The weights in a Hugging Face model folder, under their Hugging Face names.
 pub const HF_WEIGHTS: &str = "model.safetensors";
 
 impl Llama {

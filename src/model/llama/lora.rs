@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// The file names of a PEFT adapter folder.
+/// The adapter's configuration in a PEFT adapter folder (rank, alpha, targets; JSON).
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// The adapter's A and B matrices in a PEFT adapter folder, under PEFT's key names.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
 /// PEFT's prefix of a LoRA tensor's name: `base_model.model.` + the module's name in the model.

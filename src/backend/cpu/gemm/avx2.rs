@@ -4,6 +4,7 @@
 use super::kernel::Kernel;
 use super::matrix::{Element, Epilogue, MatMut, MatRef};
 use super::simd::{self, Vector};
+use super::streamed::{padded, Format, Streamed, Widen};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
@@ -261,4 +262,47 @@ fn first_lanes32(lanes: usize) -> __m256i {
 #[target_feature(enable = "avx2")]
 fn first_lanes64(lanes: usize) -> __m256i {
     _mm256_cmpgt_epi64(_mm256_set1_epi64x(lanes as i64), _mm256_setr_epi64x(0, 1, 2, 3))
+}
+
+impl Widen for Ymm<f32> {
+    /// bf16: zero-extended to 32 bits and shifted into the top half, the same f32 values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_wide<W: Streamed>(p: *const W) -> __m256 {
+        match W::FORMAT {
+            // SAFETY: p is valid for 8 reads (trait contract).
+            Format::F32 => unsafe { Self::load(p.cast()) },
+            Format::Bf16 => {
+                // SAFETY: p is valid for 8 bf16 reads, 16 bytes (trait contract).
+                let half = unsafe { _mm_loadu_si128(p.cast()) };
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(half)))
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_wide_first<W: Streamed>(p: *const W, lanes: usize) -> __m256 {
+        match W::FORMAT {
+            // SAFETY: forwarded contract.
+            Format::F32 => unsafe { Self::load_first(p.cast(), lanes) },
+            // SAFETY: forwarded contract.
+            Format::Bf16 => unsafe { Self::load_wide(padded(p, lanes).as_ptr()) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum(v: __m256) -> f32 {
+        lane_sum(v)
+    }
+}
+
+/// The sum of the 8 lanes: the two halves added, then pairs within the half.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn lane_sum(v: __m256) -> f32 {
+    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
 }

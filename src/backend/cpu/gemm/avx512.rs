@@ -4,6 +4,7 @@
 use super::kernel::Kernel;
 use super::matrix::{Element, Epilogue, MatMut, MatRef};
 use super::simd::{self, Vector};
+use super::streamed::{padded, Format, Streamed, Widen};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
@@ -238,4 +239,38 @@ impl Vector for Zmm<f64> {
 /// A mask selecting the first `lanes` (0..=16) lanes.
 fn first_lanes(lanes: usize) -> __mmask16 {
     ((1u32 << lanes) - 1) as __mmask16
+}
+
+impl Widen for Zmm<f32> {
+    /// bf16: zero-extended to 32 bits and shifted into the top half, the same f32 values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_wide<W: Streamed>(p: *const W) -> __m512 {
+        match W::FORMAT {
+            // SAFETY: p is valid for 16 reads (trait contract).
+            Format::F32 => unsafe { Self::load(p.cast()) },
+            Format::Bf16 => {
+                // SAFETY: p is valid for 16 bf16 reads, 32 bytes (trait contract).
+                let half = unsafe { _mm256_loadu_si256(p.cast()) };
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_wide_first<W: Streamed>(p: *const W, lanes: usize) -> __m512 {
+        match W::FORMAT {
+            // SAFETY: forwarded contract.
+            Format::F32 => unsafe { Self::load_first(p.cast(), lanes) },
+            // SAFETY: forwarded contract.
+            Format::Bf16 => unsafe { Self::load_wide(padded(p, lanes).as_ptr()) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
 }

@@ -50,13 +50,22 @@
 //! The AVX2 tile has the same shape of loop at half the width and half the rows: 12
 //! independent FMAs per step (two FMA ports × 4-cycle latency needs 8) and 8 loads. The
 //! kernel is chosen at run time (`is_x86_feature_detected!`): AVX-512F, else AVX2 + FMA (e.g.
-//! AMD Zen 2/3, Intel before Skylake-X), else [`Portable`], the same driver with a small
+//! AMD Zen 2/3, Intel before Skylake-X), else `Portable`, the same driver with a small
 //! autovectorised micro-kernel (SSE2 on a plain x86-64 build, which is what every x86 CPU
 //! without AVX-512 ran before the AVX2 kernel existed).
 //!
+//! # Products of a few rows: B streamed, not packed
+//!
+//! With at most [`STREAM_MAX_M`] rows of A (decoding one token), each element of B is used that
+//! many times: the product runs at the speed memory delivers B, and packing B (a copy written
+//! and read again) would cost more than the product. [`sgemm`] hands such products, when A's
+//! and C's rows are contiguous and B is contiguous along its rows or columns, to
+//! [`sgemm_streamed`] (`streamed.rs`), which reads B once, in place, and also takes a bf16 B,
+//! widened in registers.
+//!
 //! # Threads
 //!
-//! Products of at least [`driver::PAR_FLOPS_PER_THREAD`] flops per thread run on rayon's global pool:
+//! Products of at least `driver::PAR_FLOPS_PER_THREAD` flops per thread run on rayon's global pool:
 //! C is cut into one disjoint slab per thread (columns, or rows when that balances better)
 //! and each thread runs the whole blocked algorithm on its slab with its own thread-local
 //! packing buffers, so no synchronisation is needed. Smaller products stay on the calling
@@ -78,14 +87,17 @@ mod kernel;
 mod matrix;
 mod pack;
 mod portable;
+mod streamed;
 #[cfg(test)]
 mod tests;
 
 use driver::run;
 use matrix::Problem;
 use portable::Portable;
+pub use streamed::{sgemm_streamed, streams, Streamed, STREAM_MAX_M};
 
-/// `C = alpha·A·B + beta·C` for f32.
+/// `C = alpha·A·B + beta·C` for f32. Products of at most [`STREAM_MAX_M`] rows whose strides
+/// allow it ([`streams`]) stream B instead of packing it ([`sgemm_streamed`]).
 ///
 /// A is `m×k` with element `(i, p)` at `a[i*rsa + p*csa]`, B is `k×n` with `(p, j)` at
 /// `b[p*rsb + j*csb]` and C is `m×n` with `(i, j)` at `c[i*rsc + j*csc]`; strides count
@@ -113,6 +125,9 @@ pub fn sgemm(
     rsc: isize,
     csc: isize,
 ) {
+    if streams(m, csa, [rsb, csb], csc) {
+        return sgemm_streamed(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+    }
     let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
     #[cfg(target_arch = "x86_64")]
     {

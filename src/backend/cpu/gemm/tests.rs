@@ -135,6 +135,8 @@ struct Case {
     alpha: f64,
     beta: f64,
     seed: u64,
+    /// B's values rounded to bf16, so that a bf16 copy of B holds exactly the reference's values.
+    bf16_b: bool,
 }
 
 /// Uniform values in [-1, 1) from a xorshift generator.
@@ -166,7 +168,18 @@ fn check<T: TestFloat>(case: &Case, gemm: Gemm<T>) -> Result<(), TestCaseError> 
     let (rsb, csb, len_b) = lb.strides(k, n);
     let (rsc, csc, len_c) = lc.strides(m, n);
     let a: Vec<T> = random_values(case.seed, len_a).into_iter().map(T::from_f64).collect();
-    let b: Vec<T> = random_values(!case.seed, len_b).into_iter().map(T::from_f64).collect();
+    let round = |x: f64| {
+        if case.bf16_b {
+            half::bf16::from_f64(x).to_f64()
+        } else {
+            x
+        }
+    };
+    let b: Vec<T> = random_values(!case.seed, len_b)
+        .into_iter()
+        .map(round)
+        .map(T::from_f64)
+        .collect();
     let c_values = random_values(case.seed.rotate_left(32), m * n);
     let mut c = vec![T::from_f64(UNTOUCHED); len_c];
     for i in 0..m {
@@ -260,6 +273,7 @@ fn case() -> impl Strategy<Value = Case> {
             alpha,
             beta,
             seed,
+            bf16_b: false,
         })
 }
 
@@ -300,6 +314,7 @@ fn fixed(m: usize, n: usize, k: usize, layouts: [Layout; 3], beta: f64) -> Case 
         alpha: 0.5,
         beta,
         seed: (m * 1_000_003 + n * 1009 + k) as u64,
+        bf16_b: false,
     }
 }
 
@@ -402,4 +417,143 @@ fn injectivity() {
     assert!(!is_injective(2, 2, 0, 1));
     assert!(!is_injective(2, 1, 0, 5));
     assert!(is_injective(5, 0, 0, 0));
+}
+
+/// The streamed loops (`m <= STREAM_MAX_M`) of instruction set `ISA` (an index into
+/// [`streamed_isas`]), on B as f32 or, with `BF16`, on a bf16 copy of B (whose values the case
+/// has rounded to bf16, so the f32 reference holds the same values).
+#[allow(clippy::too_many_arguments)]
+fn streamed_on<const ISA: usize, const BF16: bool>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    let isa = streamed_isas()[ISA];
+    if BF16 {
+        let b16: Vec<half::bf16> = b.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        assert!(
+            b16.iter().zip(b).all(|(h, &x)| h.to_f32() == x),
+            "the case's B is not rounded to bf16"
+        );
+        streamed::stream_on(isa, m, n, k, alpha, a, rsa, csa, &b16, rsb, csb, beta, c, rsc, csc);
+    } else {
+        streamed::stream_on(isa, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+    }
+}
+
+/// Every instruction set of the streamed loops, in a fixed order (index = `streamed_on`'s ISA).
+fn streamed_isas() -> Vec<streamed::Isa> {
+    vec![
+        streamed::Isa::Portable,
+        #[cfg(target_arch = "x86_64")]
+        streamed::Isa::Avx2,
+        #[cfg(target_arch = "x86_64")]
+        streamed::Isa::Avx512,
+    ]
+}
+
+/// The streamed loops this CPU can run, on f32 and bf16 B, with their names.
+fn streamed_loops() -> Vec<(String, Gemm<f32>, bool)> {
+    let all: [(Gemm<f32>, Gemm<f32>); 3] = [
+        (streamed_on::<0, false>, streamed_on::<0, true>),
+        (streamed_on::<1, false>, streamed_on::<1, true>),
+        (streamed_on::<2, false>, streamed_on::<2, true>),
+    ];
+    streamed_isas()
+        .into_iter()
+        .zip(all)
+        .filter(|(isa, _)| isa.is_supported())
+        .flat_map(|(isa, (f32_b, bf16_b))| {
+            [
+                (format!("{isa:?} f32"), f32_b, false),
+                (format!("{isa:?} bf16"), bf16_b, true),
+            ]
+        })
+        .collect()
+}
+
+/// Products the streamed loops take: 1 to STREAM_MAX_M rows, A's and C's rows contiguous
+/// (possibly padded), B contiguous along its columns (dot loop) or its rows (axpy loop).
+fn streamed_case() -> impl Strategy<Value = Case> {
+    use Layout::*;
+    (
+        (1..=STREAM_MAX_M, dim(), dim()),
+        (
+            prop::sample::select(vec![RowMajor, PaddedRows]),
+            prop::sample::select(vec![ColMajor, PaddedCols, RowMajor, PaddedRows]),
+            prop::sample::select(vec![RowMajor, PaddedRows]),
+        ),
+        prop::sample::select(vec![1.0, -1.5, 0.0]),
+        prop::sample::select(vec![0.0, 1.0, -0.75]),
+        any::<u64>(),
+    )
+        .prop_map(|((m, n, k), (la, lb, lc), alpha, beta, seed)| Case {
+            m,
+            n,
+            k,
+            layouts: [la, lb, lc],
+            alpha,
+            beta,
+            seed,
+            bf16_b: false,
+        })
+}
+
+fn check_streamed(case: &Case) -> Result<(), TestCaseError> {
+    for (name, gemm, bf16_b) in streamed_loops() {
+        let case = Case { bf16_b, ..case.clone() };
+        check::<f32>(&case, gemm).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_streamed_loop_matches_reference(case in streamed_case()) {
+        check_streamed(&case)?;
+    }
+}
+
+/// Streamed products large enough to be split over threads, with partial column groups and
+/// partial vectors at the end of k.
+#[test]
+fn large_streamed_products_match_reference() {
+    use Layout::*;
+    for (m, n, k, b) in [
+        (1, 3001, 577, ColMajor),
+        (4, 2003, 301, ColMajor),
+        (3, 1999, 299, RowMajor),
+    ] {
+        for beta in [0.0, 1.0] {
+            check_streamed(&fixed(m, n, k, [RowMajor, b, RowMajor], beta)).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+#[test]
+fn streamed_products_do_not_read_a_or_b_when_alpha_is_zero() {
+    let a = [f32::NAN; 4];
+    let mut c = [1.0f32, 2.0, 3.0, 4.0];
+    sgemm_streamed(2, 2, 2, 0.0, &a, 2, 1, &a, 1, 2, 0.5, &mut c, 2, 1);
+    assert_eq!(c, [0.5, 1.0, 1.5, 2.0]);
+}
+
+#[test]
+#[should_panic(expected = "cannot be streamed")]
+fn streamed_products_reject_five_rows() {
+    let mut c = [0.0f32; 5];
+    sgemm_streamed(5, 1, 1, 1.0, &[1.0f32; 5], 1, 1, &[1.0f32], 1, 1, 0.0, &mut c, 1, 1);
 }

@@ -31,7 +31,7 @@
 //!
 //! The integer dot is SIMD for Q4_0, Q4_1 and Q8_0, chosen at run time ([`QuantIsa::best`]):
 //! AVX-512BW two blocks per 512-bit step (`vpdpbusd` with VNNI, else `vpmaddubsw` + `vpmaddwd`),
-//! AVX2 one block per 256-bit step (`vpmaddubsw` + `vpmaddwd`), or [`portable`] scalar code (which
+//! AVX2 one block per 256-bit step (`vpmaddubsw` + `vpmaddwd`), or `portable` scalar code (which
 //! is also the only path for Q4_K and Q6_K so far). The four-bit formats feed unsigned nibbles to
 //! the u8 × i8 instructions directly; Q8_0's signed weights go in as |w| with x's sign flipped
 //! where w < 0. Each block's i32 lanes are converted to f32 and multiply-added with `a·xd` into

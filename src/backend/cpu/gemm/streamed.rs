@@ -1,0 +1,484 @@
+//! Products with a few rows of A, `C = alpha·A·B + beta·C` with `m <= STREAM_MAX_M`: B is
+//! streamed from memory once, in place and in its own dtype (f32 or bf16), instead of being
+//! packed. This is the matrix × vector of decoding, where one token's activations `x` (1×k)
+//! meet a weight that is read once per token: a Linear's `y = x·Wᵀ`, `W` `[n, k]` row-major.
+//!
+//! At m = 1 a product does 2 flops per element of B, so it runs at the speed memory delivers B
+//! (about 15 GB/s per core here, against a core's 100+ GFLOP/s), and the blocked GEMM's copy
+//! of every B block into its packing buffer (written, then read again) costs more than the
+//! product: it took two thirds of a decode step before this path existed. Bytes per call:
+//! `k·n·size_of::<W>()` for B, `4·m·(k + n)` for A and C; flops `2·m·k·n`.
+//!
+//! Two loops, by B's layout:
+//! - **dot** (`rsb == 1`: column j of B is contiguous, as for `Wᵀ`): [`COLS`] columns at a
+//!   time, each row of A against each column, `M·COLS` vector accumulators (16 at most), reduced
+//!   across lanes at the end. The `M` rows of A stay in L1; the columns are independent
+//!   streams the hardware prefetcher follows.
+//! - **axpy** (`csb == 1`: B row-major): for a block of [`AXPY_BLOCK`] columns of C kept in a
+//!   stack buffer, `c[i, j..] += a[i, p] · b[p, j..]` over p, vectorised along j.
+//!
+//! bf16 elements are widened in registers (a bf16 is the top half of an f32: zero-extend to 32
+//! bits, shift left 16), so the weight is read at 2 bytes per element and never copied. The
+//! columns of C are cut into one task per thread when B is large enough to pay for the
+//! fork-join ([`BYTES_PER_TASK`]); every element of C is computed by one thread in a fixed
+//! order, so the result does not depend on the thread count.
+
+use super::matrix::{assert_fits, is_injective, Epilogue, MatMut, MatRef};
+use half::bf16;
+use rayon::prelude::*;
+
+/// Rows of A up to which a product streams B (see the module header): with m rows each element
+/// of B is used m times, and from about 4 rows on, the blocked GEMM's packing pays for itself.
+pub const STREAM_MAX_M: usize = 4;
+
+/// Columns of B the dot loop reads at once: `M·COLS` accumulators, 16 at most, half of the
+/// AVX-512 register file (AVX2 has 16 registers, so at M = 4 some accumulators spill to L1,
+/// which a loop bound by memory hides).
+const COLS: usize = 4;
+
+/// Columns of C one step of the axpy loop keeps in its stack buffer (`M` rows of 1 KiB).
+const AXPY_BLOCK: usize = 256;
+
+/// Bytes of B below which a product stays on the calling thread: 256 KiB take ~15 µs to read on
+/// one core, against 5–10 µs for a rayon fork-join.
+const BYTES_PER_TASK: usize = 256 << 10;
+
+/// The element types B may have on the streamed path, widened to f32 as they are read.
+pub trait Streamed: Copy + Send + Sync + 'static {
+    /// Zero, to pad a partial vector.
+    const ZERO: Self;
+    /// How the SIMD loops widen it (a constant, so each loop is compiled for one case).
+    const FORMAT: Format;
+    fn to_f32(self) -> f32;
+}
+
+/// The bit layouts [`Streamed`] elements come in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    F32,
+    /// The top 16 bits of an f32.
+    Bf16,
+}
+
+impl Streamed for f32 {
+    const ZERO: Self = 0.0;
+    const FORMAT: Format = Format::F32;
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Streamed for bf16 {
+    const ZERO: Self = bf16::ZERO;
+    const FORMAT: Format = Format::Bf16;
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// Whether a product with `m` rows and these strides takes the streamed path: A's and C's rows
+/// contiguous, and B contiguous along its rows or its columns.
+pub fn streams(m: usize, csa: isize, [rsb, csb]: [isize; 2], csc: isize) -> bool {
+    (1..=STREAM_MAX_M).contains(&m) && csa == 1 && csc == 1 && (rsb == 1 || csb == 1)
+}
+
+/// The instruction sets the streamed loops are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The widest one this CPU supports.
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if super::avx2_fma() {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    pub(super) fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => super::avx2_fma(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+        }
+    }
+}
+
+/// `C = alpha·A·B + beta·C` for f32 A and C and a B of f32 or bf16, streamed (module header).
+/// The layout is [`super::sgemm`]'s; the strides must satisfy [`streams`].
+///
+/// # Panics
+///
+/// If the strides do not satisfy [`streams`] or are negative, an operand does not fit in its
+/// slice, or C's strides overlap.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub fn sgemm_streamed<W: Streamed>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[W],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    stream_on(Isa::best(), m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+}
+
+/// [`sgemm_streamed`] with the loops of instruction set `isa`, which the CPU must support.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub(super) fn stream_on<W: Streamed>(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[W],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    assert!(isa.is_supported(), "gemm: this CPU does not support {isa:?}");
+    assert!(
+        streams(m, csa, [rsb, csb], csc),
+        "gemm: a {m}-row product with strides A ({rsa}, {csa}), B ({rsb}, {csb}), C ({rsc}, {csc}) cannot be streamed"
+    );
+    let [rsa, rsb, csb, rsc] = [rsa, rsb, csb, rsc]
+        .map(|stride| usize::try_from(stride).unwrap_or_else(|_| panic!("gemm: negative stride {stride}")));
+    assert_fits("A", m, k, rsa, 1, a.len());
+    assert_fits("B", k, n, rsb, csb, b.len());
+    assert_fits("C", m, n, rsc, 1, c.len());
+    assert!(
+        is_injective(m, n, rsc, 1),
+        "gemm: C ({m}×{n}, row stride {rsc}) maps two elements to the same slot"
+    );
+    if n == 0 {
+        return;
+    }
+    if k == 0 || alpha == 0.0 {
+        // A and B are not read (a NaN in them must not reach C), as in the blocked GEMM
+        for i in 0..m {
+            c[i * rsc..i * rsc + n]
+                .iter_mut()
+                .for_each(|cij| *cij = if beta == 0.0 { 0.0 } else { beta * *cij });
+        }
+        return;
+    }
+    let product = Product {
+        isa,
+        m,
+        k,
+        a: MatRef {
+            ptr: a.as_ptr(),
+            rs: rsa,
+            cs: 1,
+        },
+        b: MatRef {
+            ptr: b.as_ptr(),
+            rs: rsb,
+            cs: csb,
+        },
+        c: MatMut {
+            ptr: c.as_mut_ptr(),
+            rs: rsc,
+            cs: 1,
+        },
+        ep: Epilogue { alpha, beta },
+    };
+    let bytes = k.saturating_mul(n).saturating_mul(size_of::<W>());
+    let tasks = (bytes / BYTES_PER_TASK).clamp(1, rayon::current_num_threads());
+    if tasks == 1 {
+        // SAFETY: the views were checked against their slices, 0..n are C's columns, and this
+        // thread is the only user of C.
+        return unsafe { product.columns(0, n) };
+    }
+    let cols_per_task = n.div_ceil(tasks).next_multiple_of(COLS);
+    (0..n).into_par_iter().step_by(cols_per_task).for_each(|j0| {
+        // SAFETY: as above; each task writes its own columns of C.
+        unsafe { product.columns(j0, n.min(j0 + cols_per_task)) }
+    });
+}
+
+/// A checked streamed product: A is `m×k` with contiguous rows, B `k×n`, C `m×n` with
+/// contiguous rows.
+#[derive(Clone, Copy)]
+struct Product<W> {
+    /// Supported by the CPU (checked by `stream_on`).
+    isa: Isa,
+    m: usize,
+    k: usize,
+    a: MatRef<f32>,
+    b: MatRef<W>,
+    c: MatMut<f32>,
+    ep: Epilogue<f32>,
+}
+
+impl<W: Streamed> Product<W> {
+    /// Computes columns `j0..j1` of C with the loops of `self.isa`.
+    ///
+    /// # Safety
+    ///
+    /// The views fit their slices, `j0 < j1 <= n`, and no other thread accesses these columns of C.
+    unsafe fn columns(&self, j0: usize, j1: usize) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn run<W: Streamed>(p: &Product<W>, j0: usize, j1: usize) {
+                    // SAFETY: forwarded contract; the features are enabled here.
+                    unsafe { p.columns_on::<super::avx512::Zmm<f32>>(j0, j1) }
+                }
+                // SAFETY: forwarded contract, and the CPU has AVX-512F (`self.isa` is supported).
+                unsafe { run(self, j0, j1) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn run<W: Streamed>(p: &Product<W>, j0: usize, j1: usize) {
+                    // SAFETY: forwarded contract; the features are enabled here.
+                    unsafe { p.columns_on::<super::avx2::Ymm<f32>>(j0, j1) }
+                }
+                // SAFETY: forwarded contract, and the CPU has AVX2 and FMA (`self.isa` is supported).
+                unsafe { run(self, j0, j1) }
+            }
+            // SAFETY: forwarded contract.
+            Isa::Portable => unsafe { self.columns_portable(j0, j1) },
+        }
+    }
+
+    /// `C[i, j] = alpha·acc + beta·C[i, j]` (C not read when beta is 0).
+    ///
+    /// # Safety
+    ///
+    /// (i, j) is an element of C that no other thread accesses.
+    #[inline(always)]
+    unsafe fn write(&self, i: usize, j: usize, acc: f32) {
+        // SAFETY: caller's contract; C's rows are contiguous.
+        let cij = unsafe { &mut *self.c.ptr.add(i * self.c.rs + j) };
+        let Epilogue { alpha, beta } = self.ep;
+        *cij = if beta == 0.0 {
+            alpha * acc
+        } else {
+            alpha * acc + beta * *cij
+        };
+    }
+
+    /// The portable loops, for CPUs without AVX2: the same two loops one element at a time,
+    /// the dot product folded over eight lanes so that it vectorises.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::columns`].
+    unsafe fn columns_portable(&self, j0: usize, j1: usize) {
+        let (m, k) = (self.m, self.k);
+        // SAFETY (all reads below): (i, p) and (p, j) for i < m, p < k, j < j1 are elements of
+        // A and B (caller's contract).
+        let a = |i: usize, p: usize| unsafe { *self.a.ptr.add(i * self.a.rs + p) };
+        let b = |p: usize, j: usize| unsafe { (*self.b.ptr.add(p * self.b.rs + j * self.b.cs)).to_f32() };
+        if self.b.rs == 1 {
+            for j in j0..j1 {
+                for i in 0..m {
+                    let acc = crate::backend::cpu::lane_fold(k, 0.0, |p| a(i, p) * b(p, j), |x, y| x + y);
+                    // SAFETY: (i, j) is in this task's columns of C (caller's contract).
+                    unsafe { self.write(i, j, acc) };
+                }
+            }
+        } else {
+            let mut acc = [[0f32; AXPY_BLOCK]; STREAM_MAX_M];
+            for jb in (j0..j1).step_by(AXPY_BLOCK) {
+                let width = AXPY_BLOCK.min(j1 - jb);
+                acc.iter_mut().for_each(|row| row.fill(0.0));
+                for p in 0..k {
+                    for (i, row) in acc[..m].iter_mut().enumerate() {
+                        let a_ip = a(i, p);
+                        row[..width]
+                            .iter_mut()
+                            .enumerate()
+                            .for_each(|(q, c)| *c += a_ip * b(p, jb + q));
+                    }
+                }
+                for (i, row) in acc[..m].iter().enumerate() {
+                    for (q, &value) in row[..width].iter().enumerate() {
+                        // SAFETY: (i, jb + q) is in this task's columns of C (caller's contract).
+                        unsafe { self.write(i, jb + q, value) };
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    /// The two loops on vectors `V`, for every supported row count.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::columns`], and the CPU supports `V`'s instruction set.
+    #[inline(always)]
+    unsafe fn columns_on<V: Widen>(&self, j0: usize, j1: usize) {
+        // SAFETY (every arm): forwarded contract; m is the arm's M.
+        unsafe {
+            match (self.m, self.b.rs == 1) {
+                (1, true) => self.dot::<V, 1>(j0, j1),
+                (2, true) => self.dot::<V, 2>(j0, j1),
+                (3, true) => self.dot::<V, 3>(j0, j1),
+                (4, true) => self.dot::<V, 4>(j0, j1),
+                (1, false) => self.axpy::<V, 1>(j0, j1),
+                (2, false) => self.axpy::<V, 2>(j0, j1),
+                (3, false) => self.axpy::<V, 3>(j0, j1),
+                (4, false) => self.axpy::<V, 4>(j0, j1),
+                _ => unreachable!("sgemm_streamed checks 1 <= m <= STREAM_MAX_M"),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    /// The dot loop (module header) for `M == m` rows, `rsb == 1`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::columns_on`].
+    #[inline(always)]
+    unsafe fn dot<V: Widen, const M: usize>(&self, j0: usize, j1: usize) {
+        let k = self.k;
+        let full = k - k % V::LANES;
+        let row = |i: usize| self.a.ptr.wrapping_add(i * self.a.rs);
+        for j in (j0..j1).step_by(COLS) {
+            let cols = COLS.min(j1 - j);
+            // a partial group reads its last column again in the missing slots, never writing them
+            let col: [*const W; COLS] =
+                std::array::from_fn(|q| self.b.ptr.wrapping_add((j + q.min(cols - 1)) * self.b.cs));
+            // SAFETY: p + LANES <= k for every p below (and p + lanes <= k in the tail), so every
+            // load reads elements of rows of A and columns of B (caller's contract); the CPU
+            // supports V (caller's contract).
+            unsafe {
+                let mut acc = [[V::zero(); COLS]; M];
+                for p in (0..full).step_by(V::LANES) {
+                    let b: [V::V; COLS] = std::array::from_fn(|q| V::load_wide::<W>(col[q].add(p)));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let a = V::load(row(i).add(p));
+                        for q in 0..COLS {
+                            acc[q] = V::fmadd(a, b[q], acc[q]);
+                        }
+                    }
+                }
+                if full < k {
+                    let lanes = k - full;
+                    let b: [V::V; COLS] = std::array::from_fn(|q| V::load_wide_first::<W>(col[q].add(full), lanes));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let a = V::load_first(row(i).add(full), lanes);
+                        for q in 0..COLS {
+                            acc[q] = V::fmadd(a, b[q], acc[q]);
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    for (q, &acc) in acc[..cols].iter().enumerate() {
+                        self.write(i, j + q, V::sum(acc));
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    /// The axpy loop (module header) for `M == m` rows, `csb == 1`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::columns_on`].
+    #[inline(always)]
+    unsafe fn axpy<V: Widen, const M: usize>(&self, j0: usize, j1: usize) {
+        let mut acc = [[0f32; AXPY_BLOCK]; M];
+        for jb in (j0..j1).step_by(AXPY_BLOCK) {
+            let width = AXPY_BLOCK.min(j1 - jb);
+            let full = width - width % V::LANES;
+            acc.iter_mut().for_each(|row| row[..width].fill(0.0));
+            for p in 0..self.k {
+                let b = self.b.ptr.wrapping_add(p * self.b.rs + jb);
+                // SAFETY: (p, jb..jb + width) are elements of B and (i, p) of A (caller's
+                // contract); the accumulator rows hold AXPY_BLOCK >= width elements; the CPU
+                // supports V (caller's contract).
+                unsafe {
+                    let a: [V::V; M] = std::array::from_fn(|i| V::splat(*self.a.ptr.add(i * self.a.rs + p)));
+                    for q in (0..full).step_by(V::LANES) {
+                        let b = V::load_wide::<W>(b.add(q));
+                        for (acc, &a) in acc.iter_mut().zip(&a) {
+                            let c = acc.as_mut_ptr().add(q);
+                            V::store(c, V::fmadd(a, b, V::load(c)));
+                        }
+                    }
+                    if full < width {
+                        let lanes = width - full;
+                        let b = V::load_wide_first::<W>(b.add(full), lanes);
+                        for (acc, &a) in acc.iter_mut().zip(&a) {
+                            let c = acc.as_mut_ptr().add(full);
+                            V::store_first(c, V::fmadd(a, b, V::load_first(c, lanes)), lanes);
+                        }
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (q, &value) in row[..width].iter().enumerate() {
+                    // SAFETY: (i, jb + q) is in this task's columns of C (caller's contract).
+                    unsafe { self.write(i, jb + q, value) };
+                }
+            }
+        }
+    }
+}
+
+/// f32 vectors that load [`Streamed`] elements, widened, and sum their lanes.
+///
+/// # Safety
+///
+/// As for [`super::simd::Vector`]: every method requires the instruction set's target features.
+#[cfg(target_arch = "x86_64")]
+pub(super) trait Widen: super::simd::Vector<E = f32> {
+    /// Loads `LANES` elements of `W` as f32.
+    unsafe fn load_wide<W: Streamed>(p: *const W) -> Self::V;
+    /// The sum of the lanes.
+    unsafe fn sum(v: Self::V) -> f32;
+    /// Loads the first `lanes` (1..=LANES) elements, zeroing the rest; touches no others.
+    unsafe fn load_wide_first<W: Streamed>(p: *const W, lanes: usize) -> Self::V;
+}
+
+/// The first `lanes` (at most 16) elements at `p`, zero-padded to 16: a partial vector that
+/// full-width loads may read.
+///
+/// # Safety
+///
+/// `p` is valid for `lanes` reads.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn padded<W: Streamed>(p: *const W, lanes: usize) -> [W; 16] {
+    let mut part = [W::ZERO; 16];
+    // SAFETY: p is valid for `lanes` reads (caller's contract), part for 16 writes.
+    unsafe { std::ptr::copy_nonoverlapping(p, part.as_mut_ptr(), lanes.min(16)) };
+    part
+}

@@ -1,0 +1,203 @@
+//! The CPU's half-precision products (backend/cpu/matmul.rs): with few rows (decode: one token
+//! times a weight) a bf16 B is streamed in its own dtype (`gemm::sgemm_streamed`); otherwise B is
+//! widened to f32 one block of columns at a time for the GEMM. Checked here against an f64
+//! reference over shapes that are not multiples of any SIMD width, through the streamed loops
+//! (a Linear's `Wᵀ`, whose columns are contiguous; a row-major B), several widened blocks and
+//! batched operands, and with a counting allocator: neither path makes an f32 copy of the whole
+//! weight.
+
+use half::{bf16, f16};
+use kiln::{DType, Device, Rng, Tensor};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+
+const DEV: Device = Device::Cpu;
+
+/// Tracks the bytes live on the heap and their peak.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Relaxed) + bytes;
+    PEAK.fetch_max(live, Relaxed);
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are updated.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        grew(layout.size());
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        grew(layout.size());
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { System.dealloc(ptr, layout) };
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        grew(new_size);
+        // SAFETY: forwarded contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Held by every test, so the peak sees one test's allocations only.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `n` normal values already rounded to `dtype`, as f32 (exactly representable in it).
+fn values(dtype: DType, n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v = rng.normal() as f32;
+            match dtype {
+                DType::BF16 => bf16::from_f32(v).to_f32(),
+                _ => f16::from_f32(v).to_f32(),
+            }
+        })
+        .collect()
+}
+
+fn half_tensor(dtype: DType, v: &[f32], shape: &[usize]) -> Tensor {
+    match dtype {
+        DType::BF16 => Tensor::from_vec(v.iter().map(|&x| bf16::from_f32(x)).collect(), shape, &DEV),
+        _ => Tensor::from_vec(v.iter().map(|&x| f16::from_f32(x)).collect(), shape, &DEV),
+    }
+    .unwrap()
+}
+
+/// Compares a half result `got` (`[batch, m, n]`) with `c[b][i][j] = Σ_p a(b, i, p)·w(b, p, j)`
+/// in f64: the error allowed is the one rounding to the half type (2⁻⁸ or 2⁻¹¹ relative, bf16
+/// or f16) plus f32 accumulation, bounded by 10⁻⁴·Σ|a·w| (k ≤ 300 terms, u = 2⁻²⁴).
+#[track_caller]
+fn check(
+    what: &str,
+    got: &Tensor,
+    [batch, m, k, n]: [usize; 4],
+    a: impl Fn(usize, usize, usize) -> f32,
+    w: impl Fn(usize, usize, usize) -> f32,
+) {
+    let dtype = got.dtype();
+    let rtol = if dtype == DType::BF16 {
+        2f64.powi(-8)
+    } else {
+        2f64.powi(-11)
+    };
+    assert_eq!(got.shape(), &[batch, m, n], "{what}");
+    let got: Vec<f32> = got.to_dtype(DType::F32).unwrap().to_vec().unwrap();
+    for bi in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|p| a(bi, i, p) as f64 * w(bi, p, j) as f64);
+                let (want, size) = terms.fold((0.0, 0.0), |(s, z), t| (s + t, z + t.abs()));
+                let g = got[(bi * m + i) * n + j] as f64;
+                assert!(
+                    (g - want).abs() <= rtol * want.abs() + 1e-4 * size,
+                    "{what} {dtype} [{batch}, {m}, {k}] x [{k}, {n}] at ({bi}, {i}, {j}): {g} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_products_match_f64() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = Rng::new(20);
+    for dtype in [DType::BF16, DType::F16] {
+        for m in [1, 2, 3, 4, 5, 9] {
+            // (129, 3000) and (300, 1000) widen B in several blocks of columns (2 MiB of f32 each)
+            for (k, n) in [
+                (1, 1),
+                (7, 3),
+                (33, 17),
+                (129, 65),
+                (257, 31),
+                (5, 300),
+                (129, 3000),
+                (300, 1000),
+            ] {
+                // a Linear: x [2, m, k] times W [n, k] transposed (contiguous columns of B),
+                // W broadcast over the batch
+                let (x, w) = (values(dtype, 2 * m * k, &mut rng), values(dtype, n * k, &mut rng));
+                let y = half_tensor(dtype, &x, &[2, m, k])
+                    .linear(&half_tensor(dtype, &w, &[n, k]), None)
+                    .unwrap();
+                let what = "linear";
+                check(
+                    what,
+                    &y,
+                    [2, m, k, n],
+                    |b, i, p| x[(b * m + i) * k + p],
+                    |_, p, j| w[j * k + p],
+                );
+
+                // a row-major B, one per batch entry (attention's probabilities times V)
+                let v = values(dtype, 3 * k * n, &mut rng);
+                let x = values(dtype, 3 * m * k, &mut rng);
+                let y = half_tensor(dtype, &x, &[3, m, k])
+                    .matmul(&half_tensor(dtype, &v, &[3, k, n]))
+                    .unwrap();
+                let what = "matmul, row-major B";
+                check(
+                    what,
+                    &y,
+                    [3, m, k, n],
+                    |b, i, p| x[(b * m + i) * k + p],
+                    |b, p, j| v[(b * k + p) * n + j],
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_linear_makes_no_f32_copy_of_the_whole_weight() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (k, n) = (1024, 2048);
+    let mut rng = Rng::new(7);
+    let w = Tensor::randn(&[n, k], DType::F32, &mut rng, &DEV)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let mut bytes = |m: usize| {
+        let x = Tensor::randn(&[m, k], DType::F32, &mut rng, &DEV)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        x.linear(&w, None).unwrap(); // warm-up: rayon's pool, thread-local buffers
+        let before = LIVE.load(Relaxed);
+        PEAK.store(before, Relaxed);
+        let y = x.linear(&w, None).unwrap();
+        let peak = PEAK.load(Relaxed) - before;
+        drop(y);
+        peak
+    };
+    let f32_weight = 4 * k * n;
+    // the GEMM path (8 rows) widens 2 MiB blocks of the 8 MiB f32 weight, one at a time: the
+    // peak holds one of them (so the counter does see the path's allocations), not the weight
+    let gemm = bytes(8);
+    assert!(
+        (2 << 20..f32_weight / 2).contains(&gemm),
+        "8 rows peaked at {gemm} more bytes, expected one f32 block of 2 MiB, far less than the f32 weight's {f32_weight}"
+    );
+    let streamed = bytes(1);
+    assert!(
+        streamed < f32_weight / 16,
+        "1 row peaked at {streamed} more bytes, an f32 copy of the weight is {f32_weight}"
+    );
+}
