@@ -2,9 +2,8 @@
 //! registers accumulate).
 
 use super::kernel::Kernel;
-use super::matrix::{Element, Epilogue, MatMut, MatRef};
-use super::simd::{self, Vector};
-use super::streamed::{padded, Format, Streamed, Widen};
+use super::matrix::{Element, Epilogue, Format, MatMut, MatRef, Streamed};
+use super::simd::{self, padded, Vector, Widen};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 

@@ -1,6 +1,7 @@
 //! The element types GEMM works on, its views (strided matrices, the scaling epilogue), and one
 //! product to compute, checked against its slices.
 
+use half::bf16;
 use std::ops::{Add, Mul};
 
 /// The element types GEMM is implemented for: f32 and f64. Every bit pattern, including
@@ -18,6 +19,39 @@ impl Element for f32 {
 impl Element for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+}
+
+/// The element types B may have on the streamed path (`streamed.rs`), widened to f32 as they are read.
+pub trait Streamed: Copy + Send + Sync + 'static {
+    /// Zero, to pad a partial vector.
+    const ZERO: Self;
+    /// How the SIMD loops widen it (a constant, so each loop is compiled for one case).
+    const FORMAT: Format;
+    fn to_f32(self) -> f32;
+}
+
+/// The bit layouts [`Streamed`] elements come in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    F32,
+    /// The top 16 bits of an f32.
+    Bf16,
+}
+
+impl Streamed for f32 {
+    const ZERO: Self = 0.0;
+    const FORMAT: Format = Format::F32;
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Streamed for bf16 {
+    const ZERO: Self = bf16::ZERO;
+    const FORMAT: Format = Format::Bf16;
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
 }
 
 /// A read-only strided matrix view: element `(i, j)` at `ptr + i*rs + j*cs`.

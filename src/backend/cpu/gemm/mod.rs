@@ -93,8 +93,9 @@ mod tests;
 
 use driver::run;
 use matrix::Problem;
+pub use matrix::{Format, Streamed};
 use portable::Portable;
-pub use streamed::{sgemm_streamed, streams, Streamed, STREAM_MAX_M};
+pub use streamed::{sgemm_streamed, streams, STREAM_MAX_M};
 
 /// `C = alpha·A·B + beta·C` for f32. Products of at most [`STREAM_MAX_M`] rows whose strides
 /// allow it ([`streams`]) stream B instead of packing it ([`sgemm_streamed`]).

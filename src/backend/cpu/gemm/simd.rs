@@ -4,7 +4,7 @@
 //! `#[inline(always)]`, so each wrapper gets its own copy built with its ISA's registers.
 
 use super::kernel::Kernel;
-use super::matrix::{Element, Epilogue, MatMut, MatRef};
+use super::matrix::{Element, Epilogue, MatMut, MatRef, Streamed};
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
 /// Steps of the shared dimension between prefetching a row of B̃ and reading it.
@@ -321,4 +321,32 @@ macro_rules! simd_kernel {
             unsafe { simd::pack_b::<$vector<E>, $vector<E>>(kc, nc, b, dst) }
         }
     };
+}
+
+/// f32 vectors that load [`Streamed`] elements, widened, and sum their lanes.
+///
+/// # Safety
+///
+/// As for [`Vector`]: every method requires the instruction set's target features.
+pub(super) trait Widen: Vector<E = f32> {
+    /// Loads `LANES` elements of `W` as f32.
+    unsafe fn load_wide<W: Streamed>(p: *const W) -> Self::V;
+    /// The sum of the lanes.
+    unsafe fn sum(v: Self::V) -> f32;
+    /// Loads the first `lanes` (1..=LANES) elements, zeroing the rest; touches no others.
+    unsafe fn load_wide_first<W: Streamed>(p: *const W, lanes: usize) -> Self::V;
+}
+
+/// The first `lanes` (at most 16) elements at `p`, zero-padded to 16: a partial vector that
+/// full-width loads may read.
+///
+/// # Safety
+///
+/// `p` is valid for `lanes` reads.
+#[inline(always)]
+pub(super) unsafe fn padded<W: Streamed>(p: *const W, lanes: usize) -> [W; 16] {
+    let mut part = [W::ZERO; 16];
+    // SAFETY: p is valid for `lanes` reads (caller's contract), part for 16 writes.
+    unsafe { std::ptr::copy_nonoverlapping(p, part.as_mut_ptr(), lanes.min(16)) };
+    part
 }

@@ -23,8 +23,9 @@
 //! fork-join ([`BYTES_PER_TASK`]); every element of C is computed by one thread in a fixed
 //! order, so the result does not depend on the thread count.
 
-use super::matrix::{assert_fits, is_injective, Epilogue, MatMut, MatRef};
-use half::bf16;
+use super::matrix::{assert_fits, is_injective, Epilogue, MatMut, MatRef, Streamed};
+#[cfg(target_arch = "x86_64")]
+use super::simd::Widen;
 use rayon::prelude::*;
 
 /// Rows of A up to which a product streams B (see the module header): with m rows each element
@@ -42,39 +43,6 @@ const AXPY_BLOCK: usize = 256;
 /// Bytes of B below which a product stays on the calling thread: 256 KiB take ~15 µs to read on
 /// one core, against 5–10 µs for a rayon fork-join.
 const BYTES_PER_TASK: usize = 256 << 10;
-
-/// The element types B may have on the streamed path, widened to f32 as they are read.
-pub trait Streamed: Copy + Send + Sync + 'static {
-    /// Zero, to pad a partial vector.
-    const ZERO: Self;
-    /// How the SIMD loops widen it (a constant, so each loop is compiled for one case).
-    const FORMAT: Format;
-    fn to_f32(self) -> f32;
-}
-
-/// The bit layouts [`Streamed`] elements come in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    F32,
-    /// The top 16 bits of an f32.
-    Bf16,
-}
-
-impl Streamed for f32 {
-    const ZERO: Self = 0.0;
-    const FORMAT: Format = Format::F32;
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-
-impl Streamed for bf16 {
-    const ZERO: Self = bf16::ZERO;
-    const FORMAT: Format = Format::Bf16;
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
 
 /// Whether a product with `m` rows and these strides takes the streamed path: A's and C's rows
 /// contiguous, and B contiguous along its rows or its columns.
@@ -451,34 +419,4 @@ impl<W: Streamed> Product<W> {
             }
         }
     }
-}
-
-/// f32 vectors that load [`Streamed`] elements, widened, and sum their lanes.
-///
-/// # Safety
-///
-/// As for [`super::simd::Vector`]: every method requires the instruction set's target features.
-#[cfg(target_arch = "x86_64")]
-pub(super) trait Widen: super::simd::Vector<E = f32> {
-    /// Loads `LANES` elements of `W` as f32.
-    unsafe fn load_wide<W: Streamed>(p: *const W) -> Self::V;
-    /// The sum of the lanes.
-    unsafe fn sum(v: Self::V) -> f32;
-    /// Loads the first `lanes` (1..=LANES) elements, zeroing the rest; touches no others.
-    unsafe fn load_wide_first<W: Streamed>(p: *const W, lanes: usize) -> Self::V;
-}
-
-/// The first `lanes` (at most 16) elements at `p`, zero-padded to 16: a partial vector that
-/// full-width loads may read.
-///
-/// # Safety
-///
-/// `p` is valid for `lanes` reads.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn padded<W: Streamed>(p: *const W, lanes: usize) -> [W; 16] {
-    let mut part = [W::ZERO; 16];
-    // SAFETY: p is valid for `lanes` reads (caller's contract), part for 16 writes.
-    unsafe { std::ptr::copy_nonoverlapping(p, part.as_mut_ptr(), lanes.min(16)) };
-    part
 }
