@@ -62,6 +62,26 @@ use rayon::prelude::*;
 /// bytes), few enough that 576-row matrices still split over many threads.
 pub const ROWS_PER_TASK: usize = 16;
 
+/// Weight rows ahead of the one being multiplied whose bytes are prefetched: without it the
+/// kernels waited on each row's first loads (a 576-column row is 360 bytes, too short a run for
+/// the hardware prefetcher to get ahead), reading about 3 GB/s where a plain stream reads 20.
+/// On SmolLM2-135M Q4_1 (2-vCPU Xeon, 2026-12-05) 2 rows ahead doubled decode speed (31 to 69
+/// tokens/s) and 6 rows gave 62.
+const PREFETCH_ROWS: usize = 2;
+
+/// Asks the cache to fetch `len` bytes of `bytes` from `start` (the part inside the slice), one
+/// request per 64-byte line; a hint, with no effect on results.
+#[inline(always)]
+fn prefetch(bytes: &[u8], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for at in (start..(start + len).min(bytes.len())).step_by(64) {
+        // SAFETY: `at` is inside `bytes`; a prefetch reads nothing architecturally.
+        unsafe { std::arch::x86_64::_mm_prefetch(bytes.as_ptr().add(at).cast(), std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, start, len);
+}
+
 /// The instruction set a product runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantIsa {
@@ -166,7 +186,8 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
     yt.par_chunks_mut(m * ROWS_PER_TASK)
         .zip(w.bytes().par_chunks(row_bytes * ROWS_PER_TASK))
         .for_each(|(yt, w)| {
-            for (yr, wr) in yt.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)) {
+            for (r, (yr, wr)) in yt.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)).enumerate() {
+                prefetch(w, (r + PREFETCH_ROWS) * row_bytes, row_bytes);
                 for (i, y) in yr.iter_mut().enumerate() {
                     *y = dot(isa, format, wr, &xq.row(i));
                 }
