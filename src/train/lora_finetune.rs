@@ -21,7 +21,7 @@ use super::trainer::EVAL_SALT;
 use super::{atomic, checkpoint, console, plot, RunOptions, TrainConfig, PLOT};
 use crate::model::Llama;
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::{Error, Result, Rng, Tensor};
+use crate::{Device, Error, Result, Rng, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -263,16 +263,7 @@ impl Session<'_> {
         while self.state.step < end {
             let step = self.state.step + 1;
             let t0 = Instant::now();
-            // x and y are (B,T)
-            let mut x = Vec::with_capacity(b * block);
-            let mut y = Vec::with_capacity(b * block);
-            for _ in 0..b {
-                let (ids, targets) = &train[rng.below(train.len() as u64) as usize];
-                x.extend_from_slice(ids);
-                y.extend_from_slice(targets);
-            }
-            let x = Tensor::from_vec(x, &[b, block], &dev)?;
-            let y = Tensor::from_vec(y, &[b * block], &dev)?;
+            let (x, y) = draw_batch(train, b, block, &mut rng, &dev)?;
             let lr = schedule.lr(step - 1);
             self.opt.set_lr(lr);
             self.model.set_lora_training(Some(dropout_seed(cfg.seed, step)));
@@ -331,15 +322,7 @@ impl Session<'_> {
                 let mut rng = Rng::new(cfg.seed ^ EVAL_SALT);
                 let mut sum = 0.0;
                 for _ in 0..cfg.eval_iters {
-                    let mut x = Vec::with_capacity(b * block);
-                    let mut y = Vec::with_capacity(b * block);
-                    for _ in 0..b {
-                        let (ids, targets) = &split[rng.below(split.len() as u64) as usize];
-                        x.extend_from_slice(ids);
-                        y.extend_from_slice(targets);
-                    }
-                    let x = Tensor::from_vec(x, &[b, block], &dev)?;
-                    let y = Tensor::from_vec(y, &[b * block], &dev)?;
+                    let (x, y) = draw_batch(split, b, block, &mut rng, &dev)?;
                     sum += masked_loss(self.model, &x, &y)?.item()?;
                 }
                 *mean = sum / cfg.eval_iters as f64;
@@ -387,6 +370,22 @@ impl Session<'_> {
         };
         err(format!("{what}; stopped (a lower --lr may help); {kept}"))
     }
+}
+
+/// `b` windows of `block` tokens drawn from `windows` with replacement: the ids x (B,T) and the
+/// targets y (B·T).
+fn draw_batch(windows: &[Window], b: usize, block: usize, rng: &mut Rng, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let mut x = Vec::with_capacity(b * block);
+    let mut y = Vec::with_capacity(b * block);
+    for _ in 0..b {
+        let (ids, targets) = &windows[rng.below(windows.len() as u64) as usize];
+        x.extend_from_slice(ids);
+        y.extend_from_slice(targets);
+    }
+    Ok((
+        Tensor::from_vec(x, &[b, block], dev)?,
+        Tensor::from_vec(y, &[b * block], dev)?,
+    ))
 }
 
 /// The mean cross-entropy of the model's predictions for `x` (B, T) over the targets `y` (B·T)
