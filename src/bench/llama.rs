@@ -20,8 +20,8 @@
 //!
 //! **The ceiling.** Batch-1 generation reads every weight once per token, so it cannot beat
 //! `read bandwidth / weight bytes per token` ([`Llama::weight_bytes_per_token`]). The read
-//! bandwidth is measured in the same run: the best of three sums of a 256 MiB f32 buffer (one
-//! slab per thread, 16 lanes each, reading each byte once and writing nothing), on the CPU
+//! bandwidth is measured in the same run: the best of five reads of a 256 MiB f32 buffer by the
+//! kernel benchmark's memory ceiling (a parallel sum, writing nothing), on the CPU
 //! only (on Emu it would time the emulator, and a GPU's generation is bound by its launches
 //! long before its bandwidth at this size). Each row reports that ceiling and the fraction of it
 //! reached.
@@ -158,34 +158,20 @@ pub fn weights_name(how: LlamaLoad) -> &'static str {
     }
 }
 
-/// Bytes of the tensor [`read_bandwidth`] sums: far beyond any CPU's last-level cache.
+/// Bytes [`read_bandwidth`] reads: far beyond any CPU's last-level cache.
 const READ_BYTES: usize = 256 << 20;
 
-/// The CPU's read bandwidth in GB/s: the best of three sums of a [`READ_BYTES`] buffer (filled
-/// first, so that its pages are real memory rather than the shared zero page), cut into one
-/// slab per thread, each summed into 16 independent lanes so that the loop runs at the speed
-/// memory delivers and not at the latency of one chain of additions.
-fn read_bandwidth() -> f64 {
-    use rayon::prelude::*;
-    let data = vec![1.0f32; READ_BYTES / 4];
-    let slab = data.len().div_ceil(rayon::current_num_threads());
+/// The CPU's read bandwidth in GB/s: the best of five calls of the kernel benchmark's memory
+/// ceiling ([`super::roofline::stream`]) reading [`READ_BYTES`] and writing nothing.
+fn read_bandwidth() -> Result<f64> {
+    let mut stream = super::roofline::stream(&Device::Cpu, READ_BYTES as f64, 0.0, 1)?;
     let mut best = f64::INFINITY;
-    for _ in 0..3 {
+    for i in 0..5 {
         let t0 = Instant::now();
-        let total: f32 = data
-            .par_chunks(slab)
-            .map(|slab| {
-                let mut lanes = [0f32; 16];
-                for chunk in slab.chunks_exact(16) {
-                    lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += x);
-                }
-                lanes.iter().sum::<f32>()
-            })
-            .sum();
+        (stream.run)(i)?;
         best = best.min(t0.elapsed().as_secs_f64());
-        std::hint::black_box(total);
     }
-    READ_BYTES as f64 / best / 1e9
+    Ok(READ_BYTES as f64 / best / 1e9)
 }
 
 /// Runs the benchmark; `progress` hears about each measurement as it starts.
@@ -195,7 +181,7 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
     }
     let read_gbs = if opts.device == Device::Cpu {
         progress("measuring the read bandwidth");
-        Some(read_bandwidth())
+        Some(read_bandwidth()?)
     } else {
         None
     };
@@ -266,7 +252,7 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
         load_s: load_s.unwrap_or(0.0),
         read_gbs,
         read: format!(
-            "best of 3 sums of a {} MiB f32 buffer on the CPU, {} threads",
+            "best of 5 parallel sums of a {} MiB f32 buffer on the CPU, {} threads",
             READ_BYTES >> 20,
             rayon::current_num_threads()
         ),
