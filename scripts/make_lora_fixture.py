@@ -6,6 +6,7 @@ on the tiny random Llama of tests/fixtures/llama-tiny (made by scripts/make_llam
     /work/venv-ref/bin/python scripts/make_lora_fixture.py check    # after kiln wrote kiln/ (see below)
     /work/venv-ref/bin/python scripts/make_lora_fixture.py merge    # merged_expected.safetensors (see below)
     /work/venv-ref/bin/python scripts/make_lora_fixture.py check-merge DIR   # a folder `kiln merge` wrote
+    /work/venv-ref/bin/python scripts/make_lora_fixture.py smollm2 GGUF      # tests/fixtures/smollm2-lora (below)
 
 Tested with torch 2.15, transformers 5.25, peft 0.21.2, gguf 0.19, safetensors.
 
@@ -35,6 +36,21 @@ merge_and_unload, and writes merged_expected.safetensors: every merged weight as
 
 `check-merge DIR` loads the Hugging Face folder DIR that `kiln merge --gguf model.gguf --lora peft --out DIR`
 wrote with AutoModelForCausalLM.from_pretrained and checks its logits against merged_expected.safetensors.
+
+`smollm2 GGUF` writes tests/fixtures/smollm2-lora/, the same interop both ways on the real
+SmolLM2-135M-Instruct (GGUF is its Q4_1 file, `scripts/fetch-smollm2.sh` prints the path), read by
+transformers with `gguf_file=` (its own reader, dequantization and q/k un-permutation), forward in float64:
+  peft/   a PEFT adapter on q_proj and k_proj (r = 1, alpha = 4, scale 4; PEFT's A, B drawn N(0, 0.2²)),
+          small on purpose (the committed files stay under 300 kB)
+  peft_expected.safetensors   ids [1, T] (the chat prompt below, transformers' tokenizer of the GGUF) and
+          logits [2, V]: the PEFT model's logits at the last two positions
+  kiln_expected.safetensors   the same ids, and the logits at the last two positions of the transformers
+          model with the adapter in kiln/ loaded by PeftModel.from_pretrained (every tensor checked loaded)
+kiln/ is an adapter `kiln finetune --gguf` trained for 2 steps on train.jsonl (committed), written by
+    kiln finetune --gguf GGUF --data tests/fixtures/smollm2-lora/train.jsonl --lora-rank 1 --lora-alpha 2 \
+        --lora-targets q_proj,v_proj --steps 2 --lr 2e-2 --warmup 0 --batch-size 1 --block-size 32 \
+        --eval-iters 1 --seed 7 --out RUN && cp RUN/adapter/* tests/fixtures/smollm2-lora/kiln/
+The test is tests/llama_lora_smollm2.rs.
 """
 
 import json
@@ -187,13 +203,88 @@ def check_merge(folder):
     assert err <= 1e-5 * scale, err
 
 
+SMOLLM2_OUT = os.path.join(HERE, "..", "tests", "fixtures", "smollm2-lora")
+SMOLLM2_LORA = dict(r=1, lora_alpha=4, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                    target_modules=["q_proj", "k_proj"])
+SMOLLM2_QUESTION = "What is the capital of France? Answer in one short sentence."
+
+
+def smollm2_base(gguf):
+    from transformers import AutoTokenizer
+    gguf = os.path.abspath(gguf)
+    kw = dict(gguf_file=os.path.basename(gguf))
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), **kw)
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), dtype=torch.float32,
+                                                 attn_implementation="eager", **kw)
+    return tok, model.eval()
+
+
+def last_two_logits(model, ids):
+    """The float64 forward's logits at the last two positions, [2, V] float32."""
+    with torch.no_grad():
+        return model.double()(input_ids=ids).logits[0, -2:].float().contiguous()
+
+
+def smollm2(gguf):
+    import peft, transformers
+    tok, base = smollm2_base(gguf)
+    text = tok.apply_chat_template([{"role": "user", "content": SMOLLM2_QUESTION}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+    base_logits = last_two_logits(base, ids)
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
+
+    # (a) PEFT's adapter, non-zero B, and its logits
+    torch.manual_seed(SEED)
+    _, base = smollm2_base(gguf)
+    model = get_peft_model(base, LoraConfig(**SMOLLM2_LORA))
+    g = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    model.peft_config["default"].base_model_name_or_path = "SmolLM2-135M-Instruct"  # not this machine's path
+    folder = os.path.join(SMOLLM2_OUT, "peft")
+    model.save_pretrained(folder)
+    os.remove(os.path.join(folder, "README.md"))
+    logits = last_two_logits(model.eval(), ids)
+    path = os.path.join(SMOLLM2_OUT, "peft_expected.safetensors")
+    save_file({"ids": ids, "logits": logits}, path,
+              {"reference": f"float64 from transformers' float32 GGUF weights; {versions}", "prompt": text})
+    print(f"PEFT adapter: max |logit change| {(logits - base_logits).abs().max().item():.3f}, "
+          f"largest logit {logits.abs().max().item():.3f}; wrote {path}", file=sys.stderr)
+
+    # (b) the adapter kiln trained, through PeftModel.from_pretrained
+    folder = os.path.join(SMOLLM2_OUT, "kiln")
+    _, base = smollm2_base(gguf)
+    model = PeftModel.from_pretrained(base, folder).eval()
+    saved = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    state = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+    assert sorted(saved) == sorted(state), (sorted(saved)[:3], sorted(state)[:3])
+    for k, v in saved.items():
+        assert torch.equal(state[k].float(), v), k
+    logits = last_two_logits(model, ids)
+    path = os.path.join(SMOLLM2_OUT, "kiln_expected.safetensors")
+    save_file({"ids": ids, "logits": logits}, path,
+              {"reference": f"float64 from transformers' float32 GGUF weights; {versions}", "prompt": text})
+    print(f"kiln's adapter: max |logit change| {(logits - base_logits).abs().max().item():.3f}, "
+          f"largest logit {logits.abs().max().item():.3f}; wrote {path}", file=sys.stderr)
+    for root, _, files in os.walk(SMOLLM2_OUT):
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args == ["check"]:
         check()
     elif args == ["merge"]:
         merge()
+    elif len(args) == 2 and args[0] == "smollm2":
+        smollm2(args[1])
     elif len(args) == 2 and args[0] == "check-merge":
         check_merge(args[1])
-    else:
+    elif not args:
         make()
+    else:
+        sys.exit(f"usage: {sys.argv[0]} [check | merge | check-merge DIR | smollm2 GGUF]")
