@@ -7,6 +7,7 @@ on the tiny random Llama of tests/fixtures/llama-tiny (made by scripts/make_llam
     /work/venv-ref/bin/python scripts/make_lora_fixture.py merge    # merged_expected.safetensors (see below)
     /work/venv-ref/bin/python scripts/make_lora_fixture.py check-merge DIR   # a folder `kiln merge` wrote
     /work/venv-ref/bin/python scripts/make_lora_fixture.py smollm2 GGUF      # tests/fixtures/smollm2-lora (below)
+    /work/venv-ref/bin/python scripts/make_lora_fixture.py check-tokenizer DIR GGUF   # the tokenizer `kiln merge` wrote
 
 Tested with torch 2.15, transformers 5.25, peft 0.21.2, gguf 0.19, safetensors.
 
@@ -36,6 +37,12 @@ merge_and_unload, and writes merged_expected.safetensors: every merged weight as
 
 `check-merge DIR` loads the Hugging Face folder DIR that `kiln merge --gguf model.gguf --lora peft --out DIR`
 wrote with AutoModelForCausalLM.from_pretrained and checks its logits against merged_expected.safetensors.
+
+`check-tokenizer DIR GGUF` loads the tokenizer of the folder DIR that `kiln merge --gguf GGUF ...` wrote with
+AutoTokenizer.from_pretrained(DIR) and checks it: its chat template renders a chat as transformers' tokenizer of
+GGUF does, the same BOS/EOS, every text decodes back, and (for SmolLM2's file) the texts of
+tests/fixtures/smollm2/tokenizer_ids.json give their ids; it prints the texts where transformers' own GGUF
+tokenizer encodes differently.
 
 `smollm2 GGUF` writes tests/fixtures/smollm2-lora/, the same interop both ways on the real
 SmolLM2-135M-Instruct (GGUF is its Q4_1 file, `scripts/fetch-smollm2.sh` prints the path), read by
@@ -203,6 +210,46 @@ def check_merge(folder):
     assert err <= 1e-5 * scale, err
 
 
+TOKENIZER_TEXTS = [
+    "Hello world",
+    "  leading spaces, trailing ones   \n\n\ttabs\t\tand\r\nnewlines \n ",
+    "Digits: 0 7 42 1234567890 3.14159 -273.15 2026-12-05",
+    "Où est la tour Eiffel ? À Paris. Cafe\u0301 vs café.",
+    "日本語のテキスト、中文，한국어 and emoji 🦀🔥👩‍👩‍👧",
+    "<|im_start|>user\nraw control tokens<|im_end|>\n",
+]
+
+
+def check_tokenizer(folder, gguf):
+    """AutoTokenizer.from_pretrained(folder) (the tokenizer `kiln merge` wrote) against transformers'
+    tokenizer of the GGUF file itself and against tests/fixtures/smollm2/tokenizer_ids.json (ids of
+    transformers 4.57's GGUF tokenizer, when GGUF is SmolLM2's file)."""
+    from transformers import AutoTokenizer
+    mine = AutoTokenizer.from_pretrained(folder)
+    gguf = os.path.abspath(gguf)
+    theirs = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    chat = [{"role": "system", "content": "You answer in French."},
+            {"role": "user", "content": "Où est la tour Eiffel ? 🗼"},
+            {"role": "assistant", "content": "À Paris."}, {"role": "user", "content": "Et le Louvre?"}]
+    rendered = mine.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered == theirs.apply_chat_template(chat, tokenize=False, add_generation_prompt=True), rendered
+    assert (mine.bos_token, mine.eos_token) == (theirs.bos_token, theirs.eos_token), (mine.bos_token, mine.eos_token)
+    texts = TOKENIZER_TEXTS + [rendered]
+    ref = os.path.join(HERE, "..", "tests", "fixtures", "smollm2", "tokenizer_ids.json")
+    pinned = json.load(open(ref))["texts"] if "SmolLM2" in os.path.basename(gguf) else []
+    for t in pinned:
+        assert mine.encode(t["text"], add_special_tokens=True) == t["ids"], t["text"]
+    differ = [t for t in texts if mine.encode(t) != theirs.encode(t)]
+    for t in differ:
+        print(f"  transformers' GGUF tokenizer differs on {t!r}:\n    {mine.encode(t)}\n    {theirs.encode(t)}",
+              file=sys.stderr)
+    for t in texts:
+        assert mine.decode(mine.encode(t)) == t, t
+    print(f"{folder}: AutoTokenizer reads it ({type(mine).__name__}); the chat template renders as the GGUF's; "
+          f"{len(pinned)} pinned texts give tokenizer_ids.json's ids; {len(texts) - len(differ)} of {len(texts)} "
+          f"texts encode as transformers' own tokenizer of the GGUF; every text decodes back", file=sys.stderr)
+
+
 SMOLLM2_OUT = os.path.join(HERE, "..", "tests", "fixtures", "smollm2-lora")
 SMOLLM2_LORA = dict(r=1, lora_alpha=4, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                     target_modules=["q_proj", "k_proj"])
@@ -282,9 +329,11 @@ if __name__ == "__main__":
         merge()
     elif len(args) == 2 and args[0] == "smollm2":
         smollm2(args[1])
+    elif len(args) == 3 and args[0] == "check-tokenizer":
+        check_tokenizer(args[1], args[2])
     elif len(args) == 2 and args[0] == "check-merge":
         check_merge(args[1])
     elif not args:
         make()
     else:
-        sys.exit(f"usage: {sys.argv[0]} [check | merge | check-merge DIR | smollm2 GGUF]")
+        sys.exit(f"usage: {sys.argv[0]} [check | merge | check-merge DIR | check-tokenizer DIR GGUF | smollm2 GGUF]")

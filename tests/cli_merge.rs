@@ -3,7 +3,9 @@
 //! merged in gives, tensor for tensor, what PEFT's `merge_and_unload` gives on transformers' model
 //! of the same GGUF (`merged_expected.safetensors`, float64, from `scripts/make_lora_fixture.py
 //! merge`), and the folder loads back with those logits; a tied model is written without
-//! `lm_head.weight`; a non-empty --out and a bad adapter are refused, leaving nothing behind.
+//! `lm_head.weight`; a GGUF file's tokenizer is written as tokenizer.json (which encodes as kiln
+//! does) and tokenizer_config.json; a non-empty --out and a bad adapter are refused, leaving
+//! nothing behind.
 
 use kiln::model::{io, Llama};
 use kiln::nn::LoraConfig;
@@ -14,6 +16,9 @@ use std::path::Path;
 
 #[path = "common/cli.rs"]
 mod cli;
+#[cfg(feature = "gguf-tokenizer")]
+#[path = "common/hf_tokenizer.rs"]
+mod hf_tokenizer;
 #[path = "common/reference.rs"]
 #[allow(dead_code)] // `expected` reads another fixture file
 mod reference;
@@ -108,8 +113,10 @@ fn merged_weights_and_logits_are_peft_merge_and_unload() {
         );
     }
     assert_eq!(config["torch_dtype"], "float32");
-    // llama-tiny's GGUF file has no tokenizer, so no BOS or EOS id
+    // llama-tiny's GGUF file has no tokenizer, so no BOS or EOS id, and no tokenizer files
     assert!(config["bos_token_id"].is_null() && config["eos_token_id"].is_null());
+    assert!(stdout.contains("has no tokenizer"), "{stdout}");
+    assert!(!out.join("tokenizer.json").exists() && !out.join("tokenizer_config.json").exists());
 
     // loaded back (Hugging Face's layout), the logits of PEFT's merged model
     let merged = Llama::from_hf_dir(&out, &Device::Cpu).unwrap();
@@ -164,6 +171,63 @@ fn a_tied_model_is_written_without_a_head_and_computes_the_adapted_logits() {
         &want,
         1e-5,
     );
+}
+
+/// A GGUF file with a tokenizer (llama-chat: SmolLM2's pre-tokenizer, control tokens, a ChatML
+/// template) gets it in the folder: tokenizer.json encodes as kiln's GGUF tokenizer does, and
+/// tokenizer_config.json and generation_config.json hold its special tokens and chat template.
+#[cfg(feature = "gguf-tokenizer")]
+#[test]
+fn the_folder_holds_the_gguf_files_tokenizer() {
+    use kiln::tokenizer::Tokenizer;
+    let dir = temp_dir("merge-tokenizer");
+    let gguf = fixture("llama-chat").join("model.gguf");
+    let mut model = Llama::from_gguf(&gguf, &Device::Cpu).unwrap();
+    model.add_lora(&LoraConfig::new(2, 2.0), 1).unwrap();
+    let adapter = dir.join("adapter");
+    model.save_adapter(&adapter).unwrap();
+    let out = dir.join("merged");
+    let o = merge(&gguf, &adapter, &out, &[]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{err}");
+    assert!(stdout.contains("tokenizer.json"), "{stdout}");
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    hf_tokenizer::check_against_kiln(&out.join("tokenizer.json"), &tok);
+    let Tokenizer::Gguf(g) = &tok else {
+        panic!("a GGUF tokenizer")
+    };
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap()
+    };
+    let config = json("tokenizer_config.json");
+    let (bos, eos) = (g.bos_id().unwrap(), g.eos_id().unwrap());
+    assert_eq!(config["bos_token"], g.token(bos).unwrap());
+    assert_eq!(config["eos_token"], g.token(eos).unwrap());
+    assert_eq!(config["chat_template"], g.chat_template().unwrap());
+    assert_eq!(config["add_bos_token"], false, "llama-chat's file does not add BOS");
+    assert_eq!(config["model_max_length"], model.config().max_position_embeddings);
+    let generation = json("generation_config.json");
+    assert_eq!(
+        (generation["bos_token_id"].as_u64(), generation["eos_token_id"].as_u64()),
+        (Some(bos as u64), Some(eos as u64))
+    );
+    assert_eq!(json("config.json")["eos_token_id"], eos);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! - an adapter PEFT made (rank 1 on q_proj and k_proj, scale 4, a non-zero B) loaded by kiln gives
 //!   PEFT's logits;
 //! - an adapter `kiln finetune --gguf` trained for 2 steps (rank 1 on q_proj and v_proj, committed
-//!   in kiln/) gives, in kiln, the logits `PeftModel.from_pretrained` gives with it in transformers.
+//!   in kiln/) gives, in kiln, the logits `PeftModel.from_pretrained` gives with it in transformers;
+//! - the tokenizer.json `kiln merge` writes encodes as transformers' and kiln's tokenizers do.
 //!
 //! The logits compared are the full rows of the last two positions of a chat prompt; the bound is
 //! the issue's, a worst error of 2e-3 of the largest |logit| (seen on 2026-12-05: 1.4e-6 for
@@ -25,6 +26,9 @@ mod reference;
 #[path = "common/smollm2.rs"]
 mod smollm2;
 use reference::{f32s, fixture};
+#[cfg(feature = "gguf-tokenizer")]
+#[path = "common/hf_tokenizer.rs"]
+mod hf_tokenizer;
 
 /// The question of the fixture's prompt (`SMOLLM2_QUESTION` in the script).
 const QUESTION: &str = "What is the capital of France? Answer in one short sentence.";
@@ -90,4 +94,35 @@ fn a_peft_adapter_gives_peft_logits_on_smollm2() {
 fn a_kiln_trained_adapter_gives_kiln_logits_in_peft_on_smollm2() {
     let Some(gguf) = smollm2::path() else { return };
     check(&gguf, "kiln", "kiln_expected.safetensors");
+}
+
+/// The tokenizer `kiln merge` writes for SmolLM2 (tokenizer.json), read by the `tokenizers`
+/// library, gives transformers' ids for the texts of tests/fixtures/smollm2/tokenizer_ids.json
+/// (transformers' own tokenizer of the same GGUF file), and kiln's ids for chats and the texts of
+/// tests/common/hf_tokenizer.rs.
+#[cfg(feature = "gguf-tokenizer")]
+#[test]
+fn the_merged_folders_tokenizer_encodes_as_transformers_and_kiln_do() {
+    let Some(gguf) = smollm2::path() else { return };
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    let Tokenizer::Gguf(g) = &tok else {
+        panic!("a GGUF tokenizer")
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("llama_lora_smollm2-tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("tokenizer.json");
+    std::fs::write(&json, g.hf_tokenizer_json().unwrap()).unwrap();
+    hf_tokenizer::check_against_kiln(&json, &tok);
+
+    let hf = tokenizers::Tokenizer::from_file(&json).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("smollm2").join("tokenizer_ids.json")).unwrap()).unwrap();
+    let texts = reference["texts"].as_array().unwrap();
+    assert!(texts.len() >= 5);
+    for t in texts {
+        let text = t["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(t["ids"].clone()).unwrap();
+        let got = hf.encode(text, true).unwrap().get_ids().to_vec();
+        assert_eq!(got, want, "transformers' ids of {text:?}");
+    }
 }

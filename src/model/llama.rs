@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 mod hf_export;
 mod lora;
 
-pub use hf_export::{HF_CONFIG, HF_WEIGHTS};
+pub use hf_export::{write_hf_json, HF_CONFIG, HF_GENERATION_CONFIG, HF_WEIGHTS};
 pub use lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 /// How RoPE pairs a head's coordinates (re-exported from [`crate::ops::rope`]). llama.cpp's

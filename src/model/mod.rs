@@ -18,7 +18,7 @@ pub(crate) use gpt::causal_mask;
 pub use gpt::{attention_reference, Block, CausalSelfAttention, Gpt, Mlp, COMPUTE_DTYPES, LN_EPS};
 pub use kv_cache::{KvCache, LayerKv};
 pub use llama::{
-    Llama, LlamaAttention, LlamaBlock, LlamaLoad, LlamaMlp, RmsNorm, RopeLayout, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
-    HF_CONFIG, HF_WEIGHTS,
+    write_hf_json, Llama, LlamaAttention, LlamaBlock, LlamaLoad, LlamaMlp, RmsNorm, RopeLayout, ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS, HF_CONFIG, HF_GENERATION_CONFIG, HF_WEIGHTS,
 };
 pub use llama_config::LlamaConfig;

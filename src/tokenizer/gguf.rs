@@ -269,6 +269,71 @@ impl GgufTokenizer {
     }
 }
 
+/// The tokenizer of a Hugging Face model folder (the `tokenizers` library's JSON).
+pub const HF_TOKENIZER: &str = "tokenizer.json";
+/// transformers' settings of that tokenizer: its class, special tokens and chat template.
+pub const HF_TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+impl GgufTokenizer {
+    /// This tokenizer as Hugging Face's `tokenizer.json` ([`HF_TOKENIZER`]): the encoder kiln
+    /// encodes with (the same BPE, pre-tokenizer and whole-matched tokens), plus the byte-level
+    /// decoder and a post-processor that adds BOS / EOS where `add_bos_token` / `add_eos_token`
+    /// say so, as [`GgufTokenizer::encode`] does. The `tokenizers` library and
+    /// transformers' `AutoTokenizer` read it.
+    #[cfg(feature = "gguf-tokenizer")]
+    pub fn hf_tokenizer_json(&self) -> Result<String> {
+        use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+        use tokenizers::processors::template::TemplateProcessing;
+        let mut encoder = self.encoder.clone();
+        encoder.with_decoder(Some(ByteLevelDecoder::default()));
+        // "$A" framed by the BOS and EOS tokens that encoding adds; a pair is framed likewise
+        let added = |id: Option<u32>, add: bool| id.filter(|_| add).and_then(|i| Some((self.token(i)?, i)));
+        let (bos, eos) = (
+            added(self.spec.bos_id, self.spec.add_bos),
+            added(self.spec.eos_id, self.spec.add_eos),
+        );
+        let frame = |seq: &str| -> Vec<String> {
+            bos.iter()
+                .map(|(t, _)| t.to_string())
+                .chain([seq.to_string()])
+                .chain(eos.iter().map(|(t, _)| t.to_string()))
+                .collect()
+        };
+        let pair: Vec<String> = frame("$A:0").into_iter().chain(frame("$B:1")).collect();
+        let template = TemplateProcessing::builder()
+            .try_single(frame("$A:0"))
+            .and_then(|b| b.try_pair(pair))
+            .map_err(|e| tokenizer_error(format!("cannot build the post-processor's template: {e}")))?
+            .special_tokens(bos.into_iter().chain(eos).collect::<Vec<_>>())
+            .build()
+            .map_err(|e| tokenizer_error(format!("cannot build the post-processor: {e}")))?;
+        encoder.with_post_processor(Some(template));
+        encoder
+            .to_string(true)
+            .map_err(|e| tokenizer_error(format!("cannot write the tokenizer as JSON: {e}")))
+    }
+
+    /// transformers' `tokenizer_config.json` ([`HF_TOKENIZER_CONFIG`]) for the tokenizer of
+    /// [`GgufTokenizer::hf_tokenizer_json`]: the fast tokenizer class, the BOS and EOS tokens,
+    /// whether encoding adds them, and the chat template. `model_max_length` is the model's context.
+    pub fn hf_tokenizer_config(&self, model_max_length: usize) -> serde_json::Value {
+        let token = |id: Option<u32>| id.and_then(|i| self.token(i));
+        let mut config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": token(self.spec.bos_id),
+            "eos_token": token(self.spec.eos_id),
+            "add_bos_token": self.spec.add_bos,
+            "add_eos_token": self.spec.add_eos,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": model_max_length,
+        });
+        if let Some(template) = &self.spec.chat_template {
+            config["chat_template"] = template.clone().into();
+        }
+        config
+    }
+}
+
 /// GPT-2's byte alphabet: byte b is written as character `alphabet()[b]` (printable ASCII and
 /// Latin-1 stand for themselves; the rest, space and control bytes included, map to U+0100..).
 fn alphabet() -> &'static ([char; 256], HashMap<char, u8>) {

@@ -26,7 +26,7 @@ mod chat;
 mod gguf;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use gguf::{GgufTokenizer, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+pub use gguf::{GgufTokenizer, HF_TOKENIZER, HF_TOKENIZER_CONFIG, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -19,6 +19,9 @@ use std::path::Path;
 pub const HF_CONFIG: &str = "config.json";
 /// The weights in a Hugging Face model folder, under their Hugging Face names.
 pub const HF_WEIGHTS: &str = "model.safetensors";
+/// transformers' generation defaults in a Hugging Face model folder (here: the BOS and EOS ids,
+/// so `generate` stops at the end of a turn).
+pub const HF_GENERATION_CONFIG: &str = "generation_config.json";
 
 impl Llama {
     /// Every weight by its Hugging Face name, in state-dict order (`model.embed_tokens.weight`,
@@ -127,15 +130,29 @@ impl Llama {
     }
 
     /// Writes the model, adapters merged, into the existing folder `dir`: [`HF_CONFIG`]
-    /// ([`Llama::hf_config`]) and [`HF_WEIGHTS`] ([`Llama::merged_weights`], f32, with
-    /// `{"format": "pt"}` metadata as transformers writes it), each file atomically.
+    /// ([`Llama::hf_config`]), [`HF_GENERATION_CONFIG`] (the BOS and EOS ids, those that are
+    /// known) and [`HF_WEIGHTS`] ([`Llama::merged_weights`], f32, with `{"format": "pt"}`
+    /// metadata as transformers writes it), each file atomically.
     pub fn save_hf_files(&self, dir: impl AsRef<Path>, bos: Option<u32>, eos: Option<u32>) -> Result<()> {
         let dir = dir.as_ref();
         let weights = self.merged_weights()?;
         let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
         io::save_tensors(&dir.join(HF_WEIGHTS), &weights, Some(metadata))?;
-        let mut text = serde_json::to_string_pretty(&self.hf_config(bos, eos)).expect("a json! value serializes");
-        text.push('\n');
-        io::write_atomic(&dir.join(HF_CONFIG), text.as_bytes())
+        write_hf_json(&dir.join(HF_CONFIG), &self.hf_config(bos, eos))?;
+        let mut generation = serde_json::Map::new();
+        for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos)] {
+            if let Some(id) = id {
+                generation.insert(key.to_string(), id.into());
+            }
+        }
+        write_hf_json(&dir.join(HF_GENERATION_CONFIG), &Value::Object(generation))
     }
+}
+
+/// Writes `value` as a JSON file of a Hugging Face folder (pretty, as transformers writes its
+/// configs, ending in a newline), atomically.
+pub fn write_hf_json(path: impl AsRef<Path>, value: &Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).expect("a serde_json::Value serializes");
+    text.push('\n');
+    io::write_atomic(path.as_ref(), text.as_bytes())
 }
