@@ -138,14 +138,14 @@ impl Llama {
         let weights = self.merged_weights()?;
         let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
         io::save_tensors(&dir.join(HF_WEIGHTS), &weights, Some(metadata))?;
-        write_hf_json(&dir.join(HF_CONFIG), &self.hf_config(bos, eos))?;
+        write_hf_json(dir.join(HF_CONFIG), &self.hf_config(bos, eos))?;
         let mut generation = serde_json::Map::new();
         for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos)] {
             if let Some(id) = id {
                 generation.insert(key.to_string(), id.into());
             }
         }
-        write_hf_json(&dir.join(HF_GENERATION_CONFIG), &Value::Object(generation))
+        write_hf_json(dir.join(HF_GENERATION_CONFIG), &Value::Object(generation))
     }
 }
 
