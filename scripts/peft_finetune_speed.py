@@ -14,7 +14,7 @@ does not depend on the text), the loss next-token cross-entropy on every positio
 seconds), seconds per step, the peak resident set size of the process (ru_maxrss) and the settings.
 
 The matching kiln command (peak RSS from GNU time's "Maximum resident set size"; kiln's tokens/s is the
-progress line's; the data just needs 4 x 257 tokens per step, any text or chat file will do):
+progress line's; any data of more than a few windows of 257 tokens will do, e.g. examples/lora/kiln_facts.jsonl):
 
     RAYON_NUM_THREADS=2 /usr/bin/time -v kiln finetune --gguf GGUF --data DATA --lora-rank 8 --lora-alpha 16 \\
         --lora-targets q_proj,k_proj,v_proj,o_proj --batch-size 4 --block-size 256 --steps 12 --warmup 0 \\
