@@ -12,7 +12,7 @@
 // An access is classified by its address:
 //   - dynamic shared memory: inside this block's KILN_DYNAMIC_SMEM buffer;
 //   - static shared memory: inside this OS thread's static thread-local storage block, where the
-//     `static thread_local` __shared__ variables live (minus emu::tl_ids, the emulator's own);
+//     `static thread_local` __shared__ variables live (minus emu::tl_ids and emu::warp_post_area, the emulator's own);
 //   - global memory: inside a live emu_malloc buffer (a small cache per OS thread, then the registry);
 //   - anything else (the fiber's stack, kernel arguments, constant tables): not checked.
 //
@@ -29,9 +29,19 @@
 // false report.) Stale cells (an older epoch) need no reset: the epoch tells.
 //
 // Device buffers have one init byte per byte (emu_memory.cpp), set by emu_memcpy/emu_memset and by
-// kernel stores. For races in global memory, the bytes the running block wrote are kept in a hash
-// table (GlobalWrite): a read or write of a byte another thread of the block wrote in the same epoch
-// is a race (reads are not recorded, so a write after another thread's read is not caught). Shared memory's init state is the Cell's write epoch: written in this block or not.
+// kernel stores. Shared memory's init state is the Cell's write epoch: written in this block or not.
+//
+// Global-memory races within a block: the bytes the running block read or wrote since its last barrier
+// are kept in a hash table (GlobalCell, the same record as a shared-memory Cell), emptied for free at
+// each barrier by keying it with the epoch; the same rules as for shared memory apply (write after
+// write, read after write, write after read).
+//
+// Global-memory races between blocks: blocks run in parallel on several OS threads, in no order, so
+// the checker keeps, per device byte, which block of the current launch touched it and how (the owner
+// shadow: read by one block, read by several, written by one, updated atomically). It is valid per
+// 4 KiB page of a buffer while the page's entry holds the launch's number; the first thread of a launch
+// to touch a page resets it. A byte written by one block and read or written by another, other than
+// by atomics, is a race.
 //
 // == cp.async ==
 // With `async` checked, kiln_cp_async_16 only records the copy and marks its 16 destination bytes
@@ -353,7 +363,7 @@ struct ProfAccess {
     uintptr_t pc, addr;
     uint32_t thread, occurrence;
     uint32_t size;
-    uint8_t write, shared;
+    uint8_t write, shared, ldmatrix;
 };
 
 void profile_add(const char *kernel, const emu_profile_counts &add); // below
@@ -363,6 +373,7 @@ struct Checker {
     bool on = false;
     const char *kernel = "";
     std::vector<ProfAccess> prof; // this block's accesses since its last barrier
+    unsigned long long mma = 0;   // mma instructions (per warp) since the last flush
     // The launch and block (the runtime's error messages name the kernel and block).
     unsigned dim_x = 1, dim_y = 1;
     unsigned n = 0;
@@ -373,7 +384,8 @@ struct Checker {
     uint32_t lane_gen[EMU_MAX_THREADS_PER_BLOCK] = {};
     // Shared memory.
     Region dyn, tls;
-    uintptr_t ids_lo = 0; // emu::tl_ids, inside the TLS block but not shared memory
+    uintptr_t ids_lo = 0;   // emu::tl_ids, inside the TLS block but not shared memory
+    uintptr_t posts_lo = 0; // nor emu::warp_post_area (emu_ptx.h)
     // Global memory: recently used buffers, and pages known to hold none (stacks, arguments, tables).
     CachedBuffer buffers[8];
     unsigned next_buffer = 0, last_buffer = 0;
@@ -644,9 +656,10 @@ struct Checker {
     // An atomic arrives as a read and a write of the same pc; the profiler counts its write only.
     // `kernel`: the access is the kernel's own (not a cp.async landing), a point where
     // KILN_EMU_ORDER=interleave may switch threads, before the access is recorded.
+    // `ldmatrix`: a row of an ldmatrix (the profiler counts those apart).
     __attribute__((always_inline)) void access(uintptr_t addr, size_t size, bool write, bool atomic, uintptr_t pc,
-                                               bool kernel = false) {
-        if (addr - ids_lo < sizeof(ThreadIds)) return;
+                                               bool kernel = false, bool ldmatrix = false) {
+        if (addr - ids_lo < sizeof(ThreadIds) || addr - posts_lo < sizeof warp_post_area) return;
         if (__builtin_expect(kernel && opt.order == Order::Interleave, 0) && checked_memory(addr)) interleave_point();
         bool shared = false;
         if (addr - buffers[last_buffer].lo < buffers[last_buffer].hi - buffers[last_buffer].lo) {
@@ -664,7 +677,7 @@ struct Checker {
             return;
         }
         if (opt.profile && (write || !atomic))
-            prof.push_back(ProfAccess{pc, addr, *cur, 0, static_cast<uint32_t>(size), write, shared});
+            prof.push_back(ProfAccess{pc, addr, *cur, 0, static_cast<uint32_t>(size), write, shared, ldmatrix});
     }
 
     void profile_flush();
@@ -737,6 +750,7 @@ void check_launch_begin(Checker *c, const char *kernel, const Options &opt, unsi
         static_tls_block(&c->tls.lo, &c->tls.hi);
         c->tls.reserve(c->tls.hi - c->tls.lo);
         c->ids_lo = reinterpret_cast<uintptr_t>(&tl_ids);
+        c->posts_lo = reinterpret_cast<uintptr_t>(&warp_post_area);
     }
     // Buffers may have been freed and allocated since the last launch.
     for (CachedBuffer &b : c->buffers) b = CachedBuffer{};
@@ -830,6 +844,18 @@ __attribute__((noinline)) void pack_copy(void *dst, const void *src, unsigned by
     std::memcpy(dst, src, bytes);
 }
 
+__attribute__((noinline)) void ldmatrix_row(const void *row) {
+    if (Checker *c = tl_check)
+        c->access(reinterpret_cast<uintptr_t>(row), 16, false, false,
+                  reinterpret_cast<uintptr_t>(__builtin_return_address(0)), true, true);
+}
+
+void silent_copy(void *dst, const void *src, unsigned bytes) { std::memcpy(dst, src, bytes); }
+
+void mma_seen() {
+    if (Checker *c = tl_check; c && c->opt.profile) ++c->mma;
+}
+
 } // namespace emu
 
 // ---------------------------------------------------------------------------------------------------
@@ -914,7 +940,11 @@ void count_shared(const ProfAccess *first, const ProfAccess *last, emu_profile_c
         wavefronts += most;
         ++ideal;
     }
-    if (first->write) {
+    if (first->ldmatrix) {
+        ++c.ldsm_requests;
+        c.ldsm_wavefronts += wavefronts;
+        c.ldsm_ideal_wavefronts += ideal;
+    } else if (first->write) {
         ++c.sts_requests;
         c.sts_wavefronts += wavefronts;
         c.sts_ideal_wavefronts += ideal;
@@ -928,6 +958,12 @@ void count_shared(const ProfAccess *first, const ProfAccess *last, emu_profile_c
 } // namespace
 
 void Checker::profile_flush() {
+    if (mma) {
+        emu_profile_counts m{};
+        m.mma = mma;
+        mma = 0;
+        profile_add(kernel, m);
+    }
     if (prof.empty()) return;
     // Number each thread's executions of each instruction (the sort keeps each thread's order).
     std::stable_sort(prof.begin(), prof.end(), [](const ProfAccess &a, const ProfAccess &b) {
@@ -970,6 +1006,10 @@ void profile_add(const char *kernel, const emu_profile_counts &add) {
     c.sts_requests += add.sts_requests;
     c.sts_wavefronts += add.sts_wavefronts;
     c.sts_ideal_wavefronts += add.sts_ideal_wavefronts;
+    c.ldsm_requests += add.ldsm_requests;
+    c.ldsm_wavefronts += add.ldsm_wavefronts;
+    c.ldsm_ideal_wavefronts += add.ldsm_ideal_wavefronts;
+    c.mma += add.mma;
 }
 
 double ratio(unsigned long long a, unsigned long long b) { return b ? double(a) / double(b) : 0.0; }
@@ -1011,16 +1051,19 @@ extern "C" void emu_profile_report(void) {
     if (t.kernels.empty()) return;
     fprintf(stderr,
             "emu profile (counted by the emulator; docs/emulator.md, \"The profiler\")\n"
-            "%-28s %8s | %10s %8s %6s | %10s %8s %6s | %10s %8s %9s | %10s %8s %9s\n",
+            "%-28s %8s | %10s %8s %6s | %10s %8s %6s | %10s %8s %9s | %10s %8s %9s | %10s %8s %9s | %10s\n",
             "kernel", "launches", "gld req", "sect/req", "ideal", "gst req", "sect/req", "ideal", "lds req", "wf/req",
-            "conflicts", "sts req", "wf/req", "conflicts");
+            "conflicts", "sts req", "wf/req", "conflicts", "ldsm req", "wf/req", "conflicts", "mma");
     for (const auto &[name, c] : t.kernels)
-        fprintf(stderr, "%-28s %8llu | %10llu %8.2f %5.0f%% | %10llu %8.2f %5.0f%% | %10llu %8.2f %9llu | %10llu %8.2f %9llu\n",
+        fprintf(stderr,
+                "%-28s %8llu | %10llu %8.2f %5.0f%% | %10llu %8.2f %5.0f%% | %10llu %8.2f %9llu | %10llu %8.2f %9llu | "
+                "%10llu %8.2f %9llu | %10llu\n",
                 name.c_str(), c.launches, c.gld_requests, ratio(c.gld_sectors, c.gld_requests),
                 100 * ratio(c.gld_bytes, 32 * c.gld_sectors), c.gst_requests, ratio(c.gst_sectors, c.gst_requests),
                 100 * ratio(c.gst_bytes, 32 * c.gst_sectors), c.lds_requests, ratio(c.lds_wavefronts, c.lds_requests),
                 c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests, ratio(c.sts_wavefronts, c.sts_requests),
-                c.sts_wavefronts - c.sts_ideal_wavefronts);
+                c.sts_wavefronts - c.sts_ideal_wavefronts, c.ldsm_requests, ratio(c.ldsm_wavefronts, c.ldsm_requests),
+                c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma);
     const char *path = std::getenv("KILN_EMU_PROFILE_JSON");
     if (!path || !*path) return;
     FILE *f = fopen(path, "w");
@@ -1036,11 +1079,15 @@ extern "C" void emu_profile_report(void) {
                 "   \"global_load\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu},\n"
                 "   \"global_store\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu},\n"
                 "   \"shared_load\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
-                "   \"shared_store\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu}}",
+                "   \"shared_store\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
+                "   \"ldmatrix\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
+                "   \"mma_m16n8k16\": {\"instructions\": %llu, \"flops\": %llu}}",
                 first ? "" : ",", name.c_str(), c.launches, c.gld_requests, c.gld_sectors, 32 * c.gld_sectors,
                 c.gld_bytes, c.gst_requests, c.gst_sectors, 32 * c.gst_sectors, c.gst_bytes, c.lds_requests,
                 c.lds_wavefronts, c.lds_ideal_wavefronts, c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests,
-                c.sts_wavefronts, c.sts_ideal_wavefronts, c.sts_wavefronts - c.sts_ideal_wavefronts);
+                c.sts_wavefronts, c.sts_ideal_wavefronts, c.sts_wavefronts - c.sts_ideal_wavefronts, c.ldsm_requests,
+                c.ldsm_wavefronts, c.ldsm_ideal_wavefronts, c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma,
+                4096 * c.mma);
         first = false;
     }
     fprintf(f, "\n]}\n");

@@ -897,6 +897,26 @@ void test_profiler() {
     check_counts("KilnPack<float, 4>: load bytes used (all)", c.gld_bytes, 8 * 512);
     check_counts("KilnPack<float, 4>: store requests (one per warp)", c.gst_requests, 8);
     check_counts("KilnPack<float, 4>: store bytes used (all)", c.gst_bytes, 8 * 512);
+
+    // ldmatrix .x4 from one warp: 4 phases (one per 8x8 matrix of 8 rows x 16 bytes), each 1 wavefront
+    // when its rows cover the 32 banks once, 8 when they all fall in the same 4 banks; one mma (16 ones
+    // times 16 ones per output element: 16).
+    const struct {
+        int stride;
+        unsigned long long wavefronts;
+        const char *what;
+    } rows[] = {{8, 4, "dense rows"}, {64, 32, "128-byte rows (8-way conflict)"}, {72, 4, "rows padded by 16 bytes"}};
+    for (const auto &r : rows) {
+        emu_profile_reset();
+        const std::string e = launch("prof_ldmatrix", d3(1), d3(32), 0, y.p, r.stride);
+        check(e.empty() && y[0] == 16.0f, "profiler: prof_ldmatrix runs", e);
+        c = profile_of("prof_ldmatrix");
+        check_counts(fmt("ldmatrix.x4, %s: requests", r.what).c_str(), c.ldsm_requests, 1);
+        check_counts(fmt("ldmatrix.x4, %s: wavefronts", r.what).c_str(), c.ldsm_wavefronts, r.wavefronts);
+        check_counts(fmt("ldmatrix.x4, %s: ideal wavefronts", r.what).c_str(), c.ldsm_ideal_wavefronts, 4);
+        check_counts(fmt("ldmatrix.x4, %s: not counted as shared loads", r.what).c_str(), c.lds_requests, 0);
+        check_counts("mma.m16n8k16 instructions (one warp, one mma)", c.mma, 1);
+    }
     emu_set_profile(0);
     emu_profile_reset();
 }

@@ -475,3 +475,22 @@ extern "C" __global__ void prof_pack_f32x4(const float *x, float *y) {
     for (int k = 0; k < 4; ++k) out.v[k] = 2.0f * a.v[k];
     reinterpret_cast<Pack *>(y)[i] = out;
 }
+
+// One warp: lane l's ldmatrix row starts at half `stride * l` of a bf16 tile (the four 8x8 matrices of
+// an .x4 are rows 0-7, 8-15, 16-23 and 24-31), then one mma with those fragments. Row stride 8 halves
+// (16 bytes): a matrix's 8 rows are 128 contiguous bytes, all 32 banks once; 64 halves (128 bytes):
+// every row in banks 0-3, 8 wavefronts per matrix; 72 halves (a 128-byte row padded by 16): row r in
+// banks 4r .. 4r+3, none shared.
+extern "C" __global__ void prof_ldmatrix(float *y, int stride) {
+    __shared__ __align__(16) unsigned short tile[32 * 72]; // bf16 bits (a __shared__ needs a trivial type)
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 32 * 72; i += 32) tile[i] = 0x3f80; // 1.0
+    __syncthreads();
+    unsigned a[4], b[2];
+    kiln_ldmatrix_x4(a, tile + stride * lane);
+    b[0] = a[0];
+    b[1] = a[1];
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    kiln_mma_m16n8k16<__nv_bfloat16>(acc, a, b);
+    y[lane] = acc[0];
+}
