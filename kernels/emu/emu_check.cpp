@@ -578,7 +578,9 @@ struct Checker {
                 __atomic_store_n(entry, launch, __ATOMIC_RELEASE);
                 return;
             }
+#if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
+#endif
         }
     }
 
