@@ -654,14 +654,10 @@ impl Llama {
     /// the matching rows of a full [`Llama::forward`] over the whole sequence.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let _no_grad = crate::no_grad();
-        let before = cache.clone(); // cheap (shared tensors)
-        let result = cache
-            .check(self.cfg.num_hidden_layers, ids)
-            .and_then(|()| self.run(ids, Some(cache)));
-        if result.is_err() {
-            *cache = before;
-        }
-        result
+        cache.transaction(|cache| {
+            cache.check(self.cfg.num_hidden_layers, ids)?;
+            self.run(ids, Some(cache))
+        })
     }
 
     /// The whole network: token table, blocks, final norm, LM head.
