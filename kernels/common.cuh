@@ -209,6 +209,17 @@ __device__ __forceinline__ unsigned long long kiln_offset(const KilnLayout &l, u
 
 template <typename T, int N> struct alignas(sizeof(T) * N) KilnPack {
     T v[N];
+#if KILN_EMU
+    // On the GPU a pack moves in one vector instruction (ld/st.v4, .v2); g++ may split the copy into
+    // element moves, which the emulator's checker and profiler would see as N accesses. Copies go
+    // through emu::pack_copy instead, which reports one access of the pack's size.
+    KilnPack() = default;
+    __attribute__((always_inline)) KilnPack(const KilnPack &o) { ::emu::pack_copy(this, &o, sizeof(KilnPack)); }
+    __attribute__((always_inline)) KilnPack &operator=(const KilnPack &o) {
+        ::emu::pack_copy(this, &o, sizeof(KilnPack));
+        return *this;
+    }
+#endif
 };
 
 template <int Bytes> __device__ __forceinline__ bool kiln_aligned(const void *p) {

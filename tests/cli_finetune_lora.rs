@@ -4,7 +4,8 @@
 //! with `Llama::load_adapter` and changes the logits, `kiln chat --lora` uses it, and a bad line
 //! is refused naming its file and line; a run stopped and resumed computes the losses of an
 //! uninterrupted one bit for bit and evaluates a held-out split; flags that would be ignored
-//! (the adapter's shape with --from or --resume) are refused naming both flags.
+//! (the adapter's shape with --from or --resume) are refused naming both flags. `--base-dtype q`
+//! (quantized base, on SmolLM2) and `bf16` train as `f32` does, and a resumed run keeps its base.
 
 use kiln::model::Llama;
 use kiln::tokenizer::Tokenizer;
@@ -16,6 +17,9 @@ use std::path::Path;
 #[path = "common/cli.rs"]
 mod cli;
 use cli::{kiln, temp_dir, text};
+
+#[path = "common/smollm2.rs"]
+mod smollm2;
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama-chat/model.gguf");
 const BLOCK: usize = 32;
@@ -380,4 +384,74 @@ fn lora_flags_with_from_or_resume_are_refused_naming_both() {
             assert!(err.contains(flag), "{args:?}: {err}");
         }
     }
+}
+
+/// Two steps of `--base-dtype` `base` on `model` into `out`: the train losses.
+fn base_dtype_run(model: &Path, data: &Path, out: &Path, base: &str, steps: usize) -> Vec<f64> {
+    let args: Vec<String> = [
+        "finetune",
+        "--gguf",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--base-dtype",
+        base,
+        "--lora-rank",
+        "2",
+        "--lora-targets",
+        "q_proj,v_proj,down_proj",
+        "--steps",
+        &steps.to_string(),
+        "--eval-interval",
+        "100",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "1",
+        "--block-size",
+        "24",
+        "--seed",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    run_ok(&args);
+    losses(out).0.iter().map(|r| r.1).collect()
+}
+
+/// QLoRA-style training on the real quantized SmolLM2: with its projections kept in Q4_1 blocks
+/// the losses are those of the f32 base (every training product has at least 4 rows, so the
+/// weights are decoded to f32: equal up to summation order), the run records its base, and a
+/// resume loads the same base again. On the tiny fixture (f32 tensors), a bf16 base trains within
+/// bf16's rounding of the f32 base.
+#[test]
+fn base_dtype_q_trains_as_the_f32_base_and_resumes_with_it() {
+    let dir = temp_dir("finetune-lora-base-dtype");
+    let data = write_chats(&dir);
+    let bf16 = base_dtype_run(Path::new(MODEL), &data, &dir.join("tiny-bf16"), "bf16", 2);
+    let f32 = base_dtype_run(Path::new(MODEL), &data, &dir.join("tiny-f32"), "f32", 2);
+    for (b, f) in bf16.iter().zip(&f32) {
+        assert!((b - f).abs() <= 2e-2 * f.abs(), "bf16 base loss {b} against f32 {f}");
+    }
+    let Some(smol) = smollm2::path() else { return };
+    let q_out = dir.join("smol-q");
+    let q = base_dtype_run(&smol, &data, &q_out, "q", 2);
+    let f = base_dtype_run(&smol, &data, &dir.join("smol-f32"), "f32", 2);
+    assert_eq!(q.len(), 2);
+    for (a, b) in q.iter().zip(&f) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "quantized base loss {a} against f32 {b}"
+        );
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q_out.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["run"]["base"], "as_stored", "{state}");
+    let resumed: Vec<String> = ["finetune", "--resume", "--steps", "3", "--out", q_out.to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+    let said = run_ok(&resumed);
+    assert_eq!(losses(&q_out).0.len(), 3, "{said}");
 }

@@ -62,6 +62,123 @@ fn kv_cache_logits_equal_full_forward_logits() {
     }
 }
 
+/// The logits of `x` (B, T) fed through `cache` in the given pieces, joined along time.
+fn cached_logits(gpt: &Gpt, x: &Tensor, cache: &mut KvCache, pieces: &[usize]) -> Tensor {
+    let mut at = cache.len();
+    let outs: Vec<Tensor> = pieces
+        .iter()
+        .map(|&n| {
+            let y = gpt.forward_cached(&x.narrow(1, at, n).unwrap(), cache).unwrap();
+            at += n;
+            y
+        })
+        .collect();
+    Tensor::cat(&outs, 1).unwrap()
+}
+
+/// The cache writes its buffers in place: a clone shares them until one side writes, and then
+/// neither sees the other's positions; positions dropped by `truncate` are overwritten by the
+/// next ones. Every branch must give the logits of a full forward over its own sequence.
+#[test]
+fn kv_cache_clones_and_truncation_keep_their_own_positions() {
+    let cfg = small(true);
+    let gpt = model(cfg.clone(), 1);
+    let (a, b) = (ids(1, 12, cfg.vocab_size, 7), ids(1, 12, cfg.vocab_size, 8));
+    // b shares a's first 5 tokens
+    let b = Tensor::cat(&[a.narrow(1, 0, 5).unwrap(), b.narrow(1, 5, 7).unwrap()], 1).unwrap();
+    let (full_a, full_b) = (gpt.forward(&a).unwrap(), gpt.forward(&b).unwrap());
+    let mut cache_a = KvCache::new(&cfg);
+    let prefix = cached_logits(&gpt, &a, &mut cache_a, &[5]);
+    let mut cache_b = cache_a.clone();
+    // the two take turns, each reading positions the other has written to by then
+    let a1 = cached_logits(&gpt, &a, &mut cache_a, &[1]);
+    let b1 = cached_logits(&gpt, &b, &mut cache_b, &[3]);
+    let a2 = cached_logits(&gpt, &a, &mut cache_a, &[1, 5]);
+    let b2 = cached_logits(&gpt, &b, &mut cache_b, &[4]);
+    let (rest_a, rest_b) = (Tensor::cat(&[a1, a2], 1).unwrap(), Tensor::cat(&[b1, b2], 1).unwrap());
+    let close = |got: &Tensor, want: &Tensor, what: &str| {
+        let d = rel_max_diff(got, want);
+        assert!(
+            d < 1e-5,
+            "{what}: cached and full logits differ by {d} of their largest"
+        );
+    };
+    close(
+        &Tensor::cat(&[prefix.clone(), rest_a], 1).unwrap(),
+        &full_a,
+        "the original",
+    );
+    close(
+        &Tensor::cat(&[prefix.clone(), rest_b], 1).unwrap(),
+        &full_b,
+        "the clone",
+    );
+    // a again, after a truncation to the shared prefix: now b's tokens
+    cache_a.truncate(5).unwrap();
+    let again = cached_logits(&gpt, &b, &mut cache_a, &[7]);
+    close(&Tensor::cat(&[prefix, again], 1).unwrap(), &full_b, "after truncate");
+}
+
+/// Past its first buffer (64 positions) the cache moves to a larger one, one token at a time,
+/// keeping every position.
+#[test]
+fn kv_cache_grows_past_its_first_buffer() {
+    let cfg = GptConfig {
+        block_size: 150,
+        ..small(false)
+    };
+    let gpt = model(cfg.clone(), 2);
+    let x = ids(2, 140, cfg.vocab_size, 9);
+    let mut cache = KvCache::new(&cfg);
+    let mut pieces = vec![60];
+    pieces.extend([1; 10]);
+    pieces.push(70);
+    let cached = cached_logits(&gpt, &x, &mut cache, &pieces);
+    assert_eq!(cache.len(), 140);
+    let d = rel_max_diff(&cached, &gpt.forward(&x).unwrap());
+    assert!(d < 1e-5, "cached and full logits differ by {d} of their largest");
+}
+
+/// Attention over K and V that are views of larger buffers (a KV cache's filled rows: each head's
+/// rows contiguous, heads a buffer's capacity apart) reads them in place on the CPU and gives
+/// exactly what their contiguous copies give, forward and backward.
+#[test]
+fn attention_over_views_of_a_cache_buffer_equals_attention_over_copies() {
+    let mut rng = Rng::new(21);
+    let dev = Device::Cpu;
+    // (B, H, Hkv, Tq, Tk, capacity, D)
+    for (b, h, hkv, tq, tk, cap, d) in [
+        (1, 6, 2, 1, 37, 64, 16),
+        (2, 4, 4, 3, 20, 33, 8),
+        (2, 3, 1, 5, 9, 12, 4),
+    ] {
+        let q = Tensor::randn(&[b, h, tq, d], DType::F32, &mut rng, &dev).unwrap();
+        let kb = Tensor::randn(&[b, hkv, cap, d], DType::F32, &mut rng, &dev).unwrap();
+        let vb = Tensor::randn(&[b, hkv, cap, d], DType::F32, &mut rng, &dev).unwrap();
+        let (k, v) = (kb.narrow(2, 0, tk).unwrap(), vb.narrow(2, 0, tk).unwrap());
+        assert!(!k.is_contiguous());
+        let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        let w = Tensor::randn(&[b, h, tq, d], DType::F32, &mut rng, &dev).unwrap();
+        let run = |k: &Tensor, v: &Tensor| {
+            let (q, k, v) = (
+                q.clone().requires_grad(),
+                k.clone().requires_grad(),
+                v.clone().requires_grad(),
+            );
+            let y = q.scaled_dot_product_attention(&k, &v, true).unwrap();
+            let g = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = [&q, &k, &v].map(|t| g.get(t).unwrap().to_vec::<f32>().unwrap());
+            (y.to_vec::<f32>().unwrap(), grads)
+        };
+        assert_eq!(
+            run(&k, &v),
+            run(&kc, &vc),
+            "(B, H, Hkv, Tq, Tk, capacity, D) = {:?}",
+            (b, h, hkv, tq, tk, cap, d)
+        );
+    }
+}
+
 /// `max|a − b| / max|b|` over two tensors of the same shape (compared in f64); NaN if either
 /// holds a NaN, and 0 when both are all zeros (a gradient that is exactly 0: one key only).
 fn rel_max_diff(a: &Tensor, b: &Tensor) -> f64 {

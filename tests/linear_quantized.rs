@@ -10,7 +10,10 @@
 //! A second check removes that rounding: x whose blocks are integers with one ±127 is quantized
 //! exactly, and then the result must agree to f32 rounding alone.
 
-use kiln::backend::cpu::linear_quantized::{linear_quantized_on, QuantIsa, ROWS_PER_TASK};
+use kiln::backend::cpu::linear_quantized::{
+    linear_dequantized, linear_quantized, linear_quantized_input_grad, linear_quantized_on, QuantIsa,
+    DEQUANTIZE_FROM_ROWS, ROWS_PER_TASK,
+};
 use kiln::gguf::{dequantize, GgmlType};
 use kiln::ops::linear_quantized::{QuantFormat, QuantizedMatrix};
 use kiln::{DType, Device, Tensor};
@@ -215,7 +218,7 @@ fn row_lengths_that_are_not_whole_blocks_are_refused() {
 }
 
 #[test]
-fn the_tensor_op_checks_its_input_and_has_no_backward() {
+fn the_tensor_op_checks_its_input() {
     let mut g = Gen(5);
     let (wq, w) = random_matrix(QuantFormat::Q4_1, 40, 64, &mut g);
     let dev = Device::Cpu;
@@ -241,12 +244,96 @@ fn the_tensor_op_checks_its_input_and_has_no_backward() {
         .linear_quantized(&wq)
         .unwrap_err();
     assert!(err.to_string().contains("f32 or bf16"), "{err}");
-    // a gradient through it is a clear error, not a silent zero
-    let xg = x.requires_grad();
-    let Err(err) = xg.linear_quantized(&wq).unwrap().sum_all().unwrap().backward() else {
-        panic!("a backward through quantized weights succeeded")
-    };
-    assert!(err.to_string().contains("no backward through Q4_1"), "{err}");
+}
+
+/// dx = g·W in f64 for g (m, n) and the dequantized W (n, k), with the tolerance of f32
+/// summation (2e-5 of Σ|g·w| per element).
+fn reference_input_grad(g: &[f32], w: &[f32], k: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = w.len() / k;
+    let (mut dx, mut tol) = (Vec::new(), Vec::new());
+    for gr in g.chunks(n) {
+        for c in 0..k {
+            let terms = gr.iter().enumerate().map(|(j, &gv)| gv as f64 * w[j * k + c] as f64);
+            dx.push(terms.clone().sum());
+            tol.push(2e-5 * terms.map(f64::abs).sum::<f64>() + 1e-6);
+        }
+    }
+    (dx, tol)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], tol: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (e, ((&got, &want), &tol)) in got.iter().zip(want).zip(tol).enumerate() {
+        assert!(
+            (got as f64 - want).abs() <= tol,
+            "{what}: element {e} = {got}, want {want} ± {tol}"
+        );
+    }
+}
+
+/// The GEMM path (W decoded to f32 in blocks of rows) against f64, forward and input gradient,
+/// for every format: W has 4352 columns, so a 2 MiB decoded block holds 120 rows and W's 247
+/// rows take three blocks, the last one partial; 9 rows of x (not a multiple of the GEMM's
+/// tiles) are at or past the row count from which `linear_quantized` takes this path.
+#[test]
+fn the_decoded_product_and_the_input_gradient_match_f64_over_several_blocks_of_rows() {
+    let (m, n, k) = (9, 247, 4352);
+    assert!(m >= DEQUANTIZE_FROM_ROWS);
+    let mut g = Gen(11);
+    for format in QuantFormat::ALL {
+        let (wq, w) = random_matrix(format, n, k, &mut g);
+        let x: Vec<f32> = (0..m * k).map(|_| 3.0 * g.unit()).collect();
+        let (want, tol) = reference(&x, &w, k, true);
+        let got = linear_dequantized(&x, &wq).unwrap();
+        assert_close(&format!("{format} forward"), &got, &want, &tol);
+        assert_eq!(
+            linear_quantized(&x, &wq).unwrap(),
+            got,
+            "{format}: {m} rows take the decoded path"
+        );
+        let gy: Vec<f32> = (0..m * n).map(|_| g.unit()).collect();
+        let (want, tol) = reference_input_grad(&gy, &w, k);
+        let got = linear_quantized_input_grad(&gy, &wq).unwrap();
+        assert_close(&format!("{format} input gradient"), &got, &want, &tol);
+    }
+}
+
+/// Through the tensor op: `loss = Σ c ⊙ (x·Wᵀ)` has `dx = c·W` whichever path the forward took
+/// (3 rows: 8-bit dots; 12 rows: decoded GEMM), in f32 and bf16.
+#[test]
+fn the_gradient_of_the_input_is_c_times_w_on_both_paths() {
+    let mut g = Gen(12);
+    let (n, k) = (40, 96);
+    let (wq, w) = random_matrix(QuantFormat::Q4_1, n, k, &mut g);
+    let dev = Device::Cpu;
+    for rows in [3, 12] {
+        let xv: Vec<f32> = (0..rows * k).map(|_| g.unit()).collect();
+        let cv: Vec<f32> = (0..rows * n).map(|_| g.unit()).collect();
+        let (want, tol) = reference_input_grad(&cv, &w, k);
+        for dtype in [DType::F32, DType::BF16] {
+            let x = Tensor::from_vec(xv.clone(), &[rows, 1, k], &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+                .requires_grad();
+            let c = Tensor::from_vec(cv.clone(), &[rows, 1, n], &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let loss = x.linear_quantized(&wq).unwrap().mul(&c).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let dx = grads.get(&x).expect("x has a gradient");
+            assert_eq!((dx.shape(), dx.dtype()), (x.shape(), dtype));
+            let got = dx.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap();
+            // bf16 rounds c on the way in and dx on the way out, 2⁻⁹ relative each: within 2⁻⁸
+            // of Σ|c·w|, about 200 times f32's 2e-5
+            let tol: Vec<f64> = match dtype {
+                DType::BF16 => tol.iter().map(|t| t * 200.0).collect(),
+                _ => tol.clone(),
+            };
+            assert_close(&format!("{rows} rows, {dtype}"), &got, &want, &tol);
+        }
+    }
 }
 
 #[test]

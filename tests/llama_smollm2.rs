@@ -13,6 +13,7 @@
 //! file) and prints a skip message otherwise.
 
 use kiln::model::{Llama, LlamaLoad};
+use kiln::nn::LoraConfig;
 use kiln::tokenizer::{ChatMessage, Tokenizer};
 use kiln::{Device, Tensor};
 use std::path::Path;
@@ -110,24 +111,46 @@ fn quantized_weights_give_logits_near_the_dequantized_models() {
     let ids = tok.encode(&prompt).unwrap();
     let input = Tensor::from_vec(ids.clone(), &[1, ids.len()], &Device::Cpu).unwrap();
     let logits = |m: &Llama| m.forward(&input).unwrap().to_vec::<f32>().unwrap();
-    let (q, f) = (logits(&quantized), logits(&f32_model));
-    let rms = |v: &mut dyn Iterator<Item = f64>| {
-        let (s, n) = v.fold((0.0, 0), |(s, n), x| (s + x * x, n + 1));
-        (s / n as f64).sqrt()
-    };
-    let diff = rms(&mut q.iter().zip(&f).map(|(a, b)| (a - b) as f64));
-    let scale = rms(&mut f.iter().map(|&v| v as f64));
-    let max = q.iter().zip(&f).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     let v = quantized.config().vocab_size;
     let argmax = |row: &[f32]| (0..v).fold(0, |best, i| if row[i] > row[best] { i } else { best });
-    let agree = q
-        .chunks(v)
-        .zip(f.chunks(v))
-        .filter(|(a, b)| argmax(a) == argmax(b))
-        .count();
+    // (RMS of q − f, RMS of f, max |q − f|, positions with the same argmax)
+    let compare = |q: &[f32], f: &[f32]| {
+        let rms = |v: &mut dyn Iterator<Item = f64>| {
+            let (s, n) = v.fold((0.0, 0), |(s, n), x| (s + x * x, n + 1));
+            (s / n as f64).sqrt()
+        };
+        let diff = rms(&mut q.iter().zip(f).map(|(a, b)| (a - b) as f64));
+        let scale = rms(&mut f.iter().map(|&v| v as f64));
+        let max = q.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let agree = q
+            .chunks(v)
+            .zip(f.chunks(v))
+            .filter(|(a, b)| argmax(a) == argmax(b))
+            .count();
+        (diff, scale, max, agree)
+    };
+    // The whole prompt at once: every product has at least 4 rows, so the quantized weights are
+    // decoded to f32 and x is not rounded: the f32 model's logits up to summation order.
+    let (diff, scale, max, agree) = compare(&logits(&quantized), &logits(&f32_model));
     eprintln!(
-        "quantized vs f32 logits over {} positions: RMS difference {diff:.4} (logits RMS {scale:.3}), max {max:.4}, same argmax at {agree}",
+        "prompt of {} tokens, quantized vs f32 logits: RMS difference {diff:.2e} (logits RMS {scale:.3}), max {max:.2e}, same argmax at {agree}",
         ids.len()
+    );
+    assert!(diff < 1e-5 * scale, "RMS difference {diff} vs logits RMS {scale}");
+    assert_eq!(agree, ids.len(), "the argmax differs");
+    // One token at a time through the cache (decode): 8-bit rounding of each product's input.
+    let stepwise = |m: &Llama| {
+        let mut cache = m.new_cache();
+        ids.iter()
+            .flat_map(|&id| {
+                let x = Tensor::from_vec(vec![id], &[1, 1], &Device::Cpu).unwrap();
+                m.forward_cached(&x, &mut cache).unwrap().to_vec::<f32>().unwrap()
+            })
+            .collect::<Vec<f32>>()
+    };
+    let (diff, scale, max, agree) = compare(&stepwise(&quantized), &stepwise(&f32_model));
+    eprintln!(
+        "the same one token at a time: RMS difference {diff:.4} (logits RMS {scale:.3}), max {max:.4}, same argmax at {agree}"
     );
     assert!(diff < 0.05 * scale, "RMS difference {diff} vs logits RMS {scale}");
     assert!(
@@ -136,6 +159,55 @@ fn quantized_weights_give_logits_near_the_dequantized_models() {
         ids.len() - agree,
         ids.len()
     );
+}
+
+/// LoRA training through quantized weights (QLoRA-style): the adapters' gradients, taken through
+/// `linear_quantized`'s backward (`dx = g·W`, W decoded to f32), are those of the f32 model with
+/// the same adapters, up to summation order. The adapters get a non-zero B first, so that A's
+/// gradient is not zero.
+#[test]
+fn lora_gradients_through_quantized_weights_equal_the_f32_models() {
+    let Some(path) = smollm2::path() else { return };
+    let mut lora = LoraConfig::new(4, 8.0);
+    lora.targets = ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec();
+    let grads = |how: LlamaLoad| {
+        let mut m = Llama::from_gguf_with(&path, &Device::Cpu, how).unwrap();
+        m.add_lora(&lora, 3).unwrap();
+        for (name, p) in m.lora_params() {
+            if name.contains("lora_B") {
+                let n = p.numel();
+                let b: Vec<f32> = (0..n)
+                    .map(|i| 0.01 * ((i * 7919 % 201) as f32 - 100.0) / 100.0)
+                    .collect();
+                p.assign(&Tensor::from_vec(b, p.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let ids: Vec<u32> = (0..24).map(|i| (i * 1013 + 17) % 49152).collect();
+        let x = Tensor::from_vec(ids[..23].to_vec(), &[1, 23], &Device::Cpu).unwrap();
+        let y = Tensor::from_vec(ids[1..].to_vec(), &[1, 23], &Device::Cpu).unwrap();
+        let loss = m.loss(&x, &y).unwrap();
+        let g = loss.backward().unwrap();
+        let lv = loss.to_vec::<f32>().unwrap()[0];
+        let gs: Vec<(String, Vec<f32>)> = m
+            .lora_params()
+            .into_iter()
+            .map(|(name, p)| (name, g.get(&p).expect("a gradient").to_vec::<f32>().unwrap()))
+            .collect();
+        (lv, gs)
+    };
+    let (lq, gq) = grads(LlamaLoad::AsStored);
+    let (lf, gf) = grads(LlamaLoad::F32);
+    assert!((lq - lf).abs() <= 1e-5 * lf.abs(), "loss {lq} against {lf}");
+    let mut worst = 0f64;
+    for ((name, q), (_, f)) in gq.iter().zip(&gf) {
+        let scale = f.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        assert!(scale > 0.0, "{name}: a zero gradient tests nothing");
+        let d = q.iter().zip(f).fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64)) / scale;
+        worst = worst.max(d);
+        assert!(d < 1e-4, "{name}: gradients differ by {d:.2e} of their largest");
+    }
+    eprintln!("loss {lq} against {lf}; worst gradient difference {worst:.2e} of the largest");
 }
 
 /// tests/fixtures/smollm2/logits.json, written by scripts/smollm2_logits_reference.py: transformers'

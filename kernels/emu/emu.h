@@ -408,6 +408,12 @@ template <typename T> inline void __stcg(T *p, T v) { *p = v; }
 template <typename T> inline void __stcs(T *p, T v) { *p = v; }
 template <typename T> inline void __stwb(T *p, T v) { *p = v; }
 
+// Copies a KilnPack (common.cuh) as one access of `bytes` to each side, as the GPU's vector load and
+// store do; the checker and the profiler see it so (emu_check.cpp), not as g++'s element moves.
+namespace emu {
+void pack_copy(void *dst, const void *src, unsigned bytes);
+} // namespace emu
+
 // Tensor-core and asynchronous-copy instructions, as common.cuh's helpers reach them.
 #include "emu_ptx.h"
 

@@ -83,7 +83,8 @@ void emu_set_num_workers(unsigned n);
  * the next launch. Returns 0, or -1 for a spec it does not understand (nothing changes). */
 int emu_set_checks(const char *spec);
 /* The order in which the threads of a block start and resume between synchronisation points:
- * "forward" (thread order, the default), "reverse", "random" or "random:SEED", or NULL to go back to
+ * "forward" (thread order, the default), "reverse", "random" or "random:SEED", "interleave" or
+ * "interleave:SEED" (random, and threads also switch at memory accesses), or NULL to go back to
  * KILN_EMU_ORDER. A correct kernel computes the same result in every order. Returns 0 or -1. */
 int emu_set_order(const char *spec);
 
@@ -102,6 +103,11 @@ typedef struct {
      * banks); a request without bank conflicts takes one wavefront per phase (see the docs) */
     unsigned long long lds_requests, lds_wavefronts, lds_ideal_wavefronts;
     unsigned long long sts_requests, sts_wavefronts, sts_ideal_wavefronts;
+    /* ldmatrix (not in the shared loads above): warp-level instructions and wavefronts, each 8x8
+     * matrix (8 rows of 16 bytes) one phase; and tensor-core mma.m16n8k16 instructions (per warp;
+     * 2 * 16 * 8 * 16 = 4096 FLOPs each) */
+    unsigned long long ldsm_requests, ldsm_wavefronts, ldsm_ideal_wavefronts;
+    unsigned long long mma;
 } emu_profile_counts;
 /* Fills `out` for `kernel`; returns 0, or -1 if it has no counts. */
 int emu_profile_get(const char *kernel, emu_profile_counts *out);

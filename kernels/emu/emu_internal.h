@@ -29,8 +29,9 @@ namespace emu {
 
 // KILN_EMU_CHECK (race, init, async; all three unless set; `off` for none) and KILN_EMU_ORDER
 // (forward, reverse, random or random:SEED: the order in which the threads of a block run between
-// synchronisation points), read once from the environment.
-enum class Order { Forward, Reverse, Random };
+// synchronisation points; interleave or interleave:SEED: threads also switch at memory accesses),
+// read once from the environment.
+enum class Order { Forward, Reverse, Random, Interleave };
 struct Options {
     bool race = true, init = true, async = true;
     bool profile = false; // KILN_EMU_PROFILE (emu_check.cpp, "The profiler")
@@ -42,10 +43,23 @@ struct Options {
 // otherwise). `error` is empty, or says what is wrong with the variables (the launch then fails).
 Options options(std::string *error);
 
-// The init shadow of the device buffer holding `addr`: one byte per buffer byte, nonzero once written
-// (by the host through emu_memcpy/emu_memset, or by a kernel). Fills `lo` and `bytes` with the buffer's
-// range; null when addr is in no live buffer. Takes the registry lock: callers cache the answer.
-uint8_t *find_init_shadow(uintptr_t addr, uintptr_t *lo, size_t *bytes);
+// The shadow state of a device buffer (emu_memory.cpp keeps it beside the buffer).
+//   init: one byte per buffer byte, nonzero once written (by the host through emu_memcpy/emu_memset,
+//         or by a kernel);
+//   owner: one word per buffer byte, which block of the current launch read or wrote it (the checker's
+//         races between blocks, emu_check.cpp), valid in a 4 KiB page of the buffer while that page's
+//         page_launch entry is the launch's number; both null until asked for (`with_owner`), or when
+//         out of memory.
+struct BufferShadow {
+    uintptr_t lo = 0;
+    size_t bytes = 0;
+    uint8_t *init = nullptr;
+    uint32_t *owner = nullptr;
+    uint32_t *page_launch = nullptr;
+};
+// The shadow of the live buffer holding `addr`; false when there is none. Takes the registry lock:
+// callers cache the answer.
+bool find_buffer_shadow(uintptr_t addr, bool with_owner, BufferShadow *out);
 
 // One checker per OS thread that runs blocks. The runtime tells it where the block is.
 struct Checker;
@@ -53,14 +67,21 @@ Checker *checker_new();
 void checker_delete(Checker *c);
 // A launch starts on this OS thread: its options, block shape (x and y, to name threads), dynamic shared
 // memory, and where the runtime keeps the running thread's linear id.
+// `launch` numbers the launch (unique among the launches of the process, never 0) and `grid` names
+// the other blocks in messages.
 void check_launch_begin(Checker *c, const char *kernel, const Options &opt, unsigned block_x, unsigned block_y,
-                        unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur);
-void check_block_begin(Checker *c, unsigned nthreads);
+                        unsigned char *dyn_smem, size_t dyn_bytes, const unsigned *cur, uint32_t launch,
+                        const unsigned grid[3]);
+void check_block_begin(Checker *c, unsigned nthreads, uint64_t block_index);
 void check_block_end(Checker *c);
 void check_barrier(Checker *c);                                // a __syncthreads() completed
 void profile_launch(const char *kernel);                       // counts a launch (KILN_EMU_PROFILE)
 void check_warp_sync(Checker *c, unsigned warp, uint32_t lanes); // a warp collective completed for `lanes`
 void check_thread_exit(Checker *c, unsigned t);                // lands the thread's cp.async copies
+// KILN_EMU_ORDER=interleave: called by the checker at a memory access of the running thread, which
+// then lets another thread of the block run first, or not, as the block's seeded generator decides
+// (emu_runtime.cpp).
+void interleave_point();
 // Ends the running thread's block with an error (implemented by the runtime, like every kernel error).
 [[noreturn]] void check_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -27,7 +27,10 @@
 //
 // Each buffer also has an init shadow for the checker (emu_check.cpp): one byte per buffer byte, zero
 // until the byte is written by emu_memcpy/emu_memset or by a kernel. It comes from calloc, which maps
-// large ones lazily (pages nobody writes cost nothing) and takes no memory map for small ones.
+// large ones lazily (pages nobody writes cost nothing) and takes no memory map for small ones. The
+// checker's owner shadow (four bytes per byte, and one word per 4 KiB page: which block of the running
+// launch touched each byte) is allocated the same way, but only when a checked kernel first touches the
+// buffer.
 #include "emu_api.h"
 #include "emu_internal.h"
 
@@ -54,7 +57,17 @@ struct Buffer {
     size_t bytes;
     int size_class; // -1: a guarded mapping of its own; else the pooled block's class
     uint8_t *init;  // the init shadow: `bytes` bytes, nonzero once written
+    uint32_t *owner = nullptr;       // the owner shadow (BufferShadow), allocated on first request
+    uint32_t *page_launch = nullptr;
 };
+
+void free_shadow(Buffer &b) {
+    std::free(b.init);
+    std::free(b.owner);
+    std::free(b.page_launch);
+    b.init = nullptr;
+    b.owner = b.page_launch = nullptr;
+}
 
 // Quarantine bounds: how many freed mappings, and how much address space, stay reserved.
 constexpr size_t kQuarantineCount = 4096;
@@ -84,11 +97,11 @@ Registry &registry() {
 }
 
 // The live buffer whose mapping contains addr, if any. Caller holds the lock.
-const Buffer *find_mapping(Registry &r, uintptr_t addr) {
+Buffer *find_mapping(Registry &r, uintptr_t addr) {
     auto it = r.live.upper_bound(addr); // first buffer starting after addr
     if (it != r.live.end() && addr >= it->second.map_base) return &it->second; // in its front guard/slack
     if (it == r.live.begin()) return nullptr;
-    const Buffer &b = std::prev(it)->second;
+    Buffer &b = std::prev(it)->second;
     return addr < b.map_base + b.map_len ? &b : nullptr;
 }
 
@@ -142,14 +155,22 @@ size_t page_size() {
     return ps;
 }
 
-uint8_t *find_init_shadow(uintptr_t addr, uintptr_t *lo, size_t *bytes) {
+bool find_buffer_shadow(uintptr_t addr, bool with_owner, BufferShadow *out) {
     Registry &r = registry();
     std::lock_guard<std::mutex> lock(r.mu);
-    const Buffer *b = find_mapping(r, addr);
-    if (!b || addr < b->ptr || addr >= b->ptr + b->bytes) return nullptr;
-    *lo = b->ptr;
-    *bytes = b->bytes;
-    return b->init;
+    Buffer *b = find_mapping(r, addr);
+    if (!b || addr < b->ptr || addr >= b->ptr + b->bytes) return false;
+    if (with_owner && !b->owner) {
+        b->owner = static_cast<uint32_t *>(std::calloc(b->bytes, sizeof(uint32_t)));
+        b->page_launch = static_cast<uint32_t *>(std::calloc((b->bytes + 4095) / 4096, sizeof(uint32_t)));
+        if (!b->owner || !b->page_launch) { // then no races between blocks are looked for in it
+            std::free(b->owner);
+            std::free(b->page_launch);
+            b->owner = b->page_launch = nullptr;
+        }
+    }
+    *out = BufferShadow{b->ptr, b->bytes, b->init, b->owner, b->page_launch};
+    return true;
 }
 
 std::string describe_buffer_address(uintptr_t addr, const char *access) {
@@ -224,8 +245,7 @@ extern "C" int emu_free(void *ptr) {
     if (it == r.live.end()) return -1;
     Buffer b = it->second;
     r.live.erase(it);
-    std::free(b.init);
-    b.init = nullptr;
+    emu::free_shadow(b);
     if (b.size_class >= 0) {
         std::memset(reinterpret_cast<void *>(b.ptr), 0xFF, b.map_len); // stale reads see NaN
         r.free_blocks[b.size_class].push_back(b.ptr);
@@ -273,10 +293,9 @@ extern "C" int emu_is_live_range(const void *p, size_t bytes) {
 
 // The init shadow of the bytes at p (in a live buffer), or null for memory that is no buffer's.
 uint8_t *init_shadow_of(const void *p) {
-    uintptr_t lo = 0;
-    size_t bytes = 0;
-    uint8_t *init = emu::find_init_shadow(reinterpret_cast<uintptr_t>(p), &lo, &bytes);
-    return init ? init + (reinterpret_cast<uintptr_t>(p) - lo) : nullptr;
+    emu::BufferShadow s;
+    if (!emu::find_buffer_shadow(reinterpret_cast<uintptr_t>(p), false, &s)) return nullptr;
+    return s.init + (reinterpret_cast<uintptr_t>(p) - s.lo);
 }
 
 extern "C" int emu_memcpy(void *dst, const void *src, size_t bytes) {

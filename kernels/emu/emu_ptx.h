@@ -52,10 +52,18 @@ struct WarpPost {
     const unsigned char *row; // ldmatrix: this lane's row address
 };
 
-inline WarpPost *warp_posts() {
-    static thread_local WarpPost posts[kMaxWarpsPerBlock][32];
-    return posts[warp_in_block()];
-}
+// The block's scratch area (the emulator's, not the kernel's: the checker and the profiler skip it).
+inline thread_local WarpPost warp_post_area[kMaxWarpsPerBlock][32];
+
+inline WarpPost *warp_posts() { return warp_post_area[warp_in_block()]; }
+
+// The checker's and the profiler's view of these instructions (emu_check.cpp, not instrumented):
+// ldmatrix_row reports a lane's 16-byte row as one shared-memory load of an ldmatrix (so the profiler
+// counts a matrix's eight rows as one phase, as the hardware reads them); silent_copy moves bytes
+// without reporting them (the lanes gathering each other's rows); mma_seen counts one mma for the warp.
+void ldmatrix_row(const void *row);
+void silent_copy(void *dst, const void *src, unsigned bytes);
+void mma_seen();
 
 template <typename T> inline float half_bits_to_float(unsigned short bits);
 template <> inline float half_bits_to_float<__nv_bfloat16>(unsigned short bits) {
@@ -88,6 +96,7 @@ inline void mma_m16n8k16(float (&acc)[4], const unsigned (&a)[4], const unsigned
     for (int i = 0; i < 4; ++i) p[lane].a[i] = a[i];
     for (int i = 0; i < 2; ++i) p[lane].b[i] = b[i];
     __syncwarp(0xffffffffu, file, line);
+    if (lane == 0) mma_seen();
     const int group = static_cast<int>(lane / 4), tig = static_cast<int>(lane % 4);
     for (int i = 0; i < 4; ++i) {
         const int r = group + (i >= 2 ? 8 : 0), n = 2 * tig + (i % 2);
@@ -107,13 +116,15 @@ inline void ldmatrix(unsigned *r, const void *row, const char *file = __builtin_
         kernel_fail(file, line, "ldmatrix: row address %p of lane %u is not 16-byte aligned", row, lane);
     p[lane].row = static_cast<const unsigned char *>(row);
     __syncwarp(0xffffffffu, file, line);
+    // (after the __syncwarp: the instruction reads the rows as a warp, after what its lanes wrote before)
+    if (lane < 8u * Count) ldmatrix_row(row);
     for (int i = 0; i < Count; ++i) {
         unsigned short e[2];
         for (int h = 0; h < 2; ++h) {
             // element [row][col] of matrix i, before any transposition
             const int mrow = Trans ? 2 * static_cast<int>(lane % 4) + h : static_cast<int>(lane / 4);
             const int mcol = Trans ? static_cast<int>(lane / 4) : 2 * static_cast<int>(lane % 4) + h;
-            std::memcpy(&e[h], p[8 * i + mrow].row + 2 * mcol, 2);
+            silent_copy(&e[h], p[8 * i + mrow].row + 2 * mcol, 2);
         }
         r[i] = static_cast<unsigned>(e[0]) | (static_cast<unsigned>(e[1]) << 16);
     }

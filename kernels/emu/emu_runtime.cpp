@@ -322,6 +322,7 @@ struct BlockState {
     unsigned next_start; // how many threads have started; the next to start is thread_at(next_start)
     bool forward;        // threads start (and resume after a barrier) in thread order: thread_at(i) == i
     unsigned order[kMaxThreads]; // otherwise, thread_at(i) == order[i] (KILN_EMU_ORDER)
+    uint64_t rng;                // KILN_EMU_ORDER=random and interleave: the block's generator state
     unsigned exited;
     unsigned fresh;      // fibers of the pool handed out so far in this block
     unsigned bar_count;  // arrivals at the pending barrier
@@ -620,21 +621,25 @@ bool same_site(const char *f1, int l1, const char *f2, int l2) {
 // The thread that starts i-th (and is released i-th from a barrier).
 inline unsigned thread_at(const BlockState &b, unsigned i) { return b.forward ? i : b.order[i]; }
 
+// The next number of the block's generator (splitmix64).
+inline uint64_t next_random(BlockState &b) {
+    uint64_t z = (b.rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 // Sets the order in which block number `index`'s threads start (KILN_EMU_ORDER): thread order,
-// reversed, or a permutation drawn from the seed and the block's index.
+// reversed, or a permutation drawn from the seed and the block's index (random, and interleave, which
+// also switches threads at memory accesses: interleave_point).
 void set_thread_order(BlockState &b, const Options &opt, uint64_t index) {
     b.forward = opt.order == Order::Forward;
     if (b.forward) return;
     for (unsigned i = 0; i < b.n; ++i) b.order[i] = opt.order == Order::Reverse ? b.n - 1 - i : i;
-    if (opt.order != Order::Random) return;
-    uint64_t x = opt.seed ^ (index * 0x9e3779b97f4a7c15ull);
-    for (unsigned i = b.n - 1; i > 0; --i) { // Fisher-Yates, with splitmix64 as the generator
-        x += 0x9e3779b97f4a7c15ull;
-        uint64_t z = x;
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        z ^= z >> 31;
-        const unsigned j = static_cast<unsigned>(z % (i + 1));
+    if (opt.order == Order::Reverse) return;
+    b.rng = opt.seed ^ (index * 0x9e3779b97f4a7c15ull);
+    for (unsigned i = b.n - 1; i > 0; --i) { // Fisher-Yates
+        const unsigned j = static_cast<unsigned>(next_random(b) % (i + 1));
         const unsigned tmp = b.order[i];
         b.order[i] = b.order[j];
         b.order[j] = tmp;
@@ -674,18 +679,24 @@ void switch_away(WorkerState &ws, bool done) {
     tl_ids.thread_idx.z = ts.tid.z;
 }
 
+// Records the running thread's threadIdx and fiber, for switch_away to restore when it resumes.
+void park(WorkerState &ws, unsigned t) {
+    ThreadState &ts = ws.block.thr[t];
+    ts.fiber = ws.fiber;
+    ts.tid.x = tl_ids.thread_idx.x;
+    ts.tid.y = tl_ids.thread_idx.y;
+    ts.tid.z = tl_ids.thread_idx.z;
+    ws.fiber->thread = t;
+}
+
 // Makes the running thread wait (`why`, at file:line) until make_runnable() is called for it.
 void suspend(WorkerState &ws, TState why, const char *file, int line) {
     const unsigned t = ws.cur;
     ThreadState &ts = ws.block.thr[t];
     ts.state = why;
-    ts.fiber = ws.fiber;
-    ts.tid.x = tl_ids.thread_idx.x;
-    ts.tid.y = tl_ids.thread_idx.y;
-    ts.tid.z = tl_ids.thread_idx.z;
     ts.file = file;
     ts.line = line;
-    ws.fiber->thread = t;
+    park(ws, t);
     switch_away(ws, false);
 }
 
@@ -932,6 +943,7 @@ struct Launch {
     Options opt;
     unsigned nthreads;
     uint64_t nblocks;
+    uint32_t number; // this launch's number: 1, 2, ... (the checker's races between blocks)
     std::atomic<uint64_t> next{0}; // the next block index to hand out
     std::atomic<bool> failed{false};
     std::mutex error_mu;
@@ -963,7 +975,9 @@ void prepare_launch(WorkerState &ws, const Launch &L) {
     ws.smem_bytes = L.dyn_smem;
     tl_ids.dyn_smem = reinterpret_cast<unsigned char *>(ws.smem_guard - round_up(L.dyn_smem, 16));
     ws.opt = L.opt;
-    check_launch_begin(ws.check, L.kernel->name.c_str(), L.opt, L.block.x, L.block.y, tl_ids.dyn_smem, L.dyn_smem, &ws.cur);
+    const unsigned grid[3] = {L.grid.x, L.grid.y, L.grid.z};
+    check_launch_begin(ws.check, L.kernel->name.c_str(), L.opt, L.block.x, L.block.y, tl_ids.dyn_smem, L.dyn_smem, &ws.cur,
+                       L.number, grid);
 #if defined(__x86_64__)
     __asm__ volatile("stmxcsr %0" : "=m"(ws.mxcsr));
     __asm__ volatile("fnstcw %0" : "=m"(ws.fpucw));
@@ -986,7 +1000,7 @@ bool run_block(WorkerState &ws, const Launch &L, uint64_t index) {
     for (unsigned w = 0; w < b.nwarps; ++w) b.warps[w].exited = b.warps[w].in_coll = b.warps[w].in_active = 0;
     for (unsigned t = 0; t < b.n; ++t) b.thr[t].state = TState::NotStarted;
     set_thread_order(b, ws.opt, index);
-    check_block_begin(ws.check, b.n);
+    check_block_begin(ws.check, b.n, index);
     if (ws.smem_bytes) std::memset(tl_ids.dyn_smem, 0xFF, ws.smem_bytes); // fresh shared memory is garbage
 
     Fiber *first = fresh_fiber(ws);
@@ -1286,6 +1300,35 @@ unsigned long long warp_collective(Collective kind, unsigned mask, unsigned long
     return w.result[lane];
 }
 
+void interleave_point() {
+    WorkerState &ws = current_worker();
+    BlockState &b = ws.block;
+    const uint64_t r = next_random(b);
+    if (r & 1) return; // about every other access switches
+    const unsigned queued = b.rq_tail - b.rq_head;
+    const bool unstarted = b.next_start < b.n;
+    if (!queued && !unstarted) return; // nobody else can run
+    Fiber *const self = ws.fiber;
+    Fiber *next = nullptr;
+    if (queued && (!unstarted || (r & 2))) { // resume a waiting thread, drawn at random from the queue
+        const unsigned k = (b.rq_head + static_cast<unsigned>((r >> 8) % queued)) & (kMaxThreads - 1);
+        next = b.runq[k];
+        b.runq[k] = b.runq[b.rq_head++ & (kMaxThreads - 1)];
+    } else if (!(next = fresh_fiber(ws))) { // or start the next thread
+        return;
+    }
+    const unsigned t = ws.cur;
+    park(ws, t);
+    b.runq[b.rq_tail++ & (kMaxThreads - 1)] = self; // (still Running: it only steps aside)
+    ctx_switch(self->ctx, next->ctx, false);
+    const ThreadState &ts = b.thr[t];
+    ws.fiber = self;
+    ws.cur = t;
+    tl_ids.thread_idx.x = ts.tid.x;
+    tl_ids.thread_idx.y = ts.tid.y;
+    tl_ids.thread_idx.z = ts.tid.z;
+}
+
 void check_fail(const char *fmt, ...) {
     WorkerState &ws = current_worker();
     check_block_end(ws.check); // the checker stops looking: formatting the message touches memory too
@@ -1381,6 +1424,9 @@ extern "C" int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_
     L.opt = opts;
     L.nthreads = static_cast<unsigned>(threads);
     L.nblocks = uint64_t(grid.x) * grid.y * grid.z;
+    static std::atomic<uint32_t> launches{0};
+    L.number = launches.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (L.number == ~0u) L.number = launches.fetch_add(2, std::memory_order_relaxed) + 2; // never 0 or ~0
     if (opts.profile) profile_launch(k->name.c_str());
     const bool shared = L.nblocks > 1 && p.workers > 1;
     if (shared) {

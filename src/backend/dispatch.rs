@@ -111,11 +111,26 @@ impl Storage {
     /// `x · wᵀ` with `w` quantized: `self` holds f32 rows of `w`'s columns. The CPU only: the
     /// CUDA kernels do not exist yet.
     pub(crate) fn linear_quantized(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
+        self.quantized_product(layout, w, cpu::linear_quantized::linear_quantized)
+    }
+
+    /// The input's gradient of [`Storage::linear_quantized`]: `g · w`, `self` holding f32 rows of
+    /// `w`'s rows. The CPU only.
+    pub(crate) fn linear_quantized_input_grad(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
+        self.quantized_product(layout, w, cpu::linear_quantized::linear_quantized_input_grad)
+    }
+
+    /// `product` of `self`'s f32 rows and `w`, on the CPU.
+    fn quantized_product(
+        &self,
+        layout: &Layout,
+        w: &QuantizedMatrix,
+        product: fn(&[f32], &QuantizedMatrix) -> Result<Vec<f32>>,
+    ) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => {
                 let x = cpu::contiguous(s, layout)?;
-                let x = cpu::typed::<f32>(&x);
-                Ok(Storage::Cpu(CpuStorage::F32(cpu::linear_quantized::linear_quantized(x, w)?)))
+                Ok(Storage::Cpu(CpuStorage::F32(product(cpu::typed::<f32>(&x), w)?)))
             }
             Storage::Cuda(s) => Err(Error::invalid(
                 "linear_quantized",

@@ -5,7 +5,7 @@
 //! `DIR/adapter/` as a PEFT folder that `kiln chat --lora`, `kiln generate --lora`, `kiln merge`
 //! and `PeftModel.from_pretrained` read.
 
-use crate::model::Llama;
+use crate::model::{Llama, LlamaLoad};
 use crate::nn::{LoraConfig, DEFAULT_LORA_TARGETS};
 use crate::tokenizer::Tokenizer;
 use crate::train::lora::{pack_windows, read_examples, Example};
@@ -44,6 +44,32 @@ pub struct LoraArgs {
     /// again in the backward: less memory, about one more forward of compute).
     #[arg(long, conflicts_with_all = ["from", "resume"])]
     pub recompute: bool,
+    /// With --gguf: what the frozen base weights become: q keeps the projections in the file's
+    /// quantized blocks (QLoRA-style, CPU only: decoded to f32 block by block in each product),
+    /// bf16 or f32 dequantizes them [f32].
+    #[arg(long, value_enum, conflicts_with_all = ["from", "resume"])]
+    pub base_dtype: Option<BaseDType>,
+}
+
+/// `--base-dtype`: the base model's weights while an adapter trains.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseDType {
+    /// As stored in the file (quantized blocks stay quantized).
+    Q,
+    /// Dequantized to bf16; the model computes in bf16.
+    Bf16,
+    /// Dequantized to f32.
+    F32,
+}
+
+impl From<BaseDType> for LlamaLoad {
+    fn from(d: BaseDType) -> LlamaLoad {
+        match d {
+            BaseDType::Q => LlamaLoad::AsStored,
+            BaseDType::Bf16 => LlamaLoad::BF16,
+            BaseDType::F32 => LlamaLoad::F32,
+        }
+    }
 }
 
 /// The examples of every `data` file, read with `tok`.
@@ -75,7 +101,8 @@ pub fn cmd_finetune_lora(l: &LoraArgs, data: &[PathBuf], cfg: TrainConfig, opts:
     lora.validate()?;
     let tok = Tokenizer::from_gguf(gguf)?;
     let examples = read_all(data, &tok)?;
-    let mut model = Llama::from_gguf(gguf, &opts.device)?;
+    let base = l.base_dtype.map_or(LlamaLoad::F32, LlamaLoad::from);
+    let mut model = Llama::from_gguf_with(gguf, &opts.device, base)?;
     let block = l.block_size.unwrap_or(128).min(model.config().max_position_embeddings);
     let windows = pack_windows(&examples, block);
     if windows.is_empty() {
@@ -87,7 +114,7 @@ pub fn cmd_finetune_lora(l: &LoraArgs, data: &[PathBuf], cfg: TrainConfig, opts:
             ),
         ));
     }
-    let run = LoraRun::new(gguf, data, &windows, l.recompute)?;
+    let run = LoraRun::new(gguf, data, &windows, l.recompute, base)?;
     model.add_lora(&lora, cfg.seed)?;
     describe(&model, &run, examples.len(), &cfg, opts);
     let losses = finetune_lora(&mut model, &windows, &cfg, &run, opts)?;
@@ -104,8 +131,8 @@ pub fn resume_finetune_lora(opts: &RunOptions, change: impl FnOnce(&mut TrainCon
     let tok = Tokenizer::from_gguf(gguf)?;
     let examples = read_all(&data, &tok)?;
     let windows: Vec<Window> = pack_windows(&examples, saved.block_size);
-    let run = LoraRun::new(gguf, &data, &windows, saved.recompute)?;
-    let mut model = Llama::from_gguf(gguf, &opts.device)?;
+    let run = LoraRun::new(gguf, &data, &windows, saved.recompute, saved.base)?;
+    let mut model = Llama::from_gguf_with(gguf, &opts.device, saved.base)?;
     let losses = resume_lora(&mut model, &windows, &run, opts, change)?;
     done(&losses, opts)
 }

@@ -81,6 +81,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/attention.rs",
     "src/backend/cpu/embedding.rs",
     "src/backend/cpu/cross_entropy.rs",
+    "src/backend/cpu/dequantize.rs",
     "src/backend/cpu/matmul.rs",
     "src/backend/cpu/layer_norm.rs",
     "src/backend/cpu/linear_quantized/mod.rs",

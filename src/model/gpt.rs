@@ -78,12 +78,8 @@ impl CausalSelfAttention {
             Some(rng) if self.dropout > 0.0 => attention_reference(&q, &k, &v, start, self.dropout, Some(rng))?,
             // otherwise one fused op: no (T, Tk) scores kept, on every device
             _ => {
-                let tk = k.shape()[3];
-                let (q, k, v) = (
-                    q.reshape(&[b, nh, t, hs])?,
-                    k.reshape(&[b, nh, tk, hs])?,
-                    v.reshape(&[b, nh, tk, hs])?,
-                );
+                // k and v may be views of the cache's buffers: squeezed, they stay views
+                let (q, k, v) = (q.reshape(&[b, nh, t, hs])?, k.squeeze(0)?, v.squeeze(0)?);
                 q.scaled_dot_product_attention(&k, &v, true)?
             }
         };
@@ -358,14 +354,10 @@ impl Gpt {
     /// [`Gpt::forward`] over the whole sequence.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let _no_grad = crate::no_grad();
-        let before = cache.clone(); // cheap (shared tensors): restored if this call fails
-        let result = cache
-            .check(self.cfg.n_layer, ids)
-            .and_then(|()| self.run(ids, Some(cache), None));
-        if result.is_err() {
-            *cache = before;
-        }
-        result
+        cache.transaction(|cache| {
+            cache.check(self.cfg.n_layer, ids)?;
+            self.run(ids, Some(cache), None)
+        })
     }
 
     /// The whole network: embeddings, blocks, final norm, tied LM head.

@@ -4,42 +4,74 @@
 use super::config::GptConfig;
 use crate::{DType, Error, Result, Tensor};
 
-/// One layer's cached keys and values, each (1, B, nh, Tc, hs).
+/// One layer's cached keys and values: buffers (1, B, nh, capacity, hs) of which the first `len`
+/// positions are filled. A step writes its new positions in place, and attention reads the
+/// filled prefix as a view (no copy of the context per token); a full buffer is replaced by one
+/// of twice the capacity. Clones share the buffers until one of them writes: a write into a
+/// shared buffer copies it first, so clones never see each other's positions.
 #[derive(Clone, Debug, Default)]
 pub struct LayerKv {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    len: usize,
 }
+
+/// Positions a layer's first buffer holds (grown by doubling from there).
+const MIN_CAPACITY: usize = 64;
 
 impl LayerKv {
     /// Cached positions in this layer.
     pub fn len(&self) -> usize {
-        self.k.as_ref().map_or(0, |k| k.shape()[3])
+        self.len
     }
 
     /// Whether nothing is cached in this layer.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Keeps the first `len` (at least one, at most all) cached positions.
-    fn truncate(&mut self, len: usize) -> Result<()> {
-        for t in [&mut self.k, &mut self.v].into_iter().flatten() {
-            *t = t.narrow(3, 0, len)?.contiguous()?;
-        }
-        Ok(())
+    /// Positions the buffers hold before they must grow.
+    fn capacity(&self) -> usize {
+        self.k.as_ref().map_or(0, |k| k.shape()[3])
     }
 
-    /// Appends the new keys and values (1, B, nh, T, hs) along time and returns all of them.
+    /// Appends the new keys and values (1, B, nh, T, hs) along time and returns all of them,
+    /// (1, B, nh, len, hs) views of the buffers. Written in place: not recorded by autograd (the
+    /// cache serves inference).
     pub(crate) fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let join = |old: &Option<Tensor>, new: Tensor| match old {
-            Some(old) => Tensor::cat(&[old.clone(), new], 3),
-            None => new.contiguous(),
+        let &[_, _, _, t, _] = k.shape() else {
+            return Err(Error::shape(
+                "kv cache",
+                format!("keys must be (1, B, nh, T, hs), got {:?}", k.shape()),
+            ));
         };
-        let (k, v) = (join(&self.k, k)?, join(&self.v, v)?);
-        self.k = Some(k.clone());
-        self.v = Some(v.clone());
-        Ok((k, v))
+        let need = self.len + t;
+        let shared = [&self.k, &self.v].into_iter().flatten().any(Tensor::storage_is_shared);
+        if need > self.capacity() || shared {
+            let capacity = match need > self.capacity() {
+                true => need.max(2 * self.capacity()).max(MIN_CAPACITY),
+                false => self.capacity(),
+            };
+            self.k = Some(self.grown(self.k.as_ref(), &k, capacity)?);
+            self.v = Some(self.grown(self.v.as_ref(), &v, capacity)?);
+        }
+        let (kb, vb) = (self.k.as_ref().expect("grown"), self.v.as_ref().expect("grown"));
+        kb.narrow(3, self.len, t)?.assign(&k)?;
+        vb.narrow(3, self.len, t)?.assign(&v)?;
+        self.len = need;
+        Ok((kb.narrow(3, 0, need)?, vb.narrow(3, 0, need)?))
+    }
+
+    /// A buffer shaped as `new` (1, B, nh, ·, hs) with `capacity` positions, holding the first
+    /// `len` positions of `old`.
+    fn grown(&self, old: Option<&Tensor>, new: &Tensor, capacity: usize) -> Result<Tensor> {
+        let mut shape = new.shape().to_vec();
+        shape[3] = capacity;
+        let buffer = Tensor::zeros(&shape, new.dtype(), new.device())?;
+        if let Some(old) = old.filter(|_| self.len > 0) {
+            buffer.narrow(3, 0, self.len)?.assign(&old.narrow(3, 0, self.len)?)?;
+        }
+        Ok(buffer)
     }
 }
 
@@ -97,11 +129,29 @@ impl KvCache {
             self.clear();
             return Ok(());
         }
+        self.rewind(len);
+        Ok(())
+    }
+
+    /// Sets every layer back to its first `len` positions (at most those it holds): the positions
+    /// after stay in the buffers, to be overwritten.
+    fn rewind(&mut self, len: usize) {
         for l in &mut self.layers {
-            l.truncate(len)?;
+            l.len = l.len.min(len);
         }
         self.len = len;
-        Ok(())
+    }
+
+    /// Runs `step`, which appends to this cache; if it fails, the cache is as it was before (its
+    /// lengths and batch size restored: nothing before them was overwritten).
+    pub(crate) fn transaction<T>(&mut self, step: impl FnOnce(&mut KvCache) -> Result<T>) -> Result<T> {
+        let (len, batch) = (self.len, self.batch);
+        let result = step(self);
+        if result.is_err() {
+            self.rewind(len);
+            self.batch = batch;
+        }
+        result
     }
 
     pub(crate) fn layer(&mut self, i: usize) -> &mut LayerKv {

@@ -273,12 +273,15 @@ pub struct Llama {
     pub lm_head: Option<Linear>,
 }
 
-/// What [`Llama::from_gguf_with`] makes of a file's weights.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What [`Llama::from_gguf_with`] makes of a file's weights (serialized as `as_stored`, `f32`,
+/// `bf16`: a LoRA run records its base's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LlamaLoad {
     /// The linear projections stored in Q4_0, Q4_1, Q8_0, Q4_K or Q6_K stay in that block
     /// format and are multiplied with directly ([`Tensor::linear_quantized`]; on the CPU only,
-    /// elsewhere they are dequantized to f32; inference only: no gradient flows through them).
+    /// elsewhere they are dequantized to f32). They are frozen: LoRA adapters train on top of
+    /// them, the input's gradient flowing through them (QLoRA-style).
     /// Every other tensor (token table, norms, other types) is dequantized to f32; a tied LM
     /// head multiplies with the table as stored (the lookup reads its f32 rows). Not the
     /// default yet: with its 8-bit rounding of the projections' inputs, SmolLM2-135M's greedy
@@ -654,14 +657,10 @@ impl Llama {
     /// the matching rows of a full [`Llama::forward`] over the whole sequence.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let _no_grad = crate::no_grad();
-        let before = cache.clone(); // cheap (shared tensors)
-        let result = cache
-            .check(self.cfg.num_hidden_layers, ids)
-            .and_then(|()| self.run(ids, Some(cache)));
-        if result.is_err() {
-            *cache = before;
-        }
-        result
+        cache.transaction(|cache| {
+            cache.check(self.cfg.num_hidden_layers, ids)?;
+            self.run(ids, Some(cache))
+        })
     }
 
     /// The whole network: token table, blocks, final norm, LM head.

@@ -7,7 +7,7 @@
 //! D = rowsum(g ⊙ O):  dV = Pᵀ·g,  dS = P ⊙ (g·Vᵀ − D),  dQ = s·dS·K,  dK = s·dSᵀ·Q.
 
 use crate::backend::op::AttentionDims;
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 const OP: &str = "scaled_dot_product_attention";
 
@@ -54,12 +54,42 @@ pub(crate) fn attention_backward(
     backward(&q, &k, &v, &o.dense()?, lse, &g.dense()?, dims)
 }
 
-/// Checks the operands and returns them dense (contiguous, from offset 0) with the call's sizes.
+/// Checks the operands and returns them dense (contiguous, from offset 0) with the call's sizes;
+/// on the CPU, K and V whose heads lie at a fixed stride (the filled rows of a KV cache's buffers,
+/// [`head_stride`]) are read in place instead of copied at every generated token.
 fn prepare(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor, AttentionDims)> {
     q.same_device(k, OP)?;
     q.same_device(v, OP)?;
     let dims = attention_dims(q, k, v, causal)?;
+    if *q.device() == Device::Cpu {
+        if let Some(kv_stride) = head_stride(k, v) {
+            return Ok((q.dense()?, k.clone(), v.clone(), AttentionDims { kv_stride, ..dims }));
+        }
+    }
     Ok((q.dense()?, k.dense()?, v.dense()?, dims))
+}
+
+/// For k and v `[B, Hkv, Tk, D]` views that start their storage, with each head's Tk rows
+/// contiguous and the heads (batch entries included) a common `stride ≥ Tk·D` apart: that stride.
+fn head_stride(k: &Tensor, v: &Tensor) -> Option<usize> {
+    let &[b, h, tk, d] = k.shape() else { return None };
+    let s = k.layout().strides();
+    let stride = if h > 1 {
+        s[1]
+    } else if b > 1 {
+        s[0]
+    } else {
+        tk * d
+    };
+    let heads_at_stride = |t: &Tensor| {
+        let (l, s) = (t.layout(), t.layout().strides());
+        l.offset() == 0
+            && (d <= 1 || s[3] == 1)
+            && (tk <= 1 || s[2] == d)
+            && (h <= 1 || s[1] == stride)
+            && (b <= 1 || s[0] == h * stride)
+    };
+    (stride >= tk * d && heads_at_stride(k) && heads_at_stride(v)).then_some(stride)
 }
 
 /// The forward kernel (or CPU loop) on dense operands: (o, lse).
@@ -148,5 +178,6 @@ fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<At
         d,
         causal,
         group: h.checked_div(kh).unwrap_or(1),
+        kv_stride: tk * d,
     })
 }

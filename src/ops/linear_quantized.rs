@@ -4,8 +4,12 @@
 //! the result differs from the dequantize-then-f32 product by at most `max|x_block|/254 · Σ|w|`
 //! per block.
 //!
-//! Backward: none yet. The weights are frozen (they are not tensors), and the input's gradient
-//! `dx = g·W` is not implemented: a backward through this op is an error naming it.
+//! From 4 rows of x on (a prompt's prefill, a training batch), W is instead decoded to f32 a block of
+//! rows at a time and multiplied by the f32 GEMM, without rounding x.
+//!
+//! Backward: the weights are frozen (they are not tensors: LoRA adapters train on top of them,
+//! QLoRA-style); the input's gradient is `dx = g·W`, W decoded to f32 in blocks of rows as in the
+//! forward's GEMM path.
 
 pub use crate::backend::op::{QuantFormat, QuantizedMatrix};
 use crate::tensor::layout::checked_numel;
@@ -37,14 +41,14 @@ impl Tensor {
         let x = self.detach().to_dtype(DType::F32)?;
         let y = x.storage().linear_quantized(x.layout(), w)?;
         let y = Tensor::from_parts(y, &out_shape).to_dtype(self.dtype())?;
-        let format = w.format();
-        Ok(y.record(OP, &[self], move |_, _, _| {
-            Err(Error::invalid(
-                OP,
-                format!(
-                    "no backward through {format} weights yet (dx = g·W is not implemented); load the model as f32 or bf16 to train through it"
-                ),
-            ))
+        let (w, dtype) = (w.clone(), self.dtype());
+        Ok(y.record(OP, &[self], move |g, _, _| {
+            // dx = g·W: g is [..., out], dx [..., in], in the input's dtype
+            let g = g.to_dtype(DType::F32)?;
+            let dx = g.storage().linear_quantized_input_grad(g.layout(), &w)?;
+            let mut dx_shape = g.shape().to_vec();
+            *dx_shape.last_mut().expect("g has the output's rank, at least 1") = w.shape()[1];
+            Ok(vec![Some(Tensor::from_parts(dx, &dx_shape).to_dtype(dtype)?)])
         }))
     }
 }

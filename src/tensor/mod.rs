@@ -162,6 +162,12 @@ impl Tensor {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
+    /// Whether anything but this handle can see this tensor's storage: a clone of the handle or
+    /// another view. An in-place write into an unshared storage is seen by no one else.
+    pub(crate) fn storage_is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1 || Arc::strong_count(&self.0.storage) > 1
+    }
+
     /// Marks a leaf as needing a gradient: `backward()` will return its gradient. Integer
     /// tensors cannot have gradients and are returned unchanged.
     pub fn requires_grad(self) -> Tensor {

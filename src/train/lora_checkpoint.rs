@@ -18,7 +18,7 @@
 use super::atomic;
 use super::checkpoint::{self, checksum, checksum_text, DIR, OLD, OPTIMIZER, STATE, TMP};
 use super::config::TrainConfig;
-use crate::model::{io as model_io, Llama};
+use crate::model::{io as model_io, Llama, LlamaLoad};
 use crate::optim::AdamW;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -48,11 +48,21 @@ pub struct LoraRun {
     pub windows_checksum: String,
     /// Gradient checkpointing (changes no number, kept so a resumed run does the same).
     pub recompute: bool,
+    /// What the base model's weights were loaded as (`--base-dtype`); runs from before the flag
+    /// were f32.
+    #[serde(default)]
+    pub base: LlamaLoad,
 }
 
 impl LoraRun {
     /// The description of a run on the GGUF file `gguf` and the `windows` cut from `sources`.
-    pub fn new(gguf: &Path, sources: &[PathBuf], windows: &[Window], recompute: bool) -> Result<LoraRun> {
+    pub fn new(
+        gguf: &Path,
+        sources: &[PathBuf],
+        windows: &[Window],
+        recompute: bool,
+        base: LlamaLoad,
+    ) -> Result<LoraRun> {
         let absolute = |p: &Path| {
             std::fs::canonicalize(p)
                 .unwrap_or_else(|_| p.to_path_buf())
@@ -67,6 +77,7 @@ impl LoraRun {
             windows: windows.len(),
             windows_checksum: windows_checksum(windows),
             recompute,
+            base,
         })
     }
 }

@@ -192,8 +192,12 @@ pub struct Generator<M> {
 
 impl<M: CausalLm> Generator<M> {
     /// A generator for `model` (its weights cast to its compute dtype once), with no stop
-    /// tokens and [`ContextFull::Crop`].
+    /// tokens and [`ContextFull::Crop`]. Like training, it keeps freed memory in the process
+    /// ([`crate::backend::cpu::retain_freed_memory`]): every token frees and allocates the same
+    /// buffers again (the logits alone are 196 KB for a 49152-token vocabulary), which glibc
+    /// otherwise hands back to the system and the next token faults in again.
     pub fn new(model: &M) -> Result<Generator<M>> {
+        crate::backend::cpu::retain_freed_memory();
         let _no_grad = crate::no_grad();
         let model = model.for_inference()?;
         Ok(Generator {

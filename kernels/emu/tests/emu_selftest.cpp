@@ -669,6 +669,37 @@ void test_checker() {
     e = launch("global_race", d3(1), d3(64), 0, y.p, 1);
     check(e.empty() && y[63] == 1.0f, "checker: ... and with the barrier, none", e);
 
+    y.fill(0.0f);
+    e = launch("global_write_after_read", d3(1), d3(64), 0, y.p, 0);
+    check_error(e, "checker: a global write after another thread's read within a block",
+                {"kernel 'global_write_after_read'", "global-memory race on byte 4 of a 1024-byte device buffer",
+                 "thread (1,0,0) writes it at selftest_kernels.cu:", "thread (0,0,0) read it at selftest_kernels.cu:",
+                 "(write after read)"});
+    y.fill(0.0f);
+    e = launch("global_write_after_read", d3(1), d3(64), 0, y.p, 1);
+    check(e.empty() && y[0] == 1.0f && y[63] == 1.0f, "checker: ... and with the barrier, none", e);
+
+    // Races between blocks: 64 blocks run on the worker threads in parallel, in no fixed order, so the
+    // messages are checked for what every order has in common.
+    y.fill(0.0f);
+    e = launch("block_race", d3(64), d3(32), 0, y.p, 0);
+    check_error(e, "checker: one block writes a global byte that other blocks read",
+                {"kernel 'block_race'", "global-memory race between blocks on byte 0 of a 1024-byte device buffer",
+                 "thread (0,0,0)", "at selftest_kernels", "in this launch", "only atomics may share a byte"});
+    check(contains(e, "reads it at") || contains(e, " read it in this launch"),
+          "checker: ... the message says a block read it", e);
+    e = launch("block_race", d3(64), d3(32), 0, y.p, 1);
+    check_error(e, "checker: two blocks write the same global byte",
+                {"global-memory race between blocks on byte 0 of a 1024-byte device buffer", "writes it at",
+                 " wrote it in this launch"});
+    y.fill(0.0f);
+    e = launch("block_race", d3(64), d3(32), 0, y.p, 2);
+    check(e.empty() && y[0] == 64.0f, "checker: ... and atomic updates from every block, none", e);
+    e = launch("block_race", d3(64), d3(32), 0, y.p, 3);
+    std::string e2 = launch("block_race", d3(64), d3(32), 0, y.p, 4);
+    check(e.empty() && e2.empty() && y[65] == 1.0f && y[128] == 0.0f,
+          "checker: ... nor bytes of their own, nor bytes another block wrote in an earlier launch", e + e2);
+
     // The thread order changes what an unsynchronised kernel computes, with the checker off.
     emu_set_checks("off");
     launch("order_dependent", d3(1), d3(64), 0, y.p);
@@ -681,7 +712,42 @@ void test_checker() {
     check(forward == 63.0f && reverse == 0.0f && e.empty(),
           "KILN_EMU_ORDER: reverse order changes the result of an unsynchronised kernel",
           fmt("forward %g, reverse %g", forward, reverse));
-    check(emu_set_order("backwards") == -1 && emu_set_checks("race,speed") == -1,
+    // Interleaving at memory accesses loses increments that whole-thread orders never lose.
+    DevBuf<int> count(1);
+    std::string orders;
+    for (const char *order : {"forward", "reverse", "random:7"}) {
+        emu_set_order(order);
+        e += launch("lost_update", d3(1), d3(64), 0, count.p);
+        orders += fmt(" %s %d", order, count[0]);
+        check(count[0] == 64, fmt("KILN_EMU_ORDER=%s: lost_update's threads run whole, one after another", order), e);
+    }
+    emu_set_order("interleave:7");
+    e = launch("lost_update", d3(1), d3(64), 0, count.p);
+    const int interleaved = count[0];
+    e += launch("lost_update", d3(1), d3(64), 0, count.p);
+    check(e.empty() && interleaved < 64 && interleaved > 0 && count[0] == interleaved,
+          "KILN_EMU_ORDER=interleave:7: threads switch between a read and a write, losing increments (and the "
+          "same ones again: the seed fixes the interleaving)",
+          fmt("got %d then %d", interleaved, count[0]));
+    emu_set_order("interleave");
+    e = launch("lost_update", d3(1), d3(64), 0, count.p);
+    check(e.empty() && count[0] < 64, "KILN_EMU_ORDER=interleave (seed 0) loses some too", fmt("got %d", count[0]));
+    // Correct kernels stay correct and race-free under interleaving, with every check on.
+    emu_set_checks("race,init,async");
+    emu_set_order("interleave:11");
+    e = launch("race_reused_buffer", d3(1), d3(64), 0, x.p, y.p, 1);
+    check(e.empty() && y[5] == 192.0f, "KILN_EMU_ORDER=interleave:11: a reduction with its barriers, right and clean", e);
+    e = launch("warp_lock_step", d3(1), d3(32), 0, x.p, y.p, 1);
+    check(e.empty() && y[0] == 32.0f, "KILN_EMU_ORDER=interleave:11: the __syncwarp() reduction, right and clean", e);
+    e = launch("read_before_cp_async_wait", d3(1), d3(32), 0, x.p, y.p, 1);
+    check(e.empty() && y[31] == 1.0f, "KILN_EMU_ORDER=interleave:11: cp.async after its wait, clean", e);
+    e = launch("race_missing_barrier", d3(1), d3(64), 0, y.p, 0);
+    check(contains(e, "shared-memory race") || contains(e, "uninitialised read"),
+          "KILN_EMU_ORDER=interleave:11: the missing barrier is still reported (as a race, or as a read before the "
+          "write when the reader runs first)",
+          e);
+    emu_set_checks("off");
+    check(emu_set_order("backwards") == -1 && emu_set_order("interleave:x") == -1 && emu_set_checks("race,speed") == -1,
           "emu_set_order / emu_set_checks refuse a spec they do not know");
     emu_set_order(nullptr);
     emu_set_checks("race,async");
@@ -820,6 +886,36 @@ void test_profiler() {
         check_counts(fmt("float4 shared stride %d: load wavefronts", stride).c_str(), c.lds_wavefronts, 4 * stride);
         check_counts(fmt("float4 shared stride %d: store wavefronts", stride).c_str(), c.sts_wavefronts, 4 * stride);
         check_counts(fmt("float4 shared stride %d: ideal wavefronts", stride).c_str(), c.sts_ideal_wavefronts, 4);
+    }
+    // KilnPack<float, 4> copied in and out as kiln_map1 does: 8 warps, one 16-byte access per lane each
+    // way, so one request of 512 contiguous bytes (16 sectors, all used) per warp and direction.
+    emu_profile_reset();
+    check(launch("prof_pack_f32x4", d3(1), d3(256), 0, x.p, y.p).empty(), "profiler: prof_pack_f32x4 runs");
+    c = profile_of("prof_pack_f32x4");
+    check_counts("KilnPack<float, 4>: load requests (one per warp)", c.gld_requests, 8);
+    check_counts("KilnPack<float, 4>: load sectors (16 per request)", c.gld_sectors, 8 * 16);
+    check_counts("KilnPack<float, 4>: load bytes used (all)", c.gld_bytes, 8 * 512);
+    check_counts("KilnPack<float, 4>: store requests (one per warp)", c.gst_requests, 8);
+    check_counts("KilnPack<float, 4>: store bytes used (all)", c.gst_bytes, 8 * 512);
+
+    // ldmatrix .x4 from one warp: 4 phases (one per 8x8 matrix of 8 rows x 16 bytes), each 1 wavefront
+    // when its rows cover the 32 banks once, 8 when they all fall in the same 4 banks; one mma (16 ones
+    // times 16 ones per output element: 16).
+    const struct {
+        int stride;
+        unsigned long long wavefronts;
+        const char *what;
+    } rows[] = {{8, 4, "dense rows"}, {64, 32, "128-byte rows (8-way conflict)"}, {72, 4, "rows padded by 16 bytes"}};
+    for (const auto &r : rows) {
+        emu_profile_reset();
+        const std::string e = launch("prof_ldmatrix", d3(1), d3(32), 0, y.p, r.stride);
+        check(e.empty() && y[0] == 16.0f, "profiler: prof_ldmatrix runs", e);
+        c = profile_of("prof_ldmatrix");
+        check_counts(fmt("ldmatrix.x4, %s: requests", r.what).c_str(), c.ldsm_requests, 1);
+        check_counts(fmt("ldmatrix.x4, %s: wavefronts", r.what).c_str(), c.ldsm_wavefronts, r.wavefronts);
+        check_counts(fmt("ldmatrix.x4, %s: ideal wavefronts", r.what).c_str(), c.ldsm_ideal_wavefronts, 4);
+        check_counts(fmt("ldmatrix.x4, %s: not counted as shared loads", r.what).c_str(), c.lds_requests, 0);
+        check_counts("mma.m16n8k16 instructions (one warp, one mma)", c.mma, 1);
     }
     emu_set_profile(0);
     emu_profile_reset();

@@ -369,6 +369,48 @@ extern "C" __global__ void global_race(float *y, int fix) {
     if (threadIdx.x > 0) y[threadIdx.x] = y[0];
 }
 
+// A global write after read inside one block: thread t reads y[t + 1], then writes y[t]; thread t + 1's
+// write of y[t + 1] races with thread t's read (fix: a barrier between the reads and the writes).
+extern "C" __global__ void global_write_after_read(float *y, int fix) {
+    const unsigned t = threadIdx.x;
+    const float next = y[(t + 1) % blockDim.x];
+    if (fix) __syncthreads();
+    y[t] = next + 1.0f;
+}
+
+// Races between the blocks of one launch on y[0], by `mode`: 0, block 0 writes it and the others read
+// it; 1, every block writes it; 2, every block adds to it atomically (no race); 3, every block writes
+// its own y[blockIdx.x + 1] (no race); 4, every block reads y[blockIdx.x + 2 wrapped], which the
+// previous launch's mode 3 wrote (no race: launches are ordered).
+extern "C" __global__ void block_race(float *y, int mode) {
+    if (threadIdx.x != 0) return;
+    const unsigned b = blockIdx.x;
+    if (mode == 0) {
+        if (b == 0) y[0] = 1.0f;
+        else y[b + 1] = y[0];
+    } else if (mode == 1) {
+        y[0] = static_cast<float>(b);
+    } else if (mode == 2) {
+        atomicAdd(&y[0], 1.0f);
+    } else if (mode == 3) {
+        y[b + 1] = static_cast<float>(b);
+    } else {
+        y[gridDim.x + 1 + b] = y[(b + 1) % gridDim.x + 1];
+    }
+}
+
+// Every thread increments s[0] without an atomic or a barrier between its read and its write: run
+// whole, one thread after another (forward, reverse, random), no increment is lost; interleaved at
+// memory accesses, increments are lost, as on the GPU.
+extern "C" __global__ void lost_update(int *y) {
+    __shared__ int s[1];
+    if (threadIdx.x == 0) s[0] = 0;
+    __syncthreads();
+    s[0] = s[0] + 1;
+    __syncthreads();
+    if (threadIdx.x == 0) y[0] = s[0];
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The profiler (emu_check.cpp, "The profiler"): access patterns whose counts are known by hand
 // (emu_selftest.cpp, test_profiler).
@@ -420,4 +462,35 @@ extern "C" __global__ void prof_smem_f32x4(const float4 *x, float4 *y, int strid
     tile[t * stride] = x[t];
     __syncthreads();
     y[t] = tile[t * stride];
+}
+
+// y[i] = 2 x[i] through KilnPack<float, 4> as kiln_map1 does it (loaded whole, used element by element,
+// built element by element, stored whole): one 16-byte access per lane each way, as the GPU's
+// ld/st.global.v4, whatever element moves g++ makes of the copies (common.cuh, emu::pack_copy).
+extern "C" __global__ void prof_pack_f32x4(const float *x, float *y) {
+    typedef KilnPack<float, 4> Pack;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const Pack a = reinterpret_cast<const Pack *>(x)[i];
+    Pack out;
+    for (int k = 0; k < 4; ++k) out.v[k] = 2.0f * a.v[k];
+    reinterpret_cast<Pack *>(y)[i] = out;
+}
+
+// One warp: lane l's ldmatrix row starts at half `stride * l` of a bf16 tile (the four 8x8 matrices of
+// an .x4 are rows 0-7, 8-15, 16-23 and 24-31), then one mma with those fragments. Row stride 8 halves
+// (16 bytes): a matrix's 8 rows are 128 contiguous bytes, all 32 banks once; 64 halves (128 bytes):
+// every row in banks 0-3, 8 wavefronts per matrix; 72 halves (a 128-byte row padded by 16): row r in
+// banks 4r .. 4r+3, none shared.
+extern "C" __global__ void prof_ldmatrix(float *y, int stride) {
+    __shared__ __align__(16) unsigned short tile[32 * 72]; // bf16 bits (a __shared__ needs a trivial type)
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 32 * 72; i += 32) tile[i] = 0x3f80; // 1.0
+    __syncthreads();
+    unsigned a[4], b[2];
+    kiln_ldmatrix_x4(a, tile + stride * lane);
+    b[0] = a[0];
+    b[1] = a[1];
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    kiln_mma_m16n8k16<__nv_bfloat16>(acc, a, b);
+    y[lane] = acc[0];
 }

@@ -51,7 +51,8 @@ impl Real for f64 {
     const GEMM: Gemm<f64> = gemm::dgemm;
 }
 
-/// Contiguous q `[bh, tq, d]`, k and v `[bh / group, tk, d]` of one dtype; returns the output
+/// Contiguous q `[bh, tq, d]`, k and v `[bh / group, tk, d]` of one dtype (each head's rows
+/// `dims.kv_stride` elements after the previous head's: the rows of a KV cache); returns the output
 /// `[bh, tq, d]` in that dtype and the log-sum-exp of every query row `[bh, tq]` (f64 for
 /// f64, f32 otherwise).
 pub fn attention_forward(
@@ -153,7 +154,7 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
 
 /// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`).
 fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, Vec<E>) {
-    let AttentionDims { bh, tq, tk, d, .. } = dims;
+    let AttentionDims { bh, tq, d, .. } = dims;
     let (mut o, mut lse) = (vec![E::zero(); bh * tq * d], vec![E::zero(); bh * tq]);
     if o.is_empty() {
         return (o, lse);
@@ -161,7 +162,7 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
     let head = |scores: &mut Vec<E>, (h, (oh, lh)): (usize, (&mut [E], &mut [E]))| {
         let kv = h / dims.group;
-        let (qh, kh, vh) = (&q[h * tq * d..], &k[kv * tk * d..], &v[kv * tk * d..]);
+        let (qh, kh, vh) = (&q[h * tq * d..], &k[kv * dims.kv_stride..], &v[kv * dims.kv_stride..]);
         for i0 in (0..tq).step_by(TILE) {
             let rows = TILE.min(tq - i0);
             let keys = dims.visible(i0 + rows - 1);
@@ -225,7 +226,7 @@ fn backward<E: Real>(
     }
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
     let head = |(p, ds): &mut (Vec<E>, Vec<E>), (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
-        let (kh, vh) = (&k[kv * tk * d..], &v[kv * tk * d..]);
+        let (kh, vh) = (&k[kv * dims.kv_stride..], &v[kv * dims.kv_stride..]);
         for (h, dqh) in (kv * group..).zip(dq_group.chunks_mut(tq * d)) {
             let (qh, oh, gh, lh) = (&q[h * tq * d..], &o[h * tq * d..], &dout[h * tq * d..], &lse[h * tq..]);
             for i0 in (0..tq).step_by(TILE) {

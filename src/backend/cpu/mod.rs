@@ -11,6 +11,7 @@ pub mod binary;
 mod cast;
 mod copy;
 pub mod cross_entropy;
+pub mod dequantize;
 pub mod embedding;
 mod fill;
 mod float;

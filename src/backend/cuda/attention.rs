@@ -59,6 +59,12 @@ fn check(q: &CudaStorage, others: &[&CudaStorage], dims: AttentionDims) -> Resul
     if !q.dtype().is_float() {
         return Err(Error::not_float(OP, q.dtype()));
     }
+    if dims.kv_stride != dims.tk * dims.d {
+        return Err(Error::invalid(
+            OP,
+            format!("the {} kernels read dense K and V; make them contiguous", q.device()),
+        ));
+    }
     if dims.d > MAX_HEAD_DIM {
         return Err(Error::invalid(
             OP,

@@ -43,7 +43,10 @@ impl ReduceOp {
 /// The sizes of one attention call: `bh` independent query heads (batch × heads) of `tq` queries
 /// against `tk` keys and values, all rows `d` wide. Causal needs `tq <= tk`. Grouped-query
 /// attention: `group` query heads share one key/value head (query head h reads key/value head
-/// h / group of the `bh / group`); 1 is multi-head attention.
+/// h / group of the `bh / group`); 1 is multi-head attention. `kv_stride` is the distance in
+/// elements between the first rows of consecutive key/value heads: `tk·d` when K and V are dense,
+/// more when they are the filled part of a KV cache's buffers (each head's `tk` rows contiguous,
+/// the rest of its capacity after them). Only the CPU forward reads K and V with a larger stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {
     pub bh: usize,
@@ -52,9 +55,18 @@ pub struct AttentionDims {
     pub d: usize,
     pub causal: bool,
     pub group: usize,
+    pub kv_stride: usize,
 }
 
 impl AttentionDims {
+    /// These sizes with K and V dense (`kv_stride = tk·d`).
+    pub fn dense(self) -> AttentionDims {
+        AttentionDims {
+            kv_stride: self.tk * self.d,
+            ..self
+        }
+    }
+
     /// The number of key/value heads (batch × key/value heads).
     pub fn kv_heads(&self) -> usize {
         self.bh / self.group

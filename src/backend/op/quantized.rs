@@ -1,6 +1,6 @@
 //! A weight matrix kept in one of ggml's block formats ([`QuantizedMatrix`]), the operand of
 //! `linear_quantized` (`y = x·Wᵀ` with W quantized). The block layouts are drawn in
-//! `src/gguf/dequant.rs` and docs/llama.md; this file only knows their sizes.
+//! `src/backend/cpu/dequantize.rs` and docs/llama.md; this file only knows their sizes.
 
 use crate::{Error, Result};
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The scalar dot products of every format: the path of CPUs without AVX2, and of Q4_K and Q6_K
-//! on all CPUs. The block layouts are drawn in src/gguf/dequant.rs.
+//! on all CPUs. The block layouts are drawn in src/backend/cpu/dequantize.rs.
 
 use super::q8::{Q8Row, QK};
+use crate::backend::cpu::dequantize::{f16_at, k_scales_mins};
 use crate::backend::op::QuantFormat;
 
 /// The coefficients `(a, c)` of a 32-element block of Q4_0, Q4_1 or Q8_0 (`w = a·q + c`) and the
@@ -91,52 +92,4 @@ pub(super) fn dot(format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
         }
     }
     y
-}
-
-/// The f16 at byte `at` of `b`, as f32 (every block's scales: this runs once per 32 weights).
-///
-/// Branch-free, where `half`'s software conversion branches on the exponent: the f16's exponent
-/// and mantissa bits, moved up 13 places, are an f32 whose exponent is 112 too small (127 - 15)
-/// and a multiply by 2¹¹² restores it, exactly, for normal and subnormal f16 alike; infinities
-/// and NaNs (f16 exponent 31) get the f32's all-ones exponent instead.
-#[inline(always)]
-pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
-    let h = u32::from(u16::from_le_bytes([b[at], b[at + 1]]));
-    let (sign, magnitude) = ((h & 0x8000) << 16, (h & 0x7fff) << 13);
-    const TWO_POW_112: f32 = f32::from_bits((127 + 112) << 23);
-    let finite = (f32::from_bits(magnitude) * TWO_POW_112).to_bits();
-    let special = magnitude | 0x7f80_0000;
-    f32::from_bits(sign | if magnitude >= 0x7c00 << 13 { special } else { finite })
-}
-
-/// The 8 six-bit (scale, min) pairs packed in a Q4_K/Q5_K block's 12 `scales` bytes.
-pub fn k_scales_mins(s: &[u8]) -> [(u8, u8); 8] {
-    std::array::from_fn(|j| {
-        if j < 4 {
-            (s[j] & 0x3F, s[j + 4] & 0x3F)
-        } else {
-            let i = j - 4;
-            (
-                (s[i + 8] & 0xF) | ((s[i] >> 2) & 0x30),
-                (s[i + 8] >> 4) | ((s[i + 4] >> 2) & 0x30),
-            )
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every one of the 65536 f16 values against the `half` crate's conversion.
-    #[test]
-    fn f16_at_matches_half_for_every_value() {
-        for bits in 0..=u16::MAX {
-            let (got, want) = (f16_at(&bits.to_le_bytes(), 0), half::f16::from_bits(bits).to_f32());
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "f16 bits {bits:#06x}: {got} against {want}"
-            );
-        }
-    }
 }
