@@ -218,12 +218,17 @@ pub struct Loaded {
 
 /// Reads the model configuration, tokenizer and training state of the checkpoint at `dir`.
 pub fn read_meta(dir: &Path) -> Result<(GptConfig, Tokenizer, TrainState)> {
-    let cfg: GptConfig = read_json(&dir.join(CONFIG))?;
-    cfg.validate()?;
+    let in_file = |path: &Path, e: Error| Error::Invalid {
+        op: "checkpoint",
+        msg: format!("{}: {e}", path.display()),
+    };
+    let cfg_path = dir.join(CONFIG);
+    let cfg: GptConfig = read_json(&cfg_path)?;
+    cfg.validate().map_err(|e| in_file(&cfg_path, e))?;
     let tok_path = dir.join(TOKENIZER);
     let tok_text =
         std::fs::read_to_string(&tok_path).map_err(|e| Error::io(format!("reading {}", tok_path.display()), e))?;
-    let tokenizer = Tokenizer::from_json(&tok_text)?;
+    let tokenizer = Tokenizer::from_json(&tok_text).map_err(|e| in_file(&tok_path, e))?;
     if tokenizer.vocab_size() > cfg.vocab_size {
         return Err(Error::Invalid {
             op: "checkpoint",

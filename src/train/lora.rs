@@ -75,36 +75,51 @@ pub fn chat_example(
     Ok(example)
 }
 
-/// The examples of a data file: `*.jsonl` is chat data (one chat per line, blank lines skipped),
-/// anything else plain text (one example, every token trained). A bad line is an error naming the
-/// file and the line.
+/// The examples of a data file: `*.jsonl` is chat data (one chat per line, blank lines skipped,
+/// read by [`parse_chats`]), anything else plain text (one example, every token trained). A bad
+/// line is an error naming the file and the line.
 pub fn read_examples(path: impl AsRef<Path>, tok: &Tokenizer) -> Result<Vec<Example>> {
     let path = path.as_ref();
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {shown}"), e))?;
     if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {shown}"), e))?;
         let ids = tok.encode(&text)?;
         let trained = vec![true; ids.len()];
         return Ok(vec![Example { ids, trained }]);
     }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {shown}"), e))?;
     // every line parsed before any is rendered, so a malformed line is reported first
+    let chats = parse_chats(&bytes, path)?;
+    chats
+        .into_iter()
+        .map(|(i, messages)| {
+            chat_example(&messages, |m, g| tok.apply_chat_template(m, g), |s| tok.encode(s))
+                .map_err(|e| at_line(path, i, e.to_string()))
+        })
+        .collect()
+}
+
+/// The chats of a JSONL chat file's bytes (read from `path`, which errors name): one
+/// `{"messages": [{"role": "user", "content": "..."}, ...]}` per line, each with its line's index
+/// (from 0). Lines end with `\n` or `\r\n`; blank lines are skipped. A line that is not UTF-8,
+/// not JSON or not a chat is an error naming the file and the line (`chat.jsonl:3: ...`); a file
+/// without any chat is an error naming the file.
+pub fn parse_chats(bytes: &[u8], path: &Path) -> Result<Vec<(usize, Vec<ChatMessage>)>> {
     let mut chats = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = std::str::from_utf8(line).map_err(|e| at_line(path, i, format!("not UTF-8: {e}")))?;
         if !line.trim().is_empty() {
-            let messages = parse_chat_line(line).map_err(|msg| at_line(path, i, msg))?;
-            chats.push((i, messages));
+            chats.push((i, parse_chat_line(line).map_err(|msg| at_line(path, i, msg))?));
         }
     }
-    let mut examples = Vec::new();
-    for (i, messages) in chats {
-        let example = chat_example(&messages, |m, g| tok.apply_chat_template(m, g), |s| tok.encode(s))
-            .map_err(|e| at_line(path, i, e.to_string()))?;
-        examples.push(example);
+    if chats.is_empty() {
+        return Err(Error::invalid(
+            "chat data",
+            format!("{} holds no chats", path.display()),
+        ));
     }
-    if examples.is_empty() {
-        return Err(Error::invalid("chat data", format!("{shown} holds no chats")));
-    }
-    Ok(examples)
+    Ok(chats)
 }
 
 /// An error at line `i` (from 0) of `path`.
