@@ -11,7 +11,7 @@ package llama-cpp-python:
     .venv-llama/bin/python scripts/llamacpp_logits_reference.py "$(./scripts/fetch-smollm2.sh)" \\
         tests/fixtures/smollm2/logits.json tests/fixtures/smollm2/llamacpp_logits.json
 
-(written with llama-cpp-python 0.3.16, numpy 2.3; the CPU's features as llama.cpp reports them go
+(written with llama-cpp-python 0.3.16, numpy 2.4.6; the CPU's features as llama.cpp reports them go
 into the fixture's "source", since they choose llama.cpp's kernels.)
 
 What llama.cpp runs. The chat prompt "What is the capital of France?" with the token ids of the
