@@ -18,10 +18,10 @@ progress line's; any data of more than a few windows of 257 tokens will do, e.g.
 
     RAYON_NUM_THREADS=2 /usr/bin/time -v kiln finetune --gguf GGUF --data DATA --lora-rank 8 --lora-alpha 16 \\
         --lora-targets q_proj,k_proj,v_proj,o_proj --batch-size 4 --block-size 256 --steps 12 --warmup 0 \\
-        --eval-interval 1000 --eval-iters 1 [--dtype bf16] [--recompute] --out RUN
+        --eval-interval 1000 --eval-iters 1 [--base-dtype bf16|q] [--recompute] --out RUN
 
-For the bf16-base rows give kiln its bf16 form of the base (`--dtype bf16` computes in bf16; a
-`--base-dtype` flag for the stored form of the frozen base is being added). Run both on a quiet machine, in
+For the bf16-base rows give kiln `--base-dtype bf16` (the base dequantized to bf16, the model computing
+in bf16); `--base-dtype q` keeps the base quantized (no PEFT counterpart here). Run both on a quiet machine, in
 one sitting; numbers from a loaded machine mean nothing.
 """
 

@@ -58,7 +58,9 @@ fn parse(output: &str, arch: u32) -> Vec<Resources> {
 
 fn run_ptxas(ptxas: &Path, file: &KernelFile, arch: u32, dir: &Path) -> Vec<Resources> {
     let ptx = file.ptx.expect("checked by the caller");
-    let path = dir.join(format!("{}.ptx", file.name));
+    // one file per (kernel file, arch) job: the jobs run at once, and a file shared by two would be
+    // truncated by one job's write while the other's ptxas reads it (a flaky "syntax error")
+    let path = dir.join(format!("{}.sm_{arch}.ptx", file.name));
     std::fs::write(&path, ptx).unwrap();
     let out = Command::new(ptxas)
         .arg(format!("-arch=sm_{arch}"))

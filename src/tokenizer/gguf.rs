@@ -314,7 +314,7 @@ impl GgufTokenizer {
     }
 
     /// transformers' `tokenizer_config.json` ([`HF_TOKENIZER_CONFIG`]) for the tokenizer of
-    /// [`GgufTokenizer::hf_tokenizer_json`]: the fast tokenizer class, the BOS and EOS tokens,
+    /// `hf_tokenizer_json` (feature `gguf-tokenizer`): the fast tokenizer class, the BOS and EOS tokens,
     /// whether encoding adds them, and the chat template. `model_max_length` is the model's context.
     pub fn hf_tokenizer_config(&self, model_max_length: usize) -> serde_json::Value {
         let token = |id: Option<u32>| id.and_then(|i| self.token(i));
