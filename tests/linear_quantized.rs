@@ -1,7 +1,7 @@
 //! `linear_quantized` (y = x·Wᵀ with W in ggml blocks) against the dequantize-then-f64 product,
 //! W dequantized by `kiln::gguf::dequantize` (bit-equal to the `gguf` Python package), on every
 //! instruction set this CPU runs, over random shapes: row counts that are not multiples of the
-//! rows per task, block counts that are odd (the AVX-512 kernel takes two blocks per step) and
+//! rows per task or of the 16-row groups (a partial last group), block counts that are odd and
 //! not multiples of the SIMD width.
 //!
 //! Tolerance: x is rounded to `xd·round(x/xd)` with `xd = max|x_block|/127`, an error of at most
@@ -69,6 +69,30 @@ fn random_matrix(format: QuantFormat, rows: usize, cols: usize, g: &mut Gen) -> 
         .collect();
     let w = dequantize(ggml(format), &bytes).unwrap();
     (QuantizedMatrix::new(format, rows, cols, bytes).unwrap(), w)
+}
+
+#[test]
+fn the_row_groups_give_back_the_gguf_bytes() {
+    let mut g = Gen(11);
+    for format in QuantFormat::ALL {
+        for (rows, blocks) in [(1, 1), (15, 3), (16, 2), (17, 5), (40, 1)] {
+            let cols = format.block_size() * blocks;
+            let bytes: Vec<u8> = (0..rows * blocks).flat_map(|_| random_block(format, &mut g)).collect();
+            let w = QuantizedMatrix::new(format, rows, cols, bytes.clone()).unwrap();
+            assert!(w.gguf_rows(0..rows) == bytes, "{format} [{rows}, {cols}]");
+            let row_bytes = w.row_bytes();
+            assert!(
+                w.gguf_rows(rows - 1..rows) == bytes[(rows - 1) * row_bytes..],
+                "{format} last row"
+            );
+            let groups = if format.is_grouped() {
+                rows.div_ceil(16) * 16
+            } else {
+                rows
+            };
+            assert_eq!(w.stored_bytes().len(), groups * row_bytes, "{format} [{rows}, {cols}]");
+        }
+    }
 }
 
 /// y = x·Wᵀ in f64, and for each output the tolerance described at the top.

@@ -198,12 +198,12 @@ fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, dequantized: bool) -
     let w = (0..sets)
         .map(|_| random_quantized(ty, n, k, rng))
         .collect::<Result<Vec<_>>>()?;
-    let w0 = dequantize(ty, w[0].bytes())?;
+    let w0 = dequantize(ty, &w[0].gguf_rows(0..n))?;
     let x0 = x[0].clone();
     let (mut run, tol): (Box<dyn FnMut(usize) -> Result<Tensor>>, f64) = if dequantized {
         let w = w
             .iter()
-            .map(|w| Tensor::from_vec(dequantize(ty, w.bytes())?, &[n, k], &s.dev))
+            .map(|w| Tensor::from_vec(dequantize(ty, &w.gguf_rows(0..n))?, &[n, k], &s.dev))
             .collect::<Result<Vec<_>>>()?;
         (
             Box::new(move |i| x[i % sets].linear(&w[i % sets], None)),

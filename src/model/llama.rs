@@ -610,7 +610,7 @@ impl Llama {
             .flat_map(|l| l.projections().map(|(_, lin)| lin))
             .chain(&self.lm_head)
             .filter_map(|lin| lin.quantized.as_ref())
-            .map(|q| q.bytes().len())
+            .map(|q| q.stored_bytes().len())
             .sum();
         let bytes = |t: &Tensor| t.numel() * t.dtype().size_in_bytes();
         let params: usize = self.named_params().iter().map(|(_, t)| bytes(t)).sum();

@@ -57,18 +57,32 @@ pub fn block_decoder(format: QuantFormat) -> fn(&[u8], &mut [f32]) {
 /// Rows `rows` of `w` decoded to f32 into `out` (`rows.len() × cols`, row-major), rows split
 /// over threads.
 pub fn dequantize_rows(w: &QuantizedMatrix, rows: Range<usize>, out: &mut [f32]) {
-    let (cols, row_bytes, format) = (w.shape()[1], w.row_bytes(), w.format());
+    let (cols, format) = (w.shape()[1], w.format());
     let (block, block_bytes, decode) = (format.block_size(), format.block_bytes(), block_decoder(format));
-    let bytes = &w.bytes()[rows.start * row_bytes..rows.end * row_bytes];
     out[..rows.len() * cols]
         .par_chunks_mut(cols)
-        .zip(bytes.par_chunks(row_bytes))
-        .for_each(|(y, b)| {
-            for (yb, bb) in y.chunks_exact_mut(block).zip(b.chunks_exact(block_bytes)) {
-                decode(bb, yb);
+        .zip(rows.into_par_iter())
+        .for_each(|(y, r)| {
+            let mut bytes = [0u8; MAX_BLOCK_BYTES];
+            for (b, yb) in y.chunks_exact_mut(block).enumerate() {
+                w.gguf_block(r, b, &mut bytes[..block_bytes]);
+                decode(&bytes[..block_bytes], yb);
             }
         });
 }
+
+/// Bytes of the largest block of any [`QuantFormat`].
+const MAX_BLOCK_BYTES: usize = {
+    let (mut max, mut i) = (0, 0);
+    while i < QuantFormat::ALL.len() {
+        let bytes = QuantFormat::ALL[i].block_bytes();
+        if bytes > max {
+            max = bytes;
+        }
+        i += 1;
+    }
+    max
+};
 
 /// The f16 at byte `at` of `b`, as f32 (every block's scales: this runs once per 32 weights).
 ///

@@ -29,30 +29,29 @@
 //!
 //! # Kernels
 //!
-//! The integer dot is SIMD for Q4_0, Q4_1 and Q8_0, chosen at run time ([`QuantIsa::best`]):
-//! AVX-512BW two blocks per 512-bit step (`vpdpbusd` with VNNI, else `vpmaddubsw` + `vpmaddwd`),
-//! AVX2 one block per 256-bit step (`vpmaddubsw` + `vpmaddwd`), or `portable` scalar code (which
-//! is also the only path for Q4_K and Q6_K so far). The four-bit formats feed unsigned nibbles to
+//! Q4_0, Q4_1 and Q8_0 are kept in row groups of 16 ([`QuantizedMatrix`], layout in
+//! src/backend/op/quantized.rs) and multiplied 16 rows at a time, chosen at run time
+//! ([`QuantIsa::best`]): AVX-512 VNNI (`vpdpbusd` on 256-bit registers), AVX2 (`vpmaddubsw` +
+//! `vpmaddwd`), or portable scalar code, which puts each row back in the GGUF layout (src/backend/
+//! cpu/linear_quantized/x86.rs draws the SIMD loop). The four-bit formats feed unsigned nibbles to
 //! the u8 × i8 instructions directly; Q8_0's signed weights go in as |w| with x's sign flipped
-//! where w < 0. Each block's i32 lanes are converted to f32 and multiply-added with `a·xd` into
-//! one f32 accumulator vector; `c·xd·Σxq` is summed apart.
+//! where w < 0. Q4_K and Q6_K, kept row after row, are dotted one row at a time by the portable
+//! code so far.
 //!
 //! # Threads and memory traffic
 //!
-//! Rows of W are split over rayon's pool in tasks of [`ROWS_PER_TASK`]; each weight row is read
-//! once and dotted with every (quantized) row of x, which stays in cache. A decode step thus reads
-//! each weight byte once: `rows · row_bytes` bytes of W (Q4_1: 5 bits, Q8_0: 8.5 bits per weight)
-//! plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
+//! W is split over rayon's pool by row group (Q4_K, Q6_K: tasks of [`ROWS_PER_TASK`] rows); each
+//! weight byte is read once and dotted with every (quantized) row of x, which stays in cache. A
+//! decode step thus reads each weight byte once: `rows · row_bytes` bytes of W (Q4_1: 5 bits,
+//! Q8_0: 8.5 bits per weight) plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
 
-#[cfg(target_arch = "x86_64")]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 mod portable;
 mod q8;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use super::alloc;
-use crate::backend::op::{QuantFormat, QuantizedMatrix};
+use crate::backend::op::{QuantFormat, QuantizedMatrix, GROUP_ROWS};
 use crate::{Error, Result};
 pub use q8::{Q8Row, Q8Rows, QK};
 use rayon::prelude::*;
@@ -61,21 +60,29 @@ use rayon::prelude::*;
 /// bytes), few enough that 576-row matrices still split over many threads.
 pub const ROWS_PER_TASK: usize = 16;
 
-/// Weight rows ahead of the one being multiplied whose bytes are prefetched: without it the
-/// kernels waited on each row's first loads (a 576-column row is 360 bytes, too short a run for
-/// the hardware prefetcher to get ahead), reading about 3 GB/s where a plain stream reads 20.
-/// On SmolLM2-135M Q4_1 (2-vCPU Xeon, 2026-12-05) 2 rows ahead doubled decode speed (31 to 69
-/// tokens/s) and 6 rows gave 62.
+/// Weight rows ahead of the one being multiplied whose bytes are prefetched, for the formats kept
+/// row after row: without it the kernels waited on each row's first loads (a 576-column row is
+/// 360 bytes, too short a run for the hardware prefetcher to get ahead), reading about 3 GB/s
+/// where a plain stream reads 20.
 const PREFETCH_ROWS: usize = 2;
+
+/// Bytes ahead of each tile that the grouped kernels prefetch. On SmolLM2-135M Q4_1 (2-vCPU Xeon,
+/// 2026-12-05, decode tokens/s over two runs each): none 115–119, 1 KiB 121–130, 2–3 KiB 131–137,
+/// 4 KiB 127–130, the next group (5.6 KiB) 128.
+const PREFETCH_BYTES: usize = 2048;
 
 /// Asks the cache to fetch `len` bytes of `bytes` from `start` (the part inside the slice), one
 /// request per 64-byte line; a hint, with no effect on results.
 #[inline(always)]
 fn prefetch(bytes: &[u8], start: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for at in (start..(start + len).min(bytes.len())).step_by(64) {
-        // SAFETY: `at` is inside `bytes`; a prefetch reads nothing architecturally.
-        unsafe { std::arch::x86_64::_mm_prefetch(bytes.as_ptr().add(at).cast(), std::arch::x86_64::_MM_HINT_T0) };
+    {
+        let (mut at, end) = (start, (start + len).min(bytes.len()));
+        while at < end {
+            // SAFETY: `at` is inside `bytes`; a prefetch reads nothing architecturally.
+            unsafe { std::arch::x86_64::_mm_prefetch(bytes.as_ptr().add(at).cast(), std::arch::x86_64::_MM_HINT_T0) };
+            at += 64;
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (bytes, start, len);
@@ -88,31 +95,24 @@ pub enum QuantIsa {
     Portable,
     /// AVX2 + FMA + F16C (x86-64 since Haswell / Zen).
     Avx2,
-    /// AVX-512F + BW (and F16C), 512-bit steps with `vpmaddubsw`.
-    Avx512,
-    /// As `Avx512` with AVX-512 VNNI's `vpdpbusd` (Ice Lake, Sapphire Rapids, Zen 4).
+    /// As `Avx2` with AVX-512 VNNI's `vpdpbusd` on 256-bit registers (AVX-512 VL; Ice Lake,
+    /// Sapphire Rapids, Zen 4).
     Avx512Vnni,
 }
 
 impl QuantIsa {
-    pub const ALL: [QuantIsa; 4] = [
-        QuantIsa::Portable,
-        QuantIsa::Avx2,
-        QuantIsa::Avx512,
-        QuantIsa::Avx512Vnni,
-    ];
+    pub const ALL: [QuantIsa; 3] = [QuantIsa::Portable, QuantIsa::Avx2, QuantIsa::Avx512Vnni];
 
     /// Whether this CPU runs `self`.
     pub fn is_supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            let avx512 = || has!("avx512f") && has!("avx512bw") && has!("f16c");
+            let avx2 = || has!("avx2") && has!("fma") && has!("f16c");
             match self {
                 QuantIsa::Portable => true,
-                QuantIsa::Avx2 => has!("avx2") && has!("fma") && has!("f16c"),
-                QuantIsa::Avx512 => avx512(),
-                QuantIsa::Avx512Vnni => avx512() && has!("avx512vnni"),
+                QuantIsa::Avx2 => avx2(),
+                QuantIsa::Avx512Vnni => avx2() && has!("avx512vnni") && has!("avx512vl"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -131,23 +131,20 @@ impl QuantIsa {
     }
 }
 
-/// One weight row (`row_bytes` of `format`) dotted with one quantized row of x, on `isa`.
-pub fn dot(isa: QuantIsa, format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
+/// The 16 dot products of one row group's tiles (`tiles`) with `x`, on `isa`: `out[r]` for the
+/// group's row r. `ahead` is the distance in bytes to the next group, which the SIMD kernels
+/// prefetch.
+fn group_dot(isa: QuantIsa, format: QuantFormat, tiles: &[u8], x: &Q8Row, ahead: usize, out: &mut [f32; GROUP_ROWS]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let simd = matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0);
-        match isa {
-            // SAFETY: the caller chose `isa` among the supported ones (linear_quantized_on checks).
-            QuantIsa::Avx2 if simd => return unsafe { avx2::dot(format, w, x) },
-            // SAFETY: as above.
-            QuantIsa::Avx512 if simd => return unsafe { avx512::dot_bw(format, w, x) },
-            // SAFETY: as above.
-            QuantIsa::Avx512Vnni if simd => return unsafe { avx512::dot_vnni(format, w, x) },
-            _ => {}
-        }
+    match isa {
+        // SAFETY: the caller chose `isa` among the supported ones (linear_quantized_on checks).
+        QuantIsa::Avx2 => return unsafe { x86::group_dot(format, tiles, x, ahead, out) },
+        // SAFETY: as above.
+        QuantIsa::Avx512Vnni => return unsafe { x86::group_dot_vnni(format, tiles, x, ahead, out) },
+        QuantIsa::Portable => {}
     }
-    let _ = isa; // the portable code serves every instruction set for the other formats
-    portable::dot(format, w, x)
+    let _ = (isa, ahead);
+    portable::group_dot(format, tiles, x, out)
 }
 
 /// `y = x·Wᵀ` on the best instruction set: x is (m, k) f32 row-major with `k == w.shape()[1]`,
@@ -255,18 +252,40 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
     }
     let (format, row_bytes) = (w.format(), w.row_bytes());
     let xq = Q8Rows::quantize(x, k)?;
-    // yt is (n, m): each task fills the m outputs of its weight rows
-    let mut yt = alloc::filled("linear_quantized", n * m, 0f32)?;
-    yt.par_chunks_mut(m * ROWS_PER_TASK)
-        .zip(w.bytes().par_chunks(row_bytes * ROWS_PER_TASK))
-        .for_each(|(yt, w)| {
-            for (r, (yr, wr)) in yt.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)).enumerate() {
-                prefetch(w, (r + PREFETCH_ROWS) * row_bytes, row_bytes);
-                for (i, y) in yr.iter_mut().enumerate() {
-                    *y = dot(isa, format, wr, &xq.row(i));
+    // yt is (rows, m), rows padded to whole groups for a grouped format: each task fills the m
+    // outputs of its weight rows
+    let rows = if format.is_grouped() {
+        n.next_multiple_of(GROUP_ROWS)
+    } else {
+        n
+    };
+    let mut yt = alloc::filled("linear_quantized", rows * m, 0f32)?;
+    if format.is_grouped() {
+        let group_bytes = GROUP_ROWS * row_bytes;
+        yt.par_chunks_mut(GROUP_ROWS * m)
+            .zip(w.stored_bytes().par_chunks(group_bytes))
+            .for_each(|(yt, tiles)| {
+                let mut out = [0f32; GROUP_ROWS];
+                for i in 0..m {
+                    group_dot(isa, format, tiles, &xq.row(i), PREFETCH_BYTES, &mut out);
+                    for (r, &v) in out.iter().enumerate() {
+                        yt[r * m + i] = v;
+                    }
                 }
-            }
-        });
+            });
+        yt.truncate(n * m);
+    } else {
+        yt.par_chunks_mut(m * ROWS_PER_TASK)
+            .zip(w.stored_bytes().par_chunks(row_bytes * ROWS_PER_TASK))
+            .for_each(|(yt, w)| {
+                for (r, (yr, wr)) in yt.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)).enumerate() {
+                    prefetch(w, (r + PREFETCH_ROWS) * row_bytes, row_bytes);
+                    for (i, y) in yr.iter_mut().enumerate() {
+                        *y = portable::dot(format, wr, &xq.row(i));
+                    }
+                }
+            });
+    }
     if m == 1 {
         return Ok(yt);
     }

@@ -3,7 +3,20 @@
 
 use super::q8::{Q8Row, QK};
 use crate::backend::cpu::dequantize::{f16_at, k_scales_mins};
-use crate::backend::op::QuantFormat;
+use crate::backend::op::{tile_block, QuantFormat, GROUP_ROWS};
+
+/// The 16 dot products of one row group's tiles with `x`: each row put back in the GGUF layout
+/// and dotted by [`dot`].
+pub(super) fn group_dot(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32; GROUP_ROWS]) {
+    let (block_bytes, tile) = (format.block_bytes(), GROUP_ROWS * format.block_bytes());
+    let mut row = vec![0u8; tiles.len() / GROUP_ROWS];
+    for (lane, y) in out.iter_mut().enumerate() {
+        for (t, block) in tiles.chunks_exact(tile).zip(row.chunks_exact_mut(block_bytes)) {
+            tile_block(format, t, lane, block);
+        }
+        *y = dot(format, &row, x);
+    }
+}
 
 /// The coefficients `(a, c)` of a 32-element block of Q4_0, Q4_1 or Q8_0 (`w = a·q + c`) and the
 /// byte offset of its quants. Inlined into the SIMD kernels, which call it for every block.
@@ -46,7 +59,8 @@ pub(super) fn dot(format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
                 } else {
                     nibble_dot(&wb[at..at + 16], xq)
                 };
-                y += a * x.d[b] * isum as f32 + c * x.dsum[b];
+                let [xd, xdsum] = x.ds[b];
+                y += a * xd * isum as f32 + c * xdsum;
             }
         }
         QuantFormat::Q4_K => {
@@ -63,7 +77,8 @@ pub(super) fn dot(format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
                         .zip(xq)
                         .map(|(&q, &v)| ((q >> shift) & 0xF) as i32 * v as i32)
                         .sum();
-                    y += d * sc as f32 * x.d[j] * isum as f32 - dmin * mn as f32 * x.dsum[j];
+                    let [xd, xdsum] = x.ds[j];
+                    y += d * sc as f32 * xd * isum as f32 - dmin * mn as f32 * xdsum;
                 }
             }
         }
@@ -86,7 +101,7 @@ pub(super) fn dot(format: QuantFormat, w: &[u8], x: &Q8Row) -> f32 {
                         let isum: i32 = (0..16).map(|l| q(32 * s + 16 * g + l) * xq[16 * g + l] as i32).sum();
                         scales[2 * s + g] as i8 as f32 * isum as f32
                     };
-                    y += d * x.d[j] * (half(0) + half(1));
+                    y += d * x.ds[j][0] * (half(0) + half(1));
                 }
             }
         }

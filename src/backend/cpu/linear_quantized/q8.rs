@@ -7,20 +7,18 @@ use crate::Result;
 /// The elements of one activation block.
 pub const QK: usize = 32;
 
-/// One row of x quantized per block of [`QK`]: `x[j] ≈ d[j / QK] · qs[j]`, and
-/// `dsum[b] = d[b] · Σ qs over block b`.
+/// One row of x quantized per block of [`QK`]: `x[j] ≈ d · qs[j]` with `[d, dsum] = ds[j / QK]`,
+/// `dsum = d · Σ qs over the block`. The pair sits together so that a SIMD kernel loads it at once.
 pub struct Q8Row<'a> {
     pub qs: &'a [i8],
-    pub d: &'a [f32],
-    pub dsum: &'a [f32],
+    pub ds: &'a [[f32; 2]],
 }
 
 /// The rows of x quantized per block (see [`Q8Row`]).
 pub struct Q8Rows {
     k: usize,
     qs: Vec<i8>,
-    d: Vec<f32>,
-    dsum: Vec<f32>,
+    ds: Vec<[f32; 2]>,
 }
 
 impl Q8Rows {
@@ -29,14 +27,8 @@ impl Q8Rows {
         debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
         let blocks = x.len() / QK;
         let mut qs = alloc::filled("linear_quantized", x.len(), 0i8)?;
-        let mut d = alloc::filled("linear_quantized", blocks, 0f32)?;
-        let mut dsum = alloc::filled("linear_quantized", blocks, 0f32)?;
-        for (((xb, qb), d), dsum) in x
-            .chunks_exact(QK)
-            .zip(qs.chunks_exact_mut(QK))
-            .zip(&mut d)
-            .zip(&mut dsum)
-        {
+        let mut ds = alloc::filled("linear_quantized", blocks, [0f32; 2])?;
+        for ((xb, qb), [d, dsum]) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut ds) {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             *d = amax / 127.0;
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
@@ -47,7 +39,7 @@ impl Q8Rows {
             }
             *dsum = *d * sum as f32;
         }
-        Ok(Q8Rows { k, qs, d, dsum })
+        Ok(Q8Rows { k, qs, ds })
     }
 
     /// Row `i`.
@@ -55,8 +47,7 @@ impl Q8Rows {
         let (k, b) = (self.k, self.k / QK);
         Q8Row {
             qs: &self.qs[i * k..(i + 1) * k],
-            d: &self.d[i * b..(i + 1) * b],
-            dsum: &self.dsum[i * b..(i + 1) * b],
+            ds: &self.ds[i * b..(i + 1) * b],
         }
     }
 }
