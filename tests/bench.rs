@@ -641,3 +641,67 @@ fn check_svg_layout(svg: &str) {
         "no machine line in {svg}"
     );
 }
+
+/// `--profile` on Emu prints the emulator's profile table after the bench's, with a row for the
+/// kernel it ran whose counts follow from the kernel's shape: softmax over 4 rows of 64 f32 (256-byte
+/// rows, aligned) reads x once and writes y once (kernels/softmax.cu), so each launch loads and stores
+/// 1024 distinct bytes in 32 whole sectors. On any other device `--profile` is refused.
+#[test]
+fn emu_profile_counts_the_kernels_it_ran() {
+    let dir = temp_dir("bench-profile");
+    let json = dir.join("profile.json");
+    let out = kiln_cmd(&[
+        "bench",
+        "--device",
+        "emu",
+        "--profile",
+        "--kernels",
+        "softmax",
+        "--sizes",
+        "4x64",
+        "--reps",
+        "1",
+        "--seconds",
+        "0.02",
+        "--copy-mib",
+        "1",
+    ])
+    .env_remove("KILN_EMU_PROFILE")
+    .env("KILN_EMU_PROFILE_JSON", &json)
+    .output()
+    .expect("the kiln binary runs");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("emu profile (counted by the emulator"), "{shown}");
+    // the table printed once (by --profile, not again at exit)
+    assert_eq!(shown.matches("emu profile (").count(), 1, "{shown}");
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("softmax_f32 "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let profile: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let k = profile["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "softmax_f32")
+        .unwrap_or_else(|| panic!("{profile:#}"));
+    let launches = k["launches"].as_u64().unwrap();
+    assert!(launches >= 1, "{k:#}");
+    assert!(row.contains(&format!(" {launches} |")), "{row}");
+    for side in ["global_load", "global_store"] {
+        assert_eq!(k[side]["ideal_bytes"].as_u64(), Some(1024 * launches), "{side}: {k:#}");
+        assert_eq!(k[side]["sectors"].as_u64(), Some(32 * launches), "{side}: {k:#}");
+        assert!(k[side]["requests"].as_u64().unwrap() >= launches, "{side}: {k:#}");
+    }
+    assert_eq!(k["mma_m16n8k16"]["instructions"].as_u64(), Some(0), "{k:#}");
+
+    let out = kiln(&["bench", "--device", "cpu", "--profile", "--kernels", "softmax"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("--profile counts what the emulator executes and needs --device emu, not cpu"),
+        "{shown}"
+    );
+}

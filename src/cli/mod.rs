@@ -296,6 +296,11 @@ pub struct BenchArgs {
     /// Write an SVG chart of achieved vs roofline to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// With --device emu: count every kernel's memory requests, sectors, bank conflicts and
+    /// tensor-core instructions, and print them as a table at the end (docs/emulator.md, "The
+    /// profiler"; KILN_EMU_PROFILE_JSON=FILE also writes them as JSON).
+    #[arg(long)]
+    pub profile: bool,
     /// Instead of the kernels: a Llama model's inference speed from this GGUF file, prompt
     /// (prefill) and generation tokens/s at batch 1, greedy (docs/perf.md) [--reps: 3].
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernels", "sizes", "plot", "gpt_batch", "gpt_dtype", "copy_mib"])]
@@ -580,9 +585,28 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         ));
     }
     let device: Device = a.device.parse()?;
-    if let Some(gguf) = &a.gguf {
-        return bench_llama(&a, gguf, device);
+    if a.profile {
+        if device != Device::Emu {
+            return Err(cli_err(format!(
+                "bench: --profile counts what the emulator executes and needs --device emu, not {}",
+                a.device
+            )));
+        }
+        crate::backend::cuda::emu::set_profile(true);
     }
+    let profile = a.profile;
+    let result = match &a.gguf {
+        Some(gguf) => bench_llama(&a, gguf, device),
+        None => bench_kernels(a, device),
+    };
+    if profile && result.is_ok() {
+        crate::backend::cuda::emu::profile_report();
+    }
+    result
+}
+
+/// `kiln bench` without --gguf: the kernel cases (src/bench/).
+fn bench_kernels(a: BenchArgs, device: Device) -> Result<()> {
     for size in &a.sizes {
         let need = memory_estimate::bench_case(&crate::bench::parse_size(size)?);
         memory_estimate::check_fits(&format!("bench --sizes {size}"), &need, &device)?;
