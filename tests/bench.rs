@@ -645,7 +645,8 @@ fn check_svg_layout(svg: &str) {
 /// `--profile` on Emu prints the emulator's profile table after the bench's, with a row for the
 /// kernel it ran whose counts follow from the kernel's shape: softmax over 4 rows of 64 f32 (256-byte
 /// rows, aligned) reads x once and writes y once (kernels/softmax.cu), so each launch loads and stores
-/// 1024 distinct bytes in 32 whole sectors. On any other device `--profile` is refused.
+/// 1024 distinct bytes in 32 whole sectors, and its lower bounds are those 2048 bytes over the HBM
+/// bandwidths. On any other device `--profile` is refused.
 #[test]
 fn emu_profile_counts_the_kernels_it_ran() {
     let dir = temp_dir("bench-profile");
@@ -696,6 +697,21 @@ fn emu_profile_counts_the_kernels_it_ran() {
         assert!(k[side]["requests"].as_u64().unwrap() >= launches, "{side}: {k:#}");
     }
     assert_eq!(k["mma_m16n8k16"]["instructions"].as_u64(), Some(0), "{k:#}");
+    // no mma, so the lower bounds are the footprint (x and y once per launch) over the datasheets'
+    // HBM bandwidths: 3.35 TB/s (H100 SXM), 4.8 TB/s (H200)
+    for side in ["global_load", "global_store"] {
+        assert_eq!(
+            k[side]["footprint_bytes"].as_u64(),
+            Some(1024 * launches),
+            "{side}: {k:#}"
+        );
+    }
+    for (gpu, bytes_per_s) in [("h100", 3.35e12), ("h200", 4.8e12)] {
+        let want = 2048.0 * launches as f64 / bytes_per_s * 1e6;
+        let got = k[format!("{gpu}_lower_bound_us")].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-5 * want, "{gpu}: {got} us, want {want}: {k:#}");
+        assert!(row.contains(&format!("{want:.3}")), "{gpu}: {want:.3} in {row}");
+    }
 
     let out = kiln(&["bench", "--device", "cpu", "--profile", "--kernels", "softmax"]);
     let shown = text(&out);

@@ -99,6 +99,9 @@ typedef struct {
      * touch, and the distinct bytes the lanes asked for (the ideal is bytes / 32 sectors) */
     unsigned long long gld_requests, gld_sectors, gld_bytes;
     unsigned long long gst_requests, gst_sectors, gst_bytes;
+    /* the footprint: per launch, the distinct 32-byte sectors its loads and its stores touch (summed
+     * over launches), what must cross between HBM and the chip when no cache holds them beforehand */
+    unsigned long long gld_footprint_sectors, gst_footprint_sectors;
     /* shared memory, loads and stores: warp-level requests and wavefronts (passes through the 32
      * banks); a request without bank conflicts takes one wavefront per phase (see the docs) */
     unsigned long long lds_requests, lds_wavefronts, lds_ideal_wavefronts;
@@ -112,6 +115,11 @@ typedef struct {
 /* Fills `out` for `kernel`; returns 0, or -1 if it has no counts. */
 int emu_profile_get(const char *kernel, emu_profile_counts *out);
 void emu_profile_reset(void);
+/* The least time, in microseconds, in which `gpu` ("H100" or "H200": the SXM parts, figures from
+ * their datasheets, see emu_check.cpp) could run the launches counted in `c`: their footprint over
+ * its HBM bandwidth or their tensor-core FLOPs over its dense BF16 tensor peak, whichever is longer.
+ * A bound from datasheet figures, not a measurement. Returns -1 for any other `gpu`. */
+double emu_profile_lower_bound_us(const emu_profile_counts *c, const char *gpu);
 /* Prints the table of every profiled kernel to stderr and, if KILN_EMU_PROFILE_JSON names a file,
  * writes the counts there as JSON. Runs at process exit when the profiler was used. */
 void emu_profile_report(void);

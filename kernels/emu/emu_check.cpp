@@ -63,6 +63,7 @@
 #include <string>
 #include <sys/mman.h>
 #include <tuple>
+#include <unordered_set>
 #include <unistd.h>
 #include <vector>
 
@@ -879,6 +880,12 @@ void mma_seen() {
 // lanes (quarter warps) for 16 bytes; a phase takes as many wavefronts as the most distinct 4-byte
 // words any one bank must deliver (lanes reading the same word share it: a broadcast). The ideal is
 // one wavefront per phase with an active lane; wavefronts above it are bank conflicts.
+//
+// The footprint: the distinct global sectors a launch's loads touch, and those its stores touch,
+// collected across its blocks and counted when the launch ends. With a cold cache each must cross
+// between HBM and the chip at least once (a sector both read and written: twice), so footprint bytes
+// over HBM bandwidth bound the launch's time from below, as tensor-core FLOPs over the tensor peak do
+// (emu_profile_lower_bound_us).
 
 namespace emu {
 
@@ -887,6 +894,8 @@ namespace {
 struct ProfileTable {
     std::mutex mu;
     std::map<std::string, emu_profile_counts> kernels;
+    // The footprint of each launch in flight: its number -> the distinct sectors of its loads, of its stores.
+    std::map<uint32_t, std::pair<std::unordered_set<uintptr_t>, std::unordered_set<uintptr_t>>> footprints;
 };
 
 ProfileTable &profile_table() {
@@ -979,6 +988,15 @@ void Checker::profile_flush() {
     // One request: the same instruction, occurrence and warp.
     auto key = [](const ProfAccess &a) { return std::make_tuple(a.pc, a.write, a.occurrence, a.thread >> 5); };
     std::stable_sort(prof.begin(), prof.end(), [&](const ProfAccess &a, const ProfAccess &b) { return key(a) < key(b); });
+    {
+        ProfileTable &t = profile_table();
+        std::lock_guard<std::mutex> lock(t.mu);
+        auto &footprint = t.footprints[launch];
+        for (const ProfAccess &a : prof)
+            if (!a.shared)
+                for (uintptr_t s = a.addr >> 5; s <= (a.addr + a.size - 1) >> 5; ++s)
+                    (a.write ? footprint.second : footprint.first).insert(s);
+    }
     emu_profile_counts counts{};
     for (size_t i = 0; i < prof.size();) {
         size_t j = i + 1;
@@ -1002,6 +1020,8 @@ void profile_add(const char *kernel, const emu_profile_counts &add) {
     c.gst_requests += add.gst_requests;
     c.gst_sectors += add.gst_sectors;
     c.gst_bytes += add.gst_bytes;
+    c.gld_footprint_sectors += add.gld_footprint_sectors;
+    c.gst_footprint_sectors += add.gst_footprint_sectors;
     c.lds_requests += add.lds_requests;
     c.lds_wavefronts += add.lds_wavefronts;
     c.lds_ideal_wavefronts += add.lds_ideal_wavefronts;
@@ -1024,7 +1044,44 @@ void profile_launch(const char *kernel) {
     profile_add(kernel, one);
 }
 
+void profile_launch_end(const char *kernel, uint32_t launch) {
+    emu_profile_counts footprint{};
+    {
+        ProfileTable &t = profile_table();
+        std::lock_guard<std::mutex> lock(t.mu);
+        auto it = t.footprints.find(launch);
+        if (it == t.footprints.end()) return; // no global access
+        footprint.gld_footprint_sectors = it->second.first.size();
+        footprint.gst_footprint_sectors = it->second.second.size();
+        t.footprints.erase(it);
+    }
+    profile_add(kernel, footprint);
+}
+
+// Datasheet figures for the lower bounds, the SXM parts: HBM bandwidth in bytes/s and the dense BF16
+// tensor-core peak in FLOP/s (with FP32 accumulation; the datasheets' 1,979 TFLOPS is with 2:4
+// sparsity, twice the dense rate).
+//   H100 SXM5: 3.35 TB/s HBM3, 989.4 TFLOPS dense BF16 (NVIDIA H100 Tensor Core GPU datasheet and
+//              the Hopper architecture whitepaper, table "NVIDIA H100 SXM5": 989.4/1978.9).
+//   H200 SXM:  4.8 TB/s HBM3e, the same tensor cores and peak (NVIDIA H200 Tensor Core GPU datasheet:
+//              1,979 TFLOPS BF16 with sparsity).
+struct GpuPeak {
+    const char *name;
+    double hbm_bytes_per_s, tensor_flops_per_s;
+};
+constexpr GpuPeak kGpuPeaks[] = {{"H100", 3.35e12, 989.4e12}, {"H200", 4.8e12, 989.4e12}};
+
 } // namespace emu
+
+extern "C" double emu_profile_lower_bound_us(const emu_profile_counts *c, const char *gpu) {
+    for (const emu::GpuPeak &g : emu::kGpuPeaks)
+        if (std::strcmp(gpu, g.name) == 0) {
+            const double bytes = 32.0 * double(c->gld_footprint_sectors + c->gst_footprint_sectors);
+            const double flops = 4096.0 * double(c->mma);
+            return 1e6 * std::max(bytes / g.hbm_bytes_per_s, flops / g.tensor_flops_per_s);
+        }
+    return -1;
+}
 
 extern "C" void emu_set_profile(int on) {
     std::lock_guard<std::mutex> lock(emu::options_mu);
@@ -1052,20 +1109,25 @@ extern "C" void emu_profile_report(void) {
     std::lock_guard<std::mutex> lock(t.mu);
     if (t.kernels.empty()) return;
     fprintf(stderr,
-            "emu profile (counted by the emulator; docs/emulator.md, \"The profiler\")\n"
-            "%-28s %8s | %10s %8s %6s | %10s %8s %6s | %10s %8s %9s | %10s %8s %9s | %10s %8s %9s | %10s\n",
+            "emu profile (counted by the emulator; docs/emulator.md, \"The profiler\"; H100/H200 >=us: lower "
+            "bounds from datasheet figures, not measurements)\n"
+            "%-28s %8s | %10s %8s %6s | %10s %8s %6s | %10s %8s %9s | %10s %8s %9s | %10s %8s %9s | %10s | %12s %10s "
+            "%10s\n",
             "kernel", "launches", "gld req", "sect/req", "ideal", "gst req", "sect/req", "ideal", "lds req", "wf/req",
-            "conflicts", "sts req", "wf/req", "conflicts", "ldsm req", "wf/req", "conflicts", "mma");
+            "conflicts", "sts req", "wf/req", "conflicts", "ldsm req", "wf/req", "conflicts", "mma", "footprint B",
+            "H100 >=us", "H200 >=us");
     for (const auto &[name, c] : t.kernels)
         fprintf(stderr,
                 "%-28s %8llu | %10llu %8.2f %5.0f%% | %10llu %8.2f %5.0f%% | %10llu %8.2f %9llu | %10llu %8.2f %9llu | "
-                "%10llu %8.2f %9llu | %10llu\n",
+                "%10llu %8.2f %9llu | %10llu | %12llu %10.3f %10.3f\n",
                 name.c_str(), c.launches, c.gld_requests, ratio(c.gld_sectors, c.gld_requests),
                 100 * ratio(c.gld_bytes, 32 * c.gld_sectors), c.gst_requests, ratio(c.gst_sectors, c.gst_requests),
                 100 * ratio(c.gst_bytes, 32 * c.gst_sectors), c.lds_requests, ratio(c.lds_wavefronts, c.lds_requests),
                 c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests, ratio(c.sts_wavefronts, c.sts_requests),
                 c.sts_wavefronts - c.sts_ideal_wavefronts, c.ldsm_requests, ratio(c.ldsm_wavefronts, c.ldsm_requests),
-                c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma);
+                c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma,
+                32 * (c.gld_footprint_sectors + c.gst_footprint_sectors), emu_profile_lower_bound_us(&c, "H100"),
+                emu_profile_lower_bound_us(&c, "H200"));
     const char *path = std::getenv("KILN_EMU_PROFILE_JSON");
     if (!path || !*path) return;
     FILE *f = fopen(path, "w");
@@ -1078,18 +1140,22 @@ extern "C" void emu_profile_report(void) {
     for (const auto &[name, c] : t.kernels) {
         fprintf(f,
                 "%s\n  {\"name\": \"%s\", \"launches\": %llu,\n"
-                "   \"global_load\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu},\n"
-                "   \"global_store\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu},\n"
+                "   \"global_load\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu, "
+                "\"footprint_bytes\": %llu},\n"
+                "   \"global_store\": {\"requests\": %llu, \"sectors\": %llu, \"bytes\": %llu, \"ideal_bytes\": %llu, "
+                "\"footprint_bytes\": %llu},\n"
                 "   \"shared_load\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
                 "   \"shared_store\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
                 "   \"ldmatrix\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
-                "   \"mma_m16n8k16\": {\"instructions\": %llu, \"flops\": %llu}}",
+                "   \"mma_m16n8k16\": {\"instructions\": %llu, \"flops\": %llu},\n"
+                "   \"h100_lower_bound_us\": %.6g, \"h200_lower_bound_us\": %.6g}",
                 first ? "" : ",", name.c_str(), c.launches, c.gld_requests, c.gld_sectors, 32 * c.gld_sectors,
-                c.gld_bytes, c.gst_requests, c.gst_sectors, 32 * c.gst_sectors, c.gst_bytes, c.lds_requests,
+                c.gld_bytes, 32 * c.gld_footprint_sectors, c.gst_requests, c.gst_sectors, 32 * c.gst_sectors,
+                c.gst_bytes, 32 * c.gst_footprint_sectors, c.lds_requests,
                 c.lds_wavefronts, c.lds_ideal_wavefronts, c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests,
                 c.sts_wavefronts, c.sts_ideal_wavefronts, c.sts_wavefronts - c.sts_ideal_wavefronts, c.ldsm_requests,
                 c.ldsm_wavefronts, c.ldsm_ideal_wavefronts, c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma,
-                4096 * c.mma);
+                4096 * c.mma, emu_profile_lower_bound_us(&c, "H100"), emu_profile_lower_bound_us(&c, "H200"));
         first = false;
     }
     fprintf(f, "\n]}\n");

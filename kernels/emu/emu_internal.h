@@ -76,6 +76,7 @@ void check_block_begin(Checker *c, unsigned nthreads, uint64_t block_index);
 void check_block_end(Checker *c);
 void check_barrier(Checker *c);                                // a __syncthreads() completed
 void profile_launch(const char *kernel);                       // counts a launch (KILN_EMU_PROFILE)
+void profile_launch_end(const char *kernel, uint32_t launch);    // adds its footprint (all blocks done)
 void check_warp_sync(Checker *c, unsigned warp, uint32_t lanes); // a warp collective completed for `lanes`
 void check_thread_exit(Checker *c, unsigned t);                // lands the thread's cp.async copies
 // KILN_EMU_ORDER=interleave: called by the checker at a memory access of the running thread, which

@@ -1445,6 +1445,7 @@ extern "C" int emu_launch(const char *name, emu_dim3 grid, emu_dim3 block, size_
             if (p.open[i] == &L) p.open.erase(p.open.begin() + static_cast<long>(i));
         p.done.wait(lock, [&] { return L.helpers == 0; });
     }
+    if (opts.profile) profile_launch_end(k->name.c_str(), L.number);
     if (L.failed.load()) return launch_error(err, err_len, L.error);
     return 0;
 }

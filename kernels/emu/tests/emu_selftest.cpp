@@ -814,6 +814,10 @@ void check_counts(const char *what, unsigned long long got, unsigned long long w
     check(got == want, fmt("profiler: %s = %llu", what, want), fmt("got %llu", got));
 }
 
+void check_us(const char *what, double got, double want) {
+    check(std::fabs(got - want) <= 1e-9 * want, fmt("profiler: %s = %.6g us", what, want), fmt("got %.9g", got));
+}
+
 void test_profiler() {
     const int n = 1024; // 4096-byte buffers: page aligned, so every warp's 128 bytes start a sector
     DevBuf<float> x(n), y(n);
@@ -834,6 +838,13 @@ void test_profiler() {
     check_counts("unit-stride f32: store requests", c.gst_requests, 32);
     check_counts("unit-stride f32: store sectors (4 per request)", c.gst_sectors, 32 * 4);
     check_counts("unit-stride f32: no shared memory", c.lds_requests + c.sts_requests, 0);
+    // Footprint: the 4096 bytes of x and of y, 128 sectors each. Lower bounds: 8192 bytes over 3.35e12
+    // bytes/s (H100) is 2.44537e-3 us, over 4.8e12 (H200) 1.70667e-3 us; no mma.
+    check_counts("unit-stride f32: load footprint sectors", c.gld_footprint_sectors, 128);
+    check_counts("unit-stride f32: store footprint sectors", c.gst_footprint_sectors, 128);
+    check_us("unit-stride f32: H100 lower bound", emu_profile_lower_bound_us(&c, "H100"), 8192 / 3.35e12 * 1e6);
+    check_us("unit-stride f32: H200 lower bound", emu_profile_lower_bound_us(&c, "H200"), 8192 / 4.8e12 * 1e6);
+    check(emu_profile_lower_bound_us(&c, "A100") == -1, "profiler: no lower bound for a GPU without figures");
 
     // float4: 256 elements in 1 block = 8 warps; 32 lanes x 16 bytes = 512 contiguous bytes = 16 sectors.
     check(launch("prof_copy_f32x4", d3(1), d3(256), 0, x.p, y.p).empty(), "profiler: prof_copy_f32x4 runs");
@@ -917,6 +928,39 @@ void test_profiler() {
         check_counts(fmt("ldmatrix.x4, %s: not counted as shared loads", r.what).c_str(), c.lds_requests, 0);
         check_counts("mma.m16n8k16 instructions (one warp, one mma)", c.mma, 1);
     }
+
+    // Traffic against footprint: sgemm_tiled with M = 48, N = 32, K = 40 runs 2 x 3 blocks of 16 x 16
+    // threads; A's rows (160 bytes) and B's (128) start sectors. Each block loads a 16-row panel of A
+    // (per row two whole 16-float tiles of 2 sectors and a last of 8 floats, 1 sector: 80) and a
+    // 40-row panel of B (2 sectors per row: 80), so the loads move 6 x 160 = 960 sectors, while A and
+    // B are 7680 + 5120 bytes = 400 distinct sectors. C (6144 bytes, 192 sectors) is stored once.
+    {
+        const int M = 48, N = 32, K = 40;
+        DevBuf<float> A(M * K), B(K * N), C(M * N);
+        A.fill(1.0f);
+        B.fill(1.0f);
+        emu_profile_reset();
+        check(launch("sgemm_tiled", d3(N / 16, M / 16), d3(16, 16), 0, A.p, B.p, C.p, M, N, K).empty() && C[0] == K,
+              "profiler: sgemm_tiled runs");
+        c = profile_of("sgemm_tiled");
+        check_counts("sgemm_tiled: load sectors moved", c.gld_sectors, 960);
+        check_counts("sgemm_tiled: load footprint sectors (A and B once)", c.gld_footprint_sectors, 400);
+        check_counts("sgemm_tiled: store sectors moved", c.gst_sectors, 192);
+        check_counts("sgemm_tiled: store footprint sectors", c.gst_footprint_sectors, 192);
+    }
+
+    // The bound is the longer of the two: 10^6 mma are 4.096e9 FLOPs, 4.13988 us at 989.4e12 FLOP/s on
+    // either GPU, above 1000 sectors (32000 bytes: 9.55e-3 us on an H100); 10^6 sectors (3.2e7 bytes)
+    // take 9.55224 us on an H100 and 6.66667 us on an H200, above the FLOPs.
+    emu_profile_counts synthetic{};
+    synthetic.mma = 1000000;
+    synthetic.gld_footprint_sectors = 1000;
+    check_us("10^6 mma: H100 lower bound", emu_profile_lower_bound_us(&synthetic, "H100"), 4.096e9 / 989.4e12 * 1e6);
+    check_us("10^6 mma: H200 lower bound", emu_profile_lower_bound_us(&synthetic, "H200"), 4.096e9 / 989.4e12 * 1e6);
+    synthetic.gld_footprint_sectors = 600000;
+    synthetic.gst_footprint_sectors = 400000;
+    check_us("10^6 sectors: H100 lower bound", emu_profile_lower_bound_us(&synthetic, "H100"), 3.2e7 / 3.35e12 * 1e6);
+    check_us("10^6 sectors: H200 lower bound", emu_profile_lower_bound_us(&synthetic, "H200"), 3.2e7 / 4.8e12 * 1e6);
     emu_set_profile(0);
     emu_profile_reset();
 }
