@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `KILN_EMU_THREADS` | the emulator, when `Device::Emu` is first used | a whole number, 1 to [`MAX_EMU_THREADS`] |
 //! | `KILN_EMU_CHECK`, `KILN_EMU_ORDER` | the emulator itself (kernels/emu/emu_check.cpp), at every launch; a bad value fails the launch with an error naming the variable | `off` or a comma-separated subset of `race,init,async`; `forward`, `reverse`, `random`, `random:SEED` (docs/emulator.md) |
-//! | `KILN_EMU_PROFILE`, `KILN_EMU_PROFILE_JSON` | the emulator's profiler (emu_check.cpp), at every launch and at process exit; a bad value fails the launch | `0` or `1`; a file path for the JSON counts (docs/emulator.md, "The profiler") |
+//! | `KILN_EMU_PROFILE`, `KILN_EMU_PROFILE_JSON` | the emulator's profiler (emu_check.cpp), at every launch and at process exit (`kiln bench --profile` overrides the first); a bad value fails the launch | `0` or `1`; a file path for the JSON counts (docs/emulator.md, "The profiler") |
 //! | `KILN_CUDA_SYNC` | a GPU, when opened | `0` or `1` (synchronise after every launch) |
 //! | `KILN_NVRTC`, `KILN_CUDA_DIR`, `KILN_CUDA_INCLUDE`, `KILN_PTXAS`, `CUDA_HOME`, `CUDA_PATH` | the CUDA toolchain search (`backend/cuda/nvrtc.rs`'s `env_path`, which build.rs shares and so cannot call this module) | a path (empty means unset); a path that holds nothing is skipped and listed in the not-found error |
 //! | `KILN_CBLAS` | `kiln bench` (the BLAS baseline) | a library path (empty means unset) |
