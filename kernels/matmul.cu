@@ -47,7 +47,7 @@
 // helper); tests/ptxas.rs (no spills). Benchmarks: benches/matmul.rs cuda_matmul (f32 and bf16 at
 // 1024-4096, plain and linear_gelu; skipped without a GPU), kiln bench matmul_* next to cuBLAS.
 // Headroom (not yet measured on a GPU): the SIMT kernel indexes shared memory through runtime strides
-// (scalar LDS, ~180 registers; per-layout template instances would allow float4 LDS and a 128 x 128
+// (scalar LDS, 180-210 registers; per-layout template instances would allow float4 LDS and a 128 x 128
 // tile); the tensor-core kernel stores C one element at a time (pairs c0, c1 could be 4-byte stores, or
 // staged through shared memory for 16-byte stores); no split-K for small M·N with large K; no swizzled
 // block order for L2 reuse; Hopper's wgmma/TMA are not used.
@@ -125,7 +125,12 @@ __device__ __forceinline__ void load_operand(T *s, const Operand &op, const T *b
 // The two inner products: a block's accumulators, how a slab pair is multiplied into them, and which
 // element of C each accumulator is.
 
-// SIMT: thread (tx, ty) = (tid % 16, tid / 16) owns rows 4 ty .. 4 ty + 3 and columns 4 tx .. 4 tx + 3.
+// SIMT: thread (tx, ty) = (tid % 16, tid / 16) owns rows 4 ty .. 4 ty + 3 and columns tx, tx + 16, tx + 32,
+// tx + 48. Strided columns, not 4 tx .. 4 tx + 3: for each k, the 16 lanes of a half warp then read 16
+// consecutive elements of an n-contiguous B slab, in 16 banks (with 4 tx + i, lanes tx and tx + 8 read
+// different words of one bank: a 2-way conflict on every B load), and of a k-contiguous one (f32 row
+// stride BK + pad = 20 words) 8 banks, 2-way rather than 8-way; and the epilogue stores 16 consecutive
+// elements of C per half warp instead of 16 elements 4 apart.
 template <typename T> struct SimtMma {
     typedef typename KilnFloat<T>::Acc A;
     static constexpr int BM = MatmulTile<T>::BM, BN = MatmulTile<T>::BN, BK = MatmulTile<T>::BK;
@@ -143,14 +148,14 @@ template <typename T> struct SimtMma {
         // element (x, k) of a slab is at x * sx + k * sk
         const int sam = a_kcontig ? BK + pad<T>() : 1, sak = a_kcontig ? 1 : BM + pad<T>();
         const int sbn = b_kcontig ? BK + pad<T>() : 1, sbk = b_kcontig ? 1 : BN + pad<T>();
-        const T *pa = sa + 4 * ty * sam, *pb = sb + 4 * tx * sbn;
+        const T *pa = sa + 4 * ty * sam, *pb = sb + tx * sbn;
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
             A a[4], b[4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 a[i] = KilnFloat<T>::up(pa[i * sam + k * sak]);
-                b[i] = KilnFloat<T>::up(pb[i * sbn + k * sbk]);
+                b[i] = KilnFloat<T>::up(pb[16 * i * sbn + k * sbk]);
             }
 #pragma unroll
             for (int i = 0; i < 4; ++i)
@@ -161,7 +166,7 @@ template <typename T> struct SimtMma {
 
     // (row, column) of accumulator i within the block's tile.
     static __device__ __forceinline__ int row(int i) { return 4 * (int)(threadIdx.x / 16) + i / 4; }
-    static __device__ __forceinline__ int col(int i) { return 4 * (int)(threadIdx.x % 16) + i % 4; }
+    static __device__ __forceinline__ int col(int i) { return (int)(threadIdx.x % 16) + 16 * (i % 4); }
 };
 
 // Tensor cores: warp w = (wm, wn) = (w / 4, w % 4) owns rows 64 wm .. + 63 and columns 32 wn .. + 31 as
