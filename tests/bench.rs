@@ -721,3 +721,45 @@ fn emu_profile_counts_the_kernels_it_ran() {
         "{shown}"
     );
 }
+
+/// The SIMT matmul's shared-memory loads are free of bank conflicts for row-major operands (each
+/// thread owns columns tx + 16 j, so a half warp reads 16 consecutive words of B's slab and 2 rows of
+/// A's, kernels/matmul.cu): the profile counts one wavefront per shared load.
+#[test]
+fn emu_profile_finds_no_bank_conflicts_in_matmul_f32() {
+    let dir = temp_dir("bench-profile-matmul");
+    let json = dir.join("profile.json");
+    let out = kiln_cmd(&[
+        "bench",
+        "--device",
+        "emu",
+        "--profile",
+        "--kernels",
+        "matmul_f32",
+        "--sizes",
+        "33x70x20",
+        "--reps",
+        "1",
+        "--seconds",
+        "0.02",
+        "--copy-mib",
+        "1",
+    ])
+    .env("KILN_EMU_PROFILE_JSON", &json)
+    .output()
+    .expect("the kiln binary runs");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let profile: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let k = profile["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "matmul_f32")
+        .unwrap_or_else(|| panic!("{profile:#}"));
+    let loads = &k["shared_load"];
+    assert!(loads["requests"].as_u64().unwrap() > 0, "{k:#}");
+    assert_eq!(loads["wavefronts"], loads["requests"], "{k:#}");
+    assert_eq!(loads["bank_conflicts"].as_u64(), Some(0), "{k:#}");
+}
