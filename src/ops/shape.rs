@@ -5,7 +5,7 @@
 //! permutation; narrow, g placed in zeros of the input's shape; broadcast_to, g summed to the
 //! input's shape; cat, g narrowed into its pieces; contiguous, g.
 
-use crate::tensor::layout::{checked_numel, resolve_dim};
+use crate::tensor::layout::{checked_numel, resolve_dim, Layout};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -168,9 +168,10 @@ impl Tensor {
                 ),
             ));
         }
-        let mut shape = self.shape().to_vec();
+        let (mut shape, mut strides) = (self.shape().to_vec(), self.layout().strides().to_vec());
         shape.remove(d);
-        self.reshape(&shape)
+        strides.remove(d);
+        self.size_one_view("squeeze", shape, strides)
     }
 
     /// Inserts a size-1 dimension at `dim` (0..=rank; negative counts from the end, -1 appends).
@@ -185,9 +186,20 @@ impl Tensor {
                 shape: self.shape().to_vec(),
             });
         }
-        let mut shape = self.shape().to_vec();
+        let (mut shape, mut strides) = (self.shape().to_vec(), self.layout().strides().to_vec());
         shape.insert(d as usize, 1);
-        self.reshape(&shape)
+        strides.insert(d as usize, 0); // any stride serves a dimension of size 1
+        self.size_one_view("unsqueeze", shape, strides)
+    }
+
+    /// `self` viewed with a dimension of size 1 removed or inserted (`shape`, `strides`): the
+    /// same elements at the same offsets, so never a copy, whatever the strides (a view of a
+    /// KV-cache buffer stays a view).
+    fn size_one_view(&self, op: &'static str, shape: Vec<usize>, strides: Vec<usize>) -> Result<Tensor> {
+        let out = self.with_layout(Layout::new(shape, strides, self.layout().offset()));
+        Ok(out.record(op, &[self], |g, inputs, _| {
+            Ok(vec![Some(g.reshape(inputs[0].shape())?)])
+        }))
     }
 
     /// Merges all dims into one.

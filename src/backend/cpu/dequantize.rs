@@ -39,7 +39,7 @@
 //!        q = low | high << 4 - 32,   y = (d * scales[e / 16]) * q   (e = 128h + p)
 //! ```
 
-use crate::backend::op::{QuantFormat, QuantizedMatrix};
+use crate::backend::op::{QuantFormat, QuantizedMatrix, GROUP_ROWS};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -62,6 +62,7 @@ pub fn dequantize_rows(w: &QuantizedMatrix, rows: Range<usize>, out: &mut [f32])
     out[..rows.len() * cols]
         .par_chunks_mut(cols)
         .zip(rows.into_par_iter())
+        .with_min_len(GROUP_ROWS)
         .for_each(|(y, r)| {
             let mut bytes = [0u8; MAX_BLOCK_BYTES];
             for (b, yb) in y.chunks_exact_mut(block).enumerate() {

@@ -172,6 +172,7 @@ impl QuantizedMatrix {
     }
 
     /// Block `b` of row `r` in the GGUF layout, into `out` (`format.block_bytes()` long).
+    #[inline(always)]
     pub fn gguf_block(&self, r: usize, b: usize, out: &mut [u8]) {
         let (block_bytes, blocks) = (self.format.block_bytes(), self.cols / self.format.block_size());
         if !self.format.is_grouped() {
@@ -185,6 +186,7 @@ impl QuantizedMatrix {
 
 /// Row `lane`'s block of a grouped format's `tile`, in the GGUF layout, into `out`
 /// (`format.block_bytes()` long): the inverse of the regrouping.
+#[inline(always)]
 pub fn tile_block(format: QuantFormat, tile: &[u8], lane: usize, out: &mut [u8]) {
     let (quant_bytes, words) = (format.quant_bytes(), format.scale_words());
     for w in 0..words {
