@@ -163,8 +163,11 @@ pub fn linear_quantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
 /// with each row of x. The integer dots unpack every weight block once per row of x; the GEMM
 /// path decodes it once per call and then runs at the f32 GEMM's speed. Measured with `kiln
 /// bench --kernels linear_quantized_q4_1` on SmolLM2-135M's Q4_1 [1536, 576] (2-vCPU Xeon with
-/// AVX-512 VNNI, 2026-12-05, machine loaded, the two paths alternated): 2 rows 0.26 against
-/// 0.36 ms, 4 rows 0.53 against 0.39 ms, 128 rows 33 against 2.1 ms (as fast as f32 weights).
+/// AVX-512 VNNI, 2026-12-05, machine loaded, the two paths alternated) with the row-at-a-time
+/// integer kernel that preceded the 16-row groups: 2 rows 0.26 against 0.36 ms, 4 rows 0.53
+/// against 0.39 ms, 128 rows 33 against 2.1 ms (as fast as f32 weights). The grouped kernel is
+/// about twice as fast per row of x, so the crossover may now lie a little higher; not
+/// re-measured.
 pub const DEQUANTIZE_FROM_ROWS: usize = 4;
 
 /// Bytes of W's f32 block in [`linear_dequantized`] and [`linear_quantized_input_grad`], about
