@@ -4,8 +4,9 @@
 //! the result differs from the dequantize-then-f32 product by at most `max|x_block|/254 · Σ|w|`
 //! per block.
 //!
-//! From 4 rows of x on (a prompt's prefill, a training batch), W is instead decoded to f32 a block of
-//! rows at a time and multiplied by the f32 GEMM, without rounding x.
+//! From 16 rows of x on (a prompt's prefill, a training batch), W is instead decoded to f32 a block
+//! of rows at a time and multiplied by the f32 GEMM, without rounding x (slower, for exact numbers:
+//! `DEQUANTIZE_FROM_ROWS` in the backend says why and by how much).
 //!
 //! Backward: the weights are frozen (they are not tensors: LoRA adapters train on top of them,
 //! QLoRA-style); the input's gradient is `dx = g·W`, W decoded to f32 in blocks of rows as in the

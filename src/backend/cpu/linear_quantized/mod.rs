@@ -160,15 +160,15 @@ pub fn linear_quantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
 }
 
 /// Rows of x from which [`linear_quantized`] decodes W to f32 instead of dotting each weight row
-/// with each row of x. The integer dots unpack every weight block once per row of x; the GEMM
-/// path decodes it once per call and then runs at the f32 GEMM's speed. Measured with `kiln
-/// bench --kernels linear_quantized_q4_1` on SmolLM2-135M's Q4_1 [1536, 576] (2-vCPU Xeon with
-/// AVX-512 VNNI, 2026-12-05, machine loaded, the two paths alternated) with the row-at-a-time
-/// integer kernel that preceded the 16-row groups: 2 rows 0.26 against 0.36 ms, 4 rows 0.53
-/// against 0.39 ms, 128 rows 33 against 2.1 ms (as fast as f32 weights). The grouped kernel is
-/// about twice as fast per row of x, so the crossover may now lie a little higher; not
-/// re-measured.
-pub const DEQUANTIZE_FROM_ROWS: usize = 4;
+/// group with each 8-bit row of x. Since the 16-row groups the integer dots are the faster path
+/// at every size measured (`kiln bench --kernels linear_quantized_q4_1`, SmolLM2-135M's Q4_1
+/// [1536, 576], 2-vCPU Xeon with AVX-512 VNNI, quiet, 2026-12-05, two runs each, integer against
+/// decoded): 4 rows 0.037–0.040 against 0.51–0.61 ms, 16 rows 0.16 against 0.64–0.75 ms, 128
+/// rows 1.16–1.21 against 1.35–1.39 ms ([576, 1536]: 1.21–1.40 against 1.51–1.77 ms). The decoded
+/// path is kept from 16 rows for its numbers, not its speed: x is not rounded there, so a prompt
+/// gives the f32 model's logits exactly and a QLoRA forward sees unrounded activations; decode and
+/// small batches, where the integer path is 4 to 15 times faster, round x as llama.cpp does.
+pub const DEQUANTIZE_FROM_ROWS: usize = 16;
 
 /// Bytes of W's f32 block in [`linear_dequantized`] and [`linear_quantized_input_grad`], about
 /// 2 MiB, so that the decoded rows are still in cache when the GEMM packs them.
