@@ -10,7 +10,7 @@
 //! - decoding one token at a time with the quantized weights (`LlamaLoad::AsStored`), its logits
 //!   follow llama.cpp's on the same file (tests/fixtures/smollm2/llamacpp_logits.json, from
 //!   scripts/llamacpp_logits_reference.py) nearer than the f32 model's at the first position, with
-//!   llama.cpp's argmax at 47 of 48 positions and its greedy answer's first 7 tokens;
+//!   llama.cpp's argmax at 46 of 48 positions and its greedy answer's first 7 tokens;
 //! - the model on Emu gives the CPU's logits for an 8-token prompt.
 //!
 //! Runs when `scripts/fetch-smollm2.sh` has fetched the model (or `KILN_SMOLLM2_GGUF` names the
@@ -340,8 +340,9 @@ struct LlamaCppReference {
 }
 
 /// Worst error of kiln's quantized decode against llama.cpp's, relative to the row's largest
-/// |logit|: measured 4.8e-2 (2026-12-05, the worst of the five rows; 6.6e-3 at position 0, where
-/// attention over one key is exact). Not small, because llama.cpp rounds where kiln does not: its
+/// |logit|: measured 6.2e-2 (2026-12-05, the 16-row grouped kernels; 4.8e-2 with the row-at-a-time
+/// kernels before them: which roundings of x flip moves it, docs/llama.md), the worst of the five
+/// rows; 6.6e-3 at position 0, where attention over one key is exact. Not small, because llama.cpp rounds where kiln does not: its
 /// KV cache, the queries dotted with the keys and the attention weights dotted with the values are
 /// f16, and its 8-bit blocks keep their scales in f16. Rebuilt with an f32 KV cache
 /// (`type_k = type_v = 0`), the same llama.cpp comes within 2.9e-2 (RMS 0.16 instead of 0.31), so
@@ -356,9 +357,11 @@ const QUANTIZED_VS_LLAMACPP_RTOL: f64 = 0.1;
 /// with margin: at least 1.25 times.
 const NEARER_BY: f64 = 1.25;
 
-/// Positions (of 48) where kiln's quantized decode has llama.cpp's argmax: measured 47 (the f32
-/// model 46: it differs at the last prompt position, the near tie that decides the answer).
-const QUANTIZED_SAME_ARGMAX: usize = 46;
+/// Positions (of 48) where kiln's quantized decode has llama.cpp's argmax: measured 46 with the
+/// 16-row grouped kernels, 47 with the row-at-a-time ones (the f32 model 46: it differs at the last
+/// prompt position, the near tie that decides the answer). Asserted one below, for the summation
+/// order of another CPU's kernels.
+const QUANTIZED_SAME_ARGMAX: usize = 45;
 
 /// Leading greedy tokens that agree with llama.cpp's: measured 7 of 12 ("L'Étoile, la" then kiln
 /// says " Marseillaise" and llama.cpp " Cité"); asserted 4, the later ones following near ties.
