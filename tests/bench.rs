@@ -642,14 +642,10 @@ fn check_svg_layout(svg: &str) {
     );
 }
 
-/// `--profile` on Emu prints the emulator's profile table after the bench's, with a row for the
-/// kernel it ran whose counts follow from the kernel's shape: softmax over 4 rows of 64 f32 (256-byte
-/// rows, aligned) reads x once and writes y once (kernels/softmax.cu), so each launch loads and stores
-/// 1024 distinct bytes in 32 whole sectors, and its lower bounds are those 2048 bytes over the HBM
-/// bandwidths. On any other device `--profile` is refused.
-#[test]
-fn emu_profile_counts_the_kernels_it_ran() {
-    let dir = temp_dir("bench-profile");
+/// Runs `kiln bench --device emu --profile` on one kernel at one size, the JSON counts written to a
+/// file; returns the command's output and the kernel's entry `name` of the JSON.
+fn emu_profile(kernel: &str, size: &str, name: &str) -> (String, Value) {
+    let dir = temp_dir(&format!("bench-profile-{kernel}"));
     let json = dir.join("profile.json");
     let out = kiln_cmd(&[
         "bench",
@@ -657,9 +653,9 @@ fn emu_profile_counts_the_kernels_it_ran() {
         "emu",
         "--profile",
         "--kernels",
-        "softmax",
+        kernel,
         "--sizes",
-        "4x64",
+        size,
         "--reps",
         "1",
         "--seconds",
@@ -673,6 +669,26 @@ fn emu_profile_counts_the_kernels_it_ran() {
     .expect("the kiln binary runs");
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
+    let profile: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let k = profile["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name)
+        .unwrap_or_else(|| panic!("{profile:#}"))
+        .clone();
+    (shown, k)
+}
+
+/// `--profile` on Emu prints the emulator's profile table after the bench's, with a row for the
+/// kernel it ran whose counts follow from the kernel's shape: softmax over 4 rows of 64 f32 (256-byte
+/// rows, aligned) reads x once and writes y once (kernels/softmax.cu), so each launch loads and stores
+/// 1024 distinct bytes in 32 whole sectors, and its lower bounds are those 2048 bytes over the HBM
+/// bandwidths. On any other device `--profile` is refused.
+#[test]
+fn emu_profile_counts_the_kernels_it_ran() {
+    let (shown, k) = emu_profile("softmax", "4x64", "softmax_f32");
     assert!(shown.contains("emu profile (counted by the emulator"), "{shown}");
     // the table printed once (by --profile, not again at exit)
     assert_eq!(shown.matches("emu profile (").count(), 1, "{shown}");
@@ -680,14 +696,6 @@ fn emu_profile_counts_the_kernels_it_ran() {
         .lines()
         .find(|l| l.starts_with("softmax_f32 "))
         .unwrap_or_else(|| panic!("{shown}"));
-    let profile: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let k = profile["kernels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "softmax_f32")
-        .unwrap_or_else(|| panic!("{profile:#}"));
     let launches = k["launches"].as_u64().unwrap();
     assert!(launches >= 1, "{k:#}");
     assert!(row.contains(&format!(" {launches} |")), "{row}");
@@ -727,37 +735,7 @@ fn emu_profile_counts_the_kernels_it_ran() {
 /// A's, kernels/matmul.cu): the profile counts one wavefront per shared load.
 #[test]
 fn emu_profile_finds_no_bank_conflicts_in_matmul_f32() {
-    let dir = temp_dir("bench-profile-matmul");
-    let json = dir.join("profile.json");
-    let out = kiln_cmd(&[
-        "bench",
-        "--device",
-        "emu",
-        "--profile",
-        "--kernels",
-        "matmul_f32",
-        "--sizes",
-        "33x70x20",
-        "--reps",
-        "1",
-        "--seconds",
-        "0.02",
-        "--copy-mib",
-        "1",
-    ])
-    .env("KILN_EMU_PROFILE_JSON", &json)
-    .output()
-    .expect("the kiln binary runs");
-    let shown = text(&out);
-    assert!(out.status.success(), "{shown}");
-    let profile: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let k = profile["kernels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "matmul_f32")
-        .unwrap_or_else(|| panic!("{profile:#}"));
+    let (_, k) = emu_profile("matmul_f32", "33x70x20", "matmul_f32");
     let loads = &k["shared_load"];
     assert!(loads["requests"].as_u64().unwrap() > 0, "{k:#}");
     assert_eq!(loads["wavefronts"], loads["requests"], "{k:#}");

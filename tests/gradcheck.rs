@@ -794,43 +794,25 @@ fn reshape_broadcast_squeeze_unsqueeze_contiguous() {
     }
     // of a strided view: still views (no copy), with the view's values and gradients
     let strided = |t: &Tensor| t.permute(&[2, 1, 0]);
-    for dim in [1isize, -2] {
-        let view = strided(&z).unwrap().squeeze(dim).unwrap();
-        assert!(view.same_storage(&z), "squeeze {dim} of a permuted view copied");
-        assert_eq!(
-            view.to_vec::<f64>().unwrap(),
-            strided(&z)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .squeeze(dim)
-                .unwrap()
-                .to_vec::<f64>()
-                .unwrap()
-        );
-        gradcheck(&format!("squeeze {dim} of a permute"), std::slice::from_ref(&z), |t| {
-            wsum(&strided(&t[0])?.squeeze(dim)?)
-        });
-    }
-    for dim in [0isize, 2, -1] {
-        let view = strided(&z).unwrap().unsqueeze(dim).unwrap();
-        assert!(view.same_storage(&z), "unsqueeze {dim} of a permuted view copied");
-        assert_eq!(
-            view.to_vec::<f64>().unwrap(),
-            strided(&z)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .unsqueeze(dim)
-                .unwrap()
-                .to_vec::<f64>()
-                .unwrap()
-        );
-        gradcheck(
-            &format!("unsqueeze {dim} of a permute"),
-            std::slice::from_ref(&z),
-            |t| wsum(&strided(&t[0])?.unsqueeze(dim)?),
-        );
+    type DimOp = fn(&Tensor, isize) -> Result<Tensor>;
+    let views: [(&str, DimOp, &[isize]); 2] = [
+        ("squeeze", Tensor::squeeze, &[1, -2]),
+        ("unsqueeze", Tensor::unsqueeze, &[0, 2, -1]),
+    ];
+    for (name, op, dims) in views {
+        for &dim in dims {
+            let view = op(&strided(&z).unwrap(), dim).unwrap();
+            assert!(view.same_storage(&z), "{name} {dim} of a permuted view copied");
+            let copied = op(&strided(&z).unwrap().contiguous().unwrap(), dim).unwrap();
+            assert_eq!(
+                view.to_vec::<f64>().unwrap(),
+                copied.to_vec::<f64>().unwrap(),
+                "{name} {dim}"
+            );
+            gradcheck(&format!("{name} {dim} of a permute"), std::slice::from_ref(&z), |t| {
+                wsum(&op(&strided(&t[0])?, dim)?)
+            });
+        }
     }
     gradcheck("contiguous of a transpose", std::slice::from_ref(&y), |t| {
         wsum(&t[0].transpose(0, 2)?.contiguous()?)

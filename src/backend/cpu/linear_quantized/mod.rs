@@ -56,8 +56,9 @@ use crate::{Error, Result};
 pub use q8::{Q8Row, Q8Rows, QK};
 use rayon::prelude::*;
 
-/// Weight rows per rayon task: enough to amortise the scheduling (a 576-column Q4_1 row is 360
-/// bytes), few enough that 576-row matrices still split over many threads.
+/// Weight rows per rayon task for the formats kept row after row (Q4_K, Q6_K; the grouped ones
+/// take one 16-row group per task): enough to amortise the scheduling, few enough that 576-row
+/// matrices still split over many threads.
 pub const ROWS_PER_TASK: usize = 16;
 
 /// Weight rows ahead of the one being multiplied whose bytes are prefetched, for the formats kept
