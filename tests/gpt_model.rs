@@ -62,6 +62,31 @@ fn kv_cache_logits_equal_full_forward_logits() {
     }
 }
 
+/// `forward_cached_last` (the LM head on the last position only) gives the last row of each
+/// sequence's full logits, batch of 2, and advances the cache as `forward_cached` does.
+#[test]
+fn kv_cache_last_position_logits_equal_the_full_forwards_last_row() {
+    let cfg = small(true);
+    let gpt = model(cfg.clone(), 1);
+    let x = ids(2, 9, cfg.vocab_size, 5);
+    let full = gpt.forward(&x).unwrap(); // (2, 9, 50)
+    let mut cache = KvCache::new(&cfg);
+    let first = gpt
+        .forward_cached_last(&x.narrow(1, 0, 6).unwrap(), &mut cache)
+        .unwrap();
+    assert_eq!(first.shape(), [2, cfg.vocab_size]);
+    assert_eq!(cache.len(), 6);
+    let last = gpt
+        .forward_cached_last(&x.narrow(1, 6, 3).unwrap(), &mut cache)
+        .unwrap();
+    assert_eq!(cache.len(), 9);
+    for (got, at) in [(first, 5), (last, 8)] {
+        let want = full.narrow(1, at, 1).unwrap().reshape(&[2, cfg.vocab_size]).unwrap();
+        let d = rel_max_diff(&got, &want);
+        assert!(d < 1e-5, "position {at}: last-position and full logits differ by {d}");
+    }
+}
+
 /// The logits of `x` (B, T) fed through `cache` in the given pieces, joined along time.
 fn cached_logits(gpt: &Gpt, x: &Tensor, cache: &mut KvCache, pieces: &[usize]) -> Tensor {
     let mut at = cache.len();

@@ -103,6 +103,17 @@ fn kv_cache_generation_equals_the_uncached_forward() {
         }
         assert_eq!(pos, n);
         assert_close(&format!("{what} cached vs uncached"), &got, &full, 1e-6);
+        // the last position alone (the LM head on one row) after a prompt of n - 1
+        let mut cache = model.new_cache();
+        let prompt = Tensor::from_vec(ids[..n - 1].to_vec(), &[1, n - 1], &Device::Cpu).unwrap();
+        let last = model.forward_cached_last(&prompt, &mut cache).unwrap();
+        assert_eq!((last.shape(), cache.len()), (&[1, v][..], n - 1));
+        assert_close(
+            &format!("{what} last position"),
+            &f32s(&last),
+            &full[(n - 2) * v..(n - 1) * v],
+            1e-6,
+        );
     }
 }
 

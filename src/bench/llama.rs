@@ -1,8 +1,9 @@
 //! `kiln bench --gguf FILE`: inference speed of a Llama model from a GGUF file at batch 1, the way
 //! a chat uses it. For each compute dtype and prompt length:
 //!
-//! - **prefill**: one `forward_cached` of the whole prompt into an empty KV cache, then the greedy
-//!   pick of the first new token from the last position's logits (reported as prompt tokens/s);
+//! - **prefill**: one `forward_cached_last` of the whole prompt into an empty KV cache (the LM
+//!   head on the last position only, as generation runs it), then the greedy pick of the first new
+//!   token from its logits (reported as prompt tokens/s);
 //! - **generation**: `new_tokens` steps of one token each, every step reading the cache of the
 //!   prompt and the tokens so far and picking the next token greedily (reported as new tokens/s).
 //!
@@ -125,10 +126,9 @@ fn check(opts: &LlamaOptions, context: usize) -> Result<()> {
     Ok(())
 }
 
-/// The id of the largest of the last position's logits; `logits` is (1, T, V).
+/// The id of the largest of the last position's logits; `logits` is (1, V).
 fn greedy_last(logits: &Tensor) -> Result<u32> {
-    let t = logits.shape()[1];
-    let last = logits.narrow(1, t - 1, 1)?.to_vec::<f32>()?;
+    let last = logits.to_vec::<f32>()?;
     let best = (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
     Ok(best as u32)
 }
@@ -139,12 +139,12 @@ fn prefill_and_generate(model: &Llama, prompt: &[u32], new_tokens: usize) -> Res
     let mut cache = model.new_cache();
     let t0 = Instant::now();
     let ids = Tensor::from_vec(prompt.to_vec(), &[1, prompt.len()], &dev)?;
-    let mut next = greedy_last(&model.forward_cached(&ids, &mut cache)?)?;
+    let mut next = greedy_last(&model.forward_cached_last(&ids, &mut cache)?)?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..new_tokens {
         let ids = Tensor::from_vec(vec![next], &[1, 1], &dev)?;
-        next = greedy_last(&model.forward_cached(&ids, &mut cache)?)?;
+        next = greedy_last(&model.forward_cached_last(&ids, &mut cache)?)?;
     }
     Ok((prefill, t1.elapsed().as_secs_f64()))
 }

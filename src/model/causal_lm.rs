@@ -22,6 +22,8 @@ pub trait CausalLm: Sized {
     fn new_cache(&self) -> KvCache;
     /// ids u32 (B, t) after the cached positions -> logits f32 (B, t, vocab); appends to `cache`.
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+    /// As [`CausalLm::forward_cached`], only the last position's logits: f32 (B, vocab).
+    fn forward_cached_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
 }
 
 impl CausalLm for Gpt {
@@ -43,6 +45,9 @@ impl CausalLm for Gpt {
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         Gpt::forward_cached(self, ids, cache)
     }
+    fn forward_cached_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Gpt::forward_cached_last(self, ids, cache)
+    }
 }
 
 impl CausalLm for Llama {
@@ -63,5 +68,8 @@ impl CausalLm for Llama {
     }
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         Llama::forward_cached(self, ids, cache)
+    }
+    fn forward_cached_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Llama::forward_cached_last(self, ids, cache)
     }
 }

@@ -4,7 +4,7 @@
 //! nh is the number of heads and hs = C / nh the width of one head.
 
 use super::config::GptConfig;
-use super::kv_cache::{KvCache, LayerKv};
+use super::kv_cache::{KvCache, LayerKv, LogitsAt};
 use crate::nn::{join, Embedding, LayerNorm, Linear, Module, ParamVisitor, Params};
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 
@@ -329,12 +329,12 @@ impl Gpt {
 
     /// ids u32 (B, T) -> logits (B, T, vocab), evaluation mode (no dropout).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.run(ids, None, None)
+        self.run(ids, None, None, LogitsAt::AllPositions)
     }
 
     /// As [`Gpt::forward`] with dropout (when `dropout > 0`), its masks drawn from `rng`.
     pub fn forward_train(&self, ids: &Tensor, rng: &mut Rng) -> Result<Tensor> {
-        self.run(ids, None, Some(rng))
+        self.run(ids, None, Some(rng), LogitsAt::AllPositions)
     }
 
     /// Mean cross-entropy of the next-token predictions against `targets` u32 (B, T),
@@ -356,12 +356,28 @@ impl Gpt {
         let _no_grad = crate::no_grad();
         cache.transaction(|cache| {
             cache.check(self.cfg.n_layer, ids)?;
-            self.run(ids, Some(cache), None)
+            self.run(ids, Some(cache), None, LogitsAt::AllPositions)
+        })
+    }
+
+    /// As [`Gpt::forward_cached`], returning only the last position's logits (B, vocab): the LM
+    /// head runs on one position instead of t, what generation needs.
+    pub fn forward_cached_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _no_grad = crate::no_grad();
+        cache.transaction(|cache| {
+            cache.check(self.cfg.n_layer, ids)?;
+            self.run(ids, Some(cache), None, LogitsAt::LastPosition)
         })
     }
 
     /// The whole network: embeddings, blocks, final norm, tied LM head.
-    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+    fn run(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        mut rng: Option<&mut Rng>,
+        logits_at: LogitsAt,
+    ) -> Result<Tensor> {
         let (b, t) = self.check_ids(ids)?;
         let start = cache.as_ref().map_or(0, |c| c.len());
         if start + t > self.cfg.block_size {
@@ -390,10 +406,17 @@ impl Gpt {
         if let Some(cache) = cache {
             cache.advance(t);
         }
+        let (x, t) = match logits_at {
+            LogitsAt::AllPositions => (x, t),
+            LogitsAt::LastPosition => (x.narrow(1, t - 1, 1)?, 1),
+        };
         let x = self.ln_f.forward(&x)?;
         // tied LM head: logits = x · wteᵀ, (B·T, C) · (C, vocab)
         let logits = x.reshape(&[b * t, c])?.linear(&wte, None)?;
-        logits.reshape(&[b, t, self.cfg.vocab_size])
+        match logits_at {
+            LogitsAt::AllPositions => logits.reshape(&[b, t, self.cfg.vocab_size]),
+            LogitsAt::LastPosition => Ok(logits),
+        }
     }
 
     fn check_ids(&self, ids: &Tensor) -> Result<(usize, usize)> {

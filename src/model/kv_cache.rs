@@ -16,6 +16,17 @@ pub struct LayerKv {
     len: usize,
 }
 
+/// The positions whose logits a run of the model computes: all of them (training, scoring) or the
+/// last one only (generation, which samples from the last position: a 128-token prompt then
+/// spends 1/128 of the LM head's work, about a fifth of a small model's prefill).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogitsAt {
+    /// Logits (B, T, vocab).
+    AllPositions,
+    /// Logits (B, vocab) of position T - 1.
+    LastPosition,
+}
+
 /// Positions a layer's first buffer holds (grown by doubling from there).
 const MIN_CAPACITY: usize = 64;
 

@@ -8,7 +8,7 @@
 //! query heads share one key/value head), a SwiGLU feed-forward (three matrices, no biases), and
 //! an LM head that may be tied to the token table or not.
 
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, LogitsAt};
 use super::llama_config::LlamaConfig;
 use crate::gguf::GgufFile;
 use crate::nn::{Embedding, Linear, LoraConfig};
@@ -630,7 +630,7 @@ impl Llama {
 
     /// ids u32 (B, T) -> logits f32 (B, T, vocab).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.run(ids, None)
+        self.run(ids, None, LogitsAt::AllPositions)
     }
 
     /// Mean cross-entropy of the next-token predictions: logits[b, t] against targets[b, t]
@@ -659,12 +659,22 @@ impl Llama {
         let _no_grad = crate::no_grad();
         cache.transaction(|cache| {
             cache.check(self.cfg.num_hidden_layers, ids)?;
-            self.run(ids, Some(cache))
+            self.run(ids, Some(cache), LogitsAt::AllPositions)
+        })
+    }
+
+    /// As [`Llama::forward_cached`], returning only the last position's logits (B, vocab): the LM
+    /// head runs on one position instead of t, what generation needs.
+    pub fn forward_cached_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _no_grad = crate::no_grad();
+        cache.transaction(|cache| {
+            cache.check(self.cfg.num_hidden_layers, ids)?;
+            self.run(ids, Some(cache), LogitsAt::LastPosition)
         })
     }
 
     /// The whole network: token table, blocks, final norm, LM head.
-    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, logits_at: LogitsAt) -> Result<Tensor> {
         let (b, t) = check_ids(ids)?;
         let start = cache.as_ref().map_or(0, |c| c.len());
         let max = self.cfg.max_position_embeddings;
@@ -697,13 +707,21 @@ impl Llama {
         if let Some(cache) = cache {
             cache.advance(t);
         }
+        let (x, t) = match logits_at {
+            LogitsAt::AllPositions => (x, t),
+            LogitsAt::LastPosition => (x.narrow(1, t - 1, 1)?, 1),
+        };
         // logits = norm(x) · headᵀ, (B·T, C) · (C, vocab)
         let x = self.norm.forward(&x)?.reshape(&[b * t, c])?;
         let logits = match &self.lm_head {
             Some(head) => head.forward(&x)?,
             None => x.linear(&table, None)?,
         };
-        logits.to_dtype(DType::F32)?.reshape(&[b, t, self.cfg.vocab_size])
+        let logits = logits.to_dtype(DType::F32)?;
+        match logits_at {
+            LogitsAt::AllPositions => logits.reshape(&[b, t, self.cfg.vocab_size]),
+            LogitsAt::LastPosition => Ok(logits),
+        }
     }
 }
 

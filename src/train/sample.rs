@@ -133,12 +133,6 @@ pub fn sample_logits(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> Res
     Ok(order[probs.iter().rposition(|&q| q > 0.0).unwrap_or(0)])
 }
 
-/// The logits of the last position of `logits` (1, T, V) as a host vector.
-fn last_row(logits: &Tensor) -> Result<Vec<f32>> {
-    let t = logits.shape()[1];
-    logits.narrow(1, t - 1, 1)?.to_vec::<f32>()
-}
-
 /// What a generation does when the sequence reaches the model's context length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContextFull {
@@ -311,7 +305,7 @@ impl<M: CausalLm> Generator<M> {
     /// Runs `ids` after the cached positions; the logits of the last.
     fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let x = Tensor::from_slice(ids, &[1, ids.len()], self.model.device())?;
-        let logits = last_row(&self.model.forward_cached(&x, &mut self.cache)?)?;
+        let logits = self.model.forward_cached_last(&x, &mut self.cache)?.to_vec::<f32>()?;
         self.cached.extend_from_slice(ids);
         Ok(logits)
     }
