@@ -94,10 +94,7 @@ impl Storage {
     /// Writes `src` viewed through `ls` into the elements of `self` that `ld` views.
     pub(crate) fn assign(&mut self, ld: &Layout, src: &Storage, ls: &Layout) -> Result<()> {
         match (self, src) {
-            (Storage::Cpu(d), Storage::Cpu(s)) => {
-                cpu::assign(d, ld, s, ls);
-                Ok(())
-            }
+            (Storage::Cpu(d), Storage::Cpu(s)) => cpu::assign(d, ld, s, ls),
             (Storage::Cuda(d), Storage::Cuda(s)) => cuda::copy::assign(d, ld, s, ls),
             (d, s) => Err(mismatch("assign", d, s)),
         }

@@ -122,14 +122,14 @@ fn build<U: Send>(
 
 /// A strided layout seen as rows along its last dim: where each row starts, and the stride
 /// within a row. Walking rows keeps the per-element cost of a view to one multiply-add.
-struct Rows {
-    starts: Vec<usize>,
-    width: usize,
-    stride: usize,
+pub(super) struct Rows {
+    pub(super) starts: Vec<usize>,
+    pub(super) width: usize,
+    pub(super) stride: usize,
 }
 
 impl Rows {
-    fn of(layout: &Layout) -> crate::Result<Rows> {
+    pub(super) fn of(layout: &Layout) -> crate::Result<Rows> {
         let rank = layout.rank();
         if rank == 0 {
             return Ok(Rows {

@@ -2,6 +2,7 @@
 //! bytes, as ggml's Q8_1 (see mod.rs).
 
 use crate::backend::cpu::alloc;
+use crate::backend::cpu::vectorise::vectorised;
 use crate::Result;
 
 /// The elements of one activation block.
@@ -38,17 +39,28 @@ impl Q8Rows {
         let blocks = x.len() / QK;
         let mut qs = alloc::filled("linear_quantized", x.len(), 0i8)?;
         let mut ds = alloc::filled("linear_quantized", blocks, [0f32; 2])?;
-        for ((xb, qb), [d, dsum]) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut ds) {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            *d = amax / 127.0;
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = round_small(v * inv) as i8;
-                sum += *q as i32;
-            }
-            *dsum = *d * sum as f32;
-        }
+        // one pass per block, its 32 elements in registers; compiled with AVX2 where the CPU
+        // has it (decode quantizes x serially before every product, 6% of a step when scalar)
+        vectorised(
+            #[inline(always)]
+            || {
+                for ((xb, qb), [d, dsum]) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut ds) {
+                    let xb: &[f32; QK] = xb.try_into().expect("chunks of QK");
+                    // max |x| as compares, not f32::max (whose NaN rule keeps it from vectorising)
+                    let amax = xb.iter().fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+                    *d = amax / 127.0;
+                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    let mut sum = 0i32;
+                    for (q, &v) in qb.iter_mut().zip(xb) {
+                        // |v·inv| ≤ 127, so the i32 is an i8's value
+                        let r = round_small(v * inv) as i32;
+                        *q = r as i8;
+                        sum += r;
+                    }
+                    *dsum = *d * sum as f32;
+                }
+            },
+        );
         Ok(Q8Rows { k, qs, ds })
     }
 
