@@ -368,3 +368,33 @@ fn the_emulator_refuses_quantized_weights_with_a_clear_error() {
     let err = x.linear_quantized(&wq).unwrap_err().to_string();
     assert!(err.contains("on the CPU only"), "{err}");
 }
+
+/// A NaN or an infinity in a row of x makes that row's outputs NaN on every instruction set and
+/// both paths (the 8-bit rounding must not turn it into a number); the other rows are finite.
+#[test]
+fn a_nan_or_an_infinity_in_x_gives_nan_outputs_in_its_row() {
+    let mut g = Gen(41);
+    for format in QuantFormat::ALL {
+        let (k, n) = (512, 37);
+        let (w, _) = random_matrix(format, n, k, &mut g);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for m in [3, DEQUANTIZE_FROM_ROWS + 1] {
+                let mut x: Vec<f32> = (0..m * k).map(|_| g.unit()).collect();
+                x[k + 77] = bad; // row 1
+                let mut results = vec![("default".to_string(), linear_quantized(&x, &w).unwrap())];
+                for isa in QuantIsa::ALL.into_iter().filter(|isa| isa.is_supported()) {
+                    results.push((format!("{isa:?}"), linear_quantized_on(isa, &x, &w).unwrap()));
+                }
+                for (path, y) in results {
+                    for (i, row) in y.chunks(n).enumerate() {
+                        let what = format!("{format:?} {path} x holding {bad} in row 1 of {m}: row {i}");
+                        match i {
+                            1 => assert!(row.iter().all(|v| !v.is_finite()), "{what}: {row:?}"),
+                            _ => assert!(row.iter().all(|v| v.is_finite()), "{what}: {row:?}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
