@@ -155,6 +155,8 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/train/lora_checkpoint.rs",
     "src/train/lora_finetune.rs",
     "src/train/trainer.rs",
+    "src/train/data_parallel.rs",
+    "src/train/distributed.rs",
     "src/train/config.rs",
     "src/train/checkpoint.rs",
     "src/train/memory_estimate.rs",
