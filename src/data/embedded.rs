@@ -38,6 +38,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "docs/reliability.md",
     "docs/llama.md",
     "docs/finetuning.md",
+    "docs/distributed.md",
     "docs/adding-an-op.md",
     "src/lib.rs",
     "src/main.rs",

@@ -247,19 +247,22 @@ mod tests {
             self.world
         }
         fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-            for (v, o) in buf.iter_mut().zip(next(&self.sums, buf.len())) {
+            let others = next(&self.sums, buf.len());
+            for (v, o) in buf.iter_mut().zip(others) {
                 *v += o as f32;
             }
             Ok(())
         }
         fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-            for (v, o) in buf.iter_mut().zip(next(&self.sums, buf.len())) {
+            let others = next(&self.sums, buf.len());
+            for (v, o) in buf.iter_mut().zip(others) {
                 *v += o;
             }
             Ok(())
         }
         fn all_reduce_max_u64(&self, buf: &mut [u64]) -> Result<()> {
-            for (v, o) in buf.iter_mut().zip(next(&self.maxima, buf.len())) {
+            let others = next(&self.maxima, buf.len());
+            for (v, o) in buf.iter_mut().zip(others) {
                 *v = (*v).max(o);
             }
             Ok(())
