@@ -25,4 +25,12 @@ cargo test --release --all-targets "$@"
 # memory accesses in a seeded random order (and started in a random order): a result that depends
 # on the order of unsynchronised threads differs (docs/emulator.md, "The checker").
 KILN_EMU_ORDER=interleave:1 cargo test --release --test devices "$@"
+# The `mpi` feature (data-parallel training, docs/distributed.md): Open MPI and libclang from the
+# distribution's packages (idempotent), then its tests, which run `kiln train --distributed` on 2
+# ranks of this machine under mpirun. Without apt-get as root they are skipped with a message.
+if ./scripts/setup-mpi.sh; then
+    cargo test --release --features mpi --test distributed "$@"
+else
+    echo "test.sh: skipping the mpi feature's tests: scripts/setup-mpi.sh could not install Open MPI" >&2
+fi
 cargo test --release --doc

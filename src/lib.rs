@@ -58,6 +58,8 @@ mod doc_tests {
     struct Autograd;
     #[doc = include_str!("../docs/changelog.md")]
     struct Changelog;
+    #[doc = include_str!("../docs/distributed.md")]
+    struct Distributed;
     #[doc = include_str!("../docs/emulator.md")]
     struct Emulator;
     #[doc = include_str!("../docs/finetuning.md")]

@@ -18,6 +18,7 @@ pub use merge::MergeArgs;
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
+use crate::train::data_parallel::DataParallel;
 use crate::train::{
     self, checkpoint, console, memory_estimate, Generator, Init, RunOptions, SampleOptions, TrainConfig,
 };
@@ -197,6 +198,11 @@ pub struct TrainArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Data-parallel training on the ranks of an MPI job (`mpirun -np N kiln train --distributed
+    /// ...`): --batch-size is per rank, rank 0 writes the run folder (docs/distributed.md).
+    #[cfg(feature = "mpi")]
+    #[arg(long)]
+    pub distributed: bool,
     #[command(flatten)]
     pub optim: OptimArgs,
     #[command(flatten)]
@@ -361,7 +367,41 @@ fn run_options(run: &RunArgs, default_out: &str) -> Result<RunOptions> {
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
-    let opts = run_options(&a.run, "runs/train")?;
+    #[cfg(feature = "mpi")]
+    if a.distributed {
+        return cmd_train_distributed(a);
+    }
+    train_on(&DataParallel::single(), a)
+}
+
+/// `kiln train --distributed`: [`train_on`] the ranks of the MPI job. A rank that fails prints
+/// its error and ends the whole job (`MPI_Abort`), so that no rank waits for it forever.
+#[cfg(feature = "mpi")]
+fn cmd_train_distributed(a: TrainArgs) -> Result<()> {
+    let mpi = train::distributed::Mpi::init()?;
+    let ranks = mpi.data_parallel();
+    if let Err(e) = train_on(&ranks, a) {
+        console::err(&format!("error (rank {} of {}): {e}", ranks.rank(), ranks.world()));
+        mpi.abort(1);
+    }
+    Ok(())
+}
+
+/// `kiln train` on `ranks`: one process alone, or every rank of a data-parallel run, where
+/// `--batch-size` counts the sequences of each rank (the run's batch is that times the ranks)
+/// and rank 0 alone prints and writes.
+fn train_on(ranks: &DataParallel, a: TrainArgs) -> Result<()> {
+    let mut opts = run_options(&a.run, "runs/train")?;
+    opts.verbose = ranks.is_root();
+    let world = ranks.world();
+    // the global batch of a given per-rank --batch-size
+    let mut optim = a.optim.clone();
+    if let Some(b) = optim.batch_size {
+        let global = b
+            .checked_mul(world)
+            .ok_or_else(|| cli_err(format!("--batch-size {b} on {world} ranks overflows the global batch")))?;
+        optim.batch_size = Some(global);
+    }
     let outcome = if a.resume {
         let fixed: Vec<&str> = [
             (a.preset != "tiny", "--preset"),
@@ -390,10 +430,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         // the saved model with the new optimisation settings must fit before anything is loaded
         let (model, _, state) = checkpoint::read_meta(&checkpoint::find(&opts.out_dir)?)?;
         let mut cfg = state.train;
-        a.optim.apply(&mut cfg);
-        let need = memory_estimate::training(&model, cfg.batch_size, cfg.dtype);
+        optim.apply(&mut cfg);
+        let need = memory_estimate::training(&model, cfg.batch_size.div_ceil(world), cfg.dtype);
         memory_estimate::check_fits("training", &need, &opts.device)?;
-        train::resume(&opts, |cfg| a.optim.apply(cfg))?
+        train::resume_data_parallel(ranks, &opts, |cfg| optim.apply(cfg))?
     } else {
         let mut model = GptConfig::preset(&a.preset)?;
         macro_rules! set {
@@ -415,10 +455,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             cfg.seed = seed;
         }
         cfg.windows = a.windows;
-        a.optim.apply(&mut cfg);
-        let need = memory_estimate::training(&model, cfg.batch_size, cfg.dtype);
+        if optim.batch_size.is_none() {
+            cfg.batch_size *= world; // the default --batch-size, per rank
+        }
+        optim.apply(&mut cfg);
+        let need = memory_estimate::training(&model, cfg.batch_size.div_ceil(world), cfg.dtype);
         memory_estimate::check_fits("training", &need, &opts.device)?;
-        if a.data.is_empty() {
+        if a.data.is_empty() && ranks.is_root() {
             console::out(&format!(
                 "no --data given: training on kiln's own docs and sources ({EMBEDDED})"
             ));
@@ -428,8 +471,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             tokenizer,
             weights: a.init_weights,
         };
-        train::train(init, &a.data, cfg, &opts)?
+        train::train_data_parallel(ranks, init, &a.data, cfg, &opts)?
     };
+    if !ranks.is_root() {
+        return Ok(());
+    }
     print_sample(&outcome.model, &outcome.tokenizer, a.run.sample_tokens)
 }
 

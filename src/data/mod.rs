@@ -332,8 +332,7 @@ impl Dataset {
     }
 
     /// `batch` random windows of `block` tokens from `split`: inputs `[B, T]` and targets
-    /// `[B, T]` (the next token at each position), both U32. Each window start is drawn
-    /// uniformly from `0..len - block` with `rng`, one draw per row.
+    /// `[B, T]` (the next token at each position), both U32, from [`Dataset::draw_starts`].
     pub fn batch(
         &self,
         split: Split,
@@ -342,9 +341,16 @@ impl Dataset {
         rng: &mut Rng,
         dev: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let below = self.window_starts_below(split, block)? as u64;
-        let starts: Vec<usize> = (0..batch).map(|_| rng.below(below) as usize).collect();
+        let starts = self.draw_starts(split, batch, block, rng)?;
         self.windows(split, &starts, block, dev)
+    }
+
+    /// The starts of `batch` random windows of `block` tokens in `split`, each drawn uniformly
+    /// from `0..len - block` with `rng`, one draw per row in row order (so the first rows of a
+    /// bigger batch are the rows of a smaller one, and data-parallel ranks can slice it).
+    pub fn draw_starts(&self, split: Split, batch: usize, block: usize, rng: &mut Rng) -> Result<Vec<usize>> {
+        let below = self.window_starts_below(split, block)? as u64;
+        Ok((0..batch).map(|_| rng.below(below) as usize).collect())
     }
 
     /// The windows of `block` tokens of `split` that start at `starts`: inputs and targets,

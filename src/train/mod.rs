@@ -5,6 +5,9 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod config;
 pub mod console;
+pub mod data_parallel;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod lora;
 pub mod lora_checkpoint;
 pub mod lora_finetune;
@@ -18,4 +21,7 @@ mod trainer;
 
 pub use config::TrainConfig;
 pub use sample::{generate, ContextFull, Finish, Generated, Generator, SampleOptions};
-pub use trainer::{describe_model, human, resume, train, Init, Outcome, RunOptions, PLOT, TOKEN_CACHE};
+pub use trainer::{
+    describe_model, human, resume, resume_data_parallel, train, train_data_parallel, Init, Outcome, RunOptions, PLOT,
+    TOKEN_CACHE,
+};

@@ -12,10 +12,15 @@
 //! A window plan (`TrainConfig::windows`) and initial weights from a file (`Init::Scratch`'s
 //! `weights`) take the place of the weight and batch generators (evaluation batches included),
 //! to replay another program's run.
+//!
+//! Data-parallel runs ([`train_data_parallel`], [`resume_data_parallel`]) run this same loop on
+//! every rank, each on its slice of every batch (see [`super::data_parallel`]); rank 0 alone
+//! writes the run folder and prints.
 
 use super::checkpoint::{self, DataInfo, TrainState};
 use super::config::TrainConfig;
 use super::console;
+use super::data_parallel::DataParallel;
 use super::metrics::{self, MetricsWriter, Record};
 use super::plot;
 use super::progress::Bar;
@@ -163,6 +168,8 @@ pub fn describe_model(cfg: &GptConfig, params: usize) -> String {
 /// Everything a training session holds.
 struct Session {
     run_dir: PathBuf,
+    /// The ranks this session trains with (one process alone outside data-parallel runs).
+    ranks: DataParallel,
     device: Device,
     model: Gpt,
     params: Vec<(String, crate::Tensor)>,
@@ -172,19 +179,42 @@ struct Session {
     /// Where the batches come from when they are not drawn ([`TrainConfig::windows`]).
     windows: Option<WindowPlan>,
     state: TrainState,
+    /// The metrics so far (on rank 0; the other ranks keep only this session's).
     history: Vec<Record>,
-    metrics: MetricsWriter,
-    /// Held until the session ends: no other writer uses the run folder meanwhile.
-    _lock: RunLock,
+    /// Rank 0's `metrics.jsonl` (None on the other ranks, which write nothing).
+    metrics: Option<MetricsWriter>,
+    /// Held by rank 0 until the session ends: no other writer uses the run folder meanwhile.
+    _lock: Option<RunLock>,
 }
 
 /// Starts a new run in `opts.out_dir` on `data` (no files: the embedded corpus). A start that
 /// fails removes the folder if it made it.
 pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> Result<Outcome> {
+    train_data_parallel(&DataParallel::single(), init, data, cfg, opts)
+}
+
+/// [`train`] on every rank of `ranks`: `cfg.batch_size` is the global batch, which each rank
+/// slices (it must split evenly over the ranks). Rank 0 alone makes and writes the run folder;
+/// every rank returns the same outcome.
+pub fn train_data_parallel(
+    ranks: &DataParallel,
+    init: Init,
+    data: &[PathBuf],
+    cfg: TrainConfig,
+    opts: &RunOptions,
+) -> Result<Outcome> {
     cfg.validate()?;
     check_stop_at(opts)?;
+    let dropout = match &init {
+        Init::Scratch { model, .. } => model.dropout,
+        Init::From { model, .. } => model.config().dropout,
+    };
+    check_ranks(ranks, &cfg, dropout)?;
+    if !ranks.is_root() {
+        return start(ranks, init, data, cfg, opts)?.run(opts);
+    }
     let made = run_dir::create(&opts.out_dir)?;
-    match start(init, data, cfg, opts) {
+    match start(ranks, init, data, cfg, opts) {
         Ok(session) => session.run(opts),
         Err(e) => {
             run_dir::remove_created(&opts.out_dir, &made);
@@ -193,10 +223,26 @@ pub fn train(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) 
     }
 }
 
-/// Takes the run folder and prepares a new run in it: model, tokens, optimizer, metrics file.
-fn start(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> Result<Session> {
+/// What data-parallel training requires of a run: a global batch that splits evenly over the
+/// ranks, and no dropout (each rank would draw its masks for its own rows, not the slice of the
+/// masks one process draws for the whole batch, so the run would not equal one process's).
+fn check_ranks(ranks: &DataParallel, cfg: &TrainConfig, dropout: f64) -> Result<()> {
+    ranks.check_batch(cfg.batch_size)?;
+    if ranks.world() > 1 && dropout > 0.0 {
+        return Err(train_err(format!(
+            "data-parallel training does not support dropout yet (the model has dropout {dropout}); \
+             train with --dropout 0"
+        )));
+    }
+    Ok(())
+}
+
+/// Takes the run folder (rank 0) and prepares a new run in it: model, tokens, optimizer,
+/// metrics file.
+fn start(ranks: &DataParallel, init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> Result<Session> {
     let run_dir = &opts.out_dir;
-    let lock = take_run_dir(run_dir, opts)?;
+    let root = ranks.is_root();
+    let lock = root.then(|| take_run_dir(run_dir, opts)).transpose()?;
     if let Ok(dir) = checkpoint::find(run_dir) {
         let step = checkpoint::read_meta(&dir).map(|(_, _, s)| s.step).unwrap_or(0);
         return Err(train_err(format!(
@@ -235,7 +281,8 @@ fn start(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> R
             source,
         } => (*model, tokenizer, source),
     };
-    let (ids, _) = tokenize_cached(&corpus, &tokenizer, Some(&run_dir.join(TOKEN_CACHE)))?;
+    let cache = root.then(|| run_dir.join(TOKEN_CACHE));
+    let (ids, _) = tokenize_cached(&corpus, &tokenizer, cache.as_deref())?;
     if let Some(&max) = ids.iter().max() {
         if max as usize >= model.config().vocab_size {
             return Err(train_err(format!(
@@ -280,9 +327,12 @@ fn start(init: Init, data: &[PathBuf], cfg: TrainConfig, opts: &RunOptions) -> R
     };
     let params = model.params();
     let opt = new_optimizer(&params, &state.train)?;
-    let metrics = MetricsWriter::create(&run_dir.join(metrics::FILE), &[])?;
+    let metrics = root
+        .then(|| MetricsWriter::create(&run_dir.join(metrics::FILE), &[]))
+        .transpose()?;
     Ok(Session {
         run_dir: run_dir.clone(),
+        ranks: ranks.clone(),
         device: opts.device,
         model,
         params,
@@ -312,15 +362,28 @@ fn take_run_dir(run_dir: &Path, opts: &RunOptions) -> Result<RunLock> {
 /// training settings (a longer run, a lower learning rate); with no change the resumed run
 /// reproduces the uninterrupted one exactly (on the CPU).
 pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Result<Outcome> {
+    resume_data_parallel(&DataParallel::single(), opts, change)
+}
+
+/// [`resume`] on every rank of `ranks`, from a checkpoint written by any number of ranks (it
+/// holds the global batch, which must split evenly over these ranks after `change`). Every
+/// rank reads the checkpoint; rank 0 alone writes.
+pub fn resume_data_parallel(
+    ranks: &DataParallel,
+    opts: &RunOptions,
+    change: impl FnOnce(&mut TrainConfig),
+) -> Result<Outcome> {
     let run_dir = &opts.out_dir;
+    let root = ranks.is_root();
     check_stop_at(opts)?;
     checkpoint::find(run_dir)?;
-    let lock = take_run_dir(run_dir, opts)?;
+    let lock = root.then(|| take_run_dir(run_dir, opts)).transpose()?;
     let loaded = checkpoint::load(run_dir, &opts.device)?;
     let mut state = loaded.state;
     let before = state.train.clone();
     change(&mut state.train);
     state.train.validate()?;
+    check_ranks(ranks, &state.train, loaded.model.config().dropout)?;
     if state.train.steps < state.step {
         return Err(train_err(format!(
             "the run in {} is at step {}, past --steps {}; give --steps {} or more to train further",
@@ -345,20 +408,34 @@ pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Resul
             state.train.windows.as_deref().unwrap_or(Path::new("")).display()
         )));
     }
-    let ids = resume_tokens(run_dir, &state, &loaded.tokenizer, loaded.model.config().vocab_size)?;
+    let ids = resume_tokens(
+        run_dir,
+        &state,
+        &loaded.tokenizer,
+        loaded.model.config().vocab_size,
+        root,
+    )?;
     let dataset = Dataset::new(ids, state.train.val_fraction)?;
     dataset.check_block(loaded.model.config().block_size)?;
     let params = loaded.model.params();
     let mut opt = new_optimizer(&params, &state.train)?;
     checkpoint::load_optimizer(&loaded.dir, &state, &mut opt, &opts.device)?;
-    let metrics_path = run_dir.join(metrics::FILE);
-    let history: Vec<Record> = metrics::read(&metrics_path)?
-        .into_iter()
-        .filter(|r| r.step() <= state.step)
-        .collect();
-    let metrics = MetricsWriter::create(&metrics_path, &history)?;
+    // rank 0 rewrites metrics.jsonl up to the checkpoint's step; the others need no history
+    // (the checkpoint's step is at least 1, so a resumed run is never fresh)
+    let (history, metrics) = if root {
+        let metrics_path = run_dir.join(metrics::FILE);
+        let history: Vec<Record> = metrics::read(&metrics_path)?
+            .into_iter()
+            .filter(|r| r.step() <= state.step)
+            .collect();
+        let metrics = MetricsWriter::create(&metrics_path, &history)?;
+        (history, Some(metrics))
+    } else {
+        (Vec::new(), None)
+    };
     let session = Session {
         run_dir: run_dir.clone(),
+        ranks: ranks.clone(),
         device: opts.device,
         model: loaded.model,
         params,
@@ -371,7 +448,7 @@ pub fn resume(opts: &RunOptions, change: impl FnOnce(&mut TrainConfig)) -> Resul
         metrics,
         _lock: lock,
     };
-    if opts.verbose {
+    if opts.verbose && root {
         console::out(&format!(
             "resuming {} at step {} of {}",
             run_dir.display(),
@@ -411,9 +488,16 @@ fn describe_changes(a: &TrainConfig, b: &TrainConfig) -> String {
 }
 
 /// The resumed run's tokens: the cache in the run folder if it is intact and matches the
-/// checkpoint, else the source files again (which must not have changed). Either way the ids
-/// must have the checksum the checkpoint recorded.
-fn resume_tokens(run_dir: &Path, state: &TrainState, tok: &Tokenizer, vocab: usize) -> Result<Vec<u32>> {
+/// checkpoint, else the source files again (which must not have changed; the cache is then
+/// rewritten when `write_cache`). Either way the ids must have the checksum the checkpoint
+/// recorded.
+fn resume_tokens(
+    run_dir: &Path,
+    state: &TrainState,
+    tok: &Tokenizer,
+    vocab: usize,
+    write_cache: bool,
+) -> Result<Vec<u32>> {
     let key = crate::data::CacheKey {
         corpus: state.data.corpus_hash,
         tokenizer: tok.fingerprint(),
@@ -459,7 +543,7 @@ fn resume_tokens(run_dir: &Path, state: &TrainState, tok: &Tokenizer, vocab: usi
     if let Some(e) = damage {
         console::warn(&format!("{e}; tokenizing the unchanged sources again"));
     }
-    let ids = tokenize_cached(&corpus, tok, Some(&cache))?.0;
+    let ids = tokenize_cached(&corpus, tok, write_cache.then_some(cache.as_path()))?.0;
     verified(ids, &format!("of {}", state.data.sources.join(", ")))
 }
 
@@ -490,7 +574,7 @@ impl Session {
         self.model.set_dtype(cfg.dtype)?;
         let end = opts.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
         let tokens_per_step = cfg.tokens_per_step(self.model.config().block_size)?;
-        let reporter = Reporter::new(opts.verbose, self.state.step, cfg.steps);
+        let reporter = Reporter::new(opts.verbose && self.ranks.is_root(), self.state.step, cfg.steps);
         self.describe(&reporter, tokens_per_step);
         let fresh = self.state.step == 0 && self.history.is_empty();
         self.check_window_plan(end, fresh)?;
@@ -518,7 +602,11 @@ impl Session {
                 self.state.data_rng = rngs.data.state();
                 self.state.dropout_rng = rngs.dropout.state();
                 self.evaluate_and_log(&reporter, tok_s, last_checkpoint)?;
-                checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
+                let when = format!("after step {}", self.state.step);
+                self.ranks.check_identical(&self.params, &when)?;
+                if self.ranks.is_root() {
+                    checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
+                }
                 last_checkpoint = Some(self.state.step);
             }
         }
@@ -542,8 +630,14 @@ impl Session {
             self.data.val.len(),
             self.tokenizer.describe()
         ));
+        let world = self.ranks.world();
+        let ranks = if world > 1 {
+            format!(" on {world} ranks ({} sequences each)", cfg.batch_size / world)
+        } else {
+            String::new()
+        };
         reporter.line(&format!(
-            "training: {} steps of {} tokens (batch {} × grad_accum {} × block {}), lr {} → {} (warmup {}), on {} in {}; writing {}",
+            "training: {} steps of {} tokens (batch {}{ranks} × grad_accum {} × block {}), lr {} → {} (warmup {}), on {} in {}; writing {}",
             cfg.steps,
             tokens_per_step,
             cfg.batch_size,
@@ -584,6 +678,11 @@ impl Session {
         let lr = self.cfg().schedule().lr(step);
         self.opt.set_lr(lr);
         let (loss, mut grads) = self.forward_backward(step, &mut rngs.data, &mut rngs.dropout)?;
+        // every rank's mean over its rows → the mean over the global batch, on every rank
+        self.ranks.average_gradients(&self.params, &mut grads)?;
+        let mut loss = [loss];
+        self.ranks.mean(&mut loss)?;
+        let [loss] = loss;
         let clip = self.cfg().grad_clip;
         let max_norm = if clip > 0.0 { clip } else { f64::MAX };
         let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
@@ -616,8 +715,10 @@ impl Session {
 
     /// The closing line and the outcome.
     fn finish(self, opts: &RunOptions, tokens_per_s: f64) -> Result<Outcome> {
+        self.ranks
+            .check_identical(&self.params, &format!("at the end (step {})", self.state.step))?;
         let ckpt = self.run_dir.join(checkpoint::DIR);
-        if opts.verbose {
+        if opts.verbose && self.ranks.is_root() {
             console::out(&format!(
                 "done: step {}/{}, train loss {}, val loss {}, {} tokens/s; checkpoint {}",
                 self.state.step,
@@ -639,22 +740,25 @@ impl Session {
         })
     }
 
-    /// Step `step`'s loss (mean over the micro-batches) and summed gradients.
+    /// Step `step`'s loss (mean over the micro-batches) and summed gradients, on this rank's
+    /// rows of each micro-batch.
     fn forward_backward(&self, step: usize, data_rng: &mut Rng, dropout_rng: &mut Rng) -> Result<(f64, Gradients)> {
         let cfg = self.cfg();
         let block = self.model.config().block_size;
         let mut total = Gradients::default();
         let mut loss_sum = 0.0;
         for micro in 0..cfg.grad_accum {
-            let (x, y) = match &self.windows {
-                Some(plan) => {
-                    let starts = &plan.train[step * cfg.grad_accum + micro];
-                    self.data.windows(Split::Train, starts, block, &self.device)?
+            let drawn;
+            let starts = match &self.windows {
+                Some(plan) => &plan.train[step * cfg.grad_accum + micro],
+                None => {
+                    drawn = self.data.draw_starts(Split::Train, cfg.batch_size, block, data_rng)?;
+                    &drawn
                 }
-                None => self
-                    .data
-                    .batch(Split::Train, cfg.batch_size, block, data_rng, &self.device)?,
             };
+            let (x, y) = self
+                .data
+                .windows(Split::Train, self.ranks.shard(starts)?, block, &self.device)?;
             let loss = self.model.loss_train(&x, &y, dropout_rng)?;
             loss_sum += loss.to_scalar::<f64>()?;
             let loss = if cfg.grad_accum > 1 {
@@ -682,7 +786,8 @@ impl Session {
     }
 
     /// Mean loss over `eval_iters` batches of each split, in evaluation mode, from batches
-    /// that are the same at every evaluation (or the window plan's for this step).
+    /// that are the same at every evaluation (or the window plan's for this step); each rank
+    /// evaluates its rows of every batch, and the ranks' means are averaged.
     fn evaluate(&self) -> Result<(f64, f64)> {
         let _no_grad = crate::no_grad();
         let cfg = self.cfg();
@@ -692,17 +797,22 @@ impl Session {
             let mut rng = Rng::new(cfg.seed ^ EVAL_SALT);
             let mut sum = 0.0;
             for i in 0..cfg.eval_iters {
-                let (x, y) = match &self.windows {
-                    Some(plan) => {
-                        let starts = plan.eval_batch(self.state.step, split, i);
-                        self.data.windows(split, starts, block, &self.device)?
+                let drawn;
+                let starts = match &self.windows {
+                    Some(plan) => plan.eval_batch(self.state.step, split, i),
+                    None => {
+                        drawn = self.data.draw_starts(split, cfg.batch_size, block, &mut rng)?;
+                        &drawn
                     }
-                    None => self.data.batch(split, cfg.batch_size, block, &mut rng, &self.device)?,
                 };
+                let (x, y) = self
+                    .data
+                    .windows(split, self.ranks.shard(starts)?, block, &self.device)?;
                 sum += self.model.loss(&x, &y)?.to_scalar::<f64>()?;
             }
             out[slot] = sum / cfg.eval_iters as f64;
         }
+        self.ranks.mean(&mut out)?;
         Ok((out[0], out[1]))
     }
 
@@ -768,12 +878,18 @@ impl Session {
     }
 
     fn record(&mut self, r: Record) -> Result<()> {
-        self.metrics.write(&r)?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write(&r)?;
+        }
         self.history.push(r);
         Ok(())
     }
 
+    /// Redraws the loss plot (rank 0).
     fn write_plot(&self) -> Result<()> {
+        if !self.ranks.is_root() {
+            return Ok(());
+        }
         let title = format!(
             "{} — {}",
             self.run_dir

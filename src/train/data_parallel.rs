@@ -1,0 +1,344 @@
+//! Data-parallel training: N processes (ranks) train one model together, each on its slice of
+//! every batch, and average their gradients before each update, so that N ranks with batch b
+//! compute what one process with batch N·b computes, up to the order of floating-point sums.
+//!
+//! The training loop speaks to the other ranks only through [`DataParallel`], which holds a
+//! [`Collective`]: the few reductions it needs. [`DataParallel::single`] is one process alone
+//! (every reduction is the identity); with the `mpi` feature, `kiln::train::distributed` provides
+//! the MPI implementation that `kiln train --distributed` uses under `mpirun`
+//! (docs/distributed.md).
+//!
+//! The semantics, which every rank applies identically:
+//! - `TrainConfig::batch_size` is the global batch: every rank draws the same N·b window starts
+//!   from the same seeded stream and keeps rows `r·b .. (r+1)·b` ([`DataParallel::shard`]), so
+//!   the random streams, the checkpoint and the metrics are those of one process with batch N·b;
+//! - the per-rank losses are means over b·T tokens, so the mean of the N rank losses (and of
+//!   their gradients: [`DataParallel::average_gradients`]) is the mean over the N·b·T tokens;
+//! - evaluation slices each evaluation batch the same way and averages the losses;
+//! - [`DataParallel::check_identical`] compares a checksum of the weights across the ranks.
+
+use crate::{Error, Gradients, Result, Tensor};
+use std::rc::Rc;
+
+/// The reductions over all ranks that data-parallel training needs. Every rank calls each of
+/// them in the same order with buffers of the same length (collective calls); each returns on
+/// every rank with the same result.
+pub trait Collective {
+    /// This process's rank, `0..world()`.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn world(&self) -> usize;
+    /// Replaces `buf` on every rank by the elementwise sum of every rank's `buf`.
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Replaces `buf` on every rank by the elementwise sum of every rank's `buf`.
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
+    /// Replaces `buf` on every rank by the elementwise maximum of every rank's `buf`.
+    fn all_reduce_max_u64(&self, buf: &mut [u64]) -> Result<()>;
+}
+
+/// One process alone: every reduction leaves its buffer as it is.
+struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum_f32(&self, _: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_max_u64(&self, _: &mut [u64]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Gradients travel in buckets of at most this many f32 values (16 MiB): one all-reduce per
+/// bucket, and the flattening copy never holds more than one bucket beside the gradients.
+const BUCKET_FLOATS: usize = 1 << 22;
+
+/// The ranks of a data-parallel run, as the training loop sees them.
+#[derive(Clone)]
+pub struct DataParallel {
+    collective: Rc<dyn Collective>,
+}
+
+impl std::fmt::Debug for DataParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataParallel {{ rank: {}, world: {} }}", self.rank(), self.world())
+    }
+}
+
+fn dp_err(msg: String) -> Error {
+    Error::Invalid {
+        op: "data-parallel training",
+        msg,
+    }
+}
+
+impl DataParallel {
+    /// One process alone: the training loop as it is without data parallelism.
+    pub fn single() -> DataParallel {
+        DataParallel {
+            collective: Rc::new(Single),
+        }
+    }
+
+    /// The ranks that `collective` connects.
+    pub fn new(collective: Rc<dyn Collective>) -> DataParallel {
+        DataParallel { collective }
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    /// The number of ranks.
+    pub fn world(&self) -> usize {
+        self.collective.world()
+    }
+
+    /// Whether this is rank 0, the one that writes the run folder and prints.
+    pub fn is_root(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Checks that a global batch of `batch` rows splits evenly over the ranks.
+    pub fn check_batch(&self, batch: usize) -> Result<()> {
+        let world = self.world();
+        if !batch.is_multiple_of(world) {
+            return Err(dp_err(format!(
+                "the global batch of {batch} sequences does not split evenly over {world} ranks; \
+                 give a --batch-size per rank (the global batch is --batch-size × ranks)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// This rank's rows of a global batch: rows `r·b .. (r+1)·b` of `rows`, where b is
+    /// `rows.len() / world` (see [`DataParallel::check_batch`]).
+    pub fn shard<'a, T>(&self, rows: &'a [T]) -> Result<&'a [T]> {
+        self.check_batch(rows.len())?;
+        let per_rank = rows.len() / self.world();
+        let start = self.rank() * per_rank;
+        Ok(&rows[start..start + per_rank])
+    }
+
+    /// The mean over the ranks of each of `values`, on every rank.
+    pub fn mean(&self, values: &mut [f64]) -> Result<()> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        self.collective.all_reduce_sum_f64(values)?;
+        let world = self.world() as f64;
+        values.iter_mut().for_each(|v| *v /= world);
+        Ok(())
+    }
+
+    /// Replaces each gradient of `params` by its mean over the ranks. A parameter that has a
+    /// gradient on some ranks and not on others counts zeros for the others; one with a
+    /// gradient on no rank keeps none. The gradients are flattened (as f32) into buckets of at
+    /// most 4 Mi values, one all-reduce each, and written back with their dtype and device.
+    pub fn average_gradients(&self, params: &[(String, Tensor)], grads: &mut Gradients) -> Result<()> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        // which parameters have a gradient on any rank
+        let mut present: Vec<f64> = params
+            .iter()
+            .map(|(_, p)| if grads.get(p).is_some() { 1.0 } else { 0.0 })
+            .collect();
+        self.collective.all_reduce_sum_f64(&mut present)?;
+        let reduced: Vec<&Tensor> = params
+            .iter()
+            .zip(&present)
+            .filter(|(_, &n)| n > 0.0)
+            .map(|((_, p), _)| p)
+            .collect();
+        let scale = 1.0 / self.world() as f32;
+        let mut bucket: Vec<f32> = Vec::new();
+        let mut members: Vec<&Tensor> = Vec::new();
+        for (i, p) in reduced.iter().enumerate() {
+            match grads.get(p) {
+                Some(g) => bucket.extend(g.to_vec::<f32>()?),
+                None => bucket.resize(bucket.len() + p.numel(), 0.0),
+            }
+            members.push(p);
+            let last = i + 1 == reduced.len();
+            if bucket.len() >= BUCKET_FLOATS || last {
+                self.collective.all_reduce_sum_f32(&mut bucket)?;
+                let mut offset = 0;
+                for p in members.drain(..) {
+                    let n = p.numel();
+                    let mean: Vec<f32> = bucket[offset..offset + n].iter().map(|v| v * scale).collect();
+                    offset += n;
+                    // the gradient keeps the dtype it had (the parameter's when it had none)
+                    let dtype = grads.get(p).map_or(p.dtype(), |g| g.dtype());
+                    let g = Tensor::from_vec(mean, p.shape(), p.device())?.to_dtype(dtype)?;
+                    grads.insert(p, g);
+                }
+                bucket.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every rank holds the same `params` (bit for bit): an xxh3 checksum of
+    /// their values, compared across the ranks. `when` names the moment in the error.
+    pub fn check_identical(&self, params: &[(String, Tensor)], when: &str) -> Result<()> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (_, p) in params {
+            let values = p.to_vec::<f32>()?;
+            h.update(bytemuck::cast_slice(&values));
+        }
+        let hash = h.digest();
+        // max(h) and max(!h) = !min(h): the checksums agree when the two bounds meet
+        let mut bounds = [hash, !hash];
+        self.collective.all_reduce_max_u64(&mut bounds)?;
+        if bounds[0] != !bounds[1] {
+            return Err(dp_err(format!(
+                "the ranks' weights differ {when} (checksums from {:016x} to {:016x}; rank {} has {hash:016x}): \
+                 the ranks no longer train the same model",
+                !bounds[1],
+                bounds[0],
+                self.rank()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// One of `world` ranks whose reductions combine its buffer with scripted contributions of
+    /// the other ranks: each sum adds the next of `sums` (the other ranks' sum), each maximum
+    /// takes the next of `maxima` (the other ranks' maximum).
+    struct Scripted {
+        rank: usize,
+        world: usize,
+        sums: RefCell<VecDeque<Vec<f64>>>,
+        maxima: RefCell<VecDeque<Vec<u64>>>,
+    }
+
+    fn next<T>(queue: &RefCell<VecDeque<Vec<T>>>, len: usize) -> Vec<T> {
+        let others = queue.borrow_mut().pop_front().expect("a scripted reduction");
+        assert_eq!(others.len(), len, "the reduction's length");
+        others
+    }
+
+    impl Collective for Scripted {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world(&self) -> usize {
+            self.world
+        }
+        fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+            let others = next(&self.sums, buf.len());
+            for (v, o) in buf.iter_mut().zip(others) {
+                *v += o as f32;
+            }
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+            let others = next(&self.sums, buf.len());
+            for (v, o) in buf.iter_mut().zip(others) {
+                *v += o;
+            }
+            Ok(())
+        }
+        fn all_reduce_max_u64(&self, buf: &mut [u64]) -> Result<()> {
+            let others = next(&self.maxima, buf.len());
+            for (v, o) in buf.iter_mut().zip(others) {
+                *v = (*v).max(o);
+            }
+            Ok(())
+        }
+    }
+
+    fn ranks(rank: usize, world: usize, sums: Vec<Vec<f64>>) -> DataParallel {
+        scripted(rank, world, sums, vec![])
+    }
+
+    fn scripted(rank: usize, world: usize, sums: Vec<Vec<f64>>, maxima: Vec<Vec<u64>>) -> DataParallel {
+        DataParallel::new(Rc::new(Scripted {
+            rank,
+            world,
+            sums: RefCell::new(sums.into()),
+            maxima: RefCell::new(maxima.into()),
+        }))
+    }
+
+    #[test]
+    fn shard_takes_the_rank_th_slice_and_rejects_uneven_batches() {
+        let rows: Vec<usize> = (0..12).collect();
+        assert_eq!(ranks(0, 3, vec![]).shard(&rows).unwrap(), &[0, 1, 2, 3]);
+        assert_eq!(ranks(2, 3, vec![]).shard(&rows).unwrap(), &[8, 9, 10, 11]);
+        let err = ranks(1, 5, vec![]).shard(&rows).unwrap_err().to_string();
+        assert!(err.contains("12 sequences") && err.contains("5 ranks"), "{err}");
+        assert_eq!(DataParallel::single().shard(&rows).unwrap(), &rows[..]);
+    }
+
+    #[test]
+    fn mean_divides_the_sum_over_ranks_by_their_number() {
+        let mut v = [1.0, 3.0];
+        ranks(1, 4, vec![vec![5.0, -3.0]]).mean(&mut v).unwrap();
+        assert_eq!(v, [1.5, 0.0]);
+    }
+
+    #[test]
+    fn average_gradients_is_the_mean_over_ranks_with_missing_gradients_as_zeros() {
+        let dev = Device::Cpu;
+        let a = Tensor::from_vec(vec![0f32; 3], &[3], &dev).unwrap();
+        let b = Tensor::from_vec(vec![0f32; 2], &[2], &dev).unwrap();
+        let c = Tensor::from_vec(vec![0f32; 1], &[1], &dev).unwrap();
+        let params = vec![
+            ("a".to_string(), a.clone()),
+            ("b".to_string(), b.clone()),
+            ("c".to_string(), c.clone()),
+        ];
+        let mut grads = Gradients::default();
+        grads.insert(&a, Tensor::from_vec(vec![1f32, -2., 4.], &[3], &dev).unwrap());
+        // 2 ranks: this one has a gradient for `a` only, the other one for `a` and `b`, none
+        // has one for `c`. The presence counts come first, then one bucket of a's and b's values.
+        let dp = ranks(1, 2, vec![vec![1.0, 1.0, 0.0], vec![3.0, 2.0, 0.0, 8.0, -6.0]]);
+        dp.average_gradients(&params, &mut grads).unwrap();
+        assert_eq!(grads.get(&a).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 0.0, 2.0]);
+        assert_eq!(grads.get(&b).unwrap().to_vec::<f32>().unwrap(), vec![4.0, -3.0]);
+        assert_eq!(grads.get(&b).unwrap().shape(), &[2]);
+        assert!(grads.get(&c).is_none());
+    }
+
+    #[test]
+    fn check_identical_fails_when_a_rank_differs() {
+        let dev = Device::Cpu;
+        let a = Tensor::from_vec(vec![1f32, 2.], &[2], &dev).unwrap();
+        let params = vec![("a".to_string(), a)];
+        let own = xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(&[1f32, 2.]));
+        // the other rank has the same weights: its checksum bounds are this rank's own
+        scripted(0, 2, vec![], vec![vec![own, !own]])
+            .check_identical(&params, "at step 3")
+            .unwrap();
+        // the other rank's checksum is above or below this one's: either raises a bound
+        for other in [own.wrapping_add(1), own.wrapping_sub(1)] {
+            let err = scripted(0, 2, vec![], vec![vec![other, !other]])
+                .check_identical(&params, "at step 3")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("weights differ at step 3"), "{err}");
+        }
+    }
+}

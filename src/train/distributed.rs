@@ -1,0 +1,78 @@
+//! MPI for data-parallel training (the `mpi` feature): [`Mpi`] starts MPI in a process that
+//! `mpirun` (or `srun`) launched, reads its rank and the number of ranks, and implements the
+//! training loop's [`Collective`] with `MPI_Allreduce` over `MPI_COMM_WORLD`. See
+//! docs/distributed.md for how to launch a run and what it computes.
+//!
+//! Failure: MPI's default error handler (`MPI_ERRORS_ARE_FATAL`) ends the whole job when a
+//! collective fails, and a rank whose training returns an error must end the job too
+//! ([`Mpi::abort`]) rather than return normally: `MPI_Finalize` would wait for ranks that are
+//! blocked in the next all-reduce and never come.
+
+use super::data_parallel::{Collective, DataParallel};
+use crate::{Error, Result};
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives};
+use std::rc::Rc;
+
+/// This process's place in an MPI job. Dropping it finalizes MPI (once, at the end of a run
+/// that succeeded on every rank).
+pub struct Mpi {
+    world: SimpleCommunicator,
+    // dropped last: finalizes MPI after the communicator is gone
+    _universe: Universe,
+}
+
+impl Mpi {
+    /// Initializes MPI. An error if it was initialized before in this process.
+    pub fn init() -> Result<Rc<Mpi>> {
+        let universe = mpi::initialize().ok_or_else(|| Error::Invalid {
+            op: "mpi",
+            msg: "MPI is already initialized in this process".into(),
+        })?;
+        Ok(Rc::new(Mpi {
+            world: universe.world(),
+            _universe: universe,
+        }))
+    }
+
+    /// The training loop's view of these ranks.
+    pub fn data_parallel(self: &Rc<Self>) -> DataParallel {
+        DataParallel::new(self.clone())
+    }
+
+    /// Ends every rank of the job with exit status `code` (`MPI_Abort`): how a rank that failed
+    /// stops the others, which may be waiting in a collective call for it.
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
+
+impl Collective for Mpi {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn world(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let send = buf.to_vec();
+        self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let send = buf.to_vec();
+        self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_reduce_max_u64(&self, buf: &mut [u64]) -> Result<()> {
+        let send = buf.to_vec();
+        self.world.all_reduce_into(&send[..], buf, SystemOperation::max());
+        Ok(())
+    }
+}

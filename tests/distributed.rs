@@ -1,0 +1,292 @@
+//! `kiln train --distributed` under `mpirun` (the `mpi` feature; docs/distributed.md): two ranks
+//! with `--batch-size 6` train what one process with `--batch-size 12` trains, rank 0 alone
+//! writes the run folder, a checkpoint of either moves to the other, and a killed rank ends the
+//! job. Needs Open MPI's `mpirun` (scripts/test.sh installs it); runs the ranks on one machine
+//! with `--oversubscribe` (more ranks than cores are allowed) and `--allow-run-as-root` (CI is root).
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{kiln_cmd, temp_dir, text, write_corpus};
+
+/// A tiny model and schedule, evaluated every 4 steps (the learning rate rises fast enough that
+/// the weights change visibly from step to step); 8 steps unless `--steps` is given.
+const RUN: &[&str] = &[
+    "--tokenizer",
+    "char",
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--warmup",
+    "2",
+    "--lr",
+    "1e-2",
+    "--eval-interval",
+    "4",
+    "--eval-iters",
+    "3",
+    "--sample-tokens",
+    "0",
+];
+
+fn args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    a.extend_from_slice(RUN);
+    if !extra.contains(&"--steps") {
+        a.extend_from_slice(&["--steps", "8"]);
+    }
+    a.extend_from_slice(extra);
+    a
+}
+
+/// `mpirun` with `groups` of (ranks, kiln arguments): one group is `mpirun -np N kiln ARGS`,
+/// several are MPI's `A : B` form, where each group's ranks get that group's arguments. Each rank
+/// runs one thread (two ranks share the 2 cores of CI).
+fn mpirun(groups: &[(usize, Vec<&str>)]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "--allow-run-as-root"]);
+    for (i, (ranks, a)) in groups.iter().enumerate() {
+        if i > 0 {
+            c.arg(":");
+        }
+        c.args(["-np", &ranks.to_string(), "-x", "RAYON_NUM_THREADS=1"]);
+        c.arg(env!("CARGO_BIN_EXE_kiln")).args(a);
+    }
+    c.env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let o = c.output().unwrap_or_else(|e| {
+        panic!("cannot start {c:?}: {e} (the mpi feature's tests need Open MPI's mpirun: scripts/test.sh installs it)")
+    });
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{c:?} failed\n{stdout}\n{stderr}");
+    o
+}
+
+/// One process.
+fn single(a: Vec<&str>) -> Output {
+    let mut c = kiln_cmd(&a);
+    c.env("RAYON_NUM_THREADS", "1");
+    run(c)
+}
+
+/// The run folder's `metrics.jsonl`, one JSON object per record.
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The same records (kind, step, learning rate) with the same losses and gradient norms within
+/// f32 reduction-order tolerance: the two runs sum their gradients in different orders.
+fn assert_same_run(got: &[serde_json::Value], want: &[serde_json::Value]) {
+    assert_eq!(got.len(), want.len(), "records\n{got:#?}\nvs\n{want:#?}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["kind"], w["kind"], "{g} vs {w}");
+        assert_eq!(g["step"], w["step"], "{g} vs {w}");
+        assert_eq!(g["lr"], w["lr"], "{g} vs {w}");
+        for key in ["loss", "grad_norm", "train_loss", "val_loss"] {
+            let (Some(a), Some(b)) = (g[key].as_f64(), w[key].as_f64()) else {
+                assert_eq!(g[key], w[key], "{key}: {g} vs {w}");
+                continue;
+            };
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{key} at step {}: {a} on the ranks, {b} in one process",
+                w["step"]
+            );
+        }
+    }
+}
+
+struct Setup {
+    root: PathBuf,
+    data: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let root = temp_dir(name);
+    let data = write_corpus(&root, "a.txt", "to be or not to be, that is the question.\n");
+    Setup { root, data }
+}
+
+#[test]
+fn two_ranks_with_batch_6_train_as_one_process_with_batch_12() {
+    let s = setup("dist-equal");
+    let (one, two, other) = (s.root.join("one"), s.root.join("two"), s.root.join("rank1"));
+    single(args(&s.data, &one, &["--batch-size", "12"]));
+    // rank 0 is told to write `two`, rank 1 `rank1`: rank 1 must write nothing at all
+    let o = run(mpirun(&[
+        (1, args(&s.data, &two, &["--distributed", "--batch-size", "6"])),
+        (1, args(&s.data, &other, &["--distributed", "--batch-size", "6"])),
+    ]));
+    let (stdout, _) = text(&o);
+    assert!(!other.exists(), "rank 1 wrote {}", other.display());
+    assert_eq!(stdout.matches("model: ").count(), 1, "rank 0 alone prints\n{stdout}");
+    assert!(stdout.contains("batch 12 on 2 ranks (6 sequences each)"), "{stdout}");
+    // every step's loss, gradient norm and evaluation: those of one process, written once
+    let want = metrics(&one);
+    assert_eq!(want.len(), 8 + 3, "8 steps and 3 evaluations");
+    assert_same_run(&metrics(&two), &want);
+    let files = |d: &Path| {
+        let mut f: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        f.sort();
+        f
+    };
+    assert_eq!(files(&two), files(&one));
+}
+
+#[test]
+fn a_checkpoint_of_two_ranks_resumes_on_one_and_the_reverse() {
+    let s = setup("dist-resume");
+    let whole = s.root.join("whole");
+    single(args(&s.data, &whole, &["--batch-size", "12"]));
+    let want = metrics(&whole);
+
+    // 2 ranks to step 4, then one process to the end
+    let from_two = s.root.join("from-two");
+    run(mpirun(&[(
+        2,
+        args(
+            &s.data,
+            &from_two,
+            &["--distributed", "--batch-size", "6", "--stop-at", "4"],
+        ),
+    )]));
+    let o = single(vec![
+        "train",
+        "--resume",
+        "--out",
+        from_two.to_str().unwrap(),
+        "--sample-tokens",
+        "0",
+    ]);
+    assert!(text(&o).0.contains("resuming"), "{}", text(&o).0);
+    assert_same_run(&metrics(&from_two), &want);
+
+    // one process to step 4, then 2 ranks to the end (the saved batch of 12, 6 on each)
+    let from_one = s.root.join("from-one");
+    single(args(&s.data, &from_one, &["--batch-size", "12", "--stop-at", "4"]));
+    let resume = vec![
+        "train",
+        "--resume",
+        "--distributed",
+        "--out",
+        from_one.to_str().unwrap(),
+        "--sample-tokens",
+        "0",
+    ];
+    run(mpirun(&[(2, resume)]));
+    assert_same_run(&metrics(&from_one), &want);
+}
+
+#[test]
+fn dropout_is_refused_and_the_error_ends_every_rank() {
+    let s = setup("dist-dropout");
+    let out = s.root.join("run");
+    let a = args(
+        &s.data,
+        &out,
+        &["--distributed", "--batch-size", "6", "--dropout", "0.1"],
+    );
+    let o = mpirun(&[(2, a)]).output().expect("mpirun runs");
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("does not support dropout"), "{stdout}\n{stderr}");
+    assert!(!out.exists(), "a refused run leaves no folder");
+}
+
+/// The pids of the processes whose parent is `parent`, with their `OMPI_COMM_WORLD_RANK`.
+fn ranks_of(parent: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the fields after the last ')'
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1));
+        if ppid != Some(&parent.to_string()) {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let rank = environ
+            .split(|&b| b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find_map(|v| v.strip_prefix("OMPI_COMM_WORLD_RANK="))
+            .map(str::to_string);
+        if let Some(rank) = rank {
+            found.push((pid, rank));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_with_an_error_instead_of_a_hang() {
+    let s = setup("dist-kill");
+    let out = s.root.join("run");
+    let a = args(
+        &s.data,
+        &out,
+        &["--distributed", "--batch-size", "6", "--steps", "1000000"],
+    );
+    let mut c = mpirun(&[(2, a)]);
+    let mut job = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    // wait until the ranks train (rank 0 has written a training record)
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|m| m.contains("\"train\"")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the job did not start training"
+        );
+        if job.try_wait().unwrap().is_some() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("the job ended before training\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ranks = ranks_of(job.id());
+    let (rank1, _) = ranks.iter().find(|(_, r)| r == "1").expect("rank 1 runs under mpirun");
+    let killed = Command::new("kill").args(["-9", &rank1.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            break status;
+        }
+        if t1.elapsed() > Duration::from_secs(60) {
+            let _ = job.kill();
+            panic!("the job still runs 60 s after rank 1 was killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    // Open MPI's report names the rank that died
+    assert!(stderr.contains("signal 9") || stderr.contains("Killed"), "{stderr}");
+}
