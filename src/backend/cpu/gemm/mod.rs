@@ -82,6 +82,8 @@ mod simd;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod driver;
 mod kernel;
 mod matrix;
@@ -92,6 +94,7 @@ mod streamed;
 mod tests;
 
 use driver::run;
+use half::bf16;
 use matrix::Problem;
 pub use matrix::{Format, Streamed};
 use portable::Portable;
@@ -175,6 +178,57 @@ pub fn dgemm(
         }
     }
     run::<Portable<f64, 4, 4>>(problem);
+}
+
+/// `C = alpha·A·B + beta·C` for bf16 A and B and an f32 C, accumulated in f32; the layout and
+/// special cases are [`sgemm`]'s. The products of bf16 values are exact in f32, so the result is
+/// [`sgemm`]'s on the operands widened to f32 up to the order of the f32 sums (and, with
+/// `vdpbf16ps`, values below f32's normal range flushed to zero; see `avx512bf16.rs`). On a
+/// CPU with AVX-512 BF16 ([`has_bf16_dot`]) it runs the `vdpbf16ps` kernel, twice the f32
+/// kernel's multiply-adds per instruction and half its bytes per packed element; elsewhere the
+/// portable kernel, widening as it reads (callers with a fast f32 kernel should widen to f32
+/// and call [`sgemm`] there, as `matmul.rs` does).
+///
+/// # Panics
+///
+/// If a stride is negative, an operand does not fit in its slice or C's strides overlap.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub fn bgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[bf16],
+    rsa: isize,
+    csa: isize,
+    b: &[bf16],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512bf16::supported() {
+            return run::<avx512bf16::Bf16Dot>(problem);
+        }
+    }
+    run::<Portable<f32, 4, 8, bf16>>(problem);
+}
+
+/// Whether [`bgemm`] runs on `vdpbf16ps` here (AVX-512 BF16, with AVX-512 F/BW/VL).
+pub fn has_bf16_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512bf16::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the CPU has AVX2 and FMA (the [`avx2`] kernel's instruction sets).
