@@ -1,5 +1,5 @@
-//! CPU GEMM fast path: `C = alpha·A·B + beta·C` for f32 ([`sgemm`]) and f64 ([`dgemm`]) on
-//! arbitrarily strided operands (row-major, column-major, transposed and padded views need
+//! CPU GEMM fast path: `C = alpha·A·B + beta·C` for f32 ([`sgemm`]), f64 ([`dgemm`]) and bf16
+//! operands with an f32 result ([`bgemm`]) on arbitrarily strided operands (row-major, column-major, transposed and padded views need
 //! no copy). Strides are `isize` element counts, as kiln's GEMM call sites pass them; they
 //! must be non-negative (0 is allowed for A and B) and are `usize` internally.
 //!
@@ -53,6 +53,27 @@
 //! AMD Zen 2/3, Intel before Skylake-X), else `Portable`, the same driver with a small
 //! autovectorised micro-kernel (SSE2 on a plain x86-64 build, which is what every x86 CPU
 //! without AVX-512 ran before the AVX2 kernel existed).
+//!
+//! # bf16 operands: `vdpbf16ps` ([`bgemm`])
+//!
+//! When A and B are both bf16 (a bf16 model's Linear layers, forward and backward: `matmul.rs`
+//! sends every bf16 × bf16 product of more than [`STREAM_MAX_M`] rows here), the same driver runs
+//! with bf16 packing buffers and, on a CPU with AVX-512 BF16 ([`has_bf16_dot`]), the
+//! `avx512bf16.rs` micro-kernel: a 12×32 f32 tile like the f32 kernel's, each instruction
+//! (`vdpbf16ps`) multiplying a pair of bf16 along k in each of 16 lanes and adding both products
+//! to the f32 accumulator, so packing interleaves k in pairs (Ã as (kc/2, MR, 2), B̃ as
+//! (kc/2, NR, 2), an odd k padded with a zero step; the kernel's `K_STEP` is 2, and the driver
+//! blocks k in multiples of it). KC is 512: the panels hold as many bytes as the f32 kernel's.
+//! Packing reads half the bytes and there is no f32 copy of either operand. Where the CPU lacks
+//! AVX-512 BF16, [`bgemm`] runs the portable kernel on bf16 panels, and `matmul.rs` keeps
+//! widening to f32 for the f32 kernels instead.
+//!
+//! The result is that of [`sgemm`] on the operands widened to f32, up to the order of the f32
+//! additions: a product of two bf16 is exact in f32, and `vdpbf16ps` rounds each accumulation to
+//! nearest even. It ignores MXCSR: subnormal inputs (below 2⁻¹²⁶) are read as zero and subnormal
+//! results flushed to zero (Intel SDM, VDPBF16PS). The tests hold it to the f32 kernels' bound
+//! against an f64 reference. An f32 A against a bf16 B (`streamed.rs`) is not rounded to bf16 to
+//! use this kernel: that would change the product of an op whose contract is f32 activations.
 //!
 //! # Products of a few rows: B streamed, not packed
 //!
