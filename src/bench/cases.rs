@@ -998,7 +998,9 @@ pub const CASES: &[Case] = &[
             &[8192, 3072, 768],
             &[8192, 768, 3072],
         ],
-        cpu: &[], // the CPU's bf16 matmul is a reference path, not a fast one
+        // SmolLM2-135M's 128-token prefill products (MLP up/gate, MLP down): gemm::bgemm
+        // (vdpbf16ps) where the CPU has AVX-512 BF16, operands widened to f32 elsewhere
+        cpu: &[&[128, 1536, 576], &[128, 576, 1536]],
         emu: &[&[65, 63, 129]],
         prepare: |s, rng| matmul(s, rng, DType::BF16),
         library: Some(|s, rng| library::gemm(s, rng, DType::BF16)),

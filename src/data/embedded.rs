@@ -102,6 +102,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/storage.rs",
     "src/backend/cpu/gemm/avx2.rs",
     "src/backend/cpu/gemm/avx512.rs",
+    "src/backend/cpu/gemm/avx512bf16.rs",
     "src/backend/cpu/gemm/driver.rs",
     "src/backend/cpu/gemm/matrix.rs",
     "src/backend/cpu/gemm/mod.rs",

@@ -3,8 +3,10 @@
 //! residual) before the one rounding to the dtype. BF16/F16 accumulate in f32: a product of a
 //! few rows against a bf16 B (decode: one token against a weight) streams B in place, widening
 //! each element in registers (`gemm::sgemm_streamed`), so the weight is read once at 2 bytes an
-//! element and never copied; other half-precision products widen B to f32 one block of columns
-//! at a time for the GEMM (a copy their `m` rows amortise, into a buffer that stays in cache).
+//! element and never copied; other bf16 × bf16 products, on a CPU with AVX-512 BF16, run
+//! `gemm::bgemm` on the bf16 operands as they are (`vdpbf16ps`: the same exact products, summed
+//! in f32 in another order); the rest widen A to f32 and B one block of columns at a time for the
+//! f32 GEMM (a copy their `m` rows amortise, into a buffer that stays in cache).
 
 use super::{alloc, gemm, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
@@ -40,19 +42,26 @@ pub fn matmul(
             (CpuStorage::F64(y), z.map(CpuStorage::F64))
         }
         (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
-            let wide = |s: &CpuStorage, l: &Layout| match super::cast(s, l, DType::F32)? {
-                CpuStorage::F32(v) => Ok::<_, Error>(v),
-                _ => unreachable!("cast to f32 gives f32"),
-            };
-            let x = wide(a, la)?;
-            let la_wide = Layout::contiguous(la.shape());
             let m = la.shape()[rank - 2];
             let b_strides = [lb.strides()[rank - 2], lb.strides()[rank - 1]].map(|s| s as isize);
-            let product = match b {
-                CpuStorage::BF16(y) if gemm::streams(m, 1, b_strides, 1) => {
-                    batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed::<bf16>)?
+            let streamed = gemm::streams(m, 1, b_strides, 1);
+            let product = match (a, b) {
+                // both bf16, enough rows to pack B, and vdpbf16ps: no widening at all
+                (CpuStorage::BF16(x), CpuStorage::BF16(y)) if !streamed && gemm::has_bf16_dot() => {
+                    batched(&x[..], la, &y[..], lb, gemm::bgemm)?
                 }
-                _ => widened_by_blocks(&x, &la_wide, b, lb)?,
+                _ => {
+                    let CpuStorage::F32(x) = super::cast(a, la, DType::F32)? else {
+                        unreachable!("cast to f32 gives f32")
+                    };
+                    let la_wide = Layout::contiguous(la.shape());
+                    match b {
+                        CpuStorage::BF16(y) if streamed => {
+                            batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed::<bf16>)?
+                        }
+                        _ => widened_by_blocks(&x, &la_wide, b, lb)?,
+                    }
+                }
             };
             let (out, z) = epilogue(product, &shape, epi)?;
             let narrow = |v: Vec<f32>| match a {
@@ -163,16 +172,17 @@ fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Res
     Ok(out)
 }
 
-/// A GEMM in the BLAS form of [`gemm::sgemm`], with B's elements of type `W` (T unless mixed).
-pub(crate) type Gemm<T, W = T> =
-    fn(usize, usize, usize, T, &[T], isize, isize, &[W], isize, isize, T, &mut [T], isize, isize);
+/// A GEMM in the BLAS form of [`gemm::sgemm`], with B's elements of type `W` and A's of type `A`
+/// (T unless mixed: a bf16 B for [`gemm::sgemm_streamed`], bf16 A and B for [`gemm::bgemm`]).
+pub(crate) type Gemm<T, W = T, A = T> =
+    fn(usize, usize, usize, T, &[A], isize, isize, &[W], isize, isize, T, &mut [T], isize, isize);
 
-fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero, W: Sync>(
-    a: &[T],
+fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero, W: Sync, A: Sync>(
+    a: &[A],
     la: &Layout,
     b: &[W],
     lb: &Layout,
-    gemm: Gemm<T, W>,
+    gemm: Gemm<T, W, A>,
 ) -> Result<Vec<T>> {
     let rank = la.rank();
     let (m, k, n) = (la.shape()[rank - 2], la.shape()[rank - 1], lb.shape()[rank - 1]);
@@ -212,4 +222,34 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero,
         out.chunks_mut(m * n).enumerate().for_each(one_product);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a CPU with AVX-512 BF16, a bf16 × bf16 product with more rows than the streamed path
+    /// takes runs on `vdpbf16ps` (`gemm::bgemm`), seen through the instruction's documented
+    /// reading of a subnormal bf16 (here 2⁻¹²⁷) as zero; a product of one row keeps the streamed
+    /// f32 path, which multiplies it exactly.
+    #[test]
+    fn bf16_products_run_on_vdpbf16ps_where_the_cpu_has_it() {
+        if !gemm::has_bf16_dot() {
+            eprintln!("skipped: this CPU has no AVX-512 BF16");
+            return;
+        }
+        let (k, n) = (8, 24);
+        let tiny = bf16::from_bits(0x0040);
+        for (m, expected) in [(16, 0.0), (1, 2f64.powi(-124))] {
+            let a = CpuStorage::BF16(vec![tiny; m * k]);
+            let b = CpuStorage::BF16(vec![bf16::ONE; k * n]);
+            let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+            let (y, _) = matmul(&a, &la, &b, &lb, &Epilogue::NONE).unwrap();
+            let CpuStorage::BF16(y) = y else {
+                panic!("a bf16 product gave {:?}", y.dtype())
+            };
+            assert_eq!(y.len(), m * n);
+            assert!(y.iter().all(|&v| v.to_f64() == expected), "m = {m}: y[0] = {}", y[0]);
+        }
+    }
 }

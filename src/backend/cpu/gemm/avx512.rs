@@ -90,42 +90,8 @@ impl Vector for Zmm<f32> {
             // SAFETY: source row i < rows holds 16 elements (trait contract).
             *row = unsafe { _mm512_loadu_ps(src.add(i * src_stride)) };
         }
-        // t[2g + h] holds columns 4L + 2h and 4L + 2h + 1 of rows 2g, 2g + 1 in 128-bit
-        // lane L.
-        let mut t = r;
-        for g in 0..8 {
-            t[2 * g] = _mm512_unpacklo_ps(r[2 * g], r[2 * g + 1]);
-            t[2 * g + 1] = _mm512_unpackhi_ps(r[2 * g], r[2 * g + 1]);
-        }
-        // u[4g + c] holds column 4L + c of rows 4g..4g + 4 in lane L.
-        let mut u = t;
-        for g in 0..4 {
-            let [t0, t1, t2, t3] = [t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]];
-            u[4 * g] = _mm512_shuffle_ps::<0x44>(t0, t2);
-            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
-            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
-            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
-        }
-        // Column 4L + c is lane L of u[c], u[4 + c], u[8 + c], u[12 + c]: transpose
-        // that 4×4 grid of lanes.
-        let mask = first_lanes(width);
-        for c in 0..4 {
-            let even_lo = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
-            let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
-            let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
-            let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
-            let columns = [
-                _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi),
-                _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi),
-                _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi),
-                _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi),
-            ];
-            for (lane, column) in columns.into_iter().enumerate() {
-                let q = 4 * lane + c;
-                // SAFETY: destination row q < 16 holds `width` elements.
-                unsafe { _mm512_mask_storeu_ps(dst.add(q * dst_stride), mask, column) };
-            }
-        }
+        // SAFETY: destination rows q < 16 hold `width` elements (trait contract).
+        unsafe { transpose_16x16(r, dst, dst_stride, width) }
     }
 }
 
@@ -235,8 +201,55 @@ impl Vector for Zmm<f64> {
     }
 }
 
+/// Writes the transpose of the 16×16 f32 block `r` (row i in `r[i]`) to `dst`: column q of the
+/// block to `dst[q·dst_stride..][..width]` (lanes past `width` of each row are not written).
+///
+/// # Safety
+///
+/// The CPU supports AVX-512F; the 16 destination rows are valid for `width` (<= 16) writes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose_16x16(r: [__m512; 16], dst: *mut f32, dst_stride: usize, width: usize) {
+    // t[2g + h] holds columns 4L + 2h and 4L + 2h + 1 of rows 2g, 2g + 1 in 128-bit
+    // lane L.
+    let mut t = r;
+    for g in 0..8 {
+        t[2 * g] = _mm512_unpacklo_ps(r[2 * g], r[2 * g + 1]);
+        t[2 * g + 1] = _mm512_unpackhi_ps(r[2 * g], r[2 * g + 1]);
+    }
+    // u[4g + c] holds column 4L + c of rows 4g..4g + 4 in lane L.
+    let mut u = t;
+    for g in 0..4 {
+        let [t0, t1, t2, t3] = [t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]];
+        u[4 * g] = _mm512_shuffle_ps::<0x44>(t0, t2);
+        u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
+        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
+        u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
+    }
+    // Column 4L + c is lane L of u[c], u[4 + c], u[8 + c], u[12 + c]: transpose
+    // that 4×4 grid of lanes.
+    let mask = first_lanes(width);
+    for c in 0..4 {
+        let even_lo = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+        let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+        let columns = [
+            _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi),
+            _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi),
+            _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi),
+            _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi),
+        ];
+        for (lane, column) in columns.into_iter().enumerate() {
+            let q = 4 * lane + c;
+            // SAFETY: destination row q < 16 holds `width` elements.
+            unsafe { _mm512_mask_storeu_ps(dst.add(q * dst_stride), mask, column) };
+        }
+    }
+}
+
 /// A mask selecting the first `lanes` (0..=16) lanes.
-fn first_lanes(lanes: usize) -> __mmask16 {
+pub(super) fn first_lanes(lanes: usize) -> __mmask16 {
     ((1u32 << lanes) - 1) as __mmask16
 }
 

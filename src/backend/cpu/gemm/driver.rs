@@ -14,7 +14,7 @@ use rayon::prelude::*;
 pub(super) const PAR_FLOPS_PER_THREAD: usize = 1 << 20;
 
 /// Runs a validated product with kernel `K`, on several threads when it is large enough.
-pub(super) fn run<K: Kernel>(problem: Problem<K::T>) {
+pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
     let Problem { m, n, k, ep, .. } = problem;
     if m == 0 || n == 0 {
         return;
@@ -68,12 +68,14 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T>) {
 ///
 /// `problem` is validated with m, n, k > 0, no other thread accesses its part of C, and the
 /// CPU supports `K`.
-pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T>) {
+pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
     let Problem { m, n, k, a, b, c, ep } = problem;
-    let k_blocks = Blocks::new(k, K::KC, 1);
+    // Blocks of k are multiples of K_STEP (so only the last one is padded) and so is their
+    // size, which bounds every padded block.
+    let k_blocks = Blocks::new(k, K::KC, K::K_STEP);
     let n_blocks = Blocks::new(n, K::NC, K::NR);
     let b_len = k_blocks.size * n_blocks.size;
-    with_pack_buffer(b_len + K::MR * k_blocks.size, |buf: &mut [K::T]| {
+    with_pack_buffer(b_len + K::MR * k_blocks.size, |buf: &mut [K::In]| {
         let (b_pack, a_pack) = buf.split_at_mut(b_len);
         for (jc, nc) in n_blocks {
             for (pc, kc) in k_blocks {
@@ -84,8 +86,9 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T>) {
                     let mr = K::MR.min(m - ic);
                     // SAFETY: (ic, pc) is an element of A, the block is mr×kc and the CPU supports K.
                     unsafe { K::pack_a(mr, kc, a.at(ic, pc), a_pack) };
-                    for (jr, b_panel) in (0..nc).step_by(K::NR).zip(b_pack.chunks_exact(kc * K::NR)) {
-                        // SAFETY: the panels hold kc·MR and kc·NR elements, the tile at
+                    let panel_len = round_up(kc, K::K_STEP) * K::NR;
+                    for (jr, b_panel) in (0..nc).step_by(K::NR).zip(b_pack.chunks_exact(panel_len)) {
+                        // SAFETY: the panels hold kc'·MR and kc'·NR elements, the tile at
                         // (ic, jc + jr) of C is inside the problem's part of C (caller's
                         // contract) and the CPU supports K (caller's contract).
                         unsafe {

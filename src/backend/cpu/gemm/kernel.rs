@@ -4,7 +4,10 @@ use super::matrix::{Element, Epilogue, MatMut, MatRef};
 
 /// A micro-kernel and the block sizes the driver uses with it.
 pub(super) trait Kernel: Sized {
+    /// The type of C and of the accumulators.
     type T: Element;
+    /// The type of A's and B's elements, and of their packed panels: `T`, or bf16 for f32.
+    type In: Element;
     /// Rows of the register tile (A micro-panel height).
     const MR: usize;
     /// Columns of the register tile (B micro-panel width).
@@ -13,6 +16,10 @@ pub(super) trait Kernel: Sized {
     const KC: usize;
     /// Block of C's columns, a multiple of NR: the B block (KC·NC) should stay in L2.
     const NC: usize;
+    /// Steps of the shared dimension the kernel takes at once from each packed row (2 for
+    /// `vdpbf16ps`, which multiplies pairs); packed panels hold `round_up(kc, K_STEP)` steps,
+    /// the padding zero, and every k block but the last is a multiple of it.
+    const K_STEP: usize;
 
     /// Writes `alpha·Ã·B̃ + beta·C` to the top-left `mr×nr` corner of the MR×NR tile at `c`.
     /// `ep` comes by reference: by value, its two floats arrive in vector registers that stay
@@ -21,13 +28,13 @@ pub(super) trait Kernel: Sized {
     ///
     /// # Safety
     ///
-    /// `a` and `b` point to `kc·MR` and `kc·NR` readable elements, `mr <= MR`, `nr <= NR`,
+    /// `a` and `b` point to `kc'·MR` and `kc'·NR` readable elements (`kc' = round_up(kc, K_STEP)`), `mr <= MR`, `nr <= NR`,
     /// the `mr×nr` view `c` is valid for reads and writes and not accessed concurrently, and
     /// the CPU supports the kernel's target features.
     unsafe fn tile(
         kc: usize,
-        a: *const Self::T,
-        b: *const Self::T,
+        a: *const Self::In,
+        b: *const Self::In,
         c: MatMut<Self::T>,
         mr: usize,
         nr: usize,
@@ -40,12 +47,12 @@ pub(super) trait Kernel: Sized {
     /// # Safety
     ///
     /// As for [`super::pack::pack_a`], and the CPU supports the kernel's target features.
-    unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<Self::T>, dst: &mut [Self::T]);
+    unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<Self::In>, dst: &mut [Self::In]);
 
     /// Packs a B block as [`super::pack::pack_b`] does.
     ///
     /// # Safety
     ///
     /// As for [`super::pack::pack_b`], and the CPU supports the kernel's target features.
-    unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<Self::T>, dst: &mut [Self::T]);
+    unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<Self::In>, dst: &mut [Self::In]);
 }

@@ -4,8 +4,9 @@
 use half::bf16;
 use std::ops::{Add, Mul};
 
-/// The element types GEMM is implemented for: f32 and f64. Every bit pattern, including
-/// all zeros, is a valid value, which the packing buffers rely on.
+/// The element types GEMM works on: f32 and f64 (operands and result), and bf16 (operands of
+/// [`super::bgemm`], accumulated in f32). Every bit pattern, including all zeros, is a valid
+/// value, which the packing buffers rely on.
 pub(super) trait Element: Copy + Send + Sync + PartialEq + Add<Output = Self> + Mul<Output = Self> {
     const ZERO: Self;
     const ONE: Self;
@@ -19,6 +20,28 @@ impl Element for f32 {
 impl Element for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+}
+
+impl Element for bf16 {
+    const ZERO: Self = bf16::ZERO;
+    const ONE: Self = bf16::ONE;
+}
+
+/// An operand element type whose values accumulate in `T`: `T` itself, or bf16 in f32 (exact).
+pub(super) trait Operand<T>: Element {
+    fn widen(self) -> T;
+}
+
+impl<T: Element> Operand<T> for T {
+    fn widen(self) -> T {
+        self
+    }
+}
+
+impl Operand<f32> for bf16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
 }
 
 /// The element types B may have on the streamed path (`streamed.rs`), widened to f32 as they are read.
@@ -137,26 +160,27 @@ pub(super) struct Epilogue<T> {
     pub(super) beta: T,
 }
 
-/// A validated GEMM call: every view fits in its slice and C does not overlap itself.
+/// A validated GEMM call: every view fits in its slice and C does not overlap itself. A and B
+/// hold `I` (the result's type `T`, or bf16 for an f32 result).
 #[derive(Clone, Copy)]
-pub(super) struct Problem<T> {
+pub(super) struct Problem<T, I = T> {
     pub(super) m: usize,
     pub(super) n: usize,
     pub(super) k: usize,
-    pub(super) a: MatRef<T>,
-    pub(super) b: MatRef<T>,
+    pub(super) a: MatRef<I>,
+    pub(super) b: MatRef<I>,
     pub(super) c: MatMut<T>,
     pub(super) ep: Epilogue<T>,
 }
 
-impl<T: Element> Problem<T> {
+impl<T: Element, I> Problem<T, I> {
     /// Checks the views against their slices; panics on a negative stride or any
     /// out-of-bounds element.
     pub(super) fn new(
         [m, n, k]: [usize; 3],
         alpha: T,
-        (a, rsa, csa): (&[T], isize, isize),
-        (b, rsb, csb): (&[T], isize, isize),
+        (a, rsa, csa): (&[I], isize, isize),
+        (b, rsb, csb): (&[I], isize, isize),
         beta: T,
         (c, rsc, csc): (&mut [T], isize, isize),
     ) -> Self {

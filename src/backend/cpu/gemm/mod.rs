@@ -1,5 +1,5 @@
-//! CPU GEMM fast path: `C = alpha·A·B + beta·C` for f32 ([`sgemm`]) and f64 ([`dgemm`]) on
-//! arbitrarily strided operands (row-major, column-major, transposed and padded views need
+//! CPU GEMM fast path: `C = alpha·A·B + beta·C` for f32 ([`sgemm`]), f64 ([`dgemm`]) and bf16
+//! operands with an f32 result ([`bgemm`]) on arbitrarily strided operands (row-major, column-major, transposed and padded views need
 //! no copy). Strides are `isize` element counts, as kiln's GEMM call sites pass them; they
 //! must be non-negative (0 is allowed for A and B) and are `usize` internally.
 //!
@@ -54,6 +54,27 @@
 //! autovectorised micro-kernel (SSE2 on a plain x86-64 build, which is what every x86 CPU
 //! without AVX-512 ran before the AVX2 kernel existed).
 //!
+//! # bf16 operands: `vdpbf16ps` ([`bgemm`])
+//!
+//! When A and B are both bf16 (a bf16 model's Linear layers, forward and backward: `matmul.rs`
+//! sends every bf16 × bf16 product of more than [`STREAM_MAX_M`] rows here), the same driver runs
+//! with bf16 packing buffers and, on a CPU with AVX-512 BF16 ([`has_bf16_dot`]), the
+//! `avx512bf16.rs` micro-kernel: a 12×32 f32 tile like the f32 kernel's, each instruction
+//! (`vdpbf16ps`) multiplying a pair of bf16 along k in each of 16 lanes and adding both products
+//! to the f32 accumulator, so packing interleaves k in pairs (Ã as (kc/2, MR, 2), B̃ as
+//! (kc/2, NR, 2), an odd k padded with a zero step; the kernel's `K_STEP` is 2, and the driver
+//! blocks k in multiples of it). KC is 512: the panels hold as many bytes as the f32 kernel's.
+//! Packing reads half the bytes and there is no f32 copy of either operand. Where the CPU lacks
+//! AVX-512 BF16, [`bgemm`] runs the portable kernel on bf16 panels, and `matmul.rs` keeps
+//! widening to f32 for the f32 kernels instead.
+//!
+//! The result is that of [`sgemm`] on the operands widened to f32, up to the order of the f32
+//! additions: a product of two bf16 is exact in f32, and `vdpbf16ps` rounds each accumulation to
+//! nearest even. It ignores MXCSR: subnormal inputs (below 2⁻¹²⁶) are read as zero and subnormal
+//! results flushed to zero (Intel SDM, VDPBF16PS). The tests hold it to the f32 kernels' bound
+//! against an f64 reference. An f32 A against a bf16 B (`streamed.rs`) is not rounded to bf16 to
+//! use this kernel: that would change the product of an op whose contract is f32 activations.
+//!
 //! # Products of a few rows: B streamed, not packed
 //!
 //! With at most [`STREAM_MAX_M`] rows of A (decoding one token), each element of B is used that
@@ -82,6 +103,8 @@ mod simd;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod driver;
 mod kernel;
 mod matrix;
@@ -92,6 +115,7 @@ mod streamed;
 mod tests;
 
 use driver::run;
+use half::bf16;
 use matrix::Problem;
 pub use matrix::{Format, Streamed};
 use portable::Portable;
@@ -175,6 +199,57 @@ pub fn dgemm(
         }
     }
     run::<Portable<f64, 4, 4>>(problem);
+}
+
+/// `C = alpha·A·B + beta·C` for bf16 A and B and an f32 C, accumulated in f32; the layout and
+/// special cases are [`sgemm`]'s. The products of bf16 values are exact in f32, so the result is
+/// [`sgemm`]'s on the operands widened to f32 up to the order of the f32 sums (and, with
+/// `vdpbf16ps`, values below f32's normal range flushed to zero; see `avx512bf16.rs`). On a
+/// CPU with AVX-512 BF16 ([`has_bf16_dot`]) it runs the `vdpbf16ps` kernel, twice the f32
+/// kernel's multiply-adds per instruction and half its bytes per packed element; elsewhere the
+/// portable kernel, widening as it reads (callers with a fast f32 kernel should widen to f32
+/// and call [`sgemm`] there, as `matmul.rs` does).
+///
+/// # Panics
+///
+/// If a stride is negative, an operand does not fit in its slice or C's strides overlap.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub fn bgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[bf16],
+    rsa: isize,
+    csa: isize,
+    b: &[bf16],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512bf16::supported() {
+            return run::<avx512bf16::Bf16Dot>(problem);
+        }
+    }
+    run::<Portable<f32, 4, 8, bf16>>(problem);
+}
+
+/// Whether [`bgemm`] runs on `vdpbf16ps` here (AVX-512 BF16, with AVX-512 F/BW/VL).
+pub fn has_bf16_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512bf16::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the CPU has AVX2 and FMA (the [`avx2`] kernel's instruction sets).

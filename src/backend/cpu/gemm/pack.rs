@@ -6,12 +6,12 @@ use super::matrix::{Element, MatRef};
 use std::cell::RefCell;
 
 /// Packs the `mr×kc` block `a` into one A micro-panel: `dst[p·MR + i] = a[i, p]`, rows
-/// `mr..MR` zero.
+/// `mr..MR` zero (for a kernel with `K_STEP == 1`).
 ///
 /// # Safety
 ///
 /// `a` is a readable `mr×kc` view with `mr <= MR`; `dst` holds at least `kc·MR` elements.
-pub(super) unsafe fn pack_a<K: Kernel>(mr: usize, kc: usize, a: MatRef<K::T>, dst: &mut [K::T]) {
+pub(super) unsafe fn pack_a<K: Kernel>(mr: usize, kc: usize, a: MatRef<K::In>, dst: &mut [K::In]) {
     let dst = &mut dst[..kc * K::MR];
     if a.cs == 1 {
         // Row-major A: read each row contiguously, scatter it into the panel.
@@ -23,7 +23,7 @@ pub(super) unsafe fn pack_a<K: Kernel>(mr: usize, kc: usize, a: MatRef<K::T>, ds
                     *d = x;
                 }
             } else {
-                dst[i..].iter_mut().step_by(K::MR).for_each(|d| *d = K::T::ZERO);
+                dst[i..].iter_mut().step_by(K::MR).for_each(|d| *d = K::In::ZERO);
             }
         }
     } else if a.rs == 1 && mr == K::MR {
@@ -40,7 +40,7 @@ pub(super) unsafe fn pack_a<K: Kernel>(mr: usize, kc: usize, a: MatRef<K::T>, ds
                     // SAFETY: (i, p) is an element of the view for i < mr.
                     unsafe { *a.at(i, p).ptr }
                 } else {
-                    K::T::ZERO
+                    K::In::ZERO
                 };
             }
         }
@@ -48,12 +48,13 @@ pub(super) unsafe fn pack_a<K: Kernel>(mr: usize, kc: usize, a: MatRef<K::T>, ds
 }
 
 /// Packs the `kc×nc` block `b` into NR-column micro-panels of kc rows each:
-/// `dst[(jp·kc + p)·NR + j] = b[p, jp·NR + j]`, columns past `nc` zero.
+/// `dst[(jp·kc + p)·NR + j] = b[p, jp·NR + j]`, columns past `nc` zero (for a kernel with
+/// `K_STEP == 1`).
 ///
 /// # Safety
 ///
 /// `b` is a readable `kc×nc` view; `dst` holds at least `kc·round_up(nc, NR)` elements.
-pub(super) unsafe fn pack_b<K: Kernel>(kc: usize, nc: usize, b: MatRef<K::T>, dst: &mut [K::T]) {
+pub(super) unsafe fn pack_b<K: Kernel>(kc: usize, nc: usize, b: MatRef<K::In>, dst: &mut [K::In]) {
     for (j0, panel) in (0..nc).step_by(K::NR).zip(dst.chunks_exact_mut(kc * K::NR)) {
         let nr = K::NR.min(nc - j0);
         for (p, row) in panel.chunks_exact_mut(K::NR).enumerate() {
@@ -69,7 +70,7 @@ pub(super) unsafe fn pack_b<K: Kernel>(kc: usize, nc: usize, b: MatRef<K::T>, ds
                     *d = unsafe { *src.at(0, j).ptr };
                 }
             }
-            pad.fill(K::T::ZERO);
+            pad.fill(K::In::ZERO);
         }
     }
 }
@@ -91,7 +92,7 @@ pub(super) fn with_pack_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T
             *buffer = vec![CacheLine([0; 64]); lines];
         }
         // SAFETY: the buffer holds `lines` initialised, 64-byte aligned lines, at least
-        // `len·size_of::<T>()` bytes; T is f32 or f64 (align <= 64), valid for any bits.
+        // `len·size_of::<T>()` bytes; T is f32, f64 or bf16 (align <= 64), valid for any bits.
         f(unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) })
     })
 }

@@ -8,7 +8,7 @@ use super::matrix::{Element, Epilogue, MatMut, MatRef, Streamed};
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
 /// Steps of the shared dimension between prefetching a row of B̃ and reading it.
-const PREFETCH_STEPS: usize = 8;
+pub(super) const PREFETCH_STEPS: usize = 8;
 
 /// One instruction set's vectors of one element type, and the block sizes the driver uses
 /// with them.
@@ -57,7 +57,12 @@ pub(super) trait Vector {
 ///
 /// As for [`super::pack_a`], and the CPU supports `V`'s instruction set.
 #[inline(always)]
-pub(super) unsafe fn pack_a<K: Kernel, V: Vector<E = K::T>>(mr: usize, kc: usize, a: MatRef<K::T>, dst: &mut [K::T]) {
+pub(super) unsafe fn pack_a<K: Kernel<In = V::E>, V: Vector>(
+    mr: usize,
+    kc: usize,
+    a: MatRef<K::In>,
+    dst: &mut [K::In],
+) {
     let dst = &mut dst[..kc * K::MR];
     if a.cs == 1 {
         // SAFETY: rows 0..mr of `a` hold kc contiguous elements (cs == 1), dst holds kc
@@ -76,7 +81,12 @@ pub(super) unsafe fn pack_a<K: Kernel, V: Vector<E = K::T>>(mr: usize, kc: usize
 ///
 /// As for [`super::pack_b`], and the CPU supports `V`'s instruction set.
 #[inline(always)]
-pub(super) unsafe fn pack_b<K: Kernel, V: Vector<E = K::T>>(kc: usize, nc: usize, b: MatRef<K::T>, dst: &mut [K::T]) {
+pub(super) unsafe fn pack_b<K: Kernel<In = V::E>, V: Vector>(
+    kc: usize,
+    nc: usize,
+    b: MatRef<K::In>,
+    dst: &mut [K::In],
+) {
     if b.rs != 1 || b.cs == 1 {
         // SAFETY: forwarded contract.
         return unsafe { super::pack::pack_b::<K>(kc, nc, b, dst) };
@@ -166,14 +176,7 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize>(
     // the panels. Prefetches never fault, and their addresses are computed with wrapping
     // arithmetic.
     let acc = unsafe {
-        // Start fetching the C tile (two lines per row) so it is in L1 for the update.
-        if c.cs == 1 {
-            for i in 0..mr {
-                let row = c.ptr.wrapping_add(i * c.rs);
-                _mm_prefetch::<_MM_HINT_T0>(row.cast());
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(nr - 1).cast());
-            }
-        }
+        prefetch_tile(c, mr, nr);
         let mut acc = [[V::zero(); 2]; MR];
         for p in 0..kc {
             let a_p = a.add(p * MR);
@@ -195,6 +198,41 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize>(
         acc
     };
 
+    // SAFETY: forwarded contract.
+    unsafe { write_back::<V, MR>(&acc, c, mr, nr, ep) }
+}
+
+/// Starts fetching the `mr×nr` tile of C (two lines per row, when its rows are contiguous), so
+/// that it is in L1 for the update after the k loop.
+#[inline(always)]
+pub(super) fn prefetch_tile<E>(c: MatMut<E>, mr: usize, nr: usize) {
+    if c.cs == 1 {
+        for i in 0..mr {
+            let row = c.ptr.wrapping_add(i * c.rs);
+            // SAFETY: prefetches never fault; the addresses use wrapping arithmetic.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(row.cast());
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(nr - 1).cast());
+            }
+        }
+    }
+}
+
+/// Writes `alpha·acc + beta·C` to the top-left `mr×nr` corner of the MR×(2·LANES) tile at `c`
+/// (the accumulators of [`tile`], or of another kernel accumulating in `V`).
+///
+/// # Safety
+///
+/// The CPU supports `V`'s instruction set, `mr <= MR`, `nr <= 2·LANES`, and the `mr×nr` view
+/// `c` is valid for reads and writes and not accessed concurrently.
+#[inline(always)]
+pub(super) unsafe fn write_back<V: Vector, const MR: usize>(
+    acc: &[[V::V; 2]; MR],
+    c: MatMut<V::E>,
+    mr: usize,
+    nr: usize,
+    ep: &Epilogue<V::E>,
+) {
     if c.cs == 1 {
         // SAFETY: the instruction set is supported; row i < mr of the tile holds nr
         // contiguous elements (cs == 1) and the masks touch only the first nr of them.
@@ -266,10 +304,12 @@ macro_rules! simd_kernel {
             $vector<E>: Vector<E = E>,
         {
             type T = E;
+            type In = E;
             const MR: usize = MR;
             const NR: usize = 2 * <Self as Vector>::LANES;
             const KC: usize = <Self as Vector>::KC;
             const NC: usize = <Self as Vector>::NC;
+            const K_STEP: usize = 1;
 
             unsafe fn tile(kc: usize, a: *const E, b: *const E, c: MatMut<E>, mr: usize, nr: usize, ep: &Epilogue<E>) {
                 // SAFETY: forwarded contract, which includes the target features.

@@ -10,7 +10,7 @@ type Gemm<T> = fn(usize, usize, usize, T, &[T], isize, isize, &[T], isize, isize
 
 /// GEMM forced onto kernel `K` (which the CPU must support), as `sgemm`/`dgemm` call it.
 #[allow(clippy::too_many_arguments)]
-fn gemm_on<K: Kernel>(
+fn gemm_on<K: Kernel<In = <K as Kernel>::T>>(
     m: usize,
     n: usize,
     k: usize,
@@ -137,6 +137,8 @@ struct Case {
     seed: u64,
     /// B's values rounded to bf16, so that a bf16 copy of B holds exactly the reference's values.
     bf16_b: bool,
+    /// A's values rounded to bf16 likewise (for [`bgemm`]).
+    bf16_a: bool,
 }
 
 /// Uniform values in [-1, 1) from a xorshift generator.
@@ -167,19 +169,16 @@ fn check<T: TestFloat>(case: &Case, gemm: Gemm<T>) -> Result<(), TestCaseError> 
     let (rsa, csa, len_a) = la.strides(m, k);
     let (rsb, csb, len_b) = lb.strides(k, n);
     let (rsc, csc, len_c) = lc.strides(m, n);
-    let a: Vec<T> = random_values(case.seed, len_a).into_iter().map(T::from_f64).collect();
-    let round = |x: f64| {
-        if case.bf16_b {
-            half::bf16::from_f64(x).to_f64()
-        } else {
-            x
-        }
+    let values = |seed: u64, len: usize, bf16: bool| -> Vec<T> {
+        let round = |x: f64| if bf16 { half::bf16::from_f64(x).to_f64() } else { x };
+        random_values(seed, len)
+            .into_iter()
+            .map(round)
+            .map(T::from_f64)
+            .collect()
     };
-    let b: Vec<T> = random_values(!case.seed, len_b)
-        .into_iter()
-        .map(round)
-        .map(T::from_f64)
-        .collect();
+    let a = values(case.seed, len_a, case.bf16_a);
+    let b = values(!case.seed, len_b, case.bf16_b);
     let c_values = random_values(case.seed.rotate_left(32), m * n);
     let mut c = vec![T::from_f64(UNTOUCHED); len_c];
     for i in 0..m {
@@ -274,6 +273,7 @@ fn case() -> impl Strategy<Value = Case> {
             beta,
             seed,
             bf16_b: false,
+            bf16_a: false,
         })
 }
 
@@ -315,6 +315,7 @@ fn fixed(m: usize, n: usize, k: usize, layouts: [Layout; 3], beta: f64) -> Case 
         beta,
         seed: (m * 1_000_003 + n * 1009 + k) as u64,
         bf16_b: false,
+        bf16_a: false,
     }
 }
 
@@ -507,6 +508,7 @@ fn streamed_case() -> impl Strategy<Value = Case> {
             beta,
             seed,
             bf16_b: false,
+            bf16_a: false,
         })
 }
 
@@ -556,4 +558,154 @@ fn streamed_products_do_not_read_a_or_b_when_alpha_is_zero() {
 fn streamed_products_reject_five_rows() {
     let mut c = [0.0f32; 5];
     sgemm_streamed(5, 1, 1, 1.0, &[1.0f32; 5], 1, 1, &[1.0f32], 1, 1, 0.0, &mut c, 1, 1);
+}
+
+/// `values` as bf16, each of which must be one already (the case rounded them).
+fn exactly_bf16(values: &[f32], name: &str) -> Vec<half::bf16> {
+    let narrow: Vec<half::bf16> = values.iter().map(|&x| half::bf16::from_f32(x)).collect();
+    assert!(
+        narrow.iter().zip(values).all(|(h, &x)| h.to_f32() == x),
+        "the case's {name} is not rounded to bf16"
+    );
+    narrow
+}
+
+/// bf16 GEMM on kernel `K` (which the CPU must support) in [`sgemm`]'s form: the case's A and B,
+/// rounded to bf16, are handed to the kernel as bf16.
+#[allow(clippy::too_many_arguments)]
+fn bgemm_on<K: Kernel<T = f32, In = half::bf16>>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    let (a, b) = (exactly_bf16(a, "A"), exactly_bf16(b, "B"));
+    let (a, b) = ((&a[..], rsa, csa), (&b[..], rsb, csb));
+    run::<K>(Problem::new([m, n, k], alpha, a, b, beta, (c, rsc, csc)));
+}
+
+/// [`bgemm`] itself (whichever kernel it picks) in [`sgemm`]'s form.
+#[allow(clippy::too_many_arguments)]
+fn bgemm_public(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    let (a16, b16) = (exactly_bf16(a, "A"), exactly_bf16(b, "B"));
+    bgemm(m, n, k, alpha, &a16, rsa, csa, &b16, rsb, csb, beta, c, rsc, csc);
+}
+
+/// Each bf16 kernel this CPU can run, and `bgemm`'s dispatch.
+fn bf16_kernels() -> Vec<(&'static str, Gemm<f32>)> {
+    let mut out: Vec<(&'static str, Gemm<f32>)> = vec![
+        ("portable bf16", bgemm_on::<Portable<f32, 4, 8, half::bf16>>),
+        ("bgemm", bgemm_public),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    if avx512bf16::supported() {
+        out.push(("avx512bf16", bgemm_on::<avx512bf16::Bf16Dot>));
+    } else {
+        eprintln!("no AVX-512 BF16 on this CPU: the vdpbf16ps kernel is not tested");
+    }
+    out
+}
+
+/// Runs `case` with A and B rounded to bf16 on every bf16 kernel. The tolerance of [`check`] holds:
+/// the products of bf16 values are exact in f32 and vdpbf16ps rounds each of its two additions
+/// to nearest (a length-k f32 sum of exact products is within (k - 1)·2⁻²⁴·Σ|a·b| of the exact sum,
+/// half of check's (k + 2)·ε). Values of [-1, 1) rounded to bf16 are not subnormal, so the
+/// instruction's flush to zero (see avx512bf16.rs) plays no part.
+fn check_bf16(case: &Case) -> Result<(), TestCaseError> {
+    let case = Case {
+        bf16_a: true,
+        bf16_b: true,
+        ..case.clone()
+    };
+    for (name, gemm) in bf16_kernels() {
+        check::<f32>(&case, gemm).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Dimensions for the bf16 kernel: [`dim`]'s, odd k included, and sizes around its KC (512).
+fn bf16_dim() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        6 => dim(),
+        1 => prop::sample::select(vec![511, 513, 1027]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn every_bf16_kernel_matches_reference(case in case(), k in bf16_dim()) {
+        check_bf16(&Case { k, ..case })?;
+    }
+}
+
+/// Several KC (512) and NC (1024) blocks of the bf16 kernel, several threads, odd k, partial tiles
+/// on every edge, and each packing path: A along k (row-major) and across (column-major), B
+/// across (row-major) and along k (column-major, a Linear's Wᵀ), odd strides (padded).
+#[test]
+fn large_bf16_products_match_reference() {
+    use Layout::*;
+    for (layouts, beta) in [
+        ([RowMajor; 3], 0.0),
+        ([RowMajor, ColMajor, RowMajor], 1.0),
+        ([ColMajor, RowMajor, ColMajor], 0.0),
+        ([PaddedRows, PaddedCols, PaddedRows], -0.75),
+    ] {
+        check_bf16(&fixed(53, 2101, 1031, layouts, beta)).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Where the CPU has AVX-512 BF16, `bgemm` runs on vdpbf16ps. Seen from outside through the
+/// instruction's documented semantics: it reads a subnormal bf16 (here 2⁻¹²⁷) as zero, where
+/// every other kernel multiplies it exactly.
+#[test]
+fn bgemm_runs_on_vdpbf16ps_where_the_cpu_has_it() {
+    if !has_bf16_dot() {
+        eprintln!("skipped: this CPU has no AVX-512 BF16");
+        return;
+    }
+    let (m, n, k) = (16, 40, 6);
+    let tiny = half::bf16::from_bits(0x0040); // 2⁻¹²⁷, subnormal
+    assert_eq!(tiny.to_f64(), 2f64.powi(-127));
+    let a = vec![tiny; m * k];
+    let b = vec![half::bf16::ONE; k * n];
+    let (rsa, rsb) = (k as isize, n as isize);
+    let mut c = vec![f32::NAN; m * n];
+    bgemm(m, n, k, 1.0, &a, rsa, 1, &b, rsb, 1, 0.0, &mut c, rsb, 1);
+    assert!(
+        c.iter().all(|&x| x == 0.0),
+        "bgemm did not run on vdpbf16ps: C[0, 0] = {}",
+        c[0]
+    );
+    // The portable kernel multiplies subnormals exactly: the check above can tell them apart.
+    let mut c = vec![f32::NAN; m * n];
+    let (a, b, c_view) = ((&a[..], rsa, 1), (&b[..], rsb, 1), (&mut c[..], rsb, 1));
+    run::<Portable<f32, 4, 8, half::bf16>>(Problem::new([m, n, k], 1.0, a, b, 0.0, c_view));
+    assert!(c.iter().all(|&x| x == 6.0 * 2f32.powi(-127)), "C[0, 0] = {}", c[0]);
 }
