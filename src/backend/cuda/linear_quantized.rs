@@ -86,13 +86,13 @@ fn dim(op: &'static str, what: &str, v: usize) -> Result<u32> {
 pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
     const OP: &str = "linear_quantized";
     let wb = weight_on(OP, x, w)?;
+    let [n, k] = w.shape();
+    let m = rows_of(OP, layout, k, "columns")?;
     let mut copied = None;
     let x = packed(OP, x, layout, &mut copied)?;
-    let [n, k] = w.shape();
-    let m = rows_of(OP, x, k, "columns")?;
     let dev = x.cuda_device();
-    if m == 0 {
-        return CudaStorage::alloc(dev, DType::F32, 0);
+    if m == 0 || n == 0 {
+        return CudaStorage::alloc(dev, DType::F32, m * n);
     }
     let format = w.format();
     if !format.is_grouped() || m >= DEQUANTIZE_FROM_ROWS {
@@ -134,31 +134,30 @@ pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -
 pub fn linear_quantized_input_grad(g: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
     const OP: &str = "linear_quantized backward";
     let wb = weight_on(OP, g, w)?;
+    let [n, k] = w.shape();
+    let m = rows_of(OP, layout, n, "rows")?;
     let mut copied = None;
     let g = packed(OP, g, layout, &mut copied)?;
-    let [n, k] = w.shape();
-    let m = rows_of(OP, g, n, "rows")?;
     if m == 0 {
         return CudaStorage::alloc(g.cuda_device(), DType::F32, 0);
     }
+    // n = 0 leaves a sum over no rows of W: the matmul kernel's K = 0 writes zeros
     let decoded = dequantize(wb, w)?;
     let (lg, lw) = (Layout::contiguous(&[m, n]), Layout::contiguous(&[n, k]));
     Ok(matmul::matmul(g, &lg, &decoded, &lw, &Epilogue::NONE)?.0)
 }
 
-/// The number of rows of `width` in `x`, or an error if `x` is not whole rows; `width` is the
-/// weight's number of `columns` (x) or `rows` (the output's gradient).
-fn rows_of(op: &'static str, x: &CudaStorage, width: usize, of: &str) -> Result<usize> {
-    if !x.len().is_multiple_of(width) {
-        return Err(Error::shape(
+/// The number of rows of a view whose last dimension must be `width`, the weight's number of
+/// `columns` (x) or `rows` (the output's gradient).
+fn rows_of(op: &'static str, layout: &Layout, width: usize, of: &str) -> Result<usize> {
+    let shape = layout.shape();
+    match shape.split_last() {
+        Some((&last, rest)) if last == width => Ok(rest.iter().product()),
+        _ => Err(Error::shape(
             op,
-            format!(
-                "{} input values are not whole rows of the weight's {width} {of}",
-                x.len()
-            ),
-        ));
+            format!("an input of shape {shape:?} is not rows of the weight's {width} {of}"),
+        )),
     }
-    Ok(x.len() / width)
 }
 
 /// x (`len` f32, rows of whole 32-blocks) rounded per block: (xq, `len` signed bytes as u32 words;
