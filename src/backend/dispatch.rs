@@ -391,16 +391,7 @@ fn cpu_quantized_product(
     product: fn(&[f32], &QuantizedMatrix) -> Result<Vec<f32>>,
 ) -> Result<Storage> {
     if w.device() != Device::Cpu {
-        let [n, k] = w.shape();
-        return Err(Error::invalid(
-            "linear_quantized",
-            format!(
-                "the {} weight [{n}, {k}] is on {}, the input on cpu: move the weight with QuantizedMatrix::to_device \
-                 (Llama::to_device moves a whole model)",
-                w.format(),
-                w.device()
-            ),
-        ));
+        return Err(w.device_error("linear_quantized", Device::Cpu));
     }
     let x = cpu::contiguous(x, layout)?;
     Ok(Storage::Cpu(CpuStorage::F32(product(cpu::typed::<f32>(&x), w)?)))

@@ -1044,19 +1044,6 @@ pub const CASES: &[Case] = &[
         library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, true)?))),
     },
     Case {
-        name: "linear_quantized_q4_k",
-        about: "Tensor::linear_quantized, f32 [M, K] x Q4_K [N, K]^T (on CUDA W decoded to f32 for the matmul)",
-        dims: "MxNxK",
-        bound: Bound::Memory,
-        dtype: DType::F32,
-        // a 7B-sized decode product and prefill; rows of 256-element super-blocks
-        cuda: &[&[1, 4096, 4096], &[128, 4096, 4096]],
-        cpu: &[&[1, 1536, 1536]],
-        emu: &[&[3, 17, 512]],
-        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_K, false),
-        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_K, true)?))),
-    },
-    Case {
         name: "attention_fwd",
         about: "scaled_dot_product_attention forward, causal, f32 [B, H, T, D]",
         dims: "BxHxTxD",

@@ -40,19 +40,7 @@ fn weight_on<'a>(op: &'static str, x: &CudaStorage, w: &'a QuantizedMatrix) -> R
     let bytes = w.device_bytes().and_then(|b| b.downcast_ref::<CudaStorage>());
     match bytes {
         Some(b) if b.device() == x.device() => Ok(b),
-        _ => {
-            let [n, k] = w.shape();
-            Err(Error::invalid(
-                op,
-                format!(
-                    "the {} weight [{n}, {k}] is on {}, the input on {}: move the weight with QuantizedMatrix::to_device \
-                     (Llama::to_device moves a whole model)",
-                    w.format(),
-                    w.device(),
-                    x.device()
-                ),
-            ))
-        }
+        _ => Err(w.device_error(op, x.device())),
     }
 }
 

@@ -189,6 +189,22 @@ impl QuantizedMatrix {
         }
     }
 
+    /// The error of a product of this matrix with an input on `input`, another device: it names
+    /// `op`, the format, the shape and both devices, and what to do.
+    pub(crate) fn device_error(&self, op: &'static str, input: Device) -> Error {
+        Error::invalid(
+            op,
+            format!(
+                "the {} weight [{}, {}] is on {}, the input on {input}: move the weight with \
+                 QuantizedMatrix::to_device (Llama::to_device moves a whole model)",
+                self.format,
+                self.rows,
+                self.cols,
+                self.device()
+            ),
+        )
+    }
+
     /// The backend's copy of the stored bytes, if the matrix lives on a device other than the CPU.
     pub(crate) fn device_bytes(&self) -> Option<&(dyn Any + Send + Sync)> {
         self.device_copy.as_ref().map(|c| &*c.bytes)
