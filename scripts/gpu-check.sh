@@ -3,7 +3,8 @@
 # that scripts/pack-gpu-check.sh put in target/gpu-check/, in this order:
 #   1. the CUDA correctness tests (tests/devices.rs: every op's generic body on Cpu, Emu and Cuda(0),
 #      compared with the CPU; tests/gpt_bf16.rs: the tiny GPT's bf16 training, gradients and
-#      generation against the CPU's f32; KILN_REQUIRE_CUDA=1 fails them if the GPU is not seen,
+#      generation against the CPU's f32; tests/linear_quantized_devices.rs: the quantized-weight
+#      kernels against the CPU; KILN_REQUIRE_CUDA=1 fails them if the GPU is not seen,
 #      KILN_CUDA_SYNC=1 names a faulting kernel);
 #   2. `kiln bench --device cuda` at its default (main) shapes: kernels against the measured copy
 #      bandwidth and cuBLAS, and the GPT-2 124M training step in bf16 (JSON and SVG written to the

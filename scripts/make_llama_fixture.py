@@ -30,7 +30,12 @@ tests/fixtures/llama-chat/ holds what `kiln chat` and `kiln generate --gguf` nee
                                    tokenizer of scripts/make_gguf_fixtures.py (EOS <|im_end|>) and a ChatML
                                    template without a default system message (CHATML), context 128
   no-template.gguf                 the same tokenizer without a chat template, and no tensors
-Write only these with `.venv-ref/bin/python scripts/make_llama_fixture.py llama-chat`.
+  model-q.gguf                     model.gguf's model with its projections and token table quantized
+                                   by the gguf package (QUANTIZED: Q8_0, Q4_0, Q4_1; the tied head is the
+                                   Q8_0 table, 276 rows, a partial 16-row group), for the quantized
+                                   kernels on Emu (tests/llama_quantized_devices.rs)
+Write only these with `.venv-ref/bin/python scripts/make_llama_fixture.py llama-chat` (model-q.gguf
+alone: `... llama-chat-q`).
 
 The GGUF writer's permutation is checked independently: transformers reads model.gguf back
 (from_pretrained(gguf_file=...), which undoes the permutation its own way) and must recover the
@@ -132,7 +137,22 @@ def gguf_name(hf: str) -> str:
     return f"blk.{layer}.{per_layer[rest]}"
 
 
-def write_gguf(path: str, cfg: dict, state: dict, add_tokenizer=None):
+# The ggml type of each tensor of model-q.gguf, by the end of its Hugging Face name (the rest F32).
+QUANTIZED = {
+    "embed_tokens.weight": gguf.GGMLQuantizationType.Q8_0,
+    "q_proj.weight": gguf.GGMLQuantizationType.Q8_0,
+    "k_proj.weight": gguf.GGMLQuantizationType.Q4_1,
+    "v_proj.weight": gguf.GGMLQuantizationType.Q8_0,
+    "o_proj.weight": gguf.GGMLQuantizationType.Q4_0,
+    "gate_proj.weight": gguf.GGMLQuantizationType.Q4_1,
+    "up_proj.weight": gguf.GGMLQuantizationType.Q4_0,
+    "down_proj.weight": gguf.GGMLQuantizationType.Q4_1,
+}
+
+
+def write_gguf(path: str, cfg: dict, state: dict, add_tokenizer=None, quantized=None):
+    """`quantized` maps ends of Hugging Face names to ggml types; those tensors are quantized by the
+    gguf package."""
     w = gguf.GGUFWriter(path, "llama")
     if add_tokenizer is not None:
         add_tokenizer(w)
@@ -154,7 +174,12 @@ def write_gguf(path: str, cfg: dict, state: dict, add_tokenizer=None):
             a = permute_for_gguf(a, cfg["num_attention_heads"])
         elif name.endswith("k_proj.weight"):
             a = permute_for_gguf(a, cfg["num_key_value_heads"])
-        w.add_tensor(gguf_name(name), np.ascontiguousarray(a))
+        a = np.ascontiguousarray(a)
+        qtype = next((t for end, t in (quantized or {}).items() if name.endswith(end)), None)
+        if qtype is None:
+            w.add_tensor(gguf_name(name), a)
+        else:
+            w.add_tensor(gguf_name(name), gguf.quants.quantize(a, qtype), raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -236,18 +261,33 @@ def make(name: str, cfg: dict):
     print(f"wrote {out}", file=sys.stderr)
 
 
-def make_chat():
-    """tests/fixtures/llama-chat/: a tiny random Llama with a tokenizer and chat template in one GGUF."""
-    out = os.path.join(ROOT, "llama-chat")
-    os.makedirs(out, exist_ok=True)
+def chat_state() -> dict:
+    """The weights of the llama-chat model (tied: no lm_head.weight)."""
     cfg = MODELS["llama-chat"]
     torch.manual_seed(SEED)
     config = LlamaConfig(**cfg, initializer_range=0.15, hidden_act="silu", attention_bias=False, mlp_bias=False)
     model = LlamaForCausalLM(config).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state.pop("lm_head.weight", None)  # tied
+    return state
+
+
+def make_chat_quantized():
+    """tests/fixtures/llama-chat/model-q.gguf: the llama-chat model with quantized projections."""
+    path = os.path.join(ROOT, "llama-chat", "model-q.gguf")
+    add_tokenizer = lambda w: make_gguf_fixtures.add_tiny_tokenizer(w, CHATML)
+    write_gguf(path, MODELS["llama-chat"], chat_state(), add_tokenizer, QUANTIZED)
+    os.chmod(path, 0o644)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def make_chat():
+    """tests/fixtures/llama-chat/: a tiny random Llama with a tokenizer and chat template in one GGUF."""
+    out = os.path.join(ROOT, "llama-chat")
+    os.makedirs(out, exist_ok=True)
+    cfg = MODELS["llama-chat"]
     path = os.path.join(out, "model.gguf")
-    write_gguf(path, cfg, state, lambda w: make_gguf_fixtures.add_tiny_tokenizer(w, CHATML))
+    write_gguf(path, cfg, chat_state(), lambda w: make_gguf_fixtures.add_tiny_tokenizer(w, CHATML))
     w = gguf.GGUFWriter(os.path.join(out, "no-template.gguf"), "llama")
     make_gguf_fixtures.add_tiny_tokenizer(w, None)
     w.write_header_to_file()
@@ -266,6 +306,8 @@ def main():
             make(name, cfg)
     if "llama-chat" in which:
         make_chat()
+    if "llama-chat" in which or "llama-chat-q" in which:
+        make_chat_quantized()
 
 
 if __name__ == "__main__":

@@ -360,13 +360,16 @@ fn the_gradient_of_the_input_is_c_times_w_on_both_paths() {
     }
 }
 
+/// A weight on the CPU with an input on Emu (the CUDA kernels want the weight moved there first,
+/// tests/linear_quantized_devices.rs): a clear error.
 #[test]
-fn the_emulator_refuses_quantized_weights_with_a_clear_error() {
+fn the_emulator_refuses_a_weight_left_on_the_cpu_with_a_clear_error() {
     let mut g = Gen(6);
     let (wq, _) = random_matrix(QuantFormat::Q8_0, 8, 32, &mut g);
     let x = Tensor::zeros(&[1, 32], DType::F32, &Device::Emu).unwrap();
     let err = x.linear_quantized(&wq).unwrap_err().to_string();
-    assert!(err.contains("on the CPU only"), "{err}");
+    assert!(err.contains("is on cpu, the input on emu"), "{err}");
+    assert!(err.contains("QuantizedMatrix::to_device"), "{err}");
 }
 
 /// A NaN or an infinity in a row of x makes that row's outputs NaN on every instruction set and

@@ -374,6 +374,18 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     return r;
 }
 
+// Four byte products added to c (sm_61+): the bytes of a and b as signed (int) or unsigned (unsigned).
+inline int __dp4a(int a, int b, int c) {
+    unsigned sum = static_cast<unsigned>(c); // wraps as the GPU's adder does
+    for (int i = 0; i < 4; ++i)
+        sum += static_cast<unsigned>(static_cast<int8_t>(a >> (8 * i)) * static_cast<int8_t>(b >> (8 * i)));
+    return static_cast<int>(sum);
+}
+inline unsigned __dp4a(unsigned a, unsigned b, unsigned c) {
+    for (int i = 0; i < 4; ++i) c += ((a >> (8 * i)) & 0xffu) * ((b >> (8 * i)) & 0xffu);
+    return c;
+}
+
 // CUDA's min/max overloads, including the mixed signed/unsigned ones (which compare as unsigned).
 #define EMU_MINMAX(R, A, B)                                                                           \
     inline R min(A a, B b) { return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); } \

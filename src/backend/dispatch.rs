@@ -108,37 +108,22 @@ impl Storage {
         }
     }
 
-    /// `x · wᵀ` with `w` quantized: `self` holds f32 rows of `w`'s columns. The CPU only: the
-    /// CUDA kernels do not exist yet.
+    /// `x · wᵀ` with `w` quantized: `self` holds f32 rows of `w`'s columns, on `w`'s device.
     pub(crate) fn linear_quantized(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
-        self.quantized_product(layout, w, cpu::linear_quantized::linear_quantized)
+        match self {
+            Storage::Cpu(x) => cpu_quantized_product(x, layout, w, cpu::linear_quantized::linear_quantized),
+            Storage::Cuda(x) => Ok(Storage::Cuda(cuda::linear_quantized::linear_quantized(x, layout, w)?)),
+        }
     }
 
     /// The input's gradient of [`Storage::linear_quantized`]: `g · w`, `self` holding f32 rows of
-    /// `w`'s rows. The CPU only.
+    /// `w`'s rows, on `w`'s device.
     pub(crate) fn linear_quantized_input_grad(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
-        self.quantized_product(layout, w, cpu::linear_quantized::linear_quantized_input_grad)
-    }
-
-    /// `product` of `self`'s f32 rows and `w`, on the CPU.
-    fn quantized_product(
-        &self,
-        layout: &Layout,
-        w: &QuantizedMatrix,
-        product: fn(&[f32], &QuantizedMatrix) -> Result<Vec<f32>>,
-    ) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => {
-                let x = cpu::contiguous(s, layout)?;
-                Ok(Storage::Cpu(CpuStorage::F32(product(cpu::typed::<f32>(&x), w)?)))
-            }
-            Storage::Cuda(s) => Err(Error::invalid(
-                "linear_quantized",
-                format!(
-                    "quantized weights are multiplied on the CPU only, the input is on {}; dequantize them (load the model as f32 or bf16)",
-                    s.device()
-                ),
-            )),
+            Storage::Cpu(g) => cpu_quantized_product(g, layout, w, cpu::linear_quantized::linear_quantized_input_grad),
+            Storage::Cuda(g) => Ok(Storage::Cuda(cuda::linear_quantized::linear_quantized_input_grad(
+                g, layout, w,
+            )?)),
         }
     }
 
@@ -396,6 +381,20 @@ impl Storage {
             (s, order, _) => Err(mismatch("index_add", s, order)),
         }
     }
+}
+
+/// `product` of the f32 rows of `x` (viewed through `layout`) and `w`, both on the CPU.
+fn cpu_quantized_product(
+    x: &CpuStorage,
+    layout: &Layout,
+    w: &QuantizedMatrix,
+    product: fn(&[f32], &QuantizedMatrix) -> Result<Vec<f32>>,
+) -> Result<Storage> {
+    if w.device() != Device::Cpu {
+        return Err(w.device_error("linear_quantized", Device::Cpu));
+    }
+    let x = cpu::contiguous(x, layout)?;
+    Ok(Storage::Cpu(CpuStorage::F32(product(cpu::typed::<f32>(&x), w)?)))
 }
 
 const OP_ATTENTION: &str = "scaled_dot_product_attention";

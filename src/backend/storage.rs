@@ -5,6 +5,7 @@
 
 use super::cpu::{self, with_cpu_storage, CpuStorage};
 use super::cuda::{self, CudaDevice, CudaStorage};
+use super::op::QuantizedMatrix;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::{Device, Error, Result};
@@ -97,6 +98,25 @@ impl Storage {
             (Storage::Cpu(d), Storage::Cpu(s)) => cpu::assign(d, ld, s, ls),
             (Storage::Cuda(d), Storage::Cuda(s)) => cuda::copy::assign(d, ld, s, ls),
             (d, s) => Err(mismatch("assign", d, s)),
+        }
+    }
+}
+
+impl QuantizedMatrix {
+    /// The matrix on `device`: on a CUDA device or the emulator, with a copy of its stored bytes
+    /// there (where `Tensor::linear_quantized` then runs its kernels, kernels/linear_quantized.cu);
+    /// on the CPU, without one. The host bytes are kept and shared either way (see
+    /// src/backend/op/quantized.rs).
+    pub fn to_device(&self, device: &Device) -> Result<QuantizedMatrix> {
+        if self.device() == *device {
+            return Ok(self.clone());
+        }
+        match device {
+            Device::Cpu => Ok(self.on_cpu()),
+            cuda_device => {
+                let bytes = cuda::linear_quantized::to_device(cuda_device, self)?;
+                Ok(self.with_device_bytes(*cuda_device, std::sync::Arc::new(bytes)))
+            }
         }
     }
 }

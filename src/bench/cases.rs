@@ -196,7 +196,7 @@ fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, dequantized: bool) -
     let sets = s.sets(in_bytes);
     let x = inputs(sets, &[m, k], DType::F32, rng, &s.dev)?;
     let w = (0..sets)
-        .map(|_| random_quantized(ty, n, k, rng))
+        .map(|_| random_quantized(ty, n, k, rng)?.to_device(&s.dev))
         .collect::<Result<Vec<_>>>()?;
     let w0 = dequantize(ty, &w[0].gguf_rows(0..n))?;
     let x0 = x[0].clone();
@@ -1024,10 +1024,11 @@ pub const CASES: &[Case] = &[
         dims: "MxNxK",
         bound: Bound::Memory,
         dtype: DType::F32,
-        // SmolLM2-135M's decode products (q/o, gate/up, down), then a 128-token prefill; CPU only
-        cuda: &[],
+        // SmolLM2-135M's decode products (q/o, gate/up, down), then a 128-token prefill; on a GPU
+        // also a 7B-sized decode product; on Emu a partial row group, 3 blocks, both paths
+        cuda: &[&[1, 576, 576], &[1, 1536, 576], &[1, 576, 1536], &[128, 1536, 576], &[1, 4096, 4096]],
         cpu: &[&[1, 576, 576], &[1, 1536, 576], &[1, 576, 1536], &[128, 1536, 576]],
-        emu: &[],
+        emu: &[&[1, 67, 96], &[17, 67, 96]],
         prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_1, false),
         library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_1, true)?))),
     },
@@ -1037,10 +1038,10 @@ pub const CASES: &[Case] = &[
         dims: "MxNxK",
         bound: Bound::Memory,
         dtype: DType::F32,
-        // SmolLM2-135M's tied LM head [49152, 576] and its gate/up shape; CPU only
-        cuda: &[],
+        // SmolLM2-135M's tied LM head [49152, 576] and its gate/up shape
+        cuda: &[&[1, 49152, 576], &[1, 1536, 576]],
         cpu: &[&[1, 49152, 576], &[1, 1536, 576]],
-        emu: &[],
+        emu: &[&[1, 67, 96]],
         prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q8_0, false),
         library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, true)?))),
     },

@@ -15,7 +15,7 @@
 //! `scripts/transformers_llama_speed.py` measures Hugging Face transformers in exactly this way.
 //!
 //! The weights ([`LlamaLoad`]): `stored` keeps the file's quantized projections in their block
-//! format ([`Tensor::linear_quantized`], CPU only); `f32` computes with the dequantized f32
+//! format ([`Tensor::linear_quantized`], on every device); `f32` computes with the dequantized f32
 //! weights; `bf16` casts them once to bf16 ([`Llama::to_dtype`]), activations and the KV cache
 //! in bf16, logits in f32.
 //!

@@ -45,7 +45,7 @@ pub struct LoraArgs {
     #[arg(long, conflicts_with_all = ["from", "resume"])]
     pub recompute: bool,
     /// With --gguf: what the frozen base weights become: q keeps the projections in the file's
-    /// quantized blocks (QLoRA-style, CPU only: decoded to f32 block by block in each product),
+    /// quantized blocks (QLoRA-style: decoded to f32 in each product of a training batch),
     /// bf16 or f32 dequantizes them [f32].
     #[arg(long, value_enum, conflicts_with_all = ["from", "resume"])]
     pub base_dtype: Option<BaseDType>,

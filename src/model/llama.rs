@@ -279,8 +279,8 @@ pub struct Llama {
 #[serde(rename_all = "snake_case")]
 pub enum LlamaLoad {
     /// The linear projections stored in Q4_0, Q4_1, Q8_0, Q4_K or Q6_K stay in that block
-    /// format and are multiplied with directly ([`Tensor::linear_quantized`]; on the CPU only,
-    /// elsewhere they are dequantized to f32). They are frozen: LoRA adapters train on top of
+    /// format and are multiplied with directly ([`Tensor::linear_quantized`], on the CPU or with
+    /// the CUDA kernels on Cuda and Emu). They are frozen: LoRA adapters train on top of
     /// them, the input's gradient flowing through them (QLoRA-style).
     /// Every other tensor (token table, norms, other types) is dequantized to f32; a tied LM
     /// head multiplies with the table as stored (the lookup reads its f32 rows). Not the
@@ -485,8 +485,8 @@ impl Llama {
             .map(|t| (hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.shape()))
             .collect();
         let load = |name: &str| file.tensor(&names[name], DType::F32, &Device::Cpu);
-        // the quantized kernels run on the CPU only: elsewhere the weights are dequantized
-        let keep = how == LlamaLoad::AsStored && *dev == Device::Cpu;
+        // Linear::from_quantized moves a kept matrix to `dev`
+        let keep = how == LlamaLoad::AsStored;
         let load_quantized = |name: &str| -> Result<Option<QuantizedMatrix>> {
             let info = file.tensor_info(&names[name])?;
             match info.ggml_type.quant_format() {
@@ -551,6 +551,52 @@ impl Llama {
         let mut model = self.clone();
         model.set_dtype(dtype)?;
         crate::nn::cast_params(&mut model, dtype)?;
+        Ok(model)
+    }
+
+    /// The model on `dev`: every parameter, LoRA adapter and quantized projection (with
+    /// [`QuantizedMatrix::to_device`]) moved there, trainable tensors still trainable and frozen
+    /// ones frozen.
+    pub fn to_device(&self, dev: &Device) -> Result<Llama> {
+        let _no_grad = crate::no_grad();
+        let moved = |t: &Tensor| -> Result<Tensor> {
+            let m = t.to_device(dev)?;
+            Ok(if t.is_leaf_requiring_grad() {
+                m.requires_grad()
+            } else {
+                m
+            })
+        };
+        let mut model = self.clone();
+        let mut first_error = None;
+        crate::nn::Params::visit_params(&mut model, "", &mut |_, p| {
+            if first_error.is_none() {
+                match moved(p) {
+                    Ok(m) => *p = m,
+                    Err(e) => first_error = Some(e),
+                }
+            }
+        });
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        // what the walk of the parameters leaves out: the quantized weights (and the empty
+        // placeholders beside them) and the adapters
+        let Llama { layers, lm_head, .. } = &mut model;
+        let linears = layers
+            .iter_mut()
+            .flat_map(|l| l.projections_mut().map(|(_, lin)| lin))
+            .chain(lm_head.as_mut());
+        for lin in linears {
+            if let Some(q) = &mut lin.quantized {
+                *q = q.to_device(dev)?;
+                lin.weight = moved(&lin.weight)?;
+            }
+            if let Some(lora) = &mut lin.lora {
+                lora.a = moved(&lora.a)?;
+                lora.b = moved(&lora.b)?;
+            }
+        }
         Ok(model)
     }
 

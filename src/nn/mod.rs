@@ -119,15 +119,15 @@ impl Linear {
         })
     }
 
-    /// A layer whose weight stays in its quantized block format, without bias. Its products run
-    /// on the CPU ([`Tensor::linear_quantized`]); it has no trainable weight, and a backward
-    /// through it is an error.
+    /// A layer whose weight stays in its quantized block format, without bias, moved to `dev`
+    /// (whose kernels then multiply with it, [`Tensor::linear_quantized`]). It has no trainable
+    /// weight; a backward through it gives the input's gradient only.
     pub fn from_quantized(weight: QuantizedMatrix, dev: &Device) -> Result<Linear> {
         Ok(Linear {
             weight: Tensor::zeros(&[0], DType::F32, dev)?,
             bias: None,
             lora: None,
-            quantized: Some(weight),
+            quantized: Some(weight.to_device(dev)?),
         })
     }
 

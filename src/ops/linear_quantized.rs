@@ -11,6 +11,11 @@
 //! Backward: the weights are frozen (they are not tensors: LoRA adapters train on top of them,
 //! QLoRA-style); the input's gradient is `dx = g·W`, W decoded to f32 in blocks of rows as in the
 //! forward's GEMM path.
+//!
+//! On CUDA and Emu (W moved there by [`QuantizedMatrix::to_device`]) the kernels of
+//! kernels/linear_quantized.cu take the same two paths at the same row count, x rounded to the same
+//! bytes: `__dp4a` dot products of 16-row groups for decode, W decoded to f32 for the matmul kernel
+//! from 16 rows on, for the gradient, and for Q4_K/Q6_K (Emu-verified, not yet run on a GPU).
 
 pub use crate::backend::op::{QuantFormat, QuantizedMatrix};
 use crate::tensor::layout::checked_numel;
@@ -18,7 +23,8 @@ use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
     /// `self · wᵀ`: `self` is `[..., in]` f32 or bf16 (computed in f32), `w` is `[out, in]`;
-    /// the result is `[..., out]` in `self`'s dtype. CPU only.
+    /// the result is `[..., out]` in `self`'s dtype, on `w`'s device ([`QuantizedMatrix::to_device`];
+    /// an input elsewhere is an error).
     pub fn linear_quantized(&self, w: &QuantizedMatrix) -> Result<Tensor> {
         const OP: &str = "linear_quantized";
         let (xs, [n_out, n_in]) = (self.shape(), w.shape());

@@ -3,7 +3,7 @@
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
 //! where_cond, reduce, softmax, matmul, layer_norm, cross_entropy, embedding, adamw, attention,
-//! rms_norm, rope, swiglu.
+//! rms_norm, rope, swiglu, linear_quantized.
 //!
 //! - [`device`]: opening devices, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes, packed arguments, device limits;
@@ -29,6 +29,7 @@ pub mod launch;
 pub mod layer_norm;
 pub mod layer_norm_naive;
 pub mod layout;
+pub mod linear_quantized;
 pub mod matmul;
 pub mod memory;
 pub mod nvrtc;

@@ -23,9 +23,20 @@
 //! so a 64-byte load holds 4 quant bytes of each of 16 rows, which one `vpdpbusd` multiplies by the
 //! same 4 bytes of x broadcast to every lane, and the scales of 16 rows load and convert as one
 //! vector. A tile holds exactly the bytes of the 16 blocks it came from; the last group is padded
-//! with zero rows (scale 0).
+//! with zero rows (scale 0). The CUDA kernels (kernels/linear_quantized.cu) read the same tiles:
+//! lane j of a tile loads its 16 bytes at 16·j, word j / 4 of 4 rows.
+//!
+//! # Devices
+//!
+//! A matrix is made on the CPU; `to_device` (src/backend/storage.rs, where the backends meet) adds
+//! a copy of the stored bytes on a CUDA device or the emulator, and the matrix then lives there: its
+//! products need their input on that device. The host bytes stay too (shared with the matrix it was
+//! made from), so that every accessor here works on every device and moving back is free; that costs
+//! host memory the size of the stored bytes. This vocabulary layer cannot name a backend's buffer,
+//! so the copy is held as `dyn Any` and the CUDA backend downcasts it to its own storage.
 
-use crate::{Error, Result};
+use crate::{Device, Error, Result};
+use std::any::Any;
 use std::sync::Arc;
 
 /// The block formats `linear_quantized` multiplies with directly.
@@ -92,11 +103,27 @@ pub struct QuantizedMatrix {
     rows: usize,
     cols: usize,
     stored: Arc<[u8]>,
+    /// The stored bytes on a CUDA device or the emulator (module documentation), if moved there.
+    device_copy: Option<DeviceCopy>,
+}
+
+/// A backend's copy of a matrix's stored bytes, and the device it is on.
+#[derive(Clone)]
+struct DeviceCopy {
+    device: Device,
+    bytes: Arc<dyn Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for QuantizedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QuantizedMatrix({} [{}, {}])", self.format, self.rows, self.cols)
+        write!(
+            f,
+            "QuantizedMatrix({} [{}, {}] on {})",
+            self.format,
+            self.rows,
+            self.cols,
+            self.device()
+        )
     }
 }
 
@@ -136,7 +163,51 @@ impl QuantizedMatrix {
             rows,
             cols,
             stored,
+            device_copy: None,
         })
+    }
+
+    /// The device the matrix lives on: where its products run.
+    pub fn device(&self) -> Device {
+        self.device_copy.as_ref().map_or(Device::Cpu, |c| c.device)
+    }
+
+    /// The matrix on `device`, its stored bytes there being `bytes` (a backend's buffer, which only
+    /// that backend reads back through [`QuantizedMatrix::device_bytes`]).
+    pub(crate) fn with_device_bytes(&self, device: Device, bytes: Arc<dyn Any + Send + Sync>) -> QuantizedMatrix {
+        QuantizedMatrix {
+            device_copy: Some(DeviceCopy { device, bytes }),
+            ..self.clone()
+        }
+    }
+
+    /// The matrix on the CPU (its host bytes, without the device copy).
+    pub(crate) fn on_cpu(&self) -> QuantizedMatrix {
+        QuantizedMatrix {
+            device_copy: None,
+            ..self.clone()
+        }
+    }
+
+    /// The error of a product of this matrix with an input on `input`, another device: it names
+    /// `op`, the format, the shape and both devices, and what to do.
+    pub(crate) fn device_error(&self, op: &'static str, input: Device) -> Error {
+        Error::invalid(
+            op,
+            format!(
+                "the {} weight [{}, {}] is on {}, the input on {input}: move the weight with \
+                 QuantizedMatrix::to_device (Llama::to_device moves a whole model)",
+                self.format,
+                self.rows,
+                self.cols,
+                self.device()
+            ),
+        )
+    }
+
+    /// The backend's copy of the stored bytes, if the matrix lives on a device other than the CPU.
+    pub(crate) fn device_bytes(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.device_copy.as_ref().map(|c| &*c.bytes)
     }
 
     pub fn format(&self) -> QuantFormat {
@@ -154,7 +225,8 @@ impl QuantizedMatrix {
     }
 
     /// The bytes as kept: in row groups for Q4_0, Q4_1 and Q8_0 (padded to whole groups), row
-    /// after row for Q4_K and Q6_K. What a decode step reads.
+    /// after row for Q4_K and Q6_K. What a decode step reads. In host memory on every device (a
+    /// matrix on a CUDA device holds the same bytes there as well).
     pub fn stored_bytes(&self) -> &[u8] {
         &self.stored
     }

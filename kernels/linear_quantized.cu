@@ -1,0 +1,263 @@
+// linear_quantized.cu — y = x·Wᵀ with W kept in one of ggml's block formats (a QuantizedMatrix,
+// src/backend/op/quantized.rs: Q4_0/Q4_1/Q8_0 in 16-row groups, Q4_K/Q6_K row after row), x f32
+// [m, k] row-major, y f32 [m, n]: the projections of a quantized Llama on Device::Cuda/Emu. The CPU
+// backend (src/backend/cpu/linear_quantized/) is the reference; its module header gives the algorithm
+// the decode kernel follows.
+//
+// Two paths, chosen per call by src/backend/cuda/linear_quantized.rs:
+//
+// 1. Decode (a grouped format and fewer than DEQUANTIZE_FROM_ROWS = 16 rows of x), llama.cpp's
+//    algorithm with 8-bit activations:
+//    linear_quantized_quantize_x rounds each 32-element block of x to signed bytes as the CPU does,
+//      xd = max|x| / 127,  xq = rint(x · (127 / max|x|)) (ties to even),  xds = (xd, xd·Σxq),
+//    bit for bit the CPU's values. Launch: one warp per block of 32, 256 threads per CTA,
+//    ceil(m·k / 256) CTAs. Per call: 4·m·k bytes read, m·k + m·k/4 bytes written.
+//    linear_quantized_<fmt> (q4_0, q4_1, q8_0) then computes, per weight block (w = a·q + c),
+//      Σ w·x ≈ (a·xd)·Σ q·xq + c·(xd·Σxq)    (Q4_0: a = d, c = -8d; Q4_1: a = d, c = m; Q8_0: c = 0)
+//    with __dp4a for Σ q·xq, four byte products per instruction. Launch: one CTA of 4 warps per
+//    (16-row group, row of x): grid [groups, m], block 128. A tile (16 rows × one block) holds its
+//    quants as 64-byte words, word s holding 4 quant bytes of each of the 16 rows; lane j of a tile
+//    loads 16 bytes at 16·j (one coalesced uint4 per lane: 256 contiguous bytes per half-warp for Q4,
+//    512 per warp for Q8), which are word s = j / 4 of rows 4(j % 4) .. 4(j % 4) + 3, plus those 4
+//    rows' f16 scales (8 bytes; 8 more for Q4_1's mins). A Q4 tile takes 16 lanes, so a warp does two
+//    blocks per step, a Q8 tile one; warp w takes steps w, w + 4, ... of the row's blocks. Each lane
+//    keeps 4 f32 sums (its rows); a butterfly over lanes 4, 8, 16 apart leaves row 4q + u's warp sum in
+//    lane q, and the 4 warps' sums are added in shared memory in warp order (a fixed order: a run
+//    repeats bit for bit). Rows past n (the zero padding of the last group) are not stored.
+//    Roofline per call: 2·m·n·k FLOPs (integer multiply-adds); W read once from DRAM per call (n
+//    rounded up to 16 × k/32 × block bytes: Q4_0 18, Q4_1 20, Q8_0 34 per 32 weights, 4.5/5/8.5 bits
+//    per weight), re-read from L2 for each further row of x; x's k + k/4 bytes per row, read by every
+//    group from L2. So a decoded token moves, per projection, its quantized weight bytes plus about
+//    5·k bytes: SmolLM2-135M Q4_1 reads ~92 MiB of weights per token.
+//
+// 2. Prefill, the input's gradient, and Q4_K/Q6_K at every size: linear_quantized_dequantize_<fmt>
+//    decodes W to f32 [n, k] (the formulas and evaluation order of src/backend/cpu/dequantize.rs, with
+//    __fmul_rn/__fadd_rn so that no multiply-add is fused: bit for bit the CPU's weights), and the f32
+//    matmul kernel (kernels/matmul.cu) multiplies. x is not rounded there, as on the CPU from 16 rows
+//    on. Launch: grid-stride, one thread per weight (256 threads per CTA), each reading its block's
+//    scale bytes (L1/L2 hits) and writing one f32: 4·n·k bytes written per call, W's bytes read.
+//    The decoded copy lives for the call only.
+//
+// Headroom (not yet measured on a GPU: Emu-verified only): x's bytes could be staged in shared memory
+// once per CTA; several rows of x per CTA would read each W tile once for all of them (the prefill of
+// a short prompt); Q4_K/Q6_K have no integer decode kernel yet (they decode to f32 every call, about
+// 7× their bytes of traffic), and the prefill could decode to bf16 tiles for the tensor-core matmul.
+#include "common.cuh"
+
+#define LINEAR_QUANTIZED_WARPS 4
+#define LINEAR_QUANTIZED_GROUP_ROWS 16
+
+// The f16 at `p` (any 2-byte alignment) as f32.
+__device__ __forceinline__ float linear_quantized_f16(const unsigned char *p) {
+    return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// x rounded to signed bytes per block of 32 (the CPU's Q8Rows::quantize): xq [blocks·32], xds [blocks]
+// as (xd, xd·Σxq).
+__device__ __forceinline__ void linear_quantized_quantize_x_impl(const float *__restrict__ x, signed char *__restrict__ xq,
+                                                                 float2 *__restrict__ xds, unsigned long long blocks) {
+    const unsigned lane = threadIdx.x % 32;
+    const unsigned long long b = (unsigned long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (b >= blocks) return; // a whole warp leaves together: b is the same for its 32 lanes
+    const float v = x[b * 32 + lane];
+    const float amax = kiln_warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int q = __float2int_rn(v * inv);
+    int sum = q;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(KILN_FULL_MASK, sum, offset);
+    xq[b * 32 + lane] = (signed char)q;
+    if (lane == 0) {
+        float2 ds;
+        ds.x = d;
+        ds.y = d * (float)sum;
+        xds[b] = ds;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The decode product of the grouped formats. Quant bytes per block and row: 16 (Q4) or 32 (Q8).
+template <int QUANT_BYTES, bool MINS> struct LinearQuantizedTile {
+    static constexpr int QUANTS = LINEAR_QUANTIZED_GROUP_ROWS * QUANT_BYTES;    // bytes of the quant words
+    static constexpr int BYTES = QUANTS + (MINS ? 2 : 1) * 2 * LINEAR_QUANTIZED_GROUP_ROWS; // + d (+ m)
+    static constexpr int LANES = QUANTS / 16;                                   // lanes per tile
+    static constexpr int PER_STEP = 32 / LANES;                                 // tiles per warp step
+};
+
+// Σ q·xq of one row's word (4 quant bytes) with x's block `xb`; s is the word's index in the block.
+template <int FORMAT> __device__ __forceinline__ int linear_quantized_word_dot(unsigned w, const int *xb, unsigned s);
+// Q4_0, Q4_1: the word's low nibbles are elements 4s..4s+3, its high nibbles 16+4s..16+4s+3.
+template <> __device__ __forceinline__ int linear_quantized_word_dot<4>(unsigned w, const int *xb, unsigned s) {
+    const int lo = __dp4a((int)(w & 0x0f0f0f0fu), __ldg(xb + s), 0);
+    return __dp4a((int)((w >> 4) & 0x0f0f0f0fu), __ldg(xb + 4 + s), lo);
+}
+// Q8_0: the word is elements 4s..4s+3, signed bytes.
+template <> __device__ __forceinline__ int linear_quantized_word_dot<8>(unsigned w, const int *xb, unsigned s) {
+    return __dp4a((int)w, __ldg(xb + s), 0);
+}
+
+// FORMAT 4 (four-bit) or 8; C_FROM: 0 c = -8·d (Q4_0), 1 c = m (Q4_1), 2 c = 0 (Q8_0).
+template <int FORMAT, int C_FROM>
+__device__ __forceinline__ void linear_quantized_group_impl(const unsigned char *__restrict__ w,
+                                                            const signed char *__restrict__ xq,
+                                                            const float2 *__restrict__ xds, float *__restrict__ y,
+                                                            unsigned n, unsigned blocks) {
+    typedef LinearQuantizedTile<FORMAT == 4 ? 16 : 32, C_FROM == 1> Tile;
+    __shared__ float warp_sums[LINEAR_QUANTIZED_WARPS][LINEAR_QUANTIZED_GROUP_ROWS];
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const unsigned t = lane / Tile::LANES, j = lane % Tile::LANES; // tile of the step, lane in the tile
+    const unsigned s = j / 4, q = j % 4;                            // word, and rows 4q..4q+3
+    const unsigned long long group = blockIdx.x, i = blockIdx.y;    // row group of W, row of x
+    const unsigned char *tiles = w + group * blocks * Tile::BYTES;
+    const int *xrow = reinterpret_cast<const int *>(xq + i * blocks * 32);
+    const float2 *dsrow = xds + i * blocks;
+
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (unsigned b0 = warp * Tile::PER_STEP; b0 < blocks; b0 += LINEAR_QUANTIZED_WARPS * Tile::PER_STEP) {
+        const unsigned b = b0 + t;
+        if (b >= blocks) continue; // the second half-warp past an odd block count
+        const unsigned char *tile = tiles + (unsigned long long)b * Tile::BYTES;
+        const uint4 words = __ldg(reinterpret_cast<const uint4 *>(tile + 16 * j));
+        const uint2 d4 = __ldg(reinterpret_cast<const uint2 *>(tile + Tile::QUANTS + 8 * q));
+        const float2 ds = __ldg(dsrow + b);
+        const int *xb = xrow + 8 * b; // block b's 32 bytes as 8 ints
+        const unsigned wv[4] = {words.x, words.y, words.z, words.w};
+        const unsigned dv[2] = {d4.x, d4.y};
+        unsigned mv[2] = {0u, 0u};
+        if (C_FROM == 1) {
+            const uint2 m4 = __ldg(reinterpret_cast<const uint2 *>(tile + Tile::QUANTS + 32 + 8 * q));
+            mv[0] = m4.x;
+            mv[1] = m4.y;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const float d = __half2float(__ushort_as_half((unsigned short)(dv[u / 2] >> (16 * (u % 2)))));
+            const int isum = linear_quantized_word_dot<FORMAT>(wv[u], xb, s);
+            float c = 0.0f;
+            if (C_FROM == 0) c = -8.0f * d;
+            if (C_FROM == 1) c = __half2float(__ushort_as_half((unsigned short)(mv[u / 2] >> (16 * (u % 2)))));
+            // the c term once per block and row: in the lane holding word 0
+            acc[u] += d * ds.x * (float)isum + (s == 0 ? c * ds.y : 0.0f);
+        }
+    }
+    // lanes with the same q hold the same rows: add over the lane bits above q's two
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+#pragma unroll
+        for (int offset = 4; offset < 32; offset <<= 1) acc[u] += __shfl_xor_sync(KILN_FULL_MASK, acc[u], offset);
+    }
+    if (lane < 4) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) warp_sums[warp][4 * lane + u] = acc[u];
+    }
+    __syncthreads();
+    if (threadIdx.x >= LINEAR_QUANTIZED_GROUP_ROWS) return;
+    const unsigned long long row = group * LINEAR_QUANTIZED_GROUP_ROWS + threadIdx.x;
+    if (row >= n) return;
+    float sum = 0.0f;
+#pragma unroll
+    for (int v = 0; v < LINEAR_QUANTIZED_WARPS; ++v) sum += warp_sums[v][threadIdx.x];
+    y[i * n + row] = sum;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// W decoded to f32 [rows, cols], one weight per thread, as src/backend/cpu/dequantize.rs (see there for
+// the block layouts) and QuantizedMatrix's tiles for the grouped formats.
+
+// Element (r, c) of a grouped format: its quant and the f16 scales at the tile's end.
+template <int QUANT_BYTES, bool MINS>
+__device__ __forceinline__ const unsigned char *linear_quantized_tile_of(const unsigned char *w, unsigned long long r,
+                                                                         unsigned long long c, unsigned long long cols) {
+    typedef LinearQuantizedTile<QUANT_BYTES, MINS> Tile;
+    const unsigned long long blocks = cols / 32, group = r / LINEAR_QUANTIZED_GROUP_ROWS;
+    return w + (group * blocks + c / 32) * Tile::BYTES;
+}
+
+__device__ __forceinline__ float linear_quantized_q4_0_at(const unsigned char *w, unsigned long long r,
+                                                          unsigned long long c, unsigned long long cols) {
+    typedef LinearQuantizedTile<16, false> Tile;
+    const unsigned char *tile = linear_quantized_tile_of<16, false>(w, r, c, cols);
+    const unsigned lane = r % LINEAR_QUANTIZED_GROUP_ROWS, e = c % 32, byte = e % 16;
+    const unsigned char qb = tile[64 * (byte / 4) + 4 * lane + byte % 4];
+    const int q = e < 16 ? (qb & 15) : (qb >> 4);
+    return __fmul_rn(linear_quantized_f16(tile + Tile::QUANTS + 2 * lane), (float)(q - 8));
+}
+
+__device__ __forceinline__ float linear_quantized_q4_1_at(const unsigned char *w, unsigned long long r,
+                                                          unsigned long long c, unsigned long long cols) {
+    typedef LinearQuantizedTile<16, true> Tile;
+    const unsigned char *tile = linear_quantized_tile_of<16, true>(w, r, c, cols);
+    const unsigned lane = r % LINEAR_QUANTIZED_GROUP_ROWS, e = c % 32, byte = e % 16;
+    const unsigned char qb = tile[64 * (byte / 4) + 4 * lane + byte % 4];
+    const int q = e < 16 ? (qb & 15) : (qb >> 4);
+    const float d = linear_quantized_f16(tile + Tile::QUANTS + 2 * lane);
+    const float m = linear_quantized_f16(tile + Tile::QUANTS + 32 + 2 * lane);
+    return __fadd_rn(__fmul_rn(d, (float)q), m);
+}
+
+__device__ __forceinline__ float linear_quantized_q8_0_at(const unsigned char *w, unsigned long long r,
+                                                          unsigned long long c, unsigned long long cols) {
+    typedef LinearQuantizedTile<32, false> Tile;
+    const unsigned char *tile = linear_quantized_tile_of<32, false>(w, r, c, cols);
+    const unsigned lane = r % LINEAR_QUANTIZED_GROUP_ROWS, e = c % 32;
+    const signed char q = (signed char)tile[64 * (e / 4) + 4 * lane + e % 4];
+    return __fmul_rn((float)q, linear_quantized_f16(tile + Tile::QUANTS + 2 * lane));
+}
+
+// Q4_K: d, dmin | 12 bytes of six-bit scales and mins | 128 bytes of nibbles; sub-block s = e / 32.
+__device__ __forceinline__ float linear_quantized_q4_k_at(const unsigned char *w, unsigned long long r,
+                                                          unsigned long long c, unsigned long long cols) {
+    const unsigned char *blk = w + (r * (cols / 256) + c / 256) * 144;
+    const unsigned e = c % 256, s = e / 32;
+    const unsigned char *sc = blk + 4;
+    unsigned scale, min;
+    if (s < 4) {
+        scale = sc[s] & 0x3f;
+        min = sc[s + 4] & 0x3f;
+    } else {
+        scale = (sc[s + 4] & 0xf) | ((sc[s - 4] >> 2) & 0x30);
+        min = (sc[s + 4] >> 4) | ((sc[s] >> 2) & 0x30);
+    }
+    const unsigned q = (blk[16 + 32 * (s / 2) + e % 32] >> (4 * (s % 2))) & 0xf;
+    const float d = __fmul_rn(linear_quantized_f16(blk), (float)scale);
+    const float m = __fmul_rn(linear_quantized_f16(blk + 2), (float)min);
+    return __fsub_rn(__fmul_rn(d, (float)q), m);
+}
+
+// Q6_K: ql 128 | qh 64 | 16 signed scales | d; element e = 128h + p.
+__device__ __forceinline__ float linear_quantized_q6_k_at(const unsigned char *w, unsigned long long r,
+                                                          unsigned long long c, unsigned long long cols) {
+    const unsigned char *blk = w + (r * (cols / 256) + c / 256) * 210;
+    const unsigned e = c % 256, h = e / 128, p = e % 128;
+    const unsigned low = (blk[64 * h + p % 64] >> (4 * (p / 64))) & 0xf;
+    const unsigned high = (blk[128 + 32 * h + p % 32] >> (2 * (p / 32))) & 3;
+    const int q = (int)(low | (high << 4)) - 32;
+    const float d = __fmul_rn(linear_quantized_f16(blk + 208), (float)(signed char)blk[192 + e / 16]);
+    return __fmul_rn(d, (float)q);
+}
+
+#define LINEAR_QUANTIZED_DEQUANTIZE_KERNEL(AT)                                                                         \
+    (const unsigned char *w, float *out, unsigned long long rows, unsigned long long cols) {                           \
+        for (unsigned long long i = kiln_thread_index(); i < rows * cols; i += kiln_thread_count())                    \
+            out[i] = AT(w, i / cols, i % cols, cols);                                                                  \
+    }
+#define LINEAR_QUANTIZED_QUANTIZE_X_KERNEL(T)                                                                          \
+    (const T *x, signed char *xq, float2 *xds, unsigned long long blocks) {                                            \
+        linear_quantized_quantize_x_impl(x, xq, xds, blocks);                                                          \
+    }
+#define LINEAR_QUANTIZED_GROUP_KERNEL(FORMAT, C_FROM)                                                                  \
+    (const unsigned char *w, const signed char *xq, const float2 *xds, float *y, unsigned n, unsigned blocks) {        \
+        linear_quantized_group_impl<FORMAT, C_FROM>(w, xq, xds, y, n, blocks);                                         \
+    }
+
+KILN_ENTRY(linear_quantized_quantize_x, LINEAR_QUANTIZED_QUANTIZE_X_KERNEL, float)
+KILN_ENTRY_BOUNDED(linear_quantized_q4_0, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 4, 0)
+KILN_ENTRY_BOUNDED(linear_quantized_q4_1, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 4, 1)
+KILN_ENTRY_BOUNDED(linear_quantized_q8_0, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 8, 2)
+KILN_ENTRY(linear_quantized_dequantize_q4_0, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q4_0_at)
+KILN_ENTRY(linear_quantized_dequantize_q4_1, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q4_1_at)
+KILN_ENTRY(linear_quantized_dequantize_q8_0, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q8_0_at)
+KILN_ENTRY(linear_quantized_dequantize_q4_k, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q4_k_at)
+KILN_ENTRY(linear_quantized_dequantize_q6_k, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q6_k_at)

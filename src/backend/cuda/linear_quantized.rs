@@ -1,0 +1,201 @@
+//! Launch wrapper for kernels/linear_quantized.cu: `y = x·Wᵀ` and the input's gradient `g·W` with W
+//! a [`QuantizedMatrix`] whose stored bytes are on this device ([`to_device`] puts them there).
+//!
+//! Below [`DEQUANTIZE_FROM_ROWS`] rows of x a grouped format (Q4_0, Q4_1, Q8_0) takes the integer
+//! path, x rounded to 8 bits per block of 32 as on the CPU, then one `__dp4a` kernel per format;
+//! from there on, for Q4_K and Q6_K at every size, and for the gradient, W is decoded to f32 and
+//! multiplied by the f32 matmul kernel (src/backend/cuda/matmul.rs), x unrounded. The kernel file's
+//! header has the launch shapes and the bytes each moves.
+
+use super::launch::{Args, LaunchConfig};
+use super::{copy, kernel, matmul, CudaDevice, CudaStorage};
+use crate::backend::op::{Epilogue, QuantFormat, QuantizedMatrix, GROUP_ROWS};
+use crate::tensor::dtype::DType;
+use crate::tensor::layout::Layout;
+use crate::{Device, Error, Result};
+use std::sync::Arc;
+
+/// Rows of x from which W is decoded to f32 for the matmul kernel instead of dotted in 8-bit
+/// integers: the CPU's threshold (`cpu::linear_quantized::DEQUANTIZE_FROM_ROWS`, which a test holds
+/// equal to this), so that both devices round x in the same cases: decode and small batches round it
+/// as llama.cpp does, a prompt's prefill gives the f32 model's numbers.
+pub const DEQUANTIZE_FROM_ROWS: usize = 16;
+
+/// Warps per CTA of the decode kernels (`LINEAR_QUANTIZED_WARPS`).
+const DECODE_WARPS: u32 = 4;
+
+/// `w`'s stored bytes copied to `device` (a CUDA device or the emulator), as the buffer
+/// [`QuantizedMatrix::device_bytes`] hands back to this backend: u32 words, zero-padded to a
+/// multiple of 16 bytes so that the buffer starts 16-byte aligned on Emu too (its buffers end at a
+/// guard page) and every tile's 16-byte loads are aligned.
+pub fn to_device(device: &Device, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    let bytes = w.stored_bytes();
+    let mut words = vec![0u32; bytes.len().next_multiple_of(16) / 4];
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    CudaStorage::from_host(device, &words)
+}
+
+/// `w`'s bytes on `x`'s device, or an error naming `op`, the weight and both devices.
+fn weight_on<'a>(op: &'static str, x: &CudaStorage, w: &'a QuantizedMatrix) -> Result<&'a CudaStorage> {
+    let bytes = w.device_bytes().and_then(|b| b.downcast_ref::<CudaStorage>());
+    match bytes {
+        Some(b) if b.device() == x.device() => Ok(b),
+        _ => Err(w.device_error(op, x.device())),
+    }
+}
+
+/// `x`'s elements (f32, viewed through `layout`) as a contiguous buffer from element 0: `x` itself
+/// when it already is one, else a copy.
+fn packed<'a>(
+    op: &'static str,
+    x: &'a CudaStorage,
+    layout: &Layout,
+    copied: &'a mut Option<CudaStorage>,
+) -> Result<&'a CudaStorage> {
+    if x.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            msg: format!("the kernels take f32 rows, got {}", x.dtype()),
+        });
+    }
+    if layout.is_contiguous() && layout.offset() == 0 {
+        return Ok(x);
+    }
+    Ok(copied.insert(copy::contiguous(x, layout)?))
+}
+
+/// `v` as a kernel's u32 argument, or an error naming `what`.
+fn dim(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} = {v} is over the kernels' 2^32 - 1")))
+}
+
+/// `y = x·Wᵀ`: x holds rows of `w.shape()[1]` f32 (viewed through `layout`), y is contiguous
+/// `[rows, w.shape()[0]]`.
+pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    const OP: &str = "linear_quantized";
+    let wb = weight_on(OP, x, w)?;
+    let [n, k] = w.shape();
+    let m = rows_of(OP, layout, k, "columns")?;
+    let mut copied = None;
+    let x = packed(OP, x, layout, &mut copied)?;
+    let dev = x.cuda_device();
+    if m == 0 || n == 0 {
+        return CudaStorage::alloc(dev, DType::F32, m * n);
+    }
+    let format = w.format();
+    if !format.is_grouped() || m >= DEQUANTIZE_FROM_ROWS {
+        // y = x (m, k) · Wᵀ, Wᵀ (k, n) read in place from W decoded (n, k) row-major
+        let decoded = dequantize(wb, w)?;
+        let wt = Layout::new(vec![k, n], vec![1, k], 0);
+        return Ok(matmul::matmul(x, &Layout::contiguous(&[m, k]), &decoded, &wt, &Epilogue::NONE)?.0);
+    }
+    let (xq, xds) = quantize_x(dev, x, m * k)?;
+    let y = CudaStorage::alloc(dev, DType::F32, m * n)?;
+    let name = match format {
+        QuantFormat::Q4_0 => "linear_quantized_q4_0",
+        QuantFormat::Q4_1 => "linear_quantized_q4_1",
+        QuantFormat::Q8_0 => "linear_quantized_q8_0",
+        QuantFormat::Q4_K | QuantFormat::Q6_K => unreachable!("a grouped format"),
+    };
+    let mut args = Args::new();
+    args.push(wb.ptr())
+        .push(xq.ptr())
+        .push(xds.ptr())
+        .push(y.ptr())
+        .push(dim(OP, "n", n)?)
+        .push(dim(OP, "k / 32", k / 32)?);
+    let cfg = LaunchConfig {
+        grid: [
+            dim(OP, "row groups", n.div_ceil(GROUP_ROWS))?,
+            dim(OP, "rows of x", m)?,
+            1,
+        ],
+        block: [32 * DECODE_WARPS, 1, 1],
+        dyn_smem: 0,
+    };
+    dev.launch(kernel("linear_quantized", name)?, cfg, &mut args)?;
+    Ok(y)
+}
+
+/// The input's gradient of [`linear_quantized`]: `dx = g·W`, g holding rows of `w.shape()[0]` f32
+/// (viewed through `layout`), dx contiguous `[rows, w.shape()[1]]`; W decoded to f32 for the matmul.
+pub fn linear_quantized_input_grad(g: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    const OP: &str = "linear_quantized backward";
+    let wb = weight_on(OP, g, w)?;
+    let [n, k] = w.shape();
+    let m = rows_of(OP, layout, n, "rows")?;
+    let mut copied = None;
+    let g = packed(OP, g, layout, &mut copied)?;
+    if m == 0 {
+        return CudaStorage::alloc(g.cuda_device(), DType::F32, 0);
+    }
+    // n = 0 leaves a sum over no rows of W: the matmul kernel's K = 0 writes zeros
+    let decoded = dequantize(wb, w)?;
+    let (lg, lw) = (Layout::contiguous(&[m, n]), Layout::contiguous(&[n, k]));
+    Ok(matmul::matmul(g, &lg, &decoded, &lw, &Epilogue::NONE)?.0)
+}
+
+/// The number of rows of a view whose last dimension must be `width`, the weight's number of
+/// `columns` (x) or `rows` (the output's gradient).
+fn rows_of(op: &'static str, layout: &Layout, width: usize, of: &str) -> Result<usize> {
+    let shape = layout.shape();
+    match shape.split_last() {
+        Some((&last, rest)) if last == width => Ok(rest.iter().product()),
+        _ => Err(Error::shape(
+            op,
+            format!("an input of shape {shape:?} is not rows of the weight's {width} {of}"),
+        )),
+    }
+}
+
+/// x (`len` f32, rows of whole 32-blocks) rounded per block: (xq, `len` signed bytes as u32 words;
+/// xds, (xd, xd·Σxq) per block as f32 pairs).
+fn quantize_x(dev: &Arc<CudaDevice>, x: &CudaStorage, len: usize) -> Result<(CudaStorage, CudaStorage)> {
+    let blocks = len / 32;
+    let xq = CudaStorage::alloc(dev, DType::U32, len / 4)?;
+    let xds = CudaStorage::alloc(dev, DType::F32, 2 * blocks)?;
+    let mut args = Args::new();
+    args.push(x.ptr()).push(xq.ptr()).push(xds.ptr()).push(blocks as u64);
+    let warps_per_cta = 8; // 256 threads, a warp per block of 32
+    let cfg = LaunchConfig {
+        grid: [
+            dim(
+                "linear_quantized",
+                "x's 256-element chunks",
+                blocks.div_ceil(warps_per_cta),
+            )?,
+            1,
+            1,
+        ],
+        block: [32 * warps_per_cta as u32, 1, 1],
+        dyn_smem: 0,
+    };
+    dev.launch(
+        kernel("linear_quantized", "linear_quantized_quantize_x")?,
+        cfg,
+        &mut args,
+    )?;
+    Ok((xq, xds))
+}
+
+/// W (`wb`, the stored bytes of `w`) decoded to f32 `[n, k]` row-major.
+fn dequantize(wb: &CudaStorage, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    let [n, k] = w.shape();
+    let dev = wb.cuda_device();
+    let out = CudaStorage::alloc(dev, DType::F32, n * k)?;
+    let name = match w.format() {
+        QuantFormat::Q4_0 => "linear_quantized_dequantize_q4_0",
+        QuantFormat::Q4_1 => "linear_quantized_dequantize_q4_1",
+        QuantFormat::Q8_0 => "linear_quantized_dequantize_q8_0",
+        QuantFormat::Q4_K => "linear_quantized_dequantize_q4_k",
+        QuantFormat::Q6_K => "linear_quantized_dequantize_q6_k",
+    };
+    let mut args = Args::new();
+    args.push(wb.ptr()).push(out.ptr()).push(n as u64).push(k as u64);
+    dev.launch(
+        kernel("linear_quantized", name)?,
+        LaunchConfig::grid_stride(n * k, dev.limits()),
+        &mut args,
+    )?;
+    Ok(out)
+}
