@@ -114,6 +114,12 @@ impl Storage {
         self.quantized_product(layout, w, cpu::linear_quantized::linear_quantized)
     }
 
+    /// `x · wᵀ` with `w` decoded to f32 (x not rounded): the forward of a product whose input's
+    /// gradient is taken. The CPU only.
+    pub(crate) fn linear_dequantized(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
+        self.quantized_product(layout, w, cpu::linear_quantized::linear_dequantized)
+    }
+
     /// The input's gradient of [`Storage::linear_quantized`]: `g · w`, `self` holding f32 rows of
     /// `w`'s rows. The CPU only.
     pub(crate) fn linear_quantized_input_grad(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {

@@ -3,6 +3,7 @@
 
 use crate::backend::cpu::alloc;
 use crate::Result;
+use rayon::prelude::*;
 
 /// The elements of one activation block.
 pub const QK: usize = 32;
@@ -34,31 +35,53 @@ fn round_small(v: f32) -> f32 {
 impl Q8Rows {
     /// x is (m, k) row-major, k a multiple of [`QK`].
     pub fn quantize(x: &[f32], k: usize) -> Result<Q8Rows> {
-        debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
-        let blocks = x.len() / QK;
-        let mut qs = alloc::filled("linear_quantized", x.len(), 0i8)?;
-        let mut ds = alloc::filled("linear_quantized", blocks, [0f32; 2])?;
-        for ((xb, qb), [d, dsum]) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut ds) {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            *d = amax / 127.0;
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = round_small(v * inv) as i8;
-                sum += *q as i32;
-            }
-            *dsum = *d * sum as f32;
-        }
+        Q8Rows::quantize_padded(x, k, 1)
+    }
+
+    /// As [`Q8Rows::quantize`], with zero rows (scale 0) appended up to a multiple of `multiple`
+    /// rows: the register-blocked kernels take x rows `multiple` at a time. Rows are quantized in
+    /// parallel.
+    pub fn quantize_padded(x: &[f32], k: usize, multiple: usize) -> Result<Q8Rows> {
+        debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k) && multiple > 0);
+        let rows = (x.len() / k).next_multiple_of(multiple);
+        let mut qs = alloc::filled("linear_quantized", rows * k, 0i8)?;
+        let mut ds = alloc::filled("linear_quantized", rows * k / QK, [0f32; 2])?;
+        qs.par_chunks_mut(k)
+            .zip(ds.par_chunks_mut(k / QK))
+            .zip(x.par_chunks(k))
+            .with_min_len(8)
+            .for_each(|((qr, dr), xr)| quantize_row(xr, qr, dr));
         Ok(Q8Rows { k, qs, ds })
     }
 
     /// Row `i`.
     pub fn row(&self, i: usize) -> Q8Row<'_> {
+        self.rows(i..i + 1)
+    }
+
+    /// Rows `rows`, one after the other: row i's quants at `qs[i·k..]`, its scales at
+    /// `ds[i·k/QK..]` (relative to `rows.start`).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Q8Row<'_> {
         let (k, b) = (self.k, self.k / QK);
         Q8Row {
-            qs: &self.qs[i * k..(i + 1) * k],
-            ds: &self.ds[i * b..(i + 1) * b],
+            qs: &self.qs[rows.start * k..rows.end * k],
+            ds: &self.ds[rows.start * b..rows.end * b],
         }
+    }
+}
+
+/// One row `x` quantized per block into `qs` and `ds` (see [`Q8Row`]).
+fn quantize_row(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
+    for ((xb, qb), [d, dsum]) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(ds) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        *d = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = round_small(v * inv) as i8;
+            sum += *q as i32;
+        }
+        *dsum = *d * sum as f32;
     }
 }
 
