@@ -30,20 +30,37 @@
 //! # Kernels
 //!
 //! Q4_0, Q4_1 and Q8_0 are kept in row groups of 16 ([`QuantizedMatrix`], layout in
-//! src/backend/op/quantized.rs) and multiplied 16 rows at a time, chosen at run time
-//! ([`QuantIsa::best`]): AVX-512 VNNI (`vpdpbusd` on 256-bit registers), AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`), or portable scalar code, which puts each row back in the GGUF layout (src/backend/
-//! cpu/linear_quantized/x86.rs draws the SIMD loop). The four-bit formats feed unsigned nibbles to
-//! the u8 × i8 instructions directly; Q8_0's signed weights go in as |w| with x's sign flipped
-//! where w < 0. Q4_K and Q6_K, kept row after row, are dotted one row at a time by the portable
-//! code so far.
+//! src/backend/op/quantized.rs), on an instruction set chosen at run time ([`QuantIsa::best`]):
+//!
+//! - **Below [`GEMM_FROM_ROWS`] rows of x** (decode) each group is dotted with one row of x at a
+//!   time ([`group_dot`]): AVX-512 VNNI (`vpdpbusd` on 256-bit registers), AVX2 (`vpmaddubsw` +
+//!   `vpmaddwd`), or portable scalar code, which puts each row back in the GGUF layout (x86.rs
+//!   draws the SIMD loop). The four-bit formats feed unsigned nibbles to the u8 × i8 instructions
+//!   directly; Q8_0's signed weights go in as |w| with x's sign flipped where w < 0.
+//! - **From [`GEMM_FROM_ROWS`] rows** (prefill) a register-blocked integer GEMM ([`group_gemm`])
+//!   unpacks each tile once and multiplies it with several rows of x: 16 weight rows × 8 rows of x
+//!   on 512-bit VNNI registers (Q8_0 as `Σ (x + 128)·w - 128·Σ w`), 8 × 4 per half-tile on AVX2,
+//!   and, where the CPU and OS grant AMX-INT8 (amx.rs), one 16 × 16 × 32 tile product
+//!   (`tdpbssd`/`tdpbsud`) per block with an AVX-512 epilogue applying the scales (from 16 rows
+//!   of x; below, the VNNI kernel). The portable GEMM is [`group_dot`] per row, the reference.
+//!
+//! Q4_K and Q6_K, kept row after row, are dotted one row at a time by the portable code so far.
+//!
+//! # Which forward rounds x
+//!
+//! `Tensor::linear_quantized` takes these kernels under `no_grad` (generation: prefill and
+//! decode), like llama.cpp, whose prompt products round x to 8 bits as well. While autograd
+//! records (QLoRA training) it takes [`linear_dequantized`] instead: W decoded to f32 a block of
+//! rows at a time and the f32 GEMM, x unrounded, so that a loss and its gradients are those of
+//! the dequantized f32 model; [`linear_quantized_input_grad`] decodes W the same way.
 //!
 //! # Threads and memory traffic
 //!
-//! W is split over rayon's pool by row group (Q4_K, Q6_K: tasks of [`ROWS_PER_TASK`] rows); each
-//! weight byte is read once and dotted with every (quantized) row of x, which stays in cache. A
-//! decode step thus reads each weight byte once: `rows · row_bytes` bytes of W (Q4_1: 5 bits,
-//! Q8_0: 8.5 bits per weight) plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
+//! W is split over rayon's pool by row group (Q4_K, Q6_K: tasks of [`ROWS_PER_TASK`] rows; the
+//! GEMM also splits x's rows when there are few groups); each weight byte is read once per call
+//! (once per task of x's rows in the GEMM) and dotted with every (quantized) row of x, which stays
+//! in cache. A decode step thus reads each weight byte once: `rows · row_bytes` bytes of W (Q4_1:
+//! 5 bits, Q8_0: 8.5 bits per weight) plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -203,9 +220,11 @@ pub fn linear_quantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
 
 /// Rows of x from which [`linear_quantized`] multiplies the grouped formats with the
 /// register-blocked GEMM ([`group_gemm`]: each tile unpacked once for 4, 8 or 16 rows of x)
-/// rather than one row of x at a time ([`group_dot`], which reads W once per call with less
-/// work per row and serves decode). Measured with `kiln bench --kernels linear_quantized_q4_1`:
-/// see docs/perf.md.
+/// rather than one row of x at a time ([`group_dot`], which serves decode). SmolLM2's Q4_1
+/// [1536, 576], 2 threads, a loaded 2-vCPU Xeon (2026-12-05, so ratios only; best of 7): m calls
+/// of one row against the VNNI GEMM, 3 rows 0.052 against 0.052 ms, 4 rows 0.069 against 0.056,
+/// 8 rows 0.145 against 0.062; AMX pads x to 16 rows and takes 0.10 ms at 1 to 8 rows, hence
+/// the VNNI GEMM below 16 rows on AMX machines.
 pub const GEMM_FROM_ROWS: usize = 4;
 
 /// Bytes of W's f32 block in [`linear_dequantized`] and [`linear_quantized_input_grad`], about
@@ -286,6 +305,11 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
     let [n, k] = w.shape();
     let m = check_isa_and_rows(isa, x, k)?;
     if w.format().is_grouped() && m >= GEMM_FROM_ROWS {
+        // below one A tile of rows, AMX pads x to 16 rows: the AVX-512 kernel is faster there
+        #[cfg(target_arch = "x86_64")]
+        if isa == QuantIsa::Amx && m < amx::AMX_GEMM_ROWS {
+            return linear_quantized_gemm_on(QuantIsa::Avx512Vnni, x, w);
+        }
         return linear_quantized_gemm_on(isa, x, w);
     }
     if m == 0 {
