@@ -138,8 +138,18 @@ fn every_format_matches_the_cpu_and_the_exact_product() {
                         let (w, wf) = random_matrix(format, n, k, &mut g);
                         let x: Vec<f32> = (0..m * k).map(|_| g.unit()).collect();
                         let (exact, mag, bound) = reference(&x, &wf, m, n, k);
-                        let what = format!("{format} [{n}, {k}] x [{m}, {k}] on {dev}");
                         let cpu = Tensor::from_vec(x.clone(), &[m, k], &Device::Cpu).unwrap();
+                        let what = format!("{format} [{n}, {k}] x [{m}, {k}] on {dev}");
+                        let slop = |i: usize| F32_SLOP * mag[i] + 1e-7;
+                        // while autograd records, the decoded product: x not rounded
+                        let recorded = Tensor::from_vec(x.clone(), &[m, k], &dev)
+                            .unwrap()
+                            .linear_quantized(&w.to_device(&dev).unwrap())
+                            .unwrap();
+                        let recorded = recorded.to_vec::<f32>().unwrap();
+                        assert_within(&format!("{what} recorded, against f64"), &recorded, &exact, slop);
+                        // as generation runs the op: the integer kernels (autograd off)
+                        let _no_grad = kiln::no_grad();
                         let y_cpu = cpu.linear_quantized(&w).unwrap().to_vec::<f32>().unwrap();
                         let wd = w.to_device(&dev).unwrap();
                         let y = Tensor::from_vec(x.clone(), &[m, k], &dev)
@@ -150,14 +160,12 @@ fn every_format_matches_the_cpu_and_the_exact_product() {
                         assert_eq!(y.device(), &dev);
                         let y = y.to_vec::<f32>().unwrap();
                         let rounds_x = grouped && m < DEQUANTIZE_FROM_ROWS;
-                        let slop = |i: usize| F32_SLOP * mag[i] + 1e-7;
                         // against the exact product: the rounding's bound where x is rounded
                         let to_exact = |i: usize| slop(i) + if rounds_x { bound[i] } else { 0.0 };
                         assert_within(&format!("{what} against f64"), &y, &exact, to_exact);
-                        // against the CPU: the same rounding of x, or none on either side, except
-                        // Q4_K/Q6_K below 16 rows (the CPU rounds x there, the device does not)
-                        let cpu_rounds_x = m < DEQUANTIZE_FROM_ROWS;
-                        let to_cpu = |i: usize| 2.0 * slop(i) + if rounds_x != cpu_rounds_x { bound[i] } else { 0.0 };
+                        // against the CPU, which rounds x at every size: the same rounding where
+                        // the device rounds too, one rounding's bound where it does not
+                        let to_cpu = |i: usize| 2.0 * slop(i) + if rounds_x { 0.0 } else { bound[i] };
                         let y_cpu: Vec<f64> = y_cpu.iter().map(|&v| f64::from(v)).collect();
                         assert_within(&format!("{what} against the CPU"), &y, &y_cpu, to_cpu);
                     }
@@ -167,6 +175,7 @@ fn every_format_matches_the_cpu_and_the_exact_product() {
                     let xt: Vec<f32> = (0..m * k).map(|_| g.unit()).collect(); // [k, m]
                     let x: Vec<f32> = (0..m * k).map(|i| xt[(i % k) * m + i / k]).collect();
                     let (exact, mag, bound) = reference(&x, &wf, m, n, k);
+                    let _no_grad = kiln::no_grad();
                     let view = Tensor::from_vec(xt, &[k, m], &dev).unwrap().transpose(0, 1).unwrap();
                     let y = view.linear_quantized(&w.to_device(&dev).unwrap()).unwrap();
                     let allowed = |i: usize| F32_SLOP * mag[i] + 1e-7 + if grouped { bound[i] } else { 0.0 };
@@ -217,15 +226,6 @@ fn the_input_gradient_matches_the_cpu() {
             }
         }
     }
-}
-
-/// The decode path rounds x where the CPU does: the thresholds are one number.
-#[test]
-fn the_devices_switch_to_the_decoded_product_at_the_same_rows() {
-    assert_eq!(
-        DEQUANTIZE_FROM_ROWS,
-        kiln::backend::cpu::linear_quantized::DEQUANTIZE_FROM_ROWS
-    );
 }
 
 #[test]

@@ -325,6 +325,32 @@ fn recompute_gives_the_same_gradients() {
     assert_eq!(plain, grads_of(&recomputed, &model.params()));
 }
 
+/// With a quantized base (QLoRA), recompute gives the loss and the gradients of the plain
+/// forward: its first pass runs the projections as the replay does (the decoded product, x not
+/// rounded), not as inference under `no_grad` would (x rounded to 8 bits).
+#[test]
+fn recompute_with_a_quantized_base_gives_the_same_loss_and_gradients() {
+    let path = fixture("llama-chat").join("model-q.gguf");
+    let mut model = Llama::from_gguf_with(path, &Device::Cpu, kiln::model::LlamaLoad::AsStored).unwrap();
+    assert!(model.layers[0].self_attn.q_proj.quantized.is_some());
+    model.add_lora(&LoraConfig::new(4, 8.0), 3).unwrap();
+    let tokens = |shift: u32| -> Tensor {
+        let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 + shift) % 276).collect();
+        Tensor::from_vec(ids, &[2, 9], &Device::Cpu).unwrap()
+    };
+    let (ids, targets) = (tokens(5), tokens(42));
+    let loss_and_grads = |model: &Llama| -> (f32, Vec<Vec<f32>>) {
+        let loss = model.loss(&ids, &targets).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = model.lora_params().iter().map(|(_, p)| f32s(grads.get(p).unwrap())).collect();
+        (loss.to_vec::<f32>().unwrap()[0], g)
+    };
+    let plain = loss_and_grads(&model);
+    let mut recomputed = model.clone();
+    recomputed.set_recompute(true);
+    assert_eq!(plain, loss_and_grads(&recomputed));
+}
+
 /// A copy of PEFT's adapter folder with its config and tensors edited.
 fn edited_adapter(
     tag: &str,

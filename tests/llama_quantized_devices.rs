@@ -43,10 +43,12 @@ fn the_quantized_llama_runs_on_emu_as_on_the_cpu() {
             ([276, 32], Device::Emu),
             "{how}: the tied head"
         );
-        // 7 rows of x: the integer kernels; 2 x 9 = 18 rows: W decoded for the matmul
-        for (b, t) in [(1usize, 7usize), (2, 9)] {
+        // 7 rows of x under no_grad: the integer kernels on both devices; 2 x 9 = 18 rows with
+        // autograd on: W decoded for the f32 product on both
+        for (b, t, inference) in [(1usize, 7usize, true), (2, 9, false)] {
             let ids: Vec<u32> = (0..b * t).map(|i| (i as u32 * 37 + 5) % 276).collect();
             let logits = |m: &Llama, dev: &Device| {
+                let _no_grad = inference.then(kiln::no_grad);
                 let ids = Tensor::from_vec(ids.clone(), &[b, t], dev).unwrap();
                 m.forward(&ids).unwrap().to_vec::<f32>().unwrap()
             };

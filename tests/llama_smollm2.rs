@@ -146,8 +146,8 @@ fn quantized_weights_give_logits_near_the_dequantized_models() {
             .count();
         (diff, scale, max, agree)
     };
-    // The whole prompt at once: every product has at least 4 rows, so the quantized weights are
-    // decoded to f32 and x is not rounded: the f32 model's logits up to summation order.
+    // The whole prompt at once through `forward`, which records for autograd: the quantized
+    // weights are decoded to f32 and x is not rounded: the f32 model's logits up to summation order.
     let (diff, scale, max, agree) = compare(&logits(&quantized), &logits(&f32_model));
     eprintln!(
         "prompt of {} tokens, quantized vs f32 logits: RMS difference {diff:.2e} (logits RMS {scale:.3}), max {max:.2e}, same argmax at {agree}",
@@ -155,6 +155,27 @@ fn quantized_weights_give_logits_near_the_dequantized_models() {
     );
     assert!(diff < 1e-5 * scale, "RMS difference {diff} vs logits RMS {scale}");
     assert_eq!(agree, ids.len(), "the argmax differs");
+    // The whole prompt through the cache (prefill, no_grad): the integer GEMM, x rounded to 8 bits.
+    // The same rounding as decode's, so held to decode's bounds below.
+    let prefill = |m: &Llama| {
+        m.forward_cached(&input, &mut m.new_cache())
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let (diff, scale, max, agree) = compare(&prefill(&quantized), &prefill(&f32_model));
+    eprintln!(
+        "the prompt through the cache: RMS difference {diff:.4} (logits RMS {scale:.3}), max {max:.4}, same argmax at {agree}"
+    );
+    assert!(
+        diff < 0.05 * scale,
+        "prefill: RMS difference {diff} vs logits RMS {scale}"
+    );
+    assert!(
+        10 * agree >= 9 * ids.len(),
+        "prefill: the argmax differs at {} positions",
+        ids.len() - agree
+    );
     // One token at a time through the cache (decode): 8-bit rounding of each product's input.
     let stepwise = |m: &Llama| stepwise_logits(m, &mut m.new_cache(), &ids);
     let (diff, scale, max, agree) = compare(&stepwise(&quantized), &stepwise(&f32_model));

@@ -116,6 +116,15 @@ impl Storage {
         }
     }
 
+    /// `x · wᵀ` with `w` decoded to f32 (x not rounded): the forward of a product autograd
+    /// records, on `w`'s device.
+    pub(crate) fn linear_dequantized(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
+        match self {
+            Storage::Cpu(x) => cpu_quantized_product(x, layout, w, cpu::linear_quantized::linear_dequantized),
+            Storage::Cuda(x) => Ok(Storage::Cuda(cuda::linear_quantized::linear_dequantized(x, layout, w)?)),
+        }
+    }
+
     /// The input's gradient of [`Storage::linear_quantized`]: `g · w`, `self` holding f32 rows of
     /// `w`'s rows, on `w`'s device.
     pub(crate) fn linear_quantized_input_grad(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {

@@ -181,13 +181,26 @@ fn random_quantized(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Re
     QuantizedMatrix::new(format, rows, cols, bytes)
 }
 
-/// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K]): kept in its
-/// blocks (`linear_quantized`), or (`dequantized`) as f32 through `linear`, the baseline. The
-/// measure is the bytes of W read (M = 1: decode). Checked against W dequantized by the GGUF
-/// reader, in f64.
-fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, dequantized: bool) -> Result<Work> {
+/// How a `linear_quantized` case multiplies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuantProduct {
+    /// `Tensor::linear_quantized` under `no_grad` (x rounded to 8 bits; AMX where present).
+    Op,
+    /// The integer GEMM on the best instruction set short of AMX (AVX-512 VNNI, else AVX2).
+    SimdGemm,
+    /// W decoded to f32 in blocks of rows and the f32 GEMM (the training forward).
+    Decoded,
+    /// W dequantized once to an f32 tensor, through `linear`: the baseline.
+    F32,
+}
+
+/// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K]), multiplied
+/// as `how` says. The measure is the bytes of W read (M = 1: decode). Checked against W
+/// dequantized by the GGUF reader, in f64.
+fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, how: QuantProduct) -> Result<Work> {
+    use crate::backend::cpu::linear_quantized::{linear_dequantized, linear_quantized_gemm_on, QuantIsa};
     let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
-    let w_bytes = if dequantized {
+    let w_bytes = if how == QuantProduct::F32 {
         (n * k * F32) as f64
     } else {
         (n * k / ty.block_size() as usize * ty.type_size() as usize) as f64
@@ -200,20 +213,49 @@ fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, dequantized: bool) -
         .collect::<Result<Vec<_>>>()?;
     let w0 = dequantize(ty, &w[0].gguf_rows(0..n))?;
     let x0 = x[0].clone();
-    let (mut run, tol): (Box<dyn FnMut(usize) -> Result<Tensor>>, f64) = if dequantized {
-        let w = w
-            .iter()
-            .map(|w| Tensor::from_vec(dequantize(ty, &w.gguf_rows(0..n))?, &[n, k], &s.dev))
-            .collect::<Result<Vec<_>>>()?;
-        (
-            Box::new(move |i| x[i % sets].linear(&w[i % sets], None)),
-            tolerance(DType::F32),
-        )
-    } else {
-        (
-            Box::new(move |i| x[i % sets].linear_quantized(&w[i % sets])),
+    let host_x = x.iter().map(|x| x.to_vec::<f32>()).collect::<Result<Vec<_>>>();
+    let (mut run, tol): (Box<dyn FnMut(usize) -> Result<Tensor>>, f64) = match how {
+        QuantProduct::F32 => {
+            let w = w
+                .iter()
+                .map(|w| Tensor::from_vec(dequantize(ty, &w.gguf_rows(0..n))?, &[n, k], &s.dev))
+                .collect::<Result<Vec<_>>>()?;
+            (
+                Box::new(move |i| x[i % sets].linear(&w[i % sets], None)),
+                tolerance(DType::F32),
+            )
+        }
+        QuantProduct::Op => (
+            // as generation runs it: under no_grad, the integer kernels (recorded, W is decoded)
+            Box::new(move |i| {
+                let _no_grad = crate::no_grad();
+                x[i % sets].linear_quantized(&w[i % sets])
+            }),
             QUANTIZED_TOLERANCE,
-        )
+        ),
+        QuantProduct::SimdGemm => {
+            let isa = [QuantIsa::Avx512Vnni, QuantIsa::Avx2, QuantIsa::Portable]
+                .into_iter()
+                .find(|isa| isa.is_supported())
+                .expect("Portable is always supported");
+            let x = host_x?;
+            (
+                Box::new(move |i| {
+                    let y = linear_quantized_gemm_on(isa, &x[i % sets], &w[i % sets])?;
+                    Tensor::from_vec(y, &[m, n], &Device::Cpu)
+                }),
+                QUANTIZED_TOLERANCE,
+            )
+        }
+        QuantProduct::Decoded => {
+            let x = host_x?;
+            (
+                Box::new(move |i| {
+                    Tensor::from_vec(linear_dequantized(&x[i % sets], &w[i % sets])?, &[m, n], &Device::Cpu)
+                }),
+                tolerance(DType::F32),
+            )
+        }
     };
     let y0 = run(0)?;
     Ok(Work {
@@ -1029,8 +1071,26 @@ pub const CASES: &[Case] = &[
         cuda: &[&[1, 576, 576], &[1, 1536, 576], &[1, 576, 1536], &[128, 1536, 576], &[1, 4096, 4096]],
         cpu: &[&[1, 576, 576], &[1, 1536, 576], &[1, 576, 1536], &[128, 1536, 576]],
         emu: &[&[1, 67, 96], &[17, 67, 96]],
-        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_1, false),
-        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_1, true)?))),
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_1, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_1, QuantProduct::F32)?))),
+    },
+    Case {
+        name: "linear_quantized_gemm_q4_1",
+        about: "the integer GEMM without AMX (AVX-512 VNNI, else AVX2), f32 [M, K] x Q4_1 [N, K]^T; decoded f32 baseline",
+        dims: "MxNxK",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        // SmolLM2-135M's 128-token prefill (gate/up, down, q/o); CPU only
+        cuda: &[],
+        cpu: &[&[128, 1536, 576], &[128, 576, 1536], &[128, 576, 576], &[16, 1536, 576]],
+        emu: &[],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_1, QuantProduct::SimdGemm),
+        library: Some(|s, rng| {
+            Ok((
+                "decoded".into(),
+                linear_quantized(s, rng, GgmlType::Q4_1, QuantProduct::Decoded)?,
+            ))
+        }),
     },
     Case {
         name: "linear_quantized_q8_0",
@@ -1038,12 +1098,12 @@ pub const CASES: &[Case] = &[
         dims: "MxNxK",
         bound: Bound::Memory,
         dtype: DType::F32,
-        // SmolLM2-135M's tied LM head [49152, 576] and its gate/up shape
+        // SmolLM2-135M's tied LM head [49152, 576], its gate/up shape, and (CPU) a 128-token prefill
         cuda: &[&[1, 49152, 576], &[1, 1536, 576]],
-        cpu: &[&[1, 49152, 576], &[1, 1536, 576]],
+        cpu: &[&[1, 49152, 576], &[1, 1536, 576], &[128, 1536, 576]],
         emu: &[&[1, 67, 96]],
-        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q8_0, false),
-        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, true)?))),
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q8_0, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, QuantProduct::F32)?))),
     },
     Case {
         name: "attention_fwd",

@@ -85,6 +85,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/dequantize.rs",
     "src/backend/cpu/matmul.rs",
     "src/backend/cpu/layer_norm.rs",
+    "src/backend/cpu/linear_quantized/amx.rs",
     "src/backend/cpu/linear_quantized/mod.rs",
     "src/backend/cpu/linear_quantized/portable.rs",
     "src/backend/cpu/linear_quantized/q8.rs",

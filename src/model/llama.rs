@@ -213,10 +213,10 @@ impl LlamaBlock {
         let before = rng
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).state());
-        let y = {
-            let _no_grad = crate::no_grad();
-            self.forward(x, rot, None, 0)?
-        };
+        // recorded, then cut off (the block's graph is freed here, only x is kept): under
+        // no_grad a quantized projection would take the integer kernels, which round x, and the
+        // value would differ from the replay's, which records and so takes the decoded product
+        let y = self.forward(x, rot, None, 0)?.detach();
         let (block, rot) = (self.clone(), *rot);
         let replay = move |x: &Tensor| -> Result<Tensor> {
             let set =

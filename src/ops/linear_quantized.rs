@@ -4,9 +4,11 @@
 //! the result differs from the dequantize-then-f32 product by at most `max|x_block|/254 · Σ|w|`
 //! per block.
 //!
-//! From 16 rows of x on (a prompt's prefill, a training batch), W is instead decoded to f32 a block
-//! of rows at a time and multiplied by the f32 GEMM, without rounding x (slower, for exact numbers:
-//! `DEQUANTIZE_FROM_ROWS` in the backend says why and by how much).
+//! While autograd records (a training forward, QLoRA-style, or any forward outside `no_grad`), W
+//! is instead decoded to f32 a block of rows at a time and multiplied by the f32 GEMM without
+//! rounding x, so that the loss and the adapters' gradients are those of the dequantized f32
+//! model. Under `no_grad` (generation: `Llama::forward_cached`'s prefill and decode) the integer
+//! kernels run, x rounded as llama.cpp rounds it.
 //!
 //! Backward: the weights are frozen (they are not tensors: LoRA adapters train on top of them,
 //! QLoRA-style); the input's gradient is `dx = g·W`, W decoded to f32 in blocks of rows as in the
@@ -46,7 +48,11 @@ impl Tensor {
         let out_shape = [&xs[..xs.len() - 1], &[n_out]].concat();
         checked_numel(OP, &out_shape)?;
         let x = self.detach().to_dtype(DType::F32)?;
-        let y = x.storage().linear_quantized(x.layout(), w)?;
+        let y = if crate::autograd::is_grad_enabled() {
+            x.storage().linear_dequantized(x.layout(), w)?
+        } else {
+            x.storage().linear_quantized(x.layout(), w)?
+        };
         let y = Tensor::from_parts(y, &out_shape).to_dtype(self.dtype())?;
         let (w, dtype) = (w.clone(), self.dtype());
         Ok(y.record(OP, &[self], move |g, _, _| {

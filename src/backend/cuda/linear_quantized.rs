@@ -1,10 +1,12 @@
 //! Launch wrapper for kernels/linear_quantized.cu: `y = x·Wᵀ` and the input's gradient `g·W` with W
 //! a [`QuantizedMatrix`] whose stored bytes are on this device ([`to_device`] puts them there).
 //!
-//! Below [`DEQUANTIZE_FROM_ROWS`] rows of x a grouped format (Q4_0, Q4_1, Q8_0) takes the integer
-//! path, x rounded to 8 bits per block of 32 as on the CPU, then one `__dp4a` kernel per format;
-//! from there on, for Q4_K and Q6_K at every size, and for the gradient, W is decoded to f32 and
-//! multiplied by the f32 matmul kernel (src/backend/cuda/matmul.rs), x unrounded. The kernel file's
+//! [`linear_quantized`] (the op under `no_grad`): below [`DEQUANTIZE_FROM_ROWS`] rows of x a
+//! grouped format (Q4_0, Q4_1, Q8_0) takes the integer path, x rounded to 8 bits per block of 32
+//! as on the CPU, then one `__dp4a` kernel per format; from there on, and for Q4_K and Q6_K at
+//! every size, W is decoded to f32 and multiplied by the f32 matmul kernel
+//! (src/backend/cuda/matmul.rs), x unrounded. [`linear_dequantized`] (the op while autograd
+//! records) and the gradient always take the decoded path. The kernel file's
 //! header has the launch shapes and the bytes each moves.
 
 use super::launch::{Args, LaunchConfig};
@@ -15,10 +17,10 @@ use crate::tensor::layout::Layout;
 use crate::{Device, Error, Result};
 use std::sync::Arc;
 
-/// Rows of x from which W is decoded to f32 for the matmul kernel instead of dotted in 8-bit
-/// integers: the CPU's threshold (`cpu::linear_quantized::DEQUANTIZE_FROM_ROWS`, which a test holds
-/// equal to this), so that both devices round x in the same cases: decode and small batches round it
-/// as llama.cpp does, a prompt's prefill gives the f32 model's numbers.
+/// Rows of x from which [`linear_quantized`] decodes W to f32 for the matmul kernel instead of
+/// dotting it in 8-bit integers: this backend has no integer GEMM yet, so a prompt's prefill
+/// (and every Q4_K/Q6_K product) runs on the f32 matmul with x unrounded, where the CPU's integer
+/// GEMM rounds x (as llama.cpp does). Decode and small batches round x on both.
 pub const DEQUANTIZE_FROM_ROWS: usize = 16;
 
 /// Warps per CTA of the decode kernels (`LINEAR_QUANTIZED_WARPS`).
@@ -84,10 +86,7 @@ pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -
     }
     let format = w.format();
     if !format.is_grouped() || m >= DEQUANTIZE_FROM_ROWS {
-        // y = x (m, k) · Wᵀ, Wᵀ (k, n) read in place from W decoded (n, k) row-major
-        let decoded = dequantize(wb, w)?;
-        let wt = Layout::new(vec![k, n], vec![1, k], 0);
-        return Ok(matmul::matmul(x, &Layout::contiguous(&[m, k]), &decoded, &wt, &Epilogue::NONE)?.0);
+        return decoded_product(x, m, wb, w);
     }
     let (xq, xds) = quantize_x(dev, x, m * k)?;
     let y = CudaStorage::alloc(dev, DType::F32, m * n)?;
@@ -115,6 +114,29 @@ pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -
     };
     dev.launch(kernel("linear_quantized", name)?, cfg, &mut args)?;
     Ok(y)
+}
+
+/// `y = x·Wᵀ` with W decoded to f32 and x not rounded, at every size: the forward of a product
+/// autograd records (its gradient is that of the exact product).
+pub fn linear_dequantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    const OP: &str = "linear_quantized";
+    let wb = weight_on(OP, x, w)?;
+    let [n, k] = w.shape();
+    let m = rows_of(OP, layout, k, "columns")?;
+    let mut copied = None;
+    let x = packed(OP, x, layout, &mut copied)?;
+    if m == 0 || n == 0 {
+        return CudaStorage::alloc(x.cuda_device(), DType::F32, m * n);
+    }
+    decoded_product(x, m, wb, w)
+}
+
+/// y = x (m, k) contiguous · Wᵀ, Wᵀ (k, n) read in place from W decoded to f32 (n, k) row-major.
+fn decoded_product(x: &CudaStorage, m: usize, wb: &CudaStorage, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    let [n, k] = w.shape();
+    let decoded = dequantize(wb, w)?;
+    let wt = Layout::new(vec![k, n], vec![1, k], 0);
+    Ok(matmul::matmul(x, &Layout::contiguous(&[m, k]), &decoded, &wt, &Epilogue::NONE)?.0)
 }
 
 /// The input's gradient of [`linear_quantized`]: `dx = g·W`, g holding rows of `w.shape()[0]` f32

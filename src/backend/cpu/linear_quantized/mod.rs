@@ -30,21 +30,40 @@
 //! # Kernels
 //!
 //! Q4_0, Q4_1 and Q8_0 are kept in row groups of 16 ([`QuantizedMatrix`], layout in
-//! src/backend/op/quantized.rs) and multiplied 16 rows at a time, chosen at run time
-//! ([`QuantIsa::best`]): AVX-512 VNNI (`vpdpbusd` on 256-bit registers), AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`), or portable scalar code, which puts each row back in the GGUF layout (src/backend/
-//! cpu/linear_quantized/x86.rs draws the SIMD loop). The four-bit formats feed unsigned nibbles to
-//! the u8 × i8 instructions directly; Q8_0's signed weights go in as |w| with x's sign flipped
-//! where w < 0. Q4_K and Q6_K, kept row after row, are dotted one row at a time by the portable
-//! code so far.
+//! src/backend/op/quantized.rs), on an instruction set chosen at run time ([`QuantIsa::best`]):
+//!
+//! - **Below [`GEMM_FROM_ROWS`] rows of x** (decode) each group is dotted with one row of x at a
+//!   time ([`group_dot`]): AVX-512 VNNI (`vpdpbusd` on 256-bit registers), AVX2 (`vpmaddubsw` +
+//!   `vpmaddwd`), or portable scalar code, which puts each row back in the GGUF layout (x86.rs
+//!   draws the SIMD loop). The four-bit formats feed unsigned nibbles to the u8 × i8 instructions
+//!   directly; Q8_0's signed weights go in as |w| with x's sign flipped where w < 0.
+//! - **From [`GEMM_FROM_ROWS`] rows** (prefill) a register-blocked integer GEMM ([`group_gemm`])
+//!   unpacks each tile once and multiplies it with several rows of x: 16 weight rows × 8 rows of x
+//!   on 512-bit VNNI registers (Q8_0 as `Σ (x + 128)·w - 128·Σ w`), 8 × 4 per half-tile on AVX2,
+//!   and, where the CPU and OS grant AMX-INT8 (amx.rs), one 16 × 16 × 32 tile product
+//!   (`tdpbssd`/`tdpbsud`) per block with an AVX-512 epilogue applying the scales (from 16 rows
+//!   of x; below, the VNNI kernel). The portable GEMM is [`group_dot`] per row, the reference.
+//!
+//! Q4_K and Q6_K, kept row after row, are dotted one row at a time by the portable code so far.
+//!
+//! # Which forward rounds x
+//!
+//! `Tensor::linear_quantized` takes these kernels under `no_grad` (generation: prefill and
+//! decode), like llama.cpp, whose prompt products round x to 8 bits as well. While autograd
+//! records (QLoRA training) it takes [`linear_dequantized`] instead: W decoded to f32 a block of
+//! rows at a time and the f32 GEMM, x unrounded, so that a loss and its gradients are those of
+//! the dequantized f32 model; [`linear_quantized_input_grad`] decodes W the same way.
 //!
 //! # Threads and memory traffic
 //!
-//! W is split over rayon's pool by row group (Q4_K, Q6_K: tasks of [`ROWS_PER_TASK`] rows); each
-//! weight byte is read once and dotted with every (quantized) row of x, which stays in cache. A
-//! decode step thus reads each weight byte once: `rows · row_bytes` bytes of W (Q4_1: 5 bits,
-//! Q8_0: 8.5 bits per weight) plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
+//! W is split over rayon's pool by row group (Q4_K, Q6_K: tasks of [`ROWS_PER_TASK`] rows; the
+//! GEMM also splits x's rows when there are few groups); each weight byte is read once per call
+//! (once per task of x's rows in the GEMM) and dotted with every (quantized) row of x, which stays
+//! in cache. A decode step thus reads each weight byte once: `rows · row_bytes` bytes of W (Q4_1:
+//! 5 bits, Q8_0: 8.5 bits per weight) plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod portable;
 mod q8;
 #[cfg(target_arch = "x86_64")]
@@ -96,13 +115,16 @@ pub enum QuantIsa {
     Portable,
     /// AVX2 + FMA + F16C (x86-64 since Haswell / Zen).
     Avx2,
-    /// As `Avx2` with AVX-512 VNNI's `vpdpbusd` on 256-bit registers (AVX-512 VL; Ice Lake,
-    /// Sapphire Rapids, Zen 4).
+    /// As `Avx2` with AVX-512 VNNI's `vpdpbusd` (AVX-512 F, BW and VL too; Ice Lake, Sapphire
+    /// Rapids, Zen 4): on 256-bit registers for a few rows of x, 512-bit ones in the GEMM.
     Avx512Vnni,
+    /// As `Avx512Vnni`, with AMX-INT8 tile products in the GEMM (Sapphire Rapids and later, on
+    /// Linux when the kernel grants the tile state: amx.rs).
+    Amx,
 }
 
 impl QuantIsa {
-    pub const ALL: [QuantIsa; 3] = [QuantIsa::Portable, QuantIsa::Avx2, QuantIsa::Avx512Vnni];
+    pub const ALL: [QuantIsa; 4] = [QuantIsa::Portable, QuantIsa::Avx2, QuantIsa::Avx512Vnni, QuantIsa::Amx];
 
     /// Whether this CPU runs `self`.
     pub fn is_supported(self) -> bool {
@@ -113,7 +135,10 @@ impl QuantIsa {
             match self {
                 QuantIsa::Portable => true,
                 QuantIsa::Avx2 => avx2(),
-                QuantIsa::Avx512Vnni => avx2() && has!("avx512vnni") && has!("avx512vl"),
+                QuantIsa::Avx512Vnni => {
+                    avx2() && has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("avx512vl")
+                }
+                QuantIsa::Amx => QuantIsa::Avx512Vnni.is_supported() && amx::available(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -141,35 +166,66 @@ fn group_dot(isa: QuantIsa, format: QuantFormat, tiles: &[u8], x: &Q8Row, ahead:
         // SAFETY: the caller chose `isa` among the supported ones (linear_quantized_on checks).
         QuantIsa::Avx2 => return unsafe { x86::group_dot(format, tiles, x, ahead, out) },
         // SAFETY: as above.
-        QuantIsa::Avx512Vnni => return unsafe { x86::group_dot_vnni(format, tiles, x, ahead, out) },
+        QuantIsa::Avx512Vnni | QuantIsa::Amx => return unsafe { x86::group_dot_vnni(format, tiles, x, ahead, out) },
         QuantIsa::Portable => {}
     }
     let _ = (isa, ahead);
     portable::group_dot(format, tiles, x, out)
 }
 
-/// `y = x·Wᵀ` on the best instruction set: x is (m, k) f32 row-major with `k == w.shape()[1]`,
-/// y is (m, n) with `n == w.shape()[0]`. From [`DEQUANTIZE_FROM_ROWS`] rows of x on, W is
-/// decoded to f32 a block of rows at a time and multiplied by the f32 GEMM
-/// ([`linear_dequantized`]); below, each weight row is dotted with 8-bit rows of x.
-pub fn linear_quantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
-    let k = w.shape()[1];
-    if x.len() >= DEQUANTIZE_FROM_ROWS * k {
-        return linear_dequantized(x, w);
+/// Rows of x that [`group_gemm`] takes at a time on `isa` (x is padded to a multiple).
+fn gemm_rows(isa: QuantIsa) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        QuantIsa::Avx2 => return x86::AVX2_GEMM_ROWS,
+        QuantIsa::Avx512Vnni => return x86::VNNI_GEMM_ROWS,
+        QuantIsa::Amx => return amx::AMX_GEMM_ROWS,
+        QuantIsa::Portable => {}
     }
+    let _ = isa;
+    1
+}
+
+/// The products of one row group's tiles with the rows `x` (a multiple of [`gemm_rows`]), on
+/// `isa`: `out[16·i + r]` for x's row i and the group's row r. The SIMD kernels unpack each tile
+/// once for several rows of x (x86.rs, amx.rs); the portable one is [`portable::group_dot`] per row.
+fn group_gemm(isa: QuantIsa, format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the caller chose `isa` among the supported ones (linear_quantized_on checks);
+        // the row counts are multiples of gemm_rows(isa) (its caller pads x).
+        QuantIsa::Avx2 => return unsafe { x86::group_gemm(format, tiles, x, out) },
+        // SAFETY: as above.
+        QuantIsa::Avx512Vnni => return unsafe { x86::group_gemm_vnni(format, tiles, x, out) },
+        // SAFETY: as above.
+        QuantIsa::Amx => return unsafe { amx::group_gemm(format, tiles, x, out) },
+        QuantIsa::Portable => {}
+    }
+    let blocks = tiles.len() / (GROUP_ROWS * format.block_bytes());
+    for (i, out) in out.chunks_exact_mut(GROUP_ROWS).enumerate() {
+        let row = Q8Row {
+            qs: &x.qs[i * blocks * QK..(i + 1) * blocks * QK],
+            ds: &x.ds[i * blocks..(i + 1) * blocks],
+        };
+        portable::group_dot(format, tiles, &row, out.try_into().expect("16 outputs"));
+    }
+}
+
+/// `y = x·Wᵀ` on the best instruction set, x rounded to 8 bits per block: x is (m, k) f32
+/// row-major with `k == w.shape()[1]`, y is (m, n) with `n == w.shape()[0]`. See
+/// [`linear_quantized_on`].
+pub fn linear_quantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
     linear_quantized_on(QuantIsa::best(), x, w)
 }
 
-/// Rows of x from which [`linear_quantized`] decodes W to f32 instead of dotting each weight row
-/// group with each 8-bit row of x. Since the 16-row groups the integer dots are the faster path
-/// at every size measured (`kiln bench --kernels linear_quantized_q4_1`, SmolLM2-135M's Q4_1
-/// [1536, 576], 2-vCPU Xeon with AVX-512 VNNI, quiet, 2026-12-05, two runs each, integer against
-/// decoded): 4 rows 0.037–0.040 against 0.51–0.61 ms, 16 rows 0.16 against 0.64–0.75 ms, 128
-/// rows 1.16–1.21 against 1.35–1.39 ms ([576, 1536]: 1.21–1.40 against 1.51–1.77 ms). The decoded
-/// path is kept from 16 rows for its numbers, not its speed: x is not rounded there, so a prompt
-/// gives the f32 model's logits exactly and a QLoRA forward sees unrounded activations; decode and
-/// small batches, where the integer path is 4 to 15 times faster, round x as llama.cpp does.
-pub const DEQUANTIZE_FROM_ROWS: usize = 16;
+/// Rows of x from which [`linear_quantized`] multiplies the grouped formats with the
+/// register-blocked GEMM ([`group_gemm`]: each tile unpacked once for 4, 8 or 16 rows of x)
+/// rather than one row of x at a time ([`group_dot`], which serves decode). SmolLM2's Q4_1
+/// [1536, 576], 2 threads, a loaded 2-vCPU Xeon (2026-12-05, so ratios only; best of 7): m calls
+/// of one row against the VNNI GEMM, 3 rows 0.052 against 0.052 ms, 4 rows 0.069 against 0.056,
+/// 8 rows 0.145 against 0.062; AMX pads x to 16 rows and takes 0.10 ms at 1 to 8 rows, hence
+/// the VNNI GEMM below 16 rows on AMX machines.
+pub const GEMM_FROM_ROWS: usize = 4;
 
 /// Bytes of W's f32 block in [`linear_dequantized`] and [`linear_quantized_input_grad`], about
 /// 2 MiB, so that the decoded rows are still in cache when the GEMM packs them.
@@ -191,7 +247,8 @@ fn for_each_decoded_block(w: &QuantizedMatrix, mut f: impl FnMut(std::ops::Range
 
 /// `y = x·Wᵀ` with W decoded to f32 in blocks of rows, each block's columns of y computed by the
 /// f32 GEMM: x (m, k) f32 row-major, y (m, n). x is not rounded, so this is the
-/// dequantize-then-f32 product up to f32 summation order.
+/// dequantize-then-f32 product up to f32 summation order: the forward of a product whose input's
+/// gradient is taken (QLoRA training), so that the loss and gradients are those of the f32 model.
 pub fn linear_dequantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
     let [n, k] = w.shape();
     let m = check_rows(x, k, "columns")?;
@@ -241,15 +298,19 @@ fn check_rows(x: &[f32], width: usize, of: &str) -> Result<usize> {
     Ok(x.len() / width)
 }
 
-/// [`linear_quantized`] on a chosen instruction set (an error if this CPU lacks it).
+/// [`linear_quantized`] on a chosen instruction set (an error if this CPU lacks it): the grouped
+/// formats from [`GEMM_FROM_ROWS`] rows of x on through [`linear_quantized_gemm_on`], below one
+/// row of x at a time.
 pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
     let [n, k] = w.shape();
-    let m = check_rows(x, k, "columns")?;
-    if !isa.is_supported() {
-        return Err(Error::invalid(
-            "linear_quantized",
-            format!("this CPU does not run the {isa:?} kernel"),
-        ));
+    let m = check_isa_and_rows(isa, x, k)?;
+    if w.format().is_grouped() && m >= GEMM_FROM_ROWS {
+        // below one A tile of rows, AMX pads x to 16 rows: the AVX-512 kernel is faster there
+        #[cfg(target_arch = "x86_64")]
+        if isa == QuantIsa::Amx && m < amx::AMX_GEMM_ROWS {
+            return linear_quantized_gemm_on(QuantIsa::Avx512Vnni, x, w);
+        }
+        return linear_quantized_gemm_on(isa, x, w);
     }
     if m == 0 {
         return Ok(Vec::new());
@@ -297,6 +358,67 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
     y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
         for (j, v) in yr.iter_mut().enumerate() {
             *v = yt[j * m + i];
+        }
+    });
+    Ok(y)
+}
+
+/// The rows of x (of `k` columns) if `isa` runs here, else an error.
+fn check_isa_and_rows(isa: QuantIsa, x: &[f32], k: usize) -> Result<usize> {
+    let m = check_rows(x, k, "columns")?;
+    if !isa.is_supported() {
+        return Err(Error::invalid(
+            "linear_quantized",
+            format!("this CPU does not run the {isa:?} kernel"),
+        ));
+    }
+    Ok(m)
+}
+
+/// Weight-group tasks wanted per thread before the GEMM also splits x's rows among tasks.
+const GEMM_TASKS_PER_THREAD: usize = 4;
+
+/// `y = x·Wᵀ` for a grouped format (Q4_0, Q4_1, Q8_0) through the register-blocked GEMM on `isa`,
+/// whatever the number of rows of x (the tests' entry; [`linear_quantized`] takes it from
+/// [`GEMM_FROM_ROWS`] rows). x is quantized and padded with zero rows to a multiple of
+/// [`gemm_rows`]; rayon's tasks are row groups of W, each also split over blocks of x's rows when
+/// there are fewer than [`GEMM_TASKS_PER_THREAD`] groups per thread. The tasks write yt, laid out
+/// (group, row of x, 16 outputs), which is then copied into y (m, n).
+pub fn linear_quantized_gemm_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
+    let ([n, k], format) = (w.shape(), w.format());
+    let m = check_isa_and_rows(isa, x, k)?;
+    if !format.is_grouped() {
+        return Err(Error::invalid(
+            "linear_quantized",
+            format!("the integer GEMM takes Q4_0, Q4_1 or Q8_0 weights, not {format}"),
+        ));
+    }
+    if m == 0 {
+        return Ok(Vec::new());
+    }
+    let mr = gemm_rows(isa);
+    let xq = Q8Rows::quantize_padded(x, k, mr)?;
+    let padded = m.next_multiple_of(mr);
+    let groups = n.div_ceil(GROUP_ROWS);
+    let splits = (GEMM_TASKS_PER_THREAD * rayon::current_num_threads())
+        .div_ceil(groups)
+        .clamp(1, padded / mr);
+    let task_rows = (padded / mr).div_ceil(splits) * mr;
+    let mut yt = alloc::filled("linear_quantized", groups * padded * GROUP_ROWS, 0f32)?;
+    yt.par_chunks_mut(padded * GROUP_ROWS)
+        .zip(w.stored_bytes().par_chunks(GROUP_ROWS * w.row_bytes()))
+        .for_each(|(yg, tiles)| {
+            yg.par_chunks_mut(task_rows * GROUP_ROWS)
+                .enumerate()
+                .for_each(|(t, out)| {
+                    let rows = t * task_rows..t * task_rows + out.len() / GROUP_ROWS;
+                    group_gemm(isa, format, tiles, &xq.rows(rows), out);
+                });
+        });
+    let mut y = alloc::filled("linear_quantized", m * n, 0f32)?;
+    y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
+        for (g, yc) in yr.chunks_mut(GROUP_ROWS).enumerate() {
+            yc.copy_from_slice(&yt[(g * padded + i) * GROUP_ROWS..][..yc.len()]);
         }
     });
     Ok(y)

@@ -4,6 +4,7 @@
 use crate::backend::cpu::alloc;
 use crate::backend::cpu::vectorise::vectorised;
 use crate::Result;
+use rayon::prelude::*;
 
 /// The elements of one activation block.
 pub const QK: usize = 32;
@@ -40,53 +41,75 @@ const LANES: usize = 8;
 impl Q8Rows {
     /// x is (m, k) row-major, k a multiple of [`QK`].
     pub fn quantize(x: &[f32], k: usize) -> Result<Q8Rows> {
-        debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
-        let blocks = x.len() / QK;
-        let mut qs = alloc::filled("linear_quantized", x.len(), 0i8)?;
-        let mut ds = alloc::filled("linear_quantized", blocks, [0f32; 2])?;
-        // one pass per block, its 32 elements in registers; compiled with AVX2 where the CPU
-        // has it (decode quantizes x serially before every product, 6% of a step when scalar)
-        vectorised(
-            #[inline(always)]
-            || {
-                for ((xb, qb), [d, dsum]) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut ds) {
-                    let xb: &[f32; QK] = xb.try_into().expect("chunks of QK");
-                    // max |x| over LANES interleaved lanes, as compares (f32::max's NaN rule
-                    // keeps a fold from vectorising)
-                    let mut lanes = [0f32; LANES];
-                    for part in xb.chunks_exact(LANES) {
-                        for (m, v) in lanes.iter_mut().zip(part) {
-                            *m = if v.abs() > *m { v.abs() } else { *m };
-                        }
-                    }
-                    let amax = lanes.iter().fold(0f32, |a, &m| if m > a { m } else { a });
-                    // a NaN or infinity makes the block's scale NaN, so that every product
-                    // with this row is NaN rather than a number that hides it
-                    let finite = xb.iter().fold(true, |f, v| f & (v.abs() <= f32::MAX));
-                    *d = if finite { amax / 127.0 } else { f32::NAN };
-                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                    let mut sum = 0i32;
-                    for (q, &v) in qb.iter_mut().zip(xb) {
-                        // |v·inv| ≤ 127: the integer is an i8's value
-                        let r = round_to_int(v * inv);
-                        *q = r as i8;
-                        sum += r;
-                    }
-                    *dsum = *d * sum as f32;
-                }
-            },
-        );
+        Q8Rows::quantize_padded(x, k, 1)
+    }
+
+    /// As [`Q8Rows::quantize`], with zero rows (scale 0) appended up to a multiple of `multiple`
+    /// rows: the register-blocked kernels take x rows `multiple` at a time. Rows are quantized in
+    /// parallel.
+    pub fn quantize_padded(x: &[f32], k: usize, multiple: usize) -> Result<Q8Rows> {
+        debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k) && multiple > 0);
+        let rows = (x.len() / k).next_multiple_of(multiple);
+        let mut qs = alloc::filled("linear_quantized", rows * k, 0i8)?;
+        let mut ds = alloc::filled("linear_quantized", rows * k / QK, [0f32; 2])?;
+        qs.par_chunks_mut(k)
+            .zip(ds.par_chunks_mut(k / QK))
+            .zip(x.par_chunks(k))
+            .with_min_len(8)
+            .for_each(|((qr, dr), xr)| quantize_row(xr, qr, dr));
         Ok(Q8Rows { k, qs, ds })
     }
 
     /// Row `i`.
     pub fn row(&self, i: usize) -> Q8Row<'_> {
+        self.rows(i..i + 1)
+    }
+
+    /// Rows `rows`, one after the other: row i's quants at `qs[i·k..]`, its scales at
+    /// `ds[i·k/QK..]` (relative to `rows.start`).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Q8Row<'_> {
         let (k, b) = (self.k, self.k / QK);
         Q8Row {
-            qs: &self.qs[i * k..(i + 1) * k],
-            ds: &self.ds[i * b..(i + 1) * b],
+            qs: &self.qs[rows.start * k..rows.end * k],
+            ds: &self.ds[rows.start * b..rows.end * b],
         }
     }
+}
+
+/// One row `x` quantized per block into `qs` and `ds` (see [`Q8Row`]): one pass per block, its
+/// 32 elements in registers, compiled with AVX2 where the CPU has it (decode quantizes x
+/// serially before every product, 6% of a step when scalar).
+fn quantize_row(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
+    vectorised(
+        #[inline(always)]
+        || {
+            for ((xb, qb), [d, dsum]) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(ds) {
+                let xb: &[f32; QK] = xb.try_into().expect("chunks of QK");
+                // max |x| over LANES interleaved lanes, as compares (f32::max's NaN rule keeps a
+                // fold from vectorising)
+                let mut lanes = [0f32; LANES];
+                for part in xb.chunks_exact(LANES) {
+                    for (m, v) in lanes.iter_mut().zip(part) {
+                        *m = if v.abs() > *m { v.abs() } else { *m };
+                    }
+                }
+                let amax = lanes.iter().fold(0f32, |a, &m| if m > a { m } else { a });
+                // a NaN or infinity makes the block's scale NaN, so that every product with
+                // this row is NaN rather than a number that hides it
+                let finite = xb.iter().fold(true, |f, v| f & (v.abs() <= f32::MAX));
+                *d = if finite { amax / 127.0 } else { f32::NAN };
+                let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                let mut sum = 0i32;
+                for (q, &v) in qb.iter_mut().zip(xb) {
+                    // |v·inv| ≤ 127: the integer is an i8's value
+                    let r = round_to_int(v * inv);
+                    *q = r as i8;
+                    sum += r;
+                }
+                *dsum = *d * sum as f32;
+            }
+        },
+    );
 }
 
 #[cfg(test)]

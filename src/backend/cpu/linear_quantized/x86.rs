@@ -136,3 +136,205 @@ pub(super) unsafe fn group_dot_vnni(
 ) {
     group_by_format!(format, tiles, x, ahead, out, dot4_vnni)
 }
+
+/// Rows of x per AVX-512 micro-kernel: 8 f32 accumulators, 8 unpacked weight words and a few
+/// temporaries fill about 22 of the 32 zmm registers.
+pub(super) const VNNI_GEMM_ROWS: usize = 8;
+
+/// Rows of x per AVX2 micro-kernel: AVX2 has 16 ymm registers, 8 of them the unpacked half-tile.
+pub(super) const AVX2_GEMM_ROWS: usize = 4;
+
+/// The AVX-512 micro-kernel's body for one format (a constant): for each block of
+/// [`VNNI_GEMM_ROWS`] rows of x, for each tile, the tile's 16 rows unpacked once into 8 zmm words
+/// (a word: 4 quants of each of the 16 rows, one per i32 lane) and multiplied with the 8 rows of
+/// x, `vpdpbusd` per word and row; each row's 16 sums scaled as in [`group_kernel`]. Q8_0's
+/// signed weights take x + 128 as the unsigned side, `Σ (x + 128)·w - 128·Σ w`, the second term
+/// once per tile.
+macro_rules! gemm_vnni_kernel {
+    ($format:expr, $tiles:ident, $x:ident, $out:ident) => {{
+        const FORMAT: QuantFormat = $format;
+        const TILE: usize = GROUP_ROWS * FORMAT.block_bytes();
+        const QUANTS: usize = FORMAT.tile_quant_bytes();
+        const MR: usize = VNNI_GEMM_ROWS;
+        let blocks = $tiles.len() / TILE;
+        let rows = $x.ds.len() / blocks;
+        assert!(
+            $tiles.len() == blocks * TILE
+                && rows.is_multiple_of(MR)
+                && $x.qs.len() == rows * blocks * QK
+                && $out.len() == rows * GROUP_ROWS
+        );
+        let nibble = _mm512_set1_epi8(0xF);
+        for i0 in (0..rows).step_by(MR) {
+            let mut acc = [_mm512_setzero_ps(); MR];
+            for b in 0..blocks {
+                // SAFETY: tile b, and block b of x's rows i0..i0 + MR, lie in the slices (asserted
+                // above); the loads are unaligned.
+                unsafe {
+                    let t = $tiles.as_ptr().add(b * TILE);
+                    let word = |s: usize| _mm512_loadu_si512(t.add(64 * s) as *const __m512i);
+                    let mut w = [_mm512_setzero_si512(); 8];
+                    let mut bias = _mm512_setzero_si512();
+                    if matches!(FORMAT, QuantFormat::Q8_0) {
+                        for (s, w) in w.iter_mut().enumerate() {
+                            *w = word(s);
+                            bias = _mm512_dpbusd_epi32(bias, _mm512_set1_epi8(-128), *w);
+                        }
+                    } else {
+                        // low nibbles: elements 4s..4s + 4, high nibbles: 16 + 4s..
+                        for s in 0..4 {
+                            let v = word(s);
+                            w[s] = _mm512_and_si512(v, nibble);
+                            w[4 + s] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                        }
+                    }
+                    let scales =
+                        |w: usize| _mm512_cvtph_ps(_mm256_loadu_si256(t.add(QUANTS + 32 * w) as *const __m256i));
+                    let d = scales(0);
+                    let c = match FORMAT {
+                        QuantFormat::Q4_1 => scales(1),
+                        QuantFormat::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                        _ => _mm512_setzero_ps(),
+                    };
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let row = i0 + r;
+                        let xw = $x.qs.as_ptr().add(row * blocks * QK + QK * b) as *const i32;
+                        let mut isum = _mm512_setzero_si512();
+                        for (s, &w) in w.iter().enumerate() {
+                            let x4 = xw.add(s).read_unaligned();
+                            isum = if matches!(FORMAT, QuantFormat::Q8_0) {
+                                _mm512_dpbusd_epi32(isum, _mm512_set1_epi32(x4 ^ 0x8080_8080u32 as i32), w)
+                            } else {
+                                _mm512_dpbusd_epi32(isum, w, _mm512_set1_epi32(x4))
+                            };
+                        }
+                        if matches!(FORMAT, QuantFormat::Q8_0) {
+                            isum = _mm512_sub_epi32(isum, bias);
+                        }
+                        let [xd, xdsum] = *$x.ds.as_ptr().add(row * blocks + b);
+                        *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xd)), _mm512_cvtepi32_ps(isum), *acc);
+                        if !matches!(FORMAT, QuantFormat::Q8_0) {
+                            *acc = _mm512_fmadd_ps(c, _mm512_set1_ps(xdsum), *acc);
+                        }
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                // SAFETY: row i0 + r's 16 outputs lie in `$out` (asserted above).
+                unsafe { _mm512_storeu_ps($out.as_mut_ptr().add((i0 + r) * GROUP_ROWS), *acc) };
+            }
+        }
+    }};
+}
+
+/// The AVX2 micro-kernel's body for one format: as [`gemm_vnni_kernel`] on 256-bit registers,
+/// each half of the tile (8 weight rows, the second 32 bytes of each word) in turn against
+/// [`AVX2_GEMM_ROWS`] rows of x; the products as in [`group_kernel`] (`vpmaddubsw` +
+/// `vpmaddwd`, Q8_0 as |w| times x with w's sign).
+macro_rules! gemm_avx2_kernel {
+    ($format:expr, $tiles:ident, $x:ident, $out:ident) => {{
+        const FORMAT: QuantFormat = $format;
+        const TILE: usize = GROUP_ROWS * FORMAT.block_bytes();
+        const QUANTS: usize = FORMAT.tile_quant_bytes();
+        const MR: usize = AVX2_GEMM_ROWS;
+        let blocks = $tiles.len() / TILE;
+        let rows = $x.ds.len() / blocks;
+        assert!(
+            $tiles.len() == blocks * TILE
+                && rows.is_multiple_of(MR)
+                && $x.qs.len() == rows * blocks * QK
+                && $out.len() == rows * GROUP_ROWS
+        );
+        let nibble = _mm256_set1_epi8(0xF);
+        for i0 in (0..rows).step_by(MR) {
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for b in 0..blocks {
+                    // SAFETY: as in gemm_vnni_kernel.
+                    unsafe {
+                        let t = $tiles.as_ptr().add(b * TILE);
+                        let word = |s: usize| _mm256_loadu_si256(t.add(64 * s + 32 * h) as *const __m256i);
+                        // Q4: the nibbles (unsigned side); Q8_0: the signed weights, |w| taken per use
+                        let mut w = [_mm256_setzero_si256(); 8];
+                        if matches!(FORMAT, QuantFormat::Q8_0) {
+                            for (s, w) in w.iter_mut().enumerate() {
+                                *w = word(s);
+                            }
+                        } else {
+                            for s in 0..4 {
+                                let v = word(s);
+                                w[s] = _mm256_and_si256(v, nibble);
+                                w[4 + s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                            }
+                        }
+                        let scales = |w: usize| {
+                            _mm256_cvtph_ps(_mm_loadu_si128(t.add(QUANTS + 32 * w + 16 * h) as *const __m128i))
+                        };
+                        let d = scales(0);
+                        let c = match FORMAT {
+                            QuantFormat::Q4_1 => scales(1),
+                            QuantFormat::Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                            _ => _mm256_setzero_ps(),
+                        };
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let row = i0 + r;
+                            let xw = $x.qs.as_ptr().add(row * blocks * QK + QK * b) as *const i32;
+                            let mut isum = _mm256_setzero_si256();
+                            for (s, &w) in w.iter().enumerate() {
+                                let x4 = _mm256_set1_epi32(xw.add(s).read_unaligned());
+                                isum = if matches!(FORMAT, QuantFormat::Q8_0) {
+                                    dot4_avx2(isum, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x4, w))
+                                } else {
+                                    dot4_avx2(isum, w, x4)
+                                };
+                            }
+                            let [xd, xdsum] = *$x.ds.as_ptr().add(row * blocks + b);
+                            *acc =
+                                _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd)), _mm256_cvtepi32_ps(isum), *acc);
+                            if !matches!(FORMAT, QuantFormat::Q8_0) {
+                                *acc = _mm256_fmadd_ps(c, _mm256_set1_ps(xdsum), *acc);
+                            }
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    // SAFETY: row i0 + r's outputs 8h..8h + 8 lie in `$out` (asserted above).
+                    unsafe { _mm256_storeu_ps($out.as_mut_ptr().add((i0 + r) * GROUP_ROWS + 8 * h), *acc) };
+                }
+            }
+        }
+    }};
+}
+
+/// One instance of a GEMM kernel macro per grouped format.
+macro_rules! gemm_by_format {
+    ($kernel:ident, $format:ident, $tiles:ident, $x:ident, $out:ident) => {
+        match $format {
+            QuantFormat::Q4_0 => $kernel!(QuantFormat::Q4_0, $tiles, $x, $out),
+            QuantFormat::Q4_1 => $kernel!(QuantFormat::Q4_1, $tiles, $x, $out),
+            QuantFormat::Q8_0 => $kernel!(QuantFormat::Q8_0, $tiles, $x, $out),
+            QuantFormat::Q4_K | QuantFormat::Q6_K => unreachable!("{} is not kept in row groups", $format),
+        }
+    };
+}
+
+/// The products of one row group's tiles (`tiles`) with the rows of x in `x` (consecutive rows,
+/// see [`Q8Rows::rows`](super::Q8Rows::rows)), on AVX-512 VNNI: `out[16·i + r]` for x's row i and
+/// the group's row r.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VNNI and VL, FMA and F16C; `format` is grouped; `tiles` holds whole
+/// tiles, `x` a multiple of [`VNNI_GEMM_ROWS`] rows of one block per tile, `out` 16 per row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn group_gemm_vnni(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32]) {
+    gemm_by_format!(gemm_vnni_kernel, format, tiles, x, out)
+}
+
+/// As [`group_gemm_vnni`] on AVX2, x in multiples of [`AVX2_GEMM_ROWS`] rows.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; otherwise as [`group_gemm_vnni`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32]) {
+    gemm_by_format!(gemm_avx2_kernel, format, tiles, x, out)
+}
