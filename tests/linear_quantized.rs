@@ -495,13 +495,17 @@ fn a_nan_or_an_infinity_in_x_gives_nan_outputs_in_its_row() {
         let (k, n) = (512, 37);
         let (w, _) = random_matrix(format, n, k, &mut g);
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            for m in [1, GEMM_FROM_ROWS + 1, 17] {
+            for m in [2, GEMM_FROM_ROWS + 1, 17] {
                 let mut x: Vec<f32> = (0..m * k).map(|_| g.unit()).collect();
                 x[k + 77] = bad; // row 1
                 let mut results = vec![("default".to_string(), linear_quantized(&x, &w).unwrap())];
                 for isa in QuantIsa::ALL.into_iter().filter(|isa| isa.is_supported()) {
                     results.push((format!("{isa:?}"), linear_quantized_on(isa, &x, &w).unwrap()));
+                    if format.is_grouped() {
+                        results.push((format!("{isa:?} GEMM"), linear_quantized_gemm_on(isa, &x, &w).unwrap()));
+                    }
                 }
+                results.push(("decoded".to_string(), linear_dequantized(&x, &w).unwrap()));
                 for (path, y) in results {
                     for (i, row) in y.chunks(n).enumerate() {
                         let what = format!("{format:?} {path} x holding {bad} in row 1 of {m}: row {i}");

@@ -342,7 +342,11 @@ fn recompute_with_a_quantized_base_gives_the_same_loss_and_gradients() {
     let loss_and_grads = |model: &Llama| -> (f32, Vec<Vec<f32>>) {
         let loss = model.loss(&ids, &targets).unwrap();
         let grads = loss.backward().unwrap();
-        let g = model.lora_params().iter().map(|(_, p)| f32s(grads.get(p).unwrap())).collect();
+        let g = model
+            .lora_params()
+            .iter()
+            .map(|(_, p)| f32s(grads.get(p).unwrap()))
+            .collect();
         (loss.to_vec::<f32>().unwrap()[0], g)
     };
     let plain = loss_and_grads(&model);
