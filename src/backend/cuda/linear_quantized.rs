@@ -27,7 +27,7 @@ pub const DEQUANTIZE_FROM_ROWS: usize = 16;
 const DECODE_WARPS: u32 = 4;
 
 /// `w`'s stored bytes copied to `device` (a CUDA device or the emulator), as the buffer
-/// [`QuantizedMatrix::device_bytes`] hands back to this backend: u32 words, zero-padded to a
+/// `QuantizedMatrix::device_bytes` hands back to this backend: u32 words, zero-padded to a
 /// multiple of 16 bytes so that the buffer starts 16-byte aligned on Emu too (its buffers end at a
 /// guard page) and every tile's 16-byte loads are aligned.
 pub fn to_device(device: &Device, w: &QuantizedMatrix) -> Result<CudaStorage> {

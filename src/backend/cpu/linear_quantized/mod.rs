@@ -33,16 +33,16 @@
 //! src/backend/op/quantized.rs), on an instruction set chosen at run time ([`QuantIsa::best`]):
 //!
 //! - **Below [`GEMM_FROM_ROWS`] rows of x** (decode) each group is dotted with one row of x at a
-//!   time ([`group_dot`]): AVX-512 VNNI (`vpdpbusd` on 256-bit registers), AVX2 (`vpmaddubsw` +
+//!   time (`group_dot`): AVX-512 VNNI (`vpdpbusd` on 256-bit registers), AVX2 (`vpmaddubsw` +
 //!   `vpmaddwd`), or portable scalar code, which puts each row back in the GGUF layout (x86.rs
 //!   draws the SIMD loop). The four-bit formats feed unsigned nibbles to the u8 × i8 instructions
 //!   directly; Q8_0's signed weights go in as |w| with x's sign flipped where w < 0.
-//! - **From [`GEMM_FROM_ROWS`] rows** (prefill) a register-blocked integer GEMM ([`group_gemm`])
+//! - **From [`GEMM_FROM_ROWS`] rows** (prefill) a register-blocked integer GEMM (`group_gemm`)
 //!   unpacks each tile once and multiplies it with several rows of x: 16 weight rows × 8 rows of x
 //!   on 512-bit VNNI registers (Q8_0 as `Σ (x + 128)·w - 128·Σ w`), 8 × 4 per half-tile on AVX2,
 //!   and, where the CPU and OS grant AMX-INT8 (amx.rs), one 16 × 16 × 32 tile product
 //!   (`tdpbssd`/`tdpbsud`) per block with an AVX-512 epilogue applying the scales (from 16 rows
-//!   of x; below, the VNNI kernel). The portable GEMM is [`group_dot`] per row, the reference.
+//!   of x; below, the VNNI kernel). The portable GEMM is `group_dot` per row, the reference.
 //!
 //! Q4_K and Q6_K, kept row after row, are dotted one row at a time by the portable code so far.
 //!
@@ -173,7 +173,7 @@ fn group_dot(isa: QuantIsa, format: QuantFormat, tiles: &[u8], x: &Q8Row, ahead:
     portable::group_dot(format, tiles, x, out)
 }
 
-/// Rows of x that [`group_gemm`] takes at a time on `isa` (x is padded to a multiple).
+/// Rows of x that `group_gemm` takes at a time on `isa` (x is padded to a multiple).
 fn gemm_rows(isa: QuantIsa) -> usize {
     #[cfg(target_arch = "x86_64")]
     match isa {
@@ -219,8 +219,8 @@ pub fn linear_quantized(x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
 }
 
 /// Rows of x from which [`linear_quantized`] multiplies the grouped formats with the
-/// register-blocked GEMM ([`group_gemm`]: each tile unpacked once for 4, 8 or 16 rows of x)
-/// rather than one row of x at a time ([`group_dot`], which serves decode). SmolLM2's Q4_1
+/// register-blocked GEMM (`group_gemm`: each tile unpacked once for 4, 8 or 16 rows of x)
+/// rather than one row of x at a time (`group_dot`, which serves decode). SmolLM2's Q4_1
 /// [1536, 576], 2 threads, a loaded 2-vCPU Xeon (2026-12-05, so ratios only; best of 7): m calls
 /// of one row against the VNNI GEMM, 3 rows 0.052 against 0.052 ms, 4 rows 0.069 against 0.056,
 /// 8 rows 0.145 against 0.062; AMX pads x to 16 rows and takes 0.10 ms at 1 to 8 rows, hence
@@ -381,8 +381,8 @@ const GEMM_TASKS_PER_THREAD: usize = 4;
 /// `y = x·Wᵀ` for a grouped format (Q4_0, Q4_1, Q8_0) through the register-blocked GEMM on `isa`,
 /// whatever the number of rows of x (the tests' entry; [`linear_quantized`] takes it from
 /// [`GEMM_FROM_ROWS`] rows). x is quantized and padded with zero rows to a multiple of
-/// [`gemm_rows`]; rayon's tasks are row groups of W, each also split over blocks of x's rows when
-/// there are fewer than [`GEMM_TASKS_PER_THREAD`] groups per thread. The tasks write yt, laid out
+/// `gemm_rows`; rayon's tasks are row groups of W, each also split over blocks of x's rows when
+/// there are fewer than `GEMM_TASKS_PER_THREAD` groups per thread. The tasks write yt, laid out
 /// (group, row of x, 16 outputs), which is then copied into y (m, n).
 pub fn linear_quantized_gemm_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Result<Vec<f32>> {
     let ([n, k], format) = (w.shape(), w.format());
