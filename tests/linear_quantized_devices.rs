@@ -17,7 +17,6 @@
 //! Emu is tests/llama_quantized_devices.rs).
 
 use kiln::backend::cuda::linear_quantized::DEQUANTIZE_FROM_ROWS;
-use kiln::gguf::{dequantize, GgmlType};
 use kiln::ops::linear_quantized::{QuantFormat, QuantizedMatrix};
 use kiln::{Device, Tensor};
 
@@ -38,52 +37,9 @@ fn cuda_devices() -> Vec<Device> {
     d
 }
 
-/// xorshift64*: a small deterministic generator.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
-fn ggml(format: QuantFormat) -> GgmlType {
-    match format {
-        QuantFormat::Q4_0 => GgmlType::Q4_0,
-        QuantFormat::Q4_1 => GgmlType::Q4_1,
-        QuantFormat::Q8_0 => GgmlType::Q8_0,
-        QuantFormat::Q4_K => GgmlType::Q4_K,
-        QuantFormat::Q6_K => GgmlType::Q6_K,
-    }
-}
-
-/// A random `[rows, cols]` matrix of `format` (random quant bytes, f16 scales of modest size at
-/// the format's offsets) and its dequantized values.
-fn random_matrix(format: QuantFormat, rows: usize, cols: usize, g: &mut Gen) -> (QuantizedMatrix, Vec<f32>) {
-    let mut bytes = Vec::new();
-    for _ in 0..rows * cols / format.block_size() {
-        let mut b: Vec<u8> = (0..format.block_bytes()).map(|_| g.next() as u8).collect();
-        let mut put = |at: usize, v: f32| b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-        match format {
-            QuantFormat::Q4_0 | QuantFormat::Q8_0 => put(0, 0.05 * g.unit()),
-            QuantFormat::Q4_1 | QuantFormat::Q4_K => {
-                put(0, 0.05 * g.unit());
-                put(2, 0.05 * g.unit());
-            }
-            QuantFormat::Q6_K => put(208, 0.01 * g.unit()),
-        }
-        bytes.extend(b);
-    }
-    let w = dequantize(ggml(format), &bytes).unwrap();
-    (QuantizedMatrix::new(format, rows, cols, bytes).unwrap(), w)
-}
+#[path = "common/quantized.rs"]
+mod quantized;
+use quantized::{random_matrix, Gen};
 
 /// For y = x·Wᵀ (x [m, k], W [n, k] dequantized): the exact product in f64, Σ|w·x| per output, and
 /// the bound of x's 8-bit rounding per output.

@@ -72,8 +72,20 @@ fn dim(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 /// `y = x·Wᵀ`: x holds rows of `w.shape()[1]` f32 (viewed through `layout`), y is contiguous
-/// `[rows, w.shape()[0]]`.
+/// `[rows, w.shape()[0]]`. The integer kernels below [`DEQUANTIZE_FROM_ROWS`] rows for a grouped
+/// format (x rounded to 8 bits), W decoded to f32 otherwise.
 pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    product(x, layout, w, true)
+}
+
+/// `y = x·Wᵀ` with W decoded to f32 and x not rounded, at every size: the forward of a product
+/// autograd records (its gradient is that of the exact product).
+pub fn linear_dequantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
+    product(x, layout, w, false)
+}
+
+/// [`linear_quantized`] (`integer` true) or [`linear_dequantized`].
+fn product(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix, integer: bool) -> Result<CudaStorage> {
     const OP: &str = "linear_quantized";
     let wb = weight_on(OP, x, w)?;
     let [n, k] = w.shape();
@@ -85,8 +97,11 @@ pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -
         return CudaStorage::alloc(dev, DType::F32, m * n);
     }
     let format = w.format();
-    if !format.is_grouped() || m >= DEQUANTIZE_FROM_ROWS {
-        return decoded_product(x, m, wb, w);
+    if !integer || !format.is_grouped() || m >= DEQUANTIZE_FROM_ROWS {
+        // y = x (m, k) · Wᵀ, Wᵀ (k, n) read in place from W decoded (n, k) row-major
+        let decoded = dequantize(wb, w)?;
+        let wt = Layout::new(vec![k, n], vec![1, k], 0);
+        return Ok(matmul::matmul(x, &Layout::contiguous(&[m, k]), &decoded, &wt, &Epilogue::NONE)?.0);
     }
     let (xq, xds) = quantize_x(dev, x, m * k)?;
     let y = CudaStorage::alloc(dev, DType::F32, m * n)?;
@@ -114,29 +129,6 @@ pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -
     };
     dev.launch(kernel("linear_quantized", name)?, cfg, &mut args)?;
     Ok(y)
-}
-
-/// `y = x·Wᵀ` with W decoded to f32 and x not rounded, at every size: the forward of a product
-/// autograd records (its gradient is that of the exact product).
-pub fn linear_dequantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
-    const OP: &str = "linear_quantized";
-    let wb = weight_on(OP, x, w)?;
-    let [n, k] = w.shape();
-    let m = rows_of(OP, layout, k, "columns")?;
-    let mut copied = None;
-    let x = packed(OP, x, layout, &mut copied)?;
-    if m == 0 || n == 0 {
-        return CudaStorage::alloc(x.cuda_device(), DType::F32, m * n);
-    }
-    decoded_product(x, m, wb, w)
-}
-
-/// y = x (m, k) contiguous · Wᵀ, Wᵀ (k, n) read in place from W decoded to f32 (n, k) row-major.
-fn decoded_product(x: &CudaStorage, m: usize, wb: &CudaStorage, w: &QuantizedMatrix) -> Result<CudaStorage> {
-    let [n, k] = w.shape();
-    let decoded = dequantize(wb, w)?;
-    let wt = Layout::new(vec![k, n], vec![1, k], 0);
-    Ok(matmul::matmul(x, &Layout::contiguous(&[m, k]), &decoded, &wt, &Epilogue::NONE)?.0)
 }
 
 /// The input's gradient of [`linear_quantized`]: `dx = g·W`, g holding rows of `w.shape()[0]` f32

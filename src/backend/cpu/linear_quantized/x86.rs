@@ -144,6 +144,21 @@ pub(super) const VNNI_GEMM_ROWS: usize = 8;
 /// Rows of x per AVX2 micro-kernel: AVX2 has 16 ymm registers, 8 of them the unpacked half-tile.
 pub(super) const AVX2_GEMM_ROWS: usize = 4;
 
+/// (blocks per row, rows of x) of a GEMM micro-kernel's call: `tiles` whole tiles of `tile` bytes,
+/// `x` rows padded to a multiple of `mr`, `out` 16 outputs per row of x; a panic otherwise (the
+/// caller's sizes, never the user's).
+fn gemm_dims(tile: usize, mr: usize, tiles: &[u8], x: &Q8Row, out: &[f32]) -> (usize, usize) {
+    let blocks = tiles.len() / tile;
+    let rows = x.ds.len() / blocks;
+    assert!(
+        tiles.len() == blocks * tile
+            && rows.is_multiple_of(mr)
+            && x.qs.len() == rows * blocks * QK
+            && out.len() == rows * GROUP_ROWS
+    );
+    (blocks, rows)
+}
+
 /// The AVX-512 micro-kernel's body for one format (a constant): for each block of
 /// [`VNNI_GEMM_ROWS`] rows of x, for each tile, the tile's 16 rows unpacked once into 8 zmm words
 /// (a word: 4 quants of each of the 16 rows, one per i32 lane) and multiplied with the 8 rows of
@@ -156,14 +171,7 @@ macro_rules! gemm_vnni_kernel {
         const TILE: usize = GROUP_ROWS * FORMAT.block_bytes();
         const QUANTS: usize = FORMAT.tile_quant_bytes();
         const MR: usize = VNNI_GEMM_ROWS;
-        let blocks = $tiles.len() / TILE;
-        let rows = $x.ds.len() / blocks;
-        assert!(
-            $tiles.len() == blocks * TILE
-                && rows.is_multiple_of(MR)
-                && $x.qs.len() == rows * blocks * QK
-                && $out.len() == rows * GROUP_ROWS
-        );
+        let (blocks, rows) = gemm_dims(TILE, MR, $tiles, &$x, $out);
         let nibble = _mm512_set1_epi8(0xF);
         for i0 in (0..rows).step_by(MR) {
             let mut acc = [_mm512_setzero_ps(); MR];
@@ -237,14 +245,7 @@ macro_rules! gemm_avx2_kernel {
         const TILE: usize = GROUP_ROWS * FORMAT.block_bytes();
         const QUANTS: usize = FORMAT.tile_quant_bytes();
         const MR: usize = AVX2_GEMM_ROWS;
-        let blocks = $tiles.len() / TILE;
-        let rows = $x.ds.len() / blocks;
-        assert!(
-            $tiles.len() == blocks * TILE
-                && rows.is_multiple_of(MR)
-                && $x.qs.len() == rows * blocks * QK
-                && $out.len() == rows * GROUP_ROWS
-        );
+        let (blocks, rows) = gemm_dims(TILE, MR, $tiles, &$x, $out);
         let nibble = _mm256_set1_epi8(0xF);
         for i0 in (0..rows).step_by(MR) {
             for h in 0..2 {
