@@ -1,8 +1,9 @@
 //! `kiln train --distributed` under `mpirun` (the `mpi` feature; docs/distributed.md): two ranks
 //! with `--batch-size 6` train what one process with `--batch-size 12` trains, rank 0 alone
 //! writes the run folder, a checkpoint of either moves to the other, and a killed rank ends the
-//! job. Needs Open MPI's `mpirun` (scripts/test.sh installs it); runs the ranks on one machine
-//! with `--oversubscribe` (more ranks than cores are allowed) and `--allow-run-as-root` (CI is root).
+//! job; with dropout, and with ZeRO-1 (sharded AdamW moments), too. Needs Open MPI's `mpirun`
+//! (scripts/test.sh installs it); runs the ranks on one machine with `--oversubscribe` (more
+//! ranks than cores are allowed) and `--allow-run-as-root` (CI is root).
 #![cfg(feature = "mpi")]
 
 use std::path::{Path, PathBuf};
@@ -196,19 +197,125 @@ fn a_checkpoint_of_two_ranks_resumes_on_one_and_the_reverse() {
     assert_same_run(&metrics(&from_one), &want);
 }
 
+/// A clip that every step of the tiny run exceeds, so that the norm computed from the shards
+/// decides every update.
+const CLIP: &[&str] = &["--grad-clip", "0.05"];
+
+/// [`args`] with [`CLIP`] and `extra`.
+fn clipped<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = args(data, out, CLIP);
+    a.extend_from_slice(extra);
+    a
+}
+
 #[test]
-fn dropout_is_refused_and_the_error_ends_every_rank() {
-    let s = setup("dist-dropout");
-    let out = s.root.join("run");
-    let a = args(
-        &s.data,
-        &out,
-        &["--distributed", "--batch-size", "6", "--dropout", "0.1"],
+fn zero1_trains_as_plain_data_parallel_and_as_one_process() {
+    let s = setup("dist-zero1");
+    let (one, plain, zero) = (s.root.join("one"), s.root.join("plain"), s.root.join("zero"));
+    single(clipped(&s.data, &one, &["--batch-size", "12"]));
+    run(mpirun(&[(
+        2,
+        clipped(&s.data, &plain, &["--distributed", "--batch-size", "6"]),
+    )]));
+    let o = run(mpirun(&[(
+        2,
+        clipped(&s.data, &zero, &["--distributed", "--batch-size", "6", "--zero", "1"]),
+    )]));
+    let (stdout, _) = text(&o);
+    assert!(
+        stdout.contains("ZeRO-1: AdamW moments sharded over 2 ranks"),
+        "{stdout}"
     );
+    let want = metrics(&one);
+    assert!(
+        want.iter()
+            .filter(|r| r["kind"] == "train")
+            .all(|r| r["grad_norm"].as_f64().unwrap() > 0.05),
+        "every step must clip: {want:#?}"
+    );
+    assert_same_run(&metrics(&zero), &metrics(&plain));
+    assert_same_run(&metrics(&zero), &want);
+}
+
+#[test]
+fn a_zero1_checkpoint_resumes_on_one_rank_and_one_resumes_under_zero1() {
+    let s = setup("dist-zero1-resume");
+    let whole = s.root.join("whole");
+    single(clipped(&s.data, &whole, &["--batch-size", "12"]));
+    let want = metrics(&whole);
+
+    // 2 ranks with sharded moments to step 4, then one process (the moments gathered whole)
+    let from_zero = s.root.join("from-zero");
+    let a = clipped(
+        &s.data,
+        &from_zero,
+        &["--distributed", "--batch-size", "6", "--zero", "1", "--stop-at", "4"],
+    );
+    run(mpirun(&[(2, a)]));
+    single(vec![
+        "train",
+        "--resume",
+        "--out",
+        from_zero.to_str().unwrap(),
+        "--sample-tokens",
+        "0",
+    ]);
+    assert_same_run(&metrics(&from_zero), &want);
+
+    // one process to step 4, then 2 ranks that shard its moments
+    let from_one = s.root.join("from-one");
+    single(clipped(&s.data, &from_one, &["--batch-size", "12", "--stop-at", "4"]));
+    let resume = vec![
+        "train",
+        "--resume",
+        "--distributed",
+        "--zero",
+        "1",
+        "--out",
+        from_one.to_str().unwrap(),
+        "--sample-tokens",
+        "0",
+    ];
+    run(mpirun(&[(2, resume)]));
+    assert_same_run(&metrics(&from_one), &want);
+}
+
+/// With dropout, each rank draws its rows' slice of the masks that one process draws for the
+/// whole batch: the runs still agree at every step.
+#[test]
+fn with_dropout_two_ranks_with_batch_6_train_as_one_process_with_batch_12() {
+    let s = setup("dist-dropout");
+    let (one, two) = (s.root.join("one"), s.root.join("two"));
+    single(args(&s.data, &one, &["--batch-size", "12", "--dropout", "0.2"]));
+    run(mpirun(&[(
+        2,
+        args(
+            &s.data,
+            &two,
+            &["--distributed", "--batch-size", "6", "--dropout", "0.2"],
+        ),
+    )]));
+    let want = metrics(&one);
+    // the masks matter: without dropout the same run has other losses
+    let plain = s.root.join("plain");
+    single(args(&s.data, &plain, &["--batch-size", "12"]));
+    assert_ne!(
+        metrics(&plain)[1]["loss"],
+        want[1]["loss"],
+        "dropout 0.2 changes the first step's loss"
+    );
+    assert_same_run(&metrics(&two), &want);
+}
+
+#[test]
+fn a_refused_setting_ends_every_rank_with_the_error() {
+    let s = setup("dist-refused");
+    let out = s.root.join("run");
+    let a = args(&s.data, &out, &["--distributed", "--batch-size", "6", "--zero", "2"]);
     let o = mpirun(&[(2, a)]).output().expect("mpirun runs");
     let (stdout, stderr) = text(&o);
     assert!(!o.status.success(), "{stdout}\n{stderr}");
-    assert!(stderr.contains("does not support dropout"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("ZeRO stage 2 is not implemented"), "{stdout}\n{stderr}");
     assert!(!out.exists(), "a refused run leaves no folder");
 }
 

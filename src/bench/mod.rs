@@ -14,8 +14,11 @@
 //! - [`timing`]: clocks and statistics; [`cases`]: the table of kernels; [`check`]: the comparison
 //!   with the reference; [`library`]: cuBLAS and CBLAS; [`roofline`]: the ceilings; [`gpt`]: the
 //!   training step; [`report`]: the terminal table, JSON and the SVG chart; [`machine`]: what ran
-//!   it; [`llama`]: `kiln bench --gguf`, a Llama model's prefill and generation speed.
+//!   it; [`llama`]: `kiln bench --gguf`, a Llama model's prefill and generation speed;
+//!   [`allreduce`]: `kiln bench --kernels allreduce` under `mpirun`, the all-reduce of
+//!   data-parallel training.
 
+pub mod allreduce;
 pub mod cases;
 pub mod check;
 pub mod gpt;
@@ -82,7 +85,8 @@ pub fn names() -> Vec<&'static str> {
 /// `--kernels`'s help: what it takes and every kernel's name.
 pub fn kernels_help() -> String {
     format!(
-        "Kernels to time, comma-separated or repeated [all]: {}",
+        "Kernels to time, comma-separated or repeated [all]: {}; or `allreduce` alone, under mpirun \
+         with the mpi feature (--sizes in bytes; docs/distributed.md)",
         names().join(", ")
     )
 }

@@ -18,7 +18,7 @@ pub use merge::MergeArgs;
 use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
-use crate::train::data_parallel::DataParallel;
+use crate::train::data_parallel::{self, DataParallel};
 use crate::train::{
     self, checkpoint, console, memory_estimate, Generator, Init, RunOptions, SampleOptions, TrainConfig,
 };
@@ -203,6 +203,11 @@ pub struct TrainArgs {
     #[cfg(feature = "mpi")]
     #[arg(long)]
     pub distributed: bool,
+    /// ZeRO stage of a --distributed run: 0 (every rank holds the whole AdamW state) or 1 (each
+    /// rank holds the AdamW moments of its shard of the parameters; docs/distributed.md).
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = 0, value_name = "STAGE", requires = "distributed")]
+    pub zero: u8,
     #[command(flatten)]
     pub optim: OptimArgs,
     #[command(flatten)]
@@ -380,7 +385,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 fn cmd_train_distributed(a: TrainArgs) -> Result<()> {
     let mpi = train::distributed::Mpi::init()?;
     let ranks = mpi.data_parallel();
-    if let Err(e) = train_on(&ranks, a) {
+    if let Err(e) = ranks.clone().with_zero(a.zero).and_then(|ranks| train_on(&ranks, a)) {
         console::err(&format!("error (rank {} of {}): {e}", ranks.rank(), ranks.world()));
         mpi.abort(1);
     }
@@ -394,6 +399,11 @@ fn train_on(ranks: &DataParallel, a: TrainArgs) -> Result<()> {
     let mut opts = run_options(&a.run, "runs/train")?;
     opts.verbose = ranks.is_root();
     let world = ranks.world();
+    if world > 1 && a.run.device == "cuda" {
+        // `--device cuda` without a number: each rank of a machine takes its own GPU
+        let local = data_parallel::local_rank(|name| std::env::var(name).ok())?;
+        opts.device = Device::Cuda(local.unwrap_or(0));
+    }
     // the global batch of a given per-rank --batch-size
     let mut optim = a.optim.clone();
     if let Some(b) = optim.batch_size {
@@ -651,8 +661,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     result
 }
 
-/// `kiln bench` without --gguf: the kernel cases (src/bench/).
+/// `kiln bench` without --gguf: the kernel cases (src/bench/), or the all-reduce alone.
 fn bench_kernels(a: BenchArgs, device: Device) -> Result<()> {
+    if a.kernels.iter().any(|k| k == ALLREDUCE) {
+        return bench_allreduce(&a);
+    }
     for size in &a.sizes {
         let need = memory_estimate::bench_case(&crate::bench::parse_size(size)?);
         memory_estimate::check_fits(&format!("bench --sizes {size}"), &need, &device)?;
@@ -688,6 +701,64 @@ fn bench_kernels(a: BenchArgs, device: Device) -> Result<()> {
         console::out(&format!("wrote {}", path.display()));
     }
     Ok(())
+}
+
+/// The `--kernels` name of the all-reduce benchmark (src/bench/allreduce.rs), which runs alone,
+/// on the ranks of an MPI job.
+const ALLREDUCE: &str = "allreduce";
+
+/// `kiln bench --kernels allreduce` under `mpirun`: the all-reduce's latency and bandwidth over
+/// message sizes (`--sizes` in bytes); rank 0 prints the table and writes `--json`.
+fn bench_allreduce(a: &BenchArgs) -> Result<()> {
+    if a.kernels.len() > 1 {
+        return Err(cli_err(format!(
+            "bench: {ALLREDUCE} runs alone on the ranks of an MPI job (`mpirun -np N kiln bench --kernels {ALLREDUCE}`); \
+             time the other kernels in another run"
+        )));
+    }
+    let bytes = if a.sizes.is_empty() {
+        crate::bench::allreduce::DEFAULT_BYTES.to_vec()
+    } else {
+        a.sizes
+            .iter()
+            .map(|s| {
+                s.trim()
+                    .parse::<usize>()
+                    .map_err(|_| cli_err(format!("bench: the {ALLREDUCE} size {s:?} is not a number of bytes")))
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    bench_allreduce_on_mpi(a, &bytes)
+}
+
+#[cfg(feature = "mpi")]
+fn bench_allreduce_on_mpi(a: &BenchArgs, bytes: &[usize]) -> Result<()> {
+    let mpi = train::distributed::Mpi::init()?;
+    let ranks = mpi.data_parallel();
+    let result = crate::bench::allreduce::run(ranks.collective(), bytes, a.reps, a.seconds).and_then(|report| {
+        if !ranks.is_root() {
+            return Ok(());
+        }
+        console::out(crate::bench::allreduce::table(&report).trim_end_matches('\n'));
+        if let Some(path) = &a.json {
+            let json = serde_json::to_string_pretty(&report).expect("a report serialises");
+            crate::model::io::write_atomic(path, json.as_bytes())?;
+            console::out(&format!("wrote {}", path.display()));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        console::err(&format!("error (rank {} of {}): {e}", ranks.rank(), ranks.world()));
+        mpi.abort(1);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn bench_allreduce_on_mpi(_: &BenchArgs, _: &[usize]) -> Result<()> {
+    Err(cli_err(format!(
+        "bench: {ALLREDUCE} needs kiln built with the `mpi` feature (cargo build --release --features mpi; docs/distributed.md)"
+    )))
 }
 
 /// `kiln bench --gguf FILE`: the Llama inference benchmark (src/bench/llama.rs).

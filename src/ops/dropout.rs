@@ -16,8 +16,12 @@ impl Tensor {
             return Ok(self.clone());
         }
         let keep = 1.0 - p;
-        let mask: Vec<f64> = (0..self.numel())
-            .map(|_| if rng.uniform() < keep { 1.0 / keep } else { 0.0 })
+        // the first dimension outermost: with a part (data-parallel ranks) each rank draws its
+        // rows' slice of the mask of the whole batch
+        let mask: Vec<f64> = rng
+            .uniform_block(self.numel())
+            .into_iter()
+            .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
             .collect();
         let mask = Tensor::from_vec(mask, self.shape(), self.device())?.to_dtype(self.dtype())?;
         self.mul(&mask)

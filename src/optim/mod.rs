@@ -32,6 +32,19 @@ impl AsRef<Tensor> for (String, Tensor) {
 /// as `named_params()` returns); those without a gradient in `grads` are skipped. Returns the
 /// norm before clipping, which may be NaN or infinite: callers should check it.
 pub fn clip_grad_norm<P: AsRef<Tensor>>(params: &[P], grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+    clip_grad_norm_sharded(params, grads, max_norm, Ok)
+}
+
+/// [`clip_grad_norm`] when `params` are one shard of the parameters and the other shards are
+/// elsewhere (ZeRO-sharded data-parallel training): `total` turns this shard's sum of squared
+/// gradient values into the sum over every shard (an all-reduce), from which the global norm
+/// and the clipping coefficient follow. Every shard then scales its own gradients.
+pub fn clip_grad_norm_sharded<P: AsRef<Tensor>>(
+    params: &[P],
+    grads: &mut Gradients,
+    max_norm: f64,
+    total: impl FnOnce(f64) -> Result<f64>,
+) -> Result<f64> {
     if max_norm.is_nan() || max_norm <= 0.0 {
         return Err(Error::invalid(
             "clip_grad_norm",
@@ -55,7 +68,7 @@ pub fn clip_grad_norm<P: AsRef<Tensor>>(params: &[P], grads: &mut Gradients, max
         .collect::<Result<_>>()?;
     let storages: Vec<_> = present.iter().map(|g| g.storage()).collect();
     let refs: Vec<&crate::backend::Storage> = storages.iter().map(|s| &**s).collect();
-    let sum_sq = crate::backend::grad_sq_sum(&refs)?;
+    let sum_sq = total(crate::backend::grad_sq_sum(&refs)?)?;
     let norm = sum_sq.sqrt();
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {

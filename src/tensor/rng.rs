@@ -6,6 +6,8 @@
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rng {
     s: [u64; 4],
+    /// (part, parts): the block of every [`Rng::uniform_block`] draw this generator keeps.
+    part: (usize, usize),
 }
 
 impl Rng {
@@ -21,6 +23,7 @@ impl Rng {
         };
         Rng {
             s: [splitmix(), splitmix(), splitmix(), splitmix()],
+            part: (0, 1),
         }
     }
 
@@ -35,7 +38,40 @@ impl Rng {
         if s == [0; 4] {
             return Rng::new(0);
         }
-        Rng { s }
+        Rng { s, part: (0, 1) }
+    }
+
+    /// This generator, with its [`Rng::uniform_block`] draws taking part `part` of `parts`:
+    /// data-parallel rank `part` of `parts` draws its slice of the dropout masks that one
+    /// process with the whole batch draws. The state ([`Rng::state`]) does not include it.
+    ///
+    /// # Panics
+    ///
+    /// If `part >= parts`: a rank is always below the number of ranks.
+    pub fn with_part(mut self, part: usize, parts: usize) -> Self {
+        assert!(part < parts, "Rng::with_part({part}, {parts})");
+        self.part = (part, parts);
+        self
+    }
+
+    /// `n` uniforms in [0, 1) for one tensor, drawn as [`Rng::uniform`] draws them. With a part
+    /// ([`Rng::with_part`]) `(r, N)`, these are values `r·n .. (r+1)·n` of the `N·n` that a
+    /// generator without one draws, and the generator moves past all `N·n`: for a tensor
+    /// whose first dimension is a rank's slice of a batch N times larger, the values of that
+    /// slice (the other ranks' values are drawn and discarded).
+    pub fn uniform_block(&mut self, n: usize) -> Vec<f64> {
+        let (part, parts) = self.part;
+        self.skip(part * n);
+        let values = (0..n).map(|_| self.uniform()).collect();
+        self.skip((parts - 1 - part) * n);
+        values
+    }
+
+    /// Moves past `k` draws of [`Rng::next_u64`].
+    fn skip(&mut self, k: usize) {
+        for _ in 0..k {
+            self.next_u64();
+        }
     }
 
     /// The next 64 random bits.
@@ -124,6 +160,29 @@ impl rand_core::SeedableRng for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parts' blocks, side by side, are one generator's draws (drawn one by one with
+    /// `uniform`), and every part ends where that generator ends: its state goes on as one.
+    #[test]
+    fn the_parts_of_a_block_draw_are_one_generators_draws() {
+        let mut whole = Rng::new(3);
+        let want: Vec<Vec<f64>> = [5, 7]
+            .iter()
+            .map(|&n| (0..3 * n).map(|_| whole.uniform()).collect())
+            .collect();
+        let mut parts: Vec<Rng> = (0..3).map(|r| Rng::new(3).with_part(r, 3)).collect();
+        for (call, &n) in [5, 7].iter().enumerate() {
+            let got: Vec<f64> = parts.iter_mut().flat_map(|p| p.uniform_block(n)).collect();
+            assert_eq!(got, want[call], "call {call}");
+        }
+        for p in &parts {
+            assert_eq!(p.state(), whole.state());
+        }
+        assert_eq!(
+            Rng::new(3).uniform_block(4),
+            Rng::new(3).with_part(0, 1).uniform_block(4)
+        );
+    }
 
     #[test]
     fn rand_core_traits_give_kilns_stream() {

@@ -25,7 +25,7 @@ use super::config::TrainConfig;
 use crate::model::{io as model_io, Gpt, GptConfig};
 use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
-use crate::{Device, Error, Result, Rng};
+use crate::{Device, Error, Result, Rng, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -164,13 +164,25 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 /// Writes a checkpoint of `model`, `opt`, `tokenizer` and `state` under `run_dir`, atomically
 /// (see the module docs). Returns the checkpoint folder.
 pub fn save(run_dir: &Path, model: &Gpt, opt: &AdamW, tokenizer: &Tokenizer, state: &TrainState) -> Result<PathBuf> {
+    save_with_optimizer_state(run_dir, model, &opt.state()?, tokenizer, state)
+}
+
+/// [`save`] with the optimizer state given as [`AdamW::state`]'s named tensors: what a
+/// ZeRO-sharded optimizer gathers from the ranks, so that its checkpoint is that of one AdamW.
+pub fn save_with_optimizer_state(
+    run_dir: &Path,
+    model: &Gpt,
+    opt_state: &[(String, Tensor)],
+    tokenizer: &Tokenizer,
+    state: &TrainState,
+) -> Result<PathBuf> {
     let tmp = run_dir.join(TMP);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(format!("removing the stale {}", tmp.display()), e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
     let model_bytes = model.safetensors_bytes()?;
-    let opt_bytes = model_io::serialize_tensors(&opt.state()?, None)?;
+    let opt_bytes = model_io::serialize_tensors(opt_state, None)?;
     let mut state = state.clone();
     state.checksums.insert(MODEL.into(), checksum(&model_bytes));
     state.checksums.insert(OPTIMIZER.into(), checksum(&opt_bytes));

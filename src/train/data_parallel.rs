@@ -34,6 +34,12 @@ pub trait Collective {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Replaces `buf` on every rank by the elementwise maximum of every rank's `buf`.
     fn all_reduce_max_u64(&self, buf: &mut [u64]) -> Result<()>;
+    /// Sums every rank's `send` (`world()` blocks of `recv.len()` values) elementwise and
+    /// leaves block `rank()` of the sum in `recv` (`MPI_Reduce_scatter_block`).
+    fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// Concatenates every rank's `send` in rank order into `recv` (`world()` blocks of
+    /// `send.len()` values) on every rank (`MPI_Allgather`).
+    fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
 }
 
 /// One process alone: every reduction leaves its buffer as it is.
@@ -55,6 +61,35 @@ impl Collective for Single {
     fn all_reduce_max_u64(&self, _: &mut [u64]) -> Result<()> {
         Ok(())
     }
+    fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+    fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+}
+
+/// The variables through which launchers tell a process its rank among the ranks on its
+/// machine, in the order they are read: Open MPI's `mpirun`, Slurm's `srun`, MPICH's Hydra.
+pub const LOCAL_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"];
+
+/// This process's rank on its machine (to give each rank of a machine its own GPU), from the
+/// first of [`LOCAL_RANK_VARS`] that `var` (an environment lookup, `std::env::var(..).ok()`)
+/// finds; None when no launcher set one. A value that is not a whole number is an error naming
+/// the variable.
+pub fn local_rank(var: impl Fn(&str) -> Option<String>) -> Result<Option<usize>> {
+    for name in LOCAL_RANK_VARS {
+        if let Some(value) = var(name) {
+            return value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| dp_err(format!("{name}={value:?} is not a local rank (a whole number from 0)")));
+        }
+    }
+    Ok(None)
 }
 
 /// Gradients travel in buckets of at most this many f32 values (16 MiB): one all-reduce per
@@ -65,11 +100,19 @@ const BUCKET_FLOATS: usize = 1 << 22;
 #[derive(Clone)]
 pub struct DataParallel {
     collective: Rc<dyn Collective>,
+    /// The ZeRO stage: 0, or 1 for AdamW moments sharded over the ranks.
+    zero: u8,
 }
 
 impl std::fmt::Debug for DataParallel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DataParallel {{ rank: {}, world: {} }}", self.rank(), self.world())
+        write!(
+            f,
+            "DataParallel {{ rank: {}, world: {}, zero: {} }}",
+            self.rank(),
+            self.world(),
+            self.zero
+        )
     }
 }
 
@@ -83,14 +126,34 @@ fn dp_err(msg: String) -> Error {
 impl DataParallel {
     /// One process alone: the training loop as it is without data parallelism.
     pub fn single() -> DataParallel {
-        DataParallel {
-            collective: Rc::new(Single),
-        }
+        DataParallel::new(Rc::new(Single))
     }
 
     /// The ranks that `collective` connects.
     pub fn new(collective: Rc<dyn Collective>) -> DataParallel {
-        DataParallel { collective }
+        DataParallel { collective, zero: 0 }
+    }
+
+    /// These ranks with ZeRO stage `stage`: 0 (every rank holds the whole optimizer state) or 1
+    /// (each rank holds the AdamW moments of its shard of the parameters, docs/distributed.md).
+    pub fn with_zero(mut self, stage: u8) -> Result<DataParallel> {
+        if stage > 1 {
+            return Err(dp_err(format!(
+                "ZeRO stage {stage} is not implemented; --zero takes 0 or 1 (sharded AdamW moments)"
+            )));
+        }
+        self.zero = stage;
+        Ok(self)
+    }
+
+    /// The ZeRO stage these ranks train with (0: none, 1: sharded AdamW moments).
+    pub fn zero_stage(&self) -> u8 {
+        self.zero
+    }
+
+    /// The collective operations between these ranks.
+    pub fn collective(&self) -> &dyn Collective {
+        &*self.collective
     }
 
     /// This process's rank.
@@ -140,6 +203,16 @@ impl DataParallel {
         Ok(())
     }
 
+    /// Which of `params` have a gradient in `grads` on at least one rank (one all-reduce).
+    pub(super) fn with_gradient_anywhere(&self, params: &[(String, Tensor)], grads: &Gradients) -> Result<Vec<bool>> {
+        let mut present: Vec<f64> = params
+            .iter()
+            .map(|(_, p)| if grads.get(p).is_some() { 1.0 } else { 0.0 })
+            .collect();
+        self.collective.all_reduce_sum_f64(&mut present)?;
+        Ok(present.iter().map(|&n| n > 0.0).collect())
+    }
+
     /// Replaces each gradient of `params` by its mean over the ranks. A parameter that has a
     /// gradient on some ranks and not on others counts zeros for the others; one with a
     /// gradient on no rank keeps none. The gradients are flattened (as f32) into buckets of at
@@ -148,16 +221,11 @@ impl DataParallel {
         if self.world() == 1 {
             return Ok(());
         }
-        // which parameters have a gradient on any rank
-        let mut present: Vec<f64> = params
-            .iter()
-            .map(|(_, p)| if grads.get(p).is_some() { 1.0 } else { 0.0 })
-            .collect();
-        self.collective.all_reduce_sum_f64(&mut present)?;
+        let present = self.with_gradient_anywhere(params, grads)?;
         let reduced: Vec<&Tensor> = params
             .iter()
             .zip(&present)
-            .filter(|(_, &n)| n > 0.0)
+            .filter(|(_, &any)| any)
             .map(|((_, p), _)| p)
             .collect();
         let scale = 1.0 / self.world() as f32;
@@ -267,6 +335,24 @@ mod tests {
             }
             Ok(())
         }
+        /// The next of `sums` is the other ranks' sum of the whole `send`.
+        fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+            let others = next(&self.sums, send.len());
+            let block = self.rank * recv.len()..(self.rank + 1) * recv.len();
+            for ((r, s), o) in recv.iter_mut().zip(&send[block.clone()]).zip(&others[block]) {
+                *r = s + *o as f32;
+            }
+            Ok(())
+        }
+        /// The next of `sums` is the whole gathered buffer; this rank's block is its own `send`.
+        fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+            let others = next(&self.sums, recv.len());
+            for (r, o) in recv.iter_mut().zip(others) {
+                *r = o as f32;
+            }
+            recv[self.rank * send.len()..(self.rank + 1) * send.len()].copy_from_slice(send);
+            Ok(())
+        }
     }
 
     fn ranks(rank: usize, world: usize, sums: Vec<Vec<f64>>) -> DataParallel {
@@ -280,6 +366,21 @@ mod tests {
             sums: RefCell::new(sums.into()),
             maxima: RefCell::new(maxima.into()),
         }))
+    }
+
+    #[test]
+    fn local_rank_reads_open_mpi_then_slurm_then_hydra() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(local_rank(env(&[])).unwrap(), None);
+        assert_eq!(local_rank(env(&[("SLURM_LOCALID", "3")])).unwrap(), Some(3));
+        assert_eq!(local_rank(env(&[("MPI_LOCALRANKID", "5")])).unwrap(), Some(5));
+        let both = &[("SLURM_LOCALID", "3"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1")];
+        assert_eq!(local_rank(env(both)).unwrap(), Some(1));
+        let err = local_rank(env(&[("SLURM_LOCALID", "x1")])).unwrap_err().to_string();
+        assert!(err.contains("SLURM_LOCALID") && err.contains("x1"), "{err}");
+        assert!(local_rank(env(&[("OMPI_COMM_WORLD_LOCAL_RANK", "-1")])).is_err());
     }
 
     #[test]

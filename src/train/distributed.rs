@@ -75,4 +75,28 @@ impl Collective for Mpi {
         self.world.all_reduce_into(&send[..], buf, SystemOperation::max());
         Ok(())
     }
+
+    fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        check_blocks("reduce-scatter", send.len(), recv.len(), self.world())?;
+        self.world.reduce_scatter_block_into(send, recv, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        check_blocks("all-gather", recv.len(), send.len(), self.world())?;
+        self.world.all_gather_into(send, recv);
+        Ok(())
+    }
+}
+
+/// That a buffer of `whole` values is `world` blocks of `block`: MPI would read or write past
+/// the shorter buffer otherwise.
+fn check_blocks(op: &str, whole: usize, block: usize, world: usize) -> Result<()> {
+    if block.checked_mul(world) != Some(whole) {
+        return Err(Error::Invalid {
+            op: "mpi",
+            msg: format!("{op} of {whole} values in blocks of {block} over {world} ranks: the sizes do not match"),
+        });
+    }
+    Ok(())
 }

@@ -18,6 +18,7 @@ mod progress;
 pub mod run_dir;
 pub mod sample;
 mod trainer;
+pub mod zero;
 
 pub use config::TrainConfig;
 pub use sample::{generate, ContextFull, Finish, Generated, Generator, SampleOptions};

@@ -25,6 +25,7 @@ use super::metrics::{self, MetricsWriter, Record};
 use super::plot;
 use super::progress::Bar;
 use super::run_dir::{self, RunLock};
+use super::zero::Zero1;
 use crate::data::{tokenize_cached, Corpus, Dataset, Split, WindowPlan, EMBEDDED};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{clip_grad_norm, AdamW};
@@ -173,7 +174,7 @@ struct Session {
     device: Device,
     model: Gpt,
     params: Vec<(String, crate::Tensor)>,
-    opt: AdamW,
+    opt: Optimizer,
     tokenizer: Tokenizer,
     data: Dataset,
     /// Where the batches come from when they are not drawn ([`TrainConfig::windows`]).
@@ -205,11 +206,7 @@ pub fn train_data_parallel(
 ) -> Result<Outcome> {
     cfg.validate()?;
     check_stop_at(opts)?;
-    let dropout = match &init {
-        Init::Scratch { model, .. } => model.dropout,
-        Init::From { model, .. } => model.config().dropout,
-    };
-    check_ranks(ranks, &cfg, dropout)?;
+    ranks.check_batch(cfg.batch_size)?;
     if !ranks.is_root() {
         return start(ranks, init, data, cfg, opts)?.run(opts);
     }
@@ -221,20 +218,6 @@ pub fn train_data_parallel(
             Err(e)
         }
     }
-}
-
-/// What data-parallel training requires of a run: a global batch that splits evenly over the
-/// ranks, and no dropout (each rank would draw its masks for its own rows, not the slice of the
-/// masks one process draws for the whole batch, so the run would not equal one process's).
-fn check_ranks(ranks: &DataParallel, cfg: &TrainConfig, dropout: f64) -> Result<()> {
-    ranks.check_batch(cfg.batch_size)?;
-    if ranks.world() > 1 && dropout > 0.0 {
-        return Err(train_err(format!(
-            "data-parallel training does not support dropout yet (the model has dropout {dropout}); \
-             train with --dropout 0"
-        )));
-    }
-    Ok(())
 }
 
 /// Takes the run folder (rank 0) and prepares a new run in it: model, tokens, optimizer,
@@ -326,7 +309,7 @@ fn start(ranks: &DataParallel, init: Init, data: &[PathBuf], cfg: TrainConfig, o
         checksums,
     };
     let params = model.params();
-    let opt = new_optimizer(&params, &state.train)?;
+    let opt = Optimizer::new(ranks, &params, new_optimizer(&params, &state.train)?)?;
     let metrics = root
         .then(|| MetricsWriter::create(&run_dir.join(metrics::FILE), &[]))
         .transpose()?;
@@ -383,7 +366,7 @@ pub fn resume_data_parallel(
     let before = state.train.clone();
     change(&mut state.train);
     state.train.validate()?;
-    check_ranks(ranks, &state.train, loaded.model.config().dropout)?;
+    ranks.check_batch(state.train.batch_size)?;
     if state.train.steps < state.step {
         return Err(train_err(format!(
             "the run in {} is at step {}, past --steps {}; give --steps {} or more to train further",
@@ -420,6 +403,8 @@ pub fn resume_data_parallel(
     let params = loaded.model.params();
     let mut opt = new_optimizer(&params, &state.train)?;
     checkpoint::load_optimizer(&loaded.dir, &state, &mut opt, &opts.device)?;
+    // a checkpoint holds the whole moments (gathered when ZeRO-1 wrote it): shard them again
+    let opt = Optimizer::new(ranks, &params, opt)?;
     // rank 0 rewrites metrics.jsonl up to the checkpoint's step; the others need no history
     // (the checkpoint's step is at least 1, so a resumed run is never fresh)
     let (history, metrics) = if root {
@@ -584,7 +569,8 @@ impl Session {
         }
         let mut rngs = StepRngs {
             data: Rng::from_state(self.state.data_rng),
-            dropout: Rng::from_state(self.state.dropout_rng),
+            // each rank draws its rows' slice of the masks of the whole batch
+            dropout: Rng::from_state(self.state.dropout_rng).with_part(self.ranks.rank(), self.ranks.world()),
         };
         let mut speed = Throughput::new(self.state.step, tokens_per_step);
         while self.state.step < end {
@@ -604,8 +590,14 @@ impl Session {
                 self.evaluate_and_log(&reporter, tok_s, last_checkpoint)?;
                 let when = format!("after step {}", self.state.step);
                 self.ranks.check_identical(&self.params, &when)?;
-                if self.ranks.is_root() {
-                    checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.tokenizer, &self.state)?;
+                if let Some(opt_state) = self.opt.checkpoint_state(&self.ranks)? {
+                    checkpoint::save_with_optimizer_state(
+                        &self.run_dir,
+                        &self.model,
+                        &opt_state,
+                        &self.tokenizer,
+                        &self.state,
+                    )?;
                 }
                 last_checkpoint = Some(self.state.step);
             }
@@ -631,6 +623,16 @@ impl Session {
             self.tokenizer.describe()
         ));
         let world = self.ranks.world();
+        if let Optimizer::Zero1(zero) = &self.opt {
+            let (mine, whole) = zero.moment_bytes();
+            let bytes = |b: usize| crate::error::human_bytes(b as u128);
+            reporter.line(&format!(
+                "ZeRO-1: AdamW moments sharded over {world} ranks: {} on rank 0 instead of {} (saves {} per rank)",
+                bytes(mine),
+                bytes(whole),
+                bytes(whole - mine)
+            ));
+        }
         let ranks = if world > 1 {
             format!(" on {world} ranks ({} sequences each)", cfg.batch_size / world)
         } else {
@@ -676,16 +678,26 @@ impl Session {
         let step = self.state.step;
         let t0 = Instant::now();
         let lr = self.cfg().schedule().lr(step);
-        self.opt.set_lr(lr);
         let (loss, mut grads) = self.forward_backward(step, &mut rngs.data, &mut rngs.dropout)?;
-        // every rank's mean over its rows → the mean over the global batch, on every rank
-        self.ranks.average_gradients(&self.params, &mut grads)?;
         let mut loss = [loss];
         self.ranks.mean(&mut loss)?;
         let [loss] = loss;
         let clip = self.cfg().grad_clip;
         let max_norm = if clip > 0.0 { clip } else { f64::MAX };
-        let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
+        // every rank's mean over its rows → the mean over the global batch (on every rank, or
+        // this rank's shard of it under ZeRO-1), clipped to the global norm
+        let (norm, update) = match &self.opt {
+            Optimizer::Whole(_) => {
+                self.ranks.average_gradients(&self.params, &mut grads)?;
+                let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
+                (norm, grads)
+            }
+            Optimizer::Zero1(zero) => {
+                let reduced = zero.reduce_gradients(&grads, max_norm)?;
+                drop(grads);
+                reduced
+            }
+        };
         if !loss.is_finite() || !norm.is_finite() {
             let what = if loss.is_finite() {
                 format!("the gradient norm is {norm} (loss {loss})")
@@ -697,8 +709,14 @@ impl Session {
                 what: format!("{what} (learning rate {lr:e})"),
             });
         }
-        self.opt.step(&grads)?;
-        drop(grads);
+        match &mut self.opt {
+            Optimizer::Whole(opt) => {
+                opt.set_lr(lr);
+                opt.step(&update)?;
+            }
+            Optimizer::Zero1(zero) => zero.step(lr, &update)?,
+        }
+        drop(update);
         let dt = t0.elapsed().as_secs_f64();
         speed.seconds += dt;
         self.state.train_seconds += dt;
@@ -900,6 +918,35 @@ impl Session {
         );
         let svg = plot::history_svg(&title, &self.history);
         crate::model::io::write_atomic(&self.run_dir.join(PLOT), svg.as_bytes())
+    }
+}
+
+/// A session's optimizer: one AdamW, or AdamW with its moments sharded over the ranks (ZeRO-1,
+/// [`DataParallel::zero_stage`] 1).
+enum Optimizer {
+    Whole(AdamW),
+    Zero1(Zero1),
+}
+
+impl Optimizer {
+    /// `opt` as the ranks' ZeRO stage wants it: as it is, or sharded.
+    fn new(ranks: &DataParallel, params: &[(String, crate::Tensor)], opt: AdamW) -> Result<Optimizer> {
+        Ok(match ranks.zero_stage() {
+            0 => Optimizer::Whole(opt),
+            _ => Optimizer::Zero1(Zero1::new(ranks, params, opt)?),
+        })
+    }
+
+    /// The whole optimizer state for a checkpoint, on rank 0 (None on the others). Every rank
+    /// calls it: under ZeRO-1 the moments are gathered from the ranks.
+    fn checkpoint_state(&self, ranks: &DataParallel) -> Result<Option<Vec<(String, crate::Tensor)>>> {
+        match self {
+            Optimizer::Whole(opt) => ranks.is_root().then(|| opt.state()).transpose(),
+            Optimizer::Zero1(zero) => {
+                let state = zero.state()?;
+                Ok(ranks.is_root().then_some(state))
+            }
+        }
     }
 }
 

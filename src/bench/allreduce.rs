@@ -1,0 +1,209 @@
+//! `kiln bench --kernels allreduce` under `mpirun`: the time of one f32 sum all-reduce over the
+//! ranks (the collective data-parallel training calls for its gradient buckets) at message sizes
+//! from 4 bytes to 64 MiB. The smallest message gives the latency, the largest the bandwidth, in
+//! the two conventions of nccl-tests: *algorithm bandwidth* bytes / time, and *bus bandwidth*
+//! algbw · 2(N−1)/N, the rate at which each rank's link moves data in a ring all-reduce (which
+//! sends and receives 2(N−1)/N of the message per rank), comparable with a link's datasheet
+//! figure whatever N is. docs/distributed.md builds its scaling model from these figures.
+//!
+//! Every rank runs the same calls: each size is warmed up twice, the repetition count is agreed
+//! (the largest any rank wants, from its first timed call), and every call is timed on each rank
+//! between two all-reduces of one value (a barrier), so that no rank starts a call before the
+//! others ended the previous one. The figures are rank 0's.
+
+use super::machine::Machine;
+use super::timing::{repetitions, Stats};
+use crate::train::data_parallel::Collective;
+use crate::{Device, Error, Result};
+use std::time::Instant;
+
+/// The default message sizes in bytes: 4 B, then ×8 up to 16 MiB, and 64 MiB.
+pub const DEFAULT_BYTES: [usize; 10] = [
+    4,
+    32,
+    256,
+    2 << 10,
+    16 << 10,
+    128 << 10,
+    1 << 20,
+    8 << 20,
+    16 << 20,
+    64 << 20,
+];
+
+/// One message size.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AllReduceRow {
+    /// The message: f32 values per rank ...
+    pub floats: usize,
+    /// ... and their bytes.
+    pub bytes: usize,
+    /// Rank 0's times of one all-reduce.
+    pub stats: Stats,
+    /// bytes / median time, in GB/s (10⁹ bytes per second).
+    pub algbw_gb_s: f64,
+    /// algbw · 2(N−1)/N, in GB/s: what each rank's link carries in a ring all-reduce.
+    pub busbw_gb_s: f64,
+}
+
+/// The report: the machine and launch, and a row per size.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AllReduceReport {
+    /// "allreduce".
+    pub case: &'static str,
+    /// The transport: MPI's `MPI_Allreduce` (f32, sum) over `MPI_COMM_WORLD`.
+    pub collective: &'static str,
+    /// The number of ranks.
+    pub ranks: usize,
+    /// Rank 0's machine (the ranks may run on others).
+    pub machine: Machine,
+    /// How the calls were timed.
+    pub timing: &'static str,
+    /// When, in seconds since 1970.
+    pub date_unix: u64,
+    /// The median time of the smallest message, in µs: the latency of one all-reduce.
+    pub latency_us: f64,
+    /// The largest bus bandwidth over the sizes, in GB/s.
+    pub peak_busbw_gb_s: f64,
+    pub rows: Vec<AllReduceRow>,
+}
+
+/// One all-reduce of one value: every rank leaves it after every rank entered it.
+fn barrier(c: &dyn Collective) -> Result<()> {
+    c.all_reduce_sum_f64(&mut [0.0])
+}
+
+/// Times the all-reduce of `bytes` (multiples of 4) on every rank of `c`; `reps` fixes the
+/// repetitions, else each size repeats enough to fill about `budget_s` seconds (5 to 200).
+/// Every rank must call it with the same arguments; every rank returns rank 0's figures.
+pub fn run(c: &dyn Collective, bytes: &[usize], reps: Option<usize>, budget_s: f64) -> Result<AllReduceReport> {
+    if let Some(&bad) = bytes.iter().find(|&&b| b == 0 || b % 4 != 0) {
+        return Err(Error::invalid(
+            "bench allreduce",
+            format!("a message of {bad} bytes is not a positive whole number of f32 values (multiples of 4 bytes)"),
+        ));
+    }
+    let world = c.world();
+    let mut rows = Vec::with_capacity(bytes.len());
+    for &size in bytes {
+        let floats = size / 4;
+        let mut buf: Vec<f32> = (0..floats).map(|i| (i % 7) as f32).collect();
+        let timed = |buf: &mut Vec<f32>| -> Result<f64> {
+            barrier(c)?;
+            let t0 = Instant::now();
+            c.all_reduce_sum_f32(buf)?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        timed(&mut buf)?;
+        timed(&mut buf)?;
+        // the ranks agree on the count: the largest any of them asks for
+        let wanted = repetitions(reps, timed(&mut buf)?, budget_s) as u64;
+        let mut agreed = [wanted];
+        c.all_reduce_max_u64(&mut agreed)?;
+        let samples = (0..agreed[0]).map(|_| timed(&mut buf)).collect::<Result<Vec<f64>>>()?;
+        // rank 0's statistics, sent to every rank
+        let own = Stats::of(&samples);
+        let mut shared = if c.rank() == 0 {
+            [own.median_s, own.min_s, own.max_s]
+        } else {
+            [0.0; 3]
+        };
+        c.all_reduce_sum_f64(&mut shared)?;
+        let stats = Stats {
+            reps: samples.len(),
+            median_s: shared[0],
+            min_s: shared[1],
+            max_s: shared[2],
+        };
+        let algbw = size as f64 / stats.median_s / 1e9;
+        rows.push(AllReduceRow {
+            floats,
+            bytes: size,
+            stats,
+            algbw_gb_s: algbw,
+            busbw_gb_s: algbw * ring_factor(world),
+        });
+    }
+    let latency_us = rows.first().map_or(0.0, |r| r.stats.median_s * 1e6);
+    let peak_busbw_gb_s = rows.iter().map(|r| r.busbw_gb_s).fold(0.0, f64::max);
+    Ok(AllReduceReport {
+        case: "allreduce",
+        collective: "MPI_Allreduce (f32, sum) over MPI_COMM_WORLD",
+        ranks: world,
+        machine: Machine::this(&Device::Cpu),
+        timing: "host clock, median per size, rank 0, each call between two barriers",
+        date_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        latency_us,
+        peak_busbw_gb_s,
+        rows,
+    })
+}
+
+/// 2(N−1)/N: the share of a message that each rank sends (and receives) in a ring all-reduce
+/// of N ranks (reduce-scatter, then all-gather, each N−1 steps of 1/N of the message).
+pub fn ring_factor(world: usize) -> f64 {
+    2.0 * (world as f64 - 1.0) / world as f64
+}
+
+/// The terminal table of a report.
+pub fn table(r: &AllReduceReport) -> String {
+    let mut s = format!(
+        "all-reduce over {} ranks ({}); {}\n{:>12} {:>12} {:>12} {:>12} {:>6}\n",
+        r.ranks, r.collective, r.machine.cpu, "bytes", "median µs", "algbw GB/s", "busbw GB/s", "reps"
+    );
+    for row in &r.rows {
+        s.push_str(&format!(
+            "{:>12} {:>12.2} {:>12.3} {:>12.3} {:>6}\n",
+            row.bytes,
+            row.stats.median_s * 1e6,
+            row.algbw_gb_s,
+            row.busbw_gb_s,
+            row.stats.reps
+        ));
+    }
+    s.push_str(&format!(
+        "latency {:.2} µs, peak bus bandwidth {:.3} GB/s\n",
+        r.latency_us, r.peak_busbw_gb_s
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::data_parallel::DataParallel;
+
+    #[test]
+    fn the_ring_factor_is_the_share_each_rank_sends() {
+        assert_eq!(ring_factor(1), 0.0);
+        assert_eq!(ring_factor(2), 1.0);
+        assert_eq!(ring_factor(8), 1.75);
+    }
+
+    /// One process: every size is timed, the figures follow from the times, and sizes that are
+    /// not whole f32 messages are refused.
+    #[test]
+    fn one_rank_times_every_size_and_rejects_partial_floats() {
+        let dp = DataParallel::single();
+        let r = run(dp.collective(), &[4, 4096], Some(5), 0.01).unwrap();
+        assert_eq!(r.ranks, 1);
+        assert_eq!(r.rows.iter().map(|r| r.floats).collect::<Vec<_>>(), [1, 1024]);
+        for row in &r.rows {
+            assert_eq!(row.stats.reps, 5);
+            assert!(row.stats.min_s <= row.stats.median_s && row.stats.median_s <= row.stats.max_s);
+            let want = row.bytes as f64 / row.stats.median_s / 1e9;
+            assert!((row.algbw_gb_s - want).abs() <= 1e-12 * want, "{row:?}");
+            assert_eq!(row.busbw_gb_s, 0.0, "one rank sends nothing");
+        }
+        assert_eq!(r.latency_us, r.rows[0].stats.median_s * 1e6);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["case"], "allreduce");
+        assert_eq!(json["rows"][1]["bytes"], 4096);
+        for bad in [0, 6] {
+            let err = run(dp.collective(), &[bad], None, 0.01).unwrap_err().to_string();
+            assert!(err.contains(&format!("{bad} bytes")), "{err}");
+        }
+    }
+}
