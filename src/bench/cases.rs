@@ -275,6 +275,70 @@ fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, how: QuantProduct) -
     })
 }
 
+/// `x·Wᵀ` for bf16 x `[M, K]` and W `[N, K]` (`s.dims` = [M, N, K]) on `gemm::bgemm_on`: with
+/// `amx`, the fastest bf16 kernel this CPU runs (AMX tiles, else `vdpbf16ps`, else portable),
+/// else the fastest short of AMX: the baseline. W is read transposed in place, as a Linear's
+/// forward reads it; C is f32. CPU only. Checked against an f64 loop on the bf16 values.
+fn bgemm(s: &Setup, rng: &mut Rng, amx: bool) -> Result<(String, Work)> {
+    use crate::backend::cpu::gemm::{bgemm_on, Bf16Isa};
+    let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
+    let isa = [Bf16Isa::Amx, Bf16Isa::Avx512Bf16, Bf16Isa::Portable]
+        .into_iter()
+        .find(|&isa| isa.is_supported() && (amx || isa != Bf16Isa::Amx))
+        .expect("Portable is always supported");
+    let in_bytes = ((m * k + n * k) * 2) as f64;
+    let sets = s.sets(in_bytes);
+    let host_bf16 = |t: &Tensor| t.to_vec::<half::bf16>();
+    let x = inputs(sets, &[m, k], DType::BF16, rng, &Device::Cpu)?;
+    let w = inputs(sets, &[n, k], DType::BF16, rng, &Device::Cpu)?;
+    let (x0, w0) = (host(&x[0])?, host(&w[0])?);
+    let x = x.iter().map(host_bf16).collect::<Result<Vec<_>>>()?;
+    let w = w.iter().map(host_bf16).collect::<Result<Vec<_>>>()?;
+    let product = move |i: usize| {
+        let mut c = vec![0f32; m * n];
+        let (k, n) = (k as isize, n as isize);
+        bgemm_on(
+            isa,
+            m,
+            n as usize,
+            k as usize,
+            1.0,
+            &x[i % sets],
+            k,
+            1,
+            &w[i % sets],
+            1,
+            k,
+            0.0,
+            &mut c,
+            n,
+            1,
+        );
+        c
+    };
+    let c0: Vec<f64> = product(0).into_iter().map(f64::from).collect();
+    Ok((
+        format!("{isa:?}"),
+        Work {
+            flops: 2.0 * (m * n * k) as f64,
+            bytes: in_bytes + (m * n * F32) as f64,
+            written: (m * n * F32) as f64,
+            sets,
+            run: Box::new(move |i| {
+                product(i);
+                Ok(())
+            }),
+            check: checked(move || {
+                let which = sample(m);
+                let want = linear_rows(&rows(&x0, k, &which), &w0, k);
+                Ok(Comparison::new(tolerance(DType::F32))
+                    .compare("c", &rows(&c0, n, &which), &want)
+                    .finish())
+            }),
+        },
+    ))
+}
+
 /// What an attention case times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pass {
@@ -1046,6 +1110,20 @@ pub const CASES: &[Case] = &[
         emu: &[&[65, 63, 129]],
         prepare: |s, rng| matmul(s, rng, DType::BF16),
         library: Some(|s, rng| library::gemm(s, rng, DType::BF16)),
+    },
+    Case {
+        name: "bgemm_amx",
+        about: "gemm::bgemm_on, bf16 [M, K] x [N, K]^T, f32 C: AMX-BF16 tiles where present; vdpbf16ps baseline",
+        dims: "MxNxK",
+        bound: Bound::Compute,
+        dtype: DType::BF16,
+        // SmolLM2-135M's 128-token prefill (gate/up, down, q/o) and a 16-row product (AMX's
+        // smallest); CPU only
+        cuda: &[],
+        cpu: &[&[128, 1536, 576], &[128, 576, 1536], &[128, 576, 576], &[16, 1536, 576]],
+        emu: &[],
+        prepare: |s, rng| Ok(bgemm(s, rng, true)?.1),
+        library: Some(|s, rng| bgemm(s, rng, false)),
     },
     Case {
         name: "linear_gelu",

@@ -4,9 +4,10 @@
 //! few rows against a bf16 B (decode: one token against a weight) streams B in place, widening
 //! each element in registers (`gemm::sgemm_streamed`), so the weight is read once at 2 bytes an
 //! element and never copied; other bf16 × bf16 products, on a CPU with AVX-512 BF16, run
-//! `gemm::bgemm` on the bf16 operands as they are (`vdpbf16ps`: the same exact products, summed
-//! in f32 in another order); the rest widen A to f32 and B one block of columns at a time for the
-//! f32 GEMM (a copy their `m` rows amortise, into a buffer that stays in cache).
+//! `gemm::bgemm` on the bf16 operands as they are (AMX tile products or `vdpbf16ps`: the same
+//! exact products, summed in f32 in another order); the rest widen A to f32 and B one block of columns at a time for the
+//! f32 GEMM (a copy their `m` rows amortise, into a buffer that stays in cache). The f32 result
+//! is rounded to the half type over threads (`map`).
 
 use super::{alloc, gemm, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
@@ -64,11 +65,17 @@ pub fn matmul(
                 }
             };
             let (out, z) = epilogue(product, &shape, epi)?;
-            let narrow = |v: Vec<f32>| match a {
-                CpuStorage::BF16(_) => CpuStorage::BF16(v.into_iter().map(super::float::f32_to_bf16).collect()),
-                _ => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
+            // one rounding per element, over threads (`map` splits contiguous work), vectorised
+            let narrow = |v: Vec<f32>| -> Result<CpuStorage> {
+                let flat = Layout::contiguous(&[v.len()]);
+                Ok(match a {
+                    CpuStorage::BF16(_) => {
+                        CpuStorage::BF16(super::map("matmul", &v, &flat, super::float::f32_to_bf16)?)
+                    }
+                    _ => CpuStorage::F16(super::map("matmul", &v, &flat, f16::from_f32)?),
+                })
             };
-            (narrow(out), z.map(narrow))
+            (narrow(out)?, z.map(narrow).transpose()?)
         }
         (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float("matmul", DType::U32)),
         _ => return Err(Error::dtype_mismatch("matmul", a.dtype(), b.dtype())),
@@ -229,9 +236,9 @@ mod tests {
     use super::*;
 
     /// On a CPU with AVX-512 BF16, a bf16 × bf16 product with more rows than the streamed path
-    /// takes runs on `vdpbf16ps` (`gemm::bgemm`), seen through the instruction's documented
-    /// reading of a subnormal bf16 (here 2⁻¹²⁷) as zero; a product of one row keeps the streamed
-    /// f32 path, which multiplies it exactly.
+    /// takes runs on `vdpbf16ps` or, from 16 rows with AMX, `tdpbf16ps` (`gemm::bgemm`), seen
+    /// through both instructions' documented reading of a subnormal bf16 (here 2⁻¹²⁷) as zero; a
+    /// product of one row keeps the streamed f32 path, which multiplies it exactly.
     #[test]
     fn bf16_products_run_on_vdpbf16ps_where_the_cpu_has_it() {
         if !gemm::has_bf16_dot() {

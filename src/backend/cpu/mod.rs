@@ -6,6 +6,8 @@
 pub mod adamw;
 pub mod alloc;
 mod allocator;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
 pub mod binary;
 mod cast;

@@ -134,7 +134,7 @@ unsafe fn tile(kc: usize, a: *const bf16, b: *const bf16, c: MatMut<f32>, mr: us
 /// Element `(l, p)` at `src + l·lane_stride + p·k_stride` is readable for `l < lanes`, `p < kc`;
 /// `dst` holds at least `round_up(kc, 2)·width` elements; the CPU supports [`Bf16Dot`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn pack_pairs(
+pub(super) unsafe fn pack_pairs(
     src: *const bf16,
     lane_stride: usize,
     k_stride: usize,

@@ -75,38 +75,42 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
     let k_blocks = Blocks::new(k, K::KC, K::K_STEP);
     let n_blocks = Blocks::new(n, K::NC, K::NR);
     let b_len = k_blocks.size * n_blocks.size;
-    with_pack_buffer(b_len + K::MR * k_blocks.size, |buf: &mut [K::In]| {
-        let (b_pack, a_pack) = buf.split_at_mut(b_len);
-        for (jc, nc) in n_blocks {
-            for (pc, kc) in k_blocks {
-                let beta = if pc == 0 { ep.beta } else { K::T::ONE };
-                // SAFETY: (pc, jc) is an element of B, the block is kc×nc and the CPU supports K.
-                unsafe { K::pack_b(kc, nc, b.at(pc, jc), b_pack) };
-                for ic in (0..m).step_by(K::MR) {
-                    let mr = K::MR.min(m - ic);
-                    // SAFETY: (ic, pc) is an element of A, the block is mr×kc and the CPU supports K.
-                    unsafe { K::pack_a(mr, kc, a.at(ic, pc), a_pack) };
-                    let panel_len = round_up(kc, K::K_STEP) * K::NR;
-                    for (jr, b_panel) in (0..nc).step_by(K::NR).zip(b_pack.chunks_exact(panel_len)) {
-                        // SAFETY: the panels hold kc'·MR and kc'·NR elements, the tile at
-                        // (ic, jc + jr) of C is inside the problem's part of C (caller's
-                        // contract) and the CPU supports K (caller's contract).
-                        unsafe {
-                            K::tile(
-                                kc,
-                                a_pack.as_ptr(),
-                                b_panel.as_ptr(),
-                                c.at(ic, jc + jr),
-                                mr,
-                                K::NR.min(nc - jr),
-                                &Epilogue { beta, ..ep },
-                            )
-                        };
+    let all_blocks = || {
+        with_pack_buffer(b_len + K::MR * k_blocks.size, |buf: &mut [K::In]| {
+            let (b_pack, a_pack) = buf.split_at_mut(b_len);
+            for (jc, nc) in n_blocks {
+                for (pc, kc) in k_blocks {
+                    let beta = if pc == 0 { ep.beta } else { K::T::ONE };
+                    // SAFETY: (pc, jc) is an element of B, the block is kc×nc and the CPU supports K.
+                    unsafe { K::pack_b(kc, nc, b.at(pc, jc), b_pack) };
+                    for ic in (0..m).step_by(K::MR) {
+                        let mr = K::MR.min(m - ic);
+                        // SAFETY: (ic, pc) is an element of A, the block is mr×kc and the CPU supports K.
+                        unsafe { K::pack_a(mr, kc, a.at(ic, pc), a_pack) };
+                        let panel_len = round_up(kc, K::K_STEP) * K::NR;
+                        for (jr, b_panel) in (0..nc).step_by(K::NR).zip(b_pack.chunks_exact(panel_len)) {
+                            // SAFETY: the panels hold kc'·MR and kc'·NR elements, the tile at
+                            // (ic, jc + jr) of C is inside the problem's part of C (caller's
+                            // contract) and the CPU supports K (caller's contract).
+                            unsafe {
+                                K::tile(
+                                    kc,
+                                    a_pack.as_ptr(),
+                                    b_panel.as_ptr(),
+                                    c.at(ic, jc + jr),
+                                    mr,
+                                    K::NR.min(nc - jr),
+                                    &Epilogue { beta, ..ep },
+                                )
+                            };
+                        }
                     }
                 }
             }
-        }
-    });
+        })
+    };
+    // SAFETY: the CPU supports K (caller's contract); the kernel's calls above run inside.
+    unsafe { K::with_thread_state(all_blocks) }
 }
 
 /// `0..len` cut into `ceil(len / max)` nearly equal blocks whose size is a multiple of

@@ -29,8 +29,9 @@ pub(super) trait Kernel: Sized {
     /// # Safety
     ///
     /// `a` and `b` point to `kc'·MR` and `kc'·NR` readable elements (`kc' = round_up(kc, K_STEP)`), `mr <= MR`, `nr <= NR`,
-    /// the `mr×nr` view `c` is valid for reads and writes and not accessed concurrently, and
-    /// the CPU supports the kernel's target features.
+    /// the `mr×nr` view `c` is valid for reads and writes and not accessed concurrently, the
+    /// CPU supports the kernel's target features, and the call is inside
+    /// [`Kernel::with_thread_state`] on this thread (as are the packing calls).
     unsafe fn tile(
         kc: usize,
         a: *const Self::In,
@@ -55,4 +56,15 @@ pub(super) trait Kernel: Sized {
     ///
     /// As for [`super::pack::pack_b`], and the CPU supports the kernel's target features.
     unsafe fn pack_b(kc: usize, nc: usize, b: MatRef<Self::In>, dst: &mut [Self::In]);
+
+    /// Runs `f` (one thread's share of a product: all its packing and tiles) inside the
+    /// per-thread state the kernel needs, by default none (AMX: the tile configuration, loaded
+    /// before and released after).
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports the kernel's target features.
+    unsafe fn with_thread_state<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
 }

@@ -68,6 +68,31 @@
 //! AVX-512 BF16, [`bgemm`] runs the portable kernel on bf16 panels, and `matmul.rs` keeps
 //! widening to f32 for the f32 kernels instead.
 //!
+//! # bf16 operands on AMX tiles: `tdpbf16ps` ([`Bf16Isa::Amx`])
+//!
+//! Where the CPU has AMX-BF16 and the OS grants the tile state (Sapphire Rapids and later on
+//! Linux; `backend/cpu/amx.rs` holds the detection, permission request and tile configuration
+//! shared with the quantized formats' AMX-INT8 GEMM), [`bgemm`] runs products of at least
+//! [`AMX_MIN_ROWS`] rows of C on the `amx_bf16.rs` kernel, in the same driver: a 32×32 block of
+//! C in four 16×16 f32 tiles; per step of 32 along k, two A tiles (16 rows × 32 bf16) and two B
+//! tiles (16 pair rows × 16 columns × 2 bf16, B̃'s pair layout with NR = 32) loaded, four
+//! `tdpbf16ps` (8192 multiply-adds each) issued, so each tile load feeds two products:
+//!
+//! ```text
+//! Ã: (kc'/32, 32, 32)  ã[(t·32 + i)·32 + e] = A[i, 32t + e]    A tile = 16 rows at stride 64 B
+//! B̃: (kc'/2, 32, 2)    b̃[(q·32 + j)·2 + h] = B[2q + h, j]     B tile = 16 rows at stride 128 B
+//! ```
+//!
+//! k is blocked and padded in steps of 32 (`K_STEP`), rows and columns to the block, all with
+//! zeros, so the tile loop has no edge cases; the f32 block is stored from the tiles and written
+//! back by AVX-512 with alpha, beta and the edge masks. Per step: 4 KiB loaded for 65536 flops;
+//! `tdpbf16ps` issues every 16 cycles (about 1024 flops a cycle, 8× `vdpbf16ps`), so packing,
+//! once per block, weighs more here than for the vector kernels. Every layout a Linear's
+//! products use packs with vector code: Ã by copy (row-major A: `x`, `dY`) or pair interleave and
+//! transpose (column-major A: `dYᵀ` in `dW = dYᵀ·X`), B̃ as for `vdpbf16ps` (`Wᵀ` in `x·Wᵀ`,
+//! `W` in `dX = dY·W`, `X` in `dW`). The numerics are `vdpbf16ps`'s (subnormals flushed, NaN and
+//! infinities propagated). [`bgemm_on`] runs a chosen [`Bf16Isa`] (tests, benchmarks).
+//!
 //! The result is that of [`sgemm`] on the operands widened to f32, up to the order of the f32
 //! additions: a product of two bf16 is exact in f32, and `vdpbf16ps` rounds each accumulation to
 //! nearest even. It ignores MXCSR: subnormal inputs (below 2⁻¹²⁶) are read as zero and subnormal
@@ -99,6 +124,8 @@
 #[macro_use]
 mod simd;
 
+#[cfg(target_arch = "x86_64")]
+mod amx_bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -204,11 +231,12 @@ pub fn dgemm(
 /// `C = alpha·A·B + beta·C` for bf16 A and B and an f32 C, accumulated in f32; the layout and
 /// special cases are [`sgemm`]'s. The products of bf16 values are exact in f32, so the result is
 /// [`sgemm`]'s on the operands widened to f32 up to the order of the f32 sums (and, with
-/// `vdpbf16ps`, values below f32's normal range flushed to zero; see `avx512bf16.rs`). On a
-/// CPU with AVX-512 BF16 ([`has_bf16_dot`]) it runs the `vdpbf16ps` kernel, twice the f32
-/// kernel's multiply-adds per instruction and half its bytes per packed element; elsewhere the
-/// portable kernel, widening as it reads (callers with a fast f32 kernel should widen to f32
-/// and call [`sgemm`] there, as `matmul.rs` does).
+/// `vdpbf16ps` or AMX, values below f32's normal range flushed to zero; see `avx512bf16.rs`).
+/// Runs on the fastest [`Bf16Isa`] this CPU has: AMX tile products for a C of at least
+/// [`AMX_MIN_ROWS`] rows, else `vdpbf16ps` (AVX-512 BF16: twice the f32 kernel's multiply-adds
+/// per instruction and half its bytes per packed element), else the portable kernel, widening
+/// as it reads (callers with a fast f32 kernel should widen to f32 and call [`sgemm`] there, as
+/// `matmul.rs` does).
 ///
 /// # Panics
 ///
@@ -230,26 +258,90 @@ pub fn bgemm(
     rsc: isize,
     csc: isize,
 ) {
-    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
-    #[cfg(target_arch = "x86_64")]
-    {
-        if avx512bf16::supported() {
-            return run::<avx512bf16::Bf16Dot>(problem);
-        }
-    }
-    run::<Portable<f32, 4, 8, bf16>>(problem);
+    // the rows of C the kernel sees: the driver transposes a column-major C
+    let rows = if csc != 1 && rsc == 1 { n } else { m };
+    let isa = [Bf16Isa::Amx, Bf16Isa::Avx512Bf16, Bf16Isa::Portable]
+        .into_iter()
+        .find(|&isa| isa.is_supported() && (isa != Bf16Isa::Amx || rows >= AMX_MIN_ROWS))
+        .unwrap_or(Bf16Isa::Portable);
+    bgemm_on(isa, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
 }
 
-/// Whether [`bgemm`] runs on `vdpbf16ps` here (AVX-512 BF16, with AVX-512 F/BW/VL).
+/// Rows of C from which [`bgemm`] runs on AMX: one A tile. Below it most of each tile product
+/// multiplies padding, and `vdpbf16ps`'s 12-row tiles waste less.
+pub const AMX_MIN_ROWS: usize = 16;
+
+/// The instruction set [`bgemm_on`] runs a bf16 product on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Isa {
+    /// The portable kernel, widening bf16 to f32 as it reads the packed panels; runs everywhere.
+    Portable,
+    /// AVX-512 BF16's `vdpbf16ps` on a 12×32 register tile (with AVX-512 F/BW/VL: Cooper Lake,
+    /// Sapphire Rapids, Zen 4).
+    Avx512Bf16,
+    /// AMX-BF16's `tdpbf16ps` on a 32×32 block of four tiles, packed with `Avx512Bf16`'s
+    /// instructions (Sapphire Rapids and later, on Linux when the kernel grants the tile state).
+    Amx,
+}
+
+impl Bf16Isa {
+    /// Every instruction set, slowest first.
+    pub const ALL: [Bf16Isa; 3] = [Bf16Isa::Portable, Bf16Isa::Avx512Bf16, Bf16Isa::Amx];
+
+    /// Whether this CPU (and, for AMX, the OS) runs `self`.
+    pub fn is_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Bf16Isa::Portable => true,
+                Bf16Isa::Avx512Bf16 => avx512bf16::supported(),
+                Bf16Isa::Amx => amx_bf16::supported(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Bf16Isa::Portable
+        }
+    }
+}
+
+/// [`bgemm`] on the instruction set `isa`, whatever the shape.
+///
+/// # Panics
+///
+/// As [`bgemm`], and if this CPU does not run `isa` ([`Bf16Isa::is_supported`]).
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub fn bgemm_on(
+    isa: Bf16Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[bf16],
+    rsa: isize,
+    csa: isize,
+    b: &[bf16],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    assert!(isa.is_supported(), "bgemm: this CPU does not run {isa:?}");
+    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Isa::Amx => run::<amx_bf16::AmxBf16>(problem),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Isa::Avx512Bf16 => run::<avx512bf16::Bf16Dot>(problem),
+        _ => run::<Portable<f32, 4, 8, bf16>>(problem),
+    }
+}
+
+/// Whether [`bgemm`] runs on `vdpbf16ps` or AMX here (AVX-512 BF16, with AVX-512 F/BW/VL).
 pub fn has_bf16_dot() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512bf16::supported()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Bf16Isa::Avx512Bf16.is_supported()
 }
 
 /// Whether the CPU has AVX2 and FMA (the [`avx2`] kernel's instruction sets).

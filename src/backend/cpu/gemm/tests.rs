@@ -560,11 +560,14 @@ fn streamed_products_reject_five_rows() {
     sgemm_streamed(5, 1, 1, 1.0, &[1.0f32; 5], 1, 1, &[1.0f32], 1, 1, 0.0, &mut c, 1, 1);
 }
 
-/// `values` as bf16, each of which must be one already (the case rounded them).
+/// `values` as bf16, each of which must be one already (the case rounded them) or NaN.
 fn exactly_bf16(values: &[f32], name: &str) -> Vec<half::bf16> {
     let narrow: Vec<half::bf16> = values.iter().map(|&x| half::bf16::from_f32(x)).collect();
     assert!(
-        narrow.iter().zip(values).all(|(h, &x)| h.to_f32() == x),
+        narrow
+            .iter()
+            .zip(values)
+            .all(|(h, &x)| h.to_f32() == x || (x.is_nan() && h.is_nan())),
         "the case's {name} is not rounded to bf16"
     );
     narrow
@@ -573,7 +576,7 @@ fn exactly_bf16(values: &[f32], name: &str) -> Vec<half::bf16> {
 /// bf16 GEMM on kernel `K` (which the CPU must support) in [`sgemm`]'s form: the case's A and B,
 /// rounded to bf16, are handed to the kernel as bf16.
 #[allow(clippy::too_many_arguments)]
-fn bgemm_on<K: Kernel<T = f32, In = half::bf16>>(
+fn bgemm_kernel<K: Kernel<T = f32, In = half::bf16>>(
     m: usize,
     n: usize,
     k: usize,
@@ -619,14 +622,21 @@ fn bgemm_public(
 /// Each bf16 kernel this CPU can run, and `bgemm`'s dispatch.
 fn bf16_kernels() -> Vec<(&'static str, Gemm<f32>)> {
     let mut out: Vec<(&'static str, Gemm<f32>)> = vec![
-        ("portable bf16", bgemm_on::<Portable<f32, 4, 8, half::bf16>>),
+        ("portable bf16", bgemm_kernel::<Portable<f32, 4, 8, half::bf16>>),
         ("bgemm", bgemm_public),
     ];
     #[cfg(target_arch = "x86_64")]
-    if avx512bf16::supported() {
-        out.push(("avx512bf16", bgemm_on::<avx512bf16::Bf16Dot>));
-    } else {
-        eprintln!("no AVX-512 BF16 on this CPU: the vdpbf16ps kernel is not tested");
+    {
+        if avx512bf16::supported() {
+            out.push(("avx512bf16", bgemm_kernel::<avx512bf16::Bf16Dot>));
+        } else {
+            eprintln!("no AVX-512 BF16 on this CPU: the vdpbf16ps kernel is not tested");
+        }
+        if amx_bf16::supported() {
+            out.push(("amx_bf16", bgemm_kernel::<amx_bf16::AmxBf16>));
+        } else {
+            eprintln!("no AMX-BF16 on this CPU (or the OS refused the tiles): the tdpbf16ps kernel is not tested");
+        }
     }
     out
 }
@@ -681,9 +691,9 @@ fn large_bf16_products_match_reference() {
     }
 }
 
-/// Where the CPU has AVX-512 BF16, `bgemm` runs on vdpbf16ps. Seen from outside through the
-/// instruction's documented semantics: it reads a subnormal bf16 (here 2⁻¹²⁷) as zero, where
-/// every other kernel multiplies it exactly.
+/// Where the CPU has AVX-512 BF16, `bgemm` runs on vdpbf16ps (or, for these 16 rows with AMX,
+/// tdpbf16ps). Seen from outside through the instructions' documented semantics: they read a
+/// subnormal bf16 (here 2⁻¹²⁷) as zero, where the portable kernel multiplies it exactly.
 #[test]
 fn bgemm_runs_on_vdpbf16ps_where_the_cpu_has_it() {
     if !has_bf16_dot() {
@@ -708,4 +718,94 @@ fn bgemm_runs_on_vdpbf16ps_where_the_cpu_has_it() {
     let (a, b, c_view) = ((&a[..], rsa, 1), (&b[..], rsb, 1), (&mut c[..], rsb, 1));
     run::<Portable<f32, 4, 8, half::bf16>>(Problem::new([m, n, k], 1.0, a, b, 0.0, c_view));
     assert!(c.iter().all(|&x| x == 6.0 * 2f32.powi(-127)), "C[0, 0] = {}", c[0]);
+}
+
+/// The layouts of a Linear's three products, as `[A, B, C]`: the forward `y = x·Wᵀ` (W read
+/// transposed: B column-major), the input gradient `dX = dY·W` (B row-major) and the weight
+/// gradient `dW = dYᵀ·X` (A column-major).
+const LINEAR_LAYOUTS: [[Layout; 3]; 3] = [
+    [Layout::RowMajor, Layout::ColMajor, Layout::RowMajor],
+    [Layout::RowMajor, Layout::RowMajor, Layout::RowMajor],
+    [Layout::ColMajor, Layout::RowMajor, Layout::RowMajor],
+];
+
+/// Every row count from 1 to 40, then 57 and 131 (around and across the AMX kernel's 16-row tiles
+/// and 32-row blocks, the vdpbf16ps kernel's 12 rows), odd n and k spanning several 32-wide tiles
+/// and k steps, each product of a Linear, on every bf16 kernel, against the f64 loop of [`check`].
+#[test]
+fn bf16_kernels_match_reference_on_every_row_count() {
+    for m in (1..=40).chain([57, 131]) {
+        for (layouts, beta) in LINEAR_LAYOUTS.into_iter().zip([0.0, 1.0, 0.0]) {
+            check_bf16(&fixed(m, 97, 101, layouts, beta)).unwrap_or_else(|e| panic!("m = {m}, {layouts:?}: {e}"));
+        }
+    }
+}
+
+/// NaN and infinities in A or B reach exactly the elements of C that an f64 loop says they
+/// reach (NaN where an infinity meets a zero or an infinity of the other sign, ±inf where one
+/// survives), on every bf16 kernel and each product of a Linear; the other elements stay within
+/// [`check`]'s bound.
+#[test]
+fn bf16_kernels_propagate_nan_and_inf() {
+    use half::bf16;
+    let (n, k) = (45, 77);
+    for m in [5, 17, 40] {
+        for layouts in LINEAR_LAYOUTS {
+            let (rsa, csa, len_a) = layouts[0].strides(m, k);
+            let (rsb, csb, len_b) = layouts[1].strides(k, n);
+            let round = |x: f64| bf16::from_f64(x).to_f64() as f32;
+            let mut a: Vec<f32> = random_values(m as u64, len_a).into_iter().map(round).collect();
+            let mut b: Vec<f32> = random_values(!(m as u64), len_b).into_iter().map(round).collect();
+            // row 3 of A: a NaN; row m - 1: +inf; B's row 50: -inf in column 40 and a zero in
+            // column 7 (which meets A's +inf in the same step: NaN)
+            a[3 * rsa + 10 * csa] = f32::NAN;
+            a[(m - 1) * rsa + 50 * csa] = f32::INFINITY;
+            b[50 * rsb + 7 * csb] = 0.0;
+            b[60 * rsb + 40 * csb] = f32::NEG_INFINITY;
+            for (name, gemm) in bf16_kernels() {
+                let mut c = vec![f32::NAN; m * n];
+                gemm(
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    &a,
+                    rsa as isize,
+                    csa as isize,
+                    &b,
+                    rsb as isize,
+                    csb as isize,
+                    0.0,
+                    &mut c,
+                    n as isize,
+                    1,
+                );
+                let (mut nans, mut infs) = (0, 0);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut dot, mut mag) = (0.0f64, 0.0f64);
+                        for p in 0..k {
+                            let prod = f64::from(a[i * rsa + p * csa]) * f64::from(b[p * rsb + j * csb]);
+                            dot += prod;
+                            mag += prod.abs();
+                        }
+                        let got = f64::from(c[i * n + j]);
+                        let at = format!("{name} {layouts:?} m = {m}: C[{i},{j}] = {got}, expected {dot}");
+                        if dot.is_nan() {
+                            nans += 1;
+                            assert!(got.is_nan(), "{at}");
+                        } else if dot.is_infinite() {
+                            infs += 1;
+                            assert_eq!(got, dot, "{at}");
+                        } else {
+                            let tol = f64::from(f32::EPSILON) * (1.0 + (k as f64 + 2.0) * mag);
+                            assert!((got - dot).abs() <= tol, "{at}");
+                        }
+                    }
+                }
+                // the case reaches all three kinds: row 3 NaN, column 40 ±inf, C[m - 1, 7] NaN
+                assert!(nans >= n && infs > 0, "{name}: {nans} NaN, {infs} inf");
+            }
+        }
+    }
 }

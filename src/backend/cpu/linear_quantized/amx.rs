@@ -1,5 +1,5 @@
 //! Intel AMX (Advanced Matrix Extensions, Sapphire Rapids and later) for the grouped formats'
-//! GEMM: detection, the Linux permission request, the tile configuration and the kernel.
+//! GEMM: the tile layout and the kernel.
 //!
 //! # Algorithm
 //!
@@ -22,88 +22,33 @@
 //! formula). Per block of 16 × 16 × 32: 3 tile instructions and about 80 vector ones, where the
 //! AVX-512 VNNI kernel takes about 350.
 //!
-//! # Operating system
-//!
-//! The tile data (8 KiB of state) is off by default on Linux: a process asks for it once with
-//! `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`; where the request fails (an older
-//! kernel, another OS, a sandbox) [`available`] is false and the AVX-512 kernel runs instead.
+//! Detection, the permission request and the tile configuration are shared with the bf16 GEMM
+//! (`backend/cpu/amx.rs`).
 
 use super::q8::{Q8Row, QK};
+use crate::backend::cpu::amx::{self, AmxOp, TileConfig};
 use crate::backend::op::{QuantFormat, GROUP_ROWS};
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
 /// Rows of x per tile product (an A tile's 16 rows).
 pub(super) const AMX_GEMM_ROWS: usize = 16;
 
-/// Whether this CPU has AMX-TILE and AMX-INT8, the OS saves their state (XCR0 bits 17 and 18),
-/// and this process was granted the tile data; checked, and the permission requested, once.
+/// Whether this CPU and OS run the AMX-INT8 tile products (`backend/cpu/amx.rs`).
 pub(super) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    // SAFETY: detection reads CPUID and XCR0 only after checking that they exist.
-    *AVAILABLE.get_or_init(|| unsafe { cpu_has_amx_int8() } && request_tile_data())
+    amx::available(AmxOp::Int8)
 }
 
-/// CPUID leaf 7's AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25), and XCR0's tile state (bits 17,
-/// 18: XTILECFG, XTILEDATA).
-///
-/// # Safety
-/// None beyond x86-64: `cpuid` exists on every x86-64 CPU, and `xgetbv` is run only where CPUID
-/// reports OSXSAVE.
-#[target_feature(enable = "xsave")]
-unsafe fn cpu_has_amx_int8() -> bool {
-    if __cpuid(0).eax < 7 {
-        return false;
-    }
-    let edx = __cpuid_count(7, 0).edx;
-    let osxsave = __cpuid(1).ecx & (1 << 27) != 0;
-    if edx & (3 << 24) != 3 << 24 || !osxsave {
-        return false;
-    }
-    // SAFETY: OSXSAVE is set, so xgetbv is enabled.
-    let xcr0 = unsafe { _xgetbv(0) };
-    xcr0 & (3 << 17) == 3 << 17
-}
-
-/// Asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`,
-/// granted for the whole process); false elsewhere or if refused.
-fn request_tile_data() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: arch_prctl with this request only changes the process's permitted xsave
-        // features; it reads and writes no memory of ours.
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
-    }
-    #[cfg(not(target_os = "linux"))]
-    false
-}
-
-/// The 64-byte operand of `ldtilecfg`: palette 1, and per tile its bytes per row (u16 at 16 + 2i)
-/// and rows (u8 at 48 + i); tiles 0 (A), 1 (B) and 2 (C) as drawn in the module's documentation.
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
-
-impl TileConfig {
-    fn new() -> TileConfig {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        for (tile, rows, bytes) in [(0, AMX_GEMM_ROWS, QK), (1, QK / 4, 64), (2, AMX_GEMM_ROWS, 64)] {
-            c[16 + 2 * tile..18 + 2 * tile].copy_from_slice(&(bytes as u16).to_le_bytes());
-            c[48 + tile] = rows as u8;
-        }
-        TileConfig(c)
-    }
-}
+/// Tiles 0 (A: 16 rows of one block of x), 1 (B: 8 rows of 64 bytes) and 2 (C: 16 × 16 i32), as
+/// drawn in the module's documentation.
+const TILES: TileConfig = TileConfig::new(&[(0, AMX_GEMM_ROWS, QK), (1, QK / 4, 64), (2, AMX_GEMM_ROWS, 64)]);
 
 /// `C = A·B` on the tiles: A 16 rows of 32 signed bytes at `a` (stride `a_stride`), B 8 rows of
 /// 64 bytes at `b` (stride 64), signed (`SIGNED_B`, Q8_0) or unsigned (nibbles); C's 16 × 16 i32
 /// stored to `c`.
 ///
 /// # Safety
-/// The tile configuration of [`TileConfig::new`] is loaded; the addresses hold what is said.
+/// `TILES` is loaded; the addresses hold what is said.
 #[inline(always)]
 unsafe fn tile_product<const SIGNED_B: bool>(a: *const i8, a_stride: usize, b: *const u8, c: &mut [[i32; 16]; 16]) {
     // SAFETY: the caller's; the loads read 16 × 32 bytes at a and 8 × 64 at b, the store writes
@@ -171,10 +116,9 @@ pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, ou
             unpacked[b * 512..].as_ptr()
         }
     };
-    let config = TileConfig::new();
     let mut c = [[0i32; 16]; 16];
-    // SAFETY: `available` said the tiles may be used; the configuration is a valid palette 1.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+    // SAFETY: `available` said the tiles may be used (caller's contract); released on return.
+    let _tiles = unsafe { TILES.load() };
     for i0 in (0..rows).step_by(AMX_GEMM_ROWS) {
         let mut acc = [_mm512_setzero_ps(); AMX_GEMM_ROWS];
         for b in 0..blocks {
@@ -212,6 +156,4 @@ pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, ou
             unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((i0 + r) * GROUP_ROWS), *acc) };
         }
     }
-    // SAFETY: releases the tile state this thread configured.
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
