@@ -11,8 +11,8 @@
 //! exactly, and then the result must agree to f32 rounding alone.
 
 use kiln::backend::cpu::linear_quantized::{
-    linear_dequantized, linear_quantized, linear_quantized_gemm_on, linear_quantized_input_grad, linear_quantized_on,
-    QuantIsa, GEMM_FROM_ROWS, ROWS_PER_TASK,
+    linear_dequantized, linear_quantized, linear_quantized_gemm_on, linear_quantized_input_grad,
+    linear_quantized_many_on, linear_quantized_on, QuantIsa, GEMM_FROM_ROWS, ROWS_PER_TASK,
 };
 use kiln::ops::linear_quantized::{QuantFormat, QuantizedMatrix};
 use kiln::{DType, Device, Tensor};
@@ -468,4 +468,56 @@ fn a_nan_or_an_infinity_in_x_gives_nan_outputs_in_its_row() {
             }
         }
     }
+}
+
+/// The products of one x with several matrices in one call (a Llama layer's q, k and v) are those
+/// of separate calls, bit for bit, on every instruction set this CPU runs: every format (the
+/// grouped ones with partial last groups, Q4_K/Q6_K in tasks of `ROWS_PER_TASK` rows), decode
+/// row counts (one parallel region, x quantized once) and prefill ones (one GEMM per matrix),
+/// matrices of different formats and row counts side by side; through the tensor op under
+/// `no_grad` too. Matrices of different column counts are refused.
+#[test]
+fn products_sharing_an_input_equal_separate_products() {
+    let mut g = Gen(0x0dd_5eed);
+    let isas: Vec<QuantIsa> = QuantIsa::ALL.into_iter().filter(|i| i.is_supported()).collect();
+    for k in [256usize, 768] {
+        for m in [1usize, 2, 3, GEMM_FROM_ROWS, 9] {
+            // every format, rows not multiples of 16 or of the rows per task
+            let ws: Vec<QuantizedMatrix> = QuantFormat::ALL
+                .into_iter()
+                .map(|f| random_matrix(f, 1 + g.below(3 * ROWS_PER_TASK + 7), k, &mut g).0)
+                .collect();
+            let refs: Vec<&QuantizedMatrix> = ws.iter().collect();
+            let x: Vec<f32> = (0..m * k).map(|_| 2.0 * g.unit()).collect();
+            for &isa in &isas {
+                let many = linear_quantized_many_on(isa, &x, &refs).unwrap();
+                assert_eq!(many.len(), ws.len());
+                for (w, got) in ws.iter().zip(&many) {
+                    let want = linear_quantized_on(isa, &x, w).unwrap();
+                    assert_eq!(got, &want, "{isa:?} {} {:?}, x [{m}, {k}]", w.format(), w.shape());
+                }
+            }
+            let _no_grad = kiln::no_grad();
+            let xt = Tensor::from_vec(x.clone(), &[1, m, k], &Device::Cpu).unwrap();
+            let ys = xt.linear_quantized_many(&refs).unwrap();
+            for (w, y) in ws.iter().zip(&ys) {
+                assert_eq!(y.shape(), &[1, m, w.shape()[0]]);
+                let want = xt.linear_quantized(w).unwrap().to_vec::<f32>().unwrap();
+                assert_eq!(
+                    y.to_vec::<f32>().unwrap(),
+                    want,
+                    "tensor op, {} x [{m}, {k}]",
+                    w.format()
+                );
+            }
+        }
+    }
+    let (a, _) = random_matrix(QuantFormat::Q4_1, 16, 64, &mut g);
+    let (b, _) = random_matrix(QuantFormat::Q4_1, 16, 96, &mut g);
+    let err = linear_quantized_many_on(QuantIsa::Portable, &[0.0; 64], &[&a, &b]).unwrap_err();
+    assert!(err.to_string().contains("differ in columns"), "{err}");
+    let _no_grad = kiln::no_grad();
+    let x = Tensor::zeros(&[2, 64], DType::F32, &Device::Cpu).unwrap();
+    let err = x.linear_quantized_many(&[&a, &b]).unwrap_err();
+    assert!(err.to_string().contains("linear_quantized"), "{err}");
 }

@@ -116,6 +116,25 @@ impl Storage {
         }
     }
 
+    /// `x · w_jᵀ` for every matrix of `ws` (which share their columns), each equal to
+    /// [`Storage::linear_quantized`]'s: on the CPU in one parallel region with x quantized once
+    /// (decode), on CUDA one product after the other.
+    pub(crate) fn linear_quantized_many(&self, layout: &Layout, ws: &[&QuantizedMatrix]) -> Result<Vec<Storage>> {
+        match self {
+            Storage::Cpu(x) => {
+                if let Some(w) = ws.iter().find(|w| w.device() != Device::Cpu) {
+                    return Err(w.device_error("linear_quantized", Device::Cpu));
+                }
+                let ys = with_cpu_rows(x, layout, |x| cpu::linear_quantized::linear_quantized_many(x, ws))?;
+                Ok(ys.into_iter().map(|y| Storage::Cpu(CpuStorage::F32(y))).collect())
+            }
+            Storage::Cuda(x) => ws
+                .iter()
+                .map(|w| Ok(Storage::Cuda(cuda::linear_quantized::linear_quantized(x, layout, w)?)))
+                .collect(),
+        }
+    }
+
     /// `x · wᵀ` with `w` decoded to f32 (x not rounded): the forward of a product autograd
     /// records, on `w`'s device.
     pub(crate) fn linear_dequantized(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
@@ -402,8 +421,17 @@ fn cpu_quantized_product(
     if w.device() != Device::Cpu {
         return Err(w.device_error("linear_quantized", Device::Cpu));
     }
-    let x = cpu::contiguous(x, layout)?;
-    Ok(Storage::Cpu(CpuStorage::F32(product(cpu::typed::<f32>(&x), w)?)))
+    with_cpu_rows(x, layout, |x| Ok(Storage::Cpu(CpuStorage::F32(product(x, w)?))))
+}
+
+/// `f` of the f32 elements of `x` viewed through `layout`, in row-major order: the storage's own
+/// slice when the view is contiguous (no copy: the decode step's products), a contiguous copy
+/// otherwise.
+fn with_cpu_rows<T>(x: &CpuStorage, layout: &Layout, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    match layout.contiguous_range() {
+        Some(range) => f(&cpu::typed::<f32>(x)[range]),
+        None => f(cpu::typed::<f32>(&cpu::contiguous(x, layout)?)),
+    }
 }
 
 const OP_ATTENTION: &str = "scaled_dot_product_attention";

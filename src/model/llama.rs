@@ -104,9 +104,12 @@ impl LlamaAttention {
             };
             y.permute(&[0, 2, 1, 3])
         };
-        let q = heads(self.q_proj.forward(x)?, nh, true)?;
-        let mut k = heads(self.k_proj.forward(x)?, nkv, true)?;
-        let mut v = heads(self.v_proj.forward(x)?, nkv, false)?;
+        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
+            .try_into()
+            .expect("three projections");
+        let q = heads(q, nh, true)?;
+        let mut k = heads(k, nkv, true)?;
+        let mut v = heads(v, nkv, false)?;
         if let Some(cache) = cache {
             // the cache keeps (1, B, nkv, Tc, hs): all positions so far, appended along time
             let (kc, vc) = cache.layer(layer).append(k.unsqueeze(0)?, v.unsqueeze(0)?)?;
@@ -134,7 +137,10 @@ pub struct LlamaMlp {
 impl LlamaMlp {
     /// x is (B, T, C), the block's normalised input; returns `residual + mlp(x)`.
     fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let h = self.gate_proj.forward(x)?.swiglu(&self.up_proj.forward(x)?)?;
+        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)?
+            .try_into()
+            .expect("two projections");
+        let h = gate.swiglu(&up)?;
         self.down_proj.forward_residual(&h, residual)
     }
 }

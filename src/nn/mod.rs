@@ -192,6 +192,29 @@ impl Linear {
         self.add_lora(x, y)
     }
 
+    /// `[l.forward(x) for l in layers]`, for layers that read the same input (a Llama layer's q,
+    /// k and v projections; its gate and up projections): when every weight is quantized, their
+    /// products run as one ([`Tensor::linear_quantized_many`]: one parallel region with x rounded
+    /// once, in decode), the biases and adapters' terms added after.
+    pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let quantized: Option<Vec<&QuantizedMatrix>> = layers.iter().map(|l| l.quantized.as_ref()).collect();
+        let Some(ws) = quantized else {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let ys = x.linear_quantized_many(&ws)?;
+        layers
+            .iter()
+            .zip(ys)
+            .map(|(l, y)| {
+                let y = match like_opt(&l.bias, x)? {
+                    Some(b) => y.add(&b)?,
+                    None => y,
+                };
+                l.add_lora(x, y)
+            })
+            .collect()
+    }
+
     /// `y + s·(x·Aᵀ)·Bᵀ` with an adapter, `y` without.
     fn add_lora(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         match &self.lora {

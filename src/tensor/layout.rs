@@ -2,19 +2,33 @@
 //! Views (transpose, narrow, broadcast, ...) only change the layout, never the data.
 
 use crate::{Error, Result};
+use smallvec::SmallVec;
+
+/// Dimensions a [`Layout`] holds inline; a layout of higher rank keeps its shape and strides on
+/// the heap.
+const INLINE_DIMS: usize = 6;
+
+/// A layout's shape or strides: inline up to [`INLINE_DIMS`] dims, so that making a tensor or a
+/// view of ordinary rank allocates nothing for its layout (a decode step makes thousands).
+type Dims = SmallVec<[usize; INLINE_DIMS]>;
 
 /// Element `[i0, i1, ...]` lives at `offset + i0*strides[0] + i1*strides[1] + ...`.
 /// A stride of 0 repeats one element along a dimension (broadcasting).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    shape: Vec<usize>,
-    strides: Vec<usize>,
+    shape: Dims,
+    strides: Dims,
     offset: usize,
 }
 
 /// Row-major strides of a contiguous tensor of `shape`.
 pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![0; shape.len()];
+    row_major(shape).into_vec()
+}
+
+/// [`contiguous_strides`], inline.
+fn row_major(shape: &[usize]) -> Dims {
+    let mut strides = Dims::from_elem(0, shape.len());
     let mut acc = 1;
     for (s, &d) in strides.iter_mut().zip(shape).rev() {
         *s = acc;
@@ -93,8 +107,8 @@ impl Layout {
     /// The row-major layout of `shape`, at offset 0.
     pub fn contiguous(shape: &[usize]) -> Self {
         Layout {
-            shape: shape.to_vec(),
-            strides: contiguous_strides(shape),
+            shape: Dims::from_slice(shape),
+            strides: row_major(shape),
             offset: 0,
         }
     }
@@ -103,7 +117,11 @@ impl Layout {
     /// `offset` elements from the start of the storage.
     pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
         debug_assert_eq!(shape.len(), strides.len());
-        Layout { shape, strides, offset }
+        Layout {
+            shape: Dims::from_vec(shape),
+            strides: Dims::from_vec(strides),
+            offset,
+        }
     }
 
     /// The size of each dimension.
@@ -215,7 +233,7 @@ impl Layout {
         }
         checked_numel(op, shape)?;
         let extra = shape.len() - self.rank();
-        let mut strides = vec![0; shape.len()];
+        let mut strides = Dims::from_elem(0, shape.len());
         for (i, &target) in shape.iter().enumerate().skip(extra) {
             let (d, s) = (self.shape[i - extra], self.strides[i - extra]);
             strides[i] = if d == target {
@@ -232,15 +250,19 @@ impl Layout {
                 ));
             };
         }
-        Ok(Layout::new(shape.to_vec(), strides, self.offset))
+        Ok(Layout {
+            shape: Dims::from_slice(shape),
+            strides,
+            offset: self.offset,
+        })
     }
 
     /// A new shape for the same elements without copying, when the strides allow it
     /// (always for contiguous layouts). `None` means the data must be copied first.
     pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
         self.is_contiguous().then(|| Layout {
-            shape: shape.to_vec(),
-            strides: contiguous_strides(shape),
+            shape: Dims::from_slice(shape),
+            strides: row_major(shape),
             offset: self.offset,
         })
     }

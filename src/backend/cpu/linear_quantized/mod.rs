@@ -59,7 +59,9 @@
 //! W is split over rayon's pool by row group (Q4_K, Q6_K: tasks of [`ROWS_PER_TASK`] rows; the
 //! GEMM also splits x's rows when there are few groups); each weight byte is read once per call
 //! (once per task of x's rows in the GEMM) and dotted with every (quantized) row of x, which stays
-//! in cache. A decode step thus reads each weight byte once: `rows · row_bytes` bytes of W (Q4_1:
+//! in cache. Several matrices that share x (a Llama block's q, k and v; its gate and up) go
+//! through [`linear_quantized_many`] in decode: x quantized once, one parallel region over all
+//! their row groups. A decode step thus reads each weight byte once: `rows · row_bytes` bytes of W (Q4_1:
 //! 5 bits, Q8_0: 8.5 bits per weight) plus `k` bytes of x per row of x, for `2·m·rows·cols` flops.
 
 #[cfg(target_arch = "x86_64")]
@@ -315,16 +317,45 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
     if m == 0 {
         return Ok(Vec::new());
     }
-    let (format, row_bytes) = (w.format(), w.row_bytes());
     let xq = Q8Rows::quantize(x, k)?;
     // yt is (rows, m), rows padded to whole groups for a grouped format: each task fills the m
     // outputs of its weight rows
-    let rows = if format.is_grouped() {
-        n.next_multiple_of(GROUP_ROWS)
-    } else {
-        n
-    };
-    let mut yt = alloc::filled("linear_quantized", rows * m, 0f32)?;
+    let mut yt = alloc::filled("linear_quantized", decode_rows(w) * m, 0f32)?;
+    decode_into(isa, &xq, m, w, &mut yt);
+    untransposed(yt, n, m)
+}
+
+/// y (m, n) from the decode product's yt (n or more rows, m), whose rows past n are dropped: yt
+/// itself when m is 1.
+fn untransposed(mut yt: Vec<f32>, n: usize, m: usize) -> Result<Vec<f32>> {
+    yt.truncate(n * m);
+    if m == 1 {
+        return Ok(yt);
+    }
+    let mut y = alloc::filled("linear_quantized", n * m, 0f32)?;
+    y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
+        for (j, v) in yr.iter_mut().enumerate() {
+            *v = yt[j * m + i];
+        }
+    });
+    Ok(y)
+}
+
+/// The rows of `yt` that [`decode_into`] fills for `w`: its rows, padded to whole groups for a
+/// grouped format.
+fn decode_rows(w: &QuantizedMatrix) -> usize {
+    let n = w.shape()[0];
+    match w.format().is_grouped() {
+        true => n.next_multiple_of(GROUP_ROWS),
+        false => n,
+    }
+}
+
+/// The decode product (few rows of x, one at a time): `yt` (`decode_rows(w)`, m) receives
+/// `W·xqᵀ`, the m quantized rows `xq` dotted with every row of W, split over rayon's pool by row
+/// group (the grouped formats) or by [`ROWS_PER_TASK`] rows.
+fn decode_into(isa: QuantIsa, xq: &Q8Rows, m: usize, w: &QuantizedMatrix, yt: &mut [f32]) {
+    let (format, row_bytes) = (w.format(), w.row_bytes());
     if format.is_grouped() {
         let group_bytes = GROUP_ROWS * row_bytes;
         yt.par_chunks_mut(GROUP_ROWS * m)
@@ -338,7 +369,6 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
                     }
                 }
             });
-        yt.truncate(n * m);
     } else {
         yt.par_chunks_mut(m * ROWS_PER_TASK)
             .zip(w.stored_bytes().par_chunks(row_bytes * ROWS_PER_TASK))
@@ -351,16 +381,52 @@ pub fn linear_quantized_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -> Res
                 }
             });
     }
-    if m == 1 {
-        return Ok(yt);
+}
+
+/// `y_j = x·W_jᵀ` for several matrices that share x (a layer's q, k and v projections; its gate
+/// and up projections), on the best instruction set: each `y_j` equal to
+/// `linear_quantized(x, ws[j])`, bit for bit. Below [`GEMM_FROM_ROWS`] rows of x (decode), x is
+/// quantized once and every matrix's row groups are dotted with it in one parallel region (one
+/// rayon fork-join instead of one per matrix, whose wake-up costs several microseconds when the
+/// workers sleep); from [`GEMM_FROM_ROWS`] rows, one [`linear_quantized`] per matrix. See
+/// [`linear_quantized_many_on`].
+pub fn linear_quantized_many(x: &[f32], ws: &[&QuantizedMatrix]) -> Result<Vec<Vec<f32>>> {
+    linear_quantized_many_on(QuantIsa::best(), x, ws)
+}
+
+/// [`linear_quantized_many`] on a chosen instruction set (an error if this CPU lacks it, or if
+/// the matrices differ in columns).
+pub fn linear_quantized_many_on(isa: QuantIsa, x: &[f32], ws: &[&QuantizedMatrix]) -> Result<Vec<Vec<f32>>> {
+    let Some(first) = ws.first() else {
+        return Ok(Vec::new());
+    };
+    let k = first.shape()[1];
+    if let Some(w) = ws.iter().find(|w| w.shape()[1] != k) {
+        return Err(Error::shape(
+            "linear_quantized",
+            format!(
+                "the matrices sharing an input differ in columns: {:?} and {:?}",
+                first.shape(),
+                w.shape()
+            ),
+        ));
     }
-    let mut y = alloc::filled("linear_quantized", n * m, 0f32)?;
-    y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
-        for (j, v) in yr.iter_mut().enumerate() {
-            *v = yt[j * m + i];
-        }
-    });
-    Ok(y)
+    let m = check_isa_and_rows(isa, x, k)?;
+    if m >= GEMM_FROM_ROWS || m == 0 {
+        return ws.iter().map(|w| linear_quantized_on(isa, x, w)).collect();
+    }
+    let xq = Q8Rows::quantize(x, k)?;
+    let mut yts = ws
+        .iter()
+        .map(|w| alloc::filled("linear_quantized", decode_rows(w) * m, 0f32))
+        .collect::<Result<Vec<_>>>()?;
+    yts.par_iter_mut()
+        .zip(ws.par_iter())
+        .for_each(|(yt, w)| decode_into(isa, &xq, m, w, yt));
+    yts.into_iter()
+        .zip(ws)
+        .map(|(yt, w)| untransposed(yt, w.shape()[0], m))
+        .collect()
 }
 
 /// The rows of x (of `k` columns) if `isa` runs here, else an error.
