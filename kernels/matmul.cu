@@ -24,6 +24,8 @@
 // the global layout (k-contiguous tiles as [x][BK], the others as [BK][x]), so the copy is always along
 // the contiguous dim; rows are padded by 16 bytes against bank conflicts. When an operand is not 16-byte
 // aligned (base, ld), its slabs are loaded one element at a time instead (same layout, same zero fill).
+// Either way the stores into the slab are free of bank conflicts and a warp's loads cover whole rows
+// (load_slab says how; Emu's profiler counts both, docs/kernels.md).
 //   - f32/f64, SIMT: BM = BN = 64, BK = 16; 256 threads as 16 x 16, each a 4 x 4 register tile.
 //   - bf16/f16, tensor cores: BM = BN = 128, BK = 32; 8 warps as 2 (M) x 4 (N), each a 64 x 32 tile of
 //     4 x 4 mma.m16n8k16 (f32 accumulators, 64 per thread); fragments come from ldmatrix (.trans for
@@ -47,7 +49,7 @@
 // helper); tests/ptxas.rs (no spills). Benchmarks: benches/matmul.rs cuda_matmul (f32 and bf16 at
 // 1024-4096, plain and linear_gelu; skipped without a GPU), kiln bench matmul_* next to cuBLAS.
 // Headroom (not yet measured on a GPU): the SIMT kernel indexes shared memory through runtime strides
-// (scalar LDS, 180-210 registers; per-layout template instances would allow float4 LDS and a 128 x 128
+// (scalar LDS, 128-190 registers; per-layout template instances would allow float4 LDS and a 128 x 128
 // tile); the tensor-core kernel stores C one element at a time (pairs c0, c1 could be 4-byte stores, or
 // staged through shared memory for 16-byte stores); no split-K for small M·N with large K; no swizzled
 // block order for L2 reuse; Hopper's wgmma/TMA are not used.
@@ -88,25 +90,51 @@ struct Operand {
 // Copies ROWS x COLS elements (COLS along the contiguous dim) from g (row stride ld) to s (row stride
 // COLS + pad), zero past rows_left rows and cols_left columns. With `vec`, by 16-byte cp.async (g and ld
 // 16-byte aligned); otherwise element by element.
+//
+// Which thread moves what decides the shared-memory bank conflicts of the stores (and the coalescing
+// of the loads). A 16-byte store is done by quarter warps, so each group of 8 lanes must cover the 32
+// banks once: rows of 8 or more chunks give a quarter warp 8 consecutive chunks of one row (128
+// contiguous bytes); rows of 4 chunks (the k-contiguous slabs: 64 bytes, padded to 80 = 5 chunks) give
+// it one chunk column of 8 consecutive rows, which start at 5 r mod 8: 8 distinct 16-byte bank groups.
+// (Eight lanes on two rows' 4 chunks would put chunk 0 of the first and chunk 3 of the second in the
+// same 4 banks, as 80 + 48 = 128: 2 wavefronts per quarter instead of 1.) A warp still reads the same
+// 8 rows x 64 bytes of global memory. Element by element, consecutive lanes take consecutive elements
+// of a row: 64 or 128 contiguous bytes per row for the loads, one word per bank for the stores, except
+// that 16 floats per row put a warp on two rows, and rows 20 words apart share 4 banks; so the second
+// half warp takes the row 4 further on (80 words: the other 16 banks).
 template <typename T, int ROWS, int COLS>
 __device__ __forceinline__ void load_slab(T *s, const T *g, const T *safe, long long ld, int rows_left, int cols_left,
                                           bool vec) {
-    constexpr int V = 16 / sizeof(T), CHUNKS = ROWS * COLS / V, SLD = COLS + pad<T>();
+    constexpr int V = 16 / sizeof(T), CPR = COLS / V, CHUNKS = ROWS * CPR, SLD = COLS + pad<T>();
     static_assert(COLS % V == 0 && CHUNKS % MATMUL_THREADS == 0, "whole chunks for every thread");
-#pragma unroll
-    for (int i = 0; i < CHUNKS / MATMUL_THREADS; ++i) {
-        const int c = threadIdx.x + i * MATMUL_THREADS;
-        const int r = c / (COLS / V), col = (c % (COLS / V)) * V;
-        T *dst = s + r * SLD + col;
-        const T *src = g + r * ld + col;
-        if (vec) {
+    static_assert(CPR % 8 == 0 || (CPR == 4 && (SLD * sizeof(T) / 16) % 2 == 1),
+                  "a quarter warp's 8 chunks: of one row, or of 8 rows whose 16-byte stride is odd");
+    // Not unrolled: unrolled, these loops took matmul_bf16 to 237 registers on sm_80 (126 as they are),
+    // past the 128 that let two of its 256-thread blocks share an SM.
+    if (vec) {
+#pragma unroll 1
+        for (int i = 0; i < CHUNKS / MATMUL_THREADS; ++i) {
+            const int c = threadIdx.x + i * MATMUL_THREADS;
+            // chunk c is (r, col / V): along a row, or (4 chunks per row) down 8 rows per quarter warp
+            const int r = CPR >= 8 ? c / CPR : (c / 32) * 8 + c % 8;
+            const int col = (CPR >= 8 ? c % CPR : c % 32 / 8) * V;
             const int left = cols_left - col;
             const int n = r < rows_left ? (left < 0 ? 0 : (left < V ? left : V)) : 0;
-            kiln_cp_async_16(dst, n > 0 ? src : safe, n * (unsigned)sizeof(T));
-        } else {
-#pragma unroll
-            for (int e = 0; e < V; ++e)
-                dst[e] = (r < rows_left && col + e < cols_left) ? src[e] : KilnFloat<T>::down(0.0f);
+            kiln_cp_async_16(s + r * SLD + col, n > 0 ? g + r * ld + col : safe, n * (unsigned)sizeof(T));
+        }
+    } else {
+        constexpr bool TWO_ROWS_PER_WARP = sizeof(T) == 4 && COLS == 16;
+        static_assert(!TWO_ROWS_PER_WARP || (ROWS % 8 == 0 && 4 * SLD % 32 == 16), "rows r and r + 4 in other banks");
+        const T zero = KilnFloat<T>::down(0.0f);
+#pragma unroll 1
+        for (int i = 0; i < ROWS * COLS / MATMUL_THREADS; ++i) {
+            const int e = threadIdx.x + i * MATMUL_THREADS, col = e % COLS;
+            int r = e / COLS;
+            // warp k's rows 2k and 2k + 1 become rows k % 4 and k % 4 + 4 of their group of 8
+            if (TWO_ROWS_PER_WARP) r = (r & ~7) | (r & 1) << 2 | (r & 6) >> 1;
+            T v = zero;
+            if (r < rows_left && col < cols_left) v = g[r * ld + col];
+            s[r * SLD + col] = v; // one store for every lane, in range or not
         }
     }
 }

@@ -645,7 +645,7 @@ fn check_svg_layout(svg: &str) {
 /// Runs `kiln bench --device emu --profile` on one kernel at one size, the JSON counts written to a
 /// file; returns the command's output and the kernel's entry `name` of the JSON.
 fn emu_profile(kernel: &str, size: &str, name: &str) -> (String, Value) {
-    let dir = temp_dir(&format!("bench-profile-{kernel}"));
+    let dir = temp_dir(&format!("bench-profile-{kernel}-{size}"));
     let json = dir.join("profile.json");
     let out = kiln_cmd(&[
         "bench",
@@ -740,4 +740,23 @@ fn emu_profile_finds_no_bank_conflicts_in_matmul_f32() {
     assert!(loads["requests"].as_u64().unwrap() > 0, "{k:#}");
     assert_eq!(loads["wavefronts"], loads["requests"], "{k:#}");
     assert_eq!(loads["bank_conflicts"].as_u64(), Some(0), "{k:#}");
+}
+
+/// The matmul slabs are stored into shared memory without bank conflicts, by `cp.async` (16-byte
+/// landings, operands on the 16-byte grid: 64x64x64) and element by element (row strides of 63 and 65
+/// elements: 33x63x65), for the SIMT and the tensor-core kernel (load_slab, kernels/matmul.cu).
+#[test]
+fn emu_profile_finds_no_bank_conflicts_in_the_matmul_slab_stores() {
+    for size in ["64x64x64", "33x63x65"] {
+        for kernel in ["matmul_f32", "matmul_bf16"] {
+            let (_, k) = emu_profile(kernel, size, kernel);
+            let stores = &k["shared_store"];
+            assert!(stores["requests"].as_u64().unwrap() > 0, "{kernel} {size}: {k:#}");
+            assert_eq!(
+                stores["wavefronts"], stores["ideal_wavefronts"],
+                "{kernel} {size}: {k:#}"
+            );
+            assert_eq!(stores["bank_conflicts"].as_u64(), Some(0), "{kernel} {size}: {k:#}");
+        }
+    }
 }

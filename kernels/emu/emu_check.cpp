@@ -701,7 +701,8 @@ struct Checker {
         return nullptr;
     }
 
-    // Performs copy p (for the running thread, which issued it): reads its source, writes its destination.
+    // Performs copy p (for the running thread, which issued it): reads its source, writes its destination
+    // (both seen by the profiler: a global load of src_bytes and a 16-byte shared store at p's call site).
     void land(const PendingCopy &p) {
         if (p.src_bytes) access(p.src, p.src_bytes, false, false, p.pc);
         Region *r = shared_region(p.dst);
@@ -709,7 +710,7 @@ struct Checker {
         unsigned char tmp[16] = {};
         std::memcpy(tmp, reinterpret_cast<const void *>(p.src), p.src_bytes);
         std::memcpy(reinterpret_cast<void *>(p.dst), tmp, 16);
-        shared_access(*r, p.dst, 16, true, false, p.pc);
+        access(p.dst, 16, true, false, p.pc);
     }
 
     // Lands thread t's copies in groups older than the newest `keep` committed ones (all, for -1).
@@ -803,9 +804,14 @@ void check_thread_exit(Checker *c, unsigned t) {
 
 __attribute__((noinline)) bool cp_async_issue(void *dst, const void *src, unsigned src_bytes) {
     Checker *c = tl_check;
-    if (!c || !c->opt.async) return false; // the caller copies at once
+    if (!c) return false; // the caller copies at once
     const uintptr_t pc = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
     const uintptr_t d = reinterpret_cast<uintptr_t>(dst);
+    if (!c->opt.async) { // the copy completes now: the caller makes it, silently
+        if (src_bytes) c->access(reinterpret_cast<uintptr_t>(src), src_bytes, false, false, pc);
+        c->access(d, 16, true, false, pc);
+        return false;
+    }
     Region *r = c->shared_region(d);
     if (!r) check_fail("cp.async to %p at %s: the destination is not shared memory", dst, site(pc).c_str());
     const unsigned t = *c->cur;

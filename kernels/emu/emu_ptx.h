@@ -132,7 +132,10 @@ inline void ldmatrix(unsigned *r, const void *row, const char *file = __builtin_
 }
 
 // The checker's side of cp.async (emu_check.cpp). cp_async_issue returns false when the copy is to be
-// made at once (the async check is off); it is not inlined, so that it can tell the call site.
+// made at once (the async check is off), having reported its global read and its 16-byte shared
+// write (which the profiler counts as one shared store, as the GPU's LDGSTS writes through the
+// shared-memory banks); with the check on the same two accesses are reported when the copy lands. It
+// is not inlined, so that it can tell the call site.
 bool cp_async_issue(void *dst, const void *src, unsigned src_bytes);
 void cp_async_commit();
 void cp_async_wait(int keep_groups);
@@ -144,9 +147,10 @@ inline void cp_async_16(void *dst, const void *src, unsigned src_bytes, const ch
         kernel_fail(file, line, "cp.async of 16 bytes from %p to %p: both addresses must be 16-byte aligned", src, dst);
     if (src_bytes > 16u) kernel_fail(file, line, "cp.async: src-size %u is over the copy size 16", src_bytes);
     if (cp_async_issue(dst, src, src_bytes)) return;
+    // Copied silently: cp_async_issue has reported both sides to the checker and the profiler.
     unsigned char tmp[16] = {};
-    if (src_bytes > 0) std::memcpy(tmp, src, src_bytes);
-    std::memcpy(dst, tmp, 16);
+    if (src_bytes > 0) silent_copy(tmp, src, src_bytes);
+    silent_copy(dst, tmp, 16);
 }
 
 } // namespace emu

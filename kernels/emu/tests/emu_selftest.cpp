@@ -656,6 +656,18 @@ void test_checker() {
     e = launch("read_before_cp_async_wait", d3(1), d3(32), 0, x.p, y.p, 1);
     check(e.empty() && y[31] == 1.0f, "checker: ... and after the wait, none", e);
 
+    for (int fix : {0, 1}) {
+        DevBuf<float> source(4 * 32);
+        source.fill(1.0f);
+        e = launch("write_cp_async_source", d3(1), d3(32), 0, source.p, y.p, fix);
+        if (fix)
+            check(e.empty() && y[31] == 1.0f, "checker: ... and a store to it after the wait, none", e);
+        else
+            check_error(e, "checker: a store to a cp.async's source while the copy is in flight",
+                        {"kernel 'write_cp_async_source'", "writes byte 0 of a cp.async's source at selftest_kernels.cu:",
+                         "while the copy (issued by thread (0,0,0) at common.cuh:", "is in flight"});
+    }
+
     e = launch("warp_lock_step", d3(1), d3(32), 0, x.p, y.p, 0);
     check_error(e, "checker: a warp reduction assuming lock step is a race",
                 {"kernel 'warp_lock_step'", "shared-memory race", "with no __syncthreads() or __syncwarp() between them"});
@@ -898,6 +910,30 @@ void test_profiler() {
         check_counts(fmt("float4 shared stride %d: store wavefronts", stride).c_str(), c.sts_wavefronts, 4 * stride);
         check_counts(fmt("float4 shared stride %d: ideal wavefronts", stride).c_str(), c.sts_ideal_wavefronts, 4);
     }
+    // cp.async of 16 bytes (prof_cp_async): its landing is a 16-byte shared store, in quarter-warp
+    // phases like any other (4 wavefronts at stride 1, 8 at stride 2, 32 at stride 32, ideal 4), and
+    // its source a global load (one request of 512 contiguous bytes: 16 sectors; none when src_bytes
+    // is 0: the GPU then reads nothing and zero-fills); the same whether it lands at the wait (the
+    // `async` check) or when issued (checks off).
+    for (const char *checks : {"race,async", "off"})
+        for (int stride : {1, 2, 32})
+            for (unsigned src_bytes : {16u, 0u}) {
+                emu_set_checks(checks);
+                emu_profile_reset();
+                const std::string what = fmt("cp.async stride %d, src_bytes %u, checks %s", stride, src_bytes, checks);
+                check(launch("prof_cp_async", d3(1), d3(32), 0, x.p, y.p, stride, src_bytes).empty() &&
+                          y[0] == (src_bytes ? 1.0f : 0.0f),
+                      fmt("profiler: %s runs", what.c_str()).c_str());
+                c = profile_of("prof_cp_async");
+                check_counts(fmt("%s: shared store requests", what.c_str()).c_str(), c.sts_requests, 1);
+                check_counts(fmt("%s: shared store wavefronts", what.c_str()).c_str(), c.sts_wavefronts,
+                             stride == 1 ? 4 : stride == 2 ? 8 : 32);
+                check_counts(fmt("%s: ideal wavefronts", what.c_str()).c_str(), c.sts_ideal_wavefronts, 4);
+                check_counts(fmt("%s: global load requests", what.c_str()).c_str(), c.gld_requests, src_bytes ? 1 : 0);
+                check_counts(fmt("%s: global load sectors", what.c_str()).c_str(), c.gld_sectors, src_bytes ? 16 : 0);
+                check_counts(fmt("%s: global load bytes used", what.c_str()).c_str(), c.gld_bytes, src_bytes ? 512 : 0);
+            }
+    emu_set_checks("race,async");
     // KilnPack<float, 4> copied in and out as kiln_map1 does: 8 warps, one 16-byte access per lane each
     // way, so one request of 512 contiguous bytes (16 sectors, all used) per warp and direction.
     emu_profile_reset();

@@ -337,6 +337,18 @@ extern "C" __global__ void read_before_cp_async_wait(const float *x, float *y, i
     kiln_cp_async_wait<0>();
 }
 
+// Overwrites a cp.async's source before the wait that lands it (the copy may read the old value or
+// the new one on a GPU; fix: store after the wait).
+extern "C" __global__ void write_cp_async_source(float *x, float *y, int fix) {
+    __shared__ __align__(16) float s[4 * 32];
+    kiln_cp_async_16(&s[4 * threadIdx.x], x + 4 * threadIdx.x, 16u);
+    kiln_cp_async_commit();
+    if (fix) kiln_cp_async_wait<0>();
+    x[4 * threadIdx.x] = 2.0f;
+    kiln_cp_async_wait<0>();
+    y[threadIdx.x] = s[4 * threadIdx.x];
+}
+
 // The pre-Volta warp reduction tail, which assumes the lanes of a warp run in lock step (fix: a
 // __syncwarp() between the steps, as Volta and later need).
 extern "C" __global__ void warp_lock_step(const float *x, float *y, int fix) {
@@ -462,6 +474,20 @@ extern "C" __global__ void prof_smem_f32x4(const float4 *x, float4 *y, int strid
     tile[t * stride] = x[t];
     __syncthreads();
     y[t] = tile[t * stride];
+}
+
+// One warp: lane t cp.async's the 16 bytes x[4t .. 4t + 3] (src_bytes of them, the rest zero-filled)
+// to tile[4 stride t ..], waits, and copies its first float to y[t]. The landing is one 16-byte shared
+// store per lane: stride 1 (in 16-byte units) gives each quarter warp 128 contiguous bytes, the 32
+// banks once (4 wavefronts); stride 2 leaves every other 16 bytes out, so a quarter warp needs 2 words
+// of each of 16 banks (8); stride 32 (512 bytes) puts every lane in banks 0-3 (8 per quarter: 32).
+extern "C" __global__ void prof_cp_async(const float *x, float *y, int stride, unsigned src_bytes) {
+    __shared__ __align__(16) float tile[4 * 32 * 32];
+    const int t = threadIdx.x;
+    kiln_cp_async_16(&tile[4 * stride * t], x + 4 * t, src_bytes);
+    kiln_cp_async_commit();
+    kiln_cp_async_wait<0>();
+    y[t] = tile[4 * stride * t];
 }
 
 // y[i] = 2 x[i] through KilnPack<float, 4> as kiln_map1 does it (loaded whole, used element by element,
