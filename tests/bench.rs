@@ -195,6 +195,77 @@ fn cpu_run_reports_rates_against_its_roofline() {
     );
 }
 
+/// The GPT-2 124M training step on the CPU, in f32 and bf16, at a tiny batch (1 × 8 tokens):
+/// the model's size, the batch's shape and the rates agree with each other and with the FLOP
+/// count of src/bench/gpt.rs, computed here from GPT-2's shape.
+#[test]
+fn cpu_gpt2_step_reports_its_rates_in_f32_and_bf16() {
+    for dtype in ["f32", "bf16"] {
+        let (report, shown, _) = bench(
+            &format!("gpt2-{dtype}"),
+            &[
+                "--device",
+                "cpu",
+                "--kernels",
+                "gpt",
+                "--gpt-model",
+                "gpt2",
+                "--gpt-batch",
+                "1",
+                "--gpt-context",
+                "8",
+                "--gpt-dtype",
+                dtype,
+                "--gpt-steps",
+                "1",
+            ],
+        );
+        let gpt = &report["gpt"];
+        assert_eq!(gpt["model"], "GPT-2 124M", "{report:#}");
+        assert_eq!(
+            (gpt["dtype"].as_str(), gpt["batch"].as_u64(), gpt["context"].as_u64()),
+            (Some(dtype), Some(1), Some(8))
+        );
+        assert_eq!(gpt["params"], 124_439_808, "{gpt:#}");
+        // 6 · (parameters without the 1024 × 768 position table) + 12 · layers · C · T
+        let per_token = 6.0 * (124_439_808.0 - 1024.0 * 768.0) + 12.0 * 12.0 * 768.0 * 8.0;
+        assert_eq!(gpt["flops_per_token"].as_f64(), Some(per_token), "{gpt:#}");
+        let tps = gpt["tokens_per_s"].as_f64().unwrap();
+        assert!((tps - 8.0 / gpt["step"]["median_s"].as_f64().unwrap()).abs() < 1e-9 * tps);
+        let gflops = gpt["gflops"].as_f64().unwrap();
+        assert!(
+            gflops > 0.0 && (gflops - per_token * tps / 1e9).abs() < 1e-9 * gflops,
+            "{gpt:#}"
+        );
+        assert!(
+            shown.contains("GPT training step, GPT-2 124M (124.4M parameters"),
+            "{shown}"
+        );
+        assert!(shown.contains("GFLOP/s"), "{shown}");
+    }
+    // a context past the model's 1024 positions is refused, naming it
+    let out = kiln(&[
+        "bench",
+        "--kernels",
+        "gpt",
+        "--gpt-model",
+        "gpt2",
+        "--gpt-context",
+        "1025",
+        "--reps",
+        "1",
+        "--copy-mib",
+        "1",
+        "--seconds",
+        "0.01",
+    ]);
+    let shown = text(&out);
+    assert!(
+        shown.contains("context 1025") && shown.contains("1024 positions"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn attention_bf16_cases_time_the_forward_and_the_backward_alone() {
     let (report, _, _) = bench(

@@ -1,22 +1,33 @@
 //! The GPT training-step benchmark: forward, backward, gradient clipping and an AdamW step, as
-//! `kiln train` does them, on random token ids. Reports tokens/s and the model FLOPs utilisation
-//! (MFU): the model's FLOPs per token (PaLM's estimate, as nanoGPT's `estimate_mfu`:
-//! 6·N + 12·L·H·Q·T, N the parameters without the position embeddings) times tokens/s, over the
-//! device's measured matmul ceiling in the model's compute dtype (cuBLAS's bf16 rate on a GPU).
+//! `kiln train` does them, on random token ids. Reports ms per step, tokens/s, the achieved
+//! FLOP rate and the model FLOPs utilisation (MFU): the achieved rate over the device's measured
+//! matmul ceiling in the model's compute dtype (cuBLAS's bf16 rate on a GPU).
 //!
-//! - Cuda: GPT-2 124M (vocabulary 50257, context 1024) in bf16 mixed precision (f32 master weights
-//!   and AdamW state), as nanoGPT and llm.c train it.
-//! - Cpu: nanoGPT's shakespeare_char CPU recipe (4 layers, 4 heads, C = 128, context 64, batch 12,
-//!   no bias, vocabulary 65), f32.
-//! - Emu: the same small model at batch 2, context 16, f32 (a smoke test; its speed means nothing).
+//! The FLOPs of a step are PaLM's estimate, as nanoGPT's `estimate_mfu` counts them, per token:
+//! 6·N + 12·L·H·Q·T, with N the parameters without the position embeddings (a lookup, no
+//! multiply), L layers, H heads of Q dimensions and T the sequence length of the batch.
+//! 6·N: every weight multiplies and adds once per token forward (2·N) and twice backward (the
+//! gradients of the input and of the weight, 4·N); the tied output head is counted once, as a
+//! parameter. 12·L·H·Q·T: attention's Q·Kᵀ and P·V, 2·2·T·Q FLOPs per head and token forward,
+//! three times that with the backward; the causal mask's skipped half is counted (as nanoGPT does).
+//! The step's other work (layer norms, GELU, softmax, cross-entropy, AdamW) is not counted.
 //!
-//! `kiln bench --gpt-dtype f32|bf16` overrides the dtype on any device.
+//! The model ([`GptModel`], `kiln bench --gpt-model`):
+//! - nanoGPT's shakespeare_char CPU recipe (4 layers, 4 heads, C = 128, context 64, no bias,
+//!   vocabulary 65), the CPU's default, batch 12; on Emu at batch 2, context 16 (a smoke test;
+//!   its speed means nothing).
+//! - GPT-2 124M (vocabulary 50257, 12 layers, 12 heads, C = 768, 1024 positions), the GPU's
+//!   default: batch 16 × 1024 on a GPU, 2 × 256 elsewhere (`--gpt-batch 4 --gpt-context 512`
+//!   for the larger CPU shape).
+//!
+//! The dtype is f32 on the CPU and Emu, bf16 mixed precision (f32 master weights and AdamW state,
+//! as nanoGPT and llm.c train it) on a GPU; `kiln bench --gpt-dtype f32|bf16` overrides it.
 
 use super::roofline::Roofline;
 use super::timing::{Clock, Stats};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::{DType, Device, Result, Rng, Tensor};
+use crate::{DType, Device, Error, Result, Rng, Tensor};
 
 /// The result of the training-step benchmark.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -25,36 +36,83 @@ pub struct GptResult {
     pub params: usize,
     pub dtype: String,
     pub batch: usize,
+    /// The sequence length of the batch.
     pub context: usize,
     pub step: Stats,
     pub tokens_per_s: f64,
     pub flops_per_token: f64,
     pub tflops: f64,
+    /// The achieved rate in GFLOP/s (`tflops` · 1000).
+    pub gflops: f64,
     /// Achieved over the matmul ceiling, in percent (None where no ceiling was measured).
     pub mfu_pct: Option<f64>,
 }
 
-/// The model and batch benchmarked on `dev` (`batch` overrides the device's default).
-pub fn workload(dev: &Device, batch: Option<usize>) -> Result<(String, GptConfig, usize)> {
+/// The model the training-step benchmark trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GptModel {
+    /// nanoGPT's shakespeare_char CPU recipe (4 layers, C = 128, vocabulary 65).
+    Nanogpt,
+    /// GPT-2 124M (12 layers, C = 768, vocabulary 50257).
+    Gpt2,
+}
+
+/// What one benchmark trains: the model's name and configuration, and the batch's shape.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub model: String,
+    pub cfg: GptConfig,
+    pub batch: usize,
+    /// The batch's sequence length, at most `cfg.block_size`.
+    pub context: usize,
+}
+
+/// The workload benchmarked on `dev`: `model`, `batch` and `context` override the device's
+/// defaults (module header). A context longer than the model's positions is an error.
+pub fn workload(
+    dev: &Device,
+    model: Option<GptModel>,
+    batch: Option<usize>,
+    context: Option<usize>,
+) -> Result<Workload> {
+    let model = model.unwrap_or(match dev {
+        Device::Cuda(_) => GptModel::Gpt2,
+        _ => GptModel::Nanogpt,
+    });
     let nanogpt = GptConfig {
         vocab_size: 65,
         ..GptConfig::preset("tiny")?
     };
-    Ok(match dev {
-        Device::Cuda(_) => ("GPT-2 124M".into(), GptConfig::preset("gpt2")?, batch.unwrap_or(16)),
-        Device::Cpu => (
-            "nanoGPT shakespeare_char CPU recipe".into(),
-            nanogpt,
-            batch.unwrap_or(12),
-        ),
-        Device::Emu => (
-            "nanoGPT shakespeare_char shape, context 16".into(),
+    let (name, cfg, default_batch, default_context) = match (model, dev) {
+        (GptModel::Gpt2, Device::Cuda(_)) => ("GPT-2 124M", GptConfig::preset("gpt2")?, 16, 1024),
+        (GptModel::Gpt2, _) => ("GPT-2 124M", GptConfig::preset("gpt2")?, 2, 256),
+        (GptModel::Nanogpt, Device::Emu) => (
+            "nanoGPT shakespeare_char shape, context 16",
             GptConfig {
                 block_size: 16,
                 ..nanogpt
             },
-            batch.unwrap_or(2),
+            2,
+            16,
         ),
+        (GptModel::Nanogpt, _) => ("nanoGPT shakespeare_char CPU recipe", nanogpt, 12, 64),
+    };
+    let (batch, context) = (batch.unwrap_or(default_batch), context.unwrap_or(default_context));
+    if batch == 0 || context == 0 || context > cfg.block_size {
+        return Err(Error::invalid(
+            "bench",
+            format!(
+                "the GPT step's batch {batch} x context {context} needs a positive batch and a \
+                 context of 1 to the {name}'s {} positions",
+                cfg.block_size
+            ),
+        ));
+    }
+    Ok(Workload {
+        model: name.into(),
+        cfg,
+        batch,
+        context,
     })
 }
 
@@ -67,26 +125,31 @@ pub fn default_dtype(dev: &Device) -> DType {
     }
 }
 
-/// FLOPs of one training step per token (forward and backward).
-pub fn flops_per_token(cfg: &GptConfig, params: usize) -> f64 {
+/// FLOPs of one training step per token (forward and backward) of a model with `params`
+/// parameters on sequences of `context` tokens: 6·N + 12·L·H·Q·T (module header).
+pub fn flops_per_token(cfg: &GptConfig, params: usize, context: usize) -> f64 {
     let n = (params - cfg.block_size * cfg.n_embd) as f64;
-    let (l, h, q, t) = (cfg.n_layer, cfg.n_head, cfg.head_dim(), cfg.block_size);
-    6.0 * n + 12.0 * (l * h * q * t) as f64
+    let (l, h, q) = (cfg.n_layer, cfg.n_head, cfg.head_dim());
+    6.0 * n + 12.0 * (l * h * q * context) as f64
 }
 
-/// Times `steps` training steps in `dtype` after one untimed warm-up step.
+/// Times `steps` training steps of `work` in `dtype` after one untimed warm-up step.
 pub fn bench_gpt(
     dev: &Device,
     clock: &Clock,
     roofline: &Roofline,
     steps: usize,
-    batch: Option<usize>,
+    work: Workload,
     dtype: DType,
 ) -> Result<GptResult> {
     // as the training loop: freed activation buffers stay in the process for the next step
     crate::backend::cpu::retain_freed_memory();
-    let (model, cfg, b) = workload(dev, batch)?;
-    let t = cfg.block_size;
+    let Workload {
+        model,
+        cfg,
+        batch: b,
+        context: t,
+    } = work;
     let mut rng = Rng::new(1337);
     let mut gpt = Gpt::new(cfg.clone(), &mut rng, dev)?;
     gpt.set_dtype(dtype)?;
@@ -104,14 +167,12 @@ pub fn bench_gpt(
         .collect::<Result<Vec<_>>>()?;
     let mut step = |i: usize| -> Result<()> {
         let (x, y) = &batches[i % batches.len()];
-        let mut grads = gpt.loss(x, y)?.backward()?;
-        clip_grad_norm(&params, &mut grads, 1.0)?;
-        opt.step(&grads)
+        train_step(&gpt, &mut opt, &params, x, y)
     };
     step(0)?;
     let stats = Stats::of(&clock.time(steps.max(1), &mut step)?);
     let tokens_per_s = (b * t) as f64 / stats.median_s;
-    let per_token = flops_per_token(&cfg, gpt.num_params());
+    let per_token = flops_per_token(&cfg, gpt.num_params(), t);
     let flops = per_token * tokens_per_s;
     Ok(GptResult {
         model,
@@ -123,8 +184,19 @@ pub fn bench_gpt(
         tokens_per_s,
         flops_per_token: per_token,
         tflops: flops / 1e12,
+        gflops: flops / 1e9,
         mfu_pct: roofline.peak_flops(dtype).map(|p| 100.0 * flops / p),
     })
+}
+
+/// One training step on inputs `x` and targets `y`, both (B, T): forward, backward, gradient
+/// clipping at norm 1 and an AdamW step. Never inlined, so that a profiler can name it: the
+/// callgrind recipe of docs/perf.md counts only what runs inside it (`--toggle-collect`).
+#[inline(never)]
+pub fn train_step(gpt: &Gpt, opt: &mut AdamW, params: &[(String, Tensor)], x: &Tensor, y: &Tensor) -> Result<()> {
+    let mut grads = gpt.loss(x, y)?.backward()?;
+    clip_grad_norm(params, &mut grads, 1.0)?;
+    opt.step(&grads)
 }
 
 #[cfg(test)]
@@ -137,6 +209,21 @@ mod tests {
         // nanoGPT prints; 6·123,653,376 + 12·12·12·64·1024 = 855,166,464 FLOPs per token.
         let cfg = GptConfig::preset("gpt2").unwrap();
         assert_eq!(cfg.num_params(), 124_439_808);
-        assert_eq!(flops_per_token(&cfg, 124_439_808), 855_166_464.0);
+        assert_eq!(flops_per_token(&cfg, 124_439_808, 1024), 855_166_464.0);
+        // at 256 tokens the attention term is a quarter: 6·123,653,376 + 12·12·12·64·256
+        assert_eq!(flops_per_token(&cfg, 124_439_808, 256), 747_245_568.0);
+    }
+
+    #[test]
+    fn workloads_default_per_device_and_bad_contexts_are_named() {
+        let w = workload(&Device::Cpu, Some(GptModel::Gpt2), None, None).unwrap();
+        assert_eq!((w.model.as_str(), w.batch, w.context), ("GPT-2 124M", 2, 256));
+        let w = workload(&Device::Cpu, None, None, None).unwrap();
+        assert_eq!((w.batch, w.context, w.cfg.n_embd), (12, 64, 128));
+        let w = workload(&Device::Cpu, Some(GptModel::Gpt2), Some(4), Some(512)).unwrap();
+        assert_eq!((w.batch, w.context), (4, 512));
+        let err = workload(&Device::Cpu, None, None, Some(65)).unwrap_err().to_string();
+        assert!(err.contains("context 65") && err.contains("64 positions"), "{err}");
+        assert!(workload(&Device::Cpu, None, Some(0), None).is_err());
     }
 }

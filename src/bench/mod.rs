@@ -56,7 +56,11 @@ pub struct Options {
     /// Bytes of the copy that measures bandwidth (default: per device).
     pub copy_bytes: Option<usize>,
     pub gpt_steps: usize,
+    /// The GPT step's model (default: per device, see [`gpt::workload`]).
+    pub gpt_model: Option<gpt::GptModel>,
     pub gpt_batch: Option<usize>,
+    /// The GPT step's sequence length (default: per model and device).
+    pub gpt_context: Option<usize>,
     /// The GPT step's compute dtype (default: [`gpt::default_dtype`]).
     pub gpt_dtype: Option<DType>,
 }
@@ -71,7 +75,9 @@ impl Options {
             budget_s: 0.3,
             copy_bytes: None,
             gpt_steps: 10,
+            gpt_model: None,
             gpt_batch: None,
+            gpt_context: None,
             gpt_dtype: None,
         }
     }
@@ -295,7 +301,8 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> {
 
     let (gpt, gpt_skipped) = if with_gpt {
         progress("gpt training step");
-        match gpt::bench_gpt(&dev, &clock, &roofline, opts.gpt_steps, opts.gpt_batch, gpt_dtype) {
+        let work = gpt::workload(&dev, opts.gpt_model, opts.gpt_batch, opts.gpt_context);
+        match work.and_then(|w| gpt::bench_gpt(&dev, &clock, &roofline, opts.gpt_steps, w, gpt_dtype)) {
             Ok(g) => (Some(g), None),
             Err(e) => (None, Some(e.to_string())),
         }

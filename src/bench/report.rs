@@ -97,7 +97,7 @@ pub fn table(r: &Report) -> String {
     if let Some(g) = &r.gpt {
         let _ = writeln!(
             s,
-            "GPT training step, {} ({:.1}M parameters, {}, batch {} x context {}): {:.1} ms per step, {:.0} tokens/s, {:.3} TFLOP/s, MFU {}% (of the {} matmul ceiling above)",
+            "GPT training step, {} ({:.1}M parameters, {}, batch {} x context {}): {:.1} ms per step, {:.0} tokens/s, {:.1} GFLOP/s, MFU {}% (of the {} matmul ceiling above)",
             g.model,
             g.params as f64 / 1e6,
             g.dtype,
@@ -105,7 +105,7 @@ pub fn table(r: &Report) -> String {
             g.context,
             g.step.median_s * 1e3,
             g.tokens_per_s,
-            g.tflops,
+            g.gflops,
             opt(g.mfu_pct, 1),
             g.dtype
         );

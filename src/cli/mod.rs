@@ -271,6 +271,15 @@ pub struct GenerateArgs {
     pub dtype: ComputeDType,
 }
 
+/// The model of `kiln bench`'s training step (src/bench/gpt.rs).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchGptModel {
+    /// nanoGPT's shakespeare_char CPU recipe: 4 layers, 128 wide, vocabulary 65.
+    Nanogpt,
+    /// GPT-2 124M: 12 layers, 768 wide, vocabulary 50257.
+    Gpt2,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// cpu, emu, cuda or cuda:N.
@@ -295,9 +304,15 @@ pub struct BenchArgs {
     /// Timed GPT training steps.
     #[arg(long, default_value_t = 10)]
     pub gpt_steps: usize,
-    /// GPT batch size [cuda 16, cpu 12, emu 2].
+    /// GPT model of the training step [cuda gpt2, cpu and emu nanogpt].
+    #[arg(long, value_enum)]
+    pub gpt_model: Option<BenchGptModel>,
+    /// GPT batch size [gpt2: cuda 16, cpu and emu 2; nanogpt: cpu 12, emu 2].
     #[arg(long)]
     pub gpt_batch: Option<usize>,
+    /// GPT sequence length [gpt2: cuda 1024, cpu and emu 256; nanogpt: cpu 64, emu 16].
+    #[arg(long)]
+    pub gpt_context: Option<usize>,
     /// GPT compute dtype [cuda bf16, cpu and emu f32].
     #[arg(long, value_enum)]
     pub gpt_dtype: Option<ComputeDType>,
@@ -314,7 +329,7 @@ pub struct BenchArgs {
     pub profile: bool,
     /// Instead of the kernels: a Llama model's inference speed from this GGUF file, prompt
     /// (prefill) and generation tokens/s at batch 1, greedy (docs/perf.md) [--reps: 3].
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernels", "sizes", "plot", "gpt_batch", "gpt_dtype", "copy_mib"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernels", "sizes", "plot", "gpt_model", "gpt_batch", "gpt_context", "gpt_dtype", "copy_mib"])]
     pub gguf: Option<PathBuf>,
     /// With --gguf: the prompt lengths timed [128,512].
     #[arg(long, value_delimiter = ',', num_args = 1.., requires = "gguf")]
@@ -687,7 +702,12 @@ fn bench_kernels(a: BenchArgs, device: Device) -> Result<()> {
             })
             .transpose()?,
         gpt_steps: a.gpt_steps,
+        gpt_model: a.gpt_model.map(|m| match m {
+            BenchGptModel::Nanogpt => crate::bench::gpt::GptModel::Nanogpt,
+            BenchGptModel::Gpt2 => crate::bench::gpt::GptModel::Gpt2,
+        }),
         gpt_batch: a.gpt_batch,
+        gpt_context: a.gpt_context,
         gpt_dtype: a.gpt_dtype.map(DType::from),
     };
     let report = crate::bench::run(&opts, |what| console::err(&format!("bench: {what}")))?;

@@ -809,3 +809,62 @@ fn bf16_kernels_propagate_nan_and_inf() {
         }
     }
 }
+
+/// `run` on 4 threads gives the bits of `gemm_serial` on the calling thread for kernel `K`
+/// (A, B given as f64 values converted by `to_in`): with C's rows shared out panel by panel
+/// (many rows) and with a slab of columns per thread (few rows), A row- and column-major, beta
+/// 1, edges of every block and tile partial.
+fn check_threads_keep_the_bits<K: Kernel<T = f32>>(name: &str, to_in: impl Fn(f64) -> K::In) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    for (m, n, k, a_column_major) in [(517, 300, 70, false), (131, 1601, 797, true), (9, 2000, 150, false)] {
+        let a: Vec<K::In> = random_values(1, m * k).into_iter().map(&to_in).collect();
+        let b: Vec<K::In> = random_values(2, k * n).into_iter().map(&to_in).collect();
+        let c0: Vec<f32> = random_values(3, m * n).into_iter().map(|x| x as f32).collect();
+        let (rsa, csa) = if a_column_major {
+            (1, m as isize)
+        } else {
+            (k as isize, 1)
+        };
+        let problem = |c: &mut [f32]| {
+            let (a, b) = ((&a[..], rsa, csa), (&b[..], n as isize, 1));
+            Problem::new([m, n, k], 0.5, a, b, 1.0, (c, n as isize, 1))
+        };
+        let mut threaded = c0.clone();
+        let threaded_problem = problem(&mut threaded);
+        pool.install(|| run::<K>(threaded_problem));
+        let mut serial = c0.clone();
+        // SAFETY: the problem is validated, m, n, k > 0, C is this thread's alone, and every
+        // caller checked that the CPU supports K.
+        unsafe { super::driver::gemm_serial::<K>(problem(&mut serial)) };
+        let first_difference = threaded
+            .iter()
+            .zip(&serial)
+            .position(|(x, y)| x.to_bits() != y.to_bits());
+        assert_eq!(
+            first_difference, None,
+            "{name} {m}x{n}x{k}: threaded and serial products differ"
+        );
+    }
+}
+
+#[test]
+fn threads_do_not_change_the_bits_of_a_product() {
+    let bf16 = |x: f64| half::bf16::from_f64(x);
+    check_threads_keep_the_bits::<Portable<f32, 4, 8>>("portable", |x| x as f32);
+    check_threads_keep_the_bits::<Portable<f32, 4, 8, half::bf16>>("portable bf16", bf16);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            check_threads_keep_the_bits::<avx512::Zmm<f32>>("avx512", |x| x as f32);
+        }
+        if avx2_fma() {
+            check_threads_keep_the_bits::<avx2::Ymm<f32>>("avx2", |x| x as f32);
+        }
+        if has_bf16_dot() {
+            check_threads_keep_the_bits::<avx512bf16::Bf16Dot>("avx512bf16", bf16);
+        }
+        if amx_bf16::supported() {
+            check_threads_keep_the_bits::<amx_bf16::AmxBf16>("amx_bf16", bf16);
+        }
+    }
+}
