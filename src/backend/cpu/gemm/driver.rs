@@ -4,7 +4,7 @@
 use super::kernel::Kernel;
 use super::matrix::Element;
 use super::matrix::{Epilogue, Problem};
-use super::pack::{with_pack_buffer, with_shared_pack_buffer};
+use super::pack::with_pack_buffer;
 use rayon::prelude::*;
 
 /// Minimum work (in flops, `2·m·n·k`) per thread before a product is split over threads:
@@ -12,10 +12,6 @@ use rayon::prelude::*;
 /// the pool (10-25 µs when the pool was asleep). So 128³ or 64×64×256 use two threads, 96³
 /// or 64³ (3.5 µs of work) stay on the caller.
 pub(super) const PAR_FLOPS_PER_THREAD: usize = 1 << 20;
-
-/// Elements of B packed per task when the threads pack a block of B together: 2¹⁵ (128 KiB of
-/// f32, ~10 µs of copying), so that a small block is packed by one thread, without a fork-join.
-const PACK_ELEMENTS_PER_TASK: usize = 1 << 15;
 
 /// Runs a validated product with kernel `K`, on several threads when it is large enough.
 pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
@@ -41,17 +37,32 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
         // and `sgemm`/`dgemm` only pick a kernel the CPU supports.
         return unsafe { gemm_serial::<K>(problem) };
     }
-    if m.div_ceil(K::MR) >= 2 * threads {
-        // SAFETY: as for the serial call.
-        return unsafe { gemm_shared::<K>(problem) };
+    // Cut C into `threads` slabs of whole tiles, along the dimension whose slowest slab costs
+    // least: its tiles (MR·k multiply-add steps of NR lanes each) plus the elements it packs (A
+    // once per column block of the slab, B once), a packed element counted as one step. With
+    // columns, every thread packs all of A; with rows, all of B (by this count, packing is a
+    // fifth of a column split's work on the GPT's 768×128×512 products, a seventh of a row
+    // split's). A fixed slab per thread measured faster on a quiet machine than C's row panels
+    // handed out one at a time over a B block packed by all threads together (SmolLM2's f32
+    // prefill, 128 rows: 464–507 against 592–651 tokens/s, docs/perf-log.md), whose two
+    // fork-joins per block of B cost more than a busy core's lag saves.
+    let slab = |len: usize, tile: usize| round_up(len.div_ceil(threads), tile).min(len);
+    let (cols, rows) = (slab(n, K::NR), slab(m, K::MR));
+    let cost = |m_t: usize, n_t: usize| {
+        let tiles = m_t.div_ceil(K::MR) * n_t.div_ceil(K::NR);
+        tiles * K::MR * k + n_t.div_ceil(K::NC) * m_t * k + k * n_t
+    };
+    if cost(m, cols) <= cost(rows, n) {
+        (0..n).into_par_iter().step_by(cols).for_each(|j| {
+            // SAFETY: as for the serial call; each thread gets disjoint columns of C.
+            unsafe { gemm_serial::<K>(problem.cols(j..n.min(j + cols))) }
+        });
+    } else {
+        (0..m).into_par_iter().step_by(rows).for_each(|i| {
+            // SAFETY: as for the serial call; each thread gets disjoint rows of C.
+            unsafe { gemm_serial::<K>(problem.rows(i..m.min(i + rows))) }
+        });
     }
-    // Fewer than two row panels per thread (a product of a few rows and many columns): one
-    // slab of C's columns per thread, each thread running the whole blocked algorithm on it.
-    let cols = round_up(n.div_ceil(threads), K::NR).min(n);
-    (0..n).into_par_iter().step_by(cols).for_each(|j| {
-        // SAFETY: as for the serial call; each thread gets disjoint columns of C.
-        unsafe { gemm_serial::<K>(problem.cols(j..n.min(j + cols))) }
-    });
 }
 
 /// The blocked algorithm of the module header on the calling thread.
@@ -86,62 +97,6 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
     };
     // SAFETY: the CPU supports K (caller's contract); the kernel's calls above run inside.
     unsafe { K::with_thread_state(all_blocks) }
-}
-
-/// The blocked algorithm with C's rows shared out between threads as they come free: each block
-/// of B is packed once, by all threads together, into a buffer they all read, then rayon hands
-/// out C's row panels (MR rows) one at a time (`with_max_len(1)`), each packing its own A
-/// micro-panel. A thread held back by another process on its core delays the product by one
-/// panel, not by a fixed share of it (one slab per thread, as before, left the other core
-/// idle at the end of every product for as long as the busy one lagged); and A and B are each
-/// packed once, as on one thread, where a slab of columns per thread packed all of A per
-/// thread. Two fork-joins per block of B: ⌈n/NC⌉·⌈k/KC⌉ blocks. Every element of C is
-/// computed as [`gemm_serial`] computes it (the same blocks of k, in the same order, by the
-/// same tile), so the result does not depend on the threads.
-///
-/// # Safety
-///
-/// As for [`gemm_serial`].
-unsafe fn gemm_shared<K: Kernel>(problem: Problem<K::T, K::In>) {
-    let Problem { m, n, k, b, .. } = problem;
-    let k_blocks = Blocks::new(k, K::KC, K::K_STEP);
-    let n_blocks = Blocks::new(n, K::NC, K::NR);
-    with_shared_pack_buffer(k_blocks.size * n_blocks.size, |b_pack: &mut [K::In]| {
-        for (jc, nc) in n_blocks {
-            for (pc, kc) in k_blocks {
-                let panel_len = round_up(kc, K::K_STEP) * K::NR;
-                let b_block = &mut b_pack[..nc.div_ceil(K::NR) * panel_len];
-                let panels_per_task = (PACK_ELEMENTS_PER_TASK / panel_len).max(1);
-                b_block
-                    .par_chunks_mut(panels_per_task * panel_len)
-                    .enumerate()
-                    .for_each(|(task, dst)| {
-                        let j = task * panels_per_task * K::NR;
-                        let cols = (nc - j).min(panels_per_task * K::NR);
-                        // SAFETY: (pc, jc + j) is an element of B (j < nc: dst is one of the
-                        // block's ⌈nc/NR⌉ panels), dst holds the panels of the kc×cols block
-                        // there, and the CPU supports K (caller's contract); the packing runs
-                        // inside the kernel's thread state, as its contract asks.
-                        unsafe { K::with_thread_state(|| K::pack_b(kc, cols, b.at(pc, jc + j), dst)) }
-                    });
-                let b_block = &*b_block;
-                (0..m).into_par_iter().step_by(K::MR).with_max_len(1).for_each(|ic| {
-                    let panel = || {
-                        with_pack_buffer(K::MR * k_blocks.size, |a_pack: &mut [K::In]| {
-                            let block = Block { ic, jc, nc, pc, kc };
-                            // SAFETY: the block lies inside the problem, b_block holds its
-                            // packed B block, each panel's rows of C are this task's alone,
-                            // and the caller's contract covers the CPU.
-                            unsafe { row_panel::<K>(&problem, block, b_block, a_pack) }
-                        })
-                    };
-                    // SAFETY: the CPU supports K (caller's contract); the panel's kernel calls
-                    // run inside the thread state (AMX's tile configuration) set up here.
-                    unsafe { K::with_thread_state(panel) }
-                });
-            }
-        }
-    });
 }
 
 /// Where a row panel's work lies: rows `ic..ic + MR` (fewer at the bottom edge) of C, columns

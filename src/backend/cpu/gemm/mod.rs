@@ -111,14 +111,11 @@
 //!
 //! # Threads
 //!
-//! Products of at least `driver::PAR_FLOPS_PER_THREAD` flops per thread run on rayon's global pool.
-//! With at least two micro-panels of rows (MR) per thread, the threads share each packed block
-//! of B (packing it together) and take C's row panels one at a time as they come free, so a
-//! thread that another process holds back delays the product by one panel rather than by a
-//! fixed half of it; each A micro-panel goes to a thread-local buffer. Products of fewer rows
-//! give each thread one slab of C's columns, on which it runs the whole blocked algorithm.
-//! Smaller products stay on the calling thread. Either way every element of C is computed by
-//! one thread in the same order as on one thread: the result does not depend on the threads.
+//! Products of at least `driver::PAR_FLOPS_PER_THREAD` flops per thread run on rayon's global pool:
+//! C is cut into one disjoint slab per thread (columns, or rows when that balances better)
+//! and each thread runs the whole blocked algorithm on its slab with its own thread-local
+//! packing buffers, so no synchronisation is needed. Smaller products stay on the calling
+//! thread.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

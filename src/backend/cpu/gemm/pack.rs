@@ -3,7 +3,7 @@
 
 use super::kernel::Kernel;
 use super::matrix::{Element, MatRef};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 /// Packs the `mr×kc` block `a` into one A micro-panel: `dst[p·MR + i] = a[i, p]`, rows
 /// `mr..MR` zero (for a kernel with `K_STEP == 1`).
@@ -95,25 +95,4 @@ pub(super) fn with_pack_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T
         // `len·size_of::<T>()` bytes; T is f32, f64 or bf16 (align <= 64), valid for any bits.
         f(unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) })
     })
-}
-
-/// Runs `f` on a 64-byte aligned scratch slice of `len` elements that other threads read while
-/// `f` runs (the shared B block of `driver::gemm_shared`). Cached per thread like
-/// [`with_pack_buffer`]'s, but taken out of the cache while `f` runs: `f` waits for other
-/// threads, and rayon may meanwhile start another product on this thread, which then packs into
-/// a buffer of its own instead of finding this one borrowed.
-pub(super) fn with_shared_pack_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-    thread_local! {
-        static BUFFER: Cell<Vec<CacheLine>> = const { Cell::new(Vec::new()) };
-    }
-    let lines = (len * size_of::<T>()).div_ceil(size_of::<CacheLine>());
-    let mut buffer = BUFFER.take();
-    if buffer.len() < lines {
-        buffer = vec![CacheLine([0; 64]); lines];
-    }
-    // SAFETY: as in `with_pack_buffer`: `lines` initialised, 64-byte aligned lines hold at
-    // least `len·size_of::<T>()` bytes, and T is valid for any bits.
-    let result = f(unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) });
-    BUFFER.set(buffer);
-    result
 }

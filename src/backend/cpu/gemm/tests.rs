@@ -811,8 +811,8 @@ fn bf16_kernels_propagate_nan_and_inf() {
 }
 
 /// `run` on 4 threads gives the bits of `gemm_serial` on the calling thread for kernel `K`
-/// (A, B given as f64 values converted by `to_in`): with C's rows shared out panel by panel
-/// (many rows) and with a slab of columns per thread (few rows), A row- and column-major, beta
+/// (A, B given as f64 values converted by `to_in`): with C cut into slabs of rows or of
+/// columns, whichever `run` picks for the shape, A row- and column-major, beta
 /// 1, edges of every block and tile partial.
 fn check_threads_keep_the_bits<K: Kernel<T = f32>>(name: &str, to_in: impl Fn(f64) -> K::In) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
