@@ -22,7 +22,7 @@
 //     softmax keeps a running max m and sum l per row and rescales l and O by exp(m_old − m_new) when m
 //     grows. Key tiles past the block's last visible key are never loaded (causal tile skipping), and a
 //     warp skips the tiles its own rows cannot see. Writes O = acc / l and lse = m + log l.
-//   attention_bwd_dot: D_i = Σ_c dO_ic·O_ic, one thread per row (every dtype).
+//   attention_bwd_dot: D_i = Σ_c dO_ic·O_ic, one warp per row (every dtype).
 //   attention_bwd_dkdv: a block owns 4R keys (R per warp) and keeps their dK, dV in registers while Q/dO
 //     tiles of 32 query rows (one per lane) stream through shared memory, starting at the first query
 //     that sees the block's first key.
@@ -204,10 +204,18 @@ __device__ __forceinline__ void attention_bwd_dot_impl(const T *__restrict__ o, 
                                                        unsigned long long rows, unsigned d) {
     typedef KilnFloat<T> F;
     typedef typename F::Acc A;
-    for (unsigned long long i = kiln_thread_index(); i < rows; i += kiln_thread_count()) {
+    // One warp per row (the launch has 32 threads per row, blocks of whole warps): lane l sums
+    // columns l, l + 32, ..., so each load reads 32 consecutive elements of the row (one thread per
+    // row read 32 rows' elements c at a stride of d: a sector per lane), then a butterfly sums the
+    // lanes. The row index depends only on the warp, so every lane of a warp runs the same loops.
+    const unsigned lane = threadIdx.x % 32;
+    const unsigned long long warps = kiln_thread_count() / 32;
+    for (unsigned long long i = kiln_thread_index() / 32; i < rows; i += warps) {
         A acc = (A)0;
-        for (unsigned c = 0; c < d; ++c) acc += F::up(o[i * d + c]) * F::up(dout[i * d + c]);
-        dvec[i] = acc;
+        for (unsigned c = lane; c < d; c += 32) acc += F::up(o[i * d + c]) * F::up(dout[i * d + c]);
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(KILN_FULL_MASK, acc, offset);
+        if (lane == 0) dvec[i] = acc;
     }
 }
 
@@ -411,7 +419,12 @@ template <typename T> __device__ __forceinline__ bool att_vec(const T *x, unsign
 
 // Rows [first, first + rows) of x [n, d] into dst [rows][dp + 8], zeros past n and past d. With `vec`
 // (att_vec) by cp.async, which the caller commits and waits for; otherwise element by element. Every
-// thread of the block takes part.
+// thread of the block takes part. A 16-byte store is done by quarter warps, so each group of 8 lanes
+// must cover the 32 banks once: rows of 8 or more chunks give a quarter warp 8 consecutive chunks of
+// one row; shorter rows (d <= 48: 2, 4 or 6 chunks, padded to an odd 3, 5 or 7) give it one chunk
+// column of 8 consecutive rows, which start in 8 distinct 16-byte bank groups. (Eight lanes on two
+// rows of 4 chunks put chunk 0 of the second row, 80 bytes on, in the banks of the first row's chunk
+// 1, ...: 2 wavefronts per quarter warp.) `rows` is a multiple of 8 (the tiles are 32 or 64 rows).
 template <typename T>
 __device__ __forceinline__ void att_stage(T *dst, const T *__restrict__ x, unsigned first, unsigned rows, unsigned n,
                                           unsigned d, unsigned dp, bool vec) {
@@ -419,7 +432,9 @@ __device__ __forceinline__ void att_stage(T *dst, const T *__restrict__ x, unsig
     if (vec) {
         const unsigned chunks = dp / 8; // 16-byte chunks per row
         for (unsigned e = threadIdx.x; e < rows * chunks; e += blockDim.x) {
-            const unsigned r = e / chunks, c = (e - r * chunks) * 8;
+            const unsigned group = e / (8 * chunks), w = e - group * 8 * chunks; // 8 rows per group
+            const unsigned r = chunks >= 8 ? e / chunks : group * 8 + w % 8;
+            const unsigned c = (chunks >= 8 ? e - r * chunks : w / 8) * 8;
             const bool in = first + r < n && c < d; // whole chunks: d is a multiple of 8
             kiln_cp_async_16(dst + r * ld + c, in ? x + (unsigned long long)(first + r) * d + c : x, in ? 16u : 0u);
         }

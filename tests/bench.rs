@@ -831,3 +831,29 @@ fn emu_profile_finds_no_bank_conflicts_in_the_matmul_slab_stores() {
         }
     }
 }
+
+/// The attention kernels' `cp.async` landings of their tiles (att_stage, kernels/attention.cu) take
+/// the ideal wavefronts at head sizes whose rows have fewer than 8 chunks (d = 16, 32: rows of 2 and
+/// 4 chunks, where a quarter warp on consecutive chunks of a row would span rows) and more (d = 64),
+/// and `attention_bwd_dot` reads each row with a warp: 2 sectors per request for d = 32 bf16 (64
+/// bytes), every byte used (one thread per row read a sector per lane).
+#[test]
+fn emu_profile_finds_no_bank_conflicts_in_the_attention_tile_landings() {
+    for size in ["1x2x64x16", "1x2x64x32", "1x2x64x64"] {
+        for (bench, kernel) in [
+            ("attention_fwd_bf16", "attention_fwd_mma_bf16"),
+            ("attention_bwd_bf16", "attention_bwd_dkdv_mma_bf16"),
+            ("attention_bwd_bf16", "attention_bwd_dq_mma_bf16"),
+        ] {
+            let (_, k) = emu_profile(bench, size, kernel);
+            let stores = &k["shared_store"];
+            assert!(stores["requests"].as_u64().unwrap() > 0, "{kernel} {size}: {k:#}");
+            assert_eq!(stores["bank_conflicts"].as_u64(), Some(0), "{kernel} {size}: {k:#}");
+        }
+    }
+    let (_, k) = emu_profile("attention_bwd_bf16", "1x2x64x32", "attention_bwd_dot_bf16");
+    let loads = &k["global_load"];
+    let (requests, sectors) = (loads["requests"].as_u64().unwrap(), loads["sectors"].as_u64().unwrap());
+    assert_eq!(sectors, 2 * requests, "{k:#}");
+    assert_eq!(loads["bytes"], loads["ideal_bytes"], "{k:#}");
+}

@@ -184,7 +184,7 @@ pub fn attention_backward(
     }
     let suffix = dt.as_str();
     let rows = dims.bh * dims.tq;
-    // D = rowsum(dO∘O), one thread per query row
+    // D = rowsum(dO∘O), one warp per query row
     let dvec = CudaStorage::alloc(dev, acc_dtype(dt), rows)?;
     if rows > 0 {
         let mut args = Args::new();
@@ -193,7 +193,7 @@ pub fn attention_backward(
             .push(dvec.ptr())
             .push(rows as u64)
             .push(d);
-        let cfg = LaunchConfig::grid_stride(rows, dev.limits());
+        let cfg = LaunchConfig::grid_stride(rows.saturating_mul(32), dev.limits());
         dev.launch(
             kernel("attention", &format!("attention_bwd_dot_{suffix}"))?,
             cfg,
