@@ -44,7 +44,7 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
     // fifth of a column split's work on the GPT's 768×128×512 products, a seventh of a row
     // split's). A fixed slab per thread measured faster on a quiet machine than C's row panels
     // handed out one at a time over a B block packed by all threads together (SmolLM2's f32
-    // prefill, 128 rows: 464–507 against 592–651 tokens/s, docs/perf-log.md), whose two
+    // prefill, 128 rows: 464–507 against 592–651 tokens/s, docs/perf.md), whose two
     // fork-joins per block of B cost more than a busy core's lag saves.
     let slab = |len: usize, tile: usize| round_up(len.div_ceil(threads), tile).min(len);
     let (cols, rows) = (slab(n, K::NR), slab(m, K::MR));
