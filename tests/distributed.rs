@@ -153,48 +153,57 @@ fn two_ranks_with_batch_6_train_as_one_process_with_batch_12() {
     assert_eq!(files(&two), files(&one));
 }
 
+/// `ranks` processes: one plain process, or `mpirun -np ranks`.
+fn launch(ranks: usize, a: Vec<&str>) -> Output {
+    if ranks == 1 {
+        single(a)
+    } else {
+        run(mpirun(&[(ranks, a)]))
+    }
+}
+
+/// Trains to step 4 on `first.0` ranks with `first.1`'s flags (on top of `base`), resumes the run
+/// to the end on `then.0` ranks with `then.1`'s flags, and checks the joined run against `want`.
+fn stop_at_4_then_resume(
+    base: &[&str],
+    out: &Path,
+    data: &Path,
+    first: (usize, &[&str]),
+    then: (usize, &[&str]),
+    want: &[serde_json::Value],
+) {
+    let mut a = args(data, out, base);
+    a.extend_from_slice(first.1);
+    a.extend_from_slice(&["--stop-at", "4"]);
+    launch(first.0, a);
+    let mut resume = vec!["train", "--resume"];
+    resume.extend_from_slice(then.1);
+    resume.extend_from_slice(&["--out", out.to_str().unwrap(), "--sample-tokens", "0"]);
+    let o = launch(then.0, resume);
+    assert!(text(&o).0.contains("resuming"), "{}", text(&o).0);
+    assert_same_run(&metrics(out), want);
+}
+
 #[test]
 fn a_checkpoint_of_two_ranks_resumes_on_one_and_the_reverse() {
     let s = setup("dist-resume");
     let whole = s.root.join("whole");
     single(args(&s.data, &whole, &["--batch-size", "12"]));
     let want = metrics(&whole);
-
     // 2 ranks to step 4, then one process to the end
     let from_two = s.root.join("from-two");
-    run(mpirun(&[(
-        2,
-        args(
-            &s.data,
-            &from_two,
-            &["--distributed", "--batch-size", "6", "--stop-at", "4"],
-        ),
-    )]));
-    let o = single(vec![
-        "train",
-        "--resume",
-        "--out",
-        from_two.to_str().unwrap(),
-        "--sample-tokens",
-        "0",
-    ]);
-    assert!(text(&o).0.contains("resuming"), "{}", text(&o).0);
-    assert_same_run(&metrics(&from_two), &want);
-
+    stop_at_4_then_resume(
+        &[],
+        &from_two,
+        &s.data,
+        (2, &["--distributed", "--batch-size", "6"]),
+        (1, &[]),
+        &want,
+    );
     // one process to step 4, then 2 ranks to the end (the saved batch of 12, 6 on each)
     let from_one = s.root.join("from-one");
-    single(args(&s.data, &from_one, &["--batch-size", "12", "--stop-at", "4"]));
-    let resume = vec![
-        "train",
-        "--resume",
-        "--distributed",
-        "--out",
-        from_one.to_str().unwrap(),
-        "--sample-tokens",
-        "0",
-    ];
-    run(mpirun(&[(2, resume)]));
-    assert_same_run(&metrics(&from_one), &want);
+    let twelve: &[&str] = &["--batch-size", "12"];
+    stop_at_4_then_resume(&[], &from_one, &s.data, (1, twelve), (2, &["--distributed"]), &want);
 }
 
 /// A clip that every step of the tiny run exceeds, so that the norm computed from the shards
@@ -243,41 +252,15 @@ fn a_zero1_checkpoint_resumes_on_one_rank_and_one_resumes_under_zero1() {
     let whole = s.root.join("whole");
     single(clipped(&s.data, &whole, &["--batch-size", "12"]));
     let want = metrics(&whole);
-
     // 2 ranks with sharded moments to step 4, then one process (the moments gathered whole)
     let from_zero = s.root.join("from-zero");
-    let a = clipped(
-        &s.data,
-        &from_zero,
-        &["--distributed", "--batch-size", "6", "--zero", "1", "--stop-at", "4"],
-    );
-    run(mpirun(&[(2, a)]));
-    single(vec![
-        "train",
-        "--resume",
-        "--out",
-        from_zero.to_str().unwrap(),
-        "--sample-tokens",
-        "0",
-    ]);
-    assert_same_run(&metrics(&from_zero), &want);
-
+    let zero_half: &[&str] = &["--distributed", "--batch-size", "6", "--zero", "1"];
+    stop_at_4_then_resume(CLIP, &from_zero, &s.data, (2, zero_half), (1, &[]), &want);
     // one process to step 4, then 2 ranks that shard its moments
     let from_one = s.root.join("from-one");
-    single(clipped(&s.data, &from_one, &["--batch-size", "12", "--stop-at", "4"]));
-    let resume = vec![
-        "train",
-        "--resume",
-        "--distributed",
-        "--zero",
-        "1",
-        "--out",
-        from_one.to_str().unwrap(),
-        "--sample-tokens",
-        "0",
-    ];
-    run(mpirun(&[(2, resume)]));
-    assert_same_run(&metrics(&from_one), &want);
+    let twelve: &[&str] = &["--batch-size", "12"];
+    let zero: &[&str] = &["--distributed", "--zero", "1"];
+    stop_at_4_then_resume(CLIP, &from_one, &s.data, (1, twelve), (2, zero), &want);
 }
 
 /// With dropout, each rank draws its rows' slice of the masks that one process draws for the
