@@ -2,7 +2,7 @@
 //! implementation and the reference of kernels/sample.cu, which gives the same id bit for bit.
 //!
 //! A token's probability is an integer weight W(l) = round(exp((l − max)/T)·2^S) with
-//! S = min(52, 62 − bit_length(vocab)), computed by [`weight`] with the same IEEE operations in
+//! S = min(52, 62 − bit_length(vocab)), computed by `weight` with the same IEEE operations in
 //! the same order as the kernel (so the two round alike), and every sum is an integer sum, which
 //! no summation order changes. The kernel finds the top-k threshold and the top-p cut by radix
 //! selection over the logits' bits; here the candidates are sorted (an independent route to the
@@ -24,7 +24,7 @@ fn key(v: f32) -> u32 {
     })
 }
 
-/// The logit of a key ([`key`]'s inverse).
+/// The logit of a key (`key`'s inverse).
 fn key_value(k: u32) -> f32 {
     let ord = !k;
     f32::from_bits(if ord & 0x8000_0000 != 0 {
@@ -46,7 +46,7 @@ fn weight_scale(vocab: usize) -> i32 {
 /// d = n·ln2 + r, the degree-12 Taylor polynomial of exp(r), both parts of ln2 as bit patterns).
 fn weight(l: f32, max: f32, t: f64, scale: i32) -> u64 {
     let d = (l as f64 - max as f64) / t;
-    if !(d >= -44.0) {
+    if d.is_nan() || d < -44.0 {
         return 0;
     }
     let n = (d * f64::from_bits(0x3ff7_1547_652b_82fe)).round_ties_even();
