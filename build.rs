@@ -290,6 +290,8 @@ fn emulator_build(kernels_dir: &Path) -> cc::Build {
         .flag("-pthread")
         .flag_if_supported("-Wno-unknown-pragmas")
         .flag_if_supported("-fno-strict-aliasing")
+        // a * b + c stays two roundings, as __dmul_rn / __dadd_rn promise (kernels/sample.cu relies on it)
+        .flag_if_supported("-ffp-contract=off")
         .include(kernels_dir)
         .warnings(false);
     // The emulator runs every CUDA thread as a fiber; unoptimised it is ~10x slower, so it is built

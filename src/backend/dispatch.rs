@@ -7,7 +7,8 @@
 use super::cpu::{self, with_cpu_storage, CpuStorage};
 use super::cuda::{self, CudaStorage};
 use super::op::{
-    bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, QuantizedMatrix, ReduceOp, RopeSpec, UnaryOp,
+    bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, QuantizedMatrix, ReduceOp, RopeSpec,
+    SampleParams, UnaryOp,
 };
 use super::storage::{mismatch, mismatch_any, Storage};
 use crate::tensor::dtype::{DType, WithDType};
@@ -152,6 +153,31 @@ impl Storage {
             Storage::Cuda(g) => Ok(Storage::Cuda(cuda::linear_quantized::linear_quantized_input_grad(
                 g, layout, w,
             )?)),
+        }
+    }
+
+    /// One token id per row of these f32 logits (contiguous rows of `vocab`), row i drawn with
+    /// `uniforms[i]`; the ids come back to the host. On a CUDA device a row the kernel could not
+    /// sample (a NaN, or every logit −∞) is copied back and given to the CPU sampler, whose error
+    /// names the problem.
+    pub(crate) fn sample(&self, vocab: usize, params: &SampleParams, uniforms: &[f64]) -> Result<Vec<u32>> {
+        match self {
+            Storage::Cpu(s) => cpu::sample::sample(s, vocab, params, uniforms),
+            Storage::Cuda(s) => {
+                let ids = cuda::sample::sample(s, vocab, params, uniforms)?;
+                if let Some(row) = ids
+                    .iter()
+                    .position(|&id| id == cuda::sample::NAN_ROW || id == cuda::sample::NO_MASS_ROW)
+                {
+                    let logits = s.read_host::<f32>(row * vocab, vocab)?;
+                    cpu::sample::sample_row(&logits, params, uniforms[row])?;
+                    return Err(Error::invalid(
+                        "sample",
+                        format!("the kernel found no token in row {row}, the CPU sampler finds one"),
+                    ));
+                }
+                Ok(ids)
+            }
         }
     }
 

@@ -17,6 +17,7 @@ pub use cpu::CpuStorage;
 pub(crate) use dispatch::{adamw_step, grad_sq_sum};
 pub use dispatch::{IdBuckets, RowStats};
 pub use op::{
-    gelu_derivative, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, RopeLayout, RopeSpec, UnaryOp,
+    gelu_derivative, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, RopeLayout, RopeSpec,
+    SampleParams, UnaryOp,
 };
 pub use storage::Storage;

@@ -16,8 +16,9 @@ use super::check::{
 use super::library;
 pub use super::work::{Setup, Work};
 use crate::backend::cpu::reference as r;
+use crate::backend::cpu::sample::sample_row;
 use crate::backend::Storage;
-use crate::backend::{IdBuckets, RowStats};
+use crate::backend::{IdBuckets, RowStats, SampleParams};
 use crate::gguf::{dequantize, GgmlType};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::ops::linear_quantized::QuantizedMatrix;
@@ -626,6 +627,41 @@ fn rowwise(s: &Setup, rng: &mut Rng, op: fn(&Tensor) -> Result<Tensor>, referenc
             Ok(compare_rows(tolerance(DType::F32), widths, &inputs, &got, |x, rows| {
                 reference(x, rows, c)
             }))
+        }),
+    })
+}
+
+/// Tensor::sample over `[rows, vocab]` logits (kernels/sample.cu on a GPU), one uniform number per
+/// row. Bytes: the logits read once and the ids written (the kernel reads the row up to 13 times,
+/// mostly from L2); FLOPs left at 0, the weights' f64 arithmetic is not the measure. The check:
+/// every id equals the CPU reference's.
+fn sampler(s: &Setup, rng: &mut Rng) -> Result<Work> {
+    let (r, c, n) = rows_cols(s);
+    let sets = s.sets(n * F32 as f64);
+    let x = inputs(sets, &[r, c], DType::F32, rng, &s.dev)?;
+    let uniforms: Vec<f64> = (0..r).map(|_| rng.uniform()).collect();
+    let params = SampleParams {
+        temperature: 0.8,
+        top_k: 50,
+        top_p: 0.95,
+    };
+    let (x0, u0) = (x[0].clone(), uniforms.clone());
+    Ok(Work {
+        flops: 0.0,
+        bytes: n * F32 as f64 + (r * 4) as f64,
+        written: (r * 4) as f64,
+        sets,
+        run: Box::new(move |i| x[i % sets].sample(&params, &uniforms).map(drop)),
+        check: checked(move || {
+            let got: Vec<f64> = x0.sample(&params, &u0)?.into_iter().map(f64::from).collect();
+            let logits = x0.to_vec::<f32>()?;
+            let want = logits
+                .chunks(c)
+                .zip(&u0)
+                .map(|(row, &u)| sample_row(row, &params, u).map(f64::from))
+                .collect::<Result<Vec<f64>>>()?;
+            // ids: equal or wrong, no rounding to allow for
+            Ok(Comparison::new(0.0).compare("ids", &got, &want).finish())
         }),
     })
 }
@@ -1307,6 +1343,19 @@ pub const CASES: &[Case] = &[
         cpu: ROWS_CPU,
         emu: ROWS_EMU,
         prepare: layer_norm_backward,
+        library: None,
+    },
+    Case {
+        name: "sample",
+        about: "one token id per row of f32 logits [N, vocab]: temperature 0.8, top-k 50, top-p 0.95 (the id comes back)",
+        dims: "ROWSxCOLS",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // a decode step of a GPT-2 (50257) and a SmolLM2 (49152) vocabulary, and a batch of 64
+        cuda: &[&[1, 50257], &[1, 49152], &[64, 50257]],
+        cpu: &[&[1, 50257], &[1, 49152]],
+        emu: &[&[2, 1000]],
+        prepare: sampler,
         library: None,
     },
     Case {

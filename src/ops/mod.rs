@@ -16,6 +16,7 @@ pub mod overload;
 pub mod reduce;
 pub mod rms_norm;
 pub mod rope;
+pub mod sample;
 pub mod shape;
 pub mod softmax;
 pub mod stack;

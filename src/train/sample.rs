@@ -8,6 +8,7 @@
 //! nanoGPT's `generate` crops `idx[:, -block_size:]`, so the output equals that of a model
 //! without a cache (up to floating-point rounding), or the generation ends there (a chat).
 
+use crate::backend::SampleParams;
 use crate::model::{CausalLm, KvCache};
 use crate::{Error, Result, Rng, Tensor};
 
@@ -55,82 +56,47 @@ impl SampleOptions {
     }
 }
 
-/// Picks the next token from `logits` (one row of the vocabulary) with `opts`, drawing at
-/// most one uniform number from `rng` (none in greedy mode).
+impl SampleOptions {
+    /// The sampler's parameters (top-k and top-p off when `None`).
+    pub fn params(&self) -> SampleParams {
+        SampleParams {
+            temperature: self.temperature,
+            top_k: self.top_k.unwrap_or(0),
+            top_p: self.top_p.unwrap_or(1.0),
+        }
+    }
+
+    /// The uniform number a draw takes from `rng`: one whenever the temperature is above 0 (even
+    /// when the logits then leave no choice), none when greedy, so that the sequence of draws, and
+    /// the tokens, are the same on every device.
+    fn uniform(&self, rng: &mut Rng) -> f64 {
+        if self.temperature > 0.0 {
+            rng.uniform()
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Picks the next token from `logits` (one row of the vocabulary) with `opts`, drawing one
+/// uniform number from `rng` unless greedy (temperature 0). The rules are [`SampleParams`]'s;
+/// the token equals the one [`Tensor::sample`] draws on any device from the same logits and
+/// generator.
 ///
 /// Never panics: no logits, a NaN logit (weights or activations that are not finite), logits
 /// that are all −∞ (no token has any probability) and options that [`SampleOptions::validate`]
 /// refuses are errors. A +∞ logit is the certain pick.
 pub fn sample_logits(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> Result<u32> {
     opts.validate()?;
-    let bad = |msg: String| Err(Error::Invalid { op: "sample", msg });
-    if logits.is_empty() {
-        return bad("no logits to sample from (a vocabulary of 0 tokens)".into());
-    }
-    if let Some(i) = logits.iter().position(|v| v.is_nan()) {
-        let nans = logits.iter().filter(|v| v.is_nan()).count();
-        return bad(format!(
-            "{nans} of the {} logits are NaN (the first for token {i}): the model's weights or activations \
-             are not finite",
-            logits.len()
-        ));
-    }
-    // the first of the largest logits (no NaN is left, so the order is total)
-    let argmax = logits
-        .iter()
-        .enumerate()
-        .fold(0usize, |best, (i, &v)| if v > logits[best] { i } else { best });
-    if logits[argmax] == f32::NEG_INFINITY {
-        return bad(format!(
-            "all {} logits are -inf: no token has any probability",
-            logits.len()
-        ));
-    }
-    if opts.temperature == 0.0 || logits.len() == 1 || logits[argmax] == f32::INFINITY {
-        return Ok(argmax as u32);
-    }
-    // Candidates sorted by logit, highest first (ties by id, so the order is deterministic).
-    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    if let Some(k) = opts.top_k.filter(|&k| k > 0 && k < order.len()) {
-        // As nanoGPT: everything below the k-th largest logit is dropped (ties kept; the
-        // largest is always kept).
-        let kth = logits[order[k - 1] as usize];
-        order.retain(|&i| logits[i as usize] >= kth);
-    }
-    let max = logits[argmax] as f64;
-    let mut probs: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i as usize] as f64 - max) / opts.temperature).exp())
-        .collect();
-    // the largest logit contributes exp(0) = 1, so the total is at least 1
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    if let Some(p) = opts.top_p.filter(|&p| p < 1.0) {
-        let mut cum = 0.0;
-        let keep = probs
-            .iter()
-            .position(|&q| {
-                cum += q;
-                cum >= p
-            })
-            .map_or(probs.len(), |i| i + 1);
-        probs.truncate(keep);
-        order.truncate(keep);
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
-    }
-    let u = rng.uniform();
-    let mut cum = 0.0;
-    for (i, &q) in probs.iter().enumerate() {
-        cum += q;
-        if u < cum {
-            return Ok(order[i]);
-        }
-    }
-    // rounding left the cumulative sum just below u: the last candidate with any probability
-    // (the largest logit's is 1 before normalising, so there is one)
-    Ok(order[probs.iter().rposition(|&q| q > 0.0).unwrap_or(0)])
+    crate::backend::cpu::sample::sample_row(logits, &opts.params(), opts.uniform(rng))
+}
+
+/// Picks the next token from `logits` (`[1, vocab]` or `[vocab]`, on any device) as
+/// [`sample_logits`] does, on the logits' device: from a GPU only the id comes back.
+pub fn sample_tensor(logits: &Tensor, opts: &SampleOptions, rng: &mut Rng) -> Result<u32> {
+    opts.validate()?;
+    let u = opts.uniform(rng);
+    Ok(logits.sample(&opts.params(), &[u])?[0])
 }
 
 /// What a generation does when the sequence reaches the model's context length.
@@ -269,7 +235,7 @@ impl<M: CausalLm> Generator<M> {
         let mut tokens = Vec::new();
         let mut finish = Finish::MaxTokens;
         for i in 0..opts.max_new_tokens {
-            let id = sample_logits(&logits, opts, rng)?;
+            let id = sample_tensor(&logits, opts, rng)?;
             if self.stop.contains(&id) {
                 finish = Finish::Stop(id);
                 break;
@@ -302,10 +268,11 @@ impl<M: CausalLm> Generator<M> {
         })
     }
 
-    /// Runs `ids` after the cached positions; the logits of the last.
-    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+    /// Runs `ids` after the cached positions; the logits of the last (`[1, vocab]`, on the
+    /// model's device: the sampler runs there).
+    fn feed(&mut self, ids: &[u32]) -> Result<Tensor> {
         let x = Tensor::from_slice(ids, &[1, ids.len()], self.model.device())?;
-        let logits = self.model.forward_cached_last(&x, &mut self.cache)?.to_vec::<f32>()?;
+        let logits = self.model.forward_cached_last(&x, &mut self.cache)?;
         self.cached.extend_from_slice(ids);
         Ok(logits)
     }

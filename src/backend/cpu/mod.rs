@@ -26,6 +26,7 @@ pub mod reduce;
 pub mod reference;
 pub mod rms_norm;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 mod storage;
 pub mod swiglu;

@@ -3,7 +3,7 @@
 //! Both run the same kernels (`kernels/*.cu`) with the same launch shapes, chosen by one launch
 //! wrapper per kernel family, named like its `.cu` file: fill, copy, cast, unary, binary,
 //! where_cond, reduce, softmax, matmul, layer_norm, cross_entropy, embedding, adamw, attention,
-//! rms_norm, rope, swiglu, linear_quantized.
+//! rms_norm, rope, swiglu, linear_quantized, sample.
 //!
 //! - [`device`]: opening devices, the executor enum;
 //! - [`memory`]: device buffers; [`launch`]: launch shapes, packed arguments, device limits;
@@ -38,6 +38,7 @@ pub mod reduce;
 pub mod rms_norm;
 pub mod rope;
 pub mod rows;
+pub mod sample;
 pub mod softmax;
 pub mod swiglu;
 pub mod unary;

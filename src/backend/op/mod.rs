@@ -2,7 +2,8 @@
 //! ([`UnaryOp`], [`BinaryOp`]), which reduction ([`ReduceOp`]), the sizes of an attention call
 //! ([`AttentionDims`]), what a fused matmul does to its product ([`Epilogue`]), the scalars and
 //! operands of an AdamW step ([`AdamWHyper`], [`AdamWParam`]), how index_add groups its ids
-//! ([`bucket_ids`]), and the `exp` every CPU loop uses ([`exp::Exp`]).
+//! ([`bucket_ids`]), how a token is drawn from logits ([`SampleParams`]), and the `exp` every CPU
+//! loop uses ([`exp::Exp`]).
 //!
 //! This sits at the bottom of the backend layer: it imports only the dtype and layout vocabulary
 //! (`crate::tensor::{dtype, layout}`), never a backend, `ops/` or `Tensor`, so both backends and
@@ -21,6 +22,7 @@ pub use quantized::{tile_block, QuantFormat, QuantizedMatrix, GROUP_ROWS};
 pub use unary::{gelu_derivative, UnaryOp};
 
 use crate::tensor::layout::Layout;
+use crate::{Error, Result};
 
 /// A reduction over some dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +166,38 @@ pub enum RopeLayout {
     Half,
     /// GGML / llama.cpp and Meta's original Llama: elements 2i and 2i + 1.
     Interleaved,
+}
+
+/// How `sample` draws a token from a row of logits (the sampler of generation): with
+/// `temperature` 0 the first largest logit (greedy); else with probability ∝ exp((l − max)/T) among
+/// the tokens left by top-k, then top-p. kernels/sample.cu's header gives the exact rules.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleParams {
+    /// Divides the logits; 0 is greedy. Finite and ≥ 0.
+    pub temperature: f64,
+    /// Keep only the tokens whose logit is at least the k-th largest (ties kept); 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens (ties by id) whose probability reaches `top_p`;
+    /// in (0, 1], 1 keeps all.
+    pub top_p: f64,
+}
+
+impl SampleParams {
+    /// An `Error::Invalid` of op `sample` when the temperature is negative or not finite, or top_p
+    /// is outside (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::invalid("sample", msg));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!(
+                "the temperature must be a finite number ≥ 0 (0: greedy), got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        Ok(())
+    }
 }
 
 /// One rotary position embedding: x is `[batch, seq, heads, head_dim]` and position
