@@ -70,8 +70,9 @@
 // FLOPs: these kernels do 1.4 times that work, so they need about 84% of the forward's throughput.
 // Headroom (not yet measured on a GPU; to pick from once it is): larger tiles per warp (FlashAttention-2's
 // backward uses 128 x 128 blocks of 8 warps at d = 64); exp2 with log2(e) folded into the scale; D
-// computed inside the dQ kernel from its O/dO tiles instead of a one-thread-per-row pass; stores of
-// element pairs (or 16-byte stores through shared memory) for O, dQ, dK, dV; Hopper's wgmma and TMA.
+// computed inside the dQ kernel from its O/dO tiles instead of a one-thread-per-row pass; Hopper's wgmma
+// and TMA. (O, dQ, dK and dV are stored as 16-byte runs of 8 head dims per lane when d % 8 == 0:
+// att_store_rows.)
 #include "common.cuh"
 
 #define KILN_ATT_WARPS 4
@@ -412,6 +413,53 @@ __device__ __forceinline__ void attention_bwd_dq_impl(const T *__restrict__ q, c
 #define KILN_ATT_KC (128 / 16) // k-steps of 16 head dims
 #define KILN_ATT_DT (128 / 8)  // n8 tiles of head dims
 
+// Stores a warp's 16 rows of f32 accumulators as T: acc[dt] is the C fragment of head dims 8 dt ..
+// 8 dt + 7, the lane's row g + 8 h (h = 0, 1) is scaled by mul[h] and goes to row row0 + g + 8 h of x
+// [n, d]; rows past n and columns past d are left alone. Where d % 8 == 0 and x is 16-byte aligned, each
+// lane stores runs of 8 head dims, one 16-byte store each (kiln_quad_transpose: a warp's store writes 8
+// rows x 64 contiguous bytes, whole sectors when d % 16 == 0); otherwise one element at a time in
+// fragment order (a warp's store: 8 rows x 4 lanes x 2 bytes). Warp-wide.
+template <typename T>
+__device__ __forceinline__ void att_store_rows(T *x, const float (&acc)[KILN_ATT_DT][4], const float (&mul)[2],
+                                               unsigned row0, unsigned n, unsigned d) {
+    static_assert(sizeof(T) == 2, "a run of 8 columns is one 16-byte store");
+    typedef KilnFloat<T> F;
+    const unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const bool runs = d % 8 == 0 && kiln_aligned<16>(x); // the same for the whole launch
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const unsigned i = row0 + g + h * 8;
+        if (runs) {
+#pragma unroll
+            for (int dt0 = 0; dt0 < KILN_ATT_DT; dt0 += 4) {
+                if (dt0 * 8 >= (int)d) break; // warp-uniform, as the shuffles need
+                float v[8];
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    v[2 * u] = acc[dt0 + u][2 * h] * mul[h];
+                    v[2 * u + 1] = acc[dt0 + u][2 * h + 1] * mul[h];
+                }
+                kiln_quad_transpose(v); // v: head dims 8 (dt0 + t) .. + 7
+                const unsigned c = (dt0 + t) * 8;
+                if (i < n && c < d) {
+                    KilnPack<T, 8> out;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) out.v[e] = F::down(v[e]);
+                    *reinterpret_cast<KilnPack<T, 8> *>(x + (unsigned long long)i * d + c) = out;
+                }
+            }
+        } else if (i < n) {
+#pragma unroll
+            for (int dt = 0; dt < KILN_ATT_DT; ++dt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const unsigned c = dt * 8 + 2 * t + e;
+                    if (c < d) x[(unsigned long long)i * d + c] = F::down(acc[dt][2 * h + e] * mul[h]);
+                }
+        }
+    }
+}
+
 // Whether the rows of x [n, d] can be staged in 16-byte copies (whole chunks, aligned).
 template <typename T> __device__ __forceinline__ bool att_vec(const T *x, unsigned d) {
     return d % (16 / sizeof(T)) == 0 && kiln_aligned<16>(x);
@@ -521,7 +569,6 @@ __device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, 
                                                        const T *__restrict__ v, T *__restrict__ o,
                                                        float *__restrict__ lse, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                        int causal, double scale_f64) {
-    typedef KilnFloat<T> F;
     constexpr int ROWS = KILN_ATT_MMA_ROWS, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS;
     constexpr int KC = KILN_ATT_KC, DT = KILN_ATT_DT;
     const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
@@ -616,22 +663,16 @@ __device__ __forceinline__ void attention_fwd_mma_impl(const T *__restrict__ q, 
         }
         __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
     }
+    float inv[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 1);
         l[h] += __shfl_xor_sync(KILN_FULL_MASK, l[h], 2);
+        inv[h] = 1.0f / l[h];
         const unsigned i = row0 + g + h * 8;
-        if (i >= tq) continue;
-        const float inv = 1.0f / l[h];
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const unsigned c = dt * 8 + 2 * t + e;
-                if (c < d) o[(head * tq + i) * d + c] = F::down(acc[dt][h * 2 + e] * inv);
-            }
-        if (t == 0) lse[head * tq + i] = m[h] + kiln_log(l[h]);
+        if (i < tq && t == 0) lse[head * tq + i] = m[h] + kiln_log(l[h]);
     }
+    att_store_rows(o + head * tq * d, acc, inv, row0, tq, d);
 }
 
 // dK/dV on tensor cores: a block owns 64 keys (16 per warp) and streams double-buffered Q/dO tiles of
@@ -648,7 +689,6 @@ __device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict_
                                                             const float *__restrict__ dvec, T *__restrict__ dk,
                                                             T *__restrict__ dv, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                             int causal, double scale_f64) {
-    typedef KilnFloat<T> F;
     constexpr int ROWS = KILN_ATT_MMA_ROWS, BKV = KILN_ATT_WARPS * ROWS, BQ = KILN_ATT_KEYS;
     constexpr int KC = KILN_ATT_KC, DT = KILN_ATT_DT;
     const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
@@ -746,21 +786,9 @@ __device__ __forceinline__ void attention_bwd_dkdv_mma_impl(const T *__restrict_
         __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
     }
     kiln_cp_async_wait<0>(); // nothing is left in flight (K and V, when no query tile ran)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const unsigned j = key0 + g + h * 8;
-        if (j >= tk) continue;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const unsigned c = dt * 8 + 2 * t + e;
-                if (c < d) {
-                    dk[(head * tk + j) * d + c] = F::down(dka[dt][h * 2 + e] * scale);
-                    dv[(head * tk + j) * d + c] = F::down(dva[dt][h * 2 + e]);
-                }
-            }
-    }
+    const float by_scale[2] = {scale, scale}, by_one[2] = {1.0f, 1.0f};
+    att_store_rows(dk + head * tk * d, dka, by_scale, key0, tk, d);
+    att_store_rows(dv + head * tk * d, dva, by_one, key0, tk, d);
 }
 
 // dQ on tensor cores: a block owns 64 query rows (16 per warp), keeps their Q and dO as A fragments in
@@ -774,7 +802,6 @@ __device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ 
                                                           const float *__restrict__ lse, const float *__restrict__ dvec,
                                                           T *__restrict__ dq, unsigned tq, unsigned tk, unsigned d, unsigned group,
                                                           int causal, double scale_f64) {
-    typedef KilnFloat<T> F;
     constexpr int ROWS = KILN_ATT_MMA_ROWS, BQ = KILN_ATT_WARPS * ROWS, BK = KILN_ATT_KEYS;
     constexpr int KC = KILN_ATT_KC, DT = KILN_ATT_DT;
     const unsigned dp = (d + 15) / 16 * 16, ld = dp + 8;
@@ -866,18 +893,8 @@ __device__ __forceinline__ void attention_bwd_dq_mma_impl(const T *__restrict__ 
         }
         __syncthreads(); // tile it's buffers are consumed before tile it + 2 is staged into them
     }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const unsigned i = row0 + g + h * 8;
-        if (i >= tq) continue;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const unsigned c = dt * 8 + 2 * t + e;
-                if (c < d) dq[(head * tq + i) * d + c] = F::down(acc[dt][h * 2 + e] * scale);
-            }
-    }
+    const float by_scale[2] = {scale, scale};
+    att_store_rows(dq + head * tq * d, acc, by_scale, row0, tq, d);
 }
 
 // Entry points, one per dtype (KILN_ENTRY, common.cuh): SIMT for f32/f64 (A = T), tensor cores for

@@ -19,7 +19,8 @@
 //   - the tensor-core and asynchronous-copy instructions (sm_80+): kiln_mma_m16n8k16, kiln_ldmatrix_x4/x2
 //     (and .trans), kiln_cp_async_16, kiln_cp_async_commit, kiln_cp_async_wait<N>. Each is the one place
 //     its inline PTX is written; under the emulator each calls its model in emu/emu_ptx.h, which follows
-//     the PTX ISA's fragment layouts lane by lane (kernels/ptx_selftest.cu checks both).
+//     the PTX ISA's fragment layouts lane by lane (kernels/ptx_selftest.cu checks both);
+//   - kiln_quad_transpose: mma accumulators regrouped as runs of 8 columns per lane, for 16-byte stores.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
@@ -396,6 +397,33 @@ __device__ __forceinline__ void kiln_mma_m16n8k16<__half>(float (&acc)[4], const
                  : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
+}
+
+// Regroups the C fragments of four 16x8 tiles side by side (a 16x32 strip) so that each lane holds a
+// run of 8 consecutive columns: on entry x[2u], x[2u + 1] are this lane's pair of tile u (columns 2t,
+// 2t + 1 of its row g or g + 8); on return they are lane 4g + u's pair of tile t, so x[0..7] are
+// columns 0..7 of tile t. The four lanes of a quad share their row, so the strip's row leaves the quad
+// as four 16-byte runs: a warp's store of the runs writes 8 rows x 64 contiguous bytes (whole 32-byte
+// sectors; the fragments as they are would write 8 rows x 4 lanes x one element). Two butterfly stages
+// (partner t ^ 1, then t ^ 2) each swap the pairs whose index differs from the lane's in that bit.
+// Warp-wide: every lane of the warp must call it together.
+__device__ __forceinline__ void kiln_quad_transpose(float (&x)[8]) {
+    const unsigned t = threadIdx.x % 4;
+#pragma unroll
+    for (int bit = 1; bit <= 2; bit <<= 1) {
+        const bool upper = t & bit; // keeps the pairs with this bit set, sends the others
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            if (u & bit) continue;
+#pragma unroll
+            for (int w = 0; w < 2; ++w) {
+                float &lo = x[2 * u + w], &hi = x[2 * (u | bit) + w];
+                const float got = __shfl_xor_sync(KILN_FULL_MASK, upper ? lo : hi, bit);
+                lo = upper ? got : lo;
+                hi = upper ? hi : got;
+            }
+        }
+    }
 }
 
 #if !KILN_EMU

@@ -31,7 +31,11 @@
 //     4 x 4 mma.m16n8k16 (f32 accumulators, 64 per thread); fragments come from ldmatrix (.trans for
 //     an mn-contiguous A or an n-contiguous B, which gives every transpose combination without shuffles).
 // The epilogue works from the accumulators in registers: predicated on i < M, j < N; K = 0 gives
-// epilogue(0).
+// epilogue(0). The tensor-core kernel stores runs of 8 columns of a row per lane, 16-byte accesses
+// (the fragments regrouped among each quad of lanes by kiln_quad_transpose: a warp's store writes 8
+// rows x 64 contiguous bytes) when N % 8 == 0 and C, Z, bias and residual are 16-byte aligned; otherwise
+// one element at a time in fragment order (a warp's store: 8 rows x 4 lanes x 2 bytes). The SIMT
+// kernel's element stores are 16 consecutive elements per half warp.
 // Launch: 256 threads; grid (ceil(N / BN), ceil(M / BM), min(batch, 65535)) with a loop over the rest of
 // the batch; dynamic shared memory STAGES * (tile(BM) + tile(BN)) * sizeof(T) (matmul_smem_bytes in
 // src/backend/cuda/matmul.rs: 30 KiB f32, 36 KiB f64, 60 KiB bf16/f16).
@@ -44,15 +48,17 @@
 // rounding, so Cpu and Emu agree to f32 rounding.
 // Checks: tests/devices.rs matmul_every_layout_and_batch (M, N, K in {1, 7, 16, 63, 65, 129}, both
 // operands row- or column-major, strided views, five batch/broadcast patterns, every float dtype, values
-// and both gradients against the CPU), linear_with_fused_epilogues, K = 0, broadcast and unaligned
-// operands; tests/gradcheck.rs linear_and_its_fused_epilogues (f64); tests/ptx_helpers.rs (each PTX
+// and both gradients against the CPU), linear_with_fused_epilogues,
+// matmul_epilogue_in_runs_of_eight_columns, K = 0, broadcast and unaligned operands; tests/bench.rs
+// emu_profile_* (Emu's profiler: no bank conflicts in the slab stores, whole sectors in the epilogue's
+// stores); tests/gradcheck.rs linear_and_its_fused_epilogues (f64); tests/ptx_helpers.rs (each PTX
 // helper); tests/ptxas.rs (no spills). Benchmarks: benches/matmul.rs cuda_matmul (f32 and bf16 at
 // 1024-4096, plain and linear_gelu; skipped without a GPU), kiln bench matmul_* next to cuBLAS.
 // Headroom (not yet measured on a GPU): the SIMT kernel indexes shared memory through runtime strides
 // (scalar LDS, 128-190 registers; per-layout template instances would allow float4 LDS and a 128 x 128
-// tile); the tensor-core kernel stores C one element at a time (pairs c0, c1 could be 4-byte stores, or
-// staged through shared memory for 16-byte stores); no split-K for small M·N with large K; no swizzled
-// block order for L2 reuse; Hopper's wgmma/TMA are not used.
+// tile); the tensor-core kernel's element-by-element epilogue (odd N) could store pairs where N is
+// even; no split-K for small M·N with large K; no swizzled block order for L2 reuse; Hopper's
+// wgmma/TMA are not used.
 #include "common.cuh"
 
 #define MATMUL_THREADS 256
@@ -163,6 +169,7 @@ template <typename T> struct SimtMma {
     typedef typename KilnFloat<T>::Acc A;
     static constexpr int BM = MatmulTile<T>::BM, BN = MatmulTile<T>::BN, BK = MatmulTile<T>::BK;
     static constexpr int COUNT = 16;
+    static constexpr int RUN = 1; // stores one element at a time (get, row, col)
     A acc[COUNT];
 
     __device__ __forceinline__ void zero() {
@@ -203,6 +210,7 @@ template <typename T> struct TensorCoreMma {
     typedef float A;
     static constexpr int BM = MatmulTile<T>::BM, BN = MatmulTile<T>::BN, BK = MatmulTile<T>::BK;
     static constexpr int COUNT = 64;
+    static constexpr int RUN = 8; // also stores runs of 8 columns (for_each_run)
     A acc[16][4];
 
     __device__ __forceinline__ void zero() {
@@ -257,7 +265,60 @@ template <typename T> struct TensorCoreMma {
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
         return (warp % 4) * 32 + ((i / 4) % 4) * 8 + 2 * (lane % 4) + i % 2;
     }
+
+    // Calls f(row, col, v) for each of the lane's 8 runs: v[0..7] are the accumulators of (row, col ..
+    // col + 7) within the block's tile. Each row of a warp's 16 x 32 strip mt is spread over a quad as
+    // 4 tiles x 4 lanes x 2 columns; kiln_quad_transpose gives lane t tile t's 8 columns. Warp-wide.
+    template <typename F> __device__ __forceinline__ void for_each_run(F f) const {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) { // rows g and g + 8 of the strip: elements 0, 1 and 2, 3
+                float v[8];
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) {
+                    v[2 * nt] = acc[mt * 4 + nt][2 * h];
+                    v[2 * nt + 1] = acc[mt * 4 + nt][2 * h + 1];
+                }
+                kiln_quad_transpose(v);
+                f((warp / 4) * 64 + mt * 16 + h * 8 + lane / 4, (warp % 4) * 32 + 8 * (lane % 4), v);
+            }
+    }
 };
+
+// The epilogue of N consecutive elements of one row of C: v are the products of (row, j .. j + N - 1),
+// `at` is the offset of (row, j) in C (and in Z and the residual). With N > 1 every access is one
+// N-element pack (the pointers are aligned to it).
+template <typename T, int N, typename A>
+__device__ __forceinline__ void matmul_epilogue(A (&v)[N], T *cb, T *zb, const T *bias, const T *rb,
+                                                unsigned long long at, int j, int gelu) {
+    typedef KilnPack<T, N> Pack;
+    typedef KilnFloat<T> F;
+    if (bias) {
+        const Pack b = *reinterpret_cast<const Pack *>(bias + j);
+#pragma unroll
+        for (int e = 0; e < N; ++e) v[e] += F::up(b.v[e]);
+    }
+    Pack out;
+    if (zb) {
+#pragma unroll
+        for (int e = 0; e < N; ++e) out.v[e] = F::down(v[e]);
+        *reinterpret_cast<Pack *>(zb + at) = out;
+    }
+    if (gelu) {
+#pragma unroll
+        for (int e = 0; e < N; ++e) v[e] = kiln_gelu(v[e]);
+    }
+    if (rb) {
+        const Pack r = *reinterpret_cast<const Pack *>(rb + at);
+#pragma unroll
+        for (int e = 0; e < N; ++e) v[e] += F::up(r.v[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < N; ++e) out.v[e] = F::down(v[e]);
+    *reinterpret_cast<Pack *>(cb + at) = out;
+}
 
 // ---------------------------------------------------------------------------------------------------
 
@@ -308,17 +369,29 @@ __device__ __forceinline__ void matmul_impl(const T *a, KilnLayout a_batch, long
         T *cb = c + bi * m * n;
         T *zb = pre ? pre + bi * m * n : pre;
         const T *rb = residual ? residual + bi * m * n : residual;
+        constexpr int RUN = Mma::RUN;
+        // runs of RUN columns: whole runs (N % RUN == 0) at aligned addresses (each run's offset is a
+        // multiple of RUN), the same for every thread of the launch
+        const bool runs = RUN > 1 && n % RUN == 0 && kiln_aligned<RUN * sizeof(T)>(cb) &&
+                          kiln_aligned<RUN * sizeof(T)>(zb) && kiln_aligned<RUN * sizeof(T)>(bias) &&
+                          kiln_aligned<RUN * sizeof(T)>(rb);
+        if constexpr (RUN > 1) {
+            if (runs) {
+                mma.for_each_run([&](int row, int col, float(&v)[RUN]) {
+                    const int r = m0 + row, j = n0 + col;
+                    if (r < (int)m && j < (int)n)
+                        matmul_epilogue<T, RUN>(v, cb, zb, bias, rb, (unsigned long long)r * n + j, j, gelu);
+                });
+            }
+        }
+        if (!runs) {
 #pragma unroll
-        for (int i = 0; i < Mma::COUNT; ++i) {
-            const int r = m0 + Mma::row(i), j = n0 + Mma::col(i);
-            if (r < (int)m && j < (int)n) {
-                A v = mma.get(i);
-                if (bias) v += KilnFloat<T>::up(bias[j]);
-                const unsigned long long at = (unsigned long long)r * n + j;
-                if (zb) zb[at] = KilnFloat<T>::down(v);
-                if (gelu) v = kiln_gelu(v);
-                if (rb) v += KilnFloat<T>::up(rb[at]);
-                cb[at] = KilnFloat<T>::down(v);
+            for (int i = 0; i < Mma::COUNT; ++i) {
+                const int r = m0 + Mma::row(i), j = n0 + Mma::col(i);
+                if (r < (int)m && j < (int)n) {
+                    A v[1] = {mma.get(i)};
+                    matmul_epilogue<T, 1>(v, cb, zb, bias, rb, (unsigned long long)r * n + j, j, gelu);
+                }
             }
         }
     }

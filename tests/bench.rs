@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -716,7 +717,10 @@ fn check_svg_layout(svg: &str) {
 /// Runs `kiln bench --device emu --profile` on one kernel at one size, the JSON counts written to a
 /// file; returns the command's output and the kernel's entry `name` of the JSON.
 fn emu_profile(kernel: &str, size: &str, name: &str) -> (String, Value) {
-    let dir = temp_dir(&format!("bench-profile-{kernel}-{size}"));
+    // a directory of its own: tests running in parallel profile the same kernel at the same size
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let dir = temp_dir(&format!("bench-profile-{kernel}-{size}-{run}"));
     let json = dir.join("profile.json");
     let out = kiln_cmd(&[
         "bench",
@@ -856,4 +860,30 @@ fn emu_profile_finds_no_bank_conflicts_in_the_attention_tile_landings() {
     let (requests, sectors) = (loads["requests"].as_u64().unwrap(), loads["sectors"].as_u64().unwrap());
     assert_eq!(sectors, 2 * requests, "{k:#}");
     assert_eq!(loads["bytes"], loads["ideal_bytes"], "{k:#}");
+}
+
+/// The bf16 epilogues store whole 32-byte sectors when the output's rows are whole sectors (N or d a
+/// multiple of 16 elements): `matmul_bf16` regroups each row's mma fragments among a quad of lanes so
+/// that a lane stores 8 consecutive columns in one 16-byte store (a warp: 8 rows x 64 bytes), and the
+/// attention kernels store O, dQ, dK and dV the same way. Stored in fragment order, a warp's store was
+/// 8 rows x 4 lanes x 2 bytes: 8 sectors of which a quarter was used. (The attention forward's lse
+/// stores, 8 consecutive f32 of one warp, are whole sectors too at 64 rows.)
+#[test]
+fn emu_profile_finds_whole_sectors_in_the_bf16_epilogue_stores() {
+    let mut cases = vec![];
+    for size in ["64x64x64", "100x192x40", "128x128x128"] {
+        cases.push(("matmul_bf16", size, "matmul_bf16"));
+    }
+    for size in ["1x2x64x16", "1x2x64x32", "1x2x64x64", "1x2x64x80"] {
+        cases.push(("attention_fwd_bf16", size, "attention_fwd_mma_bf16"));
+        cases.push(("attention_bwd_bf16", size, "attention_bwd_dkdv_mma_bf16"));
+        cases.push(("attention_bwd_bf16", size, "attention_bwd_dq_mma_bf16"));
+    }
+    for (bench, size, kernel) in cases {
+        let (_, k) = emu_profile(bench, size, kernel);
+        let stores = &k["global_store"];
+        assert!(stores["requests"].as_u64().unwrap() > 0, "{kernel} {size}: {k:#}");
+        // every byte of every sector written
+        assert_eq!(stores["ideal_bytes"], stores["bytes"], "{kernel} {size}: {k:#}");
+    }
 }

@@ -934,6 +934,49 @@ proptest! {
     }
 }
 
+/// The tensor-core kernel stores runs of 8 columns (16-byte stores) where N % 8 == 0 and every output,
+/// the bias and the residual are 16-byte aligned (kernels/matmul.cu): N past the 128-column tile by one
+/// run (136) and below one warp's 32 columns (24), M off the 128-row tile, a batch, and every fused
+/// epilogue, Z included (stored for the backward); then a bias and a residual one element off the
+/// 16-byte grid (offset views), which take the element-by-element epilogue.
+#[test]
+fn matmul_epilogue_in_runs_of_eight_columns() {
+    for dtype in [DType::BF16, DType::F16] {
+        for (m, n, k) in [(130, 136, 40), (7, 24, 16)] {
+            let scale = 1.0 / (k as f64).sqrt();
+            check(
+                "matmul in runs",
+                dtype,
+                true,
+                |d| {
+                    vec![
+                        input(&[2, m, k], View::Plain, dtype, 30, scale, 0.0, d),
+                        input(&[2, k, n], View::Plain, dtype, 31, 1.0, 0.0, d),
+                    ]
+                },
+                |x| x[0].matmul(&x[1]),
+            );
+            for offset in [View::Plain, View::Narrowed] {
+                // Narrowed: the bias [n] and the residual [m * n] start one element into their buffers
+                let inputs = |d: &Device| {
+                    vec![
+                        input(&[m, k], View::Plain, dtype, 32, scale, 0.0, d),
+                        input(&[n, k], View::Plain, dtype, 33, 1.0, 0.0, d),
+                        input(&[n], offset, dtype, 34, 0.5, 0.0, d),
+                        input(&[m * n], offset, dtype, 35, 1.0, 0.0, d),
+                    ]
+                };
+                check("linear_gelu in runs", dtype, true, inputs, |x| {
+                    x[0].linear_gelu(&x[1], Some(&x[2]))
+                });
+                check("linear_residual in runs", dtype, true, inputs, |x| {
+                    x[0].linear_residual(&x[1], Some(&x[2]), &x[3].reshape(&[m, n])?)
+                });
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_with_k_zero_gives_the_epilogue_of_zero() {
     for dtype in FLOATS {
