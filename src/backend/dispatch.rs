@@ -7,8 +7,8 @@
 use super::cpu::{self, with_cpu_storage, CpuStorage};
 use super::cuda::{self, CudaStorage};
 use super::op::{
-    bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, QuantizedMatrix, ReduceOp, RopeSpec,
-    SampleParams, UnaryOp,
+    bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, PerMatrix, QuantizedMatrix, ReduceOp,
+    RopeSpec, SampleParams, UnaryOp,
 };
 use super::storage::{mismatch, mismatch_any, Storage};
 use crate::tensor::dtype::{DType, WithDType};
@@ -120,7 +120,7 @@ impl Storage {
     /// `x · w_jᵀ` for every matrix of `ws` (which share their columns), each equal to
     /// [`Storage::linear_quantized`]'s: on the CPU in one parallel region with x quantized once
     /// (decode), on CUDA one product after the other.
-    pub(crate) fn linear_quantized_many(&self, layout: &Layout, ws: &[&QuantizedMatrix]) -> Result<Vec<Storage>> {
+    pub(crate) fn linear_quantized_many(&self, layout: &Layout, ws: &[&QuantizedMatrix]) -> Result<PerMatrix<Storage>> {
         match self {
             Storage::Cpu(x) => {
                 if let Some(w) = ws.iter().find(|w| w.device() != Device::Cpu) {

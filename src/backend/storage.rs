@@ -102,6 +102,17 @@ impl Storage {
     }
 }
 
+impl Drop for Storage {
+    /// A host buffer no one uses any more (a tensor's last handle dropped, or a kernel's
+    /// temporary) goes to the CPU backend's pool of recycled buffers (src/backend/cpu/pool.rs),
+    /// so the next buffer of its size allocates nothing; device memory has its own pool.
+    fn drop(&mut self) {
+        if let Storage::Cpu(s) = self {
+            cpu::pool::give(s);
+        }
+    }
+}
+
 impl QuantizedMatrix {
     /// The matrix on `device`: on a CUDA device or the emulator, with a copy of its stored bytes
     /// there (where `Tensor::linear_quantized` then runs its kernels, kernels/linear_quantized.cu);

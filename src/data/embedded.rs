@@ -122,6 +122,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/fill.rs",
     "src/backend/cpu/float.rs",
     "src/backend/cpu/map.rs",
+    "src/backend/cpu/pool.rs",
     "src/backend/cpu/vectorise.rs",
     "src/backend/dispatch.rs",
     "src/backend/op/binary.rs",

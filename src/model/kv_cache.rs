@@ -4,9 +4,9 @@
 use super::config::GptConfig;
 use crate::{DType, Error, Result, Tensor};
 
-/// One layer's cached keys and values: buffers (1, B, nh, capacity, hs) of which the first `len`
-/// positions are filled. A step writes its new positions in place, and attention reads the
-/// filled prefix as a view (no copy of the context per token); a full buffer is replaced by one
+/// One layer's cached keys and values: buffers (..., nh, capacity, hs) (GPT-2's (1, B, nh, ·, hs),
+/// a Llama's (B, nkv, ·, hs)) of which the first `len` positions are filled. A step writes its new
+/// positions in place, and attention reads the filled prefix as a view (no copy of the context per token); a full buffer is replaced by one
 /// of twice the capacity. Clones share the buffers until one of them writes: a write into a
 /// shared buffer copies it first, so clones never see each other's positions.
 #[derive(Clone, Debug, Default)]
@@ -43,19 +43,21 @@ impl LayerKv {
 
     /// Positions the buffers hold before they must grow.
     fn capacity(&self) -> usize {
-        self.k.as_ref().map_or(0, |k| k.shape()[3])
+        self.k.as_ref().map_or(0, |k| k.shape()[time_dim(k)])
     }
 
-    /// Appends the new keys and values (1, B, nh, T, hs) along time and returns all of them,
-    /// (1, B, nh, len, hs) views of the buffers. Written in place: not recorded by autograd (the
-    /// cache serves inference).
+    /// Appends the new keys and values (..., nh, T, hs) along time (the second-to-last dim) and
+    /// returns all of them, (..., nh, len, hs) views of the buffers. Written in place: not recorded
+    /// by autograd (the cache serves inference).
     pub(crate) fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let &[_, _, _, t, _] = k.shape() else {
+        if k.dims() < 3 {
             return Err(Error::shape(
                 "kv cache",
-                format!("keys must be (1, B, nh, T, hs), got {:?}", k.shape()),
+                format!("keys must be (..., nh, T, hs), got {:?}", k.shape()),
             ));
-        };
+        }
+        let d = time_dim(&k);
+        let t = k.shape()[d];
         let need = self.len + t;
         let shared = [&self.k, &self.v].into_iter().flatten().any(Tensor::storage_is_shared);
         if need > self.capacity() || shared {
@@ -67,23 +69,32 @@ impl LayerKv {
             self.v = Some(self.grown(self.v.as_ref(), &v, capacity)?);
         }
         let (kb, vb) = (self.k.as_ref().expect("grown"), self.v.as_ref().expect("grown"));
-        kb.narrow(3, self.len, t)?.assign(&k)?;
-        vb.narrow(3, self.len, t)?.assign(&v)?;
+        // the new positions written through a narrowed layout of each buffer (no view tensor)
+        kb.assign_region(&kb.layout().narrow(d, self.len, t), &k)?;
+        vb.assign_region(&vb.layout().narrow(d, self.len, t), &v)?;
         self.len = need;
-        Ok((kb.narrow(3, 0, need)?, vb.narrow(3, 0, need)?))
+        Ok((kb.narrow(d as isize, 0, need)?, vb.narrow(d as isize, 0, need)?))
     }
 
-    /// A buffer shaped as `new` (1, B, nh, ·, hs) with `capacity` positions, holding the first
+    /// A buffer shaped as `new` (..., nh, ·, hs) with `capacity` positions, holding the first
     /// `len` positions of `old`.
     fn grown(&self, old: Option<&Tensor>, new: &Tensor, capacity: usize) -> Result<Tensor> {
+        let d = time_dim(new);
         let mut shape = new.shape().to_vec();
-        shape[3] = capacity;
+        shape[d] = capacity;
         let buffer = Tensor::zeros(&shape, new.dtype(), new.device())?;
         if let Some(old) = old.filter(|_| self.len > 0) {
-            buffer.narrow(3, 0, self.len)?.assign(&old.narrow(3, 0, self.len)?)?;
+            buffer
+                .narrow(d as isize, 0, self.len)?
+                .assign(&old.narrow(d as isize, 0, self.len)?)?;
         }
         Ok(buffer)
     }
+}
+
+/// The time dim of keys or values (..., nh, T, hs): the second to last.
+fn time_dim(k: &Tensor) -> usize {
+    k.dims() - 2
 }
 
 /// The attention keys and values of every layer for the positions seen so far.

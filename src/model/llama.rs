@@ -95,7 +95,7 @@ impl LlamaAttention {
         let hs = c / nh;
         // (B, T, heads·hs) -> (B, T, heads, hs), rotated by positions start..start + T, then
         // (B, heads, T, hs) for attention (a view)
-        let heads = |y: Tensor, n: usize, rotate: bool| -> Result<Tensor> {
+        let heads = |y: &Tensor, n: usize, rotate: bool| -> Result<Tensor> {
             let y = y.reshape(&[b, t, n, hs])?;
             let y = if rotate {
                 y.rope(rot.theta, rot.start, rot.layout)?
@@ -104,16 +104,16 @@ impl LlamaAttention {
             };
             y.permute(&[0, 2, 1, 3])
         };
-        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
-            .try_into()
-            .expect("three projections");
+        let qkv = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let [q, k, v] = &qkv[..] else {
+            unreachable!("three projections give three outputs")
+        };
         let q = heads(q, nh, true)?;
         let mut k = heads(k, nkv, true)?;
         let mut v = heads(v, nkv, false)?;
         if let Some(cache) = cache {
-            // the cache keeps (1, B, nkv, Tc, hs): all positions so far, appended along time
-            let (kc, vc) = cache.layer(layer).append(k.unsqueeze(0)?, v.unsqueeze(0)?)?;
-            (k, v) = (kc.squeeze(0)?, vc.squeeze(0)?);
+            // the cache keeps (B, nkv, Tc, hs): all positions so far, appended along time
+            (k, v) = cache.layer(layer).append(k, v)?;
         }
         // y is (B, nh, T, hs): the T queries at the last T of the Tk key positions, causal; k and v
         // keep their nkv heads (query head h reads key/value head h / (nh / nkv), no repeated copy)
@@ -137,10 +137,11 @@ pub struct LlamaMlp {
 impl LlamaMlp {
     /// x is (B, T, C), the block's normalised input; returns `residual + mlp(x)`.
     fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)?
-            .try_into()
-            .expect("two projections");
-        let h = gate.swiglu(&up)?;
+        let gate_up = Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)?;
+        let [gate, up] = &gate_up[..] else {
+            unreachable!("two projections give two outputs")
+        };
+        let h = gate.swiglu(up)?;
         self.down_proj.forward_residual(&h, residual)
     }
 }

@@ -10,7 +10,7 @@
 
 mod module;
 
-use crate::ops::linear_quantized::QuantizedMatrix;
+use crate::ops::linear_quantized::{PerMatrix, QuantizedMatrix};
 pub(crate) use module::{cast_params, load_named_from};
 pub use module::{join, load_named, save_named, Module, ParamVisitor, Params};
 
@@ -196,8 +196,8 @@ impl Linear {
     /// k and v projections; its gate and up projections): when every weight is quantized, their
     /// products run as one ([`Tensor::linear_quantized_many`]: one parallel region with x rounded
     /// once, in decode), the biases and adapters' terms added after.
-    pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
-        let quantized: Option<Vec<&QuantizedMatrix>> = layers.iter().map(|l| l.quantized.as_ref()).collect();
+    pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<PerMatrix<Tensor>> {
+        let quantized: Option<PerMatrix<&QuantizedMatrix>> = layers.iter().map(|l| l.quantized.as_ref()).collect();
         let Some(ws) = quantized else {
             return layers.iter().map(|l| l.forward(x)).collect();
         };

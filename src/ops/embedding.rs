@@ -6,7 +6,7 @@
 //! token_position_embedding, dwte = index_add of g and dwpe = Σ over the batch of g.
 
 use crate::backend::IdBuckets;
-use crate::tensor::layout::resolve_dim;
+use crate::tensor::layout::{resolve_dim, Dims};
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
@@ -23,7 +23,7 @@ impl Tensor {
         let outer: usize = self.shape()[..d].iter().product();
         let inner: usize = self.shape()[d + 1..].iter().product();
         let size = self.shape()[d];
-        let mut shape = self.shape().to_vec();
+        let mut shape = Dims::from(self.shape());
         shape[d] = ids_vec.len();
         let x = self.dense()?;
         let out = x.storage().index_select(outer, size, inner, &ids.dense()?.storage())?;
@@ -49,7 +49,7 @@ impl Tensor {
             ));
         }
         let rows = weight.index_select_as("embedding", 0, &self.flatten_all()?)?;
-        let mut shape = self.shape().to_vec();
+        let mut shape = Dims::from(self.shape());
         shape.push(weight.shape()[1]);
         rows.reshape(&shape)
     }

@@ -19,8 +19,8 @@
 //! bytes: `__dp4a` dot products of 16-row groups for decode, W decoded to f32 for the matmul kernel
 //! from 16 rows on, for the gradient, and for Q4_K/Q6_K (Emu-verified, not yet run on a GPU).
 
-pub use crate::backend::op::{QuantFormat, QuantizedMatrix};
-use crate::tensor::layout::checked_numel;
+pub use crate::backend::op::{PerMatrix, QuantFormat, QuantizedMatrix};
+use crate::tensor::layout::{checked_numel, Dims};
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
@@ -29,7 +29,7 @@ impl Tensor {
     /// an input elsewhere is an error).
     pub fn linear_quantized(&self, w: &QuantizedMatrix) -> Result<Tensor> {
         let out_shape = self.check_linear_quantized(w)?;
-        let x = self.detach().to_dtype(DType::F32)?;
+        let x = self.f32_input()?;
         let y = if crate::autograd::is_grad_enabled() {
             x.storage().linear_dequantized(x.layout(), w)?
         } else {
@@ -52,15 +52,15 @@ impl Tensor {
     /// [`Tensor::linear_quantized`]'s. Under `no_grad` on the CPU they run in one parallel region
     /// with the input rounded to 8 bits once (decode); while autograd records, or on CUDA, one
     /// product after the other.
-    pub fn linear_quantized_many(&self, ws: &[&QuantizedMatrix]) -> Result<Vec<Tensor>> {
+    pub fn linear_quantized_many(&self, ws: &[&QuantizedMatrix]) -> Result<PerMatrix<Tensor>> {
         if crate::autograd::is_grad_enabled() || ws.len() < 2 {
             return ws.iter().map(|w| self.linear_quantized(w)).collect();
         }
         let shapes = ws
             .iter()
             .map(|w| self.check_linear_quantized(w))
-            .collect::<Result<Vec<_>>>()?;
-        let x = self.detach().to_dtype(DType::F32)?;
+            .collect::<Result<PerMatrix<_>>>()?;
+        let x = self.f32_input()?;
         let ys = x.storage().linear_quantized_many(x.layout(), ws)?;
         ys.into_iter()
             .zip(&shapes)
@@ -68,9 +68,18 @@ impl Tensor {
             .collect()
     }
 
+    /// `self` in f32 and off the graph (this op records its own backward): `self` itself when it
+    /// is f32 already, no copy and no new handle.
+    fn f32_input(&self) -> Result<Tensor> {
+        match self.dtype() {
+            DType::F32 if !self.tracks_grad() => Ok(self.clone()),
+            _ => self.detach().to_dtype(DType::F32),
+        }
+    }
+
     /// The output shape `[..., out]` of `self · wᵀ`, or an error if `self` is not `[..., in]`
     /// f32 or bf16.
-    fn check_linear_quantized(&self, w: &QuantizedMatrix) -> Result<Vec<usize>> {
+    fn check_linear_quantized(&self, w: &QuantizedMatrix) -> Result<Dims> {
         const OP: &str = "linear_quantized";
         let (xs, [n_out, n_in]) = (self.shape(), w.shape());
         if xs.last() != Some(&n_in) {
@@ -88,7 +97,8 @@ impl Tensor {
                 msg: format!("the input must be f32 or bf16, got {}", self.dtype()),
             });
         }
-        let out_shape = [&xs[..xs.len() - 1], &[n_out]].concat();
+        let mut out_shape = Dims::from(&xs[..xs.len() - 1]);
+        out_shape.push(n_out);
         checked_numel(OP, &out_shape)?;
         Ok(out_shape)
     }

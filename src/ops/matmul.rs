@@ -6,8 +6,9 @@
 //! kept by the forward; linear_residual, the same and dr = g.
 
 use crate::backend::op::Epilogue;
-use crate::tensor::layout::{broadcast_shapes, checked_numel, Layout};
+use crate::tensor::layout::{broadcast_shapes, checked_numel, Dims, Layout};
 use crate::{Error, Result, Tensor};
+use smallvec::SmallVec;
 
 impl Tensor {
     /// `self @ rhs`. Both operands need at least 2 dims; batch dims broadcast.
@@ -91,10 +92,14 @@ impl Tensor {
         let (n_in, n_out) = (ws[1], ws[0]);
         let lead = &xs[..xs.len() - 1];
         let rows: usize = lead.iter().product();
-        let out_shape = [lead, &[n_out]].concat();
+        let mut out_shape = Dims::from(lead);
+        out_shape.push(n_out);
         checked_numel(op, &out_shape)?;
-        let mut inputs = vec![self, w];
-        for (what, t, want) in [("bias", bias, vec![n_out]), ("residual", residual, out_shape.clone())] {
+        let mut inputs: SmallVec<[&Tensor; 4]> = SmallVec::from_slice(&[self, w]);
+        for (what, t, want) in [
+            ("bias", bias, Dims::from(&[n_out][..])),
+            ("residual", residual, out_shape.clone()),
+        ] {
             let Some(t) = t else { continue };
             self.same_device(t, op)?;
             if t.shape() != want.as_slice() {

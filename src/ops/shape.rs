@@ -5,8 +5,9 @@
 //! permutation; narrow, g placed in zeros of the input's shape; broadcast_to, g summed to the
 //! input's shape; cat, g narrowed into its pieces; contiguous, g.
 
-use crate::tensor::layout::{checked_numel, resolve_dim, Layout};
+use crate::tensor::layout::{checked_numel, resolve_dim, Dims, Layout};
 use crate::{Error, Result, Tensor};
+use smallvec::SmallVec;
 
 impl Tensor {
     /// The same elements in a new shape; a view when the layout allows, else a copy.
@@ -91,7 +92,7 @@ impl Tensor {
 
     /// Reorders dims: result dim i is input dim `dims[i]` (a view).
     pub fn permute(&self, dims: &[usize]) -> Result<Tensor> {
-        let mut seen = vec![false; self.dims()];
+        let mut seen: SmallVec<[bool; 8]> = SmallVec::from_elem(false, self.dims());
         if dims.len() != self.dims()
             || dims
                 .iter()
@@ -107,7 +108,7 @@ impl Tensor {
             ));
         }
         let out = self.with_layout(self.layout().permute(dims));
-        let mut inverse = vec![0; dims.len()];
+        let mut inverse = Dims::from_elem(0, dims.len());
         for (i, &d) in dims.iter().enumerate() {
             inverse[d] = i;
         }
@@ -168,7 +169,7 @@ impl Tensor {
                 ),
             ));
         }
-        let (mut shape, mut strides) = (self.shape().to_vec(), self.layout().strides().to_vec());
+        let (mut shape, mut strides) = (Dims::from(self.shape()), Dims::from(self.layout().strides()));
         shape.remove(d);
         strides.remove(d);
         self.size_one_view("squeeze", shape, strides)
@@ -186,7 +187,7 @@ impl Tensor {
                 shape: self.shape().to_vec(),
             });
         }
-        let (mut shape, mut strides) = (self.shape().to_vec(), self.layout().strides().to_vec());
+        let (mut shape, mut strides) = (Dims::from(self.shape()), Dims::from(self.layout().strides()));
         shape.insert(d as usize, 1);
         strides.insert(d as usize, 0); // any stride serves a dimension of size 1
         self.size_one_view("unsqueeze", shape, strides)
@@ -195,7 +196,7 @@ impl Tensor {
     /// `self` viewed with a dimension of size 1 removed or inserted (`shape`, `strides`): the
     /// same elements at the same offsets, so never a copy, whatever the strides (a view of a
     /// KV-cache buffer stays a view).
-    fn size_one_view(&self, op: &'static str, shape: Vec<usize>, strides: Vec<usize>) -> Result<Tensor> {
+    fn size_one_view(&self, op: &'static str, shape: Dims, strides: Dims) -> Result<Tensor> {
         let out = self.with_layout(Layout::new(shape, strides, self.layout().offset()));
         Ok(out.record(op, &[self], |g, inputs, _| {
             Ok(vec![Some(g.reshape(inputs[0].shape())?)])

@@ -8,9 +8,9 @@ use smallvec::SmallVec;
 /// the heap.
 const INLINE_DIMS: usize = 6;
 
-/// A layout's shape or strides: inline up to [`INLINE_DIMS`] dims, so that making a tensor or a
-/// view of ordinary rank allocates nothing for its layout (a decode step makes thousands).
-type Dims = SmallVec<[usize; INLINE_DIMS]>;
+/// A shape or strides: inline up to six dims, so that making a tensor or a view of ordinary rank
+/// allocates nothing for its layout (a decode step makes thousands), heap-allocated above.
+pub type Dims = SmallVec<[usize; INLINE_DIMS]>;
 
 /// Element `[i0, i1, ...]` lives at `offset + i0*strides[0] + i1*strides[1] + ...`.
 /// A stride of 0 repeats one element along a dimension (broadcasting).
@@ -75,9 +75,9 @@ pub fn resolve_dim(op: &'static str, dim: isize, shape: &[usize]) -> Result<usiz
 }
 
 /// NumPy broadcasting: align trailing dims; each pair must be equal or contain a 1.
-pub fn broadcast_shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>> {
+pub fn broadcast_shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result<Dims> {
     let rank = lhs.len().max(rhs.len());
-    let mut out = vec![0; rank];
+    let mut out = Dims::from_elem(0, rank);
     for i in 0..rank {
         let l = if i < rank - lhs.len() {
             1
@@ -115,13 +115,10 @@ impl Layout {
 
     /// A layout from its parts: `strides[i]` elements between neighbours along dimension i,
     /// `offset` elements from the start of the storage.
-    pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
+    pub fn new(shape: impl Into<Dims>, strides: impl Into<Dims>, offset: usize) -> Self {
+        let (shape, strides) = (shape.into(), strides.into());
         debug_assert_eq!(shape.len(), strides.len());
-        Layout {
-            shape: Dims::from_vec(shape),
-            strides: Dims::from_vec(strides),
-            offset,
-        }
+        Layout { shape, strides, offset }
     }
 
     /// The size of each dimension.
@@ -169,7 +166,7 @@ impl Layout {
         if self.numel() == 0 {
             return false;
         }
-        let mut dims: Vec<(usize, usize)> = self
+        let mut dims: SmallVec<[(usize, usize); INLINE_DIMS]> = self
             .strides
             .iter()
             .zip(&self.shape)
@@ -270,7 +267,10 @@ impl Layout {
     /// Splits a reduction over `dims`: the kept dims (with this layout's offset) and the reduced
     /// dims (offset 0, to be added to each kept element's offset).
     pub fn split_reduced(&self, dims: &[usize]) -> (Layout, Layout) {
-        let (mut outer, mut inner) = (Layout::new(vec![], vec![], self.offset), Layout::new(vec![], vec![], 0));
+        let (mut outer, mut inner) = (
+            Layout::new(Dims::new(), Dims::new(), self.offset),
+            Layout::new(Dims::new(), Dims::new(), 0),
+        );
         for (d, (&size, &stride)) in self.shape.iter().zip(&self.strides).enumerate() {
             let part = if dims.contains(&d) { &mut inner } else { &mut outer };
             part.shape.push(size);
@@ -283,7 +283,7 @@ impl Layout {
     pub fn offsets(&self) -> StridedOffsets<'_> {
         StridedOffsets {
             layout: self,
-            index: vec![0; self.rank()],
+            index: Dims::from_elem(0, self.rank()),
             next: self.offset,
             remaining: self.numel(),
         }
@@ -293,7 +293,7 @@ impl Layout {
 /// Iterator over storage offsets of a layout, an odometer over the logical index.
 pub struct StridedOffsets<'a> {
     layout: &'a Layout,
-    index: Vec<usize>,
+    index: Dims,
     next: usize,
     remaining: usize,
 }
@@ -368,8 +368,11 @@ mod tests {
 
     #[test]
     fn broadcast_shapes_follows_numpy() {
-        assert_eq!(broadcast_shapes("t", &[5, 1, 3], &[4, 1]).unwrap(), vec![5, 4, 3]);
+        assert_eq!(
+            broadcast_shapes("t", &[5, 1, 3], &[4, 1]).unwrap().as_slice(),
+            [5, 4, 3]
+        );
         assert!(broadcast_shapes("t", &[2, 3], &[4, 3]).is_err());
-        assert_eq!(broadcast_shapes("t", &[], &[2]).unwrap(), vec![2]);
+        assert_eq!(broadcast_shapes("t", &[], &[2]).unwrap().as_slice(), [2]);
     }
 }

@@ -7,8 +7,12 @@
 
 use crate::{Device, Error, Result};
 
-/// An empty vector with room for exactly `n` elements of `T`, or `Error::OutOfMemory` for `op`.
-pub(crate) fn with_capacity<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
+/// An empty vector with room for exactly `n` elements of `T` (a recycled buffer from
+/// [`super::pool`] when it holds one), or `Error::OutOfMemory` for `op`.
+pub(crate) fn with_capacity<T: 'static>(op: &'static str, n: usize) -> Result<Vec<T>> {
+    if let Some(v) = super::pool::take(n) {
+        return Ok(v);
+    }
     let mut v = Vec::new();
     v.try_reserve_exact(n)
         .map_err(|_| Error::out_of_memory(op, n, std::mem::size_of::<T>(), Device::Cpu))?;
@@ -16,14 +20,24 @@ pub(crate) fn with_capacity<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
 }
 
 /// `n` copies of `value`, or `Error::OutOfMemory` for `op`.
-pub(crate) fn filled<T: Clone>(op: &'static str, n: usize, value: T) -> Result<Vec<T>> {
+pub(crate) fn filled<T: Clone + 'static>(op: &'static str, n: usize, value: T) -> Result<Vec<T>> {
     let mut v = with_capacity(op, n)?;
     v.resize(n, value);
     Ok(v)
 }
 
+/// `v` as `n` copies of `value`, reusing its buffer when it holds `n` (growing it exactly to `n`
+/// otherwise), or `Error::OutOfMemory` for `op`: for scratch kept between calls.
+pub(crate) fn refill<T: Clone>(op: &'static str, v: &mut Vec<T>, n: usize, value: T) -> Result<()> {
+    v.clear();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::out_of_memory(op, n, std::mem::size_of::<T>(), Device::Cpu))?;
+    v.resize(n, value);
+    Ok(())
+}
+
 /// The first `n` items of `items`, collected into a vector allocated up front.
-pub(crate) fn collect<T>(op: &'static str, n: usize, items: impl IntoIterator<Item = T>) -> Result<Vec<T>> {
+pub(crate) fn collect<T: 'static>(op: &'static str, n: usize, items: impl IntoIterator<Item = T>) -> Result<Vec<T>> {
     let mut v = with_capacity(op, n)?;
     v.extend(items.into_iter().take(n));
     Ok(v)

@@ -19,13 +19,14 @@
 //! rayon; each owns its slices of every output, and dK/dV accumulate over query tiles in a
 //! fixed order, so results are deterministic. Grouped-query attention: query head h reads
 //! key/value head h / group in place; the backward runs one job per key/value head, which takes
-//! its group's query heads one after another, so dK/dV sum over the group in a fixed order too. The only memory besides the outputs is one or
-//! two `TILE × tk` scratch tiles per rayon job. The GEMMs are the project's ([`super::gemm`]);
+//! its group's query heads one after another, so dK/dV sum over the group in a fixed order too. The only memory besides the outputs is a
+//! `TILE × tk` score tile per thread (the forward's, kept between calls) or one or two per rayon
+//! job (the backward's). The GEMMs are the project's ([`super::gemm`]);
 //! BF16/F16 are computed in f32 (lse in f32), f64 in f64.
 
 use super::gemm;
 use super::matmul::Gemm;
-use super::{lane_fold, lane_sum, vectorised};
+use super::{alloc, lane_fold, lane_sum, vectorised};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::AttentionDims;
@@ -33,22 +34,47 @@ use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::cell::Cell;
+use std::thread::LocalKey;
 
 /// Query rows per GEMM tile: big enough for the GEMM to reach speed, small enough that the
 /// score tile (`TILE × tk`) stays in L2 for GPT-2's 1024 positions.
 const TILE: usize = 64;
 
-/// The two element types the fused loops run in, with their GEMM.
+/// The two element types the fused loops run in, with their GEMM and each thread's score tile.
 trait Real: Exp + Default + Send + Sync + 'static {
     const GEMM: Gemm<Self>;
+    /// This thread's scratch for a score tile, kept between calls so that a decode step allocates
+    /// none (it holds up to `TILE × tk` elements per thread, the longest context attended so far).
+    fn scores() -> &'static LocalKey<Cell<Vec<Self>>>;
+
+    /// Runs `f` on this thread's score scratch. The scratch is taken out for the call: a job that
+    /// rayon runs on this thread while `f` waits (the GEMM may go parallel) gets an empty one.
+    fn with_scores<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+        let mut scores = Self::scores().take();
+        let r = f(&mut scores);
+        Self::scores().set(scores);
+        r
+    }
+}
+
+thread_local! {
+    static SCORES_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static SCORES_F64: Cell<Vec<f64>> = const { Cell::new(Vec::new()) };
 }
 
 impl Real for f32 {
     const GEMM: Gemm<f32> = gemm::sgemm;
+    fn scores() -> &'static LocalKey<Cell<Vec<f32>>> {
+        &SCORES_F32
+    }
 }
 
 impl Real for f64 {
     const GEMM: Gemm<f64> = gemm::dgemm;
+    fn scores() -> &'static LocalKey<Cell<Vec<f64>>> {
+        &SCORES_F64
+    }
 }
 
 /// Contiguous q `[bh, tq, d]`, k and v `[bh / group, tk, d]` of one dtype (each head's rows
@@ -63,16 +89,16 @@ pub fn attention_forward(
 ) -> Result<(CpuStorage, CpuStorage)> {
     Ok(match (q, k, v) {
         (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-            let (o, lse) = forward(q, k, v, dims);
+            let (o, lse) = forward(q, k, v, dims)?;
             (CpuStorage::F32(o), CpuStorage::F32(lse))
         }
         (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-            let (o, lse) = forward(q, k, v, dims);
+            let (o, lse) = forward(q, k, v, dims)?;
             (CpuStorage::F64(o), CpuStorage::F64(lse))
         }
         _ => {
             check_half(q, &[k, v])?;
-            let (o, lse) = forward(&widen(q)?, &widen(k)?, &widen(v)?, dims);
+            let (o, lse) = forward(&widen(q)?, &widen(k)?, &widen(v)?, dims)?;
             (narrow(o, q.dtype())?, CpuStorage::F32(lse))
         }
     })
@@ -153,11 +179,15 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
 }
 
 /// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`).
-fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, Vec<E>) {
+fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(Vec<E>, Vec<E>)> {
+    const OP: &str = "scaled_dot_product_attention";
     let AttentionDims { bh, tq, d, .. } = dims;
-    let (mut o, mut lse) = (vec![E::zero(); bh * tq * d], vec![E::zero(); bh * tq]);
+    let (mut o, mut lse) = (
+        alloc::filled(OP, bh * tq * d, E::zero())?,
+        alloc::filled(OP, bh * tq, E::zero())?,
+    );
     if o.is_empty() {
-        return (o, lse);
+        return Ok((o, lse));
     }
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
     let head = |scores: &mut Vec<E>, (h, (oh, lh)): (usize, (&mut [E], &mut [E]))| {
@@ -192,13 +222,15 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
     o.par_chunks_mut(tq * d)
         .zip(lse.par_chunks_mut(tq))
         .enumerate()
-        .for_each_init(Vec::new, |scores, job| {
-            vectorised(
-                #[inline(always)]
-                || head(scores, job),
-            )
+        .for_each(|job| {
+            E::with_scores(|scores| {
+                vectorised(
+                    #[inline(always)]
+                    || head(scores, job),
+                )
+            })
         });
-    (o, lse)
+    Ok((o, lse))
 }
 
 /// One key/value head's index and its slices of (dq of its group's query heads, dk) and dv, as the

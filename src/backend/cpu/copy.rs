@@ -19,9 +19,9 @@ pub fn assign(dst: &mut CpuStorage, ld: &Layout, src: &CpuStorage, ls: &Layout) 
         }
         // row by row along the last dim: a KV cache's append writes (B, nh, t) rows of hs into a
         // strided buffer, one slice copy per row instead of an index walk per element
-        let (rd, rs) = (Rows::of(ld)?, Rows::of(ls)?);
+        let (rd, rs) = (Rows::of(ld), Rows::of(ls));
         let w = rd.width;
-        for (&d, &s) in rd.starts.iter().zip(&rs.starts) {
+        for (d, s) in rd.starts().zip(rs.starts()) {
             if rd.stride == 1 && rs.stride == 1 {
                 dst[d..d + w].copy_from_slice(&src[s..s + w]);
             } else {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// `f` of every element in row-major logical order (`op` names the caller in an out-of-memory error).
-pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
+pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default + 'static>(
     op: &'static str,
     data: &[T],
     layout: &Layout,
@@ -27,7 +27,7 @@ pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
             },
         );
     }
-    let rows = Rows::of(layout)?;
+    let rows = Rows::of(layout);
     let mut out = alloc::filled(op, layout.numel(), U::default())?;
     rows.for_each(&mut out, |row, start| {
         if rows.stride == 1 {
@@ -47,7 +47,7 @@ pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default>(
 }
 
 /// `f(a, b)` elementwise over two layouts of the same shape (broadcasts are stride-0 views).
-pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + Default>(
+pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + Default + 'static>(
     op: &'static str,
     a: &[T],
     la: &Layout,
@@ -69,7 +69,7 @@ pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + De
             },
         );
     }
-    let (rows_a, rows_b) = (Rows::of(la)?, Rows::of(lb)?);
+    let (rows_a, rows_b) = (Rows::of(la), Rows::of(lb));
     let mut out = alloc::filled(op, la.numel(), V::default())?;
     rows_a.zip_for_each(&rows_b, &mut out, |row, start_a, start_b| {
         if rows_a.stride == 1 && rows_b.stride == 1 {
@@ -94,7 +94,7 @@ const CHUNK: usize = 1 << 14;
 /// rayon's pool when `n` is large. `fill` is a plain loop over slices (`#[inline(always)]`),
 /// so the compiler vectorises it (an iterator `collect` per element does not), with AVX2 where
 /// the CPU has it ([`vectorised`]), and the output is written once, never zeroed first.
-fn build<U: Send>(
+fn build<U: Send + 'static>(
     op: &'static str,
     n: usize,
     fill: impl Fn(&mut [MaybeUninit<U>], usize) + Send + Sync,
@@ -120,71 +120,74 @@ fn build<U: Send>(
     Ok(out)
 }
 
-/// A strided layout seen as rows along its last dim: where each row starts, and the stride
-/// within a row. Walking rows keeps the per-element cost of a view to one multiply-add.
+/// A strided layout seen as rows along its last dim: where each row starts (the offsets of the
+/// `outer` dims, computed as needed: no list of them is allocated), and the stride within a row.
+/// Walking rows keeps the per-element cost of a view to one multiply-add.
 pub(super) struct Rows {
-    pub(super) starts: Vec<usize>,
+    outer: Layout,
     pub(super) width: usize,
     pub(super) stride: usize,
 }
 
 impl Rows {
-    pub(super) fn of(layout: &Layout) -> crate::Result<Rows> {
-        let rank = layout.rank();
-        if rank == 0 {
-            return Ok(Rows {
-                starts: vec![layout.offset()],
+    pub(super) fn of(layout: &Layout) -> Rows {
+        let Some(last) = layout.rank().checked_sub(1) else {
+            // a scalar: one row of one element
+            return Rows {
+                outer: layout.clone(),
                 width: 1,
                 stride: 0,
-            });
+            };
+        };
+        Rows {
+            outer: Layout::new(&layout.shape()[..last], &layout.strides()[..last], layout.offset()),
+            width: layout.shape()[last],
+            stride: layout.strides()[last],
         }
-        let outer = Layout::new(
-            layout.shape()[..rank - 1].to_vec(),
-            layout.strides()[..rank - 1].to_vec(),
-            layout.offset(),
-        );
-        Ok(Rows {
-            starts: alloc::collect("strided copy", outer.numel(), outer.offsets())?,
-            width: layout.shape()[rank - 1],
-            stride: layout.strides()[rank - 1],
-        })
+    }
+
+    /// The storage offset of the first element of row `r` (row-major over the outer dims).
+    fn start(&self, mut r: usize) -> usize {
+        let mut offset = self.outer.offset();
+        for (&size, &stride) in self.outer.shape().iter().zip(self.outer.strides()).rev() {
+            offset += (r % size) * stride;
+            r /= size;
+        }
+        offset
+    }
+
+    /// The storage offsets of every row's first element, in order.
+    pub(super) fn starts(&self) -> impl Iterator<Item = usize> + '_ {
+        self.outer.offsets()
     }
 
     /// Calls `f(out_row, row_start)` for every row, in parallel when there is enough work.
     fn for_each<V: Send>(&self, out: &mut [V], f: impl Fn(&mut [V], usize) + Send + Sync) {
-        if self.width == 0 {
-            return;
-        }
-        if out.len() >= PARALLEL_MIN {
-            out.par_chunks_mut(self.width)
-                .zip(self.starts.par_iter())
-                .for_each(|(row, &s)| f(row, s));
-        } else {
-            out.chunks_mut(self.width)
-                .zip(&self.starts)
-                .for_each(|(row, &s)| f(row, s));
-        }
+        self.zip_for_each(self, out, |row, start, _| f(row, start));
     }
 
     /// As `for_each`, walking the rows of two layouts of one shape together.
     fn zip_for_each<V: Send>(&self, other: &Rows, out: &mut [V], f: impl Fn(&mut [V], usize, usize) + Send + Sync) {
-        let starts: Vec<(usize, usize)> = self.starts.iter().copied().zip(other.starts.iter().copied()).collect();
         if self.width == 0 {
             return;
         }
         if out.len() >= PARALLEL_MIN {
             out.par_chunks_mut(self.width)
-                .zip(starts.par_iter())
-                .for_each(|(row, &(a, b))| f(row, a, b));
+                .enumerate()
+                .for_each(|(r, row)| f(row, self.start(r), other.start(r)));
         } else {
             out.chunks_mut(self.width)
-                .zip(&starts)
-                .for_each(|(row, &(a, b))| f(row, a, b));
+                .zip(self.starts().zip(other.starts()))
+                .for_each(|(row, (a, b))| f(row, a, b));
         }
     }
 }
 
 /// The elements in row-major logical order, copied into a new vector.
-pub fn gather<T: Copy + Send + Sync + Default>(op: &'static str, data: &[T], layout: &Layout) -> crate::Result<Vec<T>> {
+pub fn gather<T: Copy + Send + Sync + Default + 'static>(
+    op: &'static str,
+    data: &[T],
+    layout: &Layout,
+) -> crate::Result<Vec<T>> {
     map(op, data, layout, |x| x)
 }

@@ -15,10 +15,11 @@ use crate::backend::op::exp::Exp;
 use crate::backend::op::Epilogue;
 use crate::backend::op::UnaryOp;
 use crate::tensor::dtype::{DType, WithDType};
-use crate::tensor::layout::Layout;
+use crate::tensor::layout::{Dims, Layout};
 use crate::{Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;
+use smallvec::SmallVec;
 
 /// `epi(a · b)` for `a` `[batch.., m, k]` and `b` `[batch.., k, n]`, both already broadcast to the
 /// same batch dims; the result is contiguous `[batch.., m, n]`, with the pre-activation `z` (same
@@ -32,7 +33,8 @@ pub fn matmul(
     epi: &Epilogue<'_, CpuStorage>,
 ) -> Result<(CpuStorage, Option<CpuStorage>)> {
     let rank = la.rank();
-    let shape = [&la.shape()[..rank - 1], &lb.shape()[rank - 1..]].concat();
+    let mut shape = Dims::from(&la.shape()[..rank - 1]);
+    shape.push(lb.shape()[rank - 1]);
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => {
             let (y, z) = epilogue(batched(x, la, y, lb, gemm::sgemm)?, &shape, epi)?;
@@ -184,7 +186,7 @@ fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Res
 pub(crate) type Gemm<T, W = T, A = T> =
     fn(usize, usize, usize, T, &[A], isize, isize, &[W], isize, isize, T, &mut [T], isize, isize);
 
-fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero, W: Sync, A: Sync>(
+fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero + 'static, W: Sync, A: Sync>(
     a: &[A],
     la: &Layout,
     b: &[W],
@@ -194,9 +196,10 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero,
     let rank = la.rank();
     let (m, k, n) = (la.shape()[rank - 2], la.shape()[rank - 1], lb.shape()[rank - 1]);
     let batch_shape = &la.shape()[..rank - 2];
-    let batch_of = |l: &Layout| Layout::new(batch_shape.to_vec(), l.strides()[..rank - 2].to_vec(), l.offset());
-    let a_offsets: Vec<usize> = batch_of(la).offsets().collect();
-    let b_offsets: Vec<usize> = batch_of(lb).offsets().collect();
+    let batch_of = |l: &Layout| Layout::new(batch_shape, &l.strides()[..rank - 2], l.offset());
+    // inline for up to 8 products (a decode step's are single)
+    let a_offsets: SmallVec<[usize; 8]> = batch_of(la).offsets().collect();
+    let b_offsets: SmallVec<[usize; 8]> = batch_of(lb).offsets().collect();
     let (rsa, csa) = (la.strides()[rank - 2] as isize, la.strides()[rank - 1] as isize);
     let (rsb, csb) = (lb.strides()[rank - 2] as isize, lb.strides()[rank - 1] as isize);
     // the output shape was checked against overflow by the op (ops/matmul.rs)

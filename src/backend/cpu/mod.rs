@@ -22,6 +22,7 @@ pub mod layer_norm;
 pub mod linear_quantized;
 mod map;
 pub mod matmul;
+pub(crate) mod pool;
 pub mod reduce;
 pub mod reference;
 pub mod rms_norm;

@@ -4,7 +4,7 @@
 //!   forward:  rstd = 1/√(mean(x²) + eps),  y = x·rstd·w
 //!   backward: x̂ = x·rstd,  dx = rstd·(dy·w − x̂·mean(dy·w·x̂)),  dw = Σ_rows dy·x̂
 
-use super::{acc, dispatch_float, lane_fold, lane_sum, typed, CpuFloat};
+use super::{acc, alloc, dispatch_float, lane_fold, lane_sum, typed, CpuFloat};
 use crate::backend::cpu::CpuStorage;
 use crate::Result;
 use num_traits::{Float, ToPrimitive};
@@ -12,11 +12,11 @@ use rayon::prelude::*;
 
 /// y = x·rstd·w; returns y and the per-row rstd (f64) for the backward.
 pub fn rms_norm_forward(x: &CpuStorage, w: &CpuStorage, c: usize, eps: f64) -> Result<(CpuStorage, Vec<f64>)> {
-    fn run<T: CpuFloat>(x: &CpuStorage, w: &CpuStorage, c: usize, eps: f64) -> (CpuStorage, Vec<f64>) {
+    fn run<T: CpuFloat>(x: &CpuStorage, w: &CpuStorage, c: usize, eps: f64) -> Result<(CpuStorage, Vec<f64>)> {
         let (x, w) = (typed::<T>(x), typed::<T>(w));
         let rows = x.len().checked_div(c).unwrap_or(0);
-        let mut y = vec![T::from_f64(0.0); x.len()];
-        let mut rstd = vec![0.0; rows];
+        let mut y = alloc::filled("rms_norm", x.len(), T::from_f64(0.0))?;
+        let mut rstd = alloc::filled("rms_norm", rows, 0.0)?;
         if c > 0 {
             x.par_chunks(c)
                 .zip(y.par_chunks_mut(c))
@@ -36,9 +36,9 @@ pub fn rms_norm_forward(x: &CpuStorage, w: &CpuStorage, c: usize, eps: f64) -> R
                     )
                 });
         }
-        (CpuStorage::from_vec(y), rstd)
+        Ok((CpuStorage::from_vec(y), rstd))
     }
-    Ok(dispatch_float!("rms_norm", x.dtype(), run(x, w, c, eps)))
+    dispatch_float!("rms_norm", x.dtype(), run(x, w, c, eps))
 }
 
 /// Given dy and the forward's rstd, returns (dx, dw). dw is summed over rows in a fixed order in

@@ -4,27 +4,29 @@
 //! The angles and their sines and cosines are computed once per (position, frequency), in the
 //! arithmetic type (f32 for f32/bf16/f16, f64 for f64), as the kernel does.
 
-use super::{acc, dispatch_float, typed, CpuFloat, PARALLEL_MIN};
+use super::{acc, alloc, dispatch_float, typed, CpuFloat, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::{RopeLayout, RopeSpec};
 use crate::Result;
 use num_traits::Float;
 use rayon::prelude::*;
+use smallvec::SmallVec;
 
 /// x rotated by +θ (`inverse` false) or −θ.
 pub fn rope(x: &CpuStorage, spec: &RopeSpec, inverse: bool) -> Result<CpuStorage> {
-    fn run<T: CpuFloat>(x: &CpuStorage, spec: &RopeSpec, inverse: bool) -> CpuStorage {
+    fn run<T: CpuFloat>(x: &CpuStorage, spec: &RopeSpec, inverse: bool) -> Result<CpuStorage> {
         let x = typed::<T>(x);
         let (d, half) = (spec.head_dim, spec.head_dim / 2);
-        // (cos, ±sin) of position offset + t and frequency i at [t * half + i]
-        let table: Vec<(T::Acc, T::Acc)> = (0..spec.seq * half)
+        // (cos, ±sin) of position offset + t and frequency i at [t * half + i]; inline (no heap)
+        // for a decode step's one position of up to 128-wide heads
+        let table: SmallVec<[(T::Acc, T::Acc); 64]> = (0..spec.seq * half)
             .map(|k| {
                 let angle = acc::<T>((spec.position_offset + k / half) as f64) * acc::<T>(spec.frequency(k % half));
                 let (sin, cos) = angle.sin_cos();
                 (cos, if inverse { -sin } else { sin })
             })
             .collect();
-        let mut y = vec![T::from_f64(0.0); x.len()];
+        let mut y = alloc::filled("rope", x.len(), T::from_f64(0.0))?;
         if !x.is_empty() {
             // one [heads, head_dim] slab per (batch, position)
             let slab = spec.heads * d;
@@ -52,7 +54,7 @@ pub fn rope(x: &CpuStorage, spec: &RopeSpec, inverse: bool) -> Result<CpuStorage
                 x.chunks(slab).zip(y.chunks_mut(slab)).enumerate().for_each(rotate);
             }
         }
-        CpuStorage::from_vec(y)
+        Ok(CpuStorage::from_vec(y))
     }
-    Ok(dispatch_float!("rope", x.dtype(), run(x, spec, inverse)))
+    dispatch_float!("rope", x.dtype(), run(x, spec, inverse))
 }

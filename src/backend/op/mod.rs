@@ -18,7 +18,7 @@ pub mod quantized;
 pub mod unary;
 
 pub use binary::BinaryOp;
-pub use quantized::{tile_block, QuantFormat, QuantizedMatrix, GROUP_ROWS};
+pub use quantized::{tile_block, PerMatrix, QuantFormat, QuantizedMatrix, GROUP_ROWS};
 pub use unary::{gelu_derivative, UnaryOp};
 
 use crate::tensor::layout::Layout;

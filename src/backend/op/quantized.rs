@@ -36,8 +36,14 @@
 //! so the copy is held as `dyn Any` and the CUDA backend downcasts it to its own storage.
 
 use crate::{Device, Error, Result};
+use smallvec::SmallVec;
 use std::any::Any;
 use std::sync::Arc;
+
+/// One result per matrix of a product of one input with several matrices
+/// (`Tensor::linear_quantized_many`), inline for up to three (a Llama layer's q, k and v), so that
+/// a decode step's shared-input products allocate no list.
+pub type PerMatrix<T> = SmallVec<[T; 3]>;
 
 /// The block formats `linear_quantized` multiplies with directly.
 #[allow(non_camel_case_types)]

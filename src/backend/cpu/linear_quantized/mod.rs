@@ -72,7 +72,7 @@ mod q8;
 mod x86;
 
 use super::alloc;
-use crate::backend::op::{QuantFormat, QuantizedMatrix, GROUP_ROWS};
+use crate::backend::op::{PerMatrix, QuantFormat, QuantizedMatrix, GROUP_ROWS};
 use crate::{Error, Result};
 pub use q8::{Q8Row, Q8Rows, QK};
 use rayon::prelude::*;
@@ -390,15 +390,15 @@ fn decode_into(isa: QuantIsa, xq: &Q8Rows, m: usize, w: &QuantizedMatrix, yt: &m
 /// rayon fork-join instead of one per matrix, whose wake-up costs several microseconds when the
 /// workers sleep); from [`GEMM_FROM_ROWS`] rows, one [`linear_quantized`] per matrix. See
 /// [`linear_quantized_many_on`].
-pub fn linear_quantized_many(x: &[f32], ws: &[&QuantizedMatrix]) -> Result<Vec<Vec<f32>>> {
+pub fn linear_quantized_many(x: &[f32], ws: &[&QuantizedMatrix]) -> Result<PerMatrix<Vec<f32>>> {
     linear_quantized_many_on(QuantIsa::best(), x, ws)
 }
 
 /// [`linear_quantized_many`] on a chosen instruction set (an error if this CPU lacks it, or if
 /// the matrices differ in columns).
-pub fn linear_quantized_many_on(isa: QuantIsa, x: &[f32], ws: &[&QuantizedMatrix]) -> Result<Vec<Vec<f32>>> {
+pub fn linear_quantized_many_on(isa: QuantIsa, x: &[f32], ws: &[&QuantizedMatrix]) -> Result<PerMatrix<Vec<f32>>> {
     let Some(first) = ws.first() else {
-        return Ok(Vec::new());
+        return Ok(PerMatrix::new());
     };
     let k = first.shape()[1];
     if let Some(w) = ws.iter().find(|w| w.shape()[1] != k) {
@@ -419,7 +419,7 @@ pub fn linear_quantized_many_on(isa: QuantIsa, x: &[f32], ws: &[&QuantizedMatrix
     let mut yts = ws
         .iter()
         .map(|w| alloc::filled("linear_quantized", decode_rows(w) * m, 0f32))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<PerMatrix<_>>>()?;
     yts.par_iter_mut()
         .zip(ws.par_iter())
         .for_each(|(yt, w)| decode_into(isa, &xq, m, w, yt));

@@ -5,6 +5,7 @@ use crate::backend::cpu::alloc;
 use crate::backend::cpu::vectorise::vectorised;
 use crate::Result;
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// The elements of one activation block.
 pub const QK: usize = 32;
@@ -17,11 +18,23 @@ pub struct Q8Row<'a> {
     pub ds: &'a [[f32; 2]],
 }
 
-/// The rows of x quantized per block (see [`Q8Row`]).
+/// The rows of x quantized per block (see [`Q8Row`]). Its buffers are this thread's spare ones
+/// (taken when quantizing, handed back on drop), so a decode step's products allocate none.
 pub struct Q8Rows {
     k: usize,
     qs: Vec<i8>,
     ds: Vec<[f32; 2]>,
+}
+
+thread_local! {
+    /// The buffers of the last `Q8Rows` this thread dropped, for the next one.
+    static SPARE: Cell<(Vec<i8>, Vec<[f32; 2]>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+impl Drop for Q8Rows {
+    fn drop(&mut self) {
+        SPARE.set((std::mem::take(&mut self.qs), std::mem::take(&mut self.ds)));
+    }
 }
 
 /// `v` rounded to the nearest integer, ties to even, for |v| < 2²²: adding 1.5·2²³ leaves no
@@ -50,8 +63,9 @@ impl Q8Rows {
     pub fn quantize_padded(x: &[f32], k: usize, multiple: usize) -> Result<Q8Rows> {
         debug_assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k) && multiple > 0);
         let rows = (x.len() / k).next_multiple_of(multiple);
-        let mut qs = alloc::filled("linear_quantized", rows * k, 0i8)?;
-        let mut ds = alloc::filled("linear_quantized", rows * k / QK, [0f32; 2])?;
+        let (mut qs, mut ds) = SPARE.take();
+        alloc::refill("linear_quantized", &mut qs, rows * k, 0i8)?;
+        alloc::refill("linear_quantized", &mut ds, rows * k / QK, [0f32; 2])?;
         qs.par_chunks_mut(k)
             .zip(ds.par_chunks_mut(k / QK))
             .zip(x.par_chunks(k))
