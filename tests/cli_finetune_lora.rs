@@ -424,8 +424,8 @@ fn base_dtype_run(model: &Path, data: &Path, out: &Path, base: &str, steps: usiz
 /// QLoRA-style training on the real quantized SmolLM2: with its projections kept in Q4_1 blocks
 /// the losses are those of the f32 base (every training product has at least 4 rows, so the
 /// weights are decoded to f32: equal up to summation order), the run records its base, and a
-/// resume loads the same base again. On the tiny fixture (f32 tensors), a bf16 base trains within
-/// bf16's rounding of the f32 base.
+/// resume loads the same base again. On the tiny fixture (f32 tensors), a bf16 base trains, in
+/// bf16, within bf16's rounding of the f32 base.
 #[test]
 fn base_dtype_q_trains_as_the_f32_base_and_resumes_with_it() {
     let dir = temp_dir("finetune-lora-base-dtype");
@@ -435,6 +435,15 @@ fn base_dtype_q_trains_as_the_f32_base_and_resumes_with_it() {
     for (b, f) in bf16.iter().zip(&f32) {
         assert!((b - f).abs() <= 2e-2 * f.abs(), "bf16 base loss {b} against f32 {f}");
     }
+    // a bf16 base computes in bf16 (not in f32 with its weights cast back at every step)
+    let train_dtype = |run: &str| {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(run).join("checkpoint/state.json")).unwrap())
+                .unwrap();
+        state["train"]["dtype"].clone()
+    };
+    assert_eq!(train_dtype("tiny-bf16"), "bf16");
+    assert_eq!(train_dtype("tiny-f32"), "f32");
     let Some(smol) = smollm2::path() else { return };
     let q_out = dir.join("smol-q");
     let q = base_dtype_run(&smol, &data, &q_out, "q", 2);

@@ -46,7 +46,7 @@ pub struct LoraArgs {
     pub recompute: bool,
     /// With --gguf: what the frozen base weights become: q keeps the projections in the file's
     /// quantized blocks (QLoRA-style: decoded to f32 in each product of a training batch),
-    /// bf16 or f32 dequantizes them [f32].
+    /// bf16 or f32 dequantizes them (bf16 computes in bf16 unless --dtype f32 is given) [f32].
     #[arg(long, value_enum, conflicts_with_all = ["from", "resume"])]
     pub base_dtype: Option<BaseDType>,
 }

@@ -103,7 +103,8 @@ pub struct OptimArgs {
     #[arg(long)]
     pub grad_clip: Option<f64>,
     /// Compute dtype: f32, or bf16 for mixed precision (bf16 matmuls and activations, f32 master
-    /// weights and optimizer state; checkpoints stay f32) [f32; with --resume, the run's].
+    /// weights and optimizer state; checkpoints stay f32) [f32; with --resume, the run's; with
+    /// finetune --base-dtype bf16, bf16].
     #[arg(long, value_enum)]
     pub dtype: Option<ComputeDType>,
 }
@@ -532,7 +533,13 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         return finetune_lora::resume_finetune_lora(&opts, |cfg| a.optim.apply(cfg));
     }
     let Some(from) = &a.from else {
-        let cfg = lora_train_config(&a.optim, a.seed);
+        let mut cfg = lora_train_config(&a.optim, a.seed);
+        if a.lora.base_dtype == Some(finetune_lora::BaseDType::Bf16) && a.optim.dtype.is_none() {
+            // a bf16 base computes in bf16 unless --dtype says otherwise: in f32 every product
+            // would cast its bf16 weight to f32 again at every step (and keep the copy for the
+            // backward), which made a bf16 base no faster than an f32 one
+            cfg.dtype = DType::BF16;
+        }
         return finetune_lora::cmd_finetune_lora(&a.lora, &a.data, cfg, &opts);
     };
     let (mut model, tokenizer, source) = load_any(from, &opts.device)?;
