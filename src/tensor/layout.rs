@@ -283,17 +283,18 @@ impl Layout {
     pub fn offsets(&self) -> StridedOffsets<'_> {
         StridedOffsets {
             layout: self,
-            index: vec![0; self.rank()],
+            index: Dims::from_elem(0, self.rank()),
             next: self.offset,
             remaining: self.numel(),
         }
     }
 }
 
-/// Iterator over storage offsets of a layout, an odometer over the logical index.
+/// Iterator over storage offsets of a layout, an odometer over the logical index (held inline
+/// up to six dims: starting one allocates nothing).
 pub struct StridedOffsets<'a> {
     layout: &'a Layout,
-    index: Vec<usize>,
+    index: Dims,
     next: usize,
     remaining: usize,
 }
