@@ -157,6 +157,10 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     super::cast(&CpuStorage::F32(v), &Layout::contiguous(&[n]), dtype)
 }
 
+/// One head's index and its (not yet written) slices of o and lse, as the forward's parallel loop
+/// hands them out.
+type HeadOutputs<'a, E> = (usize, (&'a mut [MaybeUninit<E>], &'a mut [MaybeUninit<E>]));
+
 /// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`).
 fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, Vec<E>) {
     let AttentionDims { bh, tq, d, .. } = dims;
@@ -166,7 +170,7 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> (Vec<E>, 
     // not zeroed: every head writes all its rows of o (a beta-0 GEMM per tile) and of lse
     let (mut o, mut lse) = (Vec::with_capacity(bh * tq * d), Vec::with_capacity(bh * tq));
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    let head = |scores: &mut Vec<E>, (h, (oh, lh)): (usize, (&mut [MaybeUninit<E>], &mut [MaybeUninit<E>]))| {
+    let head = |scores: &mut Vec<E>, (h, (oh, lh)): HeadOutputs<'_, E>| {
         let kv = h / dims.group;
         let (qh, kh, vh) = (&q[h * tq * d..], &k[kv * dims.kv_stride..], &v[kv * dims.kv_stride..]);
         for i0 in (0..tq).step_by(TILE) {
