@@ -290,7 +290,8 @@ impl Layout {
     }
 }
 
-/// Iterator over storage offsets of a layout, an odometer over the logical index.
+/// Iterator over storage offsets of a layout, an odometer over the logical index (held inline
+/// up to six dims: starting one allocates nothing).
 pub struct StridedOffsets<'a> {
     layout: &'a Layout,
     index: Dims,

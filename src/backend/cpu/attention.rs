@@ -25,7 +25,7 @@
 //! BF16/F16 are computed in f32 (lse in f32), f64 in f64.
 
 use super::gemm;
-use super::matmul::Gemm;
+use super::matmul::{Gemm, GemmInto};
 use super::{alloc, lane_fold, lane_sum, vectorised};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
@@ -35,15 +35,18 @@ use crate::tensor::layout::Layout;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::thread::LocalKey;
 
 /// Query rows per GEMM tile: big enough for the GEMM to reach speed, small enough that the
 /// score tile (`TILE × tk`) stays in L2 for GPT-2's 1024 positions.
 const TILE: usize = 64;
 
-/// The two element types the fused loops run in, with their GEMM and each thread's score tile.
+/// The two element types the fused loops run in, with their GEMM (and its form into a new,
+/// uninitialised output) and each thread's score tile.
 trait Real: Exp + Default + Send + Sync + 'static {
     const GEMM: Gemm<Self>;
+    const GEMM_INTO: GemmInto<Self>;
     /// This thread's scratch for a score tile, kept between calls so that a decode step allocates
     /// none (it holds up to `TILE × tk` elements per thread, the longest context attended so far).
     fn scores() -> &'static LocalKey<Cell<Vec<Self>>>;
@@ -65,6 +68,7 @@ thread_local! {
 
 impl Real for f32 {
     const GEMM: Gemm<f32> = gemm::sgemm;
+    const GEMM_INTO: GemmInto<f32> = gemm::sgemm_into;
     fn scores() -> &'static LocalKey<Cell<Vec<f32>>> {
         &SCORES_F32
     }
@@ -72,6 +76,7 @@ impl Real for f32 {
 
 impl Real for f64 {
     const GEMM: Gemm<f64> = gemm::dgemm;
+    const GEMM_INTO: GemmInto<f64> = gemm::dgemm_into;
     fn scores() -> &'static LocalKey<Cell<Vec<f64>>> {
         &SCORES_F64
     }
@@ -178,19 +183,27 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     super::cast(&CpuStorage::F32(v), &Layout::contiguous(&[n]), dtype)
 }
 
+/// One head's index and its (not yet written) slices of o and lse, as the forward's parallel loop
+/// hands them out.
+type HeadOutputs<'a, E> = (usize, (&'a mut [MaybeUninit<E>], &'a mut [MaybeUninit<E>]));
+
 /// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`).
 fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(Vec<E>, Vec<E>)> {
     const OP: &str = "scaled_dot_product_attention";
     let AttentionDims { bh, tq, d, .. } = dims;
-    let (mut o, mut lse) = (
-        alloc::filled(OP, bh * tq * d, E::zero())?,
-        alloc::filled(OP, bh * tq, E::zero())?,
-    );
-    if o.is_empty() {
-        return Ok((o, lse));
+    if bh * tq * d == 0 {
+        return Ok((
+            alloc::filled(OP, bh * tq * d, E::zero())?,
+            alloc::filled(OP, bh * tq, E::zero())?,
+        ));
     }
+    // not zeroed: every head writes all its rows of o (a beta-0 GEMM per tile) and of lse
+    let (mut o, mut lse) = (
+        alloc::with_capacity(OP, bh * tq * d)?,
+        alloc::with_capacity(OP, bh * tq)?,
+    );
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    let head = |scores: &mut Vec<E>, (h, (oh, lh)): (usize, (&mut [E], &mut [E]))| {
+    let head = |scores: &mut Vec<E>, (h, (oh, lh)): HeadOutputs<'_, E>| {
         let kv = h / dims.group;
         let (qh, kh, vh) = (&q[h * tq * d..], &k[kv * dims.kv_stride..], &v[kv * dims.kv_stride..]);
         for i0 in (0..tq).step_by(TILE) {
@@ -211,16 +224,17 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(V
                 let inv = sum.recip();
                 row[..seen].iter_mut().for_each(|p| *p = *p * inv);
                 row[seen..].fill(E::zero());
-                lh[i0 + r] = max + sum.ln();
+                lh[i0 + r].write(max + sum.ln());
             }
             // O = P·V
             #[rustfmt::skip]
-            E::GEMM(rows, d, keys, E::one(), scores, keys as isize, 1, vh, d as isize, 1,
-                    E::zero(), &mut oh[i0 * d..], d as isize, 1);
+            E::GEMM_INTO(rows, d, keys, E::one(), scores, keys as isize, 1, vh, d as isize, 1,
+                         &mut oh[i0 * d..], d as isize, 1);
         }
     };
-    o.par_chunks_mut(tq * d)
-        .zip(lse.par_chunks_mut(tq))
+    o.spare_capacity_mut()[..bh * tq * d]
+        .par_chunks_mut(tq * d)
+        .zip(lse.spare_capacity_mut()[..bh * tq].par_chunks_mut(tq))
         .enumerate()
         .for_each(|job| {
             E::with_scores(|scores| {
@@ -230,12 +244,18 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(V
                 )
             })
         });
+    // SAFETY: the capacities are these lengths; each of the bh heads wrote its tq rows of o
+    // (the tiles' beta-0 GEMMs cover rows 0..tq, all d columns) and its tq entries of lse.
+    unsafe {
+        o.set_len(bh * tq * d);
+        lse.set_len(bh * tq);
+    }
     Ok((o, lse))
 }
 
 /// One key/value head's index and its slices of (dq of its group's query heads, dk) and dv, as the
 /// backward's parallel loop hands them out.
-type HeadGrads<'a, E> = (usize, ((&'a mut [E], &'a mut [E]), &'a mut [E]));
+type HeadGrads<'a, E> = (usize, ((&'a mut [MaybeUninit<E>], &'a mut [E]), &'a mut [E]));
 
 /// The backward of every head: (dq, dk, dv).
 fn backward<E: Real>(
@@ -251,11 +271,13 @@ fn backward<E: Real>(
         bh, tq, tk, d, group, ..
     } = dims;
     let kv_heads = dims.kv_heads();
-    let mut dq = vec![E::zero(); bh * tq * d];
+    // dK and dV accumulate over the query tiles (beta 1): they start at zero
     let (mut dk, mut dv) = (vec![E::zero(); kv_heads * tk * d], vec![E::zero(); kv_heads * tk * d]);
-    if dq.is_empty() || dk.is_empty() {
-        return (dq, dk, dv);
+    if bh * tq * d == 0 || dk.is_empty() {
+        return (vec![E::zero(); bh * tq * d], dk, dv);
     }
+    // not zeroed: every query tile writes its rows of dQ with a beta-0 GEMM
+    let mut dq = Vec::with_capacity(bh * tq * d);
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
     let head = |(p, ds): &mut (Vec<E>, Vec<E>), (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
         let (kh, vh) = (&k[kv * dims.kv_stride..], &v[kv * dims.kv_stride..]);
@@ -286,7 +308,7 @@ fn backward<E: Real>(
                 }
                 // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
                 #[rustfmt::skip]
-                E::GEMM(rows, d, keys, scale, ds, keys as isize, 1, kh, d as isize, 1, E::zero(), &mut dqh[i0 * d..], d as isize, 1);
+                E::GEMM_INTO(rows, d, keys, scale, ds, keys as isize, 1, kh, d as isize, 1, &mut dqh[i0 * d..], d as isize, 1);
                 #[rustfmt::skip]
                 E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, d as isize, 1, E::one(), dkh, d as isize, 1);
                 #[rustfmt::skip]
@@ -294,7 +316,8 @@ fn backward<E: Real>(
             }
         }
     };
-    dq.par_chunks_mut(group * tq * d)
+    dq.spare_capacity_mut()[..bh * tq * d]
+        .par_chunks_mut(group * tq * d)
         .zip(dk.par_chunks_mut(tk * d))
         .zip(dv.par_chunks_mut(tk * d))
         .enumerate()
@@ -307,5 +330,8 @@ fn backward<E: Real>(
                 )
             },
         );
+    // SAFETY: the capacity is bh·tq·d; each key/value head's job wrote all tq rows of dQ of
+    // each of its group's query heads (beta-0 GEMMs over tiles covering 0..tq, all d columns).
+    unsafe { dq.set_len(bh * tq * d) };
     (dq, dk, dv)
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// `f` of every element in row-major logical order (`op` names the caller in an out-of-memory error).
-pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default + 'static>(
+pub fn map<T: Copy + Send + Sync, U: Send + Copy + 'static>(
     op: &'static str,
     data: &[T],
     layout: &Layout,
@@ -28,26 +28,30 @@ pub fn map<T: Copy + Send + Sync, U: Send + Copy + Default + 'static>(
         );
     }
     let rows = Rows::of(layout);
-    let mut out = alloc::filled(op, layout.numel(), U::default())?;
-    rows.for_each(&mut out, |row, start| {
+    let n = layout.numel();
+    let mut out = alloc::with_capacity(op, n)?;
+    rows.for_each(&mut out.spare_capacity_mut()[..n], |row, start| {
         if rows.stride == 1 {
             // rows of contiguous elements (a permuted view with its last dim in place): a
             // loop over slices, which vectorises
             let src = &data[start..start + row.len()];
             for (o, &x) in row.iter_mut().zip(src) {
-                *o = f(x);
+                o.write(f(x));
             }
         } else {
             for (j, o) in row.iter_mut().enumerate() {
-                *o = f(data[start + j * rows.stride]);
+                o.write(f(data[start + j * rows.stride]));
             }
         }
     });
+    // SAFETY: the capacity is n, and every row of the view wrote its `width` elements (see
+    // `Rows::for_each`).
+    unsafe { out.set_len(n) };
     Ok(out)
 }
 
 /// `f(a, b)` elementwise over two layouts of the same shape (broadcasts are stride-0 views).
-pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + Default + 'static>(
+pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + 'static>(
     op: &'static str,
     a: &[T],
     la: &Layout,
@@ -70,19 +74,23 @@ pub fn zip_map<T: Copy + Send + Sync, U: Copy + Send + Sync, V: Send + Copy + De
         );
     }
     let (rows_a, rows_b) = (Rows::of(la), Rows::of(lb));
-    let mut out = alloc::filled(op, la.numel(), V::default())?;
-    rows_a.zip_for_each(&rows_b, &mut out, |row, start_a, start_b| {
+    let n = la.numel();
+    let mut out = alloc::with_capacity(op, n)?;
+    rows_a.zip_for_each(&rows_b, &mut out.spare_capacity_mut()[..n], |row, start_a, start_b| {
         if rows_a.stride == 1 && rows_b.stride == 1 {
             let (a, b) = (&a[start_a..start_a + row.len()], &b[start_b..start_b + row.len()]);
             for ((o, &x), &y) in row.iter_mut().zip(a).zip(b) {
-                *o = f(x, y);
+                o.write(f(x, y));
             }
         } else {
             for (j, o) in row.iter_mut().enumerate() {
-                *o = f(a[start_a + j * rows_a.stride], b[start_b + j * rows_b.stride]);
+                o.write(f(a[start_a + j * rows_a.stride], b[start_b + j * rows_b.stride]));
             }
         }
     });
+    // SAFETY: the capacity is n, and every row of the view wrote its `width` elements (see
+    // `Rows::zip_for_each`).
+    unsafe { out.set_len(n) };
     Ok(out)
 }
 
@@ -161,7 +169,9 @@ impl Rows {
         self.outer.offsets()
     }
 
-    /// Calls `f(out_row, row_start)` for every row, in parallel when there is enough work.
+    /// Calls `f(out_row, row_start)` for every row, in parallel when there is enough work. `out`
+    /// holds the view's elements in row-major order (rows of `width`): every
+    /// element is in exactly one `out_row`.
     fn for_each<V: Send>(&self, out: &mut [V], f: impl Fn(&mut [V], usize) + Send + Sync) {
         self.zip_for_each(self, out, |row, start, _| f(row, start));
     }
@@ -184,10 +194,6 @@ impl Rows {
 }
 
 /// The elements in row-major logical order, copied into a new vector.
-pub fn gather<T: Copy + Send + Sync + Default + 'static>(
-    op: &'static str,
-    data: &[T],
-    layout: &Layout,
-) -> crate::Result<Vec<T>> {
+pub fn gather<T: Copy + Send + Sync + 'static>(op: &'static str, data: &[T], layout: &Layout) -> crate::Result<Vec<T>> {
     map(op, data, layout, |x| x)
 }

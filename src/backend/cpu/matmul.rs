@@ -20,6 +20,7 @@ use crate::{Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use smallvec::SmallVec;
+use std::mem::MaybeUninit;
 
 /// `epi(a · b)` for `a` `[batch.., m, k]` and `b` `[batch.., k, n]`, both already broadcast to the
 /// same batch dims; the result is contiguous `[batch.., m, n]`, with the pre-activation `z` (same
@@ -37,11 +38,11 @@ pub fn matmul(
     shape.push(lb.shape()[rank - 1]);
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            let (y, z) = epilogue(batched(x, la, y, lb, gemm::sgemm)?, &shape, epi)?;
+            let (y, z) = epilogue(batched(x, la, y, lb, gemm::sgemm_into)?, &shape, epi)?;
             (CpuStorage::F32(y), z.map(CpuStorage::F32))
         }
         (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            let (y, z) = epilogue(batched(x, la, y, lb, gemm::dgemm)?, &shape, epi)?;
+            let (y, z) = epilogue(batched(x, la, y, lb, gemm::dgemm_into)?, &shape, epi)?;
             (CpuStorage::F64(y), z.map(CpuStorage::F64))
         }
         (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
@@ -51,7 +52,7 @@ pub fn matmul(
             let product = match (a, b) {
                 // both bf16, enough rows to pack B, and vdpbf16ps: no widening at all
                 (CpuStorage::BF16(x), CpuStorage::BF16(y)) if !streamed && gemm::has_bf16_dot() => {
-                    batched(&x[..], la, &y[..], lb, gemm::bgemm)?
+                    batched(&x[..], la, &y[..], lb, gemm::bgemm_into)?
                 }
                 _ => {
                     let CpuStorage::F32(x) = super::cast(a, la, DType::F32)? else {
@@ -60,7 +61,7 @@ pub fn matmul(
                     let la_wide = Layout::contiguous(la.shape());
                     match b {
                         CpuStorage::BF16(y) if streamed => {
-                            batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed::<bf16>)?
+                            batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed_into::<bf16>)?
                         }
                         _ => widened_by_blocks(&x, &la_wide, b, lb)?,
                     }
@@ -101,18 +102,14 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
         bias.as_ref().map(super::typed::<T>),
         residual.as_ref().map(super::typed::<T>),
     );
-    // z is written in full below (every row of every task); zeros only give it its length
-    let mut pre = if epi.keep_pre {
-        alloc::filled("matmul", y.len(), T::zero())?
-    } else {
-        Vec::new()
-    };
     if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none() && !epi.keep_pre) {
-        return Ok((y, epi.keep_pre.then_some(pre)));
+        return Ok((y, epi.keep_pre.then(Vec::new)));
     }
+    // z is written in full below (every row of every task), so it starts uninitialised
+    let mut pre = alloc::with_capacity("matmul", if epi.keep_pre { y.len() } else { 0 })?;
     let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
     // one rayon job's rows, compiled with AVX2 where the CPU has it (see vectorised)
-    let task = |task: usize, rows: &mut [T], pre: Option<&mut [T]>| {
+    let task = |task: usize, rows: &mut [T], pre: Option<&mut [MaybeUninit<T>]>| {
         super::vectorised(
             #[inline(always)]
             || {
@@ -122,7 +119,9 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
                         row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
                     }
                     if let Some(z) = pre.as_mut().and_then(|p| p.next()) {
-                        z.copy_from_slice(row);
+                        z.iter_mut().zip(&*row).for_each(|(z, &v)| {
+                            z.write(v);
+                        });
                     }
                     if epi.gelu {
                         row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
@@ -137,10 +136,14 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     };
     let chunk = rows_per_task * n;
     if epi.keep_pre {
+        let len = y.len();
         y.par_chunks_mut(chunk)
-            .zip(pre.par_chunks_mut(chunk))
+            .zip(pre.spare_capacity_mut()[..len].par_chunks_mut(chunk))
             .enumerate()
             .for_each(|(t, (rows, z))| task(t, rows, Some(z)));
+        // SAFETY: the capacity is y.len(), and every task copied each of its rows into its
+        // chunk of z, the chunks tiling 0..y.len() as y's do.
+        unsafe { pre.set_len(len) };
     } else {
         y.par_chunks_mut(chunk)
             .enumerate()
@@ -163,7 +166,9 @@ fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Res
     let (m, k, n) = (la.shape()[rank - 2], lb.shape()[rank - 2], lb.shape()[rank - 1]);
     let batch = la.shape()[..rank - 2].iter().product::<usize>();
     let cols = (WIDEN_BLOCK_BYTES / (4 * k.max(1) * batch.max(1))).clamp(64, n.max(64));
-    let mut out = alloc::filled("matmul", batch * m * n, 0f32)?;
+    let len = batch * m * n;
+    let mut out = alloc::with_capacity("matmul", len)?;
+    let spare = &mut out.spare_capacity_mut()[..len];
     for j0 in (0..n).step_by(cols) {
         let width = cols.min(n - j0);
         let block_layout = lb.narrow(rank - 1, j0, width);
@@ -172,12 +177,17 @@ fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Res
         };
         let mut block_shape = lb.shape().to_vec();
         block_shape[rank - 1] = width;
-        let product = batched(a, la, &block, &Layout::contiguous(&block_shape), gemm::sgemm)?;
+        let product = batched(a, la, &block, &Layout::contiguous(&block_shape), gemm::sgemm_into)?;
         // product is [batch.., m, width]: its rows are pieces of C's rows
-        for (c_row, p_row) in out.chunks_exact_mut(n).zip(product.chunks_exact(width)) {
-            c_row[j0..j0 + width].copy_from_slice(p_row);
+        for (c_row, p_row) in spare.chunks_exact_mut(n).zip(product.chunks_exact(width)) {
+            c_row[j0..j0 + width].iter_mut().zip(p_row).for_each(|(c, &p)| {
+                c.write(p);
+            });
         }
     }
+    // SAFETY: the capacity is len; the blocks' columns j0..j0 + width tile 0..n, and each
+    // block wrote those columns of all batch·m rows (n > 0 whenever len > 0).
+    unsafe { out.set_len(len) };
     Ok(out)
 }
 
@@ -186,12 +196,17 @@ fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Res
 pub(crate) type Gemm<T, W = T, A = T> =
     fn(usize, usize, usize, T, &[A], isize, isize, &[W], isize, isize, T, &mut [T], isize, isize);
 
-fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero + 'static, W: Sync, A: Sync>(
+/// A GEMM into a new output, in the form of [`gemm::sgemm_into`]: beta is 0, and C may be
+/// uninitialised (every element of its view is written, none read).
+pub(crate) type GemmInto<T, W = T, A = T> =
+    fn(usize, usize, usize, T, &[A], isize, isize, &[W], isize, isize, &mut [MaybeUninit<T>], isize, isize);
+
+fn batched<T: Copy + Send + Sync + num_traits::One + num_traits::Zero + 'static, W: Sync, A: Sync>(
     a: &[A],
     la: &Layout,
     b: &[W],
     lb: &Layout,
-    gemm: Gemm<T, W, A>,
+    gemm: GemmInto<T, W, A>,
 ) -> Result<Vec<T>> {
     let rank = la.rank();
     let (m, k, n) = (la.shape()[rank - 2], la.shape()[rank - 1], lb.shape()[rank - 1]);
@@ -203,11 +218,14 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero 
     let (rsa, csa) = (la.strides()[rank - 2] as isize, la.strides()[rank - 1] as isize);
     let (rsb, csb) = (lb.strides()[rank - 2] as isize, lb.strides()[rank - 1] as isize);
     // the output shape was checked against overflow by the op (ops/matmul.rs)
-    let mut out = alloc::filled("matmul", a_offsets.len() * m * n, T::default())?;
+    let len = a_offsets.len() * m * n;
     if m * n == 0 || k == 0 {
-        return Ok(out); // nothing to multiply (and an empty operand's offset may lie past its data)
+        // nothing to multiply (and an empty operand's offset may lie past its data): zeros
+        return alloc::filled("matmul", len, T::zero());
     }
-    let one_product = |(i, c): (usize, &mut [T])| {
+    // not zeroed: the products below write every element (beta 0)
+    let mut out = alloc::with_capacity("matmul", len)?;
+    let one_product = |(i, c): (usize, &mut [MaybeUninit<T>])| {
         gemm(
             m,
             n,
@@ -219,18 +237,21 @@ fn batched<T: Copy + Default + Send + Sync + num_traits::One + num_traits::Zero 
             &b[b_offsets[i]..],
             rsb,
             csb,
-            T::zero(),
             c,
             n as isize,
             1,
         );
     };
+    let spare = &mut out.spare_capacity_mut()[..len];
     // Many small products (attention heads): one per thread. Few large ones: the GEMM threads itself.
     if a_offsets.len() > 1 && m * n * k < 1 << 18 {
-        out.par_chunks_mut(m * n).enumerate().for_each(one_product);
+        spare.par_chunks_mut(m * n).enumerate().for_each(one_product);
     } else {
-        out.chunks_mut(m * n).enumerate().for_each(one_product);
+        spare.chunks_mut(m * n).enumerate().for_each(one_product);
     }
+    // SAFETY: the capacity is len; product i wrote every element of its m×n block (the
+    // `GemmInto` contract, C's rows n apart), and the blocks tile 0..len.
+    unsafe { out.set_len(len) };
     Ok(out)
 }
 

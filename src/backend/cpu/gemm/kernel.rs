@@ -29,7 +29,8 @@ pub(super) trait Kernel: Sized {
     /// # Safety
     ///
     /// `a` and `b` point to `kc'·MR` and `kc'·NR` readable elements (`kc' = round_up(kc, K_STEP)`), `mr <= MR`, `nr <= NR`,
-    /// the `mr×nr` view `c` is valid for reads and writes and not accessed concurrently, the
+    /// the `mr×nr` view `c` is valid for writes (and for reads of initialised values when
+    /// `ep.beta` is not 0) and not accessed concurrently, the
     /// CPU supports the kernel's target features, and the call is inside
     /// [`Kernel::with_thread_state`] on this thread (as are the packing calls).
     unsafe fn tile(

@@ -2,6 +2,7 @@
 //! product to compute, checked against its slices.
 
 use half::bf16;
+use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
 
 /// The element types GEMM works on: f32 and f64 (operands and result), and bf16 (operands of
@@ -153,11 +154,42 @@ impl<T> MatMut<T> {
 }
 
 /// The scaling applied when a micro-tile is written back: `C = alpha·acc + beta·C`, where
-/// `beta == 0` means C is not read.
+/// `beta == 0` means C is not read (it may be uninitialised).
 #[derive(Clone, Copy)]
 pub(super) struct Epilogue<T> {
     pub(super) alpha: T,
     pub(super) beta: T,
+}
+
+impl<T: Element> Epilogue<T> {
+    /// Writes `alpha·acc + beta·C` to the element of C at `cij`, reading it only when beta is
+    /// not 0.
+    ///
+    /// # Safety
+    ///
+    /// `cij` is valid for writes, and for reads of an initialised value when beta is not 0; no
+    /// other thread accesses it.
+    #[inline(always)]
+    pub(super) unsafe fn store(&self, cij: *mut T, acc: T) {
+        // SAFETY: caller's contract.
+        unsafe {
+            cij.write(if self.beta == T::ZERO {
+                self.alpha * acc
+            } else {
+                self.alpha * acc + self.beta * cij.read()
+            })
+        }
+    }
+}
+
+/// `c` viewed as possibly uninitialised elements, the form [`Problem`] checks C in.
+///
+/// # Safety
+///
+/// Only initialised values are written through the result (so `c` stays initialised).
+pub(super) unsafe fn as_uninit<T>(c: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout; the caller writes only initialised values.
+    unsafe { &mut *(c as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// A validated GEMM call: every view fits in its slice and C does not overlap itself. A and B
@@ -177,12 +209,43 @@ impl<T: Element, I> Problem<T, I> {
     /// Checks the views against their slices; panics on a negative stride or any
     /// out-of-bounds element.
     pub(super) fn new(
+        mnk: [usize; 3],
+        alpha: T,
+        a: (&[I], isize, isize),
+        b: (&[I], isize, isize),
+        beta: T,
+        (c, rsc, csc): (&mut [T], isize, isize),
+    ) -> Self {
+        // SAFETY: `c` is initialised, so it may be read whatever beta is, and the GEMM writes
+        // only initialised values through the `MaybeUninit` view, so `c` stays initialised.
+        unsafe { Self::with_output(mnk, alpha, a, b, beta, (as_uninit(c), rsc, csc)) }
+    }
+
+    /// As [`Self::new`] with beta 0, into a C that may be uninitialised: every element of its
+    /// `m×n` view is written (`C = alpha·A·B`), none read.
+    pub(super) fn new_into(
+        mnk: [usize; 3],
+        alpha: T,
+        a: (&[I], isize, isize),
+        b: (&[I], isize, isize),
+        c: (&mut [MaybeUninit<T>], isize, isize),
+    ) -> Self {
+        // SAFETY: beta is 0, so C is never read.
+        unsafe { Self::with_output(mnk, alpha, a, b, T::ZERO, c) }
+    }
+
+    /// The checks of [`Self::new`], on a C whose elements may be uninitialised.
+    ///
+    /// # Safety
+    ///
+    /// When `beta` is not zero, every element of C's `m×n` view is initialised (it is read).
+    unsafe fn with_output(
         [m, n, k]: [usize; 3],
         alpha: T,
         (a, rsa, csa): (&[I], isize, isize),
         (b, rsb, csb): (&[I], isize, isize),
         beta: T,
-        (c, rsc, csc): (&mut [T], isize, isize),
+        (c, rsc, csc): (&mut [MaybeUninit<T>], isize, isize),
     ) -> Self {
         let [rsa, csa, rsb, csb, rsc, csc] = [rsa, csa, rsb, csb, rsc, csc]
             .map(|stride| usize::try_from(stride).unwrap_or_else(|_| panic!("gemm: negative stride {stride}")));
@@ -208,7 +271,7 @@ impl<T: Element, I> Problem<T, I> {
                 cs: csb,
             },
             c: MatMut {
-                ptr: c.as_mut_ptr(),
+                ptr: c.as_mut_ptr().cast(),
                 rs: rsc,
                 cs: csc,
             },
@@ -264,14 +327,17 @@ impl<T: Element, I> Problem<T, I> {
     pub(super) fn scale_c(self) {
         for i in 0..self.m {
             for j in 0..self.n {
-                // SAFETY: (i, j) is an element of C, which `new` checked fits in its slice;
-                // no other reference to C is live.
-                let cij = unsafe { &mut *self.c.ptr.add(i * self.c.rs + j * self.c.cs) };
-                *cij = if self.ep.beta == T::ZERO {
-                    T::ZERO
-                } else {
-                    self.ep.beta * *cij
-                };
+                // SAFETY: (i, j) is an element of C, which `new` checked fits in its slice; no
+                // other reference to C is live; C is read only when beta is not 0, and then it
+                // is initialised (`with_output`'s contract).
+                unsafe {
+                    let cij = self.c.ptr.add(i * self.c.rs + j * self.c.cs);
+                    cij.write(if self.ep.beta == T::ZERO {
+                        T::ZERO
+                    } else {
+                        self.ep.beta * cij.read()
+                    });
+                }
             }
         }
     }

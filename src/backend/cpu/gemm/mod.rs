@@ -146,6 +146,8 @@ use half::bf16;
 use matrix::Problem;
 pub use matrix::{Format, Streamed};
 use portable::Portable;
+use std::mem::MaybeUninit;
+pub(crate) use streamed::sgemm_streamed_into;
 pub use streamed::{sgemm_streamed, streams, STREAM_MAX_M};
 
 /// `C = alpha·A·B + beta·C` for f32. Products of at most [`STREAM_MAX_M`] rows whose strides
@@ -180,7 +182,49 @@ pub fn sgemm(
     if streams(m, csa, [rsb, csb], csc) {
         return sgemm_streamed(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
     }
-    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
+    run_f32(Problem::new(
+        [m, n, k],
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        beta,
+        (c, rsc, csc),
+    ));
+}
+
+/// [`sgemm`] with beta 0 into a C that may be uninitialised (a new output): every element of
+/// its `m×n` view is written (`C = alpha·A·B`), none read, so it needs no zeroing first. The
+/// layout, special cases and panics are [`sgemm`]'s (`k == 0` writes zeros).
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub(crate) fn sgemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    c: &mut [MaybeUninit<f32>],
+    rsc: isize,
+    csc: isize,
+) {
+    if streams(m, csa, [rsb, csb], csc) {
+        return sgemm_streamed_into(m, n, k, alpha, a, rsa, csa, b, rsb, csb, c, rsc, csc);
+    }
+    run_f32(Problem::new_into(
+        [m, n, k],
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        (c, rsc, csc),
+    ));
+}
+
+/// Runs an f32 product on the fastest kernel this CPU has.
+fn run_f32(problem: Problem<f32>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -215,7 +259,44 @@ pub fn dgemm(
     rsc: isize,
     csc: isize,
 ) {
-    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
+    run_f64(Problem::new(
+        [m, n, k],
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        beta,
+        (c, rsc, csc),
+    ));
+}
+
+/// [`dgemm`] with beta 0 into a C that may be uninitialised; see [`sgemm_into`].
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub(crate) fn dgemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f64,
+    a: &[f64],
+    rsa: isize,
+    csa: isize,
+    b: &[f64],
+    rsb: isize,
+    csb: isize,
+    c: &mut [MaybeUninit<f64>],
+    rsc: isize,
+    csc: isize,
+) {
+    run_f64(Problem::new_into(
+        [m, n, k],
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        (c, rsc, csc),
+    ));
+}
+
+/// Runs an f64 product on the fastest kernel this CPU has.
+fn run_f64(problem: Problem<f64>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -258,13 +339,42 @@ pub fn bgemm(
     rsc: isize,
     csc: isize,
 ) {
+    let isa = bf16_isa_for(m, n, rsc, csc);
+    bgemm_on(isa, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+}
+
+/// [`bgemm`] with beta 0 into a C that may be uninitialised; see [`sgemm_into`].
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub(crate) fn bgemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[bf16],
+    rsa: isize,
+    csa: isize,
+    b: &[bf16],
+    rsb: isize,
+    csb: isize,
+    c: &mut [MaybeUninit<f32>],
+    rsc: isize,
+    csc: isize,
+) {
+    let isa = bf16_isa_for(m, n, rsc, csc);
+    run_bf16(
+        isa,
+        Problem::new_into([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), (c, rsc, csc)),
+    );
+}
+
+/// The fastest [`Bf16Isa`] for an `m×n` C with these strides: AMX from [`AMX_MIN_ROWS`] rows.
+fn bf16_isa_for(m: usize, n: usize, rsc: isize, csc: isize) -> Bf16Isa {
     // the rows of C the kernel sees: the driver transposes a column-major C
     let rows = if csc != 1 && rsc == 1 { n } else { m };
-    let isa = [Bf16Isa::Amx, Bf16Isa::Avx512Bf16, Bf16Isa::Portable]
+    [Bf16Isa::Amx, Bf16Isa::Avx512Bf16, Bf16Isa::Portable]
         .into_iter()
         .find(|&isa| isa.is_supported() && (isa != Bf16Isa::Amx || rows >= AMX_MIN_ROWS))
-        .unwrap_or(Bf16Isa::Portable);
-    bgemm_on(isa, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+        .unwrap_or(Bf16Isa::Portable)
 }
 
 /// Rows of C from which [`bgemm`] runs on AMX: one A tile. Below it most of each tile product
@@ -328,8 +438,15 @@ pub fn bgemm_on(
     rsc: isize,
     csc: isize,
 ) {
+    run_bf16(
+        isa,
+        Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc)),
+    );
+}
+
+/// Runs a bf16 product on `isa`; panics if this CPU does not run it.
+fn run_bf16(isa: Bf16Isa, problem: Problem<f32, bf16>) {
     assert!(isa.is_supported(), "bgemm: this CPU does not run {isa:?}");
-    let problem = Problem::new([m, n, k], alpha, (a, rsa, csa), (b, rsb, csb), beta, (c, rsc, csc));
     match isa {
         #[cfg(target_arch = "x86_64")]
         Bf16Isa::Amx => run::<amx_bf16::AmxBf16>(problem),

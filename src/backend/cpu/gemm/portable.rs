@@ -40,12 +40,7 @@ impl<T: Element, I: Operand<T>, const MR: usize, const NR: usize> Kernel for Por
         for (i, acc_i) in acc.iter().enumerate().take(mr) {
             for (j, &acc_ij) in acc_i.iter().enumerate().take(nr) {
                 // SAFETY: (i, j) is inside the mr×nr tile of C (caller's contract).
-                let cij = unsafe { &mut *c.at(i, j).ptr };
-                *cij = if ep.beta == T::ZERO {
-                    ep.alpha * acc_ij
-                } else {
-                    ep.alpha * acc_ij + ep.beta * *cij
-                };
+                unsafe { ep.store(c.at(i, j).ptr, acc_ij) };
             }
         }
     }

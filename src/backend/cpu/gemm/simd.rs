@@ -224,7 +224,8 @@ pub(super) fn prefetch_tile<E>(c: MatMut<E>, mr: usize, nr: usize) {
 /// # Safety
 ///
 /// The CPU supports `V`'s instruction set, `mr <= MR`, `nr <= 2·LANES`, and the `mr×nr` view
-/// `c` is valid for reads and writes and not accessed concurrently.
+/// `c` is valid for writes (and for reads of initialised values when `ep.beta` is not 0) and
+/// not accessed concurrently.
 #[inline(always)]
 pub(super) unsafe fn write_back<V: Vector, const MR: usize>(
     acc: &[[V::V; 2]; MR],
@@ -280,12 +281,7 @@ pub(super) unsafe fn write_back<V: Vector, const MR: usize>(
         for (i, spill_i) in spill.iter().enumerate().take(mr) {
             for (j, &acc_ij) in spill_i.iter().enumerate().take(nr) {
                 // SAFETY: (i, j) is inside the mr×nr tile of C (caller's contract).
-                let cij = unsafe { &mut *c.at(i, j).ptr };
-                *cij = if ep.beta == <V::E as Element>::ZERO {
-                    ep.alpha * acc_ij
-                } else {
-                    ep.alpha * acc_ij + ep.beta * *cij
-                };
+                unsafe { ep.store(c.at(i, j).ptr, acc_ij) };
             }
         }
     }

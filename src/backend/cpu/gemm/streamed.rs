@@ -23,10 +23,11 @@
 //! fork-join ([`BYTES_PER_TASK`]); every element of C is computed by one thread in a fixed
 //! order, so the result does not depend on the thread count.
 
-use super::matrix::{assert_fits, is_injective, Epilogue, MatMut, MatRef, Streamed};
+use super::matrix::{as_uninit, assert_fits, is_injective, Epilogue, MatMut, MatRef, Streamed};
 #[cfg(target_arch = "x86_64")]
 use super::simd::Widen;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows of A up to which a product streams B (see the module header): with m rows each element
 /// of B is used m times, and from about 4 rows on, the blocked GEMM's packing pays for itself.
@@ -113,6 +114,29 @@ pub fn sgemm_streamed<W: Streamed>(
     stream_on(Isa::best(), m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
 }
 
+/// [`sgemm_streamed`] with alpha 1 and beta 0 into a C that may be uninitialised: every element
+/// of its `m×n` view is written (`C = A·B`), none read. The layout and panics are
+/// [`sgemm_streamed`]'s.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub(crate) fn sgemm_streamed_into<W: Streamed>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[W],
+    rsb: isize,
+    csb: isize,
+    c: &mut [MaybeUninit<f32>],
+    rsc: isize,
+    csc: isize,
+) {
+    // SAFETY: beta is 0, so C is never read.
+    unsafe { stream_with_output(Isa::best(), m, n, k, alpha, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
+}
+
 /// [`sgemm_streamed`] with the loops of instruction set `isa`, which the CPU must support.
 #[allow(clippy::too_many_arguments)] // the BLAS signature
 pub(super) fn stream_on<W: Streamed>(
@@ -129,6 +153,36 @@ pub(super) fn stream_on<W: Streamed>(
     csb: isize,
     beta: f32,
     c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    // SAFETY: `c` is initialised, and only initialised values are written through its
+    // `MaybeUninit` view.
+    let c = unsafe { as_uninit(c) };
+    // SAFETY: `c` is initialised, so it may be read whatever beta is.
+    unsafe { stream_with_output(isa, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+}
+
+/// [`stream_on`] into a C whose elements may be uninitialised.
+///
+/// # Safety
+///
+/// When `beta` is not zero, every element of C's `m×n` view is initialised (it is read).
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+unsafe fn stream_with_output<W: Streamed>(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[W],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [MaybeUninit<f32>],
     rsc: isize,
     csc: isize,
 ) {
@@ -152,9 +206,15 @@ pub(super) fn stream_on<W: Streamed>(
     if k == 0 || alpha == 0.0 {
         // A and B are not read (a NaN in them must not reach C), as in the blocked GEMM
         for i in 0..m {
-            c[i * rsc..i * rsc + n]
-                .iter_mut()
-                .for_each(|cij| *cij = if beta == 0.0 { 0.0 } else { beta * *cij });
+            for cij in &mut c[i * rsc..i * rsc + n] {
+                // SAFETY: C is read only when beta is not 0, and then it is initialised
+                // (this function's contract).
+                cij.write(if beta == 0.0 {
+                    0.0
+                } else {
+                    beta * unsafe { cij.assume_init() }
+                });
+            }
         }
         return;
     }
@@ -173,7 +233,7 @@ pub(super) fn stream_on<W: Streamed>(
             cs: csb,
         },
         c: MatMut {
-            ptr: c.as_mut_ptr(),
+            ptr: c.as_mut_ptr().cast(),
             rs: rsc,
             cs: 1,
         },
@@ -247,14 +307,9 @@ impl<W: Streamed> Product<W> {
     /// (i, j) is an element of C that no other thread accesses.
     #[inline(always)]
     unsafe fn write(&self, i: usize, j: usize, acc: f32) {
-        // SAFETY: caller's contract; C's rows are contiguous.
-        let cij = unsafe { &mut *self.c.ptr.add(i * self.c.rs + j) };
-        let Epilogue { alpha, beta } = self.ep;
-        *cij = if beta == 0.0 {
-            alpha * acc
-        } else {
-            alpha * acc + beta * *cij
-        };
+        // SAFETY: caller's contract; C's rows are contiguous, and C is read only when beta is
+        // not 0, when it is initialised (`stream_with_output`'s contract).
+        unsafe { self.ep.store(self.c.ptr.add(i * self.c.rs + j), acc) };
     }
 
     /// The portable loops, for CPUs without AVX2: the same two loops one element at a time,

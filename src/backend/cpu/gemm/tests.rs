@@ -868,3 +868,103 @@ fn threads_do_not_change_the_bits_of_a_product() {
         }
     }
 }
+
+/// The `_into` forms (beta 0 into a new, uninitialised output) give bit for bit what the BLAS
+/// forms give with beta 0, which the tests above check against f64 loops: on the blocked
+/// kernels, threaded products, the streamed path (a few rows), a column-major C and k = 0
+/// (zeros). C's view starts as NaN (standing in for uninitialised memory: it must all be
+/// written), and the slots outside the view keep their value.
+#[test]
+fn into_forms_write_every_element_of_c_as_the_blas_forms_do() {
+    use std::mem::MaybeUninit;
+    const OUTSIDE: f32 = 7.0;
+    // (m, n, k, row stride of C, column stride of C): row-major with padding, column-major
+    let shapes = [
+        (1, 40, 33, 41, 1),
+        (4, 70, 300, 70, 1),
+        (13, 29, 7, 1, 15),
+        (130, 150, 90, 150, 1),
+        (5, 6, 0, 6, 1),
+    ];
+    for (m, n, k, rsc, csc) in shapes {
+        let len_c = (m - 1) * rsc + (n - 1) * csc + 1;
+        let (a, b) = (random_values(m as u64, m * k), random_values(n as u64, k * n));
+        let (a32, b32): (Vec<f32>, Vec<f32>) = (
+            a.iter().map(|&x| x as f32).collect(),
+            b.iter().map(|&x| x as f32).collect(),
+        );
+        let (a64, b64) = (a.clone(), b.clone());
+        let (a16, b16): (Vec<bf16>, Vec<bf16>) = (
+            a.iter().map(|&x| bf16::from_f64(x)).collect(),
+            b.iter().map(|&x| bf16::from_f64(x)).collect(),
+        );
+        let (rsc_i, csc_i) = (rsc as isize, csc as isize);
+        let (ki, ni) = (k as isize, n as isize);
+        // C: NaN in the view, OUTSIDE elsewhere
+        let fresh = |outside: f64| {
+            let mut c = vec![outside; len_c];
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * rsc + j * csc] = f64::NAN;
+                }
+            }
+            c
+        };
+        let same = |name: &str, got: Vec<f64>, want: Vec<f64>| {
+            for (slot, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{name} {m}×{n}×{k}: slot {slot}: {g} against {w}"
+                );
+            }
+        };
+        let uninit32 = || {
+            fresh(OUTSIDE as f64)
+                .into_iter()
+                .map(|x| MaybeUninit::new(x as f32))
+                .collect::<Vec<_>>()
+        };
+        // SAFETY (all three below): every slot was initialised with a value above, and the
+        // `_into` calls write only values.
+        let init32 = |c: Vec<MaybeUninit<f32>>| {
+            c.into_iter()
+                .map(|x| unsafe { x.assume_init() } as f64)
+                .collect::<Vec<_>>()
+        };
+
+        let mut want = fresh(OUTSIDE as f64).into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        sgemm(m, n, k, 0.5, &a32, ki, 1, &b32, ni, 1, 0.0, &mut want, rsc_i, csc_i);
+        let mut got = uninit32();
+        sgemm_into(m, n, k, 0.5, &a32, ki, 1, &b32, ni, 1, &mut got, rsc_i, csc_i);
+        same("sgemm", init32(got), want.iter().map(|&x| x as f64).collect());
+
+        let mut want = fresh(OUTSIDE as f64);
+        dgemm(m, n, k, 0.5, &a64, ki, 1, &b64, ni, 1, 0.0, &mut want, rsc_i, csc_i);
+        let mut got: Vec<MaybeUninit<f64>> = fresh(OUTSIDE as f64).into_iter().map(MaybeUninit::new).collect();
+        dgemm_into(m, n, k, 0.5, &a64, ki, 1, &b64, ni, 1, &mut got, rsc_i, csc_i);
+        // SAFETY: as above.
+        same(
+            "dgemm",
+            got.into_iter().map(|x| unsafe { x.assume_init() }).collect(),
+            want,
+        );
+
+        let mut want = fresh(OUTSIDE as f64).into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        bgemm(m, n, k, 0.5, &a16, ki, 1, &b16, ni, 1, 0.0, &mut want, rsc_i, csc_i);
+        let mut got = uninit32();
+        bgemm_into(m, n, k, 0.5, &a16, ki, 1, &b16, ni, 1, &mut got, rsc_i, csc_i);
+        same("bgemm", init32(got), want.iter().map(|&x| x as f64).collect());
+
+        if csc == 1 && m <= STREAM_MAX_M {
+            let mut want = fresh(OUTSIDE as f64).into_iter().map(|x| x as f32).collect::<Vec<_>>();
+            sgemm_streamed(m, n, k, 0.5, &a32, ki, 1, &b16, ni, 1, 0.0, &mut want, rsc_i, 1);
+            let mut got = uninit32();
+            sgemm_streamed_into(m, n, k, 0.5, &a32, ki, 1, &b16, ni, 1, &mut got, rsc_i, 1);
+            same("sgemm_streamed", init32(got), want.iter().map(|&x| x as f64).collect());
+        }
+        if k == 0 {
+            assert!(want.iter().all(|&x| x == 0.0 || x == OUTSIDE), "k = 0 gives zeros");
+        }
+    }
+}
