@@ -11,7 +11,10 @@
 #      output folder); then the same step in f32;
 #   3. a short GPT-2 124M bf16 training run on kiln's embedded corpus whose training loss must fall;
 #   4. scripts/torch_gpt2_step.py, PyTorch's GPT-2 124M training step on the same GPU and shapes
-#      (f32, and bf16 autocast), for comparison.
+#      (f32, and bf16 autocast), for comparison;
+#   5. where Nsight Compute's `ncu` is on the PATH, its memory counters (global sectors and requests,
+#      shared-memory wavefronts and bank conflicts) for a few kernels at fixed shapes, next to Emu's
+#      profiler on the same shapes (docs/emulator.md, "The profiler"), for comparison.
 # Each step has a time limit so that the whole check stays under 8 minutes on an H200; a summary
 # table comes last. Exit status: 0 if every step passed, 1 if one failed, 2 if nothing could run.
 #
@@ -118,6 +121,23 @@ row "train gpt2 bf16" "$falls"
 # 4. PyTorch for comparison (its figure only; it cannot fail the check unless it breaks)
 step torch 90 python3 scripts/torch_gpt2_step.py --batch 16 --steps 10
 row "torch gpt2" "$(grep -E '^torch ' "$OUT_DIR/torch.log" | tr '\n' ' ')"
+
+# 5. Nsight Compute next to Emu's profiler (issue 16): the same kernels at the same shapes, counted
+#    on the GPU by ncu (ncu.csv) and on the CPU by Emu (emu-profile.json); a comparison, never a failure
+PROFILED=(--kernels matmul_bf16,matmul_f32,softmax,layer_norm --sizes 128x128x128,100x192x40,64x1000)
+if command -v ncu >/dev/null; then
+    NCU_METRICS=l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum
+    NCU_METRICS+=,l1tex__t_requests_pipe_lsu_mem_global_op_st.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum
+    NCU_METRICS+=,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum
+    NCU_METRICS+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum
+    step ncu 120 ncu --csv --metrics "$NCU_METRICS" -k 'regex:^(matmul|softmax|layer_norm)' --launch-count 24 \
+        --log-file "$OUT_DIR/ncu.csv" "$PACK/bin/kiln" bench --device cuda "${PROFILED[@]}" --reps 5 --seconds 0.01 --copy-mib 16
+    KILN_EMU_PROFILE_JSON="$OUT_DIR/emu-profile.json" "$PACK/bin/kiln" bench --device emu --profile "${PROFILED[@]}" \
+        --reps 1 --seconds 0.01 --copy-mib 1 >"$OUT_DIR/emu-profile.log" 2>&1
+    row "ncu vs emu" "ncu.csv and emu-profile.json in $OUT_DIR (compare by hand: docs/emulator.md)"
+else
+    rows+=("$(printf '%-16s %-9s %5ss  %s' "ncu vs emu" skipped 0 "no ncu on the PATH")")
+fi
 
 echo
 echo "== gpu-check summary ($(head -1 "$OUT_DIR/gpu.txt"); logs in $OUT_DIR) =="
