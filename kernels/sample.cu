@@ -32,7 +32,7 @@
 //      an exclusive block scan of the chunk sums finds the chunk, its thread walks it.
 // Launch: one block of SAMPLE_THREADS (1024) threads per row, grid = rows; 2.6 KB of static shared
 // memory.
-// Cost per row of vocab V: up to 13 reads of the row (1 max + 4 top-k + 1 total + 4 top-p + 1 group +
+// Roofline (cost per row of vocab V): up to 13 reads of the row (1 max + 4 top-k + 1 total + 4 top-p + 1 group +
 // 2 draw; 3 without top-k and top-p, 1 for greedy): 4V bytes each, from L2 after the first, plus 8
 // bytes in and 4 out. FLOPs: about 30 f64 operations per weight, computed in up to 8 passes: 240V.
 // One block per row keeps the kernel simple and exact; it is latency-bound on one SM (a multi-block
