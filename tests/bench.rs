@@ -496,7 +496,7 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
         ]);
         let shown = text(&out);
         assert!(out.status.success(), "{shown}");
-        assert!(shown.contains("kiln bench --gguf model.gguf"), "{shown}");
+        assert!(shown.contains("kiln bench generation: model.gguf"), "{shown}");
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(report["device"], device);
@@ -570,6 +570,76 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
         !out.status.success() && shown.contains("/nonexistent/model.gguf"),
         "{shown}"
     );
+}
+
+/// `kiln bench --generate nanogpt`: a GPT of nanoGPT's shape with random weights, its rows, the
+/// weight bytes a step reads counted by hand, then bad input.
+#[test]
+fn gpt_generation_run_reports_its_rows_and_bytes() {
+    let dir = temp_dir("generate-gpt");
+    let json = dir.join("gpt.json");
+    let out = kiln(&[
+        "bench",
+        "--generate",
+        "nanogpt",
+        "--prompt-lens",
+        "4,7",
+        "--new-tokens",
+        "3",
+        "--reps",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("nanoGPT shakespeare_char, random weights"), "{shown}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    // nanoGPT's shape: V 65, 64 positions, C 128, 4 layers, no biases; per layer two norms of C,
+    // the attention's 3C·C and C·C, the MLP's 4C·C and C·4C; the final norm C; the head is wte
+    let (c, layers) = (128, 4);
+    let params = 65 * c + 64 * c + layers * (12 * c * c + 2 * c) + c;
+    assert_eq!(report["params"], params, "{report:#}");
+    let rows = report["rows"].as_array().unwrap();
+    let got: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r["dtype"].as_str().unwrap(), r["prompt_tokens"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [("f32", 4), ("f32", 7), ("bf16", 4), ("bf16", 7)], "{report:#}");
+    // a step reads every weight but the position table's other 63 rows
+    let read_per_token = params - 63 * c;
+    for r in rows {
+        let bytes = if r["dtype"] == "bf16" { 2 } else { 4 } * read_per_token;
+        assert_eq!(r["weight_bytes_per_token"], bytes, "{r:#}");
+        assert!(r["generation_tokens_per_s"].as_f64().unwrap() > 0.0, "{r:#}");
+    }
+
+    // a GPT has no quantized form; the default 16 + 128 positions exceed nanoGPT's 64
+    let out = kiln(&[
+        "bench",
+        "--generate",
+        "nanogpt",
+        "--dtypes",
+        "stored",
+        "--new-tokens",
+        "3",
+    ]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("no stored (quantized) weights"), "{shown}");
+    let out = kiln(&["bench", "--generate", "nanogpt"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("144 positions") && shown.contains("context of 64"),
+        "{shown}"
+    );
+    // --generate does not mix with --gguf or the kernel options
+    for extra in [["--gguf", "m.gguf"], ["--kernels", "add"]] {
+        let out = kiln(&["bench", "--generate", "gpt2", extra[0], extra[1]]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
 }
 
 /// Every kernel at small sizes on the CPU: each result matches the reference, and no row is above

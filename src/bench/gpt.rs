@@ -57,6 +57,21 @@ pub enum GptModel {
     Gpt2,
 }
 
+/// `model`'s name and shape: GPT-2 124M (the `gpt2` preset), or nanoGPT's shakespeare_char model
+/// (the `tiny` preset with its 65-character vocabulary).
+pub fn model_config(model: GptModel) -> Result<(&'static str, GptConfig)> {
+    Ok(match model {
+        GptModel::Gpt2 => ("GPT-2 124M", GptConfig::preset("gpt2")?),
+        GptModel::Nanogpt => (
+            "nanoGPT shakespeare_char",
+            GptConfig {
+                vocab_size: 65,
+                ..GptConfig::preset("tiny")?
+            },
+        ),
+    })
+}
+
 /// What one benchmark trains: the model's name and configuration, and the batch's shape.
 #[derive(Clone, Debug)]
 pub struct Workload {
@@ -79,23 +94,20 @@ pub fn workload(
         Device::Cuda(_) => GptModel::Gpt2,
         _ => GptModel::Nanogpt,
     });
-    let nanogpt = GptConfig {
-        vocab_size: 65,
-        ..GptConfig::preset("tiny")?
-    };
+    let (title, shape) = model_config(model)?;
     let (name, cfg, default_batch, default_context) = match (model, dev) {
-        (GptModel::Gpt2, Device::Cuda(_)) => ("GPT-2 124M", GptConfig::preset("gpt2")?, 16, 1024),
-        (GptModel::Gpt2, _) => ("GPT-2 124M", GptConfig::preset("gpt2")?, 2, 256),
+        (GptModel::Gpt2, Device::Cuda(_)) => (title, shape, 16, 1024),
+        (GptModel::Gpt2, _) => (title, shape, 2, 256),
         (GptModel::Nanogpt, Device::Emu) => (
             "nanoGPT shakespeare_char shape, context 16",
             GptConfig {
                 block_size: 16,
-                ..nanogpt
+                ..shape
             },
             2,
             16,
         ),
-        (GptModel::Nanogpt, _) => ("nanoGPT shakespeare_char CPU recipe", nanogpt, 12, 64),
+        (GptModel::Nanogpt, _) => ("nanoGPT shakespeare_char CPU recipe", shape, 12, 64),
     };
     let (batch, context) = (batch.unwrap_or(default_batch), context.unwrap_or(default_context));
     if batch == 0 || context == 0 || context > cfg.block_size {

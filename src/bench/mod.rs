@@ -14,16 +14,17 @@
 //! - [`timing`]: clocks and statistics; [`cases`]: the table of kernels; [`check`]: the comparison
 //!   with the reference; [`library`]: cuBLAS and CBLAS; [`roofline`]: the ceilings; [`gpt`]: the
 //!   training step; [`report`]: the terminal table, JSON and the SVG chart; [`machine`]: what ran
-//!   it; [`llama`]: `kiln bench --gguf`, a Llama model's prefill and generation speed;
+//!   it; [`generation`]: `kiln bench --gguf` and `--generate`, a Llama's or a GPT's prefill and
+//!   generation speed;
 //!   [`allreduce`]: `kiln bench --kernels allreduce` under `mpirun`, the all-reduce of
 //!   data-parallel training.
 
 pub mod allreduce;
 pub mod cases;
 pub mod check;
+pub mod generation;
 pub mod gpt;
 pub mod library;
-pub mod llama;
 pub mod machine;
 pub mod report;
 pub mod roofline;

@@ -281,7 +281,17 @@ pub enum BenchGptModel {
     Gpt2,
 }
 
+impl From<BenchGptModel> for crate::bench::gpt::GptModel {
+    fn from(m: BenchGptModel) -> Self {
+        match m {
+            BenchGptModel::Nanogpt => crate::bench::gpt::GptModel::Nanogpt,
+            BenchGptModel::Gpt2 => crate::bench::gpt::GptModel::Gpt2,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("generation").args(["gguf", "generate"]))]
 pub struct BenchArgs {
     /// cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -332,14 +342,19 @@ pub struct BenchArgs {
     /// (prefill) and generation tokens/s at batch 1, greedy (docs/perf.md) [--reps: 3].
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernels", "sizes", "plot", "gpt_model", "gpt_batch", "gpt_context", "gpt_dtype", "copy_mib"])]
     pub gguf: Option<PathBuf>,
-    /// With --gguf: the prompt lengths timed [128,512].
-    #[arg(long, value_delimiter = ',', num_args = 1.., requires = "gguf")]
+    /// Instead of the kernels: a GPT of this shape with random weights, its prompt and generation
+    /// tokens/s at batch 1, greedy, as --gguf times a Llama (docs/perf.md) [--prompt-lens 16].
+    #[arg(long, value_enum, conflicts_with_all = ["kernels", "sizes", "plot", "gpt_model", "gpt_batch", "gpt_context", "gpt_dtype", "copy_mib"])]
+    pub generate: Option<BenchGptModel>,
+    /// With --gguf or --generate: the prompt lengths timed [--gguf 128,512; --generate 16].
+    #[arg(long, value_delimiter = ',', num_args = 1.., requires = "generation")]
     pub prompt_lens: Vec<usize>,
-    /// With --gguf: tokens generated after each prompt.
+    /// With --gguf or --generate: tokens generated after each prompt.
     #[arg(long, default_value_t = 128)]
     pub new_tokens: usize,
-    /// With --gguf: what the weights become, each timed [stored,f32,bf16].
-    #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., requires = "gguf")]
+    /// With --gguf or --generate: what the weights become, each timed [--gguf stored,f32,bf16;
+    /// --generate f32,bf16].
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., requires = "generation")]
     pub dtypes: Vec<WeightsDType>,
 }
 
@@ -673,8 +688,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         crate::backend::cuda::emu::set_profile(true);
     }
     let profile = a.profile;
-    let result = match &a.gguf {
-        Some(gguf) => bench_llama(&a, gguf, device),
+    let generation = match (&a.gguf, a.generate) {
+        (Some(gguf), _) => Some(crate::bench::generation::GenerationOptions::gguf(gguf, device)),
+        (None, Some(model)) => Some(crate::bench::generation::GenerationOptions::gpt(model.into(), device)),
+        (None, None) => None,
+    };
+    let result = match generation {
+        Some(opts) => bench_generation(&a, opts),
         None => bench_kernels(a, device),
     };
     if profile && result.is_ok() {
@@ -709,10 +729,7 @@ fn bench_kernels(a: BenchArgs, device: Device) -> Result<()> {
             })
             .transpose()?,
         gpt_steps: a.gpt_steps,
-        gpt_model: a.gpt_model.map(|m| match m {
-            BenchGptModel::Nanogpt => crate::bench::gpt::GptModel::Nanogpt,
-            BenchGptModel::Gpt2 => crate::bench::gpt::GptModel::Gpt2,
-        }),
+        gpt_model: a.gpt_model.map(Into::into),
         gpt_batch: a.gpt_batch,
         gpt_context: a.gpt_context,
         gpt_dtype: a.gpt_dtype.map(DType::from),
@@ -788,9 +805,9 @@ fn bench_allreduce_on_mpi(_: &BenchArgs, _: &[usize]) -> Result<()> {
     )))
 }
 
-/// `kiln bench --gguf FILE`: the Llama inference benchmark (src/bench/llama.rs).
-fn bench_llama(a: &BenchArgs, gguf: &Path, device: Device) -> Result<()> {
-    let mut opts = crate::bench::llama::LlamaOptions::new(gguf, device);
+/// `kiln bench --gguf FILE` or `--generate MODEL`: the inference benchmark
+/// (src/bench/generation.rs), `opts` holding the model's defaults.
+fn bench_generation(a: &BenchArgs, mut opts: crate::bench::generation::GenerationOptions) -> Result<()> {
     if !a.prompt_lens.is_empty() {
         opts.prompt_lens = a.prompt_lens.clone();
     }
@@ -799,10 +816,10 @@ fn bench_llama(a: &BenchArgs, gguf: &Path, device: Device) -> Result<()> {
     }
     opts.new_tokens = a.new_tokens;
     opts.reps = a.reps.unwrap_or(opts.reps);
-    let report = crate::bench::llama::run(&opts, |what| console::err(&format!("bench: {what}")))?;
-    console::out(crate::bench::llama::table(&report).trim_end_matches('\n'));
+    let report = crate::bench::generation::run(&opts, |what| console::err(&format!("bench: {what}")))?;
+    console::out(crate::bench::generation::table(&report).trim_end_matches('\n'));
     if let Some(path) = &a.json {
-        std::fs::write(path, crate::bench::llama::json(&report))
+        std::fs::write(path, crate::bench::generation::json(&report))
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         console::out(&format!("wrote {}", path.display()));
     }

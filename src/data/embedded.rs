@@ -188,7 +188,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/bench/machine.rs",
     "src/bench/gpt.rs",
     "src/bench/library.rs",
-    "src/bench/llama.rs",
+    "src/bench/generation.rs",
     "src/bench/report.rs",
     "src/bench/roofline.rs",
     "src/bench/timing.rs",

@@ -327,6 +327,17 @@ impl Gpt {
         Params::num_params(self)
     }
 
+    /// Bytes of weights one decoding step reads: every parameter in its stored dtype, except
+    /// that only one row of the position table is read (the token table is read whole: it is
+    /// also the LM head). The KV cache, which grows with the context, is not counted. Divided
+    /// into a memory bandwidth, this bounds the tokens per second of batch-1 generation.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let bytes = |t: &Tensor| t.numel() * t.dtype().size_in_bytes();
+        let params: usize = self.named_params().iter().map(|(_, t)| bytes(t)).sum();
+        let positions = &self.wpe.weight;
+        params - (bytes(positions) - bytes(positions) / positions.shape()[0].max(1))
+    }
+
     /// ids u32 (B, T) -> logits (B, T, vocab), evaluation mode (no dropout).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.run(ids, None, None, LogitsAt::AllPositions)

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Hugging Face transformers' inference speed on a Llama GGUF, measured as `kiln bench --gguf` measures
-kiln's (src/bench/llama.rs), for docs/perf.md's side-by-side table:
+"""Hugging Face transformers' inference speed on a Llama GGUF or on GPT-2 124M, measured as `kiln bench
+--gguf` and `kiln bench --generate gpt2` measure kiln's (src/bench/generation.rs), for docs/perf.md's
+side-by-side tables:
 
-    /work/venv-ref/bin/python scripts/transformers_llama_speed.py "$(scripts/fetch-smollm2.sh)" \\
+    python3 scripts/transformers_generation_speed.py "$(scripts/fetch-smollm2.sh)" \\
         [--threads 2] [--prompt-lens 128,512] [--new-tokens 128] [--dtypes f32,bf16] [--reps 3] [--json FILE]
+    python3 scripts/transformers_generation_speed.py gpt2 --prompt-lens 16   # GPT-2 124M, random weights
 
 (written with torch 2.15.0, transformers 5.25.0, gguf 0.19.0; any venv with torch, transformers, gguf
 and accelerate will do.)
 
 The same work as kiln's, step for step, at batch 1:
-  - the model: `from_pretrained(dir, gguf_file=...)` dequantizes the file to float32; bf16 casts
+  - the model: `from_pretrained(dir, gguf_file=...)` dequantizes the file to float32 (for `gpt2`:
+    `GPT2LMHeadModel(GPT2Config())`, GPT-2 124M's shape with random weights, as kiln's); bf16 casts
     those weights once (`model.to(torch.bfloat16)`), activations and KV cache in bf16 as kiln's
     `to_dtype`; logits are read as float32;
   - prefill: one forward of the whole prompt with an empty cache (`use_cache=True`, every position's
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
@@ -59,7 +62,7 @@ def stats(samples):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("gguf", type=Path)
+    ap.add_argument("model", help="a GGUF file, or gpt2 for GPT-2 124M with random weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-lens", default="128,512")
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -73,16 +76,22 @@ def main():
     if not all(d in DTYPES for d in dtypes) or min(prompt_lens) < 1 or args.new_tokens < 1 or args.reps < 1:
         ap.error("dtypes are f32 or bf16; prompt lengths, new tokens and reps are positive")
 
-    path = args.gguf.resolve()
     t0 = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    if args.model == "gpt2":
+        torch.manual_seed(1234)
+        model_name = "GPT-2 124M, random weights"
+        base = GPT2LMHeadModel(GPT2Config()).eval()
+    else:
+        path = Path(args.model).resolve()
+        model_name = path.name
+        base = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     load_s = time.perf_counter() - t0
     vocab = base.config.vocab_size
     gen = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, vocab, (1, max(prompt_lens)), generator=gen)
     rows = []
     print(
-        f"transformers {transformers.__version__} / torch {torch.__version__} on {path.name} "
+        f"transformers {transformers.__version__} / torch {torch.__version__} on {model_name} "
         f"({sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters), {torch.get_num_threads()} threads, "
         f"batch 1, greedy; loaded in {load_s:.1f} s"
     )
@@ -112,7 +121,7 @@ def main():
     if args.json:
         report = {
             "engine": f"transformers {transformers.__version__}, torch {torch.__version__}",
-            "model": path.name,
+            "model": model_name,
             "threads": torch.get_num_threads(),
             "load_s": load_s,
             "rows": rows,

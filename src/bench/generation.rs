@@ -1,5 +1,7 @@
-//! `kiln bench --gguf FILE`: inference speed of a Llama model from a GGUF file at batch 1, the way
-//! a chat uses it. For each compute dtype and prompt length:
+//! `kiln bench --gguf FILE` and `kiln bench --generate gpt2|nanogpt`: inference speed of a causal
+//! language model at batch 1, the way a chat uses it. The model is a Llama from a GGUF file, or a
+//! GPT of a preset shape with random weights (GPT-2 124M or nanoGPT's shakespeare_char shape; the
+//! speed does not depend on the weights' values). For each compute dtype and prompt length:
 //!
 //! - **prefill**: one `forward_cached_last` of the whole prompt into an empty KV cache (the LM
 //!   head on the last position only, as generation runs it), then the greedy pick of the first new
@@ -12,47 +14,59 @@
 //! dtype, then `reps` timed repetitions, each with a fresh cache; the report gives the median.
 //! The prompt is `prompt_len` ids drawn with a fixed seed (the speed does not depend on which ids),
 //! and generation never stops at an end-of-sequence token, so every run does the same work.
-//! `scripts/transformers_llama_speed.py` measures Hugging Face transformers in exactly this way.
+//! `scripts/transformers_generation_speed.py` measures Hugging
+//! Face transformers in exactly this way.
 //!
-//! The weights ([`LlamaLoad`]): `stored` keeps the file's quantized projections in their block
-//! format ([`Tensor::linear_quantized`], on every device); `f32` computes with the dequantized f32
-//! weights; `bf16` casts them once to bf16 ([`Llama::to_dtype`]), activations and the KV cache
-//! in bf16, logits in f32.
+//! The weights ([`LlamaLoad`]): `stored` keeps a GGUF file's quantized projections in their block
+//! format ([`Tensor::linear_quantized`], on every device; a GPT has no such form); `f32` computes
+//! with f32 weights (a GGUF's dequantized); `bf16` casts them once to bf16 ([`Llama::to_dtype`],
+//! [`Gpt::to_dtype`]), activations and the KV cache in bf16, logits in f32.
 //!
 //! **The ceiling.** Batch-1 generation reads every weight once per token, so it cannot beat
-//! `read bandwidth / weight bytes per token` ([`Llama::weight_bytes_per_token`]). The read
-//! bandwidth is measured in the same run: the best of five reads of a 256 MiB f32 buffer by the
-//! kernel benchmark's memory ceiling (a parallel sum, writing nothing), on the CPU
-//! only (on Emu it would time the emulator, and a GPU's generation is bound by its launches
-//! long before its bandwidth at this size). Each row reports that ceiling and the fraction of it
-//! reached.
+//! `read bandwidth / weight bytes per token` ([`Llama::weight_bytes_per_token`],
+//! [`Gpt::weight_bytes_per_token`]). The read bandwidth is measured in the same run: the best of
+//! five reads of a 256 MiB f32 buffer by the kernel benchmark's memory ceiling (a parallel sum,
+//! writing nothing), on the CPU only (on Emu it would time the emulator, and a GPU's generation is
+//! bound by its launches long before its bandwidth at this size). Each row reports that ceiling
+//! and the fraction of it reached.
 
+use super::gpt::GptModel;
 use super::machine::Machine;
 use super::timing::Stats;
-use crate::model::{Llama, LlamaLoad};
-use crate::{Device, Error, Result, Rng, Tensor};
+use crate::model::{CausalLm, Gpt, GptConfig, Llama, LlamaLoad};
+use crate::{DType, Device, Error, Result, Rng, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// What `kiln bench --gguf` runs.
+/// The model whose generation is timed.
 #[derive(Clone, Debug)]
-pub struct LlamaOptions {
-    pub gguf: PathBuf,
+pub enum GenerationModel {
+    /// A Llama read from this GGUF file (`kiln bench --gguf FILE`).
+    Gguf(PathBuf),
+    /// A GPT of this preset shape with random weights (`kiln bench --generate gpt2|nanogpt`).
+    Gpt(GptModel),
+}
+
+/// What `kiln bench --gguf` or `--generate` runs.
+#[derive(Clone, Debug)]
+pub struct GenerationOptions {
+    pub model: GenerationModel,
     pub device: Device,
-    /// Prompt lengths, each timed separately (default 128 and 512).
+    /// Prompt lengths, each timed separately (default: 128 and 512 for a GGUF file, 16 for a GPT).
     pub prompt_lens: Vec<usize>,
     /// Tokens generated after each prompt (default 128).
     pub new_tokens: usize,
-    /// What the weights become (default: as stored, f32, bf16).
+    /// What the weights become (default: as stored, f32, bf16 for a GGUF file; f32, bf16 for a GPT).
     pub dtypes: Vec<LlamaLoad>,
     /// Timed repetitions of each (prompt, generation) pair (default 3).
     pub reps: usize,
 }
 
-impl LlamaOptions {
-    pub fn new(gguf: impl AsRef<Path>, device: Device) -> LlamaOptions {
-        LlamaOptions {
-            gguf: gguf.as_ref().to_path_buf(),
+impl GenerationOptions {
+    /// The defaults for a Llama from `gguf`.
+    pub fn gguf(gguf: impl AsRef<Path>, device: Device) -> GenerationOptions {
+        GenerationOptions {
+            model: GenerationModel::Gguf(gguf.as_ref().to_path_buf()),
             device,
             prompt_lens: vec![128, 512],
             new_tokens: 128,
@@ -60,11 +74,23 @@ impl LlamaOptions {
             reps: 3,
         }
     }
+
+    /// The defaults for a GPT of `model`'s shape: a 16-token prompt, 128 new tokens, f32 and bf16.
+    pub fn gpt(model: GptModel, device: Device) -> GenerationOptions {
+        GenerationOptions {
+            model: GenerationModel::Gpt(model),
+            device,
+            prompt_lens: vec![16],
+            new_tokens: 128,
+            dtypes: vec![LlamaLoad::F32, LlamaLoad::BF16],
+            reps: 3,
+        }
+    }
 }
 
 /// One dtype at one prompt length.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct LlamaRow {
+pub struct GenerationRow {
     pub dtype: String,
     pub batch: usize,
     pub prompt_tokens: usize,
@@ -75,7 +101,7 @@ pub struct LlamaRow {
     /// Seconds of all `new_tokens` one-token steps together.
     pub generation: Stats,
     pub generation_tokens_per_s: f64,
-    /// Bytes of weights one generation step reads ([`Llama::weight_bytes_per_token`]).
+    /// Bytes of weights one generation step reads (the model's `weight_bytes_per_token`).
     pub weight_bytes_per_token: usize,
     /// `read_gbs / weight_bytes_per_token`: the tokens/s at which generation would only read
     /// weights, at the measured bandwidth (None where it is not measured).
@@ -84,9 +110,9 @@ pub struct LlamaRow {
     pub fraction_of_ceiling: Option<f64>,
 }
 
-/// Everything one `kiln bench --gguf` run measured.
+/// Everything one `kiln bench --gguf` or `--generate` run measured.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct LlamaReport {
+pub struct GenerationReport {
     pub model: String,
     pub params: usize,
     pub device: String,
@@ -98,17 +124,18 @@ pub struct LlamaReport {
     /// Set when the numbers must not be read as speed (Emu).
     pub warning: Option<String>,
     pub date_unix: u64,
-    /// Seconds to open the file and dequantize the weights onto the device (the first dtype's).
+    /// Seconds to open the file and dequantize the weights onto the device, or to initialise a
+    /// GPT's (the first dtype's).
     pub load_s: f64,
     /// Read bandwidth in GB/s (10⁹ bytes per second) and how it was measured, on the CPU.
     pub read_gbs: Option<f64>,
     pub read: String,
-    pub rows: Vec<LlamaRow>,
+    pub rows: Vec<GenerationRow>,
 }
 
 /// Checks the options, naming the first that cannot run.
-fn check(opts: &LlamaOptions, context: usize) -> Result<()> {
-    let bad = |msg: String| Err(Error::invalid("bench --gguf", msg));
+fn check(opts: &GenerationOptions, context: usize) -> Result<()> {
+    let bad = |msg: String| Err(Error::invalid("bench generation", msg));
     if opts.prompt_lens.is_empty() || opts.prompt_lens.contains(&0) {
         return bad(format!("prompt lengths must be positive, got {:?}", opts.prompt_lens));
     }
@@ -134,7 +161,7 @@ fn greedy_last(logits: &Tensor) -> Result<u32> {
 }
 
 /// One prefill of `prompt` and `new_tokens` greedy steps: (prefill seconds, generation seconds).
-fn prefill_and_generate(model: &Llama, prompt: &[u32], new_tokens: usize) -> Result<(f64, f64)> {
+fn prefill_and_generate<M: CausalLm>(model: &M, prompt: &[u32], new_tokens: usize) -> Result<(f64, f64)> {
     let dev = *model.device();
     let mut cache = model.new_cache();
     let t0 = Instant::now();
@@ -174,10 +201,95 @@ fn read_bandwidth() -> Result<f64> {
     Ok(READ_BYTES as f64 / best / 1e9)
 }
 
+/// A model loaded for one dtype, with what the report needs to know of it.
+struct Loaded<M> {
+    model: M,
+    params: usize,
+    weight_bytes_per_token: usize,
+}
+
+/// The Llama of `gguf` with its weights as `how` says.
+fn load_llama(gguf: &Path, device: &Device, how: LlamaLoad) -> Result<Loaded<Llama>> {
+    let model = Llama::from_gguf_with(gguf, device, how)?;
+    Ok(Loaded {
+        params: model.num_params(),
+        weight_bytes_per_token: model.weight_bytes_per_token(),
+        model,
+    })
+}
+
+/// A GPT of `cfg`'s shape with random weights, cast once to f32 or bf16 as `how` says.
+fn load_gpt(cfg: &GptConfig, device: &Device, how: LlamaLoad) -> Result<Loaded<Gpt>> {
+    let dtype = match how {
+        LlamaLoad::F32 => DType::F32,
+        LlamaLoad::BF16 => DType::BF16,
+        LlamaLoad::AsStored => {
+            return Err(Error::invalid(
+                "bench generation",
+                "a GPT has no stored (quantized) weights: its dtypes are f32 and bf16",
+            ))
+        }
+    };
+    let model = Gpt::new(cfg.clone(), &mut Rng::new(1234), device)?.to_dtype(dtype)?;
+    Ok(Loaded {
+        params: model.num_params(),
+        weight_bytes_per_token: model.weight_bytes_per_token(),
+        model,
+    })
+}
+
+/// The rows of one loaded model: a warm-up, then each prompt length `reps` times.
+fn time_model<M: CausalLm>(
+    loaded: &Loaded<M>,
+    dtype: &str,
+    opts: &GenerationOptions,
+    read_gbs: Option<f64>,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<GenerationRow>> {
+    let model = &loaded.model;
+    check(opts, model.context_len())?;
+    let mut rng = Rng::new(1234);
+    let longest = opts.prompt_lens.iter().max().copied().unwrap_or(0);
+    let ids: Vec<u32> = (0..longest)
+        .map(|_| rng.below(model.vocab_size() as u64) as u32)
+        .collect();
+    let weight_bytes_per_token = loaded.weight_bytes_per_token;
+    let ceiling_tokens_per_s = read_gbs.map(|gbs| gbs * 1e9 / weight_bytes_per_token as f64);
+    progress(&format!("{dtype}: warm-up"));
+    prefill_and_generate(model, &ids[..longest.min(16)], 2)?;
+    let mut rows = Vec::new();
+    for &len in &opts.prompt_lens {
+        progress(&format!(
+            "{dtype}: prompt of {len} tokens, then {} new, {} times",
+            opts.new_tokens, opts.reps
+        ));
+        let times = (0..opts.reps)
+            .map(|_| prefill_and_generate(model, &ids[..len], opts.new_tokens))
+            .collect::<Result<Vec<_>>>()?;
+        let prefill = Stats::of(&times.iter().map(|t| t.0).collect::<Vec<_>>());
+        let generation = Stats::of(&times.iter().map(|t| t.1).collect::<Vec<_>>());
+        let generation_tokens_per_s = opts.new_tokens as f64 / generation.median_s;
+        rows.push(GenerationRow {
+            dtype: dtype.into(),
+            batch: 1,
+            prompt_tokens: len,
+            new_tokens: opts.new_tokens,
+            prefill_tokens_per_s: len as f64 / prefill.median_s,
+            prefill,
+            generation_tokens_per_s,
+            generation,
+            weight_bytes_per_token,
+            ceiling_tokens_per_s,
+            fraction_of_ceiling: ceiling_tokens_per_s.map(|c| generation_tokens_per_s / c),
+        });
+    }
+    Ok(rows)
+}
+
 /// Runs the benchmark; `progress` hears about each measurement as it starts.
-pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaReport> {
+pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<GenerationReport> {
     if opts.dtypes.is_empty() {
-        return Err(Error::invalid("bench --gguf", "no weight dtypes to time"));
+        return Err(Error::invalid("bench generation", "no weight dtypes to time"));
     }
     let read_gbs = if opts.device == Device::Cpu {
         progress("measuring the read bandwidth");
@@ -188,54 +300,34 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
     let mut load_s = None;
     let mut rows = Vec::new();
     let mut params = 0;
+    let mut model_name = String::new();
     for &how in &opts.dtypes {
         let name = weights_name(how);
-        progress(&format!("loading {} ({name})", opts.gguf.display()));
         let t0 = Instant::now();
-        let model = Llama::from_gguf_with(&opts.gguf, &opts.device, how)?;
-        load_s.get_or_insert(t0.elapsed().as_secs_f64());
-        params = model.num_params();
-        let cfg = model.config().clone();
-        check(opts, cfg.max_position_embeddings)?;
-        let mut rng = Rng::new(1234);
-        let longest = opts.prompt_lens.iter().max().copied().unwrap_or(0);
-        let ids: Vec<u32> = (0..longest).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-        let weight_bytes_per_token = model.weight_bytes_per_token();
-        let ceiling_tokens_per_s = read_gbs.map(|gbs| gbs * 1e9 / weight_bytes_per_token as f64);
-        let dtype = name;
-        progress(&format!("{dtype}: warm-up"));
-        prefill_and_generate(&model, &ids[..longest.min(16)], 2)?;
-        for &len in &opts.prompt_lens {
-            progress(&format!(
-                "{dtype}: prompt of {len} tokens, then {} new, {} times",
-                opts.new_tokens, opts.reps
-            ));
-            let times = (0..opts.reps)
-                .map(|_| prefill_and_generate(&model, &ids[..len], opts.new_tokens))
-                .collect::<Result<Vec<_>>>()?;
-            let prefill = Stats::of(&times.iter().map(|t| t.0).collect::<Vec<_>>());
-            let generation = Stats::of(&times.iter().map(|t| t.1).collect::<Vec<_>>());
-            let generation_tokens_per_s = opts.new_tokens as f64 / generation.median_s;
-            rows.push(LlamaRow {
-                dtype: dtype.into(),
-                batch: 1,
-                prompt_tokens: len,
-                new_tokens: opts.new_tokens,
-                prefill_tokens_per_s: len as f64 / prefill.median_s,
-                prefill,
-                generation_tokens_per_s,
-                generation,
-                weight_bytes_per_token,
-                ceiling_tokens_per_s,
-                fraction_of_ceiling: ceiling_tokens_per_s.map(|c| generation_tokens_per_s / c),
-            });
+        match &opts.model {
+            GenerationModel::Gguf(gguf) => {
+                model_name = gguf
+                    .file_name()
+                    .map_or_else(|| gguf.display().to_string(), |n| n.to_string_lossy().into_owned());
+                progress(&format!("loading {} ({name})", gguf.display()));
+                let loaded = load_llama(gguf, &opts.device, how)?;
+                load_s.get_or_insert(t0.elapsed().as_secs_f64());
+                params = loaded.params;
+                rows.extend(time_model(&loaded, name, opts, read_gbs, &mut progress)?);
+            }
+            GenerationModel::Gpt(which) => {
+                let (title, cfg) = super::gpt::model_config(*which)?;
+                model_name = format!("{title}, random weights");
+                progress(&format!("initialising {title} ({name})"));
+                let loaded = load_gpt(&cfg, &opts.device, how)?;
+                load_s.get_or_insert(t0.elapsed().as_secs_f64());
+                params = loaded.params;
+                rows.extend(time_model(&loaded, name, opts, read_gbs, &mut progress)?);
+            }
         }
     }
-    Ok(LlamaReport {
-        model: opts
-            .gguf
-            .file_name()
-            .map_or_else(|| opts.gguf.display().to_string(), |n| n.to_string_lossy().into_owned()),
+    Ok(GenerationReport {
+        model: model_name,
         params,
         device: opts.device.to_string(),
         machine: Machine::this(&opts.device),
@@ -261,12 +353,12 @@ pub fn run(opts: &LlamaOptions, mut progress: impl FnMut(&str)) -> Result<LlamaR
 }
 
 /// The readable table.
-pub fn table(r: &LlamaReport) -> String {
+pub fn table(r: &GenerationReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "kiln bench --gguf {} ({:.1}M parameters) on {}, {} threads, batch 1, greedy; loaded in {:.1} s",
+        "kiln bench generation: {} ({:.1}M parameters) on {}, {} threads, batch 1, greedy; loaded in {:.1} s",
         r.model,
         r.params as f64 / 1e6,
         r.device,
@@ -321,7 +413,7 @@ pub fn table(r: &LlamaReport) -> String {
 }
 
 /// The report as pretty JSON.
-pub fn json(r: &LlamaReport) -> String {
+pub fn json(r: &GenerationReport) -> String {
     serde_json::to_string_pretty(r).expect("a report serialises")
 }
 
@@ -331,11 +423,11 @@ mod tests {
 
     #[test]
     fn options_that_cannot_run_are_named() {
-        let ok = LlamaOptions::new("m.gguf", Device::Cpu);
+        let ok = GenerationOptions::gguf("m.gguf", Device::Cpu);
         assert!(check(&ok, 8192).is_ok());
         let e = check(&ok, 600).unwrap_err().to_string();
         assert!(e.contains("640 positions") && e.contains("context of 600"), "{e}");
-        let zero = LlamaOptions {
+        let zero = GenerationOptions {
             prompt_lens: vec![128, 0],
             ..ok.clone()
         };
