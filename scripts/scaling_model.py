@@ -9,8 +9,11 @@ bytes over N ranks, sent in B buckets (kiln: 16 MiB each, one all-reduce per buc
 
 (α: the latency of one ring step; β: the bus bandwidth of each rank's link, which is what
 `kiln bench --kernels allreduce` reports as busbw). A step without overlap takes
-t_compute + t_comm (kiln today); with the all-reduce fully overlapped with the backward, at best
-max(t_compute, t_comm) + the last bucket's time. Efficiency is t_compute / t_step.
+t_compute + t_comm (kiln before it overlapped, and still under ZeRO-1); with the all-reduce fully
+overlapped with the backward, at best max(t_compute, t_comm) + the last bucket's time (kiln
+starts each bucket during the backward; the bound is optimistic: the backward is about 2/3 of
+t_compute, and an MPI without a progress thread advances a bucket only when kiln tests it, between
+backward nodes). Efficiency is t_compute / t_step.
 
 Every input below is an ASSUMPTION unless marked measured: datasheet link rates and a guessed
 fraction of peak FLOP/s. Change them and rerun: `python3 scripts/scaling_model.py`

@@ -88,7 +88,7 @@ mod doc_tests {
     struct Training;
 }
 
-pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};
+pub use autograd::{is_grad_enabled, no_grad, BackwardObserver, Gradients, NoGradGuard};
 pub use error::{Error, Result};
 pub use tensor::device::Device;
 pub use tensor::dtype::{DType, WithDType};

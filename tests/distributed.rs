@@ -1,7 +1,8 @@
 //! `kiln train --distributed` under `mpirun` (the `mpi` feature; docs/distributed.md): two ranks
 //! with `--batch-size 6` train what one process with `--batch-size 12` trains, rank 0 alone
 //! writes the run folder, a checkpoint of either moves to the other, and a killed rank ends the
-//! job; with dropout, and with ZeRO-1 (sharded AdamW moments), too. Needs Open MPI's `mpirun`
+//! job; with dropout, with small gradient buckets overlapped with the backward, and with ZeRO-1
+//! (sharded AdamW moments), too. Needs Open MPI's `mpirun`
 //! (scripts/test.sh installs it); runs the ranks on one machine with `--oversubscribe` (more
 //! ranks than cores are allowed) and `--allow-run-as-root` (CI is root).
 #![cfg(feature = "mpi")]
@@ -151,6 +152,44 @@ fn two_ranks_with_batch_6_train_as_one_process_with_batch_12() {
         f
     };
     assert_eq!(files(&two), files(&one));
+}
+
+/// Gradient buckets of 0.002 MiB (524 values: the tiny model's ~3.6k gradient values travel in
+/// several buckets, whose all-reduces start while the backward runs), with and without gradient
+/// accumulation (whose last micro-batch's backward overlaps): still the one-process run.
+#[test]
+fn small_buckets_overlapped_with_the_backward_train_as_one_process() {
+    let s = setup("dist-buckets");
+    for accum in ["1", "2"] {
+        let (one, two) = (s.root.join(format!("one-{accum}")), s.root.join(format!("two-{accum}")));
+        single(args(&s.data, &one, &["--batch-size", "12", "--grad-accum", accum]));
+        let o = run(mpirun(&[(
+            2,
+            args(
+                &s.data,
+                &two,
+                &[
+                    "--distributed",
+                    "--batch-size",
+                    "6",
+                    "--grad-accum",
+                    accum,
+                    "--bucket-mib",
+                    "0.002",
+                ],
+            ),
+        )]));
+        // rank 0 reports the buckets: several, for the tiny model's ~3.6k values
+        let (stdout, _) = text(&o);
+        let buckets: usize = stdout
+            .split("gradients: ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("rank 0 reports the buckets\n{stdout}"));
+        assert!(buckets >= 3, "{stdout}");
+        assert_same_run(&metrics(&two), &metrics(&one));
+    }
 }
 
 /// `ranks` processes: one plain process, or `mpirun -np ranks`.

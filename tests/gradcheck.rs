@@ -1067,6 +1067,99 @@ fn backward_of_a_leaf_and_of_an_index_only_path() {
     assert!(g.get(&id).is_none());
 }
 
+/// `((exp(x·a)·b + c)·a)` summed, x constant: `a` is used first and last, so its gradient is
+/// final only at the last node; `c` is final after the third node, `b` after the fourth.
+fn observed_graph() -> (Tensor, [Tensor; 3]) {
+    let x = randn(&[2, 3], 11);
+    let [a, b, c] = [12, 13, 14].map(|seed| randn(&[2, 3], seed).requires_grad());
+    let h = x.mul(&a).unwrap().exp().unwrap().mul(&b).unwrap().add(&c).unwrap();
+    (h.mul(&a).unwrap().sum_all().unwrap(), [a, b, c])
+}
+
+/// A [`kiln::BackwardObserver`] that writes what it hears into a log.
+struct Log {
+    names: Vec<(usize, &'static str)>,
+    events: Vec<String>,
+}
+
+impl kiln::BackwardObserver for Log {
+    fn gradient_ready(&mut self, leaf: &Tensor, _grad: &Tensor) -> Result<()> {
+        let name = self.names.iter().find(|(id, _)| *id == leaf.id()).unwrap().1;
+        self.events.push(format!("ready {name}"));
+        Ok(())
+    }
+    fn node_done(&mut self) -> Result<()> {
+        self.events.push("node".into());
+        Ok(())
+    }
+}
+
+#[test]
+fn observed_backward_reports_each_gradient_as_soon_as_it_is_final() {
+    let (loss, [a, b, c]) = observed_graph();
+    let mut log = Log {
+        names: vec![(a.id(), "a"), (b.id(), "b"), (c.id(), "c")],
+        events: Vec::new(),
+    };
+    let got = loss.backward_observed(&mut log).unwrap();
+    // the nodes end with: add c, mul by b, exp, mul by a (the last); each gradient is reported
+    // inside the node that completes it, before that node's end
+    let events = &log.events;
+    let readies: Vec<&str> = events
+        .iter()
+        .filter(|e| e.starts_with("ready"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(readies, ["ready c", "ready b", "ready a"], "{events:?}");
+    let nodes = events.iter().filter(|e| *e == "node").count();
+    let nodes_left = |what: &str| {
+        let at = events.iter().position(|e| e == what).unwrap();
+        events[at..].iter().filter(|e| *e == "node").count()
+    };
+    assert_eq!(
+        [nodes_left("ready c"), nodes_left("ready b"), nodes_left("ready a")],
+        [4, 3, 1],
+        "{events:?}"
+    );
+    assert!(nodes >= 6, "{events:?}");
+    // the gradients of a plain backward of the same graph, bit for bit
+    let (loss2, [a2, b2, c2]) = observed_graph();
+    let plain = loss2.backward().unwrap();
+    for (t, t2) in [(&a, &a2), (&b, &b2), (&c, &c2)] {
+        let (g, g2) = (vec_of(got.get(t).unwrap()), vec_of(plain.get(t2).unwrap()));
+        assert_eq!(
+            g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            g2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+    // a closure observes too, with the final gradient itself; an error from it stops the backward
+    let (loss3, [a3, ..]) = observed_graph();
+    let mut seen = Vec::new();
+    loss3
+        .backward_observed(&mut |leaf: &Tensor, grad: &Tensor| -> Result<()> {
+            seen.push((leaf.id(), vec_of(grad)));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2], (a3.id(), vec_of(got.get(&a).unwrap())));
+    let (loss4, _) = observed_graph();
+    let err = loss4
+        .backward_observed(&mut |_: &Tensor, _: &Tensor| -> Result<()> { Err(Error::Autograd("stop here".into())) })
+        .err()
+        .expect("the observer's error stops the backward");
+    assert!(err.to_string().contains("stop here"), "{err}");
+    // a loss that is a leaf reports itself
+    let x = Tensor::from_vec(vec![2.5f64], &[], &DEV).unwrap().requires_grad();
+    let mut count = 0;
+    x.backward_observed(&mut |_: &Tensor, _: &Tensor| -> Result<()> {
+        count += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(count, 1);
+}
+
 // ------------------------------------------------------------------------------------------
 // Everyday ops: clamp, gather/scatter_add, var/std, stack/chunk/split, reshape_infer, t,
 // losses, operators

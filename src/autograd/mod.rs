@@ -7,7 +7,8 @@
 //! gradients flowing into each tensor, and returns the gradients of the leaves that asked
 //! for one. Each node is consumed as it is walked, so the graph's memory is freed by the
 //! time `backward` returns (a second `backward` through the same graph is an error, as in
-//! PyTorch). See docs/autograd.md.
+//! PyTorch). `backward_observed` is the same sweep, telling a [`BackwardObserver`] each leaf's
+//! gradient as soon as it is final (the leaf's last use has been walked). See docs/autograd.md.
 
 use crate::{Error, Result, Tensor};
 use std::cell::{Cell, RefCell};
@@ -197,10 +198,44 @@ impl Gradients {
     }
 }
 
-/// Nodes reachable from `root`, inputs before outputs. Iterative, so deep graphs (hundreds of
-/// layers, long loops) cannot overflow the stack.
-fn topological_order(root: &Tensor) -> Vec<Tensor> {
+/// What a backward pass reports while it runs ([`Tensor::backward_observed`]): each leaf's
+/// gradient as soon as it is complete, and the end of each node, so that a caller can start
+/// work on finished gradients (e.g. their all-reduce across data-parallel ranks) while the rest
+/// of the backward runs. A closure `|leaf, grad| -> Result<()>` is an observer of the first kind.
+///
+/// [`Tensor::backward_observed`]: crate::Tensor::backward_observed
+pub trait BackwardObserver {
+    /// `leaf`'s gradient is final: no node left in the graph adds to it. Called once per leaf
+    /// that receives a gradient, in the order the gradients complete; an error stops the backward.
+    fn gradient_ready(&mut self, leaf: &Tensor, grad: &Tensor) -> Result<()>;
+
+    /// One node's backward rule has run (and the gradients it completed were reported).
+    fn node_done(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&Tensor, &Tensor) -> Result<()>> BackwardObserver for F {
+    fn gradient_ready(&mut self, leaf: &Tensor, grad: &Tensor) -> Result<()> {
+        self(leaf, grad)
+    }
+}
+
+/// The observer of a plain `backward()`: hears nothing.
+struct Unobserved;
+
+impl BackwardObserver for Unobserved {
+    fn gradient_ready(&mut self, _: &Tensor, _: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Nodes reachable from `root`, inputs before outputs, and for each tensor the number of graph
+/// edges into nodes (how many times it is some node's input). Iterative, so deep graphs
+/// (hundreds of layers, long loops) cannot overflow the stack.
+fn topological_order(root: &Tensor) -> (Vec<Tensor>, HashMap<usize, usize>) {
     let mut order = Vec::new();
+    let mut uses: HashMap<usize, usize> = HashMap::new();
     let mut visited = std::collections::HashSet::new();
     // (tensor, children pushed yet?)
     let mut stack = vec![(root.clone(), false)];
@@ -214,33 +249,79 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
         }
         let inputs = t.node_inputs();
         stack.push((t, true));
-        for input in inputs {
-            if input.tracks_grad() && !visited.contains(&input.id()) {
+        for input in inputs.into_iter().filter(Tensor::tracks_grad) {
+            *uses.entry(input.id()).or_default() += 1;
+            if !visited.contains(&input.id()) {
                 stack.push((input, false));
             }
         }
     }
-    order
+    (order, uses)
+}
+
+/// The state of one backward sweep: gradients flowing towards the leaves, the uses of each
+/// tensor not walked yet, and the leaves' final gradients.
+struct Sweep<'o> {
+    pending: HashMap<usize, Tensor>,
+    uses_left: HashMap<usize, usize>,
+    result: Gradients,
+    observer: &'o mut dyn BackwardObserver,
+}
+
+impl Sweep<'_> {
+    /// A leaf's gradient is final: report it and keep it.
+    fn finish_leaf(&mut self, leaf: &Tensor, grad: Tensor) -> Result<()> {
+        self.observer.gradient_ready(leaf, &grad)?;
+        self.result.grads.insert(leaf.id(), grad);
+        Ok(())
+    }
+
+    /// A node with these `inputs` has been walked (run, or passed over without a gradient):
+    /// each input has one use fewer, and a leaf left with none has its final gradient.
+    fn walked(&mut self, inputs: &[Tensor]) -> Result<()> {
+        for input in inputs.iter().filter(|i| i.tracks_grad()) {
+            let left = self.uses_left.get_mut(&input.id()).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            if left == 0 && input.is_leaf_requiring_grad() {
+                if let Some(grad) = self.pending.remove(&input.id()) {
+                    self.finish_leaf(input, grad)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Backpropagates `seed` (the gradient of some scalar with respect to `root`) through the graph.
 pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<Gradients> {
+    backward_observed(root, seed, &mut Unobserved)
+}
+
+/// [`backward`], reporting each leaf's gradient to `observer` once no remaining node can add to
+/// it (the leaf's last use in the graph has been walked), and the end of every node.
+pub(crate) fn backward_observed(root: &Tensor, seed: Tensor, observer: &mut dyn BackwardObserver) -> Result<Gradients> {
     if !root.tracks_grad() {
         return Err(Error::Autograd(
             "the tensor does not depend on any tensor that requires a gradient (call requires_grad() on a leaf, outside no_grad)".into(),
         ));
     }
     let _no_grad = no_grad(); // backward rules compute plain values; they are not differentiated again
-    let order = topological_order(root);
-    let mut pending: HashMap<usize, Tensor> = HashMap::new();
-    pending.insert(root.id(), seed);
-    let mut result = Gradients::default();
+    let (order, uses_left) = topological_order(root);
+    let mut sweep = Sweep {
+        pending: HashMap::from([(root.id(), seed)]),
+        uses_left,
+        result: Gradients::default(),
+        observer,
+    };
     for t in order.iter().rev() {
-        let Some(grad) = pending.remove(&t.id()) else {
-            continue; // nothing flowed here (e.g. only through an index input)
+        let Some(grad) = sweep.pending.remove(&t.id()) else {
+            sweep.walked(&t.node_inputs())?; // nothing flowed here (e.g. only through an index input)
+            continue;
         };
         let Some(mut node) = t.take_node()? else {
-            result.grads.insert(t.id(), grad); // a leaf
+            sweep.finish_leaf(t, grad)?; // a leaf that no node uses: the root itself
             continue;
         };
         let input_grads = (node.take_backward())(&grad, &node.inputs, t)?;
@@ -258,12 +339,14 @@ pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<Gradients> {
                     input.shape()
                 )));
             }
-            let g = match pending.remove(&input.id()) {
+            let g = match sweep.pending.remove(&input.id()) {
                 Some(acc) => acc.add(&g)?,
                 None => g,
             };
-            pending.insert(input.id(), g);
+            sweep.pending.insert(input.id(), g);
         }
+        sweep.walked(&node.inputs)?;
+        sweep.observer.node_done()?;
     }
-    Ok(result)
+    Ok(sweep.result)
 }

@@ -209,6 +209,12 @@ pub struct TrainArgs {
     #[cfg(feature = "mpi")]
     #[arg(long, default_value_t = 0, value_name = "STAGE", requires = "distributed")]
     pub zero: u8,
+    /// Gradient buckets of a --distributed run, in MiB of f32 values: each bucket's all-reduce
+    /// starts while the backward still runs, as soon as its gradients are final (without
+    /// ZeRO; docs/distributed.md). The same on every rank.
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = 16.0, value_name = "MIB", requires = "distributed")]
+    pub bucket_mib: f64,
     #[command(flatten)]
     pub optim: OptimArgs,
     #[command(flatten)]
@@ -416,7 +422,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 fn cmd_train_distributed(a: TrainArgs) -> Result<()> {
     let mpi = train::distributed::Mpi::init()?;
     let ranks = mpi.data_parallel();
-    if let Err(e) = ranks.clone().with_zero(a.zero).and_then(|ranks| train_on(&ranks, a)) {
+    let configured = ranks
+        .clone()
+        .with_zero(a.zero)
+        .and_then(|ranks| ranks.with_bucket_mib(a.bucket_mib));
+    if let Err(e) = configured.and_then(|ranks| train_on(&ranks, a)) {
         console::err(&format!("error (rank {} of {}): {e}", ranks.rank(), ranks.world()));
         mpi.abort(1);
     }

@@ -164,6 +164,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/train/lora_finetune.rs",
     "src/train/trainer.rs",
     "src/train/data_parallel.rs",
+    "src/train/buckets.rs",
     "src/train/distributed.rs",
     "src/train/zero.rs",
     "src/train/config.rs",

@@ -226,14 +226,27 @@ impl Tensor {
 
     /// Gradients of this scalar with respect to every leaf that requires one.
     pub fn backward(&self) -> Result<crate::Gradients> {
+        crate::autograd::backward(self, self.scalar_seed("backward")?)
+    }
+
+    /// [`Tensor::backward`], telling `observer` each leaf's gradient as soon as it is final (no
+    /// node left to run adds to it), in the order the gradients complete, and the end of every
+    /// node: how data-parallel training starts all-reducing finished gradients while the rest of
+    /// the backward runs. Returns the gradients `backward()` returns, bit for bit. A closure
+    /// `&mut |leaf, grad| ...` is an observer (docs/autograd.md).
+    pub fn backward_observed(&self, observer: &mut dyn crate::autograd::BackwardObserver) -> Result<crate::Gradients> {
+        crate::autograd::backward_observed(self, self.scalar_seed("backward_observed")?, observer)
+    }
+
+    /// The gradient 1 of a scalar loss with respect to itself (`op` names the caller).
+    fn scalar_seed(&self, op: &str) -> Result<Tensor> {
         if self.numel() != 1 {
             return Err(Error::Autograd(format!(
-                "backward() needs a scalar (one element), got shape {:?}; reduce it first (sum_all, mean_all) or use backward_with",
+                "{op}() needs a scalar (one element), got shape {:?}; reduce it first (sum_all, mean_all) or use backward_with",
                 self.shape()
             )));
         }
-        let seed = Tensor::ones(self.shape(), self.dtype(), self.device())?;
-        crate::autograd::backward(self, seed)
+        Tensor::ones(self.shape(), self.dtype(), self.device())
     }
 
     /// Backpropagates a given gradient of some scalar with respect to `self`.

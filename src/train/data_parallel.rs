@@ -14,6 +14,8 @@
 //!   the random streams, the checkpoint and the metrics are those of one process with batch N·b;
 //! - the per-rank losses are means over b·T tokens, so the mean of the N rank losses (and of
 //!   their gradients: [`DataParallel::average_gradients`]) is the mean over the N·b·T tokens;
+//! - the gradients travel in buckets whose all-reduces start while the backward pass still runs
+//!   (`super::buckets`: the layout comes from the parameter list, the same on every rank);
 //! - evaluation slices each evaluation batch the same way and averages the losses;
 //! - [`DataParallel::check_identical`] compares a checksum of the weights across the ranks.
 
@@ -23,6 +25,13 @@ use std::rc::Rc;
 /// The reductions over all ranks that data-parallel training needs. Every rank calls each of
 /// them in the same order with buffers of the same length (collective calls); each returns on
 /// every rank with the same result.
+///
+/// One reduction is non-blocking: [`Collective::start_all_reduce_sum_f32`] returns an
+/// [`InFlight`] at once, which the caller tests between pieces of other work and finally waits
+/// for. It is a collective call like the others (every rank starts the same ones, in the same
+/// order among all its collective calls), and any number may be in flight at once. Its default
+/// runs the blocking all-reduce before returning, so an implementation without non-blocking
+/// reductions is correct as it is, only without overlap.
 pub trait Collective {
     /// This process's rank, `0..world()`.
     fn rank(&self) -> usize;
@@ -40,6 +49,39 @@ pub trait Collective {
     /// Concatenates every rank's `send` in rank order into `recv` (`world()` blocks of
     /// `send.len()` values) on every rank (`MPI_Allgather`).
     fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// Starts replacing `buf` by the elementwise sum of every rank's `buf` and returns without
+    /// waiting for the other ranks (`MPI_Iallreduce`); the sum comes back from [`InFlight::wait`].
+    /// The buffer belongs to the reduction until then. The default is the blocking
+    /// [`Collective::all_reduce_sum_f32`], returned as a reduction already complete.
+    fn start_all_reduce_sum_f32(&self, mut buf: Vec<f32>) -> Result<Box<dyn InFlight>> {
+        self.all_reduce_sum_f32(&mut buf)?;
+        Ok(Box::new(Completed(buf)))
+    }
+}
+
+/// A reduction started by [`Collective::start_all_reduce_sum_f32`] and not waited for yet. An
+/// implementation that is dropped unwaited must still complete (or cancel) the operation before
+/// freeing its buffer: the other ranks take part in it whatever this one does.
+pub trait InFlight {
+    /// Lets the reduction advance without blocking and says whether it has completed. MPI
+    /// libraries may only move a non-blocking collective forward inside MPI calls, so the
+    /// caller tests its reductions between pieces of other work (`MPI_Test`).
+    fn test(&mut self) -> Result<bool>;
+    /// Blocks until the reduction has completed and returns its buffer: the elementwise sum of
+    /// every rank's buffer.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+/// A reduction that was complete when it started (the blocking default).
+struct Completed(Vec<f32>);
+
+impl InFlight for Completed {
+    fn test(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+    fn wait(self: Box<Self>) -> Result<Vec<f32>> {
+        Ok(self.0)
+    }
 }
 
 /// One process alone: every reduction leaves its buffer as it is.
@@ -92,9 +134,10 @@ pub fn local_rank(var: impl Fn(&str) -> Option<String>) -> Result<Option<usize>>
     Ok(None)
 }
 
-/// Gradients travel in buckets of at most this many f32 values (16 MiB): one all-reduce per
-/// bucket, and the flattening copy never holds more than one bucket beside the gradients.
-const BUCKET_FLOATS: usize = 1 << 22;
+/// By default gradients travel in buckets of about this many f32 values (16 MiB): a bucket is
+/// closed once it holds at least this many, one all-reduce each
+/// ([`DataParallel::with_bucket_floats`] changes it).
+pub const BUCKET_FLOATS: usize = 1 << 22;
 
 /// The ranks of a data-parallel run, as the training loop sees them.
 #[derive(Clone)]
@@ -102,21 +145,24 @@ pub struct DataParallel {
     collective: Rc<dyn Collective>,
     /// The ZeRO stage: 0, or 1 for AdamW moments sharded over the ranks.
     zero: u8,
+    /// A gradient bucket is closed once it holds at least this many values.
+    bucket_floats: usize,
 }
 
 impl std::fmt::Debug for DataParallel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "DataParallel {{ rank: {}, world: {}, zero: {} }}",
+            "DataParallel {{ rank: {}, world: {}, zero: {}, bucket_floats: {} }}",
             self.rank(),
             self.world(),
-            self.zero
+            self.zero,
+            self.bucket_floats
         )
     }
 }
 
-fn dp_err(msg: String) -> Error {
+pub(super) fn dp_err(msg: String) -> Error {
     Error::Invalid {
         op: "data-parallel training",
         msg,
@@ -131,7 +177,40 @@ impl DataParallel {
 
     /// The ranks that `collective` connects.
     pub fn new(collective: Rc<dyn Collective>) -> DataParallel {
-        DataParallel { collective, zero: 0 }
+        DataParallel {
+            collective,
+            zero: 0,
+            bucket_floats: BUCKET_FLOATS,
+        }
+    }
+
+    /// These ranks with gradient buckets closed once they hold at least `floats` values
+    /// (default [`BUCKET_FLOATS`]): smaller buckets start their all-reduce earlier in the
+    /// backward, larger ones pay the per-message latency fewer times. Every rank must use the
+    /// same value. Zero is an error.
+    pub fn with_bucket_floats(mut self, floats: usize) -> Result<DataParallel> {
+        if floats == 0 {
+            return Err(dp_err("a gradient bucket must hold at least one value".into()));
+        }
+        self.bucket_floats = floats;
+        Ok(self)
+    }
+
+    /// [`DataParallel::with_bucket_floats`] with buckets of `mib` MiB of f32 values (`kiln train
+    /// --bucket-mib`, 16 by default); fractions are allowed, down to one value.
+    pub fn with_bucket_mib(self, mib: f64) -> Result<DataParallel> {
+        let floats = mib * (1 << 20) as f64 / 4.0;
+        if !floats.is_finite() || floats < 1.0 {
+            return Err(dp_err(format!(
+                "--bucket-mib {mib}: a gradient bucket must be a positive size of at least 4 bytes"
+            )));
+        }
+        self.with_bucket_floats(floats.round() as usize)
+    }
+
+    /// The number of values at which a gradient bucket is closed.
+    pub fn bucket_floats(&self) -> usize {
+        self.bucket_floats
     }
 
     /// These ranks with ZeRO stage `stage`: 0 (every rank holds the whole optimizer state) or 1
@@ -211,49 +290,6 @@ impl DataParallel {
             .collect();
         self.collective.all_reduce_sum_f64(&mut present)?;
         Ok(present.iter().map(|&n| n > 0.0).collect())
-    }
-
-    /// Replaces each gradient of `params` by its mean over the ranks. A parameter that has a
-    /// gradient on some ranks and not on others counts zeros for the others; one with a
-    /// gradient on no rank keeps none. The gradients are flattened (as f32) into buckets of at
-    /// most 4 Mi values, one all-reduce each, and written back with their dtype and device.
-    pub fn average_gradients(&self, params: &[(String, Tensor)], grads: &mut Gradients) -> Result<()> {
-        if self.world() == 1 {
-            return Ok(());
-        }
-        let present = self.with_gradient_anywhere(params, grads)?;
-        let reduced: Vec<&Tensor> = params
-            .iter()
-            .zip(&present)
-            .filter(|(_, &any)| any)
-            .map(|((_, p), _)| p)
-            .collect();
-        let scale = 1.0 / self.world() as f32;
-        let mut bucket: Vec<f32> = Vec::new();
-        let mut members: Vec<&Tensor> = Vec::new();
-        for (i, p) in reduced.iter().enumerate() {
-            match grads.get(p) {
-                Some(g) => bucket.extend(g.to_vec::<f32>()?),
-                None => bucket.resize(bucket.len() + p.numel(), 0.0),
-            }
-            members.push(p);
-            let last = i + 1 == reduced.len();
-            if bucket.len() >= BUCKET_FLOATS || last {
-                self.collective.all_reduce_sum_f32(&mut bucket)?;
-                let mut offset = 0;
-                for p in members.drain(..) {
-                    let n = p.numel();
-                    let mean: Vec<f32> = bucket[offset..offset + n].iter().map(|v| v * scale).collect();
-                    offset += n;
-                    // the gradient keeps the dtype it had (the parameter's when it had none)
-                    let dtype = grads.get(p).map_or(p.dtype(), |g| g.dtype());
-                    let g = Tensor::from_vec(mean, p.shape(), p.device())?.to_dtype(dtype)?;
-                    grads.insert(p, g);
-                }
-                bucket.clear();
-            }
-        }
-        Ok(())
     }
 
     /// Checks that every rank holds the same `params` (bit for bit): an xxh3 checksum of
@@ -414,8 +450,9 @@ mod tests {
         let mut grads = Gradients::default();
         grads.insert(&a, Tensor::from_vec(vec![1f32, -2., 4.], &[3], &dev).unwrap());
         // 2 ranks: this one has a gradient for `a` only, the other one for `a` and `b`, none
-        // has one for `c`. The presence counts come first, then one bucket of a's and b's values.
-        let dp = ranks(1, 2, vec![vec![1.0, 1.0, 0.0], vec![3.0, 2.0, 0.0, 8.0, -6.0]]);
+        // has one for `c`. One bucket, the parameters in reverse order (c, b, a), then their
+        // presence flags: the other rank's values are c = 0, b = [8, -6], a = [3, 2, 0].
+        let dp = ranks(1, 2, vec![vec![0.0, 8.0, -6.0, 3.0, 2.0, 0.0, 0.0, 1.0, 1.0]]);
         dp.average_gradients(&params, &mut grads).unwrap();
         assert_eq!(grads.get(&a).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 0.0, 2.0]);
         assert_eq!(grads.get(&b).unwrap().to_vec::<f32>().unwrap(), vec![4.0, -3.0]);

@@ -2,6 +2,7 @@
 //! the loss plot, and generation from a trained model ([`sample`]). See docs/training.md.
 
 pub mod atomic;
+pub mod buckets;
 pub mod checkpoint;
 pub mod config;
 pub mod console;

@@ -17,6 +17,7 @@
 //! every rank, each on its slice of every batch (see [`super::data_parallel`]); rank 0 alone
 //! writes the run folder and prints.
 
+use super::buckets::GradientReduction;
 use super::checkpoint::{self, DataInfo, TrainState};
 use super::config::TrainConfig;
 use super::console;
@@ -30,7 +31,7 @@ use crate::data::{tokenize_cached, Corpus, Dataset, Split, WindowPlan, EMBEDDED}
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{clip_grad_norm, AdamW};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
-use crate::{Device, Error, Gradients, Result, Rng};
+use crate::{BackwardObserver, Device, Error, Gradients, Result, Rng, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -633,6 +634,14 @@ impl Session {
                 bytes(whole - mine)
             ));
         }
+        if world > 1 && matches!(self.opt, Optimizer::Whole(_)) {
+            let buckets = self.ranks.begin_reduction(&self.params).buckets();
+            let plural = if buckets == 1 { "" } else { "s" };
+            reporter.line(&format!(
+                "gradients: {buckets} bucket{plural} of about {}, each all-reduced as soon as the backward has finished it",
+                crate::error::human_bytes(4 * self.ranks.bucket_floats() as u128)
+            ));
+        }
         let ranks = if world > 1 {
             format!(" on {world} ranks ({} sequences each)", cfg.batch_size / world)
         } else {
@@ -678,17 +687,23 @@ impl Session {
         let step = self.state.step;
         let t0 = Instant::now();
         let lr = self.cfg().schedule().lr(step);
-        let (loss, mut grads) = self.forward_backward(step, &mut rngs.data, &mut rngs.dropout)?;
+        // every rank's mean over its rows → the mean over the global batch: with the whole
+        // optimizer on every rank, all-reduced in buckets that start during the last backward
+        let overlap = self.ranks.world() > 1 && matches!(self.opt, Optimizer::Whole(_));
+        let mut reduction = overlap.then(|| self.ranks.begin_reduction(&self.params));
+        let (loss, mut grads) = self.forward_backward(step, &mut rngs.data, &mut rngs.dropout, reduction.as_mut())?;
+        if let Some(reduction) = reduction {
+            reduction.finish(&mut grads)?;
+        }
         let mut loss = [loss];
         self.ranks.mean(&mut loss)?;
         let [loss] = loss;
         let clip = self.cfg().grad_clip;
         let max_norm = if clip > 0.0 { clip } else { f64::MAX };
-        // every rank's mean over its rows → the mean over the global batch (on every rank, or
-        // this rank's shard of it under ZeRO-1), clipped to the global norm
+        // clipped to the global norm (on every rank, or this rank's shard under ZeRO-1, whose
+        // reduce-scatter runs here, after the backward)
         let (norm, update) = match &self.opt {
             Optimizer::Whole(_) => {
-                self.ranks.average_gradients(&self.params, &mut grads)?;
                 let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
                 (norm, grads)
             }
@@ -759,8 +774,16 @@ impl Session {
     }
 
     /// Step `step`'s loss (mean over the micro-batches) and summed gradients, on this rank's
-    /// rows of each micro-batch.
-    fn forward_backward(&self, step: usize, data_rng: &mut Rng, dropout_rng: &mut Rng) -> Result<(f64, Gradients)> {
+    /// rows of each micro-batch. With a `reduction`, the last micro-batch's backward hands it
+    /// each parameter's summed gradient as soon as it is final, and the gradients returned are
+    /// those of the earlier micro-batches only (for [`GradientReduction::finish`]).
+    fn forward_backward(
+        &self,
+        step: usize,
+        data_rng: &mut Rng,
+        dropout_rng: &mut Rng,
+        mut reduction: Option<&mut GradientReduction<'_>>,
+    ) -> Result<(f64, Gradients)> {
         let cfg = self.cfg();
         let block = self.model.config().block_size;
         let mut total = Gradients::default();
@@ -784,6 +807,13 @@ impl Session {
             } else {
                 loss
             };
+            if let (Some(reduction), true) = (reduction.as_deref_mut(), micro + 1 == cfg.grad_accum) {
+                loss.backward_observed(&mut LastMicroBatch {
+                    earlier: &total,
+                    reduction,
+                })?;
+                break;
+            }
             let grads = loss.backward()?;
             if micro == 0 {
                 total = grads;
@@ -918,6 +948,27 @@ impl Session {
         );
         let svg = plot::history_svg(&title, &self.history);
         crate::model::io::write_atomic(&self.run_dir.join(PLOT), svg.as_bytes())
+    }
+}
+
+/// The observer of a step's last backward under data parallelism: each gradient, summed with the
+/// earlier micro-batches' (as the accumulation of `forward_backward` sums it), goes to the
+/// step's all-reduce as soon as it is final, and the reductions in flight are tested after
+/// every node.
+struct LastMicroBatch<'a, 'r> {
+    earlier: &'a Gradients,
+    reduction: &'a mut GradientReduction<'r>,
+}
+
+impl BackwardObserver for LastMicroBatch<'_, '_> {
+    fn gradient_ready(&mut self, leaf: &Tensor, grad: &Tensor) -> Result<()> {
+        match self.earlier.get(leaf) {
+            Some(acc) => self.reduction.ready(leaf, &acc.add(grad)?),
+            None => self.reduction.ready(leaf, grad),
+        }
+    }
+    fn node_done(&mut self) -> Result<()> {
+        self.reduction.progress()
     }
 }
 
