@@ -2,10 +2,11 @@
 //! reference (backend/cpu/sample.rs) on Device::Emu: the same ids bit for bit, over vocabularies
 //! that are not multiples of the block (1, 7, 1000, 50257, 49152), logits with ties, signed zeros,
 //! −∞ and +∞, and every kind of option (greedy, temperature alone, top-k, top-p, both, extreme
-//! temperatures); the same errors for NaN and all −∞ rows; and generation on Emu gives the CPU's
-//! tokens with sampling on. No GPU needed; on one, Device::Cuda(0) runs the same kernel.
+//! temperatures); the same errors for NaN and all −∞ rows; a `SampleScratch` kept from one draw to
+//! the next (`Tensor::sample_with`) gives the ids of a fresh one; and generation on Emu gives the
+//! CPU's tokens with sampling on. No GPU needed; on one, Device::Cuda(0) runs the same kernel.
 
-use kiln::backend::SampleParams;
+use kiln::backend::{SampleParams, SampleScratch};
 use kiln::model::{Gpt, GptConfig};
 use kiln::train::{generate, SampleOptions};
 use kiln::{Device, Rng, Tensor};
@@ -81,6 +82,37 @@ fn emu_draws_the_ids_of_the_cpu_reference() {
             }
         }
     }
+}
+
+#[test]
+fn a_kept_scratch_draws_the_ids_of_a_fresh_one() {
+    // one SampleScratch for every vocabulary, row and option, as a generation loop keeps it: what
+    // a draw leaves in it never changes the next (on the CPU; on Emu the kernel ignores it)
+    let mut rng = Rng::new(21);
+    let mut scratch = SampleScratch::default();
+    for vocab in [1000usize, 7, 49152, 1, 50257] {
+        let rows = logit_rows(vocab, &mut rng);
+        let cpu = Tensor::from_slice(&rows, &[4, vocab], &Device::Cpu).unwrap();
+        for params in params(vocab) {
+            let uniforms = [rng.uniform(), 0.0, rng.uniform(), 0.5];
+            let want = cpu.sample(&params, &uniforms).unwrap();
+            for (row, (&u, &id)) in uniforms.iter().zip(&want).enumerate() {
+                let logits = cpu.narrow(0, row, 1).unwrap();
+                let got = logits.sample_with(&params, u, &mut scratch).unwrap();
+                assert_eq!(got, id, "vocab {vocab}, {params:?}, row {row}, u {u}");
+            }
+        }
+    }
+    let emu = Tensor::from_slice(&logit_rows(1000, &mut rng)[..1000], &[1000], &Device::Emu).unwrap();
+    let params = SampleParams {
+        temperature: 0.9,
+        top_k: 50,
+        top_p: 0.9,
+    };
+    assert_eq!(
+        emu.sample_with(&params, 0.3, &mut scratch).unwrap(),
+        emu.sample(&params, &[0.3]).unwrap()[0]
+    );
 }
 
 #[test]

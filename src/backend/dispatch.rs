@@ -8,7 +8,7 @@ use super::cpu::{self, with_cpu_storage, CpuStorage};
 use super::cuda::{self, CudaStorage};
 use super::op::{
     bucket_ids, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, PerMatrix, QuantizedMatrix, ReduceOp,
-    RopeSpec, SampleParams, UnaryOp,
+    RopeSpec, SampleParams, SampleScratch, UnaryOp,
 };
 use super::storage::{mismatch, mismatch_any, Storage};
 use crate::tensor::dtype::{DType, WithDType};
@@ -153,6 +153,22 @@ impl Storage {
             Storage::Cuda(g) => Ok(Storage::Cuda(cuda::linear_quantized::linear_quantized_input_grad(
                 g, layout, w,
             )?)),
+        }
+    }
+
+    /// The token id drawn from these f32 logits (one contiguous row of `vocab`) with `uniform`:
+    /// [`Storage::sample`] of one row, the CPU sampler's buffers kept in `scratch`, so that a draw
+    /// on the CPU allocates nothing once they have grown to the vocabulary.
+    pub(crate) fn sample_one(
+        &self,
+        vocab: usize,
+        params: &SampleParams,
+        uniform: f64,
+        scratch: &mut SampleScratch,
+    ) -> Result<u32> {
+        match self {
+            Storage::Cpu(s) => cpu::sample::sample_row_with(&cpu::typed::<f32>(s)[..vocab], params, uniform, scratch),
+            Storage::Cuda(_) => Ok(self.sample(vocab, params, &[uniform])?[0]),
         }
     }
 

@@ -18,6 +18,6 @@ pub(crate) use dispatch::{adamw_step, grad_sq_sum};
 pub use dispatch::{IdBuckets, RowStats};
 pub use op::{
     gelu_derivative, AdamWHyper, AdamWParam, AttentionDims, BinaryOp, Epilogue, ReduceOp, RopeLayout, RopeSpec,
-    SampleParams, UnaryOp,
+    SampleParams, SampleScratch, UnaryOp,
 };
 pub use storage::Storage;

@@ -92,6 +92,23 @@ impl Storage {
         }
     }
 
+    /// `f` of the u32 elements that `layout` views, on the host: read in place for a contiguous
+    /// view of a CPU storage (so that checking a decode step's ids allocates nothing), else
+    /// through a contiguous host copy (a device's, a strided view).
+    pub(crate) fn read_u32<R>(&self, layout: &Layout, f: impl FnOnce(&[u32]) -> R) -> Result<R> {
+        if let (Storage::Cpu(CpuStorage::U32(v)), Some(range)) = (self, layout.contiguous_range()) {
+            return Ok(f(&v[range]));
+        }
+        let host = cpu::pool::Scratch(self.to_host(layout)?);
+        match &host.0 {
+            CpuStorage::U32(v) => Ok(f(v)),
+            other => Err(Error::DType {
+                op: "read_u32",
+                msg: format!("expected u32 elements, got {}", other.dtype()),
+            }),
+        }
+    }
+
     /// Writes `src` viewed through `ls` into the elements of `self` that `ld` views.
     pub(crate) fn assign(&mut self, ld: &Layout, src: &Storage, ls: &Layout) -> Result<()> {
         match (self, src) {

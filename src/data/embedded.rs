@@ -51,6 +51,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/tensor/dtype.rs",
     "src/tensor/layout.rs",
     "src/tensor/rng.rs",
+    "src/tensor/recycle.rs",
     "src/autograd/mod.rs",
     "src/ops/mod.rs",
     "src/ops/attention.rs",

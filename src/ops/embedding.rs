@@ -19,12 +19,12 @@ impl Tensor {
     fn index_select_as(&self, op: &'static str, dim: isize, ids: &Tensor) -> Result<Tensor> {
         let d = resolve_dim(op, dim, self.shape())?;
         self.same_device(ids, op)?;
-        let ids_vec = checked_ids(op, ids, self.shape()[d])?;
+        let ids_vec = checked_ids(op, ids, self.shape()[d], Tensor::records(&[self]))?;
         let outer: usize = self.shape()[..d].iter().product();
         let inner: usize = self.shape()[d + 1..].iter().product();
         let size = self.shape()[d];
         let mut shape = Dims::from(self.shape());
-        shape[d] = ids_vec.len();
+        shape[d] = ids.numel();
         let x = self.dense()?;
         let out = x.storage().index_select(outer, size, inner, &ids.dense()?.storage())?;
         let out = Tensor::from_parts(out, &shape);
@@ -89,7 +89,7 @@ impl Tensor {
         if wte.dtype() != wpe.dtype() {
             return Err(Error::dtype_mismatch(OP, wte.dtype(), wpe.dtype()));
         }
-        let ids_vec = checked_ids(OP, &self.flatten_all()?, vocab)?;
+        let ids_vec = checked_ids(OP, &self.flatten_all()?, vocab, Tensor::records(&[wte, wpe]))?;
         let (tok, pos) = (wte.dense()?, wpe.dense()?);
         let out = self
             .dense()?
@@ -112,8 +112,10 @@ impl Tensor {
     }
 }
 
-/// The ids of a 1-D U32 tensor, each checked to be below `size`.
-fn checked_ids(op: &'static str, ids: &Tensor, size: usize) -> Result<Vec<u32>> {
+/// Checks that every id of a 1-D U32 tensor is below `size` (reading them on the host); returns
+/// them when `keep` (a backward will need them), else an empty list, so that a lookup without a
+/// graph (a decode step's) allocates nothing.
+fn checked_ids(op: &'static str, ids: &Tensor, size: usize, keep: bool) -> Result<Vec<u32>> {
     if ids.dtype() != DType::U32 {
         return Err(Error::DType {
             op,
@@ -126,12 +128,14 @@ fn checked_ids(op: &'static str, ids: &Tensor, size: usize) -> Result<Vec<u32>> 
             format!("indices must be 1-D, got shape {:?}", ids.shape()),
         ));
     }
-    let v = ids.to_vec::<u32>()?;
-    if let Some((pos, &id)) = v.iter().enumerate().find(|&(_, &id)| id as usize >= size) {
-        return Err(Error::index(
-            op,
-            format!("index {id} at position {pos} is out of range for a dimension of size {size}"),
-        ));
-    }
-    Ok(v)
+    // read in place on the CPU, copied from a device
+    ids.storage().read_u32(ids.layout(), |v| {
+        if let Some((pos, &id)) = v.iter().enumerate().find(|&(_, &id)| id as usize >= size) {
+            return Err(Error::index(
+                op,
+                format!("index {id} at position {pos} is out of range for a dimension of size {size}"),
+            ));
+        }
+        Ok(if keep { v.to_vec() } else { Vec::new() })
+    })?
 }

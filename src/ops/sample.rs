@@ -4,7 +4,7 @@
 //! (backend/cpu/sample.rs) gives the same id for the same logits and uniform number, bit for bit.
 //! No gradient (the result is an index).
 
-use crate::backend::SampleParams;
+use crate::backend::{SampleParams, SampleScratch};
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
@@ -18,6 +18,37 @@ impl Tensor {
     /// number of uniforms other than the number of rows or one outside [0, 1), a row with a NaN
     /// logit, a row whose logits are all −∞.
     pub fn sample(&self, params: &SampleParams, uniforms: &[f64]) -> Result<Vec<u32>> {
+        let vocab = self.check_sample(params, uniforms)?;
+        let _untracked = crate::no_grad();
+        let x = self.f32_logits()?;
+        let ids = x.storage().sample(vocab, params, uniforms);
+        ids
+    }
+
+    /// As [`Tensor::sample`] for logits of one row (`[vocab]`, `[1, vocab]`, ...) and one uniform
+    /// number: the same id, with the CPU sampler's buffers kept in `scratch` between calls (a
+    /// generation loop's), so that a draw from f32 logits on the CPU allocates nothing once they
+    /// have grown to the vocabulary. Errors as [`Tensor::sample`]'s.
+    pub fn sample_with(&self, params: &SampleParams, uniform: f64, scratch: &mut SampleScratch) -> Result<u32> {
+        let vocab = self.check_sample(params, &[uniform])?;
+        let _untracked = crate::no_grad();
+        let x = self.f32_logits()?;
+        let id = x.storage().sample_one(vocab, params, uniform, scratch);
+        id
+    }
+
+    /// The logits as dense f32 (themselves when they are).
+    fn f32_logits(&self) -> Result<Tensor> {
+        if self.dtype() == DType::F32 {
+            self.dense()
+        } else {
+            self.to_dtype(DType::F32)?.dense()
+        }
+    }
+
+    /// The vocabulary of logits `self` to sample one row per uniform number from, after checking
+    /// `params`, the dtype and shape, and the uniform numbers.
+    fn check_sample(&self, params: &SampleParams, uniforms: &[f64]) -> Result<usize> {
         params.validate()?;
         if !self.dtype().is_float() {
             return Err(Error::not_float("sample", self.dtype()));
@@ -48,13 +79,6 @@ impl Tensor {
                 format!("uniform number {u} is outside [0, 1)"),
             ));
         }
-        let _untracked = crate::no_grad();
-        let x = if self.dtype() == DType::F32 {
-            self.dense()?
-        } else {
-            self.to_dtype(DType::F32)?.dense()?
-        };
-        let ids = x.storage().sample(vocab, params, uniforms);
-        ids
+        Ok(vocab)
     }
 }

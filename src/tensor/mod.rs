@@ -1,5 +1,6 @@
 //! The [`Tensor`]: a shared storage seen through a [`Layout`], plus its place in the
-//! autograd graph. Cloning a tensor is cheap (one `Arc`); views share the storage.
+//! autograd graph. Cloning a tensor is cheap (one `Arc`); views share the storage. A dropped
+//! tensor's handles are kept for the next tensor made on the thread (recycle.rs).
 
 pub mod device;
 pub mod dtype;
@@ -8,6 +9,7 @@ pub mod rng;
 
 mod create;
 mod display;
+mod recycle;
 
 use crate::autograd::{BackwardFn, GradState, Node};
 use crate::backend::Storage;
@@ -15,12 +17,13 @@ use crate::{Error, Result};
 use device::Device;
 use dtype::{DType, WithDType};
 use layout::Layout;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// An n-dimensional array with optional gradient tracking.
 #[derive(Clone)]
-pub struct Tensor(Arc<TensorInner>);
+pub struct Tensor(ManuallyDrop<Arc<TensorInner>>);
 
 struct TensorInner {
     id: usize,
@@ -39,14 +42,14 @@ fn next_id() -> usize {
 impl Tensor {
     /// Wraps freshly computed data (a constant; ops attach their node with [`Tensor::record`]).
     pub(crate) fn from_storage(storage: Storage, layout: Layout, device: Device) -> Tensor {
-        Tensor(Arc::new(TensorInner {
+        Tensor::new(TensorInner {
             id: next_id(),
             dtype: storage.dtype(),
-            storage: Arc::new(RwLock::new(storage)),
+            storage: Tensor::storage_lock(storage),
             layout,
             device,
             grad: GradState::None,
-        }))
+        })
     }
 
     /// Wraps fresh contiguous data of `shape` on the storage's own device.
@@ -57,14 +60,14 @@ impl Tensor {
 
     /// Another view of the same storage (not recorded; view ops record their own node).
     pub(crate) fn with_layout(&self, layout: Layout) -> Tensor {
-        Tensor(Arc::new(TensorInner {
+        Tensor::new(TensorInner {
             id: next_id(),
             storage: self.0.storage.clone(),
             layout,
             dtype: self.0.dtype,
             device: self.0.device,
             grad: GradState::None,
-        }))
+        })
     }
 
     /// Whether an op on `inputs` records a node now: grad mode is on and some input needs a
@@ -90,14 +93,14 @@ impl Tensor {
             inputs: inputs.iter().map(|&t| t.clone()).collect(),
             backward,
         };
-        Tensor(Arc::new(TensorInner {
+        Tensor::new(TensorInner {
             id: self.0.id,
             storage: self.0.storage.clone(),
             layout: self.0.layout.clone(),
             dtype: self.0.dtype,
             device: self.0.device,
             grad: GradState::Op(std::sync::Mutex::new(Some(node))),
-        }))
+        })
     }
 
     /// A unique id, the key of [`crate::Gradients`].
@@ -174,14 +177,14 @@ impl Tensor {
         if !self.dtype().is_float() {
             return self;
         }
-        Tensor(Arc::new(TensorInner {
+        Tensor::new(TensorInner {
             id: next_id(),
             storage: self.0.storage.clone(),
             layout: self.0.layout.clone(),
             dtype: self.0.dtype,
             device: self.0.device,
             grad: GradState::Leaf,
-        }))
+        })
     }
 
     /// Whether gradients flow through this tensor (a requires-grad leaf or an op output

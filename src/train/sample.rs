@@ -8,7 +8,7 @@
 //! nanoGPT's `generate` crops `idx[:, -block_size:]`, so the output equals that of a model
 //! without a cache (up to floating-point rounding), or the generation ends there (a chat).
 
-use crate::backend::SampleParams;
+use crate::backend::{SampleParams, SampleScratch};
 use crate::model::{CausalLm, KvCache};
 use crate::{Error, Result, Rng, Tensor};
 
@@ -94,9 +94,21 @@ pub fn sample_logits(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> Res
 /// Picks the next token from `logits` (`[1, vocab]` or `[vocab]`, on any device) as
 /// [`sample_logits`] does, on the logits' device: from a GPU only the id comes back.
 pub fn sample_tensor(logits: &Tensor, opts: &SampleOptions, rng: &mut Rng) -> Result<u32> {
+    sample_tensor_with(logits, opts, rng, &mut SampleScratch::default())
+}
+
+/// [`sample_tensor`] with the sampler's buffers in `scratch`, kept by the caller from one token to
+/// the next: the same id, and on the CPU no allocation once they have grown to the vocabulary
+/// ([`Tensor::sample_with`]).
+pub fn sample_tensor_with(
+    logits: &Tensor,
+    opts: &SampleOptions,
+    rng: &mut Rng,
+    scratch: &mut SampleScratch,
+) -> Result<u32> {
     opts.validate()?;
     let u = opts.uniform(rng);
-    Ok(logits.sample(&opts.params(), &[u])?[0])
+    logits.sample_with(&opts.params(), u, scratch)
 }
 
 /// What a generation does when the sequence reaches the model's context length.
@@ -148,6 +160,8 @@ pub struct Generator<M> {
     cached: Vec<u32>,
     stop: Vec<u32>,
     context_full: ContextFull,
+    /// The sampler's buffers, kept from one token to the next.
+    scratch: SampleScratch,
 }
 
 impl<M: CausalLm> Generator<M> {
@@ -166,6 +180,7 @@ impl<M: CausalLm> Generator<M> {
             cached: Vec::new(),
             stop: Vec::new(),
             context_full: ContextFull::Crop,
+            scratch: SampleScratch::default(),
         })
     }
 
@@ -189,6 +204,11 @@ impl<M: CausalLm> Generator<M> {
 
     /// Continues `prompt` (at least one id) with up to `opts.max_new_tokens` tokens, calling
     /// `on_token` with each as soon as it is drawn (`Ok(false)` stops the generation early).
+    ///
+    /// On the CPU a generated token allocates nothing once the first few have warmed the pools up,
+    /// when this runs on a thread of rayon's pool (inside `rayon::scope`); from another thread,
+    /// rayon's shared queue allocates once per 63 parallel regions (docs/llama.md, "The decode
+    /// step's allocation budget").
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -221,7 +241,12 @@ impl<M: CausalLm> Generator<M> {
                 ),
             });
         }
-        let mut context = prompt[prompt.len().saturating_sub(n_ctx)..].to_vec();
+        // room for the new tokens up front, so that a generated token allocates nothing (the
+        // cropped case re-reads the context and allocates anyway)
+        let room = opts.max_new_tokens.min(n_ctx);
+        let kept = &prompt[prompt.len().saturating_sub(n_ctx)..];
+        let mut context = Vec::with_capacity(kept.len() + room);
+        context.extend_from_slice(kept);
         // the cached prefix this prompt shares; at least the last prompt token is read again,
         // since its logits pick the first new token
         let shared = self.cached.iter().zip(&context).take_while(|(a, b)| a == b).count();
@@ -230,12 +255,14 @@ impl<M: CausalLm> Generator<M> {
             self.cache.truncate(reused)?;
             self.cached.truncate(reused);
         }
+        // cached holds the first `reused` ids now
+        self.cached.reserve(context.len() - reused + room);
         let prefilled = context.len() - reused;
         let mut logits = self.feed(&context[reused..])?;
-        let mut tokens = Vec::new();
+        let mut tokens = Vec::with_capacity(room);
         let mut finish = Finish::MaxTokens;
         for i in 0..opts.max_new_tokens {
-            let id = sample_tensor(&logits, opts, rng)?;
+            let id = sample_tensor_with(&logits, opts, rng, &mut self.scratch)?;
             if self.stop.contains(&id) {
                 finish = Finish::Stop(id);
                 break;

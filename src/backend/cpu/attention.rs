@@ -26,7 +26,7 @@
 
 use super::gemm;
 use super::matmul::{Gemm, GemmInto};
-use super::{alloc, lane_fold, lane_sum, vectorised};
+use super::{alloc, lane_fold, lane_sum, pool, vectorised};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::AttentionDims;
@@ -41,6 +41,10 @@ use std::thread::LocalKey;
 /// Query rows per GEMM tile: big enough for the GEMM to reach speed, small enough that the
 /// score tile (`TILE × tk`) stays in L2 for GPT-2's 1024 positions.
 const TILE: usize = 64;
+
+/// The fewest elements a thread's score scratch holds once used: one query row against 4096 keys,
+/// or a tile of [`TILE`] rows against 64 (16 KiB in f32).
+const MIN_SCORES: usize = 4096;
 
 /// The two element types the fused loops run in, with their GEMM (and its form into a new,
 /// uninitialised output) and each thread's score tile.
@@ -103,7 +107,9 @@ pub fn attention_forward(
         }
         _ => {
             check_half(q, &[k, v])?;
-            let (o, lse) = forward(&widen(q)?, &widen(k)?, &widen(v)?, dims)?;
+            let (qw, kw, vw) = (widen(q)?, widen(k)?, widen(v)?);
+            let (o, lse) = forward(&qw, &kw, &vw, dims)?;
+            [qw, kw, vw].into_iter().for_each(pool::give_vec);
             (narrow(o, q.dtype())?, CpuStorage::F32(lse))
         }
     })
@@ -178,9 +184,11 @@ fn widen(s: &CpuStorage) -> Result<Vec<f32>> {
     }
 }
 
+/// `v` rounded to `dtype`; `v`'s buffer goes back to the pool.
 fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     let n = v.len();
-    super::cast(&CpuStorage::F32(v), &Layout::contiguous(&[n]), dtype)
+    let wide = pool::Scratch(CpuStorage::F32(v));
+    super::cast(&wide.0, &Layout::contiguous(&[n]), dtype)
 }
 
 /// One head's index and its (not yet written) slices of o and lse, as the forward's parallel loop
@@ -209,6 +217,12 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(V
         for i0 in (0..tq).step_by(TILE) {
             let rows = TILE.min(tq - i0);
             let keys = dims.visible(i0 + rows - 1);
+            if scores.capacity() < rows * keys {
+                // in powers of two from MIN_SCORES: a decode step, one key longer than the last,
+                // grows it only at a power of two past 4096 keys
+                let want = (rows * keys).next_power_of_two().max(MIN_SCORES);
+                scores.reserve_exact(want - scores.len());
+            }
             scores.resize(rows * keys, E::zero());
             // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
             #[rustfmt::skip]

@@ -9,7 +9,7 @@
 //! f32 GEMM (a copy their `m` rows amortise, into a buffer that stays in cache). The f32 result
 //! is rounded to the half type over threads (`map`).
 
-use super::{alloc, gemm, PARALLEL_MIN};
+use super::{alloc, gemm, pool, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::Epilogue;
@@ -59,24 +59,29 @@ pub fn matmul(
                         unreachable!("cast to f32 gives f32")
                     };
                     let la_wide = Layout::contiguous(la.shape());
-                    match b {
+                    let product = match b {
                         CpuStorage::BF16(y) if streamed => {
                             batched(&x, &la_wide, &y[..], lb, gemm::sgemm_streamed_into::<bf16>)?
                         }
                         _ => widened_by_blocks(&x, &la_wide, b, lb)?,
-                    }
+                    };
+                    pool::give_vec(x);
+                    product
                 }
             };
             let (out, z) = epilogue(product, &shape, epi)?;
-            // one rounding per element, over threads (`map` splits contiguous work), vectorised
+            // one rounding per element, over threads (`map` splits contiguous work), vectorised;
+            // the f32 product goes back to the pool
             let narrow = |v: Vec<f32>| -> Result<CpuStorage> {
                 let flat = Layout::contiguous(&[v.len()]);
-                Ok(match a {
+                let rounded = match a {
                     CpuStorage::BF16(_) => {
                         CpuStorage::BF16(super::map("matmul", &v, &flat, super::float::f32_to_bf16)?)
                     }
                     _ => CpuStorage::F16(super::map("matmul", &v, &flat, f16::from_f32)?),
-                })
+                };
+                pool::give_vec(v);
+                Ok(rounded)
             };
             (narrow(out)?, z.map(narrow).transpose()?)
         }
@@ -95,12 +100,12 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     epi: &Epilogue<'_, CpuStorage>,
 ) -> Result<(Vec<T>, Option<Vec<T>>)> {
     let n = shape.last().copied().unwrap_or(1);
-    // bias and residual in T, contiguous: one cast each (a copy), borrowed below
-    let wide = |(s, l): (&CpuStorage, &Layout)| super::cast(s, l, T::DTYPE);
+    // bias and residual in T, contiguous: one cast each (a copy, back to the pool after), borrowed below
+    let wide = |(s, l): (&CpuStorage, &Layout)| super::cast(s, l, T::DTYPE).map(pool::Scratch);
     let (bias, residual) = (epi.bias.map(wide).transpose()?, epi.residual.map(wide).transpose()?);
     let (bias, residual) = (
-        bias.as_ref().map(super::typed::<T>),
-        residual.as_ref().map(super::typed::<T>),
+        bias.as_ref().map(|s| super::typed::<T>(&s.0)),
+        residual.as_ref().map(|s| super::typed::<T>(&s.0)),
     );
     if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none() && !epi.keep_pre) {
         return Ok((y, epi.keep_pre.then(Vec::new)));
@@ -184,6 +189,8 @@ fn widened_by_blocks(a: &[f32], la: &Layout, b: &CpuStorage, lb: &Layout) -> Res
                 c.write(p);
             });
         }
+        pool::give_vec(block);
+        pool::give_vec(product);
     }
     // SAFETY: the capacity is len; the blocks' columns j0..j0 + width tile 0..n, and each
     // block wrote those columns of all batch·m rows (n > 0 whenever len > 0).

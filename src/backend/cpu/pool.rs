@@ -12,6 +12,7 @@
 //! that runs them, not in their parallel loops).
 
 use super::{with_cpu_storage, CpuStorage};
+use crate::tensor::dtype::WithDType;
 use std::any::Any;
 use std::sync::{Mutex, MutexGuard};
 
@@ -72,6 +73,23 @@ pub(crate) fn give(storage: &mut CpuStorage) {
     }
     pool.bytes += bytes;
     pool.free.push(buffer);
+}
+
+/// Takes a kernel's temporary vector into the pool (see [`give`]). Only a `Storage` gives its
+/// buffer back by itself when dropped; a buffer that a kernel took from the pool for a temporary
+/// (a widened copy, a product before its rounding) and then dropped would go to the allocator,
+/// and the next call would miss it here.
+pub(crate) fn give_vec<T: WithDType>(v: Vec<T>) {
+    give(&mut CpuStorage::from_vec(v));
+}
+
+/// A kernel's temporary storage, given to the pool when dropped (see [`give_vec`]).
+pub(crate) struct Scratch(pub(crate) CpuStorage);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        give(&mut self.0);
+    }
 }
 
 #[cfg(test)]

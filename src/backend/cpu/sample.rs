@@ -10,7 +10,7 @@
 //! filters) picks the token whose interval of the cumulative weight, in id order, holds R.
 
 use crate::backend::cpu::{typed, CpuStorage};
-use crate::backend::op::SampleParams;
+use crate::backend::op::{SampleParams, SampleScratch};
 use crate::{Error, Result};
 
 /// A key that sorts logits from the largest to the smallest in IEEE total order (+0 before −0):
@@ -82,6 +82,11 @@ fn weight(l: f32, max: f32, t: f64, scale: i32) -> u64 {
 /// is by `u` over the kept weight in id order. Errors, never panics: invalid `params`, no logits,
 /// a NaN logit, all logits −∞.
 pub fn sample_row(logits: &[f32], params: &SampleParams, u: f64) -> Result<u32> {
+    sample_row_with(logits, params, u, &mut SampleScratch::default())
+}
+
+/// [`sample_row`] with its buffers in `scratch` (the same id).
+pub fn sample_row_with(logits: &[f32], params: &SampleParams, u: f64, scratch: &mut SampleScratch) -> Result<u32> {
     params.validate()?;
     let bad = |msg: String| Err(Error::invalid("sample", msg));
     if logits.is_empty() {
@@ -110,21 +115,31 @@ pub fn sample_row(logits: &[f32], params: &SampleParams, u: f64) -> Result<u32> 
     if params.temperature == 0.0 || logits.len() == 1 || max == f32::INFINITY {
         return Ok(argmax as u32);
     }
+    let SampleScratch { keys, kept, order } = scratch;
     let scale = weight_scale(logits.len());
     let w = |v: f32| weight(v, max, params.temperature, scale);
     let kth = if params.top_k > 0 && params.top_k < logits.len() {
-        let mut keys: Vec<u32> = logits.iter().map(|&v| key(v)).collect();
+        keys.clear();
+        keys.extend(logits.iter().map(|&v| key(v)));
         key_value(*keys.select_nth_unstable(params.top_k - 1).1)
     } else {
         f32::NEG_INFINITY
     };
     // kept[i]: whether token i survives the filters
-    let mut kept: Vec<bool> = logits.iter().map(|&v| v >= kth).collect();
-    let total: u64 = logits.iter().zip(&kept).filter(|(_, &k)| k).map(|(&v, _)| w(v)).sum();
+    kept.clear();
+    kept.extend(logits.iter().map(|&v| v >= kth));
+    let total: u64 = logits
+        .iter()
+        .zip(kept.iter())
+        .filter(|(_, &k)| k)
+        .map(|(&v, _)| w(v))
+        .sum();
     let mut kept_total = total;
     if params.top_p < 1.0 {
         let target = ((params.top_p * total as f64).ceil() as u64).clamp(1, total);
-        let mut order: Vec<u32> = (0..logits.len() as u32).filter(|&i| kept[i as usize]).collect();
+        order.clear();
+        order.reserve(logits.len()); // once for the vocabulary: the filter's length is not known up front
+        order.extend((0..logits.len() as u32).filter(|&i| kept[i as usize]));
         order.sort_unstable_by_key(|&i| (key(logits[i as usize]), i));
         let mut cum = 0;
         let mut end = order.len();
@@ -140,7 +155,7 @@ pub fn sample_row(logits: &[f32], params: &SampleParams, u: f64) -> Result<u32> 
     }
     let r = ((u * kept_total as f64) as u64).min(kept_total - 1);
     let mut cum = 0;
-    for (i, (&v, &k)) in logits.iter().zip(&kept).enumerate() {
+    for (i, (&v, &k)) in logits.iter().zip(kept.iter()).enumerate() {
         if k {
             cum += w(v);
             if cum > r {

@@ -182,6 +182,17 @@ pub struct SampleParams {
     pub top_p: f64,
 }
 
+/// The CPU sampler's buffers (backend/cpu/sample.rs), kept between draws by the caller (a
+/// generation loop) so that a draw allocates nothing once they have grown to the vocabulary: the
+/// logits' sort keys for top-k, which tokens the filters keep, and the kept ids in sorted order for
+/// top-p. Their contents never carry over from one draw to the next.
+#[derive(Clone, Debug, Default)]
+pub struct SampleScratch {
+    pub(crate) keys: Vec<u32>,
+    pub(crate) kept: Vec<bool>,
+    pub(crate) order: Vec<u32>,
+}
+
 impl SampleParams {
     /// An `Error::Invalid` of op `sample` when the temperature is negative or not finite, or top_p
     /// is outside (0, 1].
