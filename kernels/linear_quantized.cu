@@ -4,10 +4,10 @@
 // backend (src/backend/cpu/linear_quantized/) is the reference; its module header gives the algorithm
 // the decode kernel follows.
 //
-// Two paths, chosen per call by src/backend/cuda/linear_quantized.rs:
+// Three paths, chosen per call by src/backend/cuda/linear_quantized.rs:
 //
-// 1. Decode (a grouped format and fewer than DEQUANTIZE_FROM_ROWS = 16 rows of x), llama.cpp's
-//    algorithm with 8-bit activations:
+// 1. Decode (a grouped format and fewer than MMA_FROM_ROWS = 8 rows of x), llama.cpp's algorithm
+//    with 8-bit activations:
 //    linear_quantized_quantize_x rounds each 32-element block of x to signed bytes as the CPU does,
 //      xd = max|x| / 127,  xq = rint(x · (127 / max|x|)) (ties to even),  xds = (xd, xd·Σxq),
 //    bit for bit the CPU's values. Launch: one warp per block of 32, 256 threads per CTA,
@@ -30,18 +30,52 @@
 //    group from L2. So a decoded token moves, per projection, its quantized weight bytes plus about
 //    5·k bytes: SmolLM2-135M Q4_1 reads ~92 MiB of weights per token.
 //
-// 2. Prefill, the input's gradient, and Q4_K/Q6_K at every size: linear_quantized_dequantize_<fmt>
+// 2. Prefill (a grouped format from MMA_FROM_ROWS rows of x on), the same algorithm on the integer
+//    tensor cores: x rounded by linear_quantized_quantize_x as in 1, then linear_quantized_mma_<fmt>
+//    multiplies each 16-row group's block (the A operand, 16 × 32 quants) with the block of 8 rows of
+//    x at a time (B, 32 × 8 signed bytes) by one mma.sync.m16n8k32.row.col.s32.s8.s8.s32: the 128
+//    integer sums Σ q·xq of that block, exact, which each lane then scales into its 4 f32 sums as 1
+//    does, acc += (a·xd)·Σq·xq + c·(xd·Σxq) (the scales change every block, so the integer sums cannot
+//    run on across blocks). The tile layout of QuantizedMatrix is the A fragment as it is: lane
+//    (g = lane/4, t = lane%4) needs bytes 4t.. and 4t+16.. of rows g and g+8, which are word t (Q4:
+//    its low and high nibbles, 0..15, exact as .s8) or words t and t+4 (Q8) of the tile, so each lane
+//    loads 2 (Q4) or 4 (Q8) 32-bit words per block, 128 contiguous bytes per warp load, no shuffle.
+//    Launch: grid [ceil(groups / 4), ceil(m / 32)], block 128: warp w of CTA (bx, by) takes group
+//    4·bx + w (16 rows of W) against rows 32·by .. 32·by + 31 of x (4 n-tiles of 8; tiles wholly past
+//    m are skipped, warps past the last group only help stage x). x's rows are staged in shared memory
+//    4 blocks at a time (2 stages of 32 rows × 144 bytes, 9 KiB, by 16-byte cp.async with zero fill
+//    past m and past the row's end; the next stage's copy overlaps this stage's products), B read from
+//    there (4 bytes per lane, rows 144 bytes apart: conflict-free); A and the f16 scales from global
+//    memory (each W byte is read by one warp of the CTA), xds with __ldg (L1 hits: 4 rows' pairs per
+//    block and n-tile). The f32 sums of a lane (W rows g, g+8 × x rows 2t, 2t+1 of each n-tile) are
+//    stored at the end: rows past n or m are not.
+//    Roofline per call: 2·m·n·k integer operations (on the tensor cores: 2·16·8·32 = 8192 per mma,
+//    (m rounded up to 8) · (n rounded up to 16) · k / 4096 mma), plus 12 f32 operations per lane and
+//    mma for the scales (about 1/11 of an FP32 op per multiply-add, the larger cost on an H100: its
+//    INT8 tensor peak is ~30× its FP32 rate); W read once from DRAM (its grouped bytes, as in 1) and
+//    from L2 once per 32 rows of x (ceil(m/32) times); x's m·k bytes (+ m·k/4 of scales) read from L2
+//    by each of the ceil(groups/4) CTA columns; y's 4·m·n bytes written once. A 128-token prefill of
+//    SmolLM2's [1536, 576] Q4_1 projection: 226 M integer ops (~0.11 µs at 1979 TOPS), 0.55 MB of W
+//    (~0.17 µs at 3.35 TB/s), 10.6 M f32 ops (~0.16 µs at 67 TFLOP/s): all far under a launch's
+//    few µs, so the prefill of a small model is launch-bound. For large n·k, W's bytes bound the
+//    kernel up to about 130 rows of x (Q4_1: 0.625 bytes per weight at 3.35 TB/s against 0.094 f32
+//    ops per multiply-add at 67 TFLOP/s), the f32 scaling from there on (1.4× the tensor time).
+//
+// 3. The recorded forward (autograd on), the input's gradient, and Q4_K/Q6_K at every size:
+//    linear_quantized_dequantize_<fmt>
 //    decodes W to f32 [n, k] (the formulas and evaluation order of src/backend/cpu/dequantize.rs, with
 //    __fmul_rn/__fadd_rn so that no multiply-add is fused: bit for bit the CPU's weights), and the f32
-//    matmul kernel (kernels/matmul.cu) multiplies. x is not rounded there, as on the CPU from 16 rows
-//    on. Launch: grid-stride, one thread per weight (256 threads per CTA), each reading its block's
-//    scale bytes (L1/L2 hits) and writing one f32: 4·n·k bytes written per call, W's bytes read.
-//    The decoded copy lives for the call only.
+//    matmul kernel (kernels/matmul.cu) multiplies, x not rounded. Launch: grid-stride, one thread per
+//    weight (256 threads per CTA), each reading its block's scale bytes (L1/L2 hits) and writing one
+//    f32: 4·n·k bytes written per call, W's bytes read. The decoded copy lives for the call only.
 //
-// Headroom (not yet measured on a GPU: Emu-verified only): x's bytes could be staged in shared memory
-// once per CTA; several rows of x per CTA would read each W tile once for all of them (the prefill of
-// a short prompt); Q4_K/Q6_K have no integer decode kernel yet (they decode to f32 every call, about
-// 7× their bytes of traffic), and the prefill could decode to bf16 tiles for the tensor-core matmul.
+// Headroom (not yet measured on a GPU: Emu-verified only; the integer mma path has never run on a
+// tensor core): in 1, x's bytes could be staged in shared memory once per CTA; in 2, xds could be
+// staged with x (its 8-byte pairs are not 16-byte aligned per row, hence __ldg), W's tiles could go
+// through cp.async too (more stages, more rows of x per CTA: 64 would halve W's L2 reads at the cost
+// of more padding for short prompts), and a split over k would give a short prompt of a small model
+// more than groups/4 × ceil(m/32) CTAs (SmolLM2's 576-row projections: 9 per 32 rows of x); Q4_K/Q6_K
+// have no integer kernel yet (they decode to f32 every call, about 7× their bytes of traffic).
 #include "common.cuh"
 
 #define LINEAR_QUANTIZED_WARPS 4
@@ -163,6 +197,136 @@ __device__ __forceinline__ void linear_quantized_group_impl(const unsigned char 
 }
 
 // ---------------------------------------------------------------------------------------------------
+// The prefill product of the grouped formats on the integer tensor cores (path 2 of the header).
+#define LINEAR_QUANTIZED_MMA_WARPS 4         // warps per CTA, one 16-row group of W each
+#define LINEAR_QUANTIZED_MMA_ROWS 32         // rows of x per CTA: four 8-row n-tiles
+#define LINEAR_QUANTIZED_MMA_STAGE_BLOCKS 4  // blocks of 32 per pipeline stage
+// A staged row of x: its stage's blocks, padded by 16 bytes so that the 8 rows of a B fragment load
+// (row stride 36 words) fall in 8 different groups of 4 banks.
+#define LINEAR_QUANTIZED_MMA_ROW_BYTES (32 * LINEAR_QUANTIZED_MMA_STAGE_BLOCKS + 16)
+
+// Stage `stage` of x's quantized rows row0 .. row0 + 31 (blocks 4·stage .. 4·stage + 3) into `dst`, one
+// 16-byte cp.async per chunk, 8 consecutive threads per row (128 contiguous bytes from global, one
+// conflict-free pass into shared memory); rows past m and blocks past the row's end are zero-filled
+// without being read. Commits one group per thread.
+__device__ __forceinline__ void linear_quantized_mma_stage(unsigned char *dst, const signed char *__restrict__ xq,
+                                                           unsigned row0, unsigned m, unsigned blocks,
+                                                           unsigned stage) {
+    constexpr unsigned CHUNKS = 2 * LINEAR_QUANTIZED_MMA_STAGE_BLOCKS; // per row
+    for (unsigned c = threadIdx.x; c < LINEAR_QUANTIZED_MMA_ROWS * CHUNKS; c += blockDim.x) {
+        const unsigned r = c / CHUNKS, j = c % CHUNKS, b = stage * LINEAR_QUANTIZED_MMA_STAGE_BLOCKS + j / 2;
+        const bool in = row0 + r < m && b < blocks;
+        const signed char *src = in ? xq + ((unsigned long long)(row0 + r) * blocks + b) * 32 + 16 * (j % 2) : xq;
+        kiln_cp_async_16(dst + r * LINEAR_QUANTIZED_MMA_ROW_BYTES + 16 * j, src, in ? 16u : 0u);
+    }
+    kiln_cp_async_commit();
+}
+
+// FORMAT 4 (four-bit) or 8; C_FROM as linear_quantized_group_impl's. y [m, n] = x·Wᵀ with x quantized
+// (xq, xds: linear_quantized_quantize_x). Launch: grid [ceil(groups / 4), ceil(m / 32)], block 128.
+template <int FORMAT, int C_FROM>
+__device__ __forceinline__ void linear_quantized_mma_impl(const unsigned char *__restrict__ w,
+                                                          const signed char *__restrict__ xq,
+                                                          const float2 *__restrict__ xds, float *__restrict__ y,
+                                                          unsigned m, unsigned n, unsigned blocks) {
+    typedef LinearQuantizedTile<FORMAT == 4 ? 16 : 32, C_FROM == 1> Tile;
+    constexpr int NT = LINEAR_QUANTIZED_MMA_ROWS / 8, SB = LINEAR_QUANTIZED_MMA_STAGE_BLOCKS;
+    __shared__ __align__(16) unsigned char xs[2][LINEAR_QUANTIZED_MMA_ROWS * LINEAR_QUANTIZED_MMA_ROW_BYTES];
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const unsigned groups = (n + LINEAR_QUANTIZED_GROUP_ROWS - 1) / LINEAR_QUANTIZED_GROUP_ROWS;
+    const unsigned group = blockIdx.x * LINEAR_QUANTIZED_MMA_WARPS + warp; // may be past the last group
+    const unsigned row0 = blockIdx.y * LINEAR_QUANTIZED_MMA_ROWS;
+    // the n-tiles holding at least one row of x (the last CTA's rows may end early)
+    const unsigned ntiles = (m - row0 + 7) / 8;
+    const unsigned char *tiles = w + (unsigned long long)(group < groups ? group : 0) * blocks * Tile::BYTES;
+    const unsigned stages = (blocks + SB - 1) / SB;
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) acc[j][u] = 0.0f;
+
+    linear_quantized_mma_stage(xs[0], xq, row0, m, blocks, 0);
+    for (unsigned s = 0; s < stages; ++s) {
+        // the next stage's copy overlaps this one's products; its buffer was last read in stage s - 1,
+        // which every warp left at that stage's closing barrier
+        if (s + 1 < stages) {
+            linear_quantized_mma_stage(xs[(s + 1) % 2], xq, row0, m, blocks, s + 1);
+            kiln_cp_async_wait<1>();
+        } else {
+            kiln_cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (group < groups) { // the same for the warp's 32 lanes: the mma's lanes stay together
+            const unsigned char *xst = xs[s % 2];
+            for (unsigned bb = 0; bb < SB; ++bb) {
+                const unsigned b = s * SB + bb;
+                if (b >= blocks) break;
+                // A: rows g, g + 8 of the group; elements 4t .. 4t + 3 (a[0], a[1]) and 4t + 16 .. (a[2], a[3]),
+                // which the tile keeps as word t (Q4: its low and high nibbles) or words t and t + 4 (Q8)
+                const unsigned char *tile = tiles + (unsigned long long)b * Tile::BYTES;
+                const unsigned *words = reinterpret_cast<const unsigned *>(tile);
+                unsigned a[4];
+                if (FORMAT == 8) {
+                    a[0] = __ldg(words + 16 * t + g);
+                    a[1] = __ldg(words + 16 * t + g + 8);
+                    a[2] = __ldg(words + 16 * (t + 4) + g);
+                    a[3] = __ldg(words + 16 * (t + 4) + g + 8);
+                } else {
+                    const unsigned w0 = __ldg(words + 16 * t + g), w1 = __ldg(words + 16 * t + g + 8);
+                    a[0] = w0 & 0x0f0f0f0fu;
+                    a[1] = w1 & 0x0f0f0f0fu;
+                    a[2] = (w0 >> 4) & 0x0f0f0f0fu;
+                    a[3] = (w1 >> 4) & 0x0f0f0f0fu;
+                }
+                const float d0 = linear_quantized_f16(tile + Tile::QUANTS + 2 * g);
+                const float d1 = linear_quantized_f16(tile + Tile::QUANTS + 2 * (g + 8));
+                float c0 = 0.0f, c1 = 0.0f;
+                if (C_FROM == 0) {
+                    c0 = -8.0f * d0;
+                    c1 = -8.0f * d1;
+                }
+                if (C_FROM == 1) {
+                    c0 = linear_quantized_f16(tile + Tile::QUANTS + 32 + 2 * g);
+                    c1 = linear_quantized_f16(tile + Tile::QUANTS + 32 + 2 * (g + 8));
+                }
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    if ((unsigned)j >= ntiles) continue; // the same for the warp's lanes
+                    // B: row 8j + g of the staged x, bytes 4t .. 4t + 3 and 4t + 16 .. of block bb
+                    const unsigned char *xr = xst + (8 * j + g) * LINEAR_QUANTIZED_MMA_ROW_BYTES + 32 * bb + 4 * t;
+                    const unsigned bf[2] = {*reinterpret_cast<const unsigned *>(xr),
+                                            *reinterpret_cast<const unsigned *>(xr + 16)};
+                    int isum[4] = {0, 0, 0, 0};
+                    kiln_mma_m16n8k32_s8(isum, a, bf);
+                    // isum[u]: W row g (u < 2) or g + 8, x row 8j + 2t + u % 2; a row past m reads row m - 1's
+                    // scales (its sums are zeros, never stored)
+                    const unsigned i0 = row0 + 8 * j + 2 * t, i1 = i0 + 1;
+                    const float2 x0 = __ldg(xds + (unsigned long long)(i0 < m ? i0 : m - 1) * blocks + b);
+                    const float2 x1 = __ldg(xds + (unsigned long long)(i1 < m ? i1 : m - 1) * blocks + b);
+                    acc[j][0] += d0 * x0.x * (float)isum[0] + c0 * x0.y;
+                    acc[j][1] += d0 * x1.x * (float)isum[1] + c0 * x1.y;
+                    acc[j][2] += d1 * x0.x * (float)isum[2] + c1 * x0.y;
+                    acc[j][3] += d1 * x1.x * (float)isum[3] + c1 * x1.y;
+                }
+            }
+        }
+        __syncthreads();
+    }
+    if (group >= groups) return;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const unsigned r = group * LINEAR_QUANTIZED_GROUP_ROWS + g + (u >= 2 ? 8 : 0);
+            const unsigned i = row0 + 8 * j + 2 * t + u % 2;
+            if (r < n && i < m) y[(unsigned long long)i * n + r] = acc[j][u];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // W decoded to f32 [rows, cols], one weight per thread, as src/backend/cpu/dequantize.rs (see there for
 // the block layouts) and QuantizedMatrix's tiles for the grouped formats.
 
@@ -251,11 +415,19 @@ __device__ __forceinline__ float linear_quantized_q6_k_at(const unsigned char *w
     (const unsigned char *w, const signed char *xq, const float2 *xds, float *y, unsigned n, unsigned blocks) {        \
         linear_quantized_group_impl<FORMAT, C_FROM>(w, xq, xds, y, n, blocks);                                         \
     }
+#define LINEAR_QUANTIZED_MMA_KERNEL(FORMAT, C_FROM)                                                                    \
+    (const unsigned char *w, const signed char *xq, const float2 *xds, float *y, unsigned m, unsigned n,               \
+     unsigned blocks) {                                                                                                \
+        linear_quantized_mma_impl<FORMAT, C_FROM>(w, xq, xds, y, m, n, blocks);                                        \
+    }
 
 KILN_ENTRY(linear_quantized_quantize_x, LINEAR_QUANTIZED_QUANTIZE_X_KERNEL, float)
 KILN_ENTRY_BOUNDED(linear_quantized_q4_0, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 4, 0)
 KILN_ENTRY_BOUNDED(linear_quantized_q4_1, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 4, 1)
 KILN_ENTRY_BOUNDED(linear_quantized_q8_0, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 8, 2)
+KILN_ENTRY_BOUNDED(linear_quantized_mma_q4_0, 128, LINEAR_QUANTIZED_MMA_KERNEL, 4, 0)
+KILN_ENTRY_BOUNDED(linear_quantized_mma_q4_1, 128, LINEAR_QUANTIZED_MMA_KERNEL, 4, 1)
+KILN_ENTRY_BOUNDED(linear_quantized_mma_q8_0, 128, LINEAR_QUANTIZED_MMA_KERNEL, 8, 2)
 KILN_ENTRY(linear_quantized_dequantize_q4_0, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q4_0_at)
 KILN_ENTRY(linear_quantized_dequantize_q4_1, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q4_1_at)
 KILN_ENTRY(linear_quantized_dequantize_q8_0, LINEAR_QUANTIZED_DEQUANTIZE_KERNEL, linear_quantized_q8_0_at)

@@ -1488,3 +1488,106 @@ fn every_kernel_named_by_a_wrapper_exists_and_is_registered_with_the_emulator() 
         "every .cu opens with its roofline"
     );
 }
+
+#[path = "common/quantized.rs"]
+mod quantized;
+
+/// x's rows rounded per block of 32 as `linear_quantized_quantize_x` and the CPU's `Q8Rows` do (f32
+/// arithmetic, ties to even): per block the quants and (xd, xd·Σxq).
+fn round_x(x: &[f32]) -> Vec<([i32; 32], f32, f32)> {
+    x.chunks_exact(32)
+        .map(|b| {
+            let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let (d, inv) = (amax / 127.0, if amax > 0.0 { 127.0 / amax } else { 0.0 });
+            let q: [i32; 32] = std::array::from_fn(|i| (b[i] * inv).round_ties_even() as i32);
+            (q, d, d * q.iter().sum::<i32>() as f32)
+        })
+        .collect()
+}
+
+/// One 32-weight block of a grouped format in the GGUF layout as (a, c, q) with w = a·q + c.
+fn block_coefficients(format: kiln::ops::linear_quantized::QuantFormat, b: &[u8]) -> (f64, f64, [i32; 32]) {
+    use kiln::ops::linear_quantized::QuantFormat;
+    let f16 = |at: usize| f64::from(half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32());
+    let nibbles = |qs: &[u8]| -> [i32; 32] {
+        std::array::from_fn(|e| i32::from(if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 }))
+    };
+    match format {
+        QuantFormat::Q4_0 => (f16(0), -8.0 * f16(0), nibbles(&b[2..18])),
+        QuantFormat::Q4_1 => (f16(0), f16(2), nibbles(&b[4..20])),
+        QuantFormat::Q8_0 => (f16(0), 0.0, std::array::from_fn(|e| i32::from(b[2 + e] as i8))),
+        other => unreachable!("{other} is not a grouped format"),
+    }
+}
+
+/// The prefill of a grouped format (Q4_0, Q4_1, Q8_0) from `MMA_FROM_ROWS` rows of x on: the integer
+/// tensor-core kernels (`linear_quantized_mma_*`, `mma.m16n8k32` on signed bytes), on Emu and a GPU
+/// when there is one, against the same formula evaluated in f64, `Σ_b (a·xd)·Σq·xq + c·(xd·Σxq)` with
+/// x rounded as the kernel rounds it, and against the CPU's integer product. The integer sums are
+/// exact on both sides, so the kernel differs from the f64 value only by its f32 arithmetic: three
+/// roundings per block's term and one per addition of the running sum, at most (blocks + 3)·2⁻²⁴ of
+/// Σ_b |terms| (doubled here); an integer sum off by one would be off by a·xd ≈ 4e-4, well above that.
+/// Shapes: rows of x 8 (one full n-tile), 13 (a partial one), 33 and 70 (several CTAs, the last with
+/// one n-tile), weights not whole groups nor whole CTAs of 64 rows, and 1 to 9 blocks (several
+/// pipeline stages of 4, the last partial).
+#[test]
+fn linear_quantized_prefill_on_the_integer_tensor_cores() {
+    use kiln::backend::cuda::linear_quantized::MMA_FROM_ROWS;
+    use kiln::ops::linear_quantized::QuantFormat;
+    let mut g = quantized::Gen(0x6d6d_6171);
+    let shapes = [(8usize, 16usize, 32usize), (13, 67, 96), (33, 40, 160), (70, 129, 288)];
+    assert!(shapes.iter().all(|s| s.0 >= MMA_FROM_ROWS));
+    for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for &(m, n, k) in &shapes {
+            let (w, _) = quantized::random_matrix(format, n, k, &mut g);
+            let x: Vec<f32> = (0..m * k).map(|_| g.unit()).collect();
+            let (xr, wr) = (round_x(&x), w.gguf_rows(0..n));
+            let (blocks, row_bytes) = (k / 32, wr.len() / n);
+            let (mut want, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+            for i in 0..m {
+                for r in 0..n {
+                    for b in 0..blocks {
+                        let bb = &wr[r * row_bytes + b * format.block_bytes()..];
+                        let (a, c, q) = block_coefficients(format, bb);
+                        let (xq, xd, xdsum) = &xr[i * blocks + b];
+                        let isum: i32 = q.iter().zip(xq).map(|(q, x)| q * x).sum();
+                        let (t0, t1) = (a * f64::from(*xd) * f64::from(isum), c * f64::from(*xdsum));
+                        want[i * n + r] += t0 + t1;
+                        mag[i * n + r] += t0.abs() + t1.abs();
+                    }
+                }
+            }
+            // f32::EPSILON is 2⁻²³, twice the unit roundoff 2⁻²⁴: the bound above, doubled
+            let allowed = |j: usize| (blocks + 3) as f64 * f64::from(f32::EPSILON) * mag[j] + 1e-30;
+            let _no_grad = kiln::no_grad();
+            let cpu = Tensor::from_vec(x.clone(), &[m, k], &Device::Cpu)
+                .unwrap()
+                .linear_quantized(&w)
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap();
+            for dev in devices().into_iter().filter(|d| *d != Device::Cpu) {
+                let y = Tensor::from_vec(x.clone(), &[m, k], &dev)
+                    .unwrap()
+                    .linear_quantized(&w.to_device(&dev).unwrap())
+                    .unwrap();
+                assert_eq!(y.shape(), &[m, n]);
+                let y = y.to_vec::<f64>().unwrap();
+                for (j, (&got, &exp)) in y.iter().zip(&want).enumerate() {
+                    let what = format!("{format} [{n}, {k}] x [{m}, {k}] on {dev}: y[{}][{}]", j / n, j % n);
+                    assert!(
+                        (got - exp).abs() <= allowed(j),
+                        "{what} = {got}, the formula in f64 gives {exp} (allowed {:.3e})",
+                        allowed(j)
+                    );
+                    // the CPU's integer GEMM: the same sums, its own f32 order
+                    assert!(
+                        (got - cpu[j]).abs() <= 2.0 * allowed(j),
+                        "{what} = {got}, the CPU gives {}",
+                        cpu[j]
+                    );
+                }
+            }
+        }
+    }
+}

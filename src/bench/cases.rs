@@ -1220,6 +1220,28 @@ pub const CASES: &[Case] = &[
         library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, QuantProduct::F32)?))),
     },
     Case {
+        name: "linear_quantized_prefill_q4_0",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q4_0 [N, K]^T from 8 rows of x (CUDA: the integer tensor cores)",
+        dims: "MxNxK",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        // SmolLM2-135M's 128- and 512-token prefills (gate/up, down), a 7B-sized one, and the
+        // threshold's neighbourhood (MMA_FROM_ROWS in src/backend/cuda/linear_quantized.rs); on
+        // Emu a partial n-tile, two CTAs of x rows and of weight groups, 3 blocks
+        cuda: &[
+            &[8, 1536, 576],
+            &[16, 1536, 576],
+            &[128, 1536, 576],
+            &[512, 1536, 576],
+            &[512, 576, 1536],
+            &[512, 4096, 4096],
+        ],
+        cpu: &[&[128, 1536, 576]],
+        emu: &[&[40, 67, 96]],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_0, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_0, QuantProduct::F32)?))),
+    },
+    Case {
         name: "attention_fwd",
         about: "scaled_dot_product_attention forward, causal, f32 [B, H, T, D]",
         dims: "BxHxTxD",
