@@ -6,8 +6,8 @@
 //
 // Three paths, chosen per call by src/backend/cuda/linear_quantized.rs:
 //
-// 1. Decode (a grouped format and fewer than MMA_FROM_ROWS = 8 rows of x), llama.cpp's algorithm
-//    with 8-bit activations:
+// 1. Decode (fewer than MMA_FROM_ROWS = 8 rows of x, every format), llama.cpp's algorithm with
+//    8-bit activations:
 //    linear_quantized_quantize_x rounds each 32-element block of x to signed bytes as the CPU does,
 //      xd = max|x| / 127,  xq = rint(x · (127 / max|x|)) (ties to even),  xds = (xd, xd·Σxq),
 //    bit for bit the CPU's values. Launch: one warp per block of 32, 256 threads per CTA,
@@ -29,6 +29,17 @@
 //    per weight), re-read from L2 for each further row of x; x's k + k/4 bytes per row, read by every
 //    group from L2. So a decoded token moves, per projection, its quantized weight bytes plus about
 //    5·k bytes: SmolLM2-135M Q4_1 reads ~92 MiB of weights per token.
+//    linear_quantized_q4_k / _q6_k do the same for the formats kept row after row (256-element
+//    super-blocks: Q4_K 144 bytes, a = d·sc and c = -dmin·mn per sub-block of 32; Q6_K 210 bytes,
+//    c = 0 and a = d·s8 per 16 elements, so two integer sums per sub-block, Σ(q-32)·xq taken as
+//    Σq·xq - 32·Σxq with a second __dp4a against 0x01010101), the CPU's portable dot's formulas and
+//    order per term. Launch: grid [ceil(n / 4), m], block 128: warp w of a CTA takes one row of W and
+//    one row of x, lane l sub-block l % 8 of super-blocks l / 8, l / 8 + 4, ... (Q4_K: its 32 nibble
+//    bytes as two 16-byte loads, shared by the lanes of sub-blocks 2i and 2i + 1; Q6_K: 16-bit loads,
+//    its blocks being only 2-byte aligned), then a butterfly sum over the warp. Roofline per call:
+//    2·m·n·k FLOPs (integer), W's bytes once from DRAM (4.5 bits per weight for Q4_K, 6.56 for Q6_K),
+//    again from L2 per further row of x, and x's k + k/4 bytes per row of x and of W (L1/L2): about
+//    1/7 of the traffic of decoding W to f32, which the K formats took at every size before.
 //
 // 2. Prefill (a grouped format from MMA_FROM_ROWS rows of x on), the same algorithm on the integer
 //    tensor cores: x rounded by linear_quantized_quantize_x as in 1, then linear_quantized_mma_<fmt>
@@ -61,7 +72,7 @@
 //    kernel up to about 130 rows of x (Q4_1: 0.625 bytes per weight at 3.35 TB/s against 0.094 f32
 //    ops per multiply-add at 67 TFLOP/s), the f32 scaling from there on (1.4× the tensor time).
 //
-// 3. The recorded forward (autograd on), the input's gradient, and Q4_K/Q6_K at every size:
+// 3. The recorded forward (autograd on), the input's gradient, and Q4_K/Q6_K from MMA_FROM_ROWS rows:
 //    linear_quantized_dequantize_<fmt>
 //    decodes W to f32 [n, k] (the formulas and evaluation order of src/backend/cpu/dequantize.rs, with
 //    __fmul_rn/__fadd_rn so that no multiply-add is fused: bit for bit the CPU's weights), and the f32
@@ -75,7 +86,9 @@
 // through cp.async too (more stages, more rows of x per CTA: 64 would halve W's L2 reads at the cost
 // of more padding for short prompts), and a split over k would give a short prompt of a small model
 // more than groups/4 × ceil(m/32) CTAs (SmolLM2's 576-row projections: 9 per 32 rows of x); Q4_K/Q6_K
-// have no integer kernel yet (they decode to f32 every call, about 7× their bytes of traffic).
+// have no tensor-core kernel (their prefill decodes W to f32, about 7× its bytes of traffic: the
+// mma kernel would take them with the super-block's sub-block scales in place of the tile's), and
+// their decode kernel reads x once per row of W (4 rows per CTA could share it through shared memory).
 #include "common.cuh"
 
 #define LINEAR_QUANTIZED_WARPS 4
@@ -194,6 +207,95 @@ __device__ __forceinline__ void linear_quantized_group_impl(const unsigned char 
 #pragma unroll
     for (int v = 0; v < LINEAR_QUANTIZED_WARPS; ++v) sum += warp_sums[v][threadIdx.x];
     y[i * n + row] = sum;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The decode product of Q4_K and Q6_K (kept row after row, 256-element super-blocks). Lane l of a warp
+// takes sub-block l % 8 (32 elements) of super-block 4·step + l / 8 of its row of W.
+#define LINEAR_QUANTIZED_K_WARPS 4 // warps per CTA, one row of W each
+
+// The 32-bit word at `p`, 2-byte aligned (Q6_K's 210-byte blocks leave no more), from two 16-bit loads.
+__device__ __forceinline__ unsigned linear_quantized_u32_at2(const unsigned char *p) {
+    const unsigned short *h = reinterpret_cast<const unsigned short *>(p);
+    return (unsigned)__ldg(h) | ((unsigned)__ldg(h + 1) << 16);
+}
+
+// Q4_K sub-block j of the super-block at `blk` against x's block `xb` (8 ints) with (xd, xd·Σxq) = ds:
+// (d·sc)·xd·Σq·xq - (dmin·mn)·xd·Σxq, as the CPU's portable dot orders it.
+__device__ __forceinline__ float linear_quantized_q4_k_sub(const unsigned char *blk, unsigned j, const int *xb,
+                                                           float2 ds) {
+    // the 32 nibbles: bytes 32·(j/2) .. + 31 of qs, low (j even) or high nibbles; 16-byte aligned
+    const uint4 *qs = reinterpret_cast<const uint4 *>(blk + 16 + 32 * (j / 2));
+    const uint4 lo = __ldg(qs), hi = __ldg(qs + 1);
+    const unsigned words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    const unsigned shift = 4 * (j % 2);
+    int isum = 0;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) isum = __dp4a((int)((words[w] >> shift) & 0x0f0f0f0fu), __ldg(xb + w), isum);
+    const unsigned char *sc = blk + 4;
+    unsigned scale, min;
+    if (j < 4) {
+        scale = __ldg(sc + j) & 0x3f;
+        min = __ldg(sc + j + 4) & 0x3f;
+    } else {
+        scale = (__ldg(sc + j + 4) & 0xf) | ((__ldg(sc + j - 4) >> 2) & 0x30);
+        min = (__ldg(sc + j + 4) >> 4) | ((__ldg(sc + j) >> 2) & 0x30);
+    }
+    const float d = linear_quantized_f16(blk), dmin = linear_quantized_f16(blk + 2);
+    return d * (float)scale * ds.x * (float)isum - dmin * (float)min * ds.y;
+}
+
+// Q6_K sub-block j (elements 32j .. 32j + 31 = 128h + p): the low 4 bits from ql[64h + p % 64] >> 4·(p / 64),
+// the high 2 from qh[32h + p % 32] >> 2·(p / 32), q - 32; a scale per 16 elements:
+// d·xd·(s8[2j]·Σ_0..15 (q-32)·xq + s8[2j+1]·Σ_16..31), as the CPU's portable dot orders it.
+__device__ __forceinline__ float linear_quantized_q6_k_sub(const unsigned char *blk, unsigned j, const int *xb,
+                                                           float2 ds) {
+    const unsigned h = j / 4, jj = j % 4;
+    const unsigned char *ql = blk + 64 * h + 32 * (jj % 2), *qh = blk + 128 + 32 * h;
+    const unsigned lshift = 4 * (jj / 2), hshift = 2 * jj;
+    int isum[2] = {0, 0}, xsum[2] = {0, 0};
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+        const unsigned low = (linear_quantized_u32_at2(ql + 4 * w) >> lshift) & 0x0f0f0f0fu;
+        const unsigned high = ((linear_quantized_u32_at2(qh + 4 * w) >> hshift) & 0x03030303u) << 4;
+        const int x = __ldg(xb + w);
+        // Σ (q - 32)·xq = Σ q·xq - 32·Σ xq, each byte of q in 0..63
+        isum[w / 4] = __dp4a((int)(low | high), x, isum[w / 4]);
+        xsum[w / 4] = __dp4a(0x01010101, x, xsum[w / 4]);
+    }
+    const float s0 = (float)(signed char)__ldg(blk + 192 + 2 * j), s1 = (float)(signed char)__ldg(blk + 193 + 2 * j);
+    const float d = linear_quantized_f16(blk + 208);
+    return d * ds.x * (s0 * (float)(isum[0] - 32 * xsum[0]) + s1 * (float)(isum[1] - 32 * xsum[1]));
+}
+
+// FORMAT 0 (Q4_K, 144-byte blocks) or 1 (Q6_K, 210). Launch: grid [ceil(n / 4), m], block 128: warp w of
+// CTA (bx, i) dots row 4·bx + w of W with row i of x; a warp step covers 4 super-blocks (1024 weights),
+// each lane one sub-block of 32 (8 __dp4a, or 16 for Q6_K with its Σxq), then a butterfly sum over the
+// warp (a fixed order: a run repeats bit for bit).
+template <int FORMAT>
+__device__ __forceinline__ void linear_quantized_k_impl(const unsigned char *__restrict__ w,
+                                                        const signed char *__restrict__ xq,
+                                                        const float2 *__restrict__ xds, float *__restrict__ y,
+                                                        unsigned n, unsigned blocks) {
+    constexpr unsigned BYTES = FORMAT == 0 ? 144 : 210;
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const unsigned row = blockIdx.x * LINEAR_QUANTIZED_K_WARPS + warp;
+    const unsigned long long i = blockIdx.y;
+    if (row >= n) return; // the whole warp: no barrier below
+    const unsigned supers = blocks / 8, j = lane % 8;
+    const unsigned char *wrow = w + (unsigned long long)row * supers * BYTES;
+    const int *xrow = reinterpret_cast<const int *>(xq + i * blocks * 32);
+    const float2 *dsrow = xds + i * blocks;
+    float acc = 0.0f;
+    for (unsigned sb = lane / 8; sb < supers; sb += 4) {
+        const unsigned b = 8 * sb + j; // x's block
+        const unsigned char *blk = wrow + (unsigned long long)sb * BYTES;
+        const float2 ds = __ldg(dsrow + b);
+        acc += FORMAT == 0 ? linear_quantized_q4_k_sub(blk, j, xrow + 8 * b, ds)
+                           : linear_quantized_q6_k_sub(blk, j, xrow + 8 * b, ds);
+    }
+    acc = kiln_warp_sum(acc);
+    if (lane == 0) y[i * n + row] = acc;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -415,6 +517,10 @@ __device__ __forceinline__ float linear_quantized_q6_k_at(const unsigned char *w
     (const unsigned char *w, const signed char *xq, const float2 *xds, float *y, unsigned n, unsigned blocks) {        \
         linear_quantized_group_impl<FORMAT, C_FROM>(w, xq, xds, y, n, blocks);                                         \
     }
+#define LINEAR_QUANTIZED_K_KERNEL(FORMAT)                                                                              \
+    (const unsigned char *w, const signed char *xq, const float2 *xds, float *y, unsigned n, unsigned blocks) {        \
+        linear_quantized_k_impl<FORMAT>(w, xq, xds, y, n, blocks);                                                     \
+    }
 #define LINEAR_QUANTIZED_MMA_KERNEL(FORMAT, C_FROM)                                                                    \
     (const unsigned char *w, const signed char *xq, const float2 *xds, float *y, unsigned m, unsigned n,               \
      unsigned blocks) {                                                                                                \
@@ -425,6 +531,8 @@ KILN_ENTRY(linear_quantized_quantize_x, LINEAR_QUANTIZED_QUANTIZE_X_KERNEL, floa
 KILN_ENTRY_BOUNDED(linear_quantized_q4_0, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 4, 0)
 KILN_ENTRY_BOUNDED(linear_quantized_q4_1, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 4, 1)
 KILN_ENTRY_BOUNDED(linear_quantized_q8_0, 128, LINEAR_QUANTIZED_GROUP_KERNEL, 8, 2)
+KILN_ENTRY_BOUNDED(linear_quantized_q4_k, 128, LINEAR_QUANTIZED_K_KERNEL, 0)
+KILN_ENTRY_BOUNDED(linear_quantized_q6_k, 128, LINEAR_QUANTIZED_K_KERNEL, 1)
 KILN_ENTRY_BOUNDED(linear_quantized_mma_q4_0, 128, LINEAR_QUANTIZED_MMA_KERNEL, 4, 0)
 KILN_ENTRY_BOUNDED(linear_quantized_mma_q4_1, 128, LINEAR_QUANTIZED_MMA_KERNEL, 4, 1)
 KILN_ENTRY_BOUNDED(linear_quantized_mma_q8_0, 128, LINEAR_QUANTIZED_MMA_KERNEL, 8, 2)

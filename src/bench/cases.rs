@@ -1220,6 +1220,33 @@ pub const CASES: &[Case] = &[
         library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, QuantProduct::F32)?))),
     },
     Case {
+        name: "linear_quantized_q4_k",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q4_K [N, K]^T (decode: x rounded to 8 bits per 32)",
+        dims: "MxNxK",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // a 7B-sized decode product and a 1.5B-sized one (K-formats need K a multiple of 256); on Emu
+        // rows not a multiple of the kernel's 4 per CTA, 2 super-blocks
+        cuda: &[&[1, 4096, 4096], &[1, 1536, 1536], &[4, 4096, 4096]],
+        cpu: &[&[1, 1536, 1536]],
+        emu: &[&[1, 9, 512]],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_K, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_K, QuantProduct::F32)?))),
+    },
+    Case {
+        name: "linear_quantized_q6_k",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q6_K [N, K]^T (decode: x rounded to 8 bits per 32)",
+        dims: "MxNxK",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // as linear_quantized_q4_k (Q6_K is llama.cpp's usual type for the output and v projections)
+        cuda: &[&[1, 4096, 4096], &[1, 1536, 1536], &[4, 4096, 4096]],
+        cpu: &[&[1, 1536, 1536]],
+        emu: &[&[1, 9, 512]],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q6_K, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q6_K, QuantProduct::F32)?))),
+    },
+    Case {
         name: "linear_quantized_prefill_q4_0",
         about: "Tensor::linear_quantized, f32 [M, K] x Q4_0 [N, K]^T from 8 rows of x (CUDA: the integer tensor cores)",
         dims: "MxNxK",

@@ -1,12 +1,12 @@
 //! Launch wrapper for kernels/linear_quantized.cu: `y = x·Wᵀ` and the input's gradient `g·W` with W
 //! a [`QuantizedMatrix`] whose stored bytes are on this device ([`to_device`] puts them there).
 //!
-//! [`linear_quantized`] (the op under `no_grad`): a grouped format (Q4_0, Q4_1, Q8_0) takes the
-//! integer path at every size, x rounded to 8 bits per block of 32 as on the CPU, then below
-//! [`MMA_FROM_ROWS`] rows of x one `__dp4a` kernel per format (decode), from there on one integer
-//! tensor-core kernel per format (`mma.m16n8k32` on signed bytes: prefill); Q4_K and Q6_K are
-//! decoded to f32 and multiplied by the f32 matmul kernel (src/backend/cuda/matmul.rs), x
-//! unrounded. [`linear_dequantized`] (the op while autograd records) and the gradient always take
+//! [`linear_quantized`] (the op under `no_grad`): below [`MMA_FROM_ROWS`] rows of x (decode) every
+//! format takes the integer path, x rounded to 8 bits per block of 32 as on the CPU, then one
+//! `__dp4a` kernel per format; from there on (prefill) a grouped format (Q4_0, Q4_1, Q8_0) takes one
+//! integer tensor-core kernel per format (`mma.m16n8k32` on signed bytes), x rounded the same way,
+//! while Q4_K and Q6_K are decoded to f32 and multiplied by the f32 matmul kernel
+//! (src/backend/cuda/matmul.rs), x unrounded. [`linear_dequantized`] (the op while autograd records) and the gradient always take
 //! the decoded path. The kernel file's header has the launch shapes and the bytes each moves.
 
 use super::launch::{Args, LaunchConfig};
@@ -20,6 +20,8 @@ use std::sync::Arc;
 /// Rows of x from which [`linear_quantized`] multiplies a grouped format on the integer tensor
 /// cores (`linear_quantized_mma_<fmt>`) instead of the `__dp4a` decode kernel; both round x to the
 /// same bytes and compute the same integer sums, so the choice changes only f32 summation order.
+/// Q4_K and Q6_K take their `__dp4a` kernels below it and W decoded to f32 from it (the f32 matmul
+/// reads W once for all rows of x, where the decode kernel re-reads it per row).
 ///
 /// Not timed (no GPU has been lent): reasoned from the roofline of kernels/linear_quantized.cu on
 /// an H100 (3.35 TB/s; ~61 T dp4a multiply-adds/s on the CUDA cores, ~990 T int8 multiply-adds/s on
@@ -43,6 +45,9 @@ const MMA_WARPS: usize = 4;
 
 /// Rows of x per CTA of the tensor-core kernels (`LINEAR_QUANTIZED_MMA_ROWS`).
 const MMA_ROWS: usize = 32;
+
+/// Warps per CTA of the Q4_K/Q6_K decode kernels, one row of W each (`LINEAR_QUANTIZED_K_WARPS`).
+const K_WARPS: usize = 4;
 
 /// `w`'s stored bytes copied to `device` (a CUDA device or the emulator), as the buffer
 /// `QuantizedMatrix::device_bytes` hands back to this backend: u32 words, zero-padded to a
@@ -90,8 +95,9 @@ fn dim(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 /// `y = x·Wᵀ`: x holds rows of `w.shape()[1]` f32 (viewed through `layout`), y is contiguous
-/// `[rows, w.shape()[0]]`. The integer kernels for a grouped format (x rounded to 8 bits: `__dp4a`
-/// below [`MMA_FROM_ROWS`] rows, the tensor cores from there), W decoded to f32 for Q4_K and Q6_K.
+/// `[rows, w.shape()[0]]`. The integer kernels (x rounded to 8 bits) below [`MMA_FROM_ROWS`] rows
+/// (`__dp4a`) and from there for a grouped format (the tensor cores); W decoded to f32 for Q4_K and
+/// Q6_K from [`MMA_FROM_ROWS`] rows.
 pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
     product(x, layout, w, true)
 }
@@ -114,8 +120,9 @@ fn product(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix, integer: bool)
     if m == 0 || n == 0 {
         return CudaStorage::alloc(dev, DType::F32, m * n);
     }
-    let format = w.format();
-    if !integer || !format.is_grouped() {
+    let (format, grouped) = (w.format(), w.format().is_grouped());
+    // the integer kernels: every size for the grouped formats, decode (`__dp4a`) for Q4_K and Q6_K
+    if !integer || !(grouped || m < MMA_FROM_ROWS) {
         // y = x (m, k) · Wᵀ, Wᵀ (k, n) read in place from W decoded (n, k) row-major
         let decoded = dequantize(wb, w)?;
         let wt = Layout::new(vec![k, n], vec![1, k], 0);
@@ -127,12 +134,24 @@ fn product(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix, integer: bool)
         QuantFormat::Q4_0 => "q4_0",
         QuantFormat::Q4_1 => "q4_1",
         QuantFormat::Q8_0 => "q8_0",
-        QuantFormat::Q4_K | QuantFormat::Q6_K => unreachable!("a grouped format"),
+        QuantFormat::Q4_K => "q4_k",
+        QuantFormat::Q6_K => "q6_k",
     };
     let groups = n.div_ceil(GROUP_ROWS);
     let mut args = Args::new();
     args.push(wb.ptr()).push(xq.ptr()).push(xds.ptr()).push(y.ptr());
-    let (name, cfg) = if m >= MMA_FROM_ROWS {
+    let (name, cfg) = if !grouped {
+        let cfg = LaunchConfig {
+            grid: [
+                dim(OP, "CTAs of 4 rows", n.div_ceil(K_WARPS))?,
+                dim(OP, "rows of x", m)?,
+                1,
+            ],
+            block: [32 * K_WARPS as u32, 1, 1],
+            dyn_smem: 0,
+        };
+        (format!("linear_quantized_{fmt}"), cfg)
+    } else if m >= MMA_FROM_ROWS {
         args.push(dim(OP, "m", m)?);
         let cfg = LaunchConfig {
             grid: [
