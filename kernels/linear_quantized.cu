@@ -35,8 +35,10 @@
 //    Σq·xq - 32·Σxq with a second __dp4a against 0x01010101), the CPU's portable dot's formulas and
 //    order per term. Launch: grid [ceil(n / 4), m], block 128: warp w of a CTA takes one row of W and
 //    one row of x, lane l sub-block l % 8 of super-blocks l / 8, l / 8 + 4, ... (Q4_K: its 32 nibble
-//    bytes as two 16-byte loads, shared by the lanes of sub-blocks 2i and 2i + 1; Q6_K: 16-bit loads,
-//    its blocks being only 2-byte aligned), then a butterfly sum over the warp. Roofline per call:
+//    bytes as two 16-byte loads, shared by the lanes of sub-blocks 2i and 2i + 1; Q6_K: 9 aligned
+//    32-bit loads each for its 32 bytes of ql and of qh, shifted by 16 bits where the block, only
+//    2-byte aligned, is 2 bytes off; x's block as two 16-byte loads), then a butterfly sum over the
+//    warp. Roofline per call:
 //    2·m·n·k FLOPs (integer), W's bytes once from DRAM (4.5 bits per weight for Q4_K, 6.56 for Q6_K),
 //    again from L2 per further row of x, and x's k + k/4 bytes per row of x and of W (L1/L2): about
 //    1/7 of the traffic of decoding W to f32, which the K formats took at every size before.
@@ -214,10 +216,25 @@ __device__ __forceinline__ void linear_quantized_group_impl(const unsigned char 
 // takes sub-block l % 8 (32 elements) of super-block 4·step + l / 8 of its row of W.
 #define LINEAR_QUANTIZED_K_WARPS 4 // warps per CTA, one row of W each
 
-// The 32-bit word at `p`, 2-byte aligned (Q6_K's 210-byte blocks leave no more), from two 16-bit loads.
-__device__ __forceinline__ unsigned linear_quantized_u32_at2(const unsigned char *p) {
-    const unsigned short *h = reinterpret_cast<const unsigned short *>(p);
-    return (unsigned)__ldg(h) | ((unsigned)__ldg(h + 1) << 16);
+// x's block of 32 quants (32-byte aligned) as 8 ints, in two 16-byte loads.
+__device__ __forceinline__ void linear_quantized_x_block(const int *xb, int (&x)[8]) {
+    const int4 lo = __ldg(reinterpret_cast<const int4 *>(xb)), hi = __ldg(reinterpret_cast<const int4 *>(xb) + 1);
+    x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
+}
+
+// The 8 words of the 32 bytes at `p`, which is 2-byte aligned (Q6_K's 210-byte blocks leave no more): 8
+// aligned 32-bit loads from p rounded down to 4 bytes, and a 9th when p is 2 bytes off, each word then the
+// high half of one and the low half of the next. The extra 2 bytes on each side are still W's: a block 2
+// bytes off is not the buffer's first, and the 32 bytes end at least 16 bytes before the block's end.
+__device__ __forceinline__ void linear_quantized_words_at2(const unsigned char *p, unsigned (&out)[8]) {
+    const unsigned off = (unsigned)((unsigned long long)p & 2);
+    const unsigned *a = reinterpret_cast<const unsigned *>(p - off);
+    unsigned v[9];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = __ldg(a + i);
+    v[8] = off ? __ldg(a + 8) : 0u;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = off ? (v[i] >> 16) | (v[i + 1] << 16) : v[i];
 }
 
 // Q4_K sub-block j of the super-block at `blk` against x's block `xb` (8 ints) with (xd, xd·Σxq) = ds:
@@ -229,9 +246,11 @@ __device__ __forceinline__ float linear_quantized_q4_k_sub(const unsigned char *
     const uint4 lo = __ldg(qs), hi = __ldg(qs + 1);
     const unsigned words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
     const unsigned shift = 4 * (j % 2);
+    int x[8];
+    linear_quantized_x_block(xb, x);
     int isum = 0;
 #pragma unroll
-    for (int w = 0; w < 8; ++w) isum = __dp4a((int)((words[w] >> shift) & 0x0f0f0f0fu), __ldg(xb + w), isum);
+    for (int w = 0; w < 8; ++w) isum = __dp4a((int)((words[w] >> shift) & 0x0f0f0f0fu), x[w], isum);
     const unsigned char *sc = blk + 4;
     unsigned scale, min;
     if (j < 4) {
@@ -253,17 +272,21 @@ __device__ __forceinline__ float linear_quantized_q6_k_sub(const unsigned char *
     const unsigned h = j / 4, jj = j % 4;
     const unsigned char *ql = blk + 64 * h + 32 * (jj % 2), *qh = blk + 128 + 32 * h;
     const unsigned lshift = 4 * (jj / 2), hshift = 2 * jj;
+    unsigned lw[8], hw[8];
+    linear_quantized_words_at2(ql, lw);
+    linear_quantized_words_at2(qh, hw);
+    int x[8];
+    linear_quantized_x_block(xb, x);
     int isum[2] = {0, 0}, xsum[2] = {0, 0};
 #pragma unroll
     for (int w = 0; w < 8; ++w) {
-        const unsigned low = (linear_quantized_u32_at2(ql + 4 * w) >> lshift) & 0x0f0f0f0fu;
-        const unsigned high = ((linear_quantized_u32_at2(qh + 4 * w) >> hshift) & 0x03030303u) << 4;
-        const int x = __ldg(xb + w);
+        const unsigned low = (lw[w] >> lshift) & 0x0f0f0f0fu, high = ((hw[w] >> hshift) & 0x03030303u) << 4;
         // Σ (q - 32)·xq = Σ q·xq - 32·Σ xq, each byte of q in 0..63
-        isum[w / 4] = __dp4a((int)(low | high), x, isum[w / 4]);
-        xsum[w / 4] = __dp4a(0x01010101, x, xsum[w / 4]);
+        isum[w / 4] = __dp4a((int)(low | high), x[w], isum[w / 4]);
+        xsum[w / 4] = __dp4a(0x01010101, x[w], xsum[w / 4]);
     }
-    const float s0 = (float)(signed char)__ldg(blk + 192 + 2 * j), s1 = (float)(signed char)__ldg(blk + 193 + 2 * j);
+    const unsigned short s01 = __ldg(reinterpret_cast<const unsigned short *>(blk + 192 + 2 * j));
+    const float s0 = (float)(signed char)(s01 & 0xff), s1 = (float)(signed char)(s01 >> 8);
     const float d = linear_quantized_f16(blk + 208);
     return d * ds.x * (s0 * (float)(isum[0] - 32 * xsum[0]) + s1 * (float)(isum[1] - 32 * xsum[1]));
 }
@@ -382,16 +405,18 @@ __device__ __forceinline__ void linear_quantized_mma_impl(const unsigned char *_
                     a[2] = (w0 >> 4) & 0x0f0f0f0fu;
                     a[3] = (w1 >> 4) & 0x0f0f0f0fu;
                 }
-                const float d0 = linear_quantized_f16(tile + Tile::QUANTS + 2 * g);
-                const float d1 = linear_quantized_f16(tile + Tile::QUANTS + 2 * (g + 8));
+                // the f16 scales (and Q4_1's mins) of rows g and g + 8: 16-bit loads (the tile is 16-aligned)
+                const unsigned short *scales = reinterpret_cast<const unsigned short *>(tile + Tile::QUANTS);
+                const float d0 = __half2float(__ushort_as_half(__ldg(scales + g)));
+                const float d1 = __half2float(__ushort_as_half(__ldg(scales + g + 8)));
                 float c0 = 0.0f, c1 = 0.0f;
                 if (C_FROM == 0) {
                     c0 = -8.0f * d0;
                     c1 = -8.0f * d1;
                 }
                 if (C_FROM == 1) {
-                    c0 = linear_quantized_f16(tile + Tile::QUANTS + 32 + 2 * g);
-                    c1 = linear_quantized_f16(tile + Tile::QUANTS + 32 + 2 * (g + 8));
+                    c0 = __half2float(__ushort_as_half(__ldg(scales + 16 + g)));
+                    c1 = __half2float(__ushort_as_half(__ldg(scales + 16 + g + 8)));
                 }
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
