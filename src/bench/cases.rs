@@ -195,12 +195,14 @@ enum QuantProduct {
     F32,
 }
 
-/// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K]), multiplied
-/// as `how` says. The measure is the bytes of W read (M = 1: decode). Checked against W
-/// dequantized by the GGUF reader, in f64.
+/// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K], K rounded up
+/// to whole blocks of the type: 32 weights, 256 for Q4_K and Q6_K), multiplied as `how` says. The
+/// measure is the bytes of W read (M = 1: decode). Checked against W dequantized by the GGUF
+/// reader, in f64.
 fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, how: QuantProduct) -> Result<Work> {
     use crate::backend::cpu::linear_quantized::{linear_dequantized, linear_quantized_gemm_on, QuantIsa};
-    let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
+    let (m, n) = (s.dims[0], s.dims[1]);
+    let k = s.dims[2].next_multiple_of(ty.block_size() as usize);
     let w_bytes = if how == QuantProduct::F32 {
         (n * k * F32) as f64
     } else {
@@ -1221,7 +1223,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "linear_quantized_q4_k",
-        about: "Tensor::linear_quantized, f32 [M, K] x Q4_K [N, K]^T (decode: x rounded to 8 bits per 32)",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q4_K [N, K]^T (decode: x rounded to 8 bits per 32; K rounded up to 256s)",
         dims: "MxNxK",
         bound: Bound::Memory,
         dtype: DType::F32,
@@ -1235,7 +1237,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "linear_quantized_q6_k",
-        about: "Tensor::linear_quantized, f32 [M, K] x Q6_K [N, K]^T (decode: x rounded to 8 bits per 32)",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q6_K [N, K]^T (decode: x rounded to 8 bits per 32; K rounded up to 256s)",
         dims: "MxNxK",
         bound: Bound::Memory,
         dtype: DType::F32,
