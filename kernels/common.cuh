@@ -16,7 +16,8 @@
 //     takes 16-byte vector loads and stores when every operand is contiguous and aligned, and falls
 //     back to one element at a time through the strides otherwise;
 //   - warp and block reductions;
-//   - the tensor-core and asynchronous-copy instructions (sm_80+): kiln_mma_m16n8k16, kiln_ldmatrix_x4/x2
+//   - the tensor-core and asynchronous-copy instructions (sm_80+): kiln_mma_m16n8k16 (bf16/f16),
+//     kiln_mma_m16n8k32_s8 (signed bytes, s32 sums), kiln_ldmatrix_x4/x2
 //     (and .trans), kiln_cp_async_16, kiln_cp_async_commit, kiln_cp_async_wait<N>. Each is the one place
 //     its inline PTX is written; under the emulator each calls its model in emu/emu_ptx.h, which follows
 //     the PTX ISA's fragment layouts lane by lane (kernels/ptx_selftest.cu checks both);
@@ -395,6 +396,27 @@ __device__ __forceinline__ void kiln_mma_m16n8k16<__half>(float (&acc)[4], const
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// acc += A·B for one 16x8x32 tile of signed bytes, s32 accumulation (mma.sync.aligned.m16n8k32.row.col
+// .s32.s8.s8.s32, sm_80+; the sum wraps modulo 2^32 as the instruction's does without .satfinite). The
+// fragments, PTX ISA "Matrix Fragments for mma.m16n8k32" for .s8, each .b32 register holding four
+// bytes, the lowest column or row in the low byte (g = lane / 4, t = lane % 4):
+//   A 16x32 (row): a[0] = A[g][4t .. 4t+3]  a[1] = A[g+8][4t .. 4t+3]  a[2] = A[g][4t+16 .. 4t+19]  a[3] = A[g+8][4t+16 .. 4t+19]
+//   B 32x8 (col):  b[0] = B[4t .. 4t+3][g]  b[1] = B[4t+16 .. 4t+19][g]
+//   C/D 16x8 s32:  c[0], c[1] = C[g][2t, 2t+1]   c[2], c[3] = C[g+8][2t, 2t+1]
+// (the m16n8k16 16-bit layout with bytes for halves: a row's four consecutive bytes sit in one register,
+// so a row-major tile's 32-bit words are A's registers as they are, and a [n][k] row-major B's words
+// are B's). Warp-wide: every lane of the warp must call it together.
+__device__ __forceinline__ void kiln_mma_m16n8k32_s8(int (&acc)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if KILN_EMU
+    ::emu::mma_m16n8k32_s8(acc, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+r"(acc[0]), "+r"(acc[1]), "+r"(acc[2]), "+r"(acc[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
 }

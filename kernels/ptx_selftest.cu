@@ -4,6 +4,7 @@
 // matrix product or a plain copy, on Emu (the helpers' models in emu/emu_ptx.h) and on a GPU when there
 // is one (the real instructions), so the two are held to the same documented behaviour:
 //   ptx_mma_<t>:         mma.m16n8k16 with fragments built from global memory by the documented layout;
+//   ptx_mma_s8:          mma.m16n8k32 on signed bytes (s32 sums) the same way;
 //   ptx_ldmatrix:        the four ldmatrix forms on a 16x16 tile of 16-bit values, each lane's registers
 //                        written out for the test to compare with the documented distribution;
 //   ptx_ldmatrix_mma_<t>: A through ldmatrix .x4, B through .x2.trans, then mma (the GEMM's own path);
@@ -36,6 +37,29 @@ __device__ __forceinline__ void mma_direct(const T *a, const T *b, const float *
 
 KILN_ENTRY(ptx_mma_bf16, PTX_MMA_KERNEL, __nv_bfloat16)
 KILN_ENTRY(ptx_mma_f16, PTX_MMA_KERNEL, __half)
+
+// d[16][8] = a[16][32] · b[32][8] + c[16][8] in s32: a row-major signed bytes, b given as its transpose
+// bt[8][32] (row n of bt is column n of b: the .col operand's bytes as a [n][k] row-major tile holds
+// them), c and d row-major ints. Each fragment register is gathered byte by byte by the documented
+// layout (kiln_mma_m16n8k32_s8, common.cuh), not read as words, so the test checks the layout itself.
+extern "C" __global__ void ptx_mma_s8(const signed char *a, const signed char *bt, const int *c, int *d) {
+    const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    unsigned fa[4], fb[2];
+    for (int i = 0; i < 4; ++i) {
+        const int r = g + (i % 2) * 8, k = 4 * t + (i / 2) * 16;
+        fa[i] = 0;
+        for (int j = 0; j < 4; ++j) fa[i] |= (unsigned)(unsigned char)a[r * 32 + k + j] << (8 * j);
+    }
+    for (int i = 0; i < 2; ++i) {
+        const int k = 4 * t + i * 16;
+        fb[i] = 0;
+        for (int j = 0; j < 4; ++j) fb[i] |= (unsigned)(unsigned char)bt[g * 32 + k + j] << (8 * j);
+    }
+    int acc[4];
+    for (int i = 0; i < 4; ++i) acc[i] = c[(g + (i / 2) * 8) * 8 + 2 * t + i % 2];
+    kiln_mma_m16n8k32_s8(acc, fa, fb);
+    for (int i = 0; i < 4; ++i) d[(g + (i / 2) * 8) * 8 + 2 * t + i % 2] = acc[i];
+}
 
 // src: a 16x16 row-major tile of 16-bit values. out[form][lane][reg] for the forms x4, x4.trans, x2,
 // x2.trans (the x2 forms fill regs 0-1). Matrix i of the x4 forms is rows 8(i%2).., cols 8(i/2)..

@@ -875,6 +875,53 @@ fn emu_profile_counts_the_kernels_it_ran() {
     );
 }
 
+/// The quantized prefill on the integer tensor cores (`linear_quantized_mma_q4_0`,
+/// kernels/linear_quantized.cu) at x [40, 96], W Q4_0 [67, 96]: 5 row groups of W (two CTAs of 4,
+/// the second with one), 3 blocks of 32, and two CTAs of x rows, the first with 4 n-tiles of 8 and
+/// the second with one (rows 32..39), so 5 · 3 · (4 + 1) = 75 `mma.m16n8k32` per launch. It reads
+/// W's 5·16·3 tiles of 288 bytes, x's 40·96 quantized bytes and 40·3 scale pairs (8 bytes) once
+/// each per launch (the footprint), writes y's 40·67 floats once, and its staged rows of x go in
+/// and out of shared memory without bank conflicts (144-byte rows: a B fragment's 8 rows × 4 lanes
+/// fall in 32 banks; the cp.async landings are 128 contiguous bytes per quarter warp).
+#[test]
+fn emu_profile_counts_the_quantized_prefill_mma() {
+    let (_, k) = emu_profile("linear_quantized_prefill_q4_0", "40x67x96", "linear_quantized_mma_q4_0");
+    let launches = k["launches"].as_u64().unwrap();
+    assert!(launches >= 1, "{k:#}");
+    assert_eq!(
+        k["mma_m16n8k32_s8"]["instructions"].as_u64(),
+        Some(75 * launches),
+        "{k:#}"
+    );
+    assert_eq!(
+        k["mma_m16n8k32_s8"]["int_ops"].as_u64(),
+        Some(75 * 8192 * launches),
+        "{k:#}"
+    );
+    assert_eq!(k["mma_m16n8k16"]["instructions"].as_u64(), Some(0), "{k:#}");
+    let loads = (5 * 16 * 3 * 18 + 40 * 96 + 40 * 3 * 8) * launches;
+    assert_eq!(k["global_load"]["footprint_bytes"].as_u64(), Some(loads), "{k:#}");
+    assert_eq!(
+        k["global_store"]["footprint_bytes"].as_u64(),
+        Some(40 * 67 * 4 * launches),
+        "{k:#}"
+    );
+    assert_eq!(
+        k["global_store"]["ideal_bytes"].as_u64(),
+        Some(40 * 67 * 4 * launches),
+        "{k:#}"
+    );
+    for side in ["shared_load", "shared_store"] {
+        assert!(k[side]["requests"].as_u64().unwrap() > 0, "{side}: {k:#}");
+        assert_eq!(k[side]["bank_conflicts"].as_u64(), Some(0), "{side}: {k:#}");
+    }
+    // the bound is the footprint's bytes (the 75 mma take 0.3 ns at 1979 TOPS)
+    let bytes = (loads + 40 * 67 * 4 * launches) as f64;
+    let got = k["h100_lower_bound_us"].as_f64().unwrap();
+    let want = bytes / 3.35e12 * 1e6;
+    assert!((got - want).abs() <= 1e-5 * want, "{got} us, want {want}: {k:#}");
+}
+
 /// The SIMT matmul's shared-memory loads are free of bank conflicts for row-major operands (each
 /// thread owns columns tx + 16 j, so a half warp reads 16 consecutive words of B's slab and 2 rows of
 /// A's, kernels/matmul.cu): the profile counts one wavefront per shared load.

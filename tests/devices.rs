@@ -1488,3 +1488,161 @@ fn every_kernel_named_by_a_wrapper_exists_and_is_registered_with_the_emulator() 
         "every .cu opens with its roofline"
     );
 }
+
+#[path = "common/quantized.rs"]
+mod quantized;
+
+/// x's rows rounded per block of 32 as `linear_quantized_quantize_x` and the CPU's `Q8Rows` do (f32
+/// arithmetic, ties to even): per block the quants and (xd, xd·Σxq).
+fn round_x(x: &[f32]) -> Vec<([i32; 32], f32, f32)> {
+    x.chunks_exact(32)
+        .map(|b| {
+            let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let (d, inv) = (amax / 127.0, if amax > 0.0 { 127.0 / amax } else { 0.0 });
+            let q: [i32; 32] = std::array::from_fn(|i| (b[i] * inv).round_ties_even() as i32);
+            (q, d, d * q.iter().sum::<i32>() as f32)
+        })
+        .collect()
+}
+
+/// One row of W in the GGUF layout as, per 32-element block of x, `(a0, a1, c, q)`: the block's weights
+/// are `a·q + c` with `a = a0` for its first 16 elements and `a1` for the last 16 (they differ for
+/// Q6_K alone, whose scales change every 16).
+fn row_terms(format: kiln::ops::linear_quantized::QuantFormat, row: &[u8]) -> Vec<(f64, f64, f64, [i32; 32])> {
+    use kiln::ops::linear_quantized::QuantFormat;
+    let f16 = |b: &[u8], at: usize| f64::from(half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32());
+    let nibbles = |qs: &[u8]| -> [i32; 32] {
+        std::array::from_fn(|e| i32::from(if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 }))
+    };
+    let mut out = Vec::new();
+    for b in row.chunks_exact(format.block_bytes()) {
+        match format {
+            QuantFormat::Q4_0 => out.push((f16(b, 0), f16(b, 0), -8.0 * f16(b, 0), nibbles(&b[2..18]))),
+            QuantFormat::Q4_1 => out.push((f16(b, 0), f16(b, 0), f16(b, 2), nibbles(&b[4..20]))),
+            QuantFormat::Q8_0 => {
+                let q = std::array::from_fn(|e| i32::from(b[2 + e] as i8));
+                out.push((f16(b, 0), f16(b, 0), 0.0, q))
+            }
+            // d, dmin, 12 bytes of six-bit scales and mins, 128 bytes of nibbles (sub-block s: the
+            // low (s even) or high nibbles of bytes 32·(s/2) ..)
+            QuantFormat::Q4_K => {
+                let (d, dmin, sc) = (f16(b, 0), f16(b, 2), &b[4..16]);
+                for s in 0..8 {
+                    let (scale, min) = if s < 4 {
+                        (sc[s] & 63, sc[s + 4] & 63)
+                    } else {
+                        (
+                            (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4),
+                            (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4),
+                        )
+                    };
+                    let q = std::array::from_fn(|e| i32::from((b[16 + 32 * (s / 2) + e] >> (4 * (s % 2))) & 15));
+                    let a = d * f64::from(scale);
+                    out.push((a, a, -dmin * f64::from(min), q));
+                }
+            }
+            // ql 128 | qh 64 | 16 signed scales | d; element e = 128h + p
+            QuantFormat::Q6_K => {
+                let d = f16(b, 208);
+                for s in 0..8 {
+                    let q = std::array::from_fn(|l| {
+                        let e = 32 * s + l;
+                        let (h, p) = (e / 128, e % 128);
+                        let low = (b[64 * h + p % 64] >> (4 * (p / 64))) & 15;
+                        let high = (b[128 + 32 * h + p % 32] >> (2 * (p / 32))) & 3;
+                        i32::from(low | (high << 4)) - 32
+                    });
+                    let scale = |i: usize| d * f64::from(b[192 + i] as i8);
+                    out.push((scale(2 * s), scale(2 * s + 1), 0.0, q));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The integer kernels of `linear_quantized` (autograd off), on Emu and a GPU when there is one,
+/// against the same formula evaluated in f64, `Σ_b (a·xd)·Σq·xq + c·(xd·Σxq)` with x rounded as the
+/// kernels round it, and against the CPU's integer product: from `MMA_FROM_ROWS` rows of x the grouped
+/// formats' tensor-core kernels (`linear_quantized_mma_*`, `mma.m16n8k32` on signed bytes), below it
+/// the `__dp4a` kernels of every format (Q4_K and Q6_K included). The integer sums are exact on both
+/// sides, so a kernel differs from the f64 value only by its f32 arithmetic: a few roundings per
+/// block's term and one per addition of the running sum (or of the butterfly's tree), at most
+/// (blocks + 3)·2⁻²⁴ of Σ_b |terms| (doubled here); an integer sum off by one would be off by
+/// a·xd ≈ 4e-4, well above that. Shapes: rows of x 8 (one full n-tile), 13 (a partial one), 33 and
+/// 70 (several CTAs, the last with one n-tile), weights not whole groups nor whole CTAs of 64 rows,
+/// and 1 to 9 blocks (pipeline stages of 4, the last partial); in decode 1, 3 and 7 rows, rows of W
+/// not multiples of the kernels' 4 per CTA, 1 to 3 super-blocks of 256 for the K formats.
+#[test]
+fn linear_quantized_integer_kernels_against_the_formula_in_f64() {
+    use kiln::backend::cuda::linear_quantized::MMA_FROM_ROWS;
+    use kiln::ops::linear_quantized::QuantFormat;
+    let mut g = quantized::Gen(0x6d6d_6171);
+    let prefill = [(8usize, 16usize, 32usize), (13, 67, 96), (33, 40, 160), (70, 129, 288)];
+    assert!(prefill.iter().all(|s| s.0 >= MMA_FROM_ROWS));
+    let mut cases = Vec::new();
+    for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        cases.extend(prefill.iter().map(|&s| (format, s)));
+        cases.extend([(format, (1, 17, 96)), (format, (MMA_FROM_ROWS - 1, 40, 160))]);
+    }
+    for format in [QuantFormat::Q4_K, QuantFormat::Q6_K] {
+        cases.extend([
+            (format, (1, 5, 256)),
+            (format, (3, 17, 768)),
+            (format, (MMA_FROM_ROWS - 1, 9, 512)),
+        ]);
+    }
+    for (format, (m, n, k)) in cases {
+        let (w, _) = quantized::random_matrix(format, n, k, &mut g);
+        let x: Vec<f32> = (0..m * k).map(|_| g.unit()).collect();
+        let (xr, wr) = (round_x(&x), w.gguf_rows(0..n));
+        let (blocks, row_bytes) = (k / 32, wr.len() / n);
+        let (mut want, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+        for r in 0..n {
+            let terms = row_terms(format, &wr[r * row_bytes..(r + 1) * row_bytes]);
+            for i in 0..m {
+                for (b, (a0, a1, c, q)) in terms.iter().enumerate() {
+                    let (xq, xd, xdsum) = &xr[i * blocks + b];
+                    let half = |h: usize| -> f64 {
+                        let isum: i32 = (16 * h..16 * h + 16).map(|e| q[e] * xq[e]).sum();
+                        [a0, a1][h] * f64::from(*xd) * f64::from(isum)
+                    };
+                    let (t0, t1, t2) = (half(0), half(1), c * f64::from(*xdsum));
+                    want[i * n + r] += t0 + t1 + t2;
+                    mag[i * n + r] += t0.abs() + t1.abs() + t2.abs();
+                }
+            }
+        }
+        // f32::EPSILON is 2⁻²³, twice the unit roundoff 2⁻²⁴: the bound above, doubled
+        let allowed = |j: usize| (blocks + 3) as f64 * f64::from(f32::EPSILON) * mag[j] + 1e-30;
+        let _no_grad = kiln::no_grad();
+        let cpu = Tensor::from_vec(x.clone(), &[m, k], &Device::Cpu)
+            .unwrap()
+            .linear_quantized(&w)
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap();
+        for dev in devices().into_iter().filter(|d| *d != Device::Cpu) {
+            let y = Tensor::from_vec(x.clone(), &[m, k], &dev)
+                .unwrap()
+                .linear_quantized(&w.to_device(&dev).unwrap())
+                .unwrap();
+            assert_eq!(y.shape(), &[m, n]);
+            let y = y.to_vec::<f64>().unwrap();
+            for (j, (&got, &exp)) in y.iter().zip(&want).enumerate() {
+                let what = format!("{format} [{n}, {k}] x [{m}, {k}] on {dev}: y[{}][{}]", j / n, j % n);
+                assert!(
+                    (got - exp).abs() <= allowed(j),
+                    "{what} = {got}, the formula in f64 gives {exp} (allowed {:.3e})",
+                    allowed(j)
+                );
+                // the CPU's integer kernels: the same sums, their own f32 order
+                assert!(
+                    (got - cpu[j]).abs() <= 2.0 * allowed(j),
+                    "{what} = {got}, the CPU gives {}",
+                    cpu[j]
+                );
+            }
+        }
+    }
+}

@@ -3,20 +3,22 @@
 //! against two references: the CPU backend, and the dequantize-then-f64 product (W dequantized by
 //! `kiln::gguf::dequantize`, bit-equal to the `gguf` Python package).
 //!
-//! Tolerances. Below 16 rows of x a grouped format (Q4_0, Q4_1, Q8_0) rounds x to 8 bits per block
-//! of 32 on both devices, bit for bit the same bytes, so the devices differ by f32 summation order
-//! alone (`F32_SLOP · Σ|w·x|`); both differ from the exact product by at most
-//! `Σ_blocks max|x_block|/254 · Σ_block |w|` (the rounding's bound) plus that slop. Q4_K and Q6_K,
-//! and 16 rows or more, are decoded to f32 on the device and x is not rounded: the exact product up
-//! to f32 summation, where the CPU rounds x for Q4_K/Q6_K below 16 rows (the rounding's bound apart).
+//! Tolerances. Every format rounds x to 8 bits per block of 32 below `MMA_FROM_ROWS` rows (the
+//! `__dp4a` kernels), and a grouped one (Q4_0, Q4_1, Q8_0) from there too (the tensor-core kernels),
+//! on both devices, bit for bit the same bytes, so the devices differ by f32 summation order alone
+//! (`F32_SLOP · Σ|w·x|`); both differ from the exact product by at most
+//! `Σ_blocks max|x_block|/254 · Σ_block |w|` (the rounding's bound) plus that slop. Q4_K and Q6_K
+//! from `MMA_FROM_ROWS` rows are decoded to f32 on the device and x is not rounded: the exact
+//! product up to f32 summation, where the CPU rounds x (the rounding's bound apart).
 //! Shapes: row counts not multiples of the 16-row groups (a partial last group), block counts odd
-//! and not multiples of 256 / 32, 1, 3, 15, 17 rows of x, and x as a strided view.
+//! and not multiples of 256 / 32, 1, 3, 7 (decode) and 8, 17, 33 (tensor cores) rows of x, and x as
+//! a strided view.
 //!
 //! Also the errors when the weight and the input are on different devices. No fixtures and no
 //! binary: scripts/pack-gpu-check.sh packs this test for the GPU check (the quantized tiny Llama on
 //! Emu is tests/llama_quantized_devices.rs).
 
-use kiln::backend::cuda::linear_quantized::DEQUANTIZE_FROM_ROWS;
+use kiln::backend::cuda::linear_quantized::MMA_FROM_ROWS;
 use kiln::ops::linear_quantized::{QuantFormat, QuantizedMatrix};
 use kiln::{Device, Tensor};
 
@@ -90,7 +92,7 @@ fn every_format_matches_the_cpu_and_the_exact_product() {
             };
             for &k in ks {
                 for &n in ns {
-                    for m in [1usize, 3, 15, 17] {
+                    for m in [1usize, 3, MMA_FROM_ROWS - 1, MMA_FROM_ROWS, 17, 33] {
                         let (w, wf) = random_matrix(format, n, k, &mut g);
                         let x: Vec<f32> = (0..m * k).map(|_| g.unit()).collect();
                         let (exact, mag, bound) = reference(&x, &wf, m, n, k);
@@ -115,7 +117,7 @@ fn every_format_matches_the_cpu_and_the_exact_product() {
                         assert_eq!(y.shape(), &[m, n]);
                         assert_eq!(y.device(), &dev);
                         let y = y.to_vec::<f32>().unwrap();
-                        let rounds_x = grouped && m < DEQUANTIZE_FROM_ROWS;
+                        let rounds_x = grouped || m < MMA_FROM_ROWS;
                         // against the exact product: the rounding's bound where x is rounded
                         let to_exact = |i: usize| slop(i) + if rounds_x { bound[i] } else { 0.0 };
                         assert_within(&format!("{what} against f64"), &y, &exact, to_exact);
@@ -134,7 +136,8 @@ fn every_format_matches_the_cpu_and_the_exact_product() {
                     let _no_grad = kiln::no_grad();
                     let view = Tensor::from_vec(xt, &[k, m], &dev).unwrap().transpose(0, 1).unwrap();
                     let y = view.linear_quantized(&w.to_device(&dev).unwrap()).unwrap();
-                    let allowed = |i: usize| F32_SLOP * mag[i] + 1e-7 + if grouped { bound[i] } else { 0.0 };
+                    let rounds = grouped || m < MMA_FROM_ROWS;
+                    let allowed = |i: usize| F32_SLOP * mag[i] + 1e-7 + if rounds { bound[i] } else { 0.0 };
                     let what = format!("{format} [{n}, {k}] x a strided [{m}, {k}] view on {dev}");
                     assert_within(&what, &y.to_vec::<f32>().unwrap(), &exact, allowed);
                 }

@@ -1,4 +1,4 @@
-//! The inline-PTX helpers of kernels/common.cuh (mma.sync m16n8k16 bf16/f16, ldmatrix .x4/.x2 with and
+//! The inline-PTX helpers of kernels/common.cuh (mma.sync m16n8k16 bf16/f16 and m16n8k32 s8, ldmatrix .x4/.x2 with and
 //! without .trans, cp.async with zero fill, commit/wait groups), through the test kernels of
 //! kernels/ptx_selftest.cu, on Emu (the models in kernels/emu/emu_ptx.h) and on Cuda(0) when a GPU is
 //! there (the real instructions). Expected values come from plain loops here: a matrix product in f64,
@@ -97,6 +97,38 @@ fn check_mma(kernel: &'static str, with_c: bool, to_bits: fn(f32) -> u16) {
 fn mma_m16n8k16_bf16_and_f16_with_fragments_by_the_documented_layout() {
     check_mma("ptx_mma_bf16", true, |x| bf16::from_f32(x).to_bits());
     check_mma("ptx_mma_f16", true, |x| f16::from_f32(x).to_bits());
+}
+
+/// mma.m16n8k32 on signed bytes: the full range of both operands (-128 and 127 included), a C added
+/// in, the s32 result against the product in i64 (exact: |Σ| ≤ 32·128² + |c| fits in an i32).
+#[test]
+fn mma_m16n8k32_s8_with_fragments_by_the_documented_layout() {
+    let mut rng = Rng::new(5);
+    let mut bytes = |n: usize| -> Vec<i8> { (0..n).map(|_| rng.below(256) as u8 as i8).collect() };
+    let (mut a, bt) = (bytes(16 * 32), bytes(8 * 32));
+    // the extremes, so that a sign taken from the wrong byte or an unsigned read shows
+    a[0] = -128;
+    a[31] = 127;
+    a[32 * 15 + 16] = -128;
+    let c: Vec<i32> = (0..128).map(|i| i * 1000 - 64_000).collect();
+    let mut want = vec![0i32; 128];
+    for r in 0..16 {
+        for n in 0..8 {
+            let s: i64 = (0..32)
+                .map(|k| i64::from(a[r * 32 + k]) * i64::from(bt[n * 32 + k]))
+                .sum();
+            want[r * 8 + n] = i32::try_from(s + i64::from(c[r * 8 + n])).unwrap();
+        }
+    }
+    for device in devices() {
+        let dev = CudaDevice::get(&device).unwrap();
+        let (ba, bb, bc) = (Buf::new(&dev, &a), Buf::new(&dev, &bt), Buf::new(&dev, &c));
+        let d = Buf::new(&dev, &[i32::MIN; 128]);
+        let mut args = Args::new();
+        args.push(ba.ptr).push(bb.ptr).push(bc.ptr).push(d.ptr);
+        launch(&dev, "ptx_mma_s8", 32, &mut args);
+        assert_eq!(d.read::<i32>(), want, "ptx_mma_s8 on {device}");
+    }
 }
 
 #[test]

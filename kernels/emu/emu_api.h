@@ -111,13 +111,17 @@ typedef struct {
      * 2 * 16 * 8 * 16 = 4096 FLOPs each) */
     unsigned long long ldsm_requests, ldsm_wavefronts, ldsm_ideal_wavefronts;
     unsigned long long mma;
+    /* integer tensor-core mma.m16n8k32 instructions on signed bytes (per warp; 2 * 16 * 8 * 32 = 8192
+     * integer operations each) */
+    unsigned long long mma_s8;
 } emu_profile_counts;
 /* Fills `out` for `kernel`; returns 0, or -1 if it has no counts. */
 int emu_profile_get(const char *kernel, emu_profile_counts *out);
 void emu_profile_reset(void);
 /* The least time, in microseconds, in which `gpu` ("H100" or "H200": the SXM parts, figures from
  * their datasheets, see emu_check.cpp) could run the launches counted in `c`: their footprint over
- * its HBM bandwidth or their tensor-core FLOPs over its dense BF16 tensor peak, whichever is longer.
+ * its HBM bandwidth or their tensor-core work (FLOPs over its dense BF16 tensor peak plus integer
+ * operations over its dense INT8 peak), whichever is longer.
  * A bound from datasheet figures, not a measurement. Returns -1 for any other `gpu`. */
 double emu_profile_lower_bound_us(const emu_profile_counts *c, const char *gpu);
 /* Prints the table of every profiled kernel to stderr and, if KILN_EMU_PROFILE_JSON names a file,

@@ -375,6 +375,7 @@ struct Checker {
     const char *kernel = "";
     std::vector<ProfAccess> prof; // this block's accesses since its last barrier
     unsigned long long mma = 0;   // mma instructions (per warp) since the last flush
+    unsigned long long mma_s8 = 0; // the same for the integer mma.m16n8k32
     // The launch and block (the runtime's error messages name the kernel and block).
     unsigned dim_x = 1, dim_y = 1;
     unsigned n = 0;
@@ -865,6 +866,10 @@ void mma_seen() {
     if (Checker *c = tl_check; c && c->opt.profile) ++c->mma;
 }
 
+void mma_s8_seen() {
+    if (Checker *c = tl_check; c && c->opt.profile) ++c->mma_s8;
+}
+
 } // namespace emu
 
 // ---------------------------------------------------------------------------------------------------
@@ -975,10 +980,11 @@ void count_shared(const ProfAccess *first, const ProfAccess *last, emu_profile_c
 } // namespace
 
 void Checker::profile_flush() {
-    if (mma) {
+    if (mma || mma_s8) {
         emu_profile_counts m{};
         m.mma = mma;
-        mma = 0;
+        m.mma_s8 = mma_s8;
+        mma = mma_s8 = 0;
         profile_add(kernel, m);
     }
     if (prof.empty()) return;
@@ -1038,6 +1044,7 @@ void profile_add(const char *kernel, const emu_profile_counts &add) {
     c.ldsm_wavefronts += add.ldsm_wavefronts;
     c.ldsm_ideal_wavefronts += add.ldsm_ideal_wavefronts;
     c.mma += add.mma;
+    c.mma_s8 += add.mma_s8;
 }
 
 double ratio(unsigned long long a, unsigned long long b) { return b ? double(a) / double(b) : 0.0; }
@@ -1071,11 +1078,13 @@ void profile_launch_end(const char *kernel, uint32_t launch) {
 //              the Hopper architecture whitepaper, table "NVIDIA H100 SXM5": 989.4/1978.9).
 //   H200 SXM:  4.8 TB/s HBM3e, the same tensor cores and peak (NVIDIA H200 Tensor Core GPU datasheet:
 //              1,979 TFLOPS BF16 with sparsity).
+// And the dense INT8 tensor-core peak (s32 accumulation), twice the BF16 one: the datasheets' 3,958 TOPS
+// INT8 (H100 SXM; H200 3,958) are with sparsity, the whitepaper's dense H100 SXM5 figure is 1,978.9.
 struct GpuPeak {
     const char *name;
-    double hbm_bytes_per_s, tensor_flops_per_s;
+    double hbm_bytes_per_s, tensor_flops_per_s, tensor_int8_ops_per_s;
 };
-constexpr GpuPeak kGpuPeaks[] = {{"H100", 3.35e12, 989.4e12}, {"H200", 4.8e12, 989.4e12}};
+constexpr GpuPeak kGpuPeaks[] = {{"H100", 3.35e12, 989.4e12, 1978.9e12}, {"H200", 4.8e12, 989.4e12, 1978.9e12}};
 
 } // namespace emu
 
@@ -1083,8 +1092,9 @@ extern "C" double emu_profile_lower_bound_us(const emu_profile_counts *c, const 
     for (const emu::GpuPeak &g : emu::kGpuPeaks)
         if (std::strcmp(gpu, g.name) == 0) {
             const double bytes = 32.0 * double(c->gld_footprint_sectors + c->gst_footprint_sectors);
-            const double flops = 4096.0 * double(c->mma);
-            return 1e6 * std::max(bytes / g.hbm_bytes_per_s, flops / g.tensor_flops_per_s);
+            const double flops = 4096.0 * double(c->mma), int_ops = 8192.0 * double(c->mma_s8);
+            const double tensor_s = flops / g.tensor_flops_per_s + int_ops / g.tensor_int8_ops_per_s;
+            return 1e6 * std::max(bytes / g.hbm_bytes_per_s, tensor_s);
         }
     return -1;
 }
@@ -1117,21 +1127,21 @@ extern "C" void emu_profile_report(void) {
     fprintf(stderr,
             "emu profile (counted by the emulator; docs/emulator.md, \"The profiler\"; H100/H200 >=us: lower "
             "bounds from datasheet figures, not measurements)\n"
-            "%-28s %8s | %10s %8s %6s | %10s %8s %6s | %10s %8s %9s | %10s %8s %9s | %10s %8s %9s | %10s | %12s %10s "
-            "%10s\n",
+            "%-28s %8s | %10s %8s %6s | %10s %8s %6s | %10s %8s %9s | %10s %8s %9s | %10s %8s %9s | %10s %10s | %12s "
+            "%10s %10s\n",
             "kernel", "launches", "gld req", "sect/req", "ideal", "gst req", "sect/req", "ideal", "lds req", "wf/req",
-            "conflicts", "sts req", "wf/req", "conflicts", "ldsm req", "wf/req", "conflicts", "mma", "footprint B",
+            "conflicts", "sts req", "wf/req", "conflicts", "ldsm req", "wf/req", "conflicts", "mma", "mma s8", "footprint B",
             "H100 >=us", "H200 >=us");
     for (const auto &[name, c] : t.kernels)
         fprintf(stderr,
                 "%-28s %8llu | %10llu %8.2f %5.0f%% | %10llu %8.2f %5.0f%% | %10llu %8.2f %9llu | %10llu %8.2f %9llu | "
-                "%10llu %8.2f %9llu | %10llu | %12llu %10.3f %10.3f\n",
+                "%10llu %8.2f %9llu | %10llu %10llu | %12llu %10.3f %10.3f\n",
                 name.c_str(), c.launches, c.gld_requests, ratio(c.gld_sectors, c.gld_requests),
                 100 * ratio(c.gld_bytes, 32 * c.gld_sectors), c.gst_requests, ratio(c.gst_sectors, c.gst_requests),
                 100 * ratio(c.gst_bytes, 32 * c.gst_sectors), c.lds_requests, ratio(c.lds_wavefronts, c.lds_requests),
                 c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests, ratio(c.sts_wavefronts, c.sts_requests),
                 c.sts_wavefronts - c.sts_ideal_wavefronts, c.ldsm_requests, ratio(c.ldsm_wavefronts, c.ldsm_requests),
-                c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma,
+                c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma, c.mma_s8,
                 32 * (c.gld_footprint_sectors + c.gst_footprint_sectors), emu_profile_lower_bound_us(&c, "H100"),
                 emu_profile_lower_bound_us(&c, "H200"));
     const char *path = std::getenv("KILN_EMU_PROFILE_JSON");
@@ -1154,6 +1164,7 @@ extern "C" void emu_profile_report(void) {
                 "   \"shared_store\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
                 "   \"ldmatrix\": {\"requests\": %llu, \"wavefronts\": %llu, \"ideal_wavefronts\": %llu, \"bank_conflicts\": %llu},\n"
                 "   \"mma_m16n8k16\": {\"instructions\": %llu, \"flops\": %llu},\n"
+                "   \"mma_m16n8k32_s8\": {\"instructions\": %llu, \"int_ops\": %llu},\n"
                 "   \"h100_lower_bound_us\": %.6g, \"h200_lower_bound_us\": %.6g}",
                 first ? "" : ",", name.c_str(), c.launches, c.gld_requests, c.gld_sectors, 32 * c.gld_sectors,
                 c.gld_bytes, 32 * c.gld_footprint_sectors, c.gst_requests, c.gst_sectors, 32 * c.gst_sectors,
@@ -1161,7 +1172,7 @@ extern "C" void emu_profile_report(void) {
                 c.lds_wavefronts, c.lds_ideal_wavefronts, c.lds_wavefronts - c.lds_ideal_wavefronts, c.sts_requests,
                 c.sts_wavefronts, c.sts_ideal_wavefronts, c.sts_wavefronts - c.sts_ideal_wavefronts, c.ldsm_requests,
                 c.ldsm_wavefronts, c.ldsm_ideal_wavefronts, c.ldsm_wavefronts - c.ldsm_ideal_wavefronts, c.mma,
-                4096 * c.mma, emu_profile_lower_bound_us(&c, "H100"), emu_profile_lower_bound_us(&c, "H200"));
+                4096 * c.mma, c.mma_s8, 8192 * c.mma_s8, emu_profile_lower_bound_us(&c, "H100"), emu_profile_lower_bound_us(&c, "H200"));
         first = false;
     }
     fprintf(f, "\n]}\n");

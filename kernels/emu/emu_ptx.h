@@ -1,8 +1,8 @@
 // emu_ptx.h — the emulated tensor-core and asynchronous-copy instructions (part of emu.h).
 //
 // Kernels never call these directly: they use the helpers of common.cuh (kiln_mma_m16n8k16,
-// kiln_ldmatrix_*, kiln_cp_async_*), which are inline PTX under NVRTC and these functions under the
-// emulator. Each follows the PTX ISA's description of the instruction (PTX ISA 8.x, "Warp-level matrix
+// kiln_mma_m16n8k32_s8, kiln_ldmatrix_*, kiln_cp_async_*), which are inline PTX under NVRTC and these
+// functions under the emulator. Each follows the PTX ISA's description of the instruction (PTX ISA 8.x, "Warp-level matrix
 // fragment mma.m16n8k16" and "ldmatrix"), lane by lane:
 //
 //   groupID = lane / 4, tig = lane % 4 (threadID_in_group)
@@ -60,10 +60,12 @@ inline WarpPost *warp_posts() { return warp_post_area[warp_in_block()]; }
 // The checker's and the profiler's view of these instructions (emu_check.cpp, not instrumented):
 // ldmatrix_row reports a lane's 16-byte row as one shared-memory load of an ldmatrix (so the profiler
 // counts a matrix's eight rows as one phase, as the hardware reads them); silent_copy moves bytes
-// without reporting them (the lanes gathering each other's rows); mma_seen counts one mma for the warp.
+// without reporting them (the lanes gathering each other's rows); mma_seen and mma_s8_seen count one
+// mma (m16n8k16 16-bit, m16n8k32 8-bit) for the warp.
 void ldmatrix_row(const void *row);
 void silent_copy(void *dst, const void *src, unsigned bytes);
 void mma_seen();
+void mma_s8_seen(); // the same for one mma.m16n8k32 on signed bytes
 
 template <typename T> inline float half_bits_to_float(unsigned short bits);
 template <> inline float half_bits_to_float<__nv_bfloat16>(unsigned short bits) {
@@ -103,6 +105,40 @@ inline void mma_m16n8k16(float (&acc)[4], const unsigned (&a)[4], const unsigned
         float d = acc[i];
         for (int k = 0; k < 16; ++k) d += mma_a<T>(p, r, k) * mma_b<T>(p, k, n);
         acc[i] = d;
+    }
+    __syncwarp(0xffffffffu, file, line);
+}
+
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 d, a, b, c with d = c in place. Fragments (PTX ISA,
+// "Matrix Fragments for mma.m16n8k32", .s8), each .b32 register four signed bytes, lowest index in the
+// low byte: A 16x32 a[0] = A[g][4t..4t+3], a[1] = A[g+8][4t..], a[2] = A[g][4t+16..], a[3] = A[g+8][4t+16..];
+// B 32x8 b[0] = B[4t..4t+3][g], b[1] = B[4t+16..4t+19][g]; C/D s32 as the f32 C of m16n8k16. The sum is
+// exact and wraps modulo 2^32 (no .satfinite), as on the GPU.
+inline signed char reg_s8(unsigned reg, int which) { return static_cast<signed char>((reg >> (8 * which)) & 0xffu); }
+inline int mma_a_s8(const WarpPost *p, int r, int k) {
+    const int lane = (r % 8) * 4 + (k % 16) / 4;
+    const int reg = (r >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0);
+    return reg_s8(p[lane].a[reg], k % 4);
+}
+inline int mma_b_s8(const WarpPost *p, int k, int n) {
+    const int lane = n * 4 + (k % 16) / 4;
+    return reg_s8(p[lane].b[k >= 16 ? 1 : 0], k % 4);
+}
+
+inline void mma_m16n8k32_s8(int (&acc)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                            const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    WarpPost *p = warp_posts();
+    const unsigned lane = lane_id();
+    for (int i = 0; i < 4; ++i) p[lane].a[i] = a[i];
+    for (int i = 0; i < 2; ++i) p[lane].b[i] = b[i];
+    __syncwarp(0xffffffffu, file, line);
+    if (lane == 0) mma_s8_seen();
+    const int group = static_cast<int>(lane / 4), tig = static_cast<int>(lane % 4);
+    for (int i = 0; i < 4; ++i) {
+        const int r = group + (i >= 2 ? 8 : 0), n = 2 * tig + (i % 2);
+        unsigned d = static_cast<unsigned>(acc[i]);
+        for (int k = 0; k < 32; ++k) d += static_cast<unsigned>(mma_a_s8(p, r, k) * mma_b_s8(p, k, n));
+        acc[i] = static_cast<int>(d);
     }
     __syncwarp(0xffffffffu, file, line);
 }

@@ -195,12 +195,14 @@ enum QuantProduct {
     F32,
 }
 
-/// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K]), multiplied
-/// as `how` says. The measure is the bytes of W read (M = 1: decode). Checked against W
-/// dequantized by the GGUF reader, in f64.
+/// `x·Wᵀ` with x f32 `[M, K]` and W `[N, K]` of ggml type `ty` (`s.dims` = [M, N, K], K rounded up
+/// to whole blocks of the type: 32 weights, 256 for Q4_K and Q6_K), multiplied as `how` says. The
+/// measure is the bytes of W read (M = 1: decode). Checked against W dequantized by the GGUF
+/// reader, in f64.
 fn linear_quantized(s: &Setup, rng: &mut Rng, ty: GgmlType, how: QuantProduct) -> Result<Work> {
     use crate::backend::cpu::linear_quantized::{linear_dequantized, linear_quantized_gemm_on, QuantIsa};
-    let (m, n, k) = (s.dims[0], s.dims[1], s.dims[2]);
+    let (m, n) = (s.dims[0], s.dims[1]);
+    let k = s.dims[2].next_multiple_of(ty.block_size() as usize);
     let w_bytes = if how == QuantProduct::F32 {
         (n * k * F32) as f64
     } else {
@@ -1218,6 +1220,55 @@ pub const CASES: &[Case] = &[
         emu: &[&[1, 67, 96]],
         prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q8_0, QuantProduct::Op),
         library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q8_0, QuantProduct::F32)?))),
+    },
+    Case {
+        name: "linear_quantized_q4_k",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q4_K [N, K]^T (decode: x rounded to 8 bits per 32; K rounded up to 256s)",
+        dims: "MxNxK",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // a 7B-sized decode product and a 1.5B-sized one (K-formats need K a multiple of 256); on Emu
+        // rows not a multiple of the kernel's 4 per CTA, 2 super-blocks
+        cuda: &[&[1, 4096, 4096], &[1, 1536, 1536], &[4, 4096, 4096]],
+        cpu: &[&[1, 1536, 1536]],
+        emu: &[&[1, 9, 512]],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_K, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_K, QuantProduct::F32)?))),
+    },
+    Case {
+        name: "linear_quantized_q6_k",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q6_K [N, K]^T (decode: x rounded to 8 bits per 32; K rounded up to 256s)",
+        dims: "MxNxK",
+        bound: Bound::Memory,
+        dtype: DType::F32,
+        // as linear_quantized_q4_k (Q6_K is llama.cpp's usual type for the output and v projections)
+        cuda: &[&[1, 4096, 4096], &[1, 1536, 1536], &[4, 4096, 4096]],
+        cpu: &[&[1, 1536, 1536]],
+        emu: &[&[1, 9, 512]],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q6_K, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q6_K, QuantProduct::F32)?))),
+    },
+    Case {
+        name: "linear_quantized_prefill_q4_0",
+        about: "Tensor::linear_quantized, f32 [M, K] x Q4_0 [N, K]^T from 8 rows of x (CUDA: the integer tensor cores)",
+        dims: "MxNxK",
+        bound: Bound::Compute,
+        dtype: DType::F32,
+        // SmolLM2-135M's 128- and 512-token prefills (gate/up, down), a 7B-sized one, and the
+        // threshold's neighbourhood (MMA_FROM_ROWS in src/backend/cuda/linear_quantized.rs); on
+        // Emu a partial n-tile, two CTAs of x rows and of weight groups, 3 blocks
+        cuda: &[
+            &[8, 1536, 576],
+            &[16, 1536, 576],
+            &[128, 1536, 576],
+            &[512, 1536, 576],
+            &[512, 576, 1536],
+            &[512, 4096, 4096],
+        ],
+        cpu: &[&[128, 1536, 576]],
+        emu: &[&[40, 67, 96]],
+        prepare: |s, rng| linear_quantized(s, rng, GgmlType::Q4_0, QuantProduct::Op),
+        library: Some(|s, rng| Ok(("f32".into(), linear_quantized(s, rng, GgmlType::Q4_0, QuantProduct::F32)?))),
     },
     Case {
         name: "attention_fwd",

@@ -997,6 +997,12 @@ void test_profiler() {
     synthetic.gst_footprint_sectors = 400000;
     check_us("10^6 sectors: H100 lower bound", emu_profile_lower_bound_us(&synthetic, "H100"), 3.2e7 / 3.35e12 * 1e6);
     check_us("10^6 sectors: H200 lower bound", emu_profile_lower_bound_us(&synthetic, "H200"), 3.2e7 / 4.8e12 * 1e6);
+    // The integer mma.m16n8k32 (8192 operations each) at the dense INT8 peak, 1978.9e12 op/s, adds its time
+    // to the 16-bit mma's: 3 x 10^6 of each take 12.42 + 12.42 us, above the 10^6 sectors' 9.55 us.
+    synthetic.mma = 3000000;
+    synthetic.mma_s8 = 3000000;
+    check_us("3 x 10^6 mma and mma.s8: H100 lower bound", emu_profile_lower_bound_us(&synthetic, "H100"),
+             (3 * 4.096e9 / 989.4e12 + 3 * 8.192e9 / 1978.9e12) * 1e6);
     emu_set_profile(0);
     emu_profile_reset();
 }

@@ -1,13 +1,13 @@
 //! Launch wrapper for kernels/linear_quantized.cu: `y = x·Wᵀ` and the input's gradient `g·W` with W
 //! a [`QuantizedMatrix`] whose stored bytes are on this device ([`to_device`] puts them there).
 //!
-//! [`linear_quantized`] (the op under `no_grad`): below [`DEQUANTIZE_FROM_ROWS`] rows of x a
-//! grouped format (Q4_0, Q4_1, Q8_0) takes the integer path, x rounded to 8 bits per block of 32
-//! as on the CPU, then one `__dp4a` kernel per format; from there on, and for Q4_K and Q6_K at
-//! every size, W is decoded to f32 and multiplied by the f32 matmul kernel
-//! (src/backend/cuda/matmul.rs), x unrounded. [`linear_dequantized`] (the op while autograd
-//! records) and the gradient always take the decoded path. The kernel file's
-//! header has the launch shapes and the bytes each moves.
+//! [`linear_quantized`] (the op under `no_grad`): below [`MMA_FROM_ROWS`] rows of x (decode) every
+//! format takes the integer path, x rounded to 8 bits per block of 32 as on the CPU, then one
+//! `__dp4a` kernel per format; from there on (prefill) a grouped format (Q4_0, Q4_1, Q8_0) takes one
+//! integer tensor-core kernel per format (`mma.m16n8k32` on signed bytes), x rounded the same way,
+//! while Q4_K and Q6_K are decoded to f32 and multiplied by the f32 matmul kernel
+//! (src/backend/cuda/matmul.rs), x unrounded. [`linear_dequantized`] (the op while autograd records) and the gradient always take
+//! the decoded path. The kernel file's header has the launch shapes and the bytes each moves.
 
 use super::launch::{Args, LaunchConfig};
 use super::{copy, kernel, matmul, CudaDevice, CudaStorage};
@@ -17,14 +17,37 @@ use crate::tensor::layout::Layout;
 use crate::{Device, Error, Result};
 use std::sync::Arc;
 
-/// Rows of x from which [`linear_quantized`] decodes W to f32 for the matmul kernel instead of
-/// dotting it in 8-bit integers: this backend has no integer GEMM yet, so a prompt's prefill
-/// (and every Q4_K/Q6_K product) runs on the f32 matmul with x unrounded, where the CPU's integer
-/// GEMM rounds x (as llama.cpp does). Decode and small batches round x on both.
-pub const DEQUANTIZE_FROM_ROWS: usize = 16;
+/// Rows of x from which [`linear_quantized`] multiplies a grouped format on the integer tensor
+/// cores (`linear_quantized_mma_<fmt>`) instead of the `__dp4a` decode kernel; both round x to the
+/// same bytes and compute the same integer sums, so the choice changes only f32 summation order.
+/// Q4_K and Q6_K take their `__dp4a` kernels below it and W decoded to f32 from it (the f32 matmul
+/// reads W once for all rows of x, where the decode kernel re-reads it per row).
+///
+/// Not timed (no GPU has been lent): reasoned from the roofline of kernels/linear_quantized.cu on
+/// an H100 (3.35 TB/s; ~61 T dp4a multiply-adds/s on the CUDA cores, ~990 T int8 multiply-adds/s on
+/// the tensor cores plus the f32 scaling, ~700 T/s together). The decode kernel streams W once from
+/// DRAM and re-reads it from L2 for every row of x, its arithmetic growing with m: it stays
+/// memory-bound up to about 10 rows of x for Q4_1 (0.625 bytes per weight: 61e12 · 0.625 / 3.35e12)
+/// and 19 for Q8_0. The mma kernel pads x to 8-row tiles and 32-row CTAs, so below 32 rows it does
+/// 32 rows' integer work, still under the memory bound (32 rows at ~700 T/s is 2.6× faster than W's
+/// bytes at 0.625 bytes per weight), and reads W from L2 once per 32 rows instead of once per row.
+/// From 8 rows a tile is full and the decode kernel is near its compute bound; below, the decode
+/// kernel's n/16 × m CTAs spread a short product over more SMs than the mma kernel's
+/// n/64 × ceil(m/32). A GPU run should place this by measurement (`kiln bench --kernels
+/// linear_quantized_q4_1 --sizes 4x1536x576,8x1536x576,16x1536x576`).
+pub const MMA_FROM_ROWS: usize = 8;
 
 /// Warps per CTA of the decode kernels (`LINEAR_QUANTIZED_WARPS`).
 const DECODE_WARPS: u32 = 4;
+
+/// Warps per CTA of the tensor-core kernels, one 16-row group of W each (`LINEAR_QUANTIZED_MMA_WARPS`).
+const MMA_WARPS: usize = 4;
+
+/// Rows of x per CTA of the tensor-core kernels (`LINEAR_QUANTIZED_MMA_ROWS`).
+const MMA_ROWS: usize = 32;
+
+/// Warps per CTA of the Q4_K/Q6_K decode kernels, one row of W each (`LINEAR_QUANTIZED_K_WARPS`).
+const K_WARPS: usize = 4;
 
 /// `w`'s stored bytes copied to `device` (a CUDA device or the emulator), as the buffer
 /// `QuantizedMatrix::device_bytes` hands back to this backend: u32 words, zero-padded to a
@@ -72,8 +95,9 @@ fn dim(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 /// `y = x·Wᵀ`: x holds rows of `w.shape()[1]` f32 (viewed through `layout`), y is contiguous
-/// `[rows, w.shape()[0]]`. The integer kernels below [`DEQUANTIZE_FROM_ROWS`] rows for a grouped
-/// format (x rounded to 8 bits), W decoded to f32 otherwise.
+/// `[rows, w.shape()[0]]`. The integer kernels (x rounded to 8 bits) below [`MMA_FROM_ROWS`] rows
+/// (`__dp4a`) and from there for a grouped format (the tensor cores); W decoded to f32 for Q4_K and
+/// Q6_K from [`MMA_FROM_ROWS`] rows.
 pub fn linear_quantized(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix) -> Result<CudaStorage> {
     product(x, layout, w, true)
 }
@@ -96,8 +120,9 @@ fn product(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix, integer: bool)
     if m == 0 || n == 0 {
         return CudaStorage::alloc(dev, DType::F32, m * n);
     }
-    let format = w.format();
-    if !integer || !format.is_grouped() || m >= DEQUANTIZE_FROM_ROWS {
+    let (format, grouped) = (w.format(), w.format().is_grouped());
+    // the integer kernels: every size for the grouped formats, decode (`__dp4a`) for Q4_K and Q6_K
+    if !integer || !(grouped || m < MMA_FROM_ROWS) {
         // y = x (m, k) · Wᵀ, Wᵀ (k, n) read in place from W decoded (n, k) row-major
         let decoded = dequantize(wb, w)?;
         let wt = Layout::new(vec![k, n], vec![1, k], 0);
@@ -105,29 +130,49 @@ fn product(x: &CudaStorage, layout: &Layout, w: &QuantizedMatrix, integer: bool)
     }
     let (xq, xds) = quantize_x(dev, x, m * k)?;
     let y = CudaStorage::alloc(dev, DType::F32, m * n)?;
-    let name = match format {
-        QuantFormat::Q4_0 => "linear_quantized_q4_0",
-        QuantFormat::Q4_1 => "linear_quantized_q4_1",
-        QuantFormat::Q8_0 => "linear_quantized_q8_0",
-        QuantFormat::Q4_K | QuantFormat::Q6_K => unreachable!("a grouped format"),
+    let fmt = match format {
+        QuantFormat::Q4_0 => "q4_0",
+        QuantFormat::Q4_1 => "q4_1",
+        QuantFormat::Q8_0 => "q8_0",
+        QuantFormat::Q4_K => "q4_k",
+        QuantFormat::Q6_K => "q6_k",
     };
+    let groups = n.div_ceil(GROUP_ROWS);
     let mut args = Args::new();
-    args.push(wb.ptr())
-        .push(xq.ptr())
-        .push(xds.ptr())
-        .push(y.ptr())
-        .push(dim(OP, "n", n)?)
-        .push(dim(OP, "k / 32", k / 32)?);
-    let cfg = LaunchConfig {
-        grid: [
-            dim(OP, "row groups", n.div_ceil(GROUP_ROWS))?,
-            dim(OP, "rows of x", m)?,
-            1,
-        ],
-        block: [32 * DECODE_WARPS, 1, 1],
-        dyn_smem: 0,
+    args.push(wb.ptr()).push(xq.ptr()).push(xds.ptr()).push(y.ptr());
+    let (name, cfg) = if !grouped {
+        let cfg = LaunchConfig {
+            grid: [
+                dim(OP, "CTAs of 4 rows", n.div_ceil(K_WARPS))?,
+                dim(OP, "rows of x", m)?,
+                1,
+            ],
+            block: [32 * K_WARPS as u32, 1, 1],
+            dyn_smem: 0,
+        };
+        (format!("linear_quantized_{fmt}"), cfg)
+    } else if m >= MMA_FROM_ROWS {
+        args.push(dim(OP, "m", m)?);
+        let cfg = LaunchConfig {
+            grid: [
+                dim(OP, "CTAs of 4 row groups", groups.div_ceil(MMA_WARPS))?,
+                dim(OP, "CTAs of 32 rows of x", m.div_ceil(MMA_ROWS))?,
+                1,
+            ],
+            block: [32 * MMA_WARPS as u32, 1, 1],
+            dyn_smem: 0,
+        };
+        (format!("linear_quantized_mma_{fmt}"), cfg)
+    } else {
+        let cfg = LaunchConfig {
+            grid: [dim(OP, "row groups", groups)?, dim(OP, "rows of x", m)?, 1],
+            block: [32 * DECODE_WARPS, 1, 1],
+            dyn_smem: 0,
+        };
+        (format!("linear_quantized_{fmt}"), cfg)
     };
-    dev.launch(kernel("linear_quantized", name)?, cfg, &mut args)?;
+    args.push(dim(OP, "n", n)?).push(dim(OP, "k / 32", k / 32)?);
+    dev.launch(kernel("linear_quantized", &name)?, cfg, &mut args)?;
     Ok(y)
 }
 
