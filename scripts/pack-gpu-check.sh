@@ -20,7 +20,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT/bin" "$OUT/tests"
 # The kernels must be precompiled (PTX + CUBIN embedded): a GPU machine has no NVRTC.
 cargo build --release --bin kiln
-cargo test --release --no-run --message-format=json --test devices --test gpt_bf16 --test linear_quantized_devices 2>/dev/null |
+cargo test --release --no-run --message-format=json --test devices --test gpt_bf16 --test linear_quantized_devices --test ptx_helpers 2>/dev/null |
     python3 -c '
 import json, sys
 for line in sys.stdin:
