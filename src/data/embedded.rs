@@ -166,6 +166,8 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/train/data_parallel.rs",
     "src/train/distributed.rs",
     "src/train/zero.rs",
+    "src/train/nccl.rs",
+    "src/train/device_buckets.rs",
     "src/train/config.rs",
     "src/train/checkpoint.rs",
     "src/train/memory_estimate.rs",

@@ -40,6 +40,20 @@ pub trait Collective {
     /// Concatenates every rank's `send` in rank order into `recv` (`world()` blocks of
     /// `send.len()` values) on every rank (`MPI_Allgather`).
     fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// Whether [`Collective::all_reduce_sum_tensor`] sums the tensors where they lie (NCCL on
+    /// CUDA ranks, src/train/nccl.rs): [`DataParallel::average_gradients`] then builds its
+    /// buckets on the device (src/train/device_buckets.rs). False by default: the buckets are
+    /// host vectors summed by [`Collective::all_reduce_sum_f32`].
+    fn reduces_on_device(&self) -> bool {
+        false
+    }
+    /// The elementwise sum over the ranks of `bucket` (f32, one dimension), on its device. By
+    /// default through host memory and [`Collective::all_reduce_sum_f32`].
+    fn all_reduce_sum_tensor(&self, bucket: &Tensor) -> Result<Tensor> {
+        let mut values = bucket.to_vec::<f32>()?;
+        self.all_reduce_sum_f32(&mut values)?;
+        Tensor::from_vec(values, bucket.shape(), bucket.device())
+    }
 }
 
 /// One process alone: every reduction leaves its buffer as it is.
@@ -216,7 +230,8 @@ impl DataParallel {
     /// Replaces each gradient of `params` by its mean over the ranks. A parameter that has a
     /// gradient on some ranks and not on others counts zeros for the others; one with a
     /// gradient on no rank keeps none. The gradients are flattened (as f32) into buckets of at
-    /// most 4 Mi values, one all-reduce each, and written back with their dtype and device.
+    /// most 4 Mi values, one all-reduce each, and written back with their dtype and device; on
+    /// the device when the collective sums there ([`Collective::reduces_on_device`]).
     pub fn average_gradients(&self, params: &[(String, Tensor)], grads: &mut Gradients) -> Result<()> {
         if self.world() == 1 {
             return Ok(());
@@ -228,6 +243,12 @@ impl DataParallel {
             .filter(|(_, &any)| any)
             .map(|((_, p), _)| p)
             .collect();
+        if self.collective.reduces_on_device() {
+            let c = &*self.collective;
+            return super::device_buckets::average(&reduced, grads, self.world(), BUCKET_FLOATS, |bucket| {
+                c.all_reduce_sum_tensor(bucket)
+            });
+        }
         let scale = 1.0 / self.world() as f32;
         let mut bucket: Vec<f32> = Vec::new();
         let mut members: Vec<&Tensor> = Vec::new();

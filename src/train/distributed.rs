@@ -13,7 +13,7 @@ use crate::{Error, Result};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
-use mpi::traits::{Communicator, CommunicatorCollectives};
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 use std::rc::Rc;
 
 /// This process's place in an MPI job. Dropping it finalizes MPI (once, at the end of a run
@@ -40,6 +40,13 @@ impl Mpi {
     /// The training loop's view of these ranks.
     pub fn data_parallel(self: &Rc<Self>) -> DataParallel {
         DataParallel::new(self.clone())
+    }
+
+    /// Gives every rank rank 0's `buf` (`MPI_Bcast`): how rank 0 hands out the NCCL unique id
+    /// (src/train/nccl.rs). Every rank calls it with a buffer of the same length.
+    pub fn broadcast_from_root(&self, buf: &mut [u8]) -> Result<()> {
+        self.world.process_at_rank(0).broadcast_into(buf);
+        Ok(())
     }
 
     /// Ends every rank of the job with exit status `code` (`MPI_Abort`): how a rank that failed
