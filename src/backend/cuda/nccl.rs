@@ -101,7 +101,11 @@ pub fn load_from(names: &[String]) -> Result<Nccl> {
         // SAFETY: opening a shared library runs its initialisers; NCCL's only set up its own state.
         match unsafe { libloading::Library::new(name) } {
             Ok(lib) => return bind(lib, name),
-            Err(e) => tried.push(format!("{name} ({e})")),
+            // libloading's own message is "dlopen failed"; the loader's reason is its source
+            Err(e) => tried.push(match std::error::Error::source(&e) {
+                Some(why) => format!("{name} ({why})"),
+                None => format!("{name} ({e})"),
+            }),
         }
     }
     Err(unavailable(format!(
