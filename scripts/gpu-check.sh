@@ -14,7 +14,10 @@
 #      (f32, and bf16 autocast), for comparison;
 #   5. where Nsight Compute's `ncu` is on the PATH, its memory counters (global sectors and requests,
 #      shared-memory wavefronts and bank conflicts) for a few kernels at fixed shapes, next to Emu's
-#      profiler on the same shapes (docs/emulator.md, "The profiler"), for comparison.
+#      profiler on the same shapes (docs/emulator.md, "The profiler"), for comparison;
+#   6. where an NCCL library is found (KILN_NCCL, PyTorch's nvidia-nccl-cu12 wheel, the system's
+#      libnccl.so.2), a single-rank ncclAllReduce of device buffers (`kiln bench --kernels allreduce
+#      --collective nccl`): every sum checked, the bandwidth per size; skipped, not failed, without NCCL.
 # Each step has a time limit so that the whole check stays under 8 minutes on an H200; a summary
 # table comes last. Exit status: 0 if every step passed, 1 if one failed, 2 if nothing could run.
 #
@@ -137,6 +140,34 @@ if command -v ncu >/dev/null; then
     row "ncu vs emu" "ncu.csv and emu-profile.json in $OUT_DIR (compare by hand: docs/emulator.md)"
 else
     rows+=("$(printf '%-16s %-9s %5ss  %s' "ncu vs emu" skipped 0 "no ncu on the PATH")")
+fi
+
+# 6. NCCL (issue 19): one rank's ncclAllReduce of GPU buffers, no MPI (the unique id made locally).
+#    kiln tries KILN_NCCL, then libnccl.so.2 and libnccl.so on the loader's path; PyTorch's wheel puts
+#    libnccl.so.2 in site-packages/nvidia/nccl/lib, outside that path, so it is named here.
+NCCL_LIB=${KILN_NCCL:-}
+if [[ -z $NCCL_LIB ]]; then
+    NCCL_DIRS=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+    for d in $NCCL_DIRS /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nccl/lib /usr/lib64; do
+        if [[ -e $d/libnccl.so.2 ]]; then
+            NCCL_LIB=$d/libnccl.so.2
+            break
+        fi
+    done
+fi
+if [[ -z $NCCL_LIB ]]; then
+    NCCL_LIB=$(ldconfig -p 2>/dev/null | awk '/libnccl\.so\.2 /{print $NF; exit}')
+fi
+if [[ -n $NCCL_LIB ]]; then
+    echo
+    echo "NCCL: $NCCL_LIB"
+    export KILN_NCCL=$NCCL_LIB
+    step nccl 90 "$PACK/bin/kiln" bench --device cuda --kernels allreduce --collective nccl \
+        --sizes 4,4096,1048576,16777216,67108864 --reps 20 --json "$OUT_DIR/nccl.json"
+    nccl_sums=$(grep -E '^sums: ' "$OUT_DIR/nccl.log" | head -1 | sed -E 's/^sums: //; s/, each .*//')
+    row "nccl allreduce" "$(grep -oE 'peak algorithm bandwidth [0-9.]+ GB/s' "$OUT_DIR/nccl.log" | head -1)${nccl_sums:+; $nccl_sums}"
+else
+    rows+=("$(printf '%-16s %-9s %5ss  %s' "nccl allreduce" skipped 0 "no NCCL library found (pip install nvidia-nccl-cu12, apt-get install libnccl2, or set KILN_NCCL)")")
 fi
 
 echo

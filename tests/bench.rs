@@ -381,6 +381,44 @@ fn cuda_without_a_gpu_fails_clearly() {
     assert!(shown.contains("device Cuda(0) is unavailable"), "{shown}");
 }
 
+/// `--collective nccl` (docs/distributed.md, "NCCL"): on Emu or the CPU a refusal, on CUDA without
+/// NCCL the loading error naming what was tried (this machine has neither a GPU nor NCCL), with
+/// other kernels or `auto` a clear error; never a panic.
+#[test]
+fn nccl_allreduce_bench_errors_are_clear() {
+    let nccl = |extra: &[&'static str]| {
+        let mut all = vec!["bench", "--kernels", "allreduce", "--sizes", "4096", "--reps", "2"];
+        all.extend_from_slice(extra);
+        let out = kiln_cmd(&all).env_remove("KILN_NCCL").output().unwrap();
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        assert!(!shown.contains("panicked"), "{shown}");
+        shown
+    };
+    for dev in ["emu", "cpu"] {
+        let shown = nccl(&["--collective", "nccl", "--device", dev]);
+        assert!(shown.contains("--collective nccl needs CUDA ranks"), "{shown}");
+    }
+    let shown = nccl(&["--collective", "nccl", "--device", "cuda"]);
+    if shown.contains("NCCL library could not be loaded") {
+        for part in ["libnccl.so.2 (", "libnccl.so (", "nvidia-nccl-cu12", "KILN_NCCL"] {
+            assert!(shown.contains(part), "{part:?}: {shown}");
+        }
+    } else {
+        // NCCL is installed here: then the missing GPU is the error
+        assert!(shown.contains("unavailable"), "{shown}");
+    }
+    let shown = nccl(&["--collective", "auto"]);
+    assert!(shown.contains("--collective mpi or nccl, not auto"), "{shown}");
+    let out = kiln(&["bench", "--kernels", "add", "--collective", "nccl"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("--collective chooses the all-reduce"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// The Llama ops' cases (silu, swiglu and its backward, rms_norm and its backward, rope) run on Emu,
 /// each counting the bytes its kernels must move; swiglu is followed by its unfused composition.
 #[test]

@@ -341,6 +341,99 @@ fn a_refused_setting_ends_every_rank_with_the_error() {
     assert!(!out.exists(), "a refused run leaves no folder");
 }
 
+/// NCCL (src/train/nccl.rs) on a machine without a GPU: `--collective nccl` on CUDA ranks fails on
+/// every rank with the loading error (or, where NCCL is installed, the missing GPU), on CPU or Emu
+/// ranks with the refusal; `auto` on CUDA ranks warns once that it falls back to MPI; without
+/// `--distributed` the flag is refused. No run folder is left, and no rank hangs.
+#[test]
+fn nccl_is_refused_or_falls_back_clearly_on_every_rank() {
+    let s = setup("dist-nccl");
+    let out = s.root.join("run");
+    let job = |extra: &[&'static str]| {
+        let mut a = args(&s.data, &out, &["--distributed", "--batch-size", "6"]);
+        a.extend_from_slice(extra);
+        let o = mpirun(&[(2, a)]).output().expect("mpirun runs");
+        let (stdout, stderr) = text(&o);
+        assert!(!o.status.success(), "{stdout}\n{stderr}");
+        if extra.contains(&"--collective") {
+            assert!(!out.exists(), "a refused run leaves no folder");
+        }
+        stderr
+    };
+    let stderr = job(&["--collective", "nccl", "--device", "cuda"]);
+    assert!(
+        stderr.contains("NCCL library could not be loaded") && stderr.contains("libnccl.so.2")
+            || stderr.contains("unavailable"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" of 2): "), "a rank's error: {stderr}");
+    let stderr = job(&["--collective", "nccl", "--device", "emu"]);
+    assert!(stderr.contains("--collective nccl needs CUDA ranks"), "{stderr}");
+    let stderr = job(&["--device", "cuda"]);
+    if stderr.contains("NCCL library could not be loaded") {
+        // auto without NCCL: rank 0 alone warns, then the missing GPU ends the job
+        assert_eq!(stderr.matches("warning: NCCL is not used").count(), 1, "{stderr}");
+        assert!(stderr.contains("through host memory and MPI"), "{stderr}");
+    }
+    let o = kiln_cmd(&["train", "--collective", "nccl", "--steps", "1"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--distributed"), "{stderr}");
+}
+
+/// The NCCL unique id's message (src/train/nccl.rs: 512 bytes, the 128-byte id inside) through
+/// `Mpi::broadcast_from_root` between 2 ranks: this test binary runs the test again under
+/// `mpirun`, where rank 0 sends a known id and rank 1, its buffer filled with other bytes, must
+/// receive it byte for byte.
+#[test]
+fn an_nccl_unique_id_crosses_the_mpi_broadcast_intact() {
+    const NAME: &str = "an_nccl_unique_id_crosses_the_mpi_broadcast_intact";
+    use kiln::backend::cuda::nccl::UniqueId;
+    use kiln::train::data_parallel::Collective;
+    use kiln::train::nccl::{decode_id, encode_id, ID_MESSAGE_BYTES};
+    let mut internal = [0u8; 128];
+    internal
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (255 - i * 3 % 256) as u8);
+    internal[17] = 0;
+    let id = UniqueId { internal };
+    if std::env::var_os("KILN_TEST_MPI_RANK").is_none() {
+        let mut c = Command::new("mpirun");
+        c.args([
+            "--oversubscribe",
+            "--allow-run-as-root",
+            "-np",
+            "2",
+            "-x",
+            "KILN_TEST_MPI_RANK=1",
+        ]);
+        c.arg(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"]);
+        let o = run(c);
+        let (stdout, _) = text(&o);
+        assert_eq!(
+            stdout.matches("1 passed").count(),
+            2,
+            "both ranks ran the test:\n{stdout}"
+        );
+        return;
+    }
+    let mpi = kiln::train::distributed::Mpi::init().unwrap();
+    let rank = mpi.rank();
+    assert_eq!(mpi.world(), 2);
+    let mut msg = if rank == 0 {
+        encode_id(&Ok(id))
+    } else {
+        [0xA5u8; ID_MESSAGE_BYTES]
+    };
+    mpi.broadcast_from_root(&mut msg).unwrap();
+    assert_eq!(msg, encode_id(&Ok(id)), "rank {rank}");
+    assert_eq!(decode_id(&msg).unwrap(), id, "rank {rank}");
+}
+
 /// The pids of the processes whose parent is `parent`, with their `OMPI_COMM_WORLD_RANK`.
 fn ranks_of(parent: u32) -> Vec<(u32, String)> {
     let mut found = Vec::new();

@@ -48,6 +48,8 @@ fn gpu_check_runs_its_steps_in_order_and_trains_gpt2_in_bf16() {
         .env("PATH", path)
         .env("KILN_GPU_CHECK_PACK", &pack)
         .env("FAKE_LOG", &log)
+        // an NCCL library "found": the script passes it on to kiln in KILN_NCCL
+        .env("KILN_NCCL", fakes.join("nvidia-smi"))
         .output()
         .expect("bash runs the script");
     let shown = format!(
@@ -66,7 +68,14 @@ fn gpu_check_runs_its_steps_in_order_and_trains_gpt2_in_bf16() {
             .unwrap_or_else(|| panic!("no row {name:?} in the summary:\n{summary}"))
             .to_string()
     };
-    for name in ["test devices", "test gpt_bf16", "bench", "gpt f32", "train gpt2 bf16"] {
+    for name in [
+        "test devices",
+        "test gpt_bf16",
+        "bench",
+        "gpt f32",
+        "train gpt2 bf16",
+        "nccl allreduce",
+    ] {
         assert!(
             row(name)[16..].trim_start().starts_with("ok"),
             "{name}: {}\n{shown}",
@@ -85,7 +94,7 @@ fn gpu_check_runs_its_steps_in_order_and_trains_gpt2_in_bf16() {
 
     let calls = std::fs::read_to_string(&log).unwrap();
     let calls: Vec<&str> = calls.lines().collect();
-    assert_eq!(calls.len(), 5, "{calls:#?}");
+    assert_eq!(calls.len(), 6, "{calls:#?}");
     assert!(
         calls[0].starts_with("devices --test-threads") && calls[1].starts_with("gpt_bf16"),
         "{calls:#?}"
@@ -101,7 +110,24 @@ fn gpu_check_runs_its_steps_in_order_and_trains_gpt2_in_bf16() {
         "{}",
         calls[4]
     );
-    for log in ["bench.log", "gpt-f32.log", "train.log", "torch.log", "gpu.txt"] {
+    assert!(
+        calls[5].starts_with("kiln bench --device cuda --kernels allreduce --collective nccl"),
+        "{}",
+        calls[5]
+    );
+    let nccl = row("nccl allreduce");
+    assert!(
+        nccl.contains("peak algorithm bandwidth 1234.500 GB/s") && nccl.contains("every sum exact"),
+        "{nccl}"
+    );
+    for log in [
+        "bench.log",
+        "gpt-f32.log",
+        "train.log",
+        "torch.log",
+        "gpu.txt",
+        "nccl.log",
+    ] {
         assert!(out.join(log).is_file(), "{log} written");
     }
 }
@@ -131,4 +157,39 @@ fn gpu_check_without_packed_binaries_or_a_gpu_stops_with_status_2() {
     }
     assert_eq!(run.status.code(), Some(2), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stderr).contains("does not see a GPU"));
+}
+
+#[test]
+fn gpu_check_without_nccl_skips_its_step_without_failing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fakes = root.join("tests/fixtures/gpu-check");
+    let dir = temp_dir("no-nccl");
+    let (pack, path_dir, log) = (dir.join("pack"), dir.join("path"), dir.join("calls.log"));
+    copy_exe(&fakes.join("kiln"), &pack.join("bin/kiln"));
+    copy_exe(&fakes.join("nvidia-smi"), &path_dir.join("nvidia-smi"));
+    let path = format!("{}:{}", path_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let run = Command::new(root.join("scripts/gpu-check.sh"))
+        .arg(dir.join("out"))
+        .env("PATH", path)
+        .env("KILN_GPU_CHECK_PACK", &pack)
+        .env("FAKE_LOG", &log)
+        .env_remove("KILN_NCCL")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&run.stdout);
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("nccl allreduce"))
+        .unwrap_or_else(|| panic!("no nccl row:\n{shown}"));
+    if !row[16..].trim_start().starts_with("skipped") {
+        // this machine has an NCCL library where the script looks: the fake ran instead
+        assert!(shown.contains("NCCL: "), "{shown}");
+        return;
+    }
+    assert!(
+        row.contains("no NCCL library found") && row.contains("nvidia-nccl-cu12"),
+        "{row}"
+    );
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!calls.contains("--collective nccl"), "{calls}");
 }

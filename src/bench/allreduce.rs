@@ -14,7 +14,8 @@
 use super::machine::Machine;
 use super::timing::{repetitions, Stats};
 use crate::train::data_parallel::Collective;
-use crate::{Device, Error, Result};
+use crate::train::nccl::NcclRanks;
+use crate::{Device, Error, Result, Tensor};
 use std::time::Instant;
 
 /// The default message sizes in bytes: 4 B, then ×8 up to 16 MiB, and 64 MiB.
@@ -51,14 +52,18 @@ pub struct AllReduceRow {
 pub struct AllReduceReport {
     /// "allreduce".
     pub case: &'static str,
-    /// The transport: MPI's `MPI_Allreduce` (f32, sum) over `MPI_COMM_WORLD`.
-    pub collective: &'static str,
+    /// The transport: MPI's `MPI_Allreduce` (f32, sum) over `MPI_COMM_WORLD`, or NCCL's
+    /// `ncclAllReduce` with the library's version.
+    pub collective: String,
     /// The number of ranks.
     pub ranks: usize,
     /// Rank 0's machine (the ranks may run on others).
     pub machine: Machine,
     /// How the calls were timed.
     pub timing: &'static str,
+    /// The check of the sums (NCCL: every value of every size against the exact sum over the
+    /// ranks); None where the values are not checked.
+    pub check: Option<String>,
     /// When, in seconds since 1970.
     pub date_unix: u64,
     /// The median time of the smallest message, in µs: the latency of one all-reduce.
@@ -77,68 +82,153 @@ fn barrier(c: &dyn Collective) -> Result<()> {
 /// repetitions, else each size repeats enough to fill about `budget_s` seconds (5 to 200).
 /// Every rank must call it with the same arguments; every rank returns rank 0's figures.
 pub fn run(c: &dyn Collective, bytes: &[usize], reps: Option<usize>, budget_s: f64) -> Result<AllReduceReport> {
+    check_sizes(bytes)?;
+    let mut rows = Vec::with_capacity(bytes.len());
+    for &size in bytes {
+        let mut buf: Vec<f32> = (0..size / 4).map(|i| (i % 7) as f32).collect();
+        rows.push(time_size(c, size, reps, budget_s, || c.all_reduce_sum_f32(&mut buf))?);
+    }
+    Ok(report(
+        c.world(),
+        "MPI_Allreduce (f32, sum) over MPI_COMM_WORLD".into(),
+        Machine::this(&Device::Cpu),
+        "host clock, median per size, rank 0, each call between two barriers",
+        None,
+        rows,
+    ))
+}
+
+/// Times and checks `ncclAllReduce` (f32, sum) of device buffers of `bytes` (multiples of 4) on
+/// every rank of `ranks`, as [`run`] times MPI's: rank r's buffer holds (r + 1)·(1 + i mod 7) at
+/// index i, so the sum is exactly (1 + i mod 7)·N(N+1)/2, checked for every value of every size
+/// (the sum copied to the host once per size, outside the timing); a wrong value is an error.
+/// Each timed call is the all-reduce into a fresh device buffer and a wait for the stream, on
+/// the host clock. Every rank must call it; every rank returns rank 0's figures.
+pub fn run_nccl(ranks: &NcclRanks, bytes: &[usize], reps: Option<usize>, budget_s: f64) -> Result<AllReduceReport> {
+    check_sizes(bytes)?;
+    let c: &dyn Collective = ranks;
+    let (rank, world) = (c.rank(), c.world());
+    let device = ranks.comm().device().device();
+    let triangle = (world * (world + 1) / 2) as f32;
+    let mut rows = Vec::with_capacity(bytes.len());
+    let mut checked = 0usize;
+    for &size in bytes {
+        let floats = size / 4;
+        let own: Vec<f32> = (0..floats).map(|i| (rank + 1) as f32 * (1 + i % 7) as f32).collect();
+        let src = Tensor::from_vec(own, &[floats], &device)?;
+        let sum = c.all_reduce_sum_tensor(&src)?.to_vec::<f32>()?;
+        if let Some((i, &got)) = sum
+            .iter()
+            .enumerate()
+            .find(|&(i, &v)| v != (1 + i % 7) as f32 * triangle)
+        {
+            return Err(Error::invalid(
+                "bench allreduce",
+                format!(
+                    "ncclAllReduce of {floats} f32 over {world} ranks gave {got} at index {i}, not {} (rank {rank})",
+                    (1 + i % 7) as f32 * triangle
+                ),
+            ));
+        }
+        checked += floats;
+        rows.push(time_size(c, size, reps, budget_s, || {
+            c.all_reduce_sum_tensor(&src)?;
+            ranks.comm().synchronize()
+        })?);
+    }
+    Ok(report(
+        world,
+        format!("ncclAllReduce (f32, sum) of device buffers, {}", ranks.describe()),
+        Machine::this(&device),
+        "host clock around the call and a wait for the GPU stream, median per size, rank 0, each call between two barriers",
+        Some(format!(
+            "every sum exact: {checked} values over {} sizes, each (1 + i mod 7)·{triangle} on {world} rank(s)",
+            bytes.len()
+        )),
+        rows,
+    ))
+}
+
+fn check_sizes(bytes: &[usize]) -> Result<()> {
     if let Some(&bad) = bytes.iter().find(|&&b| b == 0 || b % 4 != 0) {
         return Err(Error::invalid(
             "bench allreduce",
             format!("a message of {bad} bytes is not a positive whole number of f32 values (multiples of 4 bytes)"),
         ));
     }
-    let world = c.world();
-    let mut rows = Vec::with_capacity(bytes.len());
-    for &size in bytes {
-        let floats = size / 4;
-        let mut buf: Vec<f32> = (0..floats).map(|i| (i % 7) as f32).collect();
-        let timed = |buf: &mut Vec<f32>| -> Result<f64> {
-            barrier(c)?;
-            let t0 = Instant::now();
-            c.all_reduce_sum_f32(buf)?;
-            Ok(t0.elapsed().as_secs_f64())
-        };
-        timed(&mut buf)?;
-        timed(&mut buf)?;
-        // the ranks agree on the count: the largest any of them asks for
-        let wanted = repetitions(reps, timed(&mut buf)?, budget_s) as u64;
-        let mut agreed = [wanted];
-        c.all_reduce_max_u64(&mut agreed)?;
-        let samples = (0..agreed[0]).map(|_| timed(&mut buf)).collect::<Result<Vec<f64>>>()?;
-        // rank 0's statistics, sent to every rank
-        let own = Stats::of(&samples);
-        let mut shared = if c.rank() == 0 {
-            [own.median_s, own.min_s, own.max_s]
-        } else {
-            [0.0; 3]
-        };
-        c.all_reduce_sum_f64(&mut shared)?;
-        let stats = Stats {
-            reps: samples.len(),
-            median_s: shared[0],
-            min_s: shared[1],
-            max_s: shared[2],
-        };
-        let algbw = size as f64 / stats.median_s / 1e9;
-        rows.push(AllReduceRow {
-            floats,
-            bytes: size,
-            stats,
-            algbw_gb_s: algbw,
-            busbw_gb_s: algbw * ring_factor(world),
-        });
-    }
+    Ok(())
+}
+
+/// One size: `call` (one all-reduce of `size` bytes) warmed up twice, then timed on every rank
+/// between barriers as many times as the rank that wants the most asks; rank 0's statistics.
+fn time_size(
+    c: &dyn Collective,
+    size: usize,
+    reps: Option<usize>,
+    budget_s: f64,
+    mut call: impl FnMut() -> Result<()>,
+) -> Result<AllReduceRow> {
+    let mut timed = || -> Result<f64> {
+        barrier(c)?;
+        let t0 = Instant::now();
+        call()?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    timed()?;
+    timed()?;
+    // the ranks agree on the count: the largest any of them asks for
+    let wanted = repetitions(reps, timed()?, budget_s) as u64;
+    let mut agreed = [wanted];
+    c.all_reduce_max_u64(&mut agreed)?;
+    let samples = (0..agreed[0]).map(|_| timed()).collect::<Result<Vec<f64>>>()?;
+    // rank 0's statistics, sent to every rank
+    let own = Stats::of(&samples);
+    let mut shared = if c.rank() == 0 {
+        [own.median_s, own.min_s, own.max_s]
+    } else {
+        [0.0; 3]
+    };
+    c.all_reduce_sum_f64(&mut shared)?;
+    let stats = Stats {
+        reps: samples.len(),
+        median_s: shared[0],
+        min_s: shared[1],
+        max_s: shared[2],
+    };
+    let algbw = size as f64 / stats.median_s / 1e9;
+    Ok(AllReduceRow {
+        floats: size / 4,
+        bytes: size,
+        stats,
+        algbw_gb_s: algbw,
+        busbw_gb_s: algbw * ring_factor(c.world()),
+    })
+}
+
+fn report(
+    ranks: usize,
+    collective: String,
+    machine: Machine,
+    timing: &'static str,
+    check: Option<String>,
+    rows: Vec<AllReduceRow>,
+) -> AllReduceReport {
     let latency_us = rows.first().map_or(0.0, |r| r.stats.median_s * 1e6);
     let peak_busbw_gb_s = rows.iter().map(|r| r.busbw_gb_s).fold(0.0, f64::max);
-    Ok(AllReduceReport {
+    AllReduceReport {
         case: "allreduce",
-        collective: "MPI_Allreduce (f32, sum) over MPI_COMM_WORLD",
-        ranks: world,
-        machine: Machine::this(&Device::Cpu),
-        timing: "host clock, median per size, rank 0, each call between two barriers",
+        collective,
+        ranks,
+        machine,
+        timing,
+        check,
         date_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         latency_us,
         peak_busbw_gb_s,
         rows,
-    })
+    }
 }
 
 /// 2(N−1)/N: the share of a message that each rank sends (and receives) in a ring all-reduce
@@ -151,7 +241,14 @@ pub fn ring_factor(world: usize) -> f64 {
 pub fn table(r: &AllReduceReport) -> String {
     let mut s = format!(
         "all-reduce over {} ranks ({}); {}\n{:>12} {:>12} {:>12} {:>12} {:>6}\n",
-        r.ranks, r.collective, r.machine.cpu, "bytes", "median µs", "algbw GB/s", "busbw GB/s", "reps"
+        r.ranks,
+        r.collective,
+        r.machine.gpu.as_deref().unwrap_or(&r.machine.cpu),
+        "bytes",
+        "median µs",
+        "algbw GB/s",
+        "busbw GB/s",
+        "reps"
     );
     for row in &r.rows {
         s.push_str(&format!(
@@ -163,10 +260,14 @@ pub fn table(r: &AllReduceReport) -> String {
             row.stats.reps
         ));
     }
+    let peak_algbw = r.rows.iter().map(|row| row.algbw_gb_s).fold(0.0, f64::max);
     s.push_str(&format!(
-        "latency {:.2} µs, peak bus bandwidth {:.3} GB/s\n",
-        r.latency_us, r.peak_busbw_gb_s
+        "latency {:.2} µs, peak bus bandwidth {:.3} GB/s, peak algorithm bandwidth {:.3} GB/s\n",
+        r.latency_us, r.peak_busbw_gb_s, peak_algbw
     ));
+    if let Some(check) = &r.check {
+        s.push_str(&format!("sums: {check}\n"));
+    }
     s
 }
 

@@ -93,7 +93,8 @@ pub fn names() -> Vec<&'static str> {
 pub fn kernels_help() -> String {
     format!(
         "Kernels to time, comma-separated or repeated [all]: {}; or `allreduce` alone, under mpirun \
-         with the mpi feature (--sizes in bytes; docs/distributed.md)",
+         with the mpi feature, or with --collective nccl on --device cuda (--sizes in bytes; \
+         docs/distributed.md)",
         names().join(", ")
     )
 }

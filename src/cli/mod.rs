@@ -19,6 +19,7 @@ use crate::data::EMBEDDED;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 use crate::train::data_parallel::{self, DataParallel};
+use crate::train::nccl::{CollectiveChoice, NcclRanks};
 use crate::train::{
     self, checkpoint, console, memory_estimate, Generator, Init, RunOptions, SampleOptions, TrainConfig,
 };
@@ -215,6 +216,10 @@ pub struct TrainArgs {
     #[cfg(feature = "mpi")]
     #[arg(long, default_value_t = 16.0, value_name = "MIB", requires = "distributed")]
     pub bucket_mib: f64,
+    /// What sums the gradients of a --distributed run (docs/distributed.md, "NCCL").
+    #[cfg(feature = "mpi")]
+    #[arg(long, value_enum, default_value = "auto", requires = "distributed")]
+    pub collective: CollectiveArg,
     #[command(flatten)]
     pub optim: OptimArgs,
     #[command(flatten)]
@@ -278,6 +283,28 @@ pub struct GenerateArgs {
     pub dtype: ComputeDType,
 }
 
+/// `--collective`: what sums the gradients of data-parallel ranks (src/train/nccl.rs).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CollectiveArg {
+    /// NCCL for CUDA ranks when it loads on every rank, else MPI with a warning; MPI for CPU and
+    /// Emu ranks.
+    Auto,
+    /// MPI, through host memory, whatever the device.
+    Mpi,
+    /// NCCL on the GPUs: CUDA ranks only, an error where NCCL does not load.
+    Nccl,
+}
+
+impl From<CollectiveArg> for CollectiveChoice {
+    fn from(c: CollectiveArg) -> CollectiveChoice {
+        match c {
+            CollectiveArg::Auto => CollectiveChoice::Auto,
+            CollectiveArg::Mpi => CollectiveChoice::Mpi,
+            CollectiveArg::Nccl => CollectiveChoice::Nccl,
+        }
+    }
+}
+
 /// The model of `kiln bench`'s training step (src/bench/gpt.rs).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchGptModel {
@@ -336,6 +363,11 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// With --kernels allreduce: mpi (`MPI_Allreduce` of host buffers, under mpirun, mpi feature)
+    /// or nccl (`ncclAllReduce` of buffers on --device cuda: one rank alone, or the ranks of an
+    /// MPI job with the mpi feature) [mpi].
+    #[arg(long, value_enum)]
+    pub collective: Option<CollectiveArg>,
     /// Write an SVG chart of achieved vs roofline to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -421,16 +453,64 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 #[cfg(feature = "mpi")]
 fn cmd_train_distributed(a: TrainArgs) -> Result<()> {
     let mpi = train::distributed::Mpi::init()?;
-    let ranks = mpi.data_parallel();
-    let configured = ranks
-        .clone()
-        .with_zero(a.zero)
-        .and_then(|ranks| ranks.with_bucket_mib(a.bucket_mib));
-    if let Err(e) = configured.and_then(|ranks| train_on(&ranks, a)) {
-        console::err(&format!("error (rank {} of {}): {e}", ranks.rank(), ranks.world()));
+    let host = mpi.data_parallel();
+    let (zero, bucket_mib) = (a.zero, a.bucket_mib);
+    let result = distributed_ranks(&mpi, &host, &a.run.device, a.collective.into())
+        .and_then(|ranks| ranks.with_zero(zero))
+        .and_then(|ranks| ranks.with_bucket_mib(bucket_mib))
+        .and_then(|ranks| train_on(&ranks, a));
+    if let Err(e) = result {
+        console::err(&format!("error (rank {} of {}): {e}", host.rank(), host.world()));
         mpi.abort(1);
     }
     Ok(())
+}
+
+/// The ranks of the MPI job with the collective `choice` picks for their device (`device_arg`,
+/// see [`rank_device`]): `host` itself (MPI), or NCCL on the GPUs, its unique id broadcast by rank
+/// 0 over MPI. Every rank decides alike ([`train::nccl::loaded_on_every_rank`]); rank 0 says
+/// which collective it is, or warns why NCCL is not used.
+#[cfg(feature = "mpi")]
+fn distributed_ranks(
+    mpi: &std::rc::Rc<train::distributed::Mpi>,
+    host: &DataParallel,
+    device_arg: &str,
+    choice: CollectiveChoice,
+) -> Result<DataParallel> {
+    use train::nccl::{choose, loaded_on_every_rank, probe, CollectiveKind};
+    let device = rank_device(host.world(), device_arg)?;
+    let loaded = match (choice, device) {
+        (CollectiveChoice::Mpi, _) | (_, Device::Cpu | Device::Emu) => Ok(()),
+        _ => loaded_on_every_rank(host.collective(), probe(&device))?,
+    };
+    let (kind, warning) = choose(choice, &device, loaded)?;
+    if let (Some(w), true) = (warning, host.is_root()) {
+        console::err(&format!("warning: {w}"));
+    }
+    match kind {
+        CollectiveKind::Mpi => Ok(host.clone()),
+        CollectiveKind::Nccl => {
+            let ranks = NcclRanks::connect(host.clone(), &device, |buf| mpi.broadcast_from_root(buf))?;
+            if host.is_root() {
+                console::err(&format!(
+                    "gradients: {} all-reduce on the GPUs of {} ranks",
+                    ranks.describe(),
+                    host.world()
+                ));
+            }
+            Ok(ranks.data_parallel())
+        }
+    }
+}
+
+/// This rank's device: `--device cuda` without a number gives each rank of a machine with
+/// several ranks its own GPU, that of its local rank ([`data_parallel::local_rank`], else 0).
+fn rank_device(world: usize, device_arg: &str) -> Result<Device> {
+    if world > 1 && device_arg == "cuda" {
+        let local = data_parallel::local_rank(|name| std::env::var(name).ok())?;
+        return Ok(Device::Cuda(local.unwrap_or(0)));
+    }
+    device_arg.parse()
 }
 
 /// `kiln train` on `ranks`: one process alone, or every rank of a data-parallel run, where
@@ -440,11 +520,7 @@ fn train_on(ranks: &DataParallel, a: TrainArgs) -> Result<()> {
     let mut opts = run_options(&a.run, "runs/train")?;
     opts.verbose = ranks.is_root();
     let world = ranks.world();
-    if world > 1 && a.run.device == "cuda" {
-        // `--device cuda` without a number: each rank of a machine takes its own GPU
-        let local = data_parallel::local_rank(|name| std::env::var(name).ok())?;
-        opts.device = Device::Cuda(local.unwrap_or(0));
-    }
+    opts.device = rank_device(world, &a.run.device)?;
     // the global batch of a given per-rank --batch-size
     let mut optim = a.optim.clone();
     if let Some(b) = optim.batch_size {
@@ -718,6 +794,11 @@ fn bench_kernels(a: BenchArgs, device: Device) -> Result<()> {
     if a.kernels.iter().any(|k| k == ALLREDUCE) {
         return bench_allreduce(&a);
     }
+    if a.collective.is_some() {
+        return Err(cli_err(format!(
+            "bench: --collective chooses the all-reduce of --kernels {ALLREDUCE}; the other kernels take none"
+        )));
+    }
     for size in &a.sizes {
         let need = memory_estimate::bench_case(&crate::bench::parse_size(size)?);
         memory_estimate::check_fits(&format!("bench --sizes {size}"), &need, &device)?;
@@ -782,7 +863,61 @@ fn bench_allreduce(a: &BenchArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?
     };
-    bench_allreduce_on_mpi(a, &bytes)
+    match a.collective {
+        None | Some(CollectiveArg::Mpi) => bench_allreduce_on_mpi(a, &bytes),
+        Some(CollectiveArg::Nccl) => bench_allreduce_on_nccl(a, &bytes),
+        Some(CollectiveArg::Auto) => Err(cli_err(format!(
+            "bench: {ALLREDUCE} times one collective: --collective mpi or nccl, not auto"
+        ))),
+    }
+}
+
+/// `kiln bench --kernels allreduce --collective nccl --device cuda`: `ncclAllReduce` of device
+/// buffers, its sum checked, on one rank without MPI (the id made here), or with the `mpi`
+/// feature on the ranks of the MPI job (each on the GPU of its local rank; one rank when started
+/// without mpirun).
+#[cfg(feature = "mpi")]
+fn bench_allreduce_on_nccl(a: &BenchArgs, bytes: &[usize]) -> Result<()> {
+    use train::nccl::{choose, loaded_on_every_rank, probe};
+    let mpi = train::distributed::Mpi::init()?;
+    let host = mpi.data_parallel();
+    let result = rank_device(host.world(), &a.device).and_then(|device| {
+        let loaded = loaded_on_every_rank(host.collective(), probe(&device))?;
+        choose(CollectiveChoice::Nccl, &device, loaded)?;
+        let ranks = NcclRanks::connect(host.clone(), &device, |buf| mpi.broadcast_from_root(buf))?;
+        bench_nccl_ranks(a, &ranks, bytes)
+    });
+    match result {
+        Err(e) if host.world() > 1 => {
+            console::err(&format!("error (rank {} of {}): {e}", host.rank(), host.world()));
+            mpi.abort(1)
+        }
+        other => other,
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn bench_allreduce_on_nccl(a: &BenchArgs, bytes: &[usize]) -> Result<()> {
+    use train::nccl::{choose, probe};
+    let device: Device = a.device.parse()?;
+    choose(CollectiveChoice::Nccl, &device, probe(&device))?;
+    let ranks = NcclRanks::single(&device)?;
+    bench_nccl_ranks(a, &ranks, bytes)
+}
+
+/// Times and checks the NCCL all-reduce on `ranks`; rank 0 prints the table and writes `--json`.
+fn bench_nccl_ranks(a: &BenchArgs, ranks: &NcclRanks, bytes: &[usize]) -> Result<()> {
+    let report = crate::bench::allreduce::run_nccl(ranks, bytes, a.reps, a.seconds)?;
+    if ranks.comm().rank() != 0 {
+        return Ok(());
+    }
+    console::out(crate::bench::allreduce::table(&report).trim_end_matches('\n'));
+    if let Some(path) = &a.json {
+        let json = serde_json::to_string_pretty(&report).expect("a report serialises");
+        crate::model::io::write_atomic(path, json.as_bytes())?;
+        console::out(&format!("wrote {}", path.display()));
+    }
+    Ok(())
 }
 
 #[cfg(feature = "mpi")]

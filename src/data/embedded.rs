@@ -168,6 +168,8 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/train/buckets.rs",
     "src/train/distributed.rs",
     "src/train/zero.rs",
+    "src/train/nccl.rs",
+    "src/train/device_buckets.rs",
     "src/train/config.rs",
     "src/train/checkpoint.rs",
     "src/train/memory_estimate.rs",

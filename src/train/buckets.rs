@@ -14,10 +14,25 @@ impl DataParallel {
     /// gradient on some ranks and not on others counts zeros for the others; one with a
     /// gradient on no rank keeps none. The gradients are flattened (as f32) into the buckets of
     /// [`DataParallel::begin_reduction`], one all-reduce each, and written back with their dtype
-    /// and device: the reduction of a step whose backward is over.
+    /// and device: the reduction of a step whose backward is over. Where the collective sums on
+    /// the device ([`Collective::reduces_on_device`]: NCCL), the buckets are built and summed
+    /// there instead (src/train/device_buckets.rs).
     pub fn average_gradients(&self, params: &[(String, Tensor)], grads: &mut Gradients) -> Result<()> {
         if self.world() == 1 {
             return Ok(());
+        }
+        let collective = self.collective();
+        if collective.reduces_on_device() {
+            let present = self.with_gradient_anywhere(params, grads)?;
+            let reduced: Vec<&Tensor> = params
+                .iter()
+                .zip(&present)
+                .filter(|(_, &any)| any)
+                .map(|((_, p), _)| p)
+                .collect();
+            return super::device_buckets::average(&reduced, grads, self.world(), self.bucket_floats(), |bucket| {
+                collective.all_reduce_sum_tensor(bucket)
+            });
         }
         self.begin_reduction(params).finish(grads)
     }

@@ -49,6 +49,21 @@ pub trait Collective {
     /// Concatenates every rank's `send` in rank order into `recv` (`world()` blocks of
     /// `send.len()` values) on every rank (`MPI_Allgather`).
     fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// Whether [`Collective::all_reduce_sum_tensor`] sums the tensors where they lie (NCCL on
+    /// CUDA ranks, src/train/nccl.rs): [`DataParallel::average_gradients`] then builds its
+    /// buckets on the device (src/train/device_buckets.rs), after the backward (the overlapped
+    /// reduction of src/train/buckets.rs moves host vectors). False by default: the buckets are
+    /// host vectors summed by [`Collective::all_reduce_sum_f32`].
+    fn reduces_on_device(&self) -> bool {
+        false
+    }
+    /// The elementwise sum over the ranks of `bucket` (f32, one dimension), on its device. By
+    /// default through host memory and [`Collective::all_reduce_sum_f32`].
+    fn all_reduce_sum_tensor(&self, bucket: &Tensor) -> Result<Tensor> {
+        let mut values = bucket.to_vec::<f32>()?;
+        self.all_reduce_sum_f32(&mut values)?;
+        Tensor::from_vec(values, bucket.shape(), bucket.device())
+    }
     /// Starts replacing `buf` by the elementwise sum of every rank's `buf` and returns without
     /// waiting for the other ranks (`MPI_Iallreduce`); the sum comes back from [`InFlight::wait`].
     /// The buffer belongs to the reduction until then. The default is the blocking

@@ -17,7 +17,7 @@ use mpi::environment::Universe;
 use mpi::ffi;
 use mpi::raw::AsRaw;
 use mpi::topology::SimpleCommunicator;
-use mpi::traits::{Communicator, CommunicatorCollectives};
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 use std::os::raw::c_int;
 use std::rc::Rc;
 
@@ -45,6 +45,13 @@ impl Mpi {
     /// The training loop's view of these ranks.
     pub fn data_parallel(self: &Rc<Self>) -> DataParallel {
         DataParallel::new(self.clone())
+    }
+
+    /// Gives every rank rank 0's `buf` (`MPI_Bcast`): how rank 0 hands out the NCCL unique id
+    /// (src/train/nccl.rs). Every rank calls it with a buffer of the same length.
+    pub fn broadcast_from_root(&self, buf: &mut [u8]) -> Result<()> {
+        self.world.process_at_rank(0).broadcast_into(buf);
+        Ok(())
     }
 
     /// Ends every rank of the job with exit status `code` (`MPI_Abort`): how a rank that failed

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod console;
 pub mod data_parallel;
+mod device_buckets;
 #[cfg(feature = "mpi")]
 pub mod distributed;
 pub mod lora;
@@ -14,6 +15,7 @@ pub mod lora_checkpoint;
 pub mod lora_finetune;
 pub mod memory_estimate;
 pub mod metrics;
+pub mod nccl;
 pub mod plot;
 mod progress;
 pub mod run_dir;

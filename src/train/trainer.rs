@@ -634,7 +634,7 @@ impl Session {
                 bytes(whole - mine)
             ));
         }
-        if world > 1 && matches!(self.opt, Optimizer::Whole(_)) {
+        if world > 1 && matches!(self.opt, Optimizer::Whole(_)) && !self.ranks.collective().reduces_on_device() {
             let buckets = self.ranks.begin_reduction(&self.params).buckets();
             let plural = if buckets == 1 { "" } else { "s" };
             reporter.line(&format!(
@@ -688,12 +688,16 @@ impl Session {
         let t0 = Instant::now();
         let lr = self.cfg().schedule().lr(step);
         // every rank's mean over its rows → the mean over the global batch: with the whole
-        // optimizer on every rank, all-reduced in buckets that start during the last backward
-        let overlap = self.ranks.world() > 1 && matches!(self.opt, Optimizer::Whole(_));
+        // optimizer on every rank, all-reduced in host buckets that start during the last
+        // backward, or on the device after it where the collective sums there (NCCL)
+        let averaged = self.ranks.world() > 1 && matches!(self.opt, Optimizer::Whole(_));
+        let overlap = averaged && !self.ranks.collective().reduces_on_device();
         let mut reduction = overlap.then(|| self.ranks.begin_reduction(&self.params));
         let (loss, mut grads) = self.forward_backward(step, &mut rngs.data, &mut rngs.dropout, reduction.as_mut())?;
         if let Some(reduction) = reduction {
             reduction.finish(&mut grads)?;
+        } else if averaged {
+            self.ranks.average_gradients(&self.params, &mut grads)?;
         }
         let mut loss = [loss];
         self.ranks.mean(&mut loss)?;

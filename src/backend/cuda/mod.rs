@@ -10,7 +10,8 @@
 //! - [`rows`]: the launch shape of the row-wise kernels;
 //! - [`layer_norm_naive`]: the naive LayerNorm of docs/layer_norm.md, a stepping stone no op uses;
 //! - [`real`] and [`emu`]: the two executors; [`kernels`]: what build.rs embedded;
-//! - [`nvrtc`]: finding and running NVRTC (shared with build.rs).
+//! - [`nvrtc`]: finding and running NVRTC (shared with build.rs);
+//! - [`nccl`]: NCCL loaded at run time, the all-reduce of data-parallel CUDA ranks.
 //!
 //! Every storage primitive has a kernel: nothing falls back to the CPU silently.
 
@@ -32,6 +33,7 @@ pub mod layout;
 pub mod linear_quantized;
 pub mod matmul;
 pub mod memory;
+pub mod nccl;
 pub mod nvrtc;
 pub mod real;
 pub mod reduce;

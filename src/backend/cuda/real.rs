@@ -138,8 +138,9 @@ impl Gpu {
         Error::invalid("cuda", format!("cuda:{}: {}", self.ordinal, driver_error(what, e)))
     }
 
-    /// Makes this device's context current on the calling thread.
-    fn bind(&self) -> Result<()> {
+    /// Makes this device's context current on the calling thread (libraries such as NCCL take
+    /// their device from it).
+    pub(super) fn bind(&self) -> Result<()> {
         // SAFETY: `self.ctx` is a retained primary context, valid for the life of the process.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| self.err("cuCtxSetCurrent", e))
     }
