@@ -300,15 +300,17 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
     let mut load_s = None;
     let mut rows = Vec::new();
     let mut params = 0;
-    let mut model_name = String::new();
+    let model_name = match &opts.model {
+        GenerationModel::Gguf(gguf) => gguf
+            .file_name()
+            .map_or_else(|| gguf.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        GenerationModel::Gpt(which) => format!("{}, random weights", super::gpt::model_config(*which)?.0),
+    };
     for &how in &opts.dtypes {
         let name = weights_name(how);
         let t0 = Instant::now();
         match &opts.model {
             GenerationModel::Gguf(gguf) => {
-                model_name = gguf
-                    .file_name()
-                    .map_or_else(|| gguf.display().to_string(), |n| n.to_string_lossy().into_owned());
                 progress(&format!("loading {} ({name})", gguf.display()));
                 let loaded = load_llama(gguf, &opts.device, how)?;
                 load_s.get_or_insert(t0.elapsed().as_secs_f64());
@@ -317,7 +319,6 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
             }
             GenerationModel::Gpt(which) => {
                 let (title, cfg) = super::gpt::model_config(*which)?;
-                model_name = format!("{title}, random weights");
                 progress(&format!("initialising {title} ({name})"));
                 let loaded = load_gpt(&cfg, &opts.device, how)?;
                 load_s.get_or_insert(t0.elapsed().as_secs_f64());
