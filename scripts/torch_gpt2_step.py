@@ -20,8 +20,10 @@ rate the same way), and over the H100/H200 datasheet's dense peaks (bf16 989, fp
 `--device cpu --shape tiny` runs the same code on a 2-layer model on the CPU: a check of the
 script itself (it needs no GPU), not a figure to compare.
 
-Usage: python3 scripts/torch_gpt2_step.py [--batch 16] [--steps 10] [--dtype f32,bf16]
-                                          [--device cuda|cpu] [--shape gpt2|tiny]
+Usage: python3 scripts/torch_gpt2_step.py [--batch 16] [--context 1024] [--steps 10] [--dtype f32,bf16]
+                                          [--device cuda|cpu] [--shape gpt2|tiny] [--threads N]
+
+On the CPU, as issue 18's GPT-2 124M figures: `--device cpu --batch 2 --context 256 --steps 5 --threads 2`.
 """
 
 import argparse
@@ -82,10 +84,11 @@ class GPT(nn.Module):
         logits = self.ln_f(x) @ self.wte.weight.t()  # tied head
         return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1))  # targets: a strided view
 
-    def flops_per_token(self):
+    def flops_per_token(self, t):
+        """Training FLOPs per token of a sequence of t tokens."""
         vocab, block, n_layer, n_head, c = self.cfg
         n = sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
-        return 6 * n + 12 * n_layer * n_head * (c // n_head) * block
+        return 6 * n + 12 * n_layer * n_head * (c // n_head) * t
 
 
 class Timer:
@@ -131,14 +134,15 @@ def matmul_tflops(dtype, device, n):
     return 2 * n**3 / (ms / 1e3) / 1e12
 
 
-def run(dtype, batch, steps, device, shape, warmup=3):
+def run(dtype, batch, context, steps, device, shape, warmup=3):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     vocab, block, n_layer, n_head, c = SHAPES[shape]
+    context = context or block
     model = GPT(vocab, block, n_layer, n_head, c).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    data = torch.randint(0, vocab, (4, batch, block + 1), device=device)
+    data = torch.randint(0, vocab, (4, batch, context + 1), device=device)
 
     def step(i):
         x, y = data[i % 4, :, :-1], data[i % 4, :, 1:]
@@ -151,13 +155,13 @@ def run(dtype, batch, steps, device, shape, warmup=3):
         return loss
 
     ms, loss = median_ms(device, step, steps, warmup)
-    tokens = batch * block / (ms / 1e3)
-    tflops = model.flops_per_token() * tokens / 1e12
+    tokens = batch * context / (ms / 1e3)
+    tflops = model.flops_per_token(context) * tokens / 1e12
     n = 8192 if device == "cuda" else 512
     peak = matmul_tflops(dtype, device, n)
     datasheet = f", {100 * tflops / PEAK_TFLOPS[dtype]:.1f}% of {PEAK_TFLOPS[dtype]:.0f} (datasheet)" if device == "cuda" else ""
     print(
-        f"torch {dtype:<4} batch {batch} x {block}: {ms:.1f} ms/step, {tokens:,.0f} tokens/s, {tflops:.3g} TFLOP/s, "
+        f"torch {dtype:<4} batch {batch} x {context}: {ms:.1f} ms/step, {tokens:,.0f} tokens/s, {tflops:.3g} TFLOP/s, "
         f"MFU {100 * tflops / peak:.1f}% of measured {peak:.3g} TFLOP/s (torch.matmul {dtype} {n}^3){datasheet}, "
         f"loss {loss.item():.3f}",
         flush=True,
@@ -170,7 +174,9 @@ def run(dtype, batch, steps, device, shape, warmup=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--context", type=int, default=0, help="tokens per sequence [the model's block, 1024]")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on the CPU [torch's default]")
     ap.add_argument("--dtype", default="f32,bf16", help="comma-separated: f32, bf16")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--shape", default="gpt2", choices=sorted(SHAPES), help="tiny: a check of the script")
@@ -183,10 +189,12 @@ def main():
     if a.device == "cuda" and not torch.cuda.is_available():
         print("torch_gpt2_step: PyTorch sees no CUDA GPU", file=sys.stderr)
         return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
     where = torch.cuda.get_device_name() if a.device == "cuda" else "the CPU"
     print(f"torch {torch.__version__} on {where}, {a.shape} shape", flush=True)
     for dtype in dtypes:
-        run(dtype, a.batch, a.steps, a.device, a.shape)
+        run(dtype, a.batch, a.context, a.steps, a.device, a.shape)
     return 0
 
 
