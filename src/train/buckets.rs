@@ -900,7 +900,8 @@ mod tests {
                 }
                 Ok(())
             })
-            .unwrap_err();
+            .err()
+            .expect("the backward stops at the observer's error");
         assert!(err.to_string().contains("mid-backward"), "{err}");
         assert_eq!(reduction.started(), 2);
         drop(reduction);
