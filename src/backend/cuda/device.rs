@@ -10,6 +10,7 @@
 
 use super::emu::Emu;
 use super::launch::{Args, Kernel, LaunchConfig, Limits};
+pub use super::real::Lane;
 use super::real::{Event, Gpu};
 use crate::{Device, Error, Result};
 use cudarc::driver::sys;
@@ -95,15 +96,6 @@ impl Executor {
     }
 }
 
-/// One of a device's two streams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
-    /// The stream of every allocation, copy and kernel.
-    Compute,
-    /// The stream of NCCL's all-reduces, concurrent with the compute stream's work.
-    Comm,
-}
-
 /// A point in a device's queued work, made by [`CudaDevice::mark`]: an event on a GPU; on Emu,
 /// where the work has run by the time it is queued, a point already reached.
 pub struct Marker(Option<Event>);
@@ -187,10 +179,7 @@ impl CudaDevice {
     /// work); None on Emu.
     pub fn stream(&self, lane: Lane) -> Option<sys::CUstream> {
         match &self.executor {
-            Executor::Real(gpu) => Some(match lane {
-                Lane::Compute => gpu.stream(),
-                Lane::Comm => gpu.comm_stream(),
-            }),
+            Executor::Real(gpu) => Some(gpu.stream_of(lane)),
             Executor::Emu(_) => None,
         }
     }
@@ -198,21 +187,21 @@ impl CudaDevice {
     /// Marks the point `lane` has reached: the marker is reached once the work queued there so
     /// far has run.
     pub fn mark(&self, lane: Lane) -> Result<Marker> {
-        match (&self.executor, self.stream(lane)) {
-            (Executor::Real(gpu), Some(stream)) => {
+        match &self.executor {
+            Executor::Real(gpu) => {
                 let event = gpu.marker()?;
-                gpu.record_on(&event, stream)?;
+                gpu.record_on(&event, lane)?;
                 Ok(Marker(Some(event)))
             }
-            _ => Ok(Marker(None)),
+            Executor::Emu(_) => Ok(Marker(None)),
         }
     }
 
     /// Makes `lane` wait for `marker` on the device, without blocking the host: the work queued
     /// on `lane` from now on runs after the work before the marker.
     pub fn wait_for(&self, lane: Lane, marker: &Marker) -> Result<()> {
-        match (&self.executor, self.stream(lane), &marker.0) {
-            (Executor::Real(gpu), Some(stream), Some(event)) => gpu.wait_event(stream, event),
+        match (&self.executor, &marker.0) {
+            (Executor::Real(gpu), Some(event)) => gpu.wait_event(lane, event),
             _ => Ok(()),
         }
     }

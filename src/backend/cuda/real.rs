@@ -22,6 +22,16 @@ use std::ffi::c_void;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
+/// One of a GPU's two streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// The stream of every allocation, copy and kernel ([`Gpu::stream`]).
+    Compute,
+    /// The stream of NCCL's all-reduces, concurrent with the compute stream's work
+    /// ([`Gpu::comm_stream`]).
+    Comm,
+}
+
 /// An opened GPU.
 pub struct Gpu {
     ordinal: usize,
@@ -198,26 +208,38 @@ impl Gpu {
             .map_err(|e| self.err("cuEventCreate", e))
     }
 
-    /// Marks the point `stream` (this device's [`Gpu::stream`] or [`Gpu::comm_stream`]) has reached.
-    pub fn record_on(&self, event: &Event, stream: sys::CUstream) -> Result<()> {
-        self.check_stream(stream)?;
-        self.bind()?;
-        // SAFETY: `event.0` is alive until `Event` is dropped; `stream` is one of this device's two
-        // streams (checked above), which live for the life of the process.
-        unsafe { cu::event::record(event.0, stream) }.map_err(|e| self.err("cuEventRecord", e))
+    /// The raw stream of `lane`.
+    pub fn stream_of(&self, lane: Lane) -> sys::CUstream {
+        match lane {
+            Lane::Compute => self.stream,
+            Lane::Comm => self.comm_stream,
+        }
     }
 
-    /// Makes `stream` (one of this device's two) wait, on the device and without blocking the host,
-    /// until the work before `event`'s last record has run: what `stream` queues afterwards starts
-    /// after it. An event never recorded is complete: the wait is then a no-op.
-    pub fn wait_event(&self, stream: sys::CUstream, event: &Event) -> Result<()> {
-        self.check_stream(stream)?;
+    /// Marks the point `lane` has reached.
+    pub fn record_on(&self, event: &Event, lane: Lane) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `event.0` is alive until `Event` is dropped; both streams of this device live for
+        // the life of the process.
+        unsafe { cu::event::record(event.0, self.stream_of(lane)) }.map_err(|e| self.err("cuEventRecord", e))
+    }
+
+    /// Makes `lane` wait, on the device and without blocking the host, until the work before
+    /// `event`'s last record has run: what `lane` queues afterwards starts after it. An event never
+    /// recorded is complete: the wait is then a no-op.
+    pub fn wait_event(&self, lane: Lane, event: &Event) -> Result<()> {
         self.bind()?;
         // SAFETY: both handles are alive (the event until `Event` is dropped, the streams for the life
         // of the process); the driver captures the event's state at this call, so the event may be
         // re-recorded or destroyed afterwards.
-        unsafe { cu::stream::wait_event(stream, event.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
-            .map_err(|e| self.err("cuStreamWaitEvent", e))
+        unsafe {
+            cu::stream::wait_event(
+                self.stream_of(lane),
+                event.0,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| self.err("cuStreamWaitEvent", e))
     }
 
     /// Whether the work before `event`'s last record has all run (`cuEventQuery`); never blocks.
@@ -237,16 +259,6 @@ impl Gpu {
         self.bind()?;
         // SAFETY: `event.0` is alive until `Event` is dropped.
         unsafe { cu::event::synchronize(event.0) }.map_err(|e| self.err("cuEventSynchronize", e))
-    }
-
-    fn check_stream(&self, stream: sys::CUstream) -> Result<()> {
-        if stream != self.stream && stream != self.comm_stream {
-            return Err(Error::invalid(
-                "cuda",
-                format!("cuda:{}: a stream that is not one of this device's two", self.ordinal),
-            ));
-        }
-        Ok(())
     }
 
     /// Seconds of GPU time between two recorded events (waits for `end`).
