@@ -17,7 +17,9 @@
 #      profiler on the same shapes (docs/emulator.md, "The profiler"), for comparison;
 #   6. where an NCCL library is found (KILN_NCCL, PyTorch's nvidia-nccl-cu12 wheel, the system's
 #      libnccl.so.2), a single-rank ncclAllReduce of device buffers (`kiln bench --kernels allreduce
-#      --collective nccl`): every sum checked, the bandwidth per size; skipped, not failed, without NCCL.
+#      --collective nccl`): every sum checked, from the blocking all-reduce and from the overlapped one
+#      on the communication stream that training uses, the bandwidth per size; skipped, not failed,
+#      without NCCL.
 # Each step has a time limit so that the whole check stays under 8 minutes on an H200; a summary
 # table comes last. Exit status: 0 if every step passed, 1 if one failed, 2 if nothing could run.
 #

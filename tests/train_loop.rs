@@ -3,6 +3,7 @@
 
 use kiln::model::GptConfig;
 use kiln::tokenizer::TokenizerKind;
+use kiln::train::data_parallel::{Collective, DataParallel, InFlight};
 use kiln::train::{self, checkpoint, metrics, Init, RunOptions, TrainConfig};
 use kiln::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -472,4 +473,125 @@ fn numbers_in_metrics_and_state_read_back_bit_for_bit() {
     };
     let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
     assert_eq!(back, cfg);
+}
+
+/// Rank 0 of 2 whose other rank adds half of each value to every sum (a function of the value,
+/// so the buckets' layout does not matter), summing where the data lies when `on_device` (as
+/// NCCL does on CUDA ranks) or in host vectors (as MPI does); it counts the non-blocking and the
+/// blocking gradient all-reduces.
+struct HalfOther {
+    on_device: bool,
+    started: std::cell::Cell<usize>,
+    blocking: std::cell::Cell<usize>,
+}
+
+impl HalfOther {
+    fn new(on_device: bool) -> std::rc::Rc<HalfOther> {
+        std::rc::Rc::new(HalfOther {
+            on_device,
+            started: Default::default(),
+            blocking: Default::default(),
+        })
+    }
+}
+
+/// A device sum already complete when started (the fake has no stream to run it on).
+struct Done(kiln::Tensor);
+
+impl InFlight<kiln::Tensor> for Done {
+    fn test(&mut self) -> kiln::Result<bool> {
+        Ok(true)
+    }
+    fn wait(self: Box<Self>) -> kiln::Result<kiln::Tensor> {
+        Ok(self.0)
+    }
+}
+
+fn plus_half(bucket: &kiln::Tensor) -> kiln::Result<kiln::Tensor> {
+    let mut v = bucket.to_vec::<f32>()?;
+    v.iter_mut().for_each(|x| *x += 0.5 * *x);
+    kiln::Tensor::from_vec(v, bucket.shape(), bucket.device())
+}
+
+impl Collective for HalfOther {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> kiln::Result<()> {
+        self.blocking.set(self.blocking.get() + 1);
+        buf.iter_mut().for_each(|x| *x += 0.5 * *x);
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> kiln::Result<()> {
+        // the losses and presence counts: the other rank's are this rank's
+        buf.iter_mut().for_each(|v| *v *= 2.0);
+        Ok(())
+    }
+    fn all_reduce_max_u64(&self, _: &mut [u64]) -> kiln::Result<()> {
+        Ok(())
+    }
+    fn reduce_scatter_sum_f32(&self, _: &[f32], _: &mut [f32]) -> kiln::Result<()> {
+        unreachable!("no ZeRO here")
+    }
+    fn all_gather_f32(&self, _: &[f32], _: &mut [f32]) -> kiln::Result<()> {
+        unreachable!("no ZeRO here")
+    }
+    fn reduces_on_device(&self) -> bool {
+        self.on_device
+    }
+    fn all_reduce_sum_tensor(&self, bucket: &kiln::Tensor) -> kiln::Result<kiln::Tensor> {
+        self.blocking.set(self.blocking.get() + 1);
+        plus_half(bucket)
+    }
+    fn start_all_reduce_sum_tensor(&self, bucket: &kiln::Tensor) -> kiln::Result<Box<dyn InFlight<kiln::Tensor>>> {
+        self.started.set(self.started.get() + 1);
+        Ok(Box::new(Done(plus_half(bucket)?)))
+    }
+}
+
+/// Two "ranks" on Emu whose collective sums on the device (what NCCL does on CUDA ranks): the
+/// training loop overlaps the device buckets' all-reduces with the backward (non-blocking
+/// starts, no blocking device all-reduce), and trains bit for bit as with the all-reduce after
+/// the backward (`with_overlap(false)`: src/train/device_buckets.rs) and as with host buckets,
+/// with and without gradient accumulation.
+#[test]
+fn overlapped_device_buckets_train_as_the_reduction_after_the_backward() {
+    let root = temp_dir("device-overlap");
+    let data = vec![write_corpus(&root)];
+    for accum in [1, 2] {
+        let cfg = TrainConfig {
+            grad_accum: accum,
+            ..tiny_train(3)
+        };
+        let run = |name: &str, fake: &std::rc::Rc<HalfOther>, overlap: bool| {
+            let dir = root.join(format!("{name}-{accum}"));
+            let ranks = DataParallel::new(fake.clone())
+                .with_bucket_floats(500)
+                .unwrap()
+                .with_overlap(overlap);
+            let o = RunOptions {
+                device: Device::Emu,
+                ..opts(&dir, None)
+            };
+            train::train_data_parallel(&ranks, scratch(0.0), &data, cfg.clone(), &o).unwrap();
+            dir
+        };
+        let (overlapped, after, host) = (HalfOther::new(true), HalfOther::new(true), HalfOther::new(false));
+        let a = run("overlapped", &overlapped, true);
+        let b = run("after", &after, false);
+        let c = run("host", &host, true);
+        // the tiny model's ~3.6k values in buckets of 500: several per step, all non-blocking
+        assert!(overlapped.started.get() >= 3 * 3, "{}", overlapped.started.get());
+        assert_eq!(overlapped.blocking.get(), 0);
+        assert_eq!(after.started.get(), 0);
+        assert!(after.blocking.get() >= 3 * 3, "{}", after.blocking.get());
+        assert_eq!(losses(&a), losses(&b), "grad_accum {accum}");
+        assert_eq!(losses(&a), losses(&c), "grad_accum {accum}");
+        assert_eq!(weights(&a), weights(&b));
+        assert_eq!(weights(&a), weights(&c));
+    }
+    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -101,7 +101,10 @@ pub fn run(c: &dyn Collective, bytes: &[usize], reps: Option<usize>, budget_s: f
 /// Times and checks `ncclAllReduce` (f32, sum) of device buffers of `bytes` (multiples of 4) on
 /// every rank of `ranks`, as [`run`] times MPI's: rank r's buffer holds (r + 1)·(1 + i mod 7) at
 /// index i, so the sum is exactly (1 + i mod 7)·N(N+1)/2, checked for every value of every size
-/// (the sum copied to the host once per size, outside the timing); a wrong value is an error.
+/// (the sum copied to the host once per size, outside the timing), both from the blocking
+/// all-reduce on the compute stream and from the non-blocking one on the communication stream
+/// that training overlaps with the backward ([`Collective::start_all_reduce_sum_tensor`], started,
+/// tested and waited for); a wrong value is an error.
 /// Each timed call is the all-reduce into a fresh device buffer and a wait for the stream, on
 /// the host clock. Every rank must call it; every rank returns rank 0's figures.
 pub fn run_nccl(ranks: &NcclRanks, bytes: &[usize], reps: Option<usize>, budget_s: f64) -> Result<AllReduceReport> {
@@ -116,19 +119,34 @@ pub fn run_nccl(ranks: &NcclRanks, bytes: &[usize], reps: Option<usize>, budget_
         let floats = size / 4;
         let own: Vec<f32> = (0..floats).map(|i| (rank + 1) as f32 * (1 + i % 7) as f32).collect();
         let src = Tensor::from_vec(own, &[floats], &device)?;
-        let sum = c.all_reduce_sum_tensor(&src)?.to_vec::<f32>()?;
-        if let Some((i, &got)) = sum
-            .iter()
-            .enumerate()
-            .find(|&(i, &v)| v != (1 + i % 7) as f32 * triangle)
-        {
-            return Err(Error::invalid(
-                "bench allreduce",
-                format!(
-                    "ncclAllReduce of {floats} f32 over {world} ranks gave {got} at index {i}, not {} (rank {rank})",
-                    (1 + i % 7) as f32 * triangle
-                ),
-            ));
+        let blocking = c.all_reduce_sum_tensor(&src)?;
+        let mut started = c.start_all_reduce_sum_tensor(&src)?;
+        started.test()?;
+        let overlapped = started.wait()?;
+        for (sum, stream) in [(blocking, "compute"), (overlapped, "communication")] {
+            let sum = sum.to_vec::<f32>()?;
+            if let Some((i, &got)) = sum
+                .iter()
+                .enumerate()
+                .find(|&(i, &v)| v != (1 + i % 7) as f32 * triangle)
+            {
+                return Err(Error::invalid(
+                    "bench allreduce",
+                    format!(
+                        "ncclAllReduce of {floats} f32 over {world} ranks on the {stream} stream gave {got} at index {i}, not {} (rank {rank})",
+                        (1 + i % 7) as f32 * triangle
+                    ),
+                ));
+            }
+            if sum.len() != floats {
+                return Err(Error::invalid(
+                    "bench allreduce",
+                    format!(
+                        "ncclAllReduce of {floats} f32 on the {stream} stream gave {} values",
+                        sum.len()
+                    ),
+                ));
+            }
         }
         checked += floats;
         rows.push(time_size(c, size, reps, budget_s, || {
@@ -142,7 +160,7 @@ pub fn run_nccl(ranks: &NcclRanks, bytes: &[usize], reps: Option<usize>, budget_
         Machine::this(&device),
         "host clock around the call and a wait for the GPU stream, median per size, rank 0, each call between two barriers",
         Some(format!(
-            "every sum exact: {checked} values over {} sizes, each (1 + i mod 7)·{triangle} on {world} rank(s)",
+            "every sum exact: {checked} values over {} sizes, each (1 + i mod 7)·{triangle} on {world} rank(s), on the compute and on the communication stream",
             bytes.len()
         )),
         rows,

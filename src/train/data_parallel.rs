@@ -15,7 +15,8 @@
 //! - the per-rank losses are means over b·T tokens, so the mean of the N rank losses (and of
 //!   their gradients: [`DataParallel::average_gradients`]) is the mean over the N·b·T tokens;
 //! - the gradients travel in buckets whose all-reduces start while the backward pass still runs
-//!   (`super::buckets`: the layout comes from the parameter list, the same on every rank);
+//!   (`super::buckets`: the layout comes from the parameter list, the same on every rank), host
+//!   vectors for MPI, device tensors for a collective that sums on the device (NCCL);
 //! - evaluation slices each evaluation batch the same way and averages the losses;
 //! - [`DataParallel::check_identical`] compares a checksum of the weights across the ranks.
 
@@ -26,12 +27,13 @@ use std::rc::Rc;
 /// them in the same order with buffers of the same length (collective calls); each returns on
 /// every rank with the same result.
 ///
-/// One reduction is non-blocking: [`Collective::start_all_reduce_sum_f32`] returns an
-/// [`InFlight`] at once, which the caller tests between pieces of other work and finally waits
-/// for. It is a collective call like the others (every rank starts the same ones, in the same
-/// order among all its collective calls), and any number may be in flight at once. Its default
-/// runs the blocking all-reduce before returning, so an implementation without non-blocking
-/// reductions is correct as it is, only without overlap.
+/// Two reductions are non-blocking: [`Collective::start_all_reduce_sum_f32`] (host vectors) and
+/// [`Collective::start_all_reduce_sum_tensor`] (a tensor on its device) return an [`InFlight`] at
+/// once, which the caller tests between pieces of other work and finally waits for. They are
+/// collective calls like the others (every rank starts the same ones, in the same order among all
+/// its collective calls), and any number may be in flight at once. Their defaults run the blocking
+/// all-reduce before returning, so an implementation without non-blocking reductions is correct
+/// as it is, only without overlap.
 pub trait Collective {
     /// This process's rank, `0..world()`.
     fn rank(&self) -> usize;
@@ -50,10 +52,11 @@ pub trait Collective {
     /// `send.len()` values) on every rank (`MPI_Allgather`).
     fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
     /// Whether [`Collective::all_reduce_sum_tensor`] sums the tensors where they lie (NCCL on
-    /// CUDA ranks, src/train/nccl.rs): [`DataParallel::average_gradients`] then builds its
-    /// buckets on the device (src/train/device_buckets.rs), after the backward (the overlapped
-    /// reduction of src/train/buckets.rs moves host vectors). False by default: the buckets are
-    /// host vectors summed by [`Collective::all_reduce_sum_f32`].
+    /// CUDA ranks, src/train/nccl.rs): the gradient buckets are then built on the device and
+    /// summed by [`Collective::start_all_reduce_sum_tensor`] while the backward runs
+    /// (src/train/buckets.rs), or by [`Collective::all_reduce_sum_tensor`] after it
+    /// ([`DataParallel::average_gradients`], src/train/device_buckets.rs). False by default: the
+    /// buckets are host vectors summed by [`Collective::start_all_reduce_sum_f32`].
     fn reduces_on_device(&self) -> bool {
         false
     }
@@ -63,6 +66,14 @@ pub trait Collective {
         let mut values = bucket.to_vec::<f32>()?;
         self.all_reduce_sum_f32(&mut values)?;
         Tensor::from_vec(values, bucket.shape(), bucket.device())
+    }
+    /// Starts the elementwise sum over the ranks of `bucket` (f32, one dimension) on its device
+    /// and returns without waiting for the other ranks (NCCL: on the device's communication
+    /// stream, beside the kernels queued after it); the sum comes back from [`InFlight::wait`], on
+    /// the bucket's device, ordered before the work queued after the wait. The default is the
+    /// blocking [`Collective::all_reduce_sum_tensor`], returned as a reduction already complete.
+    fn start_all_reduce_sum_tensor(&self, bucket: &Tensor) -> Result<Box<dyn InFlight<Tensor>>> {
+        Ok(Box::new(Completed(self.all_reduce_sum_tensor(bucket)?)))
     }
     /// Starts replacing `buf` by the elementwise sum of every rank's `buf` and returns without
     /// waiting for the other ranks (`MPI_Iallreduce`); the sum comes back from [`InFlight::wait`].
@@ -74,27 +85,29 @@ pub trait Collective {
     }
 }
 
-/// A reduction started by [`Collective::start_all_reduce_sum_f32`] and not waited for yet. An
+/// A reduction started by [`Collective::start_all_reduce_sum_f32`] (whose sum is a `Vec<f32>`)
+/// or [`Collective::start_all_reduce_sum_tensor`] (a [`Tensor`]) and not waited for yet. An
 /// implementation that is dropped unwaited must still complete (or cancel) the operation before
 /// freeing its buffer: the other ranks take part in it whatever this one does.
-pub trait InFlight {
+pub trait InFlight<T = Vec<f32>> {
     /// Lets the reduction advance without blocking and says whether it has completed. MPI
     /// libraries may only move a non-blocking collective forward inside MPI calls, so the
     /// caller tests its reductions between pieces of other work (`MPI_Test`).
     fn test(&mut self) -> Result<bool>;
     /// Blocks until the reduction has completed and returns its buffer: the elementwise sum of
-    /// every rank's buffer.
-    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+    /// every rank's buffer. (A device reduction need not block the host: its tensor only has to
+    /// hold the sum for the device work queued after the wait.)
+    fn wait(self: Box<Self>) -> Result<T>;
 }
 
-/// A reduction that was complete when it started (the blocking default).
-struct Completed(Vec<f32>);
+/// A reduction that was complete when it started (the blocking defaults).
+struct Completed<T>(T);
 
-impl InFlight for Completed {
+impl<T> InFlight<T> for Completed<T> {
     fn test(&mut self) -> Result<bool> {
         Ok(true)
     }
-    fn wait(self: Box<Self>) -> Result<Vec<f32>> {
+    fn wait(self: Box<Self>) -> Result<T> {
         Ok(self.0)
     }
 }
@@ -162,17 +175,20 @@ pub struct DataParallel {
     zero: u8,
     /// A gradient bucket is closed once it holds at least this many values.
     bucket_floats: usize,
+    /// Whether the training loop overlaps the gradient all-reduce with the backward.
+    overlap: bool,
 }
 
 impl std::fmt::Debug for DataParallel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "DataParallel {{ rank: {}, world: {}, zero: {}, bucket_floats: {} }}",
+            "DataParallel {{ rank: {}, world: {}, zero: {}, bucket_floats: {}, overlap: {} }}",
             self.rank(),
             self.world(),
             self.zero,
-            self.bucket_floats
+            self.bucket_floats,
+            self.overlap
         )
     }
 }
@@ -196,7 +212,23 @@ impl DataParallel {
             collective,
             zero: 0,
             bucket_floats: BUCKET_FLOATS,
+            overlap: true,
         }
+    }
+
+    /// These ranks with the gradient all-reduce overlapped with the backward (`true`, the
+    /// default: [`DataParallel::begin_reduction`] fed during the last backward of each step) or
+    /// run after it (`false`: [`DataParallel::average_gradients`]). Both compute the same means;
+    /// `false` is there to compare them (and to measure what the overlap hides). Every rank must
+    /// use the same value.
+    pub fn with_overlap(mut self, overlap: bool) -> DataParallel {
+        self.overlap = overlap;
+        self
+    }
+
+    /// Whether the training loop overlaps the gradient all-reduce with the backward.
+    pub fn overlaps(&self) -> bool {
+        self.overlap
     }
 
     /// These ranks with gradient buckets closed once they hold at least `floats` values

@@ -1,6 +1,8 @@
 //! NCCL for data-parallel CUDA ranks: [`NcclRanks`] is a [`Collective`] whose gradient buckets
 //! are summed on the GPUs by `ncclAllReduce` (src/backend/cuda/nccl.rs), queued on each rank's
-//! stream behind the backward's kernels, so the gradients never go through host memory. The
+//! communication stream while the backward's kernels go on on the compute stream
+//! ([`Collective::start_all_reduce_sum_tensor`]), so the gradients never go through host memory
+//! and their sums overlap the backward. The
 //! small host-buffer reductions (which parameters have a gradient, the loss means, the weights'
 //! checksums, ZeRO-1's reduce-scatter and all-gather) stay on the host collective it wraps: MPI in
 //! a distributed run, nothing for one rank. See docs/distributed.md, "NCCL".
@@ -13,9 +15,9 @@
 //! [`NcclRanks::single`] is the same with one rank and no MPI (the id made locally), which
 //! `kiln bench --kernels allreduce --collective nccl` uses on a machine with one GPU.
 
-use super::data_parallel::{Collective, DataParallel};
+use super::data_parallel::{Collective, DataParallel, InFlight};
 use crate::backend::cuda::nccl::{self, Comm, UniqueId, UNIQUE_ID_BYTES};
-use crate::backend::cuda::CudaDevice;
+use crate::backend::cuda::{CudaDevice, OnCommStream};
 use crate::backend::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
 use std::rc::Rc;
@@ -230,16 +232,9 @@ impl Collective for NcclRanks {
     fn reduces_on_device(&self) -> bool {
         true
     }
-    /// `ncclAllReduce` of the bucket into a new buffer on the same GPU.
+    /// `ncclAllReduce` of the bucket into a new buffer on the same GPU, on the compute stream.
     fn all_reduce_sum_tensor(&self, bucket: &Tensor) -> Result<Tensor> {
-        if bucket.dtype() != DType::F32 || bucket.shape().len() != 1 {
-            return Err(nccl_err(format!(
-                "the all-reduce sums 1-D f32 buckets, not {:?} {}",
-                bucket.shape(),
-                bucket.dtype()
-            )));
-        }
-        let bucket = bucket.contiguous()?;
+        let bucket = checked_bucket(bucket)?;
         let storage = bucket.storage();
         let Storage::Cuda(s) = &*storage else {
             return Err(nccl_err(format!("a bucket on {} is not on a GPU", bucket.device())));
@@ -248,6 +243,51 @@ impl Collective for NcclRanks {
             .comm
             .all_reduce_sum_f32(s, bucket.layout().offset(), bucket.numel())?;
         Ok(Tensor::from_parts(Storage::Cuda(sum), bucket.shape()))
+    }
+    /// `ncclAllReduce` of a copy of the bucket on the GPU's communication stream
+    /// ([`Comm::start_all_reduce_sum_f32`]): returns once it is queued.
+    fn start_all_reduce_sum_tensor(&self, bucket: &Tensor) -> Result<Box<dyn InFlight<Tensor>>> {
+        let bucket = checked_bucket(bucket)?;
+        let storage = bucket.storage();
+        let Storage::Cuda(s) = &*storage else {
+            return Err(nccl_err(format!("a bucket on {} is not on a GPU", bucket.device())));
+        };
+        let pending = self
+            .comm
+            .start_all_reduce_sum_f32(s, bucket.layout().offset(), bucket.numel())?;
+        Ok(Box::new(NcclSum {
+            pending,
+            len: bucket.numel(),
+        }))
+    }
+}
+
+/// `bucket` as NCCL sums it: 1-D, f32, contiguous.
+fn checked_bucket(bucket: &Tensor) -> Result<Tensor> {
+    if bucket.dtype() != DType::F32 || bucket.shape().len() != 1 {
+        return Err(nccl_err(format!(
+            "the all-reduce sums 1-D f32 buckets, not {:?} {}",
+            bucket.shape(),
+            bucket.dtype()
+        )));
+    }
+    bucket.contiguous()
+}
+
+/// A bucket's sum on the communication stream: tested with `cuEventQuery`, waited for by the
+/// compute stream (the host goes on); dropped unwaited, its buffer outlives the all-reduce.
+struct NcclSum {
+    pending: OnCommStream,
+    len: usize,
+}
+
+impl InFlight<Tensor> for NcclSum {
+    fn test(&mut self) -> Result<bool> {
+        self.pending.test()
+    }
+    fn wait(self: Box<Self>) -> Result<Tensor> {
+        let sum = self.pending.wait()?;
+        Ok(Tensor::from_parts(Storage::Cuda(sum), &[self.len]))
     }
 }
 

@@ -634,12 +634,22 @@ impl Session {
                 bytes(whole - mine)
             ));
         }
-        if world > 1 && matches!(self.opt, Optimizer::Whole(_)) && !self.ranks.collective().reduces_on_device() {
+        if world > 1 && matches!(self.opt, Optimizer::Whole(_)) {
             let buckets = self.ranks.begin_reduction(&self.params).buckets();
             let plural = if buckets == 1 { "" } else { "s" };
+            let size = crate::error::human_bytes(4 * self.ranks.bucket_floats() as u128);
+            let when = if self.ranks.overlaps() {
+                "as soon as the backward has finished it"
+            } else {
+                "after the backward"
+            };
+            let place = if self.ranks.collective().reduces_on_device() {
+                " on the device"
+            } else {
+                ""
+            };
             reporter.line(&format!(
-                "gradients: {buckets} bucket{plural} of about {}, each all-reduced as soon as the backward has finished it",
-                crate::error::human_bytes(4 * self.ranks.bucket_floats() as u128)
+                "gradients: {buckets} bucket{plural} of about {size}, each all-reduced{place} {when}"
             ));
         }
         let ranks = if world > 1 {
@@ -688,10 +698,10 @@ impl Session {
         let t0 = Instant::now();
         let lr = self.cfg().schedule().lr(step);
         // every rank's mean over its rows → the mean over the global batch: with the whole
-        // optimizer on every rank, all-reduced in host buckets that start during the last
-        // backward, or on the device after it where the collective sums there (NCCL)
+        // optimizer on every rank, all-reduced in buckets (host vectors, or tensors on the device
+        // where the collective sums there: NCCL) that start during the last backward
         let averaged = self.ranks.world() > 1 && matches!(self.opt, Optimizer::Whole(_));
-        let overlap = averaged && !self.ranks.collective().reduces_on_device();
+        let overlap = averaged && self.ranks.overlaps();
         let mut reduction = overlap.then(|| self.ranks.begin_reduction(&self.params));
         let (loss, mut grads) = self.forward_backward(step, &mut rngs.data, &mut rngs.dropout, reduction.as_mut())?;
         if let Some(reduction) = reduction {

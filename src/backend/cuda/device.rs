@@ -1,10 +1,19 @@
 //! A CUDA device: its executor (the real GPU or the emulator), its limits (launch.rs), and the
 //! per-device registry. Devices are opened once, on first use, and live for the rest of the process.
+//!
+//! A device has two [`Lane`]s: the compute stream, where every allocation, copy and launch is
+//! queued, and the communication stream, where NCCL's all-reduces run beside the kernels (real.rs).
+//! [`Marker`]s order them: [`CudaDevice::mark`] marks the point a lane has reached,
+//! [`CudaDevice::wait_for`] makes a lane wait for a marker on the device (the host goes on), and
+//! [`CudaDevice::reached`] asks without blocking. On Emu, which runs every copy and launch before
+//! returning, every marker is reached when it is made, so the same calls are trivially correct.
 
 use super::emu::Emu;
 use super::launch::{Args, Kernel, LaunchConfig, Limits};
-use super::real::Gpu;
+pub use super::real::Lane;
+use super::real::{Event, Gpu};
 use crate::{Device, Error, Result};
+use cudarc::driver::sys;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -87,6 +96,20 @@ impl Executor {
     }
 }
 
+/// A point in a device's queued work, made by [`CudaDevice::mark`]: an event on a GPU; on Emu,
+/// where the work has run by the time it is queued, a point already reached.
+pub struct Marker(Option<Event>);
+
+impl std::fmt::Debug for Marker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Marker(event)"
+        } else {
+            "Marker(reached)"
+        })
+    }
+}
+
 /// One device of the CUDA backend.
 pub struct CudaDevice {
     device: Device,
@@ -150,6 +173,54 @@ impl CudaDevice {
 
     pub fn executor(&self) -> &Executor {
         &self.executor
+    }
+
+    /// The raw CUDA stream of `lane` on a GPU (for libraries such as NCCL that queue their own
+    /// work); None on Emu.
+    pub fn stream(&self, lane: Lane) -> Option<sys::CUstream> {
+        match &self.executor {
+            Executor::Real(gpu) => Some(gpu.stream_of(lane)),
+            Executor::Emu(_) => None,
+        }
+    }
+
+    /// Marks the point `lane` has reached: the marker is reached once the work queued there so
+    /// far has run.
+    pub fn mark(&self, lane: Lane) -> Result<Marker> {
+        match &self.executor {
+            Executor::Real(gpu) => {
+                let event = gpu.marker()?;
+                gpu.record_on(&event, lane)?;
+                Ok(Marker(Some(event)))
+            }
+            Executor::Emu(_) => Ok(Marker(None)),
+        }
+    }
+
+    /// Makes `lane` wait for `marker` on the device, without blocking the host: the work queued
+    /// on `lane` from now on runs after the work before the marker.
+    pub fn wait_for(&self, lane: Lane, marker: &Marker) -> Result<()> {
+        match (&self.executor, &marker.0) {
+            (Executor::Real(gpu), Some(event)) => gpu.wait_event(lane, event),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the work before `marker` has all run; never blocks. A fault in that work is an
+    /// error.
+    pub fn reached(&self, marker: &Marker) -> Result<bool> {
+        match (&self.executor, &marker.0) {
+            (Executor::Real(gpu), Some(event)) => gpu.query(event),
+            _ => Ok(true),
+        }
+    }
+
+    /// Blocks the host until the work before `marker` has run.
+    pub fn host_wait(&self, marker: &Marker) -> Result<()> {
+        match (&self.executor, &marker.0) {
+            (Executor::Real(gpu), Some(event)) => gpu.host_wait(event),
+            _ => Ok(()),
+        }
     }
 
     /// Checks the launch shape against the device's limits, then launches.

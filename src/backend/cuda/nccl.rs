@@ -1,6 +1,8 @@
 //! NCCL, NVIDIA's collective communication library, for the gradients of data-parallel CUDA ranks:
-//! an f32 sum all-reduce (`ncclAllReduce`) of a device buffer, queued on the device's stream behind
-//! kiln's kernels, so the gradients never leave the GPU (docs/distributed.md, "NCCL").
+//! an f32 sum all-reduce (`ncclAllReduce`) of a device buffer, queued on the device's compute stream
+//! behind kiln's kernels ([`Comm::all_reduce_sum_f32`]), or on its communication stream beside them
+//! ([`Comm::start_all_reduce_sum_f32`], which overlaps the backward), so the gradients never leave
+//! the GPU (docs/distributed.md, "NCCL").
 //!
 //! NCCL is loaded at run time, like the driver and cuBLAS: kiln builds without it and a machine
 //! without it is affected only when NCCL is asked for. The library is opened here with `libloading`
@@ -18,7 +20,7 @@
 //! A missing library or symbol is an error naming what was tried and what to install, never a panic.
 
 use super::device::{CudaDevice, Executor};
-use super::CudaStorage;
+use super::{CudaStorage, OnCommStream};
 use crate::tensor::dtype::DType;
 use crate::{Error, Result};
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -304,25 +306,7 @@ impl Comm {
     /// queued on the device's stream after the work that wrote `src` and before the work queued
     /// after it; nothing is copied to the host.
     pub fn all_reduce_sum_f32(&self, src: &CudaStorage, offset: usize, len: usize) -> Result<CudaStorage> {
-        if src.dtype() != DType::F32 {
-            return Err(Error::DType {
-                op: "nccl all-reduce",
-                msg: format!("sums f32 buffers, not {}", src.dtype()),
-            });
-        }
-        if !Arc::ptr_eq(src.cuda_device(), &self.device) {
-            return Err(Error::DeviceMismatch {
-                op: "nccl all-reduce",
-                lhs: self.device.device(),
-                rhs: src.device(),
-            });
-        }
-        if offset.checked_add(len).is_none_or(|end| end > src.len()) {
-            return Err(Error::index(
-                "nccl all-reduce",
-                format!("elements {offset}..{offset}+{len} of a buffer of {}", src.len()),
-            ));
-        }
+        self.check_source(src, offset, len)?;
         let out = CudaStorage::alloc(&self.device, DType::F32, len)?;
         if len == 0 {
             return Ok(out);
@@ -351,6 +335,79 @@ impl Comm {
             rc,
         )?;
         Ok(out)
+    }
+
+    /// [`Comm::all_reduce_sum_f32`] without waiting: elements `offset..offset + len` of `src` are
+    /// copied (on the compute stream, behind the work that wrote them) into a buffer that the
+    /// returned handle owns, and summed there in place by `ncclAllReduce` on the device's
+    /// communication stream, concurrently with the kernels queued afterwards on the compute
+    /// stream. [`OnCommStream::test`] asks whether the sum is done; [`OnCommStream::wait`] gives
+    /// the buffer back with the sum, ordered before the compute stream's later work (no host
+    /// synchronisation). The copy is what makes the handle safe whatever the caller does with
+    /// `src` (its free is queued on the compute stream, which does not wait for NCCL); it costs
+    /// one device-to-device copy of the bucket, small beside the all-reduce itself.
+    pub fn start_all_reduce_sum_f32(&self, src: &CudaStorage, offset: usize, len: usize) -> Result<OnCommStream> {
+        self.check_source(src, offset, len)?;
+        let buf = CudaStorage::alloc(&self.device, DType::F32, len)?;
+        buf.buf.copy_from(0, &src.buf, offset * 4, len * 4)?;
+        if len == 0 {
+            return OnCommStream::start(buf, |_, _| Ok(()));
+        }
+        let Executor::Real(gpu) = self.device.executor() else {
+            return Err(unavailable("an NCCL communicator on Emu".into())); // init_rank refuses Emu
+        };
+        OnCommStream::start(buf, |buf, stream| {
+            let stream = stream.ok_or_else(|| unavailable("a GPU without a communication stream".into()))?;
+            gpu.bind()?;
+            let ptr = buf.ptr();
+            // SAFETY: `buf` holds `len` f32 of this communicator's device; NCCL sums in place (send
+            // and receive buffers may be the same) on `stream`, the device's communication stream,
+            // which OnCommStream::start made wait for the copy above, and the handle keeps `buf`
+            // alive and unfreed until the compute stream has waited for this work.
+            let rc = unsafe {
+                (self.nccl.all_reduce)(
+                    ptr as *const c_void,
+                    ptr as *mut c_void,
+                    len,
+                    NCCL_FLOAT32,
+                    NCCL_SUM,
+                    self.raw,
+                    stream as *mut c_void,
+                )
+            };
+            self.nccl.check(
+                &format!(
+                    "ncclAllReduce of {len} f32 on the communication stream (rank {} of {})",
+                    self.rank, self.world
+                ),
+                rc,
+            )
+        })
+    }
+
+    /// Checks that `src` is an f32 buffer of this communicator's device holding
+    /// `offset..offset + len`.
+    fn check_source(&self, src: &CudaStorage, offset: usize, len: usize) -> Result<()> {
+        if src.dtype() != DType::F32 {
+            return Err(Error::DType {
+                op: "nccl all-reduce",
+                msg: format!("sums f32 buffers, not {}", src.dtype()),
+            });
+        }
+        if !Arc::ptr_eq(src.cuda_device(), &self.device) {
+            return Err(Error::DeviceMismatch {
+                op: "nccl all-reduce",
+                lhs: self.device.device(),
+                rhs: src.device(),
+            });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > src.len()) {
+            return Err(Error::index(
+                "nccl all-reduce",
+                format!("elements {offset}..{offset}+{len} of a buffer of {}", src.len()),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -2,8 +2,10 @@
 //! loaded dynamically). The driver library is looked for before anything touches it, so a machine
 //! without one gets an error, never a panic.
 //!
-//! One primary context and one stream per device. Allocation, copies and launches are ordered on
-//! that stream; device-to-host copies wait for it. A kernel that faults is reported by the next call
+//! One primary context and two streams per device: the compute stream, on which allocation, copies
+//! and launches are ordered (device-to-host copies wait for it), and the communication stream, on
+//! which NCCL's all-reduces run beside the compute stream's kernels; the two are ordered against
+//! each other only by events ([`Gpu::marker`], [`Gpu::record_on`], [`Gpu::wait_event`]). A kernel that faults is reported by the next call
 //! that waits (set `KILN_CUDA_SYNC=1` to wait after every launch and name the faulting kernel).
 //! Modules are loaded once per device and kernel file, at first use: the embedded CUBIN for the
 //! device's architecture if build.rs made one, else the embedded PTX (JIT-compiled by the driver),
@@ -20,6 +22,16 @@ use std::ffi::c_void;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
+/// One of a GPU's two streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// The stream of every allocation, copy and kernel ([`Gpu::stream`]).
+    Compute,
+    /// The stream of NCCL's all-reduces, concurrent with the compute stream's work
+    /// ([`Gpu::comm_stream`]).
+    Comm,
+}
+
 /// An opened GPU.
 pub struct Gpu {
     ordinal: usize,
@@ -27,6 +39,8 @@ pub struct Gpu {
     name: String,
     ctx: sys::CUcontext,
     stream: sys::CUstream,
+    /// The communication stream: work on it runs concurrently with `stream`'s.
+    comm_stream: sys::CUstream,
     modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
     functions: Mutex<HashMap<&'static str, sys::CUfunction>>,
     limits: Limits,
@@ -116,11 +130,14 @@ impl Gpu {
         unsafe { cu::ctx::set_current(ctx) }.map_err(|e| driver_error("cuCtxSetCurrent", e))?;
         let stream =
             cu::stream::create(cu::stream::StreamKind::NonBlocking).map_err(|e| driver_error("cuStreamCreate", e))?;
+        let comm_stream =
+            cu::stream::create(cu::stream::StreamKind::NonBlocking).map_err(|e| driver_error("cuStreamCreate", e))?;
         let gpu = Gpu {
             ordinal,
             name,
             ctx,
             stream,
+            comm_stream,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             limits,
@@ -172,6 +189,76 @@ impl Gpu {
         // SAFETY: `event.0` was created by `event` and lives until `Event` is dropped; the stream is
         // valid for the life of the process.
         unsafe { cu::event::record(event.0, self.stream) }.map_err(|e| self.err("cuEventRecord", e))
+    }
+
+    /// The communication stream: work queued there (NCCL's all-reduces) runs concurrently with the
+    /// compute stream's, ordered against it only by events. Memory from [`Gpu::alloc`] may be used
+    /// there only after an event recorded on the compute stream after the allocation (stream-ordered
+    /// allocation), and must not be freed before the compute stream has waited for the work.
+    pub fn comm_stream(&self) -> sys::CUstream {
+        self.comm_stream
+    }
+
+    /// A new event for ordering streams (no timing, so recording and waiting are cheaper than with
+    /// [`Gpu::event`]'s).
+    pub fn marker(&self) -> Result<Event> {
+        self.bind()?;
+        cu::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map(Event)
+            .map_err(|e| self.err("cuEventCreate", e))
+    }
+
+    /// The raw stream of `lane`.
+    pub fn stream_of(&self, lane: Lane) -> sys::CUstream {
+        match lane {
+            Lane::Compute => self.stream,
+            Lane::Comm => self.comm_stream,
+        }
+    }
+
+    /// Marks the point `lane` has reached.
+    pub fn record_on(&self, event: &Event, lane: Lane) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `event.0` is alive until `Event` is dropped; both streams of this device live for
+        // the life of the process.
+        unsafe { cu::event::record(event.0, self.stream_of(lane)) }.map_err(|e| self.err("cuEventRecord", e))
+    }
+
+    /// Makes `lane` wait, on the device and without blocking the host, until the work before
+    /// `event`'s last record has run: what `lane` queues afterwards starts after it. An event never
+    /// recorded is complete: the wait is then a no-op.
+    pub fn wait_event(&self, lane: Lane, event: &Event) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both handles are alive (the event until `Event` is dropped, the streams for the life
+        // of the process); the driver captures the event's state at this call, so the event may be
+        // re-recorded or destroyed afterwards.
+        unsafe {
+            cu::stream::wait_event(
+                self.stream_of(lane),
+                event.0,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| self.err("cuStreamWaitEvent", e))
+    }
+
+    /// Whether the work before `event`'s last record has all run (`cuEventQuery`); never blocks.
+    /// A fault in that work is reported as an error.
+    pub fn query(&self, event: &Event) -> Result<bool> {
+        self.bind()?;
+        // SAFETY: `event.0` is alive until `Event` is dropped.
+        match unsafe { cu::event::query(event.0) } {
+            Ok(()) => Ok(true),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            Err(e) => Err(self.err("cuEventQuery", e)),
+        }
+    }
+
+    /// Blocks the host until the work before `event`'s last record has run.
+    pub fn host_wait(&self, event: &Event) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `event.0` is alive until `Event` is dropped.
+        unsafe { cu::event::synchronize(event.0) }.map_err(|e| self.err("cuEventSynchronize", e))
     }
 
     /// Seconds of GPU time between two recorded events (waits for `end`).
@@ -343,7 +430,8 @@ impl Gpu {
     }
 }
 
-/// A CUDA event of one GPU (for timing), destroyed when dropped.
+/// A CUDA event of one GPU (for timing, [`Gpu::event`], or for ordering streams, [`Gpu::marker`]),
+/// destroyed when dropped.
 pub struct Event(sys::CUevent);
 
 impl Drop for Event {
