@@ -113,9 +113,17 @@ impl Storage {
     /// each weight `[n_i, k]` contiguous, of x's dtype, f32 or bf16), in one parallel region: on
     /// the CPU with m at most `STREAM_MAX_M` (decode's q, k and v projections). `None` elsewhere
     /// (CUDA, more rows), where the op multiplies one weight after the other.
-    pub(crate) fn linear_many(&self, layout: &Layout, ws: &[(&Storage, &Layout)]) -> Result<Option<PerMatrix<Storage>>> {
+    pub(crate) fn linear_many(
+        &self,
+        layout: &Layout,
+        ws: &[(&Storage, &Layout)],
+    ) -> Result<Option<PerMatrix<Storage>>> {
         let Storage::Cpu(x) = self else { return Ok(None) };
-        if layout.shape().first().is_none_or(|&m| m == 0 || m > cpu::gemm::STREAM_MAX_M) {
+        if layout
+            .shape()
+            .first()
+            .is_none_or(|&m| m == 0 || m > cpu::gemm::STREAM_MAX_M)
+        {
             return Ok(None);
         }
         let ws = ws

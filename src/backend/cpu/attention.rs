@@ -423,7 +423,8 @@ mod tests {
                 group,
                 kv_stride,
             };
-            let draw = |n: usize, next: &mut dyn FnMut() -> f32| (0..n).map(|_| bf16::from_f32(next())).collect::<Vec<_>>();
+            let draw =
+                |n: usize, next: &mut dyn FnMut() -> f32| (0..n).map(|_| bf16::from_f32(next())).collect::<Vec<_>>();
             let q = draw(bh * tq * d, &mut next);
             // the cache's unused rows hold NaN: they must not be read
             let mut k = draw(bh / group * kv_stride, &mut next);
@@ -452,7 +453,10 @@ mod tests {
             };
             let o32: Vec<bf16> = o32.iter().map(|&x| bf16::from_f32(x)).collect();
             let case = format!("tq {tq}, tk {tk}, d {d}, group {group}, causal {causal}");
-            assert!(o.iter().all(|x| x.is_finite()), "{case}: a NaN of the unused cache rows was read");
+            assert!(
+                o.iter().all(|x| x.is_finite()),
+                "{case}: a NaN of the unused cache rows was read"
+            );
             assert_eq!(
                 o.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 o32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),

@@ -13,8 +13,8 @@
 use super::{alloc, gemm, pool, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
-use crate::backend::op::{Epilogue, PerMatrix};
 use crate::backend::op::UnaryOp;
+use crate::backend::op::{Epilogue, PerMatrix};
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::{Dims, Layout};
 use crate::{Error, Result};
@@ -97,6 +97,10 @@ pub fn matmul(
     })
 }
 
+/// The outputs of a shared-input product ([`linear_many`]): each weight's `m·n_i` f32, written
+/// by the streamed products.
+type Outputs<'a> = [&'a mut [MaybeUninit<f32>]];
+
 /// `x · w_iᵀ` for several weights that share the input x (`[m, k]` contiguous, `m` at most
 /// [`gemm::STREAM_MAX_M`]: decode), each `w_i` `[n_i, k]` contiguous in x's dtype, f32 or bf16:
 /// a layer's q, k and v projections, or its gate and up projections. The results `[m, n_i]` are in
@@ -109,13 +113,20 @@ pub fn linear_many(x: &CpuStorage, lx: &Layout, ws: &[(&CpuStorage, &Layout)]) -
     let (&[m, k], Some(xr)) = (lx.shape(), lx.contiguous_range()) else {
         return Err(Error::shape(
             OP,
-            format!("input {:?} (strides {:?}): expected a contiguous [m, k]", lx.shape(), lx.strides()),
+            format!(
+                "input {:?} (strides {:?}): expected a contiguous [m, k]",
+                lx.shape(),
+                lx.strides()
+            ),
         ));
     };
     if !(1..=gemm::STREAM_MAX_M).contains(&m) {
         return Err(Error::invalid(
             OP,
-            format!("{m} rows: the shared-input product takes 1 to {} rows", gemm::STREAM_MAX_M),
+            format!(
+                "{m} rows: the shared-input product takes 1 to {} rows",
+                gemm::STREAM_MAX_M
+            ),
         ));
     }
     let weight = |(w, l): &(&CpuStorage, &Layout)| -> Result<std::ops::Range<usize>> {
@@ -142,7 +153,7 @@ pub fn linear_many(x: &CpuStorage, lx: &Layout, ws: &[(&CpuStorage, &Layout)]) -
         .collect::<Result<PerMatrix<_>>>()?;
     let ns: PerMatrix<usize> = ws.iter().map(|(_, l)| l.shape()[0]).collect();
     // `many` writes every element of the outputs' first m·n_i (their spare capacity)
-    let mut fill = |many: &dyn Fn(&mut [&mut [MaybeUninit<f32>]])| {
+    let mut fill = |many: &dyn Fn(&mut Outputs<'_>)| {
         let mut cs: PerMatrix<&mut [MaybeUninit<f32>]> = outs
             .iter_mut()
             .zip(&ns)
@@ -158,21 +169,25 @@ pub fn linear_many(x: &CpuStorage, lx: &Layout, ws: &[(&CpuStorage, &Layout)]) -
     };
     match x {
         CpuStorage::F32(xv) => {
-            let bs: PerMatrix<&[f32]> = (0..ws.len()).map(|i| &super::typed::<f32>(ws[i].0)[ranges[i].clone()]).collect();
-            fill(&|cs: &mut [&mut [MaybeUninit<f32>]]| gemm::sgemm_streamed_many_into(m, k, &xv[xr.clone()], k, &bs, cs));
+            let bs: PerMatrix<&[f32]> = (0..ws.len())
+                .map(|i| &super::typed::<f32>(ws[i].0)[ranges[i].clone()])
+                .collect();
+            fill(&|cs: &mut Outputs<'_>| gemm::sgemm_streamed_many_into(m, k, &xv[xr.clone()], k, &bs, cs));
             Ok(outs.into_iter().map(CpuStorage::F32).collect())
         }
         CpuStorage::BF16(xv) => {
-            let bs: PerMatrix<&[bf16]> = (0..ws.len()).map(|i| &super::typed::<bf16>(ws[i].0)[ranges[i].clone()]).collect();
+            let bs: PerMatrix<&[bf16]> = (0..ws.len())
+                .map(|i| &super::typed::<bf16>(ws[i].0)[ranges[i].clone()])
+                .collect();
             if gemm::has_bf16_dot() {
                 // on vdpbf16ps, x read as it is
-                fill(&|cs: &mut [&mut [MaybeUninit<f32>]]| gemm::bgemm_streamed_many_into(m, k, &xv[xr.clone()], k, &bs, cs));
+                fill(&|cs: &mut Outputs<'_>| gemm::bgemm_streamed_many_into(m, k, &xv[xr.clone()], k, &bs, cs));
             } else {
                 // x widened to f32 once for all the weights
                 let CpuStorage::F32(xw) = super::cast(x, lx, DType::F32)? else {
                     unreachable!("cast to f32 gives f32")
                 };
-                fill(&|cs: &mut [&mut [MaybeUninit<f32>]]| gemm::sgemm_streamed_many_into(m, k, &xw, k, &bs, cs));
+                fill(&|cs: &mut Outputs<'_>| gemm::sgemm_streamed_many_into(m, k, &xw, k, &bs, cs));
                 pool::give_vec(xw);
             }
             // each product rounded to bf16 once, its f32 buffer back to the pool
@@ -395,7 +410,11 @@ mod tests {
                 panic!("a bf16 product gave {:?}", y.dtype())
             };
             assert_eq!(y.len(), m * n);
-            assert!(y.iter().all(|&v| v.to_f64() == expected), "m = {m}, B transposed {transposed}: y[0] = {}", y[0]);
+            assert!(
+                y.iter().all(|&v| v.to_f64() == expected),
+                "m = {m}, B transposed {transposed}: y[0] = {}",
+                y[0]
+            );
         }
     }
 }

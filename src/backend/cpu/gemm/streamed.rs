@@ -28,7 +28,6 @@
 //! ([`sgemm_streamed_many_into`], [`bgemm_streamed_many_into`]): their columns taken end to end
 //! and cut the same way, each product's result the same as alone.
 
-
 use super::matrix::{as_uninit, assert_fits, is_injective, Epilogue, MatMut, MatRef, Streamed};
 #[cfg(target_arch = "x86_64")]
 use super::simd::Widen;
@@ -328,7 +327,13 @@ pub(crate) fn sgemm_streamed_many_into<W: Streamed>(
         (1..=STREAM_MAX_M).contains(&m),
         "gemm: a {m}-row product cannot be streamed"
     );
-    assert_eq!(ws.len(), cs.len(), "gemm: {} weights and {} outputs", ws.len(), cs.len());
+    assert_eq!(
+        ws.len(),
+        cs.len(),
+        "gemm: {} weights and {} outputs",
+        ws.len(),
+        cs.len()
+    );
     assert_fits("A", m, k, rsa, 1, a.len());
     // C_i's length gives n_i (W_i's does not when k is 0)
     let ns: SmallVec<[usize; 4]> = cs.iter().map(|c| c.len() / m).collect();
@@ -355,10 +360,7 @@ pub(crate) fn sgemm_streamed_many_into<W: Streamed>(
                 rs: n,
                 cs: 1,
             },
-            ep: Epilogue {
-                alpha: 1.0,
-                beta: 0.0,
-            },
+            ep: Epilogue { alpha: 1.0, beta: 0.0 },
         });
     }
     let bytes = k.saturating_mul(ns.iter().sum()).saturating_mul(size_of::<W>());
@@ -627,8 +629,8 @@ pub(crate) fn bgemm_streamed_into(
         streams(m, csa, [rsb, csb], csc) && rsb == 1,
         "gemm: a {m}-row bf16 product with strides A ({rsa}, {csa}), B ({rsb}, {csb}), C ({rsc}, {csc}) cannot be streamed on vdpbf16ps"
     );
-    let [rsa, csb, rsc] =
-        [rsa, csb, rsc].map(|stride| usize::try_from(stride).unwrap_or_else(|_| panic!("gemm: negative stride {stride}")));
+    let [rsa, csb, rsc] = [rsa, csb, rsc]
+        .map(|stride| usize::try_from(stride).unwrap_or_else(|_| panic!("gemm: negative stride {stride}")));
     assert_fits("A", m, k, rsa, 1, a.len());
     assert_fits("B", k, n, 1, csb, b.len());
     assert_fits("C", m, n, rsc, 1, c.len());
@@ -692,7 +694,13 @@ pub(crate) fn bgemm_streamed_many_into(
         (1..=STREAM_MAX_M).contains(&m),
         "gemm: a {m}-row product cannot be streamed"
     );
-    assert_eq!(ws.len(), cs.len(), "gemm: {} weights and {} outputs", ws.len(), cs.len());
+    assert_eq!(
+        ws.len(),
+        cs.len(),
+        "gemm: {} weights and {} outputs",
+        ws.len(),
+        cs.len()
+    );
     assert_fits("A", m, k, rsa, 1, a.len());
     #[cfg(target_arch = "x86_64")]
     {
@@ -817,7 +825,8 @@ mod bf16_dot {
                             std::mem::transmute(_mm512_maskz_loadu_epi16(mask, col[q].add(full).cast()))
                         });
                         for (i, acc) in acc.iter_mut().enumerate() {
-                            let a: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi16(mask, row(i).add(full).cast()));
+                            let a: __m512bh =
+                                std::mem::transmute(_mm512_maskz_loadu_epi16(mask, row(i).add(full).cast()));
                             for q in 0..COLS {
                                 acc[q] = _mm512_dpbf16_ps(acc[q], a, b[q]);
                             }

@@ -979,7 +979,9 @@ fn streamed_many_matches_one_product_per_weight() {
     fn case<W: Streamed>(m: usize, k: usize, ns: &[usize], seed: u64, to_w: impl Fn(f32) -> W) {
         let mut state = seed;
         let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
         let rsa = k + 3;
@@ -991,10 +993,28 @@ fn streamed_many_matches_one_product_per_weight() {
         sgemm_streamed_many_into(m, k, &a, rsa, &w_refs, &mut c_refs);
         for ((w, &n), got) in ws.iter().zip(ns).zip(&got) {
             let mut want = vec![MaybeUninit::new(f32::NAN); m * n];
-            sgemm_streamed_into(m, n, k, 1.0, &a, rsa as isize, 1, w, 1, k as isize, &mut want, n as isize, 1);
+            sgemm_streamed_into(
+                m,
+                n,
+                k,
+                1.0,
+                &a,
+                rsa as isize,
+                1,
+                w,
+                1,
+                k as isize,
+                &mut want,
+                n as isize,
+                1,
+            );
             // SAFETY: both products write every element of their m×n outputs, which started
             // initialised (NaN) anyway.
-            let bits = |c: &[MaybeUninit<f32>]| c.iter().map(|x| unsafe { x.assume_init() }.to_bits()).collect::<Vec<_>>();
+            let bits = |c: &[MaybeUninit<f32>]| {
+                c.iter()
+                    .map(|x| unsafe { x.assume_init() }.to_bits())
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(bits(got), bits(&want), "m {m}, k {k}, n {n} of {ns:?}");
             if k == 0 {
                 assert!(bits(got).iter().all(|&b| b == 0), "k = 0 gives zeros");
@@ -1031,19 +1051,47 @@ fn bf16_dot_streamed_matches_f64() {
     }
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         bf16::from_f32(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
     };
     // SAFETY: every buffer passed starts initialised (NaN), and the products write only f32s
-    let bits = |c: &[MaybeUninit<f32>]| c.iter().map(|x| unsafe { x.assume_init() }.to_bits()).collect::<Vec<_>>();
-    for (m, k, n) in [(1, 1, 1), (1, 31, 5), (2, 32, 8), (3, 33, 7), (4, 577, 13), (1, 576, 1030), (2, 64, 4)] {
+    let bits = |c: &[MaybeUninit<f32>]| {
+        c.iter()
+            .map(|x| unsafe { x.assume_init() }.to_bits())
+            .collect::<Vec<_>>()
+    };
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 31, 5),
+        (2, 32, 8),
+        (3, 33, 7),
+        (4, 577, 13),
+        (1, 576, 1030),
+        (2, 64, 4),
+    ] {
         let (rsa, rsc) = (k + 5, n + 2);
         let a: Vec<bf16> = (0..m * rsa).map(|_| next()).collect();
         // B = Wᵀ with W [n, k] row-major: column j of B is row j of W
         let w: Vec<bf16> = (0..n * k).map(|_| next()).collect();
         let alpha = 0.75f32;
         let mut c = vec![MaybeUninit::new(f32::NAN); m * rsc];
-        bgemm_streamed_into(m, n, k, alpha, &a, rsa as isize, 1, &w, 1, k as isize, &mut c, rsc as isize, 1);
+        bgemm_streamed_into(
+            m,
+            n,
+            k,
+            alpha,
+            &a,
+            rsa as isize,
+            1,
+            &w,
+            1,
+            k as isize,
+            &mut c,
+            rsc as isize,
+            1,
+        );
         for i in 0..m {
             for j in 0..n {
                 let terms = (0..k).map(|p| a[i * rsa + p].to_f64() * w[j * k + p].to_f64());
@@ -1071,7 +1119,21 @@ fn bf16_dot_streamed_matches_f64() {
         bgemm_streamed_many_into(m, k, &a, rsa, &[&w, &w1, &w], &mut [&mut c0, &mut c1, &mut c2]);
         for (wi, ci, ni) in [(&w, &c0, n), (&w1, &c1, 1), (&w, &c2, n)] {
             let mut want = vec![MaybeUninit::new(f32::NAN); m * ni];
-            bgemm_streamed_into(m, ni, k, 1.0, &a, rsa as isize, 1, wi, 1, k as isize, &mut want, ni as isize, 1);
+            bgemm_streamed_into(
+                m,
+                ni,
+                k,
+                1.0,
+                &a,
+                rsa as isize,
+                1,
+                wi,
+                1,
+                k as isize,
+                &mut want,
+                ni as isize,
+                1,
+            );
             assert_eq!(bits(ci), bits(&want), "many: m {m}, k {k}, n {ni}");
         }
     }
