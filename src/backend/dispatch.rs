@@ -109,6 +109,34 @@ impl Storage {
         }
     }
 
+    /// `x · w_iᵀ` for several dense weights sharing the input x (`self`, `[m, k]` contiguous;
+    /// each weight `[n_i, k]` contiguous, of x's dtype, f32 or bf16), in one parallel region: on
+    /// the CPU with m at most `STREAM_MAX_M` (decode's q, k and v projections). `None` elsewhere
+    /// (CUDA, more rows), where the op multiplies one weight after the other.
+    pub(crate) fn linear_many(
+        &self,
+        layout: &Layout,
+        ws: &[(&Storage, &Layout)],
+    ) -> Result<Option<PerMatrix<Storage>>> {
+        let Storage::Cpu(x) = self else { return Ok(None) };
+        if layout
+            .shape()
+            .first()
+            .is_none_or(|&m| m == 0 || m > cpu::gemm::STREAM_MAX_M)
+        {
+            return Ok(None);
+        }
+        let ws = ws
+            .iter()
+            .map(|&(w, l)| match w {
+                Storage::Cpu(w) => Ok((w, l)),
+                other => Err(mismatch("linear_many", self, other)),
+            })
+            .collect::<Result<PerMatrix<_>>>()?;
+        let ys = cpu::matmul::linear_many(x, layout, &ws)?;
+        Ok(Some(ys.into_iter().map(Storage::Cpu).collect()))
+    }
+
     /// `x · wᵀ` with `w` quantized: `self` holds f32 rows of `w`'s columns, on `w`'s device.
     pub(crate) fn linear_quantized(&self, layout: &Layout, w: &QuantizedMatrix) -> Result<Storage> {
         match self {

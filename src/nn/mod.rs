@@ -195,11 +195,23 @@ impl Linear {
     /// `[l.forward(x) for l in layers]`, for layers that read the same input (a Llama layer's q,
     /// k and v projections; its gate and up projections): when every weight is quantized, their
     /// products run as one ([`Tensor::linear_quantized_many`]: one parallel region with x rounded
-    /// once, in decode), the biases and adapters' terms added after.
+    /// once, in decode), the biases and adapters' terms added after; when every weight is dense
+    /// and no layer has a bias, as one too ([`Tensor::linear_many`]: one parallel region in
+    /// decode on the CPU, the same results as separate products), the adapters' terms added after.
     pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<PerMatrix<Tensor>> {
         let quantized: Option<PerMatrix<&QuantizedMatrix>> = layers.iter().map(|l| l.quantized.as_ref()).collect();
         let Some(ws) = quantized else {
-            return layers.iter().map(|l| l.forward(x)).collect();
+            if layers.iter().any(|l| l.quantized.is_some() || l.bias.is_some()) {
+                return layers.iter().map(|l| l.forward(x)).collect();
+            }
+            // dense weights without biases (a Llama's): one shared-input product
+            let weights = layers
+                .iter()
+                .map(|l| like(&l.weight, x))
+                .collect::<Result<PerMatrix<_>>>()?;
+            let weights: PerMatrix<&Tensor> = weights.iter().collect();
+            let ys = x.linear_many(&weights)?;
+            return layers.iter().zip(ys).map(|(l, y)| l.add_lora(x, y)).collect();
         };
         let ys = x.linear_quantized_many(&ws)?;
         layers

@@ -5,9 +5,9 @@
 //! dw = gᵀ·x, db = Σ_rows g; linear_gelu, the same from dz = gelu_backward(g, z) with z = x·wᵀ + b
 //! kept by the forward; linear_residual, the same and dr = g.
 
-use crate::backend::op::Epilogue;
+use crate::backend::op::{Epilogue, PerMatrix};
 use crate::tensor::layout::{broadcast_shapes, checked_numel, Dims, Layout};
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 use smallvec::SmallVec;
 
 impl Tensor {
@@ -72,6 +72,53 @@ impl Tensor {
     /// `residual + self · wᵀ + bias`; `residual` has the result's shape `[..., out]`.
     pub fn linear_residual(&self, w: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         self.linear_fused("linear_residual", w, bias, false, Some(residual))
+    }
+
+    /// `[self · wᵀ for w in ws]`: the products of one input `[..., in]` with several weights
+    /// `[out_i, in]` (a Llama layer's q, k and v projections; its gate and up projections), each
+    /// [`Tensor::linear`]`(w, None)`'s result bit for bit. On the CPU, when no graph is recorded
+    /// and the input is f32 or bf16 with at most 4 rows (decode), they run in one parallel region:
+    /// the weights' rows taken end to end and shared among the threads, a bf16 input widened
+    /// once. Otherwise (more rows, CUDA and Emu, a recording forward, other dtypes) one product
+    /// after the other, with `linear`'s checks and backward.
+    pub fn linear_many(&self, ws: &[&Tensor]) -> Result<PerMatrix<Tensor>> {
+        let xs = self.shape();
+        let n_in = xs.last().copied();
+        let shared = ws.len() >= 2
+            && matches!(self.dtype(), DType::F32 | DType::BF16)
+            && ws.iter().all(|w| {
+                w.shape().len() == 2
+                    && Some(w.shape()[1]) == n_in
+                    && w.dtype() == self.dtype()
+                    && w.device() == self.device()
+                    && w.layout().is_contiguous()
+            })
+            && !(crate::autograd::is_grad_enabled() && (self.tracks_grad() || ws.iter().any(|w| w.tracks_grad())));
+        if shared {
+            let n_in = n_in.expect("the weights' shapes matched a last dimension");
+            let rows: usize = xs[..xs.len() - 1].iter().product();
+            let x = if self.layout().is_contiguous() {
+                self.clone()
+            } else {
+                self.contiguous()?
+            };
+            let lx = x.layout().reshape(&[rows, n_in]).expect("contiguous");
+            let storages: PerMatrix<_> = ws.iter().map(|w| w.storage()).collect();
+            let operands: PerMatrix<_> = storages.iter().zip(ws).map(|(s, w)| (&**s, w.layout())).collect();
+            let ys = x.storage().linear_many(&lx, &operands)?;
+            if let Some(ys) = ys {
+                return Ok(ys
+                    .into_iter()
+                    .zip(ws)
+                    .map(|(y, w)| {
+                        let mut shape = Dims::from(&xs[..xs.len() - 1]);
+                        shape.push(w.shape()[0]);
+                        Tensor::from_parts(y, &shape)
+                    })
+                    .collect());
+            }
+        }
+        ws.iter().map(|w| self.linear(w, None)).collect()
     }
 
     fn linear_fused(

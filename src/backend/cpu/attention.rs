@@ -16,13 +16,16 @@
 //! Causal: query i sits at absolute position tk − tq + i and sees keys 0..=tk − tq + i, so a
 //! tile only multiplies against the keys its last row sees (the tiles of later keys are never
 //! touched) and the few masked scores inside that range become 0. Heads run in parallel with
-//! rayon; each owns its slices of every output, and dK/dV accumulate over query tiles in a
+//! rayon (in decode, only when the keys and values read total [`SERIAL_KV_BYTES`] or more; below,
+//! on the calling thread); each owns its slices of every output, and dK/dV accumulate over query tiles in a
 //! fixed order, so results are deterministic. Grouped-query attention: query head h reads
 //! key/value head h / group in place; the backward runs one job per key/value head, which takes
 //! its group's query heads one after another, so dK/dV sum over the group in a fixed order too. The only memory besides the outputs is a
 //! `TILE × tk` score tile per thread (the forward's, kept between calls) or one or two per rayon
 //! job (the backward's). The GEMMs are the project's ([`super::gemm`]);
-//! BF16/F16 are computed in f32 (lse in f32), f64 in f64.
+//! BF16/F16 are computed in f32 (lse in f32), f64 in f64: the operands are widened to f32, except
+//! a bf16 decode's (at most `STREAM_MAX_M` query rows) K and V, which the streamed products read in
+//! place as bf16 (a KV cache's whole buffers were widened at every token before).
 
 use super::gemm;
 use super::matmul::{Gemm, GemmInto};
@@ -33,6 +36,7 @@ use crate::backend::op::AttentionDims;
 use crate::tensor::dtype::DType;
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};
+use half::bf16;
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -41,6 +45,13 @@ use std::thread::LocalKey;
 /// Query rows per GEMM tile: big enough for the GEMM to reach speed, small enough that the
 /// score tile (`TILE × tk`) stays in L2 for GPT-2's 1024 positions.
 const TILE: usize = 64;
+
+/// Bytes of K and V below which a decode step's heads (at most [`gemm::STREAM_MAX_M`] query rows)
+/// run one after the other on the calling thread rather than in parallel: the rule of the streamed
+/// products (about 15 µs to read 256 KiB on one core, against 5–10 µs for a rayon fork-join that
+/// wakes a sleeping worker). SmolLM2-135M's bf16 cache (3 key/value heads of 64) stays under it up
+/// to 341 positions, GPT-2's (12 heads of 64) up to 85.
+const SERIAL_KV_BYTES: usize = 256 << 10;
 
 /// The fewest elements a thread's score scratch holds once used: one query row against 4096 keys,
 /// or a tile of [`TILE`] rows against 64 (16 KiB in f32).
@@ -98,17 +109,27 @@ pub fn attention_forward(
 ) -> Result<(CpuStorage, CpuStorage)> {
     Ok(match (q, k, v) {
         (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-            let (o, lse) = forward(q, k, v, dims)?;
+            let (o, lse) = forward(q, k, v, dims, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
             (CpuStorage::F32(o), CpuStorage::F32(lse))
         }
         (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-            let (o, lse) = forward(q, k, v, dims)?;
+            let (o, lse) = forward(q, k, v, dims, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?;
             (CpuStorage::F64(o), CpuStorage::F64(lse))
+        }
+        (CpuStorage::BF16(_), CpuStorage::BF16(k), CpuStorage::BF16(v)) if dims.tq <= gemm::STREAM_MAX_M => {
+            // decode: K and V (a whole KV cache's buffers) read in place as bf16 by the streamed
+            // products, which widen each element in registers; only q is widened
+            let qw = widen(q)?;
+            #[rustfmt::skip]
+            let (o, lse) = forward(&qw, &k[..], &v[..], dims,
+                                   gemm::sgemm_streamed::<bf16>, gemm::sgemm_streamed_into::<bf16>)?;
+            pool::give_vec(qw);
+            (narrow(o, q.dtype())?, CpuStorage::F32(lse))
         }
         _ => {
             check_half(q, &[k, v])?;
             let (qw, kw, vw) = (widen(q)?, widen(k)?, widen(v)?);
-            let (o, lse) = forward(&qw, &kw, &vw, dims)?;
+            let (o, lse) = forward(&qw, &kw, &vw, dims, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
             [qw, kw, vw].into_iter().for_each(pool::give_vec);
             (narrow(o, q.dtype())?, CpuStorage::F32(lse))
         }
@@ -195,8 +216,19 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
 /// hands them out.
 type HeadOutputs<'a, E> = (usize, (&'a mut [MaybeUninit<E>], &'a mut [MaybeUninit<E>]));
 
-/// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`).
-fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(Vec<E>, Vec<E>)> {
+/// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`), with K and V of element type
+/// `KV` multiplied by `scores_gemm` (S = s·Q·Kᵀ) and `out_gemm` (O = P·V): `E`'s own GEMMs, or
+/// for bf16 K and V in decode (at most [`gemm::STREAM_MAX_M`] query rows) the streamed products
+/// that read them in place, which compute what `E`'s GEMMs compute on the widened values, bit for
+/// bit (`sgemm` itself streams such products).
+fn forward<E: Real, KV: Sync>(
+    q: &[E],
+    k: &[KV],
+    v: &[KV],
+    dims: AttentionDims,
+    scores_gemm: Gemm<E, KV, E>,
+    out_gemm: GemmInto<E, KV, E>,
+) -> Result<(Vec<E>, Vec<E>)> {
     const OP: &str = "scaled_dot_product_attention";
     let AttentionDims { bh, tq, d, .. } = dims;
     if bh * tq * d == 0 {
@@ -226,8 +258,8 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(V
             scores.resize(rows * keys, E::zero());
             // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
             #[rustfmt::skip]
-            E::GEMM(rows, keys, d, scale, &qh[i0 * d..], d as isize, 1, kh, 1, d as isize,
-                    E::zero(), scores, keys as isize, 1);
+            scores_gemm(rows, keys, d, scale, &qh[i0 * d..], d as isize, 1, kh, 1, d as isize,
+                        E::zero(), scores, keys as isize, 1);
             for (r, row) in scores.chunks_mut(keys).enumerate() {
                 let seen = dims.visible(i0 + r);
                 let visible = &mut row[..seen];
@@ -242,14 +274,22 @@ fn forward<E: Real>(q: &[E], k: &[E], v: &[E], dims: AttentionDims) -> Result<(V
             }
             // O = P·V
             #[rustfmt::skip]
-            E::GEMM_INTO(rows, d, keys, E::one(), scores, keys as isize, 1, vh, d as isize, 1,
-                         &mut oh[i0 * d..], d as isize, 1);
+            out_gemm(rows, d, keys, E::one(), scores, keys as isize, 1, vh, d as isize, 1,
+                     &mut oh[i0 * d..], d as isize, 1);
         }
+    };
+    // decode against a short cache: too little work to pay for waking another thread
+    let kv_bytes = dims.kv_heads() * 2 * dims.tk * d * size_of::<KV>();
+    let heads_per_job = if tq <= gemm::STREAM_MAX_M && kv_bytes < SERIAL_KV_BYTES {
+        bh
+    } else {
+        1
     };
     o.spare_capacity_mut()[..bh * tq * d]
         .par_chunks_mut(tq * d)
         .zip(lse.spare_capacity_mut()[..bh * tq].par_chunks_mut(tq))
         .enumerate()
+        .with_min_len(heads_per_job)
         .for_each(|job| {
             E::with_scores(|scores| {
                 vectorised(
@@ -348,4 +388,85 @@ fn backward<E: Real>(
     // each of its group's query heads (beta-0 GEMMs over tiles covering 0..tq, all d columns).
     unsafe { dq.set_len(bh * tq * d) };
     (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bf16 decode (at most `STREAM_MAX_M` query rows) reads K and V in place, as bf16, from
+    /// buffers larger than the keys it attends to (a KV cache's); its output and lse are those
+    /// of the f32 loop on the widened operands, bit for bit, for one to four query rows, grouped
+    /// heads, key counts that are not multiples of the vector width, and head widths with tails.
+    #[test]
+    fn bf16_decode_reads_the_cache_in_place_and_matches_the_widened_product() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for (tq, tk, d, group, causal) in [
+            (1, 1, 8, 1, true),
+            (1, 37, 64, 3, true),
+            (2, 19, 24, 2, true),
+            (3, 70, 17, 1, false),
+            (4, 33, 64, 4, true),
+        ] {
+            let (bh, capacity) = (4 * group, tk + 5);
+            let kv_stride = capacity * d;
+            let dims = AttentionDims {
+                bh,
+                tq,
+                tk,
+                d,
+                causal,
+                group,
+                kv_stride,
+            };
+            let draw =
+                |n: usize, next: &mut dyn FnMut() -> f32| (0..n).map(|_| bf16::from_f32(next())).collect::<Vec<_>>();
+            let q = draw(bh * tq * d, &mut next);
+            // the cache's unused rows hold NaN: they must not be read
+            let mut k = draw(bh / group * kv_stride, &mut next);
+            let mut v = draw(bh / group * kv_stride, &mut next);
+            for head in 0..bh / group {
+                for x in k[head * kv_stride + tk * d..(head + 1) * kv_stride].iter_mut() {
+                    *x = bf16::NAN;
+                }
+                for x in v[head * kv_stride + tk * d..(head + 1) * kv_stride].iter_mut() {
+                    *x = bf16::NAN;
+                }
+            }
+            let wide = |x: &[bf16]| CpuStorage::F32(x.iter().map(|x| x.to_f32()).collect());
+            let (o, lse) = attention_forward(
+                &CpuStorage::BF16(q.clone()),
+                &CpuStorage::BF16(k.clone()),
+                &CpuStorage::BF16(v.clone()),
+                dims,
+            )
+            .unwrap();
+            let (o32, lse32) = attention_forward(&wide(&q), &wide(&k), &wide(&v), dims).unwrap();
+            let (CpuStorage::BF16(o), CpuStorage::F32(lse), CpuStorage::F32(o32), CpuStorage::F32(lse32)) =
+                (o, lse, o32, lse32)
+            else {
+                panic!("unexpected dtypes")
+            };
+            let o32: Vec<bf16> = o32.iter().map(|&x| bf16::from_f32(x)).collect();
+            let case = format!("tq {tq}, tk {tk}, d {d}, group {group}, causal {causal}");
+            assert!(
+                o.iter().all(|x| x.is_finite()),
+                "{case}: a NaN of the unused cache rows was read"
+            );
+            assert_eq!(
+                o.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                o32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{case}: o"
+            );
+            assert_eq!(
+                lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                lse32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{case}: lse"
+            );
+        }
+    }
 }

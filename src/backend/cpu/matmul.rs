@@ -3,7 +3,8 @@
 //! residual) before the one rounding to the dtype. BF16/F16 accumulate in f32: a product of a
 //! few rows against a bf16 B (decode: one token against a weight) streams B in place, widening
 //! each element in registers (`gemm::sgemm_streamed`), so the weight is read once at 2 bytes an
-//! element and never copied; other bf16 × bf16 products, on a CPU with AVX-512 BF16, run
+//! element and never copied (with a bf16 A too, B's columns contiguous and AVX-512 BF16, on
+//! `vdpbf16ps`, A read as it is: `gemm::bgemm_streamed_into`); other bf16 × bf16 products, on a CPU with AVX-512 BF16, run
 //! `gemm::bgemm` on the bf16 operands as they are (AMX tile products or `vdpbf16ps`: the same
 //! exact products, summed in f32 in another order); the rest widen A to f32 and B one block of columns at a time for the
 //! f32 GEMM (a copy their `m` rows amortise, into a buffer that stays in cache). The f32 result
@@ -12,8 +13,8 @@
 use super::{alloc, gemm, pool, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
-use crate::backend::op::Epilogue;
 use crate::backend::op::UnaryOp;
+use crate::backend::op::{Epilogue, PerMatrix};
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::{Dims, Layout};
 use crate::{Error, Result};
@@ -49,10 +50,16 @@ pub fn matmul(
             let m = la.shape()[rank - 2];
             let b_strides = [lb.strides()[rank - 2], lb.strides()[rank - 1]].map(|s| s as isize);
             let streamed = gemm::streams(m, 1, b_strides, 1);
+            // a few rows of bf16 A (rows contiguous) against a bf16 B with contiguous columns (a
+            // Linear's Wᵀ: decode): streamed on vdpbf16ps, A read as it is
+            let dot_streamed = streamed && b_strides[0] == 1 && la.strides()[rank - 1] == 1;
             let product = match (a, b) {
                 // both bf16, enough rows to pack B, and vdpbf16ps: no widening at all
                 (CpuStorage::BF16(x), CpuStorage::BF16(y)) if !streamed && gemm::has_bf16_dot() => {
                     batched(&x[..], la, &y[..], lb, gemm::bgemm_into)?
+                }
+                (CpuStorage::BF16(x), CpuStorage::BF16(y)) if dot_streamed && gemm::has_bf16_dot() => {
+                    batched(&x[..], la, &y[..], lb, gemm::bgemm_streamed_into)?
                 }
                 _ => {
                     let CpuStorage::F32(x) = super::cast(a, la, DType::F32)? else {
@@ -88,6 +95,116 @@ pub fn matmul(
         (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float("matmul", DType::U32)),
         _ => return Err(Error::dtype_mismatch("matmul", a.dtype(), b.dtype())),
     })
+}
+
+/// The outputs of a shared-input product ([`linear_many`]): each weight's `m·n_i` f32, written
+/// by the streamed products.
+type Outputs<'a> = [&'a mut [MaybeUninit<f32>]];
+
+/// `x · w_iᵀ` for several weights that share the input x (`[m, k]` contiguous, `m` at most
+/// [`gemm::STREAM_MAX_M`]: decode), each `w_i` `[n_i, k]` contiguous in x's dtype, f32 or bf16:
+/// a layer's q, k and v projections, or its gate and up projections. The results `[m, n_i]` are in
+/// that dtype, each equal bit for bit to [`matmul`] of x with `w_iᵀ` (the streamed product; for
+/// bf16 on `vdpbf16ps` where the CPU has AVX-512 BF16, else x widened to f32, and each result
+/// rounded once), computed in one parallel region ([`gemm::sgemm_streamed_many_into`],
+/// [`gemm::bgemm_streamed_many_into`]), a bf16 x widened at most once rather than once per weight.
+pub fn linear_many(x: &CpuStorage, lx: &Layout, ws: &[(&CpuStorage, &Layout)]) -> Result<PerMatrix<CpuStorage>> {
+    const OP: &str = "linear_many";
+    let (&[m, k], Some(xr)) = (lx.shape(), lx.contiguous_range()) else {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "input {:?} (strides {:?}): expected a contiguous [m, k]",
+                lx.shape(),
+                lx.strides()
+            ),
+        ));
+    };
+    if !(1..=gemm::STREAM_MAX_M).contains(&m) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{m} rows: the shared-input product takes 1 to {} rows",
+                gemm::STREAM_MAX_M
+            ),
+        ));
+    }
+    let weight = |(w, l): &(&CpuStorage, &Layout)| -> Result<std::ops::Range<usize>> {
+        if w.dtype() != x.dtype() {
+            return Err(Error::dtype_mismatch(OP, x.dtype(), w.dtype()));
+        }
+        match (l.shape(), l.contiguous_range()) {
+            (&[_, kw], Some(r)) if kw == k => Ok(r),
+            _ => Err(Error::shape(
+                OP,
+                format!(
+                    "weight {:?} (strides {:?}) for input [{m}, {k}]: expected a contiguous [n, {k}]",
+                    l.shape(),
+                    l.strides()
+                ),
+            )),
+        }
+    };
+    let ranges = ws.iter().map(weight).collect::<Result<PerMatrix<_>>>()?;
+    // the f32 products, not zeroed: the streamed loops write every element
+    let mut outs = ws
+        .iter()
+        .map(|(_, l)| alloc::with_capacity::<f32>(OP, m * l.shape()[0]))
+        .collect::<Result<PerMatrix<_>>>()?;
+    let ns: PerMatrix<usize> = ws.iter().map(|(_, l)| l.shape()[0]).collect();
+    // `many` writes every element of the outputs' first m·n_i (their spare capacity)
+    let mut fill = |many: &dyn Fn(&mut Outputs<'_>)| {
+        let mut cs: PerMatrix<&mut [MaybeUninit<f32>]> = outs
+            .iter_mut()
+            .zip(&ns)
+            .map(|(c, &n)| &mut c.spare_capacity_mut()[..m * n])
+            .collect();
+        many(&mut cs);
+        drop(cs);
+        for (c, &n) in outs.iter_mut().zip(&ns) {
+            // SAFETY: the capacity is at least m·n, and the streamed products wrote all m·n
+            // elements of C (rows n apart).
+            unsafe { c.set_len(m * n) };
+        }
+    };
+    match x {
+        CpuStorage::F32(xv) => {
+            let bs: PerMatrix<&[f32]> = (0..ws.len())
+                .map(|i| &super::typed::<f32>(ws[i].0)[ranges[i].clone()])
+                .collect();
+            fill(&|cs: &mut Outputs<'_>| gemm::sgemm_streamed_many_into(m, k, &xv[xr.clone()], k, &bs, cs));
+            Ok(outs.into_iter().map(CpuStorage::F32).collect())
+        }
+        CpuStorage::BF16(xv) => {
+            let bs: PerMatrix<&[bf16]> = (0..ws.len())
+                .map(|i| &super::typed::<bf16>(ws[i].0)[ranges[i].clone()])
+                .collect();
+            if gemm::has_bf16_dot() {
+                // on vdpbf16ps, x read as it is
+                fill(&|cs: &mut Outputs<'_>| gemm::bgemm_streamed_many_into(m, k, &xv[xr.clone()], k, &bs, cs));
+            } else {
+                // x widened to f32 once for all the weights
+                let CpuStorage::F32(xw) = super::cast(x, lx, DType::F32)? else {
+                    unreachable!("cast to f32 gives f32")
+                };
+                fill(&|cs: &mut Outputs<'_>| gemm::sgemm_streamed_many_into(m, k, &xw, k, &bs, cs));
+                pool::give_vec(xw);
+            }
+            // each product rounded to bf16 once, its f32 buffer back to the pool
+            outs.into_iter()
+                .map(|y| {
+                    let flat = Layout::contiguous(&[y.len()]);
+                    let rounded = super::map(OP, &y, &flat, super::float::f32_to_bf16)?;
+                    pool::give_vec(y);
+                    Ok(CpuStorage::BF16(rounded))
+                })
+                .collect()
+        }
+        _ => Err(Error::DType {
+            op: OP,
+            msg: format!("the shared-input product takes f32 or bf16, got {}", x.dtype()),
+        }),
+    }
 }
 
 /// `gelu?(y + bias) + residual` on the product `y` (contiguous `shape`) in its accumulation type
@@ -268,8 +385,10 @@ mod tests {
 
     /// On a CPU with AVX-512 BF16, a bf16 × bf16 product with more rows than the streamed path
     /// takes runs on `vdpbf16ps` or, from 16 rows with AMX, `tdpbf16ps` (`gemm::bgemm`), seen
-    /// through both instructions' documented reading of a subnormal bf16 (here 2⁻¹²⁷) as zero; a
-    /// product of one row keeps the streamed f32 path, which multiplies it exactly.
+    /// through both instructions' documented reading of a subnormal bf16 (here 2⁻¹²⁷) as zero; so
+    /// does a product of one row against a B with contiguous columns (a Linear's Wᵀ: the streamed
+    /// `vdpbf16ps` loop), while one against a row-major B keeps the streamed f32 path, which
+    /// multiplies it exactly.
     #[test]
     fn bf16_products_run_on_vdpbf16ps_where_the_cpu_has_it() {
         if !gemm::has_bf16_dot() {
@@ -278,16 +397,24 @@ mod tests {
         }
         let (k, n) = (8, 24);
         let tiny = bf16::from_bits(0x0040);
-        for (m, expected) in [(16, 0.0), (1, 2f64.powi(-124))] {
+        for (m, transposed, expected) in [(16, false, 0.0), (1, false, 2f64.powi(-124)), (1, true, 0.0)] {
             let a = CpuStorage::BF16(vec![tiny; m * k]);
             let b = CpuStorage::BF16(vec![bf16::ONE; k * n]);
-            let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+            let la = Layout::contiguous(&[m, k]);
+            let lb = match transposed {
+                true => Layout::contiguous(&[n, k]).transpose(0, 1),
+                false => Layout::contiguous(&[k, n]),
+            };
             let (y, _) = matmul(&a, &la, &b, &lb, &Epilogue::NONE).unwrap();
             let CpuStorage::BF16(y) = y else {
                 panic!("a bf16 product gave {:?}", y.dtype())
             };
             assert_eq!(y.len(), m * n);
-            assert!(y.iter().all(|&v| v.to_f64() == expected), "m = {m}: y[0] = {}", y[0]);
+            assert!(
+                y.iter().all(|&v| v.to_f64() == expected),
+                "m = {m}, B transposed {transposed}: y[0] = {}",
+                y[0]
+            );
         }
     }
 }

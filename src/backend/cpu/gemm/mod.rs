@@ -147,7 +147,9 @@ use matrix::Problem;
 pub use matrix::{Format, Streamed};
 use portable::Portable;
 use std::mem::MaybeUninit;
-pub(crate) use streamed::sgemm_streamed_into;
+pub(crate) use streamed::{
+    bgemm_streamed_into, bgemm_streamed_many_into, sgemm_streamed_into, sgemm_streamed_many_into,
+};
 pub use streamed::{sgemm_streamed, streams, STREAM_MAX_M};
 
 /// `C = alpha·A·B + beta·C` for f32. Products of at most [`STREAM_MAX_M`] rows whose strides

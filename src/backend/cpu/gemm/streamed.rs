@@ -18,15 +18,21 @@
 //!   stack buffer, `c[i, j..] += a[i, p] · b[p, j..]` over p, vectorised along j.
 //!
 //! bf16 elements are widened in registers (a bf16 is the top half of an f32: zero-extend to 32
-//! bits, shift left 16), so the weight is read at 2 bytes per element and never copied. The
-//! columns of C are cut into one task per thread when B is large enough to pay for the
-//! fork-join ([`BYTES_PER_TASK`]); every element of C is computed by one thread in a fixed
-//! order, so the result does not depend on the thread count.
+//! bits, shift left 16), so the weight is read at 2 bytes per element and never copied. With a
+//! bf16 A as well and a CPU with AVX-512 BF16, [`bgemm_streamed_into`] runs the dot loop on
+//! `vdpbf16ps` instead: 32 bf16 of A times 32 of B per instruction, pairs of exact products added
+//! to 16 f32 lanes, A read as bf16. The columns of C are cut into one task per thread when B is
+//! large enough to pay for the fork-join ([`BYTES_PER_TASK`]); every element of C is computed by
+//! one thread in a fixed order, so the result does not depend on the thread count. Several
+//! products that share A (a layer's q, k and v projections) run in one parallel region
+//! ([`sgemm_streamed_many_into`], [`bgemm_streamed_many_into`]): their columns taken end to end
+//! and cut the same way, each product's result the same as alone.
 
 use super::matrix::{as_uninit, assert_fits, is_injective, Epilogue, MatMut, MatRef, Streamed};
 #[cfg(target_arch = "x86_64")]
 use super::simd::Widen;
 use rayon::prelude::*;
+use smallvec::SmallVec;
 use std::mem::MaybeUninit;
 
 /// Rows of A up to which a product streams B (see the module header): with m rows each element
@@ -257,16 +263,113 @@ unsafe fn stream_with_output<W: Streamed>(
         ep: Epilogue { alpha, beta },
     };
     let bytes = k.saturating_mul(n).saturating_mul(size_of::<W>());
-    let tasks = (bytes / BYTES_PER_TASK).clamp(1, rayon::current_num_threads());
-    if tasks == 1 {
-        // SAFETY: the views were checked against their slices, 0..n are C's columns, and this
-        // thread is the only user of C.
-        return unsafe { product.columns(0, n) };
+    in_tasks(bytes, &[n], |_, j0, j1| {
+        // SAFETY: the views were checked against their slices, j0..j1 are columns of C, and
+        // each task writes its own columns of C.
+        unsafe { product.columns(j0, j1) }
+    });
+}
+
+/// Calls `columns(i, j0, j1)` over the columns `0..ns[i]` of every product `i` of one parallel
+/// region that reads `bytes` of B in all: one task per thread when B is large enough to pay for
+/// the fork-join ([`BYTES_PER_TASK`]), the products' columns taken end to end as one range and
+/// cut into equal runs (multiples of [`COLS`]), so that a task may finish one product's columns
+/// and start the next's. Every column goes to exactly one call, and (the loops computing each
+/// column by itself, in a fixed order) the results do not depend on the cut.
+fn in_tasks(bytes: usize, ns: &[usize], columns: impl Fn(usize, usize, usize) + Sync) {
+    let total: usize = ns.iter().sum();
+    if total == 0 {
+        return;
     }
-    let cols_per_task = n.div_ceil(tasks).next_multiple_of(COLS);
-    (0..n).into_par_iter().step_by(cols_per_task).for_each(|j0| {
-        // SAFETY: as above; each task writes its own columns of C.
-        unsafe { product.columns(j0, n.min(j0 + cols_per_task)) }
+    let tasks = (bytes / BYTES_PER_TASK).clamp(1, rayon::current_num_threads());
+    let run = |g0: usize, g1: usize| {
+        let mut start = 0;
+        for (i, &n) in ns.iter().enumerate() {
+            let (j0, j1) = (g0.max(start), g1.min(start + n));
+            if j0 < j1 {
+                columns(i, j0 - start, j1 - start);
+            }
+            start += n;
+        }
+    };
+    if tasks == 1 {
+        return run(0, total);
+    }
+    let cols_per_task = total.div_ceil(tasks).next_multiple_of(COLS);
+    (0..total)
+        .into_par_iter()
+        .step_by(cols_per_task)
+        .for_each(|g0| run(g0, total.min(g0 + cols_per_task)));
+}
+
+/// `C_i = A·W_iᵀ` for several weights `W_i` (`n_i×k`, row-major: a Linear's `[out, in]`) that
+/// share one A (`m×k`, row `i` at `a[i·rsa..]`, `m <= STREAM_MAX_M`): a layer's q, k and v
+/// projections, or its gate and up projections, in decode. Each C_i is `m×n_i`, contiguous, and
+/// may be uninitialised (every element is written, none read). One parallel region for all
+/// of them ([`in_tasks`]) instead of one per product, and a small weight (a key projection of
+/// grouped-query attention) is shared among the threads rather than read by one; each C_i is
+/// [`sgemm_streamed_into`]`(m, n_i, k, 1, a, rsa, 1, W_i, 1, k, C_i, n_i, 1)`, bit for bit.
+///
+/// # Panics
+///
+/// As [`sgemm_streamed`]: `m` out of `1..=STREAM_MAX_M`, or an operand that does not fit its
+/// slice (`ws` and `cs` must have the same length, each C_i `m·n_i` elements).
+pub(crate) fn sgemm_streamed_many_into<W: Streamed>(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    ws: &[&[W]],
+    cs: &mut [&mut [MaybeUninit<f32>]],
+) {
+    let isa = Isa::best();
+    assert!(
+        (1..=STREAM_MAX_M).contains(&m),
+        "gemm: a {m}-row product cannot be streamed"
+    );
+    assert_eq!(
+        ws.len(),
+        cs.len(),
+        "gemm: {} weights and {} outputs",
+        ws.len(),
+        cs.len()
+    );
+    assert_fits("A", m, k, rsa, 1, a.len());
+    // C_i's length gives n_i (W_i's does not when k is 0)
+    let ns: SmallVec<[usize; 4]> = cs.iter().map(|c| c.len() / m).collect();
+    let mut products: SmallVec<[Product<W>; 4]> = SmallVec::new();
+    for ((w, c), &n) in ws.iter().zip(cs.iter_mut()).zip(&ns) {
+        assert_fits("B", k, n, 1, k, w.len());
+        assert_eq!(c.len(), m * n, "gemm: an output of {} elements for {m} rows", c.len());
+        products.push(Product {
+            isa,
+            m,
+            k,
+            a: MatRef {
+                ptr: a.as_ptr(),
+                rs: rsa,
+                cs: 1,
+            },
+            b: MatRef {
+                ptr: w.as_ptr(),
+                rs: 1,
+                cs: k,
+            },
+            c: MatMut {
+                ptr: c.as_mut_ptr().cast(),
+                rs: n,
+                cs: 1,
+            },
+            ep: Epilogue { alpha: 1.0, beta: 0.0 },
+        });
+    }
+    let bytes = k.saturating_mul(ns.iter().sum()).saturating_mul(size_of::<W>());
+    in_tasks(bytes, &ns, |i, j0, j1| {
+        // SAFETY: the views were checked against their slices (B_i = W_iᵀ is k×n_i with column
+        // stride k, C_i is m×n_i with rows n_i apart: distinct slices, so distinct elements), the
+        // CPU supports `isa`, j0..j1 are columns of product i, and each task writes its own
+        // columns of each C_i. Beta is 0: C is never read.
+        unsafe { products[i].columns(j0, j1) }
     });
 }
 
@@ -490,6 +593,253 @@ impl<W: Streamed> Product<W> {
                 for (q, &value) in row[..width].iter().enumerate() {
                     // SAFETY: (i, jb + q) is in this task's columns of C (caller's contract).
                     unsafe { self.write(i, jb + q, value) };
+                }
+            }
+        }
+    }
+}
+
+/// [`sgemm_streamed_into`] for bf16 A and bf16 B whose columns are contiguous (`rsb == 1`: a
+/// Linear's `Wᵀ`), on a CPU with AVX-512 BF16 ([`super::has_bf16_dot`]): the dot loop on
+/// `vdpbf16ps`, which multiplies 32 bf16 of A by 32 of B and adds each pair of products to one
+/// of 16 f32 lanes, so A is read as bf16 (no f32 copy of x) and each 64-byte line of B takes one
+/// instruction instead of two widenings and two FMAs. Numerics, as [`super::bgemm`]'s
+/// `vdpbf16ps` kernel (`avx512bf16.rs`): the products of two bf16 are exact in f32 and the sums
+/// are rounded f32 additions in another order than the f32 loop's (pairs first, then the lanes),
+/// and bf16 inputs, products or sums below 2⁻¹²⁶ count as zero. The layout and panics are
+/// [`sgemm_streamed`]'s, and in addition this CPU must have AVX-512 BF16 and `rsb` must be 1.
+#[allow(clippy::too_many_arguments)] // the BLAS signature
+pub(crate) fn bgemm_streamed_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[half::bf16],
+    rsa: isize,
+    csa: isize,
+    b: &[half::bf16],
+    rsb: isize,
+    csb: isize,
+    c: &mut [MaybeUninit<f32>],
+    rsc: isize,
+    csc: isize,
+) {
+    assert!(super::has_bf16_dot(), "gemm: this CPU does not have AVX-512 BF16");
+    assert!(
+        streams(m, csa, [rsb, csb], csc) && rsb == 1,
+        "gemm: a {m}-row bf16 product with strides A ({rsa}, {csa}), B ({rsb}, {csb}), C ({rsc}, {csc}) cannot be streamed on vdpbf16ps"
+    );
+    let [rsa, csb, rsc] = [rsa, csb, rsc]
+        .map(|stride| usize::try_from(stride).unwrap_or_else(|_| panic!("gemm: negative stride {stride}")));
+    assert_fits("A", m, k, rsa, 1, a.len());
+    assert_fits("B", k, n, 1, csb, b.len());
+    assert_fits("C", m, n, rsc, 1, c.len());
+    assert!(
+        is_injective(m, n, rsc, 1),
+        "gemm: C ({m}×{n}, row stride {rsc}) maps two elements to the same slot"
+    );
+    if k == 0 || alpha == 0.0 {
+        // A and B are not read (a NaN in them must not reach C), as in the other products
+        for i in 0..m {
+            c[i * rsc..i * rsc + n].iter_mut().for_each(|cij| {
+                cij.write(0.0);
+            });
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let product = bf16_dot::DotBf16 {
+            m,
+            k,
+            a: MatRef {
+                ptr: a.as_ptr(),
+                rs: rsa,
+                cs: 1,
+            },
+            b: MatRef {
+                ptr: b.as_ptr(),
+                rs: 1,
+                cs: csb,
+            },
+            c: MatMut {
+                ptr: c.as_mut_ptr().cast(),
+                rs: rsc,
+                cs: 1,
+            },
+            alpha,
+        };
+        let bytes = k.saturating_mul(n).saturating_mul(2);
+        in_tasks(bytes, &[n], |_, j0, j1| {
+            // SAFETY: the views were checked against their slices, the CPU has AVX-512 BF16
+            // (asserted above), j0..j1 are columns of C and each task writes its own columns.
+            unsafe { product.columns(j0, j1) }
+        });
+    }
+}
+
+/// [`sgemm_streamed_many_into`] for bf16 A and bf16 weights on `vdpbf16ps`: each C_i is
+/// [`bgemm_streamed_into`]`(m, n_i, k, 1, a, rsa, 1, W_i, 1, k, C_i, n_i, 1)`, bit for bit, in
+/// one parallel region. Panics as both; the CPU must have AVX-512 BF16.
+pub(crate) fn bgemm_streamed_many_into(
+    m: usize,
+    k: usize,
+    a: &[half::bf16],
+    rsa: usize,
+    ws: &[&[half::bf16]],
+    cs: &mut [&mut [MaybeUninit<f32>]],
+) {
+    assert!(super::has_bf16_dot(), "gemm: this CPU does not have AVX-512 BF16");
+    assert!(
+        (1..=STREAM_MAX_M).contains(&m),
+        "gemm: a {m}-row product cannot be streamed"
+    );
+    assert_eq!(
+        ws.len(),
+        cs.len(),
+        "gemm: {} weights and {} outputs",
+        ws.len(),
+        cs.len()
+    );
+    assert_fits("A", m, k, rsa, 1, a.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ns: SmallVec<[usize; 4]> = cs.iter().map(|c| c.len() / m).collect();
+        let mut products: SmallVec<[bf16_dot::DotBf16; 4]> = SmallVec::new();
+        for ((w, c), &n) in ws.iter().zip(cs.iter_mut()).zip(&ns) {
+            assert_fits("B", k, n, 1, k, w.len());
+            assert_eq!(c.len(), m * n, "gemm: an output of {} elements for {m} rows", c.len());
+            products.push(bf16_dot::DotBf16 {
+                m,
+                k,
+                a: MatRef {
+                    ptr: a.as_ptr(),
+                    rs: rsa,
+                    cs: 1,
+                },
+                b: MatRef {
+                    ptr: w.as_ptr(),
+                    rs: 1,
+                    cs: k,
+                },
+                c: MatMut {
+                    ptr: c.as_mut_ptr().cast(),
+                    rs: n,
+                    cs: 1,
+                },
+                alpha: 1.0,
+            });
+        }
+        let bytes = k.saturating_mul(ns.iter().sum()).saturating_mul(2);
+        in_tasks(bytes, &ns, |i, j0, j1| {
+            // SAFETY: as in `sgemm_streamed_many_into`; the CPU has AVX-512 BF16 (asserted).
+            unsafe { products[i].columns(j0, j1) }
+        });
+    }
+}
+
+/// The dot loop on `vdpbf16ps` ([`bgemm_streamed_into`]).
+#[cfg(target_arch = "x86_64")]
+mod bf16_dot {
+    use super::{prefetch, COLS, PREFETCH_COLS};
+    use crate::backend::cpu::gemm::matrix::{MatMut, MatRef};
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// bf16 elements per `vdpbf16ps` operand: 16 lanes of pairs.
+    const STEP: usize = 32;
+
+    /// A checked product: A `m×k` (rows contiguous), B `k×n` (columns contiguous), C `m×n` (rows
+    /// contiguous, written as `alpha·acc`, never read).
+    #[derive(Clone, Copy)]
+    pub(super) struct DotBf16 {
+        pub(super) m: usize,
+        pub(super) k: usize,
+        pub(super) a: MatRef<bf16>,
+        pub(super) b: MatRef<bf16>,
+        pub(super) c: MatMut<f32>,
+        pub(super) alpha: f32,
+    }
+
+    impl DotBf16 {
+        /// Computes columns `j0..j1` of C.
+        ///
+        /// # Safety
+        ///
+        /// The views fit their slices, `j0 <= j1 <= n`, no other thread accesses these columns of
+        /// C, `1 <= m <= STREAM_MAX_M`, and the CPU has AVX-512 F, BW and BF16.
+        pub(super) unsafe fn columns(&self, j0: usize, j1: usize) {
+            // SAFETY (every arm): forwarded contract; m is the arm's M.
+            unsafe {
+                match self.m {
+                    1 => self.dot::<1>(j0, j1),
+                    2 => self.dot::<2>(j0, j1),
+                    3 => self.dot::<3>(j0, j1),
+                    4 => self.dot::<4>(j0, j1),
+                    _ => unreachable!("the streamed products check 1 <= m <= STREAM_MAX_M"),
+                }
+            }
+        }
+
+        /// The dot loop for `M == m` rows: [`COLS`] columns at a time, `M·COLS` accumulators of
+        /// 16 f32 lanes, each `vdpbf16ps` adding 32 products; a tail of `k % 32` elements is read
+        /// with a mask (zeros past the end, whose products are zero); the next group's lines of B
+        /// are asked for as in the f32 loop.
+        ///
+        /// # Safety
+        ///
+        /// As for [`Self::columns`].
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        unsafe fn dot<const M: usize>(&self, j0: usize, j1: usize) {
+            let k = self.k;
+            let full = k - k % STEP;
+            let row = |i: usize| self.a.ptr.wrapping_add(i * self.a.rs);
+            for j in (j0..j1).step_by(COLS) {
+                let cols = COLS.min(j1 - j);
+                // a partial group reads its last column again in the missing slots, never writing them
+                let col: [*const bf16; COLS] =
+                    std::array::from_fn(|q| self.b.ptr.wrapping_add((j + q.min(cols - 1)) * self.b.cs));
+                // SAFETY: p + STEP <= k for every p below, and the tail's masked loads touch only
+                // elements p < k, so every load reads elements of rows of A and columns of B
+                // (caller's contract); the CPU has the features (caller's contract); __m512i and
+                // __m512bh are both 64 plain bytes.
+                unsafe {
+                    let mut acc = [[_mm512_setzero_ps(); COLS]; M];
+                    for p in (0..full).step_by(STEP) {
+                        for &column in &col {
+                            prefetch(column.wrapping_add(PREFETCH_COLS * self.b.cs + p));
+                        }
+                        let b: [__m512bh; COLS] =
+                            std::array::from_fn(|q| std::mem::transmute(_mm512_loadu_si512(col[q].add(p).cast())));
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let a: __m512bh = std::mem::transmute(_mm512_loadu_si512(row(i).add(p).cast()));
+                            for q in 0..COLS {
+                                acc[q] = _mm512_dpbf16_ps(acc[q], a, b[q]);
+                            }
+                        }
+                    }
+                    if full < k {
+                        // k - full is 1..=31 elements: a 32-bit mask of that many ones
+                        let mask: __mmask32 = (1u32 << (k - full)) - 1;
+                        let b: [__m512bh; COLS] = std::array::from_fn(|q| {
+                            std::mem::transmute(_mm512_maskz_loadu_epi16(mask, col[q].add(full).cast()))
+                        });
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let a: __m512bh =
+                                std::mem::transmute(_mm512_maskz_loadu_epi16(mask, row(i).add(full).cast()));
+                            for q in 0..COLS {
+                                acc[q] = _mm512_dpbf16_ps(acc[q], a, b[q]);
+                            }
+                        }
+                    }
+                    for (i, acc) in acc.iter().enumerate() {
+                        for (q, &acc) in acc[..cols].iter().enumerate() {
+                            self.c
+                                .ptr
+                                .add(i * self.c.rs + j + q)
+                                .write(self.alpha * _mm512_reduce_add_ps(acc));
+                        }
+                    }
                 }
             }
         }

@@ -968,3 +968,180 @@ fn into_forms_write_every_element_of_c_as_the_blas_forms_do() {
         }
     }
 }
+
+/// Several weights sharing one A in one parallel region (`sgemm_streamed_many_into`): each C_i is
+/// the single streamed product's, bit for bit, for f32 and bf16 weights, one to four rows, k with
+/// a vector tail (and k = 0: zeros), outputs of one column, and sizes whose tasks (two or more
+/// threads) cut through a weight and go on into the next.
+#[test]
+fn streamed_many_matches_one_product_per_weight() {
+    use std::mem::MaybeUninit;
+    fn case<W: Streamed>(m: usize, k: usize, ns: &[usize], seed: u64, to_w: impl Fn(f32) -> W) {
+        let mut state = seed;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let rsa = k + 3;
+        let a: Vec<f32> = (0..m * rsa).map(|_| next()).collect();
+        let ws: Vec<Vec<W>> = ns.iter().map(|&n| (0..n * k).map(|_| to_w(next())).collect()).collect();
+        let mut got: Vec<Vec<MaybeUninit<f32>>> = ns.iter().map(|&n| vec![MaybeUninit::new(f32::NAN); m * n]).collect();
+        let w_refs: Vec<&[W]> = ws.iter().map(|w| &w[..]).collect();
+        let mut c_refs: Vec<&mut [MaybeUninit<f32>]> = got.iter_mut().map(|c| &mut c[..]).collect();
+        sgemm_streamed_many_into(m, k, &a, rsa, &w_refs, &mut c_refs);
+        for ((w, &n), got) in ws.iter().zip(ns).zip(&got) {
+            let mut want = vec![MaybeUninit::new(f32::NAN); m * n];
+            sgemm_streamed_into(
+                m,
+                n,
+                k,
+                1.0,
+                &a,
+                rsa as isize,
+                1,
+                w,
+                1,
+                k as isize,
+                &mut want,
+                n as isize,
+                1,
+            );
+            // SAFETY: both products write every element of their m×n outputs, which started
+            // initialised (NaN) anyway.
+            let bits = |c: &[MaybeUninit<f32>]| {
+                c.iter()
+                    .map(|x| unsafe { x.assume_init() }.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(got), bits(&want), "m {m}, k {k}, n {n} of {ns:?}");
+            if k == 0 {
+                assert!(bits(got).iter().all(|&b| b == 0), "k = 0 gives zeros");
+            }
+        }
+    }
+    for (m, k, ns) in [
+        (1, 576, &[576, 192, 192][..]),
+        (1, 300, &[513, 77, 301]),
+        (2, 37, &[1, 5, 1]),
+        (3, 16, &[40, 40]),
+        (4, 300, &[301, 263]),
+        (1, 0, &[3, 4]),
+        (2, 17, &[0, 9]),
+    ] {
+        case::<f32>(m, k, ns, 7 + m as u64, |x| x);
+        case::<half::bf16>(m, k, ns, 11 + k as u64, half::bf16::from_f32);
+    }
+}
+
+/// The streamed `vdpbf16ps` loop (`bgemm_streamed_into`, CPUs with AVX-512 BF16): against an
+/// f64 reference of the same bf16 values (the products are exact; the f32 sums in another order
+/// than the f64 one's are within k·2⁻²⁴·Σ|a·b|), for one to four rows, k below, at and past the
+/// 32 elements of one instruction and with a masked tail, a partial group of columns, strided A
+/// and C rows and alpha; alpha 0 and k 0 write zeros without reading A or B (NaN there); and the
+/// shared-input form (`bgemm_streamed_many_into`) is the single one's, bit for bit.
+#[test]
+fn bf16_dot_streamed_matches_f64() {
+    use half::bf16;
+    use std::mem::MaybeUninit;
+    if !has_bf16_dot() {
+        eprintln!("skipped: this CPU has no AVX-512 BF16");
+        return;
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        bf16::from_f32(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+    };
+    // SAFETY: every buffer passed starts initialised (NaN), and the products write only f32s
+    let bits = |c: &[MaybeUninit<f32>]| {
+        c.iter()
+            .map(|x| unsafe { x.assume_init() }.to_bits())
+            .collect::<Vec<_>>()
+    };
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 31, 5),
+        (2, 32, 8),
+        (3, 33, 7),
+        (4, 577, 13),
+        (1, 576, 1030),
+        (2, 64, 4),
+    ] {
+        let (rsa, rsc) = (k + 5, n + 2);
+        let a: Vec<bf16> = (0..m * rsa).map(|_| next()).collect();
+        // B = Wᵀ with W [n, k] row-major: column j of B is row j of W
+        let w: Vec<bf16> = (0..n * k).map(|_| next()).collect();
+        let alpha = 0.75f32;
+        let mut c = vec![MaybeUninit::new(f32::NAN); m * rsc];
+        bgemm_streamed_into(
+            m,
+            n,
+            k,
+            alpha,
+            &a,
+            rsa as isize,
+            1,
+            &w,
+            1,
+            k as isize,
+            &mut c,
+            rsc as isize,
+            1,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|p| a[i * rsa + p].to_f64() * w[j * k + p].to_f64());
+                let (want, size) = terms.fold((0.0, 0.0), |(s, z), t| (s + t, z + t.abs()));
+                // SAFETY: c started initialised (NaN), and the product writes f32s
+                let got = unsafe { c[i * rsc + j].assume_init() } as f64;
+                let tol = alpha as f64 * (k as f64 + 2.0) * 2f64.powi(-24) * size + 1e-30;
+                assert!(
+                    (got - alpha as f64 * want).abs() <= tol,
+                    "m {m}, k {k}, n {n} at ({i}, {j}): {got} vs {}",
+                    alpha as f64 * want
+                );
+            }
+            // the gaps between C's rows are not written
+            for j in n..rsc.min(c.len() - i * rsc) {
+                // SAFETY: c started initialised (NaN)
+                assert!(unsafe { c[i * rsc + j].assume_init() }.is_nan(), "wrote past row {i}");
+            }
+        }
+        // the shared-input form, with this weight twice and a one-row weight
+        let w1: Vec<bf16> = (0..k).map(|_| next()).collect();
+        let mut c0 = vec![MaybeUninit::new(f32::NAN); m * n];
+        let mut c1 = vec![MaybeUninit::new(f32::NAN); m];
+        let mut c2 = vec![MaybeUninit::new(f32::NAN); m * n];
+        bgemm_streamed_many_into(m, k, &a, rsa, &[&w, &w1, &w], &mut [&mut c0, &mut c1, &mut c2]);
+        for (wi, ci, ni) in [(&w, &c0, n), (&w1, &c1, 1), (&w, &c2, n)] {
+            let mut want = vec![MaybeUninit::new(f32::NAN); m * ni];
+            bgemm_streamed_into(
+                m,
+                ni,
+                k,
+                1.0,
+                &a,
+                rsa as isize,
+                1,
+                wi,
+                1,
+                k as isize,
+                &mut want,
+                ni as isize,
+                1,
+            );
+            assert_eq!(bits(ci), bits(&want), "many: m {m}, k {k}, n {ni}");
+        }
+    }
+    // alpha 0 and k 0: zeros, A and B not read
+    let nan = vec![bf16::NAN; 64];
+    for (k, alpha) in [(0, 1.0), (32, 0.0)] {
+        let mut c = vec![MaybeUninit::new(f32::NAN); 2];
+        bgemm_streamed_into(1, 2, k, alpha, &nan, 32, 1, &nan, 1, 32, &mut c, 2, 1);
+        assert_eq!(bits(&c), vec![0, 0], "k {k}, alpha {alpha}");
+    }
+}
