@@ -24,11 +24,14 @@
 //!
 //! **The ceiling.** Batch-1 generation reads every weight once per token, so it cannot beat
 //! `read bandwidth / weight bytes per token` ([`Llama::weight_bytes_per_token`],
-//! [`Gpt::weight_bytes_per_token`]). The read bandwidth is measured in the same run: the best of
-//! five reads of a 256 MiB f32 buffer by the kernel benchmark's memory ceiling (a parallel sum,
-//! writing nothing), on the CPU only (on Emu it would time the emulator, and a GPU's generation is
-//! bound by its launches long before its bandwidth at this size). Each row reports that ceiling
-//! and the fraction of it reached.
+//! [`Gpt::weight_bytes_per_token`]). The read bandwidth is measured next to the generation it
+//! rates: right before each repetition of a row, the best of three reads of a 256 MiB f32 buffer by
+//! the kernel benchmark's memory ceiling (a parallel sum, writing nothing); a row's bandwidth is
+//! the median of its repetitions' (a shared machine's bandwidth can move by half within minutes,
+//! so one probe at the start would rate later rows against another machine). On the CPU only (on
+//! Emu it would time the emulator, and a GPU's generation is bound by its launches long before its
+//! bandwidth at this size). Each row reports its bandwidth, that ceiling and the fraction of it
+//! reached.
 
 use super::gpt::GptModel;
 use super::machine::Machine;
@@ -103,6 +106,9 @@ pub struct GenerationRow {
     pub generation_tokens_per_s: f64,
     /// Bytes of weights one generation step reads (the model's `weight_bytes_per_token`).
     pub weight_bytes_per_token: usize,
+    /// Read bandwidth in GB/s (10⁹ bytes per second) measured before each repetition, their
+    /// median (None where it is not measured: Emu, a GPU).
+    pub read_gbs: Option<f64>,
     /// `read_gbs / weight_bytes_per_token`: the tokens/s at which generation would only read
     /// weights, at the measured bandwidth (None where it is not measured).
     pub ceiling_tokens_per_s: Option<f64>,
@@ -127,8 +133,7 @@ pub struct GenerationReport {
     /// Seconds to open the file and dequantize the weights onto the device, or to initialise a
     /// GPT's (the first dtype's).
     pub load_s: f64,
-    /// Read bandwidth in GB/s (10⁹ bytes per second) and how it was measured, on the CPU.
-    pub read_gbs: Option<f64>,
+    /// How each row's read bandwidth was measured (empty where it is not).
     pub read: String,
     pub rows: Vec<GenerationRow>,
 }
@@ -188,12 +193,16 @@ pub fn weights_name(how: LlamaLoad) -> &'static str {
 /// Bytes [`read_bandwidth`] reads: far beyond any CPU's last-level cache.
 const READ_BYTES: usize = 256 << 20;
 
-/// The CPU's read bandwidth in GB/s: the best of five calls of the kernel benchmark's memory
-/// ceiling ([`super::roofline::stream`]) reading [`READ_BYTES`] and writing nothing.
+/// Calls of the memory ceiling per bandwidth probe.
+const READS_PER_PROBE: usize = 3;
+
+/// The CPU's read bandwidth in GB/s: the best of [`READS_PER_PROBE`] calls of the kernel
+/// benchmark's memory ceiling ([`super::roofline::stream`]) reading [`READ_BYTES`] and writing
+/// nothing.
 fn read_bandwidth() -> Result<f64> {
     let mut stream = super::roofline::stream(&Device::Cpu, READ_BYTES as f64, 0.0, 1)?;
     let mut best = f64::INFINITY;
-    for i in 0..5 {
+    for i in 0..READS_PER_PROBE {
         let t0 = Instant::now();
         (stream.run)(i)?;
         best = best.min(t0.elapsed().as_secs_f64());
@@ -238,12 +247,13 @@ fn load_gpt(cfg: &GptConfig, device: &Device, how: LlamaLoad) -> Result<Loaded<G
     })
 }
 
-/// The rows of one loaded model: a warm-up, then each prompt length `reps` times.
+/// The rows of one loaded model: a warm-up, then each prompt length `reps` times, each repetition
+/// after a bandwidth probe when `probe` is set.
 fn time_model<M: CausalLm>(
     loaded: &Loaded<M>,
     dtype: &str,
     opts: &GenerationOptions,
-    read_gbs: Option<f64>,
+    probe: bool,
     progress: &mut impl FnMut(&str),
 ) -> Result<Vec<GenerationRow>> {
     let model = &loaded.model;
@@ -254,7 +264,6 @@ fn time_model<M: CausalLm>(
         .map(|_| rng.below(model.vocab_size() as u64) as u32)
         .collect();
     let weight_bytes_per_token = loaded.weight_bytes_per_token;
-    let ceiling_tokens_per_s = read_gbs.map(|gbs| gbs * 1e9 / weight_bytes_per_token as f64);
     progress(&format!("{dtype}: warm-up"));
     prefill_and_generate(model, &ids[..longest.min(16)], 2)?;
     let mut rows = Vec::new();
@@ -263,9 +272,17 @@ fn time_model<M: CausalLm>(
             "{dtype}: prompt of {len} tokens, then {} new, {} times",
             opts.new_tokens, opts.reps
         ));
-        let times = (0..opts.reps)
-            .map(|_| prefill_and_generate(model, &ids[..len], opts.new_tokens))
-            .collect::<Result<Vec<_>>>()?;
+        let mut probes = Vec::new();
+        let mut times = Vec::new();
+        for _ in 0..opts.reps {
+            if probe {
+                probes.push(read_bandwidth()?);
+            }
+            times.push(prefill_and_generate(model, &ids[..len], opts.new_tokens)?);
+        }
+        probes.sort_by(f64::total_cmp);
+        let read_gbs = (!probes.is_empty()).then(|| super::timing::median(&probes));
+        let ceiling_tokens_per_s = read_gbs.map(|gbs| gbs * 1e9 / weight_bytes_per_token as f64);
         let prefill = Stats::of(&times.iter().map(|t| t.0).collect::<Vec<_>>());
         let generation = Stats::of(&times.iter().map(|t| t.1).collect::<Vec<_>>());
         let generation_tokens_per_s = opts.new_tokens as f64 / generation.median_s;
@@ -279,6 +296,7 @@ fn time_model<M: CausalLm>(
             generation_tokens_per_s,
             generation,
             weight_bytes_per_token,
+            read_gbs,
             ceiling_tokens_per_s,
             fraction_of_ceiling: ceiling_tokens_per_s.map(|c| generation_tokens_per_s / c),
         });
@@ -291,12 +309,7 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
     if opts.dtypes.is_empty() {
         return Err(Error::invalid("bench generation", "no weight dtypes to time"));
     }
-    let read_gbs = if opts.device == Device::Cpu {
-        progress("measuring the read bandwidth");
-        Some(read_bandwidth()?)
-    } else {
-        None
-    };
+    let probe = opts.device == Device::Cpu;
     let mut load_s = None;
     let mut rows = Vec::new();
     let mut params = 0;
@@ -315,7 +328,7 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
                 let loaded = load_llama(gguf, &opts.device, how)?;
                 load_s.get_or_insert(t0.elapsed().as_secs_f64());
                 params = loaded.params;
-                rows.extend(time_model(&loaded, name, opts, read_gbs, &mut progress)?);
+                rows.extend(time_model(&loaded, name, opts, probe, &mut progress)?);
             }
             GenerationModel::Gpt(which) => {
                 let (title, cfg) = super::gpt::model_config(*which)?;
@@ -323,7 +336,7 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
                 let loaded = load_gpt(&cfg, &opts.device, how)?;
                 load_s.get_or_insert(t0.elapsed().as_secs_f64());
                 params = loaded.params;
-                rows.extend(time_model(&loaded, name, opts, read_gbs, &mut progress)?);
+                rows.extend(time_model(&loaded, name, opts, probe, &mut progress)?);
             }
         }
     }
@@ -343,12 +356,16 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         load_s: load_s.unwrap_or(0.0),
-        read_gbs,
-        read: format!(
-            "best of 5 parallel sums of a {} MiB f32 buffer on the CPU, {} threads",
-            READ_BYTES >> 20,
-            rayon::current_num_threads()
-        ),
+        read: if probe {
+            format!(
+                "before each repetition the best of {READS_PER_PROBE} parallel sums of a {} MiB f32 buffer on the CPU, \
+                 {} threads; a row's GB/s is their median",
+                READ_BYTES >> 20,
+                rayon::current_num_threads()
+            )
+        } else {
+            String::new()
+        },
         rows,
     })
 }
@@ -370,16 +387,12 @@ pub fn table(r: &GenerationReport) -> String {
     if let Some(w) = &r.warning {
         let _ = writeln!(s, "WARNING: {w}");
     }
-    if let Some(gbs) = r.read_gbs {
-        let _ = writeln!(
-            s,
-            "read bandwidth {gbs:.1} GB/s ({}); ceiling = that / weight MB per token",
-            r.read
-        );
+    if !r.read.is_empty() {
+        let _ = writeln!(s, "read GB/s: {}; ceiling = that / weight MB per token", r.read);
     }
     let _ = writeln!(
         s,
-        "{:<6} {:>7} {:>5} {:>11} {:>13} {:>11} {:>10} {:>8} {:>13} {:>10} {:>4}",
+        "{:<6} {:>7} {:>5} {:>11} {:>13} {:>11} {:>10} {:>8} {:>8} {:>13} {:>10} {:>4}",
         "dtype",
         "prompt",
         "new",
@@ -388,6 +401,7 @@ pub fn table(r: &GenerationReport) -> String {
         "generate ms",
         "new tok/s",
         "MB/token",
+        "read GB/s",
         "ceiling tok/s",
         "% ceiling",
         "reps"
@@ -396,7 +410,7 @@ pub fn table(r: &GenerationReport) -> String {
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "{:<6} {:>7} {:>5} {:>11.1} {:>13.1} {:>11.1} {:>10.2} {:>8.1} {:>13} {:>10} {:>4}",
+            "{:<6} {:>7} {:>5} {:>11.1} {:>13.1} {:>11.1} {:>10.2} {:>8.1} {:>8} {:>13} {:>10} {:>4}",
             row.dtype,
             row.prompt_tokens,
             row.new_tokens,
@@ -405,6 +419,7 @@ pub fn table(r: &GenerationReport) -> String {
             row.generation.median_s * 1e3,
             row.generation_tokens_per_s,
             row.weight_bytes_per_token as f64 / 1e6,
+            or_dash(row.read_gbs, 1.0),
             or_dash(row.ceiling_tokens_per_s, 1.0),
             or_dash(row.fraction_of_ceiling, 100.0),
             row.prefill.reps

@@ -84,7 +84,7 @@ impl Stats {
 }
 
 /// The median of sorted `s`: the middle element, or the mean of the two middle ones.
-fn median(s: &[f64]) -> f64 {
+pub(crate) fn median(s: &[f64]) -> f64 {
     let n = s.len();
     if n % 2 == 1 {
         s[n / 2]
