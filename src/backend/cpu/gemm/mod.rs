@@ -135,6 +135,7 @@ mod avx512bf16;
 mod driver;
 mod kernel;
 mod matrix;
+mod meter;
 mod pack;
 mod portable;
 mod streamed;
@@ -145,6 +146,7 @@ use driver::run;
 use half::bf16;
 use matrix::Problem;
 pub use matrix::{Format, Streamed};
+pub use meter::{meter_start, meter_stop, GemmRecord, GemmShape, Order};
 use portable::Portable;
 use std::mem::MaybeUninit;
 pub(crate) use streamed::sgemm_streamed_into;
@@ -465,4 +467,43 @@ pub fn has_bf16_dot() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// The f32 FMA peak of this machine in FLOP/s, measured: every thread of rayon's pool runs a loop
+/// of independent fused multiply-adds on the f32 kernel's vectors (AVX-512F, else AVX2 + FMA) for
+/// about `seconds`, in rounds of 2¹⁶ iterations; the result is the sum of the threads' rates (each
+/// thread's flops over its own time, the best of its rounds). None where the f32 GEMM has no FMA
+/// kernel (the portable one). A GEMM can at best reach it; `kiln bench` holds the GEMMs of a
+/// training step against it.
+pub fn fma_peak(seconds: f64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        type Loop = unsafe fn(usize, f32) -> f32;
+        let (fma_loop, lanes): (Loop, usize) = if std::arch::is_x86_feature_detected!("avx512f") {
+            (avx512::fma_loop, 16)
+        } else if avx2_fma() {
+            (avx2::fma_loop, 8)
+        } else {
+            return None;
+        };
+        const ITERS: usize = 1 << 16;
+        let flops = (ITERS * simd::FMA_CHAINS * lanes * 2) as f64;
+        let rates = rayon::broadcast(|_| {
+            let start = std::time::Instant::now();
+            let mut best = 0f64;
+            while best <= 0.0 || start.elapsed().as_secs_f64() < seconds {
+                let round = std::time::Instant::now();
+                // SAFETY: the instruction set was detected above.
+                std::hint::black_box(unsafe { fma_loop(ITERS, std::hint::black_box(1e-3)) });
+                best = best.max(flops / round.elapsed().as_secs_f64().max(1e-9));
+            }
+            best
+        });
+        Some(rates.iter().sum())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = seconds;
+        None
+    }
 }

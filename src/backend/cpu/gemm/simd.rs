@@ -386,3 +386,40 @@ pub(super) unsafe fn padded<W: Streamed>(p: *const W, lanes: usize) -> [W; 16] {
     unsafe { std::ptr::copy_nonoverlapping(p, part.as_mut_ptr(), lanes.min(16)) };
     part
 }
+
+/// Independent FMA chains in [`fma_loop`]: enough to cover two FMA units through their latency
+/// (2 × 4 cycles on current x86 cores) twice over.
+pub(super) const FMA_CHAINS: usize = 16;
+
+/// `iters` rounds of [`FMA_CHAINS`] independent `acc = x·x + acc` on `V`'s f32 vectors, nothing
+/// else in the loop but its counter: the FMA units' peak rate (`gemm::fma_peak`). Returns the
+/// accumulators' sum, so that the loop is not optimised away (each chain starts from another
+/// value, so no two can be merged).
+///
+/// # Safety
+///
+/// The CPU supports `V`'s instruction set.
+#[inline(always)]
+pub(super) unsafe fn fma_loop<V: Vector<E = f32>>(iters: usize, x: f32) -> f32 {
+    // SAFETY: the instruction set is supported (caller's contract); the stores write a local
+    // array of LANES elements.
+    unsafe {
+        let x = V::splat(x);
+        let mut acc = [V::zero(); FMA_CHAINS];
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = V::splat(i as f32);
+        }
+        for _ in 0..iters {
+            for acc in acc.iter_mut() {
+                *acc = V::fmadd(x, x, *acc);
+            }
+        }
+        let mut lanes = [0f32; 16];
+        let mut sum = 0.0;
+        for acc in acc {
+            V::store(lanes.as_mut_ptr(), acc);
+            sum += lanes[0];
+        }
+        sum
+    }
+}
