@@ -8,9 +8,10 @@
 //! the thread that made it, plus the time each of its slabs took on another thread (a product big
 //! enough to be split over threads runs one slab of C per thread, `driver::run`). So a product on
 //! two threads that takes 10 ms counts about 20 ms: the cores it held. The time includes packing,
-//! the micro-kernels, the write-back, the fork-join and a slab's wait for the slower one; it does
-//! not include the allocation of C or anything done to the result afterwards (the matmul's
-//! epilogue). The products of the streamed path (`streamed.rs`: at most
+//! the micro-kernels, the write-back, the fork-join and a slab's wait for the slower one, and the
+//! page faults of a freshly allocated C's first write (which for outputs of more than 32 MiB, mapped
+//! anew by glibc each time, cost a GPT-2 LM head product about a fifth of its time); it does not
+//! include the allocation of C or anything done to the result afterwards (the matmul's epilogue). The products of the streamed path (`streamed.rs`: at most
 //! [`super::STREAM_MAX_M`] rows, as in decoding) are not metered; a training step has none.
 //!
 //! Each record also holds the same sum in **thread CPU time** (`CLOCK_THREAD_CPUTIME_ID`: time the

@@ -25,7 +25,11 @@
 //! is run as 2×200, not 256 + 144) so the last block is not a sliver. Packing a row-major A
 //! or a column-major B is a transpose; the SIMD paths do it in LANES×LANES register blocks
 //! (AVX-512: 16×16 f32, 8×8 f64; AVX2: 8×8, 4×4), since element-by-element packing of a
-//! row-major A alone cost ~12% of the run time. Packing buffers are 64-byte aligned and
+//! row-major A alone cost ~12% of the run time. Packing a column-major A (`dYᵀ` in a Linear's
+//! `dW = dYᵀ·X`) or a row-major B (`W` in `dX = dY·W`, `X` in `dW`) is a copy of MR or NR
+//! contiguous elements per step of k; the SIMD paths copy them with vector loads and stores
+//! (masked at a line's end) rather than a `memcpy` call per 48 or 128 bytes, whose call cost as
+//! much as the copy (~3% of such a product's samples). Packing buffers are 64-byte aligned and
 //! cached per thread.
 //!
 //! # SIMD micro-kernels (AVX-512F, AVX2 + FMA)
@@ -108,6 +112,15 @@
 //! and C's rows are contiguous and B is contiguous along its rows or columns, to
 //! [`sgemm_streamed`] (`streamed.rs`), which reads B once, in place, and also takes a bf16 B,
 //! widened in registers.
+//!
+//! # Metering (`meter.rs`)
+//!
+//! [`meter_start`] and [`meter_stop`] count the packed products (everything through the driver,
+//! not the streamed path) per shape: calls, `2·m·n·k` FLOPs, core time (wall time on the calling
+//! thread plus the time its slabs ran on other threads) and thread CPU time. Off, the meter costs a
+//! relaxed atomic load per call. `kiln bench --kernels gpt` meters two extra training steps with it
+//! and holds the GEMMs against [`fma_peak`], a loop of independent FMAs on every thread
+//! (docs/perf.md, `kiln bench`).
 //!
 //! # Threads
 //!
