@@ -243,6 +243,35 @@ fn cpu_gpt2_step_reports_its_rates_in_f32_and_bf16() {
             "{shown}"
         );
         assert!(shown.contains("GFLOP/s"), "{shown}");
+        // The GEMM meter's FLOPs, counted here from the shapes: every Linear weight (per layer
+        // 768·2304 + 768·768 + 768·3072 + 3072·768, and the 50257 × 768 LM head) multiplies each
+        // of the 8 tokens forward, for dX and for dW (6 FLOPs per weight and token), and each of
+        // the 12 · 12 heads runs 7 products of 2·8·8·64 FLOPs (S and O forward; P, dP, dQ, dK
+        // and dV backward, one 8-row tile against 8 keys).
+        let weights = 12.0 * (768.0 * 2304.0 + 768.0 * 768.0 + 2.0 * 768.0 * 3072.0) + 50257.0 * 768.0;
+        let gemm_flops = 6.0 * 8.0 * weights + 12.0 * 12.0 * 7.0 * (2.0 * 8.0 * 8.0 * 64.0);
+        let gemm = &gpt["gemm"];
+        let gflop = gemm["gflop"].as_f64().unwrap();
+        assert!((gflop * 1e9 - gemm_flops).abs() < 1e-9 * gemm_flops, "{gemm:#}");
+        let (share, efficiency) = (gemm["share_pct"].as_f64().unwrap(), gemm["efficiency_pct"].as_f64());
+        assert!(share > 0.0 && share <= 100.5, "{gemm:#}");
+        // an FMA peak is measured wherever the f32 GEMM has an FMA kernel (x86-64 with AVX2 + FMA)
+        assert!(efficiency.is_none_or(|e| e > 0.0), "{gemm:#}");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            assert!(efficiency.is_some(), "{gemm:#}");
+        }
+        let shapes = gemm["shapes"].as_array().unwrap();
+        let shape_flops: f64 = shapes.iter().map(|s| s["gflop"].as_f64().unwrap()).sum();
+        assert!((shape_flops - gflop).abs() < 1e-9 * gflop, "{gemm:#}");
+        // the LM head's forward: x (8 × 768, rows contiguous) times wteᵀ (a transposed view)
+        assert!(
+            shapes
+                .iter()
+                .any(|s| s["shape"].as_str().unwrap().starts_with("8x50257x768 NT ")),
+            "{gemm:#}"
+        );
+        assert!(shown.contains("its GEMMs (metered over 2 more steps"), "{shown}");
     }
     // a context past the model's 1024 positions is refused, naming it
     let out = kiln(&[

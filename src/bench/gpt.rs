@@ -20,6 +20,16 @@
 //!   default: batch 16 × 1024 on a GPU, 2 × 256 elsewhere (`--gpt-batch 4 --gpt-context 512`
 //!   for the larger CPU shape).
 //!
+//! On the CPU the benchmark then runs [`METERED_STEPS`] more steps with the GEMM meter on
+//! (`backend::cpu::gemm::meter_start`; untimed for the figures above, so the timed steps carry no
+//! metering) and reports the matmul share of the step ([`GemmShare`]): the FLOPs of the step's
+//! GEMMs, their core time (the wall time of each GEMM call on its thread plus the time its slabs
+//! ran on other threads: the cores it held), that time's share of the step's (its wall time × the
+//! threads), and the GEMMs' rate per core over the machine's FMA peak per core, measured by a loop
+//! of independent FMAs on every thread (`gemm::fma_peak`): **GEMM efficiency = GEMM FLOPs / GEMM
+//! core seconds / (FMA peak / threads)**. Beside it, the step's MFU against that FMA peak, and the
+//! same figures per GEMM shape (A and B as N = rows contiguous, T = a transposed view).
+//!
 //! The dtype is f32 on the CPU and Emu, bf16 mixed precision (f32 master weights and AdamW state,
 //! as nanoGPT and llm.c train it) on a GPU; `kiln bench --gpt-dtype f32|bf16` overrides it.
 
@@ -46,6 +56,58 @@ pub struct GptResult {
     pub gflops: f64,
     /// Achieved over the matmul ceiling, in percent (None where no ceiling was measured).
     pub mfu_pct: Option<f64>,
+    /// The matmul share of the step, on the CPU (module header).
+    pub gemm: Option<GemmShare>,
+}
+
+/// Steps run with the GEMM meter on, after the timed ones.
+pub const METERED_STEPS: usize = 2;
+
+/// The step's GEMMs (module header): their work, their core time and its share of the step's, and
+/// their efficiency against the FMA peak; figures are per step (the mean of [`METERED_STEPS`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GemmShare {
+    /// The machine's f32 FMA peak over all threads, in GFLOP/s (None without an FMA kernel).
+    pub fma_peak_gflops: Option<f64>,
+    /// Threads the step ran on (rayon's pool).
+    pub threads: usize,
+    /// Wall time of a metered step, in ms (the meter's own cost included).
+    pub step_ms: f64,
+    pub calls: f64,
+    /// GFLOP of the GEMMs (2·m·n·k per call).
+    pub gflop: f64,
+    /// Core time of the GEMMs, in ms.
+    pub core_ms: f64,
+    /// `core_ms` over the step's core time (`step_ms` × `threads`), in percent.
+    pub share_pct: f64,
+    /// GFLOP/s per core while in a GEMM: `gflop` / `core_ms`.
+    pub gflops_per_core: f64,
+    /// `gflops_per_core` over the FMA peak per core, in percent.
+    pub efficiency_pct: Option<f64>,
+    /// The GEMMs' thread CPU time, in ms (`backend::cpu::gemm::GemmRecord::cpu_s`).
+    pub cpu_ms: f64,
+    /// `efficiency_pct` on thread CPU time: closer to the products' own cost where other processes
+    /// share the cores.
+    pub efficiency_cpu_pct: Option<f64>,
+    /// The step's model FLOPs per second (the timed median) over the FMA peak, in percent.
+    pub mfu_fma_pct: Option<f64>,
+    /// The same per GEMM shape, the largest core time first.
+    pub shapes: Vec<GemmShapeShare>,
+}
+
+/// One GEMM shape's part of [`GemmShare`], per step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GemmShapeShare {
+    /// `MxNxK AB kernel`, e.g. `512x50257x768 NT avx512::Zmm<f32>` (A as is, B transposed).
+    pub shape: String,
+    pub calls: f64,
+    pub gflop: f64,
+    pub core_ms: f64,
+    /// This shape's share of the step's core time, in percent.
+    pub share_pct: f64,
+    pub efficiency_pct: Option<f64>,
+    /// The efficiency on thread CPU time (see [`GemmShare::efficiency_cpu_pct`]).
+    pub efficiency_cpu_pct: Option<f64>,
 }
 
 /// The model the training-step benchmark trains.
@@ -186,6 +248,10 @@ pub fn bench_gpt(
     let tokens_per_s = (b * t) as f64 / stats.median_s;
     let per_token = flops_per_token(&cfg, gpt.num_params(), t);
     let flops = per_token * tokens_per_s;
+    let gemm = match dev {
+        Device::Cpu => Some(gemm_share(&mut step, flops)?),
+        _ => None,
+    };
     Ok(GptResult {
         model,
         params: gpt.num_params(),
@@ -198,6 +264,58 @@ pub fn bench_gpt(
         tflops: flops / 1e12,
         gflops: flops / 1e9,
         mfu_pct: roofline.peak_flops(dtype).map(|p| 100.0 * flops / p),
+        gemm,
+    })
+}
+
+/// Runs [`METERED_STEPS`] steps with the GEMM meter on and measures the FMA peak; `flops` is the
+/// step's model FLOP rate, for its MFU against that peak.
+fn gemm_share(step: &mut impl FnMut(usize) -> Result<()>, flops: f64) -> Result<GemmShare> {
+    use crate::backend::cpu::gemm;
+    let peak = gemm::fma_peak(0.2);
+    let threads = rayon::current_num_threads();
+    gemm::meter_start();
+    let start = std::time::Instant::now();
+    let ran = (0..METERED_STEPS).try_for_each(&mut *step);
+    let wall = start.elapsed().as_secs_f64();
+    let records = gemm::meter_stop();
+    ran?;
+    let per_step = 1.0 / METERED_STEPS as f64;
+    let step_core_s = wall * threads as f64;
+    let peak_per_core = peak.map(|p| p / threads as f64);
+    let efficiency = |flops: f64, core_s: f64| peak_per_core.map(|p| 100.0 * flops / core_s.max(1e-12) / p);
+    let shapes = records
+        .iter()
+        .map(|r| {
+            let s = r.shape;
+            GemmShapeShare {
+                shape: format!("{}x{}x{} {}{} {}", s.m, s.n, s.k, s.a.letter(), s.b.letter(), s.kernel),
+                calls: r.calls as f64 * per_step,
+                gflop: r.flops * per_step / 1e9,
+                core_ms: r.core_s * per_step * 1e3,
+                share_pct: 100.0 * r.core_s / step_core_s,
+                efficiency_pct: efficiency(r.flops, r.core_s),
+                efficiency_cpu_pct: efficiency(r.flops, r.cpu_s),
+            }
+        })
+        .collect();
+    let (calls, gemm_flops, core_s, cpu_s) = records.iter().fold((0.0, 0.0, 0.0, 0.0), |(c, f, s, u), r| {
+        (c + r.calls as f64, f + r.flops, s + r.core_s, u + r.cpu_s)
+    });
+    Ok(GemmShare {
+        fma_peak_gflops: peak.map(|p| p / 1e9),
+        threads,
+        step_ms: wall * per_step * 1e3,
+        calls: calls * per_step,
+        gflop: gemm_flops * per_step / 1e9,
+        core_ms: core_s * per_step * 1e3,
+        share_pct: 100.0 * core_s / step_core_s,
+        gflops_per_core: gemm_flops / core_s.max(1e-12) / 1e9,
+        efficiency_pct: efficiency(gemm_flops, core_s),
+        cpu_ms: cpu_s * per_step * 1e3,
+        efficiency_cpu_pct: efficiency(gemm_flops, cpu_s),
+        mfu_fma_pct: peak.map(|p| 100.0 * flops / p),
+        shapes,
     })
 }
 

@@ -109,6 +109,51 @@ pub fn table(r: &Report) -> String {
             opt(g.mfu_pct, 1),
             g.dtype
         );
+        if let Some(m) = &g.gemm {
+            let _ = writeln!(
+                s,
+                "  its GEMMs (metered over {} more steps of {:.1} ms): {:.0} calls, {:.1} GFLOP per step, {:.1} ms of \
+                 core time per step = {:.1}% of the step's ({} threads); {:.1} GFLOP/s per core = {}% of the FMA peak \
+                 ({} GFLOP/s on {} threads, measured; {}% on the GEMMs' thread CPU time); the step's MFU \
+                 against that peak {}%",
+                super::gpt::METERED_STEPS,
+                m.step_ms,
+                m.calls,
+                m.gflop,
+                m.core_ms,
+                m.share_pct,
+                m.threads,
+                m.gflops_per_core,
+                opt(m.efficiency_pct, 1),
+                opt(m.fma_peak_gflops, 1),
+                m.threads,
+                opt(m.efficiency_cpu_pct, 1),
+                opt(m.mfu_fma_pct, 1)
+            );
+            let _ = writeln!(s, "  GEMM shape (MxNxK, A B: N rows contiguous, T transposed; kernel): calls, GFLOP, core ms, % of the step, % of the FMA peak (on thread CPU time)");
+            let (shown, rest): (Vec<_>, Vec<_>) = m.shapes.iter().partition(|r| r.share_pct >= 0.5);
+            for r in shown {
+                let _ = writeln!(
+                    s,
+                    "    {}: {:.0}, {:.2}, {:.1}, {:.1}%, {}% ({}%)",
+                    r.shape,
+                    r.calls,
+                    r.gflop,
+                    r.core_ms,
+                    r.share_pct,
+                    opt(r.efficiency_pct, 1),
+                    opt(r.efficiency_cpu_pct, 1)
+                );
+            }
+            if !rest.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "    {} more shapes under 0.5% of the step each: {:.1} ms of core time in all (the JSON lists them)",
+                    rest.len(),
+                    rest.iter().map(|r| r.core_ms).sum::<f64>()
+                );
+            }
+        }
     }
     if let Some(why) = &r.gpt_skipped {
         let _ = writeln!(s, "GPT training step skipped: {why}");

@@ -111,6 +111,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/gemm/amx_bf16.rs",
     "src/backend/cpu/gemm/driver.rs",
     "src/backend/cpu/gemm/matrix.rs",
+    "src/backend/cpu/gemm/meter.rs",
     "src/backend/cpu/gemm/mod.rs",
     "src/backend/cpu/gemm/pack.rs",
     "src/backend/cpu/gemm/portable.rs",

@@ -305,3 +305,14 @@ fn lane_sum(v: __m256) -> f32 {
     let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
     _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
 }
+
+/// [`simd::fma_loop`] on ymm vectors.
+///
+/// # Safety
+///
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn fma_loop(iters: usize, x: f32) -> f32 {
+    // SAFETY: AVX2 and FMA are enabled here and supported (caller's contract).
+    unsafe { simd::fma_loop::<Ymm<f32>>(iters, x) }
+}

@@ -286,3 +286,14 @@ impl Widen for Zmm<f32> {
         _mm512_reduce_add_ps(v)
     }
 }
+
+/// [`simd::fma_loop`] on zmm vectors.
+///
+/// # Safety
+///
+/// The CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn fma_loop(iters: usize, x: f32) -> f32 {
+    // SAFETY: AVX-512F is enabled here and supported (caller's contract).
+    unsafe { simd::fma_loop::<Zmm<f32>>(iters, x) }
+}

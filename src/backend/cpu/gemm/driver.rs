@@ -4,6 +4,7 @@
 use super::kernel::Kernel;
 use super::matrix::Element;
 use super::matrix::{Epilogue, Problem};
+use super::meter::{self, Call};
 use super::pack::with_pack_buffer;
 use rayon::prelude::*;
 
@@ -22,6 +23,32 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
     if k == 0 || ep.alpha == K::T::ZERO {
         return problem.scale_c();
     }
+    let call = Call::start(|| {
+        let kernel = std::any::type_name::<K>();
+        let kernel = kernel.split_once("gemm::").map_or(kernel, |(_, name)| name);
+        let (a, b) = (problem.a, problem.b);
+        meter::shape(kernel, [m, n, k], (a.rs, a.cs), (b.rs, b.cs))
+    });
+    split::<K>(problem, call.as_ref());
+    if let Some(call) = call {
+        call.finish();
+    }
+}
+
+/// [`run`]'s product (m, n, k > 0, alpha not 0) on as many threads as its size warrants, each
+/// slab through `call` when metered.
+fn split<K: Kernel>(problem: Problem<K::T, K::In>, call: Option<&Call>) {
+    let k = problem.k;
+    let run_slab = |part: Problem<K::T, K::In>| {
+        // SAFETY: `run` validated the problem with m, n, k > 0; each slab is a disjoint part of
+        // C used by this thread only, and `sgemm`/`dgemm`/`bgemm` only pick a kernel the CPU
+        // supports.
+        let go = || unsafe { gemm_serial::<K>(part) };
+        match call {
+            Some(call) => call.slab(go),
+            None => go(),
+        }
+    };
     // The kernels store vectors along C's rows: make them C's unit-stride direction.
     let problem = if problem.c.cs != 1 && problem.c.rs == 1 {
         problem.transposed()
@@ -33,9 +60,7 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let threads = rayon::current_num_threads().min(flops / PAR_FLOPS_PER_THREAD).max(1);
     if threads == 1 {
-        // SAFETY: the problem was validated, m, n, k > 0, this thread is the only user of C,
-        // and `sgemm`/`dgemm` only pick a kernel the CPU supports.
-        return unsafe { gemm_serial::<K>(problem) };
+        return run_slab(problem);
     }
     // Cut C into `threads` slabs of whole tiles, along the dimension whose slowest slab costs
     // least: its tiles (MR·k multiply-add steps of NR lanes each) plus the elements it packs (A
@@ -54,13 +79,13 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
     };
     if cost(m, cols) <= cost(rows, n) {
         (0..n).into_par_iter().step_by(cols).for_each(|j| {
-            // SAFETY: as for the serial call; each thread gets disjoint columns of C.
-            unsafe { gemm_serial::<K>(problem.cols(j..n.min(j + cols))) }
+            // SAFETY: j..min(n, j + cols) is a non-empty range of columns inside 0..n.
+            run_slab(unsafe { problem.cols(j..n.min(j + cols)) })
         });
     } else {
         (0..m).into_par_iter().step_by(rows).for_each(|i| {
-            // SAFETY: as for the serial call; each thread gets disjoint rows of C.
-            unsafe { gemm_serial::<K>(problem.rows(i..m.min(i + rows))) }
+            // SAFETY: i..min(m, i + rows) is a non-empty range of rows inside 0..m.
+            run_slab(unsafe { problem.rows(i..m.min(i + rows)) })
         });
     }
 }

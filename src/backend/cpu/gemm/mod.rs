@@ -25,7 +25,11 @@
 //! is run as 2×200, not 256 + 144) so the last block is not a sliver. Packing a row-major A
 //! or a column-major B is a transpose; the SIMD paths do it in LANES×LANES register blocks
 //! (AVX-512: 16×16 f32, 8×8 f64; AVX2: 8×8, 4×4), since element-by-element packing of a
-//! row-major A alone cost ~12% of the run time. Packing buffers are 64-byte aligned and
+//! row-major A alone cost ~12% of the run time. Packing a column-major A (`dYᵀ` in a Linear's
+//! `dW = dYᵀ·X`) or a row-major B (`W` in `dX = dY·W`, `X` in `dW`) is a copy of MR or NR
+//! contiguous elements per step of k; the SIMD paths copy them with vector loads and stores
+//! (masked at a line's end) rather than a `memcpy` call per 48 or 128 bytes, whose call cost as
+//! much as the copy (~3% of such a product's samples). Packing buffers are 64-byte aligned and
 //! cached per thread.
 //!
 //! # SIMD micro-kernels (AVX-512F, AVX2 + FMA)
@@ -109,6 +113,15 @@
 //! [`sgemm_streamed`] (`streamed.rs`), which reads B once, in place, and also takes a bf16 B,
 //! widened in registers.
 //!
+//! # Metering (`meter.rs`)
+//!
+//! [`meter_start`] and [`meter_stop`] count the packed products (everything through the driver,
+//! not the streamed path) per shape: calls, `2·m·n·k` FLOPs, core time (wall time on the calling
+//! thread plus the time its slabs ran on other threads) and thread CPU time. Off, the meter costs a
+//! relaxed atomic load per call. `kiln bench --kernels gpt` meters two extra training steps with it
+//! and holds the GEMMs against [`fma_peak`], a loop of independent FMAs on every thread
+//! (docs/perf.md, `kiln bench`).
+//!
 //! # Threads
 //!
 //! Products of at least `driver::PAR_FLOPS_PER_THREAD` flops per thread run on rayon's global pool:
@@ -135,6 +148,7 @@ mod avx512bf16;
 mod driver;
 mod kernel;
 mod matrix;
+mod meter;
 mod pack;
 mod portable;
 mod streamed;
@@ -145,6 +159,7 @@ use driver::run;
 use half::bf16;
 use matrix::Problem;
 pub use matrix::{Format, Streamed};
+pub use meter::{meter_start, meter_stop, GemmRecord, GemmShape, Order};
 use portable::Portable;
 use std::mem::MaybeUninit;
 pub(crate) use streamed::{
@@ -467,4 +482,43 @@ pub fn has_bf16_dot() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// The f32 FMA peak of this machine in FLOP/s, measured: every thread of rayon's pool runs a loop
+/// of independent fused multiply-adds on the f32 kernel's vectors (AVX-512F, else AVX2 + FMA) for
+/// about `seconds`, in rounds of 2¹⁶ iterations; the result is the sum of the threads' rates (each
+/// thread's flops over its own time, the best of its rounds). None where the f32 GEMM has no FMA
+/// kernel (the portable one). A GEMM can at best reach it; `kiln bench` holds the GEMMs of a
+/// training step against it.
+pub fn fma_peak(seconds: f64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        type Loop = unsafe fn(usize, f32) -> f32;
+        let (fma_loop, lanes): (Loop, usize) = if std::arch::is_x86_feature_detected!("avx512f") {
+            (avx512::fma_loop, 16)
+        } else if avx2_fma() {
+            (avx2::fma_loop, 8)
+        } else {
+            return None;
+        };
+        const ITERS: usize = 1 << 16;
+        let flops = (ITERS * simd::FMA_CHAINS * lanes * 2) as f64;
+        let rates = rayon::broadcast(|_| {
+            let start = std::time::Instant::now();
+            let mut best = 0f64;
+            while best <= 0.0 || start.elapsed().as_secs_f64() < seconds {
+                let round = std::time::Instant::now();
+                // SAFETY: the instruction set was detected above.
+                std::hint::black_box(unsafe { fma_loop(ITERS, std::hint::black_box(1e-3)) });
+                best = best.max(flops / round.elapsed().as_secs_f64().max(1e-9));
+            }
+            best
+        });
+        Some(rates.iter().sum())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = seconds;
+        None
+    }
 }

@@ -68,6 +68,12 @@ pub(super) unsafe fn pack_a<K: Kernel<In = V::E>, V: Vector>(
         // SAFETY: rows 0..mr of `a` hold kc contiguous elements (cs == 1), dst holds kc
         // rows of MR, and the caller checked the instruction set.
         unsafe { transpose_rows::<V>(a.ptr, a.rs, mr, kc, dst.as_mut_ptr(), K::MR) }
+    } else if a.rs == 1 {
+        // Column-major A (a transposed operand: dYᵀ in a Linear's dW = dYᵀ·X): each step's mr
+        // values are contiguous.
+        // SAFETY: columns 0..kc of `a` hold mr contiguous elements (rs == 1), dst holds kc rows
+        // of MR, and the caller checked the instruction set.
+        unsafe { copy_lines::<V>(a.ptr, a.cs, mr, kc, dst.as_mut_ptr(), K::MR) }
     } else {
         // SAFETY: forwarded contract.
         unsafe { super::pack::pack_a::<K>(mr, kc, a, dst) }
@@ -87,17 +93,71 @@ pub(super) unsafe fn pack_b<K: Kernel<In = V::E>, V: Vector>(
     b: MatRef<K::In>,
     dst: &mut [K::In],
 ) {
-    if b.rs != 1 || b.cs == 1 {
+    if b.cs != 1 && b.rs != 1 {
         // SAFETY: forwarded contract.
         return unsafe { super::pack::pack_b::<K>(kc, nc, b, dst) };
     }
     for (j0, panel) in (0..nc).step_by(K::NR).zip(dst.chunks_exact_mut(kc * K::NR)) {
         let nr = K::NR.min(nc - j0);
-        // SAFETY: columns j0..j0 + nr hold kc contiguous elements (rs == 1), the panel
-        // holds kc rows of NR, and the caller checked the instruction set.
+        // SAFETY: (0, j0) is an element of `b`; with cs == 1 rows 0..kc hold nr contiguous
+        // elements from column j0, with rs == 1 columns j0..j0 + nr hold kc contiguous elements;
+        // the panel holds kc rows of NR, and the caller checked the instruction set.
         unsafe {
             let src = b.at(0, j0).ptr;
-            transpose_rows::<V>(src, b.cs, nr, kc, panel.as_mut_ptr(), K::NR);
+            if b.cs == 1 {
+                // row-major B (W in a Linear's dX = dY·W, X in dW = dYᵀ·X): a copy
+                copy_lines::<V>(src, b.rs, nr, kc, panel.as_mut_ptr(), K::NR);
+            } else {
+                // column-major B (Wᵀ in a Linear's forward x·Wᵀ): a transpose
+                transpose_rows::<V>(src, b.cs, nr, kc, panel.as_mut_ptr(), K::NR);
+            }
+        }
+    }
+}
+
+/// Copies `len` lines of `lanes` contiguous elements, starting `src_stride` apart at `src`, to
+/// the contiguous `len×width` matrix at `dst` (`width >= lanes`), zero-padding each line from
+/// `lanes` to `width`: `dst[p·width + r] = src[p·src_stride + r]` for `r < lanes`. By vectors,
+/// masked where a line's valid elements end; a store runs whole past the end of its line
+/// (into lines written after it) wherever it stays inside `dst`. This replaces a `memcpy` call
+/// per line (48 bytes of a column-major A, 128 of a row-major B for the f32 AVX-512 kernel),
+/// whose call cost about as much as the copy.
+///
+/// # Safety
+///
+/// The CPU supports `V`'s instruction set; each source line is readable for `lanes` elements,
+/// and `dst` is writable for `len·width` elements.
+#[inline(always)]
+unsafe fn copy_lines<V: Vector>(
+    src: *const V::E,
+    src_stride: usize,
+    lanes: usize,
+    len: usize,
+    dst: *mut V::E,
+    width: usize,
+) {
+    let end = len * width;
+    for p in 0..len {
+        let line = src.wrapping_add(p * src_stride);
+        for off in (0..width).step_by(V::LANES) {
+            let read = lanes.saturating_sub(off).min(V::LANES);
+            let at = p * width + off;
+            // SAFETY: the instruction set is supported; a full load reads elements off..off +
+            // LANES <= lanes of the line, a partial one only its first `read` (masked); a full
+            // store writes dst[at..at + LANES] inside dst[..end], a partial one dst[at..at +
+            // width - off], the rest of this line.
+            unsafe {
+                let v = match read {
+                    0 => V::zero(),
+                    r if r == V::LANES => V::load(line.add(off)),
+                    r => V::load_first(line.add(off), r),
+                };
+                if at + V::LANES <= end {
+                    V::store(dst.add(at), v);
+                } else {
+                    V::store_first(dst.add(at), v, (width - off).min(V::LANES));
+                }
+            }
         }
     }
 }
@@ -385,4 +445,41 @@ pub(super) unsafe fn padded<W: Streamed>(p: *const W, lanes: usize) -> [W; 16] {
     // SAFETY: p is valid for `lanes` reads (caller's contract), part for 16 writes.
     unsafe { std::ptr::copy_nonoverlapping(p, part.as_mut_ptr(), lanes.min(16)) };
     part
+}
+
+/// Independent FMA chains in [`fma_loop`]: enough to cover two FMA units through their latency
+/// (2 × 4 cycles on current x86 cores) twice over.
+pub(super) const FMA_CHAINS: usize = 16;
+
+/// `iters` rounds of [`FMA_CHAINS`] independent `acc = x·x + acc` on `V`'s f32 vectors, nothing
+/// else in the loop but its counter: the FMA units' peak rate (`gemm::fma_peak`). Returns the
+/// accumulators' sum, so that the loop is not optimised away (each chain starts from another
+/// value, so no two can be merged).
+///
+/// # Safety
+///
+/// The CPU supports `V`'s instruction set.
+#[inline(always)]
+pub(super) unsafe fn fma_loop<V: Vector<E = f32>>(iters: usize, x: f32) -> f32 {
+    // SAFETY: the instruction set is supported (caller's contract); the stores write a local
+    // array of LANES elements.
+    unsafe {
+        let x = V::splat(x);
+        let mut acc = [V::zero(); FMA_CHAINS];
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = V::splat(i as f32);
+        }
+        for _ in 0..iters {
+            for acc in acc.iter_mut() {
+                *acc = V::fmadd(x, x, *acc);
+            }
+        }
+        let mut lanes = [0f32; 16];
+        let mut sum = 0.0;
+        for acc in acc {
+            V::store(lanes.as_mut_ptr(), acc);
+            sum += lanes[0];
+        }
+        sum
+    }
 }

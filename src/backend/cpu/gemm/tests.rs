@@ -1145,3 +1145,69 @@ fn bf16_dot_streamed_matches_f64() {
         assert_eq!(bits(&c), vec![0, 0], "k {k}, alpha {alpha}");
     }
 }
+
+/// The meter records each shape's calls, FLOPs (2·m·n·k a call) and a core time between the
+/// calling thread's wall time and that times the pool's threads, with A's and B's layouts; off, it
+/// records nothing. Other tests' products may be recorded meanwhile (the meter is global), so this
+/// looks only at its own, odd shapes.
+#[test]
+fn the_meter_counts_each_shape_its_calls_flops_and_core_time() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    // (m, n, k): serial (2·37·41·43 flops), and split over the 2 threads
+    let (small, big) = ((37, 41, 43), (301, 299, 97));
+    let product = |(m, n, k): (usize, usize, usize)| {
+        let a = vec![1f32; m * k];
+        let b = vec![1f32; k * n];
+        let mut c = vec![0f32; m * n];
+        // A row-major, B column-major (a transposed view): "NT"
+        sgemm(
+            m, n, k, 1.0, &a, k as isize, 1, &b, 1, k as isize, 0.0, &mut c, n as isize, 1,
+        );
+        assert!(c.iter().all(|&x| x == k as f32));
+    };
+    product(small); // meter off: not recorded
+    meter_start();
+    let start = std::time::Instant::now();
+    pool.install(|| {
+        (0..3).for_each(|_| product(small));
+        product(big);
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let records = meter_stop();
+    product(small); // off again
+    let find = |(m, n, k): (usize, usize, usize)| {
+        let found: Vec<&GemmRecord> = records
+            .iter()
+            .filter(|r| (r.shape.m, r.shape.n, r.shape.k) == (m, n, k))
+            .collect();
+        assert_eq!(found.len(), 1, "{m}x{n}x{k}: {records:?}");
+        found[0]
+    };
+    for (shape, calls) in [(small, 3), (big, 1)] {
+        let r = find(shape);
+        let (m, n, k) = shape;
+        assert_eq!(r.calls, calls, "{r:?}");
+        assert_eq!(r.flops, (calls as usize * 2 * m * n * k) as f64, "{r:?}");
+        assert_eq!((r.shape.a, r.shape.b), (Order::Row, Order::Col), "{r:?}");
+        assert!(r.core_s > 0.0 && r.core_s <= 2.0 * wall, "{r:?} in {wall} s");
+    }
+    assert!(meter_stop().is_empty(), "stopped, the meter holds nothing");
+}
+
+/// The FMA loop computes what it says (each of its 16 chains i + iters·x², summed), and the peak
+/// it measures is a positive rate.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn the_fma_loop_sums_its_chains_and_the_peak_is_measured() {
+    let want = (0..16).map(|i| i as f32 + 10.0 * 0.25).sum::<f32>();
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected.
+        assert_eq!(unsafe { avx512::fma_loop(10, 0.5) }, want);
+    }
+    if avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected.
+        assert_eq!(unsafe { avx2::fma_loop(10, 0.5) }, want);
+        let peak = fma_peak(0.01).expect("an FMA kernel");
+        assert!(peak.is_finite() && peak > 1e9, "{peak} FLOP/s");
+    }
+}
