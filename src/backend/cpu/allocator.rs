@@ -5,8 +5,11 @@
 /// the same few hundred activation buffers every step; by default glibc returns large freed
 /// blocks to the kernel, so every step faults their pages in again and zeroes them (measured
 /// on the GPT step: 470k page faults in 33 steps, about a quarter of its CPU time). Called
-/// by the training loop; idempotent. The cost: the process keeps its peak heap.
+/// by the training loop; idempotent. The cost: the process keeps its peak heap. Buffers above
+/// glibc's largest mmap threshold (32 MiB), which it would unmap anyway, are kept by the CPU
+/// backend's buffer pool from then on (`pool::retain_large`: at most 8 of them, 2 GiB in all).
 pub fn retain_freed_memory() {
+    super::pool::retain_large();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();

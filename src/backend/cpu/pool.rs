@@ -6,7 +6,14 @@
 //!
 //! Bounded: at most [`MAX_BUFFERS`] buffers of at most [`MAX_BUFFER_BYTES`] each and
 //! [`MAX_POOLED_BYTES`] in all; to make room the oldest buffer is freed, so sizes that stop being
-//! used (a prompt's) age out. Numerics cannot change: a taken buffer has length 0 and its op
+//! used (a prompt's) age out. Buffers of at least [`LARGE_BUFFER_BYTES`] are kept only once
+//! [`retain_large`] has been called (by [`super::retain_freed_memory`], which training and
+//! sampling call), in a list of their own (at most [`MAX_LARGE_BUFFERS`],
+//! [`MAX_LARGE_POOLED_BYTES`] in all) so that the hundreds of small buffers a training step frees
+//! do not push them out: from glibc's largest mmap threshold (32 MiB) the allocator unmaps a freed
+//! block at once, whatever `retain_freed_memory` asked of it, and a step that allocates it again (GPT-2's logits and
+//! their gradient, 103 MB each at batch 2 × 256; its token table's gradient, 154 MB) faults in and
+//! zeroes every page anew, inside the GEMM that writes it. Numerics cannot change: a taken buffer has length 0 and its op
 //! writes every element it uses before reading it, exactly as with a fresh one. Thread-safe (one
 //! mutex, held for a scan of at most [`MAX_BUFFERS`] entries; ops take and give on the thread
 //! that runs them, not in their parallel loops).
@@ -14,6 +21,7 @@
 use super::{with_cpu_storage, CpuStorage};
 use crate::tensor::dtype::WithDType;
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// The most buffers the pool holds (a decode step frees fewer between two takes of one size).
@@ -22,21 +30,51 @@ pub const MAX_BUFFERS: usize = 64;
 pub const MAX_BUFFER_BYTES: usize = 4 << 20;
 /// The most bytes the pool holds in all.
 pub const MAX_POOLED_BYTES: usize = 32 << 20;
+/// The smallest buffer the pool keeps once [`retain_large`] is called: glibc serves every smaller
+/// one from its heap, which [`super::retain_freed_memory`] keeps, and maps every larger one anew.
+pub const LARGE_BUFFER_BYTES: usize = 32 << 20;
+/// The most buffers of [`LARGE_BUFFER_BYTES`] or more the pool holds.
+pub const MAX_LARGE_BUFFERS: usize = 8;
+/// The most bytes those hold in all (a buffer larger than this alone is freed).
+pub const MAX_LARGE_POOLED_BYTES: usize = 2 << 30;
 
 /// Free buffers, oldest first, and their bytes.
-struct Pool {
+struct List {
     free: Vec<CpuStorage>,
     bytes: usize,
 }
 
+impl List {
+    const fn new() -> List {
+        List {
+            free: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// The small buffers' list and the large ones'.
+struct Pool {
+    small: List,
+    large: List,
+}
+
 static POOL: Mutex<Pool> = Mutex::new(Pool {
-    free: Vec::new(),
-    bytes: 0,
+    small: List::new(),
+    large: List::new(),
 });
 
+/// Whether buffers of [`LARGE_BUFFER_BYTES`] or more are kept.
+static RETAIN_LARGE: AtomicBool = AtomicBool::new(false);
+
 fn pool() -> MutexGuard<'static, Pool> {
-    // a panic while holding the lock leaves the list consistent (every update is one push or remove)
+    // a panic while holding the lock leaves the lists consistent (every update is one push or remove)
     POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// From now on, buffers of [`LARGE_BUFFER_BYTES`] or more are kept too (their own list and bounds).
+pub(crate) fn retain_large() {
+    RETAIN_LARGE.store(true, Ordering::Relaxed);
 }
 
 /// The bytes a storage's buffer occupies (its capacity, not its length).
@@ -46,33 +84,50 @@ fn capacity_bytes(s: &CpuStorage) -> usize {
 
 /// An empty vector with capacity exactly `n` from the pool, if it holds one of element type `T`.
 pub(crate) fn take<T: 'static>(n: usize) -> Option<Vec<T>> {
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    let large = bytes >= LARGE_BUFFER_BYTES;
+    if (large && !RETAIN_LARGE.load(Ordering::Relaxed)) || (!large && bytes > MAX_BUFFER_BYTES) {
+        return None;
+    }
     let mut pool = pool();
+    let list = if large { &mut pool.large } else { &mut pool.small };
     let fits = |s: &CpuStorage| with_cpu_storage!(s, v => v.capacity() == n && (v as &dyn Any).is::<Vec<T>>());
-    let i = pool.free.iter().rposition(fits)?;
-    let mut storage = pool.free.remove(i);
-    pool.bytes -= capacity_bytes(&storage);
+    let i = list.free.iter().rposition(fits)?;
+    let mut storage = list.free.remove(i);
+    list.bytes -= capacity_bytes(&storage);
     with_cpu_storage!(&mut storage, v => (v as &mut dyn Any).downcast_mut::<Vec<T>>().map(std::mem::take))
 }
 
-/// Takes `storage`'s buffer into the pool (leaving `storage` empty), unless it is empty or larger
-/// than [`MAX_BUFFER_BYTES`].
+/// Takes `storage`'s buffer into the pool (leaving `storage` empty), unless it is empty, between
+/// [`MAX_BUFFER_BYTES`] and [`LARGE_BUFFER_BYTES`], large before [`retain_large`], or larger than
+/// [`MAX_LARGE_POOLED_BYTES`].
 pub(crate) fn give(storage: &mut CpuStorage) {
     let bytes = capacity_bytes(storage);
-    if bytes == 0 || bytes > MAX_BUFFER_BYTES {
+    let large = bytes >= LARGE_BUFFER_BYTES;
+    let (max_buffers, max_bytes) = if large {
+        (MAX_LARGE_BUFFERS, MAX_LARGE_POOLED_BYTES)
+    } else {
+        (MAX_BUFFERS, MAX_POOLED_BYTES)
+    };
+    if bytes == 0 || bytes > max_bytes || (large && !RETAIN_LARGE.load(Ordering::Relaxed)) {
+        return;
+    }
+    if !large && bytes > MAX_BUFFER_BYTES {
         return;
     }
     let mut buffer = std::mem::replace(storage, CpuStorage::F32(Vec::new()));
     with_cpu_storage!(&mut buffer, v => v.clear());
     let mut pool = pool();
-    if pool.free.capacity() == 0 {
-        pool.free.reserve_exact(MAX_BUFFERS); // once: the list itself never reallocates
+    let list = if large { &mut pool.large } else { &mut pool.small };
+    if list.free.capacity() == 0 {
+        list.free.reserve_exact(max_buffers); // once: the list itself never reallocates
     }
-    while pool.free.len() == MAX_BUFFERS || pool.bytes + bytes > MAX_POOLED_BYTES {
-        let oldest = pool.free.remove(0);
-        pool.bytes -= capacity_bytes(&oldest);
+    while list.free.len() == max_buffers || list.bytes + bytes > max_bytes {
+        let oldest = list.free.remove(0);
+        list.bytes -= capacity_bytes(&oldest);
     }
-    pool.bytes += bytes;
-    pool.free.push(buffer);
+    list.bytes += bytes;
+    list.free.push(buffer);
 }
 
 /// Takes a kernel's temporary vector into the pool (see [`give`]). Only a `Storage` gives its
@@ -109,10 +164,28 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_over_the_limit_is_not_kept() {
-        let n = MAX_BUFFER_BYTES / 4 + 1;
+    fn a_large_buffer_is_kept_only_once_retained_and_small_ones_do_not_push_it_out() {
+        // a size no other test of the process gives (the pool is global; tests run in parallel)
+        let n = LARGE_BUFFER_BYTES / 4 + 12_345; // reserved, never touched
         let mut s = CpuStorage::F32(Vec::with_capacity(n));
+        if !RETAIN_LARGE.load(Ordering::Relaxed) {
+            give(&mut s);
+            assert!(take::<f32>(n).is_none(), "kept before retain_large");
+            s = CpuStorage::F32(Vec::with_capacity(n));
+        }
+        retain_large();
+        let ptr = super::super::typed::<f32>(&s).as_ptr();
         give(&mut s);
-        assert!(take::<f32>(n).is_none());
+        for i in 0..2 * MAX_BUFFERS {
+            give(&mut CpuStorage::F32(Vec::with_capacity(1000 + i)));
+        }
+        let v = take::<f32>(n).expect("kept after retain_large, past a list's worth of small buffers");
+        assert_eq!((v.capacity(), v.as_ptr()), (n, ptr));
+        let medium = MAX_BUFFER_BYTES / 4 + 1; // glibc's heap keeps these
+        give(&mut CpuStorage::F32(Vec::with_capacity(medium)));
+        assert!(take::<f32>(medium).is_none(), "between the two lists' sizes");
+        let too_large = MAX_LARGE_POOLED_BYTES / 4 + 1; // reserved, never touched
+        give(&mut CpuStorage::F32(Vec::with_capacity(too_large)));
+        assert!(take::<f32>(too_large).is_none(), "larger than the large list's bound");
     }
 }
