@@ -816,6 +816,26 @@ fn attention_sequence_lengths_and_head_dims() {
     }
 }
 
+/// qkv_attention from a combined projection `[B, T, 3·C]` (fused on the CPU; on CUDA/Emu composed
+/// of views and the attention kernels): the value and qkv's gradient on every device against the
+/// CPU's.
+#[test]
+fn qkv_attention_on_every_device() {
+    for &(b, nh, t, hs) in &[(2, 3, 17, 32), (1, 2, 65, 16)] {
+        for causal in [true, false] {
+            for dtype in [DType::F32, DType::BF16] {
+                check(
+                    &format!("qkv_attention (B, nh, T, hs) = ({b}, {nh}, {t}, {hs}) causal {causal}"),
+                    dtype,
+                    true,
+                    |dev| vec![input(&[b, t, 3 * nh * hs], View::Plain, dtype, 27, 1.0, 0.0, dev)],
+                    |x| x[0].qkv_attention(nh, causal),
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn grouped_query_attention_on_every_device() {
     // query heads sharing key/value heads (SmolLM2: 9 over 3), lengths around the tiles (32 streamed;

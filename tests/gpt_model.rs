@@ -281,6 +281,95 @@ fn attention_reference_equals_the_fused_op() {
     }
 }
 
+/// `qkv_attention` (the model's attention without a KV cache: one op from the `[B, T, 3C]`
+/// projection to the heads' outputs side by side, fused on the CPU) against the composition it
+/// replaces (reshape, permute, narrow, `scaled_dot_product_attention`, permute back), outputs and
+/// the gradient of qkv, causal and not, in f64, f32 and bf16. T covers one position, the CPU's
+/// 64-row query tile and a partial last tile (65, 130); odd head widths and head counts. The fused
+/// op reads the same heads with other strides and writes dq, dk and dv once instead of into zeros
+/// that are then added: the same arithmetic, so the results are equal to the bit.
+#[test]
+fn qkv_attention_equals_the_composed_ops() {
+    // (B, nh, T, hs)
+    let shapes = [
+        (1, 1, 1, 4),
+        (2, 3, 5, 8),
+        (2, 2, 65, 7),
+        (1, 2, 130, 16),
+        (3, 4, 64, 32),
+    ];
+    let composed = |qkv: &Tensor, nh: usize, causal: bool| {
+        let &[b, t, c3] = qkv.shape() else { panic!("rank 3") };
+        let hs = c3 / 3 / nh;
+        let x = qkv
+            .reshape(&[b, t, 3, nh, hs])
+            .unwrap()
+            .permute(&[2, 0, 3, 1, 4])
+            .unwrap();
+        let q = x.narrow(0, 0, 1).unwrap().reshape(&[b, nh, t, hs]).unwrap();
+        let k = x.narrow(0, 1, 1).unwrap().squeeze(0).unwrap();
+        let v = x.narrow(0, 2, 1).unwrap().squeeze(0).unwrap();
+        let y = q.scaled_dot_product_attention(&k, &v, causal).unwrap();
+        y.permute(&[0, 2, 1, 3]).unwrap().reshape(&[b, t, c3 / 3]).unwrap()
+    };
+    for dtype in [DType::F64, DType::F32, DType::BF16] {
+        for (i, &(b, nh, t, hs)) in shapes.iter().enumerate() {
+            for causal in [true, false] {
+                let mut rng = Rng::new(300 + i as u64);
+                let dev = Device::Cpu;
+                let qkv = Tensor::randn(&[b, t, 3 * nh * hs], DType::F32, &mut rng, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .requires_grad();
+                let w = Tensor::randn(&[b, t, nh * hs], DType::F32, &mut rng, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let what = format!("{dtype} (B, nh, T, hs) = {:?}, causal {causal}", shapes[i]);
+                let fused = qkv.qkv_attention(nh, causal).unwrap();
+                let reference = composed(&qkv, nh, causal);
+                let bits = |x: &Tensor| x.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+                assert_eq!(bits(&fused), bits(&reference), "{what}: outputs differ");
+                let grad_of = |y: &Tensor| {
+                    let g = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+                    g.get(&qkv).expect("a gradient for qkv").clone()
+                };
+                let (gf, gc) = (grad_of(&fused), grad_of(&reference));
+                assert_eq!(gf.shape(), qkv.shape());
+                assert_eq!(bits(&gf), bits(&gc), "{what}: gradients of qkv differ");
+                // the weighting reaches every part: q, k and v all get a gradient (but the first
+                // position's query under the mask, which sees one key: its softmax is constant)
+                let g = bits(&gf);
+                let c = nh * hs;
+                let part_nonzero = |p: usize| (0..b * t).any(|r| g[r * 3 * c + p * c..][..c].iter().any(|&x| x != 0.0));
+                if t > 1 {
+                    assert!((0..3).all(part_nonzero), "{what}: a part of qkv got no gradient");
+                }
+            }
+        }
+    }
+}
+
+/// Bad shapes and dtypes of `qkv_attention` are errors naming the op.
+#[test]
+fn qkv_attention_rejects_bad_input() {
+    let dev = Device::Cpu;
+    let f = |shape: &[usize], dtype: DType, nh: usize| {
+        let x = Tensor::zeros(shape, dtype, &dev).unwrap();
+        x.qkv_attention(nh, true).unwrap_err().to_string()
+    };
+    for err in [
+        f(&[2, 3, 10], DType::F32, 4),
+        f(&[2, 3, 12], DType::F32, 0),
+        f(&[3, 12], DType::F32, 2),
+        f(&[2, 0, 12], DType::F32, 2),
+        f(&[2, 3, 12], DType::U32, 2),
+    ] {
+        assert!(err.contains("qkv_attention"), "{err}");
+    }
+}
+
 #[test]
 fn kv_cache_refuses_to_overflow_the_block_and_stays_usable() {
     let cfg = small(true);

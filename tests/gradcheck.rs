@@ -362,6 +362,62 @@ fn linear_equals_the_unfused_ops() {
     close(x.linear_residual(&w, Some(&b), &r).unwrap(), z.add(&r).unwrap());
 }
 
+/// The fused pair the CPU's matmul epilogue computes is the two separate functions to the bit, in
+/// f32 and f64, over a sweep that crosses the saturated tails, zero and values whose cube overflows.
+#[test]
+fn gelu_and_derivative_are_the_separate_functions_to_the_bit() {
+    use kiln::backend::op::unary::{gelu_and_derivative, gelu_derivative};
+    use kiln::backend::op::UnaryOp;
+    let xs = (-4000..=4000).map(|i| i as f64 / 100.0).chain([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        1e15,
+        -1e15,
+        3e38,
+        -3e38,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ]);
+    for x in xs {
+        let (y, d) = gelu_and_derivative(x as f32);
+        assert_eq!(y.to_bits(), UnaryOp::Gelu.apply(x as f32).to_bits(), "gelu({x}) f32");
+        assert_eq!(d.to_bits(), gelu_derivative(x as f32).to_bits(), "gelu'({x}) f32");
+        let (y, d) = gelu_and_derivative(x);
+        assert_eq!(y.to_bits(), UnaryOp::Gelu.apply(x).to_bits(), "gelu({x}) f64");
+        assert_eq!(d.to_bits(), gelu_derivative(x).to_bits(), "gelu'({x}) f64");
+    }
+}
+
+/// On the CPU, `linear_gelu` keeps gelu'(z) for its backward instead of z (f32, f64): the input's
+/// gradient is still, to the bit, the one from `gelu_backward` of z.
+#[test]
+fn linear_gelu_backward_from_the_kept_derivative_is_gelu_backward_of_z() {
+    for dtype in [DType::F32, DType::F64] {
+        let mut rng = Rng::new(44);
+        let mut randn = |shape: &[usize]| Tensor::randn(shape, dtype, &mut rng, &DEV).unwrap();
+        let (x, w, b, wt) = (
+            randn(&[3, 7, 13]).requires_grad(),
+            randn(&[11, 13]),
+            randn(&[11]),
+            randn(&[3, 7, 11]),
+        );
+        let y = x.linear_gelu(&w, Some(&b)).unwrap();
+        let dx = y.mul(&wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = dx.get(&x).unwrap().to_vec::<f64>().unwrap();
+        let z = x.detach().linear(&w, Some(&b)).unwrap();
+        let want = wt
+            .gelu_backward(&z)
+            .unwrap()
+            .reshape(&[21, 11])
+            .unwrap()
+            .matmul(&w)
+            .unwrap();
+        assert_eq!(dx, want.to_vec::<f64>().unwrap(), "{dtype}");
+    }
+}
+
 #[test]
 fn reductions_over_dims() {
     type Reduce = fn(&Tensor, &[isize], bool) -> Result<Tensor>;
@@ -479,6 +535,22 @@ fn grouped_query_attention_all_inputs() {
                 &format!("attention q [{b}, {h}, {tq}, {d}] kv heads {hkv} tk {tk} causal {causal}"),
                 &[q, k, v],
                 |t| wsum(&t[0].scaled_dot_product_attention(&t[1], &t[2], causal)?),
+            );
+        }
+    }
+}
+
+/// Self-attention from a combined q/k/v projection `[B, T, 3·C]` (fused on the CPU): every
+/// element of qkv, queries, keys and values of every head, against finite differences.
+#[test]
+fn qkv_attention_of_a_combined_projection() {
+    // (B, nh, T, hs)
+    for (i, &(b, nh, t, hs)) in [(1, 1, 1, 2), (2, 2, 3, 3), (1, 3, 5, 2)].iter().enumerate() {
+        for causal in [false, true] {
+            gradcheck(
+                &format!("qkv_attention (B, nh, T, hs) = ({b}, {nh}, {t}, {hs}) causal {causal}"),
+                &[randn(&[b, t, 3 * nh * hs], 200 + i as u64)],
+                |x| wsum(&x[0].qkv_attention(nh, causal)?),
             );
         }
     }

@@ -424,6 +424,39 @@ impl Storage {
         }
     }
 
+    /// Self-attention read straight from a combined projection `qkv` `[B, T, 3·C]` (self, contiguous;
+    /// `heads` heads of `dims.d`, `dims.bh = B·heads`): returns y `[B, T, C]` and the log-sum-exp
+    /// `[B·heads, T]`. Fused on the CPU only: on CUDA/Emu the op composes it from
+    /// `attention_forward` and views, so this is an error there.
+    pub(crate) fn qkv_attention_forward(&self, dims: AttentionDims, heads: usize) -> Result<(Storage, Storage)> {
+        match self {
+            Storage::Cpu(x) => {
+                let (y, lse) = cpu::attention::qkv_attention_forward(x, dims, heads)?;
+                Ok((Storage::Cpu(y), Storage::Cpu(lse)))
+            }
+            Storage::Cuda(_) => Err(qkv_on_cuda()),
+        }
+    }
+
+    /// The backward of [`Storage::qkv_attention_forward`]: from qkv (self), the output `y`, its
+    /// gradient `dy` and the saved `lse`, the gradient of qkv `[B, T, 3·C]`. CPU only.
+    pub(crate) fn qkv_attention_backward(
+        &self,
+        y: &Storage,
+        dy: &Storage,
+        lse: &Storage,
+        dims: AttentionDims,
+        heads: usize,
+    ) -> Result<Storage> {
+        match (self, y, dy, lse) {
+            (Storage::Cpu(x), Storage::Cpu(y), Storage::Cpu(g), Storage::Cpu(l)) => Ok(Storage::Cpu(
+                cpu::attention::qkv_attention_backward(x, y, g, l, dims, heads)?,
+            )),
+            (Storage::Cuda(_), ..) => Err(qkv_on_cuda()),
+            (x, y, g, l) => Err(mismatch_any(OP_QKV_ATTENTION, x, &[y, g, l])),
+        }
+    }
+
     /// Contiguous `[outer, size, inner]` → `[outer, ids.len(), inner]`; `ids` are U32 on this
     /// device, each below `size` (checked by the caller).
     pub(crate) fn index_select(&self, outer: usize, size: usize, inner: usize, ids: &Storage) -> Result<Storage> {
@@ -505,6 +538,16 @@ fn with_cpu_rows<T>(x: &CpuStorage, layout: &Layout, f: impl FnOnce(&[f32]) -> R
 }
 
 const OP_ATTENTION: &str = "scaled_dot_product_attention";
+const OP_QKV_ATTENTION: &str = "qkv_attention";
+
+/// The fused qkv_attention asked of a CUDA/Emu storage, which the op never does (it composes).
+fn qkv_on_cuda() -> Error {
+    Error::invalid(
+        OP_QKV_ATTENTION,
+        "the fused form runs on the CPU only; on CUDA/Emu the op is composed of views and \
+         scaled_dot_product_attention",
+    )
+}
 
 /// Per-row mean and 1/√(var + eps) that layer_norm's forward saves for its backward, on the
 /// input's device: f64 on the CPU, the kernels' accumulation type (f32; f64 for f64) on CUDA/Emu.
@@ -525,6 +568,7 @@ impl<'a> Epilogue<'a, Storage> {
             gelu: self.gelu,
             residual: one(self.residual)?,
             keep_pre: self.keep_pre,
+            keep_gelu_derivative: self.keep_gelu_derivative,
         })
     }
 }

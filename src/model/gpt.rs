@@ -60,6 +60,13 @@ impl CausalSelfAttention {
             ));
         };
         let (nh, hs) = (self.n_head, c / self.n_head);
+        let drawn = rng.is_some() && self.dropout > 0.0;
+        if cache.is_none() && !drawn {
+            // training and full forwards: one op from the (B, T, 3C) projection to the heads'
+            // outputs side by side (B, T, C), fused on the CPU (no copies of q, k, v or y)
+            let y = self.c_attn.forward(x)?.qkv_attention(nh, true)?;
+            return project_residual(&self.c_proj, &y, residual, self.dropout, rng);
+        }
         // qkv is (B, T, 3C) = (B, T, 3, nh, hs); permuted (views, no copy) to (3, B, nh, T, hs)
         let qkv = self
             .c_attn

@@ -30,6 +30,72 @@ impl Tensor {
     }
 }
 
+/// The name of [`Tensor::qkv_attention`] in errors and in the graph.
+const OP_QKV: &str = "qkv_attention";
+
+impl Tensor {
+    /// Multi-head self-attention straight from a combined q/k/v projection: `self` is `[B, T, 3·C]`
+    /// (a GPT-2 `c_attn` output: each row the queries of the `n_head` heads side by side, then their
+    /// keys, then their values, every head C / n_head wide), and the result is `[B, T, C]`, the heads'
+    /// outputs side by side again: what reshaping to `[B, T, 3, nh, hs]`, permuting to
+    /// `[3, B, nh, T, hs]`, [`scaled_dot_product_attention`](Tensor::scaled_dot_product_attention)
+    /// of the three parts and permuting back computes.
+    ///
+    /// On the CPU it is one fused primitive each way, reading the heads in place: no copy of q, k or
+    /// v, no permuted copy of the output, and a backward that writes the gradient of `self` once,
+    /// where the composed form places dq, dk and dv into zeros of `self`'s shape and adds the three.
+    /// On CUDA/Emu it is the composed form (the same results: only copies and additions of zeros
+    /// differ).
+    pub fn qkv_attention(&self, n_head: usize, causal: bool) -> Result<Tensor> {
+        let &[b, t, c3] = self.shape() else {
+            return Err(Error::shape(
+                OP_QKV,
+                format!("expected qkv [B, T, 3·C] (rank 3), got {:?}", self.shape()),
+            ));
+        };
+        if n_head == 0 || !c3.is_multiple_of(3 * n_head) || t == 0 {
+            return Err(Error::shape(
+                OP_QKV,
+                format!(
+                    "qkv {:?} must be [B, T, 3·C] with T ≥ 1 and C a non-zero multiple of the {n_head} heads",
+                    self.shape()
+                ),
+            ));
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::not_float(OP_QKV, self.dtype()));
+        }
+        let (c, hs) = (c3 / 3, c3 / 3 / n_head);
+        if *self.device() != Device::Cpu {
+            // the composed form: views, the fused attention over dense copies, a copy back
+            let qkv = self.reshape(&[b, t, 3, n_head, hs])?.permute(&[2, 0, 3, 1, 4])?;
+            let q = qkv.narrow(0, 0, 1)?.reshape(&[b, n_head, t, hs])?;
+            let (k, v) = (qkv.narrow(0, 1, 1)?.squeeze(0)?, qkv.narrow(0, 2, 1)?.squeeze(0)?);
+            let y = q.scaled_dot_product_attention(&k, &v, causal)?;
+            return y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, c]);
+        }
+        let dims = AttentionDims {
+            bh: b * n_head,
+            tq: t,
+            tk: t,
+            d: hs,
+            causal,
+            group: 1,
+            kv_stride: t * hs,
+        };
+        let x = self.dense()?;
+        let (y, lse) = x.storage().qkv_attention_forward(dims, n_head)?;
+        let y = Tensor::from_parts(y, &[b, t, c]);
+        Ok(y.record(OP_QKV, &[&x], move |g, inputs, y| {
+            let (x, y, g) = (&inputs[0], y.dense()?, g.dense()?);
+            let dx = x
+                .storage()
+                .qkv_attention_backward(&y.storage(), &g.storage(), &lse, dims, n_head)?;
+            Ok(vec![Some(Tensor::from_parts(dx, x.shape()))])
+        }))
+    }
+}
+
 /// The fused forward alone, recording nothing: the output and the log-sum-exp of every query row
 /// `[B, H, Tq]` (`kiln bench` times the backward from these).
 #[cfg(feature = "bench")]

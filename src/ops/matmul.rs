@@ -7,7 +7,7 @@
 
 use crate::backend::op::{Epilogue, PerMatrix};
 use crate::tensor::layout::{broadcast_shapes, checked_numel, Dims, Layout};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 use smallvec::SmallVec;
 
 impl Tensor {
@@ -182,12 +182,16 @@ impl Tensor {
         let lw = w.layout().transpose(0, 1);
         let residual2 = residual.map(|r| as_matrix(r, n_out)).transpose()?;
         let (bs, rs) = (bias.map(|b| b.storage()), residual2.as_ref().map(|(r, _)| r.storage()));
-        // GELU's backward needs its input z: the same launch stores it (when a backward will run)
+        // GELU's backward needs its input z: the same launch stores it (when a backward will run);
+        // the CPU stores gelu'(z) instead in f32 and f64, from the GELU's own exponential, so the
+        // backward is one multiplication (in bf16/f16 the f32 derivative would be rounded, so z)
+        let derivative = *self.device() == Device::Cpu && matches!(self.dtype(), DType::F32 | DType::F64);
         let epi = Epilogue {
             bias: bs.as_deref().zip(bias.map(|b| b.layout())),
             gelu,
             residual: rs.as_deref().zip(residual2.as_ref().map(|(_, l)| l)),
             keep_pre: gelu && Tensor::records(&inputs),
+            keep_gelu_derivative: derivative,
         };
         let (y, z) = x2.storage().matmul_fused(&lx, &w.storage(), &lw, &epi)?;
         drop((bs, rs));
@@ -197,8 +201,9 @@ impl Tensor {
         Ok(out.record(op, &inputs, move |g, inputs, _| {
             // y = act(z) + r with z = x·wᵀ + b: dz = g·act'(z), dx = dz·w, dw = dzᵀ·x, db = Σ dz, dr = g
             let (x, w) = (&inputs[0], &inputs[1]);
-            // z is kept exactly when there is a GELU
+            // z (or gelu'(z)) is kept exactly when there is a GELU
             let dz = match &z {
+                Some(d) if derivative => g.mul(d)?,
                 Some(z) => g.gelu_backward(z)?,
                 None => g.clone(),
             };

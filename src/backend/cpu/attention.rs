@@ -33,7 +33,7 @@ use super::{alloc, lane_fold, lane_sum, pool, vectorised};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::AttentionDims;
-use crate::tensor::dtype::DType;
+use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};
 use half::bf16;
@@ -156,7 +156,7 @@ pub fn attention_backward(
             CpuStorage::F32(g),
             CpuStorage::F32(l),
         ) => {
-            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims);
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims)?;
             (CpuStorage::F32(dq), CpuStorage::F32(dk), CpuStorage::F32(dv))
         }
         (
@@ -167,12 +167,12 @@ pub fn attention_backward(
             CpuStorage::F64(g),
             CpuStorage::F64(l),
         ) => {
-            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims);
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims)?;
             (CpuStorage::F64(dq), CpuStorage::F64(dk), CpuStorage::F64(dv))
         }
         (_, _, _, _, _, CpuStorage::F32(l)) => {
             check_half(q, &[k, v, o, dout])?;
-            let (dq, dk, dv) = backward(&widen(q)?, &widen(k)?, &widen(v)?, &widen(o)?, &widen(dout)?, l, dims);
+            let (dq, dk, dv) = backward(&widen(q)?, &widen(k)?, &widen(v)?, &widen(o)?, &widen(dout)?, l, dims)?;
             let dt = q.dtype();
             (narrow(dq, dt)?, narrow(dk, dt)?, narrow(dv, dt)?)
         }
@@ -184,6 +184,151 @@ pub fn attention_backward(
             ))
         }
     })
+}
+
+/// Multi-head self-attention read straight from a combined projection (`qkv_attention`):
+/// `qkv` is contiguous `[B, T, 3·C]` with C = heads·d, row (b, t) holding the query of every head
+/// (head h at columns h·d..), then the keys (C + h·d..), then the values (2·C + h·d..), as a
+/// linear layer of 3·C outputs writes them; `dims` has `bh = B·heads`, `tq = tk = T`, group 1, and
+/// `heads` is the number of heads per batch entry.
+/// Returns y `[B, T, C]` (head h at columns h·d.., the layout the output projection reads) and the
+/// log-sum-exp `[B·heads, T]` (f64 for f64, f32 otherwise). The heads are read in place: no copy
+/// of q, k or v is made, and y is written once from each head's output tile.
+pub fn qkv_attention_forward(qkv: &CpuStorage, dims: AttentionDims, heads: usize) -> Result<(CpuStorage, CpuStorage)> {
+    Ok(match qkv {
+        CpuStorage::F32(x) => {
+            let (y, lse) = qkv_forward(x, dims, heads)?;
+            (CpuStorage::F32(y), CpuStorage::F32(lse))
+        }
+        CpuStorage::F64(x) => {
+            let (y, lse) = qkv_forward(x, dims, heads)?;
+            (CpuStorage::F64(y), CpuStorage::F64(lse))
+        }
+        _ => {
+            check_half(qkv, &[])?;
+            let x = widen(qkv)?;
+            let (y, lse) = qkv_forward(&x, dims, heads)?;
+            pool::give_vec(x);
+            (narrow(y, qkv.dtype())?, CpuStorage::F32(lse))
+        }
+    })
+}
+
+/// The backward of [`qkv_attention_forward`]: from `qkv`, the output `y` and its gradient `dy`
+/// (both contiguous `[B, T, C]`) and the saved `lse`, returns the gradient of `qkv`, `[B, T, 3·C]`
+/// in its layout, in qkv's dtype. Written once, from each head's dq, dk and dv: nothing is zeroed
+/// and added.
+pub fn qkv_attention_backward(
+    qkv: &CpuStorage,
+    y: &CpuStorage,
+    dy: &CpuStorage,
+    lse: &CpuStorage,
+    dims: AttentionDims,
+    heads: usize,
+) -> Result<CpuStorage> {
+    const OP: &str = "qkv_attention";
+    Ok(match (qkv, y, dy, lse) {
+        (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(g), CpuStorage::F32(l)) => {
+            CpuStorage::F32(qkv_backward(x, y, g, l, dims, heads)?)
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(g), CpuStorage::F64(l)) => {
+            CpuStorage::F64(qkv_backward(x, y, g, l, dims, heads)?)
+        }
+        (_, _, _, CpuStorage::F32(l)) => {
+            check_half(qkv, &[y, dy])?;
+            let (x, yw, g) = (widen(qkv)?, widen(y)?, widen(dy)?);
+            let dx = qkv_backward(&x, &yw, &g, l, dims, heads)?;
+            [x, yw, g].into_iter().for_each(pool::give_vec);
+            narrow(dx, qkv.dtype())?
+        }
+        _ => return Err(Error::dtype_mismatch(OP, qkv.dtype(), lse.dtype())),
+    })
+}
+
+/// The heads of `dims` in a `[B, T, 3·C]` projection (`q_at`; the keys and values lie C and 2·C
+/// further) and in a `[B, T, C]` output (`y_at`), with C = heads·d.
+fn qkv_heads(dims: AttentionDims, heads: usize) -> (HeadRows, HeadRows) {
+    let c = heads * dims.d;
+    (
+        HeadRows::side_by_side(heads, dims.tq, 3 * c, dims.d),
+        HeadRows::side_by_side(heads, dims.tq, c, dims.d),
+    )
+}
+
+fn qkv_forward<E: Real + WithDType>(qkv: &[E], dims: AttentionDims, heads: usize) -> Result<(Vec<E>, Vec<E>)> {
+    const OP: &str = "qkv_attention";
+    if qkv.is_empty() {
+        return Ok((Vec::new(), alloc::filled(OP, dims.bh * dims.tq, E::zero())?));
+    }
+    let (q_at, y_at) = qkv_heads(dims, heads);
+    let c = y_at.row;
+    let (o, lse) = forward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, dims, E::GEMM, E::GEMM_INTO)?;
+    let y = heads_side_by_side(OP, &[&o], heads, dims.tq, dims.d)?;
+    pool::give_vec(o);
+    Ok((y, lse))
+}
+
+fn qkv_backward<E: Real + WithDType>(
+    qkv: &[E],
+    y: &[E],
+    dy: &[E],
+    lse: &[E],
+    dims: AttentionDims,
+    heads: usize,
+) -> Result<Vec<E>> {
+    const OP: &str = "qkv_attention";
+    if qkv.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (q_at, y_at) = qkv_heads(dims, heads);
+    let c = y_at.row;
+    let (dq, dk, dv) = backward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, y, dy, y_at, lse, dims)?;
+    let dx = heads_side_by_side(OP, &[&dq, &dk, &dv], heads, dims.tq, dims.d)?;
+    [dq, dk, dv].into_iter().for_each(pool::give_vec);
+    Ok(dx)
+}
+
+/// Dense per-head buffers `[B·heads, t, d]` (one or more: `parts`) laid side by side into rows:
+/// `[B, t, parts·heads·d]`, row (b, i) holding part 0's heads 0..heads, then part 1's, ... (the
+/// layout of y `[B, T, C]` for one part, of a `[B, T, 3·C]` projection for q, k, v). Rows in
+/// parallel when there are many.
+fn heads_side_by_side<E: Copy + Send + Sync + 'static>(
+    op: &'static str,
+    parts: &[&[E]],
+    heads: usize,
+    t: usize,
+    d: usize,
+) -> Result<Vec<E>> {
+    let width = parts.len() * heads * d;
+    let n = parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut out = alloc::with_capacity(op, n)?;
+    let fill = |r: usize, row: &mut [MaybeUninit<E>]| {
+        let (b, i) = (r / t, r % t);
+        for (piece, src) in row.chunks_mut(heads * d).zip(parts) {
+            for (h, dst) in piece.chunks_mut(d).enumerate() {
+                let from = &src[((b * heads + h) * t + i) * d..][..d];
+                for (o, &x) in dst.iter_mut().zip(from) {
+                    o.write(x);
+                }
+            }
+        }
+    };
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if width > 0 {
+        if n >= super::PARALLEL_MIN {
+            spare
+                .par_chunks_mut(width)
+                .enumerate()
+                .with_min_len(16)
+                .for_each(|(r, row)| fill(r, row));
+        } else {
+            spare.chunks_mut(width).enumerate().for_each(|(r, row)| fill(r, row));
+        }
+    }
+    // SAFETY: the capacity is n = B·t·width; each of the B·t rows of `width` elements was written
+    // in full (parts.len() pieces of `heads` slots of d), or n is 0.
+    unsafe { out.set_len(n) };
+    Ok(out)
 }
 
 /// BF16/F16 operands (the caller has matched f32 and f64), all of one dtype.
@@ -216,6 +361,47 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
 /// hands them out.
 type HeadOutputs<'a, E> = (usize, (&'a mut [MaybeUninit<E>], &'a mut [MaybeUninit<E>]));
 
+/// Where each head's rows lie in a buffer: head `i` (the `i`-th of the call, batch entry
+/// `i / per_batch`, head `i % per_batch` within it) starts at element `(i / per_batch)·batch +
+/// (i % per_batch)·head`, and its rows follow `row` elements apart, each row's `d` elements
+/// contiguous. Dense heads (`[bh, t, d]`, or a KV cache's heads `kv_stride` apart) are one head per
+/// "batch entry"; the heads of a combined projection `[B, T, 3·C]` ([`qkv_attention_forward`])
+/// are `d` apart inside rows `3·C` long.
+#[derive(Clone, Copy, Debug)]
+struct HeadRows {
+    per_batch: usize,
+    batch: usize,
+    head: usize,
+    row: usize,
+}
+
+impl HeadRows {
+    /// Heads `stride` elements apart, rows `d` apart.
+    fn dense(stride: usize, d: usize) -> HeadRows {
+        HeadRows {
+            per_batch: 1,
+            batch: stride,
+            head: 0,
+            row: d,
+        }
+    }
+
+    /// `heads` heads of width `d` side by side in rows `row` long, `t` rows per batch entry.
+    fn side_by_side(heads: usize, t: usize, row: usize, d: usize) -> HeadRows {
+        HeadRows {
+            per_batch: heads,
+            batch: t * row,
+            head: d,
+            row,
+        }
+    }
+
+    /// The element where head `i`'s first row starts.
+    fn start(&self, i: usize) -> usize {
+        (i / self.per_batch) * self.batch + (i % self.per_batch) * self.head
+    }
+}
+
 /// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`), with K and V of element type
 /// `KV` multiplied by `scores_gemm` (S = s·Q·Kᵀ) and `out_gemm` (O = P·V): `E`'s own GEMMs, or
 /// for bf16 K and V in decode (at most [`gemm::STREAM_MAX_M`] query rows) the streamed products
@@ -225,6 +411,22 @@ fn forward<E: Real, KV: Sync>(
     q: &[E],
     k: &[KV],
     v: &[KV],
+    dims: AttentionDims,
+    scores_gemm: Gemm<E, KV, E>,
+    out_gemm: GemmInto<E, KV, E>,
+) -> Result<(Vec<E>, Vec<E>)> {
+    let (qa, kva) = (HeadRows::dense(dims.tq * dims.d, dims.d), HeadRows::dense(dims.kv_stride, dims.d));
+    forward_at(q, qa, k, v, kva, dims, scores_gemm, out_gemm)
+}
+
+/// [`forward`] with q's heads at `qa` and k's and v's at `kva`: (o `[bh, tq, d]` dense, lse `[bh, tq]`).
+#[allow(clippy::too_many_arguments)] // the operands, their layouts and the two products
+fn forward_at<E: Real, KV: Sync>(
+    q: &[E],
+    qa: HeadRows,
+    k: &[KV],
+    v: &[KV],
+    kva: HeadRows,
     dims: AttentionDims,
     scores_gemm: Gemm<E, KV, E>,
     out_gemm: GemmInto<E, KV, E>,
@@ -244,8 +446,8 @@ fn forward<E: Real, KV: Sync>(
     );
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
     let head = |scores: &mut Vec<E>, (h, (oh, lh)): HeadOutputs<'_, E>| {
-        let kv = h / dims.group;
-        let (qh, kh, vh) = (&q[h * tq * d..], &k[kv * dims.kv_stride..], &v[kv * dims.kv_stride..]);
+        let kv = kva.start(h / dims.group);
+        let (qh, kh, vh) = (&q[qa.start(h)..], &k[kv..], &v[kv..]);
         for i0 in (0..tq).step_by(TILE) {
             let rows = TILE.min(tq - i0);
             let keys = dims.visible(i0 + rows - 1);
@@ -258,7 +460,7 @@ fn forward<E: Real, KV: Sync>(
             scores.resize(rows * keys, E::zero());
             // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
             #[rustfmt::skip]
-            scores_gemm(rows, keys, d, scale, &qh[i0 * d..], d as isize, 1, kh, 1, d as isize,
+            scores_gemm(rows, keys, d, scale, &qh[i0 * qa.row..], qa.row as isize, 1, kh, 1, kva.row as isize,
                         E::zero(), scores, keys as isize, 1);
             for (r, row) in scores.chunks_mut(keys).enumerate() {
                 let seen = dims.visible(i0 + r);
@@ -274,7 +476,7 @@ fn forward<E: Real, KV: Sync>(
             }
             // O = P·V
             #[rustfmt::skip]
-            out_gemm(rows, d, keys, E::one(), scores, keys as isize, 1, vh, d as isize, 1,
+            out_gemm(rows, d, keys, E::one(), scores, keys as isize, 1, vh, kva.row as isize, 1,
                      &mut oh[i0 * d..], d as isize, 1);
         }
     };
@@ -320,38 +522,70 @@ fn backward<E: Real>(
     dout: &[E],
     lse: &[E],
     dims: AttentionDims,
-) -> (Vec<E>, Vec<E>, Vec<E>) {
+) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
+    let (qa, kva) = (
+        HeadRows::dense(dims.tq * dims.d, dims.d),
+        HeadRows::dense(dims.kv_stride, dims.d),
+    );
+    backward_at(q, qa, k, v, kva, o, dout, qa, lse, dims)
+}
+
+/// [`backward`] with q's heads at `qa`, k's and v's at `kva`, and o's and dout's at `oa`; returns
+/// (dq `[bh, tq, d]`, dk, dv `[bh / group, tk, d]`), dense.
+#[allow(clippy::too_many_arguments)]
+fn backward_at<E: Real>(
+    q: &[E],
+    qa: HeadRows,
+    k: &[E],
+    v: &[E],
+    kva: HeadRows,
+    o: &[E],
+    dout: &[E],
+    oa: HeadRows,
+    lse: &[E],
+    dims: AttentionDims,
+) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
+    const OP: &str = "scaled_dot_product_attention";
     let AttentionDims {
         bh, tq, tk, d, group, ..
     } = dims;
     let kv_heads = dims.kv_heads();
     // dK and dV accumulate over the query tiles (beta 1): they start at zero
-    let (mut dk, mut dv) = (vec![E::zero(); kv_heads * tk * d], vec![E::zero(); kv_heads * tk * d]);
+    let (mut dk, mut dv) = (
+        alloc::filled(OP, kv_heads * tk * d, E::zero())?,
+        alloc::filled(OP, kv_heads * tk * d, E::zero())?,
+    );
     if bh * tq * d == 0 || dk.is_empty() {
-        return (vec![E::zero(); bh * tq * d], dk, dv);
+        return Ok((alloc::filled(OP, bh * tq * d, E::zero())?, dk, dv));
     }
     // not zeroed: every query tile writes its rows of dQ with a beta-0 GEMM
-    let mut dq = Vec::with_capacity(bh * tq * d);
+    let mut dq = alloc::with_capacity(OP, bh * tq * d)?;
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
     let head = |(p, ds): &mut (Vec<E>, Vec<E>), (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
-        let (kh, vh) = (&k[kv * dims.kv_stride..], &v[kv * dims.kv_stride..]);
+        let (kh, vh) = (&k[kva.start(kv)..], &v[kva.start(kv)..]);
         for (h, dqh) in (kv * group..).zip(dq_group.chunks_mut(tq * d)) {
-            let (qh, oh, gh, lh) = (&q[h * tq * d..], &o[h * tq * d..], &dout[h * tq * d..], &lse[h * tq..]);
+            let (qh, oh, gh, lh) = (
+                &q[qa.start(h)..],
+                &o[oa.start(h)..],
+                &dout[oa.start(h)..],
+                &lse[h * tq..],
+            );
             for i0 in (0..tq).step_by(TILE) {
                 let rows = TILE.min(tq - i0);
                 let keys = dims.visible(i0 + rows - 1);
                 p.resize(rows * keys, E::zero());
                 ds.resize(rows * keys, E::zero());
-                let (qt, gt) = (&qh[i0 * d..], &gh[i0 * d..]);
+                let (qt, gt) = (&qh[i0 * qa.row..], &gh[i0 * oa.row..]);
+                let (qr, kr, or) = (qa.row as isize, kva.row as isize, oa.row as isize);
                 #[rustfmt::skip]
-                E::GEMM(rows, keys, d, scale, qt, d as isize, 1, kh, 1, d as isize, E::zero(), p, keys as isize, 1);
+                E::GEMM(rows, keys, d, scale, qt, qr, 1, kh, 1, kr, E::zero(), p, keys as isize, 1);
                 // dP = dO·Vᵀ
                 #[rustfmt::skip]
-                E::GEMM(rows, keys, d, E::one(), gt, d as isize, 1, vh, 1, d as isize, E::zero(), ds, keys as isize, 1);
+                E::GEMM(rows, keys, d, E::one(), gt, or, 1, vh, 1, kr, E::zero(), ds, keys as isize, 1);
                 for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
                     let i = i0 + r;
                     let seen = dims.visible(i);
-                    let (gi, oi) = (&gh[i * d..][..d], &oh[i * d..][..d]);
+                    let (gi, oi) = (&gh[i * oa.row..][..d], &oh[i * oa.row..][..d]);
                     let (l, dot) = (lh[i], lane_fold(d, E::zero(), |c| gi[c] * oi[c], |a, b| a + b));
                     for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
                         *pj = (*pj - l).exp_fast();
@@ -362,11 +596,11 @@ fn backward<E: Real>(
                 }
                 // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
                 #[rustfmt::skip]
-                E::GEMM_INTO(rows, d, keys, scale, ds, keys as isize, 1, kh, d as isize, 1, &mut dqh[i0 * d..], d as isize, 1);
+                E::GEMM_INTO(rows, d, keys, scale, ds, keys as isize, 1, kh, kr, 1, &mut dqh[i0 * d..], d as isize, 1);
                 #[rustfmt::skip]
-                E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, d as isize, 1, E::one(), dkh, d as isize, 1);
+                E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, qr, 1, E::one(), dkh, d as isize, 1);
                 #[rustfmt::skip]
-                E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, d as isize, 1, E::one(), dvh, d as isize, 1);
+                E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, or, 1, E::one(), dvh, d as isize, 1);
             }
         }
     };
@@ -387,7 +621,7 @@ fn backward<E: Real>(
     // SAFETY: the capacity is bh·tq·d; each key/value head's job wrote all tq rows of dQ of
     // each of its group's query heads (beta-0 GEMMs over tiles covering 0..tq, all d columns).
     unsafe { dq.set_len(bh * tq * d) };
-    (dq, dk, dv)
+    Ok((dq, dk, dv))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 use super::{alloc, gemm, pool, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
+use crate::backend::op::unary::gelu_and_derivative;
 use crate::backend::op::UnaryOp;
 use crate::backend::op::{Epilogue, PerMatrix};
 use crate::tensor::dtype::{DType, WithDType};
@@ -210,7 +211,7 @@ pub fn linear_many(x: &CpuStorage, lx: &Layout, ws: &[(&CpuStorage, &Layout)]) -
 /// `gelu?(y + bias) + residual` on the product `y` (contiguous `shape`) in its accumulation type
 /// `T`, one row at a time (each step a plain loop the compiler vectorises), rows over threads;
 /// with `epi.keep_pre`, also `z = y + bias` (copied from the row between the bias and the GELU, while
-/// the row is in cache).
+/// the row is in cache), or with `epi.keep_gelu_derivative` gelu'(z), from the GELU's own exponential.
 fn epilogue<T: Exp + WithDType + Send + Sync>(
     mut y: Vec<T>,
     shape: &[usize],
@@ -227,8 +228,9 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none() && !epi.keep_pre) {
         return Ok((y, epi.keep_pre.then(Vec::new)));
     }
-    // z is written in full below (every row of every task), so it starts uninitialised
+    // z (or gelu'(z)) is written in full below (every row of every task), so it starts uninitialised
     let mut pre = alloc::with_capacity("matmul", if epi.keep_pre { y.len() } else { 0 })?;
+    let derivative = epi.gelu && epi.keep_pre && epi.keep_gelu_derivative;
     let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
     // one rayon job's rows, compiled with AVX2 where the CPU has it (see vectorised)
     let task = |task: usize, rows: &mut [T], pre: Option<&mut [MaybeUninit<T>]>| {
@@ -240,13 +242,23 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
                     if let Some(b) = bias {
                         row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
                     }
-                    if let Some(z) = pre.as_mut().and_then(|p| p.next()) {
-                        z.iter_mut().zip(&*row).for_each(|(z, &v)| {
-                            z.write(v);
-                        });
-                    }
-                    if epi.gelu {
-                        row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
+                    match pre.as_mut().and_then(|p| p.next()) {
+                        // the GELU and its derivative (kept for the backward) from one exponential
+                        Some(z) if derivative => z.iter_mut().zip(row.iter_mut()).for_each(|(z, v)| {
+                            let (y, d) = gelu_and_derivative(*v);
+                            z.write(d);
+                            *v = y;
+                        }),
+                        kept => {
+                            if let Some(z) = kept {
+                                z.iter_mut().zip(&*row).for_each(|(z, &v)| {
+                                    z.write(v);
+                                });
+                            }
+                            if epi.gelu {
+                                row.iter_mut().for_each(|v| *v = UnaryOp::Gelu.apply(*v));
+                            }
+                        }
                     }
                     if let Some(r) = residual {
                         let start = (task * rows_per_task + i) * n;

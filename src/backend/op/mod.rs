@@ -101,6 +101,11 @@ pub struct Epilogue<'a, S> {
     /// Also store `z = y + bias`, the activation's input, rounded to the dtype: a second output of
     /// the same pass (as llm.c keeps `fch`), so GELU's backward needs no second matmul.
     pub keep_pre: bool,
+    /// With `gelu` and `keep_pre`, store GELU's derivative gelu'(z) in place of z (computed from the
+    /// same exponential as the GELU), so that the backward is one multiplication, g·gelu'(z), with
+    /// no exponential of its own. The CPU backend only, for f32 and f64 (the ops ask for it nowhere
+    /// else; the CUDA kernels keep z).
+    pub keep_gelu_derivative: bool,
 }
 
 impl<S> Epilogue<'static, S> {
@@ -110,6 +115,7 @@ impl<S> Epilogue<'static, S> {
         gelu: false,
         residual: None,
         keep_pre: false,
+        keep_gelu_derivative: false,
     };
 }
 

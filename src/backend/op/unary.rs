@@ -155,6 +155,19 @@ pub fn gelu_derivative<T: Exp>(x: T) -> T {
     s + c(2.0) * x * s * (T::one() - s) * du
 }
 
+/// (gelu(x), gelu'(x)) from one exponential: the bits of `UnaryOp::Gelu.apply(x)` and of
+/// [`gelu_derivative`]`(x)`, the same operations in the same order (the CPU's matmul epilogue keeps
+/// the derivative for the backward while it computes the GELU).
+#[inline(always)]
+pub fn gelu_and_derivative<T: Exp>(x: T) -> (T, T) {
+    let c = |v: f64| T::from(v).expect("every float type holds these constants");
+    let u = c(SQRT_2_OVER_PI) * (x + c(GELU_CUBIC) * x * x * x);
+    let denom = T::one() + (c(-2.0) * u).exp_fast();
+    let s = T::one() / denom;
+    let du = c(SQRT_2_OVER_PI) * (T::one() + c(3.0 * GELU_CUBIC) * x * x);
+    (x / denom, s + c(2.0) * x * s * (T::one() - s) * du)
+}
+
 /// silu(x) = x·σ(x) = x / (1 + e⁻ˣ) in the arithmetic type: e⁻ˣ = inf (x below about −88 in f32)
 /// gives −0, never NaN. Shared by `UnaryOp::Silu` and the CPU's swiglu (backend/cpu/swiglu.rs).
 #[inline(always)]
