@@ -591,7 +591,11 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
         // the fixture's weights are f32 (nothing to keep quantized), and a step reads all of them
         // but the token table's unused rows (its head is untied): 4 bytes each, 2 in bf16
         let read_per_token = 2 * per_layer + 128 * 48 + 48 + 48;
-        assert_eq!(report["read"].as_str().unwrap().is_empty(), device != "cpu", "{report:#}");
+        assert_eq!(
+            report["read"].as_str().unwrap().is_empty(),
+            device != "cpu",
+            "{report:#}"
+        );
         for r in rows {
             let read_gbs = r["read_gbs"].as_f64();
             assert_eq!(read_gbs.is_some(), device == "cpu", "{r:#}");

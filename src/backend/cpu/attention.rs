@@ -415,7 +415,10 @@ fn forward<E: Real, KV: Sync>(
     scores_gemm: Gemm<E, KV, E>,
     out_gemm: GemmInto<E, KV, E>,
 ) -> Result<(Vec<E>, Vec<E>)> {
-    let (qa, kva) = (HeadRows::dense(dims.tq * dims.d, dims.d), HeadRows::dense(dims.kv_stride, dims.d));
+    let (qa, kva) = (
+        HeadRows::dense(dims.tq * dims.d, dims.d),
+        HeadRows::dense(dims.kv_stride, dims.d),
+    );
     forward_at(q, qa, k, v, kva, dims, scores_gemm, out_gemm)
 }
 
