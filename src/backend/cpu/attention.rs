@@ -16,7 +16,7 @@
 //! Causal: query i sits at absolute position tk − tq + i and sees keys 0..=tk − tq + i, so a
 //! tile only multiplies against the keys its last row sees (the tiles of later keys are never
 //! touched) and the few masked scores inside that range become 0. Heads run in parallel with
-//! rayon (in decode, only when the keys and values read total [`SERIAL_KV_BYTES`] or more; below,
+//! rayon (in decode, only when the keys and values read total `SERIAL_KV_BYTES` or more; below,
 //! on the calling thread); each owns its slices of every output, and dK/dV accumulate over query tiles in a
 //! fixed order, so results are deterministic. Grouped-query attention: query head h reads
 //! key/value head h / group in place; the backward runs one job per key/value head, which takes

@@ -107,8 +107,8 @@ type Outputs<'a> = [&'a mut [MaybeUninit<f32>]];
 /// a layer's q, k and v projections, or its gate and up projections. The results `[m, n_i]` are in
 /// that dtype, each equal bit for bit to [`matmul`] of x with `w_iᵀ` (the streamed product; for
 /// bf16 on `vdpbf16ps` where the CPU has AVX-512 BF16, else x widened to f32, and each result
-/// rounded once), computed in one parallel region ([`gemm::sgemm_streamed_many_into`],
-/// [`gemm::bgemm_streamed_many_into`]), a bf16 x widened at most once rather than once per weight.
+/// rounded once), computed in one parallel region (`gemm::sgemm_streamed_many_into`,
+/// `gemm::bgemm_streamed_many_into`), a bf16 x widened at most once rather than once per weight.
 pub fn linear_many(x: &CpuStorage, lx: &Layout, ws: &[(&CpuStorage, &Layout)]) -> Result<PerMatrix<CpuStorage>> {
     const OP: &str = "linear_many";
     let (&[m, k], Some(xr)) = (lx.shape(), lx.contiguous_range()) else {
