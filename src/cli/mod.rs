@@ -911,9 +911,14 @@ fn bench_nccl_ranks(a: &BenchArgs, ranks: &NcclRanks, bytes: &[usize]) -> Result
     if ranks.comm().rank() != 0 {
         return Ok(());
     }
-    console::out(crate::bench::allreduce::table(&report).trim_end_matches('\n'));
+    show_allreduce(a, &report)
+}
+
+/// Prints an all-reduce benchmark's table and writes its `--json` (on the rank that reports).
+fn show_allreduce(a: &BenchArgs, report: &crate::bench::allreduce::AllReduceReport) -> Result<()> {
+    console::out(crate::bench::allreduce::table(report).trim_end_matches('\n'));
     if let Some(path) = &a.json {
-        let json = serde_json::to_string_pretty(&report).expect("a report serialises");
+        let json = serde_json::to_string_pretty(report).expect("a report serialises");
         crate::model::io::write_atomic(path, json.as_bytes())?;
         console::out(&format!("wrote {}", path.display()));
     }
@@ -928,13 +933,7 @@ fn bench_allreduce_on_mpi(a: &BenchArgs, bytes: &[usize]) -> Result<()> {
         if !ranks.is_root() {
             return Ok(());
         }
-        console::out(crate::bench::allreduce::table(&report).trim_end_matches('\n'));
-        if let Some(path) = &a.json {
-            let json = serde_json::to_string_pretty(&report).expect("a report serialises");
-            crate::model::io::write_atomic(path, json.as_bytes())?;
-            console::out(&format!("wrote {}", path.display()));
-        }
-        Ok(())
+        show_allreduce(a, &report)
     });
     if let Err(e) = result {
         console::err(&format!("error (rank {} of {}): {e}", ranks.rank(), ranks.world()));

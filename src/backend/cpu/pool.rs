@@ -109,10 +109,12 @@ pub(crate) fn give(storage: &mut CpuStorage) {
     } else {
         (MAX_BUFFERS, MAX_POOLED_BYTES)
     };
-    if bytes == 0 || bytes > max_bytes || (large && !RETAIN_LARGE.load(Ordering::Relaxed)) {
-        return;
-    }
-    if !large && bytes > MAX_BUFFER_BYTES {
+    let kept = if large {
+        bytes <= max_bytes && RETAIN_LARGE.load(Ordering::Relaxed)
+    } else {
+        0 < bytes && bytes <= MAX_BUFFER_BYTES
+    };
+    if !kept {
         return;
     }
     let mut buffer = std::mem::replace(storage, CpuStorage::F32(Vec::new()));

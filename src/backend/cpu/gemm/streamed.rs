@@ -302,6 +302,57 @@ fn in_tasks(bytes: usize, ns: &[usize], columns: impl Fn(usize, usize, usize) + 
         .for_each(|g0| run(g0, total.min(g0 + cols_per_task)));
 }
 
+/// The checked views of the products of [`sgemm_streamed_many_into`] and
+/// [`bgemm_streamed_many_into`]: for each weight `W_i`, (A, B_i = W_iᵀ, C_i), and each n_i.
+/// Panics as they do.
+#[allow(clippy::type_complexity)] // the three views of each product, and their widths
+fn many_views<A, W>(
+    m: usize,
+    k: usize,
+    a: &[A],
+    rsa: usize,
+    ws: &[&[W]],
+    cs: &mut [&mut [MaybeUninit<f32>]],
+) -> (SmallVec<[(MatRef<A>, MatRef<W>, MatMut<f32>); 4]>, SmallVec<[usize; 4]>) {
+    assert!(
+        (1..=STREAM_MAX_M).contains(&m),
+        "gemm: a {m}-row product cannot be streamed"
+    );
+    assert_eq!(
+        ws.len(),
+        cs.len(),
+        "gemm: {} weights and {} outputs",
+        ws.len(),
+        cs.len()
+    );
+    assert_fits("A", m, k, rsa, 1, a.len());
+    // C_i's length gives n_i (W_i's does not when k is 0)
+    let ns: SmallVec<[usize; 4]> = cs.iter().map(|c| c.len() / m).collect();
+    let mut views = SmallVec::new();
+    for ((w, c), &n) in ws.iter().zip(cs.iter_mut()).zip(&ns) {
+        assert_fits("B", k, n, 1, k, w.len());
+        assert_eq!(c.len(), m * n, "gemm: an output of {} elements for {m} rows", c.len());
+        views.push((
+            MatRef {
+                ptr: a.as_ptr(),
+                rs: rsa,
+                cs: 1,
+            },
+            MatRef {
+                ptr: w.as_ptr(),
+                rs: 1,
+                cs: k,
+            },
+            MatMut {
+                ptr: c.as_mut_ptr().cast(),
+                rs: n,
+                cs: 1,
+            },
+        ));
+    }
+    (views, ns)
+}
+
 /// `C_i = A·W_iᵀ` for several weights `W_i` (`n_i×k`, row-major: a Linear's `[out, in]`) that
 /// share one A (`m×k`, row `i` at `a[i·rsa..]`, `m <= STREAM_MAX_M`): a layer's q, k and v
 /// projections, or its gate and up projections, in decode. Each C_i is `m×n_i`, contiguous, and
@@ -323,46 +374,19 @@ pub(crate) fn sgemm_streamed_many_into<W: Streamed>(
     cs: &mut [&mut [MaybeUninit<f32>]],
 ) {
     let isa = Isa::best();
-    assert!(
-        (1..=STREAM_MAX_M).contains(&m),
-        "gemm: a {m}-row product cannot be streamed"
-    );
-    assert_eq!(
-        ws.len(),
-        cs.len(),
-        "gemm: {} weights and {} outputs",
-        ws.len(),
-        cs.len()
-    );
-    assert_fits("A", m, k, rsa, 1, a.len());
-    // C_i's length gives n_i (W_i's does not when k is 0)
-    let ns: SmallVec<[usize; 4]> = cs.iter().map(|c| c.len() / m).collect();
-    let mut products: SmallVec<[Product<W>; 4]> = SmallVec::new();
-    for ((w, c), &n) in ws.iter().zip(cs.iter_mut()).zip(&ns) {
-        assert_fits("B", k, n, 1, k, w.len());
-        assert_eq!(c.len(), m * n, "gemm: an output of {} elements for {m} rows", c.len());
-        products.push(Product {
+    let (views, ns) = many_views(m, k, a, rsa, ws, cs);
+    let products: SmallVec<[Product<W>; 4]> = views
+        .iter()
+        .map(|&(a, b, c)| Product {
             isa,
             m,
             k,
-            a: MatRef {
-                ptr: a.as_ptr(),
-                rs: rsa,
-                cs: 1,
-            },
-            b: MatRef {
-                ptr: w.as_ptr(),
-                rs: 1,
-                cs: k,
-            },
-            c: MatMut {
-                ptr: c.as_mut_ptr().cast(),
-                rs: n,
-                cs: 1,
-            },
+            a,
+            b,
+            c,
             ep: Epilogue { alpha: 1.0, beta: 0.0 },
-        });
-    }
+        })
+        .collect();
     let bytes = k.saturating_mul(ns.iter().sum()).saturating_mul(size_of::<W>());
     in_tasks(bytes, &ns, |i, j0, j1| {
         // SAFETY: the views were checked against their slices (B_i = W_iᵀ is k×n_i with column
@@ -690,52 +714,28 @@ pub(crate) fn bgemm_streamed_many_into(
     cs: &mut [&mut [MaybeUninit<f32>]],
 ) {
     assert!(super::has_bf16_dot(), "gemm: this CPU does not have AVX-512 BF16");
-    assert!(
-        (1..=STREAM_MAX_M).contains(&m),
-        "gemm: a {m}-row product cannot be streamed"
-    );
-    assert_eq!(
-        ws.len(),
-        cs.len(),
-        "gemm: {} weights and {} outputs",
-        ws.len(),
-        cs.len()
-    );
-    assert_fits("A", m, k, rsa, 1, a.len());
+    let (views, ns) = many_views(m, k, a, rsa, ws, cs);
     #[cfg(target_arch = "x86_64")]
     {
-        let ns: SmallVec<[usize; 4]> = cs.iter().map(|c| c.len() / m).collect();
-        let mut products: SmallVec<[bf16_dot::DotBf16; 4]> = SmallVec::new();
-        for ((w, c), &n) in ws.iter().zip(cs.iter_mut()).zip(&ns) {
-            assert_fits("B", k, n, 1, k, w.len());
-            assert_eq!(c.len(), m * n, "gemm: an output of {} elements for {m} rows", c.len());
-            products.push(bf16_dot::DotBf16 {
+        let products: SmallVec<[bf16_dot::DotBf16; 4]> = views
+            .iter()
+            .map(|&(a, b, c)| bf16_dot::DotBf16 {
                 m,
                 k,
-                a: MatRef {
-                    ptr: a.as_ptr(),
-                    rs: rsa,
-                    cs: 1,
-                },
-                b: MatRef {
-                    ptr: w.as_ptr(),
-                    rs: 1,
-                    cs: k,
-                },
-                c: MatMut {
-                    ptr: c.as_mut_ptr().cast(),
-                    rs: n,
-                    cs: 1,
-                },
+                a,
+                b,
+                c,
                 alpha: 1.0,
-            });
-        }
+            })
+            .collect();
         let bytes = k.saturating_mul(ns.iter().sum()).saturating_mul(2);
         in_tasks(bytes, &ns, |i, j0, j1| {
             // SAFETY: as in `sgemm_streamed_many_into`; the CPU has AVX-512 BF16 (asserted).
             unsafe { products[i].columns(j0, j1) }
         });
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (views, ns); // unreachable: no AVX-512 BF16 (asserted above)
 }
 
 /// The dot loop on `vdpbf16ps` ([`bgemm_streamed_into`]).
