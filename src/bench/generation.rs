@@ -25,10 +25,11 @@
 //! **The ceiling.** Batch-1 generation reads every weight once per token, so it cannot beat
 //! `read bandwidth / weight bytes per token` ([`Llama::weight_bytes_per_token`],
 //! [`Gpt::weight_bytes_per_token`]). The read bandwidth is measured next to the generation it
-//! rates: right before each repetition of a row, the best of three reads of a 256 MiB f32 buffer by
-//! the kernel benchmark's memory ceiling (a parallel sum, writing nothing); a row's bandwidth is
-//! the median of its repetitions' (a shared machine's bandwidth can move by half within minutes,
-//! so one probe at the start would rate later rows against another machine). On the CPU only (on
+//! rates: right before each repetition of a row and once after the last, the best of three reads
+//! of a 256 MiB f32 buffer by the kernel benchmark's memory ceiling (a parallel sum, writing
+//! nothing); a row's bandwidth is the median of these probes (a shared machine's bandwidth can
+//! move by half within seconds, so one probe at the start would rate later rows against another
+//! machine, and a probe on one side only of a repetition can miss a change during it). On the CPU only (on
 //! Emu it would time the emulator, and a GPU's generation is bound by its launches long before its
 //! bandwidth at this size). Each row reports its bandwidth, that ceiling and the fraction of it
 //! reached.
@@ -106,8 +107,8 @@ pub struct GenerationRow {
     pub generation_tokens_per_s: f64,
     /// Bytes of weights one generation step reads (the model's `weight_bytes_per_token`).
     pub weight_bytes_per_token: usize,
-    /// Read bandwidth in GB/s (10⁹ bytes per second) measured before each repetition, their
-    /// median (None where it is not measured: Emu, a GPU).
+    /// Read bandwidth in GB/s (10⁹ bytes per second) measured before each repetition and after
+    /// the last, their median (None where it is not measured: Emu, a GPU).
     pub read_gbs: Option<f64>,
     /// `read_gbs / weight_bytes_per_token`: the tokens/s at which generation would only read
     /// weights, at the measured bandwidth (None where it is not measured).
@@ -274,11 +275,17 @@ fn time_model<M: CausalLm>(
         ));
         let mut probes = Vec::new();
         let mut times = Vec::new();
+        // Probes bracket every repetition (one before each, one after the last): this machine's
+        // read bandwidth moves within seconds, and one probe can be far from the repetition next
+        // to it.
         for _ in 0..opts.reps {
             if probe {
                 probes.push(read_bandwidth()?);
             }
             times.push(prefill_and_generate(model, &ids[..len], opts.new_tokens)?);
+        }
+        if probe {
+            probes.push(read_bandwidth()?);
         }
         probes.sort_by(f64::total_cmp);
         let read_gbs = (!probes.is_empty()).then(|| super::timing::median(&probes));
@@ -358,7 +365,7 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
         load_s: load_s.unwrap_or(0.0),
         read: if probe {
             format!(
-                "before each repetition the best of {READS_PER_PROBE} parallel sums of a {} MiB f32 buffer on the CPU, \
+                "before each repetition and after the last, the best of {READS_PER_PROBE} parallel sums of a {} MiB f32 buffer on the CPU, \
                  {} threads; a row's GB/s is their median",
                 READ_BYTES >> 20,
                 rayon::current_num_threads()

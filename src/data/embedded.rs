@@ -104,6 +104,7 @@ pub const FILES: &[(&str, &str)] = embed!(
     "src/backend/cpu/unary.rs",
     "src/backend/cpu/where_cond.rs",
     "src/backend/cpu/allocator.rs",
+    "src/backend/cpu/awake.rs",
     "src/backend/cpu/storage.rs",
     "src/backend/cpu/gemm/avx2.rs",
     "src/backend/cpu/gemm/avx512.rs",

@@ -42,6 +42,9 @@ fn next_id() -> usize {
 impl Tensor {
     /// Wraps freshly computed data (a constant; ops attach their node with [`Tensor::record`]).
     pub(crate) fn from_storage(storage: Storage, layout: Layout, device: Device) -> Tensor {
+        if device == Device::Cpu {
+            crate::backend::cpu::keep_workers_awake();
+        }
         Tensor::new(TensorInner {
             id: next_id(),
             dtype: storage.dtype(),

@@ -9,6 +9,7 @@ mod allocator;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod attention;
+mod awake;
 pub mod binary;
 mod cast;
 mod copy;
@@ -37,6 +38,7 @@ pub mod where_cond;
 
 pub use crate::backend::op::exp;
 pub use allocator::retain_freed_memory;
+pub(crate) use awake::keep_workers_awake;
 pub use cast::cast;
 pub use copy::{assign, contiguous};
 pub use fill::filled;
