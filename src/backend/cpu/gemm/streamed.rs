@@ -21,8 +21,9 @@
 //! bits, shift left 16), so the weight is read at 2 bytes per element and never copied. With a
 //! bf16 A as well and a CPU with AVX-512 BF16, [`bgemm_streamed_into`] runs the dot loop on
 //! `vdpbf16ps` instead: 32 bf16 of A times 32 of B per instruction, pairs of exact products added
-//! to 16 f32 lanes, A read as bf16. The columns of C are cut into one task per thread when B is
-//! large enough to pay for the fork-join ([`BYTES_PER_TASK`]); every element of C is computed by
+//! to 16 f32 lanes, A read as bf16. The columns of C are cut into up to four tasks per thread, one
+//! per [`BYTES_PER_TASK`] of B, so that a thread whose reads run slower hands its last runs to
+//! another instead of keeping it waiting at the region's end; every element of C is computed by
 //! one thread in a fixed order, so the result does not depend on the thread count. Several
 //! products that share A (a layer's q, k and v projections) run in one parallel region
 //! ([`sgemm_streamed_many_into`], [`bgemm_streamed_many_into`]): their columns taken end to end
@@ -64,9 +65,14 @@ fn prefetch<W>(p: *const W) {
 /// Columns of C one step of the axpy loop keeps in its stack buffer (`M` rows of 1 KiB).
 const AXPY_BLOCK: usize = 256;
 
-/// Bytes of B below which a product stays on the calling thread: 256 KiB take ~15 µs to read on
-/// one core, against 5–10 µs for a rayon fork-join.
-const BYTES_PER_TASK: usize = 256 << 10;
+/// Bytes of B per task: 64 KiB take 1.5–3 µs to read on one core, against about a microsecond to
+/// hand a task to a worker that is polling (`backend/cpu/awake.rs`). Below it a product stays on the
+/// calling thread. Measured on SmolLM2's decode (2 threads, alternated runs): with one task per
+/// thread above 256 KiB, bf16 generation was slower in 6 runs of 6, f32 in 5 of 6 (docs/perf.md).
+const BYTES_PER_TASK: usize = 64 << 10;
+
+/// Tasks per thread at most in one product's region.
+const TASKS_PER_THREAD: usize = 4;
 
 /// Whether a product with `m` rows and these strides takes the streamed path: A's and C's rows
 /// contiguous, and B contiguous along its rows or its columns.
@@ -271,8 +277,8 @@ unsafe fn stream_with_output<W: Streamed>(
 }
 
 /// Calls `columns(i, j0, j1)` over the columns `0..ns[i]` of every product `i` of one parallel
-/// region that reads `bytes` of B in all: one task per thread when B is large enough to pay for
-/// the fork-join ([`BYTES_PER_TASK`]), the products' columns taken end to end as one range and
+/// region that reads `bytes` of B in all: one task per [`BYTES_PER_TASK`], up to
+/// [`TASKS_PER_THREAD`] per thread, the products' columns taken end to end as one range and
 /// cut into equal runs (multiples of [`COLS`]), so that a task may finish one product's columns
 /// and start the next's. Every column goes to exactly one call, and (the loops computing each
 /// column by itself, in a fixed order) the results do not depend on the cut.
@@ -281,7 +287,7 @@ fn in_tasks(bytes: usize, ns: &[usize], columns: impl Fn(usize, usize, usize) + 
     if total == 0 {
         return;
     }
-    let tasks = (bytes / BYTES_PER_TASK).clamp(1, rayon::current_num_threads());
+    let tasks = (bytes / BYTES_PER_TASK).clamp(1, TASKS_PER_THREAD * rayon::current_num_threads());
     let run = |g0: usize, g1: usize| {
         let mut start = 0;
         for (i, &n) in ns.iter().enumerate() {
