@@ -197,10 +197,10 @@ fn step_scaled_equals_clipping_then_stepping_bit_for_bit() {
     let mut opt_b = AdamW::new(vec![("w".to_string(), w_b.clone())], 0.1, (0.9, 0.95), 1e-8, 0.5).unwrap();
     for c in [0.3, -1.7, 2.9] {
         let mut ga = linear_grads(&[("w".to_string(), w_a.clone())], &[c]);
-        clip_grad_norm(&[w_a.clone()], &mut ga, 0.7).unwrap();
+        clip_grad_norm(std::slice::from_ref(&w_a), &mut ga, 0.7).unwrap();
         opt_a.step(&ga).unwrap();
         let gb = linear_grads(&[("w".to_string(), w_b.clone())], &[c]);
-        let (_, scale) = clip_coefficient(&[w_b.clone()], &gb, 0.7).unwrap();
+        let (_, scale) = clip_coefficient(std::slice::from_ref(&w_b), &gb, 0.7).unwrap();
         opt_b.step_scaled(&gb, scale).unwrap();
     }
     assert_eq!(w_a.to_vec::<f64>().unwrap(), w_b.to_vec::<f64>().unwrap());
