@@ -320,8 +320,9 @@ fn gemm_share(step: &mut impl FnMut(usize) -> Result<()>, flops: f64) -> Result<
 }
 
 /// One training step on inputs `x` and targets `y`, both (B, T): forward, backward, gradient
-/// clipping at norm 1 and an AdamW step (the clipping's scaling fused into it, as the trainer). Never inlined, so that a profiler can name it: the
-/// callgrind recipe of docs/perf.md counts only what runs inside it (`--toggle-collect`).
+/// clipping at norm 1 and an AdamW step (the clipping's scaling fused into it, as in the
+/// trainer). Never inlined, so that a profiler can name it: the callgrind recipe of
+/// docs/perf.md counts only what runs inside it (`--toggle-collect`).
 #[inline(never)]
 pub fn train_step(gpt: &Gpt, opt: &mut AdamW, params: &[(String, Tensor)], x: &Tensor, y: &Tensor) -> Result<()> {
     let grads = gpt.loss(x, y)?.backward()?;

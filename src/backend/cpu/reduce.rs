@@ -49,8 +49,8 @@ const COLUMNS: usize = 256;
 /// over the rows; wpe's: `[B, T, C]` over B), as column sums: each output is the same f64 sum
 /// in the same order (row after row, from -0.0 as `Iterator::sum`) as [`fold`] over its strided
 /// column, so the same bits, but read row by row, one block of [`COLUMNS`] outputs per task, the
-/// adds vectorised across columns. The strided walk per output took 8% of a bf16 GPT-2 step
-/// (docs/perf.md). `None` when the layout is not of that form.
+/// adds vectorised across columns. The strided walk per output took 8% of a bf16 GPT-2 step on
+/// one thread (docs/perf.md). `None` when the layout is not of that form.
 fn leading_sum<T: CpuFloat>(v: &[T], outer: &Layout, inner: &Layout) -> Option<Vec<T>>
 where
     T::Acc: Into<f64>,
