@@ -2,7 +2,7 @@
 //! end-to-end check, 10 AdamW steps of a GPT against torch.optim.AdamW, is in gpt_parity.rs.)
 
 use kiln::model::{io, Gpt, GptConfig};
-use kiln::optim::{clip_grad_norm, AdamW, CosineSchedule, Sgd};
+use kiln::optim::{clip_coefficient, clip_grad_norm, AdamW, CosineSchedule, Sgd};
 use kiln::{Device, Rng, Tensor};
 
 fn leaf(v: Vec<f64>, shape: &[usize]) -> Tensor {
@@ -143,6 +143,67 @@ fn adamw_state_round_trip_continues_bit_exactly() {
     let err = opt_d.load_state(&bad).unwrap_err().to_string();
     assert!(err.contains("missing: transformer.wpe.weight.exp_avg [8, 16]"), "{err}");
     assert_eq!(opt_d.step_count(), 0);
+}
+
+/// `clip_coefficient` then `step_scaled` (the clipping's scaling fused into the CPU update) must
+/// leave the weights and moments bit for bit as `clip_grad_norm` then `step`, with the norm
+/// clipped (scale below 1) and not (scale exactly 1), f32 and f64 parameters; a non-finite
+/// scale is refused.
+#[test]
+fn step_scaled_equals_clipping_then_stepping_bit_for_bit() {
+    let x = Tensor::from_vec((0..16u32).map(|i| (i * 7) % 40).collect(), &[2, 8], &Device::Cpu).unwrap();
+    let y = Tensor::from_vec((0..16u32).map(|i| (i * 11 + 3) % 40).collect(), &[2, 8], &Device::Cpu).unwrap();
+    for max_norm in [0.05, 1e6] {
+        let (a, b) = (tiny_gpt(3), tiny_gpt(3));
+        let new_opt = |gpt: &Gpt| AdamW::new(gpt.params(), 1e-2, (0.9, 0.95), 1e-8, 0.1).unwrap();
+        let (mut opt_a, mut opt_b) = (new_opt(&a), new_opt(&b));
+        for _ in 0..3 {
+            let mut ga = a.loss(&x, &y).unwrap().backward().unwrap();
+            let norm_a = clip_grad_norm(&a.params(), &mut ga, max_norm).unwrap();
+            opt_a.step(&ga).unwrap();
+            let gb = b.loss(&x, &y).unwrap().backward().unwrap();
+            let (norm_b, scale) = clip_coefficient(&b.params(), &gb, max_norm).unwrap();
+            assert_eq!(norm_a.to_bits(), norm_b.to_bits());
+            if max_norm < 1.0 {
+                assert!(
+                    scale < 1.0 && (scale - max_norm / (norm_b + 1e-6)).abs() < 1e-15,
+                    "{scale}"
+                );
+            } else {
+                assert_eq!(scale, 1.0);
+            }
+            opt_b.step_scaled(&gb, scale).unwrap();
+        }
+        for ((name, pa), (_, pb)) in a.params().iter().zip(b.params()) {
+            assert_eq!(
+                pa.to_vec::<f32>().unwrap(),
+                pb.to_vec::<f32>().unwrap(),
+                "{name} at max_norm {max_norm}"
+            );
+        }
+        for ((name, sa), (_, sb)) in opt_a.state().unwrap().iter().zip(opt_b.state().unwrap()) {
+            assert_eq!(sa.to_vec::<f64>().unwrap(), sb.to_vec::<f64>().unwrap(), "{name}");
+        }
+        assert!(opt_b
+            .step_scaled(&a.loss(&x, &y).unwrap().backward().unwrap(), f64::NAN)
+            .is_err());
+    }
+    // f64 parameters: the product taken in f64
+    let (w_a, w_b) = (
+        leaf(vec![1.0, -2.0, 0.5, 3.0], &[2, 2]),
+        leaf(vec![1.0, -2.0, 0.5, 3.0], &[2, 2]),
+    );
+    let mut opt_a = AdamW::new(vec![("w".to_string(), w_a.clone())], 0.1, (0.9, 0.95), 1e-8, 0.5).unwrap();
+    let mut opt_b = AdamW::new(vec![("w".to_string(), w_b.clone())], 0.1, (0.9, 0.95), 1e-8, 0.5).unwrap();
+    for c in [0.3, -1.7, 2.9] {
+        let mut ga = linear_grads(&[("w".to_string(), w_a.clone())], &[c]);
+        clip_grad_norm(std::slice::from_ref(&w_a), &mut ga, 0.7).unwrap();
+        opt_a.step(&ga).unwrap();
+        let gb = linear_grads(&[("w".to_string(), w_b.clone())], &[c]);
+        let (_, scale) = clip_coefficient(std::slice::from_ref(&w_b), &gb, 0.7).unwrap();
+        opt_b.step_scaled(&gb, scale).unwrap();
+    }
+    assert_eq!(w_a.to_vec::<f64>().unwrap(), w_b.to_vec::<f64>().unwrap());
 }
 
 #[test]

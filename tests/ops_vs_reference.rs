@@ -1775,3 +1775,76 @@ fn var_std_argmax_match_pytorch() {
     let b = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 3.0, nan as f32, 2.0], &[2, 3], &DEV).unwrap();
     assert_eq!(b.argmin(1, false).unwrap().to_vec::<u32>().unwrap(), [1, 1]);
 }
+
+/// Sums over the leading dims of a contiguous tensor (a bias's gradient, wpe's) take the column
+/// path of the CPU reduction: each output must be the f64 sum of its column in row order (from
+/// -0.0, as `Iterator::sum`), rounded once, bit for bit, in f32, bf16 and f64, over widths that
+/// are not multiples of the path's 256-column blocks, views at an offset, and large enough sizes
+/// to split over threads; a strided (transposed) input, which takes the general path, must agree.
+#[test]
+fn leading_dim_sums_are_the_row_order_column_sums() {
+    let mut rng = Rng::new(7);
+    for (shape, dims) in [
+        (vec![512, 769], vec![0isize]),
+        (vec![3, 300], vec![0]),
+        (vec![2, 5, 7], vec![0, 1]),
+        (vec![4, 9, 130], vec![0]),
+        (vec![1000, 40], vec![0]),
+    ] {
+        let n: usize = shape.iter().product();
+        let rows: usize = dims.iter().map(|&d| shape[d as usize]).product();
+        let width = n / rows;
+        // one extra leading row, narrowed away: the view starts at an offset
+        let mut padded = shape.clone();
+        padded[0] += 1;
+        let values = normal(&mut rng, padded.iter().product(), 3.0);
+        for dtype in [DType::F32, DType::BF16, DType::F64] {
+            let parent = Tensor::from_vec(values.clone(), &padded, &DEV)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let x = parent.narrow(0, 1, shape[0]).unwrap();
+            let held = x.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+            let want: Vec<f64> = (0..width)
+                .map(|j| {
+                    let s = (0..rows).fold(-0.0f64, |s, r| s + held[r * width + j]);
+                    Tensor::from_vec(vec![s], &[1], &DEV)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_vec::<f64>()
+                        .unwrap()[0]
+                })
+                .collect();
+            let got = x
+                .sum(&dims, false)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap();
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{dtype} {shape:?} over {dims:?}");
+            if shape.len() == 2 {
+                // the same sums from a transposed copy: the general (strided) path
+                let t = x
+                    .transpose(0, 1)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .transpose(0, 1)
+                    .unwrap();
+                let got = t
+                    .sum(&dims, false)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec::<f64>()
+                    .unwrap();
+                assert_eq!(bits(&got), bits(&want), "{dtype} {shape:?} transposed");
+            }
+        }
+    }
+}

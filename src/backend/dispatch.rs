@@ -637,6 +637,15 @@ pub(crate) fn adamw_step(params: &mut [AdamWParam<Storage>], h: &AdamWHyper) -> 
             return Err(Error::dtype_mismatch(OP, DType::BF16, c.dtype()));
         }
     }
+    if device != Device::Cpu && h.grad_scale != 1.0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "a gradient scale ({}) is fused into the step on the CPU only; on {device} scale the gradients first",
+                h.grad_scale
+            ),
+        ));
+    }
     match device {
         Device::Cpu => cpu::adamw::adamw_step(&mut on_backend(params, cpu_of, cpu_of_mut), h),
         _ => cuda::adamw::adamw_step(&mut on_backend(params, cuda_of, cuda_of_mut), h),

@@ -36,7 +36,7 @@
 use super::roofline::Roofline;
 use super::timing::{Clock, Stats};
 use crate::model::{Gpt, GptConfig};
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::{clip_coefficient, AdamW};
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 
 /// The result of the training-step benchmark.
@@ -320,13 +320,14 @@ fn gemm_share(step: &mut impl FnMut(usize) -> Result<()>, flops: f64) -> Result<
 }
 
 /// One training step on inputs `x` and targets `y`, both (B, T): forward, backward, gradient
-/// clipping at norm 1 and an AdamW step. Never inlined, so that a profiler can name it: the
-/// callgrind recipe of docs/perf.md counts only what runs inside it (`--toggle-collect`).
+/// clipping at norm 1 and an AdamW step (the clipping's scaling fused into it, as in the
+/// trainer). Never inlined, so that a profiler can name it: the callgrind recipe of
+/// docs/perf.md counts only what runs inside it (`--toggle-collect`).
 #[inline(never)]
 pub fn train_step(gpt: &Gpt, opt: &mut AdamW, params: &[(String, Tensor)], x: &Tensor, y: &Tensor) -> Result<()> {
-    let mut grads = gpt.loss(x, y)?.backward()?;
-    clip_grad_norm(params, &mut grads, 1.0)?;
-    opt.step(&grads)
+    let grads = gpt.loss(x, y)?.backward()?;
+    let (_, scale) = clip_coefficient(params, &grads, 1.0)?;
+    opt.step_scaled(&grads, scale)
 }
 
 #[cfg(test)]

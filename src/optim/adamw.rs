@@ -261,10 +261,38 @@ impl AdamW {
     /// One update of every parameter that has a gradient in `grads` (the others are left
     /// alone, as PyTorch skips parameters whose `.grad` is None), fused into one primitive.
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        self.step_scaled(grads, 1.0)
+    }
+
+    /// [`AdamW::step`] on the gradients multiplied by `scale`: the clipping coefficient of
+    /// [`crate::optim::clip_coefficient`], so that `clip_coefficient` then `step_scaled` updates
+    /// exactly as [`crate::optim::clip_grad_norm`] then `step` (each gradient times the scale,
+    /// rounded once in the parameter's precision). On the CPU the product is taken inside the
+    /// fused update, which saves clipping's pass over every gradient (writing a scaled copy);
+    /// elsewhere the gradients are scaled first, as clipping does.
+    pub fn step_scaled(&mut self, grads: &Gradients, scale: f64) -> Result<()> {
+        if !scale.is_finite() {
+            return Err(Error::invalid(
+                "AdamW",
+                format!("the gradient scale must be finite, got {scale}"),
+            ));
+        }
         let _no_grad = crate::no_grad();
         let mut active = Vec::with_capacity(self.slots.len());
+        // fused where every gradient is a CPU tensor of its parameter's dtype (the product in
+        // that dtype, as clipping's `mul_scalar` takes it); else each gradient scaled first
+        let fused = self
+            .slots
+            .iter()
+            .filter_map(|s| grads.get(&s.param).map(|g| (s, g)))
+            .all(|(s, g)| *g.device() == crate::Device::Cpu && g.dtype() == s.param.dtype());
         for slot in &self.slots {
             if let Some(g) = checked_grad("AdamW", &slot.name, &slot.param, grads)? {
+                let g = if fused || scale == 1.0 {
+                    g.clone()
+                } else {
+                    g.mul_scalar(scale)?
+                };
                 active.push((slot, g.to_dtype(slot.param.dtype())?.dense()?));
             }
         }
@@ -278,6 +306,7 @@ impl AdamW {
             step_size: self.lr / (1.0 - b1.powi(t)),
             bc2_sqrt: (1.0 - b2.powi(t)).sqrt(),
             eps: self.eps,
+            grad_scale: if fused { scale } else { 1.0 },
         };
         let mut params: Vec<_> = active.iter().map(|(s, _)| s.param.storage_mut()).collect();
         let grads: Vec<_> = active.iter().map(|(_, g)| g.storage()).collect();

@@ -45,6 +45,36 @@ pub fn clip_grad_norm_sharded<P: AsRef<Tensor>>(
     max_norm: f64,
     total: impl FnOnce(f64) -> Result<f64>,
 ) -> Result<f64> {
+    let (norm, coef) = norm_and_coefficient(params, grads, max_norm, total)?;
+    if coef < 1.0 {
+        let _no_grad = crate::no_grad();
+        for p in params.iter().map(AsRef::as_ref) {
+            if let Some(g) = grads.get(p) {
+                let scaled = g.mul_scalar(coef)?;
+                grads.insert(p, scaled);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// What [`clip_grad_norm`] computes, without scaling the gradients: the global norm of the
+/// gradients of `params` and the factor they are to be multiplied by, `max_norm / (norm + 1e-6)`
+/// when that is below 1, else exactly 1. Give the factor to [`AdamW::step_scaled`], whose
+/// fused update applies it on the CPU: one pass over the gradients less than clipping first
+/// (`clip_grad_norm` then [`AdamW::step`] writes every gradient once more), the same values.
+pub fn clip_coefficient<P: AsRef<Tensor>>(params: &[P], grads: &Gradients, max_norm: f64) -> Result<(f64, f64)> {
+    let (norm, coef) = norm_and_coefficient(params, grads, max_norm, Ok)?;
+    Ok((norm, if coef < 1.0 { coef } else { 1.0 }))
+}
+
+/// The global gradient norm (over every shard, through `total`) and the raw clipping coefficient.
+fn norm_and_coefficient<P: AsRef<Tensor>>(
+    params: &[P],
+    grads: &Gradients,
+    max_norm: f64,
+    total: impl FnOnce(f64) -> Result<f64>,
+) -> Result<(f64, f64)> {
     if max_norm.is_nan() || max_norm <= 0.0 {
         return Err(Error::invalid(
             "clip_grad_norm",
@@ -70,16 +100,7 @@ pub fn clip_grad_norm_sharded<P: AsRef<Tensor>>(
     let refs: Vec<&crate::backend::Storage> = storages.iter().map(|s| &**s).collect();
     let sum_sq = total(crate::backend::grad_sq_sum(&refs)?)?;
     let norm = sum_sq.sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for p in params.iter().map(AsRef::as_ref) {
-            if let Some(g) = grads.get(p) {
-                let scaled = g.mul_scalar(coef)?;
-                grads.insert(p, scaled);
-            }
-        }
-    }
-    Ok(norm)
+    Ok((norm, max_norm / (norm + 1e-6)))
 }
 
 /// Linear warmup, then cosine decay to `min_lr` at `max_steps`, then constant: nanoGPT's

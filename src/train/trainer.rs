@@ -29,7 +29,7 @@ use super::run_dir::{self, RunLock};
 use super::zero::Zero1;
 use crate::data::{tokenize_cached, Corpus, Dataset, Split, WindowPlan, EMBEDDED};
 use crate::model::{Gpt, GptConfig};
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::{clip_coefficient, AdamW};
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 use crate::{BackwardObserver, Device, Error, Gradients, Result, Rng, Tensor};
 use std::path::{Path, PathBuf};
@@ -715,16 +715,17 @@ impl Session {
         let clip = self.cfg().grad_clip;
         let max_norm = if clip > 0.0 { clip } else { f64::MAX };
         // clipped to the global norm (on every rank, or this rank's shard under ZeRO-1, whose
-        // reduce-scatter runs here, after the backward)
-        let (norm, update) = match &self.opt {
+        // reduce-scatter runs here, after the backward); the whole optimizer applies the
+        // clipping's coefficient inside its update (`step_scaled`: no pass writing scaled copies)
+        let (norm, update, scale) = match &self.opt {
             Optimizer::Whole(_) => {
-                let norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
-                (norm, grads)
+                let (norm, scale) = clip_coefficient(&self.params, &grads, max_norm)?;
+                (norm, grads, scale)
             }
             Optimizer::Zero1(zero) => {
-                let reduced = zero.reduce_gradients(&grads, max_norm)?;
+                let (norm, reduced) = zero.reduce_gradients(&grads, max_norm)?;
                 drop(grads);
-                reduced
+                (norm, reduced, 1.0)
             }
         };
         if !loss.is_finite() || !norm.is_finite() {
@@ -741,7 +742,7 @@ impl Session {
         match &mut self.opt {
             Optimizer::Whole(opt) => {
                 opt.set_lr(lr);
-                opt.step(&update)?;
+                opt.step_scaled(&update, scale)?;
             }
             Optimizer::Zero1(zero) => zero.step(lr, &update)?,
         }

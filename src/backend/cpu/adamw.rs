@@ -69,18 +69,31 @@ fn update<T: Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]
     let (decay_factor, b1, b2) = (c(h.decay_factor), c(h.b1), c(h.b2));
     let (one_b1, one_b2) = (c(1.0 - h.b1), c(1.0 - h.b2));
     let (step_size, bc2_sqrt, eps) = (c(h.step_size), c(h.bc2_sqrt), c(h.eps));
+    // the clipping's g·coefficient, rounded as `mul_scalar` rounds it (one product in T)
+    let grad_scale = c(h.grad_scale);
     p.par_chunks_mut(PARALLEL_MIN)
         .zip(g.par_chunks(PARALLEL_MIN))
         .zip(m.par_chunks_mut(PARALLEL_MIN))
         .zip(v.par_chunks_mut(PARALLEL_MIN))
         .for_each(|(((p, g), m), v)| {
             // zipped slices (no bounds checks) and the constants as values, so the loop vectorises
-            let k = [decay_factor, b1, one_b1, b2, one_b2, step_size, bc2_sqrt, eps];
+            let k = [
+                decay_factor,
+                b1,
+                one_b1,
+                b2,
+                one_b2,
+                step_size,
+                bc2_sqrt,
+                eps,
+                grad_scale,
+            ];
             super::vectorised(
                 #[inline(always)]
                 move || {
-                    let [decay_factor, b1, one_b1, b2, one_b2, step_size, bc2_sqrt, eps] = k;
+                    let [decay_factor, b1, one_b1, b2, one_b2, step_size, bc2_sqrt, eps, grad_scale] = k;
                     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        let g = g * grad_scale;
                         let decayed = if decay { *p * decay_factor } else { *p };
                         *m = b1 * *m + one_b1 * g;
                         *v = b2 * *v + one_b2 * g * g;

@@ -5,6 +5,7 @@ use super::{alloc, dispatch_float, typed, CpuFloat};
 use crate::backend::cpu::{with_cpu_storage, CpuStorage};
 use crate::Result;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `[outer, size, inner]` → `[outer, ids.len(), inner]`, picking `ids` along the middle dim.
 pub fn index_select(s: &CpuStorage, outer: usize, size: usize, inner: usize, ids: &[u32]) -> Result<CpuStorage> {
@@ -40,24 +41,37 @@ pub fn index_add(
         starts: &[u32],
     ) -> Result<CpuStorage> {
         let src = typed::<T>(src);
-        let mut out = alloc::filled("index_add", outer * size * inner, T::from_f64(0.0))?;
-        if inner == 0 {
-            return Ok(CpuStorage::from_vec(out));
+        let n = outer * size * inner;
+        // every row is written below (zeros, or its bucket's sum), so the output starts uninitialised
+        let mut out = alloc::with_capacity("index_add", n)?;
+        if inner > 0 {
+            let zero = T::from_f64(0.0);
+            out.spare_capacity_mut()[..n]
+                .par_chunks_mut(inner)
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    let (o, r) = (row / size, row % size);
+                    let bucket = &order[starts[r] as usize..starts[r + 1] as usize];
+                    if bucket.is_empty() {
+                        // most rows of a token table's gradient: no accumulator, no conversion
+                        dst.fill(MaybeUninit::new(zero));
+                        return;
+                    }
+                    let mut acc = vec![0f64; inner];
+                    for &j in bucket {
+                        let from = (o * order.len() + j as usize) * inner;
+                        for (a, s) in acc.iter_mut().zip(&src[from..from + inner]) {
+                            *a += s.to_f64();
+                        }
+                    }
+                    for (d, a) in dst.iter_mut().zip(acc) {
+                        d.write(T::from_f64(a));
+                    }
+                });
         }
-        out.par_chunks_mut(inner).enumerate().for_each(|(row, dst)| {
-            let (o, r) = (row / size, row % size);
-            let bucket = &order[starts[r] as usize..starts[r + 1] as usize];
-            let mut acc = vec![0f64; inner];
-            for &j in bucket {
-                let from = (o * order.len() + j as usize) * inner;
-                for (a, s) in acc.iter_mut().zip(&src[from..from + inner]) {
-                    *a += s.to_f64();
-                }
-            }
-            for (d, a) in dst.iter_mut().zip(acc) {
-                *d = T::from_f64(a);
-            }
-        });
+        // SAFETY: the capacity is n, and the rows of `inner` elements tile it, each written in full
+        // above (n is 0 when inner is)
+        unsafe { out.set_len(n) };
         Ok(CpuStorage::from_vec(out))
     }
     dispatch_float!("index_add", src.dtype(), run(src, outer, size, inner, order, starts))

@@ -1,7 +1,7 @@
 //! LayerNorm over the last dim, forward and backward, one row at a time in the arithmetic
 //! type (f32 for f32/bf16/f16, f64 for f64). x is contiguous `[rows, c]`.
 
-use super::{acc, dispatch_float, lane_fold, lane_sum, typed, CpuFloat};
+use super::{acc, alloc, dispatch_float, lane_fold, lane_sum, typed, CpuFloat};
 use crate::backend::cpu::CpuStorage;
 use crate::Result;
 use num_traits::{Float, ToPrimitive};
@@ -98,16 +98,20 @@ pub fn layer_norm_backward(
         mean: &[f64],
         rstd: &[f64],
         c: usize,
-    ) -> (CpuStorage, CpuStorage, CpuStorage) {
+    ) -> Result<(CpuStorage, CpuStorage, CpuStorage)>
+    where
+        T::Acc: Into<f64>,
+    {
         let (x, w, dy) = (typed::<T>(x), typed::<T>(w), typed::<T>(dy));
-        let mut dx = vec![T::from_f64(0.0); x.len()];
+        // every row of dx is written below, so it starts uninitialised
+        let mut dx = alloc::with_capacity("layer_norm", x.len())?;
         let (mut dw, mut db) = (vec![0f64; c], vec![0f64; c]);
         if c > 0 {
             let n = acc::<T>(c as f64);
             let rows = mean.par_iter().zip(rstd);
             x.par_chunks(c)
                 .zip(dy.par_chunks(c))
-                .zip(dx.par_chunks_mut(c))
+                .zip(dx.spare_capacity_mut()[..x.len()].par_chunks_mut(c))
                 .zip(rows)
                 .for_each(|(((xr, dyr), dxr), (&m, &r))| {
                     super::vectorised(
@@ -122,7 +126,7 @@ pub fn layer_norm_backward(
                             let (mean_dyw, mean_dyw_xhat) = (sum_dyw / n, sum_dyw_xhat / n);
                             for (((xv, g), wv), d) in xr.iter().zip(dyr).zip(w).zip(dxr.iter_mut()) {
                                 let xhat = (xv.up() - m) * r;
-                                *d = T::down(r * (g.up() * wv.up() - mean_dyw - xhat * mean_dyw_xhat));
+                                d.write(T::down(r * (g.up() * wv.up() - mean_dyw - xhat * mean_dyw_xhat)));
                             }
                         },
                     )
@@ -138,12 +142,16 @@ pub fn layer_norm_backward(
                 c0: usize,
                 dw: &mut [f64],
                 db: &mut [f64],
-            ) {
+            ) where
+                T::Acc: Into<f64>,
+            {
                 for ((xr, dyr), (&m, &r)) in x.chunks(c).zip(dy.chunks(c)).zip(stats.0.iter().zip(stats.1)) {
                     let (xr, dyr) = (&xr[c0..c0 + dw.len()], &dyr[c0..c0 + dw.len()]);
                     for (((w, b), xv), g) in dw.iter_mut().zip(db.iter_mut()).zip(xr).zip(dyr) {
-                        let g = g.to_f64();
-                        *w += g * (xv.to_f64() - m) * r;
+                        // widened through the arithmetic type (exact, and a vector op for bf16,
+                        // where `to_f64` branches per element)
+                        let g: f64 = g.up().into();
+                        *w += g * (Into::<f64>::into(xv.up()) - m) * r;
                         *b += g;
                     }
                 }
@@ -166,7 +174,10 @@ pub fn layer_norm_backward(
             }
         }
         let narrow = |v: Vec<f64>| CpuStorage::from_vec(v.into_iter().map(T::from_f64).collect::<Vec<T>>());
-        (CpuStorage::from_vec(dx), narrow(dw), narrow(db))
+        // SAFETY: the capacity is x.len(), tiled by the rows of c elements, each written in full
+        // above (x is empty when c is 0)
+        unsafe { dx.set_len(x.len()) };
+        Ok((CpuStorage::from_vec(dx), narrow(dw), narrow(db)))
     }
-    Ok(dispatch_float!("layer_norm", x.dtype(), run(x, w, dy, mean, rstd, c)))
+    dispatch_float!("layer_norm", x.dtype(), run(x, w, dy, mean, rstd, c))
 }

@@ -130,6 +130,10 @@ pub struct AdamWHyper {
     /// √(1 − β2ᵗ).
     pub bc2_sqrt: f64,
     pub eps: f64,
+    /// The factor the gradients are multiplied by first, in the parameters' precision: the
+    /// gradient clipping's coefficient fused into the step (1 for none). The CPU applies it;
+    /// other devices take 1 only (`AdamW::step_scaled` scales their gradients before the call).
+    pub grad_scale: f64,
 }
 
 /// One parameter of a fused AdamW step over storages `S` (the `Storage` enum, or one backend's):
