@@ -8,11 +8,11 @@
 //! samples in the scheduler). Here the pool's other workers stay awake instead, while kiln's CPU
 //! ops run back to back: each runs one *poller*, a rayon job that takes the pool's pending jobs as
 //! they appear (`rayon::yield_now`: the caller's deque, then the others', then the injector) and
-//! spins (`spin_loop`) in between.
+//! yields its core in between (`sched_yield`, which returns at once when nothing else wants it).
 //!
 //! ```text
 //! driver (worker 0):  op ─ touch ─ op ─ touch ─ op ─ touch ────────────── (no op for IDLE)
-//! worker 1:           poller: run job · spin · run job · spin · run job · spin ··· return
+//! worker 1:           poller: run job · yield · run job · yield · run job · yield ··· return
 //! ```
 //!
 //! Every CPU tensor an op makes calls [`keep_workers_awake`] on the thread that runs the ops (the
@@ -120,9 +120,9 @@ impl Pollers {
             } else if since.elapsed() >= self.idle {
                 return;
             }
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
+            // Give the core away if anything else wants it (the driver, another process): a
+            // poller that only spun would hold a shared core through its time slice.
+            std::thread::yield_now();
         }
     }
 
