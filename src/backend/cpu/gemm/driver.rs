@@ -3,9 +3,9 @@
 
 use super::kernel::Kernel;
 use super::matrix::Element;
-use super::matrix::{Epilogue, Problem};
+use super::matrix::{Epilogue, MatMut, MatRef, Problem};
 use super::meter::{self, Call};
-use super::pack::with_pack_buffer;
+use super::pack::{prefetch, with_pack_buffer, with_partial_buffer};
 use rayon::prelude::*;
 
 /// Minimum work (in flops, `2·m·n·k`) per thread before a product is split over threads:
@@ -35,9 +35,91 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
     }
 }
 
+/// Products whose shared dimension is at least this many times their larger side of C, and of
+/// at least two threads' worth of flops ([`PAR_FLOPS_PER_THREAD`]), run as two halves along k
+/// ([`split_k`]): the LM head's `dX = dlogits·wte` (512×768×50257 for GPT-2 at 2 × 256). With
+/// C cut into slabs of columns instead, each thread packs all of A (the 103 MB of `dlogits`,
+/// read from memory) for half the tiles per A micro-panel; with halves of k, each thread packs
+/// half of A and half of B, once, and C's whole width shares each A micro-panel. Not nanoGPT's
+/// products (k = 768 against 128-512 columns) nor the blocks' (k at most 4·768).
+const LONG_K_RATIO: usize = 8;
+
+/// Where [`run`]'s product is cut in two along k (`Some(half)`: steps `0..half` and
+/// `half..k`), by its shape alone, never by the number of threads, so that the result's bits do
+/// not depend on the pool: the halves run one after the other on a single thread.
+pub(super) fn long_k_half<K: Kernel>(m: usize, n: usize, k: usize) -> Option<usize> {
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    let long = k >= LONG_K_RATIO.saturating_mul(m.max(n)) && k >= 2 * K::KC;
+    (long && flops >= 2 * PAR_FLOPS_PER_THREAD).then(|| round_up(k.div_ceil(2), K::K_STEP))
+}
+
 /// [`run`]'s product (m, n, k > 0, alpha not 0) on as many threads as its size warrants, each
 /// slab through `call` when metered.
 fn split<K: Kernel>(problem: Problem<K::T, K::In>, call: Option<&Call>) {
+    // The kernels store vectors along C's rows: make them C's unit-stride direction.
+    let problem = if problem.c.cs != 1 && problem.c.rs == 1 {
+        problem.transposed()
+    } else {
+        problem
+    };
+    let threads = rayon::current_num_threads();
+    match long_k_half::<K>(problem.m, problem.n, problem.k) {
+        Some(half) => split_k::<K>(problem, half, threads, call),
+        None => split_mn::<K>(problem, threads, call),
+    }
+}
+
+/// [`split`]'s product in two halves along k, `0..half` and `half..k` (0 < half < k): the first
+/// into C with the product's beta, the second (also alpha-scaled) into a scratch matrix, each on
+/// half the threads ([`split_mn`]), then the scratch added to C on the calling thread. The
+/// result differs from one pass over k only in rounding (two partial sums added), and is the
+/// same on any number of threads.
+fn split_k<K: Kernel>(problem: Problem<K::T, K::In>, half: usize, threads: usize, call: Option<&Call>) {
+    let Problem { m, n, k, .. } = problem;
+    let threads = (threads / 2).max(1);
+    with_partial_buffer(m * n, |partial: &mut [K::T]| {
+        // SAFETY: 0 < half < k (long_k_half), so both ranges are non-empty and inside 0..k.
+        let (first, second) = unsafe { (problem.ks(0..half), problem.ks(half..k)) };
+        let second = Problem {
+            c: MatMut {
+                ptr: partial.as_mut_ptr(),
+                rs: n,
+                cs: 1,
+            },
+            ep: Epilogue {
+                beta: K::T::ZERO,
+                ..problem.ep
+            },
+            ..second
+        };
+        rayon::join(
+            || split_mn::<K>(first, threads, call),
+            || split_mn::<K>(second, threads, call),
+        );
+        let c = problem.c;
+        for (i, row) in partial.chunks_exact(n).enumerate() {
+            if c.cs == 1 {
+                // SAFETY: row i of C holds n contiguous elements (cs == 1), written by the first
+                // half and used by no other thread now.
+                let c_row = unsafe { std::slice::from_raw_parts_mut(c.at(i, 0).ptr, n) };
+                c_row.iter_mut().zip(row).for_each(|(c, &x)| *c = *c + x);
+            } else {
+                for (j, &x) in row.iter().enumerate() {
+                    // SAFETY: (i, j) is an element of C, written by the first half.
+                    unsafe {
+                        let cij = c.at(i, j).ptr;
+                        *cij = *cij + x;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`split`]'s product (or one half of it along k) on up to `threads` threads, as many as its
+/// size warrants, in slabs of C's rows or columns, each through `call` when metered. The slabs
+/// are disjoint parts of C computed as on one thread, so the bits do not depend on `threads`.
+fn split_mn<K: Kernel>(problem: Problem<K::T, K::In>, threads: usize, call: Option<&Call>) {
     let k = problem.k;
     let run_slab = |part: Problem<K::T, K::In>| {
         // SAFETY: `run` validated the problem with m, n, k > 0; each slab is a disjoint part of
@@ -49,16 +131,10 @@ fn split<K: Kernel>(problem: Problem<K::T, K::In>, call: Option<&Call>) {
             None => go(),
         }
     };
-    // The kernels store vectors along C's rows: make them C's unit-stride direction.
-    let problem = if problem.c.cs != 1 && problem.c.rs == 1 {
-        problem.transposed()
-    } else {
-        problem
-    };
     let (m, n) = (problem.m, problem.n);
 
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
-    let threads = rayon::current_num_threads().min(flops / PAR_FLOPS_PER_THREAD).max(1);
+    let threads = threads.min(flops / PAR_FLOPS_PER_THREAD).max(1);
     if threads == 1 {
         return run_slab(problem);
     }
@@ -103,6 +179,7 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
     let k_blocks = Blocks::new(k, K::KC, K::K_STEP);
     let n_blocks = Blocks::new(n, K::NC, K::NR);
     let b_len = k_blocks.size * n_blocks.size;
+    let prefetch_a = m * k * size_of::<K::In>() >= PREFETCH_A_BYTES;
     let all_blocks = || {
         with_pack_buffer(b_len + K::MR * k_blocks.size, |buf: &mut [K::In]| {
             let (b_pack, a_pack) = buf.split_at_mut(b_len);
@@ -112,9 +189,14 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
                     unsafe { K::pack_b(kc, nc, b.at(pc, jc), b_pack) };
                     for ic in (0..m).step_by(K::MR) {
                         let block = Block { ic, jc, nc, pc, kc };
+                        let next = if prefetch_a {
+                            NextPanel::new::<K>(&problem, block)
+                        } else {
+                            None
+                        };
                         // SAFETY: the block lies inside the problem, b_pack holds its packed B
                         // block, and the caller's contract covers C and the CPU.
-                        unsafe { row_panel::<K>(&problem, block, b_pack, a_pack) };
+                        unsafe { row_panel::<K>(&problem, block, b_pack, a_pack, next) };
                     }
                 }
             }
@@ -135,16 +217,90 @@ struct Block {
     kc: usize,
 }
 
+/// Bytes of A (in the slab a thread runs) from which [`row_panel`] prefetches the next A
+/// micro-panel's source while it runs the current one's tiles: an A that large is not in L2, so
+/// packing its micro-panel (12 rows of a row-major A, 256 columns of a column-major one) would
+/// otherwise wait for memory at every line. The LM head's `dX = dlogits·wte` packs 12 rows of
+/// 1 KiB, 200 KB apart, per 12 or 24 tiles.
+const PREFETCH_A_BYTES: usize = 1 << 20;
+
+/// The source lines of the A micro-panel below the current one (rows `ic + MR..`, the same
+/// steps of k), which [`row_panel`] prefetches a share at a time, one share per tile, so that
+/// they are in cache when the next row panel packs them.
+#[derive(Clone, Copy)]
+struct NextPanel<I: Element> {
+    /// Element (0, 0) of the next micro-panel's `rows×kc` block of A.
+    at: MatRef<I>,
+    rows: usize,
+    kc: usize,
+    /// Lines per row (A row-major: a row's span can start mid-line, so one more than its length
+    /// needs).
+    per: usize,
+    /// Lines in all: `rows·per` (A row-major), or 2 per step of k (A column-major: the lines of
+    /// its first and last row).
+    lines: usize,
+    /// Whether A's rows are contiguous (else its columns are).
+    row_major: bool,
+}
+
+impl<I: Element> NextPanel<I> {
+    /// Elements per cache line.
+    const PER_LINE: usize = 64 / size_of::<I>();
+
+    /// The micro-panel after `block`'s, if there is one and A's rows or columns are contiguous.
+    fn new<K: Kernel<In = I>>(problem: &Problem<K::T, I>, block: Block) -> Option<Self> {
+        let ic = block.ic + K::MR;
+        let a = problem.a;
+        if ic >= problem.m || (a.cs != 1 && a.rs != 1) {
+            return None;
+        }
+        let (row_major, rows, kc) = (a.cs == 1, K::MR.min(problem.m - ic), block.kc);
+        let per = kc.div_ceil(Self::PER_LINE) + 1;
+        Some(Self {
+            // SAFETY: ic < m and pc < k: (ic, pc) is an element of A.
+            at: unsafe { a.at(ic, block.pc) },
+            rows,
+            kc,
+            per,
+            lines: if row_major { rows * per } else { 2 * kc },
+            row_major,
+        })
+    }
+
+    /// Prefetches share `part` of `parts` of the lines.
+    fn prefetch(&self, part: usize, parts: usize) {
+        let (lines, at) = (self.lines, self.at);
+        for t in part * lines / parts..(part + 1) * lines / parts {
+            let p = if self.row_major {
+                let (i, line) = (t / self.per, t % self.per);
+                at.ptr
+                    .wrapping_add(i * at.rs + (line * Self::PER_LINE).min(self.kc - 1))
+            } else {
+                let (step, last) = (t / 2, t % 2);
+                at.ptr.wrapping_add(step * at.cs + last * (self.rows - 1))
+            };
+            prefetch(p);
+        }
+    }
+}
+
 /// Packs A's `MR×kc` micro-panel at `(ic, pc)` into `a_pack` and multiplies it by every
 /// micro-panel of the packed B block `b_pack`, into C's tiles at `(ic, jc..jc + nc)`; the first
-/// block of k applies the product's beta, the others add.
+/// block of k applies the product's beta, the others add. With `next`, it prefetches the next
+/// micro-panel's source meanwhile, a share per tile.
 ///
 /// # Safety
 ///
 /// `block` lies inside `problem`, which is validated; `b_pack` holds the kc×nc block of B at
 /// `(pc, jc)` packed by `K::pack_b`, `a_pack` holds at least `MR·round_up(kc, K_STEP)`
 /// elements; no other thread accesses C's rows `ic..ic + MR`; the CPU supports `K`.
-unsafe fn row_panel<K: Kernel>(problem: &Problem<K::T, K::In>, block: Block, b_pack: &[K::In], a_pack: &mut [K::In]) {
+unsafe fn row_panel<K: Kernel>(
+    problem: &Problem<K::T, K::In>,
+    block: Block,
+    b_pack: &[K::In],
+    a_pack: &mut [K::In],
+    next: Option<NextPanel<K::In>>,
+) {
     let Block { ic, jc, nc, pc, kc } = block;
     let Problem { m, a, c, ep, .. } = *problem;
     let beta = if pc == 0 { ep.beta } else { K::T::ONE };
@@ -152,7 +308,11 @@ unsafe fn row_panel<K: Kernel>(problem: &Problem<K::T, K::In>, block: Block, b_p
     // SAFETY: (ic, pc) is an element of A, the block is mr×kc and the CPU supports K.
     unsafe { K::pack_a(mr, kc, a.at(ic, pc), a_pack) };
     let panel_len = round_up(kc, K::K_STEP) * K::NR;
-    for (jr, b_panel) in (0..nc).step_by(K::NR).zip(b_pack.chunks_exact(panel_len)) {
+    let tiles = nc.div_ceil(K::NR);
+    for (t, (jr, b_panel)) in (0..nc).step_by(K::NR).zip(b_pack.chunks_exact(panel_len)).enumerate() {
+        if let Some(next) = &next {
+            next.prefetch(t, tiles);
+        }
         // SAFETY: the panels hold kc'·MR and kc'·NR elements, the tile at (ic, jc + jr) of C
         // is inside the problem's part of C and the CPU supports K (caller's contract).
         unsafe {

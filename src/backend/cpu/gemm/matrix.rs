@@ -323,6 +323,23 @@ impl<T: Element, I> Problem<T, I> {
         }
     }
 
+    /// The sub-product over steps `ks` of the shared dimension (A's columns, B's rows), into
+    /// the same C.
+    ///
+    /// # Safety
+    ///
+    /// `ks` must be a non-empty range inside `0..k`.
+    pub(super) unsafe fn ks(self, ks: std::ops::Range<usize>) -> Self {
+        Self {
+            k: ks.len(),
+            // SAFETY: step `ks.start` exists in A and B (caller's contract; m, n > 0 in `run`).
+            a: unsafe { self.a.at(0, ks.start) },
+            // SAFETY: as above.
+            b: unsafe { self.b.at(ks.start, 0) },
+            ..self
+        }
+    }
+
     /// `C = beta·C`, the whole result when `k == 0` or `alpha == 0` (A and B are not read).
     pub(super) fn scale_c(self) {
         for i in 0..self.m {

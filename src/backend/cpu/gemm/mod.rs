@@ -30,7 +30,10 @@
 //! contiguous elements per step of k; the SIMD paths copy them with vector loads and stores
 //! (masked at a line's end) rather than a `memcpy` call per 48 or 128 bytes, whose call cost as
 //! much as the copy (~3% of such a product's samples). Packing buffers are 64-byte aligned and
-//! cached per thread.
+//! cached per thread. When A is too large for L2 (1 MiB or more of the thread's slab), each row
+//! panel prefetches the source lines of the next A micro-panel, a share per tile, so that packing
+//! it does not wait on memory line by line (the LM head's `dX = dlogits·wte` packs 12 rows of
+//! `dlogits` 200 KB apart per micro-panel).
 //!
 //! # SIMD micro-kernels (AVX-512F, AVX2 + FMA)
 //!
@@ -52,7 +55,11 @@
 //! per row (masks also handle the n edge); a column-major C is handled by transposing the
 //! whole problem (Cᵀ = Bᵀ·Aᵀ), any other C layout via a scalar write-back.
 //! The AVX2 tile has the same shape of loop at half the width and half the rows: 12
-//! independent FMAs per step (two FMA ports × 4-cycle latency needs 8) and 8 loads. The
+//! independent FMAs per step (two FMA ports × 4-cycle latency needs 8) and 8 loads.
+//! Tiles on C's edges run copies of the loop that skip the padding: at most 4 or 8 rows (the
+//! attention's 64-row tiles end in a tile of 4 rows) with 4 or 8 rows of accumulators, at most
+//! LANES columns with one vector a row, each element of C getting the same FMAs in the same
+//! order (same bits). The
 //! kernel is chosen at run time (`is_x86_feature_detected!`): AVX-512F, else AVX2 + FMA (e.g.
 //! AMD Zen 2/3, Intel before Skylake-X), else `Portable`, the same driver with a small
 //! autovectorised micro-kernel (SSE2 on a plain x86-64 build, which is what every x86 CPU
@@ -128,7 +135,16 @@
 //! C is cut into one disjoint slab per thread (columns, or rows when that balances better)
 //! and each thread runs the whole blocked algorithm on its slab with its own thread-local
 //! packing buffers, so no synchronisation is needed. Smaller products stay on the calling
-//! thread.
+//! thread. The slabs give C the bits of one thread's product.
+//!
+//! A long product (k at least `driver::LONG_K_RATIO` = 8 times m and n, and two threads' worth of
+//! flops: the LM head's `dX = dlogits·wte`, k = the vocabulary) is cut in two along k instead: the
+//! first half into C (with beta), the second into a per-thread scratch matrix (beta 0), each half
+//! on half the threads, then the scratch added to C. Cutting C into columns would make each thread
+//! pack all of A (`dlogits`, 103 MB at GPT-2's 2 × 256) for half of C's width; halves of k pack A
+//! and B once between them. The cut depends on the shape only, never on the number of threads (on
+//! one thread the halves run one after the other), so the bits do not depend on the pool; they
+//! differ from one pass over k in rounding only (two partial sums added).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

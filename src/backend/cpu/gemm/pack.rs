@@ -3,7 +3,7 @@
 
 use super::kernel::Kernel;
 use super::matrix::{Element, MatRef};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Packs the `mr×kc` block `a` into one A micro-panel: `dst[p·MR + i] = a[i, p]`, rows
 /// `mr..MR` zero (for a kernel with `K_STEP == 1`).
@@ -95,4 +95,38 @@ pub(super) fn with_pack_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T
         // `len·size_of::<T>()` bytes; T is f32, f64 or bf16 (align <= 64), valid for any bits.
         f(unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) })
     })
+}
+
+/// Runs `f` on a scratch slice of `len` elements (any values) for the second half of a product
+/// cut along k (`driver::split_k`), cached per thread like [`with_pack_buffer`]'s. The buffer is
+/// taken out of its cache for the call (which forks and waits): a product that rayon runs on
+/// this thread meanwhile finds the cache empty and allocates its own.
+pub(super) fn with_partial_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    thread_local! {
+        static BUFFER: Cell<Vec<CacheLine>> = const { Cell::new(Vec::new()) };
+    }
+    let lines = (len * size_of::<T>()).div_ceil(size_of::<CacheLine>());
+    let mut buffer = BUFFER.take();
+    if buffer.len() < lines {
+        buffer = vec![CacheLine([0; 64]); lines];
+    }
+    // SAFETY: as in `with_pack_buffer`: `lines` initialised 64-byte aligned lines, at least
+    // `len·size_of::<T>()` bytes, of a type valid for any bits.
+    let r = f(unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) });
+    BUFFER.set(buffer);
+    r
+}
+
+/// Asks the CPU to bring the cache line holding `p` into its caches (a hint: never faults,
+/// whatever `p`); nothing off x86-64.
+#[inline(always)]
+pub(super) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults; SSE is part of x86-64's baseline.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

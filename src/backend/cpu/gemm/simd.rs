@@ -218,6 +218,13 @@ unsafe fn transpose_rows<V: Vector>(
 /// rows × 2 vectors of accumulators. Each step of the shared dimension loads 2 vectors of
 /// B̃, broadcasts the MR values of Ã and issues 2·MR independent FMAs.
 ///
+/// A tile at C's edges runs a copy of the loop without the padding's FMAs: at most 4 or 8 rows
+/// (the bottom edge: 64 rows are five tiles of 12 and one of 4) with 4 or 8 rows of
+/// accumulators, at most LANES columns (the right edge: nanoGPT's 65-token vocabulary) with one
+/// vector per row. 8 or more independent FMAs a step still cover the two FMA units' latency.
+/// Each element of C gets the same FMAs in the same order as in the full tile, so the bits do
+/// not change.
+///
 /// # Safety
 ///
 /// As for [`Kernel::tile`], and the CPU supports `V`'s instruction set.
@@ -231,35 +238,100 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize>(
     nr: usize,
     ep: &Epilogue<V::E>,
 ) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if nr <= V::LANES {
+            tile_rows::<V, MR, 1>(kc, a, b, c, mr, nr, ep)
+        } else {
+            tile_rows::<V, MR, 2>(kc, a, b, c, mr, nr, ep)
+        }
+    }
+}
+
+/// [`tile`] with `VECS` vectors of accumulators a row (`nr <= VECS·LANES`): picks the rows.
+///
+/// # Safety
+///
+/// As for [`tile`], and `nr <= VECS·LANES`.
+#[inline(always)]
+unsafe fn tile_rows<V: Vector, const MR: usize, const VECS: usize>(
+    kc: usize,
+    a: *const V::E,
+    b: *const V::E,
+    c: MatMut<V::E>,
+    mr: usize,
+    nr: usize,
+    ep: &Epilogue<V::E>,
+) {
+    // SAFETY: forwarded contract; each copy reads the first ROWS <= MR rows of Ã's MR-wide
+    // steps and writes mr <= ROWS rows of C.
+    unsafe {
+        if MR > 4 && mr <= 4 {
+            tile_loop::<V, MR, 4, VECS>(kc, a, b, c, mr, nr, ep)
+        } else if MR > 8 && mr <= 8 {
+            tile_loop::<V, MR, 8, VECS>(kc, a, b, c, mr, nr, ep)
+        } else {
+            tile_loop::<V, MR, MR, VECS>(kc, a, b, c, mr, nr, ep)
+        }
+    }
+}
+
+/// [`tile`]'s loop with `ROWS × VECS` vectors of accumulators (`mr <= ROWS <= MR`, `nr <=
+/// VECS·LANES`, VECS 1 or 2) over an Ã packed with MR values and a B̃ with 2·LANES values a step.
+///
+/// # Safety
+///
+/// As for [`tile`], `mr <= ROWS <= MR` and `nr <= VECS·LANES <= 2·LANES`.
+#[inline(always)]
+unsafe fn tile_loop<V: Vector, const MR: usize, const ROWS: usize, const VECS: usize>(
+    kc: usize,
+    a: *const V::E,
+    b: *const V::E,
+    c: MatMut<V::E>,
+    mr: usize,
+    nr: usize,
+    ep: &Epilogue<V::E>,
+) {
     // SAFETY: the instruction set is supported (caller's contract); step p reads
-    // Ã[p·MR..][..MR] and B̃[p·2·LANES..][..2·LANES], inside the kc·MR and kc·NR elements of
-    // the panels. Prefetches never fault, and their addresses are computed with wrapping
+    // Ã[p·MR..][..ROWS] and B̃[p·2·LANES..][..VECS·LANES], inside the kc·MR and kc·NR elements
+    // of the panels. Prefetches never fault, and their addresses are computed with wrapping
     // arithmetic.
     let acc = unsafe {
         prefetch_tile(c, mr, nr);
-        let mut acc = [[V::zero(); 2]; MR];
+        let mut acc = [[V::zero(); VECS]; ROWS];
         for p in 0..kc {
             let a_p = a.add(p * MR);
             let b_p = b.add(p * 2 * V::LANES);
             // B̃ streams from L2; Ã (reused by every tile of the block) stays in L1.
             let ahead = b_p.wrapping_add(PREFETCH_STEPS * 2 * V::LANES);
             _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-            if 2 * V::LANES * size_of::<V::E>() > 64 {
+            if VECS == 2 && 2 * V::LANES * size_of::<V::E>() > 64 {
                 // a step of B̃ spans two cache lines (AVX-512); AVX2's fills one
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(V::LANES).cast());
             }
-            let (b0, b1) = (V::load(b_p), V::load(b_p.add(V::LANES)));
+            let mut bv = [V::zero(); VECS];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = V::load(b_p.add(v * V::LANES));
+            }
             for (i, acc_i) in acc.iter_mut().enumerate() {
                 let a_pi = V::splat(*a_p.add(i));
-                acc_i[0] = V::fmadd(a_pi, b0, acc_i[0]);
-                acc_i[1] = V::fmadd(a_pi, b1, acc_i[1]);
+                for (acc_iv, &bv) in acc_i.iter_mut().zip(&bv) {
+                    *acc_iv = V::fmadd(a_pi, bv, *acc_iv);
+                }
             }
         }
         acc
     };
 
-    // SAFETY: forwarded contract.
-    unsafe { write_back::<V, MR>(&acc, c, mr, nr, ep) }
+    // SAFETY: forwarded contract (mr <= ROWS, nr <= VECS·LANES).
+    unsafe {
+        // write_back's two vectors a row; a one-vector tile's second is never stored
+        let mut rows = [[V::zero(); 2]; ROWS];
+        for (row, acc_i) in rows.iter_mut().zip(&acc) {
+            row[..VECS].copy_from_slice(acc_i);
+        }
+        write_back::<V, ROWS>(&rows, c, mr, nr, ep)
+    }
 }
 
 /// Starts fetching the `mr×nr` tile of C (two lines per row, when its rows are contiguous), so

@@ -360,6 +360,86 @@ fn tall_and_wide_products_match_reference() {
     }
 }
 
+/// Long products (k at least 8 times m and n) run as two halves along k, the second into a
+/// scratch matrix added to C afterwards (`driver::split_k`): a C row-major, column-major
+/// (transposed first) and strided (added element by element), beta 0 and not, odd k.
+#[test]
+fn long_k_products_match_reference() {
+    use Layout::*;
+    for (m, n, k, layouts, beta) in [
+        (13, 40, 3000, [RowMajor; 3], 1.0),
+        (45, 7, 5001, [ColMajor, RowMajor, ColMajor], 0.0),
+        (30, 33, 2500, [PaddedRows, PaddedCols, Strided], -0.75),
+        (4, 70, 4099, [RowMajor, ColMajor, PaddedRows], 0.0),
+    ] {
+        assert!(
+            super::driver::long_k_half::<Portable<f32, 4, 8>>(m, n, k).is_some(),
+            "{m}x{n}x{k} is not cut along k"
+        );
+        let case = fixed(m, n, k, layouts, beta);
+        for (name, gemm) in kernels::<f32>() {
+            check::<f32>(&case, gemm).unwrap_or_else(|e| panic!("{name} {m}x{n}x{k}: {e}"));
+        }
+        for (name, gemm) in kernels::<f64>() {
+            check::<f64>(&case, gemm).unwrap_or_else(|e| panic!("{name} {m}x{n}x{k}: {e}"));
+        }
+        check_bf16(&case).unwrap_or_else(|e| panic!("bf16 {m}x{n}x{k}: {e}"));
+    }
+    // the GPT-2 products stay whole: nanoGPT's and the blocks' dW (k = B·T), the LM head's
+    // forward and dW; its dX (k = the vocabulary) is cut
+    for (m, n, k, cut) in [
+        (128, 128, 768, false),
+        (768, 3072, 512, false),
+        (512, 768, 3072, false),
+        (512, 50257, 768, false),
+        (50257, 768, 512, false),
+        (512, 768, 50257, true),
+        (2048, 768, 50257, true),
+    ] {
+        let half = super::driver::long_k_half::<Portable<f32, 4, 8>>(m, n, k);
+        assert_eq!(half.is_some(), cut, "{m}x{n}x{k}");
+    }
+}
+
+/// The micro-kernels' edge tiles (at most 4 or 8 rows, at most LANES columns: copies of the loop
+/// with fewer accumulators) give each element of C the bits the full tile gives it: the top-left
+/// `mr×nr` corner of a full 12×32 (AVX-512 f32) product, beta 0 and 1, over two blocks of k, is
+/// the product of the corner's rows and columns alone.
+#[test]
+fn edge_tiles_give_the_full_tiles_bits() {
+    fn case<T: TestFloat>() {
+        let (m, n, k) = (12, 32, 300);
+        let a: Vec<T> = random_values(5, m * k).into_iter().map(T::from_f64).collect();
+        let b: Vec<T> = random_values(6, k * n).into_iter().map(T::from_f64).collect();
+        let c0: Vec<T> = random_values(7, m * n).into_iter().map(T::from_f64).collect();
+        for (name, gemm) in kernels::<T>() {
+            for beta in [T::ZERO, T::ONE] {
+                // A's first `rows` rows times B's first `cols` columns into C's corner
+                let product = |rows: usize, cols: usize| {
+                    let (mut c, s) = (c0.clone(), n as isize);
+                    gemm(rows, cols, k, T::ONE, &a, k as isize, 1, &b, s, 1, beta, &mut c, s, 1);
+                    c
+                };
+                let full = product(m, n);
+                for (mr, nr) in [(1, 32), (4, 32), (5, 17), (8, 16), (9, 1), (12, 8), (3, 3)] {
+                    let part = product(mr, nr);
+                    for (at, (&got, &c0)) in part.iter().zip(&c0).enumerate() {
+                        let (i, j) = (at / n, at % n);
+                        let want = if i < mr && j < nr { full[at] } else { c0 };
+                        assert_eq!(
+                            got.to_f64().to_bits(),
+                            want.to_f64().to_bits(),
+                            "{name} {mr}x{nr} beta {beta:?}: C[{i},{j}] = {got:?}, want {want:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    case::<f32>();
+    case::<f64>();
+}
+
 #[test]
 fn k_zero_scales_c_by_beta() {
     let mut c = [f32::NAN; 6];
@@ -810,13 +890,20 @@ fn bf16_kernels_propagate_nan_and_inf() {
     }
 }
 
-/// `run` on 4 threads gives the bits of `gemm_serial` on the calling thread for kernel `K`
-/// (A, B given as f64 values converted by `to_in`): with C cut into slabs of rows or of
-/// columns, whichever `run` picks for the shape, A row- and column-major, beta
-/// 1, edges of every block and tile partial.
+/// `run` on 4 threads gives the bits of `run` on one thread for kernel `K` (A, B given as f64
+/// values converted by `to_in`): with C cut into slabs of rows or of columns, whichever `run`
+/// picks for the shape, or the product cut in two along k (the last shape), A row- and
+/// column-major, beta 1, edges of every block and tile partial. On one thread, products not cut
+/// along k are `gemm_serial`'s.
 fn check_threads_keep_the_bits<K: Kernel<T = f32>>(name: &str, to_in: impl Fn(f64) -> K::In) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
-    for (m, n, k, a_column_major) in [(517, 300, 70, false), (131, 1601, 797, true), (9, 2000, 150, false)] {
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for (m, n, k, a_column_major) in [
+        (517, 300, 70, false),
+        (131, 1601, 797, true),
+        (9, 2000, 150, false),
+        (37, 45, 3001, true),
+    ] {
         let a: Vec<K::In> = random_values(1, m * k).into_iter().map(&to_in).collect();
         let b: Vec<K::In> = random_values(2, k * n).into_iter().map(&to_in).collect();
         let c0: Vec<f32> = random_values(3, m * n).into_iter().map(|x| x as f32).collect();
@@ -833,9 +920,15 @@ fn check_threads_keep_the_bits<K: Kernel<T = f32>>(name: &str, to_in: impl Fn(f6
         let threaded_problem = problem(&mut threaded);
         pool.install(|| run::<K>(threaded_problem));
         let mut serial = c0.clone();
-        // SAFETY: the problem is validated, m, n, k > 0, C is this thread's alone, and every
-        // caller checked that the CPU supports K.
-        unsafe { super::driver::gemm_serial::<K>(problem(&mut serial)) };
+        let serial_problem = problem(&mut serial);
+        one.install(|| run::<K>(serial_problem));
+        if super::driver::long_k_half::<K>(m, n, k).is_none() {
+            let mut direct = c0.clone();
+            // SAFETY: the problem is validated, m, n, k > 0, C is this thread's alone, and
+            // every caller checked that the CPU supports K.
+            unsafe { super::driver::gemm_serial::<K>(problem(&mut direct)) };
+            assert!(direct.iter().zip(&serial).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
         let first_difference = threaded
             .iter()
             .zip(&serial)
