@@ -18,10 +18,11 @@
 //! Every CPU tensor an op makes calls [`keep_workers_awake`] on the thread that runs the ops (the
 //! driver; ops make their tensors there, not in their parallel loops). The first call with no
 //! pollers running starts one on every other worker of the driver's pool (`spawn_broadcast`); a
-//! poller returns once no op has made a tensor for [`IDLE`], so nothing spins after a burst (a
-//! generation, a training step, a forward) ends. A driver outside any rayon pool (a plain
+//! poller returns once no op has made a tensor for [`IDLE`], so no worker polls on after a burst
+//! (a generation, a training step, a forward) ends. A driver outside any rayon pool (a plain
 //! thread: tests, a library user's `main`) starts nothing: its regions wake the pool as rayon
-//! always does, and a poller spinning next to a thread rayon does not count could starve it.
+//! always does, and pollers next to a thread rayon does not count would compete with it for the
+//! cores.
 //!
 //! Nothing here can lose work or block: jobs still run through rayon's own queues (a poller only
 //! takes them sooner), and if a poller ever ran on the driver's thread (a copy the driver would
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 /// longer than a step's serial stretches (sampling a token from 49152 logits with top-k and top-p,
 /// ~1 ms on a loaded machine) and than most preemptions of the driver by other processes (a
 /// restart makes two allocations, and a decode step must make none), yet short enough that a
-/// finished burst leaves no core spinning for long.
+/// finished burst leaves no worker polling for long.
 const IDLE: Duration = Duration::from_millis(20);
 
 /// The CPU backend's pollers (one set for the process: the pool the ops' driver runs in).
