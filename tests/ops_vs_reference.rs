@@ -1804,27 +1804,15 @@ fn leading_dim_sums_are_the_row_order_column_sums() {
                 .to_dtype(dtype)
                 .unwrap();
             let x = parent.narrow(0, 1, shape[0]).unwrap();
-            let held = x.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+            let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+            let held = f64s(&x);
             let want: Vec<f64> = (0..width)
                 .map(|j| {
                     let s = (0..rows).fold(-0.0f64, |s, r| s + held[r * width + j]);
-                    Tensor::from_vec(vec![s], &[1], &DEV)
-                        .unwrap()
-                        .to_dtype(dtype)
-                        .unwrap()
-                        .to_dtype(DType::F64)
-                        .unwrap()
-                        .to_vec::<f64>()
-                        .unwrap()[0]
+                    f64s(&Tensor::from_vec(vec![s], &[1], &DEV).unwrap().to_dtype(dtype).unwrap())[0]
                 })
                 .collect();
-            let got = x
-                .sum(&dims, false)
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec::<f64>()
-                .unwrap();
+            let got = f64s(&x.sum(&dims, false).unwrap());
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{dtype} {shape:?} over {dims:?}");
             if shape.len() == 2 {
@@ -1836,13 +1824,7 @@ fn leading_dim_sums_are_the_row_order_column_sums() {
                     .unwrap()
                     .transpose(0, 1)
                     .unwrap();
-                let got = t
-                    .sum(&dims, false)
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_vec::<f64>()
-                    .unwrap();
+                let got = f64s(&t.sum(&dims, false).unwrap());
                 assert_eq!(bits(&got), bits(&want), "{dtype} {shape:?} transposed");
             }
         }

@@ -67,8 +67,9 @@ const AXPY_BLOCK: usize = 256;
 
 /// Bytes of B per task: 64 KiB take 1.5–3 µs to read on one core, against about a microsecond to
 /// hand a task to a worker that is polling (`backend/cpu/awake.rs`). Below it a product stays on the
-/// calling thread. Measured on SmolLM2's decode (2 threads, alternated runs): with one task per
-/// thread above 256 KiB, bf16 generation was slower in 6 runs of 6, f32 in 5 of 6 (docs/perf.md).
+/// calling thread. In alternated quick runs of SmolLM2's decode on 2 threads (2026-12-06, a noisy
+/// machine, so no figure is claimed), one task per thread above 256 KiB was slower in bf16 in 6
+/// pairs of 6 and in f32 in 5 of 6.
 const BYTES_PER_TASK: usize = 64 << 10;
 
 /// Tasks per thread at most in one product's region.
