@@ -19,7 +19,9 @@
 //! rayon (in decode, only when the keys and values read total `SERIAL_KV_BYTES` or more; below,
 //! on the calling thread); each owns its slices of every output, and dK/dV accumulate over query tiles in a
 //! fixed order, so results are deterministic. Grouped-query attention: query head h reads
-//! key/value head h / group in place; the backward runs one job per key/value head, which takes
+//! key/value head h / group in place; in decode (one query row per head) the forward takes up to
+//! `STREAM_MAX_M` query heads of a group as the rows of one product, so that their key/value head
+//! is read once, not once per query head (each row's result is the same as alone); the backward runs one job per key/value head, which takes
 //! its group's query heads one after another, so dK/dV sum over the group in a fixed order too. The only memory besides the outputs is a
 //! `TILE × tk` score tile per thread (the forward's, kept between calls) or one or two per rayon
 //! job (the backward's). The GEMMs are the project's ([`super::gemm`]);
@@ -357,9 +359,9 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     super::cast(&wide.0, &Layout::contiguous(&[n]), dtype)
 }
 
-/// One head's index and its (not yet written) slices of o and lse, as the forward's parallel loop
-/// hands them out.
-type HeadOutputs<'a, E> = (usize, (&'a mut [MaybeUninit<E>], &'a mut [MaybeUninit<E>]));
+/// One job's index and its (not yet written) slices of o and lse (its query heads'), as the
+/// forward's parallel loop hands them out.
+type JobOutputs<'a, E> = (usize, (&'a mut [MaybeUninit<E>], &'a mut [MaybeUninit<E>]));
 
 /// Where each head's rows lie in a buffer: head `i` (the `i`-th of the call, batch entry
 /// `i / per_batch`, head `i % per_batch` within it) starts at element `(i / per_batch)·batch +
@@ -448,12 +450,32 @@ fn forward_at<E: Real, KV: Sync>(
         alloc::with_capacity(OP, bh * tq)?,
     );
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    let head = |scores: &mut Vec<E>, (h, (oh, lh)): HeadOutputs<'_, E>| {
-        let kv = kva.start(h / dims.group);
-        let (qh, kh, vh) = (&q[qa.start(h)..], &k[kv..], &v[kv..]);
-        for i0 in (0..tq).step_by(TILE) {
-            let rows = TILE.min(tq - i0);
-            let keys = dims.visible(i0 + rows - 1);
+    // the query heads one job takes: in decode (one query row per head), as many of a key/value
+    // head's group as one streamed product takes (a divisor of the group, so a job never spans
+    // two groups), their rows the product's rows: K and V are read once for them, not once per
+    // head; else one head
+    let together = match tq {
+        1 => (1..=gemm::STREAM_MAX_M.min(dims.group))
+            .rev()
+            .find(|g| dims.group % g == 0)
+            .unwrap_or(1),
+        _ => 1,
+    };
+    let job = |scores: &mut Vec<E>, (j, (oj, lj)): JobOutputs<'_, E>| {
+        let h0 = j * together;
+        let kv = kva.start(h0 / dims.group);
+        let (kh, vh) = (&k[kv..], &v[kv..]);
+        // the job's rows: its heads' tq query rows, one after the other (when it has several
+        // heads, tq is 1, and row r is head h0 + r's only row); o and lse take them in that order
+        let (qj, q_row) = match together {
+            1 => (&q[qa.start(h0)..], qa.row),
+            _ => (&q[qa.start(h0)..], qa.start(h0 + 1) - qa.start(h0)),
+        };
+        let rows_total = together * tq;
+        for i0 in (0..rows_total).step_by(TILE) {
+            let rows = TILE.min(rows_total - i0);
+            // row r is query (i0 + r) % tq of its head; the tile's last row sees the most keys
+            let keys = dims.visible((i0 + rows - 1) % tq);
             if scores.capacity() < rows * keys {
                 // in powers of two from MIN_SCORES: a decode step, one key longer than the last,
                 // grows it only at a power of two past 4096 keys
@@ -463,10 +485,10 @@ fn forward_at<E: Real, KV: Sync>(
             scores.resize(rows * keys, E::zero());
             // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
             #[rustfmt::skip]
-            scores_gemm(rows, keys, d, scale, &qh[i0 * qa.row..], qa.row as isize, 1, kh, 1, kva.row as isize,
+            scores_gemm(rows, keys, d, scale, &qj[i0 * q_row..], q_row as isize, 1, kh, 1, kva.row as isize,
                         E::zero(), scores, keys as isize, 1);
             for (r, row) in scores.chunks_mut(keys).enumerate() {
-                let seen = dims.visible(i0 + r);
+                let seen = dims.visible((i0 + r) % tq);
                 let visible = &mut row[..seen];
                 let max = lane_fold(seen, E::neg_infinity(), |j| visible[j], E::max);
                 // the exponentials in a loop of their own, free of the sum's chain, so it vectorises
@@ -475,31 +497,31 @@ fn forward_at<E: Real, KV: Sync>(
                 let inv = sum.recip();
                 row[..seen].iter_mut().for_each(|p| *p = *p * inv);
                 row[seen..].fill(E::zero());
-                lh[i0 + r].write(max + sum.ln());
+                lj[i0 + r].write(max + sum.ln());
             }
             // O = P·V
             #[rustfmt::skip]
             out_gemm(rows, d, keys, E::one(), scores, keys as isize, 1, vh, kva.row as isize, 1,
-                     &mut oh[i0 * d..], d as isize, 1);
+                     &mut oj[i0 * d..], d as isize, 1);
         }
     };
     // decode against a short cache: too little work to pay for waking another thread
     let kv_bytes = dims.kv_heads() * 2 * dims.tk * d * size_of::<KV>();
-    let heads_per_job = if tq <= gemm::STREAM_MAX_M && kv_bytes < SERIAL_KV_BYTES {
-        bh
+    let jobs_together = if tq <= gemm::STREAM_MAX_M && kv_bytes < SERIAL_KV_BYTES {
+        bh / together
     } else {
         1
     };
     o.spare_capacity_mut()[..bh * tq * d]
-        .par_chunks_mut(tq * d)
-        .zip(lse.spare_capacity_mut()[..bh * tq].par_chunks_mut(tq))
+        .par_chunks_mut(together * tq * d)
+        .zip(lse.spare_capacity_mut()[..bh * tq].par_chunks_mut(together * tq))
         .enumerate()
-        .with_min_len(heads_per_job)
-        .for_each(|job| {
+        .with_min_len(jobs_together)
+        .for_each(|j| {
             E::with_scores(|scores| {
                 vectorised(
                     #[inline(always)]
-                    || head(scores, job),
+                    || job(scores, j),
                 )
             })
         });
@@ -704,6 +726,73 @@ mod tests {
                 lse32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 "{case}: lse"
             );
+        }
+    }
+
+    /// A decode's grouped query heads, taken as the rows of one product, give what each head gives
+    /// alone: the same call with every key/value head repeated for each of its query heads (group
+    /// 1, one head per product), bit for bit, in f32, f64 and bf16 (K and V read in place), for
+    /// groups that take 2, 3 or 4 heads at a time or (5: no divisor of 2 to 4) one, key counts
+    /// that are not multiples of the vector width, and a head width with a tail.
+    #[test]
+    fn grouped_decode_heads_read_their_key_value_head_once_and_match_each_head_alone() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
+        };
+        for (group, tk, d) in [
+            (2, 1, 8),
+            (3, 37, 64),
+            (4, 70, 17),
+            (5, 19, 64),
+            (6, 129, 64),
+            (8, 33, 40),
+        ] {
+            let (kv_heads, capacity) = (2, tk + 3);
+            let bh = kv_heads * group;
+            let grouped = AttentionDims {
+                bh,
+                tq: 1,
+                tk,
+                d,
+                causal: true,
+                group,
+                kv_stride: capacity * d,
+            };
+            let q: Vec<f64> = (0..bh * d).map(|_| next()).collect();
+            let k: Vec<f64> = (0..kv_heads * capacity * d).map(|_| next()).collect();
+            let v: Vec<f64> = (0..kv_heads * capacity * d).map(|_| next()).collect();
+            // each query head's own copy of its key/value head
+            let repeat = |x: &[f64]| -> Vec<f64> {
+                (0..bh)
+                    .flat_map(|h| x[(h / group) * capacity * d..][..capacity * d].to_vec())
+                    .collect()
+            };
+            let alone = AttentionDims { group: 1, ..grouped };
+            let case = format!("group {group}, tk {tk}, d {d}");
+            let f32s = |x: &[f64]| CpuStorage::F32(x.iter().map(|&x| x as f32).collect());
+            let bf16s = |x: &[f64]| CpuStorage::BF16(x.iter().map(|&x| bf16::from_f64(x)).collect());
+            let f64s = |x: &[f64]| CpuStorage::F64(x.to_vec());
+            for (dtype, of) in [
+                ("f32", &f32s as &dyn Fn(&[f64]) -> CpuStorage),
+                ("f64", &f64s),
+                ("bf16", &bf16s),
+            ] {
+                let (o, lse) = attention_forward(&of(&q), &of(&k), &of(&v), grouped).unwrap();
+                let (o1, lse1) = attention_forward(&of(&q), &of(&repeat(&k)), &of(&repeat(&v)), alone).unwrap();
+                let bits = |s: &CpuStorage| -> Vec<u64> {
+                    match s {
+                        CpuStorage::F32(x) => x.iter().map(|x| x.to_bits() as u64).collect(),
+                        CpuStorage::F64(x) => x.iter().map(|x| x.to_bits()).collect(),
+                        CpuStorage::BF16(x) => x.iter().map(|x| x.to_bits() as u64).collect(),
+                        _ => panic!("unexpected dtype"),
+                    }
+                };
+                assert_eq!(bits(&o), bits(&o1), "{case}, {dtype}: o");
+                assert_eq!(bits(&lse), bits(&lse1), "{case}, {dtype}: lse");
+                assert_eq!(bits(&o).len(), bh * d, "{case}, {dtype}: o's length");
+            }
         }
     }
 }
