@@ -40,17 +40,36 @@ pub(super) fn run<K: Kernel>(problem: Problem<K::T, K::In>) {
 /// ([`split_k`]): the LM head's `dX = dlogits·wte` (512×768×50257 for GPT-2 at 2 × 256). With
 /// C cut into slabs of columns instead, each thread packs all of A (the 103 MB of `dlogits`,
 /// read from memory) for half the tiles per A micro-panel; with halves of k, each thread packs
-/// half of A and half of B, once, and C's whole width shares each A micro-panel. Not nanoGPT's
-/// products (k = 768 against 128-512 columns) nor the blocks' (k at most 4·768).
+/// half of A and half of B, once, and C's whole width shares each A micro-panel.
 const LONG_K_RATIO: usize = 8;
+
+/// A product whose k is at least this many times its larger side of C is also cut along k when
+/// the operand a slab of C would make every thread pack whole ([`SHARED_PACK_BYTES`]) is large:
+/// GPT-2's products into 768 columns with k = 3072 or 2304 (`x·Wᵀ` of the MLP's output
+/// projection, `dX` of the fc and qkv layers: A is 512×3072, 6 MiB, at 2 × 256). In two slabs
+/// of 384 columns, each thread packs all of A from L3 or memory for 12 tiles per A
+/// micro-panel; in halves of k each packs half of A and half of B, 24 tiles per micro-panel
+/// (perf samples of `dX` 512×768×3072 on 2 threads, a loaded machine, 2026-12-06: packing 10.6
+/// and 11.7% of them in slabs, 7.5 and 7.6% in halves; docs/perf.md).
+const SHARED_K_RATIO: usize = 2;
+
+/// Bytes of the smaller operand (`min(m, n)·k` elements) from which a product with
+/// [`SHARED_K_RATIO`] is cut along k: more than the 1 MiB L2 of a core several times over, so
+/// each thread's copy of it comes from L3 or memory. nanoGPT's products (at most 128·768 f32,
+/// 393 KB) and GPT-2's at 4 × 512 but for its attention projection's `dW` (768×768×2048,
+/// 6 MiB) stay in slabs.
+const SHARED_PACK_BYTES: usize = 4 << 20;
 
 /// Where [`run`]'s product is cut in two along k (`Some(half)`: steps `0..half` and
 /// `half..k`), by its shape alone, never by the number of threads, so that the result's bits do
 /// not depend on the pool: the halves run one after the other on a single thread.
 pub(super) fn long_k_half<K: Kernel>(m: usize, n: usize, k: usize) -> Option<usize> {
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
-    let long = k >= LONG_K_RATIO.saturating_mul(m.max(n)) && k >= 2 * K::KC;
-    (long && flops >= 2 * PAR_FLOPS_PER_THREAD).then(|| round_up(k.div_ceil(2), K::K_STEP))
+    let side = m.max(n);
+    let shared = m.min(n).saturating_mul(k).saturating_mul(size_of::<K::In>());
+    let long = k >= LONG_K_RATIO.saturating_mul(side)
+        || (k >= SHARED_K_RATIO.saturating_mul(side) && shared >= SHARED_PACK_BYTES);
+    (long && k >= 2 * K::KC && flops >= 2 * PAR_FLOPS_PER_THREAD).then(|| round_up(k.div_ceil(2), K::K_STEP))
 }
 
 /// [`run`]'s product (m, n, k > 0, alpha not 0) on as many threads as its size warrants, each
@@ -71,12 +90,12 @@ fn split<K: Kernel>(problem: Problem<K::T, K::In>, call: Option<&Call>) {
 
 /// [`split`]'s product in two halves along k, `0..half` and `half..k` (0 < half < k): the first
 /// into C with the product's beta, the second (also alpha-scaled) into a scratch matrix, each on
-/// half the threads ([`split_mn`]), then the scratch added to C on the calling thread. The
-/// result differs from one pass over k only in rounding (two partial sums added), and is the
+/// half the threads ([`split_mn`]), then the scratch added to C in bands of rows, one per thread.
+/// The result differs from one pass over k only in rounding (two partial sums added), and is the
 /// same on any number of threads.
 fn split_k<K: Kernel>(problem: Problem<K::T, K::In>, half: usize, threads: usize, call: Option<&Call>) {
     let Problem { m, n, k, .. } = problem;
-    let threads = (threads / 2).max(1);
+    let (pool, threads) = (threads, (threads / 2).max(1));
     with_partial_buffer(m * n, |partial: &mut [K::T]| {
         // SAFETY: 0 < half < k (long_k_half), so both ranges are non-empty and inside 0..k.
         let (first, second) = unsafe { (problem.ks(0..half), problem.ks(half..k)) };
@@ -96,22 +115,34 @@ fn split_k<K: Kernel>(problem: Problem<K::T, K::In>, half: usize, threads: usize
             || split_mn::<K>(first, threads, call),
             || split_mn::<K>(second, threads, call),
         );
+        // The scratch added to C, a band of rows per thread: the same addition for each element
+        // as on one thread.
         let c = problem.c;
-        for (i, row) in partial.chunks_exact(n).enumerate() {
-            if c.cs == 1 {
-                // SAFETY: row i of C holds n contiguous elements (cs == 1), written by the first
-                // half and used by no other thread now.
-                let c_row = unsafe { std::slice::from_raw_parts_mut(c.at(i, 0).ptr, n) };
-                c_row.iter_mut().zip(row).for_each(|(c, &x)| *c = *c + x);
-            } else {
-                for (j, &x) in row.iter().enumerate() {
-                    // SAFETY: (i, j) is an element of C, written by the first half.
-                    unsafe {
-                        let cij = c.at(i, j).ptr;
-                        *cij = *cij + x;
+        let band = m.div_ceil(pool.max(1)) * n;
+        let add = |(b, rows): (usize, &[K::T])| {
+            for (r, row) in rows.chunks_exact(n).enumerate() {
+                let i = b * band / n + r;
+                if c.cs == 1 {
+                    // SAFETY: row i of C holds n contiguous elements (cs == 1), written by the
+                    // first half; this band's rows are used by no other thread now.
+                    let c_row = unsafe { std::slice::from_raw_parts_mut(c.at(i, 0).ptr, n) };
+                    c_row.iter_mut().zip(row).for_each(|(c, &x)| *c = *c + x);
+                } else {
+                    for (j, &x) in row.iter().enumerate() {
+                        // SAFETY: (i, j) is an element of C, written by the first half; this
+                        // band's rows are used by no other thread now.
+                        unsafe {
+                            let cij = c.at(i, j).ptr;
+                            *cij = *cij + x;
+                        }
                     }
                 }
             }
+        };
+        if band < m * n {
+            partial.par_chunks(band).enumerate().for_each(add);
+        } else {
+            add((0, &*partial));
         }
     });
 }

@@ -140,9 +140,13 @@
 //! A long product (k at least `driver::LONG_K_RATIO` = 8 times m and n, and two threads' worth of
 //! flops: the LM head's `dX = dlogits·wte`, k = the vocabulary) is cut in two along k instead: the
 //! first half into C (with beta), the second into a per-thread scratch matrix (beta 0), each half
-//! on half the threads, then the scratch added to C. Cutting C into columns would make each thread
-//! pack all of A (`dlogits`, 103 MB at GPT-2's 2 × 256) for half of C's width; halves of k pack A
-//! and B once between them. The cut depends on the shape only, never on the number of threads (on
+//! on half the threads, then the scratch added to C (a band of rows per thread). Cutting C into
+//! columns would make each thread pack all of A (`dlogits`, 103 MB at GPT-2's 2 × 256) for half of
+//! C's width; halves of k pack A and B once between them. So is a product with k at least twice m
+//! and n whose smaller operand (`min(m, n)·k` elements) is 4 MiB or more (`SHARED_K_RATIO`,
+//! `SHARED_PACK_BYTES`): GPT-2's products into 768 columns with k = 3072 or 2304 at 2 × 256, where
+//! two column slabs of 384 made each thread pack all of a 512×3072 A from L3 for 12 tiles per A
+//! micro-panel. The cut depends on the shape only, never on the number of threads (on
 //! one thread the halves run one after the other), so the bits do not depend on the pool; they
 //! differ from one pass over k in rounding only (two partial sums added).
 

@@ -360,9 +360,10 @@ fn tall_and_wide_products_match_reference() {
     }
 }
 
-/// Long products (k at least 8 times m and n) run as two halves along k, the second into a
-/// scratch matrix added to C afterwards (`driver::split_k`): a C row-major, column-major
-/// (transposed first) and strided (added element by element), beta 0 and not, odd k.
+/// Long products (k at least 8 times m and n, or twice and the smaller operand at least 4 MiB)
+/// run as two halves along k, the second into a scratch matrix added to C afterwards
+/// (`driver::split_k`): a C row-major, column-major (transposed first) and strided (added
+/// element by element), beta 0 and not, odd k, sides not multiples of the tiles.
 #[test]
 fn long_k_products_match_reference() {
     use Layout::*;
@@ -371,6 +372,8 @@ fn long_k_products_match_reference() {
         (45, 7, 5001, [ColMajor, RowMajor, ColMajor], 0.0),
         (30, 33, 2500, [PaddedRows, PaddedCols, Strided], -0.75),
         (4, 70, 4099, [RowMajor, ColMajor, PaddedRows], 0.0),
+        (333, 517, 3163, [RowMajor, RowMajor, RowMajor], 1.0),
+        (517, 333, 3163, [ColMajor, RowMajor, ColMajor], 0.0),
     ] {
         assert!(
             super::driver::long_k_half::<Portable<f32, 4, 8>>(m, n, k).is_some(),
@@ -386,11 +389,21 @@ fn long_k_products_match_reference() {
         check_bf16(&case).unwrap_or_else(|e| panic!("bf16 {m}x{n}x{k}: {e}"));
     }
     // the GPT-2 products stay whole: nanoGPT's and the blocks' dW (k = B·T), the LM head's
-    // forward and dW; its dX (k = the vocabulary) is cut
+    // forward and dW, the products into 768 columns with k = 768 or at 4 × 512; its dX (k = the
+    // vocabulary) is cut, and so are the products into 768 columns with k = 3072 or 2304 at
+    // 2 × 256 (A of 6 and 4.5 MiB, which each of two column slabs would pack whole) and the
+    // attention projection's dW at 4 × 512
     for (m, n, k, cut) in [
         (128, 128, 768, false),
+        (384, 128, 768, false),
+        (65, 128, 768, false),
         (768, 3072, 512, false),
-        (512, 768, 3072, false),
+        (512, 768, 768, false),
+        (2048, 768, 3072, false),
+        (3072, 768, 2048, false),
+        (512, 768, 3072, true),
+        (512, 768, 2304, true),
+        (768, 768, 2048, true),
         (512, 50257, 768, false),
         (50257, 768, 512, false),
         (512, 768, 50257, true),
@@ -892,7 +905,8 @@ fn bf16_kernels_propagate_nan_and_inf() {
 
 /// `run` on 4 threads gives the bits of `run` on one thread for kernel `K` (A, B given as f64
 /// values converted by `to_in`): with C cut into slabs of rows or of columns, whichever `run`
-/// picks for the shape, or the product cut in two along k (the last shape), A row- and
+/// picks for the shape, or the product cut in two along k (the last two shapes, the second by
+/// the size of its operands in f32, whole in bf16), A row- and
 /// column-major, beta 1, edges of every block and tile partial. On one thread, products not cut
 /// along k are `gemm_serial`'s.
 fn check_threads_keep_the_bits<K: Kernel<T = f32>>(name: &str, to_in: impl Fn(f64) -> K::In) {
@@ -903,6 +917,7 @@ fn check_threads_keep_the_bits<K: Kernel<T = f32>>(name: &str, to_in: impl Fn(f6
         (131, 1601, 797, true),
         (9, 2000, 150, false),
         (37, 45, 3001, true),
+        (333, 517, 3163, false),
     ] {
         let a: Vec<K::In> = random_values(1, m * k).into_iter().map(&to_in).collect();
         let b: Vec<K::In> = random_values(2, k * n).into_iter().map(&to_in).collect();
