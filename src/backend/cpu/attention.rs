@@ -31,7 +31,7 @@
 
 use super::gemm;
 use super::matmul::{Gemm, GemmInto};
-use super::{alloc, lane_fold, lane_sum, pool, vectorised};
+use super::{alloc, inlined, lane_fold, lane_sum, pool, vectorised};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::AttentionDims;
@@ -586,49 +586,54 @@ fn backward_at<E: Real>(
     // not zeroed: every query tile writes its rows of dQ with a beta-0 GEMM
     let mut dq = alloc::with_capacity(OP, bh * tq * d)?;
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    let head = |(p, ds): &mut (Vec<E>, Vec<E>), (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
-        let (kh, vh) = (&k[kva.start(kv)..], &v[kva.start(kv)..]);
-        for (h, dqh) in (kv * group..).zip(dq_group.chunks_mut(tq * d)) {
-            let (qh, oh, gh, lh) = (
-                &q[qa.start(h)..],
-                &o[oa.start(h)..],
-                &dout[oa.start(h)..],
-                &lse[h * tq..],
-            );
-            for i0 in (0..tq).step_by(TILE) {
-                let rows = TILE.min(tq - i0);
-                let keys = dims.visible(i0 + rows - 1);
-                p.resize(rows * keys, E::zero());
-                ds.resize(rows * keys, E::zero());
-                let (qt, gt) = (&qh[i0 * qa.row..], &gh[i0 * oa.row..]);
-                let (qr, kr, or) = (qa.row as isize, kva.row as isize, oa.row as isize);
-                #[rustfmt::skip]
+    // inlined into the vectorised wrapper below (too large for the compiler to inline on its own,
+    // it was compiled apart, in SSE2: its exponentials and dS loop ran four lanes wide)
+    let head = inlined(
+        #[inline(always)]
+        |(p, ds): &mut (Vec<E>, Vec<E>), (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
+            let (kh, vh) = (&k[kva.start(kv)..], &v[kva.start(kv)..]);
+            for (h, dqh) in (kv * group..).zip(dq_group.chunks_mut(tq * d)) {
+                let (qh, oh, gh, lh) = (
+                    &q[qa.start(h)..],
+                    &o[oa.start(h)..],
+                    &dout[oa.start(h)..],
+                    &lse[h * tq..],
+                );
+                for i0 in (0..tq).step_by(TILE) {
+                    let rows = TILE.min(tq - i0);
+                    let keys = dims.visible(i0 + rows - 1);
+                    p.resize(rows * keys, E::zero());
+                    ds.resize(rows * keys, E::zero());
+                    let (qt, gt) = (&qh[i0 * qa.row..], &gh[i0 * oa.row..]);
+                    let (qr, kr, or) = (qa.row as isize, kva.row as isize, oa.row as isize);
+                    #[rustfmt::skip]
                 E::GEMM(rows, keys, d, scale, qt, qr, 1, kh, 1, kr, E::zero(), p, keys as isize, 1);
-                // dP = dO·Vᵀ
-                #[rustfmt::skip]
+                    // dP = dO·Vᵀ
+                    #[rustfmt::skip]
                 E::GEMM(rows, keys, d, E::one(), gt, or, 1, vh, 1, kr, E::zero(), ds, keys as isize, 1);
-                for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
-                    let i = i0 + r;
-                    let seen = dims.visible(i);
-                    let (gi, oi) = (&gh[i * oa.row..][..d], &oh[i * oa.row..][..d]);
-                    let (l, dot) = (lh[i], lane_fold(d, E::zero(), |c| gi[c] * oi[c], |a, b| a + b));
-                    for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
-                        *pj = (*pj - l).exp_fast();
-                        *dsj = *pj * (*dsj - dot);
+                    for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
+                        let i = i0 + r;
+                        let seen = dims.visible(i);
+                        let (gi, oi) = (&gh[i * oa.row..][..d], &oh[i * oa.row..][..d]);
+                        let (l, dot) = (lh[i], lane_fold(d, E::zero(), |c| gi[c] * oi[c], |a, b| a + b));
+                        for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
+                            *pj = (*pj - l).exp_fast();
+                            *dsj = *pj * (*dsj - dot);
+                        }
+                        pr[seen..].fill(E::zero());
+                        dsr[seen..].fill(E::zero());
                     }
-                    pr[seen..].fill(E::zero());
-                    dsr[seen..].fill(E::zero());
-                }
-                // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
-                #[rustfmt::skip]
+                    // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
+                    #[rustfmt::skip]
                 E::GEMM_INTO(rows, d, keys, scale, ds, keys as isize, 1, kh, kr, 1, &mut dqh[i0 * d..], d as isize, 1);
-                #[rustfmt::skip]
+                    #[rustfmt::skip]
                 E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, qr, 1, E::one(), dkh, d as isize, 1);
-                #[rustfmt::skip]
+                    #[rustfmt::skip]
                 E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, or, 1, E::one(), dvh, d as isize, 1);
+                }
             }
-        }
-    };
+        },
+    );
     dq.spare_capacity_mut()[..bh * tq * d]
         .par_chunks_mut(group * tq * d)
         .zip(dk.par_chunks_mut(tk * d))

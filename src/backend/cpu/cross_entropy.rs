@@ -1,9 +1,9 @@
 //! Cross-entropy from logits, fused: per-row log-sum-exp, loss, and the gradient written
 //! directly as (softmax − onehot)·scale, so no probability tensor is kept.
 //! `logits` is contiguous `[n, c]`; ignored rows contribute nothing. Each row's loops run
-//! vectorised (AVX2 where the CPU has it): the max and the sum of exponentials folded over eight
-//! interleaved lanes (`lane_fold`, and `lane_sum_of`, which computes the exponentials a block at a
-//! time), the gradient written once, with no branch per element.
+//! vectorised (AVX-512 or AVX2 where the CPU has it): the max and the sum of exponentials folded
+//! over eight interleaved lanes (`lane_fold`, and `lane_sum_of`, which computes the exponentials a
+//! block at a time), the gradient written once, with no branch per element.
 
 use super::{acc, alloc, dispatch_float, lane_fold, lane_sum_of, typed, vectorised, CpuFloat};
 use crate::backend::cpu::CpuStorage;

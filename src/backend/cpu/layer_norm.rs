@@ -21,14 +21,15 @@ pub fn layer_norm_forward(
         b: Option<&CpuStorage>,
         c: usize,
         eps: f64,
-    ) -> (CpuStorage, Vec<f64>, Vec<f64>) {
+    ) -> Result<(CpuStorage, Vec<f64>, Vec<f64>)> {
         let (x, w, b) = (typed::<T>(x), typed::<T>(w), b.map(typed::<T>));
         let rows = x.len().checked_div(c).unwrap_or(0);
-        let mut y = vec![T::from_f64(0.0); x.len()];
+        // every row of y is written below, so it starts uninitialised
+        let mut y = alloc::with_capacity("layer_norm", x.len())?;
         let mut stats = vec![(0.0, 0.0); rows];
         if c > 0 {
             x.par_chunks(c)
-                .zip(y.par_chunks_mut(c))
+                .zip(y.spare_capacity_mut()[..x.len()].par_chunks_mut(c))
                 .zip(stats.par_iter_mut())
                 .for_each(|((xr, yr), st)| {
                     super::vectorised(
@@ -56,12 +57,12 @@ pub fn layer_norm_forward(
                             match b {
                                 Some(b) => {
                                     for (((xv, yv), wv), bv) in xr.iter().zip(yr.iter_mut()).zip(w).zip(b) {
-                                        *yv = T::down(((xv.up() - mean) - shift) * rstd * wv.up() + bv.up());
+                                        yv.write(T::down(((xv.up() - mean) - shift) * rstd * wv.up() + bv.up()));
                                     }
                                 }
                                 None => {
                                     for ((xv, yv), wv) in xr.iter().zip(yr.iter_mut()).zip(w) {
-                                        *yv = T::down(((xv.up() - mean) - shift) * rstd * wv.up());
+                                        yv.write(T::down(((xv.up() - mean) - shift) * rstd * wv.up()));
                                     }
                                 }
                             }
@@ -71,10 +72,15 @@ pub fn layer_norm_forward(
                     )
                 });
         }
+        if c > 0 {
+            // SAFETY: the capacity is x.len() = rows·c, and each of the rows wrote all c of its
+            // elements of y (the chunks of c tile 0..x.len() as x's do).
+            unsafe { y.set_len(x.len()) };
+        }
         let (mean, rstd) = stats.into_iter().unzip();
-        (CpuStorage::from_vec(y), mean, rstd)
+        Ok((CpuStorage::from_vec(y), mean, rstd))
     }
-    Ok(dispatch_float!("layer_norm", x.dtype(), run(x, w, b, c, eps)))
+    dispatch_float!("layer_norm", x.dtype(), run(x, w, b, c, eps))
 }
 
 /// Columns of dw and db per parallel task of the backward's sums over the rows.

@@ -232,7 +232,7 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
     let mut pre = alloc::with_capacity("matmul", if epi.keep_pre { y.len() } else { 0 })?;
     let derivative = epi.gelu && epi.keep_pre && epi.keep_gelu_derivative;
     let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
-    // one rayon job's rows, compiled with AVX2 where the CPU has it (see vectorised)
+    // one rayon job's rows, compiled with AVX-512 or AVX2 where the CPU has it (see vectorised)
     let task = |task: usize, rows: &mut [T], pre: Option<&mut [MaybeUninit<T>]>| {
         super::vectorised(
             #[inline(always)]
