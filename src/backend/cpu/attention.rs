@@ -461,50 +461,56 @@ fn forward_at<E: Real, KV: Sync>(
             .unwrap_or(1),
         _ => 1,
     };
-    let job = |scores: &mut Vec<E>, (j, (oj, lj)): JobOutputs<'_, E>| {
-        let h0 = j * together;
-        let kv = kva.start(h0 / dims.group);
-        let (kh, vh) = (&k[kv..], &v[kv..]);
-        // the job's rows: its heads' tq query rows, one after the other (when it has several
-        // heads, tq is 1, and row r is head h0 + r's only row); o and lse take them in that order
-        let (qj, q_row) = match together {
-            1 => (&q[qa.start(h0)..], qa.row),
-            _ => (&q[qa.start(h0)..], qa.start(h0 + 1) - qa.start(h0)),
-        };
-        let rows_total = together * tq;
-        for i0 in (0..rows_total).step_by(TILE) {
-            let rows = TILE.min(rows_total - i0);
-            // row r is query (i0 + r) % tq of its head; the tile's last row sees the most keys
-            let keys = dims.visible((i0 + rows - 1) % tq);
-            if scores.capacity() < rows * keys {
-                // in powers of two from MIN_SCORES: a decode step, one key longer than the last,
-                // grows it only at a power of two past 4096 keys
-                let want = (rows * keys).next_power_of_two().max(MIN_SCORES);
-                scores.reserve_exact(want - scores.len());
+    // inlined into the vectorised wrapper below (compiled apart, it would run at the baseline:
+    // its exponentials four lanes wide)
+    let job = inlined(
+        #[inline(always)]
+        |scores: &mut Vec<E>, (j, (oj, lj)): JobOutputs<'_, E>| {
+            let h0 = j * together;
+            let kv = kva.start(h0 / dims.group);
+            let (kh, vh) = (&k[kv..], &v[kv..]);
+            // the job's rows: its heads' tq query rows, one after the other (when it has several
+            // heads, tq is 1, and row r is head h0 + r's only row); o and lse take them in that order
+            let (qj, q_row) = match together {
+                1 => (&q[qa.start(h0)..], qa.row),
+                _ => (&q[qa.start(h0)..], qa.start(h0 + 1) - qa.start(h0)),
+            };
+            let rows_total = together * tq;
+            for i0 in (0..rows_total).step_by(TILE) {
+                let rows = TILE.min(rows_total - i0);
+                // row r is query (i0 + r) % tq of its head; the tile's last row sees the most keys
+                let keys = dims.visible((i0 + rows - 1) % tq);
+                if scores.capacity() < rows * keys {
+                    // in powers of two from MIN_SCORES: a decode step, one key longer than the last,
+                    // grows it only at a power of two past 4096 keys
+                    let want = (rows * keys).next_power_of_two().max(MIN_SCORES);
+                    scores.reserve_exact(want - scores.len());
+                }
+                scores.resize(rows * keys, E::zero());
+                // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
+                #[rustfmt::skip]
+                scores_gemm(rows, keys, d, scale, &qj[i0 * q_row..], q_row as isize, 1, kh, 1, kva.row as isize,
+                            E::zero(), scores, keys as isize, 1);
+                for (r, row) in scores.chunks_mut(keys).enumerate() {
+                    let seen = dims.visible((i0 + r) % tq);
+                    let visible = &mut row[..seen];
+                    let max = lane_fold(seen, E::neg_infinity(), |j| visible[j], E::max);
+                    // the exponentials in a loop of their own, free of the sum's chain, so it vectorises
+                    visible.iter_mut().for_each(|s| *s = (*s - max).exp_fast());
+                    let sum = lane_sum(visible, |p| p);
+                    let inv = sum.recip();
+                    row[..seen].iter_mut().for_each(|p| *p = *p * inv);
+                    row[seen..].fill(E::zero());
+                    lj[i0 + r].write(max + sum.ln());
+                }
+                // O = P·V
+                #[rustfmt::skip]
+                out_gemm(rows, d, keys, E::one(), scores, keys as isize, 1, vh, kva.row as isize, 1,
+                         &mut oj[i0 * d..], d as isize, 1);
             }
-            scores.resize(rows * keys, E::zero());
-            // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
-            #[rustfmt::skip]
-            scores_gemm(rows, keys, d, scale, &qj[i0 * q_row..], q_row as isize, 1, kh, 1, kva.row as isize,
-                        E::zero(), scores, keys as isize, 1);
-            for (r, row) in scores.chunks_mut(keys).enumerate() {
-                let seen = dims.visible((i0 + r) % tq);
-                let visible = &mut row[..seen];
-                let max = lane_fold(seen, E::neg_infinity(), |j| visible[j], E::max);
-                // the exponentials in a loop of their own, free of the sum's chain, so it vectorises
-                visible.iter_mut().for_each(|s| *s = (*s - max).exp_fast());
-                let sum = lane_sum(visible, |p| p);
-                let inv = sum.recip();
-                row[..seen].iter_mut().for_each(|p| *p = *p * inv);
-                row[seen..].fill(E::zero());
-                lj[i0 + r].write(max + sum.ln());
-            }
-            // O = P·V
-            #[rustfmt::skip]
-            out_gemm(rows, d, keys, E::one(), scores, keys as isize, 1, vh, kva.row as isize, 1,
-                     &mut oj[i0 * d..], d as isize, 1);
-        }
-    };
+        },
+    );
+
     // decode against a short cache: too little work to pay for waking another thread
     let kv_bytes = dims.kv_heads() * 2 * dims.tk * d * size_of::<KV>();
     let jobs_together = if tq <= gemm::STREAM_MAX_M && kv_bytes < SERIAL_KV_BYTES {
