@@ -457,7 +457,7 @@ fn forward_at<E: Real, KV: Sync>(
     let together = match tq {
         1 => (1..=gemm::STREAM_MAX_M.min(dims.group))
             .rev()
-            .find(|g| dims.group % g == 0)
+            .find(|&g| dims.group.is_multiple_of(g))
             .unwrap_or(1),
         _ => 1,
     };
