@@ -359,6 +359,20 @@ fn narrow(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     super::cast(&wide.0, &Layout::contiguous(&[n]), dtype)
 }
 
+/// The query heads one forward job takes: in decode (`tq` 1: one query row per head), as many of
+/// a key/value head's `group` as one streamed product takes (the largest divisor of the group up
+/// to [`gemm::STREAM_MAX_M`], so a job never spans two groups), their rows the product's rows, so
+/// that K and V are read once for them, not once per head; else one head.
+fn heads_per_job(tq: usize, group: usize) -> usize {
+    match tq {
+        1 => (1..=gemm::STREAM_MAX_M.min(group))
+            .rev()
+            .find(|&g| group.is_multiple_of(g))
+            .unwrap_or(1),
+        _ => 1,
+    }
+}
+
 /// One job's index and its (not yet written) slices of o and lse (its query heads'), as the
 /// forward's parallel loop hands them out.
 type JobOutputs<'a, E> = (usize, (&'a mut [MaybeUninit<E>], &'a mut [MaybeUninit<E>]));
@@ -450,17 +464,7 @@ fn forward_at<E: Real, KV: Sync>(
         alloc::with_capacity(OP, bh * tq)?,
     );
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    // the query heads one job takes: in decode (one query row per head), as many of a key/value
-    // head's group as one streamed product takes (a divisor of the group, so a job never spans
-    // two groups), their rows the product's rows: K and V are read once for them, not once per
-    // head; else one head
-    let together = match tq {
-        1 => (1..=gemm::STREAM_MAX_M.min(dims.group))
-            .rev()
-            .find(|&g| dims.group.is_multiple_of(g))
-            .unwrap_or(1),
-        _ => 1,
-    };
+    let together = heads_per_job(tq, dims.group);
     // inlined into the vectorised wrapper below (compiled apart, it would run at the baseline:
     // its exponentials four lanes wide)
     let job = inlined(
@@ -471,9 +475,10 @@ fn forward_at<E: Real, KV: Sync>(
             let (kh, vh) = (&k[kv..], &v[kv..]);
             // the job's rows: its heads' tq query rows, one after the other (when it has several
             // heads, tq is 1, and row r is head h0 + r's only row); o and lse take them in that order
-            let (qj, q_row) = match together {
-                1 => (&q[qa.start(h0)..], qa.row),
-                _ => (&q[qa.start(h0)..], qa.start(h0 + 1) - qa.start(h0)),
+            let qj = &q[qa.start(h0)..];
+            let q_row = match together {
+                1 => qa.row,
+                _ => qa.start(h0 + 1) - qa.start(h0),
             };
             let rows_total = together * tq;
             for i0 in (0..rows_total).step_by(TILE) {
@@ -613,10 +618,10 @@ fn backward_at<E: Real>(
                     let (qt, gt) = (&qh[i0 * qa.row..], &gh[i0 * oa.row..]);
                     let (qr, kr, or) = (qa.row as isize, kva.row as isize, oa.row as isize);
                     #[rustfmt::skip]
-                E::GEMM(rows, keys, d, scale, qt, qr, 1, kh, 1, kr, E::zero(), p, keys as isize, 1);
+                    E::GEMM(rows, keys, d, scale, qt, qr, 1, kh, 1, kr, E::zero(), p, keys as isize, 1);
                     // dP = dO·Vᵀ
                     #[rustfmt::skip]
-                E::GEMM(rows, keys, d, E::one(), gt, or, 1, vh, 1, kr, E::zero(), ds, keys as isize, 1);
+                    E::GEMM(rows, keys, d, E::one(), gt, or, 1, vh, 1, kr, E::zero(), ds, keys as isize, 1);
                     for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
                         let i = i0 + r;
                         let seen = dims.visible(i);
@@ -631,11 +636,11 @@ fn backward_at<E: Real>(
                     }
                     // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
                     #[rustfmt::skip]
-                E::GEMM_INTO(rows, d, keys, scale, ds, keys as isize, 1, kh, kr, 1, &mut dqh[i0 * d..], d as isize, 1);
+                    E::GEMM_INTO(rows, d, keys, scale, ds, keys as isize, 1, kh, kr, 1, &mut dqh[i0 * d..], d as isize, 1);
                     #[rustfmt::skip]
-                E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, qr, 1, E::one(), dkh, d as isize, 1);
+                    E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, qr, 1, E::one(), dkh, d as isize, 1);
                     #[rustfmt::skip]
-                E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, or, 1, E::one(), dvh, d as isize, 1);
+                    E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, or, 1, E::one(), dvh, d as isize, 1);
                 }
             }
         },
@@ -664,17 +669,46 @@ fn backward_at<E: Real>(
 mod tests {
     use super::*;
 
+    /// Uniform draws in [-1, 1) from a 64-bit LCG seeded with `seed`, each a multiple of 2⁻²³
+    /// (exact in f32 too).
+    fn draws(mut seed: u64) -> impl FnMut() -> f64 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
+        }
+    }
+
+    /// A decode job takes the largest divisor of the group up to `STREAM_MAX_M` (4) query heads;
+    /// anything with more than one query row per head, one head.
+    #[test]
+    fn decode_jobs_take_the_largest_group_divisor_up_to_four_heads() {
+        for (group, together) in [
+            (1, 1),
+            (2, 2),
+            (3, 3),
+            (4, 4),
+            (5, 1),
+            (6, 3),
+            (7, 1),
+            (8, 4),
+            (9, 3),
+            (12, 4),
+        ] {
+            assert_eq!(heads_per_job(1, group), together, "group {group}");
+        }
+        for tq in [2, 4, 64] {
+            assert_eq!(heads_per_job(tq, 3), 1, "tq {tq}");
+        }
+    }
+
     /// A bf16 decode (at most `STREAM_MAX_M` query rows) reads K and V in place, as bf16, from
     /// buffers larger than the keys it attends to (a KV cache's); its output and lse are those
     /// of the f32 loop on the widened operands, bit for bit, for one to four query rows, grouped
     /// heads, key counts that are not multiples of the vector width, and head widths with tails.
     #[test]
     fn bf16_decode_reads_the_cache_in_place_and_matches_the_widened_product() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut uniform = draws(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || uniform() as f32;
         for (tq, tk, d, group, causal) in [
             (1, 1, 8, 1, true),
             (1, 37, 64, 3, true),
@@ -747,11 +781,7 @@ mod tests {
     /// that are not multiples of the vector width, and a head width with a tail.
     #[test]
     fn grouped_decode_heads_read_their_key_value_head_once_and_match_each_head_alone() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
-        };
+        let mut next = draws(0x2545_f491_4f6c_dd1d);
         for (group, tk, d) in [
             (2, 1, 8),
             (3, 37, 64),

@@ -72,11 +72,9 @@ pub fn layer_norm_forward(
                     )
                 });
         }
-        if c > 0 {
-            // SAFETY: the capacity is x.len() = rows·c, and each of the rows wrote all c of its
-            // elements of y (the chunks of c tile 0..x.len() as x's do).
-            unsafe { y.set_len(x.len()) };
-        }
+        // SAFETY: the capacity is x.len() = rows·c, and each of the rows wrote all c of its
+        // elements of y (the chunks of c tile 0..x.len() as x's do; x is empty when c is 0).
+        unsafe { y.set_len(x.len()) };
         let (mean, rstd) = stats.into_iter().unzip();
         Ok((CpuStorage::from_vec(y), mean, rstd))
     }

@@ -31,6 +31,8 @@
 
 use super::matrix::{as_uninit, assert_fits, is_injective, Epilogue, MatMut, MatRef, Streamed};
 #[cfg(target_arch = "x86_64")]
+use super::pack::prefetch;
+#[cfg(target_arch = "x86_64")]
 use super::simd::Widen;
 use rayon::prelude::*;
 use smallvec::SmallVec;
@@ -51,16 +53,6 @@ const COLS: usize = 4;
 /// asking for the next rows' lines keeps the reads in flight across groups. Measured on SmolLM2's
 /// bf16 decode: about 25% more tokens/s (docs/perf.md); one group ahead and two measured alike.
 const PREFETCH_COLS: usize = COLS;
-
-/// Asks the cache for the line holding `p` (a hint: never faults, whatever `p` is).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch<W>(p: *const W) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    // SAFETY: a prefetch is a hint that does not access memory architecturally; SSE is part of
-    // x86-64's baseline.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
-}
 
 /// Columns of C one step of the axpy loop keeps in its stack buffer (`M` rows of 1 KiB).
 const AXPY_BLOCK: usize = 256;
