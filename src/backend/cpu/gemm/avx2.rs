@@ -292,8 +292,8 @@ impl Widen for Ymm<f32> {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn sum(v: __m256) -> f32 {
-        lane_sum(v)
+    unsafe fn sums(v: [__m256; 4]) -> [f32; 4] {
+        [lane_sum(v[0]), lane_sum(v[1]), lane_sum(v[2]), lane_sum(v[3])]
     }
 }
 

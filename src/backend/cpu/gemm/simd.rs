@@ -499,8 +499,9 @@ macro_rules! simd_kernel {
 pub(super) trait Widen: Vector<E = f32> {
     /// Loads `LANES` elements of `W` as f32.
     unsafe fn load_wide<W: Streamed>(p: *const W) -> Self::V;
-    /// The sum of the lanes.
-    unsafe fn sum(v: Self::V) -> f32;
+    /// The sums of the lanes of four vectors (a row's accumulators in the streamed dot loop, one
+    /// per column of its group).
+    unsafe fn sums(v: [Self::V; 4]) -> [f32; 4];
     /// Loads the first `lanes` (1..=LANES) elements, zeroing the rest; touches no others.
     unsafe fn load_wide_first<W: Streamed>(p: *const W, lanes: usize) -> Self::V;
 }

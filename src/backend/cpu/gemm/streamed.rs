@@ -14,8 +14,8 @@
 //!   time, each row of A against each column, `M·COLS` vector accumulators (16 at most), reduced
 //!   across lanes at the end. The `M` rows of A stay in L1; the columns are independent
 //!   streams the hardware prefetcher follows.
-//! - **axpy** (`csb == 1`: B row-major): for a block of [`AXPY_BLOCK`] columns of C kept in a
-//!   stack buffer, `c[i, j..] += a[i, p] · b[p, j..]` over p, vectorised along j.
+//! - **axpy** (`csb == 1`: B row-major): for a block of [`AXPY_VECS`] vectors of columns of C
+//!   kept in registers, `c[i, j..] += a[i, p] · b[p, j..]` over p, vectorised along j.
 //!
 //! bf16 elements are widened in registers (a bf16 is the top half of an f32: zero-extend to 32
 //! bits, shift left 16), so the weight is read at 2 bytes per element and never copied. With a
@@ -54,7 +54,11 @@ const COLS: usize = 4;
 /// bf16 decode: about 25% more tokens/s (docs/perf.md); one group ahead and two measured alike.
 const PREFETCH_COLS: usize = COLS;
 
-/// Columns of C one step of the axpy loop keeps in its stack buffer (`M` rows of 1 KiB).
+/// Vectors of columns of C the axpy loop keeps in registers, for each of its `M` rows: 64 columns
+/// with AVX-512, a decode attention head's `P·V` row (`M·4` accumulators, 16 at most).
+const AXPY_VECS: usize = 4;
+
+/// Columns of C one step of the portable axpy loop keeps in its stack buffer (`M` rows of 1 KiB).
 const AXPY_BLOCK: usize = 256;
 
 /// Bytes of B per task: 64 KiB take 1.5–3 µs to read on one core, against about a microsecond to
@@ -566,9 +570,9 @@ impl<W: Streamed> Product<W> {
                         }
                     }
                 }
-                for (i, acc) in acc.iter().enumerate() {
-                    for (q, &acc) in acc[..cols].iter().enumerate() {
-                        self.write(i, j + q, V::sum(acc));
+                for (i, &acc) in acc.iter().enumerate() {
+                    for (q, &sum) in V::sums(acc)[..cols].iter().enumerate() {
+                        self.write(i, j + q, sum);
                     }
                 }
             }
@@ -576,43 +580,50 @@ impl<W: Streamed> Product<W> {
     }
 
     #[cfg(target_arch = "x86_64")]
-    /// The axpy loop (module header) for `M == m` rows, `csb == 1`.
+    /// The axpy loop (module header) for `M == m` rows, `csb == 1`: [`AXPY_VECS`] vectors of
+    /// columns of C at a time, kept in registers through the whole of k (a block narrower than
+    /// that, at the end, reads B with masks).
     ///
     /// # Safety
     ///
     /// As for [`Self::columns_on`].
     #[inline(always)]
     unsafe fn axpy<V: Widen, const M: usize>(&self, j0: usize, j1: usize) {
-        let mut acc = [[0f32; AXPY_BLOCK]; M];
-        for jb in (j0..j1).step_by(AXPY_BLOCK) {
-            let width = AXPY_BLOCK.min(j1 - jb);
-            let full = width - width % V::LANES;
-            acc.iter_mut().for_each(|row| row[..width].fill(0.0));
+        let block = AXPY_VECS * V::LANES;
+        for jb in (j0..j1).step_by(block) {
+            let width = block.min(j1 - jb);
+            // lanes of B read for vector v of the block: LANES but in a narrower last block
+            let lanes = |v: usize| width.saturating_sub(v * V::LANES).min(V::LANES);
+            // SAFETY: the CPU supports V (caller's contract).
+            let mut acc = [[unsafe { V::zero() }; AXPY_VECS]; M];
             for p in 0..self.k {
                 let b = self.b.ptr.wrapping_add(p * self.b.rs + jb);
                 // SAFETY: (p, jb..jb + width) are elements of B and (i, p) of A (caller's
-                // contract); the accumulator rows hold AXPY_BLOCK >= width elements; the CPU
-                // supports V (caller's contract).
+                // contract): a vector reads `lanes(v)` elements from column jb + v·LANES, none
+                // when 0; the CPU supports V (caller's contract).
                 unsafe {
                     let a: [V::V; M] = std::array::from_fn(|i| V::splat(*self.a.ptr.add(i * self.a.rs + p)));
-                    for q in (0..full).step_by(V::LANES) {
-                        let b = V::load_wide::<W>(b.add(q));
-                        for (acc, &a) in acc.iter_mut().zip(&a) {
-                            let c = acc.as_mut_ptr().add(q);
-                            V::store(c, V::fmadd(a, b, V::load(c)));
-                        }
-                    }
-                    if full < width {
-                        let lanes = width - full;
-                        let b = V::load_wide_first::<W>(b.add(full), lanes);
-                        for (acc, &a) in acc.iter_mut().zip(&a) {
-                            let c = acc.as_mut_ptr().add(full);
-                            V::store_first(c, V::fmadd(a, b, V::load_first(c, lanes)), lanes);
+                    let b: [V::V; AXPY_VECS] = if width == block {
+                        std::array::from_fn(|v| V::load_wide::<W>(b.add(v * V::LANES)))
+                    } else {
+                        std::array::from_fn(|v| match lanes(v) {
+                            0 => V::zero(),
+                            n => V::load_wide_first::<W>(b.add(v * V::LANES), n),
+                        })
+                    };
+                    for (acc, &a) in acc.iter_mut().zip(&a) {
+                        for (acc, &b) in acc.iter_mut().zip(&b) {
+                            *acc = V::fmadd(a, b, *acc);
                         }
                     }
                 }
             }
-            for (i, row) in acc.iter().enumerate() {
+            for (i, acc) in acc.iter().enumerate() {
+                let mut row = [0f32; AXPY_VECS * 16];
+                for (v, &acc) in acc.iter().enumerate() {
+                    // SAFETY: row holds AXPY_VECS·16 >= AXPY_VECS·LANES elements; the CPU supports V.
+                    unsafe { V::store(row.as_mut_ptr().add(v * V::LANES), acc) };
+                }
                 for (q, &value) in row[..width].iter().enumerate() {
                     // SAFETY: (i, jb + q) is in this task's columns of C (caller's contract).
                     unsafe { self.write(i, jb + q, value) };
@@ -741,6 +752,7 @@ pub(crate) fn bgemm_streamed_many_into(
 #[cfg(target_arch = "x86_64")]
 mod bf16_dot {
     use super::{prefetch, COLS, PREFETCH_COLS};
+    use crate::backend::cpu::gemm::avx512::lane_sums;
     use crate::backend::cpu::gemm::matrix::{MatMut, MatRef};
     use half::bf16;
     use std::arch::x86_64::*;
@@ -831,12 +843,9 @@ mod bf16_dot {
                             }
                         }
                     }
-                    for (i, acc) in acc.iter().enumerate() {
-                        for (q, &acc) in acc[..cols].iter().enumerate() {
-                            self.c
-                                .ptr
-                                .add(i * self.c.rs + j + q)
-                                .write(self.alpha * _mm512_reduce_add_ps(acc));
+                    for (i, &acc) in acc.iter().enumerate() {
+                        for (q, &sum) in lane_sums(acc)[..cols].iter().enumerate() {
+                            self.c.ptr.add(i * self.c.rs + j + q).write(self.alpha * sum);
                         }
                     }
                 }

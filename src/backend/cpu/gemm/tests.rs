@@ -1319,3 +1319,28 @@ fn the_fma_loop_sums_its_chains_and_the_peak_is_measured() {
         assert!(peak.is_finite() && peak > 1e9, "{peak} FLOP/s");
     }
 }
+
+/// The streamed dot loop's four-at-once lane sums give each vector's sum with the bits of
+/// `_mm512_reduce_add_ps` (the same order of additions), on values whose sums round differently
+/// in other orders.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn four_lane_sums_at_once_have_the_bits_of_one_at_a_time() {
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_reduce_add_ps};
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return;
+    }
+    let mut rng = crate::Rng::new(41);
+    for _ in 0..200 {
+        // magnitudes over 2⁻²⁰..2²⁰, both signs: every order of addition rounds differently
+        let v: Vec<f32> = (0..64)
+            .map(|_| (rng.normal() * 2f64.powf((40.0 * rng.uniform()).floor() - 20.0)) as f32)
+            .collect();
+        // SAFETY: AVX-512F was detected; each load reads 16 of the 64 elements.
+        let (got, want) = unsafe {
+            let vs: [_; 4] = std::array::from_fn(|i| _mm512_loadu_ps(v[16 * i..].as_ptr()));
+            (avx512::lane_sums(vs), vs.map(|x| _mm512_reduce_add_ps(x)))
+        };
+        assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{v:?}");
+    }
+}
