@@ -162,8 +162,7 @@ fn check(opts: &GenerationOptions, context: usize) -> Result<()> {
 /// The id of the largest of the last position's logits; `logits` is (1, V).
 fn greedy_last(logits: &Tensor) -> Result<u32> {
     let last = logits.to_vec::<f32>()?;
-    let best = (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
-    Ok(best as u32)
+    Ok(crate::backend::cpu::sample::first_max_index(&last) as u32)
 }
 
 /// One prefill of `prompt` and `new_tokens` greedy steps: (prefill seconds, generation seconds).

@@ -13,6 +13,31 @@ use crate::backend::cpu::{typed, CpuStorage};
 use crate::backend::op::{SampleParams, SampleScratch};
 use crate::{Error, Result};
 
+/// The index of the first of the largest of `v` (not empty, no NaN): what the fold
+/// `if v[i] > v[best] { i } else { best }` finds, in two passes that vectorise instead of one
+/// chain of dependent comparisons (SmolLM2's 49152 logits: 4.5 µs instead of 23.6 on the 2-vCPU AMD EPYC of docs/perf.md): the largest value
+/// kept lane by lane over blocks of 16, then the first block holding it.
+pub fn first_max_index(v: &[f32]) -> usize {
+    const LANES: usize = 16;
+    let blocks = v.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for block in blocks {
+        for (m, &x) in lanes.iter_mut().zip(block) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let block = v
+        .chunks(LANES)
+        .position(|b| b.iter().fold(false, |found, &x| found | (x == max)))
+        .unwrap_or(0);
+    block * LANES + v[block * LANES..].iter().position(|&x| x == max).unwrap_or(0)
+}
+
 /// A key that sorts logits from the largest to the smallest in IEEE total order (+0 before −0):
 /// kernels/sample.cu's `sample_key`.
 fn key(v: f32) -> u32 {
@@ -101,10 +126,7 @@ pub fn sample_row_with(logits: &[f32], params: &SampleParams, u: f64, scratch: &
         ));
     }
     // the first of the largest logits (no NaN is left, so the order is total)
-    let argmax = logits
-        .iter()
-        .enumerate()
-        .fold(0usize, |best, (i, &v)| if v > logits[best] { i } else { best });
+    let argmax = first_max_index(logits);
     let max = logits[argmax];
     if max == f32::NEG_INFINITY {
         return bad(format!(
@@ -179,6 +201,26 @@ pub fn sample(s: &CpuStorage, vocab: usize, params: &SampleParams, uniforms: &[f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_largest_is_found_as_one_comparison_after_another_finds_it() {
+        let mut rng = crate::Rng::new(3);
+        let specials = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1.5, -1.5];
+        for len in [1, 2, 15, 16, 17, 31, 33, 100, 1000, 49152] {
+            for case in 0..20 {
+                // few distinct values, so that ties (and ±0) are common, and some infinities
+                let v: Vec<f32> = (0..len)
+                    .map(|_| match (rng.uniform() * 8.0) as usize {
+                        k @ 0..=5 if case % 2 == 0 => specials[k],
+                        _ => (rng.normal() * 2.0).round() as f32,
+                    })
+                    .collect();
+                let want = (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best });
+                assert_eq!(first_max_index(&v), want, "{len} values, case {case}");
+            }
+        }
+        assert_eq!(first_max_index(&[f32::NEG_INFINITY; 40]), 0);
+    }
 
     #[test]
     fn keys_sort_logits_from_largest_to_smallest_and_invert() {
