@@ -7,7 +7,7 @@
 //! position, so the 2 × 30 rotations of a SmolLM2 token compute theirs once (a table of 32
 //! frequencies, each a `powf` and a `sin_cos`, took most of a rotation's 1.4 µs).
 
-use super::{acc, alloc, dispatch_float, typed, CpuFloat, PARALLEL_MIN};
+use super::{acc, alloc, dispatch_float, inlined, typed, vectorised, CpuFloat, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::{RopeLayout, RopeSpec};
 use crate::Result;
@@ -86,28 +86,52 @@ pub fn rope(x: &CpuStorage, spec: &RopeSpec, inverse: bool) -> Result<CpuStorage
         if !x.is_empty() {
             // one [heads, head_dim] slab per (batch, position)
             let slab = spec.heads * d;
-            let rotate = |(k, (xs, ys)): (usize, (&[T], &mut [T]))| {
-                let t = k % spec.seq;
-                let angles = &table[t * half..(t + 1) * half];
-                for (xr, yr) in xs.chunks(d).zip(ys.chunks_mut(d)) {
-                    for (i, &(cos, sin)) in angles.iter().enumerate() {
-                        let (a, b) = match spec.layout {
-                            RopeLayout::Half => (i, i + half),
-                            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                        };
-                        let (u, v) = (xr[a].up(), xr[b].up());
-                        yr[a] = T::down(u * cos - v * sin);
-                        yr[b] = T::down(v * cos + u * sin);
+            // the pair (u, v) of a head rotated by (cos, sin): (u·cos − v·sin, v·cos + u·sin)
+            #[inline(always)]
+            fn turn<T: CpuFloat>(u: T, v: T, (cos, sin): (T::Acc, T::Acc)) -> (T, T) {
+                let (u, v) = (u.up(), v.up());
+                (T::down(u * cos - v * sin), T::down(v * cos + u * sin))
+            }
+            let rotate = inlined(
+                #[inline(always)]
+                |(k, (xs, ys)): (usize, (&[T], &mut [T]))| {
+                    let t = k % spec.seq;
+                    let angles = &table[t * half..(t + 1) * half];
+                    for (xr, yr) in xs.chunks(d).zip(ys.chunks_mut(d)) {
+                        match spec.layout {
+                            // pairs (i, i + half): two contiguous runs, a loop that vectorises
+                            RopeLayout::Half => {
+                                let ((x1, x2), (y1, y2)) = (xr.split_at(half), yr.split_at_mut(half));
+                                let pairs = x1.iter().zip(x2).zip(y1.iter_mut().zip(y2));
+                                for (((&u, &v), (ya, yb)), &angle) in pairs.zip(angles) {
+                                    (*ya, *yb) = turn(u, v, angle);
+                                }
+                            }
+                            RopeLayout::Interleaved => {
+                                let pairs = xr.chunks_exact(2).zip(yr.chunks_exact_mut(2));
+                                for ((xp, yp), &angle) in pairs.zip(angles) {
+                                    (yp[0], yp[1]) = turn(xp[0], xp[1], angle);
+                                }
+                            }
+                        }
                     }
-                }
-            };
+                },
+            );
             if x.len() >= PARALLEL_MIN {
                 x.par_chunks(slab)
                     .zip(y.par_chunks_mut(slab))
                     .enumerate()
-                    .for_each(rotate);
+                    .for_each(|job| {
+                        vectorised(inlined(
+                            #[inline(always)]
+                            || rotate(job),
+                        ))
+                    });
             } else {
-                x.chunks(slab).zip(y.chunks_mut(slab)).enumerate().for_each(rotate);
+                vectorised(inlined(
+                    #[inline(always)]
+                    || x.chunks(slab).zip(y.chunks_mut(slab)).enumerate().for_each(rotate),
+                ));
             }
         }
         Ok(CpuStorage::from_vec(y))
