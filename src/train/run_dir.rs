@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 /// The lock file inside the run folder; it holds the process id of the last writer.
 pub const LOCK: &str = ".kiln.lock";
 
+/// How long [`RunLock::acquire`] keeps trying a lock that this process's id holds (see there).
+const SELF_HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An exclusive lock on a run folder, released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct RunLock {
@@ -36,14 +39,31 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| io("opening", e))?;
-        match file.try_lock() {
+        // The last writer's process id, as the lock file holds it.
+        let last_writer = |file: &mut File| {
+            let mut holder = String::new();
+            let _ = file.rewind().and_then(|()| file.read_to_string(&mut holder));
+            holder.trim().parse::<u32>().ok()
+        };
+        let mut locked = file.try_lock();
+        // This process's own lock, just released, can still be held for a moment: a process that
+        // another thread forks (to run a command) holds a copy of every open descriptor until it
+        // executes its program, and the lock lasts while any copy is open. So a lock held in this
+        // process's name is tried again for a while before it counts as held.
+        let start = std::time::Instant::now();
+        while matches!(locked, Err(TryLockError::WouldBlock))
+            && last_writer(&mut file) == Some(std::process::id())
+            && start.elapsed() < SELF_HELD_WAIT
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            locked = file.try_lock();
+        }
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim().parse::<u32>() {
-                    Ok(pid) => format!("process {pid}"),
-                    Err(_) => "another process".to_string(), // between its lock and its write
+                let holder = match last_writer(&mut file) {
+                    Some(pid) => format!("process {pid}"),
+                    None => "another process".to_string(), // between its lock and its write
                 };
                 return Err(Error::Invalid {
                     op: "train",
@@ -161,6 +181,26 @@ mod tests {
         ] {
             assert!(!is_temp_file(name), "{name}");
         }
+    }
+
+    /// A lock this process released while a copy of its descriptor stays open a moment longer
+    /// (as in a child forked by another thread, until it executes its program) is taken once
+    /// the copy closes, not refused.
+    #[test]
+    fn a_lock_held_a_moment_by_a_copy_of_this_process_descriptor_is_waited_for() {
+        let dir = std::env::temp_dir().join(format!("kiln-lock-copy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = RunLock::acquire(&dir).unwrap();
+        let copy = first._file.try_clone().unwrap();
+        drop(first);
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(copy);
+        });
+        RunLock::acquire(&dir).expect("taken once the copy closed");
+        closer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
