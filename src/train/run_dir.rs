@@ -183,14 +183,20 @@ mod tests {
         }
     }
 
+    /// An empty folder of its own under the temporary directory for test `name`.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// A lock this process released while a copy of its descriptor stays open a moment longer
     /// (as in a child forked by another thread, until it executes its program) is taken once
     /// the copy closes, not refused.
     #[test]
     fn a_lock_held_a_moment_by_a_copy_of_this_process_descriptor_is_waited_for() {
-        let dir = std::env::temp_dir().join(format!("kiln-lock-copy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("lock-copy");
         let first = RunLock::acquire(&dir).unwrap();
         let copy = first._file.try_clone().unwrap();
         drop(first);
@@ -205,9 +211,7 @@ mod tests {
 
     #[test]
     fn a_second_lock_in_one_process_is_refused_and_the_first_released_on_drop() {
-        let dir = std::env::temp_dir().join(format!("kiln-lock-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("lock");
         let first = RunLock::acquire(&dir).unwrap();
         let e = RunLock::acquire(&dir).unwrap_err().to_string();
         assert!(

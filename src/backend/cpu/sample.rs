@@ -15,8 +15,9 @@ use crate::{Error, Result};
 
 /// The index of the first of the largest of `v` (not empty, no NaN): what the fold
 /// `if v[i] > v[best] { i } else { best }` finds, in two passes that vectorise instead of one
-/// chain of dependent comparisons (SmolLM2's 49152 logits: 4.5 µs instead of 23.6 on the 2-vCPU AMD EPYC of docs/perf.md): the largest value
-/// kept lane by lane over blocks of 16, then the first block holding it.
+/// chain of dependent comparisons: the largest value kept lane by lane over blocks of 16, then
+/// the first block holding it (SmolLM2's 49152 logits: 4.5 µs instead of 23.6 on the 2-vCPU AMD
+/// EPYC of docs/perf.md).
 pub fn first_max_index(v: &[f32]) -> usize {
     const LANES: usize = 16;
     let blocks = v.chunks_exact(LANES);

@@ -290,8 +290,8 @@ impl Widen for Zmm<f32> {
 /// The sums of the 16 lanes of each of four vectors, each added in `_mm512_reduce_add_ps`'s
 /// order (the 256-bit halves, then the 128-bit halves, then the 64-bit halves, then the pair),
 /// so each sum has its bits; but the four are reduced side by side, two or four per instruction:
-/// 13 shuffles and adds for the four instead of 28. Half the work of the dot loop's end when k
-/// is short (decode attention's scores: k = 64, two steps of 32 per column).
+/// 14 shuffles and adds for the four instead of 32 (8 each). Half the work of the dot loop's end
+/// when k is short (decode attention's scores: k = 64, two steps of 32 per column).
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub(super) fn lane_sums([a0, a1, a2, a3]: [__m512; 4]) -> [f32; 4] {
