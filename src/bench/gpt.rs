@@ -27,9 +27,9 @@
 //! ran on other threads: the cores it held), that time's share of the step's (its wall time × the
 //! threads), and the GEMMs' rate per core over the machine's FMA peak per core, measured by a loop
 //! of independent FMAs on every thread (`gemm::fma_peak`, before and after the metered steps, the
-//! larger reading): **GEMM efficiency = GEMM FLOPs / GEMM
-//! core seconds / (FMA peak / threads)**. Beside it, the step's MFU against that FMA peak, and the
-//! same figures per GEMM shape (A and B as N = rows contiguous, T = a transposed view).
+//! larger reading): **GEMM efficiency = GEMM FLOPs / GEMM core seconds / (FMA peak / threads)**.
+//! Beside it, the step's MFU against that FMA peak, and the same figures per GEMM shape (A and B as
+//! N = rows contiguous, T = a transposed view).
 //!
 //! The dtype is f32 on the CPU and Emu, bf16 mixed precision (f32 master weights and AdamW state,
 //! as nanoGPT and llm.c train it) on a GPU; `kiln bench --gpt-dtype f32|bf16` overrides it.
