@@ -49,11 +49,16 @@ use std::thread::LocalKey;
 const TILE: usize = 64;
 
 /// Bytes of K and V below which a decode step's heads (at most [`gemm::STREAM_MAX_M`] query rows)
-/// run one after the other on the calling thread rather than in parallel: the rule of the streamed
-/// products (about 15 µs to read 256 KiB on one core, against 5–10 µs for a rayon fork-join that
-/// wakes a sleeping worker). SmolLM2-135M's bf16 cache (3 key/value heads of 64) stays under it up
-/// to 341 positions, GPT-2's (12 heads of 64) up to 85.
-const SERIAL_KV_BYTES: usize = 256 << 10;
+/// run one after the other on the calling thread rather than in parallel: SmolLM2-135M's bf16
+/// cache (3 key/value heads of 64) up to 85 positions, its f32 cache up to 42, GPT-2's f32 cache
+/// (12 heads) up to 10. With the pool's other workers kept awake through a generation (`awake.rs`)
+/// a parallel region costs about 2 µs, and the cache comes from memory (a token's weights stream
+/// through the caches in between), so two threads read it faster than one. SmolLM2's decode,
+/// same process, alternated (docs/perf.md): at 128–308 positions tokens 2.6–3.0% shorter in bf16
+/// than with the 256 KiB before (the streamed products' rule, which counted a fork-join that wakes
+/// a sleeping worker, 5–10 µs); at 16–136 positions no difference beyond the runs' ±2%, where a
+/// limit of 16 KiB was 0.3–4% slower in bf16.
+const SERIAL_KV_BYTES: usize = 64 << 10;
 
 /// The fewest elements a thread's score scratch holds once used: one query row against 4096 keys,
 /// or a tile of [`TILE`] rows against 64 (16 KiB in f32).
