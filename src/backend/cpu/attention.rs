@@ -521,7 +521,7 @@ fn forward_at<E: Real, KV: Sync>(
         },
     );
 
-    // decode against a short cache: too little work to pay for waking another thread
+    // decode against a short cache: too little work to pay for a parallel region
     let kv_bytes = dims.kv_heads() * 2 * dims.tk * d * size_of::<KV>();
     let jobs_together = if tq <= gemm::STREAM_MAX_M && kv_bytes < SERIAL_KV_BYTES {
         bh / together
