@@ -167,7 +167,7 @@ unsafe fn copy_lines<V: Vector>(
 /// 128 bytes, two lines. A transposing pack reads 16 rows a line at a time, more streams than the
 /// hardware prefetcher follows when the rows come from memory (a Linear's weight in the forward
 /// `x·Wᵀ`, the LM head's token table). Measured on GPT-2's shapes, f32, 2 threads (docs/perf.md):
-/// the 512×50257×768 LM head 2–3% faster, alone and in the training step, the other forward
+/// the 512×50257×768 LM head 3.3–3.4% faster alone, ~2.5% in the training step, the other forward
 /// products about 1%. (The bf16 kernel's pair packing measured no difference and has none.)
 const TRANSPOSE_AHEAD_BYTES: usize = 128;
 
