@@ -1,7 +1,7 @@
 //! AVX2 + FMA: a 6 × (2·LANES) tile, 6×16 for f32 and 6×8 for f64 (12 of the 16 ymm registers
 //! accumulate, two hold B̃ and one the broadcast Ã value).
 
-use super::kernel::Kernel;
+use super::kernel::{InPlaceTile, Kernel, Panel};
 use super::matrix::{Element, Epilogue, Format, MatMut, MatRef, Streamed};
 use super::simd::{self, padded, Vector, Widen};
 use std::arch::x86_64::*;

@@ -1,7 +1,7 @@
 //! AVX-512F: a 12 × (2·LANES) tile, 12×32 for f32 and 12×16 for f64 (24 of the 32 zmm
 //! registers accumulate).
 
-use super::kernel::Kernel;
+use super::kernel::{InPlaceTile, Kernel, Panel};
 use super::matrix::{Element, Epilogue, Format, MatMut, MatRef, Streamed};
 use super::simd::{self, padded, Vector, Widen};
 use std::arch::x86_64::*;

@@ -1,7 +1,7 @@
 //! The blocked driver: splits a product over threads, then runs the BLIS loops (blocks of B
 //! packed into L2, micro-panels of A into L1) around a kernel's micro-tile.
 
-use super::kernel::Kernel;
+use super::kernel::{InPlaceTile, Kernel, Panel};
 use super::matrix::Element;
 use super::matrix::{Epilogue, MatMut, MatRef, Problem};
 use super::meter::{self, Call};
@@ -211,13 +211,20 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
     let n_blocks = Blocks::new(n, K::NC, K::NR);
     let b_len = k_blocks.size * n_blocks.size;
     let prefetch_a = m * k * size_of::<K::In>() >= PREFETCH_A_BYTES;
+    let in_place = InPlace::<K>::new(&problem);
     let all_blocks = || {
         with_pack_buffer(b_len + K::MR * k_blocks.size, |buf: &mut [K::In]| {
             let (b_pack, a_pack) = buf.split_at_mut(b_len);
             for (jc, nc) in n_blocks {
                 for (pc, kc) in k_blocks {
-                    // SAFETY: (pc, jc) is an element of B, the block is kc×nc and the CPU supports K.
-                    unsafe { K::pack_b(kc, nc, b.at(pc, jc), b_pack) };
+                    // Read in place, B's whole micro-panels are not packed: only a partial last
+                    // one, into the first panel's place.
+                    let packed = if in_place.b { nc - nc % K::NR } else { 0 };
+                    if packed < nc {
+                        // SAFETY: (pc, jc + packed) is an element of B, the block is kc×(nc -
+                        // packed) and the CPU supports K.
+                        unsafe { K::pack_b(kc, nc - packed, b.at(pc, jc + packed), b_pack) };
+                    }
                     for ic in (0..m).step_by(K::MR) {
                         let block = Block { ic, jc, nc, pc, kc };
                         let next = if prefetch_a {
@@ -227,7 +234,7 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
                         };
                         // SAFETY: the block lies inside the problem, b_pack holds its packed B
                         // block, and the caller's contract covers C and the CPU.
-                        unsafe { row_panel::<K>(&problem, block, b_pack, a_pack, next) };
+                        unsafe { row_panel::<K>(&problem, block, in_place, b_pack, a_pack, next) };
                     }
                 }
             }
@@ -247,6 +254,59 @@ struct Block {
     pc: usize,
     kc: usize,
 }
+
+/// The largest distance between A's steps (its column stride) at which the tiles read A in
+/// place: a step per 4 KiB page or more. Farther apart, every step of a tile is on a page of its
+/// own (GPT-2's `dW = dYᵀ·X` with dY 2304, 3072 or 50257 wide: 1.5–2.6% slower in place in the
+/// step, three sittings).
+const IN_PLACE_A_STEP_BYTES: usize = 4096;
+
+/// Rows of C (in the slab a thread runs) up to which the tiles read a row-major B in place: as
+/// many as 8 row panels. Packing B costs a pass over it once per block, paid back by every row
+/// panel that reads the packed B̃ (contiguous, aligned) instead of B's rows; with few row panels
+/// (the attention's 64-row tiles) the pass costs more than it saves, with many (a Linear's
+/// products) reading B's rows from far apart costs more (GPT-2's 512×3072×768 NN, B's rows 12 KiB
+/// apart: its rate 30% lower with B read in place, 2 threads).
+const IN_PLACE_B_ROWS: usize = 8;
+
+/// Which operands a slab's tiles read where they lie instead of packed (docs/perf.md, issue 18),
+/// with a kernel that has [`Kernel::TILE_IN_PLACE`]: A in every tile with all MR rows (its
+/// values of a step are its row stride apart, its steps its column stride) when its steps are at
+/// most [`IN_PLACE_A_STEP_BYTES`] apart; B in its whole
+/// micro-panels when it is row-major and the slab has at most [`IN_PLACE_B_ROWS`] row panels.
+/// The same multiply-adds in the same order as packed, so the same bits.
+///
+/// Packing an A micro-panel is a transpose for a row-major A (16×16 register blocks, of which a
+/// 12-row panel fills three quarters) and a strided copy for a column-major one, once per row
+/// panel and block of B: with few tiles per panel (narrow products, the attention's tiles) it
+/// took 15–17% of a product's time. The tile reads Ã one broadcast value at a time, so it reads
+/// them from A's rows or columns as well (kept in L1 by the tiles that reuse them).
+struct InPlace<K: Kernel> {
+    /// The kernel's in-place tile, used for every tile when there is one.
+    tile: Option<InPlaceTile<K::T, K::In>>,
+    a: bool,
+    b: bool,
+}
+
+impl<K: Kernel> InPlace<K> {
+    fn new(problem: &Problem<K::T, K::In>) -> Self {
+        let tile = K::TILE_IN_PLACE;
+        let Problem { m, a, b, .. } = *problem;
+        Self {
+            tile,
+            a: tile.is_some() && a.cs * size_of::<K::In>() <= IN_PLACE_A_STEP_BYTES,
+            b: tile.is_some() && b.cs == 1 && m <= IN_PLACE_B_ROWS * K::MR,
+        }
+    }
+}
+
+impl<K: Kernel> Clone for InPlace<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K: Kernel> Copy for InPlace<K> {}
 
 /// Bytes of A (in the slab a thread runs) from which [`row_panel`] prefetches the next A
 /// micro-panel's source while it runs the current one's tiles: an A that large is not in L2, so
@@ -315,47 +375,74 @@ impl<I: Element> NextPanel<I> {
     }
 }
 
-/// Packs A's `MR×kc` micro-panel at `(ic, pc)` into `a_pack` and multiplies it by every
-/// micro-panel of the packed B block `b_pack`, into C's tiles at `(ic, jc..jc + nc)`; the first
+/// Multiplies A's `MR×kc` micro-panel at `(ic, pc)` (packed into `a_pack` unless read in
+/// place) by every micro-panel of the B block, into C's tiles at `(ic, jc..jc + nc)`; the first
 /// block of k applies the product's beta, the others add. With `next`, it prefetches the next
 /// micro-panel's source meanwhile, a share per tile.
 ///
 /// # Safety
 ///
-/// `block` lies inside `problem`, which is validated; `b_pack` holds the kc×nc block of B at
-/// `(pc, jc)` packed by `K::pack_b`, `a_pack` holds at least `MR·round_up(kc, K_STEP)`
-/// elements; no other thread accesses C's rows `ic..ic + MR`; the CPU supports `K`.
+/// `block` lies inside `problem`, which is validated and `in_place`'s; `b_pack` holds the
+/// kc×nc block of B at `(pc, jc)` packed by `K::pack_b` (only its partial last micro-panel, in
+/// the first panel's place, when `in_place.b`), `a_pack` holds at least `MR·round_up(kc,
+/// K_STEP)` elements; no other thread accesses C's rows `ic..ic + MR`; the CPU supports `K`.
 unsafe fn row_panel<K: Kernel>(
     problem: &Problem<K::T, K::In>,
     block: Block,
+    in_place: InPlace<K>,
     b_pack: &[K::In],
     a_pack: &mut [K::In],
     next: Option<NextPanel<K::In>>,
 ) {
     let Block { ic, jc, nc, pc, kc } = block;
-    let Problem { m, a, c, ep, .. } = *problem;
-    let beta = if pc == 0 { ep.beta } else { K::T::ONE };
+    let Problem { m, a, b, c, ep, .. } = *problem;
+    let ep = Epilogue {
+        beta: if pc == 0 { ep.beta } else { K::T::ONE },
+        ..ep
+    };
     let mr = K::MR.min(m - ic);
-    // SAFETY: (ic, pc) is an element of A, the block is mr×kc and the CPU supports K.
-    unsafe { K::pack_a(mr, kc, a.at(ic, pc), a_pack) };
     let panel_len = round_up(kc, K::K_STEP) * K::NR;
+    let packed = |ptr: *const K::In, step: usize| Panel { ptr, step, lane: 1 };
+    let a_panel = if in_place.a && mr == K::MR {
+        // SAFETY: (ic, pc) is an element of A; step p's MR values are rows ic..ic + MR of
+        // column pc + p, elements of A.
+        Panel {
+            ptr: unsafe { a.at(ic, pc).ptr },
+            step: a.cs,
+            lane: a.rs,
+        }
+    } else {
+        // SAFETY: (ic, pc) is an element of A, the block is mr×kc and the CPU supports K.
+        unsafe { K::pack_a(mr, kc, a.at(ic, pc), a_pack) };
+        packed(a_pack.as_ptr(), K::MR)
+    };
     let tiles = nc.div_ceil(K::NR);
-    for (t, (jr, b_panel)) in (0..nc).step_by(K::NR).zip(b_pack.chunks_exact(panel_len)).enumerate() {
+    for (t, jr) in (0..nc).step_by(K::NR).enumerate() {
         if let Some(next) = &next {
             next.prefetch(t, tiles);
         }
-        // SAFETY: the panels hold kc'·MR and kc'·NR elements, the tile at (ic, jc + jr) of C
-        // is inside the problem's part of C and the CPU supports K (caller's contract).
+        let nr = K::NR.min(nc - jr);
+        let b_panel = match (in_place.b, nr == K::NR) {
+            // SAFETY: (pc, jc + jr) is an element of B; step p's NR values are row pc + p's
+            // columns jc + jr.., contiguous (cs == 1) and inside B (nr == NR).
+            (true, true) => Panel {
+                ptr: unsafe { b.at(pc, jc + jr).ptr },
+                step: b.rs,
+                lane: 1,
+            },
+            (true, false) => packed(b_pack.as_ptr(), K::NR),
+            (false, _) => packed(b_pack[t * panel_len..].as_ptr(), K::NR),
+        };
+        // SAFETY: the panels hold kc'·MR and kc'·NR elements or are read in place as above, the
+        // tile at (ic, jc + jr) of C is inside the problem's part of C and the CPU supports K
+        // (caller's contract).
         unsafe {
-            K::tile(
-                kc,
-                a_pack.as_ptr(),
-                b_panel.as_ptr(),
-                c.at(ic, jc + jr),
-                mr,
-                K::NR.min(nc - jr),
-                &Epilogue { beta, ..ep },
-            )
+            let c = c.at(ic, jc + jr);
+            match in_place.tile {
+                Some(tile) => tile(kc, a_panel, b_panel, c, mr, nr, &ep),
+                // packed panels only (in_place.b needs an in-place tile)
+                None => K::tile(kc, a_panel.ptr, b_panel.ptr, c, mr, nr, &ep),
+            }
         };
     }
 }

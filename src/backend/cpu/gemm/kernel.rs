@@ -2,6 +2,25 @@
 
 use super::matrix::{Element, Epilogue, MatMut, MatRef};
 
+/// Where a tile reads an operand's micro-panel: step p's values (MR of Ã, NR of B̃) at `ptr +
+/// p·step + i·lane` for value i. Packed, that is `step` MR or NR and `lane` 1; read where it
+/// lies, a column-major A has `step` its column stride and `lane` 1, a row-major A `step` 1 and
+/// `lane` its row stride, a row-major B `step` its row stride and `lane` 1.
+#[derive(Clone, Copy)]
+pub(super) struct Panel<I> {
+    pub(super) ptr: *const I,
+    pub(super) step: usize,
+    pub(super) lane: usize,
+}
+
+/// [`Kernel::tile`] over [`Panel`]s: `tile(kc, a, b, c, mr, nr, ep)`, B̃'s `lane` 1.
+///
+/// # Safety
+///
+/// As for [`Kernel::tile`], with the values of every step `p < kc` readable (`i < MR` of Ã,
+/// `i < NR` of B̃).
+pub(super) type InPlaceTile<T, I> = unsafe fn(usize, Panel<I>, Panel<I>, MatMut<T>, usize, usize, &Epilogue<T>);
+
 /// A micro-kernel and the block sizes the driver uses with it.
 pub(super) trait Kernel: Sized {
     /// The type of C and of the accumulators.
@@ -42,6 +61,11 @@ pub(super) trait Kernel: Sized {
         nr: usize,
         ep: &Epilogue<Self::T>,
     );
+
+    /// The micro-kernel over operands read where they lie, for kernels that have one (the f32
+    /// and f64 SIMD kernels, one value per step and lane: see [`InPlaceTile`]); the driver packs
+    /// for the others.
+    const TILE_IN_PLACE: Option<InPlaceTile<Self::T, Self::In>> = None;
 
     /// Packs an A micro-panel as [`super::pack::pack_a`] does (which the portable kernel calls;
     /// the SIMD kernels transpose in registers).

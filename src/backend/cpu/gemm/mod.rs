@@ -10,7 +10,7 @@
 //!   for pc in 0..k step KC               one block of the shared dimension
 //!     pack B[pc.., jc..] (KC×NC)         into NR-column micro-panels; stays in L2
 //!     for ic in 0..m step MR
-//!       pack A[ic.., pc..] (MR×KC)       into one micro-panel; stays in L1
+//!       pack A[ic.., pc..] (MR×KC)       into one micro-panel; stays in L1 (or read in place)
 //!       for jr in 0..NC step NR
 //!         micro-kernel: C[ic.., jc+jr..] (MR×NR) = alpha·Ã·B̃ + beta·C
 //! ```
@@ -34,6 +34,20 @@
 //! panel prefetches the source lines of the next A micro-panel, a share per tile, so that packing
 //! it does not wait on memory line by line (the LM head's `dX = dlogits·wte` packs 12 rows of
 //! `dlogits` 200 KB apart per micro-panel).
+//!
+//! # Operands read in place
+//!
+//! The f32 and f64 SIMD kernels (not the bf16 ones, whose steps interleave pairs of k) also
+//! read A, and sometimes B, where they lie (`driver::InPlace`). The tile broadcasts Ã one value
+//! at a time, so it can read the 12 values of a step from 12 rows of a row-major A (a row
+//! stride apart) or from a column of a column-major one as well as from a packed micro-panel:
+//! every tile with all MR rows reads A in place unless A's steps lie more than a page apart (a
+//! `dW` whose `dY` is 3072 or 50257 wide). A row-major B's micro-panels are read from its rows
+//! when the slab has at most 8 row panels (the attention's 64-row tiles: the pass that packs B
+//! costs more than the few tiles that read it save). Same multiply-adds in the same order, so
+//! the same bits. On nanoGPT's products (K = 128 to 768, N = 128 to 512: 4 to 16 tiles per A
+//! micro-panel) and the attention's tiles, packing was a fifth of the GEMMs' time; reading in
+//! place made the GEMMs 6–8% faster there and GPT-2's about 1% (docs/perf.md).
 //!
 //! # SIMD micro-kernels (AVX-512F, AVX2 + FMA)
 //!

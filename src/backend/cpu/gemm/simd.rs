@@ -3,7 +3,7 @@
 //! `#[target_feature]` wrappers in [`super::avx512`] and [`super::avx2`]: the generic bodies are
 //! `#[inline(always)]`, so each wrapper gets its own copy built with its ISA's registers.
 
-use super::kernel::Kernel;
+use super::kernel::{Kernel, Panel};
 use super::matrix::{Element, Epilogue, MatMut, MatRef, Streamed};
 use super::pack::prefetch;
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -226,9 +226,11 @@ unsafe fn transpose_rows<V: Vector>(
     }
 }
 
-/// The micro-kernel (contract of [`Kernel::tile`], with `MR` rows and NR = 2·LANES): MR
-/// rows × 2 vectors of accumulators. Each step of the shared dimension loads 2 vectors of
-/// B̃, broadcasts the MR values of Ã and issues 2·MR independent FMAs.
+/// The micro-kernel (contract of [`super::kernel::InPlaceTile`], with `MR` rows and NR =
+/// 2·LANES): MR rows × 2 vectors of accumulators. Each step of the shared dimension loads 2
+/// vectors of B̃, broadcasts the MR values of Ã and issues 2·MR independent FMAs. `STRIDED_A`:
+/// Ã's values of a step lie `a.lane` apart (a row-major A read in place); else `a.lane` is 1, a
+/// constant the loop's addresses fold in.
 ///
 /// A tile at C's edges runs a copy of the loop without the padding's FMAs: at most 4 or 8 rows
 /// (the bottom edge: 64 rows are five tiles of 12 and one of 4) with 4 or 8 rows of
@@ -241,10 +243,10 @@ unsafe fn transpose_rows<V: Vector>(
 ///
 /// As for [`Kernel::tile`], and the CPU supports `V`'s instruction set.
 #[inline(always)]
-pub(super) unsafe fn tile<V: Vector, const MR: usize>(
+pub(super) unsafe fn tile<V: Vector, const MR: usize, const STRIDED_A: bool>(
     kc: usize,
-    a: *const V::E,
-    b: *const V::E,
+    a: Panel<V::E>,
+    b: Panel<V::E>,
     c: MatMut<V::E>,
     mr: usize,
     nr: usize,
@@ -253,9 +255,9 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize>(
     // SAFETY: forwarded contract.
     unsafe {
         if nr <= V::LANES {
-            tile_rows::<V, MR, 1>(kc, a, b, c, mr, nr, ep)
+            tile_rows::<V, MR, 1, STRIDED_A>(kc, a, b, c, mr, nr, ep)
         } else {
-            tile_rows::<V, MR, 2>(kc, a, b, c, mr, nr, ep)
+            tile_rows::<V, MR, 2, STRIDED_A>(kc, a, b, c, mr, nr, ep)
         }
     }
 }
@@ -266,56 +268,56 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize>(
 ///
 /// As for [`tile`], and `nr <= VECS·LANES`.
 #[inline(always)]
-unsafe fn tile_rows<V: Vector, const MR: usize, const VECS: usize>(
+unsafe fn tile_rows<V: Vector, const MR: usize, const VECS: usize, const STRIDED_A: bool>(
     kc: usize,
-    a: *const V::E,
-    b: *const V::E,
+    a: Panel<V::E>,
+    b: Panel<V::E>,
     c: MatMut<V::E>,
     mr: usize,
     nr: usize,
     ep: &Epilogue<V::E>,
 ) {
-    // SAFETY: forwarded contract; each copy reads the first ROWS <= MR rows of Ã's MR-wide
-    // steps and writes mr <= ROWS rows of C.
+    // SAFETY: forwarded contract; each copy reads the first ROWS <= MR values of Ã's steps and
+    // writes mr <= ROWS rows of C.
     unsafe {
         if MR > 4 && mr <= 4 {
-            tile_loop::<V, MR, 4, VECS>(kc, a, b, c, mr, nr, ep)
+            tile_loop::<V, 4, VECS, STRIDED_A>(kc, a, b, c, mr, nr, ep)
         } else if MR > 8 && mr <= 8 {
-            tile_loop::<V, MR, 8, VECS>(kc, a, b, c, mr, nr, ep)
+            tile_loop::<V, 8, VECS, STRIDED_A>(kc, a, b, c, mr, nr, ep)
         } else {
-            tile_loop::<V, MR, MR, VECS>(kc, a, b, c, mr, nr, ep)
+            tile_loop::<V, MR, VECS, STRIDED_A>(kc, a, b, c, mr, nr, ep)
         }
     }
 }
 
 /// [`tile`]'s loop with `ROWS × VECS` vectors of accumulators (`mr <= ROWS <= MR`, `nr <=
-/// VECS·LANES`, VECS 1 or 2) over an Ã packed with MR values and a B̃ with 2·LANES values a step.
+/// VECS·LANES`, VECS 1 or 2): step p reads Ã's first ROWS values and B̃'s first VECS vectors.
 ///
 /// # Safety
 ///
 /// As for [`tile`], `mr <= ROWS <= MR` and `nr <= VECS·LANES <= 2·LANES`.
 #[inline(always)]
-unsafe fn tile_loop<V: Vector, const MR: usize, const ROWS: usize, const VECS: usize>(
+unsafe fn tile_loop<V: Vector, const ROWS: usize, const VECS: usize, const STRIDED_A: bool>(
     kc: usize,
-    a: *const V::E,
-    b: *const V::E,
+    a: Panel<V::E>,
+    b: Panel<V::E>,
     c: MatMut<V::E>,
     mr: usize,
     nr: usize,
     ep: &Epilogue<V::E>,
 ) {
-    // SAFETY: the instruction set is supported (caller's contract); step p reads
-    // Ã[p·MR..][..ROWS] and B̃[p·2·LANES..][..VECS·LANES], inside the kc·MR and kc·NR elements
-    // of the panels. Prefetches never fault, and their addresses are computed with wrapping
-    // arithmetic.
+    // SAFETY: the instruction set is supported (caller's contract); step p reads the first ROWS
+    // values of Ã's step and the first VECS·LANES of B̃'s, readable by the contract. Prefetches
+    // never fault, and their addresses are computed with wrapping arithmetic.
     let acc = unsafe {
         prefetch_tile(c, mr, nr);
+        let a_lane = if STRIDED_A { a.lane } else { 1 };
         let mut acc = [[V::zero(); VECS]; ROWS];
         for p in 0..kc {
-            let a_p = a.add(p * MR);
-            let b_p = b.add(p * 2 * V::LANES);
+            let a_p = a.ptr.add(p * a.step);
+            let b_p = b.ptr.add(p * b.step);
             // B̃ streams from L2; Ã (reused by every tile of the block) stays in L1.
-            let ahead = b_p.wrapping_add(PREFETCH_STEPS * 2 * V::LANES);
+            let ahead = b_p.wrapping_add(PREFETCH_STEPS * b.step);
             _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
             if VECS == 2 && 2 * V::LANES * size_of::<V::E>() > 64 {
                 // a step of B̃ spans two cache lines (AVX-512); AVX2's fills one
@@ -326,7 +328,7 @@ unsafe fn tile_loop<V: Vector, const MR: usize, const ROWS: usize, const VECS: u
                 *bv = V::load(b_p.add(v * V::LANES));
             }
             for (i, acc_i) in acc.iter_mut().enumerate() {
-                let a_pi = V::splat(*a_p.add(i));
+                let a_pi = V::splat(*a_p.add(i * a_lane));
                 for (acc_iv, &bv) in acc_i.iter_mut().zip(&bv) {
                     *acc_iv = V::fmadd(a_pi, bv, *acc_iv);
                 }
@@ -451,9 +453,24 @@ macro_rules! simd_kernel {
             const NC: usize = <Self as Vector>::NC;
             const K_STEP: usize = 1;
 
+            const TILE_IN_PLACE: Option<InPlaceTile<E, E>> = Some(tile_in_place::<E>);
+
             unsafe fn tile(kc: usize, a: *const E, b: *const E, c: MatMut<E>, mr: usize, nr: usize, ep: &Epilogue<E>) {
-                // SAFETY: forwarded contract, which includes the target features.
-                unsafe { tile::<E>(kc, a, b, c, mr, nr, ep) }
+                let (a, b) = (
+                    Panel {
+                        ptr: a,
+                        step: MR,
+                        lane: 1,
+                    },
+                    Panel {
+                        ptr: b,
+                        step: <Self as Kernel>::NR,
+                        lane: 1,
+                    },
+                );
+                // SAFETY: forwarded contract (packed panels: MR and NR values a step), which
+                // includes the target features.
+                unsafe { tile::<E, false>(kc, a, b, c, mr, nr, ep) }
             }
 
             unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<E>, dst: &mut [E]) {
@@ -468,10 +485,10 @@ macro_rules! simd_kernel {
         }
 
         #[target_feature(enable = $feature)]
-        unsafe fn tile<E: Element>(
+        unsafe fn tile<E: Element, const STRIDED_A: bool>(
             kc: usize,
-            a: *const E,
-            b: *const E,
+            a: Panel<E>,
+            b: Panel<E>,
             c: MatMut<E>,
             mr: usize,
             nr: usize,
@@ -480,7 +497,34 @@ macro_rules! simd_kernel {
             $vector<E>: Vector<E = E>,
         {
             // SAFETY: forwarded contract; the features are enabled here.
-            unsafe { simd::tile::<$vector<E>, MR>(kc, a, b, c, mr, nr, ep) }
+            unsafe { simd::tile::<$vector<E>, MR, STRIDED_A>(kc, a, b, c, mr, nr, ep) }
+        }
+
+        /// [`Kernel::TILE_IN_PLACE`]: the loop with Ã's values `lane` apart when they are not
+        /// contiguous.
+        ///
+        /// # Safety
+        ///
+        /// As for [`super::kernel::InPlaceTile`], and the CPU supports the target features.
+        unsafe fn tile_in_place<E: Element>(
+            kc: usize,
+            a: Panel<E>,
+            b: Panel<E>,
+            c: MatMut<E>,
+            mr: usize,
+            nr: usize,
+            ep: &Epilogue<E>,
+        ) where
+            $vector<E>: Vector<E = E>,
+        {
+            // SAFETY: forwarded contract, which includes the target features.
+            unsafe {
+                if a.lane == 1 {
+                    tile::<E, false>(kc, a, b, c, mr, nr, ep)
+                } else {
+                    tile::<E, true>(kc, a, b, c, mr, nr, ep)
+                }
+            }
         }
 
         #[target_feature(enable = $feature)]

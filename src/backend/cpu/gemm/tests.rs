@@ -453,6 +453,101 @@ fn edge_tiles_give_the_full_tiles_bits() {
     case::<f64>();
 }
 
+/// A SIMD kernel's tile reading its operands in place (A from its rows or its columns, B from its
+/// rows: `Kernel::TILE_IN_PLACE`, which the driver uses wherever the kernel has one) gives the
+/// bits of its tile over the panels `pack_a` and `pack_b` make of the same operands, for one or
+/// two vectors of columns, several lengths of k, beta 0 and not.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn tiles_read_in_place_give_the_packed_tiles_bits() {
+    use super::kernel::Panel;
+    use super::matrix::{Epilogue, MatMut, MatRef};
+
+    fn case<T: TestFloat, K: Kernel<T = T, In = T>>(name: &str) {
+        let tile_in_place = K::TILE_IN_PLACE.unwrap_or_else(|| panic!("{name}: no in-place tile"));
+        let (mr, nr) = (K::MR, K::NR);
+        for (kc, beta) in [(1, 0.0), (7, 1.0), (64, -0.5), (257, 0.0)] {
+            let values = |seed, len| {
+                random_values(seed, len)
+                    .into_iter()
+                    .map(T::from_f64)
+                    .collect::<Vec<T>>()
+            };
+            // A mr×kc in a row-major buffer with 3 spare slots a row and a column-major one with 5
+            // a column; B kc×nr row-major with 9 spare slots a row
+            let (a_rows, a_cols, b) = (
+                values(1, mr * (kc + 3)),
+                values(2, kc * (mr + 5)),
+                values(3, kc * (nr + 9)),
+            );
+            let a_row_major = MatRef {
+                ptr: a_rows.as_ptr(),
+                rs: kc + 3,
+                cs: 1,
+            };
+            let a_col_major = MatRef {
+                ptr: a_cols.as_ptr(),
+                rs: 1,
+                cs: mr + 5,
+            };
+            let b_view = MatRef {
+                ptr: b.as_ptr(),
+                rs: nr + 9,
+                cs: 1,
+            };
+            let c0 = values(4, mr * nr);
+            let ep = Epilogue {
+                alpha: T::from_f64(1.5),
+                beta: T::from_f64(beta),
+            };
+            for cols in [nr / 2, nr] {
+                for a in [a_row_major, a_col_major] {
+                    let (mut a_pack, mut b_pack) = (vec![T::ZERO; mr * kc], vec![T::ZERO; kc * nr]);
+                    let (mut packed, mut in_place) = (c0.clone(), c0.clone());
+                    let c = |c: &mut [T]| MatMut {
+                        ptr: c.as_mut_ptr(),
+                        rs: nr,
+                        cs: 1,
+                    };
+                    // SAFETY: the CPU supports K (the caller checked); the views lie inside their
+                    // buffers (mr×kc, kc×nr), the panels hold kc·MR and kc·NR elements, C is mr×nr.
+                    unsafe {
+                        K::pack_a(mr, kc, a, &mut a_pack);
+                        K::pack_b(kc, nr, b_view, &mut b_pack);
+                        K::tile(kc, a_pack.as_ptr(), b_pack.as_ptr(), c(&mut packed), mr, cols, &ep);
+                        let a_panel = Panel {
+                            ptr: a.ptr,
+                            step: a.cs,
+                            lane: a.rs,
+                        };
+                        let b_panel = Panel {
+                            ptr: b.as_ptr(),
+                            step: b_view.rs,
+                            lane: 1,
+                        };
+                        tile_in_place(kc, a_panel, b_panel, c(&mut in_place), mr, cols, &ep);
+                    }
+                    let bits = |c: &[T]| c.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+                    let layout = if a.cs == 1 { "row-major" } else { "column-major" };
+                    assert_eq!(
+                        bits(&in_place),
+                        bits(&packed),
+                        "{name}: A {layout}, kc {kc}, {cols} columns, beta {beta}"
+                    );
+                }
+            }
+        }
+    }
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        case::<f32, avx512::Zmm<f32>>("avx512 f32");
+        case::<f64, avx512::Zmm<f64>>("avx512 f64");
+    }
+    if avx2_fma() {
+        case::<f32, avx2::Ymm<f32>>("avx2 f32");
+        case::<f64, avx2::Ymm<f64>>("avx2 f64");
+    }
+}
+
 #[test]
 fn k_zero_scales_c_by_beta() {
     let mut c = [f32::NAN; 6];
