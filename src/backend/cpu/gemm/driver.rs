@@ -310,14 +310,14 @@ impl<K: Kernel> Copy for InPlace<K> {}
 
 /// Bytes of A (in the slab a thread runs) from which [`row_panel`] prefetches the next A
 /// micro-panel's source while it runs the current one's tiles: an A that large is not in L2, so
-/// packing its micro-panel (12 rows of a row-major A, 256 columns of a column-major one) would
-/// otherwise wait for memory at every line. The LM head's `dX = dlogits·wte` packs 12 rows of
-/// 1 KiB, 200 KB apart, per 12 or 24 tiles.
+/// packing its micro-panel (12 rows of a row-major A, 256 columns of a column-major one), or its
+/// first tile reading it in place, would otherwise wait for memory at every line. The LM head's
+/// `dX = dlogits·wte` reads 12 rows of 1 KiB, 200 KB apart, per 12 or 24 tiles.
 const PREFETCH_A_BYTES: usize = 1 << 20;
 
 /// The source lines of the A micro-panel below the current one (rows `ic + MR..`, the same
 /// steps of k), which [`row_panel`] prefetches a share at a time, one share per tile, so that
-/// they are in cache when the next row panel packs them.
+/// they are in cache when the next row panel packs or reads them.
 #[derive(Clone, Copy)]
 struct NextPanel<I: Element> {
     /// Element (0, 0) of the next micro-panel's `rows×kc` block of A.
