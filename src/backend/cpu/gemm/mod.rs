@@ -47,7 +47,7 @@
 //! costs more than the few tiles that read it save). Same multiply-adds in the same order, so
 //! the same bits. On nanoGPT's products (K = 128 to 768, N = 128 to 512: 4 to 16 tiles per A
 //! micro-panel) and the attention's tiles, packing was a fifth of the GEMMs' time; reading in
-//! place made the GEMMs 6–8% faster there and GPT-2's about 1% (docs/perf.md).
+//! place made nanoGPT's GEMMs 5–6.5% faster and GPT-2's 0–1.4% (docs/perf.md).
 //!
 //! # SIMD micro-kernels (AVX-512F, AVX2 + FMA)
 //!
