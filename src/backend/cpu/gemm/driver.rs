@@ -257,8 +257,8 @@ struct Block {
 
 /// The largest distance between A's steps (its column stride) at which the tiles read A in
 /// place: a step per 4 KiB page or more. Farther apart, every step of a tile is on a page of its
-/// own (GPT-2's `dW = dYᵀ·X` with dY 2304, 3072 or 50257 wide: 1.5–2.6% slower in place in the
-/// step, three sittings).
+/// own (GPT-2's `dW = dYᵀ·X` with dY 2304, 3072 or 50257 wide: 0.2–2.6% slower in place in the
+/// step, two sittings).
 const IN_PLACE_A_STEP_BYTES: usize = 4096;
 
 /// Rows of C (in the slab a thread runs) up to which the tiles read a row-major B in place: as
