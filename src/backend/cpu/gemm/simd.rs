@@ -453,7 +453,7 @@ macro_rules! simd_kernel {
             const NC: usize = <Self as Vector>::NC;
             const K_STEP: usize = 1;
 
-            const TILE_IN_PLACE: Option<InPlaceTile<E, E>> = Some(tile_in_place::<E>);
+            const TILE_IN_PLACE: Option<InPlaceTile<E, E>> = Some(tile::<E>);
 
             unsafe fn tile(kc: usize, a: *const E, b: *const E, c: MatMut<E>, mr: usize, nr: usize, ep: &Epilogue<E>) {
                 let (a, b) = (
@@ -470,7 +470,7 @@ macro_rules! simd_kernel {
                 );
                 // SAFETY: forwarded contract (packed panels: MR and NR values a step), which
                 // includes the target features.
-                unsafe { tile::<E, false>(kc, a, b, c, mr, nr, ep) }
+                unsafe { tile::<E>(kc, a, b, c, mr, nr, ep) }
             }
 
             unsafe fn pack_a(mr: usize, kc: usize, a: MatRef<E>, dst: &mut [E]) {
@@ -484,8 +484,15 @@ macro_rules! simd_kernel {
             }
         }
 
+        /// The micro-kernel over packed panels or operands read in place ([`Kernel::tile`],
+        /// [`Kernel::TILE_IN_PLACE`]): the loop with Ã's values `lane` apart when they are not
+        /// contiguous.
+        ///
+        /// # Safety
+        ///
+        /// As for [`super::kernel::InPlaceTile`], and the CPU supports the target features.
         #[target_feature(enable = $feature)]
-        unsafe fn tile<E: Element, const STRIDED_A: bool>(
+        unsafe fn tile<E: Element>(
             kc: usize,
             a: Panel<E>,
             b: Panel<E>,
@@ -497,32 +504,11 @@ macro_rules! simd_kernel {
             $vector<E>: Vector<E = E>,
         {
             // SAFETY: forwarded contract; the features are enabled here.
-            unsafe { simd::tile::<$vector<E>, MR, STRIDED_A>(kc, a, b, c, mr, nr, ep) }
-        }
-
-        /// [`Kernel::TILE_IN_PLACE`]: the loop with Ã's values `lane` apart when they are not
-        /// contiguous.
-        ///
-        /// # Safety
-        ///
-        /// As for [`super::kernel::InPlaceTile`], and the CPU supports the target features.
-        unsafe fn tile_in_place<E: Element>(
-            kc: usize,
-            a: Panel<E>,
-            b: Panel<E>,
-            c: MatMut<E>,
-            mr: usize,
-            nr: usize,
-            ep: &Epilogue<E>,
-        ) where
-            $vector<E>: Vector<E = E>,
-        {
-            // SAFETY: forwarded contract, which includes the target features.
             unsafe {
                 if a.lane == 1 {
-                    tile::<E, false>(kc, a, b, c, mr, nr, ep)
+                    simd::tile::<$vector<E>, MR, false>(kc, a, b, c, mr, nr, ep)
                 } else {
-                    tile::<E, true>(kc, a, b, c, mr, nr, ep)
+                    simd::tile::<$vector<E>, MR, true>(kc, a, b, c, mr, nr, ep)
                 }
             }
         }
