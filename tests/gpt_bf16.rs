@@ -309,6 +309,15 @@ fn the_compute_dtype_is_f32_or_bf16_and_to_dtype_casts_every_parameter() {
         let rounded = q.to_dtype(DType::BF16).unwrap().to_vec::<f32>().unwrap();
         assert_eq!(p.to_vec::<f32>().unwrap(), rounded, "{name}");
     }
+    // on the CPU the blocks' matrices in one buffer (read from huge pages in decode), the other
+    // parameters (biases, norms, the token and position tables) each in its own
+    let params = half.params();
+    let is_matrix =
+        |n: &str| n.ends_with("c_attn.weight") || n.ends_with("c_proj.weight") || n.ends_with("c_fc.weight");
+    let first = &params.iter().find(|(n, _)| is_matrix(n)).unwrap().1;
+    for (n, p) in &params {
+        assert_eq!(p.same_storage(first), is_matrix(n), "{n}");
+    }
     // the original keeps its f32 weights, and an optimizer refuses the bf16 ones
     assert!(gpt.params().iter().all(|(_, p)| p.dtype() == DType::F32));
     let e = AdamW::new(half.params(), 1e-3, (0.9, 0.95), 1e-8, 0.0)

@@ -286,6 +286,63 @@ fn bf16_follows_f32() {
     }
 }
 
+/// `to_dtype(BF16)` and `freeze_base` on the CPU copy the projections' weights end to end into one
+/// buffer (views of it, read from huge pages in decode): each shares that storage and holds its
+/// value (rounded to bf16 by the cast), every other parameter (the norms and the token table, which
+/// the row ops read whole) has its own, and the logits are bit for bit those of the same values in
+/// separate buffers. A trainable f32 model is not packed.
+#[test]
+fn bf16_and_frozen_models_have_their_projections_in_one_buffer_with_the_same_logits() {
+    use kiln::nn::Params;
+    for name in MODELS {
+        let model = Llama::from_hf_dir(fixture(name), &Device::Cpu).unwrap();
+        let packed = model.to_dtype(DType::BF16).unwrap();
+        let params = packed.params();
+        let is_matrix = |n: &str| n.ends_with("_proj.weight") || n == "lm_head.weight";
+        let first = &params.iter().find(|(n, _)| is_matrix(n)).unwrap().1;
+        for ((n, p), (_, f32_param)) in params.iter().zip(model.params()) {
+            assert_eq!(p.same_storage(first), is_matrix(n), "{name}: {n}");
+            assert_eq!(
+                p.is_leaf_requiring_grad(),
+                f32_param.is_leaf_requiring_grad(),
+                "{name}: {n}"
+            );
+            let rounded = f32_param.to_dtype(DType::BF16).unwrap().to_vec::<f32>().unwrap();
+            assert_eq!(p.to_vec::<f32>().unwrap(), rounded, "{name}: {n}");
+        }
+        // the same values, each parameter in a buffer of its own
+        let mut apart = packed.clone();
+        apart.visit_params("", &mut |_, p| *p = p.copy().unwrap());
+        assert!(apart
+            .params()
+            .iter()
+            .all(|(n, p)| !is_matrix(n) || !p.same_storage(first)));
+        let ids = &expected(name)["ids_b"];
+        let (a, b) = (packed.forward(ids).unwrap(), apart.forward(ids).unwrap());
+        assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap(), "{name}");
+        // a trainable f32 model is not packed: its parameters stay whole tensors for AdamW
+        let f32_model = model.to_dtype(DType::F32).unwrap();
+        let f32_params: Vec<_> = f32_model.params().into_iter().filter(|(n, _)| is_matrix(n)).collect();
+        assert!(!f32_params[1].1.same_storage(&f32_params[0].1), "{name}");
+        // a frozen one is, with the same values and the same logits
+        let mut frozen = model.clone();
+        frozen.freeze_base();
+        let params = frozen.params();
+        let first = &params.iter().find(|(n, _)| is_matrix(n)).unwrap().1;
+        for ((n, p), (_, q)) in params.iter().zip(model.params()) {
+            assert_eq!(p.same_storage(first), is_matrix(n), "{name}: frozen {n}");
+            assert!(!p.is_leaf_requiring_grad(), "{name}: frozen {n}");
+            assert_eq!(
+                p.to_vec::<f32>().unwrap(),
+                q.to_vec::<f32>().unwrap(),
+                "{name}: frozen {n}"
+            );
+        }
+        let (a, b) = (frozen.forward(ids).unwrap(), model.forward(ids).unwrap());
+        assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap(), "{name}: frozen");
+    }
+}
+
 /// Copies fixture `name` to a fresh temporary folder, with `edit` applied to its config.json.
 fn edited_copy(name: &str, tag: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-llama-{tag}-{}", std::process::id()));

@@ -54,6 +54,15 @@ impl Storage {
         }
     }
 
+    /// `n` zeros of `dtype` for weights read over and over: on the CPU in huge pages where the OS
+    /// has them ([`cpu::zeros_in_huge_pages`]), elsewhere as [`Storage::filled`].
+    pub(crate) fn zeros_for_weights(n: usize, dtype: DType, device: &Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(cpu::zeros_in_huge_pages(n, dtype)?)),
+            _ => Storage::filled(0.0, n, dtype, device),
+        }
+    }
+
     /// Moves host data to `device`.
     pub(crate) fn from_host(data: CpuStorage, device: &Device) -> Result<Storage> {
         match device {

@@ -200,7 +200,8 @@ const READS_PER_PROBE: usize = 3;
 /// benchmark's memory ceiling ([`super::roofline::stream`]) reading [`READ_BYTES`] and writing
 /// nothing.
 fn read_bandwidth() -> Result<f64> {
-    let mut stream = super::roofline::stream(&Device::Cpu, READ_BYTES as f64, 0.0, 1)?;
+    // in huge pages, as the weights a decode step reads (frozen or bf16 ones: `Tensor::packed`)
+    let mut stream = super::roofline::stream(&Device::Cpu, READ_BYTES as f64, 0.0, 1, super::roofline::Pages::Huge)?;
     let mut best = f64::INFINITY;
     for i in 0..READS_PER_PROBE {
         let t0 = Instant::now();
@@ -219,7 +220,9 @@ struct Loaded<M> {
 
 /// The Llama of `gguf` with its weights as `how` says.
 fn load_llama(gguf: &Path, device: &Device, how: LlamaLoad) -> Result<Loaded<Llama>> {
-    let model = Llama::from_gguf_with(gguf, device, how)?;
+    let mut model = Llama::from_gguf_with(gguf, device, how)?;
+    // inference only: frozen, so its weights are laid out for decoding
+    model.freeze_base();
     Ok(Loaded {
         params: model.num_params(),
         weight_bytes_per_token: model.weight_bytes_per_token(),
@@ -364,8 +367,8 @@ pub fn run(opts: &GenerationOptions, mut progress: impl FnMut(&str)) -> Result<G
         load_s: load_s.unwrap_or(0.0),
         read: if probe {
             format!(
-                "before each repetition and after the last, the best of {READS_PER_PROBE} parallel sums of a {} MiB f32 buffer on the CPU, \
-                 {} threads; a row's GB/s is their median",
+                "before each repetition and after the last, the best of {READS_PER_PROBE} parallel sums of a {} MiB f32 buffer on the CPU \
+                 (in huge pages where the OS has them, as a bf16 model's weights), {} threads; a row's GB/s is their median",
                 READ_BYTES >> 20,
                 rayon::current_num_threads()
             )

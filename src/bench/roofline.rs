@@ -22,6 +22,7 @@ use super::cases::{Bound, Setup};
 use super::library;
 use super::timing::{measure, Clock};
 use super::work::Work;
+use crate::backend::cpu::alloc;
 use crate::backend::cpu::vectorise::vectorised;
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 use rayon::prelude::*;
@@ -69,6 +70,7 @@ impl Ceilings {
                 work.bytes - work.written,
                 work.written,
                 work.sets,
+                Pages::Base,
             )?)),
         })
     }
@@ -119,21 +121,40 @@ fn sum_lanes(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The pages a CPU stream's buffers lie in: those of the buffers whose traffic it bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pages {
+    /// The allocator's usual pages (4 KiB on Linux), as an op's inputs and outputs.
+    Base,
+    /// Huge pages where the OS has them, as weights laid out for decoding (`Tensor::packed`).
+    Huge,
+}
+
 /// A stream that reads `read` bytes (from one of `sets` rotated buffers) and writes `written` bytes
 /// per call: the memory ceiling of a row that moves those bytes (see the module's comment). On the
 /// CPU the writes go first to the lines just read (in place, 64 KiB at a time, so no write misses
 /// the cache: the least traffic that moves those bytes), the rest, where more is written than read,
-/// to a second buffer.
-pub fn stream(dev: &Device, read: f64, written: f64, sets: usize) -> Result<Work> {
+/// to a second buffer. The CPU's buffers lie in `pages`.
+pub fn stream(dev: &Device, read: f64, written: f64, sets: usize, pages: Pages) -> Result<Work> {
     let sets = sets.max(1);
     let (r, w) = ((read / 4.0).ceil() as usize, (written / 4.0).ceil() as usize);
     let run: Box<dyn FnMut(usize) -> Result<()>> = match dev {
         Device::Cpu => {
             let (in_place, rest) = (w.min(r), w - w.min(r));
+            let zeros = |n: usize| match pages {
+                Pages::Base => alloc::filled("bench", n, 0f32),
+                Pages::Huge => alloc::filled_in_huge_pages("bench", n, 0f32),
+            };
             let mut src: Vec<Vec<f32>> = (0..sets)
-                .map(|s| (0..r).into_par_iter().map(|i| ((i + s) % 7) as f32).collect())
-                .collect();
-            let mut dst = vec![0f32; rest];
+                .map(|s| {
+                    let mut v = zeros(r)?;
+                    v.par_iter_mut()
+                        .enumerate()
+                        .for_each(|(i, x)| *x = ((i + s) % 7) as f32);
+                    Ok(v)
+                })
+                .collect::<Result<_>>()?;
+            let mut dst = zeros(rest)?;
             Box::new(move |i| {
                 let total: f32 = src[i % sets]
                     .par_chunks_mut(STREAM_CHUNK)

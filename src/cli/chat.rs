@@ -60,6 +60,8 @@ fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: 
         WeightsDType::F32 | WeightsDType::Bf16 => LlamaLoad::F32,
     };
     let mut model = Llama::from_gguf_with(path, &dev, how)?;
+    // inference only: frozen, so its weights are laid out for decoding
+    model.freeze_base();
     if let Some(dir) = lora {
         model.load_adapter(dir)?;
         if let Some(cfg) = model.lora_config() {

@@ -309,11 +309,33 @@ impl Gpt {
     /// The model with every parameter cast to `dtype` (f32 or bf16), computing in it: for
     /// inference, where casting the weights once beats a cast per forward (generation runs one
     /// forward per token). The cast parameters are new leaves; parameters already in `dtype` are
-    /// shared with `self`. The optimizer updates f32 parameters only: train with [`Gpt::set_dtype`].
+    /// shared with `self`, except that a bf16 model on the CPU has its blocks' matrices copied end
+    /// to end into one buffer, each a view of its part, and its token table into another, which a
+    /// decode step reads from huge pages (docs/llama.md, "The decode step"). The optimizer
+    /// updates f32 parameters only: train with [`Gpt::set_dtype`].
     pub fn to_dtype(&self, dtype: DType) -> Result<Gpt> {
         let mut model = self.clone();
         model.set_dtype(dtype)?;
         crate::nn::cast_params(&mut model, dtype)?;
+        if dtype == DType::BF16 && matches!(model.device(), Device::Cpu) {
+            // the blocks' matrices in one buffer, the token table (the tied LM head) in another:
+            // the lookup reads it whole (AdamW trains f32 only, so it meets no view)
+            crate::nn::pack_weights(&mut [&mut model.wte.weight])?;
+            let mut weights: Vec<&mut Tensor> = model
+                .h
+                .iter_mut()
+                .flat_map(|b| {
+                    [
+                        &mut b.attn.c_attn,
+                        &mut b.attn.c_proj,
+                        &mut b.mlp.c_fc,
+                        &mut b.mlp.c_proj,
+                    ]
+                })
+                .map(|lin| &mut lin.weight)
+                .collect();
+            crate::nn::pack_weights(&mut weights)?;
+        }
         Ok(model)
     }
 

@@ -11,7 +11,7 @@
 mod module;
 
 use crate::ops::linear_quantized::{PerMatrix, QuantizedMatrix};
-pub(crate) use module::{cast_params, load_named_from};
+pub(crate) use module::{cast_params, load_named_from, pack_weights};
 pub use module::{join, load_named, save_named, Module, ParamVisitor, Params};
 
 use crate::{DType, Device, Result, Rng, Tensor};

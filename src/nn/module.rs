@@ -196,3 +196,24 @@ pub(crate) fn cast_params<M: Params>(model: &mut M, dtype: DType) -> Result<()> 
     });
     first_error.map_or(Ok(()), Err)
 }
+
+/// Copies `weights` end to end into one new buffer and makes each a view of its part (a trainable
+/// leaf still a trainable leaf, a frozen one frozen), for a model cast once for inference: a
+/// decode step reads every weight once per token, and one buffer of hundreds of MB lies in huge
+/// pages on the CPU ([`Tensor::packed`]), where a Llama's many small
+/// projections (0.2–1.8 MB each in SmolLM2-135M) would each have its own 4 KiB pages. The values
+/// are unchanged. Only matrices share a buffer: the GEMMs read a view in place, where the fused
+/// row ops (norms, embedding lookups) copy a view into a larger buffer first (`Tensor::dense`), so
+/// a table they read is packed alone (its buffer then starts and ends with it); and AdamW refuses
+/// views into a larger buffer, so a model it trains (f32) is not packed.
+pub(crate) fn pack_weights(weights: &mut [&mut Tensor]) -> Result<()> {
+    let _no_grad = crate::no_grad();
+    let views = Tensor::packed(&weights.iter().map(|w| &**w).collect::<Vec<_>>())?;
+    for (w, view) in weights.iter_mut().zip(views) {
+        **w = match w.is_leaf_requiring_grad() {
+            true => view.requires_grad(),
+            false => view,
+        };
+    }
+    Ok(())
+}

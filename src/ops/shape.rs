@@ -5,6 +5,7 @@
 //! permutation; narrow, g placed in zeros of the input's shape; broadcast_to, g summed to the
 //! input's shape; cat, g narrowed into its pieces; contiguous, g.
 
+use crate::backend::Storage;
 use crate::tensor::layout::{checked_numel, resolve_dim, Dims, Layout};
 use crate::{Error, Result, Tensor};
 use smallvec::SmallVec;
@@ -225,6 +226,40 @@ impl Tensor {
             return Ok(self.clone());
         }
         self.copy()
+    }
+
+    /// Copies of `tensors` (one dtype, one device) laid end to end in one new buffer, each
+    /// returned as a view of its part with its shape: for weights that are read over and over,
+    /// which on the CPU then lie in huge pages ([`Storage::zeros_for_weights`]). Not recorded by
+    /// autograd (the views are new leaves).
+    pub(crate) fn packed(tensors: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let Some(first) = tensors.first() else {
+            return Ok(Vec::new());
+        };
+        let mut total = 0usize;
+        for t in tensors {
+            first.same_device(t, "pack")?;
+            if t.dtype() != first.dtype() {
+                return Err(Error::dtype_mismatch("pack", first.dtype(), t.dtype()));
+            }
+            total = total
+                .checked_add(t.numel())
+                .ok_or_else(|| Error::shape("pack", "the sizes add up past usize::MAX".to_string()))?;
+        }
+        let buffer = Tensor::from_parts(
+            Storage::zeros_for_weights(total, first.dtype(), first.device())?,
+            &[total],
+        );
+        let mut offset = 0;
+        tensors
+            .iter()
+            .map(|t| {
+                let part = buffer.layout().narrow(0, offset, t.numel());
+                buffer.assign_region(&part, &t.flatten_all()?.detach())?;
+                offset += t.numel();
+                buffer.narrow(0, offset - t.numel(), t.numel())?.reshape(t.shape())
+            })
+            .collect()
     }
 
     /// Joins tensors along `dim`; all other dims must agree.

@@ -166,6 +166,25 @@ impl AdamW {
                 "weight_decay must be finite and non-negative, got {weight_decay}"
             ));
         }
+        // each parameter first (a bf16 model's views of one buffer are refused as bf16), then
+        // the list (a parameter listed twice)
+        for (name, param) in &params {
+            check_trainable("AdamW", name, param)?;
+            if !matches!(param.dtype(), DType::F32 | DType::F64) {
+                return Err(Error::DType {
+                    op: "AdamW",
+                    msg: format!(
+                        "parameter {name} is {}; AdamW updates f32 or f64 parameters",
+                        param.dtype()
+                    ),
+                });
+            }
+            if !param.is_contiguous() || param.layout().offset() != 0 || param.storage().len() != param.numel() {
+                return invalid(format!(
+                    "parameter {name} is a view into a larger storage; AdamW updates whole tensors"
+                ));
+            }
+        }
         for (i, (name, p)) in params.iter().enumerate() {
             if let Some((other, _)) = params[..i].iter().find(|(_, q)| q.same_storage(p)) {
                 return invalid(format!("parameters {other} and {name} share one storage; list it once"));
@@ -174,22 +193,6 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, param)| {
-                check_trainable("AdamW", &name, &param)?;
-                if !matches!(param.dtype(), DType::F32 | DType::F64) {
-                    return Err(Error::DType {
-                        op: "AdamW",
-                        msg: format!(
-                            "parameter {name} is {}; AdamW updates f32 or f64 parameters",
-                            param.dtype()
-                        ),
-                    });
-                }
-                if !param.is_contiguous() || param.layout().offset() != 0 || param.storage().len() != param.numel() {
-                    return Err(Error::invalid(
-                        "AdamW",
-                        format!("parameter {name} is a view into a larger storage; AdamW updates whole tensors"),
-                    ));
-                }
                 let zeros = || Tensor::zeros(param.shape(), param.dtype(), param.device());
                 Ok(Slot {
                     decay: decay.applies_to(&name, &param),

@@ -26,6 +26,18 @@ pub(crate) fn filled<T: Clone + 'static>(op: &'static str, n: usize, value: T) -
     Ok(v)
 }
 
+/// `n` copies of `value` in a new buffer (never a recycled one) whose whole 2 MiB pages are advised
+/// as huge pages before they are first written ([`super::allocator::advise_huge_pages`]): for
+/// buffers read over and over (a model's weights in decode), or `Error::OutOfMemory` for `op`.
+pub(crate) fn filled_in_huge_pages<T: Clone>(op: &'static str, n: usize, value: T) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::out_of_memory(op, n, std::mem::size_of::<T>(), Device::Cpu))?;
+    super::allocator::advise_huge_pages(v.as_ptr().cast(), n * std::mem::size_of::<T>());
+    v.resize(n, value);
+    Ok(v)
+}
+
 /// `v` as `n` copies of `value`, reusing its buffer when it holds `n` (growing it exactly to `n`
 /// otherwise), or `Error::OutOfMemory` for `op`: for scratch kept between calls.
 pub(crate) fn refill<T: Clone>(op: &'static str, v: &mut Vec<T>, n: usize, value: T) -> Result<()> {

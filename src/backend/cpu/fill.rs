@@ -14,3 +14,15 @@ pub fn filled(value: f64, n: usize, dtype: DType) -> crate::Result<CpuStorage> {
         DType::U32 => CpuStorage::U32(alloc::filled(OP, n, u32::from_f64(value))?),
     })
 }
+
+/// `n` zeros of `dtype` in a new buffer advised as huge pages ([`alloc::filled_in_huge_pages`]).
+pub fn zeros_in_huge_pages(n: usize, dtype: DType) -> crate::Result<CpuStorage> {
+    const OP: &str = "pack";
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(alloc::filled_in_huge_pages(OP, n, 0f32)?),
+        DType::F64 => CpuStorage::F64(alloc::filled_in_huge_pages(OP, n, 0f64)?),
+        DType::BF16 => CpuStorage::BF16(alloc::filled_in_huge_pages(OP, n, WithDType::from_f64(0.0))?),
+        DType::F16 => CpuStorage::F16(alloc::filled_in_huge_pages(OP, n, WithDType::from_f64(0.0))?),
+        DType::U32 => CpuStorage::U32(alloc::filled_in_huge_pages(OP, n, 0u32)?),
+    })
+}

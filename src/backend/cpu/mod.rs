@@ -41,7 +41,7 @@ pub use allocator::retain_freed_memory;
 pub(crate) use awake::keep_workers_awake;
 pub use cast::cast;
 pub use copy::{assign, contiguous};
-pub use fill::filled;
+pub use fill::{filled, zeros_in_huge_pages};
 pub use float::CpuFloat;
 pub(crate) use float::{acc, dispatch_float, map_float_storage, typed};
 pub use map::{gather, map, zip_map};
