@@ -15,7 +15,7 @@ pub fn filled(value: f64, n: usize, dtype: DType) -> crate::Result<CpuStorage> {
     })
 }
 
-/// `n` zeros of `dtype` in a new buffer advised as huge pages ([`alloc::filled_in_huge_pages`]).
+/// `n` zeros of `dtype` in a new buffer advised as huge pages (`alloc::filled_in_huge_pages`).
 pub fn zeros_in_huge_pages(n: usize, dtype: DType) -> crate::Result<CpuStorage> {
     const OP: &str = "pack";
     Ok(match dtype {
