@@ -340,6 +340,15 @@ fn bf16_and_frozen_models_have_their_projections_in_one_buffer_with_the_same_log
         }
         let (a, b) = (frozen.forward(ids).unwrap(), model.forward(ids).unwrap());
         assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap(), "{name}: frozen");
+        // frozen again (as loading an adapter does): the same buffer, not a new copy
+        frozen.freeze_base();
+        assert!(
+            frozen
+                .params()
+                .iter()
+                .all(|(n, p)| !is_matrix(n) || p.same_storage(first)),
+            "{name}"
+        );
     }
 }
 

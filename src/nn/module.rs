@@ -207,6 +207,14 @@ pub(crate) fn cast_params<M: Params>(model: &mut M, dtype: DType) -> Result<()> 
 /// a table they read is packed alone (its buffer then starts and ends with it); and AdamW refuses
 /// views into a larger buffer, so a model it trains (f32) is not packed.
 pub(crate) fn pack_weights(weights: &mut [&mut Tensor]) -> Result<()> {
+    // already the views of one buffer that holds them and nothing else (a base frozen again when
+    // an adapter is loaded): nothing to copy
+    if let Some(first) = weights.first() {
+        let total: usize = weights.iter().map(|w| w.numel()).sum();
+        if weights.iter().all(|w| w.same_storage(first)) && first.storage().len() == total {
+            return Ok(());
+        }
+    }
     let _no_grad = crate::no_grad();
     let views = Tensor::packed(&weights.iter().map(|w| &**w).collect::<Vec<_>>())?;
     for (w, view) in weights.iter_mut().zip(views) {

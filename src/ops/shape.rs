@@ -250,14 +250,15 @@ impl Tensor {
             Storage::zeros_for_weights(total, first.dtype(), first.device())?,
             &[total],
         );
-        let mut offset = 0;
+        let mut start = 0;
         tensors
             .iter()
             .map(|t| {
-                let part = buffer.layout().narrow(0, offset, t.numel());
-                buffer.assign_region(&part, &t.flatten_all()?.detach())?;
-                offset += t.numel();
-                buffer.narrow(0, offset - t.numel(), t.numel())?.reshape(t.shape())
+                let n = t.numel();
+                buffer.assign_region(&buffer.layout().narrow(0, start, n), &t.flatten_all()?.detach())?;
+                let view = buffer.narrow(0, start, n)?.reshape(t.shape());
+                start += n;
+                view
             })
             .collect()
     }
