@@ -40,9 +40,12 @@
 //! Per step of 32 along k: 4 tile loads, 4 KiB (Ã's 2 KiB from L1, B̃'s 2 KiB streamed from L2),
 //! and 4 tile products, 32·32·32 multiply-adds = 65536 flops, 16 flops per byte loaded. On
 //! Sapphire Rapids one `tdpbf16ps` issues every 16 cycles (about 1024 flops per cycle and core,
-//! 8× `vdpbf16ps` on both FMA ports). After the k loop the four C tiles are stored to a 4 KiB
+//! 8× `vdpbf16ps` on both FMA ports). A whole 32×32 block of C with alpha 1 and beta 0 or 1 (all
+//! but a product's edge blocks) starts the k loop as zeros or as C's running sums, loaded into
+//! the four C tiles, and is stored straight back into C; any other block is stored to a 4 KiB
 //! buffer and written back by AVX-512 with alpha, beta and the edge masks (the other kernels'
-//! write-back). KC = 512: Ã is 32 KiB of the 48 KiB L1; NC = 1024: the B̃ block is 1 MiB of the
+//! write-back). Going through the buffer cost 4–10% of a product's time on a Sapphire Rapids
+//! class Xeon (docs/perf.md). KC = 512: Ã is 32 KiB of the 48 KiB L1; NC = 1024: the B̃ block is 1 MiB of the
 //! 2 MiB L2. Packing costs more, relative to the products, than for the vector kernels: each
 //! packed B̃ element feeds only m multiply-adds, at 1024 flops a cycle.
 //!
@@ -56,7 +59,7 @@ use super::avx512::{first_lanes, transpose_16x16, Zmm};
 use super::avx512bf16::pack_pairs;
 use super::kernel::Kernel;
 use super::matrix::{Epilogue, MatMut, MatRef};
-use super::simd::{prefetch_tile, write_back};
+use super::simd::write_back;
 use crate::backend::cpu::amx::{self, AmxOp, TileConfig};
 use half::bf16;
 use std::arch::asm;
@@ -142,27 +145,53 @@ pub(super) fn supported() -> bool {
     super::avx512bf16::supported() && amx::available(AmxOp::Bf16)
 }
 
-/// A 32×32 f32 block of C as the tiles store it (row stride 128 bytes), cache-line aligned.
+/// A 32×32 f32 block of C as the tiles store it (row stride 128 bytes), cache-line aligned: the
+/// layout of the 32 rows of two zmm accumulators that [`write_back`] takes.
 #[repr(C, align(64))]
-struct CBlock([[f32; NR]; MR]);
+struct CBlock([[__m512; 2]; MR]);
 
 /// The micro-kernel: [`Kernel::tile`]'s contract with round_up(kc, 32)/32 steps of four tile
 /// products.
+///
+/// A whole 32×32 block of a row-major C with alpha 1 and beta 0 or 1 (every block of a product
+/// but its edges, the usual case) goes between the tiles and C directly: beta 1 loads the
+/// block's running sums into the tiles, the k loop adds to them, and the tiles are stored back
+/// into C. Any other block is stored to a buffer and written back with AVX-512 (alpha, beta,
+/// the edge masks).
 ///
 /// # Safety
 ///
 /// As for [`Kernel::tile`]; `TILES` is loaded on this thread and the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile(kc: usize, a: *const bf16, b: *const bf16, c: MatMut<f32>, mr: usize, nr: usize, ep: &Epilogue<f32>) {
-    prefetch_tile(c, mr, nr);
-    let mut block = CBlock([[0.0; NR]; MR]);
+    let direct = mr == MR && nr == NR && c.cs == 1 && ep.alpha == 1.0 && (ep.beta == 0.0 || ep.beta == 1.0);
+    let mut block = std::mem::MaybeUninit::<CBlock>::uninit();
+    // Where the C tiles start and end: C itself (row stride rs) or the block (stride NR).
+    let (c_tiles, c_stride) = if direct {
+        (c.ptr, c.rs * size_of::<f32>())
+    } else {
+        (block.as_mut_ptr().cast::<f32>(), NR * size_of::<f32>())
+    };
+    // Tile (r, h) of C starts at row 16r, column 16h.
+    let lower_half = 16 * c_stride;
+    let load_c = direct && ep.beta == 1.0;
     // SAFETY: step t reads Ã's 2 KiB at a + 2048·t bytes (tiles of 16 rows × 64 bytes at row
     // stride 64) and B̃'s 2 KiB at b + 2048·t (16 rows × 64 bytes at stride 128, from offsets 0
-    // and 64), inside the round_up(kc, 32)·32 elements of each panel (caller's contract); the
-    // stores write the 4 KiB of `block` (C tile (r, h) at 2048·r + 64·h bytes, stride 128). The
-    // tile configuration is loaded (caller's contract).
+    // and 64), inside the round_up(kc, 32)·32 elements of each panel (caller's contract). The C
+    // tiles are 16 rows × 64 bytes at `c_stride` from `c_tiles`: in C, the caller's 32×32 block
+    // of a row-major C (direct: mr, nr are MR, NR and cs is 1), read only when beta is 1 (then
+    // initialised); else the 4 KiB of `block`. The tile configuration is loaded (caller's
+    // contract).
     unsafe {
         asm!(
+            "test {load_c}, {load_c}",
+            "jz 3f",
+            "tileloadd tmm0, [{c} + {cs}*1]",
+            "tileloadd tmm1, [{c} + {cs}*1 + 64]",
+            "tileloadd tmm2, [{c_low} + {cs}*1]",
+            "tileloadd tmm3, [{c_low} + {cs}*1 + 64]",
+            "jmp 2f",
+            "3:",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
@@ -180,26 +209,27 @@ unsafe fn tile(kc: usize, a: *const bf16, b: *const bf16, c: MatMut<f32>, mr: us
             "add {b}, 2048",
             "dec {steps}",
             "jnz 2b",
-            "tilestored [{c} + {s128}*1], tmm0",
-            "tilestored [{c} + {s128}*1 + 64], tmm1",
-            "tilestored [{c} + {s128}*1 + 2048], tmm2",
-            "tilestored [{c} + {s128}*1 + 2112], tmm3",
+            "tilestored [{c} + {cs}*1], tmm0",
+            "tilestored [{c} + {cs}*1 + 64], tmm1",
+            "tilestored [{c_low} + {cs}*1], tmm2",
+            "tilestored [{c_low} + {cs}*1 + 64], tmm3",
             a = inout(reg) a => _,
             b = inout(reg) b => _,
             steps = inout(reg) kc.div_ceil(KT) => _,
             s64 = in(reg) 64usize,
             s128 = in(reg) 128usize,
-            c = in(reg) block.0.as_mut_ptr(),
+            c = in(reg) c_tiles,
+            c_low = in(reg) c_tiles.wrapping_byte_add(lower_half),
+            cs = in(reg) c_stride,
+            load_c = in(reg) usize::from(load_c),
             options(nostack),
         );
     }
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for (acc_i, row) in acc.iter_mut().zip(&block.0).take(mr) {
-        // SAFETY: a row of the block is 32 f32, 128-byte aligned (the block is 64-byte aligned).
-        unsafe { *acc_i = [_mm512_load_ps(row.as_ptr()), _mm512_load_ps(row.as_ptr().add(16))] };
+    if !direct {
+        // SAFETY: the tile stores above initialised the whole block; AVX-512F is supported;
+        // mr <= MR, nr <= NR = 2·16 and the C view is the caller's.
+        unsafe { write_back::<Zmm<f32>, MR>(&block.assume_init_ref().0, c, mr, nr, ep) }
     }
-    // SAFETY: AVX-512F is supported; mr <= MR, nr <= NR = 2·16 and the C view is the caller's.
-    unsafe { write_back::<Zmm<f32>, MR>(&acc, c, mr, nr, ep) }
 }
 
 /// Packs the `mr×kc` block `a` (`mr <= MR`) into Ã (module header), zero past row mr and
