@@ -44,16 +44,20 @@
 //! but a product's edge blocks) starts the k loop as zeros or as C's running sums, loaded into
 //! the four C tiles, and is stored straight back into C; any other block is stored to a 4 KiB
 //! buffer and written back by AVX-512 with alpha, beta and the edge masks (the other kernels'
-//! write-back). Going through the buffer cost 4–10% of a product's time on a Sapphire Rapids
-//! class Xeon (docs/perf.md). KC = 512: Ã is 32 KiB of the 48 KiB L1; NC = 1024: the B̃ block is 1 MiB of the
-//! 2 MiB L2. Packing costs more, relative to the products, than for the vector kernels: each
-//! packed B̃ element feeds only m multiply-adds, at 1024 flops a cycle.
+//! write-back). Going through the buffer made GPT-2's bf16 products 1–11% slower on a Sapphire
+//! Rapids class Xeon (docs/perf.md). KC = 512: Ã is 32 KiB of the 48 KiB L1; NC = 1024: the B̃
+//! block is 1 MiB of the 2 MiB L2. Packing costs more, relative to the products, than for the
+//! vector kernels: each packed B̃ element feeds only m multiply-adds, at 1024 flops a cycle.
 //!
 //! # Numerics
 //!
 //! As `vdpbf16ps` (avx512bf16.rs): the products of bf16 are exact in f32, the accumulation of
 //! each is rounded to nearest even, MXCSR is ignored (bf16 inputs below 2⁻¹²⁶ are read as zero,
-//! results below it flushed; Intel SDM, TDPBF16PS); NaN and infinities propagate as in f32.
+//! results below it flushed; Intel SDM, TDPBF16PS); NaN and infinities propagate as in f32. A
+//! block that goes between the tiles and C directly with beta 1 (C's running sums, a previous KC
+//! block's or the caller's) accumulates onto them in the tiles, each product's addition rounded as
+//! above, so a subnormal sum in C is read as zero there too; the write-back path adds beta·C once
+//! after the k loop, in AVX-512 (MXCSR's rounding and subnormals).
 
 use super::avx512::{first_lanes, transpose_16x16, Zmm};
 use super::avx512bf16::pack_pairs;

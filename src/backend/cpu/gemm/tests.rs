@@ -865,17 +865,25 @@ proptest! {
 
 /// Several KC (512) and NC (1024) blocks of the bf16 kernel, several threads, odd k, partial tiles
 /// on every edge, and each packing path: A along k (row-major) and across (column-major), B
-/// across (row-major) and along k (column-major, a Linear's Wᵀ), odd strides (padded).
+/// across (row-major) and along k (column-major, a Linear's Wᵀ), odd strides (padded). With alpha
+/// 1 and beta 0 or 1 into a row-major C, the AMX kernel's whole blocks go between its tiles and C
+/// directly (its later KC blocks loading C's running sums); with alpha 0.5 through its write-back.
 #[test]
 fn large_bf16_products_match_reference() {
     use Layout::*;
-    for (layouts, beta) in [
-        ([RowMajor; 3], 0.0),
-        ([RowMajor, ColMajor, RowMajor], 1.0),
-        ([ColMajor, RowMajor, ColMajor], 0.0),
-        ([PaddedRows, PaddedCols, PaddedRows], -0.75),
+    for (layouts, alpha, beta) in [
+        ([RowMajor; 3], 0.5, 0.0),
+        ([RowMajor, ColMajor, RowMajor], 0.5, 1.0),
+        ([ColMajor, RowMajor, ColMajor], 0.5, 0.0),
+        ([PaddedRows, PaddedCols, PaddedRows], 0.5, -0.75),
+        ([RowMajor, ColMajor, RowMajor], 1.0, 0.0),
+        ([ColMajor, RowMajor, RowMajor], 1.0, 1.0),
     ] {
-        check_bf16(&fixed(53, 2101, 1031, layouts, beta)).unwrap_or_else(|e| panic!("{e}"));
+        let case = Case {
+            alpha,
+            ..fixed(53, 2101, 1031, layouts, beta)
+        };
+        check_bf16(&case).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
