@@ -1604,13 +1604,16 @@ fn fast_path_matmul() {
 
 #[test]
 fn fast_path_attention() {
-    // query tiles of 64 rows with a ragged last one, causal tiles, a KV-cache step, Tq < Tk
+    // query tiles of 64 rows with a ragged last one, causal tiles, KV-cache steps, Tq < Tk
     for causal in [false, true] {
         check_attention(2, 3, 3, 130, 130, 40, causal, 61);
         check_attention(1, 2, 2, 70, 200, 64, causal, 62);
         check_attention(3, 1, 1, 1, 129, 16, causal, 63);
         // grouped-query attention: SmolLM2's 9 query heads over 3 key/value heads
         check_attention(1, 9, 3, 70, 70, 64, causal, 64);
+        // decode steps past a chunk of keys (128 of a head of 64, 481 of 17), split into jobs
+        check_attention(1, 9, 3, 1, 300, 64, causal, 65);
+        check_attention(2, 2, 2, 1, 1000, 17, causal, 66);
     }
 }
 

@@ -21,10 +21,14 @@
 //! fixed order, so results are deterministic. Grouped-query attention: query head h reads
 //! key/value head h / group in place; in decode (one query row per head) the forward takes up to
 //! `STREAM_MAX_M` query heads of a group as the rows of one product, so that their key/value head
-//! is read once, not once per query head (each row's result is the same as alone); the backward runs one job per key/value head, which takes
-//! its group's query heads one after another, so dK/dV sum over the group in a fixed order too. The only memory besides the outputs is a
-//! `TILE × tk` score tile per thread (the forward's, kept between calls) or one or two per rayon
-//! job (the backward's). The GEMMs are the project's ([`super::gemm`]);
+//! is read once, not once per query head (each row's result is the same as alone), and past
+//! `DECODE_CHUNK_ELEMENTS` a head's keys are cut into chunks, one job each, whose partial softmax
+//! sums are combined afterwards ([`forward_split`]; "flash decoding"), so that a few key/value
+//! heads still make enough jobs for the threads to finish together. The backward runs one job per
+//! key/value head, which takes its group's query heads one after another, so dK/dV sum over the
+//! group in a fixed order too. The only memory besides the outputs is a `TILE × tk` score tile per
+//! thread (the forward's, kept between calls; a split decode's partial sums besides) or one or two
+//! per rayon job (the backward's). The GEMMs are the project's ([`super::gemm`]);
 //! BF16/F16 are computed in f32 (lse in f32), f64 in f64: the operands are widened to f32, except
 //! a bf16 decode's (at most `STREAM_MAX_M` query rows) K and V, which the streamed products read in
 //! place as bf16 (a KV cache's whole buffers were widened at every token before).
@@ -60,13 +64,24 @@ const TILE: usize = 64;
 /// limit of 16 KiB was 0.3–4% slower in bf16.
 const SERIAL_KV_BYTES: usize = 64 << 10;
 
+/// Elements of K (and as many of V) one decode job reads at most: past them, a key/value head's
+/// keys are cut into chunks of `DECODE_CHUNK_ELEMENTS / d` keys, one job each ([`forward_split`]):
+/// 128 positions of a head of 64, 64 KiB of an f32 cache, 32 KiB of a bf16 one (in keys, not bytes,
+/// so that a bf16 cache read in place splits as its widened copy does, and gives the same bits).
+/// SmolLM2-135M has 3 key/value heads: whole heads as jobs on 2 threads leave one thread a head's
+/// reading to wait out at every layer, and from about 128 positions (a job of some 30 µs) the
+/// waiting thread falls asleep in rayon and is woken through the kernel: 52 context switches a
+/// token at 300–500 positions against 13 at 16–200 (perf stat, Intel Xeon, docs/perf.md). Chunks
+/// keep the jobs a few microseconds long and many, so the threads finish together.
+const DECODE_CHUNK_ELEMENTS: usize = 8192;
+
 /// The fewest elements a thread's score scratch holds once used: one query row against 4096 keys,
 /// or a tile of [`TILE`] rows against 64 (16 KiB in f32).
 const MIN_SCORES: usize = 4096;
 
 /// The two element types the fused loops run in, with their GEMM (and its form into a new,
 /// uninitialised output) and each thread's score tile.
-trait Real: Exp + Default + Send + Sync + 'static {
+trait Real: Exp + WithDType + Default + Send + Sync + 'static {
     const GEMM: Gemm<Self>;
     const GEMM_INTO: GemmInto<Self>;
     /// This thread's scratch for a score tile, kept between calls so that a decode step allocates
@@ -463,13 +478,17 @@ fn forward_at<E: Real, KV: Sync>(
             alloc::filled(OP, bh * tq, E::zero())?,
         ));
     }
+    let together = heads_per_job(tq, dims.group);
+    let chunk = (DECODE_CHUNK_ELEMENTS / d).max(1);
+    if tq == 1 && dims.visible(0) > chunk {
+        return forward_split(q, qa, k, v, kva, dims, together, chunk, scores_gemm, out_gemm);
+    }
     // not zeroed: every head writes all its rows of o (a beta-0 GEMM per tile) and of lse
     let (mut o, mut lse) = (
         alloc::with_capacity(OP, bh * tq * d)?,
         alloc::with_capacity(OP, bh * tq)?,
     );
     let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
-    let together = heads_per_job(tq, dims.group);
     // inlined into the vectorised wrapper below (compiled apart, it would run at the baseline:
     // its exponentials four lanes wide)
     let job = inlined(
@@ -490,13 +509,7 @@ fn forward_at<E: Real, KV: Sync>(
                 let rows = TILE.min(rows_total - i0);
                 // row r is query (i0 + r) % tq of its head; the tile's last row sees the most keys
                 let keys = dims.visible((i0 + rows - 1) % tq);
-                if scores.capacity() < rows * keys {
-                    // in powers of two from MIN_SCORES: a decode step, one key longer than the last,
-                    // grows it only at a power of two past 4096 keys
-                    let want = (rows * keys).next_power_of_two().max(MIN_SCORES);
-                    scores.reserve_exact(want - scores.len());
-                }
-                scores.resize(rows * keys, E::zero());
+                fit_scores(scores, rows * keys);
                 // S = s·Q·Kᵀ: Kᵀ is k read with its strides swapped
                 #[rustfmt::skip]
                 scores_gemm(rows, keys, d, scale, &qj[i0 * q_row..], q_row as isize, 1, kh, 1, kva.row as isize,
@@ -547,6 +560,121 @@ fn forward_at<E: Real, KV: Sync>(
         o.set_len(bh * tq * d);
         lse.set_len(bh * tq);
     }
+    Ok((o, lse))
+}
+
+/// Sizes a thread's score scratch to `n` elements, growing its capacity in powers of two from
+/// [`MIN_SCORES`]: a decode step, one key longer than the last, grows it only at a power of two
+/// past 4096 keys.
+fn fit_scores<E: Real>(scores: &mut Vec<E>, n: usize) {
+    if scores.capacity() < n {
+        let want = n.next_power_of_two().max(MIN_SCORES);
+        scores.reserve_exact(want - scores.len());
+    }
+    scores.resize(n, E::zero());
+}
+
+/// [`forward_at`] for a decode step (tq 1) whose keys are cut into chunks of `chunk` keys
+/// ([`DECODE_CHUNK_ELEMENTS`]): one job per (a key/value head's `together` query heads, chunk c).
+/// For each of its rows a job computes, over the chunk's keys, the largest score m_c, the sum
+/// l_c = Σ exp(s − m_c) and the unnormalised output o_c = Σ exp(s − m_c)·v (the streamed products
+/// again, beta 0); the driver then combines a row's chunks in order:
+///
+/// ```text
+/// m = max_c m_c,   l = Σ_c exp(m_c − m)·l_c,   o = Σ_c exp(m_c − m)·o_c / l,   lse = m + ln l
+/// ```
+///
+/// The chunks depend only on the number of keys, so the result does not depend on the threads.
+#[allow(clippy::too_many_arguments)] // forward_at's, with the split
+fn forward_split<E: Real, KV: Sync>(
+    q: &[E],
+    qa: HeadRows,
+    k: &[KV],
+    v: &[KV],
+    kva: HeadRows,
+    dims: AttentionDims,
+    together: usize,
+    chunk: usize,
+    scores_gemm: Gemm<E, KV, E>,
+    out_gemm: GemmInto<E, KV, E>,
+) -> Result<(Vec<E>, Vec<E>)> {
+    const OP: &str = "scaled_dot_product_attention";
+    let AttentionDims { bh, d, .. } = dims;
+    let keys_total = dims.visible(0);
+    let chunks = keys_total.div_ceil(chunk);
+    let jobs = bh / together * chunks;
+    let scale = E::from(dims.scale()).expect("f32 and f64 hold any f64, rounded");
+    // per job, job after job: its rows' o_c `[together, d]`, and their (m_c, l_c) `[together, 2]`
+    let (mut part_o, mut part_ml) = (
+        alloc::with_capacity(OP, jobs * together * d)?,
+        alloc::with_capacity(OP, jobs * together * 2)?,
+    );
+    let job = inlined(
+        #[inline(always)]
+        |scores: &mut Vec<E>, (j, (oj, mlj)): JobOutputs<'_, E>| {
+            let (h0, k0) = ((j / chunks) * together, (j % chunks) * chunk);
+            let keys = chunk.min(keys_total - k0);
+            let kv = kva.start(h0 / dims.group) + k0 * kva.row;
+            let (kh, vh) = (&k[kv..], &v[kv..]);
+            // row r is head h0 + r's only query row
+            let qj = &q[qa.start(h0)..];
+            let q_row = match together {
+                1 => qa.row,
+                _ => qa.start(h0 + 1) - qa.start(h0),
+            };
+            fit_scores(scores, together * keys);
+            #[rustfmt::skip]
+            scores_gemm(together, keys, d, scale, qj, q_row as isize, 1, kh, 1, kva.row as isize,
+                        E::zero(), scores, keys as isize, 1);
+            for (r, row) in scores.chunks_mut(keys).enumerate() {
+                let max = lane_fold(keys, E::neg_infinity(), |j| row[j], E::max);
+                row.iter_mut().for_each(|s| *s = (*s - max).exp_fast());
+                mlj[2 * r].write(max);
+                mlj[2 * r + 1].write(lane_sum(row, |p| p));
+            }
+            #[rustfmt::skip]
+            out_gemm(together, d, keys, E::one(), scores, keys as isize, 1, vh, kva.row as isize, 1,
+                     oj, d as isize, 1);
+        },
+    );
+    part_o.spare_capacity_mut()[..jobs * together * d]
+        .par_chunks_mut(together * d)
+        .zip(part_ml.spare_capacity_mut()[..jobs * together * 2].par_chunks_mut(together * 2))
+        .enumerate()
+        .for_each(|j| {
+            E::with_scores(|scores| {
+                vectorised(
+                    #[inline(always)]
+                    || job(scores, j),
+                )
+            })
+        });
+    // SAFETY: the capacities are these lengths; each job wrote all its rows of o_c (a beta-0
+    // product over its d columns) and both entries of each row's (m_c, l_c).
+    unsafe {
+        part_o.set_len(jobs * together * d);
+        part_ml.set_len(jobs * together * 2);
+    }
+    let mut o = alloc::filled(OP, bh * d, E::zero())?;
+    let mut lse = alloc::with_capacity(OP, bh)?;
+    for (h, oh) in o.chunks_mut(d).enumerate() {
+        // head h is row r of the jobs of its group g, one per chunk
+        let (g, r) = (h / together, h % together);
+        let row = |c: usize| (g * chunks + c) * together + r;
+        let m = (0..chunks).fold(E::neg_infinity(), |m, c| m.max(part_ml[2 * row(c)]));
+        let mut l = E::zero();
+        for c in 0..chunks {
+            let w = (part_ml[2 * row(c)] - m).exp_fast();
+            l = l + w * part_ml[2 * row(c) + 1];
+            let oc = &part_o[row(c) * d..][..d];
+            oh.iter_mut().zip(oc).for_each(|(o, &x)| *o = *o + w * x);
+        }
+        let inv = l.recip();
+        oh.iter_mut().for_each(|o| *o = *o * inv);
+        lse.push(m + l.ln());
+    }
+    pool::give_vec(part_o);
+    pool::give_vec(part_ml);
     Ok((o, lse))
 }
 
@@ -717,6 +845,9 @@ mod tests {
         for (tq, tk, d, group, causal) in [
             (1, 1, 8, 1, true),
             (1, 37, 64, 3, true),
+            // past a chunk of keys (128 of a head of 64, 481 of 17): split, ragged last chunk
+            (1, 300, 64, 3, true),
+            (1, 700, 17, 1, false),
             (2, 19, 24, 2, true),
             (3, 70, 17, 1, false),
             (4, 33, 64, 4, true),
@@ -838,6 +969,58 @@ mod tests {
                 assert_eq!(bits(&o), bits(&o1), "{case}, {dtype}: o");
                 assert_eq!(bits(&lse), bits(&lse1), "{case}, {dtype}: lse");
                 assert_eq!(bits(&o).len(), bh * d, "{case}, {dtype}: o's length");
+            }
+        }
+    }
+
+    /// A decode step split into chunks of keys gives the same bits on one thread as on three, and
+    /// agrees with the naive f64 softmax (its accuracy across chunk counts, 1 to 9, and head widths
+    /// with tails: the chunks' partial sums rescaled by exp(m_c − m) lose nothing measurable).
+    #[test]
+    fn split_decode_is_the_same_on_any_thread_count_and_matches_the_naive_softmax() {
+        let mut next = draws(0x5851_f42d_4c95_7f2d);
+        for (group, tk, d) in [(3, 127, 64), (3, 129, 64), (3, 1100, 64), (1, 2000, 17), (2, 300, 40)] {
+            let kv_heads = 2;
+            let bh = kv_heads * group;
+            let dims = AttentionDims {
+                bh,
+                tq: 1,
+                tk,
+                d,
+                causal: true,
+                group,
+                kv_stride: tk * d,
+            };
+            // scores up to about ±6 in size, so the chunks' maxima differ
+            let q: Vec<f64> = (0..bh * d).map(|_| 3.0 * next()).collect();
+            let k: Vec<f64> = (0..kv_heads * tk * d).map(|_| next()).collect();
+            let v: Vec<f64> = (0..kv_heads * tk * d).map(|_| next()).collect();
+            let f32s = |x: &[f64]| CpuStorage::F32(x.iter().map(|&x| x as f32).collect());
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                match pool.install(|| attention_forward(&f32s(&q), &f32s(&k), &f32s(&v), dims).unwrap()) {
+                    (CpuStorage::F32(o), CpuStorage::F32(lse)) => (o, lse),
+                    _ => panic!("unexpected dtypes"),
+                }
+            };
+            let (one, three) = (on(1), on(3));
+            let case = format!("group {group}, tk {tk}, d {d}");
+            assert_eq!(one, three, "{case}: 1 thread against 3");
+            let (o, lse) = one;
+            let scale = 1.0 / (d as f64).sqrt();
+            for h in 0..bh {
+                let (qh, kv) = (&q[h * d..][..d], (h / group) * tk * d);
+                let s: Vec<f64> = (0..tk)
+                    .map(|j| scale * (0..d).map(|c| qh[c] * k[kv + j * d + c]).sum::<f64>())
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let l: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                assert!((lse[h] as f64 - (m + l.ln())).abs() < 1e-5, "{case}: lse of head {h}");
+                for c in 0..d {
+                    let want = (0..tk).map(|j| (s[j] - m).exp() / l * v[kv + j * d + c]).sum::<f64>();
+                    let got = o[h * d + c] as f64;
+                    assert!((got - want).abs() < 1e-5, "{case}: o[{h}, {c}] {got} against {want}");
+                }
             }
         }
     }
