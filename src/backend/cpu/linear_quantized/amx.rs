@@ -30,6 +30,7 @@ use crate::backend::cpu::amx::{self, AmxOp, TileConfig};
 use crate::backend::op::{QuantFormat, GROUP_ROWS};
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Rows of x per tile product (an A tile's 16 rows).
 pub(super) const AMX_GEMM_ROWS: usize = 16;
@@ -86,7 +87,7 @@ unsafe fn tile_product<const SIGNED_B: bool>(a: *const i8, a_stride: usize, b: *
 /// `tiles` holds whole tiles, `x` a multiple of [`AMX_GEMM_ROWS`] rows of one block per tile,
 /// `out` 16 per row.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32]) {
+pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [MaybeUninit<f32>]) {
     let (tile, quants) = (GROUP_ROWS * format.block_bytes(), format.tile_quant_bytes());
     let blocks = tiles.len() / tile;
     let (rows, k) = (x.ds.len() / blocks, blocks * QK);
@@ -153,7 +154,7 @@ pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, ou
         }
         for (r, acc) in acc.iter().enumerate() {
             // SAFETY: row i0 + r's 16 outputs lie in `out` (asserted above).
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((i0 + r) * GROUP_ROWS), *acc) };
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().cast::<f32>().add((i0 + r) * GROUP_ROWS), *acc) };
         }
     }
 }

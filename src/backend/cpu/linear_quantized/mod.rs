@@ -71,11 +71,12 @@ mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::alloc;
+use super::{alloc, pool};
 use crate::backend::op::{PerMatrix, QuantFormat, QuantizedMatrix, GROUP_ROWS};
 use crate::{Error, Result};
 pub use q8::{Q8Row, Q8Rows, QK};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Weight rows per rayon task for the formats kept row after row (Q4_K, Q6_K; the grouped ones
 /// take one 16-row group per task): enough to amortise the scheduling, few enough that 576-row
@@ -189,9 +190,10 @@ fn gemm_rows(isa: QuantIsa) -> usize {
 }
 
 /// The products of one row group's tiles with the rows `x` (a multiple of [`gemm_rows`]), on
-/// `isa`: `out[16·i + r]` for x's row i and the group's row r. The SIMD kernels unpack each tile
-/// once for several rows of x (x86.rs, amx.rs); the portable one is [`portable::group_dot`] per row.
-fn group_gemm(isa: QuantIsa, format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32]) {
+/// `isa`: `out[16·i + r]` for x's row i and the group's row r, every element of `out` written (it
+/// may be uninitialised). The SIMD kernels unpack each tile once for several rows of x (x86.rs,
+/// amx.rs); the portable one is [`portable::group_dot`] per row.
+fn group_gemm(isa: QuantIsa, format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: the caller chose `isa` among the supported ones (linear_quantized_on checks);
@@ -209,7 +211,9 @@ fn group_gemm(isa: QuantIsa, format: QuantFormat, tiles: &[u8], x: &Q8Row, out: 
             qs: &x.qs[i * blocks * QK..(i + 1) * blocks * QK],
             ds: &x.ds[i * blocks..(i + 1) * blocks],
         };
-        portable::group_dot(format, tiles, &row, out.try_into().expect("16 outputs"));
+        let mut dots = [0f32; GROUP_ROWS];
+        portable::group_dot(format, tiles, &row, &mut dots);
+        out.iter_mut().zip(dots).for_each(|(o, d)| _ = o.write(d));
     }
 }
 
@@ -470,8 +474,12 @@ pub fn linear_quantized_gemm_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -
         .div_ceil(groups)
         .clamp(1, padded / mr);
     let task_rows = (padded / mr).div_ceil(splits) * mr;
-    let mut yt = alloc::filled("linear_quantized", groups * padded * GROUP_ROWS, 0f32)?;
-    yt.par_chunks_mut(padded * GROUP_ROWS)
+    // yt and y are not zeroed first (a memset of each, on one thread, was 5% of a 128-token
+    // prefill of SmolLM2): the kernels write all of yt, the copy all of y
+    let yt_len = groups * padded * GROUP_ROWS;
+    let mut yt = alloc::with_capacity::<f32>("linear_quantized", yt_len)?;
+    yt.spare_capacity_mut()[..yt_len]
+        .par_chunks_mut(padded * GROUP_ROWS)
         .zip(w.stored_bytes().par_chunks(GROUP_ROWS * w.row_bytes()))
         .for_each(|(yg, tiles)| {
             yg.par_chunks_mut(task_rows * GROUP_ROWS)
@@ -481,11 +489,21 @@ pub fn linear_quantized_gemm_on(isa: QuantIsa, x: &[f32], w: &QuantizedMatrix) -
                     group_gemm(isa, format, tiles, &xq.rows(rows), out);
                 });
         });
-    let mut y = alloc::filled("linear_quantized", m * n, 0f32)?;
-    y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
-        for (g, yc) in yr.chunks_mut(GROUP_ROWS).enumerate() {
-            yc.copy_from_slice(&yt[(g * padded + i) * GROUP_ROWS..][..yc.len()]);
-        }
-    });
+    // SAFETY: the capacity is yt_len; each group's padded rows were written in full by the tasks,
+    // which cover them (group_gemm writes every element of its `out`).
+    unsafe { yt.set_len(yt_len) };
+    let mut y = alloc::with_capacity::<f32>("linear_quantized", m * n)?;
+    y.spare_capacity_mut()[..m * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(i, yr)| {
+            for (g, yc) in yr.chunks_mut(GROUP_ROWS).enumerate() {
+                let from = &yt[(g * padded + i) * GROUP_ROWS..][..yc.len()];
+                yc.iter_mut().zip(from).for_each(|(o, &x)| _ = o.write(x));
+            }
+        });
+    // SAFETY: the capacity is m·n; each of the m rows was written in full (its groups' columns).
+    unsafe { y.set_len(m * n) };
+    pool::give_vec(yt);
     Ok(y)
 }

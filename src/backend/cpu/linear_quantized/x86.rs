@@ -13,6 +13,7 @@
 use super::q8::{Q8Row, QK};
 use crate::backend::op::{QuantFormat, GROUP_ROWS};
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// `acc + Σ` over each group of 4 u8 × i8 products, 8 i32 lanes, on AVX2. No saturation: the
 /// unsigned side is at most 15 (a nibble) or 128 (|Q8_0 quant|) and x at most 127 in magnitude,
@@ -147,7 +148,7 @@ pub(super) const AVX2_GEMM_ROWS: usize = 4;
 /// (blocks per row, rows of x) of a GEMM micro-kernel's call: `tiles` whole tiles of `tile` bytes,
 /// `x` rows padded to a multiple of `mr`, `out` 16 outputs per row of x; a panic otherwise (the
 /// caller's sizes, never the user's).
-fn gemm_dims(tile: usize, mr: usize, tiles: &[u8], x: &Q8Row, out: &[f32]) -> (usize, usize) {
+fn gemm_dims(tile: usize, mr: usize, tiles: &[u8], x: &Q8Row, out: &[MaybeUninit<f32>]) -> (usize, usize) {
     let blocks = tiles.len() / tile;
     let rows = x.ds.len() / blocks;
     assert!(
@@ -229,7 +230,7 @@ macro_rules! gemm_vnni_kernel {
             }
             for (r, acc) in acc.iter().enumerate() {
                 // SAFETY: row i0 + r's 16 outputs lie in `$out` (asserted above).
-                unsafe { _mm512_storeu_ps($out.as_mut_ptr().add((i0 + r) * GROUP_ROWS), *acc) };
+                unsafe { _mm512_storeu_ps($out.as_mut_ptr().cast::<f32>().add((i0 + r) * GROUP_ROWS), *acc) };
             }
         }
     }};
@@ -300,7 +301,9 @@ macro_rules! gemm_avx2_kernel {
                 }
                 for (r, acc) in acc.iter().enumerate() {
                     // SAFETY: row i0 + r's outputs 8h..8h + 8 lie in `$out` (asserted above).
-                    unsafe { _mm256_storeu_ps($out.as_mut_ptr().add((i0 + r) * GROUP_ROWS + 8 * h), *acc) };
+                    unsafe {
+                        _mm256_storeu_ps($out.as_mut_ptr().cast::<f32>().add((i0 + r) * GROUP_ROWS + 8 * h), *acc)
+                    };
                 }
             }
         }
@@ -321,13 +324,13 @@ macro_rules! gemm_by_format {
 
 /// The products of one row group's tiles (`tiles`) with the rows of x in `x` (consecutive rows,
 /// see [`Q8Rows::rows`](super::Q8Rows::rows)), on AVX-512 VNNI: `out[16·i + r]` for x's row i and
-/// the group's row r.
+/// the group's row r, every element of `out` written (it may be uninitialised).
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW, VNNI and VL, FMA and F16C; `format` is grouped; `tiles` holds whole
 /// tiles, `x` a multiple of [`VNNI_GEMM_ROWS`] rows of one block per tile, `out` 16 per row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
-pub(super) unsafe fn group_gemm_vnni(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32]) {
+pub(super) unsafe fn group_gemm_vnni(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [MaybeUninit<f32>]) {
     gemm_by_format!(gemm_vnni_kernel, format, tiles, x, out)
 }
 
@@ -336,6 +339,6 @@ pub(super) unsafe fn group_gemm_vnni(format: QuantFormat, tiles: &[u8], x: &Q8Ro
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; otherwise as [`group_gemm_vnni`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [f32]) {
+pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, out: &mut [MaybeUninit<f32>]) {
     gemm_by_format!(gemm_avx2_kernel, format, tiles, x, out)
 }
