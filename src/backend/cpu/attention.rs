@@ -23,7 +23,7 @@
 //! `STREAM_MAX_M` query heads of a group as the rows of one product, so that their key/value head
 //! is read once, not once per query head (each row's result is the same as alone), and past
 //! `DECODE_CHUNK_ELEMENTS` a head's keys are cut into chunks, one job each, whose partial softmax
-//! sums are combined afterwards ([`forward_split`]; "flash decoding"), so that a few key/value
+//! sums are combined afterwards (`forward_split`, "flash decoding"), so that a few key/value
 //! heads still make enough jobs for the threads to finish together. The backward runs one job per
 //! key/value head, which takes its group's query heads one after another, so dK/dV sum over the
 //! group in a fixed order too. The only memory besides the outputs is a `TILE × tk` score tile per
