@@ -30,6 +30,7 @@ use crate::backend::cpu::amx::{self, AmxOp, TileConfig};
 use crate::backend::op::{QuantFormat, GROUP_ROWS};
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 /// Rows of x per tile product (an A tile's 16 rows).
@@ -100,9 +101,14 @@ pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, ou
     );
     // the B operand of every block: Q8_0's quant words as stored, the nibbles unpacked to bytes
     let signed = format == QuantFormat::Q8_0;
-    let mut unpacked = Vec::new();
+    // this thread's buffer, kept between calls (one call per row group of a product: a fresh
+    // zeroed one was an allocation and a memset of 16·k bytes each time), its first 16·k bytes
+    // overwritten below
+    let mut unpacked = UNPACKED.take();
     if !signed {
-        unpacked = vec![0u8; blocks * 512];
+        if unpacked.len() < blocks * 512 {
+            unpacked.resize(blocks * 512, 0);
+        }
         for (t, u) in tiles.chunks_exact(tile).zip(unpacked.chunks_exact_mut(512)) {
             let (lo, hi) = u.split_at_mut(256);
             for ((&q, l), h) in t[..256].iter().zip(lo).zip(hi) {
@@ -157,4 +163,11 @@ pub(super) unsafe fn group_gemm(format: QuantFormat, tiles: &[u8], x: &Q8Row, ou
             unsafe { _mm512_storeu_ps(out.as_mut_ptr().cast::<f32>().add((i0 + r) * GROUP_ROWS), *acc) };
         }
     }
+    UNPACKED.set(unpacked);
+}
+
+thread_local! {
+    /// The nibble formats' unpacked B operands of the last [`group_gemm`] on this thread, for the
+    /// next (its capacity the longest row seen, 16 bytes per element of a row).
+    static UNPACKED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
