@@ -96,6 +96,18 @@ trait Real: Exp + WithDType + Default + Send + Sync + 'static {
         Self::scores().set(scores);
         r
     }
+
+    /// Runs a forward `job` (an `#[inline(always)]` closure, see [`vectorised`]) on this thread's
+    /// score scratch, compiled for the CPU's widest vectors.
+    #[inline(always)]
+    fn run_job<J>(job: &impl Fn(&mut Vec<Self>, J), j: J) {
+        Self::with_scores(|scores| {
+            vectorised(
+                #[inline(always)]
+                || job(scores, j),
+            )
+        })
+    }
 }
 
 thread_local! {
@@ -436,6 +448,15 @@ impl HeadRows {
     fn start(&self, i: usize) -> usize {
         (i / self.per_batch) * self.batch + (i % self.per_batch) * self.head
     }
+
+    /// The distance between the rows of a job of `together` heads from head `h0`: its head's rows
+    /// when alone, else the heads' (tq is 1 then, and row r is head h0 + r's only row).
+    fn job_row(&self, h0: usize, together: usize) -> usize {
+        match together {
+            1 => self.row,
+            _ => self.start(h0 + 1) - self.start(h0),
+        }
+    }
 }
 
 /// The forward of every head: (o `[bh, tq, d]`, lse `[bh, tq]`), with K and V of element type
@@ -499,11 +520,7 @@ fn forward_at<E: Real, KV: Sync>(
             let (kh, vh) = (&k[kv..], &v[kv..]);
             // the job's rows: its heads' tq query rows, one after the other (when it has several
             // heads, tq is 1, and row r is head h0 + r's only row); o and lse take them in that order
-            let qj = &q[qa.start(h0)..];
-            let q_row = match together {
-                1 => qa.row,
-                _ => qa.start(h0 + 1) - qa.start(h0),
-            };
+            let (qj, q_row) = (&q[qa.start(h0)..], qa.job_row(h0, together));
             let rows_total = together * tq;
             for i0 in (0..rows_total).step_by(TILE) {
                 let rows = TILE.min(rows_total - i0);
@@ -546,14 +563,7 @@ fn forward_at<E: Real, KV: Sync>(
         .zip(lse.spare_capacity_mut()[..bh * tq].par_chunks_mut(together * tq))
         .enumerate()
         .with_min_len(jobs_together)
-        .for_each(|j| {
-            E::with_scores(|scores| {
-                vectorised(
-                    #[inline(always)]
-                    || job(scores, j),
-                )
-            })
-        });
+        .for_each(|j| E::run_job(&job, j));
     // SAFETY: the capacities are these lengths; each of the bh heads wrote its tq rows of o
     // (the tiles' beta-0 GEMMs cover rows 0..tq, all d columns) and its tq entries of lse.
     unsafe {
@@ -617,11 +627,7 @@ fn forward_split<E: Real, KV: Sync>(
             let kv = kva.start(h0 / dims.group) + k0 * kva.row;
             let (kh, vh) = (&k[kv..], &v[kv..]);
             // row r is head h0 + r's only query row
-            let qj = &q[qa.start(h0)..];
-            let q_row = match together {
-                1 => qa.row,
-                _ => qa.start(h0 + 1) - qa.start(h0),
-            };
+            let (qj, q_row) = (&q[qa.start(h0)..], qa.job_row(h0, together));
             fit_scores(scores, together * keys);
             #[rustfmt::skip]
             scores_gemm(together, keys, d, scale, qj, q_row as isize, 1, kh, 1, kva.row as isize,
@@ -641,14 +647,7 @@ fn forward_split<E: Real, KV: Sync>(
         .par_chunks_mut(together * d)
         .zip(part_ml.spare_capacity_mut()[..jobs * together * 2].par_chunks_mut(together * 2))
         .enumerate()
-        .for_each(|j| {
-            E::with_scores(|scores| {
-                vectorised(
-                    #[inline(always)]
-                    || job(scores, j),
-                )
-            })
-        });
+        .for_each(|j| E::run_job(&job, j));
     // SAFETY: the capacities are these lengths; each job wrote all its rows of o_c (a beta-0
     // product over its d columns) and both entries of each row's (m_c, l_c).
     unsafe {
