@@ -325,3 +325,32 @@ fn the_compute_dtype_is_f32_or_bf16_and_to_dtype_casts_every_parameter() {
         .to_string();
     assert!(e.contains("bf16"), "{e}");
 }
+
+#[test]
+fn a_frozen_gpt_computes_as_before_from_one_buffer_of_weights() {
+    let (x, _) = batch(&Device::Cpu);
+    for dtype in [DType::F32, DType::BF16] {
+        let gpt = tiny(&Device::Cpu, DType::F32).to_dtype(dtype).unwrap();
+        let mut frozen = gpt.clone();
+        frozen.freeze();
+        let is_matrix =
+            |n: &str| n.ends_with("c_attn.weight") || n.ends_with("c_proj.weight") || n.ends_with("c_fc.weight");
+        let params = frozen.params();
+        let first = &params.iter().find(|(n, _)| is_matrix(n)).unwrap().1;
+        for ((n, p), (_, q)) in params.iter().zip(gpt.params()) {
+            assert!(!p.is_leaf_requiring_grad(), "{dtype} {n}: frozen, yet trainable");
+            assert_eq!(p.same_storage(first), is_matrix(n), "{dtype} {n}");
+            assert_eq!(p.to_vec::<f32>().unwrap(), q.to_vec::<f32>().unwrap(), "{dtype} {n}");
+            // the clone's parameters were replaced, not changed: the original still trains
+            assert!(q.is_leaf_requiring_grad(), "{dtype} {n}: the original was frozen too");
+        }
+        // the same computation on the same values: the same bits
+        let logits = |m: &Gpt| m.forward(&x).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(logits(&frozen), logits(&gpt), "{dtype}");
+        // an optimizer has nothing left to train
+        assert!(
+            AdamW::new(frozen.params(), 1e-3, (0.9, 0.95), 1e-8, 0.0).is_err(),
+            "{dtype}"
+        );
+    }
+}

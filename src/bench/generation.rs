@@ -242,7 +242,9 @@ fn load_gpt(cfg: &GptConfig, device: &Device, how: LlamaLoad) -> Result<Loaded<G
             ))
         }
     };
-    let model = Gpt::new(cfg.clone(), &mut Rng::new(1234), device)?.to_dtype(dtype)?;
+    let mut model = Gpt::new(cfg.clone(), &mut Rng::new(1234), device)?.to_dtype(dtype)?;
+    // inference only: frozen, so its weights are laid out for decoding
+    model.freeze();
     Ok(Loaded {
         params: model.num_params(),
         weight_bytes_per_token: model.weight_bytes_per_token(),

@@ -317,26 +317,50 @@ impl Gpt {
         let mut model = self.clone();
         model.set_dtype(dtype)?;
         crate::nn::cast_params(&mut model, dtype)?;
-        if dtype == DType::BF16 && matches!(model.device(), Device::Cpu) {
-            // the blocks' matrices in one buffer, the token table (the tied LM head) in another:
-            // the lookup reads it whole (AdamW trains f32 only, so it meets no view)
-            crate::nn::pack_weights(&mut [&mut model.wte.weight])?;
-            let mut weights: Vec<&mut Tensor> = model
-                .h
-                .iter_mut()
-                .flat_map(|b| {
-                    [
-                        &mut b.attn.c_attn,
-                        &mut b.attn.c_proj,
-                        &mut b.mlp.c_fc,
-                        &mut b.mlp.c_proj,
-                    ]
-                })
-                .map(|lin| &mut lin.weight)
-                .collect();
-            crate::nn::pack_weights(&mut weights)?;
+        if dtype == DType::BF16 {
+            // AdamW trains f32 only, so it meets no view
+            model.pack_weights()?;
         }
         Ok(model)
+    }
+
+    /// Freezes every parameter for inference: they no longer take a gradient, and on the CPU they
+    /// are laid out for decoding as [`Gpt::to_dtype`] lays out bf16 ones (the blocks' matrices in
+    /// one buffer, the token table in another, in huge pages), whatever their dtype. The values are
+    /// unchanged. A frozen model generates and evaluates; an optimizer has nothing left to train.
+    /// Cloning first keeps the trainable model: `let mut frozen = model.clone(); frozen.freeze();`
+    /// (the clone's parameters are replaced, not changed, so `model` keeps its own). The copy is
+    /// paid once (GPT-2 124M in f32: 0.1–0.6 s on a 2-vCPU virtual machine, most of it the first
+    /// writes to fresh huge pages) and pays back over long generations: there, an f32 decode step
+    /// 7–9% shorter (docs/perf.md). `kiln bench --generate` freezes the model it times.
+    pub fn freeze(&mut self) {
+        crate::nn::Params::visit_params(self, "", &mut |_, p| *p = p.detach());
+        // if the copy cannot be made (out of memory), the weights stay as they are, the same values
+        let _ = self.pack_weights();
+    }
+
+    /// On the CPU, the blocks' matrices copied end to end into one buffer and the token table (the
+    /// tied LM head) into another ([`crate::nn::pack_weights`]): the lookup reads the table whole.
+    /// For weights AdamW will not update: a bf16 model's, or a frozen one's.
+    fn pack_weights(&mut self) -> Result<()> {
+        if !matches!(self.device(), Device::Cpu) {
+            return Ok(());
+        }
+        crate::nn::pack_weights(&mut [&mut self.wte.weight])?;
+        let mut weights: Vec<&mut Tensor> = self
+            .h
+            .iter_mut()
+            .flat_map(|b| {
+                [
+                    &mut b.attn.c_attn,
+                    &mut b.attn.c_proj,
+                    &mut b.mlp.c_fc,
+                    &mut b.mlp.c_proj,
+                ]
+            })
+            .map(|lin| &mut lin.weight)
+            .collect();
+        crate::nn::pack_weights(&mut weights)
     }
 
     /// The device the weights live on.
