@@ -30,8 +30,8 @@
 //! thread (the forward's, kept between calls; a split decode's partial sums besides) or one or two
 //! per rayon job (the backward's). The GEMMs are the project's ([`super::gemm`]);
 //! BF16/F16 are computed in f32 (lse in f32), f64 in f64: the operands are widened to f32, except
-//! a bf16 decode's (at most `STREAM_MAX_M` query rows) K and V, which the streamed products read in
-//! place as bf16 (a KV cache's whole buffers were widened at every token before).
+//! a bf16 or f16 decode's (at most `STREAM_MAX_M` query rows) K and V, which the streamed products
+//! read in place (a KV cache's whole buffers were widened at every token before).
 
 use super::gemm;
 use super::matmul::{Gemm, GemmInto};
@@ -42,7 +42,7 @@ use crate::backend::op::AttentionDims;
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};
-use half::bf16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -157,6 +157,15 @@ pub fn attention_forward(
             #[rustfmt::skip]
             let (o, lse) = forward(&qw, &k[..], &v[..], dims,
                                    gemm::sgemm_streamed::<bf16>, gemm::sgemm_streamed_into::<bf16>)?;
+            pool::give_vec(qw);
+            (narrow(o, q.dtype())?, CpuStorage::F32(lse))
+        }
+        (CpuStorage::F16(_), CpuStorage::F16(k), CpuStorage::F16(v)) if dims.tq <= gemm::STREAM_MAX_M => {
+            // the same for an f16 cache
+            let qw = widen(q)?;
+            #[rustfmt::skip]
+            let (o, lse) = forward(&qw, &k[..], &v[..], dims,
+                                   gemm::sgemm_streamed::<f16>, gemm::sgemm_streamed_into::<f16>)?;
             pool::give_vec(qw);
             (narrow(o, q.dtype())?, CpuStorage::F32(lse))
         }
@@ -833,80 +842,119 @@ mod tests {
         }
     }
 
-    /// A bf16 decode (at most `STREAM_MAX_M` query rows) reads K and V in place, as bf16, from
-    /// buffers larger than the keys it attends to (a KV cache's); its output and lse are those
-    /// of the f32 loop on the widened operands, bit for bit, for one to four query rows, grouped
-    /// heads, key counts that are not multiples of the vector width, and head widths with tails.
-    #[test]
-    fn bf16_decode_reads_the_cache_in_place_and_matches_the_widened_product() {
-        let mut uniform = draws(0x9e37_79b9_7f4a_7c15);
-        let mut next = move || uniform() as f32;
-        for (tq, tk, d, group, causal) in [
-            (1, 1, 8, 1, true),
-            (1, 37, 64, 3, true),
-            // past a chunk of keys (128 of a head of 64, 481 of 17): split, ragged last chunk
-            (1, 300, 64, 3, true),
-            (1, 700, 17, 1, false),
-            (2, 19, 24, 2, true),
-            (3, 70, 17, 1, false),
-            (4, 33, 64, 4, true),
-        ] {
-            let (bh, capacity) = (4 * group, tk + 5);
-            let kv_stride = capacity * d;
-            let dims = AttentionDims {
-                bh,
-                tq,
-                tk,
-                d,
-                causal,
-                group,
-                kv_stride,
-            };
-            let draw =
-                |n: usize, next: &mut dyn FnMut() -> f32| (0..n).map(|_| bf16::from_f32(next())).collect::<Vec<_>>();
-            let q = draw(bh * tq * d, &mut next);
-            // the cache's unused rows hold NaN: they must not be read
-            let mut k = draw(bh / group * kv_stride, &mut next);
-            let mut v = draw(bh / group * kv_stride, &mut next);
-            for head in 0..bh / group {
-                for x in k[head * kv_stride + tk * d..(head + 1) * kv_stride].iter_mut() {
-                    *x = bf16::NAN;
+    /// The half types a decode reads its KV cache in, for the test below.
+    trait Half: Copy {
+        const NAN: Self;
+        fn from_f32(x: f32) -> Self;
+        fn wide(self) -> f32;
+        fn bits(self) -> u16;
+        fn storage(x: Vec<Self>) -> CpuStorage;
+        fn of(s: CpuStorage) -> Vec<Self>;
+    }
+
+    macro_rules! half {
+        ($t:ty, $variant:ident) => {
+            impl Half for $t {
+                const NAN: Self = <$t>::NAN;
+                fn from_f32(x: f32) -> Self {
+                    <$t>::from_f32(x)
                 }
-                for x in v[head * kv_stride + tk * d..(head + 1) * kv_stride].iter_mut() {
-                    *x = bf16::NAN;
+                fn wide(self) -> f32 {
+                    self.to_f32()
+                }
+                fn bits(self) -> u16 {
+                    self.to_bits()
+                }
+                fn storage(x: Vec<Self>) -> CpuStorage {
+                    CpuStorage::$variant(x)
+                }
+                fn of(s: CpuStorage) -> Vec<Self> {
+                    let CpuStorage::$variant(x) = s else {
+                        panic!("not {}", stringify!($t))
+                    };
+                    x
                 }
             }
-            let wide = |x: &[bf16]| CpuStorage::F32(x.iter().map(|x| x.to_f32()).collect());
-            let (o, lse) = attention_forward(
-                &CpuStorage::BF16(q.clone()),
-                &CpuStorage::BF16(k.clone()),
-                &CpuStorage::BF16(v.clone()),
-                dims,
-            )
-            .unwrap();
-            let (o32, lse32) = attention_forward(&wide(&q), &wide(&k), &wide(&v), dims).unwrap();
-            let (CpuStorage::BF16(o), CpuStorage::F32(lse), CpuStorage::F32(o32), CpuStorage::F32(lse32)) =
-                (o, lse, o32, lse32)
-            else {
-                panic!("unexpected dtypes")
-            };
-            let o32: Vec<bf16> = o32.iter().map(|&x| bf16::from_f32(x)).collect();
-            let case = format!("tq {tq}, tk {tk}, d {d}, group {group}, causal {causal}");
-            assert!(
-                o.iter().all(|x| x.is_finite()),
-                "{case}: a NaN of the unused cache rows was read"
-            );
-            assert_eq!(
-                o.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                o32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                "{case}: o"
-            );
-            assert_eq!(
-                lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                lse32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                "{case}: lse"
-            );
+        };
+    }
+    half!(bf16, BF16);
+    half!(f16, F16);
+
+    /// A bf16 or f16 decode (at most `STREAM_MAX_M` query rows) reads K and V in place, in their
+    /// dtype, from buffers larger than the keys it attends to (a KV cache's); its output and lse
+    /// are those of the f32 loop on the widened operands, bit for bit, for one to four query rows,
+    /// grouped heads, key counts that are not multiples of the vector width, and head widths with
+    /// tails.
+    #[test]
+    fn half_decodes_read_the_cache_in_place_and_match_the_widened_product() {
+        fn check<H: Half>(name: &str) {
+            let mut uniform = draws(0x9e37_79b9_7f4a_7c15);
+            let mut next = move || uniform() as f32;
+            for (tq, tk, d, group, causal) in [
+                (1, 1, 8, 1, true),
+                (1, 37, 64, 3, true),
+                // past a chunk of keys (128 of a head of 64, 481 of 17): split, ragged last chunk
+                (1, 300, 64, 3, true),
+                (1, 700, 17, 1, false),
+                (2, 19, 24, 2, true),
+                (3, 70, 17, 1, false),
+                (4, 33, 64, 4, true),
+            ] {
+                let (bh, capacity) = (4 * group, tk + 5);
+                let kv_stride = capacity * d;
+                let dims = AttentionDims {
+                    bh,
+                    tq,
+                    tk,
+                    d,
+                    causal,
+                    group,
+                    kv_stride,
+                };
+                let draw =
+                    |n: usize, next: &mut dyn FnMut() -> f32| (0..n).map(|_| H::from_f32(next())).collect::<Vec<_>>();
+                let q = draw(bh * tq * d, &mut next);
+                // the cache's unused rows hold NaN: they must not be read
+                let mut k = draw(bh / group * kv_stride, &mut next);
+                let mut v = draw(bh / group * kv_stride, &mut next);
+                for head in 0..bh / group {
+                    k[head * kv_stride + tk * d..(head + 1) * kv_stride].fill(H::NAN);
+                    v[head * kv_stride + tk * d..(head + 1) * kv_stride].fill(H::NAN);
+                }
+                let wide = |x: &[H]| CpuStorage::F32(x.iter().map(|x| x.wide()).collect());
+                let (o, lse) = attention_forward(
+                    &H::storage(q.clone()),
+                    &H::storage(k.clone()),
+                    &H::storage(v.clone()),
+                    dims,
+                )
+                .unwrap();
+                let (o32, lse32) = attention_forward(&wide(&q), &wide(&k), &wide(&v), dims).unwrap();
+                let (o, CpuStorage::F32(lse), CpuStorage::F32(o32), CpuStorage::F32(lse32)) =
+                    (H::of(o), lse, o32, lse32)
+                else {
+                    panic!("unexpected dtypes")
+                };
+                let o32: Vec<H> = o32.iter().map(|&x| H::from_f32(x)).collect();
+                let case = format!("{name}: tq {tq}, tk {tk}, d {d}, group {group}, causal {causal}");
+                assert!(
+                    o.iter().all(|x| x.wide().is_finite()),
+                    "{case}: a NaN of the unused cache rows was read"
+                );
+                assert_eq!(
+                    o.iter().map(|x| x.bits()).collect::<Vec<_>>(),
+                    o32.iter().map(|x| x.bits()).collect::<Vec<_>>(),
+                    "{case}: o"
+                );
+                assert_eq!(
+                    lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    lse32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{case}: lse"
+                );
+            }
         }
+        check::<bf16>("bf16");
+        check::<f16>("f16");
     }
 
     /// A decode's grouped query heads, taken as the rows of one product, give what each head gives

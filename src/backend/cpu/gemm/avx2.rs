@@ -264,9 +264,10 @@ fn first_lanes64(lanes: usize) -> __m256i {
 }
 
 impl Widen for Ymm<f32> {
-    /// bf16: zero-extended to 32 bits and shifted into the top half, the same f32 values.
+    /// bf16: zero-extended to 32 bits and shifted into the top half; f16: `vcvtph2ps` (F16C,
+    /// which the streamed loops' AVX2 path requires); the same f32 values either way.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_wide<W: Streamed>(p: *const W) -> __m256 {
         match W::FORMAT {
             // SAFETY: p is valid for 8 reads (trait contract).
@@ -276,17 +277,19 @@ impl Widen for Ymm<f32> {
                 let half = unsafe { _mm_loadu_si128(p.cast()) };
                 _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(half)))
             }
+            // SAFETY: p is valid for 8 f16 reads, 16 bytes (trait contract).
+            Format::F16 => _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) }),
         }
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_wide_first<W: Streamed>(p: *const W, lanes: usize) -> __m256 {
         match W::FORMAT {
             // SAFETY: forwarded contract.
             Format::F32 => unsafe { Self::load_first(p.cast(), lanes) },
             // SAFETY: forwarded contract.
-            Format::Bf16 => unsafe { Self::load_wide(padded(p, lanes).as_ptr()) },
+            Format::Bf16 | Format::F16 => unsafe { Self::load_wide(padded(p, lanes).as_ptr()) },
         }
     }
 

@@ -254,7 +254,8 @@ pub(super) fn first_lanes(lanes: usize) -> __mmask16 {
 }
 
 impl Widen for Zmm<f32> {
-    /// bf16: zero-extended to 32 bits and shifted into the top half, the same f32 values.
+    /// bf16: zero-extended to 32 bits and shifted into the top half; f16: `vcvtph2ps`; the same
+    /// f32 values either way.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load_wide<W: Streamed>(p: *const W) -> __m512 {
@@ -266,6 +267,8 @@ impl Widen for Zmm<f32> {
                 let half = unsafe { _mm256_loadu_si256(p.cast()) };
                 _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
             }
+            // SAFETY: p is valid for 16 f16 reads, 32 bytes (trait contract).
+            Format::F16 => _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) }),
         }
     }
 
@@ -276,7 +279,7 @@ impl Widen for Zmm<f32> {
             // SAFETY: forwarded contract.
             Format::F32 => unsafe { Self::load_first(p.cast(), lanes) },
             // SAFETY: forwarded contract.
-            Format::Bf16 => unsafe { Self::load_wide(padded(p, lanes).as_ptr()) },
+            Format::Bf16 | Format::F16 => unsafe { Self::load_wide(padded(p, lanes).as_ptr()) },
         }
     }
 

@@ -1,7 +1,7 @@
 //! The element types GEMM works on, its views (strided matrices, the scaling epilogue), and one
 //! product to compute, checked against its slices.
 
-use half::bf16;
+use half::{bf16, f16};
 use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
 
@@ -60,6 +60,8 @@ pub enum Format {
     F32,
     /// The top 16 bits of an f32.
     Bf16,
+    /// IEEE half precision (a KV cache kept as llama.cpp keeps one).
+    F16,
 }
 
 impl Streamed for f32 {
@@ -75,6 +77,14 @@ impl Streamed for bf16 {
     const FORMAT: Format = Format::Bf16;
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
+    }
+}
+
+impl Streamed for f16 {
+    const ZERO: Self = f16::ZERO;
+    const FORMAT: Format = Format::F16;
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
     }
 }
 

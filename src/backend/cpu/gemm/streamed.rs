@@ -95,7 +95,7 @@ impl Isa {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }
-            if super::avx2_fma() {
+            if Isa::Avx2.is_supported() {
                 return Isa::Avx2;
             }
         }
@@ -106,7 +106,8 @@ impl Isa {
         match self {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => super::avx2_fma(),
+            // F16C for f16 operands (every AVX2 CPU has it)
+            Isa::Avx2 => super::avx2_fma() && std::arch::is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
         }
@@ -434,12 +435,13 @@ impl<W: Streamed> Product<W> {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
-                #[target_feature(enable = "avx2,fma")]
+                #[target_feature(enable = "avx2,fma,f16c")]
                 unsafe fn run<W: Streamed>(p: &Product<W>, j0: usize, j1: usize) {
                     // SAFETY: forwarded contract; the features are enabled here.
                     unsafe { p.columns_on::<super::avx2::Ymm<f32>>(j0, j1) }
                 }
-                // SAFETY: forwarded contract, and the CPU has AVX2 and FMA (`self.isa` is supported).
+                // SAFETY: forwarded contract, and the CPU has AVX2, FMA and F16C (`self.isa` is
+                // supported).
                 unsafe { run(self, j0, j1) }
             }
             // SAFETY: forwarded contract.

@@ -1447,3 +1447,49 @@ fn four_lane_sums_at_once_have_the_bits_of_one_at_a_time() {
         assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{v:?}");
     }
 }
+
+/// Every streamed loop this CPU runs reads an f16 B (a KV cache kept in f16) as the f32 loop reads
+/// the same values widened, bit for bit (the widening is exact): 1 to 4 rows, B along its columns
+/// (dot loop) and its rows (axpy loop), k and n off the vector widths, signs, zeros, subnormals
+/// and the largest f16s among the values.
+#[test]
+fn the_streamed_loops_read_f16_b_as_its_f32_values() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (n, k) = (37, 70);
+    let b16: Vec<half::f16> = (0..k * n)
+        .map(|i| match i % 97 {
+            0 => half::f16::from_bits(1), // the smallest subnormal
+            1 => half::f16::MAX,
+            2 => half::f16::ZERO,
+            _ => half::f16::from_f32((next() % 2001) as f32 / 1000.0 - 1.0),
+        })
+        .collect();
+    let b32: Vec<f32> = b16.iter().map(|x| x.to_f32()).collect();
+    for isa in streamed_isas().into_iter().filter(|isa| isa.is_supported()) {
+        for m in 1..=STREAM_MAX_M {
+            let a: Vec<f32> = (0..m * k).map(|_| (next() % 1001) as f32 / 500.0 - 1.0).collect();
+            // B (k × n) with its columns contiguous (the dot loop), then its rows (the axpy loop)
+            for (rsb, csb) in [(1, k as isize), (n as isize, 1)] {
+                let mut want = vec![0f32; m * n];
+                streamed::stream_on(
+                    isa, m, n, k, 1.0, &a, k as isize, 1, &b32, rsb, csb, 0.0, &mut want, n as isize, 1,
+                );
+                let mut got = vec![0f32; m * n];
+                streamed::stream_on(
+                    isa, m, n, k, 1.0, &a, k as isize, 1, &b16, rsb, csb, 0.0, &mut got, n as isize, 1,
+                );
+                assert_eq!(
+                    got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{isa:?}, m {m}, B strides ({rsb}, {csb})"
+                );
+            }
+        }
+    }
+}
