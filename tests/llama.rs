@@ -421,3 +421,77 @@ fn bad_ids_and_too_long_contexts_are_errors() {
         .is_err());
     assert_eq!(cache.len(), 30);
 }
+
+/// `set_kv_dtype` to bf16 or f16 on an f32 model: with a cache the attention computes on q, k, v
+/// rounded to that dtype after RoPE and the cache holds it. The cached logits stay near
+/// transformers' (f64) by that rounding of the attention's operands and output only (measured: bf16
+/// 5.3e-3 and 6.1e-3 of the largest logit, asserted 1e-2; f16, whose step is 8 times finer, 5.9e-4
+/// and 5.0e-4, asserted 2e-3), nearer than the whole model in bf16 (1.5e-2, 1.4e-2); they differ
+/// from the f32 cache's (the setting acts); one token at a time gives the whole prompt's cached
+/// logits (measured within 1.3e-5); the uncached forward (training,
+/// scoring) is the f32 model's, bit for bit; the cache's buffers take half the f32 cache's bytes;
+/// and a cache filled in one dtype refuses positions of another.
+#[test]
+fn a_half_kv_cache_in_an_f32_model_follows_f32() {
+    for name in MODELS {
+        let f32_model = Llama::from_hf_dir(fixture(name), &Device::Cpu).unwrap();
+        assert_eq!(f32_model.kv_dtype(), DType::F32);
+        let exp = expected(name);
+        let want = f32s(&exp["logits_b"]);
+        let ids: Vec<u32> = exp["ids_b"].to_vec::<u32>().unwrap();
+        let cached = |m: &Llama, cache: &mut kiln::model::KvCache| {
+            let logits = m.forward_cached(&exp["ids_b"], cache).unwrap();
+            assert_eq!(logits.dtype(), DType::F32);
+            f32s(&logits)
+        };
+        let f32_cached = cached(&f32_model, &mut f32_model.new_cache());
+        let whole_bf16 = f32s(&f32_model.to_dtype(DType::BF16).unwrap().forward(&exp["ids_b"]).unwrap());
+        let err_whole = rel_error(&format!("{name} bf16 model"), &whole_bf16, &want);
+        for (kv, rtol) in [(DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+            let what = format!("{name}, {kv} cache");
+            let mut model = f32_model.clone();
+            model.set_kv_dtype(kv).unwrap();
+            assert_eq!((model.dtype(), model.kv_dtype()), (DType::F32, kv));
+            let logits = cached(&model, &mut model.new_cache());
+            let err = rel_error(&what, &logits, &want);
+            eprintln!("{what}: worst error {err:.2e} (the whole model in bf16: {err_whole:.2e})");
+            assert!(err <= rtol && err < err_whole, "{what}: {err:.2e}");
+            assert_ne!(logits, f32_cached, "{what}: the kv dtype changed nothing");
+            let uncached = |m: &Llama| f32s(&m.forward(&exp["ids_b"]).unwrap());
+            assert_eq!(
+                uncached(&model),
+                uncached(&f32_model),
+                "{what}: the uncached forward changed"
+            );
+
+            let (mut cache, mut f32_cache) = (model.new_cache(), f32_model.new_cache());
+            let mut got = Vec::new();
+            for (i, &id) in ids.iter().enumerate() {
+                let one = Tensor::from_vec(vec![id], &[1, 1], &Device::Cpu).unwrap();
+                got.extend(f32s(&model.forward_cached(&one, &mut cache).unwrap()));
+                f32_model.forward_cached(&one, &mut f32_cache).unwrap();
+                assert_eq!(cache.bytes() * 2, f32_cache.bytes(), "{what} at {i}");
+            }
+            // the same values in another summation order (the decode's streamed products against
+            // the prompt's tiles), so an element of the output may round to its neighbour
+            assert_close(&format!("{what}, one token at a time"), &got, &logits, 1e-4);
+            // the tiny layers' keys and values at the first capacity of 64 positions, 2 bytes each
+            let cfg = model.config();
+            let hs = cfg.hidden_size / cfg.num_attention_heads;
+            assert_eq!(
+                cache.bytes(),
+                cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * 64 * hs * 2
+            );
+
+            let one = Tensor::from_vec(vec![ids[0]], &[1, 1], &Device::Cpu).unwrap();
+            let e = f32_model.forward_cached(&one, &mut cache).unwrap_err().to_string();
+            assert!(
+                e.contains("kv cache") && e.contains(kv.as_str()) && e.contains("f32"),
+                "{e}"
+            );
+            assert_eq!(cache.len(), ids.len(), "the refused step left the cache as it was");
+        }
+        let e = f32_model.clone().set_kv_dtype(DType::F64).unwrap_err().to_string();
+        assert!(e.contains("f32, bf16 or f16") && e.contains("f64"), "{e}");
+    }
+}

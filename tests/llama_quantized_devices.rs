@@ -32,10 +32,15 @@ fn the_quantized_llama_runs_on_emu_as_on_the_cpu() {
             .map(|q| (q.format(), q.device()))
     };
     assert_eq!(quantized(&cpu), Some((QuantFormat::Q8_0, Device::Cpu)));
+    // the cache in f16 unless set otherwise, as llama.cpp keeps it
+    assert_eq!(cpu.kv_dtype(), kiln::DType::F16);
+    let dequantized = Llama::from_gguf_with(MODEL_Q, &Device::Cpu, LlamaLoad::F32).unwrap();
+    assert_eq!(dequantized.kv_dtype(), kiln::DType::F32);
     let loaded = Llama::from_gguf_with(MODEL_Q, &Device::Emu, LlamaLoad::AsStored).unwrap();
     let moved = cpu.to_device(&Device::Emu).unwrap();
     for (how, emu) in [("loaded on emu", &loaded), ("moved to emu", &moved)] {
         assert_eq!(emu.device(), &Device::Emu, "{how}");
+        assert_eq!(emu.kv_dtype(), kiln::DType::F16, "{how}");
         assert_eq!(quantized(emu), Some((QuantFormat::Q8_0, Device::Emu)), "{how}");
         let head = emu.lm_head.as_ref().and_then(|h| h.quantized.as_ref()).unwrap();
         assert_eq!(

@@ -56,6 +56,18 @@ impl LayerKv {
                 format!("keys must be (..., nh, T, hs), got {:?}", k.shape()),
             ));
         }
+        if let Some(held) = self.k.as_ref().filter(|_| self.len > 0) {
+            if held.dtype() != k.dtype() {
+                return Err(Error::DType {
+                    op: "kv cache",
+                    msg: format!(
+                        "the cache holds {} keys and values, these are {} (the model's kv dtype changed: clear the cache)",
+                        held.dtype(),
+                        k.dtype()
+                    ),
+                });
+            }
+        }
         let d = time_dim(&k);
         let t = k.shape()[d];
         let need = self.len + t;
@@ -128,6 +140,13 @@ impl KvCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes the cache's buffers hold, every layer's keys and values at their capacity (which
+    /// grows by doubling, so up to twice what the cached positions need).
+    pub fn bytes(&self) -> usize {
+        let bytes = |t: &Option<Tensor>| t.as_ref().map_or(0, |t| t.numel() * t.dtype().size_in_bytes());
+        self.layers.iter().map(|l| bytes(&l.k) + bytes(&l.v)).sum()
     }
 
     /// Forgets every position (to start a new sequence or re-crop a long context).

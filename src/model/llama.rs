@@ -65,23 +65,27 @@ pub struct LlamaAttention {
     pub n_kv_head: usize,
 }
 
-/// The rotation of one forward: RoPE's base and layout, and the position of the first token.
+/// What every block of one forward shares: RoPE's base and layout, the position of the first
+/// token, and the dtype the attention computes in ([`Llama::kv_dtype`]).
 #[derive(Clone, Copy)]
-struct Rotation {
+struct Pass {
     theta: f64,
     layout: RopeLayout,
     start: usize,
+    attention_dtype: DType,
 }
 
 impl LlamaAttention {
     /// x is (B, T, C), the block's normalised input; returns `residual + attention(x)`. With a
     /// cache, the T new positions attend to the cached ones as well, and their (rotated) keys and
-    /// values are appended to it, nkv heads each.
+    /// values are appended to it, nkv heads each. The attention computes in `pass.attention_dtype`
+    /// (q, k and v cast to it after RoPE, the output cast back to x's dtype), so the cache holds
+    /// that dtype.
     fn forward(
         &self,
         x: &Tensor,
         residual: &Tensor,
-        rot: &Rotation,
+        pass: &Pass,
         cache: Option<&mut KvCache>,
         layer: usize,
     ) -> Result<Tensor> {
@@ -94,15 +98,15 @@ impl LlamaAttention {
         let (nh, nkv) = (self.n_head, self.n_kv_head);
         let hs = c / nh;
         // (B, T, heads·hs) -> (B, T, heads, hs), rotated by positions start..start + T, then
-        // (B, heads, T, hs) for attention (a view)
+        // (B, heads, T, hs) for attention (a view, or a copy in the attention's dtype)
         let heads = |y: &Tensor, n: usize, rotate: bool| -> Result<Tensor> {
             let y = y.reshape(&[b, t, n, hs])?;
             let y = if rotate {
-                y.rope(rot.theta, rot.start, rot.layout)?
+                y.rope(pass.theta, pass.start, pass.layout)?
             } else {
                 y
             };
-            y.permute(&[0, 2, 1, 3])
+            y.permute(&[0, 2, 1, 3])?.to_dtype(pass.attention_dtype)
         };
         let qkv = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let [q, k, v] = &qkv[..] else {
@@ -118,7 +122,7 @@ impl LlamaAttention {
         // y is (B, nh, T, hs): the T queries at the last T of the Tk key positions, causal; k and v
         // keep their nkv heads (query head h reads key/value head h / (nh / nkv), no repeated copy)
         let y = q.scaled_dot_product_attention(&k, &v, true)?;
-        let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, c])?;
+        let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, c])?.to_dtype(x.dtype())?;
         self.o_proj.forward_residual(&y, residual)
     }
 }
@@ -161,9 +165,9 @@ pub struct LlamaBlock {
 
 impl LlamaBlock {
     /// x is (B, T, C) -> x + attn(norm(x)), then + mlp(norm(·)).
-    fn forward(&self, x: &Tensor, rot: &Rotation, cache: Option<&mut KvCache>, layer: usize) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&mut KvCache>, layer: usize) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let x = self.self_attn.forward(&h, x, rot, cache, layer)?;
+        let x = self.self_attn.forward(&h, x, pass, cache, layer)?;
         let h = self.post_attention_layernorm.forward(&x)?;
         self.mlp.forward(&h, &x)
     }
@@ -215,7 +219,7 @@ impl LlamaBlock {
     /// computed without a graph, and the backward computes the block again from its input, this
     /// time with a graph, and backpropagates through that (gradient checkpointing). The dropout
     /// generator is rewound for the replay, so both passes draw the same masks.
-    fn forward_recomputed(&self, x: &Tensor, rot: &Rotation) -> Result<Tensor> {
+    fn forward_recomputed(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
         let rng = self.dropout_rng();
         let before = rng
             .as_ref()
@@ -223,8 +227,8 @@ impl LlamaBlock {
         // recorded, then cut off (the block's graph is freed here, only x is kept): under
         // no_grad a quantized projection would take the integer kernels, which round x, and the
         // value would differ from the replay's, which records and so takes the decoded product
-        let y = self.forward(x, rot, None, 0)?.detach();
-        let (block, rot) = (self.clone(), *rot);
+        let y = self.forward(x, pass, None, 0)?.detach();
+        let (block, pass) = (self.clone(), *pass);
         let replay = move |x: &Tensor| -> Result<Tensor> {
             let set =
                 |r: &Arc<Mutex<Rng>>, s: [u64; 4]| *r.lock().unwrap_or_else(|e| e.into_inner()) = Rng::from_state(s);
@@ -234,7 +238,7 @@ impl LlamaBlock {
             if let (Some(r), Some(s)) = (&rng, before) {
                 set(r, s);
             }
-            let y = block.forward(x, &rot, None, 0);
+            let y = block.forward(x, &pass, None, 0);
             if let (Some(r), Some(s)) = (&rng, now) {
                 set(r, s);
             }
@@ -264,6 +268,8 @@ pub struct Llama {
     cfg: LlamaConfig,
     /// The compute dtype (see [`Llama::set_dtype`]).
     dtype: DType,
+    /// The attention's dtype when set (see [`Llama::set_kv_dtype`]); the compute dtype otherwise.
+    kv_dtype: Option<DType>,
     rope_layout: RopeLayout,
     /// The shape of the LoRA adapters on the projections, if any (see docs/finetuning.md).
     lora: Option<LoraConfig>,
@@ -290,8 +296,8 @@ pub enum LlamaLoad {
     /// the CUDA kernels on Cuda and Emu). They are frozen: LoRA adapters train on top of
     /// them, the input's gradient flowing through them (QLoRA-style).
     /// Every other tensor (token table, norms, other types) is dequantized to f32; a tied LM
-    /// head multiplies with the table as stored (the lookup reads its f32 rows). Not the
-    /// default yet: with its 8-bit rounding of the projections' inputs, SmolLM2-135M's greedy
+    /// head multiplies with the table as stored (the lookup reads its f32 rows). The KV cache
+    /// is f16, as llama.cpp's ([`Llama::set_kv_dtype`]). Not the default yet: with its 8-bit rounding of the projections' inputs, SmolLM2-135M's greedy
     /// answer changes, as llama.cpp's does (see docs/llama.md).
     AsStored,
     /// Every tensor dequantized to f32 (the default).
@@ -303,6 +309,9 @@ pub enum LlamaLoad {
 
 /// The dtypes a [`Llama`] computes in.
 const LLAMA_DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
+/// The dtypes a [`Llama`]'s KV cache holds ([`Llama::set_kv_dtype`]).
+const KV_DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
 impl Llama {
     /// A model of shape `cfg` from the tensors a file offers, `available` listing their Hugging
@@ -421,6 +430,7 @@ impl Llama {
         Ok(Llama {
             cfg,
             dtype: DType::F32,
+            kv_dtype: None,
             rope_layout,
             lora: None,
             recompute: false,
@@ -512,7 +522,12 @@ impl Llama {
         )?;
         match how {
             LlamaLoad::BF16 => model.to_dtype(DType::BF16),
-            LlamaLoad::AsStored | LlamaLoad::F32 => Ok(model),
+            LlamaLoad::F32 => Ok(model),
+            LlamaLoad::AsStored => {
+                let mut model = model;
+                model.set_kv_dtype(DType::F16)?;
+                Ok(model)
+            }
         }
     }
 
@@ -549,6 +564,35 @@ impl Llama {
             });
         }
         self.dtype = dtype;
+        Ok(())
+    }
+
+    /// The dtype of the KV cache, in which the attention of a forward with a cache computes: the
+    /// compute dtype unless set with [`Llama::set_kv_dtype`] (a model loaded with
+    /// [`LlamaLoad::AsStored`]: f16).
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype.unwrap_or(self.dtype)
+    }
+
+    /// Sets the dtype of the KV cache (f32, bf16 or f16), whatever the compute dtype. In a forward
+    /// with a cache ([`Llama::forward_cached`], generation) q, k and v are cast to it after RoPE
+    /// (the attention itself accumulating in f32) and its output back to the compute dtype; a
+    /// forward without one (training, scoring with [`Llama::forward`] or [`Llama::loss`]) keeps the
+    /// compute dtype throughout. A decode step reads the whole cache once per token, so a 16-bit
+    /// cache halves what long contexts cost in memory and time: SmolLM2-135M as stored (97 MB of
+    /// weights a token) reads 23 MB of f32 cache a token at 512 positions. A model loaded with
+    /// [`LlamaLoad::AsStored`] starts with f16, llama.cpp's default (its 10-bit mantissa rounds
+    /// less than bf16's 7; values past ±65504 would overflow to infinity, and the sampler then
+    /// refuses the NaN logits); the others with their compute dtype. A cache filled in one dtype
+    /// cannot take positions in another: clear it after a change.
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !KV_DTYPES.contains(&dtype) {
+            return Err(Error::DType {
+                op: "llama",
+                msg: format!("the KV cache holds f32, bf16 or f16, not {dtype}"),
+            });
+        }
+        self.kv_dtype = Some(dtype);
         Ok(())
     }
 
@@ -778,16 +822,18 @@ impl Llama {
         let table = self.embed_tokens.weight.to_dtype(self.dtype)?;
         // x is (B, T, C)
         let mut x = ids.embedding(&table)?;
-        let rot = Rotation {
+        let pass = Pass {
             theta: self.cfg.rope_theta,
             layout: self.rope_layout,
             start,
+            // the cache's dtype where there is one; training and scoring keep the compute dtype
+            attention_dtype: if cache.is_some() { self.kv_dtype() } else { self.dtype },
         };
         let recompute = self.recompute && cache.is_none() && crate::is_grad_enabled();
         for (i, l) in self.layers.iter().enumerate() {
             x = match recompute {
-                true => l.forward_recomputed(&x, &rot)?,
-                false => l.forward(&x, &rot, cache.as_deref_mut(), i)?,
+                true => l.forward_recomputed(&x, &pass)?,
+                false => l.forward(&x, &pass, cache.as_deref_mut(), i)?,
             };
         }
         if let Some(cache) = cache {
