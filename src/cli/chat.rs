@@ -41,7 +41,8 @@ pub struct ChatArgs {
     pub device: String,
     /// What the weights become: f32 (dequantized), bf16 (dequantized, cast to bf16 once,
     /// activations and KV cache in bf16), or stored (quantized projections kept in their block
-    /// format, multiplied with 8-bit activations as llama.cpp does, on every device).
+    /// format, multiplied with 8-bit activations as llama.cpp does, on every device; the KV cache
+    /// in f16, as llama.cpp's).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: WeightsDType,
     /// Print each turn's rendered prompt, how many of its tokens came from the KV cache, and the

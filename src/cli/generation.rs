@@ -36,7 +36,8 @@ pub enum WeightsDType {
     /// Dequantized, cast once to bf16; activations and the KV cache in bf16.
     Bf16,
     /// Quantized projections kept in their block format, multiplied with 8-bit activations
-    /// (on the CPU, or with the CUDA kernels on cuda and emu); the rest f32.
+    /// (on the CPU, or with the CUDA kernels on cuda and emu); the rest f32, the KV cache f16
+    /// (llama.cpp's default).
     Stored,
 }
 
