@@ -97,8 +97,8 @@ impl LlamaAttention {
         };
         let (nh, nkv) = (self.n_head, self.n_kv_head);
         let hs = c / nh;
-        // (B, T, heads·hs) -> (B, T, heads, hs), rotated by positions start..start + T, then
-        // (B, heads, T, hs) for attention (a view, or a copy in the attention's dtype)
+        // (B, T, heads·hs) -> (B, T, heads, hs), rotated by positions start..start + T, in the
+        // attention's dtype (cast while contiguous), then (B, heads, T, hs) for attention (a view)
         let heads = |y: &Tensor, n: usize, rotate: bool| -> Result<Tensor> {
             let y = y.reshape(&[b, t, n, hs])?;
             let y = if rotate {
@@ -106,7 +106,7 @@ impl LlamaAttention {
             } else {
                 y
             };
-            y.permute(&[0, 2, 1, 3])?.to_dtype(pass.attention_dtype)
+            y.to_dtype(pass.attention_dtype)?.permute(&[0, 2, 1, 3])
         };
         let qkv = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let [q, k, v] = &qkv[..] else {
