@@ -42,7 +42,6 @@ use crate::backend::op::AttentionDims;
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};
-use half::{bf16, f16};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -151,23 +150,10 @@ pub fn attention_forward(
             (CpuStorage::F64(o), CpuStorage::F64(lse))
         }
         (CpuStorage::BF16(_), CpuStorage::BF16(k), CpuStorage::BF16(v)) if dims.tq <= gemm::STREAM_MAX_M => {
-            // decode: K and V (a whole KV cache's buffers) read in place as bf16 by the streamed
-            // products, which widen each element in registers; only q is widened
-            let qw = widen(q)?;
-            #[rustfmt::skip]
-            let (o, lse) = forward(&qw, &k[..], &v[..], dims,
-                                   gemm::sgemm_streamed::<bf16>, gemm::sgemm_streamed_into::<bf16>)?;
-            pool::give_vec(qw);
-            (narrow(o, q.dtype())?, CpuStorage::F32(lse))
+            decode_in_place(q, k, v, dims)?
         }
         (CpuStorage::F16(_), CpuStorage::F16(k), CpuStorage::F16(v)) if dims.tq <= gemm::STREAM_MAX_M => {
-            // the same for an f16 cache
-            let qw = widen(q)?;
-            #[rustfmt::skip]
-            let (o, lse) = forward(&qw, &k[..], &v[..], dims,
-                                   gemm::sgemm_streamed::<f16>, gemm::sgemm_streamed_into::<f16>)?;
-            pool::give_vec(qw);
-            (narrow(o, q.dtype())?, CpuStorage::F32(lse))
+            decode_in_place(q, k, v, dims)?
         }
         _ => {
             check_half(q, &[k, v])?;
@@ -177,6 +163,28 @@ pub fn attention_forward(
             (narrow(o, q.dtype())?, CpuStorage::F32(lse))
         }
     })
+}
+
+/// A half-precision decode (at most `STREAM_MAX_M` query rows): K and V (a whole KV cache's
+/// buffers) read in place, in their dtype, by the streamed products, which widen each element in
+/// registers; only q is widened. Returns the output in q's dtype and the lse in f32.
+fn decode_in_place<W: gemm::Streamed>(
+    q: &CpuStorage,
+    k: &[W],
+    v: &[W],
+    dims: AttentionDims,
+) -> Result<(CpuStorage, CpuStorage)> {
+    let qw = widen(q)?;
+    let (o, lse) = forward(
+        &qw,
+        k,
+        v,
+        dims,
+        gemm::sgemm_streamed::<W>,
+        gemm::sgemm_streamed_into::<W>,
+    )?;
+    pool::give_vec(qw);
+    Ok((narrow(o, q.dtype())?, CpuStorage::F32(lse)))
 }
 
 /// Given the forward's inputs, output `o`, its gradient `dout` and the saved `lse`, returns
@@ -809,6 +817,7 @@ fn backward_at<E: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
 
     /// Uniform draws in [-1, 1) from a 64-bit LCG seeded with `seed`, each a multiple of 2⁻²³
     /// (exact in f32 too).

@@ -169,6 +169,18 @@ pub(crate) fn acc<T: CpuFloat>(v: f64) -> T::Acc {
 mod tests {
     use super::*;
 
+    /// A million f32 bit patterns from a xorshift generator (NaNs, infinities and subnormals
+    /// among them, in their share of the bit space).
+    fn random_bits() -> impl Iterator<Item = u32> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        (0..1_000_000).map(move |_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u32
+        })
+    }
+
     /// Against the `half` crate's conversions: every f16 widened, and f32s narrowed: special
     /// values, every f32 within a few ulps of each f16 and of each midpoint between neighbours
     /// (the ties), and a million random bit patterns (NaNs included).
@@ -207,13 +219,7 @@ mod tests {
                 }
             }
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        bits.extend((0..1_000_000).map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u32
-        }));
+        bits.extend(random_bits());
         for b in bits {
             let x = f32::from_bits(b);
             let (got, want) = (f32_to_f16(x), f16::from_f32(x));
@@ -244,13 +250,7 @@ mod tests {
                 bits.push(high << 16 | low);
             }
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        bits.extend((0..1_000_000).map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u32
-        }));
+        bits.extend(random_bits());
         for b in bits {
             let x = f32::from_bits(b);
             assert_eq!(

@@ -1454,26 +1454,21 @@ fn four_lane_sums_at_once_have_the_bits_of_one_at_a_time() {
 /// and the largest f16s among the values.
 #[test]
 fn the_streamed_loops_read_f16_b_as_its_f32_values() {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
     let (n, k) = (37, 70);
-    let b16: Vec<half::f16> = (0..k * n)
-        .map(|i| match i % 97 {
+    let b16: Vec<half::f16> = random_values(0x2545_f491_4f6c_dd1d, k * n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| match i % 97 {
             0 => half::f16::from_bits(1), // the smallest subnormal
             1 => half::f16::MAX,
             2 => half::f16::ZERO,
-            _ => half::f16::from_f32((next() % 2001) as f32 / 1000.0 - 1.0),
+            _ => half::f16::from_f64(x),
         })
         .collect();
     let b32: Vec<f32> = b16.iter().map(|x| x.to_f32()).collect();
     for isa in streamed_isas().into_iter().filter(|isa| isa.is_supported()) {
         for m in 1..=STREAM_MAX_M {
-            let a: Vec<f32> = (0..m * k).map(|_| (next() % 1001) as f32 / 500.0 - 1.0).collect();
+            let a: Vec<f32> = random_values(m as u64, m * k).into_iter().map(|x| x as f32).collect();
             // B (k × n) with its columns contiguous (the dot loop), then its rows (the axpy loop)
             for (rsb, csb) in [(1, k as isize), (n as isize, 1)] {
                 let mut want = vec![0f32; m * n];
