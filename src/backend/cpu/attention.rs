@@ -35,7 +35,7 @@
 
 use super::gemm;
 use super::matmul::{Gemm, GemmInto};
-use super::{alloc, inlined, lane_fold, lane_sum, pool, vectorised};
+use super::{alloc, inlined, lane_fold, lane_fold_of, lane_sum, pool, vectorised};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::AttentionDims;
@@ -551,7 +551,7 @@ fn forward_at<E: Real, KV: Sync>(
                 for (r, row) in scores.chunks_mut(keys).enumerate() {
                     let seen = dims.visible((i0 + r) % tq);
                     let visible = &mut row[..seen];
-                    let max = lane_fold(seen, E::neg_infinity(), |j| visible[j], E::max);
+                    let max = lane_fold_of(visible, E::neg_infinity(), |s| s, E::max);
                     // the exponentials in a loop of their own, free of the sum's chain, so it vectorises
                     visible.iter_mut().for_each(|s| *s = (*s - max).exp_fast());
                     let sum = lane_sum(visible, |p| p);
@@ -650,7 +650,7 @@ fn forward_split<E: Real, KV: Sync>(
             scores_gemm(together, keys, d, scale, qj, q_row as isize, 1, kh, 1, kva.row as isize,
                         E::zero(), scores, keys as isize, 1);
             for (r, row) in scores.chunks_mut(keys).enumerate() {
-                let max = lane_fold(keys, E::neg_infinity(), |j| row[j], E::max);
+                let max = lane_fold_of(row, E::neg_infinity(), |s| s, E::max);
                 row.iter_mut().for_each(|s| *s = (*s - max).exp_fast());
                 mlj[2 * r].write(max);
                 mlj[2 * r + 1].write(lane_sum(row, |p| p));

@@ -2,10 +2,10 @@
 //! directly as (softmax − onehot)·scale, so no probability tensor is kept.
 //! `logits` is contiguous `[n, c]`; ignored rows contribute nothing. Each row's loops run
 //! vectorised (AVX-512 or AVX2 where the CPU has it): the max and the sum of exponentials folded
-//! over eight interleaved lanes (`lane_fold`, and `lane_sum_of`, which computes the exponentials a
-//! block at a time), the gradient written once, with no branch per element.
+//! over eight interleaved lanes a block at a time (`lane_fold_of`, `lane_sum`, which vectorise
+//! the widening max and the exponentials), the gradient written once, with no branch per element.
 
-use super::{acc, alloc, dispatch_float, lane_fold, lane_sum_of, typed, vectorised, CpuFloat};
+use super::{acc, alloc, dispatch_float, lane_fold_of, lane_sum, typed, vectorised, CpuFloat};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::Result;
@@ -29,13 +29,8 @@ pub fn cross_entropy_forward(
                 let (max, sum) = vectorised(
                     #[inline(always)]
                     || {
-                        let max = lane_fold(
-                            row.len(),
-                            <T::Acc as Float>::neg_infinity(),
-                            |i| row[i].up(),
-                            Float::max,
-                        );
-                        (max, lane_sum_of(row, |v| (v.up() - max).exp_fast()))
+                        let max = lane_fold_of(row, <T::Acc as Float>::neg_infinity(), |v| v.up(), Float::max);
+                        (max, lane_sum(row, |v| (v.up() - max).exp_fast()))
                     },
                 );
                 let lse = (sum.ln() + max).to_f64().unwrap_or(f64::NAN);

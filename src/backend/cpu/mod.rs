@@ -47,7 +47,7 @@ pub(crate) use float::{acc, dispatch_float, map_float_storage, typed};
 pub use map::{gather, map, zip_map};
 pub(crate) use storage::with_cpu_storage;
 pub use storage::CpuStorage;
-pub(crate) use vectorise::{inlined, lane_fold, lane_sum, lane_sum_of, vectorised};
+pub(crate) use vectorise::{inlined, lane_fold, lane_fold_of, lane_sum, vectorised};
 
 /// Below this many elements, threads cost more than they save.
 pub(crate) const PARALLEL_MIN: usize = 1 << 15;

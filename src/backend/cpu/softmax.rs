@@ -2,7 +2,8 @@
 //! (max-subtracted, accumulated in the arithmetic type), and their backward.
 
 use super::{
-    dispatch_float, inlined, lane_fold, lane_sum, map_float_storage, typed, vectorised, CpuFloat, PARALLEL_MIN,
+    dispatch_float, inlined, lane_fold, lane_fold_of, lane_sum, map_float_storage, typed, vectorised, CpuFloat,
+    PARALLEL_MIN,
 };
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
@@ -20,7 +21,7 @@ pub fn softmax_last_dim(s: &CpuStorage, width: usize, log: bool) -> Result<CpuSt
         let row = inlined(
             #[inline(always)]
             |(xr, yr): (&[T], &mut [T])| {
-                let max = lane_fold(xr.len(), <T::Acc as Float>::neg_infinity(), |i| xr[i].up(), Float::max);
+                let max = lane_fold_of(xr, <T::Acc as Float>::neg_infinity(), |v| v.up(), Float::max);
                 if max == <T::Acc as Float>::neg_infinity() {
                     // A fully masked row has no probability mass: softmax 0, log-softmax -inf
                     // (PyTorch gives NaN here, which we never produce silently).
