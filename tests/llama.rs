@@ -428,7 +428,9 @@ fn bad_ids_and_too_long_contexts_are_errors() {
 /// 5.3e-3 and 6.1e-3 of the largest logit, asserted 1e-2; f16, whose step is 8 times finer, 5.9e-4
 /// and 5.0e-4, asserted 2e-3), nearer than the whole model in bf16 (1.5e-2, 1.4e-2); they differ
 /// from the f32 cache's (the setting acts); one token at a time gives the whole prompt's cached
-/// logits (measured within 1.3e-5); the uncached forward (training,
+/// logits (f16: measured within 1.3e-5; bf16: 5.3e-3, asserted 1e-2, where the CPU multiplies
+/// bf16 in bf16 and the prompt's attention rounds its probabilities to bf16 for P·V, which one
+/// query row at a time, on the streamed products, does not); the uncached forward (training,
 /// scoring) is the f32 model's, bit for bit; the cache's buffers take half the f32 cache's bytes;
 /// and a cache filled in one dtype refuses positions of another.
 #[test]
@@ -447,7 +449,7 @@ fn a_half_kv_cache_in_an_f32_model_follows_f32() {
         let f32_cached = cached(&f32_model, &mut f32_model.new_cache());
         let whole_bf16 = f32s(&f32_model.to_dtype(DType::BF16).unwrap().forward(&exp["ids_b"]).unwrap());
         let err_whole = rel_error(&format!("{name} bf16 model"), &whole_bf16, &want);
-        for (kv, rtol) in [(DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+        for (kv, rtol, prompt_vs_tokens) in [(DType::BF16, 1e-2, 1e-2), (DType::F16, 2e-3, 1e-4)] {
             let what = format!("{name}, {kv} cache");
             let mut model = f32_model.clone();
             model.set_kv_dtype(kv).unwrap();
@@ -473,8 +475,9 @@ fn a_half_kv_cache_in_an_f32_model_follows_f32() {
                 assert_eq!(cache.bytes() * 2, f32_cache.bytes(), "{what} at {i}");
             }
             // the same values in another summation order (the decode's streamed products against
-            // the prompt's tiles), so an element of the output may round to its neighbour
-            assert_close(&format!("{what}, one token at a time"), &got, &logits, 1e-4);
+            // the prompt's tiles), so an element of the output may round to its neighbour; in
+            // bf16 the prompt's P rounded to bf16 besides
+            assert_close(&format!("{what}, one token at a time"), &got, &logits, prompt_vs_tokens);
             // the tiny layers' keys and values at the first capacity of 64 positions, 2 bytes each
             let cfg = model.config();
             let hs = cfg.hidden_size / cfg.num_attention_heads;

@@ -29,19 +29,24 @@
 //! group in a fixed order too. The only memory besides the outputs is a `TILE × tk` score tile per
 //! thread (the forward's, kept between calls; a split decode's partial sums besides) or one or two
 //! per rayon job (the backward's). The GEMMs are the project's ([`super::gemm`]);
-//! BF16/F16 are computed in f32 (lse in f32), f64 in f64: the operands are widened to f32, except
-//! a bf16 or f16 decode's (at most `STREAM_MAX_M` query rows) K and V, which the streamed products
-//! read in place (a KV cache's whole buffers were widened at every token before).
+//! BF16/F16 are computed in f32 (lse in f32), f64 in f64. A bf16 or f16 decode's (at most
+//! `STREAM_MAX_M` query rows) K and V are read in place by the streamed products (a KV cache's
+//! whole buffers were widened at every token before). Other bf16 attention, where the CPU has
+//! `vdpbf16ps` or AMX, reads q, k, v, o and dO in place and multiplies in bf16 ([`gemm::bgemm`],
+//! f32 sums): the scores, the softmax, dP and dS are f32, and P and dS are rounded to bf16 for the
+//! products that take them, as PyTorch's CPU flash attention rounds them (`Operand`). Otherwise
+//! (f16, or a CPU without them) the operands are widened to f32 for the f32 products.
 
 use super::gemm;
 use super::matmul::{Gemm, GemmInto};
-use super::{alloc, inlined, lane_fold, lane_fold_of, lane_sum, pool, vectorised};
+use super::{alloc, float, inlined, lane_fold, lane_fold_of, lane_sum, pool, vectorised};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::op::exp::Exp;
 use crate::backend::op::AttentionDims;
 use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::Layout;
 use crate::{Error, Result};
+use half::bf16;
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -130,6 +135,50 @@ impl Real for f64 {
     }
 }
 
+/// The element type of the products' operands for compute type `E`: `E` itself (f32, f64), or
+/// bf16 with f32 compute, where q, k, v, o and dO are read in place in bf16 and the probabilities
+/// P and dS, computed in f32, are rounded to bf16 for the products that take them (as PyTorch's
+/// CPU flash attention does), so that every product runs on AMX or `vdpbf16ps` ([`gemm::bgemm`]).
+trait Operand<E: Real>: Copy + Send + Sync + 'static {
+    /// The value in the compute type (exact).
+    fn up(self) -> E;
+    /// A tile of P or dS as operands: `tile` itself for `E`, else rounded into `buf`.
+    fn operands<'a>(tile: &'a [E], buf: &'a mut Vec<Self>) -> &'a [Self];
+}
+
+impl<E: Real> Operand<E> for E {
+    #[inline(always)]
+    fn up(self) -> E {
+        self
+    }
+    #[inline(always)]
+    fn operands<'a>(tile: &'a [E], _: &'a mut Vec<E>) -> &'a [E] {
+        tile
+    }
+}
+
+impl Operand<f32> for bf16 {
+    #[inline(always)]
+    fn up(self) -> f32 {
+        float::bf16_to_f32(self)
+    }
+    #[inline(always)]
+    fn operands<'a>(tile: &'a [f32], buf: &'a mut Vec<bf16>) -> &'a [bf16] {
+        buf.resize(tile.len(), bf16::ZERO);
+        for (b, &x) in buf.iter_mut().zip(tile) {
+            *b = float::f32_to_bf16(x);
+        }
+        buf
+    }
+}
+
+/// Whether bf16 attention runs its products in bf16 ([`Operand`] for bf16): where the CPU has
+/// `vdpbf16ps` or AMX. Elsewhere [`gemm::bgemm`] is the portable kernel, and the operands are
+/// widened to f32 for the f32 kernels instead.
+fn bf16_products() -> bool {
+    gemm::has_bf16_dot()
+}
+
 /// Contiguous q `[bh, tq, d]`, k and v `[bh / group, tk, d]` of one dtype (each head's rows
 /// `dims.kv_stride` elements after the previous head's: the rows of a KV cache); returns the output
 /// `[bh, tq, d]` in that dtype and the log-sum-exp of every query row `[bh, tq]` (f64 for
@@ -154,6 +203,10 @@ pub fn attention_forward(
         }
         (CpuStorage::F16(_), CpuStorage::F16(k), CpuStorage::F16(v)) if dims.tq <= gemm::STREAM_MAX_M => {
             decode_in_place(q, k, v, dims)?
+        }
+        (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) if bf16_products() => {
+            let (o, lse) = forward(q, k, v, dims, gemm::bgemm, gemm::bgemm_into)?;
+            (narrow(o, DType::BF16)?, CpuStorage::F32(lse))
         }
         _ => {
             check_half(q, &[k, v])?;
@@ -207,7 +260,7 @@ pub fn attention_backward(
             CpuStorage::F32(g),
             CpuStorage::F32(l),
         ) => {
-            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims)?;
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
             (CpuStorage::F32(dq), CpuStorage::F32(dk), CpuStorage::F32(dv))
         }
         (
@@ -218,13 +271,36 @@ pub fn attention_backward(
             CpuStorage::F64(g),
             CpuStorage::F64(l),
         ) => {
-            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims)?;
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?;
             (CpuStorage::F64(dq), CpuStorage::F64(dk), CpuStorage::F64(dv))
+        }
+        (
+            CpuStorage::BF16(q),
+            CpuStorage::BF16(k),
+            CpuStorage::BF16(v),
+            CpuStorage::BF16(o),
+            CpuStorage::BF16(g),
+            CpuStorage::F32(l),
+        ) if bf16_products() => {
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims, gemm::bgemm, gemm::bgemm_into)?;
+            let dt = DType::BF16;
+            (narrow(dq, dt)?, narrow(dk, dt)?, narrow(dv, dt)?)
         }
         (_, _, _, _, _, CpuStorage::F32(l)) => {
             check_half(q, &[k, v, o, dout])?;
-            let (dq, dk, dv) = backward(&widen(q)?, &widen(k)?, &widen(v)?, &widen(o)?, &widen(dout)?, l, dims)?;
             let dt = q.dtype();
+            let (q, k, v, o, g) = (widen(q)?, widen(k)?, widen(v)?, widen(o)?, widen(dout)?);
+            let (dq, dk, dv) = backward(
+                &q,
+                &k,
+                &v,
+                &o,
+                &g,
+                l,
+                dims,
+                <f32 as Real>::GEMM,
+                <f32 as Real>::GEMM_INTO,
+            )?;
             (narrow(dq, dt)?, narrow(dk, dt)?, narrow(dv, dt)?)
         }
         _ => {
@@ -248,17 +324,21 @@ pub fn attention_backward(
 pub fn qkv_attention_forward(qkv: &CpuStorage, dims: AttentionDims, heads: usize) -> Result<(CpuStorage, CpuStorage)> {
     Ok(match qkv {
         CpuStorage::F32(x) => {
-            let (y, lse) = qkv_forward(x, dims, heads)?;
+            let (y, lse) = qkv_forward(x, dims, heads, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
             (CpuStorage::F32(y), CpuStorage::F32(lse))
         }
         CpuStorage::F64(x) => {
-            let (y, lse) = qkv_forward(x, dims, heads)?;
+            let (y, lse) = qkv_forward(x, dims, heads, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?;
             (CpuStorage::F64(y), CpuStorage::F64(lse))
+        }
+        CpuStorage::BF16(x) if bf16_products() => {
+            let (y, lse) = qkv_forward(x, dims, heads, gemm::bgemm, gemm::bgemm_into)?;
+            (narrow(y, DType::BF16)?, CpuStorage::F32(lse))
         }
         _ => {
             check_half(qkv, &[])?;
             let x = widen(qkv)?;
-            let (y, lse) = qkv_forward(&x, dims, heads)?;
+            let (y, lse) = qkv_forward(&x, dims, heads, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
             pool::give_vec(x);
             (narrow(y, qkv.dtype())?, CpuStorage::F32(lse))
         }
@@ -279,16 +359,29 @@ pub fn qkv_attention_backward(
 ) -> Result<CpuStorage> {
     const OP: &str = "qkv_attention";
     Ok(match (qkv, y, dy, lse) {
-        (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(g), CpuStorage::F32(l)) => {
-            CpuStorage::F32(qkv_backward(x, y, g, l, dims, heads)?)
-        }
-        (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(g), CpuStorage::F64(l)) => {
-            CpuStorage::F64(qkv_backward(x, y, g, l, dims, heads)?)
+        (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(g), CpuStorage::F32(l)) => CpuStorage::F32(
+            qkv_backward(x, y, g, l, dims, heads, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?,
+        ),
+        (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(g), CpuStorage::F64(l)) => CpuStorage::F64(
+            qkv_backward(x, y, g, l, dims, heads, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?,
+        ),
+        (CpuStorage::BF16(x), CpuStorage::BF16(y), CpuStorage::BF16(g), CpuStorage::F32(l)) if bf16_products() => {
+            let dx = qkv_backward(x, y, g, l, dims, heads, gemm::bgemm, gemm::bgemm_into)?;
+            narrow(dx, DType::BF16)?
         }
         (_, _, _, CpuStorage::F32(l)) => {
             check_half(qkv, &[y, dy])?;
             let (x, yw, g) = (widen(qkv)?, widen(y)?, widen(dy)?);
-            let dx = qkv_backward(&x, &yw, &g, l, dims, heads)?;
+            let dx = qkv_backward(
+                &x,
+                &yw,
+                &g,
+                l,
+                dims,
+                heads,
+                <f32 as Real>::GEMM,
+                <f32 as Real>::GEMM_INTO,
+            )?;
             [x, yw, g].into_iter().for_each(pool::give_vec);
             narrow(dx, qkv.dtype())?
         }
@@ -306,26 +399,38 @@ fn qkv_heads(dims: AttentionDims, heads: usize) -> (HeadRows, HeadRows) {
     )
 }
 
-fn qkv_forward<E: Real + WithDType>(qkv: &[E], dims: AttentionDims, heads: usize) -> Result<(Vec<E>, Vec<E>)> {
+/// y `[B, T, C]` and lse in `E`, from a projection of `X` operands ([`Operand`]) multiplied by
+/// `gemm` and `gemm_into`.
+fn qkv_forward<E: Real, X: Operand<E>>(
+    qkv: &[X],
+    dims: AttentionDims,
+    heads: usize,
+    gemm: Gemm<E, X, X>,
+    gemm_into: GemmInto<E, X, X>,
+) -> Result<(Vec<E>, Vec<E>)> {
     const OP: &str = "qkv_attention";
     if qkv.is_empty() {
         return Ok((Vec::new(), alloc::filled(OP, dims.bh * dims.tq, E::zero())?));
     }
     let (q_at, y_at) = qkv_heads(dims, heads);
     let c = y_at.row;
-    let (o, lse) = forward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, dims, E::GEMM, E::GEMM_INTO)?;
+    let (o, lse) = forward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, dims, gemm, gemm_into)?;
     let y = heads_side_by_side(OP, &[&o], heads, dims.tq, dims.d)?;
     pool::give_vec(o);
     Ok((y, lse))
 }
 
-fn qkv_backward<E: Real + WithDType>(
-    qkv: &[E],
-    y: &[E],
-    dy: &[E],
+/// The gradient of the projection, in `E`, from `X` operands ([`Operand`]).
+#[allow(clippy::too_many_arguments)] // the operands and the two products
+fn qkv_backward<E: Real, X: Operand<E>>(
+    qkv: &[X],
+    y: &[X],
+    dy: &[X],
     lse: &[E],
     dims: AttentionDims,
     heads: usize,
+    gemm: Gemm<E, X, X>,
+    gemm_into: GemmInto<E, X, X>,
 ) -> Result<Vec<E>> {
     const OP: &str = "qkv_attention";
     if qkv.is_empty() {
@@ -333,7 +438,8 @@ fn qkv_backward<E: Real + WithDType>(
     }
     let (q_at, y_at) = qkv_heads(dims, heads);
     let c = y_at.row;
-    let (dq, dk, dv) = backward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, y, dy, y_at, lse, dims)?;
+    #[rustfmt::skip]
+    let (dq, dk, dv) = backward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, y, dy, y_at, lse, dims, gemm, gemm_into)?;
     let dx = heads_side_by_side(OP, &[&dq, &dk, &dv], heads, dims.tq, dims.d)?;
     [dq, dk, dv].into_iter().for_each(pool::give_vec);
     Ok(dx)
@@ -481,13 +587,13 @@ impl HeadRows {
 /// for bf16 K and V in decode (at most [`gemm::STREAM_MAX_M`] query rows) the streamed products
 /// that read them in place, which compute what `E`'s GEMMs compute on the widened values, bit for
 /// bit (`sgemm` itself streams such products).
-fn forward<E: Real, KV: Sync>(
-    q: &[E],
+fn forward<E: Real, Q: Sync, KV: Sync, P: Operand<E>>(
+    q: &[Q],
     k: &[KV],
     v: &[KV],
     dims: AttentionDims,
-    scores_gemm: Gemm<E, KV, E>,
-    out_gemm: GemmInto<E, KV, E>,
+    scores_gemm: Gemm<E, KV, Q>,
+    out_gemm: GemmInto<E, KV, P>,
 ) -> Result<(Vec<E>, Vec<E>)> {
     let (qa, kva) = (
         HeadRows::dense(dims.tq * dims.d, dims.d),
@@ -497,16 +603,17 @@ fn forward<E: Real, KV: Sync>(
 }
 
 /// [`forward`] with q's heads at `qa` and k's and v's at `kva`: (o `[bh, tq, d]` dense, lse `[bh, tq]`).
+/// P goes to `out_gemm` as `P` operands ([`Operand`]).
 #[allow(clippy::too_many_arguments)] // the operands, their layouts and the two products
-fn forward_at<E: Real, KV: Sync>(
-    q: &[E],
+fn forward_at<E: Real, Q: Sync, KV: Sync, P: Operand<E>>(
+    q: &[Q],
     qa: HeadRows,
     k: &[KV],
     v: &[KV],
     kva: HeadRows,
     dims: AttentionDims,
-    scores_gemm: Gemm<E, KV, E>,
-    out_gemm: GemmInto<E, KV, E>,
+    scores_gemm: Gemm<E, KV, Q>,
+    out_gemm: GemmInto<E, KV, P>,
 ) -> Result<(Vec<E>, Vec<E>)> {
     const OP: &str = "scaled_dot_product_attention";
     let AttentionDims { bh, tq, d, .. } = dims;
@@ -539,6 +646,8 @@ fn forward_at<E: Real, KV: Sync>(
             // heads, tq is 1, and row r is head h0 + r's only row); o and lse take them in that order
             let (qj, q_row) = (&q[qa.start(h0)..], qa.job_row(h0, together));
             let rows_total = together * tq;
+            // P rounded for the products, when they take other operands than E (none allocated else)
+            let mut p_operands = Vec::new();
             for i0 in (0..rows_total).step_by(TILE) {
                 let rows = TILE.min(rows_total - i0);
                 // row r is query (i0 + r) % tq of its head; the tile's last row sees the most keys
@@ -561,8 +670,9 @@ fn forward_at<E: Real, KV: Sync>(
                     lj[i0 + r].write(max + sum.ln());
                 }
                 // O = P·V
+                let p = P::operands(&scores[..rows * keys], &mut p_operands);
                 #[rustfmt::skip]
-                out_gemm(rows, d, keys, E::one(), scores, keys as isize, 1, vh, kva.row as isize, 1,
+                out_gemm(rows, d, keys, E::one(), p, keys as isize, 1, vh, kva.row as isize, 1,
                          &mut oj[i0 * d..], d as isize, 1);
             }
         },
@@ -613,8 +723,8 @@ fn fit_scores<E: Real>(scores: &mut Vec<E>, n: usize) {
 ///
 /// The chunks depend only on the number of keys, so the result does not depend on the threads.
 #[allow(clippy::too_many_arguments)] // forward_at's, with the split
-fn forward_split<E: Real, KV: Sync>(
-    q: &[E],
+fn forward_split<E: Real, Q: Sync, KV: Sync, P: Operand<E>>(
+    q: &[Q],
     qa: HeadRows,
     k: &[KV],
     v: &[KV],
@@ -622,8 +732,8 @@ fn forward_split<E: Real, KV: Sync>(
     dims: AttentionDims,
     together: usize,
     chunk: usize,
-    scores_gemm: Gemm<E, KV, E>,
-    out_gemm: GemmInto<E, KV, E>,
+    scores_gemm: Gemm<E, KV, Q>,
+    out_gemm: GemmInto<E, KV, P>,
 ) -> Result<(Vec<E>, Vec<E>)> {
     const OP: &str = "scaled_dot_product_attention";
     let AttentionDims { bh, d, .. } = dims;
@@ -655,8 +765,10 @@ fn forward_split<E: Real, KV: Sync>(
                 mlj[2 * r].write(max);
                 mlj[2 * r + 1].write(lane_sum(row, |p| p));
             }
+            let mut p_operands = Vec::new();
+            let p = P::operands(&scores[..together * keys], &mut p_operands);
             #[rustfmt::skip]
-            out_gemm(together, d, keys, E::one(), scores, keys as isize, 1, vh, kva.row as isize, 1,
+            out_gemm(together, d, keys, E::one(), p, keys as isize, 1, vh, kva.row as isize, 1,
                      oj, d as isize, 1);
         },
     );
@@ -698,37 +810,48 @@ fn forward_split<E: Real, KV: Sync>(
 /// backward's parallel loop hands them out.
 type HeadGrads<'a, E> = (usize, ((&'a mut [MaybeUninit<E>], &'a mut [E]), &'a mut [E]));
 
-/// The backward of every head: (dq, dk, dv).
-fn backward<E: Real>(
-    q: &[E],
-    k: &[E],
-    v: &[E],
-    o: &[E],
-    dout: &[E],
+/// A backward job's scratch: the tiles P and dS, and their operands for the products when these
+/// take other operands than `E` ([`Operand`]).
+type Scratch<E, X> = (Vec<E>, Vec<E>, Vec<X>, Vec<X>);
+
+/// The backward of every head: (dq, dk, dv), from `X` operands multiplied by `gemm` and
+/// `gemm_into` ([`Operand`]).
+#[allow(clippy::too_many_arguments)] // the operands and the two products
+fn backward<E: Real, X: Operand<E>>(
+    q: &[X],
+    k: &[X],
+    v: &[X],
+    o: &[X],
+    dout: &[X],
     lse: &[E],
     dims: AttentionDims,
+    gemm: Gemm<E, X, X>,
+    gemm_into: GemmInto<E, X, X>,
 ) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
     let (qa, kva) = (
         HeadRows::dense(dims.tq * dims.d, dims.d),
         HeadRows::dense(dims.kv_stride, dims.d),
     );
-    backward_at(q, qa, k, v, kva, o, dout, qa, lse, dims)
+    backward_at(q, qa, k, v, kva, o, dout, qa, lse, dims, gemm, gemm_into)
 }
 
-/// [`backward`] with q's heads at `qa`, k's and v's at `kva`, and o's and dout's at `oa`; returns
-/// (dq `[bh, tq, d]`, dk, dv `[bh / group, tk, d]`), dense.
+/// [`backward`] with q's heads at `qa`, k's and v's at `kva`, and o's and dout's at `oa`, all
+/// `X` operands ([`Operand`]) of the products `gemm` and `gemm_into`; returns (dq `[bh, tq, d]`,
+/// dk, dv `[bh / group, tk, d]`), dense, in `E`.
 #[allow(clippy::too_many_arguments)]
-fn backward_at<E: Real>(
-    q: &[E],
+fn backward_at<E: Real, X: Operand<E>>(
+    q: &[X],
     qa: HeadRows,
-    k: &[E],
-    v: &[E],
+    k: &[X],
+    v: &[X],
     kva: HeadRows,
-    o: &[E],
-    dout: &[E],
+    o: &[X],
+    dout: &[X],
     oa: HeadRows,
     lse: &[E],
     dims: AttentionDims,
+    gemm: Gemm<E, X, X>,
+    gemm_into: GemmInto<E, X, X>,
 ) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
     const OP: &str = "scaled_dot_product_attention";
     let AttentionDims {
@@ -750,7 +873,7 @@ fn backward_at<E: Real>(
     // it was compiled apart, in SSE2: its exponentials and dS loop ran four lanes wide)
     let head = inlined(
         #[inline(always)]
-        |(p, ds): &mut (Vec<E>, Vec<E>), (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
+        |(p, ds, p_operands, ds_operands): &mut Scratch<E, X>, (kv, ((dq_group, dkh), dvh)): HeadGrads<'_, E>| {
             let (kh, vh) = (&k[kva.start(kv)..], &v[kva.start(kv)..]);
             for (h, dqh) in (kv * group..).zip(dq_group.chunks_mut(tq * d)) {
                 let (qh, oh, gh, lh) = (
@@ -767,15 +890,16 @@ fn backward_at<E: Real>(
                     let (qt, gt) = (&qh[i0 * qa.row..], &gh[i0 * oa.row..]);
                     let (qr, kr, or) = (qa.row as isize, kva.row as isize, oa.row as isize);
                     #[rustfmt::skip]
-                    E::GEMM(rows, keys, d, scale, qt, qr, 1, kh, 1, kr, E::zero(), p, keys as isize, 1);
+                    gemm(rows, keys, d, scale, qt, qr, 1, kh, 1, kr, E::zero(), p, keys as isize, 1);
                     // dP = dO·Vᵀ
                     #[rustfmt::skip]
-                    E::GEMM(rows, keys, d, E::one(), gt, or, 1, vh, 1, kr, E::zero(), ds, keys as isize, 1);
+                    gemm(rows, keys, d, E::one(), gt, or, 1, vh, 1, kr, E::zero(), ds, keys as isize, 1);
                     for (r, (pr, dsr)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
                         let i = i0 + r;
                         let seen = dims.visible(i);
                         let (gi, oi) = (&gh[i * oa.row..][..d], &oh[i * oa.row..][..d]);
-                        let (l, dot) = (lh[i], lane_fold(d, E::zero(), |c| gi[c] * oi[c], |a, b| a + b));
+                        let dot = lane_fold(d, E::zero(), |c| gi[c].up() * oi[c].up(), |a, b| a + b);
+                        let l = lh[i];
                         for (pj, dsj) in pr[..seen].iter_mut().zip(&mut dsr[..seen]) {
                             *pj = (*pj - l).exp_fast();
                             *dsj = *pj * (*dsj - dot);
@@ -784,12 +908,13 @@ fn backward_at<E: Real>(
                         dsr[seen..].fill(E::zero());
                     }
                     // dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO (dSᵀ and Pᵀ are the tiles read with swapped strides)
+                    let (ds, p) = (X::operands(ds, ds_operands), X::operands(p, p_operands));
                     #[rustfmt::skip]
-                    E::GEMM_INTO(rows, d, keys, scale, ds, keys as isize, 1, kh, kr, 1, &mut dqh[i0 * d..], d as isize, 1);
+                    gemm_into(rows, d, keys, scale, ds, keys as isize, 1, kh, kr, 1, &mut dqh[i0 * d..], d as isize, 1);
                     #[rustfmt::skip]
-                    E::GEMM(keys, d, rows, scale, ds, 1, keys as isize, qt, qr, 1, E::one(), dkh, d as isize, 1);
+                    gemm(keys, d, rows, scale, ds, 1, keys as isize, qt, qr, 1, E::one(), dkh, d as isize, 1);
                     #[rustfmt::skip]
-                    E::GEMM(keys, d, rows, E::one(), p, 1, keys as isize, gt, or, 1, E::one(), dvh, d as isize, 1);
+                    gemm(keys, d, rows, E::one(), p, 1, keys as isize, gt, or, 1, E::one(), dvh, d as isize, 1);
                 }
             }
         },
@@ -800,7 +925,7 @@ fn backward_at<E: Real>(
         .zip(dv.par_chunks_mut(tk * d))
         .enumerate()
         .for_each_init(
-            || (Vec::new(), Vec::new()),
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
             |scratch, job| {
                 vectorised(
                     #[inline(always)]
@@ -825,6 +950,128 @@ mod tests {
         move || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
+        }
+    }
+
+    /// The bf16 products of `qkv_attention` (where the CPU has them) against the f64 loops on the
+    /// same bf16 values, for shapes off the tiles (70 positions: a tile of 64 and one of 6; heads
+    /// of 40). The forward's f32 output is within P's rounding to bf16 (2⁻⁸ of Σ P·|v|) of the
+    /// f64 attention, and on average several times nearer the f64 model that rounds P to bf16
+    /// before O = P·V than the one that does not (a P near a rounding boundary may round the
+    /// other way from an f32 score). The gradients are within the roundings of P and dS and of
+    /// the bf16 result (2⁻⁸ of the sums of their terms' magnitudes and of the value).
+    #[test]
+    fn bf16_products_round_p_and_ds_to_bf16_and_match_f64() {
+        if !bf16_products() {
+            eprintln!("skipped: this CPU has neither vdpbf16ps nor AMX, so bf16 attention is widened to f32");
+            return;
+        }
+        let (b, heads, t, d) = (2, 3, 70, 40);
+        let c = heads * d;
+        let mut uniform = draws(0x51_7cc1_b727_220a);
+        let mut next =
+            |n: usize, scale: f64| -> Vec<bf16> { (0..n).map(|_| bf16::from_f64(uniform() * scale)).collect() };
+        let (qkv, dy) = (next(b * t * 3 * c, 2.0), next(b * t * c, 1.0));
+        let dims = AttentionDims {
+            bh: b * heads,
+            tq: t,
+            tk: t,
+            d,
+            causal: true,
+            group: 1,
+            kv_stride: t * d,
+        };
+        let (y_f32, _) = qkv_forward(&qkv, dims, heads, gemm::bgemm, gemm::bgemm_into).unwrap();
+        let (y, lse) = qkv_attention_forward(&CpuStorage::BF16(qkv.clone()), dims, heads).unwrap();
+        let dx = qkv_attention_backward(
+            &CpuStorage::BF16(qkv.clone()),
+            &y,
+            &CpuStorage::BF16(dy.clone()),
+            &lse,
+            dims,
+            heads,
+        )
+        .unwrap();
+        let CpuStorage::BF16(dx) = dx else {
+            panic!("bf16 in, bf16 out")
+        };
+        let at = |x: &[bf16], row: usize, col: usize| x[row * 3 * c + col].to_f64();
+        let round = |x: f64| bf16::from_f64(x).to_f64();
+        let scale = 1.0 / (d as f64).sqrt();
+        let (mut worst, mut sum_model, mut sum_unrounded) = (0f64, 0f64, 0f64);
+        let mut want_dx = vec![0f64; dx.len()];
+        let mut grad_bound = vec![0f64; dx.len()];
+        for bi in 0..b {
+            for h in 0..heads {
+                let (q, k, v) = (h * d, c + h * d, 2 * c + h * d);
+                let row = |i: usize| bi * t + i;
+                for i in 0..t {
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            (0..d)
+                                .map(|e| at(&qkv, row(i), q + e) * at(&qkv, row(j), k + e))
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
+                    // forward: O against the model with P rounded, and without
+                    for e in 0..d {
+                        let got = y_f32[row(i) * c + h * d + e] as f64;
+                        let rounded: f64 = (0..=i).map(|j| round(p[j]) * at(&qkv, row(j), v + e)).sum();
+                        let exact: f64 = (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e)).sum();
+                        let magnitude: f64 = (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e).abs()).sum();
+                        worst = worst.max((got - exact).abs() / magnitude);
+                        sum_model += (got - rounded).abs() / magnitude;
+                        sum_unrounded += (got - exact).abs() / magnitude;
+                    }
+                    // backward, f64: dP = dO·Vᵀ, dS = P∘(dP − dO·O), dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO
+                    let go = |e: usize| dy[row(i) * c + h * d + e].to_f64();
+                    let o: Vec<f64> = (0..d)
+                        .map(|e| (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e)).sum())
+                        .collect();
+                    let dot: f64 = (0..d).map(|e| go(e) * o[e]).sum();
+                    // D = dO·O is taken from the bf16 output, off by P's and its own rounding
+                    let o_abs = |e: usize| (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e).abs()).sum::<f64>();
+                    let dot_abs: f64 = (0..d).map(|e| go(e).abs() * o_abs(e)).sum();
+                    for j in 0..=i {
+                        let dp: f64 = (0..d).map(|e| go(e) * at(&qkv, row(j), v + e)).sum();
+                        let dp_abs: f64 = (0..d).map(|e| (go(e) * at(&qkv, row(j), v + e)).abs()).sum();
+                        let ds = p[j] * (dp - dot);
+                        let ds_abs = p[j] * (dp_abs + 3.0 * dot_abs);
+                        for e in 0..d {
+                            let (qe, ke) = (at(&qkv, row(i), q + e), at(&qkv, row(j), k + e));
+                            want_dx[row(i) * 3 * c + q + e] += scale * ds * ke;
+                            grad_bound[row(i) * 3 * c + q + e] += scale * ds_abs * ke.abs();
+                            want_dx[row(j) * 3 * c + k + e] += scale * ds * qe;
+                            grad_bound[row(j) * 3 * c + k + e] += scale * ds_abs * qe.abs();
+                            want_dx[row(j) * 3 * c + v + e] += p[j] * go(e);
+                            grad_bound[row(j) * 3 * c + v + e] += p[j] * go(e).abs();
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            worst <= 2f64.powi(-8) * 1.01,
+            "output {worst} of Σ P·|v| from the f64 attention"
+        );
+        assert!(
+            sum_model * 4.0 < sum_unrounded,
+            "mean distances (of Σ P·|v|) to the model with P rounded to bf16 {} and without {}",
+            sum_model / y_f32.len() as f64,
+            sum_unrounded / y_f32.len() as f64
+        );
+        assert_eq!(y.dtype(), DType::BF16);
+        for (i, ((&got, &want), &mag)) in dx.iter().zip(&want_dx).zip(&grad_bound).enumerate() {
+            let err = (got.to_f64() - want).abs();
+            // P and dS rounded (2⁻⁸ of the terms), the result rounded to bf16 (2⁻⁸ of the value)
+            assert!(
+                err <= 2f64.powi(-8) * (mag + want.abs()) + 1e-6,
+                "dx[{i}] = {got}, f64 {want}, terms {mag}"
+            );
         }
     }
 
