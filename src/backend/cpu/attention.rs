@@ -139,6 +139,8 @@ impl Real for f64 {
 /// bf16 with f32 compute, where q, k, v, o and dO are read in place in bf16 and the probabilities
 /// P and dS, computed in f32, are rounded to bf16 for the products that take them (as PyTorch's
 /// CPU flash attention does), so that every product runs on AMX or `vdpbf16ps` ([`gemm::bgemm`]).
+/// Only where the CPU has them ([`gemm::has_bf16_dot`]): elsewhere `bgemm` is the portable kernel,
+/// and bf16 operands are widened to f32 for the f32 kernels instead.
 trait Operand<E: Real>: Copy + Send + Sync + 'static {
     /// The value in the compute type (exact).
     fn up(self) -> E;
@@ -172,13 +174,6 @@ impl Operand<f32> for bf16 {
     }
 }
 
-/// Whether bf16 attention runs its products in bf16 ([`Operand`] for bf16): where the CPU has
-/// `vdpbf16ps` or AMX. Elsewhere [`gemm::bgemm`] is the portable kernel, and the operands are
-/// widened to f32 for the f32 kernels instead.
-fn bf16_products() -> bool {
-    gemm::has_bf16_dot()
-}
-
 /// Contiguous q `[bh, tq, d]`, k and v `[bh / group, tk, d]` of one dtype (each head's rows
 /// `dims.kv_stride` elements after the previous head's: the rows of a KV cache); returns the output
 /// `[bh, tq, d]` in that dtype and the log-sum-exp of every query row `[bh, tq]` (f64 for
@@ -204,7 +199,7 @@ pub fn attention_forward(
         (CpuStorage::F16(_), CpuStorage::F16(k), CpuStorage::F16(v)) if dims.tq <= gemm::STREAM_MAX_M => {
             decode_in_place(q, k, v, dims)?
         }
-        (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) if bf16_products() => {
+        (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) if gemm::has_bf16_dot() => {
             let (o, lse) = forward(q, k, v, dims, gemm::bgemm, gemm::bgemm_into)?;
             (narrow(o, DType::BF16)?, CpuStorage::F32(lse))
         }
@@ -281,7 +276,7 @@ pub fn attention_backward(
             CpuStorage::BF16(o),
             CpuStorage::BF16(g),
             CpuStorage::F32(l),
-        ) if bf16_products() => {
+        ) if gemm::has_bf16_dot() => {
             let (dq, dk, dv) = backward(q, k, v, o, g, l, dims, gemm::bgemm, gemm::bgemm_into)?;
             let dt = DType::BF16;
             (narrow(dq, dt)?, narrow(dk, dt)?, narrow(dv, dt)?)
@@ -331,7 +326,7 @@ pub fn qkv_attention_forward(qkv: &CpuStorage, dims: AttentionDims, heads: usize
             let (y, lse) = qkv_forward(x, dims, heads, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?;
             (CpuStorage::F64(y), CpuStorage::F64(lse))
         }
-        CpuStorage::BF16(x) if bf16_products() => {
+        CpuStorage::BF16(x) if gemm::has_bf16_dot() => {
             let (y, lse) = qkv_forward(x, dims, heads, gemm::bgemm, gemm::bgemm_into)?;
             (narrow(y, DType::BF16)?, CpuStorage::F32(lse))
         }
@@ -365,7 +360,7 @@ pub fn qkv_attention_backward(
         (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(g), CpuStorage::F64(l)) => CpuStorage::F64(
             qkv_backward(x, y, g, l, dims, heads, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?,
         ),
-        (CpuStorage::BF16(x), CpuStorage::BF16(y), CpuStorage::BF16(g), CpuStorage::F32(l)) if bf16_products() => {
+        (CpuStorage::BF16(x), CpuStorage::BF16(y), CpuStorage::BF16(g), CpuStorage::F32(l)) if gemm::has_bf16_dot() => {
             let dx = qkv_backward(x, y, g, l, dims, heads, gemm::bgemm, gemm::bgemm_into)?;
             narrow(dx, DType::BF16)?
         }
@@ -962,7 +957,7 @@ mod tests {
     /// the bf16 result (2⁻⁸ of the sums of their terms' magnitudes and of the value).
     #[test]
     fn bf16_products_round_p_and_ds_to_bf16_and_match_f64() {
-        if !bf16_products() {
+        if !gemm::has_bf16_dot() {
             eprintln!("skipped: this CPU has neither vdpbf16ps nor AMX, so bf16 attention is widened to f32");
             return;
         }
@@ -1017,25 +1012,26 @@ mod tests {
                     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                     let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
+                    // O = P·V and Σ P·|v| per column, in f64
+                    let (o, o_abs): (Vec<f64>, Vec<f64>) = (0..d)
+                        .map(|e| {
+                            let terms = (0..=i).map(|j| (p[j], at(&qkv, row(j), v + e)));
+                            terms.fold((0.0, 0.0), |(o, a), (p, v)| (o + p * v, a + p * v.abs()))
+                        })
+                        .unzip();
                     // forward: O against the model with P rounded, and without
                     for e in 0..d {
                         let got = y_f32[row(i) * c + h * d + e] as f64;
                         let rounded: f64 = (0..=i).map(|j| round(p[j]) * at(&qkv, row(j), v + e)).sum();
-                        let exact: f64 = (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e)).sum();
-                        let magnitude: f64 = (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e).abs()).sum();
-                        worst = worst.max((got - exact).abs() / magnitude);
-                        sum_model += (got - rounded).abs() / magnitude;
-                        sum_unrounded += (got - exact).abs() / magnitude;
+                        worst = worst.max((got - o[e]).abs() / o_abs[e]);
+                        sum_model += (got - rounded).abs() / o_abs[e];
+                        sum_unrounded += (got - o[e]).abs() / o_abs[e];
                     }
                     // backward, f64: dP = dO·Vᵀ, dS = P∘(dP − dO·O), dQ = s·dS·K, dK += s·dSᵀ·Q, dV += Pᵀ·dO
                     let go = |e: usize| dy[row(i) * c + h * d + e].to_f64();
-                    let o: Vec<f64> = (0..d)
-                        .map(|e| (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e)).sum())
-                        .collect();
                     let dot: f64 = (0..d).map(|e| go(e) * o[e]).sum();
                     // D = dO·O is taken from the bf16 output, off by P's and its own rounding
-                    let o_abs = |e: usize| (0..=i).map(|j| p[j] * at(&qkv, row(j), v + e).abs()).sum::<f64>();
-                    let dot_abs: f64 = (0..d).map(|e| go(e).abs() * o_abs(e)).sum();
+                    let dot_abs: f64 = (0..d).map(|e| go(e).abs() * o_abs[e]).sum();
                     for j in 0..=i {
                         let dp: f64 = (0..d).map(|e| go(e) * at(&qkv, row(j), v + e)).sum();
                         let dp_abs: f64 = (0..d).map(|e| (go(e) * at(&qkv, row(j), v + e)).abs()).sum();

@@ -181,6 +181,17 @@ mod tests {
         })
     }
 
+    /// ±0, ±infinity, a quiet NaN, a signalling NaN and a negative NaN with every mantissa bit set.
+    const SPECIAL_F32_BITS: [u32; 7] = [
+        0,
+        0x8000_0000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0000,
+        0x7f80_0001,
+        0xffff_ffff,
+    ];
+
     /// Against the `half` crate's conversions: every f16 widened, and f32s narrowed: special
     /// values, every f32 within a few ulps of each f16 and of each midpoint between neighbours
     /// (the ties), and a million random bit patterns (NaNs included).
@@ -196,18 +207,8 @@ mod tests {
             }
         }
         // zeros, infinities, NaNs; just under 65520 (rounds to 65504), 65520 (to infinity), 2¹⁶
-        let mut bits: Vec<u32> = vec![
-            0,
-            0x8000_0000,
-            0x7f80_0000,
-            0xff80_0000,
-            0x7fc0_0000,
-            0x7f80_0001,
-            0xffff_ffff,
-            0x477f_efff,
-            0x477f_f000,
-            0x4780_0000,
-        ];
+        let mut bits: Vec<u32> = SPECIAL_F32_BITS.to_vec();
+        bits.extend([0x477f_efff, 0x477f_f000, 0x4780_0000]);
         for b in 0..0x7c00u16 {
             let here = f16::from_bits(b).to_f32().to_bits();
             let midpoint =
@@ -235,16 +236,9 @@ mod tests {
     /// case near a few exponents, and a million random bit patterns (NaNs included).
     #[test]
     fn bf16_conversions_match_half() {
-        let mut bits: Vec<u32> = vec![
-            0,
-            0x8000_0000,
-            0x7f80_0000,
-            0xff80_0000,
-            0x7fc0_0000,
-            0x7f80_0001,
-            0xffff_ffff,
-            0x7f7f_ffff,
-        ];
+        // and the largest finite f32, which rounds to bf16's infinity
+        let mut bits: Vec<u32> = SPECIAL_F32_BITS.to_vec();
+        bits.push(0x7f7f_ffff);
         for high in [0x3f80u32, 0x3f81, 0x0000, 0x0001, 0x7f7f, 0xc2a5] {
             for low in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
                 bits.push(high << 16 | low);
