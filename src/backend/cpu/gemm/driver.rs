@@ -261,6 +261,16 @@ struct Block {
 /// step, two sittings).
 const IN_PLACE_A_STEP_BYTES: usize = 4096;
 
+/// The most tiles a row panel of a column-major A (or any A whose steps are not contiguous) runs
+/// for the tiles to read A in place: a step's MR values span one or two lines, the steps a
+/// column stride apart, so a panel of 256 steps fills 256 to 512 lines of L1 (not the 192 of a
+/// packed panel), and at strides of 512 B or 3 KiB (nanoGPT's 128-wide, GPT-2's 768-wide `dY`)
+/// all of them map to 4 or 8 of L1's 64 sets, where they evict each other from one tile to the
+/// next. With few tiles a panel that costs less than packing it (64×64 tiles of the attention:
+/// 13% faster in place); from 16 tiles it costs more (GPT-2's 768×3072×512 `dW`: 14% slower in
+/// place, nanoGPT's 128×512×768 3%, on an Intel Xeon; docs/perf.md).
+const IN_PLACE_A_COLUMN_TILES: usize = 8;
+
 /// Rows of C (in the slab a thread runs) up to which the tiles read a row-major B in place: as
 /// many as 8 row panels. Packing B costs a pass over it once per block, paid back by every row
 /// panel that reads the packed B̃ (contiguous, aligned) instead of B's rows; with few row panels
@@ -271,8 +281,9 @@ const IN_PLACE_B_ROWS: usize = 8;
 
 /// Which operands a slab's tiles read where they lie instead of packed (docs/perf.md, issue 18),
 /// with a kernel that has [`Kernel::TILE_IN_PLACE`]: A in every tile with all MR rows (its
-/// values of a step are its row stride apart, its steps its column stride) when its steps are at
-/// most [`IN_PLACE_A_STEP_BYTES`] apart; B in its whole
+/// values of a step are its row stride apart, its steps its column stride) when it is
+/// row-major, or its steps are at most [`IN_PLACE_A_STEP_BYTES`] apart and the slab's row
+/// panels have at most [`IN_PLACE_A_COLUMN_TILES`] tiles; B in its whole
 /// micro-panels when it is row-major and the slab has at most [`IN_PLACE_B_ROWS`] row panels.
 /// The same multiply-adds in the same order as packed, so the same bits.
 ///
@@ -291,10 +302,12 @@ struct InPlace<K: Kernel> {
 impl<K: Kernel> InPlace<K> {
     fn new(problem: &Problem<K::T, K::In>) -> Self {
         let tile = K::TILE_IN_PLACE;
-        let Problem { m, a, b, .. } = *problem;
+        let Problem { m, n, a, b, .. } = *problem;
         Self {
             tile,
-            a: tile.is_some() && a.cs * size_of::<K::In>() <= IN_PLACE_A_STEP_BYTES,
+            a: tile.is_some()
+                && (a.cs == 1
+                    || a.cs * size_of::<K::In>() <= IN_PLACE_A_STEP_BYTES && n <= IN_PLACE_A_COLUMN_TILES * K::NR),
             b: tile.is_some() && b.cs == 1 && m <= IN_PLACE_B_ROWS * K::MR,
         }
     }
