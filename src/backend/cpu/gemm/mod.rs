@@ -41,8 +41,12 @@
 //! read A, and sometimes B, where they lie (`driver::InPlace`). The tile broadcasts Ã one value
 //! at a time, so it can read the 12 values of a step from 12 rows of a row-major A (a row
 //! stride apart) or from a column of a column-major one as well as from a packed micro-panel:
-//! every tile with all MR rows reads A in place unless A's steps lie more than a page apart (a
-//! `dW` whose `dY` is 3072 or 50257 wide). A row-major B's micro-panels are read from its rows
+//! every tile with all MR rows reads a row-major A in place, and a column-major one when its
+//! steps lie at most a page apart (not a `dW` whose `dY` is 3072 or 50257 wide) and its row
+//! panels run at most 8 tiles (beyond that the steps' lines, a column stride apart, crowd a few
+//! of L1's sets and evict each other between tiles: GPT-2's 768×3072×512 `dW` 14% slower in
+//! place). The tile reads a row-major A's 12 values of a step through three row pointers and
+//! addressing modes, not a chain of adds. A row-major B's micro-panels are read from its rows
 //! when the slab has at most 8 row panels (the attention's 64-row tiles: the pass that packs B
 //! costs more than the few tiles that read it save). Same multiply-adds in the same order, so
 //! the same bits. On nanoGPT's products (K = 128 to 768, N = 128 to 512: 4 to 16 tiles per A
