@@ -42,15 +42,13 @@ pub fn layer_norm_forward(
                             // the rounding error of the mean itself (large on rows with a large
                             // mean, where the f32 mean cannot hold it): y is centred as d − shift,
                             // and (Σd)²/n is taken out of Σd²
-                            let (sum_d, sum_d2) = lane_fold(
-                                c,
-                                (acc::<T>(0.0), acc::<T>(0.0)),
-                                |i| {
-                                    let d = xr[i].up() - mean;
-                                    (d, d * d)
-                                },
-                                |p, q| (p.0 + q.0, p.1 + q.1),
-                            );
+                            // (two sums over the row, each vectorised: one fold of (d, d²)
+                            // pairs stored its pairs one by one)
+                            let sum_d = lane_sum(xr, |v| v.up() - mean);
+                            let sum_d2 = lane_sum(xr, |v| {
+                                let d = v.up() - mean;
+                                d * d
+                            });
                             let var = ((sum_d2 - sum_d * sum_d / n) / n).max(acc::<T>(0.0));
                             let shift = sum_d / n;
                             let rstd = (var + acc::<T>(eps)).sqrt().recip();
