@@ -142,6 +142,10 @@ impl Real for f64 {
 /// Only where the CPU has them ([`gemm::has_bf16_dot`]): elsewhere `bgemm` is the portable kernel,
 /// and bf16 operands are widened to f32 for the f32 kernels instead.
 trait Operand<E: Real>: Copy + Send + Sync + 'static {
+    /// The product of two such operands into `E` (`E`'s own GEMM, or [`gemm::bgemm`]).
+    const GEMM: Gemm<E, Self, Self>;
+    /// [`Self::GEMM`] into a new, uninitialised output.
+    const GEMM_INTO: GemmInto<E, Self, Self>;
     /// The value in the compute type (exact).
     fn up(self) -> E;
     /// A tile of P or dS as operands: `tile` itself for `E`, else rounded into `buf`.
@@ -149,6 +153,8 @@ trait Operand<E: Real>: Copy + Send + Sync + 'static {
 }
 
 impl<E: Real> Operand<E> for E {
+    const GEMM: Gemm<E> = E::GEMM;
+    const GEMM_INTO: GemmInto<E> = E::GEMM_INTO;
     #[inline(always)]
     fn up(self) -> E {
         self
@@ -160,6 +166,8 @@ impl<E: Real> Operand<E> for E {
 }
 
 impl Operand<f32> for bf16 {
+    const GEMM: Gemm<f32, bf16, bf16> = gemm::bgemm;
+    const GEMM_INTO: GemmInto<f32, bf16, bf16> = gemm::bgemm_into;
     #[inline(always)]
     fn up(self) -> f32 {
         float::bf16_to_f32(self)
@@ -255,7 +263,7 @@ pub fn attention_backward(
             CpuStorage::F32(g),
             CpuStorage::F32(l),
         ) => {
-            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims)?;
             (CpuStorage::F32(dq), CpuStorage::F32(dk), CpuStorage::F32(dv))
         }
         (
@@ -266,7 +274,7 @@ pub fn attention_backward(
             CpuStorage::F64(g),
             CpuStorage::F64(l),
         ) => {
-            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?;
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims)?;
             (CpuStorage::F64(dq), CpuStorage::F64(dk), CpuStorage::F64(dv))
         }
         (
@@ -277,7 +285,7 @@ pub fn attention_backward(
             CpuStorage::BF16(g),
             CpuStorage::F32(l),
         ) if gemm::has_bf16_dot() => {
-            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims, gemm::bgemm, gemm::bgemm_into)?;
+            let (dq, dk, dv) = backward(q, k, v, o, g, l, dims)?;
             let dt = DType::BF16;
             (narrow(dq, dt)?, narrow(dk, dt)?, narrow(dv, dt)?)
         }
@@ -285,17 +293,7 @@ pub fn attention_backward(
             check_half(q, &[k, v, o, dout])?;
             let dt = q.dtype();
             let (q, k, v, o, g) = (widen(q)?, widen(k)?, widen(v)?, widen(o)?, widen(dout)?);
-            let (dq, dk, dv) = backward(
-                &q,
-                &k,
-                &v,
-                &o,
-                &g,
-                l,
-                dims,
-                <f32 as Real>::GEMM,
-                <f32 as Real>::GEMM_INTO,
-            )?;
+            let (dq, dk, dv) = backward(&q, &k, &v, &o, &g, l, dims)?;
             (narrow(dq, dt)?, narrow(dk, dt)?, narrow(dv, dt)?)
         }
         _ => {
@@ -319,21 +317,21 @@ pub fn attention_backward(
 pub fn qkv_attention_forward(qkv: &CpuStorage, dims: AttentionDims, heads: usize) -> Result<(CpuStorage, CpuStorage)> {
     Ok(match qkv {
         CpuStorage::F32(x) => {
-            let (y, lse) = qkv_forward(x, dims, heads, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
+            let (y, lse) = qkv_forward(x, dims, heads)?;
             (CpuStorage::F32(y), CpuStorage::F32(lse))
         }
         CpuStorage::F64(x) => {
-            let (y, lse) = qkv_forward(x, dims, heads, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?;
+            let (y, lse) = qkv_forward(x, dims, heads)?;
             (CpuStorage::F64(y), CpuStorage::F64(lse))
         }
         CpuStorage::BF16(x) if gemm::has_bf16_dot() => {
-            let (y, lse) = qkv_forward(x, dims, heads, gemm::bgemm, gemm::bgemm_into)?;
+            let (y, lse) = qkv_forward(x, dims, heads)?;
             (narrow(y, DType::BF16)?, CpuStorage::F32(lse))
         }
         _ => {
             check_half(qkv, &[])?;
             let x = widen(qkv)?;
-            let (y, lse) = qkv_forward(&x, dims, heads, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?;
+            let (y, lse) = qkv_forward(&x, dims, heads)?;
             pool::give_vec(x);
             (narrow(y, qkv.dtype())?, CpuStorage::F32(lse))
         }
@@ -354,29 +352,20 @@ pub fn qkv_attention_backward(
 ) -> Result<CpuStorage> {
     const OP: &str = "qkv_attention";
     Ok(match (qkv, y, dy, lse) {
-        (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(g), CpuStorage::F32(l)) => CpuStorage::F32(
-            qkv_backward(x, y, g, l, dims, heads, <f32 as Real>::GEMM, <f32 as Real>::GEMM_INTO)?,
-        ),
-        (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(g), CpuStorage::F64(l)) => CpuStorage::F64(
-            qkv_backward(x, y, g, l, dims, heads, <f64 as Real>::GEMM, <f64 as Real>::GEMM_INTO)?,
-        ),
+        (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(g), CpuStorage::F32(l)) => {
+            CpuStorage::F32(qkv_backward(x, y, g, l, dims, heads)?)
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(g), CpuStorage::F64(l)) => {
+            CpuStorage::F64(qkv_backward(x, y, g, l, dims, heads)?)
+        }
         (CpuStorage::BF16(x), CpuStorage::BF16(y), CpuStorage::BF16(g), CpuStorage::F32(l)) if gemm::has_bf16_dot() => {
-            let dx = qkv_backward(x, y, g, l, dims, heads, gemm::bgemm, gemm::bgemm_into)?;
+            let dx = qkv_backward(x, y, g, l, dims, heads)?;
             narrow(dx, DType::BF16)?
         }
         (_, _, _, CpuStorage::F32(l)) => {
             check_half(qkv, &[y, dy])?;
             let (x, yw, g) = (widen(qkv)?, widen(y)?, widen(dy)?);
-            let dx = qkv_backward(
-                &x,
-                &yw,
-                &g,
-                l,
-                dims,
-                heads,
-                <f32 as Real>::GEMM,
-                <f32 as Real>::GEMM_INTO,
-            )?;
+            let dx = qkv_backward(&x, &yw, &g, l, dims, heads)?;
             [x, yw, g].into_iter().for_each(pool::give_vec);
             narrow(dx, qkv.dtype())?
         }
@@ -394,29 +383,21 @@ fn qkv_heads(dims: AttentionDims, heads: usize) -> (HeadRows, HeadRows) {
     )
 }
 
-/// y `[B, T, C]` and lse in `E`, from a projection of `X` operands ([`Operand`]) multiplied by
-/// `gemm` and `gemm_into`.
-fn qkv_forward<E: Real, X: Operand<E>>(
-    qkv: &[X],
-    dims: AttentionDims,
-    heads: usize,
-    gemm: Gemm<E, X, X>,
-    gemm_into: GemmInto<E, X, X>,
-) -> Result<(Vec<E>, Vec<E>)> {
+/// y `[B, T, C]` and lse in `E`, from a projection of `X` operands ([`Operand`]).
+fn qkv_forward<E: Real, X: Operand<E>>(qkv: &[X], dims: AttentionDims, heads: usize) -> Result<(Vec<E>, Vec<E>)> {
     const OP: &str = "qkv_attention";
     if qkv.is_empty() {
         return Ok((Vec::new(), alloc::filled(OP, dims.bh * dims.tq, E::zero())?));
     }
     let (q_at, y_at) = qkv_heads(dims, heads);
     let c = y_at.row;
-    let (o, lse) = forward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, dims, gemm, gemm_into)?;
+    let (o, lse) = forward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, dims, X::GEMM, X::GEMM_INTO)?;
     let y = heads_side_by_side(OP, &[&o], heads, dims.tq, dims.d)?;
     pool::give_vec(o);
     Ok((y, lse))
 }
 
 /// The gradient of the projection, in `E`, from `X` operands ([`Operand`]).
-#[allow(clippy::too_many_arguments)] // the operands and the two products
 fn qkv_backward<E: Real, X: Operand<E>>(
     qkv: &[X],
     y: &[X],
@@ -424,8 +405,6 @@ fn qkv_backward<E: Real, X: Operand<E>>(
     lse: &[E],
     dims: AttentionDims,
     heads: usize,
-    gemm: Gemm<E, X, X>,
-    gemm_into: GemmInto<E, X, X>,
 ) -> Result<Vec<E>> {
     const OP: &str = "qkv_attention";
     if qkv.is_empty() {
@@ -434,7 +413,7 @@ fn qkv_backward<E: Real, X: Operand<E>>(
     let (q_at, y_at) = qkv_heads(dims, heads);
     let c = y_at.row;
     #[rustfmt::skip]
-    let (dq, dk, dv) = backward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, y, dy, y_at, lse, dims, gemm, gemm_into)?;
+    let (dq, dk, dv) = backward_at(qkv, q_at, &qkv[c..], &qkv[2 * c..], q_at, y, dy, y_at, lse, dims)?;
     let dx = heads_side_by_side(OP, &[&dq, &dk, &dv], heads, dims.tq, dims.d)?;
     [dq, dk, dv].into_iter().for_each(pool::give_vec);
     Ok(dx)
@@ -809,9 +788,8 @@ type HeadGrads<'a, E> = (usize, ((&'a mut [MaybeUninit<E>], &'a mut [E]), &'a mu
 /// take other operands than `E` ([`Operand`]).
 type Scratch<E, X> = (Vec<E>, Vec<E>, Vec<X>, Vec<X>);
 
-/// The backward of every head: (dq, dk, dv), from `X` operands multiplied by `gemm` and
-/// `gemm_into` ([`Operand`]).
-#[allow(clippy::too_many_arguments)] // the operands and the two products
+/// The backward of every head: (dq, dk, dv), from `X` operands multiplied by their
+/// [`Operand::GEMM`] and [`Operand::GEMM_INTO`].
 fn backward<E: Real, X: Operand<E>>(
     q: &[X],
     k: &[X],
@@ -820,20 +798,18 @@ fn backward<E: Real, X: Operand<E>>(
     dout: &[X],
     lse: &[E],
     dims: AttentionDims,
-    gemm: Gemm<E, X, X>,
-    gemm_into: GemmInto<E, X, X>,
 ) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
     let (qa, kva) = (
         HeadRows::dense(dims.tq * dims.d, dims.d),
         HeadRows::dense(dims.kv_stride, dims.d),
     );
-    backward_at(q, qa, k, v, kva, o, dout, qa, lse, dims, gemm, gemm_into)
+    backward_at(q, qa, k, v, kva, o, dout, qa, lse, dims)
 }
 
 /// [`backward`] with q's heads at `qa`, k's and v's at `kva`, and o's and dout's at `oa`, all
-/// `X` operands ([`Operand`]) of the products `gemm` and `gemm_into`; returns (dq `[bh, tq, d]`,
-/// dk, dv `[bh / group, tk, d]`), dense, in `E`.
-#[allow(clippy::too_many_arguments)]
+/// `X` operands ([`Operand`]); returns (dq `[bh, tq, d]`, dk, dv `[bh / group, tk, d]`), dense,
+/// in `E`.
+#[allow(clippy::too_many_arguments)] // the operands and their layouts
 fn backward_at<E: Real, X: Operand<E>>(
     q: &[X],
     qa: HeadRows,
@@ -845,9 +821,8 @@ fn backward_at<E: Real, X: Operand<E>>(
     oa: HeadRows,
     lse: &[E],
     dims: AttentionDims,
-    gemm: Gemm<E, X, X>,
-    gemm_into: GemmInto<E, X, X>,
 ) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
+    let (gemm, gemm_into) = (X::GEMM, X::GEMM_INTO);
     const OP: &str = "scaled_dot_product_attention";
     let AttentionDims {
         bh, tq, tk, d, group, ..
@@ -976,7 +951,7 @@ mod tests {
             group: 1,
             kv_stride: t * d,
         };
-        let (y_f32, _) = qkv_forward(&qkv, dims, heads, gemm::bgemm, gemm::bgemm_into).unwrap();
+        let (y_f32, _) = qkv_forward::<f32, bf16>(&qkv, dims, heads).unwrap();
         let (y, lse) = qkv_attention_forward(&CpuStorage::BF16(qkv.clone()), dims, heads).unwrap();
         let dx = qkv_attention_backward(
             &CpuStorage::BF16(qkv.clone()),
