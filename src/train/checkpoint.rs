@@ -282,9 +282,16 @@ fn check_batch(train: &TrainConfig, cfg: &GptConfig, path: &Path) -> Result<()> 
 ///
 /// Readers take no lock, so a training run may swap in a new checkpoint while this reads: a
 /// read that fails (a file gone, or files of two checkpoints, which their checksums tell)
-/// while the checkpoint's `state.json` changed under it is tried again.
+/// while the checkpoint it finds changed under it is tried again. The checkpoint is its folder
+/// and its `state.json`: between the swap's two renames `checkpoint/` is gone and [`find`] gives
+/// `checkpoint.old/`, whose state is still the one read before, so the state alone would call a
+/// read that lost its folder a lasting failure.
 pub fn load(path: &Path, dev: &Device) -> Result<Loaded> {
-    let state_now = || find(path).ok().and_then(|d| std::fs::read(d.join(STATE)).ok());
+    let state_now = || {
+        find(path)
+            .ok()
+            .and_then(|d| std::fs::read(d.join(STATE)).ok().map(|s| (d, s)))
+    };
     let mut tries = 0;
     loop {
         let before = state_now();
