@@ -9,7 +9,7 @@
 use kiln::model::Llama;
 use kiln::tokenizer::{ChatMessage, Tokenizer};
 use kiln::train::{ContextFull, Finish, Generator, SampleOptions};
-use kiln::{Device, Rng, Tensor};
+use kiln::{DType, Device, Rng, Tensor};
 use std::io::Write;
 use std::process::{Output, Stdio};
 
@@ -259,6 +259,70 @@ fn stored_weights_of_an_f32_file_answer_as_f32() {
     let stored = answer("stored");
     assert!(!stored.trim().is_empty());
     assert_eq!(stored, answer("f32"));
+}
+
+/// `--kv-dtype` sets the cache's dtype (the load line names it), by default the compute dtype's
+/// and f16 for stored weights; and it is the cache the answer is computed with: the ids are those
+/// of the library's generator on the model with that cache.
+#[test]
+fn kv_dtype_sets_the_caches_dtype() {
+    let (model, tok) = fixture();
+    let prompt = tok
+        .encode(&tok.apply_chat_template(&[ChatMessage::user("hello")], true).unwrap())
+        .unwrap();
+    let library = |kv: DType| {
+        let mut m = model.clone();
+        m.set_kv_dtype(kv).unwrap();
+        let mut gen = Generator::new(&m).unwrap().stop_at(&[EOS]);
+        let opts = SampleOptions {
+            max_new_tokens: 12,
+            temperature: 0.0,
+            ..SampleOptions::default()
+        };
+        gen.generate(&prompt, &opts, &mut Rng::new(0), |_| Ok(true))
+            .unwrap()
+            .tokens
+    };
+    for (flags, kv) in [
+        (&[][..], DType::F32),
+        (&["--dtype", "stored"][..], DType::F16),
+        (&["--kv-dtype", "bf16"][..], DType::BF16),
+        (&["--kv-dtype", "f16"][..], DType::F16),
+        (&["--dtype", "stored", "--kv-dtype", "f32"][..], DType::F32),
+    ] {
+        let args = greedy_args(&[&["--prompt", "hello", "--verbose"][..], flags].concat());
+        let o = kiln(&[&["chat"], &args[..]].concat(), "");
+        let err = text(&o).1;
+        assert!(o.status.success(), "{flags:?}: {err}");
+        assert!(err.contains(&format!("KV cache in {kv}")), "{flags:?}: {err}");
+        assert_eq!(answer_ids(&err), vec![library(kv)], "{flags:?}");
+    }
+    let o = kiln(
+        &[&["chat"], &greedy_args(&["--prompt", "hi", "--kv-dtype", "f64"])[..]].concat(),
+        "",
+    );
+    assert!(
+        text(&o).1.contains("invalid value 'f64' for '--kv-dtype"),
+        "{}",
+        text(&o).1
+    );
+    let o = kiln(
+        &[
+            "generate",
+            "--gguf",
+            MODEL,
+            "--kv-dtype",
+            "f16",
+            "--max-new-tokens",
+            "3",
+        ],
+        "",
+    );
+    assert!(
+        o.status.success() && text(&o).1.contains("KV cache in f16"),
+        "{}",
+        text(&o).1
+    );
 }
 
 #[test]

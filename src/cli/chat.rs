@@ -8,7 +8,7 @@
 //! previous turns' tokens, so only the tokens after the shared prefix are read again
 //! ([`Generator`]).
 
-use super::generation::{stream, stream_tokens, ComputeDType, SampleArgs, TokenWriter, WeightsDType};
+use super::generation::{stream, stream_tokens, ComputeDType, KvDType, SampleArgs, TokenWriter, WeightsDType};
 use crate::model::{CausalLm, Llama, LlamaLoad};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::train::{console, human, ContextFull, Finish, Generator, SampleOptions};
@@ -45,15 +45,28 @@ pub struct ChatArgs {
     /// in f16, as llama.cpp's).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: WeightsDType,
+    /// The KV cache's dtype: f32, bf16 or f16 (default: the compute dtype's, f16 with --dtype
+    /// stored). A 16-bit cache halves the bytes a decode step reads from it.
+    #[arg(long, value_enum)]
+    pub kv_dtype: Option<KvDType>,
     /// Print each turn's rendered prompt, how many of its tokens came from the KV cache, and the
     /// answer's token ids to stderr.
     #[arg(long)]
     pub verbose: bool,
 }
 
+/// What [`load`] makes of a GGUF file's weights: its compute dtype and its KV cache's.
+#[derive(Clone, Copy)]
+struct Dtypes {
+    weights: WeightsDType,
+    /// The model's default when `None` ([`Llama::kv_dtype`]).
+    kv: Option<KvDType>,
+}
+
 /// The model of the GGUF file at `path` (whose tokenizer is `tok`) with the LoRA adapter folder
-/// `lora` if given, computing in `dtype` on `device`.
-fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: WeightsDType) -> Result<Llama> {
+/// `lora` if given, computing in `dtypes` on `device`.
+fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtypes: Dtypes) -> Result<Llama> {
+    let dtype = dtypes.weights;
     let dev: Device = device.parse()?;
     // bf16 is cast after the adapter is attached, so that the adapter is cast with the model
     let how = match dtype {
@@ -78,10 +91,13 @@ fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: 
     if dtype == WeightsDType::Bf16 {
         model.set_dtype(DType::BF16)?;
     }
+    if let Some(kv) = dtypes.kv {
+        model.set_kv_dtype(kv.into())?;
+    }
     let cfg = model.config();
     console::err(&format!(
         "{}: {} parameters ({} layers, width {}, {} query / {} key-value heads, context {}); tokenizer {}; \
-         computing in {} on {dev}",
+         computing in {} on {dev}, KV cache in {}",
         path.display(),
         human(model.num_params() as f64),
         cfg.num_hidden_layers,
@@ -90,7 +106,8 @@ fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtype: 
         cfg.num_key_value_heads,
         cfg.max_position_embeddings,
         tok.describe(),
-        model.dtype()
+        model.dtype(),
+        model.kv_dtype()
     ));
     Ok(model)
 }
@@ -113,6 +130,7 @@ fn context_full(n_ctx: usize, what: &str) -> Error {
 
 /// `kiln generate --gguf FILE [--lora DIR]`: continues `prompt` (no chat template) until the file's
 /// end-of-sequence token or `opts.max_new_tokens`.
+#[allow(clippy::too_many_arguments)] // the command's flags
 pub fn generate_gguf(
     path: &Path,
     lora: Option<&Path>,
@@ -121,13 +139,14 @@ pub fn generate_gguf(
     seed: u64,
     device: &str,
     dtype: ComputeDType,
+    kv: Option<KvDType>,
 ) -> Result<()> {
     let tok = Tokenizer::from_gguf(path)?;
-    let dtype = match dtype {
+    let weights = match dtype {
         ComputeDType::F32 => WeightsDType::F32,
         ComputeDType::Bf16 => WeightsDType::Bf16,
     };
-    let model = load(path, lora, &tok, device, dtype)?;
+    let model = load(path, lora, &tok, device, Dtypes { weights, kv })?;
     let mut gen = generator(&model, &tok)?;
     let (_, generated) = stream(&mut gen, &tok, prompt, opts, seed)?;
     if generated.finish == Finish::ContextFull {
@@ -143,7 +162,11 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     // a file without a template is refused before its weights are read
     let tok = Tokenizer::from_gguf(&a.gguf)?;
     tok.apply_chat_template(&[ChatMessage::user("")], true)?;
-    let model = load(&a.gguf, a.lora.as_deref(), &tok, &a.device, a.dtype)?;
+    let dtypes = Dtypes {
+        weights: a.dtype,
+        kv: a.kv_dtype,
+    };
+    let model = load(&a.gguf, a.lora.as_deref(), &tok, &a.device, dtypes)?;
     let mut chat = Chat {
         tok: &tok,
         gen: generator(&model, &tok)?,

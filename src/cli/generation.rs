@@ -51,6 +51,27 @@ impl From<WeightsDType> for LlamaLoad {
     }
 }
 
+/// The dtype of a GGUF model's KV cache on the command line (`--kv-dtype`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvDType {
+    /// f32: no rounding of the keys and values.
+    F32,
+    /// bf16: half the bytes, 8 significant bits.
+    Bf16,
+    /// f16: half the bytes, 11 significant bits, values past ±65504 overflow (llama.cpp's default).
+    F16,
+}
+
+impl From<KvDType> for DType {
+    fn from(d: KvDType) -> DType {
+        match d {
+            KvDType::F32 => DType::F32,
+            KvDType::Bf16 => DType::BF16,
+            KvDType::F16 => DType::F16,
+        }
+    }
+}
+
 /// How each next token is drawn.
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {

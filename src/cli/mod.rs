@@ -12,7 +12,7 @@ mod merge;
 
 pub use chat::ChatArgs;
 pub use finetune_lora::LoraArgs;
-pub use generation::{ComputeDType, SampleArgs, WeightsDType};
+pub use generation::{ComputeDType, KvDType, SampleArgs, WeightsDType};
 pub use merge::MergeArgs;
 
 use crate::data::EMBEDDED;
@@ -281,6 +281,9 @@ pub struct GenerateArgs {
     /// bf16).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: ComputeDType,
+    /// With --gguf: the KV cache's dtype, f32, bf16 or f16 (default: the compute dtype's).
+    #[arg(long, value_enum, requires = "gguf")]
+    pub kv_dtype: Option<KvDType>,
 }
 
 /// `--collective`: what sums the gradients of data-parallel ranks (src/train/nccl.rs).
@@ -722,6 +725,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             a.sample.seed,
             &a.device,
             a.dtype,
+            a.kv_dtype,
         );
     }
     let dev: Device = a.device.parse()?;
