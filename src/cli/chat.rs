@@ -55,18 +55,17 @@ pub struct ChatArgs {
     pub verbose: bool,
 }
 
-/// What [`load`] makes of a GGUF file's weights: its compute dtype and its KV cache's.
-#[derive(Clone, Copy)]
-struct Dtypes {
-    weights: WeightsDType,
-    /// The model's default when `None` ([`Llama::kv_dtype`]).
-    kv: Option<KvDType>,
-}
-
 /// The model of the GGUF file at `path` (whose tokenizer is `tok`) with the LoRA adapter folder
-/// `lora` if given, computing in `dtypes` on `device`.
-fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtypes: Dtypes) -> Result<Llama> {
-    let dtype = dtypes.weights;
+/// `lora` if given, computing in `dtype` on `device`, its KV cache in `kv` (the model's default,
+/// [`Llama::kv_dtype`], when `None`).
+fn load(
+    path: &Path,
+    lora: Option<&Path>,
+    tok: &Tokenizer,
+    device: &str,
+    dtype: WeightsDType,
+    kv: Option<KvDType>,
+) -> Result<Llama> {
     let dev: Device = device.parse()?;
     // bf16 is cast after the adapter is attached, so that the adapter is cast with the model
     let how = match dtype {
@@ -91,7 +90,7 @@ fn load(path: &Path, lora: Option<&Path>, tok: &Tokenizer, device: &str, dtypes:
     if dtype == WeightsDType::Bf16 {
         model.set_dtype(DType::BF16)?;
     }
-    if let Some(kv) = dtypes.kv {
+    if let Some(kv) = kv {
         model.set_kv_dtype(kv.into())?;
     }
     let cfg = model.config();
@@ -142,11 +141,11 @@ pub fn generate_gguf(
     kv: Option<KvDType>,
 ) -> Result<()> {
     let tok = Tokenizer::from_gguf(path)?;
-    let weights = match dtype {
+    let dtype = match dtype {
         ComputeDType::F32 => WeightsDType::F32,
         ComputeDType::Bf16 => WeightsDType::Bf16,
     };
-    let model = load(path, lora, &tok, device, Dtypes { weights, kv })?;
+    let model = load(path, lora, &tok, device, dtype, kv)?;
     let mut gen = generator(&model, &tok)?;
     let (_, generated) = stream(&mut gen, &tok, prompt, opts, seed)?;
     if generated.finish == Finish::ContextFull {
@@ -162,11 +161,7 @@ pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     // a file without a template is refused before its weights are read
     let tok = Tokenizer::from_gguf(&a.gguf)?;
     tok.apply_chat_template(&[ChatMessage::user("")], true)?;
-    let dtypes = Dtypes {
-        weights: a.dtype,
-        kv: a.kv_dtype,
-    };
-    let model = load(&a.gguf, a.lora.as_deref(), &tok, &a.device, dtypes)?;
+    let model = load(&a.gguf, a.lora.as_deref(), &tok, &a.device, a.dtype, a.kv_dtype)?;
     let mut chat = Chat {
         tok: &tok,
         gen: generator(&model, &tok)?,

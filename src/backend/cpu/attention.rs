@@ -636,19 +636,19 @@ fn forward_at<E: Real, Q: Sync, KV: Sync, P: Operand<E>>(
                 // row's max and sum are chains of eight-lane folds whose latency, not their
                 // arithmetic, bounds a short row, and the rows of one pass are independent, so the
                 // CPU overlaps their chains (nanoGPT's forward, 64 keys, 0.83 times as long).
-                let seen = |r: usize| dims.visible((i0 + r) % tq);
+                let keys_seen = |r: usize| dims.visible((i0 + r) % tq);
                 let (mut maxes, mut sums) = ([E::zero(); TILE], [E::zero(); TILE]);
                 for (r, row) in scores.chunks(keys).enumerate() {
-                    maxes[r] = lane_fold_of(&row[..seen(r)], E::neg_infinity(), |s| s, E::max);
+                    maxes[r] = lane_fold_of(&row[..keys_seen(r)], E::neg_infinity(), |s| s, E::max);
                 }
                 for (r, row) in scores.chunks_mut(keys).enumerate() {
-                    let visible = &mut row[..seen(r)];
+                    let visible = &mut row[..keys_seen(r)];
                     // the exponentials in a loop of their own, free of the sum's chain, so it vectorises
                     visible.iter_mut().for_each(|s| *s = (*s - maxes[r]).exp_fast());
                     sums[r] = lane_sum(visible, |p| p);
                 }
                 for (r, row) in scores.chunks_mut(keys).enumerate() {
-                    let (seen, inv) = (seen(r), sums[r].recip());
+                    let (seen, inv) = (keys_seen(r), sums[r].recip());
                     row[..seen].iter_mut().for_each(|p| *p = *p * inv);
                     row[seen..].fill(E::zero());
                     lj[i0 + r].write(maxes[r] + sums[r].ln());
@@ -832,8 +832,8 @@ fn backward_at<E: Real, X: Operand<E>>(
     lse: &[E],
     dims: AttentionDims,
 ) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
-    let (gemm, gemm_into) = (X::GEMM, X::GEMM_INTO);
     const OP: &str = "scaled_dot_product_attention";
+    let (gemm, gemm_into) = (X::GEMM, X::GEMM_INTO);
     let AttentionDims {
         bh, tq, tk, d, group, ..
     } = dims;
