@@ -5,8 +5,9 @@ use super::kernel::{InPlaceTile, Kernel, Panel};
 use super::matrix::Element;
 use super::matrix::{Epilogue, MatMut, MatRef, Problem};
 use super::meter::{self, Call};
-use super::pack::{prefetch, with_pack_buffer, with_partial_buffer};
+use super::pack::{prefetch, with_pack_buffer, with_shared_buffer};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Minimum work (in flops, `2·m·n·k`) per thread before a product is split over threads:
 /// 2²⁰ flops, ~7 µs of one core, against ~4-9 µs measured for a rayon fork-join from outside
@@ -96,7 +97,7 @@ fn split<K: Kernel>(problem: Problem<K::T, K::In>, call: Option<&Call>) {
 fn split_k<K: Kernel>(problem: Problem<K::T, K::In>, half: usize, threads: usize, call: Option<&Call>) {
     let Problem { m, n, k, .. } = problem;
     let (pool, threads) = (threads, (threads / 2).max(1));
-    with_partial_buffer(m * n, |partial: &mut [K::T]| {
+    with_shared_buffer(m * n, |partial: &mut [K::T]| {
         // SAFETY: 0 < half < k (long_k_half), so both ranges are non-empty and inside 0..k.
         let (first, second) = unsafe { (problem.ks(0..half), problem.ks(half..k)) };
         let second = Problem {
@@ -148,36 +149,34 @@ fn split_k<K: Kernel>(problem: Problem<K::T, K::In>, half: usize, threads: usize
 }
 
 /// [`split`]'s product (or one half of it along k) on up to `threads` threads, as many as its
-/// size warrants, in slabs of C's rows or columns, each through `call` when metered. The slabs
-/// are disjoint parts of C computed as on one thread, so the bits do not depend on `threads`.
+/// size warrants, each thread's share through `call` when metered.
+///
+/// On several threads, C is cut along the dimension whose slowest share costs least: its tiles
+/// (MR·k multiply-add steps of NR lanes each) plus the elements it packs (A once per column
+/// block, B once), a packed element counted as one step. With columns (products of few rows:
+/// the GPT's 128-row `dW`s, a short prompt's Linears), each thread runs one fixed slab of C's
+/// columns as on one thread, packing and reading only its own columns of B, so no packed line
+/// crosses between the cores. With rows, in one parallel region ([`Work`]): for each block of B
+/// in the order of the serial loops, the threads pack it together into one of two buffers all
+/// of them read, then multiply it, each its own run of C's row panels (the same run for every
+/// block, so a tile of C stays in the cache of the thread that updates it) and then, its run
+/// done, the panels left at the ends of the others' (so a thread slowed by another process holds
+/// the product back by a few panels, not by its half). B is packed once, not once per thread.
+/// Each tile of C is computed by one thread per block of k, in the serial order of the blocks,
+/// so the bits do not depend on `threads` or on which thread took what.
 fn split_mn<K: Kernel>(problem: Problem<K::T, K::In>, threads: usize, call: Option<&Call>) {
-    let k = problem.k;
-    let run_slab = |part: Problem<K::T, K::In>| {
-        // SAFETY: `run` validated the problem with m, n, k > 0; each slab is a disjoint part of
-        // C used by this thread only, and `sgemm`/`dgemm`/`bgemm` only pick a kernel the CPU
-        // supports.
-        let go = || unsafe { gemm_serial::<K>(part) };
-        match call {
-            Some(call) => call.slab(go),
-            None => go(),
-        }
-    };
-    let (m, n) = (problem.m, problem.n);
-
+    let (m, n, k) = (problem.m, problem.n, problem.k);
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let threads = threads.min(flops / PAR_FLOPS_PER_THREAD).max(1);
+    let metered = |go: &dyn Fn()| match call {
+        Some(call) => call.slab(go),
+        None => go(),
+    };
     if threads == 1 {
-        return run_slab(problem);
+        // SAFETY: `run` validated the problem with m, n, k > 0; this thread is the only one
+        // using C, and `sgemm`/`dgemm`/`bgemm` only pick a kernel the CPU supports.
+        return metered(&|| unsafe { gemm_serial::<K>(problem) });
     }
-    // Cut C into `threads` slabs of whole tiles, along the dimension whose slowest slab costs
-    // least: its tiles (MR·k multiply-add steps of NR lanes each) plus the elements it packs (A
-    // once per column block of the slab, B once), a packed element counted as one step. With
-    // columns, every thread packs all of A; with rows, all of B (by this count, packing is a
-    // fifth of a column split's work on the GPT's 768×128×512 products, a seventh of a row
-    // split's). A fixed slab per thread measured faster on a quiet machine than C's row panels
-    // handed out one at a time over a B block packed by all threads together (SmolLM2's f32
-    // prefill, 128 rows: 464–507 against 592–651 tokens/s, docs/perf.md), whose two
-    // fork-joins per block of B cost more than a busy core's lag saves.
     let slab = |len: usize, tile: usize| round_up(len.div_ceil(threads), tile).min(len);
     let (cols, rows) = (slab(n, K::NR), slab(m, K::MR));
     let cost = |m_t: usize, n_t: usize| {
@@ -185,15 +184,323 @@ fn split_mn<K: Kernel>(problem: Problem<K::T, K::In>, threads: usize, call: Opti
         tiles * K::MR * k + n_t.div_ceil(K::NC) * m_t * k + k * n_t
     };
     if cost(m, cols) <= cost(rows, n) {
-        (0..n).into_par_iter().step_by(cols).for_each(|j| {
-            // SAFETY: j..min(n, j + cols) is a non-empty range of columns inside 0..n.
-            run_slab(unsafe { problem.cols(j..n.min(j + cols)) })
+        return (0..n).into_par_iter().step_by(cols).for_each(|j| {
+            // SAFETY: as above, for the disjoint slab of columns j..min(n, j + cols), inside
+            // 0..n, used by this thread only.
+            metered(&|| unsafe { gemm_serial::<K>(problem.cols(j..n.min(j + cols))) })
         });
-    } else {
-        (0..m).into_par_iter().step_by(rows).for_each(|i| {
-            // SAFETY: i..min(m, i + rows) is a non-empty range of rows inside 0..m.
-            run_slab(unsafe { problem.rows(i..m.min(i + rows)) })
+    }
+    let work = Work::<K>::new(problem, threads);
+    with_shared_buffer(2 * work.buffer_len, |buffers: &mut [K::In]| {
+        let buffers = SharedBuffers(buffers.as_mut_ptr());
+        (0..threads).into_par_iter().for_each(|share| {
+            // SAFETY: as for `gemm_serial` above; `buffers` holds two buffers of
+            // `work.buffer_len` elements, used by this product's threads only.
+            metered(&|| unsafe { K::with_thread_state(|| work.run_share(share, buffers)) })
         });
+    });
+}
+
+/// [`split_mn`]'s product split by rows into `order.len()` shares, but with the shares run one
+/// after the other on this thread, in `order`: the case of threads that arrive only after the
+/// others have taken every item (for tests).
+///
+/// # Safety
+///
+/// As for [`gemm_serial`].
+#[cfg(test)]
+pub(super) unsafe fn shares_in_turn<K: Kernel>(problem: Problem<K::T, K::In>, order: &[usize]) {
+    let work = Work::<K>::new(problem, order.len());
+    with_shared_buffer(2 * work.buffer_len, |buffers: &mut [K::In]| {
+        let buffers = SharedBuffers(buffers.as_mut_ptr());
+        for &share in order {
+            // SAFETY: as for `gemm_serial` (caller's contract); `buffers` holds two buffers of
+            // `work.buffer_len` elements, used by this product only.
+            unsafe { K::with_thread_state(|| work.run_share(share, buffers)) }
+        }
+    });
+}
+
+/// Multiplying items per thread a block of B is cut into at least, when A has fewer row panels
+/// (its items are then groups of a row panel's columns): a thread that finishes its run takes
+/// items from the ends of the others', and the smaller they are the less it waits for the last.
+const ITEMS_PER_THREAD: usize = 4;
+
+/// Most micro-panels of B one packing item of [`Work`] packs: 128 columns of 256 steps, 128 KiB
+/// of f32, a few microseconds.
+const PACK_PANELS: usize = 4;
+
+/// The two packed-B buffers of a [`Work`], `Work::buffer_len` elements each, shared by the
+/// product's threads.
+#[derive(Clone, Copy)]
+struct SharedBuffers<I>(*mut I);
+
+// SAFETY: the threads of a product write disjoint micro-panels of a buffer and read it only
+// once those writes are published (`Work`'s counters order them), so sharing the pointer is
+// sound.
+unsafe impl<I> Send for SharedBuffers<I> {}
+// SAFETY: as for Send.
+unsafe impl<I> Sync for SharedBuffers<I> {}
+
+/// One product's work on several threads, as [`split_mn`] describes. The blocks of B are
+/// numbered `s = 0, 1, ...` in the serial order (column blocks outer, blocks of k inner); block
+/// `s` is packed into buffer `s % 2`, so block `s + 1` can be packed while `s` is multiplied.
+/// Its multiplying items (a row panel against the block's columns, or a group of them) are cut
+/// into one run per share, the same for every block; share `t` takes its run's items from the
+/// front, then, with its run done, those of the other runs from their backs.
+///
+/// Every thread goes through the blocks in order, and leaves a block only once all its items
+/// are taken. It waits only before taking items, and only for items all taken already (by
+/// running threads, which never wait while they hold one): before packing block `s` for block
+/// `s − 2`'s multiplying items (the buffer's last readers), before multiplying it for its
+/// packing and, when block `s − 1` has the same columns, for `s − 1`'s multiplying items (the
+/// same tiles of C, the earlier steps of k). So no thread waits forever, whether the others
+/// start at once, late, or only after it has taken every item.
+struct Work<K: Kernel> {
+    problem: Problem<K::T, K::In>,
+    in_place: InPlace<K>,
+    k_blocks: Blocks,
+    n_blocks: Blocks,
+    shares: usize,
+    /// Whether A is large enough for the tiles to prefetch its next micro-panel.
+    prefetch_a: bool,
+    /// Columns per multiplying item (a multiple of NR).
+    item_cols: usize,
+    /// Micro-panels per packing item.
+    pack_panels: usize,
+    /// Elements of one packed-B buffer.
+    buffer_len: usize,
+    /// Per block of B: its packing and its multiplying items finished.
+    finished: Vec<[AtomicUsize; 2]>,
+    /// Per block of B, kind of item (packing, multiplying) and share: that share's run of the
+    /// items, as the items taken from its front (low 32 bits) and from its back (high 32 bits).
+    runs: Vec<AtomicU64>,
+}
+
+/// A block of B in a [`Work`]: its place and the numbers of its items.
+#[derive(Clone, Copy)]
+struct BlockOfB {
+    jc: usize,
+    nc: usize,
+    pc: usize,
+    kc: usize,
+    packing: usize,
+    multiplying: usize,
+}
+
+/// The two kinds of items, as indices of [`Work::finished`] and [`Work::runs`].
+const PACKING: usize = 0;
+const MULTIPLYING: usize = 1;
+
+impl<K: Kernel> Work<K> {
+    fn new(problem: Problem<K::T, K::In>, shares: usize) -> Self {
+        let Problem { m, n, k, .. } = problem;
+        let k_blocks = Blocks::new(k, K::KC, K::K_STEP);
+        let n_blocks = Blocks::new(n, K::NC, K::NR);
+        let panels = m.div_ceil(K::MR);
+        // with fewer row panels than items wanted, each item takes a group of the columns
+        let groups = (ITEMS_PER_THREAD * shares).div_ceil(panels);
+        let item_cols = round_up(n_blocks.size.div_ceil(groups), K::NR);
+        let in_place = InPlace::new(&problem, m, item_cols);
+        let panel_len = k_blocks.size * K::NR;
+        let block_panels = n_blocks.size.div_ceil(K::NR);
+        let blocks = n_blocks.number() * k_blocks.number();
+        Self {
+            problem,
+            in_place,
+            k_blocks,
+            n_blocks,
+            shares,
+            prefetch_a: m * k * size_of::<K::In>() >= PREFETCH_A_BYTES,
+            item_cols,
+            pack_panels: block_panels.div_ceil(shares).clamp(1, PACK_PANELS),
+            buffer_len: if in_place.b {
+                panel_len
+            } else {
+                block_panels * panel_len
+            },
+            finished: (0..blocks).map(|_| Default::default()).collect(),
+            runs: (0..blocks * 2 * shares).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Block `s` of B, if there is one.
+    fn block(&self, s: usize) -> Option<BlockOfB> {
+        let per_column = self.k_blocks.number();
+        let (jc, nc) = self.n_blocks.nth_block(s / per_column)?;
+        let (pc, kc) = self.k_blocks.nth_block(s % per_column)?;
+        let panels = nc.div_ceil(K::NR);
+        // read in place, only a partial last micro-panel is packed
+        let packing = if self.in_place.b {
+            usize::from(nc % K::NR != 0)
+        } else {
+            panels.div_ceil(self.pack_panels)
+        };
+        Some(BlockOfB {
+            jc,
+            nc,
+            pc,
+            kc,
+            packing,
+            multiplying: self.problem.m.div_ceil(K::MR) * nc.div_ceil(self.item_cols),
+        })
+    }
+
+    /// Share `share`'s part of the product: every block in turn, its packing, its run, the
+    /// other runs' leftovers.
+    ///
+    /// # Safety
+    ///
+    /// `buffers` holds two buffers of `self.buffer_len` elements that only this product's
+    /// threads use; the problem is validated with m, n, k > 0, C is used by this product's
+    /// threads only, and the CPU supports `K` (inside `K::with_thread_state`).
+    unsafe fn run_share(&self, share: usize, buffers: SharedBuffers<K::In>) {
+        with_pack_buffer(K::MR * self.k_blocks.size, |a_pack: &mut [K::In]| {
+            let mut previous: [Option<BlockOfB>; 2] = [None, None];
+            for (s, b) in (0..).map_while(|s| Some((s, self.block(s)?))) {
+                let buffer = buffers.0.wrapping_add(s % 2 * self.buffer_len);
+                let (finished, runs) = (&self.finished[s], &self.runs[2 * s * self.shares..]);
+                if let Some(older) = previous[1] {
+                    // the buffer's last readers: block s - 2's multiplying items
+                    wait_for(&self.finished[s - 2][MULTIPLYING], older.multiplying);
+                }
+                self.each_item(&runs[..self.shares], share, b.packing, |r| {
+                    // SAFETY: the buffer is no longer read (above), item r's micro-panels are
+                    // written by this thread only, and the caller's contract covers the rest.
+                    unsafe { self.pack(b, r, buffer) };
+                    finished[PACKING].fetch_add(1, Ordering::Release);
+                });
+                wait_for(&finished[PACKING], b.packing);
+                if let (Some(last), true) = (previous[0], b.pc > 0) {
+                    // block s - 1's multiplying items, on the same tiles of C
+                    wait_for(&self.finished[s - 1][MULTIPLYING], last.multiplying);
+                }
+                self.each_item(&runs[self.shares..2 * self.shares], share, b.multiplying, |r| {
+                    // SAFETY: the block is packed (above) and its buffer not written until this
+                    // item is counted; block s - 1's items on these tiles of C are finished,
+                    // and no other item of block s uses them.
+                    unsafe { self.multiply(b, r, buffer, a_pack) };
+                    finished[MULTIPLYING].fetch_add(1, Ordering::Release);
+                });
+                previous = [Some(b), previous[0]];
+            }
+        })
+    }
+
+    /// Runs `f` on the items (`items` of them, cut into one run per share) that share `share`
+    /// takes: its run's from the front, then the other runs' from their backs, until none is
+    /// left.
+    fn each_item(&self, runs: &[AtomicU64], share: usize, items: usize, mut f: impl FnMut(usize)) {
+        let others = (1..self.shares).map(|i| ((share + i) % self.shares, false));
+        for (run, front) in std::iter::once((share, true)).chain(others) {
+            while let Some(r) = self.take(&runs[run], run, items, front) {
+                f(r);
+            }
+        }
+    }
+
+    /// Takes the next item of share `run`'s run (of `items` in all) from its front or its back,
+    /// if any is left.
+    fn take(&self, taken: &AtomicU64, run: usize, items: usize, front: bool) -> Option<usize> {
+        let (first, end) = (run * items / self.shares, (run + 1) * items / self.shares);
+        let mut now = taken.load(Ordering::Relaxed);
+        loop {
+            let (from_front, from_back) = ((now & 0xffff_ffff) as usize, (now >> 32) as usize);
+            if first + from_front + from_back >= end {
+                return None;
+            }
+            let (next, item) = if front {
+                (now + 1, first + from_front)
+            } else {
+                (now + (1 << 32), end - 1 - from_back)
+            };
+            match taken.compare_exchange_weak(now, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(item),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Packing item `r` of block `b`: its micro-panels of B into `buffer` (read in place, the
+    /// partial last micro-panel into the first one's place).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::run_share`], with `buffer` one of the two buffers, not read now, and
+    /// this item's micro-panels of it written by no other thread.
+    unsafe fn pack(&self, b: BlockOfB, r: usize, buffer: *mut K::In) {
+        let (panel_len, b_view) = (round_up(b.kc, K::K_STEP) * K::NR, self.problem.b);
+        let (first_col, cols, panel) = if self.in_place.b {
+            let whole = b.nc - b.nc % K::NR;
+            (whole, b.nc - whole, 0)
+        } else {
+            let panel = r * self.pack_panels;
+            let first_col = panel * K::NR;
+            (first_col, (self.pack_panels * K::NR).min(b.nc - first_col), panel)
+        };
+        let len = cols.div_ceil(K::NR) * panel_len;
+        // SAFETY: the micro-panels `panel..` of this item lie inside the buffer (buffer_len
+        // covers a block's panels) and no other thread accesses them now (caller's contract);
+        // (pc, jc + first_col) is an element of B and the view is kc×cols.
+        unsafe {
+            let dst = std::slice::from_raw_parts_mut(buffer.add(panel * panel_len), len);
+            K::pack_b(b.kc, cols, b_view.at(b.pc, b.jc + first_col), dst);
+        }
+    }
+
+    /// Multiplying item `r` of block `b`: a row panel of A against the item's columns of the
+    /// block, packed in `buffer`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::run_share`], with `buffer` holding block `b` packed, no other thread
+    /// using this item's tiles of C, and `a_pack` this thread's A micro-panel buffer.
+    unsafe fn multiply(&self, b: BlockOfB, r: usize, buffer: *mut K::In, a_pack: &mut [K::In]) {
+        let groups = b.nc.div_ceil(self.item_cols);
+        let (ic, first_col) = (r / groups * K::MR, r % groups * self.item_cols);
+        let nc = self.item_cols.min(b.nc - first_col);
+        let panel_len = round_up(b.kc, K::K_STEP) * K::NR;
+        // read in place, the partial last micro-panel is at the buffer's start
+        let b_pack = if self.in_place.b {
+            // SAFETY: the buffer holds one packed micro-panel (buffer_len).
+            unsafe { std::slice::from_raw_parts(buffer, panel_len) }
+        } else {
+            let first = first_col / K::NR * panel_len;
+            // SAFETY: the group's micro-panels lie inside the buffer, packed (caller's
+            // contract) and not written while this item runs.
+            unsafe { std::slice::from_raw_parts(buffer.add(first), nc.div_ceil(K::NR) * panel_len) }
+        };
+        let block = Block {
+            ic,
+            jc: b.jc + first_col,
+            nc,
+            pc: b.pc,
+            kc: b.kc,
+        };
+        let next = if self.prefetch_a {
+            NextPanel::new::<K>(&self.problem, block)
+        } else {
+            None
+        };
+        // SAFETY: the block lies inside the problem, b_pack holds its packed columns, no other
+        // thread uses rows ic..ic + MR of these columns of C now, and the caller's contract
+        // covers the CPU.
+        unsafe { row_panel::<K>(&self.problem, block, self.in_place, b_pack, a_pack, next) };
+    }
+}
+
+/// Waits until `count` reaches `target` (items another thread has taken and is finishing):
+/// spins, then gives the core away between looks if the wait is long (that thread may have
+/// been descheduled, and this one may hold the core it needs).
+fn wait_for(count: &AtomicUsize, target: usize) {
+    let mut spins = 0u32;
+    while count.load(Ordering::Acquire) < target {
+        if spins < 1 << 10 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -211,7 +518,7 @@ pub(super) unsafe fn gemm_serial<K: Kernel>(problem: Problem<K::T, K::In>) {
     let n_blocks = Blocks::new(n, K::NC, K::NR);
     let b_len = k_blocks.size * n_blocks.size;
     let prefetch_a = m * k * size_of::<K::In>() >= PREFETCH_A_BYTES;
-    let in_place = InPlace::<K>::new(&problem);
+    let in_place = InPlace::<K>::new(&problem, m, n);
     let all_blocks = || {
         with_pack_buffer(b_len + K::MR * k_blocks.size, |buf: &mut [K::In]| {
             let (b_pack, a_pack) = buf.split_at_mut(b_len);
@@ -300,9 +607,11 @@ struct InPlace<K: Kernel> {
 }
 
 impl<K: Kernel> InPlace<K> {
-    fn new(problem: &Problem<K::T, K::In>) -> Self {
+    /// The choice for `problem`, where one thread runs about `rows` of its rows and each row
+    /// panel multiplies `cols` of its columns.
+    fn new(problem: &Problem<K::T, K::In>, rows: usize, cols: usize) -> Self {
         let tile = K::TILE_IN_PLACE;
-        let Problem { m, n, a, b, .. } = *problem;
+        let (Problem { a, b, .. }, m, n) = (*problem, rows, cols);
         Self {
             tile,
             a: tile.is_some()
@@ -474,6 +783,17 @@ impl Blocks {
     pub(super) fn new(len: usize, max: usize, align: usize) -> Self {
         let size = round_up(len.div_ceil(len.div_ceil(max)), align);
         Self { len, size, start: 0 }
+    }
+
+    /// How many blocks `0..len` is cut into.
+    fn number(&self) -> usize {
+        self.len.div_ceil(self.size)
+    }
+
+    /// Block `i` as `(start, size)`, if there is one.
+    fn nth_block(&self, i: usize) -> Option<(usize, usize)> {
+        let start = i.checked_mul(self.size).filter(|&start| start < self.len)?;
+        Some((start, self.size.min(self.len - start)))
     }
 }
 

@@ -301,22 +301,6 @@ impl<T: Element, I> Problem<T, I> {
         }
     }
 
-    /// The sub-product computing rows `rows` of C.
-    ///
-    /// # Safety
-    ///
-    /// `rows` must be a non-empty range inside `0..m`.
-    pub(super) unsafe fn rows(self, rows: std::ops::Range<usize>) -> Self {
-        Self {
-            m: rows.len(),
-            // SAFETY: row `rows.start` exists in A and C (caller's contract; k, n > 0 in `run`).
-            a: unsafe { self.a.at(rows.start, 0) },
-            // SAFETY: as above.
-            c: unsafe { self.c.at(rows.start, 0) },
-            ..self
-        }
-    }
-
     /// The sub-product computing columns `cols` of C.
     ///
     /// # Safety

@@ -97,11 +97,12 @@ pub(super) fn with_pack_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T
     })
 }
 
-/// Runs `f` on a scratch slice of `len` elements (any values) for the second half of a product
-/// cut along k (`driver::split_k`), cached per thread like [`with_pack_buffer`]'s. The buffer is
-/// taken out of its cache for the call (which forks and waits): a product that rayon runs on
-/// this thread meanwhile finds the cache empty and allocates its own.
-pub(super) fn with_partial_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+/// Runs `f` on a scratch slice of `len` elements (any values) that the threads of one product
+/// share (`driver::split_mn`'s packed blocks of B, `driver::split_k`'s second half), cached per
+/// thread like [`with_pack_buffer`]'s. The buffer is taken out of its cache for the call (which
+/// forks and waits): a product that rayon runs on this thread meanwhile finds the cache empty
+/// and allocates its own.
+pub(super) fn with_shared_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     thread_local! {
         static BUFFER: Cell<Vec<CacheLine>> = const { Cell::new(Vec::new()) };
     }

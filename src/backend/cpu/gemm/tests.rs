@@ -1080,6 +1080,54 @@ fn threads_do_not_change_the_bits_of_a_product() {
     }
 }
 
+/// The threads of a product split by rows need not arrive together: when they come one after
+/// the other, in any order (the first taking its own run, then every other run from its back;
+/// the later ones finding nothing left), the product still has the bits of one thread's. Shapes
+/// with several blocks of k and of columns, partial tiles, and few row panels (items of column
+/// groups).
+fn check_late_shares_keep_the_bits<K: Kernel<T = f32>>(name: &str, to_in: impl Fn(f64) -> K::In) {
+    for (m, n, k) in [(517, 300, 70), (200, 1100, 600), (61, 45, 300), (97, 33, 513)] {
+        let a: Vec<K::In> = random_values(4, m * k).into_iter().map(&to_in).collect();
+        let b: Vec<K::In> = random_values(5, k * n).into_iter().map(&to_in).collect();
+        let c0: Vec<f32> = random_values(6, m * n).into_iter().map(|x| x as f32).collect();
+        let problem = |c: &mut [f32]| {
+            let (a, b) = ((&a[..], k as isize, 1), (&b[..], n as isize, 1));
+            Problem::new([m, n, k], 0.5, a, b, 1.0, (c, n as isize, 1))
+        };
+        let mut serial = c0.clone();
+        // SAFETY: the problem is validated, m, n, k > 0, C is this thread's alone, and every
+        // caller checked that the CPU supports K.
+        unsafe { super::driver::gemm_serial::<K>(problem(&mut serial)) };
+        for order in [&[0, 1][..], &[1, 0], &[2, 0, 1]] {
+            let mut in_turn = c0.clone();
+            // SAFETY: as above.
+            unsafe { super::driver::shares_in_turn::<K>(problem(&mut in_turn), order) };
+            let first_difference = in_turn
+                .iter()
+                .zip(&serial)
+                .position(|(x, y)| x.to_bits() != y.to_bits());
+            assert_eq!(
+                first_difference, None,
+                "{name} {m}x{n}x{k}, shares in the order {order:?}: differs from one thread's product"
+            );
+        }
+    }
+}
+
+#[test]
+fn shares_that_arrive_late_finish_the_product_with_the_same_bits() {
+    check_late_shares_keep_the_bits::<Portable<f32, 4, 8>>("portable", |x| x as f32);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            check_late_shares_keep_the_bits::<avx512::Zmm<f32>>("avx512", |x| x as f32);
+        }
+        if amx_bf16::supported() {
+            check_late_shares_keep_the_bits::<amx_bf16::AmxBf16>("amx_bf16", half::bf16::from_f64);
+        }
+    }
+}
+
 /// The `_into` forms (beta 0 into a new, uninitialised output) give bit for bit what the BLAS
 /// forms give with beta 0, which the tests above check against f64 loops: on the blocked
 /// kernels, threaded products, the streamed path (a few rows), a column-major C and k = 0
