@@ -578,20 +578,21 @@ const IN_PLACE_A_STEP_BYTES: usize = 4096;
 /// place, nanoGPT's 128×512×768 3%, on an Intel Xeon; docs/perf.md).
 const IN_PLACE_A_COLUMN_TILES: usize = 8;
 
-/// Rows of C (in the slab a thread runs) up to which the tiles read a row-major B in place: as
-/// many as 8 row panels. Packing B costs a pass over it once per block, paid back by every row
-/// panel that reads the packed B̃ (contiguous, aligned) instead of B's rows; with few row panels
+/// Rows of C that read one packed B (a thread's slab of columns, or a product split by rows,
+/// whose threads share it) up to which the tiles read a row-major B in place: as many as 8 row
+/// panels. Packing B costs a pass over it once per block, paid back by every row panel that reads
+/// the packed B̃ (contiguous, aligned) instead of B's rows; with few row panels
 /// (the attention's 64-row tiles) the pass costs more than it saves, with many (a Linear's
 /// products) reading B's rows from far apart costs more (GPT-2's 512×3072×768 NN, B's rows 12 KiB
 /// apart: its rate 30% lower with B read in place, 2 threads).
 const IN_PLACE_B_ROWS: usize = 8;
 
-/// Which operands a slab's tiles read where they lie instead of packed (docs/perf.md, issue 18),
-/// with a kernel that has [`Kernel::TILE_IN_PLACE`]: A in every tile with all MR rows (its
+/// Which operands a product's tiles read where they lie instead of packed (docs/perf.md, issue
+/// 18), with a kernel that has [`Kernel::TILE_IN_PLACE`]: A in every tile with all MR rows (its
 /// values of a step are its row stride apart, its steps its column stride) when it is
-/// row-major, or its steps are at most [`IN_PLACE_A_STEP_BYTES`] apart and the slab's row
-/// panels have at most [`IN_PLACE_A_COLUMN_TILES`] tiles; B in its whole
-/// micro-panels when it is row-major and the slab has at most [`IN_PLACE_B_ROWS`] row panels.
+/// row-major, or its steps are at most [`IN_PLACE_A_STEP_BYTES`] apart and a row panel runs at
+/// most [`IN_PLACE_A_COLUMN_TILES`] tiles; B in its whole micro-panels when it is row-major and
+/// at most [`IN_PLACE_B_ROWS`] row panels read one packed B.
 /// The same multiply-adds in the same order as packed, so the same bits.
 ///
 /// Packing an A micro-panel is a transpose for a row-major A (16×16 register blocks, of which a
@@ -607,8 +608,8 @@ struct InPlace<K: Kernel> {
 }
 
 impl<K: Kernel> InPlace<K> {
-    /// The choice for `problem`, where one thread runs about `rows` of its rows and each row
-    /// panel multiplies `cols` of its columns.
+    /// The choice for `problem`, where `rows` of its rows read one packed B and each row panel
+    /// multiplies `cols` of its columns.
     fn new(problem: &Problem<K::T, K::In>, rows: usize, cols: usize) -> Self {
         let tile = K::TILE_IN_PLACE;
         let (Problem { a, b, .. }, m, n) = (*problem, rows, cols);
