@@ -356,6 +356,7 @@ impl<K: Kernel> Work<K> {
     /// threads only, and the CPU supports `K` (inside `K::with_thread_state`).
     unsafe fn run_share(&self, share: usize, buffers: SharedBuffers<K::In>) {
         with_pack_buffer(K::MR * self.k_blocks.size, |a_pack: &mut [K::In]| {
+            // blocks s - 1 and s - 2
             let mut previous: [Option<BlockOfB>; 2] = [None, None];
             for (s, b) in (0..).map_while(|s| Some((s, self.block(s)?))) {
                 let buffer = buffers.0.wrapping_add(s % 2 * self.buffer_len);
