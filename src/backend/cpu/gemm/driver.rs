@@ -277,13 +277,10 @@ struct Work<K: Kernel> {
     runs: Vec<AtomicU64>,
 }
 
-/// A block of B in a [`Work`]: its place and the numbers of its items.
+/// A block of B in a [`Work`]: its place (`ic` 0) and the numbers of its items.
 #[derive(Clone, Copy)]
 struct BlockOfB {
-    jc: usize,
-    nc: usize,
-    pc: usize,
-    kc: usize,
+    at: Block,
     packing: usize,
     multiplying: usize,
 }
@@ -337,10 +334,7 @@ impl<K: Kernel> Work<K> {
             panels.div_ceil(self.pack_panels)
         };
         Some(BlockOfB {
-            jc,
-            nc,
-            pc,
-            kc,
+            at: Block { ic: 0, jc, nc, pc, kc },
             packing,
             multiplying: self.problem.m.div_ceil(K::MR) * nc.div_ceil(self.item_cols),
         })
@@ -372,7 +366,7 @@ impl<K: Kernel> Work<K> {
                     finished[PACKING].fetch_add(1, Ordering::Release);
                 });
                 wait_for(&finished[PACKING], b.packing);
-                if let (Some(last), true) = (previous[0], b.pc > 0) {
+                if let (Some(last), true) = (previous[0], b.at.pc > 0) {
                     // block s - 1's multiplying items, on the same tiles of C
                     wait_for(&self.finished[s - 1][MULTIPLYING], last.multiplying);
                 }
@@ -430,6 +424,7 @@ impl<K: Kernel> Work<K> {
     /// As for [`Self::run_share`], with `buffer` one of the two buffers, not read now, and
     /// this item's micro-panels of it written by no other thread.
     unsafe fn pack(&self, b: BlockOfB, r: usize, buffer: *mut K::In) {
+        let b = b.at;
         let (panel_len, b_view) = (round_up(b.kc, K::K_STEP) * K::NR, self.problem.b);
         let (first_col, cols, panel) = if self.in_place.b {
             let whole = b.nc - b.nc % K::NR;
@@ -457,6 +452,7 @@ impl<K: Kernel> Work<K> {
     /// As for [`Self::run_share`], with `buffer` holding block `b` packed, no other thread
     /// using this item's tiles of C, and `a_pack` this thread's A micro-panel buffer.
     unsafe fn multiply(&self, b: BlockOfB, r: usize, buffer: *mut K::In, a_pack: &mut [K::In]) {
+        let b = b.at;
         let groups = b.nc.div_ceil(self.item_cols);
         let (ic, first_col) = (r / groups * K::MR, r % groups * self.item_cols);
         let nc = self.item_cols.min(b.nc - first_col);
@@ -475,8 +471,7 @@ impl<K: Kernel> Work<K> {
             ic,
             jc: b.jc + first_col,
             nc,
-            pc: b.pc,
-            kc: b.kc,
+            ..b
         };
         let next = if self.prefetch_a {
             NextPanel::new::<K>(&self.problem, block)
