@@ -548,7 +548,7 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
     let gguf = gguf.to_str().unwrap();
     for device in ["cpu", "emu"] {
         let dir = temp_dir(&format!("llama-{device}"));
-        let json = dir.join("llama.json");
+        let (json, svg) = (dir.join("llama.json"), dir.join("llama.svg"));
         let out = kiln(&[
             "bench",
             "--gguf",
@@ -563,12 +563,16 @@ fn llama_gguf_run_reports_prefill_and_generation_rates() {
             "2",
             "--json",
             json.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
         ]);
         let shown = text(&out);
         assert!(out.status.success(), "{shown}");
         assert!(shown.contains("kiln bench generation: model.gguf"), "{shown}");
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let svg = std::fs::read_to_string(&svg).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+        check_generation_chart(&svg, &report);
         assert_eq!(report["device"], device);
         assert_eq!(report["warning"].is_null(), device == "cpu", "{report:#}");
         // llama-tiny (V 128, C 48, F 80, 2 layers, kv width 24): per layer q, o 48·48, k, v 24·48,
@@ -765,7 +769,7 @@ fn cpu_rows_at_small_sizes_stay_under_their_ceilings() {
     ] {
         assert!(shown.contains(words), "{words}: {shown}");
     }
-    check_svg_layout(&svg);
+    check_svg_layout(&svg, &["kiln's kernel", "library, or the unfused composition"]);
 }
 
 /// `kiln bench --help` names every kernel.
@@ -826,8 +830,9 @@ fn text_boxes(svg: &str) -> Vec<TextBox> {
     boxes
 }
 
-/// Every text of the chart lies inside it and overlaps no other; the legend is there.
-fn check_svg_layout(svg: &str) {
+/// Every text of the chart lies inside it and overlaps no other; the legend has `legend`'s swatches
+/// and the 100% line.
+fn check_svg_layout(svg: &str, legend: &[&str]) {
     let head = svg.lines().next().unwrap();
     let (w, h): (f64, f64) = (
         attr(head, "width").unwrap().parse().unwrap(),
@@ -847,17 +852,60 @@ fn check_svg_layout(svg: &str) {
             assert!(apart, "{a:?} overlaps {b:?}");
         }
     }
-    for words in [
-        "kiln's kernel",
-        "library, or the unfused composition",
-        "100% of the ceiling",
-    ] {
+    for words in legend.iter().chain(&["100% of the ceiling"]) {
         assert!(boxes.iter().any(|b| b.text.contains(words)), "no {words:?} in {svg}");
     }
     assert!(
         boxes.iter().any(|b| b.text.starts_with("kiln ")),
         "no machine line in {svg}"
     );
+}
+
+/// `kiln bench --gguf --plot`'s chart against its JSON: the layout holds, a bar per row in the
+/// rows' order, named by dtype and prompt, each as long as its fraction of the ceiling relative to
+/// the others (no bar and "no ceiling" where the row has none: Emu).
+fn check_generation_chart(svg: &str, report: &Value) {
+    check_svg_layout(svg, &["kiln's generation tokens/s"]);
+    let texts: Vec<String> = text_boxes(svg).into_iter().map(|b| b.text).collect();
+    // the bars: rects of the bars' height (the legend's swatch is 10 px high)
+    let widths: Vec<f64> = svg
+        .split("<rect")
+        .skip(1)
+        .filter(|tag| attr(tag, "height").as_deref() == Some("14.0"))
+        .map(|tag| attr(tag, "width").unwrap().parse().unwrap())
+        .collect();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(widths.len(), rows.len(), "{svg}");
+    let longest = widths.iter().cloned().fold(0.0, f64::max);
+    let most = rows
+        .iter()
+        .filter_map(|r| r["fraction_of_ceiling"].as_f64())
+        .fold(0.0, f64::max);
+    for (r, width) in rows.iter().zip(&widths) {
+        let label = format!("{}, prompt {}", r["dtype"].as_str().unwrap(), r["prompt_tokens"]);
+        let at = texts
+            .iter()
+            .position(|t| *t == label)
+            .unwrap_or_else(|| panic!("no {label:?} in {svg}"));
+        let value = &texts[at + 1];
+        match r["fraction_of_ceiling"].as_f64() {
+            Some(fraction) => {
+                // widths are written to 0.1 px
+                assert!(
+                    (width / longest - fraction / most).abs() <= 0.1 / longest,
+                    "{label}: {svg}"
+                );
+                assert!(
+                    value.ends_with(&format!("{:.1}%", 100.0 * fraction)),
+                    "{label}: {value}"
+                );
+            }
+            None => assert!(
+                *width == 0.0 && value.ends_with("tokens/s, no ceiling"),
+                "{label}: {value}"
+            ),
+        }
+    }
 }
 
 /// Runs `kiln bench --device emu --profile` on one kernel at one size, the JSON counts written to a

@@ -444,6 +444,54 @@ pub fn json(r: &GenerationReport) -> String {
     serde_json::to_string_pretty(r).expect("a report serialises")
 }
 
+/// The report as a chart, like the kernels' ([`super::report::bar_chart`]): a bar per row, its
+/// generation tokens/s as a percentage of the read-bandwidth ceiling (a row without a measured
+/// ceiling, on Emu or a GPU, gets its rate and no bar); the prompt rates are in the table and the
+/// JSON, against no ceiling.
+pub fn svg(r: &GenerationReport) -> String {
+    use super::report::{bar_chart, Bar, KILN_COLOR};
+    let bars: Vec<Bar> = r
+        .rows
+        .iter()
+        .map(|row| {
+            let pct = row.fraction_of_ceiling.map(|f| 100.0 * f);
+            let value = match (row.ceiling_tokens_per_s, pct) {
+                (Some(ceiling), Some(pct)) => {
+                    format!("{:.1} of {ceiling:.1} tokens/s, {pct:.1}%", row.generation_tokens_per_s)
+                }
+                _ => format!("{:.1} tokens/s, no ceiling", row.generation_tokens_per_s),
+            };
+            Bar {
+                label: format!("{}, prompt {}", row.dtype, row.prompt_tokens),
+                pct,
+                value,
+                color: KILN_COLOR,
+            }
+        })
+        .collect();
+    let mut notes = vec![r.machine.line()];
+    notes.extend(r.warning.clone());
+    notes.push(format!(
+        "{} ({:.1}M parameters), {} threads, batch 1, greedy, {} new tokens after each prompt",
+        r.model,
+        r.params as f64 / 1e6,
+        r.threads,
+        r.rows.first().map_or(0, |row| row.new_tokens)
+    ));
+    if !r.read.is_empty() {
+        notes.push(format!(
+            "ceiling: the weight bytes a token reads at the read bandwidth measured beside it ({})",
+            r.read
+        ));
+    }
+    bar_chart(
+        &format!("kiln bench generation on {}: tokens/s / ceiling", r.device),
+        &notes,
+        &[(KILN_COLOR, "kiln's generation tokens/s")],
+        &bars,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! A [`Report`] as a terminal table, as JSON, and as an SVG chart of each kernel's achieved rate as
-//! a percentage of its roofline.
+//! a percentage of its roofline; the chart's drawing ([`bar_chart`]) also draws the generation
+//! benchmark's (generation.rs).
 
 use super::Report;
 use crate::train::plot::{escape, nice_ticks};
@@ -162,7 +163,7 @@ pub fn table(r: &Report) -> String {
 }
 
 /// Writes `text` to `path`, naming the file on failure.
-fn write_file(path: &Path, text: &str) -> Result<()> {
+pub fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
@@ -209,43 +210,38 @@ const MARGIN: f64 = 10.0;
 const BARS: f64 = 420.0;
 const BAR: f64 = 20.0;
 
-/// A horizontal bar per measured row: its rate as a percentage of the row's ceiling (roofline.rs),
-/// a line at 100%. Above the bars: the title, the machine, the check, what the percentages compare
-/// (wrapped to the width) and a legend; every text is placed from its estimated width
-/// ([`text_width`]) so that nothing overlaps.
-pub fn svg(r: &Report) -> String {
-    let rows: Vec<_> = r.rows.iter().filter(|row| row.time.is_some()).collect();
-    let max_pct = rows.iter().filter_map(|row| row.roofline_pct).fold(100.0f64, f64::max);
-    let label = |row: &&super::Row| {
-        format!(
-            "{}{} {} {}",
-            if row.library { "  " } else { "" },
-            row.kernel,
-            row.size,
-            row.dtype
-        )
-    };
-    let value = |row: &&super::Row| {
-        let rate = match row.tflops {
-            Some(t) => format!("{t:.2} TFLOP/s"),
-            None => format!("{} GB/s", opt(row.gbs, 1)),
-        };
-        format!("{rate}, {}%", opt(row.roofline_pct, 1))
-    };
-    let widest = |texts: Vec<String>| texts.iter().map(|t| text_width(t, FONT)).fold(0.0, f64::max);
-    let label_w = widest(rows.iter().map(label).collect()).max(100.0) + MARGIN;
-    let value_w = widest(rows.iter().map(value).collect()).max(60.0) + MARGIN;
+/// One bar of a [`bar_chart`]: a measured rate as a percentage of its ceiling.
+pub(super) struct Bar {
+    /// Left of the bar, right-aligned.
+    pub label: String,
+    /// The bar's length: the rate over its ceiling, in percent (None: no ceiling, no bar).
+    pub pct: Option<f64>,
+    /// Right of the bar: the rate and the percentage in words.
+    pub value: String,
+    pub color: &'static str,
+}
+
+/// The colour of kiln's own bars.
+pub(super) const KILN_COLOR: &str = "#2a6fbb";
+
+/// The legend entry of the line at 100%, last in every chart.
+const CEILING_LEGEND: (&str, &str, bool) = ("#c00", "100% of the ceiling", true);
+
+/// A horizontal bar per measured rate as a percentage of its ceiling, a dashed line at 100%.
+/// Above the bars: the title, the `notes` (the machine, how the ceilings were measured) wrapped to
+/// the width, and a legend of (colour, words) swatches then the 100% line; every text is placed
+/// from its estimated width ([`text_width`]) so that nothing overlaps.
+pub(super) fn bar_chart(title: &str, notes: &[String], legend: &[(&str, &str)], bars: &[Bar]) -> String {
+    let max_pct = bars.iter().filter_map(|bar| bar.pct).fold(100.0f64, f64::max);
+    let widest = |texts: Vec<&str>| texts.iter().map(|t| text_width(t, FONT)).fold(0.0, f64::max);
+    let label_w = widest(bars.iter().map(|bar| bar.label.as_str()).collect()).max(100.0) + MARGIN;
+    let value_w = widest(bars.iter().map(|bar| bar.value.as_str()).collect()).max(60.0) + MARGIN;
     let w = (MARGIN + label_w + BARS + value_w + MARGIN).max(700.0);
     let left = MARGIN + label_w; // where the bars start
     let px = |pct: f64| left + pct / max_pct * BARS;
 
     // the header: title, then small lines wrapped to the width, then the legend
-    let title = format!("kiln bench on {}: achieved / ceiling", r.device);
-    let mut small = vec![r.machine.line()];
-    small.extend(r.warning.clone());
-    small.push(format!("checked: {}", r.checked));
-    small.push(r.roofline.method.to_string());
-    let lines: Vec<String> = small.iter().flat_map(|t| wrap(t, w - 2.0 * MARGIN, SMALL)).collect();
+    let lines: Vec<String> = notes.iter().flat_map(|t| wrap(t, w - 2.0 * MARGIN, SMALL)).collect();
     let mut y = MARGIN + TITLE;
     let mut s = String::new();
     let mut body = String::new();
@@ -253,7 +249,7 @@ pub fn svg(r: &Report) -> String {
         body,
         r#"<text x="{:.1}" y="{y:.1}" text-anchor="middle" font-size="{TITLE}">{}</text>"#,
         w / 2.0,
-        escape(&title)
+        escape(title)
     );
     for line in &lines {
         y += SMALL + 4.0;
@@ -266,11 +262,8 @@ pub fn svg(r: &Report) -> String {
     // legend: a swatch and its words per entry, side by side
     y += FONT + 8.0;
     let mut x = MARGIN;
-    for (color, words, dashed) in [
-        ("#2a6fbb", "kiln's kernel", false),
-        ("#999", "library, or the unfused composition", false),
-        ("#c00", "100% of the ceiling", true),
-    ] {
+    let swatches = legend.iter().map(|&(color, words)| (color, words, false));
+    for (color, words, dashed) in swatches.chain([CEILING_LEGEND]) {
         if dashed {
             let _ = writeln!(
                 body,
@@ -292,7 +285,7 @@ pub fn svg(r: &Report) -> String {
         x += 16.0 + text_width(words, FONT) + 2.0 * MARGIN;
     }
     let top = y + 2.0 * MARGIN;
-    let bottom = top + BAR * rows.len() as f64;
+    let bottom = top + BAR * bars.len() as f64;
     let h = bottom + FONT + 2.0 * MARGIN;
     for t in nice_ticks(0.0, max_pct, 5) {
         let x = px(t);
@@ -305,24 +298,25 @@ pub fn svg(r: &Report) -> String {
     let x100 = px(100.0);
     let _ = writeln!(
         body,
-        r##"<line x1="{x100:.1}" y1="{:.1}" x2="{x100:.1}" y2="{bottom:.1}" stroke="#c00" stroke-dasharray="4 3"/>"##,
-        top - 6.0
+        r##"<line x1="{x100:.1}" y1="{:.1}" x2="{x100:.1}" y2="{bottom:.1}" stroke="{}" stroke-dasharray="4 3"/>"##,
+        top - 6.0,
+        CEILING_LEGEND.0
     );
-    for (i, row) in rows.iter().enumerate() {
+    for (i, bar) in bars.iter().enumerate() {
         let y = top + BAR * i as f64;
-        let color = if row.library { "#999" } else { "#2a6fbb" };
-        let width = row.roofline_pct.map_or(0.0, |p| px(p) - left);
+        let width = bar.pct.map_or(0.0, |p| px(p) - left);
         let _ = writeln!(
             body,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{left:.1}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{left:.1}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
             left - MARGIN / 2.0,
             y + 14.0,
-            escape(&label(row)),
+            escape(&bar.label),
             y + 3.0,
             BAR - 6.0,
+            bar.color,
             left + width + 4.0,
             y + 14.0,
-            escape(&value(row))
+            escape(&bar.value)
         );
     }
     let _ = writeln!(
@@ -333,4 +327,48 @@ pub fn svg(r: &Report) -> String {
     s.push_str(&body);
     s.push_str("</svg>\n");
     s
+}
+
+/// The colour of a library's (or an unfused composition's) bars.
+const LIBRARY_COLOR: &str = "#999";
+
+/// The kernel rows' chart ([`bar_chart`]): a bar per measured row, its rate as a percentage of
+/// the row's ceiling (roofline.rs), the library's rows in grey under kiln's.
+pub fn svg(r: &Report) -> String {
+    let bars: Vec<Bar> = r
+        .rows
+        .iter()
+        .filter(|row| row.time.is_some())
+        .map(|row| {
+            let rate = match row.tflops {
+                Some(t) => format!("{t:.2} TFLOP/s"),
+                None => format!("{} GB/s", opt(row.gbs, 1)),
+            };
+            Bar {
+                label: format!(
+                    "{}{} {} {}",
+                    if row.library { "  " } else { "" },
+                    row.kernel,
+                    row.size,
+                    row.dtype
+                ),
+                pct: row.roofline_pct,
+                value: format!("{rate}, {}%", opt(row.roofline_pct, 1)),
+                color: if row.library { LIBRARY_COLOR } else { KILN_COLOR },
+            }
+        })
+        .collect();
+    let mut notes = vec![r.machine.line()];
+    notes.extend(r.warning.clone());
+    notes.push(format!("checked: {}", r.checked));
+    notes.push(r.roofline.method.to_string());
+    bar_chart(
+        &format!("kiln bench on {}: achieved / ceiling", r.device),
+        &notes,
+        &[
+            (KILN_COLOR, "kiln's kernel"),
+            (LIBRARY_COLOR, "library, or the unfused composition"),
+        ],
+        &bars,
+    )
 }

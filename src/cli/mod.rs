@@ -371,7 +371,8 @@ pub struct BenchArgs {
     /// MPI job with the mpi feature) [mpi].
     #[arg(long, value_enum)]
     pub collective: Option<CollectiveArg>,
-    /// Write an SVG chart of achieved vs roofline to this file.
+    /// Write an SVG chart of achieved vs roofline to this file (with --gguf or --generate:
+    /// generation tokens/s vs the read-bandwidth ceiling).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// With --device emu: count every kernel's memory requests, sectors, bank conflicts and
@@ -381,11 +382,11 @@ pub struct BenchArgs {
     pub profile: bool,
     /// Instead of the kernels: a Llama model's inference speed from this GGUF file, prompt
     /// (prefill) and generation tokens/s at batch 1, greedy (docs/perf.md) [--reps: 3].
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernels", "sizes", "plot", "gpt_model", "gpt_batch", "gpt_context", "gpt_dtype", "copy_mib"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernels", "sizes", "gpt_model", "gpt_batch", "gpt_context", "gpt_dtype", "copy_mib"])]
     pub gguf: Option<PathBuf>,
     /// Instead of the kernels: a GPT of this shape with random weights, its prompt and generation
     /// tokens/s at batch 1, greedy, as --gguf times a Llama (docs/perf.md) [--prompt-lens 16].
-    #[arg(long, value_enum, conflicts_with_all = ["kernels", "sizes", "plot", "gpt_model", "gpt_batch", "gpt_context", "gpt_dtype", "copy_mib"])]
+    #[arg(long, value_enum, conflicts_with_all = ["kernels", "sizes", "gpt_model", "gpt_batch", "gpt_context", "gpt_dtype", "copy_mib"])]
     pub generate: Option<BenchGptModel>,
     /// With --gguf or --generate: the prompt lengths timed [--gguf 128,512; --generate 16].
     #[arg(long, value_delimiter = ',', num_args = 1.., requires = "generation")]
@@ -966,10 +967,15 @@ fn bench_generation(a: &BenchArgs, mut opts: crate::bench::generation::Generatio
     opts.reps = a.reps.unwrap_or(opts.reps);
     let report = crate::bench::generation::run(&opts, |what| console::err(&format!("bench: {what}")))?;
     console::out(crate::bench::generation::table(&report).trim_end_matches('\n'));
-    if let Some(path) = &a.json {
-        std::fs::write(path, crate::bench::generation::json(&report))
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-        console::out(&format!("wrote {}", path.display()));
+    let outputs = [
+        (&a.json, crate::bench::generation::json(&report)),
+        (&a.plot, crate::bench::generation::svg(&report)),
+    ];
+    for (path, text) in outputs {
+        if let Some(path) = path {
+            crate::bench::report::write_file(path, &text)?;
+            console::out(&format!("wrote {}", path.display()));
+        }
     }
     Ok(())
 }
