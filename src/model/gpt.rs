@@ -332,7 +332,7 @@ impl Gpt {
     /// (the clone's parameters are replaced, not changed, so `model` keeps its own). The copy is
     /// paid once (GPT-2 124M in f32: 0.1–0.6 s on a 2-vCPU virtual machine, most of it the first
     /// writes to fresh huge pages) and pays back over long generations: there, an f32 decode step
-    /// 7–9% shorter (docs/perf.md). `kiln bench --generate` freezes the model it times.
+    /// 7–9% shorter (docs/perf-log.md). `kiln bench --generate` freezes the model it times.
     pub fn freeze(&mut self) {
         crate::nn::Params::visit_params(self, "", &mut |_, p| *p = p.detach());
         // if the copy cannot be made (out of memory), the weights stay as they are, the same values

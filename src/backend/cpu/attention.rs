@@ -75,7 +75,7 @@ const SERIAL_KV_BYTES: usize = 64 << 10;
 /// SmolLM2-135M has 3 key/value heads: whole heads as jobs on 2 threads leave one thread a head's
 /// reading to wait out at every layer, and from about 128 positions (a job of some 30 µs) the
 /// waiting thread falls asleep in rayon and is woken through the kernel: 52 context switches a
-/// token at 300–500 positions against 13 at 16–200 (perf stat, Intel Xeon, docs/perf.md). Chunks
+/// token at 300–500 positions against 13 at 16–200 (perf stat, Intel Xeon, docs/perf-log.md). Chunks
 /// keep the jobs a few microseconds long and many, so the threads finish together.
 const DECODE_CHUNK_ELEMENTS: usize = 8192;
 

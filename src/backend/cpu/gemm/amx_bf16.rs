@@ -45,7 +45,7 @@
 //! the four C tiles, and is stored straight back into C; any other block is stored to a 4 KiB
 //! buffer and written back by AVX-512 with alpha, beta and the edge masks (the other kernels'
 //! write-back). Going through the buffer made GPT-2's bf16 products 1–11% slower on a Sapphire
-//! Rapids class Xeon (docs/perf.md). KC = 512: Ã is 32 KiB of the 48 KiB L1; NC = 1024: the B̃
+//! Rapids class Xeon (docs/perf-log.md). KC = 512: Ã is 32 KiB of the 48 KiB L1; NC = 1024: the B̃
 //! block is 1 MiB of the 2 MiB L2. Packing costs more, relative to the products, than for the
 //! vector kernels: each packed B̃ element feeds only m multiply-adds, at 1024 flops a cycle.
 //!

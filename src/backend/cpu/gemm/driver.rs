@@ -571,7 +571,7 @@ const IN_PLACE_A_STEP_BYTES: usize = 4096;
 /// all of them map to 4 or 8 of L1's 64 sets, where they evict each other from one tile to the
 /// next. With few tiles a panel that costs less than packing it (64×64 tiles of the attention:
 /// 13% faster in place); from 16 tiles it costs more (GPT-2's 768×3072×512 `dW`: 14% slower in
-/// place, nanoGPT's 128×512×768 3%, on an Intel Xeon; docs/perf.md).
+/// place, nanoGPT's 128×512×768 3%, on an Intel Xeon; docs/perf-log.md).
 const IN_PLACE_A_COLUMN_TILES: usize = 8;
 
 /// Rows of C that read one packed B (a thread's slab of columns, or a product split by rows,
