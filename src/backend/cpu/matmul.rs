@@ -8,7 +8,8 @@
 //! `gemm::bgemm` on the bf16 operands as they are (AMX tile products or `vdpbf16ps`: the same
 //! exact products, summed in f32 in another order); the rest widen A to f32 and B one block of columns at a time for the
 //! f32 GEMM (a copy their `m` rows amortise, into a buffer that stays in cache). The f32 result
-//! is rounded to the half type over threads (`map`).
+//! is rounded to the half type over threads: in the epilogue's own pass, each row as it is
+//! finished (`epilogue_rounded`), or by `map` when there is no epilogue.
 
 use super::{alloc, gemm, pool, PARALLEL_MIN};
 use crate::backend::cpu::CpuStorage;
@@ -77,21 +78,18 @@ pub fn matmul(
                     product
                 }
             };
-            let (out, z) = epilogue(product, &shape, epi)?;
-            // one rounding per element, over threads (`map` splits contiguous work), vectorised;
-            // the f32 product goes back to the pool
-            let narrow = |v: Vec<f32>| -> Result<CpuStorage> {
-                let flat = Layout::contiguous(&[v.len()]);
-                let rounded = match a {
-                    CpuStorage::BF16(_) => {
-                        CpuStorage::BF16(super::map("matmul", &v, &flat, super::float::f32_to_bf16)?)
-                    }
-                    _ => CpuStorage::F16(super::map("matmul", &v, &flat, f16::from_f32)?),
-                };
-                pool::give_vec(v);
-                Ok(rounded)
-            };
-            (narrow(out)?, z.map(narrow).transpose()?)
+            // the epilogue and the one rounding per element in one pass over the product (each
+            // row rounded while it is in cache); the f32 product goes back to the pool
+            match a {
+                CpuStorage::BF16(_) => {
+                    let (y, z) = epilogue_rounded(product, &shape, epi, super::float::f32_to_bf16)?;
+                    (CpuStorage::BF16(y), z.map(CpuStorage::BF16))
+                }
+                _ => {
+                    let (y, z) = epilogue_rounded(product, &shape, epi, f16::from_f32)?;
+                    (CpuStorage::F16(y), z.map(CpuStorage::F16))
+                }
+            }
         }
         (CpuStorage::U32(_), CpuStorage::U32(_)) => return Err(Error::not_float("matmul", DType::U32)),
         _ => return Err(Error::dtype_mismatch("matmul", a.dtype(), b.dtype())),
@@ -208,15 +206,90 @@ pub fn linear_many(x: &CpuStorage, lx: &Layout, ws: &[(&CpuStorage, &Layout)]) -
     }
 }
 
+/// Whether `epi` leaves the product as it is: no bias, GELU or residual, and no z to keep.
+fn does_nothing(epi: &Epilogue<'_, CpuStorage>) -> bool {
+    epi.bias.is_none() && !epi.gelu && epi.residual.is_none() && !epi.keep_pre
+}
+
 /// `gelu?(y + bias) + residual` on the product `y` (contiguous `shape`) in its accumulation type
-/// `T`, one row at a time (each step a plain loop the compiler vectorises), rows over threads;
-/// with `epi.keep_pre`, also `z = y + bias` (copied from the row between the bias and the GELU, while
-/// the row is in cache), or with `epi.keep_gelu_derivative` gelu'(z), from the GELU's own exponential.
+/// `T`, in place; with `epi.keep_pre`, also `z = y + bias`, or with `epi.keep_gelu_derivative`
+/// gelu'(z) ([`epilogue_rows`]).
 fn epilogue<T: Exp + WithDType + Send + Sync>(
     mut y: Vec<T>,
     shape: &[usize],
     epi: &Epilogue<'_, CpuStorage>,
 ) -> Result<(Vec<T>, Option<Vec<T>>)> {
+    if y.is_empty() || does_nothing(epi) {
+        return Ok((y, epi.keep_pre.then(Vec::new)));
+    }
+    let mut pre = alloc::with_capacity("matmul", if epi.keep_pre { y.len() } else { 0 })?;
+    let len = y.len();
+    let z = epi.keep_pre.then(|| &mut pre.spare_capacity_mut()[..len]);
+    epilogue_rows(&mut y, shape, epi, z, None::<&mut [MaybeUninit<T>]>, |v| v)?;
+    if epi.keep_pre {
+        // SAFETY: the capacity is y.len(), and epilogue_rows wrote every element of z.
+        unsafe { pre.set_len(len) };
+    }
+    Ok((y, epi.keep_pre.then_some(pre)))
+}
+
+/// [`epilogue`] on an f32 product, each result (and z) rounded by `round` as its row is finished,
+/// while the row is in cache, rather than in a pass of its own over the product afterwards; the
+/// f32 product goes back to the pool.
+fn epilogue_rounded<O: Copy + Send + Sync + 'static>(
+    mut y: Vec<f32>,
+    shape: &[usize],
+    epi: &Epilogue<'_, CpuStorage>,
+    round: impl Fn(f32) -> O + Send + Sync + Copy,
+) -> Result<(Vec<O>, Option<Vec<O>>)> {
+    const OP: &str = "matmul";
+    let len = y.len();
+    if len == 0 || does_nothing(epi) {
+        // one rounding per element, over threads (`map` splits contiguous work), vectorised
+        let out = super::map(OP, &y, &Layout::contiguous(&[len]), round)?;
+        pool::give_vec(y);
+        return Ok((out, epi.keep_pre.then(Vec::new)));
+    }
+    let (mut out, mut pre) = (
+        alloc::with_capacity(OP, len)?,
+        alloc::with_capacity(OP, if epi.keep_pre { len } else { 0 })?,
+    );
+    let z = epi.keep_pre.then(|| &mut pre.spare_capacity_mut()[..len]);
+    epilogue_rows(&mut y, shape, epi, z, Some(&mut out.spare_capacity_mut()[..len]), round)?;
+    // SAFETY: the capacities are y.len() (z's when kept), and epilogue_rows wrote every element
+    // of out and of z.
+    unsafe {
+        out.set_len(len);
+        if epi.keep_pre {
+            pre.set_len(len);
+        }
+    }
+    pool::give_vec(y);
+    Ok((out, epi.keep_pre.then_some(pre)))
+}
+
+/// One rayon task of [`epilogue_rows`]: its rows of y, and the same rows of z and of the rounded
+/// output where they are asked for.
+struct RowsTask<'a, T, O> {
+    rows: &'a mut [T],
+    z: Option<&'a mut [MaybeUninit<O>]>,
+    out: Option<&'a mut [MaybeUninit<O>]>,
+}
+
+/// The epilogue's rows, over threads: `gelu?(y + bias) + residual` in place in `y` (contiguous
+/// `shape`), in its accumulation type `T`, one row at a time (each step a plain loop the compiler
+/// vectorises); `z` (when given) gets `to_out(y + bias)`, copied from the row between the bias and
+/// the GELU while the row is in cache, or with `epi.keep_gelu_derivative` `to_out(gelu'(z))`, from
+/// the GELU's own exponential; `out` (when given) gets `to_out` of each finished row. Every
+/// element of `z` and `out` is written.
+fn epilogue_rows<T: Exp + WithDType + Send + Sync, O: Send>(
+    y: &mut [T],
+    shape: &[usize],
+    epi: &Epilogue<'_, CpuStorage>,
+    z: Option<&mut [MaybeUninit<O>]>,
+    out: Option<&mut [MaybeUninit<O>]>,
+    to_out: impl Fn(T) -> O + Sync,
+) -> Result<()> {
     let n = shape.last().copied().unwrap_or(1);
     // bias and residual in T, contiguous: one cast each (a copy, back to the pool after), borrowed below
     let wide = |(s, l): (&CpuStorage, &Layout)| super::cast(s, l, T::DTYPE).map(pool::Scratch);
@@ -225,19 +298,16 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
         bias.as_ref().map(|s| super::typed::<T>(&s.0)),
         residual.as_ref().map(|s| super::typed::<T>(&s.0)),
     );
-    if y.is_empty() || (bias.is_none() && !epi.gelu && residual.is_none() && !epi.keep_pre) {
-        return Ok((y, epi.keep_pre.then(Vec::new)));
-    }
-    // z (or gelu'(z)) is written in full below (every row of every task), so it starts uninitialised
-    let mut pre = alloc::with_capacity("matmul", if epi.keep_pre { y.len() } else { 0 })?;
     let derivative = epi.gelu && epi.keep_pre && epi.keep_gelu_derivative;
     let rows_per_task = PARALLEL_MIN.div_ceil(n).max(1);
+    let chunk = rows_per_task * n;
     // one rayon job's rows, compiled with AVX-512 or AVX2 where the CPU has it (see vectorised)
-    let task = |task: usize, rows: &mut [T], pre: Option<&mut [MaybeUninit<T>]>| {
+    let task = |(task, RowsTask { rows, z: pre, out }): (usize, RowsTask<'_, T, O>)| {
         super::vectorised(
             #[inline(always)]
             || {
                 let mut pre = pre.map(|p| p.chunks_mut(n));
+                let mut out = out.map(|o| o.chunks_mut(n));
                 for (i, row) in rows.chunks_mut(n).enumerate() {
                     if let Some(b) = bias {
                         row.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
@@ -246,13 +316,13 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
                         // the GELU and its derivative (kept for the backward) from one exponential
                         Some(z) if derivative => z.iter_mut().zip(row.iter_mut()).for_each(|(z, v)| {
                             let (y, d) = gelu_and_derivative(*v);
-                            z.write(d);
+                            z.write(to_out(d));
                             *v = y;
                         }),
                         kept => {
                             if let Some(z) = kept {
                                 z.iter_mut().zip(&*row).for_each(|(z, &v)| {
-                                    z.write(v);
+                                    z.write(to_out(v));
                                 });
                             }
                             if epi.gelu {
@@ -264,26 +334,28 @@ fn epilogue<T: Exp + WithDType + Send + Sync>(
                         let start = (task * rows_per_task + i) * n;
                         row.iter_mut().zip(&r[start..start + n]).for_each(|(v, &r)| *v = *v + r);
                     }
+                    if let Some(o) = out.as_mut().and_then(|o| o.next()) {
+                        o.iter_mut().zip(&*row).for_each(|(o, &v)| {
+                            o.write(to_out(v));
+                        });
+                    }
                 }
             },
         )
     };
-    let chunk = rows_per_task * n;
-    if epi.keep_pre {
-        let len = y.len();
-        y.par_chunks_mut(chunk)
-            .zip(pre.spare_capacity_mut()[..len].par_chunks_mut(chunk))
-            .enumerate()
-            .for_each(|(t, (rows, z))| task(t, rows, Some(z)));
-        // SAFETY: the capacity is y.len(), and every task copied each of its rows into its
-        // chunk of z, the chunks tiling 0..y.len() as y's do.
-        unsafe { pre.set_len(len) };
-    } else {
-        y.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(t, rows)| task(t, rows, None));
-    }
-    Ok((y, epi.keep_pre.then_some(pre)))
+    // each task's chunk of y with its chunks of z and out (the same rows)
+    let mut zs = z.map(|z| z.chunks_mut(chunk));
+    let mut outs = out.map(|o| o.chunks_mut(chunk));
+    let tasks: Vec<_> = y
+        .chunks_mut(chunk)
+        .map(|rows| {
+            let z = zs.as_mut().and_then(|z| z.next());
+            let out = outs.as_mut().and_then(|o| o.next());
+            RowsTask { rows, z, out }
+        })
+        .collect();
+    tasks.into_par_iter().enumerate().for_each(task);
+    Ok(())
 }
 
 /// Bytes of B's f32 block in [`widened_by_blocks`], about 2 MiB, so that the widened block is
@@ -393,6 +465,7 @@ fn batched<T: Copy + Send + Sync + num_traits::One + num_traits::Zero + 'static,
 
 #[cfg(test)]
 mod tests {
+    use super::super::float;
     use super::*;
 
     /// On a CPU with AVX-512 BF16, a bf16 × bf16 product with more rows than the streamed path
@@ -427,6 +500,39 @@ mod tests {
                 "m = {m}, B transposed {transposed}: y[0] = {}",
                 y[0]
             );
+        }
+    }
+
+    /// The half-precision products' epilogue rounds each row as it finishes it: the same bits as
+    /// the f32 epilogue in place followed by a rounding pass over y and z, for every combination
+    /// of bias, GELU (its derivative kept or z), residual and keep_pre, on a product of several
+    /// tasks' rows (`PARALLEL_MIN` elements a task) whose last task is partial.
+    #[test]
+    fn rounding_in_the_epilogue_gives_the_bits_of_a_rounding_pass_after_it() {
+        let (m, n) = (3 * PARALLEL_MIN.div_ceil(96) + 5, 96);
+        let value = |i: usize| ((i * 7919) % 2003) as f32 / 251.0 - 4.0;
+        let y: Vec<f32> = (0..m * n).map(value).collect();
+        let bias = CpuStorage::F32((0..n).map(|j| value(3 * j + 1)).collect());
+        let residual = CpuStorage::BF16((0..m * n).map(|i| bf16::from_f32(value(5 * i + 2))).collect());
+        let (lb, lr) = (Layout::contiguous(&[n]), Layout::contiguous(&[m, n]));
+        for flags in 0..32 {
+            let on = |bit: usize| flags & (1 << bit) != 0;
+            let epi = Epilogue {
+                bias: on(0).then_some((&bias, &lb)),
+                gelu: on(1),
+                residual: on(2).then_some((&residual, &lr)),
+                keep_pre: on(3),
+                keep_gelu_derivative: on(4),
+            };
+            let (in_place, z) = epilogue(y.clone(), &[m, n], &epi).unwrap();
+            let rounded_after = |v: &[f32]| v.iter().map(|&x| float::f32_to_bf16(x).to_bits()).collect::<Vec<_>>();
+            let (out, z_out) = epilogue_rounded(y.clone(), &[m, n], &epi, float::f32_to_bf16).unwrap();
+            let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&out) == rounded_after(&in_place), "flags {flags:05b}: y differs");
+            assert_eq!(z.is_some(), z_out.is_some(), "flags {flags:05b}");
+            if let (Some(z), Some(z_out)) = (z, z_out) {
+                assert!(bits(&z_out) == rounded_after(&z), "flags {flags:05b}: z differs");
+            }
         }
     }
 }
