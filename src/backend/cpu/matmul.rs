@@ -21,6 +21,7 @@ use crate::tensor::dtype::{DType, WithDType};
 use crate::tensor::layout::{Dims, Layout};
 use crate::{Error, Result};
 use half::{bf16, f16};
+use rayon::iter::Either;
 use rayon::prelude::*;
 use smallvec::SmallVec;
 use std::mem::MaybeUninit;
@@ -268,6 +269,19 @@ fn epilogue_rounded<O: Copy + Send + Sync + 'static>(
     Ok((out, epi.keep_pre.then_some(pre)))
 }
 
+/// `part` in chunks of `chunk` elements, each `Some`, or `tasks` times `None` where there is no
+/// `part`: an iterator to zip with the chunks of the rows either way.
+fn chunks_or_none<T: Send>(
+    part: Option<&mut [T]>,
+    chunk: usize,
+    tasks: usize,
+) -> impl IndexedParallelIterator<Item = Option<&mut [T]>> {
+    match part {
+        Some(part) => Either::Left(part.par_chunks_mut(chunk).map(Some)),
+        None => Either::Right((0..tasks).into_par_iter().map(|_| None)),
+    }
+}
+
 /// One rayon task of [`epilogue_rows`]: its rows of y, and the same rows of z and of the rounded
 /// output where they are asked for.
 struct RowsTask<'a, T, O> {
@@ -343,18 +357,14 @@ fn epilogue_rows<T: Exp + WithDType + Send + Sync, O: Send>(
             },
         )
     };
-    // each task's chunk of y with its chunks of z and out (the same rows)
-    let mut zs = z.map(|z| z.chunks_mut(chunk));
-    let mut outs = out.map(|o| o.chunks_mut(chunk));
-    let tasks: Vec<_> = y
-        .chunks_mut(chunk)
-        .map(|rows| {
-            let z = zs.as_mut().and_then(|z| z.next());
-            let out = outs.as_mut().and_then(|o| o.next());
-            RowsTask { rows, z, out }
-        })
-        .collect();
-    tasks.into_par_iter().enumerate().for_each(task);
+    // each task's chunk of y with its chunks of z and out (the same rows), or None for each where
+    // they are not asked for: zipped, not collected, so that a decode step allocates nothing here
+    let tasks = y.len().div_ceil(chunk);
+    y.par_chunks_mut(chunk)
+        .zip(chunks_or_none(z, chunk, tasks))
+        .zip(chunks_or_none(out, chunk, tasks))
+        .enumerate()
+        .for_each(|(t, ((rows, z), out))| task((t, RowsTask { rows, z, out })));
     Ok(())
 }
 
