@@ -123,26 +123,24 @@ pub(super) fn with_shared_buffer<T: Element, R>(len: usize, f: impl FnOnce(&mut 
 #[inline(always)]
 pub(super) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults; SSE is part of x86-64's baseline.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    }
+    prefetch_with::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
 
 /// As [`prefetch`], but into the core's L2 only (`prefetcht1`): for a stream read once, whose
-/// line will be loaded soon but should not take one of L1's few miss buffers while it is fetched
-/// from memory (the streamed products' next rows, `streamed.rs`).
+/// lines the loads will want soon (the streamed products' next rows, `streamed.rs`, where it
+/// measured faster than into L1).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn prefetch_to_l2<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
+    prefetch_with::<{ std::arch::x86_64::_MM_HINT_T1 }, T>(p);
+}
+
+/// `prefetch` with the cache level's hint `HINT` (`_MM_HINT_T0`, `_MM_HINT_T1`, ...).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_with<const HINT: i32, T>(p: *const T) {
     // SAFETY: a prefetch never faults; SSE is part of x86-64's baseline.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.cast()) }
 }

@@ -53,7 +53,7 @@ const COLS: usize = 4;
 /// asking for the next rows' lines keeps the reads in flight across groups. Measured on SmolLM2's
 /// bf16 decode: about 25% more tokens/s (docs/perf.md); one group ahead and two measured alike.
 /// The lines are asked into L2, not L1 (`prefetch_to_l2`): on a Zen 4 the products then read
-/// 20–50% faster (81–87% of the read probe instead of 61–66% in f32; docs/perf.md): by the look
+/// 25–55% faster (81–87% of the read probe instead of 61–66% in f32; docs/perf.md): by the look
 /// of it, a prefetch into L1 holds one of L1's few miss buffers for its whole trip to memory.
 const PREFETCH_COLS: usize = COLS;
 
